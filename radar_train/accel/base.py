@@ -1,0 +1,109 @@
+"""The one interface an acceleration method implements inside VAR's next-scale loop.
+
+Per generation call the sampler asks the method for an `AccelRun` (its state: caches, generators).
+Per scale the sampler asks the run for a `ScalePlan` — which CFG branches run, whether to stop — and
+for the `StepHooks` the transformer consults per block and per sub-layer (which tokens are computed and
+how the others are restored). A new method is one file with an `AccelMethod` subclass and one registry
+entry in `radar_train.accel`.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import ClassVar, Literal, Sequence
+
+import torch
+
+from radar_train.models.hooks import StepHooks
+
+Branch = Literal["both", "cond", "uncond"]
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    branch: Branch = "both"  # "cond"/"uncond": run one CFG half only, from this scale to the end
+    skip: bool = False  # True: this scale and all later ones are not run; f_hat is decoded as it is
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a method may know about the generation call it accelerates."""
+
+    patch_nums: tuple[int, ...]
+    depth: int
+    batch_size: int  # B (images); the transformer sees 2B rows while both CFG halves run
+    seeds: torch.Tensor | None  # (B,) per-sample seeds (per_sample noise), else None
+    call_seed: int | None  # the call's seed (official noise), else None
+    device: torch.device
+
+
+class ConfigError(ValueError):
+    """An invalid acceleration configuration; the message lists every problem found."""
+
+    def __init__(self, method: str, problems: Sequence[str]):
+        self.problems = list(problems)
+        super().__init__(f"invalid {method} configuration: " + "; ".join(self.problems))
+
+
+class AccelRun(StepHooks):
+    """State of one accelerated generation call. Default: vanilla everywhere."""
+
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+        self.si = -1
+        self.rows: Branch = "both"
+
+    def plan(self, si: int) -> ScalePlan:
+        return ScalePlan()
+
+    def begin_scale(self, si: int, rows: Branch) -> StepHooks | None:
+        """Called before the transformer runs scale `si` on `rows`; returns the hooks to use (None =
+        plain blocks)."""
+        self.si, self.rows = si, rows
+        return None
+
+    def select_rows(self, index: slice) -> None:
+        """The sampler dropped a CFG half: slice any per-row state the same way."""
+
+    def fork(self) -> "AccelRun":
+        """An independent copy of the state (tensors are shared; they are never written in place)."""
+        other = copy.copy(self)
+        other.__dict__ = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+                          for k, v in self.__dict__.items()}
+        return other
+
+
+class AccelMethod:
+    """A configured acceleration method (immutable); `start` makes the per-call state."""
+
+    name: ClassVar[str] = "none"
+
+    def problems(self, patch_nums: Sequence[int], depth: int) -> list[str]:
+        """Every problem of this configuration for a model with these scales and depth."""
+        return []
+
+    def validate(self, patch_nums: Sequence[int], depth: int) -> None:
+        problems = self.problems(patch_nums, depth)
+        if problems:
+            raise ConfigError(self.name, problems)
+
+    def first_modified_scale(self, patch_nums: Sequence[int]) -> int | None:
+        """Index of the first scale whose computation differs from vanilla (None: none does). Scales
+        before it may observe (store caches) but must produce exactly the vanilla result."""
+        return None
+
+    def start(self, ctx: RunContext) -> AccelRun:
+        return AccelRun(ctx)
+
+    def describe(self) -> dict:
+        """The resolved configuration, for manifests and logs."""
+        return {"method": self.name}
+
+
+def branch_rows(branch: Branch, batch_size: int) -> slice:
+    """Rows of the 2B CFG batch that a branch keeps (conditional rows first)."""
+    if branch == "cond":
+        return slice(0, batch_size)
+    if branch == "uncond":
+        return slice(batch_size, 2 * batch_size)
+    return slice(None)

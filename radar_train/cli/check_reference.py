@@ -1,0 +1,39 @@
+"""radar-check-reference DIR: run a reference fixture's cases through our models."""
+from __future__ import annotations
+
+import sys
+
+from jsonargparse import CLI
+
+
+def check_reference(fixture_dir: str, device: str = "cpu") -> int:
+    """Check the models against a fixture made with the official VAR code.
+
+    Args:
+        fixture_dir: directory with config.json, cases.json, cases.safetensors, vae.safetensors[.xz], var.safetensors.
+        device: torch device to run on (TF32 is switched off on CUDA).
+    """
+    from radar_train.models.checkpoint import CheckpointError
+    from radar_train.reference import FixtureError, check_fixture
+
+    try:
+        results, notes = check_fixture(fixture_dir, device)
+    except (FixtureError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(f"# {note}")
+    for r in results:
+        print(r.line())
+    n_pass = sum(r.passed for r in results)
+    print(f"reference: {n_pass}/{len(results)} cases pass")
+    ok = n_pass == len(results) and all("DIFFERS" not in n for n in notes)
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(CLI(check_reference, args=argv, as_positional=True))
+
+
+if __name__ == "__main__":
+    main()

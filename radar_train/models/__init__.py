@@ -1,0 +1,116 @@
+"""VQ-VAE and VAR models (official checkpoint layout), named presets and loaders.
+
+The models know nothing of caches, Lightning or LoRA.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .checkpoint import (CheckpointError, file_sha256, load_var_weights, load_vqvae_weights, read_state_dict,
+                         save_weights)
+from .configs import MODEL_PRESETS, ModelPreset, VARConfig, VQVAEConfig, get_preset
+from .hooks import KVCache, StepHooks
+from .init import init_random_
+from .var import VAR
+from .vqvae import VQVAE, LatentDecoder
+
+__all__ = [
+    "VAR", "VQVAE", "LatentDecoder", "VARConfig", "VQVAEConfig", "ModelPreset", "MODEL_PRESETS", "get_preset",
+    "KVCache", "StepHooks", "CheckpointError", "build_vqvae", "build_var", "load_models", "load_latent_decoder",
+    "ModelIdentity", "save_weights", "read_state_dict",
+]
+
+
+def build_vqvae(cfg: VQVAEConfig, device: torch.device | str = "cpu") -> VQVAE:
+    with torch.device(device):
+        return VQVAE(cfg)
+
+
+def build_var(cfg: VARConfig, device: torch.device | str = "cpu") -> VAR:
+    with torch.device(device):
+        return VAR(cfg)
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What identifies a set of weights: sha256 of the checkpoint file, or a random preset + its seed."""
+
+    kind: str  # "file" | "random"
+    value: str  # sha256 hex, or "<preset>:seed=<n>"
+    config: dict
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "value": self.value, "config": self.config}
+
+    @staticmethod
+    def from_dict(d: dict) -> "ModelIdentity":
+        return ModelIdentity(d["kind"], d["value"], d["config"])
+
+
+def _random_identity(preset: ModelPreset, seed: int, cfg) -> ModelIdentity:
+    return ModelIdentity("random", f"{preset.name}:seed={seed}", cfg.to_dict())
+
+
+def _resolve(preset: ModelPreset, vae_checkpoint, var_checkpoint, init_seed, need_var: bool = True):
+    """(vae file, var file, seed): files win; random presets fall back to their seed, packaged presets
+    (toy) to their packaged files; official presets need the files."""
+    if preset.packaged_files is not None:
+        vae_checkpoint = vae_checkpoint or preset.packaged_files[0]
+        var_checkpoint = var_checkpoint or preset.packaged_files[1]
+    seed = init_seed if init_seed is not None else preset.init_seed
+    missing = [name for name, f in (("model.vae_checkpoint", vae_checkpoint), ("model.var_checkpoint", var_checkpoint))
+               if f is None and (need_var or name == "model.vae_checkpoint")]
+    if missing and seed is None:
+        hint = f" (download {' and '.join(preset.checkpoint_files)} yourself; no code path downloads anything)" \
+            if preset.checkpoint_files else ""
+        raise ValueError(f"model preset {preset.name!r} needs {' and '.join(missing)}{hint}")
+    return vae_checkpoint, var_checkpoint, seed
+
+
+def load_models(preset_name: str, vae_checkpoint: Optional[str] = None, var_checkpoint: Optional[str] = None,
+                device: torch.device | str = "cpu", init_seed: Optional[int] = None, with_var: bool = True,
+                ) -> tuple[VQVAE, Optional[VAR], ModelIdentity, Optional[ModelIdentity]]:
+    """Build the preset's VQ-VAE (and VAR) with weights from the named files or, for random presets,
+    from the seed. Big models are built on the meta device and the checkpoint tensors assigned, so
+    nothing is allocated twice. Returns (vqvae, var, vqvae identity, var identity), in eval mode."""
+    preset = get_preset(preset_name)
+    vae_checkpoint, var_checkpoint, seed = _resolve(preset, vae_checkpoint, var_checkpoint, init_seed, with_var)
+    vae_cfg = preset.vae.with_patch_nums(preset.var.patch_nums)
+    if vae_checkpoint is not None:
+        vqvae = load_vqvae_weights(build_vqvae(vae_cfg, "meta"), vae_checkpoint)
+        vae_id = ModelIdentity("file", file_sha256(vae_checkpoint), vae_cfg.to_dict())
+    else:
+        vqvae = init_random_(build_vqvae(vae_cfg), seed)
+        vae_id = _random_identity(preset, seed, vae_cfg)
+    var = var_id = None
+    if with_var:
+        if var_checkpoint is not None:
+            var = load_var_weights(build_var(preset.var, "meta"), var_checkpoint)
+            var_id = ModelIdentity("file", file_sha256(var_checkpoint), preset.var.to_dict())
+        else:
+            var = init_random_(build_var(preset.var), seed + 1)
+            var_id = _random_identity(preset, seed, preset.var)
+        var = var.to(device).eval().requires_grad_(False)
+    return vqvae.to(device).eval().requires_grad_(False), var, vae_id, var_id
+
+
+def load_latent_decoder(preset_name: str, vae_checkpoint: Optional[str] = None, init_seed: Optional[int] = None,
+                        device: torch.device | str = "cpu") -> tuple[LatentDecoder, ModelIdentity]:
+    """Only post_quant_conv + decoder of the preset's VQ-VAE (no encoder / quantizer in memory)."""
+    preset = get_preset(preset_name)
+    vae_checkpoint, _, seed = _resolve(preset, vae_checkpoint, None, init_seed, need_var=False)
+    vae_cfg = preset.vae.with_patch_nums(preset.var.patch_nums)
+    if vae_checkpoint is not None:
+        with torch.device("meta"):
+            dec = LatentDecoder(vae_cfg)
+        load_vqvae_weights(dec, vae_checkpoint)
+        ident = ModelIdentity("file", file_sha256(vae_checkpoint), vae_cfg.to_dict())
+    else:
+        vqvae = init_random_(build_vqvae(vae_cfg), seed)
+        dec = vqvae.latent_decoder()
+        ident = _random_identity(preset, seed, vae_cfg)
+    return dec.to(device).eval(), ident
+

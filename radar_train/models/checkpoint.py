@@ -1,0 +1,227 @@
+"""Reading, checking and writing model weights.
+
+Official `.pth` files are read with `torch.load(..., weights_only=True)` (no arbitrary unpickling);
+safetensors (optionally `.xz`-compressed) are read directly. Every failure is a `CheckpointError`
+whose one-line message names the file and says what is wrong.
+"""
+from __future__ import annotations
+
+import hashlib
+import lzma
+import re
+from pathlib import Path
+from typing import Literal
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from .configs import MODEL_PRESETS, VARConfig, VQVAEConfig
+
+Kind = Literal["var", "vqvae", "latent_decoder", "unknown"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message is one line and names the file."""
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint file (.pth/.pt/.bin via torch, .safetensors, .safetensors.xz)."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: checkpoint file not found")
+    if p.is_dir():
+        raise CheckpointError(f"{p}: is a directory, expected a checkpoint file")
+    name = p.name.lower()
+    try:
+        if name.endswith(".safetensors.xz"):
+            with lzma.open(p) as f:
+                sd = safetensors.torch.load(f.read())
+        elif name.endswith(".safetensors"):
+            sd = safetensors.torch.load_file(str(p))
+        else:
+            sd = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every reader failure becomes one clear line
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{p}: not a readable checkpoint (truncated, or not a zip/pickle/safetensors "
+                              f"file): {reason}") from None
+    return _unwrap(sd, p)
+
+
+def _unwrap(obj, p: Path) -> dict[str, torch.Tensor]:
+    """Find the state dict inside common wrappers ({'state_dict': ...}, {'model': ...},
+    the official trainer checkpoints {'trainer': {'var_wo_ddp': ...}}) and drop a 'module.' prefix."""
+    for _ in range(3):
+        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            break
+        if not isinstance(obj, dict):
+            raise CheckpointError(f"{p}: holds a {type(obj).__name__}, not a state dict")
+        inner = None
+        for key in ("state_dict", "model", "module", "trainer", "var_wo_ddp", "vae_wo_ddp", "ema"):
+            if isinstance(obj.get(key), dict):
+                inner = obj[key]
+                break
+        if inner is None:
+            raise CheckpointError(f"{p}: no state dict found (top-level keys: {sorted(obj)[:6]})")
+        obj = inner
+    if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
+        raise CheckpointError(f"{p}: no state dict of tensors found")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def detect_kind(sd: dict[str, torch.Tensor]) -> Kind:
+    if "class_emb.weight" in sd or any(k.startswith("blocks.") for k in sd):
+        return "var"
+    if "quantize.embedding.weight" in sd or "encoder.conv_in.weight" in sd:
+        return "vqvae"
+    if "decoder.conv_in.weight" in sd and "post_quant_conv.weight" in sd:
+        return "latent_decoder"
+    return "unknown"
+
+
+_KIND_NAMES = {"var": "a VAR transformer checkpoint", "vqvae": "a VQ-VAE checkpoint",
+               "latent_decoder": "a VQ-VAE decoder checkpoint", "unknown": "neither a VAR nor a VQ-VAE checkpoint"}
+
+
+# ------------------------------------------------------------------------------ shape inference
+def var_shape_summary(sd: dict[str, torch.Tensor]) -> dict:
+    depth = 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
+    emb = sd.get("class_emb.weight")
+    return {
+        "depth": depth,
+        "embed_dim": int(emb.shape[1]) if emb is not None else None,
+        "num_classes": int(emb.shape[0]) - 1 if emb is not None else None,
+        "num_tokens": int(sd["pos_1LC"].shape[1]) if "pos_1LC" in sd else None,
+        "shared_aln": "shared_ada_lin.1.weight" in sd,
+    }
+
+
+def _preset_for(summary: dict) -> str | None:
+    for name, preset in MODEL_PRESETS.items():
+        c = preset.var
+        if (c.depth, c.embed_dim, c.num_classes, c.num_tokens, c.shared_aln) == (
+                summary["depth"], summary["embed_dim"], summary["num_classes"], summary["num_tokens"],
+                summary["shared_aln"]):
+            return name
+    return None
+
+
+def _describe_var(summary: dict) -> str:
+    preset = _preset_for(summary)
+    s = f"depth {summary['depth']}, width {summary['embed_dim']}"
+    return f"{s} — the {preset} config" if preset else s
+
+
+def vqvae_shape_summary(sd: dict[str, torch.Tensor]) -> dict:
+    out = {}
+    if "quantize.embedding.weight" in sd:
+        out["vocab_size"], out["z_channels"] = (int(x) for x in sd["quantize.embedding.weight"].shape)
+    if "decoder.conv_out.weight" in sd:
+        out["ch"] = int(sd["decoder.conv_out.weight"].shape[1])
+    elif "encoder.conv_in.weight" in sd:
+        out["ch"] = int(sd["encoder.conv_in.weight"].shape[0])
+    if "z_channels" not in out and "post_quant_conv.weight" in sd:
+        out["z_channels"] = int(sd["post_quant_conv.weight"].shape[0])
+    return out
+
+
+# ------------------------------------------------------------------------------ checks and loading
+def _check_kind(sd, p: Path, want: tuple[Kind, ...], role: str) -> Kind:
+    kind = detect_kind(sd)
+    if kind not in want:
+        raise CheckpointError(f"{p}: is {_KIND_NAMES[kind]}, but was given as the {role}")
+    return kind
+
+
+def _strict_check(model: nn.Module, sd: dict[str, torch.Tensor], p: Path, ignore_shape: tuple[str, ...] = ()) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) e.g. {', '.join(missing[:4])}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) e.g. {', '.join(unexpected[:4])}")
+        raise CheckpointError(f"{p}: does not match the model: " + "; ".join(parts))
+    bad = [f"{k} {tuple(sd[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
+           if tuple(sd[k].shape) != tuple(v.shape) and k not in ignore_shape]
+    if bad:
+        raise CheckpointError(f"{p}: {len(bad)} tensor shape mismatch(es), e.g. " + "; ".join(bad[:3]))
+
+
+def load_var_weights(var: nn.Module, path: str | Path, sd: dict | None = None) -> nn.Module:
+    """Strictly load a VAR checkpoint into `var` (which may live on the meta device)."""
+    p = Path(path)
+    sd = read_state_dict(p) if sd is None else sd
+    _check_kind(sd, p, ("var",), "VAR transformer")
+    cfg: VARConfig = var.config
+    got = var_shape_summary(sd)
+    want = {"depth": cfg.depth, "embed_dim": cfg.embed_dim, "num_classes": cfg.num_classes,
+            "num_tokens": cfg.num_tokens, "shared_aln": cfg.shared_aln}
+    if got != want:
+        preset = _preset_for(want)
+        asked = f"depth {cfg.depth}, width {cfg.embed_dim}" + (f" ({preset})" if preset else "")
+        diff = ", ".join(f"{k} {got[k]} vs {want[k]}" for k in want if got[k] != want[k])
+        raise CheckpointError(f"{p}: is a VAR with {_describe_var(got)}; the config asks for {asked} ({diff})")
+    _strict_check(var, sd, p)
+    _assign(var, sd)
+    return var
+
+
+def load_vqvae_weights(model: nn.Module, path: str | Path, sd: dict | None = None) -> nn.Module:
+    """Strictly load a VQ-VAE checkpoint into a `VQVAE` or a `LatentDecoder` (decoder keys only)."""
+    from .vqvae import LatentDecoder
+
+    p = Path(path)
+    sd = read_state_dict(p) if sd is None else sd
+    is_dec = isinstance(model, LatentDecoder)
+    _check_kind(sd, p, ("vqvae", "latent_decoder") if is_dec else ("vqvae",), "VQ-VAE")
+    cfg: VQVAEConfig = model.config
+    got = vqvae_shape_summary(sd)
+    want = {"vocab_size": cfg.vocab_size, "z_channels": cfg.z_channels, "ch": cfg.ch}
+    diff = [f"{k} {got[k]} vs {want[k]}" for k in got if got[k] != want.get(k)]
+    if diff:
+        raise CheckpointError(f"{p}: VQ-VAE shapes do not match the config ({', '.join(diff)})")
+    if is_dec:
+        sd = {k: v for k, v in sd.items() if k.startswith(("decoder.", "post_quant_conv."))}
+    else:
+        hit = sd.get("quantize.ema_vocab_hit_SV")
+        own = model.quantize.ema_vocab_hit_SV
+        if hit is not None and tuple(hit.shape) != tuple(own.shape):
+            # official behaviour: usage statistics of another scale count are replaced, not loaded
+            sd = dict(sd)
+            sd["quantize.ema_vocab_hit_SV"] = torch.zeros(own.shape, dtype=hit.dtype)
+    _strict_check(model, sd, p)
+    _assign(model, sd)
+    return model
+
+
+def _assign(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    meta = any(t.is_meta for t in model.state_dict().values())
+    if meta:
+        model.load_state_dict(sd, strict=True, assign=True)
+    else:
+        model.load_state_dict(sd, strict=True)
+
+
+def save_weights(model: nn.Module | dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write a state dict as safetensors (atomic: temp file + rename)."""
+    p = Path(path)
+    sd = model.state_dict() if isinstance(model, nn.Module) else model
+    sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    safetensors.torch.save_file(sd, str(tmp), metadata=metadata)
+    tmp.replace(p)
+    return p
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

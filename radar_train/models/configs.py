@@ -1,0 +1,205 @@
+"""Model configurations: the VQ-VAE and VAR hyper-parameters, named presets, and the mapping from the
+official constructor keyword arguments (as found in reference fixtures) to ours.
+
+Every official checkpoint is described by a named preset here; the `tiny` preset is a small random
+model (fixed seed) for tests and the demo.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
+
+
+@dataclass(frozen=True)
+class VQVAEConfig:
+    """Multi-scale residual VQ-VAE (VAR's `VQVAE`)."""
+
+    vocab_size: int = 4096
+    z_channels: int = 32  # Cvae
+    ch: int = 160
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # official value; smaller for the tiny/toy models
+    num_res_blocks: int = 2  # encoder; the decoder uses num_res_blocks + 1
+    dropout: float = 0.0
+    beta: float = 0.25
+    using_znorm: bool = False
+    quant_conv_ks: int = 3
+    quant_resi: float = 0.5
+    share_quant_resi: int = 4
+    default_qresi_counts: int = 0
+    patch_nums: tuple[int, ...] = PATCH_NUMS_256
+    in_channels: int = 3
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def image_size(self) -> int:
+        return self.patch_nums[-1] * self.downsample
+
+    def with_patch_nums(self, patch_nums) -> "VQVAEConfig":
+        return dataclasses.replace(self, patch_nums=tuple(int(p) for p in patch_nums))
+
+    @classmethod
+    def from_official(cls, kwargs: dict[str, Any]) -> "VQVAEConfig":
+        """Build from the official `VQVAE(**kwargs)` keyword arguments (reference fixtures)."""
+        kw = dict(kwargs)
+        kw.pop("test_mode", None)
+        if "v_patch_nums" in kw:
+            kw["patch_nums"] = kw.pop("v_patch_nums")
+        return _from_dict(cls, kw, "VQVAE_kwargs")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+
+@dataclass(frozen=True)
+class VARConfig:
+    """VAR transformer (`VAR`). `vocab_size` and `z_channels` must equal the VQ-VAE's."""
+
+    num_classes: int = 1000
+    depth: int = 16
+    embed_dim: int = 1024
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    norm_eps: float = 1e-6
+    shared_aln: bool = False
+    cond_drop_rate: float = 0.1
+    attn_l2_norm: bool = True
+    patch_nums: tuple[int, ...] = PATCH_NUMS_256
+    vocab_size: int = 4096
+    z_channels: int = 32
+
+    @property
+    def num_tokens(self) -> int:  # L
+        return sum(p * p for p in self.patch_nums)
+
+    @property
+    def first_l(self) -> int:
+        return self.patch_nums[0] ** 2
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @classmethod
+    def from_official(cls, kwargs: dict[str, Any], vae: VQVAEConfig) -> "VARConfig":
+        kw = dict(kwargs)
+        for k in ("flash_if_available", "fused_if_available", "vae_local"):
+            kw.pop(k, None)
+        kw.setdefault("vocab_size", vae.vocab_size)
+        kw.setdefault("z_channels", vae.z_channels)
+        return _from_dict(cls, kw, "VAR_kwargs")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+
+def _from_dict(cls, kw: dict[str, Any], what: str):
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(kw) - set(names))
+    if unknown:
+        raise ValueError(f"{what}: unknown field(s) {unknown}; known: {sorted(names)}")
+    out = {}
+    for k, v in kw.items():
+        out[k] = tuple(int(x) for x in v) if isinstance(v, (list, tuple)) else v
+    return cls(**out)
+
+
+def _to_dict(cfg) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def official_var_config(depth: int) -> VARConfig:
+    """The configuration `build_vae_var` uses for the released checkpoints (d36: 512px, shared AdaLN)."""
+    is_512 = depth == 36
+    return VARConfig(
+        num_classes=1000,
+        depth=depth,
+        embed_dim=64 * depth,
+        num_heads=depth,
+        drop_path_rate=0.1 * depth / 24,
+        shared_aln=is_512,
+        attn_l2_norm=True,
+        patch_nums=PATCH_NUMS_512 if is_512 else PATCH_NUMS_256,
+    )
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """A named pair of model configurations and, for random presets, the seed of their weights."""
+
+    name: str
+    vae: VQVAEConfig
+    var: VARConfig
+    description: str
+    checkpoint_files: tuple[str, str] | None = None  # official file names (vae, var): a download hint
+    init_seed: int | None = None  # random-weight presets only
+    packaged_files: tuple[str, str] | None = None  # weights shipped inside the package (toy world)
+
+    @property
+    def image_size(self) -> int:
+        return self.vae.with_patch_nums(self.var.patch_nums).image_size
+
+
+_VAE = VQVAEConfig()
+_TINY_PATCH_NUMS = (1, 2, 3, 4, 6, 8)
+_TINY_VAE = VQVAEConfig(
+    vocab_size=256, z_channels=8, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, share_quant_resi=4,
+    patch_nums=_TINY_PATCH_NUMS,
+)
+_TINY_VAR = VARConfig(
+    num_classes=10, depth=4, embed_dim=64, num_heads=4, patch_nums=_TINY_PATCH_NUMS,
+    vocab_size=256, z_channels=8, drop_path_rate=0.0,
+)
+
+
+def _official(depth: int) -> ModelPreset:
+    var = official_var_config(depth)
+    res = 512 if depth == 36 else 256
+    return ModelPreset(
+        name=f"var-d{depth}",
+        vae=_VAE.with_patch_nums(var.patch_nums),
+        var=var,
+        description=f"official VAR-d{depth} ({res}px) + VQ-VAE ch160 V4096 Cvae32",
+        checkpoint_files=("vae_ch160v4096z32.pth", f"var_d{depth}.pth"),
+    )
+
+
+MODEL_PRESETS: dict[str, ModelPreset] = {
+    **{f"var-d{d}": _official(d) for d in (16, 20, 24, 30, 36)},
+    "tiny": ModelPreset(
+        name="tiny",
+        vae=_TINY_VAE,
+        var=_TINY_VAR,
+        description="tiny random-weight VQ-VAE + VAR (32px, 6 scales) for tests and the demo",
+        init_seed=0,
+    ),
+}
+
+# The VQ-VAE alone, by name (its patch_nums follow the VAR it is paired with).
+VAE_PRESETS: dict[str, VQVAEConfig] = {"vae": _VAE, "tiny": _TINY_VAE}
+
+
+def get_preset(name: str) -> ModelPreset:
+    if name not in MODEL_PRESETS:
+        try:  # toy presets register themselves on import
+            from radar_train import toyworld  # noqa: F401
+        except ImportError:
+            pass
+    if name not in MODEL_PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; available: {', '.join(sorted(MODEL_PRESETS))}")
+    return MODEL_PRESETS[name]
+
+
+def register_preset(preset: ModelPreset) -> None:
+    MODEL_PRESETS[preset.name] = preset
+

@@ -1,0 +1,173 @@
+"""Convolutional encoder and decoder of VAR's VQ-VAE (the taming/LDM "f16" design).
+
+Module names follow the official checkpoints (`conv_in`, `down.{i}.block.{j}`, `mid.block_1`,
+`up.{i}.attn.{j}`, `nin_shortcut`, ...), so official state dicts load strictly.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+
+
+class Upsample2x(nn.Module):
+    """Nearest-neighbour ×2, then a 3×3 convolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=1, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class Downsample2x(nn.Module):
+    """Zero-pad right and bottom by one, then a 3×3 stride-2 convolution without padding."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1), mode="constant", value=0.0))
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        self.norm2 = group_norm(out_channels)
+        self.dropout = nn.Dropout(dropout) if dropout > 1e-6 else nn.Identity()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        if in_channels != out_channels:
+            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=1, padding=0)
+        else:
+            self.nin_shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.nin_shortcut(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head spatial self-attention with 1×1 convolutions (fused qkv)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+        self.norm = group_norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, kernel_size=1, stride=1, padding=0)
+        self.proj_out = nn.Conv2d(channels, channels, kernel_size=1, stride=1, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).unbind(1)
+        # (B, 1, HW, C) single-head layout for SDPA; softmax scale C^-0.5 as in the official block
+        h = F.scaled_dot_product_attention(
+            q.transpose(1, 2).unsqueeze(1), k.transpose(1, 2).unsqueeze(1), v.transpose(1, 2).unsqueeze(1),
+            scale=C**-0.5,
+        )
+        h = h.squeeze(1).transpose(1, 2).reshape(B, C, H, W)
+        return x + self.proj_out(h)
+
+
+class Encoder(nn.Module):
+    def __init__(self, *, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, z_channels: int,
+                 in_channels: int = 3, dropout: float = 0.0, using_sa: bool = True, using_mid_sa: bool = True):
+        super().__init__()
+        self.num_resolutions = len(ch_mult)
+        self.num_res_blocks = num_res_blocks
+        self.conv_in = nn.Conv2d(in_channels, ch, kernel_size=3, stride=1, padding=1)
+        in_ch_mult = (1,) + tuple(ch_mult)
+        self.down = nn.ModuleList()
+        block_in = ch
+        for level in range(self.num_resolutions):
+            block, attn = nn.ModuleList(), nn.ModuleList()
+            block_in = ch * in_ch_mult[level]
+            block_out = ch * ch_mult[level]
+            for _ in range(num_res_blocks):
+                block.append(ResnetBlock(block_in, block_out, dropout))
+                block_in = block_out
+                if level == self.num_resolutions - 1 and using_sa:
+                    attn.append(AttnBlock(block_in))
+            down = nn.Module()
+            down.block, down.attn = block, attn
+            if level != self.num_resolutions - 1:
+                down.downsample = Downsample2x(block_in)
+            self.down.append(down)
+        self.mid = nn.Module()
+        self.mid.block_1 = ResnetBlock(block_in, block_in, dropout)
+        self.mid.attn_1 = AttnBlock(block_in) if using_mid_sa else nn.Identity()
+        self.mid.block_2 = ResnetBlock(block_in, block_in, dropout)
+        self.norm_out = group_norm(block_in)
+        self.conv_out = nn.Conv2d(block_in, z_channels, kernel_size=3, stride=1, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for level, down in enumerate(self.down):
+            for i, blk in enumerate(down.block):
+                h = blk(h)
+                if len(down.attn) > 0:
+                    h = down.attn[i](h)
+            if level != self.num_resolutions - 1:
+                h = down.downsample(h)
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    """z (B, Cvae, h, w) -> image (B, 3, h·2^(levels-1), ...), unclamped."""
+
+    def __init__(self, *, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, z_channels: int,
+                 out_channels: int = 3, dropout: float = 0.0, using_sa: bool = True, using_mid_sa: bool = True):
+        super().__init__()
+        self.num_resolutions = len(ch_mult)
+        block_in = ch * ch_mult[-1]
+        self.conv_in = nn.Conv2d(z_channels, block_in, kernel_size=3, stride=1, padding=1)
+        self.mid = nn.Module()
+        self.mid.block_1 = ResnetBlock(block_in, block_in, dropout)
+        self.mid.attn_1 = AttnBlock(block_in) if using_mid_sa else nn.Identity()
+        self.mid.block_2 = ResnetBlock(block_in, block_in, dropout)
+        ups: list[nn.Module] = []
+        for level in reversed(range(self.num_resolutions)):
+            block, attn = nn.ModuleList(), nn.ModuleList()
+            block_out = ch * ch_mult[level]
+            for _ in range(num_res_blocks + 1):
+                block.append(ResnetBlock(block_in, block_out, dropout))
+                block_in = block_out
+                if level == self.num_resolutions - 1 and using_sa:
+                    attn.append(AttnBlock(block_in))
+            up = nn.Module()
+            up.block, up.attn = block, attn
+            if level != 0:
+                up.upsample = Upsample2x(block_in)
+            ups.insert(0, up)
+        self.up = nn.ModuleList(ups)
+        self.norm_out = group_norm(block_in)
+        self.conv_out = nn.Conv2d(block_in, out_channels, kernel_size=3, stride=1, padding=1)
+
+    def forward_features(self, z: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Output plus the intermediate features after the mid block and after each up level
+        (coarse to fine) — used by the internal-feature distillation loss."""
+        feats = []
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(z))))
+        feats.append(h)
+        for level in reversed(range(self.num_resolutions)):
+            up = self.up[level]
+            for i, blk in enumerate(up.block):
+                h = blk(h)
+                if len(up.attn) > 0:
+                    h = up.attn[i](h)
+            if level != 0:
+                h = up.upsample(h)
+            feats.append(h)
+        return self.conv_out(F.silu(self.norm_out(h))), feats
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(z)[0]

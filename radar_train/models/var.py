@@ -1,0 +1,249 @@
+"""VAR: class-conditional next-scale prediction transformer (AdaLN blocks, attn_l2_norm, KV-cached step).
+
+State-dict names equal the official `var_d{16,20,24,30,36}.pth` files, buffers included (`lvl_1L`,
+`attn_bias_for_masking`, `blocks.{i}.attn.zero_k_bias`).
+
+Two ways to run it:
+- `forward(labels, x_BLCv)` — teacher forcing over all L tokens with the scale-causal mask (training,
+  reference checks);
+- `step(x, cond, kv, hooks)` — one scale of sampling: the scale's tokens attend to everything in the
+  KV cache plus themselves, and their K/V are appended. The sampler owns the cache and chooses the
+  rows (both CFG halves or one); `hooks` let an acceleration method run blocks/branches on subsets.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configs import VARConfig
+from .hooks import KVCache, StepHooks
+
+
+class DropPath(nn.Module):
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p <= 0.0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
+        return x * keep.div_(1 - self.p)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, embed_dim: int, num_heads: int, attn_l2_norm: bool, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0):
+        super().__init__()
+        assert embed_dim % num_heads == 0
+        self.num_heads, self.head_dim = num_heads, embed_dim // num_heads
+        self.attn_l2_norm = attn_l2_norm
+        if attn_l2_norm:
+            self.scale = 1.0
+            self.scale_mul_1H11 = nn.Parameter(torch.full((1, num_heads, 1, 1), 4.0).log())
+            self.max_scale_mul = math.log(100)
+        else:
+            self.scale = 0.25 / math.sqrt(self.head_dim)
+        self.mat_qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(embed_dim))
+        self.v_bias = nn.Parameter(torch.zeros(embed_dim))
+        self.register_buffer("zero_k_bias", torch.zeros(embed_dim))
+        self.proj = nn.Linear(embed_dim, embed_dim)
+        self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
+        self.attn_drop = attn_drop
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                kv: Optional[KVCache] = None, block_idx: int = 0) -> torch.Tensor:
+        B, L, C = x.shape
+        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
+        qkv = F.linear(x, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, L, c)
+        if self.attn_l2_norm:
+            scale_mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()
+            q = F.normalize(q, dim=-1).mul(scale_mul)
+            k = F.normalize(k, dim=-1)
+        if kv is not None:
+            k, v = kv.extend(block_idx, k, v)
+        if attn_mask is not None:
+            attn_mask = attn_mask.to(q.dtype)
+        out = F.scaled_dot_product_attention(
+            q, k.to(q.dtype), v.to(q.dtype), attn_mask=attn_mask,
+            dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale,
+        )
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, L, C)))
+
+
+class FFN(nn.Module):
+    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.act(self.fc1(x))))
+
+
+class SharedAdaLin(nn.Linear):
+    def forward(self, cond_BD: torch.Tensor) -> torch.Tensor:
+        C = self.weight.shape[0] // 6
+        return super().forward(cond_BD).view(-1, 1, 6, C)
+
+
+class AdaLNSelfAttn(nn.Module):
+    """x += γ1·Attn(LN(x)(1+s1)+b1);  x += γ2·FFN(LN(x)(1+s2)+b2)."""
+
+    def __init__(self, cfg: VARConfig, block_idx: int, drop_path: float):
+        super().__init__()
+        C = cfg.embed_dim
+        self.block_idx, self.C, self.shared_aln = block_idx, C, cfg.shared_aln
+        self.attn = SelfAttention(C, cfg.num_heads, cfg.attn_l2_norm, cfg.attn_drop_rate, cfg.drop_rate)
+        self.ffn = FFN(C, round(C * cfg.mlp_ratio), cfg.drop_rate)
+        self.ln_wo_grad = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=False)
+        if cfg.shared_aln:
+            self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, C) / C**0.5)
+        else:
+            self.ada_lin = nn.Sequential(nn.SiLU(inplace=False), nn.Linear(C, 6 * C))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(γ1, γ2, s1, s2, b1, b2), each (rows, 1, C). `cond` is the class embedding (rows, C), or with
+        shared AdaLN the shared projection (rows, 1, 6, C)."""
+        if self.shared_aln:
+            return (self.ada_gss + cond).unbind(2)
+        return self.ada_lin(cond).view(-1, 1, 6, self.C).unbind(2)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                kv: Optional[KVCache] = None, hooks: Optional[StepHooks] = None) -> torch.Tensor:
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = self.modulation(cond)
+
+        def attn_branch(t: torch.Tensor) -> torch.Tensor:
+            h = self.ln_wo_grad(t).mul(scale1.add(1)).add_(shift1)
+            return self.attn(h, attn_mask, kv, self.block_idx).mul(gamma1)
+
+        def ffn_branch(t: torch.Tensor) -> torch.Tensor:
+            return self.ffn(self.ln_wo_grad(t).mul(scale2.add(1)).add_(shift2)).mul(gamma2)
+
+        if hooks is None:
+            x = x + self.drop_path(attn_branch(x))
+            return x + self.drop_path(ffn_branch(x))
+        x = x + hooks.sublayer(self.block_idx, "attn", x, attn_branch)
+        return x + hooks.sublayer(self.block_idx, "ffn", x, ffn_branch)
+
+
+class AdaLNBeforeHead(nn.Module):
+    def __init__(self, C: int, eps: float):
+        super().__init__()
+        self.C = C
+        self.ln_wo_grad = nn.LayerNorm(C, eps=eps, elementwise_affine=False)
+        self.ada_lin = nn.Sequential(nn.SiLU(inplace=False), nn.Linear(C, 2 * C))
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.ada_lin(cond).view(-1, 1, 2, self.C).unbind(2)
+        return self.ln_wo_grad(x).mul(scale.add(1)).add_(shift)
+
+
+class VAR(nn.Module):
+    def __init__(self, cfg: VARConfig):
+        super().__init__()
+        self.config = cfg
+        C, L = cfg.embed_dim, cfg.num_tokens
+        self.patch_nums = tuple(cfg.patch_nums)
+        self.num_classes, self.depth, self.C = cfg.num_classes, cfg.depth, C
+        self.first_l = cfg.first_l
+        self.begin_ends = []
+        cur = 0
+        for pn in self.patch_nums:
+            self.begin_ends.append((cur, cur + pn * pn))
+            cur += pn * pn
+
+        self.pos_start = nn.Parameter(torch.empty(1, self.first_l, C))
+        self.pos_1LC = nn.Parameter(torch.empty(1, L, C))
+        self.register_buffer("lvl_1L", torch.empty(1, L, dtype=torch.long))
+        self.register_buffer("attn_bias_for_masking", torch.empty(1, 1, L, L))
+        self.word_embed = nn.Linear(cfg.z_channels, C)
+        self.class_emb = nn.Embedding(cfg.num_classes + 1, C)
+        self.lvl_embed = nn.Embedding(len(self.patch_nums), C)
+        self.shared_ada_lin = (nn.Sequential(nn.SiLU(inplace=False), SharedAdaLin(C, 6 * C))
+                               if cfg.shared_aln else nn.Identity())
+        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth, device="cpu").tolist()
+        self.blocks = nn.ModuleList([AdaLNSelfAttn(cfg, i, dpr[i]) for i in range(cfg.depth)])
+        self.head_nm = AdaLNBeforeHead(C, cfg.norm_eps)
+        self.head = nn.Linear(C, cfg.vocab_size)
+        if self.lvl_1L.device.type != "meta":
+            self.reset_constant_buffers()
+
+    @torch.no_grad()
+    def reset_constant_buffers(self) -> None:
+        """Scale index of every token, and the additive scale-causal mask (0 / −inf)."""
+        dev = self.lvl_1L.device
+        lvl = torch.cat([torch.full((pn * pn,), i, device=dev) for i, pn in enumerate(self.patch_nums)]).view(1, -1)
+        self.lvl_1L.copy_(lvl)
+        d = lvl.view(1, -1, 1)
+        mask = torch.where(d >= d.transpose(1, 2), 0.0, -torch.inf).reshape(1, 1, lvl.shape[1], lvl.shape[1])
+        self.attn_bias_for_masking.copy_(mask)
+        for b in self.blocks:
+            b.attn.zero_k_bias.zero_()
+
+    # ------------------------------------------------------------------ embeddings
+    def class_cond(self, labels: torch.Tensor) -> torch.Tensor:
+        """labels in [0, num_classes] (num_classes = unconditional) -> (rows, C)."""
+        return self.class_emb(labels)
+
+    def ada_cond(self, cond: torch.Tensor) -> torch.Tensor:
+        """What the blocks' AdaLN consumes: the class embedding, or the shared projection of it."""
+        return self.shared_ada_lin(cond)
+
+    def level_pos(self) -> torch.Tensor:
+        """(1, L, C) level + absolute position embedding."""
+        return self.lvl_embed(self.lvl_1L) + self.pos_1LC
+
+    def first_tokens(self, cond: torch.Tensor, lvl_pos: torch.Tensor) -> torch.Tensor:
+        rows = cond.shape[0]
+        return (cond.unsqueeze(1).expand(rows, self.first_l, -1) + self.pos_start.expand(rows, self.first_l, -1)
+                + lvl_pos[:, : self.first_l])
+
+    def scale_tokens(self, si: int, map_BlCv: torch.Tensor, lvl_pos: torch.Tensor) -> torch.Tensor:
+        """Input tokens of scale si (si ≥ 1) from the (rows, pn², Cvae) downsampled f_hat."""
+        b, e = self.begin_ends[si]
+        return self.word_embed(map_BlCv) + lvl_pos[:, b:e]
+
+    # ------------------------------------------------------------------ transformer
+    def step(self, x: torch.Tensor, ada_cond: torch.Tensor, kv: KVCache,
+             hooks: Optional[StepHooks] = None) -> torch.Tensor:
+        """Run every block on one scale's tokens x (rows, l, C) with KV caching; returns hidden states."""
+        for blk in self.blocks:
+            if hooks is None:
+                x = blk(x, ada_cond, None, kv)
+            else:
+                x = hooks.block(blk.block_idx, x, lambda t, blk=blk: blk(t, ada_cond, None, kv, hooks))
+        return x
+
+    def logits(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """(rows, l, C) -> float32 logits (rows, l, V)."""
+        return self.head(self.head_nm(h.float(), cond).float()).float()
+
+    def forward(self, labels: torch.Tensor, x_BLCv_wo_first_l: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits (B, L, V). Class dropout (cond_drop_rate) applies in training mode only."""
+        B = x_BLCv_wo_first_l.shape[0]
+        if self.training and self.config.cond_drop_rate > 0:
+            drop = torch.rand(B, device=labels.device) < self.config.cond_drop_rate
+            labels = torch.where(drop, self.num_classes, labels)
+        cond = self.class_cond(labels)
+        with torch.autocast(device_type=cond.device.type, enabled=False):
+            lvl_pos = self.level_pos()
+            x = torch.cat((self.first_tokens(cond, lvl_pos),
+                           self.word_embed(x_BLCv_wo_first_l.float()) + lvl_pos[:, self.first_l:]), dim=1)
+        mask = self.attn_bias_for_masking[:, :, : x.shape[1], : x.shape[1]]
+        ada = self.ada_cond(cond)
+        for blk in self.blocks:
+            x = blk(x, ada, mask)
+        return self.logits(x, cond)
+
+    def new_kv_cache(self) -> KVCache:
+        return KVCache(self.depth)

@@ -1,0 +1,188 @@
+"""Check our models against reference fixtures made with the official VAR code.
+
+A fixture directory holds `config.json` (official constructor kwargs), the official state dicts
+(`vae.safetensors[.xz]`, `var.safetensors`), `cases.safetensors` (inputs, expected outputs, debug
+intermediates) and `cases.json` (the call of each case and a tolerance per key). Cases are recognised
+by the official call they record, so fixtures of any model configuration work.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from radar_train.models import VAR, VQVAE, build_var, build_vqvae
+from radar_train.models.checkpoint import load_var_weights, load_vqvae_weights
+from radar_train.models.configs import VARConfig, VQVAEConfig
+from radar_train.sampling import NextScaleSampler, SamplingConfig
+
+
+class FixtureError(ValueError):
+    pass
+
+
+@dataclass
+class CaseResult:
+    name: str
+    max_abs_err: float
+    atol: float
+    passed: bool
+    worst_key: str
+    checked: int  # number of keys compared
+
+    def line(self) -> str:
+        status = "PASS" if self.passed else "FAIL"
+        return (f"{self.name:<16} max_abs_err={self.max_abs_err:.3e}  atol={self.atol:.1e}  {status}"
+                f"  ({self.checked} keys; worst {self.worst_key})")
+
+
+@dataclass
+class Fixture:
+    root: Path
+    config: dict
+    cases: dict
+    keys: dict
+    tensors: dict[str, torch.Tensor]
+
+    @staticmethod
+    def load(root: str | Path) -> "Fixture":
+        root = Path(root)
+        if not root.is_dir():
+            raise FixtureError(f"{root}: not a fixture directory")
+        for name in ("config.json", "cases.json", "cases.safetensors"):
+            if not (root / name).is_file():
+                raise FixtureError(f"{root / name}: missing (a fixture needs config.json, cases.json, cases.safetensors)")
+        try:
+            config = json.loads((root / "config.json").read_text())
+            cj = json.loads((root / "cases.json").read_text())
+        except json.JSONDecodeError as e:
+            raise FixtureError(f"{root}: invalid JSON ({e})") from None
+        tensors = safetensors.torch.load_file(str(root / "cases.safetensors"))
+        return Fixture(root, config, cj["cases"], cj["keys"], tensors)
+
+    def weights_file(self, stem: str) -> Path:
+        for suffix in (".safetensors", ".safetensors.xz", ".pth"):
+            p = self.root / f"{stem}{suffix}"
+            if p.is_file():
+                return p
+        raise FixtureError(f"{self.root}: no {stem}.safetensors[.xz] or {stem}.pth")
+
+    def build_models(self, device: torch.device) -> tuple[VQVAE, VAR]:
+        vae_cfg = VQVAEConfig.from_official(self.config["VQVAE_kwargs"])
+        var_cfg = VARConfig.from_official(self.config["VAR_kwargs"], vae_cfg)
+        vae_cfg = vae_cfg.with_patch_nums(var_cfg.patch_nums) if vae_cfg.patch_nums != var_cfg.patch_nums else vae_cfg
+        vqvae = load_vqvae_weights(build_vqvae(vae_cfg, "meta"), self.weights_file("vae"))
+        var = load_var_weights(build_var(var_cfg, "meta"), self.weights_file("var"))
+        return vqvae.to(device).eval(), var.to(device).eval()
+
+
+def _kind(call: str) -> str:
+    for needle, kind in (("fhat_to_img", "decode"), ("img_to_idxBl", "encode"), ("idxBl_to_var_input", "tf_input"),
+                         ("autoregressive_infer_cfg", "sample"), ("var(", "forward")):
+        if needle in call:
+            return kind
+    return "unknown"
+
+
+def _indexed(t: dict[str, torch.Tensor], prefix: str) -> list[torch.Tensor]:
+    out, si = [], 0
+    while f"{prefix}.{si}" in t:
+        out.append(t[f"{prefix}.{si}"])
+        si += 1
+    return out
+
+
+@torch.no_grad()
+def run_case(name: str, case: dict, fx: Fixture, vqvae: VQVAE, var: VAR, device) -> dict[str, torch.Tensor]:
+    T = {k: v.to(device) for k, v in fx.tensors.items()}
+    kind = _kind(case["call"])
+    ins = case.get("inputs", [])
+    pns = var.patch_nums
+    if kind == "decode":
+        return {f"{name}.out.img": vqvae.fhat_to_img(T[ins[0]])}
+    if kind == "encode":
+        img = T[ins[0]]
+        f = vqvae.encode(img)
+        out = {f"{name}.dbg.f": f}
+        for si, idx in enumerate(vqvae.quantize.f_to_indices(f, pns)):
+            out[f"{name}.out.idx.{si}"] = idx
+        fhats = vqvae.quantize.f_to_indices(f, pns, to_fhat=True)
+        for si, fh in enumerate(fhats):
+            out[f"{name}.out.f_hat.{si}"] = fh
+        out[f"{name}.out.recon"] = vqvae.fhat_to_img(fhats[-1])
+        return out
+    if kind == "tf_input":
+        idx = _indexed(T, ins[0].rsplit(".", 1)[0])
+        return {f"{name}.out.x_BLCv": vqvae.indices_to_var_input(idx, pns)}
+    if kind == "forward":
+        label = next(T[k] for k in ins if "label" in k)
+        x = next(T[k] for k in ins if "x_BLCv" in k)
+        return {f"{name}.out.logits": var(label, x)}
+    if kind == "sample":
+        kw = case.get("kwargs", {})
+        label = T[ins[0]] if ins else None
+        scfg = SamplingConfig(cfg=float(kw.get("cfg", 1.5)), top_k=int(kw.get("top_k", 0)),
+                              top_p=float(kw.get("top_p", 0.0)), noise="official",
+                              more_smooth=bool(kw.get("more_smooth", False)))
+        sampler = NextScaleSampler(var, vqvae.quantize, scfg)
+        B = int(kw.get("B", label.shape[0] if label is not None else fx.config.get("batch_size", 1)))
+        res = sampler.sample(label, g_seed=kw.get("g_seed"), batch_size=B, trace=True)
+        out = {f"{name}.out.final_f_hat": res.f_hat,
+               f"{name}.out.img": vqvae.fhat_to_img(res.f_hat).add(1).mul(0.5)}
+        for si, idx in enumerate(res.indices):
+            out[f"{name}.out.idx.{si}"] = idx
+        for k, v in res.trace.items():
+            section = "out" if k.startswith("f_hat.") else "dbg"
+            out[f"{name}.{section}.{k}"] = v
+        return out
+    raise FixtureError(f"case {name}: unrecognised call {case['call']!r}")
+
+
+def compare(name: str, expected_keys: list[str], got: dict[str, torch.Tensor], fx: Fixture) -> CaseResult:
+    worst, worst_ratio, worst_err, worst_atol, checked = "-", -1.0, 0.0, 0.0, 0
+    passed = True
+    for key in expected_keys:
+        if key not in fx.tensors:
+            continue  # listed but not stored (e.g. images omitted for size)
+        exp = fx.tensors[key]
+        atol = float(fx.keys.get(key, {}).get("atol", 0.0))
+        if key not in got:
+            return CaseResult(name, float("inf"), atol, False, f"{key} (not produced)", checked)
+        mine = got[key].detach().cpu()
+        checked += 1
+        if tuple(mine.shape) != tuple(exp.shape):
+            return CaseResult(name, float("inf"), atol, False, f"{key} shape {tuple(mine.shape)} vs {tuple(exp.shape)}", checked)
+        if exp.dtype.is_floating_point:
+            err = (mine.double() - exp.double()).abs().max().item() if exp.numel() else 0.0
+        else:
+            err = float((mine.long() != exp.long()).sum().item())  # integers: number of mismatches
+            atol = 0.0
+        ok = err <= atol
+        passed &= ok
+        ratio = err / atol if atol > 0 else (0.0 if err == 0 else float("inf"))
+        if ratio > worst_ratio:
+            worst, worst_ratio, worst_err, worst_atol = key, ratio, err, atol
+    return CaseResult(name, worst_err, worst_atol, passed and checked > 0, worst, checked)
+
+
+def check_fixture(root: str | Path, device: str = "cpu") -> tuple[list[CaseResult], list[str]]:
+    """Run every case of a fixture; returns the results and notes (config-level checks)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    fx = Fixture.load(root)
+    vqvae, var = fx.build_models(dev)
+    notes = []
+    phis = fx.config.get("phi_index_per_scale")
+    if phis is not None:
+        mine = vqvae.quantize.phi_indices(len(var.patch_nums))
+        notes.append(f"phi_index_per_scale {mine} {'matches' if mine == list(phis) else 'DIFFERS from ' + str(phis)}")
+    results = []
+    for name, case in fx.cases.items():
+        got = run_case(name, case, fx, vqvae, var, dev)
+        results.append(compare(name, list(case.get("outputs", [])) + list(case.get("debug", [])), got, fx))
+    return results, notes

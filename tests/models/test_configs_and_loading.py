@@ -1,0 +1,212 @@
+"""Named configs vs the official state-dict key lists, the φ table, weight loading and its errors."""
+import json
+import zipfile
+
+import pytest
+import torch
+
+from radar_train.models import (MODEL_PRESETS, VAR, VQVAE, CheckpointError, build_var, build_vqvae, get_preset,
+                                load_models, save_weights)
+from radar_train.models.checkpoint import load_var_weights, load_vqvae_weights
+from radar_train.models.configs import VARConfig, VQVAEConfig
+from radar_train.models.init import init_random_
+from radar_train.models.quantizer import MultiScaleQuantizer
+
+
+@pytest.fixture(scope="module")
+def official_keys(fixtures_dir):
+    return json.loads((fixtures_dir / "checkpoint_keys.json").read_text())
+
+
+def _entries(sd):
+    return {k: tuple(v.shape) for k, v in sd.items()}
+
+
+@pytest.mark.parametrize("depth", [16, 20, 24, 30, 36])
+def test_official_var_config_matches_checkpoint_keys_on_meta(depth, official_keys):
+    preset = get_preset(f"var-d{depth}")
+    var = build_var(preset.var, "meta")
+    assert all(t.is_meta for t in var.state_dict().values())  # nothing allocated
+    ours = _entries(var.state_dict())
+    ref = {e["name"]: tuple(e["shape"]) for e in official_keys["var"][f"d{depth}"]["entries"]}
+    assert set(ours) - set(ref) == set(), "keys we have that the official file lacks"
+    assert set(ref) - set(ours) == set(), "official keys we lack"
+    assert ours == ref
+    n_params = sum(p.numel() for p in var.parameters())
+    assert n_params == official_keys["var"][f"d{depth}"]["num_parameters"]
+
+
+@pytest.mark.parametrize("which", ["ch160v4096z32_256", "ch160v4096z32_512"])
+def test_official_vae_config_matches_checkpoint_keys_on_meta(which, official_keys):
+    preset = get_preset("var-d36" if which.endswith("512") else "var-d16")
+    vae = build_vqvae(preset.vae, "meta")
+    assert all(t.is_meta for t in vae.state_dict().values())
+    ref = {e["name"]: tuple(e["shape"]) for e in official_keys["vae"][which]["entries"]}
+    assert _entries(vae.state_dict()) == ref
+    assert sum(p.numel() for p in vae.parameters()) == official_keys["vae"][which]["num_parameters"]
+
+
+def test_phi_index_table(fixtures_dir):
+    rows = json.loads((fixtures_dir / "phi_index_table.json").read_text())["rows"]
+    assert len(rows) > 50
+    for row in rows:
+        q = MultiScaleQuantizer(8, 4, tuple(range(1, row["SN"] + 1)), share_quant_resi=row["share_quant_resi"],
+                                default_qresi_counts=row["default_qresi_counts"])
+        assert q.num_phi == row["num_phi"], row
+        assert q.phi_indices(row["SN"]) == row["phi_index_per_scale"], row
+    assert MultiScaleQuantizer(8, 4, tuple(range(1, 11))).phi_indices() == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]
+
+
+def test_tiny_preset_is_deterministic():
+    a_vae, a_var, a_id, _ = load_models("tiny")
+    b_vae, b_var, b_id, _ = load_models("tiny")
+    for x, y in ((a_vae, b_vae), (a_var, b_var)):
+        for (k, v), (_, w) in zip(x.state_dict().items(), y.state_dict().items()):
+            assert torch.equal(v, w), k
+    assert a_id == b_id
+    c_vae, _, c_id, _ = load_models("tiny", init_seed=5)
+    assert c_id != a_id
+    assert not torch.equal(c_vae.decoder.conv_in.weight, a_vae.decoder.conv_in.weight)
+
+
+def test_save_load_roundtrip_safetensors_and_pth(tmp_path, tiny_models):
+    vqvae, var = tiny_models
+    preset = get_preset("tiny")
+    save_weights(var, tmp_path / "var.safetensors")
+    torch.save(var.state_dict(), tmp_path / "var.pth")
+    save_weights(vqvae, tmp_path / "vae.safetensors")
+    for f in ("var.safetensors", "var.pth"):
+        loaded = load_var_weights(build_var(preset.var, "meta"), tmp_path / f)
+        for k, v in var.state_dict().items():
+            assert torch.equal(loaded.state_dict()[k], v), k
+    v2, r2, vid, rid = load_models("tiny", vae_checkpoint=str(tmp_path / "vae.safetensors"),
+                                   var_checkpoint=str(tmp_path / "var.pth"))
+    assert vid.kind == "file" and len(vid.value) == 64
+    x = torch.randn(2, vqvae.config.z_channels, 8, 8)
+    torch.testing.assert_close(v2.fhat_to_img(x), vqvae.fhat_to_img(x), atol=0, rtol=0)
+
+
+def _write_tiny(tmp_path, tiny_models):
+    vqvae, var = tiny_models
+    save_weights(var, tmp_path / "var.safetensors")
+    save_weights(vqvae, tmp_path / "vae.safetensors")
+    return tmp_path / "vae.safetensors", tmp_path / "var.safetensors"
+
+
+def test_error_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match=r"nope\.pth: checkpoint file not found"):
+        load_var_weights(build_var(get_preset("tiny").var, "meta"), tmp_path / "nope.pth")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04truncated-zip"])
+def test_error_not_a_checkpoint(tmp_path, content):
+    p = tmp_path / "broken.pth"
+    p.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"broken\.pth: not a readable checkpoint") as e:
+        load_var_weights(build_var(get_preset("tiny").var, "meta"), p)
+    assert "\n" not in str(e.value)
+
+
+def test_error_truncated_real_checkpoint(tmp_path, tiny_models):
+    torch.save(tiny_models[1].state_dict(), tmp_path / "full.pth")
+    data = (tmp_path / "full.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    assert zipfile.is_zipfile(tmp_path / "full.pth")
+    with pytest.raises(CheckpointError, match=r"cut\.pth: not a readable checkpoint"):
+        load_var_weights(build_var(get_preset("tiny").var, "meta"), tmp_path / "cut.pth")
+
+
+def test_error_var_given_as_vqvae_and_reverse(tmp_path, tiny_models):
+    vae_f, var_f = _write_tiny(tmp_path, tiny_models)
+    preset = get_preset("tiny")
+    with pytest.raises(CheckpointError, match=r"var\.safetensors: is a VAR transformer checkpoint, but was given as the VQ-VAE"):
+        load_vqvae_weights(build_vqvae(preset.vae, "meta"), var_f)
+    with pytest.raises(CheckpointError, match=r"vae\.safetensors: is a VQ-VAE checkpoint, but was given as the VAR"):
+        load_var_weights(build_var(preset.var, "meta"), vae_f)
+    with pytest.raises(CheckpointError, match="given as the VQ-VAE"):
+        load_models("tiny", vae_checkpoint=str(var_f), var_checkpoint=str(vae_f))
+
+
+def test_error_depth_mismatch_names_the_config(tmp_path):
+    """A d20-shaped checkpoint loaded as d16: the message says which config the file is."""
+    d20 = build_var(get_preset("var-d20").var, "meta")
+    fake = {k: torch.empty(0) for k in d20.state_dict()}  # names only; the shape summary needs real shapes
+    fake["class_emb.weight"] = torch.empty(1001, 1280)
+    fake["pos_1LC"] = torch.empty(1, 680, 1280)
+    save_weights(fake, tmp_path / "var_d20.safetensors")
+    with pytest.raises(CheckpointError, match=r"var_d20\.safetensors: is a VAR with depth 20, width 1280 — the var-d20 "
+                                              r"config; the config asks for depth 16, width 1024 \(var-d16\)"):
+        load_var_weights(build_var(get_preset("var-d16").var, "meta"), tmp_path / "var_d20.safetensors")
+
+
+def test_error_missing_and_unexpected_keys(tmp_path, tiny_models):
+    sd = dict(tiny_models[1].state_dict())
+    del sd["head.bias"]
+    sd["blocks.0.attn.extra"] = torch.zeros(3)
+    save_weights(sd, tmp_path / "odd.safetensors")
+    with pytest.raises(CheckpointError, match=r"odd\.safetensors: does not match the model: 1 missing key\(s\) e\.g\. "
+                                              r"head\.bias; 1 unexpected key\(s\) e\.g\. blocks\.0\.attn\.extra"):
+        load_var_weights(build_var(get_preset("tiny").var, "meta"), tmp_path / "odd.safetensors")
+
+
+def test_error_official_preset_without_files():
+    with pytest.raises(ValueError, match=r"var-d16.*needs model\.vae_checkpoint and model\.var_checkpoint.*var_d16\.pth"):
+        load_models("var-d16")
+
+
+def test_unknown_preset_lists_available():
+    with pytest.raises(ValueError, match=r"unknown model preset 'd17'; available: .*var-d16"):
+        get_preset("d17")
+
+
+def test_presets_cover_the_named_configs():
+    assert {"var-d16", "var-d20", "var-d24", "var-d30", "var-d36", "tiny"} <= set(MODEL_PRESETS)
+    assert get_preset("var-d36").var.shared_aln and get_preset("var-d36").image_size == 512
+    assert get_preset("var-d16").image_size == 256
+
+
+# ---------------------------------------------------------------- generality beyond tiny_a
+GENERAL_CONFIGS = [
+    dict(var=dict(shared_aln=True), vae=dict(share_quant_resi=0)),
+    dict(var=dict(attn_l2_norm=False, num_heads=2), vae=dict(share_quant_resi=1)),
+    dict(var=dict(num_classes=3, mlp_ratio=2.5), vae=dict(quant_resi=0.0, share_quant_resi=3)),
+    dict(var=dict(patch_nums=(2, 3, 5)), vae=dict(patch_nums=(2, 3, 5), using_znorm=True, share_quant_resi=2)),
+]
+
+
+@pytest.mark.parametrize("spec", GENERAL_CONFIGS)
+def test_teacher_forcing_equals_kv_cached_steps_for_other_configs(spec):
+    """For configs unlike tiny_a (shared AdaLN, no l2-norm attention, first scale > 1 token, other φ
+    sharing, cosine codebook), the scale-causal teacher-forced forward equals the KV-cached steps."""
+    from radar_train.sampling import NextScaleSampler, SamplingConfig
+
+    pn = spec["vae"].get("patch_nums", (1, 2, 3, 4))
+    vcfg = VQVAEConfig(vocab_size=32, z_channels=4, ch=32, ch_mult=(1, 2), num_res_blocks=1, patch_nums=pn,
+                       **{k: v for k, v in spec["vae"].items() if k != "patch_nums"})
+    kw = dict(num_classes=5, depth=2, embed_dim=32, num_heads=4, patch_nums=pn, vocab_size=32, z_channels=4)
+    kw.update(spec["var"])
+    var = init_random_(VAR(VARConfig(**kw)), 3).eval()
+    vqvae = init_random_(VQVAE(vcfg), 4).eval()
+    sampler = NextScaleSampler(var, vqvae.quantize, SamplingConfig(cfg=2.0, top_k=1, top_p=0.0, noise="official"))
+    labels = torch.tensor([0, 2, var.num_classes])
+    res = sampler.sample(labels, g_seed=0, trace=True)
+    with torch.no_grad():
+        x = vqvae.indices_to_var_input(res.indices)
+        tf = var(labels, x)
+        tf_u = var(torch.full_like(labels, var.num_classes), x)
+    raw = torch.cat([res.trace[f"raw_logits.{si}"] for si in range(len(pn))], dim=1)
+    torch.testing.assert_close(tf, raw[:3], atol=5e-5, rtol=1e-5)
+    torch.testing.assert_close(tf_u, raw[3:], atol=5e-5, rtol=1e-5)
+    torch.testing.assert_close(vqvae.indices_to_fhat(res.indices), res.f_hat, atol=1e-5, rtol=0)
+
+
+def test_encode_decode_shapes_and_indices_roundtrip(tiny_models):
+    vqvae, _ = tiny_models
+    img = torch.rand(2, 3, vqvae.config.image_size, vqvae.config.image_size) * 2 - 1
+    with torch.no_grad():
+        idx = vqvae.img_to_indices(img)
+        fh = vqvae.img_to_fhat(img)
+        torch.testing.assert_close(vqvae.indices_to_fhat(idx), fh[-1], atol=1e-5, rtol=0)
+        out = vqvae.fhat_to_img(fh[-1])
+    assert [i.shape[1] for i in idx] == [p * p for p in vqvae.patch_nums]
+    assert out.shape == img.shape and out.min() >= -1 and out.max() <= 1

@@ -1,0 +1,63 @@
+"""Our models against the official-code fixture (tests/fixtures/tiny_a), through the CLI and the API."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from radar_train.reference import Fixture, check_fixture
+
+
+def test_check_reference_cli_passes_on_tiny_a(fixtures_dir):
+    r = subprocess.run([sys.executable, "-m", "radar_train.cli.check_reference", str(fixtures_dir / "tiny_a")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[-1] == "reference: 8/8 cases pass"
+    case_lines = [line for line in lines if not line.startswith("#")][:-1]
+    assert len(case_lines) == 8 and all(" PASS " in line for line in case_lines)
+
+
+def test_check_reference_fails_on_perturbed_weights(fixtures_dir, tmp_path):
+    """The check can fail: the same fixture with one VAR weight nudged is caught."""
+    import shutil
+
+    import safetensors.torch as st
+
+    for f in fixtures_dir.joinpath("tiny_a").iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    sd = st.load_file(str(tmp_path / "var.safetensors"))
+    sd["blocks.1.ffn.fc2.bias"] = sd["blocks.1.ffn.fc2.bias"] + 1e-3
+    st.save_file(sd, str(tmp_path / "var.safetensors"))
+    results, _ = check_fixture(tmp_path)
+    failed = {r.name for r in results if not r.passed}
+    assert "d" in failed and "a" not in failed and "b" not in failed
+
+
+def test_teacher_forcing_equals_cached_inference(fixtures_dir):
+    """VAR.forward on the teacher-forcing input of greedy indices = the conditional half of the
+    KV-cached sampling logits (and the unconditional half with the null label)."""
+    fx = Fixture.load(fixtures_dir / "tiny_a")
+    vqvae, var = fx.build_models(torch.device("cpu"))
+    T = fx.tensors
+    idx = [T[f"e_cfg4.out.idx.{si}"] for si in range(len(var.patch_nums))]
+    x = vqvae.indices_to_var_input(idx)
+    label = T["e.in.label"]
+    with torch.no_grad():
+        cond = var(label, x)
+        uncond = var(torch.full_like(label, var.num_classes), x)
+    raw = torch.cat([T[f"e_cfg4.dbg.raw_logits.{si}"] for si in range(len(var.patch_nums))], dim=1)
+    B = label.shape[0]
+    torch.testing.assert_close(cond, raw[:B], atol=2e-5, rtol=0)
+    torch.testing.assert_close(uncond, raw[B:], atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("case", ["e_cfg1", "e_cfg4"])
+def test_fhat_from_indices_matches_sampling(fixtures_dir, case):
+    fx = Fixture.load(fixtures_dir / "tiny_a")
+    vqvae, var = fx.build_models(torch.device("cpu"))
+    idx = [fx.tensors[f"{case}.out.idx.{si}"] for si in range(len(var.patch_nums))]
+    with torch.no_grad():
+        fh = vqvae.indices_to_fhat(idx, cumulative=True)
+    for si, f in enumerate(fh):
+        torch.testing.assert_close(f, fx.tensors[f"{case}.out.f_hat.{si}"], atol=3e-6, rtol=0)
