@@ -1,0 +1,72 @@
+"""User-facing configuration groups shared by every entry point (YAML sections `model`, `sampling`,
+`accel`). Defaults live here only. Stage-specific groups live beside their stage (cache/, train/, ...).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from radar_train.sampling import SamplingConfig
+
+__all__ = ["ModelArgs", "SamplingConfig", "FastVARArgs", "StageVARArgs", "AccelArgs"]
+
+
+@dataclass
+class ModelArgs:
+    """Which VQ-VAE + VAR to use."""
+
+    preset: str = "tiny"
+    """Model preset: var-d16, var-d20, var-d24, var-d30, var-d36, tiny (random weights), toy (trained toy world)."""
+    vae_checkpoint: Optional[str] = None
+    """VQ-VAE weights (.pth or .safetensors), e.g. checkpoints/vae_ch160v4096z32.pth. Required for var-d*."""
+    var_checkpoint: Optional[str] = None
+    """VAR weights (.pth or .safetensors), e.g. checkpoints/var_d16.pth. Required for var-d*."""
+    init_seed: Optional[int] = None
+    """Random presets only: seed of the random weights (default: the preset's)."""
+
+
+@dataclass
+class FastVARArgs:
+    """FastVAR: pivotal token selection + cached token restoration on the last scales."""
+
+    preset: Optional[str] = "default"
+    """default | mild | aggressive (resolved against the model's scales: the last 2 or 3 scales), or
+    null to use `prune` and `cache_scale`."""
+    prune: Optional[dict[int, float]] = None
+    """{scale side: pruning ratio} (fraction of tokens dropped, 0..1; 1 = skip that scale and the rest).
+    Overrides the preset."""
+    cache_scale: Optional[int] = None
+    """Side of the scale whose branch outputs are cached for restoration (default: the scale just
+    before the first pruned one)."""
+    layers: Optional[list[int]] = None
+    """Blocks where pruning applies (default: all)."""
+
+
+@dataclass
+class StageVARArgs:
+    """StageVAR: single-branch (no CFG) fidelity-refinement scales with random projection + token
+    restoration, suffix skipping."""
+
+    preset: Optional[str] = "default"
+    """default (last 2 scales, RP at α=0.96) | paper (last 3: RP at α=0.96, then skip), or null to
+    use `scales`."""
+    scales: Optional[dict[int, float]] = None
+    """{scale side: α} for the fidelity-refinement scales; α > 0: random projection with the rank
+    measured at energy α; α = 0: skip this scale and the rest. Overrides the preset."""
+    single_branch: Literal["cond", "uncond", "off"] = "cond"
+    """CFG half kept in the refinement scales (the class branch by default)."""
+    rank_ratios: Optional[str] = None
+    """YAML written by `radar-accel calibrate` (rank ratio per scale and block)."""
+    default_rank_ratio: float = 0.176
+    """Rank ratio where no calibrated value exists (StageVAR's average at α=0.96)."""
+    min_rank: int = 8
+    """Lower bound of the projected token count r."""
+    rp_scale: Literal["paper", "token_norm"] = "paper"
+    """Projection scaling: N(0, 1/r) as the paper, or rescaled to keep token norms."""
+
+
+@dataclass
+class AccelArgs:
+    method: Literal["none", "fastvar", "stagevar"] = "none"
+    fastvar: FastVARArgs = field(default_factory=FastVARArgs)
+    stagevar: StageVARArgs = field(default_factory=StageVARArgs)
