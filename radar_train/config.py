@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from radar_train.sampling import SamplingConfig
-
 __all__ = ["ModelArgs", "SamplingConfig", "FastVARArgs", "StageVARArgs", "AccelArgs"]
+
+Noise = Literal["official", "per_sample"]
 
 
 @dataclass
@@ -23,6 +23,31 @@ class ModelArgs:
     """VAR weights (.pth or .safetensors), e.g. checkpoints/var_d16.pth. Required for var-d*."""
     init_seed: Optional[int] = None
     """Random presets only: seed of the random weights (default: the preset's)."""
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Sampler settings. Defaults are the VAR README's FID protocol with this project's noise mode."""
+
+    cfg: float = 1.5  # guidance at the last scale; ramps linearly from 0 at the first
+    top_k: int = 900  # 0 = off
+    top_p: float = 0.96  # 0 = off
+    noise: Noise = "per_sample"
+    more_smooth: bool = False  # official visualisation trick (soft codebook mix); official noise only
+
+    def problems(self) -> list[str]:
+        p = []
+        if self.cfg < 0:
+            p.append(f"sampling.cfg must be >= 0, got {self.cfg}")
+        if self.top_k < 0:
+            p.append(f"sampling.top_k must be >= 0, got {self.top_k}")
+        if not 0.0 <= self.top_p < 1.0:
+            p.append(f"sampling.top_p must be in [0, 1), got {self.top_p}")
+        if self.noise not in ("official", "per_sample"):
+            p.append(f"sampling.noise must be 'official' or 'per_sample', got {self.noise!r}")
+        if self.more_smooth and self.noise != "official":
+            p.append("sampling.more_smooth needs noise='official'")
+        return p
 
 
 @dataclass

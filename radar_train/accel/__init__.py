@@ -1,8 +1,53 @@
-"""Acceleration methods for VAR sampling, by name."""
+"""Acceleration methods for VAR sampling, by name, and the factory from the `accel` config section."""
 from __future__ import annotations
 
+from typing import Sequence
+
 from radar_train.accel.base import AccelMethod, AccelRun, ConfigError, RunContext, ScalePlan
+from radar_train.accel.fastvar import FastVAR
+from radar_train.accel.stagevar import StageVAR, load_rank_ratios
+from radar_train.config import AccelArgs, FastVARArgs, StageVARArgs
 
-ACCEL_METHODS: dict[str, type[AccelMethod]] = {"none": AccelMethod}
+__all__ = ["ACCEL_METHODS", "AccelMethod", "AccelRun", "ConfigError", "RunContext", "ScalePlan", "FastVAR",
+           "StageVAR", "build_accel"]
 
-__all__ = ["ACCEL_METHODS", "AccelMethod", "AccelRun", "ConfigError", "RunContext", "ScalePlan"]
+
+def _none(args: AccelArgs, patch_nums: Sequence[int]) -> AccelMethod:
+    return AccelMethod()
+
+
+def _fastvar(args: AccelArgs, patch_nums: Sequence[int]) -> FastVAR:
+    a: FastVARArgs = args.fastvar
+    layers = None if a.layers is None else tuple(int(b) for b in a.layers)
+    if a.prune is not None:
+        prune = tuple((int(k), float(v)) for k, v in sorted(a.prune.items()))
+        return FastVAR(prune=prune, cache_scale=a.cache_scale, layers=layers)
+    if a.preset is None:
+        raise ValueError("accel.fastvar: give a preset or prune")
+    return FastVAR.from_preset(a.preset, tuple(patch_nums), cache_scale=a.cache_scale, layers=layers)
+
+
+def _stagevar(args: AccelArgs, patch_nums: Sequence[int]) -> StageVAR:
+    a: StageVARArgs = args.stagevar
+    ratios = ()
+    if a.rank_ratios is not None:
+        ratios = tuple((pn, tuple(r)) for pn, r in sorted(load_rank_ratios(a.rank_ratios).items()))
+    kw = dict(single_branch=a.single_branch, rank_ratios=ratios, rank_ratios_file=a.rank_ratios,
+              default_rank_ratio=a.default_rank_ratio, min_rank=a.min_rank, rp_scale=a.rp_scale)
+    if a.scales is not None:
+        return StageVAR(scales=tuple((int(k), float(v)) for k, v in sorted(a.scales.items())), **kw)
+    if a.preset is None:
+        raise ValueError("accel.stagevar: give a preset or scales")
+    return StageVAR.from_preset(a.preset, tuple(patch_nums), **kw)
+
+
+ACCEL_METHODS = {"none": _none, "fastvar": _fastvar, "stagevar": _stagevar}
+
+
+def build_accel(args: AccelArgs, patch_nums: Sequence[int], depth: int) -> AccelMethod:
+    """The configured method, validated against the model (every problem reported at once)."""
+    if args.method not in ACCEL_METHODS:
+        raise ValueError(f"unknown accel.method {args.method!r}; available: {', '.join(ACCEL_METHODS)}")
+    method = ACCEL_METHODS[args.method](args, patch_nums)
+    method.validate(tuple(patch_nums), depth)
+    return method

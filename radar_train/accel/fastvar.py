@@ -1,0 +1,167 @@
+"""FastVAR on class-conditional VAR: pivotal token selection (PTS) + cached token restoration (CTR).
+
+At the cache scale every block in `layers` stores the full gated branch output of its attention and
+FFN sub-layers (all rows). At a pruned scale with ratio ρ, before each sub-layer the residual stream x
+is scored per row (score_i = Σ_c (x_ic − mean_c)²); the M − ⌊Mρ⌋ highest-scoring tokens go through the
+sub-layer (only their K/V enter the KV cache); the branch output of the others is the cached output
+area-resized to the current grid. ρ = 1 skips the scale and every later one (decode f_hat as it is).
+
+Presets are defined from the end of the schedule, so they resolve for any model: on the 256px
+schedule (…, 10, 13, 16) `default` is {13: 0.5, 16: 0.75} with cache 10, `mild` {13: 0.4, 16: 0.5},
+`aggressive` {10: 0.5, 13: 0.75, 16: 0.9} with cache 8; on 512px (…, 18, 24, 32) `default` is
+{24: 0.5, 32: 0.75} with cache 18 (methods.md §2.5).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from radar_train.accel.base import AccelMethod, AccelRun, Branch, RunContext, ScalePlan
+from radar_train.models.hooks import StepHooks, SubLayer
+
+PRESETS: dict[str, tuple[float, ...]] = {
+    "default": (0.5, 0.75),
+    "mild": (0.4, 0.5),
+    "aggressive": (0.5, 0.75, 0.9),
+}
+
+
+def pivotal_tokens(x: torch.Tensor, keep: int) -> torch.Tensor:
+    """PTS: indices (rows, keep), ascending, of the tokens of x (rows, M, C) farthest from the row's
+    spatial mean (squared distance summed over channels)."""
+    score = (x - x.mean(dim=1, keepdim=True)).float().pow(2).sum(dim=-1)
+    return score.topk(keep, dim=1, sorted=False).indices.sort(dim=1).values
+
+
+def resize_tokens(t: torch.Tensor, pn: int) -> torch.Tensor:
+    """(rows, p², C) token grid -> (rows, pn², C) by area interpolation."""
+    rows, m, C = t.shape
+    p = math.isqrt(m)
+    grid = t.transpose(1, 2).reshape(rows, C, p, p)
+    return F.interpolate(grid, size=(pn, pn), mode="area").reshape(rows, C, pn * pn).transpose(1, 2)
+
+
+def restore_tokens(cached: torch.Tensor, pn: int, idx: torch.Tensor, computed: torch.Tensor) -> torch.Tensor:
+    """CTR: the cached branch output resized to pn×pn, with the computed tokens scattered at idx."""
+    full = resize_tokens(cached.to(computed.dtype), pn).contiguous()
+    return full.scatter(1, idx.unsqueeze(-1).expand(-1, -1, full.shape[-1]), computed)
+
+
+@dataclass(frozen=True)
+class FastVAR(AccelMethod):
+    name = "fastvar"
+    prune: tuple[tuple[int, float], ...]  # ((scale side, ratio), ...)
+    cache_scale: Optional[int] = None  # side; None = the scale just before the first pruned one
+    layers: Optional[tuple[int, ...]] = None  # None = all blocks
+    preset: Optional[str] = None
+
+    @staticmethod
+    def from_preset(preset: str, patch_nums: Sequence[int], **kw) -> "FastVAR":
+        if preset not in PRESETS:
+            raise ValueError(f"unknown fastvar preset {preset!r}; available: {', '.join(PRESETS)}")
+        ratios = PRESETS[preset]
+        if len(ratios) >= len(patch_nums):
+            raise ValueError(f"fastvar preset {preset!r} prunes {len(ratios)} scales; the model has only {len(patch_nums)}")
+        sides = patch_nums[-len(ratios):]
+        return FastVAR(prune=tuple(zip(sides, ratios)), preset=preset, **kw)
+
+    @property
+    def ratios(self) -> dict[int, float]:
+        return dict(self.prune)
+
+    def _cache_side(self, patch_nums: Sequence[int]) -> Optional[int]:
+        if self.cache_scale is not None:
+            return self.cache_scale
+        pruned = [patch_nums.index(pn) for pn, r in self.prune if pn in patch_nums and r < 1.0]
+        first = min(pruned, default=None)
+        return patch_nums[first - 1] if first else None
+
+    def problems(self, patch_nums: Sequence[int], depth: int) -> list[str]:
+        p = []
+        pns = list(patch_nums)
+        sides = [pn for pn, _ in self.prune]
+        if len(set(sides)) != len(sides):
+            p.append(f"fastvar.prune lists a scale twice: {sides}")
+        for pn, r in self.prune:
+            if pn not in pns:
+                p.append(f"fastvar.prune: scale {pn} is not in the model's patch_nums {tuple(pns)}")
+            if not 0.0 <= r <= 1.0:
+                p.append(f"fastvar.prune: ratio {r} for scale {pn} is outside [0, 1]")
+        valid = [(pns.index(pn), r) for pn, r in self.prune if pn in pns and 0.0 <= r <= 1.0]
+        skip_at = min((i for i, r in valid if r == 1.0), default=None)
+        if skip_at is not None:
+            if skip_at == 0:
+                p.append("fastvar.prune: ratio 1 at the first scale would skip every scale")
+            later = [pns[i] for i, r in valid if i > skip_at and r < 1.0]
+            if later:
+                p.append(f"fastvar.prune: scale {pns[skip_at]} has ratio 1 (skip the rest) but later scales "
+                         f"{later} have ratios < 1 (only a suffix can be skipped)")
+        pruned_idx = [i for i, r in valid if r < 1.0]
+        if pruned_idx:
+            cache = self._cache_side(pns)
+            if cache is None or cache not in pns:
+                p.append(f"fastvar.cache_scale {cache} is not in the model's patch_nums {tuple(pns)}")
+            elif pns.index(cache) >= min(pruned_idx):
+                p.append(f"fastvar.cache_scale {cache} must come before the first pruned scale {pns[min(pruned_idx)]}")
+        if self.layers is not None:
+            bad = [b for b in self.layers if not 0 <= b < depth]
+            if bad:
+                p.append(f"fastvar.layers {bad} out of range for depth {depth}")
+        return p
+
+    def first_modified_scale(self, patch_nums: Sequence[int]) -> Optional[int]:
+        idx = [list(patch_nums).index(pn) for pn, _ in self.prune if pn in patch_nums]
+        return min(idx, default=None)
+
+    def start(self, ctx: RunContext) -> AccelRun:
+        return _FastVARRun(self, ctx)
+
+    def describe(self) -> dict:
+        return {"method": self.name, "preset": self.preset, "prune": {int(k): float(v) for k, v in self.prune},
+                "cache_scale": self.cache_scale, "layers": None if self.layers is None else list(self.layers)}
+
+
+class _FastVARRun(AccelRun):
+    def __init__(self, method: FastVAR, ctx: RunContext):
+        super().__init__(ctx)
+        self.ratios = method.ratios
+        self.cache_side = method._cache_side(ctx.patch_nums)
+        self.layers = None if method.layers is None else frozenset(method.layers)
+        self.cache: dict[tuple[int, str], torch.Tensor] = {}
+        self.mode: Optional[str] = None
+        self.pn = 0
+
+    def plan(self, si: int) -> ScalePlan:
+        return ScalePlan(skip=self.ratios.get(self.ctx.patch_nums[si], 0.0) >= 1.0)
+
+    def begin_scale(self, si: int, rows: Branch) -> Optional[StepHooks]:
+        super().begin_scale(si, rows)
+        self.pn = self.ctx.patch_nums[si]
+        if self.pn == self.cache_side:
+            self.mode = "cache"
+        elif self.pn in self.ratios:
+            self.mode = "prune"
+        else:
+            self.mode = None
+        return self if self.mode else None
+
+    def select_rows(self, index: slice) -> None:
+        self.cache = {k: v[index] for k, v in self.cache.items()}
+
+    def sublayer(self, block_idx: int, kind: SubLayer, x: torch.Tensor,
+                 branch: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        if self.layers is not None and block_idx not in self.layers:
+            return branch(x)
+        if self.mode == "cache":
+            y = branch(x)
+            self.cache[(block_idx, kind)] = y
+            return y
+        M = x.shape[1]
+        keep = max(1, M - math.floor(M * self.ratios[self.pn]))
+        idx = pivotal_tokens(x, keep)
+        x_kept = x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        return restore_tokens(self.cache[(block_idx, kind)], self.pn, idx, branch(x_kept))

@@ -1,0 +1,209 @@
+"""StageVAR on class-conditional VAR (methods.md §3): the fidelity-refinement scales run one CFG branch
+(the class branch by default), and each block there sees r ≪ M randomly projected tokens.
+
+At a refinement scale with α > 0, block j gets F̂ = Qᵀ F̃ (Q: M × r, entries N(0, 1/r)) instead of the
+M-token input F̃, runs it as an ordinary token map (the r mixed tokens' K/V enter the KV cache), and its
+output is restored (RTR): the block's output at the previous scale, area-resized to the current grid,
+with r positions — drawn without replacement with probability ∝ ‖F̃_i‖² — replaced by the r outputs.
+α = 0 skips the scale and every later one. r = ceil(ratio·M) with the ratio calibrated per (scale,
+block) (`radar-accel calibrate`), else `default_rank_ratio`; at least `min_rank`, at most M.
+
+Randomness (Q and the RTR draws) comes from generators derived from (sample seed, scale, purpose,
+branch), separate from the token-sampling stream.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal, Optional, Sequence
+
+import torch
+import yaml
+
+from radar_train.accel.base import AccelMethod, AccelRun, Branch, RunContext, ScalePlan
+from radar_train.accel.fastvar import resize_tokens
+from radar_train.models.hooks import StepHooks
+from radar_train.seeding import derive_seed, make_generator
+
+PRESETS: dict[str, tuple[float, ...]] = {
+    "default": (0.96, 0.96),  # last two scales, RP + RTR
+    "paper": (0.96, 0.0, 0.0),  # last three: RP at the first, skip the other two (Infinity's layout)
+}
+
+
+def load_rank_ratios(path: str | Path) -> dict[int, list[float]]:
+    """{scale side: [ratio per block]} from a calibration YAML."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: stagevar rank-ratio file not found (write one with `radar-accel calibrate`)")
+    try:
+        data = yaml.safe_load(p.read_text())
+        return {int(k): [float(r) for r in v] for k, v in data["ratios"].items()}
+    except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"{p}: not a stagevar rank-ratio file ({type(e).__name__}: {e})") from None
+
+
+def rank_for(alpha_energy: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Smallest r with Σ_{i≤r} σ_i² ≥ α Σ σ_i², for singular values σ (…, n) sorted descending."""
+    e = alpha_energy.float().pow(2)
+    cum = e.cumsum(dim=-1)
+    return (cum < alpha * cum[..., -1:]).sum(dim=-1) + 1
+
+
+@dataclass(frozen=True)
+class StageVAR(AccelMethod):
+    name = "stagevar"
+    scales: tuple[tuple[int, float], ...]  # ((scale side, α), ...)
+    single_branch: Literal["cond", "uncond", "off"] = "cond"
+    rank_ratios: tuple[tuple[int, tuple[float, ...]], ...] = ()  # ((side, (ratio per block)), ...)
+    rank_ratios_file: Optional[str] = None
+    default_rank_ratio: float = 0.176
+    min_rank: int = 8
+    rp_scale: Literal["paper", "token_norm"] = "paper"
+    preset: Optional[str] = None
+
+    @staticmethod
+    def from_preset(preset: str, patch_nums: Sequence[int], **kw) -> "StageVAR":
+        if preset not in PRESETS:
+            raise ValueError(f"unknown stagevar preset {preset!r}; available: {', '.join(PRESETS)}")
+        alphas = PRESETS[preset]
+        if len(alphas) >= len(patch_nums):
+            raise ValueError(f"stagevar preset {preset!r} needs more than {len(alphas)} scales; the model has {len(patch_nums)}")
+        return StageVAR(scales=tuple(zip(patch_nums[-len(alphas):], alphas)), preset=preset, **kw)
+
+    @property
+    def alphas(self) -> dict[int, float]:
+        return dict(self.scales)
+
+    def ratio(self, pn: int, block: int) -> float:
+        table = dict(self.rank_ratios).get(pn)
+        return table[block] if table is not None and block < len(table) else self.default_rank_ratio
+
+    def problems(self, patch_nums: Sequence[int], depth: int) -> list[str]:
+        p, pns = [], list(patch_nums)
+        idx = []
+        for pn, a in self.scales:
+            if pn not in pns:
+                p.append(f"stagevar.scales: scale {pn} is not in the model's patch_nums {tuple(pns)}")
+            else:
+                idx.append(pns.index(pn))
+            if not 0.0 <= a <= 1.0:
+                p.append(f"stagevar.scales: α {a} for scale {pn} is outside [0, 1]")
+        if idx:
+            if sorted(idx) != list(range(min(idx), len(pns))):
+                p.append(f"stagevar.scales {sorted(pns[i] for i in idx)} must be the last scales of the schedule "
+                         f"(a contiguous suffix of {tuple(pns)})")
+            if min(idx) == 0:
+                p.append("stagevar.scales cannot include the first scale")
+            alphas = [dict(self.scales)[pns[i]] for i in sorted(idx)]
+            if 0.0 in alphas and any(a > 0 for a in alphas[alphas.index(0.0):]):
+                p.append("stagevar.scales: after a skipped scale (α = 0) every later scale is skipped too")
+        if self.single_branch not in ("cond", "uncond", "off"):
+            p.append(f"stagevar.single_branch must be cond, uncond or off, got {self.single_branch!r}")
+        if not 0.0 < self.default_rank_ratio <= 1.0:
+            p.append(f"stagevar.default_rank_ratio {self.default_rank_ratio} is outside (0, 1]")
+        if self.min_rank < 1:
+            p.append(f"stagevar.min_rank must be >= 1, got {self.min_rank}")
+        if self.rp_scale not in ("paper", "token_norm"):
+            p.append(f"stagevar.rp_scale must be paper or token_norm, got {self.rp_scale!r}")
+        for pn, ratios in self.rank_ratios:
+            if len(ratios) != depth:
+                p.append(f"stagevar rank ratios for scale {pn} have {len(ratios)} blocks; the model has {depth}")
+            if any(not 0.0 < r <= 1.0 for r in ratios):
+                p.append(f"stagevar rank ratios for scale {pn} must lie in (0, 1]")
+        return p
+
+    def first_modified_scale(self, patch_nums: Sequence[int]) -> Optional[int]:
+        idx = [list(patch_nums).index(pn) for pn, _ in self.scales if pn in patch_nums]
+        return min(idx, default=None)
+
+    def start(self, ctx: RunContext) -> AccelRun:
+        return _StageVARRun(self, ctx)
+
+    def describe(self) -> dict:
+        return {"method": self.name, "preset": self.preset, "scales": {int(k): float(v) for k, v in self.scales},
+                "single_branch": self.single_branch, "rank_ratios_file": self.rank_ratios_file,
+                "rank_ratios": {int(k): list(v) for k, v in self.rank_ratios} or None,
+                "default_rank_ratio": self.default_rank_ratio, "min_rank": self.min_rank, "rp_scale": self.rp_scale}
+
+
+class _StageVARRun(AccelRun):
+    def __init__(self, method: StageVAR, ctx: RunContext):
+        super().__init__(ctx)
+        self.m = method
+        self.alphas = method.alphas
+        first = method.first_modified_scale(ctx.patch_nums)
+        self.observe_si = None if first is None else first - 1
+        self.cache: dict[int, torch.Tensor] = {}  # block -> its full output at the previous scale
+        self.mode: Optional[str] = None
+        self.draws: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def plan(self, si: int) -> ScalePlan:
+        pn = self.ctx.patch_nums[si]
+        if pn not in self.alphas:
+            return ScalePlan()
+        if self.alphas[pn] == 0.0:
+            return ScalePlan(skip=True)
+        return ScalePlan(branch="both" if self.m.single_branch == "off" else self.m.single_branch)
+
+    def begin_scale(self, si: int, rows: Branch) -> Optional[StepHooks]:
+        super().begin_scale(si, rows)
+        pn = self.ctx.patch_nums[si]
+        self.mode = "rp" if self.alphas.get(pn, 0.0) > 0 else "observe" if si == self.observe_si else None
+        if self.mode == "rp":
+            self.draws = self._draw(si, pn)
+        return self if self.mode else None
+
+    def select_rows(self, index: slice) -> None:
+        self.cache = {k: v[index] for k, v in self.cache.items()}
+
+    # -------------------------------------------------------------- randomness
+    def _row_seeds(self) -> list[tuple[int, str]]:
+        """(seed, branch tag) of every row the transformer sees now."""
+        B = self.ctx.batch_size
+        if self.ctx.seeds is not None:
+            base = [int(s) for s in self.ctx.seeds]
+        else:  # official noise: per call, so rows are identified by their position
+            base = [derive_seed(self.ctx.call_seed or 0, b) for b in range(B)]
+        if self.rows == "both":
+            return [(s, "cond") for s in base] + [(s, "uncond") for s in base]
+        return [(s, self.rows) for s in base]
+
+    def _draw(self, si: int, pn: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Per block: Q (rows, M, r) and Gumbel keys (rows, M) for the RTR draw, one generator per row."""
+        M, depth, dev = pn * pn, self.ctx.depth, self.ctx.device
+        ranks = [min(M, max(self.m.min_rank, math.ceil(self.m.ratio(pn, j) * M))) for j in range(depth)]
+        total_q = sum(M * r for r in ranks)
+        qs, gs = [], []
+        for seed, tag in self._row_seeds():
+            g = make_generator(derive_seed(seed, si, "stagevar", tag), dev)
+            qs.append(torch.randn(total_q, generator=g, device=dev))
+            gs.append(torch.rand(depth * M, generator=g, device=dev).clamp_(min=1e-20))
+        q_all, u_all = torch.stack(qs), torch.stack(gs).view(-1, depth, M)
+        gumbel = -(-u_all.log()).log()
+        out, off = {}, 0
+        for j, r in enumerate(ranks):
+            q = q_all[:, off: off + M * r].view(-1, M, r)
+            off += M * r
+            scale = 1.0 / math.sqrt(r) if self.m.rp_scale == "paper" else 1.0 / math.sqrt(M)
+            out[j] = (q * scale, gumbel[:, j])
+        return out
+
+    # -------------------------------------------------------------- the block hook
+    def block(self, block_idx: int, x: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        if self.mode == "observe":
+            y = run(x)
+            self.cache[block_idx] = y
+            return y
+        q, gumbel = self.draws[block_idx]
+        M, r = q.shape[1], q.shape[2]
+        mixed = torch.einsum("bmr,bmc->brc", q.to(x.dtype), x)  # F̂ = Qᵀ F̃
+        y_r = run(mixed)
+        # RTR: r distinct rows drawn with probability ∝ ‖F̃_i‖² (Gumbel-top-k = sampling w/o replacement)
+        keys = x.float().pow(2).sum(-1).clamp_min(1e-30).log() + gumbel
+        idx = keys.topk(r, dim=1).indices
+        full = resize_tokens(self.cache[block_idx].to(y_r.dtype), int(math.isqrt(M))).contiguous()
+        out = full.scatter(1, idx.unsqueeze(-1).expand(-1, -1, full.shape[-1]), y_r)
+        self.cache[block_idx] = out
+        return out
