@@ -1,0 +1,125 @@
+"""FastVAR: PTS / CTR semantics on hand-made tensors, equivalence at ratio 0, validation, presets."""
+import math
+
+import pytest
+import torch
+
+from radar_train.accel import ConfigError, FastVAR, build_accel
+from radar_train.accel.fastvar import pivotal_tokens, resize_tokens, restore_tokens
+from radar_train.config import AccelArgs, FastVARArgs, SamplingConfig
+from radar_train.models.configs import PATCH_NUMS_256, PATCH_NUMS_512
+from radar_train.sampling import NextScaleSampler
+
+
+def test_pts_keeps_the_tokens_farthest_from_the_mean():
+    x = torch.zeros(2, 9, 3)
+    x[0, 4] = torch.tensor([5.0, 0, 0])  # outliers in row 0: tokens 4 and 7
+    x[0, 7] = torch.tensor([0, -4.0, 0])
+    x[1, 0] = torch.tensor([1.0, 1.0, 1.0])  # row 1: token 0 and 8
+    x[1, 8] = torch.tensor([-2.0, 0, 0])
+    idx = pivotal_tokens(x, keep=2)
+    assert idx.tolist() == [[4, 7], [0, 8]]  # per row, ascending
+
+
+def test_pts_score_is_squared_distance_to_the_spatial_mean():
+    torch.manual_seed(0)
+    x = torch.randn(1, 16, 4)
+    score = ((x - x.mean(1, keepdim=True)) ** 2).sum(-1)[0]
+    assert pivotal_tokens(x, 5)[0].tolist() == sorted(score.topk(5).indices.tolist())
+
+
+def test_ctr_area_restores_from_the_cached_grid_and_scatters_computed_tokens():
+    cached = torch.arange(4.0).view(1, 4, 1)  # 2x2 grid [[0,1],[2,3]]
+    up = resize_tokens(cached, 4)  # area upsampling of 2x2 -> 4x4 repeats each cell
+    assert up.view(4, 4).tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]
+    down = resize_tokens(torch.arange(16.0).view(1, 16, 1), 2)
+    assert down.view(2, 2).tolist() == [[2.5, 4.5], [10.5, 12.5]]  # area = mean over each window
+    idx = torch.tensor([[1, 5]])
+    out = restore_tokens(cached, 4, idx, torch.tensor([[[9.0], [8.0]]]))
+    expect = up.clone()
+    expect[0, 1], expect[0, 5] = 9.0, 8.0
+    assert torch.equal(out, expect)
+
+
+def test_kept_count_is_m_minus_floor_m_rho(tiny_models):
+    """At a pruned scale each attention call sees M − ⌊Mρ⌋ query tokens (and appends that many K/V)."""
+    vqvae, var = tiny_models
+    method = FastVAR(prune=((6, 0.5), (8, 0.75)))
+    seen = {}
+    for blk in var.blocks:
+        blk.attn.register_forward_hook(lambda m, a, o: seen.__setitem__(a[0].shape[1], True))
+    try:
+        s = NextScaleSampler(var, vqvae.quantize, SamplingConfig(top_k=0, top_p=0.0))
+        s.sample(torch.tensor([1]), seeds=[0], accel=method)
+    finally:
+        for blk in var.blocks:
+            blk.attn._forward_hooks.clear()
+    assert 36 - math.floor(36 * 0.5) in seen and 64 - math.floor(64 * 0.75) in seen
+    assert 36 not in seen and 64 not in seen
+
+
+def test_all_ratios_zero_equals_vanilla_bitwise(tiny_models):
+    vqvae, var = tiny_models
+    s = NextScaleSampler(var, vqvae.quantize, SamplingConfig(cfg=2.0, top_k=32, top_p=0.9))
+    labels, seeds = torch.tensor([0, 3, 5]), [4, 5, 6]
+    van = s.sample(labels, seeds=seeds)
+    zero = s.sample(labels, seeds=seeds, accel=FastVAR(prune=((4, 0.0), (6, 0.0), (8, 0.0))))
+    assert all(torch.equal(a, b) for a, b in zip(van.indices, zero.indices))
+    assert torch.equal(van.f_hat, zero.f_hat)
+
+
+def test_pruning_changes_the_result_only_from_the_first_pruned_scale(tiny_models):
+    vqvae, var = tiny_models
+    s = NextScaleSampler(var, vqvae.quantize, SamplingConfig(cfg=2.0, top_k=0, top_p=0.0))
+    labels, seeds = torch.tensor([0, 3, 5, 7]), [4, 5, 6, 7]
+    van = s.sample(labels, seeds=seeds)
+    acc = s.sample(labels, seeds=seeds, accel=build_accel(AccelArgs("fastvar"), var.patch_nums, var.depth))
+    first = var.patch_nums.index(6)
+    assert all(torch.equal(a, b) for a, b in zip(van.indices[:first], acc.indices[:first]))
+    assert not torch.equal(van.indices[-1], acc.indices[-1])
+
+
+def test_ratio_one_skips_the_rest(tiny_models):
+    vqvae, var = tiny_models
+    s = NextScaleSampler(var, vqvae.quantize, SamplingConfig(top_k=0, top_p=0.0))
+    res = s.sample(torch.tensor([2]), seeds=[1], accel=FastVAR(prune=((6, 0.5), (8, 1.0))))
+    assert res.skipped_from == len(var.patch_nums) - 1
+    assert (res.indices[-1] == -1).all() and (res.indices[-2] >= 0).all()
+    partial = s.sample(torch.tensor([2]), seeds=[1], accel=FastVAR(prune=((6, 0.5),)))
+    assert not torch.equal(partial.f_hat, res.f_hat)
+
+
+def test_presets_resolve_to_the_methods_tables():
+    d = FastVAR.from_preset("default", PATCH_NUMS_256)
+    assert d.ratios == {13: 0.5, 16: 0.75} and d._cache_side(PATCH_NUMS_256) == 10
+    a = FastVAR.from_preset("aggressive", PATCH_NUMS_256)
+    assert a.ratios == {10: 0.5, 13: 0.75, 16: 0.9} and a._cache_side(PATCH_NUMS_256) == 8
+    assert FastVAR.from_preset("mild", PATCH_NUMS_256).ratios == {13: 0.4, 16: 0.5}
+    e = FastVAR.from_preset("default", PATCH_NUMS_512)
+    assert e.ratios == {24: 0.5, 32: 0.75} and e._cache_side(PATCH_NUMS_512) == 18
+    with pytest.raises(ValueError, match="unknown fastvar preset 'fast'"):
+        FastVAR.from_preset("fast", PATCH_NUMS_256)
+
+
+@pytest.mark.parametrize("prune,cache,layers,expected", [
+    ({7: 0.5}, None, None, ["scale 7 is not in the model's patch_nums"]),
+    ({16: 1.5}, None, None, ["ratio 1.5 for scale 16 is outside [0, 1]"]),
+    ({13: 0.5, 16: 0.5}, 13, None, ["cache_scale 13 must come before the first pruned scale 13"]),
+    ({13: 0.5}, 11, None, ["cache_scale 11 is not in the model's patch_nums"]),
+    ({13: 1.0, 16: 0.5}, None, None, ["scale 13 has ratio 1 (skip the rest) but later scales [16]"]),
+    ({1: 1.0}, None, None, ["ratio 1 at the first scale would skip every scale"]),
+    ({16: 0.5}, None, [0, 99], ["fastvar.layers [99] out of range for depth 16"]),
+])
+def test_invalid_configs_are_reported(prune, cache, layers, expected):
+    args = AccelArgs("fastvar", FastVARArgs(preset=None, prune=prune, cache_scale=cache, layers=layers))
+    with pytest.raises(ConfigError) as e:
+        build_accel(args, PATCH_NUMS_256, 16)
+    for msg in expected:
+        assert msg in str(e.value)
+
+
+def test_every_problem_is_reported_at_once():
+    args = AccelArgs("fastvar", FastVARArgs(preset=None, prune={7: 0.5, 16: 2.0}, layers=[40]))
+    with pytest.raises(ConfigError) as e:
+        build_accel(args, PATCH_NUMS_256, 16)
+    assert len(e.value.problems) == 3

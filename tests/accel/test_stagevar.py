@@ -1,0 +1,112 @@
+"""StageVAR: single-branch scales, random projection + representative token restoration, skipping,
+rank selection, presets and validation."""
+import math
+
+import pytest
+import torch
+import yaml
+
+from radar_train.accel import ConfigError, StageVAR, build_accel
+from radar_train.accel.stagevar import rank_for
+from radar_train.config import AccelArgs, SamplingConfig, StageVARArgs
+from radar_train.models.configs import PATCH_NUMS_256, PATCH_NUMS_512
+from radar_train.sampling import NextScaleSampler
+
+
+def _s(tiny_models, **kw):
+    vqvae, var = tiny_models
+    return NextScaleSampler(var, vqvae.quantize, SamplingConfig(**{"cfg": 2.0, "top_k": 0, "top_p": 0.0, **kw}))
+
+
+def test_no_late_scales_equals_vanilla(tiny_models):
+    s = _s(tiny_models)
+    labels, seeds = torch.tensor([1, 4]), [3, 9]
+    van = s.sample(labels, seeds=seeds)
+    none = s.sample(labels, seeds=seeds, accel=StageVAR(scales=()))
+    assert all(torch.equal(a, b) for a, b in zip(van.indices, none.indices))
+    assert torch.equal(van.f_hat, none.f_hat)
+
+
+def test_single_branch_halves_the_rows_and_slices_the_kv_cache(tiny_models):
+    vqvae, var = tiny_models
+    rows = []
+    for blk in var.blocks[:1]:
+        blk.attn.register_forward_hook(lambda m, a, o: rows.append(a[0].shape[0]))
+    try:
+        _s(tiny_models).sample(torch.tensor([1, 2, 3]), seeds=[0, 1, 2], accel=StageVAR(scales=((6, 0.96), (8, 0.96))))
+    finally:
+        var.blocks[0].attn._forward_hooks.clear()
+    assert rows == [6, 6, 6, 6, 3, 3]  # 2B rows with CFG, then B rows in the refinement scales
+
+
+def test_projected_token_count_follows_the_rank_ratio(tiny_models):
+    vqvae, var = tiny_models
+    seen = []
+    var.blocks[0].attn.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[1]))
+    try:
+        _s(tiny_models).sample(torch.tensor([1]), seeds=[0],
+                               accel=StageVAR(scales=((6, 0.96), (8, 0.96)), default_rank_ratio=0.3, min_rank=4))
+    finally:
+        var.blocks[0].attn._forward_hooks.clear()
+    assert seen[-2:] == [math.ceil(0.3 * 36), math.ceil(0.3 * 64)]
+
+
+def test_uncond_branch_and_off_are_selectable(tiny_models):
+    s = _s(tiny_models)
+    labels, seeds = torch.tensor([1, 2]), [0, 1]
+    outs = {b: s.sample(labels, seeds=seeds, accel=StageVAR(scales=((8, 0.96),), single_branch=b))
+            for b in ("cond", "uncond", "off")}
+    assert not torch.equal(outs["cond"].indices[-1], outs["uncond"].indices[-1])
+    assert not torch.equal(outs["cond"].indices[-1], outs["off"].indices[-1])
+
+
+def test_alpha_zero_skips_the_suffix(tiny_models):
+    res = _s(tiny_models).sample(torch.tensor([1]), seeds=[0], accel=StageVAR.from_preset("paper", (1, 2, 3, 4, 6, 8)))
+    assert res.skipped_from == 4 and (res.indices[4] == -1).all() and (res.indices[3] >= 0).all()
+
+
+def test_per_sample_projection_is_batch_invariant(tiny_models):
+    s = _s(tiny_models)
+    m = StageVAR(scales=((6, 0.96), (8, 0.96)))
+    alone = s.sample(torch.tensor([5]), seeds=[77], accel=m)
+    batch = s.sample(torch.tensor([1, 5, 2]), seeds=[3, 77, 4], accel=m)
+    assert all(torch.equal(a[0], b[1]) for a, b in zip(alone.indices, batch.indices))
+
+
+def test_rank_for_energy_threshold():
+    sv = torch.tensor([3.0, 2.0, 1.0, 0.0])  # energies 9, 4, 1, 0 of 14
+    assert rank_for(sv, 0.5).item() == 1  # 9/14 = 0.64 >= 0.5
+    assert rank_for(sv, 0.9).item() == 2  # 13/14 = 0.93
+    assert rank_for(sv, 0.99).item() == 3
+
+
+def test_presets_resolve():
+    assert StageVAR.from_preset("default", PATCH_NUMS_256).alphas == {13: 0.96, 16: 0.96}
+    assert StageVAR.from_preset("paper", PATCH_NUMS_256).alphas == {10: 0.96, 13: 0.0, 16: 0.0}
+    assert StageVAR.from_preset("paper", PATCH_NUMS_512).alphas == {18: 0.96, 24: 0.0, 32: 0.0}
+
+
+def test_rank_ratio_file_is_used(tmp_path):
+    f = tmp_path / "ranks.yaml"
+    f.write_text(yaml.safe_dump({"alpha": 0.96, "ratios": {13: [0.1] * 16, 16: [0.05] * 16}}))
+    m = build_accel(AccelArgs("stagevar", stagevar=StageVARArgs(rank_ratios=str(f))), PATCH_NUMS_256, 16)
+    assert m.ratio(13, 3) == 0.1 and m.ratio(16, 0) == 0.05
+    with pytest.raises(ConfigError, match="have 16 blocks; the model has 24"):
+        build_accel(AccelArgs("stagevar", stagevar=StageVARArgs(rank_ratios=str(f))), PATCH_NUMS_256, 24)
+    with pytest.raises(FileNotFoundError, match="missing.yaml: stagevar rank-ratio file not found"):
+        build_accel(AccelArgs("stagevar", stagevar=StageVARArgs(rank_ratios=str(tmp_path / "missing.yaml"))),
+                    PATCH_NUMS_256, 16)
+
+
+@pytest.mark.parametrize("scales,kw,expected", [
+    ({7: 0.96}, {}, "scale 7 is not in the model's patch_nums"),
+    ({13: 0.96}, {}, "must be the last scales of the schedule"),
+    ({16: 1.2}, {}, "α 1.2 for scale 16 is outside [0, 1]"),
+    ({13: 0.0, 16: 0.96}, {}, "after a skipped scale (α = 0) every later scale is skipped too"),
+    ({16: 0.96}, {"default_rank_ratio": 0.0}, "default_rank_ratio 0.0 is outside (0, 1]"),
+    ({16: 0.96}, {"min_rank": 0}, "min_rank must be >= 1"),
+])
+def test_invalid_configs_are_reported(scales, kw, expected):
+    with pytest.raises(ConfigError) as e:
+        build_accel(AccelArgs("stagevar", stagevar=StageVARArgs(preset=None, scales=scales, **kw)), PATCH_NUMS_256, 16)
+    assert expected in str(e.value)
