@@ -1,0 +1,98 @@
+"""radar-accel: inspect acceleration configs for a model, and calibrate StageVAR's rank ratios."""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+from jsonargparse import CLI
+
+from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
+
+
+def _device(name: str):
+    import torch
+
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+
+
+def show(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs()) -> int:
+    """Print the acceleration method resolved for the model's scales (presets expanded), or every problem.
+
+    Args:
+        model: the model (only its preset's shapes are used; no weights are loaded).
+        accel: the acceleration method.
+    """
+    from radar_train.accel import build_accel
+    from radar_train.models import get_preset
+
+    preset = get_preset(model.preset)
+    method = build_accel(accel, preset.var.patch_nums, preset.var.depth)
+    info = {"model": model.preset, "patch_nums": list(preset.var.patch_nums), "depth": preset.var.depth,
+            "first_modified_scale": method.first_modified_scale(preset.var.patch_nums), **method.describe()}
+    for key, value in info.items():
+        print(f"{key}: {json.dumps(value)}")
+    return 0
+
+
+def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = SamplingConfig(),
+              accel: AccelArgs = AccelArgs(method="stagevar"), scales: Optional[list[int]] = None,
+              alpha: float = 0.96, num_samples: int = 1000, batch_size: int = 16, seed: int = 0,
+              device: str = "auto", output: str = "ranks.yaml") -> int:
+    """Measure StageVAR rank ratios r(α)/M per refinement scale and block on a model; write a YAML that
+    `--accel.stagevar.rank_ratios FILE` loads.
+
+    Args:
+        model: the model to measure.
+        sampling: sampler settings of the vanilla runs.
+        accel: the stagevar config whose refinement scales (α > 0) are measured (ignored if `scales` is given).
+        scales: scale sides to measure instead of the stagevar config's.
+        alpha: energy threshold (StageVAR uses 0.96).
+        num_samples: vanilla samples (labels cycle through the classes; seeds seed, seed+1, ...).
+        batch_size: samples per sampling call.
+        seed: first seed.
+        device: cuda, cpu, or auto.
+        output: YAML file to write.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from radar_train.accel import build_accel
+    from radar_train.accel.calibrate import calibrate_ranks, write_rank_yaml
+    from radar_train.models import load_models
+    from radar_train.sampling import NextScaleSampler
+
+    dev = _device(device)
+    vqvae, var, _, var_id = load_models(model.preset, model.vae_checkpoint, model.var_checkpoint, dev, model.init_seed)
+    if scales is None:
+        method = build_accel(accel, var.patch_nums, var.depth)
+        scales = [pn for pn, a in getattr(method, "scales", ()) if a > 0]
+        if not scales:
+            raise ValueError("accel: no stagevar refinement scale with α > 0 to calibrate (give --scales)")
+    print(f"calibrating rank ratios: model {model.preset}, scales {scales}, α={alpha}, {num_samples} samples, "
+          f"device {dev} -> {output}")
+    autocast = torch.bfloat16 if dev.type == "cuda" else None
+    sampler = NextScaleSampler(var, vqvae.quantize, sampling, autocast_dtype=autocast)
+    with tqdm(total=num_samples, unit="img") as bar:
+        means, stds = calibrate_ranks(sampler, scales, alpha, num_samples, batch_size, var.num_classes, seed, bar.update)
+    info = {"preset": model.preset, "var": var_id.value, "depth": var.depth, "patch_nums": list(var.patch_nums)}
+    path = write_rank_yaml(output, means, stds, alpha=alpha, num_samples=num_samples, model=info)
+    for pn in means:
+        print(f"scale {pn}: mean ratio {sum(means[pn]) / len(means[pn]):.3f} (per block {means[pn]})")
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    from radar_train.accel import ConfigError
+    from radar_train.models.checkpoint import CheckpointError
+
+    try:
+        sys.exit(CLI([show, calibrate], args=argv))
+    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""radar-bench: methods timed side by side (accel), and the stage benchmarks."""
+from __future__ import annotations
+
+import json as _json
+import sys
+from pathlib import Path
+from typing import Optional
+
+from jsonargparse import CLI
+
+from radar_train.bench.accel import BenchSetup
+from radar_train.config import SamplingConfig
+
+
+def _write_json(rows: list[dict], path: Optional[str]) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(_json.dumps(rows, indent=2))
+        print(f"wrote {path}")
+
+
+def accel(setup: BenchSetup = BenchSetup(), methods: list[str] = ["none", "fastvar", "stagevar"],
+          sampling: SamplingConfig = SamplingConfig(), json: Optional[str] = None) -> int:
+    """Sampling time per image (transformer + quantizer) per acceleration method, speedup vs vanilla,
+    and a forked HQ/LQ pair vs the two runs done separately; the decode on its own row.
+
+    Args:
+        setup: model preset (random weights), batch size, device, dtype, warm-up and repeats.
+        methods: method specs: none, fastvar, stagevar, fastvar:aggressive, fastvar:mild, stagevar:paper.
+        sampling: sampler settings (FID protocol by default).
+        json: also write the rows to this JSON file (keys method, seconds_per_image, speedup_vs_vanilla, pair_vs_separate).
+    """
+    from radar_train.bench.accel import format_table, run_accel_benchmark
+
+    rows = run_accel_benchmark(setup, methods, sampling)
+    print(format_table(rows))
+    _write_json(rows, json)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    from radar_train.accel import ConfigError
+
+    try:
+        sys.exit(CLI({"accel": accel}, args=argv))
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
