@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Submit the whole pipeline: the radar-cache job array, a verify job once every array task has succeeded,
+# then radar-train once the cache verifies (--dependency=afterok, --kill-on-invalid-dep=yes: if a step
+# fails, the jobs after it are cancelled instead of waiting forever). Prints the job ids and where the
+# outputs will be. Run it from anywhere; the jobs run in the project folder.
+#
+#   slurm/pipeline.sh [--dry-run]        (--dry-run prints the sbatch commands instead of submitting)
+#
+# Environment variables (defaults in brackets):
+#   CACHE_CONFIG    radar-cache config                                         [configs/cache/tiny.yaml]
+#   CACHE_DIR       cache folder to write and train on                   [cache/<name of CACHE_CONFIG>]
+#   NUM_WORKERS     cache array size: workers, one GPU each                                        [4]
+#   MAX_PARALLEL    array tasks running at once (sbatch --array=...%MAX_PARALLEL); empty = no limit  []
+#   GPUS_PER_TASK   GPUs per cache worker; 0 = run on CPUs                                           [1]
+#   CACHE_CPUS      CPUs per cache worker                                                            [8]
+#   CACHE_TIME      time limit of each cache task                                           [04:00:00]
+#   CACHE_ARGS      extra arguments for `radar-cache run` (word-split), e.g. "--plan.num_samples 65536" []
+#   TRAIN_CONFIG    radar-train config                                         [configs/train/tiny.yaml]
+#   RUN_DIR         run folder (checkpoints, logs, final/ adapter)        [checkpoints/<name of TRAIN_CONFIG>]
+#   NODES           training nodes                                                                   [1]
+#   GPUS_PER_NODE   GPUs (= ranks) per training node; 0 = one rank on CPUs                           [1]
+#   TRAIN_CPUS      CPUs per training rank                                                           [8]
+#   TRAIN_TIME      time limit of each training job; it requeues itself and resumes past it   [24:00:00]
+#   TRAIN_ARGS      extra arguments for `radar-train fit` (word-split), e.g. "--trainer.max_steps 20000" []
+#   PARTITION       partition for all jobs                                        [empty: cluster default]
+#   ACCOUNT         account for all jobs                                          [empty: cluster default]
+#   SBATCH_ARGS     extra sbatch options for all jobs (word-split; the settings above win over them),
+#                   e.g. "--qos=high --constraint=a100 --mail-type=FAIL"                                 []
+#   LOG_DIR         folder for the jobs' output files                                      [logs/slurm]
+#   RADAR_SETUP, RADAR_BIN: how the jobs find the executables, see slurm/env.sh (RADAR_DIR is set here).
+# Relative paths are relative to the project folder.
+set -euo pipefail
+RADAR_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export RADAR_DIR
+cd "$RADAR_DIR"
+
+DRY_RUN=0
+case "${1:-}" in
+  --dry-run) DRY_RUN=1 ;;
+  "") ;;
+  *) echo "usage: slurm/pipeline.sh [--dry-run]   (settings are environment variables, see the header)" >&2; exit 2 ;;
+esac
+
+stem() { local b; b=$(basename "$1"); echo "${b%.*}"; }
+CACHE_CONFIG=${CACHE_CONFIG:-configs/cache/tiny.yaml}
+CACHE_DIR=${CACHE_DIR:-cache/$(stem "$CACHE_CONFIG")}
+NUM_WORKERS=${NUM_WORKERS:-4}
+MAX_PARALLEL=${MAX_PARALLEL:-}
+GPUS_PER_TASK=${GPUS_PER_TASK:-1}
+CACHE_CPUS=${CACHE_CPUS:-8}
+CACHE_TIME=${CACHE_TIME:-04:00:00}
+CACHE_ARGS=${CACHE_ARGS:-}
+TRAIN_CONFIG=${TRAIN_CONFIG:-configs/train/tiny.yaml}
+RUN_DIR=${RUN_DIR:-checkpoints/$(stem "$TRAIN_CONFIG")}
+NODES=${NODES:-1}
+GPUS_PER_NODE=${GPUS_PER_NODE:-1}
+TRAIN_CPUS=${TRAIN_CPUS:-8}
+TRAIN_TIME=${TRAIN_TIME:-24:00:00}
+TRAIN_ARGS=${TRAIN_ARGS:-}
+LOG_DIR=${LOG_DIR:-logs/slurm}
+
+problems=()
+for f in "$CACHE_CONFIG" "$TRAIN_CONFIG"; do [ -f "$f" ] || problems+=("config $f not found"); done
+for v in NUM_WORKERS GPUS_PER_TASK CACHE_CPUS NODES GPUS_PER_NODE TRAIN_CPUS; do
+  [[ ${!v} =~ ^[0-9]+$ ]] || problems+=("$v=${!v} is not a whole number")
+done
+[[ $NUM_WORKERS =~ ^[1-9][0-9]*$ ]] || problems+=("NUM_WORKERS must be at least 1")
+[[ -z $MAX_PARALLEL || $MAX_PARALLEL =~ ^[1-9][0-9]*$ ]] || problems+=("MAX_PARALLEL=$MAX_PARALLEL is not a positive number")
+if (( DRY_RUN == 0 )); then command -v sbatch >/dev/null || problems+=("sbatch not found: run this on a SLURM login node"); fi
+if (( ${#problems[@]} )); then printf 'error: %s\n' "${problems[@]}" >&2; exit 2; fi
+
+common=(--chdir="$RADAR_DIR" --export=ALL)
+[ -n "${PARTITION:-}" ] && common+=(--partition="$PARTITION")
+[ -n "${ACCOUNT:-}" ] && common+=(--account="$ACCOUNT")
+read -r -a extra <<<"${SBATCH_ARGS:-}"
+common+=("${extra[@]}")
+read -r -a cache_args <<<"$CACHE_ARGS"
+read -r -a train_args <<<"$TRAIN_ARGS"
+gres() { if (( $1 > 0 )); then echo "--gres=gpu:$1"; else echo "--gres=none"; fi; }
+
+# submit NAME SBATCH-ARGS...: sbatch, print the job id (or a made-up one with --dry-run)
+submit() {
+  local name=$1; shift
+  if (( DRY_RUN )); then
+    printf '%q ' sbatch "$@" >&2; echo >&2
+    echo "<$name>"
+  else
+    sbatch --parsable "$@" | cut -d';' -f1
+  fi
+}
+(( DRY_RUN )) || mkdir -p "$LOG_DIR"
+submitted=()
+cancel_submitted() {
+  if (( ${#submitted[@]} )) && (( ! DRY_RUN )); then
+    echo "error: a submission failed; cancelling the jobs already submitted: ${submitted[*]}" >&2
+    scancel "${submitted[@]}" || true
+  fi
+}
+trap 'cancel_submitted' ERR
+array=0-$((NUM_WORKERS - 1))${MAX_PARALLEL:+%$MAX_PARALLEL}
+
+cache_id=$(submit cache "${common[@]}" --array="$array" --cpus-per-task="$CACHE_CPUS" "$(gres "$GPUS_PER_TASK")" \
+  --time="$CACHE_TIME" --output="$LOG_DIR/%x-%A_%a.out" --export=ALL,NUM_WORKERS="$NUM_WORKERS" \
+  slurm/cache.sbatch "$CACHE_CONFIG" "$CACHE_DIR" "${cache_args[@]}")
+submitted+=("$cache_id")
+verify_id=$(submit verify "${common[@]}" --dependency="afterok:$cache_id" --kill-on-invalid-dep=yes \
+  --output="$LOG_DIR/%x-%j.out" slurm/verify.sbatch "$CACHE_DIR")
+submitted+=("$verify_id")
+ranks=$(( GPUS_PER_NODE > 0 ? GPUS_PER_NODE : 1 ))
+train_id=$(submit train "${common[@]}" --dependency="afterok:$verify_id" --kill-on-invalid-dep=yes \
+  --nodes="$NODES" --ntasks-per-node="$ranks" "$(gres "$GPUS_PER_NODE")" --cpus-per-task="$TRAIN_CPUS" \
+  --time="$TRAIN_TIME" --output="$LOG_DIR/%x-%j.out" --export=ALL,CACHE_DIR="$CACHE_DIR" \
+  slurm/train.sbatch "$TRAIN_CONFIG" "$RUN_DIR" "${train_args[@]}")
+trap - ERR
+abs() { case "$1" in /*) echo "$1" ;; *) echo "$RADAR_DIR/$1" ;; esac; }
+
+cat <<EOF
+cache   job $cache_id: array $array, $NUM_WORKERS workers -> $(abs "$CACHE_DIR")
+verify  job $verify_id: after the cache array succeeds (radar-cache verify $CACHE_DIR)
+train   job $train_id: after verify succeeds, $NODES node(s) x $ranks rank(s) -> $(abs "$RUN_DIR")
+        adapter: $(abs "$RUN_DIR")/final/  (adapter_config.json, adapter_model.safetensors)
+logs:   $(abs "$LOG_DIR")/radar-{cache,verify,train}-<job id>*.out
+watch:  squeue -j $cache_id,$verify_id,$train_id    sacct -X -j $cache_id,$verify_id,$train_id
+jobs: cache=$cache_id verify=$verify_id train=$train_id
+EOF
