@@ -3,8 +3,8 @@
 Noise modes
 - `official`: one generator per call, re-seeded with the call's seed; `torch.multinomial` over all rows
   at once (exactly the official `autoregressive_infer_cfg`). A sample depends on its batch.
-- `per_sample` (default): every sample's token draws come from a generator derived from its own seed
-  and the scale index; a token is the Gumbel-max of the filtered logits. A sample's result does not
+- `per_sample` (default): every sample's token draws come from a counter-based stream keyed by its own
+  seed and the scale index (`radar_train.noise`); a token is the Gumbel-max of the filtered logits. A sample's result does not
   depend on the batch it is in or its position, and an accelerated run sees the same noise as the
   vanilla run of the same seed, which couples HQ/LQ pairs.
 
@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 import torch
 
 from radar_train.accel.base import AccelMethod, AccelRun, Branch, RunContext, branch_rows
+from radar_train import noise
 from radar_train.config import Noise, SamplingConfig
 from radar_train.models.quantizer import MultiScaleQuantizer
 from radar_train.models.var import VAR
@@ -81,10 +82,16 @@ def filter_top_k_top_p_(logits: torch.Tensor, top_k: int, top_p: float) -> torch
     return logits
 
 
-def gumbel_max(logits_lV: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """argmax(logits + Gumbel noise) per row; the noise is drawn from `generator` over (l, V)."""
-    e = torch.empty(logits_lV.shape, dtype=torch.float32, device=logits_lV.device).exponential_(generator=generator)
-    return torch.argmax(logits_lV - e.log_(), dim=-1)
+def gumbel_keys(seeds: Sequence[int], si: int, device) -> torch.Tensor:
+    """Keys of the per-sample token-noise streams at scale si."""
+    return noise.key_tensor([derive_seed(int(s), si, "token") for s in seeds], device)
+
+
+def gumbel_max(logits_BlV: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """argmax(logits + Gumbel noise) per position; row b's noise is stream keys[b] over (l, V)."""
+    B, l, V = logits_BlV.shape
+    g = noise.gumbel(keys, l * V).view(B, l, V)
+    return torch.argmax(logits_BlV + g, dim=-1)
 
 
 # ---------------------------------------------------------------------------- the sampler
@@ -280,11 +287,7 @@ class NextScaleSampler:
             pn = self.patch_nums[si]
             h = soft @ self.quantizer.embedding.weight.unsqueeze(0)  # (B, l, Cvae)
             return idx, h.transpose(1, 2).reshape(B, self.quantizer.z_channels, pn, pn)
-        idx = torch.empty(B, l, dtype=torch.long, device=guided.device)
-        for b in range(B):
-            g = make_generator(derive_seed(int(state.seeds[b]), si, "token"), guided.device)
-            idx[b] = gumbel_max(guided[b], g)
-        return idx, None
+        return gumbel_max(guided, gumbel_keys(state.seeds.tolist(), si, guided.device)), None
 
 
 # ---------------------------------------------------------------------------- pairs

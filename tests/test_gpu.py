@@ -33,3 +33,11 @@ def test_per_sample_invariance_and_methods_in_bf16_on_cuda():
             batch = s.sample(torch.tensor([1, 7, 2, 3], device="cuda"), seeds=[1, 99, 2, 3])
             same = [torch.equal(a[0], b[1]) for a, b in zip(alone.indices, batch.indices)]
             assert all(same), same
+
+
+def test_counter_noise_is_identical_on_cpu_and_cuda():
+    from radar_train import noise
+
+    keys = torch.tensor([1, 2**40 + 3, 2**62 + 7])
+    c = torch.arange(0, 5_000_000, 997)
+    assert torch.equal(noise.hash32(keys, c), noise.hash32(keys.cuda(), c.cuda()).cpu())

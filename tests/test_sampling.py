@@ -6,7 +6,8 @@ from radar_train.accel import AccelMethod
 from radar_train.config import SamplingConfig
 from radar_train.reference import Fixture
 from radar_train.sampling import NextScaleSampler, filter_top_k_top_p_, gumbel_max
-from radar_train.seeding import derive_seed, make_generator
+from radar_train import noise
+from radar_train.seeding import derive_seed
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +79,12 @@ def test_top_k_keeps_ties_and_top_p_keeps_the_largest():
 
 
 def test_gumbel_max_samples_the_softmax_distribution():
-    logits = torch.tensor([0.0, 1.0, 2.0]).log_softmax(0).expand(20000, 3)
-    idx = gumbel_max(logits, make_generator(0))
-    freq = torch.bincount(idx, minlength=3).float() / idx.numel()
-    torch.testing.assert_close(freq, logits[0].exp(), atol=0.015, rtol=0)
+    logits = torch.tensor([0.0, 1.0, 2.0]).log_softmax(0).expand(2, 20000, 3).contiguous()
+    idx = gumbel_max(logits, noise.key_tensor([derive_seed(1), derive_seed(2)], "cpu"))
+    for row in idx:
+        freq = torch.bincount(row, minlength=3).float() / row.numel()
+        torch.testing.assert_close(freq, logits[0, 0].exp(), atol=0.015, rtol=0)
+    assert not torch.equal(idx[0], idx[1])
 
 
 def test_derive_seed_is_stable_and_separates_purposes():

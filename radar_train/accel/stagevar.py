@@ -24,7 +24,8 @@ import yaml
 from radar_train.accel.base import AccelMethod, AccelRun, Branch, RunContext, ScalePlan
 from radar_train.accel.fastvar import resize_tokens
 from radar_train.models.hooks import StepHooks
-from radar_train.seeding import derive_seed, make_generator
+from radar_train import noise
+from radar_train.seeding import derive_seed
 
 PRESETS: dict[str, tuple[float, ...]] = {
     "default": (0.96, 0.96),  # last two scales, RP + RTR
@@ -171,23 +172,17 @@ class _StageVARRun(AccelRun):
         return [(s, self.rows) for s in base]
 
     def _draw(self, si: int, pn: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        """Per block: Q (rows, M, r) and Gumbel keys (rows, M) for the RTR draw, one generator per row."""
-        M, depth, dev = pn * pn, self.ctx.depth, self.ctx.device
-        ranks = [min(M, max(self.m.min_rank, math.ceil(self.m.ratio(pn, j) * M))) for j in range(depth)]
-        total_q = sum(M * r for r in ranks)
-        qs, gs = [], []
-        for seed, tag in self._row_seeds():
-            g = make_generator(derive_seed(seed, si, "stagevar", tag), dev)
-            qs.append(torch.randn(total_q, generator=g, device=dev))
-            gs.append(torch.rand(depth * M, generator=g, device=dev).clamp_(min=1e-20))
-        q_all, u_all = torch.stack(qs), torch.stack(gs).view(-1, depth, M)
-        gumbel = -(-u_all.log()).log()
-        out, off = {}, 0
-        for j, r in enumerate(ranks):
-            q = q_all[:, off: off + M * r].view(-1, M, r)
-            off += M * r
+        """Per block: Q (rows, M, r) and Gumbel keys (rows, M) for the RTR draw; one stream per row."""
+        M, dev = pn * pn, self.ctx.device
+        rows = self._row_seeds()
+        keys_q = noise.key_tensor([derive_seed(s, si, "stagevar-rp", tag) for s, tag in rows], dev)
+        keys_rtr = noise.key_tensor([derive_seed(s, si, "stagevar-rtr", tag) for s, tag in rows], dev)
+        out = {}
+        for j in range(self.ctx.depth):
+            r = min(M, max(self.m.min_rank, math.ceil(self.m.ratio(pn, j) * M)))
             scale = 1.0 / math.sqrt(r) if self.m.rp_scale == "paper" else 1.0 / math.sqrt(M)
-            out[j] = (q * scale, gumbel[:, j])
+            q = noise.normal(keys_q, M * r, offset=j << 24).view(-1, M, r).mul_(scale)
+            out[j] = (q, noise.gumbel(keys_rtr, M, offset=j << 24))
         return out
 
     # -------------------------------------------------------------- the block hook
