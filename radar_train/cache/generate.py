@@ -1,0 +1,192 @@
+"""The radar-cache recipe: the same labels and seeds through vanilla VAR (HQ) and VAR + acceleration (LQ),
+written as shards of a Zarr cache. Resumable (complete shards are skipped, temporary ones redone) and
+split across workers (worker I of N owns the shards s ≡ I mod N).
+
+Read top to bottom: validate -> workers and device -> models and method -> plan and manifest (create or
+check) -> print the plan -> for each pending shard: generate in batches, hand to the background writer.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+import radar_train
+from radar_train.cache import schema
+from radar_train.cache.config import CacheArgs
+from radar_train.cache.layout import clear_temporary, scan_cache
+from radar_train.cache.plan import Plan
+from radar_train.cache.schema import Manifest
+from radar_train.cache.workers import WorkerSplit, autocast_dtype, resolve_device, resolve_workers
+from radar_train.cache.writer import ShardWriter, begin_shard, writer_info
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    output: str
+    split: WorkerSplit
+    shards_owned: list[int]
+    shards_skipped: list[int] = field(default_factory=list)
+    shards_written: list[int] = field(default_factory=list)
+    temporary_cleared: int = 0
+    samples_written: int = 0
+    seconds: float = 0.0
+    generate_seconds: float = 0.0
+    created: bool = False
+
+
+def build_manifest(args: CacheArgs, plan: Plan, var, vae_id, var_id, method, precision: str) -> Manifest:
+    P = var.patch_nums[-1]
+    return Manifest(
+        format_version=schema.FORMAT_VERSION, radar_train_version=radar_train.__version__, plan=plan.to_dict(),
+        model={"preset": args.model.preset, "vae": vae_id.to_dict(), "var": var_id.to_dict(),
+               "vae_checkpoint": args.model.vae_checkpoint, "var_checkpoint": args.model.var_checkpoint},
+        sampling=asdict(args.sampling), accel=method.describe(), latent_shape=[var.config.z_channels, P, P],
+        latent_dtype=args.storage.dtype, patch_nums=[int(p) for p in var.patch_nums], precision=precision,
+        storage=asdict(args.storage), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+
+def generate_shard_arrays(sampler, method, plan: Plan, shard: int, batch_size: int, latent_dtype: str,
+                          on_batch: Optional[Callable[[int], None]] = None) -> dict[str, np.ndarray]:
+    """All arrays of one shard (numpy, storage dtypes). Batches never span shards, so a shard's content
+    depends only on the plan (and, per_sample noise, not even on the batch size)."""
+    from radar_train.sampling import generate_pairs
+
+    start, stop = plan.shard_range(shard)
+    labels, seeds = plan.labels_seeds(start, stop)
+    out: dict[str, list] = {k: [] for k in schema.LATENT_ARRAYS + schema.INDEX_ARRAYS}
+    dt = getattr(torch, latent_dtype)
+    for a in range(0, stop - start, batch_size):
+        lab = torch.from_numpy(labels[a: a + batch_size]).to(sampler.device)
+        pair = generate_pairs(sampler, lab, method, seeds=torch.from_numpy(seeds[a: a + batch_size]))
+        for name, res in ((schema.FHAT_HQ, pair.hq), (schema.FHAT_LQ, pair.lq)):
+            out[name].append(res.f_hat.to(dt).cpu().numpy())
+        for name, res in ((schema.INDICES_HQ, pair.hq), (schema.INDICES_LQ, pair.lq)):
+            out[name].append(torch.cat(res.indices, dim=1).to(torch.int16).cpu().numpy())
+        if on_batch is not None:
+            on_batch(lab.shape[0])
+    arrays = {k: np.concatenate(v) for k, v in out.items()}
+    arrays[schema.LABEL] = labels.astype(np.int16)
+    arrays[schema.SEED] = seeds.astype(np.int64)
+    arrays[schema.INDEX] = np.arange(start, stop, dtype=np.int64)
+    return arrays
+
+
+def describe_run(manifest: Manifest, plan: Plan, split: WorkerSplit, owned: list[int], done: list[int],
+                 output: str, device: str, batch_size: int) -> str:
+    m = manifest.model
+    pending = [s for s in owned if s not in set(done)]
+    n_pending = sum(plan.shard_range(s)[1] - plan.shard_range(s)[0] for s in pending)
+    accel = ", ".join(f"{k}={v}" for k, v in manifest.accel.items() if k != "method" and v is not None)
+    return "\n".join([
+        f"radar-cache: {output}",
+        f"  plan:    {plan.describe()}",
+        f"  workers: {split.num_workers} ({split.source}); this is worker {split.worker_index}: "
+        f"{len(owned)} shards, {len(done)} done, {len(pending)} to write ({n_pending} samples)",
+        f"  models:  {m['preset']} (vae {m['vae']['value'][:16]}, var {m['var']['value'][:16]})",
+        f"  method:  {manifest.accel['method']}{' (' + accel + ')' if accel else ''}; sampling "
+        f"{', '.join(f'{k}={v}' for k, v in manifest.sampling.items())}",
+        f"  latents: {'x'.join(map(str, manifest.latent_shape))} {manifest.latent_dtype}; compute "
+        f"{manifest.precision} on {device}, batch {batch_size}",
+    ])
+
+
+@dataclass
+class CacheJob:
+    """A validated run, models loaded and the manifest created or checked: what `run` will write."""
+
+    args: CacheArgs
+    split: WorkerSplit
+    device: str
+    manifest: Manifest
+    plan: Plan
+    sampler: object  # NextScaleSampler
+    method: object  # AccelMethod
+    created: bool
+
+    @property
+    def output(self) -> Path:
+        return Path(self.args.output)
+
+    def describe(self, done: list[int]) -> str:
+        return describe_run(self.manifest, self.plan, self.split, self.split.shards(self.plan.num_shards), done,
+                            str(self.output), self.device, self.args.batch_size)
+
+    def run(self, print_fn: Callable[[str], None] = print) -> RunSummary:
+        """Print the plan, clear this worker's temporary shards, write its pending shards."""
+        t0 = time.perf_counter()
+        plan, out = self.plan, self.output
+        owned = self.split.shards(plan.num_shards)
+        scan = scan_cache(out, plan.num_shards)
+        summary = RunSummary(str(out), self.split, owned, shards_skipped=[s for s in owned if s in scan.complete],
+                             created=self.created)
+        print_fn(self.describe(summary.shards_skipped))
+        summary.temporary_cleared = len(clear_temporary(scan, owned))
+        pending = scan.pending(owned)
+        info = writer_info(self.split.worker_index, self.split.num_workers, self.device)
+        total = sum(plan.shard_range(s)[1] - plan.shard_range(s)[0] for s in pending)
+        with _progress(total, self.args.progress) as bar, ShardWriter(out, self.manifest) as writer:
+            for s in pending:
+                tmp = begin_shard(out, s, info)
+                tg = time.perf_counter()
+                arrays = generate_shard_arrays(self.sampler, self.method, plan, s, self.args.batch_size,
+                                               self.manifest.latent_dtype, on_batch=bar.update)
+                summary.generate_seconds += time.perf_counter() - tg
+                writer.submit(tmp, s, plan.shard_range(s)[0], arrays)
+                summary.samples_written += len(arrays[schema.LABEL])
+            writer.wait()
+        summary.shards_written = sorted(writer.written)
+        summary.seconds = time.perf_counter() - t0
+        print_fn(f"radar-cache: worker {self.split.worker_index}/{self.split.num_workers} wrote "
+                 f"{len(summary.shards_written)} shards ({summary.samples_written} samples), skipped "
+                 f"{len(summary.shards_skipped)} complete, cleared {summary.temporary_cleared} temporary, "
+                 f"in {summary.seconds:.1f} s")
+        return summary
+
+
+def prepare_job(args: CacheArgs) -> CacheJob:
+    """Validate (every problem at once), resolve workers and device, load the models, build the method
+    and plan, and create or check the manifest (ValueError naming the differing fields)."""
+    from radar_train.accel import build_accel
+    from radar_train.models import get_preset, load_models
+    from radar_train.sampling import NextScaleSampler
+
+    problems = args.problems()
+    try:
+        Plan.from_args(args.plan, get_preset(args.model.preset).var.num_classes)
+    except ValueError as e:
+        problems.append(str(e))
+    if problems:
+        raise ValueError("invalid radar-cache configuration: " + "; ".join(problems))
+    if args.num_threads is not None:
+        torch.set_num_threads(args.num_threads)
+    split = resolve_workers(args.num_workers, args.worker_index)
+    device = resolve_device(args.device, split)
+    ac_dtype, precision = autocast_dtype(args.precision, device)
+    m = args.model
+    vqvae, var, vae_id, var_id = load_models(m.preset, m.vae_checkpoint, m.var_checkpoint, device, m.init_seed)
+    method = build_accel(args.accel, var.patch_nums, var.depth)
+    plan = Plan.from_args(args.plan, var.num_classes)
+    manifest, created = schema.create_or_check_manifest(
+        args.output, build_manifest(args, plan, var, vae_id, var_id, method, precision))
+    sampler = NextScaleSampler(var, vqvae.quantize, args.sampling, autocast_dtype=ac_dtype)
+    return CacheJob(args, split, device, manifest, plan, sampler, method, created)
+
+
+def run_cache(args: CacheArgs, print_fn: Callable[[str], None] = print) -> RunSummary:
+    """Create or resume the cache `args.output` and write this worker's pending shards."""
+    return prepare_job(args).run(print_fn)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="pair", desc="pairs", disable=not enabled or total == 0, dynamic_ncols=True,
+                smoothing=0.1)

@@ -1,0 +1,96 @@
+"""The cache plan: sample i -> (label, seed) as a pure function of i and the plan, and the shards.
+
+Sample i has label classes[i mod n] and seed base_seed + i (n = number of classes in the set). Shard s
+holds samples [s·shard_size, min((s+1)·shard_size, num_samples)).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from radar_train.cache.config import PlanArgs
+
+RULE = "label = classes[i % len(classes)], seed = base_seed + i"
+
+
+def resolve_classes(spec: Union[str, Sequence[int]], num_classes: int) -> tuple[list[int], list[str]]:
+    """(class list, problems) for "all", "START:STOP" or an explicit list, checked against the model."""
+    if isinstance(spec, str):
+        s = spec.strip()
+        if s == "all":
+            return list(range(num_classes)), []
+        m = re.fullmatch(r"(\d+)\s*:\s*(\d+)", s)
+        if not m:
+            return [], [f'plan.classes must be "all", "START:STOP" or a list of ints, got {spec!r}']
+        classes = list(range(int(m.group(1)), int(m.group(2))))
+    else:
+        classes = [int(c) for c in spec]
+    problems = []
+    if not classes:
+        problems.append(f"plan.classes {spec!r} is empty")
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        problems.append(f"plan.classes {bad[:5]}{'...' if len(bad) > 5 else ''} out of range: the model has "
+                        f"{num_classes} classes (0..{num_classes - 1})")
+    if len(set(classes)) != len(classes):
+        problems.append("plan.classes lists a class twice")
+    return classes, problems
+
+
+@dataclass(frozen=True)
+class Plan:
+    classes: tuple[int, ...]
+    images_per_class: Optional[int]
+    num_images: Optional[int]
+    base_seed: int
+    shard_size: int
+
+    @staticmethod
+    def from_args(args: PlanArgs, num_classes: int) -> "Plan":
+        """The resolved plan; ValueError listing every problem."""
+        classes, problems = resolve_classes(args.classes, num_classes)
+        if (args.images_per_class is None) == (args.num_images is None):
+            problems.append("give exactly one of plan.images_per_class and plan.num_images (set the other to null)")
+        if problems:
+            raise ValueError("invalid plan: " + "; ".join(problems))
+        return Plan(tuple(classes), args.images_per_class, args.num_images, args.base_seed, args.shard_size)
+
+    @property
+    def num_samples(self) -> int:
+        if self.images_per_class is not None:
+            return self.images_per_class * len(self.classes)
+        return int(self.num_images)
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_samples // self.shard_size)
+
+    def shard_range(self, shard: int) -> tuple[int, int]:
+        a = shard * self.shard_size
+        return a, min(a + self.shard_size, self.num_samples)
+
+    def labels_seeds(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """(labels int64, seeds int64) of samples [start, stop)."""
+        i = np.arange(start, stop, dtype=np.int64)
+        classes = np.asarray(self.classes, dtype=np.int64)
+        return classes[i % len(classes)], self.base_seed + i
+
+    def to_dict(self) -> dict:
+        return {"classes": list(self.classes), "images_per_class": self.images_per_class,
+                "num_images": self.num_images, "base_seed": self.base_seed, "shard_size": self.shard_size,
+                "num_samples": self.num_samples, "num_shards": self.num_shards, "rule": RULE}
+
+    @staticmethod
+    def from_dict(d: dict) -> "Plan":
+        return Plan(tuple(d["classes"]), d["images_per_class"], d["num_images"], d["base_seed"], d["shard_size"])
+
+    def describe(self) -> str:
+        n = len(self.classes)
+        cls = f"{n} classes" if self.classes != tuple(range(n)) else f"classes 0..{n - 1}"
+        per = f"{self.images_per_class} per class" if self.images_per_class is not None else \
+            f"{self.num_images} in total"
+        return (f"{self.num_samples} samples ({cls}, {per}, seeds {self.base_seed}..{self.base_seed + self.num_samples - 1})"
+                f" in {self.num_shards} shards of {self.shard_size}")

@@ -1,0 +1,189 @@
+"""Reading a cache: a map-style Dataset over its complete shards and a block-wise shuffling sampler.
+
+Every Zarr read call costs ~1 ms, so labels, seeds and indices are kept in RAM and latents are read in
+chunk-aligned blocks (storage.chunk_size samples: one compressed chunk per array) held in a small
+per-process block cache. `BlockShuffleSampler` visits the blocks in a random order and the samples of a
+block in a random order, so a block is decoded once per epoch. Zarr is opened lazily in each process
+(DataLoader workers under fork or spawn).
+"""
+from __future__ import annotations
+
+import bisect
+import math
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+import zarr
+from torch.utils.data import Dataset, Sampler
+
+from radar_train.cache import schema
+from radar_train.cache.layout import scan_cache
+from radar_train.cache.schema import read_manifest
+
+
+def _ranges(ids: Sequence[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2, 5"."""
+    out, ids = [], sorted(ids)
+    i = 0
+    while i < len(ids):
+        j = i
+        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
+            j += 1
+        out.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
+        i = j + 1
+    return ", ".join(out) or "none"
+
+
+class PairDataset(Dataset):
+    """HQ/LQ latent pairs of the complete shards of a cache (all of them, or `shards`).
+
+    Item i -> {"fhat_hq": float32 (C, h, w), "fhat_lq": float32 (C, h, w), "label": int64 (), "seed": int64 (),
+    "index": int64 () global sample index}. Items are ordered by shard, then by position in the shard."""
+
+    def __init__(self, cache_dir: str | os.PathLike, shards: Optional[Sequence[int]] = None, block_cache: int = 4):
+        self.cache_dir = Path(cache_dir)
+        self.manifest = read_manifest(cache_dir)
+        scan = scan_cache(cache_dir, self.manifest.num_shards)
+        if shards is None:
+            ids = sorted(scan.complete)
+        else:
+            ids = [int(s) for s in shards]
+            missing = [s for s in ids if s not in scan.complete]
+            if missing:
+                raise ValueError(f"cache {cache_dir}: shards {_ranges(missing)} are missing or incomplete "
+                                 f"(complete: {_ranges(list(scan.complete))} of 0-{self.manifest.num_shards - 1})")
+            if len(set(ids)) != len(ids):
+                raise ValueError(f"shards {ids} lists a shard twice")
+        self.shard_ids = ids
+        self._paths = [str(scan.complete[s]) for s in ids]
+        records = [self._read_records(p) for p in self._paths]
+        counts = [len(r[0]) for r in records]
+        self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        cat = (lambda k: np.concatenate([r[k] for r in records]) if records else np.zeros(0, np.int64))
+        self.labels = torch.from_numpy(cat(0).astype(np.int64))
+        self.seeds = torch.from_numpy(cat(1).astype(np.int64))
+        self.indices = torch.from_numpy(cat(2).astype(np.int64))
+        self.block_size = self.manifest.chunk_size
+        self.block_cache = block_cache
+        self._arrays: Optional[list] = None
+        self._pid: Optional[int] = None
+        self._blocks: OrderedDict = OrderedDict()
+
+    @staticmethod
+    def _read_records(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        g = zarr.open_group(path, mode="r")
+        if g.attrs.get("complete") is not True:
+            raise ValueError(f"{path} is not marked complete (run `radar-cache verify`)")
+        return g[schema.LABEL][:], g[schema.SEED][:], g[schema.INDEX][:]
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    # -------------------------------------------------------------- blocks
+    def blocks(self) -> list[tuple[int, int]]:
+        """[start, stop) dataset positions of every block (chunk-aligned within its shard)."""
+        out = []
+        for k in range(len(self.shard_ids)):
+            a, b = int(self._offsets[k]), int(self._offsets[k + 1])
+            out += [(s, min(s + self.block_size, b)) for s in range(a, b, self.block_size)]
+        return out
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """(shard slot k, position in the shard) of dataset position i."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} pairs")
+        k = bisect.bisect_right(self._offsets, i) - 1
+        return k, i - int(self._offsets[k])
+
+    def _open(self) -> list:
+        if self._arrays is None or self._pid != os.getpid():
+            groups = [zarr.open_group(p, mode="r") for p in self._paths]
+            self._arrays = [(g[schema.FHAT_HQ], g[schema.FHAT_LQ]) for g in groups]
+            self._pid, self._blocks = os.getpid(), OrderedDict()
+        return self._arrays
+
+    def _block(self, k: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        key = (k, b)
+        if key in self._blocks:
+            self._blocks.move_to_end(key)
+            return self._blocks[key]
+        hq, lq = self._open()[k]
+        sl = slice(b * self.block_size, (b + 1) * self.block_size)
+        blk = (hq[sl], lq[sl])
+        self._blocks[key] = blk
+        while len(self._blocks) > self.block_cache:
+            self._blocks.popitem(last=False)
+        return blk
+
+    # -------------------------------------------------------------- items
+    def _item(self, i: int, hq: np.ndarray, lq: np.ndarray) -> dict[str, torch.Tensor]:
+        return {"fhat_hq": torch.tensor(hq, dtype=torch.float32), "fhat_lq": torch.tensor(lq, dtype=torch.float32),
+                "label": self.labels[i].clone(), "seed": self.seeds[i].clone(), "index": self.indices[i].clone()}
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        k, p = self.locate(i)
+        hq, lq = self._block(k, p // self.block_size)
+        q = p % self.block_size
+        return self._item(i, hq[q], lq[q])
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        """Batched fetch (used by DataLoader): same items as __getitem__, each block read once."""
+        return [self[i] for i in indices]
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_arrays"], state["_pid"], state["_blocks"] = None, None, OrderedDict()
+        return state
+
+
+class BlockShuffleSampler(Sampler[int]):
+    """Dataset positions of a PairDataset, block by block: per epoch the blocks of all shards in a random
+    order, the positions inside each block shuffled. Split across distributed ranks in contiguous runs of
+    that order, so each rank reads whole blocks. Every position is visited once per epoch across ranks
+    when len(dataset) is divisible by world_size; otherwise drop_last=False repeats the first
+    (world_size − len mod world_size) positions of the epoch's order (equal lengths on all ranks, as
+    DistributedSampler), and drop_last=True leaves the last len mod world_size out."""
+
+    def __init__(self, dataset: PairDataset, shuffle: bool = True, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, drop_last: bool = False):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside [0, world_size={world_size})")
+        self.blocks = dataset.blocks()
+        self.n = len(dataset)
+        self.shuffle, self.seed, self.rank, self.world_size, self.drop_last = shuffle, seed, rank, world_size, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n // self.world_size if self.drop_last else math.ceil(self.n / self.world_size)
+
+    def order(self) -> torch.Tensor:
+        """All positions of this epoch, in visiting order (before the split across ranks)."""
+        if not self.shuffle:
+            return torch.arange(self.n)
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        parts = []
+        for b in torch.randperm(len(self.blocks), generator=g).tolist():
+            a, z = self.blocks[b]
+            parts.append(a + torch.randperm(z - a, generator=g))
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.order()
+        per_rank = len(self)
+        total = per_rank * self.world_size
+        if total > len(order):  # pad with the start of the order (at most world_size − 1 repeats)
+            reps = -(-total // max(1, len(order)))
+            order = order.repeat(reps)[:total]
+        mine = order[self.rank * per_rank: (self.rank + 1) * per_rank]
+        return iter(mine.tolist())

@@ -1,0 +1,185 @@
+"""What a paired-latent cache holds: array names and dtypes, file names, and the manifest.
+
+A cache is a folder::
+
+    cache/NAME/manifest.json          written once, when the cache is created (temp file + link)
+    cache/NAME/shard-00000.zarr/      one Zarr v3 group per shard, renamed from a temporary name
+    cache/NAME/shard-00001.zarr/      (`shard-00001.zarr.tmp-<token>`) when it is complete
+    ...
+
+Every shard group holds the arrays below (leading dimension = the shard's record count) and, in its
+attributes, its record count, first sample index and a sha256 per array.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+FHAT_HQ = "fhat_hq"  # (N, Cvae, h, w) latent of the vanilla (unaccelerated) run, latent_dtype
+FHAT_LQ = "fhat_lq"  # (N, Cvae, h, w) latent of the accelerated run, latent_dtype
+INDICES_HQ = "indices_hq"  # (N, sum pn²) int16 token indices of every scale, concatenated; −1 = skipped scale
+INDICES_LQ = "indices_lq"  # (N, sum pn²) int16
+LABEL = "label"  # (N,) int16 class label
+SEED = "seed"  # (N,) int64 per-sample seed
+INDEX = "index"  # (N,) int64 global sample index (the plan's i)
+
+LATENT_ARRAYS = (FHAT_HQ, FHAT_LQ)
+INDEX_ARRAYS = (INDICES_HQ, INDICES_LQ)
+RECORD_ARRAYS = (LABEL, SEED, INDEX)
+ARRAY_NAMES = LATENT_ARRAYS + INDEX_ARRAYS + RECORD_ARRAYS
+FIXED_DTYPES = {INDICES_HQ: "int16", INDICES_LQ: "int16", LABEL: "int16", SEED: "int64", INDEX: "int64"}
+LATENT_DTYPES = ("float16", "float32")
+
+# Fields that describe, but do not determine, the cache's content: they may differ on resume.
+INFORMATIONAL_FIELDS = frozenset({"radar_train_version", "created", "model.vae_checkpoint", "model.var_checkpoint",
+                                  "accel.rank_ratios_file"})
+
+
+def shard_name(shard: int) -> str:
+    return f"shard-{shard:05d}.zarr"
+
+
+def temp_shard_name(shard: int) -> str:
+    """A fresh temporary name for shard `shard` (unique per writer)."""
+    return f"{shard_name(shard)}.tmp-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass
+class Manifest:
+    """The cache's identity: what made it and how to read it (manifest.json)."""
+
+    format_version: int
+    radar_train_version: str
+    plan: dict  # Plan.to_dict(): classes, images_per_class / num_images, base_seed, shard_size, num_samples, num_shards
+    model: dict  # preset, vae / var identity dicts ({"kind", "value", "config"}), checkpoint paths (informational)
+    sampling: dict  # SamplingConfig as a dict
+    accel: dict  # the acceleration method's describe()
+    latent_shape: list  # [Cvae, h, w]
+    latent_dtype: str  # float16 | float32 (as stored)
+    patch_nums: list  # the model's scales; indices_* concatenate pn² tokens per scale
+    precision: str  # compute dtype of the transformer: float32 | bfloat16 | float16
+    storage: dict = field(default_factory=dict)  # chunk_size, compressor, compression_level
+    created: str = ""  # ISO time (informational)
+
+    @property
+    def index_length(self) -> int:
+        return sum(int(p) ** 2 for p in self.patch_nums)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.plan["num_samples"])
+
+    @property
+    def num_shards(self) -> int:
+        return int(self.plan["num_shards"])
+
+    @property
+    def shard_size(self) -> int:
+        return int(self.plan["shard_size"])
+
+    @property
+    def chunk_size(self) -> int:
+        return int(self.storage["chunk_size"])
+
+    def shard_range(self, shard: int) -> tuple[int, int]:
+        """[first, stop) global sample indices of a shard."""
+        a = shard * self.shard_size
+        return a, min(a + self.shard_size, self.num_samples)
+
+    def to_dict(self) -> dict:
+        """JSON-normalised (int dict keys become strings, tuples lists), as it is stored."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @staticmethod
+    def from_dict(d: dict, source: str = "manifest") -> "Manifest":
+        names = [f.name for f in dataclasses.fields(Manifest)]
+        required = [f.name for f in dataclasses.fields(Manifest)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise ValueError(f"{source} is not a radar-cache manifest: missing {', '.join(missing)}")
+        if d["format_version"] > FORMAT_VERSION:
+            raise ValueError(f"{source} has format version {d['format_version']}; this radar_train reads "
+                             f"up to {FORMAT_VERSION} (upgrade radar_train)")
+        return Manifest(**{k: v for k, v in d.items() if k in names})
+
+
+def read_manifest(cache_dir: str | os.PathLike) -> Manifest:
+    """The manifest of a cache; FileNotFoundError / ValueError with a one-line message if absent or invalid."""
+    path = Path(cache_dir) / MANIFEST_NAME
+    if not Path(cache_dir).is_dir():
+        raise FileNotFoundError(f"cache folder {cache_dir} does not exist")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {cache_dir} is not a radar-cache cache "
+                                f"(create one with `radar-cache run --config ... --output {cache_dir}`)")
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} is not a radar-cache manifest (not a JSON object)")
+    return Manifest.from_dict(d, str(path))
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict) and d:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def _short(v: Any, limit: int = 60) -> str:
+    s = json.dumps(v)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def manifest_differences(stored: Manifest, wanted: Manifest) -> list[str]:
+    """Dotted fields whose values differ ("plan.shard_size (cache: 16, now: 32)"), informational
+    fields excluded."""
+    a, b = _flatten(stored.to_dict()), _flatten(wanted.to_dict())
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if key in INFORMATIONAL_FIELDS or any(key.startswith(f + ".") for f in INFORMATIONAL_FIELDS):
+            continue
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            diffs.append(f"{key} (cache: {_short(a.get(key, '<absent>'))}, now: {_short(b.get(key, '<absent>'))})")
+    return diffs
+
+
+def create_or_check_manifest(cache_dir: str | os.PathLike, wanted: Manifest) -> tuple[Manifest, bool]:
+    """Create the cache folder and its manifest, or check the existing one against `wanted`.
+
+    Creation is atomic and exclusive (a complete temporary file is hard-linked to manifest.json), so
+    concurrent workers end up with one manifest. Returns (the cache's manifest, created?). Raises
+    ValueError naming every differing field if the existing manifest does not match."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / MANIFEST_NAME
+    created = False
+    if not path.exists():
+        tmp = cache_dir / f".{MANIFEST_NAME}.tmp-{uuid.uuid4().hex[:12]}"
+        tmp.write_text(json.dumps(wanted.to_dict(), indent=2) + "\n")
+        try:
+            os.link(tmp, path)
+            created = True
+        except FileExistsError:
+            pass  # another worker won the race; compare with its manifest below
+        finally:
+            tmp.unlink()
+    stored = read_manifest(cache_dir)
+    if not created:
+        diffs = manifest_differences(stored, wanted)
+        if diffs:
+            raise ValueError(f"{path} was made with another configuration; differing fields: " + "; ".join(diffs)
+                             + f". Use another --output, or the cache's own settings")
+    return stored, created

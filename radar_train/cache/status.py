@@ -1,0 +1,171 @@
+"""`radar-cache status` (progress, size, latent statistics) and `radar-cache verify` (re-read every
+complete shard: counts, checksums, records against the plan; every planned shard present)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import zarr
+
+from radar_train.cache import schema
+from radar_train.cache.layout import dir_bytes, scan_cache
+from radar_train.cache.plan import Plan
+from radar_train.cache.schema import Manifest, read_manifest
+from radar_train.cache.writer import array_checksum, expected_shapes
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n} B"
+
+
+# ---------------------------------------------------------------------------- status
+def latent_statistics(manifest: Manifest, shard_paths: list[Path], max_pairs: int = 2048) -> dict:
+    """Mean/std of fhat_hq and fhat_lq, the relative HQ–LQ distance ‖hq − lq‖/‖hq‖ per pair (mean, p50,
+    p95, max) and the share of LQ tokens equal to HQ per scale (None where LQ skipped the scale), over
+    the first max_pairs / len(shard_paths) pairs of each shard."""
+    hq, lq, ihq, ilq = [], [], [], []
+    per_shard = -(-max_pairs // max(1, len(shard_paths)))
+    for p in shard_paths:
+        g = zarr.open_group(str(p), mode="r")
+        hq.append(g[schema.FHAT_HQ][:per_shard].astype(np.float32))
+        lq.append(g[schema.FHAT_LQ][:per_shard].astype(np.float32))
+        ihq.append(g[schema.INDICES_HQ][:per_shard])
+        ilq.append(g[schema.INDICES_LQ][:per_shard])
+    if not hq:
+        return {}
+    hq_a, lq_a, ihq_a, ilq_a = (np.concatenate(x) for x in (hq, lq, ihq, ilq))
+    n = hq_a.shape[0]
+    d = np.linalg.norm((hq_a - lq_a).reshape(n, -1), axis=1) / np.maximum(np.linalg.norm(hq_a.reshape(n, -1), axis=1), 1e-12)
+    agree, off = [], 0
+    for pn in manifest.patch_nums:
+        a, b = ihq_a[:, off: off + pn * pn], ilq_a[:, off: off + pn * pn]
+        off += pn * pn
+        agree.append(None if bool((b < 0).all()) else float((a == b).mean()))
+    return {"pairs": n, "hq_mean": float(hq_a.mean()), "hq_std": float(hq_a.std()), "lq_mean": float(lq_a.mean()),
+            "lq_std": float(lq_a.std()), "rel_diff_mean": float(d.mean()), "rel_diff_p50": float(np.median(d)),
+            "rel_diff_p95": float(np.percentile(d, 95)), "rel_diff_max": float(d.max()), "token_agreement": agree}
+
+
+def cache_status(cache_dir: str, stat_shards: int = 8) -> dict:
+    """Shards done / pending / temporary, samples, bytes on disk, and latent statistics over the first
+    `stat_shards` complete shards (0 = none, -1 = all)."""
+    manifest = read_manifest(cache_dir)
+    scan = scan_cache(cache_dir, manifest.num_shards)
+    done = sorted(scan.complete)
+    samples = sum(manifest.shard_range(s)[1] - manifest.shard_range(s)[0] for s in done)
+    shard_bytes = sum(dir_bytes(scan.complete[s]) for s in done)
+    chosen = done if stat_shards < 0 else done[:stat_shards]
+    return {
+        "cache": str(cache_dir), "manifest": manifest, "shards_total": manifest.num_shards, "shards_done": len(done),
+        "shards_pending": manifest.num_shards - len(done), "shards_temporary": sum(map(len, scan.temporary.values())),
+        "temporary": sorted(scan.temporary), "unexpected": [str(p) for p in scan.unexpected],
+        "samples_done": samples, "samples_total": manifest.num_samples, "bytes": dir_bytes(cache_dir),
+        "bytes_per_pair": shard_bytes / samples if samples else None, "stat_shards": len(chosen),
+        "stats": latent_statistics(manifest, [scan.complete[s] for s in chosen]),
+    }
+
+
+def format_status(st: dict) -> str:
+    m: Manifest = st["manifest"]
+    plan = Plan.from_dict(m.plan)
+    pct = 100.0 * st["samples_done"] / max(1, st["samples_total"])
+    lines = [
+        f"cache:    {st['cache']} (format {m.format_version}, radar_train {m.radar_train_version}, created {m.created})",
+        f"model:    {m.model['preset']} (vae {m.model['vae']['value'][:16]}, var {m.model['var']['value'][:16]}); "
+        f"method {m.accel['method']}; latents {'x'.join(map(str, m.latent_shape))} {m.latent_dtype}",
+        f"plan:     {plan.describe()}",
+        f"shards:   {st['shards_done']} done, {st['shards_pending']} pending, {st['shards_temporary']} temporary"
+        + (f" (shards {st['temporary']})" if st["temporary"] else ""),
+        f"samples:  {st['samples_done']} / {st['samples_total']} ({pct:.1f} %)",
+        f"disk:     {_fmt_bytes(st['bytes'])}"
+        + (f" ({_fmt_bytes(st['bytes_per_pair'])} per pair)" if st["bytes_per_pair"] else ""),
+    ]
+    if st["unexpected"]:
+        lines.append(f"unexpected: {', '.join(st['unexpected'])} (not in the plan)")
+    s = st["stats"]
+    if s:
+        agree = " ".join("skip" if a is None else f"{a:.2f}" for a in s["token_agreement"])
+        lines += [
+            f"latents over {st['stat_shards']} shards ({s['pairs']} pairs): fhat_hq mean {s['hq_mean']:+.4f} std "
+            f"{s['hq_std']:.4f}; fhat_lq mean {s['lq_mean']:+.4f} std {s['lq_std']:.4f}",
+            f"  |hq-lq|/|hq| per pair: mean {s['rel_diff_mean']:.4f}, p50 {s['rel_diff_p50']:.4f}, "
+            f"p95 {s['rel_diff_p95']:.4f}, max {s['rel_diff_max']:.4f}",
+            f"  LQ tokens equal to HQ, per scale {m.patch_nums}: {agree}",
+        ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- verify
+def _data_files(array_dir: Path) -> str:
+    files = sorted(str(p) for p in (array_dir / "c").rglob("*") if p.is_file()) if (array_dir / "c").exists() else []
+    return ", ".join(files) or str(array_dir)
+
+
+def _one_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def verify_shard(manifest: Manifest, plan: Plan, shard: int, path: Path) -> list[str]:
+    """Problems of one complete shard (empty = fine)."""
+    try:
+        g = zarr.open_group(str(path), mode="r")
+        attrs = dict(g.attrs)
+    except Exception as e:  # noqa: BLE001 - any failure to open is the problem we report
+        return [f"{path}: cannot open the group ({_one_line(e)})"]
+    start, stop = plan.shard_range(shard)
+    problems = []
+    if attrs.get("complete") is not True or attrs.get("shard") != shard:
+        problems.append(f"{path}: attributes do not mark shard {shard} complete ({path / 'zarr.json'})")
+    if attrs.get("count") != stop - start:
+        problems.append(f"{path}: count {attrs.get('count')} in the attributes, the plan has {stop - start}")
+    checksums = attrs.get("checksums", {})
+    labels, seeds = plan.labels_seeds(start, stop)
+    planned = {schema.LABEL: labels, schema.SEED: seeds, schema.INDEX: np.arange(start, stop)}
+    for name, (shape, dtype) in expected_shapes(manifest, stop - start).items():
+        where = path / name
+        try:
+            a = g[name][...]
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"{where}: unreadable ({_one_line(e)}); files: {_data_files(where)}")
+            continue
+        if a.shape != shape or a.dtype != np.dtype(dtype):
+            problems.append(f"{where}: {a.shape} {a.dtype}, expected {shape} {dtype}")
+            continue
+        if checksums.get(name) != array_checksum(a):
+            problems.append(f"{where}: checksum mismatch (stored {checksums.get(name)}); files: {_data_files(where)}")
+        if name in planned and not np.array_equal(a, planned[name]):
+            problems.append(f"{where}: records differ from the plan (samples {start}..{stop - 1})")
+    return problems
+
+
+def verify_cache(cache_dir: str, progress: bool = False) -> tuple[list[str], dict]:
+    """(problems, counts): every planned shard exists and every complete shard reads back with the planned
+    count, records and checksums."""
+    from tqdm.auto import tqdm
+
+    manifest = read_manifest(cache_dir)
+    plan = Plan.from_dict(manifest.plan)
+    scan = scan_cache(cache_dir, manifest.num_shards)
+    problems = [f"{p}: not in the plan ({manifest.num_shards} shards)" for p in scan.unexpected]
+    ok = 0
+    for s in tqdm(range(manifest.num_shards), desc="verify", unit="shard", disable=not progress):
+        if s not in scan.complete:
+            a, b = plan.shard_range(s)
+            tmp = f" (temporary: {', '.join(p.name for p in scan.temporary[s])})" if s in scan.temporary else ""
+            problems.append(f"{Path(cache_dir) / schema.shard_name(s)}: missing (samples {a}..{b - 1}){tmp}")
+            continue
+        shard_problems = verify_shard(manifest, plan, s, scan.complete[s])
+        problems += shard_problems
+        ok += not shard_problems
+    return problems, {"shards_ok": ok, "shards_total": manifest.num_shards}
+
+
+def verify_summary(problems: list[str], counts: dict, cache_dir: Optional[str] = None) -> str:
+    head = f"verify {cache_dir}: " if cache_dir else "verify: "
+    return head + (f"{counts['shards_ok']}/{counts['shards_total']} shards ok, {len(problems)} problems"
+                   if problems else f"all {counts['shards_total']} shards ok")

@@ -1,0 +1,143 @@
+"""WebDataset export of a cache and iterable reading of the export.
+
+`export_wds(cache, out)` writes one tar per complete cache shard (`pairs-NNNNN.tar`, written under a
+temporary name and renamed), one sample per key (the global sample index, zero-padded) with the members
+fhat_hq.npy, fhat_lq.npy, indices_hq.npy, indices_lq.npy (stored dtypes), label.cls, seed.cls, index.cls,
+plus `index.json` (wids shard index: tar names and sample counts) and a copy of the cache's manifest.
+Rerunning skips tars that exist. `WdsPairs` yields the same dicts as `PairDataset`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import zarr
+from torch.utils.data import IterableDataset
+
+from radar_train.cache import schema
+from radar_train.cache.layout import scan_cache
+from radar_train.cache.schema import MANIFEST_NAME, Manifest, manifest_differences, read_manifest
+
+log = logging.getLogger(__name__)
+
+INDEX_NAME = "index.json"
+
+
+def tar_name(shard: int) -> str:
+    return f"pairs-{shard:05d}.tar"
+
+
+def _shard_samples(path: Path) -> Iterator[dict]:
+    g = zarr.open_group(str(path), mode="r")
+    arrays = {name: g[name][...] for name in schema.ARRAY_NAMES}
+    for j in range(arrays[schema.LABEL].shape[0]):
+        idx = int(arrays[schema.INDEX][j])
+        yield {"__key__": f"{idx:010d}",
+               **{f"{name}.npy": arrays[name][j] for name in schema.LATENT_ARRAYS + schema.INDEX_ARRAYS},
+               "label.cls": int(arrays[schema.LABEL][j]), "seed.cls": int(arrays[schema.SEED][j]),
+               "index.cls": idx}
+
+
+def _check_output_manifest(out: Path, manifest: Manifest) -> None:
+    path = out / MANIFEST_NAME
+    if path.exists():
+        diffs = manifest_differences(read_manifest(out), manifest)
+        if diffs:
+            raise ValueError(f"{out} holds an export of another cache; differing fields: {'; '.join(diffs)}")
+    else:
+        tmp = out / f".{MANIFEST_NAME}.tmp-{uuid.uuid4().hex[:12]}"
+        tmp.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+        os.replace(tmp, path)
+
+
+def export_wds(cache_dir: str, output: str, progress: bool = True) -> dict:
+    """Export the complete shards of a cache to WebDataset tars in `output`; returns the index dict."""
+    import webdataset as wds
+    from tqdm.auto import tqdm
+
+    manifest = read_manifest(cache_dir)
+    scan = scan_cache(cache_dir, manifest.num_shards)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_output_manifest(out, manifest)
+    shards = sorted(scan.complete)
+    for s in tqdm(shards, desc="export", unit="shard", disable=not progress):
+        final = out / tar_name(s)
+        if final.exists():
+            continue
+        tmp = out / f"{final.name}.tmp-{uuid.uuid4().hex[:12]}"
+        with open(tmp, "wb") as f, wds.TarWriter(f) as sink:
+            for sample in _shard_samples(scan.complete[s]):
+                sink.write(sample)
+        os.replace(tmp, final)
+    index = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": Path(cache_dir).name,
+             "shardlist": [{"url": tar_name(s), "nsamples": manifest.shard_range(s)[1] - manifest.shard_range(s)[0]}
+                           for s in shards],
+             "num_samples": sum(manifest.shard_range(s)[1] - manifest.shard_range(s)[0] for s in shards),
+             "complete": len(shards) == manifest.num_shards}
+    tmp = out / f".{INDEX_NAME}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.write_text(json.dumps(index, indent=2) + "\n")
+    os.replace(tmp, out / INDEX_NAME)
+    return index
+
+
+def resolve_urls(path_or_urls: Union[str, os.PathLike, Sequence[str]]) -> list[str]:
+    """Tar URLs from an export folder, its index.json, a brace pattern / single URL, or a list."""
+    if isinstance(path_or_urls, (list, tuple)):
+        return [str(u) for u in path_or_urls]
+    p = Path(path_or_urls)
+    if p.is_dir():
+        p = p / INDEX_NAME
+    if p.suffix == ".json":
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} not found (export a cache with `radar-cache export-wds CACHE --output DIR`)")
+        index = json.loads(p.read_text())
+        return [str(p.parent / s["url"]) for s in index["shardlist"]]
+    return [str(path_or_urls)]
+
+
+def to_pair(sample: dict) -> dict[str, torch.Tensor]:
+    """A decoded WebDataset sample -> the PairDataset item dict."""
+    return {"fhat_hq": torch.from_numpy(np.asarray(sample["fhat_hq.npy"], dtype=np.float32)),
+            "fhat_lq": torch.from_numpy(np.asarray(sample["fhat_lq.npy"], dtype=np.float32)),
+            "label": torch.tensor(int(sample["label.cls"]), dtype=torch.int64),
+            "seed": torch.tensor(int(sample["seed.cls"]), dtype=torch.int64),
+            "index": torch.tensor(int(sample["index.cls"]), dtype=torch.int64)}
+
+
+class WdsPairs(IterableDataset):
+    """HQ/LQ pairs from a WebDataset export (same dicts as PairDataset), split across ranks and
+    DataLoader workers by tar.
+
+    Args:
+        path_or_urls: export folder, its index.json, a URL / brace pattern, or a list of URLs.
+        shuffle: sample shuffle buffer size (0 = file order).
+        shardshuffle: shuffle the tar order each epoch (needs shuffle > 0 to mix within tars).
+        seed: seed of both shuffles.
+        split_by_node: give each distributed rank its own tars (needs at least world_size tars).
+    """
+
+    def __init__(self, path_or_urls, shuffle: int = 0, shardshuffle: bool = False, seed: int = 0,
+                 split_by_node: bool = True):
+        self.urls = resolve_urls(path_or_urls)
+        self.shuffle, self.shardshuffle, self.seed, self.split_by_node = shuffle, shardshuffle, seed, split_by_node
+
+    def pipeline(self):
+        import webdataset as wds
+
+        ds = wds.WebDataset(self.urls, shardshuffle=len(self.urls) if self.shardshuffle else False,
+                            nodesplitter=wds.split_by_node if self.split_by_node else wds.single_node_only,
+                            workersplitter=wds.split_by_worker, empty_check=False, seed=self.seed)
+        if self.shuffle:
+            ds = ds.shuffle(self.shuffle, seed=self.seed)
+        return ds.decode().map(to_pair)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return iter(self.pipeline())
+

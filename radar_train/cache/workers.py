@@ -1,0 +1,103 @@
+"""Which worker this process is, and which device it uses.
+
+Workers = SLURM array tasks × processes per task (torchrun / accelerate launch). Worker I of N writes the
+shards s with s mod N == I; one device per process. Explicit --num-workers / --worker-index win over
+what the environment says.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerSplit:
+    num_workers: int
+    worker_index: int
+    source: str  # where the split came from, for the plan printout
+    process_count: int = 1  # processes launched by torchrun / accelerate in this task (1 otherwise)
+    process_index: int = 0
+
+    def shards(self, num_shards: int) -> list[int]:
+        return list(range(self.worker_index, num_shards, self.num_workers))
+
+
+def _slurm_array(env: Mapping[str, str]) -> Optional[tuple[int, int]]:
+    """(task count, task index from 0) of a SLURM array job, aware of SLURM_ARRAY_TASK_MIN and _STEP."""
+    if "SLURM_ARRAY_TASK_ID" not in env:
+        return None
+    task = int(env["SLURM_ARRAY_TASK_ID"])
+    lo = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+    step = int(env.get("SLURM_ARRAY_TASK_STEP", "1") or 1)
+    if "SLURM_ARRAY_TASK_COUNT" in env:
+        count = int(env["SLURM_ARRAY_TASK_COUNT"])
+    else:
+        count = (int(env.get("SLURM_ARRAY_TASK_MAX", task)) - lo) // step + 1
+    return count, (task - lo) // step
+
+
+def _launched_processes(env: Mapping[str, str]) -> Optional[tuple[int, int]]:
+    """(world size, rank) when launched by torchrun / accelerate launch with several processes."""
+    if int(env.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    import torch
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return state.num_processes, state.process_index
+
+
+def resolve_workers(num_workers: Optional[int] = None, worker_index: Optional[int] = None,
+                    env: Mapping[str, str] = os.environ) -> WorkerSplit:
+    """The worker split from explicit values, else the SLURM array and the launcher's processes."""
+    array = _slurm_array(env)
+    procs = _launched_processes(env)
+    A, a = array or (1, 0)
+    W, r = procs or (1, 0)
+    sources = [s for s, present in (("SLURM array", array), ("torchrun/accelerate processes", procs)) if present]
+    n, i = A * W, a * W + r
+    if num_workers is not None or worker_index is not None:
+        if not sources and (num_workers is None or worker_index is None) and (num_workers or 1) > 1:
+            raise ValueError("give both --num-workers and --worker-index (no SLURM array or launcher "
+                             "process rank to take the other from)")
+        sources = ["command line"] + sources
+        n = num_workers if num_workers is not None else n
+        i = worker_index if worker_index is not None else i
+    if not 0 <= i < n:
+        raise ValueError(f"worker_index {i} is outside [0, num_workers={n})")
+    return WorkerSplit(n, i, " × ".join(sources) or "single worker", W, r)
+
+
+def resolve_device(device: str, split: WorkerSplit) -> str:
+    """"auto": this process's GPU (local rank) when several processes share a node, else cuda if
+    available, else cpu."""
+    import torch
+
+    if device != "auto":
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
+        return device
+    if not torch.cuda.is_available():
+        return "cpu"
+    if split.process_count > 1:
+        from accelerate import PartialState
+
+        return str(PartialState().device)
+    return "cuda"
+
+
+def autocast_dtype(precision: str, device: str):
+    """The transformer's autocast dtype (None = plain float32) and its name for the manifest."""
+    import torch
+
+    if precision == "auto":
+        precision = "bfloat16" if device.startswith("cuda") else "float32"
+    if precision != "float32" and not device.startswith("cuda"):
+        log.warning("precision %s on %s is slow and not bitwise reproducible; float32 is advised on the CPU",
+                    precision, device)
+    return (None if precision == "float32" else getattr(torch, precision)), precision

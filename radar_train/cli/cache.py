@@ -1,0 +1,115 @@
+"""radar-cache: paired HQ/LQ latents in a sharded Zarr cache.
+
+    radar-cache run --config configs/cache/tiny.yaml [--plan.images_per_class 4] [--output DIR]
+                    [--num-workers N --worker-index I] [--device cpu] [--batch-size 16] [--print_config]
+    radar-cache status DIR
+    radar-cache verify DIR            (exit status 1 if any problem)
+    radar-cache export-wds DIR --output DIR2
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Optional
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from radar_train.cache.config import CacheArgs
+
+# Dashed spellings accepted for the run-level options (jsonargparse names them after the fields).
+ALIASES = {"--batch-size": "--batch_size", "--num-workers": "--num_workers", "--worker-index": "--worker_index",
+           "--print-config": "--print_config", "--stat-shards": "--stat_shards"}
+
+
+def _normalise(argv: list[str]) -> list[str]:
+    out = []
+    for a in argv:
+        head, eq, tail = a.partition("=")
+        out.append(ALIASES.get(head, head) + eq + tail)
+    return out
+
+
+def build_run_parser() -> ArgumentParser:
+    run = ArgumentParser(description="Create or resume a cache (this worker's shards).")
+    run.add_argument("--config", action=ActionConfigFile, help="YAML config, e.g. configs/cache/tiny.yaml")
+    run.add_class_arguments(CacheArgs, None)
+    return run
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="radar-cache", description="Paired HQ/LQ latents in a sharded Zarr cache.")
+    sub = parser.add_subcommands(dest="command")
+    sub.add_subcommand("run", build_run_parser(), help="create or resume a cache")
+    status = ArgumentParser(description="Shards done / pending / temporary, samples, bytes, latent statistics.")
+    status.add_argument("cache_dir", help="cache folder")
+    status.add_argument("--stat_shards", type=int, default=8,
+                        help="complete shards to compute latent statistics over (0: none, -1: all)")
+    sub.add_subcommand("status", status, help="progress and statistics of a cache")
+    verify = ArgumentParser(description="Re-read every complete shard; check counts, checksums, records and "
+                                        "that every planned shard exists. Exit status 1 if any problem.")
+    verify.add_argument("cache_dir", help="cache folder")
+    sub.add_subcommand("verify", verify, help="check a cache (exit status 1 if any problem)")
+    export = ArgumentParser(description="Export the complete shards as WebDataset tars (+ index.json).")
+    export.add_argument("cache_dir", help="cache folder")
+    export.add_argument("--output", required=True, help="folder for the tars")
+    sub.add_subcommand("export-wds", export, help="export to WebDataset tars")
+    return parser
+
+
+def _run(cfg) -> int:
+    from radar_train.cache.generate import run_cache
+
+    run_cache(run_args(cfg.run))
+    return 0
+
+
+def run_args(ns) -> CacheArgs:
+    """The CacheArgs of a parsed `run` namespace."""
+    init = build_run_parser().instantiate(ns)
+    return CacheArgs(**{k: init[k] for k in CacheArgs.__dataclass_fields__})
+
+
+def _status(cfg) -> int:
+    from radar_train.cache.status import cache_status, format_status
+
+    print(format_status(cache_status(cfg.status.cache_dir, cfg.status.stat_shards)))
+    return 0
+
+
+def _verify(cfg) -> int:
+    from radar_train.cache.status import verify_cache, verify_summary
+
+    problems, counts = verify_cache(cfg.verify.cache_dir, progress=True)
+    for p in problems:
+        print(f"problem: {p}")
+    print(verify_summary(problems, counts, cfg.verify.cache_dir))
+    return 1 if problems else 0
+
+
+def _export(cfg) -> int:
+    from radar_train.cache.wds import export_wds
+
+    c = cfg["export-wds"]
+    index = export_wds(c.cache_dir, c.output)
+    print(f"export-wds: {len(index['shardlist'])} tars, {index['num_samples']} samples -> {c.output}"
+          + ("" if index["complete"] else " (the cache is incomplete: only its complete shards were exported)"))
+    return 0
+
+
+COMMANDS = {"run": _run, "status": _status, "verify": _verify, "export-wds": _export}
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    cfg = parser.parse_args(_normalise(sys.argv[1:] if argv is None else list(argv)))
+    try:
+        code = COMMANDS[cfg.command](cfg)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
