@@ -19,9 +19,9 @@ class PlanArgs:
     classes: Union[str, list[int]] = "all"
     """The class set: "all" (every class of the model), a range "START:STOP" (STOP excluded), or a list."""
     images_per_class: Optional[int] = 10
-    """Images per class (set it to null to give num_images instead)."""
-    num_images: Optional[int] = None
-    """Total number of images (the classes are cycled); needs images_per_class: null."""
+    """Images per class (set it to null to give num_samples instead)."""
+    num_samples: Optional[int] = None
+    """Total number of samples (pairs; the classes are cycled); needs images_per_class: null."""
     base_seed: int = 0
     """Seed of sample 0; sample i gets base_seed + i. Held-out caches use a base seed beyond the
     training cache's base_seed + num_samples."""
@@ -83,9 +83,9 @@ class CacheArgs:
         if self.batch_size < 1:
             p.append(f"batch_size must be >= 1, got {self.batch_size}")
         pl, st = self.plan, self.storage
-        if (pl.images_per_class is None) == (pl.num_images is None):
-            p.append("give exactly one of plan.images_per_class and plan.num_images (set the other to null)")
-        for name, v in (("plan.images_per_class", pl.images_per_class), ("plan.num_images", pl.num_images)):
+        if (pl.images_per_class is None) == (pl.num_samples is None):
+            p.append("give exactly one of plan.images_per_class and plan.num_samples (set the other to null)")
+        for name, v in (("plan.images_per_class", pl.images_per_class), ("plan.num_samples", pl.num_samples)):
             if v is not None and v < 1:
                 p.append(f"{name} must be >= 1, got {v}")
         if pl.shard_size < 1:

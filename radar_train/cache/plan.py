@@ -43,8 +43,8 @@ def resolve_classes(spec: Union[str, Sequence[int]], num_classes: int) -> tuple[
 @dataclass(frozen=True)
 class Plan:
     classes: tuple[int, ...]
-    images_per_class: Optional[int]
-    num_images: Optional[int]
+    images_per_class: Optional[int]  # None: `total` samples, the classes cycled
+    total: Optional[int]
     base_seed: int
     shard_size: int
 
@@ -52,17 +52,17 @@ class Plan:
     def from_args(args: PlanArgs, num_classes: int) -> "Plan":
         """The resolved plan; ValueError listing every problem."""
         classes, problems = resolve_classes(args.classes, num_classes)
-        if (args.images_per_class is None) == (args.num_images is None):
-            problems.append("give exactly one of plan.images_per_class and plan.num_images (set the other to null)")
+        if (args.images_per_class is None) == (args.num_samples is None):
+            problems.append("give exactly one of plan.images_per_class and plan.num_samples (set the other to null)")
         if problems:
             raise ValueError("invalid plan: " + "; ".join(problems))
-        return Plan(tuple(classes), args.images_per_class, args.num_images, args.base_seed, args.shard_size)
+        return Plan(tuple(classes), args.images_per_class, args.num_samples, args.base_seed, args.shard_size)
 
     @property
     def num_samples(self) -> int:
         if self.images_per_class is not None:
             return self.images_per_class * len(self.classes)
-        return int(self.num_images)
+        return int(self.total)
 
     @property
     def num_shards(self) -> int:
@@ -79,18 +79,21 @@ class Plan:
         return classes[i % len(classes)], self.base_seed + i
 
     def to_dict(self) -> dict:
+        """As in the manifest: num_samples is always the resolved total."""
         return {"classes": list(self.classes), "images_per_class": self.images_per_class,
-                "num_images": self.num_images, "base_seed": self.base_seed, "shard_size": self.shard_size,
-                "num_samples": self.num_samples, "num_shards": self.num_shards, "rule": RULE}
+                "num_samples": self.num_samples, "base_seed": self.base_seed, "shard_size": self.shard_size,
+                "num_shards": self.num_shards, "rule": RULE}
 
     @staticmethod
     def from_dict(d: dict) -> "Plan":
-        return Plan(tuple(d["classes"]), d["images_per_class"], d["num_images"], d["base_seed"], d["shard_size"])
+        ipc = d["images_per_class"]
+        return Plan(tuple(d["classes"]), ipc, None if ipc is not None else d["num_samples"], d["base_seed"],
+                    d["shard_size"])
 
     def describe(self) -> str:
         n = len(self.classes)
         cls = f"{n} classes" if self.classes != tuple(range(n)) else f"classes 0..{n - 1}"
         per = f"{self.images_per_class} per class" if self.images_per_class is not None else \
-            f"{self.num_images} in total"
+            f"{self.total} in total"
         return (f"{self.num_samples} samples ({cls}, {per}, seeds {self.base_seed}..{self.base_seed + self.num_samples - 1})"
                 f" in {self.num_shards} shards of {self.shard_size}")

@@ -58,7 +58,7 @@ class Manifest:
 
     format_version: int
     radar_train_version: str
-    plan: dict  # Plan.to_dict(): classes, images_per_class / num_images, base_seed, shard_size, num_samples, num_shards
+    plan: dict  # Plan.to_dict(): classes, images_per_class (or null), num_samples, base_seed, shard_size, num_shards, rule
     model: dict  # preset, vae / var identity dicts ({"kind", "value", "config"}), checkpoint paths (informational)
     sampling: dict  # SamplingConfig as a dict
     accel: dict  # the acceleration method's describe()
