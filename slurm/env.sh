@@ -29,6 +29,15 @@ radar_exe() {
   echo "$exe"
 }
 
+# config_value PATTERN COMMAND...: the value on the first line of `COMMAND --print_config` (the resolved config,
+# overrides included) that matches the awk PATTERN, e.g. '^output:'; empty when null or absent.
+config_value() {
+  local pattern=$1 resolved; shift
+  resolved=$("$@" --print_config) || return   # a bad config: the command has said why on stderr
+  awk -v p="$pattern" -v q="'" \
+    '$0 ~ p { sub(/^[^:]*:[ ]*/, ""); gsub("^[\"" q "]|[\"" q "]$", ""); if ($0 != "null") print; exit }' <<<"$resolved"
+}
+
 # job_banner WHAT: one line saying which job runs what, where (goes to the job's output file).
 job_banner() {
   echo "[$(date '+%F %T')] job ${SLURM_JOB_ID:-?}${SLURM_ARRAY_TASK_ID:+ (array ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID})}" \

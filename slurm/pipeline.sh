@@ -8,7 +8,8 @@
 #
 # Environment variables (defaults in brackets):
 #   CACHE_CONFIG    radar-cache config                                         [configs/cache/tiny.yaml]
-#   CACHE_DIR       cache folder to write and train on                   [cache/<name of CACHE_CONFIG>]
+#   CACHE_DIR       cache folder to write, and to train on (it replaces the path of the training config's
+#                   last data.caches entry)                          [the cache config's `output`]
 #   NUM_WORKERS     cache array size: workers, one GPU each                                        [4]
 #   MAX_PARALLEL    array tasks running at once (sbatch --array=...%MAX_PARALLEL); empty = no limit  []
 #   GPUS_PER_TASK   GPUs per cache worker; 0 = run on CPUs                                           [1]
@@ -16,7 +17,7 @@
 #   CACHE_TIME      time limit of each cache task                                           [04:00:00]
 #   CACHE_ARGS      extra arguments for `radar-cache run` (word-split), e.g. "--plan.num_samples 65536" []
 #   TRAIN_CONFIG    radar-train config                                         [configs/train/tiny.yaml]
-#   RUN_DIR         run folder (checkpoints, logs, final/ adapter)        [checkpoints/<name of TRAIN_CONFIG>]
+#   RUN_DIR         run folder (checkpoints, logs, final/ adapter)   [the training config's default_root_dir]
 #   NODES           training nodes                                                                   [1]
 #   GPUS_PER_NODE   GPUs (= ranks) per training node; 0 = one rank on CPUs                           [1]
 #   TRAIN_CPUS      CPUs per training rank                                                           [8]
@@ -41,9 +42,8 @@ case "${1:-}" in
   *) echo "usage: slurm/pipeline.sh [--dry-run]   (settings are environment variables, see the header)" >&2; exit 2 ;;
 esac
 
-stem() { local b; b=$(basename "$1"); echo "${b%.*}"; }
 CACHE_CONFIG=${CACHE_CONFIG:-configs/cache/tiny.yaml}
-CACHE_DIR=${CACHE_DIR:-cache/$(stem "$CACHE_CONFIG")}
+CACHE_DIR=${CACHE_DIR:-}
 NUM_WORKERS=${NUM_WORKERS:-4}
 MAX_PARALLEL=${MAX_PARALLEL:-}
 GPUS_PER_TASK=${GPUS_PER_TASK:-1}
@@ -51,7 +51,7 @@ CACHE_CPUS=${CACHE_CPUS:-8}
 CACHE_TIME=${CACHE_TIME:-04:00:00}
 CACHE_ARGS=${CACHE_ARGS:-}
 TRAIN_CONFIG=${TRAIN_CONFIG:-configs/train/tiny.yaml}
-RUN_DIR=${RUN_DIR:-checkpoints/$(stem "$TRAIN_CONFIG")}
+RUN_DIR=${RUN_DIR:-}
 NODES=${NODES:-1}
 GPUS_PER_NODE=${GPUS_PER_NODE:-1}
 TRAIN_CPUS=${TRAIN_CPUS:-8}
@@ -69,13 +69,23 @@ done
 if (( DRY_RUN == 0 )); then command -v sbatch >/dev/null || problems+=("sbatch not found: run this on a SLURM login node"); fi
 if (( ${#problems[@]} )); then printf 'error: %s\n' "${problems[@]}" >&2; exit 2; fi
 
+read -r -a extra <<<"${SBATCH_ARGS:-}"
+read -r -a cache_args <<<"$CACHE_ARGS"
+read -r -a train_args <<<"$TRAIN_ARGS"
+if [ -z "$CACHE_DIR" ] || [ -z "$RUN_DIR" ]; then   # the configs' own folders (runs the CLIs' --print_config)
+  # shellcheck source=slurm/env.sh
+  source slurm/env.sh
+  [ -n "$CACHE_DIR" ] || CACHE_DIR=$(config_value '^output:' "$(radar_exe radar-cache)" run --config "$CACHE_CONFIG" "${cache_args[@]}")
+  [ -n "$RUN_DIR" ] || RUN_DIR=$(config_value '^  default_root_dir:' "$(radar_exe radar-train)" fit --config "$TRAIN_CONFIG" "${train_args[@]}")
+  [ -n "$CACHE_DIR" ] || problems+=("no cache folder: set CACHE_DIR or \`output:\` in $CACHE_CONFIG")
+  [ -n "$RUN_DIR" ] || problems+=("no run folder: set RUN_DIR or trainer.default_root_dir in $TRAIN_CONFIG")
+  if (( ${#problems[@]} )); then printf 'error: %s\n' "${problems[@]}" >&2; exit 2; fi
+fi
+
 common=(--chdir="$RADAR_DIR" --export=ALL)
 [ -n "${PARTITION:-}" ] && common+=(--partition="$PARTITION")
 [ -n "${ACCOUNT:-}" ] && common+=(--account="$ACCOUNT")
-read -r -a extra <<<"${SBATCH_ARGS:-}"
 common+=("${extra[@]}")
-read -r -a cache_args <<<"$CACHE_ARGS"
-read -r -a train_args <<<"$TRAIN_ARGS"
 gres() { if (( $1 > 0 )); then echo "--gres=gpu:$1"; else echo "--gres=none"; fi; }
 
 # submit NAME SBATCH-ARGS...: sbatch, print the job id (or a made-up one with --dry-run)
