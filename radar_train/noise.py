@@ -33,11 +33,24 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 
 
 def hash32(keys: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
-    """32-bit hashes (int64 tensor) of every (key, counter) pair: keys (R,) 63-bit, counter (n,) -> (R, n)."""
-    k0 = (keys & _MASK32).unsqueeze(1)
-    k1 = ((keys >> 32) & 0x7FFFFFFF).unsqueeze(1)
-    h = _mix32(counter.unsqueeze(0) & _MASK32)
+    """32-bit hashes (int64 tensor) of every (key, counter) pair: keys (R,) 63-bit; counter (n,) shared
+    by all keys, or (R, ...) per key -> (R, n) / (R, ...)."""
+    shape = (-1,) + (1,) * max(1, counter.ndim - 1)
+    k0 = (keys & _MASK32).view(shape)
+    k1 = ((keys >> 32) & 0x7FFFFFFF).view(shape)
+    c = counter.unsqueeze(0) if counter.ndim == 1 else counter
+    h = _mix32(c & _MASK32)
     return _mix32(_mix32(h ^ k0) ^ k1)
+
+
+def to_unit(h: torch.Tensor) -> torch.Tensor:
+    """32-bit hashes -> float32 uniforms in (0, 1) (24-bit resolution)."""
+    return ((h >> 8).float() + 0.5) * (1.0 / (1 << 24))
+
+
+def gumbel_at(keys: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
+    """Gumbel noise at explicit stream positions: keys (R,), counter (R, ...) -> (R, ...)."""
+    return to_unit(hash32(keys, counter)).log_().neg_().log_().neg_()
 
 
 def uniform(keys: torch.Tensor, n: int, offset: int = 0) -> torch.Tensor:
@@ -48,7 +61,7 @@ def uniform(keys: torch.Tensor, n: int, offset: int = 0) -> torch.Tensor:
     for start in range(0, n, step):
         stop = min(n, start + step)
         c = torch.arange(offset + start, offset + stop, device=keys.device, dtype=torch.int64)
-        out[:, start:stop] = ((hash32(keys, c) >> 8).float() + 0.5) * (1.0 / (1 << 24))
+        out[:, start:stop] = to_unit(hash32(keys, c))
     return out
 
 

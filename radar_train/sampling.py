@@ -88,10 +88,30 @@ def gumbel_keys(seeds: Sequence[int], si: int, device) -> torch.Tensor:
 
 
 def gumbel_max(logits_BlV: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """argmax(logits + Gumbel noise) per position; row b's noise is stream keys[b] over (l, V)."""
+    """argmax(logits + Gumbel noise) per position; the noise of row b at (position p, token v) is value
+    p·V + v of stream keys[b]."""
     B, l, V = logits_BlV.shape
     g = noise.gumbel(keys, l * V).view(B, l, V)
     return torch.argmax(logits_BlV + g, dim=-1)
+
+
+def sample_top_k_per_sample(logits_BlV: torch.Tensor, keys: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Gumbel-max over the top-k candidates only, with the official top-k/top-p semantics and the same
+    noise as `gumbel_max` (keyed by token index), so the result equals filtering the full vocabulary
+    and calling `gumbel_max` — except when several tokens tie exactly at the k-th logit, where the
+    full filter keeps all of them and this keeps k. Work is B·l·k instead of B·l·V."""
+    B, l, V = logits_BlV.shape
+    vals, cand = logits_BlV.topk(top_k, dim=-1, sorted=True)  # descending
+    if top_p > 0:
+        # the official rule on the ascending order: drop entries whose cumulative probability (them and
+        # everything smaller) is <= 1 - p, never the largest
+        cum_from_small = vals.softmax(dim=-1).flip(-1).cumsum(dim=-1).flip(-1)
+        remove = cum_from_small <= (1 - top_p)
+        remove[..., 0] = False
+        vals = vals.masked_fill(remove, -torch.inf)
+    pos = torch.arange(l, device=cand.device, dtype=torch.int64).view(1, l, 1) * V
+    g = noise.gumbel_at(keys, pos + cand)
+    return cand.gather(-1, torch.argmax(vals + g, dim=-1, keepdim=True)).squeeze(-1)
 
 
 # ---------------------------------------------------------------------------- the sampler
@@ -267,8 +287,11 @@ class NextScaleSampler:
     def _draw(self, state: SamplingState, guided: torch.Tensor, si: int):
         """Token indices (B, l) for the guided logits; also the soft token map for more_smooth."""
         cfg = self.config
-        filter_top_k_top_p_(guided, cfg.top_k, cfg.top_p)
         B, l, V = guided.shape
+        if cfg.noise == "per_sample" and 0 < cfg.top_k < V:
+            keys = gumbel_keys(state.seeds.tolist(), si, guided.device)
+            return sample_top_k_per_sample(guided, keys, cfg.top_k, cfg.top_p), None
+        filter_top_k_top_p_(guided, cfg.top_k, cfg.top_p)
         if cfg.noise == "official":
             probs = guided.softmax(dim=-1).view(-1, V)
             idx = torch.multinomial(probs, num_samples=1, replacement=True, generator=state.generator).view(B, l)

@@ -117,3 +117,17 @@ def test_bf16_autocast_runs_and_stays_close(tiny_models):
     assert bf16.f_hat.dtype == torch.float32 and torch.isfinite(bf16.f_hat).all()
     # greedy decoding: the first scales agree (later ones may flip on near-ties in bf16)
     assert torch.equal(fp32.indices[0], bf16.indices[0])
+
+
+def test_top_k_candidate_path_equals_full_vocabulary_filter():
+    """The fast per-sample path (noise on the top-k candidates only) picks exactly what filtering the
+    whole vocabulary and adding the same noise picks."""
+    from radar_train.sampling import sample_top_k_per_sample
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 50, 300) * 3
+    keys = noise.key_tensor([derive_seed(s) for s in (1, 2, 3)], "cpu")
+    for k, p in ((20, 0.0), (20, 0.9), (120, 0.5), (299, 0.96)):
+        full = gumbel_max(filter_top_k_top_p_(logits.clone(), k, p), keys)
+        fast = sample_top_k_per_sample(logits.clone(), keys, k, p)
+        assert torch.equal(full, fast), (k, p)

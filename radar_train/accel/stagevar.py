@@ -172,17 +172,20 @@ class _StageVARRun(AccelRun):
         return [(s, self.rows) for s in base]
 
     def _draw(self, si: int, pn: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        """Per block: Q (rows, M, r) and Gumbel keys (rows, M) for the RTR draw; one stream per row."""
-        M, dev = pn * pn, self.ctx.device
+        """Per block: Q (rows, M, r) and Gumbel keys (rows, M) for the RTR draw. One stream per row and
+        purpose; all blocks are drawn in one call each."""
+        M, depth, dev = pn * pn, self.ctx.depth, self.ctx.device
         rows = self._row_seeds()
         keys_q = noise.key_tensor([derive_seed(s, si, "stagevar-rp", tag) for s, tag in rows], dev)
         keys_rtr = noise.key_tensor([derive_seed(s, si, "stagevar-rtr", tag) for s, tag in rows], dev)
-        out = {}
-        for j in range(self.ctx.depth):
-            r = min(M, max(self.m.min_rank, math.ceil(self.m.ratio(pn, j) * M)))
+        ranks = [min(M, max(self.m.min_rank, math.ceil(self.m.ratio(pn, j) * M))) for j in range(depth)]
+        q_all = noise.normal(keys_q, M * sum(ranks))
+        g_all = noise.gumbel(keys_rtr, depth * M).view(-1, depth, M)
+        out, off = {}, 0
+        for j, r in enumerate(ranks):
             scale = 1.0 / math.sqrt(r) if self.m.rp_scale == "paper" else 1.0 / math.sqrt(M)
-            q = noise.normal(keys_q, M * r, offset=j << 24).view(-1, M, r).mul_(scale)
-            out[j] = (q, noise.gumbel(keys_rtr, M, offset=j << 24))
+            out[j] = (q_all[:, off: off + M * r].view(-1, M, r).mul(scale), g_all[:, j])
+            off += M * r
         return out
 
     # -------------------------------------------------------------- the block hook

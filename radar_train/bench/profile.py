@@ -1,0 +1,39 @@
+"""Profile one sampling call: `python -m radar_train.bench.profile [preset] [batch] [method ...]`.
+
+Prints the operators that take the most device (or CPU) time, for finding what dominates a method."""
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from radar_train.bench.accel import build_random_models, method_from_spec
+from radar_train.config import SamplingConfig
+from radar_train.sampling import NextScaleSampler
+
+
+def main(argv: list[str]) -> None:
+    preset = argv[0] if argv else "var-d16"
+    batch = int(argv[1]) if len(argv) > 1 else 32
+    methods = argv[2:] or ["none"]
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    var, quant, _ = build_random_models(preset, dev, 0)
+    sampler = NextScaleSampler(var, quant, SamplingConfig(), autocast_dtype=torch.bfloat16 if dev.type == "cuda" else None)
+    labels = torch.arange(batch, device=dev) % var.num_classes
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    for spec in methods:
+        accel = method_from_spec(spec, var.patch_nums, var.depth)
+        for _ in range(2):
+            sampler.sample(labels, seeds=list(range(batch)), accel=accel)
+        with profile(activities=acts) as prof:
+            sampler.sample(labels, seeds=list(range(batch)), accel=accel)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+        print(f"===== {preset} batch {batch} method {spec}")
+        print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=48))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
