@@ -181,5 +181,5 @@ def create_or_check_manifest(cache_dir: str | os.PathLike, wanted: Manifest) -> 
         diffs = manifest_differences(stored, wanted)
         if diffs:
             raise ValueError(f"{path} was made with another configuration; differing fields: " + "; ".join(diffs)
-                             + f". Use another --output, or the cache's own settings")
+                             + ". Use another --output, or the cache's own settings")
     return stored, created

@@ -13,7 +13,7 @@ import logging
 import os
 import uuid
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -111,6 +111,11 @@ def to_pair(sample: dict) -> dict[str, torch.Tensor]:
             "index": torch.tensor(int(sample["index.cls"]), dtype=torch.int64)}
 
 
+def _pairs(samples: Iterator[dict]) -> Iterator[dict[str, torch.Tensor]]:
+    for sample in samples:
+        yield to_pair(sample)
+
+
 class WdsPairs(IterableDataset):
     """HQ/LQ pairs from a WebDataset export (same dicts as PairDataset), split across ranks and
     DataLoader workers by tar.
@@ -136,7 +141,7 @@ class WdsPairs(IterableDataset):
                             workersplitter=wds.split_by_worker, empty_check=False, seed=self.seed)
         if self.shuffle:
             ds = ds.shuffle(self.shuffle, seed=self.seed)
-        return ds.decode().map(to_pair)
+        return ds.decode().compose(_pairs)  # (.map would put __key__ back into each dict)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return iter(self.pipeline())

@@ -1,0 +1,110 @@
+"""Manifest: creation (atomic, one winner among racing workers), comparison naming the differing fields,
+clear errors; worker split from the command line and the SLURM array environment."""
+import dataclasses
+import json
+import threading
+
+import pytest
+
+from radar_train.cache import schema
+from radar_train.cache.schema import create_or_check_manifest, manifest_differences, read_manifest
+from radar_train.cache.synthetic import synthetic_manifest
+from radar_train.cache.workers import resolve_workers
+
+
+def test_manifest_differences_name_each_differing_field_and_skip_informational_ones():
+    a = synthetic_manifest(100, 10)
+    b = dataclasses.replace(a, latent_dtype="float32", created="another day", radar_train_version="9.9",
+                            accel={"method": "fastvar", "prune": {6: 0.5}},
+                            plan={**a.plan, "shard_size": 20})
+    diffs = manifest_differences(a, b)
+    fields = sorted(d.split(" ")[0] for d in diffs)
+    assert fields == ["accel.method", "accel.prune.6", "latent_dtype", "plan.shard_size"]
+    assert "plan.shard_size (cache: 10, now: 20)" in diffs
+
+
+def test_int_keys_compare_equal_after_the_json_round_trip(tmp_path):
+    m = dataclasses.replace(synthetic_manifest(10, 5), accel={"method": "fastvar", "prune": {6: 0.5, 8: 0.75}})
+    create_or_check_manifest(tmp_path / "c", m)
+    stored, created = create_or_check_manifest(tmp_path / "c", m)
+    assert not created and stored.accel["prune"] == {"6": 0.5, "8": 0.75}
+
+
+def test_a_different_config_is_refused_and_the_manifest_kept(tmp_path):
+    m = synthetic_manifest(10, 5)
+    create_or_check_manifest(tmp_path / "c", m)
+    before = (tmp_path / "c" / "manifest.json").read_bytes()
+    with pytest.raises(ValueError, match=r"differing fields: plan\.num_samples .*plan\.num_shards"):
+        create_or_check_manifest(tmp_path / "c", synthetic_manifest(20, 5))
+    assert (tmp_path / "c" / "manifest.json").read_bytes() == before
+
+
+def test_racing_creators_end_with_one_manifest_and_no_temporary_files(tmp_path):
+    m = synthetic_manifest(10, 5)
+    results, barrier = [], threading.Barrier(8)
+
+    def create(i):
+        barrier.wait()
+        results.append(create_or_check_manifest(tmp_path / "c", dataclasses.replace(m, created=f"t{i}"))[1])
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert sorted(results) == [False] * 7 + [True]
+    assert [p.name for p in (tmp_path / "c").iterdir()] == ["manifest.json"]
+
+
+def test_read_manifest_errors_are_one_line_and_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_manifest(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"manifest.json not found: .* is not a radar-cache cache"):
+        read_manifest(tmp_path / "empty")
+    (tmp_path / "empty" / "manifest.json").write_text("{not json")
+    with pytest.raises(ValueError, match="manifest.json is not valid JSON"):
+        read_manifest(tmp_path / "empty")
+    (tmp_path / "empty" / "manifest.json").write_text(json.dumps({"format_version": 1}))
+    with pytest.raises(ValueError, match="missing radar_train_version, plan"):
+        read_manifest(tmp_path / "empty")
+    d = synthetic_manifest(10, 5).to_dict()
+    d["format_version"] = schema.FORMAT_VERSION + 1
+    (tmp_path / "empty" / "manifest.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="upgrade radar_train"):
+        read_manifest(tmp_path / "empty")
+
+
+# ---------------------------------------------------------------------------- workers
+def test_single_worker_without_environment():
+    s = resolve_workers(env={})
+    assert (s.num_workers, s.worker_index) == (1, 0) and s.shards(3) == [0, 1, 2]
+
+
+def test_slurm_array_with_offset_minimum_and_step():
+    env = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "3", "SLURM_ARRAY_TASK_STEP": "2",
+           "SLURM_ARRAY_TASK_COUNT": "4"}  # --array=3-9:2 -> tasks 3, 5, 7, 9
+    s = resolve_workers(env=env)
+    assert (s.num_workers, s.worker_index) == (4, 2)
+    assert s.shards(11) == [2, 6, 10]
+
+
+def test_every_shard_belongs_to_exactly_one_slurm_task():
+    owners = {}
+    for task in range(5, 10):  # --array=5-9
+        env = {"SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "5"}
+        for s in resolve_workers(env=env).shards(23):
+            owners.setdefault(s, []).append(task)
+    assert sorted(owners) == list(range(23)) and all(len(v) == 1 for v in owners.values())
+
+
+def test_command_line_wins_over_the_environment():
+    env = {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2"}
+    s = resolve_workers(num_workers=3, worker_index=2, env=env)
+    assert (s.num_workers, s.worker_index) == (3, 2)
+    assert resolve_workers(num_workers=4, env=env).worker_index == 1
+
+
+def test_bad_worker_split_is_refused():
+    with pytest.raises(ValueError, match="outside"):
+        resolve_workers(num_workers=2, worker_index=2, env={})
+    with pytest.raises(ValueError, match="give both --num-workers and --worker-index"):
+        resolve_workers(num_workers=2, env={})

@@ -1,0 +1,127 @@
+"""Reading: PairDataset items (dtypes, content, shard selection), BlockShuffleSampler (every index once per
+epoch across ranks and DataLoader workers, block order), DataLoader workers under fork and spawn, and the
+WebDataset export yielding the same samples."""
+import collections
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from radar_train.cache import schema
+from radar_train.cache.reader import BlockShuffleSampler, PairDataset
+from radar_train.cache.schema import read_manifest
+from radar_train.cache.synthetic import synthetic_shard_arrays
+from radar_train.cache.wds import WdsPairs, export_wds
+
+
+def _expected(cache, shard):
+    return synthetic_shard_arrays(read_manifest(cache), shard)
+
+
+def test_items_have_the_contract_dtypes_and_the_written_content(make_synthetic):
+    cache = make_synthetic(num_samples=30, shard_size=8, chunk_size=4)
+    ds = PairDataset(cache)
+    assert len(ds) == 30 and ds.shard_ids == [0, 1, 2, 3]
+    want = _expected(cache, 2)
+    item = ds[8 * 2 + 5]
+    assert item["fhat_hq"].dtype == torch.float32 and item["fhat_hq"].shape == (4, 2, 2)
+    assert all(item[k].dtype == torch.int64 and item[k].dim() == 0 for k in ("label", "seed", "index"))
+    assert torch.equal(item["fhat_hq"], torch.from_numpy(want[schema.FHAT_HQ][5].astype(np.float32)))
+    assert torch.equal(item["fhat_lq"], torch.from_numpy(want[schema.FHAT_LQ][5].astype(np.float32)))
+    assert (int(item["index"]), int(item["label"]), int(item["seed"])) == (21, 21 % 10, 21)
+    assert int(ds[-1]["index"]) == 29
+
+
+def test_a_subset_of_shards_maps_positions_to_global_indices(make_synthetic):
+    cache = make_synthetic(num_samples=30, shard_size=8)
+    ds = PairDataset(cache, shards=[3, 1])
+    assert ds.shard_ids == [3, 1] and len(ds) == 6 + 8
+    assert [int(ds[i]["index"]) for i in range(len(ds))] == list(range(24, 30)) + list(range(8, 16))
+
+
+def test_requesting_a_missing_shard_is_a_clear_error(make_synthetic):
+    cache = make_synthetic(num_samples=30, shard_size=8, shards=[0, 1, 3])
+    assert PairDataset(cache).shard_ids == [0, 1, 3]
+    with pytest.raises(ValueError, match=r"shards 2 are missing or incomplete \(complete: 0-1, 3 of 0-3\)"):
+        PairDataset(cache, shards=[0, 2])
+
+
+@pytest.mark.parametrize("n, world, drop_last", [(30, 3, False), (29, 3, False), (29, 3, True), (30, 1, False)])
+def test_sampler_visits_every_index_once_per_epoch_across_ranks(make_synthetic, n, world, drop_last):
+    ds = PairDataset(make_synthetic(num_samples=n, shard_size=8, chunk_size=4))
+    for epoch in (0, 1):
+        seen = []
+        for rank in range(world):
+            s = BlockShuffleSampler(ds, seed=3, rank=rank, world_size=world, drop_last=drop_last)
+            s.set_epoch(epoch)
+            mine = list(s)
+            assert len(mine) == len(s)
+            seen += mine
+        counts = collections.Counter(seen)
+        assert len({len(list(BlockShuffleSampler(ds, rank=r, world_size=world, drop_last=drop_last)))
+                    for r in range(world)}) == 1  # equal lengths on every rank
+        if n % world == 0:
+            assert sorted(seen) == list(range(n))
+        elif drop_last:
+            assert len(seen) == n - n % world and max(counts.values()) == 1
+        else:
+            assert set(seen) == set(range(n)) and sum(counts.values()) - n == world - n % world
+
+
+def test_sampler_goes_block_by_block_and_reshuffles_per_epoch(make_synthetic):
+    ds = PairDataset(make_synthetic(num_samples=40, shard_size=16, chunk_size=4))
+    s = BlockShuffleSampler(ds, seed=0)
+    order = list(s)
+    blocks = [tuple(sorted(order[i: i + 4])) for i in range(0, 40, 4)]
+    assert sorted(blocks) == sorted(tuple(range(a, b)) for a, b in ds.blocks())
+    assert order != list(range(40))
+    s.set_epoch(1)
+    assert list(s) != order
+    assert list(BlockShuffleSampler(ds, seed=0)) == order  # same seed and epoch: same order on every rank
+    assert list(BlockShuffleSampler(ds, shuffle=False)) == list(range(40))
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_dataloader_workers_yield_the_same_batches_as_the_main_process(make_synthetic, context):
+    ds = PairDataset(make_synthetic(num_samples=40, shard_size=16, chunk_size=4))
+    ds[0]  # open Zarr and fill the block cache in the parent: workers must not depend on it
+    sampler = BlockShuffleSampler(ds, seed=1)
+    ref = list(DataLoader(ds, batch_size=8, sampler=sampler, num_workers=0))
+    got = list(DataLoader(ds, batch_size=8, sampler=sampler, num_workers=2, multiprocessing_context=context))
+    assert len(got) == len(ref) == 5
+    for a, b in zip(ref, got):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_webdataset_export_round_trips(make_synthetic, tmp_path):
+    cache = make_synthetic(num_samples=30, shard_size=8, chunk_size=4)
+    index = export_wds(str(cache), str(tmp_path / "wds"), progress=False)
+    assert [s["nsamples"] for s in index["shardlist"]] == [8, 8, 8, 6] and index["complete"]
+    assert sorted(p.name for p in (tmp_path / "wds").iterdir()) == [
+        "index.json", "manifest.json", "pairs-00000.tar", "pairs-00001.tar", "pairs-00002.tar", "pairs-00003.tar"]
+    ds = PairDataset(cache)
+    items = list(WdsPairs(tmp_path / "wds"))
+    assert [int(it["index"]) for it in items] == list(range(30))
+    for it in items:
+        ref = ds[int(it["index"])]
+        assert it.keys() == ref.keys()
+        assert all(it[k].dtype == ref[k].dtype and torch.equal(it[k], ref[k]) for k in ref)
+
+
+def test_webdataset_workers_split_the_tars_and_export_resumes(make_synthetic, tmp_path):
+    cache = make_synthetic(num_samples=30, shard_size=8)
+    export_wds(str(cache), str(tmp_path / "wds"), progress=False)
+    tar = tmp_path / "wds" / "pairs-00001.tar"
+    stamp = tar.stat().st_mtime_ns
+    export_wds(str(cache), str(tmp_path / "wds"), progress=False)
+    assert tar.stat().st_mtime_ns == stamp  # existing tars are skipped
+    dl = DataLoader(WdsPairs(tmp_path / "wds", shuffle=10, shardshuffle=True), batch_size=4, num_workers=2)
+    seen = torch.cat([b["index"] for b in dl]).tolist()
+    assert sorted(seen) == list(range(30))
+
+
+def test_export_refuses_a_folder_holding_another_cache(make_synthetic, tmp_path):
+    export_wds(str(make_synthetic(num_samples=16, shard_size=8)), str(tmp_path / "wds"), progress=False)
+    with pytest.raises(ValueError, match="export of another cache; differing fields: plan.num_samples"):
+        export_wds(str(make_synthetic(num_samples=24, shard_size=8)), str(tmp_path / "wds"), progress=False)

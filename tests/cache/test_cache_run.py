@@ -1,0 +1,116 @@
+"""radar-cache run / status / verify through the CLI entry in-process on the tiny model: the documented
+files and printout, a larger plan extending a smaller one whatever the shard and batch sizes, a config that
+differs from the manifest refused, invalid settings reported together, every config under configs/cache
+parsing and validating."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from radar_train.cache import schema
+from radar_train.cache.reader import PairDataset
+from radar_train.cache.schema import read_manifest
+from radar_train.cli.cache import build_run_parser, main, run_args
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_CONFIG = REPO / "configs" / "cache" / "tiny.yaml"
+# 10 classes × 4 = 40 pairs in 10 shards of 4, stored as float32
+SMALL = ["--plan.images_per_class", "4", "--plan.shard_size", "4", "--batch-size", "4", "--storage.dtype", "float32",
+         "--progress", "false", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()  # the tiny config sets num_threads: 1 for the process
+    yield
+    torch.set_num_threads(n)
+
+
+def _main(*argv) -> int:
+    with pytest.raises(SystemExit) as e:
+        main(list(argv))
+    return e.value.code
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "cache"
+    n = torch.get_num_threads()
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--config", str(TINY_CONFIG), "--output", str(out), *SMALL])
+    torch.set_num_threads(n)
+    assert e.value.code == 0
+    return out
+
+
+def test_cli_writes_exactly_the_documented_files_and_extends_the_small_plan(reference, tmp_path, capsys):
+    out = tmp_path / "tiny"
+    assert _main("run", "--config", str(TINY_CONFIG), "--output", str(out), "--progress", "false") == 0
+    text = capsys.readouterr().out
+    assert "plan:    80 samples (classes 0..9, 8 per class, seeds 0..79) in 5 shards of 16" in text
+    assert "workers: 1 (single worker); this is worker 0: 5 shards, 0 done, 5 to write (80 samples)" in text
+    assert "method:  fastvar" in text
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"] + [schema.shard_name(s) for s in range(5)]
+    files = sorted(str(p.relative_to(out / "shard-00000.zarr")) for p in (out / "shard-00000.zarr").rglob("*")
+                   if p.is_file())
+    assert files == sorted(["zarr.json"] + [f"{n}/zarr.json" for n in schema.ARRAY_NAMES]
+                           + [f"{n}/c/0" + "/0" * (3 if n in schema.LATENT_ARRAYS else 1 if n in schema.INDEX_ARRAYS
+                                                   else 0) for n in schema.ARRAY_NAMES])
+    m = read_manifest(out)
+    assert (m.latent_shape, m.latent_dtype, m.precision, m.patch_nums) == ([8, 8, 8], "float16", "float32",
+                                                                          [1, 2, 3, 4, 6, 8])
+    assert m.model["var"]["value"] == "tiny:seed=0" and m.accel["method"] == "fastvar"
+    # samples 0..39 are those of the 40-sample reference (other shard and batch sizes), rounded to float16
+    ds, ref = PairDataset(out), PairDataset(reference)
+    for i in range(0, 40, 3):
+        a, b = ds[i], ref[i]
+        assert int(a["index"]) == int(b["index"]) == i
+        assert torch.equal(a["fhat_hq"], b["fhat_hq"].half().float())
+        assert torch.equal(a["fhat_lq"], b["fhat_lq"].half().float())
+    assert _main("verify", str(out)) == 0
+    assert _main("status", str(out)) == 0
+    assert "5 done, 0 pending, 0 temporary" in capsys.readouterr().out
+
+
+def test_a_config_that_differs_from_the_manifest_is_refused(reference, tmp_path, capsys):
+    before = {p: p.stat().st_mtime_ns for p in reference.rglob("*")}
+    code = _main("run", "--config", str(TINY_CONFIG), "--output", str(reference), *SMALL, "--sampling.cfg", "2.0",
+                 "--plan.shard_size", "5")
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert "differing fields: plan.num_shards (cache: 10, now: 8); plan.shard_size (cache: 4, now: 5); " \
+           "sampling.cfg (cache: 1.5, now: 2.0)" in err
+    assert {p: p.stat().st_mtime_ns for p in reference.rglob("*")} == before
+
+
+def test_invalid_settings_are_reported_together(tmp_path, capsys):
+    code = _main("run", "--config", str(TINY_CONFIG), "--output", str(tmp_path / "x"), "--batch-size", "0",
+                 "--plan.classes", "5:12", "--sampling.top_p", "1.5")
+    err = capsys.readouterr().err
+    assert code == 2
+    for part in ("sampling.top_p must be in [0, 1)", "batch_size must be >= 1", "plan.classes [10, 11] out of range"):
+        assert part in err
+    assert not (tmp_path / "x").exists()
+
+
+CONFIGS = sorted((REPO / "configs" / "cache").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_cache_config_parses_and_validates(path):
+    from radar_train.accel import build_accel
+    from radar_train.cache.plan import Plan
+    from radar_train.models import get_preset
+
+    assert path.read_text().startswith(f"# radar-cache run --config configs/cache/{path.relative_to(REPO / 'configs/cache')}")
+    args = run_args(build_run_parser().parse_args(["--config", str(path)]))
+    assert args.problems() == []
+    preset = get_preset(args.model.preset)
+    assert Plan.from_args(args.plan, preset.var.num_classes).num_samples > 0
+    build_accel(args.accel, preset.var.patch_nums, preset.var.depth)
+
+
+def test_there_are_cache_configs():
+    assert {p.name for p in CONFIGS} >= {"tiny.yaml", "d16_fastvar.yaml", "d16_stagevar.yaml", "d36_fastvar.yaml"}

@@ -1,0 +1,139 @@
+"""Shards on disk: layout and attributes, complete vs temporary, no-clobber commit, verify naming damaged
+files, status counts."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+
+from radar_train.cache import schema
+from radar_train.cache.layout import scan_cache
+from radar_train.cache.schema import read_manifest
+from radar_train.cache.status import cache_status, format_status, verify_cache
+from radar_train.cache.synthetic import synthetic_shard_arrays
+from radar_train.cache.writer import begin_shard, commit_shard, write_arrays, writer_info
+
+
+def test_shard_group_holds_the_arrays_sharded_compressed_and_checksummed(make_synthetic):
+    cache = make_synthetic(num_samples=20, shard_size=8, chunk_size=4)
+    assert sorted(p.name for p in cache.iterdir()) == ["manifest.json", "shard-00000.zarr", "shard-00001.zarr",
+                                                      "shard-00002.zarr"]
+    g = zarr.open_group(str(cache / "shard-00002.zarr"), mode="r")
+    assert sorted(g.array_keys()) == sorted(schema.ARRAY_NAMES)
+    assert dict(g.attrs)["count"] == 4 and dict(g.attrs)["complete"] is True
+    assert set(dict(g.attrs)["checksums"]) == set(schema.ARRAY_NAMES)
+    meta = json.loads((cache / "shard-00000.zarr" / "fhat_hq" / "zarr.json").read_text())
+    sharding = meta["codecs"][0]
+    assert sharding["name"] == "sharding_indexed" and sharding["configuration"]["chunk_shape"][0] == 4
+    inner = [c["name"] for c in sharding["configuration"]["codecs"]]
+    assert inner == ["bytes", "blosc", "crc32c"]
+    # one data file per array (the Zarr shard), whatever the number of chunks
+    assert len([p for p in (cache / "shard-00000.zarr" / "fhat_hq" / "c").rglob("*") if p.is_file()]) == 1
+    m = read_manifest(cache)
+    want = synthetic_shard_arrays(m, 2)
+    for name in schema.ARRAY_NAMES:
+        assert np.array_equal(g[name][:], want[name]) and g[name].dtype == want[name].dtype
+
+
+def test_arrays_that_do_not_match_the_manifest_are_refused(make_synthetic, tmp_path):
+    cache = make_synthetic(num_samples=8, shard_size=8, shards=[])
+    m = read_manifest(cache)
+    arrays = synthetic_shard_arrays(m, 0)
+    arrays[schema.FHAT_LQ] = arrays[schema.FHAT_LQ].astype(np.float32)
+    tmp = begin_shard(cache, 0, writer_info(0, 1, "cpu"))
+    with pytest.raises(ValueError, match="fhat_lq: .* float32 .*expected .* float16"):
+        write_arrays(tmp, 0, 0, arrays, m)
+
+
+def test_a_temporary_shard_is_not_complete_until_renamed(make_synthetic):
+    cache = make_synthetic(num_samples=16, shard_size=8, shards=[0])
+    m = read_manifest(cache)
+    tmp = begin_shard(cache, 1, writer_info(0, 1, "cpu"))
+    scan = scan_cache(cache, m.num_shards)
+    assert list(scan.complete) == [0] and list(scan.temporary) == [1]
+    write_arrays(tmp, 1, 8, synthetic_shard_arrays(m, 1), m)
+    assert 1 not in scan_cache(cache, m.num_shards).complete
+    assert commit_shard(tmp, 1) == cache / "shard-00001.zarr"
+    assert sorted(scan_cache(cache, m.num_shards).complete) == [0, 1]
+
+
+def test_commit_keeps_a_shard_another_writer_finished(make_synthetic):
+    cache = make_synthetic(num_samples=8, shard_size=8)
+    m = read_manifest(cache)
+    before = (cache / "shard-00000.zarr" / "zarr.json").read_bytes()
+    tmp = begin_shard(cache, 0, writer_info(1, 2, "cpu"))
+    write_arrays(tmp, 0, 0, synthetic_shard_arrays(m, 0, seed=5), m)
+    assert commit_shard(tmp, 0) is None
+    assert not tmp.exists() and (cache / "shard-00000.zarr" / "zarr.json").read_bytes() == before
+
+
+def test_verify_passes_a_whole_cache(make_synthetic):
+    problems, counts = verify_cache(str(make_synthetic()))
+    assert problems == [] and counts == {"shards_ok": 4, "shards_total": 4}
+
+
+def _data_file(cache, shard, name):
+    files = [p for p in (cache / schema.shard_name(shard) / name / "c").rglob("*") if p.is_file()]
+    assert len(files) == 1
+    return files[0]
+
+
+def test_verify_names_a_file_with_a_flipped_byte(make_synthetic):
+    cache = make_synthetic()
+    f = _data_file(cache, 1, schema.FHAT_LQ)
+    data = bytearray(f.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    f.write_bytes(bytes(data))
+    problems, counts = verify_cache(str(cache))
+    assert len(problems) == 1 and str(f) in problems[0] and "shard-00001.zarr/fhat_lq" in problems[0]
+    assert counts["shards_ok"] == 3
+
+
+def test_verify_names_a_truncated_file(make_synthetic):
+    cache = make_synthetic()
+    f = _data_file(cache, 2, schema.FHAT_HQ)
+    f.write_bytes(f.read_bytes()[:-20])
+    problems, _ = verify_cache(str(cache))
+    assert len(problems) == 1 and str(f) in problems[0]
+
+
+def test_verify_reports_a_checksum_that_does_not_match_the_data(make_synthetic):
+    cache = make_synthetic()
+    g = zarr.open_group(str(cache / "shard-00000.zarr"), mode="r+")
+    g[schema.SEED][0] = 12345  # rewritten through Zarr: chunk CRCs are fine, our checksum is not
+    problems, _ = verify_cache(str(cache))
+    assert any("shard-00000.zarr/seed: checksum mismatch" in p for p in problems)
+    assert any("shard-00000.zarr/seed: records differ from the plan" in p for p in problems)
+
+
+def test_verify_lists_missing_and_temporary_shards_and_the_cli_exits_1(make_synthetic):
+    cache = make_synthetic(num_samples=30, shard_size=8, shards=[0, 2])
+    begin_shard(cache, 3, writer_info(0, 1, "cpu"))
+    problems, _ = verify_cache(str(cache))
+    assert [p.split(":")[0].rsplit("/", 1)[-1] for p in problems] == ["shard-00001.zarr", "shard-00003.zarr"]
+    assert "missing (samples 8..15)" in problems[0] and "temporary: shard-00003.zarr.tmp-" in problems[1]
+    res = subprocess.run([sys.executable, "-m", "radar_train.cli.cache", "verify", str(cache)], capture_output=True,
+                         text=True)
+    assert res.returncode == 1
+    assert res.stdout.count("problem: ") == 2 and "2/4 shards ok, 2 problems" in res.stdout
+
+
+def test_verify_flags_a_shard_outside_the_plan(make_synthetic):
+    cache = make_synthetic(num_samples=16, shard_size=8)
+    shutil.copytree(cache / "shard-00001.zarr", cache / "shard-00007.zarr")
+    problems, _ = verify_cache(str(cache))
+    assert len(problems) == 1 and "shard-00007.zarr: not in the plan" in problems[0]
+
+
+def test_status_counts_done_pending_and_temporary_shards(make_synthetic):
+    cache = make_synthetic(num_samples=30, shard_size=8, shards=[0, 3])
+    begin_shard(cache, 1, writer_info(0, 1, "cpu"))
+    st = cache_status(str(cache))
+    assert (st["shards_done"], st["shards_pending"], st["shards_temporary"]) == (2, 2, 1)
+    assert (st["samples_done"], st["samples_total"]) == (8 + 6, 30)
+    assert st["stats"]["pairs"] == 14 and st["stats"]["token_agreement"] is not None
+    text = format_status(st)
+    assert "2 done, 2 pending, 1 temporary (shards [1])" in text and "14 / 30" in text
