@@ -127,6 +127,8 @@ class NextScaleSampler:
             raise ValueError(
                 f"VAR (V={var.config.vocab_size}, Cvae={var.config.z_channels}) and VQ-VAE "
                 f"(V={quantizer.vocab_size}, Cvae={quantizer.z_channels}) do not belong together")
+        if var.body_dtype != torch.float32 and autocast_dtype is None:
+            raise ValueError(f"the VAR body is {var.body_dtype}; sampling it needs autocast_dtype (e.g. torch.bfloat16)")
         self.var, self.quantizer, self.config = var, quantizer, config
         self.patch_nums = tuple(var.patch_nums)
         self.autocast_dtype = autocast_dtype
@@ -233,9 +235,10 @@ class NextScaleSampler:
         return self.output(self.advance(state))
 
     # -------------------------------------------------------------- one scale
-    def _ada(self, state: SamplingState, cond: torch.Tensor) -> torch.Tensor:
+    def _mods(self, state: SamplingState, cond: torch.Tensor) -> list:
+        """AdaLN modulations of the rows that run now (computed once per run and CFG branch)."""
         if state.branch not in state._ada:
-            state._ada[state.branch] = self.var.ada_cond(cond)
+            state._ada[state.branch] = self.var.modulations(cond)
         return state._ada[state.branch]
 
     def _scale(self, state: SamplingState) -> None:
@@ -262,7 +265,7 @@ class NextScaleSampler:
                 if state.branch == "both":
                     x = x.repeat(2, 1, 1)
             hooks = state.accel.begin_scale(si, state.branch) if state.accel is not None else None
-            h = var.step(x, self._ada(state, cond), state.kv, hooks)
+            h = var.step(x, self._mods(state, cond), state.kv, hooks)
             logits = var.logits(h, cond)
         if state.branch == "both":
             t = self.config.cfg * (si / (K - 1) if K > 1 else 0.0)

@@ -131,3 +131,17 @@ def test_top_k_candidate_path_equals_full_vocabulary_filter():
         full = gumbel_max(filter_top_k_top_p_(logits.clone(), k, p), keys)
         fast = sample_top_k_per_sample(logits.clone(), keys, k, p)
         assert torch.equal(full, fast), (k, p)
+
+
+def test_bf16_body_needs_autocast_and_matches_autocast_of_fp32_weights():
+    from radar_train.models import load_models
+
+    vqvae, var, _, _ = load_models("tiny")
+    cfg = SamplingConfig(cfg=1.0, top_k=1, top_p=0.0)
+    ref = NextScaleSampler(var, vqvae.quantize, cfg, autocast_dtype=torch.bfloat16).sample(torch.tensor([1, 2]), seeds=[0, 1])
+    var.cast_body_(torch.bfloat16)
+    assert var.class_emb.weight.dtype == torch.float32 and var.blocks[0].attn.mat_qkv.weight.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="needs autocast_dtype"):
+        NextScaleSampler(var, vqvae.quantize, cfg)
+    out = NextScaleSampler(var, vqvae.quantize, cfg, autocast_dtype=torch.bfloat16).sample(torch.tensor([1, 2]), seeds=[0, 1])
+    assert torch.equal(out.indices[0], ref.indices[0]) and torch.isfinite(out.f_hat).all()

@@ -82,6 +82,8 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
                         sampling: SamplingConfig = SamplingConfig(), log: Callable[[str], None] = print) -> list[dict]:
     dev, amp = resolve_device(setup.device, setup.dtype)
     var, quant, vae_cfg = build_random_models(setup.preset, dev, setup.seed)
+    if amp is not None:
+        var.cast_body_(amp)
     sampler = NextScaleSampler(var, quant, sampling, autocast_dtype=amp)
     B = setup.batch_size
     labels = torch.arange(B, device=dev) % var.num_classes

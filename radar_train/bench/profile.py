@@ -19,7 +19,10 @@ def main(argv: list[str]) -> None:
     methods = argv[2:] or ["none"]
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     var, quant, _ = build_random_models(preset, dev, 0)
-    sampler = NextScaleSampler(var, quant, SamplingConfig(), autocast_dtype=torch.bfloat16 if dev.type == "cuda" else None)
+    amp = torch.bfloat16 if dev.type == "cuda" else None
+    if amp is not None:
+        var.cast_body_(amp)
+    sampler = NextScaleSampler(var, quant, SamplingConfig(), autocast_dtype=amp)
     labels = torch.arange(batch, device=dev) % var.num_classes
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"

@@ -56,14 +56,29 @@ class SelfAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
         self.attn_drop = attn_drop
 
+    def _constants(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(qkv bias, per-head q multiplier). Without autograd they are cached until a parameter changes
+        (in-place updates bump the tensors' version counters), saving kernels at every sampling step."""
+        def compute():
+            bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
+            mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp() if self.attn_l2_norm else None
+            return bias, mul
+
+        if torch.is_grad_enabled():
+            return compute()
+        params = (self.q_bias, self.v_bias, self.zero_k_bias) + ((self.scale_mul_1H11,) if self.attn_l2_norm else ())
+        key = tuple((id(p), p._version, p.dtype, p.device) for p in params)
+        if getattr(self, "_const_key", None) != key:
+            self._const_key, self._const_val = key, compute()
+        return self._const_val
+
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
                 kv: Optional[KVCache] = None, block_idx: int = 0) -> torch.Tensor:
         B, L, C = x.shape
-        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
+        bias, scale_mul = self._constants()
         qkv = F.linear(x, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, L, c)
         if self.attn_l2_norm:
-            scale_mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()
             q = F.normalize(q, dim=-1).mul(scale_mul)
             k = F.normalize(k, dim=-1)
         if kv is not None:
@@ -112,22 +127,26 @@ class AdaLNSelfAttn(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(γ1, γ2, s1, s2, b1, b2), each (rows, 1, C). `cond` is the class embedding (rows, C), or with
-        shared AdaLN the shared projection (rows, 1, 6, C)."""
+        """(γ1, γ2, 1+s1, 1+s2, b1, b2), each (rows, 1, C). `cond` is the class embedding (rows, C), or
+        with shared AdaLN the shared projection (rows, 1, 6, C). Depends only on the condition, so a
+        sampler computes it once per run (`VAR.modulations`)."""
         if self.shared_aln:
-            return (self.ada_gss + cond).unbind(2)
-        return self.ada_lin(cond).view(-1, 1, 6, self.C).unbind(2)
+            g1, g2, s1, s2, b1, b2 = (self.ada_gss + cond).unbind(2)
+        else:
+            g1, g2, s1, s2, b1, b2 = self.ada_lin(cond).view(-1, 1, 6, self.C).unbind(2)
+        return g1, g2, s1.add(1), s2.add(1), b1, b2
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
-                kv: Optional[KVCache] = None, hooks: Optional[StepHooks] = None) -> torch.Tensor:
-        gamma1, gamma2, scale1, scale2, shift1, shift2 = self.modulation(cond)
+    def forward(self, x: torch.Tensor, cond: Optional[torch.Tensor], attn_mask: Optional[torch.Tensor] = None,
+                kv: Optional[KVCache] = None, hooks: Optional[StepHooks] = None,
+                mod: Optional[tuple[torch.Tensor, ...]] = None) -> torch.Tensor:
+        gamma1, gamma2, scale1p, scale2p, shift1, shift2 = self.modulation(cond) if mod is None else mod
 
         def attn_branch(t: torch.Tensor) -> torch.Tensor:
-            h = self.ln_wo_grad(t).mul(scale1.add(1)).add_(shift1)
+            h = self.ln_wo_grad(t).mul(scale1p).add_(shift1)
             return self.attn(h, attn_mask, kv, self.block_idx).mul(gamma1)
 
         def ffn_branch(t: torch.Tensor) -> torch.Tensor:
-            return self.ffn(self.ln_wo_grad(t).mul(scale2.add(1)).add_(shift2)).mul(gamma2)
+            return self.ffn(self.ln_wo_grad(t).mul(scale2p).add_(shift2)).mul(gamma2)
 
         if hooks is None:
             x = x + self.drop_path(attn_branch(x))
@@ -214,14 +233,20 @@ class VAR(nn.Module):
         return self.word_embed(map_BlCv) + lvl_pos[:, b:e]
 
     # ------------------------------------------------------------------ transformer
-    def step(self, x: torch.Tensor, ada_cond: torch.Tensor, kv: KVCache,
+    def modulations(self, cond: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """Every block's AdaLN modulation for the class embedding `cond` (rows, C)."""
+        ada = self.ada_cond(cond)
+        return [blk.modulation(ada) for blk in self.blocks]
+
+    def step(self, x: torch.Tensor, mods: list[tuple[torch.Tensor, ...]], kv: KVCache,
              hooks: Optional[StepHooks] = None) -> torch.Tensor:
-        """Run every block on one scale's tokens x (rows, l, C) with KV caching; returns hidden states."""
-        for blk in self.blocks:
+        """Run every block on one scale's tokens x (rows, l, C) with KV caching; returns hidden states.
+        `mods` = `self.modulations(cond)` for the same rows."""
+        for blk, mod in zip(self.blocks, mods):
             if hooks is None:
-                x = blk(x, ada_cond, None, kv)
+                x = blk(x, None, None, kv, mod=mod)
             else:
-                x = hooks.block(blk.block_idx, x, lambda t, blk=blk: blk(t, ada_cond, None, kv, hooks))
+                x = hooks.block(blk.block_idx, x, lambda t, blk=blk, mod=mod: blk(t, None, None, kv, hooks, mod=mod))
         return x
 
     def logits(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -247,3 +272,15 @@ class VAR(nn.Module):
 
     def new_kv_cache(self) -> KVCache:
         return KVCache(self.depth)
+
+    def cast_body_(self, dtype: torch.dtype) -> "VAR":
+        """Cast the blocks, AdaLN projections and head to `dtype` for autocast inference, so autocast
+        does not re-cast every weight at every call. The embeddings stay float32, so the residual
+        stream stays float32 as in the official fp16-autocast inference. Returns self."""
+        for m in (self.blocks, self.head_nm, self.head, self.shared_ada_lin):
+            m.to(dtype)
+        return self
+
+    @property
+    def body_dtype(self) -> torch.dtype:
+        return self.head.weight.dtype

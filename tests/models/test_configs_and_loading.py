@@ -210,3 +210,22 @@ def test_encode_decode_shapes_and_indices_roundtrip(tiny_models):
         out = vqvae.fhat_to_img(fh[-1])
     assert [i.shape[1] for i in idx] == [p * p for p in vqvae.patch_nums]
     assert out.shape == img.shape and out.min() >= -1 and out.max() <= 1
+
+
+def test_attention_constant_cache_follows_parameter_updates(tiny_models):
+    """The no-grad cache of the qkv bias / q multiplier must not serve stale values after a weight update."""
+    _, var = tiny_models
+    var = init_random_(VAR(var.config), 1).eval()
+    attn = var.blocks[0].attn
+    x = torch.randn(2, 5, var.C)
+    with torch.no_grad():
+        before = attn(x)
+        attn.q_bias.add_(0.5)
+        after = attn(x)
+        attn.q_bias.sub_(0.5)
+        again = attn(x)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(before, again, atol=1e-6, rtol=0)
+    with torch.enable_grad():
+        attn(x).sum().backward()  # grad path computes fresh constants and backpropagates into them
+    assert attn.q_bias.grad is not None and attn.scale_mul_1H11.grad is not None
