@@ -1,13 +1,14 @@
 """Reading a cache: a map-style Dataset over its complete shards and a block-wise shuffling sampler.
 
 Every Zarr read call costs ~1 ms, so labels, seeds and indices are kept in RAM and latents are read in
-chunk-aligned blocks (storage.chunk_size samples: one compressed chunk per array) held in a small
-per-process block cache. `BlockShuffleSampler` visits the blocks in a random order and the samples of a
-block in a random order, so a block is decoded once per epoch. Zarr is opened lazily in each process
-(DataLoader workers under fork or spawn).
+chunk-aligned blocks (a few chunks of storage.chunk_size samples; fhat_hq and fhat_lq in one call) held in
+a small per-process block cache. `BlockShuffleSampler` visits the blocks in a random order and the samples
+of a block in a random order, so a block is decoded once per epoch per DataLoader worker. Zarr is opened
+lazily in each process (DataLoader workers under fork or spawn).
 """
 from __future__ import annotations
 
+import asyncio
 import bisect
 import math
 import os
@@ -44,7 +45,15 @@ class PairDataset(Dataset):
     Item i -> {"fhat_hq": float32 (C, h, w), "fhat_lq": float32 (C, h, w), "label": int64 (), "seed": int64 (),
     "index": int64 () global sample index}. Items are ordered by shard, then by position in the shard."""
 
-    def __init__(self, cache_dir: str | os.PathLike, shards: Optional[Sequence[int]] = None, block_cache: int = 4):
+    def __init__(self, cache_dir: str | os.PathLike, shards: Optional[Sequence[int]] = None,
+                 block_size: int = 256, block_cache: int = 2):
+        """
+        Args:
+            cache_dir: the cache folder (manifest.json + shard-NNNNN.zarr).
+            shards: shard ids to read (default: every complete shard); a missing one is an error.
+            block_size: samples per read, rounded up to whole chunks (the sampler's shuffling unit).
+            block_cache: blocks kept in memory per process.
+        """
         self.cache_dir = Path(cache_dir)
         self.manifest = read_manifest(cache_dir)
         scan = scan_cache(cache_dir, self.manifest.num_shards)
@@ -67,8 +76,9 @@ class PairDataset(Dataset):
         self.labels = torch.from_numpy(cat(0).astype(np.int64))
         self.seeds = torch.from_numpy(cat(1).astype(np.int64))
         self.indices = torch.from_numpy(cat(2).astype(np.int64))
-        self.block_size = self.manifest.chunk_size
-        self.block_cache = block_cache
+        chunk = self.manifest.chunk_size
+        self.block_size = max(1, -(-block_size // chunk)) * chunk
+        self.block_cache = max(1, block_cache)
         self._arrays: Optional[list] = None
         self._pid: Optional[int] = None
         self._blocks: OrderedDict = OrderedDict()
@@ -107,40 +117,69 @@ class PairDataset(Dataset):
         return self._arrays
 
     def _block(self, k: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """fhat_hq, fhat_lq of block b of shard slot k (storage dtype)."""
         key = (k, b)
         if key in self._blocks:
             self._blocks.move_to_end(key)
             return self._blocks[key]
         hq, lq = self._open()[k]
-        sl = slice(b * self.block_size, (b + 1) * self.block_size)
-        blk = (hq[sl], lq[sl])
+        blk = _read_pair(hq, lq, slice(b * self.block_size, (b + 1) * self.block_size))
         self._blocks[key] = blk
         while len(self._blocks) > self.block_cache:
             self._blocks.popitem(last=False)
         return blk
 
     # -------------------------------------------------------------- items
-    def _item(self, i: int, hq: np.ndarray, lq: np.ndarray) -> dict[str, torch.Tensor]:
-        return {"fhat_hq": torch.tensor(hq, dtype=torch.float32), "fhat_lq": torch.tensor(lq, dtype=torch.float32),
-                "label": self.labels[i].clone(), "seed": self.seeds[i].clone(), "index": self.indices[i].clone()}
-
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         i = int(i)
-        if i < 0:
-            i += len(self)
-        k, p = self.locate(i)
-        hq, lq = self._block(k, p // self.block_size)
-        q = p % self.block_size
-        return self._item(i, hq[q], lq[q])
+        return self.__getitems__([i + len(self) if i < 0 else i])[0]
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
-        """Batched fetch (used by DataLoader): same items as __getitem__, each block read once."""
-        return [self[i] for i in indices]
+        """Items of several positions (DataLoader calls this with a batch): runs of positions in one block
+        are gathered and converted to float32 at once."""
+        out: list[dict[str, torch.Tensor]] = []
+        run: list[int] = []
+        run_key = None
+        for i in indices:
+            k, p = self.locate(int(i))
+            key = (k, p // self.block_size)
+            if run and key != run_key:
+                out += self._items(run_key, run)
+                run = []
+            run_key = key
+            run.append(int(i))
+        if run:
+            out += self._items(run_key, run)
+        return out
+
+    def _items(self, key: tuple[int, int], positions: list[int]) -> list[dict[str, torch.Tensor]]:
+        k, b = key
+        hq, lq = (torch.from_numpy(a) for a in self._block(k, b))
+        first = int(self._offsets[k]) + b * self.block_size
+        # one sample at a time: small conversions stay on torch's single-threaded vectorised path, which
+        # is much faster than a threaded whole-batch conversion on a busy machine
+        conv = (lambda t: t.float()) if hq.dtype == torch.float16 else (lambda t: t.clone())
+        return [{"fhat_hq": conv(hq[i - first]), "fhat_lq": conv(lq[i - first]), "label": self.labels[i].clone(),
+                 "seed": self.seeds[i].clone(), "index": self.indices[i].clone()} for i in positions]
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_arrays"], state["_pid"], state["_blocks"] = None, None, OrderedDict()
         return state
+
+
+def _read_pair(hq: zarr.Array, lq: zarr.Array, sl: slice) -> tuple[np.ndarray, np.ndarray]:
+    """hq[sl], lq[sl] in one round trip through Zarr's event loop."""
+    try:
+        from zarr.core.sync import sync
+    except ImportError:  # pragma: no cover - Zarr moved its sync helper: two calls instead of one
+        return hq[sl], lq[sl]
+
+    async def both():
+        return await asyncio.gather(hq.async_array.getitem(sl), lq.async_array.getitem(sl))
+
+    a, b = sync(both())
+    return np.asarray(a), np.asarray(b)
 
 
 class BlockShuffleSampler(Sampler[int]):

@@ -20,7 +20,7 @@ PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 
 def synthetic_manifest(num_samples: int, shard_size: int, latent_shape: Sequence[int] = (32, 16, 16),
                        patch_nums: Sequence[int] = PATCH_NUMS_256, dtype: str = "float16", chunk_size: int = 64,
-                       num_classes: int = 1000, compressor: str = "zstd") -> Manifest:
+                       num_classes: int = 1000, compressor: str = "lz4") -> Manifest:
     plan = Plan(tuple(range(num_classes)), None, num_samples, 0, shard_size)
     return Manifest(
         format_version=schema.FORMAT_VERSION, radar_train_version=radar_train.__version__, plan=plan.to_dict(),
@@ -28,7 +28,7 @@ def synthetic_manifest(num_samples: int, shard_size: int, latent_shape: Sequence
                "var": {"kind": "synthetic", "value": "synthetic", "config": {}}},
         sampling={}, accel={"method": "synthetic"}, latent_shape=list(latent_shape), latent_dtype=dtype,
         patch_nums=list(patch_nums), precision="float32",
-        storage={"dtype": dtype, "chunk_size": chunk_size, "compressor": compressor, "compression_level": 3},
+        storage={"dtype": dtype, "chunk_size": chunk_size, "compressor": compressor, "compression_level": 5},
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
 

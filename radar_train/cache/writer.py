@@ -7,6 +7,7 @@ shard is generated meanwhile.
 """
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import hashlib
 import logging
@@ -19,7 +20,9 @@ from typing import Optional
 
 import numpy as np
 import zarr
+import zarr.api.asynchronous
 from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.core.sync import sync
 
 from radar_train.cache import schema
 from radar_train.cache.schema import Manifest
@@ -57,9 +60,8 @@ def writer_info(worker_index: int, num_workers: int, device: str) -> dict:
 def begin_shard(cache_dir: Path, shard: int, info: dict) -> Path:
     """Create the shard's temporary group (attrs say `complete: false`) and return its path."""
     path = Path(cache_dir) / schema.temp_shard_name(shard)
-    g = zarr.open_group(str(path), mode="w-", zarr_format=3)
-    g.attrs.update({"shard": shard, "complete": False, "writer": info,
-                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    zarr.open_group(str(path), mode="w-", zarr_format=3, attributes={
+        "shard": shard, "complete": False, "writer": info, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return path
 
 
@@ -76,18 +78,19 @@ def write_arrays(path: Path, shard: int, first_index: int, arrays: dict[str, np.
     chunk = min(manifest.chunk_size, n)
     padded = -(-n // chunk) * chunk
     codecs = chunk_codecs(manifest.storage)
-    g = zarr.open_group(str(path), mode="r+", zarr_format=3)
-    checksums = {}
-    for name in schema.ARRAY_NAMES:
-        a = arrays[name]
-        z = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=(chunk, *a.shape[1:]),
-                           shards=(padded, *a.shape[1:]), compressors=codecs, fill_value=0)
-        z[...] = a
-        checksums[name] = array_checksum(a)
     attrs = {"shard": shard, "first_index": first_index, "count": n, "complete": True,
-             "format_version": schema.FORMAT_VERSION, "checksums": checksums,
+             "format_version": schema.FORMAT_VERSION,
+             "checksums": {name: array_checksum(arrays[name]) for name in schema.ARRAY_NAMES},
              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    g.attrs.update(attrs)
+
+    async def write() -> None:  # every array at once: one round trip through Zarr's event loop
+        g = await zarr.api.asynchronous.open_group(str(path), mode="r+", zarr_format=3)
+        await asyncio.gather(*(g.create_array(name, data=arrays[name], chunks=(chunk, *arrays[name].shape[1:]),
+                                              shards=(padded, *arrays[name].shape[1:]), compressors=codecs,
+                                              fill_value=0) for name in schema.ARRAY_NAMES))
+        await g.update_attributes(attrs)  # last: the group's zarr.json says complete
+
+    sync(write())
     return attrs
 
 

@@ -33,6 +33,13 @@ def test_items_have_the_contract_dtypes_and_the_written_content(make_synthetic):
     assert int(ds[-1]["index"]) == 29
 
 
+def test_batched_fetch_equals_single_items(make_synthetic):
+    ds = PairDataset(make_synthetic(num_samples=30, shard_size=8, chunk_size=4), block_size=4)
+    order = [5, 6, 4, 29, 0, 17, 16, 3]  # runs inside a block, block changes, shard changes
+    for a, b in zip(ds.__getitems__(order), [ds[i] for i in order]):
+        assert a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_subset_of_shards_maps_positions_to_global_indices(make_synthetic):
     cache = make_synthetic(num_samples=30, shard_size=8)
     ds = PairDataset(cache, shards=[3, 1])
@@ -69,8 +76,14 @@ def test_sampler_visits_every_index_once_per_epoch_across_ranks(make_synthetic, 
             assert set(seen) == set(range(n)) and sum(counts.values()) - n == world - n % world
 
 
+def test_blocks_are_whole_chunks_within_a_shard(make_synthetic):
+    cache = make_synthetic(num_samples=30, shard_size=16, chunk_size=4)
+    assert PairDataset(cache, block_size=6).blocks() == [(0, 8), (8, 16), (16, 24), (24, 30)]
+    assert PairDataset(cache).blocks() == [(0, 16), (16, 30)]  # default 256, cut at the shard's end
+
+
 def test_sampler_goes_block_by_block_and_reshuffles_per_epoch(make_synthetic):
-    ds = PairDataset(make_synthetic(num_samples=40, shard_size=16, chunk_size=4))
+    ds = PairDataset(make_synthetic(num_samples=40, shard_size=16, chunk_size=4), block_size=4)
     s = BlockShuffleSampler(ds, seed=0)
     order = list(s)
     blocks = [tuple(sorted(order[i: i + 4])) for i in range(0, 40, 4)]
@@ -84,7 +97,7 @@ def test_sampler_goes_block_by_block_and_reshuffles_per_epoch(make_synthetic):
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_dataloader_workers_yield_the_same_batches_as_the_main_process(make_synthetic, context):
-    ds = PairDataset(make_synthetic(num_samples=40, shard_size=16, chunk_size=4))
+    ds = PairDataset(make_synthetic(num_samples=40, shard_size=16, chunk_size=4), block_size=8)
     ds[0]  # open Zarr and fill the block cache in the parent: workers must not depend on it
     sampler = BlockShuffleSampler(ds, seed=1)
     ref = list(DataLoader(ds, batch_size=8, sampler=sampler, num_workers=0))

@@ -1,0 +1,154 @@
+"""radar-cache benchmark, as ratios and rates:
+
+- write overhead: `radar-cache run` wall time / bare `generate_pairs` wall time for the same samples and
+  batches (models loaded once, outside both timings; best of `repeats`, alternating); target <= 1.03;
+- reader: PairDataset + BlockShuffleSampler through a DataLoader with 0 and 2 workers, pairs/s over one
+  epoch after the first batch, on a synthetic cache of 256px-shaped latents (32x16x16 float16 + the
+  10-scale token indices); target >= 5,000 pairs/s on 2 cores;
+- bytes on disk per pair, for the synthetic cache and for the generated one.
+
+    python -m radar_train.cache.bench [--config configs/cache/tiny.yaml] [--overrides '[...]'] [--num_pairs 8192]
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from radar_train.cache.layout import dir_bytes
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bare_generation(job, batches: Sequence[tuple[int, int]]) -> float:
+    """Seconds to generate the pairs of `batches` ([start, stop) sample ranges) with nothing else."""
+    from radar_train.sampling import generate_pairs
+
+    t = time.perf_counter()
+    for a, b in batches:
+        labels, seeds = job.plan.labels_seeds(a, b)
+        generate_pairs(job.sampler, torch.from_numpy(labels).to(job.sampler.device), job.method,
+                       seeds=torch.from_numpy(seeds))
+    _sync(job.device)
+    return time.perf_counter() - t
+
+
+def bench_generation(config: str, overrides: Sequence[str], root: Path, repeats: int = 3) -> list[dict]:
+    """radar-cache run vs bare generation of the same samples; plus the generated cache's bytes per pair."""
+    from radar_train.cache.generate import prepare_job
+    from radar_train.cache.schema import create_or_check_manifest
+    from radar_train.cli.cache import _normalise, build_run_parser, run_args
+
+    argv = _normalise(["--config", config, *overrides, "--progress", "false", "--output", str(root / "gen-0")])
+    job = prepare_job(run_args(build_run_parser().parse_args(argv)))
+    plan, bs = job.plan, job.args.batch_size
+    batches = [(a, min(a + bs, plan.shard_range(s)[1])) for s in range(plan.num_shards)
+               for a in range(plan.shard_range(s)[0], plan.shard_range(s)[1], bs)]
+    bare_generation(job, batches[:1])  # warm-up
+    bare, cached = [], []
+    for r in range(repeats):
+        bare.append(bare_generation(job, batches))
+        out = root / f"gen-{r}"
+        if out.exists():
+            shutil.rmtree(out)
+        create_or_check_manifest(out, job.manifest)
+        job.args = dataclasses.replace(job.args, output=str(out))
+        t = time.perf_counter()
+        job.run(print_fn=lambda *_: None)
+        _sync(job.device)
+        cached.append(time.perf_counter() - t)
+    n = plan.num_samples
+    what = (f"{n} pairs, {job.manifest.model['preset']} + {job.manifest.accel['method']}, {job.device} "
+            f"{job.manifest.precision}, batch {bs}, best of {repeats}")
+    out = root / f"gen-{repeats - 1}"
+    return [
+        {"metric": "write_overhead", "value": min(cached) / min(bare), "unit": "x bare generation",
+         "target": "<= 1.03", "detail": f"radar-cache {min(cached):.2f} s vs bare generate_pairs "
+                                         f"{min(bare):.2f} s ({what})"},
+        {"metric": "generated_bytes_per_pair", "value": dir_bytes(out) / n, "unit": "B",
+         "target": "", "detail": f"{job.manifest.storage['compressor']}, latents "
+                                 f"{'x'.join(map(str, job.manifest.latent_shape))} {job.manifest.latent_dtype}"},
+    ]
+
+
+def bench_reader(root: Path, num_pairs: int = 8192, workers: Sequence[int] = (0, 2), batch_size: int = 64,
+                 latent_shape: Sequence[int] = (32, 16, 16), dtype: str = "float16", chunk_size: int = 64,
+                 shard_size: int = 1024, compressor: str = "lz4") -> list[dict]:
+    """Reader pairs/s on a synthetic cache of the given latent shape; bytes per pair."""
+    from torch.utils.data import DataLoader
+
+    from radar_train.cache.reader import BlockShuffleSampler, PairDataset
+    from radar_train.cache.synthetic import synthetic_manifest, write_synthetic_cache
+
+    cache = root / "reader"
+    m = synthetic_manifest(num_pairs, shard_size, latent_shape, dtype=dtype, chunk_size=chunk_size,
+                           compressor=compressor)
+    write_synthetic_cache(cache, m)
+    shape = f"{'x'.join(map(str, latent_shape))} {dtype}, {compressor}, chunk {chunk_size}"
+    raw = 2 * np.dtype(dtype).itemsize * int(np.prod(latent_shape)) + 2 * 2 * m.index_length + 2 + 8 + 8
+    rows = [{"metric": "synthetic_bytes_per_pair", "value": dir_bytes(cache) / num_pairs, "unit": "B", "target": "",
+             "detail": f"{shape}, noise data; raw arrays {raw} B"}]
+    for w in workers:
+        ds = PairDataset(cache)
+        loader = DataLoader(ds, batch_size=batch_size, sampler=BlockShuffleSampler(ds, seed=0), num_workers=w)
+        it = iter(loader)
+        first = len(next(it)["index"])
+        t = time.perf_counter()
+        n = sum(len(b["index"]) for b in it)
+        rate = n / (time.perf_counter() - t)
+        rows.append({"metric": f"reader_pairs_per_s_workers{w}", "value": rate, "unit": "pairs/s",
+                     "target": ">= 5000", "detail": f"{num_pairs - first} pairs after the first batch, batch "
+                                                    f"{batch_size}, {shape}, torch threads {torch.get_num_threads()}"})
+    return rows
+
+
+def run_cache_benchmark(config: str = "configs/cache/tiny.yaml", overrides: Sequence[str] = (),
+                        num_pairs: int = 8192, workers: Sequence[int] = (0, 2), repeats: int = 3,
+                        root: Optional[str] = None) -> list[dict]:
+    """All radar-cache benchmark rows ({"metric", "value", "unit", "target", "detail"}); temporary files
+    go to `root` (default: a fresh temporary folder, removed afterwards)."""
+    tmp = Path(tempfile.mkdtemp(prefix="radar-cache-bench-", dir=root))
+    try:
+        return bench_generation(config, overrides, tmp, repeats) + bench_reader(tmp, num_pairs, workers)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def format_rows(rows: list[dict]) -> str:
+    lines = [f"{'metric':<28} {'value':>12} {'unit':<18} {'target':<9} detail"]
+    for r in rows:
+        lines.append(f"{r['metric']:<28} {r['value']:>12.3f} {r['unit']:<18} {r['target']:<9} {r['detail']}")
+    return "\n".join(lines)
+
+
+def main(config: str = "configs/cache/tiny.yaml", overrides: Optional[list[str]] = None, num_pairs: int = 8192,
+         workers: list[int] = [0, 2], repeats: int = 3, root: Optional[str] = None) -> int:  # noqa: B006
+    """Benchmark radar-cache: write overhead vs bare generation, reader pairs/s, bytes per pair.
+
+    Args:
+        config: radar-cache config for the generation part.
+        overrides: extra `radar-cache run` arguments, e.g. ["--plan.images_per_class", "4", "--device", "cpu"].
+        num_pairs: pairs in the synthetic 256px-shaped cache read by the reader benchmark.
+        workers: DataLoader worker counts to measure.
+        repeats: timed repeats of the generation part (best is kept).
+        root: folder for temporary files (default: the system's).
+    """
+    print(format_rows(run_cache_benchmark(config, overrides or [], num_pairs, workers, repeats, root)))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from jsonargparse import CLI
+
+    sys.exit(CLI(main))
