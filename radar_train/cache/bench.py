@@ -113,12 +113,16 @@ def bench_reader(root: Path, num_pairs: int = 8192, workers: Sequence[int] = (0,
 
 def run_cache_benchmark(config: str = "configs/cache/tiny.yaml", overrides: Sequence[str] = (),
                         num_pairs: int = 8192, workers: Sequence[int] = (0, 2), repeats: int = 3,
-                        root: Optional[str] = None) -> list[dict]:
-    """All radar-cache benchmark rows ({"metric", "value", "unit", "target", "detail"}); temporary files
-    go to `root` (default: a fresh temporary folder, removed afterwards)."""
+                        root: Optional[str] = None, parts: Sequence[str] = ("generation", "reader")) -> list[dict]:
+    """The radar-cache benchmark rows ({"metric", "value", "unit", "target", "detail"}) of `parts`;
+    temporary files go to a fresh folder under `root` (default: the system's), removed afterwards."""
+    unknown = set(parts) - {"generation", "reader"}
+    if unknown:
+        raise ValueError(f"unknown benchmark parts {sorted(unknown)}; available: generation, reader")
     tmp = Path(tempfile.mkdtemp(prefix="radar-cache-bench-", dir=root))
     try:
-        return bench_generation(config, overrides, tmp, repeats) + bench_reader(tmp, num_pairs, workers)
+        rows = bench_generation(config, overrides, tmp, repeats) if "generation" in parts else []
+        return rows + (bench_reader(tmp, num_pairs, workers) if "reader" in parts else [])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -131,7 +135,8 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def main(config: str = "configs/cache/tiny.yaml", overrides: Optional[list[str]] = None, num_pairs: int = 8192,
-         workers: list[int] = [0, 2], repeats: int = 3, root: Optional[str] = None) -> int:  # noqa: B006
+         workers: list[int] = [0, 2], repeats: int = 3, root: Optional[str] = None,  # noqa: B006
+         parts: list[str] = ["generation", "reader"]) -> int:  # noqa: B006
     """Benchmark radar-cache: write overhead vs bare generation, reader pairs/s, bytes per pair.
 
     Args:
@@ -141,8 +146,9 @@ def main(config: str = "configs/cache/tiny.yaml", overrides: Optional[list[str]]
         workers: DataLoader worker counts to measure.
         repeats: timed repeats of the generation part (best is kept).
         root: folder for temporary files (default: the system's).
+        parts: which benchmarks to run: generation, reader.
     """
-    print(format_rows(run_cache_benchmark(config, overrides or [], num_pairs, workers, repeats, root)))
+    print(format_rows(run_cache_benchmark(config, overrides or [], num_pairs, workers, repeats, root, parts)))
     return 0
 
 
