@@ -1,0 +1,119 @@
+"""The real slurm/ job scripts on a real (local, one-node, CPU-only) SLURM cluster, with the tiny configs:
+the whole pipeline, resuming a cache array, a failing cache array cancelling what depends on it, and a
+training job requeued by USR1 that resumes from its checkpoint at the saved step."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from slurm_cluster import REPO, Cluster, cancel, tail_logs, wait_final_states, wait_for
+
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
+
+BIN = Path(sys.executable).parent  # the venv running the tests holds radar-cache / radar-train
+CACHE_CONFIG = "configs/cache/tiny.yaml"
+TRAIN_CONFIG = "configs/train/tiny.yaml"
+NUM_WORKERS = 2
+# CPU only: no GPUs (--gres=none), one CPU per task, so that the two array tasks run side by side on 2 cores.
+CPU = {"GPUS_PER_TASK": "0", "GPUS_PER_NODE": "0", "CACHE_CPUS": "1", "TRAIN_CPUS": "1",
+       "CACHE_TIME": "00:15:00", "TRAIN_TIME": "00:15:00", "RADAR_BIN": str(BIN)}
+PIPELINE_STEPS = 12
+JOB_TIMEOUT_S = 420
+
+
+def _pipeline_env(out: Path, **extra: str) -> dict[str, str]:
+    return {**CPU, "CACHE_CONFIG": CACHE_CONFIG, "TRAIN_CONFIG": TRAIN_CONFIG, "NUM_WORKERS": str(NUM_WORKERS),
+            "CACHE_DIR": str(out / "cache"), "RUN_DIR": str(out / "run"), "LOG_DIR": str(out / "logs"),
+            "TRAIN_ARGS": f"--trainer.max_steps {PIPELINE_STEPS}", **extra}
+
+
+def _job_ids(stdout: str) -> dict[str, str]:
+    m = re.search(r"^jobs: cache=(\d+) verify=(\d+) train=(\d+)$", stdout, re.M)
+    assert m, f"pipeline.sh printed no job ids:\n{stdout}"
+    return dict(zip(("cache", "verify", "train"), m.groups()))
+
+
+def _submit_pipeline(cluster: Cluster, out: Path, **extra: str):
+    proc = cluster.run("bash", str(REPO / "slurm" / "pipeline.sh"), env=_pipeline_env(out, **extra), cwd=out)
+    ids = _job_ids(proc.stdout)
+    try:
+        states = wait_final_states(cluster, list(ids.values()), NUM_WORKERS + 2, JOB_TIMEOUT_S, out / "logs")
+    finally:
+        cancel(cluster, ids.values())
+    return proc.stdout, ids, states
+
+
+@pytest.fixture(scope="module")
+def pipeline(slurm_cluster, tmp_path_factory):
+    """slurm/pipeline.sh run once to the end: (folder, pipeline.sh stdout, job ids, sacct states)."""
+    out = tmp_path_factory.mktemp("pipeline")
+    stdout, ids, states = _submit_pipeline(slurm_cluster, out)
+    return out, stdout, ids, states
+
+
+def test_pipeline_jobs_all_complete(pipeline):
+    out, stdout, ids, states = pipeline
+    expected = {f"{ids['cache']}_{i}" for i in range(NUM_WORKERS)} | {ids["verify"], ids["train"]}
+    assert set(states) == expected, tail_logs(out / "logs")
+    bad = {job: s for job, s in states.items() if s != ("COMPLETED", "0:0")}
+    assert not bad, f"jobs not COMPLETED: {bad}\n{tail_logs(out / 'logs')}"
+
+
+def test_pipeline_prints_where_the_outputs_will_be(pipeline):
+    out, stdout, ids, _ = pipeline
+    assert f"-> {out / 'cache'}" in stdout
+    assert f"-> {out / 'run'}" in stdout
+    assert f"adapter: {out / 'run'}/final/" in stdout
+    assert f"squeue -j {ids['cache']},{ids['verify']},{ids['train']}" in stdout
+
+
+def test_pipeline_cache_verifies(pipeline):
+    out = pipeline[0]
+    proc = subprocess.run([str(BIN / "radar-cache"), "verify", str(out / "cache")], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in (out / "cache").glob("shard-*.zarr"))  # and it is not empty
+
+
+def test_pipeline_training_exports_an_adapter_and_leaves_no_requeue_checkpoint(pipeline):
+    from safetensors.torch import load_file
+
+    run = pipeline[0] / "run"
+    final = run / "final"
+    assert (final / "adapter_config.json").is_file(), sorted(p.name for p in run.iterdir())
+    tensors = load_file(final / "adapter_model.safetensors")
+    assert tensors and all("lora_" in k for k in tensors), list(tensors)[:5]
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == PIPELINE_STEPS
+    assert not list(run.glob("hpc_ckpt_*.ckpt"))
+
+
+def test_resubmitted_cache_array_skips_the_finished_shards(slurm_cluster, pipeline):
+    out, _, ids, _ = pipeline
+    cache = out / "cache"
+    before = {p.name: p.stat().st_mtime_ns for p in cache.glob("shard-*.zarr/**/*") if p.is_file()}
+    logs = out / "resubmit"
+    logs.mkdir()
+    job = slurm_cluster.sbatch(f"--array=0-{NUM_WORKERS - 1}", "--gres=none", "--cpus-per-task=1",
+                               f"--output={logs}/%x-%A_%a.out", "slurm/cache.sbatch", CACHE_CONFIG, str(cache),
+                               env=CPU, cwd=REPO)
+    states = wait_final_states(slurm_cluster, [job], NUM_WORKERS, JOB_TIMEOUT_S, logs)
+    assert all(s == ("COMPLETED", "0:0") for s in states.values()), states
+    after = {p.name: p.stat().st_mtime_ns for p in cache.glob("shard-*.zarr/**/*") if p.is_file()}
+    assert after == before  # not one shard file rewritten
+    text = "\n".join(p.read_text() for p in logs.glob("*.out"))
+    assert len(re.findall(r"wrote 0 shards", text)) == NUM_WORKERS, text
+
+
+def test_failing_cache_array_cancels_verify_and_training(slurm_cluster, tmp_path):
+    # an invalid plan: every array task exits with status 2, so nothing after it may run
+    _, ids, states = _submit_pipeline(slurm_cluster, tmp_path, CACHE_ARGS="--plan.shard_size 0")
+    assert {states[f"{ids['cache']}_{i}"][0] for i in range(NUM_WORKERS)} == {"FAILED"}, states
+    assert states[ids["verify"]][0] == "CANCELLED", states
+    assert states[ids["train"]][0] == "CANCELLED", states
+    assert not (tmp_path / "run").exists()
