@@ -1,0 +1,70 @@
+"""Optimiser and learning-rate schedule of methods.md §4.6: AdamW over the LoRA parameters only,
+linear warm-up then cosine decay to a floor, gradient-norm clipping."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import torch
+
+__all__ = ["OptimArgs", "WarmupCosine", "build_optimizer"]
+
+
+@dataclass
+class OptimArgs:
+    """AdamW + warm-up + cosine schedule."""
+
+    learning_rate: float = 1e-4
+    """Peak learning rate (after warm-up)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 100
+    """Linear warm-up steps (from learning_rate / warmup_steps to learning_rate)."""
+    min_lr_ratio: float = 0.1
+    """The cosine decays to min_lr_ratio · learning_rate at schedule_steps."""
+    schedule_steps: Optional[int] = None
+    """Length of the schedule in optimizer steps (default: trainer.max_steps, or the steps of max_epochs).
+    Set it when a run is continued with a larger max_steps and the schedule must not change."""
+    grad_clip_norm: Optional[float] = 1.0
+    """Clip the global gradient norm of the LoRA parameters (null: no clipping). trainer.gradient_clip_val,
+    if set, takes precedence."""
+
+    def problems(self) -> list[str]:
+        p = []
+        if self.learning_rate <= 0:
+            p.append(f"model.optim.learning_rate must be > 0, got {self.learning_rate}")
+        if self.warmup_steps < 0:
+            p.append(f"model.optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            p.append(f"model.optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.schedule_steps is not None and self.schedule_steps < 1:
+            p.append(f"model.optim.schedule_steps must be >= 1, got {self.schedule_steps}")
+        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
+            p.append(f"model.optim.grad_clip_norm must be > 0 or null, got {self.grad_clip_norm}")
+        return p
+
+
+class WarmupCosine:
+    """LR multiplier for LambdaLR: (step+1)/warmup during warm-up, then a cosine from 1 to `floor` at
+    `total` steps, `floor` afterwards. A plain object (not a lambda) so that its state checkpoints."""
+
+    def __init__(self, warmup: int, total: int, floor: float):
+        self.warmup, self.total, self.floor = int(warmup), int(total), float(floor)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        span = max(1, self.total - self.warmup)
+        t = min(1.0, (step - self.warmup) / span)
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], args: OptimArgs, total_steps: int):
+    """(AdamW, LambdaLR stepping once per optimizer step) over `params` (the trainable ones)."""
+    params = [p for p in params if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.learning_rate, betas=tuple(args.betas), weight_decay=args.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(args.warmup_steps, total_steps, args.min_lr_ratio))
+    return opt, sched
