@@ -18,7 +18,8 @@ from .vae_blocks import Decoder, Encoder
 
 def _decoder(cfg: VQVAEConfig) -> Decoder:
     return Decoder(ch=cfg.ch, ch_mult=cfg.ch_mult, num_res_blocks=cfg.num_res_blocks,
-                   z_channels=cfg.z_channels, out_channels=cfg.in_channels, dropout=cfg.dropout)
+                   z_channels=cfg.z_channels, out_channels=cfg.in_channels, dropout=cfg.dropout,
+                   norm_groups=cfg.norm_groups)
 
 
 def _post_quant_conv(cfg: VQVAEConfig) -> nn.Conv2d:
@@ -34,6 +35,14 @@ class LatentDecoder(nn.Module):
         self.config = cfg
         self.post_quant_conv = _post_quant_conv(cfg)
         self.decoder = _decoder(cfg)
+
+    @classmethod
+    def sharing(cls, vqvae: "VQVAE") -> "LatentDecoder":
+        """A LatentDecoder whose modules are the VQ-VAE's own (no copy: changes show in both)."""
+        with torch.device("meta"):
+            dec = cls(vqvae.config)
+        dec.post_quant_conv, dec.decoder = vqvae.post_quant_conv, vqvae.decoder
+        return dec
 
     def forward(self, f_hat: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(f_hat))
@@ -51,7 +60,8 @@ class VQVAE(nn.Module):
         super().__init__()
         self.config = cfg
         self.encoder = Encoder(ch=cfg.ch, ch_mult=cfg.ch_mult, num_res_blocks=cfg.num_res_blocks,
-                               z_channels=cfg.z_channels, in_channels=cfg.in_channels, dropout=cfg.dropout)
+                               z_channels=cfg.z_channels, in_channels=cfg.in_channels, dropout=cfg.dropout,
+                               norm_groups=cfg.norm_groups)
         self.decoder = _decoder(cfg)
         self.quantize = MultiScaleQuantizer(
             cfg.vocab_size, cfg.z_channels, cfg.patch_nums, using_znorm=cfg.using_znorm, beta=cfg.beta,

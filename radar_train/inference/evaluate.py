@@ -1,0 +1,134 @@
+"""Restoration metrics of an adapter on held-out cache shards (methods.md §5.1).
+
+T = D(f_HQ) (frozen decoder, vanilla latent), Q = D(f_LQ) (baseline), S = D_LoRA(f_LQ) (adapted),
+H = D_LoRA(f_HQ) (harmlessness). PSNR / SSIM of Q and S against T, G_mse = 1 − MSE(S,T)/MSE(Q,T),
+ΔPSNR, and PSNR(H, T); LPIPS of Q and S against T when local LPIPS weights are given.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from radar_train.train.metrics import RestorationStats
+
+
+@dataclass
+class LpipsArgs:
+    vgg: Optional[str] = None
+    """torchvision VGG16 weights (vgg16-397923af.pth), for LPIPS."""
+    heads: Optional[str] = None
+    """LPIPS v0.1 linear heads (the lpips package's weights/v0.1/vgg.pth)."""
+
+
+def _adapter_shards(meta: dict, cache_dir: Path) -> Optional[list[int]]:
+    for c in meta.get("caches") or []:
+        if Path(c.get("path", "")).resolve() == cache_dir.resolve():
+            return list(c.get("val_shards") or []) or None
+    return None
+
+
+def _seed_of(identity: dict) -> Optional[int]:
+    m = re.search(r"seed=(\d+)", str(identity.get("value", "")))
+    return int(m.group(1)) if identity.get("kind") == "random" and m else None
+
+
+def load_decoders(manifest, meta: dict, adapter_dir: str, vae_checkpoint: Optional[str], device):
+    """(plain decoder, adapted decoder (merged), identity) for the cache's VQ-VAE."""
+    from radar_train.export import load_adapter
+    from radar_train.models import load_latent_decoder
+
+    model = manifest.model
+    vae_id = model["vae"]
+    ckpt = vae_checkpoint
+    if ckpt is None and vae_id["kind"] == "file" and model.get("vae_checkpoint") and Path(model["vae_checkpoint"]).is_file():
+        ckpt = model["vae_checkpoint"]  # the file the cache was made with, if it is still there
+    try:
+        plain, ident = load_latent_decoder(model["preset"], ckpt, _seed_of(vae_id), device)
+    except ValueError as e:
+        raise FileNotFoundError(f"the cache was made with the VQ-VAE file {model.get('vae_checkpoint')!r} "
+                                f"(sha256 {vae_id['value'][:12]}…), which is not here: pass --vae_checkpoint ({e})") from None
+    if (ident.kind, ident.value) != (vae_id["kind"], vae_id["value"]):
+        raise ValueError(f"VQ-VAE {ident.kind}:{ident.value[:16]} is not the one the cache was made with "
+                         f"({vae_id['kind']}:{vae_id['value'][:16]}); pass the right --vae_checkpoint")
+    adapted, _ = load_latent_decoder(model["preset"], ckpt, _seed_of(vae_id), device)
+    adapted = load_adapter(adapted, adapter_dir, identity=ident, merge=True).eval()
+    return plain.eval(), adapted, ident
+
+
+@torch.no_grad()
+def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequence[int]] = None,
+                         batch_size: int = 32, device: str = "cpu", vae_checkpoint: Optional[str] = None,
+                         lpips: Optional[LpipsArgs] = None, num_workers: int = 0) -> dict:
+    from radar_train.cache.reader import BlockShuffleSampler, PairDataset
+    from radar_train.cache.schema import read_manifest
+    from radar_train.export import read_radar_config
+
+    cache = Path(cache_dir)
+    manifest = read_manifest(cache)
+    meta = read_radar_config(adapter_dir)
+    if shards is None:
+        shards = _adapter_shards(meta, cache)
+        if shards is None:
+            raise ValueError(f"adapter {adapter_dir} records no validation shards of {cache}: pass --shards")
+    dev = torch.device(device)
+    plain, adapted, _ = load_decoders(manifest, meta, adapter_dir, vae_checkpoint, dev)
+    lp = None
+    if lpips is not None and (lpips.vgg or lpips.heads):
+        from radar_train.train.lpips import load_lpips
+
+        lp = load_lpips(lpips.vgg, lpips.heads).to(dev).eval()
+    ds = PairDataset(cache, shards=list(shards))
+    loader = DataLoader(ds, batch_size=batch_size, sampler=BlockShuffleSampler(ds, shuffle=False),
+                        num_workers=num_workers)
+    stats = RestorationStats(dev)
+    lp_sums = torch.zeros(2, dtype=torch.float64)
+
+    def img(dec, f):
+        return dec(f).clamp(-1, 1).add(1).mul(0.5)
+
+    for batch in loader:
+        hq, lq = batch["fhat_hq"].to(dev), batch["fhat_lq"].to(dev)
+        t, q, s, h = img(plain, hq), img(plain, lq), img(adapted, lq), img(adapted, hq)
+        stats.update(t, q, s, h)
+        if lp is not None:
+            lp_sums[0] += lp(q * 2 - 1, t * 2 - 1).double().sum().cpu()
+            lp_sums[1] += lp(s * 2 - 1, t * 2 - 1).double().sum().cpu()
+    m = stats.compute()
+    n = int(stats.sums[0].item())
+    out = {"num_pairs": n, "shards": list(shards), "psnr_baseline": m["psnr_baseline"], "psnr_adapted": m["psnr_student"],
+           "ssim_baseline": m["ssim_baseline"], "ssim_adapted": m["ssim_student"], "gap_closed": m["gap_closed_mse"],
+           "delta_psnr": m["delta_psnr"], "delta_ssim": m["delta_ssim"], "harmlessness_psnr": m.get("psnr_harmless"),
+           "mse_baseline": m["mse_baseline"], "mse_adapted": m["mse_student"], "cache": str(cache),
+           "adapter": str(adapter_dir), "accel": manifest.accel, "model": manifest.model.get("preset")}
+    if lp is not None:
+        out["lpips_baseline"], out["lpips_adapted"] = (lp_sums / max(n, 1)).tolist()
+    return out
+
+
+def markdown_table(r: dict) -> str:
+    rows = [("PSNR (dB) vs vanilla decode", r["psnr_baseline"], r["psnr_adapted"]),
+            ("SSIM vs vanilla decode", r["ssim_baseline"], r["ssim_adapted"])]
+    if "lpips_baseline" in r:
+        rows.append(("LPIPS vs vanilla decode", r["lpips_baseline"], r["lpips_adapted"]))
+    lines = [f"Restoration on {r['num_pairs']} held-out pairs (shards {r['shards']}) of {r['cache']}",
+             "", "| metric | accelerated (baseline) | accelerated + adapter |", "| --- | ---: | ---: |"]
+    lines += [f"| {name} | {a:.4f} | {b:.4f} |" for name, a, b in rows]
+    lines += ["", f"- gap closed G_mse = 1 − MSE(adapted)/MSE(baseline): **{r['gap_closed']:.3f}**",
+              f"- ΔPSNR: {r['delta_psnr']:+.3f} dB, ΔSSIM: {r['delta_ssim']:+.4f}"]
+    if r.get("harmlessness_psnr") is not None:
+        lines.append(f"- harmlessness PSNR(D_LoRA(f_HQ), D(f_HQ)): {r['harmlessness_psnr']:.2f} dB")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(r: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(r, indent=2))
+    (out / "eval.md").write_text(markdown_table(r))
+    return out / "eval.json", out / "eval.md"

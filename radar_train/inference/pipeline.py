@@ -1,0 +1,167 @@
+"""RadarPipeline: VAR + an acceleration method (none / fastvar / stagevar) + the VQ-VAE decoder, with an
+optional PAA adapter on the decoder (merged by default: no inference overhead).
+
+    pipe = RadarPipeline.from_config(PipelineArgs(model=..., accel=AccelArgs("fastvar"), adapter="run/final"))
+    images = pipe.generate(labels=[1, 2], seeds=[0, 1])            # uint8 (B, 3, H, W)
+    grid = pipe.compare(labels=[1, 2], seeds=[0, 1])               # vanilla | accelerated | accelerated+adapter
+
+Vanilla images are decoded with the plain decoder; accelerated images with the adapted one when an
+adapter is loaded. An adapter trained for another VQ-VAE is refused; one trained for another
+acceleration method or preset loads with a warning.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Sequence
+
+import torch
+
+from radar_train.accel import AccelMethod, build_accel
+from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
+from radar_train.images import to_pil, to_uint8
+from radar_train.models import LatentDecoder, ModelIdentity, load_models
+from radar_train.sampling import NextScaleSampler, SampleOutput, generate_pairs
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+@dataclass
+class PipelineArgs:
+    """What RadarPipeline runs."""
+
+    model: ModelArgs = field(default_factory=ModelArgs)
+    accel: AccelArgs = field(default_factory=AccelArgs)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    adapter: Optional[str] = None
+    """Adapter folder exported by radar-train (adapter_config.json, adapter_model.safetensors, radar_config.yaml)."""
+    merge_adapter: bool = True
+    """Fold the LoRA update into the decoder's convolutions (no inference overhead); false keeps it separate."""
+    device: str = "auto"
+    """cuda, cpu, or auto (cuda when available)."""
+    precision: Precision = "auto"
+    """Transformer compute dtype: auto = bf16 on CUDA, fp32 on CPU. The decoder runs in fp32 on CPU."""
+
+
+def resolve_precision(device: torch.device, precision: Precision) -> Optional[torch.dtype]:
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _accel_signature(desc: dict) -> tuple:
+    """(method, preset, scale settings) of a method's describe(); JSON/YAML may have turned keys into strings."""
+    scales = desc.get("prune") or desc.get("scales") or {}
+    return desc.get("method"), desc.get("preset"), tuple(sorted((int(k), float(v)) for k, v in scales.items()))
+
+
+class RadarPipeline:
+    def __init__(self, vqvae, var, accel: AccelMethod, sampling: SamplingConfig, *, vae_identity: ModelIdentity,
+                 autocast_dtype: Optional[torch.dtype] = None, adapter: Optional[str] = None, merge_adapter: bool = True):
+        self.vqvae, self.var, self.accel, self.sampling = vqvae, var, accel, sampling
+        self.vae_identity = vae_identity
+        self.device = var.pos_1LC.device
+        self.autocast_dtype = autocast_dtype
+        if autocast_dtype is not None and var.body_dtype == torch.float32:
+            var.cast_body_(autocast_dtype)
+        self.sampler = NextScaleSampler(var, vqvae.quantize, sampling, autocast_dtype=autocast_dtype)
+        self.decoder: LatentDecoder = LatentDecoder.sharing(vqvae).eval()
+        self.adapted_decoder: Optional[torch.nn.Module] = None
+        self.adapter_meta: Optional[dict] = None
+        if adapter is not None:
+            self.load_adapter(adapter, merge=merge_adapter)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, args: PipelineArgs) -> "RadarPipeline":
+        device = resolve_device(args.device)
+        m = args.model
+        vqvae, var, vae_id, _ = load_models(m.preset, m.vae_checkpoint, m.var_checkpoint, device, m.init_seed)
+        accel = build_accel(args.accel, var.patch_nums, var.depth)
+        return cls(vqvae, var, accel, args.sampling, vae_identity=vae_id,
+                   autocast_dtype=resolve_precision(device, args.precision), adapter=args.adapter,
+                   merge_adapter=args.merge_adapter)
+
+    @classmethod
+    def from_files(cls, vae_checkpoint: str, var_checkpoint: str, preset: str = "var-d16", *, accel: str = "fastvar",
+                   accel_preset: str = "default", adapter: Optional[str] = None, **kw) -> "RadarPipeline":
+        """Official checkpoint files + an acceleration method by name and preset."""
+        a = AccelArgs(method=accel)
+        if accel == "fastvar":
+            a.fastvar.preset = accel_preset
+        elif accel == "stagevar":
+            a.stagevar.preset = accel_preset
+        return cls.from_config(PipelineArgs(model=ModelArgs(preset, vae_checkpoint, var_checkpoint), accel=a,
+                                            adapter=adapter, **kw))
+
+    def load_adapter(self, adapter_dir: str, merge: bool = True) -> None:
+        """Check the adapter against this VQ-VAE (refused if different) and this acceleration config
+        (warning if the method or preset differs), then put it on a copy of the decoder."""
+        from radar_train.export import load_adapter, read_radar_config
+
+        meta = read_radar_config(adapter_dir)
+        mine = _accel_signature(self.accel.describe())
+        for trained in [c.get("accel") for c in meta.get("caches") or [] if c.get("accel")]:
+            if _accel_signature(trained) != mine:
+                warnings.warn(f"adapter {adapter_dir} was trained on latents of {trained} but the pipeline runs "
+                              f"{self.accel.describe()}; restoration may be worse", stacklevel=2)
+                break
+        dec = self.vqvae.latent_decoder().eval()
+        self.adapted_decoder = load_adapter(dec, adapter_dir, identity=self.vae_identity, merge=merge).eval()
+        self.adapter_meta = meta
+
+    # ------------------------------------------------------------------ generation
+    def _labels(self, labels) -> torch.Tensor:
+        return torch.as_tensor(labels, dtype=torch.long, device=self.device).reshape(-1)
+
+    @torch.no_grad()
+    def decode(self, f_hat: torch.Tensor, adapter: bool) -> torch.Tensor:
+        """f_hat -> images in [0, 1] (float32, B×3×H×W)."""
+        dec = self.adapted_decoder if adapter and self.adapted_decoder is not None else self.decoder
+        return dec(f_hat.float()).clamp(-1, 1).add(1).mul(0.5)
+
+    def _sampling(self, cfg, top_k, top_p) -> NextScaleSampler:
+        if cfg is None and top_k is None and top_p is None:
+            return self.sampler
+        s = self.sampling
+        new = SamplingConfig(cfg=s.cfg if cfg is None else cfg, top_k=s.top_k if top_k is None else top_k,
+                             top_p=s.top_p if top_p is None else top_p, noise=s.noise, more_smooth=s.more_smooth)
+        return NextScaleSampler(self.var, self.vqvae.quantize, new, autocast_dtype=self.autocast_dtype)
+
+    @torch.no_grad()
+    def sample_latents(self, labels: Sequence[int], seeds: Sequence[int], accelerated: bool = True,
+                       cfg: Optional[float] = None, top_k: Optional[int] = None, top_p: Optional[float] = None) -> SampleOutput:
+        sampler = self._sampling(cfg, top_k, top_p)
+        return sampler.sample(self._labels(labels), seeds=list(seeds), accel=self.accel if accelerated else None)
+
+    @torch.no_grad()
+    def generate(self, labels: Sequence[int], seeds: Sequence[int], cfg: Optional[float] = None,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None, *, accelerated: bool = True,
+                 use_adapter: bool = True, output: Literal["uint8", "pil", "float"] = "uint8"):
+        """Images for the labels and per-sample seeds: accelerated (with the adapter when loaded) by default."""
+        res = self.sample_latents(labels, seeds, accelerated, cfg, top_k, top_p)
+        img = self.decode(res.f_hat, adapter=accelerated and use_adapter)
+        if output == "float":
+            return img
+        u8 = to_uint8(img)
+        return [to_pil(x) for x in u8] if output == "pil" else u8
+
+    @torch.no_grad()
+    def compare(self, labels: Sequence[int], seeds: Sequence[int]) -> dict[str, torch.Tensor]:
+        """uint8 images of the same samples: vanilla, accelerated, accelerated + adapter (when loaded).
+        One forked run: the scales before the first accelerated one are computed once."""
+        pair = generate_pairs(self.sampler, self._labels(labels), self.accel, seeds=list(seeds))
+        out = {"vanilla": to_uint8(self.decode(pair.hq.f_hat, adapter=False)),
+               "accelerated": to_uint8(self.decode(pair.lq.f_hat, adapter=False))}
+        if self.adapted_decoder is not None:
+            out["accelerated+adapter"] = to_uint8(self.decode(pair.lq.f_hat, adapter=True))
+        return out

@@ -1,0 +1,106 @@
+"""RadarPipeline, radar-generate and radar-eval on a briefly trained tiny adapter."""
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from radar_train.config import AccelArgs, FastVARArgs, ModelArgs, SamplingConfig
+from radar_train.inference import PipelineArgs, RadarPipeline
+
+from .conftest import run_cli
+
+
+def _pipe(adapter, merge=True, **model_kw) -> RadarPipeline:
+    return RadarPipeline.from_config(PipelineArgs(model=ModelArgs(**model_kw), accel=AccelArgs("fastvar"),
+                                                  sampling=SamplingConfig(cfg=1.5, top_k=64, top_p=0.96),
+                                                  adapter=str(adapter), merge_adapter=merge, device="cpu"))
+
+
+def test_pipeline_adapter_reproduces_the_trained_student(trained_run):
+    """The adapted decoder of the pipeline = the training module's student (adapters on), restored
+    from the run's last Lightning checkpoint."""
+    from radar_train.train.module import module_from_hparams
+
+    ckpt = torch.load(trained_run["run"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    module = module_from_hparams(ckpt["hyper_parameters"])
+    module.load_state_dict(ckpt["state_dict"], strict=False)
+    module.eval()
+    f = torch.randn(3, 8, 8, 8)
+    with torch.no_grad():
+        student = module.decode(f, adapters=True).clamp(-1, 1).add(1).mul(0.5)
+        plain = module.decode(f, adapters=False).clamp(-1, 1).add(1).mul(0.5)
+    pipe = _pipe(trained_run["adapter"])
+    torch.testing.assert_close(pipe.decode(f, adapter=True), student, atol=2e-5, rtol=0)
+    torch.testing.assert_close(pipe.decode(f, adapter=False), plain, atol=2e-5, rtol=0)
+    assert (pipe.decode(f, adapter=True) - plain).abs().max() > 1e-3  # the adapter does something
+
+
+def test_merged_equals_unmerged(trained_run):
+    f = torch.randn(2, 8, 8, 8)
+    merged, unmerged = _pipe(trained_run["adapter"], True), _pipe(trained_run["adapter"], False)
+    assert type(unmerged.adapted_decoder).__name__ == "PeftModel"
+    assert type(merged.adapted_decoder).__name__ == "LatentDecoder"
+    torch.testing.assert_close(merged.decode(f, adapter=True), unmerged.decode(f, adapter=True), atol=2e-5, rtol=0)
+
+
+def test_adapter_of_another_vqvae_is_refused(trained_run):
+    with pytest.raises(ValueError, match="was trained for the VQ-VAE random:tiny:seed=0"):
+        _pipe(trained_run["adapter"], init_seed=7)
+
+
+def test_adapter_for_another_method_warns(trained_run):
+    with pytest.warns(UserWarning, match="trained on latents of"):
+        RadarPipeline.from_config(PipelineArgs(accel=AccelArgs("fastvar", FastVARArgs(preset="aggressive")),
+                                               adapter=str(trained_run["adapter"]), device="cpu"))
+
+
+def test_generate_is_deterministic_and_uses_the_adapter(trained_run):
+    pipe = _pipe(trained_run["adapter"])
+    a = pipe.generate([1, 2], [5, 6])
+    b = pipe.generate([2], [6])
+    assert a.dtype == torch.uint8 and a.shape == (2, 3, 32, 32)
+    assert torch.equal(a[1], b[0])  # per-sample seeds: batch-independent
+    plain = pipe.generate([1, 2], [5, 6], use_adapter=False)
+    assert not torch.equal(a, plain)
+    cmp = pipe.compare([1, 2], [5, 6])
+    assert torch.equal(cmp["accelerated+adapter"], a) and torch.equal(cmp["accelerated"], plain)
+
+
+def test_radar_generate_writes_pngs_and_a_grid(trained_run, tmp_path):
+    out = tmp_path / "gen"
+    run_cli("generate", "--adapter", str(trained_run["adapter"]), "--classes", "0-2", "--seeds", "0,1",
+            "--sampling.top_k", "64", "--grid_scale", "3", "--output", str(out), "--device", "cpu", cwd=trained_run["work"])
+    for folder in ("vanilla", "accelerated", "restored"):
+        assert len(list((out / folder).glob("*.png"))) == 6
+    with Image.open(out / "vanilla" / "class0002_seed1.png") as im:
+        assert im.size == (32, 32)
+    with Image.open(out / "grid.png") as im:
+        w, h = im.size
+    tile = 32 * 3
+    # 6 rows and 3 columns of 96 px tiles, 2 px gaps, a title row and a label column
+    assert 3 * tile < w < 3 * tile + 120 and 6 * tile < h < 6 * tile + 40
+    meta = json.loads((out / "generate.json").read_text())
+    assert meta["columns"] == ["vanilla", "accelerated", "accelerated+adapter"]
+
+
+def test_radar_eval_reports_restoration_on_held_out_shards(trained_run, tmp_path):
+    out = tmp_path / "eval"
+    run_cli("eval", "--cache", str(trained_run["cache"]), "--adapter", str(trained_run["adapter"]),
+            "--output", str(out), "--device", "cpu", cwd=trained_run["work"])
+    r = json.loads((out / "eval.json").read_text())
+    for key in ("psnr_baseline", "psnr_adapted", "ssim_baseline", "ssim_adapted", "gap_closed", "harmlessness_psnr",
+                "num_pairs"):
+        assert key in r
+    assert r["num_pairs"] == 16 and r["shards"] == [4]
+    assert r["gap_closed"] > 0 and r["psnr_adapted"] > r["psnr_baseline"]
+    assert "gap closed" in (out / "eval.md").read_text()
+
+
+def test_radar_eval_errors_are_one_line(trained_run, tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "radar_train.cli.eval", "--cache", str(tmp_path / "nope"),
+                        "--adapter", str(trained_run["adapter"])], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "nope" in r.stderr
