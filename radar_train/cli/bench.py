@@ -38,11 +38,53 @@ def accel(setup: BenchSetup = BenchSetup(), methods: list[str] = ["none", "fastv
     return 0
 
 
+def pipeline(setup: BenchSetup = BenchSetup(preset="tiny", batch_size=8), methods: list[str] = ["none", "fastvar", "stagevar"],
+             sampling: SamplingConfig = SamplingConfig(), json: Optional[str] = None) -> int:
+    """Adapter cost at inference (merged / unmerged decode vs the base decoder) and end-to-end images/s
+    per method with and without a merged adapter.
+
+    Args:
+        setup: model preset (random weights), batch size, device, dtype, warm-up and repeats.
+        methods: method specs: none, fastvar, stagevar, fastvar:aggressive, stagevar:paper, ...
+        sampling: sampler settings.
+        json: also write the rows to this JSON file.
+    """
+    from radar_train.bench.pipeline import format_table, run_pipeline_benchmark
+
+    rows = run_pipeline_benchmark(setup, methods, sampling)
+    print(format_table(rows))
+    _write_json(rows, json)
+    return 0
+
+
+def cache(config: str = "configs/cache/tiny.yaml", overrides: list[str] = [], num_pairs: int = 8192,
+          workers: list[int] = [0, 2], repeats: int = 3, parts: list[str] = ["generation", "reader"],
+          json: Optional[str] = None) -> int:
+    """radar-cache: wall time vs bare pair generation of the same samples, reader pairs/s with 0 and 2
+    DataLoader workers (256px-shaped fp16 latents), bytes per pair.
+
+    Args:
+        config: cache config whose samples are generated for the overhead ratio.
+        overrides: extra radar-cache options for that run, e.g. ["--plan.num_samples", "512"].
+        num_pairs: pairs of the synthetic 32x16x16 cache the reader is timed on.
+        workers: DataLoader worker counts to time.
+        repeats: repetitions (median).
+        parts: generation and/or reader.
+        json: also write the rows to this JSON file.
+    """
+    from radar_train.cache.bench import format_rows, run_cache_benchmark
+
+    rows = run_cache_benchmark(config, overrides, num_pairs, workers, repeats, None, parts)
+    print(format_rows(rows))
+    _write_json(rows, json)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     from radar_train.accel import ConfigError
 
     try:
-        sys.exit(CLI({"accel": accel}, args=argv))
+        sys.exit(CLI({"accel": accel, "pipeline": pipeline, "cache": cache}, args=argv))
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
