@@ -2,7 +2,7 @@
 from pathlib import Path
 
 import pytest
-from jsonargparse import ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser
 
 ROOT = Path(__file__).resolve().parents[1] / "configs"
 
@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1] / "configs"
 def test_generate_configs_parse(path):
     from radar_train.cli.generate import generate
 
-    parser = ArgumentParser()
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile)
     parser.add_function_arguments(generate)
     cfg = parser.parse_args(["--config", str(path)])
     assert cfg.model.preset and cfg.accel.method in ("none", "fastvar", "stagevar")
