@@ -14,6 +14,10 @@ REPO = Path(__file__).resolve().parents[2]
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
                 "BOOT_FAIL", "DEADLINE"}
 T = TypeVar("T")
+# radar-train overrides for cheap steps in the SLURM tests (the tiny config otherwise): a smaller batch, no
+# image grids, no training-batch metrics, no validation.
+FAST_TRAINING = ["--data.batch_size", "4", "--model.monitor.images_every_n_steps", "0",
+                 "--model.monitor.train_metrics_every_n_steps", "0", "--trainer.limit_val_batches", "0"]
 
 
 class SlurmError(RuntimeError):

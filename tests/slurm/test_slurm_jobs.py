@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from slurm_cluster import REPO, Cluster, cancel, tail_logs, wait_final_states, wait_for
+from slurm_cluster import FAST_TRAINING, REPO, Cluster, cancel, tail_logs, wait_final_states, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
 
@@ -22,14 +22,14 @@ NUM_WORKERS = 2
 # CPU only: no GPUs (--gres=none), one CPU per task, so that the two array tasks run side by side on 2 cores.
 CPU = {"GPUS_PER_TASK": "0", "GPUS_PER_NODE": "0", "CACHE_CPUS": "1", "TRAIN_CPUS": "1",
        "CACHE_TIME": "00:15:00", "TRAIN_TIME": "00:15:00", "RADAR_BIN": str(BIN)}
-PIPELINE_STEPS = 12
+PIPELINE_STEPS = 4
 JOB_TIMEOUT_S = 420
 
 
 def _pipeline_env(out: Path, **extra: str) -> dict[str, str]:
     return {**CPU, "CACHE_CONFIG": CACHE_CONFIG, "TRAIN_CONFIG": TRAIN_CONFIG, "NUM_WORKERS": str(NUM_WORKERS),
             "CACHE_DIR": str(out / "cache"), "RUN_DIR": str(out / "run"), "LOG_DIR": str(out / "logs"),
-            "TRAIN_ARGS": f"--trainer.max_steps {PIPELINE_STEPS}", **extra}
+            "TRAIN_ARGS": " ".join(["--trainer.max_steps", str(PIPELINE_STEPS), *FAST_TRAINING]), **extra}
 
 
 def _job_ids(stdout: str) -> dict[str, str]:
@@ -93,19 +93,23 @@ def test_pipeline_training_exports_an_adapter_and_leaves_no_requeue_checkpoint(p
     assert not list(run.glob("hpc_ckpt_*.ckpt"))
 
 
+def _shard_files(cache: Path) -> dict[str, int]:
+    """{path inside the cache: modification time (ns)} of every file of every shard."""
+    return {str(p.relative_to(cache)): p.stat().st_mtime_ns for p in cache.glob("shard-*.zarr/**/*") if p.is_file()}
+
+
 def test_resubmitted_cache_array_skips_the_finished_shards(slurm_cluster, pipeline):
     out, _, ids, _ = pipeline
     cache = out / "cache"
-    before = {p.name: p.stat().st_mtime_ns for p in cache.glob("shard-*.zarr/**/*") if p.is_file()}
+    before = _shard_files(cache)
     logs = out / "resubmit"
     logs.mkdir()
     job = slurm_cluster.sbatch(f"--array=0-{NUM_WORKERS - 1}", "--gres=none", "--cpus-per-task=1",
                                f"--output={logs}/%x-%A_%a.out", "slurm/cache.sbatch", CACHE_CONFIG, str(cache),
                                env=CPU, cwd=REPO)
     states = wait_final_states(slurm_cluster, [job], NUM_WORKERS, JOB_TIMEOUT_S, logs)
-    assert all(s == ("COMPLETED", "0:0") for s in states.values()), states
-    after = {p.name: p.stat().st_mtime_ns for p in cache.glob("shard-*.zarr/**/*") if p.is_file()}
-    assert after == before  # not one shard file rewritten
+    assert all(s == ("COMPLETED", "0:0") for s in states.values()), f"{states}\n{tail_logs(logs)}"
+    assert _shard_files(cache) == before  # not one shard file rewritten
     text = "\n".join(p.read_text() for p in logs.glob("*.out"))
     assert len(re.findall(r"wrote 0 shards", text)) == NUM_WORKERS, text
 
@@ -117,3 +121,12 @@ def test_failing_cache_array_cancels_verify_and_training(slurm_cluster, tmp_path
     assert states[ids["verify"]][0] == "CANCELLED", states
     assert states[ids["train"]][0] == "CANCELLED", states
     assert not (tmp_path / "run").exists()
+
+
+def test_cluster_runs_an_array_with_srun_steps(slurm_cluster, tmp_path):
+    # the cluster itself, apart from our scripts: an array of srun steps, job output files, accounting
+    job = slurm_cluster.sbatch("--array=0-1", "--ntasks=1", "--cpus-per-task=1", f"--output={tmp_path}/a_%A_%a.out",
+                               "--wrap", "srun echo task=$SLURM_ARRAY_TASK_ID of $SLURM_ARRAY_TASK_COUNT")
+    states = wait_final_states(slurm_cluster, [job], 2, 120, tmp_path)
+    assert states == {f"{job}_0": ("COMPLETED", "0:0"), f"{job}_1": ("COMPLETED", "0:0")}
+    assert (tmp_path / f"a_{job}_1.out").read_text().strip() == "task=1 of 2"

@@ -11,17 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from slurm_cluster import REPO, Cluster, cancel, tail_logs, wait_final_states, wait_for
+from slurm_cluster import FAST_TRAINING, REPO, Cluster, cancel, tail_logs, wait_final_states, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
 
 BIN = Path(sys.executable).parent
 CPU = {"RADAR_BIN": str(BIN)}
-EXPORT_EVERY = 5  # step-000005/ appearing tells the test that training (and Lightning's signal handlers) runs
-MORE_STEPS = 6  # steps the restarted run does after the saved one
-# Cheap steps: no image grids, no training-batch metrics, no validation.
-FAST = ["--data.batch_size", "4", "--model.monitor.images_every_n_steps", "0",
-        "--model.monitor.train_metrics_every_n_steps", "0", "--trainer.limit_val_batches", "0"]
+EXPORT_EVERY = 2  # step-000002/ appearing tells the test that training (and Lightning's signal handlers) runs
+MORE_STEPS = 3  # steps the restarted run does after the saved one
 JOB_TIMEOUT_S = 420
 
 
@@ -63,7 +60,7 @@ def test_usr1_requeues_training_which_resumes_from_the_saved_step(slurm_cluster,
                     "--progress", "false"], cwd=REPO, check=True, capture_output=True, timeout=300)
     job = slurm_cluster.sbatch(
         "--gres=none", "--cpus-per-task=1", "--time=00:15:00", f"--output={log}",
-        "slurm/train.sbatch", str(config), str(run), *FAST, "--trainer.log_every_n_steps", "1",
+        "slurm/train.sbatch", str(config), str(run), *FAST_TRAINING, "--trainer.log_every_n_steps", "1",
         "--model.output.save_every_n_steps", "1000000",  # no step checkpoint: only USR1 saves one
         "--model.output.export_every_n_steps", str(EXPORT_EVERY),
         env={**CPU, "CACHE_DIR": str(cache)}, cwd=REPO)
