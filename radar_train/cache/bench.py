@@ -7,7 +7,7 @@
   10-scale token indices); target >= 5,000 pairs/s on 2 cores;
 - bytes on disk per pair, for the synthetic cache and for the generated one.
 
-    python -m radar_train.cache.bench [--config configs/cache/tiny.yaml] [--overrides '[...]'] [--num_pairs 8192]
+    python -m radar_train.cache.bench [--cache_config configs/cache/tiny.yaml] [--overrides '[...]'] [--num_pairs 8192]
 """
 from __future__ import annotations
 
@@ -134,13 +134,13 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(config: str = "configs/cache/tiny.yaml", overrides: Optional[list[str]] = None, num_pairs: int = 8192,
+def main(cache_config: str = "configs/cache/tiny.yaml", overrides: Optional[list[str]] = None, num_pairs: int = 8192,
          workers: list[int] = [0, 2], repeats: int = 3, root: Optional[str] = None,  # noqa: B006
          parts: list[str] = ["generation", "reader"]) -> int:  # noqa: B006
     """Benchmark radar-cache: write overhead vs bare generation, reader pairs/s, bytes per pair.
 
     Args:
-        config: radar-cache config for the generation part.
+        cache_config: radar-cache config for the generation part.
         overrides: extra `radar-cache run` arguments, e.g. ["--plan.images_per_class", "4", "--device", "cpu"].
         num_pairs: pairs in the synthetic 256px-shaped cache read by the reader benchmark.
         workers: DataLoader worker counts to measure.
@@ -148,7 +148,7 @@ def main(config: str = "configs/cache/tiny.yaml", overrides: Optional[list[str]]
         root: folder for temporary files (default: the system's).
         parts: which benchmarks to run: generation, reader.
     """
-    print(format_rows(run_cache_benchmark(config, overrides or [], num_pairs, workers, repeats, root, parts)))
+    print(format_rows(run_cache_benchmark(cache_config, overrides or [], num_pairs, workers, repeats, root, parts)))
     return 0
 
 

@@ -68,6 +68,9 @@ class CacheArgs:
     worker_index: Optional[int] = None
     """This worker's index in [0, num_workers) (default: from SLURM_ARRAY_TASK_ID and the process rank).
     Worker I writes the shards s with s mod num_workers == I."""
+    writer: Literal["process", "thread"] = "process"
+    """Where shards are compressed and written while the next one is generated: a separate process (no
+    competition for the GIL with the sampling loop) or a thread."""
     num_threads: Optional[int] = None
     """torch CPU threads of this process (default: torch's choice). Small models run best with 1."""
     progress: bool = True

@@ -54,25 +54,28 @@ def build_manifest(args: CacheArgs, plan: Plan, var, vae_id, var_id, method, pre
 
 
 def generate_shard_arrays(sampler, method, plan: Plan, shard: int, batch_size: int, latent_dtype: str,
-                          on_batch: Optional[Callable[[int], None]] = None) -> dict[str, np.ndarray]:
-    """All arrays of one shard (numpy, storage dtypes). Batches never span shards, so a shard's content
-    depends only on the plan (and, per_sample noise, not even on the batch size)."""
+                          on_batch: Optional[Callable[[int], None]] = None) -> dict[str, np.ndarray | torch.Tensor]:
+    """All arrays of one shard in their storage dtypes: label, seed, index as numpy; the latents and indices
+    as tensors still on the sampler's device (the writer thread copies them, so that the generating
+    thread never waits for the device). Batches never span shards, so a shard's content depends only on
+    the plan (and, with per_sample noise, not even on the batch size)."""
     from radar_train.sampling import generate_pairs
 
     start, stop = plan.shard_range(shard)
     labels, seeds = plan.labels_seeds(start, stop)
-    out: dict[str, list] = {k: [] for k in schema.LATENT_ARRAYS + schema.INDEX_ARRAYS}
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in schema.LATENT_ARRAYS + schema.INDEX_ARRAYS}
     dt = getattr(torch, latent_dtype)
     for a in range(0, stop - start, batch_size):
         lab = torch.from_numpy(labels[a: a + batch_size]).to(sampler.device)
         pair = generate_pairs(sampler, lab, method, seeds=torch.from_numpy(seeds[a: a + batch_size]))
-        for name, res in ((schema.FHAT_HQ, pair.hq), (schema.FHAT_LQ, pair.lq)):
-            out[name].append(res.f_hat.to(dt).cpu().numpy())
-        for name, res in ((schema.INDICES_HQ, pair.hq), (schema.INDICES_LQ, pair.lq)):
-            out[name].append(torch.cat(res.indices, dim=1).to(torch.int16).cpu().numpy())
+        # results stay on the device: no synchronisation here
+        out[schema.FHAT_HQ].append(pair.hq.f_hat.to(dt))
+        out[schema.FHAT_LQ].append(pair.lq.f_hat.to(dt))
+        out[schema.INDICES_HQ].append(torch.cat(pair.hq.indices, dim=1).to(torch.int16))
+        out[schema.INDICES_LQ].append(torch.cat(pair.lq.indices, dim=1).to(torch.int16))
         if on_batch is not None:
             on_batch(lab.shape[0])
-    arrays = {k: np.concatenate(v) for k, v in out.items()}
+    arrays: dict[str, np.ndarray | torch.Tensor] = {k: torch.cat(v) for k, v in out.items()}
     arrays[schema.LABEL] = labels.astype(np.int16)
     arrays[schema.SEED] = seeds.astype(np.int64)
     arrays[schema.INDEX] = np.arange(start, stop, dtype=np.int64)
@@ -132,7 +135,8 @@ class CacheJob:
         pending = scan.pending(owned)
         info = writer_info(self.split.worker_index, self.split.num_workers, self.device)
         total = sum(plan.shard_range(s)[1] - plan.shard_range(s)[0] for s in pending)
-        with _progress(total, self.args.progress) as bar, ShardWriter(out, self.manifest) as writer:
+        writer = ShardWriter(out, self.manifest, self.args.writer)
+        with _progress(total, self.args.progress) as bar, writer:
             for s in pending:
                 tmp = begin_shard(out, s, info)
                 tg = time.perf_counter()
@@ -151,18 +155,32 @@ class CacheJob:
         return summary
 
 
+def validate(args: CacheArgs) -> list[str]:
+    """Every problem found without loading a model: fields, plan against the preset, checkpoint files."""
+    from radar_train.models import get_preset
+
+    problems = args.problems()
+    try:
+        preset = get_preset(args.model.preset)
+        Plan.from_args(args.plan, preset.var.num_classes)
+    except ValueError as e:
+        problems.append(str(e))
+    for name in ("vae_checkpoint", "var_checkpoint"):
+        path = getattr(args.model, name)
+        if path is not None and not Path(path).is_file():
+            problems.append(f"model.{name} {path} does not exist (download the official weights yourself "
+                            f"and put them there, or point model.{name} at them)")
+    return problems
+
+
 def prepare_job(args: CacheArgs) -> CacheJob:
     """Validate (every problem at once), resolve workers and device, load the models, build the method
     and plan, and create or check the manifest (ValueError naming the differing fields)."""
     from radar_train.accel import build_accel
-    from radar_train.models import get_preset, load_models
+    from radar_train.models import load_models
     from radar_train.sampling import NextScaleSampler
 
-    problems = args.problems()
-    try:
-        Plan.from_args(args.plan, get_preset(args.model.preset).var.num_classes)
-    except ValueError as e:
-        problems.append(str(e))
+    problems = validate(args)
     if problems:
         raise ValueError("invalid radar-cache configuration: " + "; ".join(problems))
     if args.num_threads is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +157,16 @@ def manifest_differences(stored: Manifest, wanted: Manifest) -> list[str]:
     return diffs
 
 
+def _create_exclusive(path: Path, data: bytes) -> bool:
+    try:
+        with open(path, "xb") as f:
+            f.write(data)
+        return True
+    except FileExistsError:
+        time.sleep(0.5)  # let the winner finish writing
+        return False
+
+
 def create_or_check_manifest(cache_dir: str | os.PathLike, wanted: Manifest) -> tuple[Manifest, bool]:
     """Create the cache folder and its manifest, or check the existing one against `wanted`.
 
@@ -174,6 +185,8 @@ def create_or_check_manifest(cache_dir: str | os.PathLike, wanted: Manifest) -> 
             created = True
         except FileExistsError:
             pass  # another worker won the race; compare with its manifest below
+        except OSError:  # no hard links on this file system: exclusive create (content not atomic)
+            created = _create_exclusive(path, tmp.read_bytes())
         finally:
             tmp.unlink()
     stored = read_manifest(cache_dir)

@@ -2,8 +2,8 @@
 Blosc + crc32c per chunk), per-array sha256 and the record count in the attributes, then a rename.
 
 A writer owns whole shards; a shard on disk is either complete (final name) or temporary (removed by the
-next run of its owner). `ShardWriter` does the write and rename in a background thread, so that the next
-shard is generated meanwhile.
+next run of its owner). `ShardWriter` does the write and rename in a background process (or thread), so
+that the next shard is generated meanwhile.
 """
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import asyncio
 import concurrent.futures
 import hashlib
 import logging
+import multiprocessing
 import os
 import shutil
+import signal
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -69,9 +72,10 @@ def write_arrays(path: Path, shard: int, first_index: int, arrays: dict[str, np.
                  manifest: Manifest) -> dict:
     """Write every array of a shard into the group at `path` (one Zarr shard file per array, chunks of
     storage.chunk_size samples) and its completion attributes; returns the attributes."""
-    n = int(arrays[schema.LABEL].shape[0])
+    n = int(arrays[schema.LABEL].shape[0]) if schema.LABEL in arrays else -1
     want = expected_shapes(manifest, n)
-    bad = [f"{k}: {arrays[k].shape} {arrays[k].dtype} (expected {s} {d})" for k, (s, d) in want.items()
+    bad = [f"{k}: missing" if k not in arrays else f"{k}: {arrays[k].shape} {arrays[k].dtype} (expected {s} {d})"
+           for k, (s, d) in want.items()
            if k not in arrays or arrays[k].shape != s or arrays[k].dtype != np.dtype(d)]
     if bad:
         raise ValueError(f"shard {shard}: arrays do not match the manifest: " + "; ".join(bad))
@@ -109,32 +113,64 @@ def commit_shard(tmp: Path, shard: int) -> Optional[Path]:
     return final
 
 
-class ShardWriter:
-    """Writes and commits shards in one background thread, at most one shard behind the caller."""
+def _write_shard(tmp: Path, shard: int, first_index: int, arrays: dict[str, np.ndarray],
+                 manifest: Manifest) -> tuple[Optional[int], float]:
+    """Write and commit one shard; (shard, or None if another writer had finished it; seconds)."""
+    t = time.perf_counter()
+    write_arrays(tmp, shard, first_index, arrays, manifest)
+    done = commit_shard(tmp, shard)
+    return (shard if done is not None else None), time.perf_counter() - t
 
-    def __init__(self, cache_dir: Path, manifest: Manifest):
+
+def _die_with_parent(parent: int) -> None:
+    """Writer-process initializer: be killed when the generating process dies (even by SIGKILL), so that
+    nothing writes into the cache after its owner is gone."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+class ShardWriter:
+    """Writes and commits shards in the background, at most one shard behind the caller.
+
+    mode="process" (default) compresses and writes in a separate process, so that the generating
+    thread never competes with Zarr for the GIL (a writer thread slowed a CPU-bound sampling loop by
+    several percent); the process dies with its parent. mode="thread" writes in a thread."""
+
+    def __init__(self, cache_dir: Path, manifest: Manifest, mode: str = "process"):
+        if mode not in ("process", "thread"):
+            raise ValueError(f"writer mode must be process or thread, got {mode!r}")
         self.cache_dir, self.manifest = Path(cache_dir), manifest
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
+        if mode == "process":
+            # fork: starts at once, imports nothing (the child never touches CUDA or torch; Zarr resets its
+            # event loop after a fork); spawn where there is no fork
+            ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=1, mp_context=ctx, initializer=_die_with_parent, initargs=(os.getpid(),))
+        else:
+            self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
         self._pending: Optional[concurrent.futures.Future] = None
         self.written: list[int] = []
         self.write_seconds = 0.0
 
-    def submit(self, tmp: Path, shard: int, first_index: int, arrays: dict[str, np.ndarray]) -> None:
+    def submit(self, tmp: Path, shard: int, first_index: int, arrays: dict) -> None:
+        """Write `arrays` (numpy arrays, or torch tensors on any device: copied to the host here) into the
+        temporary shard `tmp` and rename it, in the background; waits for the previous shard first."""
+        arrays = {k: v if isinstance(v, np.ndarray) else v.cpu().numpy() for k, v in arrays.items()}
         self.wait()
-        self._pending = self._pool.submit(self._write, tmp, shard, first_index, arrays)
-
-    def _write(self, tmp, shard, first_index, arrays):
-        t = time.perf_counter()
-        write_arrays(tmp, shard, first_index, arrays, self.manifest)
-        if commit_shard(tmp, shard) is not None:
-            self.written.append(shard)
-        self.write_seconds += time.perf_counter() - t
+        self._pending = self._pool.submit(_write_shard, tmp, shard, first_index, arrays, self.manifest)
 
     def wait(self) -> None:
         """Block until the pending write is done (re-raising its error)."""
         if self._pending is not None:
             fut, self._pending = self._pending, None
-            fut.result()
+            shard, seconds = fut.result()
+            self.write_seconds += seconds
+            if shard is not None:
+                self.written.append(shard)
 
     def close(self) -> None:
         try:

@@ -30,6 +30,7 @@ SMALL = ["--plan.images_per_class", "4", "--plan.shard_size", "4", "--batch-size
 # A `radar-cache` entry whose writer can be made to hang (so that it is killed at a known point):
 # RADAR_TEST_STALL=write:S  hangs after writing half of fhat_hq of shard S into its temporary group;
 # RADAR_TEST_STALL=commit:S hangs after writing every array of shard S, before the rename.
+# The writer process (spawn) imports this file as __mp_main__, so the patches apply there too.
 ENTRY = r'''
 import os, sys, time
 from pathlib import Path
@@ -59,8 +60,9 @@ if stall:
         return orig_commit(tmp, s)
 
     w.write_arrays, w.commit_shard = write_arrays, commit_shard
-from radar_train.cli.cache import main
-main(sys.argv[1:])
+if __name__ == "__main__":
+    from radar_train.cli.cache import main
+    main(sys.argv[1:])
 '''
 
 
@@ -99,6 +101,18 @@ def _kill_when(proc, condition, what: str, timeout=180.0) -> None:
     proc.wait()
 
 
+def _assert_writer_died(marker: Path) -> None:
+    """The hanging writer process (its pid is in the marker) died with its parent."""
+    pid = int(marker.read_text())
+    for _ in range(200):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"writer process {pid} outlived its killed parent")
+
+
 def _arrays(cache: Path) -> dict[int, dict[str, np.ndarray]]:
     scan = scan_cache(cache)
     return {s: {n: zarr.open_group(str(p), mode="r")[n][...] for n in schema.ARRAY_NAMES}
@@ -129,12 +143,14 @@ def test_killed_writer_rerun_gives_the_uninterrupted_cache(entry, reference, tmp
     # 1. mid-shard: shard 3's temporary group holds half an array
     p = _start(entry, out, RADAR_TEST_STALL="write:3", RADAR_TEST_MARKER=str(marker))
     _kill_when(p, marker.exists, "the stall in shard 3")
+    _assert_writer_died(marker)
     scan = scan_cache(out)
     assert sorted(scan.complete) == [0, 1, 2] and 3 in scan.temporary
     # 2. shard 6 fully written under its temporary name, not yet renamed
     marker.unlink()
     p = _start(entry, out, RADAR_TEST_STALL="commit:6", RADAR_TEST_MARKER=str(marker))
     _kill_when(p, marker.exists, "the stall before renaming shard 6")
+    _assert_writer_died(marker)
     scan = scan_cache(out)
     # (the generator has moved on to shard 7 meanwhile: its temporary group may exist too)
     assert sorted(scan.complete) == [0, 1, 2, 3, 4, 5] and sorted(scan.temporary)[0] == 6

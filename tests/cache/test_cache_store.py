@@ -14,7 +14,7 @@ from radar_train.cache.layout import scan_cache
 from radar_train.cache.schema import read_manifest
 from radar_train.cache.status import cache_status, format_status, verify_cache
 from radar_train.cache.synthetic import synthetic_shard_arrays
-from radar_train.cache.writer import begin_shard, commit_shard, write_arrays, writer_info
+from radar_train.cache.writer import ShardWriter, begin_shard, commit_shard, write_arrays, writer_info
 
 
 def test_shard_group_holds_the_arrays_sharded_compressed_and_checksummed(make_synthetic):
@@ -68,6 +68,33 @@ def test_commit_keeps_a_shard_another_writer_finished(make_synthetic):
     write_arrays(tmp, 0, 0, synthetic_shard_arrays(m, 0, seed=5), m)
     assert commit_shard(tmp, 0) is None
     assert not tmp.exists() and (cache / "shard-00000.zarr" / "zarr.json").read_bytes() == before
+
+
+def test_process_and_thread_writers_write_the_same_shards(make_synthetic):
+    caches = {}
+    for mode in ("process", "thread"):
+        cache = make_synthetic(num_samples=24, shard_size=8, shards=[], name=mode)
+        m = read_manifest(cache)
+        with ShardWriter(cache, m, mode) as w:
+            for s in range(3):
+                w.submit(begin_shard(cache, s, writer_info(0, 1, "cpu")), s, 8 * s, synthetic_shard_arrays(m, s))
+        assert sorted(w.written) == [0, 1, 2]
+        caches[mode] = cache
+    for s in range(3):
+        a, b = (zarr.open_group(str(caches[m] / schema.shard_name(s)), mode="r") for m in ("process", "thread"))
+        assert a.attrs["checksums"] == b.attrs["checksums"]
+        assert all(a[n][...].tobytes() == b[n][...].tobytes() for n in schema.ARRAY_NAMES)
+
+
+def test_a_failed_background_write_is_raised_to_the_caller(make_synthetic):
+    cache = make_synthetic(num_samples=8, shard_size=8, shards=[])
+    m = read_manifest(cache)
+    bad = synthetic_shard_arrays(m, 0)
+    del bad[schema.SEED]
+    with pytest.raises(ValueError, match="shard 0: arrays do not match the manifest: seed: missing"):
+        with ShardWriter(cache, m) as w:
+            w.submit(begin_shard(cache, 0, writer_info(0, 1, "cpu")), 0, 0, bad)
+    assert not (cache / schema.shard_name(0)).exists()
 
 
 def test_verify_passes_a_whole_cache(make_synthetic):
