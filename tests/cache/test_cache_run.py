@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import zarr
 
 from radar_train.cache import schema
 from radar_train.cache.reader import PairDataset
@@ -72,6 +74,10 @@ def test_cli_writes_exactly_the_documented_files_and_extends_the_small_plan(refe
     assert _main("verify", str(out)) == 0
     assert _main("status", str(out)) == 0
     assert "5 done, 0 pending, 0 temporary" in capsys.readouterr().out
+    assert _main("export-wds", str(out), "--output", str(tmp_path / "wds")) == 0
+    assert "export-wds: 5 tars, 80 samples" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "wds").iterdir()) == ["index.json", "manifest.json"] + [
+        f"pairs-{s:05d}.tar" for s in range(5)]
 
 
 def test_a_config_that_differs_from_the_manifest_is_refused(reference, tmp_path, capsys):
@@ -114,3 +120,14 @@ def test_every_cache_config_parses_and_validates(path):
 
 def test_there_are_cache_configs():
     assert {p.name for p in CONFIGS} >= {"tiny.yaml", "d16_fastvar.yaml", "d16_stagevar.yaml", "d36_fastvar.yaml"}
+
+
+def test_skipped_scales_are_stored_as_minus_one(tmp_path):
+    out = tmp_path / "skip"
+    assert _main("run", "--config", str(TINY_CONFIG), "--output", str(out), *SMALL, "--plan.images_per_class", "1",
+                 "--accel.fastvar.prune", "{6: 0.5, 8: 1.0}") == 0
+    g = zarr.open_group(str(out / schema.shard_name(0)), mode="r")
+    lq, hq = g[schema.INDICES_LQ][:], g[schema.INDICES_HQ][:]
+    last = 8 * 8  # tokens of the skipped last scale (patch_nums 1, 2, 3, 4, 6, 8)
+    assert lq.dtype == np.int16 and (lq[:, -last:] == -1).all() and (lq[:, :-last] >= 0).all()
+    assert (hq >= 0).all()
