@@ -19,7 +19,8 @@
 #   TRAIN_CONFIG    radar-train config                                         [configs/train/tiny.yaml]
 #   RUN_DIR         run folder (checkpoints, logs, final/ adapter)   [the training config's default_root_dir]
 #   NODES           training nodes                                                                   [1]
-#   GPUS_PER_NODE   GPUs (= ranks) per training node; 0 = one rank on CPUs                           [1]
+#   GPUS_PER_NODE   GPUs per training node; 0 = train on CPUs                                        [1]
+#   RANKS_PER_NODE  training processes per node (one per GPU; DDP over gloo on CPUs)  [GPUS_PER_NODE, or 1]
 #   TRAIN_CPUS      CPUs per training rank                                                           [8]
 #   TRAIN_TIME      time limit of each training job; it requeues itself and resumes past it   [24:00:00]
 #   TRAIN_ARGS      extra arguments for `radar-train fit` (word-split), e.g. "--trainer.max_steps 20000" []
@@ -54,6 +55,7 @@ TRAIN_CONFIG=${TRAIN_CONFIG:-configs/train/tiny.yaml}
 RUN_DIR=${RUN_DIR:-}
 NODES=${NODES:-1}
 GPUS_PER_NODE=${GPUS_PER_NODE:-1}
+RANKS_PER_NODE=${RANKS_PER_NODE:-$(( GPUS_PER_NODE > 0 ? GPUS_PER_NODE : 1 ))}
 TRAIN_CPUS=${TRAIN_CPUS:-8}
 TRAIN_TIME=${TRAIN_TIME:-24:00:00}
 TRAIN_ARGS=${TRAIN_ARGS:-}
@@ -61,10 +63,14 @@ LOG_DIR=${LOG_DIR:-logs/slurm}
 
 problems=()
 for f in "$CACHE_CONFIG" "$TRAIN_CONFIG"; do [ -f "$f" ] || problems+=("config $f not found"); done
-for v in NUM_WORKERS GPUS_PER_TASK CACHE_CPUS NODES GPUS_PER_NODE TRAIN_CPUS; do
+for v in NUM_WORKERS GPUS_PER_TASK CACHE_CPUS NODES GPUS_PER_NODE RANKS_PER_NODE TRAIN_CPUS; do
   [[ ${!v} =~ ^[0-9]+$ ]] || problems+=("$v=${!v} is not a whole number")
 done
 [[ $NUM_WORKERS =~ ^[1-9][0-9]*$ ]] || problems+=("NUM_WORKERS must be at least 1")
+[[ $RANKS_PER_NODE =~ ^[1-9][0-9]*$ ]] || problems+=("RANKS_PER_NODE must be at least 1")
+if [[ $GPUS_PER_NODE =~ ^[1-9][0-9]*$ && $RANKS_PER_NODE != "$GPUS_PER_NODE" ]]; then
+  problems+=("RANKS_PER_NODE=$RANKS_PER_NODE but GPUS_PER_NODE=$GPUS_PER_NODE: Lightning runs one rank per GPU")
+fi
 [[ -z $MAX_PARALLEL || $MAX_PARALLEL =~ ^[1-9][0-9]*$ ]] || problems+=("MAX_PARALLEL=$MAX_PARALLEL is not a positive number")
 if (( DRY_RUN == 0 )); then command -v sbatch >/dev/null || problems+=("sbatch not found: run this on a SLURM login node"); fi
 if (( ${#problems[@]} )); then printf 'error: %s\n' "${problems[@]}" >&2; exit 2; fi
@@ -116,9 +122,8 @@ submitted+=("$cache_id")
 verify_id=$(submit verify "${common[@]}" --dependency="afterok:$cache_id" --kill-on-invalid-dep=yes \
   --output="$LOG_DIR/%x-%j.out" slurm/verify.sbatch "$CACHE_DIR")
 submitted+=("$verify_id")
-ranks=$(( GPUS_PER_NODE > 0 ? GPUS_PER_NODE : 1 ))
 train_id=$(submit train "${common[@]}" --dependency="afterok:$verify_id" --kill-on-invalid-dep=yes \
-  --nodes="$NODES" --ntasks-per-node="$ranks" "$(gres "$GPUS_PER_NODE")" --cpus-per-task="$TRAIN_CPUS" \
+  --nodes="$NODES" --ntasks-per-node="$RANKS_PER_NODE" "$(gres "$GPUS_PER_NODE")" --cpus-per-task="$TRAIN_CPUS" \
   --time="$TRAIN_TIME" --output="$LOG_DIR/%x-%j.out" --export=ALL,CACHE_DIR="$CACHE_DIR" \
   slurm/train.sbatch "$TRAIN_CONFIG" "$RUN_DIR" "${train_args[@]}")
 trap - ERR
@@ -127,7 +132,7 @@ abs() { case "$1" in /*) echo "$1" ;; *) echo "$RADAR_DIR/$1" ;; esac; }
 cat <<EOF
 cache   job $cache_id: array $array, $NUM_WORKERS workers -> $(abs "$CACHE_DIR")
 verify  job $verify_id: after the cache array succeeds (radar-cache verify $CACHE_DIR)
-train   job $train_id: after verify succeeds, $NODES node(s) x $ranks rank(s) -> $(abs "$RUN_DIR")
+train   job $train_id: after verify succeeds, $NODES node(s) x $RANKS_PER_NODE rank(s) -> $(abs "$RUN_DIR")
         adapter: $(abs "$RUN_DIR")/final/  (adapter_config.json, adapter_model.safetensors)
 logs:   $(abs "$LOG_DIR")/radar-{cache,verify,train}-<job id>*.out
 watch:  squeue -j $cache_id,$verify_id,$train_id    sacct -X -j $cache_id,$verify_id,$train_id

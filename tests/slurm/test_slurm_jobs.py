@@ -19,9 +19,11 @@ BIN = Path(sys.executable).parent  # the venv running the tests holds radar-cach
 CACHE_CONFIG = "configs/cache/tiny.yaml"
 TRAIN_CONFIG = "configs/train/tiny.yaml"
 NUM_WORKERS = 2
-# CPU only: no GPUs (--gres=none), one CPU per task, so that the two array tasks run side by side on 2 cores.
-CPU = {"GPUS_PER_TASK": "0", "GPUS_PER_NODE": "0", "CACHE_CPUS": "1", "TRAIN_CPUS": "1",
-       "CACHE_TIME": "00:15:00", "TRAIN_TIME": "00:15:00", "RADAR_BIN": str(BIN)}
+# CPU only: no GPUs (--gres=none), one CPU per task, so that the two array tasks run side by side on 2 cores,
+# and so do the two training ranks (DDP over gloo, started by srun like one rank per GPU).
+TRAIN_RANKS = 2
+CPU = {"GPUS_PER_TASK": "0", "GPUS_PER_NODE": "0", "RANKS_PER_NODE": str(TRAIN_RANKS), "CACHE_CPUS": "1",
+       "TRAIN_CPUS": "1", "CACHE_TIME": "00:15:00", "TRAIN_TIME": "00:15:00", "RADAR_BIN": str(BIN)}
 PIPELINE_STEPS = 4
 JOB_TIMEOUT_S = 420
 
@@ -96,6 +98,13 @@ def test_pipeline_training_exports_an_adapter_and_leaves_no_requeue_checkpoint(p
 def _shard_files(cache: Path) -> dict[str, int]:
     """{path inside the cache: modification time (ns)} of every file of every shard."""
     return {str(p.relative_to(cache)): p.stat().st_mtime_ns for p in cache.glob("shard-*.zarr/**/*") if p.is_file()}
+
+
+def test_pipeline_training_runs_one_rank_per_srun_task(pipeline):
+    out, _, ids, _ = pipeline
+    text = (out / "logs" / f"radar-train-{ids['train']}.out").read_text()
+    ranks = set(re.findall(rf"GLOBAL_RANK: (\d+), MEMBER: \d+/{TRAIN_RANKS}", text))  # Lightning, one line per rank
+    assert ranks == {str(r) for r in range(TRAIN_RANKS)}, text[-3000:]
 
 
 def test_resubmitted_cache_array_skips_the_finished_shards(slurm_cluster, pipeline):
