@@ -57,7 +57,7 @@ acct=accounting_storage/none; [ "$WITH_DBD" = 1 ] && acct=accounting_storage/slu
 cat > "$SLURM_CONF.new" <<CONF
 # written by ci/slurm_up.sh: one node on localhost, everything runs as root
 ClusterName=ci
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
