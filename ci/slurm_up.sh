@@ -46,13 +46,14 @@ if [ -n "$missing" ]; then
   command -v apt-get >/dev/null || cannot "packages$missing are missing and there is no apt-get"
   say "installing$missing (apt)"
   apt-get update -qq >"$SLURM_DIR/log/apt.log" 2>&1 || cannot "apt-get update failed (see $SLURM_DIR/log/apt.log)"
+  # shellcheck disable=SC2086  # $missing is a list of package names
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >>"$SLURM_DIR/log/apt.log" 2>&1 \
     || cannot "apt-get install$missing failed (see $SLURM_DIR/log/apt.log)"
 fi
 
 # ---- slurm.conf ------------------------------------------------------------------------------
 host=$(hostname -s); ncpu=$(nproc)
-mem=$(( $(awk '/MemTotal/{print $2}' /proc/meminfo) / 1024 * 8 / 10 ))
+mem=$(( $(awk '/MemTotal/{print $2}' /proc/meminfo) * 8 / 10 / 1024 ))   # MiB, 80% of RAM
 acct=accounting_storage/none; [ "$WITH_DBD" = 1 ] && acct=accounting_storage/slurmdbd
 cat > "$SLURM_CONF.new" <<CONF
 # written by ci/slurm_up.sh: one node on localhost, everything runs as root

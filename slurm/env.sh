@@ -8,6 +8,7 @@
 #   RADAR_BIN    folder holding the radar-cache / radar-train executables
 #                (default: $RADAR_DIR/.venv/bin when it exists, else they are looked up on PATH)
 # shellcheck shell=bash
+: "${RADAR_DIR:?slurm/env.sh is sourced by the job scripts, which set RADAR_DIR}"
 
 if [ -n "${RADAR_SETUP:-}" ]; then
   eval "$RADAR_SETUP"
