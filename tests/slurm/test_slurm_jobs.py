@@ -139,3 +139,19 @@ def test_cluster_runs_an_array_with_srun_steps(slurm_cluster, tmp_path):
     states = wait_final_states(slurm_cluster, [job], 2, 120, tmp_path)
     assert states == {f"{job}_0": ("COMPLETED", "0:0"), f"{job}_1": ("COMPLETED", "0:0")}
     assert (tmp_path / f"a_{job}_1.out").read_text().strip() == "task=1 of 2"
+
+
+def test_resubmitted_training_resumes_from_the_last_checkpoint_of_its_run_folder(slurm_cluster, pipeline):
+    out = pipeline[0]
+    run, logs = out / "run", out / "resubmit-train"
+    logs.mkdir()
+    more = PIPELINE_STEPS + 2  # the finished run, given 2 more steps
+    job = slurm_cluster.sbatch("--gres=none", "--cpus-per-task=1", f"--output={logs}/train.out",
+                               "slurm/train.sbatch", TRAIN_CONFIG, str(run), "--trainer.max_steps", str(more),
+                               *FAST_TRAINING, env={**CPU, "CACHE_DIR": str(out / "cache")}, cwd=REPO)
+    states = wait_final_states(slurm_cluster, [job], 1, JOB_TIMEOUT_S, logs)
+    assert states[job] == ("COMPLETED", "0:0"), tail_logs(logs)
+    text = (logs / "train.out").read_text()
+    assert f"resuming from {run / 'checkpoints' / 'last.ckpt'}" in text, text[-3000:]
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == more
