@@ -58,7 +58,7 @@ class SamplingState:
     lvl_pos: torch.Tensor
     skipped_from: Optional[int] = None
     trace: Optional[dict[str, torch.Tensor]] = None
-    _ada: dict = field(default_factory=dict)
+    _mods: dict = field(default_factory=dict)  # CFG branch -> per-block AdaLN modulations
 
     @property
     def batch_size(self) -> int:
@@ -209,7 +209,7 @@ class NextScaleSampler:
         other.kv = state.kv.fork()
         other.f_hat = state.f_hat.clone()
         other.indices = list(state.indices)
-        other._ada = dict(state._ada)
+        other._mods = dict(state._mods)
         other.trace = None if state.trace is None else dict(state.trace)
         if state.generator is not None:
             other.generator = torch.Generator(device=state.generator.device)
@@ -237,9 +237,9 @@ class NextScaleSampler:
     # -------------------------------------------------------------- one scale
     def _mods(self, state: SamplingState, cond: torch.Tensor) -> list:
         """AdaLN modulations of the rows that run now (computed once per run and CFG branch)."""
-        if state.branch not in state._ada:
-            state._ada[state.branch] = self.var.modulations(cond)
-        return state._ada[state.branch]
+        if state.branch not in state._mods:
+            state._mods[state.branch] = self.var.modulations(cond)
+        return state._mods[state.branch]
 
     def _scale(self, state: SamplingState) -> None:
         var, si, B = self.var, state.si, state.batch_size
