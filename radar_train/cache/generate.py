@@ -189,6 +189,8 @@ def prepare_job(args: CacheArgs) -> CacheJob:
     device = resolve_device(args.device, split)
     ac_dtype, precision = autocast_dtype(args.precision, device)
     m = args.model
+    log.info("worker %d of %d (%s): loading %s on %s", split.worker_index, split.num_workers, split.source,
+             m.preset, device)
     vqvae, var, vae_id, var_id = load_models(m.preset, m.vae_checkpoint, m.var_checkpoint, device, m.init_seed)
     method = build_accel(args.accel, var.patch_nums, var.depth)
     plan = Plan.from_args(args.plan, var.num_classes)
