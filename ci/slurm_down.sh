@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Stop the daemons that ci/slurm_up.sh started for this SLURM_DIR (slurmd, slurmctld, slurmdbd, MariaDB),
-# by the process ids in their pid files; munged is left running (it is shared and harmless).
+# Stop the daemons that ci/slurm_up.sh started for this SLURM_DIR (slurmd, slurmctld, slurmdbd, MariaDB, and
+# munged if slurm_up.sh started it), by the process ids in their pid files.
 #
 #   SLURM_DIR=/tmp/slurm-ci bash ci/slurm_down.sh           # stop; keep config, state and logs
 #   SLURM_DIR=/tmp/slurm-ci CLEAN=1 bash ci/slurm_down.sh   # stop and delete SLURM_DIR
@@ -21,7 +21,8 @@ stop() {  # stop NAME: TERM the process in $SLURM_DIR/NAME.pid and wait (up to 3
 }
 
 # slurmd first (it kills the job steps it started), then the controller (it saves its state before
-# exiting, so the ports are free again once it is gone), then accounting.
-for name in slurmd slurmctld slurmdbd mysql; do stop "$name"; done
+# exiting, so the ports are free again once it is gone), then accounting, then authentication.
+for name in slurmd slurmctld slurmdbd mysql munged; do stop "$name"; done
+rm -f "$SLURM_DIR/munged.pid"
 if [ "$CLEAN" = 1 ] && [ -d "$SLURM_DIR" ]; then rm -rf "$SLURM_DIR" && echo "slurm_down: removed $SLURM_DIR"; fi
 exit 0

@@ -94,7 +94,11 @@ if [ ! -s /etc/munge/munge.key ]; then
   chown munge:munge /etc/munge/munge.key; chmod 600 /etc/munge/munge.key
 fi
 mkdir -p /run/munge && chown munge:munge /run/munge
-pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged
+if ! pgrep -x munged >/dev/null; then   # started here: its pid goes beside the others, for slurm_down.sh
+  runuser -u munge -- /usr/sbin/munged
+  wait_for 10 "munged's pid file" test -s /run/munge/munged.pid
+  cp /run/munge/munged.pid "$SLURM_DIR/munged.pid"
+fi
 wait_for 10 munged sh -c 'munge -n | unmunge'
 
 # ---- accounting: MariaDB + slurmdbd -----------------------------------------------------------
