@@ -196,6 +196,8 @@ def prepare_job(args: CacheArgs) -> CacheJob:
     plan = Plan.from_args(args.plan, var.num_classes)
     manifest, created = schema.create_or_check_manifest(
         args.output, build_manifest(args, plan, var, vae_id, var_id, method, precision))
+    if ac_dtype is not None:
+        var.cast_body_(ac_dtype)  # no per-call weight casts under autocast; embeddings stay fp32
     sampler = NextScaleSampler(var, vqvae.quantize, args.sampling, autocast_dtype=ac_dtype)
     return CacheJob(args, split, device, manifest, plan, sampler, method, created)
 

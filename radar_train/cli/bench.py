@@ -57,24 +57,24 @@ def pipeline(setup: BenchSetup = BenchSetup(preset="tiny", batch_size=8), method
     return 0
 
 
-def cache(config: str = "configs/cache/tiny.yaml", overrides: list[str] = [], num_pairs: int = 8192,
+def cache(cache_config: str = "configs/cache/tiny.yaml", overrides: list[str] = [], num_pairs: int = 8192,
           workers: list[int] = [0, 2], repeats: int = 3, parts: list[str] = ["generation", "reader"],
           json: Optional[str] = None) -> int:
     """radar-cache: wall time vs bare pair generation of the same samples, reader pairs/s with 0 and 2
     DataLoader workers (256px-shaped fp16 latents), bytes per pair.
 
     Args:
-        config: cache config whose samples are generated for the overhead ratio.
+        cache_config: cache config whose samples are generated for the overhead ratio.
         overrides: extra radar-cache options for that run, e.g. ["--plan.num_samples", "512"].
         num_pairs: pairs of the synthetic 32x16x16 cache the reader is timed on.
         workers: DataLoader worker counts to time.
-        repeats: repetitions (median).
+        repeats: repetitions (the best is kept).
         parts: generation and/or reader.
         json: also write the rows to this JSON file.
     """
     from radar_train.cache.bench import format_rows, run_cache_benchmark
 
-    rows = run_cache_benchmark(config, overrides, num_pairs, workers, repeats, None, parts)
+    rows = run_cache_benchmark(cache_config, overrides, num_pairs, workers, repeats, None, parts)
     print(format_rows(rows))
     _write_json(rows, json)
     return 0

@@ -17,6 +17,12 @@ def run_cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
+def cli():
+    """run_cli(module, *args, cwd=...): a radar_train CLI in a subprocess; fails the test on a non-zero exit."""
+    return run_cli
+
+
+@pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> dict:
     """cache/tiny (5 shards of 16 pairs, fastvar) and an adapter trained 40 steps on shards 0-3."""
     work = tmp_path_factory.mktemp("e2e")

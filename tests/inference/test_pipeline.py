@@ -8,8 +8,6 @@ from PIL import Image
 from radar_train.config import AccelArgs, FastVARArgs, ModelArgs, SamplingConfig
 from radar_train.inference import PipelineArgs, RadarPipeline
 
-from .conftest import run_cli
-
 
 def _pipe(adapter, merge=True, **model_kw) -> RadarPipeline:
     return RadarPipeline.from_config(PipelineArgs(model=ModelArgs(**model_kw), accel=AccelArgs("fastvar"),
@@ -67,9 +65,9 @@ def test_generate_is_deterministic_and_uses_the_adapter(trained_run):
     assert torch.equal(cmp["accelerated+adapter"], a) and torch.equal(cmp["accelerated"], plain)
 
 
-def test_radar_generate_writes_pngs_and_a_grid(trained_run, tmp_path):
+def test_radar_generate_writes_pngs_and_a_grid(trained_run, tmp_path, cli):
     out = tmp_path / "gen"
-    run_cli("generate", "--adapter", str(trained_run["adapter"]), "--classes", "0-2", "--seeds", "0,1",
+    cli("generate", "--adapter", str(trained_run["adapter"]), "--classes", "0-2", "--seeds", "0,1",
             "--sampling.top_k", "64", "--grid_scale", "3", "--output", str(out), "--device", "cpu", cwd=trained_run["work"])
     for folder in ("vanilla", "accelerated", "restored"):
         assert len(list((out / folder).glob("*.png"))) == 6
@@ -84,9 +82,9 @@ def test_radar_generate_writes_pngs_and_a_grid(trained_run, tmp_path):
     assert meta["columns"] == ["vanilla", "accelerated", "accelerated+adapter"]
 
 
-def test_radar_eval_reports_restoration_on_held_out_shards(trained_run, tmp_path):
+def test_radar_eval_reports_restoration_on_held_out_shards(trained_run, tmp_path, cli):
     out = tmp_path / "eval"
-    run_cli("eval", "--cache", str(trained_run["cache"]), "--adapter", str(trained_run["adapter"]),
+    cli("eval", "--cache", str(trained_run["cache"]), "--adapter", str(trained_run["adapter"]),
             "--output", str(out), "--device", "cpu", cwd=trained_run["work"])
     r = json.loads((out / "eval.json").read_text())
     for key in ("psnr_baseline", "psnr_adapted", "ssim_baseline", "ssim_adapted", "gap_closed", "harmlessness_psnr",
