@@ -1,0 +1,365 @@
+"""Training benchmark (ratios): Lightning vs a bare PyTorch loop, data loading vs a step, peak memory of a
+training step vs VAR sampling of the same batch.
+
+    python -m radar_train.train.bench --preset tiny --batch_size 16
+    python -m radar_train.train.bench --preset var-d16 --batch_size 16        # on a GPU: bf16-mixed
+
+Rows (`run_train_benchmark` returns them as dicts):
+- lightning_vs_bare: samples/s of `Trainer.fit` on RadarLoraModule vs a hand-written loop doing the same
+  forward/backward (teacher no-grad decode + student decode, L1, AdamW, clipping, scheduler) on the same batch,
+  timed after `warmup` steps. Target ratio >= 0.95.
+- data_vs_step: main-process time to load one batch from a cache (PairDataset + BlockShuffleSampler, no
+  workers) vs the bare step time. Without --cache a small temporary cache is made with `radar-cache`'s
+  run_cache (random weights of the preset).
+- memory_train_vs_sampling: peak memory of a training step (decoder + LoRA + AdamW state + activations)
+  vs VAR sampling of the same batch (VAR + VQ-VAE, CFG, decode to images). On CUDA:
+  torch.cuda.max_memory_allocated, each measured from an empty allocator (weights included). On the CPU: in
+  a fresh spawned process per measurement, the peak resident set size while the work runs (VmHWM, reset
+  with /proc/self/clear_refs once the models are built, so build-time transients don't count) minus the
+  resident size after the imports (so the weights count). Target <= 0.5.
+Random weights of the preset are used unless a VQ-VAE checkpoint is given: kernel speed and memory do not
+depend on the weight values.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import multiprocessing as mp
+import resource
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+
+__all__ = ["TrainBenchArgs", "run_train_benchmark", "format_table", "main"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainBenchArgs:
+    """What to benchmark."""
+
+    preset: str = "tiny"
+    """Model preset (random weights unless vae_checkpoint is given)."""
+    vae_checkpoint: Optional[str] = None
+    """VQ-VAE weights for the decoder (optional)."""
+    batch_size: int = 16
+    """Pairs per step (and images sampled for the memory comparison)."""
+    steps: int = 20
+    """Timed steps."""
+    warmup: int = 5
+    """Untimed steps first."""
+    device: str = "auto"
+    """auto (cuda if available), cpu, cuda, cuda:1, ..."""
+    precision: str = "auto"
+    """Lightning precision: auto = bf16-mixed on CUDA, 32-true on the CPU."""
+    cache: Optional[str] = None
+    """Cache for the data-loading row (default: a temporary one of cache_pairs pairs)."""
+    cache_pairs: int = 256
+    """Pairs of the temporary cache."""
+    memory: bool = True
+    """Measure the peak-memory row."""
+    seed: int = 0
+    """Seed of the random weights and latents."""
+
+
+def _device(name: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def _precision(args: TrainBenchArgs, dev: torch.device) -> str:
+    return args.precision if args.precision != "auto" else ("bf16-mixed" if dev.type == "cuda" else "32-true")
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _module(args: TrainBenchArgs):
+    from radar_train.config import ModelArgs
+    from radar_train.train.module import MonitorArgs, OutputArgs, RadarLoraModule
+
+    torch.manual_seed(args.seed)
+    decoder = ModelArgs(preset=args.preset, vae_checkpoint=args.vae_checkpoint,
+                        init_seed=None if args.vae_checkpoint else args.seed)
+    return RadarLoraModule(decoder=decoder, monitor=MonitorArgs(images_every_n_steps=0, train_metrics_every_n_steps=0),
+                           output=OutputArgs(checkpoints=False, export_final=False))
+
+
+def _batch(module, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    hq = torch.randn(batch_size, *module.latent_shape, generator=g)
+    return {"fhat_hq": hq, "fhat_lq": hq + 0.3 * torch.randn(hq.shape, generator=g)}
+
+
+def _autocast(dev: torch.device, precision: str):
+    if precision.startswith("bf16"):
+        return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+    if precision.startswith("16"):
+        return torch.autocast(device_type=dev.type, dtype=torch.float16)
+    return nullcontext()
+
+
+def _train_setup(args: TrainBenchArgs, dev: torch.device, steps: int):
+    """(module on dev, batch on the CPU, trainable params, AdamW, scheduler) as the training recipe builds them."""
+    from radar_train.train.optim import build_optimizer
+
+    module = _module(args).to(dev).train()
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt, sched = build_optimizer(params, module.optim_args, steps)
+    return module, _batch(module, args.batch_size, args.seed), params, opt, sched
+
+
+def _train_step(state, dev: torch.device, precision: str) -> None:
+    """One step of what RadarLoraModule.training_step + Lightning's automatic optimisation do."""
+    module, batch, params, opt, sched = state
+    b = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+    with _autocast(dev, precision):
+        loss = module.compute_loss(b)[0]
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, module.optim_args.grad_clip_norm)
+    opt.step()
+    sched.step()
+
+
+def bare_loop(args: TrainBenchArgs, dev: torch.device, precision: str) -> float:
+    """Seconds per step of a plain PyTorch loop doing the same forward/backward as the Lightning module."""
+    state = _train_setup(args, dev, args.warmup + args.steps)
+    t0 = 0.0
+    for i in range(args.warmup + args.steps):
+        if i == args.warmup:
+            _sync(dev)
+            t0 = time.perf_counter()
+        _train_step(state, dev, precision)
+    _sync(dev)
+    return (time.perf_counter() - t0) / args.steps
+
+
+class _Repeat(torch.utils.data.Dataset):
+    def __init__(self, batch: dict, n: int):
+        self.batch, self.n = batch, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        return self.batch
+
+
+def lightning_loop(args: TrainBenchArgs, dev: torch.device, precision: str) -> float:
+    """Seconds per step of Trainer.fit on the same module and batch."""
+    import lightning.pytorch as pl
+
+    class Timer(pl.Callback):
+        t0 = t1 = 0.0
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == args.warmup:
+                _sync(dev)
+                Timer.t0 = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == args.warmup + args.steps:
+                _sync(dev)
+                Timer.t1 = time.perf_counter()
+
+    module = _module(args)
+    n = args.warmup + args.steps
+    loader = torch.utils.data.DataLoader(_Repeat(_batch(module, args.batch_size, args.seed), n), batch_size=None)
+    with tempfile.TemporaryDirectory() as root:
+        trainer = pl.Trainer(accelerator=dev.type, devices=[dev.index or 0] if dev.type == "cuda" else 1,
+                             precision=precision, max_steps=n, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                             limit_val_batches=0, default_root_dir=root, callbacks=[Timer()])
+        trainer.fit(module, loader)
+    return (Timer.t1 - Timer.t0) / args.steps
+
+
+def data_loading(args: TrainBenchArgs, batches: int = 8) -> tuple[float, str]:
+    """(seconds per batch from a cache in the main process, cache description)."""
+    from radar_train.train.datamodule import CacheSource, PairDataModule
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path, what = args.cache, f"cache {args.cache}"
+        if path is None:
+            path = _temporary_cache(args, tmp)
+            what = f"temporary cache of {args.cache_pairs} pairs ({args.preset}, random weights)"
+        from radar_train.cache.schema import read_manifest
+
+        last = read_manifest(path).num_shards - 1
+        dm = PairDataModule([CacheSource(path, val_shards=str(last))], batch_size=args.batch_size, drop_last=False)
+        dm.setup("fit")
+        it = iter(dm.train_dataloader())
+        next(it)  # opens the stores
+        n, t0 = 0, time.perf_counter()
+        for _ in range(batches):
+            try:
+                next(it)
+            except StopIteration:
+                break
+            n += 1
+        return (time.perf_counter() - t0) / max(n, 1), what
+
+
+def _temporary_cache(args: TrainBenchArgs, tmp: str) -> str:
+    from radar_train.cache.config import CacheArgs, PlanArgs
+    from radar_train.cache.generate import run_cache
+    from radar_train.config import AccelArgs, ModelArgs
+
+    out = f"{tmp}/bench_cache"
+    shard = max(16, args.cache_pairs // 4)
+    threads = torch.get_num_threads()
+    run_cache(CacheArgs(model=ModelArgs(preset=args.preset, init_seed=args.seed), accel=AccelArgs(method="fastvar"),
+                        plan=PlanArgs(images_per_class=None, num_samples=args.cache_pairs, shard_size=shard),
+                        output=out, batch_size=min(64, shard), progress=False), print_fn=lambda s: None)
+    torch.set_num_threads(threads)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- memory
+def _prepare_train(args: TrainBenchArgs, dev: torch.device, precision: str):
+    """Build the training state on `dev`; returns the work to measure (two training steps)."""
+    state = _train_setup(args, dev, 2)
+    return lambda: [_train_step(state, dev, precision) for _ in range(2)]
+
+
+def _prepare_sampling(args: TrainBenchArgs, dev: torch.device, precision: str):
+    """Build VAR + VQ-VAE on `dev`; returns the work to measure (sample the batch and decode it)."""
+    from radar_train.config import SamplingConfig
+    from radar_train.models import load_models
+    from radar_train.sampling import NextScaleSampler, decode_images
+
+    vqvae, var, _, _ = load_models(args.preset, device=dev, init_seed=args.seed)
+    dtype = torch.bfloat16 if precision.startswith("bf16") else None
+    sampler = NextScaleSampler(var, vqvae.quantize, SamplingConfig(), autocast_dtype=dtype)
+    labels = torch.arange(args.batch_size, device=dev) % var.num_classes
+
+    def work() -> None:
+        with torch.inference_mode():
+            out = sampler.sample(labels, seeds=list(range(args.batch_size)))
+            with _autocast(dev, precision):
+                decode_images(vqvae, out.f_hat)
+    return work
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0); False if unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _status_kib("VmHWM") <= _status_kib("VmRSS") + 64
+    except OSError:
+        return False
+
+
+def _child(kind: str, args: dict, precision: str, queue) -> None:
+    import radar_train.models  # noqa: F401  (imports are part of the baseline)
+    import radar_train.sampling  # noqa: F401
+    import radar_train.train.module  # noqa: F401
+
+    torch.set_num_threads(1)
+    base = _status_kib("VmRSS")
+    prepare = _prepare_train if kind == "train" else _prepare_sampling
+    work = prepare(TrainBenchArgs(**args), torch.device("cpu"), precision)
+    gc.collect()
+    reset = _reset_peak_rss()  # build-time transients (e.g. the full random VQ-VAE) are not counted
+    work()
+    peak = _status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    queue.put(((peak - base) * 1024, reset))
+
+
+def peak_memory(args: TrainBenchArgs, dev: torch.device, precision: str) -> tuple[int, int, str]:
+    """(train step peak bytes, sampling peak bytes, method); both include the resident weights."""
+    if dev.type == "cuda":
+        peaks = []
+        for prepare in (_prepare_train, _prepare_sampling):
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(dev)
+            prepare(args, dev, precision)()
+            _sync(dev)
+            peaks.append(torch.cuda.max_memory_allocated(dev))
+        return peaks[0], peaks[1], "torch.cuda.max_memory_allocated"
+    ctx = mp.get_context("spawn")
+    peaks, exact = [], True
+    for kind in ("train", "sampling"):
+        q = ctx.Queue()
+        p = ctx.Process(target=_child, args=(kind, asdict(args), precision, q))
+        p.start()
+        peak, reset = q.get(timeout=1800)
+        p.join()
+        peaks.append(peak)
+        exact = exact and reset
+    method = ("peak RSS (VmHWM, reset after the models are built) of a spawned process minus its RSS after imports"
+              if exact else "peak RSS (ru_maxrss) of a spawned process minus its RSS after imports")
+    return peaks[0], peaks[1], method
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def run_train_benchmark(args: TrainBenchArgs = TrainBenchArgs()) -> list[dict]:
+    """The three rows described in the module docstring."""
+    dev = _device(args.device)
+    precision = _precision(args, dev)
+    common = {"preset": args.preset, "batch_size": args.batch_size, "device": str(dev), "precision": precision}
+    bare = bare_loop(args, dev, precision)
+    light = lightning_loop(args, dev, precision)
+    rows = [{"name": "lightning_vs_bare", **common, "bare_samples_per_s": args.batch_size / bare,
+             "lightning_samples_per_s": args.batch_size / light, "ratio": bare / light, "target": ">= 0.95"}]
+    load, what = data_loading(args)
+    rows.append({"name": "data_vs_step", **common, "data_ms_per_batch": load * 1e3, "step_ms": bare * 1e3,
+                 "ratio": load / bare, "source": what})
+    if args.memory:
+        train_b, sample_b, method = peak_memory(args, dev, precision)
+        rows.append({"name": "memory_train_vs_sampling", **common, "train_step_mib": train_b / 2**20,
+                     "var_sampling_mib": sample_b / 2**20, "ratio": train_b / sample_b, "target": "<= 0.5",
+                     "method": method})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = []
+    for r in rows:
+        if r["name"] == "lightning_vs_bare":
+            detail = f"bare {r['bare_samples_per_s']:.1f} samples/s, Lightning {r['lightning_samples_per_s']:.1f} samples/s"
+        elif r["name"] == "data_vs_step":
+            detail = f"load {r['data_ms_per_batch']:.1f} ms/batch vs step {r['step_ms']:.1f} ms ({r['source']})"
+        else:
+            detail = f"train step {r['train_step_mib']:.0f} MiB vs VAR sampling {r['var_sampling_mib']:.0f} MiB ({r['method']})"
+        target = f"  target {r['target']}" if "target" in r else ""
+        lines.append(f"{r['name']:<26} ratio {r['ratio']:.3f}{target}  {detail}")
+    head = rows[0]
+    return (f"# train benchmark: {head['preset']}, batch {head['batch_size']}, {head['device']}, {head['precision']}\n"
+            + "\n".join(lines))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    import json
+    import sys
+
+    from jsonargparse import CLI
+
+    args = CLI(TrainBenchArgs, args=argv, as_positional=False)
+    logging.basicConfig(level=logging.WARNING)
+    print(f"train benchmark: {args}", flush=True)
+    rows = run_train_benchmark(args)
+    print(format_table(rows))
+    print(json.dumps(rows), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,269 @@
+"""PairDataModule: HQ/LQ latent pairs from one or more caches, split into train / validation by shard.
+
+Each cache is a Zarr cache folder (`radar-cache run`) or a WebDataset export (`radar-cache export-wds`),
+and names its own train and validation shards (`"0-7"`, `"0-5,7"`, `[8, 9]`; train default: every
+complete shard not in val). Zarr caches are read with `PairDataset` and `BlockShuffleSampler` (block-
+aligned reads, deterministic per-epoch order, split across ranks by the sampler itself: run the Trainer
+with `use_distributed_sampler=False`). WebDataset exports are streamed with `WdsPairs` (split by tar
+across ranks and workers).
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional, Sequence, Union
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+__all__ = ["CacheSource", "PairDataModule", "parse_shards", "ConcatPairs"]
+
+log = logging.getLogger(__name__)
+
+Shards = Union[str, list[int], None]
+
+
+@dataclass
+class CacheSource:
+    """One cache and its train / validation shards."""
+
+    path: str
+    """Cache folder written by `radar-cache run` (format zarr), or a WebDataset export folder (format wds)."""
+    train_shards: Shards = None
+    """Training shards: "0-7", "0-5,7", a list, or null for every complete shard not in val_shards."""
+    val_shards: Shards = None
+    """Held-out validation shards (same forms); null: none from this cache."""
+    format: Literal["zarr", "wds"] = "zarr"
+    """zarr: the cache folder itself; wds: tars exported by `radar-cache export-wds` (streamed)."""
+
+
+def parse_shards(spec: Shards, what: str) -> Optional[list[int]]:
+    """"0-3,7" / [0, 1] / None -> sorted shard ids (None stays None). ValueError names `what`."""
+    if spec is None:
+        return None
+    if isinstance(spec, int):
+        spec = [spec]
+    if isinstance(spec, str):
+        ids: list[int] = []
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+            if not m:
+                raise ValueError(f"{what}: cannot read {part!r} in {spec!r} (use e.g. '0-7', '0-5,7' or a list)")
+            a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+            if b < a:
+                raise ValueError(f"{what}: empty range {part!r}")
+            ids += range(a, b + 1)
+        spec = ids
+    ids = [int(s) for s in spec]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{what}: lists a shard twice ({spec})")
+    if any(s < 0 for s in ids):
+        raise ValueError(f"{what}: negative shard id in {spec}")
+    return sorted(ids)
+
+
+class ConcatPairs(ConcatDataset):
+    """Several PairDatasets as one, with `blocks()` (offset per dataset) so that BlockShuffleSampler
+    mixes the blocks of all caches."""
+
+    def blocks(self) -> list[tuple[int, int]]:
+        out = []
+        for off, ds in zip([0] + self.cumulative_sizes[:-1], self.datasets):
+            out += [(a + off, b + off) for a, b in ds.blocks()]
+        return out
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+        out = []
+        for i in indices:
+            k = bisect.bisect_right(self.cumulative_sizes, i)
+            off = self.cumulative_sizes[k - 1] if k > 0 else 0
+            out.append(self.datasets[k][i - off])
+        return out
+
+
+def _wds_tars(path: str, shards: list[int]) -> list[str]:
+    from radar_train.cache.wds import tar_name
+
+    missing = [s for s in shards if not (Path(path) / tar_name(s)).is_file()]
+    if missing:
+        raise FileNotFoundError(f"WebDataset export {path}: no tar for shard(s) {missing} "
+                                f"(export with `radar-cache export-wds CACHE --output {path}`)")
+    return [str(Path(path) / tar_name(s)) for s in shards]
+
+
+class PairDataModule(pl.LightningDataModule):
+    """Training / validation pairs from `caches`.
+
+    Args:
+        caches: the caches and their shard split.
+        batch_size: training pairs per step and process.
+        val_batch_size: validation batch (default: batch_size).
+        num_workers: DataLoader worker processes per rank.
+        shuffle_seed: seed of the per-epoch block order (and of the WebDataset shuffle).
+        wds_shuffle_buffer: sample shuffle buffer of WebDataset training streams.
+        drop_last: drop the last incomplete training batch of an epoch.
+    """
+
+    def __init__(self, caches: list[CacheSource], batch_size: int = 16, val_batch_size: Optional[int] = None,
+                 num_workers: int = 0, shuffle_seed: int = 0, wds_shuffle_buffer: int = 1000, drop_last: bool = True):
+        super().__init__()
+        self.save_hyperparameters({"caches": [vars(c).copy() for c in caches], "batch_size": batch_size,
+                                   "val_batch_size": val_batch_size, "num_workers": num_workers,
+                                   "shuffle_seed": shuffle_seed, "wds_shuffle_buffer": wds_shuffle_buffer,
+                                   "drop_last": drop_last})
+        self.caches = list(caches)
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.num_workers, self.shuffle_seed = num_workers, shuffle_seed
+        self.wds_shuffle_buffer, self.drop_last = wds_shuffle_buffer, drop_last
+        self.manifests: dict[str, object] = {}  # path -> Manifest
+        self.splits: list[tuple[list[int], list[int]]] = []  # per cache: (train shards, val shards)
+        self.train_set: Optional[Dataset] = None
+        self.val_set: Optional[Dataset] = None
+        self._validate_args()
+
+    def _validate_args(self) -> None:
+        p = []
+        if not self.caches:
+            p.append("data.caches is empty (name at least one cache)")
+        if self.batch_size < 1 or self.val_batch_size < 1:
+            p.append("data.batch_size and data.val_batch_size must be >= 1")
+        if self.num_workers < 0:
+            p.append("data.num_workers must be >= 0")
+        for i, c in enumerate(self.caches):
+            for key in ("train_shards", "val_shards"):
+                try:
+                    parse_shards(getattr(c, key), f"data.caches[{i}].{key}")
+                except ValueError as e:
+                    p.append(str(e))
+        if p:
+            raise ValueError("invalid data config: " + "; ".join(p))
+
+    # ---------------------------------------------------------------- resolution
+    def _resolve(self) -> None:
+        """Read the manifests and resolve the shard split of every cache (every problem at once)."""
+        from radar_train.cache.layout import scan_cache
+        from radar_train.cache.schema import read_manifest
+
+        problems = []
+        for i, c in enumerate(self.caches):
+            where = f"data.caches[{i}] ({c.path})"
+            try:
+                manifest = read_manifest(c.path)
+            except (FileNotFoundError, ValueError) as e:
+                problems.append(str(e))
+                continue
+            if c.format == "wds":
+                available = list(range(manifest.num_shards))
+            else:
+                available = sorted(scan_cache(c.path, manifest.num_shards).complete)
+            val = parse_shards(c.val_shards, f"{where}.val_shards") or []
+            train = parse_shards(c.train_shards, f"{where}.train_shards")
+            train = [s for s in available if s not in val] if train is None else train
+            both = sorted(set(train) & set(val))
+            if both:
+                problems.append(f"{where}: shards {both} are in both train_shards and val_shards")
+            absent = [s for s in train + val if s not in available]
+            if absent:
+                problems.append(f"{where}: shards {sorted(absent)} are not complete in the cache "
+                                f"(complete: {available[:1] and f'{available[0]}..{available[-1]}' or 'none'}, "
+                                f"{len(available)} of {manifest.num_shards})")
+            self.manifests[c.path] = manifest
+            self.splits.append((train, val))
+        if not problems:
+            if not any(t for t, _ in self.splits):
+                problems.append("no training shards in data.caches")
+            if not any(v for _, v in self.splits):
+                problems.append("no validation shards: set val_shards of at least one cache (held-out shards)")
+        if problems:
+            raise ValueError("data: " + "; ".join(problems))
+
+    def describe(self) -> list[dict]:
+        """Per cache: path, format, shards, and the manifest's model / accel / sampling (for adapter metadata)."""
+        out = []
+        for c, (train, val) in zip(self.caches, self.splits):
+            m = self.manifests[c.path]
+            out.append({"path": str(c.path), "format": c.format, "train_shards": train, "val_shards": val,
+                        "model": m.model, "accel": m.accel, "sampling": m.sampling, "plan": m.plan,
+                        "latent_shape": m.latent_shape, "latent_dtype": m.latent_dtype,
+                        "format_version": m.format_version})
+        return out
+
+    # ---------------------------------------------------------------- datasets
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.manifests:
+            return
+        self._resolve()
+        self.train_set = self._build([(c, t) for c, (t, _) in zip(self.caches, self.splits)], train=True)
+        self.val_set = self._build([(c, v) for c, (_, v) in zip(self.caches, self.splits)], train=False)
+        self._report()
+
+    def _build(self, parts: list[tuple[CacheSource, list[int]]], train: bool) -> Optional[Dataset]:
+        from radar_train.cache.reader import PairDataset
+        from radar_train.cache.wds import WdsPairs
+
+        parts = [(c, s) for c, s in parts if s]
+        if not parts:
+            return None
+        if any(c.format == "wds" for c, _ in parts):
+            if not all(c.format == "wds" for c, _ in parts):
+                raise ValueError("data.caches mixes zarr and wds formats; use one format per run")
+            urls = [u for c, s in parts for u in _wds_tars(c.path, s)]
+            return WdsPairs(urls, shuffle=self.wds_shuffle_buffer if train else 0, shardshuffle=train,
+                            seed=self.shuffle_seed)
+        return ConcatPairs([PairDataset(c.path, s) for c, s in parts])
+
+    def _report(self) -> None:
+        for c, (train, val) in zip(self.caches, self.splits):
+            m = self.manifests[c.path]
+            log.info("cache %s (%s): %s, accel %s; train shards %s, val shards %s", c.path, c.format,
+                     "x".join(map(str, m.latent_shape)), m.accel.get("method", m.accel), _ranges(train), _ranges(val))
+        n_train = len(self.train_set) if hasattr(self.train_set, "__len__") else "streamed"
+        n_val = len(self.val_set) if hasattr(self.val_set, "__len__") else "streamed"
+        log.info("pairs: %s train, %s val; batch %d, %d workers", n_train, n_val, self.batch_size, self.num_workers)
+
+    # ---------------------------------------------------------------- loaders
+    def _rank(self) -> tuple[int, int]:
+        t = self.trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    def _loader(self, ds: Dataset, batch_size: int, train: bool) -> DataLoader:
+        from radar_train.cache.reader import BlockShuffleSampler
+
+        kw = dict(batch_size=batch_size, num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+                  persistent_workers=self.num_workers > 0)
+        if isinstance(ds, torch.utils.data.IterableDataset):
+            return DataLoader(ds, drop_last=train and self.drop_last, **kw)
+        rank, world = self._rank()
+        sampler = BlockShuffleSampler(ds, shuffle=train, seed=self.shuffle_seed, rank=rank, world_size=world,
+                                      drop_last=False)
+        return DataLoader(ds, sampler=sampler, drop_last=train and self.drop_last, **kw)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.val_batch_size, train=False)
+
+    def image_batch(self, n: int) -> Optional[dict[str, torch.Tensor]]:
+        """The first `n` validation pairs, stacked (fixed samples for image grids)."""
+        if self.val_set is None or n <= 0:
+            return None
+        if isinstance(self.val_set, torch.utils.data.IterableDataset):
+            items = []
+            for item in self.val_set:
+                items.append(item)
+                if len(items) == n:
+                    break
+        else:
+            items = [self.val_set[i] for i in range(min(n, len(self.val_set)))]
+        return {k: torch.stack([it[k] for it in items]) for k in ("fhat_hq", "fhat_lq", "label", "seed", "index")}
+
+
+def _ranges(ids: Sequence[int]) -> str:
+    from radar_train.cache.reader import _ranges as r
+
+    return r(ids)

@@ -1,0 +1,371 @@
+"""RadarLoraModule: PAA training of LoRA adapters on the frozen VQ-VAE decoder (methods.md §4).
+
+Per step, for a batch of cached pairs (fhat_hq, fhat_lq) of shape (B, Cvae, h, w):
+
+    teacher = clamp(decoder(fhat_hq), -1, 1)       adapters disabled, no grad (the same modules: no copy)
+    student = decoder_LoRA(fhat_lq)                 unclamped, so gradients survive
+    loss    = DistillLoss(student, teacher, ...)    L1 by default (losses.py)
+
+Only the LoRA tensors train (AdamW, warm-up + cosine) and only they, with the optimizer, scheduler and
+loop state, go into Lightning checkpoints; the frozen base is rebuilt from `decoder` on resume.
+Validation computes the §5.1 metrics (PSNR/SSIM of student and baseline vs teacher, gap closed,
+harmlessness); image grids (LQ baseline | student | teacher) of fixed validation samples go to
+TensorBoard every `monitor.images_every_n_steps`.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+from radar_train.config import ModelArgs
+from radar_train.images import grid, to_uint8
+from radar_train.models import ModelIdentity, load_latent_decoder
+
+from .checks import check_cache_matches
+from .lora import LoraArgs, inject_lora, lora_state_dict, parameter_counts, resolve_targets
+from .losses import DistillLoss, LossArgs
+from .metrics import RestorationStats, psnr_per_image, ssim_per_image, to_unit
+from .optim import OptimArgs, build_optimizer
+
+__all__ = ["RadarLoraModule", "MonitorArgs", "OutputArgs", "META_VERSION", "module_from_hparams"]
+
+log = logging.getLogger(__name__)
+META_VERSION = 1
+
+
+@dataclass
+class MonitorArgs:
+    """What goes to the logger besides the losses."""
+
+    images_every_n_steps: int = 500
+    """Log an image grid (LQ baseline | student | teacher) of fixed validation samples every N steps (0: off);
+    also at the start and the end of training."""
+    num_image_samples: int = 8
+    """Validation samples in the grid (the first ones of the validation shards)."""
+    train_metrics_every_n_steps: int = 50
+    """Log PSNR / SSIM of student vs teacher on the training batch every N steps (0: off)."""
+
+    def problems(self) -> list[str]:
+        return [f"model.monitor.{k} must be >= 0, got {getattr(self, k)}" for k in
+                ("images_every_n_steps", "num_image_samples", "train_metrics_every_n_steps") if getattr(self, k) < 0]
+
+
+@dataclass
+class OutputArgs:
+    """What is written under the run folder (trainer.default_root_dir)."""
+
+    save_every_n_steps: int = 500
+    """Write a Lightning checkpoint (checkpoints/step-NNNNNN.ckpt + last.ckpt; LoRA + optimizer + loop state,
+    for resuming) every N steps; the last one is kept, and one is always written at the end."""
+    export_every_n_steps: int = 0
+    """Also export the adapter to step-NNNNNN/ every N steps (0: only final/)."""
+    export_final: bool = True
+    """Export the adapter to final/ when training finishes (max_steps / max_epochs reached)."""
+    checkpoints: bool = True
+    """Write Lightning checkpoints at all (false: none, e.g. for benchmarks; the run cannot be resumed)."""
+
+    def problems(self) -> list[str]:
+        return [f"model.output.{k} must be >= 0, got {getattr(self, k)}" for k in
+                ("save_every_n_steps", "export_every_n_steps") if getattr(self, k) < 0]
+
+
+def _plain(x: Any) -> Any:
+    """JSON-normalised copy (tuples -> lists, keys -> str): safe for weights_only checkpoint loading."""
+    return json.loads(json.dumps(x, default=str))
+
+
+class RadarLoraModule(pl.LightningModule):
+    """Frozen VQ-VAE decoder (post_quant_conv + decoder) + peft LoRA, distilled from HQ to LQ latents.
+
+    Args:
+        decoder: which VQ-VAE (preset, vae_checkpoint, init_seed); var_checkpoint is not used here.
+        lora: LoRA rank, alpha, dropout, targets.
+        loss: weights of the distillation terms.
+        optim: AdamW, schedule and gradient clipping.
+        monitor: image grids and training-batch metrics.
+        output: checkpoints and adapter exports.
+    """
+
+    def __init__(self, decoder: ModelArgs = ModelArgs(), lora: LoraArgs = LoraArgs(), loss: LossArgs = LossArgs(),
+                 optim: OptimArgs = OptimArgs(), monitor: MonitorArgs = MonitorArgs(),
+                 output: OutputArgs = OutputArgs()):
+        super().__init__()
+        problems = lora.problems() + loss.problems() + optim.problems() + monitor.problems() + output.problems()
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+        self.decoder_args, self.lora_args, self.loss_args = decoder, lora, loss
+        self.optim_args, self.monitor, self.output = optim, monitor, output
+        self.save_hyperparameters(_plain({k: dataclasses.asdict(v) for k, v in (
+            ("decoder", decoder), ("lora", lora), ("loss", loss), ("optim", optim), ("monitor", monitor),
+            ("output", output))}))
+        base, self.identity = load_latent_decoder(decoder.preset, decoder.vae_checkpoint, decoder.init_seed)
+        cfg = base.config
+        self.latent_shape = [cfg.z_channels, cfg.patch_nums[-1], cfg.patch_nums[-1]]
+        self.targets = resolve_targets(base, lora.targets)
+        self.net = inject_lora(base, lora).train()  # LoRA dropout needs train mode; the base has no dropout
+        self.loss_fn = DistillLoss(loss)
+        self.strict_loading = False  # checkpoints hold the LoRA tensors only
+        self.val_stats = RestorationStats()
+        self.val_metrics: dict[str, float] = {}
+        self.cache_info: list[dict] = []
+        self.data_config: dict = {}
+        self._image_batch: Optional[dict[str, torch.Tensor]] = None
+        self._t_last: Optional[float] = None
+        self.trainable_params, self.frozen_params = parameter_counts(self.net)
+        log.info("LoRA r=%d alpha=%g on %d convs (%s): %s trainable / %s frozen parameters", lora.rank, lora.alpha,
+                 len(self.targets), lora.targets, f"{self.trainable_params:,}", f"{self.frozen_params:,}")
+
+    # ------------------------------------------------------------------ decoding
+    @property
+    def decoder(self):
+        """The LatentDecoder with LoRA layers injected (a property: not registered twice)."""
+        return self.net.get_base_model()
+
+    def decode(self, f_hat: torch.Tensor, adapters: bool = True, features: bool = False):
+        """f_hat (B, Cvae, h, w) -> (image (B, 3, H, W) unclamped, features or None)."""
+        ctx = contextlib.nullcontext() if adapters else self.net.disable_adapter()
+        with ctx:
+            if features:
+                return self.decoder.forward_features(f_hat)
+            return self.decoder(f_hat), None
+
+    def forward(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """Student image, clamped to [-1, 1]."""
+        return self.decode(f_hat)[0].clamp(-1, 1)
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]):
+        """(loss, terms, student, teacher) for a batch of pairs: the whole forward of a training step."""
+        hq, lq = batch["fhat_hq"], batch["fhat_lq"]
+        feats = self.loss_args.needs_features
+        with torch.no_grad():
+            t_raw, t_feats = self.decode(hq, adapters=False, features=feats)
+        teacher = t_raw.clamp(-1, 1)
+        student, s_feats = self.decode(lq, adapters=True, features=feats)
+        identity = self.decode(hq)[0] if self.loss_args.identity_weight > 0 else None
+        loss, terms = self.loss_fn(student, teacher, s_feats, t_feats, identity)
+        return loss, terms, student, teacher
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, terms, student, teacher = self.compute_loss(batch)
+        bs = batch["fhat_hq"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        if len(terms) > 1:
+            self.log_dict({f"train/loss_{k}": v for k, v in terms.items()}, batch_size=bs)
+        every = self.monitor.train_metrics_every_n_steps
+        if every and self.global_step % every == 0:
+            with torch.no_grad():
+                s01, t01 = to_unit(student.detach()), to_unit(teacher)
+                self.log("train/psnr_student", psnr_per_image(s01, t01).mean(), batch_size=bs)
+                self.log("train/ssim_student", ssim_per_image(s01, t01).mean(), batch_size=bs)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._t_last is not None:
+            n = batch["fhat_hq"].shape[0] * self.trainer.world_size
+            self.log("train/samples_per_s", n / max(now - self._t_last, 1e-9), batch_size=1)
+        self._t_last = now
+        step = self.global_step
+        if self.monitor.images_every_n_steps and step % self.monitor.images_every_n_steps == 0:
+            self.log_image_grid()
+        if self.output.export_every_n_steps and step % self.output.export_every_n_steps == 0:
+            self.export(Path(self.trainer.default_root_dir) / f"step-{step:06d}")
+
+    def on_train_epoch_start(self) -> None:
+        self._t_last = None
+
+    def on_train_start(self) -> None:
+        if self.logger is not None and self.trainer.is_global_zero:
+            self.logger.log_metrics({"params/trainable": float(self.trainable_params),
+                                     "params/frozen": float(self.frozen_params)}, step=self.global_step)
+        self.log_image_grid()
+
+    def on_train_end(self) -> None:
+        self.log_image_grid()
+        if self.output.export_final and self._training_finished():
+            self.export(Path(self.trainer.default_root_dir) / "final")
+
+    def _training_finished(self) -> bool:
+        t = self.trainer
+        if t.max_steps is not None and t.max_steps > 0:
+            return self.global_step >= t.max_steps
+        return t.max_epochs is not None and t.max_epochs > 0 and t.current_epoch >= t.max_epochs
+
+    def configure_optimizers(self):
+        total = self.optim_args.schedule_steps or self._total_steps()
+        opt, sched = build_optimizer(self.net.parameters(), self.optim_args, total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "train/lr"}}
+
+    def _total_steps(self) -> int:
+        if self.trainer.max_steps and self.trainer.max_steps > 0:
+            return int(self.trainer.max_steps)
+        return int(self.trainer.estimated_stepping_batches)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip = gradient_clip_val if gradient_clip_val is not None else self.optim_args.grad_clip_norm
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
+
+    def checkpoint_callback(self, root: str | Path) -> Optional[ModelCheckpoint]:
+        """RUN/checkpoints/step-NNNNNN.ckpt every output.save_every_n_steps (the latest kept) + last.ckpt."""
+        if not self.output.checkpoints:
+            return None
+        return ModelCheckpoint(dirpath=Path(root) / "checkpoints", filename="step-{step:06d}",
+                               auto_insert_metric_name=False, every_n_train_steps=self.output.save_every_n_steps,
+                               save_top_k=1, save_last=True)
+
+    def configure_callbacks(self):
+        ckpt = self.checkpoint_callback(self.trainer.default_root_dir)
+        callbacks = [ckpt] if ckpt is not None else []
+        if self.trainer.loggers:
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        return callbacks
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        self.val_stats = RestorationStats(self.device)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        hq, lq = batch["fhat_hq"], batch["fhat_lq"]
+        feats = self.loss_args.needs_features
+        t_raw, t_feats = self.decode(hq, adapters=False, features=feats)
+        teacher = t_raw.clamp(-1, 1)
+        baseline = self.decode(lq, adapters=False)[0]
+        student, s_feats = self.decode(lq, adapters=True, features=feats)
+        harmless = self.decode(hq, adapters=True)[0]
+        identity = harmless if self.loss_args.identity_weight > 0 else None
+        loss, _ = self.loss_fn(student, teacher, s_feats, t_feats, identity)
+        self.log("val/loss", loss, batch_size=hq.shape[0], sync_dist=True)
+        self.val_stats.update(to_unit(teacher), to_unit(baseline), to_unit(student), to_unit(harmless))
+
+    def on_validation_epoch_end(self) -> None:
+        self._t_last = None
+        if self.trainer.sanity_checking:
+            return
+        sums = self.trainer.strategy.reduce(self.val_stats.sums, reduce_op="sum")
+        metrics = self.val_stats.compute(sums)
+        if not metrics:
+            return
+        self.val_metrics = metrics
+        self.log_dict({f"val/{k}": float(v) for k, v in metrics.items()}, sync_dist=False)
+        if self.trainer.is_global_zero:
+            log.info("step %d: val PSNR student %.2f dB, baseline %.2f dB (Δ %+.2f dB), G_mse %.3f, SSIM %.4f vs %.4f, "
+                     "harmless %.2f dB", self.global_step, metrics["psnr_student"], metrics["psnr_baseline"],
+                     metrics["delta_psnr"], metrics["gap_closed_mse"], metrics["ssim_student"],
+                     metrics["ssim_baseline"], metrics.get("psnr_harmless", float("nan")))
+
+    # ------------------------------------------------------------------ data hookup
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "manifests"):
+            return
+        for path, manifest in dm.manifests.items():
+            check_cache_matches(path, manifest, self.identity, self.latent_shape)
+        self.cache_info = dm.describe()
+        self.data_config = _plain(dict(dm.hparams))
+        if self.monitor.num_image_samples:
+            self._image_batch = dm.image_batch(self.monitor.num_image_samples)
+
+    @torch.no_grad()
+    def log_image_grid(self) -> None:
+        """Rows of (LQ baseline | student | teacher) for the fixed validation samples -> TensorBoard."""
+        exp = getattr(self.logger, "experiment", None) if self.logger is not None else None
+        if self._image_batch is None or not hasattr(exp, "add_image") or not self.trainer.is_global_zero:
+            return
+        was_training = self.training
+        self.eval()
+        hq = self._image_batch["fhat_hq"].to(self.device)
+        lq = self._image_batch["fhat_lq"].to(self.device)
+        cols = [self.decode(lq, adapters=False)[0], self.decode(lq)[0], self.decode(hq, adapters=False)[0]]
+        self.train(was_training)
+        cols = [to_uint8(to_unit(c)) for c in cols]
+        rows = [[c[i] for c in cols] for i in range(hq.shape[0])]
+        scale = max(1, 96 // cols[0].shape[-1])
+        img = grid(rows, col_titles=["LQ baseline", "student", "teacher"], scale=scale)
+        exp.add_image("val/samples", np.asarray(img), self.global_step, dataformats="HWC")
+
+    # ------------------------------------------------------------------ checkpoints and export
+    def radar_meta(self) -> dict:
+        """Everything an adapter's radar_config.yaml records (plain JSON types)."""
+        t = self._trainer
+        trainer = {} if t is None else {"max_steps": t.max_steps, "max_epochs": t.max_epochs,
+                                        "precision": str(t.precision), "world_size": t.world_size,
+                                        "accumulate_grad_batches": t.accumulate_grad_batches}
+        return _plain({
+            "format_version": META_VERSION,
+            "global_step": self.global_step,
+            "base": {"preset": self.decoder_args.preset, "vae": self.identity.to_dict(),
+                     "latent_shape": self.latent_shape},
+            "lora": {"rank": self.lora_args.rank, "alpha": self.lora_args.alpha, "dropout": self.lora_args.dropout,
+                     "targets": self.lora_args.targets, "target_modules": self.targets},
+            "caches": self.cache_info,
+            "training": {"model": dict(self.hparams), "data": self.data_config, "trainer": trainer},
+            "metrics": self.val_metrics,
+        })
+
+    def export(self, out_dir: Path) -> Optional[Path]:
+        """Write the adapter folder (peft format + radar_config.yaml); rank zero only."""
+        if self._trainer is not None and not self.trainer.is_global_zero:
+            return None
+        from radar_train.export.adapter import save_adapter
+
+        path = save_adapter(self.net, out_dir, self.radar_meta())
+        log.info("adapter exported to %s", path)
+        return path
+
+    def lora_keys(self) -> dict[str, torch.Size]:
+        return {k: v.shape for k, v in lora_state_dict(self).items()}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if ".lora_" in k}
+        checkpoint["radar"] = self.radar_meta()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.check_checkpoint(checkpoint)
+        self.val_metrics = dict(checkpoint["radar"].get("metrics") or {})
+
+    def check_checkpoint(self, checkpoint: dict, source: str = "checkpoint") -> None:
+        """ValueError if `checkpoint` was not trained on this base decoder with this LoRA layout."""
+        meta = checkpoint.get("radar")
+        if not isinstance(meta, dict):
+            raise ValueError(f"{source} has no radar metadata: it was not written by radar-train")
+        vae = ModelIdentity.from_dict(meta["base"]["vae"])
+        if (vae.kind, vae.value) != (self.identity.kind, self.identity.value):
+            raise ValueError(f"{source} was trained on the VQ-VAE {vae.kind}:{vae.value}; this run's decoder is "
+                             f"{self.identity.kind}:{self.identity.value}")
+        own = self.lora_keys()
+        got = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
+        missing, unexpected = sorted(set(own) - set(got)), sorted(set(got) - set(own))
+        shapes = [k for k in set(own) & set(got) if tuple(own[k]) != got[k]]
+        if missing or unexpected or shapes:
+            raise ValueError(f"{source} holds another LoRA layout (rank / targets): {len(missing)} missing, "
+                             f"{len(unexpected)} unexpected, {len(shapes)} reshaped tensors, e.g. "
+                             f"{(missing + unexpected + shapes)[0]}")
+
+
+_GROUPS = {"decoder": ModelArgs, "lora": LoraArgs, "loss": LossArgs, "optim": OptimArgs, "monitor": MonitorArgs,
+           "output": OutputArgs}
+
+
+def module_from_hparams(hparams: dict) -> RadarLoraModule:
+    """Rebuild the module from a checkpoint's hyper_parameters (plain dicts of the config groups)."""
+    kwargs = {}
+    for name, cls in _GROUPS.items():
+        fields = {f.name for f in dataclasses.fields(cls)}
+        given = dict(hparams.get(name) or {})
+        if "betas" in given:
+            given["betas"] = tuple(given["betas"])
+        kwargs[name] = cls(**{k: v for k, v in given.items() if k in fields})
+    return RadarLoraModule(**kwargs)

@@ -1,0 +1,111 @@
+"""radar-train end to end: configs parse, fit writes the run folder and TensorBoard logs, export, resume,
+one-line errors, DDP with two CPU processes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from radar_train.cli.train import main
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "train"
+ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
+
+
+def _run(argv: list[str]) -> int:
+    """main(argv) in-process (sys.argv as a console script would have it); the exit status."""
+    with pytest.raises(SystemExit) as e, mock.patch.object(sys, "argv", ["radar-train", *argv]):
+        main(argv)
+    return e.value.code
+
+
+def _tiny_args(cache: str, root: Path, steps: int, *extra: str) -> list[str]:
+    caches = json.dumps([{"path": cache, "train_shards": "0-1", "val_shards": "14"}])
+    return ["fit", "--config", str(CONFIGS / "tiny.yaml"), "--data.caches", caches, "--trainer.default_root_dir",
+            str(root), "--trainer.max_steps", str(steps), "--trainer.val_check_interval", "2",
+            "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1",
+            "--model.output.save_every_n_steps", "2",
+            "--model.monitor.images_every_n_steps", "2", "--data.batch_size", "4", "--data.val_batch_size", "16", *extra]
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("config", ALL_CONFIGS, ids=[str(p.relative_to(CONFIGS)) for p in ALL_CONFIGS])
+def test_every_train_config_parses_with_the_cli(config, capsys):
+    assert _run(["fit", "--config", str(config), "--print_config"]) == 0
+    out = capsys.readouterr().out
+    assert "model:" in out and "caches:" in out and "default_root_dir:" in out
+
+
+def test_fit_writes_the_run_folder_logs_and_an_adapter_that_export_reproduces(tiny_cache, tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
+
+    root = tmp_path / "run"
+    assert _run(_tiny_args(tiny_cache, root, 4)) == 0
+    files = _files(root)
+    events = [f for f in files if f.startswith("tb/events.out.tfevents")]
+    assert len(events) == 1
+    assert [f for f in files if f not in events] == [
+        "checkpoints/last.ckpt", "checkpoints/step-000004.ckpt", "config.yaml", "final/adapter_config.json",
+        "final/adapter_model.safetensors", "final/radar_config.yaml", "tb/hparams.yaml"]
+    ea = EventAccumulator(str(root / "tb"), size_guidance={SCALARS: 0, IMAGES: 0}).Reload()
+    tags = set(ea.Tags()["scalars"])
+    for tag in ("train/loss", "train/lr", "train/samples_per_s", "train/psnr_student", "val/loss", "val/psnr_student",
+                "val/psnr_baseline", "val/ssim_student", "val/ssim_baseline", "val/gap_closed_mse", "val/delta_psnr",
+                "val/psnr_harmless", "params/trainable", "params/frozen"):
+        assert tag in tags, tag
+    assert len(ea.Scalars("val/gap_closed_mse")) == 2  # validation after steps 2 and 4
+    assert [e.step for e in ea.Images("val/samples")] == [0, 2, 4, 4]
+
+    out = tmp_path / "exported"
+    assert _run(["export", "--ckpt", str(root / "checkpoints" / "last.ckpt"), "--output", str(out)]) == 0
+    a, b = load_file(out / "adapter_model.safetensors"), load_file(root / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((out / "adapter_config.json").read_text()) == json.loads(
+        (root / "final" / "adapter_config.json").read_text())
+
+    assert _run(_tiny_args(tiny_cache, root, 6, "--ckpt_path", "last")) == 0
+    ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 6 and ckpt["radar"]["global_step"] == 6
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--model.decoder.init_seed", "1"], "does not match the decoder"),
+    (["--model.lora.targets", "conv"], "matches no Conv2d"),
+    (["--model.loss.lpips_weight", "1"], "model.loss.lpips_weight > 0 needs model.loss.lpips_vgg"),
+])
+def test_bad_input_is_one_error_line_and_status_2(tiny_cache, tmp_path, capsys, extra, message):
+    assert _run(_tiny_args(tiny_cache, tmp_path / "run", 2, *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_export_of_a_missing_checkpoint_is_one_error_line(tmp_path, capsys):
+    assert _run(["export", "--ckpt", str(tmp_path / "none.ckpt"), "--output", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: checkpoint {tmp_path / 'none.ckpt'} not found"
+
+
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes_runs_and_writes_one_checkpoint(tiny_cache, tmp_path):
+    root = tmp_path / "ddp"
+    args = _tiny_args(tiny_cache, root, 3, "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+                      "--trainer.strategy", "ddp", "--model.output.save_every_n_steps", "3")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("SLURM_JOB_ID", None)
+    proc = subprocess.run([sys.executable, "-m", "radar_train.cli.train", *args], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (root / "checkpoints").iterdir()) == ["last.ckpt", "step-000003.ckpt"]
+    ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 3 and ckpt["radar"]["training"]["trainer"]["world_size"] == 2
+    assert (root / "final" / "adapter_model.safetensors").is_file()

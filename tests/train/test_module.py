@@ -1,0 +1,116 @@
+"""RadarLoraModule on synthetic latents: what trains, what a checkpoint holds, export -> reload."""
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from radar_train.export.adapter import ADAPTER_FILES, load_adapter, read_radar_config
+from radar_train.models import ModelIdentity, load_latent_decoder
+from radar_train.train.module import OutputArgs, RadarLoraModule
+from radar_train.train.optim import OptimArgs, WarmupCosine
+
+STEPS = 4
+
+
+class _Pairs(torch.utils.data.Dataset):
+    """Random tiny-model latent pairs (8, 8, 8): fhat_lq = fhat_hq + noise."""
+
+    def __init__(self, n: int):
+        g = torch.Generator().manual_seed(0)
+        self.hq = torch.randn(n, 8, 8, 8, generator=g)
+        self.lq = self.hq + 0.5 * torch.randn(n, 8, 8, 8, generator=g)
+
+    def __len__(self) -> int:
+        return len(self.hq)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"fhat_hq": self.hq[i], "fhat_lq": self.lq[i]}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+
+    """(module before training: state dict copy, trained module, run folder) after STEPS steps."""
+    root = tmp_path_factory.mktemp("run")
+    torch.manual_seed(0)
+    module = RadarLoraModule(optim=OptimArgs(learning_rate=1e-2, warmup_steps=1),
+                             output=OutputArgs(save_every_n_steps=2))
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    trainer = pl.Trainer(default_root_dir=str(root), accelerator="cpu", devices=1, precision="32-true",
+                         max_steps=STEPS, enable_progress_bar=False, enable_model_summary=False, logger=False,
+                         num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(module, DataLoader(_Pairs(16), batch_size=4, shuffle=False))
+    return before, module, root
+
+
+def test_only_lora_parameters_change_when_training(trained):
+    before, module, _ = trained
+    after = module.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    lora_b = {k for k in before if ".lora_B." in k}
+    assert changed and all(".lora_" in k for k in changed)
+    assert lora_b <= changed  # every adapter learned something
+
+
+def test_checkpoint_holds_only_the_lora_weights_and_the_training_state(trained):
+    _, module, root = trained
+    assert sorted(p.name for p in (root / "checkpoints").iterdir()) == ["last.ckpt", f"step-{STEPS:06d}.ckpt"]
+    ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    lora_keys = {k for k in module.state_dict() if ".lora_" in k}
+    assert set(ckpt["state_dict"]) == lora_keys
+    assert ckpt["global_step"] == STEPS
+    assert ckpt["optimizer_states"][0]["state"] and ckpt["lr_schedulers"][0]["last_epoch"] == STEPS
+    assert ckpt["radar"]["base"]["vae"]["value"] == "tiny:seed=0"
+    frozen_bytes = sum(v.numel() for k, v in module.state_dict().items() if ".lora_" not in k)
+    assert sum(v.numel() for v in ckpt["state_dict"].values()) < frozen_bytes
+
+
+def test_exported_adapter_loaded_into_a_fresh_decoder_reproduces_the_student(trained, tmp_path, make_batch):
+    _, module, _ = trained
+    out = module.export(tmp_path / "adapter")
+    assert sorted(p.name for p in out.iterdir()) == sorted(ADAPTER_FILES)
+    x = make_batch(3, seed=7)["fhat_lq"]
+    module.eval()
+    with torch.no_grad():
+        student = module.decode(x)[0]
+        fresh, ident = load_latent_decoder("tiny")
+        base_out = fresh(x)
+        unmerged = load_adapter(fresh, out, identity=ident, merge=False)
+        assert torch.equal(unmerged(x), student)
+        merged = unmerged.merge_and_unload()
+        assert torch.allclose(merged(x), student, atol=1e-5)
+        assert not torch.allclose(base_out, student, atol=1e-3)  # the adapter is not the identity
+    meta = read_radar_config(out)
+    assert meta["global_step"] == STEPS and meta["lora"]["rank"] == 16
+
+
+def test_loading_an_adapter_onto_another_vqvae_is_refused(trained, tmp_path):
+    _, module, _ = trained
+    out = module.export(tmp_path / "adapter")
+    other, _ = load_latent_decoder("tiny", init_seed=5)
+    with pytest.raises(ValueError, match="trained for the VQ-VAE random:tiny:seed=0"):
+        load_adapter(other, out, identity=ModelIdentity("random", "tiny:seed=5", {}))
+
+
+def test_resuming_with_another_base_decoder_is_refused(trained):
+    _, _, root = trained
+    ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    other = RadarLoraModule(decoder=type(trained[1].decoder_args)(preset="tiny", init_seed=3))
+    with pytest.raises(ValueError, match="was trained on the VQ-VAE random:tiny:seed=0"):
+        other.on_load_checkpoint(ckpt)
+
+
+def test_warmup_then_cosine_schedule():
+    f = WarmupCosine(warmup=10, total=110, floor=0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
+
+
+def test_invalid_settings_are_reported_together():
+    from radar_train.train.lora import LoraArgs
+
+    with pytest.raises(ValueError) as e:
+        RadarLoraModule(lora=LoraArgs(rank=0), optim=OptimArgs(learning_rate=-1))
+    assert "model.lora.rank" in str(e.value) and "model.optim.learning_rate" in str(e.value)
