@@ -26,8 +26,8 @@ def test_pipeline_adapter_reproduces_the_trained_student(trained_run):
     module.eval()
     f = torch.randn(3, 8, 8, 8)
     with torch.no_grad():
-        student = module.decode(f, adapters=True).clamp(-1, 1).add(1).mul(0.5)
-        plain = module.decode(f, adapters=False).clamp(-1, 1).add(1).mul(0.5)
+        student = module.decode(f, adapters=True)[0].clamp(-1, 1).add(1).mul(0.5)
+        plain = module.decode(f, adapters=False)[0].clamp(-1, 1).add(1).mul(0.5)
     pipe = _pipe(trained_run["adapter"])
     torch.testing.assert_close(pipe.decode(f, adapter=True), student, atol=2e-5, rtol=0)
     torch.testing.assert_close(pipe.decode(f, adapter=False), plain, atol=2e-5, rtol=0)
