@@ -200,7 +200,10 @@ def load_vqvae_weights(model: nn.Module, path: str | Path, sd: dict | None = Non
 
 
 def _assign(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
-    meta = any(t.is_meta for t in model.state_dict().values())
+    own = model.state_dict()
+    # floating tensors take the model's dtype (e.g. fp16 files such as the toy world's into fp32 models)
+    sd = {k: v.to(own[k].dtype) if v.is_floating_point() and own[k].is_floating_point() else v for k, v in sd.items()}
+    meta = any(t.is_meta for t in own.values())
     if meta:
         model.load_state_dict(sd, strict=True, assign=True)
     else:

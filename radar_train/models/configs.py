@@ -32,6 +32,7 @@ class VQVAEConfig:
     default_qresi_counts: int = 0
     patch_nums: tuple[int, ...] = PATCH_NUMS_256
     in_channels: int = 3
+    norm_groups: int = 32  # GroupNorm groups (official 32); the toy model's 32-channel levels use fewer
 
     @property
     def downsample(self) -> int:

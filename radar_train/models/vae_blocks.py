@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
 class Upsample2x(nn.Module):
@@ -37,11 +37,11 @@ class Downsample2x(nn.Module):
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0):
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0, norm_groups: int = 32):
         super().__init__()
-        self.norm1 = group_norm(in_channels)
+        self.norm1 = group_norm(in_channels, norm_groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
-        self.norm2 = group_norm(out_channels)
+        self.norm2 = group_norm(out_channels, norm_groups)
         self.dropout = nn.Dropout(dropout) if dropout > 1e-6 else nn.Identity()
         self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
         if in_channels != out_channels:
@@ -58,10 +58,10 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head spatial self-attention with 1×1 convolutions (fused qkv)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, norm_groups: int = 32):
         super().__init__()
         self.channels = channels
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, norm_groups)
         self.qkv = nn.Conv2d(channels, 3 * channels, kernel_size=1, stride=1, padding=0)
         self.proj_out = nn.Conv2d(channels, channels, kernel_size=1, stride=1, padding=0)
 
@@ -79,7 +79,8 @@ class AttnBlock(nn.Module):
 
 class Encoder(nn.Module):
     def __init__(self, *, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, z_channels: int,
-                 in_channels: int = 3, dropout: float = 0.0, using_sa: bool = True, using_mid_sa: bool = True):
+                 in_channels: int = 3, dropout: float = 0.0, using_sa: bool = True, using_mid_sa: bool = True,
+                 norm_groups: int = 32):
         super().__init__()
         self.num_resolutions = len(ch_mult)
         self.num_res_blocks = num_res_blocks
@@ -92,20 +93,20 @@ class Encoder(nn.Module):
             block_in = ch * in_ch_mult[level]
             block_out = ch * ch_mult[level]
             for _ in range(num_res_blocks):
-                block.append(ResnetBlock(block_in, block_out, dropout))
+                block.append(ResnetBlock(block_in, block_out, dropout, norm_groups))
                 block_in = block_out
                 if level == self.num_resolutions - 1 and using_sa:
-                    attn.append(AttnBlock(block_in))
+                    attn.append(AttnBlock(block_in, norm_groups))
             down = nn.Module()
             down.block, down.attn = block, attn
             if level != self.num_resolutions - 1:
                 down.downsample = Downsample2x(block_in)
             self.down.append(down)
         self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in, dropout)
-        self.mid.attn_1 = AttnBlock(block_in) if using_mid_sa else nn.Identity()
-        self.mid.block_2 = ResnetBlock(block_in, block_in, dropout)
-        self.norm_out = group_norm(block_in)
+        self.mid.block_1 = ResnetBlock(block_in, block_in, dropout, norm_groups)
+        self.mid.attn_1 = AttnBlock(block_in, norm_groups) if using_mid_sa else nn.Identity()
+        self.mid.block_2 = ResnetBlock(block_in, block_in, dropout, norm_groups)
+        self.norm_out = group_norm(block_in, norm_groups)
         self.conv_out = nn.Conv2d(block_in, z_channels, kernel_size=3, stride=1, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -125,31 +126,32 @@ class Decoder(nn.Module):
     """z (B, Cvae, h, w) -> image (B, 3, h·2^(levels-1), ...), unclamped."""
 
     def __init__(self, *, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, z_channels: int,
-                 out_channels: int = 3, dropout: float = 0.0, using_sa: bool = True, using_mid_sa: bool = True):
+                 out_channels: int = 3, dropout: float = 0.0, using_sa: bool = True, using_mid_sa: bool = True,
+                 norm_groups: int = 32):
         super().__init__()
         self.num_resolutions = len(ch_mult)
         block_in = ch * ch_mult[-1]
         self.conv_in = nn.Conv2d(z_channels, block_in, kernel_size=3, stride=1, padding=1)
         self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in, dropout)
-        self.mid.attn_1 = AttnBlock(block_in) if using_mid_sa else nn.Identity()
-        self.mid.block_2 = ResnetBlock(block_in, block_in, dropout)
+        self.mid.block_1 = ResnetBlock(block_in, block_in, dropout, norm_groups)
+        self.mid.attn_1 = AttnBlock(block_in, norm_groups) if using_mid_sa else nn.Identity()
+        self.mid.block_2 = ResnetBlock(block_in, block_in, dropout, norm_groups)
         ups: list[nn.Module] = []
         for level in reversed(range(self.num_resolutions)):
             block, attn = nn.ModuleList(), nn.ModuleList()
             block_out = ch * ch_mult[level]
             for _ in range(num_res_blocks + 1):
-                block.append(ResnetBlock(block_in, block_out, dropout))
+                block.append(ResnetBlock(block_in, block_out, dropout, norm_groups))
                 block_in = block_out
                 if level == self.num_resolutions - 1 and using_sa:
-                    attn.append(AttnBlock(block_in))
+                    attn.append(AttnBlock(block_in, norm_groups))
             up = nn.Module()
             up.block, up.attn = block, attn
             if level != 0:
                 up.upsample = Upsample2x(block_in)
             ups.insert(0, up)
         self.up = nn.ModuleList(ups)
-        self.norm_out = group_norm(block_in)
+        self.norm_out = group_norm(block_in, norm_groups)
         self.conv_out = nn.Conv2d(block_in, out_channels, kernel_size=3, stride=1, padding=1)
 
     def forward_features(self, z: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
