@@ -1,0 +1,97 @@
+"""radar-fid: FID / IS of vanilla, accelerated and accelerated + adapter samples with a local Inception file
+(fid.json + fid.md). See radar_train/inference/fid.py for the extractor contract and the protocol caveats."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional, Union
+
+from jsonargparse import CLI
+
+from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
+from radar_train.inference.pipeline import Precision
+
+
+def fid(inception: str, model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method="fastvar"),
+        sampling: SamplingConfig = SamplingConfig(), adapter: Optional[str] = None, merge_adapter: bool = True,
+        inception_logits: Optional[str] = None, reference: Optional[str] = None, num_samples: int = 50000,
+        batch_size: int = 16, base_seed: int = 0, is_splits: int = 10, output: str = "outputs/fid",
+        device: str = "auto", precision: Precision = "auto",
+        classes: Optional[Union[str, int, list[int]]] = None, seeds: Optional[Union[str, int, list[int]]] = None,
+        grid_scale: int = 0) -> int:
+    """FID / IS of the vanilla, accelerated and accelerated + adapter samples (sample i: class i mod
+    num_classes, seed base_seed + i). Takes radar-generate configs (--config configs/generate/<x>.yaml).
+    Internal comparisons only: numbers match published ones only with the guided-diffusion evaluator's
+    Inception graph and reference statistics, 50,000 samples and the same sampler settings.
+
+    Args:
+        inception: TorchScript (or torch.export .pt2) file: uint8 (N, 3, H, W) images -> (N, D) features.
+        model: VQ-VAE + VAR.
+        accel: acceleration method of the accelerated runs.
+        sampling: sampler settings (compare only runs with the same cfg / top-k / top-p).
+        adapter: adapter folder from radar-train (adds the "accelerated+adapter" run).
+        merge_adapter: merge the LoRA into the decoder (no overhead).
+        inception_logits: optional file with the same input contract returning (N, C) class logits (for IS).
+        reference: .npz with mu / sigma from the same extractor, or a folder of reference images.
+        num_samples: samples per run (the paper protocol uses 50,000 = 50 per ImageNet class).
+        batch_size: samples per sampling call.
+        base_seed: seed of sample 0.
+        is_splits: Inception Score splits.
+        output: folder for fid.json and fid.md (a radar-generate config's output folder unless given).
+        device: cuda, cpu, or auto.
+        precision: transformer compute dtype (auto: bf16 on CUDA, fp32 on CPU).
+        classes: ignored (radar-generate key, accepted so its configs can be reused).
+        seeds: ignored (radar-generate key).
+        grid_scale: ignored (radar-generate key).
+    """
+    from radar_train.inference import PipelineArgs, RadarPipeline
+    from radar_train.inference.fid import (evaluate_generation, file_sha256, load_inception, markdown_report,
+                                           reference_stats, write_report)
+    from radar_train.inference.pipeline import resolve_device
+
+    feats = load_inception(inception, "--inception")
+    logit_mod = None if inception_logits is None else load_inception(inception_logits, "--inception_logits")
+    if classes is not None or seeds is not None:
+        print("radar-fid: note: classes/seeds of the config are ignored; sample i has class i mod num_classes "
+              f"and seed {base_seed} + i")
+    print(f"radar-fid: {num_samples} samples per run, model {model.preset}, accel {accel.method}, "
+          f"adapter {adapter or '-'}, inception {inception}, reference {reference or '-'} -> {output}")
+    ref = None
+    if reference is not None:
+        ref = reference_stats(reference, feats, batch_size=max(batch_size, 32), device=resolve_device(device))
+        if Path(reference).is_dir():
+            Path(output).mkdir(parents=True, exist_ok=True)
+            saved = ref.save(Path(output) / "reference_stats.npz")
+            print(f"reference statistics of {ref.n} images saved to {saved} (reusable as --reference)")
+    pipe = RadarPipeline.from_config(PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision))
+    result = evaluate_generation(pipe, feats, logit_mod, ref, num_samples, batch_size, base_seed, is_splits,
+                                 progress=lambda s: print(s, flush=True))
+    result["protocol"] = {
+        "model": model.preset, "accel": pipe.accel.describe(),
+        "sampling": {"cfg": sampling.cfg, "top_k": sampling.top_k, "top_p": sampling.top_p, "noise": sampling.noise},
+        "adapter": adapter, "base_seed": base_seed, "batch_size": batch_size, "device": str(pipe.device),
+        "precision": precision,
+        "inception": {"path": inception, "sha256": file_sha256(inception)},
+        "inception_logits": None if inception_logits is None else {"path": inception_logits,
+                                                                   "sha256": file_sha256(inception_logits)},
+        "reference": None if reference is None else {"path": reference, "num_images": ref.n or None},
+    }
+    js, md = write_report(result, output)
+    print(markdown_report(result))
+    print(f"wrote {js} and {md}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    from radar_train.accel import ConfigError
+    from radar_train.models.checkpoint import CheckpointError
+
+    try:
+        sys.exit(CLI(fid, args=argv, as_positional=False))
+    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

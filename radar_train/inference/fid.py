@@ -1,0 +1,423 @@
+"""FID / Inception Score of generated samples: vanilla, accelerated and accelerated + adapter.
+
+For every run the pipeline generates the same `num_samples` samples (sample i has class i mod num_classes
+and seed base_seed + i; 50,000 samples of a 1000-class model = 50 per class), feeds the uint8 images to a
+local Inception feature extractor and reports
+
+- FID of each run against reference statistics (``--reference``: a ``.npz`` with ``mu`` / ``sigma``, or a
+  folder of images whose statistics are computed with the same extractor), when given;
+- FID of accelerated and accelerated + adapter against the *vanilla* samples of the same classes and seeds:
+  a proxy that needs no real data, always available (vanilla vs vanilla is 0 by construction);
+- the Inception Score of each run, when a logits module is given;
+- the share of the FID gap closed by the adapter, (FID_acc - FID_acc+PAA) / (FID_acc - FID_vanilla)
+  (methods.md §5.2), for both kinds of FID.
+
+Nothing is downloaded: the Inception network is a file you provide.
+
+Feature-extractor contract
+--------------------------
+``--inception FILE`` is a TorchScript archive (``torch.jit.save``) or a ``torch.export`` archive
+(``torch.export.save``, ``.pt2``; exported with a dynamic batch dimension) of a module that
+
+- takes uint8 RGB images, shape (N, 3, H, W), values 0..255, at the generator's resolution
+  (256 or 512 for VAR) — the module does its own resizing (e.g. to 299×299) and normalisation;
+- returns float features of shape (N, D), e.g. the 2048-d pool features of Inception-v3.
+
+``--inception_logits FILE`` (optional) follows the same input contract and returns (N, C) class logits
+(e.g. the 1008 logits of the TF Inception graph); the Inception Score is computed from their softmax
+(torchmetrics ``InceptionScore``, splits shuffled with a fixed seed). Without it IS is skipped.
+
+No weights ship with this package. To make such a file, take an Inception-v3 port you trust (the FID ports
+of pytorch-fid or torch-fidelity reproduce the TensorFlow graph used by the papers' evaluators more closely
+than torchvision's ImageNet classifier), wrap it in a module whose forward converts the uint8 batch to float,
+resizes and normalises it the way that port expects and returns the pool features (or the logits), then
+``torch.jit.save(torch.jit.trace(wrapper.eval(), example_uint8_batch), "inception_pool.pt")``
+(or ``torch.jit.script``; with torch >= 2.10, where TorchScript is deprecated, ``torch.export.export`` with
+``dynamic_shapes`` on the batch dimension and ``torch.export.save(..., "inception_pool.pt2")``). Record which
+port and weights the file holds.
+
+Protocol caveats (methods.md §5.2)
+----------------------------------
+- Paper numbers (VAR, FastVAR, RADAR, CoDe) are 50,000 samples (50 per class) evaluated by OpenAI's
+  guided-diffusion evaluator (its TensorFlow Inception graph) against ``VIRTUAL_imagenet256_labeled.npz`` /
+  ``VIRTUAL_imagenet512.npz``. Numbers from this module are internal comparisons: a different Inception
+  port (weights, resizing, normalisation) changes FID and IS, so they are comparable to the papers only if
+  your module reproduces that graph's features, and comparable among themselves only with the same file.
+- The reference ``mu`` / ``sigma`` must come from the same extractor as the samples: the guided-diffusion
+  reference batch's statistics were computed with its TF graph, so pairing them with another port's
+  features gives a number without meaning. A folder of reference images avoids that mismatch.
+- FID is biased upwards at small sample counts (and covariances are rank-deficient below D samples):
+  compare only numbers with the same ``num_samples``; the paper protocol uses 50,000.
+- Compare runs only under the same sampler settings (cfg 1.5, top-k 900, top-p 0.96 in the VAR README),
+  the same classes and seeds, the same model and the same acceleration settings; report the seeds.
+- The vanilla-referenced FID uses paired samples (same classes and seeds); it measures how far
+  acceleration moves the output distribution, not image quality, and has no counterpart in the papers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["FidError", "GaussianStats", "load_inception", "reference_stats", "frechet_distance",
+           "evaluate_generation", "markdown_report", "write_report", "file_sha256"]
+
+PAPER_NUM_SAMPLES = 50_000
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class FidError(ValueError):
+    """A one-line problem with an input file or option."""
+
+
+# ---------------------------------------------------------------------------------------------- extractor
+def _archive_kind(path: Path) -> Optional[str]:
+    """'torchscript', 'export' or None, from the zip archive's member names."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None
+    if any(n.endswith("/archive_format") or n == "archive_format" for n in names):
+        return "export"
+    if any(n.endswith("/constants.pkl") or "/code/__torch__" in n for n in names):
+        return "torchscript"
+    return None
+
+
+class _Extractor(nn.Module):
+    """Runs a loaded feature / logits module and checks its output: float (N, D)."""
+
+    def __init__(self, module: nn.Module, path: str, what: str):
+        super().__init__()
+        self.module, self.path, self.what = module, path, what
+        self.dim: Optional[int] = None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.module(images)
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != images.shape[0] \
+                or not out.is_floating_point():
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise FidError(f"{self.what} {self.path}: returned {got} for images {tuple(images.shape)}; "
+                           f"expected float (N, D)")
+        if self.dim is not None and out.shape[1] != self.dim:
+            raise FidError(f"{self.what} {self.path}: returned {out.shape[1]} features, earlier {self.dim}")
+        self.dim = int(out.shape[1])
+        return out.float()
+
+
+def load_inception(path: str, what: str = "--inception") -> _Extractor:
+    """Load a local TorchScript (or torch.export) feature extractor onto the CPU, in eval mode.
+
+    Contract: input uint8 images (N, 3, H, W) in 0..255 (the module resizes and normalises itself),
+    output float (N, D) — pool features for FID, class logits for IS. See the module docstring for how to
+    make such a file. Raises FileNotFoundError / FidError with one line naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} {p}: file not found")
+    kind = _archive_kind(p)
+    if kind is None:
+        raise FidError(f"{what} {p}: not a TorchScript (torch.jit.save) or torch.export (.pt2) archive "
+                       f"(a state dict or pickled model is not enough)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.10 deprecates TorchScript
+            if kind == "torchscript":
+                module = torch.jit.load(str(p), map_location="cpu")
+            else:
+                with open(p, "rb") as f:
+                    module = torch.export.load(f).module()
+    except Exception as e:  # noqa: BLE001 - any reader failure is one line naming the file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise FidError(f"{what} {p}: cannot load the {kind} archive ({first})") from None
+    try:
+        module.eval()
+    except Exception:  # noqa: BLE001 - some exported modules refuse train()/eval(); they are inference graphs
+        pass
+    for prm in module.parameters():
+        prm.requires_grad_(False)
+    return _Extractor(module, str(p), what)
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+class GaussianStats:
+    """Streaming mean and covariance of feature vectors, in float64 on the CPU."""
+
+    def __init__(self, dim: Optional[int] = None):
+        self.n = 0
+        self._sum: Optional[torch.Tensor] = None
+        self._outer: Optional[torch.Tensor] = None
+        self._mu: Optional[torch.Tensor] = None
+        self._sigma: Optional[torch.Tensor] = None
+        if dim is not None:
+            self._alloc(dim)
+
+    def _alloc(self, dim: int) -> None:
+        self._sum = torch.zeros(dim, dtype=torch.float64)
+        self._outer = torch.zeros(dim, dim, dtype=torch.float64)
+
+    @classmethod
+    def from_moments(cls, mu, sigma, n: Optional[int] = None) -> "GaussianStats":
+        s = cls()
+        s._mu = torch.as_tensor(np.asarray(mu), dtype=torch.float64)
+        s._sigma = torch.as_tensor(np.asarray(sigma), dtype=torch.float64)
+        s.n = int(n or 0)
+        return s
+
+    @property
+    def dim(self) -> Optional[int]:
+        return int(self._mu.shape[0]) if self._mu is not None else (None if self._sum is None else self._sum.shape[0])
+
+    def update(self, features: torch.Tensor) -> None:
+        if self._mu is not None:
+            raise RuntimeError("statistics given as moments cannot be updated")
+        f = features.detach().to("cpu", torch.float64)
+        if self._sum is None:
+            self._alloc(f.shape[1])
+        self._sum += f.sum(0)
+        self._outer += f.T @ f
+        self.n += f.shape[0]
+
+    @property
+    def mu(self) -> torch.Tensor:
+        return self._mu if self._mu is not None else self._sum / self.n
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        if self._sigma is not None:
+            return self._sigma
+        if self.n < 2:
+            raise FidError(f"a covariance needs at least 2 samples, got {self.n}")
+        mu = self.mu
+        return (self._outer - self.n * torch.outer(mu, mu)) / (self.n - 1)
+
+    def save(self, path: str | Path) -> Path:
+        """An .npz with mu / sigma (the guided-diffusion reference layout), reusable as --reference."""
+        np.savez(path, mu=self.mu.numpy(), sigma=self.sigma.numpy())
+        return Path(path)
+
+
+def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> float:
+    """||mu1 - mu2||² + Tr(S1 + S2 - 2 (S1 S2)^½), in float64.
+
+    Tr((S1 S2)^½) is the sum of the square roots of the eigenvalues of S1^½ S2 S1^½ (similar to S1 S2, but
+    symmetric positive semi-definite), so two symmetric eigen-decompositions replace a general matrix
+    square root; tiny negative eigenvalues from round-off are clipped to 0."""
+    mu1, mu2 = (torch.as_tensor(m, dtype=torch.float64).reshape(-1) for m in (mu1, mu2))
+    s1, s2 = (torch.as_tensor(s, dtype=torch.float64) for s in (sigma1, sigma2))
+    d = mu1.shape[0]
+    if mu2.shape[0] != d or s1.shape != (d, d) or s2.shape != (d, d):
+        raise FidError(f"feature dimensions differ: mu {d} / {mu2.shape[0]}, "
+                       f"sigma {tuple(s1.shape)} / {tuple(s2.shape)}")
+    s1, s2 = (s1 + s1.T) / 2, (s2 + s2.T) / 2
+    w, v = torch.linalg.eigh(s1)
+    root1 = (v * w.clamp(min=0).sqrt()) @ v.T
+    m = root1 @ s2 @ root1
+    tr_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp(min=0).sqrt().sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + s1.trace() + s2.trace() - 2 * tr_sqrt)
+
+
+def _list(names: list[str], n: int = 5) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "") if names else "none"
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+@torch.no_grad()
+def reference_stats(path: str, features: Optional[_Extractor] = None, batch_size: int = 64,
+                    device: torch.device | str = "cpu") -> GaussianStats:
+    """Reference statistics: an .npz with `mu` (D,) and `sigma` (D, D) (the guided-diffusion reference
+    batch layout), or a folder of PNG/JPEG images (searched recursively) whose statistics are computed with
+    `features`. Errors are one line naming the file."""
+    p = Path(path)
+    if p.is_dir():
+        if features is None:
+            raise FidError(f"--reference {p}: a folder of images needs the --inception extractor")
+        from PIL import Image
+
+        files = _image_files(p)
+        if len(files) < 2:
+            raise FidError(f"--reference {p}: needs at least 2 images (*.png, *.jpg), found {len(files)}")
+        stats, pending = GaussianStats(), {}
+        features.to(device)
+
+        def flush(key):
+            stats.update(features(torch.stack(pending.pop(key)).to(device)))
+
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    arr = np.asarray(im.convert("RGB"))
+            except Exception as e:  # noqa: BLE001
+                raise FidError(f"--reference {f}: not a readable image ({str(e).splitlines()[0][:120]})") from None
+            t = torch.from_numpy(arr.copy()).permute(2, 0, 1)
+            pending.setdefault(tuple(t.shape), []).append(t)  # equal sizes batch together
+            if len(pending[tuple(t.shape)]) >= batch_size:
+                flush(tuple(t.shape))
+        for key in list(pending):
+            flush(key)
+        return stats
+    if not p.is_file():
+        raise FileNotFoundError(f"--reference {p}: file or folder not found")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            keys = set(z.files)
+            if not {"mu", "sigma"} <= keys:
+                raise FidError(f"--reference {p}: no {' / '.join(k for k in ('mu', 'sigma') if k not in keys)} "
+                               f"array (keys: {_list(sorted(keys))}); expected an .npz with mu (D,) "
+                               f"and sigma (D, D) as in the guided-diffusion reference batches, or a folder of images")
+            mu, sigma = z["mu"], z["sigma"]
+    except FidError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any reader failure is one line naming the file
+        raise FidError(f"--reference {p}: not a readable .npz ({str(e).splitlines()[0][:120]})") from None
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise FidError(f"--reference {p}: mu {mu.shape} / sigma {sigma.shape} are not (D,) / (D, D)")
+    return GaussianStats.from_moments(mu, sigma)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def _gap_closed(acc: Optional[float], restored: Optional[float], vanilla: Optional[float]) -> Optional[float]:
+    if acc is None or restored is None or vanilla is None or abs(acc - vanilla) < 1e-12:
+        return None
+    return (acc - restored) / (acc - vanilla)
+
+
+@torch.no_grad()
+def evaluate_generation(pipe, features: _Extractor, logits: Optional[_Extractor] = None,
+                        reference: Optional[GaussianStats] = None, num_samples: int = PAPER_NUM_SAMPLES,
+                        batch_size: int = 16, base_seed: int = 0, is_splits: int = 10,
+                        progress: Optional[Callable[[str], None]] = None) -> dict:
+    """Generate `num_samples` samples with `pipe.compare` (vanilla, accelerated, and accelerated + adapter
+    when the pipeline has one; sample i: class i mod num_classes, seed base_seed + i), in batches, and
+    return FID against `reference`, FID against the vanilla samples, and IS (when `logits` is given)."""
+    if num_samples < 2:
+        raise FidError(f"--num_samples must be at least 2, got {num_samples}")
+    if batch_size < 1 or is_splits < 1:
+        raise FidError(f"--batch_size and --is_splits must be >= 1, got {batch_size} and {is_splits}")
+    num_classes = int(pipe.var.num_classes)
+    device = pipe.device
+    features.to(device)
+    is_metrics: dict = {}
+    if logits is not None:
+        from torchmetrics.image.inception import InceptionScore
+
+        logits.to(device)
+    stats: dict[str, GaussianStats] = {}
+    image_size = None
+    t0, last = time.perf_counter(), 0.0
+    for start in range(0, num_samples, batch_size):
+        idx = range(start, min(start + batch_size, num_samples))
+        images = pipe.compare([i % num_classes for i in idx], [base_seed + i for i in idx])
+        for run, imgs in images.items():
+            imgs = imgs.to(device)
+            image_size = list(imgs.shape[-2:])
+            stats.setdefault(run, GaussianStats()).update(features(imgs))
+            if logits is not None:
+                if run not in is_metrics:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", UserWarning)  # "saves all features in a buffer"
+                        is_metrics[run] = InceptionScore(feature=logits, splits=is_splits).to(device)
+                is_metrics[run].update(imgs)
+        done = idx.stop
+        now = time.perf_counter() - t0
+        if progress is not None and (now - last > 30 or done == num_samples):
+            last = now
+            progress(f"  {done}/{num_samples} samples, {done / max(now, 1e-9):.1f} samples/s")
+
+    runs = list(stats)
+    dim = stats[runs[0]].dim
+    if reference is not None and reference.dim != dim:
+        raise FidError(f"--reference has {reference.dim}-d statistics but --inception {features.path} gives "
+                       f"{dim}-d features")
+    fid_ref = None if reference is None else {
+        r: frechet_distance(stats[r].mu, stats[r].sigma, reference.mu, reference.sigma) for r in runs}
+    van = stats["vanilla"]
+    fid_van = {r: frechet_distance(stats[r].mu, stats[r].sigma, van.mu, van.sigma) for r in runs if r != "vanilla"}
+    inception_score = None
+    if is_metrics:
+        inception_score = {}
+        for r, m in is_metrics.items():
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)  # the metric shuffles the samples before splitting
+                mean, std = m.compute()
+            inception_score[r] = {"mean": float(mean), "std": float(std)}
+    gap = None
+    if "accelerated+adapter" in runs:
+        gap = {"fid_vs_reference": None if fid_ref is None else _gap_closed(
+                   fid_ref["accelerated"], fid_ref["accelerated+adapter"], fid_ref["vanilla"]),
+               "fid_vs_vanilla": _gap_closed(fid_van["accelerated"], fid_van["accelerated+adapter"], 0.0)}
+    notes = []
+    if num_samples < dim:
+        notes.append(f"num_samples {num_samples} < feature dimension {dim}: the covariances are rank-deficient "
+                     f"and FID is strongly biased")
+    if num_samples < PAPER_NUM_SAMPLES:
+        notes.append(f"{num_samples} samples (the paper protocol uses {PAPER_NUM_SAMPLES}): FID is biased upwards "
+                     f"at small sample counts; compare only numbers with the same num_samples")
+    if getattr(getattr(pipe, "sampling", None), "noise", "per_sample") != "per_sample":
+        notes.append("sampling.noise is not per_sample: samples come from the global RNG and do not follow the "
+                     "seeds (not reproducible, and the runs are not paired per seed)")
+    notes.append("FID/IS depend on the Inception port: comparable to published numbers only if the extractor "
+                 "reproduces the guided-diffusion evaluator's Inception graph and reference statistics")
+    return {"num_samples": num_samples, "runs": runs, "fid_vs_reference": fid_ref, "fid_vs_vanilla": fid_van,
+            "inception_score": inception_score, "gap_closed": gap, "feature_dim": dim, "image_size": image_size,
+            "classes": f"i mod {num_classes}", "seeds": f"{base_seed} + i",
+            "is_splits": is_splits if is_metrics else None,
+            "seconds": round(time.perf_counter() - t0, 2), "notes": notes}
+
+
+def _fmt(x: Optional[float], pct: bool = False) -> str:
+    if x is None:
+        return "-"
+    return f"{100 * x:.1f} %" if pct else f"{x:.3f}"
+
+
+def markdown_report(result: dict) -> str:
+    ref, van, iss = result["fid_vs_reference"], result["fid_vs_vanilla"], result["inception_score"]
+    lines = [f"# FID / IS, {result['num_samples']} samples per run", "",
+             "| run | FID vs reference | FID vs vanilla samples | IS |", "| --- | --- | --- | --- |"]
+    for r in result["runs"]:
+        fv = 0.0 if r == "vanilla" else van.get(r)
+        is_ = "-" if not iss else f"{iss[r]['mean']:.2f} ± {iss[r]['std']:.2f}"
+        lines.append(f"| {r} | {_fmt(ref[r]) if ref else '-'} | {_fmt(fv)} | {is_} |")
+    if result["gap_closed"]:
+        g = result["gap_closed"]
+        lines += ["", f"FID gap closed by the adapter: {_fmt(g['fid_vs_reference'], True)} (vs reference), "
+                      f"{_fmt(g['fid_vs_vanilla'], True)} (vs vanilla samples)"]
+    proto = result.get("protocol") or {}
+    lines += ["", f"Samples: class {result['classes']}, seed {result['seeds']}; feature dimension "
+                  f"{result['feature_dim']}; images {result['image_size']}."]
+    if proto:
+        lines += ["", "Protocol:", ""] + [f"- {k}: {json.dumps(v)}" for k, v in proto.items()]
+    lines += ["", "Notes:", ""] + [f"- {n}" for n in result["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(result: dict, output: str | Path) -> tuple[Path, Path]:
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    js, md = out / "fid.json", out / "fid.md"
+    js.write_text(json.dumps(result, indent=2))
+    md.write_text(markdown_report(result))
+    return js, md

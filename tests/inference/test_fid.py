@@ -1,0 +1,238 @@
+"""radar-fid: Fréchet distance against torchmetrics, extractor / reference loading errors, the sample loop,
+and the CLI on the tiny preset with tiny TorchScript extractors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from radar_train.inference.fid import (FidError, GaussianStats, evaluate_generation, frechet_distance,
+                                       load_inception, reference_stats)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only add overhead (and stall badly when the cores are busy)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class _Pool(nn.Module):
+    """uint8 (N, 3, H, W) -> 4x4 average pool -> fixed random linear map to `dim` outputs."""
+
+    def __init__(self, dim: int, seed: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.proj = nn.Parameter(torch.randn(48, dim, generator=g) / 7, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.adaptive_avg_pool2d(x.float() / 255.0, 4).flatten(1)
+        return x @ self.proj
+
+
+class _Identity(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.num_features = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@pytest.fixture(scope="module")
+def extractors(tmp_path_factory) -> dict:
+    d = tmp_path_factory.mktemp("inception")
+    feats, logits = d / "pool16.pt", d / "logits10.pt"
+    torch.jit.save(torch.jit.script(_Pool(16, 0)), str(feats))
+    torch.jit.save(torch.jit.script(_Pool(10, 1)), str(logits))
+    return {"features": feats, "logits": logits}
+
+
+def test_frechet_distance_matches_torchmetrics():
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(300, 16, generator=g, dtype=torch.float64)
+    fake = torch.randn(200, 16, generator=g, dtype=torch.float64) @ (torch.eye(16, dtype=torch.float64)
+                                                                     + 0.3 * torch.randn(16, 16, generator=g,
+                                                                                         dtype=torch.float64)) + 0.5
+    tm = FrechetInceptionDistance(feature=_Identity(16), normalize=True)
+    tm.update(real, real=True)
+    tm.update(fake, real=False)
+    want = float(tm.compute())
+
+    a, b = GaussianStats(), GaussianStats()
+    for chunk in real.split(64):  # streaming statistics equal the one-shot ones
+        a.update(chunk)
+    b.update(fake)
+    torch.testing.assert_close(a.sigma, torch.cov(real.T), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(a.mu, real.mean(0), rtol=1e-12, atol=1e-12)
+    got = frechet_distance(b.mu, b.sigma, a.mu, a.sigma)
+    assert want > 1.0 and got == pytest.approx(want, rel=1e-6)
+    assert frechet_distance(a.mu, a.sigma, b.mu, b.sigma) == pytest.approx(got, rel=1e-9)  # symmetric
+
+
+def test_fid_of_a_set_with_itself_is_zero():
+    g = torch.Generator().manual_seed(1)
+    for n in (500, 10):  # full-rank and rank-deficient (n < D) covariances
+        s = GaussianStats()
+        s.update(torch.randn(n, 16, generator=g) * 3 + 1)
+        # 1e-7: square roots of round-off at the zero eigenvalues of a rank-deficient covariance
+        assert abs(frechet_distance(s.mu, s.sigma, s.mu, s.sigma)) < 1e-7 * float(s.sigma.trace())
+
+
+def test_reference_npz_and_its_errors(tmp_path):
+    mu, sigma = np.arange(4.0), np.eye(4) * 2
+    np.savez(tmp_path / "ref.npz", mu=mu, sigma=sigma, arr_0=np.zeros((2, 8, 8, 3), np.uint8))
+    s = reference_stats(str(tmp_path / "ref.npz"))
+    assert s.dim == 4 and torch.equal(s.mu, torch.arange(4.0, dtype=torch.float64))
+    np.savez(tmp_path / "nomu.npz", sigma=sigma, arr_0=np.zeros((2, 8, 8, 3), np.uint8))
+    with pytest.raises(FidError, match=r"nomu\.npz: no mu array \(keys: arr_0, sigma\)") as e:
+        reference_stats(str(tmp_path / "nomu.npz"))
+    assert "\n" not in str(e.value)
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(FidError, match=r"bad\.npz: not a readable \.npz"):
+        reference_stats(str(tmp_path / "bad.npz"))
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        reference_stats(str(tmp_path / "missing.npz"))
+
+
+def test_load_inception_contract_and_errors(extractors, tmp_path):
+    ext = load_inception(str(extractors["features"]))
+    out = ext(torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8))
+    assert out.shape == (3, 16) and out.dtype == torch.float32
+    with pytest.raises(FileNotFoundError, match=r"--inception .*nope\.pt: file not found"):
+        load_inception(str(tmp_path / "nope.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"\x00garbage" * 10)
+    torch.save(_Pool(16, 0).state_dict(), tmp_path / "state.pt")
+    for name in ("junk.pt", "state.pt"):
+        with pytest.raises(FidError, match=rf"{name}: not a TorchScript .* archive") as e:
+            load_inception(str(tmp_path / name))
+        assert "\n" not in str(e.value)
+
+
+def test_load_torch_export_archive(tmp_path):
+    batch = torch.export.Dim("batch")
+    ep = torch.export.export(_Pool(16, 0), (torch.zeros(2, 3, 32, 32, dtype=torch.uint8),),
+                             dynamic_shapes=({0: batch},))
+    torch.export.save(ep, str(tmp_path / "pool16.pt2"))
+    x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    torch.testing.assert_close(load_inception(str(tmp_path / "pool16.pt2"))(x), _Pool(16, 0)(x))
+
+
+class _StubPipe:
+    """compare(labels, seeds): vanilla images from the seed, accelerated = vanilla + strong noise,
+    accelerated+adapter = vanilla + weaker noise."""
+
+    def __init__(self):
+        self.var = SimpleNamespace(num_classes=3)
+        self.device = torch.device("cpu")
+        self.calls = []
+
+    def compare(self, labels, seeds):
+        self.calls.append((list(labels), list(seeds)))
+        van, acc, ada = [], [], []
+        for c, s in zip(labels, seeds):
+            g = torch.Generator().manual_seed(s)
+            base = torch.rand(3, 16, 16, generator=g) * 200 + c * 10
+            noise = torch.randn(3, 16, 16, generator=g)
+            van.append(base)
+            acc.append(base + 40 * noise)
+            ada.append(base + 15 * noise)
+        u8 = lambda xs: torch.stack(xs).round().clamp(0, 255).to(torch.uint8)  # noqa: E731
+        return {"vanilla": u8(van), "accelerated": u8(acc), "accelerated+adapter": u8(ada)}
+
+
+def test_sample_loop_classes_seeds_and_gap(extractors):
+    feats, logits = load_inception(str(extractors["features"])), load_inception(str(extractors["logits"]), "--il")
+    pipe = _StubPipe()
+    ref = GaussianStats()
+    for i in range(0, 40, 8):  # reference = the vanilla distribution of other seeds
+        ref.update(feats(pipe.compare([j % 3 for j in range(i, i + 8)], list(range(1000 + i, 1008 + i)))["vanilla"]))
+    pipe.calls.clear()
+    r = evaluate_generation(pipe, feats, logits, ref, num_samples=30, batch_size=8, base_seed=5, is_splits=3)
+    assert [len(c[0]) for c in pipe.calls] == [8, 8, 8, 6]
+    assert sum((c[0] for c in pipe.calls), []) == [i % 3 for i in range(30)]
+    assert sum((c[1] for c in pipe.calls), []) == [5 + i for i in range(30)]
+    assert r["runs"] == ["vanilla", "accelerated", "accelerated+adapter"] and r["num_samples"] == 30
+    van = r["fid_vs_vanilla"]
+    assert set(van) == {"accelerated", "accelerated+adapter"} and van["accelerated"] > van["accelerated+adapter"] > 0
+    ref_fid = r["fid_vs_reference"]
+    assert ref_fid["accelerated"] > ref_fid["accelerated+adapter"] and ref_fid["accelerated"] > ref_fid["vanilla"]
+    gap = r["gap_closed"]
+    assert gap["fid_vs_vanilla"] == pytest.approx(1 - van["accelerated+adapter"] / van["accelerated"])
+    assert gap["fid_vs_reference"] == pytest.approx((ref_fid["accelerated"] - ref_fid["accelerated+adapter"])
+                                                    / (ref_fid["accelerated"] - ref_fid["vanilla"]))
+    assert set(r["inception_score"]) == set(r["runs"]) and all(v["mean"] >= 1.0 for v in r["inception_score"].values())
+    again = evaluate_generation(_StubPipe(), feats, logits, ref, num_samples=30, batch_size=16, base_seed=5,
+                                is_splits=3)
+    assert again["fid_vs_reference"] == pytest.approx(ref_fid, rel=1e-5)  # batch-size independent (fp32 features)
+    assert again["inception_score"] == r["inception_score"]
+
+
+def _main(argv):
+    from radar_train.cli.fid import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    return e.value.code
+
+
+def test_cli_writes_fid_json_on_the_tiny_preset(extractors, tmp_path, capsys):
+    refdir = tmp_path / "real"
+    refdir.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(refdir / f"{i}.png")
+    out = tmp_path / "fid"
+    common = ["--config", str(ROOT / "configs/generate/tiny.yaml"), "--device", "cpu", "--num_samples", "12",
+              "--batch_size", "6", "--inception", str(extractors["features"])]
+    code = _main(common + ["--inception_logits", str(extractors["logits"]), "--reference", str(refdir),
+                           "--output", str(out)])
+    assert code == 0, capsys.readouterr().err
+    r = json.loads((out / "fid.json").read_text())
+    for key in ("num_samples", "runs", "fid_vs_reference", "fid_vs_vanilla", "inception_score", "gap_closed",
+                "feature_dim", "image_size", "notes", "protocol"):
+        assert key in r, key
+    assert r["num_samples"] == 12 and r["runs"] == ["vanilla", "accelerated"] and r["feature_dim"] == 16
+    assert set(r["fid_vs_reference"]) == {"vanilla", "accelerated"} and set(r["fid_vs_vanilla"]) == {"accelerated"}
+    assert r["fid_vs_vanilla"]["accelerated"] > 0 and r["gap_closed"] is None
+    assert set(r["inception_score"]) == {"vanilla", "accelerated"}
+    assert r["protocol"]["model"] == "tiny" and len(r["protocol"]["inception"]["sha256"]) == 64
+    assert r["protocol"]["sampling"]["top_k"] == 64 and r["protocol"]["reference"]["num_images"] == 6
+    assert "| accelerated |" in (out / "fid.md").read_text()
+    # the saved folder statistics are reusable as --reference and give the same numbers
+    out2 = tmp_path / "fid2"
+    assert _main(common + ["--reference", str(out / "reference_stats.npz"), "--output", str(out2)]) == 0
+    r2 = json.loads((out2 / "fid.json").read_text())
+    assert r2["fid_vs_reference"] == pytest.approx(r["fid_vs_reference"], rel=1e-9)
+    assert r2["inception_score"] is None
+
+
+@pytest.mark.parametrize("case", ["missing_inception", "corrupt_inception", "reference_without_mu"])
+def test_cli_errors_are_one_line_exit_2(case, extractors, tmp_path, capsys):
+    bad = tmp_path / "bad.bin"
+    args = ["--model.preset", "tiny", "--device", "cpu", "--num_samples", "4", "--output", str(tmp_path / "o")]
+    if case == "missing_inception":
+        args += ["--inception", str(bad)]
+    elif case == "corrupt_inception":
+        bad.write_bytes(b"PK\x03\x04 not really a zip")
+        args += ["--inception", str(bad)]
+    else:
+        bad = tmp_path / "ref.npz"
+        np.savez(bad, sigma=np.eye(16))
+        args += ["--inception", str(extractors["features"]), "--reference", str(bad)]
+    assert _main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and str(bad) in err, err
+    assert not (tmp_path / "o" / "fid.json").exists()
