@@ -3,8 +3,9 @@
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence, Union
 
 __all__ = ["ModelArgs", "SamplingConfig", "FastVARArgs", "StageVARArgs", "AccelArgs"]
 
@@ -69,8 +70,10 @@ class FastVARArgs:
 
 @dataclass
 class StageVARArgs:
-    """StageVAR: single-branch (no CFG) fidelity-refinement scales with random projection + token
-    restoration, suffix skipping."""
+    """StageVAR settings.
+
+    Single-branch (no CFG) fidelity-refinement scales with random projection + token restoration,
+    suffix skipping."""
 
     preset: Optional[str] = "default"
     """default (last 2 scales, RP at α=0.96) | paper (last 3: RP at α=0.96, then skip), or null to
@@ -92,6 +95,29 @@ class StageVARArgs:
 
 @dataclass
 class AccelArgs:
+    """Acceleration method of the accelerated run and its settings."""
+
     method: Literal["none", "fastvar", "stagevar"] = "none"
     fastvar: FastVARArgs = field(default_factory=FastVARArgs)
     stagevar: StageVARArgs = field(default_factory=StageVARArgs)
+
+
+def parse_int_list(spec: Union[str, int, Sequence[int]], what: str) -> list[int]:
+    """'0-3,7' (ranges inclusive) / 5 / [1, 2] -> a list of non-negative ints, in the given order.
+    ValueError names `what` (the option at fault)."""
+    if isinstance(spec, int):
+        return [spec]
+    if not isinstance(spec, str):
+        return [int(x) for x in spec]
+    out: list[int] = []
+    for part in filter(None, (q.strip() for q in spec.split(","))):
+        m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+        if not m:
+            raise ValueError(f"{what}: cannot read {part!r} in {spec!r} (use e.g. '0-3,7' or a list)")
+        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+        if b < a:
+            raise ValueError(f"{what}: empty range {part!r}")
+        out += range(a, b + 1)
+    if not out:
+        raise ValueError(f"{what} is empty")
+    return out

@@ -12,7 +12,9 @@ __all__ = ["PlanArgs", "StorageArgs", "CacheArgs"]
 
 @dataclass
 class PlanArgs:
-    """Which (label, seed) pairs the cache holds. Sample i has label classes[i mod n] (n classes) and
+    """Which (label, seed) pairs the cache holds.
+
+    Sample i has label classes[i mod n] (n classes) and
     seed base_seed + i, so the classes are interleaved in every shard and a larger plan extends a smaller
     one with the same classes and base seed."""
 

@@ -12,20 +12,26 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from radar_train.cache.config import PlanArgs
+from radar_train.config import parse_int_list
 
 RULE = "label = classes[i % len(classes)], seed = base_seed + i"
 
 
 def resolve_classes(spec: Union[str, Sequence[int]], num_classes: int) -> tuple[list[int], list[str]]:
-    """(class list, problems) for "all", "START:STOP" or an explicit list, checked against the model."""
+    """(class list, problems) for "all", "START:STOP" (STOP excluded), "0-3,7" (ranges inclusive, as in
+    --classes elsewhere) or an explicit list, checked against the model."""
     if isinstance(spec, str):
         s = spec.strip()
         if s == "all":
             return list(range(num_classes)), []
         m = re.fullmatch(r"(\d+)\s*:\s*(\d+)", s)
-        if not m:
-            return [], [f'plan.classes must be "all", "START:STOP" or a list of ints, got {spec!r}']
-        classes = list(range(int(m.group(1)), int(m.group(2))))
+        if m:
+            classes = list(range(int(m.group(1)), int(m.group(2))))
+        else:
+            try:
+                classes = parse_int_list(s, "plan.classes")
+            except ValueError:
+                return [], [f'plan.classes must be "all", "START:STOP", "0-3,7" or a list of ints, got {spec!r}']
     else:
         classes = [int(c) for c in spec]
     problems = []

@@ -39,7 +39,9 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
               accel: AccelArgs = AccelArgs(method="stagevar"), scales: Optional[list[int]] = None,
               alpha: float = 0.96, num_samples: int = 1000, batch_size: int = 16, seed: int = 0,
               device: str = "auto", output: str = "ranks.yaml") -> int:
-    """Measure StageVAR rank ratios r(α)/M per refinement scale and block on a model; write a YAML that
+    """Measure StageVAR rank ratios r(α)/M per refinement scale and block.
+
+    Measures them on a model and writes a YAML that
     `--accel.stagevar.rank_ratios FILE` loads.
 
     Args:

@@ -12,7 +12,9 @@ from radar_train.inference.evaluate import LpipsArgs
 def evaluate(cache: str, adapter: str, output: str = "outputs/eval", shards: Optional[Union[str, list[int]]] = None,
              vae_checkpoint: Optional[str] = None, batch_size: int = 32, num_workers: int = 0, device: str = "auto",
              lpips: LpipsArgs = LpipsArgs()) -> int:
-    """PSNR / SSIM (LPIPS with local weights) of decoder(LQ) and decoder+adapter(LQ) against decoder(HQ),
+    """Restoration metrics of an adapter on held-out cache shards.
+
+    PSNR / SSIM (LPIPS with local weights) of decoder(LQ) and decoder+adapter(LQ) against decoder(HQ),
     gap closed and harmlessness, on held-out shards of a cache.
 
     Args:
@@ -28,11 +30,11 @@ def evaluate(cache: str, adapter: str, output: str = "outputs/eval", shards: Opt
     """
     import torch
 
-    from radar_train.cli.generate import parse_int_list
+    from radar_train.config import parse_int_list
     from radar_train.inference.evaluate import evaluate_restoration, markdown_table, write_report
 
     dev = "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
-    shard_list = None if shards is None else parse_int_list(shards, "shards")
+    shard_list = None if shards is None else parse_int_list(shards, "--shards")
     print(f"radar-eval: adapter {adapter} on {cache} (shards {shard_list or 'from the adapter'}) -> {output}")
     result = evaluate_restoration(cache, adapter, shard_list, batch_size, dev, vae_checkpoint, lpips, num_workers)
     js, md = write_report(result, output)

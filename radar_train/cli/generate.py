@@ -9,38 +9,17 @@ from typing import Optional, Union
 
 from jsonargparse import CLI
 
-from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
+from radar_train.config import AccelArgs, ModelArgs, SamplingConfig, parse_int_list
 from radar_train.inference.pipeline import Precision
-
-
-def parse_int_list(spec: Union[str, int, list], what: str) -> list[int]:
-    """'0-3,7' / 5 / [1, 2] -> a list of non-negative ints."""
-    if isinstance(spec, int):
-        return [spec]
-    if isinstance(spec, (list, tuple)):
-        return [int(x) for x in spec]
-    out: list[int] = []
-    try:
-        for part in str(spec).replace(" ", "").split(","):
-            if not part:
-                continue
-            if "-" in part:
-                a, b = part.split("-", 1)
-                out += list(range(int(a), int(b) + 1))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise ValueError(f"--{what}: cannot read {spec!r} (use e.g. '0-3,7')") from None
-    if not out:
-        raise ValueError(f"--{what} is empty")
-    return out
 
 
 def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method="fastvar"),
              sampling: SamplingConfig = SamplingConfig(), adapter: Optional[str] = None, merge_adapter: bool = True,
              classes: Union[str, list[int]] = "0-3", seeds: Union[str, list[int]] = "0", output: str = "outputs/generate",
              batch_size: int = 16, grid_scale: int = 0, device: str = "auto", precision: Precision = "auto") -> int:
-    """Generate every (class, seed) pair with the vanilla and the accelerated model, decode the accelerated
+    """Generate vanilla | accelerated | accelerated + adapter images and a comparison grid.
+
+    Generate every (class, seed) pair with the vanilla and the accelerated model, decode the accelerated
     latent also through the adapted decoder, and write PNGs plus a comparison grid (rows = samples).
 
     Args:
@@ -62,7 +41,7 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
     from radar_train.images import save_grid, save_png
     from radar_train.inference import PipelineArgs, RadarPipeline
 
-    cls_list, seed_list = parse_int_list(classes, "classes"), parse_int_list(seeds, "seeds")
+    cls_list, seed_list = parse_int_list(classes, "--classes"), parse_int_list(seeds, "--seeds")
     pairs = [(c, s) for c in cls_list for s in seed_list]
     out = Path(output)
     print(f"radar-generate: {len(pairs)} samples ({len(cls_list)} classes x {len(seed_list)} seeds), model "

@@ -33,7 +33,9 @@ _ONE_LINE_ERRORS = (ValueError, FileNotFoundError)
 
 
 def export(ckpt: str, output: str) -> int:
-    """Write a peft adapter folder (adapter_config.json, adapter_model.safetensors, radar_config.yaml)
+    """Export the adapter folder from a radar-train checkpoint.
+
+    Writes a peft adapter folder (adapter_config.json, adapter_model.safetensors, radar_config.yaml)
     from a radar-train Lightning checkpoint.
 
     Args:
@@ -124,7 +126,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         if cmd == "export":
             from jsonargparse import CLI
 
-            sys.exit(CLI(export, args=rest, as_positional=False))
+            sys.exit(CLI(export, args=rest, as_positional=False, prog="radar-train export"))
         run_lightning(argv if explicit else None)
     except (*_ONE_LINE_ERRORS, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -3,7 +3,7 @@ optional PAA adapter on the decoder (merged by default: no inference overhead).
 
     pipe = RadarPipeline.from_config(PipelineArgs(model=..., accel=AccelArgs("fastvar"), adapter="run/final"))
     images = pipe.generate(labels=[1, 2], seeds=[0, 1])            # uint8 (B, 3, H, W)
-    grid = pipe.compare(labels=[1, 2], seeds=[0, 1])               # vanilla | accelerated | accelerated+adapter
+    runs = pipe.compare(labels=[1, 2], seeds=[0, 1])  # {'vanilla', 'accelerated', 'accelerated+adapter'}: uint8
 
 Vanilla images are decoded with the plain decoder; accelerated images with the adapted one when an
 adapter is loaded. An adapter trained for another VQ-VAE is refused; one trained for another

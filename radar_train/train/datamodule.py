@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Sequence, Union
@@ -19,6 +18,8 @@ from typing import Literal, Optional, Sequence, Union
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from radar_train.config import parse_int_list
 
 __all__ = ["CacheSource", "PairDataModule", "parse_shards", "ConcatPairs"]
 
@@ -45,20 +46,7 @@ def parse_shards(spec: Shards, what: str) -> Optional[list[int]]:
     """"0-3,7" / [0, 1] / None -> sorted shard ids (None stays None). ValueError names `what`."""
     if spec is None:
         return None
-    if isinstance(spec, int):
-        spec = [spec]
-    if isinstance(spec, str):
-        ids: list[int] = []
-        for part in filter(None, (p.strip() for p in spec.split(","))):
-            m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
-            if not m:
-                raise ValueError(f"{what}: cannot read {part!r} in {spec!r} (use e.g. '0-7', '0-5,7' or a list)")
-            a, b = int(m.group(1)), int(m.group(2) or m.group(1))
-            if b < a:
-                raise ValueError(f"{what}: empty range {part!r}")
-            ids += range(a, b + 1)
-        spec = ids
-    ids = [int(s) for s in spec]
+    ids = parse_int_list(spec, what)
     if len(set(ids)) != len(ids):
         raise ValueError(f"{what}: lists a shard twice ({spec})")
     if any(s < 0 for s in ids):

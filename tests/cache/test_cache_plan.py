@@ -30,13 +30,14 @@ def test_a_larger_plan_extends_a_smaller_one():
         assert np.array_equal(x, y)
 
 
-@pytest.mark.parametrize("spec, expected", [("all", list(range(5))), ("1:4", [1, 2, 3]), ([4, 0], [4, 0])])
+@pytest.mark.parametrize("spec, expected", [("all", list(range(5))), ("1:4", [1, 2, 3]), ([4, 0], [4, 0]),
+                                            ("0-2,4", [0, 1, 2, 4])])
 def test_class_sets(spec, expected):
     assert resolve_classes(spec, 5) == (expected, [])
 
 
 @pytest.mark.parametrize("spec, message", [("0:7", "out of range"), ("some", "START:STOP"), ([1, 1], "twice"),
-                                           ("3:3", "empty")])
+                                           ("3:3", "empty"), ("0-7", "out of range"), ("2-1", "0-3,7")])
 def test_bad_class_sets_are_reported(spec, message):
     classes, problems = resolve_classes(spec, 5)
     assert any(message in p for p in problems), problems
