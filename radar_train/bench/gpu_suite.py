@@ -1,8 +1,8 @@
 """Everything that only a GPU can show, in one run: `python -m radar_train.bench.gpu_suite OUT_DIR [sections]`.
 
-Sections: accel (VAR-d16/d24/d30 batch 32 bf16, d36 batch 16), train (decoder LoRA step throughput and
-peak memory, when radar_train.train.bench exists), cache (when radar_train.cache.bench and zarr are
-importable). Each section writes OUT_DIR/<section>.json; a failing section is reported and skipped.
+Sections: accel (VAR-d16/d24/d30 batch 32 bf16, d36 batch 16), pipeline (adapter decode overhead and
+images/s per method, d16 batch 32), train (decoder LoRA step throughput and peak memory, d16 batch 16
+bf16), cache (radar-cache wall time vs bare pair generation, random-weight d16; needs zarr). Each section writes OUT_DIR/<section>.json; a failing section is reported and skipped.
 """
 from __future__ import annotations
 
@@ -29,20 +29,33 @@ def _accel(out: Path) -> None:
 
 
 def _train(out: Path) -> None:
-    from radar_train.train import bench  # noqa: F401  (provided by the train stage)
+    from radar_train.train.bench import TrainBenchArgs, format_table, run_train_benchmark
 
-    rows = bench.run_train_benchmark(gpu=True)
+    rows = run_train_benchmark(TrainBenchArgs(preset="var-d16", batch_size=16, device="cuda"))
+    print(format_table(rows), flush=True)
     (out / "train.json").write_text(json.dumps(rows, indent=2))
 
 
 def _cache(out: Path) -> None:
-    from radar_train.cache import bench
+    from radar_train.cache.bench import format_rows, run_cache_benchmark
 
-    rows = bench.run_cache_benchmark(gpu=True)
+    overrides = ["--model.vae_checkpoint", "null", "--model.var_checkpoint", "null", "--model.init_seed", "0",
+                 "--plan.images_per_class", "null", "--plan.num_samples", "3072", "--plan.shard_size", "1024"]
+    rows = run_cache_benchmark("configs/cache/d16_fastvar.yaml", overrides, parts=("generation",))
+    print(format_rows(rows), flush=True)
     (out / "cache.json").write_text(json.dumps(rows, indent=2))
 
 
-SECTIONS = {"accel": _accel, "train": _train, "cache": _cache}
+def _pipeline(out: Path) -> None:
+    from radar_train.bench.accel import BenchSetup
+    from radar_train.bench.pipeline import format_table, run_pipeline_benchmark
+
+    rows = run_pipeline_benchmark(BenchSetup(preset="var-d16", batch_size=32, device="cuda", warmup=2, repeats=5))
+    print(format_table(rows), flush=True)
+    (out / "pipeline.json").write_text(json.dumps(rows, indent=2))
+
+
+SECTIONS = {"accel": _accel, "pipeline": _pipeline, "train": _train, "cache": _cache}
 
 
 def main(argv: list[str]) -> int:

@@ -9,6 +9,7 @@ from typing import Optional
 from jsonargparse import CLI
 
 from radar_train.bench.accel import BenchSetup
+from radar_train.train.bench import TrainBenchArgs
 from radar_train.config import SamplingConfig
 
 
@@ -21,7 +22,9 @@ def _write_json(rows: list[dict], path: Optional[str]) -> None:
 
 def accel(setup: BenchSetup = BenchSetup(), methods: list[str] = ["none", "fastvar", "stagevar"],
           sampling: SamplingConfig = SamplingConfig(), json: Optional[str] = None) -> int:
-    """Sampling time per image (transformer + quantizer) per acceleration method, speedup vs vanilla,
+    """Sampling time per image per acceleration method, speed-up vs vanilla, forked pair cost.
+
+    Sampling time per image (transformer + quantizer) per acceleration method, speedup vs vanilla,
     and a forked HQ/LQ pair vs the two runs done separately; the decode on its own row.
 
     Args:
@@ -40,7 +43,9 @@ def accel(setup: BenchSetup = BenchSetup(), methods: list[str] = ["none", "fastv
 
 def pipeline(setup: BenchSetup = BenchSetup(preset="tiny", batch_size=8), methods: list[str] = ["none", "fastvar", "stagevar"],
              sampling: SamplingConfig = SamplingConfig(), json: Optional[str] = None) -> int:
-    """Adapter cost at inference (merged / unmerged decode vs the base decoder) and end-to-end images/s
+    """Adapter cost at inference and end-to-end images/s per method.
+
+    Adapter cost at inference (merged / unmerged decode vs the base decoder) and end-to-end images/s
     per method with and without a merged adapter.
 
     Args:
@@ -60,7 +65,9 @@ def pipeline(setup: BenchSetup = BenchSetup(preset="tiny", batch_size=8), method
 def cache(cache_config: str = "configs/cache/tiny.yaml", overrides: list[str] = [], num_pairs: int = 8192,
           workers: list[int] = [0, 2], repeats: int = 3, parts: list[str] = ["generation", "reader"],
           json: Optional[str] = None) -> int:
-    """radar-cache: wall time vs bare pair generation of the same samples, reader pairs/s with 0 and 2
+    """radar-cache: write overhead vs bare pair generation, reader throughput, bytes per pair.
+
+    Wall time vs bare pair generation of the same samples, reader pairs/s with 0 and 2
     DataLoader workers (256px-shaped fp16 latents), bytes per pair.
 
     Args:
@@ -80,11 +87,29 @@ def cache(cache_config: str = "configs/cache/tiny.yaml", overrides: list[str] = 
     return 0
 
 
+def train(args: TrainBenchArgs = TrainBenchArgs(), json: Optional[str] = None) -> int:  # noqa: F821
+    """Training: Lightning vs bare PyTorch step throughput, data loading, peak memory.
+
+    Lightning step throughput vs a bare PyTorch loop (target >= 0.95), data loading vs a step,
+    peak memory of a training step vs VAR sampling of the same batch (target <= 0.5).
+
+    Args:
+        args: preset (random weights unless a VQ-VAE checkpoint is given), batch size, steps, device, precision.
+        json: also write the rows to this JSON file.
+    """
+    from radar_train.train.bench import format_table, run_train_benchmark
+
+    rows = run_train_benchmark(args)
+    print(format_table(rows))
+    _write_json(rows, json)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     from radar_train.accel import ConfigError
 
     try:
-        sys.exit(CLI({"accel": accel, "pipeline": pipeline, "cache": cache}, args=argv))
+        sys.exit(CLI({"accel": accel, "pipeline": pipeline, "cache": cache, "train": train}, args=argv))
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -58,7 +58,7 @@ class TrainBenchArgs:
     precision: str = "auto"
     """Lightning precision: auto = bf16-mixed on CUDA, 32-true on the CPU."""
     cache: Optional[str] = None
-    """Cache for the data-loading row (default: a temporary one of cache_pairs pairs)."""
+    """Cache for the data-loading row (default: a temporary synthetic one of cache_pairs pairs)."""
     cache_pairs: int = 256
     """Pairs of the temporary cache."""
     memory: bool = True
@@ -189,7 +189,7 @@ def data_loading(args: TrainBenchArgs, batches: int = 8) -> tuple[float, str]:
         path, what = args.cache, f"cache {args.cache}"
         if path is None:
             path = _temporary_cache(args, tmp)
-            what = f"temporary cache of {args.cache_pairs} pairs ({args.preset}, random weights)"
+            what = f"synthetic cache of {args.cache_pairs} pairs of {args.preset}-shaped latents"
         from radar_train.cache.schema import read_manifest
 
         last = read_manifest(path).num_shards - 1
@@ -208,18 +208,17 @@ def data_loading(args: TrainBenchArgs, batches: int = 8) -> tuple[float, str]:
 
 
 def _temporary_cache(args: TrainBenchArgs, tmp: str) -> str:
-    from radar_train.cache.config import CacheArgs, PlanArgs
-    from radar_train.cache.generate import run_cache
-    from radar_train.config import AccelArgs, ModelArgs
+    """A synthetic cache (the real writer, random latents) of the preset's latent shape: reading speed
+    does not depend on the values, and no VAR has to run first."""
+    from radar_train.cache.synthetic import synthetic_manifest, write_synthetic_cache
+    from radar_train.models import get_preset
 
-    out = f"{tmp}/bench_cache"
+    preset = get_preset(args.preset)
+    shape = (preset.vae.z_channels, preset.var.patch_nums[-1], preset.var.patch_nums[-1])
     shard = max(16, args.cache_pairs // 4)
-    threads = torch.get_num_threads()
-    run_cache(CacheArgs(model=ModelArgs(preset=args.preset, init_seed=args.seed), accel=AccelArgs(method="fastvar"),
-                        plan=PlanArgs(images_per_class=None, num_samples=args.cache_pairs, shard_size=shard),
-                        output=out, batch_size=min(64, shard), progress=False), print_fn=lambda s: None)
-    torch.set_num_threads(threads)
-    return out
+    manifest = synthetic_manifest(args.cache_pairs, shard, shape, preset.var.patch_nums,
+                                  chunk_size=min(64, shard), num_classes=preset.var.num_classes)
+    return str(write_synthetic_cache(f"{tmp}/bench_cache", manifest))
 
 
 # ---------------------------------------------------------------------------------------------- memory

@@ -1,0 +1,53 @@
+"""radar-bench smoke tests on the tiny preset: the tables run and the JSON rows carry the documented keys."""
+import json
+import subprocess
+import sys
+
+
+def _bench(*args, tmp_path):
+    out = tmp_path / "rows.json"
+    r = subprocess.run([sys.executable, "-m", "radar_train.cli.bench", *args, "--json", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(out.read_text()), r.stdout
+
+
+def test_accel_bench_rows(tmp_path):
+    rows, stdout = _bench("accel", "--setup.preset", "tiny", "--setup.batch_size", "2", "--setup.repeats", "1",
+                          "--setup.warmup", "0", "--sampling.top_k", "64", tmp_path=tmp_path)
+    by = {r["method"]: r for r in rows}
+    assert {"none", "fastvar", "stagevar", "pair(none+fastvar)", "pair(none+stagevar)"} <= set(by)
+    assert by["none"]["speedup_vs_vanilla"] == 1.0
+    assert all(r["seconds_per_image"] > 0 for r in rows)
+    assert 0 < by["pair(none+fastvar)"]["pair_vs_separate"] < 1.5
+    assert "speedup" in stdout
+
+
+def test_pipeline_bench_rows(tmp_path):
+    rows, _ = _bench("pipeline", "--setup.batch_size", "2", "--setup.repeats", "1", "--setup.warmup", "0",
+                     "--methods", "[none]", "--sampling.top_k", "64", tmp_path=tmp_path)
+    names = [r["method"] for r in rows]
+    assert names == ["decode: base decoder", "decode: merged decoder", "decode: unmerged decoder", "none",
+                     "none + adapter (merged)"]
+
+
+def test_merged_adapter_has_the_base_decoders_structure(tiny_models):
+    """Why a merged adapter costs nothing at inference: the merged decoder has exactly the base decoder's
+    modules and parameter count, only different weights."""
+    from radar_train.bench.pipeline import random_adapter
+
+    base = tiny_models[0].latent_decoder()
+    _, merged = random_adapter(base)
+    assert [type(m) for m in merged.modules()] == [type(m) for m in base.modules()]
+    assert sum(p.numel() for p in merged.parameters()) == sum(p.numel() for p in base.parameters())
+    assert any(not (a == b).all() for a, b in zip(merged.parameters(), base.parameters()))
+
+
+def test_train_bench_rows(tmp_path):
+    rows, stdout = _bench("train", "--args.batch_size", "4", "--args.steps", "2", "--args.warmup", "1",
+                          "--args.cache_pairs", "32", tmp_path=tmp_path)
+    by = {r["name"]: r for r in rows}
+    assert set(by) == {"lightning_vs_bare", "data_vs_step", "memory_train_vs_sampling"}
+    assert all(r["ratio"] > 0 for r in rows)
+    assert by["data_vs_step"]["data_ms_per_batch"] > 0 and "synthetic cache" in by["data_vs_step"]["source"]
+    assert "train benchmark: tiny" in stdout
