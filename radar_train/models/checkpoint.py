@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import safetensors.torch
+from safetensors.torch import load as safetensors_from_bytes
 import torch
 from torch import nn
 
@@ -36,7 +37,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         if name.endswith(".safetensors.xz"):
             with lzma.open(p) as f:
-                sd = safetensors.torch.load(f.read())
+                sd = safetensors_from_bytes(f.read())
         elif name.endswith(".safetensors"):
             sd = safetensors.torch.load_file(str(p))
         else:
