@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Sequence, Union
 
-__all__ = ["ModelArgs", "SamplingConfig", "FastVARArgs", "StageVARArgs", "AccelArgs"]
+__all__ = ["ModelArgs", "SamplingConfig", "FastVARArgs", "StageVARArgs", "AccelArgs", "parse_int_list"]
 
 Noise = Literal["official", "per_sample"]
 
