@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
@@ -130,6 +131,9 @@ class Decoder(nn.Module):
                  norm_groups: int = 32):
         super().__init__()
         self.num_resolutions = len(ch_mult)
+        self.checkpoint_blocks = False
+        """Recompute each block's activations in the backward instead of keeping them (activation
+        checkpointing: less memory for training through the decoder, about one more forward of compute)."""
         block_in = ch * ch_mult[-1]
         self.conv_in = nn.Conv2d(z_channels, block_in, kernel_size=3, stride=1, padding=1)
         self.mid = nn.Module()
@@ -158,18 +162,24 @@ class Decoder(nn.Module):
         """Output plus the intermediate features after the mid block and after each up level
         (coarse to fine) — used by the internal-feature distillation loss."""
         feats = []
-        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(z))))
+        run = self._run
+        h = run(self.mid.block_2, run(self.mid.attn_1, run(self.mid.block_1, self.conv_in(z))))
         feats.append(h)
         for level in reversed(range(self.num_resolutions)):
             up = self.up[level]
             for i, blk in enumerate(up.block):
-                h = blk(h)
+                h = run(blk, h)
                 if len(up.attn) > 0:
-                    h = up.attn[i](h)
+                    h = run(up.attn[i], h)
             if level != 0:
-                h = up.upsample(h)
+                h = run(up.upsample, h)
             feats.append(h)
         return self.conv_out(F.silu(self.norm_out(h))), feats
+
+    def _run(self, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        if self.checkpoint_blocks and torch.is_grad_enabled():
+            return checkpoint(block, h, use_reentrant=False)
+        return block(h)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.forward_features(z)[0]

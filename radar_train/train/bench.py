@@ -63,6 +63,8 @@ class TrainBenchArgs:
     """Pairs of the temporary cache."""
     memory: bool = True
     """Measure the peak-memory row."""
+    activation_checkpointing: bool = False
+    """Train with model.optim.activation_checkpointing (recomputed decoder activations)."""
     seed: int = 0
     """Seed of the random weights and latents."""
 
@@ -83,12 +85,14 @@ def _sync(dev: torch.device) -> None:
 def _module(args: TrainBenchArgs):
     from radar_train.config import ModelArgs
     from radar_train.train.module import MonitorArgs, OutputArgs, RadarLoraModule
+    from radar_train.train.optim import OptimArgs
 
     torch.manual_seed(args.seed)
     decoder = ModelArgs(preset=args.preset, vae_checkpoint=args.vae_checkpoint,
                         init_seed=None if args.vae_checkpoint else args.seed)
     return RadarLoraModule(decoder=decoder, monitor=MonitorArgs(images_every_n_steps=0, train_metrics_every_n_steps=0),
-                           output=OutputArgs(checkpoints=False, export_final=False))
+                           output=OutputArgs(checkpoints=False, export_final=False),
+                           optim=OptimArgs(activation_checkpointing=args.activation_checkpointing))
 
 
 def _batch(module, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
@@ -313,7 +317,8 @@ def run_train_benchmark(args: TrainBenchArgs = TrainBenchArgs()) -> list[dict]:
     """The three rows described in the module docstring."""
     dev = _device(args.device)
     precision = _precision(args, dev)
-    common = {"preset": args.preset, "batch_size": args.batch_size, "device": str(dev), "precision": precision}
+    common = {"preset": args.preset, "batch_size": args.batch_size, "device": str(dev), "precision": precision,
+              "activation_checkpointing": args.activation_checkpointing}
     bare = bare_loop(args, dev, precision)
     light = lightning_loop(args, dev, precision)
     rows = [{"name": "lightning_vs_bare", **common, "bare_samples_per_s": args.batch_size / bare,
@@ -341,7 +346,8 @@ def format_table(rows: list[dict]) -> str:
         target = f"  target {r['target']}" if "target" in r else ""
         lines.append(f"{r['name']:<26} ratio {r['ratio']:.3f}{target}  {detail}")
     head = rows[0]
-    return (f"# train benchmark: {head['preset']}, batch {head['batch_size']}, {head['device']}, {head['precision']}\n"
+    ckpt = ", activation checkpointing" if head.get("activation_checkpointing") else ""
+    return (f"# train benchmark: {head['preset']}, batch {head['batch_size']}, {head['device']}, {head['precision']}{ckpt}\n"
             + "\n".join(lines))
 
 

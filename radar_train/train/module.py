@@ -110,6 +110,7 @@ class RadarLoraModule(pl.LightningModule):
             ("decoder", decoder), ("lora", lora), ("loss", loss), ("optim", optim), ("monitor", monitor),
             ("output", output))}))
         base, self.identity = load_latent_decoder(decoder.preset, decoder.vae_checkpoint, decoder.init_seed)
+        base.decoder.checkpoint_blocks = optim.activation_checkpointing
         cfg = base.config
         self.latent_shape = [cfg.z_channels, cfg.patch_nums[-1], cfg.patch_nums[-1]]
         self.targets = resolve_targets(base, lora.targets)

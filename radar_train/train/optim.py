@@ -13,7 +13,7 @@ __all__ = ["OptimArgs", "WarmupCosine", "build_optimizer"]
 
 @dataclass
 class OptimArgs:
-    """AdamW + warm-up + cosine schedule."""
+    """AdamW + warm-up + cosine schedule, gradient clipping, activation checkpointing."""
 
     learning_rate: float = 1e-4
     """Peak learning rate (after warm-up)."""
@@ -31,6 +31,9 @@ class OptimArgs:
     grad_clip_norm: Optional[float] = 1.0
     """Clip the global gradient norm of the LoRA parameters (null: no clipping). trainer.gradient_clip_val,
     if set, takes precedence."""
+    activation_checkpointing: bool = False
+    """Recompute the decoder blocks' activations in the backward instead of keeping them: less peak memory
+    per step for about one more decoder forward of compute (see the training benchmark)."""
 
     def problems(self) -> list[str]:
         p = []

@@ -114,3 +114,25 @@ def test_invalid_settings_are_reported_together():
     with pytest.raises(ValueError) as e:
         RadarLoraModule(lora=LoraArgs(rank=0), optim=OptimArgs(learning_rate=-1))
     assert "model.lora.rank" in str(e.value) and "model.optim.learning_rate" in str(e.value)
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(make_batch):
+    batch = make_batch(n=2, seed=3)
+    results = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        module = RadarLoraModule(optim=OptimArgs(activation_checkpointing=ckpt))
+        g = torch.Generator().manual_seed(0)
+        for n, p in module.net.named_parameters():  # non-zero LoRA B, so that every LoRA tensor gets a gradient
+            if "lora_B" in n:
+                with torch.no_grad():
+                    p.normal_(std=0.01, generator=g)
+        assert module.net.base_model.model.decoder.checkpoint_blocks is ckpt
+        loss = module.compute_loss(batch)[0]
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in module.net.named_parameters() if p.requires_grad}))
+    (l0, g0), (l1, g1) = results
+    assert torch.allclose(l0, l1, atol=1e-6)
+    assert g0.keys() == g1.keys() and len(g0) > 0
+    assert all(torch.allclose(g0[k], g1[k], atol=1e-6, rtol=1e-4) for k in g0)
+    assert any(g.abs().sum() > 0 for g in g0.values())
