@@ -20,6 +20,24 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+def _build_cache(args) -> str:
+    """Run radar-cache with `args` (a CacheArgs) quietly, restoring torch's thread count after it."""
+    from radar_train.cache.generate import run_cache
+
+    threads = torch.get_num_threads()
+    try:
+        run_cache(args, print_fn=lambda s: None)
+    finally:
+        torch.set_num_threads(threads)
+    return str(args.output)
+
+
+@pytest.fixture(scope="session")
+def build_cache():
+    """The function that writes a cache from a CacheArgs for a test (returns its path)."""
+    return _build_cache
+
+
 @pytest.fixture(autouse=True)
 def _reset_torch_defaults():
     dtype = torch.get_default_dtype()

@@ -1,5 +1,5 @@
 """Pieces the toy-world trainers share: the rendered image bank, determinism, the learning-rate
-schedule, PSNR, and a progress logger."""
+schedule, and a progress logger."""
 from __future__ import annotations
 
 import logging
@@ -60,12 +60,6 @@ def lr_at(step: int, total: int, base: float, warmup: int, final_ratio: float = 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
-
-
-def psnr(a01: torch.Tensor, b01: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB (data range 1) of two image batches in [0, 1] (N, 3, H, W)."""
-    mse = (a01.float() - b01.float()).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-12))
 
 
 class Progress:

@@ -25,11 +25,11 @@ from radar_train.images import save_grid, to_uint8
 from radar_train.models import VQVAE, ModelIdentity, load_models, read_state_dict
 from radar_train.sampling import NextScaleSampler
 from radar_train.toyworld.classifier import ToyClassifier, accuracy
-from radar_train.toyworld.common import make_bank, psnr
+from radar_train.toyworld.common import make_bank
 from radar_train.toyworld.data import CLASS_NAMES, HELDOUT_SEED, NUM_CLASSES
 from radar_train.toyworld.preset import CLASSIFIER_FILE, WEIGHTS_DIR
 from radar_train.toyworld.train_vqvae import reconstruction_psnr
-from radar_train.train.metrics import RestorationStats
+from radar_train.train.metrics import RestorationStats, psnr_per_image
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def run_measure(cfg: MeasureConfig, output: Optional[str] = None) -> dict:
     for spec, accel in accels.items():
         fhat_lq = sample_fhat(sampler, labels, seeds, cfg.batch_size, accel)
         img_lq = decode01(vqvae, fhat_lq)
-        row = {"psnr_vs_vanilla_db": round(float(psnr(img_lq, img_hq).mean()), 3),
+        row = {"psnr_vs_vanilla_db": round(float(psnr_per_image(img_lq, img_hq).mean()), 3),
                "class_accuracy": round(accuracy(clf, img_lq, labels), 4)}
         columns.append(img_lq[:cfg.grid_samples])
         titles.append(spec)

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from radar_train.models import VQVAE, VQVAEConfig
-from radar_train.toyworld.common import ImageBank, Progress, log, lr_at, psnr, set_lr
+from radar_train.toyworld.common import ImageBank, Progress, log, lr_at, set_lr
+from radar_train.train.metrics import psnr_per_image, to_unit
 
 
 @dataclass
@@ -160,7 +161,7 @@ def reconstruction_psnr(vqvae: VQVAE, bank: ImageBank, device: torch.device | st
             used.update(idx.unique().tolist())
         fhat = vqvae.quantize.f_to_indices(f, to_fhat=True)[-1]
         rec = vqvae.fhat_to_img(fhat)
-        vals.append(psnr(rec.add(1).mul(0.5), x.add(1).mul(0.5)).cpu())
+        vals.append(psnr_per_image(to_unit(rec), to_unit(x)).cpu())
     v = torch.cat(vals)
     return {"psnr_db": round(float(v.mean()), 3), "psnr_min_db": round(float(v.min()), 3),
             "codebook_usage": round(len(used) / vqvae.config.vocab_size, 3), "num_images": int(v.numel())}

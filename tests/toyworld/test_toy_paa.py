@@ -13,24 +13,18 @@ from radar_train.train.optim import OptimArgs
 
 
 @pytest.fixture(scope="module")
-def toy_cache(tmp_path_factory) -> str:
+def toy_cache(tmp_path_factory, build_cache) -> str:
     """160 toy pairs (vanilla / FastVAR aggressive), shards 0-9 of 16; the settings of configs/cache/toy.yaml."""
     from radar_train.cache.config import CacheArgs, PlanArgs, StorageArgs
-    from radar_train.cache.generate import run_cache
 
     out = tmp_path_factory.mktemp("cache") / "toy"
-    threads = torch.get_num_threads()
     accel = AccelArgs(method="fastvar")
     accel.fastvar.preset = "aggressive"
     args = CacheArgs(model=ModelArgs(preset="toy"), sampling=SamplingConfig(cfg=3.0, top_k=32, top_p=0.0),
                      accel=accel, plan=PlanArgs(images_per_class=16, shard_size=16),
                      storage=StorageArgs(chunk_size=16), output=str(out), batch_size=80, progress=False,
                      device="cpu", num_threads=2)
-    try:
-        run_cache(args, print_fn=lambda s: None)
-    finally:
-        torch.set_num_threads(threads)
-    return str(out)
+    return build_cache(args)
 
 
 @pytest.mark.slow

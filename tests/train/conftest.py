@@ -10,23 +10,17 @@ NUM_PAIRS, SHARD_SIZE = 256, 16  # shards 0-15; the tests train on 0-13 and hold
 
 
 @pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory) -> str:
+def tiny_cache(tmp_path_factory, build_cache) -> str:
     """Path of a tiny cache: 256 pairs in shards 0-15 of 16 pairs."""
     from radar_train.cache.config import CacheArgs, PlanArgs, StorageArgs
-    from radar_train.cache.generate import run_cache
     from radar_train.config import AccelArgs, SamplingConfig
 
     out = tmp_path_factory.mktemp("cache") / "tiny"
-    threads = torch.get_num_threads()
     args = CacheArgs(sampling=SamplingConfig(cfg=1.5, top_k=64, top_p=0.96), accel=AccelArgs(method="fastvar"),
                      plan=PlanArgs(images_per_class=None, num_samples=NUM_PAIRS, shard_size=SHARD_SIZE),
                      storage=StorageArgs(chunk_size=8), output=str(out), batch_size=48, progress=False,
                      device="cpu", num_threads=1)
-    try:
-        run_cache(args, print_fn=lambda s: None)
-    finally:
-        torch.set_num_threads(threads)
-    return str(out)
+    return build_cache(args)
 
 
 def synthetic_batch(n: int = 4, seed: int = 0, noise: float = 0.5) -> dict[str, torch.Tensor]:
