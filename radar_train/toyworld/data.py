@@ -1,8 +1,8 @@
 """The toy world: a procedural image set made in code, deterministic from a seed.
 
 Ten classes of shapes (the class is the shape alone) on a background, each image with its own colours,
-position, size, rotation, texture (plain, stripes, checker, dots: fine detail that the last VAR scales
-carry) and background (a two-colour gradient, often with soft waves). Image `i` of the set with seed `s`
+position, size, rotation (within ±30°), texture (plain, stripes, checker, dots: fine detail that the
+last VAR scales carry) and background (a two-colour gradient, sometimes with soft waves). Image `i` of the set with seed `s`
 is a pure function of (s, i): its parameters come from a generator seeded with `derive_seed("toyworld",
 s, i)`, so an image does not depend on the batch it is rendered in, and sets with different seeds are
 disjoint draws (the training set uses seed 0, held-out images other seeds).
@@ -38,14 +38,23 @@ class WorldConfig:
     """Side of the square images in pixels."""
     supersample: int = 4
     """Samples per pixel along each axis (anti-aliasing)."""
-    size_range: tuple[float, float] = (0.22, 0.36)
+    size_range: tuple[float, float] = (0.30, 0.40)
     """Shape radius as a fraction of the image side."""
-    period_range_px: tuple[float, float] = (8.0, 14.0)
+    rotation_range_deg: tuple[float, float] = (-30.0, 30.0)
+    """Range of the shape's rotation in degrees (each class keeps a recognisable upright pose, so the
+    small VAR learns corners and points instead of averaging them out over all orientations)."""
+    center_range: tuple[float, float] = (0.42, 0.58)
+    """Range of the shape centre's x and y as a fraction of the image side."""
+    period_range_px: tuple[float, float] = (10.0, 16.0)
     """Texture period in pixels."""
-    texture_amount_range: tuple[float, float] = (0.2, 0.45)
+    texture_amount_range: tuple[float, float] = (0.15, 0.35)
     """How far the texture colour moves from the shape colour towards black or white."""
-    wave_probability: float = 0.5
+    wave_probability: float = 0.3
     """Share of backgrounds with soft waves on the gradient."""
+    wave_amp_range: tuple[float, float] = (0.03, 0.06)
+    """Amplitude of the background waves (image values in [0, 1])."""
+    wave_period_range_px: tuple[float, float] = (16.0, 28.0)
+    """Period of the background waves in pixels."""
 
 
 def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -67,17 +76,17 @@ def sample_params(seed: int, indices: Sequence[int], world: WorldConfig = WorldC
         bg_hsv = np.array([[rng.random(), rng.uniform(0.15, 0.6), rng.uniform(*bg_v)] for _ in range(2)])
         rows.append(dict(
             label=int(i) % NUM_CLASSES,
-            center=rng.uniform(0.34, 0.66, size=2),
+            center=rng.uniform(*world.center_range, size=2),
             size=rng.uniform(*world.size_range),
-            angle=rng.uniform(0, 2 * math.pi),
+            angle=math.radians(rng.uniform(*world.rotation_range_deg)),
             texture=int(rng.integers(len(TEXTURES))),
             period=rng.uniform(*world.period_range_px),
             texture_amount=rng.uniform(*world.texture_amount_range) * (1.0 if rng.random() < 0.5 else -1.0),
             shape_hsv=np.array(shape_hsv),
             bg_hsv=bg_hsv,
             bg_angle=rng.uniform(0, 2 * math.pi),
-            wave_amp=rng.uniform(0.04, 0.1) if rng.random() < world.wave_probability else 0.0,
-            wave_period=rng.uniform(10.0, 20.0),
+            wave_amp=rng.uniform(*world.wave_amp_range) if rng.random() < world.wave_probability else 0.0,
+            wave_period=rng.uniform(*world.wave_period_range_px),
             wave_angle=rng.uniform(0, 2 * math.pi),
         ))
     out: dict[str, torch.Tensor] = {}

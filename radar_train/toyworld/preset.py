@@ -14,9 +14,10 @@ CLASSIFIER_FILE = "toy_classifier.safetensors"
 INFO_FILE = "toy_train.json"
 
 TOY_PATCH_NUMS = (1, 2, 3, 4, 6, 8)
-# 64×64 images, 8× downsampling to an 8×8 latent; GroupNorm with 8 groups (4 channels per group at the
-# 32-channel levels: with 32 groups every channel is normalised alone and colour is lost)
-TOY_VAE = VQVAEConfig(vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1,
+# 64×64 images, 8× downsampling to an 8×8 latent; 16 channels at full resolution (a batch-32 training step
+# takes 0.9 s on 2 CPU cores, against 1.2–1.6 s with 32); GroupNorm with 8 groups (with one channel per
+# group, colour is lost)
+TOY_VAE = VQVAEConfig(vocab_size=512, z_channels=16, ch=16, ch_mult=(1, 2, 4, 4), num_res_blocks=1,
                       share_quant_resi=4, patch_nums=TOY_PATCH_NUMS, norm_groups=8)
 TOY_VAR = VARConfig(num_classes=NUM_CLASSES, depth=4, embed_dim=128, num_heads=4, patch_nums=TOY_PATCH_NUMS,
                     vocab_size=512, z_channels=16, drop_path_rate=0.0, cond_drop_rate=0.1)

@@ -22,7 +22,7 @@ from radar_train.toyworld.common import log, make_bank, seed_everything
 from radar_train.toyworld.data import HELDOUT_SEED, TRAIN_SEED, WorldConfig
 from radar_train.toyworld.preset import CLASSIFIER_FILE, INFO_FILE, TOY_VAE, TOY_VAR, VAE_FILE, VAR_FILE
 from radar_train.toyworld.train_var import VARTrainConfig, encode_bank, token_metrics, train_var
-from radar_train.toyworld.train_vqvae import VQVAETrainConfig, reconstruction_psnr, train_vqvae
+from radar_train.toyworld.train_vqvae import VQVAETrainConfig, reconstruct_bank, reconstruction_psnr, train_vqvae
 
 
 @dataclass
@@ -82,11 +82,17 @@ def train_all(cfg: ToyTrainConfig, output: str | Path) -> dict:
     var_metrics.update(token_metrics(var, held_tokens, cfg.device))
     del tokens
 
-    clf, clf_metrics = train_classifier(cfg.classifier, bank, cfg.seed, cfg.device)
-    times["classifier_s"] = clf_metrics["train_time_s"]
+    t2 = time.time()
+    recon = reconstruct_bank(vqvae, bank, cfg.classifier.recon_images, cfg.device) \
+        if cfg.classifier.recon_images else None
+    clf, clf_metrics = train_classifier(cfg.classifier, bank, cfg.seed, cfg.device, recon_bank=recon)
+    times["classifier_s"] = round(time.time() - t2, 1)
     _save(clf, out / CLASSIFIER_FILE, torch.float32, "classifier")
     clf_metrics["heldout_accuracy"] = round(accuracy(clf, held.images.float().div(255), held.labels), 4)
-    log.info("classifier: held-out accuracy %.3f", clf_metrics["heldout_accuracy"])
+    held_recon = reconstruct_bank(vqvae, held, device=cfg.device)
+    clf_metrics["heldout_recon_accuracy"] = round(accuracy(clf, held_recon.images.float().div(255), held.labels), 4)
+    log.info("classifier: held-out accuracy %.3f (renders), %.3f (their VQ-VAE reconstructions)",
+             clf_metrics["heldout_accuracy"], clf_metrics["heldout_recon_accuracy"])
 
     times["total_s"] = round(time.time() - t0, 1)
     info = {

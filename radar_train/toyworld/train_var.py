@@ -20,7 +20,7 @@ from radar_train.toyworld.common import ImageBank, Progress, log, lr_at, set_lr
 class VARTrainConfig:
     """Optimisation of the toy VAR."""
 
-    steps: int = 1500
+    steps: int = 1000
     """Optimiser steps."""
     batch_size: int = 64
     """Sequences per step."""
