@@ -7,6 +7,7 @@ whose one-line message names the file and says what is wrong.
 from __future__ import annotations
 
 import hashlib
+import json
 import lzma
 import re
 from pathlib import Path
@@ -212,13 +213,23 @@ def _assign(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
 
 
 def save_weights(model: nn.Module | dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """Write a state dict as safetensors (atomic: temp file + rename)."""
+    """Write a state dict as safetensors (atomic: temp file + rename). Equal tensors and metadata give
+    equal bytes, so a file's sha256 (the weights' identity) does not depend on the run that wrote it:
+    safetensors writes the metadata in hash-map order, which changes from process to process, so the
+    header is re-serialised with sorted keys (tensor offsets are relative to the data and stay valid)."""
     p = Path(path)
     sd = model.state_dict() if isinstance(model, nn.Module) else model
     sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+    raw = safetensors.torch.save(sd, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # keep the data 8-byte aligned, as safetensors does
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
-    safetensors.torch.save_file(sd, str(tmp), metadata=metadata)
+    with open(tmp, "wb") as f:
+        f.write(len(header).to_bytes(8, "little"))
+        f.write(header)
+        f.write(raw[8 + n:])
     tmp.replace(p)
     return p
 

@@ -229,3 +229,20 @@ def test_attention_constant_cache_follows_parameter_updates(tiny_models):
     with torch.enable_grad():
         attn(x).sum().backward()  # grad path computes fresh constants and backpropagates into them
     assert attn.q_bias.grad is not None and attn.scale_mul_1H11.grad is not None
+
+
+def test_save_weights_writes_the_same_bytes_for_the_same_tensors_and_metadata(tmp_path):
+    """The file's sha256 is the weights' identity: it must not depend on the order safetensors happens to
+    write the metadata in (a hash map's, which changes between runs)."""
+    from safetensors import safe_open
+
+    sd = {"b.weight": torch.randn(3, 5), "a.bias": torch.arange(7, dtype=torch.int64), "c": torch.ones(2, dtype=torch.float16)}
+    meta = {f"key{i}": f"value{i}" for i in range(8)}
+    a = save_weights(sd, tmp_path / "a.safetensors", metadata=meta)
+    b = save_weights(dict(reversed(list(sd.items()))), tmp_path / "b.safetensors", metadata=dict(reversed(list(meta.items()))))
+    assert a.read_bytes() == b.read_bytes()
+    assert int.from_bytes(a.read_bytes()[:8], "little") % 8 == 0
+    with safe_open(str(a), framework="pt") as f:
+        assert f.metadata() == meta
+        for k, v in sd.items():
+            assert torch.equal(f.get_tensor(k), v)
