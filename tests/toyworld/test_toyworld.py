@@ -95,7 +95,7 @@ def test_quantizer_inputs_match_the_quantizers_own_indices(small_bank):
     assert torch.equal(idx, torch.cat([r.flatten() for r in ref]))
 
 
-def test_classifier_trains_on_reconstructions_too(small_bank):
+def test_classifier_trains_on_reconstructions_too():
     bank = make_bank(0, 48)
     vqvae, _ = train_vqvae(TOY_VAE, VQVAETrainConfig(steps=1, batch_size=2, warmup_steps=1), bank, seed=0)
     recon = reconstruct_bank(vqvae, bank, 16)
