@@ -2,10 +2,10 @@
 
 Ten classes of shapes (the class is the shape alone) on a background, each image with its own colours,
 position, size, rotation (within ±30°), texture (plain, stripes, checker, dots: fine detail that the
-last VAR scales carry) and background (a two-colour gradient, sometimes with soft waves). Image `i` of the set with seed `s`
-is a pure function of (s, i): its parameters come from a generator seeded with `derive_seed("toyworld",
-s, i)`, so an image does not depend on the batch it is rendered in, and sets with different seeds are
-disjoint draws (the training set uses seed 0, held-out images other seeds).
+last VAR scales carry) and background (a two-colour gradient, sometimes with soft waves). Image `i`
+of the set with seed `s` is a pure function of (s, i): its parameters come from a generator seeded with
+`derive_seed("toyworld", s, i)`, so an image does not depend on the batch it is rendered in, and sets
+with different seeds are disjoint draws (the training set uses seed 0, held-out images other seeds).
 
 Shapes are rendered with `supersample`² samples per pixel (anti-aliased edges) in float32 on the CPU.
 """

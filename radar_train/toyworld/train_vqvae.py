@@ -5,8 +5,8 @@ VQ loss (commitment β inside). The codebook is started on quantizer inputs of t
 then follows the vectors assigned to each code as an exponential moving average (online k-means, as
 in VQ-VAE-2) instead of the optimiser: AdamW moves a code by about one learning rate per step, far too
 slowly for a short CPU budget (with the gradient-trained codebook a pilot run stood at 17.1 dB after 200
-steps, with the moving average at 19.0 dB). Codes unused for `restart_every` steps are restarted on random quantizer inputs of
-the current batch (the residuals the quantizer sees at a random scale).
+steps, with the moving average at 19.0 dB). Codes unused for `restart_every` steps are restarted on
+random quantizer inputs of the current batch (the residuals the quantizer sees at a random scale).
 """
 from __future__ import annotations
 
