@@ -24,8 +24,9 @@ class VARTrainConfig:
     """Optimiser steps."""
     batch_size: int = 64
     """Sequences per step."""
-    learning_rate: float = 1e-3
-    """Peak AdamW learning rate."""
+    learning_rate: float = 3e-3
+    """Peak AdamW learning rate (1,000-step pilots on the shipped VQ-VAE's tokens, 1 thread: 1e-3 / 2e-3 / 3e-3
+    reached a training loss of 3.55 / 3.30 / 3.22 and vanilla class accuracy 80.5 / 87.5 / 94.5 % at cfg 3)."""
     weight_decay: float = 0.05
     """AdamW weight decay."""
     warmup_steps: int = 60
