@@ -94,6 +94,13 @@ def load_classifier(path: Optional[str] = None, device: torch.device | str = "cp
     return model.to(device).eval()
 
 
+def sample_plan(cfg: MeasureConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels and seeds of the measured samples: `images_per_class` per class, interleaved, seeds from
+    `base_seed` on."""
+    n = NUM_CLASSES * cfg.images_per_class
+    return torch.arange(n) % NUM_CLASSES, cfg.base_seed + torch.arange(n)
+
+
 @torch.no_grad()
 def sample_fhat(sampler: NextScaleSampler, labels: torch.Tensor, seeds: torch.Tensor, batch_size: int,
                 accel: Optional[AccelMethod] = None) -> torch.Tensor:
@@ -139,9 +146,8 @@ def run_measure(cfg: MeasureConfig, output: Optional[str] = None) -> dict:
     report["reconstruction"] = reconstruction_psnr(vqvae, held)
     log.info("reconstruction PSNR %.2f dB", report["reconstruction"]["psnr_db"])
 
-    n = NUM_CLASSES * cfg.images_per_class
-    labels = torch.arange(n) % NUM_CLASSES
-    seeds = cfg.base_seed + torch.arange(n)
+    labels, seeds = sample_plan(cfg)
+    n = labels.shape[0]
     sampler = NextScaleSampler(var, vqvae.quantize, cfg.sampling)
     fhat_hq = sample_fhat(sampler, labels, seeds, cfg.batch_size)
     img_hq = decode01(vqvae, fhat_hq)

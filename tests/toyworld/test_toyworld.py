@@ -14,7 +14,8 @@ from radar_train.sampling import NextScaleSampler
 from radar_train.toyworld.classifier import ClassifierTrainConfig, accuracy, train_classifier
 from radar_train.toyworld.common import make_bank
 from radar_train.toyworld.data import HELDOUT_SEED, NUM_CLASSES, ToyWorld, WorldConfig
-from radar_train.toyworld.measure import MeasureConfig, decode01, load_classifier, run_measure, sample_fhat
+from radar_train.toyworld.measure import (MeasureConfig, decode01, load_classifier, run_measure, sample_fhat,
+                                          sample_plan)
 from radar_train.toyworld.preset import (CLASSIFIER_FILE, INFO_FILE, TOY_VAE, TOY_VAR, VAE_FILE, VAR_FILE,
                                          WEIGHTS_DIR)
 from radar_train.toyworld.train_var import VARTrainConfig, encode_bank, train_var
@@ -163,8 +164,7 @@ def vanilla_accuracy(toy_models) -> float:
     measurement behind the README's figure), the toy classifier's verdict."""
     vqvae, var = toy_models
     cfg = MeasureConfig()
-    labels = torch.arange(cfg.images_per_class * NUM_CLASSES) % NUM_CLASSES
-    seeds = cfg.base_seed + torch.arange(labels.shape[0])
+    labels, seeds = sample_plan(cfg)
     sampler = NextScaleSampler(var, vqvae.quantize, cfg.sampling)
     images = decode01(vqvae, sample_fhat(sampler, labels, seeds, batch_size=cfg.batch_size))
     return accuracy(load_classifier(), images, labels)
