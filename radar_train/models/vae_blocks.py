@@ -5,6 +5,8 @@ Module names follow the official checkpoints (`conv_in`, `down.{i}.block.{j}`, `
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,6 +15,13 @@ from torch.utils.checkpoint import checkpoint
 
 def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
+
+
+def silu_inplace() -> bool:
+    """Whether the SiLU after a GroupNorm may overwrite the norm's output: only when no autograd graph is
+    recorded (no_grad / inference mode), as in the official code's inference. With grad enabled (training,
+    activation checkpointing) it stays out of place, so the saved activations stay intact."""
+    return not torch.is_grad_enabled()
 
 
 class Upsample2x(nn.Module):
@@ -51,8 +60,9 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        inplace = silu_inplace()
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=inplace)))
         return self.nin_shortcut(x) + h
 
 
@@ -120,7 +130,7 @@ class Encoder(nn.Module):
             if level != self.num_resolutions - 1:
                 h = down.downsample(h)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h), inplace=silu_inplace()))
 
 
 class Decoder(nn.Module):
@@ -161,10 +171,16 @@ class Decoder(nn.Module):
     def forward_features(self, z: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Output plus the intermediate features after the mid block and after each up level
         (coarse to fine) — used by the internal-feature distillation loss."""
-        feats = []
+        feats: list[torch.Tensor] = []
+        return self._decode(z, feats), feats
+
+    def _decode(self, z: torch.Tensor, feats: Optional[list[torch.Tensor]]) -> torch.Tensor:
+        """The decoder; appends the intermediate features to `feats` when given (else none are kept
+        alive, so their memory is reused during the pass)."""
         run = self._run
         h = run(self.mid.block_2, run(self.mid.attn_1, run(self.mid.block_1, self.conv_in(z))))
-        feats.append(h)
+        if feats is not None:
+            feats.append(h)
         for level in reversed(range(self.num_resolutions)):
             up = self.up[level]
             for i, blk in enumerate(up.block):
@@ -173,8 +189,9 @@ class Decoder(nn.Module):
                     h = run(up.attn[i], h)
             if level != 0:
                 h = run(up.upsample, h)
-            feats.append(h)
-        return self.conv_out(F.silu(self.norm_out(h))), feats
+            if feats is not None:
+                feats.append(h)
+        return self.conv_out(F.silu(self.norm_out(h), inplace=silu_inplace()))
 
     def _run(self, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
         if self.checkpoint_blocks and torch.is_grad_enabled():
@@ -182,4 +199,4 @@ class Decoder(nn.Module):
         return block(h)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(z)[0]
+        return self._decode(z, None)

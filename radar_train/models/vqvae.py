@@ -27,6 +27,12 @@ def _post_quant_conv(cfg: VQVAEConfig) -> nn.Conv2d:
     return nn.Conv2d(cfg.z_channels, cfg.z_channels, ks, stride=1, padding=ks // 2)
 
 
+def clamp_image(x: torch.Tensor) -> torch.Tensor:
+    """Clamp a decoder output to [-1, 1]: in place when no autograd graph is recorded (as the official
+    `fhat_to_img`), out of place otherwise (same values and gradients either way)."""
+    return x.clamp(-1, 1) if torch.is_grad_enabled() else x.clamp_(-1, 1)
+
+
 class LatentDecoder(nn.Module):
     """f_hat (B, Cvae, P, P) -> image (B, 3, H, W) in [-1, 1] (unclamped from `forward`)."""
 
@@ -52,7 +58,7 @@ class LatentDecoder(nn.Module):
 
     def to_image(self, f_hat: torch.Tensor) -> torch.Tensor:
         """Decoded image clamped to [-1, 1] (what VAR's `fhat_to_img` returns)."""
-        return self.forward(f_hat).clamp(-1, 1)
+        return clamp_image(self.forward(f_hat))
 
 
 class VQVAE(nn.Module):
@@ -101,7 +107,7 @@ class VQVAE(nn.Module):
 
     def fhat_to_img(self, f_hat: torch.Tensor) -> torch.Tensor:
         """Image in [-1, 1] (clamped)."""
-        return self.decoder(self.post_quant_conv(f_hat)).clamp(-1, 1)
+        return clamp_image(self.decoder(self.post_quant_conv(f_hat)))
 
     def latent_decoder(self) -> LatentDecoder:
         """A stand-alone copy of post_quant_conv + decoder (same key names, new tensors)."""

@@ -1,0 +1,89 @@
+"""VQ-VAE decoder: SiLU (and the output clamp) in place only when no autograd graph is recorded.
+
+The in-place path must give the same decode bit for bit, and training must see the same gradients as a
+reference computed with out-of-place SiLU."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from radar_train.models import LatentDecoder
+
+_silu = F.silu
+
+
+def _out_of_place(x, inplace=False):
+    return _silu(x, inplace=False)
+
+
+@pytest.fixture()
+def decoder(tiny_models):
+    return tiny_models[0].latent_decoder().eval()
+
+
+@pytest.fixture()
+def f_hat(decoder):
+    cfg = decoder.config
+    P = cfg.patch_nums[-1]
+    return torch.randn(2, cfg.z_channels, P, P, generator=torch.Generator().manual_seed(0))
+
+
+def _silu_calls(monkeypatch, fn):
+    calls = []
+
+    def spy(x, inplace=False):
+        calls.append(inplace)
+        return _silu(x, inplace=inplace)
+
+    monkeypatch.setattr(F, "silu", spy)
+    fn()
+    monkeypatch.setattr(F, "silu", _silu)
+    return calls
+
+
+def test_silu_is_in_place_exactly_when_no_grad_is_recorded(monkeypatch, decoder, f_hat):
+    with torch.no_grad():
+        no_grad = _silu_calls(monkeypatch, lambda: decoder.to_image(f_hat))
+    with torch.inference_mode():
+        inference = _silu_calls(monkeypatch, lambda: decoder.to_image(f_hat))
+    grad = _silu_calls(monkeypatch, lambda: decoder.to_image(f_hat))
+    n_blocks = sum(1 for m in decoder.modules() if type(m).__name__ == "ResnetBlock")
+    assert len(no_grad) == 2 * n_blocks + 1  # two per resnet block, one before conv_out
+    assert all(no_grad) and all(inference)
+    assert len(grad) == len(no_grad) and not any(grad)
+
+
+def test_no_grad_decode_is_bit_identical_to_the_out_of_place_decode(monkeypatch, tiny_models, decoder, f_hat):
+    with torch.no_grad():
+        fast = decoder.to_image(f_hat)
+        fast_vqvae = tiny_models[0].fhat_to_img(f_hat)
+        monkeypatch.setattr(F, "silu", _out_of_place)
+        ref = decoder.forward(f_hat).clamp(-1, 1)
+    assert torch.equal(fast, ref)
+    assert torch.equal(fast_vqvae, ref)
+    monkeypatch.setattr(F, "silu", _silu)
+    with_grad = decoder.to_image(f_hat)  # out-of-place path
+    assert torch.equal(with_grad.detach(), ref)
+
+
+def test_forward_equals_forward_features_output(decoder, f_hat):
+    with torch.no_grad():
+        out = decoder(f_hat)
+        feat_out, feats = decoder.forward_features(f_hat)
+    assert torch.equal(out, feat_out)
+    assert len(feats) == 1 + decoder.decoder.num_resolutions
+
+
+def test_training_gradients_equal_the_out_of_place_reference(monkeypatch, decoder, f_hat):
+    def grads(model: LatentDecoder):
+        model.zero_grad(set_to_none=True)
+        x = f_hat.clone().requires_grad_(True)
+        out, feats = model.forward_features(x)
+        loss = out.clamp(-1, 1).square().mean() + sum(f.abs().mean() for f in feats)
+        loss.backward()
+        return [x.grad.clone()] + [p.grad.clone() for p in model.parameters()]
+
+    dec = decoder.train().requires_grad_(True)
+    got = grads(dec)
+    monkeypatch.setattr(F, "silu", _out_of_place)
+    ref = grads(dec)
+    assert all(torch.equal(a, b) for a, b in zip(got, ref))
