@@ -1,15 +1,18 @@
-"""The two extension points of VAR's per-scale step, and the KV cache the step reads and extends.
+"""The extension points of VAR's per-scale step, and the KV cache the step reads and extends.
 
 The model calls `StepHooks.block` around every transformer block and `StepHooks.sublayer` around the
-attention and FFN branches inside it. The default implementation runs them unchanged. An acceleration
-method overrides them to run a block or a branch on fewer (or mixed) tokens and to restore the full
-token map; the model itself knows nothing about any method.
+attention and FFN branches inside it; inside the attention, after this scale's K/V joined the cache, it
+asks `StepHooks.kv_keep` which cached tokens stay (for this and every later scale) and lets
+`StepHooks.attention` compute the attention itself. The defaults run everything unchanged. An
+acceleration method overrides them to run a block or a branch on fewer (or mixed) tokens and restore
+the full token map, or to attend sparsely and evict keys; the model itself knows nothing about any method.
 """
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Callable, Literal, Optional
 
 import torch
+import torch.nn.functional as F
 
 SubLayer = Literal["attn", "ffn"]
 
@@ -27,6 +30,18 @@ class StepHooks:
         """Return the gated branch output (to be added to `x`) for residual stream `x`;
         `branch(tokens)` computes γ ⊙ SubLayer(AdaLN(tokens)) for any subset of tokens."""
         return branch(x)
+
+    def kv_keep(self, block_idx: int) -> Optional[torch.Tensor]:
+        """Token positions (1-D int64 index into the block's cache, which already holds this scale's K/V)
+        that stay in the cache; the others leave it for this scale's attention and every later one.
+        None keeps everything."""
+        return None
+
+    def attention(self, block_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  scale: float) -> torch.Tensor:
+        """Attention output (rows, heads, l, head_dim) of this scale's queries q (rows, heads, l, head_dim)
+        over the cached keys/values k, v (rows, heads, n, head_dim), softmax scale `scale`."""
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
 class KVCache:
@@ -46,6 +61,12 @@ class KVCache:
             v = torch.cat((self.v[block_idx], v), dim=2)
         self.k[block_idx], self.v[block_idx] = k, v
         return k, v
+
+    def keep(self, block_idx: int, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep only the cached tokens at `index` (1-D, into the token axis) of one block."""
+        self.k[block_idx] = self.k[block_idx].index_select(2, index)
+        self.v[block_idx] = self.v[block_idx].index_select(2, index)
+        return self.k[block_idx], self.v[block_idx]
 
     def select_rows(self, index: torch.Tensor | slice) -> None:
         """Keep only the given batch rows (e.g. one CFG half) in every block."""

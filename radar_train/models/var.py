@@ -8,7 +8,8 @@ Two ways to run it:
   reference checks);
 - `step(x, cond, kv, hooks)` — one scale of sampling: the scale's tokens attend to everything in the
   KV cache plus themselves, and their K/V are appended. The sampler owns the cache and chooses the
-  rows (both CFG halves or one); `hooks` let an acceleration method run blocks/branches on subsets.
+  rows (both CFG halves or one); `hooks` let an acceleration method run blocks/branches on subsets,
+  evict cached tokens or compute the attention itself (e.g. block-sparse).
 """
 from __future__ import annotations
 
@@ -73,7 +74,9 @@ class SelfAttention(nn.Module):
         return self._const_val
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
-                kv: Optional[KVCache] = None, block_idx: int = 0) -> torch.Tensor:
+                kv: Optional[KVCache] = None, block_idx: int = 0, hooks: Optional[StepHooks] = None) -> torch.Tensor:
+        """Teacher forcing (attn_mask), or one sampling step (kv; `hooks` may evict cached tokens and
+        compute the attention itself)."""
         B, L, C = x.shape
         bias, scale_mul = self._constants()
         qkv = F.linear(x, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
@@ -83,12 +86,18 @@ class SelfAttention(nn.Module):
             k = F.normalize(k, dim=-1)
         if kv is not None:
             k, v = kv.extend(block_idx, k, v)
-        if attn_mask is not None:
-            attn_mask = attn_mask.to(q.dtype)
-        out = F.scaled_dot_product_attention(
-            q, k.to(q.dtype), v.to(q.dtype), attn_mask=attn_mask,
-            dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale,
-        )
+            keep = hooks.kv_keep(block_idx) if hooks is not None else None
+            if keep is not None:
+                k, v = kv.keep(block_idx, keep)
+        if hooks is not None:
+            out = hooks.attention(block_idx, q, k.to(q.dtype), v.to(q.dtype), self.scale)
+        else:
+            if attn_mask is not None:
+                attn_mask = attn_mask.to(q.dtype)
+            out = F.scaled_dot_product_attention(
+                q, k.to(q.dtype), v.to(q.dtype), attn_mask=attn_mask,
+                dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale,
+            )
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, L, C)))
 
 
@@ -143,7 +152,7 @@ class AdaLNSelfAttn(nn.Module):
 
         def attn_branch(t: torch.Tensor) -> torch.Tensor:
             h = self.ln_wo_grad(t).mul(scale1p).add_(shift1)
-            return self.attn(h, attn_mask, kv, self.block_idx).mul(gamma1)
+            return self.attn(h, attn_mask, kv, self.block_idx, hooks).mul(gamma1)
 
         def ffn_branch(t: torch.Tensor) -> torch.Tensor:
             return self.ffn(self.ln_wo_grad(t).mul(scale2p).add_(shift2)).mul(gamma2)
