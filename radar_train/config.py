@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Sequence, Union
 
-__all__ = ["ModelArgs", "SamplingConfig", "FastVARArgs", "StageVARArgs", "AccelArgs", "parse_int_list"]
+__all__ = ["ModelArgs", "SamplingConfig", "FastVARArgs", "StageVARArgs", "SCAArgs", "AccelArgs", "parse_int_list"]
 
 Noise = Literal["official", "per_sample"]
 
@@ -94,12 +94,48 @@ class StageVARArgs:
 
 
 @dataclass
+class SCAArgs:
+    """SCA-Mask (RADAR's own method): block-sparse attention and KV eviction on the last scales, from
+    attention-tile scores calibrated on the model (`radar-accel calibrate --accel.method sca`)."""
+
+    preset: Optional[str] = "default"
+    """default (compute 0.5 / memory 0.6) | mild (0.75 / 0.8) | aggressive (0.3 / 0.5), or null to give
+    both budgets."""
+    compute_budget: Optional[float] = None
+    """Share of the attention tiles (query tile x key tile) kept per active scale and block, in (0, 1];
+    overrides the preset's. Protected tiles (own diagonal, first-scale keys) are always kept."""
+    memory_budget: Optional[float] = None
+    """Share of the evictable key tiles (complete before the last active scale, not first-scale) each
+    block keeps in its KV cache, in (0, 1]; overrides the preset's. Needs selection scores."""
+    mask_file: Optional[str] = None
+    """Mask file written by `radar-accel calibrate --accel.method sca` (needed by selection scores)."""
+    selection: Literal["scores", "window"] = "scores"
+    """scores: the calibrated tiles (SCA-Mask); window: as many tiles, those nearest each query tile's
+    own diagonal (LiteVAR-style handcrafted mask; no calibration, no memory budget)."""
+    scales: Optional[list[int]] = None
+    """Active scale sides, a suffix of the schedule (default: the last three; the last four on the
+    512px schedule)."""
+    tile: Optional[int] = None
+    """Tile side in tokens (default: the mask file's; without one, the largest power of two <= 64 that
+    gives the last scale at least 4 query tiles: 64 on VAR-d*, 16 on tiny/toy)."""
+    tau: Optional[float] = None
+    """Calibration threshold as a multiple of the uniform attention level 1/n (n: keys at the scale);
+    default 1. Inference uses the mask file's."""
+    per_head: bool = False
+    """One mask per attention head (else one per block, from the scores averaged over heads)."""
+    kernel: Literal["auto", "flex", "sdpa"] = "auto"
+    """auto: FlexAttention on CUDA (tile a power of two >= 16), else SDPA with the equivalent boolean
+    mask (same result); sdpa: always the masked SDPA; flex: FlexAttention on any device (CPU: eager)."""
+
+
+@dataclass
 class AccelArgs:
     """Acceleration method of the accelerated run and its settings."""
 
-    method: Literal["none", "fastvar", "stagevar"] = "none"
+    method: Literal["none", "fastvar", "stagevar", "sca"] = "none"
     fastvar: FastVARArgs = field(default_factory=FastVARArgs)
     stagevar: StageVARArgs = field(default_factory=StageVARArgs)
+    sca: SCAArgs = field(default_factory=SCAArgs)
 
 
 def parse_int_list(spec: Union[str, int, Sequence[int]], what: str) -> list[int]:

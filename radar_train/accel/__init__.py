@@ -5,11 +5,12 @@ from typing import Sequence
 
 from radar_train.accel.base import AccelMethod, AccelRun, ConfigError, RunContext, ScalePlan
 from radar_train.accel.fastvar import FastVAR
+from radar_train.accel.sca import SCAMask
 from radar_train.accel.stagevar import StageVAR, load_rank_ratios
 from radar_train.config import AccelArgs, FastVARArgs, StageVARArgs
 
 __all__ = ["ACCEL_METHODS", "AccelMethod", "AccelRun", "ConfigError", "RunContext", "ScalePlan", "FastVAR",
-           "StageVAR", "build_accel"]
+           "SCAMask", "StageVAR", "build_accel"]
 
 
 def _none(args: AccelArgs, patch_nums: Sequence[int]) -> AccelMethod:
@@ -41,13 +42,23 @@ def _stagevar(args: AccelArgs, patch_nums: Sequence[int]) -> StageVAR:
     return StageVAR.from_preset(a.preset, tuple(patch_nums), **kw)
 
 
-ACCEL_METHODS = {"none": _none, "fastvar": _fastvar, "stagevar": _stagevar}
+def _sca(args: AccelArgs, patch_nums: Sequence[int]) -> SCAMask:
+    return SCAMask.from_args(args.sca, patch_nums)
 
 
-def build_accel(args: AccelArgs, patch_nums: Sequence[int], depth: int) -> AccelMethod:
-    """The configured method, validated against the model (every problem reported at once)."""
+ACCEL_METHODS = {"none": _none, "fastvar": _fastvar, "stagevar": _stagevar, "sca": _sca}
+
+
+def build_accel(args: AccelArgs, patch_nums: Sequence[int], depth: int, var_identity=None) -> AccelMethod:
+    """The configured method, validated against the model (every problem reported at once) and, when
+    `var_identity` (the VAR's `ModelIdentity`) is given, against its weights (e.g. a calibration file
+    made for another model)."""
     if args.method not in ACCEL_METHODS:
         raise ValueError(f"unknown accel.method {args.method!r}; available: {', '.join(ACCEL_METHODS)}")
     method = ACCEL_METHODS[args.method](args, patch_nums)
-    method.validate(tuple(patch_nums), depth)
+    problems = method.problems(tuple(patch_nums), depth)
+    if var_identity is not None:
+        problems += method.model_problems(var_identity)
+    if problems:
+        raise ConfigError(method.name, problems)
     return method

@@ -82,6 +82,11 @@ class AccelMethod:
         """Every problem of this configuration for a model with these scales and depth."""
         return []
 
+    def model_problems(self, var_identity) -> list[str]:
+        """Problems of using this method with the VAR of this identity (a `ModelIdentity` or its dict),
+        e.g. a calibration made on other weights."""
+        return []
+
     def validate(self, patch_nums: Sequence[int], depth: int) -> None:
         problems = self.problems(patch_nums, depth)
         if problems:

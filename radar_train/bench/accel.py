@@ -34,13 +34,17 @@ class BenchSetup:
 
 
 def method_from_spec(spec: str, patch_nums: Sequence[int], depth: int) -> AccelMethod:
-    """'none', 'fastvar', 'fastvar:aggressive', 'stagevar:paper', ..."""
+    """'none', 'fastvar', 'fastvar:aggressive', 'stagevar:paper', 'sca:window+aggressive', ..."""
     name, _, preset = spec.partition(":")
     args = AccelArgs(method=name)
     if name == "fastvar":
         args.fastvar = FastVARArgs(preset=preset or "default")
     elif name == "stagevar":
         args.stagevar = StageVARArgs(preset=preset or "default")
+    elif name == "sca":
+        from radar_train.accel.sca import args_from_spec
+
+        args.sca = args_from_spec(preset)  # e.g. sca:window+compute_budget=0.5 (random weights: no calibration)
     return build_accel(args, patch_nums, depth)
 
 

@@ -192,7 +192,7 @@ def prepare_job(args: CacheArgs) -> CacheJob:
     log.info("worker %d of %d (%s): loading %s on %s", split.worker_index, split.num_workers, split.source,
              m.preset, device)
     vqvae, var, vae_id, var_id = load_models(m.preset, m.vae_checkpoint, m.var_checkpoint, device, m.init_seed)
-    method = build_accel(args.accel, var.patch_nums, var.depth)
+    method = build_accel(args.accel, var.patch_nums, var.depth, var_id)
     plan = Plan.from_args(args.plan, var.num_classes)
     manifest, created = schema.create_or_check_manifest(
         args.output, build_manifest(args, plan, var, vae_id, var_id, method, precision))

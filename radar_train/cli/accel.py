@@ -38,11 +38,11 @@ def show(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs()) -> int:
 def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = SamplingConfig(),
               accel: AccelArgs = AccelArgs(method="stagevar"), scales: Optional[list[int]] = None,
               alpha: float = 0.96, num_samples: int = 1000, batch_size: int = 16, seed: int = 0,
-              device: str = "auto", output: str = "ranks.yaml") -> int:
-    """Measure StageVAR rank ratios r(α)/M per refinement scale and block.
+              device: str = "auto", output: Optional[str] = None) -> int:
+    """Measure StageVAR rank ratios r(α)/M per refinement scale and block, or SCA-Mask tile scores.
 
-    Measures them on a model and writes a YAML that
-    `--accel.stagevar.rank_ratios FILE` loads.
+    Measures them on a model and writes a YAML that `--accel.stagevar.rank_ratios FILE` loads, or
+    (with `--accel.method sca`) a mask file that `--accel.sca.mask_file FILE` loads.
 
     Args:
         model: the model to measure.
@@ -54,8 +54,12 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
         batch_size: samples per sampling call.
         seed: first seed.
         device: cuda, cpu, or auto.
-        output: YAML file to write.
+        output: file to write (default ranks.yaml; sca_mask.safetensors for sca).
     """
+    if accel.method == "sca":
+        return _calibrate_sca(model, sampling, accel, scales, num_samples, batch_size, seed, device,
+                              output or "sca_mask.safetensors")
+    output = output or "ranks.yaml"
     import torch
     from tqdm import tqdm
 
@@ -81,6 +85,45 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
     path = write_rank_yaml(output, means, stds, alpha=alpha, num_samples=num_samples, model=info)
     for pn in means:
         print(f"scale {pn}: mean ratio {sum(means[pn]) / len(means[pn]):.3f} (per block {means[pn]})")
+    print(f"wrote {path}")
+    return 0
+
+
+def _calibrate_sca(model: ModelArgs, sampling: SamplingConfig, accel: AccelArgs, scales: Optional[list[int]],
+                   num_samples: int, batch_size: int, seed: int, device: str, output: str) -> int:
+    """SCA-Mask calibration: tile scores of vanilla samples -> mask file (checked before any work)."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    import torch
+    from tqdm import tqdm
+
+    from radar_train.accel.calibrate import calibrate_sca, write_sca_mask
+    from radar_train.accel.sca import calibration_settings
+    from radar_train.models import get_preset, load_models
+    from radar_train.sampling import NextScaleSampler
+
+    preset = get_preset(model.preset)
+    sides, tile, tau = calibration_settings(accel.sca, preset.var.patch_nums, preset.var.depth, scales,
+                                            num_samples, batch_size)
+    if Path(output).exists():
+        raise ValueError(f"--output {output} exists; choose another file (nothing was written)")
+    dev = _device(device)
+    vqvae, var, _, var_id = load_models(model.preset, model.vae_checkpoint, model.var_checkpoint, dev, model.init_seed)
+    print(f"calibrating SCA-Mask tile scores: model {model.preset}, scales {list(sides)}, tile {tile}, τ={tau}/n, "
+          f"{num_samples} samples (seeds {seed}..{seed + num_samples - 1}), device {dev} -> {output}")
+    autocast = torch.bfloat16 if dev.type == "cuda" else None
+    sampler = NextScaleSampler(var, vqvae.quantize, sampling, autocast_dtype=autocast)
+    with tqdm(total=num_samples, unit="img") as bar:
+        scores, rows = calibrate_sca(sampler, sides, tile, tau, num_samples, batch_size, var.num_classes, seed,
+                                     bar.update)
+    info = {"preset": model.preset, "var": {"kind": var_id.kind, "value": var_id.value}, "depth": var.depth,
+            "num_heads": var.config.num_heads, "embed_dim": var.config.embed_dim}
+    path, method = write_sca_mask(output, accel.sca, var.patch_nums, scores, tile=tile, tau=tau, rows=rows,
+                                  num_samples=num_samples, seed=seed, batch_size=batch_size, model=info,
+                                  sampling=asdict(sampling))
+    for pn, row in method.masks().summary().items():
+        print(f"scale {pn}: {row} (compute {method.compute_budget}, memory {method.memory_budget})")
     print(f"wrote {path}")
     return 0
 

@@ -59,9 +59,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _accel_signature(desc: dict) -> tuple:
-    """(method, preset, scale settings) of a method's describe(); JSON/YAML may have turned keys into strings."""
+    """(method, preset, scale settings, mask file identity) of a method's describe(); JSON/YAML may have
+    turned keys into strings."""
     scales = desc.get("prune") or desc.get("scales") or {}
-    return desc.get("method"), desc.get("preset"), tuple(sorted((int(k), float(v)) for k, v in scales.items()))
+    return (desc.get("method"), desc.get("preset"), tuple(sorted((int(k), float(v)) for k, v in scales.items())),
+            desc.get("mask_sha256"))
 
 
 class RadarPipeline:
@@ -85,8 +87,8 @@ class RadarPipeline:
     def from_config(cls, args: PipelineArgs) -> "RadarPipeline":
         device = resolve_device(args.device)
         m = args.model
-        vqvae, var, vae_id, _ = load_models(m.preset, m.vae_checkpoint, m.var_checkpoint, device, m.init_seed)
-        accel = build_accel(args.accel, var.patch_nums, var.depth)
+        vqvae, var, vae_id, var_id = load_models(m.preset, m.vae_checkpoint, m.var_checkpoint, device, m.init_seed)
+        accel = build_accel(args.accel, var.patch_nums, var.depth, var_id)
         return cls(vqvae, var, accel, args.sampling, vae_identity=vae_id,
                    autocast_dtype=resolve_precision(device, args.precision), adapter=args.adapter,
                    merge_adapter=args.merge_adapter)
@@ -94,12 +96,17 @@ class RadarPipeline:
     @classmethod
     def from_files(cls, vae_checkpoint: str, var_checkpoint: str, preset: str = "var-d16", *, accel: str = "fastvar",
                    accel_preset: str = "default", adapter: Optional[str] = None, **kw) -> "RadarPipeline":
-        """Official checkpoint files + an acceleration method by name and preset."""
+        """Official checkpoint files + an acceleration method by name and preset (sca: its spec options,
+        e.g. accel_preset="default+mask_file=d16_sca.safetensors")."""
         a = AccelArgs(method=accel)
         if accel == "fastvar":
             a.fastvar.preset = accel_preset
         elif accel == "stagevar":
             a.stagevar.preset = accel_preset
+        elif accel == "sca":
+            from radar_train.accel.sca import args_from_spec
+
+            a.sca = args_from_spec(accel_preset)
         return cls.from_config(PipelineArgs(model=ModelArgs(preset, vae_checkpoint, var_checkpoint), accel=a,
                                             adapter=adapter, **kw))
 

@@ -73,10 +73,15 @@ class MeasureConfig:
 
 
 def parse_method(spec: str) -> AccelArgs:
-    """'fastvar:aggressive' -> AccelArgs(method='fastvar', fastvar.preset='aggressive')."""
+    """'fastvar:aggressive' -> AccelArgs(method='fastvar', fastvar.preset='aggressive'); 'sca:<options>'
+    (`radar_train.accel.sca.args_from_spec`, e.g. 'sca:default+mask_file=m.safetensors')."""
     method, _, preset = spec.partition(":")
+    if method == "sca" and preset:
+        from radar_train.accel.sca import args_from_spec
+
+        return AccelArgs(method="sca", sca=args_from_spec(preset))
     if method not in ("fastvar", "stagevar") or not preset:
-        raise ValueError(f"methods: {spec!r} is not fastvar:<preset> or stagevar:<preset>")
+        raise ValueError(f"methods: {spec!r} is not fastvar:<preset>, stagevar:<preset> or sca:<options>")
     args = AccelArgs(method=method)
     getattr(args, method).preset = preset
     return args
@@ -136,9 +141,9 @@ def run_measure(cfg: MeasureConfig, output: Optional[str] = None) -> dict:
     if unknown:
         raise ValueError(f"adapters given for {unknown}, which are not in methods {cfg.methods}")
     m = cfg.model
-    vqvae, var, vae_id, _ = load_models(m.preset, m.vae_checkpoint, m.var_checkpoint, init_seed=m.init_seed)
+    vqvae, var, vae_id, var_id = load_models(m.preset, m.vae_checkpoint, m.var_checkpoint, init_seed=m.init_seed)
     clf = load_classifier(cfg.classifier)
-    accels = {spec: build_accel(parse_method(spec), var.patch_nums, var.depth) for spec in cfg.methods}
+    accels = {spec: build_accel(parse_method(spec), var.patch_nums, var.depth, var_id) for spec in cfg.methods}
     report: dict = {"sampling": vars(cfg.sampling) | {}, "images_per_class": cfg.images_per_class,
                     "base_seed": cfg.base_seed}
 
