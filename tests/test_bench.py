@@ -13,14 +13,18 @@ def _bench(*args, tmp_path):
 
 
 def test_accel_bench_rows(tmp_path):
-    rows, stdout = _bench("accel", "--setup.preset", "tiny", "--setup.batch_size", "2", "--setup.repeats", "1",
-                          "--setup.warmup", "0", "--sampling.top_k", "64", tmp_path=tmp_path)
+    doc, stdout = _bench("accel", "--setup.preset", "tiny", "--setup.batch_size", "2", "--setup.repeats", "1",
+                         "--setup.warmup", "0", "--sampling.top_k", "64", tmp_path=tmp_path)
+    assert {"device", "torch", "cuda", "commit", "date", "command"} <= set(doc)
+    rows = doc["rows"]
     by = {r["method"]: r for r in rows}
-    assert {"none", "fastvar", "stagevar", "pair(none+fastvar)", "pair(none+stagevar)"} <= set(by)
-    assert by["none"]["speedup_vs_vanilla"] == 1.0
-    assert all(r["seconds_per_image"] > 0 for r in rows)
-    assert 0 < by["pair(none+fastvar)"]["pair_vs_separate"] < 1.5
-    assert "speedup" in stdout
+    assert [r["method"] for r in rows] == ["vanilla", "fastvar:default", "stagevar:default", "pair:fastvar:default",
+                                           "pair:stagevar:default", "decode"]
+    assert all(r["engine"] == "eager" and r["batch_size"] == 2 and r["images_per_s"] > 0 for r in rows)
+    assert by["vanilla"]["speedup_vs_vanilla"] == 1.0 and by["vanilla"]["noise"] == "per_sample"
+    assert by["fastvar:default"]["images_per_s_e2e"] < by["fastvar:default"]["images_per_s"]  # e2e adds the decode
+    assert 0 < by["pair:fastvar:default"]["pair_vs_separate"] < 1.5
+    assert by["decode"]["images_per_s_e2e"] is None and "vs official" in stdout
 
 
 def test_pipeline_bench_rows(tmp_path):

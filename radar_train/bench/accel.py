@@ -1,12 +1,24 @@
-"""`radar-bench accel`: sampling time per image of vanilla, FastVAR and StageVAR side by side, and the
-cost of a forked HQ/LQ pair vs a vanilla plus an accelerated run done separately.
+"""`radar-bench accel`: images/s of vanilla, FastVAR, StageVAR, ... side by side, a forked HQ/LQ pair vs
+the two runs done separately, the VQ-VAE decode, and (with `--official_var DIR`) the official
+`VAR.autoregressive_infer_cfg` on the same device, weights, batch and sampler settings.
 
-Timed: the transformer + quantizer loop (what the methods change). The VQ-VAE decode is the same for
-every method and has its own row. Random weights of a real-size preset (no checkpoint needed): the
-speed of these kernels does not depend on the weight values.
+All competitors run interleaved (one of each per round; warm-up rounds first; medians of the timed
+rounds; CUDA-synchronised). What each row times:
+- `official`: the whole `autoregressive_infer_cfg` call (e2e, its decode included) and the call minus its
+  decode (loop; the decode is timed by a wrapper around its VQVAE's `fhat_to_img`, set from outside).
+- `vanilla` / a method spec (`fastvar:default`, ...): our `NextScaleSampler.sample` (loop: transformer +
+  quantizer), and sample + decode to [0, 1] images (e2e), per engine and noise mode.
+- `pair:<spec>`: `generate_pairs` (forked vanilla + method run, latents only, no decode); images/s counts
+  both images of a pair.
+- `decode:official` / `decode`: one `fhat_to_img` call on a batch of random f_hat.
+Random weights (speed does not depend on the values); the official models get ours (strict loads). On
+CUDA both sides run under bf16 autocast (ours with the transformer body cast to bf16, as our sampler does;
+the official with its fp32 weights, as its demo does), decode included; on the CPU both run in fp32.
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import statistics
 import time
 from dataclasses import dataclass
@@ -16,10 +28,10 @@ import torch
 
 from radar_train.accel import AccelMethod, build_accel
 from radar_train.config import AccelArgs, FastVARArgs, SamplingConfig, StageVARArgs
-from radar_train.models import LatentDecoder, build_var, get_preset
+from radar_train.models import LatentDecoder, build_var, build_vqvae, get_preset
 from radar_train.models.init import init_random_
 from radar_train.models.quantizer import MultiScaleQuantizer
-from radar_train.sampling import NextScaleSampler, generate_pairs
+from radar_train.sampling import NextScaleSampler, decode_images, generate_pairs
 
 
 @dataclass
@@ -81,53 +93,230 @@ def build_random_models(preset_name: str, device: torch.device, seed: int):
     return var, q, vae_cfg
 
 
+def spec_name(spec: str) -> str:
+    """The row name of a method spec: 'none' -> 'vanilla', 'fastvar' -> 'fastvar:default', ..."""
+    if spec in ("none", "vanilla"):
+        return "vanilla"
+    return f"{spec}:default" if ":" not in spec and spec in ("fastvar", "stagevar") else spec
+
+
+def available_engines() -> tuple[str, ...]:
+    """The sampling engines `radar_train.sampling` offers (`ENGINES`), else only 'eager'."""
+    import radar_train.sampling as sampling_module
+
+    return tuple(getattr(sampling_module, "ENGINES", ("eager",)))
+
+
+def make_sampler(var, quantizer, sampling: SamplingConfig, amp: Optional[torch.dtype], engine: str) -> NextScaleSampler:
+    """Our sampler for `engine`: passed as `NextScaleSampler(..., engine=)` or `SamplingConfig.engine`,
+    whichever the sampler takes; 'eager' works without either."""
+    if "engine" in inspect.signature(NextScaleSampler).parameters:
+        return NextScaleSampler(var, quantizer, sampling, autocast_dtype=amp, engine=engine)
+    if "engine" in {f.name for f in dataclasses.fields(SamplingConfig)}:
+        return NextScaleSampler(var, quantizer, dataclasses.replace(sampling, engine=engine), autocast_dtype=amp)
+    if engine != "eager":
+        raise ValueError(f"engine {engine!r}: this sampler has no engine option")
+    return NextScaleSampler(var, quantizer, sampling, autocast_dtype=amp)
+
+
+def _timing_note(kind: str) -> str:
+    return {
+        "official": "autoregressive_infer_cfg: e2e = the whole call (decode included); loop = the call minus its "
+                    "fhat_to_img (timed by a wrapper with CUDA syncs around it)",
+        "sample": "NextScaleSampler.sample (loop: transformer + quantizer); e2e = sample + decode to [0, 1] images",
+        "pair": "generate_pairs: forked vanilla + method run, latents only (no decode); images count both of a pair",
+        "decode": "one fhat_to_img call on a batch of random f_hat",
+    }[kind]
+
+
 @torch.no_grad()
 def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fastvar", "stagevar"),
-                        sampling: SamplingConfig = SamplingConfig(), log: Callable[[str], None] = print) -> list[dict]:
+                        sampling: SamplingConfig = SamplingConfig(), log: Callable[[str], None] = print, *,
+                        official_var: Optional[str] = None, official_config: Optional[str] = None,
+                        engines: Optional[Sequence[str]] = None, pairs: bool = True,
+                        plan_repeats: Optional[Callable[[float], int]] = None) -> list[dict]:
+    """Rows (one per competitor) of the interleaved timing described in the module docstring.
+
+    official_var: folder of a FoundationVision/VAR checkout (or the pinned snapshot): adds the official
+        sampler and decode and, for each engine, our vanilla with official noise as well.
+    official_config: JSON with the official constructor arguments (`VQVAE_kwargs`, `VAR_kwargs`) to build
+        both sides from (default: the preset; for `tiny`, the tiny_a fixture's configuration).
+    engines: our sampling engines to time (default: every one `radar_train.sampling` offers; an engine a
+        method cannot run with gets a row marked skipped).
+    plan_repeats: called with the first round's seconds; returns the number of timed rounds.
+    """
+    from radar_train.bench.official import (OfficialRun, build_official, comparison_configs, load_official_code,
+                                            official_kernels)
+    from radar_train.bench.rounds import Job, PhaseClock, run_rounds
+
     dev, amp = resolve_device(setup.device, setup.dtype)
-    var, quant, vae_cfg = build_random_models(setup.preset, dev, setup.seed)
+    code = load_official_code(official_var) if official_var is not None else None
+    if code is not None:
+        if sampling.more_smooth:
+            raise ValueError("sampling.more_smooth: the comparison with the official sampler times the FID protocol "
+                             "(more_smooth=False)")
+        vae_cfg, var_cfg, official_kw, source = comparison_configs(setup.preset, official_config)
+    else:
+        preset = get_preset(setup.preset)
+        vae_cfg, var_cfg, source = preset.vae.with_patch_nums(preset.var.patch_nums), preset.var, f"preset {setup.preset}"
+    # top_k >= V keeps every token: the same as no top-k, which the official code needs spelled as 0
+    if sampling.top_k >= var_cfg.vocab_size:
+        sampling = dataclasses.replace(sampling, top_k=0)
+    specs = list(dict.fromkeys(spec_name(m) for m in methods))
+    if "vanilla" not in specs:
+        specs.insert(0, "vanilla")
+    accels = {name: method_from_spec("none" if name == "vanilla" else name, var_cfg.patch_nums, var_cfg.depth)
+              for name in specs}
+    engines = tuple(engines) if engines else available_engines()
+
+    var = init_random_(build_var(var_cfg), setup.seed).eval().requires_grad_(False)
+    vqvae = init_random_(build_vqvae(vae_cfg), setup.seed + 1).eval().requires_grad_(False)
+    official = None
+    if code is not None:
+        official = build_official(code, official_kw, vqvae.state_dict(), var.state_dict(), dev)
+    var, vqvae = var.to(dev), vqvae.to(dev)
     if amp is not None:
         var.cast_body_(amp)
-    sampler = NextScaleSampler(var, quant, sampling, autocast_dtype=amp)
     B = setup.batch_size
     labels = torch.arange(B, device=dev) % var.num_classes
     seeds = list(range(setup.seed, setup.seed + B))
-    accels = {m: method_from_spec(m, var.patch_nums, var.depth) for m in methods}
-    log(f"accel benchmark: {setup.preset} (random weights), batch {B}, device {dev}, "
-        f"{'fp32' if amp is None else str(amp).replace('torch.', '') + ' autocast'}, median of {setup.repeats}")
-    t = {}
-    for m, method in accels.items():
-        t[m] = timed(lambda: sampler.sample(labels, seeds=seeds, accel=method), dev, setup.warmup, setup.repeats)
-        log(f"  {m}: {t[m] / B * 1000:.1f} ms/image")
-    base = t.get("none") or t[methods[0]]
-    rows = [{"method": m, "seconds_per_image": t[m] / B, "speedup_vs_vanilla": base / t[m]} for m in methods]
-    for m, method in accels.items():
-        if m == "none":
+    P = vae_cfg.patch_nums[-1]
+    f_hat = torch.randn(B, vae_cfg.z_channels, P, P, generator=torch.Generator().manual_seed(setup.seed)).to(dev)
+    ctx = (lambda: torch.autocast(dev.type, dtype=amp)) if amp is not None else (lambda: torch.autocast(dev.type, enabled=False))
+    dtype_name = "fp32" if amp is None else str(amp).replace("torch.", "")
+    log(f"accel benchmark: {source} (random weights), batch {B}, device {dev}, "
+        f"{'fp32' if amp is None else dtype_name + ' autocast'}, {setup.warmup} warm-up + {setup.repeats} timed rounds "
+        f"(interleaved, medians); cfg {sampling.cfg}, top_k {sampling.top_k}, top_p {sampling.top_p}")
+
+    jobs: list[Job] = []
+    meta: dict[str, dict] = {}
+
+    def add(name: str, fn, kind: str, method: str, engine: str, noise: Optional[str], may_fail: bool = False, **extra):
+        jobs.append(Job(name, fn, may_fail=may_fail))
+        meta[name] = dict(kind=kind, method=method, engine=engine, noise=noise, **extra)
+
+    clock = PhaseClock(dev)
+    if official is not None:
+        run_official = OfficialRun(official[1], amp, dev)
+        add("official", lambda: run_official(labels, setup.seed, sampling.cfg, sampling.top_k, sampling.top_p)[1],
+            "official", "official", "official", "official")
+    noises = [sampling.noise] + (["official" if sampling.noise == "per_sample" else "per_sample"] if official else [])
+    for engine in engines:
+        samplers, problems = {}, {}
+        for noise in noises:
+            try:
+                samplers[noise] = make_sampler(var, vqvae.quantize, dataclasses.replace(sampling, noise=noise), amp, engine)
+            except (ValueError, NotImplementedError, TypeError) as e:
+                if engine == "eager":
+                    raise
+                problems[noise] = f"{type(e).__name__}: {e}"
+        may_fail = engine != "eager"
+        for name in specs:
+            for noise in noises if name == "vanilla" else noises[:1]:
+                key = f"{name}|{engine}|{noise}"
+                if noise in problems:
+                    add(key, lambda: {}, "sample", name, engine, noise)
+                    jobs[-1].skipped = problems[noise]
+                    continue
+
+                def sample(s=samplers[noise], m=accels[name], noise=noise):
+                    clock.start()
+                    kw = dict(seeds=seeds) if noise == "per_sample" else dict(g_seed=setup.seed)
+                    out = s.sample(labels, accel=m, **kw)
+                    clock.mark("loop")
+                    with ctx():
+                        decode_images(vqvae, out.f_hat)
+                    return clock.mark("e2e")
+
+                add(key, sample, "sample", name, engine, noise, may_fail)
+        if pairs and sampling.noise in samplers:
+            for name in specs[1:]:
+                def pair(s=samplers[sampling.noise], m=accels[name]):
+                    clock.start()
+                    kw = dict(seeds=seeds) if sampling.noise == "per_sample" else dict(g_seed=setup.seed)
+                    generate_pairs(s, labels, m, **kw)
+                    return clock.mark("loop")
+
+                add(f"pair:{name}|{engine}", pair, "pair", f"pair:{name}", engine, sampling.noise, may_fail, of=name)
+
+    def decoder(vae):
+        def run():
+            clock.start()
+            with ctx():
+                vae.fhat_to_img(f_hat)
+            return clock.mark("loop")
+        return run
+
+    if official is not None:
+        add("decode:official", decoder(official[0]), "decode", "decode:official", "official", None)
+    add("decode", decoder(vqvae), "decode", "decode", "eager", None)
+
+    repeats = run_rounds(jobs, dev, setup.warmup, setup.repeats, plan_repeats, log)
+    device_name = str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev)
+    by = {j.name: j for j in jobs}
+    rows: dict[str, dict] = {}
+    for j in jobs:
+        m = meta[j.name]
+        images = 2 * B if m["kind"] == "pair" else B
+        loop, e2e = j.median("loop"), j.median("e2e")
+        row = {"preset": setup.preset, "model": source, "method": m["method"], "engine": m["engine"],
+               "noise": m["noise"], "batch_size": B,
+               "images_per_s": images / loop if loop else None,
+               "images_per_s_e2e": images / e2e if e2e else None,
+               "seconds_per_image": loop / images if loop else None,
+               "peak_memory_bytes": j.peak_bytes, "peak_memory_above_start_bytes": j.peak_above_start_bytes,
+               "timed": _timing_note(m["kind"]), "device": device_name, "dtype": dtype_name,
+               "sampling": {"cfg": sampling.cfg, "top_k": sampling.top_k, "top_p": sampling.top_p},
+               "warmup": setup.warmup, "repeats": repeats}
+        if j.skipped:
+            row["skipped"] = j.skipped
+        if m["kind"] == "official":
+            row["official_kernels"] = official_kernels(official[1])
+            row["decode_seconds"] = j.median("decode")
+        rows[j.name] = row
+
+    def get(name: str, key: str = "images_per_s") -> Optional[float]:
+        r = rows.get(name)
+        return None if r is None or r.get("skipped") else r[key]
+
+    def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+        return a / b if a is not None and b else None
+
+    for name, r in rows.items():
+        m = meta[name]
+        if r.get("skipped"):
             continue
-        tp = timed(lambda: generate_pairs(sampler, labels, method, seeds=seeds), dev, setup.warmup, setup.repeats)
-        rows.append({"method": f"pair(none+{m})", "seconds_per_image": tp / B, "speedup_vs_vanilla": None,
-                     "pair_vs_separate": tp / (base + t[m])})
-        log(f"  pair(none+{m}): {tp / B * 1000:.1f} ms/image, {tp / (base + t[m]):.3f} of the separate runs")
-    dec = init_random_(LatentDecoder(vae_cfg), setup.seed + 2).to(dev).eval()
-    f_hat = torch.randn(B, vae_cfg.z_channels, vae_cfg.patch_nums[-1], vae_cfg.patch_nums[-1], device=dev)
-    ctx = torch.autocast(dev.type, dtype=amp) if amp is not None else torch.autocast(dev.type, enabled=False)
+        if m["kind"] == "sample":
+            base = f"vanilla|{r['engine']}|{r['noise']}"
+            r["speedup_vs_vanilla"] = ratio(r["images_per_s"], get(base))
+            r["speedup_vs_vanilla_e2e"] = ratio(r["images_per_s_e2e"], get(base, "images_per_s_e2e"))
+            if official is not None:
+                r["vs_official"] = ratio(r["images_per_s"], get("official"))
+                r["vs_official_e2e"] = ratio(r["images_per_s_e2e"], get("official", "images_per_s_e2e"))
+        elif m["kind"] == "pair":
+            t_v = by[f"vanilla|{r['engine']}|{r['noise']}"].median("loop")
+            t_m = by[f"{m['of']}|{r['engine']}|{r['noise']}"].median("loop")
+            r["pair_vs_separate"] = ratio(by[name].median("loop"), (t_v + t_m) if t_v and t_m else None)
+        elif name == "decode" and official is not None:
+            r["vs_official"] = ratio(r["images_per_s"], get("decode:official"))
+    return list(rows.values())
 
-    def decode():
-        with ctx:
-            return dec.to_image(f_hat)
 
-    td = timed(decode, dev, setup.warmup, setup.repeats)
-    rows.append({"method": "decode (VQ-VAE, same for all)", "seconds_per_image": td / B, "speedup_vs_vanilla": None})
-    for r in rows:
-        r.update(preset=setup.preset, batch_size=B, device=str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
-                 dtype="fp32" if amp is None else str(amp).replace("torch.", ""))
-    return rows
+def _fmt(v, spec: str, suffix: str = "") -> str:
+    return "-" if v is None else f"{v:{spec}}{suffix}"
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'method':<32} {'ms/image':>10} {'speedup':>9} {'pair/separate':>14}"]
+    lines = [f"{'method':<28} {'engine':<9} {'noise':<10} {'images/s':>9} {'e2e':>9} {'vs official':>12} "
+             f"{'(e2e)':>7} {'vs vanilla':>11} {'pair/sep':>9} {'peak MiB':>9}"]
     for r in rows:
-        sp = f"{r['speedup_vs_vanilla']:.2f}x" if r.get("speedup_vs_vanilla") else "-"
-        pr = f"{r['pair_vs_separate']:.3f}" if r.get("pair_vs_separate") is not None else "-"
-        lines.append(f"{r['method']:<32} {r['seconds_per_image'] * 1000:>10.2f} {sp:>9} {pr:>14}")
+        if r.get("skipped"):
+            lines.append(f"{r['method']:<28} {r['engine']:<9} {str(r['noise'] or '-'):<10} skipped: {r['skipped']}")
+            continue
+        peak = r.get("peak_memory_bytes")
+        lines.append(
+            f"{r['method']:<28} {r['engine']:<9} {str(r['noise'] or '-'):<10} {_fmt(r['images_per_s'], '.2f'):>9} "
+            f"{_fmt(r.get('images_per_s_e2e'), '.2f'):>9} {_fmt(r.get('vs_official'), '.2f', 'x'):>12} "
+            f"{_fmt(r.get('vs_official_e2e'), '.2f', 'x'):>7} {_fmt(r.get('speedup_vs_vanilla'), '.2f', 'x'):>11} "
+            f"{_fmt(r.get('pair_vs_separate'), '.3f'):>9} {_fmt(None if peak is None else peak / 2**20, '.0f'):>9}")
     return "\n".join(lines)

@@ -21,23 +21,38 @@ def _write_json(rows: list[dict], path: Optional[str]) -> None:
 
 
 def accel(setup: BenchSetup = BenchSetup(), methods: list[str] = ["none", "fastvar", "stagevar"],
-          sampling: SamplingConfig = SamplingConfig(), json: Optional[str] = None) -> int:
-    """Sampling time per image per acceleration method, speed-up vs vanilla, forked pair cost.
+          sampling: SamplingConfig = SamplingConfig(), json: Optional[str] = None,
+          official_var: Optional[str] = None, official_config: Optional[str] = None,
+          engines: Optional[list[str]] = None, overwrite: bool = False) -> int:
+    """Images/s per acceleration method, speed-up vs vanilla, forked pair cost, and the official sampler.
 
-    Sampling time per image (transformer + quantizer) per acceleration method, speedup vs vanilla,
-    and a forked HQ/LQ pair vs the two runs done separately; the decode on its own row.
+    Images/s of the sampling loop (transformer + quantizer) and end to end (decode included) per method
+    and engine, speed-up vs vanilla, a forked HQ/LQ pair vs the two runs done separately, the VQ-VAE decode,
+    and with --official_var the official VAR sampler and decode on the same weights; all interleaved.
 
     Args:
-        setup: model preset (random weights), batch size, device, dtype, warm-up and repeats.
+        setup: model preset (random weights), batch size, device, dtype, warm-up and timed rounds.
         methods: method specs: none, fastvar, stagevar, fastvar:aggressive, fastvar:mild, stagevar:paper.
         sampling: sampler settings (FID protocol by default).
-        json: also write the rows to this JSON file (keys method, seconds_per_image, speedup_vs_vanilla, pair_vs_separate).
+        json: also write the result to this JSON file ({device, torch, cuda, commit, date, command, rows}).
+        official_var: folder of a FoundationVision/VAR checkout (models/ and dist.py, e.g. a copy of the pinned
+            snapshot): times its autoregressive_infer_cfg and decode against ours on the same weights.
+        official_config: JSON with the official constructor arguments (VQVAE_kwargs, VAR_kwargs) to build
+            both sides from; default: the preset (tiny: the tiny_a fixture's configuration, the smallest the
+            official classes can build).
+        engines: our sampling engines to time (default: all that radar_train.sampling offers).
+        overwrite: replace an existing --json file.
     """
-    from radar_train.bench.accel import format_table, run_accel_benchmark
+    from radar_train.bench.accel import format_table, resolve_device, run_accel_benchmark
+    from radar_train.bench.record import ResultFile, check_output, environment
 
-    rows = run_accel_benchmark(setup, methods, sampling)
+    check_output(json, overwrite, "--json")
+    rows = run_accel_benchmark(setup, methods, sampling, official_var=official_var, official_config=official_config,
+                               engines=engines)
     print(format_table(rows))
-    _write_json(rows, json)
+    if json:
+        ResultFile(json, environment(resolve_device(setup.device, setup.dtype)[0])).add_rows(rows)
+        print(f"wrote {json}")
     return 0
 
 
