@@ -1,79 +1,235 @@
-"""Everything that only a GPU can show, in one run: `python -m radar_train.bench.gpu_suite OUT_DIR [sections]`.
+"""The GPU suite: one prepared command, sized for 8 minutes of H100/H200 time.
 
-Sections: accel (VAR-d16/d24/d30 batch 32 bf16, d36 batch 16), pipeline (adapter decode overhead and
-images/s per method, d16 batch 32), train (decoder LoRA step throughput and peak memory, d16 batch 16
-bf16), cache (radar-cache wall time vs bare pair generation, random-weight d16; needs zarr). Each section writes OUT_DIR/<section>.json; a failing section is reported and skipped.
+    python -m radar_train.bench.gpu_suite --official_var .official_var [--output benchmarks/gpu/DATE-DEVICE.json]
+
+Sections (run in this order; the result file is rewritten after each preset and section, so a killed run
+keeps what it measured):
+- accel: for VAR-d16 / d20 / d24 / d30 shapes (random weights), batch 32, bf16 autocast, the interleaved
+  rows of `radar-bench accel` (radar_train.bench.accel): the official sampler and decode (with
+  --official_var), our vanilla sampler for every engine `radar_train.sampling` offers (per-sample and
+  official noise), FastVAR default, StageVAR default and paper, their forked pairs, our decode; loop and
+  end-to-end images/s, peak memory per row. Timed rounds per preset are planned from the measured first
+  (warm-up) round so that the section fits its share of --budget_s (never fewer than --min_repeats).
+- train: decoder-LoRA training-step throughput and peak memory (radar_train.train.bench, VAR-d16 shapes,
+  batch 16, bf16-mixed) — only when its imports (lightning, peft, zarr) work and at least --train_reserve_s
+  of the budget is left; otherwise recorded as skipped.
+- pipeline, cache: the adapter-cost and radar-cache benchmarks; not in the default list (they do not fit
+  the 8 minutes next to the accel section); name them in --sections to run them.
+The file has the shape {device, torch, cuda, commit, date, command, rows: [...], sections: {...}};
+`python -m radar_train.bench.tables` makes the README tables from it.
 """
 from __future__ import annotations
 
-import json
+import argparse
+import datetime as _dt
+import gc
+import importlib.util
+import re
 import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Callable, Optional
+
+DEFAULT_PRESETS = ("var-d16", "var-d20", "var-d24", "var-d30")
+DEFAULT_METHODS = ("fastvar:default", "stagevar:default", "stagevar:paper")
+# Rough seconds on an H100/H200 at batch 32 for one interleaved round (eager engine; the official, two
+# vanilla, three method, three pair and two decode runs) and for building the models: used for the ETA
+# printed up front and to share the budget between presets before their first round is measured.
+ROUND_S = {"var-d16": 4.0, "var-d20": 5.0, "var-d24": 6.0, "var-d30": 9.5}
+BUILD_S = {"var-d16": 10.0, "var-d20": 15.0, "var-d24": 20.0, "var-d30": 35.0}
+TRAIN_S = 120.0
 
 
-def _accel(out: Path) -> None:
+def _estimate(preset: str, engines: int, batch: int) -> tuple[float, float]:
+    scale = batch / 32
+    return ROUND_S.get(preset, 2.0) * scale * (0.3 + 0.7 * engines), BUILD_S.get(preset, 5.0)
+
+
+def default_output(device_name: str, device_type: str) -> str:
+    """benchmarks/gpu/<date>-<device>.json (benchmarks/cpu/... for a CPU run)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")[:40].strip("-") or "device"
+    folder = "cpu" if device_type == "cpu" else "gpu"
+    return f"benchmarks/{folder}/{_dt.date.today().isoformat()}-{slug}.json"
+
+
+def run_accel_section(args, results, log: Callable[[str], None], deadline: float) -> None:
     import torch
 
-    from radar_train.bench.accel import BenchSetup, format_table, run_accel_benchmark
+    from radar_train.bench.accel import BenchSetup, available_engines, format_table, run_accel_benchmark
 
-    rows = []
-    plan = [("var-d16", 32), ("var-d24", 32), ("var-d30", 32), ("var-d36", 16)]
-    for preset, batch in plan:
-        r = run_accel_benchmark(BenchSetup(preset=preset, batch_size=batch, device="cuda", warmup=2, repeats=5))
-        print(format_table(r), flush=True)
-        rows += r
-        torch.cuda.empty_cache()
-    (out / "accel.json").write_text(json.dumps(rows, indent=2))
+    engines = args.engines or list(available_engines())
+    presets = list(args.presets)
+    for i, preset in enumerate(presets):
+        started = time.time()
+        left = deadline - started
+        weights = [sum(_estimate(p, len(engines), args.batch_size)) for p in presets[i:]]
+        share = left * weights[0] / sum(weights)
+        round_est, _ = _estimate(preset, len(engines), args.batch_size)
+
+        def plan(first_round_s: float, started=started, share=share) -> int:
+            left_here = share - (time.time() - started) - (args.warmup - 1) * first_round_s
+            fit = int(left_here // max(first_round_s, 1e-3))
+            n = max(args.min_repeats, min(args.repeats, fit))
+            log(f"  {preset}: first round {first_round_s:.1f} s; {n} timed rounds fit its share "
+                f"({share:.0f} s of the budget)")
+            return n
+
+        log(f"== accel {preset} (batch {args.batch_size}): share {share:.0f} s, "
+            f"estimated round {round_est:.1f} s")
+        try:
+            rows = run_accel_benchmark(
+                BenchSetup(preset=preset, batch_size=args.batch_size, device=args.device, warmup=args.warmup,
+                           repeats=args.repeats, seed=0),
+                ["none", *args.methods], official_var=args.official_var, engines=engines, plan_repeats=plan,
+                log=log)
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory: record it and go on with the next preset
+            traceback.print_exc()
+            failures = dict(results.doc.get("failures", {}))
+            failures[f"accel {preset}"] = f"{type(e).__name__}: {e}"
+            results.set("failures", failures)
+            rows = []
+        results.add_rows(rows)
+        if rows:
+            log(format_table(rows))
+        log(f"== accel {preset}: {time.time() - started:.0f} s")
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
-def _train(out: Path) -> None:
+def _missing(*modules: str) -> list[str]:
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+def run_train_section(args, results, log, deadline: float) -> Optional[str]:
+    missing = _missing("lightning", "peft", "zarr")
+    left = deadline - time.time()
+    if missing or left < args.train_reserve_s:
+        why = f"needs {', '.join(missing)}" if missing else f"{left:.0f} s of the budget left (< {args.train_reserve_s:.0f} s)"
+        _section(results, "train", {"skipped": why})
+        return f"skipped ({why})"
     from radar_train.train.bench import TrainBenchArgs, format_table, run_train_benchmark
 
-    rows = run_train_benchmark(TrainBenchArgs(preset="var-d16", batch_size=16, device="cuda"))
-    print(format_table(rows), flush=True)
-    (out / "train.json").write_text(json.dumps(rows, indent=2))
+    rows = run_train_benchmark(TrainBenchArgs(preset="var-d16", batch_size=16, device=args.device))
+    log(format_table(rows))
+    _section(results, "train", {"rows": rows})
 
 
-def _cache(out: Path) -> None:
+def run_pipeline_section(args, results, log, deadline: float) -> None:
+    from radar_train.bench.accel import BenchSetup
+    from radar_train.bench.pipeline import format_table, run_pipeline_benchmark
+
+    rows = run_pipeline_benchmark(BenchSetup(preset="var-d16", batch_size=args.batch_size, device=args.device,
+                                             warmup=1, repeats=3), log=log)
+    log(format_table(rows))
+    _section(results, "pipeline", {"rows": rows})
+
+
+def run_cache_section(args, results, log, deadline: float) -> None:
     from radar_train.cache.bench import format_rows, run_cache_benchmark
 
     overrides = ["--model.vae_checkpoint", "null", "--model.var_checkpoint", "null", "--model.init_seed", "0",
                  "--plan.images_per_class", "null", "--plan.num_samples", "3072", "--plan.shard_size", "1024"]
     rows = run_cache_benchmark("configs/cache/d16_fastvar.yaml", overrides, parts=("generation",))
-    print(format_rows(rows), flush=True)
-    (out / "cache.json").write_text(json.dumps(rows, indent=2))
+    log(format_rows(rows))
+    _section(results, "cache", {"rows": rows})
 
 
-def _pipeline(out: Path) -> None:
-    from radar_train.bench.accel import BenchSetup
-    from radar_train.bench.pipeline import format_table, run_pipeline_benchmark
-
-    rows = run_pipeline_benchmark(BenchSetup(preset="var-d16", batch_size=32, device="cuda", warmup=2, repeats=5))
-    print(format_table(rows), flush=True)
-    (out / "pipeline.json").write_text(json.dumps(rows, indent=2))
+def _section(results, name: str, value: dict) -> None:
+    sections = dict(results.doc.get("sections", {}))
+    sections[name] = value
+    results.set("sections", sections)
 
 
-SECTIONS = {"accel": _accel, "pipeline": _pipeline, "train": _train, "cache": _cache}
+SECTIONS = {"accel": run_accel_section, "train": run_train_section, "pipeline": run_pipeline_section,
+            "cache": run_cache_section}
 
 
-def main(argv: list[str]) -> int:
-    out = Path(argv[0])
-    out.mkdir(parents=True, exist_ok=True)
-    status = {}
-    for name in argv[1:] or list(SECTIONS):
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m radar_train.bench.gpu_suite",
+                                 description="Everything that only a GPU can show, in one command (see the module docstring).")
+    ap.add_argument("--official_var", help="folder of a FoundationVision/VAR checkout (models/, dist.py), e.g. a "
+                                           "git-ignored copy of the pinned snapshot; without it no official rows")
+    ap.add_argument("--output", help="result JSON (default benchmarks/gpu/<date>-<device>.json)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    ap.add_argument("--sections", default="accel,train", help="comma-separated: accel, train, pipeline, cache")
+    ap.add_argument("--presets", default=",".join(DEFAULT_PRESETS), help="comma-separated model presets")
+    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated method specs (vanilla always runs)")
+    ap.add_argument("--engines", default=None, help="comma-separated sampling engines (default: all offered)")
+    ap.add_argument("--batch_size", type=int, default=32)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed rounds per preset")
+    ap.add_argument("--repeats", type=int, default=5, help="timed rounds per preset at most")
+    ap.add_argument("--min_repeats", type=int, default=3, help="timed rounds per preset at least, budget or not")
+    ap.add_argument("--budget_s", type=float, default=450.0, help="seconds the whole suite should take")
+    ap.add_argument("--train_reserve_s", type=float, default=TRAIN_S, help="budget the train section needs to run")
+    ap.add_argument("--device", default="cuda", help="cuda (default), or cpu for a smoke test")
+    ap.add_argument("--commit", default=None, help="commit to record (default: git rev-parse of this checkout)")
+    a = ap.parse_args(argv)
+    split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
+    a.sections, a.presets, a.methods = split(a.sections), split(a.presets), split(a.methods)
+    a.engines = split(a.engines) if a.engines else None
+    return a
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    a = parse_args(argv)
+    t_start = time.time()
+    try:
+        import torch
+
+        from radar_train.bench.record import ResultFile, check_output, environment
+        from radar_train.models import get_preset
+
+        unknown = [s for s in a.sections if s not in SECTIONS]
+        if unknown:
+            raise ValueError(f"--sections: unknown {unknown}; known: {', '.join(SECTIONS)}")
+        for p in a.presets:
+            get_preset(p)
+        if a.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device here (use --device cpu for a smoke test)")
+        if a.official_var is not None:
+            from radar_train.bench.official import load_official_code
+
+            load_official_code(a.official_var)
+        device = torch.device(a.device)
+        head = environment(device, commit=a.commit)
+        output = a.output or default_output(head["device"], device.type)
+        check_output(output, a.overwrite)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from radar_train.bench.accel import available_engines
+
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    engines = a.engines or list(available_engines())
+    results = ResultFile(output, {**head, "suite": {"sections": a.sections, "presets": a.presets, "methods": a.methods,
+                                                    "engines": engines, "batch_size": a.batch_size,
+                                                    "budget_s": a.budget_s}})
+    results.save()
+    eta = sum(b + (a.warmup + a.repeats) * r for r, b in (_estimate(p, len(engines), a.batch_size) for p in a.presets)) \
+        if "accel" in a.sections else 0.0
+    eta += TRAIN_S if "train" in a.sections else 0.0
+    log(f"gpu suite on {head['device']}: sections {', '.join(a.sections)}; presets {', '.join(a.presets)}; "
+        f"engines {', '.join(engines)}; batch {a.batch_size}; writing {output}")
+    log(f"ETA about {eta / 60:.1f} min at {a.repeats} timed rounds per preset (estimate for an H100/H200); "
+        f"budget {a.budget_s / 60:.1f} min: rounds are cut (to no fewer than {a.min_repeats}) to fit it")
+    deadline = t_start + a.budget_s
+    reserve = a.train_reserve_s if "train" in a.sections else 0.0
+    for name in a.sections:
         t0 = time.time()
+        section_deadline = deadline - reserve if name == "accel" else deadline
         try:
-            SECTIONS[name](out)
-            status[name] = f"ok ({time.time() - t0:.0f} s)"
-        except Exception:  # noqa: BLE001 - report and go on with the next section
-            status[name] = "failed: " + traceback.format_exc(limit=3).strip().splitlines()[-1]
+            status = SECTIONS[name](a, results, log, section_deadline) or f"ok ({time.time() - t0:.0f} s)"
+        except Exception as e:  # noqa: BLE001 - report and go on with the next section
             traceback.print_exc()
-        print(f"== {name}: {status[name]}", flush=True)
-    (out / "status.json").write_text(json.dumps(status, indent=2))
+            status = f"failed: {type(e).__name__}: {e}"
+        results.set("status", {**results.doc.get("status", {}), name: status})
+        log(f"== {name}: {status}")
+    results.set("wall_s", round(time.time() - t_start, 1))
+    log(f"done in {(time.time() - t_start) / 60:.1f} min; wrote {output}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Markdown tables from the benchmark result files (`benchmarks/**/*.json`, see `radar_train.bench.record`).
+
+    python -m radar_train.bench.tables                       # print every table
+    python -m radar_train.bench.tables --write README.md     # fill the <!-- table:NAME --> blocks
+    python -m radar_train.bench.tables --write README.md --check   # exit 1 if a block is out of date
+
+A table's NAME is its file's path under the root without `.json` (`gpu/2026-11-20-h200`), or
+`<folder>/latest` for the newest file of a folder (by its `date`). In a markdown file, a block is
+`<!-- table:NAME -->` ... `<!-- /table:NAME -->`; `--write` replaces what lies between the two markers
+and nothing else. Each table says the date, device, torch/CUDA, commit and command of its file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Optional
+
+COLUMNS = ("preset", "method", "engine", "noise", "batch", "images/s", "images/s e2e", "vs official",
+           "vs official e2e", "vs vanilla", "pair / separate", "peak memory")
+_BLOCK = re.compile(r"(<!-- table:(?P<name>[^ ]+?) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
+
+
+def load_results(root: Path) -> dict[str, dict]:
+    """{NAME: document} of every result file under `root`, plus `<folder>/latest` aliases."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"--root {root}: no such folder")
+    docs: dict[str, dict] = {}
+    for path in sorted(root.rglob("*.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: not a JSON file ({e})") from e
+        if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):
+            raise ValueError(f"{path}: not a benchmark result (needs an object with a 'rows' list)")
+        docs[path.relative_to(root).with_suffix("").as_posix()] = doc
+    latest: dict[str, tuple] = {}
+    for name, doc in docs.items():
+        folder = name.rsplit("/", 1)[0] if "/" in name else ""
+        key = (str(doc.get("date") or ""), name)
+        if folder not in latest or key > latest[folder]:
+            latest[folder] = key
+    for folder, (_, name) in latest.items():
+        docs.setdefault(f"{folder}/latest" if folder else "latest", docs[name])
+    return docs
+
+
+def _num(v: Optional[float], spec: str, suffix: str = "") -> str:
+    return "-" if v is None else f"{v:{spec}}{suffix}"
+
+
+def _ips(v: Optional[float]) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.1f}" if v >= 10 else f"{v:.2f}" if v >= 1 else f"{v:.3f}"
+
+
+def render(doc: dict) -> str:
+    """One markdown table (with its provenance line) for a result document."""
+    cuda = f", CUDA {doc['cuda']}" if doc.get("cuda") else ""
+    head = (f"{doc.get('date', '?')} · {doc.get('device', '?')} · torch {doc.get('torch', '?')}{cuda} · "
+            f"commit `{doc.get('commit') or 'unknown'}` · `{doc.get('command', '?')}`")
+    lines = [head, "", "| " + " | ".join(COLUMNS) + " |",
+             "| " + " | ".join("---:" if c not in ("preset", "method", "engine", "noise") else "---" for c in COLUMNS) + " |"]
+    for r in doc["rows"]:
+        if not isinstance(r, dict) or "method" not in r:
+            continue
+        peak = r.get("peak_memory_bytes")
+        preset = str(r.get("preset", "-"))
+        model = str(r.get("model") or f"preset {preset}")
+        if model != f"preset {preset}":  # built from another configuration (e.g. tiny -> tiny_a)
+            preset += f" ({model.split()[0]})"
+        cells = [preset, str(r["method"]), str(r.get("engine") or "-"), str(r.get("noise") or "-"),
+                 str(r.get("batch_size", "-"))]
+        if r.get("skipped"):
+            cells += [f"skipped: {r['skipped']}".replace("|", "/")] + ["-"] * 6
+        else:
+            cells += [_ips(r.get("images_per_s")), _ips(r.get("images_per_s_e2e")),
+                      _num(r.get("vs_official"), ".2f", "×"), _num(r.get("vs_official_e2e"), ".2f", "×"),
+                      _num(r.get("speedup_vs_vanilla"), ".2f", "×"), _num(r.get("pair_vs_separate"), ".3f"),
+                      "-" if peak is None else f"{peak / 2**30:.2f} GiB"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def fill(markdown: str, docs: dict[str, dict], source: str) -> tuple[str, int]:
+    """`markdown` with every table block refilled; (new text, number of blocks)."""
+    blocks = list(_BLOCK.finditer(markdown))
+    starts = re.findall(r"<!-- table:([^ ]+?) -->", markdown)
+    if not starts:
+        raise ValueError(f"{source}: no <!-- table:NAME --> ... <!-- /table:NAME --> blocks")
+    if len(starts) != len(blocks):
+        closed = {m.group("name") for m in blocks}
+        raise ValueError(f"{source}: <!-- table:{next(n for n in starts if n not in closed)} --> has no "
+                         f"matching <!-- /table:... --> line")
+    unknown = [m.group("name") for m in blocks if m.group("name") not in docs]
+    if unknown:
+        raise ValueError(f"{source}: no result file for table(s) {', '.join(unknown)} "
+                         f"(have: {', '.join(sorted(docs)) or 'none'})")
+    out = _BLOCK.sub(lambda m: m.group(1) + render(docs[m.group("name")]) + "\n" + m.group(4), markdown)
+    return out, len(blocks)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m radar_train.bench.tables", description=__doc__.split("\n")[0])
+    ap.add_argument("--root", default="benchmarks", help="folder of the result files (default: benchmarks)")
+    ap.add_argument("--write", metavar="FILE.md", help="fill the <!-- table:NAME --> blocks of this markdown file")
+    ap.add_argument("--check", action="store_true", help="with --write: change nothing, exit 1 if a block is out of date")
+    a = ap.parse_args(argv)
+    try:
+        docs = load_results(Path(a.root))
+        if a.write is None:
+            if a.check:
+                raise ValueError("--check needs --write FILE.md")
+            shown = set()
+            for name, doc in docs.items():
+                if id(doc) not in shown:  # a `latest` alias repeats a file already shown
+                    shown.add(id(doc))
+                    print(f"### {name}\n\n{render(doc)}\n")
+            return 0
+        target = Path(a.write)
+        if not target.is_file():
+            raise FileNotFoundError(f"--write {a.write}: no such file")
+        text = target.read_text()
+        new, n = fill(text, docs, a.write)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if new == text:
+        print(f"{a.write}: {n} table(s) up to date")
+        return 0
+    if a.check:
+        print(f"{a.write}: tables out of date; run python -m radar_train.bench.tables --write {a.write}")
+        return 1
+    target.write_text(new)
+    print(f"{a.write}: {n} table(s) written")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""python -m radar_train.bench.gpu_suite: smoke run on the CPU (tiny, a stand-in official checkout)."""
+import json
+
+from radar_train.bench.gpu_suite import _estimate, default_output, main
+
+
+def test_suite_writes_the_documented_shape(tmp_path, fake_official, capsys):
+    out = tmp_path / "gpu" / "run.json"
+    args = ["--device", "cpu", "--presets", "tiny", "--batch_size", "1", "--warmup", "0", "--repeats", "1",
+            "--min_repeats", "1", "--methods", "stagevar:default", "--sections", "accel",
+            "--official_var", str(fake_official), "--output", str(out), "--commit", "abc1234"]
+    assert main(args) == 0
+    doc = json.loads(out.read_text())
+    assert {"device", "torch", "cuda", "commit", "date", "command", "rows", "suite", "status"} <= set(doc)
+    assert doc["commit"] == "abc1234" and doc["status"]["accel"].startswith("ok")
+    methods = [(r["method"], r["engine"]) for r in doc["rows"]]
+    assert methods == [("official", "official"), ("vanilla", "eager"), ("vanilla", "eager"),
+                       ("stagevar:default", "eager"), ("pair:stagevar:default", "eager"),
+                       ("decode:official", "official"), ("decode", "eager")]
+    for r in doc["rows"]:
+        assert {"preset", "method", "engine", "batch_size", "images_per_s", "images_per_s_e2e",
+                "peak_memory_bytes"} <= set(r)
+    stdout = capsys.readouterr().out
+    assert "ETA about" in stdout and "round 1/1" in stdout
+    # an existing result is not replaced without --overwrite, and nothing is measured
+    before = out.read_text()
+    assert main(args) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err and out.read_text() == before
+
+
+def test_bad_options_are_one_error_line(tmp_path, capsys):
+    assert main(["--device", "cpu", "--sections", "accel,nope", "--output", str(tmp_path / "x.json")]) == 2
+    assert capsys.readouterr().err.strip() == "error: --sections: unknown ['nope']; known: accel, train, pipeline, cache"
+    assert main(["--device", "cpu", "--official_var", str(tmp_path), "--output", str(tmp_path / "x.json")]) == 2
+    assert "not a checkout of FoundationVision/VAR" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_default_output_and_estimates():
+    assert default_output("NVIDIA H200", "cuda").startswith("benchmarks/gpu/") and \
+        default_output("NVIDIA H200", "cuda").endswith("-nvidia-h200.json")
+    assert default_output("Intel(R) Xeon(R), 2 cores", "cpu").startswith("benchmarks/cpu/")
+    one, _ = _estimate("var-d30", 1, 32)
+    two, _ = _estimate("var-d30", 2, 32)
+    assert one < two < 2 * one and _estimate("var-d16", 1, 32)[0] < one

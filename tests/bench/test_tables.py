@@ -1,0 +1,91 @@
+"""python -m radar_train.bench.tables: markdown tables from result files, written between markers."""
+import json
+
+import pytest
+
+from radar_train.bench.tables import load_results, main, render
+
+DOC = {
+    "device": "NVIDIA H200", "torch": "2.11.0+cu130", "cuda": "13.0", "commit": "abc1234", "date": "2026-11-20T10:00:00Z",
+    "command": "python -m radar_train.bench.gpu_suite --official_var .official_var",
+    "rows": [
+        {"preset": "var-d16", "model": "preset var-d16", "method": "official", "engine": "official", "noise": "official",
+         "batch_size": 32, "images_per_s": 100.0, "images_per_s_e2e": 80.0, "peak_memory_bytes": 3 * 2**30},
+        {"preset": "var-d16", "model": "preset var-d16", "method": "vanilla", "engine": "eager", "noise": "per_sample",
+         "batch_size": 32, "images_per_s": 150.0, "images_per_s_e2e": 110.0, "vs_official": 1.5,
+         "vs_official_e2e": 1.375, "speedup_vs_vanilla": 1.0, "peak_memory_bytes": 2**30},
+        {"preset": "var-d16", "model": "preset var-d16", "method": "pair:fastvar:default", "engine": "eager",
+         "noise": "per_sample", "batch_size": 32, "images_per_s": 5.25, "images_per_s_e2e": None,
+         "pair_vs_separate": 0.7321},
+        {"preset": "var-d16", "model": "preset var-d16", "method": "vanilla", "engine": "graph", "noise": "per_sample",
+         "batch_size": 32, "images_per_s": None, "skipped": "NotImplementedError: no | forks"},
+        {"preset": "tiny", "model": "tiny_a (tests/fixtures/tiny_a/config.json)", "method": "decode", "engine": "eager",
+         "noise": None, "batch_size": 1, "images_per_s": 0.5, "images_per_s_e2e": None},
+    ],
+}
+
+
+@pytest.fixture()
+def root(tmp_path):
+    (tmp_path / "gpu").mkdir()
+    (tmp_path / "gpu" / "2026-11-20-h200.json").write_text(json.dumps(DOC))
+    older = dict(DOC, date="2026-10-01T00:00:00Z", commit="old0000")
+    (tmp_path / "gpu" / "2026-10-01-h100.json").write_text(json.dumps(older))
+    return tmp_path
+
+
+def test_render_has_provenance_and_formatted_rows():
+    lines = render(DOC).splitlines()
+    assert lines[0] == ("2026-11-20T10:00:00Z · NVIDIA H200 · torch 2.11.0+cu130, CUDA 13.0 · commit `abc1234` · "
+                        "`python -m radar_train.bench.gpu_suite --official_var .official_var`")
+    assert lines[2].startswith("| preset | method | engine | noise | batch | images/s | images/s e2e | vs official |")
+    assert lines[4] == "| var-d16 | official | official | official | 32 | 100.0 | 80.0 | - | - | - | - | 3.00 GiB |"
+    assert lines[5] == "| var-d16 | vanilla | eager | per_sample | 32 | 150.0 | 110.0 | 1.50× | 1.38× | 1.00× | - | 1.00 GiB |"
+    assert lines[6] == "| var-d16 | pair:fastvar:default | eager | per_sample | 32 | 5.25 | - | - | - | - | 0.732 | - |"
+    assert lines[7] == "| var-d16 | vanilla | graph | per_sample | 32 | skipped: NotImplementedError: no / forks | - | - | - | - | - | - |"
+    assert lines[8] == "| tiny (tiny_a) | decode | eager | - | 1 | 0.500 | - | - | - | - | - | - |"
+
+
+def test_latest_is_the_newest_file_of_a_folder(root):
+    docs = load_results(root)
+    assert set(docs) == {"gpu/2026-11-20-h200", "gpu/2026-10-01-h100", "gpu/latest"}
+    assert docs["gpu/latest"]["commit"] == "abc1234"
+
+
+def test_write_fills_only_the_marked_blocks_and_check_reports(root, tmp_path, capsys):
+    md = tmp_path / "README.md"
+    text = "# Title\n\n<!-- table:gpu/latest -->\nold table\n<!-- /table:gpu/latest -->\n\nafter\n"
+    md.write_text(text)
+    assert main(["--root", str(root), "--write", str(md), "--check"]) == 1
+    assert md.read_text() == text
+    assert main(["--root", str(root), "--write", str(md)]) == 0
+    new = md.read_text()
+    assert new == text.replace("old table\n", render(DOC) + "\n")
+    assert main(["--root", str(root), "--write", str(md), "--check"]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text, message", [
+    ("no markers here\n", "no <!-- table:NAME -->"),
+    ("<!-- table:gpu/nope -->\n<!-- /table:gpu/nope -->\n", "no result file for table(s) gpu/nope"),
+    ("<!-- table:gpu/latest -->\nunclosed\n", "<!-- table:gpu/latest --> has no matching"),
+])
+def test_bad_markdown_is_one_error_line_and_left_alone(root, tmp_path, capsys, text, message):
+    md = tmp_path / "README.md"
+    md.write_text(text)
+    assert main(["--root", str(root), "--write", str(md)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert md.read_text() == text
+
+
+def test_a_file_that_is_no_result_is_named(root, capsys):
+    (root / "gpu" / "notes.json").write_text('["not", "a", "result"]')
+    assert main(["--root", str(root)]) == 2
+    assert "notes.json: not a benchmark result" in capsys.readouterr().err
+
+
+def test_print_mode_shows_each_file_once(root, capsys):
+    assert main(["--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("### ") == 2 and "### gpu/2026-11-20-h200" in out
