@@ -4,12 +4,15 @@
     radar-train fit --config configs/train/tiny.yaml --ckpt_path last        # resume the run folder
     radar-train fit --config configs/train/tiny.yaml --print_config
     radar-train validate --config configs/train/tiny.yaml --ckpt_path last
-    radar-train export --ckpt checkpoints/tiny/checkpoints/last.ckpt --output checkpoints/tiny/final
+    radar-train export --ckpt checkpoints/tiny/checkpoints/last.ckpt --output adapters/tiny [--overwrite]
 
 The run folder is `trainer.default_root_dir` (e.g. checkpoints/tiny): checkpoints/ (Lightning .ckpt, resume
 only), tb/ (TensorBoard), config.yaml (the resolved config), final/ and step-NNNNNN/ (adapter exports).
-Precision defaults to bf16-mixed on a GPU and 32-true on the CPU. Under SLURM the SLURMEnvironment
-plugin is added with auto-requeue on SIGUSR1.
+A new `fit` needs a run folder that is absent, empty, or holds only what an attempt that never reached a
+checkpoint leaves (config.yaml, tb/); a folder with checkpoints or adapters is resumed with
+`--ckpt_path last`, never started over. Every check runs before anything is written. Precision defaults
+to bf16-mixed on a GPU and 32-true on the CPU. Under SLURM the SLURMEnvironment plugin is added with
+auto-requeue on SIGUSR1.
 """
 from __future__ import annotations
 
@@ -24,30 +27,89 @@ USAGE = """usage: radar-train {fit,validate,export} ...
 
   fit       train LoRA adapters (LightningCLI; --config FILE, dotted overrides, --print_config, --ckpt_path last)
   validate  run the validation metrics on a checkpoint (LightningCLI)
-  export    write a peft adapter folder from a Lightning checkpoint (--ckpt PATH --output DIR)
+  export    write a peft adapter folder from a Lightning checkpoint (--ckpt PATH --output DIR [--overwrite])
 
 `radar-train fit --help` lists every option."""
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate")
-_ONE_LINE_ERRORS = (ValueError, FileNotFoundError)
+RUN_OPTION = "--trainer.default_root_dir"
+# what a fit writes into its run folder before its first checkpoint (a folder holding only these is reused)
+EARLY_RUN_ENTRIES = ("config.yaml", "tb", "checkpoints")
+# what a fit writes or replaces there
+RUN_ENTRIES = ("config.yaml", "tb", "checkpoints", "final")
+# ckpt_path values Lightning resolves itself
+SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 
 
-def export(ckpt: str, output: str) -> int:
+def export(ckpt: str, output: str, overwrite: bool = False) -> int:
     """Export the adapter folder from a radar-train checkpoint.
 
     Writes a peft adapter folder (adapter_config.json, adapter_model.safetensors, radar_config.yaml)
-    from a radar-train Lightning checkpoint.
+    from a radar-train Lightning checkpoint. The output must be a new or empty folder; an existing adapter
+    folder is replaced only with --overwrite; any other folder, a file, or a folder holding the checkpoint
+    (e.g. the run folder) is refused.
 
     Args:
         ckpt: Lightning checkpoint written by `radar-train fit` (e.g. RUN/checkpoints/last.ckpt).
-        output: adapter folder to write (replaced if it exists).
+        output: adapter folder to write.
+        overwrite: replace an existing adapter folder at `output`.
     """
-    from radar_train.export.adapter import export_checkpoint
+    from radar_train.train.export import export_checkpoint
 
     print(f"radar-train export: {ckpt} -> {output}")
-    path = export_checkpoint(ckpt, output)
+    path = export_checkpoint(ckpt, output, overwrite=overwrite)
     print(f"adapter: {path}")
     return 0
+
+
+def _run_dir_entries(root: Path) -> tuple[list[str], list[str]]:
+    """(artefacts of an earlier run that a new fit would replace or mix with, foreign entries)."""
+    artefacts, foreign = [], []
+    for e in sorted(root.iterdir()):
+        if e.name == "checkpoints" and e.is_dir():
+            artefacts += [f"checkpoints/{c.name}" for c in sorted(e.glob("*.ckpt"))]
+        elif e.name == "final" or e.name.startswith("step-"):
+            artefacts.append(e.name)
+        elif e.name not in EARLY_RUN_ENTRIES:
+            foreign.append(e.name)
+    return artefacts, foreign
+
+
+def check_run_folder(root: str | os.PathLike, ckpt_path: Optional[str], subcommand: str, inputs: dict) -> None:
+    """OutputError unless the run folder may be written: not a file, not inside (or holding) a cache, and
+    for a new fit (no --ckpt_path, or a checkpoint of another folder) absent, empty or an early leftover."""
+    from radar_train.outputs import OutputError, check_no_overlap
+
+    p = Path(root)
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"{RUN_OPTION} {p} is an existing file: give a folder")
+    check_no_overlap(RUN_OPTION, p, inputs, [p / e for e in RUN_ENTRIES])
+    if subcommand != "fit" or not p.is_dir():
+        return
+    own = ckpt_path == "last" or (ckpt_path is not None and ckpt_path not in SPECIAL_CKPT_PATHS
+                                  and p.resolve() in Path(ckpt_path).resolve().parents)
+    if own:
+        return  # resuming the run in its own folder
+    artefacts, foreign = _run_dir_entries(p)
+    if artefacts:
+        raise OutputError(f"{RUN_OPTION} {p} holds a run already ({', '.join(artefacts[:3])}): resume it with "
+                          f"--ckpt_path last, or choose a new run folder")
+    if foreign:
+        raise OutputError(f"{RUN_OPTION} {p} is a folder that is not empty and not a run folder (it holds "
+                          f"{', '.join(foreign[:3])}): choose a new or empty folder")
+
+
+def check_ckpt_path(ckpt_path: Optional[str], root: str | os.PathLike) -> None:
+    """Read the checkpoint to resume from (InputError naming it if missing or truncated): an explicit path,
+    or RUN/checkpoints/last.ckpt for `last` when it exists (without one Lightning starts from scratch)."""
+    from radar_train.inputs import load_torch
+
+    if ckpt_path is None or ckpt_path in SPECIAL_CKPT_PATHS[1:]:
+        return
+    path = Path(root) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    if ckpt_path == "last" and not path.exists():
+        return
+    load_torch(path, "--ckpt_path checkpoint")
 
 
 def _make_cli_class():
@@ -63,10 +125,29 @@ def _make_cli_class():
         def save_config(self, trainer, pl_module, stage: str) -> None:
             root = Path(trainer.default_root_dir)
             root.mkdir(parents=True, exist_ok=True)
-            self.parser.save(self.config, str(root / self.config_filename), skip_none=False, overwrite=True,
+            self.parser.save(self.config, str(root / self.config_filename), skip_unset=False, overwrite=True,
                              multifile=self.multifile)
 
     class RadarTrainCLI(LightningCLI):
+        def _root(self, cfg) -> str:
+            return (cfg.get("trainer") or {}).get("default_root_dir") or os.getcwd()
+
+        def _parse_ckpt_path(self) -> None:
+            # Lightning reads an explicit ckpt_path here (for its hyper-parameters): read it behind the one
+            # input error path first, so that a missing or truncated file is one line naming it
+            sub = self.config.get("subcommand")
+            if sub:
+                check_ckpt_path(self.config[sub].get("ckpt_path"), self._root(self.config[sub]))
+            super()._parse_ckpt_path()
+
+        def before_instantiate_classes(self) -> None:
+            cfg = self.config[self.subcommand]
+            caches = [c.get("path") for c in ((cfg.get("data") or {}).get("caches") or []) if hasattr(c, "get")]
+            vae = ((cfg.get("model") or {}).get("decoder") or {}).get("vae_checkpoint")
+            if int(os.environ.get("LOCAL_RANK") or 0) == 0 and int(os.environ.get("NODE_RANK") or 0) == 0:
+                check_run_folder(self._root(cfg), cfg.get("ckpt_path"), self.subcommand,
+                                 {"--data.caches": caches, "--model.decoder.vae_checkpoint": vae})
+
         def instantiate_trainer(self, **kwargs):
             import torch
             from lightning.pytorch.loggers import TensorBoardLogger
@@ -88,50 +169,73 @@ def _make_cli_class():
                 kwargs["callbacks"] = [*(given if isinstance(given, list) else [given]), ckpt]
             return super().instantiate_trainer(**kwargs)
 
+        def _check_data(self) -> None:
+            """Read the caches and check them against the decoder before the trainer writes anything (it
+            creates tb/ and config.yaml before the module's own setup would find a mismatch)."""
+            from radar_train.train.checks import check_cache_matches
+
+            dm = self.datamodule
+            if dm is None or not hasattr(dm, "manifests"):
+                return
+            dm.setup("fit")
+            for path, manifest in dm.manifests.items():
+                check_cache_matches(path, manifest, self.model.identity, self.model.latent_shape)
+
+        def _weights_only(self) -> None:
+            cfg = self.config_init[self.subcommand]
+            if "weights_only" in cfg and cfg.get("weights_only") is None:
+                cfg["weights_only"] = True  # torch.load(weights_only=True) when resuming
+
         def before_fit(self) -> None:
+            self._check_data()
+            self._weights_only()
             t = self.trainer
             logging.getLogger("radar_train").info(
                 "radar-train fit: run folder %s, max_steps %s, precision %s, %d device(s) (%s)",
                 t.default_root_dir, t.max_steps, t.precision, t.world_size, type(t.strategy).__name__)
 
+        def before_validate(self) -> None:
+            self._check_data()
+            self._weights_only()
+
     return RadarTrainCLI, RunConfigCallback
 
 
-def run_lightning(argv: Optional[list[str]]) -> None:
-    """LightningCLI over `argv` (None: sys.argv[1:])."""
+def run_lightning(argv: list[str]) -> None:
+    """LightningCLI over `argv` (subcommand first). `validate` writes no config.yaml (the run's stays)."""
+    from radar_train.cli.common import tidy_lightning_logging
     from radar_train.train.datamodule import PairDataModule
     from radar_train.train.module import RadarLoraModule
 
+    tidy_lightning_logging()
     cli_cls, config_cb = _make_cli_class()
-    cli_cls(RadarLoraModule, PairDataModule, args=argv, save_config_callback=config_cb,
-            save_config_kwargs={"overwrite": True},
+    # args=None when they are the process's own (LightningCLI warns when given both)
+    cli_cls(RadarLoraModule, PairDataModule, args=None if argv == sys.argv[1:] else argv,
+            save_config_callback=config_cb if argv[0] == "fit" else None, save_config_kwargs={"overwrite": True},
             trainer_defaults={"use_distributed_sampler": False, "default_root_dir": "checkpoints/run"},
-            parser_kwargs={"default_env": False})
+            parser_kwargs={"default_env": False, "exit_on_error": False})
+
+
+def _body(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in LIGHTNING_SUBCOMMANDS + ("export",):
+        raise ValueError(f"unknown command {cmd!r}: radar-train fit, validate or export (`radar-train --help`)")
+    if cmd == "export":
+        from jsonargparse import CLI
+
+        return CLI(export, args=rest, as_positional=False, prog="radar-train export", exit_on_error=False)
+    run_lightning(argv)
+    return 0
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    explicit = argv is not None
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from radar_train.cli.common import run_main
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        sys.exit(0 if argv else 2)
-    cmd, rest = argv[0], argv[1:]
-    if cmd not in LIGHTNING_SUBCOMMANDS + ("export",):
-        print(f"error: unknown command {cmd!r}\n{USAGE}", file=sys.stderr)
-        sys.exit(2)
-    from radar_train.models.checkpoint import CheckpointError
-
-    try:
-        if cmd == "export":
-            from jsonargparse import CLI
-
-            sys.exit(CLI(export, args=rest, as_positional=False, prog="radar-train export"))
-        run_lightning(argv if explicit else None)
-    except (*_ONE_LINE_ERRORS, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(0)
+    run_main("radar-train", _body, argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""Adapter export: peft-format LoRA folders with radar metadata (save, load, merge, convert checkpoints)."""
-from .adapter import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, RADAR_CONFIG, export_checkpoint, load_adapter, read_radar_config,
-                      save_adapter)
+"""Adapter folders: peft-format LoRA folders with radar metadata (save, check, load, merge)."""
+from .adapter import (ADAPTER_CONFIG, ADAPTER_FILES, ADAPTER_WEIGHTS, RADAR_CONFIG, check_adapter, is_adapter_dir,
+                      load_adapter, read_radar_config, save_adapter)
 
-__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "RADAR_CONFIG", "save_adapter", "load_adapter", "read_radar_config",
-           "export_checkpoint"]
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "RADAR_CONFIG", "ADAPTER_FILES", "save_adapter", "load_adapter",
+           "read_radar_config", "check_adapter", "is_adapter_dir"]

@@ -7,21 +7,22 @@
 
 The folder loads with plain peft onto our `LatentDecoder` (`PeftModel.from_pretrained(decoder, DIR)`);
 `load_adapter` does that after checking the base decoder's identity, and merges by default (no overhead).
-A folder is written under a temporary name and renamed, so it is either whole or absent.
+A folder is written under a temporary name and renamed, so it is either whole or absent. Converting a
+radar-train Lightning checkpoint into a folder is training's business (`radar_train.train.export`).
 """
 from __future__ import annotations
 
 import logging
 import shutil
-import uuid
 from pathlib import Path
-from typing import Optional
 
-import yaml
 from torch import nn
 
-__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "RADAR_CONFIG", "save_adapter", "read_radar_config", "load_adapter",
-           "export_checkpoint"]
+from radar_train.inputs import InputError, check_dir, load_safetensors, read_json, read_yaml
+from radar_train.outputs import normal_file_mode, replace_dir, temp_name
+
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "RADAR_CONFIG", "ADAPTER_FILES", "save_adapter", "read_radar_config",
+           "check_adapter", "is_adapter_dir", "load_adapter"]
 
 log = logging.getLogger(__name__)
 
@@ -32,39 +33,61 @@ ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, RADAR_CONFIG)
 
 
 def save_adapter(peft_model, out_dir: str | Path, meta: dict) -> Path:
-    """Write `peft_model`'s adapter (safetensors) and `meta` to `out_dir` (replaced if it exists)."""
+    """Write `peft_model`'s adapter (safetensors) and `meta` to `out_dir`, replacing an adapter folder there
+    (callers check first that it is one they may replace: `radar_train.outputs.check_replace_dir`).
+    Every file gets the mode a plain open() gives (0o666 less the umask)."""
+    import yaml
+
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    peft_model.save_pretrained(str(tmp), safe_serialization=True)
-    (tmp / "README.md").unlink(missing_ok=True)  # peft's generic model card
-    (tmp / RADAR_CONFIG).write_text(yaml.safe_dump(meta, sort_keys=False))
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return out
+    tmp = temp_name(out)
+    try:
+        peft_model.save_pretrained(str(tmp), safe_serialization=True)
+        (tmp / "README.md").unlink(missing_ok=True)  # peft's generic model card
+        (tmp / RADAR_CONFIG).write_text(yaml.safe_dump(meta, sort_keys=False))
+        for f in tmp.iterdir():
+            normal_file_mode(f)  # safetensors writes its file 0600
+        return replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
-def _check_dir(adapter_dir: Path) -> None:
-    if not adapter_dir.is_dir():
-        raise FileNotFoundError(f"adapter folder {adapter_dir} does not exist")
+def is_adapter_dir(path: str | Path) -> bool:
+    """True if `path` is a folder holding an adapter's files and nothing else (so it may be replaced)."""
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    names = {e.name for e in p.iterdir()}
+    return ADAPTER_CONFIG in names and names <= set(ADAPTER_FILES) | {"README.md"}
+
+
+def _check_files(adapter_dir: Path) -> None:
+    check_dir(adapter_dir, "adapter folder")
     missing = [f for f in ADAPTER_FILES if not (adapter_dir / f).is_file()]
     if missing:
-        raise FileNotFoundError(f"adapter folder {adapter_dir} lacks {', '.join(missing)} "
-                                f"(export one with `radar-train export --ckpt ... --output {adapter_dir}`)")
+        raise InputError(f"{adapter_dir}: adapter folder lacks {', '.join(missing)} "
+                         f"(export one with `radar-train export --ckpt ... --output {adapter_dir}`)")
 
 
 def read_radar_config(adapter_dir: str | Path) -> dict:
-    """The radar metadata of an adapter folder."""
+    """The radar metadata of an adapter folder (InputError naming the file if it is unusable)."""
     d = Path(adapter_dir)
-    _check_dir(d)
-    meta = yaml.safe_load((d / RADAR_CONFIG).read_text())
-    if not isinstance(meta, dict) or "base" not in meta:
-        raise ValueError(f"{d / RADAR_CONFIG} is not radar adapter metadata (no `base` section)")
+    _check_files(d)
+    meta = read_yaml(d / RADAR_CONFIG, "adapter metadata")
+    if "base" not in meta or not isinstance(meta["base"], dict) or "vae" not in meta["base"]:
+        raise InputError(f"{d / RADAR_CONFIG}: is not radar adapter metadata (no `base.vae` section)")
+    return meta
+
+
+def check_adapter(adapter_dir: str | Path) -> dict:
+    """Read every file of an adapter folder (config JSON, weights, metadata); its metadata. InputError naming
+    the file that is missing, truncated or not what it should be."""
+    d = Path(adapter_dir)
+    meta = read_radar_config(d)
+    read_json(d / ADAPTER_CONFIG, "peft adapter config")
+    if not load_safetensors(d / ADAPTER_WEIGHTS, "adapter weights file"):
+        raise InputError(f"{d / ADAPTER_WEIGHTS}: adapter weights file holds no tensors")
     return meta
 
 
@@ -78,7 +101,7 @@ def load_adapter(decoder: nn.Module, adapter_dir: str | Path, identity=None, mer
     from peft import PeftModel
 
     d = Path(adapter_dir)
-    meta = read_radar_config(d)
+    meta = check_adapter(d)
     if identity is not None:
         want = meta["base"]["vae"]
         if (want["kind"], want["value"]) != (identity.kind, identity.value):
@@ -86,27 +109,3 @@ def load_adapter(decoder: nn.Module, adapter_dir: str | Path, identity=None, mer
                              f"not {identity.kind}:{identity.value}")
     model = PeftModel.from_pretrained(decoder, str(d), is_trainable=trainable)
     return model.merge_and_unload() if merge else model
-
-
-def export_checkpoint(ckpt: str | Path, output: str | Path) -> Path:
-    """Convert a radar-train Lightning checkpoint (LoRA + training state) into an adapter folder.
-    Rebuilds the base decoder from the checkpoint's hyper-parameters (its VQ-VAE file must exist)."""
-    import torch
-
-    from radar_train.train.module import RadarLoraModule, module_from_hparams
-
-    p = Path(ckpt)
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint {p} not found")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any reader failure is one line naming the file
-        raise ValueError(f"{p}: not a readable radar-train checkpoint ({str(e).splitlines()[0][:120]})") from None
-    if "hyper_parameters" not in state or "radar" not in state:
-        raise ValueError(f"{p}: not a radar-train checkpoint (no hyper_parameters / radar metadata)")
-    module: RadarLoraModule = module_from_hparams(state["hyper_parameters"])
-    module.check_checkpoint(state, str(p))
-    module.load_state_dict(state["state_dict"], strict=False)
-    meta = dict(state["radar"])
-    meta["source_checkpoint"] = str(p)
-    return save_adapter(module.net, output, meta)

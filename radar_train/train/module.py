@@ -220,12 +220,15 @@ class RadarLoraModule(pl.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
 
     def checkpoint_callback(self, root: str | Path) -> Optional[ModelCheckpoint]:
-        """RUN/checkpoints/step-NNNNNN.ckpt every output.save_every_n_steps (the latest kept) + last.ckpt."""
+        """RUN/checkpoints/step-NNNNNN.ckpt every output.save_every_n_steps (the latest kept) + last.ckpt, and
+        both at the step training ends on (RunCheckpoint: last.ckpt holds the state final/ is exported from)."""
+        from .run_checkpoint import RunCheckpoint
+
         if not self.output.checkpoints:
             return None
-        return ModelCheckpoint(dirpath=Path(root) / "checkpoints", filename="step-{step:06d}",
-                               auto_insert_metric_name=False, every_n_train_steps=self.output.save_every_n_steps,
-                               save_top_k=1, save_last=True)
+        return RunCheckpoint(dirpath=Path(root) / "checkpoints", filename="step-{step:06d}",
+                             auto_insert_metric_name=False, every_n_train_steps=self.output.save_every_n_steps,
+                             save_top_k=1, save_last=True)
 
     def configure_callbacks(self):
         ckpt = self.checkpoint_callback(self.trainer.default_root_dir)

@@ -92,7 +92,8 @@ def test_bad_input_is_one_error_line_and_status_2(tiny_cache, tmp_path, capsys, 
 
 def test_export_of_a_missing_checkpoint_is_one_error_line(tmp_path, capsys):
     assert _run(["export", "--ckpt", str(tmp_path / "none.ckpt"), "--output", str(tmp_path / "out")]) == 2
-    assert capsys.readouterr().err.strip() == f"error: checkpoint {tmp_path / 'none.ckpt'} not found"
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'none.ckpt'}: radar-train checkpoint not found"
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

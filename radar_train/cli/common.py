@@ -1,0 +1,127 @@
+"""What every entry point shares: library deprecation noise filtered, `--config` files read behind the one
+input error path, and every error the user can fix printed as one line (`error: ...` on stderr, exit 2).
+
+    def main(argv=None):
+        run_main("radar-eval", lambda args: CLI(evaluate, args=args, exit_on_error=False), argv)
+"""
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import warnings
+from typing import Callable, NoReturn, Optional, Sequence
+
+# Errors the user can fix: every one carries a one-line message. InputError, OutputError, CheckpointError,
+# the accel ConfigError and the reference FixtureError are ValueErrors.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+# Deprecation and future warnings raised inside the libraries (lightning, torch, jsonargparse, peft, zarr, ...)
+# are about their own internals: a user of the command cannot act on them. Ours stay.
+_LIBRARY_CATEGORIES = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+# Library messages that are only about how radar_train drives the library, never about the user's input.
+_LIBRARY_NOISE = (
+    r".*Checkpoint directory .* exists and is not empty",  # resuming into the run's own folder
+    r".*isinstance\(treespec, LeafSpec\)",  # lightning's use of torch's pytree
+)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not any(f in msg for f in self.fragments)
+
+
+def quiet_library_warnings() -> None:
+    """Filter library deprecation noise for this process (only in entry points; never on import). Warnings
+    a user can act on stay: our own (an adapter trained for another method, ...), Lightning's hints about
+    the user's settings (log_every_n_steps, num_workers). Explicit -W / PYTHONWARNINGS options win."""
+    if not sys.warnoptions:
+        for category in _LIBRARY_CATEGORIES:
+            warnings.filterwarnings("ignore", category=category)
+            warnings.filterwarnings("default", category=category, module=r"radar_train(\.|$)")
+        for message in _LIBRARY_NOISE:
+            warnings.filterwarnings("ignore", message=message)
+
+
+def tidy_lightning_logging() -> None:
+    """Lightning's log lines once (its own handler; not again through the root logger), without the two
+    it logs at INFO that are not about the user's run: an advertisement, and the note that the run's
+    checkpoint callback (attached early so that --ckpt_path last finds last.ckpt) is attached again."""
+    import lightning  # noqa: F401 - sets up the "lightning" logger and its handler
+
+    logger = logging.getLogger("lightning")
+    logger.propagate = False
+    noise = _DropMessages("Tip: For seamless cloud logging", "will override existing callbacks passed to Trainer")
+    for handler in logger.handlers:
+        if not any(isinstance(f, _DropMessages) for f in handler.filters):
+            handler.addFilter(noise)
+
+
+def one_line(text: object) -> str:
+    """`text` as one line: its lines joined with "; " (with " " after a line ending in ":"; blank ones dropped)."""
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    if not lines:
+        return type(text).__name__
+    out = lines[0]
+    for ln in lines[1:]:
+        out += (" " if out.endswith(":") else "; ") + ln
+    return out
+
+
+def _parse_error(e: BaseException) -> str:
+    """A jsonargparse error as one line, options spelt as on the command line ('--data.batch_size')."""
+    return re.sub(r'Parser key "([^"]+)"', r"--\1", one_line(e))
+
+
+def _config_values(argv: Sequence[str]) -> list[str]:
+    out = []
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif a.startswith("--config="):
+            out.append(a.split("=", 1)[1])
+    return out
+
+
+def check_config_files(argv: Sequence[str]) -> None:
+    """Read every `--config FILE` with the input error path (one line naming the file if it is missing,
+    binary, not YAML, or not a mapping). Inline YAML / JSON strings are left to the parser."""
+    from pathlib import Path
+
+    from radar_train.inputs import InputError, read_yaml
+
+    for value in _config_values(argv):
+        p = Path(value)
+        if p.exists() or p.is_symlink():
+            read_yaml(p, "config file")
+        elif not any(c in value for c in "{}:\n"):
+            raise InputError(f"{value}: config file not found (--config)")
+
+
+def print_error(message: object) -> None:
+    print(f"error: {one_line(message)}", file=sys.stderr)
+
+
+def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Optional[Sequence[str]] = None,
+             errors: tuple[type[BaseException], ...] = ()) -> NoReturn:
+    """Run `body(args)` (args: argv, or sys.argv[1:]) and exit with its status; a parse error or one of
+    USER_ERRORS (and `errors`) is one line on stderr and exit status 2."""
+    from jsonargparse import ArgumentError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    quiet_library_warnings()
+    try:
+        check_config_files(args)
+        code = body(args)
+    except ArgumentError as e:
+        print(f"error: {_parse_error(e)} (`{prog} --help` lists the options)", file=sys.stderr)
+        sys.exit(2)
+    except (*USER_ERRORS, *errors) as e:
+        print_error(e)
+        sys.exit(2)
+    sys.exit(code or 0)

@@ -1,0 +1,144 @@
+"""One error path for every file a user hands in (checkpoints, configs, caches, adapters, rank or mask files).
+
+Whatever goes wrong while reading (missing, a folder where a file is expected, no permission, a truncated
+zip / pickle / safetensors file, binary junk where YAML or JSON is expected, a YAML list where a mapping
+is expected) becomes an `InputError`: a `ValueError` whose message is one line, "<path>: <what is wrong>".
+The command-line entry points print it as `error: ...` and exit with status 2.
+
+    with reading(path, "rank-ratio file"):      # any exception inside -> InputError naming the file
+        ...
+    read_yaml(path, "config")                   # text, YAML, a mapping
+    load_torch(path, "checkpoint")              # torch.load(weights_only=True) on the CPU
+    load_safetensors(path, "adapter weights")   # every tensor (header and data checked)
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = ["InputError", "check_file", "check_dir", "reading", "read_text", "read_yaml", "read_json", "load_torch",
+           "load_safetensors", "failure_reason"]
+
+
+class InputError(ValueError):
+    """A file or folder given as input cannot be used; the message is one line and names it."""
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def failure_reason(e: BaseException) -> str:
+    """What a read failure means, in a few words (no path: the caller names the file)."""
+    import yaml
+
+    if isinstance(e, IsADirectoryError):
+        return "is a folder, expected a file"
+    if isinstance(e, FileNotFoundError):
+        return "not found"
+    if isinstance(e, PermissionError):
+        return "cannot be read (permission denied)"
+    if isinstance(e, UnicodeDecodeError):
+        return f"is not a text file (binary data at byte {e.start})"
+    if isinstance(e, json.JSONDecodeError):
+        return f"is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:
+        return f"is not valid YAML (line {e.problem_mark.line + 1}: {_one_line(e.problem or e.context or '')})"
+    if isinstance(e, yaml.YAMLError):
+        return f"is not valid YAML ({_one_line(str(e))})"
+    if isinstance(e, EOFError):
+        return "is empty or truncated"
+    text = _one_line(str(e)) or type(e).__name__
+    if "zip" in text.lower() or "pickle" in text.lower() or "central directory" in text.lower():
+        return f"is truncated or not a torch checkpoint ({text.split('. ')[0]})"
+    if type(e).__name__ == "SafetensorError":
+        return f"is truncated or not a safetensors file ({text})"
+    return f"cannot be read ({type(e).__name__}: {text})"
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, what: str = "file") -> Iterator[Path]:
+    """Run the block that reads `path`; any failure becomes InputError("<path>: <what> <reason>")."""
+    p = Path(path)
+    try:
+        yield p
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - every read failure of a user's file is one line naming it
+        raise InputError(f"{p}: {what} {failure_reason(e)}") from None
+
+
+def check_file(path: str | os.PathLike, what: str = "file") -> Path:
+    """`path` as a Path if it is a readable regular file; InputError otherwise."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: {what} not found")
+    if p.is_dir():
+        raise InputError(f"{p}: {what} is a folder, expected a file")
+    if not os.access(p, os.R_OK):
+        raise InputError(f"{p}: {what} cannot be read (permission denied)")
+    return p
+
+
+def check_dir(path: str | os.PathLike, what: str = "folder") -> Path:
+    """`path` as a Path if it is a readable folder; InputError otherwise."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: {what} not found")
+    if not p.is_dir():
+        raise InputError(f"{p}: {what} is a file, expected a folder")
+    if not os.access(p, os.R_OK | os.X_OK):
+        raise InputError(f"{p}: {what} cannot be read (permission denied)")
+    return p
+
+
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    p = check_file(path, what)
+    with reading(p, what):
+        return p.read_text(encoding="utf-8")
+
+
+def read_yaml(path: str | os.PathLike, what: str = "YAML file", mapping: bool = True) -> Any:
+    """The YAML document of `path`; with `mapping`, it must be a mapping (an empty file is {})."""
+    import yaml
+
+    text = read_text(path, what)
+    with reading(path, what):
+        doc = yaml.safe_load(text)
+    if mapping:
+        if doc is None:
+            return {}
+        if not isinstance(doc, dict):
+            raise InputError(f"{path}: {what} is not a YAML mapping of keys to values (found a {type(doc).__name__})")
+    return doc
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file", mapping: bool = True) -> Any:
+    text = read_text(path, what)
+    with reading(path, what):
+        doc = json.loads(text)
+    if mapping and not isinstance(doc, dict):
+        raise InputError(f"{path}: {what} is not a JSON object (found a {type(doc).__name__})")
+    return doc
+
+
+def load_torch(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """torch.load of a checkpoint file on the CPU, with weights_only=True (no arbitrary unpickling)."""
+    import torch
+
+    p = check_file(path, what)
+    with reading(p, what):
+        return torch.load(p, map_location="cpu", weights_only=True)
+
+
+def load_safetensors(path: str | os.PathLike, what: str = "safetensors file") -> dict:
+    """Every tensor of a safetensors file (so a truncated file fails here, naming it)."""
+    import safetensors.torch
+
+    p = check_file(path, what)
+    with reading(p, what):
+        return safetensors.torch.load_file(str(p))

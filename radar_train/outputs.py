@@ -1,0 +1,234 @@
+"""The rule for every command that writes, in one place.
+
+A command never deletes or replaces anything it did not create unless the user says so (`--overwrite`),
+and writes nothing before every check has passed; an output that would overlap an input (be it, lie
+inside it, or hold it) is refused, naming both. Each check raises `OutputError` (a `ValueError` with a
+one-line message naming the option and the path); the entry points print it as `error: ...`, exit 2.
+
+Four kinds of output:
+
+    check_output_file(path, ...)           one file (a JSON, a YAML): an existing one needs --overwrite
+    check_output_dir(path, writes, ...)    a folder the command writes named entries into (eval.json, grid.png,
+                                           vanilla/): existing entries of those names need --overwrite
+    check_replace_dir(path, is_ours, ...)  a folder replaced as a whole (an adapter): an existing one needs
+                                           --overwrite and must be of that kind; any other folder is refused
+    check_resume_dir(path, marker, ...)    a folder a command resumes into (a cache, a WebDataset export):
+                                           absent, empty, or holding `marker` (the command checks it is its own)
+
+and the writers that keep "whole or absent": `atomic_file` / `write_text_atomic` (temporary file in the
+same folder, renamed), `staged_entries` (a folder's entries written under a temporary folder, moved in at
+the end) and `replace_dir` (a finished temporary folder swapped in).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
+
+__all__ = ["OutputError", "Inputs", "check_output_file", "check_output_dir", "check_replace_dir", "check_resume_dir",
+           "check_no_overlap", "atomic_file", "write_text_atomic", "staged_entries", "replace_dir", "temp_name",
+           "normal_file_mode"]
+
+PathLike = Union[str, os.PathLike]
+Inputs = Mapping[str, Union[PathLike, Sequence[PathLike], None]]
+"""Inputs of a command by the option that names them: {"--ckpt": path, "--cache": [path, ...], "--x": None}."""
+
+
+class OutputError(ValueError):
+    """An output the command refuses to write; the message is one line naming the option and the path."""
+
+
+def _abs(p: PathLike) -> Path:
+    return Path(os.path.abspath(os.path.realpath(os.path.expanduser(os.fspath(p)))))
+
+
+def _inputs(inputs: Optional[Inputs]) -> list[tuple[str, PathLike]]:
+    out = []
+    for label, value in (inputs or {}).items():
+        if value is None:
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        out += [(label, v) for v in values if v is not None and os.fspath(v) != ""]
+    return out
+
+
+def check_no_overlap(option: str, path: PathLike, inputs: Optional[Inputs], targets: Sequence[PathLike] = ()) -> None:
+    """OutputError if the output `path` is an input or lies inside one, or if an input is, or lies inside,
+    one of `targets` (what the command writes or replaces; default: `path` itself)."""
+    out = _abs(path)
+    written = [_abs(t) for t in targets] or [out]
+    for label, value in _inputs(inputs):
+        inp = _abs(value)
+        if inp == out:
+            raise OutputError(f"{option} {path} is the input {label} {value}: choose another output")
+        if inp in out.parents:
+            raise OutputError(f"{option} {path} lies inside the input {label} {value}: choose an output outside it")
+        for t in written:
+            if inp == t or t in inp.parents:
+                raise OutputError(f"{option} {path} would overwrite the input {label} {value} (which lies inside "
+                                  f"it): choose an output that does not hold it")
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """The nearest existing ancestor of `path` must be a folder we may create entries in."""
+    for anc in [path, *path.parents]:
+        if anc.exists() or anc.is_symlink():
+            if not anc.is_dir():
+                raise OutputError(f"{option} {path}: {anc} is a file, not a folder")
+            if not os.access(anc, os.W_OK | os.X_OK):
+                raise OutputError(f"{option} {path}: cannot write into {anc} (permission denied)")
+            return
+
+
+def check_output_file(path: PathLike, option: str = "--output", inputs: Optional[Inputs] = None,
+                      overwrite: bool = False) -> Path:
+    """A file the command writes: not a folder, not an input; an existing one only with `overwrite`."""
+    p = Path(path)
+    check_no_overlap(option, p, inputs)
+    if p.is_dir():
+        raise OutputError(f"{option} {p} is a folder: give a file name")
+    if p.exists() and not overwrite:
+        raise OutputError(f"{option} {p} exists: pass --overwrite to replace it, or choose another file name")
+    _check_writable(p.parent, option)
+    return p
+
+
+def check_output_dir(path: PathLike, writes: Sequence[str], option: str = "--output", inputs: Optional[Inputs] = None,
+                     overwrite: bool = False) -> Path:
+    """A folder the command writes the entries `writes` into (other entries are left alone): not a file, not
+    inside an input and holding none; entries that exist already are replaced only with `overwrite`."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"{option} {p} is an existing file: give a folder")
+    check_no_overlap(option, p, inputs, [p / w for w in writes])
+    existing = [w for w in writes if (p / w).exists() or (p / w).is_symlink()]
+    if existing and not overwrite:
+        raise OutputError(f"{option} {p} already holds {', '.join(existing)} (an earlier run's output): pass "
+                          f"--overwrite to replace them, or choose another folder")
+    _check_writable(p, option)
+    return p
+
+
+def check_replace_dir(path: PathLike, is_ours: Callable[[Path], bool], what: str, option: str = "--output",
+                      inputs: Optional[Inputs] = None, overwrite: bool = False) -> Path:
+    """A folder written as a whole (`what`, e.g. "an adapter folder"): absent or empty; an existing `what`
+    (`is_ours`) only with `overwrite`; any other folder, or a file, is refused even with `overwrite`."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"{option} {p} is an existing file: give a folder")
+    check_no_overlap(option, p, inputs)
+    if p.is_dir() and any(p.iterdir()):
+        if not is_ours(p):
+            raise OutputError(f"{option} {p} is a folder that is not {what} and not empty: it is never replaced; "
+                              f"choose a new or empty folder")
+        if not overwrite:
+            raise OutputError(f"{option} {p} already holds {what}: pass --overwrite to replace it, or choose "
+                              f"another folder")
+    _check_writable(p, option)
+    return p
+
+
+def check_resume_dir(path: PathLike, marker: str, what: str, option: str = "--output",
+                     inputs: Optional[Inputs] = None) -> Path:
+    """A folder a command creates or resumes (`what`, recognised by its file `marker`): absent, empty or
+    holding `marker`; the caller then checks that the marker is its own."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"{option} {p} is an existing file: give a folder")
+    check_no_overlap(option, p, inputs)
+    if p.is_dir() and not (p / marker).is_file() and any(p.iterdir()):
+        raise OutputError(f"{option} {p} is a folder that is not empty and holds no {marker}: it is not {what}; "
+                          f"choose a new or empty folder (an existing {what} is resumed)")
+    _check_writable(p, option)
+    return p
+
+
+# ------------------------------------------------------------------------------ writers
+def temp_name(path: PathLike, kind: str = "tmp") -> Path:
+    """A fresh hidden sibling of `path`: `.NAME.<kind>-<token>`."""
+    p = Path(path)
+    return p.with_name(f".{p.name}.{kind}-{uuid.uuid4().hex[:8]}")
+
+
+def normal_file_mode(path: PathLike) -> None:
+    """Give the file `path` the mode a plain open() would (0o666 less the umask), read from a fresh sibling
+    file (no process-wide os.umask() round trip)."""
+    probe = temp_name(path, "mode")
+    probe.touch()
+    try:
+        os.chmod(path, probe.stat().st_mode & 0o666)
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; renamed onto `path` when the block succeeds, removed otherwise."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(p)
+    try:
+        yield tmp
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: PathLike, text: str) -> Path:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    else:
+        p.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staged_entries(out_dir: PathLike, entries: Sequence[str]) -> Iterator[Path]:
+    """Yield a temporary folder inside `out_dir` to write `entries` into; at the end each entry written there
+    replaces its namesake in `out_dir` (checked beforehand with check_output_dir). On failure the temporary
+    folder goes, and so does `out_dir` if this call created it and it is still empty."""
+    out = Path(out_dir)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    stage = out / f".staging-{uuid.uuid4().hex[:8]}"
+    stage.mkdir()
+    ok = False
+    try:
+        yield stage
+        for name in entries:
+            src = stage / name
+            if src.exists():
+                if (out / name).exists() or (out / name).is_symlink():
+                    _remove(out / name)
+                os.replace(src, out / name)
+        ok = True
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if not ok and created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+
+
+def replace_dir(tmp: PathLike, out: PathLike) -> Path:
+    """Put the finished folder `tmp` at `out` (a sibling), replacing what is there (checked beforehand)."""
+    tmp, out = Path(tmp), Path(out)
+    old = None
+    if out.exists() or out.is_symlink():
+        old = temp_name(out, "old")
+        out.rename(old)
+    try:
+        tmp.rename(out)
+    except BaseException:
+        if old is not None:
+            old.rename(out)
+        raise
+    if old is not None:
+        _remove(old)
+    return out

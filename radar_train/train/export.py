@@ -1,0 +1,43 @@
+"""`radar-train export`: a radar-train Lightning checkpoint (LoRA + training state) -> an adapter folder.
+
+Lives with training (it rebuilds the RadarLoraModule); `radar_train.export` only knows the folder format.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from radar_train.export.adapter import is_adapter_dir, save_adapter
+from radar_train.inputs import InputError, load_torch
+from radar_train.outputs import check_replace_dir
+
+__all__ = ["read_checkpoint", "export_checkpoint"]
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A radar-train Lightning checkpoint (torch.load, weights_only=True); InputError naming the file if it is
+    missing, truncated, or not written by radar-train."""
+    state = load_torch(path, "radar-train checkpoint")
+    if not isinstance(state, dict) or not all(k in state for k in ("hyper_parameters", "radar", "state_dict")):
+        raise InputError(f"{path}: not a radar-train checkpoint (no hyper_parameters / radar metadata / state_dict)")
+    if not all(isinstance(state[k], dict) for k in ("hyper_parameters", "radar", "state_dict")):
+        raise InputError(f"{path}: not a radar-train checkpoint (hyper_parameters / radar / state_dict not mappings)")
+    return state
+
+
+def export_checkpoint(ckpt: str | Path, output: str | Path, overwrite: bool = False) -> Path:
+    """Write the adapter folder `output` from the checkpoint `ckpt`. Rebuilds the base decoder from the
+    checkpoint's hyper-parameters (its VQ-VAE file must exist). `output` must be new or empty, or an adapter
+    folder replaced only with `overwrite`; it may not hold the checkpoint or the VQ-VAE file."""
+    from radar_train.train.module import module_from_hparams
+
+    p = Path(ckpt)
+    state = read_checkpoint(p)
+    vae = (state["hyper_parameters"].get("decoder") or {}).get("vae_checkpoint")
+    check_replace_dir(output, is_adapter_dir, "an adapter folder", "--output",
+                      {"--ckpt": p, "the checkpoint's VQ-VAE file": vae}, overwrite)
+    module = module_from_hparams(state["hyper_parameters"])
+    module.check_checkpoint(state, str(p))
+    module.load_state_dict(state["state_dict"], strict=False)
+    meta = dict(state["radar"])
+    meta["source_checkpoint"] = str(p)
+    return save_adapter(module.net, output, meta)
