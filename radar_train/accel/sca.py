@@ -629,10 +629,10 @@ def _flex_block_mask(tiles: torch.Tensor, q_len: int, kv_len: int, tile: int, de
     from torch.nn.attention.flex_attention import create_block_mask
 
     tbl = tiles.to(device)
-    per_head = tbl.shape[0] > 1
+    per_head, nq, nk = tbl.shape[0] > 1, tbl.shape[1], tbl.shape[2]
 
-    def mask_mod(b, h, q_idx, kv_idx):
-        return tbl[h if per_head else 0, q_idx // tile, kv_idx // tile]
+    def mask_mod(b, h, q_idx, kv_idx):  # clamped: kernels may evaluate padding positions of the last tile
+        return tbl[h if per_head else 0, (q_idx // tile).clamp(max=nq - 1), (kv_idx // tile).clamp(max=nk - 1)]
 
     return create_block_mask(mask_mod, None, tbl.shape[0] if per_head else None, q_len, kv_len, device=device,
                              BLOCK_SIZE=tile)

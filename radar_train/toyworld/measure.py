@@ -55,7 +55,8 @@ class MeasureConfig:
     sampling: SamplingConfig = field(default_factory=_toy_sampling)
     """Sampler settings of every run (vanilla and accelerated)."""
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
-    """Acceleration settings as method:preset (fastvar: default | mild | aggressive; stagevar: default | paper)."""
+    """Acceleration settings as method:preset (fastvar: default | mild | aggressive; stagevar: default | paper;
+    sca:<options>, e.g. sca:default+mask_file=radar_train/toyworld/weights/toy_sca_mask.safetensors)."""
     adapters: dict[str, str] = field(default_factory=dict)
     """method:preset -> adapter folder exported by radar-train, for the PAA rows."""
     images_per_class: int = 20
