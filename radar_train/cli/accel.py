@@ -93,7 +93,6 @@ def _calibrate_sca(model: ModelArgs, sampling: SamplingConfig, accel: AccelArgs,
                    num_samples: int, batch_size: int, seed: int, device: str, output: str) -> int:
     """SCA-Mask calibration: tile scores of vanilla samples -> mask file (checked before any work)."""
     from dataclasses import asdict
-    from pathlib import Path
 
     import torch
     from tqdm import tqdm
@@ -101,13 +100,14 @@ def _calibrate_sca(model: ModelArgs, sampling: SamplingConfig, accel: AccelArgs,
     from radar_train.accel.calibrate import calibrate_sca, write_sca_mask
     from radar_train.accel.sca import calibration_settings
     from radar_train.models import get_preset, load_models
+    from radar_train.outputs import check_output_file
     from radar_train.sampling import NextScaleSampler
 
     preset = get_preset(model.preset)
     sides, tile, tau = calibration_settings(accel.sca, preset.var.patch_nums, preset.var.depth, scales,
                                             num_samples, batch_size)
-    if Path(output).exists():
-        raise ValueError(f"--output {output} exists; choose another file (nothing was written)")
+    check_output_file(output, "--output", inputs={"--model.vae_checkpoint": model.vae_checkpoint,
+                                                  "--model.var_checkpoint": model.var_checkpoint})
     dev = _device(device)
     vqvae, var, _, var_id = load_models(model.preset, model.vae_checkpoint, model.var_checkpoint, dev, model.init_seed)
     print(f"calibrating SCA-Mask tile scores: model {model.preset}, scales {list(sides)}, tile {tile}, τ={tau}/n, "
