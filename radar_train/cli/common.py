@@ -103,6 +103,32 @@ def check_config_files(argv: Sequence[str]) -> None:
             raise InputError(f"{value}: config file not found (--config)")
 
 
+def check_device(name: str, option: str = "--device"):
+    """The torch.device `name` stands for ("auto": cuda if available, else cpu); ValueError naming the option
+    if it is not a device, or a CUDA device that is not there."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"{option} {name!r} is not a device (cpu, cuda, cuda:N or auto)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{option} {name}: CUDA is not available here (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{option} {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return dev
+
+
+def check_positive(minimum: int = 1, **values: Optional[float]) -> None:
+    """ValueError naming the option if a given value is below `minimum` (None: not given)."""
+    for name, value in values.items():
+        if value is not None and value < minimum:
+            raise ValueError(f"--{name} must be >= {minimum}, got {value}")
+
+
 def print_error(message: object) -> None:
     print(f"error: {one_line(message)}", file=sys.stderr)
 

@@ -1,7 +1,6 @@
 """radar-eval: restoration metrics of a PAA adapter on held-out cache shards (JSON + markdown table)."""
 from __future__ import annotations
 
-import sys
 from typing import Optional, Union
 
 from jsonargparse import CLI
@@ -11,11 +10,13 @@ from radar_train.inference.evaluate import LpipsArgs
 
 def evaluate(cache: str, adapter: str, output: str = "outputs/eval", shards: Optional[Union[str, list[int]]] = None,
              vae_checkpoint: Optional[str] = None, batch_size: int = 32, num_workers: int = 0, device: str = "auto",
-             lpips: LpipsArgs = LpipsArgs()) -> int:
+             lpips: LpipsArgs = LpipsArgs(), allow_train_shards: bool = False, overwrite: bool = False) -> int:
     """Restoration metrics of an adapter on held-out cache shards.
 
     PSNR / SSIM (LPIPS with local weights) of decoder(LQ) and decoder+adapter(LQ) against decoder(HQ),
-    gap closed and harmlessness, on held-out shards of a cache.
+    gap closed and harmlessness, on held-out shards of a cache. Shards the adapter was trained on (its
+    radar_config.yaml) are refused unless --allow_train_shards. An existing eval.json / eval.md in the
+    output folder is replaced only with --overwrite; an output inside the cache or the adapter is refused.
 
     Args:
         cache: cache folder written by radar-cache run.
@@ -27,16 +28,30 @@ def evaluate(cache: str, adapter: str, output: str = "outputs/eval", shards: Opt
         num_workers: DataLoader workers.
         device: cuda, cpu, or auto.
         lpips: local LPIPS weight files (both needed); without them LPIPS is not computed.
+        allow_train_shards: evaluate shards the adapter was trained on anyway (a warning; eval.json records
+            them in train_shard_overlap and says held_out false).
+        overwrite: replace eval.json / eval.md of an earlier run in the output folder.
     """
-    import torch
-
+    from radar_train.cli.common import check_device, check_positive
     from radar_train.config import parse_int_list
-    from radar_train.inference.evaluate import evaluate_restoration, markdown_table, write_report
+    from radar_train.inference.evaluate import REPORT_FILES, evaluate_restoration, markdown_table, write_report
+    from radar_train.inputs import check_dir, check_file
+    from radar_train.outputs import check_output_dir
 
-    dev = "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
+    check_positive(batch_size=batch_size)
+    check_positive(num_workers=num_workers, minimum=0)
+    dev = check_device(device)
     shard_list = None if shards is None else parse_int_list(shards, "--shards")
+    check_dir(cache, "--cache folder")
+    check_dir(adapter, "--adapter folder")
+    for name, path in (("--vae_checkpoint", vae_checkpoint), ("--lpips.vgg", lpips.vgg), ("--lpips.heads", lpips.heads)):
+        if path is not None:
+            check_file(path, f"{name} file")
+    check_output_dir(output, REPORT_FILES, "--output", {"--cache": cache, "--adapter": adapter,
+                                                         "--vae_checkpoint": vae_checkpoint}, overwrite)
     print(f"radar-eval: adapter {adapter} on {cache} (shards {shard_list or 'from the adapter'}) -> {output}")
-    result = evaluate_restoration(cache, adapter, shard_list, batch_size, dev, vae_checkpoint, lpips, num_workers)
+    result = evaluate_restoration(cache, adapter, shard_list, batch_size, str(dev), vae_checkpoint, lpips, num_workers,
+                                  allow_train_shards=allow_train_shards)
     js, md = write_report(result, output)
     print(markdown_table(result))
     print(f"wrote {js} and {md}")
@@ -44,13 +59,9 @@ def evaluate(cache: str, adapter: str, output: str = "outputs/eval", shards: Opt
 
 
 def main(argv: list[str] | None = None) -> None:
-    from radar_train.models.checkpoint import CheckpointError
+    from radar_train.cli.common import run_main
 
-    try:
-        sys.exit(CLI(evaluate, args=argv, as_positional=False))
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main("radar-eval", lambda args: CLI(evaluate, args=args, as_positional=False, exit_on_error=False), argv)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -15,7 +16,10 @@ from typing import Optional, Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from radar_train.outputs import write_text_atomic
 from radar_train.train.metrics import RestorationStats
+
+REPORT_FILES = ("eval.json", "eval.md")
 
 
 @dataclass
@@ -31,6 +35,24 @@ def _adapter_shards(meta: dict, cache_dir: Path) -> Optional[list[int]]:
         if Path(c.get("path", "")).resolve() == cache_dir.resolve():
             return list(c.get("val_shards") or []) or None
     return None
+
+
+def _same_cache(record: dict, cache_dir: Path, manifest) -> bool:
+    """Whether an adapter's cache record names this cache: the same folder, or a cache with the same content
+    (model, method, sampling and plan, so the same pairs: e.g. a copy elsewhere)."""
+    if record.get("path") and Path(record["path"]).resolve() == cache_dir.resolve():
+        return True
+    keys = ("model", "accel", "sampling", "plan")
+    return all(k in record for k in keys) and all(record[k] == getattr(manifest, k) for k in keys)
+
+
+def train_shard_overlap(meta: dict, cache_dir: str | Path, manifest, shards: Sequence[int]) -> list[int]:
+    """The shards among `shards` that the adapter (its radar_config.yaml `meta`) was trained on in this cache."""
+    trained: set[int] = set()
+    for record in meta.get("caches") or []:
+        if isinstance(record, dict) and _same_cache(record, Path(cache_dir), manifest):
+            trained |= {int(s) for s in record.get("train_shards") or []}
+    return sorted(trained & {int(s) for s in shards})
 
 
 def _seed_of(identity: dict) -> Optional[int]:
@@ -64,18 +86,30 @@ def load_decoders(manifest, meta: dict, adapter_dir: str, vae_checkpoint: Option
 @torch.no_grad()
 def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequence[int]] = None,
                          batch_size: int = 32, device: str = "cpu", vae_checkpoint: Optional[str] = None,
-                         lpips: Optional[LpipsArgs] = None, num_workers: int = 0) -> dict:
+                         lpips: Optional[LpipsArgs] = None, num_workers: int = 0,
+                         allow_train_shards: bool = False) -> dict:
+    """Restoration metrics of the adapter on `shards` of the cache (default: the adapter's validation shards).
+    Shards the adapter was trained on are refused (ValueError naming them) unless `allow_train_shards`, which
+    warns and records them in the result (`train_shard_overlap`, `held_out` false)."""
     from radar_train.cache.reader import BlockShuffleSampler, PairDataset
     from radar_train.cache.schema import read_manifest
-    from radar_train.export import read_radar_config
+    from radar_train.export import check_adapter
 
     cache = Path(cache_dir)
     manifest = read_manifest(cache)
-    meta = read_radar_config(adapter_dir)
+    meta = check_adapter(adapter_dir)
     if shards is None:
         shards = _adapter_shards(meta, cache)
         if shards is None:
             raise ValueError(f"adapter {adapter_dir} records no validation shards of {cache}: pass --shards")
+    overlap = train_shard_overlap(meta, cache, manifest, shards)
+    if overlap and not allow_train_shards:
+        raise ValueError(f"--shards {_ranges(overlap)} of {cache} are training shards of the adapter {adapter_dir} "
+                         f"(its radar_config.yaml caches[*].train_shards): metrics on them are not held-out; "
+                         f"evaluate other shards, or pass --allow_train_shards to evaluate them anyway")
+    if overlap:
+        warnings.warn(f"radar-eval: shards {_ranges(overlap)} of {cache} are training shards of the adapter "
+                      f"{adapter_dir}: the metrics include pairs it was trained on (not held-out)", stacklevel=2)
     dev = torch.device(device)
     plain, adapted, _ = load_decoders(manifest, meta, adapter_dir, vae_checkpoint, dev)
     lp = None
@@ -105,7 +139,8 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
            "ssim_baseline": m["ssim_baseline"], "ssim_adapted": m["ssim_student"], "gap_closed": m["gap_closed_mse"],
            "delta_psnr": m["delta_psnr"], "delta_ssim": m["delta_ssim"], "harmlessness_psnr": m.get("psnr_harmless"),
            "mse_baseline": m["mse_baseline"], "mse_adapted": m["mse_student"], "cache": str(cache),
-           "adapter": str(adapter_dir), "accel": manifest.accel, "model": manifest.model.get("preset")}
+           "adapter": str(adapter_dir), "accel": manifest.accel, "model": manifest.model.get("preset"),
+           "held_out": not overlap, "train_shard_overlap": overlap}
     if lp is not None:
         out["lpips_baseline"], out["lpips_adapted"] = (lp_sums / max(n, 1)).tolist()
     return out
@@ -116,7 +151,12 @@ def markdown_table(r: dict) -> str:
             ("SSIM vs vanilla decode", r["ssim_baseline"], r["ssim_adapted"])]
     if "lpips_baseline" in r:
         rows.append(("LPIPS vs vanilla decode", r["lpips_baseline"], r["lpips_adapted"]))
-    lines = [f"Restoration on {r['num_pairs']} held-out pairs (shards {r['shards']}) of {r['cache']}",
+    if r.get("held_out", True):
+        title = f"Restoration on {r['num_pairs']} held-out pairs (shards {r['shards']}) of {r['cache']}"
+    else:
+        title = (f"Restoration on {r['num_pairs']} pairs (shards {r['shards']}) of {r['cache']}: NOT held-out, "
+                 f"the adapter was trained on shards {r['train_shard_overlap']}")
+    lines = [title,
              "", "| metric | accelerated (baseline) | accelerated + adapter |", "| --- | ---: | ---: |"]
     lines += [f"| {name} | {a:.4f} | {b:.4f} |" for name, a, b in rows]
     lines += ["", f"- gap closed G_mse = 1 − MSE(adapted)/MSE(baseline): **{r['gap_closed']:.3f}**",
@@ -126,9 +166,25 @@ def markdown_table(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ranges(shards: Sequence[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5"."""
+    out, run = [], []
+    for s in sorted(shards):
+        if run and s == run[-1] + 1:
+            run.append(s)
+            continue
+        if run:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [s]
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
+
+
 def write_report(r: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    """eval.json and eval.md in `out_dir` (each written to a temporary file and renamed; the caller checks
+    beforehand that replacing them is allowed: `radar_train.outputs.check_output_dir`)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(r, indent=2))
-    (out / "eval.md").write_text(markdown_table(r))
-    return out / "eval.json", out / "eval.md"
+    js = write_text_atomic(out / REPORT_FILES[0], json.dumps(r, indent=2))
+    md = write_text_atomic(out / REPORT_FILES[1], markdown_table(r))
+    return js, md
