@@ -3,8 +3,9 @@
 Every Zarr read call costs ~1 ms, so labels, seeds and indices are kept in RAM and latents are read in
 chunk-aligned blocks (a few chunks of storage.chunk_size samples; fhat_hq and fhat_lq in one call) held in
 a small per-process block cache. `BlockShuffleSampler` visits the blocks in a random order and the samples
-of a block in a random order, so a block is decoded once per epoch per DataLoader worker. Zarr is opened
-lazily in each process (DataLoader workers under fork or spawn).
+of a block in a random order, so a block is decoded once per epoch per DataLoader worker; its position
+(epoch, samples handed out) is a state_dict, so an interrupted epoch can resume where it stopped. Zarr is
+opened lazily in each process (DataLoader workers under fork or spawn).
 """
 from __future__ import annotations
 
@@ -69,7 +70,14 @@ class PairDataset(Dataset):
                 raise ValueError(f"shards {ids} lists a shard twice")
         self.shard_ids = ids
         self._paths = [str(scan.complete[s]) for s in ids]
-        records = [self._read_records(p) for p in self._paths]
+        records, bad = [], []
+        for p in self._paths:  # every unreadable shard at once
+            try:
+                records.append(self._read_records(p))
+            except (ValueError, KeyError, FileNotFoundError, OSError) as e:
+                bad.append(f"{Path(p).name}: {e}" if isinstance(e, KeyError) else str(e))
+        if bad:
+            raise ValueError(f"cache {cache_dir}: {len(bad)} unreadable shard(s): " + "; ".join(bad))
         counts = [len(r[0]) for r in records]
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         cat = (lambda k: np.concatenate([r[k] for r in records]) if records else np.zeros(0, np.int64))
@@ -88,6 +96,9 @@ class PairDataset(Dataset):
         g = zarr.open_group(path, mode="r")
         if g.attrs.get("complete") is not True:
             raise ValueError(f"{path} is not marked complete (run `radar-cache verify`)")
+        missing = [k for k in (schema.LABEL, schema.SEED, schema.INDEX, schema.FHAT_HQ, schema.FHAT_LQ) if k not in g]
+        if missing:
+            raise ValueError(f"{path} has no array {', '.join(missing)} (run `radar-cache verify`)")
         return g[schema.LABEL][:], g[schema.SEED][:], g[schema.INDEX][:]
 
     def __len__(self) -> int:
@@ -188,7 +199,15 @@ class BlockShuffleSampler(Sampler[int]):
     that order, so each rank reads whole blocks. Every position is visited once per epoch across ranks
     when len(dataset) is divisible by world_size; otherwise drop_last=False repeats the first
     (world_size − len mod world_size) positions of the epoch's order (equal lengths on all ranks, as
-    DistributedSampler), and drop_last=True leaves the last len mod world_size out."""
+    DistributedSampler), and drop_last=True leaves the last len mod world_size out.
+
+    Resumable: `state_dict()` is {"epoch", "position"}, the epoch and how many of this rank's positions of
+    it were handed out; after `load_state_dict` the next iteration starts at that position of that epoch
+    (a finished epoch resumes at the start of the next one). The state means the same on every rank, so
+    rank zero's copy restores all of them. `set_epoch` to another epoch drops a pending resume point.
+    By default the position counts what this sampler handed out; a DataLoader with worker processes draws
+    ahead of what training consumed, so it passes its own count (`state_dict(consumed=...)`, see
+    datamodule.ResumableLoader)."""
 
     def __init__(self, dataset: PairDataset, shuffle: bool = True, seed: int = 0, rank: int = 0,
                  world_size: int = 1, drop_last: bool = False):
@@ -198,9 +217,14 @@ class BlockShuffleSampler(Sampler[int]):
         self.n = len(dataset)
         self.shuffle, self.seed, self.rank, self.world_size, self.drop_last = shuffle, seed, rank, world_size, drop_last
         self.epoch = 0
+        self._resume = 0  # where the next iteration of self.epoch starts
+        self._started = False  # an iteration of self.epoch began since the last set_epoch / load_state_dict
+        self.iteration_start = 0  # position the current (or last) iteration started at
+        self._handed_out = 0  # positions the current (or last) iteration handed out
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        if int(epoch) != self.epoch:
+            self.epoch, self._resume, self._started = int(epoch), 0, False
 
     def __len__(self) -> int:
         return self.n // self.world_size if self.drop_last else math.ceil(self.n / self.world_size)
@@ -217,12 +241,37 @@ class BlockShuffleSampler(Sampler[int]):
             parts.append(a + torch.randperm(z - a, generator=g))
         return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
 
-    def __iter__(self) -> Iterator[int]:
+    def rank_order(self) -> torch.Tensor:
+        """This rank's positions of this epoch, in visiting order."""
         order = self.order()
         per_rank = len(self)
         total = per_rank * self.world_size
         if total > len(order):  # pad with the start of the order (at most world_size − 1 repeats)
             reps = -(-total // max(1, len(order)))
             order = order.repeat(reps)[:total]
-        mine = order[self.rank * per_rank: (self.rank + 1) * per_rank]
-        return iter(mine.tolist())
+        return order[self.rank * per_rank: (self.rank + 1) * per_rank]
+
+    def __iter__(self) -> Iterator[int]:
+        start, self._resume = self._resume, 0
+        self.iteration_start, self._handed_out, self._started = start, 0, True
+        for i in self.rank_order()[start:].tolist():
+            self._handed_out += 1
+            yield i
+
+    def state_dict(self, consumed: Optional[int] = None) -> dict[str, int]:
+        """{"epoch", "position"}: where this rank is in the epoch. Once an iteration of the epoch began, its start
+        plus `consumed` of its positions (default: all it handed out); before that, the pending resume point."""
+        if not self._started:
+            return {"epoch": self.epoch, "position": self._resume}
+        used = self._handed_out if consumed is None else min(int(consumed), self._handed_out)
+        return {"epoch": self.epoch, "position": self.iteration_start + used}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume the next iteration at state["position"] of epoch state["epoch"] (past the end: the next epoch
+        from its start)."""
+        epoch, pos = int(state["epoch"]), int(state["position"])
+        if pos < 0:
+            raise ValueError(f"sampler state: negative position {pos}")
+        if pos >= len(self):
+            epoch, pos = epoch + 1, 0
+        self.epoch, self._resume, self._started = epoch, pos, False

@@ -95,6 +95,80 @@ def test_sampler_goes_block_by_block_and_reshuffles_per_epoch(make_synthetic):
     assert list(BlockShuffleSampler(ds, shuffle=False)) == list(range(40))
 
 
+def _epoch(ds, epoch, **kw):
+    s = BlockShuffleSampler(ds, seed=5, **kw)
+    s.set_epoch(epoch)
+    return list(s)
+
+
+def test_sampler_state_resumes_mid_epoch_then_goes_on_to_the_next_epoch(make_synthetic):
+    ds = PairDataset(make_synthetic(num_samples=40, shard_size=16, chunk_size=4), block_size=4)
+    a = BlockShuffleSampler(ds, seed=5)
+    a.set_epoch(2)
+    it = iter(a)
+    head = [next(it) for _ in range(7)]
+    state = a.state_dict()
+    assert state == {"epoch": 2, "position": 7}
+    b = BlockShuffleSampler(ds, seed=5)
+    b.load_state_dict(state)
+    assert b.state_dict() == state  # pending, before the iteration starts
+    assert head + list(b) == _epoch(ds, 2)
+    assert b.state_dict() == {"epoch": 2, "position": 40}
+    b.set_epoch(3)
+    assert list(b) == _epoch(ds, 3)
+    assert list(b) == _epoch(ds, 3)  # the resume point applies to one iteration only
+
+
+def test_sampler_state_at_the_end_of_an_epoch_resumes_at_the_next_one(make_synthetic):
+    ds = PairDataset(make_synthetic(num_samples=40, shard_size=16, chunk_size=4), block_size=4)
+    a = BlockShuffleSampler(ds, seed=5)
+    a.set_epoch(1)
+    assert list(a) == _epoch(ds, 1)
+    b = BlockShuffleSampler(ds, seed=5)
+    b.load_state_dict(a.state_dict())
+    assert b.epoch == 2 and list(b) == _epoch(ds, 2)
+    b.load_state_dict({"epoch": 4, "position": 3})
+    b.set_epoch(5)  # another epoch drops the resume point
+    assert list(b) == _epoch(ds, 5)
+
+
+def test_sampler_state_counts_what_was_consumed_not_what_was_handed_out(make_synthetic):
+    ds = PairDataset(make_synthetic(num_samples=40, shard_size=16, chunk_size=4), block_size=4)
+    a = BlockShuffleSampler(ds, seed=5)
+    it = iter(a)
+    [next(it) for _ in range(20)]  # e.g. DataLoader workers reading ahead of training
+    assert a.state_dict(consumed=8) == {"epoch": 0, "position": 8}
+    assert a.state_dict(consumed=99) == {"epoch": 0, "position": 20}
+
+
+@pytest.mark.parametrize("n, world, drop_last", [(29, 3, False), (29, 3, True)])
+def test_sampler_state_of_rank_zero_resumes_every_rank(make_synthetic, n, world, drop_last):
+    ds = PairDataset(make_synthetic(num_samples=n, shard_size=8, chunk_size=4), block_size=4)
+    states, heads = [], []
+    for rank in range(world):
+        s = BlockShuffleSampler(ds, seed=5, rank=rank, world_size=world, drop_last=drop_last)
+        s.set_epoch(1)
+        it = iter(s)
+        heads.append([next(it) for _ in range(4)])
+        states.append(s.state_dict())
+    assert all(st == {"epoch": 1, "position": 4} for st in states)
+    for rank in range(world):
+        s = BlockShuffleSampler(ds, seed=5, rank=rank, world_size=world, drop_last=drop_last)
+        s.load_state_dict(states[0])
+        assert heads[rank] + list(s) == _epoch(ds, 1, rank=rank, world_size=world, drop_last=drop_last)
+
+
+def test_pair_dataset_reports_every_unreadable_shard(make_synthetic):
+    import zarr
+
+    cache = make_synthetic(num_samples=32, shard_size=8)
+    for shard in (1, 3):
+        zarr.open_group(f"{cache}/shard-{shard:05d}.zarr", mode="r+").attrs["complete"] = False
+    with pytest.raises(ValueError, match=r"2 unreadable shard\(s\): .*shard-00001.zarr is not marked complete.*"
+                                         r"shard-00003.zarr is not marked complete"):
+        PairDataset(cache)
+
+
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_dataloader_workers_yield_the_same_batches_as_the_main_process(make_synthetic, context):
     ds = PairDataset(make_synthetic(num_samples=40, shard_size=16, chunk_size=4), block_size=8)
