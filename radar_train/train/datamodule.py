@@ -6,6 +6,10 @@ complete shard not in val). Zarr caches are read with `PairDataset` and `BlockSh
 aligned reads, deterministic per-epoch order, split across ranks by the sampler itself: run the Trainer
 with `use_distributed_sampler=False`). WebDataset exports are streamed with `WdsPairs` (split by tar
 across ranks and workers).
+
+Resume: the training loader of a Zarr cache is a `ResumableLoader`, whose position in the epoch goes into
+every checkpoint, so `radar-train fit --ckpt_path last` sees exactly the batches an uninterrupted run would
+have seen. A WebDataset stream cannot resume mid-stream (`StreamLoader` says so at resume).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from radar_train.config import parse_int_list
 
-__all__ = ["CacheSource", "PairDataModule", "parse_shards", "ConcatPairs"]
+__all__ = ["CacheSource", "PairDataModule", "parse_shards", "ConcatPairs", "ResumableLoader", "StreamLoader"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,81 @@ class ConcatPairs(ConcatDataset):
             off = self.cumulative_sizes[k - 1] if k > 0 else 0
             out.append(self.datasets[k][i - off])
         return out
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader of a Zarr cache (a `BlockShuffleSampler`), resumable mid-epoch.
+
+    Lightning's mechanism for this is the `_Stateful` protocol on the training loader itself: the fit loop
+    stores `state_dict()` of every training DataLoader that has one in each checkpoint (loop state
+    `fit_loop.state_dict.combined_loader`) and, when it restarts from a checkpoint, calls `load_state_dict`
+    before it first iterates the loader, while its own counters (`batch_progress`, `epoch_progress`) resume
+    at the saved step and expect the loader to yield only the rest of the epoch. (The DataModule's
+    state_dict hooks would be restored before the loader exists and also on `validate`, so they are not used.)
+
+    The state is {"epoch", "position" (samples of this rank's share of the epoch consumed), and the settings it
+    depends on}. The position counts the batches this loader *yielded*, times batch_size: Lightning's fetcher
+    does not prefetch from a loader with a length, so at every checkpoint (on_train_batch_end) that is what the
+    training steps consumed, whatever worker processes have read ahead (the sampler's own count runs ahead by
+    up to prefetch_factor x num_workers batches). A fully consumed epoch resumes at the start of the next one.
+
+    Iteration starts lazily, at the first batch: Lightning creates the iterator before it calls `set_epoch`
+    on the sampler, and a DataLoader with workers would otherwise draw the order of the wrong epoch.
+    """
+
+    _SETTINGS = ("batch_size", "drop_last", "world_size", "num_samples", "seed", "shuffle")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._yielded = 0  # batches yielded by the current (or last) iteration
+
+    def _settings(self) -> dict:
+        s = self.sampler
+        return {"batch_size": self.batch_size, "drop_last": self.drop_last, "world_size": s.world_size,
+                "num_samples": s.n, "seed": s.seed, "shuffle": s.shuffle}
+
+    def __iter__(self):
+        self._yielded = 0
+        for batch in super().__iter__():
+            self._yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {**self.sampler.state_dict(consumed=self._yielded * self.batch_size), **self._settings()}
+
+    def load_state_dict(self, state: dict) -> None:
+        own = self._settings()
+        changed = [f"{k} {state[k]} -> {own[k]}" for k in self._SETTINGS if k in state and state[k] != own[k]]
+        if changed:
+            _warn_rank_zero(f"resume: the training data changed since the checkpoint ({', '.join(changed)}); "
+                            f"the data order continues at epoch {state['epoch']}, position {state['position']} "
+                            f"but is not the one an uninterrupted run would have seen")
+        epoch, pos = int(state["epoch"]), int(state["position"])
+        if pos // self.batch_size >= len(self):  # every batch of the epoch consumed
+            epoch, pos = epoch + 1, 0
+        self.sampler.load_state_dict({"epoch": epoch, "position": pos})
+        self._yielded = 0
+
+
+class StreamLoader(DataLoader):
+    """The training DataLoader of a WebDataset export: a stream whose position (shuffle buffer, tar offsets
+    in each worker) is not saved. Stateful only so that Lightning calls `load_state_dict` at resume, which
+    says in one line that the data order is not restored."""
+
+    def state_dict(self) -> dict:
+        return {"stream": "wds", "position_saved": False}
+
+    def load_state_dict(self, state: dict) -> None:
+        _warn_rank_zero("resume: WebDataset streams cannot resume mid-stream: the data order restarts from the "
+                        "beginning of the stream and differs from an uninterrupted run (use a Zarr cache for "
+                        "exact resume)")
+
+
+def _warn_rank_zero(msg: str) -> None:
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        log.warning(msg)
 
 
 def _wds_tars(path: str, shards: list[int]) -> list[str]:
@@ -132,42 +211,54 @@ class PairDataModule(pl.LightningDataModule):
 
     # ---------------------------------------------------------------- resolution
     def _resolve(self) -> None:
-        """Read the manifests and resolve the shard split of every cache (every problem at once)."""
+        """Read the manifests and resolve the shard split of every cache. Every problem of every cache (a missing
+        cache folder, a bad manifest, missing or incomplete shards, missing WebDataset tars, overlapping splits)
+        goes into one ValueError."""
         from radar_train.cache.layout import scan_cache
         from radar_train.cache.schema import read_manifest
 
-        problems = []
+        problems, manifests, splits = [], {}, []
+        if len({c.format for c in self.caches}) > 1:
+            problems.append("data.caches mixes zarr and wds formats; use one format per run")
         for i, c in enumerate(self.caches):
             where = f"data.caches[{i}] ({c.path})"
             try:
                 manifest = read_manifest(c.path)
             except (FileNotFoundError, ValueError) as e:
-                problems.append(str(e))
+                problems.append(f"data.caches[{i}]: {e}")
                 continue
             if c.format == "wds":
-                available = list(range(manifest.num_shards))
+                from radar_train.cache.wds import tar_name
+
+                available = [s for s in range(manifest.num_shards) if (Path(c.path) / tar_name(s)).is_file()]
+                kind = "have no tar in the export"
             else:
                 available = sorted(scan_cache(c.path, manifest.num_shards).complete)
+                kind = "are not complete in the cache"
             val = parse_shards(c.val_shards, f"{where}.val_shards") or []
             train = parse_shards(c.train_shards, f"{where}.train_shards")
-            train = [s for s in available if s not in val] if train is None else train
+            if train is None:
+                train = [s for s in available if s not in val]
+                left_out = [s for s in range(manifest.num_shards) if s not in available and s not in val]
+                if left_out:
+                    log.warning("%s: shards %s %s and are left out of training", where, _ranges(left_out), kind)
             both = sorted(set(train) & set(val))
             if both:
                 problems.append(f"{where}: shards {both} are in both train_shards and val_shards")
-            absent = [s for s in train + val if s not in available]
+            absent = sorted(s for s in train + val if s not in available)
             if absent:
-                problems.append(f"{where}: shards {sorted(absent)} are not complete in the cache "
-                                f"(complete: {available[:1] and f'{available[0]}..{available[-1]}' or 'none'}, "
-                                f"{len(available)} of {manifest.num_shards})")
-            self.manifests[c.path] = manifest
-            self.splits.append((train, val))
+                problems.append(f"{where}: shards {absent} {kind} "
+                                f"(complete: {_ranges(available)}, {len(available)} of {manifest.num_shards})")
+            manifests[c.path] = manifest
+            splits.append((train, val))
         if not problems:
-            if not any(t for t, _ in self.splits):
+            if not any(t for t, _ in splits):
                 problems.append("no training shards in data.caches")
-            if not any(v for _, v in self.splits):
+            if not any(v for _, v in splits):
                 problems.append("no validation shards: set val_shards of at least one cache (held-out shards)")
         if problems:
             raise ValueError("data: " + "; ".join(problems))
+        self.manifests, self.splits = manifests, splits
 
     def describe(self) -> list[dict]:
         """Per cache: path, format, shards, and the manifest's model / accel / sampling (for adapter metadata)."""
@@ -185,24 +276,33 @@ class PairDataModule(pl.LightningDataModule):
         if self.manifests:
             return
         self._resolve()
-        self.train_set = self._build([(c, t) for c, (t, _) in zip(self.caches, self.splits)], train=True)
-        self.val_set = self._build([(c, v) for c, (_, v) in zip(self.caches, self.splits)], train=False)
+        problems: list[str] = []
+        self.train_set = self._build([(c, t) for c, (t, _) in zip(self.caches, self.splits)], True, problems)
+        self.val_set = self._build([(c, v) for c, (_, v) in zip(self.caches, self.splits)], False, problems)
+        if problems:  # unreadable shards, every one of every cache
+            self.manifests, self.splits, self.train_set, self.val_set = {}, [], None, None
+            raise ValueError("data: " + "; ".join(problems))
         self._report()
 
-    def _build(self, parts: list[tuple[CacheSource, list[int]]], train: bool) -> Optional[Dataset]:
+    def _build(self, parts: list[tuple[CacheSource, list[int]]], train: bool, problems: list[str]) -> Optional[Dataset]:
+        """The dataset of `parts` (cache, shards); what cannot be read goes into `problems`."""
         from radar_train.cache.reader import PairDataset
         from radar_train.cache.wds import WdsPairs
 
         parts = [(c, s) for c, s in parts if s]
         if not parts:
             return None
-        if any(c.format == "wds" for c, _ in parts):
-            if not all(c.format == "wds" for c, _ in parts):
-                raise ValueError("data.caches mixes zarr and wds formats; use one format per run")
+        if parts[0][0].format == "wds":  # _resolve checked that every cache has one format and every tar exists
             urls = [u for c, s in parts for u in _wds_tars(c.path, s)]
             return WdsPairs(urls, shuffle=self.wds_shuffle_buffer if train else 0, shardshuffle=train,
                             seed=self.shuffle_seed)
-        return ConcatPairs([PairDataset(c.path, s) for c, s in parts])
+        sets = []
+        for c, s in parts:
+            try:
+                sets.append(PairDataset(c.path, s))
+            except (ValueError, FileNotFoundError, OSError) as e:
+                problems.append(str(e))
+        return ConcatPairs(sets) if len(sets) == len(parts) else None
 
     def _report(self) -> None:
         for c, (train, val) in zip(self.caches, self.splits):
@@ -224,11 +324,12 @@ class PairDataModule(pl.LightningDataModule):
         kw = dict(batch_size=batch_size, num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
                   persistent_workers=self.num_workers > 0)
         if isinstance(ds, torch.utils.data.IterableDataset):
-            return DataLoader(ds, drop_last=train and self.drop_last, **kw)
+            return (StreamLoader if train else DataLoader)(ds, drop_last=train and self.drop_last, **kw)
         rank, world = self._rank()
         sampler = BlockShuffleSampler(ds, shuffle=train, seed=self.shuffle_seed, rank=rank, world_size=world,
                                       drop_last=False)
-        return DataLoader(ds, sampler=sampler, drop_last=train and self.drop_last, **kw)
+        return (ResumableLoader if train else DataLoader)(ds, sampler=sampler, drop_last=train and self.drop_last,
+                                                          **kw)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, train=True)

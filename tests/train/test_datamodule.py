@@ -92,3 +92,99 @@ def test_a_cache_of_another_latent_shape_or_vqvae_is_refused(tiny_cache):
     changed = dataclasses.replace(ident, config={**ident.config, "ch": 64})
     with pytest.raises(ValueError, match="config differs from the decoder's in ch"):
         check_cache_matches(tiny_cache, manifest, changed, [8, 8, 8])
+
+
+def _indices(batches) -> list[list[int]]:
+    return [b["index"].tolist() for b in batches]
+
+
+def _train_loader(cache, workers: int):
+    dm = PairDataModule([CacheSource(cache, train_shards="0-2", val_shards="14")], batch_size=5, num_workers=workers,
+                        shuffle_seed=7)
+    dm.setup("fit")
+    return dm.train_dataloader()
+
+
+def test_training_loader_state_is_what_training_consumed_and_resumes_there(tiny_cache):
+    ref = _train_loader(tiny_cache, 0)  # 48 pairs, batch 5, drop_last: 9 batches per epoch
+    epochs = []
+    for e in range(2):
+        ref.sampler.set_epoch(e)
+        epochs.append(_indices(ref))
+    assert len(epochs[0]) == 9 and epochs[0] != epochs[1]
+
+    a = _train_loader(tiny_cache, 2)  # workers read ahead of what the loop took
+    it = iter(a)
+    head = _indices(next(it) for _ in range(3))
+    state = a.state_dict()
+    assert (state["epoch"], state["position"]) == (0, 15) and a.sampler.state_dict()["position"] > 15
+    b = _train_loader(tiny_cache, 2)
+    b.load_state_dict(state)
+    assert head + _indices(b) == epochs[0]
+    c = _train_loader(tiny_cache, 0)
+    c.load_state_dict(b.state_dict())  # epoch 0 consumed (the 3 pairs drop_last leaves out do not count)
+    assert c.sampler.epoch == 1
+    it = iter(c)  # Lightning makes the iterator, then calls set_epoch with the epoch it resumes in
+    c.sampler.set_epoch(1)
+    assert _indices(it) == epochs[1]
+    d = _train_loader(tiny_cache, 2)
+    it = iter(d)
+    d.sampler.set_epoch(1)  # with workers too, the order is drawn at the first batch, not by iter()
+    assert _indices(it) == epochs[1]
+
+
+def test_a_changed_training_set_is_resumed_with_a_warning(tiny_cache, caplog):
+    a = _train_loader(tiny_cache, 0)
+    state = {**a.state_dict(), "position": 10, "num_samples": 64}
+    with caplog.at_level("WARNING"):
+        a.load_state_dict(state)
+    assert "num_samples 64 -> 48" in caplog.text and "not the one an uninterrupted run" in caplog.text
+    assert a.sampler.state_dict() == {"epoch": 0, "position": 10}
+
+
+def test_a_webdataset_stream_says_at_resume_that_its_order_is_not_restored(tiny_cache, tmp_path, caplog):
+    from radar_train.cache.wds import export_wds
+    from radar_train.train.datamodule import StreamLoader
+
+    export_wds(tiny_cache, str(tmp_path / "wds"), progress=False)
+    dm = PairDataModule([CacheSource(str(tmp_path / "wds"), train_shards="0", val_shards="14", format="wds")],
+                        batch_size=8)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert isinstance(loader, StreamLoader)
+    with caplog.at_level("WARNING"):
+        loader.load_state_dict(loader.state_dict())
+    lines = [r.getMessage() for r in caplog.records if "WebDataset" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0] and "differs from an uninterrupted run" in lines[0]
+
+
+def test_every_missing_cache_shard_and_bad_manifest_is_reported_at_once(tiny_cache, tmp_path):
+    import shutil
+
+    import zarr
+
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_cache, partial)
+    shutil.rmtree(partial / "shard-00002.zarr")
+    zarr.open_group(str(partial / "shard-00003.zarr"), mode="r+").attrs["complete"] = False
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "manifest.json").write_text("{not json")
+    dm = PairDataModule([CacheSource(str(tmp_path / "gone1"), val_shards="0"),
+                         CacheSource(str(tmp_path / "gone2"), val_shards="0"),
+                         CacheSource(str(bad), val_shards="0"),
+                         CacheSource(str(partial), train_shards="0-2", val_shards="14")])
+    with pytest.raises(ValueError) as e:
+        dm.setup("fit")
+    msg = str(e.value)
+    assert "gone1 does not exist" in msg and "gone2 does not exist" in msg and "bad/manifest.json is not valid JSON" in msg
+    assert "data.caches[3]" in msg and "shards [2] are not complete" in msg
+    assert dm.manifests == {}  # nothing half-resolved is kept
+
+    # the split is fine, but a shard named complete cannot be read: every such shard, of every part
+    dm = PairDataModule([CacheSource(str(partial), train_shards="0-1,3", val_shards="14")])
+    zarr.open_group(str(partial / "shard-00014.zarr"), mode="r+").attrs["complete"] = False
+    with pytest.raises(ValueError) as e:
+        dm.setup("fit")
+    msg = str(e.value)
+    assert "shard-00003.zarr is not marked complete" in msg and "shard-00014.zarr is not marked complete" in msg
