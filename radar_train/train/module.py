@@ -7,7 +7,9 @@ Per step, for a batch of cached pairs (fhat_hq, fhat_lq) of shape (B, Cvae, h, w
     loss    = DistillLoss(student, teacher, ...)    L1 by default (losses.py)
 
 Only the LoRA tensors train (AdamW, warm-up + cosine) and only they, with the optimizer, scheduler and
-loop state, go into Lightning checkpoints; the frozen base is rebuilt from `decoder` on resume.
+loop state (the data order included: datamodule.ResumableLoader) and the training step's random stream
+(rng.StepRng), go into Lightning checkpoints; the frozen base is rebuilt from `decoder` on resume, which
+continues bit-identically to an uninterrupted run (CPU fp32).
 Validation computes the §5.1 metrics (PSNR/SSIM of student and baseline vs teacher, gap closed,
 harmlessness); image grids (LQ baseline | student | teacher) of fixed validation samples go to
 TensorBoard every `monitor.images_every_n_steps`.
@@ -37,6 +39,7 @@ from .lora import LoraArgs, inject_lora, lora_state_dict, parameter_counts, reso
 from .losses import DistillLoss, LossArgs
 from .metrics import RestorationStats, psnr_per_image, ssim_per_image, to_unit
 from .optim import OptimArgs, build_optimizer
+from .rng import StepRng
 
 __all__ = ["RadarLoraModule", "MonitorArgs", "OutputArgs", "META_VERSION", "module_from_hparams"]
 
@@ -50,7 +53,7 @@ class MonitorArgs:
 
     images_every_n_steps: int = 500
     """Log an image grid (LQ baseline | student | teacher) of fixed validation samples every N steps (0: off);
-    also at the start and the end of training."""
+    also at the start and the end of training (at most one grid per step)."""
     num_image_samples: int = 8
     """Validation samples in the grid (the first ones of the validation shards)."""
     train_metrics_every_n_steps: int = 50
@@ -122,6 +125,8 @@ class RadarLoraModule(pl.LightningModule):
         self.cache_info: list[dict] = []
         self.data_config: dict = {}
         self._image_batch: Optional[dict[str, torch.Tensor]] = None
+        self._image_step: Optional[int] = None  # step of the last image grid logged
+        self._step_rng = StepRng()  # the training forward's random stream (LoRA dropout), checkpointed
         self._t_last: Optional[float] = None
         self.trainable_params, self.frozen_params = parameter_counts(self.net)
         log.info("LoRA r=%d alpha=%g on %d convs (%s): %s trainable / %s frozen parameters", lora.rank, lora.alpha,
@@ -159,7 +164,8 @@ class RadarLoraModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, terms, student, teacher = self.compute_loss(batch)
+        with self._step_rng.active(self.device):  # exact resume: the stream is part of every checkpoint
+            loss, terms, student, teacher = self.compute_loss(batch)
         bs = batch["fhat_hq"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         if len(terms) > 1:
@@ -191,7 +197,9 @@ class RadarLoraModule(pl.LightningModule):
         if self.logger is not None and self.trainer.is_global_zero:
             self.logger.log_metrics({"params/trainable": float(self.trainable_params),
                                      "params/frozen": float(self.frozen_params)}, step=self.global_step)
-        self.log_image_grid()
+        every, step = self.monitor.images_every_n_steps, self.global_step
+        if step == 0 or not (every and step % every == 0):  # a resumed run's step on the cadence was logged
+            self.log_image_grid()
 
     def on_train_end(self) -> None:
         self.log_image_grid()
@@ -286,7 +294,8 @@ class RadarLoraModule(pl.LightningModule):
     def log_image_grid(self) -> None:
         """Rows of (LQ baseline | student | teacher) for the fixed validation samples -> TensorBoard."""
         exp = getattr(self.logger, "experiment", None) if self.logger is not None else None
-        if self._image_batch is None or not hasattr(exp, "add_image") or not self.trainer.is_global_zero:
+        if self._image_batch is None or not hasattr(exp, "add_image") or not self.trainer.is_global_zero \
+                or self._image_step == self.global_step:  # once per step (the cadence and the end can meet)
             return
         was_training = self.training
         self.eval()
@@ -299,6 +308,7 @@ class RadarLoraModule(pl.LightningModule):
         scale = max(1, 96 // cols[0].shape[-1])
         img = grid(rows, col_titles=["LQ baseline", "student", "teacher"], scale=scale)
         exp.add_image("val/samples", np.asarray(img), self.global_step, dataformats="HWC")
+        self._image_step = self.global_step
 
     # ------------------------------------------------------------------ checkpoints and export
     def radar_meta(self) -> dict:
@@ -335,10 +345,13 @@ class RadarLoraModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if ".lora_" in k}
         checkpoint["radar"] = self.radar_meta()
+        if (rng := self._step_rng.state_dict()) is not None:
+            checkpoint["radar_rng"] = rng
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.check_checkpoint(checkpoint)
         self.val_metrics = dict(checkpoint["radar"].get("metrics") or {})
+        self._step_rng.load_state_dict(checkpoint.get("radar_rng"))
 
     def check_checkpoint(self, checkpoint: dict, source: str = "checkpoint") -> None:
         """ValueError if `checkpoint` was not trained on this base decoder with this LoRA layout."""
