@@ -33,21 +33,23 @@ def train(output: str = "toy_weights", recipe: ToyTrainConfig = ToyTrainConfig()
     return 0
 
 
-def measure(setup: MeasureConfig = MeasureConfig(), output: Optional[str] = None) -> int:
+def measure(setup: MeasureConfig = MeasureConfig(), output: Optional[str] = None, overwrite: bool = False) -> int:
     """Measure the toy models, the damage of acceleration and what PAA wins back.
 
-    Reconstruction PSNR, class accuracy of vanilla samples, what the
-    FastVAR / StageVAR presets cost (PSNR vs vanilla, accuracy) and, given adapters, what PAA wins back.
+    Reconstruction PSNR, class accuracy and toy FID of vanilla samples, what the
+    FastVAR / StageVAR / SCA settings cost (PSNR vs vanilla, accuracy, toy FID) and, given adapters (several
+    per setting by name), what PAA wins back (G_mse, ΔPSNR, FID gap closed).
 
     Args:
         setup: models, samples and methods to measure (--setup.images_per_class 50, ...).
         output: folder for metrics.json, metrics.md and the comparison grid (default: print only).
+        overwrite: replace those files if the folder holds them already.
     """
     from radar_train.toyworld.measure import run_measure
 
     _logging()
     try:
-        report = run_measure(setup, output)
+        report = run_measure(setup, output, overwrite=overwrite)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

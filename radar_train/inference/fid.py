@@ -68,7 +68,7 @@ import torch
 from torch import nn
 
 __all__ = ["FidError", "GaussianStats", "load_inception", "reference_stats", "frechet_distance",
-           "evaluate_generation", "markdown_report", "write_report", "file_sha256"]
+           "fid_gap_closed", "evaluate_generation", "markdown_report", "write_report", "file_sha256"]
 
 PAPER_NUM_SAMPLES = 50_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -298,7 +298,9 @@ def reference_stats(path: str, features: Optional[_Extractor] = None, batch_size
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
-def _gap_closed(acc: Optional[float], restored: Optional[float], vanilla: Optional[float]) -> Optional[float]:
+def fid_gap_closed(acc: Optional[float], restored: Optional[float], vanilla: Optional[float]) -> Optional[float]:
+    """Share of the FID gap closed, (FID_acc - FID_acc+PAA) / (FID_acc - FID_vanilla) (methods.md §5.2);
+    None when a value is missing or accelerated and vanilla FID are equal."""
     if acc is None or restored is None or vanilla is None or abs(acc - vanilla) < 1e-12:
         return None
     return (acc - restored) / (acc - vanilla)
@@ -365,9 +367,9 @@ def evaluate_generation(pipe, features: _Extractor, logits: Optional[_Extractor]
             inception_score[r] = {"mean": float(mean), "std": float(std)}
     gap = None
     if "accelerated+adapter" in runs:
-        gap = {"fid_vs_reference": None if fid_ref is None else _gap_closed(
+        gap = {"fid_vs_reference": None if fid_ref is None else fid_gap_closed(
                    fid_ref["accelerated"], fid_ref["accelerated+adapter"], fid_ref["vanilla"]),
-               "fid_vs_vanilla": _gap_closed(fid_van["accelerated"], fid_van["accelerated+adapter"], 0.0)}
+               "fid_vs_vanilla": fid_gap_closed(fid_van["accelerated"], fid_van["accelerated+adapter"], 0.0)}
     notes = []
     if num_samples < dim:
         notes.append(f"num_samples {num_samples} < feature dimension {dim}: the covariances are rank-deficient "

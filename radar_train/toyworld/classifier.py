@@ -34,8 +34,13 @@ class ToyClassifier(nn.Module):
         self.head = nn.Linear(8 * w, num_classes)
 
     def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x01))
+
+    def embed(self, x01: torch.Tensor) -> torch.Tensor:
+        """The penultimate features (B, 8·width) that `head` reads: the last block's mean- and max-pooled
+        channels, concatenated (the toy FID's feature space)."""
         h = self.features(x01 * 2 - 1)
-        return self.head(torch.cat([h.mean((2, 3)), h.amax((2, 3))], dim=1))
+        return torch.cat([h.mean((2, 3)), h.amax((2, 3))], dim=1)
 
     @torch.no_grad()
     def predict(self, x01: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

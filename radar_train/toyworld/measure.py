@@ -1,21 +1,27 @@
 """`radar-toy measure`: what the toy models do, what acceleration breaks, what PAA wins back.
 
 - reconstruction PSNR of the VQ-VAE on held-out toy images;
-- class accuracy (the toy classifier's verdict) of vanilla samples, per-sample seeds held out from
-  any PAA cache;
-- per acceleration setting (`fastvar:default`, `stagevar:paper`, ...): PSNR of the accelerated image
-  against the vanilla image of the same label and seed, and its class accuracy;
-- per setting with an adapter: the restoration metrics of methods.md §5.1 (T = vanilla image, Q =
-  accelerated image, S = accelerated latent through the adapted decoder): gap closed G_mse, ΔPSNR,
-  and the class accuracy of S.
+- class accuracy (the toy classifier's verdict) and toy FID (`radar_train.toyworld.fid`) of vanilla
+  samples, per-sample seeds held out from any PAA cache;
+- per acceleration setting (`fastvar:default`, `stagevar:paper`, ...): PSNR / SSIM of the accelerated image
+  against the vanilla image of the same label and seed, its class accuracy, and its toy FID against real
+  renders and against the vanilla samples;
+- per setting and adapter (several per setting, by name): the same for the restored images, the restoration
+  metrics of methods.md §5.1 (T = vanilla image, Q = accelerated image, S = accelerated latent through the
+  adapted decoder: gap closed G_mse, ΔPSNR, ΔSSIM, harmlessness) and the FID gap closed
+  (FID_acc − FID_acc+PAA) / (FID_acc − FID_vanilla) of §5.2; adapters whose names differ only by a seed
+  suffix (`paa_s0`, `paa_s1`) form a group, reported as mean ± standard deviation.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
+import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -23,17 +29,25 @@ from radar_train.accel import AccelMethod, build_accel
 from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
 from radar_train.images import save_grid, to_uint8
 from radar_train.models import VQVAE, ModelIdentity, load_models, read_state_dict
+from radar_train.outputs import check_output_dir, staged_entries
 from radar_train.sampling import NextScaleSampler
 from radar_train.toyworld.classifier import ToyClassifier, accuracy
 from radar_train.toyworld.common import make_bank
 from radar_train.toyworld.data import CLASS_NAMES, HELDOUT_SEED, NUM_CLASSES
+from radar_train.toyworld.fid import ToyFID, fid_gap_closed
 from radar_train.toyworld.preset import CLASSIFIER_FILE, WEIGHTS_DIR
 from radar_train.toyworld.train_vqvae import reconstruction_psnr
-from radar_train.train.metrics import RestorationStats, psnr_per_image
+from radar_train.train.metrics import RestorationStats, psnr_per_image, ssim_per_image
 
 log = logging.getLogger(__name__)
 
 DEFAULT_METHODS = ["fastvar:default", "fastvar:aggressive", "stagevar:default", "stagevar:paper"]
+OUTPUT_FILES = ("metrics.json", "metrics.md", "toyworld_grid.png")
+DEFAULT_ADAPTER_NAME = "paa"
+"""The name of an adapter given alone (`{"fastvar:aggressive": "adapters/a"}`)."""
+
+AdapterSpec = Union[str, dict[str, str]]
+"""One adapter folder, or {name: folder} for several (e.g. {"paa_s0": "adapters/a", "paa_s1": "adapters/b"})."""
 
 
 def _toy_model() -> ModelArgs:
@@ -57,10 +71,13 @@ class MeasureConfig:
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     """Acceleration settings as method:preset (fastvar: default | mild | aggressive; stagevar: default | paper;
     sca:<options>, e.g. sca:default+mask_file=radar_train/toyworld/weights/toy_sca_mask.safetensors)."""
-    adapters: dict[str, str] = field(default_factory=dict)
-    """method:preset -> adapter folder exported by radar-train, for the PAA rows."""
+    adapters: dict[str, AdapterSpec] = field(default_factory=dict)
+    """method:preset -> adapter folder exported by radar-train, or {name: folder} for several adapters of that
+    setting (names differing only by a seed suffix _s<N> form a group: mean ± sd)."""
     images_per_class: int = 20
-    """Samples per class for every run."""
+    """Samples per class for every run (10 × this = the sample count of every toy FID)."""
+    fid_reference_images: int = 1000
+    """Real toy renders (toy-world set 2) the toy FID is measured against."""
     base_seed: int = 1_000_000
     """Sample i gets seed base_seed + i (keep clear of the seeds of PAA caches)."""
     num_heldout_images: int = 200
@@ -134,61 +151,177 @@ def load_adapted_decoder(vqvae: VQVAE, adapter_dir: str, identity: ModelIdentity
     return load_adapter(vqvae.latent_decoder().eval(), adapter_dir, identity=identity, merge=True).eval()
 
 
-def run_measure(cfg: MeasureConfig, output: Optional[str] = None) -> dict:
-    """Measure everything in `cfg`; writes metrics.json, metrics.md and toyworld_grid.png to `output`
-    if given. Returns the metrics plus their markdown table under 'markdown'."""
-    torch.set_num_threads(cfg.num_threads)
-    unknown = sorted(set(cfg.adapters) - set(cfg.methods))
+_SEED_SUFFIX = re.compile(r"^(.+?)[_-](?:s|seed)?\d+$")
+
+
+def adapter_group(name: str) -> str:
+    """The group of an adapter name: the name without a trailing seed suffix `_s<N>`, `_seed<N>` or `_<N>`
+    (also with '-'): 'paa_s0', 'paa_s1' -> 'paa'; 'radar_seed2' -> 'radar'; 'label' -> 'label'."""
+    m = _SEED_SUFFIX.match(name)
+    return m.group(1) if m else name
+
+
+def adapter_table(adapters: dict[str, AdapterSpec], methods: Sequence[str],
+                  option: str = "--setup.adapters") -> dict[str, dict[str, str]]:
+    """{setting: {adapter name: folder}} from the option's value: a folder alone is named 'paa', a mapping
+    keeps its names. ValueError for a setting that is not measured or a malformed entry."""
+    unknown = sorted(set(adapters) - set(methods))
     if unknown:
-        raise ValueError(f"adapters given for {unknown}, which are not in methods {cfg.methods}")
+        raise ValueError(f"{option}: adapters given for {unknown}, which are not in methods {list(methods)}")
+    table: dict[str, dict[str, str]] = {}
+    for spec, value in adapters.items():
+        named = {DEFAULT_ADAPTER_NAME: value} if isinstance(value, (str, Path)) else value
+        if not isinstance(named, dict) or not named:
+            raise ValueError(f"{option}: {spec!r} needs an adapter folder or a non-empty mapping name -> folder, "
+                             f"got {value!r}")
+        for name, folder in named.items():
+            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                raise ValueError(f"{option}: adapter name {name!r} of {spec!r} must be letters, digits, _ . -")
+            if not isinstance(folder, (str, Path)) or not str(folder):
+                raise ValueError(f"{option}: adapter {name!r} of {spec!r} needs a folder, got {folder!r}")
+        table[spec] = {name: str(folder) for name, folder in named.items()}
+    return table
+
+
+def group_summary(rows: dict[str, dict]) -> dict[str, dict]:
+    """Per adapter group (`adapter_group` of the row names): its adapters and, for every number the rows
+    share, mean, sample standard deviation (None for one adapter), min and max."""
+    groups: dict[str, list[str]] = {}
+    for name in rows:
+        groups.setdefault(adapter_group(name), []).append(name)
+    out = {}
+    for group, names in groups.items():
+        summary: dict = {"adapters": names, "n": len(names)}
+        for key, value in rows[names[0]].items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            vals = [rows[n][key] for n in names if isinstance(rows[n].get(key), (int, float))
+                    and math.isfinite(rows[n][key])]
+            if vals:
+                summary[key] = {"mean": _r(statistics.fmean(vals)),
+                                "std": _r(statistics.stdev(vals)) if len(vals) > 1 else None,
+                                "min": _r(min(vals)), "max": _r(max(vals))}
+        out[group] = summary
+    return out
+
+
+def _r(x: Optional[float], digits: int = 4) -> Optional[float]:
+    return None if x is None else round(float(x), digits)
+
+
+def quality_vs_vanilla(images01: torch.Tensor, vanilla01: torch.Tensor, f_hat: Optional[torch.Tensor] = None,
+                       f_hat_vanilla: Optional[torch.Tensor] = None) -> dict[str, float]:
+    """Mean PSNR (dB) and SSIM of each image against the vanilla image of the same label and seed and, given
+    both latents, the mean relative latent distance ‖f − f_vanilla‖ / ‖f_vanilla‖ per sample."""
+    out = {"psnr_vs_vanilla": _r(psnr_per_image(images01, vanilla01).mean()),
+           "ssim_vs_vanilla": _r(ssim_per_image(images01, vanilla01).mean())}
+    if f_hat is not None and f_hat_vanilla is not None:
+        d = (f_hat.float() - f_hat_vanilla.float()).flatten(1).norm(dim=1)
+        out["latent_distance"] = _r((d / f_hat_vanilla.float().flatten(1).norm(dim=1).clamp_min(1e-12)).mean())
+    return out
+
+
+def restoration(vanilla01: torch.Tensor, accelerated01: torch.Tensor, restored01: torch.Tensor,
+                harmless01: Optional[torch.Tensor] = None) -> dict[str, float]:
+    """methods.md §5.1 with T = vanilla, Q = accelerated, S = restored (and H = adapted decode of the vanilla
+    latent): g_mse, delta_psnr, delta_ssim, psnr_harmless."""
+    stats = RestorationStats()
+    stats.update(vanilla01, accelerated01, restored01, harmless01)
+    m = stats.compute()
+    out = {"g_mse": _r(m["gap_closed_mse"]), "delta_psnr": _r(m["delta_psnr"]), "delta_ssim": _r(m["delta_ssim"])}
+    if "psnr_harmless" in m:
+        out["psnr_harmless"] = _r(m["psnr_harmless"])
+    return out
+
+
+def fid_gaps(accelerated: dict, restored: dict, vanilla: dict) -> dict[str, Optional[float]]:
+    """FID gap closed (FID_acc − FID_acc+PAA) / (FID_acc − FID_vanilla) against the real renders and against
+    the vanilla samples (where FID_vanilla = 0), from rows holding toy_fid / toy_fid_vs_vanilla."""
+    out = {"fid_gap_closed": _r(fid_gap_closed(accelerated.get("toy_fid"), restored.get("toy_fid"),
+                                               vanilla.get("toy_fid")))}
+    if "toy_fid_vs_vanilla" in restored:
+        out["fid_gap_closed_vs_vanilla"] = _r(fid_gap_closed(accelerated.get("toy_fid_vs_vanilla"),
+                                                             restored["toy_fid_vs_vanilla"], 0.0))
+    return out
+
+
+def run_measure(cfg: MeasureConfig, output: Optional[str] = None, overwrite: bool = False) -> dict:
+    """Measure everything in `cfg`; writes metrics.json, metrics.md and toyworld_grid.png to `output`
+    if given (existing ones only with `overwrite`). Returns the metrics plus their markdown table under
+    'markdown'."""
+    torch.set_num_threads(cfg.num_threads)
+    table = adapter_table(cfg.adapters, cfg.methods)
+    if cfg.images_per_class < 1 or cfg.batch_size < 1:
+        raise ValueError(f"--setup.images_per_class and --setup.batch_size must be >= 1, got "
+                         f"{cfg.images_per_class} and {cfg.batch_size}")
+    folders = [f for named in table.values() for f in named.values()]
+    if output is not None:
+        check_output_dir(output, OUTPUT_FILES, "--output", overwrite=overwrite,
+                         inputs={"--setup.adapters": folders, "--setup.classifier": cfg.classifier,
+                                 "--setup.model.vae_checkpoint": cfg.model.vae_checkpoint,
+                                 "--setup.model.var_checkpoint": cfg.model.var_checkpoint})
     m = cfg.model
     vqvae, var, vae_id, var_id = load_models(m.preset, m.vae_checkpoint, m.var_checkpoint, init_seed=m.init_seed)
     clf = load_classifier(cfg.classifier)
     accels = {spec: build_accel(parse_method(spec), var.patch_nums, var.depth, var_id) for spec in cfg.methods}
+    adapted = {spec: {name: load_adapted_decoder(vqvae, folder, vae_id) for name, folder in named.items()}
+               for spec, named in table.items()}
+    labels, seeds = sample_plan(cfg)
+    n = labels.shape[0]
+    log.info("measuring %d runs of %d samples (vanilla + %d settings) and %d adapted decodes", 1 + len(accels), n,
+             len(accels), len(folders))
     report: dict = {"sampling": vars(cfg.sampling) | {}, "images_per_class": cfg.images_per_class,
-                    "base_seed": cfg.base_seed}
+                    "num_samples": n, "base_seed": cfg.base_seed}
 
     held = make_bank(HELDOUT_SEED, cfg.num_heldout_images)
     report["reconstruction"] = reconstruction_psnr(vqvae, held)
     log.info("reconstruction PSNR %.2f dB", report["reconstruction"]["psnr_db"])
+    fid = ToyFID(clf, cfg.fid_reference_images)
+    report["toy_fid"] = fid.describe(n) | {"baselines": {k: _r(v) for k, v in fid.baselines(n, vqvae).items()}}
+    log.info("toy FID baselines (%d samples): %s", n, report["toy_fid"]["baselines"])
 
-    labels, seeds = sample_plan(cfg)
-    n = labels.shape[0]
     sampler = NextScaleSampler(var, vqvae.quantize, cfg.sampling)
     fhat_hq = sample_fhat(sampler, labels, seeds, cfg.batch_size)
     img_hq = decode01(vqvae, fhat_hq)
-    report["vanilla"] = {"class_accuracy": round(accuracy(clf, img_hq, labels), 4)}
-    log.info("vanilla class accuracy %.3f", report["vanilla"]["class_accuracy"])
+    report["vanilla"] = {"class_accuracy": _r(accuracy(clf, img_hq, labels)),
+                         **{k: _r(v) for k, v in fid.set_vanilla(img_hq).items()}}
+    log.info("vanilla: %s", report["vanilla"])
     columns, titles = [img_hq[:cfg.grid_samples]], ["vanilla"]
     report["methods"] = {}
     for spec, accel in accels.items():
         fhat_lq = sample_fhat(sampler, labels, seeds, cfg.batch_size, accel)
         img_lq = decode01(vqvae, fhat_lq)
-        row = {"psnr_vs_vanilla_db": round(float(psnr_per_image(img_lq, img_hq).mean()), 3),
-               "class_accuracy": round(accuracy(clf, img_lq, labels), 4)}
+        row = {"class_accuracy": _r(accuracy(clf, img_lq, labels)),
+               **quality_vs_vanilla(img_lq, img_hq, fhat_lq, fhat_hq),
+               **{k: _r(v) for k, v in fid.measure(img_lq).items()}}
         columns.append(img_lq[:cfg.grid_samples])
         titles.append(spec)
-        if spec in cfg.adapters:
-            adapted = load_adapted_decoder(vqvae, cfg.adapters[spec], vae_id)
-            img_s = decode01(adapted, fhat_lq)
-            stats = RestorationStats()
-            stats.update(img_hq, img_lq, img_s, decode01(adapted, fhat_hq))
-            paa = stats.compute()
-            row["paa"] = {"adapter": cfg.adapters[spec], "class_accuracy": round(accuracy(clf, img_s, labels), 4),
-                          **{k: round(float(v), 4) for k, v in paa.items()}}
-            columns.append(img_s[:cfg.grid_samples])
-            titles.append(spec + "+PAA")
-        report["methods"][spec] = row
         log.info("%s: %s", spec, row)
+        rows = {}
+        for name, decoder in adapted.get(spec, {}).items():
+            img_s = decode01(decoder, fhat_lq)
+            r = {"adapter": table[spec][name], "group": adapter_group(name),
+                 "class_accuracy": _r(accuracy(clf, img_s, labels)), **quality_vs_vanilla(img_s, img_hq),
+                 **{k: _r(v) for k, v in fid.measure(img_s).items()},
+                 **restoration(img_hq, img_lq, img_s, decode01(decoder, fhat_hq))}
+            rows[name] = r | fid_gaps(row, r, report["vanilla"])
+            if name == next(nm for nm in table[spec] if adapter_group(nm) == r["group"]):
+                columns.append(img_s[:cfg.grid_samples])  # the grid shows the first adapter of each group
+                titles.append(f"{spec}+{name}")
+            log.info("%s + %s: %s", spec, name, rows[name])
+        if rows:
+            row["adapters"] = rows
+            row["groups"] = group_summary(rows)
+        report["methods"][spec] = row
     report["markdown"] = markdown_table(report)
     if output is not None:
-        out = Path(output)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps({k: v for k, v in report.items() if k != "markdown"}, indent=1))
-        (out / "metrics.md").write_text(report["markdown"] + "\n")
-        rows = [[to_uint8(col[r:r + 1])[0] for col in columns] for r in range(min(cfg.grid_samples, n))]
-        names = [f"{CLASS_NAMES[int(labels[r])]}" for r in range(len(rows))]
-        save_grid(rows, out / "toyworld_grid.png", col_titles=_short(titles), row_titles=names, scale=2)
+        with staged_entries(output, OUTPUT_FILES) as stage:
+            (stage / "metrics.json").write_text(
+                json.dumps({k: v for k, v in report.items() if k != "markdown"}, indent=1) + "\n")
+            (stage / "metrics.md").write_text(report["markdown"] + "\n")
+            rows = [[to_uint8(col[r:r + 1])[0] for col in columns] for r in range(min(cfg.grid_samples, n))]
+            names = [f"{CLASS_NAMES[int(labels[r])]}" for r in range(len(rows))]
+            save_grid(rows, stage / "toyworld_grid.png", col_titles=_short(titles), row_titles=names, scale=2)
     return report
 
 
@@ -197,18 +330,51 @@ def _short(titles: list[str]) -> list[str]:
             .replace("default", "def") for t in titles]
 
 
+def _fmt(v, kind: str) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return {"db": f"{v:.2f}", "pct": f"{100 * v:.1f} %", "fid": f"{v:.2f}", "signed": f"{v:+.2f}"}[kind]
+
+
+def _cell(row: dict, key: str, kind: str) -> str:
+    """A table cell: a value, or for a group summary mean ± sd."""
+    v = row.get(key)
+    if isinstance(v, dict):
+        mean, sd = _fmt(v["mean"], kind), v.get("std")
+        if sd is None:
+            return mean
+        return f"{mean} ± {_fmt(sd, kind).lstrip('+').replace(' %', '')}{' %' if kind == 'pct' else ''}"
+    return _fmt(v, kind)
+
+
+_COLUMNS = (("psnr_vs_vanilla", "db"), ("class_accuracy", "pct"), ("toy_fid", "fid"), ("toy_fid_vs_vanilla", "fid"),
+            ("g_mse", "pct"), ("delta_psnr", "signed"), ("fid_gap_closed", "pct"), ("fid_gap_closed_vs_vanilla", "pct"))
+
+
 def markdown_table(report: dict) -> str:
-    """The metrics as a markdown table (one row per run)."""
-    rec = report["reconstruction"]
-    lines = [f"VQ-VAE reconstruction PSNR on {rec['num_images']} held-out toy images: {rec['psnr_db']:.2f} dB",
-             "",
-             "| run | PSNR vs vanilla (dB) | class accuracy | gap closed G_mse | ΔPSNR (dB) |",
-             "| --- | --- | --- | --- | --- |",
-             f"| vanilla | – | {100 * report['vanilla']['class_accuracy']:.1f} % | | |"]
+    """The metrics as a markdown table: one row per run, per adapter, and per group of several adapters
+    (mean ± sample standard deviation)."""
+    rec, tf = report["reconstruction"], report["toy_fid"]
+    base = tf.get("baselines", {})
+    lines = [f"VQ-VAE reconstruction PSNR on {rec['num_images']} held-out toy images: {rec['psnr_db']:.2f} dB", "",
+             f"Toy FID: {tf['num_samples']} samples per run, {tf['features']}, against "
+             f"{tf['reference']['num_images']} real toy renders (toy-world set {tf['reference']['world_seed']}); "
+             f"{tf['num_samples']} other real renders score {_fmt(base.get('real_renders'), 'fid')} (the floor at "
+             f"this count), their VQ-VAE reconstructions {_fmt(base.get('vqvae_reconstructions'), 'fid')}.", "",
+             "| run | PSNR vs vanilla (dB) | class accuracy | toy FID | toy FID vs vanilla | gap closed G_mse "
+             "| ΔPSNR (dB) | FID gap closed | FID gap closed (vs vanilla) |",
+             "| --- |" + " ---: |" * len(_COLUMNS)]
+
+    def line(name: str, row: dict) -> str:
+        return f"| {name} | " + " | ".join(_cell(row, k, kind) for k, kind in _COLUMNS) + " |"
+
+    lines.append(line("vanilla", {**report["vanilla"], "toy_fid_vs_vanilla": 0.0}))
     for spec, row in report["methods"].items():
-        lines.append(f"| {spec} | {row['psnr_vs_vanilla_db']:.2f} | {100 * row['class_accuracy']:.1f} % | | |")
-        if "paa" in row:
-            p = row["paa"]
-            lines.append(f"| {spec} + PAA | {p['psnr_student']:.2f} | {100 * p['class_accuracy']:.1f} % | "
-                         f"{100 * p['gap_closed_mse']:.1f} % | {p['delta_psnr']:+.2f} |")
+        lines.append(line(spec, row))
+        for name, r in row.get("adapters", {}).items():
+            lines.append(line(f"{spec} + {name}", r))
+        for group, g in row.get("groups", {}).items():
+            if g["n"] > 1:
+                lines.append(line(f"{spec} + {group} (mean ± sd of {g['n']})", g))
+    lines += ["", "Notes:", ""] + [f"- {x}" for x in tf["notes"]]
     return "\n".join(lines)
