@@ -624,25 +624,33 @@ def _build_tables(m: TileMasks, depth: int, device: torch.device, flex: bool) ->
 
 
 def _flex_block_mask(tiles: torch.Tensor, q_len: int, kv_len: int, tile: int, device: torch.device):
-    """BlockMask of block size `tile` from the kept tiles (heads, nq, n kept key tiles): the cached key
-    tiles stay tile-aligned after eviction (whole tiles leave), so kv position // tile is the tile."""
-    from torch.nn.attention.flex_attention import create_block_mask
+    """BlockMask of block size `tile` from the kept tiles (heads, nq, n cached key tiles). The cached key
+    tiles stay tile-aligned after eviction (whole tiles leave), so every kept tile is a *full* block: the
+    compiled kernels never evaluate the mask_mod and mask the positions past q_len / kv_len of the last
+    tiles themselves; the mask_mod (the same table) serves the eager path. Closures over different tables
+    do not make compiled FlexAttention recompile (checked with torch 2.13 on the CPU)."""
+    from torch.nn.attention.flex_attention import BlockMask
 
     tbl = tiles.to(device)
     per_head, nq, nk = tbl.shape[0] > 1, tbl.shape[1], tbl.shape[2]
 
-    def mask_mod(b, h, q_idx, kv_idx):  # clamped: kernels may evaluate padding positions of the last tile
+    def mask_mod(b, h, q_idx, kv_idx):
         return tbl[h if per_head else 0, (q_idx // tile).clamp(max=nq - 1), (kv_idx // tile).clamp(max=nk - 1)]
 
-    return create_block_mask(mask_mod, None, tbl.shape[0] if per_head else None, q_len, kv_len, device=device,
-                             BLOCK_SIZE=tile)
+    t = tiles.to(torch.int32)
+    num = t.sum(-1, dtype=torch.int32)[None]  # (1, heads, nq) kept tiles per query tile
+    idx = torch.sort(t, dim=-1, descending=True, stable=True).indices.to(torch.int32)[None]  # kept first, ascending
+    args = [x.to(device) for x in (torch.zeros_like(num), torch.zeros_like(idx), num, idx)]
+    return BlockMask.from_kv_blocks(*args, BLOCK_SIZE=tile, mask_mod=mask_mod, seq_lengths=(q_len, kv_len))
 
 
 _COMPILED_FLEX = None
 
 
 def flex_attention_call(q, k, v, block_mask, scale: float, tile: int):
-    """FlexAttention: compiled on CUDA (Triton blocks no larger than the tile), eager elsewhere."""
+    """FlexAttention: compiled on CUDA, eager elsewhere (compiling on the CPU takes a minute per shape).
+    On CUDA the main Triton kernel (not the short-query decoding kernel, which assumes one query block)
+    with Triton blocks that divide the tile (the default 128 would not divide a tile of 64)."""
     global _COMPILED_FLEX
     from torch.nn.attention.flex_attention import flex_attention
 
@@ -650,8 +658,10 @@ def flex_attention_call(q, k, v, block_mask, scale: float, tile: int):
         return flex_attention(q, k, v, block_mask=block_mask, scale=scale)
     if _COMPILED_FLEX is None:
         _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
-    opts = {"BLOCK_M": min(tile, 64), "BLOCK_N": min(tile, 64)} if tile < 128 else None
-    return _COMPILED_FLEX(q, k, v, block_mask=block_mask, scale=scale, kernel_options=opts)
+    opts = {"BACKEND": "TRITON", "BLOCK_M": min(tile, 64), "BLOCK_N": min(tile, 64)}
+    # one static graph per (rows, scale) shape: more than dynamo's default 8 would fall back to eager
+    with torch._dynamo.config.patch(recompile_limit=64):
+        return _COMPILED_FLEX(q, k, v, block_mask=block_mask, scale=scale, kernel_options=opts)
 
 
 class _SCARun(AccelRun):
