@@ -23,6 +23,7 @@ from torch.utils.data import IterableDataset
 from radar_train.cache import schema
 from radar_train.cache.layout import scan_cache
 from radar_train.cache.schema import MANIFEST_NAME, Manifest, manifest_differences, read_manifest
+from radar_train.inputs import InputError, read_json, reading
 
 log = logging.getLogger(__name__)
 
@@ -56,26 +57,51 @@ def _check_output_manifest(out: Path, manifest: Manifest) -> None:
         os.replace(tmp, path)
 
 
+def is_export(path: str | os.PathLike) -> bool:
+    """Whether `path` holds a WebDataset export (its index or a tar) rather than a cache."""
+    p = Path(path)
+    return p.is_dir() and ((p / INDEX_NAME).is_file() or any(p.glob("pairs-*.tar")))
+
+
+def check_export_output(cache_dir: str, output: str, option: str = "--output", cache_option: str = "cache") -> None:
+    """OutputError unless `output` may receive the export of `cache_dir`: new, empty, or an export of this
+    cache (resumed); never the cache, a folder inside it or holding it, another cache, or a file."""
+    from radar_train.outputs import OutputError, check_resume_dir
+
+    out = check_resume_dir(output, MANIFEST_NAME, "a WebDataset export", option, {cache_option: cache_dir})
+    if out.is_dir() and any(out.glob("shard-*.zarr*")):
+        raise OutputError(f"{option} {out} is a radar-cache cache, not a WebDataset export: choose a new folder")
+
+
 def export_wds(cache_dir: str, output: str, progress: bool = True) -> dict:
-    """Export the complete shards of a cache to WebDataset tars in `output`; returns the index dict."""
+    """Export the complete shards of a cache to WebDataset tars in `output`; returns the index dict.
+    `output` is new, empty, or an export of the same cache (tars that exist are kept: the export resumes)."""
     import webdataset as wds
     from tqdm.auto import tqdm
 
+    if is_export(cache_dir):
+        raise InputError(f"{cache_dir}: is a WebDataset export, not a radar-cache cache (export the cache it came from)")
     manifest = read_manifest(cache_dir)
+    check_export_output(cache_dir, output)
     scan = scan_cache(cache_dir, manifest.num_shards)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    _check_output_manifest(out, manifest)
+    _check_output_manifest(out, manifest)  # an existing export of another cache: refused, nothing written
     shards = sorted(scan.complete)
     for s in tqdm(shards, desc="export", unit="shard", disable=not progress):
         final = out / tar_name(s)
         if final.exists():
             continue
+        with reading(scan.complete[s], "cache shard"):
+            samples = list(_shard_samples(scan.complete[s]))
         tmp = out / f"{final.name}.tmp-{uuid.uuid4().hex[:12]}"
-        with open(tmp, "wb") as f, wds.TarWriter(f) as sink:
-            for sample in _shard_samples(scan.complete[s]):
-                sink.write(sample)
-        os.replace(tmp, final)
+        try:
+            with open(tmp, "wb") as f, wds.TarWriter(f) as sink:
+                for sample in samples:
+                    sink.write(sample)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
     index = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": Path(cache_dir).name,
              "shardlist": [{"url": tar_name(s), "nsamples": manifest.shard_range(s)[1] - manifest.shard_range(s)[0]}
                            for s in shards],
@@ -97,8 +123,10 @@ def resolve_urls(path_or_urls: Union[str, os.PathLike, Sequence[str]]) -> list[s
     if p.suffix == ".json":
         if not p.is_file():
             raise FileNotFoundError(f"{p} not found (export a cache with `radar-cache export-wds CACHE --output DIR`)")
-        index = json.loads(p.read_text())
-        return [str(p.parent / s["url"]) for s in index["shardlist"]]
+        shards = read_json(p, "WebDataset index").get("shardlist")
+        if not isinstance(shards, list) or not all(isinstance(s, dict) and "url" in s for s in shards):
+            raise InputError(f"{p}: WebDataset index has no shardlist of urls")
+        return [str(p.parent / s["url"]) for s in shards]
     return [str(path_or_urls)]
 
 

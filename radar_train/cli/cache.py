@@ -5,11 +5,14 @@
     radar-cache status DIR
     radar-cache verify DIR            (exit status 1 if any problem)
     radar-cache export-wds DIR --output DIR2
+
+`run` creates the cache folder or resumes its own (manifest.json of the same config): any other non-empty
+folder, a file, or a folder inside an input is refused before anything is written. `export-wds` writes
+into a new or empty folder, or resumes an export of the same cache; never into the cache itself.
 """
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Optional
 
 from jsonargparse import ActionConfigFile, ArgumentParser
@@ -30,36 +33,59 @@ def _normalise(argv: list[str]) -> list[str]:
 
 
 def build_run_parser() -> ArgumentParser:
-    run = ArgumentParser(description="Create or resume a cache (this worker's shards).")
+    run = ArgumentParser(description="Create or resume a cache (this worker's shards). --output must be new, "
+                                     "empty, or this cache (same config: resumed).", exit_on_error=False)
     run.add_argument("--config", action=ActionConfigFile, help="YAML config, e.g. configs/cache/tiny.yaml")
     run.add_class_arguments(CacheArgs, None)
     return run
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="radar-cache", description="Paired HQ/LQ latents in a sharded Zarr cache.")
+    parser = ArgumentParser(prog="radar-cache", description="Paired HQ/LQ latents in a sharded Zarr cache.",
+                            exit_on_error=False)
     sub = parser.add_subcommands(dest="command")
     sub.add_subcommand("run", build_run_parser(), help="create or resume a cache")
-    status = ArgumentParser(description="Shards done / pending / temporary, samples, bytes, latent statistics.")
+    status = ArgumentParser(description="Shards done / pending / temporary, samples, bytes, latent statistics.",
+                            exit_on_error=False)
     status.add_argument("cache_dir", help="cache folder")
     status.add_argument("--stat_shards", type=int, default=8,
                         help="complete shards to compute latent statistics over (0: none, -1: all)")
     sub.add_subcommand("status", status, help="progress and statistics of a cache")
     verify = ArgumentParser(description="Re-read every complete shard; check counts, checksums, records and "
-                                        "that every planned shard exists. Exit status 1 if any problem.")
+                                        "that every planned shard exists. Exit status 1 if any problem.",
+                            exit_on_error=False)
     verify.add_argument("cache_dir", help="cache folder")
     sub.add_subcommand("verify", verify, help="check a cache (exit status 1 if any problem)")
-    export = ArgumentParser(description="Export the complete shards as WebDataset tars (+ index.json).")
+    export = ArgumentParser(description="Export the complete shards as WebDataset tars (+ index.json) into a new or "
+                                        "empty folder, or resume an export of the same cache.", exit_on_error=False)
     export.add_argument("cache_dir", help="cache folder")
-    export.add_argument("--output", required=True, help="folder for the tars")
+    export.add_argument("--output", required=True, help="folder for the tars (not inside the cache)")
     sub.add_subcommand("export-wds", export, help="export to WebDataset tars")
     return parser
+
+
+def check_run_output(args: CacheArgs) -> None:
+    """The cache folder must be new, empty, or a cache (its manifest is compared later, before any shard is
+    written); never a WebDataset export, a file, or a folder inside (or holding) an input file."""
+    from radar_train.cache.schema import MANIFEST_NAME
+    from radar_train.cache.wds import is_export
+    from radar_train.cli.common import accel_inputs, model_inputs
+    from radar_train.outputs import OutputError, check_resume_dir
+
+    if args.output is None:
+        return  # reported with the other config problems
+    check_resume_dir(args.output, MANIFEST_NAME, "a radar-cache cache", "--output",
+                     {**model_inputs(args.model), **accel_inputs(args.accel)})
+    if is_export(args.output):
+        raise OutputError(f"--output {args.output} is a WebDataset export, not a cache: choose a new folder")
 
 
 def _run(cfg) -> int:
     from radar_train.cache.generate import run_cache
 
-    run_cache(run_args(cfg.run))
+    args = run_args(cfg.run)
+    check_run_output(args)
+    run_cache(args)
     return 0
 
 
@@ -69,8 +95,18 @@ def run_args(ns) -> CacheArgs:
     return CacheArgs(**{k: init[k] for k in CacheArgs.__dataclass_fields__})
 
 
+def _check_cache_dir(path: str) -> None:
+    from radar_train.cache.wds import is_export
+    from radar_train.inputs import InputError, check_dir
+
+    check_dir(path, "cache folder")
+    if is_export(path):
+        raise InputError(f"{path}: is a WebDataset export, not a radar-cache cache")
+
+
 def _status(cfg) -> int:
     from radar_train.cache.status import cache_status, format_status
+    _check_cache_dir(cfg.status.cache_dir)
 
     print(format_status(cache_status(cfg.status.cache_dir, cfg.status.stat_shards)))
     return 0
@@ -78,6 +114,7 @@ def _status(cfg) -> int:
 
 def _verify(cfg) -> int:
     from radar_train.cache.status import verify_cache, verify_summary
+    _check_cache_dir(cfg.verify.cache_dir)
 
     problems, counts = verify_cache(cfg.verify.cache_dir, progress=True)
     for p in problems:
@@ -99,16 +136,16 @@ def _export(cfg) -> int:
 COMMANDS = {"run": _run, "status": _status, "verify": _verify, "export-wds": _export}
 
 
+def _main(argv: list[str]) -> int:
+    cfg = build_parser().parse_args(_normalise(argv))
+    return COMMANDS[cfg.command](cfg)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
+    from radar_train.cli.common import run_main
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = build_parser()
-    cfg = parser.parse_args(_normalise(sys.argv[1:] if argv is None else list(argv)))
-    try:
-        code = COMMANDS[cfg.command](cfg)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        code = 2
-    sys.exit(code)
+    run_main("radar-cache", _main, argv)
 
 
 if __name__ == "__main__":

@@ -129,6 +129,22 @@ def check_positive(minimum: int = 1, **values: Optional[float]) -> None:
             raise ValueError(f"--{name} must be >= {minimum}, got {value}")
 
 
+def model_inputs(model, prefix: str = "--model") -> dict:
+    """The files a ModelArgs names, by option (for the output overlap checks)."""
+    return {f"{prefix}.vae_checkpoint": getattr(model, "vae_checkpoint", None),
+            f"{prefix}.var_checkpoint": getattr(model, "var_checkpoint", None)}
+
+
+def accel_inputs(accel, prefix: str = "--accel") -> dict:
+    """The files an AccelArgs names (StageVAR rank ratios, SCA-Mask mask file), by option."""
+    out = {}
+    for group, field in (("stagevar", "rank_ratios"), ("sca", "mask_file")):
+        value = getattr(getattr(accel, group, None), field, None)
+        if value is not None:
+            out[f"{prefix}.{group}.{field}"] = value
+    return out
+
+
 def print_error(message: object) -> None:
     print(f"error: {one_line(message)}", file=sys.stderr)
 
