@@ -1,4 +1,4 @@
-"""radar-bench: methods timed side by side (accel), and the stage benchmarks."""
+"""radar-bench: methods timed side by side (accel), speed against quality (tradeoff), and the stage benchmarks."""
 from __future__ import annotations
 
 import json as _json
@@ -9,6 +9,7 @@ from typing import Optional
 from jsonargparse import CLI
 
 from radar_train.bench.accel import BenchSetup
+from radar_train.bench.tradeoff import TradeoffConfig
 from radar_train.train.bench import TrainBenchArgs
 from radar_train.config import SamplingConfig
 
@@ -120,11 +121,34 @@ def train(args: TrainBenchArgs = TrainBenchArgs(), json: Optional[str] = None) -
     return 0
 
 
+def tradeoff(setup: TradeoffConfig = TradeoffConfig(), output: str = "outputs/tradeoff", overwrite: bool = False) -> int:
+    """Speed against quality per acceleration setting, with and without PAA: JSON, markdown table, PNG chart.
+
+    Speed (loop and end-to-end images/s, speed-up over vanilla, timed interleaved in the same run) and
+    quality against vanilla (PSNR / SSIM / latent distance to the vanilla sample of the same class and seed;
+    toy world: class accuracy and toy FID as well; with adapters: G_mse, ΔPSNR, FID gap closed) of vanilla,
+    each setting and each adapter; the chart puts the speed-up on x and --setup.quality_metric on y and marks
+    the Pareto front.
+
+    Args:
+        setup: settings, adapters, model, samples, timing and the chart's axes (--setup.settings, ...).
+        output: folder for tradeoff.json, tradeoff.md and tradeoff.png.
+        overwrite: replace those files if the folder holds them already.
+    """
+    from radar_train.bench.tradeoff import run_tradeoff
+
+    doc = run_tradeoff(setup, output, overwrite=overwrite)
+    print(doc["markdown"])
+    print(f"wrote {output}/tradeoff.json, tradeoff.md, tradeoff.png")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     from radar_train.accel import ConfigError
 
     try:
-        sys.exit(CLI({"accel": accel, "pipeline": pipeline, "cache": cache, "train": train}, args=argv))
+        sys.exit(CLI({"accel": accel, "pipeline": pipeline, "cache": cache, "train": train, "tradeoff": tradeoff},
+                     args=argv))
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -102,17 +102,18 @@ class ToyFID:
             out["toy_fid_vs_vanilla"] = toy_fid(stats, self.vanilla)
         return out
 
-    def baselines(self, num_samples: int, vqvae=None, seed: int = FLOOR_SEED) -> dict[str, float]:
+    def baselines(self, num_samples: int, vqvae=None, seed: int = FLOOR_SEED,
+                  device: torch.device | str = "cpu") -> dict[str, float]:
         """Toy FID against the reference of `num_samples` real renders of the set `seed` ('real_renders': the
         floor, what a perfect generator would get at this count) and, given the VQ-VAE, of their
         reconstructions ('vqvae_reconstructions': what a generator would get whose token maps were the
-        encoder's)."""
+        encoder's), reconstructed on `device` (the VQ-VAE's)."""
         bank = make_bank(seed, num_samples)
         out = {"real_renders": toy_fid(feature_stats(self.classifier, bank01(bank)), self.reference)}
         if vqvae is not None:
             from radar_train.toyworld.train_vqvae import reconstruct_bank
 
-            recon = bank01(reconstruct_bank(vqvae, bank))
+            recon = bank01(reconstruct_bank(vqvae, bank, device=device))
             out["vqvae_reconstructions"] = toy_fid(feature_stats(self.classifier, recon), self.reference)
         return out
 
