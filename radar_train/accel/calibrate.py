@@ -94,14 +94,12 @@ def calibrate_ranks(sampler: NextScaleSampler, scale_sides: Sequence[int], alpha
 
 
 def write_rank_yaml(path: str | Path, means: dict, stds: dict, *, alpha: float, num_samples: int, model: dict) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    """Write the rank table (a temporary file in the same folder, renamed; none left behind on failure)."""
+    from radar_train.outputs import write_text_atomic
+
     doc = {"written_by": "radar-accel calibrate", "date": datetime.date.today().isoformat(), "model": model,
            "alpha": alpha, "num_samples": num_samples, "ratios": means, "std": stds}
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(doc, sort_keys=False, default_flow_style=None))
-    tmp.replace(p)
-    return p
+    return write_text_atomic(path, yaml.safe_dump(doc, sort_keys=False, default_flow_style=None))
 
 
 # ---------------------------------------------------------------------------- SCA-Mask tile scores

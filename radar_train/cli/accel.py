@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Optional
 
 from jsonargparse import CLI
@@ -11,9 +10,9 @@ from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
 
 
 def _device(name: str):
-    import torch
+    from radar_train.cli.common import check_device
 
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+    return check_device(name)
 
 
 def show(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs()) -> int:
@@ -38,7 +37,7 @@ def show(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs()) -> int:
 def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = SamplingConfig(),
               accel: AccelArgs = AccelArgs(method="stagevar"), scales: Optional[list[int]] = None,
               alpha: float = 0.96, num_samples: int = 1000, batch_size: int = 16, seed: int = 0,
-              device: str = "auto", output: Optional[str] = None) -> int:
+              device: str = "auto", output: Optional[str] = None, overwrite: bool = False) -> int:
     """Measure StageVAR rank ratios r(α)/M per refinement scale and block, or SCA-Mask tile scores.
 
     Measures them on a model and writes a YAML that `--accel.stagevar.rank_ratios FILE` loads, or
@@ -54,20 +53,33 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
         batch_size: samples per sampling call.
         seed: first seed.
         device: cuda, cpu, or auto.
-        output: file to write (default ranks.yaml; sca_mask.safetensors for sca).
+        output: file to write (default ranks.yaml; sca_mask.safetensors for sca); checked before measuring.
+        overwrite: replace an existing output file (without it, an existing one is refused).
     """
+    from radar_train.cli.common import check_positive
+
+    check_positive(num_samples=num_samples, batch_size=batch_size)
     if accel.method == "sca":
         return _calibrate_sca(model, sampling, accel, scales, num_samples, batch_size, seed, device,
-                              output or "sca_mask.safetensors")
+                              output or "sca_mask.safetensors", overwrite)
     output = output or "ranks.yaml"
     import torch
     from tqdm import tqdm
 
     from radar_train.accel import build_accel
     from radar_train.accel.calibrate import calibrate_ranks, write_rank_yaml
-    from radar_train.models import load_models
+    from radar_train.cli.common import accel_inputs, model_inputs
+    from radar_train.models import get_preset, load_models
+    from radar_train.outputs import check_output_file
     from radar_train.sampling import NextScaleSampler
 
+    if not 0 < alpha <= 1:
+        raise ValueError(f"--alpha must be in (0, 1], got {alpha}")
+    patch_nums = get_preset(model.preset).var.patch_nums
+    if scales is not None and [s for s in scales if s not in patch_nums]:
+        raise ValueError(f"--scales {[s for s in scales if s not in patch_nums]} are not scales of {model.preset} "
+                         f"{tuple(patch_nums)}")
+    check_output_file(output, "--output", {**model_inputs(model), **accel_inputs(accel)}, overwrite)
     dev = _device(device)
     vqvae, var, _, var_id = load_models(model.preset, model.vae_checkpoint, model.var_checkpoint, dev, model.init_seed)
     if scales is None:
@@ -90,7 +102,8 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
 
 
 def _calibrate_sca(model: ModelArgs, sampling: SamplingConfig, accel: AccelArgs, scales: Optional[list[int]],
-                   num_samples: int, batch_size: int, seed: int, device: str, output: str) -> int:
+                   num_samples: int, batch_size: int, seed: int, device: str, output: str,
+                   overwrite: bool = False) -> int:
     """SCA-Mask calibration: tile scores of vanilla samples -> mask file (checked before any work)."""
     from dataclasses import asdict
 
@@ -107,7 +120,7 @@ def _calibrate_sca(model: ModelArgs, sampling: SamplingConfig, accel: AccelArgs,
     sides, tile, tau = calibration_settings(accel.sca, preset.var.patch_nums, preset.var.depth, scales,
                                             num_samples, batch_size)
     check_output_file(output, "--output", inputs={"--model.vae_checkpoint": model.vae_checkpoint,
-                                                  "--model.var_checkpoint": model.var_checkpoint})
+                                                  "--model.var_checkpoint": model.var_checkpoint}, overwrite=overwrite)
     dev = _device(device)
     vqvae, var, _, var_id = load_models(model.preset, model.vae_checkpoint, model.var_checkpoint, dev, model.init_seed)
     print(f"calibrating SCA-Mask tile scores: model {model.preset}, scales {list(sides)}, tile {tile}, τ={tau}/n, "
@@ -129,14 +142,9 @@ def _calibrate_sca(model: ModelArgs, sampling: SamplingConfig, accel: AccelArgs,
 
 
 def main(argv: list[str] | None = None) -> None:
-    from radar_train.accel import ConfigError
-    from radar_train.models.checkpoint import CheckpointError
+    from radar_train.cli.common import run_main
 
-    try:
-        sys.exit(CLI([show, calibrate], args=argv))
-    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main("radar-accel", lambda args: CLI([show, calibrate], args=args, exit_on_error=False), argv)
 
 
 if __name__ == "__main__":

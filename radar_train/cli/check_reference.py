@@ -13,9 +13,11 @@ def check_reference(fixture_dir: str, device: str = "cpu") -> int:
         fixture_dir: directory with config.json, cases.json, cases.safetensors, vae.safetensors[.xz], var.safetensors.
         device: torch device to run on (TF32 is switched off on CUDA).
     """
+    from radar_train.cli.common import check_device
     from radar_train.models.checkpoint import CheckpointError
     from radar_train.reference import FixtureError, check_fixture
 
+    device = str(check_device(device))
     try:
         results, notes = check_fixture(fixture_dir, device)
     except (FixtureError, CheckpointError, FileNotFoundError, ValueError) as e:
@@ -32,7 +34,10 @@ def check_reference(fixture_dir: str, device: str = "cpu") -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.exit(CLI(check_reference, args=argv, as_positional=True))
+    from radar_train.cli.common import run_main
+
+    run_main("radar-check-reference",
+             lambda args: CLI(check_reference, args=args, as_positional=True, exit_on_error=False), argv)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,19 @@ def _config_values(argv: Sequence[str]) -> list[str]:
     return out
 
 
+# Boolean options that may be given bare (`--overwrite`), as a flag, besides `--overwrite true|false`.
+FLAGS = ("--overwrite", "--allow_train_shards")
+
+
+def expand_flags(argv: Sequence[str]) -> list[str]:
+    """A bare flag of FLAGS (last, or followed by another option) becomes `--flag=true`."""
+    out = []
+    for i, a in enumerate(argv):
+        bare = a in FLAGS and (i + 1 == len(argv) or argv[i + 1].startswith("-"))
+        out.append(f"{a}=true" if bare else a)
+    return out
+
+
 def check_config_files(argv: Sequence[str]) -> None:
     """Read every `--config FILE` with the input error path (one line naming the file if it is missing,
     binary, not YAML, or not a mapping). Inline YAML / JSON strings are left to the parser."""
@@ -155,7 +168,7 @@ def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Option
     USER_ERRORS (and `errors`) is one line on stderr and exit status 2."""
     from jsonargparse import ArgumentError
 
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = expand_flags(sys.argv[1:] if argv is None else argv)
     quiet_library_warnings()
     try:
         check_config_files(args)

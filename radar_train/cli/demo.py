@@ -7,7 +7,10 @@
     radar-eval           restoration metrics on the held-out shards
 
 Every step runs in the output folder, so the configs' relative paths (cache/<name>, checkpoints/<name>)
-land there. Each command is printed before it runs; rerunning resumes the cache and skips what exists.
+land there. Each command is printed before it runs; rerunning resumes: the cache resumes, training resumes
+from its last.ckpt (or is skipped once final/ exists), and the demo's own adapter/, generate/ and eval/
+are redone. The output folder must be new, empty, or a demo folder (holding nothing but what the demo
+writes): any other folder, or a file, is refused before anything runs.
 """
 from __future__ import annotations
 
@@ -32,6 +35,18 @@ def _run(cmd: list[str], cwd: Path) -> None:
     print(f"  ({time.time() - t0:.0f} s)", flush=True)
 
 
+def check_demo_folder(out: Path, entries: set[str]) -> None:
+    """OutputError unless `out` is absent, empty, or holds nothing but the demo's `entries` (a rerun)."""
+    from radar_train.outputs import OutputError
+
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--output {out} is an existing file: give a folder")
+    foreign = sorted(e.name for e in out.iterdir() if e.name not in entries) if out.is_dir() else []
+    if foreign:
+        raise OutputError(f"--output {out} is a folder that is not a radar-demo folder (it holds "
+                          f"{', '.join(foreign[:3])}): choose a new or empty folder (a demo folder is resumed)")
+
+
 def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str] = None, classes: str = "0-9",
          seeds: str = "0-1", train_steps: Optional[int] = None) -> int:
     """Run cache -> train -> export -> generate -> eval on a small model.
@@ -44,19 +59,27 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
         classes: classes of the comparison grid.
         seeds: seeds of the comparison grid.
         train_steps: override the training config's max_steps.
+
+    The output folder must be new, empty, or an earlier demo's (which is resumed).
     """
+    from radar_train.inputs import InputError, read_yaml
+
     cfg_dir = Path(configs) if configs else DEFAULT_CONFIGS
     cache_cfg, train_cfg = cfg_dir / "cache" / f"{model}.yaml", cfg_dir / "train" / f"{model}.yaml"
     for f in (cache_cfg, train_cfg):
         if not f.is_file():
             raise FileNotFoundError(f"{f} not found (pass --configs, the configs/ folder of a radar_train checkout)")
+    if train_steps is not None and train_steps < 1:
+        raise ValueError(f"--train_steps must be >= 1, got {train_steps}")
+    train = read_yaml(train_cfg, "training config")
+    try:
+        run_dir = Path(train["trainer"]["default_root_dir"])
+        cache_dir = Path(train["data"]["caches"][0]["path"])
+    except (KeyError, IndexError, TypeError):
+        raise InputError(f"{train_cfg}: training config lacks trainer.default_root_dir or data.caches[0].path") from None
     out = Path(output).resolve()
+    check_demo_folder(out, {run_dir.parts[0], cache_dir.parts[0], "adapter", "generate", "eval"})
     out.mkdir(parents=True, exist_ok=True)
-    import yaml
-
-    train = yaml.safe_load(train_cfg.read_text())
-    run_dir = Path(train["trainer"]["default_root_dir"])
-    cache_dir = Path(train["data"]["caches"][0]["path"])
     py = [sys.executable, "-m"]
     print(f"radar-demo: model {model}; everything goes to {out}")
     _run(py + ["radar_train.cli.cache", "run", "--config", str(cache_cfg)], out)
@@ -65,13 +88,18 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
         fit += ["--trainer.max_steps", str(train_steps)]
     if (out / run_dir / "final").is_dir():
         print(f"\n(skipping training: {out / run_dir / 'final'} exists)")
+    elif (out / run_dir / "checkpoints" / "last.ckpt").is_file():
+        _run(fit + ["--ckpt_path", "last"], out)  # an interrupted run resumes
     else:
         _run(fit, out)
+    # adapter/, generate/ and eval/ are the demo's own: a rerun replaces them
     _run(py + ["radar_train.cli.train", "export", "--ckpt", str(run_dir / "checkpoints" / "last.ckpt"),
-               "--output", "adapter"], out)
+               "--output", "adapter", "--overwrite"], out)
     _run(py + ["radar_train.cli.generate", "--config", str(cfg_dir / "generate" / f"{model}.yaml"),
-               "--adapter", "adapter", "--classes", classes, "--seeds", seeds, "--output", "generate"], out)
-    _run(py + ["radar_train.cli.eval", "--cache", str(cache_dir), "--adapter", "adapter", "--output", "eval"], out)
+               "--adapter", "adapter", "--classes", classes, "--seeds", seeds, "--output", "generate",
+               "--overwrite"], out)
+    _run(py + ["radar_train.cli.eval", "--cache", str(cache_dir), "--adapter", "adapter", "--output", "eval",
+               "--overwrite"], out)
     print("\nradar-demo done:")
     print(f"  comparison grid:  {out / 'generate' / 'grid.png'}")
     print(f"  TensorBoard logs: {out / run_dir / 'tb'}   (tensorboard --logdir {out / run_dir / 'tb'})")
@@ -82,11 +110,9 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        sys.exit(CLI(demo, args=argv))
-    except (FileNotFoundError, RuntimeError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    from radar_train.cli.common import run_main
+
+    run_main("radar-demo", lambda args: CLI(demo, args=args, exit_on_error=False), argv, errors=(RuntimeError,))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 (fid.json + fid.md). See radar_train/inference/fid.py for the extractor contract and the protocol caveats."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional, Union
 
@@ -18,7 +17,7 @@ def fid(inception: str, model: ModelArgs = ModelArgs(), accel: AccelArgs = Accel
         batch_size: int = 16, base_seed: int = 0, is_splits: int = 10, output: str = "outputs/fid",
         device: str = "auto", precision: Precision = "auto",
         classes: Optional[Union[str, int, list[int]]] = None, seeds: Optional[Union[str, int, list[int]]] = None,
-        grid_scale: int = 0) -> int:
+        grid_scale: int = 0, overwrite: bool = False) -> int:
     """FID / IS of the vanilla, accelerated and accelerated + adapter samples (sample i: class i mod
     num_classes, seed base_seed + i). Takes radar-generate configs (--config configs/generate/<x>.yaml).
     Internal comparisons only: numbers match published ones only with the guided-diffusion evaluator's
@@ -43,12 +42,28 @@ def fid(inception: str, model: ModelArgs = ModelArgs(), accel: AccelArgs = Accel
         classes: ignored (radar-generate key, accepted so its configs can be reused).
         seeds: ignored (radar-generate key).
         grid_scale: ignored (radar-generate key).
+        overwrite: replace fid.json / fid.md (and reference_stats.npz) of an earlier run in the output folder
+            (without it they are refused; other files there are left alone).
     """
     from radar_train.inference import PipelineArgs, RadarPipeline
     from radar_train.inference.fid import (evaluate_generation, file_sha256, load_inception, markdown_report,
                                            reference_stats, write_report)
+    from radar_train.cli.common import accel_inputs, check_device, check_positive, model_inputs
+    from radar_train.export import check_adapter
     from radar_train.inference.pipeline import resolve_device
+    from radar_train.inputs import InputError
+    from radar_train.outputs import check_output_dir, staged_entries
 
+    check_positive(num_samples=num_samples, batch_size=batch_size, is_splits=is_splits)
+    check_device(device)
+    if adapter is not None:
+        check_adapter(adapter)
+    if reference is not None and not Path(reference).exists():
+        raise InputError(f"{reference}: --reference not found (an .npz of mu / sigma, or a folder of images)")
+    entries = ["fid.json", "fid.md"] + (["reference_stats.npz"] if reference and Path(reference).is_dir() else [])
+    check_output_dir(output, entries, "--output", {"--inception": inception, "--inception_logits": inception_logits,
+                                                   "--reference": reference, "--adapter": adapter,
+                                                   **model_inputs(model), **accel_inputs(accel)}, overwrite)
     feats = load_inception(inception, "--inception")
     logit_mod = None if inception_logits is None else load_inception(inception_logits, "--inception_logits")
     if classes is not None or seeds is not None:
@@ -59,10 +74,6 @@ def fid(inception: str, model: ModelArgs = ModelArgs(), accel: AccelArgs = Accel
     ref = None
     if reference is not None:
         ref = reference_stats(reference, feats, batch_size=max(batch_size, 32), device=resolve_device(device))
-        if Path(reference).is_dir():
-            Path(output).mkdir(parents=True, exist_ok=True)
-            saved = ref.save(Path(output) / "reference_stats.npz")
-            print(f"reference statistics of {ref.n} images saved to {saved} (reusable as --reference)")
     pipe = RadarPipeline.from_config(PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision))
     result = evaluate_generation(pipe, feats, logit_mod, ref, num_samples, batch_size, base_seed, is_splits,
                                  progress=lambda s: print(s, flush=True))
@@ -76,21 +87,22 @@ def fid(inception: str, model: ModelArgs = ModelArgs(), accel: AccelArgs = Accel
                                                                    "sha256": file_sha256(inception_logits)},
         "reference": None if reference is None else {"path": reference, "num_images": ref.n or None},
     }
-    js, md = write_report(result, output)
+    with staged_entries(output, entries) as stage:
+        write_report(result, stage)
+        if "reference_stats.npz" in entries:
+            ref.save(stage / "reference_stats.npz")
     print(markdown_report(result))
-    print(f"wrote {js} and {md}")
+    if "reference_stats.npz" in entries:
+        print(f"reference statistics of {ref.n} images saved to {Path(output) / 'reference_stats.npz'} "
+              f"(reusable as --reference)")
+    print(f"wrote {Path(output) / 'fid.json'} and {Path(output) / 'fid.md'}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> None:
-    from radar_train.accel import ConfigError
-    from radar_train.models.checkpoint import CheckpointError
+    from radar_train.cli.common import run_main
 
-    try:
-        sys.exit(CLI(fid, args=argv, as_positional=False))
-    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main("radar-fid", lambda args: CLI(fid, args=args, as_positional=False, exit_on_error=False), argv)
 
 
 if __name__ == "__main__":

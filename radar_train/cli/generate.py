@@ -3,7 +3,6 @@ and one labelled comparison grid."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional, Union
 
@@ -13,14 +12,21 @@ from radar_train.config import AccelArgs, ModelArgs, SamplingConfig, parse_int_l
 from radar_train.inference.pipeline import Precision
 
 
+OUTPUT_ENTRIES = ("vanilla", "accelerated", "restored", "grid.png", "generate.json")
+
+
 def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method="fastvar"),
              sampling: SamplingConfig = SamplingConfig(), adapter: Optional[str] = None, merge_adapter: bool = True,
              classes: Union[str, list[int]] = "0-3", seeds: Union[str, list[int]] = "0", output: str = "outputs/generate",
-             batch_size: int = 16, grid_scale: int = 0, device: str = "auto", precision: Precision = "auto") -> int:
+             batch_size: int = 16, grid_scale: int = 0, device: str = "auto", precision: Precision = "auto",
+             overwrite: bool = False) -> int:
     """Generate vanilla | accelerated | accelerated + adapter images and a comparison grid.
 
     Generate every (class, seed) pair with the vanilla and the accelerated model, decode the accelerated
     latent also through the adapted decoder, and write PNGs plus a comparison grid (rows = samples).
+    The output folder's vanilla/, accelerated/, restored/, grid.png and generate.json of an earlier run are
+    replaced only with --overwrite (other files there are left alone); everything is written under a
+    temporary folder and moved in at the end.
 
     Args:
         model: VQ-VAE + VAR.
@@ -35,21 +41,34 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
         grid_scale: pixel upscaling of the grid tiles (0 = automatic: tiles of at least 96 px).
         device: cuda, cpu, or auto.
         precision: transformer compute dtype (auto: bf16 on CUDA, fp32 on CPU).
+        overwrite: replace the outputs of an earlier run in the output folder.
     """
     import torch
 
+    from radar_train.cli.common import accel_inputs, check_device, check_positive, model_inputs
+    from radar_train.export import check_adapter
     from radar_train.images import save_grid, save_png
     from radar_train.inference import PipelineArgs, RadarPipeline
+    from radar_train.models import get_preset
+    from radar_train.outputs import check_output_dir, staged_entries
 
     cls_list, seed_list = parse_int_list(classes, "--classes"), parse_int_list(seeds, "--seeds")
+    check_positive(batch_size=batch_size)
+    check_positive(grid_scale=grid_scale, minimum=0)
+    check_device(device)
+    num_classes = get_preset(model.preset).var.num_classes
+    bad = [c for c in cls_list if not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(f"--classes {bad} outside [0, {num_classes - 1}] for model {model.preset}")
+    if adapter is not None:
+        check_adapter(adapter)
+    check_output_dir(output, OUTPUT_ENTRIES, "--output",
+                     {"--adapter": adapter, **model_inputs(model), **accel_inputs(accel)}, overwrite)
     pairs = [(c, s) for c in cls_list for s in seed_list]
     out = Path(output)
     print(f"radar-generate: {len(pairs)} samples ({len(cls_list)} classes x {len(seed_list)} seeds), model "
           f"{model.preset}, accel {accel.method}, adapter {adapter or '-'} -> {out}")
     pipe = RadarPipeline.from_config(PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision))
-    bad = [c for c in cls_list if not 0 <= c < pipe.var.num_classes]
-    if bad:
-        raise ValueError(f"--classes {bad} outside [0, {pipe.var.num_classes - 1}] for model {model.preset}")
     columns: dict[str, list[torch.Tensor]] = {}
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i: i + batch_size]
@@ -57,33 +76,30 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
         for k, v in imgs.items():
             columns.setdefault(k, []).extend(v)
     folders = {"vanilla": "vanilla", "accelerated": "accelerated", "accelerated+adapter": "restored"}
-    files = []
-    for key, imgs in columns.items():
-        for (c, s), img in zip(pairs, imgs):
-            files.append(str(save_png(img, out / folders[key] / f"class{c:04d}_seed{s}.png")))
     titles = {"vanilla": "vanilla", "accelerated": accel.method, "accelerated+adapter": f"{accel.method}+PAA"}
     keys = list(columns)
     H = columns[keys[0]][0].shape[-1]
     scale = grid_scale or max(1, -(-96 // H))
     rows = [[columns[k][i] for k in keys] for i in range(len(pairs))]
-    grid_path = save_grid(rows, out / "grid.png", col_titles=[titles[k] for k in keys],
-                          row_titles=[f"c{c} s{s}" for c, s in pairs], scale=scale)
-    (out / "generate.json").write_text(json.dumps({"classes": cls_list, "seeds": seed_list, "columns": keys,
-                                                   "model": model.preset, "accel": pipe.accel.describe(),
-                                                   "adapter": adapter, "grid": str(grid_path)}, indent=2))
-    print(f"wrote {len(files)} PNGs under {out} and the comparison grid {grid_path}")
+    n_files = 0
+    with staged_entries(out, OUTPUT_ENTRIES) as stage:
+        for key, imgs in columns.items():
+            for (c, s), img in zip(pairs, imgs):
+                save_png(img, stage / folders[key] / f"class{c:04d}_seed{s}.png")
+                n_files += 1
+        save_grid(rows, stage / "grid.png", col_titles=[titles[k] for k in keys],
+                  row_titles=[f"c{c} s{s}" for c, s in pairs], scale=scale)
+        (stage / "generate.json").write_text(json.dumps({"classes": cls_list, "seeds": seed_list, "columns": keys,
+                                                         "model": model.preset, "accel": pipe.accel.describe(),
+                                                         "adapter": adapter, "grid": str(out / "grid.png")}, indent=2))
+    print(f"wrote {n_files} PNGs under {out} and the comparison grid {out / 'grid.png'}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> None:
-    from radar_train.accel import ConfigError
-    from radar_train.models.checkpoint import CheckpointError
+    from radar_train.cli.common import run_main
 
-    try:
-        sys.exit(CLI(generate, args=argv))
-    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main("radar-generate", lambda args: CLI(generate, args=args, exit_on_error=False), argv)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ back on them (`measure`)."""
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Optional
 
 from jsonargparse import CLI
@@ -12,18 +11,23 @@ from radar_train.toyworld.measure import MeasureConfig
 from radar_train.toyworld.recipe import ToyTrainConfig
 
 
-def train(output: str = "toy_weights", recipe: ToyTrainConfig = ToyTrainConfig()) -> int:
+def train(output: str = "toy_weights", recipe: ToyTrainConfig = ToyTrainConfig(), overwrite: bool = False) -> int:
     """Train the toy VQ-VAE, VAR and classifier from scratch.
 
     On the CPU by default (the defaults reproduce the
-    shipped weights in radar_train/toyworld/weights/).
+    shipped weights in radar_train/toyworld/weights/). The output is checked before training: files of an
+    earlier run there are replaced only with --overwrite.
 
     Args:
         output: folder for toy_vae.safetensors, toy_var.safetensors, toy_classifier.safetensors, toy_train.json.
         recipe: what to train and how (--recipe.vqvae.steps 600, ...).
+        overwrite: replace those files if the folder holds them already.
     """
+    from radar_train.outputs import check_output_dir
+    from radar_train.toyworld.preset import CLASSIFIER_FILE, INFO_FILE, VAE_FILE, VAR_FILE
     from radar_train.toyworld.recipe import train_all
 
+    check_output_dir(output, (VAE_FILE, VAR_FILE, CLASSIFIER_FILE, INFO_FILE), "--output", overwrite=overwrite)
     _logging()
     info = train_all(recipe, output)
     m = info["metrics"]
@@ -48,11 +52,7 @@ def measure(setup: MeasureConfig = MeasureConfig(), output: Optional[str] = None
     from radar_train.toyworld.measure import run_measure
 
     _logging()
-    try:
-        report = run_measure(setup, output, overwrite=overwrite)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    report = run_measure(setup, output, overwrite=overwrite)
     print(report["markdown"])
     return 0
 
@@ -62,7 +62,9 @@ def _logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.exit(CLI([train, measure], args=argv))
+    from radar_train.cli.common import run_main
+
+    run_main("radar-toy", lambda args: CLI([train, measure], args=args, exit_on_error=False), argv)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,17 @@ from safetensors.torch import load as safetensors_from_bytes
 import torch
 from torch import nn
 
+from radar_train.inputs import InputError
+from radar_train.outputs import atomic_file
+
 from .configs import MODEL_PRESETS, VARConfig, VQVAEConfig
 
 Kind = Literal["var", "vqvae", "latent_decoder", "unknown"]
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message is one line and names the file."""
+class CheckpointError(InputError):
+    """A checkpoint that cannot be used; the message is one line and names the file (an InputError: the
+    entry points' one error path for files handed in)."""
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -224,13 +228,10 @@ def save_weights(model: nn.Module | dict[str, torch.Tensor], path: str | Path, m
     n = int.from_bytes(raw[:8], "little")
     header = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)  # keep the data 8-byte aligned, as safetensors does
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(p) as tmp, open(tmp, "wb") as f:  # a temporary sibling, renamed; removed on failure
         f.write(len(header).to_bytes(8, "little"))
         f.write(header)
         f.write(raw[8 + n:])
-    tmp.replace(p)
     return p
 
 

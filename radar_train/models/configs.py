@@ -190,12 +190,20 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
 VAE_PRESETS: dict[str, VQVAEConfig] = {"vae": _VAE, "tiny": _TINY_VAE}
 
 
+def _import_preset_packages() -> None:
+    """Import the packages that define presets outside the model layer (`radar_train.PRESET_PACKAGES`, e.g. the
+    toy world): each registers its presets with `register_preset` on import. The model layer names none."""
+    import importlib
+
+    import radar_train
+
+    for package in getattr(radar_train, "PRESET_PACKAGES", ()):
+        importlib.import_module(package)
+
+
 def get_preset(name: str) -> ModelPreset:
     if name not in MODEL_PRESETS:
-        try:  # toy presets register themselves on import
-            from radar_train import toyworld  # noqa: F401
-        except ImportError:
-            pass
+        _import_preset_packages()
     if name not in MODEL_PRESETS:
         raise ValueError(f"unknown model preset {name!r}; available: {', '.join(sorted(MODEL_PRESETS))}")
     return MODEL_PRESETS[name]
