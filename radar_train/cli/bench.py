@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json as _json
-import sys
-from pathlib import Path
 from typing import Optional
 
 from jsonargparse import CLI
@@ -14,10 +12,19 @@ from radar_train.train.bench import TrainBenchArgs
 from radar_train.config import SamplingConfig
 
 
-def _write_json(rows: list[dict], path: Optional[str]) -> None:
+def _check_json(path: Optional[str], overwrite: bool, inputs: Optional[dict] = None) -> None:
+    """Refuse a --json file that exists (unless --overwrite), is a folder, or is an input, before measuring."""
+    from radar_train.outputs import check_output_file
+
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(_json.dumps(rows, indent=2))
+        check_output_file(path, "--json", inputs, overwrite)
+
+
+def _write_json(rows: list[dict], path: Optional[str]) -> None:
+    from radar_train.outputs import write_text_atomic
+
+    if path:
+        write_text_atomic(path, _json.dumps(rows, indent=2))
         print(f"wrote {path}")
 
 
@@ -58,7 +65,7 @@ def accel(setup: BenchSetup = BenchSetup(), methods: list[str] = ["none", "fastv
 
 
 def pipeline(setup: BenchSetup = BenchSetup(preset="tiny", batch_size=8), methods: list[str] = ["none", "fastvar", "stagevar"],
-             sampling: SamplingConfig = SamplingConfig(), json: Optional[str] = None) -> int:
+             sampling: SamplingConfig = SamplingConfig(), json: Optional[str] = None, overwrite: bool = False) -> int:
     """Adapter cost at inference and end-to-end images/s per method.
 
     Adapter cost at inference (merged / unmerged decode vs the base decoder) and end-to-end images/s
@@ -69,8 +76,11 @@ def pipeline(setup: BenchSetup = BenchSetup(preset="tiny", batch_size=8), method
         methods: method specs: none, fastvar, stagevar, fastvar:aggressive, stagevar:paper, ...
         sampling: sampler settings.
         json: also write the rows to this JSON file.
+        overwrite: replace an existing --json file.
     """
     from radar_train.bench.pipeline import format_table, run_pipeline_benchmark
+
+    _check_json(json, overwrite)
 
     rows = run_pipeline_benchmark(setup, methods, sampling)
     print(format_table(rows))
@@ -80,7 +90,7 @@ def pipeline(setup: BenchSetup = BenchSetup(preset="tiny", batch_size=8), method
 
 def cache(cache_config: str = "configs/cache/tiny.yaml", overrides: list[str] = [], num_pairs: int = 8192,
           workers: list[int] = [0, 2], repeats: int = 3, parts: list[str] = ["generation", "reader"],
-          json: Optional[str] = None) -> int:
+          json: Optional[str] = None, overwrite: bool = False) -> int:
     """radar-cache: write overhead vs bare pair generation, reader throughput, bytes per pair.
 
     Wall time vs bare pair generation of the same samples, reader pairs/s with 0 and 2
@@ -94,8 +104,13 @@ def cache(cache_config: str = "configs/cache/tiny.yaml", overrides: list[str] = 
         repeats: repetitions (the best is kept).
         parts: generation and/or reader.
         json: also write the rows to this JSON file.
+        overwrite: replace an existing --json file.
     """
     from radar_train.cache.bench import format_rows, run_cache_benchmark
+    from radar_train.inputs import check_file
+
+    check_file(cache_config, "--cache_config file")
+    _check_json(json, overwrite, {"--cache_config": cache_config})
 
     rows = run_cache_benchmark(cache_config, overrides, num_pairs, workers, repeats, None, parts)
     print(format_rows(rows))
@@ -103,7 +118,8 @@ def cache(cache_config: str = "configs/cache/tiny.yaml", overrides: list[str] = 
     return 0
 
 
-def train(args: TrainBenchArgs = TrainBenchArgs(), json: Optional[str] = None) -> int:  # noqa: F821
+def train(args: TrainBenchArgs = TrainBenchArgs(), json: Optional[str] = None,
+          overwrite: bool = False) -> int:  # noqa: F821
     """Training: Lightning vs bare PyTorch step throughput, data loading, peak memory.
 
     Lightning step throughput vs a bare PyTorch loop (target >= 0.95), data loading vs a step,
@@ -112,8 +128,11 @@ def train(args: TrainBenchArgs = TrainBenchArgs(), json: Optional[str] = None) -
     Args:
         args: preset (random weights unless a VQ-VAE checkpoint is given), batch size, steps, device, precision.
         json: also write the rows to this JSON file.
+        overwrite: replace an existing --json file.
     """
     from radar_train.train.bench import format_table, run_train_benchmark
+
+    _check_json(json, overwrite)
 
     rows = run_train_benchmark(args)
     print(format_table(rows))
@@ -144,14 +163,10 @@ def tradeoff(setup: TradeoffConfig = TradeoffConfig(), output: str = "outputs/tr
 
 
 def main(argv: list[str] | None = None) -> None:
-    from radar_train.accel import ConfigError
+    from radar_train.cli.common import run_main
 
-    try:
-        sys.exit(CLI({"accel": accel, "pipeline": pipeline, "cache": cache, "train": train, "tradeoff": tradeoff},
-                     args=argv))
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    commands = {"accel": accel, "pipeline": pipeline, "cache": cache, "train": train, "tradeoff": tradeoff}
+    run_main("radar-bench", lambda args: CLI(commands, args=args, exit_on_error=False), argv)
 
 
 if __name__ == "__main__":
