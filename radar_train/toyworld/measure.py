@@ -19,7 +19,7 @@ import logging
 import math
 import re
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -245,6 +245,18 @@ def fid_gaps(accelerated: dict, restored: dict, vanilla: dict) -> dict[str, Opti
     return out
 
 
+def flat_rows(report: dict) -> list[dict]:
+    """The runs as one flat list (vanilla, each setting, each adapter), each with `run`, `setting` and
+    `adapter` (None without one) beside its metrics: the same values as the nested view, for tables."""
+    out = [{"run": "vanilla", "setting": "vanilla", "adapter": None, **report["vanilla"]}]
+    for spec, row in report["methods"].items():
+        out.append({"run": spec, "setting": spec, "adapter": None,
+                    **{k: v for k, v in row.items() if k not in ("adapters", "groups")}})
+        for name, r in row.get("adapters", {}).items():
+            out.append({"run": f"{spec} + {name}", "setting": spec, "adapter": name, **r})
+    return out
+
+
 def run_measure(cfg: MeasureConfig, output: Optional[str] = None, overwrite: bool = False) -> dict:
     """Measure everything in `cfg`; writes metrics.json, metrics.md and toyworld_grid.png to `output`
     if given (existing ones only with `overwrite`). Returns the metrics plus their markdown table under
@@ -270,8 +282,10 @@ def run_measure(cfg: MeasureConfig, output: Optional[str] = None, overwrite: boo
     n = labels.shape[0]
     log.info("measuring %d runs of %d samples (vanilla + %d settings) and %d adapted decodes", 1 + len(accels), n,
              len(accels), len(folders))
-    report: dict = {"sampling": vars(cfg.sampling) | {}, "images_per_class": cfg.images_per_class,
-                    "num_samples": n, "base_seed": cfg.base_seed}
+    from radar_train.bench.record import environment
+
+    report: dict = {**environment(torch.device("cpu")), "config": asdict(cfg), "sampling": vars(cfg.sampling) | {},
+                    "images_per_class": cfg.images_per_class, "num_samples": n, "base_seed": cfg.base_seed}
 
     held = make_bank(HELDOUT_SEED, cfg.num_heldout_images)
     report["reconstruction"] = reconstruction_psnr(vqvae, held)
@@ -284,7 +298,7 @@ def run_measure(cfg: MeasureConfig, output: Optional[str] = None, overwrite: boo
     fhat_hq = sample_fhat(sampler, labels, seeds, cfg.batch_size)
     img_hq = decode01(vqvae, fhat_hq)
     report["vanilla"] = {"class_accuracy": _r(accuracy(clf, img_hq, labels)),
-                         **{k: _r(v) for k, v in fid.set_vanilla(img_hq).items()}}
+                         **{k: _r(v) for k, v in fid.set_vanilla(img_hq).items()}, "toy_fid_vs_vanilla": 0.0}
     log.info("vanilla: %s", report["vanilla"])
     columns, titles = [img_hq[:cfg.grid_samples]], ["vanilla"]
     report["methods"] = {}
@@ -300,7 +314,7 @@ def run_measure(cfg: MeasureConfig, output: Optional[str] = None, overwrite: boo
         rows = {}
         for name, decoder in adapted.get(spec, {}).items():
             img_s = decode01(decoder, fhat_lq)
-            r = {"adapter": table[spec][name], "group": adapter_group(name),
+            r = {"adapter_dir": table[spec][name], "group": adapter_group(name),
                  "class_accuracy": _r(accuracy(clf, img_s, labels)), **quality_vs_vanilla(img_s, img_hq),
                  **{k: _r(v) for k, v in fid.measure(img_s).items()},
                  **restoration(img_hq, img_lq, img_s, decode01(decoder, fhat_hq))}
@@ -313,6 +327,7 @@ def run_measure(cfg: MeasureConfig, output: Optional[str] = None, overwrite: boo
             row["adapters"] = rows
             row["groups"] = group_summary(rows)
         report["methods"][spec] = row
+    report["rows"] = flat_rows(report)
     report["markdown"] = markdown_table(report)
     if output is not None:
         with staged_entries(output, OUTPUT_FILES) as stage:
@@ -368,7 +383,7 @@ def markdown_table(report: dict) -> str:
     def line(name: str, row: dict) -> str:
         return f"| {name} | " + " | ".join(_cell(row, k, kind) for k, kind in _COLUMNS) + " |"
 
-    lines.append(line("vanilla", {**report["vanilla"], "toy_fid_vs_vanilla": 0.0}))
+    lines.append(line("vanilla", {"toy_fid_vs_vanilla": 0.0, **report["vanilla"]}))
     for spec, row in report["methods"].items():
         lines.append(line(spec, row))
         for name, r in row.get("adapters", {}).items():

@@ -178,10 +178,15 @@ def test_measure_reports_toy_fid_and_each_adapter(toy_adapters, tmp_path):
     assert set(row["adapters"]) == {"paa_s0", "paa_s1"} and row["groups"]["paa"]["n"] == 2
     for name, r in row["adapters"].items():
         assert {"class_accuracy", "psnr_vs_vanilla", "toy_fid", "g_mse", "fid_gap_closed", "delta_psnr"} <= set(r)
-        assert r["adapter"] == toy_adapters[name]
+        assert r["adapter_dir"] == toy_adapters[name]
         expected = (row["toy_fid"] - r["toy_fid"]) / (row["toy_fid"] - doc["vanilla"]["toy_fid"])
         assert r["fid_gap_closed"] == pytest.approx(expected, abs=2e-4)
     assert "fastvar:aggressive + paa (mean ± sd of 2)" in report["markdown"]
+    assert [(r["run"], r["adapter"]) for r in doc["rows"]] == [
+        ("vanilla", None), ("fastvar:aggressive", None), ("fastvar:aggressive + paa_s0", "paa_s0"),
+        ("fastvar:aggressive + paa_s1", "paa_s1")]
+    assert doc["rows"][2]["g_mse"] == row["adapters"]["paa_s0"]["g_mse"]
+    assert {"device", "torch", "commit", "date", "command"} <= set(doc)
 
 
 def test_measure_refuses_to_replace_an_earlier_result_before_any_work(tmp_path):
