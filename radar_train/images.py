@@ -110,9 +110,11 @@ def _marker(draw: ImageDraw.ImageDraw, kind: str, x: float, y: float, r: float, 
     if kind == "square":
         draw.rectangle([x - r, y - r, x + r, y + r], fill=fill, outline=outline)
     elif kind == "triangle":
-        draw.polygon([(x, y - r * 1.2), (x - r * 1.1, y + r * 0.8), (x + r * 1.1, y + r * 0.8)], fill=fill, outline=outline)
+        draw.polygon([(x, y - r * 1.2), (x - r * 1.1, y + r * 0.8), (x + r * 1.1, y + r * 0.8)], fill=fill,
+                     outline=outline)
     elif kind == "diamond":
-        draw.polygon([(x, y - r * 1.3), (x + r * 1.3, y), (x, y + r * 1.3), (x - r * 1.3, y)], fill=fill, outline=outline)
+        draw.polygon([(x, y - r * 1.3), (x + r * 1.3, y), (x, y + r * 1.3), (x - r * 1.3, y)], fill=fill,
+                     outline=outline)
     else:
         draw.ellipse([x - r, y - r, x + r, y + r], fill=fill, outline=outline)
 

@@ -17,7 +17,8 @@ and every adapter of a setting, one run measures
 Outputs in `--output DIR`: `tradeoff.json` (device, torch, cuda, commit, date, command, config, rows, groups,
 the Pareto front), `tradeoff.md` (the table) and `tradeoff.png` (speed-up on x, `--setup.quality_metric` on y,
 settings without PAA, with PAA (mean of each adapter group, ± its standard deviation) and vanilla as separate
-series, the Pareto front ringed and joined).
+series, the Pareto front ringed and joined). `python -m radar_train.bench.tradeoff RESULT.json OUT.png
+--quality_metric class_accuracy` draws an earlier result's chart with another metric (no measurement).
 """
 from __future__ import annotations
 
@@ -117,14 +118,14 @@ def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool =
     return sorted(front, key=lambda i: (pts[i][0], -pts[i][1]))
 
 
-def resolve_metric(name: str, toy: bool) -> str:
+def resolve_metric(name: str, toy: bool, option: str = "--setup.quality_metric") -> str:
     """The chart's metric: `name` checked against the model ('auto': toy_fid on the toy world, else PSNR)."""
     if name == "auto":
         return "toy_fid" if toy else "psnr_vs_vanilla"
     if name not in METRICS:
-        raise ValueError(f"--setup.quality_metric {name!r}: choose one of auto, {', '.join(METRICS)}")
+        raise ValueError(f"{option} {name!r}: choose one of auto, {', '.join(METRICS)}")
     if METRICS[name][2] and not toy:
-        raise ValueError(f"--setup.quality_metric {name}: only on the toy world (model.preset toy); this model has "
+        raise ValueError(f"{option} {name}: only on the toy world (model.preset toy); this model has "
                          f"psnr_vs_vanilla, ssim_vs_vanilla, latent_distance")
     return name
 
@@ -428,3 +429,38 @@ def markdown_table(doc: dict) -> str:
                   + ", ".join(doc["pareto_front"]), "", "![speed vs quality](tradeoff.png)", "", "Notes:", ""]
     lines += [f"- {x}" for x in doc["notes"]]
     return "\n".join(lines)
+
+
+def redraw(result: str, output: str, quality_metric: str = "auto", speed: Literal["e2e", "loop"] = "e2e",
+           overwrite: bool = False) -> int:
+    """Draw the chart of an earlier `radar-bench tradeoff` result with another quality metric or speed axis
+    (no measurement).
+
+    Args:
+        result: its tradeoff.json.
+        output: the PNG to write.
+        quality_metric: the y axis (as --setup.quality_metric).
+        speed: the x axis: e2e or loop.
+        overwrite: replace an existing PNG.
+    """
+    from radar_train.inputs import read_json
+    from radar_train.outputs import atomic_file, check_output_file
+
+    doc = read_json(result, "tradeoff result")
+    if not isinstance(doc, dict) or not {"rows", "groups", "quality_metric", "config"} <= set(doc):
+        raise ValueError(f"{result}: not a radar-bench tradeoff result (needs rows, groups, quality_metric, config)")
+    doc = {**doc, "quality_metric": resolve_metric(quality_metric, bool(doc.get("toy_fid")), "--quality_metric"),
+           "speed_axis": speed}
+    check_output_file(output, "--output", inputs={"--result": result}, overwrite=overwrite)
+    with atomic_file(output) as tmp:
+        draw_chart(doc).save(tmp, format="PNG")
+    print(f"wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    from jsonargparse import CLI
+
+    from radar_train.cli.common import run_main
+
+    run_main("python -m radar_train.bench.tradeoff", lambda args: CLI(redraw, args=args, exit_on_error=False))

@@ -83,6 +83,26 @@ def test_chart_is_a_png_of_the_requested_size_with_each_series_drawn(tmp_path):
     assert all(style[0] in colours for style in SERIES_STYLES.values())
 
 
+def test_redraw_draws_an_earlier_result_with_another_metric(tmp_path, capsys):
+    from radar_train.bench.tradeoff import redraw
+
+    doc = _doc() | {"toy_fid": {"num_samples": 200}}
+    for r, acc in zip(doc["rows"], (0.9, 0.5, 0.7, 0.75, 0.3)):
+        r["class_accuracy"] = acc
+    doc["groups"][0]["class_accuracy"] = {"mean": 0.725, "std": 0.035, "min": 0.7, "max": 0.75}
+    result = tmp_path / "tradeoff.json"
+    result.write_text(json.dumps(doc))
+    assert redraw(str(result), str(tmp_path / "acc.png"), quality_metric="class_accuracy", speed="e2e") == 0
+    with Image.open(tmp_path / "acc.png") as im:
+        assert im.format == "PNG" and im.size == (960, 640)
+    with pytest.raises(ValueError, match="--overwrite"):
+        redraw(str(result), str(tmp_path / "acc.png"), quality_metric="class_accuracy")
+    with pytest.raises(ValueError, match="not a radar-bench tradeoff result"):
+        (tmp_path / "other.json").write_text(json.dumps({"rows": []}))
+        redraw(str(tmp_path / "other.json"), str(tmp_path / "x.png"))
+    assert not (tmp_path / "x.png").exists()
+
+
 # ------------------------------------------------------------------------------------------ smoke runs
 def _run(argv: list[str]) -> int:
     from radar_train.cli.bench import main
