@@ -129,6 +129,10 @@ def _dashed(draw: ImageDraw.ImageDraw, a: tuple[float, float], b: tuple[float, f
                    (a[0] + (b[0] - a[0]) * t1, a[1] + (b[1] - a[1]) * t1)], fill=fill, width=width)
 
 
+def _overlap(a: Sequence[float], b: Sequence[float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
 def scatter_chart(points: Sequence[ChartPoint], x_label: str, y_label: str, title: str = "",
                   invert_y: bool = False, front: Sequence[int] = (), links: Sequence[tuple[int, int]] = (),
                   vline: Optional[float] = None, styles: Optional[dict[str, tuple[tuple[int, int, int], str]]] = None,
@@ -193,6 +197,7 @@ def scatter_chart(points: Sequence[ChartPoint], x_label: str, y_label: str, titl
     for i in front:
         x, y = px(points[i].x), py(points[i].y)
         draw.ellipse([x - 10, y - 10, x + 10, y + 10], outline=(90, 90, 90), width=2)
+    taken = [(px(p.x) - 11, py(p.y) - 11, px(p.x) + 11, py(p.y) + 11) for p in points]  # markers (rings), labels
     for p in points:
         colour, kind = style[p.series]
         x, y = px(p.x), py(p.y)
@@ -202,7 +207,14 @@ def scatter_chart(points: Sequence[ChartPoint], x_label: str, y_label: str, titl
             draw.line([(x - 4, y0), (x + 4, y0)], fill=colour, width=2)
             draw.line([(x - 4, y1), (x + 4, y1)], fill=colour, width=2)
         _marker(draw, kind, x, y, 6, colour, (0, 0, 0))
-        draw.text((x + 9, y - 9), p.label, fill=(30, 30, 30), font=small, anchor="ls")
+    for p in points:  # each label at the first place beside its point that overlaps nothing drawn so far
+        x, y = px(p.x), py(p.y)
+        places = [((x + 12, y - 4), "ls"), ((x + 12, y + 4), "lt"), ((x - 12, y - 4), "rs"), ((x - 12, y + 4), "rt"),
+                  ((x, y - 13), "ms"), ((x, y + 13), "mt"), ((x + 12, y - 18), "ls"), ((x + 12, y + 18), "lt")]
+        boxes = [(xy, anchor, draw.textbbox(xy, p.label, font=small, anchor=anchor)) for xy, anchor in places]
+        xy, anchor, box = next((b for b in boxes if not any(_overlap(b[2], t) for t in taken)), boxes[0])
+        taken.append(box)
+        draw.text(xy, p.label, fill=(30, 30, 30), font=small, anchor=anchor)
 
     lx, ly = left + pw + 16, top + 4
     for s in series:
