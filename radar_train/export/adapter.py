@@ -4,9 +4,12 @@
     DIR/adapter_model.safetensors    the LoRA tensors (`<module>.lora_A.weight`, `<module>.lora_B.weight`)
     DIR/radar_config.yaml            base VQ-VAE identity, LoRA settings, the caches' model / accel / sampling,
                                      training config, final validation metrics
+    DIR/label_conditioning.safetensors  label-conditioned adapters only: the per-class FiLM of the decoder's
+                                     GroupNorms (`label_conditioning.py`; radar_config.yaml `label_conditioning`)
 
 The folder loads with plain peft onto our `LatentDecoder` (`PeftModel.from_pretrained(decoder, DIR)`);
-`load_adapter` does that after checking the base decoder's identity, and merges by default (no overhead).
+`load_adapter` does that after checking the base decoder's identity, and merges by default (no overhead); for
+a label-conditioned adapter it gives back a `LabelConditionedDecoder` (forward(f_hat, labels)).
 A folder is written under a temporary name and renamed, so it is either whole or absent. Converting a
 radar-train Lightning checkpoint into a folder is training's business (`radar_train.train.export`).
 """
@@ -15,11 +18,14 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import Optional
 
 from torch import nn
 
 from radar_train.inputs import InputError, check_dir, load_safetensors, read_json, read_yaml
 from radar_train.outputs import normal_file_mode, replace_dir, temp_name
+
+from .label_conditioning import LABEL_CONDITIONING_WEIGHTS, LabelConditionedDecoder, load_label_conditioning
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "RADAR_CONFIG", "ADAPTER_FILES", "save_adapter", "read_radar_config",
            "check_adapter", "is_adapter_dir", "load_adapter"]
@@ -32,11 +38,13 @@ RADAR_CONFIG = "radar_config.yaml"
 ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, RADAR_CONFIG)
 
 
-def save_adapter(peft_model, out_dir: str | Path, meta: dict) -> Path:
+def save_adapter(peft_model, out_dir: str | Path, meta: dict, conditioning=None) -> Path:
     """Write `peft_model`'s adapter (safetensors) and `meta` to `out_dir`, replacing an adapter folder there
     (callers check first that it is one they may replace: `radar_train.outputs.check_replace_dir`).
+    conditioning: a ClassFiLM, written to label_conditioning.safetensors and described in the metadata.
     Every file gets the mode a plain open() gives (0o666 less the umask)."""
     import yaml
+    from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -44,6 +52,9 @@ def save_adapter(peft_model, out_dir: str | Path, meta: dict) -> Path:
     try:
         peft_model.save_pretrained(str(tmp), safe_serialization=True)
         (tmp / "README.md").unlink(missing_ok=True)  # peft's generic model card
+        if conditioning is not None:
+            save_file(conditioning.file_tensors(), str(tmp / LABEL_CONDITIONING_WEIGHTS))
+            meta = {**meta, "label_conditioning": conditioning.describe()}
         (tmp / RADAR_CONFIG).write_text(yaml.safe_dump(meta, sort_keys=False))
         for f in tmp.iterdir():
             normal_file_mode(f)  # safetensors writes its file 0600
@@ -59,7 +70,7 @@ def is_adapter_dir(path: str | Path) -> bool:
     if not p.is_dir():
         return False
     names = {e.name for e in p.iterdir()}
-    return ADAPTER_CONFIG in names and names <= set(ADAPTER_FILES) | {"README.md"}
+    return ADAPTER_CONFIG in names and names <= set(ADAPTER_FILES) | {"README.md", LABEL_CONDITIONING_WEIGHTS}
 
 
 def _check_files(adapter_dir: Path) -> None:
@@ -88,16 +99,19 @@ def check_adapter(adapter_dir: str | Path) -> dict:
     read_json(d / ADAPTER_CONFIG, "peft adapter config")
     if not load_safetensors(d / ADAPTER_WEIGHTS, "adapter weights file"):
         raise InputError(f"{d / ADAPTER_WEIGHTS}: adapter weights file holds no tensors")
+    load_label_conditioning(d, meta)  # a conditioned adapter's section and weights file
     return meta
 
 
 def load_adapter(decoder: nn.Module, adapter_dir: str | Path, identity=None, merge: bool = True,
-                 trainable: bool = False):
+                 trainable: bool = False, num_classes: Optional[int] = None):
     """Put the adapter of `adapter_dir` onto `decoder` (a LatentDecoder; modified in place).
 
     identity: the decoder's ModelIdentity; if given, a different base VQ-VAE than the adapter's is refused.
     merge: fold the LoRA update into the convs and return the plain decoder (no inference overhead);
-    otherwise return the peft PeftModel (trainable=True to continue training it)."""
+    otherwise return the peft PeftModel (trainable=True to continue training it).
+    A label-conditioned adapter comes back as a LabelConditionedDecoder around either (forward(f_hat, labels));
+    num_classes: the generator's class count; if given, a conditioned adapter of another count is refused."""
     from peft import PeftModel
 
     d = Path(adapter_dir)
@@ -107,5 +121,7 @@ def load_adapter(decoder: nn.Module, adapter_dir: str | Path, identity=None, mer
         if (want["kind"], want["value"]) != (identity.kind, identity.value):
             raise ValueError(f"adapter {d} was trained for the VQ-VAE {want['kind']}:{want['value']}, "
                              f"not {identity.kind}:{identity.value}")
+    film = load_label_conditioning(d, meta, num_classes)
     model = PeftModel.from_pretrained(decoder, str(d), is_trainable=trainable)
-    return model.merge_and_unload() if merge else model
+    model = model.merge_and_unload() if merge else model
+    return model if film is None else LabelConditionedDecoder(model, film.to(next(model.parameters()).device))

@@ -40,4 +40,4 @@ def export_checkpoint(ckpt: str | Path, output: str | Path, overwrite: bool = Fa
     module.load_state_dict(state["state_dict"], strict=False)
     meta = dict(state["radar"])
     meta["source_checkpoint"] = str(p)
-    return save_adapter(module.net, output, meta)
+    return save_adapter(module.net, output, meta, conditioning=module.label_cond)

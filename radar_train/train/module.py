@@ -6,13 +6,15 @@ Per step, for a batch of cached pairs (fhat_hq, fhat_lq) of shape (B, Cvae, h, w
     student = decoder_LoRA(fhat_lq)                 unclamped, so gradients survive
     loss    = DistillLoss(student, teacher, ...)    L1 by default (losses.py)
 
-Only the LoRA tensors train (AdamW, warm-up + cosine) and only they, with the optimizer, scheduler and
-loop state (the data order included: datamodule.ResumableLoader) and the training step's random stream
+With `label_conditioning.kind: film` the student also gets the sample's class label (`batch["label"]`): a
+per-class FiLM of the decoder's GroupNorms (radar_train/export/label_conditioning.py), trained with the LoRA,
+off for the teacher like the LoRA. Only the LoRA (and FiLM) tensors train (AdamW, warm-up + cosine) and only
+they, with the optimizer, scheduler and loop state (the data order included: datamodule.ResumableLoader) and the training step's random stream
 (rng.StepRng), go into Lightning checkpoints; the frozen base is rebuilt from `decoder` on resume, which
 continues bit-identically to an uninterrupted run (CPU fp32).
 Validation computes the §5.1 metrics (PSNR/SSIM of student and baseline vs teacher, gap closed,
 harmlessness); image grids (LQ baseline | student | teacher) of fixed validation samples go to
-TensorBoard every `monitor.images_every_n_steps`.
+TensorBoard every `monitor.images_every_n_steps`. Early stopping and the best step's adapter: selection.py.
 """
 from __future__ import annotations
 
@@ -29,19 +31,22 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 from radar_train.config import ModelArgs
 from radar_train.images import grid, to_uint8
 from radar_train.models import ModelIdentity, load_latent_decoder
 
 from .checks import check_cache_matches
-from .lora import LoraArgs, inject_lora, lora_state_dict, parameter_counts, resolve_targets
+from .conditioning import LabelConditioningArgs, build_label_conditioning
+from .lora import LoraArgs, inject_lora, parameter_counts, resolve_targets
 from .losses import DistillLoss, LossArgs
 from .metrics import RestorationStats, psnr_per_image, ssim_per_image, to_unit
 from .optim import OptimArgs, build_optimizer
 from .rng import StepRng
+from .selection import BestCheckpoint, EarlyStoppingArgs
 
-__all__ = ["RadarLoraModule", "MonitorArgs", "OutputArgs", "META_VERSION", "module_from_hparams"]
+__all__ = ["RadarLoraModule", "MonitorArgs", "OutputArgs", "META_VERSION", "module_from_hparams", "is_trained_key"]
 
 log = logging.getLogger(__name__)
 META_VERSION = 1
@@ -83,6 +88,11 @@ class OutputArgs:
                 ("save_every_n_steps", "export_every_n_steps") if getattr(self, k) < 0]
 
 
+def is_trained_key(key: str) -> bool:
+    """Whether a state-dict key of the module is a trained tensor (LoRA, or the label conditioning's)."""
+    return ".lora_" in key or key.startswith("label_cond.")
+
+
 def _plain(x: Any) -> Any:
     """JSON-normalised copy (tuples -> lists, keys -> str): safe for weights_only checkpoint loading."""
     return json.loads(json.dumps(x, default=str))
@@ -98,26 +108,35 @@ class RadarLoraModule(pl.LightningModule):
         optim: AdamW, schedule and gradient clipping.
         monitor: image grids and training-batch metrics.
         output: checkpoints and adapter exports.
+        early_stopping: early stopping on a validation metric, and whether final/ is the best or the last step.
+        label_conditioning: label-conditioned PAA (a per-class FiLM of the decoder's GroupNorms) or none.
     """
 
     def __init__(self, decoder: ModelArgs = ModelArgs(), lora: LoraArgs = LoraArgs(), loss: LossArgs = LossArgs(),
                  optim: OptimArgs = OptimArgs(), monitor: MonitorArgs = MonitorArgs(),
-                 output: OutputArgs = OutputArgs()):
+                 output: OutputArgs = OutputArgs(), early_stopping: EarlyStoppingArgs = EarlyStoppingArgs(),
+                 label_conditioning: LabelConditioningArgs = LabelConditioningArgs()):
         super().__init__()
-        problems = lora.problems() + loss.problems() + optim.problems() + monitor.problems() + output.problems()
+        problems = lora.problems() + loss.problems() + optim.problems() + monitor.problems() + output.problems() \
+            + early_stopping.problems() + label_conditioning.problems()
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
         self.decoder_args, self.lora_args, self.loss_args = decoder, lora, loss
         self.optim_args, self.monitor, self.output = optim, monitor, output
+        self.early_stopping, self.label_args = early_stopping, label_conditioning
         self.save_hyperparameters(_plain({k: dataclasses.asdict(v) for k, v in (
             ("decoder", decoder), ("lora", lora), ("loss", loss), ("optim", optim), ("monitor", monitor),
-            ("output", output))}))
+            ("output", output), ("early_stopping", early_stopping), ("label_conditioning", label_conditioning))}))
         base, self.identity = load_latent_decoder(decoder.preset, decoder.vae_checkpoint, decoder.init_seed)
         base.decoder.checkpoint_blocks = optim.activation_checkpointing
         cfg = base.config
         self.latent_shape = [cfg.z_channels, cfg.patch_nums[-1], cfg.patch_nums[-1]]
         self.targets = resolve_targets(base, lora.targets)
         self.net = inject_lora(base, lora).train()  # LoRA dropout needs train mode; the base has no dropout
+        # hooks on the base decoder's GroupNorms (the peft wrapping leaves them in place); off until decode() sets labels
+        self.label_cond = build_label_conditioning(base, label_conditioning, decoder.preset)
+        if self.label_cond is not None:
+            self.label_cond.attach(base)
         self.loss_fn = DistillLoss(loss)
         self.strict_loading = False  # checkpoints hold the LoRA tensors only
         self.val_stats = RestorationStats()
@@ -126,11 +145,17 @@ class RadarLoraModule(pl.LightningModule):
         self.data_config: dict = {}
         self._image_batch: Optional[dict[str, torch.Tensor]] = None
         self._image_step: Optional[int] = None  # step of the last image grid logged
+        self._export_step: Optional[int] = None  # step of the last step-NNNNNN/ export
         self._step_rng = StepRng()  # the training forward's random stream (LoRA dropout), checkpointed
         self._t_last: Optional[float] = None
         self.trainable_params, self.frozen_params = parameter_counts(self.net)
         log.info("LoRA r=%d alpha=%g on %d convs (%s): %s trainable / %s frozen parameters", lora.rank, lora.alpha,
                  len(self.targets), lora.targets, f"{self.trainable_params:,}", f"{self.frozen_params:,}")
+        if self.label_cond is not None:
+            film = sum(p.numel() for p in self.label_cond.parameters())
+            self.trainable_params += film
+            log.info("label conditioning (FiLM) on %d GroupNorms, %d classes, embedding %d: %s trainable parameters",
+                     len(self.label_cond.norms), self.label_cond.num_classes, self.label_cond.embed_dim, f"{film:,}")
 
     # ------------------------------------------------------------------ decoding
     @property
@@ -138,27 +163,34 @@ class RadarLoraModule(pl.LightningModule):
         """The LatentDecoder with LoRA layers injected (a property: not registered twice)."""
         return self.net.get_base_model()
 
-    def decode(self, f_hat: torch.Tensor, adapters: bool = True, features: bool = False):
-        """f_hat (B, Cvae, h, w) -> (image (B, 3, H, W) unclamped, features or None)."""
+    def decode(self, f_hat: torch.Tensor, adapters: bool = True, features: bool = False,
+               labels: Optional[torch.Tensor] = None):
+        """f_hat (B, Cvae, h, w) -> (image (B, 3, H, W) unclamped, features or None). With adapters, a
+        label-conditioned module modulates with `labels` (B,) (required); without, neither LoRA nor FiLM acts."""
         ctx = contextlib.nullcontext() if adapters else self.net.disable_adapter()
+        if self.label_cond is not None:
+            if adapters and labels is None:
+                raise ValueError("this module is label-conditioned: decode with the class labels of the samples")
+            # set, not scoped: activation checkpointing re-runs the hooks in the backward, after this call
+            self.label_cond.labels = labels.to(f_hat.device).long() if adapters else None
         with ctx:
             if features:
                 return self.decoder.forward_features(f_hat)
             return self.decoder(f_hat), None
 
-    def forward(self, f_hat: torch.Tensor) -> torch.Tensor:
+    def forward(self, f_hat: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Student image, clamped to [-1, 1]."""
-        return self.decode(f_hat)[0].clamp(-1, 1)
+        return self.decode(f_hat, labels=labels)[0].clamp(-1, 1)
 
     def compute_loss(self, batch: dict[str, torch.Tensor]):
         """(loss, terms, student, teacher) for a batch of pairs: the whole forward of a training step."""
-        hq, lq = batch["fhat_hq"], batch["fhat_lq"]
+        hq, lq, labels = batch["fhat_hq"], batch["fhat_lq"], batch.get("label")
         feats = self.loss_args.needs_features
         with torch.no_grad():
             t_raw, t_feats = self.decode(hq, adapters=False, features=feats)
         teacher = t_raw.clamp(-1, 1)
-        student, s_feats = self.decode(lq, adapters=True, features=feats)
-        identity = self.decode(hq)[0] if self.loss_args.identity_weight > 0 else None
+        student, s_feats = self.decode(lq, adapters=True, features=feats, labels=labels)
+        identity = self.decode(hq, labels=labels)[0] if self.loss_args.identity_weight > 0 else None
         loss, terms = self.loss_fn(student, teacher, s_feats, t_feats, identity)
         return loss, terms, student, teacher
 
@@ -187,8 +219,10 @@ class RadarLoraModule(pl.LightningModule):
         step = self.global_step
         if self.monitor.images_every_n_steps and step % self.monitor.images_every_n_steps == 0:
             self.log_image_grid()
-        if self.output.export_every_n_steps and step % self.output.export_every_n_steps == 0:
+        if self.output.export_every_n_steps and step % self.output.export_every_n_steps == 0 and step > 0 \
+                and step != self._export_step:  # once per optimizer step (gradient accumulation)
             self.export(Path(self.trainer.default_root_dir) / f"step-{step:06d}")
+            self._export_step = step
 
     def on_train_epoch_start(self) -> None:
         self._t_last = None
@@ -204,17 +238,24 @@ class RadarLoraModule(pl.LightningModule):
     def on_train_end(self) -> None:
         self.log_image_grid()
         if self.output.export_final and self._training_finished():
-            self.export(Path(self.trainer.default_root_dir) / "final")
+            self.export_final(Path(self.trainer.default_root_dir) / "final")
+
+    def _early_stopped(self) -> bool:
+        es = self.trainer.early_stopping_callback
+        return es is not None and es.stopping_reason is not EarlyStoppingReason.NOT_STOPPED
 
     def _training_finished(self) -> bool:
         t = self.trainer
+        if self._early_stopped():
+            return True
         if t.max_steps is not None and t.max_steps > 0:
             return self.global_step >= t.max_steps
         return t.max_epochs is not None and t.max_epochs > 0 and t.current_epoch >= t.max_epochs
 
     def configure_optimizers(self):
         total = self.optim_args.schedule_steps or self._total_steps()
-        opt, sched = build_optimizer(self.net.parameters(), self.optim_args, total)
+        extra = [] if self.label_cond is None else [(self.label_cond.parameters(), self.label_args.lr_scale)]
+        opt, sched = build_optimizer(self.net.parameters(), self.optim_args, total, extra)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "train/lr"}}
 
     def _total_steps(self) -> int:
@@ -241,6 +282,10 @@ class RadarLoraModule(pl.LightningModule):
     def configure_callbacks(self):
         ckpt = self.checkpoint_callback(self.trainer.default_root_dir)
         callbacks = [ckpt] if ckpt is not None else []
+        for cb in (self.early_stopping.early_stopping_callback(),
+                   self.early_stopping.best_checkpoint_callback(self.trainer.default_root_dir)):
+            if cb is not None:
+                callbacks.append(cb)
         if self.trainer.loggers:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         return callbacks
@@ -250,13 +295,13 @@ class RadarLoraModule(pl.LightningModule):
         self.val_stats = RestorationStats(self.device)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        hq, lq = batch["fhat_hq"], batch["fhat_lq"]
+        hq, lq, labels = batch["fhat_hq"], batch["fhat_lq"], batch.get("label")
         feats = self.loss_args.needs_features
         t_raw, t_feats = self.decode(hq, adapters=False, features=feats)
         teacher = t_raw.clamp(-1, 1)
         baseline = self.decode(lq, adapters=False)[0]
-        student, s_feats = self.decode(lq, adapters=True, features=feats)
-        harmless = self.decode(hq, adapters=True)[0]
+        student, s_feats = self.decode(lq, adapters=True, features=feats, labels=labels)
+        harmless = self.decode(hq, adapters=True, labels=labels)[0]
         identity = harmless if self.loss_args.identity_weight > 0 else None
         loss, _ = self.loss_fn(student, teacher, s_feats, t_feats, identity)
         self.log("val/loss", loss, batch_size=hq.shape[0], sync_dist=True)
@@ -301,7 +346,9 @@ class RadarLoraModule(pl.LightningModule):
         self.eval()
         hq = self._image_batch["fhat_hq"].to(self.device)
         lq = self._image_batch["fhat_lq"].to(self.device)
-        cols = [self.decode(lq, adapters=False)[0], self.decode(lq)[0], self.decode(hq, adapters=False)[0]]
+        labels = self._image_batch["label"].to(self.device)
+        cols = [self.decode(lq, adapters=False)[0], self.decode(lq, labels=labels)[0],
+                self.decode(hq, adapters=False)[0]]
         self.train(was_training)
         cols = [to_uint8(to_unit(c)) for c in cols]
         rows = [[c[i] for c in cols] for i in range(hq.shape[0])]
@@ -316,7 +363,8 @@ class RadarLoraModule(pl.LightningModule):
         t = self._trainer
         trainer = {} if t is None else {"max_steps": t.max_steps, "max_epochs": t.max_epochs,
                                         "precision": str(t.precision), "world_size": t.world_size,
-                                        "accumulate_grad_batches": t.accumulate_grad_batches}
+                                        "accumulate_grad_batches": t.accumulate_grad_batches,
+                                        "val_check_interval": t.val_check_interval}
         return _plain({
             "format_version": META_VERSION,
             "global_step": self.global_step,
@@ -325,25 +373,59 @@ class RadarLoraModule(pl.LightningModule):
             "lora": {"rank": self.lora_args.rank, "alpha": self.lora_args.alpha, "dropout": self.lora_args.dropout,
                      "targets": self.lora_args.targets, "target_modules": self.targets},
             "caches": self.cache_info,
+            "label_conditioning": None if self.label_cond is None else self.label_cond.describe(),
             "training": {"model": dict(self.hparams), "data": self.data_config, "trainer": trainer},
             "metrics": self.val_metrics,
         })
 
-    def export(self, out_dir: Path) -> Optional[Path]:
-        """Write the adapter folder (peft format + radar_config.yaml); rank zero only."""
+    def export(self, out_dir: Path, meta: Optional[dict] = None) -> Optional[Path]:
+        """Write the adapter folder (peft format + radar_config.yaml, + label_conditioning.safetensors when
+        conditioned) with `meta` (default: radar_meta()); rank zero only."""
         if self._trainer is not None and not self.trainer.is_global_zero:
             return None
         from radar_train.export.adapter import save_adapter
 
-        path = save_adapter(self.net, out_dir, self.radar_meta())
+        meta = self.radar_meta() if meta is None else meta
+        path = save_adapter(self.net, out_dir, meta, conditioning=self.label_cond)
         log.info("adapter exported to %s", path)
         return path
 
+    def export_final(self, out_dir: Path) -> Optional[Path]:
+        """final/: the adapter of the best validation (early_stopping.final_adapter best / auto with early
+        stopping; from its checkpoint) or of the last step; radar_config.yaml `selection` says which."""
+        es = self.early_stopping
+        stop = self.trainer.early_stopping_callback
+        selection: dict[str, Any] = {"final_adapter": "last", "step": self.global_step,
+                                     "early_stopping": es.enabled, "stopped_early": self._early_stopped()}
+        if stop is not None and self._early_stopped():
+            selection["stopping_reason"] = stop.stopping_reason_message
+        best_cb = next((c for c in self.trainer.callbacks if isinstance(c, BestCheckpoint)), None)
+        best = best_cb.best() if best_cb is not None else None
+        if es.keeps_best and best is None:
+            log.warning("no validation checkpoint of %s was kept: final/ holds the last step's adapter", es.monitor)
+        if not es.keeps_best or best is None:
+            return self.export(out_dir, meta=self.radar_meta() | {"selection": _plain(selection)})
+        from .export import read_checkpoint
+
+        state = read_checkpoint(best["checkpoint"])
+        self.check_checkpoint(state, best["checkpoint"])
+        current = {k: v.detach().clone() for k, v in self.state_dict().items() if is_trained_key(k)}
+        selection.update(final_adapter="best", step=int(state["global_step"]), monitor=es.monitor,
+                         mode=es.resolved_mode, value=best["value"], checkpoint=best["checkpoint"],
+                         last_step=self.global_step)
+        meta = dict(state["radar"]) | {"selection": _plain(selection)}
+        try:
+            self.load_state_dict(state["state_dict"], strict=False)
+            return self.export(out_dir, meta=meta)
+        finally:
+            self.load_state_dict(current, strict=False)
+
     def lora_keys(self) -> dict[str, torch.Size]:
-        return {k: v.shape for k, v in lora_state_dict(self).items()}
+        """Shapes of the trained tensors (LoRA, and the label conditioning's) by state-dict key."""
+        return {k: v.shape for k, v in self.state_dict().items() if is_trained_key(k)}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if ".lora_" in k}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if is_trained_key(k)}
         checkpoint["radar"] = self.radar_meta()
         if (rng := self._step_rng.state_dict()) is not None:
             checkpoint["radar_rng"] = rng
@@ -367,13 +449,14 @@ class RadarLoraModule(pl.LightningModule):
         missing, unexpected = sorted(set(own) - set(got)), sorted(set(got) - set(own))
         shapes = [k for k in set(own) & set(got) if tuple(own[k]) != got[k]]
         if missing or unexpected or shapes:
-            raise ValueError(f"{source} holds another LoRA layout (rank / targets): {len(missing)} missing, "
+            raise ValueError(f"{source} holds another LoRA layout (rank / targets / label conditioning): "
+                             f"{len(missing)} missing, "
                              f"{len(unexpected)} unexpected, {len(shapes)} reshaped tensors, e.g. "
                              f"{(missing + unexpected + shapes)[0]}")
 
 
 _GROUPS = {"decoder": ModelArgs, "lora": LoraArgs, "loss": LossArgs, "optim": OptimArgs, "monitor": MonitorArgs,
-           "output": OutputArgs}
+           "output": OutputArgs, "early_stopping": EarlyStoppingArgs, "label_conditioning": LabelConditioningArgs}
 
 
 def module_from_hparams(hparams: dict) -> RadarLoraModule:

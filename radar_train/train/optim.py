@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import torch
 
@@ -65,9 +65,13 @@ class WarmupCosine:
         return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], args: OptimArgs, total_steps: int):
-    """(AdamW, LambdaLR stepping once per optimizer step) over `params` (the trainable ones)."""
-    params = [p for p in params if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.learning_rate, betas=tuple(args.betas), weight_decay=args.weight_decay)
+def build_optimizer(params: Iterable[torch.nn.Parameter], args: OptimArgs, total_steps: int,
+                    extra: Sequence[tuple[Iterable[torch.nn.Parameter], float]] = ()):
+    """(AdamW, LambdaLR stepping once per optimizer step) over `params` (the trainable ones), plus a parameter
+    group per (parameters, learning-rate multiple) of `extra` (the same schedule, scaled)."""
+    groups = [{"params": [p for p in params if p.requires_grad]}]
+    groups += [{"params": [p for p in ps if p.requires_grad], "lr": args.learning_rate * scale} for ps, scale in extra]
+    groups = [g for g in groups if g["params"]]
+    opt = torch.optim.AdamW(groups, lr=args.learning_rate, betas=tuple(args.betas), weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(args.warmup_steps, total_steps, args.min_lr_ratio))
     return opt, sched
