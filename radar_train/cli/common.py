@@ -163,15 +163,17 @@ def print_error(message: object) -> None:
 
 
 def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Optional[Sequence[str]] = None,
-             errors: tuple[type[BaseException], ...] = ()) -> NoReturn:
+             errors: tuple[type[BaseException], ...] = (), check_configs: bool = True) -> NoReturn:
     """Run `body(args)` (args: argv, or sys.argv[1:]) and exit with its status; a parse error or one of
-    USER_ERRORS (and `errors`) is one line on stderr and exit status 2."""
+    USER_ERRORS (and `errors`) is one line on stderr and exit status 2. `--config` files are read first
+    (unless `check_configs` is false: the body calls check_config_files itself)."""
     from jsonargparse import ArgumentError
 
     args = expand_flags(sys.argv[1:] if argv is None else argv)
     quiet_library_warnings()
     try:
-        check_config_files(args)
+        if check_configs:
+            check_config_files(args)
         code = body(args)
     except ArgumentError as e:
         print(f"error: {_parse_error(e)} (`{prog} --help` lists the options)", file=sys.stderr)

@@ -217,12 +217,15 @@ def run_lightning(argv: list[str]) -> None:
 
 
 def _body(argv: list[str]) -> int:
+    from radar_train.cli.common import check_config_files
+
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     if cmd not in LIGHTNING_SUBCOMMANDS + ("export",):
         raise ValueError(f"unknown command {cmd!r}: radar-train fit, validate or export (`radar-train --help`)")
+    check_config_files(rest)
     if cmd == "export":
         from jsonargparse import CLI
 
@@ -235,7 +238,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     from radar_train.cli.common import run_main
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    run_main("radar-train", _body, argv)
+    run_main("radar-train", _body, argv, check_configs=False)
 
 
 if __name__ == "__main__":

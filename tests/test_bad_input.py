@@ -1,0 +1,381 @@
+"""What a tired user types, for every command line: each case must exit with a non-zero status, print one
+`error:` line (the last line of stderr) naming the option or file at fault, no traceback, and leave every
+file that was there byte-identical, with nothing new written. Then the rules behind it, one test each:
+an export never replaces the run folder, a refused fit leaves config.yaml alone, last.ckpt holds the
+final step, radar-eval refuses the adapter's training shards, calibrate checks its output first, adapter
+files get the normal mode.
+
+One tiny world is built once for the module (a 2-shard cache, a 3-step run with its checkpoints and final/
+adapter, and broken copies of them); each case runs in its own empty working folder.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+# ------------------------------------------------------------------------------------------------ the world
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, build_cache) -> dict[str, Path]:
+    from radar_train.cache.config import CacheArgs, PlanArgs, StorageArgs
+    from radar_train.config import AccelArgs, SamplingConfig
+
+    w = tmp_path_factory.mktemp("world")
+    cache = w / "cache"
+    build_cache(CacheArgs(sampling=SamplingConfig(cfg=1.5, top_k=64, top_p=0.96), accel=AccelArgs(method="fastvar"),
+                          plan=PlanArgs(images_per_class=None, num_samples=32, shard_size=16),
+                          storage=StorageArgs(chunk_size=8), output=str(cache), batch_size=16, progress=False,
+                          device="cpu", num_threads=1))
+    run = w / "run"
+    code, _ = _call("train", fit_args(cache, run, steps=3), cwd=w)
+    assert code == 0, "the world's training run failed"
+    final = run / "final"
+    (w / "junk.bin").write_bytes(bytes(range(256)) * 4)
+    (w / "list.yaml").write_text("- a\n- b\n")
+    (w / "empty.ckpt").write_bytes(b"")
+    (w / "trunc.ckpt").write_bytes((run / "checkpoints" / "last.ckpt").read_bytes()[:800])
+    (w / "existing.json").write_text("{}\n")
+    (w / "not_a_cache").mkdir()
+    (w / "not_a_cache" / "notes.txt").write_text("mine\n")
+    for name in ("missing", "trunc", "junk"):
+        shutil.copytree(final, w / f"adapter_{name}")
+    (w / "adapter_missing" / "adapter_model.safetensors").unlink()
+    weights = w / "adapter_trunc" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    (w / "adapter_junk" / "radar_config.yaml").write_bytes(bytes(range(128, 256)))
+    (w / "toy_out").mkdir()
+    (w / "toy_out" / "toy_vae.safetensors").write_bytes(b"earlier run")
+    return {"w": w, "cache": cache, "run": run, "final": final, "ckpt": run / "checkpoints" / "last.ckpt"}
+
+
+def fit_args(cache: Path, run: Path, steps: int, *extra: str) -> list[str]:
+    caches = json.dumps([{"path": str(cache), "train_shards": "0", "val_shards": "1"}])
+    return ["fit", "--config", str(CONFIGS / "train" / "tiny.yaml"), "--data.caches", caches,
+            "--trainer.default_root_dir", str(run), "--trainer.max_steps", str(steps),
+            "--trainer.val_check_interval", str(steps), "--trainer.enable_progress_bar", "false",
+            "--model.output.save_every_n_steps", "2", "--model.monitor.images_every_n_steps", "0",
+            "--model.monitor.train_metrics_every_n_steps", "0", "--data.batch_size", "4",
+            "--data.val_batch_size", "16", *extra]
+
+
+def _call(cli: str, argv: list[str], cwd: Path) -> tuple[int, str]:
+    """radar-<cli> main(argv) in-process in `cwd`: (exit status, stderr)."""
+    import contextlib
+    import io
+
+    module = importlib.import_module(f"radar_train.cli.{cli}")
+    err = io.StringIO()
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stderr(err), mock.patch.object(sys, "argv", [f"radar-{cli}", *argv]):
+            with pytest.raises(SystemExit) as e:
+                module.main(argv)
+    finally:
+        os.chdir(old)
+    code = e.value.code
+    return (0 if code is None else code), err.getvalue()
+
+
+def snapshot(*roots: Path) -> dict[str, bytes | None]:
+    """Every path under `roots`: a file's bytes, None for a folder."""
+    return {str(p): (None if p.is_dir() else p.read_bytes()) for r in roots for p in sorted(r.rglob("*"))}
+
+
+def assert_one_line_error(err: str, *needles: str) -> str:
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+def assert_unchanged(before: dict, after: dict) -> None:
+    assert sorted(set(after) - set(before)) == [], "new files or folders"
+    assert sorted(set(before) - set(after)) == [], "files or folders gone"
+    assert [k for k in before if before[k] != after[k]] == [], "files changed"
+
+
+# ------------------------------------------------------------------------------------------------ the cases
+def _generate_opts(w):
+    return ["--config", str(CONFIGS / "generate" / "tiny.yaml"), "--device", "cpu"]
+
+
+# (id, cli, argv(world, cwd), needles that the error line must hold)
+CASES = [
+    # radar-train export
+    ("export-into-the-run-folder", "train",
+     lambda w, t: ["export", "--ckpt", str(w["ckpt"]), "--output", str(w["run"])], ["--output", "--ckpt"]),
+    ("export-onto-an-existing-file", "train",
+     lambda w, t: ["export", "--ckpt", str(w["ckpt"]), "--output", str(w["run"] / "config.yaml")],
+     ["--output", "config.yaml", "existing file"]),
+    ("export-onto-an-adapter-without-overwrite", "train",
+     lambda w, t: ["export", "--ckpt", str(w["ckpt"]), "--output", str(w["final"])], ["--output", "--overwrite"]),
+    ("export-onto-a-foreign-folder-even-with-overwrite", "train",
+     lambda w, t: ["export", "--ckpt", str(w["ckpt"]), "--output", str(w["w"] / "not_a_cache"), "--overwrite"],
+     ["not_a_cache", "not an adapter folder"]),
+    ("export-of-a-truncated-checkpoint", "train",
+     lambda w, t: ["export", "--ckpt", str(w["w"] / "trunc.ckpt"), "--output", "adapter"], ["trunc.ckpt", "truncated"]),
+    ("export-of-an-empty-file", "train",
+     lambda w, t: ["export", "--ckpt", str(w["w"] / "empty.ckpt"), "--output", "adapter"], ["empty.ckpt"]),
+    ("export-of-a-folder", "train",
+     lambda w, t: ["export", "--ckpt", str(w["run"] / "checkpoints"), "--output", "adapter"], ["checkpoints", "folder"]),
+    ("export-of-an-adapter-file", "train",
+     lambda w, t: ["export", "--ckpt", str(w["final"] / "adapter_model.safetensors"), "--output", "adapter"],
+     ["adapter_model.safetensors"]),
+    ("export-without-output", "train", lambda w, t: ["export", "--ckpt", str(w["ckpt"])], ["output"]),
+    ("train-unknown-command", "train", lambda w, t: ["trian", "--config", "x.yaml"], ["trian"]),
+    # radar-train fit
+    ("fit-into-a-run-with-checkpoints", "train", lambda w, t: fit_args(w["cache"], w["run"], 5),
+     ["--trainer.default_root_dir", "--ckpt_path last"]),
+    ("fit-inside-the-cache", "train", lambda w, t: fit_args(w["cache"], w["cache"] / "run", 5),
+     ["--trainer.default_root_dir", "--data.caches"]),
+    ("fit-from-a-truncated-checkpoint", "train",
+     lambda w, t: fit_args(w["cache"], t / "run", 5, "--ckpt_path", str(w["w"] / "trunc.ckpt")), ["trunc.ckpt"]),
+    ("fit-with-a-binary-config", "train", lambda w, t: ["fit", "--config", str(w["w"] / "junk.bin")], ["junk.bin"]),
+    ("fit-with-a-list-config", "train", lambda w, t: ["fit", "--config", str(w["w"] / "list.yaml")],
+     ["list.yaml", "mapping"]),
+    ("fit-with-a-missing-config", "train", lambda w, t: ["fit", "--config", "configs/train/tiny.yml"], ["tiny.yml"]),
+    ("fit-with-a-negative-batch", "train", lambda w, t: fit_args(w["cache"], t / "run", 5, "--data.batch_size", "-4"),
+     ["data.batch_size"]),
+    ("fit-with-a-word-for-a-number", "train", lambda w, t: fit_args(w["cache"], t / "run", 5, "--trainer.max_steps", "ten"),
+     ["--trainer.max_steps"]),
+    ("fit-on-a-folder-that-is-not-a-cache", "train",
+     lambda w, t: fit_args(w["w"] / "not_a_cache", t / "run", 5), ["not_a_cache", "manifest.json"]),
+    # radar-cache
+    ("cache-run-into-a-foreign-folder", "cache",
+     lambda w, t: ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--output", str(w["run"])],
+     ["--output", "manifest.json"]),
+    ("cache-run-onto-a-file", "cache",
+     lambda w, t: ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--output", str(w["w"] / "existing.json")],
+     ["--output", "existing.json"]),
+    ("cache-run-with-a-negative-batch", "cache",
+     lambda w, t: ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--output", "c", "--batch-size", "-1"],
+     ["batch_size"]),
+    ("cache-run-with-a-binary-config", "cache", lambda w, t: ["run", "--config", str(w["w"] / "junk.bin")], ["junk.bin"]),
+    ("cache-export-inside-the-cache", "cache",
+     lambda w, t: ["export-wds", str(w["cache"]), "--output", str(w["cache"] / "wds")], ["--output", "cache"]),
+    ("cache-export-onto-the-cache", "cache",
+     lambda w, t: ["export-wds", str(w["cache"]), "--output", str(w["cache"])], ["--output"]),
+    ("cache-export-of-a-run-folder", "cache",
+     lambda w, t: ["export-wds", str(w["run"]), "--output", "wds"], ["manifest.json"]),
+    ("cache-status-of-a-file", "cache", lambda w, t: ["status", str(w["w"] / "existing.json")], ["existing.json"]),
+    ("cache-verify-without-a-folder", "cache", lambda w, t: ["verify"], ["cache_dir"]),
+    ("cache-unknown-command", "cache", lambda w, t: ["stats", str(w["cache"])], ["stats"]),
+    # radar-eval
+    ("eval-on-training-shards", "eval",
+     lambda w, t: ["--cache", str(w["cache"]), "--adapter", str(w["final"]), "--shards", "0-1", "--device", "cpu"],
+     ["--shards", "0", "--allow_train_shards"]),
+    ("eval-with-swapped-arguments", "eval",
+     lambda w, t: ["--cache", str(w["final"]), "--adapter", str(w["cache"])], ["manifest.json"]),
+    ("eval-output-inside-the-cache", "eval",
+     lambda w, t: ["--cache", str(w["cache"]), "--adapter", str(w["final"]), "--output", str(w["cache"] / "eval")],
+     ["--output", "--cache"]),
+    ("eval-output-onto-a-file", "eval",
+     lambda w, t: ["--cache", str(w["cache"]), "--adapter", str(w["final"]), "--output", str(w["w"] / "existing.json")],
+     ["existing.json"]),
+    ("eval-adapter-missing-its-weights", "eval",
+     lambda w, t: ["--cache", str(w["cache"]), "--adapter", str(w["w"] / "adapter_missing")],
+     ["adapter_missing", "adapter_model.safetensors"]),
+    ("eval-adapter-with-truncated-weights", "eval",
+     lambda w, t: ["--cache", str(w["cache"]), "--adapter", str(w["w"] / "adapter_trunc"), "--device", "cpu"],
+     ["adapter_model.safetensors", "truncated"]),
+    ("eval-adapter-with-junk-metadata", "eval",
+     lambda w, t: ["--cache", str(w["cache"]), "--adapter", str(w["w"] / "adapter_junk")], ["radar_config.yaml"]),
+    ("eval-on-a-missing-cache", "eval", lambda w, t: ["--cache", "cache/tiny", "--adapter", str(w["final"])],
+     ["cache/tiny"]),
+    ("eval-without-adapter", "eval", lambda w, t: ["--cache", str(w["cache"])], ["adapter"]),
+    ("eval-with-a-made-up-device", "eval",
+     lambda w, t: ["--cache", str(w["cache"]), "--adapter", str(w["final"]), "--device", "gpu"], ["--device"]),
+    ("eval-with-zero-batch", "eval",
+     lambda w, t: ["--cache", str(w["cache"]), "--adapter", str(w["final"]), "--batch_size", "0"], ["--batch_size"]),
+    # radar-generate
+    ("generate-classes-out-of-range", "generate", lambda w, t: [*_generate_opts(w), "--classes", "0-12"],
+     ["--classes", "10"]),
+    ("generate-zero-batch", "generate", lambda w, t: [*_generate_opts(w), "--batch_size", "0"], ["--batch_size"]),
+    ("generate-onto-a-file", "generate", lambda w, t: [*_generate_opts(w), "--output", str(w["w"] / "existing.json")],
+     ["existing.json"]),
+    ("generate-into-the-adapter", "generate",
+     lambda w, t: [*_generate_opts(w), "--adapter", str(w["final"]), "--output", str(w["final"])], ["--adapter"]),
+    ("generate-with-a-cache-as-adapter", "generate", lambda w, t: [*_generate_opts(w), "--adapter", str(w["cache"])],
+     ["adapter_config.json"]),
+    ("generate-with-an-unknown-preset", "generate", lambda w, t: ["--model.preset", "var-d17", "--device", "cpu"],
+     ["var-d17"]),
+    ("generate-with-a-truncated-vae", "generate",
+     lambda w, t: [*_generate_opts(w), "--model.vae_checkpoint", str(w["w"] / "trunc.ckpt")], ["trunc.ckpt"]),
+    ("generate-with-bad-seeds", "generate", lambda w, t: [*_generate_opts(w), "--seeds", "0..3"], ["--seeds"]),
+    # radar-fid
+    ("fid-without-the-inception-file", "fid",
+     lambda w, t: ["--inception", "inception.pt", "--model.preset", "tiny", "--num_samples", "4"], ["inception.pt"]),
+    ("fid-with-zero-samples", "fid",
+     lambda w, t: ["--inception", str(w["w"] / "junk.bin"), "--num_samples", "0"], ["--num_samples"]),
+    ("fid-onto-a-file", "fid",
+     lambda w, t: ["--inception", str(w["w"] / "junk.bin"), "--output", str(w["w"] / "existing.json")], ["existing.json"]),
+    ("fid-with-a-junk-inception", "fid",
+     lambda w, t: ["--inception", str(w["w"] / "junk.bin"), "--model.preset", "tiny", "--num_samples", "4"],
+     ["junk.bin"]),
+    # radar-accel
+    ("calibrate-onto-an-existing-file", "accel",
+     lambda w, t: ["calibrate", "--model.preset", "tiny", "--num_samples", "2", "--output", str(w["w"] / "existing.json")],
+     ["--output", "--overwrite"]),
+    ("calibrate-onto-a-folder", "accel",
+     lambda w, t: ["calibrate", "--model.preset", "tiny", "--num_samples", "2", "--output", str(w["run"])], ["--output"]),
+    ("calibrate-alpha-above-one", "accel",
+     lambda w, t: ["calibrate", "--model.preset", "tiny", "--alpha", "1.5"], ["--alpha"]),
+    ("calibrate-negative-samples", "accel",
+     lambda w, t: ["calibrate", "--model.preset", "tiny", "--num_samples", "-5"], ["--num_samples"]),
+    ("accel-show-unknown-method", "accel", lambda w, t: ["show", "--accel.method", "fastvarr"], ["--accel.method"]),
+    ("accel-show-junk-rank-file", "accel",
+     lambda w, t: ["show", "--accel.method", "stagevar", "--accel.stagevar.rank_ratios", str(w["w"] / "junk.bin")],
+     ["junk.bin"]),
+    # radar-bench
+    ("bench-pipeline-onto-an-existing-json", "bench",
+     lambda w, t: ["pipeline", "--json", str(w["w"] / "existing.json")], ["--json", "--overwrite"]),
+    ("bench-train-onto-a-folder", "bench", lambda w, t: ["train", "--json", str(w["run"])], ["--json"]),
+    ("bench-cache-missing-config", "bench", lambda w, t: ["cache", "--cache_config", "tiny.yaml"], ["tiny.yaml"]),
+    ("bench-unknown-command", "bench", lambda w, t: ["acel"], ["acel"]),
+    # radar-demo
+    ("demo-into-a-foreign-folder", "demo", lambda w, t: ["--output", str(w["w"] / "not_a_cache"), "--model", "tiny"],
+     ["not_a_cache", "notes.txt"]),
+    ("demo-onto-a-file", "demo", lambda w, t: ["--output", str(w["w"] / "existing.json"), "--model", "tiny"],
+     ["existing.json"]),
+    ("demo-unknown-model", "demo", lambda w, t: ["--output", "demo", "--model", "tiyn"], ["tiyn.yaml"]),
+    ("demo-zero-steps", "demo", lambda w, t: ["--output", "demo", "--model", "tiny", "--train_steps", "0"],
+     ["--train_steps"]),
+    # radar-toy
+    ("toy-train-over-earlier-weights", "toy", lambda w, t: ["train", "--output", str(w["w"] / "toy_out")],
+     ["--output", "toy_vae.safetensors", "--overwrite"]),
+    ("toy-measure-zero-images", "toy", lambda w, t: ["measure", "--setup.images_per_class", "0"], ["images_per_class"]),
+    ("toy-measure-onto-a-file", "toy", lambda w, t: ["measure", "--output", str(w["w"] / "existing.json")],
+     ["existing.json"]),
+    # radar-check-reference
+    ("check-reference-missing-fixture", "check_reference", lambda w, t: ["fixtures/tiny_b"], ["tiny_b"]),
+    ("check-reference-made-up-device", "check_reference",
+     lambda w, t: [str(Path(__file__).parent / "fixtures" / "tiny_a"), "--device", "gpu0"], ["--device"]),
+]
+
+
+@pytest.mark.parametrize("cli,make_argv,needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_error_line_and_changes_nothing(world, tmp_path, cli, make_argv, needles):
+    argv = make_argv(world, tmp_path)
+    before = snapshot(world["w"], tmp_path)
+    code, err = _call(cli, argv, tmp_path)
+    assert code not in (0, None), err
+    assert_one_line_error(err, *needles)
+    assert_unchanged(before, snapshot(world["w"], tmp_path))
+
+
+SUBPROCESS_CASES = ["export-into-the-run-folder", "fit-with-a-binary-config", "eval-on-training-shards"]
+
+
+@pytest.mark.parametrize("case", SUBPROCESS_CASES)
+def test_a_console_command_prints_no_traceback(world, tmp_path, case):
+    _, cli, make_argv, needles = next(c for c in CASES if c[0] == case)
+    before = snapshot(world["w"], tmp_path)
+    r = subprocess.run([sys.executable, "-m", f"radar_train.cli.{cli}", *make_argv(world, tmp_path)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert_one_line_error(r.stderr, *needles)
+    assert_unchanged(before, snapshot(world["w"], tmp_path))
+
+
+# ------------------------------------------------------------------------------------------------ the rules
+def test_last_ckpt_holds_the_final_step_when_max_steps_is_not_a_multiple_of_the_interval(world):
+    """3 steps, a checkpoint every 2: last.ckpt and the kept step checkpoint are those of step 3, the state
+    final/ was exported from."""
+    from safetensors.torch import load_file
+
+    ckpts = sorted(p.name for p in (world["run"] / "checkpoints").iterdir())
+    assert ckpts == ["last.ckpt", "step-000003.ckpt"]
+    state = torch.load(world["ckpt"], map_location="cpu", weights_only=True)
+    assert state["global_step"] == 3 and state["radar"]["global_step"] == 3
+    final = load_file(world["final"] / "adapter_model.safetensors")
+    lora = {k: v for k, v in state["state_dict"].items() if ".lora_" in k}
+    assert len(final) == len(lora) > 0
+    assert sorted(v.sum().item() for v in final.values()) == pytest.approx(sorted(v.sum().item() for v in lora.values()))
+
+
+def test_an_export_gets_the_normal_file_mode_and_replaces_only_with_overwrite(world, tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    out = tmp_path / "adapter"
+    assert _call("train", ["export", "--ckpt", str(world["ckpt"]), "--output", str(out)], tmp_path)[0] == 0
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes == dict.fromkeys(["adapter_config.json", "adapter_model.safetensors", "radar_config.yaml"],
+                                  0o666 & ~umask)
+    first = snapshot(out)
+    assert _call("train", ["export", "--ckpt", str(world["ckpt"]), "--output", str(out)], tmp_path)[0] == 2
+    assert snapshot(out) == first
+    assert _call("train", ["export", "--ckpt", str(world["ckpt"]), "--output", str(out), "--overwrite"], tmp_path)[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no temporary or old folder left
+
+
+def test_eval_on_training_shards_with_the_override_warns_and_records_them(world, tmp_path):
+    argv = ["--cache", str(world["cache"]), "--adapter", str(world["final"]), "--shards", "0-1", "--device", "cpu",
+            "--allow_train_shards", "--output", "ev"]
+    with pytest.warns(UserWarning, match="training shards"):
+        code, _ = _call("eval", argv, tmp_path)
+    assert code == 0
+    report = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert report["train_shard_overlap"] == [0] and report["held_out"] is False and report["shards"] == [0, 1]
+    assert "NOT held-out" in (tmp_path / "ev" / "eval.md").read_text()
+    held = ["--cache", str(world["cache"]), "--adapter", str(world["final"]), "--device", "cpu", "--output", "ev2"]
+    assert _call("eval", held, tmp_path)[0] == 0
+    report = json.loads((tmp_path / "ev2" / "eval.json").read_text())
+    assert report["shards"] == [1] and report["held_out"] is True and report["train_shard_overlap"] == []
+
+
+def test_calibrate_checks_its_output_before_measuring_and_leaves_no_temporary_file(world, tmp_path, monkeypatch):
+    import radar_train.accel.calibrate as calibrate
+    import radar_train.models as models
+
+    def must_not_load(*a, **k):
+        raise AssertionError("models loaded before the output was checked")
+
+    (tmp_path / "ranks.yaml").write_text("mine\n")
+    with monkeypatch.context() as m:
+        m.setattr(models, "load_models", must_not_load)
+        code, err = _call("accel", ["calibrate", "--model.preset", "tiny", "--output", "ranks.yaml"], tmp_path)
+    assert code == 2 and "--overwrite" in err and (tmp_path / "ranks.yaml").read_text() == "mine\n"
+
+    def fails(*a, **k):
+        raise ValueError("measurement failed")
+
+    monkeypatch.setattr(calibrate, "calibrate_ranks", fails)
+    code, err = _call("accel", ["calibrate", "--model.preset", "tiny", "--num_samples", "2", "--device", "cpu",
+                                "--output", "ranks.yaml", "--overwrite"], tmp_path)
+    assert code == 2 and "measurement failed" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ranks.yaml"] and (tmp_path / "ranks.yaml").read_text() == "mine\n"
+
+
+def test_a_new_fit_into_a_run_that_never_checkpointed_is_allowed_but_a_run_is_resumed_not_restarted(world, tmp_path):
+    """A folder holding only config.yaml and tb/ (an attempt stopped before its first checkpoint) is reused;
+    a run with checkpoints accepts --ckpt_path last (its own folder) and refuses a fresh start."""
+    from radar_train.cli.train import check_run_folder
+    from radar_train.outputs import OutputError
+
+    early = tmp_path / "early"
+    (early / "tb").mkdir(parents=True)
+    (early / "config.yaml").write_text("trainer: {}\n")
+    check_run_folder(early, None, "fit", {})
+    check_run_folder(world["run"], "last", "fit", {})
+    check_run_folder(world["run"], str(world["ckpt"]), "fit", {})
+    with pytest.raises(OutputError, match="holds a run already"):
+        check_run_folder(world["run"], str(world["w"] / "trunc.ckpt"), "fit", {})
+    with pytest.raises(OutputError, match="not a run folder .*notes.txt"):
+        check_run_folder(world["w"] / "not_a_cache", None, "fit", {})
+    check_run_folder(world["run"], None, "validate", {})  # validate adds tb/ events, replaces nothing

@@ -1,0 +1,68 @@
+"""radar_train.inputs: every read failure of a user's file is one line naming it."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from radar_train.inputs import InputError, load_safetensors, load_torch, read_json, read_yaml
+
+
+@pytest.fixture
+def files(tmp_path):
+    torch.save({"w": torch.ones(64, 64)}, tmp_path / "good.pt")
+    (tmp_path / "trunc.pt").write_bytes((tmp_path / "good.pt").read_bytes()[:300])
+    save_file({"w": torch.ones(64, 64)}, str(tmp_path / "good.safetensors"))
+    (tmp_path / "trunc.safetensors").write_bytes((tmp_path / "good.safetensors").read_bytes()[:200])
+    (tmp_path / "junk.yaml").write_bytes(bytes(range(128, 256)))
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    (tmp_path / "bad.yaml").write_text("a: [1, 2\n")
+    (tmp_path / "bad.json").write_text('{"a": 1,}')
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "folder").mkdir()
+    return tmp_path
+
+
+@pytest.mark.parametrize("reader,name,message", [
+    (load_torch, "trunc.pt", "truncated or not a torch checkpoint"),
+    (load_torch, "empty.pt", "checkpoint"),
+    (load_torch, "folder", "is a folder, expected a file"),
+    (load_torch, "missing.pt", "not found"),
+    (load_safetensors, "trunc.safetensors", "truncated or not a safetensors file"),
+    (load_safetensors, "junk.yaml", "safetensors"),
+    (read_yaml, "junk.yaml", "not a text file"),
+    (read_yaml, "list.yaml", "not a YAML mapping"),
+    (read_yaml, "bad.yaml", "not valid YAML (line"),
+    (read_json, "bad.json", "not valid JSON (line 1"),
+])
+def test_a_read_failure_is_one_line_naming_the_file(files, reader, name, message):
+    with pytest.raises(InputError) as e:
+        reader(files / name)
+    text = str(e.value)
+    assert text.startswith(f"{files / name}: ") and message in text and "\n" not in text
+
+
+def test_good_files_read(files):
+    assert torch.equal(load_torch(files / "good.pt")["w"], torch.ones(64, 64))
+    assert torch.equal(load_safetensors(files / "good.safetensors")["w"], torch.ones(64, 64))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_an_unreadable_file_is_named(files):
+    p = files / "good.pt"
+    p.chmod(0)
+    try:
+        with pytest.raises(InputError, match="permission denied"):
+            load_torch(p)
+    finally:
+        p.chmod(0o644)
+
+
+def test_torch_files_are_read_with_weights_only(tmp_path):
+    from fractions import Fraction  # a class weights_only=True refuses to build from a pickle
+
+    torch.save({"obj": Fraction(1, 3)}, tmp_path / "pickle.pt")
+    with pytest.raises(InputError, match="pickle.pt: checkpoint"):
+        load_torch(tmp_path / "pickle.pt")

@@ -1,0 +1,123 @@
+"""radar_train.outputs: the output rule's checks and the whole-or-absent writers."""
+from __future__ import annotations
+
+import pytest
+
+from radar_train.outputs import (OutputError, atomic_file, check_no_overlap, check_output_dir, check_output_file,
+                                 check_replace_dir, check_resume_dir, replace_dir, staged_entries, write_text_atomic)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "manifest.json").write_text("{}")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"ckpt")
+    (tmp_path / "file.json").write_text("{}")
+    return tmp_path
+
+
+@pytest.mark.parametrize("output,inputs,message", [
+    ("cache", {"--cache": "cache"}, "is the input --cache"),
+    ("cache/eval", {"--cache": "cache"}, "lies inside the input --cache"),
+    ("run", {"--ckpt": "run/checkpoints/last.ckpt"}, "would overwrite the input --ckpt"),
+    ("out", {"--caches": ["x", "cache"], "--vae": None}, None),
+])
+def test_overlap_names_the_output_and_the_input(tree, monkeypatch, output, inputs, message):
+    monkeypatch.chdir(tree)
+    if message is None:
+        check_no_overlap("--output", output, inputs)
+        return
+    with pytest.raises(OutputError, match=message) as e:
+        check_no_overlap("--output", output, inputs)
+    assert str(e.value).startswith(f"--output {output} ") and "\n" not in str(e.value)
+
+
+def test_an_output_folder_above_an_input_is_refused_only_where_it_would_replace_it(tree):
+    inputs = {"--cache": tree / "cache"}
+    check_output_dir(tree, ["eval.json"], inputs=inputs)  # eval.json beside the cache: nothing of it replaced
+    with pytest.raises(OutputError, match="would overwrite the input --cache"):
+        check_output_dir(tree, ["cache"], inputs=inputs)
+
+
+def test_file_output_rules(tree):
+    with pytest.raises(OutputError, match="exists: pass --overwrite"):
+        check_output_file(tree / "file.json")
+    check_output_file(tree / "file.json", overwrite=True)
+    with pytest.raises(OutputError, match="is a folder"):
+        check_output_file(tree / "run", overwrite=True)
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        check_output_file(tree / "file.json" / "x.json")
+
+
+def test_folder_entries_are_replaced_only_with_overwrite(tree):
+    (tree / "out").mkdir()
+    (tree / "out" / "eval.json").write_text("old")
+    (tree / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="already holds eval.json"):
+        check_output_dir(tree / "out", ["eval.json", "eval.md"])
+    check_output_dir(tree / "out", ["eval.json", "eval.md"], overwrite=True)
+    with pytest.raises(OutputError, match="is an existing file"):
+        check_output_dir(tree / "file.json", ["eval.json"], overwrite=True)
+
+
+def test_a_replaced_folder_must_be_of_its_kind_even_with_overwrite(tree):
+    def is_run(p):
+        return (p / "checkpoints").is_dir()
+
+    check_replace_dir(tree / "new", is_run, "a run")
+    with pytest.raises(OutputError, match="already holds a run: pass --overwrite"):
+        check_replace_dir(tree / "run", is_run, "a run")
+    check_replace_dir(tree / "run", is_run, "a run", overwrite=True)
+    with pytest.raises(OutputError, match="not a run and not empty: it is never replaced"):
+        check_replace_dir(tree / "cache", is_run, "a run", overwrite=True)
+
+
+def test_a_resumed_folder_must_hold_its_marker(tree):
+    check_resume_dir(tree / "cache", "manifest.json", "a cache")
+    check_resume_dir(tree / "new", "manifest.json", "a cache")
+    with pytest.raises(OutputError, match="holds no manifest.json"):
+        check_resume_dir(tree / "run", "manifest.json", "a cache")
+
+
+def test_atomic_writes_leave_nothing_behind_on_failure(tmp_path):
+    (tmp_path / "a.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_file(tmp_path / "a.txt") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"] and (tmp_path / "a.txt").read_text() == "old"
+    write_text_atomic(tmp_path / "a.txt", "new")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"] and (tmp_path / "a.txt").read_text() == "new"
+
+
+def test_staged_entries_replace_theirs_keep_the_rest_and_clean_up_on_failure(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "grid.png").write_text("old")
+    (out / "notes.txt").write_text("mine")
+    with staged_entries(out, ["grid.png", "vanilla"]) as stage:
+        (stage / "grid.png").write_text("new")
+        (stage / "vanilla").mkdir()
+        (stage / "vanilla" / "a.png").write_text("png")
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "notes.txt", "vanilla"]
+    assert (out / "grid.png").read_text() == "new" and (out / "notes.txt").read_text() == "mine"
+    with pytest.raises(RuntimeError):
+        with staged_entries(out, ["grid.png"]) as stage:
+            (stage / "grid.png").write_text("newer")
+            raise RuntimeError("killed")
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "notes.txt", "vanilla"]
+    assert (out / "grid.png").read_text() == "new"
+    with pytest.raises(RuntimeError):
+        with staged_entries(tmp_path / "fresh", ["grid.png"]):
+            raise RuntimeError("killed")
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_replace_dir_swaps_a_finished_folder_in(tmp_path):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "a").write_text("1")
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "tmp" / "b").write_text("2")
+    replace_dir(tmp_path / "tmp", tmp_path / "old")
+    assert [p.name for p in tmp_path.iterdir()] == ["old"] and [p.name for p in (tmp_path / "old").iterdir()] == ["b"]
