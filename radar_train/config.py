@@ -10,6 +10,7 @@ from typing import Literal, Optional, Sequence, Union
 __all__ = ["ModelArgs", "SamplingConfig", "FastVARArgs", "StageVARArgs", "SCAArgs", "AccelArgs", "parse_int_list"]
 
 Noise = Literal["official", "per_sample"]
+Engine = Literal["auto", "eager", "graphs", "compiled"]
 
 
 @dataclass
@@ -35,6 +36,11 @@ class SamplingConfig:
     top_p: float = 0.96  # 0 = off
     noise: Noise = "per_sample"
     more_smooth: bool = False  # official visualisation trick (soft codebook mix); official noise only
+    engine: Engine = "auto"
+    """How the sampling loop runs (the tokens do not depend on it): eager (plain PyTorch calls), graphs
+    (each scale's step captured once as a CUDA graph and replayed; CUDA, per_sample noise), compiled
+    (torch.compile of each scale's step; on CUDA captured as CUDA graphs too; per_sample noise), or auto:
+    graphs on CUDA with per_sample noise, else eager. Not part of a cache's identity."""
 
     def problems(self) -> list[str]:
         p = []
@@ -48,6 +54,11 @@ class SamplingConfig:
             p.append(f"sampling.noise must be 'official' or 'per_sample', got {self.noise!r}")
         if self.more_smooth and self.noise != "official":
             p.append("sampling.more_smooth needs noise='official'")
+        if self.engine not in ("auto", "eager", "graphs", "compiled"):
+            p.append(f"sampling.engine must be auto, eager, graphs or compiled, got {self.engine!r}")
+        elif self.engine in ("graphs", "compiled") and self.noise != "per_sample":
+            p.append(f"sampling.engine {self.engine} needs noise='per_sample' (official noise draws from torch "
+                     f"generators; it runs with engine eager or auto)")
         return p
 
 

@@ -77,5 +77,16 @@ def normal(keys: torch.Tensor, n: int, offset: int = 0) -> torch.Tensor:
     return u1.log_().mul_(-2.0).sqrt_().mul_(torch.cos(u2.mul_(2 * math.pi)))
 
 
-def key_tensor(keys: list[int], device: torch.device | str) -> torch.Tensor:
-    return torch.tensor(keys, dtype=torch.int64, device=device)
+def key_tensor(keys, device: torch.device | str) -> torch.Tensor:
+    """Stream keys (a list, possibly nested, of 63-bit ints made on the host) as an int64 tensor on `device`;
+    to CUDA through pinned memory without blocking, so no host synchronisation happens."""
+    return to_device(torch.tensor(keys, dtype=torch.int64), device)
+
+
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host tensor on `device`: CUDA copies go through pinned memory with non_blocking (a pageable copy
+    would wait for the device to finish its queued work)."""
+    device = torch.device(device)
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)

@@ -9,23 +9,36 @@ Noise modes
   vanilla run of the same seed, which couples HQ/LQ pairs.
 
 The loop is a small state machine (`SamplingState`) so that a run can be advanced to a scale, forked,
-and each fork continued with its own acceleration method (`generate_pairs`).
+and each fork continued with its own acceleration method (`generate_pairs`). Each scale is a host-side
+plan (`_plan`: skip, CFG-half switch; Python only) and a device step (`_compute`: transformer, guidance,
+token draw, f_hat update) whose shapes, offsets and inputs are fixed by the configuration, the batch size
+and tensors made once per call (per-sample noise keys for every scale), so the step has no host
+synchronisation and can be captured. The engine (`sampling.engine`, `radar_train.engine`) decides how
+the step runs: eagerly, replayed as CUDA graphs, or compiled; the tokens do not depend on it.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from radar_train.accel.base import AccelMethod, AccelRun, Branch, RunContext, branch_rows
 from radar_train import noise
 from radar_train.config import Noise, SamplingConfig
+from radar_train.engine import ENGINES, engines_for, make_engine, resolve_engine
 from radar_train.models.quantizer import MultiScaleQuantizer
 from radar_train.models.var import VAR
 from radar_train.seeding import derive_seed, make_generator
+
+__all__ = ["ENGINES", "NextScaleSampler", "PairOutput", "SampleOutput", "SamplingState", "decode_images",
+           "engines_for", "filter_top_k_top_p_", "generate_pairs", "gumbel_keys", "gumbel_max",
+           "sample_top_k_per_sample", "token_keys"]
+
 
 @dataclass
 class SampleOutput:
@@ -44,25 +57,42 @@ class PairOutput:
 
 @dataclass
 class SamplingState:
-    labels: torch.Tensor  # (B,)
-    seeds: Optional[torch.Tensor]  # (B,) per_sample
-    cond_all: torch.Tensor  # (2B, C): conditional rows then unconditional rows
+    labels: torch.Tensor  # (B,) on the device
+    seeds: Optional[torch.Tensor]  # (B,) per_sample, on the host
+    cond_all: Optional[torch.Tensor]  # (2B, C): conditional rows then unconditional rows
     branch: Branch
-    kv: object
-    f_hat: torch.Tensor
+    kv: object  # KVCache
+    f_hat: Optional[torch.Tensor]
     next_map: Optional[torch.Tensor]  # (B, pn², Cvae) input of scale `si`, None before scale 0
     si: int
     indices: list[torch.Tensor]
     accel: Optional[AccelRun]
     generator: Optional[torch.Generator]  # official noise
-    lvl_pos: torch.Tensor
+    lvl_pos: Optional[torch.Tensor]
     skipped_from: Optional[int] = None
     trace: Optional[dict[str, torch.Tensor]] = None
     _mods: dict = field(default_factory=dict)  # CFG branch -> per-block AdaLN modulations
+    token_keys: Optional[torch.Tensor] = None  # (K, B) per_sample noise keys of every scale, on the device
+    handle: object = None  # a captured engine's hold on the workspace the run lives in (None: eager)
+    eager: bool = False  # runs eagerly under every engine (trace, or a method that cannot be captured)
 
     @property
     def batch_size(self) -> int:
         return self.labels.shape[0]
+
+
+def copy_state(state: SamplingState) -> SamplingState:
+    """A copy sharing the tensors but with its own containers and bookkeeping (KV fill counts and row
+    views, index list, modulation dict, method state), so advancing one does not change the other's view.
+    Tensors written in place (the KV buffers, f_hat) are shared: use `NextScaleSampler.fork` for a run
+    that continues independently."""
+    other = copy.copy(state)
+    other.kv = None if state.kv is None else state.kv.shallow_copy()
+    other.indices = list(state.indices)
+    other._mods = dict(state._mods)
+    other.trace = None if state.trace is None else dict(state.trace)
+    other.accel = None if state.accel is None else state.accel.fork()
+    return other
 
 
 # ---------------------------------------------------------------------------- token selection
@@ -85,6 +115,13 @@ def filter_top_k_top_p_(logits: torch.Tensor, top_k: int, top_p: float) -> torch
 def gumbel_keys(seeds: Sequence[int], si: int, device) -> torch.Tensor:
     """Keys of the per-sample token-noise streams at scale si."""
     return noise.key_tensor([derive_seed(int(s), si, "token") for s in seeds], device)
+
+
+def token_keys(seeds: Sequence[int] | torch.Tensor, num_scales: int, device) -> torch.Tensor:
+    """(num_scales, B) keys of the per-sample token-noise streams of every scale: derived on the host once
+    per call and moved to the device in one copy (row si = `gumbel_keys(seeds, si)`)."""
+    seeds = [int(s) for s in seeds]
+    return noise.key_tensor([[derive_seed(s, si, "token") for s in seeds] for si in range(num_scales)], device)
 
 
 def gumbel_max(logits_BlV: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -116,10 +153,14 @@ def sample_top_k_per_sample(logits_BlV: torch.Tensor, keys: torch.Tensor, top_k:
 
 # ---------------------------------------------------------------------------- the sampler
 class NextScaleSampler:
-    """Runs VAR + the VQ-VAE quantizer (no decoding) scale by scale."""
+    """Runs VAR + the VQ-VAE quantizer (no decoding) scale by scale.
+
+    `engine` (default: `config.engine`) selects how the per-scale step runs; see `radar_train.engine`."""
 
     def __init__(self, var: VAR, quantizer: MultiScaleQuantizer, config: SamplingConfig = SamplingConfig(),
-                 autocast_dtype: Optional[torch.dtype] = None):
+                 autocast_dtype: Optional[torch.dtype] = None, engine: Optional[str] = None):
+        if engine is not None:
+            config = dataclasses.replace(config, engine=engine)
         problems = config.problems()
         if problems:
             raise ValueError("invalid sampling configuration: " + "; ".join(problems))
@@ -132,24 +173,40 @@ class NextScaleSampler:
         self.var, self.quantizer, self.config = var, quantizer, config
         self.patch_nums = tuple(var.patch_nums)
         self.autocast_dtype = autocast_dtype
+        K = len(self.patch_nums)
+        self._phis = [quantizer.phi(si, K) for si in range(K)]  # resolved once: the step runs no numpy
+        self.engine_name = resolve_engine(config.engine, self.device, config.noise)
+        self._engine = make_engine(self.engine_name, self)
 
     @property
     def device(self) -> torch.device:
         return self.var.pos_1LC.device
 
+    @property
+    def engine(self) -> str:
+        """The engine in use (`auto` resolved; eager after a failed capture under auto)."""
+        return self._engine.name
+
+    @property
+    def kv_dtype(self) -> torch.dtype:
+        """Storage dtype of the KV cache: the compute dtype (the autocast dtype, else float32)."""
+        return self.autocast_dtype or torch.float32
+
     def _autocast(self):
         if self.autocast_dtype is None or self.autocast_dtype == torch.float32:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        # no cast cache: the cached casts would be allocated inside a capture and outlive it
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype, cache_enabled=False)
 
     # -------------------------------------------------------------- public API
     @torch.no_grad()
     def start(self, labels: torch.Tensor | int | None, *, batch_size: Optional[int] = None,
               seeds: Optional[torch.Tensor | Sequence[int]] = None, g_seed: Optional[int] = None,
               accel: Optional[AccelMethod] = None, trace: bool = False) -> SamplingState:
-        """Prepare a run. per_sample noise needs `seeds` (one per sample); official noise takes `g_seed`
-        (None = the global RNG) and accepts `labels` None (drawn uniformly) or an int (negative =
-        unconditional)."""
+        """Prepare a run. per_sample noise needs `seeds` (one per sample, best given on the host);
+        official noise takes `g_seed` (None = the global RNG) and accepts `labels` None (drawn uniformly)
+        or an int (negative = unconditional). Labels given on the host are checked there; labels already on
+        a CUDA device are checked by a device-side assertion (no host synchronisation)."""
         dev, var = self.device, self.var
         generator = None
         if self.config.noise == "official":
@@ -166,10 +223,8 @@ class NextScaleSampler:
             labels = torch.full((batch_size,), var.num_classes if labels < 0 else labels, device=dev, dtype=torch.long)
         if labels is None:
             raise ValueError("per_sample noise needs explicit labels")
-        labels = torch.as_tensor(labels, dtype=torch.long, device=dev).reshape(-1)
+        labels = self._labels(labels)
         B = labels.shape[0]
-        if bool(((labels < 0) | (labels > var.num_classes)).any()):
-            raise ValueError(f"labels must lie in [0, {var.num_classes}] ({var.num_classes} = unconditional)")
         if self.config.noise == "per_sample":
             if seeds is None:
                 raise ValueError("per_sample noise needs one seed per sample (seeds=...)")
@@ -178,19 +233,11 @@ class NextScaleSampler:
                 raise ValueError(f"got {seeds.shape[0]} seeds for {B} labels")
         else:
             seeds = None
-        accel_run = None
         if accel is not None:
             accel.validate(self.patch_nums, var.depth)
-            ctx = RunContext(self.patch_nums, var.depth, B, seeds, g_seed, dev)
-            accel_run = accel.start(ctx)
-        cond_all = var.class_cond(torch.cat((labels, torch.full_like(labels, var.num_classes))))
-        P = self.patch_nums[-1]
-        return SamplingState(
-            labels=labels, seeds=seeds, cond_all=cond_all, branch="both", kv=var.new_kv_cache(),
-            f_hat=torch.zeros(B, self.quantizer.z_channels, P, P, device=dev, dtype=torch.float32),
-            next_map=None, si=0, indices=[], accel=accel_run, generator=generator, lvl_pos=var.level_pos(),
-            trace={} if trace else None,
-        )
+        state = self._new_state(labels, seeds, g_seed, accel, trace, generator)
+        self._engine.begin(state, accel)
+        return state
 
     @torch.no_grad()
     def advance(self, state: SamplingState, until: Optional[int] = None) -> SamplingState:
@@ -198,57 +245,74 @@ class NextScaleSampler:
         K = len(self.patch_nums)
         until = K if until is None else min(until, K)
         while state.si < until and state.skipped_from is None:
-            self._scale(state)
+            self._engine.scale(state)
         return state
 
     @torch.no_grad()
     def fork(self, state: SamplingState, accel: Optional[AccelMethod] = None) -> SamplingState:
         """An independent copy of the run. The copy continues with `accel` (None: vanilla); the method's
         state is forked from the original only if it is the same method, else started fresh."""
-        other = copy.copy(state)
-        other.kv = state.kv.fork()
-        other.f_hat = state.f_hat.clone()
-        other.indices = list(state.indices)
-        other._mods = dict(state._mods)
-        other.trace = None if state.trace is None else dict(state.trace)
-        if state.generator is not None:
-            other.generator = torch.Generator(device=state.generator.device)
-            other.generator.set_state(state.generator.get_state())
-        if accel is None:
-            other.accel = None
-        elif state.accel is not None:
-            other.accel = state.accel.fork()
-        else:
+        if accel is not None and state.accel is None:
             raise ValueError("cannot fork into an accelerated run from a run without its method state")
-        return other
+        return self._engine.fork(state, accel)
 
     def output(self, state: SamplingState) -> SampleOutput:
+        """The run's result. With a captured engine the tensors are copies (the engine's buffers are
+        reused by the next call)."""
         B = state.batch_size
         idx = list(state.indices)
         for pn in self.patch_nums[len(idx):]:
             idx.append(torch.full((B, pn * pn), -1, dtype=torch.long, device=state.f_hat.device))
-        return SampleOutput(state.f_hat, idx, state.skipped_from, state.trace)
+        f_hat = state.f_hat
+        if state.handle is not None:
+            f_hat, idx = f_hat.clone(), [t.clone() for t in idx]
+        return SampleOutput(f_hat, idx, state.skipped_from, state.trace)
 
     def sample(self, labels, *, seeds=None, g_seed=None, batch_size=None, accel: Optional[AccelMethod] = None,
                trace: bool = False) -> SampleOutput:
         state = self.start(labels, seeds=seeds, g_seed=g_seed, batch_size=batch_size, accel=accel, trace=trace)
         return self.output(self.advance(state))
 
-    # -------------------------------------------------------------- one scale
-    def _mods(self, state: SamplingState, cond: torch.Tensor) -> list:
-        """AdaLN modulations of the rows that run now (computed once per run and CFG branch)."""
-        if state.branch not in state._mods:
-            state._mods[state.branch] = self.var.modulations(cond)
-        return state._mods[state.branch]
+    # -------------------------------------------------------------- host side
+    def _labels(self, labels) -> torch.Tensor:
+        """Labels as a (B,) int64 tensor on the device, checked without a host synchronisation."""
+        nc, dev = self.var.num_classes, self.device
+        msg = f"labels must lie in [0, {nc}] ({nc} = unconditional)"
+        if isinstance(labels, torch.Tensor) and labels.device.type == "cuda":
+            labels = labels.to(dev, torch.long).reshape(-1)
+            torch._assert_async(((labels >= 0) & (labels <= nc)).all(), msg)
+            return labels
+        host = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        if host.device.type == "cpu":
+            if bool(((host < 0) | (host > nc)).any()):
+                raise ValueError(msg)
+            return noise.to_device(host, dev)
+        host = host.to(dev)
+        if bool(((host < 0) | (host > nc)).any()):
+            raise ValueError(msg)
+        return host
 
-    def _scale(self, state: SamplingState) -> None:
-        var, si, B = self.var, state.si, state.batch_size
-        K = len(self.patch_nums)
-        pn = self.patch_nums[si]
+    def _new_state(self, labels: torch.Tensor, seeds: Optional[torch.Tensor], g_seed: Optional[int],
+                   accel: Optional[AccelMethod], trace: bool, generator: Optional[torch.Generator] = None
+                   ) -> SamplingState:
+        """A run before its device work: the method's run state and the noise keys of every scale."""
+        dev = self.device
+        accel_run = None
+        if accel is not None:
+            accel_run = accel.start(RunContext(self.patch_nums, self.var.depth, labels.shape[0], seeds, g_seed, dev))
+        return SamplingState(
+            labels=labels, seeds=seeds, cond_all=None, branch="both", kv=None, f_hat=None, next_map=None, si=0,
+            indices=[], accel=accel_run, generator=generator, lvl_pos=None, trace={} if trace else None,
+            token_keys=None if seeds is None else token_keys(seeds, len(self.patch_nums), dev))
+
+    def _plan(self, state: SamplingState) -> bool:
+        """The host-side part of a scale: ask the method whether to skip (False: the run stops here) or
+        to switch to one CFG half (the KV cache and the method's state keep that half's rows, as views)."""
+        si, B = state.si, state.batch_size
         plan = state.accel.plan(si) if state.accel is not None else None
         if plan is not None and plan.skip:
             state.skipped_from = si
-            return
+            return False
         if plan is not None and plan.branch != state.branch:
             if state.branch != "both":
                 raise RuntimeError(f"scale {si}: cannot switch CFG branch from {state.branch} to {plan.branch}")
@@ -256,6 +320,48 @@ class NextScaleSampler:
             state.kv.select_rows(rows)
             state.accel.select_rows(rows)
             state.branch = plan.branch
+        return True
+
+    def _fork_state(self, state: SamplingState, accel: Optional[AccelMethod],
+                    kv_buffers: Optional[list] = None) -> SamplingState:
+        """The forked run (KV cache and f_hat copied, into `kv_buffers` if given)."""
+        other = copy.copy(state)
+        other.kv = state.kv.fork(kv_buffers)
+        other.f_hat = state.f_hat.clone()
+        other.indices = list(state.indices)
+        other._mods = dict(state._mods)
+        other.trace = None if state.trace is None else dict(state.trace)
+        other.handle = None
+        if state.generator is not None:
+            other.generator = torch.Generator(device=state.generator.device)
+            other.generator.set_state(state.generator.get_state())
+        other.accel = None if accel is None else state.accel.fork()
+        return other
+
+    # -------------------------------------------------------------- device side (captured by the engines)
+    def _begin(self, state: SamplingState, kv_buffers: Optional[list] = None) -> None:
+        """The device work of `start`: class embeddings of both CFG halves, position embeddings, f_hat = 0
+        and the KV cache (in `kv_buffers` if given)."""
+        var, B = self.var, state.batch_size
+        P = self.patch_nums[-1]
+        state.cond_all = var.class_cond(torch.cat((state.labels, torch.full_like(state.labels, var.num_classes))))
+        state.lvl_pos = var.level_pos()
+        state.f_hat = torch.zeros(B, self.quantizer.z_channels, P, P, device=state.labels.device, dtype=torch.float32)
+        state.kv = var.new_kv_cache(self.kv_dtype, kv_buffers)
+
+    def _mods(self, state: SamplingState, cond: torch.Tensor) -> list:
+        """AdaLN modulations of the rows that run now (computed once per run and CFG branch)."""
+        if state.branch not in state._mods:
+            state._mods[state.branch] = self.var.modulations(cond)
+        return state._mods[state.branch]
+
+    def _compute(self, state: SamplingState) -> None:
+        """The device part of scale state.si (after `_plan`): transformer step, CFG, token draw, f_hat
+        update. Shapes and offsets follow from the configuration and the batch size, inputs are tensors:
+        no host synchronisation, no data-dependent Python."""
+        var, si, B = self.var, state.si, state.batch_size
+        K = len(self.patch_nums)
+        pn = self.patch_nums[si]
         cond = state.cond_all[branch_rows(state.branch, B)]
         with self._autocast():
             if si == 0:
@@ -280,20 +386,30 @@ class NextScaleSampler:
         state.indices.append(idx)
         if h_map is None:
             h_map = self.quantizer.indices_to_map(idx, pn)
-        f_hat, nxt = self.quantizer.next_input(si, state.f_hat, h_map.float(), self.patch_nums)
-        state.f_hat = f_hat
+        nxt = self._add_scale(si, state.f_hat, h_map.float())
         state.next_map = None if nxt is None else nxt.flatten(2).transpose(1, 2)
         if state.trace is not None:
-            state.trace[f"f_hat.{si}"] = f_hat.clone()
+            state.trace[f"f_hat.{si}"] = state.f_hat.clone()
         state.si += 1
+
+    def _add_scale(self, si: int, f_hat: torch.Tensor, h_BChw: torch.Tensor) -> Optional[torch.Tensor]:
+        """`MultiScaleQuantizer.next_input` with the scale's φ resolved up front: f_hat += φ(up(h)) in
+        place; returns the next scale's input map (B, Cvae, pn', pn') or None after the last scale."""
+        K, P = len(self.patch_nums), self.patch_nums[-1]
+        if si != K - 1:
+            h_BChw = F.interpolate(h_BChw, size=(P, P), mode="bicubic")
+        f_hat.add_(self._phis[si](h_BChw))
+        if si == K - 1:
+            return None
+        pn = self.patch_nums[si + 1]
+        return F.interpolate(f_hat, size=(pn, pn), mode="area")
 
     def _draw(self, state: SamplingState, guided: torch.Tensor, si: int):
         """Token indices (B, l) for the guided logits; also the soft token map for more_smooth."""
         cfg = self.config
         B, l, V = guided.shape
         if cfg.noise == "per_sample" and 0 < cfg.top_k < V:
-            keys = gumbel_keys(state.seeds.tolist(), si, guided.device)
-            return sample_top_k_per_sample(guided, keys, cfg.top_k, cfg.top_p), None
+            return sample_top_k_per_sample(guided, state.token_keys[si], cfg.top_k, cfg.top_p), None
         filter_top_k_top_p_(guided, cfg.top_k, cfg.top_p)
         if cfg.noise == "official":
             probs = guided.softmax(dim=-1).view(-1, V)
@@ -313,7 +429,7 @@ class NextScaleSampler:
             pn = self.patch_nums[si]
             h = soft @ self.quantizer.embedding.weight.unsqueeze(0)  # (B, l, Cvae)
             return idx, h.transpose(1, 2).reshape(B, self.quantizer.z_channels, pn, pn)
-        return gumbel_max(guided, gumbel_keys(state.seeds.tolist(), si, guided.device)), None
+        return gumbel_max(guided, state.token_keys[si]), None
 
 
 # ---------------------------------------------------------------------------- pairs

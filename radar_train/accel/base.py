@@ -65,6 +65,13 @@ class AccelRun(StepHooks):
     def select_rows(self, index: slice) -> None:
         """The sampler dropped a CFG half: slice any per-row state the same way."""
 
+    def inputs(self) -> dict[str, torch.Tensor]:
+        """The per-call device tensors this run reads while sampling (e.g. random-stream keys derived from
+        the seeds), all made when the run starts (on the host, moved once). A captured engine replays the
+        scales of an earlier run of the same method and batch size after copying these into that run's
+        tensors, so a capturable method computes everything else from the configuration alone."""
+        return {}
+
     def fork(self) -> "AccelRun":
         """An independent copy of the state (tensors are shared; they are never written in place)."""
         other = copy.copy(self)
@@ -77,6 +84,11 @@ class AccelMethod:
     """A configured acceleration method (immutable); `start` makes the per-call state."""
 
     name: ClassVar[str] = "none"
+    capturable: ClassVar[bool] = False
+    """True if a run can be captured and replayed (CUDA graphs, torch.compile): no host synchronisation and
+    no data-dependent Python in `plan`/`begin_scale`/the hooks, per-call randomness only in
+    `AccelRun.inputs`, Python state that follows from the configuration and batch size alone. Methods
+    that observe on the host (calibration probes) leave it False and always run eagerly."""
 
     def problems(self, patch_nums: Sequence[int], depth: int) -> list[str]:
         """Every problem of this configuration for a model with these scales and depth."""
@@ -103,6 +115,11 @@ class AccelMethod:
     def describe(self) -> dict:
         """The resolved configuration, for manifests and logs."""
         return {"method": self.name}
+
+
+def is_capturable(method: "AccelMethod | None") -> bool:
+    """Whether runs of `method` (None: vanilla) may be captured: vanilla, or a method that declares it."""
+    return method is None or type(method) is AccelMethod or method.capturable
 
 
 def branch_rows(branch: Branch, batch_size: int) -> slice:

@@ -54,6 +54,7 @@ def restore_tokens(cached: torch.Tensor, pn: int, idx: torch.Tensor, computed: t
 @dataclass(frozen=True)
 class FastVAR(AccelMethod):
     name = "fastvar"
+    capturable = True
     prune: tuple[tuple[int, float], ...]  # ((scale side, ratio), ...)
     cache_scale: Optional[int] = None  # side; None = the scale just before the first pruned one
     layers: Optional[tuple[int, ...]] = None  # None = all blocks

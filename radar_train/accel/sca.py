@@ -434,6 +434,7 @@ def resolve_budgets(args) -> tuple[Optional[float], Optional[float], list[str]]:
 @dataclass(frozen=True)
 class SCAMask(AccelMethod):
     name = "sca"
+    capturable = True
     patch_nums: tuple[int, ...]  # the schedule the configuration was resolved for
     scales: tuple[int, ...]  # active scale sides
     tile: int
@@ -656,9 +657,11 @@ def flex_attention_call(q, k, v, block_mask, scale: float, tile: int):
 
     if q.device.type != "cuda":
         return flex_attention(q, k, v, block_mask=block_mask, scale=scale)
+    opts = {"BACKEND": "TRITON", "BLOCK_M": min(tile, 64), "BLOCK_N": min(tile, 64)}
+    if torch.compiler.is_compiling():  # inside a compiled sampling step, which compiles it with the rest
+        return flex_attention(q, k, v, block_mask=block_mask, scale=scale, kernel_options=opts)
     if _COMPILED_FLEX is None:
         _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
-    opts = {"BACKEND": "TRITON", "BLOCK_M": min(tile, 64), "BLOCK_N": min(tile, 64)}
     # one static graph per (rows, scale) shape: more than dynamo's default 8 would fall back to eager
     with torch._dynamo.config.patch(recompile_limit=64):
         return _COMPILED_FLEX(q, k, v, block_mask=block_mask, scale=scale, kernel_options=opts)

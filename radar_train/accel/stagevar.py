@@ -55,6 +55,7 @@ def rank_for(alpha_energy: torch.Tensor, alpha: float) -> torch.Tensor:
 @dataclass(frozen=True)
 class StageVAR(AccelMethod):
     name = "stagevar"
+    capturable = True
     scales: tuple[tuple[int, float], ...]  # ((scale side, α), ...)
     single_branch: Literal["cond", "uncond", "off"] = "cond"
     rank_ratios: tuple[tuple[int, tuple[float, ...]], ...] = ()  # ((side, (ratio per block)), ...)
@@ -139,6 +140,8 @@ class _StageVARRun(AccelRun):
         self.cache: dict[int, torch.Tensor] = {}  # block -> its full output at the previous scale
         self.mode: Optional[str] = None
         self.draws: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.rp_scales = [si for si, pn in enumerate(ctx.patch_nums) if self.alphas.get(pn, 0.0) > 0]
+        self.keys = self._keys()  # (RP scales, 2 purposes, rows) int64 on the device, or None
 
     def plan(self, si: int) -> ScalePlan:
         pn = self.ctx.patch_nums[si]
@@ -146,7 +149,10 @@ class _StageVARRun(AccelRun):
             return ScalePlan()
         if self.alphas[pn] == 0.0:
             return ScalePlan(skip=True)
-        return ScalePlan(branch="both" if self.m.single_branch == "off" else self.m.single_branch)
+        return ScalePlan(branch=self._branch())
+
+    def _branch(self) -> Branch:
+        return "both" if self.m.single_branch == "off" else self.m.single_branch
 
     def begin_scale(self, si: int, rows: Branch) -> Optional[StepHooks]:
         super().begin_scale(si, rows)
@@ -159,25 +165,33 @@ class _StageVARRun(AccelRun):
     def select_rows(self, index: slice) -> None:
         self.cache = {k: v[index] for k, v in self.cache.items()}
 
+    def inputs(self) -> dict[str, torch.Tensor]:
+        return {} if self.keys is None else {"keys": self.keys}
+
     # -------------------------------------------------------------- randomness
-    def _row_seeds(self) -> list[tuple[int, str]]:
-        """(seed, branch tag) of every row the transformer sees now."""
+    def _keys(self) -> Optional[torch.Tensor]:
+        """Keys of every random stream the run draws from: per RP scale, for the projection and the RTR
+        draw, one per row the transformer sees there ((seed, branch tag) rows, conditional rows first);
+        derived on the host once per call and moved to the device in one copy."""
+        if not self.rp_scales:
+            return None
         B = self.ctx.batch_size
         if self.ctx.seeds is not None:
             base = [int(s) for s in self.ctx.seeds]
         else:  # official noise: per call, so rows are identified by their position
             base = [derive_seed(self.ctx.call_seed or 0, b) for b in range(B)]
-        if self.rows == "both":
-            return [(s, "cond") for s in base] + [(s, "uncond") for s in base]
-        return [(s, self.rows) for s in base]
+        branch = self._branch()
+        tags = ("cond", "uncond") if branch == "both" else (branch,)
+        rows = [(s, tag) for tag in tags for s in base]
+        return noise.key_tensor([[[derive_seed(s, si, purpose, tag) for s, tag in rows]
+                                  for purpose in ("stagevar-rp", "stagevar-rtr")] for si in self.rp_scales],
+                                self.ctx.device)
 
     def _draw(self, si: int, pn: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """Per block: Q (rows, M, r) and Gumbel keys (rows, M) for the RTR draw. One stream per row and
         purpose; all blocks are drawn in one call each."""
-        M, depth, dev = pn * pn, self.ctx.depth, self.ctx.device
-        rows = self._row_seeds()
-        keys_q = noise.key_tensor([derive_seed(s, si, "stagevar-rp", tag) for s, tag in rows], dev)
-        keys_rtr = noise.key_tensor([derive_seed(s, si, "stagevar-rtr", tag) for s, tag in rows], dev)
+        M, depth = pn * pn, self.ctx.depth
+        keys_q, keys_rtr = self.keys[self.rp_scales.index(si)].unbind(0)
         ranks = [min(M, max(self.m.min_rank, math.ceil(self.m.ratio(pn, j) * M))) for j in range(depth)]
         q_all = noise.normal(keys_q, M * sum(ranks))
         g_all = noise.gumbel(keys_rtr, depth * M).view(-1, depth, M)

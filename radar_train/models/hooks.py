@@ -9,7 +9,7 @@ the full token map, or to attend sparsely and evict keys; the model itself knows
 """
 from __future__ import annotations
 
-from typing import Callable, Literal, Optional
+from typing import Callable, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,42 +45,87 @@ class StepHooks:
 
 
 class KVCache:
-    """Keys and values of every token processed so far, per block: (rows, heads, tokens, head_dim).
+    """Keys and values of every token processed so far, per block, in buffers preallocated to the whole
+    sequence: block b holds `k[b][:, :, :n[b]]` (rows, heads, tokens, head_dim), and a scale's K/V are
+    written in place after them, so a scale never copies the tokens cached before it and every offset is
+    a Python int fixed by the configuration (static shapes: the step can be captured as a CUDA graph).
 
-    Tensors are never modified in place (extension concatenates), so `fork()` is a cheap shallow copy
-    and two forks can be extended independently.
+    A block's buffers are made at its first `extend` (rows, heads and head_dim taken from those K/V) unless
+    `buffers` gives them: one (k, v) pair per block, each (rows, heads, capacity, head_dim), e.g. the static
+    buffers of a captured engine. `dtype` is the storage (= compute) dtype; None keeps the K/V's own.
     """
 
-    def __init__(self, depth: int):
-        self.k: list[torch.Tensor | None] = [None] * depth
-        self.v: list[torch.Tensor | None] = [None] * depth
+    def __init__(self, depth: int, capacity: int = 0, dtype: Optional[torch.dtype] = None,
+                 buffers: Optional[Sequence[tuple[torch.Tensor, torch.Tensor]]] = None):
+        self.capacity, self.dtype = capacity, dtype
+        self.k: list[torch.Tensor | None] = [None] * depth if buffers is None else [k for k, _ in buffers]
+        self.v: list[torch.Tensor | None] = [None] * depth if buffers is None else [v for _, v in buffers]
+        self.n: list[int] = [0] * depth
+
+    def _alloc(self, block_idx: int, k: torch.Tensor) -> None:
+        rows, heads, m, head_dim = k.shape
+        if m > self.capacity:
+            raise ValueError(f"KV cache of capacity {self.capacity} tokens cannot take {m}")
+        shape, dtype = (rows, heads, self.capacity, head_dim), self.dtype or k.dtype
+        self.k[block_idx] = torch.empty(shape, dtype=dtype, device=k.device)
+        self.v[block_idx] = torch.empty(shape, dtype=dtype, device=k.device)
 
     def extend(self, block_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.k[block_idx] is not None:
-            k = torch.cat((self.k[block_idx], k), dim=2)
-            v = torch.cat((self.v[block_idx], v), dim=2)
-        self.k[block_idx], self.v[block_idx] = k, v
-        return k, v
+        """Append this scale's k, v (rows, heads, m, head_dim); returns views of everything cached."""
+        if self.k[block_idx] is None:
+            self._alloc(block_idx, k)
+        n, m = self.n[block_idx], k.shape[2]
+        if n + m > self.k[block_idx].shape[2]:
+            raise ValueError(f"KV cache of block {block_idx} holds {n} of {self.k[block_idx].shape[2]} tokens; "
+                             f"cannot append {m}")
+        self.k[block_idx][:, :, n: n + m].copy_(k)
+        self.v[block_idx][:, :, n: n + m].copy_(v)
+        self.n[block_idx] = n + m
+        return self.k[block_idx][:, :, : n + m], self.v[block_idx][:, :, : n + m]
 
     def keep(self, block_idx: int, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keep only the cached tokens at `index` (1-D, into the token axis) of one block."""
-        self.k[block_idx] = self.k[block_idx].index_select(2, index)
-        self.v[block_idx] = self.v[block_idx].index_select(2, index)
-        return self.k[block_idx], self.v[block_idx]
+        """Keep only the cached tokens at `index` (1-D, into the token axis; its length is static) of one
+        block, compacted in place to the front of its buffers."""
+        m = index.shape[0]
+        for buf in (self.k[block_idx], self.v[block_idx]):
+            buf[:, :, :m].copy_(buf[:, :, : self.n[block_idx]].index_select(2, index))
+        self.n[block_idx] = m
+        return self.k[block_idx][:, :, :m], self.v[block_idx][:, :, :m]
 
     def select_rows(self, index: torch.Tensor | slice) -> None:
-        """Keep only the given batch rows (e.g. one CFG half) in every block."""
+        """Keep only the given batch rows (e.g. one CFG half) in every block (a slice: views of the buffers)."""
         self.k = [None if t is None else t[index] for t in self.k]
         self.v = [None if t is None else t[index] for t in self.v]
 
-    def fork(self) -> "KVCache":
-        other = KVCache(0)
-        other.k, other.v = list(self.k), list(self.v)
+    def fork(self, buffers: Optional[Sequence[tuple[torch.Tensor, torch.Tensor]]] = None) -> "KVCache":
+        """An independent copy: the cached tokens copied into new buffers (or into `buffers`, one (k, v) per
+        block shaped like this cache's), so the two can be extended independently."""
+        other = KVCache(len(self.k), self.capacity, self.dtype, buffers)
+        for b, (k, v) in enumerate(zip(self.k, self.v)):
+            if k is None:
+                continue
+            if buffers is None:
+                other.k[b], other.v[b] = torch.empty_like(k), torch.empty_like(v)
+            n = self.n[b]
+            other.k[b][:, :, :n].copy_(k[:, :, :n])
+            other.v[b][:, :, :n].copy_(v[:, :, :n])
+            other.n[b] = n
+        return other
+
+    def shallow_copy(self) -> "KVCache":
+        """The same buffers with their own fill counts and row views (for snapshots of the bookkeeping)."""
+        other = KVCache(0, self.capacity, self.dtype)
+        other.k, other.v, other.n = list(self.k), list(self.v), list(self.n)
         return other
 
     def num_tokens(self, block_idx: int = 0) -> int:
-        t = self.k[block_idx]
-        return 0 if t is None else t.shape[2]
+        return self.n[block_idx]
 
     def nbytes(self) -> int:
+        """Bytes of the cached K/V (the tokens held, not the buffers' capacity)."""
+        return sum(2 * t.shape[0] * t.shape[1] * n * t.shape[3] * t.element_size()
+                   for t, n in zip(self.k, self.n) if t is not None)
+
+    def allocated_bytes(self) -> int:
+        """Bytes of the buffers (their whole capacity)."""
         return sum(t.numel() * t.element_size() for t in self.k + self.v if t is not None)

@@ -65,7 +65,7 @@ class SelfAttention(nn.Module):
             mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp() if self.attn_l2_norm else None
             return bias, mul
 
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return compute()
         params = (self.q_bias, self.v_bias, self.zero_k_bias) + ((self.scale_mul_1H11,) if self.attn_l2_norm else ())
         key = tuple((id(p), p._version, p.dtype, p.device) for p in params)
@@ -85,11 +85,16 @@ class SelfAttention(nn.Module):
             q = F.normalize(q, dim=-1).mul(scale_mul)
             k = F.normalize(k, dim=-1)
         if kv is not None:
+            # the cache stores K/V in the compute dtype (under autocast: the autocast dtype, which the
+            # attention casts every operand to anyway), so no scale re-casts the cached tokens
             k, v = kv.extend(block_idx, k, v)
             keep = hooks.kv_keep(block_idx) if hooks is not None else None
             if keep is not None:
                 k, v = kv.keep(block_idx, keep)
-        if hooks is not None:
+            q = q.to(k.dtype)
+            out = hooks.attention(block_idx, q, k, v, self.scale) if hooks is not None else \
+                F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        elif hooks is not None:
             out = hooks.attention(block_idx, q, k.to(q.dtype), v.to(q.dtype), self.scale)
         else:
             if attn_mask is not None:
@@ -279,8 +284,19 @@ class VAR(nn.Module):
             x = blk(x, ada, mask)
         return self.logits(x, cond)
 
-    def new_kv_cache(self) -> KVCache:
-        return KVCache(self.depth)
+    def new_kv_cache(self, dtype: Optional[torch.dtype] = None,
+                     buffers: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None) -> KVCache:
+        """An empty KV cache for one sampling run: capacity the whole sequence, K/V stored in `dtype` (the
+        compute dtype; None: as the attention produces them), in `buffers` if given (see `kv_buffers`)."""
+        return KVCache(self.depth, self.config.num_tokens, dtype, buffers)
+
+    def kv_buffers(self, rows: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Uninitialised K/V buffers for `rows` rows and the whole sequence, one (k, v) pair per block."""
+        a = self.blocks[0].attn
+        shape = (rows, a.num_heads, self.config.num_tokens, a.head_dim)
+        dev = self.pos_1LC.device
+        return [(torch.empty(shape, dtype=dtype, device=dev), torch.empty(shape, dtype=dtype, device=dev))
+                for _ in range(self.depth)]
 
     def cast_body_(self, dtype: torch.dtype) -> "VAR":
         """Cast the blocks, AdaLN projections and head to `dtype` for autocast inference, so autocast

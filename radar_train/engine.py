@@ -1,0 +1,409 @@
+"""Sampling engines: how `NextScaleSampler` runs the device step of each scale. The tokens do not depend
+on the engine (see the exactness notes below).
+
+- `eager`: plain PyTorch calls. Every device, both noise modes, every method.
+- `graphs` (CUDA, per_sample noise): every piece of a run (its start, each scale, a fork) is captured once
+  as a CUDA graph (`torch.cuda.CUDAGraph`) in a *workspace*: static buffers (the KV cache preallocated to
+  the whole sequence, f_hat, the call's inputs) and the graphs' memory pool. Later calls with the same
+  batch size and method copy their inputs (labels, noise keys, the method's `AccelRun.inputs`) into the
+  workspace and replay one graph per scale: the host launches nothing else. The Python side of a run
+  (KV fill counts, the method's bookkeeping, the index list, ...) after each piece is recorded at capture
+  and restored at replay, so `advance` / `fork` / `output` work as with `eager`.
+- `compiled` (per_sample noise): the scale step through `torch.compile` (inductor, fullgraph, static
+  shapes: one compilation per scale, batch size and method, minutes on large models); on CUDA the compiled
+  step is captured as CUDA graphs in the same workspaces as `graphs`.
+- `auto`: `AUTO_ON_CUDA` on CUDA with per_sample noise, `eager` otherwise. If a capture fails under
+  `auto`, the sampler warns once and continues eagerly (the run in progress included).
+
+Runs that cannot be captured run eagerly under every engine: `trace=True`, and methods that do not
+declare `capturable` (e.g. the calibration probes, which observe on the host); an explicitly chosen
+captured engine refuses such a method with one line instead.
+
+Workspaces are cached per sampler and key (batch size, method), so radar-cache / radar-generate /
+radar-fid batches reuse them; a last batch of another size gets its own. A workspace is held by the runs
+living in it until they are garbage (a fork holds its parent's too); a run started while the matching
+workspace is held gets another one. KV buffer sets are shared by all workspaces of a model (per rows and
+dtype) that are not held at the same time, so e.g. vanilla, FastVAR and StageVAR workspaces use one set
+and a forked pair two.
+
+Exactness: `graphs` replays the kernels that `eager` launches on the same inputs, so the tokens and f_hat
+are the same bit for bit when the kernels are deterministic (fp32, per_sample noise; checked by the gpu
+tests). `compiled` fuses and reorders float operations: the same tokens in the tested cases, f_hat within
+float rounding.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Optional
+
+import torch
+
+from radar_train.accel.base import AccelMethod, branch_rows, is_capturable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from radar_train.sampling import NextScaleSampler, SamplingState
+
+ENGINES: tuple[str, ...] = ("eager", "graphs", "compiled")
+AUTO_ON_CUDA = "graphs"
+"""What `auto` picks on CUDA with per_sample noise. graphs: exact (the eager kernels, replayed), no
+compilation time, and it removes the host overhead that bounded the d16 loop; compiled may be faster on
+the device but compiles for minutes per model, batch size and method. Change after measuring
+(`python -m radar_train.bench.gpu_suite --engines eager,graphs,compiled`)."""
+COMPILE_BACKEND = "inductor"  # tests trace with "eager" / "aot_eager" (fullgraph) to prove the step has no breaks
+RECOMPILE_LIMIT = 4096  # one static graph per scale, batch size, CFG branch and method
+
+
+def engines_for(device: torch.device | str) -> tuple[str, ...]:
+    """The engines a benchmark runs on `device` by default: eager, and graphs on CUDA. compiled (minutes of
+    compilation per model, batch size and method) only when named."""
+    return ("eager", "graphs") if torch.device(device).type == "cuda" else ("eager",)
+
+
+def resolve_engine(name: str, device: torch.device, noise: str) -> str:
+    """The engine `name` (a `sampling.engine` value) stands for on `device`; ValueError (one line) for a
+    combination that cannot run."""
+    if name == "auto":
+        return AUTO_ON_CUDA if device.type == "cuda" and noise == "per_sample" else "eager"
+    if name not in ENGINES:
+        raise ValueError(f"sampling.engine must be auto or one of {', '.join(ENGINES)}, got {name!r}")
+    if name != "eager" and noise != "per_sample":
+        raise ValueError(f"sampling.engine {name} needs noise='per_sample' (official noise draws from torch "
+                         f"generators; it runs with engine eager or auto)")
+    if name == "graphs" and device.type != "cuda":
+        raise ValueError(f"sampling.engine graphs needs a CUDA device (the model is on {device}); use eager or "
+                         f"compiled")
+    return name
+
+
+def make_engine(name: str, sampler: "NextScaleSampler") -> "EagerEngine":
+    fallback = sampler.config.engine == "auto"
+    if name == "eager":
+        return EagerEngine(sampler)
+    if name == "compiled" and sampler.device.type != "cuda":
+        return CompiledEngine(sampler)
+    return GraphEngine(sampler, compiled=name == "compiled", fallback=fallback)
+
+
+# ---------------------------------------------------------------------------- eager
+class EagerEngine:
+    """Plain calls: `start` does the device work of the start, each scale plans and computes."""
+
+    name = "eager"
+
+    def __init__(self, sampler: "NextScaleSampler"):
+        self.sampler = sampler
+
+    def begin(self, state: "SamplingState", accel: Optional[AccelMethod]) -> None:
+        self.sampler._begin(state)
+
+    def scale(self, state: "SamplingState") -> None:
+        if self.sampler._plan(state):
+            self.sampler._compute(state)
+
+    def fork(self, state: "SamplingState", accel: Optional[AccelMethod]) -> "SamplingState":
+        return self.sampler._fork_state(state, accel)
+
+    def _refuse(self, state: "SamplingState", accel: Optional[AccelMethod]) -> bool:
+        """Whether this run must run eagerly: trace, or a method that is not capturable (refused by an
+        explicitly chosen engine)."""
+        if not is_capturable(accel) and self.sampler.config.engine != "auto":
+            raise ValueError(f"sampling.engine {self.name} cannot capture the {accel.name!r} method "
+                             f"({type(accel).__name__} is not capturable); use engine eager or auto")
+        return state.trace is not None or not is_capturable(accel)
+
+
+# ---------------------------------------------------------------------------- compiled, CPU
+class CompiledEngine(EagerEngine):
+    """The scale step through torch.compile (fullgraph, static shapes); the start and forks stay eager."""
+
+    name = "compiled"
+
+    def __init__(self, sampler: "NextScaleSampler"):
+        super().__init__(sampler)
+        self._step: Optional[Callable] = None
+
+    def begin(self, state: "SamplingState", accel: Optional[AccelMethod]) -> None:
+        state.eager = self._refuse(state, accel)
+        super().begin(state, accel)
+
+    def scale(self, state: "SamplingState") -> None:
+        if not self.sampler._plan(state):
+            return
+        if state.eager:
+            self.sampler._compute(state)
+            return
+        if self._step is None:
+            self._step = compile_step(self.sampler)
+        run_compiled(self._step, state)
+
+
+def compile_step(sampler: "NextScaleSampler") -> Callable:
+    return torch.compile(sampler._compute, backend=COMPILE_BACKEND, fullgraph=True, dynamic=False)
+
+
+def run_compiled(step: Callable, state: "SamplingState") -> None:
+    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, accumulated_recompile_limit=RECOMPILE_LIMIT):
+        step(state)
+
+
+# ---------------------------------------------------------------------------- CUDA graphs
+BOOKKEEPING = ("handle", "seeds", "generator")  # fields of a run that a replay does not restore
+
+
+@dataclass
+class _Piece:
+    graph: Optional[torch.cuda.CUDAGraph]  # None: nothing ran on the device (a skipped scale)
+    after: "SamplingState"  # the run's Python side after the piece (its tensors are the static buffers)
+
+
+class _KVSet:
+    """Static KV buffers (one (k, v) per block, rows × heads × L × head_dim) shared by the workspaces of a
+    model that are not held at the same time."""
+
+    def __init__(self, buffers: list[tuple[torch.Tensor, torch.Tensor]]):
+        self.buffers, self.busy = buffers, False
+
+    def rows(self, sl: slice) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(k[sl], v[sl]) for k, v in self.buffers]
+
+
+_KV_SETS: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, list[_KVSet]]]" = weakref.WeakKeyDictionary()
+
+
+def _free_kv_set(var, rows: int, dtype: torch.dtype, avoid: Optional[_KVSet] = None) -> _KVSet:
+    sets = _KV_SETS.setdefault(var, {}).setdefault((rows, dtype), [])
+    for s in sets:
+        if not s.busy and s is not avoid:
+            return s
+    s = _KVSet(var.kv_buffers(rows, dtype))
+    sets.append(s)
+    return s
+
+
+class _Workspace:
+    """The static buffers and captured pieces of one kind of run."""
+
+    def __init__(self, kv: _KVSet):
+        self.kv = kv
+        self.pool = torch.cuda.graph_pool_handle()
+        self.busy = False
+        self.entry: Optional[_Piece] = None  # the start (or, for a fork, the copy from the parent)
+        self.inputs: dict[str, torch.Tensor] = {}  # static copies of the per-call inputs
+        self.scales: dict[int, _Piece] = {}
+        self.children: dict[tuple, list["_Workspace"]] = {}  # fork key -> workspaces of the forked runs
+
+    def usable(self) -> bool:
+        return not self.busy and not self.kv.busy
+
+
+class _Lease:
+    """A run's hold on its workspace (and the workspace's KV buffers) until the run is garbage; a fork's
+    lease keeps its parent's."""
+
+    def __init__(self, ws: _Workspace, parent: Optional["_Lease"] = None):
+        self.ws, self.parent = ws, parent
+        ws.busy = ws.kv.busy = True
+        weakref.finalize(self, _release, ws)
+
+
+def _release(ws: _Workspace) -> None:
+    ws.busy = ws.kv.busy = False
+
+
+class _MethodKey:
+    """A method as a dictionary key by identity (the key keeps it alive, so its id stays unique)."""
+
+    def __init__(self, method: Optional[AccelMethod]):
+        self.method = method
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _MethodKey) and other.method is self.method
+
+    def __hash__(self) -> int:
+        return id(self.method)
+
+
+def snapshot(state: "SamplingState") -> "SamplingState":
+    from radar_train.sampling import copy_state
+
+    snap = copy_state(state)
+    for name in BOOKKEEPING:
+        setattr(snap, name, None)
+    return snap
+
+
+def restore(state: "SamplingState", snap: "SamplingState") -> None:
+    from radar_train.sampling import copy_state
+
+    fresh = copy_state(snap)
+    for name, value in vars(fresh).items():
+        if name not in BOOKKEEPING:
+            setattr(state, name, value)
+
+
+class GraphEngine(EagerEngine):
+    """CUDA graphs per piece of a run (see the module docstring); `compiled`: the scale step compiled first."""
+
+    def __init__(self, sampler: "NextScaleSampler", compiled: bool = False, fallback: bool = False):
+        super().__init__(sampler)
+        self.name = "compiled" if compiled else "graphs"
+        self.compiled, self.fallback = compiled, fallback
+        self._step: Optional[Callable] = None
+        self.workspaces: dict[tuple, list[_Workspace]] = {}
+        self._weights: Optional[tuple] = None
+
+    # -------------------------------------------------------------- pieces
+    def _compute(self, state: "SamplingState") -> None:
+        if not self.compiled:
+            self.sampler._compute(state)
+            return
+        if self._step is None:
+            self._step = compile_step(self.sampler)
+        run_compiled(self._step, state)
+
+    def _check_weights(self) -> None:
+        """Graphs read the weights at their addresses: forget every workspace when a weight tensor was
+        replaced (e.g. `cast_body_`, `.to()`); in-place updates are seen by the graphs as they are."""
+        s = self.sampler
+        sig = tuple(t.data_ptr() for m in (s.var, s.quantizer) for t in (*m.parameters(), *m.buffers()))
+        if sig != self._weights:
+            self.workspaces.clear()
+            self._weights = sig
+
+    def _find(self, pool: dict, key: tuple, make: Callable[[], _Workspace]) -> _Workspace:
+        for ws in pool.get(key, []):
+            if ws.usable():
+                return ws
+        ws = make()
+        pool.setdefault(key, []).append(ws)
+        return ws
+
+    def _capture(self, ws: _Workspace, run: Callable[[], None], warm_up: Callable[[], None]) -> torch.cuda.CUDAGraph:
+        """Warm `run` up on a side stream (`warm_up`: the same work on throwaway copies, so that lazy
+        initialisation, e.g. cuBLAS workspaces or compiled kernels, happens outside the capture), capture
+        `run` in the workspace's memory pool, and replay it once (a capture does not execute)."""
+        dev = self.sampler.device
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):
+            warm_up()
+        torch.cuda.current_stream(dev).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=ws.pool, capture_error_mode="thread_local"):
+            run()
+        graph.replay()
+        return graph
+
+    def _failed(self, what: str, e: Exception) -> None:
+        """A capture failed: under auto warn once and make the sampler eager; an explicit engine raises."""
+        msg = f"capturing {what} failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        if not self.fallback:
+            raise RuntimeError(f"sampling.engine {self.name}: {msg}; use sampling.engine eager") from e
+        warnings.warn(f"sampling.engine auto: {msg}; sampling eagerly from here on", RuntimeWarning, stacklevel=4)
+        self.sampler._engine = EagerEngine(self.sampler)
+        self.workspaces.clear()
+
+    # -------------------------------------------------------------- the engine interface
+    def begin(self, state: "SamplingState", accel: Optional[AccelMethod]) -> None:
+        state.eager = self._refuse(state, accel)
+        if state.eager:
+            self.sampler._begin(state)
+            return
+        self._check_weights()
+        rows = 2 * state.batch_size
+        var, dtype = self.sampler.var, self.sampler.kv_dtype
+        ws = self._find(self.workspaces, (rows, _MethodKey(accel)),
+                        lambda: _Workspace(_free_kv_set(var, rows, dtype)))
+        state.handle = _Lease(ws)
+        run_inputs = {} if state.accel is None else state.accel.inputs()
+        if ws.entry is not None:
+            ws.inputs["labels"].copy_(state.labels)
+            ws.inputs["token_keys"].copy_(state.token_keys)
+            for name, t in run_inputs.items():
+                ws.inputs[f"accel.{name}"].copy_(t)
+            ws.entry.graph.replay()
+            restore(state, ws.entry.after)
+            return
+        before = snapshot(state)
+        # the first call's inputs become the static inputs (the labels are copied: they may be the caller's)
+        ws.inputs = {"labels": state.labels.clone(), "token_keys": state.token_keys,
+                     **{f"accel.{name}": t for name, t in run_inputs.items()}}
+        state.labels = ws.inputs["labels"]
+        try:
+            graph = self._capture(ws, lambda: self.sampler._begin(state, ws.kv.buffers),
+                                  lambda: self.sampler._begin(copy.copy(state)))
+        except Exception as e:  # noqa: BLE001 - any capture problem: fall back (auto) or one clear error
+            pool = self.workspaces.get((rows, _MethodKey(accel)), [])
+            if ws in pool:
+                pool.remove(ws)
+            self._failed("the start of a run", e)
+            restore(state, before)
+            state.handle = None
+            self.sampler._begin(state)
+            return
+        ws.entry = _Piece(graph, snapshot(state))
+
+    def scale(self, state: "SamplingState") -> None:
+        if state.handle is None:
+            super().scale(state)
+            return
+        ws: _Workspace = state.handle.ws
+        piece = ws.scales.get(state.si)
+        if piece is not None:
+            if piece.graph is not None:
+                piece.graph.replay()
+            restore(state, piece.after)
+            return
+        si, before = state.si, snapshot(state)
+        if not self.sampler._plan(state):
+            ws.scales[si] = _Piece(None, snapshot(state))
+            return
+
+        def warm_up():
+            warm = self.sampler._fork_state(state, None)
+            warm.accel = None if state.accel is None else state.accel.fork()
+            self._compute(warm)
+
+        try:
+            graph = self._capture(ws, lambda: self._compute(state), warm_up)
+        except Exception as e:  # noqa: BLE001
+            self._failed(f"scale {si}", e)
+            restore(state, before)  # the device buffers are as before the scale: a capture does not execute
+            self.sampler._engine.scale(state)
+            return
+        ws.scales[si] = _Piece(graph, snapshot(state))
+
+    def fork(self, state: "SamplingState", accel: Optional[AccelMethod]) -> "SamplingState":
+        if state.handle is None:
+            return super().fork(state, accel)
+        parent: _Workspace = state.handle.ws
+        key = (state.si, _MethodKey(accel))
+        rows = state.batch_size * 2
+        var, dtype = self.sampler.var, self.sampler.kv_dtype
+        ws = self._find(parent.children, key, lambda: _Workspace(_free_kv_set(var, rows, dtype, avoid=parent.kv)))
+        lease = _Lease(ws, parent=state.handle)
+        if ws.entry is not None:
+            ws.entry.graph.replay()
+            child = copy.copy(state)
+            restore(child, ws.entry.after)
+            child.handle = lease
+            return child
+        sl = branch_rows(state.branch, state.batch_size)
+        made: list = []
+        try:
+            graph = self._capture(ws, lambda: made.append(self.sampler._fork_state(state, accel, ws.kv.rows(sl))),
+                                  lambda: self.sampler._fork_state(state, accel))
+        except Exception as e:  # noqa: BLE001
+            children = parent.children.get(key, [])
+            if ws in children:
+                children.remove(ws)
+            del lease
+            self._failed("a fork", e)
+            return self.sampler._fork_state(state, accel)
+        child = made[-1]
+        ws.entry = _Piece(graph, snapshot(child))
+        child.handle = lease
+        return child
