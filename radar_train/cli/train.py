@@ -25,8 +25,9 @@ from typing import Optional
 
 USAGE = """usage: radar-train {fit,validate,export} ...
 
-  fit       train LoRA adapters (LightningCLI; --config FILE, dotted overrides, --print_config, --ckpt_path last)
-  validate  run the validation metrics on a checkpoint (LightningCLI)
+  fit       train LoRA adapters (LightningCLI; --config FILE, dotted overrides, --print_config, --ckpt_path last);
+            a new run needs a new or empty run folder, a run with checkpoints is resumed with --ckpt_path last
+  validate  run the validation metrics on a checkpoint (LightningCLI; logs to RUN/tb/validate/version_N/)
   export    write a peft adapter folder from a Lightning checkpoint (--ckpt PATH --output DIR [--overwrite])
 
 `radar-train fit --help` lists every option."""
@@ -158,7 +159,11 @@ def _make_cli_class():
                 kwargs["precision"] = "bf16-mixed" if torch.cuda.is_available() else "32-true"
             if cfg.get("logger") in (None, True):
                 root = cfg.get("default_root_dir") or os.getcwd()
-                kwargs["logger"] = TensorBoardLogger(save_dir=root, name="tb", version="", default_hp_metric=False)
+                if self.subcommand == "fit":
+                    kwargs["logger"] = TensorBoardLogger(save_dir=root, name="tb", version="", default_hp_metric=False)
+                else:  # a new tb/validate/version_N/ each time: the run's own tb/ files are not replaced
+                    kwargs["logger"] = TensorBoardLogger(save_dir=Path(root) / "tb", name=self.subcommand,
+                                                         default_hp_metric=False)
             if SLURMEnvironment.detect() and not cfg.get("plugins"):
                 kwargs["plugins"] = [SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR1)]
             # the run's ModelCheckpoint must be known before fit(ckpt_path="last") looks for last.ckpt
