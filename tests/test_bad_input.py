@@ -379,3 +379,26 @@ def test_a_new_fit_into_a_run_that_never_checkpointed_is_allowed_but_a_run_is_re
     with pytest.raises(OutputError, match="not a run folder .*notes.txt"):
         check_run_folder(world["w"] / "not_a_cache", None, "fit", {})
     check_run_folder(world["run"], None, "validate", {})  # validate adds tb/ events, replaces nothing
+
+
+def test_cli_output_drops_library_deprecation_noise_and_keeps_warnings_a_user_can_act_on():
+    import warnings
+
+    from radar_train.cli.common import quiet_library_warnings
+
+    def warn(message, category, module):
+        warnings.warn_explicit(message, category, f"{module.replace('.', '/')}.py", 1, module=module)
+
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        quiet_library_warnings()
+        warn("skip_none was deprecated", DeprecationWarning, "jsonargparse._core")
+        warn("isinstance(treespec, LeafSpec) is deprecated", FutureWarning, "lightning.pytorch.utilities._pytree")
+        warn("Checkpoint directory /r/checkpoints exists and is not empty.", UserWarning, "lightning.pytorch.callbacks")
+        warn("The number of training batches (8) is smaller than the logging interval", UserWarning,
+             "lightning.pytorch.loops.fit_loop")
+        warn("adapter was trained for fastvar, not stagevar", UserWarning, "radar_train.inference.pipeline")
+        warn("our own old option", DeprecationWarning, "radar_train.config")
+    assert [str(w.message) for w in shown] == [
+        "The number of training batches (8) is smaller than the logging interval",
+        "adapter was trained for fastvar, not stagevar", "our own old option"]
