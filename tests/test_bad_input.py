@@ -46,6 +46,8 @@ def world(tmp_path_factory, build_cache) -> dict[str, Path]:
     (w / "list.yaml").write_text("- a\n- b\n")
     (w / "empty.ckpt").write_bytes(b"")
     (w / "trunc.ckpt").write_bytes((run / "checkpoints" / "last.ckpt").read_bytes()[:800])
+    (w / "run_trunc" / "checkpoints").mkdir(parents=True)
+    shutil.copy(w / "trunc.ckpt", w / "run_trunc" / "checkpoints" / "last.ckpt")
     (w / "existing.json").write_text("{}\n")
     (w / "not_a_cache").mkdir()
     (w / "not_a_cache" / "notes.txt").write_text("mine\n")
@@ -146,6 +148,8 @@ CASES = [
      ["--trainer.default_root_dir", "--data.caches"]),
     ("fit-from-a-truncated-checkpoint", "train",
      lambda w, t: fit_args(w["cache"], t / "run", 5, "--ckpt_path", str(w["w"] / "trunc.ckpt")), ["trunc.ckpt"]),
+    ("fit-resuming-a-truncated-last-ckpt", "train",
+     lambda w, t: fit_args(w["cache"], w["w"] / "run_trunc", 5, "--ckpt_path", "last"), ["last.ckpt", "truncated"]),
     ("fit-with-a-binary-config", "train", lambda w, t: ["fit", "--config", str(w["w"] / "junk.bin")], ["junk.bin"]),
     ("fit-with-a-list-config", "train", lambda w, t: ["fit", "--config", str(w["w"] / "list.yaml")],
      ["list.yaml", "mapping"]),
