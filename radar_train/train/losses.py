@@ -48,12 +48,15 @@ class LossArgs:
         if self.l1_weight + self.l2_weight + self.feature_weight + self.lpips_weight == 0:
             p.append("model.loss: every weight of a student term (l1, l2, feature, lpips) is 0")
         if self.lpips_weight > 0:
+            absent = [k for k in ("lpips_vgg", "lpips_heads") if getattr(self, k) is None]
+            if absent:
+                p.append(f"model.loss.lpips_weight > 0 needs model.loss.{' and model.loss.'.join(absent)} (local "
+                         "weights files; nothing is downloaded): pass --model.loss.lpips_vgg "
+                         "<torchvision's vgg16-397923af.pth> --model.loss.lpips_heads <the lpips package's "
+                         "weights/v0.1/vgg.pth>, or --model.loss.lpips_weight 0")
             for key in ("lpips_vgg", "lpips_heads"):
                 path = getattr(self, key)
-                if path is None:
-                    p.append(f"model.loss.lpips_weight > 0 needs model.loss.{key} (a local weights file; "
-                             "nothing is downloaded)")
-                elif not Path(path).is_file():
+                if path is not None and not Path(path).is_file():
                     p.append(f"model.loss.{key} {path}: file not found (LPIPS weights must be available locally)")
         return p
 

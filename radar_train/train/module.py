@@ -280,12 +280,11 @@ class RadarLoraModule(pl.LightningModule):
                              save_top_k=1, save_last=True)
 
     def configure_callbacks(self):
-        ckpt = self.checkpoint_callback(self.trainer.default_root_dir)
-        callbacks = [ckpt] if ckpt is not None else []
-        for cb in (self.early_stopping.early_stopping_callback(),
-                   self.early_stopping.best_checkpoint_callback(self.trainer.default_root_dir)):
-            if cb is not None:
-                callbacks.append(cb)
+        # early stopping and the best checkpoint before the run's checkpoint, which saves their state after a
+        # validation (Lightning keeps the order of the checkpoint callbacks when it moves them last)
+        callbacks = [cb for cb in (self.early_stopping.early_stopping_callback(),
+                                   self.early_stopping.best_checkpoint_callback(self.trainer.default_root_dir),
+                                   self.checkpoint_callback(self.trainer.default_root_dir)) if cb is not None]
         if self.trainer.loggers:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         return callbacks
@@ -328,8 +327,9 @@ class RadarLoraModule(pl.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is None or not hasattr(dm, "manifests"):
             return
+        classes = None if self.label_cond is None else self.label_cond.num_classes
         for path, manifest in dm.manifests.items():
-            check_cache_matches(path, manifest, self.identity, self.latent_shape)
+            check_cache_matches(path, manifest, self.identity, self.latent_shape, classes)
         self.cache_info = dm.describe()
         self.data_config = _plain(dict(dm.hparams))
         if self.monitor.num_image_samples:

@@ -92,6 +92,8 @@ def test_checkpoint_holds_the_lora_and_film_tensors(trained):
     assert set(ckpt["state_dict"]) == {k for k in module.state_dict() if is_trained_key(k)}
     assert any(k.startswith("label_cond.") for k in ckpt["state_dict"])
     assert ckpt["radar"]["label_conditioning"]["kind"] == "film"
+    assert read_radar_config(root / "final")["selection"] == {  # without early stopping: the last step
+        "final_adapter": "last", "step": STEPS, "early_stopping": False, "stopped_early": False}
     plain = RadarLoraModule()
     with pytest.raises(ValueError, match="another LoRA layout .*label conditioning"):
         plain.on_load_checkpoint(ckpt)

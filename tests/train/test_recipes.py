@@ -1,0 +1,47 @@
+"""RADAR's recipe configs (configs/train/*_radar.yaml): without local LPIPS weights a fit stops with one line
+naming the options to pass, before anything is written; the toy versions run the recipe without LPIPS."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import yaml
+
+from radar_train.cli.train import main
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "train"
+REAL = sorted(p for p in CONFIGS.glob("d*_radar.yaml"))
+TOY = sorted(CONFIGS.glob("toy_large*_radar.yaml"))
+
+
+def test_there_are_recipe_configs_for_the_real_models_and_the_toy_world():
+    assert {p.name for p in REAL} >= {"d16_fastvar_radar.yaml", "d16_stagevar_radar.yaml", "d36_fastvar_radar.yaml"}
+    assert {p.name for p in TOY} == {"toy_large_radar.yaml", "toy_large_stagevar_default_radar.yaml",
+                                     "toy_large_stagevar_paper_radar.yaml"}
+
+
+@pytest.mark.parametrize("config", REAL, ids=[p.name for p in REAL])
+def test_without_lpips_weights_a_recipe_fit_is_one_line_naming_what_to_pass(config, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ["fit", "--config", str(config)]
+    with pytest.raises(SystemExit) as e, mock.patch.object(sys, "argv", ["radar-train", *argv]):
+        main(argv)
+    assert e.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(err) == 1
+    assert "--model.loss.lpips_vgg" in err[0] and "--model.loss.lpips_heads" in err[0]
+    assert list(tmp_path.iterdir()) == []
+    assert "--model.loss.lpips_vgg" in config.read_text().splitlines()[1]  # the header's command passes them
+
+
+@pytest.mark.parametrize("config", REAL + TOY, ids=[p.name for p in REAL + TOY])
+def test_recipe_configs_hold_the_main_text_recipe(config):
+    cfg = yaml.safe_load(config.read_text())
+    model, trainer = cfg["model"], cfg["trainer"]
+    assert model["optim"]["learning_rate"] == 3e-6 and model["optim"]["weight_decay"] == 1e-5
+    assert model["loss"]["l2_weight"] == 1.0 and model["loss"]["l1_weight"] == 0.0
+    assert model["loss"]["lpips_weight"] == (0.0 if config in TOY else 1.0)
+    assert trainer["max_steps"] == 10000 and model["early_stopping"]["enabled"]
+    assert cfg["data"]["batch_size"] * trainer["accumulate_grad_batches"] == 16

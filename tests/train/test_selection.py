@@ -1,0 +1,112 @@
+"""Early stopping (model.early_stopping) and the best step's adapter in final/, also across a resume."""
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+from radar_train.export import ADAPTER_WEIGHTS, read_radar_config
+from radar_train.train.module import MonitorArgs, OutputArgs, RadarLoraModule
+from radar_train.train.optim import OptimArgs
+from radar_train.train.selection import EarlyStoppingArgs
+
+
+class _LabelledPairs(torch.utils.data.Dataset):
+    """Random tiny-model latent pairs (8, 8, 8) with labels: fhat_lq = fhat_hq + noise."""
+
+    def __init__(self, n: int):
+        g = torch.Generator().manual_seed(0)
+        self.hq = torch.randn(n, 8, 8, 8, generator=g)
+        self.lq = self.hq + 0.5 * torch.randn(n, 8, 8, 8, generator=g)
+
+    def __len__(self) -> int:
+        return len(self.hq)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"fhat_hq": self.hq[i], "fhat_lq": self.lq[i], "label": torch.tensor(i % 10)}
+
+# PSNR(D_LoRA(f_HQ), D(f_HQ)) starts at the identity (LoRA B = 0) and falls as the LoRA learns the LQ -> HQ
+# mapping without an identity term: a metric that stops improving after the first validation
+HARMLESS = EarlyStoppingArgs(enabled=True, monitor="val/psnr_harmless", patience=2)
+
+
+class RecordValidation(pl.Callback):
+    def __init__(self):
+        self.values: dict[int, float] = {}
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.values[trainer.global_step] = float(trainer.callback_metrics["val/psnr_harmless"])
+
+
+def _fit(root, max_steps, ckpt_path=None, early_stopping=HARMLESS):
+    torch.manual_seed(0)
+    module = RadarLoraModule(optim=OptimArgs(learning_rate=2e-2, warmup_steps=1, schedule_steps=40),
+                             monitor=MonitorArgs(images_every_n_steps=0, train_metrics_every_n_steps=0),
+                             output=OutputArgs(save_every_n_steps=2, export_every_n_steps=2),
+                             early_stopping=early_stopping)
+    rec = RecordValidation()
+    trainer = pl.Trainer(default_root_dir=str(root), accelerator="cpu", devices=1, precision="32-true",
+                         max_steps=max_steps, val_check_interval=2, check_val_every_n_epoch=None,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         logger=False, callbacks=[rec])
+    data = _LabelledPairs(32)
+    train = DataLoader(torch.utils.data.Subset(data, range(24)), batch_size=4, shuffle=False)
+    val = DataLoader(torch.utils.data.Subset(data, range(24, 32)), batch_size=8)
+    trainer.fit(module, train, val, ckpt_path=ckpt_path)
+    return trainer, module, rec.values
+
+
+def _weights(folder):
+    return load_file(folder / ADAPTER_WEIGHTS)
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_early_stopping_stops_and_final_holds_the_best_steps_adapter(tmp_path):
+    trainer, module, values = _fit(tmp_path, 40)
+    steps = sorted(values)
+    assert steps == [2, 4, 6] and values[2] > values[4] > values[6]  # no improvement after the first validation
+    assert trainer.global_step == 6 < 40
+    assert trainer.early_stopping_callback.stopping_reason is EarlyStoppingReason.PATIENCE_EXHAUSTED
+    sel = read_radar_config(tmp_path / "final")["selection"]
+    assert sel["final_adapter"] == "best" and sel["step"] == 2 and sel["last_step"] == 6
+    assert sel["monitor"] == "val/psnr_harmless" and sel["mode"] == "max" and sel["stopped_early"]
+    assert sel["value"] == pytest.approx(values[2])
+    assert read_radar_config(tmp_path / "final")["global_step"] == 2
+    assert _same(_weights(tmp_path / "final"), _weights(tmp_path / "step-000002"))
+    assert not _same(_weights(tmp_path / "final"), _weights(tmp_path / "step-000006"))
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert ckpts == ["best-step-000002.ckpt", "last.ckpt", "step-000006.ckpt"]
+
+
+def test_the_best_step_survives_a_resume(tmp_path):
+    _, _, first = _fit(tmp_path, 4)
+    assert sorted(first) == [2, 4] and first[2] > first[4]
+    assert (tmp_path / "checkpoints" / "best-step-000002.ckpt").is_file()
+    trainer, _, second = _fit(tmp_path, 40, ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt"))
+    assert sorted(second) == [6]  # the patience count (one validation without improvement) came back too
+    assert trainer.global_step == 6
+    sel = read_radar_config(tmp_path / "final")["selection"]
+    assert sel["step"] == 2 and sel["value"] == pytest.approx(first[2])
+    assert _same(_weights(tmp_path / "final"), _weights(tmp_path / "step-000002"))
+
+
+def test_without_early_stopping_final_is_the_best_step_when_asked_for(tmp_path):
+    _, _, values = _fit(tmp_path, 4, early_stopping=EarlyStoppingArgs(monitor="val/psnr_harmless", final_adapter="best"))
+    assert values[2] > values[4]
+    sel = read_radar_config(tmp_path / "final")["selection"]
+    assert sel["final_adapter"] == "best" and sel["step"] == 2 and not sel["stopped_early"]
+    assert _same(_weights(tmp_path / "final"), _weights(tmp_path / "step-000002"))
+
+
+def test_bad_early_stopping_settings_are_reported_together():
+    with pytest.raises(ValueError) as e:
+        RadarLoraModule(early_stopping=EarlyStoppingArgs(monitor="val/fid", patience=0))
+    assert "model.early_stopping.monitor 'val/fid' is not a validation metric" in str(e.value)
+    assert "model.early_stopping.patience must be >= 1" in str(e.value)
