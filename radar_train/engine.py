@@ -188,7 +188,7 @@ class _Workspace:
 
     def __init__(self, kv: _KVSet):
         self.kv = kv
-        self.pool = torch.cuda.graph_pool_handle()
+        self.pool = None  # the graphs' memory pool (made at the first capture)
         self.busy = False
         self.entry: Optional[_Piece] = None  # the start (or, for a fork, the copy from the parent)
         self.inputs: dict[str, torch.Tensor] = {}  # static copies of the per-call inputs
@@ -281,21 +281,25 @@ class GraphEngine(EagerEngine):
         pool.setdefault(key, []).append(ws)
         return ws
 
-    def _capture(self, ws: _Workspace, run: Callable[[], None], warm_up: Callable[[], None]) -> torch.cuda.CUDAGraph:
-        """Warm `run` up on a side stream (`warm_up`: the same work on throwaway copies, so that lazy
-        initialisation, e.g. cuBLAS workspaces or compiled kernels, happens outside the capture), capture
-        `run` in the workspace's memory pool, and replay it once (a capture does not execute)."""
+    def _capture(self, ws: _Workspace, piece: Callable, state: "SamplingState",
+                 warm: Callable[[], "SamplingState"]) -> tuple[torch.cuda.CUDAGraph, object]:
+        """Capture `piece(state)` as a CUDA graph in the workspace's memory pool and replay it once (a capture
+        does not execute). First the piece runs eagerly on a side stream on `warm()` (a throwaway copy of
+        the state), so that lazy initialisation (cuBLAS workspaces, compiled kernels, cached constants) happens
+        outside the capture. Returns the graph and what `piece` returned."""
         dev = self.sampler.device
+        if ws.pool is None:
+            ws.pool = torch.cuda.graph_pool_handle()
         side = torch.cuda.Stream(dev)
         side.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(side):
-            warm_up()
+            piece(warm())
         torch.cuda.current_stream(dev).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=ws.pool, capture_error_mode="thread_local"):
-            run()
+            result = piece(state)
         graph.replay()
-        return graph
+        return graph, result
 
     def _failed(self, what: str, e: Exception) -> None:
         """A capture failed: under auto warn once and make the sampler eager; an explicit engine raises."""
@@ -333,8 +337,8 @@ class GraphEngine(EagerEngine):
                      **{f"accel.{name}": t for name, t in run_inputs.items()}}
         state.labels = ws.inputs["labels"]
         try:
-            graph = self._capture(ws, lambda: self.sampler._begin(state, ws.kv.buffers),
-                                  lambda: self.sampler._begin(copy.copy(state)))
+            graph, _ = self._capture(ws, lambda st: self.sampler._begin(st, ws.kv.buffers), state,
+                                     lambda: copy.copy(state))
         except Exception as e:  # noqa: BLE001 - any capture problem: fall back (auto) or one clear error
             pool = self.workspaces.get((rows, _MethodKey(accel)), [])
             if ws in pool:
@@ -362,13 +366,13 @@ class GraphEngine(EagerEngine):
             ws.scales[si] = _Piece(None, snapshot(state))
             return
 
-        def warm_up():
-            warm = self.sampler._fork_state(state, None)
-            warm.accel = None if state.accel is None else state.accel.fork()
-            self._compute(warm)
+        def warm() -> "SamplingState":  # its own KV cache and f_hat: the step writes both in place
+            other = self.sampler._fork_state(state, None)
+            other.accel = None if state.accel is None else state.accel.fork()
+            return other
 
         try:
-            graph = self._capture(ws, lambda: self._compute(state), warm_up)
+            graph, _ = self._capture(ws, self._compute, state, warm)
         except Exception as e:  # noqa: BLE001
             self._failed(f"scale {si}", e)
             restore(state, before)  # the device buffers are as before the scale: a capture does not execute
@@ -391,11 +395,10 @@ class GraphEngine(EagerEngine):
             restore(child, ws.entry.after)
             child.handle = lease
             return child
-        sl = branch_rows(state.branch, state.batch_size)
-        made: list = []
-        try:
-            graph = self._capture(ws, lambda: made.append(self.sampler._fork_state(state, accel, ws.kv.rows(sl))),
-                                  lambda: self.sampler._fork_state(state, accel))
+        buffers = ws.kv.rows(branch_rows(state.branch, state.batch_size))
+        try:  # (the warm-up copies the same prefix into the same buffers: harmless)
+            graph, child = self._capture(ws, lambda st: self.sampler._fork_state(st, accel, buffers), state,
+                                         lambda: state)
         except Exception as e:  # noqa: BLE001
             children = parent.children.get(key, [])
             if ws in children:
@@ -403,7 +406,6 @@ class GraphEngine(EagerEngine):
             del lease
             self._failed("a fork", e)
             return self.sampler._fork_state(state, accel)
-        child = made[-1]
         ws.entry = _Piece(graph, snapshot(child))
         child.handle = lease
         return child

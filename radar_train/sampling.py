@@ -107,7 +107,7 @@ def filter_top_k_top_p_(logits: torch.Tensor, top_k: int, top_p: float) -> torch
     if top_p > 0:
         sorted_logits, sorted_idx = logits.sort(dim=-1, descending=False)
         remove = sorted_logits.softmax(dim=-1).cumsum_(dim=-1) <= (1 - top_p)
-        remove[..., -1:] = False
+        remove[..., -1:].fill_(False)  # (a Python scalar assigned by indexing would become a tensor first)
         logits.masked_fill_(remove.scatter(sorted_idx.ndim - 1, sorted_idx, remove), -torch.inf)
     return logits
 
@@ -144,7 +144,7 @@ def sample_top_k_per_sample(logits_BlV: torch.Tensor, keys: torch.Tensor, top_k:
         # everything smaller) is <= 1 - p, never the largest
         cum_from_small = vals.softmax(dim=-1).flip(-1).cumsum(dim=-1).flip(-1)
         remove = cum_from_small <= (1 - top_p)
-        remove[..., 0] = False
+        remove[..., 0].fill_(False)
         vals = vals.masked_fill(remove, -torch.inf)
     pos = torch.arange(l, device=cand.device, dtype=torch.int64).view(1, l, 1) * V
     g = noise.gumbel_at(keys, pos + cand)

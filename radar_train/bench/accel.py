@@ -100,10 +100,13 @@ def spec_name(spec: str) -> str:
     return f"{spec}:default" if ":" not in spec and spec in ("fastvar", "stagevar") else spec
 
 
-def available_engines() -> tuple[str, ...]:
-    """The sampling engines `radar_train.sampling` offers (`ENGINES`), else only 'eager'."""
+def available_engines(device=None) -> tuple[str, ...]:
+    """The sampling engines `radar_train.sampling` offers (`ENGINES`), else only 'eager'; for a `device`,
+    those it times there by default (`engines_for`: no compiled engine, whose compilation takes minutes)."""
     import radar_train.sampling as sampling_module
 
+    if device is not None and hasattr(sampling_module, "engines_for"):
+        return tuple(sampling_module.engines_for(device))
     return tuple(getattr(sampling_module, "ENGINES", ("eager",)))
 
 
@@ -167,7 +170,7 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
         specs.insert(0, "vanilla")
     accels = {name: method_from_spec("none" if name == "vanilla" else name, var_cfg.patch_nums, var_cfg.depth)
               for name in specs}
-    engines = tuple(engines) if engines else available_engines()
+    engines = tuple(engines) if engines else available_engines(dev)
 
     var = init_random_(build_var(var_cfg), setup.seed).eval().requires_grad_(False)
     vqvae = init_random_(build_vqvae(vae_cfg), setup.seed + 1).eval().requires_grad_(False)

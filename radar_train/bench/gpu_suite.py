@@ -58,7 +58,7 @@ def run_accel_section(args, results, log: Callable[[str], None], deadline: float
 
     from radar_train.bench.accel import BenchSetup, available_engines, format_table, run_accel_benchmark
 
-    engines = args.engines or list(available_engines())
+    engines = args.engines or list(available_engines(args.device))
     presets = list(args.presets)
     for i, preset in enumerate(presets):
         started = time.time()
@@ -156,7 +156,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--sections", default="accel,train", help="comma-separated: accel, train, pipeline, cache")
     ap.add_argument("--presets", default=",".join(DEFAULT_PRESETS), help="comma-separated model presets")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated method specs (vanilla always runs)")
-    ap.add_argument("--engines", default=None, help="comma-separated sampling engines (default: all offered)")
+    ap.add_argument("--engines", default=None, help="comma-separated sampling engines (default: eager and, on "
+                                                    "CUDA, graphs; add compiled by name)")
     ap.add_argument("--batch_size", type=int, default=32)
     ap.add_argument("--warmup", type=int, default=1, help="untimed rounds per preset")
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds per preset at most")
@@ -202,7 +203,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from radar_train.bench.accel import available_engines
 
     log = lambda s: print(s, flush=True)  # noqa: E731
-    engines = a.engines or list(available_engines())
+    engines = a.engines or list(available_engines(a.device))
     results = ResultFile(output, {**head, "suite": {"sections": a.sections, "presets": a.presets, "methods": a.methods,
                                                     "engines": engines, "batch_size": a.batch_size,
                                                     "budget_s": a.budget_s}})

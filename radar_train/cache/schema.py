@@ -39,9 +39,10 @@ ARRAY_NAMES = LATENT_ARRAYS + INDEX_ARRAYS + RECORD_ARRAYS
 FIXED_DTYPES = {INDICES_HQ: "int16", INDICES_LQ: "int16", LABEL: "int16", SEED: "int64", INDEX: "int64"}
 LATENT_DTYPES = ("float16", "float32")
 
-# Fields that describe, but do not determine, the cache's content: they may differ on resume.
+# Fields that describe, but do not determine, the cache's content: they may differ on resume. The sampling
+# engine only decides how the loop runs, never the tokens.
 INFORMATIONAL_FIELDS = frozenset({"radar_train_version", "created", "model.vae_checkpoint", "model.var_checkpoint",
-                                  "accel.rank_ratios_file"})
+                                  "accel.rank_ratios_file", "sampling.engine"})
 
 
 def shard_name(shard: int) -> str:

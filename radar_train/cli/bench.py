@@ -48,7 +48,7 @@ def accel(setup: BenchSetup = BenchSetup(), methods: list[str] = ["none", "fastv
         official_config: JSON with the official constructor arguments (VQVAE_kwargs, VAR_kwargs) to build
             both sides from; default: the preset (tiny: the tiny_a fixture's configuration, the smallest the
             official classes can build).
-        engines: our sampling engines to time (default: all that radar_train.sampling offers).
+        engines: our sampling engines to time (default: eager, and graphs on CUDA; compiled only by name).
         overwrite: replace an existing --json file.
     """
     from radar_train.bench.accel import format_table, resolve_device, run_accel_benchmark

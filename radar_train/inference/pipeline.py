@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Optional, Sequence
 
 import torch
@@ -76,6 +76,7 @@ class RadarPipeline:
         if autocast_dtype is not None and var.body_dtype == torch.float32:
             var.cast_body_(autocast_dtype)
         self.sampler = NextScaleSampler(var, vqvae.quantize, sampling, autocast_dtype=autocast_dtype)
+        self._samplers: dict[SamplingConfig, NextScaleSampler] = {}
         self.decoder: LatentDecoder = LatentDecoder.sharing(vqvae).eval()
         self.adapted_decoder: Optional[torch.nn.Module] = None
         self.adapter_meta: Optional[dict] = None
@@ -130,6 +131,11 @@ class RadarPipeline:
     def _labels(self, labels) -> torch.Tensor:
         return torch.as_tensor(labels, dtype=torch.long, device=self.device).reshape(-1)
 
+    @staticmethod
+    def _host_labels(labels) -> torch.Tensor:
+        """Labels for the sampler, on the host: it checks them there and moves them without a synchronisation."""
+        return torch.as_tensor(labels, dtype=torch.long).reshape(-1).cpu()
+
     @torch.no_grad()
     def decode(self, f_hat: torch.Tensor, adapter: bool) -> torch.Tensor:
         """f_hat -> images in [0, 1] (float32, B×3×H×W)."""
@@ -137,18 +143,22 @@ class RadarPipeline:
         return dec(f_hat.float()).clamp(-1, 1).add(1).mul(0.5)
 
     def _sampling(self, cfg, top_k, top_p) -> NextScaleSampler:
+        """The sampler for these overrides (kept, so that a captured engine's graphs serve later calls)."""
         if cfg is None and top_k is None and top_p is None:
             return self.sampler
         s = self.sampling
-        new = SamplingConfig(cfg=s.cfg if cfg is None else cfg, top_k=s.top_k if top_k is None else top_k,
-                             top_p=s.top_p if top_p is None else top_p, noise=s.noise, more_smooth=s.more_smooth)
-        return NextScaleSampler(self.var, self.vqvae.quantize, new, autocast_dtype=self.autocast_dtype)
+        new = replace(s, cfg=s.cfg if cfg is None else cfg, top_k=s.top_k if top_k is None else top_k,
+                      top_p=s.top_p if top_p is None else top_p)
+        if new not in self._samplers:
+            self._samplers[new] = NextScaleSampler(self.var, self.vqvae.quantize, new,
+                                                   autocast_dtype=self.autocast_dtype)
+        return self._samplers[new]
 
     @torch.no_grad()
     def sample_latents(self, labels: Sequence[int], seeds: Sequence[int], accelerated: bool = True,
                        cfg: Optional[float] = None, top_k: Optional[int] = None, top_p: Optional[float] = None) -> SampleOutput:
         sampler = self._sampling(cfg, top_k, top_p)
-        return sampler.sample(self._labels(labels), seeds=list(seeds), accel=self.accel if accelerated else None)
+        return sampler.sample(self._host_labels(labels), seeds=list(seeds), accel=self.accel if accelerated else None)
 
     @torch.no_grad()
     def generate(self, labels: Sequence[int], seeds: Sequence[int], cfg: Optional[float] = None,
@@ -166,7 +176,7 @@ class RadarPipeline:
     def compare(self, labels: Sequence[int], seeds: Sequence[int]) -> dict[str, torch.Tensor]:
         """uint8 images of the same samples: vanilla, accelerated, accelerated + adapter (when loaded).
         One forked run: the scales before the first accelerated one are computed once."""
-        pair = generate_pairs(self.sampler, self._labels(labels), self.accel, seeds=list(seeds))
+        pair = generate_pairs(self.sampler, self._host_labels(labels), self.accel, seeds=list(seeds))
         out = {"vanilla": to_uint8(self.decode(pair.hq.f_hat, adapter=False)),
                "accelerated": to_uint8(self.decode(pair.lq.f_hat, adapter=False))}
         if self.adapted_decoder is not None:
