@@ -194,11 +194,12 @@ def prepare_job(args: CacheArgs) -> CacheJob:
     vqvae, var, vae_id, var_id = load_models(m.preset, m.vae_checkpoint, m.var_checkpoint, device, m.init_seed)
     method = build_accel(args.accel, var.patch_nums, var.depth, var_id)
     plan = Plan.from_args(args.plan, var.num_classes)
-    manifest, created = schema.create_or_check_manifest(
-        args.output, build_manifest(args, plan, var, vae_id, var_id, method, precision))
     if ac_dtype is not None:
         var.cast_body_(ac_dtype)  # no per-call weight casts under autocast; embeddings stay fp32
+    # the sampler checks its engine against the device: before the manifest is written
     sampler = NextScaleSampler(var, vqvae.quantize, args.sampling, autocast_dtype=ac_dtype)
+    manifest, created = schema.create_or_check_manifest(
+        args.output, build_manifest(args, plan, var, vae_id, var_id, method, precision))
     return CacheJob(args, split, device, manifest, plan, sampler, method, created)
 
 
