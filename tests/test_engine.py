@@ -1,0 +1,426 @@
+"""Sampling engines on the CPU: engine selection and refusals, the preallocated KV cache, the per-scale step
+free of host synchronisation and host data for every method and scale, the step traced whole by
+torch.compile (fullgraph) with the same tokens as eager, inductor against eager, a cache resume with another
+engine, and the graphs engine's bookkeeping (workspaces, replays with new inputs, forks, leases, fallback)
+with CPU stand-ins for the CUDA graphs. Real CUDA graphs are covered by tests/test_gpu.py. Most tests use a
+micro model (one block, four scales) so that tracing and compiling stay quick."""
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import radar_train.engine as engine
+from radar_train.accel import build_accel
+from radar_train.accel.calibrate import calibrate_sca, write_sca_mask
+from radar_train.config import AccelArgs, SamplingConfig, SCAArgs
+from radar_train.models.hooks import KVCache
+from radar_train.sampling import ENGINES, NextScaleSampler, engines_for, generate_pairs
+
+SAMPLING = SamplingConfig(cfg=1.5, top_k=16, top_p=0.9)
+LABELS, SEEDS = torch.tensor([0, 3, 2]), [11, 12, 13]
+
+
+@pytest.fixture(scope="module")
+def micro():
+    """(quantizer, var): the smallest model with every kind of scale (4 scales, one block, random weights), so
+    that tracing and compiling stay quick."""
+    from radar_train.models import build_var
+    from radar_train.models.configs import VARConfig
+    from radar_train.models.init import init_random_
+    from radar_train.models.quantizer import MultiScaleQuantizer
+
+    cfg = VARConfig(num_classes=4, depth=1, embed_dim=32, num_heads=2, patch_nums=(1, 2, 3, 4), vocab_size=64,
+                    z_channels=4)
+    var = init_random_(build_var(cfg), 0).eval().requires_grad_(False)
+    quant = init_random_(MultiScaleQuantizer(64, 4, cfg.patch_nums), 1).eval().requires_grad_(False)
+    return quant, var
+
+
+@pytest.fixture(scope="module")
+def sca_mask(micro, tmp_path_factory):
+    """An SCA mask file with scores for the micro model (scales 3 and 4, tile 4): the memory budget evicts a
+    KV tile, so the in-place compaction runs."""
+    quant, var = micro
+    s = NextScaleSampler(var, quant, SAMPLING)
+    scores, rows = calibrate_sca(s, (3, 4), 4, 1.0, num_samples=2, batch_size=2, num_classes=var.num_classes)
+    path = tmp_path_factory.mktemp("sca") / "micro_sca.safetensors"
+    model = {"preset": "micro", "var": {"kind": "random", "value": "micro"}, "depth": var.depth,
+             "num_heads": 2, "embed_dim": 32}
+    write_sca_mask(path, SCAArgs(), var.patch_nums, scores, tile=4, tau=1.0, rows=rows, num_samples=2, seed=0,
+                   batch_size=2, model=model, sampling=asdict(SAMPLING))
+    return path
+
+
+def _methods(var, sca_mask) -> dict:
+    from radar_train.accel import FastVAR, StageVAR
+
+    sca = dict(scales=[3, 4], compute_budget=0.5)
+    methods = {
+        "vanilla": None,
+        "fastvar": FastVAR(prune=((4, 0.5),)),  # cache scale 3
+        "fastvar-two": FastVAR(prune=((3, 0.4), (4, 0.75)), cache_scale=2),
+        "stagevar": StageVAR(scales=((4, 0.96),), min_rank=4),  # observes scale 3, one CFG half at 4
+        "stagevar-skip": StageVAR(scales=((3, 0.96), (4, 0.0)), min_rank=4),  # projected 3, skips 4
+        "sca-window": AccelArgs("sca", sca=SCAArgs(selection="window", preset=None, memory_budget=1.0, **sca)),
+        "sca-scores": AccelArgs("sca", sca=SCAArgs(mask_file=str(sca_mask), preset=None, memory_budget=0.5,
+                                                   per_head=True, **sca)),
+    }
+    return {k: build_accel(m, var.patch_nums, var.depth) if isinstance(m, AccelArgs) else m
+            for k, m in methods.items()}
+
+
+# ---------------------------------------------------------------------------- choosing an engine
+def test_engine_names_auto_and_refusals(micro):
+    quant, var = micro
+    assert ENGINES == ("eager", "graphs", "compiled") and SamplingConfig().engine == "auto"
+    assert engines_for("cpu") == ("eager",) and engines_for("cuda") == ("eager", "graphs")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert engine.resolve_engine("auto", cpu, "per_sample") == "eager"
+    assert engine.resolve_engine("auto", cuda, "per_sample") == engine.AUTO_ON_CUDA == "graphs"
+    assert engine.resolve_engine("auto", cuda, "official") == "eager"  # the generator path runs eagerly
+    assert engine.resolve_engine("compiled", cpu, "per_sample") == "compiled"
+    assert NextScaleSampler(var, quant, SAMPLING).engine == "eager"
+    assert NextScaleSampler(var, quant, SAMPLING, engine="compiled").engine == "compiled"
+    assert NextScaleSampler(var, quant, replace(SAMPLING, engine="compiled")).engine == "compiled"
+    with pytest.raises(ValueError, match=r"^sampling.engine graphs needs a CUDA device \(the model is on cpu\)"):
+        NextScaleSampler(var, quant, SAMPLING, engine="graphs")
+    with pytest.raises(ValueError, match="sampling.engine compiled needs noise='per_sample'"):
+        NextScaleSampler(var, quant, replace(SAMPLING, noise="official"), engine="compiled")
+    with pytest.raises(ValueError, match="sampling.engine must be auto, eager, graphs or compiled, got 'fast'"):
+        NextScaleSampler(var, quant, replace(SAMPLING, engine="fast"))
+
+
+def test_an_explicit_captured_engine_refuses_a_method_it_cannot_capture(micro):
+    from radar_train.accel.calibrate import RankProbe
+
+    quant, var = micro
+    probe = RankProbe([3], 0.96)  # observes on the host: not capturable
+    with pytest.raises(ValueError, match="sampling.engine compiled cannot capture .* use engine eager or auto"):
+        NextScaleSampler(var, quant, SAMPLING, engine="compiled").sample(LABELS, seeds=SEEDS, accel=probe)
+
+
+# ---------------------------------------------------------------------------- the KV cache
+def test_kv_cache_is_written_in_place_at_static_offsets():
+    kv = KVCache(2, capacity=10)
+    g = torch.Generator().manual_seed(0)
+    k1, v1, k2, v2 = (torch.randn(4, 2, n, 3, generator=g) for n in (1, 1, 4, 4))
+    kk, vv = kv.extend(0, k1, v1)
+    buf = kv.k[0]
+    assert buf.shape == (4, 2, 10, 3) and kk.shape == (4, 2, 1, 3)
+    kk, vv = kv.extend(0, k2, v2)
+    assert kv.k[0] is buf and kk.data_ptr() == buf.data_ptr() and kv.num_tokens(0) == 5 and kv.num_tokens(1) == 0
+    assert torch.equal(kk, torch.cat((k1, k2), 2)) and torch.equal(vv, torch.cat((v1, v2), 2))
+    assert kv.nbytes() == 2 * 4 * 2 * 5 * 3 * 4 and kv.allocated_bytes() == 2 * 4 * 2 * 10 * 3 * 4
+    other = kv.fork()  # a copy: extending one leaves the other as it was
+    other.extend(0, k1, v1)
+    assert kv.num_tokens(0) == 5 and other.num_tokens(0) == 6 and other.k[0].data_ptr() != buf.data_ptr()
+    assert torch.equal(other.k[0][:, :, :5], kk)
+    kk, vv = kv.keep(0, torch.tensor([0, 2, 4]))  # eviction: compacted to the front, in place
+    assert kv.num_tokens(0) == 3 and kk.data_ptr() == buf.data_ptr()
+    assert torch.equal(kk, torch.cat((k1, k2), 2)[:, :, [0, 2, 4]])
+    kv.select_rows(slice(2, 4))  # one CFG half: a view of the same buffers
+    assert kv.k[0].shape[0] == 2 and kv.k[0].data_ptr() == buf[2:].data_ptr()
+    with pytest.raises(ValueError, match="holds 3 of 10 tokens; cannot append 8"):
+        kv.extend(0, *(torch.zeros(2, 2, 8, 3) for _ in range(2)))
+
+
+def test_kv_cache_holds_the_compute_dtype(micro):
+    quant, var = micro
+    s = NextScaleSampler(var, quant, SAMPLING, autocast_dtype=torch.bfloat16)
+    state = s.advance(s.start(LABELS, seeds=SEEDS), until=2)
+    assert state.kv.k[0].dtype == torch.bfloat16 and state.kv.k[0].shape[2] == var.config.num_tokens
+    assert state.kv.num_tokens(0) == 1 + 4
+
+
+# ---------------------------------------------------------------------------- no host synchronisation
+HOST_CALLS = {"item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__", "tensor", "as_tensor",
+              "from_numpy", "pin_memory", "nonzero", "masked_select", "unique", "synchronize"}
+HOST_OPS = ("aten._local_scalar_dense", "aten.lift_fresh", "aten.nonzero", "aten.masked_select", "aten._unique")
+
+
+class _HostSpy(TorchFunctionMode):
+    """Records every call that reads a device value on the host or brings host data to the device."""
+
+    def __init__(self, found):
+        super().__init__()
+        self.found = found
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", str(func))
+        if name in HOST_CALLS or (name == "to" and (any(isinstance(a, (str, torch.device)) for a in args[1:])
+                                                    or "device" in kwargs)):
+            self.found.append(name)
+        return func(*args, **kwargs)
+
+
+class _OpSpy(TorchDispatchMode):
+    def __init__(self, found):
+        super().__init__()
+        self.found = found
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func).startswith(HOST_OPS):
+            self.found.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def _spied(fn, found):
+    def run(*a, **kw):
+        with _HostSpy(found), _OpSpy(found):
+            return fn(*a, **kw)
+    return run
+
+
+def test_the_device_side_of_a_run_never_touches_the_host(micro, sca_mask):
+    """Every scale of every method (restored sub-layers, projected blocks, a skip, sparse attention with KV
+    eviction), the start and the forks of pairs: no value read back to the host, no host data sent to the
+    device, no data-dependent shapes (on CUDA each would synchronise the loop)."""
+    quant, var = micro
+    s = NextScaleSampler(var, quant, SAMPLING)
+    found: list = []
+    s._begin, s._plan, s._compute, s._fork_state = (_spied(f, found) for f in (s._begin, s._plan, s._compute,
+                                                                                 s._fork_state))
+    methods = _methods(var, sca_mask)
+    for name, method in methods.items():
+        out = s.sample(LABELS, seeds=SEEDS, accel=method)
+        assert len(out.indices) == len(var.patch_nums)
+        if method is not None:  # a fork (and after it a CFG-half switch for stagevar)
+            generate_pairs(s, LABELS, method, seeds=SEEDS)
+        assert found == [], (name, sorted(set(found)))
+    # the spy sees what it should: the old per-scale key derivation sent host data every scale
+    probe: list = []
+    _spied(lambda: torch.tensor([1, 2]).sum().item(), probe)()
+    assert "tensor" in probe and "item" in probe and "aten._local_scalar_dense.default" in probe
+
+
+# ---------------------------------------------------------------------------- compiled
+class _Graphs:
+    """A torch.compile backend that runs the traced graph as it is and remembers it."""
+
+    def __init__(self):
+        self.graphs = []
+
+    def __call__(self, gm, example_inputs):
+        self.graphs.append(gm)
+        return gm.forward
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vanilla", "fastvar", "stagevar", "sca-scores"])
+def test_the_scale_step_traces_whole_and_gives_the_eager_tokens(micro, sca_mask, monkeypatch, name):
+    """torch.compile(fullgraph=True) of the step: no graph break (a break raises), no host data in the graph, and
+    the traced graphs run to the eager tokens and f_hat bit for bit. Vanilla: scales 0, 1 and the last (the
+    others are scale 1's code); a method: from the scale before its first modified one to the end (the
+    scales before are vanilla's)."""
+    quant, var = micro
+    backend = _Graphs()
+    monkeypatch.setattr(engine, "COMPILE_BACKEND", backend)
+    method = _methods(var, sca_mask)[name]
+    eager = NextScaleSampler(var, quant, SAMPLING)
+    ref = eager.sample(LABELS, seeds=SEEDS, accel=method)
+    K = len(var.patch_nums)
+    if method is None:
+        traced = [0, 1, K - 1]
+    else:
+        traced = list(range(method.first_modified_scale(var.patch_nums) - 1, K))
+    state = eager.start(LABELS, seeds=SEEDS, accel=method)
+    step = engine.compile_step(eager)
+    while state.si < K and state.skipped_from is None:
+        if eager._plan(state):
+            engine.run_compiled(step, state) if state.si in traced else eager._compute(state)
+    out = eager.output(state)
+    assert len(backend.graphs) == len(traced)  # one graph per traced scale
+    for gm in backend.graphs:
+        targets = {str(getattr(n.target, "__name__", n.target)) for n in gm.graph.nodes if n.op == "call_function"}
+        assert not targets & {"tensor", "as_tensor", "from_numpy", "item", "tolist"}, targets
+    assert all(torch.equal(a, b) for a, b in zip(out.indices, ref.indices))
+    assert torch.equal(out.f_hat, ref.f_hat)
+
+
+@pytest.mark.slow
+def test_compiled_engine_runs_inductor_and_matches_eager(micro):
+    """The compiled engine with inductor on the CPU, on the smallest model we have, for one scale (scale 1;
+    compiling all six takes minutes on two cores, and the others are the same code): the same tokens as
+    eager; f_hat to float rounding (inductor fuses and reorders: max |diff| 2e-7 measured on this scale)."""
+    quant, var = micro
+    eager = NextScaleSampler(var, quant, SAMPLING)
+    comp = NextScaleSampler(var, quant, SAMPLING, engine="compiled")
+    state = comp.start(LABELS, seeds=SEEDS)
+    comp._plan(state)
+    comp._compute(state)  # scale 0 eagerly (not compiled: time)
+    ref = eager._fork_state(state, None)
+    eager.advance(ref, until=2)
+    comp.advance(state, until=2)  # scale 1 through the engine: torch.compile with inductor
+    assert isinstance(comp._engine, engine.CompiledEngine) and comp._engine._step is not None
+    assert torch.equal(state.indices[1], ref.indices[1])
+    torch.testing.assert_close(state.f_hat, ref.f_hat, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------- entry points
+def test_a_cache_resumes_with_another_engine_but_not_with_other_sampling(build_cache, tmp_path):
+    from radar_train.cache.config import CacheArgs, PlanArgs
+
+    args = CacheArgs(sampling=replace(SAMPLING, engine="eager"),
+                     plan=PlanArgs(classes=[0, 1], images_per_class=None, num_samples=2, shard_size=1),
+                     output=str(tmp_path / "cache"), progress=False, device="cpu", num_threads=1)
+    build_cache(args)
+    manifest = (tmp_path / "cache" / "manifest.json").read_text()
+    build_cache(replace(args, sampling=replace(args.sampling, engine="compiled")))  # complete shards: no work
+    assert (tmp_path / "cache" / "manifest.json").read_text() == manifest
+    with pytest.raises(ValueError, match=r"differing fields: sampling.cfg \(cache: 1.5, now: 2.0\)"):
+        build_cache(replace(args, sampling=replace(args.sampling, cfg=2.0, engine="compiled")))
+
+
+# ---------------------------------------------------------------------------- the graphs engine's bookkeeping
+def _tensors(obj) -> list:
+    """Every tensor a run's Python state holds, in a fixed order (method configuration and tables excluded)."""
+    from radar_train.accel.base import AccelRun
+    from radar_train.sampling import SamplingState
+
+    out: list = []
+
+    def walk(x):
+        if isinstance(x, torch.Tensor):
+            out.append(x)
+        elif isinstance(x, (list, tuple)):
+            for y in x:
+                walk(y)
+        elif isinstance(x, dict):
+            for k in sorted(x, key=repr):
+                walk(x[k])
+        elif isinstance(x, (SamplingState, KVCache, AccelRun)):
+            for k in sorted(vars(x)):
+                if not (isinstance(x, SamplingState) and k in engine.BOOKKEEPING):
+                    walk(getattr(x, k))
+
+    walk(obj)
+    return out
+
+
+class _ReplayOnCPU:
+    """Stands in for a CUDA graph on the CPU: a replay recomputes the captured piece from the run's Python state
+    recorded before it and writes every tensor it makes into the tensor the capture made (the KV buffers and
+    f_hat it writes in place directly), as a graph replay writes into the capture's memory. Capture
+    restrictions and memory pools are left to tests/test_gpu.py."""
+
+    replays = 0
+
+    def __init__(self, piece, before, made):
+        self.piece, self.before, self.made = piece, before, made
+
+    def replay(self):
+        from radar_train.sampling import copy_state
+
+        _ReplayOnCPU.replays += 1
+        state = copy_state(self.before)
+        out = self.piece(state)
+        fresh = _tensors(out if out is not None else state)
+        assert len(fresh) == len(self.made)
+        for mine, new in zip(self.made, fresh):
+            if mine is not new:
+                mine.copy_(new)
+
+
+def _capture_on_cpu(self, ws, piece, state, warm):
+    before = engine.snapshot(state)  # (without the run's hold on the workspace, as a graph holds nothing)
+    result = piece(state)  # executes: the capture and its first replay
+    return _ReplayOnCPU(piece, before, _tensors(result if result is not None else state)), result
+
+
+def _graphs_on_cpu(var, quant, monkeypatch, fallback=False, **kw) -> NextScaleSampler:
+    monkeypatch.setattr(engine.GraphEngine, "_capture", _capture_on_cpu)
+    s = NextScaleSampler(var, quant, replace(SAMPLING, engine="auto" if fallback else "eager", **kw))
+    s._engine = engine.GraphEngine(s, fallback=fallback)
+    return s
+
+
+def _same(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.indices, b.indices)) and torch.equal(a.f_hat, b.f_hat)
+
+
+def test_graphs_engine_replays_each_piece_with_the_new_inputs(micro, sca_mask, monkeypatch):
+    """The graphs engine's bookkeeping with CPU stand-ins for the graphs: a later call (other labels and seeds)
+    only replays (the start and each scale, once) and gives eager's result bit for bit; the result of the
+    first call is a copy (the replay does not change it); a pair's vanilla half runs in a child workspace."""
+    quant, var = micro
+    eager = NextScaleSampler(var, quant, SAMPLING)
+    graphs = _graphs_on_cpu(var, quant, monkeypatch)
+    eng = graphs._engine
+    methods = _methods(var, sca_mask)
+    calls = [(LABELS, SEEDS), (torch.tensor([3, 1, 4]), [5, 99, 6])]
+    for name in ("vanilla", "fastvar", "stagevar-skip", "sca-scores"):
+        method = methods[name]
+        refs = [eager.sample(labels, seeds=seeds, accel=method) for labels, seeds in calls]
+        first = graphs.sample(*calls[0][:1], seeds=calls[0][1], accel=method)
+        assert _same(first, refs[0]), name
+        replays = _ReplayOnCPU.replays
+        assert _same(graphs.sample(*calls[1][:1], seeds=calls[1][1], accel=method), refs[1]), name
+        (ws,) = eng.workspaces[(6, engine._MethodKey(method))]
+        assert _ReplayOnCPU.replays - replays == 1 + sum(p.graph is not None for p in ws.scales.values())
+        assert _same(first, refs[0]), name
+    method = methods["stagevar-skip"]  # a fork, then the CFG-half switch and the skip in the accelerated half
+    for labels, seeds in calls:
+        pair, ref = (generate_pairs(s, labels, method, seeds=seeds) for s in (graphs, eager))
+        assert _same(pair.hq, ref.hq) and _same(pair.lq, ref.lq) and pair.fork_scale == ref.fork_scale
+    # one workspace per method, all free again; the pair's vanilla half in a child with other KV buffers, while
+    # workspaces not held at the same time share theirs
+    assert len(eng.workspaces) == 4 and all(len(v) == 1 and v[0].usable() for v in eng.workspaces.values())
+    parent = eng.workspaces[(6, engine._MethodKey(method))][0]
+    (child,) = [c for cs in parent.children.values() for c in cs]
+    assert child.kv is not parent.kv and eng.workspaces[(6, engine._MethodKey(None))][0].kv is parent.kv
+
+
+def test_graphs_engine_state_machine_and_concurrent_runs(micro, monkeypatch):
+    """advance to any scale, fork there, output: as eager. A run started while another holds the workspace
+    gets its own; another batch size gets its own; trace runs eagerly."""
+    quant, var = micro
+    eager = NextScaleSampler(var, quant, SAMPLING)
+    graphs = _graphs_on_cpu(var, quant, monkeypatch)
+    eng = graphs._engine
+    for round_ in range(2):  # capture, then replay
+        a = graphs.start(LABELS, seeds=SEEDS)
+        b = graphs.start(LABELS[:2], seeds=SEEDS[:2])  # another batch size
+        c = graphs.start(LABELS, seeds=SEEDS)  # a's workspace is held: another one
+        assert a.handle.ws is not c.handle.ws and a.handle.ws.kv is not c.handle.ws.kv
+        graphs.advance(a, until=3)
+        forked = graphs.fork(a)
+        ref = eager.advance(eager.start(LABELS, seeds=SEEDS), until=3)
+        assert torch.equal(a.f_hat, ref.f_hat) and a.kv.num_tokens(0) == ref.kv.num_tokens(0) == 1 + 4 + 9
+        want = eager.sample(LABELS, seeds=SEEDS)
+        assert all(_same(graphs.output(graphs.advance(run)), want) for run in (a, forked, c))
+        assert _same(graphs.output(graphs.advance(b)), eager.sample(LABELS[:2], seeds=SEEDS[:2]))
+        del a, b, c, forked  # the workspaces are free again
+    assert sorted(len(v) for v in eng.workspaces.values()) == [1, 2]
+    traced = graphs.start(LABELS, seeds=SEEDS, trace=True)
+    assert traced.handle is None and traced.eager
+
+
+def test_a_failed_capture_falls_back_to_eager_under_auto_and_is_an_error_otherwise(micro, monkeypatch):
+    quant, var = micro
+    ref = NextScaleSampler(var, quant, SAMPLING).sample(LABELS, seeds=SEEDS)
+    for failing_piece in (0, 3):  # the start, a scale
+        calls = []
+
+        def capture(self, ws, piece, state, warm, calls=calls, n=failing_piece):
+            calls.append(1)
+            if len(calls) > n:
+                raise RuntimeError("operation not permitted when stream is capturing\nmore")
+            return _capture_on_cpu(self, ws, piece, state, warm)
+
+        auto = _graphs_on_cpu(var, quant, monkeypatch, fallback=True)
+        monkeypatch.setattr(engine.GraphEngine, "_capture", capture)
+        with pytest.warns(RuntimeWarning, match=r"^sampling.engine auto: capturing (the start of a run|scale 2) failed "
+                                                r"\(RuntimeError: operation not permitted when stream is capturing\); "
+                                                r"sampling eagerly from here on$"):
+            out = auto.sample(LABELS, seeds=SEEDS)
+        assert _same(out, ref) and auto.engine == "eager"
+    explicit = _graphs_on_cpu(var, quant, monkeypatch)
+    monkeypatch.setattr(engine.GraphEngine, "_capture", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match=r"^sampling.engine graphs: capturing the start of a run failed "
+                                           r"\(RuntimeError: boom\); use sampling.engine eager$"):
+        explicit.sample(LABELS, seeds=SEEDS)
