@@ -31,8 +31,9 @@ def test_pipeline_bench_rows(tmp_path):
     rows, _ = _bench("pipeline", "--setup.batch_size", "2", "--setup.repeats", "1", "--setup.warmup", "0",
                      "--methods", "[none]", "--sampling.top_k", "64", tmp_path=tmp_path)
     names = [r["method"] for r in rows]
-    assert names == ["decode: base decoder", "decode: merged decoder", "decode: unmerged decoder", "none",
-                     "none + adapter (merged)"]
+    assert names == ["decode: base decoder", "decode: merged decoder", "decode: unmerged decoder",
+                     "decode: label-conditioned decoder", "none", "none + adapter (merged)"]
+    assert rows[3]["vs_merged_decoder"] > 0
 
 
 def test_merged_adapter_has_the_base_decoders_structure(tiny_models):

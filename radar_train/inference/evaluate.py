@@ -63,7 +63,7 @@ def _seed_of(identity: dict) -> Optional[int]:
 def load_decoders(manifest, meta: dict, adapter_dir: str, vae_checkpoint: Optional[str], device):
     """(plain decoder, adapted decoder (merged), identity) for the cache's VQ-VAE."""
     from radar_train.export import load_adapter
-    from radar_train.models import load_latent_decoder
+    from radar_train.models import get_preset, load_latent_decoder
 
     model = manifest.model
     vae_id = model["vae"]
@@ -79,7 +79,9 @@ def load_decoders(manifest, meta: dict, adapter_dir: str, vae_checkpoint: Option
         raise ValueError(f"VQ-VAE {ident.kind}:{ident.value[:16]} is not the one the cache was made with "
                          f"({vae_id['kind']}:{vae_id['value'][:16]}); pass the right --vae_checkpoint")
     adapted, _ = load_latent_decoder(model["preset"], ckpt, _seed_of(vae_id), device)
-    adapted = load_adapter(adapted, adapter_dir, identity=ident, merge=True).eval()
+    # a label-conditioned adapter must have the class count of the cache's generator
+    num_classes = get_preset(model["preset"]).var.num_classes
+    adapted = load_adapter(adapted, adapter_dir, identity=ident, merge=True, num_classes=num_classes).eval()
     return plain.eval(), adapted, ident
 
 
@@ -93,7 +95,7 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
     warns and records them in the result (`train_shard_overlap`, `held_out` false)."""
     from radar_train.cache.reader import BlockShuffleSampler, PairDataset
     from radar_train.cache.schema import read_manifest
-    from radar_train.export import check_adapter
+    from radar_train.export import check_adapter, decode_with_labels
 
     cache = Path(cache_dir)
     manifest = read_manifest(cache)
@@ -123,12 +125,12 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
     stats = RestorationStats(dev)
     lp_sums = torch.zeros(2, dtype=torch.float64)
 
-    def img(dec, f):
-        return dec(f).clamp(-1, 1).add(1).mul(0.5)
+    def img(dec, f, labels=None):  # a label-conditioned adapter decodes with the cache's labels
+        return decode_with_labels(dec, f, labels).clamp(-1, 1).add(1).mul(0.5)
 
     for batch in loader:
-        hq, lq = batch["fhat_hq"].to(dev), batch["fhat_lq"].to(dev)
-        t, q, s, h = img(plain, hq), img(plain, lq), img(adapted, lq), img(adapted, hq)
+        hq, lq, labels = batch["fhat_hq"].to(dev), batch["fhat_lq"].to(dev), batch["label"].to(dev)
+        t, q, s, h = img(plain, hq), img(plain, lq), img(adapted, lq, labels), img(adapted, hq, labels)
         stats.update(t, q, s, h)
         if lp is not None:
             lp_sums[0] += lp(q * 2 - 1, t * 2 - 1).double().sum().cpu()
@@ -140,7 +142,8 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
            "delta_psnr": m["delta_psnr"], "delta_ssim": m["delta_ssim"], "harmlessness_psnr": m.get("psnr_harmless"),
            "mse_baseline": m["mse_baseline"], "mse_adapted": m["mse_student"], "cache": str(cache),
            "adapter": str(adapter_dir), "accel": manifest.accel, "model": manifest.model.get("preset"),
-           "held_out": not overlap, "train_shard_overlap": overlap}
+           "held_out": not overlap, "train_shard_overlap": overlap,
+           "label_conditioned": bool(getattr(adapted, "label_conditioned", False))}
     if lp is not None:
         out["lpips_baseline"], out["lpips_adapted"] = (lp_sums / max(n, 1)).tolist()
     return out

@@ -124,7 +124,8 @@ class RadarPipeline:
                               f"{self.accel.describe()}; restoration may be worse", stacklevel=2)
                 break
         dec = self.vqvae.latent_decoder().eval()
-        self.adapted_decoder = load_adapter(dec, adapter_dir, identity=self.vae_identity, merge=merge).eval()
+        self.adapted_decoder = load_adapter(dec, adapter_dir, identity=self.vae_identity, merge=merge,
+                                            num_classes=self.var.num_classes).eval()
         self.adapter_meta = meta
 
     # ------------------------------------------------------------------ generation
@@ -137,10 +138,12 @@ class RadarPipeline:
         return torch.as_tensor(labels, dtype=torch.long).reshape(-1).cpu()
 
     @torch.no_grad()
-    def decode(self, f_hat: torch.Tensor, adapter: bool) -> torch.Tensor:
-        """f_hat -> images in [0, 1] (float32, B×3×H×W)."""
+    def decode(self, f_hat: torch.Tensor, adapter: bool, labels: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """f_hat -> images in [0, 1] (float32, B×3×H×W). A label-conditioned adapter needs the samples' labels."""
+        from radar_train.export import decode_with_labels
+
         dec = self.adapted_decoder if adapter and self.adapted_decoder is not None else self.decoder
-        return dec(f_hat.float()).clamp(-1, 1).add(1).mul(0.5)
+        return decode_with_labels(dec, f_hat.float(), labels).clamp(-1, 1).add(1).mul(0.5)
 
     def _sampling(self, cfg, top_k, top_p) -> NextScaleSampler:
         """The sampler for these overrides (kept, so that a captured engine's graphs serve later calls)."""
@@ -166,7 +169,7 @@ class RadarPipeline:
                  use_adapter: bool = True, output: Literal["uint8", "pil", "float"] = "uint8"):
         """Images for the labels and per-sample seeds: accelerated (with the adapter when loaded) by default."""
         res = self.sample_latents(labels, seeds, accelerated, cfg, top_k, top_p)
-        img = self.decode(res.f_hat, adapter=accelerated and use_adapter)
+        img = self.decode(res.f_hat, adapter=accelerated and use_adapter, labels=self._labels(labels))
         if output == "float":
             return img
         u8 = to_uint8(img)
@@ -177,8 +180,9 @@ class RadarPipeline:
         """uint8 images of the same samples: vanilla, accelerated, accelerated + adapter (when loaded).
         One forked run: the scales before the first accelerated one are computed once."""
         pair = generate_pairs(self.sampler, self._host_labels(labels), self.accel, seeds=list(seeds))
+        labels = self._labels(labels)
         out = {"vanilla": to_uint8(self.decode(pair.hq.f_hat, adapter=False)),
                "accelerated": to_uint8(self.decode(pair.lq.f_hat, adapter=False))}
         if self.adapted_decoder is not None:
-            out["accelerated+adapter"] = to_uint8(self.decode(pair.lq.f_hat, adapter=True))
+            out["accelerated+adapter"] = to_uint8(self.decode(pair.lq.f_hat, adapter=True, labels=labels))
         return out

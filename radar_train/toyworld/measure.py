@@ -136,19 +136,31 @@ def sample_fhat(sampler: NextScaleSampler, labels: torch.Tensor, seeds: torch.Te
 
 
 @torch.no_grad()
-def decode01(decoder: torch.nn.Module, f_hat: torch.Tensor, batch_size: int = 100) -> torch.Tensor:
-    """f_hat -> images in [0, 1] with a VQVAE or a (possibly adapted) LatentDecoder."""
-    fn = decoder.fhat_to_img if isinstance(decoder, VQVAE) else (lambda f: decoder(f).clamp(-1, 1))
-    return torch.cat([fn(f_hat[i:i + batch_size]).add(1).mul(0.5) for i in range(0, f_hat.shape[0], batch_size)])
+def decode01(decoder: torch.nn.Module, f_hat: torch.Tensor, batch_size: int = 100,
+             labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """f_hat -> images in [0, 1] with a VQVAE or a (possibly adapted) LatentDecoder; `labels` (one per latent)
+    for a label-conditioned adapter (required there, ignored by the others)."""
+    from radar_train.export import decode_with_labels
+
+    def fn(i: int) -> torch.Tensor:
+        f = f_hat[i:i + batch_size]
+        if isinstance(decoder, VQVAE):
+            return decoder.fhat_to_img(f)
+        return decode_with_labels(decoder, f, None if labels is None else labels[i:i + batch_size]).clamp(-1, 1)
+
+    return torch.cat([fn(i).add(1).mul(0.5) for i in range(0, f_hat.shape[0], batch_size)])
 
 
-def load_adapted_decoder(vqvae: VQVAE, adapter_dir: str, identity: ModelIdentity) -> torch.nn.Module:
-    """A copy of the VQ-VAE's decoder with the adapter merged in."""
+def load_adapted_decoder(vqvae: VQVAE, adapter_dir: str, identity: ModelIdentity,
+                         num_classes: int = NUM_CLASSES) -> torch.nn.Module:
+    """A copy of the VQ-VAE's decoder with the adapter merged in (a label-conditioned adapter: a
+    LabelConditionedDecoder, which `decode01` calls with the labels; refused if not of `num_classes` classes)."""
     from radar_train.export import load_adapter
 
     if not Path(adapter_dir).is_dir():
         raise FileNotFoundError(f"adapters: {adapter_dir} is not an adapter folder")
-    return load_adapter(vqvae.latent_decoder().eval(), adapter_dir, identity=identity, merge=True).eval()
+    return load_adapter(vqvae.latent_decoder().eval(), adapter_dir, identity=identity, merge=True,
+                        num_classes=num_classes).eval()
 
 
 _SEED_SUFFIX = re.compile(r"^(.+?)[_-](?:s|seed)?\d+$")
@@ -313,11 +325,11 @@ def run_measure(cfg: MeasureConfig, output: Optional[str] = None, overwrite: boo
         log.info("%s: %s", spec, row)
         rows = {}
         for name, decoder in adapted.get(spec, {}).items():
-            img_s = decode01(decoder, fhat_lq)
+            img_s = decode01(decoder, fhat_lq, labels=labels)
             r = {"adapter_dir": table[spec][name], "group": adapter_group(name),
                  "class_accuracy": _r(accuracy(clf, img_s, labels)), **quality_vs_vanilla(img_s, img_hq),
                  **{k: _r(v) for k, v in fid.measure(img_s).items()},
-                 **restoration(img_hq, img_lq, img_s, decode01(decoder, fhat_hq))}
+                 **restoration(img_hq, img_lq, img_s, decode01(decoder, fhat_hq, labels=labels))}
             rows[name] = r | fid_gaps(row, r, report["vanilla"])
             if name == next(nm for nm in table[spec] if adapter_group(nm) == r["group"]):
                 columns.append(img_s[:cfg.grid_samples])  # the grid shows the first adapter of each group

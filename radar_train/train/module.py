@@ -9,9 +9,9 @@ Per step, for a batch of cached pairs (fhat_hq, fhat_lq) of shape (B, Cvae, h, w
 With `label_conditioning.kind: film` the student also gets the sample's class label (`batch["label"]`): a
 per-class FiLM of the decoder's GroupNorms (radar_train/export/label_conditioning.py), trained with the LoRA,
 off for the teacher like the LoRA. Only the LoRA (and FiLM) tensors train (AdamW, warm-up + cosine) and only
-they, with the optimizer, scheduler and loop state (the data order included: datamodule.ResumableLoader) and the training step's random stream
-(rng.StepRng), go into Lightning checkpoints; the frozen base is rebuilt from `decoder` on resume, which
-continues bit-identically to an uninterrupted run (CPU fp32).
+they, with the optimizer, scheduler and loop state (the data order included: datamodule.ResumableLoader) and
+the training step's random stream (rng.StepRng), go into Lightning checkpoints; the frozen base is rebuilt
+from `decoder` on resume, which continues bit-identically to an uninterrupted run (CPU fp32).
 Validation computes the §5.1 metrics (PSNR/SSIM of student and baseline vs teacher, gap closed,
 harmlessness); image grids (LQ baseline | student | teacher) of fixed validation samples go to
 TensorBoard every `monitor.images_every_n_steps`. Early stopping and the best step's adapter: selection.py.
@@ -133,7 +133,8 @@ class RadarLoraModule(pl.LightningModule):
         self.latent_shape = [cfg.z_channels, cfg.patch_nums[-1], cfg.patch_nums[-1]]
         self.targets = resolve_targets(base, lora.targets)
         self.net = inject_lora(base, lora).train()  # LoRA dropout needs train mode; the base has no dropout
-        # hooks on the base decoder's GroupNorms (the peft wrapping leaves them in place); off until decode() sets labels
+        # hooks on the base decoder's GroupNorms (the peft wrapping leaves them in place); off until decode() sets
+        # labels
         self.label_cond = build_label_conditioning(base, label_conditioning, decoder.preset)
         if self.label_cond is not None:
             self.label_cond.attach(base)
