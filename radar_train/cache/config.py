@@ -76,7 +76,7 @@ class CacheArgs:
     num_threads: Optional[int] = None
     """torch CPU threads of this process (default: torch's choice). Small models run best with 1."""
     progress: bool = True
-    """Show a progress bar."""
+    """Show progress: a bar on a terminal, plain lines in a log (radar_train.progress)."""
 
     def problems(self) -> list[str]:
         """Every problem of the run-level, plan and storage fields (the model's class count is checked

@@ -209,7 +209,7 @@ def run_cache(args: CacheArgs, print_fn: Callable[[str], None] = print) -> RunSu
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
+    """A bar on a terminal, `radar-cache: pairs 160/4096 (3.9 %), 12.3 pairs/s, ETA 5 min 20 s` lines in a log."""
+    from radar_train.progress import Progress
 
-    return tqdm(total=total, unit="pair", desc="pairs", disable=not enabled or total == 0, dynamic_ncols=True,
-                smoothing=0.1)
+    return Progress(total, "radar-cache", "pairs", enabled=enabled and total > 0)

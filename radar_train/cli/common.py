@@ -169,9 +169,12 @@ def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Option
     (unless `check_configs` is false: the body calls check_config_files itself)."""
     from jsonargparse import ArgumentError
 
+    from radar_train.progress import check_env
+
     args = expand_flags(sys.argv[1:] if argv is None else argv)
     quiet_library_warnings()
     try:
+        check_env()  # RADAR_PROGRESS / RADAR_PROGRESS_INTERVAL, before any work
         if check_configs:
             check_config_files(args)
         code = body(args)

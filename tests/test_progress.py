@@ -1,0 +1,132 @@
+"""radar_train.progress: plain lines in a log (step / total, rate, ETA at an interval, a final line), a bar on a
+terminal, the environment settings checked."""
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+
+from radar_train.progress import Progress, check_env, format_duration, plural, resolve_mode
+
+LINE = re.compile(r"^train: step (\d+)/(\d+) \((\d+\.\d) %\), ([\d.]+ it/s|[\d.]+ s/it), ETA (\d+ s|\d+ min \d+ s)")
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = FakeClock()
+    monkeypatch.setattr("radar_train.progress.time.monotonic", c)
+    return c
+
+
+def test_plain_lines_at_the_interval_with_rate_eta_and_a_final_line(clock):
+    out = io.StringIO()  # not a terminal: plain lines
+    p = Progress(100, "train", "step", rate_unit="it", interval_s=30, stream=out)
+    for _ in range(100):
+        clock.t += 0.5  # 2 steps a second
+        p.update(1, loss=0.25)
+    p.close()
+    lines = out.getvalue().splitlines()
+    # a line every 30 s of 50 s (none at the end: the final line says it), then the final line
+    assert len(lines) == 2, lines
+    m = LINE.match(lines[0])
+    assert m, lines[0]
+    assert m.group(1, 2, 3) == ("60", "100", "60.0") and m.group(4) == "2 it/s" and m.group(5) == "20 s"
+    assert lines[0].endswith("loss 0.25")
+    assert lines[1] == "train: 100 steps in 50 s (2 it/s), loss 0.25"
+
+
+def test_slow_work_reads_as_seconds_per_unit_and_a_long_eta_in_minutes(clock):
+    out = io.StringIO()
+    p = Progress(1800, "train", "step", rate_unit="it", interval_s=0, stream=out)
+    clock.t += 25.0
+    p.update(4)
+    assert out.getvalue().strip() == "train: step 4/1800 (0.2 %), 6.25 s/it, ETA 3 h 07 min"
+
+
+def test_a_resumed_run_counts_its_rate_from_where_it_resumed(clock):
+    out = io.StringIO()
+    p = Progress(1000, "train", "step", rate_unit="it", initial=900, interval_s=0, stream=out)
+    clock.t += 10
+    p.update_to(950)
+    clock.t += 10
+    p.update_to(1000)
+    p.close()
+    first, final = out.getvalue().splitlines()
+    assert first == "train: step 950/1000 (95.0 %), 5 it/s, ETA 10 s"
+    assert final == "train: 100 steps in 20 s (5 it/s), now 1000/1000"
+
+
+def test_work_stopped_early_says_where_and_unknown_totals_have_no_eta(clock):
+    out = io.StringIO()
+    with Progress(None, "radar-fid", "samples", interval_s=0, stream=out) as p:
+        clock.t += 4
+        p.update(8)
+    assert out.getvalue().splitlines() == ["radar-fid: samples 8, 2 samples/s", "radar-fid: 8 samples in 4 s (2 samples/s)"]
+    out = io.StringIO()
+    with Progress(10, "x", "batch", interval_s=0, stream=out) as p:
+        clock.t += 1
+        p.update(3)
+    assert out.getvalue().splitlines()[-1] == "x: 3 batches in 1 s (3 batch/s), stopped at 3/10"
+
+
+def test_if_logged_final_line_only_after_an_interval_line_and_off_writes_nothing(clock):
+    out = io.StringIO()
+    with Progress(2, "val", "batch", interval_s=30, final_line="if_logged", stream=out) as p:
+        clock.t += 1
+        p.update(2)
+    assert out.getvalue() == ""
+    with Progress(2, "val", "batch", interval_s=0, mode="off", stream=out) as p:
+        p.update(1)
+    with Progress(2, "val", "batch", interval_s=0, enabled=False, stream=out) as p:
+        p.update(1)
+    assert out.getvalue() == ""
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_a_bar_and_no_plain_lines():
+    out = Terminal()
+    assert resolve_mode("auto", out) == "bar" and resolve_mode("auto", io.StringIO()) == "log"
+    with Progress(4, "radar-cache", "pairs", interval_s=0, stream=out) as p:
+        p.update(4)
+    text = out.getvalue()
+    assert "4/4" in text and "\r" in text  # tqdm's bar
+    assert "radar-cache: pairs" not in text and "pairs in" not in text
+
+
+def test_environment_settings(monkeypatch):
+    monkeypatch.setenv("RADAR_PROGRESS", "log")
+    monkeypatch.setenv("RADAR_PROGRESS_INTERVAL", "0")
+    check_env()
+    assert resolve_mode(None, Terminal()) == "log"
+    assert Progress(3, "x", stream=io.StringIO()).interval_s == 0
+    monkeypatch.setenv("RADAR_PROGRESS_INTERVAL", "soon")
+    with pytest.raises(ValueError, match="RADAR_PROGRESS_INTERVAL='soon'"):
+        check_env()
+    monkeypatch.setenv("RADAR_PROGRESS_INTERVAL", "-1")
+    with pytest.raises(ValueError, match="RADAR_PROGRESS_INTERVAL"):
+        check_env()
+    monkeypatch.setenv("RADAR_PROGRESS_INTERVAL", "5")
+    monkeypatch.setenv("RADAR_PROGRESS", "loud")
+    with pytest.raises(ValueError, match="RADAR_PROGRESS='loud' is not one of auto, bar, log, off"):
+        check_env()
+
+
+def test_formats():
+    assert [format_duration(s) for s in (0.4, 59, 61, 937, 3600, 7500)] == [
+        "0 s", "59 s", "1 min 1 s", "15 min 37 s", "1 h 00 min", "2 h 05 min"]
+    assert format_duration(float("inf")) == "?"
+    assert [plural(1, "step"), plural(2, "step"), plural(2, "batch"), plural(3, "pairs")] == [
+        "1 step", "2 steps", "2 batches", "3 pairs"]

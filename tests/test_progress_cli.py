@@ -1,0 +1,52 @@
+"""The long commands show their progress when their output is a pipe (a SLURM job's log, nohup): plain lines
+with step / total, rate and ETA, and a final line; radar-train fit counts steps of max_steps, not epochs."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+RATE = r"[\d.]+ (?:{u}/s|s/{u})"
+ETA = r"ETA (?:\d+ s|\d+ min \d+ s|\d+ h \d+ min)"
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    # a line at every update; one thread (two threads on a shared 2-core machine are many times slower)
+    env = {**os.environ, "RADAR_PROGRESS_INTERVAL": "0", "OMP_NUM_THREADS": "1"}
+    env.pop("RADAR_PROGRESS", None)
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.slow
+def test_cache_run_and_fit_write_progress_lines_into_a_pipe(tmp_path):
+    r = _run(["radar_train.cli.cache", "run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--output", "cache",
+              "--plan.images_per_class", "null", "--plan.num_samples", "32", "--plan.shard_size", "8",
+              "--batch_size", "8", "--device", "cpu"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stderr.splitlines()
+    steps = [ln for ln in lines if re.fullmatch(rf"radar-cache: pairs (\d+)/32 \([\d.]+ %\), {RATE.format(u='pairs')}, "
+                                                 rf"{ETA}", ln)]
+    assert [int(re.search(r"pairs (\d+)/", ln).group(1)) for ln in steps] == [8, 16, 24], lines
+    assert any(re.fullmatch(rf"radar-cache: 32 pairs in \d+.* \({RATE.format(u='pairs')}\)", ln) for ln in lines), lines
+    assert "\r" not in r.stderr and "█" not in r.stderr  # no bar drawn into the pipe
+
+    caches = json.dumps([{"path": "cache", "train_shards": "0-2", "val_shards": "3"}])
+    r = _run(["radar_train.cli.train", "fit", "--config", str(CONFIGS / "train" / "tiny.yaml"), "--data.caches", caches,
+              "--data.batch_size", "4", "--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
+              "--trainer.default_root_dir", "run", "--model.monitor.images_every_n_steps", "0",
+              "--model.output.save_every_n_steps", "3"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stderr.splitlines()
+    steps = [ln for ln in lines if re.fullmatch(rf"train: step (\d)/3 \([\d.]+ %\), {RATE.format(u='it')}, {ETA}, "
+                                                 r"loss [\d.]+", ln)]
+    assert [ln.split()[2] for ln in steps] == ["1/3", "2/3"], lines
+    assert any(re.fullmatch(rf"train: 3 steps in \d+.* \({RATE.format(u='it')}\), loss [\d.]+", ln) for ln in lines), lines
+    assert any(re.match(r"val: batch 1/\d", ln) for ln in lines), lines
+    assert "Epoch" not in r.stdout + r.stderr and "\r" not in r.stderr  # Lightning's epoch bar is replaced
