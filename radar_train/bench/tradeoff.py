@@ -6,8 +6,9 @@ and every adapter of a setting, one run measures
 - speed, interleaved in the same process (`radar_train.bench.rounds`: one job of each per round, warm-up rounds
   first, medians of the timed rounds): images/s of the sampling loop (transformer + quantizer) and end to end
   (sampling + decode, with the adapter's merged decoder for PAA rows), and the speed-ups over vanilla. A merged
-  adapter has the base decoder's structure, so PAA rows cost what their setting costs; one adapter per group
-  is timed and the group's other adapters take its times (`timed_as`);
+  LoRA adapter has the base decoder's structure (a label-conditioned one adds its per-class FiLM), so PAA rows
+  cost about what their setting costs; one adapter per group is timed and the group's other adapters take its
+  times (`timed_as`);
 - quality against vanilla on `num_samples` samples (sample i: class i mod num_classes, seed base_seed + i,
   the same for every run): PSNR and SSIM against the vanilla image of the same class and seed, the relative
   latent distance ‖f_acc − f_vanilla‖ / ‖f_vanilla‖ (not for PAA rows: the adapter does not change the latent)
@@ -70,8 +71,6 @@ class TimingArgs:
     """auto (CUDA if available), cpu, cuda, cuda:1, ...; quality is measured on the same device."""
     dtype: str = "auto"
     """auto (bf16 autocast on CUDA, fp32 on the CPU), fp32, bf16, fp16."""
-    engine: str = "eager"
-    """Sampling engine (radar_train.sampling)."""
 
 
 @dataclass
@@ -86,8 +85,8 @@ class TradeoffConfig:
     model: ModelArgs = field(default_factory=_toy_model)
     """VQ-VAE + VAR (default: the shipped toy weights; any preset, random or real weights)."""
     sampling: SamplingConfig = field(default_factory=_toy_sampling)
-    """Sampler settings of every run (default: the toy world's; VAR presets: the FID protocol is cfg 1.5,
-    top_k 900, top_p 0.96)."""
+    """Sampler settings of every run, engine included (default: the toy world's; VAR presets: the FID protocol
+    is cfg 1.5, top_k 900, top_p 0.96)."""
     classifier: Optional[str] = None
     """Toy classifier weights (toy world only; default: the shipped file)."""
     num_samples: int = 200
@@ -165,12 +164,12 @@ def run_tradeoff(cfg: TradeoffConfig, output: Optional[str] = None, overwrite: b
     """Measure speed and quality as the module docstring says; write the three files to `output` (existing
     ones only with `overwrite`; everything is checked before any work). Returns the result document."""
     from radar_train.accel import build_accel
-    from radar_train.bench.accel import make_sampler, resolve_device
+    from radar_train.bench.accel import resolve_device
     from radar_train.bench.record import environment
     from radar_train.bench.rounds import Job, PhaseClock, run_rounds
     from radar_train.models import load_models
     from radar_train.outputs import check_output_dir, staged_entries
-    from radar_train.sampling import decode_images
+    from radar_train.sampling import NextScaleSampler
     from radar_train.toyworld.measure import decode01, load_adapted_decoder, parse_method, sample_fhat
 
     _check(cfg)
@@ -195,8 +194,8 @@ def run_tradeoff(cfg: TradeoffConfig, output: Optional[str] = None, overwrite: b
             accels[spec] = build_accel(parse_method(spec), var.patch_nums, var.depth, var_id)
         except ValueError as e:
             raise ValueError(f"--setup.settings {spec}: {e}") from None
-    adapted = {spec: {name: load_adapted_decoder(vqvae, folder, vae_id).to(dev) for name, folder in named.items()}
-               for spec, named in table.items()}
+    adapted = {spec: {name: load_adapted_decoder(vqvae, folder, vae_id, num_classes=var.num_classes).to(dev)
+                      for name, folder in named.items()} for spec, named in table.items()}
     judge = fid = None
     if toy:
         from radar_train.toyworld.classifier import accuracy
@@ -206,7 +205,7 @@ def run_tradeoff(cfg: TradeoffConfig, output: Optional[str] = None, overwrite: b
         judge = load_classifier(cfg.classifier)
     if amp is not None:
         var.cast_body_(amp)
-    sampler = make_sampler(var, vqvae.quantize, cfg.sampling, amp, cfg.timing.engine)
+    sampler = NextScaleSampler(var, vqvae.quantize, cfg.sampling, autocast_dtype=amp)
     ctx = (lambda: torch.autocast(dev.type, dtype=amp)) if amp is not None else contextlib.nullcontext
     dtype_name = "fp32" if amp is None else str(amp).replace("torch.", "")
 
@@ -216,7 +215,8 @@ def run_tradeoff(cfg: TradeoffConfig, output: Optional[str] = None, overwrite: b
     n_jobs = 1 + len(accels) + sum(len(v) for v in timed_adapters.values())
     B, n = cfg.timing.batch_size, cfg.num_samples
     log(f"tradeoff: {m.preset} on {dev} ({dtype_name}), cfg {cfg.sampling.cfg}, top_k {cfg.sampling.top_k}, "
-        f"top_p {cfg.sampling.top_p}; {len(accels)} settings + vanilla, {len(folders)} adapters")
+        f"top_p {cfg.sampling.top_p}, engine {cfg.sampling.engine}; {len(accels)} settings + vanilla, "
+        f"{len(folders)} adapters")
     log(f"  speed: {n_jobs} jobs x ({cfg.timing.warmup} warm-up + {cfg.timing.repeats} timed) interleaved rounds "
         f"of batch {B}; quality: {1 + len(accels)} sampling runs of {n} samples, {2 * len(folders)} adapted decodes"
         + (f", toy FID against {cfg.fid_reference_images} renders" if toy else ""))
@@ -232,7 +232,7 @@ def run_tradeoff(cfg: TradeoffConfig, output: Optional[str] = None, overwrite: b
             out = sampler.sample(labels_t, seeds=seeds_t, accel=accel)
             clock.mark("loop")
             with ctx():
-                decode_images(decoder, out.f_hat)
+                decode01(decoder, out.f_hat, batch_size=B, labels=labels_t)
             return clock.mark("e2e")
         return run
 
@@ -257,7 +257,7 @@ def run_tradeoff(cfg: TradeoffConfig, output: Optional[str] = None, overwrite: b
 
     def decode(decoder, f_hat):
         with ctx():
-            return decode01(decoder, f_hat.to(dev)).float().cpu()
+            return decode01(decoder, f_hat.to(dev), labels=labels.to(dev)).float().cpu()
 
     def toy_quality(images01: torch.Tensor) -> dict:
         if judge is None:
@@ -405,7 +405,8 @@ def markdown_table(doc: dict) -> str:
     s = doc["config"]["sampling"]
     lines = [f"# Speed vs quality: {doc['config']['model']['preset']}", "",
              f"{doc['device']}, torch {doc['torch']}, {doc['dtype']}; commit {doc['commit']}, {doc['date']}; "
-             f"cfg {s['cfg']}, top_k {s['top_k']}, top_p {s['top_p']}; {doc['num_samples']} samples per run.", "",
+             f"cfg {s['cfg']}, top_k {s['top_k']}, top_p {s['top_p']}, engine {s.get('engine', 'eager')}; "
+             f"{doc['num_samples']} samples per run.", "",
              f"`{doc['command']}`", "",
              "| run | " + " | ".join(_MD_TITLES[k] for k, _ in cols) + " |",
              "| --- |" + " ---: |" * len(cols)]
