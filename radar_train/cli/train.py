@@ -32,6 +32,42 @@ USAGE = """usage: radar-train {fit,validate,export} ...
 
 `radar-train fit --help` lists every option."""
 
+FIT_SUMMARY = """radar-train fit: train PAA LoRA adapters on the frozen VQ-VAE decoder from radar-cache caches.
+
+  radar-train fit --config configs/train/tiny.yaml [--trainer.max_steps 100 ...]
+
+The options people change (every option follows below; a dotted option overrides the config's value):
+  --config FILE                        training config (configs/train/*.yaml); several: later ones win
+  --data.caches '[{path: cache/NAME, train_shards: 0-7, val_shards: "8-9"}]'
+                                       the caches to train on and which shards train / validate
+  --data.batch_size N                  pairs per batch (per device)
+  --model.decoder.vae_checkpoint FILE  the VQ-VAE the caches were made with (checked against them)
+  --model.lora.rank R                  LoRA rank (also --model.lora.alpha, --model.lora.targets)
+  --model.loss.l1_weight W             loss weights: --model.loss.{l1,l2,feature,identity,lpips}_weight
+                                       (LPIPS needs --model.loss.lpips_vgg and --model.loss.lpips_heads)
+  --trainer.max_steps N                optimizer steps of the run
+  --model.optim.learning_rate LR       peak learning rate (also --model.optim.warmup_steps, weight_decay)
+  --trainer.default_root_dir DIR       the run folder: checkpoints/, tb/, config.yaml, final/
+  --ckpt_path last                     resume the run in that folder from checkpoints/last.ckpt
+  --trainer.val_check_interval N       validate every N steps (--model.early_stopping.* to stop early)
+  --print_config                       print the resolved config and exit
+
+Progress goes to stderr: a bar on a terminal, otherwise a line every 30 s (RADAR_PROGRESS_INTERVAL=SECONDS,
+RADAR_PROGRESS=auto|bar|log|off).
+
+Every option:
+"""
+VALIDATE_SUMMARY = """radar-train validate: the validation metrics of a run's checkpoint (logged to RUN/tb/validate/).
+
+  radar-train validate --config RUN/config.yaml --ckpt_path last
+
+The options people change (every option follows below):
+  --config FILE                        the run's config.yaml (or the training config)
+  --ckpt_path last|FILE                the checkpoint (last: RUN/checkpoints/last.ckpt)
+  --data.caches '[{path: cache/NAME, val_shards: "8-9"}]'   the shards to validate on
+
+Every option:
+"""
 LIGHTNING_SUBCOMMANDS = ("fit", "validate")
 RUN_OPTION = "--trainer.default_root_dir"
 # what a fit writes into its run folder before its first checkpoint (a folder holding only these is reused)
@@ -55,11 +91,21 @@ def export(ckpt: str, output: str, overwrite: bool = False) -> int:
         output: adapter folder to write.
         overwrite: replace an existing adapter folder at `output`.
     """
+    import json
+
     from radar_train.train.export import export_checkpoint
 
     print(f"radar-train export: {ckpt} -> {output}")
-    path = export_checkpoint(ckpt, output, overwrite=overwrite)
-    print(f"adapter: {path}")
+    # the module rebuilt from the checkpoint logs the LoRA it holds as in training: said once below instead
+    module_log = logging.getLogger("radar_train.train.module")
+    level = module_log.level
+    module_log.setLevel(logging.WARNING)
+    try:
+        path = export_checkpoint(ckpt, output, overwrite=overwrite)
+    finally:
+        module_log.setLevel(level)
+    cfg = json.loads((Path(path) / "adapter_config.json").read_text())
+    print(f"adapter: {path} (peft LoRA r={cfg.get('r')}, alpha={cfg.get('lora_alpha'):g})")
     return 0
 
 
@@ -151,8 +197,11 @@ def _make_cli_class():
 
         def instantiate_trainer(self, **kwargs):
             import torch
+            from lightning.pytorch.callbacks import ProgressBar
             from lightning.pytorch.loggers import TensorBoardLogger
             from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+            from radar_train.train.progress import StepProgress
 
             cfg = self._get(self.config_init, "trainer", default={})
             if cfg.get("precision") is None:
@@ -169,9 +218,15 @@ def _make_cli_class():
             # the run's ModelCheckpoint must be known before fit(ckpt_path="last") looks for last.ckpt
             # (the module's configure_callbacks attaches the same one later, replacing this)
             ckpt = self.model.checkpoint_callback(cfg.get("default_root_dir") or os.getcwd())
-            if ckpt is not None:
-                given = cfg.get("callbacks") or []
-                kwargs["callbacks"] = [*(given if isinstance(given, list) else [given]), ckpt]
+            given = cfg.get("callbacks") or []
+            given = given if isinstance(given, list) else [given]
+            extra = [] if ckpt is None else [ckpt]
+            # progress by step of max_steps, as plain lines in a log (Lightning's bar counts epochs and draws
+            # nothing useful without a terminal); a progress bar the user configured is kept
+            if cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
+                extra.append(StepProgress())
+            if extra:
+                kwargs["callbacks"] = [*given, *extra]
             return super().instantiate_trainer(**kwargs)
 
         def _check_data(self) -> None:
@@ -218,7 +273,7 @@ def run_lightning(argv: list[str]) -> None:
     cli_cls(RadarLoraModule, PairDataModule, args=None if argv == sys.argv[1:] else argv,
             save_config_callback=config_cb if argv[0] == "fit" else None, save_config_kwargs={"overwrite": True},
             trainer_defaults={"use_distributed_sampler": False, "default_root_dir": "checkpoints/run"},
-            parser_kwargs={"default_env": False, "exit_on_error": False})
+            parser_kwargs={"default_env": False, "exit_on_error": False, "prog": "radar-train"})
 
 
 def _body(argv: list[str]) -> int:
@@ -230,6 +285,8 @@ def _body(argv: list[str]) -> int:
     cmd, rest = argv[0], argv[1:]
     if cmd not in LIGHTNING_SUBCOMMANDS + ("export",):
         raise ValueError(f"unknown command {cmd!r}: radar-train fit, validate or export (`radar-train --help`)")
+    if cmd in LIGHTNING_SUBCOMMANDS and any(a in ("-h", "--help") for a in rest):
+        print(FIT_SUMMARY if cmd == "fit" else VALIDATE_SUMMARY, flush=True)  # LightningCLI's full list follows
     check_config_files(rest)
     if cmd == "export":
         from jsonargparse import CLI

@@ -96,6 +96,18 @@ def test_export_of_a_missing_checkpoint_is_one_error_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_fit_help_leads_with_the_options_people_change(capsys):
+    assert _run(["fit", "--help"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    head = "\n".join(out[:40])
+    for option in ("--config", "--data.caches", "--model.lora.rank", "--model.loss.", "--trainer.max_steps",
+                   "--model.optim.learning_rate", "--ckpt_path last", "--trainer.default_root_dir"):
+        assert option in head, option
+    assert not any(ln.startswith("usage:") for ln in out[:20])
+    full = "\n".join(out[40:])  # then every option
+    assert "--model.lora.dropout" in full and "--trainer.accumulate_grad_batches" in full
+
+
 @pytest.mark.slow
 def test_ddp_with_two_cpu_processes_runs_and_writes_one_checkpoint(tiny_cache, tmp_path):
     root = tmp_path / "ddp"
