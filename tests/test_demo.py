@@ -1,5 +1,6 @@
 """radar-demo end to end on the tiny model (the toy default runs the same steps, only longer)."""
 import json
+import os
 import subprocess
 import sys
 
@@ -9,9 +10,20 @@ import pytest
 @pytest.mark.slow
 def test_demo_runs_every_step_and_says_where_its_outputs_are(tmp_path):
     out = tmp_path / "demo"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the tiny model runs best on one thread
+    env.pop("RADAR_PROGRESS", None)
+    env.pop("RADAR_PROGRESS_INTERVAL", None)
     r = subprocess.run([sys.executable, "-m", "radar_train.cli.demo", "--output", str(out), "--model", "tiny",
-                        "--train_steps", "20", "--classes", "0-2", "--seeds", "0"], capture_output=True, text=True)
+                        "--train_steps", "20", "--classes", "0-2", "--seeds", "0"], capture_output=True, text=True,
+                       env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    # every message once (output piped, as in a log): no line of stdout and stderr together repeats
+    lines = [ln.strip() for ln in (r.stdout + "\n" + r.stderr).splitlines() if ln.strip()]
+    repeated = sorted({ln for ln in lines if lines.count(ln) > 1})
+    assert repeated == [], repeated
+    assert sum("| metric |" in ln for ln in lines) == 1  # the eval table, once
+    assert any(ln.startswith("radar-cache: 80 pairs in ") for ln in lines)  # progress in a pipe: final lines
+    assert any(ln.startswith("train: 20 steps in ") for ln in lines) and "Epoch" not in r.stdout + r.stderr
     for step in ("cli.cache run", "cli.train fit", "cli.train export", "cli.generate", "cli.eval"):
         assert step in r.stdout
     assert (out / "generate" / "grid.png").is_file() and (out / "adapter" / "adapter_model.safetensors").is_file()

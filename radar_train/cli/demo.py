@@ -7,9 +7,9 @@
     radar-eval           restoration metrics on the held-out shards
 
 Every step runs in the output folder, so the configs' relative paths (cache/<name>, checkpoints/<name>)
-land there. Each command is printed before it runs; rerunning resumes: the cache resumes, training resumes
-from its last.ckpt (or is skipped once final/ exists), and the demo's own adapter/, generate/ and eval/
-are redone. The output folder must be new, empty, or a demo folder (holding nothing but what the demo
+land there. Each command is printed before it runs, then its own output (progress, the eval table) once.
+Rerunning resumes: the cache resumes, training resumes from its last.ckpt (or is skipped once final/
+exists), and the demo's own adapter/, generate/ and eval/ are redone. The output folder must be new, empty, or a demo folder (holding nothing but what the demo
 writes): any other folder, or a file, is refused before anything runs.
 """
 from __future__ import annotations
@@ -28,11 +28,18 @@ DEFAULT_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 def _run(cmd: list[str], cwd: Path) -> None:
     print(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
+    step = _step_name(cmd)
     t0 = time.time()
     r = subprocess.run(cmd, cwd=cwd)
     if r.returncode != 0:
-        raise RuntimeError(f"step failed (exit {r.returncode}): {' '.join(cmd[:3])} — see the output above")
-    print(f"  ({time.time() - t0:.0f} s)", flush=True)
+        raise RuntimeError(f"step failed (exit {r.returncode}): {step} — see the output above")
+    print(f"  ({step}: {time.time() - t0:.0f} s)", flush=True)
+
+
+def _step_name(cmd: list[str]) -> str:
+    """`radar-train export` for [python, -m, radar_train.cli.train, export, ...]."""
+    name = "radar-" + cmd[2].rsplit(".", 1)[-1]
+    return f"{name} {cmd[3]}" if len(cmd) > 3 and not cmd[3].startswith("-") else name
 
 
 def check_demo_folder(out: Path, entries: set[str]) -> None:
@@ -105,7 +112,6 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
     print(f"  TensorBoard logs: {out / run_dir / 'tb'}   (tensorboard --logdir {out / run_dir / 'tb'})")
     print(f"  eval table:       {out / 'eval' / 'eval.md'}")
     print(f"  adapter:          {out / 'adapter'}")
-    print((out / "eval" / "eval.md").read_text())
     return 0
 
 
