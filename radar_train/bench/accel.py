@@ -26,8 +26,9 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from radar_train.accel import AccelMethod, build_accel
-from radar_train.config import AccelArgs, FastVARArgs, SamplingConfig, StageVARArgs
+from radar_train.accel import AccelMethod
+from radar_train.accel.spec import build_spec
+from radar_train.config import SamplingConfig
 from radar_train.models import LatentDecoder, build_var, build_vqvae, get_preset
 from radar_train.models.init import init_random_
 from radar_train.models.quantizer import MultiScaleQuantizer
@@ -46,18 +47,9 @@ class BenchSetup:
 
 
 def method_from_spec(spec: str, patch_nums: Sequence[int], depth: int) -> AccelMethod:
-    """'none', 'fastvar', 'fastvar:aggressive', 'stagevar:paper', 'sca:window+aggressive', ..."""
-    name, _, preset = spec.partition(":")
-    args = AccelArgs(method=name)
-    if name == "fastvar":
-        args.fastvar = FastVARArgs(preset=preset or "default")
-    elif name == "stagevar":
-        args.stagevar = StageVARArgs(preset=preset or "default")
-    elif name == "sca":
-        from radar_train.accel.sca import args_from_spec
-
-        args.sca = args_from_spec(preset)  # e.g. sca:window+compute_budget=0.5 (random weights: no calibration)
-    return build_accel(args, patch_nums, depth)
+    """'none', 'fastvar', 'fastvar:aggressive', 'fastvar:budget=0.5', 'stagevar:paper', 'sca:window+aggressive', ...
+    (`radar_train.accel.spec`; random weights: SCA runs without a mask file need selection window)."""
+    return build_spec(spec, patch_nums, depth)
 
 
 def resolve_device(device: str, dtype: str) -> tuple[torch.device, Optional[torch.dtype]]:

@@ -163,14 +163,14 @@ def run_tradeoff(cfg: TradeoffConfig, output: Optional[str] = None, overwrite: b
                  log: Callable[[str], None] = print) -> dict:
     """Measure speed and quality as the module docstring says; write the three files to `output` (existing
     ones only with `overwrite`; everything is checked before any work). Returns the result document."""
-    from radar_train.accel import build_accel
+    from radar_train.accel.spec import build_spec
     from radar_train.bench.accel import resolve_device
     from radar_train.bench.record import environment
     from radar_train.bench.rounds import Job, PhaseClock, run_rounds
     from radar_train.models import load_models
     from radar_train.outputs import check_output_dir, staged_entries
     from radar_train.sampling import NextScaleSampler
-    from radar_train.toyworld.measure import decode01, load_adapted_decoder, parse_method, sample_fhat
+    from radar_train.toyworld.measure import decode01, load_adapted_decoder, sample_fhat
 
     _check(cfg)
     table = adapter_table(cfg.adapters, cfg.settings)
@@ -191,7 +191,7 @@ def run_tradeoff(cfg: TradeoffConfig, output: Optional[str] = None, overwrite: b
     accels = {}
     for spec in cfg.settings:
         try:
-            accels[spec] = build_accel(parse_method(spec), var.patch_nums, var.depth, var_id)
+            accels[spec] = build_spec(spec, var.patch_nums, var.depth, var_id)
         except ValueError as e:
             raise ValueError(f"--setup.settings {spec}: {e}") from None
     adapted = {spec: {name: load_adapted_decoder(vqvae, folder, vae_id, num_classes=var.num_classes).to(dev)

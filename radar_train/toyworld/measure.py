@@ -25,7 +25,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from radar_train.accel import AccelMethod, build_accel
+from radar_train.accel import AccelMethod
+from radar_train.accel.spec import build_spec, parse_spec
 from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
 from radar_train.images import save_grid, to_uint8
 from radar_train.models import VQVAE, ModelIdentity, load_models, read_state_dict
@@ -69,8 +70,10 @@ class MeasureConfig:
     sampling: SamplingConfig = field(default_factory=_toy_sampling)
     """Sampler settings of every run (vanilla and accelerated)."""
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
-    """Acceleration settings as method:preset (fastvar: default | mild | aggressive; stagevar: default | paper;
-    sca:<options>, e.g. sca:default+mask_file=radar_train/toyworld/weights/toy_sca_mask.safetensors)."""
+    """Acceleration settings as method specs (`radar_train.accel.spec`): fastvar:<preset> (default | mild |
+    aggressive), fastvar:budget=0.5 (pivotal tokens at an attention budget), fastvar:prune=4:0.3/6:0.5/8:0.6,
+    stagevar:<preset> (default | paper), sca:<options>, e.g.
+    sca:default+mask_file=radar_train/toyworld/weights/toy_sca_mask.safetensors."""
     adapters: dict[str, AdapterSpec] = field(default_factory=dict)
     """method:preset -> adapter folder exported by radar-train, or {name: folder} for several adapters of that
     setting (names differing only by a seed suffix _s<N> form a group: mean ± sd)."""
@@ -90,19 +93,10 @@ class MeasureConfig:
     """CPU threads."""
 
 
-def parse_method(spec: str) -> AccelArgs:
-    """'fastvar:aggressive' -> AccelArgs(method='fastvar', fastvar.preset='aggressive'); 'sca:<options>'
-    (`radar_train.accel.sca.args_from_spec`, e.g. 'sca:default+mask_file=m.safetensors')."""
-    method, _, preset = spec.partition(":")
-    if method == "sca" and preset:
-        from radar_train.accel.sca import args_from_spec
-
-        return AccelArgs(method="sca", sca=args_from_spec(preset))
-    if method not in ("fastvar", "stagevar") or not preset:
-        raise ValueError(f"methods: {spec!r} is not fastvar:<preset>, stagevar:<preset> or sca:<options>")
-    args = AccelArgs(method=method)
-    getattr(args, method).preset = preset
-    return args
+def parse_method(spec: str, patch_nums: Optional[Sequence[int]] = None) -> AccelArgs:
+    """The `AccelArgs` of a method spec ('fastvar:aggressive', 'fastvar:budget=0.5' with the model's patch_nums,
+    'sca:default+mask_file=m.safetensors', ...): `radar_train.accel.spec.parse_spec`."""
+    return parse_spec(spec, patch_nums)
 
 
 def load_classifier(path: Optional[str] = None, device: torch.device | str = "cpu") -> ToyClassifier:
@@ -287,7 +281,7 @@ def run_measure(cfg: MeasureConfig, output: Optional[str] = None, overwrite: boo
     m = cfg.model
     vqvae, var, vae_id, var_id = load_models(m.preset, m.vae_checkpoint, m.var_checkpoint, init_seed=m.init_seed)
     clf = load_classifier(cfg.classifier)
-    accels = {spec: build_accel(parse_method(spec), var.patch_nums, var.depth, var_id) for spec in cfg.methods}
+    accels = {spec: build_spec(spec, var.patch_nums, var.depth, var_id) for spec in cfg.methods}
     adapted = {spec: {name: load_adapted_decoder(vqvae, folder, vae_id) for name, folder in named.items()}
                for spec, named in table.items()}
     labels, seeds = sample_plan(cfg)
