@@ -145,3 +145,16 @@ def test_bf16_body_needs_autocast_and_matches_autocast_of_fp32_weights():
         NextScaleSampler(var, vqvae.quantize, cfg)
     out = NextScaleSampler(var, vqvae.quantize, cfg, autocast_dtype=torch.bfloat16).sample(torch.tensor([1, 2]), seeds=[0, 1])
     assert torch.equal(out.indices[0], ref.indices[0]) and torch.isfinite(out.f_hat).all()
+
+
+def test_noise_keys_of_every_scale_are_made_once_per_call_with_the_per_scale_values():
+    """The keys of all scales come from one host-side batch (one copy to the device per call); row si is what
+    the per-scale derivation gives, so samples are those of earlier versions."""
+    from radar_train.sampling import gumbel_keys, token_keys
+
+    seeds = [3, 2**40 + 1, 0]
+    keys = token_keys(torch.tensor(seeds), 6, "cpu")
+    assert keys.shape == (6, 3) and keys.dtype == torch.int64
+    for si in range(6):
+        assert torch.equal(keys[si], gumbel_keys(seeds, si, "cpu"))
+        assert keys[si, 1].item() == derive_seed(2**40 + 1, si, "token")
