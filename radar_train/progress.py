@@ -94,6 +94,12 @@ def check_env() -> None:
     env_interval()
 
 
+def log_mode() -> str:
+    """For coarse progress (a line per long unit of work, e.g. per measured run, written between other log
+    lines): log, or off when RADAR_PROGRESS=off."""
+    return "off" if env_mode() == "off" else "log"
+
+
 def resolve_mode(mode: Optional[str] = None, stream: Optional[TextIO] = None) -> str:
     """bar, log or off: `mode` (default: RADAR_PROGRESS); auto is a bar when `stream` is a terminal."""
     mode = mode or env_mode()

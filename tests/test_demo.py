@@ -24,6 +24,8 @@ def test_demo_runs_every_step_and_says_where_its_outputs_are(tmp_path):
     assert sum("| metric |" in ln for ln in lines) == 1  # the eval table, once
     assert any(ln.startswith("radar-cache: 80 pairs in ") for ln in lines)  # progress in a pipe: final lines
     assert any(ln.startswith("train: 20 steps in ") for ln in lines) and "Epoch" not in r.stdout + r.stderr
+    assert any(ln.startswith("radar-generate: 3 samples in ") for ln in lines)
+    assert any(ln.startswith("radar-eval: 16 pairs in ") for ln in lines)
     for step in ("cli.cache run", "cli.train fit", "cli.train export", "cli.generate", "cli.eval"):
         assert step in r.stdout
     assert (out / "generate" / "grid.png").is_file() and (out / "adapter" / "adapter_model.safetensors").is_file()

@@ -130,3 +130,17 @@ def test_formats():
     assert format_duration(float("inf")) == "?"
     assert [plural(1, "step"), plural(2, "step"), plural(2, "batch"), plural(3, "pairs")] == [
         "1 step", "2 steps", "2 batches", "3 pairs"]
+
+
+def test_toy_trainers_log_step_total_rate_and_eta_and_keep_the_loss_curve(caplog):
+    from radar_train.toyworld.common import StepLog
+
+    with caplog.at_level("INFO", logger="radar_train.toyworld"):
+        steps = StepLog("vqvae", total=4, every=2)
+        for step in range(4):
+            steps.update(step, lr=1e-3, loss=float(step))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert re.match(r"vqvae: step 2/4 \(50\.0 %\), [\d.]+ (it/s|s/it), ETA \d+ s, loss=0\.5000 lr=1\.00e-03$", lines[0])
+    assert lines[1].startswith("vqvae: step 4/4 (100.0 %)") and "ETA 0 s, loss=2.5000" in lines[1]
+    assert steps.curve == [0.5, 2.5]

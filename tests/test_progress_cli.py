@@ -50,3 +50,25 @@ def test_cache_run_and_fit_write_progress_lines_into_a_pipe(tmp_path):
     assert any(re.fullmatch(rf"train: 3 steps in \d+.* \({RATE.format(u='it')}\), loss [\d.]+", ln) for ln in lines), lines
     assert any(re.match(r"val: batch 1/\d", ln) for ln in lines), lines
     assert "Epoch" not in r.stdout + r.stderr and "\r" not in r.stderr  # Lightning's epoch bar is replaced
+
+
+def test_radar_bench_estimates_its_time_after_the_first_round_and_prints_rows_as_they_finish(tmp_path):
+    r = _run(["radar_train.cli.bench", "accel", "--setup.preset", "tiny", "--setup.batch_size", "2",
+              "--setup.warmup", "1", "--setup.repeats", "2", "--methods", "[none]", "--sampling.top_k", "64"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    first = next(i for i, ln in enumerate(lines) if ln.startswith("  round 1/3 (warm-up)"))
+    assert re.search(rf"3 rounds of \d+ jobs: about {ETA[4:]} in all$", lines[first]), lines[first]
+    assert re.search(rf"round 2/3 \(timed\): [\d.]+ s, {ETA}$", lines[first + 1]), lines
+    assert lines.index(next(ln for ln in lines if ln.startswith("method "))) > first + 2  # the table after the rounds
+
+    r = _run(["radar_train.cli.bench", "pipeline", "--setup.batch_size", "2", "--setup.repeats", "1",
+              "--setup.warmup", "0", "--methods", "[none, fastvar]", "--sampling.top_k", "64"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    table = lines.index(next(ln for ln in lines if ln.startswith("row ")))
+    before = lines[:table]
+    assert [ln.split(":")[0].strip() for ln in before if ln.endswith("images/s")] == [
+        "none", "none + adapter (merged)", "fastvar", "fastvar + adapter (merged)"]
+    assert any(re.fullmatch(rf"radar-bench pipeline: runs 1/4 \(25\.0 %\), {RATE.format(u='run')}, {ETA}", ln)
+               for ln in before), before

@@ -19,6 +19,7 @@ from radar_train.bench.accel import BenchSetup, build_random_models, method_from
 from radar_train.config import SamplingConfig
 from radar_train.models import LatentDecoder
 from radar_train.models.init import init_random_
+from radar_train.progress import Progress, log_mode
 from radar_train.sampling import NextScaleSampler
 
 
@@ -72,6 +73,9 @@ def run_pipeline_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", 
     sampler = NextScaleSampler(var, quant, sampling, autocast_dtype=amp)
     labels = torch.arange(B, device=dev) % var.num_classes
     seeds = list(range(B))
+    # a line after each timed run: runs done, time per run, ETA (the decoder timings above are short)
+    runs = Progress(2 * len(methods), "radar-bench pipeline", "runs", rate_unit="run", interval_s=0, mode=log_mode(),
+                    emit=log)
     for spec in methods:
         accel = method_from_spec(spec, var.patch_nums, var.depth)
         for with_adapter, dec in ((False, base), (True, merged)):
@@ -82,6 +86,8 @@ def run_pipeline_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", 
             rows.append({"method": f"{spec}{' + adapter (merged)' if with_adapter else ''}",
                          "seconds_per_image": t / B, "images_per_second": B / t})
             log(f"  {rows[-1]['method']}: {B / t:.2f} images/s")
+            runs.update(1)
+    runs.close()
     for r in rows:
         r.update(preset=setup.preset, batch_size=B, device=str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev))
     return rows

@@ -82,9 +82,13 @@ def run_rounds(jobs: list[Job], device: torch.device, warmup: int, repeats: int,
                log: Callable[[str], None] = lambda s: None) -> int:
     """Run `warmup` untimed rounds, then `repeats` timed ones (every job once per round, in order).
     `plan_repeats(seconds of the first round)` may set the number of timed rounds after the first round.
-    Returns the number of timed rounds."""
+    Returns the number of timed rounds. `log` gets a line per round; the first says how long all rounds
+    should take (from its own time), the others the time left (from the mean round)."""
+    from radar_train.progress import format_duration
+
     r = 0
     total = warmup + repeats
+    t_start = time.perf_counter()
     while r < total:
         t0 = time.perf_counter()
         for job in jobs:
@@ -95,5 +99,10 @@ def run_rounds(jobs: list[Job], device: torch.device, warmup: int, repeats: int,
             repeats = max(1, int(plan_repeats(took)))
             total = warmup + repeats
         r += 1
-        log(f"  round {r}/{total} ({'warm-up' if r <= warmup else 'timed'}): {took:.2f} s")
+        line = f"  round {r}/{total} ({'warm-up' if r <= warmup else 'timed'}): {took:.2f} s"
+        if r == 1 and total > 1:
+            line += f"; {total} rounds of {len(jobs)} jobs: about {format_duration(took * total)} in all"
+        elif r < total:
+            line += f", ETA {format_duration((total - r) * (time.perf_counter() - t_start) / r)}"
+        log(line)
     return repeats

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -42,8 +42,12 @@ def bare_generation(job, batches: Sequence[tuple[int, int]]) -> float:
     return time.perf_counter() - t
 
 
-def bench_generation(config: str, overrides: Sequence[str], root: Path, repeats: int = 3) -> list[dict]:
-    """radar-cache run vs bare generation of the same samples; plus the generated cache's bytes per pair."""
+def bench_generation(config: str, overrides: Sequence[str], root: Path, repeats: int = 3,
+                     log: Callable[[str], None] = lambda s: None) -> list[dict]:
+    """radar-cache run vs bare generation of the same samples; plus the generated cache's bytes per pair.
+    `log` gets a line per repeat (the first with the expected total time)."""
+    from radar_train.progress import format_duration
+
     from radar_train.cache.generate import prepare_job
     from radar_train.cache.schema import create_or_check_manifest
     from radar_train.cli.cache import _normalise, build_run_parser, run_args
@@ -55,6 +59,7 @@ def bench_generation(config: str, overrides: Sequence[str], root: Path, repeats:
                for a in range(plan.shard_range(s)[0], plan.shard_range(s)[1], bs)]
     bare_generation(job, batches[:1])  # warm-up
     bare, cached = [], []
+    t_start = time.perf_counter()
     for r in range(repeats):
         bare.append(bare_generation(job, batches))
         out = root / f"gen-{r}"
@@ -66,6 +71,10 @@ def bench_generation(config: str, overrides: Sequence[str], root: Path, repeats:
         job.run(print_fn=lambda *_: None)
         _sync(job.device)
         cached.append(time.perf_counter() - t)
+        line = f"  generation repeat {r + 1}/{repeats}: bare {bare[-1]:.2f} s, radar-cache {cached[-1]:.2f} s"
+        if r + 1 < repeats:
+            line += f", ETA {format_duration((repeats - r - 1) * (time.perf_counter() - t_start) / (r + 1))}"
+        log(line)
     n = plan.num_samples
     what = (f"{n} pairs, {job.manifest.model['preset']} + {job.manifest.accel['method']}, {job.device} "
             f"{job.manifest.precision}, batch {bs}, best of {repeats}")
@@ -82,8 +91,9 @@ def bench_generation(config: str, overrides: Sequence[str], root: Path, repeats:
 
 def bench_reader(root: Path, num_pairs: int = 8192, workers: Sequence[int] = (0, 2), batch_size: int = 64,
                  latent_shape: Sequence[int] = (32, 16, 16), dtype: str = "float16", chunk_size: int = 64,
-                 shard_size: int = 1024, compressor: str = "lz4") -> list[dict]:
-    """Reader pairs/s on a synthetic cache of the given latent shape; bytes per pair."""
+                 shard_size: int = 1024, compressor: str = "lz4",
+                 log: Callable[[str], None] = lambda s: None) -> list[dict]:
+    """Reader pairs/s on a synthetic cache of the given latent shape; bytes per pair. `log` gets each row."""
     from torch.utils.data import DataLoader
 
     from radar_train.cache.reader import BlockShuffleSampler, PairDataset
@@ -108,21 +118,24 @@ def bench_reader(root: Path, num_pairs: int = 8192, workers: Sequence[int] = (0,
         rows.append({"metric": f"reader_pairs_per_s_workers{w}", "value": rate, "unit": "pairs/s",
                      "target": ">= 5000", "detail": f"{num_pairs - first} pairs after the first batch, batch "
                                                     f"{batch_size}, {shape}, torch threads {torch.get_num_threads()}"})
+        log(f"  {rows[-1]['metric']}: {rate:.0f} pairs/s")
     return rows
 
 
 def run_cache_benchmark(config: str = "configs/cache/tiny.yaml", overrides: Sequence[str] = (),
                         num_pairs: int = 8192, workers: Sequence[int] = (0, 2), repeats: int = 3,
-                        root: Optional[str] = None, parts: Sequence[str] = ("generation", "reader")) -> list[dict]:
+                        root: Optional[str] = None, parts: Sequence[str] = ("generation", "reader"),
+                        log: Callable[[str], None] = lambda s: None) -> list[dict]:
     """The radar-cache benchmark rows ({"metric", "value", "unit", "target", "detail"}) of `parts`;
-    temporary files go to a fresh folder under `root` (default: the system's), removed afterwards."""
+    temporary files go to a fresh folder under `root` (default: the system's), removed afterwards. `log` gets
+    a line per generation repeat and per reader row as they finish."""
     unknown = set(parts) - {"generation", "reader"}
     if unknown:
         raise ValueError(f"unknown benchmark parts {sorted(unknown)}; available: generation, reader")
     tmp = Path(tempfile.mkdtemp(prefix="radar-cache-bench-", dir=root))
     try:
-        rows = bench_generation(config, overrides, tmp, repeats) if "generation" in parts else []
-        return rows + (bench_reader(tmp, num_pairs, workers) if "reader" in parts else [])
+        rows = bench_generation(config, overrides, tmp, repeats, log=log) if "generation" in parts else []
+        return rows + (bench_reader(tmp, num_pairs, workers, log=log) if "reader" in parts else [])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -146,14 +146,15 @@ def verify_shard(manifest: Manifest, plan: Plan, shard: int, path: Path) -> list
 def verify_cache(cache_dir: str, progress: bool = False) -> tuple[list[str], dict]:
     """(problems, counts): every planned shard exists and every complete shard reads back with the planned
     count, records and checksums."""
-    from tqdm.auto import tqdm
+    from radar_train.progress import Progress
 
     manifest = read_manifest(cache_dir)
     plan = Plan.from_dict(manifest.plan)
     scan = scan_cache(cache_dir, manifest.num_shards)
     problems = [f"{p}: not in the plan ({manifest.num_shards} shards)" for p in scan.unexpected]
     ok = 0
-    for s in tqdm(range(manifest.num_shards), desc="verify", unit="shard", disable=not progress):
+    for s in Progress(manifest.num_shards, "radar-cache verify", "shards", rate_unit="shard",
+                      enabled=progress).iterate(range(manifest.num_shards)):
         if s not in scan.complete:
             a, b = plan.shard_range(s)
             tmp = f" (temporary: {', '.join(p.name for p in scan.temporary[s])})" if s in scan.temporary else ""

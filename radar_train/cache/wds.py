@@ -77,7 +77,8 @@ def export_wds(cache_dir: str, output: str, progress: bool = True) -> dict:
     """Export the complete shards of a cache to WebDataset tars in `output`; returns the index dict.
     `output` is new, empty, or an export of the same cache (tars that exist are kept: the export resumes)."""
     import webdataset as wds
-    from tqdm.auto import tqdm
+
+    from radar_train.progress import Progress
 
     if is_export(cache_dir):
         raise InputError(f"{cache_dir}: is a WebDataset export, not a radar-cache cache (export the cache it came from)")
@@ -88,7 +89,8 @@ def export_wds(cache_dir: str, output: str, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     _check_output_manifest(out, manifest)  # an existing export of another cache: refused, nothing written
     shards = sorted(scan.complete)
-    for s in tqdm(shards, desc="export", unit="shard", disable=not progress):
+    for s in Progress(len(shards), "radar-cache export-wds", "shards", rate_unit="shard",
+                      enabled=progress).iterate(shards):
         final = out / tar_name(s)
         if final.exists():
             continue

@@ -64,13 +64,13 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
                               output or "sca_mask.safetensors", overwrite)
     output = output or "ranks.yaml"
     import torch
-    from tqdm import tqdm
 
     from radar_train.accel import build_accel
     from radar_train.accel.calibrate import calibrate_ranks, write_rank_yaml
     from radar_train.cli.common import accel_inputs, model_inputs
     from radar_train.models import get_preset, load_models
     from radar_train.outputs import check_output_file
+    from radar_train.progress import Progress
     from radar_train.sampling import NextScaleSampler
 
     if not 0 < alpha <= 1:
@@ -91,7 +91,7 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
           f"device {dev} -> {output}")
     autocast = torch.bfloat16 if dev.type == "cuda" else None
     sampler = NextScaleSampler(var, vqvae.quantize, sampling, autocast_dtype=autocast)
-    with tqdm(total=num_samples, unit="img") as bar:
+    with Progress(num_samples, "radar-accel calibrate", "samples") as bar:
         means, stds = calibrate_ranks(sampler, scales, alpha, num_samples, batch_size, var.num_classes, seed, bar.update)
     info = {"preset": model.preset, "var": var_id.value, "depth": var.depth, "patch_nums": list(var.patch_nums)}
     path = write_rank_yaml(output, means, stds, alpha=alpha, num_samples=num_samples, model=info)
@@ -108,12 +108,12 @@ def _calibrate_sca(model: ModelArgs, sampling: SamplingConfig, accel: AccelArgs,
     from dataclasses import asdict
 
     import torch
-    from tqdm import tqdm
 
     from radar_train.accel.calibrate import calibrate_sca, write_sca_mask
     from radar_train.accel.sca import calibration_settings
     from radar_train.models import get_preset, load_models
     from radar_train.outputs import check_output_file
+    from radar_train.progress import Progress
     from radar_train.sampling import NextScaleSampler
 
     preset = get_preset(model.preset)
@@ -127,7 +127,7 @@ def _calibrate_sca(model: ModelArgs, sampling: SamplingConfig, accel: AccelArgs,
           f"{num_samples} samples (seeds {seed}..{seed + num_samples - 1}), device {dev} -> {output}")
     autocast = torch.bfloat16 if dev.type == "cuda" else None
     sampler = NextScaleSampler(var, vqvae.quantize, sampling, autocast_dtype=autocast)
-    with tqdm(total=num_samples, unit="img") as bar:
+    with Progress(num_samples, "radar-accel calibrate", "samples") as bar:
         scores, rows = calibrate_sca(sampler, sides, tile, tau, num_samples, batch_size, var.num_classes, seed,
                                      bar.update)
     info = {"preset": model.preset, "var": {"kind": var_id.kind, "value": var_id.value}, "depth": var.depth,

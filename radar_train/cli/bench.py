@@ -20,6 +20,10 @@ def _check_json(path: Optional[str], overwrite: bool, inputs: Optional[dict] = N
         check_output_file(path, "--json", inputs, overwrite)
 
 
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
 def _write_json(rows: list[dict], path: Optional[str]) -> None:
     from radar_train.outputs import write_text_atomic
 
@@ -55,8 +59,8 @@ def accel(setup: BenchSetup = BenchSetup(), methods: list[str] = ["none", "fastv
     from radar_train.bench.record import ResultFile, check_output, environment
 
     check_output(json, overwrite, "--json")
-    rows = run_accel_benchmark(setup, methods, sampling, official_var=official_var, official_config=official_config,
-                               engines=engines)
+    rows = run_accel_benchmark(setup, methods, sampling, log=_log, official_var=official_var,
+                               official_config=official_config, engines=engines)
     print(format_table(rows))
     if json:
         ResultFile(json, environment(resolve_device(setup.device, setup.dtype)[0])).add_rows(rows)
@@ -82,7 +86,7 @@ def pipeline(setup: BenchSetup = BenchSetup(preset="tiny", batch_size=8), method
 
     _check_json(json, overwrite)
 
-    rows = run_pipeline_benchmark(setup, methods, sampling)
+    rows = run_pipeline_benchmark(setup, methods, sampling, log=_log)
     print(format_table(rows))
     _write_json(rows, json)
     return 0
@@ -112,7 +116,10 @@ def cache(cache_config: str = "configs/cache/tiny.yaml", overrides: list[str] = 
     check_file(cache_config, "--cache_config file")
     _check_json(json, overwrite, {"--cache_config": cache_config})
 
-    rows = run_cache_benchmark(cache_config, overrides, num_pairs, workers, repeats, None, parts)
+    print(f"radar-bench cache: {' and '.join(parts)}: generation = bare pair generation and radar-cache run of "
+          f"{cache_config}, best of {repeats} (a line per repeat); reader = {num_pairs} synthetic pairs with "
+          f"{', '.join(map(str, workers))} workers (a line per row)", flush=True)
+    rows = run_cache_benchmark(cache_config, overrides, num_pairs, workers, repeats, None, parts, log=_log)
     print(format_rows(rows))
     _write_json(rows, json)
     return 0
@@ -134,7 +141,10 @@ def train(args: TrainBenchArgs = TrainBenchArgs(), json: Optional[str] = None,
 
     _check_json(json, overwrite)
 
-    rows = run_train_benchmark(args)
+    print(f"radar-bench train: {args.preset}, batch {args.batch_size}, {args.warmup} + {args.steps} steps per loop: "
+          f"bare PyTorch loop, Lightning loop, data loading{', peak memory' if args.memory else ''} "
+          f"(an estimate after the bare loop, then each row as it finishes)", flush=True)
+    rows = run_train_benchmark(args, log=_log)
     print(format_table(rows))
     _write_json(rows, json)
     return 0
@@ -156,7 +166,7 @@ def tradeoff(setup: TradeoffConfig = TradeoffConfig(), output: str = "outputs/tr
     """
     from radar_train.bench.tradeoff import run_tradeoff
 
-    doc = run_tradeoff(setup, output, overwrite=overwrite)
+    doc = run_tradeoff(setup, output, overwrite=overwrite, log=_log)
     print(doc["markdown"])
     print(f"wrote {output}/tradeoff.json, tradeoff.md, tradeoff.png")
     return 0

@@ -51,7 +51,7 @@ def evaluate(cache: str, adapter: str, output: str = "outputs/eval", shards: Opt
                                                          "--vae_checkpoint": vae_checkpoint}, overwrite)
     print(f"radar-eval: adapter {adapter} on {cache} (shards {shard_list or 'from the adapter'}) -> {output}")
     result = evaluate_restoration(cache, adapter, shard_list, batch_size, str(dev), vae_checkpoint, lpips, num_workers,
-                                  allow_train_shards=allow_train_shards)
+                                  allow_train_shards=allow_train_shards, progress=True)
     js, md = write_report(result, output)
     print(markdown_table(result))
     print(f"wrote {js} and {md}")

@@ -53,6 +53,7 @@ def fid(inception: str, model: ModelArgs = ModelArgs(), accel: AccelArgs = Accel
     from radar_train.inference.pipeline import resolve_device
     from radar_train.inputs import InputError
     from radar_train.outputs import check_output_dir, staged_entries
+    from radar_train.progress import Progress
 
     check_positive(num_samples=num_samples, batch_size=batch_size, is_splits=is_splits)
     check_device(device)
@@ -75,8 +76,9 @@ def fid(inception: str, model: ModelArgs = ModelArgs(), accel: AccelArgs = Accel
     if reference is not None:
         ref = reference_stats(reference, feats, batch_size=max(batch_size, 32), device=resolve_device(device))
     pipe = RadarPipeline.from_config(PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision))
-    result = evaluate_generation(pipe, feats, logit_mod, ref, num_samples, batch_size, base_seed, is_splits,
-                                 progress=lambda s: print(s, flush=True))
+    with Progress(num_samples, "radar-fid", "samples") as progress:  # sample i of every run at once
+        result = evaluate_generation(pipe, feats, logit_mod, ref, num_samples, batch_size, base_seed, is_splits,
+                                     progress=progress.update)
     result["protocol"] = {
         "model": model.preset, "accel": pipe.accel.describe(),
         "sampling": {"cfg": sampling.cfg, "top_k": sampling.top_k, "top_p": sampling.top_p, "noise": sampling.noise},

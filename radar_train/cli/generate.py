@@ -51,6 +51,7 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
     from radar_train.inference import PipelineArgs, RadarPipeline
     from radar_train.models import get_preset
     from radar_train.outputs import check_output_dir, staged_entries
+    from radar_train.progress import Progress
 
     cls_list, seed_list = parse_int_list(classes, "--classes"), parse_int_list(seeds, "--seeds")
     check_positive(batch_size=batch_size)
@@ -70,11 +71,13 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
           f"{model.preset}, accel {accel.method}, adapter {adapter or '-'} -> {out}")
     pipe = RadarPipeline.from_config(PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision))
     columns: dict[str, list[torch.Tensor]] = {}
-    for i in range(0, len(pairs), batch_size):
-        chunk = pairs[i: i + batch_size]
-        imgs = pipe.compare([c for c, _ in chunk], [s for _, s in chunk])
-        for k, v in imgs.items():
-            columns.setdefault(k, []).extend(v)
+    with Progress(len(pairs), "radar-generate", "samples") as progress:
+        for i in range(0, len(pairs), batch_size):
+            chunk = pairs[i: i + batch_size]
+            imgs = pipe.compare([c for c, _ in chunk], [s for _, s in chunk])
+            for k, v in imgs.items():
+                columns.setdefault(k, []).extend(v)
+            progress.update(len(chunk))
     folders = {"vanilla": "vanilla", "accelerated": "accelerated", "accelerated+adapter": "restored"}
     titles = {"vanilla": "vanilla", "accelerated": accel.method, "accelerated+adapter": f"{accel.method}+PAA"}
     keys = list(columns)

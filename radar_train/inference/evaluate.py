@@ -89,13 +89,15 @@ def load_decoders(manifest, meta: dict, adapter_dir: str, vae_checkpoint: Option
 def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequence[int]] = None,
                          batch_size: int = 32, device: str = "cpu", vae_checkpoint: Optional[str] = None,
                          lpips: Optional[LpipsArgs] = None, num_workers: int = 0,
-                         allow_train_shards: bool = False) -> dict:
+                         allow_train_shards: bool = False, progress: bool = False) -> dict:
     """Restoration metrics of the adapter on `shards` of the cache (default: the adapter's validation shards).
     Shards the adapter was trained on are refused (ValueError naming them) unless `allow_train_shards`, which
-    warns and records them in the result (`train_shard_overlap`, `held_out` false)."""
+    warns and records them in the result (`train_shard_overlap`, `held_out` false). `progress`: show the pairs
+    done (radar_train.progress: a bar on a terminal, lines in a log)."""
     from radar_train.cache.reader import BlockShuffleSampler, PairDataset
     from radar_train.cache.schema import read_manifest
     from radar_train.export import check_adapter, decode_with_labels
+    from radar_train.progress import Progress
 
     cache = Path(cache_dir)
     manifest = read_manifest(cache)
@@ -128,7 +130,7 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
     def img(dec, f, labels=None):  # a label-conditioned adapter decodes with the cache's labels
         return decode_with_labels(dec, f, labels).clamp(-1, 1).add(1).mul(0.5)
 
-    for batch in loader:
+    for batch in Progress(len(ds), "radar-eval", "pairs", enabled=progress).iterate(loader, lambda b: len(b["label"])):
         hq, lq, labels = batch["fhat_hq"].to(dev), batch["fhat_lq"].to(dev), batch["label"].to(dev)
         t, q, s, h = img(plain, hq), img(plain, lq), img(adapted, lq, labels), img(adapted, hq, labels)
         stats.update(t, q, s, h)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from radar_train.toyworld.common import ImageBank, Progress, log, lr_at, set_lr
+from radar_train.toyworld.common import ImageBank, StepLog, log, lr_at, set_lr
 from radar_train.toyworld.data import NUM_CLASSES
 
 
@@ -92,7 +92,7 @@ def train_classifier(cfg: ClassifierTrainConfig, bank: ImageBank, seed: int,
     model = ToyClassifier(width=cfg.width).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=1e-4)
     g = torch.Generator().manual_seed(seed)
-    progress = Progress("classifier", cfg.steps, cfg.log_every)
+    progress = StepLog("classifier", cfg.steps, cfg.log_every)
     model.train()
     for step in range(cfg.steps):
         lr = lr_at(step, cfg.steps, cfg.learning_rate, cfg.warmup_steps, 0.02)

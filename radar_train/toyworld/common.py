@@ -1,5 +1,5 @@
 """Pieces the toy-world trainers share: the rendered image bank, determinism, the learning-rate
-schedule, and a progress logger."""
+schedule, and the step logger (progress and losses in the log)."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from radar_train.progress import format_duration, format_speed
 from radar_train.toyworld.data import ToyWorld, WorldConfig
 
 log = logging.getLogger("radar_train.toyworld")
@@ -62,12 +63,14 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-class Progress:
-    """One log line every `every` steps: step, losses, it/s, lr."""
+class StepLog:
+    """One log line every `every` steps (and at the last): step / total, rate and ETA (radar_train.progress's
+    formats), the mean of each value since the previous line, lr. The mean `loss` of every interval is kept as
+    the loss curve."""
 
     def __init__(self, name: str, total: int, every: int):
         self.name, self.total, self.every = name, total, max(1, every)
-        self.start = self.last = time.time()
+        self.start = time.time()
         self.sums: dict[str, float] = {}
         self.count = 0
         self.curve: list[float] = []  # mean `loss` of every logging interval
@@ -76,14 +79,17 @@ class Progress:
         for k, v in values.items():
             self.sums[k] = self.sums.get(k, 0.0) + float(v)
         self.count += 1
-        if (step + 1) % self.every == 0 or step + 1 == self.total:
-            now = time.time()
+        done = step + 1
+        if done % self.every == 0 or done == self.total:
+            elapsed = max(time.time() - self.start, 1e-9)
+            rate = done / elapsed
             avg = " ".join(f"{k}={v / self.count:.4f}" for k, v in self.sums.items())
             if "loss" in self.sums:
                 self.curve.append(round(self.sums["loss"] / self.count, 5))
-            log.info("%s step %d/%d %s lr=%.2e %.2f it/s", self.name, step + 1, self.total, avg, lr,
-                     self.count / max(now - self.last, 1e-9))
-            self.sums, self.count, self.last = {}, 0, now
+            log.info("%s: step %d/%d (%.1f %%), %s, ETA %s, %s lr=%.2e", self.name, done, self.total,
+                     100 * done / max(self.total, 1), format_speed(rate, "it"),
+                     format_duration((self.total - done) / rate), avg, lr)
+            self.sums, self.count = {}, 0
 
     @property
     def elapsed_s(self) -> float:

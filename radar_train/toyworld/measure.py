@@ -31,6 +31,7 @@ from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
 from radar_train.images import save_grid, to_uint8
 from radar_train.models import VQVAE, ModelIdentity, load_models, read_state_dict
 from radar_train.outputs import check_output_dir, staged_entries
+from radar_train.progress import Progress, log_mode
 from radar_train.sampling import NextScaleSampler
 from radar_train.toyworld.classifier import ToyClassifier, accuracy
 from radar_train.toyworld.common import make_bank
@@ -300,12 +301,15 @@ def run_measure(cfg: MeasureConfig, output: Optional[str] = None, overwrite: boo
     report["toy_fid"] = fid.describe(n) | {"baselines": {k: _r(v) for k, v in fid.baselines(n, vqvae).items()}}
     log.info("toy FID baselines (%d samples): %s", n, report["toy_fid"]["baselines"])
 
+    runs = Progress(1 + len(accels), "radar-toy measure", "runs", rate_unit="run", interval_s=0, mode=log_mode(),
+                    emit=log.info)  # a line after each run: runs done, time per run, ETA
     sampler = NextScaleSampler(var, vqvae.quantize, cfg.sampling)
     fhat_hq = sample_fhat(sampler, labels, seeds, cfg.batch_size)
     img_hq = decode01(vqvae, fhat_hq)
     report["vanilla"] = {"class_accuracy": _r(accuracy(clf, img_hq, labels)),
                          **{k: _r(v) for k, v in fid.set_vanilla(img_hq).items()}, "toy_fid_vs_vanilla": 0.0}
     log.info("vanilla: %s", report["vanilla"])
+    runs.update(1)
     columns, titles = [img_hq[:cfg.grid_samples]], ["vanilla"]
     report["methods"] = {}
     for spec, accel in accels.items():
@@ -333,6 +337,8 @@ def run_measure(cfg: MeasureConfig, output: Optional[str] = None, overwrite: boo
             row["adapters"] = rows
             row["groups"] = group_summary(rows)
         report["methods"][spec] = row
+        runs.update(1)
+    runs.close()
     report["rows"] = flat_rows(report)
     report["markdown"] = markdown_table(report)
     if output is not None:

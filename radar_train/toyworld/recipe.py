@@ -65,6 +65,7 @@ def train_all(cfg: ToyTrainConfig, output: str | Path) -> dict:
     times["render_s"] = round(time.time() - t0, 1)
     log.info("rendered %d training + %d held-out images in %.0f s", len(bank), len(held), times["render_s"])
 
+    log.info("stage 1/3: VQ-VAE, %d steps", cfg.vqvae.steps)
     vqvae, vq_metrics = train_vqvae(TOY_VAE, cfg.vqvae, bank, cfg.seed, cfg.device)
     times["vqvae_s"] = vq_metrics["train_time_s"]
     _save(vqvae, out / VAE_FILE, dtype, "vqvae")
@@ -76,6 +77,7 @@ def train_all(cfg: ToyTrainConfig, output: str | Path) -> dict:
     tokens = encode_bank(vqvae, bank, cfg.device)
     held_tokens = encode_bank(vqvae, held, cfg.device)
     times["encode_s"] = round(time.time() - t1, 1)
+    log.info("stage 2/3: VAR, %d steps", cfg.var.steps)
     var, var_metrics = train_var(TOY_VAR, cfg.var, tokens, cfg.seed, cfg.device)
     times["var_s"] = var_metrics["train_time_s"]
     _save(var, out / VAR_FILE, dtype, "var")
@@ -83,6 +85,7 @@ def train_all(cfg: ToyTrainConfig, output: str | Path) -> dict:
     del tokens
 
     t2 = time.time()
+    log.info("stage 3/3: classifier, %d steps", cfg.classifier.steps)
     recon = reconstruct_bank(vqvae, bank, cfg.classifier.recon_images, cfg.device) \
         if cfg.classifier.recon_images else None
     clf, clf_metrics = train_classifier(cfg.classifier, bank, cfg.seed, cfg.device, recon_bank=recon)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from radar_train.models import VAR, VQVAE, VARConfig
 from radar_train.models.init import init_var_for_training_
-from radar_train.toyworld.common import ImageBank, Progress, log, lr_at, set_lr
+from radar_train.toyworld.common import ImageBank, StepLog, log, lr_at, set_lr
 
 
 @dataclass
@@ -75,7 +75,7 @@ def train_var(model_cfg: VARConfig, cfg: VARTrainConfig, tokens: TokenSet, seed:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate, betas=(0.9, 0.95))
     g = torch.Generator().manual_seed(seed)
-    progress = Progress("var", cfg.steps, cfg.log_every)
+    progress = StepLog("var", cfg.steps, cfg.log_every)
     V = model_cfg.vocab_size
     var.train()
     for step in range(cfg.steps):

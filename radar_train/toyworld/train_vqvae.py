@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from radar_train.models import VQVAE, VQVAEConfig
-from radar_train.toyworld.common import ImageBank, Progress, log, lr_at, set_lr
+from radar_train.toyworld.common import ImageBank, StepLog, log, lr_at, set_lr
 from radar_train.train.metrics import psnr_per_image, to_unit
 
 
@@ -159,7 +159,7 @@ def train_vqvae(model_cfg: VQVAEConfig, cfg: VQVAETrainConfig, bank: ImageBank, 
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(0.9, 0.99), weight_decay=0.0)
     g = torch.Generator().manual_seed(seed)
     usage = torch.zeros(model_cfg.vocab_size, dtype=torch.long)
-    progress = Progress("vqvae", cfg.steps, cfg.log_every)
+    progress = StepLog("vqvae", cfg.steps, cfg.log_every)
     restarted = 0
     vqvae.train()
     for step in range(cfg.steps):
