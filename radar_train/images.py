@@ -68,6 +68,7 @@ def as_numpy_hwc(image_u8: torch.Tensor) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ charts
 CHART_COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75))
 CHART_MARKERS = ("circle", "square", "triangle", "diamond")
+_HLINE_COLOURS = ((40, 40, 40), (120, 120, 120), (170, 120, 60))
 
 
 @dataclass
@@ -136,13 +137,16 @@ def _overlap(a: Sequence[float], b: Sequence[float]) -> bool:
 def scatter_chart(points: Sequence[ChartPoint], x_label: str, y_label: str, title: str = "",
                   invert_y: bool = False, front: Sequence[int] = (), links: Sequence[tuple[int, int]] = (),
                   vline: Optional[float] = None, styles: Optional[dict[str, tuple[tuple[int, int, int], str]]] = None,
-                  size: tuple[int, int] = (960, 640)) -> Image.Image:
+                  size: tuple[int, int] = (960, 640), lines: Sequence[str] = (),
+                  hlines: Sequence[tuple[float, str]] = ()) -> Image.Image:
     """A labelled scatter chart (Pillow only): axes with round ticks, one colour and marker per series
     (`styles`: series -> (RGB, circle | square | triangle | diamond); others in order of appearance; legend on
     the right), a vertical error bar where a point has `yerr`, thin lines between the point pairs `links`,
     the points `front` (indices) ringed and joined by a dashed line in the given order, an optional dotted
     vertical line at x = `vline`. `invert_y` puts small values at the top (for lower-is-better metrics, so
-    that up is better)."""
+    that up is better). `lines`: series whose points are joined in x order by a line of their colour (a line
+    chart); `hlines`: (y, name) dotted horizontal reference lines, named in the legend. Points with an empty
+    label get none."""
     W, H = size
     left, right, top, bottom = 90, 230, 46 if title else 24, 64
     img = Image.new("RGB", size, (255, 255, 255))
@@ -152,7 +156,7 @@ def scatter_chart(points: Sequence[ChartPoint], x_label: str, y_label: str, titl
         draw.text((left, H // 2), "no points to draw", fill=(0, 0, 0), font=font)
         return img
     xs = [p.x for p in points] + ([vline] if vline is not None else [])
-    ys = [v for p in points for v in ((p.y - (p.yerr or 0)), (p.y + (p.yerr or 0)))]
+    ys = [v for p in points for v in ((p.y - (p.yerr or 0)), (p.y + (p.yerr or 0)))] + [y for y, _ in hlines]
     x_lo, x_hi, y_lo, y_hi = min(xs), max(xs), min(ys), max(ys)
     x_pad, y_pad = 0.08 * ((x_hi - x_lo) or 1.0), 0.1 * ((y_hi - y_lo) or abs(y_hi) or 1.0)
     x_lo, x_hi, y_lo, y_hi = x_lo - x_pad, x_hi + 2 * x_pad, y_lo - y_pad, y_hi + y_pad  # room for labels
@@ -189,6 +193,13 @@ def scatter_chart(points: Sequence[ChartPoint], x_label: str, y_label: str, titl
     series = list(dict.fromkeys(p.series for p in points))
     style = {s: (CHART_COLOURS[i % len(CHART_COLOURS)], CHART_MARKERS[i % len(CHART_MARKERS)])
              for i, s in enumerate(series)} | {s: v for s, v in (styles or {}).items() if s in series}
+    for k, (y_ref, _) in enumerate(hlines):
+        for x0 in range(left, left + pw, 8):
+            draw.line([(x0, py(y_ref)), (min(x0 + 4, left + pw), py(y_ref))], fill=_HLINE_COLOURS[k % 3], width=2)
+    for s in lines:
+        pts = sorted(((px(p.x), py(p.y)) for p in points if p.series == s), key=lambda t: t[0])
+        if len(pts) > 1 and s in style:
+            draw.line(pts, fill=style[s][0], width=2)
     for a, b in links:
         draw.line([(px(points[a].x), py(points[a].y)), (px(points[b].x), py(points[b].y))], fill=(185, 185, 185))
     if len(front) > 1:
@@ -208,6 +219,8 @@ def scatter_chart(points: Sequence[ChartPoint], x_label: str, y_label: str, titl
             draw.line([(x - 4, y1), (x + 4, y1)], fill=colour, width=2)
         _marker(draw, kind, x, y, 6, colour, (0, 0, 0))
     for p in points:  # each label at the first place beside its point that overlaps nothing drawn so far
+        if not p.label:
+            continue
         x, y = px(p.x), py(p.y)
         places = [((x + 12, y - 4), "ls"), ((x + 12, y + 4), "lt"), ((x - 12, y - 4), "rs"), ((x - 12, y + 4), "rt"),
                   ((x, y - 13), "ms"), ((x, y + 13), "mt"), ((x + 12, y - 18), "ls"), ((x + 12, y + 18), "lt")]
@@ -221,6 +234,10 @@ def scatter_chart(points: Sequence[ChartPoint], x_label: str, y_label: str, titl
         colour, kind = style[s]
         _marker(draw, kind, lx + 7, ly + 8, 6, colour, (0, 0, 0))
         draw.text((lx + 20, ly + 8), s, fill=(0, 0, 0), font=small, anchor="lm")
+        ly += 22
+    for k, (_, name) in enumerate(hlines):
+        _dashed(draw, (lx, ly + 8), (lx + 16, ly + 8), _HLINE_COLOURS[k % 3], dash=4)
+        draw.text((lx + 20, ly + 8), name, fill=(0, 0, 0), font=small, anchor="lm")
         ly += 22
     if front:
         draw.ellipse([lx - 3, ly - 2, lx + 17, ly + 18], outline=(90, 90, 90), width=2)
