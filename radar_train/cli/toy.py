@@ -1,5 +1,5 @@
 """radar-toy: train the toy world's models (`train`) and measure what acceleration breaks and PAA wins
-back on them (`measure`)."""
+back on them (`measure`); SCA-Mask against PTS and a diagonal window at equal attention budgets (`masks`)."""
 from __future__ import annotations
 
 import logging
@@ -7,6 +7,7 @@ from typing import Optional
 
 from jsonargparse import CLI
 
+from radar_train.toyworld.masks import MasksConfig
 from radar_train.toyworld.measure import MeasureConfig
 from radar_train.toyworld.recipe import ToyTrainConfig
 
@@ -57,6 +58,26 @@ def measure(setup: MeasureConfig = MeasureConfig(), output: Optional[str] = None
     return 0
 
 
+def masks(setup: MasksConfig = MasksConfig(), output: Optional[str] = None, overwrite: bool = False) -> int:
+    """SCA-Mask vs FastVAR's pivotal tokens vs a diagonal-window mask at equal attention budgets (RADAR Fig. 9).
+
+    Class accuracy, PSNR vs vanilla and toy FID of each family (sca, window, pts) at each nominal attention
+    budget, with the achieved share of attention pairs, and with the PAA adapters given per setting
+    (--setup.adapters '{"sca@0.5": "adapters/sca50", ...}').
+
+    Args:
+        setup: models, families, budgets, adapters and samples (--setup.budgets '[0.5, 0.25]', ...).
+        output: folder for masks.json, masks.md and masks.png (default: print only).
+        overwrite: replace those files if the folder holds them already.
+    """
+    from radar_train.toyworld.masks import run_masks
+
+    _logging()
+    report = run_masks(setup, output, overwrite=overwrite)
+    print(report["markdown"])
+    return 0
+
+
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
@@ -64,7 +85,7 @@ def _logging() -> None:
 def main(argv: list[str] | None = None) -> None:
     from radar_train.cli.common import run_main
 
-    run_main("radar-toy", lambda args: CLI([train, measure], args=args, exit_on_error=False), argv)
+    run_main("radar-toy", lambda args: CLI([train, measure, masks], args=args, exit_on_error=False), argv)
 
 
 if __name__ == "__main__":
