@@ -40,7 +40,8 @@ class StepHooks:
     def attention(self, block_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                   scale: float) -> torch.Tensor:
         """Attention output (rows, heads, l, head_dim) of this scale's queries q (rows, heads, l, head_dim)
-        over the cached keys/values k, v (rows, heads, n, head_dim), softmax scale `scale`."""
+        over the cached keys/values k, v (rows, heads, n, head_dim), softmax scale `scale`. All three come in
+        the KV cache's dtype (the compute dtype: bf16 under bf16 autocast); k, v are views of its buffers."""
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
