@@ -150,9 +150,11 @@ class Progress:
         if self.mode == "bar":
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=self.total, initial=self.initial, desc=what, unit=self.rate_unit,
-                             file=stream if stream is not None else sys.stderr, dynamic_ncols=True, smoothing=0.1,
-                             leave=leave)
+            file = stream if stream is not None else sys.stderr
+            fixed = _unsized(file)  # a terminal that reports no size (tqdm would draw nothing): 80x24
+            self._bar = tqdm(total=self.total, initial=self.initial, desc=what, unit=self.rate_unit, file=file,
+                             dynamic_ncols=not fixed, ncols=80 if fixed else None, nrows=24 if fixed else None,
+                             smoothing=0.1, leave=leave)
 
     # -- counting ---------------------------------------------------------------------------------------------
     def update(self, n: int = 1, **postfix: object) -> None:
@@ -249,6 +251,14 @@ class Progress:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _unsized(stream: TextIO) -> bool:
+    """Whether `stream` is a terminal that reports a width of 0 columns."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns == 0
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _short(v: object) -> str:
