@@ -34,7 +34,7 @@ import torch
 
 from radar_train.config import ModelArgs, SamplingConfig
 from radar_train.toyworld.measure import (DEFAULT_METHODS, AdapterSpec, adapter_group, adapter_table, fid_gaps,
-                                          group_summary, quality_vs_vanilla, restoration)
+                                          group_summary, quality_vs_vanilla, restoration, toy_model, toy_sampling)
 
 OUTPUT_FILES = ("tradeoff.json", "tradeoff.md", "tradeoff.png")
 
@@ -47,14 +47,6 @@ METRICS: dict[str, tuple[str, bool, bool]] = {
     "toy_fid": ("toy FID vs real renders", False, True),
     "toy_fid_vs_vanilla": ("toy FID vs vanilla samples", False, True),
 }
-
-
-def _toy_model() -> ModelArgs:
-    return ModelArgs(preset="toy")
-
-
-def _toy_sampling() -> SamplingConfig:
-    return SamplingConfig(cfg=3.0, top_k=32, top_p=0.0, noise="per_sample")
 
 
 @dataclass
@@ -82,9 +74,9 @@ class TradeoffConfig:
     adapters: dict[str, AdapterSpec] = field(default_factory=dict)
     """setting -> adapter folder, or {name: folder} for several (names differing only by a seed suffix _s<N> form
     a group: mean ± sd, one point on the chart)."""
-    model: ModelArgs = field(default_factory=_toy_model)
+    model: ModelArgs = field(default_factory=toy_model)
     """VQ-VAE + VAR (default: the shipped toy weights; any preset, random or real weights)."""
-    sampling: SamplingConfig = field(default_factory=_toy_sampling)
+    sampling: SamplingConfig = field(default_factory=toy_sampling)
     """Sampler settings of every run, engine included (default: the toy world's; VAR presets: the FID protocol
     is cfg 1.5, top_k 900, top_p 0.96)."""
     classifier: Optional[str] = None

@@ -36,7 +36,8 @@ from typing import Optional, Sequence
 
 from radar_train.accel.base import AccelMethod
 from radar_train.config import ModelArgs, SamplingConfig
-from radar_train.toyworld.measure import AdapterSpec, MeasureConfig, adapter_table, group_summary
+from radar_train.toyworld.measure import (AdapterSpec, MeasureConfig, adapter_table, group_summary, toy_model,
+                                          toy_sampling)
 from radar_train.toyworld.preset import WEIGHTS_DIR
 
 log = logging.getLogger(__name__)
@@ -53,23 +54,15 @@ PAA_TARGET = 0.85
 """With PAA, class accuracy at the 50 % budget should reach this share of vanilla's (the issue's target)."""
 
 
-def _toy_model() -> ModelArgs:
-    return ModelArgs(preset="toy")
-
-
-def _toy_sampling() -> SamplingConfig:
-    return SamplingConfig(cfg=3.0, top_k=32, top_p=0.0, noise="per_sample")
-
-
 @dataclass
 class MasksConfig:
     """What `radar-toy masks` measures."""
 
-    model: ModelArgs = field(default_factory=_toy_model)
+    model: ModelArgs = field(default_factory=toy_model)
     """VQ-VAE + VAR (default: the shipped toy weights)."""
     classifier: Optional[str] = None
     """Toy classifier weights (default: the shipped toy_classifier.safetensors)."""
-    sampling: SamplingConfig = field(default_factory=_toy_sampling)
+    sampling: SamplingConfig = field(default_factory=toy_sampling)
     """Sampler settings of every run (vanilla and accelerated)."""
     families: list[str] = field(default_factory=lambda: list(FAMILIES))
     """Mask families to measure: sca (calibrated SCA-Mask), window (diagonal window), pts (FastVAR PTS)."""

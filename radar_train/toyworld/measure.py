@@ -52,11 +52,13 @@ AdapterSpec = Union[str, dict[str, str]]
 """One adapter folder, or {name: folder} for several (e.g. {"paa_s0": "adapters/a", "paa_s1": "adapters/b"})."""
 
 
-def _toy_model() -> ModelArgs:
+def toy_model() -> ModelArgs:
+    """The shipped toy VQ-VAE + VAR."""
     return ModelArgs(preset="toy")
 
 
-def _toy_sampling() -> SamplingConfig:
+def toy_sampling() -> SamplingConfig:
+    """The sampler settings of every toy-world measurement (those of configs/cache/toy.yaml)."""
     return SamplingConfig(cfg=3.0, top_k=32, top_p=0.0, noise="per_sample")
 
 
@@ -64,11 +66,11 @@ def _toy_sampling() -> SamplingConfig:
 class MeasureConfig:
     """What `radar-toy measure` measures."""
 
-    model: ModelArgs = field(default_factory=_toy_model)
+    model: ModelArgs = field(default_factory=toy_model)
     """VQ-VAE + VAR (default: the shipped toy weights)."""
     classifier: Optional[str] = None
     """Toy classifier weights (default: the shipped toy_classifier.safetensors)."""
-    sampling: SamplingConfig = field(default_factory=_toy_sampling)
+    sampling: SamplingConfig = field(default_factory=toy_sampling)
     """Sampler settings of every run (vanilla and accelerated)."""
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     """Acceleration settings as method specs (`radar_train.accel.spec`): fastvar:<preset> (default | mild |
