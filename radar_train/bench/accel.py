@@ -281,6 +281,8 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
         m = meta[name]
         if r.get("skipped"):
             continue
+        if m["kind"] in ("sample", "pair"):
+            r.update(mask_accounting(accels.get(m.get("of", m["method"])), var_cfg))
         if m["kind"] == "sample":
             base = f"vanilla|{r['engine']}|{r['noise']}"
             r["speedup_vs_vanilla"] = ratio(r["images_per_s"], get(base))
@@ -295,6 +297,20 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
         elif name == "decode" and official is not None:
             r["vs_official"] = ratio(r["images_per_s"], get("decode:official"))
     return list(rows.values())
+
+
+def mask_accounting(method: Optional[AccelMethod], var_cfg) -> dict:
+    """For an SCA-Mask method: its FLOP model (`ideal_speedup`: vanilla attention share, attention pairs
+    kept, ideal speed-up at equal kernel efficiency) and the share of the KV tokens it holds at the last
+    scale (the peak; the preallocated buffers keep their full size); {} for other methods."""
+    from radar_train.accel.sca import SCAMask, ideal_speedup
+
+    if not isinstance(method, SCAMask):
+        return {}
+    masks = method.masks()
+    out = {k: round(v, 5) for k, v in ideal_speedup(method, var_cfg).items()}
+    out["kv_tokens_kept_at_last_scale"] = round(masks.kv_share(masks.active[-1]), 5)
+    return out
 
 
 def _fmt(v, spec: str, suffix: str = "") -> str:
@@ -314,4 +330,12 @@ def format_table(rows: list[dict]) -> str:
             f"{_fmt(r.get('images_per_s_e2e'), '.2f'):>9} {_fmt(r.get('vs_official'), '.2f', 'x'):>12} "
             f"{_fmt(r.get('vs_official_e2e'), '.2f', 'x'):>7} {_fmt(r.get('speedup_vs_vanilla'), '.2f', 'x'):>11} "
             f"{_fmt(r.get('pair_vs_separate'), '.3f'):>9} {_fmt(None if peak is None else peak / 2**20, '.0f'):>9}")
+    masked = [r for r in rows if r.get("ideal_speedup") is not None and not r.get("skipped")]
+    if masked:
+        lines.append(f"\n{'SCA-Mask FLOP model':<28} {'engine':<9} {'attn share':>10} {'pairs kept':>10} "
+                     f"{'ideal':>7} {'measured':>9} {'KV kept':>8}")
+        for r in masked:
+            lines.append(f"{r['method']:<28} {r['engine']:<9} {r['attention_share']:>10.3f} "
+                         f"{r['attention_pairs_kept']:>10.3f} {r['ideal_speedup']:>6.3f}x "
+                         f"{_fmt(r.get('speedup_vs_vanilla'), '.3f', 'x'):>9} {r['kv_tokens_kept_at_last_scale']:>8.3f}")
     return "\n".join(lines)

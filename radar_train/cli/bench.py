@@ -44,7 +44,9 @@ def accel(setup: BenchSetup = BenchSetup(), methods: list[str] = ["none", "fastv
 
     Args:
         setup: model preset (random weights), batch size, device, dtype, warm-up and timed rounds.
-        methods: method specs: none, fastvar, stagevar, fastvar:aggressive, fastvar:mild, stagevar:paper.
+        methods: method specs (radar_train.accel.spec): none, fastvar, stagevar, fastvar:aggressive,
+            stagevar:paper, fastvar:budget=0.5, sca:window+default (random weights: no calibration),
+            sca:default+mask_file=FILE; SCA-Mask rows add the FLOP model's ideal speed-up beside the measured.
         sampling: sampler settings (FID protocol by default).
         json: also write the result to this JSON file ({device, torch, cuda, commit, date, command, rows}).
         official_var: folder of a FoundationVision/VAR checkout (models/ and dist.py, e.g. a copy of the pinned
