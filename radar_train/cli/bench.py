@@ -35,7 +35,7 @@ def _write_json(rows: list[dict], path: Optional[str]) -> None:
 def accel(setup: BenchSetup = BenchSetup(), methods: list[str] = ["none", "fastvar", "stagevar"],
           sampling: SamplingConfig = SamplingConfig(), json: Optional[str] = None,
           official_var: Optional[str] = None, official_config: Optional[str] = None,
-          engines: Optional[list[str]] = None, overwrite: bool = False) -> int:
+          engines: Optional[list[str]] = None, pairs: bool = True, overwrite: bool = False) -> int:
     """Images/s per acceleration method, speed-up vs vanilla, forked pair cost, and the official sampler.
 
     Images/s of the sampling loop (transformer + quantizer) and end to end (decode included) per method
@@ -55,6 +55,7 @@ def accel(setup: BenchSetup = BenchSetup(), methods: list[str] = ["none", "fastv
             both sides from; default: the preset (tiny: the tiny_a fixture's configuration, the smallest the
             official classes can build).
         engines: our sampling engines to time (default: eager, and graphs on CUDA; compiled only by name).
+        pairs: also time a forked HQ/LQ pair per method (false: skip those rows, e.g. on large models).
         overwrite: replace an existing --json file.
     """
     from radar_train.bench.accel import format_table, resolve_device, run_accel_benchmark
@@ -62,7 +63,7 @@ def accel(setup: BenchSetup = BenchSetup(), methods: list[str] = ["none", "fastv
 
     check_output(json, overwrite, "--json")
     rows = run_accel_benchmark(setup, methods, sampling, log=_log, official_var=official_var,
-                               official_config=official_config, engines=engines)
+                               official_config=official_config, engines=engines, pairs=pairs)
     print(format_table(rows))
     if json:
         ResultFile(json, environment(resolve_device(setup.device, setup.dtype)[0])).add_rows(rows)
