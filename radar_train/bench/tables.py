@@ -20,11 +20,14 @@ from typing import Optional
 
 COLUMNS = ("preset", "method", "engine", "noise", "batch", "images/s", "images/s e2e", "vs official",
            "vs official e2e", "vs vanilla", "pair / separate", "peak memory")
+MASK_COLUMNS = ("ideal (FLOP model)", "attention pairs kept", "KV kept at last scale")
+"""Added when a file has SCA-Mask rows (`radar_train.bench.accel.mask_accounting`)."""
 _BLOCK = re.compile(r"(<!-- table:(?P<name>[^ ]+?) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
 
 
 def load_results(root: Path) -> dict[str, dict]:
-    """{NAME: document} of every result file under `root`, plus `<folder>/latest` aliases."""
+    """{NAME: document} of every result file under `root`, plus `<folder>/latest` aliases; JSON files
+    of other kinds (no 'rows' list) map to None."""
     if not root.is_dir():
         raise FileNotFoundError(f"--root {root}: no such folder")
     docs: dict[str, dict] = {}
@@ -33,11 +36,13 @@ def load_results(root: Path) -> dict[str, dict]:
             doc = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise ValueError(f"{path}: not a JSON file ({e})") from e
-        if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):
-            raise ValueError(f"{path}: not a benchmark result (needs an object with a 'rows' list)")
-        docs[path.relative_to(root).with_suffix("").as_posix()] = doc
+        name = path.relative_to(root).with_suffix("").as_posix()
+        # another kind of result (e.g. benchmarks/toyworld/metrics.json) is no table source: None
+        docs[name] = doc if isinstance(doc, dict) and isinstance(doc.get("rows"), list) else None
     latest: dict[str, tuple] = {}
     for name, doc in docs.items():
+        if doc is None:
+            continue
         folder = name.rsplit("/", 1)[0] if "/" in name else ""
         key = (str(doc.get("date") or ""), name)
         if folder not in latest or key > latest[folder]:
@@ -62,8 +67,10 @@ def render(doc: dict) -> str:
     cuda = f", CUDA {doc['cuda']}" if doc.get("cuda") else ""
     head = (f"{doc.get('date', '?')} · {doc.get('device', '?')} · torch {doc.get('torch', '?')}{cuda} · "
             f"commit `{doc.get('commit') or 'unknown'}` · `{doc.get('command', '?')}`")
-    lines = [head, "", "| " + " | ".join(COLUMNS) + " |",
-             "| " + " | ".join("---:" if c not in ("preset", "method", "engine", "noise") else "---" for c in COLUMNS) + " |"]
+    masked = any(isinstance(r, dict) and r.get("ideal_speedup") is not None for r in doc["rows"])
+    columns = COLUMNS + (MASK_COLUMNS if masked else ())
+    lines = [head, "", "| " + " | ".join(columns) + " |",
+             "| " + " | ".join("---:" if c not in ("preset", "method", "engine", "noise") else "---" for c in columns) + " |"]
     for r in doc["rows"]:
         if not isinstance(r, dict) or "method" not in r:
             continue
@@ -81,6 +88,9 @@ def render(doc: dict) -> str:
                       _num(r.get("vs_official"), ".2f", "×"), _num(r.get("vs_official_e2e"), ".2f", "×"),
                       _num(r.get("speedup_vs_vanilla"), ".2f", "×"), _num(r.get("pair_vs_separate"), ".3f"),
                       "-" if peak is None else f"{peak / 2**30:.2f} GiB"]
+        if masked:
+            cells += [_num(r.get("ideal_speedup"), ".3f", "×"), _num(r.get("attention_pairs_kept"), ".3f"),
+                      _num(r.get("kv_tokens_kept_at_last_scale"), ".3f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -97,8 +107,13 @@ def fill(markdown: str, docs: dict[str, dict], source: str) -> tuple[str, int]:
                          f"matching <!-- /table:... --> line")
     unknown = [m.group("name") for m in blocks if m.group("name") not in docs]
     if unknown:
+        have = sorted(n for n, d in docs.items() if d is not None)
         raise ValueError(f"{source}: no result file for table(s) {', '.join(unknown)} "
-                         f"(have: {', '.join(sorted(docs)) or 'none'})")
+                         f"(have: {', '.join(have) or 'none'})")
+    other = [m.group("name") for m in blocks if docs[m.group("name")] is None]
+    if other:
+        raise ValueError(f"{source}: {', '.join(n + '.json' for n in other)}: not a benchmark result "
+                         f"(needs an object with a 'rows' list)")
     out = _BLOCK.sub(lambda m: m.group(1) + render(docs[m.group("name")]) + "\n" + m.group(4), markdown)
     return out, len(blocks)
 
@@ -116,7 +131,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 raise ValueError("--check needs --write FILE.md")
             shown = set()
             for name, doc in docs.items():
-                if id(doc) not in shown:  # a `latest` alias repeats a file already shown
+                if doc is not None and id(doc) not in shown:  # a `latest` alias repeats a file already shown
                     shown.add(id(doc))
                     print(f"### {name}\n\n{render(doc)}\n")
             return 0

@@ -79,13 +79,28 @@ def test_bad_markdown_is_one_error_line_and_left_alone(root, tmp_path, capsys, t
     assert md.read_text() == text
 
 
-def test_a_file_that_is_no_result_is_named(root, capsys):
+def test_a_file_that_is_no_result_is_skipped_unless_a_table_names_it(root, tmp_path, capsys):
     (root / "gpu" / "notes.json").write_text('["not", "a", "result"]')
-    assert main(["--root", str(root)]) == 2
-    assert "notes.json: not a benchmark result" in capsys.readouterr().err
+    assert main(["--root", str(root)]) == 0
+    assert "notes" not in capsys.readouterr().out
+    md = tmp_path / "README.md"
+    md.write_text("<!-- table:gpu/notes -->\n<!-- /table:gpu/notes -->\n")
+    assert main(["--root", str(root), "--write", str(md)]) == 2
+    assert "gpu/notes.json: not a benchmark result" in capsys.readouterr().err
 
 
 def test_print_mode_shows_each_file_once(root, capsys):
     assert main(["--root", str(root)]) == 0
     out = capsys.readouterr().out
     assert out.count("### ") == 2 and "### gpu/2026-11-20-h200" in out
+
+
+def test_sca_rows_add_the_flop_model_columns():
+    row = {"preset": "var-d16", "method": "sca:window+default", "engine": "eager", "noise": "per_sample",
+           "batch_size": 4, "images_per_s": 0.2, "speedup_vs_vanilla": 0.98, "ideal_speedup": 1.0312,
+           "attention_pairs_kept": 0.5123, "kv_tokens_kept_at_last_scale": 0.8}
+    assert "ideal (FLOP model)" not in render(DOC)
+    lines = render(dict(DOC, rows=DOC["rows"][:2] + [row])).splitlines()
+    assert lines[2].endswith("| ideal (FLOP model) | attention pairs kept | KV kept at last scale |")
+    assert lines[-1].endswith("| 0.98× | - | - | 1.031× | 0.512 | 0.800 |")
+    assert lines[-2].endswith("| - | - | - |")  # rows of other methods leave them empty
