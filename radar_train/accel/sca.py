@@ -348,16 +348,26 @@ def load_mask_file(path: str | Path) -> MaskFile:
     return MaskFile(str(p), file_sha256(p), header, tensors)
 
 
+_BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
 def args_from_spec(spec: str):
     """An `SCAArgs` from a method spec's options (after 'sca:'), '+'-separated: a preset name, 'window' or
-    'scores' (the selection), 'per_head', or key=value for any SCAArgs field (scales as 10/13/16), e.g.
-    'aggressive+mask_file=m.safetensors' or 'window+compute_budget=0.4'. ValueError on anything else."""
+    'scores' (the selection), 'per_head', or key=value for any SCAArgs field (scales as 10/13/16, per_head as
+    true/false/1/0/yes/no), e.g. 'aggressive+mask_file=m.safetensors' or 'window+compute_budget=0.4'. One-line
+    ValueError naming the spec on anything else (an empty option, a bare 'key=', an unknown key, an unreadable
+    number or boolean)."""
     from radar_train.config import SCAArgs
 
     a = SCAArgs()
     kinds = {"compute_budget": float, "memory_budget": float, "tau": float, "tile": int}
-    for part in filter(None, (x.strip() for x in spec.split("+"))):
+    for part in (x.strip() for x in spec.split("+")):
+        if not part:
+            raise ValueError(f"sca spec {spec!r}: empty option (two '+' in a row, a leading or trailing '+', "
+                             f"or nothing at all)")
         key, eq, value = part.partition("=")
+        if eq and not (key and value):
+            raise ValueError(f"sca spec {spec!r}: option {part!r} is not key=value")
         if not eq:
             if key in PRESETS:
                 a.preset = key
@@ -371,13 +381,16 @@ def args_from_spec(spec: str):
             continue
         if key not in {f.name for f in dataclasses.fields(SCAArgs)}:
             raise ValueError(f"sca spec {spec!r}: unknown option {key!r}")
+        if key == "per_head":
+            if value.lower() not in _BOOLS:
+                raise ValueError(f"sca spec {spec!r}: per_head={value!r}: one of true, false (or 1, 0, yes, no)")
+            a.per_head = _BOOLS[value.lower()]
+            continue
         try:
             if key in kinds:
                 setattr(a, key, kinds[key](value))
             elif key == "scales":
                 a.scales = [int(x) for x in value.split("/")]
-            elif key == "per_head":
-                a.per_head = value.lower() in ("1", "true", "yes")
             else:
                 setattr(a, key, None if value.lower() in ("null", "none") else value)
         except ValueError:

@@ -58,6 +58,8 @@ def test_sca_specs():
     assert (a.selection, a.preset) == ("window", "aggressive")
     a = parse_spec("sca:default+mask_file=m.safetensors").sca
     assert (a.preset, a.mask_file) == ("default", "m.safetensors")
+    assert parse_spec("sca:per_head").sca.per_head and parse_spec("sca:per_head=True").sca.per_head
+    assert not parse_spec("sca:per_head=false").sca.per_head and not parse_spec("sca:per_head=0").sca.per_head
     m = build_spec("sca:window+compute_budget=0.5+tile=8", TOY, 4)
     assert isinstance(m, SCAMask) and (m.tile, m.compute_budget, m.memory_budget) == (8, 0.5, 1.0)
 
@@ -97,6 +99,11 @@ def test_callers_use_the_shared_parser():
     ("stagevar:min_rank=x", "cannot read min_rank"),
     ("sca:window+foo", "'foo' is neither a preset"),
     ("sca:budget=0.4", "unknown option 'budget'"),
+    ("sca:window++aggressive", "empty option"),
+    ("sca:window+", "empty option"),
+    ("sca:+window", "empty option"),
+    ("sca:tile=", "not key=value"),
+    ("sca:per_head=ture", "per_head='ture': one of true, false"),
 ])
 def test_bad_specs_are_one_line_errors_naming_the_spec(spec, match):
     with pytest.raises(ValueError, match=match) as e:
