@@ -61,3 +61,24 @@ def test_fhat_from_indices_matches_sampling(fixtures_dir, case):
         fh = vqvae.indices_to_fhat(idx, cumulative=True)
     for si, f in enumerate(fh):
         torch.testing.assert_close(f, fx.tensors[f"{case}.out.f_hat.{si}"], atol=3e-6, rtol=0)
+
+
+def test_check_reference_cli_prints_a_multi_line_fixture_error_as_one_line(fixtures_dir, tmp_path, capsys):
+    """A fixture error whose message spans lines (a case named with a line break in cases.json) goes through
+    the entry points' one error path: one `error:` line on stderr, exit status 2."""
+    import json
+    import shutil
+
+    from radar_train.cli.check_reference import main
+
+    fixture = tmp_path / "fixture"
+    shutil.copytree(fixtures_dir / "tiny_a", fixture)
+    cases = json.loads((fixture / "cases.json").read_text())
+    cases["cases"] = {"bad\ncase": {"call": "nonsense()"}}
+    (fixture / "cases.json").write_text(json.dumps(cases))
+    with pytest.raises(SystemExit) as e:
+        main([str(fixture)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    lines = err.splitlines()
+    assert lines == ["error: case bad; case: unrecognised call 'nonsense()'"], err
