@@ -230,16 +230,19 @@ def _make_cli_class():
             return super().instantiate_trainer(**kwargs)
 
         def _check_data(self) -> None:
-            """Read the caches and check them against the decoder before the trainer writes anything (it
-            creates tb/ and config.yaml before the module's own setup would find a mismatch)."""
+            """Read the caches and check them against the decoder (and its label conditioning's class count)
+            before the trainer writes anything (it creates tb/ and config.yaml before the module's own setup
+            would find a mismatch)."""
             from radar_train.train.checks import check_cache_matches
 
             dm = self.datamodule
             if dm is None or not hasattr(dm, "manifests"):
                 return
             dm.setup("fit")
+            film = getattr(self.model, "label_cond", None)
+            classes = None if film is None else film.num_classes
             for path, manifest in dm.manifests.items():
-                check_cache_matches(path, manifest, self.model.identity, self.model.latent_shape)
+                check_cache_matches(path, manifest, self.model.identity, self.model.latent_shape, classes)
 
         def _weights_only(self) -> None:
             cfg = self.config_init[self.subcommand]

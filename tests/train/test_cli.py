@@ -90,6 +90,26 @@ def test_bad_input_is_one_error_line_and_status_2(tiny_cache, tmp_path, capsys, 
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_label_conditioning_of_another_class_count_is_refused_before_the_run_folder_is_written(tiny_cache, tmp_path,
+                                                                                              capsys):
+    """The tiny cache's labels are those of a 10-class generator: a FiLM of 7 classes is refused by the CLI's
+    early data check, so neither a new run folder nor an earlier attempt's leftovers are written."""
+    film = ["--model.label_conditioning.kind", "film", "--model.label_conditioning.num_classes", "7"]
+    new = tmp_path / "new"
+    assert _run(_tiny_args(tiny_cache, new, 2, *film)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "model.label_conditioning has 7" in err[-1] and tiny_cache in err[-1]
+    assert not new.exists()
+
+    early = tmp_path / "early"  # what an attempt that never reached a checkpoint leaves: a new fit may reuse it
+    (early / "tb").mkdir(parents=True)
+    (early / "config.yaml").write_text("earlier: attempt\n")
+    before = {p: p.read_bytes() if p.is_file() else None for p in early.rglob("*")}
+    assert _run(_tiny_args(tiny_cache, early, 2, *film)) == 2
+    assert "model.label_conditioning has 7" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert {p: p.read_bytes() if p.is_file() else None for p in early.rglob("*")} == before
+
+
 def test_export_of_a_missing_checkpoint_is_one_error_line(tmp_path, capsys):
     assert _run(["export", "--ckpt", str(tmp_path / "none.ckpt"), "--output", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'none.ckpt'}: radar-train checkpoint not found"
