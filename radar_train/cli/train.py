@@ -10,7 +10,8 @@ The run folder is `trainer.default_root_dir` (e.g. checkpoints/tiny): checkpoint
 only), tb/ (TensorBoard), config.yaml (the resolved config), final/ and step-NNNNNN/ (adapter exports).
 A new `fit` needs a run folder that is absent, empty, or holds only what an attempt that never reached a
 checkpoint leaves (config.yaml, tb/); a folder with checkpoints or adapters is resumed with
-`--ckpt_path last`, never started over. Every check runs before anything is written. Precision defaults
+`--ckpt_path last` (one holding only hpc_ckpt_N.ckpt, Lightning's save when SLURM requeued the job before
+its first checkpoint, with `--ckpt_path hpc`), never started over. Every check runs before anything is written. Precision defaults
 to bf16-mixed on a GPU and 32-true on the CPU. Under SLURM the SLURMEnvironment plugin is added with
 auto-requeue on SIGUSR1.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -49,6 +51,7 @@ The options people change (every option follows below; a dotted option overrides
   --model.optim.learning_rate LR       peak learning rate (also --model.optim.warmup_steps, weight_decay)
   --trainer.default_root_dir DIR       the run folder: checkpoints/, tb/, config.yaml, final/
   --ckpt_path last                     resume the run in that folder from checkpoints/last.ckpt
+                                       (hpc: from its newest hpc_ckpt_N.ckpt, a SLURM requeue save)
   --trainer.val_check_interval N       validate every N steps (--model.early_stopping.* to stop early)
   --print_config                       print the resolved config and exit
 
@@ -76,6 +79,8 @@ EARLY_RUN_ENTRIES = ("config.yaml", "tb", "checkpoints")
 RUN_ENTRIES = ("config.yaml", "tb", "checkpoints", "final")
 # ckpt_path values Lightning resolves itself
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
+# what Lightning's SLURM requeue saves at the run folder's top level (resumed with --ckpt_path hpc)
+HPC_CKPT = re.compile(r"hpc_ckpt_(\d+)\.ckpt")
 
 
 def export(ckpt: str, output: str, overwrite: bool = False) -> int:
@@ -109,13 +114,21 @@ def export(ckpt: str, output: str, overwrite: bool = False) -> int:
     return 0
 
 
+def hpc_checkpoint(root: str | os.PathLike) -> Optional[Path]:
+    """The run folder's hpc_ckpt_N.ckpt of the highest N (what Lightning's SLURM requeue saved last, and what
+    `--ckpt_path hpc` resumes from; `--ckpt_path last` only looks in checkpoints/), or None."""
+    found = [(int(m.group(1)), e) for e in Path(root).glob("hpc_ckpt_*.ckpt")
+             if (m := HPC_CKPT.fullmatch(e.name)) and e.is_file()]
+    return max(found)[1] if found else None
+
+
 def _run_dir_entries(root: Path) -> tuple[list[str], list[str]]:
     """(artefacts of an earlier run that a new fit would replace or mix with, foreign entries)."""
     artefacts, foreign = [], []
     for e in sorted(root.iterdir()):
         if e.name == "checkpoints" and e.is_dir():
             artefacts += [f"checkpoints/{c.name}" for c in sorted(e.glob("*.ckpt"))]
-        elif e.name == "final" or e.name.startswith("step-"):
+        elif e.name == "final" or e.name.startswith("step-") or (HPC_CKPT.fullmatch(e.name) and e.is_file()):
             artefacts.append(e.name)
         elif e.name not in EARLY_RUN_ENTRIES:
             foreign.append(e.name)
@@ -133,14 +146,16 @@ def check_run_folder(root: str | os.PathLike, ckpt_path: Optional[str], subcomma
     check_no_overlap(RUN_OPTION, p, inputs, [p / e for e in RUN_ENTRIES])
     if subcommand != "fit" or not p.is_dir():
         return
-    own = ckpt_path == "last" or (ckpt_path is not None and ckpt_path not in SPECIAL_CKPT_PATHS
-                                  and p.resolve() in Path(ckpt_path).resolve().parents)
+    own = ckpt_path in ("last", "hpc") or (ckpt_path is not None and ckpt_path not in SPECIAL_CKPT_PATHS
+                                           and p.resolve() in Path(ckpt_path).resolve().parents)
     if own:
         return  # resuming the run in its own folder
     artefacts, foreign = _run_dir_entries(p)
     if artefacts:
+        # only a SLURM requeue save (no checkpoints/last*.ckpt): `last` would not find it, `hpc` does
+        resume = "hpc" if all(HPC_CKPT.fullmatch(a) for a in artefacts) else "last"
         raise OutputError(f"{RUN_OPTION} {p} holds a run already ({', '.join(artefacts[:3])}): resume it with "
-                          f"--ckpt_path last, or choose a new run folder")
+                          f"--ckpt_path {resume}, or choose a new run folder")
     if foreign:
         raise OutputError(f"{RUN_OPTION} {p} is a folder that is not empty and not a run folder (it holds "
                           f"{', '.join(foreign[:3])}): choose a new or empty folder")
@@ -148,13 +163,26 @@ def check_run_folder(root: str | os.PathLike, ckpt_path: Optional[str], subcomma
 
 def check_ckpt_path(ckpt_path: Optional[str], root: str | os.PathLike) -> None:
     """Read the checkpoint to resume from (InputError naming it if missing or truncated): an explicit path,
-    or RUN/checkpoints/last.ckpt for `last` when it exists (without one Lightning starts from scratch)."""
-    from radar_train.inputs import load_torch
+    RUN/checkpoints/last.ckpt for `last` when it exists (without one Lightning starts from scratch, which is
+    refused when RUN holds a SLURM requeue save: that is `hpc`), or RUN's newest hpc_ckpt_N.ckpt for `hpc`."""
+    from radar_train.inputs import InputError, load_torch
 
+    if ckpt_path == "hpc":
+        path = hpc_checkpoint(root)
+        if path is None:
+            raise InputError(f"--ckpt_path hpc: {RUN_OPTION} {root} holds no hpc_ckpt_N.ckpt (the checkpoint "
+                             f"Lightning saves when SLURM requeues a job); use --ckpt_path last or a file")
+        load_torch(path, "--ckpt_path checkpoint")
+        return
     if ckpt_path is None or ckpt_path in SPECIAL_CKPT_PATHS[1:]:
         return
     path = Path(root) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
     if ckpt_path == "last" and not path.exists():
+        hpc = hpc_checkpoint(root)
+        if hpc is not None and not any(path.parent.glob("last*.ckpt")):
+            raise InputError(f"--ckpt_path last: {path} does not exist, but {RUN_OPTION} {root} holds {hpc.name} "
+                             f"(saved when SLURM requeued the job; `last` does not look there): resume from it "
+                             f"with --ckpt_path hpc")
         return
     load_torch(path, "--ckpt_path checkpoint")
 

@@ -110,6 +110,46 @@ def test_label_conditioning_of_another_class_count_is_refused_before_the_run_fol
     assert {p: p.read_bytes() if p.is_file() else None for p in early.rglob("*")} == before
 
 
+@pytest.mark.slow
+def test_a_run_folder_holding_only_a_slurm_requeue_save_is_a_run_resumed_with_ckpt_path_hpc(tiny_cache, tmp_path,
+                                                                                            capsys):
+    """A job requeued before its first regular checkpoint leaves RUN/hpc_ckpt_1.ckpt beside config.yaml and tb/.
+    A new fit is refused as a run (not as a foreign folder) and told the option that finds the save: `last`
+    looks only in checkpoints/ (it would start over), so it is refused too; `hpc` resumes from the save."""
+    import shutil
+
+    root = tmp_path / "run"
+    assert _run(_tiny_args(tiny_cache, root, 1)) == 0
+    (root / "checkpoints" / "last.ckpt").rename(root / "hpc_ckpt_1.ckpt")
+    shutil.rmtree(root / "checkpoints")
+    shutil.rmtree(root / "final")
+    before = {p: p.read_bytes() if p.is_file() else None for p in root.rglob("*")}
+    capsys.readouterr()
+    assert _run(_tiny_args(tiny_cache, root, 2)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"error: --trainer.default_root_dir {root} holds a run already (hpc_ckpt_1.ckpt): resume it "
+                       f"with --ckpt_path hpc, or choose a new run folder")
+    assert _run(_tiny_args(tiny_cache, root, 2, "--ckpt_path", "last")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: --ckpt_path last: ") and "hpc_ckpt_1.ckpt" in err[-1] \
+        and err[-1].endswith("with --ckpt_path hpc")
+    assert {p: p.read_bytes() if p.is_file() else None for p in root.rglob("*")} == before
+
+    assert _run(_tiny_args(tiny_cache, root, 2, "--ckpt_path", "hpc")) == 0
+    ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2 and ckpt["radar"]["global_step"] == 2
+    assert sorted(p.name for p in (root / "checkpoints").iterdir()) == ["last.ckpt", "step-000002.ckpt"]
+
+
+def test_ckpt_path_hpc_without_a_requeue_save_is_one_error_line(tiny_cache, tmp_path, capsys):
+    root = tmp_path / "run"
+    assert _run(_tiny_args(tiny_cache, root, 2, "--ckpt_path", "hpc")) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: --ckpt_path hpc: --trainer.default_root_dir {root} holds no hpc_ckpt_N.ckpt (the checkpoint "
+        f"Lightning saves when SLURM requeues a job); use --ckpt_path last or a file")
+    assert not root.exists()
+
+
 def test_export_of_a_missing_checkpoint_is_one_error_line(tmp_path, capsys):
     assert _run(["export", "--ckpt", str(tmp_path / "none.ckpt"), "--output", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'none.ckpt'}: radar-train checkpoint not found"
