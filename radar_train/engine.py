@@ -4,7 +4,8 @@ on the engine (see the exactness notes below).
 - `eager`: plain PyTorch calls. Every device, both noise modes, every method.
 - `graphs` (CUDA, per_sample noise): every piece of a run (its start, each scale, a fork) is captured once
   as a CUDA graph (`torch.cuda.CUDAGraph`) in a *workspace*: static buffers (the KV cache preallocated to
-  the whole sequence, f_hat, the call's inputs) and the graphs' memory pool. Later calls with the same
+  the run's capacity — the whole sequence, or less for a method that evicts tokens (`AccelMethod.kv_capacity`)
+  — f_hat, the call's inputs) and the graphs' memory pool. Later calls with the same
   batch size and method copy their inputs (labels, noise keys, the method's `AccelRun.inputs`) into the
   workspace and replay one graph per scale: the host launches nothing else. The Python side of a run
   (KV fill counts, the method's bookkeeping, the index list, ...) after each piece is recorded at capture
@@ -23,8 +24,9 @@ Workspaces are cached per sampler and key (batch size, method), so radar-cache /
 radar-fid batches reuse them; a last batch of another size gets its own. A workspace is held by the runs
 living in it until they are garbage (a fork holds its parent's too); a run started while the matching
 workspace is held gets another one. KV buffer sets are shared by all workspaces of a model (per rows and
-dtype) that are not held at the same time, so e.g. vanilla, FastVAR and StageVAR workspaces use one set
-and a forked pair two.
+dtype and per-block capacity) that are not held at the same time, so e.g. vanilla, FastVAR and StageVAR
+workspaces use one set and a forked pair two; an SCA-Mask run that evicts tokens has a smaller set of its
+own, and the vanilla branch of its forked pair a whole-sequence one.
 
 Exactness: `graphs` replays the kernels that `eager` launches on the same inputs, so the tokens and f_hat
 are the same bit for bit when the kernels are deterministic (fp32, per_sample noise; checked by the gpu
@@ -160,8 +162,8 @@ class _Piece:
 
 
 class _KVSet:
-    """Static KV buffers (one (k, v) per block, rows × heads × L × head_dim) shared by the workspaces of a
-    model that are not held at the same time."""
+    """Static KV buffers (one (k, v) per block, rows × heads × the block's capacity × head_dim) shared by the
+    workspaces of a model (same rows, dtype and capacity) that are not held at the same time."""
 
     def __init__(self, buffers: list[tuple[torch.Tensor, torch.Tensor]]):
         self.buffers, self.busy = buffers, False
@@ -173,12 +175,13 @@ class _KVSet:
 _KV_SETS: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, list[_KVSet]]]" = weakref.WeakKeyDictionary()
 
 
-def _free_kv_set(var, rows: int, dtype: torch.dtype, avoid: Optional[_KVSet] = None) -> _KVSet:
-    sets = _KV_SETS.setdefault(var, {}).setdefault((rows, dtype), [])
+def _free_kv_set(var, rows: int, dtype: torch.dtype, capacity: tuple[int, ...],
+                 avoid: Optional[_KVSet] = None) -> _KVSet:
+    sets = _KV_SETS.setdefault(var, {}).setdefault((rows, dtype, capacity), [])
     for s in sets:
         if not s.busy and s is not avoid:
             return s
-    s = _KVSet(var.kv_buffers(rows, dtype))
+    s = _KVSet(var.kv_buffers(rows, dtype, capacity))
     sets.append(s)
     return s
 
@@ -319,8 +322,8 @@ class GraphEngine(EagerEngine):
         self._check_weights()
         rows = 2 * state.batch_size
         var, dtype = self.sampler.var, self.sampler.kv_dtype
-        ws = self._find(self.workspaces, (rows, _MethodKey(accel)),
-                        lambda: _Workspace(_free_kv_set(var, rows, dtype)))
+        ws = self._find(self.workspaces, (rows, _MethodKey(accel)),  # (a method's capacity is fixed)
+                        lambda: _Workspace(_free_kv_set(var, rows, dtype, state.kv_capacity)))
         state.handle = _Lease(ws)
         run_inputs = {} if state.accel is None else state.accel.inputs()
         if ws.entry is not None:
@@ -366,8 +369,8 @@ class GraphEngine(EagerEngine):
             ws.scales[si] = _Piece(None, snapshot(state))
             return
 
-        def warm() -> "SamplingState":  # its own KV cache and f_hat: the step writes both in place
-            other = self.sampler._fork_state(state, None)
+        def warm() -> "SamplingState":  # its own KV cache (of the same capacity) and f_hat: the step writes both
+            other = self.sampler._fork_state(state, None, kv_capacity=state.kv_capacity)
             other.accel = None if state.accel is None else state.accel.fork()
             return other
 
@@ -387,7 +390,9 @@ class GraphEngine(EagerEngine):
         key = (state.si, _MethodKey(accel))
         rows = state.batch_size * 2
         var, dtype = self.sampler.var, self.sampler.kv_dtype
-        ws = self._find(parent.children, key, lambda: _Workspace(_free_kv_set(var, rows, dtype, avoid=parent.kv)))
+        capacity = self.sampler._fork_capacity(state, accel)
+        ws = self._find(parent.children, key,
+                        lambda: _Workspace(_free_kv_set(var, rows, dtype, capacity, avoid=parent.kv)))
         lease = _Lease(ws, parent=state.handle)
         if ws.entry is not None:
             ws.entry.graph.replay()

@@ -75,6 +75,7 @@ class SamplingState:
     token_keys: Optional[torch.Tensor] = None  # (K, B) per_sample noise keys of every scale, on the device
     handle: object = None  # a captured engine's hold on the workspace the run lives in (None: eager)
     eager: bool = False  # runs eagerly under every engine (trace, or a method that cannot be captured)
+    kv_capacity: tuple[int, ...] = ()  # per-block KV capacity (tokens): the method's, else the whole sequence
 
     @property
     def batch_size(self) -> int:
@@ -251,7 +252,8 @@ class NextScaleSampler:
     @torch.no_grad()
     def fork(self, state: SamplingState, accel: Optional[AccelMethod] = None) -> SamplingState:
         """An independent copy of the run. The copy continues with `accel` (None: vanilla); the method's
-        state is forked from the original only if it is the same method, else started fresh."""
+        state is forked from the original only if it is the same method, else started fresh. Its KV cache
+        has the run's capacity when it continues with a method and the whole sequence's when vanilla."""
         if accel is not None and state.accel is None:
             raise ValueError("cannot fork into an accelerated run from a run without its method state")
         return self._engine.fork(state, accel)
@@ -297,13 +299,15 @@ class NextScaleSampler:
                    ) -> SamplingState:
         """A run before its device work: the method's run state and the noise keys of every scale."""
         dev = self.device
-        accel_run = None
+        accel_run, capacity = None, None
         if accel is not None:
             accel_run = accel.start(RunContext(self.patch_nums, self.var.depth, labels.shape[0], seeds, g_seed, dev))
+            capacity = accel.kv_capacity(self.patch_nums, self.var.depth)
         return SamplingState(
             labels=labels, seeds=seeds, cond_all=None, branch="both", kv=None, f_hat=None, next_map=None, si=0,
             indices=[], accel=accel_run, generator=generator, lvl_pos=None, trace={} if trace else None,
-            token_keys=None if seeds is None else token_keys(seeds, len(self.patch_nums), dev))
+            token_keys=None if seeds is None else token_keys(seeds, len(self.patch_nums), dev),
+            kv_capacity=self.var.kv_capacity(capacity))
 
     def _plan(self, state: SamplingState) -> bool:
         """The host-side part of a scale: ask the method whether to skip (False: the run stops here) or
@@ -322,11 +326,18 @@ class NextScaleSampler:
             state.branch = plan.branch
         return True
 
-    def _fork_state(self, state: SamplingState, accel: Optional[AccelMethod],
-                    kv_buffers: Optional[list] = None) -> SamplingState:
-        """The forked run (KV cache and f_hat copied, into `kv_buffers` if given)."""
+    def _fork_capacity(self, state: SamplingState, accel: Optional[AccelMethod]) -> tuple[int, ...]:
+        """KV capacity of a fork of `state`: the run's own if the fork continues with a method (its method
+        state is forked), the whole sequence if it continues vanilla."""
+        return state.kv_capacity if accel is not None else self.var.kv_capacity()
+
+    def _fork_state(self, state: SamplingState, accel: Optional[AccelMethod], kv_buffers: Optional[list] = None,
+                    kv_capacity: Optional[tuple[int, ...]] = None) -> SamplingState:
+        """The forked run (KV cache and f_hat copied, into `kv_buffers` if given), its KV cache of
+        `kv_capacity` tokens per block (None: `_fork_capacity`)."""
         other = copy.copy(state)
-        other.kv = state.kv.fork(kv_buffers)
+        other.kv_capacity = self._fork_capacity(state, accel) if kv_capacity is None else kv_capacity
+        other.kv = state.kv.fork(kv_buffers, other.kv_capacity)
         other.f_hat = state.f_hat.clone()
         other.indices = list(state.indices)
         other._mods = dict(state._mods)
@@ -341,13 +352,13 @@ class NextScaleSampler:
     # -------------------------------------------------------------- device side (captured by the engines)
     def _begin(self, state: SamplingState, kv_buffers: Optional[list] = None) -> None:
         """The device work of `start`: class embeddings of both CFG halves, position embeddings, f_hat = 0
-        and the KV cache (in `kv_buffers` if given)."""
+        and the KV cache of the run's capacity (in `kv_buffers` if given)."""
         var, B = self.var, state.batch_size
         P = self.patch_nums[-1]
         state.cond_all = var.class_cond(torch.cat((state.labels, torch.full_like(state.labels, var.num_classes))))
         state.lvl_pos = var.level_pos()
         state.f_hat = torch.zeros(B, self.quantizer.z_channels, P, P, device=state.labels.device, dtype=torch.float32)
-        state.kv = var.new_kv_cache(self.kv_dtype, kv_buffers)
+        state.kv = var.new_kv_cache(self.kv_dtype, kv_buffers, state.kv_capacity)
 
     def _mods(self, state: SamplingState, cond: torch.Tensor) -> list:
         """AdaLN modulations of the rows that run now (computed once per run and CFG branch)."""

@@ -128,6 +128,41 @@ def test_kv_cache_is_written_in_place_at_static_offsets():
         kv.extend(0, *(torch.zeros(2, 2, 8, 3) for _ in range(2)))
 
 
+def test_kv_cache_capacity_per_block_and_overflow_refused(micro):
+    """Per-block capacities size the buffers; an append or a copy past a block's capacity is refused with one
+    line naming the block and the sizes, and nothing is written."""
+    kv = KVCache(3, capacity=(4, 6, 2))
+    assert kv.capacity == (4, 6, 2) and kv.shallow_copy().capacity == (4, 6, 2)
+    k = torch.arange(30.0).view(2, 1, 3, 5)
+    kv.extend(0, k, k)
+    kv.extend(1, k, k)
+    assert [t.shape[2] for t in kv.k[:2]] == [4, 6] and kv.k[2] is None
+    assert kv.allocated_bytes() == 2 * (2 * 1 * (4 + 6) * 5) * 4 and kv.nbytes() == 2 * (2 * 1 * 6 * 5) * 4
+    with pytest.raises(ValueError, match=r"^KV cache of block 0 holds 3 of 4 tokens; cannot append 3$"):
+        kv.extend(0, k, k)
+    with pytest.raises(ValueError, match=r"^KV cache of block 2 holds 0 of 2 tokens; cannot append 3$"):
+        kv.extend(2, k, k)
+    assert kv.num_tokens(0) == 3 and kv.k[2] is None
+    kv.extend(1, k, k)  # 6 of 6
+    with pytest.raises(ValueError, match=r"^KV cache of block 1 holds 6 tokens; a copy of capacity 5 cannot take them$"):
+        kv.fork(capacity=(4, 5, 2))
+    big = kv.fork(capacity=8)  # a copy may be larger (the vanilla branch of a pair forked from a method's run)
+    assert big.capacity == (8, 8, 8) and big.k[1].shape[2] == 8 and torch.equal(big.k[1][:, :, :6], kv.k[1])
+    big.extend(1, k[:, :, :2], k[:, :, :2])
+    assert big.num_tokens(1) == 8 and kv.num_tokens(1) == 6
+    with pytest.raises(ValueError, match=r"one per block \(3 blocks\), got \(4, 6\)"):
+        KVCache(3, capacity=(4, 6))
+    bufs = [(torch.empty(2, 1, c, 5), torch.empty(2, 1, c, 5)) for c in (4, 6, 1)]
+    with pytest.raises(ValueError, match=r"^KV buffers of block 2 hold 1 tokens, below the block's capacity 2$"):
+        KVCache(3, (4, 6, 2), buffers=bufs)
+    assert KVCache(3, None, buffers=bufs).capacity == (4, 6, 1)
+    quant, var = micro  # the model's buffers and caches: the whole sequence unless a capacity is given
+    L = var.config.num_tokens
+    assert var.new_kv_cache().capacity == (L,) and var.new_kv_cache(capacity=(7,)).capacity == (7,)
+    assert var.kv_buffers(2, torch.float32)[0][0].shape == (2, 2, L, 16)
+    assert var.kv_buffers(2, torch.float32, (7,))[0][1].shape == (2, 2, 7, 16)
+
+
 def test_kv_cache_holds_the_compute_dtype(micro):
     quant, var = micro
     s = NextScaleSampler(var, quant, SAMPLING, autocast_dtype=torch.bfloat16)
@@ -374,6 +409,29 @@ def test_graphs_engine_replays_each_piece_with_the_new_inputs(micro, sca_mask, m
     parent = eng.workspaces[(6, engine._MethodKey(method))][0]
     (child,) = [c for cs in parent.children.values() for c in cs]
     assert child.kv is not parent.kv and eng.workspaces[(6, engine._MethodKey(None))][0].kv is parent.kv
+
+
+def test_graphs_engine_kv_buffers_have_the_capacity_of_the_run(micro, sca_mask, monkeypatch):
+    """A method that evicts KV tokens (SCA-Mask with a memory budget) runs in a workspace whose static KV
+    buffers have its capacity; the vanilla branch of its pair gets whole-sequence buffers (shared with the
+    vanilla workspace, not held at the same time). Singles and pairs, captured then replayed: eager's result."""
+    quant, var = micro
+    eager = NextScaleSampler(var, quant, SAMPLING)
+    graphs = _graphs_on_cpu(var, quant, monkeypatch)
+    eng = graphs._engine
+    method = _methods(var, sca_mask)["sca-scores"]
+    cap, L = method.kv_capacity(var.patch_nums, var.depth), var.config.num_tokens
+    assert len(cap) == var.depth and max(cap) < L
+    for labels, seeds in [(LABELS, SEEDS), (torch.tensor([3, 1, 4]), [5, 99, 6])]:  # capture, then replay
+        pair, ref = (generate_pairs(s, labels, method, seeds=seeds) for s in (graphs, eager))
+        assert _same(pair.hq, ref.hq) and _same(pair.lq, ref.lq)
+        for m in (method, None):
+            assert _same(graphs.sample(labels, seeds=seeds, accel=m), eager.sample(labels, seeds=seeds, accel=m))
+    (ws,) = eng.workspaces[(6, engine._MethodKey(method))]
+    (child,) = [c for cs in ws.children.values() for c in cs]
+    (van,) = eng.workspaces[(6, engine._MethodKey(None))]
+    assert [k.shape[2] for k, _ in ws.kv.buffers] == list(cap)
+    assert [k.shape[2] for k, _ in child.kv.buffers] == [L] * var.depth and van.kv is child.kv
 
 
 def test_graphs_engine_state_machine_and_concurrent_runs(micro, monkeypatch):

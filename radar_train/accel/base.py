@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Sequence
+from typing import ClassVar, Literal, Optional, Sequence
 
 import torch
 
@@ -107,6 +107,13 @@ class AccelMethod:
     def first_modified_scale(self, patch_nums: Sequence[int]) -> int | None:
         """Index of the first scale whose computation differs from vanilla (None: none does). Scales
         before it may observe (store caches) but must produce exactly the vanilla result."""
+        return None
+
+    def kv_capacity(self, patch_nums: Sequence[int], depth: int) -> Optional[tuple[int, ...]]:
+        """The KV cache a run needs, per block: the most tokens the block's cache holds at once (after a
+        scale's K/V joined it) over the whole run, computed from the configuration alone (it sizes buffers
+        before anything runs). None: the whole sequence, as vanilla. A method that evicts tokens
+        (`StepHooks.kv_keep`) returns less; the sampler refuses (ValueError) a run that would overflow it."""
         return None
 
     def start(self, ctx: RunContext) -> AccelRun:

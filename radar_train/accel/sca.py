@@ -26,10 +26,12 @@ Selection (§8.2e–g), once per run and static:
 Budgets 1 / 1 keep every block: no mask, no eviction, the vanilla computation bit for bit.
 
 Inference: at an active scale each block first drops the evicted tokens from its KV cache
-(`StepHooks.kv_keep`, a fixed index per (scale, block)), then attends with the fixed mask
-(`StepHooks.attention`): FlexAttention with a `BlockMask` of block size `tile` (CUDA), or SDPA with the
-equivalent boolean token mask (CPU; the same numbers up to rounding, no speed-up). Every mask and index
-is built once per run and device; nothing in the sampling loop depends on the data.
+(`StepHooks.kv_keep`, a fixed index per (scale, block), before the scale's K/V join it), then attends
+with the fixed mask (`StepHooks.attention`): FlexAttention with a `BlockMask` of block size `tile` (CUDA),
+or SDPA with the equivalent boolean token mask (CPU; the same numbers up to rounding, no speed-up). Every
+mask and index is built once per run and device; nothing in the sampling loop depends on the data. The KV
+cache is allocated to what the run holds at most (`SCAMask.kv_capacity`, per block), not to the whole
+sequence.
 """
 from __future__ import annotations
 
@@ -597,6 +599,14 @@ class SCAMask(AccelMethod):
         pow2 = self.tile >= MIN_FLEX_TILE and not self.tile & (self.tile - 1)
         return self.kernel == "auto" and device.type == "cuda" and pow2
 
+    def kv_capacity(self, patch_nums: Sequence[int], depth: int) -> tuple[int, ...]:
+        """Per block, the most tokens its KV cache holds at once (`held_kv_tokens`): below the whole
+        sequence where tiles are evicted before the last scale's K/V join."""
+        key = ("kv_capacity", depth)
+        if key not in self._cache:
+            self._cache[key] = held_kv_tokens(self.masks(), depth)
+        return self._cache[key]
+
     def tables(self, depth: int, device: torch.device) -> dict[int, list["_BlockTable"]]:
         """si -> per block: the KV keep index, the boolean SDPA mask and the flex BlockMask (None where
         nothing changes). Built once per (depth, device)."""
@@ -608,9 +618,28 @@ class SCAMask(AccelMethod):
 
 @dataclass
 class _BlockTable:
-    keep_idx: Optional[torch.Tensor]  # (n,) int64 into the cache after this scale's K/V joined it
+    keep_idx: Optional[torch.Tensor]  # (n,) int64 into the cache before this scale's K/V join it
     mask: Optional[torch.Tensor]  # (1, heads, l, n) bool for SDPA
     block_mask: object = None  # flex BlockMask over the same (l, n)
+
+
+def held_kv_tokens(m: TileMasks, depth: int) -> tuple[int, ...]:
+    """Per block, the most tokens its KV cache holds at once in a run with these masks (the capacity the
+    run needs; static): every token so far before the first active scale; at an active scale the tokens
+    present (`kept_positions`: the evicted ones leave before the scale's K/V join); after the last active
+    scale every later scale's tokens on top."""
+    bounds = scale_bounds(m.patch_nums)
+    out = []
+    for b in range(depth):
+        held = peak = bounds[m.active[0]][0]
+        for si in range(m.active[0], len(bounds)):
+            if si in m.active:
+                held = int((m.present[si][m.block(b)].long() * m.geo(si).k_sizes()).sum())
+            else:
+                held += bounds[si][1] - bounds[si][0]
+            peak = max(peak, held)
+        out.append(peak)
+    return tuple(out)
 
 
 def _build_tables(m: TileMasks, depth: int, device: torch.device, flex: bool) -> dict[int, list[_BlockTable]]:
@@ -621,9 +650,11 @@ def _build_tables(m: TileMasks, depth: int, device: torch.device, flex: bool) ->
         g = m.geo(si)
         rows = []
         for b in range(depth):
-            before = torch.cat((cached[b], torch.arange(g.begin, g.end)))
             kept = m.kept_positions(si, b)
-            keep_idx = None if kept.shape[0] == before.shape[0] else torch.searchsorted(before, kept)
+            old = kept[kept < g.begin]  # the evicted tokens leave before the scale's K/V join the cache
+            if kept.shape[0] - old.shape[0] != g.l:  # the scale's own key tiles are protected (its diagonal)
+                raise RuntimeError(f"sca: scale {si}, block {b} would evict the scale's own tokens")
+            keep_idx = None if old.shape[0] == cached[b].shape[0] else torch.searchsorted(cached[b], old)
             cached[b] = kept
             tok = m.token_mask(si, b)[:, :, kept]  # (heads, l, n)
             mask = block_mask = None
@@ -729,17 +760,24 @@ def ideal_speedup(method: SCAMask, cfg) -> dict:
 
 @torch.no_grad()
 def measure_kv_bytes(sampler, method: AccelMethod, labels, seeds) -> dict:
-    """KV-cache bytes after every scale (all blocks, all rows) of a vanilla run and of a run with
-    `method`, read from the sampler's cache; and the ratio of their peaks."""
-    out = {}
+    """KV-cache bytes of a vanilla run and of a run with `method`, read from the sampler's cache: held
+    after every scale ("vanilla" / "accelerated": lists; all blocks and rows; a block holds the most right
+    after a scale's K/V joined, which is also after the scale) and allocated ("allocated": {"vanilla",
+    "accelerated"}: the buffers, sized to the run's KV capacity). Ratios accelerated / vanilla of the held
+    peaks ("peak_ratio") and of the allocations ("allocated_ratio")."""
+    out, allocated = {}, {}
     for name, accel in (("vanilla", None), ("accelerated", method)):
         state = sampler.start(labels, seeds=seeds, accel=accel)
-        per_scale = []
+        per_scale, alloc = [], 0
         for si in range(len(sampler.patch_nums)):
             sampler.advance(state, until=si + 1)
             per_scale.append(state.kv.nbytes())
+            alloc = max(alloc, state.kv.allocated_bytes())  # (a CFG-half switch leaves views of half the rows)
         out[name] = per_scale
+        allocated[name] = alloc
     out["peak_ratio"] = max(out["accelerated"]) / max(out["vanilla"])
+    out["allocated"] = allocated
+    out["allocated_ratio"] = allocated["accelerated"] / allocated["vanilla"]
     return out
 
 

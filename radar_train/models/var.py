@@ -6,22 +6,22 @@ State-dict names equal the official `var_d{16,20,24,30,36}.pth` files, buffers i
 Two ways to run it:
 - `forward(labels, x_BLCv)` — teacher forcing over all L tokens with the scale-causal mask (training,
   reference checks);
-- `step(x, cond, kv, hooks)` — one scale of sampling: the scale's tokens attend to everything in the
-  KV cache plus themselves, and their K/V are appended. The sampler owns the cache and chooses the
+- `step(x, cond, kv, hooks)` — one scale of sampling: the scale's K/V are appended to the KV cache and
+  the scale's tokens attend to everything in it. The sampler owns the cache and chooses the
   rows (both CFG halves or one); `hooks` let an acceleration method run blocks/branches on subsets,
   evict cached tokens or compute the attention itself (e.g. block-sparse).
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .configs import VARConfig
-from .hooks import KVCache, StepHooks
+from .hooks import KVCache, StepHooks, kv_capacities
 
 
 class DropPath(nn.Module):
@@ -85,12 +85,14 @@ class SelfAttention(nn.Module):
             q = F.normalize(q, dim=-1).mul(scale_mul)
             k = F.normalize(k, dim=-1)
         if kv is not None:
-            # the cache stores K/V in the compute dtype (under autocast: the autocast dtype, which the
-            # attention casts every operand to anyway), so no scale re-casts the cached tokens
-            k, v = kv.extend(block_idx, k, v)
+            # evicted tokens leave before this scale's K/V join, so the cache never holds both (its
+            # capacity is the most tokens it holds after an append). It stores K/V in the compute dtype
+            # (under autocast: the autocast dtype, which the attention casts every operand to anyway), so
+            # no scale re-casts the cached tokens
             keep = hooks.kv_keep(block_idx) if hooks is not None else None
             if keep is not None:
-                k, v = kv.keep(block_idx, keep)
+                kv.keep(block_idx, keep)
+            k, v = kv.extend(block_idx, k, v)
             q = q.to(k.dtype)
             out = hooks.attention(block_idx, q, k, v, self.scale) if hooks is not None else \
                 F.scaled_dot_product_attention(q, k, v, scale=self.scale)
@@ -284,19 +286,30 @@ class VAR(nn.Module):
             x = blk(x, ada, mask)
         return self.logits(x, cond)
 
-    def new_kv_cache(self, dtype: Optional[torch.dtype] = None,
-                     buffers: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None) -> KVCache:
-        """An empty KV cache for one sampling run: capacity the whole sequence, K/V stored in `dtype` (the
-        compute dtype; None: as the attention produces them), in `buffers` if given (see `kv_buffers`)."""
-        return KVCache(self.depth, self.config.num_tokens, dtype, buffers)
+    def kv_capacity(self, capacity: int | Sequence[int] | None = None) -> tuple[int, ...]:
+        """Per-block KV capacity in tokens: `capacity` (one count, or one per block) or, None, the whole
+        sequence for every block."""
+        return kv_capacities(self.config.num_tokens if capacity is None else capacity, self.depth)
 
-    def kv_buffers(self, rows: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Uninitialised K/V buffers for `rows` rows and the whole sequence, one (k, v) pair per block."""
+    def new_kv_cache(self, dtype: Optional[torch.dtype] = None,
+                     buffers: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None,
+                     capacity: int | Sequence[int] | None = None) -> KVCache:
+        """An empty KV cache for one sampling run: `capacity` tokens per block (one count or one per block;
+        None: the whole sequence), K/V stored in `dtype` (the compute dtype; None: as the attention produces
+        them), in `buffers` if given (see `kv_buffers`)."""
+        return KVCache(self.depth, self.kv_capacity(capacity), dtype, buffers)
+
+    def kv_buffers(self, rows: int, dtype: torch.dtype,
+                   capacity: int | Sequence[int] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Uninitialised K/V buffers for `rows` rows, one (k, v) pair per block of `capacity` tokens (as in
+        `new_kv_cache`; None: the whole sequence)."""
         a = self.blocks[0].attn
-        shape = (rows, a.num_heads, self.config.num_tokens, a.head_dim)
         dev = self.pos_1LC.device
-        return [(torch.empty(shape, dtype=dtype, device=dev), torch.empty(shape, dtype=dtype, device=dev))
-                for _ in range(self.depth)]
+        out = []
+        for cap in self.kv_capacity(capacity):
+            shape = (rows, a.num_heads, cap, a.head_dim)
+            out.append((torch.empty(shape, dtype=dtype, device=dev), torch.empty(shape, dtype=dtype, device=dev)))
+        return out
 
     def cast_body_(self, dtype: torch.dtype) -> "VAR":
         """Cast the blocks, AdaLN projections and head to `dtype` for autocast inference, so autocast

@@ -282,6 +282,100 @@ def test_kv_eviction_measured_equals_the_plan(tiny_models, mask_file):
     assert kv["peak_ratio"] == pytest.approx(m.kv_share(last), abs=1e-12) and kv["peak_ratio"] < 1.0
 
 
+def test_kv_capacity_is_the_most_tokens_a_run_holds(tiny_models, mask_file, monkeypatch):
+    """The per-block capacity SCA-Mask computes from its masks (no data) against a real run with memory budget
+    0.5: the most tokens each block's cache holds after any append, and after any scale (the evicted tokens
+    leave before a scale's K/V join), equal it; the buffers have exactly that size. Budgets 1 / 1 and the
+    other methods need the whole sequence."""
+    from radar_train.accel import FastVAR
+    from radar_train.models.hooks import KVCache
+
+    s = _sampler(tiny_models)
+    _, var = tiny_models
+    L, depth = var.config.num_tokens, var.depth
+    method = _sca(tiny_models, mask_file=str(mask_file), memory_budget=0.5)
+    cap = method.kv_capacity(s.patch_nums, depth)
+    assert len(cap) == depth and max(cap) < L  # the budget saves memory in every block
+    held: list[list[int]] = [[] for _ in range(depth)]
+    extend = KVCache.extend
+
+    def spy(self, b, k, v):
+        out = extend(self, b, k, v)
+        held[b].append(self.n[b])
+        return out
+
+    monkeypatch.setattr(KVCache, "extend", spy)
+    state = s.start(torch.tensor([1, 2]), seeds=[0, 1], accel=method)
+    after_scale = []
+    for si in range(len(s.patch_nums)):
+        s.advance(state, until=si + 1)
+        after_scale.append(list(state.kv.n))
+    assert [len(h) for h in held] == [len(s.patch_nums)] * depth
+    assert tuple(max(h) for h in held) == cap
+    assert tuple(max(n[b] for n in after_scale) for b in range(depth)) == cap
+    assert tuple(t.shape[2] for t in state.kv.k) == cap
+    full = _sca(tiny_models, mask_file=str(mask_file), compute_budget=1.0, memory_budget=1.0)
+    assert full.kv_capacity(s.patch_nums, depth) == (L,) * depth
+    assert FastVAR(prune=((8, 0.5),)).kv_capacity(s.patch_nums, depth) is None
+    van = s.advance(s.start(torch.tensor([1, 2]), seeds=[0, 1]))
+    assert [t.shape[2] for t in van.kv.k] == [L] * depth and van.kv.n == [L] * depth
+
+
+def test_memory_budget_allocates_less_kv_for_the_same_tokens(tiny_models, mask_file, monkeypatch):
+    """measure_kv_bytes: the buffers of a run with memory budget 0.5 are its capacity (below vanilla's whole
+    sequence); the tokens and f_hat equal those of the same run in whole-sequence buffers."""
+    s = _sampler(tiny_models)
+    _, var = tiny_models
+    L, depth = var.config.num_tokens, var.depth
+    method = _sca(tiny_models, mask_file=str(mask_file), memory_budget=0.5)
+    cap = method.kv_capacity(s.patch_nums, depth)
+    labels, seeds = torch.tensor([1, 2, 5]), [0, 1, 2]
+    kv = measure_kv_bytes(s, method, labels, seeds)
+    per_token = 2 * (2 * 3) * var.config.embed_dim * 4  # k and v, 2B rows, heads x head_dim, float32
+    assert kv["allocated"] == {"vanilla": per_token * L * depth, "accelerated": per_token * sum(cap)}
+    assert kv["allocated_ratio"] == sum(cap) / (L * depth) < 1
+    assert max(kv["vanilla"]) == kv["allocated"]["vanilla"] and max(kv["accelerated"]) <= kv["allocated"]["accelerated"]
+    out = s.sample(labels, seeds=seeds, accel=method)
+    monkeypatch.setattr(SCAMask, "kv_capacity", lambda self, patch_nums, depth: None)  # the whole sequence
+    state = s.advance(s.start(labels, seeds=seeds, accel=method))
+    assert [t.shape[2] for t in state.kv.k] == [L] * depth
+    ref = s.output(state)
+    assert all(torch.equal(a, b) for a, b in zip(out.indices, ref.indices)) and torch.equal(out.f_hat, ref.f_hat)
+
+
+def test_forks_get_the_kv_capacity_of_their_branch(tiny_models, mask_file):
+    """Forked at the first modified scale: the vanilla branch gets whole-sequence buffers, the accelerated one
+    its method's capacity; each equals its standalone run."""
+    s = _sampler(tiny_models)
+    _, var = tiny_models
+    L, depth = var.config.num_tokens, var.depth
+    method = _sca(tiny_models, mask_file=str(mask_file), memory_budget=0.5)
+    cap = method.kv_capacity(s.patch_nums, depth)
+    labels, seeds = torch.tensor([0, 4, 9]), [11, 12, 13]
+    state = s.advance(s.start(labels, seeds=seeds, accel=method), until=method.first_modified_scale(s.patch_nums))
+    hq, lq = s.fork(state), s.fork(state, accel=method)
+    assert hq.kv.capacity == tuple(t.shape[2] for t in hq.kv.k) == (L,) * depth
+    assert lq.kv.capacity == tuple(t.shape[2] for t in lq.kv.k) == state.kv.capacity == cap
+    van, acc = s.sample(labels, seeds=seeds), s.sample(labels, seeds=seeds, accel=method)
+    for run, want in ((hq, van), (lq, acc), (state, acc)):
+        got = s.output(s.advance(run))
+        assert all(torch.equal(a, b) for a, b in zip(got.indices, want.indices)) and torch.equal(got.f_hat, want.f_hat)
+
+
+def test_a_kv_capacity_below_what_the_run_holds_is_refused(tiny_models, mask_file, monkeypatch):
+    s = _sampler(tiny_models)
+    _, var = tiny_models
+    method = _sca(tiny_models, mask_file=str(mask_file), memory_budget=0.5)
+    cap = method.kv_capacity(s.patch_nums, var.depth)
+    short = tuple(c - 1 if b == 2 else c for b, c in enumerate(cap))
+    monkeypatch.setattr(SCAMask, "kv_capacity", lambda self, patch_nums, depth: short)
+    with pytest.raises(ValueError, match=rf"^KV cache of block 2 holds \d+ of {short[2]} tokens; cannot append \d+$"):
+        s.sample(torch.tensor([1]), seeds=[0], accel=method)
+    monkeypatch.setattr(SCAMask, "kv_capacity", lambda self, patch_nums, depth: cap[:2])
+    with pytest.raises(ValueError, match=r"^KV capacity must be one token count >= 0 or one per block \(4 blocks\)"):
+        s.sample(torch.tensor([1]), seeds=[0], accel=method)
+
+
 # ---------------------------------------------------------------------------- the mask file
 def test_mask_file_round_trip(tiny_models, mask_file):
     from radar_train.models.checkpoint import file_sha256
