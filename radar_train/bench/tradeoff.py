@@ -456,4 +456,5 @@ if __name__ == "__main__":
 
     from radar_train.cli.common import run_main
 
-    run_main("python -m radar_train.bench.tradeoff", lambda args: CLI(redraw, args=args, exit_on_error=False))
+    prog = "python -m radar_train.bench.tradeoff"
+    run_main(prog, lambda args: CLI(redraw, args=args, prog=prog, exit_on_error=False))

@@ -103,6 +103,16 @@ def test_redraw_draws_an_earlier_result_with_another_metric(tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_the_redraw_module_help_names_the_command_to_type():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "radar_train.bench.tradeoff", "--help"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: python -m radar_train.bench.tradeoff "), r.stdout[:200]
+
+
 # ------------------------------------------------------------------------------------------ smoke runs
 def _run(argv: list[str]) -> int:
     from radar_train.cli.bench import main
