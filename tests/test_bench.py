@@ -39,6 +39,7 @@ def test_accel_bench_sca_rows_carry_the_flop_model(tmp_path):
     assert 0 < half["attention_pairs_kept"] < 1 and half["ideal_speedup"] > 1
     # key tiles that no kept block of this or a later scale reads leave the cache, even without a memory budget
     assert full["kv_tokens_kept_at_last_scale"] == 1.0 and 0 < half["kv_tokens_kept_at_last_scale"] < 1
+    assert full["kv_allocated_ratio"] == 1.0 and 0 < half["kv_allocated_ratio"] < 1
     assert not any(m.startswith("pair:") for m in by)
     assert "ideal_speedup" not in by["vanilla"] and "SCA-Mask FLOP model" in stdout
 

@@ -302,7 +302,8 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
 def mask_accounting(method: Optional[AccelMethod], var_cfg) -> dict:
     """For an SCA-Mask method: its FLOP model (`ideal_speedup`: vanilla attention share, attention pairs
     kept, ideal speed-up at equal kernel efficiency) and the share of the KV tokens it holds at the last
-    scale (the peak; the preallocated buffers keep their full size); {} for other methods."""
+    scale and the KV buffers it allocates (`SCAMask.kv_capacity`), both relative to vanilla; {} for other
+    methods."""
     from radar_train.accel.sca import SCAMask, ideal_speedup
 
     if not isinstance(method, SCAMask):
@@ -310,6 +311,8 @@ def mask_accounting(method: Optional[AccelMethod], var_cfg) -> dict:
     masks = method.masks()
     out = {k: round(v, 5) for k, v in ideal_speedup(method, var_cfg).items()}
     out["kv_tokens_kept_at_last_scale"] = round(masks.kv_share(masks.active[-1]), 5)
+    capacity = method.kv_capacity(var_cfg.patch_nums, var_cfg.depth)
+    out["kv_allocated_ratio"] = round(sum(capacity) / (var_cfg.depth * var_cfg.num_tokens), 5)
     return out
 
 
@@ -333,9 +336,10 @@ def format_table(rows: list[dict]) -> str:
     masked = [r for r in rows if r.get("ideal_speedup") is not None and not r.get("skipped")]
     if masked:
         lines.append(f"\n{'SCA-Mask FLOP model':<28} {'engine':<9} {'attn share':>10} {'pairs kept':>10} "
-                     f"{'ideal':>7} {'measured':>9} {'KV kept':>8}")
+                     f"{'ideal':>7} {'measured':>9} {'KV kept':>8} {'KV alloc':>9}")
         for r in masked:
             lines.append(f"{r['method']:<28} {r['engine']:<9} {r['attention_share']:>10.3f} "
                          f"{r['attention_pairs_kept']:>10.3f} {r['ideal_speedup']:>6.3f}x "
-                         f"{_fmt(r.get('speedup_vs_vanilla'), '.3f', 'x'):>9} {r['kv_tokens_kept_at_last_scale']:>8.3f}")
+                         f"{_fmt(r.get('speedup_vs_vanilla'), '.3f', 'x'):>9} {r['kv_tokens_kept_at_last_scale']:>8.3f} "
+                         f"{r['kv_allocated_ratio']:>9.3f}")
     return "\n".join(lines)

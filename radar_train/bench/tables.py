@@ -20,7 +20,7 @@ from typing import Optional
 
 COLUMNS = ("preset", "method", "engine", "noise", "batch", "images/s", "images/s e2e", "vs official",
            "vs official e2e", "vs vanilla", "pair / separate", "peak memory")
-MASK_COLUMNS = ("ideal (FLOP model)", "attention pairs kept", "KV kept at last scale")
+MASK_COLUMNS = ("ideal (FLOP model)", "attention pairs kept", "KV kept at last scale", "KV allocated")
 """Added when a file has SCA-Mask rows (`radar_train.bench.accel.mask_accounting`)."""
 _BLOCK = re.compile(r"(<!-- table:(?P<name>[^ ]+?) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
 
@@ -90,7 +90,7 @@ def render(doc: dict) -> str:
                       "-" if peak is None else f"{peak / 2**30:.2f} GiB"]
         if masked:
             cells += [_num(r.get("ideal_speedup"), ".3f", "×"), _num(r.get("attention_pairs_kept"), ".3f"),
-                      _num(r.get("kv_tokens_kept_at_last_scale"), ".3f")]
+                      _num(r.get("kv_tokens_kept_at_last_scale"), ".3f"), _num(r.get("kv_allocated_ratio"), ".3f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

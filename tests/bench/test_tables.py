@@ -98,9 +98,9 @@ def test_print_mode_shows_each_file_once(root, capsys):
 def test_sca_rows_add_the_flop_model_columns():
     row = {"preset": "var-d16", "method": "sca:window+default", "engine": "eager", "noise": "per_sample",
            "batch_size": 4, "images_per_s": 0.2, "speedup_vs_vanilla": 0.98, "ideal_speedup": 1.0312,
-           "attention_pairs_kept": 0.5123, "kv_tokens_kept_at_last_scale": 0.8}
+           "attention_pairs_kept": 0.5123, "kv_tokens_kept_at_last_scale": 0.8, "kv_allocated_ratio": 0.75}
     assert "ideal (FLOP model)" not in render(DOC)
     lines = render(dict(DOC, rows=DOC["rows"][:2] + [row])).splitlines()
-    assert lines[2].endswith("| ideal (FLOP model) | attention pairs kept | KV kept at last scale |")
-    assert lines[-1].endswith("| 0.98× | - | - | 1.031× | 0.512 | 0.800 |")
-    assert lines[-2].endswith("| - | - | - |")  # rows of other methods leave them empty
+    assert lines[2].endswith("| ideal (FLOP model) | attention pairs kept | KV kept at last scale | KV allocated |")
+    assert lines[-1].endswith("| 0.98× | - | - | 1.031× | 0.512 | 0.800 | 0.750 |")
+    assert lines[-2].endswith("| - | - | - | - |")  # rows of other methods leave them empty
