@@ -285,8 +285,8 @@ def run_measure(cfg: MeasureConfig, output: Optional[str] = None, overwrite: boo
     vqvae, var, vae_id, var_id = load_models(m.preset, m.vae_checkpoint, m.var_checkpoint, init_seed=m.init_seed)
     clf = load_classifier(cfg.classifier)
     accels = {spec: build_spec(spec, var.patch_nums, var.depth, var_id) for spec in cfg.methods}
-    adapted = {spec: {name: load_adapted_decoder(vqvae, folder, vae_id) for name, folder in named.items()}
-               for spec, named in table.items()}
+    adapted = {spec: {name: load_adapted_decoder(vqvae, folder, vae_id, num_classes=var.num_classes)
+                      for name, folder in named.items()} for spec, named in table.items()}
     labels, seeds = sample_plan(cfg)
     n = labels.shape[0]
     log.info("measuring %d runs of %d samples (vanilla + %d settings) and %d adapted decodes", 1 + len(accels), n,

@@ -189,6 +189,41 @@ def test_measure_reports_toy_fid_and_each_adapter(toy_adapters, tmp_path):
     assert {"device", "torch", "commit", "date", "command"} <= set(doc)
 
 
+def test_measure_checks_a_label_conditioned_adapter_against_the_var_s_class_count(tmp_path, monkeypatch):
+    """A FiLM adapter of 7 classes is loaded for a VAR of 7 classes (not checked against the toy world's 10),
+    and refused for the shipped 10-class toy VAR. The 7-class VAR is the toy one with its class count changed:
+    the run is stopped once the adapters are loaded."""
+    import types
+
+    from radar_train.bench.pipeline import random_adapter
+    from radar_train.export.adapter import save_adapter
+    from radar_train.export.label_conditioning import ClassFiLM, group_norms
+    from radar_train.models import load_models
+    from radar_train.toyworld import measure
+
+    models = load_models("toy")
+    vqvae, var, vae_id, _ = models
+    peft_model, _ = random_adapter(vqvae.latent_decoder(), rank=2)
+    film = ClassFiLM(group_norms(peft_model), 7, 4)
+    folder = str(save_adapter(peft_model, tmp_path / "film7", {"base": {"vae": vae_id.to_dict()}}, conditioning=film))
+    cfg = MeasureConfig(methods=["fastvar:aggressive"], adapters={"fastvar:aggressive": folder}, images_per_class=1)
+
+    class Loaded(Exception):
+        pass
+
+    def stop(_cfg):
+        raise Loaded
+
+    monkeypatch.setattr(measure, "sample_plan", stop)
+    var7 = types.SimpleNamespace(num_classes=7, patch_nums=var.patch_nums, depth=var.depth)
+    monkeypatch.setattr(measure, "load_models", lambda *a, **k: (vqvae, var7, vae_id, None))
+    with pytest.raises(Loaded):
+        run_measure(cfg)
+    monkeypatch.setattr(measure, "load_models", lambda *a, **k: models)
+    with pytest.raises(ValueError, match="conditioned on 7 classes, the model has 10"):
+        run_measure(cfg)
+
+
 def test_measure_refuses_to_replace_an_earlier_result_before_any_work(tmp_path):
     (tmp_path / "metrics.json").write_text("earlier")
     with pytest.raises(ValueError, match="--overwrite"):
