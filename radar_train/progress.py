@@ -3,7 +3,7 @@
 On a terminal (the stream, stderr by default, is a TTY) a tqdm bar. Otherwise (a SLURM job, `nohup`, a pipe)
 plain lines at an interval, and a final line:
 
-    train: step 300/1800 (16.7 %), 1.6 it/s, ETA 15 min 37 s, train/loss 0.351
+    train: step 300/1800 (16.7 %), 1.6 it/s, ETA 15 min 37 s, loss 0.351
     train: 1800 steps in 18 min 45 s (1.6 it/s), loss 0.287
 
 Environment:
