@@ -23,6 +23,8 @@ _LIBRARY_CATEGORIES = (DeprecationWarning, PendingDeprecationWarning, FutureWarn
 _LIBRARY_NOISE = (
     r".*Checkpoint directory .* exists and is not empty",  # resuming into the run's own folder
     r".*isinstance\(treespec, LeafSpec\)",  # lightning's use of torch's pytree
+    # on any machine with SLURM installed (a login node, CI), outside a job: our job scripts use srun
+    r".*The `srun` command is available on your system but is not used",
 )
 
 
