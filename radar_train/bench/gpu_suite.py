@@ -10,6 +10,11 @@ keeps what it measured):
   official noise), FastVAR default, StageVAR default and paper, their forked pairs, our decode; loop and
   end-to-end images/s, peak memory per row. Timed rounds per preset are planned from the measured first
   (warm-up) round so that the section fits its share of --budget_s (never fewer than --min_repeats).
+- sca: SCA-Mask (RADAR's own method) on VAR-d16 and d24 shapes (those of --presets), batch 32, bf16:
+  vanilla SDPA against window-selected masks at the default and aggressive budgets (random weights: no
+  calibration; the same block counts as calibrated masks) through FlexAttention, per engine, with the
+  FLOP model's ideal speed-up, the KV buffers allocated and peak memory per row; in its own try so that a
+  kernel failure costs only this section; rows under sections.sca.
 - train: decoder-LoRA training-step throughput and peak memory (radar_train.train.bench, VAR-d16 shapes,
   batch 16, bf16-mixed) — only when its imports (lightning, peft, zarr) work and at least --train_reserve_s
   of the budget is left; otherwise recorded as skipped.
@@ -39,6 +44,9 @@ DEFAULT_METHODS = ("fastvar:default", "stagevar:default", "stagevar:paper")
 ROUND_S = {"var-d16": 4.0, "var-d20": 5.0, "var-d24": 6.0, "var-d30": 9.5}
 BUILD_S = {"var-d16": 10.0, "var-d20": 15.0, "var-d24": 20.0, "var-d30": 35.0}
 TRAIN_S = 120.0
+SCA_PRESETS = ("var-d16", "var-d24")
+SCA_METHODS = ("sca:window+default", "sca:window+aggressive")
+SCA_S = 90.0
 
 
 def _estimate(preset: str, engines: int, batch: int) -> tuple[float, float]:
@@ -98,6 +106,31 @@ def run_accel_section(args, results, log: Callable[[str], None], deadline: float
             torch.cuda.empty_cache()
 
 
+def run_sca_section(args, results, log, deadline: float) -> Optional[str]:
+    import torch
+
+    from radar_train.bench.accel import BenchSetup, format_table, run_accel_benchmark
+
+    presets = [p for p in args.presets if p in SCA_PRESETS] or list(args.presets[:1])
+    engines = args.engines or None
+    rows, failures = [], {}
+    for preset in presets:
+        try:
+            rows += run_accel_benchmark(
+                BenchSetup(preset=preset, batch_size=args.batch_size, device=args.device, warmup=args.warmup,
+                           repeats=args.min_repeats, seed=0),
+                ["none", *SCA_METHODS], engines=engines, pairs=False, log=log)
+        except Exception as e:  # noqa: BLE001 - e.g. a FlexAttention compile failure: record it, go on
+            traceback.print_exc()
+            failures[preset] = f"{type(e).__name__}: {e}"
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    if rows:
+        log(format_table(rows))
+    _section(results, "sca", {"rows": rows, **({"failures": failures} if failures else {})})
+    return f"failed for {', '.join(failures)}" if failures else None
+
+
 def _missing(*modules: str) -> list[str]:
     return [m for m in modules if importlib.util.find_spec(m) is None]
 
@@ -142,7 +175,7 @@ def _section(results, name: str, value: dict) -> None:
     results.set("sections", sections)
 
 
-SECTIONS = {"accel": run_accel_section, "train": run_train_section, "pipeline": run_pipeline_section,
+SECTIONS = {"accel": run_accel_section, "sca": run_sca_section, "train": run_train_section, "pipeline": run_pipeline_section,
             "cache": run_cache_section}
 
 
@@ -153,7 +186,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                                            "git-ignored copy of the pinned snapshot; without it no official rows")
     ap.add_argument("--output", help="result JSON (default benchmarks/gpu/<date>-<device>.json)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-    ap.add_argument("--sections", default="accel,train", help="comma-separated: accel, train, pipeline, cache")
+    ap.add_argument("--sections", default="accel,sca,train", help="comma-separated: accel, sca, train, pipeline, cache")
     ap.add_argument("--presets", default=",".join(DEFAULT_PRESETS), help="comma-separated model presets")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated method specs (vanilla always runs)")
     ap.add_argument("--engines", default=None, help="comma-separated sampling engines (default: eager and, on "
@@ -211,12 +244,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     eta = sum(b + (a.warmup + a.repeats) * r for r, b in (_estimate(p, len(engines), a.batch_size) for p in a.presets)) \
         if "accel" in a.sections else 0.0
     eta += TRAIN_S if "train" in a.sections else 0.0
+    eta += SCA_S if "sca" in a.sections else 0.0
     log(f"gpu suite on {head['device']}: sections {', '.join(a.sections)}; presets {', '.join(a.presets)}; "
         f"engines {', '.join(engines)}; batch {a.batch_size}; writing {output}")
     log(f"ETA about {eta / 60:.1f} min at {a.repeats} timed rounds per preset (estimate for an H100/H200); "
         f"budget {a.budget_s / 60:.1f} min: rounds are cut (to no fewer than {a.min_repeats}) to fit it")
     deadline = t_start + a.budget_s
-    reserve = a.train_reserve_s if "train" in a.sections else 0.0
+    reserve = (a.train_reserve_s if "train" in a.sections else 0.0) + (SCA_S if "sca" in a.sections else 0.0)
     for name in a.sections:
         t0 = time.time()
         section_deadline = deadline - reserve if name == "accel" else deadline

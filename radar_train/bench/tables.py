@@ -62,16 +62,12 @@ def _ips(v: Optional[float]) -> str:
     return f"{v:.1f}" if v >= 10 else f"{v:.2f}" if v >= 1 else f"{v:.3f}"
 
 
-def render(doc: dict) -> str:
-    """One markdown table (with its provenance line) for a result document."""
-    cuda = f", CUDA {doc['cuda']}" if doc.get("cuda") else ""
-    head = (f"{doc.get('date', '?')} · {doc.get('device', '?')} · torch {doc.get('torch', '?')}{cuda} · "
-            f"commit `{doc.get('commit') or 'unknown'}` · `{doc.get('command', '?')}`")
-    masked = any(isinstance(r, dict) and r.get("ideal_speedup") is not None for r in doc["rows"])
+def _table(rows: list) -> list[str]:
+    masked = any(isinstance(r, dict) and r.get("ideal_speedup") is not None for r in rows)
     columns = COLUMNS + (MASK_COLUMNS if masked else ())
-    lines = [head, "", "| " + " | ".join(columns) + " |",
+    lines = ["| " + " | ".join(columns) + " |",
              "| " + " | ".join("---:" if c not in ("preset", "method", "engine", "noise") else "---" for c in columns) + " |"]
-    for r in doc["rows"]:
+    for r in rows:
         if not isinstance(r, dict) or "method" not in r:
             continue
         peak = r.get("peak_memory_bytes")
@@ -82,16 +78,33 @@ def render(doc: dict) -> str:
         cells = [preset, str(r["method"]), str(r.get("engine") or "-"), str(r.get("noise") or "-"),
                  str(r.get("batch_size", "-"))]
         if r.get("skipped"):
-            cells += [f"skipped: {r['skipped']}".replace("|", "/")] + ["-"] * 6
+            cells += [f"skipped: {r['skipped']}".replace("|", "/")] + ["-"] * (len(columns) - 6)
         else:
             cells += [_ips(r.get("images_per_s")), _ips(r.get("images_per_s_e2e")),
                       _num(r.get("vs_official"), ".2f", "×"), _num(r.get("vs_official_e2e"), ".2f", "×"),
                       _num(r.get("speedup_vs_vanilla"), ".2f", "×"), _num(r.get("pair_vs_separate"), ".3f"),
                       "-" if peak is None else f"{peak / 2**30:.2f} GiB"]
-        if masked:
-            cells += [_num(r.get("ideal_speedup"), ".3f", "×"), _num(r.get("attention_pairs_kept"), ".3f"),
-                      _num(r.get("kv_tokens_kept_at_last_scale"), ".3f"), _num(r.get("kv_allocated_ratio"), ".3f")]
+            if masked:
+                cells += [_num(r.get("ideal_speedup"), ".3f", "×"), _num(r.get("attention_pairs_kept"), ".3f"),
+                          _num(r.get("kv_tokens_kept_at_last_scale"), ".3f"), _num(r.get("kv_allocated_ratio"), ".3f")]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def render(doc: dict) -> str:
+    """One markdown table (with its provenance line) for a result document; the GPU suite's SCA-Mask
+    section (`sections.sca.rows`) as a second table."""
+    cuda = f", CUDA {doc['cuda']}" if doc.get("cuda") else ""
+    head = (f"{doc.get('date', '?')} · {doc.get('device', '?')} · torch {doc.get('torch', '?')}{cuda} · "
+            f"commit `{doc.get('commit') or 'unknown'}` · `{doc.get('command', '?')}`")
+    lines = [head, ""]
+    if doc["rows"]:
+        lines += _table(doc["rows"])
+    sca = (doc.get("sections") or {}).get("sca") or {}
+    if sca.get("rows"):
+        lines += ([""] if doc["rows"] else []) + ["SCA-Mask section:", ""] + _table(sca["rows"])
+    for preset, why in (sca.get("failures") or {}).items():
+        lines += ["", f"SCA-Mask section, {preset}: failed: {why}".replace("|", "/")]
     return "\n".join(lines)
 
 

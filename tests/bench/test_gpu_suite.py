@@ -28,9 +28,23 @@ def test_suite_writes_the_documented_shape(tmp_path, fake_official, capsys):
     assert "exists; pass --overwrite" in capsys.readouterr().err and out.read_text() == before
 
 
+def test_sca_section_times_the_masks_in_a_section_of_its_own(tmp_path, capsys):
+    out = tmp_path / "run.json"
+    assert main(["--device", "cpu", "--presets", "tiny", "--batch_size", "1", "--warmup", "0", "--min_repeats", "1",
+                 "--sections", "sca", "--output", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["rows"] == [] and doc["status"]["sca"].startswith("ok")
+    rows = doc["sections"]["sca"]["rows"]
+    assert [r["method"] for r in rows] == ["vanilla", "sca:window+default", "sca:window+aggressive", "decode"]
+    by = {r["method"]: r for r in rows}
+    assert by["sca:window+aggressive"]["attention_pairs_kept"] < by["sca:window+default"]["attention_pairs_kept"] < 1
+    assert all(by[m]["ideal_speedup"] > 1 and 0 < by[m]["kv_allocated_ratio"] < 1 for m in
+               ("sca:window+default", "sca:window+aggressive"))
+
+
 def test_bad_options_are_one_error_line(tmp_path, capsys):
     assert main(["--device", "cpu", "--sections", "accel,nope", "--output", str(tmp_path / "x.json")]) == 2
-    assert capsys.readouterr().err.strip() == "error: --sections: unknown ['nope']; known: accel, train, pipeline, cache"
+    assert capsys.readouterr().err.strip() == "error: --sections: unknown ['nope']; known: accel, sca, train, pipeline, cache"
     assert main(["--device", "cpu", "--official_var", str(tmp_path), "--output", str(tmp_path / "x.json")]) == 2
     assert "not a checkout of FoundationVision/VAR" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()

@@ -104,3 +104,15 @@ def test_sca_rows_add_the_flop_model_columns():
     assert lines[2].endswith("| ideal (FLOP model) | attention pairs kept | KV kept at last scale | KV allocated |")
     assert lines[-1].endswith("| 0.98× | - | - | 1.031× | 0.512 | 0.800 | 0.750 |")
     assert lines[-2].endswith("| - | - | - | - |")  # rows of other methods leave them empty
+
+
+def test_the_gpu_suites_sca_section_is_a_second_table():
+    sca = {"preset": "var-d16", "method": "sca:window+default", "engine": "graphs", "noise": "per_sample",
+           "batch_size": 32, "images_per_s": 300.0, "speedup_vs_vanilla": 1.02, "ideal_speedup": 1.031,
+           "attention_pairs_kept": 0.5, "kv_tokens_kept_at_last_scale": 0.75, "kv_allocated_ratio": 0.718}
+    doc = dict(DOC, sections={"sca": {"rows": [sca], "failures": {"var-d24": "RuntimeError: no kernel"}}})
+    text = render(doc)
+    main_table, rest = text.split("SCA-Mask section:")
+    assert "ideal (FLOP model)" not in main_table and "| var-d16 | vanilla | eager |" in main_table
+    assert "| var-d16 | sca:window+default | graphs |" in rest and rest.count("ideal (FLOP model)") == 1
+    assert text.endswith("SCA-Mask section, var-d24: failed: RuntimeError: no kernel")
