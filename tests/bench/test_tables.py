@@ -116,3 +116,11 @@ def test_the_gpu_suites_sca_section_is_a_second_table():
     assert "ideal (FLOP model)" not in main_table and "| var-d16 | vanilla | eager |" in main_table
     assert "| var-d16 | sca:window+default | graphs |" in rest and rest.count("ideal (FLOP model)") == 1
     assert text.endswith("SCA-Mask section, var-d24: failed: RuntimeError: no kernel")
+
+
+def test_the_docs_tables_match_the_committed_result_files():
+    """docs/benchmarks.md's generated blocks are what the committed files under benchmarks/ give."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    assert main(["--root", str(repo / "benchmarks"), "--write", str(repo / "docs" / "benchmarks.md"), "--check"]) == 0
