@@ -37,8 +37,10 @@ def load_results(root: Path) -> dict[str, dict]:
         except (OSError, ValueError) as e:
             raise ValueError(f"{path}: not a JSON file ({e})") from e
         name = path.relative_to(root).with_suffix("").as_posix()
-        # another kind of result (e.g. benchmarks/toyworld/metrics.json) is no table source: None
-        docs[name] = doc if isinstance(doc, dict) and isinstance(doc.get("rows"), list) else None
+        # another kind of result (rows without images_per_s, e.g. benchmarks/toyworld/.../metrics.json): None
+        speed = isinstance(doc, dict) and isinstance(doc.get("rows"), list) and \
+            all(isinstance(r, dict) and "images_per_s" in r for r in doc["rows"])
+        docs[name] = doc if speed else None
     latest: dict[str, tuple] = {}
     for name, doc in docs.items():
         if doc is None:
