@@ -17,10 +17,13 @@ def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
-def silu_inplace() -> bool:
-    """Whether the SiLU after a GroupNorm may overwrite the norm's output: only when no autograd graph is
-    recorded (no_grad / inference mode), as in the official code's inference. With grad enabled (training,
-    activation checkpointing) it stays out of place, so the saved activations stay intact."""
+def overwrite_ok() -> bool:
+    """Whether a block may compute in place on tensors it made itself (the SiLU over the GroupNorm's
+    output, a resnet block's residual sum into its conv2 output): only when no autograd graph is recorded (no_grad /
+    inference mode). Each large activation written twice instead of allocated twice: on the CPU a fresh
+    multi-MB tensor is fresh pages from the OS (at VAR-d16's 256x256 decode this halves the page faults and
+    cuts the decode's time by about a tenth). With grad enabled (training, activation checkpointing) every
+    step stays out of place, so the saved activations stay intact."""
     return not torch.is_grad_enabled()
 
 
@@ -60,10 +63,12 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        inplace = silu_inplace()
+        inplace = overwrite_ok()
         h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
         h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=inplace)))
-        return self.nin_shortcut(x) + h
+        # without autograd the sum goes into conv2's fresh output (one large allocation less per block; the
+        # float sum is the same either way round)
+        return h.add_(self.nin_shortcut(x)) if inplace else self.nin_shortcut(x) + h
 
 
 class AttnBlock(nn.Module):
@@ -85,6 +90,8 @@ class AttnBlock(nn.Module):
             scale=C**-0.5,
         )
         h = h.squeeze(1).transpose(1, 2).reshape(B, C, H, W)
+        # out of place: proj_out's output is channels-last here (from the transposed view) and x + h is laid out
+        # like x, so the convolutions after it see the same layout (and give the same bits) with and without grad
         return x + self.proj_out(h)
 
 
@@ -130,7 +137,7 @@ class Encoder(nn.Module):
             if level != self.num_resolutions - 1:
                 h = down.downsample(h)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
-        return self.conv_out(F.silu(self.norm_out(h), inplace=silu_inplace()))
+        return self.conv_out(F.silu(self.norm_out(h), inplace=overwrite_ok()))
 
 
 class Decoder(nn.Module):
@@ -178,6 +185,12 @@ class Decoder(nn.Module):
         """The decoder; appends the intermediate features to `feats` when given (else none are kept
         alive, so their memory is reused during the pass)."""
         run = self._run
+        if z.device.type == "cpu":
+            # channels-last on the CPU: oneDNN runs the convolutions in NHWC natively (no layout reorder of
+            # every activation in and out) and GroupNorm, SiLU, the upsampling and the sums keep the layout;
+            # at VAR-d16 the decode takes about a tenth less time and half the page faults. Same layout with
+            # and without grad, so training and inference decode the same bits.
+            z = z.contiguous(memory_format=torch.channels_last)
         h = run(self.mid.block_2, run(self.mid.attn_1, run(self.mid.block_1, self.conv_in(z))))
         if feats is not None:
             feats.append(h)
@@ -191,7 +204,7 @@ class Decoder(nn.Module):
                 h = run(up.upsample, h)
             if feats is not None:
                 feats.append(h)
-        return self.conv_out(F.silu(self.norm_out(h), inplace=silu_inplace()))
+        return self.conv_out(F.silu(self.norm_out(h), inplace=overwrite_ok())).contiguous()
 
     def _run(self, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
         if self.checkpoint_blocks and torch.is_grad_enabled():

@@ -1,4 +1,5 @@
-"""VQ-VAE decoder: SiLU (and the output clamp) in place only when no autograd graph is recorded.
+"""VQ-VAE decoder: SiLU, the resnet blocks' residual sums and the output clamp in place only when no autograd
+graph is recorded; channels-last inside on the CPU, NCHW out.
 
 The in-place path must give the same decode bit for bit, and training must see the same gradients as a
 reference computed with out-of-place SiLU."""
@@ -87,3 +88,13 @@ def test_training_gradients_equal_the_out_of_place_reference(monkeypatch, decode
     monkeypatch.setattr(F, "silu", _out_of_place)
     ref = grads(dec)
     assert all(torch.equal(a, b) for a, b in zip(got, ref))
+
+
+def test_decoded_images_are_contiguous_with_and_without_grad(decoder, f_hat):
+    # the decoder runs channels-last inside on the CPU; callers get the usual NCHW layout back (views work)
+    with torch.inference_mode():
+        img = decoder.to_image(f_hat)
+        feats_out, _ = decoder.forward_features(f_hat)
+    assert img.is_contiguous() and feats_out.is_contiguous()
+    assert decoder.to_image(f_hat).is_contiguous()
+    img.view(img.shape[0], -1)
