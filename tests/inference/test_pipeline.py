@@ -58,7 +58,11 @@ def test_generate_is_deterministic_and_uses_the_adapter(trained_run):
     a = pipe.generate([1, 2], [5, 6])
     b = pipe.generate([2], [6])
     assert a.dtype == torch.uint8 and a.shape == (2, 3, 32, 32)
-    assert torch.equal(a[1], b[0])  # per-sample seeds: batch-independent
+    # per-sample seeds: a sample's tokens do not depend on its batch; its decode only up to the float round-off
+    # of the CPU's convolutions, which is not bit-identical across batch sizes (at most one uint8 level)
+    ta, tb = pipe.sample_latents([1, 2], [5, 6]).indices, pipe.sample_latents([2], [6]).indices
+    assert all(torch.equal(x[1], y[0]) for x, y in zip(ta, tb))
+    assert (a[1].int() - b[0].int()).abs().max() <= 1
     plain = pipe.generate([1, 2], [5, 6], use_adapter=False)
     assert not torch.equal(a, plain)
     cmp = pipe.compare([1, 2], [5, 6])
