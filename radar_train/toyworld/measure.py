@@ -9,7 +9,9 @@
 - per setting and adapter (several per setting, by name): the same for the restored images, the restoration
   metrics of methods.md §5.1 (T = vanilla image, Q = accelerated image, S = accelerated latent through the
   adapted decoder: gap closed G_mse, ΔPSNR, ΔSSIM, harmlessness) and the FID gap closed
-  (FID_acc − FID_acc+PAA) / (FID_acc − FID_vanilla) of §5.2; adapters whose names differ only by a seed
+  (FID_acc − FID_acc+PAA) / (FID_acc − FID_vanilla) of §5.2;
+- per run, its sharpness against the vanilla samples (fine-detail energy, `sharpness_vs`: below 1 = smoother),
+  beside real renders' and the VQ-VAE reconstructions'; adapters whose names differ only by a seed
   suffix (`paa_s0`, `paa_s1`) form a group, reported as mean ± standard deviation.
 """
 from __future__ import annotations
@@ -38,8 +40,8 @@ from radar_train.toyworld.common import make_bank
 from radar_train.toyworld.data import CLASS_NAMES, HELDOUT_SEED, NUM_CLASSES
 from radar_train.toyworld.fid import ToyFID, fid_gap_closed
 from radar_train.toyworld.preset import CLASSIFIER_FILE, WEIGHTS_DIR
-from radar_train.toyworld.train_vqvae import reconstruction_psnr
-from radar_train.train.metrics import RestorationStats, psnr_per_image, ssim_per_image
+from radar_train.toyworld.train_vqvae import reconstruct_bank, reconstruction_psnr
+from radar_train.train.metrics import RestorationStats, high_frequency_energy, psnr_per_image, ssim_per_image
 
 log = logging.getLogger(__name__)
 
@@ -218,12 +220,20 @@ def _r(x: Optional[float], digits: int = 4) -> Optional[float]:
     return None if x is None else round(float(x), digits)
 
 
+def sharpness_vs(images01: torch.Tensor, reference01: torch.Tensor) -> float:
+    """Mean high-frequency energy (`high_frequency_energy`) of the images over that of the reference images:
+    1 as sharp as the reference, below 1 smoother (e.g. a decoder that draws the mean of the plausible images)."""
+    return float(high_frequency_energy(images01).mean() / high_frequency_energy(reference01).mean().clamp_min(1e-12))
+
+
 def quality_vs_vanilla(images01: torch.Tensor, vanilla01: torch.Tensor, f_hat: Optional[torch.Tensor] = None,
                        f_hat_vanilla: Optional[torch.Tensor] = None) -> dict[str, float]:
-    """Mean PSNR (dB) and SSIM of each image against the vanilla image of the same label and seed and, given
-    both latents, the mean relative latent distance ‖f − f_vanilla‖ / ‖f_vanilla‖ per sample."""
+    """Mean PSNR (dB) and SSIM of each image against the vanilla image of the same label and seed, the
+    sharpness relative to the vanilla images (`sharpness_vs`) and, given both latents, the mean relative latent
+    distance ‖f − f_vanilla‖ / ‖f_vanilla‖ per sample."""
     out = {"psnr_vs_vanilla": _r(psnr_per_image(images01, vanilla01).mean()),
-           "ssim_vs_vanilla": _r(ssim_per_image(images01, vanilla01).mean())}
+           "ssim_vs_vanilla": _r(ssim_per_image(images01, vanilla01).mean()),
+           "sharpness_vs_vanilla": _r(sharpness_vs(images01, vanilla01))}
     if f_hat is not None and f_hat_vanilla is not None:
         d = (f_hat.float() - f_hat_vanilla.float()).flatten(1).norm(dim=1)
         out["latent_distance"] = _r((d / f_hat_vanilla.float().flatten(1).norm(dim=1).clamp_min(1e-12)).mean())
@@ -309,7 +319,14 @@ def run_measure(cfg: MeasureConfig, output: Optional[str] = None, overwrite: boo
     fhat_hq = sample_fhat(sampler, labels, seeds, cfg.batch_size)
     img_hq = decode01(vqvae, fhat_hq)
     report["vanilla"] = {"class_accuracy": _r(accuracy(clf, img_hq, labels)),
-                         **{k: _r(v) for k, v in fid.set_vanilla(img_hq).items()}, "toy_fid_vs_vanilla": 0.0}
+                         **{k: _r(v) for k, v in fid.set_vanilla(img_hq).items()}, "toy_fid_vs_vanilla": 0.0,
+                         "sharpness_vs_vanilla": 1.0}
+    recon = reconstruct_bank(vqvae, held)
+    report["sharpness"] = {
+        "measure": "sharpness_vs_vanilla: mean squared 3x3 Laplacian response of a run's images over the vanilla "
+                   "samples' (1 = as much fine detail as vanilla, < 1 smoother)",
+        "baselines": {"real_renders": _r(sharpness_vs(held.images.float() / 255, img_hq)),
+                      "vqvae_reconstructions": _r(sharpness_vs(recon.images.float() / 255, img_hq))}}
     log.info("vanilla: %s", report["vanilla"])
     runs.update(1)
     columns, titles = [img_hq[:cfg.grid_samples]], ["vanilla"]
@@ -362,7 +379,8 @@ def _short(titles: list[str]) -> list[str]:
 def _fmt(v, kind: str) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
-    return {"db": f"{v:.2f}", "pct": f"{100 * v:.1f} %", "fid": f"{v:.2f}", "signed": f"{v:+.2f}"}[kind]
+    return {"db": f"{v:.2f}", "pct": f"{100 * v:.1f} %", "fid": f"{v:.2f}", "signed": f"{v:+.2f}",
+            "ratio": f"{v:.3f}"}[kind]
 
 
 def _cell(row: dict, key: str, kind: str) -> str:
@@ -377,7 +395,8 @@ def _cell(row: dict, key: str, kind: str) -> str:
 
 
 _COLUMNS = (("psnr_vs_vanilla", "db"), ("class_accuracy", "pct"), ("toy_fid", "fid"), ("toy_fid_vs_vanilla", "fid"),
-            ("g_mse", "pct"), ("delta_psnr", "signed"), ("fid_gap_closed", "pct"), ("fid_gap_closed_vs_vanilla", "pct"))
+            ("g_mse", "pct"), ("delta_psnr", "signed"), ("fid_gap_closed", "pct"), ("fid_gap_closed_vs_vanilla", "pct"),
+            ("sharpness_vs_vanilla", "ratio"))
 
 
 def markdown_table(report: dict) -> str:
@@ -389,10 +408,15 @@ def markdown_table(report: dict) -> str:
              f"Toy FID: {tf['num_samples']} samples per run, {tf['features']}, against "
              f"{tf['reference']['num_images']} real toy renders (toy-world set {tf['reference']['world_seed']}); "
              f"{tf['num_samples']} other real renders score {_fmt(base.get('real_renders'), 'fid')} (the floor at "
-             f"this count), their VQ-VAE reconstructions {_fmt(base.get('vqvae_reconstructions'), 'fid')}.", "",
-             "| run | PSNR vs vanilla (dB) | class accuracy | toy FID | toy FID vs vanilla | gap closed G_mse "
-             "| ΔPSNR (dB) | FID gap closed | FID gap closed (vs vanilla) |",
-             "| --- |" + " ---: |" * len(_COLUMNS)]
+             f"this count), their VQ-VAE reconstructions {_fmt(base.get('vqvae_reconstructions'), 'fid')}.", ""]
+    sharp = report.get("sharpness", {}).get("baselines", {})
+    if sharp:
+        lines += [f"Sharpness (fine-detail energy over the vanilla samples'): real renders "
+                  f"{_fmt(sharp.get('real_renders'), 'ratio')}, their VQ-VAE reconstructions "
+                  f"{_fmt(sharp.get('vqvae_reconstructions'), 'ratio')}.", ""]
+    lines += ["| run | PSNR vs vanilla (dB) | class accuracy | toy FID | toy FID vs vanilla | gap closed G_mse "
+              "| ΔPSNR (dB) | FID gap closed | FID gap closed (vs vanilla) | sharpness vs vanilla |",
+              "| --- |" + " ---: |" * len(_COLUMNS)]
 
     def line(name: str, row: dict) -> str:
         return f"| {name} | " + " | ".join(_cell(row, k, kind) for k, kind in _COLUMNS) + " |"

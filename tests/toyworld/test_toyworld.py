@@ -15,7 +15,7 @@ from radar_train.toyworld.classifier import ClassifierTrainConfig, accuracy, tra
 from radar_train.toyworld.common import make_bank
 from radar_train.toyworld.data import HELDOUT_SEED, NUM_CLASSES, ToyWorld, WorldConfig
 from radar_train.toyworld.measure import (MeasureConfig, decode01, load_classifier, run_measure, sample_fhat,
-                                          sample_plan)
+                                          sample_plan, sharpness_vs)
 from radar_train.toyworld.preset import (CLASSIFIER_FILE, INFO_FILE, TOY_VAE, TOY_VAR, VAE_FILE, VAR_FILE,
                                          WEIGHTS_DIR)
 from radar_train.toyworld.train_var import VARTrainConfig, encode_bank, train_var
@@ -196,7 +196,16 @@ def test_measure_reports_the_damage_of_acceleration(tmp_path):
     row = report["methods"]["fastvar:aggressive"]
     assert row["psnr_vs_vanilla"] < 60, "aggressive FastVAR must change the images"
     assert 0 <= report["vanilla"]["class_accuracy"] <= 1
+    assert report["vanilla"]["sharpness_vs_vanilla"] == 1.0 and row["sharpness_vs_vanilla"] > 0
+    assert set(report["sharpness"]["baselines"]) == {"real_renders", "vqvae_reconstructions"}
     assert {p.name for p in tmp_path.iterdir()} == {"metrics.json", "metrics.md", "toyworld_grid.png"}
+
+
+def test_sharpness_is_one_against_itself_and_drops_with_a_blur():
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    blurred = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    assert sharpness_vs(x, x) == pytest.approx(1.0)
+    assert sharpness_vs(blurred, x) < 0.5 < sharpness_vs(x, blurred) / 2
 
 
 def test_measure_refuses_adapters_for_unmeasured_methods():

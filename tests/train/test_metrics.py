@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from radar_train.train.metrics import RestorationStats, psnr_per_image, ssim_per_image, to_unit
+from radar_train.train.metrics import (RestorationStats, high_frequency_energy, psnr_per_image, ssim_per_image,
+                                      to_unit)
 
 
 def test_psnr_of_a_uniform_error_is_its_closed_form():
@@ -18,6 +19,18 @@ def test_psnr_of_a_uniform_error_is_its_closed_form():
 def test_ssim_of_identical_images_is_one():
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     assert ssim_per_image(x, x).tolist() == pytest.approx([1.0, 1.0], abs=1e-5)
+
+
+def test_high_frequency_energy_of_a_checkerboard_a_ramp_and_a_blur():
+    """A checkerboard of amplitude a: the 3x3 Laplacian is ±4a at every pixel, so the energy is 16 a²; a linear
+    ramp (and a constant) has none; blurring the checkerboard (2x2 box) leaves a constant."""
+    i, j = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    board = ((i + j) % 2).float().expand(1, 3, 16, 16)
+    ramp = (0.03 * i + 0.01 * j).float().expand(1, 3, 16, 16)
+    x = torch.cat([0.5 * board, 0.25 * board, ramp])
+    assert high_frequency_energy(x).tolist() == pytest.approx([16 * 0.25, 16 * 0.0625, 0.0], abs=1e-5)
+    blurred = torch.nn.functional.avg_pool2d(board, 2, stride=1)
+    assert high_frequency_energy(blurred).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_ssim_of_constant_images_is_the_luminance_term():
