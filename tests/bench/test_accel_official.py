@@ -32,6 +32,25 @@ def test_accel_bench_against_an_official_checkout(tmp_path, fake_official, capsy
     assert "official" in capsys.readouterr().out
 
 
+def test_the_official_noise_row_is_eager_only(tmp_path, fake_official):
+    """Our vanilla with the official noise is a comparison row of the eager engine: an engine that needs
+    per-sample noise (graphs, compiled) gets no such row, only its own (here graphs, skipped on the CPU)."""
+    from radar_train.cli.bench import main
+
+    out = tmp_path / "rows.json"
+    with pytest.raises(SystemExit) as e:
+        main(["accel", "--setup.preset", "tiny", "--setup.batch_size", "1", "--setup.repeats", "1",
+              "--setup.warmup", "0", "--methods", "[none]", "--engines", "[eager, graphs]", "--pairs", "false",
+              "--official_var", str(fake_official), "--json", str(out)])
+    assert e.value.code == 0
+    rows = [(r["method"], r["engine"], r["noise"]) for r in json.loads(out.read_text())["rows"]]
+    assert [r for r in rows if r[0] == "vanilla"] == [("vanilla", "eager", "per_sample"),
+                                                      ("vanilla", "eager", "official"),
+                                                      ("vanilla", "graphs", "per_sample")]
+    graphs = next(r for r in json.loads(out.read_text())["rows"] if r["engine"] == "graphs")
+    assert "CUDA" in graphs["skipped"]
+
+
 def test_accel_bench_refuses_a_folder_that_is_no_checkout(tmp_path):
     out = tmp_path / "rows.json"
     r = subprocess.run([sys.executable, "-m", "radar_train.cli.bench", "accel", "--setup.preset", "tiny",
