@@ -133,8 +133,8 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
     """Rows (one per competitor) of the interleaved timing described in the module docstring.
 
     official_var: folder of a FoundationVision/VAR checkout (or the pinned snapshot): adds the official
-        sampler and decode and, with the eager engine, our vanilla with official noise as well (the other
-        engines need per-sample noise).
+        sampler and decode and our vanilla with the other noise mode as well, for each engine that runs it
+        (graphs / compiled refuse the official noise: no such row for them).
     official_config: JSON with the official constructor arguments (`VQVAE_kwargs`, `VAR_kwargs`) to build
         both sides from (default: the preset; for `tiny`, the tiny_a fixture's configuration).
     engines: our sampling engines to time (default: every one `radar_train.sampling` offers; an engine a
@@ -199,15 +199,16 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
     noises = [sampling.noise] + (["official" if sampling.noise == "per_sample" else "per_sample"] if official else [])
     for engine in engines:
         samplers, problems = {}, {}
-        # the official-noise comparison row only where it can run: eager (graphs / compiled need per-sample noise)
-        engine_noises = noises if engine == "eager" else noises[:1]
-        for noise in engine_noises:
+        for noise in noises:
             try:
                 samplers[noise] = make_sampler(var, vqvae.quantize, dataclasses.replace(sampling, noise=noise), amp, engine)
             except (ValueError, NotImplementedError, TypeError) as e:
                 if engine == "eager":
                     raise
+                if noise != noises[0]:  # the other noise is a comparison row: left out where the engine refuses it
+                    continue
                 problems[noise] = f"{type(e).__name__}: {e}"
+        engine_noises = [n for n in noises if n in samplers or n in problems]
         may_fail = engine != "eager"
         for name in specs:
             for noise in engine_noises if name == "vanilla" else engine_noises[:1]:

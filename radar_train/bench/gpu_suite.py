@@ -7,9 +7,10 @@ keeps what it measured):
 - accel: for VAR-d16 / d20 / d24 / d30 shapes (random weights), batch 32, bf16 autocast, the interleaved
   rows of `radar-bench accel` (radar_train.bench.accel): the official sampler and decode (with
   --official_var), our vanilla sampler for every engine `radar_train.sampling` offers (per-sample noise;
-  with eager also the official noise), FastVAR default, StageVAR default and paper, their forked pairs, our decode; loop and
-  end-to-end images/s, peak memory per row. Timed rounds per preset are planned from the measured first
-  (warm-up) round so that the section fits its share of --budget_s (never fewer than --min_repeats).
+  with eager also the official noise), FastVAR default, StageVAR default and paper, their forked pairs, our
+  decode; loop and end-to-end images/s, peak memory per row. Timed rounds per preset are planned from the
+  measured first (warm-up) round so that the section fits its share of --budget_s (never fewer than
+  --min_repeats).
 - sca: SCA-Mask (RADAR's own method) on VAR-d16 and d24 shapes (those of --presets), batch 32, bf16:
   vanilla SDPA against window-selected masks at the default and aggressive budgets (random weights: no
   calibration; the same block counts as calibrated masks) through FlexAttention, per engine, with the
