@@ -8,6 +8,11 @@ Student s = decoder_LoRA(f_LQ) (unclamped), teacher t = clamp(decoder(f_HQ), -1,
 | feature  | Σ_ℓ mean (φ_ℓ(s-path) − φ_ℓ(t-path))² (= per-channel-normalised squared distance) over the decoder features after the mid block and after each up level | feature_weight (0) |
 | identity | mean |decoder_LoRA(f_HQ) − t|                           | identity_weight (0) |
 | LPIPS    | mean LPIPS-VGG(s, t); local weight files only            | lpips_weight (0) |
+| spectrum | mean ||F(s)| − |F(t)||, F the orthonormal 2-D FFT per channel: the amplitude spectra only, so the
+             energy at each spatial frequency must match wherever the detail sits (phase-free: a blur is
+             penalised, a circular shift not at all)  | spectrum_weight (0) |
+
+The adversarial term (a patch discriminator) is its own config group: adversarial.py.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LossArgs", "DistillLoss"]
+__all__ = ["LossArgs", "DistillLoss", "amplitude_spectrum"]
 
 
 @dataclass
@@ -41,12 +46,16 @@ class LossArgs:
     """Local torchvision VGG16 weights file (vgg16-397923af.pth) for LPIPS."""
     lpips_heads: Optional[str] = None
     """Local LPIPS v0.1 linear heads file (vgg.pth of the lpips package)."""
+    spectrum_weight: float = 0.0
+    """L1 between the student's and the teacher's amplitude spectra (per channel, orthonormal FFT): rewards
+    the teacher's amount of fine detail wherever it sits; try 1.0."""
 
     def problems(self) -> list[str]:
         p = [f"model.loss.{k} must be >= 0, got {getattr(self, k)}" for k in
-             ("l1_weight", "l2_weight", "feature_weight", "identity_weight", "lpips_weight") if getattr(self, k) < 0]
-        if self.l1_weight + self.l2_weight + self.feature_weight + self.lpips_weight == 0:
-            p.append("model.loss: every weight of a student term (l1, l2, feature, lpips) is 0")
+             ("l1_weight", "l2_weight", "feature_weight", "identity_weight", "lpips_weight", "spectrum_weight")
+             if getattr(self, k) < 0]
+        if self.l1_weight + self.l2_weight + self.feature_weight + self.lpips_weight + self.spectrum_weight == 0:
+            p.append("model.loss: every weight of a student term (l1, l2, feature, lpips, spectrum) is 0")
         if self.lpips_weight > 0:
             absent = [k for k in ("lpips_vgg", "lpips_heads") if getattr(self, k) is None]
             if absent:
@@ -63,6 +72,11 @@ class LossArgs:
     @property
     def needs_features(self) -> bool:
         return self.feature_weight > 0
+
+
+def amplitude_spectrum(x: torch.Tensor) -> torch.Tensor:
+    """|orthonormal 2-D FFT| of (..., H, W) over the last two axes (Parseval: its squared sum is x's)."""
+    return torch.fft.fft2(x.float(), norm="ortho").abs()
 
 
 class DistillLoss(nn.Module):
@@ -97,5 +111,7 @@ class DistillLoss(nn.Module):
             terms["identity"] = (a.identity_weight, F.l1_loss(identity.float(), t))
         if self.lpips is not None:
             terms["lpips"] = (a.lpips_weight, self.lpips(s, t).mean())
+        if a.spectrum_weight > 0:
+            terms["spectrum"] = (a.spectrum_weight, F.l1_loss(amplitude_spectrum(s), amplitude_spectrum(t)))
         total = sum(w * v for w, v in terms.values())
         return total, {k: v.detach() for k, (_, v) in terms.items()}

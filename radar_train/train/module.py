@@ -15,6 +15,8 @@ from `decoder` on resume, which continues bit-identically to an uninterrupted ru
 Validation computes the §5.1 metrics (PSNR/SSIM of student and baseline vs teacher, gap closed,
 harmlessness); image grids (LQ baseline | student | teacher) of fixed validation samples go to
 TensorBoard every `monitor.images_every_n_steps`. Early stopping and the best step's adapter: selection.py.
+With `adversarial.weight` > 0 a patch discriminator (adversarial.py) trains beside the adapters and adds its
+G loss to the training loss (not to the validation loss); checkpoints hold it, exported adapters do not.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from radar_train.config import ModelArgs
 from radar_train.images import grid, to_uint8
 from radar_train.models import ModelIdentity, load_latent_decoder
 
+from .adversarial import AdversarialArgs, build_adversarial
 from .checks import check_cache_matches
 from .conditioning import LabelConditioningArgs, build_label_conditioning
 from .lora import LoraArgs, inject_lora, parameter_counts, resolve_targets
@@ -89,8 +92,9 @@ class OutputArgs:
 
 
 def is_trained_key(key: str) -> bool:
-    """Whether a state-dict key of the module is a trained tensor (LoRA, or the label conditioning's)."""
-    return ".lora_" in key or key.startswith("label_cond.")
+    """Whether a state-dict key of the module is a trained tensor (LoRA, the label conditioning's, or the
+    adversarial term's discriminator)."""
+    return ".lora_" in key or key.startswith(("label_cond.", "adversarial."))
 
 
 def _plain(x: Any) -> Any:
@@ -110,23 +114,26 @@ class RadarLoraModule(pl.LightningModule):
         output: checkpoints and adapter exports.
         early_stopping: early stopping on a validation metric, and whether final/ is the best or the last step.
         label_conditioning: label-conditioned PAA (a per-class FiLM of the decoder's GroupNorms) or none.
+        adversarial: a patch discriminator's hinge loss on the student's images (weight 0: none).
     """
 
     def __init__(self, decoder: ModelArgs = ModelArgs(), lora: LoraArgs = LoraArgs(), loss: LossArgs = LossArgs(),
                  optim: OptimArgs = OptimArgs(), monitor: MonitorArgs = MonitorArgs(),
                  output: OutputArgs = OutputArgs(), early_stopping: EarlyStoppingArgs = EarlyStoppingArgs(),
-                 label_conditioning: LabelConditioningArgs = LabelConditioningArgs()):
+                 label_conditioning: LabelConditioningArgs = LabelConditioningArgs(),
+                 adversarial: AdversarialArgs = AdversarialArgs()):
         super().__init__()
         problems = lora.problems() + loss.problems() + optim.problems() + monitor.problems() + output.problems() \
-            + early_stopping.problems() + label_conditioning.problems()
+            + early_stopping.problems() + label_conditioning.problems() + adversarial.problems()
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
         self.decoder_args, self.lora_args, self.loss_args = decoder, lora, loss
         self.optim_args, self.monitor, self.output = optim, monitor, output
-        self.early_stopping, self.label_args = early_stopping, label_conditioning
+        self.early_stopping, self.label_args, self.adversarial_args = early_stopping, label_conditioning, adversarial
         self.save_hyperparameters(_plain({k: dataclasses.asdict(v) for k, v in (
             ("decoder", decoder), ("lora", lora), ("loss", loss), ("optim", optim), ("monitor", monitor),
-            ("output", output), ("early_stopping", early_stopping), ("label_conditioning", label_conditioning))}))
+            ("output", output), ("early_stopping", early_stopping), ("label_conditioning", label_conditioning),
+            ("adversarial", adversarial))}))
         base, self.identity = load_latent_decoder(decoder.preset, decoder.vae_checkpoint, decoder.init_seed)
         base.decoder.checkpoint_blocks = optim.activation_checkpointing
         cfg = base.config
@@ -139,6 +146,7 @@ class RadarLoraModule(pl.LightningModule):
         if self.label_cond is not None:
             self.label_cond.attach(base)
         self.loss_fn = DistillLoss(loss)
+        self.adversarial = build_adversarial(adversarial)  # training-only: not part of trainable_params
         self.strict_loading = False  # checkpoints hold the LoRA tensors only
         self.val_stats = RestorationStats()
         self.val_metrics: dict[str, float] = {}
@@ -184,7 +192,8 @@ class RadarLoraModule(pl.LightningModule):
         return self.decode(f_hat, labels=labels)[0].clamp(-1, 1)
 
     def compute_loss(self, batch: dict[str, torch.Tensor]):
-        """(loss, terms, student, teacher) for a batch of pairs: the whole forward of a training step."""
+        """(loss, terms, student, teacher) for a batch of pairs: the whole forward of a training step (with the
+        adversarial term, whose G loss counts from adversarial.start_step)."""
         hq, lq, labels = batch["fhat_hq"], batch["fhat_lq"], batch.get("label")
         feats = self.loss_args.needs_features
         with torch.no_grad():
@@ -193,6 +202,9 @@ class RadarLoraModule(pl.LightningModule):
         student, s_feats = self.decode(lq, adapters=True, features=feats, labels=labels)
         identity = self.decode(hq, labels=labels)[0] if self.loss_args.identity_weight > 0 else None
         loss, terms = self.loss_fn(student, teacher, s_feats, t_feats, identity)
+        if self.adversarial is not None:
+            adv, adv_terms = self.adversarial(student, teacher, self.global_step >= self.adversarial_args.start_step)
+            loss, terms = loss + adv, terms | adv_terms
         return loss, terms, student, teacher
 
     # ------------------------------------------------------------------ training
@@ -256,6 +268,8 @@ class RadarLoraModule(pl.LightningModule):
     def configure_optimizers(self):
         total = self.optim_args.schedule_steps or self._total_steps()
         extra = [] if self.label_cond is None else [(self.label_cond.parameters(), self.label_args.lr_scale)]
+        if self.adversarial is not None:
+            extra.append((self.adversarial.parameters(), self.adversarial_args.lr_scale))
         opt, sched = build_optimizer(self.net.parameters(), self.optim_args, total, extra)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "train/lr"}}
 
@@ -266,8 +280,17 @@ class RadarLoraModule(pl.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         clip = gradient_clip_val if gradient_clip_val is not None else self.optim_args.grad_clip_norm
-        if clip:
+        if not clip:
+            return
+        if self.adversarial is None:
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
+            return
+        # the discriminator's gradients are clipped on their own: they must not scale the adapters' step down
+        disc = {id(p) for p in self.adversarial.parameters()}
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        clip_fn = torch.nn.utils.clip_grad_value_ if gradient_clip_algorithm == "value" else torch.nn.utils.clip_grad_norm_
+        for part in ([p for p in params if id(p) not in disc], [p for p in params if id(p) in disc]):
+            clip_fn(part, clip)
 
     def checkpoint_callback(self, root: str | Path) -> Optional[ModelCheckpoint]:
         """RUN/checkpoints/step-NNNNNN.ckpt every output.save_every_n_steps (the latest kept) + last.ckpt, and
@@ -450,14 +473,16 @@ class RadarLoraModule(pl.LightningModule):
         missing, unexpected = sorted(set(own) - set(got)), sorted(set(got) - set(own))
         shapes = [k for k in set(own) & set(got) if tuple(own[k]) != got[k]]
         if missing or unexpected or shapes:
-            raise ValueError(f"{source} holds another LoRA layout (rank / targets / label conditioning): "
+            raise ValueError(f"{source} holds another LoRA layout (rank / targets / label conditioning / "
+                             f"discriminator): "
                              f"{len(missing)} missing, "
                              f"{len(unexpected)} unexpected, {len(shapes)} reshaped tensors, e.g. "
                              f"{(missing + unexpected + shapes)[0]}")
 
 
 _GROUPS = {"decoder": ModelArgs, "lora": LoraArgs, "loss": LossArgs, "optim": OptimArgs, "monitor": MonitorArgs,
-           "output": OutputArgs, "early_stopping": EarlyStoppingArgs, "label_conditioning": LabelConditioningArgs}
+           "output": OutputArgs, "early_stopping": EarlyStoppingArgs, "label_conditioning": LabelConditioningArgs,
+           "adversarial": AdversarialArgs}
 
 
 def module_from_hparams(hparams: dict) -> RadarLoraModule:
