@@ -126,6 +126,35 @@ class FastVAR(AccelMethod):
                 "cache_scale": self.cache_scale, "layers": None if self.layers is None else list(self.layers)}
 
 
+def ideal_speedup(method: FastVAR, cfg) -> dict:
+    """FLOP model of a sampling run per CFG row (cfg: the VARConfig; the constants of sca.ideal_speedup): per
+    token and block the linear layers cost (4 + 2·mlp_ratio)·C² multiply-adds, per block the attention 2·C per
+    query·key pair, and the head C·V per token of every scale computed (restored tokens included: the head sees
+    the whole grid). At a pruned scale the pruning blocks (`layers`) run M − ⌊Mρ⌋ query tokens and only their
+    K/V join the cache; a skipped scale (ρ = 1) and the later ones cost nothing. Returns the vanilla attention
+    share and the ideal speed-up vanilla / FastVAR (kernels at equal efficiency, per-scale overheads free)."""
+    C, depth = cfg.embed_dim, cfg.depth
+    per_token = (4 + 2 * cfg.mlp_ratio) * C * C
+    pruning = depth if method.layers is None else len(set(method.layers))
+
+    def cost(ratios: dict[int, float]) -> tuple[float, float]:
+        linear = attention = 0.0
+        kv_pruned = kv_full = 0
+        for pn in cfg.patch_nums:
+            r = ratios.get(pn, 0.0)
+            if r >= 1.0:
+                break
+            m = pn * pn
+            kept = m - math.floor(m * r)
+            kv_pruned, kv_full = kv_pruned + kept, kv_full + m
+            linear += (pruning * kept + (depth - pruning) * m) * per_token + m * C * cfg.vocab_size
+            attention += 2 * C * (pruning * kept * kv_pruned + (depth - pruning) * m * kv_full)
+        return linear, attention
+
+    van, fast = cost({}), cost(method.ratios)
+    return {"attention_share": van[1] / sum(van), "ideal_speedup": sum(van) / sum(fast)}
+
+
 class _FastVARRun(AccelRun):
     def __init__(self, method: FastVAR, ctx: RunContext):
         super().__init__(ctx)

@@ -266,7 +266,8 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
                "peak_memory_bytes": j.peak_bytes, "peak_memory_above_start_bytes": j.peak_above_start_bytes,
                "timed": _timing_note(m["kind"]), "device": device_name, "dtype": dtype_name,
                "sampling": {"cfg": sampling.cfg, "top_k": sampling.top_k, "top_p": sampling.top_p},
-               "warmup": setup.warmup, "repeats": repeats}
+               "warmup": setup.warmup, "repeats": repeats,
+               "loop_seconds_per_round": j.times.get("loop")}
         if j.skipped:
             row["skipped"] = j.skipped
         if m["kind"] == "official":
@@ -290,6 +291,9 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
         if m["kind"] == "sample":
             base = f"vanilla|{r['engine']}|{r['noise']}"
             r["speedup_vs_vanilla"] = ratio(r["images_per_s"], get(base))
+            t_v, t_m = by[base].times.get("loop") if base in by else None, by[name].times.get("loop")
+            if t_v and t_m:  # the same round's vanilla over this method: the spread the median hides
+                r["speedup_vs_vanilla_per_round"] = [round(a / b, 4) for a, b in zip(t_v, t_m)]
             r["speedup_vs_vanilla_e2e"] = ratio(r["images_per_s_e2e"], get(base, "images_per_s_e2e"))
             if official is not None:
                 r["vs_official"] = ratio(r["images_per_s"], get("official"))
@@ -306,10 +310,13 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
 def mask_accounting(method: Optional[AccelMethod], var_cfg) -> dict:
     """For an SCA-Mask method: its FLOP model (`ideal_speedup`: vanilla attention share, attention pairs
     kept, ideal speed-up at equal kernel efficiency) and the share of the KV tokens it holds at the last
-    scale and the KV buffers it allocates (`SCAMask.kv_capacity`), both relative to vanilla; {} for other
-    methods."""
+    scale and the KV buffers it allocates (`SCAMask.kv_capacity`), both relative to vanilla; for FastVAR its
+    FLOP model (attention share, ideal speed-up); {} for other methods."""
+    from radar_train.accel import fastvar
     from radar_train.accel.sca import SCAMask, ideal_speedup
 
+    if isinstance(method, fastvar.FastVAR):
+        return {k: round(v, 5) for k, v in fastvar.ideal_speedup(method, var_cfg).items()}
     if not isinstance(method, SCAMask):
         return {}
     masks = method.masks()
@@ -339,11 +346,12 @@ def format_table(rows: list[dict]) -> str:
             f"{_fmt(r.get('pair_vs_separate'), '.3f'):>9} {_fmt(None if peak is None else peak / 2**20, '.0f'):>9}")
     masked = [r for r in rows if r.get("ideal_speedup") is not None and not r.get("skipped")]
     if masked:
-        lines.append(f"\n{'SCA-Mask FLOP model':<28} {'engine':<9} {'attn share':>10} {'pairs kept':>10} "
+        lines.append(f"\n{'FLOP model':<28} {'engine':<9} {'attn share':>10} {'pairs kept':>10} "
                      f"{'ideal':>7} {'measured':>9} {'KV kept':>8} {'KV alloc':>9}")
         for r in masked:
             lines.append(f"{r['method']:<28} {r['engine']:<9} {r['attention_share']:>10.3f} "
-                         f"{r['attention_pairs_kept']:>10.3f} {r['ideal_speedup']:>6.3f}x "
-                         f"{_fmt(r.get('speedup_vs_vanilla'), '.3f', 'x'):>9} {r['kv_tokens_kept_at_last_scale']:>8.3f} "
-                         f"{r['kv_allocated_ratio']:>9.3f}")
+                         f"{_fmt(r.get('attention_pairs_kept'), '.3f'):>10} {r['ideal_speedup']:>6.3f}x "
+                         f"{_fmt(r.get('speedup_vs_vanilla'), '.3f', 'x'):>9} "
+                         f"{_fmt(r.get('kv_tokens_kept_at_last_scale'), '.3f'):>8} "
+                         f"{_fmt(r.get('kv_allocated_ratio'), '.3f'):>9}")
     return "\n".join(lines)

@@ -123,3 +123,31 @@ def test_every_problem_is_reported_at_once():
     with pytest.raises(ConfigError) as e:
         build_accel(args, PATCH_NUMS_256, 16)
     assert len(e.value.problems) == 3
+
+
+# ---------------------------------------------------------------------------- FLOP model
+def test_ideal_speedup_flop_model_in_closed_form():
+    from types import SimpleNamespace
+
+    from radar_train.accel.fastvar import FastVAR, ideal_speedup
+
+    # C 1, depth 1, mlp_ratio 1, V 1, scales 1 and 2: per token 6 (linear) + 1 (head), per q·k pair 2.
+    # vanilla: scale 1: 6 + 1 + 2·1·1 = 9; scale 2 (4 queries, 5 keys): 24 + 4 + 2·4·5 = 68 -> 77
+    cfg = SimpleNamespace(embed_dim=1, depth=1, mlp_ratio=1, vocab_size=1, patch_nums=(1, 2))
+    # ρ 0.5 at scale 2: 2 queries, 3 keys, the head on all 4 tokens: 12 + 4 + 2·2·3 = 28 -> 9 + 28 = 37
+    r = ideal_speedup(FastVAR(prune=((2, 0.5),)), cfg)
+    assert r["ideal_speedup"] == pytest.approx(77 / 37)
+    assert r["attention_share"] == pytest.approx((2 + 40) / 77)
+    assert ideal_speedup(FastVAR(prune=((2, 1.0),)), cfg)["ideal_speedup"] == pytest.approx(77 / 9)  # skipped
+    # pruning in no block (layers empty) leaves the work unchanged
+    assert ideal_speedup(FastVAR(prune=((2, 0.5),), layers=()), cfg)["ideal_speedup"] == pytest.approx(1.0)
+
+
+def test_ideal_speedup_of_the_default_preset_on_var_d16():
+    from radar_train.accel.fastvar import FastVAR, ideal_speedup
+    from radar_train.models import get_preset
+
+    var = get_preset("var-d16").var
+    r = ideal_speedup(FastVAR.from_preset("default", var.patch_nums), var)
+    # {13: 0.5, 16: 0.75}: 404 of 680 query tokens; the head and the attention's quadratic part move it to ~1.71
+    assert 1.65 < r["ideal_speedup"] < 1.75 and 0.05 < r["attention_share"] < 0.08
