@@ -124,6 +124,14 @@ class AccelMethod:
         return {"method": self.name}
 
 
+def flop_constants(cfg) -> tuple[float, float, float]:
+    """Multiply-adds per CFG row of the FLOP models (sca.ideal_speedup, fastvar.ideal_speedup), cfg a VARConfig:
+    (linear layers per token and block: (4 + 2·mlp_ratio)·C² for qkv, proj and FFN; the head per token: C·V;
+    attention per query·key pair and block: 2·C for q·k and p·v)."""
+    C = cfg.embed_dim
+    return (4 + 2 * cfg.mlp_ratio) * C * C, C * cfg.vocab_size, 2 * C
+
+
 def is_capturable(method: "AccelMethod | None") -> bool:
     """Whether runs of `method` (None: vanilla) may be captured: vanilla, or a method that declares it."""
     return method is None or type(method) is AccelMethod or method.capturable

@@ -20,7 +20,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from radar_train.accel.base import AccelMethod, AccelRun, Branch, RunContext, ScalePlan
+from radar_train.accel.base import AccelMethod, AccelRun, Branch, RunContext, ScalePlan, flop_constants
 from radar_train.models.hooks import StepHooks, SubLayer
 
 PRESETS: dict[str, tuple[float, ...]] = {
@@ -127,14 +127,13 @@ class FastVAR(AccelMethod):
 
 
 def ideal_speedup(method: FastVAR, cfg) -> dict:
-    """FLOP model of a sampling run per CFG row (cfg: the VARConfig; the constants of sca.ideal_speedup): per
-    token and block the linear layers cost (4 + 2·mlp_ratio)·C² multiply-adds, per block the attention 2·C per
-    query·key pair, and the head C·V per token of every scale computed (restored tokens included: the head sees
-    the whole grid). At a pruned scale the pruning blocks (`layers`) run M − ⌊Mρ⌋ query tokens and only their
+    """FLOP model of a sampling run per CFG row (cfg: the VARConfig; base.flop_constants, as sca.ideal_speedup):
+    linear layers per token and block, attention per query·key pair and block, and the head per token of every
+    scale computed (restored tokens included: the head sees the whole grid). At a pruned scale the pruning blocks (`layers`) run M − ⌊Mρ⌋ query tokens and only their
     K/V join the cache; a skipped scale (ρ = 1) and the later ones cost nothing. Returns the vanilla attention
     share and the ideal speed-up vanilla / FastVAR (kernels at equal efficiency, per-scale overheads free)."""
-    C, depth = cfg.embed_dim, cfg.depth
-    per_token = (4 + 2 * cfg.mlp_ratio) * C * C
+    per_token, head, per_pair = flop_constants(cfg)
+    depth = cfg.depth
     pruning = depth if method.layers is None else len(set(method.layers))
 
     def cost(ratios: dict[int, float]) -> tuple[float, float]:
@@ -147,8 +146,8 @@ def ideal_speedup(method: FastVAR, cfg) -> dict:
             m = pn * pn
             kept = m - math.floor(m * r)
             kv_pruned, kv_full = kv_pruned + kept, kv_full + m
-            linear += (pruning * kept + (depth - pruning) * m) * per_token + m * C * cfg.vocab_size
-            attention += 2 * C * (pruning * kept * kv_pruned + (depth - pruning) * m * kv_full)
+            linear += (pruning * kept + (depth - pruning) * m) * per_token + m * head
+            attention += per_pair * (pruning * kept * kv_pruned + (depth - pruning) * m * kv_full)
         return linear, attention
 
     van, fast = cost({}), cost(method.ratios)

@@ -45,7 +45,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from radar_train.accel.base import AccelMethod, AccelRun, Branch, ConfigError, RunContext
+from radar_train.accel.base import AccelMethod, AccelRun, Branch, ConfigError, RunContext, flop_constants
 from radar_train.models.hooks import StepHooks
 
 PRESETS: dict[str, tuple[float, float]] = {  # (compute budget, memory budget), methods.md §8.2f
@@ -746,14 +746,15 @@ def ideal_speedup(method: SCAMask, cfg) -> dict:
     kept share of attention pairs and the ideal speed-up vanilla/masked (kernels at equal efficiency)."""
     m = method.masks()
     bounds = scale_bounds(m.patch_nums)
-    C, depth = cfg.embed_dim, cfg.depth
-    linear = sum(e - b for b, e in bounds) * (depth * (4 + 2 * cfg.mlp_ratio) * C * C + C * cfg.vocab_size)
+    per_token, head, per_pair = flop_constants(cfg)
+    depth = cfg.depth
+    linear = sum(e - b for b, e in bounds) * (depth * per_token + head)
     attn_van = attn_kept = 0.0
     for si, (b, e) in enumerate(bounds):
         pairs = (e - b) * e
-        attn_van += depth * 2 * C * pairs
+        attn_van += depth * per_pair * pairs
         share = m.pair_share(si) if si in m.active else 1.0
-        attn_kept += depth * 2 * C * pairs * share
+        attn_kept += depth * per_pair * pairs * share
     return {"attention_share": attn_van / (linear + attn_van), "attention_pairs_kept": attn_kept / attn_van,
             "ideal_speedup": (linear + attn_van) / (linear + attn_kept)}
 

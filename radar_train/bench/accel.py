@@ -287,7 +287,7 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
         if r.get("skipped"):
             continue
         if m["kind"] in ("sample", "pair"):
-            r.update(mask_accounting(accels.get(m.get("of", m["method"])), var_cfg))
+            r.update(method_accounting(accels.get(m.get("of", m["method"])), var_cfg))
         if m["kind"] == "sample":
             base = f"vanilla|{r['engine']}|{r['noise']}"
             r["speedup_vs_vanilla"] = ratio(r["images_per_s"], get(base))
@@ -307,7 +307,7 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
     return list(rows.values())
 
 
-def mask_accounting(method: Optional[AccelMethod], var_cfg) -> dict:
+def method_accounting(method: Optional[AccelMethod], var_cfg) -> dict:
     """For an SCA-Mask method: its FLOP model (`ideal_speedup`: vanilla attention share, attention pairs
     kept, ideal speed-up at equal kernel efficiency) and the share of the KV tokens it holds at the last
     scale and the KV buffers it allocates (`SCAMask.kv_capacity`), both relative to vanilla; for FastVAR its
