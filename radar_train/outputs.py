@@ -139,7 +139,8 @@ def check_resume_dir(path: PathLike, marker: str, what: str, option: str = "--ou
     if p.exists() and not p.is_dir():
         raise OutputError(f"{option} {p} is an existing file: give a folder")
     check_no_overlap(option, p, inputs)
-    if p.is_dir() and not (p / marker).is_file() and any(p.iterdir()):
+    # a concurrent creator's temporary marker (`.MARKER.tmp-*`, linked to MARKER a moment later) is not foreign
+    if p.is_dir() and not (p / marker).is_file() and any(not e.name.startswith(f".{marker}.tmp-") for e in p.iterdir()):
         raise OutputError(f"{option} {p} is a folder that is not empty and holds no {marker}, so it is not {what}: "
                           f"choose a new or empty folder (only {what} is resumed)")
     _check_writable(p, option)

@@ -80,6 +80,16 @@ def test_a_resumed_folder_must_hold_its_marker(tree):
         check_resume_dir(tree / "run", "manifest.json", "a cache")
 
 
+def test_a_folder_another_worker_is_creating_is_resumable(tmp_path):
+    # between writing its temporary manifest and linking it, a concurrent worker's folder holds only that file
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / ".manifest.json.tmp-0123456789ab").write_text("{}")
+    check_resume_dir(tmp_path / "cache", "manifest.json", "a cache")
+    (tmp_path / "cache" / ".other.tmp-0123").write_text("{}")
+    with pytest.raises(OutputError, match="holds no manifest.json"):
+        check_resume_dir(tmp_path / "cache", "manifest.json", "a cache")
+
+
 def test_atomic_writes_leave_nothing_behind_on_failure(tmp_path):
     (tmp_path / "a.txt").write_text("old")
     with pytest.raises(RuntimeError):
