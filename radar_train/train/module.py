@@ -40,6 +40,7 @@ from radar_train.images import grid, to_uint8
 from radar_train.models import ModelIdentity, load_latent_decoder
 
 from .adversarial import AdversarialArgs, build_adversarial
+from .ema import AdapterEMA, EmaArgs
 from .checks import check_cache_matches
 from .conditioning import LabelConditioningArgs, build_label_conditioning
 from .lora import LoraArgs, inject_lora, parameter_counts, resolve_targets
@@ -115,25 +116,28 @@ class RadarLoraModule(pl.LightningModule):
         early_stopping: early stopping on a validation metric, and whether final/ is the best or the last step.
         label_conditioning: label-conditioned PAA (a per-class FiLM of the decoder's GroupNorms) or none.
         adversarial: a patch discriminator's hinge loss on the student's images (weight 0: none).
+        ema: an exponential moving average of the trained weights, which validation, checkpoints and exports use
+            (decay 0: none).
     """
 
     def __init__(self, decoder: ModelArgs = ModelArgs(), lora: LoraArgs = LoraArgs(), loss: LossArgs = LossArgs(),
                  optim: OptimArgs = OptimArgs(), monitor: MonitorArgs = MonitorArgs(),
                  output: OutputArgs = OutputArgs(), early_stopping: EarlyStoppingArgs = EarlyStoppingArgs(),
                  label_conditioning: LabelConditioningArgs = LabelConditioningArgs(),
-                 adversarial: AdversarialArgs = AdversarialArgs()):
+                 adversarial: AdversarialArgs = AdversarialArgs(), ema: EmaArgs = EmaArgs()):
         super().__init__()
         problems = lora.problems() + loss.problems() + optim.problems() + monitor.problems() + output.problems() \
-            + early_stopping.problems() + label_conditioning.problems() + adversarial.problems()
+            + early_stopping.problems() + label_conditioning.problems() + adversarial.problems() + ema.problems()
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
         self.decoder_args, self.lora_args, self.loss_args = decoder, lora, loss
         self.optim_args, self.monitor, self.output = optim, monitor, output
         self.early_stopping, self.label_args, self.adversarial_args = early_stopping, label_conditioning, adversarial
+        self.ema_args = ema
         self.save_hyperparameters(_plain({k: dataclasses.asdict(v) for k, v in (
             ("decoder", decoder), ("lora", lora), ("loss", loss), ("optim", optim), ("monitor", monitor),
             ("output", output), ("early_stopping", early_stopping), ("label_conditioning", label_conditioning),
-            ("adversarial", adversarial))}))
+            ("adversarial", adversarial), ("ema", ema))}))
         base, self.identity = load_latent_decoder(decoder.preset, decoder.vae_checkpoint, decoder.init_seed)
         base.decoder.checkpoint_blocks = optim.activation_checkpointing
         cfg = base.config
@@ -234,8 +238,14 @@ class RadarLoraModule(pl.LightningModule):
             self.log_image_grid()
         if self.output.export_every_n_steps and step % self.output.export_every_n_steps == 0 and step > 0 \
                 and step != self._export_step:  # once per optimizer step (gradient accumulation)
-            self.export(Path(self.trainer.default_root_dir) / f"step-{step:06d}")
+            with self._averaged_weights():
+                self.export(Path(self.trainer.default_root_dir) / f"step-{step:06d}")
             self._export_step = step
+
+    def _averaged_weights(self):
+        """Context: the EMA's average in the weights (model.ema), or nothing changed without one."""
+        ema = next((c for c in self.trainer.callbacks if isinstance(c, AdapterEMA)), None)
+        return ema.averaged(self) if ema is not None else contextlib.nullcontext()
 
     def on_train_epoch_start(self) -> None:
         self._t_last = None
@@ -306,7 +316,8 @@ class RadarLoraModule(pl.LightningModule):
     def configure_callbacks(self):
         # early stopping and the best checkpoint before the run's checkpoint, which saves their state after a
         # validation (Lightning keeps the order of the checkpoint callbacks when it moves them last)
-        callbacks = [cb for cb in (self.early_stopping.early_stopping_callback(),
+        # the weight average before them too: a checkpoint written after a step holds that step's average
+        callbacks = [cb for cb in (self.ema_args.callback(), self.early_stopping.early_stopping_callback(),
                                    self.early_stopping.best_checkpoint_callback(self.trainer.default_root_dir),
                                    self.checkpoint_callback(self.trainer.default_root_dir)) if cb is not None]
         if self.trainer.loggers:
@@ -449,7 +460,9 @@ class RadarLoraModule(pl.LightningModule):
         return {k: v.shape for k, v in self.state_dict().items() if is_trained_key(k)}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if is_trained_key(k)}
+        for key in ("state_dict", "current_model_state"):  # the latter: the current weights beside an EMA's average
+            if key in checkpoint:
+                checkpoint[key] = {k: v for k, v in checkpoint[key].items() if is_trained_key(k)}
         checkpoint["radar"] = self.radar_meta()
         if (rng := self._step_rng.state_dict()) is not None:
             checkpoint["radar_rng"] = rng
@@ -482,7 +495,7 @@ class RadarLoraModule(pl.LightningModule):
 
 _GROUPS = {"decoder": ModelArgs, "lora": LoraArgs, "loss": LossArgs, "optim": OptimArgs, "monitor": MonitorArgs,
            "output": OutputArgs, "early_stopping": EarlyStoppingArgs, "label_conditioning": LabelConditioningArgs,
-           "adversarial": AdversarialArgs}
+           "adversarial": AdversarialArgs, "ema": EmaArgs}
 
 
 def module_from_hparams(hparams: dict) -> RadarLoraModule:

@@ -1,0 +1,97 @@
+"""The `model.ema` config group: an exponential moving average of the trained weights.
+
+Lightning's `EMAWeightAveraging` keeps the average (a `torch.optim.swa_utils.AveragedModel` of the module,
+updated after every optimizer step): validation runs on it, checkpoints hold it as their `state_dict` (the
+current weights beside it, for resume), and when training ends it replaces the current weights, so final/,
+best-step checkpoints, step-NNNNNN/ exports and `radar-train export` all give the averaged adapter.
+`AdapterEMA` adapts it to this project's checkpoints, which hold only the trained tensors (the frozen decoder
+is rebuilt from its identity), and to `start_step`: until then the average is simply the current weights
+(each update restarts it), so validations before it see the model as trained so far.
+
+Why: an adversarial term keeps the adapters chasing the discriminator to the end of training; the average of
+the last few hundred steps is the usual remedy in GAN training (docs/training.md, Weight averaging).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import EMAWeightAveraging
+
+__all__ = ["EmaArgs", "AdapterEMA"]
+
+
+@dataclass
+class EmaArgs:
+    """Exponential moving average of the adapters (and label conditioning) over training steps; off at decay 0."""
+
+    decay: float = 0.0
+    """Weight of the old average at each update (0.998: a half-life of about 350 steps); 0: no averaging."""
+    start_step: int = 0
+    """Optimizer step from which the average accumulates (before it, the average is the current weights)."""
+    every_n_steps: int = 1
+    """Update the average every this many optimizer steps."""
+
+    def problems(self) -> list[str]:
+        p = []
+        if not 0 <= self.decay < 1:
+            p.append(f"model.ema.decay must be in [0, 1), got {self.decay}")
+        if self.start_step < 0:
+            p.append(f"model.ema.start_step must be >= 0, got {self.start_step}")
+        if self.every_n_steps < 1:
+            p.append(f"model.ema.every_n_steps must be >= 1, got {self.every_n_steps}")
+        return p
+
+    @property
+    def enabled(self) -> bool:
+        return self.decay > 0
+
+    def callback(self) -> Optional["AdapterEMA"]:
+        return AdapterEMA(self) if self.enabled else None
+
+
+class AdapterEMA(EMAWeightAveraging):
+    """EMAWeightAveraging for RadarLoraModule (module docstring)."""
+
+    def __init__(self, args: EmaArgs):
+        super().__init__(decay=args.decay, update_every_n_steps=args.every_n_steps, use_buffers=True)
+        self.args = args
+
+    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        avg = self._average_model
+        if avg is not None and trainer.global_step - 1 < self.args.start_step:
+            avg.n_averaged.zero_()  # before start_step the average restarts from the current weights
+            avg.update_parameters(pl_module)
+            self._latest_update_step = trainer.global_step
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_load_checkpoint(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
+                           checkpoint: dict[str, Any]) -> None:
+        # the checkpoint's state_dict (the average) and current_model_state hold the trained tensors only: load
+        # both non-strictly; the frozen rest is what setup() copied
+        avg = self._average_model
+        if avg is None:
+            return
+        avg.module.load_state_dict(checkpoint["state_dict"], strict=False)
+        if "current_model_state" in checkpoint:
+            avg.n_averaged.copy_(checkpoint.get("averaging_state", {}).get("n_averaged", avg.n_averaged))
+            pl_module.load_state_dict(checkpoint["current_model_state"], strict=False)
+        else:  # a checkpoint written without averaging: the average starts from its weights
+            avg.n_averaged.zero_()
+
+    @contextmanager
+    def averaged(self, pl_module: "pl.LightningModule") -> Iterator[None]:
+        """The average in the module's weights for the duration (a step export); nothing before fit's setup."""
+        if self._average_model is None:
+            yield
+            return
+        self._swap_models(pl_module)
+        try:
+            yield
+        finally:
+            self._swap_models(pl_module)
+

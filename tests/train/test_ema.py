@@ -1,0 +1,120 @@
+"""The weight average (model.ema): final/ and step exports hold the exponential moving average of the trained
+weights, computed here by hand from the weights after every step; before start_step the average is the current
+weights; checkpoints hold the average and the current weights (trained tensors only) and a resume continues
+both exactly; config errors are reported."""
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader, TensorDataset
+
+from radar_train.train.ema import EmaArgs
+from radar_train.train.module import OutputArgs, RadarLoraModule, is_trained_key
+from radar_train.train.optim import OptimArgs
+
+EMA = EmaArgs(decay=0.5, start_step=2)
+STEPS = 6
+
+
+class _Pairs(TensorDataset):
+    def __getitem__(self, i):
+        hq, lq = super().__getitem__(i)
+        return {"fhat_hq": hq, "fhat_lq": lq}
+
+
+def _pairs(n: int = 8) -> _Pairs:  # two batches of 4: the resume point (step 2 or 4) ends an epoch
+    g = torch.Generator().manual_seed(0)
+    hq = torch.randn(n, 8, 8, 8, generator=g)
+    return _Pairs(hq, hq + 0.5 * torch.randn(n, 8, 8, 8, generator=g))
+
+
+class _Record(Callback):
+    """The trained tensors after every optimizer step (a Trainer callback: it runs before the module's own)."""
+
+    def __init__(self):
+        self.after_step: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.after_step[trainer.global_step] = {k: v.detach().clone() for k, v in pl_module.state_dict().items()
+                                                    if is_trained_key(k)}
+
+
+def _fit(root, steps: int, ckpt_path=None, ema: EmaArgs = EMA, export_every: int = 0):
+    torch.manual_seed(0)
+    module = RadarLoraModule(optim=OptimArgs(learning_rate=1e-2, warmup_steps=1, schedule_steps=STEPS),
+                             output=OutputArgs(save_every_n_steps=2, export_every_n_steps=export_every), ema=ema)
+    record = _Record()
+    trainer = pl.Trainer(default_root_dir=str(root), accelerator="cpu", devices=1, precision="32-true",
+                         max_steps=steps, enable_progress_bar=False, enable_model_summary=False, logger=False,
+                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[record])
+    trainer.fit(module, DataLoader(_pairs(), batch_size=4, shuffle=False), ckpt_path=ckpt_path)
+    return module, record.after_step
+
+
+def _by_hand(after_step: dict[int, dict[str, torch.Tensor]], upto: int, args: EmaArgs = EMA) -> dict:
+    avg = None
+    for step in range(1, upto + 1):
+        w = after_step[step]
+        if avg is None or step - 1 < args.start_step:
+            avg = {k: v.clone() for k, v in w.items()}
+        else:
+            avg = {k: args.decay * avg[k] + (1 - args.decay) * w[k] for k in w}
+    return avg
+
+
+def _adapter(folder) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def _close(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys() and a
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    root = tmp_path_factory.mktemp("straight")
+    module, after = _fit(root, STEPS, export_every=4)
+    return root, module, after
+
+
+def test_final_and_step_exports_hold_the_moving_average(straight, tmp_path):
+    root, module, after = straight
+    want = _by_hand(after, STEPS)
+    assert not all(torch.equal(want[k], after[STEPS][k]) for k in want)  # the average is not the last step
+    _close({k: v for k, v in module.state_dict().items() if is_trained_key(k)}, want)  # ended with the average
+    for folder, upto in ((root / "final", STEPS), (root / "step-000004", 4)):
+        module.load_state_dict(_by_hand(after, upto), strict=False)
+        _close(_adapter(folder), _adapter(module.export(tmp_path / folder.name)))
+    module.load_state_dict(want, strict=False)
+
+
+def test_before_start_step_the_average_is_the_current_weights(tmp_path):
+    module, after = _fit(tmp_path, 2)  # ends at start_step: no averaging yet
+    got = {k: v for k, v in module.state_dict().items() if is_trained_key(k)}
+    _close(got, after[2])
+
+
+def test_checkpoints_hold_average_and_current_and_a_resume_is_exact(straight, tmp_path):
+    _, module, after = straight
+    root = tmp_path / "resumed"
+    _fit(root, 4)
+    ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert set(ckpt["state_dict"]) == set(ckpt["current_model_state"]) == set(after[4])  # trained tensors only
+    _close(ckpt["state_dict"], _by_hand(after, 4))
+    _close(ckpt["current_model_state"], after[4])
+    resumed, after2 = _fit(root, STEPS, ckpt_path=str(root / "checkpoints" / "last.ckpt"))
+    for step in (5, 6):  # the current weights continue exactly ...
+        _close(after2[step], after[step])
+    a = {k: v for k, v in module.state_dict().items() if is_trained_key(k)}
+    b = {k: v for k, v in resumed.state_dict().items() if is_trained_key(k)}
+    _close(b, a)  # ... and so does the average
+
+
+def test_invalid_ema_settings_are_reported_together():
+    with pytest.raises(ValueError, match=r"ema.decay must be in \[0, 1\).*ema.every_n_steps must be >= 1"):
+        RadarLoraModule(ema=EmaArgs(decay=1.0, every_n_steps=0))
