@@ -118,3 +118,37 @@ def test_checkpoints_hold_average_and_current_and_a_resume_is_exact(straight, tm
 def test_invalid_ema_settings_are_reported_together():
     with pytest.raises(ValueError, match=r"ema.decay must be in \[0, 1\).*ema.every_n_steps must be >= 1"):
         RadarLoraModule(ema=EmaArgs(decay=1.0, every_n_steps=0))
+
+
+class _ValLosses(Callback):
+    def __init__(self):
+        self.by_step: dict[int, float] = {}
+
+    def on_validation_end(self, trainer, pl_module):
+        self.by_step[trainer.global_step] = float(trainer.callback_metrics["val/loss"])
+
+
+def test_validation_and_the_best_step_judge_the_average(tmp_path):
+    from radar_train.train.selection import EarlyStoppingArgs
+
+    torch.manual_seed(0)
+    module = RadarLoraModule(optim=OptimArgs(learning_rate=1e-2, warmup_steps=1, schedule_steps=STEPS),
+                             output=OutputArgs(save_every_n_steps=2), ema=EmaArgs(decay=0.5, start_step=1),
+                             early_stopping=EarlyStoppingArgs(final_adapter="best"))
+    record, val = _Record(), _ValLosses()
+    trainer = pl.Trainer(default_root_dir=str(tmp_path), accelerator="cpu", devices=1, precision="32-true",
+                         max_steps=STEPS, enable_progress_bar=False, enable_model_summary=False, logger=False,
+                         num_sanity_val_steps=0, callbacks=[record, val])
+    loader = DataLoader(_pairs(), batch_size=4, shuffle=False)
+    trainer.fit(module, loader, DataLoader(_pairs(4), batch_size=4))
+    assert sorted(val.by_step) == [2, 4, 6]  # one validation per epoch of two batches
+    check = pl.Trainer(accelerator="cpu", devices=1, precision="32-true", logger=False, enable_progress_bar=False,
+                       enable_model_summary=False)
+    for step, logged in val.by_step.items():  # the loss of the averaged weights, not of the current ones
+        module.load_state_dict(_by_hand(record.after_step, step, EmaArgs(decay=0.5, start_step=1)), strict=False)
+        want = check.validate(module, DataLoader(_pairs(4), batch_size=4), verbose=False)[0]["val/loss"]
+        assert logged == pytest.approx(want, rel=1e-5)
+    best = min(val.by_step, key=val.by_step.get)
+    ckpt = torch.load(next((tmp_path / "checkpoints").glob("best-step-*.ckpt")), map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == best
+    _close(ckpt["state_dict"], _by_hand(record.after_step, best, EmaArgs(decay=0.5, start_step=1)))
