@@ -1,7 +1,7 @@
 """The weight average (model.ema): final/ and step exports hold the exponential moving average of the trained
 weights, computed here by hand from the weights after every step; before start_step the average is the current
 weights; checkpoints hold the average and the current weights (trained tensors only) and a resume continues
-both exactly; config errors are reported."""
+both exactly; validation and the best step judge the average; config errors are reported."""
 from __future__ import annotations
 
 import lightning.pytorch as pl
