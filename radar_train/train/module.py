@@ -40,9 +40,9 @@ from radar_train.images import grid, to_uint8
 from radar_train.models import ModelIdentity, load_latent_decoder
 
 from .adversarial import AdversarialArgs, build_adversarial
-from .ema import AdapterEMA, EmaArgs
 from .checks import check_cache_matches
 from .conditioning import LabelConditioningArgs, build_label_conditioning
+from .ema import AdapterEMA, EmaArgs
 from .lora import LoraArgs, inject_lora, parameter_counts, resolve_targets
 from .losses import DistillLoss, LossArgs
 from .metrics import RestorationStats, psnr_per_image, ssim_per_image, to_unit
