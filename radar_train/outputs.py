@@ -30,7 +30,7 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 
 __all__ = ["OutputError", "Inputs", "check_output_file", "check_output_dir", "check_replace_dir", "check_resume_dir",
            "check_no_overlap", "atomic_file", "write_text_atomic", "staged_entries", "replace_dir", "temp_name",
-           "normal_file_mode"]
+           "is_temp_of", "normal_file_mode"]
 
 PathLike = Union[str, os.PathLike]
 Inputs = Mapping[str, Union[PathLike, Sequence[PathLike], None]]
@@ -139,8 +139,8 @@ def check_resume_dir(path: PathLike, marker: str, what: str, option: str = "--ou
     if p.exists() and not p.is_dir():
         raise OutputError(f"{option} {p} is an existing file: give a folder")
     check_no_overlap(option, p, inputs)
-    # a concurrent creator's temporary marker (`.MARKER.tmp-*`, linked to MARKER a moment later) is not foreign
-    if p.is_dir() and not (p / marker).is_file() and any(not e.name.startswith(f".{marker}.tmp-") for e in p.iterdir()):
+    # a concurrent creator's temporary marker (temp_name, linked to MARKER a moment later) is not foreign
+    if p.is_dir() and not (p / marker).is_file() and any(not is_temp_of(e, marker) for e in p.iterdir()):
         raise OutputError(f"{option} {p} is a folder that is not empty and holds no {marker}, so it is not {what}: "
                           f"choose a new or empty folder (only {what} is resumed)")
     _check_writable(p, option)
@@ -152,6 +152,11 @@ def temp_name(path: PathLike, kind: str = "tmp") -> Path:
     """A fresh hidden sibling of `path`: `.NAME.<kind>-<token>`."""
     p = Path(path)
     return p.with_name(f".{p.name}.{kind}-{uuid.uuid4().hex[:8]}")
+
+
+def is_temp_of(entry: PathLike, name: str, kind: str = "tmp") -> bool:
+    """Whether `entry` is a `temp_name` of a sibling called `name`."""
+    return Path(entry).name.startswith(f".{name}.{kind}-")
 
 
 def normal_file_mode(path: PathLike) -> None:

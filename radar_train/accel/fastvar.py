@@ -129,9 +129,10 @@ class FastVAR(AccelMethod):
 def ideal_speedup(method: FastVAR, cfg) -> dict:
     """FLOP model of a sampling run per CFG row (cfg: the VARConfig; base.flop_constants, as sca.ideal_speedup):
     linear layers per token and block, attention per query·key pair and block, and the head per token of every
-    scale computed (restored tokens included: the head sees the whole grid). At a pruned scale the pruning blocks (`layers`) run M − ⌊Mρ⌋ query tokens and only their
-    K/V join the cache; a skipped scale (ρ = 1) and the later ones cost nothing. Returns the vanilla attention
-    share and the ideal speed-up vanilla / FastVAR (kernels at equal efficiency, per-scale overheads free)."""
+    scale computed (restored tokens included: the head sees the whole grid). At a pruned scale the pruning blocks
+    (`layers`) run M − ⌊Mρ⌋ query tokens and only their K/V join the cache; a skipped scale (ρ = 1) and the later
+    ones cost nothing. Returns the vanilla attention share and the ideal speed-up vanilla / FastVAR (kernels at
+    equal efficiency, per-scale overheads free)."""
     per_token, head, per_pair = flop_constants(cfg)
     depth = cfg.depth
     pruning = depth if method.layers is None else len(set(method.layers))

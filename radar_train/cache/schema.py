@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from radar_train.outputs import temp_name
+
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
@@ -179,7 +181,7 @@ def create_or_check_manifest(cache_dir: str | os.PathLike, wanted: Manifest) -> 
     path = cache_dir / MANIFEST_NAME
     created = False
     if not path.exists():
-        tmp = cache_dir / f".{MANIFEST_NAME}.tmp-{uuid.uuid4().hex[:12]}"
+        tmp = temp_name(path)  # outputs.check_resume_dir lets a folder holding only this one be resumed
         tmp.write_text(json.dumps(wanted.to_dict(), indent=2) + "\n")
         try:
             os.link(tmp, path)

@@ -24,6 +24,7 @@ from radar_train.cache import schema
 from radar_train.cache.layout import scan_cache
 from radar_train.cache.schema import MANIFEST_NAME, Manifest, manifest_differences, read_manifest
 from radar_train.inputs import InputError, read_json, reading
+from radar_train.outputs import temp_name
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def _check_output_manifest(out: Path, manifest: Manifest) -> None:
         if diffs:
             raise ValueError(f"{out} holds an export of another cache; differing fields: {'; '.join(diffs)}")
     else:
-        tmp = out / f".{MANIFEST_NAME}.tmp-{uuid.uuid4().hex[:12]}"
+        tmp = temp_name(path)
         tmp.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
         os.replace(tmp, path)
 

@@ -34,3 +34,16 @@ def synthetic_batch(n: int = 4, seed: int = 0, noise: float = 0.5) -> dict[str, 
 def make_batch():
     return synthetic_batch
 
+
+def synthetic_loader(n: int = 8, batch_size: int = 4):
+    """The `synthetic_batch(n)` pairs one by one, in order, in batches of `batch_size` (a training dataloader)."""
+    from torch.utils.data import DataLoader
+
+    b = synthetic_batch(n)
+    return DataLoader([{k: v[i] for k, v in b.items()} for i in range(n)], batch_size=batch_size, shuffle=False)
+
+
+@pytest.fixture(scope="session")
+def make_loader():
+    return synthetic_loader
+

@@ -6,7 +6,6 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from radar_train.export import ADAPTER_FILES
 from radar_train.train.adversarial import Adversarial, AdversarialArgs, PatchDiscriminator
@@ -78,36 +77,24 @@ def test_invalid_adversarial_settings_are_reported_together():
         RadarLoraModule(adversarial=AdversarialArgs(weight=-1, lr_scale=0))
 
 
-class _Pairs(TensorDataset):
-    def __getitem__(self, i):
-        hq, lq = super().__getitem__(i)
-        return {"fhat_hq": hq, "fhat_lq": lq}
-
-
-def _pairs(n: int = 8) -> _Pairs:  # two batches: the resume point ends an epoch
-    g = torch.Generator().manual_seed(0)
-    hq = torch.randn(n, 8, 8, 8, generator=g)
-    return _Pairs(hq, hq + 0.5 * torch.randn(n, 8, 8, 8, generator=g))
-
-
-def _fit(root, steps: int, ckpt_path=None, adversarial: AdversarialArgs = ADV) -> RadarLoraModule:
+def _fit(root, steps: int, loader, ckpt_path=None, adversarial: AdversarialArgs = ADV) -> RadarLoraModule:
     torch.manual_seed(0)
     module = RadarLoraModule(optim=OptimArgs(learning_rate=1e-2, warmup_steps=1, schedule_steps=4),
                              output=OutputArgs(save_every_n_steps=2), adversarial=adversarial)
     trainer = pl.Trainer(default_root_dir=str(root), accelerator="cpu", devices=1, precision="32-true",
                          max_steps=steps, enable_progress_bar=False, enable_model_summary=False, logger=False,
                          num_sanity_val_steps=0, limit_val_batches=0)
-    trainer.fit(module, DataLoader(_pairs(), batch_size=4, shuffle=False), ckpt_path=ckpt_path)
+    trainer.fit(module, loader(), ckpt_path=ckpt_path)  # 8 pairs, two batches: the resume point ends an epoch
     return module
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, make_loader):
     """(4 steps straight, 2 steps then resumed to 4, its run folder)."""
-    straight = _fit(tmp_path_factory.mktemp("straight"), 4)
+    straight = _fit(tmp_path_factory.mktemp("straight"), 4, make_loader)
     root = tmp_path_factory.mktemp("resumed")
-    _fit(root, 2)
-    resumed = _fit(root, 4, ckpt_path=str(root / "checkpoints" / "last.ckpt"))
+    _fit(root, 2, make_loader)
+    resumed = _fit(root, 4, make_loader, ckpt_path=str(root / "checkpoints" / "last.ckpt"))
     return straight, resumed, root
 
 

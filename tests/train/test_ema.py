@@ -9,7 +9,6 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
-from torch.utils.data import DataLoader, TensorDataset
 
 from radar_train.train.ema import EmaArgs
 from radar_train.train.module import OutputArgs, RadarLoraModule, is_trained_key
@@ -17,18 +16,6 @@ from radar_train.train.optim import OptimArgs
 
 EMA = EmaArgs(decay=0.5, start_step=2)
 STEPS = 6
-
-
-class _Pairs(TensorDataset):
-    def __getitem__(self, i):
-        hq, lq = super().__getitem__(i)
-        return {"fhat_hq": hq, "fhat_lq": lq}
-
-
-def _pairs(n: int = 8) -> _Pairs:  # two batches of 4: the resume point (step 2 or 4) ends an epoch
-    g = torch.Generator().manual_seed(0)
-    hq = torch.randn(n, 8, 8, 8, generator=g)
-    return _Pairs(hq, hq + 0.5 * torch.randn(n, 8, 8, 8, generator=g))
 
 
 class _Record(Callback):
@@ -42,7 +29,7 @@ class _Record(Callback):
                                                     if is_trained_key(k)}
 
 
-def _fit(root, steps: int, ckpt_path=None, ema: EmaArgs = EMA, export_every: int = 0):
+def _fit(root, steps: int, loader, ckpt_path=None, ema: EmaArgs = EMA, export_every: int = 0):
     torch.manual_seed(0)
     module = RadarLoraModule(optim=OptimArgs(learning_rate=1e-2, warmup_steps=1, schedule_steps=STEPS),
                              output=OutputArgs(save_every_n_steps=2, export_every_n_steps=export_every), ema=ema)
@@ -50,7 +37,8 @@ def _fit(root, steps: int, ckpt_path=None, ema: EmaArgs = EMA, export_every: int
     trainer = pl.Trainer(default_root_dir=str(root), accelerator="cpu", devices=1, precision="32-true",
                          max_steps=steps, enable_progress_bar=False, enable_model_summary=False, logger=False,
                          num_sanity_val_steps=0, limit_val_batches=0, callbacks=[record])
-    trainer.fit(module, DataLoader(_pairs(), batch_size=4, shuffle=False), ckpt_path=ckpt_path)
+    # 8 pairs, two batches of 4: the resume point (step 2 or 4) ends an epoch
+    trainer.fit(module, loader(), ckpt_path=ckpt_path)
     return module, record.after_step
 
 
@@ -76,9 +64,9 @@ def _close(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
+def straight(tmp_path_factory, make_loader):
     root = tmp_path_factory.mktemp("straight")
-    module, after = _fit(root, STEPS, export_every=4)
+    module, after = _fit(root, STEPS, make_loader, export_every=4)
     return root, module, after
 
 
@@ -93,21 +81,21 @@ def test_final_and_step_exports_hold_the_moving_average(straight, tmp_path):
     module.load_state_dict(want, strict=False)
 
 
-def test_before_start_step_the_average_is_the_current_weights(tmp_path):
-    module, after = _fit(tmp_path, 2)  # ends at start_step: no averaging yet
+def test_before_start_step_the_average_is_the_current_weights(tmp_path, make_loader):
+    module, after = _fit(tmp_path, 2, make_loader)  # ends at start_step: no averaging yet
     got = {k: v for k, v in module.state_dict().items() if is_trained_key(k)}
     _close(got, after[2])
 
 
-def test_checkpoints_hold_average_and_current_and_a_resume_is_exact(straight, tmp_path):
+def test_checkpoints_hold_average_and_current_and_a_resume_is_exact(straight, tmp_path, make_loader):
     _, module, after = straight
     root = tmp_path / "resumed"
-    _fit(root, 4)
+    _fit(root, 4, make_loader)
     ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert set(ckpt["state_dict"]) == set(ckpt["current_model_state"]) == set(after[4])  # trained tensors only
     _close(ckpt["state_dict"], _by_hand(after, 4))
     _close(ckpt["current_model_state"], after[4])
-    resumed, after2 = _fit(root, STEPS, ckpt_path=str(root / "checkpoints" / "last.ckpt"))
+    resumed, after2 = _fit(root, STEPS, make_loader, ckpt_path=str(root / "checkpoints" / "last.ckpt"))
     for step in (5, 6):  # the current weights continue exactly ...
         _close(after2[step], after[step])
     a = {k: v for k, v in module.state_dict().items() if is_trained_key(k)}
@@ -128,7 +116,7 @@ class _ValLosses(Callback):
         self.by_step[trainer.global_step] = float(trainer.callback_metrics["val/loss"])
 
 
-def test_validation_and_the_best_step_judge_the_average(tmp_path):
+def test_validation_and_the_best_step_judge_the_average(tmp_path, make_loader):
     from radar_train.train.selection import EarlyStoppingArgs
 
     torch.manual_seed(0)
@@ -139,14 +127,13 @@ def test_validation_and_the_best_step_judge_the_average(tmp_path):
     trainer = pl.Trainer(default_root_dir=str(tmp_path), accelerator="cpu", devices=1, precision="32-true",
                          max_steps=STEPS, enable_progress_bar=False, enable_model_summary=False, logger=False,
                          num_sanity_val_steps=0, callbacks=[record, val])
-    loader = DataLoader(_pairs(), batch_size=4, shuffle=False)
-    trainer.fit(module, loader, DataLoader(_pairs(4), batch_size=4))
+    trainer.fit(module, make_loader(), make_loader(4))
     assert sorted(val.by_step) == [2, 4, 6]  # one validation per epoch of two batches
     check = pl.Trainer(accelerator="cpu", devices=1, precision="32-true", logger=False, enable_progress_bar=False,
                        enable_model_summary=False)
     for step, logged in val.by_step.items():  # the loss of the averaged weights, not of the current ones
         module.load_state_dict(_by_hand(record.after_step, step, EmaArgs(decay=0.5, start_step=1)), strict=False)
-        want = check.validate(module, DataLoader(_pairs(4), batch_size=4), verbose=False)[0]["val/loss"]
+        want = check.validate(module, make_loader(4), verbose=False)[0]["val/loss"]
         assert logged == pytest.approx(want, rel=1e-5)
     best = min(val.by_step, key=val.by_step.get)
     ckpt = torch.load(next((tmp_path / "checkpoints").glob("best-step-*.ckpt")), map_location="cpu", weights_only=True)
