@@ -6,6 +6,9 @@ plain lines at an interval, and a final line:
     train: step 300/1800 (16.7 %), 1.6 it/s, ETA 15 min 37 s, loss 0.351
     train: 1800 steps in 18 min 45 s (1.6 it/s), loss 0.287
 
+A line's rate and ETA count the work since the RECENT_LINES-th last line (a paused or slowed-down run is not
+averaged over); the final line's rate is the whole run's.
+
 Environment:
     RADAR_PROGRESS           auto (default: bar on a terminal, lines otherwise), bar, log, or off
     RADAR_PROGRESS_INTERVAL  seconds between two plain lines (default 30; 0: a line at every update)
@@ -21,11 +24,13 @@ import math
 import os
 import sys
 import time
+from collections import deque
 from typing import Callable, Iterable, Iterator, Literal, Optional, TextIO, TypeVar
 
 ENV_MODE = "RADAR_PROGRESS"
 ENV_INTERVAL = "RADAR_PROGRESS_INTERVAL"
 DEFAULT_INTERVAL_S = 30.0
+RECENT_LINES = 4  # a plain line's rate and ETA: the work since the 4th-last line (or the start), not the whole run
 MODES = ("auto", "bar", "log", "off")
 Mode = Literal["auto", "bar", "log", "off"]
 T = TypeVar("T")
@@ -144,6 +149,8 @@ class Progress:
         self._emit = emit
         self.postfix: dict[str, object] = {}
         self.start = self._last_line = time.monotonic()
+        # (time, done) at the last RECENT_LINES plain lines (the start while fewer were written): the lines' window
+        self._marks: deque[tuple[float, int]] = deque([(self.start, self.done)], maxlen=RECENT_LINES)
         self.lines_written = 0
         self.closed = False
         self._bar = None
@@ -175,6 +182,7 @@ class Progress:
             if now - self._last_line >= self.interval_s and not (self.total is not None and done >= self.total):
                 self._write(self.line(now))
                 self._last_line = now
+                self._marks.append((now, done))
 
     def iterate(self, items: Iterable[T], size: Callable[[T], int] = lambda _: 1) -> Iterator[T]:
         """Yield `items`, counting `size(item)` units after each one is processed; closes at the end."""
@@ -196,8 +204,17 @@ class Progress:
         n = self.done - self.initial
         return n / dt if n > 0 and dt > 0 else None
 
+    def recent_rate(self, now: Optional[float] = None) -> Optional[float]:
+        """Units per second since the RECENT_LINES-th last plain line (the start before that many): what the
+        lines show, so that the ETA follows a run that slows down, speeds up or was paused (a stopped job, a
+        suspended laptop) instead of averaging over all of it. None before any unit in that window."""
+        t0, done0 = self._marks[0]
+        dt = (now if now is not None else time.monotonic()) - t0
+        n = self.done - done0
+        return n / dt if n > 0 and dt > 0 else None
+
     def eta_s(self, now: Optional[float] = None) -> Optional[float]:
-        rate = self.rate(now)
+        rate = self.recent_rate(now)
         if self.total is None or rate is None:
             return None
         return max(0, self.total - self.done) / rate
@@ -209,7 +226,7 @@ class Progress:
                  else f"{self.what}: {self.unit} {self.done}"]
         if self.total:
             parts[0] += f" ({100 * self.done / self.total:.1f} %)"
-        rate = self.rate(now)
+        rate = self.recent_rate(now)
         parts.append(format_speed(rate, self.rate_unit))
         if self.total is not None:
             parts.append(f"ETA {format_duration(self.eta_s(now)) if rate else '?'}")

@@ -65,6 +65,29 @@ def test_a_resumed_run_counts_its_rate_from_where_it_resumed(clock):
     assert final == "train: 100 steps in 20 s (5 it/s), now 1000/1000"
 
 
+def test_the_lines_rate_and_eta_follow_the_recent_work_after_a_pause(clock):
+    # 2 it/s for 50 s, a job stopped for 1,000 s, then 2 it/s again: a line's rate covers the work since the
+    # 4th-last line, so the pause shows in the first line after it and is gone 4 lines later (the final line
+    # keeps the whole run's average)
+    out = io.StringIO()
+    p = Progress(1000, "train", "step", rate_unit="it", interval_s=0, stream=out)
+    for _ in range(10):
+        clock.t += 5
+        p.update(10)  # lines 1-10 at t = 5 ... 50 s, steps 10 ... 100
+    clock.t += 1000
+    for _ in range(5):
+        clock.t += 5
+        p.update(10)  # lines 11-15 at t = 1055 ... 1075 s, steps 110 ... 150
+    p.close()
+    lines = out.getvalue().splitlines()
+    assert lines[9] == "train: step 100/1000 (10.0 %), 2 it/s, ETA 7 min 30 s"  # since line 6: 40 steps in 20 s
+    # line 11: since line 7 (t 35 s, step 70): 40 steps in 1,020 s, 25.5 s/it; 890 steps left: 22,695 s
+    assert lines[10] == "train: step 110/1000 (11.0 %), 25.5 s/it, ETA 6 h 18 min"
+    # line 15: since line 11 (t 1055 s, step 110): 40 steps in 20 s; 850 steps left
+    assert lines[14] == "train: step 150/1000 (15.0 %), 2 it/s, ETA 7 min 5 s"
+    assert lines[15] == "train: 150 steps in 17 min 55 s (7.17 s/it), stopped at 150/1000"  # 1,075 s / 150
+
+
 def test_work_stopped_early_says_where_and_unknown_totals_have_no_eta(clock):
     out = io.StringIO()
     with Progress(None, "radar-fid", "samples", interval_s=0, stream=out) as p:
@@ -144,3 +167,19 @@ def test_toy_trainers_log_step_total_rate_and_eta_and_keep_the_loss_curve(caplog
     assert re.match(r"vqvae: step 2/4 \(50\.0 %\), [\d.]+ (it/s|s/it), ETA \d+ s, loss=0\.5000 lr=1\.00e-03$", lines[0])
     assert lines[1].startswith("vqvae: step 4/4 (100.0 %)") and "ETA 0 s, loss=2.5000" in lines[1]
     assert steps.curve == [0.5, 2.5]
+
+
+def test_toy_trainers_rate_and_eta_cover_the_steps_since_the_previous_line(caplog, monkeypatch):
+    from radar_train.toyworld.common import StepLog
+
+    clock = FakeClock()
+    monkeypatch.setattr("radar_train.toyworld.common.time.time", clock)
+    with caplog.at_level("INFO", logger="radar_train.toyworld"):
+        steps = StepLog("var", total=40, every=10)
+        for step in range(30):
+            clock.t += 1000.5 if step == 10 else 0.5  # 2 it/s, the job stopped for 1,000 s before step 11
+            steps.update(step, lr=1e-3, loss=1.0)
+    lines = [r.getMessage().split(", loss")[0] for r in caplog.records]
+    assert lines == ["var: step 10/40 (25.0 %), 2 it/s, ETA 15 s",
+                     "var: step 20/40 (50.0 %), 100 s/it, ETA 33 min 30 s",  # 10 steps in 1,005 s: 20 x 100.5 s left
+                     "var: step 30/40 (75.0 %), 2 it/s, ETA 5 s"]

@@ -65,12 +65,14 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 class StepLog:
     """One log line every `every` steps (and at the last): step / total, rate and ETA (radar_train.progress's
-    formats), the mean of each value since the previous line, lr. The mean `loss` of every interval is kept as
+    formats; both over the steps since the previous line, so that they follow a run that was paused or slowed
+    down), the mean of each value since the previous line, lr. The mean `loss` of every interval is kept as
     the loss curve."""
 
     def __init__(self, name: str, total: int, every: int):
         self.name, self.total, self.every = name, total, max(1, every)
         self.start = time.time()
+        self._mark = (self.start, 0)  # (time, steps done) at the previous line
         self.sums: dict[str, float] = {}
         self.count = 0
         self.curve: list[float] = []  # mean `loss` of every logging interval
@@ -81,8 +83,9 @@ class StepLog:
         self.count += 1
         done = step + 1
         if done % self.every == 0 or done == self.total:
-            elapsed = max(time.time() - self.start, 1e-9)
-            rate = done / elapsed
+            now = time.time()
+            rate = (done - self._mark[1]) / max(now - self._mark[0], 1e-9)
+            self._mark = (now, done)
             avg = " ".join(f"{k}={v / self.count:.4f}" for k, v in self.sums.items())
             if "loss" in self.sums:
                 self.curve.append(round(self.sums["loss"] / self.count, 5))
