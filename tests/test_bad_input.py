@@ -266,6 +266,11 @@ CASES = [
     ("toy-measure-zero-images", "toy", lambda w, t: ["measure", "--setup.images_per_class", "0"], ["images_per_class"]),
     ("toy-measure-onto-a-file", "toy", lambda w, t: ["measure", "--output", str(w["w"] / "existing.json")],
      ["existing.json"]),
+    ("toy-combine-a-file-that-is-no-result", "toy",
+     lambda w, t: ["combine", "--inputs", f"[{w['w'] / 'existing.json'}, {w['w'] / 'list.yaml'}]", "--output", "out"],
+     ["existing.json", "radar-toy measure metrics.json"]),
+    ("toy-combine-one-input", "toy", lambda w, t: ["combine", "--inputs", f"[{w['w'] / 'existing.json'}]"],
+     ["--inputs", "at least two"]),
     # radar-check-reference
     ("check-reference-missing-fixture", "check_reference", lambda w, t: ["fixtures/tiny_b"], ["tiny_b"]),
     ("check-reference-made-up-device", "check_reference",

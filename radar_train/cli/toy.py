@@ -1,5 +1,6 @@
 """radar-toy: train the toy world's models (`train`) and measure what acceleration breaks and PAA wins
-back on them (`measure`); SCA-Mask against PTS and a diagonal window at equal attention budgets (`masks`)."""
+back on them (`measure`); SCA-Mask against PTS and a diagonal window at equal attention budgets (`masks`);
+several measure results as one (`combine`)."""
 from __future__ import annotations
 
 import logging
@@ -78,6 +79,25 @@ def masks(setup: MasksConfig = MasksConfig(), output: Optional[str] = None, over
     return 0
 
 
+def combine(inputs: Optional[list[str]] = None, output: Optional[str] = None, overwrite: bool = False) -> int:
+    """Combine several `radar-toy measure` results (e.g. adapter seeds measured in separate runs) into one.
+
+    Every input must have measured the same models, samples and code (the vanilla row, the settings' rows
+    and the baselines identical to the last digit); the adapter groups (paa_s0, paa_s1, ...) are summarised
+    again over all inputs (mean ± sd).
+
+    Args:
+        inputs: two or more metrics.json files of radar-toy measure (--inputs '[a/metrics.json, b/metrics.json]').
+        output: folder for the combined metrics.json and metrics.md (default: print only).
+        overwrite: replace those files if the folder holds them already.
+    """
+    from radar_train.toyworld.combine import run_combine
+
+    report = run_combine(inputs or [], output, overwrite=overwrite)
+    print(report["markdown"])
+    return 0
+
+
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
@@ -85,7 +105,7 @@ def _logging() -> None:
 def main(argv: list[str] | None = None) -> None:
     from radar_train.cli.common import run_main
 
-    run_main("radar-toy", lambda args: CLI([train, measure, masks], args=args, exit_on_error=False), argv)
+    run_main("radar-toy", lambda args: CLI([train, measure, masks, combine], args=args, exit_on_error=False), argv)
 
 
 if __name__ == "__main__":
