@@ -145,8 +145,10 @@ def _check(cfg: TradeoffConfig) -> None:
 
 
 def _label(spec: str) -> str:
-    """A short chart label: 'fastvar:aggressive' -> 'fv:aggr'."""
+    """A short chart label: 'fastvar:aggressive' -> 'fv:aggr';
+    'sca:scores+compute_budget=0.5+memory_budget=1+mask_file=m.safetensors' -> 'sca:scores+c0.5+m1+mask'."""
     s = spec.replace("fastvar", "fv").replace("stagevar", "sv").replace("aggressive", "aggr").replace("default", "def")
+    s = s.replace("compute_budget=", "c").replace("memory_budget=", "m")
     return re.sub(r"mask_file=[^+]*", "mask", s)
 
 

@@ -185,3 +185,11 @@ def test_tradeoff_on_the_toy_world_reports_class_accuracy_toy_fid_and_the_fid_ga
     expected = (acc["toy_fid"] - paa["toy_fid"]) / (acc["toy_fid"] - vanilla["toy_fid"])
     assert paa["fid_gap_closed"] == pytest.approx(expected, abs=2e-4) and "g_mse" in paa
     assert "| toy FID |" in doc["markdown"]
+
+
+def test_chart_labels_are_short():
+    from radar_train.bench.tradeoff import _label
+
+    assert _label("fastvar:aggressive") == "fv:aggr" and _label("stagevar:default") == "sv:def"
+    assert _label("sca:scores+compute_budget=0.5+memory_budget=1+mask_file=w/toy_sca_mask_tile8.safetensors") \
+        == "sca:scores+c0.5+m1+mask"
