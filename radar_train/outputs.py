@@ -22,6 +22,7 @@ the end) and `replace_dir` (a finished temporary folder swapped in).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import uuid
@@ -238,3 +239,12 @@ def replace_dir(tmp: PathLike, out: PathLike) -> Path:
     if old is not None:
         _remove(old)
     return out
+
+
+def write_report(folder: PathLike, stem: str, report: Mapping, indent: int = 1) -> None:
+    """A measurement's two text files in `folder` (a staging folder of `staged_entries`): `stem`.json, the
+    report without its `markdown` entry, and `stem`.md, that markdown."""
+    folder = Path(folder)
+    (folder / f"{stem}.json").write_text(
+        json.dumps({k: v for k, v in report.items() if k != "markdown"}, indent=indent, default=str) + "\n")
+    (folder / f"{stem}.md").write_text(report["markdown"] + "\n")

@@ -24,7 +24,6 @@ series, the Pareto front ringed and joined). `python -m radar_train.bench.tradeo
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -162,7 +161,7 @@ def run_tradeoff(cfg: TradeoffConfig, output: Optional[str] = None, overwrite: b
     from radar_train.bench.record import environment
     from radar_train.bench.rounds import Job, PhaseClock, run_rounds
     from radar_train.models import load_models
-    from radar_train.outputs import check_output_dir, staged_entries
+    from radar_train.outputs import check_output_dir, staged_entries, write_report
     from radar_train.sampling import NextScaleSampler
     from radar_train.toyworld.measure import decode01, load_adapted_decoder, sample_fhat
 
@@ -308,9 +307,7 @@ def run_tradeoff(cfg: TradeoffConfig, output: Optional[str] = None, overwrite: b
     doc["markdown"] = markdown_table(doc)
     if output is not None:
         with staged_entries(output, OUTPUT_FILES) as stage:
-            (stage / "tradeoff.json").write_text(json.dumps({k: v for k, v in doc.items() if k != "markdown"},
-                                                            indent=2, default=str) + "\n")
-            (stage / "tradeoff.md").write_text(doc["markdown"] + "\n")
+            write_report(stage, "tradeoff", doc, indent=2)
             draw_chart(doc).save(stage / "tradeoff.png")
     return doc
 

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import torch
 
 from radar_train.bench.record import environment
-from radar_train.outputs import check_output_dir, staged_entries
+from radar_train.outputs import check_output_dir, staged_entries, write_report
 from radar_train.toyworld.measure import flat_rows, group_summary, markdown_table
 
 OUTPUT_FILES = ("metrics.json", "metrics.md")
@@ -137,7 +137,5 @@ def run_combine(inputs: Sequence[str], output: str | None = None, overwrite: boo
     report["markdown"] = markdown(report)
     if output is not None:
         with staged_entries(output, OUTPUT_FILES) as stage:
-            (stage / "metrics.json").write_text(
-                json.dumps({k: v for k, v in report.items() if k != "markdown"}, indent=1) + "\n")
-            (stage / "metrics.md").write_text(report["markdown"] + "\n")
+            write_report(stage, "metrics", report)
     return report

@@ -27,7 +27,6 @@ accuracy as a dotted line).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
@@ -249,7 +248,7 @@ def run_masks(cfg: MasksConfig, output: Optional[str] = None, overwrite: bool = 
     (existing ones only with `overwrite`; everything is checked before any work). Returns the report with its
     markdown table under 'markdown'."""
     from radar_train.models import get_preset
-    from radar_train.outputs import check_output_dir, staged_entries
+    from radar_train.outputs import check_output_dir, staged_entries, write_report
     from radar_train.toyworld.measure import run_measure
 
     preset = get_preset(cfg.model.preset)
@@ -277,9 +276,7 @@ def run_masks(cfg: MasksConfig, output: Optional[str] = None, overwrite: bool = 
     report["markdown"] = markdown_table(report)
     if output is not None:
         with staged_entries(output, OUTPUT_FILES) as stage:
-            (stage / "masks.json").write_text(json.dumps({k: v for k, v in report.items() if k != "markdown"},
-                                                         indent=1) + "\n")
-            (stage / "masks.md").write_text(report["markdown"] + "\n")
+            write_report(stage, "masks", report)
             chart(report).save(stage / "masks.png")
     return report
 

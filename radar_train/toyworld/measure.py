@@ -16,7 +16,6 @@
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -32,7 +31,7 @@ from radar_train.accel.spec import build_spec, parse_spec
 from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
 from radar_train.images import save_grid, to_uint8
 from radar_train.models import VQVAE, ModelIdentity, load_models, read_state_dict
-from radar_train.outputs import check_output_dir, staged_entries
+from radar_train.outputs import check_output_dir, staged_entries, write_report
 from radar_train.progress import Progress, log_mode
 from radar_train.sampling import NextScaleSampler
 from radar_train.toyworld.classifier import ToyClassifier, accuracy
@@ -362,9 +361,7 @@ def run_measure(cfg: MeasureConfig, output: Optional[str] = None, overwrite: boo
     report["markdown"] = markdown_table(report)
     if output is not None:
         with staged_entries(output, OUTPUT_FILES) as stage:
-            (stage / "metrics.json").write_text(
-                json.dumps({k: v for k, v in report.items() if k != "markdown"}, indent=1) + "\n")
-            (stage / "metrics.md").write_text(report["markdown"] + "\n")
+            write_report(stage, "metrics", report)
             rows = [[to_uint8(col[r:r + 1])[0] for col in columns] for r in range(min(cfg.grid_samples, n))]
             names = [f"{CLASS_NAMES[int(labels[r])]}" for r in range(len(rows))]
             save_grid(rows, stage / "toyworld_grid.png", col_titles=_short(titles), row_titles=names, scale=2)
