@@ -225,7 +225,9 @@ def scatter_chart(points: Sequence[ChartPoint], x_label: str, y_label: str, titl
         places = [((x + 12, y - 4), "ls"), ((x + 12, y + 4), "lt"), ((x - 12, y - 4), "rs"), ((x - 12, y + 4), "rt"),
                   ((x, y - 13), "ms"), ((x, y + 13), "mt"), ((x + 12, y - 18), "ls"), ((x + 12, y + 18), "lt")]
         boxes = [(xy, anchor, draw.textbbox(xy, p.label, font=small, anchor=anchor)) for xy, anchor in places]
-        xy, anchor, box = next((b for b in boxes if not any(_overlap(b[2], t) for t in taken)), boxes[0])
+        inside = [b for b in boxes if b[2][0] >= 2 and b[2][2] <= left + pw + 10 and b[2][1] >= 0 and b[2][3] <= H]
+        xy, anchor, box = next((b for b in inside if not any(_overlap(b[2], t) for t in taken)),
+                               (inside or boxes)[0])  # a label never leaves the image or runs into the legend
         taken.append(box)
         draw.text(xy, p.label, fill=(30, 30, 30), font=small, anchor=anchor)
 

@@ -145,9 +145,12 @@ def _check(cfg: TradeoffConfig) -> None:
 
 def _label(spec: str) -> str:
     """A short chart label: 'fastvar:aggressive' -> 'fv:aggr';
-    'sca:scores+compute_budget=0.5+memory_budget=1+mask_file=m.safetensors' -> 'sca:scores+c0.5+m1+mask'."""
+    'sca:scores+compute_budget=0.5+memory_budget=1+mask_file=m.safetensors' -> 'sca:c0.5+m1+mask' (a mask file
+    implies the scores selection)."""
     s = spec.replace("fastvar", "fv").replace("stagevar", "sv").replace("aggressive", "aggr").replace("default", "def")
     s = s.replace("compute_budget=", "c").replace("memory_budget=", "m")
+    if "mask_file=" in s:
+        s = s.replace("scores+", "").replace("+scores", "")
     return re.sub(r"mask_file=[^+]*", "mask", s)
 
 

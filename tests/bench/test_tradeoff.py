@@ -192,4 +192,5 @@ def test_chart_labels_are_short():
 
     assert _label("fastvar:aggressive") == "fv:aggr" and _label("stagevar:default") == "sv:def"
     assert _label("sca:scores+compute_budget=0.5+memory_budget=1+mask_file=w/toy_sca_mask_tile8.safetensors") \
-        == "sca:scores+c0.5+m1+mask"
+        == "sca:c0.5+m1+mask"
+    assert _label("sca:window+compute_budget=0.25") == "sca:window+c0.25"
