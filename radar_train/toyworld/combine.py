@@ -7,9 +7,10 @@ groups (`paa_s0`, `paa_s1` → `paa`: mean ± sample standard deviation) recompu
 That is only sound when the runs measured the same thing, so every input must agree with the first on what
 defines the measurement — the models, classifier, sampler, samples (`images_per_class`, `base_seed`), toy-FID
 reference — and on every number that does not depend on an adapter: the reconstruction PSNR, the toy FID
-baselines, the vanilla row and the row of each setting both measured. `radar-toy measure` is deterministic on a
-given machine, so a run at a later commit reproduces these to the last digit; if they differ, the code or the
-models changed and the inputs are refused, naming the first difference. An adapter name in two inputs must
+baselines, the vanilla row and the row of each setting both measured. `radar-toy measure` is deterministic, so
+a run at a later commit (on the CPUs measured so far, also on another CPU) reproduces these to the last digit;
+if they differ, the code, the models or the machine's arithmetic changed and the inputs are refused, naming the
+first difference. An adapter name in two inputs must
 carry the same numbers in both (it is then listed once); with different numbers it is refused.
 
 Writes `metrics.json` (the shape of `radar-toy measure`'s, with `sources`: file, commit, date, device and
@@ -46,7 +47,7 @@ def load_result(path: str | Path) -> dict[str, Any]:
         doc = json.loads(p.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"--inputs: {p} is not JSON ({e})") from None
-    if not isinstance(doc, dict) or any(k not in doc for k in _REQUIRED) or not isinstance(doc["methods"], dict):
+    if not isinstance(doc, dict) or any(not isinstance(doc.get(k), dict) for k in _REQUIRED):
         raise ValueError(f"--inputs: {p} is not a radar-toy measure metrics.json (it needs {', '.join(_REQUIRED)})")
     return doc
 

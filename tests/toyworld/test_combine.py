@@ -87,9 +87,11 @@ def test_bad_inputs_name_the_file_and_write_nothing(tmp_path):
     good.write_text(json.dumps(result({})))
     (tmp_path / "junk.json").write_text("{not json")
     (tmp_path / "other.json").write_text("{}")
+    (tmp_path / "bad_config.json").write_text(json.dumps({**result({}), "config": [1]}))
     for files, needle in (([good], "at least two"), ([good, tmp_path / "nope.json"], "nope.json is not a file"),
                           ([good, tmp_path / "junk.json"], "junk.json is not JSON"),
-                          ([good, tmp_path / "other.json"], "other.json is not a radar-toy measure metrics.json")):
+                          ([good, tmp_path / "other.json"], "other.json is not a radar-toy measure metrics.json"),
+                          ([good, tmp_path / "bad_config.json"], "bad_config.json is not a radar-toy measure")):
         with pytest.raises(ValueError, match=needle):
             run_combine([str(f) for f in files], str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
