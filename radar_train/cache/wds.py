@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from pathlib import Path
 from typing import Iterator, Sequence, Union
 
@@ -24,7 +23,7 @@ from radar_train.cache import schema
 from radar_train.cache.layout import scan_cache
 from radar_train.cache.schema import MANIFEST_NAME, Manifest, manifest_differences, read_manifest
 from radar_train.inputs import InputError, read_json, reading
-from radar_train.outputs import temp_name
+from radar_train.outputs import atomic_file, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +52,7 @@ def _check_output_manifest(out: Path, manifest: Manifest) -> None:
         if diffs:
             raise ValueError(f"{out} holds an export of another cache; differing fields: {'; '.join(diffs)}")
     else:
-        tmp = temp_name(path)
-        tmp.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(manifest.to_dict(), indent=2) + "\n")
 
 
 def is_export(path: str | os.PathLike) -> bool:
@@ -97,22 +94,15 @@ def export_wds(cache_dir: str, output: str, progress: bool = True) -> dict:
             continue
         with reading(scan.complete[s], "cache shard"):
             samples = list(_shard_samples(scan.complete[s]))
-        tmp = out / f"{final.name}.tmp-{uuid.uuid4().hex[:12]}"
-        try:
-            with open(tmp, "wb") as f, wds.TarWriter(f) as sink:
-                for sample in samples:
-                    sink.write(sample)
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_file(final) as tmp, open(tmp, "wb") as f, wds.TarWriter(f) as sink:
+            for sample in samples:
+                sink.write(sample)
     index = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": Path(cache_dir).name,
              "shardlist": [{"url": tar_name(s), "nsamples": manifest.shard_range(s)[1] - manifest.shard_range(s)[0]}
                            for s in shards],
              "num_samples": sum(manifest.shard_range(s)[1] - manifest.shard_range(s)[0] for s in shards),
              "complete": len(shards) == manifest.num_shards}
-    tmp = out / f".{INDEX_NAME}.tmp-{uuid.uuid4().hex[:12]}"
-    tmp.write_text(json.dumps(index, indent=2) + "\n")
-    os.replace(tmp, out / INDEX_NAME)
+    write_text_atomic(out / INDEX_NAME, json.dumps(index, indent=2) + "\n")
     return index
 
 
