@@ -34,7 +34,7 @@ def test_accel_bench_rows(tmp_path):
 def test_accel_bench_sca_rows_carry_the_flop_model(tmp_path):
     doc, stdout = _bench("accel", "--setup.preset", "tiny", "--setup.batch_size", "1", "--setup.repeats", "1",
                          "--setup.warmup", "0", "--sampling.top_k", "64",
-                         "--methods", '[none, fastvar, "sca:window+compute_budget=1.0", "sca:window+default"]',
+                         "--methods", '[none, fastvar, stagevar, "sca:window+compute_budget=1.0", "sca:window+default"]',
                          "--pairs", "false", tmp_path=tmp_path)
     by = {r["method"]: r for r in doc["rows"]}
     full, half = by["sca:window+compute_budget=1.0"], by["sca:window+default"]
@@ -49,6 +49,9 @@ def test_accel_bench_sca_rows_carry_the_flop_model(tmp_path):
     fast = by["fastvar:default"]  # FastVAR's own FLOP model, without the SCA-Mask keys
     assert fast["ideal_speedup"] > 1 and fast["attention_share"] == full["attention_share"]
     assert "attention_pairs_kept" not in fast
+    stage = by["stagevar:default"]  # and StageVAR's
+    assert stage["ideal_speedup"] > 1 and stage["attention_share"] == full["attention_share"]
+    assert "attention_pairs_kept" not in stage
     # the per-round ratios beside the median: one timed round here
     assert len(fast["speedup_vs_vanilla_per_round"]) == 1 == len(fast["loop_seconds_per_round"])
     assert fast["speedup_vs_vanilla_per_round"][0] == pytest.approx(fast["speedup_vs_vanilla"], rel=1e-3)

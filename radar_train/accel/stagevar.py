@@ -21,7 +21,7 @@ from typing import Callable, Literal, Optional, Sequence
 import torch
 import yaml
 
-from radar_train.accel.base import AccelMethod, AccelRun, Branch, RunContext, ScalePlan
+from radar_train.accel.base import AccelMethod, AccelRun, Branch, RunContext, ScalePlan, flop_constants
 from radar_train.accel.fastvar import resize_tokens
 from radar_train.models.hooks import StepHooks
 from radar_train import noise
@@ -82,6 +82,11 @@ class StageVAR(AccelMethod):
         table = dict(self.rank_ratios).get(pn)
         return table[block] if table is not None and block < len(table) else self.default_rank_ratio
 
+    def rank(self, pn: int, block: int) -> int:
+        """r of block `block` at scale side `pn`: ceil(ratio·M), at least min_rank, at most M = pn²."""
+        M = pn * pn
+        return min(M, max(self.min_rank, math.ceil(self.ratio(pn, block) * M)))
+
     def problems(self, patch_nums: Sequence[int], depth: int) -> list[str]:
         p, pns = [], list(patch_nums)
         idx = []
@@ -128,6 +133,43 @@ class StageVAR(AccelMethod):
                 "single_branch": self.single_branch, "rank_ratios_file": self.rank_ratios_file,
                 "rank_ratios": {int(k): list(v) for k, v in self.rank_ratios} or None,
                 "default_rank_ratio": self.default_rank_ratio, "min_rank": self.min_rank, "rp_scale": self.rp_scale}
+
+
+def ideal_speedup(method: StageVAR, cfg) -> dict:
+    """FLOP model of a sampling run per CFG row (cfg: the VARConfig; base.flop_constants, as
+    fastvar.ideal_speedup): linear layers per token and block, attention per query·key pair and block, the
+    head per token. At an RP scale (α > 0) the rows of one branch (half of the CFG batch; all with
+    single_branch off) run, per block j, r_j mixed tokens through the block, whose K/V join that block's
+    cache, plus the projection Qᵀ F̃ (M·r_j·C); the head sees the whole restored grid (M tokens). A skipped
+    scale (α = 0) and the later ones cost nothing. The draws, the RTR top-k, resize and scatter are left out
+    (overheads, as FastVAR's token selection). Returns the vanilla attention share and the ideal speed-up
+    vanilla / StageVAR (kernels at equal efficiency, per-scale overheads free)."""
+    per_token, head, per_pair = flop_constants(cfg)
+    C, depth = cfg.embed_dim, cfg.depth
+    rows = 1.0 if method.single_branch == "off" else 0.5
+
+    def cost(alphas: dict[int, float]) -> tuple[float, float]:
+        linear = attention = 0.0
+        kv = [0] * depth  # keys in each block's cache (of the rows still running)
+        for pn in cfg.patch_nums:
+            M, alpha = pn * pn, alphas.get(pn)
+            if alpha == 0.0:
+                break
+            if alpha is None:
+                kv = [k + M for k in kv]
+                linear += M * (depth * per_token + head)
+                attention += per_pair * M * sum(kv)
+                continue
+            for j in range(depth):
+                r = method.rank(pn, j)
+                kv[j] += r
+                linear += rows * r * (per_token + M * C)
+                attention += rows * per_pair * r * kv[j]
+            linear += rows * M * head
+        return linear, attention
+
+    van, stage = cost({}), cost(method.alphas)
+    return {"attention_share": van[1] / sum(van), "ideal_speedup": sum(van) / sum(stage)}
 
 
 class _StageVARRun(AccelRun):
@@ -192,7 +234,7 @@ class _StageVARRun(AccelRun):
         purpose; all blocks are drawn in one call each."""
         M, depth = pn * pn, self.ctx.depth
         keys_q, keys_rtr = self.keys[self.rp_scales.index(si)].unbind(0)
-        ranks = [min(M, max(self.m.min_rank, math.ceil(self.m.ratio(pn, j) * M))) for j in range(depth)]
+        ranks = [self.m.rank(pn, j) for j in range(depth)]
         q_all = noise.normal(keys_q, M * sum(ranks))
         g_all = noise.gumbel(keys_rtr, depth * M).view(-1, depth, M)
         out, off = {}, 0

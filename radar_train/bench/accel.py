@@ -310,13 +310,14 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
 def method_accounting(method: Optional[AccelMethod], var_cfg) -> dict:
     """For an SCA-Mask method: its FLOP model (`ideal_speedup`: vanilla attention share, attention pairs
     kept, ideal speed-up at equal kernel efficiency) and the share of the KV tokens it holds at the last
-    scale and the KV buffers it allocates (`SCAMask.kv_capacity`), both relative to vanilla; for FastVAR its
-    FLOP model (attention share, ideal speed-up); {} for other methods."""
-    from radar_train.accel import fastvar
+    scale and the KV buffers it allocates (`SCAMask.kv_capacity`), both relative to vanilla; for FastVAR and
+    StageVAR their FLOP models (attention share, ideal speed-up); {} for other methods."""
+    from radar_train.accel import fastvar, stagevar
     from radar_train.accel.sca import SCAMask, ideal_speedup
 
-    if isinstance(method, fastvar.FastVAR):
-        return {k: round(v, 5) for k, v in fastvar.ideal_speedup(method, var_cfg).items()}
+    for module, kind in ((fastvar, fastvar.FastVAR), (stagevar, stagevar.StageVAR)):
+        if isinstance(method, kind):
+            return {k: round(v, 5) for k, v in module.ideal_speedup(method, var_cfg).items()}
     if not isinstance(method, SCAMask):
         return {}
     masks = method.masks()

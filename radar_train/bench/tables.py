@@ -21,7 +21,7 @@ from typing import Optional
 COLUMNS = ("preset", "method", "engine", "noise", "batch", "images/s", "images/s e2e", "vs official",
            "vs official e2e", "vs vanilla", "pair / separate", "peak memory")
 MASK_COLUMNS = ("ideal (FLOP model)", "attention pairs kept", "KV kept at last scale", "KV allocated")
-"""Added when a file has rows with a FLOP model: SCA-Mask and FastVAR (`radar_train.bench.accel.method_accounting`)."""
+"""Added when a file has rows with a FLOP model: SCA-Mask, FastVAR and StageVAR (`radar_train.bench.accel.method_accounting`)."""
 _BLOCK = re.compile(r"(<!-- table:(?P<name>[^ ]+?) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
 
 

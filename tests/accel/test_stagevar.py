@@ -110,3 +110,47 @@ def test_invalid_configs_are_reported(scales, kw, expected):
     with pytest.raises(ConfigError) as e:
         build_accel(AccelArgs("stagevar", stagevar=StageVARArgs(preset=None, scales=scales, **kw)), PATCH_NUMS_256, 16)
     assert expected in str(e.value)
+
+
+# ---------------------------------------------------------------------------- FLOP model
+def test_ideal_speedup_flop_model_in_closed_form():
+    from types import SimpleNamespace
+
+    from radar_train.accel.stagevar import ideal_speedup
+
+    # C 1, depth 1, mlp_ratio 1, V 1, scales 1 and 2: per token 6 (linear) + 1 (head), per q·k pair 2.
+    # vanilla: scale 1: 6 + 1 + 2·1·1 = 9; scale 2 (4 queries, 5 keys): 24 + 4 + 2·4·5 = 68 -> 77
+    cfg = SimpleNamespace(embed_dim=1, depth=1, mlp_ratio=1, vocab_size=1, patch_nums=(1, 2))
+    # α 0.5 at scale 2 with ratio 0.5: r = 2 mixed tokens, one CFG row of two (weight 1/2): linear 2·6, the
+    # projection Qᵀ F̃ M·r·C = 8, attention 2 queries × 3 keys · 2 = 12, the head on all 4 tokens = 4;
+    # halved: 18 -> 9 + 18 = 27
+    half = dict(default_rank_ratio=0.5, min_rank=1)
+    r = ideal_speedup(StageVAR(scales=((2, 0.5),), **half), cfg)
+    assert r["ideal_speedup"] == pytest.approx(77 / 27)
+    assert r["attention_share"] == pytest.approx((2 + 40) / 77)
+    # both CFG rows (single_branch off): 36 -> 9 + 36 = 45
+    assert ideal_speedup(StageVAR(scales=((2, 0.5),), single_branch="off", **half), cfg)["ideal_speedup"] == \
+        pytest.approx(77 / 45)
+    # min_rank 8 > M: r = M = 4: (24 + 16 + 2·4·5 + 4) / 2 = 42 -> 9 + 42 = 51
+    assert ideal_speedup(StageVAR(scales=((2, 0.5),), default_rank_ratio=0.5, min_rank=8), cfg)["ideal_speedup"] == \
+        pytest.approx(77 / 51)
+    # α 0 skips the scale: only scale 1 is left
+    assert ideal_speedup(StageVAR(scales=((2, 0.0),), **half), cfg)["ideal_speedup"] == pytest.approx(77 / 9)
+
+
+def test_ideal_speedup_counts_keys_per_block_across_rp_scales():
+    from types import SimpleNamespace
+
+    from radar_train.accel.stagevar import ideal_speedup
+
+    # C 1, depth 2, mlp_ratio 1, V 1, scales 1, 2 and 3; per token and block 6, head 1, per pair 2.
+    # vanilla: scale 1: 2·6 + 1 + 2·2·(1·1) = 17; scale 2: 4·(12 + 1) + 2·2·(4·5) = 132;
+    # scale 3: 9·(12 + 1) + 2·2·(9·14) = 621 -> 770
+    cfg = SimpleNamespace(embed_dim=1, depth=2, mlp_ratio=1, vocab_size=1, patch_nums=(1, 2, 3))
+    # RP at 2 and 3, block 0 ratio 0.5, block 1 ratio 1.0 (min_rank 1), one CFG row of two:
+    # scale 2 (M 4): block 0 r 2, keys 1 + 2 = 3: 2·6 + 4·2 + 2·2·3 = 32; block 1 r 4, keys 5: 24 + 16 + 40 = 80;
+    #   head 4 -> 116; scale 3 (M 9): block 0 r 5 (ceil 4.5), keys 3 + 5 = 8: 30 + 45 + 80 = 155;
+    #   block 1 r 9, keys 5 + 9 = 14: 54 + 81 + 252 = 387; head 9 -> 551; (116 + 551) / 2 = 333.5
+    m = StageVAR(scales=((2, 0.9), (3, 0.9)), rank_ratios=((2, (0.5, 1.0)), (3, (0.5, 1.0))), min_rank=1)
+    assert [m.rank(2, 0), m.rank(2, 1), m.rank(3, 0), m.rank(3, 1)] == [2, 4, 5, 9]
+    assert ideal_speedup(m, cfg)["ideal_speedup"] == pytest.approx(770 / (17 + 333.5))
