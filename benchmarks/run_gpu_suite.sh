@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The GPU run in one command, on the GPU machine, in the repository root: the GPU suite
+# (python -m radar_train.bench.gpu_suite) and then the CUDA tests, each under a time limit.
+#
+#   bash benchmarks/run_gpu_suite.sh COMMIT [more gpu_suite options]
+#
+# COMMIT: the commit the checkout holds (recorded in the result file; the copy on a lent machine has no .git).
+# Writes into $OUT (default benchmarks/gpu): <date>-<device>.json (rewritten after each preset and section,
+# so a killed run keeps what it measured), suite.log, gpu-tests.log, nvidia-smi.txt. An existing result file
+# of the same name is refused by the suite (pass --overwrite to replace it).
+# Wheels in $WHEELS (default .whl, from benchmarks/prepare_gpu_run.sh) are installed into /tmp/radar-site
+# first (no index, no dependencies). Limits: SUITE_TIMEOUT (default 510 s), TEST_TIMEOUT (default 75 s).
+# Exit status: the suite's, else the tests'.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if [ $# -lt 1 ] || [[ "$1" == -* ]]; then
+  echo "usage: bash benchmarks/run_gpu_suite.sh COMMIT [gpu_suite options]" >&2
+  exit 2
+fi
+commit=$1
+shift
+out=${OUT:-benchmarks/gpu}
+wheels=${WHEELS:-.whl}
+py=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+mkdir -p "$out"
+
+if compgen -G "$wheels/*.whl" >/dev/null; then
+  "$py" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/radar-site \
+    "$wheels"/*.whl >"$out/pip.log" 2>&1 || { echo "error: $wheels: the wheels did not install (see $out/pip.log)" >&2; exit 2; }
+  export PYTHONPATH=/tmp/radar-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+command -v nvidia-smi >/dev/null && nvidia-smi >"$out/nvidia-smi.txt" 2>&1
+
+official=()
+[ -d .official_var ] && official=(--official_var .official_var)
+device=cuda
+prev=""
+for a in "$@"; do [ "$prev" = --device ] && device=$a; prev=$a; done
+name=$("$py" -c "
+import sys, torch
+from pathlib import Path
+from radar_train.bench.gpu_suite import default_output
+from radar_train.bench.record import device_name
+dev = torch.device(sys.argv[1])
+print(Path(default_output(device_name(dev), dev.type)).name)" "$device") || { echo "error: cannot name the result file" >&2; exit 2; }
+
+timeout "${SUITE_TIMEOUT:-510}" "$py" -m radar_train.bench.gpu_suite "${official[@]}" --commit "$commit" \
+  --output "$out/$name" "$@" 2>&1 | tee "$out/suite.log"
+suite=$?
+timeout "${TEST_TIMEOUT:-75}" "$py" -m pytest -q -s -p no:cacheprovider -m gpu tests/test_gpu.py tests/accel/test_sca.py \
+  2>&1 | tee "$out/gpu-tests.log"
+tests=$?
+echo "run_gpu_suite: suite exit $suite, tests exit $tests; files in $out"
+[ "$suite" != 0 ] && exit "$suite"
+exit "$tests"
