@@ -95,7 +95,8 @@ def _table(rows: list) -> list[str]:
 
 def render(doc: dict) -> str:
     """One markdown table (with its provenance line) for a result document; the GPU suite's SCA-Mask
-    section (`sections.sca.rows`) as a second table."""
+    section (`sections.sca.rows`) as a second table, its training section (`sections.train`) as a third (or
+    the reason it was skipped)."""
     cuda = f", CUDA {doc['cuda']}" if doc.get("cuda") else ""
     head = (f"{doc.get('date', '?')} · {doc.get('device', '?')} · torch {doc.get('torch', '?')}{cuda} · "
             f"commit `{doc.get('commit') or 'unknown'}` · `{doc.get('command', '?')}`")
@@ -107,7 +108,23 @@ def render(doc: dict) -> str:
         lines += ([""] if doc["rows"] else []) + ["SCA-Mask section:", ""] + _table(sca["rows"])
     for preset, why in (sca.get("failures") or {}).items():
         lines += ["", f"SCA-Mask section, {preset}: failed: {why}".replace("|", "/")]
+    train = (doc.get("sections") or {}).get("train") or {}
+    if train.get("rows"):
+        lines += ["", "Training section:", ""] + _train_table(train["rows"])
+    elif train.get("skipped"):
+        lines += ["", f"Training section: skipped ({train['skipped']})".replace("|", "/")]
     return "\n".join(lines)
+
+
+def _train_table(rows: list) -> list[str]:
+    """The GPU suite's training rows (radar_train.train.bench): what each compares, its ratio and target."""
+    from radar_train.train.bench import row_detail
+
+    out = ["| benchmark | preset | batch | precision | ratio | target | measured |", "| --- | --- | ---: | --- | ---: | --- | --- |"]
+    for r in rows:
+        out.append(f"| {r['name']} | {r.get('preset', '-')} | {r.get('batch_size', '-')} | {r.get('precision', '-')} | "
+                   f"{r['ratio']:.3f} | {r.get('target', '-')} | {row_detail(r)} |".replace("\n", " "))
+    return out
 
 
 def fill(markdown: str, docs: dict[str, dict], source: str) -> tuple[str, int]:

@@ -345,17 +345,20 @@ def run_train_benchmark(args: TrainBenchArgs = TrainBenchArgs(), log: Callable[[
     return rows
 
 
+def row_detail(r: dict) -> str:
+    """What a row measured, in words (the console table here, the markdown tables of radar_train.bench.tables)."""
+    if r["name"] == "lightning_vs_bare":
+        return f"bare {r['bare_samples_per_s']:.1f} samples/s, Lightning {r['lightning_samples_per_s']:.1f} samples/s"
+    if r["name"] == "data_vs_step":
+        return f"load {r['data_ms_per_batch']:.1f} ms/batch vs step {r['step_ms']:.1f} ms ({r['source']})"
+    return f"train step {r['train_step_mib']:.0f} MiB vs VAR sampling {r['var_sampling_mib']:.0f} MiB ({r['method']})"
+
+
 def format_table(rows: list[dict]) -> str:
     lines = []
     for r in rows:
-        if r["name"] == "lightning_vs_bare":
-            detail = f"bare {r['bare_samples_per_s']:.1f} samples/s, Lightning {r['lightning_samples_per_s']:.1f} samples/s"
-        elif r["name"] == "data_vs_step":
-            detail = f"load {r['data_ms_per_batch']:.1f} ms/batch vs step {r['step_ms']:.1f} ms ({r['source']})"
-        else:
-            detail = f"train step {r['train_step_mib']:.0f} MiB vs VAR sampling {r['var_sampling_mib']:.0f} MiB ({r['method']})"
         target = f"  target {r['target']}" if "target" in r else ""
-        lines.append(f"{r['name']:<26} ratio {r['ratio']:.3f}{target}  {detail}")
+        lines.append(f"{r['name']:<26} ratio {r['ratio']:.3f}{target}  {row_detail(r)}")
     head = rows[0]
     ckpt = ", activation checkpointing" if head.get("activation_checkpointing") else ""
     return (f"# train benchmark: {head['preset']}, batch {head['batch_size']}, {head['device']}, {head['precision']}{ckpt}\n"

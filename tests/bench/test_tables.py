@@ -118,6 +118,27 @@ def test_the_gpu_suites_sca_section_is_a_second_table():
     assert text.endswith("SCA-Mask section, var-d24: failed: RuntimeError: no kernel")
 
 
+def test_the_gpu_suites_train_section_is_a_third_table_or_its_reason():
+    common = {"preset": "var-d16", "batch_size": 16, "device": "cuda", "precision": "bf16-mixed"}
+    rows = [{"name": "lightning_vs_bare", **common, "bare_samples_per_s": 120.0, "lightning_samples_per_s": 118.5,
+             "ratio": 1.0127, "target": ">= 0.95"},
+            {"name": "data_vs_step", **common, "data_ms_per_batch": 4.31, "step_ms": 130.0, "ratio": 0.0327,
+             "source": "temporary cache"},
+            {"name": "memory_train_vs_sampling", **common, "train_step_mib": 3000.0, "var_sampling_mib": 12000.0,
+             "ratio": 0.25, "target": "<= 0.5", "method": "torch.cuda.max_memory_allocated"}]
+    lines = render(dict(DOC, sections={"train": {"rows": rows}})).split("Training section:")[1].strip().splitlines()
+    assert lines[0] == "| benchmark | preset | batch | precision | ratio | target | measured |"
+    assert lines[2] == ("| lightning_vs_bare | var-d16 | 16 | bf16-mixed | 1.013 | >= 0.95 | "
+                        "bare 120.0 samples/s, Lightning 118.5 samples/s |")
+    assert lines[3] == ("| data_vs_step | var-d16 | 16 | bf16-mixed | 0.033 | - | "
+                        "load 4.3 ms/batch vs step 130.0 ms (temporary cache) |")
+    assert lines[4].startswith("| memory_train_vs_sampling | var-d16 | 16 | bf16-mixed | 0.250 | <= 0.5 | "
+                               "train step 3000 MiB vs VAR sampling 12000 MiB")
+    skipped = render(dict(DOC, sections={"train": {"skipped": "needs zarr"}}))
+    assert skipped.endswith("Training section: skipped (needs zarr)")
+    assert "Training section" not in render(DOC)
+
+
 def test_the_docs_tables_match_the_committed_result_files():
     """docs/benchmarks.md's generated blocks are what the committed files under benchmarks/ give."""
     from pathlib import Path
