@@ -164,6 +164,7 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
     accels = {name: method_from_spec("none" if name == "vanilla" else name, var_cfg.patch_nums, var_cfg.depth)
               for name in specs}
     engines = tuple(engines) if engines else available_engines(dev)
+    engine_samplers: dict[str, NextScaleSampler] = {}  # per engine, the sampler of the run's noise mode
 
     var = init_random_(build_var(var_cfg), setup.seed).eval().requires_grad_(False)
     vqvae = init_random_(build_vqvae(vae_cfg), setup.seed + 1).eval().requires_grad_(False)
@@ -208,6 +209,8 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
                 if noise != noises[0]:  # the other noise is a comparison row: left out where the engine refuses it
                     continue
                 problems[noise] = f"{type(e).__name__}: {e}"
+        if sampling.noise in samplers:
+            engine_samplers[engine] = samplers[sampling.noise]
         engine_noises = [n for n in noises if n in samplers or n in problems]
         may_fail = engine != "eager"
         for name in specs:
@@ -282,6 +285,13 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
     def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
         return a / b if a is not None and b else None
 
+    kw = dict(seeds=seeds) if sampling.noise == "per_sample" else dict(g_seed=setup.seed)
+    compare = [(name, engine) for name in specs for engine in engine_samplers
+               if engine != "eager" and "eager" in engine_samplers
+               and not rows[f"{name}|{engine}|{sampling.noise}"].get("skipped")]
+    for (name, engine), agreement in engine_agreement(engine_samplers, accels, compare, labels, kw).items():
+        rows[f"{name}|{engine}|{sampling.noise}"].update(agreement)
+
     for name, r in rows.items():
         m = meta[name]
         if r.get("skipped"):
@@ -305,6 +315,29 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
         elif name == "decode" and official is not None:
             r["vs_official"] = ratio(r["images_per_s"], get("decode:official"))
     return list(rows.values())
+
+
+def engine_agreement(samplers: dict[str, NextScaleSampler], accels: dict[str, AccelMethod],
+                     compare: Sequence[tuple[str, str]], labels: torch.Tensor, kw: dict) -> dict[tuple[str, str], dict]:
+    """How closely each (method, engine) of `compare` reproduces the eager engine at the benchmark's size and
+    precision: one call of each with the same labels and noise (`kw`: seeds or g_seed), untimed. Returns
+    {(method, engine): {"tokens_equal_vs_eager": share of equal token indices over all scales,
+    "f_hat_max_diff_vs_eager": the largest |f_hat| difference}}; a call that fails gives
+    {"agreement_failed": the error} instead."""
+    out: dict[tuple[str, str], dict] = {}
+    reference: dict[str, object] = {}
+    for name, engine in compare:
+        try:
+            if name not in reference:
+                reference[name] = samplers["eager"].sample(labels, accel=accels[name], **kw)
+            want, got = reference[name], samplers[engine].sample(labels, accel=accels[name], **kw)
+            same = torch.cat([(a == b).flatten() for a, b in zip(got.indices, want.indices)]).float().mean()
+            diff = (got.f_hat.float() - want.f_hat.float()).abs().max()
+            out[(name, engine)] = {"tokens_equal_vs_eager": round(same.item(), 6),
+                                   "f_hat_max_diff_vs_eager": float(f"{diff.item():.4g}")}
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory: the timed rows stand, the comparison says why
+            out[(name, engine)] = {"agreement_failed": f"{type(e).__name__}: {e}".splitlines()[0]}
+    return out
 
 
 def method_accounting(method: Optional[AccelMethod], var_cfg) -> dict:
@@ -355,4 +388,13 @@ def format_table(rows: list[dict]) -> str:
                          f"{_fmt(r.get('speedup_vs_vanilla'), '.3f', 'x'):>9} "
                          f"{_fmt(r.get('kv_tokens_kept_at_last_scale'), '.3f'):>8} "
                          f"{_fmt(r.get('kv_allocated_ratio'), '.3f'):>9}")
+    compared = [r for r in rows if "tokens_equal_vs_eager" in r or "agreement_failed" in r]
+    if compared:
+        lines.append(f"\n{'the same call as eager':<28} {'engine':<9} {'tokens equal':>12} {'max |f_hat diff|':>17}")
+        for r in compared:
+            if "agreement_failed" in r:
+                lines.append(f"{r['method']:<28} {r['engine']:<9} failed: {r['agreement_failed']}")
+            else:
+                lines.append(f"{r['method']:<28} {r['engine']:<9} {r['tokens_equal_vs_eager']:>12.4f} "
+                             f"{r['f_hat_max_diff_vs_eager']:>17.3g}")
     return "\n".join(lines)

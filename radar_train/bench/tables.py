@@ -22,6 +22,8 @@ COLUMNS = ("preset", "method", "engine", "noise", "batch", "images/s", "images/s
            "vs official e2e", "vs vanilla", "pair / separate", "peak memory")
 MASK_COLUMNS = ("ideal (FLOP model)", "attention pairs kept", "KV kept at last scale", "KV allocated")
 """Added when a file has rows with a FLOP model: SCA-Mask, FastVAR and StageVAR (`radar_train.bench.accel.method_accounting`)."""
+AGREEMENT_COLUMNS = ("tokens = eager", "max f̂ diff vs eager")
+"""Added when a file has rows of an engine compared with eager (`radar_train.bench.accel.engine_agreement`)."""
 _BLOCK = re.compile(r"(<!-- table:(?P<name>[^ ]+?) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
 
 
@@ -66,7 +68,8 @@ def _ips(v: Optional[float]) -> str:
 
 def _table(rows: list) -> list[str]:
     masked = any(isinstance(r, dict) and r.get("ideal_speedup") is not None for r in rows)
-    columns = COLUMNS + (MASK_COLUMNS if masked else ())
+    compared = any(isinstance(r, dict) and ("tokens_equal_vs_eager" in r or "agreement_failed" in r) for r in rows)
+    columns = COLUMNS + (MASK_COLUMNS if masked else ()) + (AGREEMENT_COLUMNS if compared else ())
     lines = ["| " + " | ".join(columns) + " |",
              "| " + " | ".join("---:" if c not in ("preset", "method", "engine", "noise") else "---" for c in columns) + " |"]
     for r in rows:
@@ -89,6 +92,9 @@ def _table(rows: list) -> list[str]:
             if masked:
                 cells += [_num(r.get("ideal_speedup"), ".3f", "×"), _num(r.get("attention_pairs_kept"), ".3f"),
                           _num(r.get("kv_tokens_kept_at_last_scale"), ".3f"), _num(r.get("kv_allocated_ratio"), ".3f")]
+            if compared:
+                cells += ([f"failed: {r['agreement_failed']}".replace("|", "/"), "-"] if "agreement_failed" in r else
+                          [_num(r.get("tokens_equal_vs_eager"), ".4f"), _num(r.get("f_hat_max_diff_vs_eager"), ".3g")])
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
