@@ -252,6 +252,8 @@ CASES = [
     ("bench-train-onto-a-folder", "bench", lambda w, t: ["train", "--json", str(w["run"])], ["--json"]),
     ("bench-cache-missing-config", "bench", lambda w, t: ["cache", "--cache_config", "tiny.yaml"], ["tiny.yaml"]),
     ("bench-unknown-command", "bench", lambda w, t: ["acel"], ["acel"]),
+    ("bench-unknown-attention-kernel", "bench",
+     lambda w, t: ["accel", "--setup.preset", "tiny", "--setup.attention", "flashy"], ["--setup.attention"]),
     # radar-demo
     ("demo-into-a-foreign-folder", "demo", lambda w, t: ["--output", str(w["w"] / "not_a_cache"), "--model", "tiny"],
      ["not_a_cache", "notes.txt"]),

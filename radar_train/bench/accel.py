@@ -17,6 +17,7 @@ the official with its fp32 weights, as its demo does), decode included; on the C
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import statistics
@@ -41,9 +42,24 @@ class BenchSetup:
     batch_size: int = 4
     device: str = "auto"
     dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    attention: str = "auto"  # auto: PyTorch picks the SDPA kernel; math: the math kernel (attention_context)
     warmup: int = 1
     repeats: int = 3
     seed: int = 0
+
+
+def attention_context(name: str):
+    """The SDPA kernels a benchmark runs with. `auto`: PyTorch's choice (flash / memory-efficient where they
+    apply). `math`: every `scaled_dot_product_attention` call, ours and the official code's, on the math
+    kernel (no flash): RADAR's timing baseline, fp32 without flash attention (methods.md §4.1), with
+    --setup.dtype fp32. FlexAttention calls (SCA-Mask's kernel on CUDA) are not SDPA and keep their kernel."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    if name == "math":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.MATH])
+    raise ValueError(f"--setup.attention must be auto or math, got {name!r}")
 
 
 def method_from_spec(spec: str, patch_nums: Sequence[int], depth: int) -> AccelMethod:
@@ -146,6 +162,7 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
     from radar_train.bench.rounds import Job, PhaseClock, run_rounds
 
     dev, amp = resolve_device(setup.device, setup.dtype)
+    attention_context(setup.attention)  # an unknown name: one line, before anything is built
     code = load_official_code(official_var) if official_var is not None else None
     if code is not None:
         if sampling.more_smooth:
@@ -182,7 +199,8 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
     ctx = (lambda: torch.autocast(dev.type, dtype=amp)) if amp is not None else (lambda: torch.autocast(dev.type, enabled=False))
     dtype_name = "fp32" if amp is None else str(amp).replace("torch.", "")
     log(f"accel benchmark: {source} (random weights), batch {B}, device {dev}, "
-        f"{'fp32' if amp is None else dtype_name + ' autocast'}, {setup.warmup} warm-up + {setup.repeats} timed rounds "
+        f"{'fp32' if amp is None else dtype_name + ' autocast'}"
+        f"{', SDPA on the math kernel' if setup.attention == 'math' else ''}, {setup.warmup} warm-up + {setup.repeats} timed rounds "
         f"(interleaved, medians); cfg {sampling.cfg}, top_k {sampling.top_k}, top_p {sampling.top_p}")
 
     jobs: list[Job] = []
@@ -253,7 +271,8 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
         add("decode:official", decoder(official[0]), "decode", "decode:official", "official", None)
     add("decode", decoder(vqvae), "decode", "decode", "eager", None)
 
-    repeats = run_rounds(jobs, dev, setup.warmup, setup.repeats, plan_repeats, log)
+    with attention_context(setup.attention):
+        repeats = run_rounds(jobs, dev, setup.warmup, setup.repeats, plan_repeats, log)
     device_name = str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev)
     by = {j.name: j for j in jobs}
     rows: dict[str, dict] = {}
@@ -268,6 +287,7 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
                "seconds_per_image": loop / images if loop else None,
                "peak_memory_bytes": j.peak_bytes, "peak_memory_above_start_bytes": j.peak_above_start_bytes,
                "timed": _timing_note(m["kind"]), "device": device_name, "dtype": dtype_name,
+               "attention": setup.attention,
                "sampling": {"cfg": sampling.cfg, "top_k": sampling.top_k, "top_p": sampling.top_p},
                "warmup": setup.warmup, "repeats": repeats,
                "loop_seconds_per_round": j.times.get("loop")}
@@ -289,7 +309,9 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
     compare = [(name, engine) for name in specs for engine in engine_samplers
                if engine != "eager" and "eager" in engine_samplers
                and not rows[f"{name}|{engine}|{sampling.noise}"].get("skipped")]
-    for (name, engine), agreement in engine_agreement(engine_samplers, accels, compare, labels, kw).items():
+    with attention_context(setup.attention):
+        agreements = engine_agreement(engine_samplers, accels, compare, labels, kw)
+    for (name, engine), agreement in agreements.items():
         rows[f"{name}|{engine}|{sampling.noise}"].update(agreement)
 
     for name, r in rows.items():

@@ -19,6 +19,9 @@ keeps what it measured):
 - train: decoder-LoRA training-step throughput and peak memory (radar_train.train.bench, VAR-d16 shapes,
   batch 16, bf16-mixed) — only when its imports (lightning, peft, zarr) work and at least --train_reserve_s
   of the budget is left; otherwise recorded as skipped.
+- paper: RADAR's timing setting (fp32, SDPA on the math kernel: the baseline its 1.6-1.9x were measured
+  against, methods.md §4.1): vanilla against SCA-Mask at the default budgets on VAR-d20 shapes; not in the
+  default list; name it in --sections (about 75 s of the budget) to run it.
 - pipeline, cache: the adapter-cost and radar-cache benchmarks; not in the default list (they do not fit
   the 8 minutes next to the accel section); name them in --sections to run them.
 The file has the shape {device, torch, cuda, commit, date, command, rows: [...], sections: {...}};
@@ -48,6 +51,9 @@ TRAIN_S = 120.0
 SCA_PRESETS = ("var-d16", "var-d24")
 SCA_METHODS = ("sca:window+default", "sca:window+aggressive")
 SCA_S = 90.0
+PAPER_PRESET = "var-d20"  # the model of RADAR's main table (methods.md §4.1)
+PAPER_METHODS = ("sca:window+default",)
+PAPER_S = 75.0
 
 
 def _estimate(preset: str, engines: int, batch: int) -> tuple[float, float]:
@@ -132,6 +138,32 @@ def run_sca_section(args, results, log, deadline: float) -> Optional[str]:
     return f"failed for {', '.join(failures)}" if failures else None
 
 
+def run_paper_section(args, results, log, deadline: float) -> Optional[str]:
+    """RADAR's timing setting (methods.md §4.1: fp32, no flash attention): our vanilla with every SDPA call on
+    the math kernel against SCA-Mask at its default budgets (window selection; FlexAttention on CUDA), on the
+    main table's model (VAR-d20 when --presets has it, else the first preset), eager, --min_repeats timed
+    rounds; rows under sections.paper. The accel and sca sections time the same methods against a bf16 flash
+    baseline. Skipped when less than --paper_reserve_s of the budget is left."""
+    import torch
+
+    from radar_train.bench.accel import BenchSetup, format_table, run_accel_benchmark
+
+    left = deadline - time.time()
+    if left < args.paper_reserve_s:
+        why = f"{left:.0f} s of the budget left (< {args.paper_reserve_s:.0f} s)"
+        _section(results, "paper", {"skipped": why})
+        return f"skipped ({why})"
+    preset = PAPER_PRESET if PAPER_PRESET in args.presets else args.presets[0]
+    rows = run_accel_benchmark(
+        BenchSetup(preset=preset, batch_size=args.batch_size, device=args.device, dtype="fp32", attention="math",
+                   warmup=args.warmup, repeats=args.min_repeats, seed=0),
+        ["none", *PAPER_METHODS], engines=["eager"], pairs=False, log=log)
+    log(format_table(rows))
+    _section(results, "paper", {"rows": rows, "setting": "fp32, SDPA on the math kernel (RADAR's timing baseline)"})
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _missing(*modules: str) -> list[str]:
     return [m for m in modules if importlib.util.find_spec(m) is None]
 
@@ -176,8 +208,8 @@ def _section(results, name: str, value: dict) -> None:
     results.set("sections", sections)
 
 
-SECTIONS = {"accel": run_accel_section, "sca": run_sca_section, "train": run_train_section, "pipeline": run_pipeline_section,
-            "cache": run_cache_section}
+SECTIONS = {"accel": run_accel_section, "sca": run_sca_section, "train": run_train_section,
+            "paper": run_paper_section, "pipeline": run_pipeline_section, "cache": run_cache_section}
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -187,7 +219,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                                            "git-ignored copy of the pinned snapshot; without it no official rows")
     ap.add_argument("--output", help="result JSON (default benchmarks/gpu/<date>-<device>.json)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-    ap.add_argument("--sections", default="accel,sca,train", help="comma-separated: accel, sca, train, pipeline, cache")
+    ap.add_argument("--sections", default="accel,sca,train",
+                    help="comma-separated: accel, sca, train, paper, pipeline, cache")
     ap.add_argument("--presets", default=",".join(DEFAULT_PRESETS), help="comma-separated model presets")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated method specs (vanilla always runs)")
     ap.add_argument("--engines", default=None, help="comma-separated sampling engines (default: eager and, on "
@@ -198,6 +231,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--min_repeats", type=int, default=3, help="timed rounds per preset at least, budget or not")
     ap.add_argument("--budget_s", type=float, default=450.0, help="seconds the whole suite should take")
     ap.add_argument("--train_reserve_s", type=float, default=TRAIN_S, help="budget the train section needs to run")
+    ap.add_argument("--paper_reserve_s", type=float, default=PAPER_S, help="budget the paper section needs to run")
     ap.add_argument("--device", default="cuda", help="cuda (default), or cpu for a smoke test")
     ap.add_argument("--commit", default=None, help="commit to record (default: git rev-parse of this checkout)")
     a = ap.parse_args(argv)
@@ -246,12 +280,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         if "accel" in a.sections else 0.0
     eta += TRAIN_S if "train" in a.sections else 0.0
     eta += SCA_S if "sca" in a.sections else 0.0
+    eta += PAPER_S if "paper" in a.sections else 0.0
     log(f"gpu suite on {head['device']}: sections {', '.join(a.sections)}; presets {', '.join(a.presets)}; "
         f"engines {', '.join(engines)}; batch {a.batch_size}; writing {output}")
     log(f"ETA about {eta / 60:.1f} min at {a.repeats} timed rounds per preset (estimate for an H100/H200); "
         f"budget {a.budget_s / 60:.1f} min: rounds are cut (to no fewer than {a.min_repeats}) to fit it")
     deadline = t_start + a.budget_s
-    reserve = (a.train_reserve_s if "train" in a.sections else 0.0) + (SCA_S if "sca" in a.sections else 0.0)
+    reserve = (a.train_reserve_s if "train" in a.sections else 0.0) + (SCA_S if "sca" in a.sections else 0.0) + \
+        (a.paper_reserve_s if "paper" in a.sections else 0.0)
     for name in a.sections:
         t0 = time.time()
         section_deadline = deadline - reserve if name == "accel" else deadline

@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from radar_train.bench.accel import BenchSetup, build_random_models, method_from_spec, resolve_device, timed
+from radar_train.bench.accel import (BenchSetup, attention_context, build_random_models, method_from_spec,
+                                     resolve_device, timed)
 from radar_train.config import SamplingConfig
 from radar_train.models import LatentDecoder
 from radar_train.models.init import init_random_
@@ -53,6 +54,12 @@ def random_conditioned(merged: LatentDecoder, num_classes: int, embed_dim: int =
 @torch.no_grad()
 def run_pipeline_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fastvar", "stagevar"),
                            sampling: SamplingConfig = SamplingConfig(), log: Callable[[str], None] = print) -> list[dict]:
+    """The rows of `radar-bench pipeline`, every attention call on the kernels of --setup.attention."""
+    with attention_context(setup.attention):
+        return _run(setup, methods, sampling, log)
+
+
+def _run(setup: BenchSetup, methods: Sequence[str], sampling: SamplingConfig, log: Callable[[str], None]) -> list[dict]:
     dev, amp = resolve_device(setup.device, setup.dtype)
     var, quant, vae_cfg = build_random_models(setup.preset, dev, setup.seed)
     if amp is not None:
@@ -89,7 +96,7 @@ def run_pipeline_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", 
             runs.update(1)
     runs.close()
     for r in rows:
-        r.update(preset=setup.preset, batch_size=B, device=str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev))
+        r.update(preset=setup.preset, batch_size=B, attention=setup.attention, device=str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev))
     return rows
 
 

@@ -101,11 +101,14 @@ def _table(rows: list) -> list[str]:
 
 def render(doc: dict) -> str:
     """One markdown table (with its provenance line) for a result document; the GPU suite's SCA-Mask
-    section (`sections.sca.rows`) as a second table, its training section (`sections.train`) as a third (or
-    the reason it was skipped)."""
+    section (`sections.sca.rows`) as a second table, its paper section (`sections.paper`: RADAR's fp32, non-flash
+    timing setting) and its training section (`sections.train`) as the next ones (or the reason they were
+    skipped)."""
     cuda = f", CUDA {doc['cuda']}" if doc.get("cuda") else ""
     head = (f"{doc.get('date', '?')} · {doc.get('device', '?')} · torch {doc.get('torch', '?')}{cuda} · "
             f"commit `{doc.get('commit') or 'unknown'}` · `{doc.get('command', '?')}`")
+    if any(isinstance(r, dict) and r.get("attention") == "math" for r in doc["rows"]):
+        head += " · SDPA on the math kernel (no flash)"
     lines = [head, ""]
     if doc["rows"]:
         lines += _table(doc["rows"])
@@ -114,6 +117,11 @@ def render(doc: dict) -> str:
         lines += ([""] if doc["rows"] else []) + ["SCA-Mask section:", ""] + _table(sca["rows"])
     for preset, why in (sca.get("failures") or {}).items():
         lines += ["", f"SCA-Mask section, {preset}: failed: {why}".replace("|", "/")]
+    paper = (doc.get("sections") or {}).get("paper") or {}
+    if paper.get("rows"):
+        lines += ["", "RADAR's timing setting (fp32, SDPA on the math kernel):", ""] + _table(paper["rows"])
+    elif paper.get("skipped"):
+        lines += ["", f"RADAR's timing setting: skipped ({paper['skipped']})".replace("|", "/")]
     train = (doc.get("sections") or {}).get("train") or {}
     if train.get("rows"):
         lines += ["", "Training section:", ""] + _train_table(train["rows"])

@@ -44,7 +44,7 @@ def test_sca_section_times_the_masks_in_a_section_of_its_own(tmp_path, capsys):
 
 def test_bad_options_are_one_error_line(tmp_path, capsys):
     assert main(["--device", "cpu", "--sections", "accel,nope", "--output", str(tmp_path / "x.json")]) == 2
-    assert capsys.readouterr().err.strip() == "error: --sections: unknown ['nope']; known: accel, sca, train, pipeline, cache"
+    assert capsys.readouterr().err.strip() == "error: --sections: unknown ['nope']; known: accel, sca, train, paper, pipeline, cache"
     assert main(["--device", "cpu", "--official_var", str(tmp_path), "--output", str(tmp_path / "x.json")]) == 2
     assert "not a checkout of FoundationVision/VAR" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
