@@ -159,7 +159,8 @@ def run_paper_section(args, results, log, deadline: float) -> Optional[str]:
                    warmup=args.warmup, repeats=args.min_repeats, seed=0),
         ["none", *PAPER_METHODS], engines=["eager"], pairs=False, log=log)
     log(format_table(rows))
-    _section(results, "paper", {"rows": rows, "setting": "fp32, SDPA on the math kernel (RADAR's timing baseline)"})
+    _section(results, "paper", {"rows": rows, "setting": "fp32, SDPA on the math kernel (RADAR's timing baseline)",
+                                "matmul_tf32": torch.backends.cuda.matmul.allow_tf32})
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 

@@ -58,6 +58,7 @@ def test_the_gpu_suites_paper_section(tmp_path):
     rows = doc["sections"]["paper"]["rows"]
     assert [r["method"] for r in rows] == ["vanilla", "sca:window+default", "decode"]
     assert all(r["attention"] == "math" and r["dtype"] == "fp32" and r["engine"] == "eager" for r in rows)
+    assert doc["sections"]["paper"]["matmul_tf32"] is torch.backends.cuda.matmul.allow_tf32
     text = render(doc)
     assert "RADAR's timing setting (fp32, SDPA on the math kernel):" in text and "| tiny | sca:window+default |" in text
     # not enough budget left: recorded as skipped, nothing measured
