@@ -1,7 +1,10 @@
 """python -m radar_train.bench.gpu_suite: smoke run on the CPU (tiny, a stand-in official checkout)."""
 import json
 
+import torch
+
 from radar_train.bench.gpu_suite import _estimate, default_output, main
+from radar_train.bench.tables import render
 
 
 def test_suite_writes_the_documented_shape(tmp_path, fake_official, capsys):
@@ -28,13 +31,18 @@ def test_suite_writes_the_documented_shape(tmp_path, fake_official, capsys):
     assert "exists; pass --overwrite" in capsys.readouterr().err and out.read_text() == before
 
 
-def test_sca_section_times_the_masks_in_a_section_of_its_own(tmp_path, capsys):
+def _section_on_cpu(tmp_path, name: str) -> dict:
+    """The result document of one section of the suite on the tiny model, batch 1, one round; its status ok."""
     out = tmp_path / "run.json"
     assert main(["--device", "cpu", "--presets", "tiny", "--batch_size", "1", "--warmup", "0", "--min_repeats", "1",
-                 "--sections", "sca", "--output", str(out)]) == 0
+                 "--sections", name, "--output", str(out)]) == 0
     doc = json.loads(out.read_text())
-    assert doc["rows"] == [] and doc["status"]["sca"].startswith("ok")
-    rows = doc["sections"]["sca"]["rows"]
+    assert doc["rows"] == [] and doc["status"][name].startswith("ok")
+    return doc
+
+
+def test_sca_section_times_the_masks_in_a_section_of_its_own(tmp_path, capsys):
+    rows = _section_on_cpu(tmp_path, "sca")["sections"]["sca"]["rows"]
     assert [r["method"] for r in rows] == ["vanilla", "sca:window+default", "sca:window+aggressive", "decode"]
     by = {r["method"]: r for r in rows}
     assert by["sca:window+aggressive"]["attention_pairs_kept"] < by["sca:window+default"]["attention_pairs_kept"] < 1
@@ -57,3 +65,20 @@ def test_default_output_and_estimates():
     one, _ = _estimate("var-d30", 1, 32)
     two, _ = _estimate("var-d30", 2, 32)
     assert one < two < 2 * one and _estimate("var-d16", 1, 32)[0] < one
+
+
+def test_the_paper_section_times_radars_baseline_setting(tmp_path):
+    doc = _section_on_cpu(tmp_path, "paper")
+    rows = doc["sections"]["paper"]["rows"]
+    assert [r["method"] for r in rows] == ["vanilla", "sca:window+default", "decode"]
+    assert all(r["attention"] == "math" and r["dtype"] == "fp32" and r["engine"] == "eager" for r in rows)
+    assert doc["sections"]["paper"]["matmul_tf32"] is torch.backends.cuda.matmul.allow_tf32
+    text = render(doc)
+    assert "RADAR's timing setting (fp32, SDPA on the math kernel):" in text and "| tiny | sca:window+default |" in text
+    # not enough budget left: recorded as skipped, nothing measured
+    out = tmp_path / "skipped.json"
+    assert main(["--device", "cpu", "--presets", "tiny", "--sections", "paper", "--paper_reserve_s", "1e9",
+                 "--output", str(out)]) == 0
+    skipped = json.loads(out.read_text())
+    assert skipped["sections"]["paper"]["skipped"].endswith("s of the budget left (< 1000000000 s)")
+    assert render(skipped).endswith("RADAR's timing setting: skipped (" + skipped["sections"]["paper"]["skipped"] + ")")
