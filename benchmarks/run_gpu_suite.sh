@@ -34,19 +34,8 @@ command -v nvidia-smi >/dev/null && nvidia-smi >"$out/nvidia-smi.txt" 2>&1
 
 official=()
 [ -d .official_var ] && official=(--official_var .official_var)
-device=cuda
-prev=""
-for a in "$@"; do [ "$prev" = --device ] && device=$a; prev=$a; done
-name=$("$py" -c "
-import sys, torch
-from pathlib import Path
-from radar_train.bench.gpu_suite import default_output
-from radar_train.bench.record import device_name
-dev = torch.device(sys.argv[1])
-print(Path(default_output(device_name(dev), dev.type)).name)" "$device") || { echo "error: cannot name the result file" >&2; exit 2; }
-
 timeout "${SUITE_TIMEOUT:-510}" "$py" -m radar_train.bench.gpu_suite "${official[@]}" --commit "$commit" \
-  --output "$out/$name" "$@" 2>&1 | tee "$out/suite.log"
+  --output_dir "$out" "$@" 2>&1 | tee "$out/suite.log"
 suite=$?
 timeout "${TEST_TIMEOUT:-75}" "$py" -m pytest -q -s -p no:cacheprovider -m gpu tests/test_gpu.py tests/accel/test_sca.py \
   2>&1 | tee "$out/gpu-tests.log"

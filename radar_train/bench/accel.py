@@ -194,6 +194,9 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
     B = setup.batch_size
     labels = torch.arange(B, device=dev) % var.num_classes
     seeds = list(range(setup.seed, setup.seed + B))
+
+    def noise_kw(noise: str) -> dict:  # the same noise for every run of the benchmark
+        return dict(seeds=seeds) if noise == "per_sample" else dict(g_seed=setup.seed)
     P = vae_cfg.patch_nums[-1]
     f_hat = torch.randn(B, vae_cfg.z_channels, P, P, generator=torch.Generator().manual_seed(setup.seed)).to(dev)
     ctx = (lambda: torch.autocast(dev.type, dtype=amp)) if amp is not None else (lambda: torch.autocast(dev.type, enabled=False))
@@ -241,8 +244,7 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
 
                 def sample(s=samplers[noise], m=accels[name], noise=noise):
                     clock.start()
-                    kw = dict(seeds=seeds) if noise == "per_sample" else dict(g_seed=setup.seed)
-                    out = s.sample(labels, accel=m, **kw)
+                    out = s.sample(labels, accel=m, **noise_kw(noise))
                     clock.mark("loop")
                     with ctx():
                         decode_images(vqvae, out.f_hat)
@@ -253,8 +255,7 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
             for name in specs[1:]:
                 def pair(s=samplers[sampling.noise], m=accels[name]):
                     clock.start()
-                    kw = dict(seeds=seeds) if sampling.noise == "per_sample" else dict(g_seed=setup.seed)
-                    generate_pairs(s, labels, m, **kw)
+                    generate_pairs(s, labels, m, **noise_kw(sampling.noise))
                     return clock.mark("loop")
 
                 add(f"pair:{name}|{engine}", pair, "pair", f"pair:{name}", engine, sampling.noise, may_fail, of=name)
@@ -305,12 +306,11 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
     def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
         return a / b if a is not None and b else None
 
-    kw = dict(seeds=seeds) if sampling.noise == "per_sample" else dict(g_seed=setup.seed)
     compare = [(name, engine) for name in specs for engine in engine_samplers
                if engine != "eager" and "eager" in engine_samplers
                and not rows[f"{name}|{engine}|{sampling.noise}"].get("skipped")]
     with attention_context(setup.attention):
-        agreements = engine_agreement(engine_samplers, accels, compare, labels, kw)
+        agreements = engine_agreement(engine_samplers, accels, compare, labels, noise_kw(sampling.noise))
     for (name, engine), agreement in agreements.items():
         rows[f"{name}|{engine}|{sampling.noise}"].update(agreement)
 

@@ -219,6 +219,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--official_var", help="folder of a FoundationVision/VAR checkout (models/, dist.py), e.g. a "
                                            "git-ignored copy of the pinned snapshot; without it no official rows")
     ap.add_argument("--output", help="result JSON (default benchmarks/gpu/<date>-<device>.json)")
+    ap.add_argument("--output_dir", help="write the default file name (<date>-<device>.json) into this folder instead")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     ap.add_argument("--sections", default="accel,sca,train",
                     help="comma-separated: accel, sca, train, paper, pipeline, cache")
@@ -251,6 +252,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         from radar_train.bench.record import ResultFile, check_output, environment
         from radar_train.models import get_preset
 
+        if a.output and a.output_dir:
+            raise ValueError("--output and --output_dir: name one of them")
         unknown = [s for s in a.sections if s not in SECTIONS]
         if unknown:
             raise ValueError(f"--sections: unknown {unknown}; known: {', '.join(SECTIONS)}")
@@ -265,6 +268,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         device = torch.device(a.device)
         head = environment(device, commit=a.commit)
         output = a.output or default_output(head["device"], device.type)
+        if a.output_dir is not None:  # the default file name in another folder
+            output = str(Path(a.output_dir) / Path(default_output(head["device"], device.type)).name)
         check_output(output, a.overwrite)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -25,7 +25,7 @@ def test_the_run_writes_result_and_logs_into_out(tmp_path):
     assert len(results) == 1 and results[0].name.endswith(".json")
     doc = json.loads(results[0].read_text())
     assert doc["commit"] == "abc1234" and doc["status"]["accel"].startswith("ok")
-    assert f"--output {results[0]}" in doc["command"]
+    assert f"--output_dir {out}" in doc["command"]
     assert "stagevar:default" in {r["method"] for r in doc["rows"]}
     assert "wrote" in (out / "suite.log").read_text()
     assert "skipped" in (out / "gpu-tests.log").read_text()  # no CUDA here

@@ -55,6 +55,8 @@ def test_bad_options_are_one_error_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "error: --sections: unknown ['nope']; known: accel, sca, train, paper, pipeline, cache"
     assert main(["--device", "cpu", "--official_var", str(tmp_path), "--output", str(tmp_path / "x.json")]) == 2
     assert "not a checkout of FoundationVision/VAR" in capsys.readouterr().err
+    assert main(["--device", "cpu", "--output", str(tmp_path / "x.json"), "--output_dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == "error: --output and --output_dir: name one of them"
     assert not (tmp_path / "x.json").exists()
 
 
