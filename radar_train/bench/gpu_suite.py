@@ -15,7 +15,8 @@ keeps what it measured):
   vanilla SDPA against window-selected masks at the default and aggressive budgets (random weights: no
   calibration; the same block counts as calibrated masks) through FlexAttention, per engine, with the
   FLOP model's ideal speed-up, the KV buffers allocated and peak memory per row; in its own try so that a
-  kernel failure costs only this section; rows under sections.sca.
+  kernel failure costs only this section; rows under sections.sca. A preset is skipped (and recorded so) when
+  less than its part of --sca_reserve_s is left.
 - train: decoder-LoRA training-step throughput and peak memory (radar_train.train.bench, VAR-d16 shapes,
   batch 16, bf16-mixed) — only when its imports (lightning, peft, zarr) work and at least --train_reserve_s
   of the budget is left; otherwise recorded as skipped.
@@ -24,6 +25,8 @@ keeps what it measured):
   default list; name it in --sections (about 75 s of the budget) to run it.
 - pipeline, cache: the adapter-cost and radar-cache benchmarks; not in the default list (they do not fit
   the 8 minutes next to the accel section); name them in --sections to run them.
+Each section stops planning rounds early enough to leave the sections after it their reserves (--sca_reserve_s,
+--train_reserve_s, --paper_reserve_s), so a slow accel section cannot crowd out the training figures.
 The file has the shape {device, torch, cuda, commit, date, command, rows: [...], sections: {...}};
 `python -m radar_train.bench.tables` makes the README tables from it.
 """
@@ -120,8 +123,14 @@ def run_sca_section(args, results, log, deadline: float) -> Optional[str]:
 
     presets = [p for p in args.presets if p in SCA_PRESETS] or list(args.presets[:1])
     engines = args.engines or None
-    rows, failures = [], {}
+    rows, failures, skipped = [], {}, {}
+    per_preset = args.sca_reserve_s / len(presets)
     for preset in presets:
+        left = deadline - time.time()
+        if left < per_preset:  # keep the later sections' reserve: the presets not yet run are recorded as skipped
+            skipped[preset] = f"{left:.0f} s of the budget left (< {per_preset:.0f} s)"
+            log(f"== sca {preset}: skipped ({skipped[preset]})")
+            continue
         try:
             rows += run_accel_benchmark(
                 BenchSetup(preset=preset, batch_size=args.batch_size, device=args.device, warmup=args.warmup,
@@ -134,8 +143,10 @@ def run_sca_section(args, results, log, deadline: float) -> Optional[str]:
             torch.cuda.empty_cache()
     if rows:
         log(format_table(rows))
-    _section(results, "sca", {"rows": rows, **({"failures": failures} if failures else {})})
-    return f"failed for {', '.join(failures)}" if failures else None
+    _section(results, "sca", {"rows": rows, **({"failures": failures} if failures else {}),
+                              **({"skipped": skipped} if skipped else {})})
+    notes = [f"failed for {', '.join(failures)}"] * bool(failures) + [f"skipped {', '.join(skipped)}"] * bool(skipped)
+    return "; ".join(notes) or None
 
 
 def run_paper_section(args, results, log, deadline: float) -> Optional[str]:
@@ -232,6 +243,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds per preset at most")
     ap.add_argument("--min_repeats", type=int, default=3, help="timed rounds per preset at least, budget or not")
     ap.add_argument("--budget_s", type=float, default=450.0, help="seconds the whole suite should take")
+    ap.add_argument("--sca_reserve_s", type=float, default=SCA_S,
+                    help="budget the sca section needs (shared between its presets; a preset is skipped without its part)")
     ap.add_argument("--train_reserve_s", type=float, default=TRAIN_S, help="budget the train section needs to run")
     ap.add_argument("--paper_reserve_s", type=float, default=PAPER_S, help="budget the paper section needs to run")
     ap.add_argument("--device", default="cuda", help="cuda (default), or cpu for a smoke test")
@@ -284,19 +297,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     results.save()
     eta = sum(b + (a.warmup + a.repeats) * r for r, b in (_estimate(p, len(engines), a.batch_size) for p in a.presets)) \
         if "accel" in a.sections else 0.0
-    eta += TRAIN_S if "train" in a.sections else 0.0
-    eta += SCA_S if "sca" in a.sections else 0.0
-    eta += PAPER_S if "paper" in a.sections else 0.0
+    eta += a.train_reserve_s if "train" in a.sections else 0.0
+    eta += a.sca_reserve_s if "sca" in a.sections else 0.0
+    eta += a.paper_reserve_s if "paper" in a.sections else 0.0
     log(f"gpu suite on {head['device']}: sections {', '.join(a.sections)}; presets {', '.join(a.presets)}; "
         f"engines {', '.join(engines)}; batch {a.batch_size}; writing {output}")
     log(f"ETA about {eta / 60:.1f} min at {a.repeats} timed rounds per preset (estimate for an H100/H200); "
         f"budget {a.budget_s / 60:.1f} min: rounds are cut (to no fewer than {a.min_repeats}) to fit it")
     deadline = t_start + a.budget_s
-    reserve = (a.train_reserve_s if "train" in a.sections else 0.0) + (SCA_S if "sca" in a.sections else 0.0) + \
-        (a.paper_reserve_s if "paper" in a.sections else 0.0)
-    for name in a.sections:
+    reserves = {"sca": a.sca_reserve_s, "train": a.train_reserve_s, "paper": a.paper_reserve_s}
+    for i, name in enumerate(a.sections):
         t0 = time.time()
-        section_deadline = deadline - reserve if name == "accel" else deadline
+        # each section ends early enough to leave the later sections their reserves
+        section_deadline = deadline - sum(reserves.get(later, 0.0) for later in a.sections[i + 1:])
         try:
             status = SECTIONS[name](a, results, log, section_deadline) or f"ok ({time.time() - t0:.0f} s)"
         except Exception as e:  # noqa: BLE001 - report and go on with the next section

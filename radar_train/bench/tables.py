@@ -117,6 +117,8 @@ def render(doc: dict) -> str:
         lines += ([""] if doc["rows"] else []) + ["SCA-Mask section:", ""] + _table(sca["rows"])
     for preset, why in (sca.get("failures") or {}).items():
         lines += ["", f"SCA-Mask section, {preset}: failed: {why}".replace("|", "/")]
+    for preset, why in (sca.get("skipped") or {}).items():
+        lines += ["", f"SCA-Mask section, {preset}: skipped ({why})".replace("|", "/")]
     paper = (doc.get("sections") or {}).get("paper") or {}
     if paper.get("rows"):
         lines += ["", "RADAR's timing setting (fp32, SDPA on the math kernel):", ""] + _table(paper["rows"])

@@ -84,3 +84,18 @@ def test_the_paper_section_times_radars_baseline_setting(tmp_path):
     skipped = json.loads(out.read_text())
     assert skipped["sections"]["paper"]["skipped"].endswith("s of the budget left (< 1000000000 s)")
     assert render(skipped).endswith("RADAR's timing setting: skipped (" + skipped["sections"]["paper"]["skipped"] + ")")
+
+
+def test_a_section_leaves_the_later_sections_their_reserves(tmp_path, capsys):
+    # sca first, paper after it: paper's reserve takes all but 1 s of the budget, so sca skips its preset
+    out = tmp_path / "run.json"
+    assert main(["--device", "cpu", "--presets", "tiny", "--batch_size", "1", "--warmup", "0", "--min_repeats", "1",
+                 "--sections", "sca,paper", "--budget_s", "600", "--paper_reserve_s", "599", "--sca_reserve_s", "10",
+                 "--output", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    sca = doc["sections"]["sca"]
+    assert sca["rows"] == [] and list(sca["skipped"]) == ["tiny"] and sca["skipped"]["tiny"].endswith("(< 10 s)")
+    assert doc["status"]["sca"] == "skipped tiny" and "== sca tiny: skipped (" in capsys.readouterr().out
+    assert doc["status"]["paper"].startswith("ok") and [r["method"] for r in doc["sections"]["paper"]["rows"]] == \
+        ["vanilla", "sca:window+default", "decode"]
+    assert f"SCA-Mask section, tiny: skipped ({sca['skipped']['tiny']})" in render(doc)
