@@ -127,7 +127,7 @@ def run_sca_section(args, results, log, deadline: float) -> Optional[str]:
     per_preset = args.sca_reserve_s / len(presets)
     for preset in presets:
         left = deadline - time.time()
-        if left < per_preset:  # keep the later sections' reserve: the presets not yet run are recorded as skipped
+        if left < per_preset:  # the later sections keep their reserves; this preset is recorded as skipped
             skipped[preset] = f"{left:.0f} s of the budget left (< {per_preset:.0f} s)"
             log(f"== sca {preset}: skipped ({skipped[preset]})")
             continue
@@ -145,7 +145,11 @@ def run_sca_section(args, results, log, deadline: float) -> Optional[str]:
         log(format_table(rows))
     _section(results, "sca", {"rows": rows, **({"failures": failures} if failures else {}),
                               **({"skipped": skipped} if skipped else {})})
-    notes = [f"failed for {', '.join(failures)}"] * bool(failures) + [f"skipped {', '.join(skipped)}"] * bool(skipped)
+    notes = []
+    if failures:
+        notes.append(f"failed for {', '.join(failures)}")
+    if skipped:
+        notes.append(f"skipped {', '.join(skipped)}")
     return "; ".join(notes) or None
 
 
