@@ -19,7 +19,8 @@ keeps what it measured):
   less than its part of --sca_reserve_s is left.
 - train: decoder-LoRA training-step throughput and peak memory (radar_train.train.bench, VAR-d16 shapes,
   batch 16, bf16-mixed) — only when its imports (lightning, peft, zarr) work and at least --train_reserve_s
-  of the budget is left; otherwise recorded as skipped.
+  of the budget is left; otherwise recorded as skipped. With --train_compiled also the step with
+  model.optim.compile (the compiled_vs_eager row; compiling does not fit the default budget).
 - paper: RADAR's timing setting (fp32, SDPA on the math kernel: the baseline its 1.6-1.9x were measured
   against, methods.md §4.1): vanilla against SCA-Mask at the default budgets on VAR-d20 shapes; not in the
   default list; name it in --sections (about 75 s of the budget) to run it.
@@ -193,7 +194,8 @@ def run_train_section(args, results, log, deadline: float) -> Optional[str]:
         return f"skipped ({why})"
     from radar_train.train.bench import TrainBenchArgs, format_table, run_train_benchmark
 
-    rows = run_train_benchmark(TrainBenchArgs(preset="var-d16", batch_size=16, device=args.device))
+    rows = run_train_benchmark(TrainBenchArgs(preset="var-d16", batch_size=16, device=args.device,
+                                              compiled_row=args.train_compiled))
     log(format_table(rows))
     _section(results, "train", {"rows": rows})
 
@@ -251,6 +253,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                     help="budget the sca section needs (shared between its presets; a preset is skipped without its part)")
     ap.add_argument("--train_reserve_s", type=float, default=TRAIN_S, help="budget the train section needs to run")
     ap.add_argument("--paper_reserve_s", type=float, default=PAPER_S, help="budget the paper section needs to run")
+    ap.add_argument("--train_compiled", action="store_true",
+                    help="train section: also time the training step with model.optim.compile (compiled_vs_eager; "
+                         "compiling takes a minute or two: raise --train_reserve_s with it)")
     ap.add_argument("--device", default="cuda", help="cuda (default), or cpu for a smoke test")
     ap.add_argument("--commit", default=None, help="commit to record (default: git rev-parse of this checkout)")
     a = ap.parse_args(argv)

@@ -5,7 +5,7 @@ Module names follow the official checkpoints (`conv_in`, `down.{i}.block.{j}`, `
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -152,6 +152,10 @@ class Decoder(nn.Module):
         self.checkpoint_blocks = False
         """Recompute each block's activations in the backward instead of keeping them (activation
         checkpointing: less memory for training through the decoder, about one more forward of compute)."""
+        self.block_call: Optional[Callable[[nn.Module, torch.Tensor], torch.Tensor]] = None
+        """How each block (resnet, attention, upsampling) is run: `block_call(block, h)`, e.g. one compiled
+        function for all blocks; None: `block(h)`. It takes the block as an argument, so a copy of the decoder
+        (deepcopy) runs its own blocks through it."""
         block_in = ch * ch_mult[-1]
         self.conv_in = nn.Conv2d(z_channels, block_in, kernel_size=3, stride=1, padding=1)
         self.mid = nn.Module()
@@ -208,6 +212,10 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h), inplace=overwrite_ok())).contiguous()
 
     def _run(self, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        if self.block_call is not None:
+            if self.checkpoint_blocks and torch.is_grad_enabled():
+                return checkpoint(self.block_call, block, h, use_reentrant=False)
+            return self.block_call(block, h)
         if self.checkpoint_blocks and torch.is_grad_enabled():
             return checkpoint(block, h, use_reentrant=False)
         return block(h)

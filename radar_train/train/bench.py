@@ -17,6 +17,9 @@ Rows (`run_train_benchmark` returns them as dicts):
   a fresh spawned process per measurement, the peak resident set size while the work runs (VmHWM, reset
   with /proc/self/clear_refs once the models are built, so build-time transients don't count) minus the
   resident size after the imports (so the weights count). Target <= 0.5.
+- compiled_vs_eager (with --compiled_row true): samples/s of the bare loop with model.optim.compile (the
+  decoder's blocks through torch.compile) vs without; the compiled loop's warm-up steps, which compile, are
+  reported apart (warmup_s).
 Random weights of the preset are used unless a VQ-VAE checkpoint is given: kernel speed and memory do not
 depend on the weight values.
 """
@@ -65,6 +68,9 @@ class TrainBenchArgs:
     """Measure the peak-memory row."""
     activation_checkpointing: bool = False
     """Train with model.optim.activation_checkpointing (recomputed decoder activations)."""
+    compiled_row: bool = False
+    """Also time the bare loop with model.optim.compile (the compiled_vs_eager row; compiling takes tens of
+    seconds, about a minute on a CPU)."""
     seed: int = 0
     """Seed of the random weights and latents."""
 
@@ -82,7 +88,7 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def _module(args: TrainBenchArgs):
+def _module(args: TrainBenchArgs, compiled: bool = False):
     from radar_train.config import ModelArgs
     from radar_train.train.module import MonitorArgs, OutputArgs, RadarLoraModule
     from radar_train.train.optim import OptimArgs
@@ -92,7 +98,7 @@ def _module(args: TrainBenchArgs):
                         init_seed=None if args.vae_checkpoint else args.seed)
     return RadarLoraModule(decoder=decoder, monitor=MonitorArgs(images_every_n_steps=0, train_metrics_every_n_steps=0),
                            output=OutputArgs(checkpoints=False, export_final=False),
-                           optim=OptimArgs(activation_checkpointing=args.activation_checkpointing))
+                           optim=OptimArgs(activation_checkpointing=args.activation_checkpointing, compile=compiled))
 
 
 def _batch(module, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
@@ -109,11 +115,11 @@ def _autocast(dev: torch.device, precision: str):
     return nullcontext()
 
 
-def _train_setup(args: TrainBenchArgs, dev: torch.device, steps: int):
+def _train_setup(args: TrainBenchArgs, dev: torch.device, steps: int, compiled: bool = False):
     """(module on dev, batch on the CPU, trainable params, AdamW, scheduler) as the training recipe builds them."""
     from radar_train.train.optim import build_optimizer
 
-    module = _module(args).to(dev).train()
+    module = _module(args, compiled).to(dev).train()
     params = [p for p in module.parameters() if p.requires_grad]
     opt, sched = build_optimizer(params, module.optim_args, steps)
     return module, _batch(module, args.batch_size, args.seed), params, opt, sched
@@ -132,17 +138,34 @@ def _train_step(state, dev: torch.device, precision: str) -> None:
     sched.step()
 
 
-def bare_loop(args: TrainBenchArgs, dev: torch.device, precision: str) -> float:
-    """Seconds per step of a plain PyTorch loop doing the same forward/backward as the Lightning module."""
-    state = _train_setup(args, dev, args.warmup + args.steps)
-    t0 = 0.0
+def bare_loop(args: TrainBenchArgs, dev: torch.device, precision: str, compiled: bool = False) -> tuple[float, float]:
+    """(seconds per timed step, seconds of the warm-up steps) of a plain PyTorch loop doing the same
+    forward/backward as the Lightning module (`compiled`: with model.optim.compile)."""
+    state = _train_setup(args, dev, args.warmup + args.steps, compiled)
+    _sync(dev)
+    start = t0 = time.perf_counter()
     for i in range(args.warmup + args.steps):
         if i == args.warmup:
             _sync(dev)
             t0 = time.perf_counter()
         _train_step(state, dev, precision)
     _sync(dev)
-    return (time.perf_counter() - t0) / args.steps
+    return (time.perf_counter() - t0) / args.steps, t0 - start
+
+
+def compiled_vs_eager_row(args: TrainBenchArgs, eager_s: float) -> dict:
+    """The compiled_vs_eager row: the bare loop with model.optim.compile against `eager_s` (seconds per step
+    of the same loop without it, measured in the same run)."""
+    from radar_train.train.compile import COMPILE_BACKEND
+
+    dev = _device(args.device)
+    precision = _precision(args, dev)
+    compiled_s, warmup_s = bare_loop(args, dev, precision, compiled=True)
+    return {"name": "compiled_vs_eager", "preset": args.preset, "batch_size": args.batch_size, "device": str(dev),
+            "precision": precision, "activation_checkpointing": args.activation_checkpointing,
+            "eager_samples_per_s": args.batch_size / eager_s, "compiled_samples_per_s": args.batch_size / compiled_s,
+            "ratio": eager_s / compiled_s, "warmup_s": warmup_s, "warmup_steps": args.warmup,
+            "backend": COMPILE_BACKEND}
 
 
 class _Repeat(torch.utils.data.Dataset):
@@ -323,7 +346,7 @@ def run_train_benchmark(args: TrainBenchArgs = TrainBenchArgs(), log: Callable[[
     common = {"preset": args.preset, "batch_size": args.batch_size, "device": str(dev), "precision": precision,
               "activation_checkpointing": args.activation_checkpointing}
     t0 = time.perf_counter()
-    bare = bare_loop(args, dev, precision)
+    bare = bare_loop(args, dev, precision)[0]
     took = time.perf_counter() - t0
     # the Lightning loop runs the same steps; the memory row runs a training step and a sampling in two children
     log(f"  bare loop: {took:.1f} s; the rest should take about {format_duration(took * (2 + 2 * args.memory))} "
@@ -342,6 +365,9 @@ def run_train_benchmark(args: TrainBenchArgs = TrainBenchArgs(), log: Callable[[
                      "var_sampling_mib": sample_b / 2**20, "ratio": train_b / sample_b, "target": "<= 0.5",
                      "method": method})
         log(f"  memory_train_vs_sampling: {rows[-1]['ratio']:.3f}")
+    if args.compiled_row:
+        rows.append(compiled_vs_eager_row(args, bare))
+        log(f"  compiled_vs_eager: {rows[-1]['ratio']:.3f}")
     return rows
 
 
@@ -351,6 +377,10 @@ def row_detail(r: dict) -> str:
         return f"bare {r['bare_samples_per_s']:.1f} samples/s, Lightning {r['lightning_samples_per_s']:.1f} samples/s"
     if r["name"] == "data_vs_step":
         return f"load {r['data_ms_per_batch']:.1f} ms/batch vs step {r['step_ms']:.1f} ms ({r['source']})"
+    if r["name"] == "compiled_vs_eager":
+        return (f"compiled ({r['backend']}) {r['compiled_samples_per_s']:.1f} samples/s, eager "
+                f"{r['eager_samples_per_s']:.1f} samples/s; warm-up with the compilation {r['warmup_s']:.1f} s "
+                f"({r['warmup_steps']} steps)")
     return f"train step {r['train_step_mib']:.0f} MiB vs VAR sampling {r['var_sampling_mib']:.0f} MiB ({r['method']})"
 
 

@@ -42,6 +42,7 @@ from radar_train.models import ModelIdentity, load_latent_decoder
 from .adversarial import AdversarialArgs, build_adversarial
 from .checks import check_cache_matches
 from .conditioning import LabelConditioningArgs, build_label_conditioning
+from .compile import compile_decoder_blocks
 from .ema import AdapterEMA, EmaArgs
 from .lora import LoraArgs, inject_lora, parameter_counts, resolve_targets
 from .losses import DistillLoss, LossArgs
@@ -140,6 +141,8 @@ class RadarLoraModule(pl.LightningModule):
             ("adversarial", adversarial), ("ema", ema))}))
         base, self.identity = load_latent_decoder(decoder.preset, decoder.vae_checkpoint, decoder.init_seed)
         base.decoder.checkpoint_blocks = optim.activation_checkpointing
+        if optim.compile:
+            compile_decoder_blocks(base)
         cfg = base.config
         self.latent_shape = [cfg.z_channels, cfg.patch_nums[-1], cfg.patch_nums[-1]]
         self.targets = resolve_targets(base, lora.targets)

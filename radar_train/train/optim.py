@@ -13,7 +13,7 @@ __all__ = ["OptimArgs", "WarmupCosine", "build_optimizer"]
 
 @dataclass
 class OptimArgs:
-    """AdamW + warm-up + cosine schedule, gradient clipping, activation checkpointing."""
+    """AdamW + warm-up + cosine schedule, gradient clipping, activation checkpointing, compilation."""
 
     learning_rate: float = 1e-4
     """Peak learning rate (after warm-up)."""
@@ -34,6 +34,10 @@ class OptimArgs:
     activation_checkpointing: bool = False
     """Recompute the decoder blocks' activations in the backward instead of keeping them: less peak memory
     per step for about one more decoder forward of compute (see the training benchmark)."""
+    compile: bool = False
+    """Run the decoder's blocks through torch.compile (inductor; one compiled function for all blocks, a
+    handful of graphs compiled during the first steps): fuses GroupNorm, SiLU, residual sums and LoRA's
+    additions. Same losses up to float rounding; the training benchmark's compiled_vs_eager row measures it."""
 
     def problems(self) -> list[str]:
         p = []
