@@ -17,8 +17,9 @@ from radar_train.train.optim import OptimArgs, build_optimizer
 
 CASES = {
     "plain": {},
-    "label-conditioned": {"label_conditioning": LabelConditioningArgs(kind="film", embed_dim=8)},
-    "activation-checkpointing": {"optim_extra": {"activation_checkpointing": True}},
+    "label-conditioned-with-activation-checkpointing": {
+        "label_conditioning": LabelConditioningArgs(kind="film", embed_dim=8),
+        "optim_extra": {"activation_checkpointing": True}},
 }
 
 
