@@ -148,3 +148,32 @@ def test_compiled_decoder_blocks_train_like_eager_on_cuda(monkeypatch):
     print(f"compiled decoder training on CUDA: eager losses {losses[0]}, compiled {losses[1]}")
     assert losses[1] == pytest.approx(losses[0], rel=2e-3)
     assert counters["stats"]["unique_graphs"] > 0 and not counters["graph_break"]
+
+
+def test_a_lightning_fit_with_compile_writes_checkpoints_and_warns_on_the_cpu(tmp_path, caplog):
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader
+
+    from radar_train.train.module import OutputArgs
+
+    class Pairs(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 8
+
+        def __getitem__(self, i: int) -> dict:
+            b = _batch(i)
+            return {"fhat_hq": b["fhat_hq"][0], "fhat_lq": b["fhat_lq"][0]}
+
+    torch.manual_seed(0)
+    module = RadarLoraModule(optim=OptimArgs(learning_rate=1e-2, warmup_steps=1, compile=True),
+                             output=OutputArgs(save_every_n_steps=2))
+    trainer = pl.Trainer(default_root_dir=str(tmp_path), accelerator="cpu", devices=1, max_steps=2, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         limit_val_batches=0)
+    with caplog.at_level("WARNING"):
+        trainer.fit(module, DataLoader(Pairs(), batch_size=4))
+    assert any("model.optim.compile on the CPU" in r.getMessage() for r in caplog.records)
+    assert counters["stats"]["unique_graphs"] > 0
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["state_dict"] and all(".lora_" in k for k in ckpt["state_dict"])
+    assert (tmp_path / "final").is_dir()
