@@ -28,6 +28,10 @@ def overwrite_ok() -> bool:
     return not torch.is_grad_enabled()
 
 
+def _call_block(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    return block(h)
+
+
 class Upsample2x(nn.Module):
     """Nearest-neighbour ×2, then a 3×3 convolution."""
 
@@ -212,13 +216,10 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h), inplace=overwrite_ok())).contiguous()
 
     def _run(self, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
-        if self.block_call is not None:
-            if self.checkpoint_blocks and torch.is_grad_enabled():
-                return checkpoint(self.block_call, block, h, use_reentrant=False)
-            return self.block_call(block, h)
+        call = self.block_call or _call_block
         if self.checkpoint_blocks and torch.is_grad_enabled():
-            return checkpoint(block, h, use_reentrant=False)
-        return block(h)
+            return checkpoint(call, block, h, use_reentrant=False)
+        return call(block, h)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self._decode(z, None)
