@@ -406,10 +406,18 @@ def test_cli_output_drops_library_deprecation_noise_and_keeps_warnings_a_user_ca
         warn("skip_none was deprecated", DeprecationWarning, "jsonargparse._core")
         warn("isinstance(treespec, LeafSpec) is deprecated", FutureWarning, "lightning.pytorch.utilities._pytree")
         warn("Checkpoint directory /r/checkpoints exists and is not empty.", UserWarning, "lightning.pytorch.callbacks")
+        warn("It is recommended to use `self.log('val/psnr_student', ..., sync_dist=True)` when logging on epoch level "
+             "in distributed setting to accumulate the metric across devices.", UserWarning,
+             "lightning.pytorch.trainer.connectors.logger_connector.result")
+        warn("It is recommended to use `self.log('train/loss', ..., sync_dist=True)` when logging on epoch level "
+             "in distributed setting to accumulate the metric across devices.", UserWarning,
+             "lightning.pytorch.trainer.connectors.logger_connector.result")
         warn("The number of training batches (8) is smaller than the logging interval", UserWarning,
              "lightning.pytorch.loops.fit_loop")
         warn("adapter was trained for fastvar, not stagevar", UserWarning, "radar_train.inference.pipeline")
         warn("our own old option", DeprecationWarning, "radar_train.config")
     assert [str(w.message) for w in shown] == [
+        "It is recommended to use `self.log('train/loss', ..., sync_dist=True)` when logging on epoch level in "
+        "distributed setting to accumulate the metric across devices.",
         "The number of training batches (8) is smaller than the logging interval",
         "adapter was trained for fastvar, not stagevar", "our own old option"]

@@ -25,6 +25,8 @@ _LIBRARY_NOISE = (
     r".*isinstance\(treespec, LeafSpec\)",  # lightning's use of torch's pytree
     # on any machine with SLURM installed (a login node, CI), outside a job: our job scripts use srun
     r".*The `srun` command is available on your system but is not used",
+    # under DDP, for the val/ metrics, which RadarLoraModule all-reduces itself before logging them
+    r".*It is recommended to use `self\.log\('val/.*sync_dist=True",
 )
 
 
