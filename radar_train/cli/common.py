@@ -52,6 +52,19 @@ def quiet_library_warnings() -> None:
             warnings.filterwarnings("ignore", message=message)
 
 
+class RankZeroInfo(logging.Filter):
+    """Lets records below WARNING through only on the process of global rank 0 (Lightning's
+    `rank_zero_only.rank`, set from the launcher's environment and by the strategy), so that a run on N
+    devices says its INFO lines once instead of N times; warnings and errors pass on every rank."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+        return getattr(rank_zero_only, "rank", 0) == 0
+
+
 def tidy_lightning_logging() -> None:
     """Lightning's log lines once (its own handler; not again through the root logger), without the two
     it logs at INFO that are not about the user's run: an advertisement, and the note that the run's

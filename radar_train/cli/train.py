@@ -328,9 +328,12 @@ def _body(argv: list[str]) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    from radar_train.cli.common import run_main
+    from radar_train.cli.common import RankZeroInfo, run_main
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for handler in logging.getLogger().handlers:  # our INFO lines once per run, not once per device
+        if not any(isinstance(f, RankZeroInfo) for f in handler.filters):
+            handler.addFilter(RankZeroInfo())
     run_main("radar-train", _body, argv, check_configs=False)
 
 

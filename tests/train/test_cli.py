@@ -182,3 +182,7 @@ def test_ddp_with_two_cpu_processes_runs_and_writes_one_checkpoint(tiny_cache, t
     ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 3 and ckpt["radar"]["training"]["trainer"]["world_size"] == 2
     assert (root / "final" / "adapter_model.safetensors").is_file()
+    # the run's own lines once, not once per process
+    out = proc.stdout + proc.stderr
+    for line in ("LoRA r=", "radar-train fit: run folder", "pairs: "):
+        assert out.count(line) == 1, (line, out[-3000:])
