@@ -58,8 +58,10 @@ def test_accel_bench_sca_rows_carry_the_flop_model(tmp_path):
 
 
 def test_pipeline_bench_rows(tmp_path):
-    rows, _ = _bench("pipeline", "--setup.batch_size", "2", "--setup.repeats", "1", "--setup.warmup", "0",
-                     "--methods", "[none]", "--sampling.top_k", "64", tmp_path=tmp_path)
+    doc, _ = _bench("pipeline", "--setup.batch_size", "2", "--setup.repeats", "1", "--setup.warmup", "0",
+                    "--methods", "[none]", "--sampling.top_k", "64", tmp_path=tmp_path)
+    assert {"device", "torch", "cuda", "commit", "date", "command"} <= set(doc) and "pipeline" in doc["command"]
+    rows = doc["rows"]
     names = [r["method"] for r in rows]
     assert names == ["decode: base decoder", "decode: merged decoder", "decode: unmerged decoder",
                      "decode: label-conditioned decoder", "none", "none + adapter (merged)"]
@@ -79,8 +81,11 @@ def test_merged_adapter_has_the_base_decoders_structure(tiny_models):
 
 
 def test_train_bench_rows(tmp_path):
-    rows, stdout = _bench("train", "--args.batch_size", "4", "--args.steps", "2", "--args.warmup", "1",
-                          "--args.cache_pairs", "32", tmp_path=tmp_path)
+    doc, stdout = _bench("train", "--args.batch_size", "4", "--args.steps", "2", "--args.warmup", "1",
+                         "--args.cache_pairs", "32", tmp_path=tmp_path)
+    assert {"device", "torch", "cuda", "commit", "date", "command"} <= set(doc) and "train" in doc["command"]
+    assert doc["device"].endswith("torch threads)")  # the CPU's name and core count (bench.record.device_name)
+    rows = doc["rows"]
     by = {r["name"]: r for r in rows}
     assert set(by) == {"lightning_vs_bare", "data_vs_step", "memory_train_vs_sampling"}
     assert all(r["ratio"] > 0 for r in rows)

@@ -24,11 +24,17 @@ def _log(line: str) -> None:
     print(line, flush=True)
 
 
-def _write_json(rows: list[dict], path: Optional[str]) -> None:
+def _write_json(rows: list[dict], path: Optional[str], device: str = "auto") -> None:
+    """The rows as a result file of the benchmarks' shape ({device, torch, cuda, commit, date, command, rows};
+    radar_train.bench.record), written atomically. `device`: where they were measured ('auto': CUDA if any)."""
+    import torch
+
+    from radar_train.bench.record import environment
     from radar_train.outputs import write_text_atomic
 
     if path:
-        write_text_atomic(path, _json.dumps(rows, indent=2))
+        dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+        write_text_atomic(path, _json.dumps({**environment(dev), "rows": rows}, indent=2, default=str) + "\n")
         print(f"wrote {path}")
 
 
@@ -82,7 +88,7 @@ def pipeline(setup: BenchSetup = BenchSetup(preset="tiny", batch_size=8), method
         setup: model preset (random weights), batch size, device, dtype, warm-up and repeats.
         methods: method specs: none, fastvar, stagevar, fastvar:aggressive, stagevar:paper, ...
         sampling: sampler settings.
-        json: also write the rows to this JSON file.
+        json: also write the result to this JSON file ({device, torch, cuda, commit, date, command, rows}).
         overwrite: replace an existing --json file.
     """
     from radar_train.bench.pipeline import format_table, run_pipeline_benchmark
@@ -91,7 +97,7 @@ def pipeline(setup: BenchSetup = BenchSetup(preset="tiny", batch_size=8), method
 
     rows = run_pipeline_benchmark(setup, methods, sampling, log=_log)
     print(format_table(rows))
-    _write_json(rows, json)
+    _write_json(rows, json, setup.device)
     return 0
 
 
@@ -110,7 +116,7 @@ def cache(cache_config: str = "configs/cache/tiny.yaml", overrides: list[str] = 
         workers: DataLoader worker counts to time.
         repeats: repetitions (the best is kept).
         parts: generation and/or reader.
-        json: also write the rows to this JSON file.
+        json: also write the result to this JSON file ({device, torch, cuda, commit, date, command, rows}).
         overwrite: replace an existing --json file.
     """
     from radar_train.cache.bench import format_rows, run_cache_benchmark
@@ -137,7 +143,7 @@ def train(args: TrainBenchArgs = TrainBenchArgs(), json: Optional[str] = None,
 
     Args:
         args: preset (random weights unless a VQ-VAE checkpoint is given), batch size, steps, device, precision.
-        json: also write the rows to this JSON file.
+        json: also write the result to this JSON file ({device, torch, cuda, commit, date, command, rows}).
         overwrite: replace an existing --json file.
     """
     from radar_train.train.bench import format_table, run_train_benchmark
@@ -149,7 +155,7 @@ def train(args: TrainBenchArgs = TrainBenchArgs(), json: Optional[str] = None,
           f"(an estimate after the bare loop, then each row as it finishes)", flush=True)
     rows = run_train_benchmark(args, log=_log)
     print(format_table(rows))
-    _write_json(rows, json)
+    _write_json(rows, json, args.device)
     return 0
 
 
