@@ -17,9 +17,9 @@ Rows (`run_train_benchmark` returns them as dicts):
   a fresh spawned process per measurement, the peak resident set size while the work runs (VmHWM, reset
   with /proc/self/clear_refs once the models are built, so build-time transients don't count) minus the
   resident size after the imports (so the weights count). Target <= 0.5.
-- compiled_vs_eager (with --compiled_row true): samples/s of the bare loop with model.optim.compile (the
-  decoder's blocks through torch.compile) vs without; the compiled loop's warm-up steps, which compile, are
-  reported apart (warmup_s).
+- compiled_vs_eager (with --compiled_row true): samples/s of the bare loop's step with model.optim.compile
+  (the decoder's blocks through torch.compile) vs without, interleaved step by step (medians); the compiled
+  warm-up steps, which compile, are reported apart (warmup_s).
 Random weights of the preset are used unless a VQ-VAE checkpoint is given: kernel speed and memory do not
 depend on the weight values.
 """
@@ -138,33 +138,51 @@ def _train_step(state, dev: torch.device, precision: str) -> None:
     sched.step()
 
 
-def bare_loop(args: TrainBenchArgs, dev: torch.device, precision: str, compiled: bool = False) -> tuple[float, float]:
-    """(seconds per timed step, seconds of the warm-up steps) of a plain PyTorch loop doing the same
-    forward/backward as the Lightning module (`compiled`: with model.optim.compile)."""
-    state = _train_setup(args, dev, args.warmup + args.steps, compiled)
-    _sync(dev)
-    start = t0 = time.perf_counter()
+def bare_loop(args: TrainBenchArgs, dev: torch.device, precision: str) -> float:
+    """Seconds per step of a plain PyTorch loop doing the same forward/backward as the Lightning module."""
+    state = _train_setup(args, dev, args.warmup + args.steps)
+    t0 = 0.0
     for i in range(args.warmup + args.steps):
         if i == args.warmup:
             _sync(dev)
             t0 = time.perf_counter()
         _train_step(state, dev, precision)
     _sync(dev)
-    return (time.perf_counter() - t0) / args.steps, t0 - start
+    return (time.perf_counter() - t0) / args.steps
 
 
-def compiled_vs_eager_row(args: TrainBenchArgs, eager_s: float) -> dict:
-    """The compiled_vs_eager row: the bare loop with model.optim.compile against `eager_s` (seconds per step
-    of the same loop without it, measured in the same run)."""
+def compiled_vs_eager_row(args: TrainBenchArgs) -> dict:
+    """The compiled_vs_eager row: the bare loop's step with model.optim.compile against the same step without
+    it, interleaved (one eager step, one compiled step, `args.steps` times, after `args.warmup` steps of each,
+    the compiled ones compiling); medians per step."""
+    import statistics
+
     from radar_train.train.compile import COMPILE_BACKEND
 
     dev = _device(args.device)
     precision = _precision(args, dev)
-    compiled_s, warmup_s = bare_loop(args, dev, precision, compiled=True)
+    total = args.warmup + args.steps
+    eager, compiled = (_train_setup(args, dev, total, c) for c in (False, True))
+    for _ in range(args.warmup):
+        _train_step(eager, dev, precision)
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        _train_step(compiled, dev, precision)
+    _sync(dev)
+    warmup_s = time.perf_counter() - t0
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(args.steps):
+        for c, state in ((False, eager), (True, compiled)):
+            t0 = time.perf_counter()
+            _train_step(state, dev, precision)
+            _sync(dev)
+            times[c].append(time.perf_counter() - t0)
+    eager_s, compiled_s = (statistics.median(times[c]) for c in (False, True))
     return {"name": "compiled_vs_eager", "preset": args.preset, "batch_size": args.batch_size, "device": str(dev),
             "precision": precision, "activation_checkpointing": args.activation_checkpointing,
             "eager_samples_per_s": args.batch_size / eager_s, "compiled_samples_per_s": args.batch_size / compiled_s,
-            "ratio": eager_s / compiled_s, "warmup_s": warmup_s, "warmup_steps": args.warmup,
+            "ratio": eager_s / compiled_s, "steps": args.steps, "warmup_s": warmup_s, "warmup_steps": args.warmup,
             "backend": COMPILE_BACKEND}
 
 
@@ -346,7 +364,7 @@ def run_train_benchmark(args: TrainBenchArgs = TrainBenchArgs(), log: Callable[[
     common = {"preset": args.preset, "batch_size": args.batch_size, "device": str(dev), "precision": precision,
               "activation_checkpointing": args.activation_checkpointing}
     t0 = time.perf_counter()
-    bare = bare_loop(args, dev, precision)[0]
+    bare = bare_loop(args, dev, precision)
     took = time.perf_counter() - t0
     # the Lightning loop runs the same steps; the memory row runs a training step and a sampling in two children
     log(f"  bare loop: {took:.1f} s; the rest should take about {format_duration(took * (2 + 2 * args.memory))} "
@@ -366,7 +384,7 @@ def run_train_benchmark(args: TrainBenchArgs = TrainBenchArgs(), log: Callable[[
                      "method": method})
         log(f"  memory_train_vs_sampling: {rows[-1]['ratio']:.3f}")
     if args.compiled_row:
-        rows.append(compiled_vs_eager_row(args, bare))
+        rows.append(compiled_vs_eager_row(args))
         log(f"  compiled_vs_eager: {rows[-1]['ratio']:.3f}")
     return rows
 
@@ -379,8 +397,8 @@ def row_detail(r: dict) -> str:
         return f"load {r['data_ms_per_batch']:.1f} ms/batch vs step {r['step_ms']:.1f} ms ({r['source']})"
     if r["name"] == "compiled_vs_eager":
         return (f"compiled ({r['backend']}) {r['compiled_samples_per_s']:.1f} samples/s, eager "
-                f"{r['eager_samples_per_s']:.1f} samples/s; warm-up with the compilation {r['warmup_s']:.1f} s "
-                f"({r['warmup_steps']} steps)")
+                f"{r['eager_samples_per_s']:.1f} samples/s (medians of {r['steps']} interleaved steps each); "
+                f"warm-up with the compilation {r['warmup_s']:.1f} s ({r['warmup_steps']} steps)")
     return f"train step {r['train_step_mib']:.0f} MiB vs VAR sampling {r['var_sampling_mib']:.0f} MiB ({r['method']})"
 
 
