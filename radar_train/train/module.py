@@ -255,7 +255,7 @@ class RadarLoraModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         if self.optim_args.compile and self.device.type == "cpu" and self.trainer.is_global_zero:
-            log.warning("model.optim.compile on the CPU: slower than eager here (0.75x at toy, batch 16; "
+            log.warning("model.optim.compile on the CPU: slower than eager here (0.94x at toy, batch 16; "
                         "docs/benchmarks.md, Training, CPU); it is meant for GPUs")
         if self.logger is not None and self.trainer.is_global_zero:
             self.logger.log_metrics({"params/trainable": float(self.trainable_params),
