@@ -83,6 +83,9 @@ def test_compiled_blocks_train_and_decode_like_eager_without_graph_breaks(case):
                             for a in (True, False))
     assert (student - teacher).abs().max() > 1e-3, "the trained adapters must change the image"
     assert not counters["graph_break"], dict(counters["graph_break"])
+    graphs = counters["stats"]["unique_graphs"]
+    _train(compiled, steps=1)  # new batch and label tensors: the graphs of the first steps serve them
+    assert counters["stats"]["unique_graphs"] == graphs, "a training step after the first ones recompiled"
 
 
 def test_a_deep_copy_runs_its_own_weights_through_the_compiled_function():
