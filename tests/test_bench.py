@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 
 def _bench(*args, tmp_path):
@@ -84,7 +85,11 @@ def test_train_bench_rows(tmp_path):
     doc, stdout = _bench("train", "--args.batch_size", "4", "--args.steps", "2", "--args.warmup", "1",
                          "--args.cache_pairs", "32", tmp_path=tmp_path)
     assert {"device", "torch", "cuda", "commit", "date", "command"} <= set(doc) and "train" in doc["command"]
-    assert doc["device"].endswith("torch threads)")  # the CPU's name and core count (bench.record.device_name)
+    # the GPU's name, or the CPU's with its core count (bench.record.device_name)
+    if torch.cuda.is_available():
+        assert doc["device"] == torch.cuda.get_device_name()
+    else:
+        assert " cores (" in doc["device"]
     rows = doc["rows"]
     by = {r["name"]: r for r in rows}
     assert set(by) == {"lightning_vs_bare", "data_vs_step", "memory_train_vs_sampling"}

@@ -1,7 +1,6 @@
 """radar-bench: methods timed side by side (accel), speed against quality (tradeoff), and the stage benchmarks."""
 from __future__ import annotations
 
-import json as _json
 from typing import Optional
 
 from jsonargparse import CLI
@@ -25,16 +24,13 @@ def _log(line: str) -> None:
 
 
 def _write_json(rows: list[dict], path: Optional[str], device: str = "auto") -> None:
-    """The rows as a result file of the benchmarks' shape ({device, torch, cuda, commit, date, command, rows};
-    radar_train.bench.record), written atomically. `device`: where they were measured ('auto': CUDA if any)."""
-    import torch
-
-    from radar_train.bench.record import environment
-    from radar_train.outputs import write_text_atomic
+    """The rows as a result file of the benchmarks' shape (radar_train.bench.record.ResultFile, as accel
+    writes). `device`: where they were measured ('auto': CUDA if any)."""
+    from radar_train.bench.accel import resolve_device
+    from radar_train.bench.record import ResultFile, environment
 
     if path:
-        dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-        write_text_atomic(path, _json.dumps({**environment(dev), "rows": rows}, indent=2, default=str) + "\n")
+        ResultFile(path, environment(resolve_device(device, "auto")[0])).add_rows(rows)
         print(f"wrote {path}")
 
 

@@ -153,32 +153,31 @@ def bare_loop(args: TrainBenchArgs, dev: torch.device, precision: str) -> float:
 
 def compiled_vs_eager_row(args: TrainBenchArgs) -> dict:
     """The compiled_vs_eager row: the bare loop's step with model.optim.compile against the same step without
-    it, interleaved (one eager step, one compiled step, `args.steps` times, after `args.warmup` steps of each,
-    the compiled ones compiling); medians per step."""
-    import statistics
-
+    it, in interleaved rounds (radar_train.bench.rounds: one eager step, one compiled step, `args.steps`
+    times, medians) after `args.warmup` steps of each, the compiled ones compiling (timed apart)."""
+    from radar_train.bench.rounds import Job, PhaseClock, run_rounds
     from radar_train.train.compile import COMPILE_BACKEND
 
     dev = _device(args.device)
     precision = _precision(args, dev)
-    total = args.warmup + args.steps
-    eager, compiled = (_train_setup(args, dev, total, c) for c in (False, True))
+    eager, compiled = (_train_setup(args, dev, args.warmup + args.steps, c) for c in (False, True))
     for _ in range(args.warmup):
         _train_step(eager, dev, precision)
-    _sync(dev)
-    t0 = time.perf_counter()
+    clock = PhaseClock(dev).start()
     for _ in range(args.warmup):
         _train_step(compiled, dev, precision)
-    _sync(dev)
-    warmup_s = time.perf_counter() - t0
-    times: dict[bool, list[float]] = {False: [], True: []}
-    for _ in range(args.steps):
-        for c, state in ((False, eager), (True, compiled)):
-            t0 = time.perf_counter()
+    warmup_s = clock.mark("warmup")["warmup"]
+
+    def step(state):
+        def run() -> dict[str, float]:
+            clock.start()
             _train_step(state, dev, precision)
-            _sync(dev)
-            times[c].append(time.perf_counter() - t0)
-    eager_s, compiled_s = (statistics.median(times[c]) for c in (False, True))
+            return clock.mark("step")
+        return run
+
+    jobs = [Job("eager", step(eager)), Job("compiled", step(compiled))]
+    run_rounds(jobs, dev, 0, args.steps)
+    eager_s, compiled_s = (j.median("step") for j in jobs)
     return {"name": "compiled_vs_eager", "preset": args.preset, "batch_size": args.batch_size, "device": str(dev),
             "precision": precision, "activation_checkpointing": args.activation_checkpointing,
             "eager_samples_per_s": args.batch_size / eager_s, "compiled_samples_per_s": args.batch_size / compiled_s,
