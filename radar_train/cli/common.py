@@ -65,14 +65,29 @@ class RankZeroInfo(logging.Filter):
         return getattr(rank_zero_only, "rank", 0) == 0
 
 
+def reopen_closed_streams(logger: logging.Logger) -> None:
+    """Points the logger's stream handlers whose stream has been closed at the current sys.stderr.
+    Lightning binds its handler to the sys.stderr of the moment it is first imported; a host that swaps
+    and closes sys.stderr afterwards (a notebook cell's capture, pytest's capsys) would leave every later
+    line to fail with a "--- Logging error ---" traceback. Handlers on open streams are left as they are."""
+    for handler in logger.handlers:
+        plain = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+        stream = getattr(handler, "stream", None) if plain else None
+        if stream is not None and getattr(stream, "closed", False):
+            with handler.lock:  # not setStream: it flushes the old stream, which raises once it is closed
+                handler.stream = sys.stderr
+
+
 def tidy_lightning_logging() -> None:
-    """Lightning's log lines once (its own handler; not again through the root logger), without the two
-    it logs at INFO that are not about the user's run: an advertisement, and the note that the run's
-    checkpoint callback (attached early so that --ckpt_path last finds last.ckpt) is attached again."""
+    """Lightning's log lines once (its own handler; not again through the root logger), on an open stream,
+    without the two it logs at INFO that are not about the user's run: an advertisement, and the note
+    that the run's checkpoint callback (attached early so that --ckpt_path last finds last.ckpt) is
+    attached again."""
     import lightning  # noqa: F401 - sets up the "lightning" logger and its handler
 
     logger = logging.getLogger("lightning")
     logger.propagate = False
+    reopen_closed_streams(logger)
     noise = _DropMessages("Tip: For seamless cloud logging", "will override existing callbacks passed to Trainer")
     for handler in logger.handlers:
         if not any(isinstance(f, _DropMessages) for f in handler.filters):
@@ -190,6 +205,7 @@ def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Option
 
     args = expand_flags(sys.argv[1:] if argv is None else argv)
     quiet_library_warnings()
+    reopen_closed_streams(logging.getLogger())
     try:
         check_env()  # RADAR_PROGRESS / RADAR_PROGRESS_INTERVAL, before any work
         if check_configs:
