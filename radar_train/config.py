@@ -7,7 +7,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Sequence, Union
 
-__all__ = ["ModelArgs", "SamplingConfig", "FastVARArgs", "StageVARArgs", "SCAArgs", "AccelArgs", "parse_int_list"]
+__all__ = ["ModelArgs", "SamplingConfig", "FastVARArgs", "StageVARArgs", "SCAArgs", "AccelArgs", "parse_int_list",
+           "check_device"]
 
 Noise = Literal["official", "per_sample"]
 Engine = Literal["auto", "eager", "graphs", "compiled"]
@@ -168,3 +169,22 @@ def parse_int_list(spec: Union[str, int, Sequence[int]], what: str) -> list[int]
     if not out:
         raise ValueError(f"{what} is empty")
     return out
+
+
+def check_device(name: str, option: str = "--device"):
+    """The torch.device `name` stands for ("auto": cuda if available, else cpu); ValueError naming the option
+    if it is not a device, or a CUDA device that is not there."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"{option} {name!r} is not a device (cpu, cuda, cuda:N or auto)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{option} {name}: CUDA is not available here (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{option} {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return dev

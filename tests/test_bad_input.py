@@ -57,6 +57,8 @@ def world(tmp_path_factory, build_cache) -> dict[str, Path]:
     weights = w / "adapter_trunc" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     (w / "adapter_junk" / "radar_config.yaml").write_bytes(bytes(range(128, 256)))
+    shutil.copytree(cache, w / "cache_no_lq")  # a complete shard lacking an array (a partial copy)
+    shutil.rmtree(w / "cache_no_lq" / "shard-00000.zarr" / "fhat_lq")
     (w / "toy_out").mkdir()
     (w / "toy_out" / "toy_vae.safetensors").write_bytes(b"earlier run")
     return {"w": w, "cache": cache, "run": run, "final": final, "ckpt": run / "checkpoints" / "last.ckpt"}
@@ -178,6 +180,11 @@ CASES = [
     ("cache-export-of-a-run-folder", "cache",
      lambda w, t: ["export-wds", str(w["run"]), "--output", "wds"], ["manifest.json"]),
     ("cache-status-of-a-file", "cache", lambda w, t: ["status", str(w["w"] / "existing.json")], ["existing.json"]),
+    ("cache-status-of-a-shard-without-an-array", "cache", lambda w, t: ["status", str(w["w"] / "cache_no_lq")],
+     ["shard-00000.zarr", "fhat_lq"]),
+    ("cache-run-on-a-word-for-a-device", "cache",
+     lambda w, t: ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--output", "c", "--device", "gpu"],
+     ["--device", "gpu"]),
     ("cache-verify-without-a-folder", "cache", lambda w, t: ["verify"], ["cache_dir"]),
     ("cache-unknown-command", "cache", lambda w, t: ["stats", str(w["cache"])], ["stats"]),
     # radar-eval

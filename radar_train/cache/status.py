@@ -13,6 +13,7 @@ from radar_train.cache.layout import dir_bytes, scan_cache
 from radar_train.cache.plan import Plan
 from radar_train.cache.schema import Manifest, read_manifest
 from radar_train.cache.writer import array_checksum, expected_shapes
+from radar_train.inputs import reading
 
 
 def _fmt_bytes(n: float) -> str:
@@ -31,11 +32,12 @@ def latent_statistics(manifest: Manifest, shard_paths: list[Path], max_pairs: in
     hq, lq, ihq, ilq = [], [], [], []
     per_shard = -(-max_pairs // max(1, len(shard_paths)))
     for p in shard_paths:
-        g = zarr.open_group(str(p), mode="r")
-        hq.append(g[schema.FHAT_HQ][:per_shard].astype(np.float32))
-        lq.append(g[schema.FHAT_LQ][:per_shard].astype(np.float32))
-        ihq.append(g[schema.INDICES_HQ][:per_shard])
-        ilq.append(g[schema.INDICES_LQ][:per_shard])
+        with reading(p, "cache shard"):  # a partial copy, a damaged chunk: one line naming it
+            g = zarr.open_group(str(p), mode="r")
+            hq.append(g[schema.FHAT_HQ][:per_shard].astype(np.float32))
+            lq.append(g[schema.FHAT_LQ][:per_shard].astype(np.float32))
+            ihq.append(g[schema.INDICES_HQ][:per_shard])
+            ilq.append(g[schema.INDICES_LQ][:per_shard])
     if not hq:
         return {}
     hq_a, lq_a, ihq_a, ilq_a = (np.concatenate(x) for x in (hq, lq, ihq, ilq))

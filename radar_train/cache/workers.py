@@ -79,9 +79,9 @@ def resolve_device(device: str, split: WorkerSplit) -> str:
     import torch
 
     if device != "auto":
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
-        return device
+        from radar_train.config import check_device
+
+        return str(check_device(device))
     if not torch.cuda.is_available():
         return "cpu"
     if split.process_count > 1:

@@ -12,6 +12,8 @@ import sys
 import warnings
 from typing import Callable, NoReturn, Optional, Sequence
 
+from radar_train.config import check_device  # noqa: F401 - the entry points' device check, re-exported
+
 # Errors the user can fix: every one carries a one-line message. InputError, OutputError, CheckpointError,
 # the accel ConfigError and the reference FixtureError are ValueErrors.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
@@ -146,25 +148,6 @@ def check_config_files(argv: Sequence[str]) -> None:
             read_yaml(p, "config file")
         elif not any(c in value for c in "{}:\n"):
             raise InputError(f"{value}: config file not found (--config)")
-
-
-def check_device(name: str, option: str = "--device"):
-    """The torch.device `name` stands for ("auto": cuda if available, else cpu); ValueError naming the option
-    if it is not a device, or a CUDA device that is not there."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"{option} {name!r} is not a device (cpu, cuda, cuda:N or auto)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"{option} {name}: CUDA is not available here (use --device cpu)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"{option} {name}: only {torch.cuda.device_count()} CUDA device(s) here")
-    return dev
 
 
 def check_positive(minimum: int = 1, **values: Optional[float]) -> None:
