@@ -76,6 +76,7 @@ class SamplingState:
     handle: object = None  # a captured engine's hold on the workspace the run lives in (None: eager)
     eager: bool = False  # runs eagerly under every engine (trace, or a method that cannot be captured)
     kv_capacity: tuple[int, ...] = ()  # per-block KV capacity (tokens): the method's, else the whole sequence
+    method: Optional[AccelMethod] = None  # the method `accel` is a run of (None: vanilla)
 
     @property
     def batch_size(self) -> int:
@@ -251,11 +252,15 @@ class NextScaleSampler:
 
     @torch.no_grad()
     def fork(self, state: SamplingState, accel: Optional[AccelMethod] = None) -> SamplingState:
-        """An independent copy of the run. The copy continues with `accel` (None: vanilla); the method's
-        state is forked from the original only if it is the same method, else started fresh. Its KV cache
-        has the run's capacity when it continues with a method and the whole sequence's when vanilla."""
-        if accel is not None and state.accel is None:
-            raise ValueError("cannot fork into an accelerated run from a run without its method state")
+        """An independent copy of the run. The copy continues vanilla (`accel` None) or with the run's own
+        method (`accel` the method the run started with; its state is forked). Another method cannot take
+        over a run midway: its state would lack the scales it observes before it acts (ValueError). The
+        copy's KV cache has the run's capacity when it continues with the method and the whole sequence's
+        when vanilla."""
+        if accel is not None and accel is not state.method:
+            started = "vanilla" if state.method is None else f"with the {state.method.name!r} method object"
+            raise ValueError(f"a fork continues vanilla (accel=None) or with the method object its run started with; "
+                             f"this run started {started}, not with this {accel.name!r} one")
         return self._engine.fork(state, accel)
 
     def output(self, state: SamplingState) -> SampleOutput:
@@ -307,7 +312,7 @@ class NextScaleSampler:
             labels=labels, seeds=seeds, cond_all=None, branch="both", kv=None, f_hat=None, next_map=None, si=0,
             indices=[], accel=accel_run, generator=generator, lvl_pos=None, trace={} if trace else None,
             token_keys=None if seeds is None else token_keys(seeds, len(self.patch_nums), dev),
-            kv_capacity=self.var.kv_capacity(capacity))
+            kv_capacity=self.var.kv_capacity(capacity), method=accel)
 
     def _plan(self, state: SamplingState) -> bool:
         """The host-side part of a scale: ask the method whether to skip (False: the run stops here) or
@@ -347,6 +352,7 @@ class NextScaleSampler:
             other.generator = torch.Generator(device=state.generator.device)
             other.generator.set_state(state.generator.get_state())
         other.accel = None if accel is None else state.accel.fork()
+        other.method = accel
         return other
 
     # -------------------------------------------------------------- device side (captured by the engines)

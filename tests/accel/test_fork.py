@@ -34,3 +34,19 @@ def test_fork_equals_standalone_runs(tiny_models, args, noise):
     for si in range(pair.fork_scale):
         assert torch.equal(pair.hq.indices[si], pair.lq.indices[si])
     assert not torch.equal(pair.hq.f_hat, pair.lq.f_hat)
+
+
+def test_a_fork_continues_vanilla_or_its_own_method_and_refuses_another(tiny_models):
+    vqvae, var = tiny_models
+    s = NextScaleSampler(var, vqvae.quantize, SamplingConfig(cfg=1.5, top_k=100, top_p=0.95))
+    fastvar = build_accel(AccelArgs("fastvar"), var.patch_nums, var.depth)
+    stagevar = build_accel(AccelArgs("stagevar"), var.patch_nums, var.depth)
+    labels, seeds = torch.tensor([0, 4]), [11, 12]
+    state = s.advance(s.start(labels, seeds=seeds, accel=fastvar), until=2)
+    for other in (stagevar, build_accel(AccelArgs("fastvar"), var.patch_nums, var.depth)):  # another one, same kind
+        with pytest.raises(ValueError, match="not with this"):
+            s.fork(state, accel=other)
+    with pytest.raises(ValueError, match="started vanilla"):
+        s.fork(s.advance(s.start(labels, seeds=seeds), until=2), accel=fastvar)
+    own = s.advance(s.fork(state, accel=fastvar))
+    assert all(torch.equal(a, b) for a, b in zip(s.output(own).indices, s.sample(labels, seeds=seeds, accel=fastvar).indices))
