@@ -8,6 +8,7 @@ Rerunning skips tars that exist. `WdsPairs` yields the same dicts as `PairDatase
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -145,25 +146,38 @@ class WdsPairs(IterableDataset):
         path_or_urls: export folder, its index.json, a URL / brace pattern, or a list of URLs.
         shuffle: sample shuffle buffer size (0 = file order).
         shardshuffle: shuffle the tar order each epoch (needs shuffle > 0 to mix within tars).
-        seed: seed of both shuffles.
+        seed: seed of both shuffles; epoch e shuffles with a seed drawn from (seed, e).
         split_by_node: give each distributed rank its own tars (needs at least world_size tars).
+
+    Each iteration reads the next epoch (`epoch`, counted by the object itself: in the main process, or in
+    each persistent DataLoader worker's copy), so the shuffled orders differ from epoch to epoch and are
+    the same in every run of the same seed. Set `epoch` before iterating to start at another epoch.
     """
 
     def __init__(self, path_or_urls, shuffle: int = 0, shardshuffle: bool = False, seed: int = 0,
                  split_by_node: bool = True):
         self.urls = resolve_urls(path_or_urls)
         self.shuffle, self.shardshuffle, self.seed, self.split_by_node = shuffle, shardshuffle, seed, split_by_node
+        self.epoch = 0
 
-    def pipeline(self):
+    def pipeline(self, epoch: int = 0):
         import webdataset as wds
 
+        seed = epoch_seed(self.seed, epoch)
         ds = wds.WebDataset(self.urls, shardshuffle=len(self.urls) if self.shardshuffle else False,
                             nodesplitter=wds.split_by_node if self.split_by_node else wds.single_node_only,
-                            workersplitter=wds.split_by_worker, empty_check=False, seed=self.seed)
+                            workersplitter=wds.split_by_worker, empty_check=False, seed=seed)
         if self.shuffle:
-            ds = ds.shuffle(self.shuffle, seed=self.seed)
+            ds = ds.shuffle(self.shuffle, seed=seed)
         return ds.decode().compose(_pairs)  # (.map would put __key__ back into each dict)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        return iter(self.pipeline())
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        return iter(self.pipeline(epoch))
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffles' seed of `epoch` in a stream of `seed` (a hash: nearby seeds and epochs do not overlap)."""
+    digest = hashlib.blake2b(f"radar-wds/{seed}/{epoch}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little")
 

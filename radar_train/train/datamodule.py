@@ -132,16 +132,26 @@ class ResumableLoader(DataLoader):
 
 
 class StreamLoader(DataLoader):
-    """The training DataLoader of a WebDataset export: a stream whose position (shuffle buffer, tar offsets
-    in each worker) is not saved. Stateful only so that Lightning calls `load_state_dict` at resume, which
-    says in one line that the data order is not restored."""
+    """The training DataLoader of a WebDataset export (`WdsPairs`): a stream whose position in an epoch
+    (shuffle buffer, tar offsets in each worker) is not saved. It counts the epochs it was iterated and
+    hands the count to the stream (whose persistent worker copies count alike), so each epoch has its own
+    order; a checkpoint holds the epoch in progress, and a resumed run starts that epoch's order again
+    from its beginning, saying so in one line."""
+
+    _epoch = 0  # iterations so far: the next one reads this epoch
+
+    def __iter__(self):
+        self.dataset.epoch = self._epoch  # (read by the workers when they start; they count on by themselves)
+        self._epoch += 1
+        return super().__iter__()
 
     def state_dict(self) -> dict:
-        return {"stream": "wds", "position_saved": False}
+        return {"stream": "wds", "position_saved": False, "epoch": max(self._epoch - 1, 0)}
 
     def load_state_dict(self, state: dict) -> None:
-        _warn_rank_zero("resume: WebDataset streams cannot resume mid-stream: the data order restarts from the "
-                        "beginning of the stream and differs from an uninterrupted run (use a Zarr cache for "
+        self._epoch = int(state.get("epoch", 0))
+        _warn_rank_zero(f"resume: WebDataset streams cannot resume mid-stream: epoch {self._epoch}'s data order "
+                        "restarts from its beginning and differs from an uninterrupted run (use a Zarr cache for "
                         "exact resume)")
 
 

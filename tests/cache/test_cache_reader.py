@@ -208,6 +208,21 @@ def test_webdataset_workers_split_the_tars_and_export_resumes(make_synthetic, tm
     assert sorted(seen) == list(range(30))
 
 
+def test_webdataset_shuffles_each_epoch_anew_and_reproducibly(make_synthetic, tmp_path):
+    export_wds(str(make_synthetic(num_samples=24, shard_size=8)), str(tmp_path / "wds"), progress=False)
+    ds = WdsPairs(tmp_path / "wds", shuffle=8, shardshuffle=True, seed=3)
+    epochs = [[int(it["index"]) for it in ds] for _ in range(3)]
+    assert all(sorted(e) == list(range(24)) for e in epochs)
+    assert len({tuple(e) for e in epochs}) == 3  # each epoch its own order
+    again = WdsPairs(tmp_path / "wds", shuffle=8, shardshuffle=True, seed=3)
+    assert [[int(it["index"]) for it in again] for _ in range(2)] == epochs[:2]  # the same seed, the same epochs
+    later = WdsPairs(tmp_path / "wds", shuffle=8, shardshuffle=True, seed=3)
+    later.epoch = 2
+    assert [int(it["index"]) for it in later] == epochs[2]
+    other = WdsPairs(tmp_path / "wds", shuffle=8, shardshuffle=True, seed=4)
+    assert [int(it["index"]) for it in other] != epochs[0]
+
+
 def test_export_refuses_a_folder_holding_another_cache(make_synthetic, tmp_path):
     export_wds(str(make_synthetic(num_samples=16, shard_size=8)), str(tmp_path / "wds"), progress=False)
     with pytest.raises(ValueError, match="export of another cache; differing fields: plan.num_samples"):

@@ -158,6 +158,33 @@ def test_a_webdataset_stream_says_at_resume_that_its_order_is_not_restored(tiny_
     assert len(lines) == 1 and "\n" not in lines[0] and "differs from an uninterrupted run" in lines[0]
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_webdataset_stream_has_its_own_order_per_epoch_and_resumes_at_the_epoch(tiny_cache, tmp_path, caplog,
+                                                                                   num_workers):
+    """Persistent DataLoader workers count the epochs in their own copy of the stream; the loader's count
+    goes into checkpoints, so a resumed run reads the saved epoch's order (from its beginning)."""
+    from radar_train.cache.wds import export_wds
+
+    export_wds(tiny_cache, str(tmp_path / "wds"), progress=False)
+
+    def loader():
+        dm = PairDataModule([CacheSource(str(tmp_path / "wds"), train_shards="0-13", val_shards="14", format="wds")],
+                            batch_size=4, num_workers=num_workers, wds_shuffle_buffer=16)
+        dm.setup("fit")
+        return dm.train_dataloader()
+
+    first = loader()
+    epochs = [torch.cat([b["index"] for b in first]).tolist() for _ in range(3)]
+    assert len({tuple(e) for e in epochs}) == 3 and len({tuple(sorted(e)) for e in epochs}) == 1
+    state = first.state_dict()
+    assert state["epoch"] == 2
+    resumed = loader()
+    with caplog.at_level("WARNING"):
+        resumed.load_state_dict({**state, "epoch": 1})
+    assert "epoch 1's data order restarts" in caplog.text
+    assert [torch.cat([b["index"] for b in resumed]).tolist() for _ in range(2)] == epochs[1:]
+
+
 def test_every_missing_cache_shard_and_bad_manifest_is_reported_at_once(tiny_cache, tmp_path):
     import shutil
 
