@@ -200,8 +200,11 @@ def _remove(p: Path) -> None:
 @contextlib.contextmanager
 def staged_entries(out_dir: PathLike, entries: Sequence[str]) -> Iterator[Path]:
     """Yield a temporary folder inside `out_dir` to write `entries` into; at the end each entry written there
-    replaces its namesake in `out_dir` (checked beforehand with check_output_dir). On failure the temporary
-    folder goes, and so does `out_dir` if this call created it and it is still empty."""
+    replaces its namesake in `out_dir`, and an entry not written this time goes from `out_dir` (an earlier
+    run's, e.g. restored/ of a run with an adapter, would stand beside this run's output as if it were
+    part of it). `entries` are checked beforehand with check_output_dir (so an existing one needs
+    --overwrite). On failure the temporary folder goes, and so does `out_dir` if this call created it and
+    it is still empty; nothing of `out_dir` is touched."""
     out = Path(out_dir)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -212,9 +215,9 @@ def staged_entries(out_dir: PathLike, entries: Sequence[str]) -> Iterator[Path]:
         yield stage
         for name in entries:
             src = stage / name
+            if (out / name).exists() or (out / name).is_symlink():
+                _remove(out / name)
             if src.exists():
-                if (out / name).exists() or (out / name).is_symlink():
-                    _remove(out / name)
                 os.replace(src, out / name)
         ok = True
     finally:

@@ -118,6 +118,10 @@ def test_staged_entries_replace_theirs_keep_the_rest_and_clean_up_on_failure(tmp
             raise RuntimeError("killed")
     assert sorted(p.name for p in out.iterdir()) == ["grid.png", "notes.txt", "vanilla"]
     assert (out / "grid.png").read_text() == "new"
+    with staged_entries(out, ["grid.png", "vanilla", "restored"]) as stage:  # a run without vanilla/ this time
+        (stage / "grid.png").write_text("newest")
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "notes.txt"]  # no earlier run's vanilla/ beside it
+    assert (out / "grid.png").read_text() == "newest" and (out / "notes.txt").read_text() == "mine"
     with pytest.raises(RuntimeError):
         with staged_entries(tmp_path / "fresh", ["grid.png"]):
             raise RuntimeError("killed")

@@ -84,6 +84,11 @@ def test_radar_generate_writes_pngs_and_a_grid(trained_run, tmp_path, cli):
     assert 3 * tile < w < 3 * tile + 120 and 6 * tile < h < 6 * tile + 40
     meta = json.loads((out / "generate.json").read_text())
     assert meta["columns"] == ["vanilla", "accelerated", "accelerated+adapter"]
+    # rerun into the same folder without an adapter: no earlier restored/ left beside the new images
+    cli("generate", "--classes", "5", "--seeds", "3", "--sampling.top_k", "64", "--output", str(out), "--device", "cpu",
+        "--overwrite", cwd=trained_run["work"])
+    assert sorted(p.name for p in out.iterdir()) == ["accelerated", "generate.json", "grid.png", "vanilla"]
+    assert [p.name for p in (out / "vanilla").iterdir()] == ["class0005_seed3.png"]
 
 
 def test_radar_eval_reports_restoration_on_held_out_shards(trained_run, tmp_path, cli):
