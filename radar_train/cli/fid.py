@@ -51,6 +51,7 @@ def fid(inception: str, model: ModelArgs = ModelArgs(), accel: AccelArgs = Accel
     from radar_train.cli.common import accel_inputs, check_device, check_positive, model_inputs
     from radar_train.export import check_adapter
     from radar_train.inference.pipeline import resolve_device
+    from radar_train.models import get_preset
     from radar_train.inputs import InputError
     from radar_train.outputs import check_output_dir, staged_entries
     from radar_train.progress import Progress
@@ -65,8 +66,14 @@ def fid(inception: str, model: ModelArgs = ModelArgs(), accel: AccelArgs = Accel
     check_output_dir(output, entries, "--output", {"--inception": inception, "--inception_logits": inception_logits,
                                                    "--reference": reference, "--adapter": adapter,
                                                    **model_inputs(model), **accel_inputs(accel)}, overwrite)
+    if inception_logits is not None and is_splits > num_samples:
+        raise ValueError(f"--is_splits {is_splits} is more than --num_samples {num_samples}: each split needs samples")
     feats = load_inception(inception, "--inception")
     logit_mod = None if inception_logits is None else load_inception(inception_logits, "--inception_logits")
+    size, dev = get_preset(model.preset).image_size, resolve_device(device)
+    feature_dim = feats.probe(size, dev)  # before hours of sampling: the extractors run on this model's images
+    if logit_mod is not None:
+        logit_mod.probe(size, dev)
     if classes is not None or seeds is not None:
         print("radar-fid: note: classes/seeds of the config are ignored; sample i has class i mod num_classes "
               f"and seed {base_seed} + i")
@@ -74,7 +81,10 @@ def fid(inception: str, model: ModelArgs = ModelArgs(), accel: AccelArgs = Accel
           f"adapter {adapter or '-'}, inception {inception}, reference {reference or '-'} -> {output}")
     ref = None
     if reference is not None:
-        ref = reference_stats(reference, feats, batch_size=max(batch_size, 32), device=resolve_device(device))
+        ref = reference_stats(reference, feats, batch_size=max(batch_size, 32), device=dev)
+        if ref.dim != feature_dim:
+            raise InputError(f"{reference}: --reference has {ref.dim}-d statistics but --inception {inception} gives "
+                             f"{feature_dim}-d features")
     pipe = RadarPipeline.from_config(PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision))
     with Progress(num_samples, "radar-fid", "samples") as progress:  # sample i of every run at once
         result = evaluate_generation(pipe, feats, logit_mod, ref, num_samples, batch_size, base_seed, is_splits,

@@ -104,7 +104,12 @@ class _Extractor(nn.Module):
         self.dim: Optional[int] = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.module(images)
+        try:
+            out = self.module(images)
+        except Exception as e:  # noqa: BLE001 - e.g. a network that wants float input: one line naming the file
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise FidError(f"{self.what} {self.path}: failed on uint8 images {tuple(images.shape)} ({first}); it "
+                           f"must take uint8 (N, 3, H, W) in 0..255 and resize and normalise itself") from None
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != images.shape[0] \
                 or not out.is_floating_point():
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -114,6 +119,13 @@ class _Extractor(nn.Module):
             raise FidError(f"{self.what} {self.path}: returned {out.shape[1]} features, earlier {self.dim}")
         self.dim = int(out.shape[1])
         return out.float()
+
+    def probe(self, image_size: int, device: torch.device | str = "cpu") -> int:
+        """Run the module once on two black uint8 images of the size it will be given, before any sampling;
+        its output dimension (FidError, naming the file, if it fails or returns the wrong shape)."""
+        self.to(device)
+        with torch.no_grad():
+            return int(self(torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8, device=device)).shape[1])
 
 
 def load_inception(path: str, what: str = "--inception") -> _Extractor:
@@ -298,6 +310,13 @@ def reference_stats(path: str, features: Optional[_Extractor] = None, batch_size
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
+def inception_score_parts(num_samples: int, splits: int) -> int:
+    """The number of parts the Inception Score averages over: torchmetrics' `torch.chunk(splits)` makes parts
+    of ceil(n / splits) samples, which can be fewer than `splits` when `splits` does not divide n."""
+    size = -(-num_samples // splits)
+    return -(-num_samples // size)
+
+
 def fid_gap_closed(acc: Optional[float], restored: Optional[float], vanilla: Optional[float]) -> Optional[float]:
     """Share of the FID gap closed, (FID_acc - FID_acc+PAA) / (FID_acc - FID_vanilla) (methods.md §5.2);
     None when a value is missing or accelerated and vanilla FID are equal."""
@@ -319,6 +338,8 @@ def evaluate_generation(pipe, features: _Extractor, logits: Optional[_Extractor]
         raise FidError(f"--num_samples must be at least 2, got {num_samples}")
     if batch_size < 1 or is_splits < 1:
         raise FidError(f"--batch_size and --is_splits must be >= 1, got {batch_size} and {is_splits}")
+    if logits is not None and is_splits > num_samples:
+        raise FidError(f"--is_splits {is_splits} is more than --num_samples {num_samples}: each split needs samples")
     num_classes = int(pipe.var.num_classes)
     device = pipe.device
     features.to(device)
@@ -375,6 +396,11 @@ def evaluate_generation(pipe, features: _Extractor, logits: Optional[_Extractor]
     if num_samples < PAPER_NUM_SAMPLES:
         notes.append(f"{num_samples} samples (the paper protocol uses {PAPER_NUM_SAMPLES}): FID is biased upwards "
                      f"at small sample counts; compare only numbers with the same num_samples")
+    parts = inception_score_parts(num_samples, is_splits)
+    if is_metrics and parts != is_splits:
+        notes.append(f"IS over {parts} parts, not the {is_splits} asked for: torchmetrics splits {num_samples} "
+                     f"samples into parts of ceil({num_samples}/{is_splits}); give --num_samples a multiple of "
+                     f"--is_splits")
     if getattr(getattr(pipe, "sampling", None), "noise", "per_sample") != "per_sample":
         notes.append("sampling.noise is not per_sample: samples come from the global RNG and do not follow the "
                      "seeds (not reproducible, and the runs are not paired per seed)")
@@ -383,7 +409,7 @@ def evaluate_generation(pipe, features: _Extractor, logits: Optional[_Extractor]
     return {"num_samples": num_samples, "runs": runs, "fid_vs_reference": fid_ref, "fid_vs_vanilla": fid_van,
             "inception_score": inception_score, "gap_closed": gap, "feature_dim": dim, "image_size": image_size,
             "classes": f"i mod {num_classes}", "seeds": f"{base_seed} + i",
-            "is_splits": is_splits if is_metrics else None,
+            "is_splits": parts if is_metrics else None,
             "seconds": round(time.perf_counter() - t0, 2), "notes": notes}
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from radar_train.inference.fid import (FidError, GaussianStats, evaluate_generation, frechet_distance,
-                                       load_inception, reference_stats)
+                                       inception_score_parts, load_inception, reference_stats)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -208,6 +208,7 @@ def test_cli_writes_fid_json_on_the_tiny_preset(extractors, tmp_path, capsys):
     assert set(r["fid_vs_reference"]) == {"vanilla", "accelerated"} and set(r["fid_vs_vanilla"]) == {"accelerated"}
     assert r["fid_vs_vanilla"]["accelerated"] > 0 and r["gap_closed"] is None
     assert set(r["inception_score"]) == {"vanilla", "accelerated"}
+    assert r["is_splits"] == 6 and any("IS over 6 parts, not the 10 asked for" in n for n in r["notes"])  # 12 = 6 x 2
     assert r["protocol"]["model"] == "tiny" and len(r["protocol"]["inception"]["sha256"]) == 64
     assert r["protocol"]["sampling"]["top_k"] == 64 and r["protocol"]["reference"]["num_images"] == 6
     assert "| accelerated |" in (out / "fid.md").read_text()
@@ -219,8 +220,27 @@ def test_cli_writes_fid_json_on_the_tiny_preset(extractors, tmp_path, capsys):
     assert r2["inception_score"] is None
 
 
-@pytest.mark.parametrize("case", ["missing_inception", "corrupt_inception", "reference_without_mu"])
-def test_cli_errors_are_one_line_exit_2(case, extractors, tmp_path, capsys):
+class _FloatOnly(nn.Module):
+    """An Inception-like network saved as it is: it wants float input, not the contract's uint8."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean((2, 3))
+
+
+@pytest.mark.parametrize("case", ["missing_inception", "corrupt_inception", "reference_without_mu",
+                                  "float_only_inception", "reference_of_another_dimension",
+                                  "more_splits_than_samples"])
+def test_cli_errors_are_one_line_exit_2(case, extractors, tmp_path, capsys, monkeypatch):
+    from radar_train.inference import RadarPipeline
+
+    def no_sampling(*a, **k):
+        raise AssertionError("the error must come before the pipeline is built and sampling starts")
+
+    monkeypatch.setattr(RadarPipeline, "from_config", no_sampling)
     bad = tmp_path / "bad.bin"
     args = ["--model.preset", "tiny", "--device", "cpu", "--num_samples", "4", "--output", str(tmp_path / "o")]
     if case == "missing_inception":
@@ -228,11 +248,28 @@ def test_cli_errors_are_one_line_exit_2(case, extractors, tmp_path, capsys):
     elif case == "corrupt_inception":
         bad.write_bytes(b"PK\x03\x04 not really a zip")
         args += ["--inception", str(bad)]
+    elif case == "float_only_inception":
+        bad = tmp_path / "float_only.pt"
+        torch.jit.save(torch.jit.script(_FloatOnly()), str(bad))
+        args += ["--inception", str(bad)]
+    elif case == "more_splits_than_samples":
+        bad = "--is_splits"
+        args += ["--inception", str(extractors["features"]), "--inception_logits", str(extractors["logits"]),
+                 "--is_splits", "10"]
     else:
         bad = tmp_path / "ref.npz"
-        np.savez(bad, sigma=np.eye(16))
+        if case == "reference_without_mu":
+            np.savez(bad, sigma=np.eye(16))
+        else:
+            np.savez(bad, mu=np.zeros(8), sigma=np.eye(8))  # the extractor gives 16-d features
         args += ["--inception", str(extractors["features"]), "--reference", str(bad)]
     assert _main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and str(bad) in err, err
     assert not (tmp_path / "o" / "fid.json").exists()
+
+
+def test_inception_score_parts_are_those_torchmetrics_makes():
+    for n, splits in [(50_000, 10), (25, 10), (12, 10), (12, 5), (4, 4), (7, 1)]:
+        assert inception_score_parts(n, splits) == len(torch.arange(n).chunk(splits)), (n, splits)
+    assert inception_score_parts(50_000, 10) == 10 and inception_score_parts(25, 10) == 9
