@@ -277,9 +277,9 @@ class RadarLoraModule(pl.LightningModule):
         t = self.trainer
         if self._early_stopped():
             return True
-        if t.max_steps is not None and t.max_steps > 0:
-            return self.global_step >= t.max_steps
-        return t.max_epochs is not None and t.max_epochs > 0 and t.current_epoch >= t.max_epochs
+        steps_done = t.max_steps is not None and t.max_steps > 0 and self.global_step >= t.max_steps
+        epochs_done = t.max_epochs is not None and t.max_epochs > 0 and t.current_epoch >= t.max_epochs
+        return steps_done or epochs_done  # whichever limit Lightning stopped at (not a requeue's or a signal's stop)
 
     def configure_optimizers(self):
         total = self.optim_args.schedule_steps or self._total_steps()

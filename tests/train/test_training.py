@@ -20,15 +20,16 @@ class RecordLosses(pl.Callback):
 
 
 def _fit(cache, root, max_steps, *, train="0-13", val="14-15", batch=8, lr=1e-3, warmup=10, schedule=None,
-         save_every=0, validate=True):
+         save_every=0, validate=True, export_final=False, max_epochs=None):
     torch.manual_seed(0)
     dm = PairDataModule([CacheSource(cache, train_shards=train, val_shards=val)], batch_size=batch, val_batch_size=16)
     module = RadarLoraModule(optim=OptimArgs(learning_rate=lr, warmup_steps=warmup, schedule_steps=schedule),
                              monitor=MonitorArgs(images_every_n_steps=0, train_metrics_every_n_steps=0),
-                             output=OutputArgs(save_every_n_steps=save_every, export_final=False))
+                             output=OutputArgs(save_every_n_steps=save_every, export_final=export_final))
     rec = RecordLosses()
     trainer = pl.Trainer(default_root_dir=str(root), accelerator="cpu", devices=1, precision="32-true",
-                         max_steps=max_steps, val_check_interval=max_steps, check_val_every_n_epoch=None,
+                         max_steps=max_steps, max_epochs=max_epochs, val_check_interval=max_steps,
+                         check_val_every_n_epoch=None,
                          limit_val_batches=None if validate else 0,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                          use_distributed_sampler=False, logger=False, callbacks=[rec])
@@ -62,6 +63,13 @@ def test_resume_continues_at_the_same_step_with_the_same_losses(tiny_cache, tmp_
     assert {**first.losses, **second.losses} == full.losses
     a, b = module.state_dict(), resumed_module.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_final_is_exported_when_max_epochs_ends_the_run_before_max_steps(tiny_cache, tmp_path):
+    trainer, module, dm, rec = _fit(tiny_cache, tmp_path, 20, train="0", val="14", validate=False, export_final=True,
+                                    max_epochs=1)  # 16 pairs / batch 8: 2 steps, then max_epochs stops the run
+    trainer.fit(module, dm)
+    assert sorted(rec.losses) == [1, 2] and (tmp_path / "final" / "adapter_model.safetensors").is_file()
 
 
 def test_fit_refuses_a_cache_made_with_another_vqvae(tiny_cache, tmp_path):
