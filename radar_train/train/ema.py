@@ -1,7 +1,7 @@
 """The `model.ema` config group: an exponential moving average of the trained weights.
 
-Lightning's `EMAWeightAveraging` keeps the average (a `torch.optim.swa_utils.AveragedModel` of the module,
-updated after every optimizer step): validation runs on it, checkpoints hold it as their `state_dict` (the
+Lightning's `WeightAveraging` callback keeps the average (a `torch.optim.swa_utils.AveragedModel` of the
+module, updated every `every_n_steps` optimizer steps with torch's EMA, `get_ema_multi_avg_fn`): validation runs on it, checkpoints hold it as their `state_dict` (the
 current weights beside it, for resume), and when training ends it replaces the current weights, so final/,
 best-step checkpoints, step-NNNNNN/ exports and `radar-train export` all give the averaged adapter.
 `AdapterEMA` adapts it to this project's checkpoints, which hold only the trained tensors (the frozen decoder
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.callbacks import WeightAveraging
 
 __all__ = ["EmaArgs", "AdapterEMA"]
 
@@ -52,12 +52,35 @@ class EmaArgs:
         return AdapterEMA(self) if self.enabled else None
 
 
-class AdapterEMA(EMAWeightAveraging):
-    """EMAWeightAveraging for RadarLoraModule (module docstring)."""
+class AdapterEMA(WeightAveraging):
+    """An exponential moving average for RadarLoraModule (module docstring)."""
 
     def __init__(self, args: EmaArgs):
-        super().__init__(decay=args.decay, update_every_n_steps=args.every_n_steps, use_buffers=True)
+        from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+        # torch's EMA in its lerp form, a + (1 - decay)(w - a): exact for the frozen decoder's tensors (w == a),
+        # which Lightning's EMAWeightAveraging (decay·a + (1 - decay)·w) rounds a little at every update, so
+        # that the teacher validation runs on drifted
+        super().__init__(use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(args.decay))
         self.args = args
+        self._trained: Optional[dict[str, Any]] = None  # the weights as trained, once the average replaced them
+
+    def should_update(self, step_idx: Optional[int] = None, epoch_idx: Optional[int] = None) -> bool:
+        return step_idx is not None and step_idx % self.args.every_n_steps == 0
+
+    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        from radar_train.train.module import is_trained_key
+
+        self._trained = {k: v.detach().clone() for k, v in pl_module.state_dict().items() if is_trained_key(k)}
+        super().on_train_end(trainer, pl_module)  # the average into the module's weights (final/, exports)
+
+    def on_save_checkpoint(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
+                           checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if self._trained is not None and "current_model_state" in checkpoint:
+            # saved after training ended (the final step's checkpoint): the module holds the average, but a
+            # run continued from this checkpoint goes on from the weights as trained
+            checkpoint["current_model_state"] = {**checkpoint["current_model_state"], **self._trained}
 
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -103,6 +103,24 @@ def test_checkpoints_hold_average_and_current_and_a_resume_is_exact(straight, tm
     _close(b, a)  # ... and so does the average
 
 
+def test_the_final_steps_checkpoint_continues_from_the_weights_as_trained(tmp_path, make_loader):
+    module, after = _fit(tmp_path, 5, make_loader)  # step 5 is saved when training ends, after the average took over
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 5
+    _close(ckpt["state_dict"], _by_hand(after, 5))
+    _close(ckpt["current_model_state"], after[5])
+    _close({k: v for k, v in module.state_dict().items() if is_trained_key(k)}, _by_hand(after, 5))  # final/'s
+
+
+def test_the_average_leaves_the_frozen_decoder_bit_for_bit(tmp_path, make_loader):
+    module, _ = _fit(tmp_path, 4, make_loader, ema=EmaArgs(decay=0.9))  # (0.5 would hide rounding: it is exact)
+    torch.manual_seed(0)
+    fresh = RadarLoraModule(optim=OptimArgs(learning_rate=1e-2, warmup_steps=1, schedule_steps=STEPS),
+                            output=OutputArgs(save_every_n_steps=2), ema=EmaArgs(decay=0.9)).state_dict()
+    frozen = [k for k in fresh if not is_trained_key(k)]
+    assert frozen and [k for k in frozen if not torch.equal(module.state_dict()[k], fresh[k])] == []
+
+
 def test_invalid_ema_settings_are_reported_together():
     with pytest.raises(ValueError, match=r"ema.decay must be in \[0, 1\).*ema.every_n_steps must be >= 1"):
         RadarLoraModule(ema=EmaArgs(decay=1.0, every_n_steps=0))
