@@ -4,10 +4,13 @@ ModelCheckpoint(every_n_train_steps=N) saves only at multiples of N, so a run wh
 would end with a last.ckpt older than its final/ adapter; `RunCheckpoint` saves the final step when
 training ends (step-NNNNNN.ckpt and last.ckpt), unless that step was just saved.
 
-It saves at the end of a training step, before a validation due at that step has run; when one runs, the
-step's checkpoints are written again after it, so that they hold what the validation changed in the callbacks
-(early stopping's patience count, the best step: selection.py). Callbacks run in list order: those whose state
-the validation changes come before this one (RadarLoraModule.configure_callbacks).
+A step at which a validation is due is saved after that validation, not at the end of the step: the
+checkpoint then holds what the validation changed in the callbacks (early stopping's patience count, the
+best step: selection.py), and a run killed during the validation resumes from the checkpoint before and
+runs the validation again. (Lightning resumes a checkpoint saved at the end of such a step *past* the
+validation, so a kill during it would lose that validation, and with it early stopping's count.) Callbacks
+run in list order: those whose state the validation changes come before this one
+(RadarLoraModule.configure_callbacks).
 """
 from __future__ import annotations
 
@@ -16,23 +19,49 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 __all__ = ["RunCheckpoint"]
 
 
+def validation_follows(trainer) -> bool:
+    """Whether the fit loop runs a validation right after the current training step (Lightning's own test,
+    `_should_check_val_fx`; False where this Lightning lacks it, which keeps the save at the step's end)."""
+    loop = trainer.fit_loop.epoch_loop
+    check, fetcher = getattr(loop, "_should_check_val_fx", None), getattr(trainer.fit_loop, "_data_fetcher", None)
+    if check is None or fetcher is None or getattr(loop, "_skip_next_val", False) or not trainer.enable_validation:
+        return False
+    return bool(check(fetcher))
+
+
 class RunCheckpoint(ModelCheckpoint):
     """ModelCheckpoint whose last.ckpt always holds the step training ended on, and the validation run at it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._after_validation = False  # this step's save waits for the validation due at it
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._train_time_interval is None and validation_follows(trainer):
+            every = self._every_n_train_steps
+            self._after_validation = every >= 1 and trainer.global_step % every == 0 \
+                and not self._should_skip_saving_checkpoint(trainer)
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         from lightning.pytorch.trainer.states import TrainerFn
 
         super().on_validation_end(trainer, pl_module)
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and not trainer.fast_dev_run \
-                and trainer.global_step > 0 and self._last_global_step_saved == trainer.global_step:
-            candidates = self._monitor_candidates(trainer)  # the same files again (top-1, no monitor)
-            self._save_topk_checkpoint(trainer, candidates)
-            self._save_last_checkpoint(trainer, candidates)
+                and trainer.global_step > 0 and (self._after_validation
+                                                 or self._last_global_step_saved == trainer.global_step):
+            self._after_validation = False
+            self._save_both(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.global_step > 0 and self._last_global_step_saved != trainer.global_step \
                 and not trainer.fast_dev_run:
-            candidates = self._monitor_candidates(trainer)
-            self._save_topk_checkpoint(trainer, candidates)
-            self._save_last_checkpoint(trainer, candidates)
+            self._save_both(trainer)
+        self._after_validation = False
         super().on_train_end(trainer, pl_module)
+
+    def _save_both(self, trainer) -> None:
+        candidates = self._monitor_candidates(trainer)  # (top-1, no monitor: the step's file and last.ckpt)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)

@@ -42,7 +42,7 @@ class RecordValidation(pl.Callback):
             self.values[trainer.global_step] = float(trainer.callback_metrics["val/psnr_harmless"])
 
 
-def _fit(root, max_steps, ckpt_path=None, early_stopping=HARMLESS):
+def _fit(root, max_steps, ckpt_path=None, early_stopping=HARMLESS, extra=(), train_size=24):
     torch.manual_seed(0)
     module = RadarLoraModule(optim=OptimArgs(learning_rate=2e-2, warmup_steps=1, schedule_steps=40),
                              monitor=MonitorArgs(images_every_n_steps=0, train_metrics_every_n_steps=0),
@@ -52,9 +52,9 @@ def _fit(root, max_steps, ckpt_path=None, early_stopping=HARMLESS):
     trainer = pl.Trainer(default_root_dir=str(root), accelerator="cpu", devices=1, precision="32-true",
                          max_steps=max_steps, val_check_interval=2, check_val_every_n_epoch=None,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         logger=False, callbacks=[rec])
+                         logger=False, callbacks=[rec, *extra])
     data = _LabelledPairs(32)
-    train = DataLoader(torch.utils.data.Subset(data, range(24)), batch_size=4, shuffle=False)
+    train = DataLoader(torch.utils.data.Subset(data, range(train_size)), batch_size=4, shuffle=False)
     val = DataLoader(torch.utils.data.Subset(data, range(24, 32)), batch_size=8)
     trainer.fit(module, train, val, ckpt_path=ckpt_path)
     return trainer, module, rec.values
@@ -95,6 +95,29 @@ def test_the_best_step_survives_a_resume(tmp_path):
     sel = read_radar_config(tmp_path / "final")["selection"]
     assert sel["step"] == 2 and sel["value"] == pytest.approx(first[2])
     assert _same(_weights(tmp_path / "final"), _weights(tmp_path / "step-000002"))
+
+
+class _CrashInValidation(pl.Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_validation_start(self, trainer, pl_module):
+        if trainer.global_step == self.step and not trainer.sanity_checking:
+            raise RuntimeError("killed during the validation")
+
+
+def test_a_run_killed_during_a_validation_runs_it_again_at_resume(tmp_path):
+    """The step's checkpoint is written after its validation: a resume from the one before repeats the steps
+    and the validation, so the patience count, the stop and final/ are those of an uninterrupted run."""
+    # two batches per epoch: the checkpoints fall on epoch ends, where a plain DataLoader resumes exactly
+    _, _, straight = _fit(tmp_path / "a", 40, train_size=8)
+    assert sorted(straight) == [2, 4, 6]
+    with pytest.raises(RuntimeError, match="killed during the validation"):
+        _fit(tmp_path / "b", 40, extra=[_CrashInValidation(4)], train_size=8)
+    trainer, _, resumed = _fit(tmp_path / "b", 40, ckpt_path="last", train_size=8)
+    assert resumed == {k: straight[k] for k in (4, 6)}  # the validation at step 4 again, then the stop at 6
+    assert trainer.global_step == 6
+    assert _same(_weights(tmp_path / "b" / "final"), _weights(tmp_path / "a" / "final"))
 
 
 def test_without_early_stopping_final_is_the_best_step_when_asked_for(tmp_path):
