@@ -3,8 +3,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
@@ -14,8 +17,9 @@ def test_demo_runs_every_step_and_says_where_its_outputs_are(tmp_path):
     env.pop("RADAR_PROGRESS", None)
     env.pop("RADAR_PROGRESS_INTERVAL", None)
     r = subprocess.run([sys.executable, "-m", "radar_train.cli.demo", "--output", str(out), "--model", "tiny",
-                        "--train_steps", "20", "--classes", "0-2", "--seeds", "0"], capture_output=True, text=True,
-                       env=env)
+                        "--train_steps", "20", "--classes", "0-2", "--seeds", "0",
+                        "--configs", "configs"],  # relative to where it is run; the steps run in the output folder
+                       capture_output=True, text=True, env=env, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     # every message once (output piped, as in a log): no line of stdout and stderr together repeats
     lines = [ln.strip() for ln in (r.stdout + "\n" + r.stderr).splitlines() if ln.strip()]

@@ -71,7 +71,7 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
     """
     from radar_train.inputs import InputError, read_yaml
 
-    cfg_dir = Path(configs) if configs else DEFAULT_CONFIGS
+    cfg_dir = Path(configs).resolve() if configs else DEFAULT_CONFIGS  # (the steps run in the output folder)
     cache_cfg, train_cfg = cfg_dir / "cache" / f"{model}.yaml", cfg_dir / "train" / f"{model}.yaml"
     for f in (cache_cfg, train_cfg):
         if not f.is_file():
