@@ -146,6 +146,9 @@ CASES = [
     # radar-train fit
     ("fit-into-a-run-with-checkpoints", "train", lambda w, t: fit_args(w["cache"], w["run"], 5),
      ["--trainer.default_root_dir", "--ckpt_path last"]),
+    ("fit-resumed-with-another-lora-rank", "train",  # refused at restore: the run's config.yaml stays the run's
+     lambda w, t: fit_args(w["cache"], w["run"], 5, "--ckpt_path", "last", "--model.lora.rank", "4"),
+     ["another LoRA layout"]),
     ("fit-inside-the-cache", "train", lambda w, t: fit_args(w["cache"], w["cache"] / "run", 5),
      ["--trainer.default_root_dir", "--data.caches"]),
     ("fit-from-a-truncated-checkpoint", "train",

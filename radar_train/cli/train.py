@@ -161,10 +161,11 @@ def check_run_folder(root: str | os.PathLike, ckpt_path: Optional[str], subcomma
                           f"{', '.join(foreign[:3])}): choose a new or empty folder")
 
 
-def check_ckpt_path(ckpt_path: Optional[str], root: str | os.PathLike) -> None:
+def check_ckpt_path(ckpt_path: Optional[str], root: str | os.PathLike) -> Optional[tuple[Path, dict]]:
     """Read the checkpoint to resume from (InputError naming it if missing or truncated): an explicit path,
     RUN/checkpoints/last.ckpt for `last` when it exists (without one Lightning starts from scratch, which is
-    refused when RUN holds a SLURM requeue save: that is `hpc`), or RUN's newest hpc_ckpt_N.ckpt for `hpc`."""
+    refused when RUN holds a SLURM requeue save: that is `hpc`), or RUN's newest hpc_ckpt_N.ckpt for `hpc`.
+    Returns (path, checkpoint), or None when there is none to read."""
     from radar_train.inputs import InputError, load_torch
 
     if ckpt_path == "hpc":
@@ -172,10 +173,9 @@ def check_ckpt_path(ckpt_path: Optional[str], root: str | os.PathLike) -> None:
         if path is None:
             raise InputError(f"--ckpt_path hpc: {RUN_OPTION} {root} holds no hpc_ckpt_N.ckpt (the checkpoint "
                              f"Lightning saves when SLURM requeues a job); use --ckpt_path last or a file")
-        load_torch(path, "--ckpt_path checkpoint")
-        return
+        return path, load_torch(path, "--ckpt_path checkpoint")
     if ckpt_path is None or ckpt_path in SPECIAL_CKPT_PATHS[1:]:
-        return
+        return None
     path = Path(root) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
     if ckpt_path == "last" and not path.exists():
         hpc = hpc_checkpoint(root)
@@ -183,8 +183,8 @@ def check_ckpt_path(ckpt_path: Optional[str], root: str | os.PathLike) -> None:
             raise InputError(f"--ckpt_path last: {path} does not exist, but {RUN_OPTION} {root} holds {hpc.name} "
                              f"(saved when SLURM requeued the job; `last` does not look there): resume from it "
                              f"with --ckpt_path hpc")
-        return
-    load_torch(path, "--ckpt_path checkpoint")
+        return None
+    return path, load_torch(path, "--ckpt_path checkpoint")
 
 
 def _make_cli_class():
@@ -212,8 +212,16 @@ def _make_cli_class():
             # input error path first, so that a missing or truncated file is one line naming it
             sub = self.config.get("subcommand")
             if sub:
-                check_ckpt_path(self.config[sub].get("ckpt_path"), self._root(self.config[sub]))
+                self._resume = check_ckpt_path(self.config[sub].get("ckpt_path"), self._root(self.config[sub]))
             super()._parse_ckpt_path()
+
+        def _check_resume(self) -> None:
+            # the checkpoint against the module (decoder, LoRA layout) before the trainer writes anything
+            # (TensorBoard's event file, config.yaml): Lightning checks it only when restoring, after that
+            resume = getattr(self, "_resume", None)
+            if resume is not None:
+                self.model.check_checkpoint(resume[1], f"--ckpt_path {resume[0]}")
+                self._resume = None  # (the checkpoint's tensors are not kept)
 
         def before_instantiate_classes(self) -> None:
             cfg = self.config[self.subcommand]
@@ -279,6 +287,7 @@ def _make_cli_class():
 
         def before_fit(self) -> None:
             self._check_data()
+            self._check_resume()
             self._weights_only()
             t = self.trainer
             logging.getLogger("radar_train").info(
@@ -287,6 +296,7 @@ def _make_cli_class():
 
         def before_validate(self) -> None:
             self._check_data()
+            self._check_resume()
             self._weights_only()
 
     return RadarTrainCLI, RunConfigCallback
