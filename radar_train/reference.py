@@ -7,13 +7,12 @@ by the official call they record, so fixtures of any model configuration work.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import safetensors.torch
 import torch
 
+from radar_train.inputs import load_safetensors, read_json
 from radar_train.models import VAR, VQVAE, build_var, build_vqvae
 from radar_train.models.checkpoint import load_var_weights, load_vqvae_weights
 from radar_train.models.configs import VARConfig, VQVAEConfig
@@ -55,12 +54,18 @@ class Fixture:
         for name in ("config.json", "cases.json", "cases.safetensors"):
             if not (root / name).is_file():
                 raise FixtureError(f"{root / name}: missing (a fixture needs config.json, cases.json, cases.safetensors)")
-        try:
-            config = json.loads((root / "config.json").read_text())
-            cj = json.loads((root / "cases.json").read_text())
-        except json.JSONDecodeError as e:
-            raise FixtureError(f"{root}: invalid JSON ({e})") from None
-        tensors = safetensors.torch.load_file(str(root / "cases.safetensors"))
+        config = read_json(root / "config.json", "fixture config")
+        cj = read_json(root / "cases.json", "fixture case file")
+        tensors = load_safetensors(root / "cases.safetensors", "fixture tensor file")
+        for key in ("cases", "keys"):
+            if not isinstance(cj.get(key), dict):
+                raise FixtureError(f"{root / 'cases.json'}: no {key!r} object")
+        for name, case in cj["cases"].items():
+            if not isinstance(case, dict) or not isinstance(case.get("call"), str):
+                raise FixtureError(f"{root / 'cases.json'}: case {name!r} has no 'call'")
+            missing = [k for k in case.get("inputs", []) if k not in tensors]
+            if missing:
+                raise FixtureError(f"{root / 'cases.safetensors'}: no tensor {missing[0]!r} (an input of case {name!r})")
         return Fixture(root, config, cj["cases"], cj["keys"], tensors)
 
     def weights_file(self, stem: str) -> Path:
@@ -71,8 +76,15 @@ class Fixture:
         raise FixtureError(f"{self.root}: no {stem}.safetensors[.xz] or {stem}.pth")
 
     def build_models(self, device: torch.device) -> tuple[VQVAE, VAR]:
-        vae_cfg = VQVAEConfig.from_official(self.config["VQVAE_kwargs"])
-        var_cfg = VARConfig.from_official(self.config["VAR_kwargs"], vae_cfg)
+        path = self.root / "config.json"
+        for key in ("VQVAE_kwargs", "VAR_kwargs"):
+            if not isinstance(self.config.get(key), dict):
+                raise FixtureError(f"{path}: no {key!r} object")
+        try:
+            vae_cfg = VQVAEConfig.from_official(self.config["VQVAE_kwargs"])
+            var_cfg = VARConfig.from_official(self.config["VAR_kwargs"], vae_cfg)
+        except (TypeError, ValueError) as e:
+            raise FixtureError(f"{path}: {e}") from None
         vae_cfg = vae_cfg.with_patch_nums(var_cfg.patch_nums) if vae_cfg.patch_nums != var_cfg.patch_nums else vae_cfg
         vqvae = load_vqvae_weights(build_vqvae(vae_cfg, "meta"), self.weights_file("vae"))
         var = load_var_weights(build_var(var_cfg, "meta"), self.weights_file("var"))

@@ -173,7 +173,7 @@ def load_var_weights(var: nn.Module, path: str | Path, sd: dict | None = None) -
         diff = ", ".join(f"{k} {got[k]} vs {want[k]}" for k in want if got[k] != want[k])
         raise CheckpointError(f"{p}: is a VAR with {_describe_var(got)}; the config asks for {asked} ({diff})")
     _strict_check(var, sd, p)
-    _assign(var, sd)
+    _assign(var, sd, p)
     return var
 
 
@@ -201,14 +201,22 @@ def load_vqvae_weights(model: nn.Module, path: str | Path, sd: dict | None = Non
             sd = dict(sd)
             sd["quantize.ema_vocab_hit_SV"] = torch.zeros(own.shape, dtype=hit.dtype)
     _strict_check(model, sd, p)
-    _assign(model, sd)
+    _assign(model, sd, p)
     return model
 
 
-def _assign(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
+def _assign(model: nn.Module, sd: dict[str, torch.Tensor], p: Path) -> None:
     own = model.state_dict()
     # floating tensors take the model's dtype (e.g. fp16 files such as the toy world's into fp32 models)
     sd = {k: v.to(own[k].dtype) if v.is_floating_point() and own[k].is_floating_point() else v for k, v in sd.items()}
+    # integer buffers of a file converted wholesale to fp16/bf16 (e.g. VAR's lvl_1L) go back to integers, as
+    # a copying load_state_dict does, when their values are whole numbers
+    for k, v in sd.items():
+        if v.is_floating_point() and not own[k].is_floating_point():
+            if not (v.isfinite().all() and torch.equal(v, v.round())):
+                raise CheckpointError(f"{p}: {k} holds {v.dtype} values that are not whole numbers, but the "
+                                      f"model keeps it as {own[k].dtype}")
+            sd[k] = v.to(own[k].dtype)
     meta = any(t.is_meta for t in own.values())
     if meta:
         model.load_state_dict(sd, strict=True, assign=True)

@@ -59,15 +59,16 @@ class SelfAttention(nn.Module):
 
     def _constants(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(qkv bias, per-head q multiplier). Without autograd they are cached until a parameter changes
-        (in-place updates bump the tensors' version counters), saving kernels at every sampling step."""
+        (in-place updates bump the tensors' version counters), saving kernels at every sampling step.
+        Parameters made under torch.inference_mode() have no version counter: those are never cached."""
         def compute():
             bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
             mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp() if self.attn_l2_norm else None
             return bias, mul
 
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return compute()
         params = (self.q_bias, self.v_bias, self.zero_k_bias) + ((self.scale_mul_1H11,) if self.attn_l2_norm else ())
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or any(p.is_inference() for p in params):
+            return compute()
         key = tuple((id(p), p._version, p.dtype, p.device) for p in params)
         if getattr(self, "_const_key", None) != key:
             self._const_key, self._const_val = key, compute()

@@ -246,3 +246,58 @@ def test_save_weights_writes_the_same_bytes_for_the_same_tensors_and_metadata(tm
         assert f.metadata() == meta
         for k, v in sd.items():
             assert torch.equal(f.get_tensor(k), v)
+
+
+def _tokens(vqvae, var, dtype=None) -> list[torch.Tensor]:
+    from radar_train.sampling import NextScaleSampler, SamplingConfig
+
+    sampler = NextScaleSampler(var, vqvae.quantize, SamplingConfig(cfg=1.5, top_k=10, noise="official"),
+                               autocast_dtype=dtype)
+    return sampler.sample(torch.tensor([1, 2]), g_seed=0, batch_size=2).indices
+
+
+def test_var_file_converted_wholesale_to_fp16_loads_with_integer_buffers(tmp_path, tiny_models):
+    """{k: v.half()} also turns the integer buffer lvl_1L into float16: loading turns it back into int64 (as
+    the official copying load_state_dict does), so the model samples as from the original file."""
+    vqvae, var = tiny_models
+    cfg = get_preset("tiny").var
+    # weights that fp16 holds exactly, so both files carry the same values
+    sd = {k: v.half().to(v.dtype) if v.is_floating_point() else v for k, v in var.state_dict().items()}
+    save_weights(sd, tmp_path / "var.safetensors")
+    torch.save({k: v.half() for k, v in sd.items()}, tmp_path / "var_fp16.pth")
+    a = load_var_weights(build_var(cfg, "meta"), tmp_path / "var.safetensors").eval()
+    b = load_var_weights(build_var(cfg, "meta"), tmp_path / "var_fp16.pth").eval()
+    assert b.lvl_1L.dtype == torch.int64 and torch.equal(b.lvl_1L, var.lvl_1L)
+    for k, v in a.state_dict().items():
+        assert b.state_dict()[k].dtype == v.dtype and torch.equal(b.state_dict()[k], v), k
+    for x, y in zip(_tokens(vqvae, a), _tokens(vqvae, b)):
+        assert torch.equal(x, y)
+
+
+def test_var_file_with_fractional_integer_buffer_is_refused(tmp_path, tiny_models):
+    _, var = tiny_models
+    sd = dict(var.state_dict())
+    sd["lvl_1L"] = sd["lvl_1L"].float() + 0.5
+    save_weights(sd, tmp_path / "var.safetensors")
+    with pytest.raises(CheckpointError, match=r"var\.safetensors: lvl_1L holds torch.float32 values that are not whole"):
+        load_var_weights(build_var(get_preset("tiny").var, "meta"), tmp_path / "var.safetensors")
+
+
+def test_var_runs_on_weights_made_under_inference_mode(tmp_path, tiny_models):
+    """Tensors made under torch.inference_mode() have no version counter (the attention constants' cache
+    key): a VAR loaded or cast there samples the same tokens as outside."""
+    vqvae, var = tiny_models
+    save_weights(var, tmp_path / "var.safetensors")
+    want = _tokens(vqvae, var)
+    cast = load_var_weights(build_var(var.config, "meta"), tmp_path / "var.safetensors").eval().cast_body_(torch.bfloat16)
+    want_bf16 = _tokens(vqvae, cast, torch.bfloat16)
+    with torch.inference_mode():
+        loaded = load_var_weights(build_var(var.config, "meta"), tmp_path / "var.safetensors").eval()
+        assert loaded.blocks[0].attn.q_bias.is_inference()
+        got = _tokens(vqvae, loaded)
+    cast = load_var_weights(build_var(var.config, "meta"), tmp_path / "var.safetensors").eval()
+    with torch.inference_mode():
+        cast.cast_body_(torch.bfloat16)
+        got_bf16 = _tokens(vqvae, cast, torch.bfloat16)
+    for x, y in zip(want + want_bf16, got + got_bf16):
+        assert torch.equal(x, y)

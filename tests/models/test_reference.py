@@ -82,3 +82,46 @@ def test_check_reference_cli_prints_a_multi_line_fixture_error_as_one_line(fixtu
     assert e.value.code == 2, err
     lines = err.splitlines()
     assert lines == ["error: case bad; case: unrecognised call 'nonsense()'"], err
+
+
+def _drop_key(path, key):
+    import json
+
+    d = json.loads(path.read_text())
+    del d[key]
+    path.write_text(json.dumps(d))
+
+
+def _drop_tensor(path, key):
+    import safetensors.torch as st
+
+    t = st.load_file(str(path))
+    del t[key]
+    st.save_file(t, str(path))
+
+
+BROKEN_FIXTURES = {  # file broken -> how
+    "truncated cases.safetensors": ("cases.safetensors", lambda p: p.write_bytes(p.read_bytes()[:1000])),
+    "cases.safetensors without an input": ("cases.safetensors", lambda p: _drop_tensor(p, "a.in.f_hat")),
+    "cases.json without cases": ("cases.json", lambda p: _drop_key(p, "cases")),
+    "config.json without VAR_kwargs": ("config.json", lambda p: _drop_key(p, "VAR_kwargs")),
+    "config.json a list": ("config.json", lambda p: p.write_text("[]\n")),
+    "config.json binary": ("config.json", lambda p: p.write_bytes(bytes(range(128, 256)))),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_FIXTURES))
+def test_check_reference_names_the_broken_fixture_file(fixtures_dir, tmp_path, capsys, case):
+    import shutil
+
+    from radar_train.cli.check_reference import main
+
+    name, breaks = BROKEN_FIXTURES[case]
+    fixture = tmp_path / "fixture"
+    shutil.copytree(fixtures_dir / "tiny_a", fixture)
+    breaks(fixture / name)
+    with pytest.raises(SystemExit) as e:
+        main([str(fixture)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {fixture / name}: "), err
