@@ -30,13 +30,39 @@ radar_exe() {
   echo "$exe"
 }
 
-# config_value PATTERN COMMAND...: the value on the first line of `COMMAND --print_config` (the resolved config,
-# overrides included) that matches the awk PATTERN, e.g. '^output:'; empty when null or absent.
+# radar_python EXE: the Python that runs the executable EXE (it has the project and PyYAML installed): the python3
+# beside it (a venv's or conda env's bin/), else its `#!` interpreter when that is a python (pip writes a
+# `#!/bin/sh` trampoline instead for very long paths), else $RADAR_BIN/python3, else python3 on PATH.
+radar_python() {
+  local dir line="" py
+  dir=$(dirname "$1")
+  for py in "$dir/python3" "$dir/python"; do [ -x "$py" ] && { echo "$py"; return; }; done
+  [ -r "$1" ] && IFS= read -r line <"$1" || true
+  py=${line#\#!}
+  if [ "$py" != "$line" ] && [[ ${py##*/} == python* ]] && [ -x "$py" ]; then echo "$py"; return; fi
+  if [ -n "${RADAR_BIN:-}" ] && [ -x "$RADAR_BIN/python3" ]; then echo "$RADAR_BIN/python3"; return; fi
+  command -v python3 || command -v python || { echo "error: no Python found to read the config with" >&2; return 2; }
+}
+
+# config_value KEY COMMAND...: the value of the dotted KEY (e.g. output, trainer.default_root_dir) in the YAML of
+# `COMMAND --print_config` (the resolved config, overrides included), read with PyYAML (long values wrap onto
+# several lines there); empty when null or absent.
 config_value() {
-  local pattern=$1 resolved; shift
+  local key=$1 resolved py; shift
   resolved=$("$@" --print_config) || return   # a bad config: the command has said why on stderr
-  awk -v p="$pattern" -v q="'" \
-    '$0 ~ p { sub(/^[^:]*:[ ]*/, ""); gsub("^[\"" q "]|[\"" q "]$", ""); if ($0 != "null") print; exit }' <<<"$resolved"
+  py=$(radar_python "$1") || return
+  "$py" -c '
+import sys
+try:
+    import yaml
+except ImportError:
+    sys.exit(f"error: {sys.executable} has no PyYAML to read the config with: set RADAR_BIN or RADAR_SETUP")
+value = yaml.safe_load(sys.stdin)
+for part in sys.argv[1].split("."):
+    value = value.get(part) if isinstance(value, dict) else None
+if value is not None:
+    print(value)
+' "$key" <<<"$resolved"
 }
 
 # job_banner WHAT: one line saying which job runs what, where (goes to the job's output file).

@@ -4,7 +4,10 @@
 # fails, the jobs after it are cancelled instead of waiting forever). Prints the job ids and where the
 # outputs will be. Run it from anywhere; the jobs run in the project folder.
 #
-#   slurm/pipeline.sh [--dry-run]        (--dry-run prints the sbatch commands instead of submitting)
+#   slurm/pipeline.sh [--dry-run]        (--dry-run prints the commands instead of running them: `mkdir -p`
+#                                         of the log folder and the sbatch lines, with absolute paths and
+#                                         RADAR_DIR set, so that they work as printed from any folder; the
+#                                         job ids they depend on are placeholders: <cache>, <verify>)
 #
 # Environment variables (defaults in brackets):
 #   CACHE_CONFIG    radar-cache config                                         [configs/cache/tiny.yaml]
@@ -60,6 +63,8 @@ TRAIN_CPUS=${TRAIN_CPUS:-8}
 TRAIN_TIME=${TRAIN_TIME:-24:00:00}
 TRAIN_ARGS=${TRAIN_ARGS:-}
 LOG_DIR=${LOG_DIR:-logs/slurm}
+abs() { case "$1" in /*) echo "$1" ;; *) echo "$RADAR_DIR/$1" ;; esac; }
+LOG_DIR=$(abs "$LOG_DIR")   # the sbatch commands name absolute paths: they work from any folder
 
 problems=()
 for f in "$CACHE_CONFIG" "$TRAIN_CONFIG"; do [ -f "$f" ] || problems+=("config $f not found"); done
@@ -81,8 +86,8 @@ read -r -a train_args <<<"$TRAIN_ARGS"
 if [ -z "$CACHE_DIR" ] || [ -z "$RUN_DIR" ]; then   # the configs' own folders (runs the CLIs' --print_config)
   # shellcheck source=slurm/env.sh
   source slurm/env.sh
-  [ -n "$CACHE_DIR" ] || CACHE_DIR=$(config_value '^output:' "$(radar_exe radar-cache)" run --config "$CACHE_CONFIG" "${cache_args[@]}")
-  [ -n "$RUN_DIR" ] || RUN_DIR=$(config_value '^  default_root_dir:' "$(radar_exe radar-train)" fit --config "$TRAIN_CONFIG" "${train_args[@]}")
+  [ -n "$CACHE_DIR" ] || CACHE_DIR=$(config_value output "$(radar_exe radar-cache)" run --config "$CACHE_CONFIG" "${cache_args[@]}")
+  [ -n "$RUN_DIR" ] || RUN_DIR=$(config_value trainer.default_root_dir "$(radar_exe radar-train)" fit --config "$TRAIN_CONFIG" "${train_args[@]}")
   [ -n "$CACHE_DIR" ] || problems+=("no cache folder: set CACHE_DIR or \`output:\` in $CACHE_CONFIG")
   [ -n "$RUN_DIR" ] || problems+=("no run folder: set RUN_DIR or trainer.default_root_dir in $TRAIN_CONFIG")
   if (( ${#problems[@]} )); then printf 'error: %s\n' "${problems[@]}" >&2; exit 2; fi
@@ -94,17 +99,18 @@ common=(--chdir="$RADAR_DIR" --export=ALL)
 common+=("${extra[@]}")
 gres() { if (( $1 > 0 )); then echo "--gres=gpu:$1"; else echo "--gres=none"; fi; }
 
-# submit NAME SBATCH-ARGS...: sbatch, print the job id (or a made-up one with --dry-run)
+# submit NAME SBATCH-ARGS...: sbatch, print the job id (or a made-up one with --dry-run, after printing the
+# command, with the RADAR_DIR that this script exports to the jobs)
 submit() {
   local name=$1; shift
   if (( DRY_RUN )); then
-    printf '%q ' sbatch "$@" >&2; echo >&2
+    printf 'RADAR_DIR=%q ' "$RADAR_DIR" >&2; printf '%q ' sbatch "$@" >&2; echo >&2
     echo "<$name>"
   else
     sbatch --parsable "$@" | cut -d';' -f1
   fi
 }
-(( DRY_RUN )) || mkdir -p "$LOG_DIR"
+if (( DRY_RUN )); then printf 'mkdir -p %q\n' "$LOG_DIR" >&2; else mkdir -p "$LOG_DIR"; fi
 submitted=()
 cancel_submitted() {
   if (( ${#submitted[@]} )) && (( ! DRY_RUN )); then
@@ -117,17 +123,16 @@ array=0-$((NUM_WORKERS - 1))${MAX_PARALLEL:+%$MAX_PARALLEL}
 
 cache_id=$(submit cache "${common[@]}" --array="$array" --cpus-per-task="$CACHE_CPUS" "$(gres "$GPUS_PER_TASK")" \
   --time="$CACHE_TIME" --output="$LOG_DIR/%x-%A_%a.out" --export=ALL,NUM_WORKERS="$NUM_WORKERS" \
-  slurm/cache.sbatch "$CACHE_CONFIG" "$CACHE_DIR" "${cache_args[@]}")
+  "$RADAR_DIR/slurm/cache.sbatch" "$CACHE_CONFIG" "$CACHE_DIR" "${cache_args[@]}")
 submitted+=("$cache_id")
 verify_id=$(submit verify "${common[@]}" --dependency="afterok:$cache_id" --kill-on-invalid-dep=yes \
-  --output="$LOG_DIR/%x-%j.out" slurm/verify.sbatch "$CACHE_DIR")
+  --output="$LOG_DIR/%x-%j.out" "$RADAR_DIR/slurm/verify.sbatch" "$CACHE_DIR")
 submitted+=("$verify_id")
 train_id=$(submit train "${common[@]}" --dependency="afterok:$verify_id" --kill-on-invalid-dep=yes \
   --nodes="$NODES" --ntasks-per-node="$RANKS_PER_NODE" "$(gres "$GPUS_PER_NODE")" --cpus-per-task="$TRAIN_CPUS" \
   --time="$TRAIN_TIME" --output="$LOG_DIR/%x-%j.out" --export=ALL,CACHE_DIR="$CACHE_DIR" \
-  slurm/train.sbatch "$TRAIN_CONFIG" "$RUN_DIR" "${train_args[@]}")
+  "$RADAR_DIR/slurm/train.sbatch" "$TRAIN_CONFIG" "$RUN_DIR" "${train_args[@]}")
 trap - ERR
-abs() { case "$1" in /*) echo "$1" ;; *) echo "$RADAR_DIR/$1" ;; esac; }
 
 cat <<EOF
 cache   job $cache_id: array $array, $NUM_WORKERS workers -> $(abs "$CACHE_DIR")
