@@ -35,7 +35,7 @@ def export_checkpoint(ckpt: str | Path, output: str | Path, overwrite: bool = Fa
     vae = (state["hyper_parameters"].get("decoder") or {}).get("vae_checkpoint")
     check_replace_dir(output, is_adapter_dir, "an adapter folder", "--output",
                       {"--ckpt": p, "the checkpoint's VQ-VAE file": vae}, overwrite)
-    module = module_from_hparams(state["hyper_parameters"])
+    module = module_from_hparams(state["hyper_parameters"], training=False)
     module.check_checkpoint(state, str(p))
     module.load_state_dict(state["state_dict"], strict=False)
     meta = dict(state["radar"])

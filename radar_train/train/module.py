@@ -504,10 +504,15 @@ _GROUPS = {"decoder": ModelArgs, "lora": LoraArgs, "loss": LossArgs, "optim": Op
            "adversarial": AdversarialArgs, "ema": EmaArgs}
 
 
-def module_from_hparams(hparams: dict) -> RadarLoraModule:
-    """Rebuild the module from a checkpoint's hyper_parameters (plain dicts of the config groups)."""
+def module_from_hparams(hparams: dict, training: bool = True) -> RadarLoraModule:
+    """Rebuild the module from a checkpoint's hyper_parameters (plain dicts of the config groups). With
+    `training` False (an export) the loss is left at its defaults: its settings shape no tensor, and their
+    files (e.g. LPIPS weights) need not exist where the adapter is exported."""
     kwargs = {}
     for name, cls in _GROUPS.items():
+        if name == "loss" and not training:
+            kwargs[name] = cls()
+            continue
         fields = {f.name for f in dataclasses.fields(cls)}
         given = dict(hparams.get(name) or {})
         if "betas" in given:

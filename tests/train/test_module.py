@@ -4,9 +4,10 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from radar_train.export.adapter import ADAPTER_FILES, load_adapter, read_radar_config
+from radar_train.export.adapter import ADAPTER_FILES, ADAPTER_WEIGHTS, load_adapter, read_radar_config
 from radar_train.models import ModelIdentity, load_latent_decoder
 from radar_train.train.module import OutputArgs, RadarLoraModule
 from radar_train.train.optim import OptimArgs, WarmupCosine
@@ -136,3 +137,19 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(make_batch):
     assert g0.keys() == g1.keys() and len(g0) > 0
     assert all(torch.allclose(g0[k], g1[k], atol=1e-6, rtol=1e-4) for k in g0)
     assert any(g.abs().sum() > 0 for g in g0.values())
+
+
+def test_export_of_a_checkpoint_trained_with_lpips_needs_no_lpips_files(trained, tmp_path):
+    """The loss shapes no tensor: a checkpoint whose LPIPS weight files are gone (another machine) exports."""
+    from radar_train.train.export import export_checkpoint
+
+    _, _, root = trained
+    ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"]["loss"] = {**ckpt["hyper_parameters"]["loss"], "lpips_weight": 1.0,
+                                        "lpips_vgg": str(tmp_path / "gone" / "vgg16.pth"),
+                                        "lpips_heads": str(tmp_path / "gone" / "vgg.pth")}
+    torch.save(ckpt, tmp_path / "lpips.ckpt")
+    export_checkpoint(tmp_path / "lpips.ckpt", tmp_path / "a")
+    export_checkpoint(root / "checkpoints" / "last.ckpt", tmp_path / "b")
+    a, b = load_file(tmp_path / "a" / ADAPTER_WEIGHTS), load_file(tmp_path / "b" / ADAPTER_WEIGHTS)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
