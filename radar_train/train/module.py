@@ -254,6 +254,7 @@ class RadarLoraModule(pl.LightningModule):
         self._t_last = None
 
     def on_train_start(self) -> None:
+        self._rates_from_the_schedule()
         if self.optim_args.compile and self.device.type == "cpu" and self.trainer.is_global_zero:
             log.warning("model.optim.compile on the CPU: slower than eager here (0.94x at toy, batch 16; "
                         "docs/benchmarks.md, Training, CPU); it is meant for GPUs")
@@ -263,6 +264,17 @@ class RadarLoraModule(pl.LightningModule):
         every, step = self.monitor.images_every_n_steps, self.global_step
         if step == 0 or not (every and step % every == 0):  # a resumed run's step on the cadence was logged
             self.log_image_grid()
+
+    def _rates_from_the_schedule(self) -> None:
+        """The rates of the next step from this run's schedule at the restored step (a resume restores the
+        optimizer's last rates, which LambdaLR would replace only after the step: a continued run with another
+        schedule_steps would take one step at the old schedule's rate). Without a resume, or with the same
+        schedule, this recomputes the same numbers."""
+        for cfg in self.trainer.lr_scheduler_configs:
+            s = cfg.scheduler
+            if isinstance(s, torch.optim.lr_scheduler.LambdaLR):
+                for group, base, fn in zip(s.optimizer.param_groups, s.base_lrs, s.lr_lambdas):
+                    group["lr"] = base * fn(s.last_epoch)
 
     def on_train_end(self) -> None:
         self.log_image_grid()
@@ -475,6 +487,11 @@ class RadarLoraModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.check_checkpoint(checkpoint)
+        for sched in checkpoint.get("lr_schedulers") or []:
+            # LambdaLR would restore the saved WarmupCosine settings over this run's: the schedule's warm-up,
+            # length (schedule_steps, else max_steps) and floor are the config's; the step count is the checkpoint's
+            if isinstance(sched, dict) and "lr_lambdas" in sched:
+                sched["lr_lambdas"] = [None] * len(sched["lr_lambdas"])
         self.val_metrics = dict(checkpoint["radar"].get("metrics") or {})
         self._step_rng.load_state_dict(checkpoint.get("radar_rng"))
 

@@ -72,6 +72,32 @@ def test_final_is_exported_when_max_epochs_ends_the_run_before_max_steps(tiny_ca
     assert sorted(rec.losses) == [1, 2] and (tmp_path / "final" / "adapter_model.safetensors").is_file()
 
 
+class RecordLr(pl.Callback):
+    def __init__(self):
+        self.lr: dict[int, float] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lr[trainer.global_step + 1] = trainer.optimizers[0].param_groups[0]["lr"]  # the rate of this step
+
+
+def test_a_continued_run_follows_the_schedule_of_its_config(tiny_cache, tmp_path):
+    """Continued past its max_steps with schedule_steps set, a run takes the new schedule's rates (not the
+    schedule saved in the checkpoint); with the config unchanged a resume is exact (test above)."""
+    kw = dict(train="0", val="14", warmup=2, save_every=2, validate=False)
+    rates = {}
+    for name, steps, schedule, ckpt in (("first", 6, None, None), ("continued", 10, 10, "last"),
+                                        ("straight", 10, 10, None)):
+        trainer, module, dm, _ = _fit(tiny_cache, tmp_path / ("b" if name != "straight" else "a"), steps,
+                                      schedule=schedule, **kw)
+        rec = RecordLr()
+        trainer.callbacks.append(rec)
+        trainer.fit(module, dm, ckpt_path=ckpt)
+        rates[name] = rec.lr
+    assert sorted(rates["continued"]) == [7, 8, 9, 10]
+    assert rates["continued"] == {s: rates["straight"][s] for s in (7, 8, 9, 10)}
+    assert min(rates["continued"].values()) > 1.1e-4  # the first run's schedule sits at its floor (1e-4) past step 6
+
+
 def test_fit_refuses_a_cache_made_with_another_vqvae(tiny_cache, tmp_path):
     dm = PairDataModule([CacheSource(tiny_cache, train_shards="0", val_shards="4")], batch_size=8)
     module = RadarLoraModule(decoder=ModelArgs(preset="tiny", init_seed=1))
