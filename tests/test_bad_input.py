@@ -161,6 +161,8 @@ CASES = [
     ("fit-with-a-missing-config", "train", lambda w, t: ["fit", "--config", "configs/train/tiny.yml"], ["tiny.yml"]),
     ("fit-with-a-negative-batch", "train", lambda w, t: fit_args(w["cache"], t / "run", 5, "--data.batch_size", "-4"),
      ["data.batch_size"]),
+    ("fit-with-a-batch-larger-than-the-training-set", "train",  # 16 training pairs: no step would run
+     lambda w, t: fit_args(w["cache"], t / "run", 5, "--data.batch_size", "32"), ["16 training pairs", "batch_size 32"]),
     ("fit-with-a-word-for-a-number", "train", lambda w, t: fit_args(w["cache"], t / "run", 5, "--trainer.max_steps", "ten"),
      ["--trainer.max_steps"]),
     ("fit-on-a-folder-that-is-not-a-cache", "train",

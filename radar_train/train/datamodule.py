@@ -292,6 +292,11 @@ class PairDataModule(pl.LightningDataModule):
         if problems:  # unreadable shards, every one of every cache
             self.manifests, self.splits, self.train_set, self.val_set = {}, [], None, None
             raise ValueError("data: " + "; ".join(problems))
+        n = len(self.train_set) if hasattr(self.train_set, "__len__") else None
+        if self.drop_last and n is not None and n < self.batch_size:  # Lightning would stop at once, "successfully"
+            self.manifests, self.splits, self.train_set, self.val_set = {}, [], None, None
+            raise ValueError(f"data: {n} training pairs make no batch of data.batch_size {self.batch_size} "
+                             f"(data.drop_last drops the incomplete one): lower the batch size or add training shards")
         self._report()
 
     def _build(self, parts: list[tuple[CacheSource, list[int]]], train: bool, problems: list[str]) -> Optional[Dataset]:
