@@ -229,6 +229,12 @@ class BlockShuffleSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.n // self.world_size if self.drop_last else math.ceil(self.n / self.world_size)
 
+    def unique_count(self) -> int:
+        """How many of this rank's positions of an epoch (the first ones) are not padding: drop_last=False
+        repeats positions at the end of the last ranks' runs so that every rank has len(self)."""
+        per_rank = len(self)
+        return per_rank if self.drop_last else max(0, min(per_rank, self.n - self.rank * per_rank))
+
     def order(self) -> torch.Tensor:
         """All positions of this epoch, in visiting order (before the split across ranks)."""
         if not self.shuffle:

@@ -156,6 +156,7 @@ class RadarLoraModule(pl.LightningModule):
         self.adversarial = build_adversarial(adversarial)  # training-only: not part of trainable_params
         self.strict_loading = False  # checkpoints hold the LoRA tensors only
         self.val_stats = RestorationStats()
+        self._val_left: Optional[int] = None  # validation pairs of this rank still to count (None: all)
         self.val_metrics: dict[str, float] = {}
         self.cache_info: list[dict] = []
         self.data_config: dict = {}
@@ -345,9 +346,24 @@ class RadarLoraModule(pl.LightningModule):
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
         self.val_stats = RestorationStats(self.device)
+        self._val_left = self._val_unique()
+
+    def _val_unique(self) -> Optional[int]:
+        """How many validation pairs of this rank are not the padding a distributed sampler repeats so that
+        every rank has as many (cache.reader.BlockShuffleSampler.unique_count); None: every pair counts."""
+        loaders = self.trainer.val_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) and len(loaders) == 1 else loaders
+        unique = getattr(getattr(loader, "sampler", None), "unique_count", None)
+        return unique() if callable(unique) else None
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         hq, lq, labels = batch["fhat_hq"], batch["fhat_lq"], batch.get("label")
+        if self._val_left is not None:  # a padded repeat is counted on the rank whose pair it is, not again here
+            keep, self._val_left = max(0, min(hq.shape[0], self._val_left)), self._val_left - hq.shape[0]
+            if keep == 0:  # (still logged, with no weight: every rank takes part in val/loss's reduction)
+                self.log("val/loss", torch.zeros((), device=self.device), batch_size=0, sync_dist=True)
+                return
+            hq, lq, labels = hq[:keep], lq[:keep], None if labels is None else labels[:keep]
         feats = self.loss_args.needs_features
         t_raw, t_feats = self.decode(hq, adapters=False, features=feats)
         teacher = t_raw.clamp(-1, 1)

@@ -227,3 +227,13 @@ def test_export_refuses_a_folder_holding_another_cache(make_synthetic, tmp_path)
     export_wds(str(make_synthetic(num_samples=16, shard_size=8)), str(tmp_path / "wds"), progress=False)
     with pytest.raises(ValueError, match="export of another cache; differing fields: plan.num_samples"):
         export_wds(str(make_synthetic(num_samples=24, shard_size=8)), str(tmp_path / "wds"), progress=False)
+
+
+@pytest.mark.parametrize("n,world", [(16, 3), (16, 9), (30, 4), (8, 8), (5, 2)])
+def test_the_unique_positions_of_all_ranks_are_every_position_once(make_synthetic, n, world):
+    ds = PairDataset(make_synthetic(num_samples=n, shard_size=8, chunk_size=4))
+    seen = []
+    for rank in range(world):
+        s = BlockShuffleSampler(ds, shuffle=True, seed=1, rank=rank, world_size=world)
+        seen += s.rank_order()[:s.unique_count()].tolist()
+    assert sorted(seen) == list(range(n))

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from radar_train.export.adapter import ADAPTER_FILES, ADAPTER_WEIGHTS, load_adapter, read_radar_config
 from radar_train.models import ModelIdentity, load_latent_decoder
-from radar_train.train.module import OutputArgs, RadarLoraModule
+from radar_train.train.module import MonitorArgs, OutputArgs, RadarLoraModule
 from radar_train.train.optim import OptimArgs, WarmupCosine
 
 STEPS = 4
@@ -153,3 +153,30 @@ def test_export_of_a_checkpoint_trained_with_lpips_needs_no_lpips_files(trained,
     export_checkpoint(root / "checkpoints" / "last.ckpt", tmp_path / "b")
     a, b = load_file(tmp_path / "a" / ADAPTER_WEIGHTS), load_file(tmp_path / "b" / ADAPTER_WEIGHTS)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_validation_counts_a_distributed_samplers_padding_once(tiny_cache):
+    """16 pairs on 3 ranks: 6 each, the last rank's final 2 are repeats of pairs that other ranks count. That
+    rank's validation counts its 4 own pairs only (its sums are those of the 4 alone), and a rank of nothing
+    but repeats counts none."""
+    from radar_train.cache.reader import BlockShuffleSampler, PairDataset
+
+    ds = PairDataset(tiny_cache, [14])
+    torch.manual_seed(0)
+    module = RadarLoraModule(monitor=MonitorArgs(images_every_n_steps=0))
+
+    def validate(loader):
+        trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                             enable_model_summary=False)
+        trainer.validate(module, loader, verbose=False)
+        return module.val_stats.sums.clone(), float(trainer.callback_metrics["val/loss"])
+
+    last = BlockShuffleSampler(ds, shuffle=False, rank=2, world_size=3)
+    assert len(last) == 6 and last.unique_count() == 4
+    sums, loss = validate(DataLoader(ds, sampler=last, batch_size=4))
+    own = torch.utils.data.Subset(ds, last.rank_order()[:4].tolist())
+    want_sums, want_loss = validate(DataLoader(own, batch_size=4))
+    assert sums[0] == 4 and torch.equal(sums, want_sums) and loss == want_loss
+    only_repeats = BlockShuffleSampler(ds, shuffle=False, rank=8, world_size=9)
+    assert len(only_repeats) == 2 and only_repeats.unique_count() == 0
+    assert validate(DataLoader(ds, sampler=only_repeats, batch_size=4))[0][0] == 0
