@@ -54,9 +54,12 @@ def init_random_(model: nn.Module, seed: int) -> nn.Module:
 @torch.no_grad()
 def init_var_for_training_(var: VAR, seed: int, init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5,
                            init_head: float = 0.02) -> VAR:
-    """Official-style init for training a VAR from scratch: truncated normal std √(1/(3C)) for linear
-    and embedding weights, zero biases, AdaLN projections scaled by `init_adaln` (the γ rows by
-    `init_adaln_gamma`, so blocks start near identity), head scaled by `init_head`."""
+    """Init for training a VAR from scratch in the spirit of the official `VAR.init_weights`: truncated normal
+    std √(1/(3C)) for linear and embedding weights, zero biases, AdaLN projections scaled by `init_adaln`
+    (the γ rows by `init_adaln_gamma`, so blocks start near identity), head scaled by `init_head`.
+    It is not the official init: the truncation is at ±2σ (the official one at ±2, i.e. none), attention
+    and FFN output projections are not divided by √(2·depth), and with shared AdaLN (`ada_gss`) all rows
+    take `init_adaln`. The toy world's shipped VAR was trained from this init, so it stays as it is."""
     g = torch.Generator(device="cpu").manual_seed(int(seed))
     C = var.C
     std = math.sqrt(1 / C / 3)
