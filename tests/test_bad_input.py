@@ -222,6 +222,8 @@ CASES = [
     # radar-generate
     ("generate-classes-out-of-range", "generate", lambda w, t: [*_generate_opts(w), "--classes", "0-12"],
      ["--classes", "10"]),
+    ("generate-a-class-twice", "generate", lambda w, t: [*_generate_opts(w), "--classes", "0,3,0"],
+     ["--classes", "0 more than once"]),
     ("generate-zero-batch", "generate", lambda w, t: [*_generate_opts(w), "--batch_size", "0"], ["--batch_size"]),
     ("generate-onto-a-file", "generate", lambda w, t: [*_generate_opts(w), "--output", str(w["w"] / "existing.json")],
      ["existing.json"]),

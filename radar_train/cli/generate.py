@@ -54,6 +54,10 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
     from radar_train.progress import Progress
 
     cls_list, seed_list = parse_int_list(classes, "--classes"), parse_int_list(seeds, "--seeds")
+    for option, values in (("--classes", cls_list), ("--seeds", seed_list)):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:  # one image (and file) per class and seed
+            raise ValueError(f"{option} lists {', '.join(map(str, twice))} more than once")
     check_positive(batch_size=batch_size)
     check_positive(grid_scale=grid_scale, minimum=0)
     check_device(device)
