@@ -161,7 +161,17 @@ class RadarPipeline:
     def sample_latents(self, labels: Sequence[int], seeds: Sequence[int], accelerated: bool = True,
                        cfg: Optional[float] = None, top_k: Optional[int] = None, top_p: Optional[float] = None) -> SampleOutput:
         sampler = self._sampling(cfg, top_k, top_p)
-        return sampler.sample(self._host_labels(labels), seeds=list(seeds), accel=self.accel if accelerated else None)
+        return sampler.sample(self._host_labels(labels), **self._noise_keys(seeds),
+                              accel=self.accel if accelerated else None)
+
+    def _noise_keys(self, seeds: Sequence[int]) -> dict:
+        """per_sample noise: the samples' seeds. official noise: one generator for the call, seeded with the
+        first sample's seed (the official sampler's g_seed), so the call is reproducible, but a sample then
+        depends on the batch it is drawn in."""
+        seeds = [int(s) for s in seeds]
+        if self.sampling.noise == "official":
+            return {"g_seed": seeds[0] if seeds else None}
+        return {"seeds": seeds}
 
     @torch.no_grad()
     def generate(self, labels: Sequence[int], seeds: Sequence[int], cfg: Optional[float] = None,
@@ -179,7 +189,7 @@ class RadarPipeline:
     def compare(self, labels: Sequence[int], seeds: Sequence[int]) -> dict[str, torch.Tensor]:
         """uint8 images of the same samples: vanilla, accelerated, accelerated + adapter (when loaded).
         One forked run: the scales before the first accelerated one are computed once."""
-        pair = generate_pairs(self.sampler, self._host_labels(labels), self.accel, seeds=list(seeds))
+        pair = generate_pairs(self.sampler, self._host_labels(labels), self.accel, **self._noise_keys(seeds))
         labels = self._labels(labels)
         out = {"vanilla": to_uint8(self.decode(pair.hq.f_hat, adapter=False)),
                "accelerated": to_uint8(self.decode(pair.lq.f_hat, adapter=False))}

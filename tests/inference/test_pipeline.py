@@ -111,3 +111,15 @@ def test_radar_eval_errors_are_one_line(trained_run, tmp_path):
     r = subprocess.run([sys.executable, "-m", "radar_train.cli.eval", "--cache", str(tmp_path / "nope"),
                         "--adapter", str(trained_run["adapter"])], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "nope" in r.stderr
+
+
+def test_official_noise_follows_the_first_seed_of_the_call():
+    """sampling.noise official: one generator per call, seeded with the first sample's seed (the official
+    g_seed), so a call is reproducible and other seeds give other images (the seeds were ignored)."""
+    pipe = RadarPipeline.from_config(PipelineArgs(model=ModelArgs(), accel=AccelArgs("fastvar"),
+                                                  sampling=SamplingConfig(noise="official"), device="cpu"))
+    a, again, other = (pipe.generate([1, 2], seeds) for seeds in ([0, 1], [0, 1], [7, 8]))
+    assert torch.equal(a, again) and not torch.equal(a, other)
+    pair, pair_again = pipe.compare([1, 2], [0, 1]), pipe.compare([1, 2], [0, 1])
+    assert all(torch.equal(pair[k], pair_again[k]) for k in pair)
+    assert torch.equal(pair["accelerated"], a)  # the pair's accelerated run is the plain one
