@@ -36,7 +36,7 @@ class LoraArgs:
     rank: int = 16
     """LoRA rank r (capped per layer at min(r, C_out, C_in·k²))."""
     alpha: float = 16.0
-    """LoRA alpha; the update is scaled by alpha / rank."""
+    """LoRA alpha; the update is scaled by alpha / rank (a capped layer: alpha / its capped rank, peft's rule)."""
     dropout: float = 0.0
     """Dropout on the LoRA branch input."""
     targets: str = "all"
@@ -44,7 +44,8 @@ class LoraArgs:
     conv_in, mid block, latent-resolution up level) or a regex that must match whole module names
     (peft rules), e.g. 'post_quant_conv|decoder\\.mid\\..+'. Only nn.Conv2d matches are adapted."""
     cap_rank: bool = True
-    """Cap the rank of a layer at min(r, C_out, C_in·k²) (a larger rank adds nothing)."""
+    """Cap the rank of a layer at min(r, C_out, C_in·k²) (a larger rank adds no expressiveness; the capped
+    layer's update is then scaled by alpha / its capped rank, so it trains a little faster than uncapped)."""
 
     def problems(self) -> list[str]:
         p = []
