@@ -9,7 +9,8 @@
 # so a killed run keeps what it measured), suite.log, gpu-tests.log, nvidia-smi.txt. An existing result file
 # of the same name is refused by the suite (pass --overwrite to replace it).
 # Wheels in $WHEELS (default .whl, from benchmarks/prepare_gpu_run.sh) are installed into /tmp/radar-site
-# first (no index, no dependencies). Limits: SUITE_TIMEOUT (default 510 s), TEST_TIMEOUT (default 75 s).
+# first (no index, no dependencies). Limits: SUITE_TIMEOUT (default 510 s), TEST_TIMEOUT (default 75 s). The CUDA
+# tests run without the slow ones (the compiled engine compiles for minutes), the FlexAttention ones first.
 # Exit status: the suite's, else the tests'.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +38,7 @@ official=()
 timeout "${SUITE_TIMEOUT:-510}" "$py" -m radar_train.bench.gpu_suite "${official[@]}" --commit "$commit" \
   --output_dir "$out" "$@" 2>&1 | tee "$out/suite.log"
 suite=$?
-timeout "${TEST_TIMEOUT:-75}" "$py" -m pytest -q -s -p no:cacheprovider -m gpu tests/test_gpu.py tests/accel/test_sca.py \
+timeout "${TEST_TIMEOUT:-75}" "$py" -m pytest -q -s -p no:cacheprovider -m "gpu and not slow" tests/accel/test_sca.py tests/test_gpu.py \
   2>&1 | tee "$out/gpu-tests.log"
 tests=$?
 echo "run_gpu_suite: suite exit $suite, tests exit $tests; files in $out"

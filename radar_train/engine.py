@@ -269,9 +269,12 @@ class GraphEngine(EagerEngine):
 
     def _check_weights(self) -> None:
         """Graphs read the weights at their addresses: forget every workspace when a weight tensor was
-        replaced (e.g. `cast_body_`, `.to()`); in-place updates are seen by the graphs as they are."""
+        replaced (e.g. `cast_body_`, `.to()`) or updated in place (its version counter moved: the tensors the
+        model derives and caches from it, e.g. the attention's qkv bias, are replaced, and graphs would read
+        the freed ones)."""
         s = self.sampler
-        sig = tuple(t.data_ptr() for m in (s.var, s.quantizer) for t in (*m.parameters(), *m.buffers()))
+        sig = tuple((t.data_ptr(), None if t.is_inference() else t._version)
+                    for m in (s.var, s.quantizer) for t in (*m.parameters(), *m.buffers()))
         if sig != self._weights:
             self.workspaces.clear()
             self._weights = sig

@@ -4,13 +4,14 @@
 
 Sections (run in this order; the result file is rewritten after each preset and section, so a killed run
 keeps what it measured):
-- accel: for VAR-d16 / d20 / d24 / d30 shapes (random weights), batch 32, bf16 autocast, the interleaved
+- accel: for VAR-d16 / d24 / d20 / d30 shapes (random weights; the targets' d16 and d24 first), batch 32, bf16
+  autocast, the interleaved
   rows of `radar-bench accel` (radar_train.bench.accel): the official sampler and decode (with
   --official_var), our vanilla sampler for every engine `radar_train.sampling` offers (per-sample noise;
   with eager also the official noise), FastVAR default, StageVAR default and paper, their forked pairs, our
   decode; loop and end-to-end images/s, peak memory per row. Timed rounds per preset are planned from the
   measured first (warm-up) round so that the section fits its share of --budget_s (never fewer than
-  --min_repeats).
+  --min_repeats); a later preset whose fewest rounds (estimated) no longer fit is skipped and recorded so.
 - sca: SCA-Mask (RADAR's own method) on VAR-d16 and d24 shapes (those of --presets), batch 32, bf16:
   vanilla SDPA against window-selected masks at the default and aggressive budgets (random weights: no
   calibration; the same block counts as calibrated masks) through FlexAttention, per engine, with the
@@ -44,7 +45,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional
 
-DEFAULT_PRESETS = ("var-d16", "var-d20", "var-d24", "var-d30")
+DEFAULT_PRESETS = ("var-d16", "var-d24", "var-d20", "var-d30")  # the targets' presets (d16, d24) first
 DEFAULT_METHODS = ("fastvar:default", "stagevar:default", "stagevar:paper")
 # Rough seconds on an H100/H200 at batch 32 for one interleaved round (eager engine; the official, two
 # vanilla, three method, three pair and two decode runs) and for building the models: used for the ETA
@@ -72,19 +73,26 @@ def default_output(device_name: str, device_type: str) -> str:
     return f"benchmarks/{folder}/{_dt.date.today().isoformat()}-{slug}.json"
 
 
-def run_accel_section(args, results, log: Callable[[str], None], deadline: float) -> None:
+def run_accel_section(args, results, log: Callable[[str], None], deadline: float) -> Optional[str]:
     import torch
 
     from radar_train.bench.accel import BenchSetup, available_engines, format_table, run_accel_benchmark
 
     engines = args.engines or list(available_engines(args.device))
     presets = list(args.presets)
+    skipped: dict[str, str] = {}
     for i, preset in enumerate(presets):
         started = time.time()
         left = deadline - started
         weights = [sum(_estimate(p, len(engines), args.batch_size)) for p in presets[i:]]
         share = left * weights[0] / sum(weights)
-        round_est, _ = _estimate(preset, len(engines), args.batch_size)
+        round_est, build_est = _estimate(preset, len(engines), args.batch_size)
+        least = build_est + (args.warmup + args.min_repeats) * round_est
+        if i > 0 and left < least:  # it would eat the later sections' reserves: recorded as skipped
+            skipped[preset] = f"{left:.0f} s of the budget left (< {least:.0f} s estimated for its fewest rounds)"
+            log(f"== accel {preset}: skipped ({skipped[preset]})")
+            results.set("skipped", {**results.doc.get("skipped", {}), f"accel {preset}": skipped[preset]})
+            continue
 
         def plan(first_round_s: float, started=started, share=share) -> int:
             left_here = share - (time.time() - started) - (args.warmup - 1) * first_round_s
@@ -115,6 +123,7 @@ def run_accel_section(args, results, log: Callable[[str], None], deadline: float
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    return f"skipped {', '.join(skipped)}" if skipped else None
 
 
 def run_sca_section(args, results, log, deadline: float) -> Optional[str]:
@@ -140,6 +149,7 @@ def run_sca_section(args, results, log, deadline: float) -> Optional[str]:
         except Exception as e:  # noqa: BLE001 - e.g. a FlexAttention compile failure: record it, go on
             traceback.print_exc()
             failures[preset] = f"{type(e).__name__}: {e}"
+        gc.collect()  # (samplers and their engines hold each other: their KV sets and graph pools go here)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     if rows:

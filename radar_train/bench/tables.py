@@ -112,6 +112,10 @@ def render(doc: dict) -> str:
     lines = [head, ""]
     if doc["rows"]:
         lines += _table(doc["rows"])
+    for what, why in (doc.get("failures") or {}).items():  # a GPU suite's accel presets: "accel var-d30"
+        lines += ["", f"{what}: failed ({why})".replace("|", "/")]
+    for what, why in (doc.get("skipped") or {}).items():
+        lines += ["", f"{what}: skipped ({why})".replace("|", "/")]
     sca = (doc.get("sections") or {}).get("sca") or {}
     if sca.get("rows"):
         lines += ([""] if doc["rows"] else []) + ["SCA-Mask section:", ""] + _table(sca["rows"])

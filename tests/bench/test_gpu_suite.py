@@ -100,3 +100,17 @@ def test_a_section_leaves_the_later_sections_their_reserves(tmp_path, capsys):
     assert doc["status"]["paper"].startswith("ok") and [r["method"] for r in doc["sections"]["paper"]["rows"]] == \
         ["vanilla", "sca:window+default", "decode"]
     assert f"SCA-Mask section, tiny: skipped ({sca['skipped']['tiny']})" in render(doc)
+
+
+def test_a_later_accel_preset_that_no_longer_fits_is_skipped(tmp_path, capsys):
+    """The first preset always runs; a later one whose fewest rounds (estimated) exceed what is left of the
+    section's budget is skipped and recorded, so that it cannot eat the later sections' reserves."""
+    out = tmp_path / "run.json"
+    assert main(["--device", "cpu", "--presets", "tiny,toy", "--batch_size", "1", "--warmup", "0",
+                 "--min_repeats", "1", "--repeats", "1", "--methods", "fastvar:default", "--sections", "accel",
+                 "--budget_s", "1", "--output", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert {r["preset"] for r in doc["rows"]} == {"tiny"}
+    assert list(doc["skipped"]) == ["accel toy"] and "estimated for its fewest rounds" in doc["skipped"]["accel toy"]
+    assert doc["status"]["accel"] == "skipped toy" and "== accel toy: skipped (" in capsys.readouterr().out
+    assert f"accel toy: skipped ({doc['skipped']['accel toy']})" in render(doc)
