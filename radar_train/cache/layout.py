@@ -3,12 +3,17 @@ or unexpected. A shard is complete exactly when its final name exists: it is ren
 after every array and its attributes are written."""
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import shutil
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
+
+log = logging.getLogger(__name__)
 
 _FINAL = re.compile(r"^shard-(\d{5,})\.zarr$")
 _TEMP = re.compile(r"^shard-(\d{5,})\.zarr\.tmp-[0-9a-f]+$")
@@ -42,11 +47,36 @@ def scan_cache(cache_dir: str | os.PathLike, num_shards: int | None = None) -> C
     return scan
 
 
+def live_writer(path: str | os.PathLike) -> str | None:
+    """"host:pid" of the process writing the temporary shard `path` when it is another process of this host
+    that still runs (its group's `writer` attributes); None otherwise (a killed writer's, this process's,
+    another host's: that cannot be told from here)."""
+    try:
+        writer = json.loads((Path(path) / "zarr.json").read_text())["attributes"]["writer"]
+        host, pid = writer["host"], int(writer["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if host != socket.gethostname() or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    return f"{host}:{pid}"
+
+
 def clear_temporary(scan: CacheScan, shards: Iterable[int]) -> list[Path]:
-    """Remove the temporary folders of `shards` (left by a killed writer); returns what was removed."""
+    """Remove the temporary folders of `shards` left by a killed writer; returns what was removed. A folder
+    that a running process of this host is writing (the same worker started twice) is left alone: this
+    writer writes the shard under a name of its own, and whichever finishes first completes it."""
     removed = []
     for s in shards:
         for path in scan.temporary.pop(s, []):
+            if (writer := live_writer(path)) is not None:
+                log.warning("%s is being written by process %s: left alone", path, writer)
+                continue
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed

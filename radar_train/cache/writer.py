@@ -100,8 +100,14 @@ def write_arrays(path: Path, shard: int, first_index: int, arrays: dict[str, np.
 
 def commit_shard(tmp: Path, shard: int) -> Optional[Path]:
     """Rename a written temporary shard to its final name. If the final name exists already (another
-    writer finished this shard), keep that one and discard ours; returns None then."""
+    writer finished this shard), keep that one and discard ours; returns None then, and when an array of
+    ours is missing (the folder was removed while being written): the shard stays to be written."""
     final = tmp.parent / schema.shard_name(shard)
+    missing = [name for name in schema.ARRAY_NAMES if not (tmp / name / "zarr.json").is_file()]
+    if missing:  # the folder was removed while being written (and partly made again by the last writes)
+        log.warning("%s lost %s while being written (removed by another process?): not committed; rerun to "
+                    "write shard %d", tmp.name, ", ".join(missing), shard)
+        return None
     try:
         os.rename(tmp, final)  # a directory rename onto an existing, non-empty directory fails
     except OSError:

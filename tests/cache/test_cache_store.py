@@ -70,6 +70,41 @@ def test_commit_keeps_a_shard_another_writer_finished(make_synthetic):
     assert not tmp.exists() and (cache / "shard-00000.zarr" / "zarr.json").read_bytes() == before
 
 
+def test_a_shard_whose_folder_was_removed_while_being_written_is_not_committed(make_synthetic):
+    """Another process removed the folder mid-write and the last writes made part of it again: the shard is
+    not renamed into place as complete (it stays to be written)."""
+    cache = make_synthetic(num_samples=8, shard_size=8, shards=[])
+    m = read_manifest(cache)
+    tmp = begin_shard(cache, 0, writer_info(0, 1, "cpu"))
+    write_arrays(tmp, 0, 0, synthetic_shard_arrays(m, 0), m)
+    shutil.rmtree(tmp / schema.FHAT_LQ)
+    assert commit_shard(tmp, 0) is None
+    assert scan_cache(cache, m.num_shards).complete == {}
+
+
+def test_clearing_leaves_alone_a_temporary_shard_a_running_process_writes(make_synthetic):
+    """The same worker started twice: the second one does not remove the first one's shard in progress; a
+    killed writer's is removed."""
+    from radar_train.cache.layout import clear_temporary, live_writer
+
+    cache = make_synthetic(num_samples=16, shard_size=8, shards=[])
+    m = read_manifest(cache)
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        busy = begin_shard(cache, 0, {**writer_info(0, 1, "cpu"), "pid": running.pid})
+        left = begin_shard(cache, 1, {**writer_info(0, 1, "cpu"), "pid": dead.pid})
+        assert live_writer(busy) is not None and live_writer(left) is None
+        removed = clear_temporary(scan_cache(cache, m.num_shards), [0, 1])
+        assert removed == [left] and busy.is_dir() and not left.exists()
+    finally:
+        running.kill()
+        running.wait()
+    assert live_writer(busy) is None  # and once that writer is gone, its folder is cleared as well
+    assert clear_temporary(scan_cache(cache, m.num_shards), [0]) == [busy] and not busy.exists()
+
+
 def test_process_and_thread_writers_write_the_same_shards(make_synthetic):
     caches = {}
     for mode in ("process", "thread"):
