@@ -68,11 +68,29 @@ def method_from_spec(spec: str, patch_nums: Sequence[int], depth: int) -> AccelM
     return build_spec(spec, patch_nums, depth)
 
 
-def resolve_device(device: str, dtype: str) -> tuple[torch.device, Optional[torch.dtype]]:
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device: str, dtype: str, prefix: str = "--setup") -> tuple[torch.device, Optional[torch.dtype]]:
+    """(device, autocast dtype); ValueError naming `{prefix}.device` / `{prefix}.dtype` for a bad one."""
+    from radar_train.config import check_device
+
+    dev = check_device(device, f"{prefix}.device")
     if dtype == "auto":
         return dev, (torch.bfloat16 if dev.type == "cuda" else None)
-    return dev, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    if dtype not in DTYPES:
+        raise ValueError(f"{prefix}.dtype must be auto, {', '.join(DTYPES)}, got {dtype!r}")
+    return dev, DTYPES[dtype]
+
+
+def check_setup(setup: "BenchSetup") -> tuple[torch.device, Optional[torch.dtype]]:
+    """Every --setup option checked (one line naming it), before any work; returns resolve_device's pair."""
+    from radar_train.cli.common import check_positive
+
+    check_positive(**{"setup.batch_size": setup.batch_size, "setup.repeats": setup.repeats})
+    check_positive(minimum=0, **{"setup.warmup": setup.warmup})
+    attention_context(setup.attention)
+    return resolve_device(setup.device, setup.dtype)
 
 
 def timed(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
@@ -161,8 +179,7 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
                                             official_kernels)
     from radar_train.bench.rounds import Job, PhaseClock, run_rounds
 
-    dev, amp = resolve_device(setup.device, setup.dtype)
-    attention_context(setup.attention)  # an unknown name: one line, before anything is built
+    dev, amp = check_setup(setup)  # a bad option: one line, before anything is built
     code = load_official_code(official_var) if official_var is not None else None
     if code is not None:
         if sampling.more_smooth:

@@ -130,7 +130,12 @@ def comparison_configs(preset_name: str, official_config: Optional[str]) -> tupl
         except (OSError, ValueError) as e:
             raise ValueError(f"--official_config {official_config}: not a JSON file ({e})") from e
         vae, var = configs_from_official(kwargs, f"--official_config {official_config}")
-        return vae, var, official_kwargs(vae, var), f"{official_config}"
+        official = official_kwargs(vae, var)
+        if official is None:
+            raise ValueError(f"--official_config {official_config}: the official classes cannot build this model "
+                             f"(VAR_kwargs and VQVAE_kwargs must agree on patch_nums, vocab_size and z_channels, and "
+                             f"the VQVAE layout is fixed to {OFFICIAL_FIXED_VQVAE})")
+        return vae, var, official, f"{official_config}"
     preset = get_preset(preset_name)
     vae = preset.vae.with_patch_nums(preset.var.patch_nums)
     kwargs = official_kwargs(vae, preset.var)

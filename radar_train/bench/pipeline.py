@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from radar_train.bench.accel import (BenchSetup, attention_context, build_random_models, method_from_spec,
-                                     resolve_device, timed)
+                                     check_setup, timed)
 from radar_train.config import SamplingConfig
 from radar_train.models import LatentDecoder
 from radar_train.models.init import init_random_
@@ -60,7 +60,7 @@ def run_pipeline_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", 
 
 
 def _run(setup: BenchSetup, methods: Sequence[str], sampling: SamplingConfig, log: Callable[[str], None]) -> list[dict]:
-    dev, amp = resolve_device(setup.device, setup.dtype)
+    dev, amp = check_setup(setup)
     var, quant, vae_cfg = build_random_models(setup.preset, dev, setup.seed)
     if amp is not None:
         var.cast_body_(amp)

@@ -39,9 +39,10 @@ def load_results(root: Path) -> dict[str, dict]:
         except (OSError, ValueError) as e:
             raise ValueError(f"{path}: not a JSON file ({e})") from e
         name = path.relative_to(root).with_suffix("").as_posix()
-        # another kind of result (rows without images_per_s, e.g. benchmarks/toyworld/.../metrics.json): None
+        # another kind of result (rows without images_per_s or method, e.g. benchmarks/toyworld/.../metrics.json,
+        # or tradeoff.json, whose rows have images_per_s but a setting, no method): None
         speed = isinstance(doc, dict) and isinstance(doc.get("rows"), list) and \
-            all(isinstance(r, dict) and "images_per_s" in r for r in doc["rows"])
+            all(isinstance(r, dict) and "images_per_s" in r and "method" in r for r in doc["rows"])
         docs[name] = doc if speed else None
     latest: dict[str, tuple] = {}
     for name, doc in docs.items():
@@ -165,7 +166,7 @@ def fill(markdown: str, docs: dict[str, dict], source: str) -> tuple[str, int]:
     other = [m.group("name") for m in blocks if docs[m.group("name")] is None]
     if other:
         raise ValueError(f"{source}: {', '.join(n + '.json' for n in other)}: not a benchmark result "
-                         f"(needs an object with a 'rows' list)")
+                         f"(needs an object with a 'rows' list, each row with 'method' and 'images_per_s')")
     out = _BLOCK.sub(lambda m: m.group(1) + render(docs[m.group("name")]) + "\n" + m.group(4), markdown)
     return out, len(blocks)
 

@@ -136,6 +136,10 @@ def _check(cfg: TradeoffConfig) -> None:
                         ("timing.repeats", cfg.timing.repeats, 1), ("timing.warmup", cfg.timing.warmup, 0)):
         if v < lo:
             p.append(f"--setup.{name} must be >= {lo}, got {v}")
+    if cfg.fid_reference_images < 2:
+        p.append(f"--setup.fid_reference_images must be >= 2, got {cfg.fid_reference_images}")
+    if cfg.num_threads is not None and cfg.num_threads < 1:
+        p.append(f"--setup.num_threads must be >= 1, got {cfg.num_threads}")
     p += cfg.sampling.problems()
     if cfg.sampling.noise != "per_sample":
         p.append("--setup.sampling.noise must be per_sample: quality compares the samples of the same seed")
@@ -169,6 +173,7 @@ def run_tradeoff(cfg: TradeoffConfig, output: Optional[str] = None, overwrite: b
     from radar_train.toyworld.measure import decode01, load_adapted_decoder, sample_fhat
 
     _check(cfg)
+    dev, amp = resolve_device(cfg.timing.device, cfg.timing.dtype, "--setup.timing")
     table = adapter_table(cfg.adapters, cfg.settings)
     toy = cfg.model.preset == "toy"
     metric = resolve_metric(cfg.quality_metric, toy)
@@ -180,7 +185,6 @@ def run_tradeoff(cfg: TradeoffConfig, output: Optional[str] = None, overwrite: b
                                  "--setup.model.var_checkpoint": cfg.model.var_checkpoint})
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    dev, amp = resolve_device(cfg.timing.device, cfg.timing.dtype)
     m = cfg.model
     vqvae, var, vae_id, var_id = load_models(m.preset, m.vae_checkpoint, m.var_checkpoint, device=dev,
                                              init_seed=m.init_seed)

@@ -60,10 +60,19 @@ def accel(setup: BenchSetup = BenchSetup(), methods: list[str] = ["none", "fastv
         pairs: also time a forked HQ/LQ pair per method (false: skip those rows, e.g. on large models).
         overwrite: replace an existing --json file.
     """
-    from radar_train.bench.accel import format_table, resolve_device, run_accel_benchmark
-    from radar_train.bench.record import ResultFile, check_output, environment
+    import re
 
-    check_output(json, overwrite, "--json")
+    from radar_train.bench.accel import check_setup, format_table, resolve_device, run_accel_benchmark
+    from radar_train.bench.record import ResultFile, environment
+
+    check_setup(setup)
+    if official_var is not None:  # not a checkout: that first (cached: the benchmark reuses it)
+        from radar_train.bench.official import load_official_code
+
+        load_official_code(official_var)
+    masks = [m.group(1) for spec in methods for m in re.finditer(r"mask_file=([^+]+)", spec)]
+    _check_json(json, overwrite, {"--official_config": official_config, "--official_var": official_var,
+                                  "--methods mask_file": masks})
     rows = run_accel_benchmark(setup, methods, sampling, log=_log, official_var=official_var,
                                official_config=official_config, engines=engines, pairs=pairs)
     print(format_table(rows))
@@ -87,8 +96,10 @@ def pipeline(setup: BenchSetup = BenchSetup(preset="tiny", batch_size=8), method
         json: also write the result to this JSON file ({device, torch, cuda, commit, date, command, rows}).
         overwrite: replace an existing --json file.
     """
+    from radar_train.bench.accel import check_setup
     from radar_train.bench.pipeline import format_table, run_pipeline_benchmark
 
+    check_setup(setup)
     _check_json(json, overwrite)
 
     rows = run_pipeline_benchmark(setup, methods, sampling, log=_log)
@@ -142,8 +153,9 @@ def train(args: TrainBenchArgs = TrainBenchArgs(), json: Optional[str] = None,
         json: also write the result to this JSON file ({device, torch, cuda, commit, date, command, rows}).
         overwrite: replace an existing --json file.
     """
-    from radar_train.train.bench import format_table, run_train_benchmark
+    from radar_train.train.bench import check_args, format_table, run_train_benchmark
 
+    check_args(args)
     _check_json(json, overwrite)
 
     print(f"radar-bench train: {args.preset}, batch {args.batch_size}, {args.warmup} + {args.steps} steps per loop: "

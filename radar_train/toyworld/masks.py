@@ -199,6 +199,8 @@ def plan_settings(cfg: MasksConfig, patch_nums: Sequence[int], depth: int) -> li
         p.append(f"--setup.budgets lists a budget twice: {cfg.budgets}")
     if cfg.tile is not None and cfg.tile < 1:
         p.append(f"--setup.tile must be >= 1, got {cfg.tile}")
+    if cfg.num_threads is not None and cfg.num_threads < 1:
+        p.append(f"--setup.num_threads must be >= 1, got {cfg.num_threads}")
     if p:
         raise ValueError("; ".join(p))
     mask_file = Path(cfg.mask_file) if cfg.mask_file else default_mask_file()

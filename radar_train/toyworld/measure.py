@@ -279,6 +279,8 @@ def run_measure(cfg: MeasureConfig, output: Optional[str] = None, overwrite: boo
     """Measure everything in `cfg`; writes metrics.json, metrics.md and toyworld_grid.png to `output`
     if given (existing ones only with `overwrite`). Returns the metrics plus their markdown table under
     'markdown'."""
+    if cfg.num_threads < 1:
+        raise ValueError(f"--setup.num_threads must be >= 1, got {cfg.num_threads}")
     torch.set_num_threads(cfg.num_threads)
     table = adapter_table(cfg.adapters, cfg.methods)
     if cfg.images_per_class < 1 or cfg.batch_size < 1:

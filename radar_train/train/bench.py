@@ -76,7 +76,27 @@ class TrainBenchArgs:
 
 
 def _device(name: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    from radar_train.config import check_device
+
+    return check_device(name, "--args.device")
+
+
+def check_args(args: "TrainBenchArgs") -> torch.device:
+    """Every --args option checked (one line naming it), before any work; returns the device."""
+    from radar_train.cli.common import check_positive
+
+    check_positive(**{"args.batch_size": args.batch_size, "args.steps": args.steps,
+                      "args.cache_pairs": args.cache_pairs})
+    check_positive(minimum=0, **{"args.warmup": args.warmup})
+    dev = _device(args.device)
+    import typing
+
+    from lightning.fabric.connector import _PRECISION_INPUT_STR
+
+    precisions = ("auto", *typing.get_args(_PRECISION_INPUT_STR))
+    if args.precision not in precisions:
+        raise ValueError(f"--args.precision must be one of {', '.join(precisions)}, got {args.precision!r}")
+    return dev
 
 
 def _precision(args: TrainBenchArgs, dev: torch.device) -> str:
@@ -359,7 +379,7 @@ def run_train_benchmark(args: TrainBenchArgs = TrainBenchArgs(), log: Callable[[
     bare loop an estimate of the time the rest takes (from the bare loop's own time)."""
     from radar_train.progress import format_duration
 
-    dev = _device(args.device)
+    dev = check_args(args)
     precision = _precision(args, dev)
     common = {"preset": args.preset, "batch_size": args.batch_size, "device": str(dev), "precision": precision,
               "activation_checkpointing": args.activation_checkpointing}

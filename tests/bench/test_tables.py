@@ -145,3 +145,18 @@ def test_the_docs_tables_match_the_committed_result_files():
 
     repo = Path(__file__).resolve().parents[2]
     assert main(["--root", str(repo / "benchmarks"), "--write", str(repo / "docs" / "benchmarks.md"), "--check"]) == 0
+
+
+def test_a_tradeoff_result_is_no_speed_table(root, tmp_path, capsys):
+    """radar-bench tradeoff's tradeoff.json has rows with images_per_s but a setting, no method: not a speed
+    table (skipped, no `latest` alias; a block naming it is refused)."""
+    (root / "tradeoff").mkdir()
+    doc = {"date": "2026-12-01T00:00:00Z", "quality_metric": "psnr_vs_vanilla",
+           "rows": [{"setting": "vanilla", "images_per_s": 3.0, "speedup": 1.0}]}
+    (root / "tradeoff" / "tradeoff.json").write_text(json.dumps(doc))
+    docs = load_results(root)
+    assert docs["tradeoff/tradeoff"] is None and "tradeoff/latest" not in docs
+    md = tmp_path / "README.md"
+    md.write_text("<!-- table:tradeoff/tradeoff -->\n<!-- /table:tradeoff/tradeoff -->\n")
+    assert main(["--root", str(root), "--write", str(md)]) == 2
+    assert "tradeoff/tradeoff.json: not a benchmark result" in capsys.readouterr().err

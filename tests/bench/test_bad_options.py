@@ -1,0 +1,98 @@
+"""Bad radar-bench / radar-toy options: one `error:` line naming the option (exit 2), before any work, nothing written."""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_a" / "config.json"
+ACCEL = ["accel", "--setup.preset", "tiny", "--setup.batch_size", "1", "--setup.device", "cpu", "--methods", "[none]",
+         "--pairs", "false"]
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+
+
+def _patch_nums_config(t: Path) -> Path:
+    d = json.loads(FIXTURE.read_text())
+    d["VAR_kwargs"]["patch_nums"] = [1, 2, 4]
+    (t / "pn.json").write_text(json.dumps(d))
+    return t / "pn.json"
+
+
+# (id, cli, argv(tmp, official checkout), needles of the error line)
+CASES = [
+    ("accel-json-under-a-file", "bench", lambda t, off: [*ACCEL, "--json", str(t / "afile" / "x.json")], ["--json", "afile"]),
+    ("accel-json-is-the-official-config", "bench",
+     lambda t, off: [*ACCEL, "--official_var", str(off), "--official_config", str(t / "cfg.json"), "--json", str(t / "cfg.json"),
+                "--overwrite"], ["--json", "--official_config"]),
+    ("accel-json-is-a-mask-file", "bench",
+     lambda t, off: [*ACCEL[:-4], "--methods", f"[sca:default+mask_file={t / 'm.safetensors'}]", "--json",
+                str(t / "m.safetensors"), "--overwrite"], ["--json", "mask_file"]),
+    ("accel-fp64", "bench", lambda t, off: [*ACCEL, "--setup.dtype", "fp64"], ["--setup.dtype", "bf16"]),
+    ("accel-zero-batch", "bench", lambda t, off: [*ACCEL, "--setup.batch_size", "0"], ["--setup.batch_size"]),
+    ("accel-zero-repeats", "bench", lambda t, off: [*ACCEL, "--setup.repeats", "0", "--json", str(t / "r.json")],
+     ["--setup.repeats"]),
+    ("accel-negative-warmup", "bench", lambda t, off: [*ACCEL, "--setup.warmup", "-1"], ["--setup.warmup"]),
+    ("accel-official-config-with-other-patch-nums", "bench",
+     lambda t, off: [*ACCEL, "--official_var", str(off), "--official_config",
+                str(_patch_nums_config(t))], ["--official_config", "patch_nums"]),
+    ("pipeline-fp64", "bench", lambda t, off: ["pipeline", "--setup.device", "cpu", "--setup.dtype", "fp64"],
+     ["--setup.dtype"]),
+    ("pipeline-zero-batch", "bench", lambda t, off: ["pipeline", "--setup.device", "cpu", "--setup.batch_size", "0"],
+     ["--setup.batch_size"]),
+    ("tradeoff-fp64", "bench", lambda t, off: ["tradeoff", "--setup.timing.dtype", "fp64", "--output", str(t / "o")],
+     ["--setup.timing.dtype"]),
+    ("tradeoff-negative-threads", "bench", lambda t, off: ["tradeoff", "--setup.num_threads", "-1", "--output", str(t / "o")],
+     ["--setup.num_threads"]),
+    ("tradeoff-one-fid-reference", "bench",
+     lambda t, off: ["tradeoff", "--setup.fid_reference_images", "1", "--output", str(t / "o")],
+     ["--setup.fid_reference_images"]),
+    ("train-zero-steps", "bench", lambda t, off: ["train", "--args.steps", "0", "--args.memory", "false"], ["--args.steps"]),
+    ("train-bogus-precision", "bench", lambda t, off: ["train", "--args.precision", "bogus", "--args.memory", "false"],
+     ["--args.precision"]),
+    ("toy-measure-zero-threads", "toy", lambda t, off: ["measure", "--setup.num_threads", "0"], ["--setup.num_threads"]),
+    ("toy-masks-zero-threads", "toy",
+     lambda t, off: ["masks", "--setup.num_threads", "0", "--setup.families", "[pts]", "--setup.budgets", "[1]"],
+     ["--setup.num_threads"]),
+    pytest.param("accel-cuda", "bench", lambda t, off: [*ACCEL, "--setup.device", "cuda"], ["--setup.device"],
+                 marks=NO_CUDA, id="accel-cuda"),
+    pytest.param("tradeoff-cuda", "bench", lambda t, off: ["tradeoff", "--setup.timing.device", "cuda"],
+                 ["--setup.timing.device"], marks=NO_CUDA, id="tradeoff-cuda"),
+    pytest.param("train-cuda", "bench", lambda t, off: ["train", "--args.device", "cuda", "--args.memory", "false"],
+                 ["--args.device"], marks=NO_CUDA, id="train-cuda"),
+]
+
+
+def _snapshot(root: Path) -> dict:
+    return {str(p): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
+
+
+def _params():
+    for c in CASES:
+        yield c if type(c) is not tuple else pytest.param(*c, id=c[0])
+
+
+@pytest.mark.parametrize("name,cli,make_argv,needles", list(_params()))
+def test_bad_option_is_one_error_line_before_any_work(name, cli, make_argv, needles, tmp_path, fake_official, monkeypatch):
+    (tmp_path / "afile").write_text("{}\n")
+    (tmp_path / "cfg.json").write_text(FIXTURE.read_text())
+    (tmp_path / "m.safetensors").write_bytes(b"mask")
+    argv = make_argv(tmp_path, fake_official)
+    before = _snapshot(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    module = importlib.import_module(f"radar_train.cli.{cli}")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as e:
+        module.main(argv)
+    err = err.getvalue()
+    assert e.value.code == 2, err
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert _snapshot(tmp_path) == before
