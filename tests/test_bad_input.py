@@ -279,6 +279,8 @@ CASES = [
     # radar-toy
     ("toy-train-over-earlier-weights", "toy", lambda w, t: ["train", "--output", str(w["w"] / "toy_out")],
      ["--output", "toy_vae.safetensors", "--overwrite"]),
+    ("toy-train-on-a-word-for-a-device", "toy", lambda w, t: ["train", "--output", "out", "--recipe.device", "gpu"],
+     ["--recipe.device", "gpu"]),
     ("toy-measure-zero-images", "toy", lambda w, t: ["measure", "--setup.images_per_class", "0"], ["images_per_class"]),
     ("toy-measure-onto-a-file", "toy", lambda w, t: ["measure", "--output", str(w["w"] / "existing.json")],
      ["existing.json"]),

@@ -25,10 +25,12 @@ def train(output: str = "toy_weights", recipe: ToyTrainConfig = ToyTrainConfig()
         recipe: what to train and how (--recipe.vqvae.steps 600, ...).
         overwrite: replace those files if the folder holds them already.
     """
+    from radar_train.config import check_device
     from radar_train.outputs import check_output_dir
     from radar_train.toyworld.preset import CLASSIFIER_FILE, INFO_FILE, VAE_FILE, VAR_FILE
     from radar_train.toyworld.recipe import train_all
 
+    check_device(recipe.device, "--recipe.device")
     check_output_dir(output, (VAE_FILE, VAR_FILE, CLASSIFIER_FILE, INFO_FILE), "--output", overwrite=overwrite)
     _logging()
     info = train_all(recipe, output)
