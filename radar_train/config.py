@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional, Sequence, Union
 
 __all__ = ["ModelArgs", "SamplingConfig", "FastVARArgs", "StageVARArgs", "SCAArgs", "AccelArgs", "parse_int_list",
-           "check_device"]
+           "check_device", "check_positive"]
 
 Noise = Literal["official", "per_sample"]
 Engine = Literal["auto", "eager", "graphs", "compiled"]
@@ -188,3 +188,10 @@ def check_device(name: str, option: str = "--device"):
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"{option} {name}: only {torch.cuda.device_count()} CUDA device(s) here")
     return dev
+
+
+def check_positive(minimum: int = 1, **values: Optional[float]) -> None:
+    """ValueError naming the option if a given value is below `minimum` (None: not given)."""
+    for name, value in values.items():
+        if value is not None and value < minimum:
+            raise ValueError(f"--{name} must be >= {minimum}, got {value}")

@@ -85,7 +85,7 @@ def resolve_device(device: str, dtype: str, prefix: str = "--setup") -> tuple[to
 
 def check_setup(setup: "BenchSetup") -> tuple[torch.device, Optional[torch.dtype]]:
     """Every --setup option checked (one line naming it), before any work; returns resolve_device's pair."""
-    from radar_train.cli.common import check_positive
+    from radar_train.config import check_positive
 
     check_positive(**{"setup.batch_size": setup.batch_size, "setup.repeats": setup.repeats})
     check_positive(minimum=0, **{"setup.warmup": setup.warmup})

@@ -12,7 +12,7 @@ import sys
 import warnings
 from typing import Callable, NoReturn, Optional, Sequence
 
-from radar_train.config import check_device  # noqa: F401 - the entry points' device check, re-exported
+from radar_train.config import check_device, check_positive  # noqa: F401 - the entry points' checks, re-exported
 
 # Errors the user can fix: every one carries a one-line message. InputError, OutputError, CheckpointError,
 # the accel ConfigError and the reference FixtureError are ValueErrors.
@@ -148,13 +148,6 @@ def check_config_files(argv: Sequence[str]) -> None:
             read_yaml(p, "config file")
         elif not any(c in value for c in "{}:\n"):
             raise InputError(f"{value}: config file not found (--config)")
-
-
-def check_positive(minimum: int = 1, **values: Optional[float]) -> None:
-    """ValueError naming the option if a given value is below `minimum` (None: not given)."""
-    for name, value in values.items():
-        if value is not None and value < minimum:
-            raise ValueError(f"--{name} must be >= {minimum}, got {value}")
 
 
 def model_inputs(model, prefix: str = "--model") -> dict:

@@ -114,3 +114,22 @@ def test_a_later_accel_preset_that_no_longer_fits_is_skipped(tmp_path, capsys):
     assert list(doc["skipped"]) == ["accel toy"] and "estimated for its fewest rounds" in doc["skipped"]["accel toy"]
     assert doc["status"]["accel"] == "skipped toy" and "== accel toy: skipped (" in capsys.readouterr().out
     assert f"accel toy: skipped ({doc['skipped']['accel toy']})" in render(doc)
+
+
+def test_the_suite_runs_without_jsonargparse_and_webdataset(tmp_path):
+    """The GPU machine's image has neither: the suite and the checks it calls must not import them (e.g. through
+    radar_train.cli, whose package imports jsonargparse)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run.json"
+    code = ("import sys; sys.modules['jsonargparse'] = None; sys.modules['webdataset'] = None\n"
+            "from radar_train.bench.gpu_suite import main\n"
+            "from radar_train.train.bench import TrainBenchArgs, check_args\n"
+            "check_args(TrainBenchArgs(device='cpu'))\n"
+            f"sys.exit(main(['--device', 'cpu', '--presets', 'tiny', '--batch_size', '1', '--warmup', '0', "
+            f"'--repeats', '1', '--min_repeats', '1', '--methods', 'fastvar:default', '--sections', 'accel', "
+            f"'--output', {str(out)!r}]))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(out.read_text())["status"]["accel"].startswith("ok")
