@@ -60,19 +60,20 @@ def accel(setup: BenchSetup = BenchSetup(), methods: list[str] = ["none", "fastv
         pairs: also time a forked HQ/LQ pair per method (false: skip those rows, e.g. on large models).
         overwrite: replace an existing --json file.
     """
-    import re
-
+    from radar_train.accel.spec import parse_spec
     from radar_train.bench.accel import check_setup, format_table, resolve_device, run_accel_benchmark
     from radar_train.bench.record import ResultFile, environment
+    from radar_train.cli.common import accel_inputs
 
     check_setup(setup)
     if official_var is not None:  # not a checkout: that first (cached: the benchmark reuses it)
         from radar_train.bench.official import load_official_code
 
         load_official_code(official_var)
-    masks = [m.group(1) for spec in methods for m in re.finditer(r"mask_file=([^+]+)", spec)]
-    _check_json(json, overwrite, {"--official_config": official_config, "--official_var": official_var,
-                                  "--methods mask_file": masks})
+    inputs = {"--official_config": official_config, "--official_var": official_var}
+    for i, spec in enumerate(methods):  # the files a method spec names (mask_file=, rank_ratios=)
+        inputs.update(accel_inputs(parse_spec(spec), f"--methods[{i}]"))
+    _check_json(json, overwrite, inputs)
     rows = run_accel_benchmark(setup, methods, sampling, log=_log, official_var=official_var,
                                official_config=official_config, engines=engines, pairs=pairs)
     print(format_table(rows))

@@ -53,9 +53,10 @@ def resolve_precision(device: torch.device, precision: Precision) -> Optional[to
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """The device `name` stands for (`auto`: cuda when available); ValueError (one line) for a bad one."""
+    from radar_train.config import check_device
+
+    return check_device(name, "device")
 
 
 def _accel_signature(desc: dict) -> tuple:
