@@ -17,21 +17,27 @@ Four kinds of output:
 
 and the writers that keep "whole or absent": `atomic_file` / `write_text_atomic` (temporary file in the
 same folder, renamed), `staged_entries` (a folder's entries written under a temporary folder, moved in at
-the end) and `replace_dir` (a finished temporary folder swapped in).
+the end) and `replace_dir` (a finished temporary folder swapped in). Their temporaries carry the writing
+process in their names (`temp_name`), so a later run clears what a killed one left (`clear_stale_temps`).
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
 import shutil
+import socket
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 
 __all__ = ["OutputError", "Inputs", "check_output_file", "check_output_dir", "check_replace_dir", "check_resume_dir",
            "check_no_overlap", "atomic_file", "write_text_atomic", "staged_entries", "replace_dir", "temp_name",
-           "is_temp_of", "normal_file_mode"]
+           "is_temp_of", "clear_stale_temps", "normal_file_mode"]
+
+log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 Inputs = Mapping[str, Union[PathLike, Sequence[PathLike], None]]
@@ -150,14 +156,54 @@ def check_resume_dir(path: PathLike, marker: str, what: str, option: str = "--ou
 
 # ------------------------------------------------------------------------------ writers
 def temp_name(path: PathLike, kind: str = "tmp") -> Path:
-    """A fresh hidden sibling of `path`: `.NAME.<kind>-<token>`."""
+    """A fresh hidden sibling of `path`: `.NAME.<kind>-<token>-<pid>-<host>` (the writing process in the name,
+    so that a later run can tell a killed writer's leftovers from a running one's: clear_stale_temps)."""
     p = Path(path)
-    return p.with_name(f".{p.name}.{kind}-{uuid.uuid4().hex[:8]}")
+    return p.with_name(f".{p.name}.{kind}-{uuid.uuid4().hex[:8]}-{os.getpid()}-{socket.gethostname()}")
 
 
 def is_temp_of(entry: PathLike, name: str, kind: str = "tmp") -> bool:
     """Whether `entry` is a `temp_name` of a sibling called `name`."""
     return Path(entry).name.startswith(f".{name}.{kind}-")
+
+
+_WRITER = re.compile(r"^-[0-9a-f]{8}-(\d+)-(.+)$")
+
+
+def _killed_writer(entry: Path, prefix: str) -> int | None:
+    """The pid of the process of this host that wrote the temporary `entry` if it no longer runs; None when it
+    still runs (or the pid is in use again), is this process, is another host's or cannot be read from the name
+    (an older naming)."""
+    m = _WRITER.match(entry.name[len(prefix):])
+    if m is None or m.group(2) != socket.gethostname() or int(m.group(1)) == os.getpid():
+        return None
+    pid = int(m.group(1))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return pid
+    except PermissionError:  # alive, another user's
+        pass
+    return None
+
+
+def clear_stale_temps(folder: PathLike, name: str, kind: str = "tmp") -> list[Path]:
+    """Remove the temporaries of `name` (temp_name's, file or folder) in `folder` whose writer was a process of
+    this host that no longer runs: what a killed run left (a half-written WebDataset shard can be gigabytes).
+    Those of running processes and of other hosts stay. Returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = [e for e in folder.iterdir() if is_temp_of(e, name, kind)]
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        if (pid := _killed_writer(entry, f".{name}.{kind}")) is None:
+            continue
+        _remove(entry)
+        log.info("removed %s, left by a killed run (process %d)", entry, pid)
+        removed.append(entry)
+    return removed
 
 
 def normal_file_mode(path: PathLike) -> None:
@@ -176,6 +222,7 @@ def atomic_file(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; renamed onto `path` when the block succeeds, removed otherwise."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    clear_stale_temps(p.parent, p.name)
     tmp = temp_name(p)
     try:
         yield tmp
@@ -208,7 +255,8 @@ def staged_entries(out_dir: PathLike, entries: Sequence[str]) -> Iterator[Path]:
     out = Path(out_dir)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    stage = out / f".staging-{uuid.uuid4().hex[:8]}"
+    clear_stale_temps(out, "staging")
+    stage = temp_name(out / "staging")
     stage.mkdir()
     ok = False
     try:

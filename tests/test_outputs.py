@@ -135,3 +135,59 @@ def test_replace_dir_swaps_a_finished_folder_in(tmp_path):
     (tmp_path / "tmp" / "b").write_text("2")
     replace_dir(tmp_path / "tmp", tmp_path / "old")
     assert [p.name for p in tmp_path.iterdir()] == ["old"] and [p.name for p in (tmp_path / "old").iterdir()] == ["b"]
+
+
+_KILLED_INSIDE = """
+import os, sys
+from radar_train.outputs import atomic_file, staged_entries
+out = sys.argv[1]
+if sys.argv[2] == "file":
+    with atomic_file(out + "/a.txt") as tmp:
+        tmp.write_text("half")
+        os.kill(os.getpid(), 9)
+with staged_entries(out, ["grid.png"]) as stage:
+    (stage / "grid.png").write_text("half")
+    os.kill(os.getpid(), 9)
+"""
+
+_WRITING = """
+import sys
+from radar_train.outputs import atomic_file
+with atomic_file(sys.argv[1] + "/a.txt") as tmp:
+    tmp.write_text("being written")
+    print("ready", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_killed_writers_temporaries_go_with_the_next_write_and_no_one_elses(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    for how in ("file", "staged"):
+        assert subprocess.run([sys.executable, "-c", _KILLED_INSIDE, str(tmp_path), how]).returncode == -9
+    killed = sorted(p.name for p in tmp_path.iterdir())
+    assert len(killed) == 2 and killed[0].startswith(".a.txt.tmp-") and killed[1].startswith(".staging.tmp-")
+    live = subprocess.Popen([sys.executable, "-c", _WRITING, str(tmp_path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert live.stdout.readline() == "ready\n"
+        others = {f".a.txt.tmp-0123abcd-{live.pid + 1}-not-{socket.gethostname()}",  # another host's writer
+                  ".a.txt.tmp-0123abcd"}  # an older naming: its writer cannot be told
+        for name in others:
+            (tmp_path / name).write_text("someone else's")
+        (tmp_path / ".b.txt.tmp-0123abcd-1-x").write_text("another file's")
+        writing = {p.name for p in tmp_path.iterdir()} - set(killed) - others - {".b.txt.tmp-0123abcd-1-x"}
+        assert len(writing) == 1 and writing.pop().endswith(f"-{live.pid}-{socket.gethostname()}")
+        write_text_atomic(tmp_path / "a.txt", "new")
+        names = {p.name for p in tmp_path.iterdir()}
+        assert killed[0] not in names and killed[1] in names  # only the temporaries of a.txt are a.txt's writer's
+        assert others <= names and ".b.txt.tmp-0123abcd-1-x" in names and len(names) == 6
+        with staged_entries(tmp_path, ["grid.png"]) as stage:
+            (stage / "grid.png").write_text("new")
+        assert killed[1] not in {p.name for p in tmp_path.iterdir()}
+    finally:
+        live.stdin.close()
+        live.wait()
+    assert (tmp_path / "a.txt").read_text() == "being written"  # the live writer finished last

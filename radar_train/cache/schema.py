@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from radar_train.outputs import temp_name
+from radar_train.outputs import clear_stale_temps, temp_name
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -181,6 +181,7 @@ def create_or_check_manifest(cache_dir: str | os.PathLike, wanted: Manifest) -> 
     path = cache_dir / MANIFEST_NAME
     created = False
     if not path.exists():
+        clear_stale_temps(cache_dir, MANIFEST_NAME)
         tmp = temp_name(path)  # outputs.check_resume_dir lets a folder holding only this one be resumed
         tmp.write_text(json.dumps(wanted.to_dict(), indent=2) + "\n")
         try:

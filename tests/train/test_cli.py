@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -67,7 +68,12 @@ def test_fit_writes_the_run_folder_logs_and_an_adapter_that_export_reproduces(ti
     assert [e.step for e in ea.Images("val/samples")] == [0, 2, 4]  # once per step: the end meets the cadence
 
     out = tmp_path / "exported"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".exported.tmp-0123abcd-{int(dead.stdout)}-{socket.gethostname()}"  # a killed export's
+    (stale / "adapter_model.safetensors").parent.mkdir()
+    (stale / "adapter_model.safetensors").write_bytes(b"half")
     assert _run(["export", "--ckpt", str(root / "checkpoints" / "last.ckpt"), "--output", str(out)]) == 0
+    assert not stale.exists()
     a, b = load_file(out / "adapter_model.safetensors"), load_file(root / "final" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((out / "adapter_config.json").read_text()) == json.loads(
