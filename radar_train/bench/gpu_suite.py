@@ -281,8 +281,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         import torch
 
-        from radar_train.bench.record import ResultFile, check_output, environment
+        from radar_train.bench.record import ResultFile, environment
         from radar_train.models import get_preset
+        from radar_train.outputs import check_output_file
 
         if a.output and a.output_dir:
             raise ValueError("--output and --output_dir: name one of them")
@@ -302,7 +303,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         output = a.output or default_output(head["device"], device.type)
         if a.output_dir is not None:  # the default file name in another folder
             output = str(Path(a.output_dir) / Path(default_output(head["device"], device.type)).name)
-        check_output(output, a.overwrite)
+        check_output_file(output, "--output_dir" if a.output_dir is not None else "--output", overwrite=a.overwrite)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -95,18 +95,6 @@ class ResultFile:
     def save(self) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".part")
-        tmp.write_text(json.dumps(self.doc, indent=2, default=str) + "\n")
-        os.replace(tmp, self.path)
+        from radar_train.outputs import write_text_atomic
 
-
-def check_output(path: Optional[str], overwrite: bool, option: str = "--output") -> None:
-    """Refuse an existing result file unless told to replace it (before anything is measured)."""
-    if path is None:
-        return
-    p = Path(path)
-    if p.is_dir():
-        raise ValueError(f"{option} {path} is a folder; give a file name (e.g. {Path(path) / 'result.json'})")
-    if p.exists() and not overwrite:
-        raise ValueError(f"{option} {path} exists; pass --overwrite to replace it, or name another file")
+        write_text_atomic(self.path, json.dumps(self.doc, indent=2, default=str) + "\n")

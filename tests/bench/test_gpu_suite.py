@@ -28,7 +28,7 @@ def test_suite_writes_the_documented_shape(tmp_path, fake_official, capsys):
     # an existing result is not replaced without --overwrite, and nothing is measured
     before = out.read_text()
     assert main(args) == 2
-    assert "exists; pass --overwrite" in capsys.readouterr().err and out.read_text() == before
+    assert "exists: pass --overwrite" in capsys.readouterr().err and out.read_text() == before
 
 
 def _section_on_cpu(tmp_path, name: str) -> dict:
