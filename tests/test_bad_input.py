@@ -10,7 +10,6 @@ adapter, and broken copies of them); each case runs in its own empty working fol
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -18,10 +17,10 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
+from cli_checks import assert_one_line_error, assert_unchanged, call_cli, snapshot
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -39,7 +38,7 @@ def world(tmp_path_factory, build_cache) -> dict[str, Path]:
                           storage=StorageArgs(chunk_size=8), output=str(cache), batch_size=16, progress=False,
                           device="cpu", num_threads=1))
     run = w / "run"
-    code, _ = _call("train", fit_args(cache, run, steps=3), cwd=w)
+    code, _ = call_cli("train", fit_args(cache, run, steps=3), cwd=w)
     assert code == 0, "the world's training run failed"
     final = run / "final"
     (w / "junk.bin").write_bytes(bytes(range(256)) * 4)
@@ -72,46 +71,6 @@ def fit_args(cache: Path, run: Path, steps: int, *extra: str) -> list[str]:
             "--model.output.save_every_n_steps", "2", "--model.monitor.images_every_n_steps", "0",
             "--model.monitor.train_metrics_every_n_steps", "0", "--data.batch_size", "4",
             "--data.val_batch_size", "16", *extra]
-
-
-def _call(cli: str, argv: list[str], cwd: Path) -> tuple[int, str]:
-    """radar-<cli> main(argv) in-process in `cwd`: (exit status, stderr)."""
-    import contextlib
-    import io
-
-    module = importlib.import_module(f"radar_train.cli.{cli}")
-    err = io.StringIO()
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        with contextlib.redirect_stderr(err), mock.patch.object(sys, "argv", [f"radar-{cli}", *argv]):
-            with pytest.raises(SystemExit) as e:
-                module.main(argv)
-    finally:
-        os.chdir(old)
-    code = e.value.code
-    return (0 if code is None else code), err.getvalue()
-
-
-def snapshot(*roots: Path) -> dict[str, bytes | None]:
-    """Every path under `roots`: a file's bytes, None for a folder."""
-    return {str(p): (None if p.is_dir() else p.read_bytes()) for r in roots for p in sorted(r.rglob("*"))}
-
-
-def assert_one_line_error(err: str, *needles: str) -> str:
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], err
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
-    return errors[0]
-
-
-def assert_unchanged(before: dict, after: dict) -> None:
-    assert sorted(set(after) - set(before)) == [], "new files or folders"
-    assert sorted(set(before) - set(after)) == [], "files or folders gone"
-    assert [k for k in before if before[k] != after[k]] == [], "files changed"
 
 
 # ------------------------------------------------------------------------------------------------ the cases
@@ -300,7 +259,7 @@ CASES = [
 def test_bad_input_is_one_error_line_and_changes_nothing(world, tmp_path, cli, make_argv, needles):
     argv = make_argv(world, tmp_path)
     before = snapshot(world["w"], tmp_path)
-    code, err = _call(cli, argv, tmp_path)
+    code, err = call_cli(cli, argv, tmp_path)
     assert code not in (0, None), err
     assert_one_line_error(err, *needles)
     assert_unchanged(before, snapshot(world["w"], tmp_path))
@@ -340,14 +299,14 @@ def test_an_export_gets_the_normal_file_mode_and_replaces_only_with_overwrite(wo
     umask = os.umask(0)
     os.umask(umask)
     out = tmp_path / "adapter"
-    assert _call("train", ["export", "--ckpt", str(world["ckpt"]), "--output", str(out)], tmp_path)[0] == 0
+    assert call_cli("train", ["export", "--ckpt", str(world["ckpt"]), "--output", str(out)], tmp_path)[0] == 0
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
     assert modes == dict.fromkeys(["adapter_config.json", "adapter_model.safetensors", "radar_config.yaml"],
                                   0o666 & ~umask)
     first = snapshot(out)
-    assert _call("train", ["export", "--ckpt", str(world["ckpt"]), "--output", str(out)], tmp_path)[0] == 2
+    assert call_cli("train", ["export", "--ckpt", str(world["ckpt"]), "--output", str(out)], tmp_path)[0] == 2
     assert snapshot(out) == first
-    assert _call("train", ["export", "--ckpt", str(world["ckpt"]), "--output", str(out), "--overwrite"], tmp_path)[0] == 0
+    assert call_cli("train", ["export", "--ckpt", str(world["ckpt"]), "--output", str(out), "--overwrite"], tmp_path)[0] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no temporary or old folder left
 
 
@@ -355,13 +314,13 @@ def test_eval_on_training_shards_with_the_override_warns_and_records_them(world,
     argv = ["--cache", str(world["cache"]), "--adapter", str(world["final"]), "--shards", "0-1", "--device", "cpu",
             "--allow_train_shards", "--output", "ev"]
     with pytest.warns(UserWarning, match="training shards"):
-        code, _ = _call("eval", argv, tmp_path)
+        code, _ = call_cli("eval", argv, tmp_path)
     assert code == 0
     report = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert report["train_shard_overlap"] == [0] and report["held_out"] is False and report["shards"] == [0, 1]
     assert "NOT held-out" in (tmp_path / "ev" / "eval.md").read_text()
     held = ["--cache", str(world["cache"]), "--adapter", str(world["final"]), "--device", "cpu", "--output", "ev2"]
-    assert _call("eval", held, tmp_path)[0] == 0
+    assert call_cli("eval", held, tmp_path)[0] == 0
     report = json.loads((tmp_path / "ev2" / "eval.json").read_text())
     assert report["shards"] == [1] and report["held_out"] is True and report["train_shard_overlap"] == []
 
@@ -376,14 +335,14 @@ def test_calibrate_checks_its_output_before_measuring_and_leaves_no_temporary_fi
     (tmp_path / "ranks.yaml").write_text("mine\n")
     with monkeypatch.context() as m:
         m.setattr(models, "load_models", must_not_load)
-        code, err = _call("accel", ["calibrate", "--model.preset", "tiny", "--output", "ranks.yaml"], tmp_path)
+        code, err = call_cli("accel", ["calibrate", "--model.preset", "tiny", "--output", "ranks.yaml"], tmp_path)
     assert code == 2 and "--overwrite" in err and (tmp_path / "ranks.yaml").read_text() == "mine\n"
 
     def fails(*a, **k):
         raise ValueError("measurement failed")
 
     monkeypatch.setattr(calibrate, "calibrate_ranks", fails)
-    code, err = _call("accel", ["calibrate", "--model.preset", "tiny", "--num_samples", "2", "--device", "cpu",
+    code, err = call_cli("accel", ["calibrate", "--model.preset", "tiny", "--num_samples", "2", "--device", "cpu",
                                 "--output", "ranks.yaml", "--overwrite"], tmp_path)
     assert code == 2 and "measurement failed" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ranks.yaml"] and (tmp_path / "ranks.yaml").read_text() == "mine\n"

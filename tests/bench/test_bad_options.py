@@ -1,14 +1,12 @@
 """Bad radar-bench / radar-toy options: one `error:` line naming the option (exit 2), before any work, nothing written."""
 from __future__ import annotations
 
-import contextlib
-import importlib
-import io
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from cli_checks import assert_one_line_error, call_cli, snapshot
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_a" / "config.json"
 ACCEL = ["accel", "--setup.preset", "tiny", "--setup.batch_size", "1", "--setup.device", "cpu", "--methods", "[none]",
@@ -67,32 +65,20 @@ CASES = [
 ]
 
 
-def _snapshot(root: Path) -> dict:
-    return {str(p): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
-
-
 def _params():
     for c in CASES:
         yield c if type(c) is not tuple else pytest.param(*c, id=c[0])
 
 
 @pytest.mark.parametrize("name,cli,make_argv,needles", list(_params()))
-def test_bad_option_is_one_error_line_before_any_work(name, cli, make_argv, needles, tmp_path, fake_official, monkeypatch):
+def test_bad_option_is_one_error_line_before_any_work(name, cli, make_argv, needles, tmp_path, fake_official):
     (tmp_path / "afile").write_text("{}\n")
     (tmp_path / "cfg.json").write_text(FIXTURE.read_text())
     (tmp_path / "m.safetensors").write_bytes(b"mask")
     argv = make_argv(tmp_path, fake_official)
-    before = _snapshot(tmp_path)
-    monkeypatch.chdir(tmp_path)
-    module = importlib.import_module(f"radar_train.cli.{cli}")
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as e:
-        module.main(argv)
-    err = err.getvalue()
-    assert e.value.code == 2, err
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    assert _snapshot(tmp_path) == before
+    before = snapshot(tmp_path)
+    code, err = call_cli(cli, argv, tmp_path)
+    assert code == 2, err
+    assert_one_line_error(err, *needles)
+    assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
+    assert snapshot(tmp_path) == before

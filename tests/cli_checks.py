@@ -1,0 +1,51 @@
+"""What the bad-input tests share: call a console command in-process, snapshot a folder tree, and the two
+checks (one `error:` line naming what is at fault; every file as it was)."""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import os
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+
+def call_cli(cli: str, argv: list[str], cwd: Path) -> tuple[int, str]:
+    """radar-<cli> main(argv) in-process in `cwd`: (exit status, stderr)."""
+    module = importlib.import_module(f"radar_train.cli.{cli}")
+    err = io.StringIO()
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stderr(err), mock.patch.object(sys, "argv", [f"radar-{cli}", *argv]):
+            with pytest.raises(SystemExit) as e:
+                module.main(argv)
+    finally:
+        os.chdir(old)
+    code = e.value.code
+    return (0 if code is None else code), err.getvalue()
+
+
+def snapshot(*roots: Path) -> dict[str, bytes | None]:
+    """Every path under `roots`: a file's bytes, None for a folder."""
+    return {str(p): (None if p.is_dir() else p.read_bytes()) for r in roots for p in sorted(r.rglob("*"))}
+
+
+def assert_one_line_error(err: str, *needles: str) -> str:
+    """`err` ends in its only `error:` line, which holds every needle; no traceback. Returns that line."""
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+def assert_unchanged(before: dict, after: dict) -> None:
+    assert sorted(set(after) - set(before)) == [], "new files or folders"
+    assert sorted(set(before) - set(after)) == [], "files or folders gone"
+    assert [k for k in before if before[k] != after[k]] == [], "files changed"
