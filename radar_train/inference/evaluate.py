@@ -106,6 +106,11 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
         shards = _adapter_shards(meta, cache)
         if shards is None:
             raise ValueError(f"adapter {adapter_dir} records no validation shards of {cache}: pass --shards")
+    if not shards:
+        raise ValueError("--shards is empty: name the shards to evaluate")
+    if lpips is not None and bool(lpips.vgg) != bool(lpips.heads):
+        given, missing = ("--lpips.vgg", "--lpips.heads") if lpips.vgg else ("--lpips.heads", "--lpips.vgg")
+        raise ValueError(f"{given} without {missing}: LPIPS needs both local weight files (or neither: no LPIPS)")
     overlap = train_shard_overlap(meta, cache, manifest, shards)
     if overlap and not allow_train_shards:
         raise ValueError(f"--shards {_ranges(overlap)} of {cache} are training shards of the adapter {adapter_dir} "
@@ -120,7 +125,7 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
     if lpips is not None and (lpips.vgg or lpips.heads):
         from radar_train.train.lpips import load_lpips
 
-        lp = load_lpips(lpips.vgg, lpips.heads).to(dev).eval()
+        lp = load_lpips(lpips.vgg, lpips.heads, ("--lpips.vgg", "--lpips.heads")).to(dev).eval()
     ds = PairDataset(cache, shards=list(shards))
     loader = DataLoader(ds, batch_size=batch_size, sampler=BlockShuffleSampler(ds, shuffle=False),
                         num_workers=num_workers)

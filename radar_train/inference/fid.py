@@ -317,6 +317,18 @@ def inception_score_parts(num_samples: int, splits: int) -> int:
     return -(-num_samples // size)
 
 
+def sample_count_notes(num_samples: int, dim: int) -> list[str]:
+    """What the sample count means for FID (stated in the report)."""
+    notes = []
+    if num_samples <= dim:  # n samples give a covariance of rank n - 1 at most
+        notes.append(f"num_samples {num_samples} < feature dimension {dim} + 1: the covariances are rank-deficient "
+                     f"and FID is strongly biased")
+    if num_samples < PAPER_NUM_SAMPLES:
+        notes.append(f"{num_samples} samples (the paper protocol uses {PAPER_NUM_SAMPLES}): FID is biased upwards "
+                     f"at small sample counts; compare only numbers with the same num_samples")
+    return notes
+
+
 def fid_gap_closed(acc: Optional[float], restored: Optional[float], vanilla: Optional[float]) -> Optional[float]:
     """Share of the FID gap closed, (FID_acc - FID_acc+PAA) / (FID_acc - FID_vanilla) (methods.md §5.2);
     None when a value is missing or accelerated and vanilla FID are equal."""
@@ -389,13 +401,7 @@ def evaluate_generation(pipe, features: _Extractor, logits: Optional[_Extractor]
         gap = {"fid_vs_reference": None if fid_ref is None else fid_gap_closed(
                    fid_ref["accelerated"], fid_ref["accelerated+adapter"], fid_ref["vanilla"]),
                "fid_vs_vanilla": fid_gap_closed(fid_van["accelerated"], fid_van["accelerated+adapter"], 0.0)}
-    notes = []
-    if num_samples < dim:
-        notes.append(f"num_samples {num_samples} < feature dimension {dim}: the covariances are rank-deficient "
-                     f"and FID is strongly biased")
-    if num_samples < PAPER_NUM_SAMPLES:
-        notes.append(f"{num_samples} samples (the paper protocol uses {PAPER_NUM_SAMPLES}): FID is biased upwards "
-                     f"at small sample counts; compare only numbers with the same num_samples")
+    notes = sample_count_notes(num_samples, dim)
     parts = inception_score_parts(num_samples, is_splits)
     if is_metrics and parts != is_splits:
         notes.append(f"IS over {parts} parts, not the {is_splits} asked for: torchmetrics splits {num_samples} "

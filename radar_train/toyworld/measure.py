@@ -283,9 +283,10 @@ def run_measure(cfg: MeasureConfig, output: Optional[str] = None, overwrite: boo
         raise ValueError(f"--setup.num_threads must be >= 1, got {cfg.num_threads}")
     torch.set_num_threads(cfg.num_threads)
     table = adapter_table(cfg.adapters, cfg.methods)
-    if cfg.images_per_class < 1 or cfg.batch_size < 1:
-        raise ValueError(f"--setup.images_per_class and --setup.batch_size must be >= 1, got "
-                         f"{cfg.images_per_class} and {cfg.batch_size}")
+    small = [f"--setup.{k} must be >= 1, got {getattr(cfg, k)}" for k in
+             ("images_per_class", "batch_size", "num_heldout_images", "grid_samples") if getattr(cfg, k) < 1]
+    if small:
+        raise ValueError("; ".join(small))
     folders = [f for named in table.values() for f in named.values()]
     if output is not None:
         check_output_dir(output, OUTPUT_FILES, "--output", overwrite=overwrite,

@@ -80,17 +80,19 @@ def _read(path: str, what: str) -> dict[str, torch.Tensor]:
     return read_state_dict(p)
 
 
-def load_lpips(vgg: str, heads: str) -> LPIPS:
-    """Build LPIPS-VGG from the two local files (see the module docstring). One-line errors name the file."""
+def load_lpips(vgg: str, heads: str, options: tuple[str, str] = ("model.loss.lpips_vgg", "model.loss.lpips_heads")
+               ) -> LPIPS:
+    """Build LPIPS-VGG from the two local files (see the module docstring). One-line errors name the file and
+    the option that gave it (`options`: the VGG's, the heads')."""
     model = LPIPS()
-    vgg_sd = _read(vgg, "model.loss.lpips_vgg")
+    vgg_sd = _read(vgg, options[0])
     feats = {k[len("features."):]: v for k, v in vgg_sd.items() if k.startswith("features.")}
     try:
         model.features.load_state_dict(feats, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"model.loss.lpips_vgg {vgg}: not torchvision VGG16 weights "
+        raise ValueError(f"{options[0]} {vgg}: not torchvision VGG16 weights "
                          f"({str(e).splitlines()[0][:120]})") from None
-    head_sd = _read(heads, "model.loss.lpips_heads")
+    head_sd = _read(heads, options[1])
     lins = {}
     for k, v in head_sd.items():
         if k.startswith("lin") and k.endswith(".weight"):  # lin{k}.model.1.weight -> {k}.weight
@@ -98,6 +100,6 @@ def load_lpips(vgg: str, heads: str) -> LPIPS:
     try:
         model.lins.load_state_dict(lins, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"model.loss.lpips_heads {heads}: not the LPIPS v0.1 VGG heads "
+        raise ValueError(f"{options[1]} {heads}: not the LPIPS v0.1 VGG heads "
                          f"({str(e).splitlines()[0][:120]})") from None
     return model

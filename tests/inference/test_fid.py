@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from radar_train.inference.fid import (FidError, GaussianStats, evaluate_generation, frechet_distance,
-                                       inception_score_parts, load_inception, reference_stats)
+                                       inception_score_parts, load_inception, reference_stats, sample_count_notes)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,6 +89,14 @@ def test_fid_of_a_set_with_itself_is_zero():
         s.update(torch.randn(n, 16, generator=g) * 3 + 1)
         # 1e-7: square roots of round-off at the zero eigenvalues of a rank-deficient covariance
         assert abs(frechet_distance(s.mu, s.sigma, s.mu, s.sigma)) < 1e-7 * float(s.sigma.trace())
+
+
+def test_the_rank_note_starts_where_the_covariance_loses_rank():
+    for n, deficient in ((16, True), (17, False)):  # 16 samples in 16-d: rank 15 at most
+        s = GaussianStats()
+        s.update(torch.randn(n, 16, generator=torch.Generator().manual_seed(n)))
+        assert (int(torch.linalg.matrix_rank(s.sigma)) < 16) == deficient
+        assert any("rank-deficient" in note for note in sample_count_notes(n, 16)) == deficient
 
 
 def test_reference_npz_and_its_errors(tmp_path):
