@@ -796,12 +796,15 @@ def fastvar_for_attention_budget(budget: float, patch_nums: Sequence[int], scale
         raise ValueError(f"attention budget must be in (0, 1], got {budget}")
     pns = list(patch_nums)
     bounds = scale_bounds(pns)
-    idx = sorted(pns.index(s) for s in scales)
+    idx = sorted({pns.index(s) for s in scales})
     n = bounds[idx[0]][0]  # keys cached before the first pruned scale (all of them)
     prune, share = [], {}
-    for si in idx:
+    for si in range(idx[0], idx[-1] + 1):
         b, e = bounds[si]
         l = e - b
+        if si not in idx:  # a scale left whole between pruned ones: all its keys are cached
+            n += l
+            continue
         k = min(l, max(1, round((-n + math.sqrt(n * n + 4 * budget * l * e)) / 2)))
         prune.append((pns[si], 0.0 if k == l else (l - k + 0.5) / l))
         share[pns[si]] = k * (n + k) / (l * e)

@@ -36,6 +36,9 @@ def _sides(spec: str, key: str, value: str) -> list[int]:
         out = [int(x) for x in value.split("/")]
     except ValueError:
         raise _fail(spec, f"cannot read {key}={value!r} (scale sides joined by '/', e.g. 4/6/8)") from None
+    twice = sorted({x for x in out if out.count(x) > 1})
+    if twice:
+        raise _fail(spec, f"{key}={value!r} names the side {twice[0]} twice")
     return out
 
 
@@ -66,6 +69,8 @@ def _options(spec: str, opts: str) -> list[tuple[str, Optional[str]]]:
         key, eq, value = part.partition("=")
         if eq and not (key and value):
             raise _fail(spec, f"option {part!r} is not key=value")
+        if any(k == key for k, _ in out):  # the last would win, silently
+            raise _fail(spec, f"option {key!r} is given twice")
         out.append((key, value if eq else None))
     return out
 
@@ -81,6 +86,8 @@ def _fastvar(spec: str, opts: str, patch_nums: Optional[Sequence[int]]) -> FastV
             if key not in PRESETS:
                 raise _fail(spec, f"{key!r} is not a fastvar preset ({', '.join(PRESETS)}) nor key=value "
                                   f"(budget, prune, scales, cache_scale, layers)")
+            if preset is not None:
+                raise _fail(spec, f"give one preset, not {preset} and {key}")
             preset = key
         elif key == "budget":
             try:
@@ -132,7 +139,12 @@ def _stagevar(spec: str, opts: str) -> StageVARArgs:
     a = StageVARArgs()
     kinds = {"default_rank_ratio": float, "min_rank": int, "rank_ratios": str}
     choices = {"single_branch": ("cond", "uncond", "off"), "rp_scale": ("paper", "token_norm")}
-    for key, value in _options(spec, opts) if opts else []:
+    options = _options(spec, opts) if opts else []
+    presets = [k for k, v in options if v is None]
+    if len(presets) + any(k == "scales" for k, _ in options) > 1:
+        raise _fail(spec, "give one preset or scales=, not " + " and ".join(
+            presets + ["scales="] * any(k == "scales" for k, _ in options)))
+    for key, value in options:
         if value is None:
             if key not in PRESETS:
                 raise _fail(spec, f"{key!r} is not a stagevar preset ({', '.join(PRESETS)}) nor key=value")

@@ -115,6 +115,9 @@ class StageVAR(AccelMethod):
         if self.rp_scale not in ("paper", "token_norm"):
             p.append(f"stagevar.rp_scale must be paper or token_norm, got {self.rp_scale!r}")
         for pn, ratios in self.rank_ratios:
+            if pn not in pns:
+                p.append(f"stagevar rank ratios {self.rank_ratios_file or ''} hold scale {pn}, which is not in the "
+                         f"model's patch_nums {tuple(pns)}: a calibration of another model")
             if len(ratios) != depth:
                 p.append(f"stagevar rank ratios for scale {pn} have {len(ratios)} blocks; the model has {depth}")
             if any(not 0.0 < r <= 1.0 for r in ratios):

@@ -45,17 +45,18 @@ def test_kept_count_is_m_minus_floor_m_rho(tiny_models):
     """At a pruned scale each attention call sees M − ⌊Mρ⌋ query tokens (and appends that many K/V)."""
     vqvae, var = tiny_models
     method = FastVAR(prune=((6, 0.5), (8, 0.75)))
-    seen = {}
+    seen = []  # query tokens of every attention call, in call order (depth calls per scale)
     for blk in var.blocks:
-        blk.attn.register_forward_hook(lambda m, a, o: seen.__setitem__(a[0].shape[1], True))
+        blk.attn.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[1]))
     try:
         s = NextScaleSampler(var, vqvae.quantize, SamplingConfig(top_k=0, top_p=0.0))
         s.sample(torch.tensor([1]), seeds=[0], accel=method)
     finally:
         for blk in var.blocks:
             blk.attn._forward_hooks.clear()
-    assert 36 - math.floor(36 * 0.5) in seen and 64 - math.floor(64 * 0.75) in seen
-    assert 36 not in seen and 64 not in seen
+    per_scale = [set(seen[i: i + var.depth]) for i in range(0, len(seen), var.depth)]
+    kept = {6: 36 - math.floor(36 * 0.5), 8: 64 - math.floor(64 * 0.75)}
+    assert per_scale == [{kept.get(pn, pn * pn)} for pn in var.patch_nums]
 
 
 def test_all_ratios_zero_equals_vanilla_bitwise(tiny_models):

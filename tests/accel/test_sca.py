@@ -485,18 +485,21 @@ def test_ideal_speedup_flop_model(tiny_models):
 
 def test_fastvar_at_an_attention_budget(tiny_models):
     _, var = tiny_models
-    method, share = fastvar_for_attention_budget(0.5, var.patch_nums, (4, 6, 8))
-    method.validate(var.patch_nums, var.depth)
-    ratios = method.ratios
-    assert set(ratios) == {4, 6, 8}
-    n = 14  # keys before scale 4
-    for pn in (4, 6, 8):
-        l = pn * pn
-        k = l - math.floor(l * ratios[pn])  # FastVAR's kept query count
-        e = sum(p * p for p in var.patch_nums[: var.patch_nums.index(pn) + 1])
-        assert share[pn] == pytest.approx(k * (n + k) / (l * e))
-        assert abs(share[pn] - 0.5) <= (n + 2 * k + 1) / (l * e)  # within one query of the budget
-        n += k
+    for scales in ((4, 6, 8), (4, 8), (2, 8)):  # a scale left whole in between caches all its keys
+        method, share = fastvar_for_attention_budget(0.5, var.patch_nums, scales)
+        method.validate(var.patch_nums, var.depth)
+        ratios = method.ratios
+        assert set(ratios) == set(scales) and set(share) == set(scales)
+        first = var.patch_nums.index(scales[0])
+        n = sum(p * p for p in var.patch_nums[:first])  # keys before the first pruned scale
+        for pn in var.patch_nums[first:]:
+            l = pn * pn
+            k = l - math.floor(l * ratios.get(pn, 0.0))  # FastVAR's kept query count
+            e = sum(p * p for p in var.patch_nums[: var.patch_nums.index(pn) + 1])
+            if pn in scales:
+                assert share[pn] == pytest.approx(k * (n + k) / (l * e)), (scales, pn)
+                assert abs(share[pn] - 0.5) <= (n + 2 * k + 1) / (l * e), (scales, pn)  # within one query
+            n += k
     s = _sampler(tiny_models)
     out = s.sample(torch.tensor([1]), seeds=[0], accel=method)
     assert out.skipped_from is None

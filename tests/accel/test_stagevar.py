@@ -93,6 +93,8 @@ def test_rank_ratio_file_is_used(tmp_path):
     assert m.ratio(13, 3) == 0.1 and m.ratio(16, 0) == 0.05
     with pytest.raises(ConfigError, match="have 16 blocks; the model has 24"):
         build_accel(AccelArgs("stagevar", stagevar=StageVARArgs(rank_ratios=str(f))), PATCH_NUMS_256, 24)
+    with pytest.raises(ConfigError, match="hold scale 16, which is not in the model's patch_nums"):  # a 512 model
+        build_accel(AccelArgs("stagevar", stagevar=StageVARArgs(rank_ratios=str(f))), PATCH_NUMS_512, 16)
     with pytest.raises(FileNotFoundError, match="missing.yaml: stagevar rank-ratio file not found"):
         build_accel(AccelArgs("stagevar", stagevar=StageVARArgs(rank_ratios=str(tmp_path / "missing.yaml"))),
                     PATCH_NUMS_256, 16)
