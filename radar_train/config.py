@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Sequence, Union
@@ -45,8 +46,8 @@ class SamplingConfig:
 
     def problems(self) -> list[str]:
         p = []
-        if self.cfg < 0:
-            p.append(f"sampling.cfg must be >= 0, got {self.cfg}")
+        if not (math.isfinite(self.cfg) and self.cfg >= 0):  # NaN / inf: every guided logit NaN
+            p.append(f"sampling.cfg must be a finite number >= 0, got {self.cfg}")
         if self.top_k < 0:
             p.append(f"sampling.top_k must be >= 0, got {self.top_k}")
         if not 0.0 <= self.top_p < 1.0:
@@ -153,11 +154,14 @@ class AccelArgs:
 def parse_int_list(spec: Union[str, int, Sequence[int]], what: str) -> list[int]:
     """'0-3,7' (ranges inclusive) / 5 / [1, 2] -> a list of non-negative ints, in the given order.
     ValueError names `what` (the option at fault)."""
-    if isinstance(spec, int):
-        return [spec]
     if not isinstance(spec, str):
-        return [int(x) for x in spec]
-    out: list[int] = []
+        out = [spec] if isinstance(spec, int) else [int(x) for x in spec]
+        if not out:
+            raise ValueError(f"{what} is empty")
+        if min(out) < 0:
+            raise ValueError(f"{what}: {min(out)} is negative")
+        return out
+    out = []
     for part in filter(None, (q.strip() for q in spec.split(","))):
         m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
         if not m:

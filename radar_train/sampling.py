@@ -230,6 +230,10 @@ class NextScaleSampler:
         if self.config.noise == "per_sample":
             if seeds is None:
                 raise ValueError("per_sample noise needs one seed per sample (seeds=...)")
+            if not isinstance(seeds, torch.Tensor):
+                big = [int(x) for x in seeds if not -2 ** 63 <= int(x) < 2 ** 63]
+                if big:
+                    raise ValueError(f"seed {big[0]} does not fit in 64 bits")
             seeds = torch.as_tensor(seeds, dtype=torch.long).reshape(-1).cpu()
             if seeds.shape[0] != B:
                 raise ValueError(f"got {seeds.shape[0]} seeds for {B} labels")

@@ -1,4 +1,6 @@
 """The sampler: official-loop equivalence, per-sample batch invariance, filtering semantics, precision."""
+import math
+
 import pytest
 import torch
 
@@ -99,6 +101,9 @@ def test_invalid_sampling_config_lists_every_problem(tiny_models):
         _sampler(tiny_models, cfg=-1.0, top_k=-2, top_p=1.5)
     msg = str(e.value)
     assert "sampling.cfg" in msg and "sampling.top_k" in msg and "sampling.top_p" in msg
+    for cfg in (math.nan, math.inf):  # a NaN guidance weight makes every token the same
+        with pytest.raises(ValueError, match="sampling.cfg must be a finite number"):
+            _sampler(tiny_models, cfg=cfg)
 
 
 def test_per_sample_needs_one_seed_per_label(tiny_models):
@@ -107,6 +112,8 @@ def test_per_sample_needs_one_seed_per_label(tiny_models):
         s.sample(torch.tensor([1, 2]), seeds=[1])
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\]"):
         s.sample(torch.tensor([11]), seeds=[1])
+    with pytest.raises(ValueError, match="seed 18446744073709551616 does not fit in 64 bits"):
+        s.sample(torch.tensor([1]), seeds=[2 ** 64])
 
 
 def test_bf16_autocast_runs_and_stays_close(tiny_models):

@@ -54,6 +54,8 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
     from radar_train.progress import Progress
 
     cls_list, seed_list = parse_int_list(classes, "--classes"), parse_int_list(seeds, "--seeds")
+    if max(seed_list) >= 2 ** 63:
+        raise ValueError(f"--seeds: {max(seed_list)} does not fit in 64 bits")
     for option, values in (("--classes", cls_list), ("--seeds", seed_list)):
         twice = sorted({v for v in values if values.count(v) > 1})
         if twice:  # one image (and file) per class and seed

@@ -50,6 +50,8 @@ def parse_shards(spec: Shards, what: str) -> Optional[list[int]]:
     """"0-3,7" / [0, 1] / None -> sorted shard ids (None stays None). ValueError names `what`."""
     if spec is None:
         return None
+    if isinstance(spec, (list, tuple)) and not spec:
+        return []  # a cache for validation only (train_shards: [])
     ids = parse_int_list(spec, what)
     if len(set(ids)) != len(ids):
         raise ValueError(f"{what}: lists a shard twice ({spec})")
