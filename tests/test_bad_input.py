@@ -56,11 +56,35 @@ def world(tmp_path_factory, build_cache) -> dict[str, Path]:
     weights = w / "adapter_trunc" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     (w / "adapter_junk" / "radar_config.yaml").write_bytes(bytes(range(128, 256)))
+    _broken_adapters(w, final)
     shutil.copytree(cache, w / "cache_no_lq")  # a complete shard lacking an array (a partial copy)
     shutil.rmtree(w / "cache_no_lq" / "shard-00000.zarr" / "fhat_lq")
     (w / "toy_out").mkdir()
     (w / "toy_out" / "toy_vae.safetensors").write_bytes(b"earlier run")
     return {"w": w, "cache": cache, "run": run, "final": final, "ckpt": run / "checkpoints" / "last.ckpt"}
+
+
+def _broken_adapters(w: Path, final: Path) -> None:
+    """Adapter folders whose files read fine but do not say or hold what they should."""
+    import yaml
+    from safetensors.torch import save_file
+
+    def copy(name: str, meta_edit=None) -> Path:
+        d = w / f"adapter_{name}"
+        shutil.copytree(final, d)
+        if meta_edit is not None:
+            meta = yaml.safe_load((d / "radar_config.yaml").read_text())
+            meta_edit(meta)
+            (d / "radar_config.yaml").write_text(yaml.safe_dump(meta))
+        return d
+
+    copy("vae_word", lambda m: m["base"].update(vae="tiny"))
+    copy("vae_no_kind", lambda m: m["base"]["vae"].pop("kind"))
+    copy("caches_words", lambda m: m.update(caches=["cache/tiny"]))
+    d = copy("other_rank")
+    cfg = json.loads((d / "adapter_config.json").read_text())
+    (d / "adapter_config.json").write_text(json.dumps({**cfg, "r": cfg["r"] * 2}))
+    save_file({"foo": torch.zeros(3)}, str(copy("foreign_weights") / "adapter_model.safetensors"))
 
 
 def fit_args(cache: Path, run: Path, steps: int, *extra: str) -> list[str]:
@@ -171,6 +195,12 @@ CASES = [
      ["adapter_model.safetensors", "truncated"]),
     ("eval-adapter-with-junk-metadata", "eval",
      lambda w, t: ["--cache", str(w["cache"]), "--adapter", str(w["w"] / "adapter_junk")], ["radar_config.yaml"]),
+    *[(f"eval-adapter-with-{name.replace('_', '-')}", "eval",
+       lambda w, t, name=name: ["--cache", str(w["cache"]), "--adapter", str(w["w"] / f"adapter_{name}"), "--shards", "1",
+                                "--device", "cpu"], [f"adapter_{name}", needle])
+      for name, needle in (("vae_word", "base.vae"), ("vae_no_kind", "base.vae"), ("caches_words", "caches"),
+                           ("other_rank", "does not fit adapter_config.json"),
+                           ("foreign_weights", "LoRA tensors missing"))],
     ("eval-on-a-missing-cache", "eval", lambda w, t: ["--cache", "cache/tiny", "--adapter", str(w["final"])],
      ["cache/tiny"]),
     ("eval-without-adapter", "eval", lambda w, t: ["--cache", str(w["cache"])], ["adapter"]),
@@ -201,6 +231,12 @@ CASES = [
     ("generate-with-a-truncated-vae", "generate",
      lambda w, t: [*_generate_opts(w), "--model.vae_checkpoint", str(w["w"] / "trunc.ckpt")], ["trunc.ckpt"]),
     ("generate-with-bad-seeds", "generate", lambda w, t: [*_generate_opts(w), "--seeds", "0..3"], ["--seeds"]),
+    ("generate-with-no-classes", "generate", lambda w, t: [*_generate_opts(w), "--classes", "[]"],
+     ["--classes is empty"]),
+    ("generate-with-a-negative-seed", "generate", lambda w, t: [*_generate_opts(w), "--seeds", "[-1]"],
+     ["--seeds: -1 is negative"]),
+    ("generate-with-a-seed-beyond-64-bits", "generate",
+     lambda w, t: [*_generate_opts(w), "--seeds", "[99999999999999999999]"], ["--seeds", "64 bits"]),
     # radar-fid
     ("fid-without-the-inception-file", "fid",
      lambda w, t: ["--inception", "inception.pt", "--model.preset", "tiny", "--num_samples", "4"], ["inception.pt"]),
@@ -317,6 +353,9 @@ def test_an_export_gets_the_normal_file_mode_and_replaces_only_with_overwrite(wo
     assert snapshot(out) == first
     assert call_cli("train", ["export", "--ckpt", str(world["ckpt"]), "--output", str(out), "--overwrite"], tmp_path)[0] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no temporary or old folder left
+    (tmp_path / "here").mkdir()  # an export into the (empty) working folder, named "."
+    assert call_cli("train", ["export", "--ckpt", str(world["ckpt"]), "--output", "."], tmp_path / "here")[0] == 0
+    assert snapshot(tmp_path / "here").keys() == {str(tmp_path / "here" / p.name) for p in out.iterdir()}
 
 
 def test_eval_on_training_shards_with_the_override_warns_and_records_them(world, tmp_path):

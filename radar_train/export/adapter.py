@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -46,7 +47,7 @@ def save_adapter(peft_model, out_dir: str | Path, meta: dict, conditioning=None)
     import yaml
     from safetensors.torch import save_file
 
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # "." or "..": the folder's own name, for its temporary sibling
     out.parent.mkdir(parents=True, exist_ok=True)
     clear_stale_temps(out.parent, out.name)  # a killed export's half-written folder
     tmp = temp_name(out)
@@ -89,7 +90,30 @@ def read_radar_config(adapter_dir: str | Path) -> dict:
     meta = read_yaml(d / RADAR_CONFIG, "adapter metadata")
     if "base" not in meta or not isinstance(meta["base"], dict) or "vae" not in meta["base"]:
         raise InputError(f"{d / RADAR_CONFIG}: is not radar adapter metadata (no `base.vae` section)")
+    problem = _metadata_problem(meta)
+    if problem:
+        raise InputError(f"{d / RADAR_CONFIG}: adapter metadata {problem}")
     return meta
+
+
+def _metadata_problem(meta: dict) -> Optional[str]:
+    """What is wrong with the parts of the metadata that loading and evaluation read; None if nothing."""
+    vae = meta["base"]["vae"]
+    if not isinstance(vae, dict) or not all(isinstance(vae.get(k), str) for k in ("kind", "value")):
+        return "has a `base.vae` that is not a mapping with `kind` and `value` strings"
+    caches = meta.get("caches")
+    if caches is None:
+        return None
+    if not isinstance(caches, list) or not all(isinstance(c, dict) for c in caches):
+        return "has `caches` that is not a list of mappings"
+    for i, c in enumerate(caches):
+        for key in ("train_shards", "val_shards"):
+            ids = c.get(key)
+            if ids is not None and not (isinstance(ids, list) and all(type(x) is int and x >= 0 for x in ids)):
+                return f"has a `caches[{i}].{key}` that is not a list of shard numbers"
+        if not isinstance(c.get("path", ""), str) or not isinstance(c.get("accel", {}) or {}, dict):
+            return f"has a `caches[{i}]` whose `path` is not a string or whose `accel` is not a mapping"
+    return None
 
 
 def check_adapter(adapter_dir: str | Path) -> dict:
@@ -113,8 +137,6 @@ def load_adapter(decoder: nn.Module, adapter_dir: str | Path, identity=None, mer
     otherwise return the peft PeftModel (trainable=True to continue training it).
     A label-conditioned adapter comes back as a LabelConditionedDecoder around either (forward(f_hat, labels));
     num_classes: the generator's class count; if given, a conditioned adapter of another count is refused."""
-    from peft import PeftModel
-
     d = Path(adapter_dir)
     meta = check_adapter(d)
     if identity is not None:
@@ -123,6 +145,33 @@ def load_adapter(decoder: nn.Module, adapter_dir: str | Path, identity=None, mer
             raise ValueError(f"adapter {d} was trained for the VQ-VAE {want['kind']}:{want['value']}, "
                              f"not {identity.kind}:{identity.value}")
     film = load_label_conditioning(d, meta, num_classes)
-    model = PeftModel.from_pretrained(decoder, str(d), is_trainable=trainable)
+    model = _from_pretrained(decoder, d, trainable)
     model = model.merge_and_unload() if merge else model
     return model if film is None else LabelConditionedDecoder(model, film.to(next(model.parameters()).device))
+
+
+def _from_pretrained(decoder: nn.Module, d: Path, trainable: bool):
+    """peft's PeftModel.from_pretrained, with the weights file checked to hold exactly the LoRA tensors that
+    adapter_config.json puts on this decoder (peft loads a file missing some of them, only warning, and those
+    layers then do nothing; a rank other than the config's fails deep inside it): InputError naming the file."""
+    from peft import PeftModel
+    from peft.utils import get_peft_model_state_dict
+
+    weights = d / ADAPTER_WEIGHTS
+    try:
+        with warnings.catch_warnings():  # said below, in one line naming the file
+            warnings.filterwarnings("ignore", "Found missing adapter keys", UserWarning)
+            model = PeftModel.from_pretrained(decoder, str(d), is_trainable=trainable)
+    except (RuntimeError, ValueError) as e:  # e.g. a size mismatch: weights of another rank or layer
+        raise InputError(f"{weights}: does not fit {ADAPTER_CONFIG} on this decoder "
+                         f"({str(e).strip().splitlines()[-1][:200]})") from None
+    want = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+    have = {k: tuple(v.shape) for k, v in load_safetensors(weights, "adapter weights file").items()}
+    missing, unknown = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+    if missing or unknown or wrong:
+        parts = [f"{len(x)} {what} (e.g. {x[0]})" for x, what in
+                 ((missing, "LoRA tensors missing"), (unknown, "tensors that are not this adapter's"),
+                  (wrong, "tensors of another shape")) if x]
+        raise InputError(f"{weights}: does not hold the LoRA tensors {ADAPTER_CONFIG} describes: " + "; ".join(parts))
+    return model
