@@ -151,7 +151,10 @@ class WdsPairs(IterableDataset):
 
     Each iteration reads the next epoch (`epoch`, counted by the object itself: in the main process, or in
     each persistent DataLoader worker's copy), so the shuffled orders differ from epoch to epoch and are
-    the same in every run of the same seed. Set `epoch` before iterating to start at another epoch.
+    the same in every run of the same seed. Set `epoch` before iterating to start at another epoch. A
+    DataLoader whose workers are not persistent starts each epoch from fresh copies of the main process's
+    object, which never iterates itself: call `set_epoch(e)` before each epoch there (as with torch's
+    DistributedSampler), or every epoch repeats the first one's order.
     """
 
     def __init__(self, path_or_urls, shuffle: int = 0, shardshuffle: bool = False, seed: int = 0,
@@ -170,6 +173,10 @@ class WdsPairs(IterableDataset):
         if self.shuffle:
             ds = ds.shuffle(self.shuffle, seed=seed)
         return ds.decode().compose(_pairs)  # (.map would put __key__ back into each dict)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next iteration reads (its shuffles' seed)."""
+        self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         epoch, self.epoch = self.epoch, self.epoch + 1

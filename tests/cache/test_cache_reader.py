@@ -221,6 +221,14 @@ def test_webdataset_shuffles_each_epoch_anew_and_reproducibly(make_synthetic, tm
     assert [int(it["index"]) for it in later] == epochs[2]
     other = WdsPairs(tmp_path / "wds", shuffle=8, shardshuffle=True, seed=4)
     assert [int(it["index"]) for it in other] != epochs[0]
+    # DataLoader workers that are not persistent: each epoch's are fresh copies, told their epoch by set_epoch
+    loaded = WdsPairs(tmp_path / "wds", shuffle=8, shardshuffle=True, seed=3)
+    dl = DataLoader(loaded, batch_size=None, num_workers=1, persistent_workers=False)
+    by_epoch = []
+    for e in range(2):
+        loaded.set_epoch(e)
+        by_epoch.append([int(it["index"]) for it in dl])
+    assert by_epoch == epochs[:2]
 
 
 def test_export_refuses_a_folder_holding_another_cache(make_synthetic, tmp_path):
