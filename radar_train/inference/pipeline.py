@@ -11,6 +11,7 @@ acceleration method or preset loads with a warning.
 """
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from dataclasses import dataclass, field, replace
@@ -59,12 +60,20 @@ def resolve_device(name: str) -> torch.device:
     return check_device(name, "device")
 
 
-def _accel_signature(desc: dict) -> tuple:
-    """(method, preset, scale settings, mask file identity) of a method's describe(); JSON/YAML may have
-    turned keys into strings."""
-    scales = desc.get("prune") or desc.get("scales") or {}
-    return (desc.get("method"), desc.get("preset"), tuple(sorted((int(k), float(v)) for k, v in scales.items())),
-            desc.get("mask_sha256"))
+_NOT_THE_METHOD = ("mask_file", "rank_ratios_file", "kernel", "per_scale")  # paths, execution, derived tables
+
+
+def _accel_settings(desc: dict) -> dict:
+    """A method's describe() as it reads back from JSON / YAML (string keys), less what does not change the
+    latents it makes (file paths: the content is there as mask_sha256 / rank_ratios; the attention kernel)."""
+    return {k: v for k, v in json.loads(json.dumps(desc, default=str)).items() if k not in _NOT_THE_METHOD}
+
+
+def accel_differences(trained: dict, mine: dict) -> list[str]:
+    """The settings in which the method an adapter was trained on (its cache record) differs from `mine`;
+    a setting only one side records (an older adapter's) is not compared."""
+    a, b = _accel_settings(trained), _accel_settings(mine)
+    return [f"{k}: {a[k]} vs {b[k]}" for k in a if k in b and a[k] != b[k]]
 
 
 class RadarPipeline:
@@ -118,11 +127,12 @@ class RadarPipeline:
         from radar_train.export import load_adapter, read_radar_config
 
         meta = read_radar_config(adapter_dir)
-        mine = _accel_signature(self.accel.describe())
         for trained in [c.get("accel") for c in meta.get("caches") or [] if c.get("accel")]:
-            if _accel_signature(trained) != mine:
-                warnings.warn(f"adapter {adapter_dir} was trained on latents of {trained} but the pipeline runs "
-                              f"{self.accel.describe()}; restoration may be worse", stacklevel=2)
+            diffs = accel_differences(trained, self.accel.describe())
+            if diffs:
+                warnings.warn(f"adapter {adapter_dir} was trained on latents of another acceleration than the "
+                              f"pipeline runs ({'; '.join(diffs)}, trained vs now); restoration may be worse",
+                              stacklevel=2)
                 break
         dec = self.vqvae.latent_decoder().eval()
         self.adapted_decoder = load_adapter(dec, adapter_dir, identity=self.vae_identity, merge=merge,

@@ -1,5 +1,6 @@
 """RadarPipeline, radar-generate and radar-eval on a briefly trained tiny adapter."""
 import json
+import warnings
 
 import pytest
 import torch
@@ -48,8 +49,16 @@ def test_adapter_of_another_vqvae_is_refused(trained_run):
 
 
 def test_adapter_for_another_method_warns(trained_run):
-    with pytest.warns(UserWarning, match="trained on latents of"):
+    with pytest.warns(UserWarning, match="trained on latents of another acceleration .*preset: default vs aggressive"):
         RadarPipeline.from_config(PipelineArgs(accel=AccelArgs("fastvar", FastVARArgs(preset="aggressive")),
+                                               adapter=str(trained_run["adapter"]), device="cpu"))
+    # the same preset in other blocks only (`layers`) is another method too
+    with pytest.warns(UserWarning, match="layers: None vs \\[0\\]"):
+        RadarPipeline.from_config(PipelineArgs(accel=AccelArgs("fastvar", FastVARArgs(layers=[0])),
+                                               adapter=str(trained_run["adapter"]), device="cpu"))
+    with warnings.catch_warnings():  # the adapter's own method: no warning
+        warnings.simplefilter("error")
+        RadarPipeline.from_config(PipelineArgs(accel=AccelArgs("fastvar", FastVARArgs()),
                                                adapter=str(trained_run["adapter"]), device="cpu"))
 
 
