@@ -213,7 +213,10 @@ def load_label_conditioning(adapter_dir: str | Path, meta: dict,
     try:
         norms = {str(k): int(v) for k, v in dict(section["norms"]).items()}
         n, dim = int(section["num_classes"]), int(section["embed_dim"])
-        file = d / str(section.get("file") or LABEL_CONDITIONING_WEIGHTS)
+        name = str(section.get("file") or LABEL_CONDITIONING_WEIGHTS)
+        if Path(name).name != name or name in ("", ".", ".."):  # a file of the folder, never one elsewhere
+            raise ValueError(f"file {name!r} is not a file name inside the adapter folder")
+        file = d / name
         film = ClassFiLM(norms, n, dim)
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"{cfg}: label_conditioning section is incomplete or malformed ({e})") from None

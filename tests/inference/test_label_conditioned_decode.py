@@ -109,3 +109,22 @@ def test_toy_decode_helper_passes_each_batch_its_labels(conditioned_run):
         torch.testing.assert_close(decode01(dec, f, batch_size=2, labels=labels), want, atol=1e-5, rtol=0)
         with pytest.raises(ValueError, match="label-conditioned"):
             decode01(dec, f)
+
+
+def test_the_weights_file_named_by_the_metadata_is_one_inside_the_folder(conditioned_run, tmp_path):
+    import shutil
+
+    import yaml
+
+    from radar_train.export import check_adapter
+    from radar_train.inputs import InputError
+
+    outside = tmp_path / "label_conditioning.safetensors"  # a usable file, but not the adapter's
+    shutil.copy(conditioned_run["adapter"] / "label_conditioning.safetensors", outside)
+    d = tmp_path / "adapter"
+    shutil.copytree(conditioned_run["adapter"], d)
+    meta = yaml.safe_load((d / "radar_config.yaml").read_text())
+    meta["label_conditioning"]["file"] = "../label_conditioning.safetensors"
+    (d / "radar_config.yaml").write_text(yaml.safe_dump(meta))
+    with pytest.raises(InputError, match="not a file name inside the adapter folder"):
+        check_adapter(d)
