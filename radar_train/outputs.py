@@ -170,6 +170,20 @@ def is_temp_of(entry: PathLike, name: str, kind: str = "tmp") -> bool:
 _WRITER = re.compile(r"^-[0-9a-f]{8}-(\d+)-(.+)$")
 
 
+def another_live_process(host: str, pid: int) -> bool:
+    """Whether `pid` on `host` is another process of this host that still runs (a pid in use again counts as
+    running; another host's cannot be told from here, nor can this process's own: both False)."""
+    if host != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    return True
+
+
 def _killed_writer(entry: Path, prefix: str) -> int | None:
     """The pid of the process of this host that wrote the temporary `entry` if it no longer runs; None when it
     still runs (or the pid is in use again), is this process, is another host's or cannot be read from the name
@@ -177,14 +191,7 @@ def _killed_writer(entry: Path, prefix: str) -> int | None:
     m = _WRITER.match(entry.name[len(prefix):])
     if m is None or m.group(2) != socket.gethostname() or int(m.group(1)) == os.getpid():
         return None
-    pid = int(m.group(1))
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return pid
-    except PermissionError:  # alive, another user's
-        pass
-    return None
+    return None if another_live_process(m.group(2), int(m.group(1))) else int(m.group(1))
 
 
 def clear_stale_temps(folder: PathLike, name: str, kind: str = "tmp") -> list[Path]:

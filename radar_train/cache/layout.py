@@ -8,10 +8,11 @@ import logging
 import os
 import re
 import shutil
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
+
+from radar_train.outputs import another_live_process
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +57,7 @@ def live_writer(path: str | os.PathLike) -> str | None:
         host, pid = writer["host"], int(writer["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if host != socket.gethostname() or pid == os.getpid():
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:  # alive, another user's
-        pass
-    return f"{host}:{pid}"
+    return f"{host}:{pid}" if another_live_process(host, pid) else None
 
 
 def clear_temporary(scan: CacheScan, shards: Iterable[int]) -> list[Path]:
