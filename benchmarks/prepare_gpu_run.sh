@@ -53,7 +53,8 @@ echo ".whl: ${specs[*]} for Python $py_version ($(du -sh .whl | cut -f1))"
 
 commit=$(git rev-parse --short HEAD)
 if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
-  echo "warning: the checkout has uncommitted changes; the run will time them but record commit $commit" >&2
+  commit="$commit+dirty"
+  echo "warning: the checkout has uncommitted changes; the run will time them and record $commit" >&2
 fi
 echo "then, on the GPU machine (carry .official_var and .whl):"
 echo "  bash benchmarks/run_gpu_suite.sh $commit"

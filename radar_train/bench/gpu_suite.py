@@ -11,13 +11,15 @@ keeps what it measured):
   with eager also the official noise), FastVAR default, StageVAR default and paper, their forked pairs, our
   decode; loop and end-to-end images/s, peak memory per row. Timed rounds per preset are planned from the
   measured first (warm-up) round so that the section fits its share of --budget_s (never fewer than
-  --min_repeats); a later preset whose fewest rounds (estimated) no longer fit is skipped and recorded so.
+  --min_repeats); a later preset whose fewest rounds (estimated, scaled by how the last preset's first round
+  compared with its estimate) no longer fit is skipped and recorded so.
 - sca: SCA-Mask (RADAR's own method) on VAR-d16 and d24 shapes (those of --presets), batch 32, bf16:
   vanilla SDPA against window-selected masks at the default and aggressive budgets (random weights: no
   calibration; the same block counts as calibrated masks) through FlexAttention, per engine, with the
   FLOP model's ideal speed-up, the KV buffers allocated and peak memory per row; in its own try so that a
   kernel failure costs only this section; rows under sections.sca. A preset is skipped (and recorded so) when
-  less than its part of --sca_reserve_s is left.
+  less than its part of --sca_reserve_s is left; its timed rounds (1 to --min_repeats) are planned from its
+  first round to fit its share of what is left, and the section is saved after each preset.
 - train: decoder-LoRA training-step throughput and peak memory (radar_train.train.bench, VAR-d16 shapes,
   batch 16, bf16-mixed) — only when its imports (lightning, peft, zarr) work and at least --train_reserve_s
   of the budget is left; otherwise recorded as skipped. With --train_compiled also the step with
@@ -81,12 +83,18 @@ def run_accel_section(args, results, log: Callable[[str], None], deadline: float
     engines = args.engines or list(available_engines(args.device))
     presets = list(args.presets)
     skipped: dict[str, str] = {}
+    speed = [1.0]  # measured / estimated seconds of a first round, from the last preset measured
+
+    def estimate(p: str) -> tuple[float, float]:
+        r, b = _estimate(p, len(engines), args.batch_size)
+        return r * speed[0], b
+
     for i, preset in enumerate(presets):
         started = time.time()
         left = deadline - started
-        weights = [sum(_estimate(p, len(engines), args.batch_size)) for p in presets[i:]]
+        weights = [sum(estimate(p)) for p in presets[i:]]
         share = left * weights[0] / sum(weights)
-        round_est, build_est = _estimate(preset, len(engines), args.batch_size)
+        round_est, build_est = estimate(preset)
         least = build_est + (args.warmup + args.min_repeats) * round_est
         if i > 0 and left < least:  # it would eat the later sections' reserves: recorded as skipped
             skipped[preset] = f"{left:.0f} s of the budget left (< {least:.0f} s estimated for its fewest rounds)"
@@ -94,7 +102,8 @@ def run_accel_section(args, results, log: Callable[[str], None], deadline: float
             results.set("skipped", {**results.doc.get("skipped", {}), f"accel {preset}": skipped[preset]})
             continue
 
-        def plan(first_round_s: float, started=started, share=share) -> int:
+        def plan(first_round_s: float, started=started, share=share, preset=preset) -> int:
+            speed[0] = first_round_s / _estimate(preset, len(engines), args.batch_size)[0]  # for the later presets
             left_here = share - (time.time() - started) - (args.warmup - 1) * first_round_s
             fit = int(left_here // max(first_round_s, 1e-3))
             n = max(args.min_repeats, min(args.repeats, fit))
@@ -135,27 +144,41 @@ def run_sca_section(args, results, log, deadline: float) -> Optional[str]:
     engines = args.engines or None
     rows, failures, skipped = [], {}, {}
     per_preset = args.sca_reserve_s / len(presets)
-    for preset in presets:
-        left = deadline - time.time()
+
+    def save() -> None:  # after each preset: a run killed in a later one keeps these rows
+        _section(results, "sca", {"rows": rows, **({"failures": failures} if failures else {}),
+                                  **({"skipped": skipped} if skipped else {})})
+
+    for i, preset in enumerate(presets):
+        started = time.time()
+        left = deadline - started
         if left < per_preset:  # the later sections keep their reserves; this preset is recorded as skipped
             skipped[preset] = f"{left:.0f} s of the budget left (< {per_preset:.0f} s)"
             log(f"== sca {preset}: skipped ({skipped[preset]})")
+            save()
             continue
+        share = left / (len(presets) - i)
+
+        def plan(first_round_s: float, started=started, share=share) -> int:
+            fit = int((share - (time.time() - started) - (args.warmup - 1) * first_round_s) // max(first_round_s, 1e-3))
+            n = max(1, min(args.min_repeats, fit))  # (the first round compiles the FlexAttention kernels)
+            log(f"  sca {preset}: first round {first_round_s:.1f} s; {n} timed rounds fit its share ({share:.0f} s)")
+            return n
+
         try:
             rows += run_accel_benchmark(
                 BenchSetup(preset=preset, batch_size=args.batch_size, device=args.device, warmup=args.warmup,
                            repeats=args.min_repeats, seed=0),
-                ["none", *SCA_METHODS], engines=engines, pairs=False, log=log)
+                ["none", *SCA_METHODS], engines=engines, pairs=False, plan_repeats=plan, log=log)
         except Exception as e:  # noqa: BLE001 - e.g. a FlexAttention compile failure: record it, go on
             traceback.print_exc()
             failures[preset] = f"{type(e).__name__}: {e}"
+        save()
         gc.collect()  # (samplers and their engines hold each other: their KV sets and graph pools go here)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     if rows:
         log(format_table(rows))
-    _section(results, "sca", {"rows": rows, **({"failures": failures} if failures else {}),
-                              **({"skipped": skipped} if skipped else {})})
     notes = []
     if failures:
         notes.append(f"failed for {', '.join(failures)}")
@@ -267,7 +290,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                     help="train section: also time the training step with model.optim.compile (compiled_vs_eager; "
                          "compiling takes a minute or two: raise --train_reserve_s with it)")
     ap.add_argument("--device", default="cuda", help="cuda (default), or cpu for a smoke test")
-    ap.add_argument("--commit", default=None, help="commit to record (default: git rev-parse of this checkout)")
+    ap.add_argument("--commit", default=None, help="commit to record, a hash (default: git rev-parse of this checkout)")
+    ap.add_argument("--command", default=None,
+                    help="the command line to record (default: this process's; run_gpu_suite.sh records its own)")
     a = ap.parse_args(argv)
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
     a.sections, a.presets, a.methods = split(a.sections), split(a.presets), split(a.methods)
@@ -287,6 +312,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         if a.output and a.output_dir:
             raise ValueError("--output and --output_dir: name one of them")
+        if a.commit is not None and not re.fullmatch(r"[0-9a-f]{7,40}(\+dirty)?", a.commit):
+            raise ValueError(f"--commit {a.commit}: not a commit hash (e.g. the output of git rev-parse --short HEAD)")
         unknown = [s for s in a.sections if s not in SECTIONS]
         if unknown:
             raise ValueError(f"--sections: unknown {unknown}; known: {', '.join(SECTIONS)}")
@@ -299,7 +326,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
             load_official_code(a.official_var)
         device = torch.device(a.device)
-        head = environment(device, commit=a.commit)
+        head = environment(device, command=a.command, commit=a.commit)
         output = a.output or default_output(head["device"], device.type)
         if a.output_dir is not None:  # the default file name in another folder
             output = str(Path(a.output_dir) / Path(default_output(head["device"], device.type)).name)

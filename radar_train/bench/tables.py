@@ -110,6 +110,8 @@ def render(doc: dict) -> str:
             f"commit `{doc.get('commit') or 'unknown'}` · `{doc.get('command', '?')}`")
     if any(isinstance(r, dict) and r.get("attention") == "math" for r in doc["rows"]):
         head += " · SDPA on the math kernel (no flash)"
+    if "suite" in doc and "wall_s" not in doc:  # the GPU suite writes wall_s last
+        head += " · **incomplete: the suite did not finish (killed or out of time); what it measured is below**"
     lines = [head, ""]
     if doc["rows"]:
         lines += _table(doc["rows"])
@@ -117,6 +119,9 @@ def render(doc: dict) -> str:
         lines += ["", f"{what}: failed ({why})".replace("|", "/")]
     for what, why in (doc.get("skipped") or {}).items():
         lines += ["", f"{what}: skipped ({why})".replace("|", "/")]
+    for section, status in (doc.get("status") or {}).items():  # a section that failed as a whole
+        if str(status).startswith("failed"):
+            lines += ["", f"{section} section: {status}".replace("|", "/")]
     sca = (doc.get("sections") or {}).get("sca") or {}
     if sca.get("rows"):
         lines += ([""] if doc["rows"] else []) + ["SCA-Mask section:", ""] + _table(sca["rows"])

@@ -133,3 +133,31 @@ def test_the_suite_runs_without_jsonargparse_and_webdataset(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(out.read_text())["status"]["accel"].startswith("ok")
+
+
+def test_the_sca_section_is_saved_after_each_preset(tmp_path, monkeypatch):
+    import radar_train.bench.accel as accel
+
+    out = tmp_path / "run.json"
+    calls = []
+
+    def fake(setup, methods, **kw):  # the second preset fails as a killed run would stop: the first's rows are saved
+        calls.append((setup.preset, kw["plan_repeats"](0.5)))
+        if len(calls) == 2:
+            saved = json.loads(out.read_text())["sections"]["sca"]["rows"]
+            assert [r["preset"] for r in saved] == ["var-d16"]
+            raise RuntimeError("killed")
+        return [{"preset": setup.preset, "method": "vanilla", "engine": "eager", "images_per_s": 1.0}]
+
+    monkeypatch.setattr(accel, "run_accel_benchmark", fake)
+    assert main(["--device", "cpu", "--presets", "var-d16,var-d24", "--sections", "sca", "--output", str(out),
+                 "--sca_reserve_s", "20", "--budget_s", "30", "--min_repeats", "3"]) == 0
+    assert [p for p, _ in calls] == ["var-d16", "var-d24"]
+    assert 1 <= calls[0][1] <= 3  # rounds planned from the first round's time within the preset's share
+    doc = json.loads(out.read_text())
+    assert doc["sections"]["sca"]["failures"] == {"var-d24": "RuntimeError: killed"}
+
+
+def test_the_commit_recorded_is_a_hash(tmp_path, capsys):
+    assert main(["--device", "cpu", "--commit", "HEAD", "--output", str(tmp_path / "x.json")]) == 2
+    assert "--commit HEAD: not a commit hash" in capsys.readouterr().err and not (tmp_path / "x.json").exists()

@@ -160,3 +160,13 @@ def test_a_tradeoff_result_is_no_speed_table(root, tmp_path, capsys):
     md.write_text("<!-- table:tradeoff/tradeoff -->\n<!-- /table:tradeoff/tradeoff -->\n")
     assert main(["--root", str(root), "--write", str(md)]) == 2
     assert "tradeoff/tradeoff.json: not a benchmark result" in capsys.readouterr().err
+
+
+def test_a_failed_section_and_an_unfinished_suite_are_said():
+    suite = dict(DOC, suite={"sections": ["accel", "train"]}, status={"accel": "ok (200 s)",
+                                                                      "train": "failed: OutOfMemoryError: CUDA"})
+    text = render(suite)
+    assert "incomplete: the suite did not finish" in text.splitlines()[0]  # no wall_s: killed before the end
+    assert text.endswith("train section: failed: OutOfMemoryError: CUDA") and "accel section" not in text
+    finished = render(dict(suite, wall_s=420.0))
+    assert "incomplete" not in finished and "incomplete" not in render(DOC)  # (not a suite's file)
