@@ -14,6 +14,7 @@ its own) serve both, and resume stays exact. The discriminator trains from step 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -70,7 +71,8 @@ class PatchDiscriminator(nn.Module):
         for i in range(1, layers + 1):
             out = width * min(2 ** i, 8)
             stride = 2 if i < layers else 1
-            mods += [nn.Conv2d(ch, out, 4, stride, 1, bias=False), nn.GroupNorm(min(32, out), out), nn.LeakyReLU(0.2)]
+            mods += [nn.Conv2d(ch, out, 4, stride, 1, bias=False), nn.GroupNorm(math.gcd(32, out), out),
+                     nn.LeakyReLU(0.2)]  # (32 groups for widths of 32's multiples, as VQGAN's; fewer otherwise)
             ch = out
         mods.append(nn.Conv2d(ch, 1, 4, 1, 1))
         self.net = nn.Sequential(*mods)
@@ -109,6 +111,19 @@ class Adversarial(nn.Module):
         return total, terms
 
 
-def build_adversarial(args: AdversarialArgs) -> Optional[Adversarial]:
-    """The Adversarial module, or None at weight 0."""
-    return Adversarial(args) if args.weight > 0 else None
+def smallest_image(layers: int) -> int:
+    """The least image side the discriminator of `layers` takes: each stride-2 convolution halves the side
+    (rounding down), and the stride-1 convolution and the head (4×4, padding 1) need 3 pixels left."""
+    return 3 * 2 ** layers
+
+
+def build_adversarial(args: AdversarialArgs, image_size: Optional[int] = None) -> Optional[Adversarial]:
+    """The Adversarial module, or None at weight 0. `image_size`: the decoder's output side; a discriminator
+    too deep for it is refused (ValueError naming model.adversarial.layers)."""
+    if args.weight <= 0:
+        return None
+    if image_size is not None and image_size >> args.layers < 3:
+        fit = max((n for n in range(1, args.layers) if image_size >> n >= 3), default=0)
+        raise ValueError(f"model.adversarial.layers {args.layers} is too deep for {image_size}-pixel images (it "
+                         f"needs at least {smallest_image(args.layers)}); use at most {fit}")
+    return Adversarial(args)

@@ -153,7 +153,7 @@ class RadarLoraModule(pl.LightningModule):
         if self.label_cond is not None:
             self.label_cond.attach(base)
         self.loss_fn = DistillLoss(loss)
-        self.adversarial = build_adversarial(adversarial)  # training-only: not part of trainable_params
+        self.adversarial = build_adversarial(adversarial, cfg.image_size)  # training-only: not in trainable_params
         self.strict_loading = False  # checkpoints hold the LoRA tensors only
         self.val_stats = RestorationStats()
         self._val_left: Optional[int] = None  # validation pairs of this rank still to count (None: all)

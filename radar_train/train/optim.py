@@ -43,6 +43,10 @@ class OptimArgs:
         p = []
         if self.learning_rate <= 0:
             p.append(f"model.optim.learning_rate must be > 0, got {self.learning_rate}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            p.append(f"model.optim.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if not self.weight_decay >= 0:
+            p.append(f"model.optim.weight_decay must be >= 0, got {self.weight_decay}")
         if self.warmup_steps < 0:
             p.append(f"model.optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 <= self.min_lr_ratio <= 1:

@@ -115,6 +115,10 @@ def test_invalid_settings_are_reported_together():
     with pytest.raises(ValueError) as e:
         RadarLoraModule(lora=LoraArgs(rank=0), optim=OptimArgs(learning_rate=-1))
     assert "model.lora.rank" in str(e.value) and "model.optim.learning_rate" in str(e.value)
+    with pytest.raises(ValueError) as e:  # refused here, not by AdamW once the run folder exists
+        RadarLoraModule(optim=OptimArgs(betas=(1.5, 0.999), weight_decay=-1))
+    assert "model.optim.betas must be two numbers in [0, 1), got [1.5, 0.999]" in str(e.value)
+    assert "model.optim.weight_decay must be >= 0, got -1" in str(e.value)
 
 
 def test_activation_checkpointing_gives_the_same_loss_and_gradients(make_batch):
