@@ -122,7 +122,10 @@ class ClassFiLM(nn.Module):
     # ------------------------------------------------------------------ format
     def check_labels(self, labels, batch: int, device: torch.device) -> torch.Tensor:
         """`labels` as a (batch,) long tensor on `device`; ValueError if the count or a value is wrong."""
-        t = torch.as_tensor(labels, dtype=torch.long, device=device).reshape(-1)
+        raw = torch.as_tensor(labels, device=device).reshape(-1)
+        if raw.is_floating_point() and not torch.equal(raw, raw.round()):
+            raise ValueError("label conditioning: labels must be whole class numbers, got fractions")
+        t = raw.long()
         if t.shape[0] != batch:
             raise ValueError(f"label conditioning: {t.shape[0]} labels for {batch} latents")
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_classes):

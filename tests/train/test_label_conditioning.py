@@ -143,6 +143,9 @@ def test_a_conditioned_adapter_is_refused_without_labels_or_with_wrong_ones(trai
         dec(x, [1])
     with pytest.raises(ValueError, match=r"labels must lie in 0\.\.9"):
         dec(x, [1, 10])
+    with pytest.raises(ValueError, match="labels must be whole class numbers"):
+        dec(x, [1.7, 2.0])  # not silently class 1
+    assert torch.equal(dec(x, torch.tensor([1.0, 2.0])), dec(x, [1, 2]))
     with pytest.raises(ValueError, match="conditioned on 10 classes, the model has 1000"):
         load_adapter(load_latent_decoder("tiny")[0], out, identity=ident, num_classes=1000)
 
