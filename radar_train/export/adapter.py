@@ -1,7 +1,7 @@
 """Adapter folders: what `radar-train` exports and inference loads.
 
     DIR/adapter_config.json          peft LoraConfig (exact target names as one regex)
-    DIR/adapter_model.safetensors    the LoRA tensors (`<module>.lora_A.weight`, `<module>.lora_B.weight`)
+    DIR/adapter_model.safetensors    the LoRA tensors (`base_model.model.<module>.lora_A.weight`, `...lora_B.weight`)
     DIR/radar_config.yaml            base VQ-VAE identity, LoRA settings, the caches' model / accel / sampling,
                                      training config, final validation metrics
     DIR/label_conditioning.safetensors  label-conditioned adapters only: the per-class FiLM of the decoder's

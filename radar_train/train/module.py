@@ -224,11 +224,15 @@ class RadarLoraModule(pl.LightningModule):
         if len(terms) > 1:
             self.log_dict({f"train/loss_{k}": v for k, v in terms.items()}, batch_size=bs)
         every = self.monitor.train_metrics_every_n_steps
-        if every and self.global_step % every == 0:
+        if every and (self.global_step + 1) % every == 0 and self.loggers:
+            # straight to the loggers, at this step: self.log would hold the value and Lightning would write it
+            # again at every later step it logs in this epoch, as if measured there
             with torch.no_grad():
                 s01, t01 = to_unit(student.detach()), to_unit(teacher)
-                self.log("train/psnr_student", psnr_per_image(s01, t01).mean(), batch_size=bs)
-                self.log("train/ssim_student", ssim_per_image(s01, t01).mean(), batch_size=bs)
+                metrics = {"train/psnr_student": float(psnr_per_image(s01, t01).mean()),
+                           "train/ssim_student": float(ssim_per_image(s01, t01).mean())}
+            for logger in self.loggers:  # (rank zero only: the loggers' own rule)
+                logger.log_metrics(metrics, step=self.global_step)
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:

@@ -32,6 +32,7 @@ def _tiny_args(cache: str, root: Path, steps: int, *extra: str) -> list[str]:
     return ["fit", "--config", str(CONFIGS / "tiny.yaml"), "--data.caches", caches, "--trainer.default_root_dir",
             str(root), "--trainer.max_steps", str(steps), "--trainer.val_check_interval", "2",
             "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1",
+            "--model.monitor.train_metrics_every_n_steps", "2",
             "--model.output.save_every_n_steps", "2",
             "--model.monitor.images_every_n_steps", "2", "--data.batch_size", "4", "--data.val_batch_size", "16", *extra]
 
@@ -65,6 +66,8 @@ def test_fit_writes_the_run_folder_logs_and_an_adapter_that_export_reproduces(ti
                 "val/psnr_harmless", "params/trainable", "params/frozen"):
         assert tag in tags, tag
     assert len(ea.Scalars("val/gap_closed_mse")) == 2  # validation after steps 2 and 4
+    # every 2nd step, and only there (a value logged with self.log was written again at each later step)
+    assert [e.step for e in ea.Scalars("train/psnr_student")] == [1, 3]
     assert [e.step for e in ea.Images("val/samples")] == [0, 2, 4]  # once per step: the end meets the cadence
 
     out = tmp_path / "exported"
