@@ -17,8 +17,9 @@ def train(output: str = "toy_weights", recipe: ToyTrainConfig = ToyTrainConfig()
     """Train the toy VQ-VAE, VAR and classifier from scratch.
 
     On the CPU by default (the defaults reproduce the
-    shipped weights in radar_train/toyworld/weights/). The output is checked before training: files of an
-    earlier run there are replaced only with --overwrite.
+    shipped weights in radar_train/toyworld/weights/). Every recipe setting and the output are checked before
+    training: files of an earlier run there are replaced only with --overwrite, and only once all three models
+    are trained (the files are written under a temporary folder and moved in at the end).
 
     Args:
         output: folder for toy_vae.safetensors, toy_var.safetensors, toy_classifier.safetensors, toy_train.json.
@@ -28,9 +29,10 @@ def train(output: str = "toy_weights", recipe: ToyTrainConfig = ToyTrainConfig()
     from radar_train.config import check_device
     from radar_train.outputs import check_output_dir
     from radar_train.toyworld.preset import CLASSIFIER_FILE, INFO_FILE, VAE_FILE, VAR_FILE
-    from radar_train.toyworld.recipe import train_all
+    from radar_train.toyworld.recipe import check_recipe, train_all
 
     check_device(recipe.device, "--recipe.device")
+    check_recipe(recipe)
     check_output_dir(output, (VAE_FILE, VAR_FILE, CLASSIFIER_FILE, INFO_FILE), "--output", overwrite=overwrite)
     _logging()
     info = train_all(recipe, output)

@@ -69,6 +69,14 @@ class ClassifierTrainConfig:
     log_every: int = 100
     """Steps between log lines."""
 
+    def problems(self, prefix: str = "classifier.") -> list[str]:
+        """Every setting out of range, named `prefix` + field."""
+        from radar_train.toyworld.checks import at_least, positive, share
+
+        return (at_least(prefix, self, 1, "steps", "batch_size", "width")
+                + at_least(prefix, self, 0, "warmup_steps", "recon_images")
+                + positive(prefix, self, "learning_rate") + share(prefix, self, "recon_share"))
+
 
 def corrupt(x01: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Per image: Gaussian noise (σ ≤ 0.06), a 3×3 blur with probability ½, a colour offset (≤ 0.05)."""

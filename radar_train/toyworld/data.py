@@ -56,6 +56,21 @@ class WorldConfig:
     wave_period_range_px: tuple[float, float] = (16.0, 28.0)
     """Period of the background waves in pixels."""
 
+    def problems(self, prefix: str = "world.") -> list[str]:
+        """Every setting out of range, named `prefix` + field (the image size is the model's business:
+        `radar_train.toyworld.recipe.ToyTrainConfig.problems`)."""
+        from radar_train.toyworld.checks import at_least, share, value_range
+
+        p = at_least(prefix, self, 1, "image_size", "supersample") + share(prefix, self, "wave_probability")
+        p += value_range(prefix, self, "size_range", 0.0, open_low=True)
+        p += value_range(prefix, self, "rotation_range_deg")
+        p += value_range(prefix, self, "center_range", 0.0, 1.0)
+        p += value_range(prefix, self, "period_range_px", 0.0, open_low=True)
+        p += value_range(prefix, self, "texture_amount_range", 0.0, 1.0)
+        p += value_range(prefix, self, "wave_amp_range", 0.0)
+        p += value_range(prefix, self, "wave_period_range_px", 0.0, open_low=True)
+        return p
+
 
 def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Vectorised HSV -> RGB, all in [0, 1]; returns (..., 3)."""

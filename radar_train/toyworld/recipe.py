@@ -17,6 +17,8 @@ from typing import Literal
 import torch
 
 from radar_train.models import file_sha256, save_weights
+from radar_train.outputs import staged_entries
+from radar_train.toyworld.checks import at_least
 from radar_train.toyworld.classifier import ClassifierTrainConfig, accuracy, train_classifier
 from radar_train.toyworld.common import log, make_bank, seed_everything
 from radar_train.toyworld.data import HELDOUT_SEED, TRAIN_SEED, WorldConfig
@@ -46,6 +48,29 @@ class ToyTrainConfig:
     var: VARTrainConfig = field(default_factory=VARTrainConfig)
     classifier: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
 
+    def problems(self, prefix: str = "--recipe.") -> list[str]:
+        """Every setting out of range, named as the option (`--recipe.vqvae.batch_size`): counts, steps and
+        batch sizes >= 1, shares in [0, 1], learning rates > 0, the world's ranges, and the image size the
+        toy VQ-VAE needs."""
+        p = []
+        if not 0 <= self.seed < 2 ** 63:
+            p.append(f"{prefix}seed must be in [0, 2**63), got {self.seed}")
+        p += at_least(prefix, self, 1, "num_threads", "num_train_images", "num_heldout_images")
+        p += self.world.problems(f"{prefix}world.")
+        if self.world.image_size != TOY_VAE.image_size:
+            p.append(f"{prefix}world.image_size must be {TOY_VAE.image_size} (the toy VQ-VAE's images: "
+                     f"{TOY_VAE.patch_nums[-1]} tokens a side, {TOY_VAE.downsample}x downsampling), "
+                     f"got {self.world.image_size}")
+        p += self.vqvae.problems(f"{prefix}vqvae.") + self.var.problems(f"{prefix}var.")
+        return p + self.classifier.problems(f"{prefix}classifier.")
+
+
+def check_recipe(cfg: ToyTrainConfig) -> None:
+    """ValueError naming every setting of `cfg` out of range (`ToyTrainConfig.problems`)."""
+    problems = cfg.problems()
+    if problems:
+        raise ValueError("; ".join(problems))
+
 
 def _save(model: torch.nn.Module, path: Path, dtype: torch.dtype, kind: str) -> Path:
     sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
@@ -53,9 +78,17 @@ def _save(model: torch.nn.Module, path: Path, dtype: torch.dtype, kind: str) -> 
 
 
 def train_all(cfg: ToyTrainConfig, output: str | Path) -> dict:
-    """Train VQ-VAE, VAR and classifier into `output`; returns the info written to toy_train.json."""
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+    """Train VQ-VAE, VAR and classifier into `output`; returns the info written to toy_train.json. The
+    recipe is checked first (ValueError); the files are written under a temporary folder inside `output`
+    and moved in at the end, so a run that fails leaves `output` as it was."""
+    check_recipe(cfg)
+    with staged_entries(output, (VAE_FILE, VAR_FILE, CLASSIFIER_FILE, INFO_FILE)) as stage:
+        info = _train_into(cfg, stage)
+    log.info("wrote %s to %s in %.0f s", ", ".join(info["files"]), output, info["times"]["total_s"])
+    return info
+
+
+def _train_into(cfg: ToyTrainConfig, out: Path) -> dict:
     seed_everything(cfg.seed, cfg.num_threads if cfg.device == "cpu" else None)
     dtype = getattr(torch, cfg.weights_dtype)
     times: dict[str, float] = {}
@@ -108,5 +141,4 @@ def train_all(cfg: ToyTrainConfig, output: str | Path) -> dict:
                         "threads": torch.get_num_threads()},
     }
     (out / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
-    log.info("wrote %s in %.0f s", ", ".join(info["files"]), times["total_s"])
     return info

@@ -40,6 +40,15 @@ class VARTrainConfig:
     log_every: int = 50
     """Steps between log lines."""
 
+    def problems(self, prefix: str = "var.") -> list[str]:
+        """Every setting out of range, named `prefix` + field."""
+        from radar_train.toyworld.checks import at_least, positive, share
+
+        return (at_least(prefix, self, 1, "steps", "batch_size") + at_least(prefix, self, 0, "warmup_steps",
+                                                                            "weight_decay")
+                + positive(prefix, self, "learning_rate", "grad_clip")
+                + share(prefix, self, "final_lr_ratio", "label_smoothing"))
+
 
 @dataclass
 class TokenSet:

@@ -54,6 +54,16 @@ class VQVAETrainConfig:
     log_every: int = 50
     """Steps between log lines."""
 
+    def problems(self, prefix: str = "vqvae.") -> list[str]:
+        """Every setting out of range, named `prefix` + field."""
+        from radar_train.toyworld.checks import at_least, positive, share
+
+        return (at_least(prefix, self, 1, "steps", "batch_size")
+                + at_least(prefix, self, 0, "warmup_steps", "restart_every", "gradient_weight", "l1_weight",
+                           "codebook_init_std")
+                + positive(prefix, self, "learning_rate") + share(prefix, self, "final_lr_ratio", "restart_until")
+                + share(prefix, self, "codebook_ema_decay", below_one=True))
+
 
 def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
