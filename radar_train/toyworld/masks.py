@@ -251,7 +251,7 @@ def run_masks(cfg: MasksConfig, output: Optional[str] = None, overwrite: bool = 
     markdown table under 'markdown'."""
     from radar_train.models import get_preset
     from radar_train.outputs import check_output_dir, staged_entries, write_report
-    from radar_train.toyworld.measure import run_measure
+    from radar_train.toyworld.measure import check_setup, run_measure
 
     preset = get_preset(cfg.model.preset)
     pns, depth = tuple(preset.var.patch_nums), preset.var.depth
@@ -260,17 +260,18 @@ def run_masks(cfg: MasksConfig, output: Optional[str] = None, overwrite: bool = 
     measured = [s for s in settings if not s.vanilla]
     table = adapter_table(adapters, [s.spec for s in measured], option="--setup.adapters")
     folders = [f for named in table.values() for f in named.values()]
+    mcfg = MeasureConfig(model=cfg.model, classifier=cfg.classifier, sampling=cfg.sampling,
+                         methods=[s.spec for s in measured], adapters=adapters,
+                         images_per_class=cfg.images_per_class, fid_reference_images=cfg.fid_reference_images,
+                         base_seed=cfg.base_seed, num_heldout_images=cfg.num_heldout_images, grid_samples=1,
+                         batch_size=cfg.batch_size, num_threads=cfg.num_threads)
+    check_setup(mcfg)  # counts, seeds (the measurement's own checks, before the output's)
     if output is not None:
         check_output_dir(output, OUTPUT_FILES, "--output", overwrite=overwrite,
                          inputs={"--setup.adapters": folders, "--setup.classifier": cfg.classifier,
                                  "--setup.mask_file": cfg.mask_file,
                                  "--setup.model.vae_checkpoint": cfg.model.vae_checkpoint,
                                  "--setup.model.var_checkpoint": cfg.model.var_checkpoint})
-    mcfg = MeasureConfig(model=cfg.model, classifier=cfg.classifier, sampling=cfg.sampling,
-                         methods=[s.spec for s in measured], adapters=adapters,
-                         images_per_class=cfg.images_per_class, fid_reference_images=cfg.fid_reference_images,
-                         base_seed=cfg.base_seed, num_heldout_images=cfg.num_heldout_images, grid_samples=1,
-                         batch_size=cfg.batch_size, num_threads=cfg.num_threads)
     log.info("masks: %d settings (%d sampled, %d equal to vanilla), %d adapters", len(settings), len(measured),
              len(settings) - len(measured), len(folders))
     measure = run_measure(mcfg)

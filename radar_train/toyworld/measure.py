@@ -30,6 +30,7 @@ from radar_train.accel import AccelMethod
 from radar_train.accel.spec import build_spec, parse_spec
 from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
 from radar_train.images import save_grid, to_uint8
+from radar_train.inputs import InputError
 from radar_train.models import VQVAE, ModelIdentity, load_models, read_state_dict
 from radar_train.outputs import check_output_dir, staged_entries, write_report
 from radar_train.progress import Progress, log_mode
@@ -96,6 +97,28 @@ class MeasureConfig:
     num_threads: int = 2
     """CPU threads."""
 
+    def problems(self) -> list[str]:
+        """Every count out of range and sample seeds that do not fit in 64 bits, named as the options
+        (`--setup.base_seed`); the methods, adapters and files are checked by `run_measure`."""
+        p = [f"--setup.{k} must be >= 1, got {getattr(self, k)}" for k in
+             ("num_threads", "images_per_class", "batch_size", "num_heldout_images", "grid_samples")
+             if getattr(self, k) < 1]
+        if self.fid_reference_images < 2:
+            p.append(f"--setup.fid_reference_images must be >= 2 (a covariance needs two images), got "
+                     f"{self.fid_reference_images}")
+        n = NUM_CLASSES * max(1, self.images_per_class)
+        if not 0 <= self.base_seed <= 2 ** 63 - n:
+            p.append(f"--setup.base_seed must be in [0, 2**63 - {n}] (the {n} samples get seeds base_seed .. "
+                     f"base_seed + {n - 1}, each below 2**63), got {self.base_seed}")
+        return p
+
+
+def check_setup(cfg: MeasureConfig) -> None:
+    """ValueError naming every option of `cfg` out of range (`MeasureConfig.problems`)."""
+    problems = cfg.problems()
+    if problems:
+        raise ValueError("; ".join(problems))
+
 
 def parse_method(spec: str, patch_nums: Optional[Sequence[int]] = None) -> AccelArgs:
     """The `AccelArgs` of a method spec ('fastvar:aggressive', 'fastvar:budget=0.5' with the model's patch_nums,
@@ -103,13 +126,35 @@ def parse_method(spec: str, patch_nums: Optional[Sequence[int]] = None) -> Accel
     return parse_spec(spec, patch_nums)
 
 
-def load_classifier(path: Optional[str] = None, device: torch.device | str = "cpu") -> ToyClassifier:
-    """The toy classifier from `path` (default: the shipped file), in eval mode."""
+def load_classifier(path: Optional[str] = None, device: torch.device | str = "cpu",
+                    option: str = "--setup.classifier") -> ToyClassifier:
+    """The toy classifier from `path` (default: the shipped file), in eval mode; InputError naming `option`
+    and the file if it cannot be read or is not a toy classifier of NUM_CLASSES classes (every tensor of
+    `ToyClassifier` at its shape, nothing else)."""
     p = Path(path) if path else WEIGHTS_DIR / CLASSIFIER_FILE
     if not p.is_file():
-        raise FileNotFoundError(f"classifier weights {p} not found (radar-toy train writes {CLASSIFIER_FILE})")
-    sd = read_state_dict(p)
-    width = int(sd["features.0.0.weight"].shape[0])
+        what = "is a folder" if p.is_dir() else "not found"
+        raise InputError(f"{option} {p}: classifier weights {what} (radar-toy train writes {CLASSIFIER_FILE})")
+    try:
+        sd = read_state_dict(p)
+    except InputError as e:
+        raise InputError(f"{option} {e}") from None
+    first = sd.get("features.0.0.weight")
+    if first is None or first.ndim != 4 or first.shape[0] < 1:
+        raise InputError(f"{option} {p}: not a toy classifier (radar-toy train's {CLASSIFIER_FILE}): no "
+                         f"first convolution features.0.0.weight")
+    width = int(first.shape[0])
+    with torch.device("meta"):  # the shapes, without allocating a model of whatever width the file claims
+        want = ToyClassifier(width=width).state_dict()
+    missing, extra = sorted(set(want) - set(sd)), sorted(set(sd) - set(want))
+    wrong = [f"{k} has shape {list(sd[k].shape)}, a toy classifier of width {width} and {NUM_CLASSES} "
+             f"classes {list(want[k].shape)}" for k in want if k in sd and sd[k].shape != want[k].shape]
+    if missing or extra or wrong:
+        detail = wrong[:1] + ([f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"]
+                              if missing else [])
+        detail += [f"unexpected {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}"] if extra else []
+        raise InputError(f"{option} {p}: not a toy classifier (radar-toy train's {CLASSIFIER_FILE}): "
+                         f"{'; '.join(detail)}")
     model = ToyClassifier(width=width)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
     return model.to(device).eval()
@@ -279,23 +324,18 @@ def run_measure(cfg: MeasureConfig, output: Optional[str] = None, overwrite: boo
     """Measure everything in `cfg`; writes metrics.json, metrics.md and toyworld_grid.png to `output`
     if given (existing ones only with `overwrite`). Returns the metrics plus their markdown table under
     'markdown'."""
-    if cfg.num_threads < 1:
-        raise ValueError(f"--setup.num_threads must be >= 1, got {cfg.num_threads}")
-    torch.set_num_threads(cfg.num_threads)
+    check_setup(cfg)
     table = adapter_table(cfg.adapters, cfg.methods)
-    small = [f"--setup.{k} must be >= 1, got {getattr(cfg, k)}" for k in
-             ("images_per_class", "batch_size", "num_heldout_images", "grid_samples") if getattr(cfg, k) < 1]
-    if small:
-        raise ValueError("; ".join(small))
     folders = [f for named in table.values() for f in named.values()]
     if output is not None:
         check_output_dir(output, OUTPUT_FILES, "--output", overwrite=overwrite,
                          inputs={"--setup.adapters": folders, "--setup.classifier": cfg.classifier,
                                  "--setup.model.vae_checkpoint": cfg.model.vae_checkpoint,
                                  "--setup.model.var_checkpoint": cfg.model.var_checkpoint})
+    clf = load_classifier(cfg.classifier)
+    torch.set_num_threads(cfg.num_threads)
     m = cfg.model
     vqvae, var, vae_id, var_id = load_models(m.preset, m.vae_checkpoint, m.var_checkpoint, init_seed=m.init_seed)
-    clf = load_classifier(cfg.classifier)
     accels = {spec: build_spec(spec, var.patch_nums, var.depth, var_id) for spec in cfg.methods}
     adapted = {spec: {name: load_adapted_decoder(vqvae, folder, vae_id, num_classes=var.num_classes)
                       for name, folder in named.items()} for spec, named in table.items()}
