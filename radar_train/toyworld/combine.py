@@ -26,7 +26,7 @@ import torch
 
 from radar_train.bench.record import environment
 from radar_train.outputs import check_output_dir, staged_entries, write_report
-from radar_train.toyworld.measure import flat_rows, group_summary, markdown_table
+from radar_train.toyworld.measure import _COLUMNS, flat_rows, group_summary, markdown_table
 
 OUTPUT_FILES = ("metrics.json", "metrics.md")
 SAME_CONFIG = ("model", "classifier", "sampling", "images_per_class", "base_seed", "fid_reference_images",
@@ -49,7 +49,62 @@ def load_result(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"--inputs: {p} is not JSON ({e})") from None
     if not isinstance(doc, dict) or any(not isinstance(doc.get(k), dict) for k in _REQUIRED):
         raise ValueError(f"--inputs: {p} is not a radar-toy measure metrics.json (it needs {', '.join(_REQUIRED)})")
+    problem = _structure_problem(doc)
+    if problem:
+        raise ValueError(f"--inputs: {p} is not a radar-toy measure metrics.json ({problem})")
     return doc
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _row_problem(row: Any, where: str) -> str | None:
+    """A run's row: a mapping whose table columns are numbers or null."""
+    if not isinstance(row, dict):
+        return f"{where} is {type(row).__name__}, not a mapping"
+    for key, _ in _COLUMNS:
+        if row.get(key) is not None and not _is_number(row[key]):
+            return f"{where}.{key} is {json.dumps(row[key])}, not a number"
+    return None
+
+
+def _structure_problem(doc: dict) -> str | None:
+    """What of the parts combine and the table read is not of the shape radar-toy measure writes, or None."""
+    problem = _row_problem(doc["vanilla"], "vanilla")
+    if problem:
+        return problem
+    for spec, row in doc["methods"].items():
+        problem = _row_problem(row, f"methods.{spec}")
+        if problem:
+            return problem
+        adapters = row.get("adapters", {})
+        if not isinstance(adapters, dict):
+            return f"methods.{spec}.adapters is {type(adapters).__name__}, not a mapping name -> row"
+        for name, r in adapters.items():
+            problem = _row_problem(r, f"methods.{spec}.adapters.{name}")
+            if problem:
+                return problem
+        if not isinstance(row.get("groups", {}), dict):
+            return f"methods.{spec}.groups is {type(row['groups']).__name__}, not a mapping"
+    rec, tf = doc["reconstruction"], doc["toy_fid"]
+    for key in ("psnr_db", "num_images"):
+        if not _is_number(rec.get(key)):
+            return f"reconstruction.{key} is not a number"
+    for key in ("num_samples", "features", "reference", "notes"):
+        if key not in tf:
+            return f"toy_fid.{key} is missing"
+    ref = tf["reference"]
+    if not isinstance(ref, dict) or any(k not in ref for k in ("num_images", "world_seed")):
+        return "toy_fid.reference is not a mapping with num_images and world_seed"
+    if not isinstance(tf["notes"], list):
+        return "toy_fid.notes is not a list"
+    if not isinstance(tf.get("baselines", {}), dict):
+        return "toy_fid.baselines is not a mapping"
+    sharp = doc.get("sharpness", {})
+    if not isinstance(sharp, dict) or not isinstance(sharp.get("baselines", {}), dict):
+        return "sharpness is not a mapping with a mapping of baselines"
+    return None
 
 
 def _setting_row(row: dict) -> dict:
