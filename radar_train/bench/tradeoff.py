@@ -183,6 +183,13 @@ def run_tradeoff(cfg: TradeoffConfig, output: Optional[str] = None, overwrite: b
                          inputs={"--setup.adapters": folders, "--setup.classifier": cfg.classifier,
                                  "--setup.model.vae_checkpoint": cfg.model.vae_checkpoint,
                                  "--setup.model.var_checkpoint": cfg.model.var_checkpoint})
+    judge = fid = None
+    if toy:  # a file that is no toy classifier: one line before the models load
+        from radar_train.toyworld.classifier import accuracy
+        from radar_train.toyworld.fid import ToyFID
+        from radar_train.toyworld.measure import load_classifier
+
+        judge = load_classifier(cfg.classifier)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     m = cfg.model
@@ -196,13 +203,6 @@ def run_tradeoff(cfg: TradeoffConfig, output: Optional[str] = None, overwrite: b
             raise ValueError(f"--setup.settings {spec}: {e}") from None
     adapted = {spec: {name: load_adapted_decoder(vqvae, folder, vae_id, num_classes=var.num_classes).to(dev)
                       for name, folder in named.items()} for spec, named in table.items()}
-    judge = fid = None
-    if toy:
-        from radar_train.toyworld.classifier import accuracy
-        from radar_train.toyworld.fid import ToyFID
-        from radar_train.toyworld.measure import load_classifier
-
-        judge = load_classifier(cfg.classifier)
     if amp is not None:
         var.cast_body_(amp)
     sampler = NextScaleSampler(var, vqvae.quantize, cfg.sampling, autocast_dtype=amp)
