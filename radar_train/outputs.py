@@ -159,7 +159,12 @@ def temp_name(path: PathLike, kind: str = "tmp") -> Path:
     """A fresh hidden sibling of `path`: `.NAME.<kind>-<token>-<pid>-<host>` (the writing process in the name,
     so that a later run can tell a killed writer's leftovers from a running one's: clear_stale_temps)."""
     p = Path(path)
-    return p.with_name(f".{p.name}.{kind}-{uuid.uuid4().hex[:8]}-{os.getpid()}-{socket.gethostname()}")
+    return p.with_name(f".{p.name}.{kind}-{uuid.uuid4().hex[:8]}-{os.getpid()}-{_host_tag()}")
+
+
+def _host_tag() -> str:
+    """This host's name as temporaries carry it (cut to 32 characters: a file name has at most 255 bytes)."""
+    return socket.gethostname()[:32]
 
 
 def is_temp_of(entry: PathLike, name: str, kind: str = "tmp") -> bool:
@@ -189,9 +194,9 @@ def _killed_writer(entry: Path, prefix: str) -> int | None:
     still runs (or the pid is in use again), is this process, is another host's or cannot be read from the name
     (an older naming)."""
     m = _WRITER.match(entry.name[len(prefix):])
-    if m is None or m.group(2) != socket.gethostname() or int(m.group(1)) == os.getpid():
+    if m is None or m.group(2) != _host_tag() or int(m.group(1)) == os.getpid():
         return None
-    return None if another_live_process(m.group(2), int(m.group(1))) else int(m.group(1))
+    return None if another_live_process(socket.gethostname(), int(m.group(1))) else int(m.group(1))
 
 
 def clear_stale_temps(folder: PathLike, name: str, kind: str = "tmp") -> list[Path]:
