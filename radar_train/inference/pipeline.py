@@ -1,4 +1,4 @@
-"""RadarPipeline: VAR + an acceleration method (none / fastvar / stagevar) + the VQ-VAE decoder, with an
+"""RadarPipeline: VAR + an acceleration method (none / fastvar / stagevar / sca) + the VQ-VAE decoder, with an
 optional PAA adapter on the decoder (merged by default: no inference overhead).
 
     pipe = RadarPipeline.from_config(PipelineArgs(model=..., accel=AccelArgs("fastvar"), adapter="run/final"))
@@ -6,8 +6,8 @@ optional PAA adapter on the decoder (merged by default: no inference overhead).
     runs = pipe.compare(labels=[1, 2], seeds=[0, 1])  # {'vanilla', 'accelerated', 'accelerated+adapter'}: uint8
 
 Vanilla images are decoded with the plain decoder; accelerated images with the adapted one when an
-adapter is loaded. An adapter trained for another VQ-VAE is refused; one trained for another
-acceleration method or preset loads with a warning.
+adapter is loaded. An adapter trained for another VQ-VAE is refused; one trained on latents of another
+acceleration (method, preset or any setting that changes the latents) loads with a warning naming them.
 """
 from __future__ import annotations
 
