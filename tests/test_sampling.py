@@ -146,8 +146,14 @@ def test_bf16_body_needs_autocast_and_matches_autocast_of_fp32_weights():
     vqvae, var, _, _ = load_models("tiny")
     cfg = SamplingConfig(cfg=1.0, top_k=1, top_p=0.0)
     ref = NextScaleSampler(var, vqvae.quantize, cfg, autocast_dtype=torch.bfloat16).sample(torch.tensor([1, 2]), seeds=[0, 1])
+    logs = [blk.attn.scale_mul_1H11.detach().clone() for blk in var.blocks]
     var.cast_body_(torch.bfloat16)
     assert var.class_emb.weight.dtype == torch.float32 and var.blocks[0].attn.mat_qkv.weight.dtype == torch.bfloat16
+    for blk, log in zip(var.blocks, logs):  # the temperature: exp of the float32 log, rounded once (official)
+        assert blk.attn.scale_mul_1H11.dtype == torch.float32 and torch.equal(blk.attn.scale_mul_1H11, log)
+        with torch.no_grad():
+            mul = blk.attn._constants()[1]
+        assert torch.equal(mul, log.clamp_max(math.log(100)).exp().to(torch.bfloat16))
     with pytest.raises(ValueError, match="needs autocast_dtype"):
         NextScaleSampler(var, vqvae.quantize, cfg)
     out = NextScaleSampler(var, vqvae.quantize, cfg, autocast_dtype=torch.bfloat16).sample(torch.tensor([1, 2]), seeds=[0, 1])
