@@ -60,9 +60,15 @@ class Plan:
         classes, problems = resolve_classes(args.classes, num_classes)
         if (args.images_per_class is None) == (args.num_samples is None):
             problems.append("give exactly one of plan.images_per_class and plan.num_samples (set the other to null)")
+        plan = None
+        if not problems:
+            plan = Plan(tuple(classes), args.images_per_class, args.num_samples, args.base_seed, args.shard_size)
+            if not 0 <= plan.base_seed <= 2 ** 63 - plan.num_samples:  # sample i's seed base_seed + i, in int64
+                problems.append(f"plan.base_seed must be in [0, 2**63 - {plan.num_samples}] (the samples' seeds "
+                                f"base_seed .. base_seed + {plan.num_samples - 1} are 64-bit), got {plan.base_seed}")
         if problems:
             raise ValueError("invalid plan: " + "; ".join(problems))
-        return Plan(tuple(classes), args.images_per_class, args.num_samples, args.base_seed, args.shard_size)
+        return plan
 
     @property
     def num_samples(self) -> int:

@@ -59,6 +59,14 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
     from radar_train.cli.common import check_positive
 
     check_positive(num_samples=num_samples, batch_size=batch_size)
+    if not 0 <= seed <= 2 ** 63 - num_samples:  # sample i's seed is seed + i, 64-bit
+        raise ValueError(f"--seed must be in [0, 2**63 - {num_samples}] (the samples' seeds seed .. seed + "
+                         f"{num_samples - 1} are 64-bit), got {seed}")
+    if scales is not None and not scales:
+        raise ValueError("--scales is empty: name the scales to calibrate, or leave it out for the method's")
+    problems = sampling.problems()
+    if problems:
+        raise ValueError("; ".join(f"--{p}" for p in problems))
     if accel.method == "sca":
         return _calibrate_sca(model, sampling, accel, scales, num_samples, batch_size, seed, device,
                               output or "sca_mask.safetensors", overwrite)
@@ -79,6 +87,9 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
     if scales is not None and [s for s in scales if s not in patch_nums]:
         raise ValueError(f"--scales {[s for s in scales if s not in patch_nums]} are not scales of {model.preset} "
                          f"{tuple(patch_nums)}")
+    if scales is not None and patch_nums[0] in scales:
+        raise ValueError(f"--scales {patch_nums[0]}: the first scale is never approximated by StageVAR (nothing to "
+                         f"calibrate there)")
     check_output_file(output, "--output", {**model_inputs(model), **accel_inputs(accel)}, overwrite)
     dev = _device(device)
     vqvae, var, _, var_id = load_models(model.preset, model.vae_checkpoint, model.var_checkpoint, dev, model.init_seed)
@@ -111,6 +122,7 @@ def _calibrate_sca(model: ModelArgs, sampling: SamplingConfig, accel: AccelArgs,
 
     from radar_train.accel.calibrate import calibrate_sca, write_sca_mask
     from radar_train.accel.sca import calibration_settings
+    from radar_train.cli.common import accel_inputs, model_inputs
     from radar_train.models import get_preset, load_models
     from radar_train.outputs import check_output_file
     from radar_train.progress import Progress
@@ -119,8 +131,7 @@ def _calibrate_sca(model: ModelArgs, sampling: SamplingConfig, accel: AccelArgs,
     preset = get_preset(model.preset)
     sides, tile, tau = calibration_settings(accel.sca, preset.var.patch_nums, preset.var.depth, scales,
                                             num_samples, batch_size)
-    check_output_file(output, "--output", inputs={"--model.vae_checkpoint": model.vae_checkpoint,
-                                                  "--model.var_checkpoint": model.var_checkpoint}, overwrite=overwrite)
+    check_output_file(output, "--output", {**model_inputs(model), **accel_inputs(accel)}, overwrite=overwrite)
     dev = _device(device)
     vqvae, var, _, var_id = load_models(model.preset, model.vae_checkpoint, model.var_checkpoint, dev, model.init_seed)
     print(f"calibrating SCA-Mask tile scores: model {model.preset}, scales {list(sides)}, tile {tile}, τ={tau}/n, "
