@@ -19,7 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from radar_train.outputs import clear_stale_temps, temp_name
 
@@ -110,10 +110,45 @@ class Manifest:
         missing = [k for k in required if k not in d]
         if missing:
             raise ValueError(f"{source} is not a radar-cache manifest: missing {', '.join(missing)}")
+        if type(d["format_version"]) is not int:
+            raise ValueError(f"{source} is not a radar-cache manifest: format_version {d['format_version']!r}")
         if d["format_version"] > FORMAT_VERSION:
             raise ValueError(f"{source} has format version {d['format_version']}; this radar_train reads "
                              f"up to {FORMAT_VERSION} (upgrade radar_train)")
+        problem = _manifest_problem(d)
+        if problem:
+            raise ValueError(f"{source} is not a readable radar-cache manifest: {problem}")
         return Manifest(**{k: v for k, v in d.items() if k in names})
+
+
+def _ints(v: Any) -> bool:
+    return isinstance(v, list) and all(type(x) is int for x in v)
+
+
+def _manifest_problem(d: dict) -> Optional[str]:
+    """What the readers would trip over in a manifest's content (a hand-edited or damaged file); None if nothing."""
+    for key in ("plan", "model", "sampling", "accel"):
+        if not isinstance(d[key], dict):
+            return f"{key} is not a mapping"
+    plan = d["plan"]
+    for key in ("num_samples", "num_shards", "shard_size", "base_seed"):
+        if type(plan.get(key)) is not int or plan[key] < (0 if key == "base_seed" else 1):
+            return f"plan.{key} is {plan.get(key)!r}, not a count"
+    if plan["num_shards"] != -(-plan["num_samples"] // plan["shard_size"]):
+        return (f"plan.num_shards {plan['num_shards']} does not fit {plan['num_samples']} samples in shards of "
+                f"{plan['shard_size']}")
+    if not _ints(plan.get("classes")) or not (plan.get("images_per_class") is None
+                                               or type(plan["images_per_class"]) is int):
+        return "plan.classes or plan.images_per_class is not what radar-cache writes"
+    if not (_ints(d["latent_shape"]) and len(d["latent_shape"]) == 3) or not _ints(d["patch_nums"]):
+        return "latent_shape or patch_nums is not a list of sizes"
+    if d["latent_dtype"] not in ("float16", "float32"):
+        return f"latent_dtype {d['latent_dtype']!r} is not float16 or float32"
+    storage = d.get("storage", {})
+    if not isinstance(storage, dict) or ("chunk_size" in storage and (type(storage["chunk_size"]) is not int
+                                                                      or storage["chunk_size"] < 1)):
+        return "storage.chunk_size is not a count"
+    return None
 
 
 def read_manifest(cache_dir: str | os.PathLike) -> Manifest:

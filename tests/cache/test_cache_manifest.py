@@ -71,6 +71,17 @@ def test_read_manifest_errors_are_one_line_and_name_the_file(tmp_path):
     (tmp_path / "empty" / "manifest.json").write_text(json.dumps(d))
     with pytest.raises(ValueError, match="upgrade radar_train"):
         read_manifest(tmp_path / "empty")
+    good = synthetic_manifest(10, 5).to_dict()
+    read_manifest_of = lambda d: ((tmp_path / "empty" / "manifest.json").write_text(json.dumps(d)),  # noqa: E731
+                                  read_manifest(tmp_path / "empty"))[1]
+    assert read_manifest_of(good).num_shards == 2
+    for broken, message in ((dict(good, plan={}), "plan.num_samples is None, not a count"),
+                            (dict(good, plan={**good["plan"], "num_shards": 3}), "plan.num_shards 3 does not fit"),
+                            (dict(good, storage={"chunk_size": "8"}), "storage.chunk_size is not a count"),
+                            (dict(good, latent_shape=[32, 16]), "latent_shape or patch_nums"),
+                            (dict(good, accel="fastvar"), "accel is not a mapping")):
+        with pytest.raises(ValueError, match="manifest.json is not a readable radar-cache manifest: " + message):
+            read_manifest_of(broken)
 
 
 # ---------------------------------------------------------------------------- workers
