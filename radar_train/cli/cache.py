@@ -13,6 +13,7 @@ into a new or empty folder, or resumes an export of the same cache; never into t
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Optional
 
 from jsonargparse import ActionConfigFile, ArgumentParser
@@ -78,6 +79,9 @@ def check_run_output(args: CacheArgs) -> None:
                      {**model_inputs(args.model), **accel_inputs(args.accel)})
     if is_export(args.output):
         raise OutputError(f"--output {args.output} is a WebDataset export, not a cache: choose a new folder")
+    holder = next((p for p in Path(args.output).resolve().parents if (p / MANIFEST_NAME).is_file()), None)
+    if holder is not None:  # its status, verify and disk figures would count this one as its own
+        raise OutputError(f"--output {args.output} lies inside the cache {holder}: choose a folder outside it")
 
 
 def _run(cfg) -> int:
