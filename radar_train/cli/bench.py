@@ -19,6 +19,17 @@ def _check_json(path: Optional[str], overwrite: bool, inputs: Optional[dict] = N
         check_output_file(path, "--json", inputs, overwrite)
 
 
+def _method_inputs(methods: list[str]) -> dict:
+    """The files the method specs name (mask_file=, rank_ratios=), by option (--methods[i].sca.mask_file)."""
+    from radar_train.accel.spec import parse_spec
+    from radar_train.cli.common import accel_inputs
+
+    inputs = {}
+    for i, spec in enumerate(methods):
+        inputs.update(accel_inputs(parse_spec(spec), f"--methods[{i}]"))
+    return inputs
+
+
 def _log(line: str) -> None:
     print(line, flush=True)
 
@@ -60,19 +71,17 @@ def accel(setup: BenchSetup = BenchSetup(), methods: list[str] = ["none", "fastv
         pairs: also time a forked HQ/LQ pair per method (false: skip those rows, e.g. on large models).
         overwrite: replace an existing --json file.
     """
-    from radar_train.accel.spec import parse_spec
-    from radar_train.bench.accel import check_setup, format_table, resolve_device, run_accel_benchmark
+    from radar_train.bench.accel import (check_engines, check_setup, format_table, resolve_device,
+                                         run_accel_benchmark)
     from radar_train.bench.record import ResultFile, environment
-    from radar_train.cli.common import accel_inputs
 
     check_setup(setup)
+    check_engines(engines)
     if official_var is not None:  # not a checkout: that first (cached: the benchmark reuses it)
         from radar_train.bench.official import load_official_code
 
         load_official_code(official_var)
-    inputs = {"--official_config": official_config, "--official_var": official_var}
-    for i, spec in enumerate(methods):  # the files a method spec names (mask_file=, rank_ratios=)
-        inputs.update(accel_inputs(parse_spec(spec), f"--methods[{i}]"))
+    inputs = {"--official_config": official_config, "--official_var": official_var, **_method_inputs(methods)}
     _check_json(json, overwrite, inputs)
     rows = run_accel_benchmark(setup, methods, sampling, log=_log, official_var=official_var,
                                official_config=official_config, engines=engines, pairs=pairs)
@@ -101,7 +110,7 @@ def pipeline(setup: BenchSetup = BenchSetup(preset="tiny", batch_size=8), method
     from radar_train.bench.pipeline import format_table, run_pipeline_benchmark
 
     check_setup(setup)
-    _check_json(json, overwrite)
+    _check_json(json, overwrite, _method_inputs(methods))
 
     rows = run_pipeline_benchmark(setup, methods, sampling, log=_log)
     print(format_table(rows))
@@ -157,7 +166,7 @@ def train(args: TrainBenchArgs = TrainBenchArgs(), json: Optional[str] = None,
     from radar_train.train.bench import check_args, format_table, run_train_benchmark
 
     check_args(args)
-    _check_json(json, overwrite)
+    _check_json(json, overwrite, {"--args.vae_checkpoint": args.vae_checkpoint, "--args.cache": args.cache})
 
     print(f"radar-bench train: {args.preset}, batch {args.batch_size}, {args.warmup} + {args.steps} steps per loop: "
           f"bare PyTorch loop, Lightning loop, data loading{', peak memory' if args.memory else ''} "
