@@ -161,6 +161,8 @@ CASES = [
      lambda w, t: ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--output", "c", "--batch-size", "-1"],
      ["batch_size"]),
     ("cache-run-with-a-binary-config", "cache", lambda w, t: ["run", "--config", str(w["w"] / "junk.bin")], ["junk.bin"]),
+    ("cache-status-with-a-negative-shard-count", "cache",
+     lambda w, t: ["status", str(w["cache"]), "--stat_shards", "-5"], ["--stat_shards", "-1 for all"]),
     ("cache-run-inside-another-cache", "cache",
      lambda w, t: ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--output", str(w["cache"] / "sub")],
      ["--output", "lies inside the cache"]),

@@ -136,6 +136,14 @@ def available_engines(device=None) -> tuple[str, ...]:
     return tuple(getattr(sampling_module, "ENGINES", ("eager",)))
 
 
+def check_engines(engines: Optional[Sequence[str]], option: str = "--engines") -> None:
+    """ValueError (one line naming `option`) for an engine name the sampler does not offer, before any work."""
+    offered = available_engines()
+    for name in engines or ():
+        if name not in offered:
+            raise ValueError(f"{option}: unknown sampling engine {name!r} (one of {', '.join(offered)})")
+
+
 def make_sampler(var, quantizer, sampling: SamplingConfig, amp: Optional[torch.dtype], engine: str) -> NextScaleSampler:
     """Our sampler for `engine`: passed as `NextScaleSampler(..., engine=)` or `SamplingConfig.engine`,
     whichever the sampler takes; 'eager' works without either."""

@@ -111,6 +111,8 @@ def _check_cache_dir(path: str) -> None:
 def _status(cfg) -> int:
     from radar_train.cache.status import cache_status, format_status
     _check_cache_dir(cfg.status.cache_dir)
+    if cfg.status.stat_shards < -1:
+        raise ValueError(f"--stat_shards must be a count of shards, or -1 for all, got {cfg.status.stat_shards}")
 
     print(format_status(cache_status(cfg.status.cache_dir, cfg.status.stat_shards)))
     return 0
