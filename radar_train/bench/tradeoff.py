@@ -136,6 +136,10 @@ def _check(cfg: TradeoffConfig) -> None:
                         ("timing.repeats", cfg.timing.repeats, 1), ("timing.warmup", cfg.timing.warmup, 0)):
         if v < lo:
             p.append(f"--setup.{name} must be >= {lo}, got {v}")
+    n = max(cfg.num_samples, cfg.timing.batch_size)  # seeds base_seed + i: the quality samples and the timed batch
+    if not 0 <= cfg.base_seed <= 2 ** 63 - n:
+        p.append(f"--setup.base_seed must be in [0, 2**63 - {n}] (the {n} samples get seeds base_seed .. "
+                 f"base_seed + {n - 1}, each below 2**63), got {cfg.base_seed}")
     if cfg.fid_reference_images < 2:
         p.append(f"--setup.fid_reference_images must be >= 2, got {cfg.fid_reference_images}")
     if cfg.num_threads is not None and cfg.num_threads < 1:
