@@ -61,9 +61,10 @@ class TrainBenchArgs:
     precision: str = "auto"
     """Lightning precision: auto = bf16-mixed on CUDA, 32-true on the CPU."""
     cache: Optional[str] = None
-    """Cache for the data-loading row (default: a temporary synthetic one of cache_pairs pairs)."""
+    """Cache for the data-loading row (default: a temporary synthetic one of cache_pairs pairs): a radar-cache
+    folder with at least two complete shards, the last one among them (held out)."""
     cache_pairs: int = 256
-    """Pairs of the temporary cache."""
+    """Pairs of the temporary cache (at least 17: two shards, a training one and a held-out one)."""
     memory: bool = True
     """Measure the peak-memory row."""
     activation_checkpointing: bool = False
@@ -88,10 +89,43 @@ def check_args(args: "TrainBenchArgs") -> torch.device:
     check_positive(**{"args.batch_size": args.batch_size, "args.steps": args.steps,
                       "args.cache_pairs": args.cache_pairs})
     check_positive(minimum=0, **{"args.warmup": args.warmup})
+    if args.cache is None and args.cache_pairs <= MIN_SHARD:
+        # _temporary_cache: shards of max(16, pairs // 4) pairs; the data-loading row needs a training shard
+        # and a held-out last one
+        raise ValueError(f"--args.cache_pairs must be at least {MIN_SHARD + 1} (two shards of the temporary cache: "
+                         f"a training one and a held-out one), got {args.cache_pairs}")
+    if args.cache is not None:
+        _check_cache(args.cache)
     dev = _device(args.device)
     if args.precision not in PRECISIONS:
         raise ValueError(f"--args.precision must be one of {', '.join(PRECISIONS)}, got {args.precision!r}")
     return dev
+
+
+MIN_SHARD = 16
+"""Smallest shard of the temporary cache (_temporary_cache)."""
+
+
+def _check_cache(path: str) -> None:
+    """--args.cache: a radar-cache folder whose last shard (held out) and at least one other are complete,
+    as data_loading reads it; ValueError naming the option otherwise."""
+    from pathlib import Path
+
+    from radar_train.cache.layout import scan_cache
+    from radar_train.cache.schema import read_manifest
+
+    if not Path(path).is_dir():
+        raise ValueError(f"--args.cache {path} is not a cache folder (a radar-cache run --output)")
+    try:
+        manifest = read_manifest(path)
+        num_shards = manifest.num_shards
+    except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--args.cache: {e}") from None
+    complete = scan_cache(path, num_shards).complete
+    if num_shards < 2 or num_shards - 1 not in complete or len(complete) < 2:
+        raise ValueError(f"--args.cache {path}: needs at least two complete shards, the last one among them (a "
+                         f"training shard and the held-out last one); {len(complete)} of {num_shards} complete"
+                         f"{'' if num_shards < 2 or num_shards - 1 in complete else f', shard {num_shards - 1} not'}")
 
 
 # Lightning's precision names this benchmark times (a fixed list: the GPU run must not depend on a private name of
@@ -279,7 +313,7 @@ def _temporary_cache(args: TrainBenchArgs, tmp: str) -> str:
 
     preset = get_preset(args.preset)
     shape = (preset.vae.z_channels, preset.var.patch_nums[-1], preset.var.patch_nums[-1])
-    shard = max(16, args.cache_pairs // 4)
+    shard = max(MIN_SHARD, args.cache_pairs // 4)
     manifest = synthetic_manifest(args.cache_pairs, shard, shape, preset.var.patch_nums,
                                   chunk_size=min(64, shard), num_classes=preset.var.num_classes)
     return str(write_synthetic_cache(f"{tmp}/bench_cache", manifest))
