@@ -21,6 +21,19 @@ def _patch_nums_config(t: Path) -> Path:
     return t / "pn.json"
 
 
+def _cache(t: Path, shards: list[int], num_shards: int = 2) -> Path:
+    """A synthetic cache of `num_shards` shards of 4 pairs, only `shards` of them written."""
+    from radar_train.cache.synthetic import synthetic_manifest, write_synthetic_cache
+
+    m = synthetic_manifest(4 * num_shards, 4, (4, 2, 2), (1, 2), chunk_size=4, num_classes=10)
+    return write_synthetic_cache(t / "cache", m, shards=shards)
+
+
+def _folder(t: Path, name: str) -> Path:
+    (t / name).mkdir()
+    return t / name
+
+
 # (id, cli, argv(tmp, official checkout), needles of the error line)
 CASES = [
     ("accel-json-under-a-file", "bench", lambda t, off: [*ACCEL, "--json", str(t / "afile" / "x.json")], ["--json", "afile"]),
@@ -30,6 +43,8 @@ CASES = [
     ("accel-json-is-a-mask-file", "bench",
      lambda t, off: [*ACCEL[:-4], "--methods", f"[sca:default+mask_file={t / 'm.safetensors'}]", "--json",
                 str(t / "m.safetensors"), "--overwrite"], ["--json", "mask_file"]),
+    ("accel-bogus-engine", "bench", lambda t, off: [*ACCEL, "--engines", "[eager, bogus]", "--json", str(t / "e.json")],
+     ["--engines", "bogus"]),
     ("accel-fp64", "bench", lambda t, off: [*ACCEL, "--setup.dtype", "fp64"], ["--setup.dtype", "bf16"]),
     ("accel-zero-batch", "bench", lambda t, off: [*ACCEL, "--setup.batch_size", "0"], ["--setup.batch_size"]),
     ("accel-zero-repeats", "bench", lambda t, off: [*ACCEL, "--setup.repeats", "0", "--json", str(t / "r.json")],
@@ -40,6 +55,10 @@ CASES = [
                 str(_patch_nums_config(t))], ["--official_config", "patch_nums"]),
     ("pipeline-fp64", "bench", lambda t, off: ["pipeline", "--setup.device", "cpu", "--setup.dtype", "fp64"],
      ["--setup.dtype"]),
+    ("pipeline-json-is-a-mask-file", "bench",
+     lambda t, off: ["pipeline", "--setup.device", "cpu", "--setup.batch_size", "1", "--methods",
+                f"[sca:default+mask_file={t / 'm.safetensors'}]", "--json", str(t / "m.safetensors"), "--overwrite"],
+     ["--json", "--methods[0].sca.mask_file"]),
     ("pipeline-zero-batch", "bench", lambda t, off: ["pipeline", "--setup.device", "cpu", "--setup.batch_size", "0"],
      ["--setup.batch_size"]),
     ("tradeoff-fp64", "bench", lambda t, off: ["tradeoff", "--setup.timing.dtype", "fp64", "--output", str(t / "o")],
@@ -49,6 +68,27 @@ CASES = [
     ("tradeoff-one-fid-reference", "bench",
      lambda t, off: ["tradeoff", "--setup.fid_reference_images", "1", "--output", str(t / "o")],
      ["--setup.fid_reference_images"]),
+    ("tradeoff-negative-base-seed", "bench",
+     lambda t, off: ["tradeoff", "--setup.base_seed", "-1", "--output", str(t / "o")], ["--setup.base_seed"]),
+    ("tradeoff-base-seed-past-int64", "bench",
+     lambda t, off: ["tradeoff", "--setup.num_samples", "2", "--setup.timing.batch_size", "1", "--setup.base_seed",
+                str(2 ** 63 - 1), "--output", str(t / "o")], ["--setup.base_seed", "2**63"]),
+    ("train-json-is-the-vae-checkpoint", "bench",
+     lambda t, off: ["train", "--args.memory", "false", "--args.vae_checkpoint", str(t / "m.safetensors"), "--json",
+                str(t / "m.safetensors"), "--overwrite"], ["--json", "--args.vae_checkpoint"]),
+    ("train-one-shard-of-cache-pairs", "bench",
+     lambda t, off: ["train", "--args.memory", "false", "--args.cache_pairs", "16"], ["--args.cache_pairs", "17"]),
+    ("train-cache-is-a-file", "bench",
+     lambda t, off: ["train", "--args.memory", "false", "--args.cache", str(t / "afile")], ["--args.cache", "afile"]),
+    ("train-cache-without-manifest", "bench",
+     lambda t, off: ["train", "--args.memory", "false", "--args.cache", str(_folder(t, "empty"))],
+     ["--args.cache", "manifest"]),
+    ("train-cache-of-one-shard", "bench",
+     lambda t, off: ["train", "--args.memory", "false", "--args.cache", str(_cache(t, [0], num_shards=1))],
+     ["--args.cache", "two complete shards"]),
+    ("train-cache-without-its-last-shard", "bench",
+     lambda t, off: ["train", "--args.memory", "false", "--args.cache", str(_cache(t, [0], num_shards=2))],
+     ["--args.cache", "shard 1 not"]),
     ("train-zero-steps", "bench", lambda t, off: ["train", "--args.steps", "0", "--args.memory", "false"], ["--args.steps"]),
     ("train-bogus-precision", "bench", lambda t, off: ["train", "--args.precision", "bogus", "--args.memory", "false"],
      ["--args.precision"]),
