@@ -21,6 +21,15 @@ def derive_seed(*parts: int | str) -> int:
     return int.from_bytes(h.digest(), "little") & _MASK63
 
 
+def seed_range_problems(option: str, first: int, count: int) -> list[str]:
+    """The problem with seeds first .. first + count - 1 (sample i's seed is first + i, kept as int64), named
+    `option`: [] when they all lie in [0, 2**63)."""
+    if 0 <= first <= 2 ** 63 - count:
+        return []
+    return [f"{option} must be in [0, 2**63 - {count}] (the {count} samples get seeds {first} .. + {count - 1}, "
+            f"each below 2**63), got {first}"]
+
+
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))

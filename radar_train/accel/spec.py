@@ -140,10 +140,9 @@ def _stagevar(spec: str, opts: str) -> StageVARArgs:
     kinds = {"default_rank_ratio": float, "min_rank": int, "rank_ratios": str}
     choices = {"single_branch": ("cond", "uncond", "off"), "rp_scale": ("paper", "token_norm")}
     options = _options(spec, opts) if opts else []
-    presets = [k for k, v in options if v is None]
-    if len(presets) + any(k == "scales" for k, _ in options) > 1:
-        raise _fail(spec, "give one preset or scales=, not " + " and ".join(
-            presets + ["scales="] * any(k == "scales" for k, _ in options)))
+    given = [k for k, v in options if v is None] + ["scales=" for k, _ in options if k == "scales"]
+    if len(given) > 1:  # (_options refuses a key given twice)
+        raise _fail(spec, f"give one preset or scales=, not {' and '.join(given)}")
     for key, value in options:
         if value is None:
             if key not in PRESETS:

@@ -32,6 +32,7 @@ from typing import Callable, Literal, Optional, Sequence
 import torch
 
 from radar_train.config import ModelArgs, SamplingConfig
+from radar_train.seeding import seed_range_problems
 from radar_train.toyworld.measure import (DEFAULT_METHODS, AdapterSpec, adapter_group, adapter_table, fid_gaps,
                                           group_summary, quality_vs_vanilla, restoration, toy_model, toy_sampling)
 
@@ -137,9 +138,7 @@ def _check(cfg: TradeoffConfig) -> None:
         if v < lo:
             p.append(f"--setup.{name} must be >= {lo}, got {v}")
     n = max(cfg.num_samples, cfg.timing.batch_size)  # seeds base_seed + i: the quality samples and the timed batch
-    if not 0 <= cfg.base_seed <= 2 ** 63 - n:
-        p.append(f"--setup.base_seed must be in [0, 2**63 - {n}] (the {n} samples get seeds base_seed .. "
-                 f"base_seed + {n - 1}, each below 2**63), got {cfg.base_seed}")
+    p += seed_range_problems("--setup.base_seed", cfg.base_seed, n)
     if cfg.fid_reference_images < 2:
         p.append(f"--setup.fid_reference_images must be >= 2, got {cfg.fid_reference_images}")
     if cfg.num_threads is not None and cfg.num_threads < 1:

@@ -13,6 +13,7 @@ import numpy as np
 
 from radar_train.cache.config import PlanArgs
 from radar_train.config import parse_int_list
+from radar_train.seeding import seed_range_problems
 
 RULE = "label = classes[i % len(classes)], seed = base_seed + i"
 
@@ -63,9 +64,7 @@ class Plan:
         plan = None
         if not problems:
             plan = Plan(tuple(classes), args.images_per_class, args.num_samples, args.base_seed, args.shard_size)
-            if not 0 <= plan.base_seed <= 2 ** 63 - plan.num_samples:  # sample i's seed base_seed + i, in int64
-                problems.append(f"plan.base_seed must be in [0, 2**63 - {plan.num_samples}] (the samples' seeds "
-                                f"base_seed .. base_seed + {plan.num_samples - 1} are 64-bit), got {plan.base_seed}")
+            problems += seed_range_problems("plan.base_seed", plan.base_seed, plan.num_samples)
         if problems:
             raise ValueError("invalid plan: " + "; ".join(problems))
         return plan

@@ -57,16 +57,14 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
         overwrite: replace an existing output file (without it, an existing one is refused).
     """
     from radar_train.cli.common import check_positive
+    from radar_train.seeding import seed_range_problems
 
     check_positive(num_samples=num_samples, batch_size=batch_size)
-    if not 0 <= seed <= 2 ** 63 - num_samples:  # sample i's seed is seed + i, 64-bit
-        raise ValueError(f"--seed must be in [0, 2**63 - {num_samples}] (the samples' seeds seed .. seed + "
-                         f"{num_samples - 1} are 64-bit), got {seed}")
+    problems = seed_range_problems("--seed", seed, num_samples) + [f"--{p}" for p in sampling.problems()]
     if scales is not None and not scales:
-        raise ValueError("--scales is empty: name the scales to calibrate, or leave it out for the method's")
-    problems = sampling.problems()
+        problems.append("--scales is empty: name the scales to calibrate, or leave it out for the method's")
     if problems:
-        raise ValueError("; ".join(f"--{p}" for p in problems))
+        raise ValueError("; ".join(problems))
     if accel.method == "sca":
         return _calibrate_sca(model, sampling, accel, scales, num_samples, batch_size, seed, device,
                               output or "sca_mask.safetensors", overwrite)

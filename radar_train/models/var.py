@@ -321,14 +321,11 @@ class VAR(nn.Module):
         temperature (scale_mul_1H11) stays float32 too: its exp, computed in float32 as the official code does
         under autocast, would otherwise come from a log rounded to `dtype` (up to 1.6 % off in bf16). Returns
         self."""
-        logs = [blk.attn.scale_mul_1H11.detach().float().clone() for blk in self.blocks
-                if isinstance(getattr(blk.attn, "scale_mul_1H11", None), torch.nn.Parameter)]
+        logs = {blk.attn: blk.attn.scale_mul_1H11.data for blk in self.blocks if blk.attn.attn_l2_norm}
         for m in (self.blocks, self.head_nm, self.head, self.shared_ada_lin):
-            m.to(dtype)
-        kept = iter(logs)
-        for blk in self.blocks:
-            if isinstance(getattr(blk.attn, "scale_mul_1H11", None), torch.nn.Parameter):
-                blk.attn.scale_mul_1H11.data = next(kept).to(blk.attn.scale_mul_1H11.device)
+            m.to(dtype)  # (gives each parameter a new tensor: the ones in `logs` keep their dtype)
+        for attn, log in logs.items():
+            attn.scale_mul_1H11.data = log
         return self
 
     @property

@@ -35,6 +35,7 @@ from radar_train.models import VQVAE, ModelIdentity, load_models, read_state_dic
 from radar_train.outputs import check_output_dir, staged_entries, write_report
 from radar_train.progress import Progress, log_mode
 from radar_train.sampling import NextScaleSampler
+from radar_train.seeding import seed_range_problems
 from radar_train.toyworld.classifier import ToyClassifier, accuracy
 from radar_train.toyworld.common import make_bank
 from radar_train.toyworld.data import CLASS_NAMES, HELDOUT_SEED, NUM_CLASSES
@@ -107,10 +108,7 @@ class MeasureConfig:
             p.append(f"--setup.fid_reference_images must be >= 2 (a covariance needs two images), got "
                      f"{self.fid_reference_images}")
         n = NUM_CLASSES * max(1, self.images_per_class)
-        if not 0 <= self.base_seed <= 2 ** 63 - n:
-            p.append(f"--setup.base_seed must be in [0, 2**63 - {n}] (the {n} samples get seeds base_seed .. "
-                     f"base_seed + {n - 1}, each below 2**63), got {self.base_seed}")
-        return p
+        return p + seed_range_problems("--setup.base_seed", self.base_seed, n)
 
 
 def check_setup(cfg: MeasureConfig) -> None:

@@ -122,8 +122,8 @@ def build_adversarial(args: AdversarialArgs, image_size: Optional[int] = None) -
     too deep for it is refused (ValueError naming model.adversarial.layers)."""
     if args.weight <= 0:
         return None
-    if image_size is not None and image_size >> args.layers < 3:
-        fit = max((n for n in range(1, args.layers) if image_size >> n >= 3), default=0)
+    if image_size is not None and image_size < smallest_image(args.layers):
+        fit = max((n for n in range(1, args.layers) if smallest_image(n) <= image_size), default=0)
         raise ValueError(f"model.adversarial.layers {args.layers} is too deep for {image_size}-pixel images (it "
                          f"needs at least {smallest_image(args.layers)}); use at most {fit}")
     return Adversarial(args)

@@ -82,6 +82,10 @@ def _device(name: str) -> torch.device:
     return check_device(name, "--args.device")
 
 
+MIN_SHARD = 16
+"""Smallest shard of the temporary cache (_temporary_cache)."""
+
+
 def check_args(args: "TrainBenchArgs") -> torch.device:
     """Every --args option checked (one line naming it), before any work; returns the device."""
     from radar_train.config import check_positive
@@ -102,10 +106,6 @@ def check_args(args: "TrainBenchArgs") -> torch.device:
     return dev
 
 
-MIN_SHARD = 16
-"""Smallest shard of the temporary cache (_temporary_cache)."""
-
-
 def _check_cache(path: str) -> None:
     """--args.cache: a radar-cache folder whose last shard (held out) and at least one other are complete,
     as data_loading reads it; ValueError naming the option otherwise."""
@@ -122,10 +122,12 @@ def _check_cache(path: str) -> None:
     except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"--args.cache: {e}") from None
     complete = scan_cache(path, num_shards).complete
-    if num_shards < 2 or num_shards - 1 not in complete or len(complete) < 2:
+    last = num_shards - 1
+    if last not in complete or len(complete) < 2:
+        not_last = "" if last in complete else f", shard {last} not"
         raise ValueError(f"--args.cache {path}: needs at least two complete shards, the last one among them (a "
                          f"training shard and the held-out last one); {len(complete)} of {num_shards} complete"
-                         f"{'' if num_shards < 2 or num_shards - 1 in complete else f', shard {num_shards - 1} not'}")
+                         f"{not_last}")
 
 
 # Lightning's precision names this benchmark times (a fixed list: the GPU run must not depend on a private name of

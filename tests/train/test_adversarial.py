@@ -81,7 +81,10 @@ def test_any_width_builds_and_a_discriminator_too_deep_for_the_images_is_refused
     for width in (5, 20, 100):  # GroupNorm groups that divide the channels (32 of them at multiples of 32)
         assert PatchDiscriminator(width, 3)(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 6, 6)
     assert PatchDiscriminator(8, 4)(torch.zeros(1, 3, 48, 48)).shape == (1, 1, 1, 1)  # 48 = 3·2^4: the least
-    image = RadarLoraModule().latent_shape[-1] * 2 ** (len(RadarLoraModule().decoder.config.ch_mult) - 1)
+    with pytest.raises(RuntimeError):  # 47 < 3·2^4: the head has nothing left to slide over
+        PatchDiscriminator(8, 4)(torch.zeros(1, 3, 47, 47))
+    plain = RadarLoraModule()
+    image = plain.latent_shape[-1] * 2 ** (len(plain.decoder.config.ch_mult) - 1)
     layers = next(n for n in range(1, 10) if image >> n < 3)
     RadarLoraModule(adversarial=AdversarialArgs(weight=0.5, width=8, layers=layers - 1))
     with pytest.raises(ValueError, match=f"model.adversarial.layers {layers} is too deep for {image}-pixel images"):
