@@ -26,7 +26,7 @@ import torch
 
 from radar_train.bench.record import environment
 from radar_train.outputs import check_output_dir, staged_entries, write_report
-from radar_train.toyworld.measure import _COLUMNS, flat_rows, group_summary, markdown_table
+from radar_train.toyworld.measure import TABLE_COLUMNS, flat_rows, group_summary, markdown_table
 
 OUTPUT_FILES = ("metrics.json", "metrics.md")
 SAME_CONFIG = ("model", "classifier", "sampling", "images_per_class", "base_seed", "fid_reference_images",
@@ -63,7 +63,7 @@ def _row_problem(row: Any, where: str) -> str | None:
     """A run's row: a mapping whose table columns are numbers or null."""
     if not isinstance(row, dict):
         return f"{where} is {type(row).__name__}, not a mapping"
-    for key, _ in _COLUMNS:
+    for key, _ in TABLE_COLUMNS:
         if row.get(key) is not None and not _is_number(row[key]):
             return f"{where}.{key} is {json.dumps(row[key])}, not a number"
     return None

@@ -432,7 +432,7 @@ def _cell(row: dict, key: str, kind: str) -> str:
     return _fmt(v, kind)
 
 
-_COLUMNS = (("psnr_vs_vanilla", "db"), ("class_accuracy", "pct"), ("toy_fid", "fid"), ("toy_fid_vs_vanilla", "fid"),
+TABLE_COLUMNS = (("psnr_vs_vanilla", "db"), ("class_accuracy", "pct"), ("toy_fid", "fid"), ("toy_fid_vs_vanilla", "fid"),
             ("g_mse", "pct"), ("delta_psnr", "signed"), ("fid_gap_closed", "pct"), ("fid_gap_closed_vs_vanilla", "pct"),
             ("sharpness_vs_vanilla", "ratio"))
 
@@ -454,10 +454,10 @@ def markdown_table(report: dict) -> str:
                   f"{_fmt(sharp.get('vqvae_reconstructions'), 'ratio')}.", ""]
     lines += ["| run | PSNR vs vanilla (dB) | class accuracy | toy FID | toy FID vs vanilla | gap closed G_mse "
               "| ΔPSNR (dB) | FID gap closed | FID gap closed (vs vanilla) | sharpness vs vanilla |",
-              "| --- |" + " ---: |" * len(_COLUMNS)]
+              "| --- |" + " ---: |" * len(TABLE_COLUMNS)]
 
     def line(name: str, row: dict) -> str:
-        return f"| {name} | " + " | ".join(_cell(row, k, kind) for k, kind in _COLUMNS) + " |"
+        return f"| {name} | " + " | ".join(_cell(row, k, kind) for k, kind in TABLE_COLUMNS) + " |"
 
     lines.append(line("vanilla", {"toy_fid_vs_vanilla": 0.0, **report["vanilla"]}))
     for spec, row in report["methods"].items():
