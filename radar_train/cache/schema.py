@@ -144,9 +144,10 @@ def _manifest_problem(d: dict) -> Optional[str]:
         return "latent_shape or patch_nums is not a list of sizes"
     if d["latent_dtype"] not in ("float16", "float32"):
         return f"latent_dtype {d['latent_dtype']!r} is not float16 or float32"
-    storage = d.get("storage", {})
-    if not isinstance(storage, dict) or ("chunk_size" in storage and (type(storage["chunk_size"]) is not int
-                                                                      or storage["chunk_size"] < 1)):
+    storage = d.get("storage")
+    if not isinstance(storage, dict) or "chunk_size" not in storage:
+        return "storage.chunk_size is missing (the readers need the chunk size the shards were written with)"
+    if type(storage["chunk_size"]) is not int or storage["chunk_size"] < 1:
         return "storage.chunk_size is not a count"
     return None
 
@@ -155,6 +156,8 @@ def read_manifest(cache_dir: str | os.PathLike) -> Manifest:
     """The manifest of a cache; FileNotFoundError / ValueError with a one-line message if absent or invalid."""
     path = Path(cache_dir) / MANIFEST_NAME
     if not Path(cache_dir).is_dir():
+        if Path(cache_dir).exists():
+            raise FileNotFoundError(f"cache folder {cache_dir} is a file, not a folder (name the cache's folder)")
         raise FileNotFoundError(f"cache folder {cache_dir} does not exist")
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {cache_dir} is not a radar-cache cache "

@@ -232,8 +232,16 @@ class PairDataModule(pl.LightningDataModule):
         problems, manifests, splits = [], {}, []
         if len({c.format for c in self.caches}) > 1:
             problems.append("data.caches mixes zarr and wds formats; use one format per run")
+        folders: dict[Path, int] = {}  # resolved folder -> first entry naming it
         for i, c in enumerate(self.caches):
             where = f"data.caches[{i}] ({c.path})"
+            folder = Path(c.path).resolve()
+            if folder in folders:  # its shards would be split twice: validation shards leak into training
+                j = folders[folder]
+                problems.append(f"{where} and data.caches[{j}] ({self.caches[j].path}) name the same folder "
+                                f"{folder}: list each cache once, with all its train_shards and val_shards")
+                continue
+            folders[folder] = i
             try:
                 manifest = read_manifest(c.path)
             except (FileNotFoundError, ValueError) as e:

@@ -78,6 +78,8 @@ def test_read_manifest_errors_are_one_line_and_name_the_file(tmp_path):
     for broken, message in ((dict(good, plan={}), "plan.num_samples is None, not a count"),
                             (dict(good, plan={**good["plan"], "num_shards": 3}), "plan.num_shards 3 does not fit"),
                             (dict(good, storage={"chunk_size": "8"}), "storage.chunk_size is not a count"),
+                            ({k: v for k, v in good.items() if k != "storage"}, "storage.chunk_size is missing"),
+                            (dict(good, storage={"compressor": "blosc"}), "storage.chunk_size is missing"),
                             (dict(good, latent_shape=[32, 16]), "latent_shape or patch_nums"),
                             (dict(good, accel="fastvar"), "accel is not a mapping")):
         with pytest.raises(ValueError, match="manifest.json is not a readable radar-cache manifest: " + message):

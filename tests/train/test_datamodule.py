@@ -40,14 +40,44 @@ def test_bad_splits_are_reported_together(tiny_cache, tmp_path):
     assert "[4] are in both" in msg and "[19] are not complete" in msg and "nothing does not exist" in msg
 
 
+@pytest.mark.parametrize("spelling", ["trailing slash", "symlink", "dot segment"])
+def test_a_cache_named_twice_is_refused_naming_both_entries(tiny_cache, tmp_path, spelling):
+    # its validation shards would be training shards of the other entry, and shared shards train twice
+    if spelling == "symlink":
+        (tmp_path / "link").symlink_to(tiny_cache)
+    other = {"trailing slash": tiny_cache + "/", "dot segment": f"{tiny_cache}/../tiny",
+             "symlink": str(tmp_path / "link")}[spelling]
+    dm = PairDataModule([CacheSource(tiny_cache, train_shards="0-2", val_shards="3"),
+                         CacheSource(other, train_shards="3", val_shards=[])], batch_size=4)
+    with pytest.raises(ValueError) as e:
+        dm.setup("fit")
+    msg = str(e.value)
+    assert "\n" not in msg and f"data.caches[1] ({other}) and data.caches[0] ({tiny_cache}) name the same folder" in msg
+    assert dm.manifests == {} and dm.train_set is None
+
+
+def test_a_cache_path_that_is_a_file_is_called_a_file(tiny_cache, tmp_path):
+    for path in (tmp_path / "file", tmp_path / "nothing"):
+        if path.name == "file":
+            path.write_text("x")
+        for fmt in ("zarr", "wds"):
+            with pytest.raises(ValueError) as e:
+                PairDataModule([CacheSource(str(path), val_shards="1", format=fmt)]).setup("fit")
+            want = "is a file, not a folder" if path.name == "file" else "does not exist"
+            assert f"data.caches[0]: cache folder {path} {want}" in str(e.value)
+
+
 def test_no_validation_shards_is_an_error(tiny_cache):
     with pytest.raises(ValueError, match="no validation shards"):
         PairDataModule([CacheSource(tiny_cache)]).setup("fit")
 
 
-def test_one_epoch_over_two_caches_visits_every_training_pair_once_in_whole_blocks(tiny_cache):
+def test_one_epoch_over_two_caches_visits_every_training_pair_once_in_whole_blocks(tiny_cache, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(tiny_cache, tmp_path / "copy")  # a second cache (the same pairs: indices stay unique here)
     dm = PairDataModule([CacheSource(tiny_cache, train_shards="0-1", val_shards="4"),
-                         CacheSource(tiny_cache, train_shards="2-3", val_shards="5")], batch_size=8, drop_last=False)
+                         CacheSource(str(copy), train_shards="2-3", val_shards="5")], batch_size=8, drop_last=False)
     dm.setup("fit")
     loader = dm.train_dataloader()
     seen = torch.cat([b["index"] for b in loader]).tolist()
