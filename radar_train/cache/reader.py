@@ -193,6 +193,19 @@ def _read_pair(hq: zarr.Array, lq: zarr.Array, sl: slice) -> tuple[np.ndarray, n
     return np.asarray(a), np.asarray(b)
 
 
+def epoch_order_seed(seed: int, epoch: int) -> int:
+    """The generator seed of epoch `epoch`'s block order under sampler seed `seed`, for any int seed.
+
+    seed * 1_000_003 + epoch where torch's generator takes it ([-2**63, 2**64): every seed up to ~9.2e12, the
+    orders of runs made before this function, which exact resume depends on); a hash of (seed, epoch) beyond."""
+    plain = int(seed) * 1_000_003 + int(epoch)
+    if -(2 ** 63) <= plain < 2 ** 64:
+        return plain
+    from radar_train.seeding import derive_seed
+
+    return derive_seed("block-shuffle", str(int(seed)), str(int(epoch)))
+
+
 class BlockShuffleSampler(Sampler[int]):
     """Dataset positions of a PairDataset, block by block: per epoch the blocks of all shards in a random
     order, the positions inside each block shuffled. Split across distributed ranks in contiguous runs of
@@ -240,7 +253,7 @@ class BlockShuffleSampler(Sampler[int]):
         if not self.shuffle:
             return torch.arange(self.n)
         g = torch.Generator()
-        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        g.manual_seed(epoch_order_seed(self.seed, self.epoch))
         parts = []
         for b in torch.randperm(len(self.blocks), generator=g).tolist():
             a, z = self.blocks[b]

@@ -95,6 +95,25 @@ def test_sampler_goes_block_by_block_and_reshuffles_per_epoch(make_synthetic):
     assert list(BlockShuffleSampler(ds, shuffle=False)) == list(range(40))
 
 
+def test_sampler_orders_any_seed_and_keeps_the_orders_of_seeds_that_fit_a_generator(make_synthetic):
+    ds = PairDataset(make_synthetic(num_samples=40, shard_size=16, chunk_size=4), block_size=4)
+
+    def order(seed, epoch):
+        s = BlockShuffleSampler(ds, seed=seed)
+        s.set_epoch(epoch)
+        return list(s)
+
+    for seed in (10 ** 14, 2 ** 64, -(10 ** 14), 10 ** 40):  # seed * 1_000_003 overflowed the generator's 64 bits
+        epochs = [order(seed, e) for e in range(3)]
+        assert all(sorted(e) == list(range(40)) for e in epochs) and len({tuple(e) for e in epochs}) == 3
+        assert order(seed, 1) == epochs[1] and order(seed + 1, 1) != epochs[1]
+    for seed in (0, 7, 9_000_000_000_000, -5):  # the orders a run started before keeps on resume
+        g = torch.Generator()
+        g.manual_seed(seed * 1_000_003 + 2)
+        blocks = torch.randperm(len(ds.blocks()), generator=g).tolist()
+        assert [order(seed, 2)[i] // 4 for i in range(0, 40, 4)] == [ds.blocks()[b][0] // 4 for b in blocks]
+
+
 def _epoch(ds, epoch, **kw):
     s = BlockShuffleSampler(ds, seed=5, **kw)
     s.set_epoch(epoch)

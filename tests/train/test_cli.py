@@ -99,6 +99,27 @@ def test_bad_input_is_one_error_line_and_status_2(tiny_cache, tmp_path, capsys, 
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_a_cache_manifest_without_a_chunk_size_is_one_error_line_naming_it(tiny_cache, tmp_path, capsys):
+    import shutil
+
+    from cli_checks import assert_one_line_error
+
+    cache = shutil.copytree(tiny_cache, tmp_path / "cache")
+    manifest = json.loads((cache / "manifest.json").read_text())
+    del manifest["storage"]
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    assert _run(_tiny_args(str(cache), tmp_path / "run", 2)) == 2
+    assert_one_line_error(capsys.readouterr().err, f"{cache / 'manifest.json'}", "storage.chunk_size is missing")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_shuffle_seed_past_64_bits_trains(tiny_cache, tmp_path):
+    # seed * 1_000_003 overflowed the block order's generator at the first batch, after the run folder was written
+    assert _run(_tiny_args(tiny_cache, tmp_path / "run", 2, "--data.shuffle_seed", str(10 ** 14),
+                           "--model.output.export_final", "false")) == 0
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
 def test_label_conditioning_of_another_class_count_is_refused_before_the_run_folder_is_written(tiny_cache, tmp_path,
                                                                                               capsys):
     """The tiny cache's labels are those of a 10-class generator: a FiLM of 7 classes is refused by the CLI's
