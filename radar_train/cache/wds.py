@@ -4,7 +4,9 @@
 temporary name and renamed), one sample per key (the global sample index, zero-padded) with the members
 fhat_hq.npy, fhat_lq.npy, indices_hq.npy, indices_lq.npy (stored dtypes), label.cls, seed.cls, index.cls,
 plus `index.json` (wids shard index: tar names and sample counts) and a copy of the cache's manifest.
-Rerunning skips tars that exist. `WdsPairs` yields the same dicts as `PairDataset`.
+Rerunning skips tars that exist. Every shard to export is read and checked against the checksums its writer
+stored before anything is written (a bad shard: InputError naming it, nothing written). `WdsPairs` yields the
+same dicts as `PairDataset`.
 """
 from __future__ import annotations
 
@@ -35,9 +37,37 @@ def tar_name(shard: int) -> str:
     return f"pairs-{shard:05d}.tar"
 
 
-def _shard_samples(path: Path) -> Iterator[dict]:
-    g = zarr.open_group(str(path), mode="r")
-    arrays = {name: g[name][...] for name in schema.ARRAY_NAMES}
+def read_checked_shard(path: Path, manifest: Manifest, shard: int) -> dict[str, np.ndarray]:
+    """Every array of complete shard `shard` at `path`, each equal to the checksum the writer stored; InputError
+    naming the shard otherwise (unreadable, not marked complete, another record count than the manifest plans,
+    a shape or dtype the manifest does not give, or data that differs from what was written, e.g. a chunk
+    file gone: Zarr reads it as zeros)."""
+    from radar_train.cache.writer import array_checksum, expected_shapes
+
+    with reading(path, "cache shard"):
+        g = zarr.open_group(str(path), mode="r")
+        attrs = dict(g.attrs)
+        if attrs.get("complete") is not True:
+            raise InputError(f"{path}: cache shard is not marked complete (run `radar-cache verify`)")
+        first, stop = manifest.shard_range(shard)
+        if attrs.get("count") != stop - first:
+            raise InputError(f"{path}: cache shard holds {attrs.get('count')!r} records, the manifest plans "
+                             f"{stop - first} (run `radar-cache verify`)")
+        arrays = {name: g[name][...] for name in schema.ARRAY_NAMES}
+    checksums = attrs.get("checksums") if isinstance(attrs.get("checksums"), dict) else {}
+    bad = []
+    for name, (shape, dtype) in expected_shapes(manifest, stop - first).items():
+        a = arrays[name]
+        if a.shape != shape or a.dtype != np.dtype(dtype):
+            bad.append(f"{name} is {a.shape} {a.dtype}, expected {shape} {dtype}")
+        elif checksums.get(name) != array_checksum(a):
+            bad.append(f"{name} differs from its stored checksum")
+    if bad:
+        raise InputError(f"{path}: cache shard {', '.join(bad)} (run `radar-cache verify` for its files)")
+    return arrays
+
+
+def _shard_samples(arrays: dict[str, np.ndarray]) -> Iterator[dict]:
     for j in range(arrays[schema.LABEL].shape[0]):
         idx = int(arrays[schema.INDEX][j])
         yield {"__key__": f"{idx:010d}",
@@ -47,13 +77,10 @@ def _shard_samples(path: Path) -> Iterator[dict]:
 
 
 def _check_output_manifest(out: Path, manifest: Manifest) -> None:
-    path = out / MANIFEST_NAME
-    if path.exists():
+    if (out / MANIFEST_NAME).exists():
         diffs = manifest_differences(read_manifest(out), manifest)
         if diffs:
             raise ValueError(f"{out} holds an export of another cache; differing fields: {'; '.join(diffs)}")
-    else:
-        write_text_atomic(path, json.dumps(manifest.to_dict(), indent=2) + "\n")
 
 
 def is_export(path: str | os.PathLike) -> bool:
@@ -85,17 +112,26 @@ def export_wds(cache_dir: str, output: str, progress: bool = True) -> dict:
     check_export_output(cache_dir, output)
     scan = scan_cache(cache_dir, manifest.num_shards)
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     _check_output_manifest(out, manifest)  # an existing export of another cache: refused, nothing written
     shards = sorted(scan.complete)
-    for s in Progress(len(shards), "radar-cache export-wds", "shards", rate_unit="shard",
-                      enabled=progress).iterate(shards):
-        final = out / tar_name(s)
-        if final.exists():
-            continue
-        with reading(scan.complete[s], "cache shard"):
-            samples = list(_shard_samples(scan.complete[s]))
-        with atomic_file(final) as tmp, open(tmp, "wb") as f, wds.TarWriter(f) as sink:
+    todo = [s for s in shards if not (out / tar_name(s)).exists()]
+    bad = []  # every shard to export is read and checked before anything is written
+    for s in Progress(len(todo), "radar-cache export-wds: checking", "shards", rate_unit="shard",
+                      enabled=progress).iterate(todo):
+        try:
+            read_checked_shard(scan.complete[s], manifest, s)
+        except InputError as e:
+            bad.append(str(e))
+    if bad:
+        raise InputError(f"{cache_dir}: {len(bad)} shard(s) cannot be exported, nothing was written: "
+                         + "; ".join(bad))
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / MANIFEST_NAME).exists():
+        write_text_atomic(out / MANIFEST_NAME, json.dumps(manifest.to_dict(), indent=2) + "\n")
+    for s in Progress(len(todo), "radar-cache export-wds", "shards", rate_unit="shard",
+                      enabled=progress).iterate(todo):
+        samples = list(_shard_samples(read_checked_shard(scan.complete[s], manifest, s)))  # (checked again as read)
+        with atomic_file(out / tar_name(s)) as tmp, open(tmp, "wb") as f, wds.TarWriter(f) as sink:
             for sample in samples:
                 sink.write(sample)
     index = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": Path(cache_dir).name,

@@ -250,6 +250,30 @@ def test_webdataset_shuffles_each_epoch_anew_and_reproducibly(make_synthetic, tm
     assert by_epoch == epochs[:2]
 
 
+@pytest.mark.parametrize("damage", ["unreadable array metadata", "chunk file gone"])
+def test_export_checks_every_shard_before_writing_and_names_the_bad_one(make_synthetic, tmp_path, damage):
+    from cli_checks import assert_one_line_error, assert_unchanged, call_cli, snapshot
+
+    cache = make_synthetic(num_samples=24, shard_size=8, chunk_size=4)
+    if damage == "unreadable array metadata":
+        (cache / "shard-00001.zarr" / "fhat_hq" / "zarr.json").write_text("{not json")
+    else:  # Zarr reads a missing chunk as its fill value: zeros that only the stored checksum tells apart
+        (cache / "shard-00001.zarr" / "fhat_lq" / "c" / "0" / "0" / "0" / "0").unlink()
+    code, err = call_cli("cache", ["export-wds", str(cache), "--output", str(tmp_path / "new")], tmp_path)
+    line = assert_one_line_error(err, f"{cache / 'shard-00001.zarr'}", "nothing was written")
+    assert code == 2 and "shard-00000" not in line and "shard-00002" not in line
+    assert ("differs from its stored checksum" in line) == (damage == "chunk file gone")
+    assert not (tmp_path / "new").exists()
+    resumed = tmp_path / "resumed"  # an export that stopped after tar 0: kept as it was
+    resumed.mkdir()
+    (resumed / "manifest.json").write_text((cache / "manifest.json").read_text())
+    (resumed / "pairs-00000.tar").write_bytes(b"tar 0")
+    before = snapshot(resumed)
+    code, err = call_cli("cache", ["export-wds", str(cache), "--output", str(resumed)], tmp_path)
+    assert code == 2 and "shard-00001.zarr" in assert_one_line_error(err)
+    assert_unchanged(before, snapshot(resumed))
+
+
 def test_export_refuses_a_folder_holding_another_cache(make_synthetic, tmp_path):
     export_wds(str(make_synthetic(num_samples=16, shard_size=8)), str(tmp_path / "wds"), progress=False)
     with pytest.raises(ValueError, match="export of another cache; differing fields: plan.num_samples"):
