@@ -181,6 +181,9 @@ CASES = [
      lambda w, t: ["calibrate", "--model.preset", "tiny", "--accel.method", "sca", "--accel.sca.mask_file",
                    str(w["w"] / "existing.json"), "--output", str(w["w"] / "existing.json"), "--overwrite"],
      ["--output", "--accel.sca.mask_file"]),
+    ("calibrate-sca-with-window-selection", "accel",
+     lambda w, t: ["calibrate", "--model.preset", "tiny", "--accel.method", "sca", "--accel.sca.selection", "window",
+                   "--output", "m.safetensors"], ["sca.selection window", "needs no calibration"]),
     ("cache-export-inside-the-cache", "cache",
      lambda w, t: ["export-wds", str(w["cache"]), "--output", str(w["cache"] / "wds")], ["--output", "cache"]),
     ("cache-export-onto-the-cache", "cache",
@@ -421,6 +424,24 @@ def test_eval_on_training_shards_with_the_override_warns_and_records_them(world,
     assert call_cli("eval", held, tmp_path)[0] == 0
     report = json.loads((tmp_path / "ev2" / "eval.json").read_text())
     assert report["shards"] == [1] and report["held_out"] is True and report["train_shard_overlap"] == []
+
+
+@pytest.mark.parametrize("method", ["stagevar", "sca"])
+@pytest.mark.parametrize("engine", ["graphs", "compiled"])
+def test_calibrate_refuses_a_capturing_engine_before_loading_a_model(method, engine, tmp_path, monkeypatch):
+    import radar_train.models as models
+
+    def loads(*a, **k):
+        raise AssertionError("the model was loaded before the engine was checked")
+
+    monkeypatch.setattr(models, "load_models", loads)
+    before = snapshot(tmp_path)
+    code, err = call_cli("accel", ["calibrate", "--model.preset", "tiny", "--accel.method", method, "--num_samples", "1",
+                                   "--sampling.engine", engine, "--output", "out.file"], tmp_path)
+    assert code == 2
+    assert_one_line_error(err, f"--sampling.engine {engine}", "eager or auto")
+    assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
+    assert_unchanged(before, snapshot(tmp_path))
 
 
 def test_calibrate_checks_its_output_before_measuring_and_leaves_no_temporary_file(world, tmp_path, monkeypatch):

@@ -407,6 +407,9 @@ def calibration_settings(args, patch_nums: Sequence[int], depth: int, scales: Op
     pns = tuple(int(p) for p in patch_nums)
     sides = tuple(int(s) for s in (scales or args.scales or default_scales(pns)))
     _, _, p = resolve_budgets(dataclasses.replace(args, selection="scores"))
+    if args.selection != "scores":
+        p.append(f"sca.selection {args.selection}: the window mask is handcrafted and needs no calibration; "
+                 f"calibrate with selection scores (the default)")
     tile = args.tile if args.tile is not None else default_tile(pns, [s for s in sides if s in pns])
     tau = 1.0 if args.tau is None else float(args.tau)
     if not tau > 0:

@@ -63,6 +63,9 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
     problems = seed_range_problems("--seed", seed, num_samples) + [f"--{p}" for p in sampling.problems()]
     if scales is not None and not scales:
         problems.append("--scales is empty: name the scales to calibrate, or leave it out for the method's")
+    if sampling.engine in ("graphs", "compiled"):
+        problems.append(f"--sampling.engine {sampling.engine}: a calibration reads every attention call through "
+                        f"hooks, which a captured run cannot; use engine eager or auto")
     if problems:
         raise ValueError("; ".join(problems))
     if accel.method == "sca":
