@@ -11,11 +11,12 @@ same dicts as `PairDataset`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Iterator, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -145,8 +146,13 @@ def export_wds(cache_dir: str, output: str, progress: bool = True) -> dict:
 
 def resolve_urls(path_or_urls: Union[str, os.PathLike, Sequence[str]]) -> list[str]:
     """Tar URLs from an export folder, its index.json, a brace pattern / single URL, or a list."""
+    return _resolve(path_or_urls)[0]
+
+
+def _resolve(path_or_urls) -> tuple[list[str], Optional[list[int]]]:
+    """(tar URLs, their sample counts from the export's index.json, or None where there is no index)."""
     if isinstance(path_or_urls, (list, tuple)):
-        return [str(u) for u in path_or_urls]
+        return [str(u) for u in path_or_urls], None
     p = Path(path_or_urls)
     if p.is_dir():
         p = p / INDEX_NAME
@@ -156,8 +162,19 @@ def resolve_urls(path_or_urls: Union[str, os.PathLike, Sequence[str]]) -> list[s
         shards = read_json(p, "WebDataset index").get("shardlist")
         if not isinstance(shards, list) or not all(isinstance(s, dict) and "url" in s for s in shards):
             raise InputError(f"{p}: WebDataset index has no shardlist of urls")
-        return [str(p.parent / s["url"]) for s in shards]
-    return [str(path_or_urls)]
+        counts = [s.get("nsamples") for s in shards]
+        return [str(p.parent / s["url"]) for s in shards], (counts if all(type(n) is int for n in counts) else None)
+    return [str(path_or_urls)], None
+
+
+def rank_batches(nsamples: Sequence[int], world_size: int, num_workers: int, batch_size: int,
+                 drop_last: bool) -> list[int]:
+    """Batches each of `world_size` ranks reads per epoch from tars of `nsamples` samples: rank r reads tars
+    r, r + world_size, ...; DataLoader worker w of it every num_workers-th of those (0 workers: one), and each
+    worker batches its own samples (the last incomplete batch of each dropped with drop_last)."""
+    per_batch = (lambda n: n // batch_size) if drop_last else (lambda n: -(-n // batch_size))
+    k = max(1, num_workers)
+    return [sum(per_batch(sum(nsamples[r::world_size][w::k])) for w in range(k)) for r in range(world_size)]
 
 
 def to_pair(sample: dict) -> dict[str, torch.Tensor]:
@@ -183,7 +200,14 @@ class WdsPairs(IterableDataset):
         shuffle: sample shuffle buffer size (0 = file order).
         shardshuffle: shuffle the tar order each epoch (needs shuffle > 0 to mix within tars).
         seed: seed of both shuffles; epoch e shuffles with a seed drawn from (seed, e).
-        split_by_node: give each distributed rank its own tars (needs at least world_size tars).
+        split_by_node: give each distributed rank its own tars (rank r: tars r, r + world_size, ...);
+            False: every rank reads every tar.
+        nsamples: samples per tar (default: from the export's index.json); `rank_batches` uses them.
+        rank, world_size: the distributed rank (default: torch.distributed's, else the RANK / WORLD_SIZE
+            environment variables, as webdataset reads them).
+
+    Ranks read tars, not samples, so their shares differ when the tars do not split evenly; a training
+    loader has every rank stop at the same batch count (`rank_batches`, datamodule.StreamLoader).
 
     Each iteration reads the next epoch (`epoch`, counted by the object itself: in the main process, or in
     each persistent DataLoader worker's copy), so the shuffled orders differ from epoch to epoch and are
@@ -194,18 +218,37 @@ class WdsPairs(IterableDataset):
     """
 
     def __init__(self, path_or_urls, shuffle: int = 0, shardshuffle: bool = False, seed: int = 0,
-                 split_by_node: bool = True):
-        self.urls = resolve_urls(path_or_urls)
+                 split_by_node: bool = True, nsamples: Optional[Sequence[int]] = None, rank: Optional[int] = None,
+                 world_size: Optional[int] = None):
+        self.urls, counts = _resolve(path_or_urls)
+        self.nsamples = list(nsamples) if nsamples is not None else counts
+        if self.nsamples is not None and len(self.nsamples) != len(self.urls):
+            raise ValueError(f"nsamples: {len(self.nsamples)} counts for {len(self.urls)} tars")
         self.shuffle, self.shardshuffle, self.seed, self.split_by_node = shuffle, shardshuffle, seed, split_by_node
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
+
+    def node(self) -> tuple[int, int]:
+        """(rank, world size) whose share of the tars this process reads."""
+        if not self.split_by_node:
+            return 0, 1
+        if self.rank is not None and self.world_size is not None:
+            return self.rank, self.world_size
+        from webdataset.utils import pytorch_worker_info
+
+        return pytorch_worker_info()[:2]
+
+    def _split_by_node(self, urls: Iterator) -> Iterator:
+        rank, world = self.node()
+        return itertools.islice(urls, rank, None, world)
 
     def pipeline(self, epoch: int = 0):
         import webdataset as wds
 
         seed = epoch_seed(self.seed, epoch)
         ds = wds.WebDataset(self.urls, shardshuffle=len(self.urls) if self.shardshuffle else False,
-                            nodesplitter=wds.split_by_node if self.split_by_node else wds.single_node_only,
-                            workersplitter=wds.split_by_worker, empty_check=False, seed=seed)
+                            nodesplitter=self._split_by_node, workersplitter=wds.split_by_worker,
+                            empty_check=False, seed=seed)
         if self.shuffle:
             ds = ds.shuffle(self.shuffle, seed=seed)
         return ds.decode().compose(_pairs)  # (.map would put __key__ back into each dict)

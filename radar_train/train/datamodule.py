@@ -4,8 +4,9 @@ Each cache is a Zarr cache folder (`radar-cache run`) or a WebDataset export (`r
 and names its own train and validation shards (`"0-7"`, `"0-5,7"`, `[8, 9]`; train default: every
 complete shard not in val). Zarr caches are read with `PairDataset` and `BlockShuffleSampler` (block-
 aligned reads, deterministic per-epoch order, split across ranks by the sampler itself: run the Trainer
-with `use_distributed_sampler=False`). WebDataset exports are streamed with `WdsPairs` (split by tar
-across ranks and workers).
+with `use_distributed_sampler=False`). WebDataset exports are streamed with `WdsPairs` (training: split by tar
+across ranks and workers, every rank's epoch stopped at the smallest rank's batch count, so that DDP ranks take
+the same number of steps; validation: every rank reads every tar).
 
 Resume: the training loader of a Zarr cache is a `ResumableLoader`, whose position in the epoch goes into
 every checkpoint, so `radar-train fit --ckpt_path last` sees exactly the batches an uninterrupted run would
@@ -14,6 +15,7 @@ have seen. A WebDataset stream cannot resume mid-stream (`StreamLoader` says so 
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,11 +143,13 @@ class StreamLoader(DataLoader):
     from its beginning, saying so in one line."""
 
     _epoch = 0  # iterations so far: the next one reads this epoch
+    max_batches: Optional[int] = None  # every rank's epoch stops here (the smallest rank's batch count)
 
     def __iter__(self):
         self.dataset.epoch = self._epoch  # (read by the workers when they start; they count on by themselves)
         self._epoch += 1
-        return super().__iter__()
+        batches = super().__iter__()
+        return batches if self.max_batches is None else itertools.islice(batches, self.max_batches)
 
     def state_dict(self) -> dict:
         return {"stream": "wds", "position_saved": False, "epoch": max(self._epoch - 1, 0)}
@@ -319,8 +323,10 @@ class PairDataModule(pl.LightningDataModule):
             return None
         if parts[0][0].format == "wds":  # _resolve checked that every cache has one format and every tar exists
             urls = [u for c, s in parts for u in _wds_tars(c.path, s)]
+            counts = [b - a for c, s in parts for a, b in map(self.manifests[c.path].shard_range, s)]
+            # validation: every rank reads every tar (the metrics are ratios of all-reduced sums: unchanged)
             return WdsPairs(urls, shuffle=self.wds_shuffle_buffer if train else 0, shardshuffle=train,
-                            seed=self.shuffle_seed)
+                            seed=self.shuffle_seed, split_by_node=train, nsamples=counts)
         sets = []
         for c, s in parts:
             try:
@@ -349,12 +355,40 @@ class PairDataModule(pl.LightningDataModule):
         kw = dict(batch_size=batch_size, num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
                   persistent_workers=self.num_workers > 0)
         if isinstance(ds, torch.utils.data.IterableDataset):
-            return (StreamLoader if train else DataLoader)(ds, drop_last=train and self.drop_last, **kw)
+            if not train:
+                return DataLoader(ds, **kw)
+            loader = StreamLoader(ds, drop_last=self.drop_last, **kw)
+            loader.max_batches = self._stream_batches(ds)
+            return loader
         rank, world = self._rank()
         sampler = BlockShuffleSampler(ds, shuffle=train, seed=self.shuffle_seed, rank=rank, world_size=world,
                                       drop_last=False)
         return (ResumableLoader if train else DataLoader)(ds, sampler=sampler, drop_last=train and self.drop_last,
                                                           **kw)
+
+    def _stream_batches(self, ds) -> int:
+        """The batches every rank reads per epoch of the WebDataset training stream `ds`: ranks read whole tars,
+        so their shares differ unless the tars split evenly, and DDP needs the same batch count on every rank
+        (a rank that ran out would stop while the others wait for it). Each rank stops at the smallest share."""
+        from radar_train.cache.wds import rank_batches
+
+        if self.trainer is not None:
+            ds.rank, ds.world_size = self._rank()
+        rank, world = ds.node()
+        counts = rank_batches(ds.nsamples, world, self.num_workers, self.batch_size, self.drop_last)
+        least = min(counts)
+        if least == 0:
+            raise ValueError(f"data: the {len(ds.urls)} WebDataset training tars ({sum(ds.nsamples)} pairs), read "
+                             f"whole by {world} rank(s) x {max(1, self.num_workers)} worker(s), give a rank "
+                             f"no batch of data.batch_size {self.batch_size}: use at least as many training tars "
+                             f"as ranks x workers, fewer devices or data.num_workers, or a smaller batch size")
+        if world > 1 and rank == 0:
+            left = max(0, sum(ds.nsamples) - least * self.batch_size * world)
+            (log.warning if least < max(counts) else log.info)(
+                "WebDataset training over %d ranks: every rank's epoch is %d batches (per rank: %s), %d of %d "
+                "pairs per epoch unused%s", world, least, counts, left, sum(ds.nsamples),
+                "; equal tars in a count divisible by ranks x workers split evenly" if least < max(counts) else "")
+        return least
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, train=True)

@@ -216,3 +216,26 @@ def test_ddp_with_two_cpu_processes_runs_and_writes_one_checkpoint(tiny_cache, t
     out = proc.stdout + proc.stderr
     for line in ("LoRA r=", "radar-train fit: run folder", "pairs: "):
         assert out.count(line) == 1, (line, out[-3000:])
+
+
+@pytest.mark.slow
+def test_ddp_on_webdataset_tars_that_split_unevenly_runs_the_same_steps_on_both_ranks(tiny_cache, tmp_path):
+    """3 training tars over 2 ranks (2 + 1) and one validation tar: a rank that ran out of batches left the
+    other waiting in its gradient all-reduce (a crash or a hang), and the rank without a validation tar had
+    no image batch."""
+    from radar_train.cache.wds import export_wds
+
+    export_wds(tiny_cache, str(tmp_path / "wds"), progress=False)
+    root = tmp_path / "ddp"
+    caches = json.dumps([{"path": str(tmp_path / "wds"), "train_shards": "0-2", "val_shards": "14", "format": "wds"}])
+    args = _tiny_args(tiny_cache, root, 10, "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+                      "--trainer.strategy", "ddp", "--model.output.save_every_n_steps", "10",
+                      "--data.caches", caches, "--trainer.val_check_interval", "null")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("SLURM_JOB_ID", None)
+    proc = subprocess.run([sys.executable, "-m", "radar_train.cli.train", *args], env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 10  # epochs of 4 batches on each rank (rank 1's share of 16 pairs)
+    assert "every rank's epoch is 4 batches (per rank: [8, 4])" in proc.stdout + proc.stderr

@@ -245,3 +245,42 @@ def test_every_missing_cache_shard_and_bad_manifest_is_reported_at_once(tiny_cac
         dm.setup("fit")
     msg = str(e.value)
     assert "shard-00003.zarr is not marked complete" in msg and "shard-00014.zarr is not marked complete" in msg
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_webdataset_training_ranks_read_the_same_number_of_batches_and_validate_every_pair(
+        tiny_cache, tmp_path, monkeypatch, num_workers):
+    """Ranks read whole tars: 3 training tars over 2 ranks are 2 + 1. Each rank's epoch stops at the smaller
+    share, so that under DDP no rank runs out of batches while the others wait for it."""
+    from radar_train.cache.wds import export_wds
+
+    export_wds(tiny_cache, str(tmp_path / "wds"), progress=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # (no Trainer: the rank comes from the environment, as webdataset reads it)
+    batches, train, val = [], [], []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        dm = PairDataModule([CacheSource(str(tmp_path / "wds"), train_shards="0-2", val_shards="14", format="wds")],
+                            batch_size=4, num_workers=num_workers, wds_shuffle_buffer=8)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        epochs = [[b["index"].tolist() for b in loader] for _ in range(2)]
+        batches.append([len(e) for e in epochs])
+        train.append({i for e in epochs for b in e for i in b})
+        val.append(sorted(i for b in dm.val_dataloader() for i in b["index"].tolist()))
+    assert batches == [[4, 4], [4, 4]]
+    assert train[0] <= set(range(0, 16)) | set(range(32, 48)) and train[1] == set(range(16, 32))
+    assert val == [list(range(224, 240))] * 2  # validation is not split: every rank's metrics are of all of it
+
+
+def test_webdataset_training_with_a_rank_that_gets_no_batch_is_refused(tiny_cache, tmp_path, monkeypatch):
+    from radar_train.cache.wds import export_wds
+
+    export_wds(tiny_cache, str(tmp_path / "wds"), progress=False)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "0")
+    dm = PairDataModule([CacheSource(str(tmp_path / "wds"), train_shards="0-2", val_shards="14", format="wds")],
+                        batch_size=4)
+    dm.setup("fit")
+    with pytest.raises(ValueError, match="the 3 WebDataset training tars .* by 4 rank.* give a rank no batch of "
+                                         "data.batch_size 4: use at least as many training tars as ranks"):
+        dm.train_dataloader()
