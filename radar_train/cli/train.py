@@ -13,7 +13,7 @@ checkpoint leaves (config.yaml, tb/); a folder with checkpoints or adapters is r
 `--ckpt_path last` (one holding only hpc_ckpt_N.ckpt, Lightning's save when SLURM requeued the job before
 its first checkpoint, with `--ckpt_path hpc`), never started over. Every check runs before anything is written. Precision defaults
 to bf16-mixed on a GPU and 32-true on the CPU. Under SLURM the SLURMEnvironment plugin is added with
-auto-requeue on SIGUSR1.
+auto-requeue on SIGUSR1 (its save taken at a step boundary: train/requeue.py).
 """
 from __future__ import annotations
 

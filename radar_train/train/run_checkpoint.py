@@ -11,10 +11,15 @@ runs the validation again. (Lightning resumes a checkpoint saved at the end of s
 validation, so a kill during it would lose that validation, and with it early stopping's count.) Callbacks
 run in list order: those whose state the validation changes come before this one
 (RadarLoraModule.configure_callbacks).
+
+Under SLURM auto-requeue the requeue save (hpc_ckpt_N.ckpt) is taken at the same points, not wherever the
+signal lands (requeue.py: a mid-step save resumed one batch late).
 """
 from __future__ import annotations
 
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from .requeue import StepBoundaryRequeue
 
 __all__ = ["RunCheckpoint"]
 
@@ -35,24 +40,45 @@ class RunCheckpoint(ModelCheckpoint):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._after_validation = False  # this step's save waits for the validation due at it
+        self._requeue = StepBoundaryRequeue()
+        self._requeue_after_validation = False  # so does a requeue save asked for during the step
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            self._requeue.install(trainer)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._requeue.uninstall()
+        super().teardown(trainer, pl_module, stage)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._train_time_interval is None and validation_follows(trainer):
+        follows = validation_follows(trainer)
+        requeue = self._requeue.due(trainer)
+        if self._train_time_interval is None and follows:
             every = self._every_n_train_steps
             self._after_validation = every >= 1 and trainer.global_step % every == 0 \
                 and not self._should_skip_saving_checkpoint(trainer)
-            return
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        else:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if requeue and follows:
+            self._requeue_after_validation = True
+        elif requeue:
+            self._requeue.requeue(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         from lightning.pytorch.trainer.states import TrainerFn
 
         super().on_validation_end(trainer, pl_module)
-        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and not trainer.fast_dev_run \
-                and trainer.global_step > 0 and (self._after_validation
-                                                 or self._last_global_step_saved == trainer.global_step):
+        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
+            return
+        if not trainer.fast_dev_run and trainer.global_step > 0 and (
+                self._after_validation or self._last_global_step_saved == trainer.global_step):
             self._after_validation = False
             self._save_both(trainer)
+        if self._requeue_after_validation or self._requeue.due(trainer):  # a signal during the validation, too
+            self._requeue_after_validation = False
+            self._requeue.requeue(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.global_step > 0 and self._last_global_step_saved != trainer.global_step \

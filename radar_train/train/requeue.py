@@ -1,0 +1,80 @@
+"""SLURM's requeue signal taken at a step boundary, so that the requeue checkpoint resumes exactly.
+
+Lightning's auto-requeue (`SLURMEnvironment(auto_requeue=True)`, which radar-train adds under SLURM) saves
+hpc_ckpt_N.ckpt from inside its signal handler, wherever the signal lands. In the middle of a training step
+the data loader's state already counts the step's batch while the fit loop's progress counts only the
+completed steps, so the run resumed from that file skipped a batch (and the step's random stream had moved
+on): not what the uninterrupted job would have trained.
+
+`StepBoundaryRequeue` takes the signal first: its handler only notes it (Lightning installs its own handler
+only where none is set), and the run's checkpoint callback (`RunCheckpoint`) asks `due()` at its own save
+points: the end of a training step, or the end of the validation due at that step. There Lightning's
+handler runs as it would have (the loggers finalised, hpc_ckpt_N.ckpt saved, `scontrol requeue`), and the
+file holds what last.ckpt would hold at that step. Under DDP the ranks agree at each save point (a flag set
+on any rank counts), so all of them save at the same step.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+log = logging.getLogger(__name__)
+
+__all__ = ["StepBoundaryRequeue"]
+
+
+def _requeue_signal(trainer):
+    """The signal of the trainer's SLURM environment with auto-requeue, or None."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    connector = getattr(trainer, "_accelerator_connector", None)
+    env = getattr(connector, "cluster_environment", None)
+    if isinstance(env, SLURMEnvironment) and env.auto_requeue:
+        return env.requeue_signal
+    return None
+
+
+class StepBoundaryRequeue:
+    """Notes SLURM's requeue signal; `due()` at a step boundary says when to save and requeue (`requeue`)."""
+
+    def __init__(self) -> None:
+        self._signum = None
+        self._previous = None
+        self._noted = False
+        self._done = False
+
+    def install(self, trainer) -> None:
+        """Take the requeue signal for this fit (before Lightning registers its handlers). Nothing is installed
+        outside SLURM auto-requeue, off the main thread, where another handler is set already, or where this
+        Lightning lacks the handler `requeue` calls (its own mid-step save then stays)."""
+        signum = _requeue_signal(trainer)
+        connector = getattr(trainer, "_signal_connector", None)
+        if signum is None or not hasattr(connector, "_slurm_sigusr_handler_fn") \
+                or threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signum)
+        if previous not in (None, signal.SIG_DFL):
+            return
+        self._signum, self._previous, self._noted, self._done = signum, previous, False, False
+        signal.signal(signum, self._note)
+
+    def uninstall(self) -> None:
+        if self._signum is not None:
+            signal.signal(self._signum, self._previous)
+            self._signum = None
+
+    def _note(self, signum, frame) -> None:
+        self._noted = True
+        log.info("requeue signal %s: saving and requeueing at the end of this training step", signum)
+
+    def due(self, trainer) -> bool:
+        """Whether to save and requeue now. Every rank must call it at the same points (a collective under DDP)."""
+        if self._signum is None or self._done:
+            return False
+        return bool(trainer.strategy.reduce_boolean_decision(self._noted, all=False))
+
+    def requeue(self, trainer) -> None:
+        """Lightning's own requeue: finalise the loggers, save hpc_ckpt_N.ckpt, `scontrol requeue` (rank 0)."""
+        self._done = True
+        trainer._signal_connector._slurm_sigusr_handler_fn(self._signum, None)

@@ -1,0 +1,100 @@
+"""SLURM's requeue signal (USR1) arriving in the middle of a training step: the requeue save is taken at the
+step's end (or after the validation due at it), so a run resumed from hpc_ckpt_N.ckpt trains exactly the
+batches of an uninterrupted run. Lightning's own handler saved mid-step, and the resumed run skipped a batch."""
+from __future__ import annotations
+
+import os
+import signal
+import stat
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+from radar_train.cache.synthetic import synthetic_manifest, write_synthetic_cache
+from radar_train.train.datamodule import CacheSource, PairDataModule
+from radar_train.train.run_checkpoint import RunCheckpoint
+
+MAX_STEPS = 8
+
+
+class _Recorder(pl.LightningModule):
+    """A one-parameter model recording the pairs of each training step and the steps validated; sends
+    itself the requeue signal inside the training step at `signal_at` (global step before the step)."""
+
+    def __init__(self, signal_at: int | None = None):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.signal_at = signal_at
+        self.batches: list[list[int]] = []
+        self.validated: list[int] = []
+
+    def training_step(self, batch, i):
+        if self.global_step == self.signal_at:
+            os.kill(os.getpid(), signal.SIGUSR1)  # the handler runs here, inside the step
+        self.batches.append(batch["index"].tolist())
+        return (self.w * batch["fhat_lq"].mean()).sum()
+
+    def validation_step(self, batch, i):
+        pass
+
+    def on_validation_end(self):
+        if not self.trainer.sanity_checking:
+            self.validated.append(self.global_step)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.fixture()
+def slurm(tmp_path, monkeypatch):
+    """A SLURM job's environment and a stub scontrol recording its arguments."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol.calls"
+    bin_dir.mkdir()
+    stub = bin_dir / "scontrol"
+    stub.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    for k, v in {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+                 "SLURM_NODEID": "0", "SLURM_JOB_NAME": "radar-train"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    yield calls
+    assert signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None), "the fit left its handler behind"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("requeue") / "cache"
+    m = synthetic_manifest(32, 8, latent_shape=(4, 2, 2), patch_nums=(1, 2), chunk_size=4, num_classes=10)
+    return str(write_synthetic_cache(path, m))
+
+
+def _fit(cache: str, root, max_steps: int, signal_at=None, ckpt_path=None) -> _Recorder:
+    module = _Recorder(signal_at)
+    checkpoint = RunCheckpoint(dirpath=root / "checkpoints", filename="step-{step:06d}", every_n_train_steps=100,
+                               save_last=True)
+    trainer = pl.Trainer(default_root_dir=str(root), accelerator="cpu", devices=1, max_steps=max_steps, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         val_check_interval=2, check_val_every_n_epoch=None, use_distributed_sampler=False,
+                         callbacks=[checkpoint],
+                         plugins=[SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR1)])
+    data = PairDataModule([CacheSource(cache, train_shards="0-2", val_shards="3")], batch_size=3, shuffle_seed=5)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    return module
+
+
+@pytest.mark.parametrize("signal_at", [2, 3], ids=["mid-step", "step-before-a-validation"])
+def test_a_requeue_save_resumes_the_batches_an_uninterrupted_run_trains(cache, tmp_path, slurm, signal_at):
+    reference = _fit(cache, tmp_path / "reference", MAX_STEPS)
+    assert reference.validated == [2, 4, 6, 8] and len(reference.batches) == MAX_STEPS
+    run = tmp_path / "run"
+    first = _fit(cache, run, signal_at + 2, signal_at=signal_at)  # goes on after the save, as a job does until killed
+    assert slurm.read_text() == "requeue 4242\n"
+    saved = torch.load(run / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=False)["global_step"]
+    resumed = _fit(cache, run, MAX_STEPS, ckpt_path=str(run / "hpc_ckpt_1.ckpt"))
+    assert first.batches[:saved] + resumed.batches == reference.batches
+    assert saved == signal_at + 1  # the end of the step the signal came in
+    # the validation due at the saved step ran before the save, once
+    assert [s for s in first.validated if s <= signal_at + 1] + resumed.validated == reference.validated
