@@ -417,13 +417,13 @@ class RadarLoraModule(pl.LightningModule):
             return
         was_training = self.training
         self.eval()
-        hq = self._image_batch["fhat_hq"].to(self.device)
-        lq = self._image_batch["fhat_lq"].to(self.device)
-        labels = self._image_batch["label"].to(self.device)
+        # in the precision the steps' batches get (a "-true" precision casts the module: bf16-true, 16-true)
+        batch = self.trainer.precision_plugin.convert_input(self._image_batch)
+        hq, lq, labels = (batch[k].to(self.device) for k in ("fhat_hq", "fhat_lq", "label"))
         cols = [self.decode(lq, adapters=False)[0], self.decode(lq, labels=labels)[0],
                 self.decode(hq, adapters=False)[0]]
         self.train(was_training)
-        cols = [to_uint8(to_unit(c)) for c in cols]
+        cols = [to_uint8(to_unit(c.float())) for c in cols]
         rows = [[c[i] for c in cols] for i in range(hq.shape[0])]
         scale = max(1, 96 // cols[0].shape[-1])
         img = grid(rows, col_titles=["LQ baseline", "student", "teacher"], scale=scale)

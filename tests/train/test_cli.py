@@ -239,3 +239,16 @@ def test_ddp_on_webdataset_tars_that_split_unevenly_runs_the_same_steps_on_both_
     ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 10  # epochs of 4 batches on each rank (rank 1's share of 16 pairs)
     assert "every rank's epoch is 4 batches (per rank: [8, 4])" in proc.stdout + proc.stderr
+
+
+def test_a_precision_that_casts_the_module_logs_its_image_grid(tiny_cache, tmp_path):
+    """`--trainer.precision 64-true` (as bf16-true / 16-true on a GPU) casts the whole module; the fixed image
+    batch of the TensorBoard grid gets the steps' precision too (it crashed the run before its first step)."""
+    root = tmp_path / "run"
+    assert _run(_tiny_args(tiny_cache, root, 2, "--trainer.precision", "64-true")) == 0
+    from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
+
+    acc = EventAccumulator(str(root / "tb"), size_guidance={IMAGES: 0})
+    acc.Reload()
+    assert [e.step for e in acc.Images("val/samples")] == [0, 2]
+    assert (root / "final").is_dir()
