@@ -96,3 +96,20 @@ def test_train_bench_rows(tmp_path):
     assert all(r["ratio"] > 0 for r in rows)
     assert by["data_vs_step"]["data_ms_per_batch"] > 0 and "synthetic cache" in by["data_vs_step"]["source"]
     assert "train benchmark: tiny" in stdout
+
+
+@pytest.mark.parametrize("precision,dtype", [("64-true", torch.float64), ("32-true", torch.float32)])
+def test_train_bench_bare_loop_trains_in_the_dtype_of_a_true_precision(precision, dtype):
+    """The bare loop does what Lightning does for the precision it reports: a "-true" one casts the module and
+    the batch (it ran them in fp32, beside a Lightning loop in the precision's dtype)."""
+    from radar_train.train.bench import TrainBenchArgs, _autocast, _train_setup, _train_step
+
+    dev = torch.device("cpu")
+    state = _train_setup(TrainBenchArgs(preset="tiny", batch_size=2), dev, 2, precision=precision)
+    module, batch, params, _, _ = state
+    assert {p.dtype for p in module.parameters()} == {dtype} and {v.dtype for v in batch.values()} == {dtype}
+    before = [p.detach().clone() for p in params]
+    _train_step(state, dev, precision)
+    assert any(not torch.equal(a, p) for a, p in zip(before, params))
+    with _autocast(dev, precision):
+        assert not torch.is_autocast_enabled("cpu")

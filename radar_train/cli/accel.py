@@ -102,6 +102,8 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
     print(f"calibrating rank ratios: model {model.preset}, scales {scales}, α={alpha}, {num_samples} samples, "
           f"device {dev} -> {output}")
     autocast = torch.bfloat16 if dev.type == "cuda" else None
+    if autocast is not None:
+        var.cast_body_(autocast)  # the transformer as radar-cache and the pipeline run it
     sampler = NextScaleSampler(var, vqvae.quantize, sampling, autocast_dtype=autocast)
     with Progress(num_samples, "radar-accel calibrate", "samples") as bar:
         means, stds = calibrate_ranks(sampler, scales, alpha, num_samples, batch_size, var.num_classes, seed, bar.update)
@@ -138,6 +140,8 @@ def _calibrate_sca(model: ModelArgs, sampling: SamplingConfig, accel: AccelArgs,
     print(f"calibrating SCA-Mask tile scores: model {model.preset}, scales {list(sides)}, tile {tile}, τ={tau}/n, "
           f"{num_samples} samples (seeds {seed}..{seed + num_samples - 1}), device {dev} -> {output}")
     autocast = torch.bfloat16 if dev.type == "cuda" else None
+    if autocast is not None:
+        var.cast_body_(autocast)  # the transformer as radar-cache and the pipeline run it
     sampler = NextScaleSampler(var, vqvae.quantize, sampling, autocast_dtype=autocast)
     with Progress(num_samples, "radar-accel calibrate", "samples") as bar:
         scores, rows = calibrate_sca(sampler, sides, tile, tau, num_samples, batch_size, var.num_classes, seed,

@@ -163,22 +163,29 @@ def _batch(module, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
     return {"fhat_hq": hq, "fhat_lq": hq + 0.3 * torch.randn(hq.shape, generator=g)}
 
 
+# what Lightning does for each precision: "-mixed" autocasts, "-true" casts the module and the batches
+_MIXED = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+_TRUE = {"bf16-true": torch.bfloat16, "16-true": torch.float16, "64-true": torch.float64}
+
+
 def _autocast(dev: torch.device, precision: str):
-    if precision.startswith("bf16"):
-        return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
-    if precision.startswith("16"):
-        return torch.autocast(device_type=dev.type, dtype=torch.float16)
+    if precision in _MIXED:
+        return torch.autocast(device_type=dev.type, dtype=_MIXED[precision])
     return nullcontext()
 
 
-def _train_setup(args: TrainBenchArgs, dev: torch.device, steps: int, compiled: bool = False):
-    """(module on dev, batch on the CPU, trainable params, AdamW, scheduler) as the training recipe builds them."""
+def _train_setup(args: TrainBenchArgs, dev: torch.device, steps: int, compiled: bool = False,
+                 precision: str = "32-true"):
+    """(module on dev, batch on the CPU, trainable params, AdamW, scheduler) as the training recipe builds them,
+    in the dtype of a "-true" precision (module and batch)."""
     from radar_train.train.optim import build_optimizer
 
-    module = _module(args, compiled).to(dev).train()
+    dtype = _TRUE.get(precision, torch.float32)
+    module = _module(args, compiled).to(dev, dtype).train()
     params = [p for p in module.parameters() if p.requires_grad]
     opt, sched = build_optimizer(params, module.optim_args, steps)
-    return module, _batch(module, args.batch_size, args.seed), params, opt, sched
+    batch = {k: v.to(dtype) for k, v in _batch(module, args.batch_size, args.seed).items()}
+    return module, batch, params, opt, sched
 
 
 def _train_step(state, dev: torch.device, precision: str) -> None:
@@ -196,7 +203,7 @@ def _train_step(state, dev: torch.device, precision: str) -> None:
 
 def bare_loop(args: TrainBenchArgs, dev: torch.device, precision: str) -> float:
     """Seconds per step of a plain PyTorch loop doing the same forward/backward as the Lightning module."""
-    state = _train_setup(args, dev, args.warmup + args.steps)
+    state = _train_setup(args, dev, args.warmup + args.steps, precision=precision)
     t0 = 0.0
     for i in range(args.warmup + args.steps):
         if i == args.warmup:
@@ -216,7 +223,7 @@ def compiled_vs_eager_row(args: TrainBenchArgs) -> dict:
 
     dev = _device(args.device)
     precision = _precision(args, dev)
-    eager, compiled = (_train_setup(args, dev, args.warmup + args.steps, c) for c in (False, True))
+    eager, compiled = (_train_setup(args, dev, args.warmup + args.steps, c, precision) for c in (False, True))
     for _ in range(args.warmup):
         _train_step(eager, dev, precision)
     clock = PhaseClock(dev).start()
@@ -324,7 +331,7 @@ def _temporary_cache(args: TrainBenchArgs, tmp: str) -> str:
 # ---------------------------------------------------------------------------------------------- memory
 def _prepare_train(args: TrainBenchArgs, dev: torch.device, precision: str):
     """Build the training state on `dev`; returns the work to measure (two training steps)."""
-    state = _train_setup(args, dev, 2)
+    state = _train_setup(args, dev, 2, precision=precision)
     return lambda: [_train_step(state, dev, precision) for _ in range(2)]
 
 
@@ -336,6 +343,8 @@ def _prepare_sampling(args: TrainBenchArgs, dev: torch.device, precision: str):
 
     vqvae, var, _, _ = load_models(args.preset, device=dev, init_seed=args.seed)
     dtype = torch.bfloat16 if precision.startswith("bf16") else None
+    if dtype is not None:
+        var.cast_body_(dtype)  # as radar-cache samples: the body in bf16, embeddings fp32
     # eager: the graphs engine's first call captures, and each capture's warm-up holds a second KV cache
     sampler = NextScaleSampler(var, vqvae.quantize, SamplingConfig(engine="eager"), autocast_dtype=dtype)
     labels = torch.arange(args.batch_size, device=dev) % var.num_classes
@@ -343,7 +352,7 @@ def _prepare_sampling(args: TrainBenchArgs, dev: torch.device, precision: str):
     def work() -> None:
         with torch.inference_mode():
             out = sampler.sample(labels, seeds=list(range(args.batch_size)))
-            with _autocast(dev, precision):
+            with torch.autocast(dev.type, dtype) if dtype is not None else nullcontext():
                 decode_images(vqvae, out.f_hat)
     return work
 
