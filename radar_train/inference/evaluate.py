@@ -31,11 +31,12 @@ class LpipsArgs:
     """LPIPS v0.1 linear heads (the lpips package's weights/v0.1/vgg.pth)."""
 
 
-def _adapter_shards(meta: dict, cache_dir: Path) -> Optional[list[int]]:
-    for c in meta.get("caches") or []:
-        if Path(c.get("path", "")).resolve() == cache_dir.resolve():
-            return list(c.get("val_shards") or []) or None
-    return None
+def _adapter_shards(meta: dict, cache_dir: Path, manifest) -> Optional[list[int]]:
+    """The validation shards the adapter's records of this cache name (`_same_cache`: a record's path is
+    relative to the folder training ran in, so the content decides too), or None."""
+    shards = {int(s) for c in meta.get("caches") or [] if isinstance(c, dict) and _same_cache(c, cache_dir, manifest)
+              for s in c.get("val_shards") or []}
+    return sorted(shards) or None
 
 
 def _same_cache(record: dict, cache_dir: Path, manifest) -> bool:
@@ -104,7 +105,7 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
     manifest = read_manifest(cache)
     meta = check_adapter(adapter_dir)
     if shards is None:
-        shards = _adapter_shards(meta, cache)
+        shards = _adapter_shards(meta, cache, manifest)
         if shards is None:
             raise ValueError(f"adapter {adapter_dir} records no validation shards of {cache}: pass --shards")
     if not shards:

@@ -1,5 +1,6 @@
 """RadarPipeline, radar-generate and radar-eval on a briefly trained tiny adapter."""
 import json
+from pathlib import Path
 import warnings
 
 import pytest
@@ -111,6 +112,23 @@ def test_radar_eval_reports_restoration_on_held_out_shards(trained_run, tmp_path
     assert r["num_pairs"] == 16 and r["shards"] == [4]
     assert r["gap_closed"] > 0 and r["psnr_adapted"] > r["psnr_baseline"]
     assert "gap closed" in (out / "eval.md").read_text()
+
+
+def test_radar_eval_finds_the_adapters_validation_shards_from_another_folder(trained_run, tmp_path, cli):
+    """The adapter records its cache's path as training was given it (relative to that run's folder); radar-eval
+    run elsewhere still finds the validation shards (by the cache's content), and refuses the training ones."""
+    from radar_train.export import read_radar_config
+
+    recorded = [c["path"] for c in read_radar_config(trained_run["adapter"])["caches"]]
+    assert recorded and not any(Path(p).is_absolute() for p in recorded)  # what makes the folder matter
+    out = tmp_path / "eval"
+    cli("eval", "--cache", str(trained_run["cache"]), "--adapter", str(trained_run["adapter"]),
+        "--output", str(out), "--device", "cpu", cwd=tmp_path)
+    assert json.loads((out / "eval.json").read_text())["shards"] == [4]
+    from radar_train.inference.evaluate import evaluate_restoration
+
+    with pytest.raises(ValueError, match="are training shards of the adapter"):
+        evaluate_restoration(str(trained_run["cache"]), str(trained_run["adapter"]), shards=[0])
 
 
 def test_radar_eval_errors_are_one_line(trained_run, tmp_path):
