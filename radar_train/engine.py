@@ -273,7 +273,7 @@ class GraphEngine(EagerEngine):
         model derives and caches from it, e.g. the attention's qkv bias, are replaced, and graphs would read
         the freed ones)."""
         s = self.sampler
-        sig = tuple((t.data_ptr(), None if t.is_inference() else t._version)
+        sig = tuple((id(t), t.data_ptr(), None if t.is_inference() else t._version)  # (a new tensor can reuse an address)
                     for m in (s.var, s.quantizer) for t in (*m.parameters(), *m.buffers()))
         if sig != self._weights:
             self.workspaces.clear()

@@ -483,3 +483,29 @@ def test_a_failed_capture_falls_back_to_eager_under_auto_and_is_an_error_otherwi
     with pytest.raises(RuntimeError, match=r"^sampling.engine graphs: capturing the start of a run failed "
                                            r"\(RuntimeError: boom\); use sampling.engine eager$"):
         explicit.sample(LABELS, seeds=SEEDS)
+
+
+def test_graphs_engine_forgets_its_graphs_when_a_weight_changes(micro, monkeypatch):
+    """Graphs read the weights (and what the model derives from them) at their addresses: a weight updated in
+    place, or a parameter replaced by another tensor object (even one at the same address), makes the next
+    call capture anew instead of replaying graphs that read the old tensors."""
+    quant, var = micro
+    graphs = _graphs_on_cpu(var, quant, monkeypatch)
+    eng = graphs._engine
+
+    def workspace():
+        graphs.sample(LABELS, seeds=SEEDS)
+        (ws,) = eng.workspaces[(6, engine._MethodKey(None))]
+        return ws
+
+    first = workspace()
+    assert workspace() is first  # nothing changed: replayed
+    attn = var.blocks[0].attn
+    with torch.no_grad():
+        attn.q_bias.add_(0.0)  # in place (the version counter moves)
+    second = workspace()
+    assert second is not first
+    old = attn.q_bias
+    attn.q_bias = torch.nn.Parameter(old.detach())  # another object, the same memory and version counter
+    assert attn.q_bias.data_ptr() == old.data_ptr() and attn.q_bias._version == old._version
+    assert workspace() is not second
