@@ -13,7 +13,8 @@
 # train section then records what it lacks). Limits: SUITE_TIMEOUT (default 470 s; the suite plans its rounds
 # for BUDGET_S, default 410 s), TEST_TIMEOUT (default 100 s): with the wheels about 580 s, inside a 600 s
 # command. The CUDA tests run without the slow ones (the compiled engine compiles for minutes), the
-# FlexAttention ones first, each result logged as it ends. Exit status: the suite's, else the tests'.
+# sampling engines' ones (tests/test_gpu.py: graphs vs eager, no synchronisation) first, then the FlexAttention
+# ones, each result logged as it ends. Exit status: the suite's, else the tests'.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 1 ] || [[ "$1" == -* ]]; then
@@ -46,7 +47,7 @@ timeout "${SUITE_TIMEOUT:-470}" "$py" -m radar_train.bench.gpu_suite "${official
   --output_dir "$out" "$@" 2>&1 | tee "$out/suite.log"
 suite=$?
 timeout "${TEST_TIMEOUT:-100}" "$py" -m pytest -v -rA -s -p no:cacheprovider -m "gpu and not slow" \
-  tests/accel/test_sca.py tests/test_gpu.py 2>&1 | tee "$out/gpu-tests.log"
+  tests/test_gpu.py tests/accel/test_sca.py 2>&1 | tee "$out/gpu-tests.log"
 tests=$?
 echo "run_gpu_suite: suite exit $suite, tests exit $tests; files in $out"
 [ "$suite" != 0 ] && exit "$suite"

@@ -11,19 +11,21 @@ keeps what it measured):
   with eager also the official noise), FastVAR default, StageVAR default and paper, their forked pairs, our
   decode; loop and end-to-end images/s, peak memory per row. Timed rounds per preset are planned from the
   measured first (warm-up) round so that the section fits its share of --budget_s (never fewer than
-  --min_repeats); a later preset whose fewest rounds (estimated, scaled by how the last preset's first round
-  compared with its estimate) no longer fit is skipped and recorded so.
-- sca: SCA-Mask (RADAR's own method) on VAR-d16 and d24 shapes (those of --presets), batch 32, bf16:
-  vanilla SDPA against window-selected masks at the default and aggressive budgets (random weights: no
+  --min_repeats for the targets' d16 and d24, --min_repeats_other for the others); a later preset whose
+  fewest rounds (estimated, scaled by how the last preset's first round compared with its estimate) no
+  longer fit is skipped and recorded so.
+- train: decoder-LoRA training-step throughput and peak memory (radar_train.train.bench, VAR-d16 shapes,
+  batch 16, bf16-mixed) — only when its imports (lightning, peft, zarr) work and at least --train_reserve_s
+  of the budget is left; otherwise recorded as skipped. With --train_compiled also the step with
+  model.optim.compile (the compiled_vs_eager row; compiling does not fit the default budget).
+- sca (last by default, so that a slow FlexAttention compile cannot crowd out the training figures; it
+  gets what is left): SCA-Mask (RADAR's own method) on VAR-d16 and d24 shapes (those of --presets), batch
+  32, bf16: vanilla SDPA against window-selected masks at the default and aggressive budgets (random weights: no
   calibration; the same block counts as calibrated masks) through FlexAttention, per engine, with the
   FLOP model's ideal speed-up, the KV buffers allocated and peak memory per row; in its own try so that a
   kernel failure costs only this section; rows under sections.sca. A preset is skipped (and recorded so) when
   less than its part of --sca_reserve_s is left; its timed rounds (1 to --min_repeats) are planned from its
   first round to fit its share of what is left, and the section is saved after each preset.
-- train: decoder-LoRA training-step throughput and peak memory (radar_train.train.bench, VAR-d16 shapes,
-  batch 16, bf16-mixed) — only when its imports (lightning, peft, zarr) work and at least --train_reserve_s
-  of the budget is left; otherwise recorded as skipped. With --train_compiled also the step with
-  model.optim.compile (the compiled_vs_eager row; compiling does not fit the default budget).
 - paper: RADAR's timing setting (fp32, SDPA on the math kernel: the baseline its 1.6-1.9x were measured
   against, methods.md §4.1): vanilla against SCA-Mask at the default budgets on VAR-d20 shapes; not in the
   default list; name it in --sections (about 75 s of the budget) to run it.
@@ -48,6 +50,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 DEFAULT_PRESETS = ("var-d16", "var-d24", "var-d20", "var-d30")  # the targets' presets (d16, d24) first
+TARGET_PRESETS = ("var-d16", "var-d24")  # the presets the targets name: --min_repeats; the others --min_repeats_other
 DEFAULT_METHODS = ("fastvar:default", "stagevar:default", "stagevar:paper")
 # Rough seconds on an H100/H200 at batch 32 for one interleaved round (eager engine; the official, two
 # vanilla, three method, three pair and two decode runs) and for building the models: used for the ETA
@@ -95,18 +98,19 @@ def run_accel_section(args, results, log: Callable[[str], None], deadline: float
         weights = [sum(estimate(p)) for p in presets[i:]]
         share = left * weights[0] / sum(weights)
         round_est, build_est = estimate(preset)
-        least = build_est + (args.warmup + args.min_repeats) * round_est
+        fewest = args.min_repeats if preset in TARGET_PRESETS else args.min_repeats_other
+        least = build_est + (args.warmup + fewest) * round_est
         if i > 0 and left < least:  # it would eat the later sections' reserves: recorded as skipped
             skipped[preset] = f"{left:.0f} s of the budget left (< {least:.0f} s estimated for its fewest rounds)"
             log(f"== accel {preset}: skipped ({skipped[preset]})")
             results.set("skipped", {**results.doc.get("skipped", {}), f"accel {preset}": skipped[preset]})
             continue
 
-        def plan(first_round_s: float, started=started, share=share, preset=preset) -> int:
+        def plan(first_round_s: float, started=started, share=share, preset=preset, fewest=fewest) -> int:
             speed[0] = first_round_s / _estimate(preset, len(engines), args.batch_size)[0]  # for the later presets
             left_here = share - (time.time() - started) - (args.warmup - 1) * first_round_s
             fit = int(left_here // max(first_round_s, 1e-3))
-            n = max(args.min_repeats, min(args.repeats, fit))
+            n = max(fewest, min(args.repeats, fit))
             log(f"  {preset}: first round {first_round_s:.1f} s; {n} timed rounds fit its share "
                 f"({share:.0f} s of the budget)")
             return n
@@ -271,7 +275,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--output", help="result JSON (default benchmarks/gpu/<date>-<device>.json)")
     ap.add_argument("--output_dir", help="write the default file name (<date>-<device>.json) into this folder instead")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-    ap.add_argument("--sections", default="accel,sca,train",
+    ap.add_argument("--sections", default="accel,train,sca",
                     help="comma-separated: accel, sca, train, paper, pipeline, cache")
     ap.add_argument("--presets", default=",".join(DEFAULT_PRESETS), help="comma-separated model presets")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated method specs (vanilla always runs)")
@@ -280,7 +284,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--batch_size", type=int, default=32)
     ap.add_argument("--warmup", type=int, default=1, help="untimed rounds per preset")
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds per preset at most")
-    ap.add_argument("--min_repeats", type=int, default=3, help="timed rounds per preset at least, budget or not")
+    ap.add_argument("--min_repeats", type=int, default=3, help="timed rounds per preset at least, budget or not "
+                                                               "(the targets' presets, d16 and d24; SCA-Mask's most)")
+    ap.add_argument("--min_repeats_other", type=int, default=1,
+                    help="timed rounds at least for the accel section's other presets (d20, d30)")
     ap.add_argument("--budget_s", type=float, default=450.0, help="seconds the whole suite should take")
     ap.add_argument("--sca_reserve_s", type=float, default=SCA_S,
                     help="budget the sca section needs (shared between its presets; a preset is skipped without its part)")
@@ -314,6 +321,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise ValueError("--output and --output_dir: name one of them")
         if a.commit is not None and not re.fullmatch(r"[0-9a-f]{7,40}(\+dirty)?", a.commit):
             raise ValueError(f"--commit {a.commit}: not a commit hash (e.g. the output of git rev-parse --short HEAD)")
+        problems = [f"--{k} must be >= 1, got {getattr(a, k)}" for k in ("repeats", "min_repeats", "min_repeats_other")
+                    if getattr(a, k) < 1]
+        problems += [f"--warmup must be >= 0, got {a.warmup}"] * (a.warmup < 0)
+        problems += ["--presets names no preset"] * (not a.presets)
+        if problems:
+            raise ValueError("; ".join(problems))
         unknown = [s for s in a.sections if s not in SECTIONS]
         if unknown:
             raise ValueError(f"--sections: unknown {unknown}; known: {', '.join(SECTIONS)}")

@@ -161,3 +161,52 @@ def test_the_sca_section_is_saved_after_each_preset(tmp_path, monkeypatch):
 def test_the_commit_recorded_is_a_hash(tmp_path, capsys):
     assert main(["--device", "cpu", "--commit", "HEAD", "--output", str(tmp_path / "x.json")]) == 2
     assert "--commit HEAD: not a commit hash" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
+
+
+def test_rounds_and_presets_are_checked_first(tmp_path, capsys):
+    for argv, needle in ((["--min_repeats_other", "0"], "--min_repeats_other must be >= 1, got 0"),
+                         (["--repeats", "0"], "--repeats must be >= 1"), (["--warmup", "-1"], "--warmup must be >= 0"),
+                         (["--presets", ","], "--presets names no preset")):
+        assert main(["--device", "cpu", "--output", str(tmp_path / "x.json"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and needle in err and err.count("\n") == 1
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_the_default_budget_reaches_every_accel_preset_and_keeps_the_training_reserve(monkeypatch, tmp_path):
+    """At the run script's budget (410 s) with the suite's own round estimates (two engines on CUDA), the accel
+    section gets to VAR-d30 (the targets' presets keep 3 timed rounds, the others 1) and the train section, run
+    before SCA-Mask, keeps its reserve."""
+    import radar_train.bench.accel as accel
+    import radar_train.bench.gpu_suite as suite
+
+    clock = [0.0]
+    monkeypatch.setattr(suite.time, "time", lambda: clock[0])
+    monkeypatch.setattr(accel, "available_engines", lambda device: ("eager", "graphs"))
+    ran: dict[str, float] = {}  # the seconds a later section found left
+
+    def section(name: str, seconds: float):
+        def run(a, results, log, deadline):
+            ran[name] = deadline - clock[0]
+            clock[0] += seconds
+        return run
+
+    monkeypatch.setitem(suite.SECTIONS, "train", section("train", suite.TRAIN_S))
+    monkeypatch.setitem(suite.SECTIONS, "sca", section("sca", suite.SCA_S))
+    timed: dict[str, int] = {}
+
+    def fake(setup, methods, plan_repeats, **kw):  # the estimated build and rounds pass on the clock
+        round_s, build_s = suite._estimate(setup.preset, 2, setup.batch_size)
+        clock[0] += build_s + round_s
+        n = plan_repeats(round_s)
+        clock[0] += (setup.warmup - 1 + n) * round_s
+        timed[setup.preset] = n
+        return []
+
+    monkeypatch.setattr(accel, "run_accel_benchmark", fake)
+    out = tmp_path / "run.json"
+    assert suite.main(["--device", "cpu", "--budget_s", "410", "--output", str(out)]) == 0
+    assert list(timed) == ["var-d16", "var-d24", "var-d20", "var-d30"]
+    assert timed["var-d16"] >= 3 and timed["var-d24"] >= 3 and min(timed.values()) >= 1
+    assert list(ran) == ["train", "sca"] and ran["train"] >= suite.TRAIN_S and ran["sca"] > 0
+    assert "skipped" not in json.loads(out.read_text())
