@@ -137,9 +137,9 @@ def cache(cache_config: str = "configs/cache/tiny.yaml", overrides: list[str] = 
         overwrite: replace an existing --json file.
     """
     from radar_train.cache.bench import format_rows, run_cache_benchmark
-    from radar_train.inputs import check_file
+    from radar_train.inputs import read_yaml
 
-    check_file(cache_config, "--cache_config file")
+    read_yaml(cache_config, "--cache_config file")  # missing, binary, not a mapping: one line naming it
     _check_json(json, overwrite, {"--cache_config": cache_config})
 
     print(f"radar-bench cache: {' and '.join(parts)}: generation = bare pair generation and radar-cache run of "
