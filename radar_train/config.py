@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional, Sequence, Union
 
 __all__ = ["ModelArgs", "SamplingConfig", "FastVARArgs", "StageVARArgs", "SCAArgs", "AccelArgs", "parse_int_list",
-           "check_device", "check_positive"]
+           "check_device", "check_positive", "init_seed_problems"]
 
 Noise = Literal["official", "per_sample"]
 Engine = Literal["auto", "eager", "graphs", "compiled"]
@@ -27,6 +27,16 @@ class ModelArgs:
     """VAR weights (.pth or .safetensors), e.g. checkpoints/var_d16.pth. Required for var-d*."""
     init_seed: Optional[int] = None
     """Random presets only: seed of the random weights (default: the preset's)."""
+
+    def problems(self) -> list[str]:
+        return init_seed_problems("model.init_seed", self.init_seed)
+
+    def __post_init__(self) -> None:
+        # checked when built: every entry point builds its ModelArgs from the options before a model is
+        # loaded (an init_seed past 64 bits overflowed in torch's manual_seed there, a message naming nothing)
+        problems = self.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -192,6 +202,14 @@ def check_device(name: str, option: str = "--device"):
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"{option} {name}: only {torch.cuda.device_count()} CUDA device(s) here")
     return dev
+
+
+def init_seed_problems(option: str, seed: Optional[int]) -> list[str]:
+    """The problem with a model's init_seed (torch seeds its random weights with it), named `option`: []
+    when it is not given or lies in [0, 2**63)."""
+    if seed is None or 0 <= seed < 2 ** 63:
+        return []
+    return [f"{option} must be in [0, 2**63) (the seed of the random weights), got {seed}"]
 
 
 def check_positive(minimum: int = 1, **values: Optional[float]) -> None:

@@ -1,0 +1,97 @@
+"""Option values a command must refuse up front, in the shape of tests/test_bad_input.py: each case exits
+with a non-zero status and one `error:` line (the last line of stderr) naming the option at fault, no
+traceback, and leaves every file as it was with nothing new written. Before these checks, the Trainer values
+were tracebacks (two of them after the run folder was written), radar-demo ran the cache, training and export
+before radar-generate refused its --classes, radar-bench cache measured nothing (or failed naming a temporary
+file), and an init_seed past 64 bits was torch's 'Overflow when unpacking long long'.
+
+One tiny cache is built once for the module (so that a fit given a bad value would otherwise start); each
+case runs in its own empty working folder.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from cli_checks import assert_one_line_error, assert_unchanged, call_cli, snapshot
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PAST_64_BITS = str(2 ** 64 + 5)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, build_cache) -> dict[str, Path]:
+    from radar_train.cache.config import CacheArgs, PlanArgs, StorageArgs
+    from radar_train.config import AccelArgs, SamplingConfig
+
+    w = tmp_path_factory.mktemp("world")
+    cache = w / "cache"
+    build_cache(CacheArgs(sampling=SamplingConfig(cfg=1.5, top_k=64, top_p=0.96), accel=AccelArgs(method="fastvar"),
+                          plan=PlanArgs(images_per_class=None, num_samples=32, shard_size=16),
+                          storage=StorageArgs(chunk_size=8), output=str(cache), batch_size=16, progress=False,
+                          device="cpu", num_threads=1))
+    # a configs folder whose model has cache and train configs but no generate config (the demo's last steps)
+    for stage in ("cache", "train"):
+        (w / "configs_no_generate" / stage).mkdir(parents=True)
+        shutil.copy(CONFIGS / stage / "tiny.yaml", w / "configs_no_generate" / stage / "tiny.yaml")
+    return {"w": w, "cache": cache}
+
+
+def fit_args(w: dict, t: Path, *extra: str) -> list[str]:
+    caches = json.dumps([{"path": str(w["cache"]), "train_shards": "0", "val_shards": "1"}])
+    return ["fit", "--config", str(CONFIGS / "train" / "tiny.yaml"), "--data.caches", caches,
+            "--trainer.default_root_dir", str(t / "run"), "--trainer.max_steps", "2", "--trainer.val_check_interval",
+            "2", "--trainer.enable_progress_bar", "false", "--model.monitor.images_every_n_steps", "0",
+            "--model.monitor.train_metrics_every_n_steps", "0", "--data.batch_size", "4", "--data.val_batch_size", "16",
+            *extra]
+
+
+def demo_args(*extra: str) -> list[str]:
+    return ["--output", "demo", "--model", "tiny", "--train_steps", "1", *extra]
+
+
+def bench_cache_args(*extra: str) -> list[str]:
+    # the reader part only (no --cache_config needed), small, with a --json that must not be written
+    return ["cache", "--parts", "[reader]", "--num_pairs", "128", "--workers", "[0]", "--json", "rows.json", *extra]
+
+
+def _generate_opts() -> list[str]:
+    return ["--config", str(CONFIGS / "generate" / "tiny.yaml"), "--device", "cpu", "--output", "gen"]
+
+
+# (id, cli, argv(world, cwd), needles that the error line must hold)
+CASES = [
+    # --model.init_seed: the seed of the random weights, a 64-bit torch seed
+    ("cache-run-init-seed-past-64-bits", "cache",
+     lambda w, t: ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--device", "cpu", "--output", "c",
+                   "--model.init_seed", PAST_64_BITS], ["model.init_seed", "2**63"]),
+    ("generate-init-seed-past-64-bits", "generate",
+     lambda w, t: [*_generate_opts(), "--model.init_seed", PAST_64_BITS], ["model.init_seed", "2**63"]),
+    ("calibrate-init-seed-past-64-bits", "accel",
+     lambda w, t: ["calibrate", "--model.preset", "tiny", "--num_samples", "2", "--batch_size", "2", "--output",
+                   "r.yaml", "--model.init_seed", PAST_64_BITS], ["model.init_seed", "2**63"]),
+    ("calibrate-negative-init-seed", "accel",
+     lambda w, t: ["calibrate", "--model.preset", "tiny", "--num_samples", "2", "--batch_size", "2", "--output",
+                   "r.yaml", "--model.init_seed", "-1"], ["model.init_seed", "-1"]),
+]
+
+
+@pytest.mark.parametrize("cli,make_argv,needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_option_is_one_error_line_and_changes_nothing(world, tmp_path, cli, make_argv, needles):
+    argv = make_argv(world, tmp_path)
+    before = snapshot(world["w"], tmp_path)
+    code, err = call_cli(cli, argv, tmp_path)
+    assert code not in (0, None), err
+    assert_one_line_error(err, *needles)
+    assert_unchanged(before, snapshot(world["w"], tmp_path))
+
+
+def test_an_init_seed_within_64_bits_is_taken():
+    from radar_train.config import ModelArgs
+
+    assert ModelArgs(init_seed=2 ** 63 - 1).init_seed == 2 ** 63 - 1
+    assert ModelArgs(init_seed=0).problems() == [] and ModelArgs().problems() == []
+    with pytest.raises(ValueError, match=r"model.init_seed must be in \[0, 2\*\*63\)"):
+        ModelArgs(init_seed=2 ** 63)
