@@ -63,6 +63,20 @@ def _generate_opts() -> list[str]:
 
 # (id, cli, argv(world, cwd), needles that the error line must hold)
 CASES = [
+    # radar-train fit: Trainer values
+    ("fit-accumulating-zero-batches", "train", lambda w, t: fit_args(w, t, "--trainer.accumulate_grad_batches", "0"),
+     ["--trainer.accumulate_grad_batches", ">= 1"]),
+    ("fit-validating-every-zero-steps", "train", lambda w, t: fit_args(w, t, "--trainer.val_check_interval", "0"),
+     ["--trainer.val_check_interval"]),
+    ("fit-validating-every-1.5-epochs", "train", lambda w, t: fit_args(w, t, "--trainer.val_check_interval", "1.5"),
+     ["--trainer.val_check_interval", "(0, 1]"]),
+    ("fit-max-steps-below-minus-one", "train", lambda w, t: fit_args(w, t, "--trainer.max_steps", "-5"),
+     ["--trainer.max_steps", "-1"]),
+    ("fit-on-an-accelerator-not-here", "train", lambda w, t: fit_args(w, t, "--trainer.accelerator", "mps"),
+     ["--trainer.accelerator"]),
+    ("fit-on-zero-devices", "train", lambda w, t: fit_args(w, t, "--trainer.devices", "0"), ["--trainer.devices"]),
+    ("fit-decoder-init-seed-past-64-bits", "train",
+     lambda w, t: fit_args(w, t, "--model.decoder.init_seed", PAST_64_BITS), ["--model.decoder.init_seed", "2**63"]),
     # --model.init_seed: the seed of the random weights, a 64-bit torch seed
     ("cache-run-init-seed-past-64-bits", "cache",
      lambda w, t: ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--device", "cpu", "--output", "c",

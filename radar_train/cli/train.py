@@ -187,8 +187,46 @@ def check_ckpt_path(ckpt_path: Optional[str], root: str | os.PathLike) -> Option
     return path, load_torch(path, "--ckpt_path checkpoint")
 
 
+def trainer_problems(trainer) -> list[str]:
+    """What Lightning would refuse only once the run had started (writing config.yaml and tb/ first), or
+    not at all: accumulate_grad_batches below 1, a val_check_interval of 0 (both a ZeroDivisionError inside
+    the fit), max_steps below -1. A `trainer` that is not a mapping is left to the parser."""
+    p = []
+    if not hasattr(trainer, "get"):
+        return p
+    accumulate, interval, max_steps = (trainer.get(k) for k in ("accumulate_grad_batches", "val_check_interval",
+                                                                  "max_steps"))
+    if isinstance(accumulate, int) and accumulate < 1:
+        p.append(f"--trainer.accumulate_grad_batches must be >= 1, got {accumulate}")
+    if isinstance(interval, int) and not isinstance(interval, bool) and interval < 1:
+        p.append(f"--trainer.val_check_interval must be a step count >= 1 (or a fraction of an epoch in (0, 1]), "
+                 f"got {interval}")
+    elif isinstance(interval, float) and not 0 < interval <= 1:
+        p.append(f"--trainer.val_check_interval must be a fraction of an epoch in (0, 1] (or a step count >= 1), "
+                 f"got {interval}")
+    if isinstance(max_steps, int) and max_steps < -1:
+        p.append(f"--trainer.max_steps must be >= 0, or -1 for no limit, got {max_steps}")
+    return p
+
+
+def _trainer_options_at_fault(e: Exception, trainer) -> str:
+    """The --trainer options a Lightning MisconfigurationException is about: those it names in backticks, else
+    the accelerator when it names its value (`No supported gpu backend found!`), else all of --trainer."""
+    # `max_steps` must be ..., `Trainer(devices='0')` value is not ...
+    named = [k for k in re.findall(r"`(?:Trainer\()?(\w+)", str(e)) if k in trainer]
+    if named:
+        return ", ".join(f"--trainer.{k}" for k in dict.fromkeys(named))
+    accelerator = trainer.get("accelerator")
+    if isinstance(accelerator, str) and accelerator != "auto" and accelerator in str(e):
+        return f"--trainer.accelerator {accelerator}"
+    return "--trainer"
+
+
 def _make_cli_class():
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+    from radar_train.config import init_seed_problems
 
     class RunConfigCallback(SaveConfigCallback):
         """Saves the resolved config as RUN/config.yaml (trainer.default_root_dir), rank zero only."""
@@ -225,6 +263,12 @@ def _make_cli_class():
 
         def before_instantiate_classes(self) -> None:
             cfg = self.config[self.subcommand]
+            model = cfg.get("model")
+            decoder = model.get("decoder") if hasattr(model, "get") else None
+            seed = decoder.get("init_seed") if hasattr(decoder, "get") else None
+            problems = trainer_problems(cfg.get("trainer")) + init_seed_problems("--model.decoder.init_seed", seed)
+            if problems:
+                raise ValueError("; ".join(problems))
             caches = [c.get("path") for c in ((cfg.get("data") or {}).get("caches") or []) if hasattr(c, "get")]
             vae = ((cfg.get("model") or {}).get("decoder") or {}).get("vae_checkpoint")
             if int(os.environ.get("LOCAL_RANK") or 0) == 0 and int(os.environ.get("NODE_RANK") or 0) == 0:
@@ -263,7 +307,10 @@ def _make_cli_class():
                 extra.append(StepProgress())
             if extra:
                 kwargs["callbacks"] = [*given, *extra]
-            return super().instantiate_trainer(**kwargs)
+            try:
+                return super().instantiate_trainer(**kwargs)
+            except MisconfigurationException as e:  # Lightning's own checks of the trainer settings
+                raise ValueError(f"{_trainer_options_at_fault(e, cfg)}: {e}") from None
 
         def _check_data(self) -> None:
             """Read the caches and check them against the decoder (and its label conditioning's class count)
@@ -303,7 +350,11 @@ def _make_cli_class():
 
 
 def run_lightning(argv: list[str]) -> None:
-    """LightningCLI over `argv` (subcommand first). `validate` writes no config.yaml (the run's stays)."""
+    """LightningCLI over `argv` (subcommand first). `validate` writes no config.yaml (the run's stays).
+    Lightning's MisconfigurationException (a setting it refuses) becomes a ValueError: one error line (it is
+    not in run_main's errors since importing it takes seconds, which `radar-train export` and --help skip)."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     from radar_train.cli.common import tidy_lightning_logging
     from radar_train.train.datamodule import PairDataModule
     from radar_train.train.module import RadarLoraModule
@@ -311,10 +362,13 @@ def run_lightning(argv: list[str]) -> None:
     tidy_lightning_logging()
     cli_cls, config_cb = _make_cli_class()
     # args=None when they are the process's own (LightningCLI warns when given both)
-    cli_cls(RadarLoraModule, PairDataModule, args=None if argv == sys.argv[1:] else argv,
-            save_config_callback=config_cb if argv[0] == "fit" else None, save_config_kwargs={"overwrite": True},
-            trainer_defaults={"use_distributed_sampler": False, "default_root_dir": "checkpoints/run"},
-            parser_kwargs={"default_env": False, "exit_on_error": False, "prog": "radar-train"})
+    try:
+        cli_cls(RadarLoraModule, PairDataModule, args=None if argv == sys.argv[1:] else argv,
+                save_config_callback=config_cb if argv[0] == "fit" else None, save_config_kwargs={"overwrite": True},
+                trainer_defaults={"use_distributed_sampler": False, "default_root_dir": "checkpoints/run"},
+                parser_kwargs={"default_env": False, "exit_on_error": False, "prog": "radar-train"})
+    except MisconfigurationException as e:
+        raise ValueError(str(e)) from None
 
 
 def _body(argv: list[str]) -> int:
