@@ -77,6 +77,15 @@ CASES = [
     ("fit-on-zero-devices", "train", lambda w, t: fit_args(w, t, "--trainer.devices", "0"), ["--trainer.devices"]),
     ("fit-decoder-init-seed-past-64-bits", "train",
      lambda w, t: fit_args(w, t, "--model.decoder.init_seed", PAST_64_BITS), ["--model.decoder.init_seed", "2**63"]),
+    # radar-bench cache
+    ("bench-cache-zero-repeats", "bench", lambda w, t: bench_cache_args("--repeats", "0"), ["--repeats", ">= 1"]),
+    ("bench-cache-no-parts", "bench", lambda w, t: bench_cache_args("--parts", "[]"), ["--parts"]),
+    ("bench-cache-zero-pairs", "bench", lambda w, t: bench_cache_args("--num_pairs", "0"), ["--num_pairs"]),
+    ("bench-cache-pairs-within-the-untimed-batch", "bench", lambda w, t: bench_cache_args("--num_pairs", "64"),
+     ["--num_pairs", "first batch"]),
+    ("bench-cache-negative-workers", "bench", lambda w, t: bench_cache_args("--workers", "[0, -1]"),
+     ["--workers", "-1"]),
+    ("bench-cache-no-workers", "bench", lambda w, t: bench_cache_args("--workers", "[]"), ["--workers is empty"]),
     # --model.init_seed: the seed of the random weights, a 64-bit torch seed
     ("cache-run-init-seed-past-64-bits", "cache",
      lambda w, t: ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--device", "cpu", "--output", "c",

@@ -113,3 +113,16 @@ def test_train_bench_bare_loop_trains_in_the_dtype_of_a_true_precision(precision
     assert any(not torch.equal(a, p) for a, p in zip(before, params))
     with _autocast(dev, precision):
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_cache_bench_reader_part_needs_no_cache_config(tmp_path):
+    """The reader part times a synthetic cache: it runs where the default --cache_config does not exist."""
+    out = tmp_path / "rows.json"
+    r = subprocess.run([sys.executable, "-m", "radar_train.cli.bench", "cache", "--parts", "[reader]", "--num_pairs",
+                        "128", "--workers", "[0]", "--json", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = {row["metric"]: row for row in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"synthetic_bytes_per_pair", "reader_pairs_per_s_workers0"}
+    assert rows["reader_pairs_per_s_workers0"]["value"] > 0
+    assert "generation" not in r.stdout.splitlines()[0]  # the header names the parts that run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.json"]

@@ -23,6 +23,9 @@ import torch
 
 from radar_train.cache.layout import dir_bytes
 
+PARTS = ("generation", "reader")
+READER_BATCH = 64  # pairs per batch of the reader benchmark; its first batch is not timed
+
 
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
@@ -89,7 +92,7 @@ def bench_generation(config: str, overrides: Sequence[str], root: Path, repeats:
     ]
 
 
-def bench_reader(root: Path, num_pairs: int = 8192, workers: Sequence[int] = (0, 2), batch_size: int = 64,
+def bench_reader(root: Path, num_pairs: int = 8192, workers: Sequence[int] = (0, 2), batch_size: int = READER_BATCH,
                  latent_shape: Sequence[int] = (32, 16, 16), dtype: str = "float16", chunk_size: int = 64,
                  shard_size: int = 1024, compressor: str = "lz4",
                  log: Callable[[str], None] = lambda s: None) -> list[dict]:
@@ -122,6 +125,28 @@ def bench_reader(root: Path, num_pairs: int = 8192, workers: Sequence[int] = (0,
     return rows
 
 
+def check_options(num_pairs: int, workers: Sequence[int], repeats: int, parts: Sequence[str]) -> None:
+    """ValueError naming every option (--num_pairs, --workers, --repeats, --parts) that would measure nothing
+    or fail after the work began: no part or an unknown one, fewer than one repeat, a reader with no pair past
+    its first (untimed) batch, no worker count or a negative one."""
+    p = []
+    unknown = [x for x in parts if x not in PARTS]
+    if unknown or not parts:
+        p.append(f"--parts must name generation and/or reader, got {list(parts)}")
+    if repeats < 1:
+        p.append(f"--repeats must be >= 1, got {repeats}")
+    if "reader" in parts:
+        if num_pairs <= READER_BATCH:
+            p.append(f"--num_pairs must be > {READER_BATCH} (the reader times the pairs after its first batch of "
+                     f"{READER_BATCH}), got {num_pairs}")
+        if not workers:
+            p.append("--workers is empty: give the DataLoader worker counts to time, e.g. [0, 2]")
+        elif min(workers) < 0:
+            p.append(f"--workers: {min(workers)} is negative (0 loads in the main process)")
+    if p:
+        raise ValueError("; ".join(p))
+
+
 def run_cache_benchmark(config: str = "configs/cache/tiny.yaml", overrides: Sequence[str] = (),
                         num_pairs: int = 8192, workers: Sequence[int] = (0, 2), repeats: int = 3,
                         root: Optional[str] = None, parts: Sequence[str] = ("generation", "reader"),
@@ -129,9 +154,7 @@ def run_cache_benchmark(config: str = "configs/cache/tiny.yaml", overrides: Sequ
     """The radar-cache benchmark rows ({"metric", "value", "unit", "target", "detail"}) of `parts`;
     temporary files go to a fresh folder under `root` (default: the system's), removed afterwards. `log` gets
     a line per generation repeat and per reader row as they finish."""
-    unknown = set(parts) - {"generation", "reader"}
-    if unknown:
-        raise ValueError(f"unknown benchmark parts {sorted(unknown)}; available: generation, reader")
+    check_options(num_pairs, workers, repeats, parts)
     tmp = Path(tempfile.mkdtemp(prefix="radar-cache-bench-", dir=root))
     try:
         rows = bench_generation(config, overrides, tmp, repeats, log=log) if "generation" in parts else []
@@ -153,7 +176,7 @@ def main(cache_config: str = "configs/cache/tiny.yaml", overrides: Optional[list
     """Benchmark radar-cache: write overhead vs bare generation, reader pairs/s, bytes per pair.
 
     Args:
-        cache_config: radar-cache config for the generation part.
+        cache_config: radar-cache config for the generation part (the reader part does not read it).
         overrides: extra `radar-cache run` arguments, e.g. ["--plan.images_per_class", "4", "--device", "cpu"].
         num_pairs: pairs in the synthetic 256px-shaped cache read by the reader benchmark.
         workers: DataLoader worker counts to measure.

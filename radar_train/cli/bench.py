@@ -127,24 +127,31 @@ def cache(cache_config: str = "configs/cache/tiny.yaml", overrides: list[str] = 
     DataLoader workers (256px-shaped fp16 latents), bytes per pair.
 
     Args:
-        cache_config: cache config whose samples are generated for the overhead ratio.
+        cache_config: cache config whose samples are generated for the overhead ratio (generation part only:
+            the reader part does not read it).
         overrides: extra radar-cache options for that run, e.g. ["--plan.num_samples", "512"].
-        num_pairs: pairs of the synthetic 32x16x16 cache the reader is timed on.
-        workers: DataLoader worker counts to time.
-        repeats: repetitions (the best is kept).
+        num_pairs: pairs of the synthetic 32x16x16 cache the reader is timed on (> 64: the first batch of 64
+            is not timed).
+        workers: DataLoader worker counts to time (0: the main process).
+        repeats: repetitions of the generation part (the best is kept), >= 1.
         parts: generation and/or reader.
         json: also write the result to this JSON file ({device, torch, cuda, commit, date, command, rows}).
         overwrite: replace an existing --json file.
     """
-    from radar_train.cache.bench import format_rows, run_cache_benchmark
+    from radar_train.cache.bench import check_options, format_rows, run_cache_benchmark
     from radar_train.inputs import read_yaml
 
-    read_yaml(cache_config, "--cache_config file")  # missing, binary, not a mapping: one line naming it
-    _check_json(json, overwrite, {"--cache_config": cache_config})
+    check_options(num_pairs, workers, repeats, parts)
+    generation = "generation" in parts
+    if generation:  # the reader part times a synthetic cache: it reads no config
+        read_yaml(cache_config, "--cache_config file")  # missing, binary, not a mapping: one line naming it
+    _check_json(json, overwrite, {"--cache_config": cache_config} if generation else {})
 
-    print(f"radar-bench cache: {' and '.join(parts)}: generation = bare pair generation and radar-cache run of "
-          f"{cache_config}, best of {repeats} (a line per repeat); reader = {num_pairs} synthetic pairs with "
-          f"{', '.join(map(str, workers))} workers (a line per row)", flush=True)
+    what = {"generation": f"generation = bare pair generation and radar-cache run of {cache_config}, best of "
+                          f"{repeats} (a line per repeat)",
+            "reader": f"reader = {num_pairs} synthetic pairs with {', '.join(map(str, workers))} workers (a line "
+                      f"per row)"}
+    print(f"radar-bench cache: {'; '.join(what[p] for p in dict.fromkeys(parts))}", flush=True)
     rows = run_cache_benchmark(cache_config, overrides, num_pairs, workers, repeats, None, parts, log=_log)
     print(format_rows(rows))
     _write_json(rows, json)
