@@ -77,6 +77,15 @@ CASES = [
     ("fit-on-zero-devices", "train", lambda w, t: fit_args(w, t, "--trainer.devices", "0"), ["--trainer.devices"]),
     ("fit-decoder-init-seed-past-64-bits", "train",
      lambda w, t: fit_args(w, t, "--model.decoder.init_seed", PAST_64_BITS), ["--model.decoder.init_seed", "2**63"]),
+    # radar-demo: the grid's classes and seeds, and the generate config, before any step
+    ("demo-classes-that-are-no-list", "demo", lambda w, t: demo_args("--classes", "abc"), ["--classes", "abc"]),
+    ("demo-classes-beyond-the-model", "demo", lambda w, t: demo_args("--classes", "0-12"),
+     ["--classes", "[10, 11, 12]", "tiny"]),
+    ("demo-a-class-twice", "demo", lambda w, t: demo_args("--classes", "0,3,0"), ["--classes", "0 more than once"]),
+    ("demo-seeds-that-are-no-list", "demo", lambda w, t: demo_args("--seeds", "0..3"), ["--seeds"]),
+    ("demo-a-seed-past-64-bits", "demo", lambda w, t: demo_args("--seeds", PAST_64_BITS), ["--seeds", "64 bits"]),
+    ("demo-without-a-generate-config", "demo",
+     lambda w, t: demo_args("--configs", str(w["w"] / "configs_no_generate")), ["generate", "tiny.yaml", "--model"]),
     # radar-bench cache
     ("bench-cache-zero-repeats", "bench", lambda w, t: bench_cache_args("--repeats", "0"), ["--repeats", ">= 1"]),
     ("bench-cache-no-parts", "bench", lambda w, t: bench_cache_args("--parts", "[]"), ["--parts"]),

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from jsonargparse import CLI
 
@@ -54,8 +54,34 @@ def check_demo_folder(out: Path, entries: set[str]) -> None:
                           f"{', '.join(foreign[:3])}): choose a new or empty folder (a demo folder is resumed)")
 
 
-def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str] = None, classes: str = "0-9",
-         seeds: str = "0-1", train_steps: Optional[int] = None) -> int:
+def check_grid(classes: Union[str, list[int]], seeds: Union[str, list[int]],
+               generate_cfg: Path) -> tuple[list[int], list[int]]:
+    """The comparison grid's classes and seeds, checked as radar-generate checks them (readable, no repeats,
+    seeds within 64 bits, classes within the class count of the generate config's model), before the demo
+    runs the steps ahead of it."""
+    from radar_train.config import ModelArgs, parse_int_list
+    from radar_train.inputs import read_yaml
+    from radar_train.models import get_preset
+
+    cls_list, seed_list = parse_int_list(classes, "--classes"), parse_int_list(seeds, "--seeds")
+    if max(seed_list) >= 2 ** 63:
+        raise ValueError(f"--seeds: {max(seed_list)} does not fit in 64 bits")
+    for option, values in (("--classes", cls_list), ("--seeds", seed_list)):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            raise ValueError(f"{option} lists {', '.join(map(str, twice))} more than once")
+    model = read_yaml(generate_cfg, "generate config").get("model") or {}
+    preset = model.get("preset", ModelArgs.preset) if isinstance(model, dict) else ModelArgs.preset
+    num_classes = get_preset(preset).var.num_classes
+    bad = [c for c in cls_list if not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(f"--classes {bad} outside [0, {num_classes - 1}] for model {preset} ({generate_cfg})")
+    return cls_list, seed_list
+
+
+def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str] = None,
+         classes: Union[str, list[int]] = "0-9", seeds: Union[str, list[int]] = "0-1",
+         train_steps: Optional[int] = None) -> int:
     """Run cache -> train -> export -> generate -> eval on a small model.
 
     Args:
@@ -63,21 +89,28 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
         model: configs/cache/<model>.yaml and configs/train/<model>.yaml are used (toy: the shipped toy-world
             model; tiny: random weights).
         configs: the configs folder (default: the checkout's configs/).
-        classes: classes of the comparison grid.
-        seeds: seeds of the comparison grid.
+        classes: classes of the comparison grid, e.g. "0-3,7" (within the model's class count).
+        seeds: seeds of the comparison grid, e.g. "0-1".
         train_steps: override the training config's max_steps.
 
-    The output folder must be new, empty, or an earlier demo's (which is resumed).
+    The output folder must be new, empty, or an earlier demo's (which is resumed). Every option is checked
+    before anything is written.
     """
     from radar_train.inputs import InputError, read_yaml
 
     cfg_dir = Path(configs).resolve() if configs else DEFAULT_CONFIGS  # (the steps run in the output folder)
     cache_cfg, train_cfg = cfg_dir / "cache" / f"{model}.yaml", cfg_dir / "train" / f"{model}.yaml"
-    for f in (cache_cfg, train_cfg):
+    generate_cfg = cfg_dir / "generate" / f"{model}.yaml"
+    for f in (cache_cfg, train_cfg, generate_cfg):
         if not f.is_file():
-            raise FileNotFoundError(f"{f} not found (pass --configs, the configs/ folder of a radar_train checkout)")
+            models = sorted(p.stem for p in (cfg_dir / "cache").glob("*.yaml")
+                            if (cfg_dir / "train" / p.name).is_file() and (cfg_dir / "generate" / p.name).is_file())
+            raise FileNotFoundError(f"{f} not found (--model {model}: the demo needs its cache, train and generate "
+                                    f"configs; models with all three here: {', '.join(models) or 'none'}; "
+                                    f"--configs: the configs/ folder of a radar_train checkout)")
     if train_steps is not None and train_steps < 1:
         raise ValueError(f"--train_steps must be >= 1, got {train_steps}")
+    cls_list, seed_list = check_grid(classes, seeds, generate_cfg)
     train = read_yaml(train_cfg, "training config")
     try:
         run_dir = Path(train["trainer"]["default_root_dir"])
@@ -102,8 +135,8 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
     # adapter/, generate/ and eval/ are the demo's own: a rerun replaces them
     _run(py + ["radar_train.cli.train", "export", "--ckpt", str(run_dir / "checkpoints" / "last.ckpt"),
                "--output", "adapter", "--overwrite"], out)
-    _run(py + ["radar_train.cli.generate", "--config", str(cfg_dir / "generate" / f"{model}.yaml"),
-               "--adapter", "adapter", "--classes", classes, "--seeds", seeds, "--output", "generate",
+    _run(py + ["radar_train.cli.generate", "--config", str(generate_cfg), "--adapter", "adapter", "--classes",
+               ",".join(map(str, cls_list)), "--seeds", ",".join(map(str, seed_list)), "--output", "generate",
                "--overwrite"], out)
     _run(py + ["radar_train.cli.eval", "--cache", str(cache_dir), "--adapter", "adapter", "--output", "eval",
                "--overwrite"], out)
