@@ -102,8 +102,61 @@ def _generate_opts(w):
     return ["--config", str(CONFIGS / "generate" / "tiny.yaml"), "--device", "cpu"]
 
 
+def _yaml(t: Path, name: str, text: str) -> str:
+    """A config file written into the case's working folder (before its snapshot)."""
+    (t / name).write_text(text)
+    return str(t / name)
+
+
+def _group_case(name: str, cli: str, argv_before: list[str], text: str, key: str, option: str = "--config"):
+    """A config file (or group file) whose group `key` is not a mapping: one line naming the file and the key."""
+    return (name, cli, lambda w, t: [*argv_before, option, _yaml(t, "bad.yaml", text)],
+            ["bad.yaml", f"{key} must be a mapping"])
+
+
 # (id, cli, argv(world, cwd), needles that the error line must hold)
 CASES = [
+    # config groups that are not mappings (a TypeError traceback, or ignored), in every entry point
+    _group_case("generate-model-a-list", "generate", ["--classes", "0", "--device", "cpu", "--output", "o"],
+                "model: [1, 2]\n", "model"),
+    _group_case("generate-model-a-number", "generate", [], "model: 5\n", "model"),
+    _group_case("generate-model-null", "generate", [], "model: null\n", "model"),
+    _group_case("generate-sampling-a-list", "generate", [], "sampling: [1]\n", "sampling"),
+    _group_case("generate-accel-fastvar-a-list", "generate", [], "accel: {fastvar: [1]}\n", "accel.fastvar"),
+    ("generate-model-file-a-list", "generate", lambda w, t: ["--model", _yaml(t, "bad.yaml", "[1]\n")],
+     ["bad.yaml", "--model file", "mapping"]),
+    _group_case("cache-run-plan-a-number", "cache", ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml")],
+                "plan: 3\n", "plan"),
+    _group_case("fit-model-lora-a-list", "train", ["fit", "--config", str(CONFIGS / "train" / "tiny.yaml")],
+                "model: {lora: [1]}\n", "model.lora"),
+    _group_case("fit-trainer-a-list", "train", ["fit", "--config", str(CONFIGS / "train" / "tiny.yaml"),
+                                                "--print_config"], "trainer: [1]\n", "trainer"),  # (ignored)
+    _group_case("fit-model-file-with-lora-a-list", "train", ["fit", "--config", str(CONFIGS / "train" / "tiny.yaml")],
+                "lora: [1]\n", "model.lora", "--model"),
+    _group_case("toy-train-recipe-a-list", "toy", ["train", "--output", "out", "--print_config"], "recipe: [1]\n",
+                "recipe"),  # (trained on defaults; --print_config keeps the case short)
+    _group_case("toy-train-recipe-vqvae-a-number", "toy", ["train", "--output", "out"], "recipe: {vqvae: 5}\n",
+                "recipe.vqvae"),
+    _group_case("bench-accel-setup-a-list", "bench", ["accel"], "setup: [1]\n", "setup"),
+    _group_case("bench-train-args-a-list", "bench", ["train"], "args: [1]\n", "args"),
+    _group_case("bench-tradeoff-setup-a-list", "bench", ["tradeoff", "--output", "to", "--print_config"],
+                "setup: [1]\n", "setup"),  # (ran on defaults)
+    _group_case("eval-lpips-a-list", "eval", ["--cache", "c", "--adapter", "a"], "lpips: [1]\n", "lpips"),
+    # config and group files given otherwise than `--config FILE`
+    ("fit-with-a-binary-config-after-c", "train", lambda w, t: ["fit", "-c", str(w["w"] / "junk.bin")],
+     ["junk.bin", "not a text file"]),
+    ("fit-with-a-list-config-after-c", "train", lambda w, t: ["fit", "-c", str(w["w"] / "list.yaml")],
+     ["list.yaml", "mapping"]),
+    ("fit-with-a-list-config-after-config-equals", "train", lambda w, t: ["fit", f"--config={w['w'] / 'list.yaml'}"],
+     ["list.yaml", "mapping"]),
+    ("generate-with-a-binary-model-file", "generate", lambda w, t: ["--model", str(w["w"] / "junk.bin")],
+     ["junk.bin", "--model file"]),
+    ("bench-tradeoff-with-a-binary-setup-file", "bench", lambda w, t: ["tradeoff", "--setup", str(w["w"] / "junk.bin")],
+     ["junk.bin", "--setup file"]),
+    ("bench-cache-with-a-binary-config", "bench", lambda w, t: ["cache", "--cache_config", str(w["w"] / "junk.bin")],
+     ["junk.bin", "--cache_config"]),
+    ("bench-cache-with-a-list-config", "bench", lambda w, t: ["cache", "--cache_config", str(w["w"] / "list.yaml")],
+     ["list.yaml", "--cache_config"]),
     # radar-train export
     ("export-into-the-run-folder", "train",
      lambda w, t: ["export", "--ckpt", str(w["ckpt"]), "--output", str(w["run"])], ["--output", "--ckpt"]),

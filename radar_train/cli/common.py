@@ -6,11 +6,13 @@ input error path, and every error the user can fix printed as one line (`error: 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
 import warnings
-from typing import Callable, NoReturn, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Iterator, NoReturn, Optional, Sequence
 
 from radar_train.config import check_device, check_positive  # noqa: F401 - the entry points' checks, re-exported
 
@@ -112,13 +114,34 @@ def _parse_error(e: BaseException) -> str:
     return re.sub(r'Parser key "([^"]+)"', r"--\1", one_line(e))
 
 
-def _config_values(argv: Sequence[str]) -> list[str]:
-    out = []
-    for i, a in enumerate(argv):
-        if a == "--config" and i + 1 < len(argv):
-            out.append(argv[i + 1])
-        elif a.startswith("--config="):
-            out.append(a.split("=", 1)[1])
+# The config-file options of the entry points (radar-train's LightningCLI also has the short `-c`).
+CONFIG_OPTIONS = ("--config", "-c")
+
+
+def _option_value(argv: Sequence[str], i: int, options: Sequence[str]) -> Optional[tuple[str, str, int]]:
+    """(option, value, tokens taken) if argv[i] gives one of `options` a value: `OPT VALUE`, `OPT=VALUE`,
+    or a short option's `-cVALUE`; None otherwise."""
+    a = argv[i]
+    for opt in options:
+        if a == opt and i + 1 < len(argv):
+            return opt, argv[i + 1], 2
+        if a.startswith(opt + "="):
+            return opt, a[len(opt) + 1:], 1
+        if len(opt) == 2 and opt[0] == "-" and a.startswith(opt) and len(a) > 2 and not a.startswith("--"):
+            return opt, a[2:], 1
+    return None
+
+
+def _config_values(argv: Sequence[str], options: Sequence[str] = CONFIG_OPTIONS) -> list[tuple[str, str]]:
+    """(option, value) of every config-file option in argv: `--config FILE`, `--config=FILE`, `-c FILE`."""
+    out, i = [], 0
+    while i < len(argv):
+        found = _option_value(argv, i, options)
+        if found is None:
+            i += 1
+        else:
+            out.append(found[:2])
+            i += found[2]
     return out
 
 
@@ -136,18 +159,142 @@ def expand_flags(argv: Sequence[str]) -> list[str]:
 
 
 def check_config_files(argv: Sequence[str]) -> None:
-    """Read every `--config FILE` with the input error path (one line naming the file if it is missing,
-    binary, not YAML, or not a mapping). Inline YAML / JSON strings are left to the parser."""
-    from pathlib import Path
-
+    """Read every config file (`--config FILE`, `--config=FILE`, `-c FILE`) with the input error path: one
+    line naming the file if it is missing, binary, not YAML, or not a mapping (an empty one is {}). Inline
+    YAML / JSON strings are left to the parser. Group files and the groups inside a file are checked when
+    the parser is known (`checked_parsing`)."""
     from radar_train.inputs import InputError, read_yaml
 
-    for value in _config_values(argv):
+    for option, value in _config_values(argv):
         p = Path(value)
         if p.exists() or p.is_symlink():
             read_yaml(p, "config file")
         elif not any(c in value for c in "{}:\n"):
-            raise InputError(f"{value}: config file not found (--config)")
+            raise InputError(f"{value}: config file not found ({option})")
+
+
+def _groups(parser) -> set[str]:
+    """The keys of the parser's groups of options ('model', 'model.lora', 'trainer'): a dataclass or class
+    parameter, which is also an option taking a file or a mapping (`--model FILE`). jsonargparse makes no
+    group of an Optional[dataclass] field: that is one typed option, whose check already refuses a list."""
+    return {k for k in parser.groups if f"--{k}" in parser._option_string_actions}
+
+
+def _subparsers(parser) -> dict:
+    action = getattr(parser, "_subcommands_action", None)
+    return dict(getattr(action, "choices", None) or {})
+
+
+def _found(value: object) -> str:
+    if value is None:
+        return "null"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}: {one_line(repr(value))[:60]}"
+
+
+def _group_file(folder: Path, value: str) -> Optional[Path]:
+    for p in (folder / value, Path(value)):
+        if "\n" not in value and (p.is_file() or p.is_symlink()):
+            return p
+    return None
+
+
+def check_groups(doc: dict, parser, path: object, prefix: str = "") -> None:
+    """Every group key of `doc` (read from the file `path`) must hold a mapping of the group's fields:
+    InputError naming the file and the dotted key otherwise (jsonargparse passes a list or a number
+    there on to the dataclass, which fails with a TypeError or is ignored). A subcommand's section (a
+    root-level file's `fit:`) is checked against that subcommand's groups."""
+    from radar_train.inputs import InputError, read_yaml
+
+    groups, subparsers = _groups(parser), _subparsers(parser)
+    for key, value in doc.items():
+        full = f"{prefix}{key}"
+        if full in groups:
+            if isinstance(value, str):  # a file (beside this one, as jsonargparse reads it) or inline YAML
+                nested = _group_file(Path(path).parent, value)
+                if nested is not None:
+                    check_groups(read_yaml(nested, f"{full} file (in {path})"), parser, nested, full + ".")
+                continue
+            if not isinstance(value, dict):
+                raise InputError(f"{path}: {full} must be a mapping (of the --{full}.* options), "
+                                 f"found {_found(value)}")
+            check_groups(value, parser, path, full + ".")
+        elif not prefix and key in subparsers and isinstance(value, dict):
+            check_groups(value, subparsers[key], path)
+
+
+def _levels(parser, argv: list[str]) -> list[tuple[object, int, int]]:
+    """argv split by subcommand: (parser, start, end) of the root's options, then of each subcommand's."""
+    levels, current, start, i = [], parser, 0, 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("-"):
+            action = current._option_string_actions.get(a)
+            takes_value = action is None or action.nargs != 0
+            i += 2 if takes_value and i + 1 < len(argv) and not argv[i + 1].startswith("-") else 1
+            continue
+        sub = _subparsers(current).get(a)
+        if sub is not None:
+            levels.append((current, start, i))
+            current, start = sub, i + 1
+        i += 1
+    levels.append((current, start, len(argv)))
+    return levels
+
+
+def check_parser_args(parser, argv: Sequence[str]) -> list[str]:
+    """argv as `parser` should see it: every config file (`--config` / `-c` of the parser or of its
+    subcommand) and every file given to a group option (`--model FILE`, `--accel.fastvar FILE`) is read
+    with the input error path and its groups checked (`check_groups`); a file that sets nothing (empty, or
+    comments only) is dropped with its option, as an empty config means nothing to set."""
+    from jsonargparse import ActionConfigFile
+
+    from radar_train.inputs import read_yaml
+
+    argv = list(argv)
+    dropped: set[int] = set()
+    for sub, start, end in _levels(parser, argv):
+        configs = [o for a in sub._actions if isinstance(a, ActionConfigFile) for o in a.option_strings]
+        group_options = {f"--{k}": k for k in _groups(sub)}
+        i = start
+        while i < end:
+            found = _option_value(argv[:end], i, [*configs, *group_options])
+            if found is None:
+                i += 1
+                continue
+            option, value, taken = found
+            p = Path(value)
+            if p.exists() or p.is_symlink():
+                group = group_options.get(option)
+                doc = read_yaml(p, f"{option} file" if group else "config file")
+                check_groups(doc, sub, p, f"{group}." if group else "")
+                if not doc:
+                    dropped.update(range(i, i + taken))
+            i += taken
+    return [a for i, a in enumerate(argv) if i not in dropped]
+
+
+@contextlib.contextmanager
+def checked_parsing() -> Iterator[None]:
+    """While an entry point's body runs, every jsonargparse `parse_args` (LightningCLI's too) first reads
+    the config and group files of its argv and checks their groups (`check_parser_args`). The parser is only known inside the body, which
+    builds it; jsonargparse has no hook there, so its method is wrapped for the while and restored."""
+    from jsonargparse import ArgumentParser
+
+    original = ArgumentParser.parse_args
+    if getattr(original, "_radar_checked", False):  # already inside
+        yield
+        return
+
+    def parse_args(self, args=None, *rest, **kwargs):
+        return original(self, check_parser_args(self, sys.argv[1:] if args is None else args), *rest, **kwargs)
+
+    parse_args._radar_checked = True
+    ArgumentParser.parse_args = parse_args
+    try:
+        yield
+    finally:
+        ArgumentParser.parse_args = original
 
 
 def model_inputs(model, prefix: str = "--model") -> dict:
@@ -173,8 +320,9 @@ def print_error(message: object) -> None:
 def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Optional[Sequence[str]] = None,
              errors: tuple[type[BaseException], ...] = (), check_configs: bool = True) -> NoReturn:
     """Run `body(args)` (args: argv, or sys.argv[1:]) and exit with its status; a parse error or one of
-    USER_ERRORS (and `errors`) is one line on stderr and exit status 2. `--config` files are read first
-    (unless `check_configs` is false: the body calls check_config_files itself)."""
+    USER_ERRORS (and `errors`) is one line on stderr and exit status 2. Config files are read first
+    (unless `check_configs` is false: the body calls check_config_files itself), and again with their
+    groups checked when the body parses (`checked_parsing`)."""
     from jsonargparse import ArgumentError
 
     from radar_train.progress import check_env
@@ -186,7 +334,8 @@ def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Option
         check_env()  # RADAR_PROGRESS / RADAR_PROGRESS_INTERVAL, before any work
         if check_configs:
             check_config_files(args)
-        code = body(args)
+        with checked_parsing():
+            code = body(args)
     except ArgumentError as e:
         print(f"error: {_parse_error(e)} (`{prog} --help` lists the options)", file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,94 @@
+"""Config files as the entry points read them (radar_train.cli.common): an empty or comment-only config file
+sets nothing, wherever it is given; the group check reads every shipped config without complaint. The bad
+config files themselves are cases of tests/test_bad_input.py."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from cli_checks import call_cli
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TINY_CACHE = str(CONFIGS / "cache" / "tiny.yaml")
+TINY_TRAIN = str(CONFIGS / "train" / "tiny.yaml")
+
+
+def printed_config(cli: str, argv: list[str], cwd: Path) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code, err = call_cli(cli, [*argv, "--print_config"], cwd)
+    assert code == 0, err
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("text", ["", "# nothing set here\n", "\n\n"], ids=["empty", "comments", "blank-lines"])
+@pytest.mark.parametrize("cli,before,option", [
+    ("cache", ["run", "--config", TINY_CACHE], "--config"),
+    ("train", ["fit", "--config", TINY_TRAIN], "-c"),
+    ("generate", ["--config", str(CONFIGS / "generate" / "tiny.yaml")], "--config"),
+    ("generate", ["--config", str(CONFIGS / "generate" / "tiny.yaml")], "--model"),  # a group file
+], ids=["cache-run", "fit-after-c", "generate", "generate-model-file"])
+def test_a_config_file_that_sets_nothing_changes_nothing(tmp_path, cli, before, option, text):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(text)
+    assert printed_config(cli, [*before, option, str(empty)], tmp_path) == printed_config(cli, before, tmp_path)
+
+
+@functools.cache
+def _parser(cli: str):
+    """The root parser of an entry point (radar-train's LightningCLI one, built as `radar-train fit`)."""
+    from jsonargparse import CLI, capture_parser
+
+    if cli == "cache":
+        from radar_train.cli.cache import build_parser
+
+        return build_parser()
+    if cli == "train":
+        from radar_train.cli.train import run_lightning
+
+        with mock.patch.object(sys, "argv", ["radar-train", "fit"]):  # its own argv: LightningCLI does not warn
+            return capture_parser(lambda: run_lightning(["fit"]))
+    from radar_train.cli.generate import generate
+    from radar_train.cli.toy import train
+
+    return capture_parser(lambda: CLI({"generate": generate, "toy": train}[cli], args=[]))
+
+
+SHIPPED = [("cache", "run", p) for p in sorted((CONFIGS / "cache").rglob("*.yaml"))] + \
+          [("train", "fit", p) for p in sorted((CONFIGS / "train").rglob("*.yaml"))] + \
+          [("generate", None, p) for p in sorted((CONFIGS / "generate").rglob("*.yaml"))] + \
+          [("toy", None, p) for p in sorted((CONFIGS / "toy").rglob("*.yaml"))]
+
+
+@pytest.mark.parametrize("cli,sub,path", SHIPPED, ids=[f"{c}-{p.name}" for c, _, p in SHIPPED])
+def test_every_shipped_config_passes_the_group_check_unchanged(cli, sub, path):
+    from radar_train.cli.common import check_parser_args
+
+    parser = _parser(cli)
+    argv = [*([sub] if sub else []), "--config", str(path)]
+    assert check_parser_args(parser, argv) == argv
+
+
+def test_group_files_and_sections_are_checked_against_their_subcommand(tmp_path):
+    """A file given to a group option is checked under the group's key; a root-level file's subcommand
+    section (`fit:`) against that subcommand's groups; a group given as a file name inside a config is read
+    from beside that config."""
+    from radar_train.cli.common import check_parser_args
+    from radar_train.inputs import InputError
+
+    parser = _parser("train")
+    (tmp_path / "lora.yaml").write_text("lora: [1]\n")
+    (tmp_path / "root.yaml").write_text("fit: {model: {optim: 3}}\n")
+    (tmp_path / "refers.yaml").write_text("model: lora.yaml\n")
+    for argv, needles in [(["fit", "--model", str(tmp_path / "lora.yaml")], ["lora.yaml: model.lora must be"]),
+                          (["--config", str(tmp_path / "root.yaml"), "fit"], ["root.yaml: model.optim must be"]),
+                          (["fit", "-c", str(tmp_path / "refers.yaml")], ["lora.yaml: model.lora must be"])]:
+        with pytest.raises(InputError) as e:
+            check_parser_args(parser, argv)
+        assert all(n in str(e.value) for n in needles), (argv, str(e.value))
+
