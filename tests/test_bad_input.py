@@ -157,6 +157,10 @@ CASES = [
      ["junk.bin", "--cache_config"]),
     ("bench-cache-with-a-list-config", "bench", lambda w, t: ["cache", "--cache_config", str(w["w"] / "list.yaml")],
      ["list.yaml", "--cache_config"]),
+    # required options, spelt as on the command line
+    ("eval-without-cache-and-adapter", "eval", lambda w, t: [], ["required: --cache, --adapter"]),
+    ("fit-without-caches", "train", lambda w, t: ["fit"], ["required: --data.caches"]),
+    ("cache-export-without-output", "cache", lambda w, t: ["export-wds", str(w["cache"])], ["required: --output"]),
     # radar-train export
     ("export-into-the-run-folder", "train",
      lambda w, t: ["export", "--ckpt", str(w["ckpt"]), "--output", str(w["run"])], ["--output", "--ckpt"]),

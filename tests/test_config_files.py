@@ -1,11 +1,13 @@
 """Config files as the entry points read them (radar_train.cli.common): an empty or comment-only config file
-sets nothing, wherever it is given; the group check reads every shipped config without complaint. The bad
-config files themselves are cases of tests/test_bad_input.py."""
+sets nothing, wherever it is given; the group check reads every shipped config without complaint; a list given
+after a config is merged entry by entry only when it has as many entries (docs/cli.md). The bad config files
+themselves are cases of tests/test_bad_input.py."""
 from __future__ import annotations
 
 import contextlib
 import functools
 import io
+import json
 import sys
 from pathlib import Path
 from unittest import mock
@@ -92,3 +94,19 @@ def test_group_files_and_sections_are_checked_against_their_subcommand(tmp_path)
             check_parser_args(parser, argv)
         assert all(n in str(e.value) for n in needles), (argv, str(e.value))
 
+
+def test_a_list_after_a_config_is_merged_entry_by_entry_only_at_the_same_length():
+    """docs/cli.md: `--data.caches` over configs/train/tiny.yaml (one entry: path cache/tiny, train_shards
+    0-3, val_shards "4"). One entry: merged with the file's (fields left out keep its values). Two entries:
+    the file's list is replaced, and each field left out takes the dataclass default (null / zarr)."""
+    parser = _parser("train")
+
+    def caches(value: list[dict]) -> list[dict]:
+        cfg = parser.parse_args(["fit", "--config", TINY_TRAIN, "--data.caches", json.dumps(value)])
+        return [dict(c) for c in cfg.fit.data.caches]
+
+    assert caches([{"path": "cache/a"}]) == [
+        {"path": "cache/a", "train_shards": "0-3", "val_shards": "4", "format": "zarr"}]
+    assert caches([{"path": "cache/a"}, {"path": "cache/b", "val_shards": "1"}]) == [
+        {"path": "cache/a", "train_shards": None, "val_shards": None, "format": "zarr"},
+        {"path": "cache/b", "train_shards": None, "val_shards": "1", "format": "zarr"}]

@@ -274,12 +274,36 @@ def check_parser_args(parser, argv: Sequence[str]) -> list[str]:
     return [a for i, a in enumerate(argv) if i not in dropped]
 
 
+_REQUIRED = "the following arguments are required: "
+
+
+def _option_name(parser, key: str) -> str:
+    """The command-line spelling of a parser key: 'fit.data.caches' -> '--data.caches' (after `fit`);
+    a positional argument keeps its name."""
+    first, dot, rest = key.partition(".")
+    sub = _subparsers(parser).get(first) if dot else None
+    if sub is not None:
+        return _option_name(sub, rest)
+    action = next((a for a in parser._actions if a.dest == key), None)
+    names = [] if action is None else action.option_strings
+    return next((o for o in names if o.startswith("--")), names[0] if names else key)
+
+
+def _required_options(parser, message: str) -> str:
+    """jsonargparse's 'the following arguments are required: ...' with the options spelt as typed."""
+    head, sep, keys = message.partition(_REQUIRED)
+    if not sep or "\n" in keys:
+        return message
+    return head + sep + ", ".join(_option_name(parser, k.strip()) for k in keys.split(","))
+
+
 @contextlib.contextmanager
 def checked_parsing() -> Iterator[None]:
     """While an entry point's body runs, every jsonargparse `parse_args` (LightningCLI's too) first reads
-    the config and group files of its argv and checks their groups (`check_parser_args`). The parser is only known inside the body, which
+    the config and group files of its argv and checks their groups (`check_parser_args`), and names
+    missing required options as on the command line. The parser is only known inside the body, which
     builds it; jsonargparse has no hook there, so its method is wrapped for the while and restored."""
-    from jsonargparse import ArgumentParser
+    from jsonargparse import ArgumentError, ArgumentParser
 
     original = ArgumentParser.parse_args
     if getattr(original, "_radar_checked", False):  # already inside
@@ -287,7 +311,14 @@ def checked_parsing() -> Iterator[None]:
         return
 
     def parse_args(self, args=None, *rest, **kwargs):
-        return original(self, check_parser_args(self, sys.argv[1:] if args is None else args), *rest, **kwargs)
+        args = check_parser_args(self, sys.argv[1:] if args is None else args)
+        try:
+            return original(self, args, *rest, **kwargs)
+        except ArgumentError as e:
+            message = _required_options(self, str(e))
+            if message == str(e):
+                raise
+            raise ArgumentError(None, message) from None
 
     parse_args._radar_checked = True
     ArgumentParser.parse_args = parse_args
