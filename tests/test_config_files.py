@@ -110,3 +110,17 @@ def test_a_list_after_a_config_is_merged_entry_by_entry_only_at_the_same_length(
     assert caches([{"path": "cache/a"}, {"path": "cache/b", "val_shards": "1"}]) == [
         {"path": "cache/a", "train_shards": None, "val_shards": None, "format": "zarr"},
         {"path": "cache/b", "train_shards": None, "val_shards": "1", "format": "zarr"}]
+
+
+def test_a_check_that_fails_on_other_parser_internals_leaves_the_parsing_as_it_was(tmp_path, monkeypatch):
+    """The group check reads jsonargparse's parser internals; where they differ (another release) the check is
+    skipped and the command parses as it would without it, rather than failing every entry point."""
+    import radar_train.cli.common as common
+
+    expected = printed_config("cache", ["run", "--config", TINY_CACHE], tmp_path)
+
+    def broken(parser, argv):
+        raise AttributeError("'ArgumentParser' object has no attribute '_subcommands_action'")
+
+    monkeypatch.setattr(common, "check_parser_args", broken)
+    assert printed_config("cache", ["run", "--config", TINY_CACHE], tmp_path) == expected

@@ -305,13 +305,21 @@ def checked_parsing() -> Iterator[None]:
     builds it; jsonargparse has no hook there, so its method is wrapped for the while and restored."""
     from jsonargparse import ArgumentError, ArgumentParser
 
+    from radar_train.inputs import InputError
+
     original = ArgumentParser.parse_args
     if getattr(original, "_radar_checked", False):  # already inside
         yield
         return
 
     def parse_args(self, args=None, *rest, **kwargs):
-        args = check_parser_args(self, sys.argv[1:] if args is None else args)
+        args = sys.argv[1:] if args is None else args
+        try:
+            args = check_parser_args(self, args)
+        except InputError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a jsonargparse whose internals differ: parse unchecked
+            logging.getLogger(__name__).debug("config files not checked first (%s: %s)", type(e).__name__, e)
         try:
             return original(self, args, *rest, **kwargs)
         except ArgumentError as e:
