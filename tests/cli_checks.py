@@ -49,3 +49,16 @@ def assert_unchanged(before: dict, after: dict) -> None:
     assert sorted(set(after) - set(before)) == [], "new files or folders"
     assert sorted(set(before) - set(after)) == [], "files or folders gone"
     assert [k for k in before if before[k] != after[k]] == [], "files changed"
+
+
+def build_small_cache(build_cache, output: Path) -> Path:
+    """A tiny-model FastVAR cache of 32 pairs in 2 shards of 16 (`build_cache`: the conftest fixture), for
+    commands that must get as far as reading a real cache before refusing an input."""
+    from radar_train.cache.config import CacheArgs, PlanArgs, StorageArgs
+    from radar_train.config import AccelArgs, SamplingConfig
+
+    build_cache(CacheArgs(sampling=SamplingConfig(cfg=1.5, top_k=64, top_p=0.96), accel=AccelArgs(method="fastvar"),
+                          plan=PlanArgs(images_per_class=None, num_samples=32, shard_size=16),
+                          storage=StorageArgs(chunk_size=8), output=str(output), batch_size=16, progress=False,
+                          device="cpu", num_threads=1))
+    return output

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_checks import assert_one_line_error, assert_unchanged, call_cli, snapshot
+from cli_checks import assert_one_line_error, assert_unchanged, build_small_cache, call_cli, snapshot
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -28,15 +28,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # ------------------------------------------------------------------------------------------------ the world
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, build_cache) -> dict[str, Path]:
-    from radar_train.cache.config import CacheArgs, PlanArgs, StorageArgs
-    from radar_train.config import AccelArgs, SamplingConfig
-
     w = tmp_path_factory.mktemp("world")
-    cache = w / "cache"
-    build_cache(CacheArgs(sampling=SamplingConfig(cfg=1.5, top_k=64, top_p=0.96), accel=AccelArgs(method="fastvar"),
-                          plan=PlanArgs(images_per_class=None, num_samples=32, shard_size=16),
-                          storage=StorageArgs(chunk_size=8), output=str(cache), batch_size=16, progress=False,
-                          device="cpu", num_threads=1))
+    cache = build_small_cache(build_cache, w / "cache")
     run = w / "run"
     code, _ = call_cli("train", fit_args(cache, run, steps=3), cwd=w)
     assert code == 0, "the world's training run failed"

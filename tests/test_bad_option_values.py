@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cli_checks import assert_one_line_error, assert_unchanged, call_cli, snapshot
+from cli_checks import assert_one_line_error, assert_unchanged, build_small_cache, call_cli, snapshot
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PAST_64_BITS = str(2 ** 64 + 5)
@@ -23,15 +23,8 @@ PAST_64_BITS = str(2 ** 64 + 5)
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, build_cache) -> dict[str, Path]:
-    from radar_train.cache.config import CacheArgs, PlanArgs, StorageArgs
-    from radar_train.config import AccelArgs, SamplingConfig
-
     w = tmp_path_factory.mktemp("world")
-    cache = w / "cache"
-    build_cache(CacheArgs(sampling=SamplingConfig(cfg=1.5, top_k=64, top_p=0.96), accel=AccelArgs(method="fastvar"),
-                          plan=PlanArgs(images_per_class=None, num_samples=32, shard_size=16),
-                          storage=StorageArgs(chunk_size=8), output=str(cache), batch_size=16, progress=False,
-                          device="cpu", num_threads=1))
+    cache = build_small_cache(build_cache, w / "cache")
     # a configs folder whose model has cache and train configs but no generate config (the demo's last steps)
     for stage in ("cache", "train"):
         (w / "configs_no_generate" / stage).mkdir(parents=True)
