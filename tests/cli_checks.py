@@ -8,6 +8,7 @@ import io
 import os
 import sys
 from pathlib import Path
+from typing import Sequence
 from unittest import mock
 
 import pytest
@@ -49,6 +50,16 @@ def assert_unchanged(before: dict, after: dict) -> None:
     assert sorted(set(after) - set(before)) == [], "new files or folders"
     assert sorted(set(before) - set(after)) == [], "files or folders gone"
     assert [k for k in before if before[k] != after[k]] == [], "files changed"
+
+
+def assert_refused(cli: str, argv: list[str], cwd: Path, roots: tuple[Path, ...], needles: Sequence[str]) -> None:
+    """radar-<cli> argv in `cwd` fails with one `error:` line holding every needle, and every file under `roots`
+    stays as it was, with nothing new."""
+    before = snapshot(*roots)
+    code, err = call_cli(cli, argv, cwd)
+    assert code not in (0, None), err
+    assert_one_line_error(err, *needles)
+    assert_unchanged(before, snapshot(*roots))
 
 
 def build_small_cache(build_cache, output: Path) -> Path:

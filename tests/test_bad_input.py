@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_checks import assert_one_line_error, assert_unchanged, build_small_cache, call_cli, snapshot
+from cli_checks import assert_one_line_error, assert_refused, assert_unchanged, build_small_cache, call_cli, snapshot
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -405,12 +405,7 @@ CASES = [
 
 @pytest.mark.parametrize("cli,make_argv,needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_error_line_and_changes_nothing(world, tmp_path, cli, make_argv, needles):
-    argv = make_argv(world, tmp_path)
-    before = snapshot(world["w"], tmp_path)
-    code, err = call_cli(cli, argv, tmp_path)
-    assert code not in (0, None), err
-    assert_one_line_error(err, *needles)
-    assert_unchanged(before, snapshot(world["w"], tmp_path))
+    assert_refused(cli, make_argv(world, tmp_path), tmp_path, (world["w"], tmp_path), needles)
 
 
 SUBPROCESS_CASES = ["export-into-the-run-folder", "fit-with-a-binary-config", "eval-on-training-shards"]
