@@ -59,24 +59,13 @@ def check_grid(classes: Union[str, list[int]], seeds: Union[str, list[int]],
     """The comparison grid's classes and seeds, checked as radar-generate checks them (readable, no repeats,
     seeds within 64 bits, classes within the class count of the generate config's model), before the demo
     runs the steps ahead of it."""
-    from radar_train.config import ModelArgs, parse_int_list
+    from radar_train.cli.generate import grid_classes_seeds
+    from radar_train.config import ModelArgs
     from radar_train.inputs import read_yaml
-    from radar_train.models import get_preset
 
-    cls_list, seed_list = parse_int_list(classes, "--classes"), parse_int_list(seeds, "--seeds")
-    if max(seed_list) >= 2 ** 63:
-        raise ValueError(f"--seeds: {max(seed_list)} does not fit in 64 bits")
-    for option, values in (("--classes", cls_list), ("--seeds", seed_list)):
-        twice = sorted({v for v in values if values.count(v) > 1})
-        if twice:
-            raise ValueError(f"{option} lists {', '.join(map(str, twice))} more than once")
     model = read_yaml(generate_cfg, "generate config").get("model") or {}
     preset = model.get("preset", ModelArgs.preset) if isinstance(model, dict) else ModelArgs.preset
-    num_classes = get_preset(preset).var.num_classes
-    bad = [c for c in cls_list if not 0 <= c < num_classes]
-    if bad:
-        raise ValueError(f"--classes {bad} outside [0, {num_classes - 1}] for model {preset} ({generate_cfg})")
-    return cls_list, seed_list
+    return grid_classes_seeds(classes, seeds, preset, f" ({generate_cfg})")
 
 
 def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str] = None,

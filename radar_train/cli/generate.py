@@ -15,6 +15,25 @@ from radar_train.inference.pipeline import Precision
 OUTPUT_ENTRIES = ("vanilla", "accelerated", "restored", "grid.png", "generate.json")
 
 
+
+def grid_classes_seeds(classes, seeds, preset: str, where: str = "") -> tuple[list[int], list[int]]:
+    """--classes and --seeds as lists: readable, none listed twice (one image and file per class and seed),
+    seeds within 64 bits, classes within the class count of `preset` (`where`: said after the model)."""
+    from radar_train.models import get_preset
+
+    cls_list, seed_list = parse_int_list(classes, "--classes"), parse_int_list(seeds, "--seeds")
+    if max(seed_list) >= 2 ** 63:
+        raise ValueError(f"--seeds: {max(seed_list)} does not fit in 64 bits")
+    for option, values in (("--classes", cls_list), ("--seeds", seed_list)):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            raise ValueError(f"{option} lists {', '.join(map(str, twice))} more than once")
+    num_classes = get_preset(preset).var.num_classes
+    bad = [c for c in cls_list if not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(f"--classes {bad} outside [0, {num_classes - 1}] for model {preset}{where}")
+    return cls_list, seed_list
+
 def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method="fastvar"),
              sampling: SamplingConfig = SamplingConfig(), adapter: Optional[str] = None, merge_adapter: bool = True,
              classes: Union[str, list[int]] = "0-3", seeds: Union[str, list[int]] = "0", output: str = "outputs/generate",
@@ -49,24 +68,13 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
     from radar_train.export import check_adapter
     from radar_train.images import save_grid, save_png
     from radar_train.inference import PipelineArgs, RadarPipeline
-    from radar_train.models import get_preset
     from radar_train.outputs import check_output_dir, staged_entries
     from radar_train.progress import Progress
 
-    cls_list, seed_list = parse_int_list(classes, "--classes"), parse_int_list(seeds, "--seeds")
-    if max(seed_list) >= 2 ** 63:
-        raise ValueError(f"--seeds: {max(seed_list)} does not fit in 64 bits")
-    for option, values in (("--classes", cls_list), ("--seeds", seed_list)):
-        twice = sorted({v for v in values if values.count(v) > 1})
-        if twice:  # one image (and file) per class and seed
-            raise ValueError(f"{option} lists {', '.join(map(str, twice))} more than once")
+    cls_list, seed_list = grid_classes_seeds(classes, seeds, model.preset)
     check_positive(batch_size=batch_size)
     check_positive(grid_scale=grid_scale, minimum=0)
     check_device(device)
-    num_classes = get_preset(model.preset).var.num_classes
-    bad = [c for c in cls_list if not 0 <= c < num_classes]
-    if bad:
-        raise ValueError(f"--classes {bad} outside [0, {num_classes - 1}] for model {model.preset}")
     if adapter is not None:
         check_adapter(adapter)
     check_output_dir(output, OUTPUT_ENTRIES, "--output",
