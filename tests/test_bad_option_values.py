@@ -115,3 +115,19 @@ def test_an_init_seed_within_64_bits_is_taken():
     assert ModelArgs(init_seed=0).problems() == [] and ModelArgs().problems() == []
     with pytest.raises(ValueError, match=r"model.init_seed must be in \[0, 2\*\*63\)"):
         ModelArgs(init_seed=2 ** 63)
+
+
+@pytest.mark.parametrize("option,value,package,needles", [
+    ("accelerator", "tpu", "torch_xla", ["--trainer.accelerator tpu", "torch_xla"]),
+    ("strategy", "deepspeed", "deepspeed", ["--trainer.strategy deepspeed", "DeepSpeed"]),
+])
+def test_a_trainer_choice_whose_package_is_missing_is_one_error_line(world, tmp_path, option, value, package,
+                                                                   needles):
+    """Lightning raises an ImportError (torch_xla) or a MisconfigurationException (deepspeed) for them: a
+    traceback, or an error line naming all of --trainer."""
+    import importlib.util
+
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed here")
+    assert_refused("train", fit_args(world, tmp_path, f"--trainer.{option}", value), tmp_path, (world["w"], tmp_path),
+                   needles)

@@ -211,15 +211,24 @@ def trainer_problems(trainer) -> list[str]:
 
 def _trainer_options_at_fault(e: Exception, trainer) -> str:
     """The --trainer options a Lightning MisconfigurationException is about: those it names in backticks, else
-    the accelerator when it names its value (`No supported gpu backend found!`), else all of --trainer."""
+    the accelerator, strategy or precision whose value it names (`No supported gpu backend found!`, `To use the
+    DeepSpeedStrategy ...`), else all of --trainer."""
     # `max_steps` must be ..., `Trainer(devices='0')` value is not ...
     named = [k for k in re.findall(r"`(?:Trainer\()?(\w+)", str(e)) if k in trainer]
     if named:
         return ", ".join(f"--trainer.{k}" for k in dict.fromkeys(named))
-    accelerator = trainer.get("accelerator")
-    if isinstance(accelerator, str) and accelerator != "auto" and accelerator in str(e):
-        return f"--trainer.accelerator {accelerator}"
-    return "--trainer"
+    text = str(e).lower()
+    named = [f"--trainer.{k} {v}" for k in ("accelerator", "strategy", "precision")
+             if isinstance(v := trainer.get(k), str) and v != "auto" and v.lower() in text]
+    return ", ".join(named) or "--trainer"
+
+
+def _trainer_choices(trainer) -> str:
+    """The --trainer choices that can need another package (accelerator, strategy, precision, plugins), as
+    given: what a trainer that fails to import one is about."""
+    given = [f"--trainer.{k} {trainer.get(k)}" for k in ("accelerator", "strategy", "precision", "plugins")
+             if trainer.get(k) not in (None, "auto")]
+    return ", ".join(given) or "--trainer"
 
 
 def _make_cli_class():
@@ -311,17 +320,22 @@ def _make_cli_class():
                 return super().instantiate_trainer(**kwargs)
             except MisconfigurationException as e:  # Lightning's own checks of the trainer settings
                 raise ValueError(f"{_trainer_options_at_fault(e, cfg)}: {e}") from None
+            except ImportError as e:  # an accelerator, strategy or precision whose package is not installed
+                raise ValueError(f"{_trainer_choices(cfg)}: needs a package this environment lacks: {e}") from None
 
-        def _check_data(self) -> None:
+        def _check_data(self, fit: bool) -> None:
             """Read the caches and check them against the decoder (and its label conditioning's class count)
             before the trainer writes anything (it creates tb/ and config.yaml before the module's own setup
-            would find a mismatch)."""
+            would find a mismatch); for a fit, also that the WebDataset tars give every rank of the trainer's
+            devices a batch (found out otherwise once the processes were launched)."""
             from radar_train.train.checks import check_cache_matches
 
             dm = self.datamodule
             if dm is None or not hasattr(dm, "manifests"):
                 return
             dm.setup("fit")
+            if fit and hasattr(dm, "stream_batches"):
+                dm.stream_batches(self.trainer.num_nodes * self.trainer.num_devices)
             film = getattr(self.model, "label_cond", None)
             classes = None if film is None else film.num_classes
             for path, manifest in dm.manifests.items():
@@ -333,7 +347,7 @@ def _make_cli_class():
                 cfg["weights_only"] = True  # torch.load(weights_only=True) when resuming
 
         def before_fit(self) -> None:
-            self._check_data()
+            self._check_data(fit=True)
             self._check_resume()
             self._weights_only()
             t = self.trainer
@@ -342,7 +356,7 @@ def _make_cli_class():
                 t.default_root_dir, t.max_steps, t.precision, t.world_size, type(t.strategy).__name__)
 
         def before_validate(self) -> None:
-            self._check_data()
+            self._check_data(fit=False)
             self._check_resume()
             self._weights_only()
 

@@ -366,22 +366,32 @@ class PairDataModule(pl.LightningDataModule):
         return (ResumableLoader if train else DataLoader)(ds, sampler=sampler, drop_last=train and self.drop_last,
                                                           **kw)
 
+    def stream_batches(self, world_size: int) -> Optional[list[int]]:
+        """Per rank of `world_size`, the batches of an epoch of the WebDataset training stream (None for a Zarr
+        training set, which is split by sample); refused when a rank would get none. After `setup`: the
+        command line calls it with the trainer's device count before anything is written or launched."""
+        from radar_train.cache.wds import rank_batches
+
+        ds = self.train_set
+        if not isinstance(ds, torch.utils.data.IterableDataset) or ds.nsamples is None:
+            return None
+        counts = rank_batches(ds.nsamples, world_size, self.num_workers, self.batch_size, self.drop_last)
+        if min(counts) == 0:
+            raise ValueError(f"data: the {len(ds.urls)} WebDataset training tars ({sum(ds.nsamples)} pairs), read "
+                             f"whole by {world_size} rank(s) x {max(1, self.num_workers)} worker(s), give a rank "
+                             f"no batch of data.batch_size {self.batch_size}: use at least as many training tars "
+                             f"as ranks x workers, fewer devices or data.num_workers, or a smaller batch size")
+        return counts
+
     def _stream_batches(self, ds) -> int:
         """The batches every rank reads per epoch of the WebDataset training stream `ds`: ranks read whole tars,
         so their shares differ unless the tars split evenly, and DDP needs the same batch count on every rank
         (a rank that ran out would stop while the others wait for it). Each rank stops at the smallest share."""
-        from radar_train.cache.wds import rank_batches
-
         if self.trainer is not None:
             ds.rank, ds.world_size = self._rank()
         rank, world = ds.node()
-        counts = rank_batches(ds.nsamples, world, self.num_workers, self.batch_size, self.drop_last)
+        counts = self.stream_batches(world)
         least = min(counts)
-        if least == 0:
-            raise ValueError(f"data: the {len(ds.urls)} WebDataset training tars ({sum(ds.nsamples)} pairs), read "
-                             f"whole by {world} rank(s) x {max(1, self.num_workers)} worker(s), give a rank "
-                             f"no batch of data.batch_size {self.batch_size}: use at least as many training tars "
-                             f"as ranks x workers, fewer devices or data.num_workers, or a smaller batch size")
         if world > 1 and rank == 0:
             left = max(0, sum(ds.nsamples) - least * self.batch_size * world)
             (log.warning if least < max(counts) else log.info)(

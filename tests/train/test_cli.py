@@ -241,6 +241,21 @@ def test_ddp_on_webdataset_tars_that_split_unevenly_runs_the_same_steps_on_both_
     assert "every rank's epoch is 4 batches (per rank: [8, 4])" in proc.stdout + proc.stderr
 
 
+def test_webdataset_tars_that_give_a_device_no_batch_are_refused_before_anything_is_written(tiny_cache, tmp_path):
+    """3 training tars over 4 CPU processes: one rank would read none. Found before the run folder is written or
+    the processes are launched (before, inside the fit: config.yaml and tb/ were there, and every rank failed)."""
+    from cli_checks import assert_refused
+
+    from radar_train.cache.wds import export_wds
+
+    export_wds(tiny_cache, str(tmp_path / "wds"), progress=False)
+    caches = json.dumps([{"path": str(tmp_path / "wds"), "train_shards": "0-2", "val_shards": "14", "format": "wds"}])
+    args = _tiny_args(tiny_cache, tmp_path / "run", 4, "--trainer.accelerator", "cpu", "--trainer.devices", "4",
+                      "--trainer.strategy", "ddp", "--data.caches", caches)
+    assert_refused("train", args, tmp_path, (tmp_path,),
+                   ["the 3 WebDataset training tars", "by 4 rank(s)", "give a rank no batch of data.batch_size 4"])
+
+
 def test_a_precision_that_casts_the_module_logs_its_image_grid(tiny_cache, tmp_path):
     """`--trainer.precision 64-true` (as bf16-true / 16-true on a GPU) casts the whole module; the fixed image
     batch of the TensorBoard grid gets the steps' precision too (it crashed the run before its first step)."""
