@@ -231,7 +231,9 @@ def _trainer_choices(trainer) -> str:
     return ", ".join(given) or "--trainer"
 
 
-def _make_cli_class():
+def _make_cli_class(subcommand: str):
+    """LightningCLI and config-saving classes of radar-train for `subcommand` (fit or validate): the parser
+    is built for that one subcommand only (each takes Lightning's whole Trainer signature to build)."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
@@ -251,6 +253,10 @@ def _make_cli_class():
                              multifile=self.multifile)
 
     class RadarTrainCLI(LightningCLI):
+        @staticmethod
+        def subcommands() -> dict[str, set[str]]:
+            return {subcommand: LightningCLI.subcommands()[subcommand]}
+
         def _root(self, cfg) -> str:
             return (cfg.get("trainer") or {}).get("default_root_dir") or os.getcwd()
 
@@ -374,7 +380,7 @@ def run_lightning(argv: list[str]) -> None:
     from radar_train.train.module import RadarLoraModule
 
     tidy_lightning_logging()
-    cli_cls, config_cb = _make_cli_class()
+    cli_cls, config_cb = _make_cli_class(argv[0])
     # args=None when they are the process's own (LightningCLI warns when given both)
     try:
         cli_cls(RadarLoraModule, PairDataModule, args=None if argv == sys.argv[1:] else argv,
