@@ -158,15 +158,35 @@ class CacheJob:
 
 
 def validate(args: CacheArgs) -> list[str]:
-    """Every problem found without loading a model: fields, plan against the preset, checkpoint files."""
+    """Every problem found without loading a model: fields, plan and acceleration settings (their files
+    included) against the preset, workers, device, checkpoint files."""
+    from radar_train.accel import build_accel
+    from radar_train.config import check_device
     from radar_train.models import get_preset
 
     problems = args.problems()
     try:
         preset = get_preset(args.model.preset)
-        Plan.from_args(args.plan, preset.var.num_classes)
     except ValueError as e:
         problems.append(str(e))
+        preset = None
+    if preset is not None:
+        try:
+            Plan.from_args(args.plan, preset.var.num_classes)
+        except ValueError as e:
+            problems.append(str(e))
+        try:  # (against the weights, e.g. a mask calibrated for others, once they are loaded)
+            build_accel(args.accel, preset.var.patch_nums, preset.var.depth)
+        except (ValueError, OSError) as e:
+            problems.append(str(e))
+    checks = [lambda: check_device(args.device)]  # ("auto" is always a device)
+    if args.num_workers is None or args.num_workers >= 1:  # (a count below 1 is among the fields' problems)
+        checks.append(lambda: resolve_workers(args.num_workers, args.worker_index))
+    for check in checks:
+        try:
+            check()
+        except ValueError as e:
+            problems.append(str(e))
     for name in ("vae_checkpoint", "var_checkpoint"):
         path = getattr(args.model, name)
         if path is not None and not Path(path).is_file():

@@ -44,7 +44,7 @@ LATENT_DTYPES = ("float16", "float32")
 # Fields that describe, but do not determine, the cache's content: they may differ on resume. The sampling
 # engine only decides how the loop runs, never the tokens.
 INFORMATIONAL_FIELDS = frozenset({"radar_train_version", "created", "model.vae_checkpoint", "model.var_checkpoint",
-                                  "accel.rank_ratios_file", "sampling.engine"})
+                                  "accel.rank_ratios_file", "accel.mask_file", "sampling.engine"})
 
 
 def shard_name(shard: int) -> str:

@@ -26,23 +26,34 @@ class WorkerSplit:
         return list(range(self.worker_index, num_shards, self.num_workers))
 
 
+def _env_int(env: Mapping[str, str], name: str, default: Optional[int] = None) -> int:
+    """Integer environment variable `name` (`default` when unset or empty); ValueError naming it otherwise."""
+    value = env.get(name, "")
+    if value.strip() == "" and default is not None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
 def _slurm_array(env: Mapping[str, str]) -> Optional[tuple[int, int]]:
     """(task count, task index from 0) of a SLURM array job, aware of SLURM_ARRAY_TASK_MIN and _STEP."""
     if "SLURM_ARRAY_TASK_ID" not in env:
         return None
-    task = int(env["SLURM_ARRAY_TASK_ID"])
-    lo = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-    step = int(env.get("SLURM_ARRAY_TASK_STEP", "1") or 1)
+    task = _env_int(env, "SLURM_ARRAY_TASK_ID")
+    lo = _env_int(env, "SLURM_ARRAY_TASK_MIN", 0)
+    step = _env_int(env, "SLURM_ARRAY_TASK_STEP", 1) or 1
     if "SLURM_ARRAY_TASK_COUNT" in env:
-        count = int(env["SLURM_ARRAY_TASK_COUNT"])
+        count = _env_int(env, "SLURM_ARRAY_TASK_COUNT")
     else:
-        count = (int(env.get("SLURM_ARRAY_TASK_MAX", task)) - lo) // step + 1
+        count = (_env_int(env, "SLURM_ARRAY_TASK_MAX", task) - lo) // step + 1
     return count, (task - lo) // step
 
 
 def _launched_processes(env: Mapping[str, str]) -> Optional[tuple[int, int]]:
     """(world size, rank) when launched by torchrun / accelerate launch with several processes."""
-    if int(env.get("WORLD_SIZE", "1")) <= 1:
+    if _env_int(env, "WORLD_SIZE", 1) <= 1:
         return None
     from accelerate import PartialState
 

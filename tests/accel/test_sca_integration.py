@@ -38,6 +38,36 @@ def test_cache_manifest_records_the_mask_file(tiny_mask, tmp_path, build_cache):
     assert out == str(tmp_path / "cache")
 
 
+def test_a_cache_worker_may_name_a_copy_of_the_mask_but_not_another_mask(tiny_mask, tmp_path, build_cache):
+    """The mask is identified by its sha256; its path is where this worker reads it (another mount, a copy,
+    relative or absolute), as for the checkpoints and StageVAR's rank ratios."""
+    import shutil
+
+    from radar_train.cache.config import CacheArgs, PlanArgs
+    from radar_train.cache.status import verify_cache
+
+    def args(mask, worker, **sca):
+        return CacheArgs(sampling=SamplingConfig(cfg=1.5, top_k=64, top_p=0.96),
+                         accel=AccelArgs("sca", sca=SCAArgs(mask_file=str(mask), **sca)),
+                         plan=PlanArgs(classes=[0, 1], images_per_class=None, num_samples=4, shard_size=2),
+                         output=str(tmp_path / "cache"), progress=False, device="cpu", num_threads=1,
+                         num_workers=2, worker_index=worker)
+
+    build_cache(args(tiny_mask, 0))
+    copy = tmp_path / "elsewhere" / "mask.safetensors"
+    copy.parent.mkdir()
+    shutil.copy(tiny_mask, copy)
+    build_cache(args(copy, 1))
+    assert verify_cache(str(tmp_path / "cache"))[0] == []
+    other = tmp_path / "other.safetensors"
+    data = bytearray(tiny_mask.read_bytes())
+    data[-1] ^= 1  # other bytes (the last byte of a tensor): another mask
+    other.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"differing fields: accel\.mask_sha256") as e:
+        build_cache(args(other, 1))
+    assert "mask_file" not in str(e.value)
+
+
 def test_pipeline_runs_sca_and_refuses_a_mask_of_other_weights(tiny_mask):
     from radar_train.inference import PipelineArgs, RadarPipeline
 

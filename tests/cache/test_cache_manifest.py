@@ -121,3 +121,21 @@ def test_bad_worker_split_is_refused():
         resolve_workers(num_workers=2, worker_index=2, env={})
     with pytest.raises(ValueError, match="give both --num-workers and --worker-index"):
         resolve_workers(num_workers=2, env={})
+
+
+@pytest.mark.parametrize("env,name", [
+    ({"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "2"}, "SLURM_ARRAY_TASK_ID"),
+    ({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "two"}, "SLURM_ARRAY_TASK_COUNT"),
+    ({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_MIN": "1.5", "SLURM_ARRAY_TASK_MAX": "3"}, "SLURM_ARRAY_TASK_MIN"),
+    ({"WORLD_SIZE": "four"}, "WORLD_SIZE"),
+])
+def test_an_environment_variable_that_is_no_integer_is_named(env, name):
+    with pytest.raises(ValueError, match=f"environment variable {name}=.* is not an integer"):
+        resolve_workers(env=env)
+
+
+def test_an_empty_array_step_is_a_step_of_one():
+    env = {"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_MIN": "3", "SLURM_ARRAY_TASK_STEP": "",
+           "SLURM_ARRAY_TASK_MAX": "5"}
+    s = resolve_workers(env=env)
+    assert (s.num_workers, s.worker_index) == (3, 1)

@@ -101,6 +101,27 @@ def test_invalid_settings_are_reported_together(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+
+def test_the_method_its_files_the_workers_and_the_device_are_reported_with_the_fields(tmp_path, capsys):
+    """Before, each of these was found only once the fields were right: one error per run."""
+    import torch
+
+    device = ["--device", "cuda"] if not torch.cuda.is_available() else []
+    code = _main("run", "--config", str(TINY_CONFIG), "--output", str(tmp_path / "x"), "--plan.shard_size", "0",
+                 "--accel.method", "sca", "--accel.sca.mask_file", str(tmp_path / "missing.safetensors"),
+                 "--num_workers", "2", "--worker_index", "4", *device)
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    for part in ("plan.shard_size must be >= 1", "missing.safetensors: SCA mask file not found",
+                 "worker_index 4 is outside [0, num_workers=2)"):
+        assert part in err, (part, err)
+    assert not device or "--device cuda: CUDA is not available" in err
+    code = _main("run", "--config", str(TINY_CONFIG), "--output", str(tmp_path / "x"), "--batch-size", "0",
+                 "--accel.method", "fastvar", "--accel.fastvar.preset", "nosuch")
+    err = capsys.readouterr().err
+    assert code == 2 and "batch_size must be >= 1" in err and "unknown fastvar preset 'nosuch'" in err
+    assert not (tmp_path / "x").exists()
+
 CONFIGS = sorted((REPO / "configs" / "cache").rglob("*.yaml"))
 
 
