@@ -19,7 +19,7 @@ import torch
 import radar_train
 from radar_train.cache import schema
 from radar_train.cache.config import CacheArgs
-from radar_train.cache.layout import clear_temporary, scan_cache
+from radar_train.cache.layout import HEARTBEAT_S, clear_temporary, scan_cache, touch_temporary
 from radar_train.cache.plan import Plan
 from radar_train.cache.schema import Manifest
 from radar_train.cache.workers import WorkerSplit, autocast_dtype, resolve_device, resolve_workers
@@ -143,7 +143,7 @@ class CacheJob:
                 tmp = begin_shard(out, s, info)
                 tg = time.perf_counter()
                 arrays = generate_shard_arrays(self.sampler, self.method, plan, s, self.args.batch_size,
-                                               self.manifest.latent_dtype, on_batch=bar.update)
+                                               self.manifest.latent_dtype, on_batch=_beating(tmp, bar.update))
                 summary.generate_seconds += time.perf_counter() - tg
                 writer.submit(tmp, s, plan.shard_range(s)[0], arrays)
                 summary.samples_written += len(arrays[schema.LABEL])
@@ -228,6 +228,20 @@ def prepare_job(args: CacheArgs) -> CacheJob:
 def run_cache(args: CacheArgs, print_fn: Callable[[str], None] = print) -> RunSummary:
     """Create or resume the cache `args.output` and write this worker's pending shards."""
     return prepare_job(args).run(print_fn)
+
+
+def _beating(tmp: Path, on_batch: Callable[[int], None]) -> Callable[[int], None]:
+    """`on_batch` that also marks the temporary shard `tmp` as being written, at most every HEARTBEAT_S, so
+    that a run of the same shard on another host leaves it alone (layout.live_writer)."""
+    last = [time.monotonic()]
+
+    def call(n: int) -> None:
+        on_batch(n)
+        if time.monotonic() - last[0] >= HEARTBEAT_S:
+            touch_temporary(tmp)
+            last[0] = time.monotonic()
+
+    return call
 
 
 def _progress(total: int, enabled: bool):

@@ -8,6 +8,8 @@ import logging
 import os
 import re
 import shutil
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -48,22 +50,44 @@ def scan_cache(cache_dir: str | os.PathLike, num_shards: int | None = None) -> C
     return scan
 
 
-def live_writer(path: str | os.PathLike) -> str | None:
-    """"host:pid" of the process writing the temporary shard `path` when it is another process of this host
-    that still runs (its group's `writer` attributes); None otherwise (a killed writer's, this process's,
-    another host's: that cannot be told from here)."""
+# A writer marks its temporary shard as in use by touching the group's zarr.json at least this often while it
+# generates the shard; another host's temporary shard touched within WRITER_STALE_S counts as being written.
+HEARTBEAT_S = 60.0
+WRITER_STALE_S = 900.0
+
+
+def touch_temporary(path: str | os.PathLike) -> None:
+    """Mark the temporary shard `path` as being written (its zarr.json's modification time)."""
     try:
-        writer = json.loads((Path(path) / "zarr.json").read_text())["attributes"]["writer"]
+        os.utime(Path(path) / "zarr.json")
+    except OSError:  # (gone: another writer completed the shard, or a cleaner removed the folder)
+        pass
+
+
+def live_writer(path: str | os.PathLike, now: float | None = None) -> str | None:
+    """Who still writes the temporary shard `path`, from its group's `writer` attributes: "host:pid" for
+    another process of this host that still runs, "host:pid (another host, ...)" for another host's writer
+    whose last sign of life (`touch_temporary`) is less than WRITER_STALE_S old; None otherwise (a killed
+    writer's, this process's, another host's that has been silent longer)."""
+    zjson = Path(path) / "zarr.json"
+    try:
+        writer = json.loads(zjson.read_text())["attributes"]["writer"]
         host, pid = writer["host"], int(writer["pid"])
+        age = (time.time() if now is None else now) - zjson.stat().st_mtime
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if host != socket.gethostname():
+        return f"{host}:{pid} (another host, last sign of life {max(age, 0):.0f} s ago)" \
+            if age < WRITER_STALE_S else None
     return f"{host}:{pid}" if another_live_process(host, pid) else None
 
 
 def clear_temporary(scan: CacheScan, shards: Iterable[int]) -> list[Path]:
     """Remove the temporary folders of `shards` left by a killed writer; returns what was removed. A folder
-    that a running process of this host is writing (the same worker started twice) is left alone: this
-    writer writes the shard under a name of its own, and whichever finishes first completes it."""
+    that another process is writing is left alone: one of this host that still runs (the same worker started
+    twice), or another host's that touched it in the last WRITER_STALE_S (a rerun while an earlier job's task
+    still runs elsewhere). This writer writes the shard under a name of its own, and whichever finishes first
+    completes it; a folder left alone is removed by a later run once its writer has been silent that long."""
     removed = []
     for s in shards:
         for path in scan.temporary.pop(s, []):

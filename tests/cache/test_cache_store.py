@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,6 +104,45 @@ def test_clearing_leaves_alone_a_temporary_shard_a_running_process_writes(make_s
         running.wait()
     assert live_writer(busy) is None  # and once that writer is gone, its folder is cleared as well
     assert clear_temporary(scan_cache(cache, m.num_shards), [0]) == [busy] and not busy.exists()
+
+
+def test_another_hosts_temporary_shard_is_left_alone_while_its_writer_shows_signs_of_life(make_synthetic):
+    """A rerun while an earlier job's task still writes the same shard on another node (a pipeline resubmitted
+    after one array task failed): its shard in progress is not removed while it touches it; once it has been
+    silent for WRITER_STALE_S (a killed task's), a later run clears it."""
+    import os
+    import time
+
+    from radar_train.cache import layout
+    from radar_train.cache.layout import clear_temporary, live_writer, touch_temporary
+
+    cache = make_synthetic(num_samples=16, shard_size=8, shards=[])
+    m = read_manifest(cache)
+    elsewhere = {**writer_info(0, 1, "cuda"), "host": "node-elsewhere", "pid": 4242}
+    busy, silent = begin_shard(cache, 0, elsewhere), begin_shard(cache, 1, elsewhere)
+    old = time.time() - layout.WRITER_STALE_S - 60
+    os.utime(busy / "zarr.json", (old, old))
+    os.utime(silent / "zarr.json", (old, old))
+    touch_temporary(busy)  # the writer's heartbeat
+    assert "node-elsewhere:4242 (another host" in live_writer(busy) and live_writer(silent) is None
+    assert clear_temporary(scan_cache(cache, m.num_shards), [0, 1]) == [silent]
+    assert busy.is_dir() and not silent.exists()
+    later = time.time() + layout.WRITER_STALE_S + 1
+    assert live_writer(busy, now=later) is None
+
+
+def test_a_cache_run_touches_the_shard_it_generates(tmp_path, build_cache, monkeypatch):
+    """The heartbeat behind the test above: radar-cache run touches the temporary shard it generates (here
+    after every batch: HEARTBEAT_S 0)."""
+    from radar_train.cache import generate
+    from radar_train.cache.config import CacheArgs, PlanArgs
+
+    touched = []
+    monkeypatch.setattr(generate, "HEARTBEAT_S", 0.0)
+    monkeypatch.setattr(generate, "touch_temporary", lambda path: touched.append(Path(path).name))
+    build_cache(CacheArgs(plan=PlanArgs(images_per_class=None, num_samples=8, shard_size=8), batch_size=4,
+                          output=str(tmp_path / "c"), progress=False, device="cpu", num_threads=1))
+    assert len(touched) == 2 and touched[0] == touched[1] and touched[0].startswith("shard-00000.zarr.tmp-")
 
 
 def test_process_and_thread_writers_write_the_same_shards(make_synthetic):
