@@ -7,6 +7,7 @@
 #                "source ~/envs/radar/bin/activate"                                      (default: none)
 #   RADAR_BIN    folder holding the radar-cache / radar-train executables
 #                (default: $RADAR_DIR/.venv/bin when it exists, else they are looked up on PATH)
+# Sets SRUN_CPUS_PER_TASK to the job's --cpus-per-task (SLURM_CPUS_PER_TASK), for the scripts' srun steps.
 # shellcheck shell=bash
 : "${RADAR_DIR:?slurm/env.sh is sourced by the job scripts, which set RADAR_DIR}"
 
@@ -17,6 +18,11 @@ if [ -z "${RADAR_BIN:-}" ] && [ -x "$RADAR_DIR/.venv/bin/radar-train" ]; then
   RADAR_BIN=$RADAR_DIR/.venv/bin
 fi
 export PYTHONUNBUFFERED=1   # log lines reach the job's output file as they are written
+# Since Slurm 22.05 an srun step no longer inherits the job's --cpus-per-task (a cache worker or training rank
+# would get one CPU while its data loader runs several workers); srun reads SRUN_CPUS_PER_TASK instead.
+if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then
+  export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK
+fi
 
 # radar_exe NAME: print the path of the executable NAME (radar-cache, radar-train, ...), or fail with one line.
 radar_exe() {

@@ -18,7 +18,9 @@
 #   GPUS_PER_TASK   GPUs per cache worker; 0 = run on CPUs                                           [1]
 #   CACHE_CPUS      CPUs per cache worker                                                            [8]
 #   CACHE_TIME      time limit of each cache task                                           [04:00:00]
-#   CACHE_ARGS      extra arguments for `radar-cache run` (word-split), e.g. "--plan.num_samples 65536" []
+#   CACHE_ARGS      extra arguments for `radar-cache run` (word-split),
+#                   e.g. "--plan.images_per_class null --plan.num_samples 65536" (the configs set
+#                   plan.images_per_class, and a plan takes exactly one of the two)                      []
 #   TRAIN_CONFIG    radar-train config                                         [configs/train/tiny.yaml]
 #   RUN_DIR         run folder (checkpoints, logs, final/ adapter)   [the training config's default_root_dir]
 #   NODES           training nodes                                                                   [1]
@@ -29,12 +31,13 @@
 #   TRAIN_ARGS      extra arguments for `radar-train fit` (word-split), e.g. "--trainer.max_steps 20000" []
 #   PARTITION       partition for all jobs                                        [empty: cluster default]
 #   ACCOUNT         account for all jobs                                          [empty: cluster default]
-#   SBATCH_ARGS     extra sbatch options for all jobs (word-split; the settings above win over them),
-#                   e.g. "--qos=high --constraint=a100 --mail-type=FAIL"                                 []
+#   SBATCH_ARGS     extra sbatch options for all jobs (word-split; given first, so that the settings above
+#                   and the options the pipeline needs win over them: --chdir, --export, --dependency, --array,
+#                   --output), e.g. "--qos=high --constraint=a100 --mail-type=FAIL"                     []
 #   LOG_DIR         folder for the jobs' output files                                      [logs/slurm]
 #   RADAR_SETUP, RADAR_BIN: how the jobs find the executables, see slurm/env.sh (RADAR_DIR is set here).
 # Relative paths are relative to the project folder.
-set -euo pipefail
+set -euo pipefail   # arrays expand as ${a[@]+"${a[@]}"}: under set -u, bash < 4.4 calls an empty one unbound
 RADAR_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export RADAR_DIR
 cd "$RADAR_DIR"
@@ -78,7 +81,7 @@ if [[ $GPUS_PER_NODE =~ ^[1-9][0-9]*$ && $RANKS_PER_NODE != "$GPUS_PER_NODE" ]];
 fi
 [[ -z $MAX_PARALLEL || $MAX_PARALLEL =~ ^[1-9][0-9]*$ ]] || problems+=("MAX_PARALLEL=$MAX_PARALLEL is not a positive number")
 if (( DRY_RUN == 0 )); then command -v sbatch >/dev/null || problems+=("sbatch not found: run this on a SLURM login node"); fi
-if (( ${#problems[@]} )); then printf 'error: %s\n' "${problems[@]}" >&2; exit 2; fi
+if (( ${#problems[@]} )); then printf 'error: %s\n' ${problems[@]+"${problems[@]}"} >&2; exit 2; fi
 
 read -r -a extra <<<"${SBATCH_ARGS:-}"
 read -r -a cache_args <<<"$CACHE_ARGS"
@@ -86,17 +89,17 @@ read -r -a train_args <<<"$TRAIN_ARGS"
 if [ -z "$CACHE_DIR" ] || [ -z "$RUN_DIR" ]; then   # the configs' own folders (runs the CLIs' --print_config)
   # shellcheck source=slurm/env.sh
   source slurm/env.sh
-  [ -n "$CACHE_DIR" ] || CACHE_DIR=$(config_value output "$(radar_exe radar-cache)" run --config "$CACHE_CONFIG" "${cache_args[@]}")
-  [ -n "$RUN_DIR" ] || RUN_DIR=$(config_value trainer.default_root_dir "$(radar_exe radar-train)" fit --config "$TRAIN_CONFIG" "${train_args[@]}")
+  [ -n "$CACHE_DIR" ] || CACHE_DIR=$(config_value output "$(radar_exe radar-cache)" run --config "$CACHE_CONFIG" ${cache_args[@]+"${cache_args[@]}"})
+  [ -n "$RUN_DIR" ] || RUN_DIR=$(config_value trainer.default_root_dir "$(radar_exe radar-train)" fit --config "$TRAIN_CONFIG" ${train_args[@]+"${train_args[@]}"})
   [ -n "$CACHE_DIR" ] || problems+=("no cache folder: set CACHE_DIR or \`output:\` in $CACHE_CONFIG")
   [ -n "$RUN_DIR" ] || problems+=("no run folder: set RUN_DIR or trainer.default_root_dir in $TRAIN_CONFIG")
-  if (( ${#problems[@]} )); then printf 'error: %s\n' "${problems[@]}" >&2; exit 2; fi
+  if (( ${#problems[@]} )); then printf 'error: %s\n' ${problems[@]+"${problems[@]}"} >&2; exit 2; fi
 fi
 
-common=(--chdir="$RADAR_DIR" --export=ALL)
+# SBATCH_ARGS first: sbatch keeps the last value of an option given twice, so the settings above win over them
+common=(${extra[@]+"${extra[@]}"} --chdir="$RADAR_DIR" --export=ALL)
 [ -n "${PARTITION:-}" ] && common+=(--partition="$PARTITION")
 [ -n "${ACCOUNT:-}" ] && common+=(--account="$ACCOUNT")
-common+=("${extra[@]}")
 gres() { if (( $1 > 0 )); then echo "--gres=gpu:$1"; else echo "--gres=none"; fi; }
 
 # submit NAME SBATCH-ARGS...: sbatch, print the job id (or a made-up one with --dry-run, after printing the
@@ -114,24 +117,24 @@ if (( DRY_RUN )); then printf 'mkdir -p %q\n' "$LOG_DIR" >&2; else mkdir -p "$LO
 submitted=()
 cancel_submitted() {
   if (( ${#submitted[@]} )) && (( ! DRY_RUN )); then
-    echo "error: a submission failed; cancelling the jobs already submitted: ${submitted[*]}" >&2
-    scancel "${submitted[@]}" || true
+    echo "error: a submission failed; cancelling the jobs already submitted: ${submitted[*]-}" >&2
+    scancel ${submitted[@]+"${submitted[@]}"} || true
   fi
 }
 trap 'cancel_submitted' ERR
 array=0-$((NUM_WORKERS - 1))${MAX_PARALLEL:+%$MAX_PARALLEL}
 
-cache_id=$(submit cache "${common[@]}" --array="$array" --cpus-per-task="$CACHE_CPUS" "$(gres "$GPUS_PER_TASK")" \
+cache_id=$(submit cache ${common[@]+"${common[@]}"} --array="$array" --cpus-per-task="$CACHE_CPUS" "$(gres "$GPUS_PER_TASK")" \
   --time="$CACHE_TIME" --output="$LOG_DIR/%x-%A_%a.out" --export=ALL,NUM_WORKERS="$NUM_WORKERS" \
-  "$RADAR_DIR/slurm/cache.sbatch" "$CACHE_CONFIG" "$CACHE_DIR" "${cache_args[@]}")
+  "$RADAR_DIR/slurm/cache.sbatch" "$CACHE_CONFIG" "$CACHE_DIR" ${cache_args[@]+"${cache_args[@]}"})
 submitted+=("$cache_id")
-verify_id=$(submit verify "${common[@]}" --dependency="afterok:$cache_id" --kill-on-invalid-dep=yes \
+verify_id=$(submit verify ${common[@]+"${common[@]}"} --dependency="afterok:$cache_id" --kill-on-invalid-dep=yes \
   --output="$LOG_DIR/%x-%j.out" "$RADAR_DIR/slurm/verify.sbatch" "$CACHE_DIR")
 submitted+=("$verify_id")
-train_id=$(submit train "${common[@]}" --dependency="afterok:$verify_id" --kill-on-invalid-dep=yes \
+train_id=$(submit train ${common[@]+"${common[@]}"} --dependency="afterok:$verify_id" --kill-on-invalid-dep=yes \
   --nodes="$NODES" --ntasks-per-node="$RANKS_PER_NODE" "$(gres "$GPUS_PER_NODE")" --cpus-per-task="$TRAIN_CPUS" \
   --time="$TRAIN_TIME" --output="$LOG_DIR/%x-%j.out" --export=ALL,CACHE_DIR="$CACHE_DIR" \
-  "$RADAR_DIR/slurm/train.sbatch" "$TRAIN_CONFIG" "$RUN_DIR" "${train_args[@]}")
+  "$RADAR_DIR/slurm/train.sbatch" "$TRAIN_CONFIG" "$RUN_DIR" ${train_args[@]+"${train_args[@]}"})
 trap - ERR
 
 cat <<EOF

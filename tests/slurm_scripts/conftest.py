@@ -34,10 +34,14 @@ with open(os.environ["STUB_LOG"], "a") as f:
                         "RADAR_DIR": os.environ.get("RADAR_DIR")}) + "\n")
 print(n)
 '''
-# srun: runs the command after its own options.
+# srun: records its options and the SRUN_* variables it reads (Slurm >= 22.05 takes --cpus-per-task from
+# SRUN_CPUS_PER_TASK, not from the job), then runs the command after its own options.
 SRUN = r'''
-import os, sys
+import json, os, sys
 args = sys.argv[1:]
+with open(os.environ["STUB_LOG"], "a") as f:
+    f.write(json.dumps({"prog": "srun", "argv": args,
+                        "env": {k: v for k, v in os.environ.items() if k.startswith("SRUN_")}}) + "\n")
 while args and args[0].startswith("-"):
     args.pop(0)
 os.execv(args[0], args)
