@@ -271,15 +271,32 @@ class RadarLoraModule(pl.LightningModule):
             self.log_image_grid()
 
     def _rates_from_the_schedule(self) -> None:
-        """The rates of the next step from this run's schedule at the restored step (a resume restores the
-        optimizer's last rates, which LambdaLR would replace only after the step: a continued run with another
-        schedule_steps would take one step at the old schedule's rate). Without a resume, or with the same
-        schedule, this recomputes the same numbers."""
+        """The optimizer settings of the next step from this run's config at the restored step. A resume restores
+        the checkpoint's: each group's rate, initial_lr, weight_decay and betas, and the scheduler's base_lrs
+        (which LambdaLR would apply after the step): a continued run with another learning_rate, weight_decay,
+        betas, lr_scale or schedule would keep the old ones. Without a resume, or with the same config, this sets
+        the same numbers (bit for bit: the same products as build_optimizer)."""
+        args = self.optim_args
         for cfg in self.trainer.lr_scheduler_configs:
             s = cfg.scheduler
             if isinstance(s, torch.optim.lr_scheduler.LambdaLR):
-                for group, base, fn in zip(s.optimizer.param_groups, s.base_lrs, s.lr_lambdas):
+                for i, (group, fn) in enumerate(zip(s.optimizer.param_groups, s.lr_lambdas)):
+                    scale = self._lr_scale(group)
+                    base = args.learning_rate * scale  # (x 1.0 is exact: the adapters' group as built)
+                    group.update(initial_lr=base, weight_decay=args.weight_decay, betas=tuple(args.betas))
+                    s.base_lrs[i] = base
                     group["lr"] = base * fn(s.last_epoch)
+                s._last_lr = [group["lr"] for group in s.optimizer.param_groups]
+
+    def _lr_scale(self, group: dict) -> float:
+        """The learning-rate multiple of an optimizer parameter group in this run's config (configure_optimizers:
+        the label conditioning's and the discriminator's groups have their own; the adapters' is 1)."""
+        ids = {id(p) for p in group["params"]}
+        for part, scale in ((self.label_cond, self.label_args.lr_scale),
+                            (self.adversarial, self.adversarial_args.lr_scale)):
+            if part is not None and any(id(p) in ids for p in part.parameters()):
+                return scale
+        return 1.0
 
     def on_train_end(self) -> None:
         self.log_image_grid()

@@ -106,3 +106,42 @@ def test_fit_refuses_a_cache_made_with_another_vqvae(tiny_cache, tmp_path):
     with pytest.raises(ValueError, match=f"cache {tiny_cache} .* does not match the decoder"):
         trainer.fit(module, dm)
     assert not (tmp_path / "checkpoints").exists()
+
+
+class RecordGroups(pl.Callback):
+    """Each parameter group's (lr, weight_decay, betas) at the start of every optimizer step."""
+
+    def __init__(self):
+        self.groups: dict[int, list[tuple]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.groups[trainer.global_step + 1] = [(g["lr"], g["weight_decay"], tuple(g["betas"]))
+                                                for g in trainer.optimizers[0].param_groups]
+
+
+def test_a_continued_run_takes_the_rates_decay_and_betas_of_its_config(tmp_path, make_loader):
+    """A checkpoint's optimizer and scheduler hold the first config's rate, weight decay and betas; the run
+    continued from it with another config trains with the new ones (the discriminator group at its new
+    lr_scale), from the first step after the resume."""
+    from radar_train.train.adversarial import AdversarialArgs
+
+    def fit(steps, lr, wd, betas, scale, ckpt=None):
+        torch.manual_seed(0)
+        module = RadarLoraModule(optim=OptimArgs(learning_rate=lr, weight_decay=wd, betas=betas, warmup_steps=0,
+                                                 min_lr_ratio=1.0),  # constant: the rate is the config's
+                                 monitor=MonitorArgs(images_every_n_steps=0, train_metrics_every_n_steps=0),
+                                 output=OutputArgs(save_every_n_steps=2, export_final=False),
+                                 adversarial=AdversarialArgs(weight=0.1, lr_scale=scale, width=8, layers=1))
+        rec = RecordGroups()
+        trainer = pl.Trainer(default_root_dir=str(tmp_path), accelerator="cpu", devices=1, precision="32-true",
+                             max_steps=steps, limit_val_batches=0, enable_progress_bar=False,
+                             enable_model_summary=False, num_sanity_val_steps=0, logger=False, callbacks=[rec])
+        trainer.fit(module, make_loader(), ckpt_path=ckpt)  # 8 pairs, 2 batches: step 4 ends an epoch
+        return rec.groups
+
+    first = fit(4, 1e-2, 0.0, (0.9, 0.999), 1.0)
+    assert first[4] == [(1e-2, 0.0, (0.9, 0.999))] * 2
+    continued = fit(8, 1e-3, 0.5, (0.8, 0.99), 2.0, ckpt="last")
+    assert sorted(continued) == [5, 6, 7, 8]
+    for step in continued:
+        assert continued[step] == [(1e-3, 0.5, (0.8, 0.99)), (2e-3, 0.5, (0.8, 0.99))]
