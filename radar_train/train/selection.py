@@ -4,18 +4,20 @@ Both are Lightning's own machinery: `EarlyStopping` on the monitored validation 
 validations without improvement), and a `ModelCheckpoint` on the same metric (`BestCheckpoint`) that keeps the
 best validation's training state as RUN/checkpoints/best-step-NNNNNN.ckpt (save_top_k=1). Both callbacks'
 state (best score, patience count, best file) goes into every checkpoint, and the best step is a file, so a
-resumed run keeps its best adapter. When the run ends (max_steps, or early stopping), final/ is exported from
+resumed run keeps its best adapter; the patience a count is held against is the resumed run's config
+(`ConfiguredEarlyStopping`). When the run ends (max_steps, or early stopping), final/ is exported from
 the best checkpoint (final_adapter best) or from the weights of the last step (last).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
-__all__ = ["EarlyStoppingArgs", "MONITORS", "BestCheckpoint", "BEST_PREFIX"]
+__all__ = ["EarlyStoppingArgs", "MONITORS", "BestCheckpoint", "BEST_PREFIX", "ConfiguredEarlyStopping"]
 
 #: Validation metrics that may be monitored, and the direction in which each improves.
 MONITORS: dict[str, str] = {
@@ -67,10 +69,10 @@ class EarlyStoppingArgs:
         """Whether final/ is the best validation's adapter."""
         return self.final_adapter == "best" or (self.final_adapter == "auto" and self.enabled)
 
-    def early_stopping_callback(self) -> Optional[EarlyStopping]:
+    def early_stopping_callback(self) -> Optional["ConfiguredEarlyStopping"]:
         if not self.enabled:
             return None
-        return EarlyStopping(monitor=self.monitor, mode=self.resolved_mode, patience=self.patience,
+        return ConfiguredEarlyStopping(monitor=self.monitor, mode=self.resolved_mode, patience=self.patience,
                              min_delta=self.min_delta, strict=True, check_finite=True)
 
     def best_checkpoint_callback(self, root: str | Path) -> Optional["BestCheckpoint"]:
@@ -79,6 +81,27 @@ class EarlyStoppingArgs:
         return BestCheckpoint(dirpath=Path(root) / "checkpoints", filename=BEST_PREFIX + "{step:06d}",
                               auto_insert_metric_name=False, monitor=self.monitor, mode=self.resolved_mode,
                               save_top_k=1, save_last=False, save_on_train_epoch_end=False)
+
+
+class ConfiguredEarlyStopping(EarlyStopping):
+    """EarlyStopping whose patience is the run's config, also in a run continued from a checkpoint.
+
+    Lightning's restores the saved patience with the saved count; a continued run with another
+    `model.early_stopping.patience` keeps the count and best score and counts them against its own patience.
+    A stop for exhausted patience that the new patience no longer calls for is cleared (final/'s `selection`
+    then says the run was not stopped early, unless it stops again). The state key stays EarlyStopping's, so
+    checkpoints written before this class resume it."""
+
+    @property
+    def state_key(self) -> str:
+        return f"EarlyStopping{dict(monitor=self.monitor, mode=self.mode)!r}"
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        patience = self.patience
+        super().load_state_dict(state_dict)
+        self.patience = patience
+        if self.stopping_reason is EarlyStoppingReason.PATIENCE_EXHAUSTED and self.wait_count < patience:
+            self.stopping_reason, self.stopping_reason_message = EarlyStoppingReason.NOT_STOPPED, None
 
 
 class BestCheckpoint(ModelCheckpoint):

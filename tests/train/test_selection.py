@@ -133,3 +133,19 @@ def test_bad_early_stopping_settings_are_reported_together():
         RadarLoraModule(early_stopping=EarlyStoppingArgs(monitor="val/fid", patience=0))
     assert "model.early_stopping.monitor 'val/fid' is not a validation metric" in str(e.value)
     assert "model.early_stopping.patience must be >= 1" in str(e.value)
+
+
+def test_a_continued_run_keeps_the_patience_of_its_config(tmp_path):
+    """The checkpoint holds early stopping's patience count and best score, which a continued run keeps; the
+    patience itself is the new config's, so a run stopped at patience 1 goes on at patience 5."""
+    trainer, _, first = _fit(tmp_path, 40, early_stopping=EarlyStoppingArgs(
+        enabled=True, monitor="val/psnr_harmless", patience=1))
+    assert sorted(first) == [2, 4] and first[2] > first[4] and trainer.global_step == 4  # stopped at patience 1
+    more = EarlyStoppingArgs(enabled=True, monitor="val/psnr_harmless", patience=5)
+    trainer, _, second = _fit(tmp_path, 8, ckpt_path="last", early_stopping=more)
+    stop = trainer.early_stopping_callback
+    assert stop.patience == 5 and stop.wait_count == 3  # the count went on from the checkpoint's 1
+    assert sorted(second) == [6, 8] and trainer.global_step == 8
+    assert stop.stopping_reason is EarlyStoppingReason.NOT_STOPPED
+    sel = read_radar_config(tmp_path / "final")["selection"]
+    assert not sel["stopped_early"] and sel["step"] == 2
