@@ -66,7 +66,9 @@ class AdapterEMA(WeightAveraging):
         self._trained: Optional[dict[str, Any]] = None  # the weights as trained, once the average replaced them
 
     def should_update(self, step_idx: Optional[int] = None, epoch_idx: Optional[int] = None) -> bool:
-        return step_idx is not None and step_idx % self.args.every_n_steps == 0
+        """After optimizer steps N, 2N, ... (step_idx is zero-based: global_step - 1), so that a run of a multiple
+        of N steps averages its last step."""
+        return step_idx is not None and (step_idx + 1) % self.args.every_n_steps == 0
 
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         from radar_train.train.module import is_trained_key

@@ -157,3 +157,14 @@ def test_validation_and_the_best_step_judge_the_average(tmp_path, make_loader):
     ckpt = torch.load(next((tmp_path / "checkpoints").glob("best-step-*.ckpt")), map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == best
     _close(ckpt["state_dict"], _by_hand(record.after_step, best, EmaArgs(decay=0.5, start_step=1)))
+
+
+def test_every_n_steps_averages_the_weights_after_every_nth_step(tmp_path, make_loader):
+    """every_n_steps 2 over 4 steps: the average takes the weights after steps 2 and 4 (the last step counts),
+    not those after steps 1 and 3."""
+    args = EmaArgs(decay=0.5, every_n_steps=2)
+    module, after = _fit(tmp_path / "run", 4, make_loader, ema=args)
+    want = {k: args.decay * after[2][k] + (1 - args.decay) * after[4][k] for k in after[4]}
+    _close({k: v for k, v in module.state_dict().items() if is_trained_key(k)}, want)
+    module.load_state_dict(want, strict=False)
+    _close(_adapter(tmp_path / "run" / "final"), _adapter(module.export(tmp_path / "want")))
