@@ -32,7 +32,7 @@ def fid(inception: str, model: ModelArgs = ModelArgs(), accel: AccelArgs = Accel
         merge_adapter: merge the LoRA into the decoder (no overhead).
         inception_logits: optional file with the same input contract returning (N, C) class logits (for IS).
         reference: .npz with mu / sigma from the same extractor, or a folder of reference images.
-        num_samples: samples per run (the paper protocol uses 50,000 = 50 per ImageNet class).
+        num_samples: samples per run, at least 2 (the paper protocol uses 50,000 = 50 per ImageNet class).
         batch_size: samples per sampling call.
         base_seed: seed of sample 0.
         is_splits: Inception Score splits.
@@ -56,7 +56,8 @@ def fid(inception: str, model: ModelArgs = ModelArgs(), accel: AccelArgs = Accel
     from radar_train.outputs import check_output_dir, staged_entries
     from radar_train.progress import Progress
 
-    check_positive(num_samples=num_samples, batch_size=batch_size, is_splits=is_splits)
+    check_positive(2, num_samples=num_samples)  # a covariance needs two samples (evaluate_generation's rule, up front)
+    check_positive(batch_size=batch_size, is_splits=is_splits)
     check_device(device)
     if adapter is not None:
         check_adapter(adapter)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -32,28 +33,92 @@ class LpipsArgs:
 
 
 def _adapter_shards(meta: dict, cache_dir: Path, manifest) -> Optional[list[int]]:
-    """The validation shards the adapter's records of this cache name (`_same_cache`: a record's path is
-    relative to the folder training ran in, so the content decides too), or None."""
-    shards = {int(s) for c in meta.get("caches") or [] if isinstance(c, dict) and _same_cache(c, cache_dir, manifest)
-              for s in c.get("val_shards") or []}
+    """The adapter's validation shards in this cache, or None: the shards holding pairs of a validation shard
+    the adapter records for a cache with this cache's pairs (`_records_for`; under this cache's shard size,
+    so a copy made with another plan maps them) and none of its training pairs."""
+    shards: set[int] = set()
+    for record, by_content in _records_for(meta, cache_dir, manifest):
+        val = [int(s) for s in record.get("val_shards") or []]
+        shards |= set(_shards_meeting(manifest, range(manifest.num_shards), record, val) if by_content else val)
+    shards -= set(train_shard_overlap(meta, cache_dir, manifest, sorted(shards)))
     return sorted(shards) or None
 
 
-def _same_cache(record: dict, cache_dir: Path, manifest) -> bool:
-    """Whether an adapter's cache record names this cache: the same folder, or a cache with the same content
-    (model, method, sampling and plan, so the same pairs: e.g. a copy elsewhere)."""
-    if record.get("path") and Path(record["path"]).resolve() == cache_dir.resolve():
-        return True
-    keys = ("model", "accel", "sampling", "plan")
-    return all(k in record for k in keys) and all(record[k] == getattr(manifest, k) for k in keys)
+def _pairs_identity(d: dict) -> Optional[dict]:
+    """What decides the pairs a cache holds for a sample (label, seed), from a manifest's or an adapter cache
+    record's fields: the model's identity (not its checkpoint paths), the method's settings (not its files or
+    kernel: `pipeline._accel_settings`), the sampling settings but the engine (radar_train.cache.schema
+    INFORMATIONAL_FIELDS) and the plan's sample rule. None when the fields or the plan are not all there."""
+    from radar_train.cache.plan import Plan
+    from radar_train.cache.schema import INFORMATIONAL_FIELDS
+    from radar_train.inference.pipeline import _accel_settings
+
+    if not all(isinstance(d.get(k), dict) for k in ("model", "accel", "sampling", "plan")):
+        return None
+    try:
+        Plan.from_dict(d["plan"])
+    except (KeyError, TypeError):
+        return None
+    model = {k: v for k, v in d["model"].items() if f"model.{k}" not in INFORMATIONAL_FIELDS}
+    sampling = {k: v for k, v in d["sampling"].items() if f"sampling.{k}" not in INFORMATIONAL_FIELDS}
+    ident = {"model": model, "sampling": sampling, "rule": d["plan"].get("rule")}
+    return {**json.loads(json.dumps(ident, default=str)), "accel": _accel_settings(d["accel"])}
+
+
+def _records_for(meta: dict, cache_dir: Path, manifest) -> list[tuple[dict, bool]]:
+    """(record, by_content) for the adapter's cache records of this cache. A record names it by content when
+    the pairs are decided alike (`_pairs_identity`: a copy elsewhere, one made with a larger plan or another
+    shard size or engine; the record's path is relative to the folder training ran in); a record without those
+    fields (an older adapter's) only by path, its shards then taken as this cache's shard numbers."""
+    mine = _pairs_identity(manifest.to_dict())
+    out = []
+    for record in meta.get("caches") or []:
+        if not isinstance(record, dict):
+            continue
+        theirs = _pairs_identity(record)
+        if theirs is not None:
+            if theirs == mine:
+                out.append((record, True))
+        elif record.get("path") and Path(record["path"]).resolve() == cache_dir.resolve():
+            out.append((record, False))
+    return out
+
+
+def _samples(plan: dict, shards: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(seeds, labels) of the samples of `shards` under `plan` (radar_train.cache.plan: sample i has label
+    classes[i mod n] and seed base_seed + i), sorted by seed; shards past the plan hold none."""
+    from radar_train.cache.plan import Plan
+
+    p = Plan.from_dict(plan)
+    parts = [p.labels_seeds(*p.shard_range(int(s))) for s in shards if 0 <= int(s) < p.num_shards]
+    labels = np.concatenate([lab for lab, _ in parts]) if parts else np.zeros(0, np.int64)
+    seeds = np.concatenate([sd for _, sd in parts]) if parts else np.zeros(0, np.int64)
+    order = np.argsort(seeds, kind="stable")
+    return seeds[order], labels[order]
+
+
+def _shards_meeting(manifest, shards: Sequence[int], record: dict, record_shards: Sequence[int]) -> list[int]:
+    """The shards among `shards` of this cache holding any sample (label, seed) of `record_shards` of the
+    record's cache (whose pairs are this cache's: the same sample, the same pair)."""
+    ref_seeds, ref_labels = _samples(record["plan"], record_shards)
+    if not len(ref_seeds):
+        return []
+    out = []
+    for s in shards:
+        seeds, labels = _samples(manifest.plan, [s])
+        pos = np.searchsorted(ref_seeds, seeds).clip(max=len(ref_seeds) - 1)  # a plan's seeds are distinct
+        if ((ref_seeds[pos] == seeds) & (ref_labels[pos] == labels)).any():
+            out.append(int(s))
+    return out
 
 
 def train_shard_overlap(meta: dict, cache_dir: str | Path, manifest, shards: Sequence[int]) -> list[int]:
-    """The shards among `shards` that the adapter (its radar_config.yaml `meta`) was trained on in this cache."""
+    """The shards among `shards` of this cache holding pairs the adapter (its radar_config.yaml `meta`) was
+    trained on: samples of its training shards, under the plan of the cache it recorded (`_records_for`)."""
     trained: set[int] = set()
-    for record in meta.get("caches") or []:
-        if isinstance(record, dict) and _same_cache(record, Path(cache_dir), manifest):
-            trained |= {int(s) for s in record.get("train_shards") or []}
+    for record, by_content in _records_for(meta, Path(cache_dir), manifest):
+        train = [int(s) for s in record.get("train_shards") or []]
+        trained |= set(_shards_meeting(manifest, shards, record, train) if by_content else train)
     return sorted(trained & {int(s) for s in shards})
 
 
@@ -69,14 +134,19 @@ def load_decoders(manifest, meta: dict, adapter_dir: str, vae_checkpoint: Option
 
     model = manifest.model
     vae_id = model["vae"]
+    if vae_id["kind"] != "file" and vae_checkpoint is not None:
+        raise ValueError(f"--vae_checkpoint {vae_checkpoint}: the cache was made with a randomly initialised VQ-VAE "
+                         f"({vae_id['kind']}:{vae_id['value']}), not a file: leave out --vae_checkpoint")
     ckpt = vae_checkpoint
     if ckpt is None and vae_id["kind"] == "file" and model.get("vae_checkpoint") and Path(model["vae_checkpoint"]).is_file():
         ckpt = model["vae_checkpoint"]  # the file the cache was made with, if it is still there
     try:
         plain, ident = load_latent_decoder(model["preset"], ckpt, _seed_of(vae_id), device)
     except ValueError as e:
-        raise FileNotFoundError(f"the cache was made with the VQ-VAE file {model.get('vae_checkpoint')!r} "
-                                f"(sha256 {vae_id['value'][:12]}…), which is not here: pass --vae_checkpoint ({e})") from None
+        made = f"the cache was made with the VQ-VAE file {model.get('vae_checkpoint')!r} (sha256 {vae_id['value'][:12]}…)"
+        if vae_checkpoint is None:
+            raise FileNotFoundError(f"{made}, which is not here: pass --vae_checkpoint ({e})") from None
+        raise ValueError(f"--vae_checkpoint {vae_checkpoint} does not load: {e} ({made})") from None
     if (ident.kind, ident.value) != (vae_id["kind"], vae_id["value"]):
         raise ValueError(f"VQ-VAE {ident.kind}:{ident.value[:16]} is not the one the cache was made with "
                          f"({vae_id['kind']}:{vae_id['value'][:16]}); pass the right --vae_checkpoint")
@@ -93,9 +163,10 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
                          lpips: Optional[LpipsArgs] = None, num_workers: int = 0,
                          allow_train_shards: bool = False, progress: bool = False) -> dict:
     """Restoration metrics of the adapter on `shards` of the cache (default: the adapter's validation shards).
-    Shards the adapter was trained on are refused (ValueError naming them) unless `allow_train_shards`, which
-    warns and records them in the result (`train_shard_overlap`, `held_out` false). `progress`: show the pairs
-    done (radar_train.progress: a bar on a terminal, lines in a log)."""
+    Shards holding pairs the adapter was trained on, in this cache or in one with the same pairs (a copy, a
+    larger plan, another shard size: `train_shard_overlap`), are refused (ValueError naming them) unless
+    `allow_train_shards`, which warns and records them in the result (`train_shard_overlap`, `held_out` false).
+    `progress`: show the pairs done (radar_train.progress: a bar on a terminal, lines in a log)."""
     from radar_train.cache.reader import BlockShuffleSampler, PairDataset
     from radar_train.cache.schema import read_manifest
     from radar_train.export import check_adapter, decode_with_labels
@@ -107,7 +178,8 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
     if shards is None:
         shards = _adapter_shards(meta, cache, manifest)
         if shards is None:
-            raise ValueError(f"adapter {adapter_dir} records no validation shards of {cache}: pass --shards")
+            raise ValueError(f"adapter {adapter_dir} records no validation shards of {cache} (no shard of it holds "
+                             f"validation samples of the adapter and none of its training samples): pass --shards")
     if not shards:
         raise ValueError("--shards is empty: name the shards to evaluate")
     if lpips is not None and bool(lpips.vgg) != bool(lpips.heads):
@@ -116,7 +188,7 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
     overlap = train_shard_overlap(meta, cache, manifest, shards)
     if overlap and not allow_train_shards:
         raise ValueError(f"--shards {_ranges(overlap)} of {cache} are training shards of the adapter {adapter_dir} "
-                         f"(its radar_config.yaml caches[*].train_shards): metrics on them are not held-out; "
+                         f"(they hold samples of its radar_config.yaml caches[*].train_shards): metrics on them are not held-out; "
                          f"evaluate other shards, or pass --allow_train_shards to evaluate them anyway")
     if overlap:
         warnings.warn(f"radar-eval: shards {_ranges(overlap)} of {cache} are training shards of the adapter "

@@ -337,6 +337,15 @@ def fid_gap_closed(acc: Optional[float], restored: Optional[float], vanilla: Opt
     return (acc - restored) / (acc - vanilla)
 
 
+def official_noise_note(batch_size: int) -> str:
+    """What sampling.noise official means for the numbers: each batch draws from one generator seeded with its
+    first sample's seed (RadarPipeline._noise_keys), so they are reproducible, but only at the same batch size."""
+    return (f"sampling.noise is official: each batch of {batch_size} draws from one generator seeded with its first "
+            f"sample's seed (the official sampler's g_seed), so the numbers are reproducible at the same --batch_size, "
+            f"but a sample depends on the batch it is drawn in (another --batch_size gives other samples, and sample "
+            f"i is not the image of its own class and seed alone, as with per_sample noise)")
+
+
 @torch.no_grad()
 def evaluate_generation(pipe, features: _Extractor, logits: Optional[_Extractor] = None,
                         reference: Optional[GaussianStats] = None, num_samples: int = PAPER_NUM_SAMPLES,
@@ -408,8 +417,7 @@ def evaluate_generation(pipe, features: _Extractor, logits: Optional[_Extractor]
                      f"samples into parts of ceil({num_samples}/{is_splits}); give --num_samples a multiple of "
                      f"--is_splits")
     if getattr(getattr(pipe, "sampling", None), "noise", "per_sample") != "per_sample":
-        notes.append("sampling.noise is not per_sample: samples come from the global RNG and do not follow the "
-                     "seeds (not reproducible, and the runs are not paired per seed)")
+        notes.append(official_noise_note(batch_size))
     notes.append("FID/IS depend on the Inception port: comparable to published numbers only if the extractor "
                  "reproduces the guided-diffusion evaluator's Inception graph and reference statistics")
     return {"num_samples": num_samples, "runs": runs, "fid_vs_reference": fid_ref, "fid_vs_vanilla": fid_van,

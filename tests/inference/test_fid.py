@@ -281,3 +281,45 @@ def test_inception_score_parts_are_those_torchmetrics_makes():
     for n, splits in [(50_000, 10), (25, 10), (12, 10), (12, 5), (4, 4), (7, 1)]:
         assert inception_score_parts(n, splits) == len(torch.arange(n).chunk(splits)), (n, splits)
     assert inception_score_parts(50_000, 10) == 10 and inception_score_parts(25, 10) == 9
+
+
+def test_official_noise_is_reproducible_at_the_same_batch_size_and_the_note_says_so(extractors):
+    """sampling.noise official: each batch's generator is seeded with its first sample's seed, not drawn from
+    the global RNG; the numbers repeat under another global seed, and change with the batch size."""
+    from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
+    from radar_train.inference import PipelineArgs, RadarPipeline
+
+    pipe = RadarPipeline.from_config(PipelineArgs(model=ModelArgs("tiny"), accel=AccelArgs("fastvar"),
+                                                  sampling=SamplingConfig(top_k=64, noise="official"), device="cpu"))
+    feats = load_inception(str(extractors["features"]))
+    runs = []
+    for global_seed, batch_size in ((1000, 4), (1001, 4), (1000, 8)):
+        torch.manual_seed(global_seed)
+        runs.append(evaluate_generation(pipe, feats, num_samples=8, batch_size=batch_size))
+    assert runs[0]["fid_vs_vanilla"] == runs[1]["fid_vs_vanilla"]
+    assert runs[0]["fid_vs_vanilla"] != runs[2]["fid_vs_vanilla"]  # a sample depends on its batch
+    note = [n for n in runs[0]["notes"] if "sampling.noise" in n]
+    assert len(note) == 1 and "reproducible at the same --batch_size" in note[0]
+    assert "depends on the batch" in note[0] and "global RNG" not in note[0] and "not reproducible" not in note[0]
+
+
+def test_cli_refuses_one_sample_before_reading_the_reference_or_loading_anything(extractors, tmp_path, capsys,
+                                                                                  monkeypatch):
+    import radar_train.inference.fid as fid_module
+    from radar_train.inference import RadarPipeline
+
+    def too_late(*a, **k):
+        raise AssertionError("--num_samples 1 must be refused before the extractors, reference and model load")
+
+    for name in ("load_inception", "reference_stats"):
+        monkeypatch.setattr(fid_module, name, too_late)
+    monkeypatch.setattr(RadarPipeline, "from_config", too_late)
+    refdir = tmp_path / "real"
+    refdir.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(refdir / "0.png")
+    args = ["--model.preset", "tiny", "--device", "cpu", "--num_samples", "1", "--inception",
+            str(extractors["features"]), "--reference", str(refdir), "--output", str(tmp_path / "o")]
+    assert _main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --num_samples must be >= 2, got 1", err
+    assert not (tmp_path / "o").exists()

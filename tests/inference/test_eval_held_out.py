@@ -1,0 +1,134 @@
+"""radar-eval's held-out rule across copies of a cache: a copy made with a larger plan, another shard size or
+another sampling engine holds the same pairs (label, seed), so the adapter's training pairs are refused there
+too, and its validation pairs are found there by default. And the message for a --vae_checkpoint given for a
+cache made with a randomly initialised VQ-VAE."""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from radar_train.cache.schema import Manifest
+from radar_train.inference.evaluate import _adapter_shards, evaluate_restoration, train_shard_overlap
+
+CLASSES = list(range(10))
+RULE = "label = classes[i % len(classes)], seed = base_seed + i"
+
+
+def _plan(per_class: int = 8, shard_size: int = 16, base_seed: int = 0) -> dict:
+    n = per_class * len(CLASSES)
+    return {"classes": CLASSES, "images_per_class": per_class, "num_samples": n, "base_seed": base_seed,
+            "shard_size": shard_size, "num_shards": -(-n // shard_size), "rule": RULE}
+
+
+def _manifest(plan: dict, engine: str = "auto", prune6: float = 0.5, vae_checkpoint=None) -> Manifest:
+    model = {"preset": "tiny", "vae": {"kind": "random", "value": "tiny:seed=0", "config": {}},
+             "var": {"kind": "random", "value": "tiny:seed=0", "config": {}}, "vae_checkpoint": vae_checkpoint,
+             "var_checkpoint": None}
+    accel = {"method": "fastvar", "preset": "default", "prune": {6: prune6, 8: 0.75}, "cache_scale": None,
+             "layers": None}
+    sampling = {"cfg": 1.5, "top_k": 64, "top_p": 0.96, "noise": "per_sample", "more_smooth": False, "engine": engine}
+    d = {"format_version": 1, "radar_train_version": "0", "plan": plan, "model": model, "sampling": sampling,
+         "accel": accel, "latent_shape": [8, 8, 8], "latent_dtype": "float16", "patch_nums": [1, 2], "precision":
+         "float32", "storage": {"chunk_size": 16}}
+    return Manifest.from_dict(json.loads(json.dumps(d)))
+
+
+def _adapter_meta(trained_on: Manifest) -> dict:
+    """An adapter's metadata as radar-train writes it: trained on shards 0-3 (samples 0..63), validated on
+    shard 4 (samples 64..79) of `trained_on`, whose path (relative to another folder) names nothing here."""
+    m = trained_on.to_dict()
+    record = {"path": "elsewhere/cache/tiny", "format": "zarr", "train_shards": [0, 1, 2, 3], "val_shards": [4],
+              **{k: m[k] for k in ("model", "accel", "sampling", "plan", "latent_shape", "latent_dtype")}}
+    return {"caches": [record]}
+
+
+META = _adapter_meta(_manifest(_plan()))
+
+
+def _check(manifest: Manifest, shards) -> tuple[list[int], list[int] | None]:
+    """(training shards among `shards`, default validation shards) of the adapter META in this cache."""
+    return train_shard_overlap(META, Path("here"), manifest, shards), _adapter_shards(META, Path("here"), manifest)
+
+
+def test_a_copy_with_a_larger_plan_holds_the_training_pairs_in_the_same_shards():
+    assert _check(_manifest(_plan(per_class=16)), range(10)) == ([0, 1, 2, 3], [4])
+
+
+def test_a_copy_with_another_shard_size_maps_the_pairs_by_sample_index():
+    # shards of 32: [0, 32) and [32, 64) are training samples, [64, 80) the validation ones
+    assert _check(_manifest(_plan(shard_size=32)), range(3)) == ([0, 1], [2])
+    # shards of 24: shard 2 = [48, 72) holds training and validation samples: refused, and not a default
+    assert _check(_manifest(_plan(per_class=16, shard_size=24)), range(7)) == ([0, 1, 2], [3])
+
+
+def test_execution_only_fields_do_not_make_another_cache():
+    assert _check(_manifest(_plan(), engine="eager", vae_checkpoint="/somewhere/vae.pth"), range(5)) == (
+        [0, 1, 2, 3], [4])
+
+
+def test_another_method_setting_or_other_samples_are_another_cache():
+    assert _check(_manifest(_plan(), prune6=0.25), range(5)) == ([], None)  # other LQ latents: other pairs
+    # a base seed 10 later (the class count): sample i there is sample i + 10 here, the same (label, seed)
+    assert _check(_manifest(_plan(base_seed=10)), range(5)) == ([0, 1, 2, 3], [4])
+    # a base seed 5 later: the same seeds come with other labels, so no pair is the adapter's
+    assert _check(_manifest(_plan(base_seed=5)), range(5)) == ([], None)
+    # a held-out cache past the adapter's seeds: nothing refused, no default shards (pass --shards)
+    assert _check(_manifest(_plan(base_seed=80)), range(5)) == ([], None)
+
+
+def test_a_record_without_the_cache_content_matches_by_path_only(tmp_path):
+    old = copy.deepcopy(META)
+    for key in ("model", "accel", "sampling", "plan"):
+        del old["caches"][0][key]
+    old["caches"][0]["path"] = str(tmp_path)
+    m = _manifest(_plan(shard_size=32))
+    assert train_shard_overlap(old, tmp_path, m, [0, 1, 2]) == [0, 1, 2]  # its shard numbers, as they are
+    assert train_shard_overlap(old, tmp_path / "other", m, [0, 1, 2]) == []
+
+
+def _copy(cache, dest, edit) -> str:
+    """A copy of the cache folder whose manifest `edit` changes (as a cache made with other settings)."""
+    shutil.copytree(cache, dest)
+    m = json.loads((dest / "manifest.json").read_text())
+    edit(m)
+    (dest / "manifest.json").write_text(json.dumps(m))
+    return str(dest)
+
+
+def test_radar_eval_refuses_training_pairs_in_a_larger_copy_of_the_cache(trained_run, tmp_path):
+    def sixteen_per_class(m):
+        m["plan"].update(images_per_class=16, num_samples=160, num_shards=10)
+
+    big = _copy(trained_run["cache"], tmp_path / "other" / "big", sixteen_per_class)
+    with pytest.raises(ValueError, match=r"--shards 0-3 of .*big are training shards of the adapter"):
+        evaluate_restoration(big, str(trained_run["adapter"]), shards=[0, 1, 2, 3])
+    with pytest.raises(ValueError, match=r"--shards 2 of .*big are training shards"):
+        evaluate_restoration(big, str(trained_run["adapter"]), shards=[2, 4, 7])
+
+
+def test_radar_eval_on_an_engine_eager_copy_refuses_the_training_shards_and_finds_the_validation_ones(
+        trained_run, tmp_path):
+    def eager(m):
+        m["sampling"]["engine"] = "eager"
+
+    other = _copy(trained_run["cache"], tmp_path / "eager", eager)
+    with pytest.raises(ValueError, match=r"--shards 0-3 of .*eager are training shards of the adapter"):
+        evaluate_restoration(other, str(trained_run["adapter"]), shards=[0, 1, 2, 3])
+    r = evaluate_restoration(other, str(trained_run["adapter"]))
+    assert r["shards"] == [4] and r["held_out"] is True and r["train_shard_overlap"] == [] and r["num_pairs"] == 16
+
+
+def test_a_vae_checkpoint_for_a_cache_of_a_random_init_vqvae_is_refused_naming_that_identity(tmp_path):
+    from radar_train.inference.evaluate import load_decoders
+
+    ckpt = tmp_path / "vae.pth"
+    ckpt.write_bytes(b"weights")
+    with pytest.raises(ValueError) as e:
+        load_decoders(_manifest(_plan()), META, str(tmp_path), str(ckpt), "cpu")
+    msg = str(e.value)
+    assert "random:tiny:seed=0" in msg and "leave out --vae_checkpoint" in msg and str(ckpt) in msg
+    assert "file None" not in msg
