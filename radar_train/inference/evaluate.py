@@ -227,6 +227,7 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
            "label_conditioned": bool(getattr(adapted, "label_conditioned", False))}
     if lp is not None:
         out["lpips_baseline"], out["lpips_adapted"] = (lp_sums / max(n, 1)).tolist()
+        out["delta_lpips"] = out["lpips_adapted"] - out["lpips_baseline"]  # (< 0: the adapter is closer)
     return out
 
 
@@ -251,7 +252,8 @@ def markdown_table(r: dict) -> str:
     gap = ("undefined: MSE(baseline) is 0, the accelerated latents decode exactly as the vanilla ones"
            if r["gap_closed"] is None else f"**{r['gap_closed']:.3f}**")
     lines += ["", f"- gap closed G_mse = 1 − MSE(adapted)/MSE(baseline): {gap}",
-              f"- ΔPSNR: {r['delta_psnr']:+.3f} dB, ΔSSIM: {r['delta_ssim']:+.4f}"]
+              f"- ΔPSNR: {r['delta_psnr']:+.3f} dB, ΔSSIM: {r['delta_ssim']:+.4f}"
+              + (f", ΔLPIPS: {r['delta_lpips']:+.4f}" if r.get("delta_lpips") is not None else "")]
     if r.get("harmlessness_psnr") is not None:
         lines.append(f"- harmlessness PSNR(D_LoRA(f_HQ), D(f_HQ)): {r['harmlessness_psnr']:.2f} dB")
     return "\n".join(lines) + "\n"
