@@ -49,6 +49,7 @@ from .losses import DistillLoss, LossArgs
 from .metrics import RestorationStats, psnr_per_image, ssim_per_image, to_unit
 from .optim import OptimArgs, build_optimizer
 from .rng import StepRng
+from .run_checkpoint import validation_follows
 from .selection import BestCheckpoint, EarlyStoppingArgs
 
 __all__ = ["RadarLoraModule", "MonitorArgs", "OutputArgs", "META_VERSION", "module_from_hparams", "is_trained_key"]
@@ -163,6 +164,7 @@ class RadarLoraModule(pl.LightningModule):
         self._image_batch: Optional[dict[str, torch.Tensor]] = None
         self._image_step: Optional[int] = None  # step of the last image grid logged
         self._export_step: Optional[int] = None  # step of the last step-NNNNNN/ export
+        self._export_pending: Optional[int] = None  # step whose export waits for the validation due at it
         self._step_rng = StepRng()  # the training forward's random stream (LoRA dropout), checkpointed
         self._t_last: Optional[float] = None
         self.trainable_params, self.frozen_params = parameter_counts(self.net)
@@ -244,11 +246,28 @@ class RadarLoraModule(pl.LightningModule):
         step = self.global_step
         if self.monitor.images_every_n_steps and step % self.monitor.images_every_n_steps == 0:
             self.log_image_grid()
-        if self.output.export_every_n_steps and step % self.output.export_every_n_steps == 0 and step > 0 \
-                and step != self._export_step:  # once per optimizer step (gradient accumulation)
-            with self._averaged_weights():
-                self.export(Path(self.trainer.default_root_dir) / f"step-{step:06d}")
-            self._export_step = step
+        every = self.output.export_every_n_steps
+        if every and step % every == 0 and step > 0 and step not in (self._export_step, self._export_pending):
+            # once per optimizer step (gradient accumulation); after the validation due at this step, if one is
+            # (on_validation_epoch_end), so that radar_config.yaml's metrics are this step's
+            if validation_follows(self.trainer):
+                self._export_pending = step
+            else:
+                self._export_step_adapter()
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._export_step_adapter(pending=True)  # one that waited for a validation that did not run (no batches)
+
+    def _export_step_adapter(self, pending: bool = False) -> None:
+        """Export the adapter of this step (the EMA's average, with one) to step-NNNNNN/; with `pending`, only if
+        this step's export waits (for its validation), else nothing."""
+        step = self.global_step
+        if pending and self._export_pending != step:
+            self._export_pending = None
+            return
+        with self._averaged_weights():
+            self.export(Path(self.trainer.default_root_dir) / f"step-{step:06d}")
+        self._export_step, self._export_pending = step, None
 
     def _averaged_weights(self):
         """Context: the EMA's average in the weights (model.ema), or nothing changed without one."""
@@ -299,6 +318,7 @@ class RadarLoraModule(pl.LightningModule):
         return 1.0
 
     def on_train_end(self) -> None:
+        self._export_step_adapter(pending=True)
         self.log_image_grid()
         if self.output.export_final and self._training_finished():
             self.export_final(Path(self.trainer.default_root_dir) / "final")
@@ -400,6 +420,13 @@ class RadarLoraModule(pl.LightningModule):
         self._t_last = None
         if self.trainer.sanity_checking:
             return
+        self._record_validation()
+        # the step export that waited for this validation: before the run's checkpoint of this step
+        # (RunCheckpoint saves in on_validation_end), so that a run resumed from that checkpoint has the export
+        self._export_step_adapter(pending=True)
+
+    def _record_validation(self) -> None:
+        """The validation's metrics, reduced over the ranks: logged, and kept for radar_config.yaml."""
         sums = self.trainer.strategy.reduce(self.val_stats.sums, reduce_op="sum")
         metrics = self.val_stats.compute(sums)
         if not metrics:

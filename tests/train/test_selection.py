@@ -114,8 +114,12 @@ def test_a_run_killed_during_a_validation_runs_it_again_at_resume(tmp_path):
     assert sorted(straight) == [2, 4, 6]
     with pytest.raises(RuntimeError, match="killed during the validation"):
         _fit(tmp_path / "b", 40, extra=[_CrashInValidation(4)], train_size=8)
+    assert not (tmp_path / "b" / "step-000004").exists()  # the step's export waits for its validation too
     trainer, _, resumed = _fit(tmp_path / "b", 40, ckpt_path="last", train_size=8)
     assert resumed == {k: straight[k] for k in (4, 6)}  # the validation at step 4 again, then the stop at 6
+    for step in (2, 4, 6):  # each step export once, with its own validation's metrics
+        want = read_radar_config(tmp_path / "a" / f"step-{step:06d}")["metrics"]
+        assert read_radar_config(tmp_path / "b" / f"step-{step:06d}")["metrics"] == want and want
     assert trainer.global_step == 6
     assert _same(_weights(tmp_path / "b" / "final"), _weights(tmp_path / "a" / "final"))
 
@@ -149,3 +153,39 @@ def test_a_continued_run_keeps_the_patience_of_its_config(tmp_path):
     assert stop.stopping_reason is EarlyStoppingReason.NOT_STOPPED
     sel = read_radar_config(tmp_path / "final")["selection"]
     assert not sel["stopped_early"] and sel["step"] == 2
+
+
+class _RecordMetrics(pl.Callback):
+    def __init__(self):
+        self.by_step: dict[int, dict] = {}
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.by_step[trainer.global_step] = dict(pl_module.val_metrics)
+
+
+def test_a_step_export_records_the_validation_of_its_step(tmp_path):
+    """A step export at a step with a validation due is written after that validation: its metrics are the
+    step's, not the previous validation's."""
+    rec = _RecordMetrics()
+    _fit(tmp_path, 6, early_stopping=EarlyStoppingArgs(), extra=[rec])  # validation and export every 2 steps
+    assert sorted(rec.by_step) == [2, 4, 6] and rec.by_step[2] != rec.by_step[4]
+    for step in (2, 4, 6):
+        meta = read_radar_config(tmp_path / f"step-{step:06d}")
+        assert meta["global_step"] == step
+        assert meta["metrics"] == pytest.approx(rec.by_step[step], rel=1e-12)
+
+
+def test_a_step_export_waiting_for_a_validation_that_does_not_run_is_still_written(tmp_path):
+    """A validation due at an export step whose loader has no batch is skipped by Lightning: the export is
+    written before the next step (and at the end of training, for the last step)."""
+    torch.manual_seed(0)
+    module = RadarLoraModule(monitor=MonitorArgs(images_every_n_steps=0, train_metrics_every_n_steps=0),
+                             output=OutputArgs(save_every_n_steps=2, export_every_n_steps=2, export_final=False))
+    trainer = pl.Trainer(default_root_dir=str(tmp_path), accelerator="cpu", devices=1, precision="32-true",
+                         max_steps=4, val_check_interval=2, check_val_every_n_epoch=None, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, logger=False)
+    train = DataLoader(torch.utils.data.Subset(_LabelledPairs(32), range(24)), batch_size=4, shuffle=False)
+    trainer.fit(module, train, DataLoader([], batch_size=8))
+    for step in (2, 4):
+        assert read_radar_config(tmp_path / f"step-{step:06d}")["global_step"] == step
