@@ -8,23 +8,27 @@ from typing import Optional, Union
 from jsonargparse import CLI
 
 from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
+from radar_train.inference.npz import NpzImageWriter
 from radar_train.inference.pipeline import Precision
 
 
-def fid(inception: str, model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method="fastvar"),
-        sampling: SamplingConfig = SamplingConfig(), adapter: Optional[str] = None, merge_adapter: bool = True,
-        inception_logits: Optional[str] = None, reference: Optional[str] = None, num_samples: int = 50000,
-        batch_size: int = 16, base_seed: int = 0, is_splits: int = 10, output: str = "outputs/fid",
-        device: str = "auto", precision: Precision = "auto",
-        classes: Optional[Union[str, int, list[int]]] = None, seeds: Optional[Union[str, int, list[int]]] = None,
-        grid_scale: int = 0, overwrite: bool = False) -> int:
+def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
+        accel: AccelArgs = AccelArgs(method="fastvar"), sampling: SamplingConfig = SamplingConfig(),
+        adapter: Optional[str] = None, merge_adapter: bool = True, inception_logits: Optional[str] = None,
+        reference: Optional[str] = None, num_samples: int = 50000, batch_size: int = 16, base_seed: int = 0,
+        is_splits: int = 10, save_npz: bool = False, output: str = "outputs/fid", device: str = "auto",
+        precision: Precision = "auto", classes: Optional[Union[str, int, list[int]]] = None,
+        seeds: Optional[Union[str, int, list[int]]] = None, grid_scale: int = 0, overwrite: bool = False) -> int:
     """FID / IS of the vanilla, accelerated and accelerated + adapter samples (sample i: class i mod
-    num_classes, seed base_seed + i). Takes radar-generate configs (--config configs/generate/<x>.yaml).
-    Internal comparisons only: numbers match published ones only with the guided-diffusion evaluator's
-    Inception graph and reference statistics, 50,000 samples and the same sampler settings.
+    num_classes, seed base_seed + i), and / or the samples as the .npz files that OpenAI's guided-diffusion
+    evaluator reads (--save_npz: the papers' protocol). Takes radar-generate configs (--config
+    configs/generate/<x>.yaml). The FID here is for internal comparisons: it matches published numbers only with
+    the guided-diffusion evaluator's Inception graph and reference statistics, 50,000 samples and the same
+    sampler settings.
 
     Args:
-        inception: TorchScript (or torch.export .pt2) file: uint8 (N, 3, H, W) images -> (N, D) features.
+        inception: TorchScript (or torch.export .pt2) file: uint8 (N, 3, H, W) images -> (N, D) features (FID;
+            optional with --save_npz).
         model: VQ-VAE + VAR.
         accel: acceleration method of the accelerated runs.
         sampling: sampler settings (compare only runs with the same cfg / top-k / top-p).
@@ -36,14 +40,16 @@ def fid(inception: str, model: ModelArgs = ModelArgs(), accel: AccelArgs = Accel
         batch_size: samples per sampling call.
         base_seed: seed of sample 0.
         is_splits: Inception Score splits.
+        save_npz: also write each run's samples as samples_<run>.npz (arr_0: uint8 N x H x W x 3, streamed to
+            disk: 9.8 GB per run at 50,000 samples of 256 px), for the guided-diffusion evaluator.
         output: folder for fid.json and fid.md (a radar-generate config's output folder unless given).
         device: cuda, cpu, or auto.
         precision: transformer compute dtype (auto: bf16 on CUDA, fp32 on CPU).
         classes: ignored (radar-generate key, accepted so its configs can be reused).
         seeds: ignored (radar-generate key).
         grid_scale: ignored (radar-generate key).
-        overwrite: replace fid.json / fid.md (and reference_stats.npz) of an earlier run in the output folder
-            (without it they are refused; other files there are left alone).
+        overwrite: replace fid.json / fid.md (and reference_stats.npz, samples_*.npz) of an earlier run in the
+            output folder (without it they are refused; other files there are left alone).
     """
     from radar_train.inference import PipelineArgs, RadarPipeline
     from radar_train.inference.fid import (evaluate_generation, file_sha256, load_inception, markdown_report,
@@ -58,28 +64,38 @@ def fid(inception: str, model: ModelArgs = ModelArgs(), accel: AccelArgs = Accel
 
     check_positive(2, num_samples=num_samples)  # a covariance needs two samples (evaluate_generation's rule, up front)
     check_positive(batch_size=batch_size, is_splits=is_splits)
+    if inception is None and inception_logits is None and not save_npz:
+        raise ValueError("--inception (FID), --inception_logits (IS) or --save_npz true (samples for the "
+                         "guided-diffusion evaluator): give at least one, or there is nothing to measure or write")
+    if reference is not None and inception is None:
+        raise ValueError(f"--reference {reference} needs --inception: the reference statistics are of its features")
     check_device(device)
     if adapter is not None:
         check_adapter(adapter)
     if reference is not None and not Path(reference).exists():
         raise InputError(f"{reference}: --reference not found (an .npz of mu / sigma, or a folder of images)")
-    entries = ["fid.json", "fid.md"] + (["reference_stats.npz"] if reference and Path(reference).is_dir() else [])
+    runs = ["vanilla", "accelerated"] + (["accelerated+adapter"] if adapter is not None else [])
+    npz_names = {r: npz_name(r) for r in runs} if save_npz else {}
+    entries = (["fid.json", "fid.md"] + (["reference_stats.npz"] if reference and Path(reference).is_dir() else [])
+               + list(npz_names.values()))
     check_output_dir(output, entries, "--output", {"--inception": inception, "--inception_logits": inception_logits,
                                                    "--reference": reference, "--adapter": adapter,
                                                    **model_inputs(model), **accel_inputs(accel)}, overwrite)
     if inception_logits is not None and is_splits > num_samples:
         raise ValueError(f"--is_splits {is_splits} is more than --num_samples {num_samples}: each split needs samples")
-    feats = load_inception(inception, "--inception")
+    feats = None if inception is None else load_inception(inception, "--inception")
     logit_mod = None if inception_logits is None else load_inception(inception_logits, "--inception_logits")
     size, dev = get_preset(model.preset).image_size, resolve_device(device)
-    feature_dim = feats.probe(size, dev)  # before hours of sampling: the extractors run on this model's images
+    # before hours of sampling: the extractors run on this model's images
+    feature_dim = None if feats is None else feats.probe(size, dev)
     if logit_mod is not None:
         logit_mod.probe(size, dev)
     if classes is not None or seeds is not None:
         print("radar-fid: note: classes/seeds of the config are ignored; sample i has class i mod num_classes "
               f"and seed {base_seed} + i")
     print(f"radar-fid: {num_samples} samples per run, model {model.preset}, accel {accel.method}, "
-          f"adapter {adapter or '-'}, inception {inception}, reference {reference or '-'} -> {output}")
+          f"adapter {adapter or '-'}, inception {inception or '-'}, reference {reference or '-'}"
+          f"{', samples as .npz' if save_npz else ''} -> {output}")
     ref = None
     if reference is not None:
         ref = reference_stats(reference, feats, batch_size=max(batch_size, 32), device=dev)
@@ -87,20 +103,31 @@ def fid(inception: str, model: ModelArgs = ModelArgs(), accel: AccelArgs = Accel
             raise InputError(f"{reference}: --reference has {ref.dim}-d statistics but --inception {inception} gives "
                              f"{feature_dim}-d features")
     pipe = RadarPipeline.from_config(PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision))
-    with Progress(num_samples, "radar-fid", "samples") as progress:  # sample i of every run at once
-        result = evaluate_generation(pipe, feats, logit_mod, ref, num_samples, batch_size, base_seed, is_splits,
-                                     progress=progress.update)
-    result["protocol"] = {
-        "model": model.preset, "accel": pipe.accel.describe(),
-        "sampling": {"cfg": sampling.cfg, "top_k": sampling.top_k, "top_p": sampling.top_p, "noise": sampling.noise},
-        "adapter": adapter, "base_seed": base_seed, "batch_size": batch_size, "device": str(pipe.device),
-        "precision": precision,
-        "inception": {"path": inception, "sha256": file_sha256(inception)},
-        "inception_logits": None if inception_logits is None else {"path": inception_logits,
-                                                                   "sha256": file_sha256(inception_logits)},
-        "reference": None if reference is None else {"path": reference, "num_images": ref.n or None},
-    }
     with staged_entries(output, entries) as stage:
+        writers = {r: NpzImageWriter(stage / name, num_samples, size) for r, name in npz_names.items()}
+        try:
+            with Progress(num_samples, "radar-fid", "samples") as progress:  # sample i of every run at once
+                result = evaluate_generation(pipe, feats, logit_mod, ref, num_samples, batch_size, base_seed,
+                                             is_splits, progress=progress.update,
+                                             on_images=(lambda run, imgs: writers[run].write(imgs)) if writers else None)
+            for w in writers.values():
+                w.close()
+        except BaseException:
+            for w in writers.values():
+                w.discard()
+            raise
+        result["protocol"] = {
+            "model": model.preset, "accel": pipe.accel.describe(),
+            "sampling": {"cfg": sampling.cfg, "top_k": sampling.top_k, "top_p": sampling.top_p,
+                         "noise": sampling.noise},
+            "adapter": adapter, "base_seed": base_seed, "batch_size": batch_size, "device": str(pipe.device),
+            "precision": precision,
+            "inception": None if inception is None else {"path": inception, "sha256": file_sha256(inception)},
+            "inception_logits": None if inception_logits is None else {"path": inception_logits,
+                                                                       "sha256": file_sha256(inception_logits)},
+            "reference": None if reference is None else {"path": reference, "num_images": ref.n or None},
+        }
+        result["samples_npz"] = npz_names or None
         write_report(result, stage)
         if "reference_stats.npz" in entries:
             ref.save(stage / "reference_stats.npz")
@@ -108,8 +135,16 @@ def fid(inception: str, model: ModelArgs = ModelArgs(), accel: AccelArgs = Accel
     if "reference_stats.npz" in entries:
         print(f"reference statistics of {ref.n} images saved to {Path(output) / 'reference_stats.npz'} "
               f"(reusable as --reference)")
+    for name in npz_names.values():
+        print(f"samples for the guided-diffusion evaluator: {Path(output) / name} (arr_0, uint8 "
+              f"{num_samples} x {size} x {size} x 3)")
     print(f"wrote {Path(output) / 'fid.json'} and {Path(output) / 'fid.md'}")
     return 0
+
+
+def npz_name(run: str) -> str:
+    """samples_<run>.npz: vanilla, accelerated, accelerated_adapter."""
+    return f"samples_{run.replace('+', '_')}.npz"
 
 
 def main(argv: list[str] | None = None) -> None:

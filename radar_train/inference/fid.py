@@ -347,14 +347,17 @@ def official_noise_note(batch_size: int) -> str:
 
 
 @torch.no_grad()
-def evaluate_generation(pipe, features: _Extractor, logits: Optional[_Extractor] = None,
+def evaluate_generation(pipe, features: Optional[_Extractor], logits: Optional[_Extractor] = None,
                         reference: Optional[GaussianStats] = None, num_samples: int = PAPER_NUM_SAMPLES,
                         batch_size: int = 16, base_seed: int = 0, is_splits: int = 10,
-                        progress: Optional[Callable[[int], None]] = None) -> dict:
+                        progress: Optional[Callable[[int], None]] = None,
+                        on_images: Optional[Callable[[str, torch.Tensor], None]] = None) -> dict:
     """Generate `num_samples` samples with `pipe.compare` (vanilla, accelerated, and accelerated + adapter
     when the pipeline has one; sample i: class i mod num_classes, seed base_seed + i), in batches, and
-    return FID against `reference`, FID against the vanilla samples, and IS (when `logits` is given).
-    `progress(n)` is called with the number of samples of each batch done (e.g. radar_train.progress)."""
+    return FID against `reference`, FID against the vanilla samples (both need `features`), and IS (when
+    `logits` is given). `progress(n)` is called with the number of samples of each batch done (e.g.
+    radar_train.progress); `on_images(run, images)` with each run's uint8 images of each batch, in sample
+    order (e.g. an NpzImageWriter per run)."""
     if num_samples < 2:
         raise FidError(f"--num_samples must be at least 2, got {num_samples}")
     if batch_size < 1 or is_splits < 1:
@@ -363,7 +366,8 @@ def evaluate_generation(pipe, features: _Extractor, logits: Optional[_Extractor]
         raise FidError(f"--is_splits {is_splits} is more than --num_samples {num_samples}: each split needs samples")
     num_classes = int(pipe.var.num_classes)
     device = pipe.device
-    features.to(device)
+    if features is not None:
+        features.to(device)
     is_metrics: dict = {}
     if logits is not None:
         from torchmetrics.image.inception import InceptionScore
@@ -378,7 +382,10 @@ def evaluate_generation(pipe, features: _Extractor, logits: Optional[_Extractor]
         for run, imgs in images.items():
             imgs = imgs.to(device)
             image_size = list(imgs.shape[-2:])
-            stats.setdefault(run, GaussianStats()).update(features(imgs))
+            if on_images is not None:
+                on_images(run, imgs)
+            if features is not None:
+                stats.setdefault(run, GaussianStats()).update(features(imgs))
             if logits is not None:
                 if run not in is_metrics:
                     with warnings.catch_warnings():
@@ -388,15 +395,18 @@ def evaluate_generation(pipe, features: _Extractor, logits: Optional[_Extractor]
         if progress is not None:
             progress(len(idx))
 
-    runs = list(stats)
-    dim = stats[runs[0]].dim
-    if reference is not None and reference.dim != dim:
+    runs = list(images)
+    dim = stats[runs[0]].dim if stats else None
+    if reference is not None and features is not None and reference.dim != dim:
         raise FidError(f"--reference has {reference.dim}-d statistics but --inception {features.path} gives "
                        f"{dim}-d features")
-    fid_ref = None if reference is None else {
+    fid_ref = None if reference is None or not stats else {
         r: frechet_distance(stats[r].mu, stats[r].sigma, reference.mu, reference.sigma) for r in runs}
-    van = stats["vanilla"]
-    fid_van = {r: frechet_distance(stats[r].mu, stats[r].sigma, van.mu, van.sigma) for r in runs if r != "vanilla"}
+    fid_van = None
+    if stats:
+        van = stats["vanilla"]
+        fid_van = {r: frechet_distance(stats[r].mu, stats[r].sigma, van.mu, van.sigma) for r in runs
+                   if r != "vanilla"}
     inception_score = None
     if is_metrics:
         inception_score = {}
@@ -406,11 +416,11 @@ def evaluate_generation(pipe, features: _Extractor, logits: Optional[_Extractor]
                 mean, std = m.compute()
             inception_score[r] = {"mean": float(mean), "std": float(std)}
     gap = None
-    if "accelerated+adapter" in runs:
+    if "accelerated+adapter" in runs and fid_van is not None:
         gap = {"fid_vs_reference": None if fid_ref is None else fid_gap_closed(
                    fid_ref["accelerated"], fid_ref["accelerated+adapter"], fid_ref["vanilla"]),
                "fid_vs_vanilla": fid_gap_closed(fid_van["accelerated"], fid_van["accelerated+adapter"], 0.0)}
-    notes = sample_count_notes(num_samples, dim)
+    notes = [] if dim is None else sample_count_notes(num_samples, dim)
     parts = inception_score_parts(num_samples, is_splits)
     if is_metrics and parts != is_splits:
         notes.append(f"IS over {parts} parts, not the {is_splits} asked for: torchmetrics splits {num_samples} "
@@ -438,7 +448,7 @@ def markdown_report(result: dict) -> str:
     lines = [f"# FID / IS, {result['num_samples']} samples per run", "",
              "| run | FID vs reference | FID vs vanilla samples | IS |", "| --- | --- | --- | --- |"]
     for r in result["runs"]:
-        fv = 0.0 if r == "vanilla" else van.get(r)
+        fv = None if van is None else 0.0 if r == "vanilla" else van.get(r)
         is_ = "-" if not iss else f"{iss[r]['mean']:.2f} ± {iss[r]['std']:.2f}"
         lines.append(f"| {r} | {_fmt(ref[r]) if ref else '-'} | {_fmt(fv)} | {is_} |")
     if result["gap_closed"]:
@@ -446,8 +456,11 @@ def markdown_report(result: dict) -> str:
         lines += ["", f"FID gap closed by the adapter: {_fmt(g['fid_vs_reference'], True)} (vs reference), "
                       f"{_fmt(g['fid_vs_vanilla'], True)} (vs vanilla samples)"]
     proto = result.get("protocol") or {}
-    lines += ["", f"Samples: class {result['classes']}, seed {result['seeds']}; feature dimension "
-                  f"{result['feature_dim']}; images {result['image_size']}."]
+    dim = "" if result["feature_dim"] is None else f"; feature dimension {result['feature_dim']}"
+    lines += ["", f"Samples: class {result['classes']}, seed {result['seeds']}{dim}; images {result['image_size']}."]
+    if result.get("samples_npz"):
+        lines += ["", "Samples for the guided-diffusion evaluator: "
+                      + ", ".join(f"{r}: `{n}`" for r, n in result["samples_npz"].items())]
     if proto:
         lines += ["", "Protocol:", ""] + [f"- {k}: {json.dumps(v)}" for k, v in proto.items()]
     lines += ["", "Notes:", ""] + [f"- {n}" for n in result["notes"]]

@@ -323,3 +323,85 @@ def test_cli_refuses_one_sample_before_reading_the_reference_or_loading_anything
     err = capsys.readouterr().err.strip()
     assert err == "error: --num_samples must be >= 2, got 1", err
     assert not (tmp_path / "o").exists()
+
+
+def test_save_npz_writes_each_runs_samples_for_the_guided_diffusion_evaluator(extractors, tmp_path, capsys):
+    """--save_npz: samples_<run>.npz with arr_0 uint8 (N, H, W, 3), sample i at row i (class i mod num_classes,
+    seed base_seed + i), the same images the FID is computed from; the extractor is optional then."""
+    from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
+    from radar_train.inference import PipelineArgs, RadarPipeline
+
+    out = tmp_path / "fid"
+    common = ["--config", str(ROOT / "configs/generate/tiny.yaml"), "--device", "cpu", "--num_samples", "7",
+              "--batch_size", "3", "--base_seed", "11", "--save_npz", "true"]
+    assert _main(common + ["--output", str(out)]) == 0, capsys.readouterr().err  # no --inception: samples only
+    r = json.loads((out / "fid.json").read_text())
+    assert r["samples_npz"] == {"vanilla": "samples_vanilla.npz", "accelerated": "samples_accelerated.npz"}
+    assert r["fid_vs_reference"] is None and r["fid_vs_vanilla"] is None and r["feature_dim"] is None
+    assert sorted(p.name for p in out.iterdir()) == ["fid.json", "fid.md", "samples_accelerated.npz",
+                                                     "samples_vanilla.npz"]
+    arrays = {run: np.load(out / f"samples_{run}.npz") for run in ("vanilla", "accelerated")}
+    assert all(list(a.keys()) == ["arr_0"] for a in arrays.values())
+    van, acc = arrays["vanilla"]["arr_0"], arrays["accelerated"]["arr_0"]
+    assert van.dtype == np.uint8 and van.shape == (7, 32, 32, 3) and acc.shape == van.shape
+    assert not np.array_equal(van, acc)
+    # the rows are the samples: one drawn on its own (batch of one, per-sample noise) is row i
+    pipe = RadarPipeline.from_config(PipelineArgs(ModelArgs(preset="tiny"), AccelArgs("fastvar"),
+                                                  SamplingConfig(cfg=1.5, top_k=64, top_p=0.96), device="cpu"))
+    num_classes = int(pipe.var.num_classes)
+    for i in (0, 5):
+        images = pipe.compare([i % num_classes], [11 + i])
+        for run, want in (("vanilla", van), ("accelerated", acc)):
+            got = images[run][0].permute(1, 2, 0).numpy()
+            assert np.abs(got.astype(int) - want[i].astype(int)).max() <= 1, (run, i)  # (batch float round-off)
+    # with the extractor, the FID is of the same images
+    out2 = tmp_path / "fid2"
+    assert _main(common + ["--inception", str(extractors["features"]), "--output", str(out2)]) == 0
+    feats = load_inception(str(extractors["features"]))
+    stats = {run: GaussianStats() for run in ("vanilla", "accelerated")}
+    for run in stats:
+        a = np.load(out2 / f"samples_{run}.npz")["arr_0"]
+        stats[run].update(feats(torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()))
+    fid = frechet_distance(stats["accelerated"].mu, stats["accelerated"].sigma, stats["vanilla"].mu,
+                           stats["vanilla"].sigma)
+    assert json.loads((out2 / "fid.json").read_text())["fid_vs_vanilla"]["accelerated"] == pytest.approx(fid, rel=1e-6)
+
+
+def test_nothing_to_measure_or_write_and_a_reference_without_an_extractor_are_refused(tmp_path, capsys):
+    args = ["--model.preset", "tiny", "--device", "cpu", "--num_samples", "4", "--output", str(tmp_path / "o")]
+    assert _main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "--save_npz" in err and "--inception" in err
+    assert _main(args + ["--save_npz", "true", "--reference", str(tmp_path / "ref.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--reference" in err and "needs --inception" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_interrupted_run_leaves_no_npz_and_an_earlier_one_is_kept(tmp_path, monkeypatch, capsys):
+    from radar_train.inference import fid as fid_module
+
+    out = tmp_path / "fid"
+    out.mkdir()
+    (out / "samples_vanilla.npz").write_bytes(b"an earlier run's")
+    args = ["--config", str(ROOT / "configs/generate/tiny.yaml"), "--device", "cpu", "--num_samples", "6",
+            "--batch_size", "3", "--save_npz", "true", "--output", str(out)]
+    assert _main(args) == 2  # refused without --overwrite, naming the file
+    assert "samples_vanilla.npz" in capsys.readouterr().err
+    real = fid_module.evaluate_generation
+
+    def dies_half_way(pipe, *a, on_images=None, **k):
+        calls = []
+
+        def once_then_die(run, imgs):
+            calls.append(run)
+            if len(calls) > 2:
+                raise KeyboardInterrupt
+            on_images(run, imgs)
+        return real(pipe, *a, on_images=once_then_die, **k)
+
+    monkeypatch.setattr("radar_train.inference.fid.evaluate_generation", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        _main(args + ["--overwrite", "true"])
+    assert sorted(p.name for p in out.iterdir()) == ["samples_vanilla.npz"]
+    assert (out / "samples_vanilla.npz").read_bytes() == b"an earlier run's"
