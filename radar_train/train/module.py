@@ -68,7 +68,8 @@ class MonitorArgs:
     num_image_samples: int = 8
     """Validation samples in the grid (the first ones of the validation shards)."""
     train_metrics_every_n_steps: int = 50
-    """Log PSNR / SSIM of student vs teacher on the training batch every N steps (0: off)."""
+    """Log PSNR / SSIM of student vs teacher on the training batch every N steps (0: off; with gradient
+    accumulation, the mean over the step's micro-batches)."""
 
     def problems(self) -> list[str]:
         return [f"model.monitor.{k} must be >= 0, got {getattr(self, k)}" for k in
@@ -165,6 +166,7 @@ class RadarLoraModule(pl.LightningModule):
         self._image_step: Optional[int] = None  # step of the last image grid logged
         self._export_step: Optional[int] = None  # step of the last step-NNNNNN/ export
         self._export_pending: Optional[int] = None  # step whose export waits for the validation due at it
+        self._train_sums: Optional[tuple[int, torch.Tensor]] = None  # (step, training-batch PSNR, SSIM sums, count)
         self._step_rng = StepRng()  # the training forward's random stream (LoRA dropout), checkpointed
         self._t_last: Optional[float] = None
         self.trainable_params, self.frozen_params = parameter_counts(self.net)
@@ -227,17 +229,28 @@ class RadarLoraModule(pl.LightningModule):
             self.log_dict({f"train/loss_{k}": v for k, v in terms.items()}, batch_size=bs)
         every = self.monitor.train_metrics_every_n_steps
         if every and (self.global_step + 1) % every == 0 and self.loggers:
-            # straight to the loggers, at this step: self.log would hold the value and Lightning would write it
-            # again at every later step it logs in this epoch, as if measured there
-            with torch.no_grad():
+            with torch.no_grad():  # summed over the step's micro-batches (gradient accumulation), logged after it
                 s01, t01 = to_unit(student.detach()), to_unit(teacher)
-                metrics = {"train/psnr_student": float(psnr_per_image(s01, t01).mean()),
-                           "train/ssim_student": float(ssim_per_image(s01, t01).mean())}
-            for logger in self.loggers:  # (rank zero only: the loggers' own rule)
-                logger.log_metrics(metrics, step=self.global_step)
+                sums = torch.stack([psnr_per_image(s01, t01).sum(), ssim_per_image(s01, t01).sum(),
+                                    torch.tensor(float(bs), device=s01.device)])
+            if self._train_sums is not None and self._train_sums[0] == self.global_step:
+                sums = sums + self._train_sums[1]
+            self._train_sums = (self.global_step, sums)
         return loss
 
+    def _log_training_metrics(self) -> None:
+        """train/psnr_student and train/ssim_student of a step, the means over its micro-batches' images, once
+        the optimizer has stepped. Straight to the loggers, at that step: self.log would hold the value and
+        Lightning would write it again at every later step it logs in this epoch, as if measured there."""
+        if self._train_sums is None or self._train_sums[0] == self.global_step:
+            return
+        step, (psnr, ssim, n) = self._train_sums[0], self._train_sums[1].tolist()
+        self._train_sums = None
+        for logger in self.loggers:  # (rank zero only: the loggers' own rule)
+            logger.log_metrics({"train/psnr_student": psnr / n, "train/ssim_student": ssim / n}, step=step)
+
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self._log_training_metrics()
         now = time.perf_counter()
         if self._t_last is not None:
             n = batch["fhat_hq"].shape[0] * self.trainer.world_size

@@ -184,3 +184,50 @@ def test_validation_counts_a_distributed_samplers_padding_once(tiny_cache):
     only_repeats = BlockShuffleSampler(ds, shuffle=False, rank=8, world_size=9)
     assert len(only_repeats) == 2 and only_repeats.unique_count() == 0
     assert validate(DataLoader(ds, sampler=only_repeats, batch_size=4))[0][0] == 0
+
+
+class _MetricsLogger(pl.loggers.Logger):
+    """Every log_metrics call, as (step, metrics)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple[int, dict]] = []
+
+    @property
+    def name(self):
+        return "record"
+
+    @property
+    def version(self):
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        self.calls.append((step, dict(metrics)))
+
+
+def test_training_metrics_are_logged_once_per_optimizer_step_over_its_micro_batches(tmp_path):
+    """With gradient accumulation, train/psnr_student and train/ssim_student are the mean over the step's
+    micro-batches, logged once at the step (not once per micro-batch at the same step)."""
+    from radar_train.train.metrics import psnr_per_image, ssim_per_image, to_unit
+
+    torch.manual_seed(0)
+    module = RadarLoraModule(optim=OptimArgs(learning_rate=1e-2, warmup_steps=1),
+                             monitor=MonitorArgs(images_every_n_steps=0, train_metrics_every_n_steps=1),
+                             output=OutputArgs(checkpoints=False, export_final=False))
+    pairs = _Pairs(16)
+    with torch.no_grad():  # the first step's student: the LoRA starts at the identity (B = 0)
+        _, _, student, teacher = module.compute_loss({"fhat_hq": pairs.hq[:8], "fhat_lq": pairs.lq[:8]})
+        s01, t01 = to_unit(student), to_unit(teacher)
+        want = {"train/psnr_student": float(psnr_per_image(s01, t01).mean()),
+                "train/ssim_student": float(ssim_per_image(s01, t01).mean())}
+    logger = _MetricsLogger()
+    trainer = pl.Trainer(default_root_dir=str(tmp_path), accelerator="cpu", devices=1, precision="32-true",
+                         max_steps=2, accumulate_grad_batches=2, enable_progress_bar=False,
+                         enable_model_summary=False, logger=logger, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(module, DataLoader(pairs, batch_size=4, shuffle=False))
+    logged = [(step, m) for step, m in logger.calls if "train/psnr_student" in m]
+    assert [step for step, _ in logged] == [0, 1]
+    assert logged[0][1] == pytest.approx(want, rel=1e-5)
