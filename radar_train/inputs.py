@@ -128,11 +128,27 @@ def read_json(path: str | os.PathLike, what: str = "JSON file", mapping: bool = 
 
 def load_torch(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     """torch.load of a checkpoint file on the CPU, with weights_only=True (no arbitrary unpickling)."""
-    import torch
-
     p = check_file(path, what)
     with reading(p, what):
-        return torch.load(p, map_location="cpu", weights_only=True)
+        return torch_load_weights(p)
+
+
+def torch_load_weights(path: str | os.PathLike) -> Any:
+    """torch.load(path, weights_only=True) on the CPU. A TorchScript archive (torch.jit.save) is refused by
+    its name, without torch's warning about it (a line of its own before the caller's one error line)."""
+    import warnings
+
+    import torch
+
+    script = "looks like a TorchScript archive"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=f".*{script}", category=UserWarning)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            if "TorchScript" in str(e):
+                raise ValueError("is a TorchScript archive (torch.jit.save), not a file of weights") from None
+            raise
 
 
 def load_safetensors(path: str | os.PathLike, what: str = "safetensors file") -> dict:

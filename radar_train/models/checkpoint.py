@@ -18,7 +18,7 @@ from safetensors.torch import load as safetensors_from_bytes
 import torch
 from torch import nn
 
-from radar_train.inputs import InputError
+from radar_train.inputs import InputError, torch_load_weights
 from radar_train.outputs import atomic_file
 
 from .configs import MODEL_PRESETS, VARConfig, VQVAEConfig
@@ -46,7 +46,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         elif name.endswith(".safetensors"):
             sd = safetensors.torch.load_file(str(p))
         else:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
+            sd = torch_load_weights(p)
     except Exception as e:  # noqa: BLE001 - every reader failure becomes one clear line
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{p}: not a readable checkpoint (truncated, or not a zip/pickle/safetensors "

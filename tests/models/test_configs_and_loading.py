@@ -301,3 +301,22 @@ def test_var_runs_on_weights_made_under_inference_mode(tmp_path, tiny_models):
         got_bf16 = _tokens(vqvae, cast, torch.bfloat16)
     for x, y in zip(want + want_bf16, got + got_bf16):
         assert torch.equal(x, y)
+
+
+def test_a_torchscript_file_named_as_weights_is_refused_by_name_without_a_warning(tmp_path):
+    """torch.load warns about a TorchScript archive before failing: that warning was a line of its own above
+    the command's one error line."""
+    import warnings
+
+    from radar_train.inputs import InputError, load_torch
+    from radar_train.models.checkpoint import read_state_dict
+
+    path = tmp_path / "vae.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+    for load in (read_state_dict, load_torch):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(InputError, match=r"vae\.pt: .*is a TorchScript archive \(torch\.jit\.save\), not a "
+                                                 r"file of weights"):
+                load(path)
+        assert [str(w.message) for w in caught] == []
