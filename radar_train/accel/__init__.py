@@ -6,7 +6,7 @@ from typing import Sequence
 from radar_train.accel.base import AccelMethod, AccelRun, ConfigError, RunContext, ScalePlan
 from radar_train.accel.fastvar import FastVAR
 from radar_train.accel.sca import SCAMask
-from radar_train.accel.stagevar import StageVAR, load_rank_ratios
+from radar_train.accel.stagevar import StageVAR, load_rank_file
 from radar_train.config import AccelArgs, FastVARArgs, StageVARArgs
 
 __all__ = ["ACCEL_METHODS", "AccelMethod", "AccelRun", "ConfigError", "RunContext", "ScalePlan", "FastVAR",
@@ -30,11 +30,13 @@ def _fastvar(args: AccelArgs, patch_nums: Sequence[int]) -> FastVAR:
 
 def _stagevar(args: AccelArgs, patch_nums: Sequence[int]) -> StageVAR:
     a: StageVARArgs = args.stagevar
-    ratios = ()
+    ratios, alpha = (), None
     if a.rank_ratios is not None:
-        ratios = tuple((pn, tuple(r)) for pn, r in sorted(load_rank_ratios(a.rank_ratios).items()))
+        table, alpha = load_rank_file(a.rank_ratios)
+        ratios = tuple((pn, tuple(r)) for pn, r in sorted(table.items()))
     kw = dict(single_branch=a.single_branch, rank_ratios=ratios, rank_ratios_file=a.rank_ratios,
-              default_rank_ratio=a.default_rank_ratio, min_rank=a.min_rank, rp_scale=a.rp_scale)
+              rank_ratios_alpha=alpha, default_rank_ratio=a.default_rank_ratio, min_rank=a.min_rank,
+              rp_scale=a.rp_scale)
     if a.scales is not None:
         return StageVAR(scales=tuple((int(k), float(v)) for k, v in sorted(a.scales.items())), **kw)
     if a.preset is None:

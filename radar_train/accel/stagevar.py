@@ -33,14 +33,20 @@ PRESETS: dict[str, tuple[float, ...]] = {
 }
 
 
-def load_rank_ratios(path: str | Path) -> dict[int, list[float]]:
-    """{scale side: [ratio per block]} from a calibration YAML."""
+PAPER_ALPHA = 0.96  # the energy threshold of the paper's rank ratios (and of the 0.176 fallback, methods §3.2c)
+
+
+def load_rank_file(path: str | Path) -> tuple[dict[int, list[float]], Optional[float]]:
+    """({scale side: [ratio per block]}, the α they were calibrated at, or None if the file does not say) from
+    a calibration YAML (`radar-accel calibrate --accel.method stagevar`)."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: stagevar rank-ratio file not found (write one with `radar-accel calibrate`)")
     try:
         data = yaml.safe_load(p.read_text())
-        return {int(k): [float(r) for r in v] for k, v in data["ratios"].items()}
+        ratios = {int(k): [float(r) for r in v] for k, v in data["ratios"].items()}
+        alpha = data.get("alpha")
+        return ratios, None if alpha is None else float(alpha)
     except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise ValueError(f"{p}: not a stagevar rank-ratio file ({type(e).__name__}: {e})") from None
 
@@ -60,6 +66,7 @@ class StageVAR(AccelMethod):
     single_branch: Literal["cond", "uncond", "off"] = "cond"
     rank_ratios: tuple[tuple[int, tuple[float, ...]], ...] = ()  # ((side, (ratio per block)), ...)
     rank_ratios_file: Optional[str] = None
+    rank_ratios_alpha: Optional[float] = None  # the α the file's ratios were calibrated at (checked in problems)
     default_rank_ratio: float = 0.176
     min_rank: int = 8
     rp_scale: Literal["paper", "token_norm"] = "paper"
@@ -106,6 +113,7 @@ class StageVAR(AccelMethod):
             alphas = [dict(self.scales)[pns[i]] for i in sorted(idx)]
             if 0.0 in alphas and any(a > 0 for a in alphas[alphas.index(0.0):]):
                 p.append("stagevar.scales: after a skipped scale (α = 0) every later scale is skipped too")
+        p += self._alpha_problems()
         if self.single_branch not in ("cond", "uncond", "off"):
             p.append(f"stagevar.single_branch must be cond, uncond or off, got {self.single_branch!r}")
         if not 0.0 < self.default_rank_ratio <= 1.0:
@@ -130,6 +138,21 @@ class StageVAR(AccelMethod):
 
     def start(self, ctx: RunContext) -> AccelRun:
         return _StageVARRun(self, ctx)
+
+    def _alpha_problems(self) -> list[str]:
+        """α of a random-projection scale picks its rank only through a rank-ratio table calibrated at that α:
+        the file's (when it records its α), else the fallback ratio's (the paper's average at α 0.96). A
+        scale whose α is another would run the table's ranks while its caches and logs say otherwise."""
+        table = self.rank_ratios_alpha if self.rank_ratios else PAPER_ALPHA
+        if table is None:
+            return []
+        where = (f"the rank ratios of {self.rank_ratios_file or 'stagevar.rank_ratios'} were calibrated at α {table}"
+                 if self.rank_ratios else f"without stagevar.rank_ratios the rank is default_rank_ratio x M "
+                                          f"(0.176 is the paper's average at α {PAPER_ALPHA})")
+        return [f"stagevar.scales: α {a} at scale {pn}, but the rank of a random-projection scale comes from a "
+                f"rank-ratio table and {where}: set α {table}, or calibrate ratios at α {a} (`radar-accel calibrate "
+                f"--accel.method stagevar --alpha {a}`) and give them as stagevar.rank_ratios"
+                for pn, a in self.scales if a > 0 and abs(a - table) > 1e-9]
 
     def describe(self) -> dict:
         return {"method": self.name, "preset": self.preset, "scales": {int(k): float(v) for k, v in self.scales},

@@ -156,3 +156,25 @@ def test_ideal_speedup_counts_keys_per_block_across_rp_scales():
     m = StageVAR(scales=((2, 0.9), (3, 0.9)), rank_ratios=((2, (0.5, 1.0)), (3, (0.5, 1.0))), min_rank=1)
     assert [m.rank(2, 0), m.rank(2, 1), m.rank(3, 0), m.rank(3, 1)] == [2, 4, 5, 9]
     assert ideal_speedup(m, cfg)["ideal_speedup"] == pytest.approx(770 / (17 + 333.5))
+
+
+def test_an_alpha_that_is_not_the_rank_tables_is_refused(tmp_path):
+    """α of a random-projection scale picks its rank only through a rank-ratio table calibrated at that α:
+    before, any α > 0 ran the 0.96 ranks (or the file's) while the cache manifest recorded the α given."""
+    import yaml
+
+    from radar_train.accel import ConfigError, build_accel
+    from radar_train.config import AccelArgs, StageVARArgs
+
+    pns = (1, 2, 3, 4, 6, 8)
+    with pytest.raises(ConfigError, match=r"α 0\.5 at scale 6.*paper's average at α 0\.96.*--alpha 0\.5"):
+        build_accel(AccelArgs("stagevar", stagevar=StageVARArgs(preset=None, scales={6: 0.5, 8: 0.5})), pns, 4)
+    table = tmp_path / "ranks.yaml"
+    table.write_text(yaml.safe_dump({"alpha": 0.5, "ratios": {6: [0.3] * 4, 8: [0.3] * 4}}))
+    with pytest.raises(ConfigError, match=r"α 0\.96 at scale 8.*ranks\.yaml were calibrated at α 0\.5"):
+        build_accel(AccelArgs("stagevar", stagevar=StageVARArgs(preset="default", rank_ratios=str(table))), pns, 4)
+    ok = build_accel(AccelArgs("stagevar", stagevar=StageVARArgs(preset=None, scales={6: 0.5, 8: 0.5},
+                                                                 rank_ratios=str(table))), pns, 4)
+    assert ok.rank_ratios_alpha == 0.5 and ok.describe()["scales"] == {6: 0.5, 8: 0.5}
+    skip = build_accel(AccelArgs("stagevar", stagevar=StageVARArgs(preset=None, scales={6: 0.96, 8: 0.0})), pns, 4)
+    assert skip.describe()["scales"] == {6: 0.96, 8: 0.0}  # α 0 skips: no table involved
