@@ -34,8 +34,11 @@ def compiled_block_call(backend: Optional[str] = None) -> Callable[[nn.Module, t
     compiled = torch.compile(_call, backend=backend or COMPILE_BACKEND, dynamic=False)
 
     def block_call(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        # skip_nnmodule_hook_guards=False: the graphs are guarded on the blocks' hooks (a label conditioning's
+        # FiLM); by default dynamo would hand a decoder with hooks the graphs traced on one without them
         with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT,
-                                        accumulated_recompile_limit=RECOMPILE_LIMIT * 4):
+                                        accumulated_recompile_limit=RECOMPILE_LIMIT * 4,
+                                        skip_nnmodule_hook_guards=False):
             return compiled(block, h)
 
     return block_call

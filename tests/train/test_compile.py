@@ -88,6 +88,26 @@ def test_compiled_blocks_train_and_decode_like_eager_without_graph_breaks(case):
     assert counters["stats"]["unique_graphs"] == graphs, "a training step after the first ones recompiled"
 
 
+def test_a_label_conditioned_module_after_a_plain_one_in_the_same_process_applies_its_film():
+    """Every decoder runs the same compiled function; dynamo did not guard on the blocks' forward hooks, so a
+    label-conditioned decoder (its FiLM is a GroupNorm hook) reused the graphs traced on a plain decoder
+    before it: decoded without the FiLM, and the FiLM got no gradient (a notebook, a sweep in one process)."""
+    plain = _module(True)
+    plain.compute_loss(_batch(0))[0].backward()  # the plain module's graphs, traced first
+    film = LabelConditioningArgs(kind="film", embed_dim=8)
+    torch.manual_seed(1)
+    compiled, eager = _module(True, label_conditioning=film), _module(False, label_conditioning=film)
+    with torch.no_grad():
+        for p in compiled.label_cond.parameters():
+            p.normal_(0, 0.5)  # a FiLM that moves the output (a fresh one starts at the identity)
+        eager.load_state_dict(compiled.state_dict())
+    batch = _batch(1)
+    out_c, out_e = (m.decode(batch["fhat_lq"], labels=batch["label"])[0] for m in (compiled, eager))
+    torch.testing.assert_close(out_c, out_e, rtol=1e-4, atol=1e-4)
+    compiled.compute_loss(batch)[0].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in compiled.label_cond.parameters())
+
+
 def test_a_deep_copy_runs_its_own_weights_through_the_compiled_function():
     """model.ema deep-copies the module for its average: the copy must decode with the copy's weights."""
     module = _module(True)
