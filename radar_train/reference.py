@@ -63,6 +63,9 @@ class Fixture:
         for name, case in cj["cases"].items():
             if not isinstance(case, dict) or not isinstance(case.get("call"), str):
                 raise FixtureError(f"{root / 'cases.json'}: case {name!r} has no 'call'")
+            problem = _case_problem(case)
+            if problem:
+                raise FixtureError(f"{root / 'cases.json'}: case {name!r}: {problem}")
             missing = [k for k in case.get("inputs", []) if k not in tensors]
             if missing:
                 raise FixtureError(f"{root / 'cases.safetensors'}: no tensor {missing[0]!r} (an input of case {name!r})")
@@ -89,6 +92,24 @@ class Fixture:
         vqvae = load_vqvae_weights(build_vqvae(vae_cfg, "meta"), self.weights_file("vae"))
         var = load_var_weights(build_var(var_cfg, "meta"), self.weights_file("var"))
         return vqvae.to(device).eval(), var.to(device).eval()
+
+
+def _case_problem(case: dict) -> str | None:
+    """What makes a case of cases.json unusable by run_case (its inputs and keyword arguments), or None."""
+    inputs, kw, kind = case.get("inputs", []), case.get("kwargs", {}), _kind(case["call"])
+    if not isinstance(inputs, list) or not all(isinstance(k, str) for k in inputs):
+        return "'inputs' must be a list of tensor names"
+    if kind in ("decode", "encode", "tf_input") and not inputs:
+        return f"a {kind} case needs an input tensor"
+    if kind == "forward" and not (any("label" in k for k in inputs) and any("x_BLCv" in k for k in inputs)):
+        return "a forward case needs a label and an x_BLCv input"
+    if not isinstance(kw, dict):
+        return "'kwargs' must be an object"
+    numbers = [k for k in ("cfg", "top_k", "top_p", "B", "g_seed")
+               if k in kw and kw[k] is not None and (isinstance(kw[k], bool) or not isinstance(kw[k], (int, float)))]
+    if numbers:
+        return f"kwargs {', '.join(numbers)} must be numbers"
+    return None
 
 
 def _kind(call: str) -> str:

@@ -108,10 +108,30 @@ def _from_dict(cls, kw: dict[str, Any], what: str):
     unknown = sorted(set(kw) - set(names))
     if unknown:
         raise ValueError(f"{what}: unknown field(s) {unknown}; known: {sorted(names)}")
-    out = {}
+    out, bad = {}, []
     for k, v in kw.items():
-        out[k] = tuple(int(x) for x in v) if isinstance(v, (list, tuple)) else v
+        default = names[k].default
+        if isinstance(default, tuple):  # a list of ints (patch_nums, ch_mult)
+            ok = isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_int(x) and x > 0 for x in v)
+            value, kind = (tuple(v) if ok else None), "a non-empty list of positive integers"
+        elif isinstance(default, bool):
+            ok, value, kind = isinstance(v, bool), v, "true or false"
+        elif isinstance(default, int):
+            ok, value, kind = _is_int(v), v, "an integer"
+        else:  # float
+            ok = (_is_int(v) or isinstance(v, float)) and v == v
+            value, kind = (float(v) if ok else None), "a number"
+        if ok:
+            out[k] = value
+        else:
+            bad.append(f"{k} must be {kind}, got {v!r}")
+    if bad:
+        raise ValueError(f"{what}: {'; '.join(bad)}")
     return cls(**out)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _to_dict(cfg) -> dict[str, Any]:

@@ -107,7 +107,22 @@ BROKEN_FIXTURES = {  # file broken -> how
     "config.json without VAR_kwargs": ("config.json", lambda p: _drop_key(p, "VAR_kwargs")),
     "config.json a list": ("config.json", lambda p: p.write_text("[]\n")),
     "config.json binary": ("config.json", lambda p: p.write_bytes(bytes(range(128, 256)))),
+    "config.json depth a string": ("config.json", lambda p: _edit(p, lambda d: d["VAR_kwargs"].update(depth="2"))),
+    "config.json embed_dim a float": ("config.json", lambda p: _edit(p, lambda d: d["VAR_kwargs"].update(embed_dim=32.0))),
+    "config.json patch_nums of words": ("config.json",
+                                        lambda p: _edit(p, lambda d: d["VAR_kwargs"].update(patch_nums=["1", "2"]))),
+    "cases.json kwargs a list": ("cases.json", lambda p: _edit(p, lambda d: d["cases"]["e_cfg1"].update(kwargs=[1]))),
+    "cases.json decode without inputs": ("cases.json", lambda p: _edit(p, lambda d: d["cases"]["a"].update(inputs=[]))),
+    "cases.json cfg a word": ("cases.json", lambda p: _edit(p, lambda d: d["cases"]["e_cfg1"]["kwargs"].update(cfg="x"))),
 }
+
+
+def _edit(path, change):
+    import json
+
+    d = json.loads(path.read_text())
+    change(d)
+    path.write_text(json.dumps(d))
 
 
 @pytest.mark.parametrize("case", list(BROKEN_FIXTURES))
