@@ -30,7 +30,7 @@ import torch
 from radar_train.accel import AccelMethod
 from radar_train.accel.spec import build_spec
 from radar_train.config import SamplingConfig
-from radar_train.models import LatentDecoder, build_var, build_vqvae, get_preset
+from radar_train.models import build_var, build_vqvae, get_preset
 from radar_train.models.init import init_random_
 from radar_train.models.quantizer import MultiScaleQuantizer
 from radar_train.sampling import NextScaleSampler, decode_images, generate_pairs

@@ -86,6 +86,7 @@ def run_accel_section(args, results, log: Callable[[str], None], deadline: float
     engines = args.engines or list(available_engines(args.device))
     presets = list(args.presets)
     skipped: dict[str, str] = {}
+    failed: list[str] = []
     speed = [1.0]  # measured / estimated seconds of a first round, from the last preset measured
 
     def estimate(p: str) -> tuple[float, float]:
@@ -100,7 +101,9 @@ def run_accel_section(args, results, log: Callable[[str], None], deadline: float
         round_est, build_est = estimate(preset)
         fewest = args.min_repeats if preset in TARGET_PRESETS else args.min_repeats_other
         least = build_est + (args.warmup + fewest) * round_est
-        if i > 0 and left < least:  # it would eat the later sections' reserves: recorded as skipped
+        # it would eat the later sections' reserves: recorded as skipped (never the targets' presets: they get their
+        # fewest rounds, budget or not; the first round, capture included, can make the estimates pessimistic)
+        if i > 0 and left < least and preset not in TARGET_PRESETS:
             skipped[preset] = f"{left:.0f} s of the budget left (< {least:.0f} s estimated for its fewest rounds)"
             log(f"== accel {preset}: skipped ({skipped[preset]})")
             results.set("skipped", {**results.doc.get("skipped", {}), f"accel {preset}": skipped[preset]})
@@ -128,6 +131,7 @@ def run_accel_section(args, results, log: Callable[[str], None], deadline: float
             failures = dict(results.doc.get("failures", {}))
             failures[f"accel {preset}"] = f"{type(e).__name__}: {e}"
             results.set("failures", failures)
+            failed.append(preset)
             rows = []
         results.add_rows(rows)
         if rows:
@@ -136,7 +140,8 @@ def run_accel_section(args, results, log: Callable[[str], None], deadline: float
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    return f"skipped {', '.join(skipped)}" if skipped else None
+    status = [f"failed for {', '.join(failed)}"] * bool(failed) + [f"skipped {', '.join(skipped)}"] * bool(skipped)
+    return "; ".join(status) or None
 
 
 def run_sca_section(args, results, log, deadline: float) -> Optional[str]:
@@ -307,6 +312,24 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return a
 
 
+def check_methods_and_engines(a, get_preset) -> None:
+    """--batch_size, --engines and every --methods spec against every preset (ValueError naming the option), so
+    that a typo is one error line before the run, not a run whose rows fail or are skipped one by one."""
+    from radar_train.accel.spec import build_spec
+    from radar_train.bench.accel import check_engines
+
+    if a.batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1, got {a.batch_size}")
+    check_engines(a.engines, "--engines")
+    for p in a.presets:
+        cfg = get_preset(p).var
+        for m in a.methods:
+            try:
+                build_spec(m, cfg.patch_nums, cfg.depth)
+            except (ValueError, FileNotFoundError) as e:
+                raise ValueError(f"--methods {m} ({p}): {e}") from None
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     a = parse_args(argv)
     t_start = time.time()
@@ -330,8 +353,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         unknown = [s for s in a.sections if s not in SECTIONS]
         if unknown:
             raise ValueError(f"--sections: unknown {unknown}; known: {', '.join(SECTIONS)}")
-        for p in a.presets:
-            get_preset(p)
+        check_methods_and_engines(a, get_preset)
+        if "cache" in a.sections and importlib.util.find_spec("jsonargparse") is None:
+            raise ValueError("--sections cache: the cache section builds its run with radar-cache's parser, which "
+                             "needs jsonargparse, not installed here (the GPU image: add its wheel to .whl/)")
         if a.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device here (use --device cpu for a smoke test)")
         if a.official_var is not None:

@@ -100,6 +100,19 @@ def _table(rows: list) -> list[str]:
     return lines
 
 
+def _rounds(rows: list) -> str:
+    """" · 1 warm-up and 3–5 timed rounds per row (medians)": how much each number of the table rests on."""
+    def values(key: str) -> list:
+        return sorted({r.get(key) for r in rows if isinstance(r, dict) and isinstance(r.get(key), int)})
+
+    reps, warm = values("repeats"), values("warmup")
+    if not reps:
+        return ""
+    span = lambda v: str(v[0]) if len(v) == 1 else f"{v[0]}–{v[-1]}"  # noqa: E731
+    return (f" · {span(warm) if warm else '?'} warm-up and {span(reps)} timed round{'s' * (reps[-1] > 1)} per row"
+            f"{' (medians)' if reps[-1] > 1 else ''}")
+
+
 def render(doc: dict) -> str:
     """One markdown table (with its provenance line) for a result document; the GPU suite's SCA-Mask
     section (`sections.sca.rows`) as a second table, its paper section (`sections.paper`: RADAR's fp32, non-flash
@@ -110,6 +123,7 @@ def render(doc: dict) -> str:
             f"commit `{doc.get('commit') or 'unknown'}` · `{doc.get('command', '?')}`")
     if any(isinstance(r, dict) and r.get("attention") == "math" for r in doc["rows"]):
         head += " · SDPA on the math kernel (no flash)"
+    head += _rounds(doc["rows"])
     if "suite" in doc and "wall_s" not in doc:  # the GPU suite writes wall_s last
         head += " · **incomplete: the suite did not finish (killed or out of time); what it measured is below**"
     lines = [head, ""]

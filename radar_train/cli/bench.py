@@ -77,6 +77,9 @@ def accel(setup: BenchSetup = BenchSetup(), methods: list[str] = ["none", "fastv
 
     check_setup(setup)
     check_engines(engines)
+    if sampling.engine != "auto":  # the engines timed are --engines (each row says its engine)
+        raise ValueError(f"--sampling.engine {sampling.engine}: radar-bench accel times the engines of --engines "
+                         f"(e.g. --engines [{sampling.engine}])")
     if official_var is not None:  # not a checkout: that first (cached: the benchmark reuses it)
         from radar_train.bench.official import load_official_code
 

@@ -46,6 +46,8 @@ CASES = [
     ("accel-bogus-engine", "bench", lambda t, off: [*ACCEL, "--engines", "[eager, bogus]", "--json", str(t / "e.json")],
      ["--engines", "bogus"]),
     ("accel-fp64", "bench", lambda t, off: [*ACCEL, "--setup.dtype", "fp64"], ["--setup.dtype", "bf16"]),
+    ("accel-sampling-engine-instead-of-engines", "bench",  # (it had no effect: only eager was timed)
+     lambda t, off: [*ACCEL, "--sampling.engine", "compiled"], ["--sampling.engine compiled", "--engines [compiled]"]),
     ("accel-zero-batch", "bench", lambda t, off: [*ACCEL, "--setup.batch_size", "0"], ["--setup.batch_size"]),
     ("accel-zero-repeats", "bench", lambda t, off: [*ACCEL, "--setup.repeats", "0", "--json", str(t / "r.json")],
      ["--setup.repeats"]),
@@ -122,3 +124,16 @@ def test_bad_option_is_one_error_line_before_any_work(name, cli, make_argv, need
     assert_one_line_error(err, *needles)
     assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("argv,needle", [(["nosuch"], "unknown model preset 'nosuch'"),
+                                         (["tiny", "abc"], "batch 'abc': not a whole number"),
+                                         (["tiny", "0"], "batch must be >= 1"),
+                                         (["tiny", "1", "fastvar:bogus"], "method fastvar:bogus: ")])
+def test_the_profile_script_names_a_bad_argument_in_one_line(argv, needle, capsys):
+    from radar_train.bench.profile import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert_one_line_error(capsys.readouterr().err, needle)

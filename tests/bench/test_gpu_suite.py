@@ -182,7 +182,7 @@ def test_the_default_budget_reaches_every_accel_preset_and_keeps_the_training_re
 
     clock = [0.0]
     monkeypatch.setattr(suite.time, "time", lambda: clock[0])
-    monkeypatch.setattr(accel, "available_engines", lambda device: ("eager", "graphs"))
+    monkeypatch.setattr(accel, "available_engines", lambda device=None: ("eager", "graphs"))
     ran: dict[str, float] = {}  # the seconds a later section found left
 
     def section(name: str, seconds: float):
@@ -210,3 +210,64 @@ def test_the_default_budget_reaches_every_accel_preset_and_keeps_the_training_re
     assert timed["var-d16"] >= 3 and timed["var-d24"] >= 3 and min(timed.values()) >= 1
     assert list(ran) == ["train", "sca"] and ran["train"] >= suite.TRAIN_S and ran["sca"] > 0
     assert "skipped" not in json.loads(out.read_text())
+
+
+def test_batch_size_methods_and_engines_are_checked_first(tmp_path, capsys, monkeypatch):
+    """A typo in an option of the one GPU run was a traceback per preset, an exit 0 and a status "ok" (an
+    unknown engine: every row of it skipped, only eager timed)."""
+    import importlib.util
+
+    import radar_train.bench.gpu_suite as suite
+
+    for argv, needle in ((["--batch_size", "0"], "--batch_size must be >= 1, got 0"),
+                         (["--methods", "fastvar:bogus"], "--methods fastvar:bogus (tiny): "),
+                         (["--engines", "eager,grpahs"], "--engines: unknown sampling engine 'grpahs'")):
+        assert main(["--device", "cpu", "--presets", "tiny", "--output", str(tmp_path / "x.json"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and needle in err and err.count("\n") == 1, err
+    real = importlib.util.find_spec
+    monkeypatch.setattr(suite.importlib.util, "find_spec", lambda name, *a: None if name == "jsonargparse" else real(name, *a))
+    assert main(["--device", "cpu", "--presets", "tiny", "--sections", "cache", "--output", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --sections cache: ") and "needs jsonargparse" in err and err.count("\n") == 1
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_the_targets_presets_are_never_skipped(monkeypatch, tmp_path):
+    """d24 (a target) runs its fewest rounds even when the estimates say the budget is spent (the first round,
+    capture included, can make them pessimistic); the non-target presets are skipped."""
+    import radar_train.bench.accel as accel
+    import radar_train.bench.gpu_suite as suite
+
+    timed: dict[str, int] = {}
+
+    def fake(setup, methods, plan_repeats, **kw):
+        timed[setup.preset] = plan_repeats(100.0)  # a first round far over every estimate
+        return []
+
+    monkeypatch.setattr(accel, "run_accel_benchmark", fake)
+    out = tmp_path / "run.json"
+    assert suite.main(["--device", "cpu", "--presets", "var-d16,var-d20,var-d24,var-d30", "--sections", "accel",
+                       "--budget_s", "60", "--output", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert timed == {"var-d16": 3, "var-d24": 3}
+    assert list(doc["skipped"]) == ["accel var-d20", "accel var-d30"]
+    assert doc["status"]["accel"] == "skipped var-d20, var-d30"
+
+
+def test_a_preset_that_fails_is_in_the_accel_sections_status(monkeypatch, tmp_path):
+    import radar_train.bench.accel as accel
+    import radar_train.bench.gpu_suite as suite
+
+    def fake(setup, methods, plan_repeats, **kw):
+        if setup.preset == "toy":
+            raise RuntimeError("CUDA out of memory")
+        plan_repeats(0.01)
+        return []
+
+    monkeypatch.setattr(accel, "run_accel_benchmark", fake)
+    out = tmp_path / "run.json"
+    assert suite.main(["--device", "cpu", "--presets", "tiny,toy", "--sections", "accel", "--output", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["failures"] == {"accel toy": "RuntimeError: CUDA out of memory"}
+    assert doc["status"]["accel"] == "failed for toy"

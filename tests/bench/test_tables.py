@@ -170,3 +170,14 @@ def test_a_failed_section_and_an_unfinished_suite_are_said():
     assert text.endswith("train section: failed: OutOfMemoryError: CUDA") and "accel section" not in text
     finished = render(dict(suite, wall_s=420.0))
     assert "incomplete" not in finished and "incomplete" not in render(DOC)  # (not a suite's file)
+
+
+def test_the_provenance_line_says_how_many_rounds_each_number_rests_on():
+    """The GPU suite cuts the timed rounds to its budget (d20 / d30 may have one): the table says so."""
+    def head(reps: list, warmup: int = 1) -> str:
+        rows = [dict(DOC["rows"][1], repeats=n, warmup=warmup) for n in reps]
+        return render(dict(DOC, rows=rows)).splitlines()[0]
+
+    assert head([3, 5, 3]).endswith("` · 1 warm-up and 3–5 timed rounds per row (medians)")
+    assert head([1], warmup=0).endswith("` · 0 warm-up and 1 timed round per row")
+    assert render(DOC).splitlines()[0].endswith("--official_var .official_var`")  # rows that do not say: nothing
