@@ -123,6 +123,11 @@ class AccelMethod:
         """The resolved configuration, for manifests and logs."""
         return {"method": self.name}
 
+    def derived(self, patch_nums: Sequence[int]) -> dict:
+        """What the method works out for a model's scales beyond `describe` (shown by `radar-accel show`; not in
+        manifests, which compare `describe` only)."""
+        return {}
+
 
 def flop_constants(cfg) -> tuple[float, float, float]:
     """Multiply-adds per CFG row of the FLOP models (sca.ideal_speedup, fastvar.ideal_speedup), cfg a VARConfig:

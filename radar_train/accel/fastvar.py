@@ -121,6 +121,11 @@ class FastVAR(AccelMethod):
     def start(self, ctx: RunContext) -> AccelRun:
         return _FastVARRun(self, ctx)
 
+    def derived(self, patch_nums: Sequence[int]) -> dict:
+        """The scale whose outputs restore the pruned tokens (cache_scale: null means "the scale before the first
+        pruned one", worked out here)."""
+        return {"cache_scale_used": self._cache_side(tuple(patch_nums))}
+
     def describe(self) -> dict:
         return {"method": self.name, "preset": self.preset, "prune": {int(k): float(v) for k, v in self.prune},
                 "cache_scale": self.cache_scale, "layers": None if self.layers is None else list(self.layers)}

@@ -28,7 +28,8 @@ def show(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs()) -> int:
     preset = get_preset(model.preset)
     method = build_accel(accel, preset.var.patch_nums, preset.var.depth)
     info = {"model": model.preset, "patch_nums": list(preset.var.patch_nums), "depth": preset.var.depth,
-            "first_modified_scale": method.first_modified_scale(preset.var.patch_nums), **method.describe()}
+            "first_modified_scale": method.first_modified_scale(preset.var.patch_nums), **method.describe(),
+            **method.derived(preset.var.patch_nums)}
     for key, value in info.items():
         print(f"{key}: {json.dumps(value)}")
     return 0

@@ -152,3 +152,15 @@ def test_ideal_speedup_of_the_default_preset_on_var_d16():
     r = ideal_speedup(FastVAR.from_preset("default", var.patch_nums), var)
     # {13: 0.5, 16: 0.75}: 404 of 680 query tokens; the head and the attention's quadratic part move it to ~1.71
     assert 1.65 < r["ideal_speedup"] < 1.75 and 0.05 < r["attention_share"] < 0.08
+
+
+def test_radar_accel_show_prints_the_cache_scale_a_preset_works_out(capsys):
+    """cache_scale: null in the resolved method (and manifests) means "the scale before the first pruned one":
+    show prints the scale that is used (13 for VAR-d36 aggressive, whose first pruned scale is 18)."""
+    from radar_train.cli.accel import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["show", "--model.preset", "var-d36", "--accel.method", "fastvar", "--accel.fastvar.preset", "aggressive"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "cache_scale: null" in out and "cache_scale_used: 13" in out
