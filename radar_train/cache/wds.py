@@ -38,6 +38,11 @@ def tar_name(shard: int) -> str:
     return f"pairs-{shard:05d}.tar"
 
 
+def _shard_arrays(group) -> dict[str, np.ndarray]:
+    """Every array of an open shard group, read whole."""
+    return {name: group[name][...] for name in schema.ARRAY_NAMES}
+
+
 def read_checked_shard(path: Path, manifest: Manifest, shard: int) -> dict[str, np.ndarray]:
     """Every array of complete shard `shard` at `path`, each equal to the checksum the writer stored; InputError
     naming the shard otherwise (unreadable, not marked complete, another record count than the manifest plans,
@@ -54,7 +59,7 @@ def read_checked_shard(path: Path, manifest: Manifest, shard: int) -> dict[str, 
         if attrs.get("count") != stop - first:
             raise InputError(f"{path}: cache shard holds {attrs.get('count')!r} records, the manifest plans "
                              f"{stop - first} (run `radar-cache verify`)")
-        arrays = {name: g[name][...] for name in schema.ARRAY_NAMES}
+        arrays = _shard_arrays(g)
     checksums = attrs.get("checksums") if isinstance(attrs.get("checksums"), dict) else {}
     bad = []
     for name, (shape, dtype) in expected_shapes(manifest, stop - first).items():
@@ -133,7 +138,7 @@ def export_wds(cache_dir: str, output: str, progress: bool = True) -> dict:
                       enabled=progress).iterate(todo):
         with reading(scan.complete[s], "cache shard"):  # (checked above: read, not hashed again)
             g = zarr.open_group(str(scan.complete[s]), mode="r")
-            samples = list(_shard_samples({name: g[name][...] for name in schema.ARRAY_NAMES}))
+            samples = list(_shard_samples(_shard_arrays(g)))
         with atomic_file(out / tar_name(s)) as tmp, open(tmp, "wb") as f, wds.TarWriter(f) as sink:
             for sample in samples:
                 sink.write(sample)

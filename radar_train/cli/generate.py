@@ -15,7 +15,6 @@ from radar_train.inference.pipeline import Precision
 OUTPUT_ENTRIES = ("vanilla", "accelerated", "restored", "grid.png", "generate.json")
 
 
-
 def grid_classes_seeds(classes, seeds, preset: str, where: str = "") -> tuple[list[int], list[int]]:
     """--classes and --seeds as lists: readable, none listed twice (one image and file per class and seed),
     seeds within 64 bits, classes within the class count of `preset` (`where`: said after the model)."""
@@ -33,6 +32,7 @@ def grid_classes_seeds(classes, seeds, preset: str, where: str = "") -> tuple[li
     if bad:
         raise ValueError(f"--classes {bad} outside [0, {num_classes - 1}] for model {preset}{where}")
     return cls_list, seed_list
+
 
 def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method="fastvar"),
              sampling: SamplingConfig = SamplingConfig(), adapter: Optional[str] = None, merge_adapter: bool = True,

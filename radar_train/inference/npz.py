@@ -19,8 +19,8 @@ __all__ = ["NpzImageWriter"]
 
 class NpzImageWriter:
     """Write `num_images` uint8 images of `size` x `size` pixels into `path` as `arr_0` (N, H, W, 3), in the
-    order given, through `write` (uint8 or [0, 1] float tensors (B, 3, H, W)); `close` renames the file into
-    place once all of them are in (and refuses a short count)."""
+    order given, through `write` (uint8 tensors (B, 3, H, W), as RadarPipeline.compare gives them); `close`
+    renames the file into place once all of them are in (and refuses a short count)."""
 
     def __init__(self, path: str | os.PathLike, num_images: int, size: int):
         self.path, self.num_images, self.size = Path(path), int(num_images), int(size)
@@ -33,11 +33,9 @@ class NpzImageWriter:
         np.lib.format.write_array_header_1_0(self._member, header)
 
     def write(self, images: torch.Tensor) -> None:
-        if images.dtype != torch.uint8:  # [0, 1] floats, rounded as PNG writers do
-            images = images.clamp(0, 1).mul(255).round().to(torch.uint8)
-        if images.dim() != 4 or tuple(images.shape[1:]) != (3, self.size, self.size):
-            raise ValueError(f"{self.path}: images of shape {tuple(images.shape)}, expected (B, 3, {self.size}, "
-                             f"{self.size})")
+        if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != (3, self.size, self.size):
+            raise ValueError(f"{self.path}: {images.dtype} images of shape {tuple(images.shape)}, expected uint8 "
+                             f"(B, 3, {self.size}, {self.size})")
         if self.written + images.shape[0] > self.num_images:
             raise ValueError(f"{self.path}: more than the {self.num_images} images it was opened for")
         self._member.write(images.permute(0, 2, 3, 1).contiguous().cpu().numpy().tobytes())
