@@ -282,6 +282,18 @@ class RadarLoraModule(pl.LightningModule):
             self.export(Path(self.trainer.default_root_dir) / f"step-{step:06d}")
         self._export_step, self._export_pending = step, None
 
+    def _export_owed_by_the_checkpoint(self) -> None:
+        """A resumed run writes the step-NNNNNN/ export of the step its checkpoint holds, if that step is an
+        export step and the folder is missing. Without a validation at that step the checkpoint is saved (by a
+        callback) before the module's own end-of-step hook exports, and a SLURM requeue save comes at the same
+        point: a run killed or requeued in between resumed past the step, and its export was never written."""
+        every, step = self.output.export_every_n_steps, self.global_step
+        if self.trainer.ckpt_path is None or not every or step <= 0 or step % every:
+            return
+        if not (Path(self.trainer.default_root_dir) / f"step-{step:06d}").exists():
+            log.info("writing step-%06d/, which the run resumed from that step had not exported", step)
+            self._export_step_adapter()
+
     def _averaged_weights(self):
         """Context: the EMA's average in the weights (model.ema), or nothing changed without one."""
         ema = next((c for c in self.trainer.callbacks if isinstance(c, AdapterEMA)), None)
@@ -292,6 +304,7 @@ class RadarLoraModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self._rates_from_the_schedule()
+        self._export_owed_by_the_checkpoint()
         if self.optim_args.compile and self.device.type == "cpu" and self.trainer.is_global_zero:
             log.warning("model.optim.compile on the CPU: slower than eager here (0.94x at toy, batch 16; "
                         "docs/benchmarks.md, Training, CPU); it is meant for GPUs")

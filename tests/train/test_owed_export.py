@@ -1,0 +1,52 @@
+"""A step export that a kill (or a SLURM requeue save) cut off is written when the run resumes.
+
+Without a validation at an export step, the run's checkpoint of that step is saved (a callback) before the
+module exports step-NNNNNN/ (its own end-of-step hook): a run killed between the two resumes past the step.
+The state on disk after such a kill is made here by removing the export after a run that ended at the step;
+the resumed run must write it again, with the same tensors (with model.ema, the average)."""
+from __future__ import annotations
+
+import shutil
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from radar_train.train.ema import EmaArgs
+from radar_train.train.module import OutputArgs, RadarLoraModule
+from radar_train.train.optim import OptimArgs
+
+
+def _fit(root, steps: int, loader, ema: EmaArgs, ckpt_path=None) -> None:
+    torch.manual_seed(0)
+    module = RadarLoraModule(optim=OptimArgs(learning_rate=1e-2, warmup_steps=1, schedule_steps=4),
+                             output=OutputArgs(save_every_n_steps=2, export_every_n_steps=2), ema=ema)
+    trainer = pl.Trainer(default_root_dir=str(root), accelerator="cpu", devices=1, precision="32-true",
+                         max_steps=steps, enable_progress_bar=False, enable_model_summary=False, logger=False,
+                         num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(module, loader(), ckpt_path=ckpt_path)
+
+
+@pytest.mark.parametrize("ema", [EmaArgs(), EmaArgs(decay=0.5)], ids=["plain", "ema"])
+def test_a_resumed_run_writes_the_step_export_its_checkpoint_owes(tmp_path, make_loader, ema):
+    _fit(tmp_path, 2, make_loader, ema)
+    export = tmp_path / "step-000002"
+    want = load_file(str(export / "adapter_model.safetensors"))
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    shutil.rmtree(export)  # what a kill between the checkpoint's save and the export leaves
+
+    _fit(tmp_path, 4, make_loader, ema, ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt"))
+    got = load_file(str(export / "adapter_model.safetensors"))
+    assert got.keys() == want.keys() and want
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    assert (tmp_path / "step-000004").is_dir()
+
+
+def test_a_resumed_run_leaves_an_existing_step_export_alone(tmp_path, make_loader):
+    _fit(tmp_path, 2, make_loader, EmaArgs())
+    files = sorted(p for p in (tmp_path / "step-000002").iterdir())
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+    _fit(tmp_path, 4, make_loader, EmaArgs(), ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt"))
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in files} == before
