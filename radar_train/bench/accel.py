@@ -171,7 +171,7 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
                         sampling: SamplingConfig = SamplingConfig(), log: Callable[[str], None] = print, *,
                         official_var: Optional[str] = None, official_config: Optional[str] = None,
                         engines: Optional[Sequence[str]] = None, pairs: bool = True,
-                        plan_repeats: Optional[Callable[[float], int]] = None) -> list[dict]:
+                        plan_repeats: Optional[Callable[[float, int], int]] = None) -> list[dict]:
     """Rows (one per competitor) of the interleaved timing described in the module docstring.
 
     official_var: folder of a FoundationVision/VAR checkout (or the pinned snapshot): adds the official
@@ -181,7 +181,8 @@ def run_accel_benchmark(setup: BenchSetup, methods: Sequence[str] = ("none", "fa
         both sides from (default: the preset; for `tiny`, the tiny_a fixture's configuration).
     engines: our sampling engines to time (default: every one `radar_train.sampling` offers; an engine a
         method cannot run with gets a row marked skipped).
-    plan_repeats: called with the first round's seconds; returns the number of timed rounds.
+    plan_repeats: called with a round's seconds and the rounds run so far, after the first round and the
+        first timed one (radar_train.bench.rounds.run_rounds); returns the number of timed rounds.
     """
     from radar_train.bench.official import (OfficialRun, build_official, comparison_configs, load_official_code,
                                             official_kernels)

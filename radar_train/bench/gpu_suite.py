@@ -10,10 +10,11 @@ keeps what it measured):
   --official_var), our vanilla sampler for every engine `radar_train.sampling` offers (per-sample noise;
   with eager also the official noise), FastVAR default, StageVAR default and paper, their forked pairs, our
   decode; loop and end-to-end images/s, peak memory per row. Timed rounds per preset are planned from the
-  measured first (warm-up) round so that the section fits its share of --budget_s (never fewer than
-  --min_repeats for the targets' d16 and d24, --min_repeats_other for the others); a later preset whose
-  fewest rounds (estimated, scaled by how the last preset's first round compared with its estimate) no
-  longer fit is skipped and recorded so.
+  measured first (warm-up) round and planned again from the first timed one (the first round also captures
+  the CUDA graphs), so that the section fits its share of --budget_s (never fewer than --min_repeats for the
+  targets' d16 and d24, --min_repeats_other for the others); a later preset whose fewest rounds (estimated,
+  scaled by how the last preset's timed round compared with its estimate, its warm-up rounds by how much
+  longer that preset's first round was) no longer fit is skipped and recorded so.
 - train: decoder-LoRA training-step throughput and peak memory (radar_train.train.bench, VAR-d16 shapes,
   batch 16, bf16-mixed) — only when its imports (lightning, peft, zarr) work and at least --train_reserve_s
   of the budget is left; otherwise recorded as skipped. With --train_compiled also the step with
@@ -25,7 +26,7 @@ keeps what it measured):
   FLOP model's ideal speed-up, the KV buffers allocated and peak memory per row; in its own try so that a
   kernel failure costs only this section; rows under sections.sca. A preset is skipped (and recorded so) when
   less than its part of --sca_reserve_s is left; its timed rounds (1 to --min_repeats) are planned from its
-  first round to fit its share of what is left, and the section is saved after each preset.
+  first round and its first timed one to fit its share of what is left, and the section is saved after each preset.
 - paper: RADAR's timing setting (fp32, SDPA on the math kernel: the baseline its 1.6-1.9x were measured
   against, methods.md §4.1): vanilla against SCA-Mask at the default budgets on VAR-d20 shapes; not in the
   default list; name it in --sections (about 75 s of the budget) to run it.
@@ -71,6 +72,14 @@ def _estimate(preset: str, engines: int, batch: int) -> tuple[float, float]:
     return ROUND_S.get(preset, 2.0) * scale * (0.3 + 0.7 * engines), BUILD_S.get(preset, 5.0)
 
 
+def _rounds_that_fit(round_s: float, rounds_done: int, warmup: int, share: float, started: float) -> int:
+    """Timed rounds (those already run included) that fit what is left of `share` seconds since `started`,
+    each taking `round_s`, after the warm-up rounds still to run."""
+    warm_left, timed_done = max(0, warmup - rounds_done), max(0, rounds_done - warmup)
+    left = share - (time.time() - started) - warm_left * round_s
+    return timed_done + int(left // max(round_s, 1e-3))
+
+
 def default_output(device_name: str, device_type: str) -> str:
     """benchmarks/gpu/<date>-<device>.json (benchmarks/cpu/... for a CPU run)."""
     slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")[:40].strip("-") or "device"
@@ -87,7 +96,9 @@ def run_accel_section(args, results, log: Callable[[str], None], deadline: float
     presets = list(args.presets)
     skipped: dict[str, str] = {}
     failed: list[str] = []
-    speed = [1.0]  # measured / estimated seconds of a first round, from the last preset measured
+    # from the last preset measured: its timed round's seconds / the estimate, and its first round's / its timed
+    # round's (the first round captures CUDA graphs: scaling later presets' every round by it would skip them)
+    speed, capture = [1.0], [1.0]
 
     def estimate(p: str) -> tuple[float, float]:
         r, b = _estimate(p, len(engines), args.batch_size)
@@ -100,7 +111,7 @@ def run_accel_section(args, results, log: Callable[[str], None], deadline: float
         share = left * weights[0] / sum(weights)
         round_est, build_est = estimate(preset)
         fewest = args.min_repeats if preset in TARGET_PRESETS else args.min_repeats_other
-        least = build_est + (args.warmup + fewest) * round_est
+        least = build_est + (args.warmup * capture[0] + fewest) * round_est
         # it would eat the later sections' reserves: recorded as skipped (never the targets' presets: they get their
         # fewest rounds, budget or not; the first round, capture included, can make the estimates pessimistic)
         if i > 0 and left < least and preset not in TARGET_PRESETS:
@@ -109,13 +120,19 @@ def run_accel_section(args, results, log: Callable[[str], None], deadline: float
             results.set("skipped", {**results.doc.get("skipped", {}), f"accel {preset}": skipped[preset]})
             continue
 
-        def plan(first_round_s: float, started=started, share=share, preset=preset, fewest=fewest) -> int:
-            speed[0] = first_round_s / _estimate(preset, len(engines), args.batch_size)[0]  # for the later presets
-            left_here = share - (time.time() - started) - (args.warmup - 1) * first_round_s
-            fit = int(left_here // max(first_round_s, 1e-3))
+        first: list[float] = []
+
+        def plan(round_s: float, rounds_done: int = 1, started=started, share=share, preset=preset,
+                 fewest=fewest, first=first) -> int:
+            steady = rounds_done > args.warmup  # a timed round: no one-off costs in it
+            if rounds_done == 1:
+                first.append(round_s)
+            speed[0] = round_s / _estimate(preset, len(engines), args.batch_size)[0]  # for the later presets
+            capture[0] = first[0] / round_s if steady else 1.0
+            fit = _rounds_that_fit(round_s, rounds_done, args.warmup, share, started)
             n = max(fewest, min(args.repeats, fit))
-            log(f"  {preset}: first round {first_round_s:.1f} s; {n} timed rounds fit its share "
-                f"({share:.0f} s of the budget)")
+            log(f"  {preset}: {'timed' if steady else 'first'} round {round_s:.1f} s; {n} timed rounds fit its "
+                f"share ({share:.0f} s of the budget)")
             return n
 
         log(f"== accel {preset} (batch {args.batch_size}): share {share:.0f} s, "
@@ -168,10 +185,11 @@ def run_sca_section(args, results, log, deadline: float) -> Optional[str]:
             continue
         share = left / (len(presets) - i)
 
-        def plan(first_round_s: float, started=started, share=share) -> int:
-            fit = int((share - (time.time() - started) - (args.warmup - 1) * first_round_s) // max(first_round_s, 1e-3))
+        def plan(round_s: float, rounds_done: int = 1, started=started, share=share) -> int:
+            fit = _rounds_that_fit(round_s, rounds_done, args.warmup, share, started)
             n = max(1, min(args.min_repeats, fit))  # (the first round compiles the FlexAttention kernels)
-            log(f"  sca {preset}: first round {first_round_s:.1f} s; {n} timed rounds fit its share ({share:.0f} s)")
+            log(f"  sca {preset}: {'timed' if rounds_done > args.warmup else 'first'} round {round_s:.1f} s; "
+                f"{n} timed rounds fit its share ({share:.0f} s)")
             return n
 
         try:

@@ -78,10 +78,12 @@ def _run_once(job: Job, device: torch.device, keep: bool) -> None:
 
 
 def run_rounds(jobs: list[Job], device: torch.device, warmup: int, repeats: int,
-               plan_repeats: Optional[Callable[[float], int]] = None,
+               plan_repeats: Optional[Callable[[float, int], int]] = None,
                log: Callable[[str], None] = lambda s: None) -> int:
     """Run `warmup` untimed rounds, then `repeats` timed ones (every job once per round, in order).
-    `plan_repeats(seconds of the first round)` may set the number of timed rounds after the first round.
+    `plan_repeats(seconds of a round, rounds run so far)` may set the number of timed rounds: after the first
+    round, and again after the first timed one (with warm-up rounds: the first round's time holds one-off costs
+    such as CUDA-graph capture or compilation, the first timed round's is what each further round costs).
     Returns the number of timed rounds. `log` gets a line per round; the first says how long all rounds
     should take (from its own time), the others the time left (from the mean round)."""
     from radar_train.progress import format_duration
@@ -95,8 +97,8 @@ def run_rounds(jobs: list[Job], device: torch.device, warmup: int, repeats: int,
             if job.skipped is None:
                 _run_once(job, device, keep=r >= warmup)
         took = time.perf_counter() - t0
-        if r == 0 and plan_repeats is not None:
-            repeats = max(1, int(plan_repeats(took)))
+        if plan_repeats is not None and (r == 0 or r == warmup):
+            repeats = max(1, int(plan_repeats(took, r + 1)))
             total = warmup + repeats
         r += 1
         line = f"  round {r}/{total} ({'warm-up' if r <= warmup else 'timed'}): {took:.2f} s"

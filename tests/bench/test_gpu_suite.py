@@ -212,6 +212,47 @@ def test_the_default_budget_reaches_every_accel_preset_and_keeps_the_training_re
     assert "skipped" not in json.loads(out.read_text())
 
 
+def test_a_first_round_slowed_by_capture_does_not_crowd_out_the_later_presets(monkeypatch, tmp_path):
+    """Each preset's first round also captures its CUDA graphs (here it takes 3x a timed round, every round as
+    the suite's estimate). The rounds are those of radar_train.bench.rounds on a fake clock: planned from the
+    first round alone, every later round and preset counted 3x, and at a budget of 500 s d30 was skipped (d20
+    got 1 timed round); planned again from the first timed round, all four presets run, the targets' with
+    their 3 timed rounds."""
+    import radar_train.bench.accel as accel
+    import radar_train.bench.gpu_suite as suite
+    from radar_train.bench.rounds import Job, run_rounds
+
+    capture, budget = 3.0, "500"
+    clock = [0.0]
+    monkeypatch.setattr(suite.time, "time", lambda: clock[0])
+    monkeypatch.setattr(suite.time, "perf_counter", lambda: clock[0])  # (the same module: rounds' clock too)
+    monkeypatch.setattr(accel, "available_engines", lambda device=None: ("eager", "graphs"))
+    for name, seconds in (("train", suite.TRAIN_S), ("sca", suite.SCA_S)):
+        monkeypatch.setitem(suite.SECTIONS, name, lambda a, r, log, d, s=seconds: clock.__setitem__(0, clock[0] + s))
+    timed: dict[str, int] = {}
+
+    def fake(setup, methods, plan_repeats, **kw):
+        round_s, build_s = suite._estimate(setup.preset, 2, setup.batch_size)
+        clock[0] += build_s
+        runs = []
+
+        def one_round():
+            clock[0] += round_s * (capture if not runs else 1.0)
+            runs.append(1)
+            return {"loop": round_s}
+
+        timed[setup.preset] = run_rounds([Job("all", one_round)], torch.device("cpu"), setup.warmup,
+                                         setup.repeats, plan_repeats)
+        return []
+
+    monkeypatch.setattr(accel, "run_accel_benchmark", fake)
+    out = tmp_path / "run.json"
+    assert suite.main(["--device", "cpu", "--budget_s", budget, "--output", str(out)]) == 0
+    assert list(timed) == ["var-d16", "var-d24", "var-d20", "var-d30"], json.loads(out.read_text()).get("skipped")
+    assert timed["var-d16"] >= 3 and timed["var-d24"] >= 3 and min(timed.values()) >= 1
+    assert "skipped" not in json.loads(out.read_text())
+
+
 def test_batch_size_methods_and_engines_are_checked_first(tmp_path, capsys, monkeypatch):
     """A typo in an option of the one GPU run was a traceback per preset, an exit 0 and a status "ok" (an
     unknown engine: every row of it skipped, only eager timed)."""

@@ -41,13 +41,17 @@ def test_a_job_that_may_fail_is_skipped_with_its_reason_and_others_go_on():
         run_rounds([Job("strict", broken)], CPU, warmup=0, repeats=1)
 
 
-def test_planned_repeats_replace_the_default_after_the_first_round():
+def test_planned_repeats_replace_the_default_after_the_first_round_and_the_first_timed_one():
     order, seen = [], []
     a, b = _jobs(order)
 
-    def plan(seconds):
-        seen.append(seconds)
-        return 2
+    def plan(seconds, rounds_done):
+        seen.append((seconds >= 0, rounds_done))
+        return 4 if rounds_done == 1 else 2
 
     assert run_rounds([a, b], CPU, warmup=1, repeats=5, plan_repeats=plan) == 2
-    assert len(seen) == 1 and seen[0] >= 0 and len(order) == 2 * 3
+    assert seen == [(True, 1), (True, 2)] and len(order) == 2 * 3
+    seen.clear()  # without warm-up the first round is the first timed one: planned once
+    a, b = _jobs(order)
+    assert run_rounds([a, b], CPU, warmup=0, repeats=5, plan_repeats=plan) == 4
+    assert seen == [(True, 1)]
