@@ -65,7 +65,8 @@ def accel(setup: BenchSetup = BenchSetup(), methods: list[str] = ["none", "fastv
         official_var: folder of a FoundationVision/VAR checkout (models/ and dist.py, e.g. a copy of the pinned
             snapshot): times its autoregressive_infer_cfg and decode against ours on the same weights.
         official_config: JSON with the official constructor arguments (VQVAE_kwargs, VAR_kwargs) to build
-            both sides from; default: the preset (tiny: the tiny_a fixture's configuration, the smallest the
+            both sides from (an argument left out takes the official constructor's default: VQVAE ch 128, VAR
+            attn_l2_norm false); default: the preset (tiny: the tiny_a fixture's configuration, the smallest the
             official classes can build).
         engines: our sampling engines to time (default: eager, and graphs on CUDA; compiled only by name).
         pairs: also time a forked HQ/LQ pair per method (false: skip those rows, e.g. on large models).

@@ -47,8 +47,9 @@ class VQVAEConfig:
 
     @classmethod
     def from_official(cls, kwargs: dict[str, Any]) -> "VQVAEConfig":
-        """Build from the official `VQVAE(**kwargs)` keyword arguments (reference fixtures)."""
-        kw = dict(kwargs)
+        """Build from the official `VQVAE(**kwargs)` keyword arguments (reference fixtures, --official_config):
+        an argument left out takes the official constructor's default, not ours."""
+        kw = {**OFFICIAL_VQVAE_DEFAULTS, **kwargs}
         kw.pop("test_mode", None)
         if "v_patch_nums" in kw:
             kw["patch_nums"] = kw.pop("v_patch_nums")
@@ -56,6 +57,12 @@ class VQVAEConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)
+
+
+# The official constructors' defaults where ours differ (ours are those of the released checkpoints, i.e. of
+# the official build_vae_var: ch 160, attn_l2_norm True); every other default is the same.
+OFFICIAL_VQVAE_DEFAULTS: dict[str, Any] = {"ch": 128}
+OFFICIAL_VAR_DEFAULTS: dict[str, Any] = {"attn_l2_norm": False}
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,9 @@ class VARConfig:
 
     @classmethod
     def from_official(cls, kwargs: dict[str, Any], vae: VQVAEConfig) -> "VARConfig":
-        kw = dict(kwargs)
+        """Build from the official `VAR(vae_local, **kwargs)` keyword arguments: an argument left out takes the
+        official constructor's default, not ours."""
+        kw = {**OFFICIAL_VAR_DEFAULTS, **kwargs}
         for k in ("flash_if_available", "fused_if_available", "vae_local"):
             kw.pop(k, None)
         kw.setdefault("vocab_size", vae.vocab_size)

@@ -109,3 +109,21 @@ def test_the_pinned_official_snapshot_samples_what_we_sample(official_snapshot, 
     with torch.no_grad():
         ours = decode_images(vqvae, sampler.sample(labels, g_seed=0).f_hat)
     assert (ours - theirs).abs().max() < 1e-4
+
+
+def test_arguments_the_official_config_leaves_out_take_the_official_constructors_defaults(tmp_path):
+    """`--official_config` holds the official VQVAE / VAR constructor arguments: one left out is the official
+    default (VQVAE ch 128, VAR attn_l2_norm False), not ours (160, True: the released models' build_vae_var),
+    and both sides of the benchmark are built with it (official_kwargs writes every argument out)."""
+    cfg = tmp_path / "official.json"
+    cfg.write_text(json.dumps({
+        "VQVAE_kwargs": {"vocab_size": 64, "z_channels": 8, "v_patch_nums": [1, 2, 3, 4]},
+        "VAR_kwargs": {"num_classes": 10, "depth": 2, "embed_dim": 64, "num_heads": 4, "patch_nums": [1, 2, 3, 4]}}))
+    vae, var, kw, _ = comparison_configs("tiny", str(cfg))
+    assert vae.ch == 128 and var.attn_l2_norm is False
+    assert kw["VQVAE_kwargs"]["ch"] == 128 and kw["VAR_kwargs"]["attn_l2_norm"] is False
+    cfg.write_text(json.dumps({"VQVAE_kwargs": {"vocab_size": 64, "z_channels": 8, "v_patch_nums": [1, 2], "ch": 32},
+                               "VAR_kwargs": {"depth": 2, "embed_dim": 64, "num_heads": 4, "patch_nums": [1, 2],
+                                              "attn_l2_norm": True}}))
+    vae, var, _, _ = comparison_configs("tiny", str(cfg))
+    assert vae.ch == 32 and var.attn_l2_norm is True  # given: as given
