@@ -14,9 +14,9 @@ branch), separate from the token-sampling stream.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Optional, Sequence
+from typing import Callable, Literal, NamedTuple, Optional, Sequence
 
 import torch
 import yaml
@@ -36,9 +36,18 @@ PRESETS: dict[str, tuple[float, ...]] = {
 PAPER_ALPHA = 0.96  # the energy threshold of the paper's rank ratios (and of the 0.176 fallback, methods §3.2c)
 
 
-def load_rank_file(path: str | Path) -> tuple[dict[int, list[float]], Optional[float]]:
-    """({scale side: [ratio per block]}, the α they were calibrated at, or None if the file does not say) from
-    a calibration YAML (`radar-accel calibrate --accel.method stagevar`)."""
+class RankFile(NamedTuple):
+    """A calibration YAML's rank table, the α it was measured at and the weights it was measured on (each None
+    where the file does not say: a hand-written table)."""
+
+    ratios: dict[int, list[float]]  # {scale side: [ratio per block]}
+    alpha: Optional[float]
+    var: Optional[tuple[Optional[str], str]]  # (identity kind or None in older files, identity value)
+
+
+def load_rank_file(path: str | Path) -> RankFile:
+    """The rank table of a calibration YAML (`radar-accel calibrate --accel.method stagevar`); its `model.var` is
+    {kind, value} as the calibration writes it, or the bare value in files written before it recorded the kind."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: stagevar rank-ratio file not found (write one with `radar-accel calibrate`)")
@@ -46,9 +55,25 @@ def load_rank_file(path: str | Path) -> tuple[dict[int, list[float]], Optional[f
         data = yaml.safe_load(p.read_text())
         ratios = {int(k): [float(r) for r in v] for k, v in data["ratios"].items()}
         alpha = data.get("alpha")
-        return ratios, None if alpha is None else float(alpha)
+        return RankFile(ratios, None if alpha is None else float(alpha), _var_of(data.get("model")))
     except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise ValueError(f"{p}: not a stagevar rank-ratio file ({type(e).__name__}: {e})") from None
+
+
+def _var_of(model: object) -> Optional[tuple[Optional[str], str]]:
+    """(kind, value) of a rank file's `model.var`: None without one; kind None for a bare value (older files).
+    TypeError for anything else (the caller reports the file)."""
+    if model is not None and not isinstance(model, dict):
+        raise TypeError(f"model {model!r} is not a mapping")
+    var = None if model is None else model.get("var")
+    if var is None:
+        return None
+    if isinstance(var, dict):
+        kind = var.get("kind")
+        return (None if kind is None else str(kind)), str(var["value"])
+    if isinstance(var, str):
+        return None, var
+    raise TypeError(f"model.var {var!r} is neither {{kind, value}} nor a value")
 
 
 def rank_for(alpha_energy: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -67,6 +92,9 @@ class StageVAR(AccelMethod):
     rank_ratios: tuple[tuple[int, tuple[float, ...]], ...] = ()  # ((side, (ratio per block)), ...)
     rank_ratios_file: Optional[str] = None
     rank_ratios_alpha: Optional[float] = None  # the α the file's ratios were calibrated at (checked in problems)
+    # the weights the file was calibrated on, (kind or None, value) (checked in model_problems; not in describe,
+    # so cache manifests are unchanged)
+    rank_ratios_var: Optional[tuple[Optional[str], str]] = field(default=None, compare=False)
     default_rank_ratio: float = 0.176
     min_rank: int = 8
     rp_scale: Literal["paper", "token_norm"] = "paper"
@@ -131,6 +159,20 @@ class StageVAR(AccelMethod):
             if any(not 0.0 < r <= 1.0 for r in ratios):
                 p.append(f"stagevar rank ratios for scale {pn} must lie in (0, 1]")
         return p
+
+    def model_problems(self, var_identity) -> list[str]:
+        """A rank table is measured on one set of weights (methods.md §3.2c): a file calibrated on others is
+        refused, as an SCA mask file is. A file without `model.var` (hand-written) cannot be compared and passes;
+        an older file's bare value is compared without the kind (a sha256 and a `preset:seed=N` never meet)."""
+        if self.rank_ratios_var is None:
+            return []
+        kind, value = self.rank_ratios_var
+        ident = var_identity.to_dict() if hasattr(var_identity, "to_dict") else dict(var_identity)
+        if value == ident.get("value") and kind in (None, ident.get("kind")):
+            return []
+        return [f"stagevar rank ratios {self.rank_ratios_file} were calibrated on other weights ({kind or 'value'} "
+                f"{value[:20]}) than this VAR ({ident.get('kind')} {str(ident.get('value'))[:20]}); calibrate "
+                f"one for it (`radar-accel calibrate --accel.method stagevar`)"]
 
     def first_modified_scale(self, patch_nums: Sequence[int]) -> Optional[int]:
         idx = [list(patch_nums).index(pn) for pn, _ in self.scales if pn in patch_nums]

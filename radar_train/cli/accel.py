@@ -108,7 +108,8 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
     sampler = NextScaleSampler(var, vqvae.quantize, sampling, autocast_dtype=autocast)
     with Progress(num_samples, "radar-accel calibrate", "samples") as bar:
         means, stds = calibrate_ranks(sampler, scales, alpha, num_samples, batch_size, var.num_classes, seed, bar.update)
-    info = {"preset": model.preset, "var": var_id.value, "depth": var.depth, "patch_nums": list(var.patch_nums)}
+    info = {"preset": model.preset, "var": {"kind": var_id.kind, "value": var_id.value}, "depth": var.depth,
+            "patch_nums": list(var.patch_nums)}
     path = write_rank_yaml(output, means, stds, alpha=alpha, num_samples=num_samples, model=info)
     for pn in means:
         print(f"scale {pn}: mean ratio {sum(means[pn]) / len(means[pn]):.3f} (per block {means[pn]})")

@@ -100,6 +100,51 @@ def test_rank_ratio_file_is_used(tmp_path):
                     PATCH_NUMS_256, 16)
 
 
+@pytest.mark.parametrize("var,refused", [
+    ({"kind": "random", "value": "tiny:seed=7"}, True),
+    ({"kind": "random", "value": "tiny:seed=0"}, False),
+    ({"kind": "file", "value": "tiny:seed=0"}, True),
+    ("tiny:seed=7", True),  # an older file: the value alone
+    ("tiny:seed=0", False),
+    (None, False),  # no model block (a hand-written table): nothing to compare
+])
+def test_a_rank_file_calibrated_on_other_weights_is_refused(tmp_path, var, refused):
+    """A rank table measures one set of weights (methods.md §3.2c); before, one of other weights ran silently,
+    while an SCA mask file of other weights is refused."""
+    from radar_train.models import ModelIdentity
+
+    doc = {"alpha": 0.96, "ratios": {6: [0.3] * 4, 8: [0.3] * 4}}
+    if var is not None:
+        doc["model"] = {"preset": "tiny", "var": var, "depth": 4, "patch_nums": [1, 2, 3, 4, 6, 8]}
+    f = tmp_path / "ranks.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    args = AccelArgs("stagevar", stagevar=StageVARArgs(rank_ratios=str(f)))
+    ident = ModelIdentity("random", "tiny:seed=0", {})
+    if refused:
+        with pytest.raises(ConfigError, match="ranks.yaml were calibrated on other weights") as e:
+            build_accel(args, (1, 2, 3, 4, 6, 8), 4, ident)
+        assert "\n" not in str(e.value)
+    else:
+        assert build_accel(args, (1, 2, 3, 4, 6, 8), 4, ident).rank_ratios == ((6, (0.3,) * 4), (8, (0.3,) * 4))
+    build_accel(args, (1, 2, 3, 4, 6, 8), 4)  # without the weights' identity (radar-accel show) nothing is compared
+
+
+def test_calibrate_records_the_weights_the_ranks_were_measured_on(tmp_path):
+    from radar_train.cli.accel import main
+    from radar_train.models import ModelIdentity
+
+    out = tmp_path / "ranks.yaml"
+    with pytest.raises(SystemExit) as e:
+        main(["calibrate", "--model.preset", "tiny", "--model.init_seed", "7", "--num_samples", "2", "--batch_size",
+              "2", "--sampling.top_k", "0", "--sampling.top_p", "0", "--device", "cpu", "--output", str(out)])
+    assert e.value.code == 0
+    assert yaml.safe_load(out.read_text())["model"]["var"] == {"kind": "random", "value": "tiny:seed=7"}
+    args = AccelArgs("stagevar", stagevar=StageVARArgs(rank_ratios=str(out)))
+    build_accel(args, (1, 2, 3, 4, 6, 8), 4, ModelIdentity("random", "tiny:seed=7", {}))
+    with pytest.raises(ConfigError, match="calibrated on other weights"):
+        build_accel(args, (1, 2, 3, 4, 6, 8), 4, ModelIdentity("random", "tiny:seed=0", {}))
+
+
 @pytest.mark.parametrize("scales,kw,expected", [
     ({7: 0.96}, {}, "scale 7 is not in the model's patch_nums"),
     ({13: 0.96}, {}, "must be the last scales of the schedule"),
