@@ -182,19 +182,31 @@ class StageVAR(AccelMethod):
         return _StageVARRun(self, ctx)
 
     def _alpha_problems(self) -> list[str]:
-        """α of a random-projection scale picks its rank only through a rank-ratio table calibrated at that α:
-        the file's (when it records its α), else the fallback ratio's (the paper's average at α 0.96). A
-        scale whose α is another would run the table's ranks while its caches and logs say otherwise."""
-        table = self.rank_ratios_alpha if self.rank_ratios else PAPER_ALPHA
-        if table is None:
-            return []
-        where = (f"the rank ratios of {self.rank_ratios_file or 'stagevar.rank_ratios'} were calibrated at α {table}"
-                 if self.rank_ratios else f"without stagevar.rank_ratios the rank is default_rank_ratio x M "
-                                          f"(0.176 is the paper's average at α {PAPER_ALPHA})")
-        return [f"stagevar.scales: α {a} at scale {pn}, but the rank of a random-projection scale comes from a "
-                f"rank-ratio table and {where}: set α {table}, or calibrate ratios at α {a} (`radar-accel calibrate "
-                f"--accel.method stagevar --alpha {a}`) and give them as stagevar.rank_ratios"
-                for pn, a in self.scales if a > 0 and abs(a - table) > 1e-9]
+        """α of a random-projection scale picks its rank only through the rank-ratio table that supplies that
+        scale's ratios: the file's where it holds the scale (when it records its α), else the fallback ratio's
+        (the paper's average at α 0.96), also for a scale a file lacks. A scale whose α is another would run the
+        table's ranks while its caches and logs say otherwise."""
+        out = []
+        for pn, a in self.scales:
+            table, where = self._table_of(pn)
+            if a > 0 and table is not None and abs(a - table) > 1e-9:
+                out.append(f"stagevar.scales: α {a} at scale {pn}, but the rank of a random-projection scale comes "
+                           f"from a rank-ratio table and {where}: set α {table}, or calibrate ratios at α {a} "
+                           f"(`radar-accel calibrate --accel.method stagevar --alpha {a}`) and give them as "
+                           f"stagevar.rank_ratios")
+        return out
+
+    def _table_of(self, pn: int) -> tuple[Optional[float], str]:
+        """(α of the table that gives scale `pn` its ratios, or None if the file does not say; where it comes
+        from, for messages)."""
+        fallback = f"the rank is default_rank_ratio x M (0.176 is the paper's average at α {PAPER_ALPHA})"
+        if pn in dict(self.rank_ratios):
+            return self.rank_ratios_alpha, (f"the rank ratios of {self.rank_ratios_file or 'stagevar.rank_ratios'} "
+                                            f"were calibrated at α {self.rank_ratios_alpha}")
+        if self.rank_ratios:
+            return PAPER_ALPHA, (f"{self.rank_ratios_file or 'stagevar.rank_ratios'} holds no ratios for scale "
+                                 f"{pn}, so {fallback}")
+        return PAPER_ALPHA, f"without stagevar.rank_ratios {fallback}"
 
     def describe(self) -> dict:
         return {"method": self.name, "preset": self.preset, "scales": {int(k): float(v) for k, v in self.scales},

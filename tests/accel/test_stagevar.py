@@ -223,3 +223,24 @@ def test_an_alpha_that_is_not_the_rank_tables_is_refused(tmp_path):
     assert ok.rank_ratios_alpha == 0.5 and ok.describe()["scales"] == {6: 0.5, 8: 0.5}
     skip = build_accel(AccelArgs("stagevar", stagevar=StageVARArgs(preset=None, scales={6: 0.96, 8: 0.0})), pns, 4)
     assert skip.describe()["scales"] == {6: 0.96, 8: 0.0}  # α 0 skips: no table involved
+
+
+def test_a_scale_the_rank_file_lacks_is_checked_against_the_fallbacks_alpha(tmp_path):
+    """A scale the rank-ratio file does not hold runs default_rank_ratio (the paper's α 0.96 average): before, its
+    α was checked against the file's, so α 0.9 there ran 0.96 ranks while the manifest said 0.9."""
+    pns = (1, 2, 3, 4, 6, 8)
+    table = tmp_path / "ranks.yaml"
+    table.write_text(yaml.safe_dump({"alpha": 0.9, "ratios": {6: [0.3] * 4}}))
+
+    def build(scales):
+        return build_accel(AccelArgs("stagevar", stagevar=StageVARArgs(preset=None, scales=scales,
+                                                                       rank_ratios=str(table))), pns, 4)
+
+    with pytest.raises(ConfigError, match=r"α 0\.9 at scale 8.*ranks\.yaml holds no ratios for scale 8.*α 0\.96") \
+            as e:
+        build({6: 0.9, 8: 0.9})
+    assert "scale 6" not in str(e.value)  # the file's own scale, at the file's α, is fine
+    m = build({6: 0.9, 8: 0.96})  # each scale at the α of the table that gives its ratios
+    assert m.rank(6, 0) == math.ceil(0.3 * 36) and m.rank(8, 0) == math.ceil(0.176 * 64)
+    with pytest.raises(ConfigError, match=r"α 0\.96 at scale 6.*calibrated at α 0\.9"):
+        build({6: 0.96, 8: 0.96})
