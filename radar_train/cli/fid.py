@@ -49,7 +49,8 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
         seeds: ignored (radar-generate key).
         grid_scale: ignored (radar-generate key).
         overwrite: replace fid.json / fid.md (and reference_stats.npz, samples_*.npz) of an earlier run in the
-            output folder (without it they are refused; other files there are left alone).
+            output folder; an earlier samples_*.npz this run does not write goes (without it they are refused;
+            other files there are left alone).
     """
     from radar_train.inference import PipelineArgs, RadarPipeline
     from radar_train.inference.fid import (evaluate_generation, file_sha256, load_inception, markdown_report,
@@ -76,8 +77,10 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
         raise InputError(f"{reference}: --reference not found (an .npz of mu / sigma, or a folder of images)")
     runs = ["vanilla", "accelerated"] + (["accelerated+adapter"] if adapter is not None else [])
     npz_names = {r: npz_name(r) for r in runs} if save_npz else {}
+    # every run's samples file, this run's or not: an earlier run's (e.g. of an adapter this run has not) is
+    # replaced or removed with --overwrite, never left beside this run's output as if it were part of it
     entries = (["fid.json", "fid.md"] + (["reference_stats.npz"] if reference and Path(reference).is_dir() else [])
-               + list(npz_names.values()))
+               + [npz_name(r) for r in ALL_RUNS])
     check_output_dir(output, entries, "--output", {"--inception": inception, "--inception_logits": inception_logits,
                                                    "--reference": reference, "--adapter": adapter,
                                                    **model_inputs(model), **accel_inputs(accel)}, overwrite)
@@ -140,6 +143,9 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
               f"{num_samples} x {size} x {size} x 3)")
     print(f"wrote {Path(output) / 'fid.json'} and {Path(output) / 'fid.md'}")
     return 0
+
+
+ALL_RUNS = ("vanilla", "accelerated", "accelerated+adapter")
 
 
 def npz_name(run: str) -> str:

@@ -405,3 +405,19 @@ def test_an_interrupted_run_leaves_no_npz_and_an_earlier_one_is_kept(tmp_path, m
         _main(args + ["--overwrite", "true"])
     assert sorted(p.name for p in out.iterdir()) == ["samples_vanilla.npz"]
     assert (out / "samples_vanilla.npz").read_bytes() == b"an earlier run's"
+
+
+def test_overwrite_removes_an_earlier_runs_samples_that_this_run_does_not_write(tmp_path, capsys):
+    """A run without an adapter into the folder of one with an adapter: the earlier samples_accelerated_adapter.npz
+    (needs --overwrite, and then goes) must not stand beside this run's files as if it were part of it."""
+    out = tmp_path / "fid"
+    out.mkdir()
+    (out / "samples_accelerated_adapter.npz").write_bytes(b"an earlier run's adapter samples")
+    args = ["--config", str(ROOT / "configs/generate/tiny.yaml"), "--device", "cpu", "--num_samples", "2",
+            "--batch_size", "2", "--output", str(out)]
+    assert _main(args + ["--save_npz", "true"]) == 2  # refused without --overwrite, naming the file
+    assert "samples_accelerated_adapter.npz" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["samples_accelerated_adapter.npz"]
+    assert _main(args + ["--save_npz", "true", "--overwrite", "true"]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["fid.json", "fid.md", "samples_accelerated.npz",
+                                                     "samples_vanilla.npz"]
