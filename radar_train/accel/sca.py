@@ -353,16 +353,24 @@ def load_mask_file(path: str | Path) -> MaskFile:
 _BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
+def _bare_key(word: str) -> Optional[str]:
+    """The SCAArgs field a bare word of an sca spec sets (None: not a bare word)."""
+    return "preset" if word in PRESETS else "selection" if word in ("window", "scores") else \
+        "per_head" if word == "per_head" else None
+
+
 def args_from_spec(spec: str):
     """An `SCAArgs` from a method spec's options (after 'sca:'), '+'-separated: a preset name, 'window' or
     'scores' (the selection), 'per_head', or key=value for any SCAArgs field (scales as 10/13/16, per_head as
     true/false/1/0/yes/no), e.g. 'aggressive+mask_file=m.safetensors' or 'window+compute_budget=0.4'. One-line
     ValueError naming the spec on anything else (an empty option, a bare 'key=', an unknown key, an unreadable
-    number or boolean)."""
+    number or boolean, a field given twice: a bare word counts as its field, e.g. 'mild' as preset)."""
     from radar_train.config import SCAArgs
 
     a = SCAArgs()
     kinds = {"compute_budget": float, "memory_budget": float, "tau": float, "tile": int}
+    fields = {f.name for f in dataclasses.fields(SCAArgs)}
+    seen: dict[str, str] = {}  # field -> the option that set it (the last would win, silently)
     for part in (x.strip() for x in spec.split("+")):
         if not part:
             raise ValueError(f"sca spec {spec!r}: empty option (two '+' in a row, a leading or trailing '+', "
@@ -370,6 +378,11 @@ def args_from_spec(spec: str):
         key, eq, value = part.partition("=")
         if eq and not (key and value):
             raise ValueError(f"sca spec {spec!r}: option {part!r} is not key=value")
+        field_name = (key if key in fields else None) if eq else _bare_key(key)  # None: refused below
+        if field_name in seen:
+            raise ValueError(f"sca spec {spec!r}: {field_name} is given twice ({seen[field_name]!r} and {part!r})")
+        if field_name is not None:
+            seen[field_name] = part
         if not eq:
             if key in PRESETS:
                 a.preset = key
@@ -381,7 +394,7 @@ def args_from_spec(spec: str):
                 raise ValueError(f"sca spec {spec!r}: {key!r} is neither a preset ({', '.join(PRESETS)}), a "
                                  f"selection (scores, window), per_head nor key=value")
             continue
-        if key not in {f.name for f in dataclasses.fields(SCAArgs)}:
+        if key not in fields:
             raise ValueError(f"sca spec {spec!r}: unknown option {key!r}")
         if key == "per_head":
             if value.lower() not in _BOOLS:

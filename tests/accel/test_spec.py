@@ -117,6 +117,22 @@ def test_bad_specs_are_one_line_errors_naming_the_spec(spec, match):
     assert "\n" not in msg and msg.startswith(f"method spec {spec!r}: ")
 
 
+@pytest.mark.parametrize("spec, match", [
+    ("sca:mild+aggressive+window", r"preset is given twice \('mild' and 'aggressive'\)"),
+    ("sca:window+scores", r"selection is given twice \('window' and 'scores'\)"),
+    ("sca:window+compute_budget=0.3+compute_budget=0.9", "compute_budget is given twice"),
+    ("sca:window+per_head+per_head=false", r"per_head is given twice \('per_head' and 'per_head=false'\)"),
+    ("sca:window+preset=aggressive+mild", r"preset is given twice \('preset=aggressive' and 'mild'\)"),
+    ("sca:selection=window+window", "selection is given twice"),
+])
+def test_an_sca_option_given_twice_is_refused(spec, match):
+    """As fastvar and stagevar specs: before, the last of a repeated sca option won, silently."""
+    with pytest.raises(ValueError, match=match) as e:
+        parse_spec(spec, TOY)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"method spec {spec!r}: ")
+
+
 def test_a_budget_needs_the_model():
     with pytest.raises(ValueError, match="budget= is resolved against the model's scales"):
         parse_spec("fastvar:budget=0.5")
