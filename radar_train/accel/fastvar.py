@@ -4,7 +4,8 @@ At the cache scale every block in `layers` stores the full gated branch output o
 FFN sub-layers (all rows). At a pruned scale with ratio ρ, before each sub-layer the residual stream x
 is scored per row (score_i = Σ_c (x_ic − mean_c)²); the M − ⌊Mρ⌋ highest-scoring tokens go through the
 sub-layer (only their K/V enter the KV cache); the branch output of the others is the cached output
-area-resized to the current grid. ρ = 1 skips the scale and every later one (decode f_hat as it is).
+area-resized to the current grid. ρ = 1 skips the scale and every later one (decode f_hat as it is); ρ = 0
+leaves the scale untouched (the entry is dropped: the method is that of the other entries).
 
 Presets are defined from the end of the schedule, so they resolve for any model: on the 256px
 schedule (…, 10, 13, 16) `default` is {13: 0.5, 16: 0.75} with cache 10, `mild` {13: 0.4, 16: 0.5},
@@ -59,6 +60,12 @@ class FastVAR(AccelMethod):
     cache_scale: Optional[int] = None  # side; None = the scale just before the first pruned one
     layers: Optional[tuple[int, ...]] = None  # None = all blocks
     preset: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        """Ratio 0 prunes nothing, so such a scale is dropped: it runs as vanilla, as if not listed. Kept, it ran
+        the pruning path (keeping every token, at a cost) and counted as pruned: the cache scale, the first
+        modified scale and the pair fork moved before it, which changed the latents."""
+        object.__setattr__(self, "prune", tuple((pn, r) for pn, r in self.prune if r != 0.0))
 
     @staticmethod
     def from_preset(preset: str, patch_nums: Sequence[int], **kw) -> "FastVAR":

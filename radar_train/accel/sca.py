@@ -803,8 +803,9 @@ def fastvar_for_attention_budget(budget: float, patch_nums: Sequence[int], scale
     attention — kept queries × (cached keys + kept queries' keys), earlier pruned scales having left
     fewer keys — is about `budget` of vanilla's query·key pairs (l·e). Kept queries per scale:
     k = round((−n + √(n² + 4·budget·l·e)) / 2) with n the keys cached before the scale, clamped to
-    [1, l]; ratio ρ = (l − k + ½)/l (FastVAR keeps l − ⌊l·ρ⌋ = k), ρ = 0 when k = l. Returns
-    (FastVAR, {side: achieved pair share}). FastVAR also skips the FFN and projections of the pruned
+    [1, l]; ratio ρ = (l − k + ½)/l (FastVAR keeps l − ⌊l·ρ⌋ = k); a scale with k = l is left out of the
+    FastVAR's ratios (untouched, as the spec's budget= has it). Returns (FastVAR, {side: achieved pair share},
+    every given scale). FastVAR also skips the FFN and projections of the pruned
     tokens, so at equal attention share it computes far less than SCA-Mask."""
     from radar_train.accel.fastvar import FastVAR
 
@@ -822,7 +823,8 @@ def fastvar_for_attention_budget(budget: float, patch_nums: Sequence[int], scale
             n += l
             continue
         k = min(l, max(1, round((-n + math.sqrt(n * n + 4 * budget * l * e)) / 2)))
-        prune.append((pns[si], 0.0 if k == l else (l - k + 0.5) / l))
+        if k < l:  # k = l: the scale stays whole (vanilla)
+            prune.append((pns[si], (l - k + 0.5) / l))
         share[pns[si]] = k * (n + k) / (l * e)
         n += k
     return FastVAR(prune=tuple(prune)), share

@@ -128,7 +128,7 @@ def _fastvar(spec: str, opts: str, patch_nums: Optional[Sequence[int]]) -> FastV
         if pns.index(min(scales)) == 0:
             raise _fail(spec, "scales cannot include the first scale")
         method, _ = fastvar_for_attention_budget(budget, pns, scales)
-        a.prune = {int(s): float(r) for s, r in method.prune if r > 0.0}  # ratio 0: that scale is untouched
+        a.prune = {int(s): float(r) for s, r in method.prune}  # (a scale left whole is not among them)
     a.preset = None if a.prune is not None else (preset or "default")
     return a
 

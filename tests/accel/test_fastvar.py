@@ -69,6 +69,29 @@ def test_all_ratios_zero_equals_vanilla_bitwise(tiny_models):
     assert torch.equal(van.f_hat, zero.f_hat)
 
 
+def test_a_ratio_zero_scale_is_vanilla_as_if_not_listed(tiny_models):
+    """Ratio 0 prunes nothing: before, the scale ran the pruning path and counted as pruned, so the cache scale
+    and the first modified scale moved before it and {6: 0, 8: 0.75} sampled other latents than {8: 0.75}."""
+    from radar_train.accel.sca import fastvar_for_attention_budget
+    from radar_train.accel.spec import build_spec
+    from radar_train.sampling import generate_pairs
+
+    vqvae, var = tiny_models
+    pns = var.patch_nums
+    s = NextScaleSampler(var, vqvae.quantize, SamplingConfig(cfg=2.0, top_k=0, top_p=0.0))
+    labels, seeds = torch.tensor([1, 2, 3]), [5, 6, 7]
+    zero, plain = FastVAR(prune=((6, 0.0), (8, 0.75))), FastVAR(prune=((8, 0.75),))
+    assert zero == plain and zero.describe() == plain.describe()
+    assert zero.first_modified_scale(pns) == pns.index(8) and zero.derived(pns) == {"cache_scale_used": 6}
+    a, b = (s.sample(labels, seeds=seeds, accel=m).f_hat for m in (zero, plain))
+    assert torch.equal(a, b)
+    assert generate_pairs(s, labels, zero, seeds=seeds).fork_scale == pns.index(8)
+    build_spec("fastvar:prune=6:0/8:0.75+cache_scale=6", pns, var.depth)  # 6 is before the first pruned scale
+    assert FastVAR(prune=((6, -0.0),)).first_modified_scale(pns) is None
+    method, share = fastvar_for_attention_budget(0.97, pns, [4, 6, 8])  # scale 4 stays whole at this budget
+    assert set(share) == {4, 6, 8} and [pn for pn, _ in method.prune] == [6, 8]
+
+
 def test_pruning_changes_the_result_only_from_the_first_pruned_scale(tiny_models):
     vqvae, var = tiny_models
     s = NextScaleSampler(var, vqvae.quantize, SamplingConfig(cfg=2.0, top_k=0, top_p=0.0))
