@@ -103,8 +103,8 @@ class StageVARArgs:
     use `scales`."""
     scales: Optional[dict[int, float]] = None
     """{scale side: α} for the fidelity-refinement scales; α > 0: random projection with the rank
-    measured at energy α (α must be the rank_ratios file's, or 0.96 without one); α = 0: skip this scale and
-    the rest. Overrides the preset."""
+    measured at energy α (α must be the rank_ratios file's for a scale it holds, 0.96 for one it lacks or
+    without a file); α = 0: skip this scale and the rest. Overrides the preset."""
     single_branch: Literal["cond", "uncond", "off"] = "cond"
     """CFG half kept in the refinement scales (the class branch by default)."""
     rank_ratios: Optional[str] = None
