@@ -70,6 +70,7 @@ class PairDataset(Dataset):
                 raise ValueError(f"shards {ids} lists a shard twice")
         self.shard_ids = ids
         self._paths = [str(scan.complete[s]) for s in ids]
+        self.shard_paths = [Path(p) for p in self._paths]  # (the folders of shard_ids)
         records, bad = [], []
         for p in self._paths:  # every unreadable shard at once
             try:

@@ -13,7 +13,7 @@ from radar_train.cache.layout import dir_bytes, scan_cache
 from radar_train.cache.plan import Plan
 from radar_train.cache.schema import Manifest, read_manifest
 from radar_train.cache.writer import array_checksum, expected_shapes
-from radar_train.inputs import reading
+from radar_train.inputs import InputError, reading
 
 
 def _fmt_bytes(n: float) -> str:
@@ -110,6 +110,39 @@ def _data_files(array_dir: Path) -> str:
 
 def _one_line(e: Exception) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def shard_arrays(group) -> dict[str, np.ndarray]:
+    """Every array of an open shard group, read whole."""
+    return {name: group[name][...] for name in schema.ARRAY_NAMES}
+
+
+def read_checked_shard(path: Path, manifest: Manifest, shard: int) -> dict[str, np.ndarray]:
+    """Every array of complete shard `shard` at `path`, each equal to the checksum the writer stored; InputError
+    naming the shard otherwise (unreadable, not marked complete, another record count than the manifest plans,
+    a shape or dtype the manifest does not give, or data that differs from what was written, e.g. a chunk
+    file gone: Zarr reads it as zeros)."""
+    with reading(path, "cache shard"):
+        g = zarr.open_group(str(path), mode="r")
+        attrs = dict(g.attrs)
+        if attrs.get("complete") is not True:
+            raise InputError(f"{path}: cache shard is not marked complete (run `radar-cache verify`)")
+        first, stop = manifest.shard_range(shard)
+        if attrs.get("count") != stop - first:
+            raise InputError(f"{path}: cache shard holds {attrs.get('count')!r} records, the manifest plans "
+                             f"{stop - first} (run `radar-cache verify`)")
+        arrays = shard_arrays(g)
+    checksums = attrs.get("checksums") if isinstance(attrs.get("checksums"), dict) else {}
+    bad = []
+    for name, (shape, dtype) in expected_shapes(manifest, stop - first).items():
+        a = arrays[name]
+        if a.shape != shape or a.dtype != np.dtype(dtype):
+            bad.append(f"{name} is {a.shape} {a.dtype}, expected {shape} {dtype}")
+        elif checksums.get(name) != array_checksum(a):
+            bad.append(f"{name} differs from its stored checksum")
+    if bad:
+        raise InputError(f"{path}: cache shard {', '.join(bad)} (run `radar-cache verify` for its files)")
+    return arrays
 
 
 def verify_shard(manifest: Manifest, plan: Plan, shard: int, path: Path) -> list[str]:

@@ -26,6 +26,7 @@ from torch.utils.data import IterableDataset
 from radar_train.cache import schema
 from radar_train.cache.layout import scan_cache
 from radar_train.cache.schema import MANIFEST_NAME, Manifest, manifest_differences, read_manifest
+from radar_train.cache.status import read_checked_shard, shard_arrays
 from radar_train.inputs import InputError, read_json, reading
 from radar_train.outputs import atomic_file, write_text_atomic
 
@@ -36,41 +37,6 @@ INDEX_NAME = "index.json"
 
 def tar_name(shard: int) -> str:
     return f"pairs-{shard:05d}.tar"
-
-
-def _shard_arrays(group) -> dict[str, np.ndarray]:
-    """Every array of an open shard group, read whole."""
-    return {name: group[name][...] for name in schema.ARRAY_NAMES}
-
-
-def read_checked_shard(path: Path, manifest: Manifest, shard: int) -> dict[str, np.ndarray]:
-    """Every array of complete shard `shard` at `path`, each equal to the checksum the writer stored; InputError
-    naming the shard otherwise (unreadable, not marked complete, another record count than the manifest plans,
-    a shape or dtype the manifest does not give, or data that differs from what was written, e.g. a chunk
-    file gone: Zarr reads it as zeros)."""
-    from radar_train.cache.writer import array_checksum, expected_shapes
-
-    with reading(path, "cache shard"):
-        g = zarr.open_group(str(path), mode="r")
-        attrs = dict(g.attrs)
-        if attrs.get("complete") is not True:
-            raise InputError(f"{path}: cache shard is not marked complete (run `radar-cache verify`)")
-        first, stop = manifest.shard_range(shard)
-        if attrs.get("count") != stop - first:
-            raise InputError(f"{path}: cache shard holds {attrs.get('count')!r} records, the manifest plans "
-                             f"{stop - first} (run `radar-cache verify`)")
-        arrays = _shard_arrays(g)
-    checksums = attrs.get("checksums") if isinstance(attrs.get("checksums"), dict) else {}
-    bad = []
-    for name, (shape, dtype) in expected_shapes(manifest, stop - first).items():
-        a = arrays[name]
-        if a.shape != shape or a.dtype != np.dtype(dtype):
-            bad.append(f"{name} is {a.shape} {a.dtype}, expected {shape} {dtype}")
-        elif checksums.get(name) != array_checksum(a):
-            bad.append(f"{name} differs from its stored checksum")
-    if bad:
-        raise InputError(f"{path}: cache shard {', '.join(bad)} (run `radar-cache verify` for its files)")
-    return arrays
 
 
 def _shard_samples(arrays: dict[str, np.ndarray]) -> Iterator[dict]:
@@ -138,7 +104,7 @@ def export_wds(cache_dir: str, output: str, progress: bool = True) -> dict:
                       enabled=progress).iterate(todo):
         with reading(scan.complete[s], "cache shard"):  # (checked above: read, not hashed again)
             g = zarr.open_group(str(scan.complete[s]), mode="r")
-            samples = list(_shard_samples(_shard_arrays(g)))
+            samples = list(_shard_samples(shard_arrays(g)))
         with atomic_file(out / tar_name(s)) as tmp, open(tmp, "wb") as f, wds.TarWriter(f) as sink:
             for sample in samples:
                 sink.write(sample)

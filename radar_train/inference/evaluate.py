@@ -169,6 +169,7 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
     `progress`: show the pairs done (radar_train.progress: a bar on a terminal, lines in a log)."""
     from radar_train.cache.reader import BlockShuffleSampler, PairDataset
     from radar_train.cache.schema import read_manifest
+    from radar_train.cache.status import read_checked_shard
     from radar_train.export import check_adapter, decode_with_labels
     from radar_train.progress import Progress
 
@@ -193,6 +194,10 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
     if overlap:
         warnings.warn(f"radar-eval: shards {_ranges(overlap)} of {cache} are training shards of the adapter "
                       f"{adapter_dir}: the metrics include pairs it was trained on (not held-out)", stacklevel=2)
+    ds = PairDataset(cache, shards=list(shards))
+    for shard, path in zip(ds.shard_ids, ds.shard_paths):
+        # data that is not what the writer wrote (a chunk file gone reads as zeros) is refused, not measured
+        read_checked_shard(path, manifest, shard)
     dev = torch.device(device)
     plain, adapted, _ = load_decoders(manifest, meta, adapter_dir, vae_checkpoint, dev)
     lp = None
@@ -200,7 +205,6 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
         from radar_train.train.lpips import load_lpips
 
         lp = load_lpips(lpips.vgg, lpips.heads, ("--lpips.vgg", "--lpips.heads")).to(dev).eval()
-    ds = PairDataset(cache, shards=list(shards))
     loader = DataLoader(ds, batch_size=batch_size, sampler=BlockShuffleSampler(ds, shuffle=False),
                         num_workers=num_workers)
     stats = RestorationStats(dev)

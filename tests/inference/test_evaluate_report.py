@@ -52,3 +52,25 @@ def test_radar_eval_lpips_is_the_mean_lpips_of_each_decode_against_the_vanilla_o
     assert r["delta_lpips"] == r["lpips_adapted"] - r["lpips_baseline"]
     assert r["lpips_baseline"] > 0 and r["delta_lpips"] != 0
     assert f"ΔLPIPS: {r['delta_lpips']:+.4f}" in markdown_table(r)
+
+
+def test_radar_eval_refuses_a_shard_whose_data_is_not_what_was_written(trained_run, tmp_path):
+    """A chunk file gone (an interrupted copy): Zarr reads it as zeros, and radar-eval measured those zeros as
+    latents (PSNR 3.5 dB lower, exit 0). It is one error line naming the shard, before anything is written."""
+    import shutil
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    shutil.copytree(trained_run["cache"], cache)
+    chunks = sorted(p for p in (cache / "shard-00004.zarr" / "fhat_lq").rglob("*") if p.is_file() and p.name != "zarr.json")
+    assert chunks
+    chunks[-1].unlink()
+    out = tmp_path / "eval"
+    r = subprocess.run([sys.executable, "-m", "radar_train.cli.eval", "--cache", str(cache), "--adapter",
+                        str(trained_run["adapter"]), "--output", str(out), "--device", "cpu"],
+                       capture_output=True, text=True, timeout=300)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1, r.stderr[-2000:]
+    assert err[0].startswith("error: ") and "shard-00004.zarr" in err[0] and "fhat_lq differs from its stored checksum" in err[0]
+    assert not out.exists()
