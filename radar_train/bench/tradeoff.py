@@ -453,7 +453,7 @@ def redraw(result: str, output: str, quality_metric: str = "auto", speed: Litera
         raise ValueError(f"{result}: not a radar-bench tradeoff result (needs rows, groups, quality_metric, config)")
     doc = {**doc, "quality_metric": resolve_metric(quality_metric, bool(doc.get("toy_fid")), "--quality_metric"),
            "speed_axis": speed}
-    check_output_file(output, "--output", inputs={"--result": result}, overwrite=overwrite)
+    check_output_file(output, "output", inputs={"result": result}, overwrite=overwrite)  # (positionals: by name)
     with atomic_file(output) as tmp:
         draw_chart(doc).save(tmp, format="PNG")
     print(f"wrote {output}")

@@ -95,8 +95,12 @@ def test_redraw_draws_an_earlier_result_with_another_metric(tmp_path, capsys):
     assert redraw(str(result), str(tmp_path / "acc.png"), quality_metric="class_accuracy", speed="e2e") == 0
     with Image.open(tmp_path / "acc.png") as im:
         assert im.format == "PNG" and im.size == (960, 640)
-    with pytest.raises(ValueError, match="--overwrite"):
+    with pytest.raises(ValueError, match="--overwrite") as e:
         redraw(str(result), str(tmp_path / "acc.png"), quality_metric="class_accuracy")
+    assert str(e.value).startswith("output ") and "--output" not in str(e.value)  # positionals: by their names
+    with pytest.raises(ValueError, match="is the input result") as e:
+        redraw(str(result), str(result), overwrite=True)
+    assert "--output" not in str(e.value) and "--result" not in str(e.value)
     with pytest.raises(ValueError, match="not a radar-bench tradeoff result"):
         (tmp_path / "other.json").write_text(json.dumps({"rows": []}))
         redraw(str(tmp_path / "other.json"), str(tmp_path / "x.png"))
