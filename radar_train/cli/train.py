@@ -374,6 +374,7 @@ def run_lightning(argv: list[str]) -> None:
     Lightning's MisconfigurationException (a setting it refuses) becomes a ValueError: one error line (it is
     not in run_main's errors since importing it takes seconds, which `radar-train export` and --help skip)."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from radar_train.cli.common import tidy_lightning_logging
     from radar_train.train.datamodule import PairDataModule
@@ -389,6 +390,10 @@ def run_lightning(argv: list[str]) -> None:
                 parser_kwargs={"default_env": False, "exit_on_error": False, "prog": "radar-train"})
     except MisconfigurationException as e:
         raise ValueError(str(e)) from None
+    except SIGTERMException:  # a SystemExit without a status: the run did not finish, so not 0
+        print("radar-train: stopped by SIGTERM; a run with checkpoints saved the step it stopped at (resume it "
+              "with --ckpt_path last)", file=sys.stderr, flush=True)
+        sys.exit(128 + signal.SIGTERM)
 
 
 def _body(argv: list[str]) -> int:

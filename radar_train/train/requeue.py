@@ -64,6 +64,11 @@ class StepBoundaryRequeue:
             signal.signal(self._signum, self._previous)
             self._signum = None
 
+    @property
+    def done(self) -> bool:
+        """Whether this run has saved and asked for its requeue (SLURM's SIGTERM then ends the job)."""
+        return self._done
+
     def _note(self, signum, frame) -> None:
         self._noted = True
         log.info("requeue signal %s: saving and requeueing at the end of this training step", signum)

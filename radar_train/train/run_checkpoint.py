@@ -20,6 +20,7 @@ from __future__ import annotations
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from .requeue import StepBoundaryRequeue
+from .stop_signal import StepBoundaryStop
 
 __all__ = ["RunCheckpoint"]
 
@@ -42,19 +43,31 @@ class RunCheckpoint(ModelCheckpoint):
         self._after_validation = False  # this step's save waits for the validation due at it
         self._requeue = StepBoundaryRequeue()
         self._requeue_after_validation = False  # so does a requeue save asked for during the step
+        self._stop = StepBoundaryStop()
+        self._stop_after_validation = False  # so does a SIGTERM's save and stop
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage == "fit":
             self._requeue.install(trainer)
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._stop.install()  # (after Lightning's own SIGTERM handler, which it registers before training)
+
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self._requeue.uninstall()
+        self._stop.uninstall()
         super().teardown(trainer, pl_module, stage)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         follows = validation_follows(trainer)
         requeue = self._requeue.due(trainer)
+        if not trainer.fit_loop.epoch_loop._should_accumulate() and self._stop.due(trainer):
+            if follows:  # after that validation (on_validation_end), as the run's own save of this step
+                self._stop_after_validation = True
+            else:
+                self._save_and_stop(trainer)
         if self._train_time_interval is None and follows:
             every = self._every_n_train_steps
             self._after_validation = every >= 1 and trainer.global_step % every == 0 \
@@ -76,6 +89,9 @@ class RunCheckpoint(ModelCheckpoint):
                 self._after_validation or self._last_global_step_saved == trainer.global_step):
             self._after_validation = False
             self._save_both(trainer)
+        if self._stop_after_validation or self._stop.due(trainer):  # a SIGTERM during the validation, too
+            self._stop_after_validation = False
+            self._save_and_stop(trainer)
         if self._requeue_after_validation or self._requeue.due(trainer):  # a signal during the validation, too
             self._requeue_after_validation = False
             self._requeue.requeue(trainer)
@@ -86,6 +102,15 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_both(trainer)
         self._after_validation = False
         super().on_train_end(trainer, pl_module)
+
+    def _save_and_stop(self, trainer) -> None:
+        """SIGTERM at a save point: this step's checkpoint (unless just saved, or the run was requeued: the
+        requeue checkpoint is the one its restart resumes from, and SLURM's SIGTERM follows every requeue),
+        then Lightning's stop."""
+        if trainer.global_step > 0 and self._last_global_step_saved != trainer.global_step \
+                and not trainer.fast_dev_run and not self._requeue.done:
+            self._save_both(trainer)
+        self._stop.stop(trainer)
 
     def _save_both(self, trainer) -> None:
         candidates = self._monitor_candidates(trainer)  # (top-1, no monitor: the step's file and last.ckpt)

@@ -1,0 +1,65 @@
+"""`radar-train fit` stopped by SIGTERM (kill, docker stop, a preempting scheduler, scancel): it saves the step it
+stops at and exits with status 143, and the run resumed from that checkpoint ends bit-identical to an
+uninterrupted one. Lightning alone stopped without saving (every step since the last periodic checkpoint
+lost) and exited 0, so `radar-train fit ... && radar-eval ...` went on as if the run had finished."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+MAX_STEPS = 6
+
+
+def _command(cache: str, run: Path, term_at: int = 0) -> list[str]:
+    callbacks = [{"class_path": "self_term.SelfTerm", "init_args": {"step": term_at}}] if term_at else []
+    return [sys.executable, "-m", "radar_train.cli.train", "fit", "--config", str(ROOT / "configs/train/tiny.yaml"),
+            "--trainer.default_root_dir", str(run), "--trainer.max_steps", str(MAX_STEPS),
+            "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1", "--trainer.logger", "false",
+            "--trainer.enable_progress_bar", "false", "--trainer.callbacks", json.dumps(callbacks),
+            "--data.caches", json.dumps([{"path": cache, "train_shards": "0-1", "val_shards": "14"}]),
+            "--data.batch_size", "4", "--data.val_batch_size", "4", "--data.num_workers", "0",
+            "--model.lora.dropout", "0.1", "--model.output.save_every_n_steps", "1000",
+            "--model.monitor.images_every_n_steps", "0", "--model.monitor.train_metrics_every_n_steps", "0"]
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "scripts"), str(ROOT)]),
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _last(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def test_sigterm_saves_the_step_it_stops_at_exits_143_and_the_run_resumes_exactly(tiny_cache, tmp_path):
+    from safetensors.torch import load_file
+
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    r = _run(_command(tiny_cache, full))
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    # step 3: no validation due -> saved at the step's end
+    r = _run(_command(tiny_cache, stopped, term_at=3))
+    assert r.returncode == 143, r.stderr[-3000:]
+    assert "stopped by SIGTERM" in r.stderr and not (stopped / "final").exists()
+    assert _last(stopped)["global_step"] == 3
+    metrics_before = _last(stopped)["radar"]["metrics"]  # those of the validation at step 2
+
+    # step 4: a validation is due -> it runs, then the step is saved (with its metrics) and the run stops
+    r = _run(_command(tiny_cache, stopped, term_at=4) + ["--ckpt_path", "last"])
+    assert r.returncode == 143, r.stderr[-3000:]
+    last = _last(stopped)
+    assert last["global_step"] == 4 and last["radar"]["metrics"] and last["radar"]["metrics"] != metrics_before
+
+    r = _run(_command(tiny_cache, stopped) + ["--ckpt_path", "last"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = (load_file(str(run / "final" / "adapter_model.safetensors")) for run in (full, stopped))
+    assert a.keys() == b.keys() and a and all(torch.equal(a[k], b[k]) for k in a)
+    assert _last(stopped)["global_step"] == MAX_STEPS
