@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from radar_train.accel.base import AccelMethod, AccelRun, Branch, RunContext, branch_rows
 from radar_train import noise
-from radar_train.config import Noise, SamplingConfig
+from radar_train.config import SamplingConfig
 from radar_train.engine import ENGINES, engines_for, make_engine, resolve_engine
 from radar_train.models.quantizer import MultiScaleQuantizer
 from radar_train.models.var import VAR

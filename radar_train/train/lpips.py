@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["LPIPS", "load_lpips"]

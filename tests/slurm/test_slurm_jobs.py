@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from slurm_cluster import FAST_TRAINING, REPO, Cluster, cancel, tail_logs, wait_final_states, wait_for
+from slurm_cluster import FAST_TRAINING, REPO, Cluster, cancel, tail_logs, wait_final_states
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
 
