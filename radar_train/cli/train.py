@@ -423,7 +423,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     for handler in logging.getLogger().handlers:  # our INFO lines once per run, not once per device
         if not any(isinstance(f, RankZeroInfo) for f in handler.filters):
             handler.addFilter(RankZeroInfo())
-    run_main("radar-train", _body, argv, check_configs=False)
+    args = sys.argv[1:] if argv is None else argv
+    sub = args[0] if args and args[0] in LIGHTNING_SUBCOMMANDS + ("export",) else None
+    # a parse error's hint names the subcommand's help, which lists its options (`radar-train --help` does not)
+    run_main(f"radar-train {sub}" if sub else "radar-train", _body, argv, check_configs=False)
 
 
 if __name__ == "__main__":

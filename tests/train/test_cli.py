@@ -186,6 +186,15 @@ def test_export_of_a_missing_checkpoint_is_one_error_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_parse_error_points_to_the_subcommands_help(tmp_path, capsys):
+    """`radar-train --help` lists the subcommands, not their options: the hint names `radar-train fit --help`."""
+    assert _run(["fit", "--trainer.max_steps", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "--data.caches" in err and err.endswith("(`radar-train fit --help` lists the options)")
+    assert _run(["export", "--bogus", "1"]) == 2
+    assert capsys.readouterr().err.strip().endswith("(`radar-train export --help` lists the options)")
+
+
 def test_fit_help_leads_with_the_options_people_change(capsys):
     assert _run(["fit", "--help"]) == 0
     out = capsys.readouterr().out.splitlines()
