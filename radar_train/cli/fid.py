@@ -49,8 +49,8 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
         seeds: ignored (radar-generate key).
         grid_scale: ignored (radar-generate key).
         overwrite: replace fid.json / fid.md (and reference_stats.npz, samples_*.npz) of an earlier run in the
-            output folder; an earlier samples_*.npz this run does not write goes (without it they are refused;
-            other files there are left alone).
+            output folder; an earlier samples_*.npz or reference_stats.npz this run does not write goes (unless
+            it is this run's --reference; without --overwrite they are refused; other files there are left alone).
     """
     from radar_train.inference import PipelineArgs, RadarPipeline
     from radar_train.inference.fid import (evaluate_generation, file_sha256, load_inception, markdown_report,
@@ -79,7 +79,12 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     npz_names = {r: npz_name(r) for r in runs} if save_npz else {}
     # every run's samples file, this run's or not: an earlier run's (e.g. of an adapter this run has not) is
     # replaced or removed with --overwrite, never left beside this run's output as if it were part of it
-    entries = (["fid.json", "fid.md"] + (["reference_stats.npz"] if reference and Path(reference).is_dir() else [])
+    writes_ref = reference is not None and Path(reference).is_dir()
+    # an earlier run's reference_stats.npz goes too (with --overwrite), unless it is this run's --reference
+    earlier_ref = Path(output) / "reference_stats.npz"
+    stale_ref = not writes_ref and earlier_ref.is_file() and not (
+        reference is not None and Path(reference).resolve() == earlier_ref.resolve())
+    entries = (["fid.json", "fid.md"] + (["reference_stats.npz"] if writes_ref or stale_ref else [])
                + [npz_name(r) for r in ALL_RUNS])
     check_output_dir(output, entries, "--output", {"--inception": inception, "--inception_logits": inception_logits,
                                                    "--reference": reference, "--adapter": adapter,
@@ -132,10 +137,10 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
         }
         result["samples_npz"] = npz_names or None
         write_report(result, stage)
-        if "reference_stats.npz" in entries:
+        if writes_ref:
             ref.save(stage / "reference_stats.npz")
     print(markdown_report(result))
-    if "reference_stats.npz" in entries:
+    if writes_ref:
         print(f"reference statistics of {ref.n} images saved to {Path(output) / 'reference_stats.npz'} "
               f"(reusable as --reference)")
     for name in npz_names.values():

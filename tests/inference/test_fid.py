@@ -226,6 +226,15 @@ def test_cli_writes_fid_json_on_the_tiny_preset(extractors, tmp_path, capsys):
     r2 = json.loads((out2 / "fid.json").read_text())
     assert r2["fid_vs_reference"] == pytest.approx(r["fid_vs_reference"], rel=1e-9)
     assert r2["inception_score"] is None
+    # again into the first folder: its reference_stats.npz as this run's --reference stays; any other .npz
+    # reference makes it an earlier run's file, which --overwrite removes (it would stand beside this fid.json)
+    saved = (out / "reference_stats.npz").read_bytes()
+    again = common + ["--output", str(out), "--overwrite", "true", "--reference"]
+    assert _main(again + [str(out / "reference_stats.npz")]) == 0
+    assert (out / "reference_stats.npz").read_bytes() == saved
+    (tmp_path / "elsewhere.npz").write_bytes(saved)
+    assert _main(again + [str(tmp_path / "elsewhere.npz")]) == 0
+    assert not (out / "reference_stats.npz").exists() and (tmp_path / "elsewhere.npz").read_bytes() == saved
 
 
 class _FloatOnly(nn.Module):
