@@ -146,9 +146,10 @@ class CacheJob:
                                                self.manifest.latent_dtype, on_batch=_beating(tmp, bar.update))
                 summary.generate_seconds += time.perf_counter() - tg
                 writer.submit(tmp, s, plan.shard_range(s)[0], arrays)
-                summary.samples_written += len(arrays[schema.LABEL])
             writer.wait()
         summary.shards_written = sorted(writer.written)
+        # those committed by this process (a shard another worker completed first is not)
+        summary.samples_written = sum(plan.shard_range(s)[1] - plan.shard_range(s)[0] for s in summary.shards_written)
         summary.seconds = time.perf_counter() - t0
         print_fn(f"radar-cache: worker {self.split.worker_index}/{self.split.num_workers} wrote "
                  f"{len(summary.shards_written)} shards ({summary.samples_written} samples), skipped "

@@ -65,7 +65,9 @@ def _launched_processes(env: Mapping[str, str]) -> Optional[tuple[int, int]]:
 
 def resolve_workers(num_workers: Optional[int] = None, worker_index: Optional[int] = None,
                     env: Mapping[str, str] = os.environ) -> WorkerSplit:
-    """The worker split from explicit values, else the SLURM array and the launcher's processes."""
+    """The worker split from explicit values, else the SLURM array and the launcher's processes. Both explicit
+    values name this machine's share in place of the array's; a launcher's processes split it (N x W workers,
+    this one I x W + rank); one explicit value takes the other from the array and the launcher."""
     array = _slurm_array(env)
     procs = _launched_processes(env)
     A, a = array or (1, 0)
@@ -76,9 +78,17 @@ def resolve_workers(num_workers: Optional[int] = None, worker_index: Optional[in
         if not sources and (num_workers is None or worker_index is None) and (num_workers or 1) > 1:
             raise ValueError("give both --num-workers and --worker-index (no SLURM array or launcher "
                              "process rank to take the other from)")
-        sources = ["command line"] + sources
-        n = num_workers if num_workers is not None else n
-        i = worker_index if worker_index is not None else i
+        if num_workers is not None and worker_index is not None:
+            # both: the machine's share (the SLURM array's place), split among this machine's launched processes
+            # (without that, every process would write the same shards)
+            sources = ["command line"] + [s for s in sources if s != "SLURM array"]
+            n, i = num_workers * W, worker_index * W + r
+            if not 0 <= worker_index < num_workers:
+                raise ValueError(f"worker_index {worker_index} is outside [0, num_workers={num_workers})")
+        else:
+            sources = ["command line"] + sources
+            n = num_workers if num_workers is not None else n
+            i = worker_index if worker_index is not None else i
     if not 0 <= i < n:
         raise ValueError(f"worker_index {i} is outside [0, num_workers={n})")
     return WorkerSplit(n, i, " × ".join(sources) or "single worker", W, r)

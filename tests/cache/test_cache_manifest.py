@@ -116,6 +116,22 @@ def test_command_line_wins_over_the_environment():
     assert resolve_workers(num_workers=4, env=env).worker_index == 1
 
 
+def test_both_explicit_values_are_split_among_a_launchers_processes(monkeypatch):
+    """`torchrun --nproc_per_node 2 radar-cache run --num_workers 2 --worker_index 0`: the machine's share is
+    split between its two processes (workers 0 and 1 of 4), not written twice (both were worker 0 of 2)."""
+    import radar_train.cache.workers as workers
+
+    owners: dict[int, list] = {}
+    for machine in (0, 1):
+        for rank in (0, 1):
+            monkeypatch.setattr(workers, "_launched_processes", lambda env, rank=rank: (2, rank))
+            s = resolve_workers(num_workers=2, worker_index=machine, env={})
+            assert s.num_workers == 4 and s.source == "command line × torchrun/accelerate processes"
+            for shard in s.shards(21):
+                owners.setdefault(shard, []).append((machine, rank))
+    assert sorted(owners) == list(range(21)) and all(len(v) == 1 for v in owners.values())
+
+
 def test_bad_worker_split_is_refused():
     with pytest.raises(ValueError, match="outside"):
         resolve_workers(num_workers=2, worker_index=2, env={})

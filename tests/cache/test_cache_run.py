@@ -152,3 +152,21 @@ def test_skipped_scales_are_stored_as_minus_one(tmp_path):
     last = 8 * 8  # tokens of the skipped last scale (patch_nums 1, 2, 3, 4, 6, 8)
     assert lq.dtype == np.int16 and (lq[:, -last:] == -1).all() and (lq[:, :-last] >= 0).all()
     assert (hq >= 0).all()
+
+
+def test_shards_another_worker_completed_first_are_not_counted_as_written(tmp_path, monkeypatch):
+    """Two processes with the same share (e.g. a resubmitted job while the first still runs): the one whose
+    commits find the shards complete reports 0 written (it counted every sample it generated)."""
+    import radar_train.cache.generate as generate
+
+    out = tmp_path / "c"
+    args = run_args(build_run_parser().parse_args(["--config", str(TINY_CONFIG), "--output", str(out),
+                                                   *[a.replace("-size", "_size") for a in SMALL],
+                                                   "--plan.images_per_class", "1"]))
+    first, second = generate.prepare_job(args), generate.prepare_job(args)
+    before = generate.scan_cache(out, first.plan.num_shards)  # what the second saw when it started
+    done = first.run(print_fn=lambda s: None)
+    monkeypatch.setattr(generate, "scan_cache", lambda *a: before)
+    summary = second.run(print_fn=lambda s: None)
+    assert done.shards_written == list(range(3)) and done.samples_written == 10
+    assert summary.shards_written == [] and summary.samples_written == 0
