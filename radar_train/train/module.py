@@ -158,6 +158,7 @@ class RadarLoraModule(pl.LightningModule):
         self.adversarial = build_adversarial(adversarial, cfg.image_size)  # training-only: not in trainable_params
         self.strict_loading = False  # checkpoints hold the LoRA tensors only
         self.val_stats = RestorationStats()
+        self._val_loss = torch.zeros(2, dtype=torch.float64)  # this validation's Σ batch loss x pairs, pairs
         self._val_left: Optional[int] = None  # validation pairs of this rank still to count (None: all)
         self.val_metrics: dict[str, float] = {}
         self.cache_info: list[dict] = []
@@ -166,6 +167,7 @@ class RadarLoraModule(pl.LightningModule):
         self._image_step: Optional[int] = None  # step of the last image grid logged
         self._export_step: Optional[int] = None  # step of the last step-NNNNNN/ export
         self._export_pending: Optional[int] = None  # step whose export waits for the validation due at it
+        self._train_started = False  # whether this fit ran its training loop (not when resumed at its end)
         self._train_sums: Optional[tuple[int, torch.Tensor]] = None  # (step, training-batch PSNR, SSIM sums, count)
         self._step_rng = StepRng()  # the training forward's random stream (LoRA dropout), checkpointed
         self._t_last: Optional[float] = None
@@ -303,6 +305,7 @@ class RadarLoraModule(pl.LightningModule):
         self._t_last = None
 
     def on_train_start(self) -> None:
+        self._train_started = True
         self._rates_from_the_schedule()
         self._export_owed_by_the_checkpoint()
         if self.optim_args.compile and self.device.type == "cpu" and self.trainer.is_global_zero:
@@ -348,6 +351,22 @@ class RadarLoraModule(pl.LightningModule):
         self.log_image_grid()
         if self.output.export_final and self._training_finished():
             self.export_final(Path(self.trainer.default_root_dir) / "final")
+
+    def on_fit_start(self) -> None:
+        self._train_started = False
+
+    def on_fit_end(self) -> None:
+        """A run resumed from a checkpoint at its end (max_steps): Lightning runs no training loop, so neither
+        on_train_start nor on_train_end; the exports that the run killed (or stopped by SIGTERM) there owed are
+        written here: the step export, and final/ when missing (with model.ema, the average)."""
+        if self._train_started or self.trainer.ckpt_path is None:
+            return
+        self._export_owed_by_the_checkpoint()
+        final = Path(self.trainer.default_root_dir) / "final"
+        if self.output.export_final and self._training_finished() and not final.exists():
+            log.info("writing final/, which the run resumed at its end had not exported")
+            with self._averaged_weights():
+                self.export_final(final)
 
     def _early_stopped(self) -> bool:
         es = self.trainer.early_stopping_callback
@@ -413,6 +432,7 @@ class RadarLoraModule(pl.LightningModule):
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
         self.val_stats = RestorationStats(self.device)
+        self._val_loss = torch.zeros(2, dtype=torch.float64, device=self.device)
         self._val_left = self._val_unique()
 
     def _val_unique(self) -> Optional[int]:
@@ -427,8 +447,7 @@ class RadarLoraModule(pl.LightningModule):
         hq, lq, labels = batch["fhat_hq"], batch["fhat_lq"], batch.get("label")
         if self._val_left is not None:  # a padded repeat is counted on the rank whose pair it is, not again here
             keep, self._val_left = max(0, min(hq.shape[0], self._val_left)), self._val_left - hq.shape[0]
-            if keep == 0:  # (still logged, with no weight: every rank takes part in val/loss's reduction)
-                self.log("val/loss", torch.zeros((), device=self.device), batch_size=0, sync_dist=True)
+            if keep == 0:
                 return
             hq, lq, labels = hq[:keep], lq[:keep], None if labels is None else labels[:keep]
         feats = self.loss_args.needs_features
@@ -439,7 +458,11 @@ class RadarLoraModule(pl.LightningModule):
         harmless = self.decode(hq, adapters=True, labels=labels)[0]
         identity = harmless if self.loss_args.identity_weight > 0 else None
         loss, _ = self.loss_fn(student, teacher, s_feats, t_feats, identity)
-        self.log("val/loss", loss, batch_size=hq.shape[0], sync_dist=True)
+        # summed here and reduced over the ranks in _record_validation: Lightning's weighted mean (sync_dist) holds
+        # the batch sizes as an integer tensor, and their mean over ranks is truncated when they differ (val/loss
+        # x1.5 on 3 pairs over 2 ranks)
+        self._val_loss += torch.stack([loss.detach().double() * hq.shape[0],
+                                       torch.tensor(float(hq.shape[0]), dtype=torch.float64, device=loss.device)])
         self.val_stats.update(to_unit(teacher), to_unit(baseline), to_unit(student), to_unit(harmless))
 
     def on_validation_epoch_end(self) -> None:
@@ -454,11 +477,14 @@ class RadarLoraModule(pl.LightningModule):
     def _record_validation(self) -> None:
         """The validation's metrics, reduced over the ranks: logged, and kept for radar_config.yaml."""
         sums = self.trainer.strategy.reduce(self.val_stats.sums, reduce_op="sum")
+        loss_sum, pairs = self.trainer.strategy.reduce(self._val_loss, reduce_op="sum").tolist()
         metrics = self.val_stats.compute(sums)
         if not metrics:
             return
         self.val_metrics = metrics
         self.log_dict({f"val/{k}": float(v) for k, v in metrics.items()}, sync_dist=False)
+        if pairs > 0:
+            self.log("val/loss", loss_sum / pairs, sync_dist=False, prog_bar=False)
         if self.trainer.is_global_zero:
             log.info("step %d: val PSNR student %.2f dB, baseline %.2f dB (Δ %+.2f dB), G_mse %.3f, SSIM %.4f vs %.4f, "
                      "harmless %.2f dB", self.global_step, metrics["psnr_student"], metrics["psnr_baseline"],

@@ -17,12 +17,16 @@ signal lands (requeue.py: a mid-step save resumed one batch late).
 """
 from __future__ import annotations
 
+import logging
+
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from .requeue import StepBoundaryRequeue
 from .stop_signal import StepBoundaryStop
 
 __all__ = ["RunCheckpoint"]
+
+log = logging.getLogger(__name__)
 
 
 def validation_follows(trainer) -> bool:
@@ -107,6 +111,10 @@ class RunCheckpoint(ModelCheckpoint):
         """SIGTERM at a save point: this step's checkpoint (unless just saved, or the run was requeued: the
         requeue checkpoint is the one its restart resumes from, and SLURM's SIGTERM follows every requeue),
         then Lightning's stop."""
+        if 0 < trainer.max_steps <= trainer.global_step:  # the last step: training ends now anyway, with final/
+            log.info("SIGTERM at the last step: finishing (checkpoint and final/) instead of stopping")
+            self._stop.uninstall()
+            return
         if trainer.global_step > 0 and self._last_global_step_saved != trainer.global_step \
                 and not trainer.fast_dev_run and not self._requeue.done:
             self._save_both(trainer)

@@ -1,4 +1,4 @@
-"""A step export that a kill (or a SLURM requeue save) cut off is written when the run resumes.
+"""A step export or final/ that a kill (or a SLURM requeue save) cut off is written when the run resumes.
 
 Without a validation at an export step, the run's checkpoint of that step is saved (a callback) before the
 module exports step-NNNNNN/ (its own end-of-step hook): a run killed between the two resumes past the step.
@@ -28,19 +28,29 @@ def _fit(root, steps: int, loader, ema: EmaArgs, ckpt_path=None) -> None:
     trainer.fit(module, loader(), ckpt_path=ckpt_path)
 
 
-@pytest.mark.parametrize("ema", [EmaArgs(), EmaArgs(decay=0.5)], ids=["plain", "ema"])
-def test_a_resumed_run_writes_the_step_export_its_checkpoint_owes(tmp_path, make_loader, ema):
-    _fit(tmp_path, 2, make_loader, ema)
-    export = tmp_path / "step-000002"
-    want = load_file(str(export / "adapter_model.safetensors"))
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
-    shutil.rmtree(export)  # what a kill between the checkpoint's save and the export leaves
-
-    _fit(tmp_path, 4, make_loader, ema, ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt"))
-    got = load_file(str(export / "adapter_model.safetensors"))
+def _same(folder, want: dict) -> None:
+    got = load_file(str(folder / "adapter_model.safetensors"))
     assert got.keys() == want.keys() and want
     for k in want:
         assert torch.equal(got[k], want[k]), k
+
+
+@pytest.mark.parametrize("ema", [EmaArgs(), EmaArgs(decay=0.5)], ids=["plain", "ema"])
+def test_a_resumed_run_writes_the_exports_its_checkpoint_owes(tmp_path, make_loader, ema):
+    _fit(tmp_path, 2, make_loader, ema)
+    export, final, last = tmp_path / "step-000002", tmp_path / "final", str(tmp_path / "checkpoints" / "last.ckpt")
+    want, want_final = (load_file(str(f / "adapter_model.safetensors")) for f in (export, final))
+    # what a kill between the last step's checkpoint and its exports leaves: resumed at its end, Lightning runs
+    # no training loop (no on_train_start / on_train_end), and the run wrote neither, ever again
+    shutil.rmtree(export)
+    shutil.rmtree(final)
+    _fit(tmp_path, 2, make_loader, ema, ckpt_path=last)
+    _same(export, want)
+    _same(final, want_final)
+
+    shutil.rmtree(export)  # a kill between a step's checkpoint and its export, the run then going on
+    _fit(tmp_path, 4, make_loader, ema, ckpt_path=last)
+    _same(export, want)
     assert (tmp_path / "step-000004").is_dir()
 
 
