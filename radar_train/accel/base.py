@@ -129,6 +129,17 @@ class AccelMethod:
         return {}
 
 
+def other_weights(recorded: Optional[dict], var_identity) -> Optional[str]:
+    """None if a calibration file's recorded VAR identity ({kind, value}; kind None in older files: compared by
+    value) is that of `var_identity` (a `ModelIdentity` or its dict); else this VAR as 'kind value' (shortened),
+    for the refusal. What a calibration measured (mask tiles, rank ratios) holds for its own weights only."""
+    ident = var_identity.to_dict() if hasattr(var_identity, "to_dict") else dict(var_identity)
+    kind, value = (recorded or {}).get("kind"), (recorded or {}).get("value")
+    if value is not None and value == ident.get("value") and kind in (None, ident.get("kind")):
+        return None
+    return f"{ident.get('kind')} {str(ident.get('value'))[:20]}"
+
+
 def flop_constants(cfg) -> tuple[float, float, float]:
     """Multiply-adds per CFG row of the FLOP models (sca.ideal_speedup, fastvar.ideal_speedup), cfg a VARConfig:
     (linear layers per token and block: (4 + 2·mlp_ratio)·C² for qkv, proj and FFN; the head per token: C·V;

@@ -45,7 +45,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from radar_train.accel.base import AccelMethod, AccelRun, Branch, ConfigError, RunContext, flop_constants
+from radar_train.accel.base import AccelMethod, AccelRun, Branch, ConfigError, RunContext, flop_constants, other_weights
 from radar_train.models.hooks import StepHooks
 
 PRESETS: dict[str, tuple[float, float]] = {  # (compute budget, memory budget), methods.md §8.2f
@@ -563,12 +563,12 @@ class SCAMask(AccelMethod):
         if self.mask is None:
             return []
         mine = self.mask.header["model"].get("var") or {}
-        ident = var_identity.to_dict() if hasattr(var_identity, "to_dict") else dict(var_identity)
-        if (mine.get("kind"), mine.get("value")) != (ident.get("kind"), ident.get("value")):
-            return [f"mask file {self.mask.path} was calibrated on other weights ({mine.get('kind')} "
-                    f"{str(mine.get('value'))[:20]}, preset {self.mask.header['model'].get('preset')}) than this "
-                    f"VAR ({ident.get('kind')} {str(ident.get('value'))[:20]}); calibrate one for it"]
-        return []
+        this = other_weights(mine, var_identity)
+        if this is None:
+            return []
+        return [f"mask file {self.mask.path} was calibrated on other weights ({mine.get('kind')} "
+                f"{str(mine.get('value'))[:20]}, preset {self.mask.header['model'].get('preset')}) than this "
+                f"VAR ({this}); calibrate one for it"]
 
     # -------------------------------------------------------------- the masks
     @property

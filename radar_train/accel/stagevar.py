@@ -21,7 +21,7 @@ from typing import Callable, Literal, NamedTuple, Optional, Sequence
 import torch
 import yaml
 
-from radar_train.accel.base import AccelMethod, AccelRun, Branch, RunContext, ScalePlan, flop_constants
+from radar_train.accel.base import AccelMethod, AccelRun, Branch, RunContext, ScalePlan, flop_constants, other_weights
 from radar_train.accel.fastvar import resize_tokens
 from radar_train.models.hooks import StepHooks
 from radar_train import noise
@@ -167,12 +167,12 @@ class StageVAR(AccelMethod):
         if self.rank_ratios_var is None:
             return []
         kind, value = self.rank_ratios_var
-        ident = var_identity.to_dict() if hasattr(var_identity, "to_dict") else dict(var_identity)
-        if value == ident.get("value") and kind in (None, ident.get("kind")):
+        this = other_weights({"kind": kind, "value": value}, var_identity)
+        if this is None:
             return []
         return [f"stagevar rank ratios {self.rank_ratios_file} were calibrated on other weights ({kind or 'value'} "
-                f"{value[:20]}) than this VAR ({ident.get('kind')} {str(ident.get('value'))[:20]}); calibrate "
-                f"one for it (`radar-accel calibrate --accel.method stagevar`)"]
+                f"{value[:20]}) than this VAR ({this}); calibrate one for it (`radar-accel calibrate --accel.method "
+                f"stagevar`)"]
 
     def first_modified_scale(self, patch_nums: Sequence[int]) -> Optional[int]:
         idx = [list(patch_nums).index(pn) for pn, _ in self.scales if pn in patch_nums]

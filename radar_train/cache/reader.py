@@ -70,7 +70,6 @@ class PairDataset(Dataset):
                 raise ValueError(f"shards {ids} lists a shard twice")
         self.shard_ids = ids
         self._paths = [str(scan.complete[s]) for s in ids]
-        self.shard_paths = [Path(p) for p in self._paths]  # (the folders of shard_ids)
         records, bad = [], []
         for p in self._paths:  # every unreadable shard at once
             try:
@@ -101,6 +100,11 @@ class PairDataset(Dataset):
         if missing:
             raise ValueError(f"{path} has no array {', '.join(missing)} (run `radar-cache verify`)")
         return g[schema.LABEL][:], g[schema.SEED][:], g[schema.INDEX][:]
+
+    @property
+    def shard_paths(self) -> list[Path]:
+        """The folders of `shard_ids`, in that order."""
+        return [Path(p) for p in self._paths]
 
     def __len__(self) -> int:
         return int(self._offsets[-1])

@@ -77,13 +77,13 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
         raise InputError(f"{reference}: --reference not found (an .npz of mu / sigma, or a folder of images)")
     runs = ["vanilla", "accelerated"] + (["accelerated+adapter"] if adapter is not None else [])
     npz_names = {r: npz_name(r) for r in runs} if save_npz else {}
-    # every run's samples file, this run's or not: an earlier run's (e.g. of an adapter this run has not) is
-    # replaced or removed with --overwrite, never left beside this run's output as if it were part of it
     writes_ref = reference is not None and Path(reference).is_dir()
     # an earlier run's reference_stats.npz goes too (with --overwrite), unless it is this run's --reference
     earlier_ref = Path(output) / "reference_stats.npz"
     stale_ref = not writes_ref and earlier_ref.is_file() and not (
         reference is not None and Path(reference).resolve() == earlier_ref.resolve())
+    # every run's samples file, this run's or not: an earlier run's (e.g. of an adapter this run has not) is
+    # replaced or removed with --overwrite, never left beside this run's output as if it were part of it
     entries = (["fid.json", "fid.md"] + (["reference_stats.npz"] if writes_ref or stale_ref else [])
                + [npz_name(r) for r in ALL_RUNS])
     check_output_dir(output, entries, "--output", {"--inception": inception, "--inception_logits": inception_logits,
