@@ -31,8 +31,10 @@ class CheckpointError(InputError):
     entry points' one error path for files handed in)."""
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint file (.pth/.pt/.bin via torch, .safetensors, .safetensors.xz)."""
+def read_state_dict(path: str | Path, role: Literal["var", "vqvae"] | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint file (.pth/.pt/.bin via torch, .safetensors, .safetensors.xz). `role` picks
+    the model inside a file that holds both: an official trainer checkpoint keeps the VAR under
+    'var_wo_ddp' and the VQ-VAE under 'vae_local'; without a role the VAR is taken."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: checkpoint file not found")
@@ -51,19 +53,25 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{p}: not a readable checkpoint (truncated, or not a zip/pickle/safetensors "
                               f"file): {reason}") from None
-    return _unwrap(sd, p)
+    return _unwrap(sd, p, role)
 
 
-def _unwrap(obj, p: Path) -> dict[str, torch.Tensor]:
+_WRAPPER_KEYS = ("state_dict", "model", "module", "trainer")
+_MODEL_KEYS = {"var": ("var_wo_ddp",), "vqvae": ("vae_local", "vae_wo_ddp"),
+               None: ("var_wo_ddp", "vae_local", "vae_wo_ddp")}
+
+
+def _unwrap(obj, p: Path, role: str | None = None) -> dict[str, torch.Tensor]:
     """Find the state dict inside common wrappers ({'state_dict': ...}, {'model': ...},
-    the official trainer checkpoints {'trainer': {'var_wo_ddp': ...}}) and drop a 'module.' prefix."""
+    the official trainer checkpoints {'trainer': {'var_wo_ddp': ..., 'vae_local': ...}}, the model of `role`)
+    and drop a 'module.' prefix."""
     for _ in range(3):
         if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             break
         if not isinstance(obj, dict):
             raise CheckpointError(f"{p}: holds a {type(obj).__name__}, not a state dict")
         inner = None
-        for key in ("state_dict", "model", "module", "trainer", "var_wo_ddp", "vae_wo_ddp", "ema"):
+        for key in (*_WRAPPER_KEYS, *_MODEL_KEYS[role], "ema"):
             if isinstance(obj.get(key), dict):
                 inner = obj[key]
                 break
@@ -161,7 +169,7 @@ def _strict_check(model: nn.Module, sd: dict[str, torch.Tensor], p: Path, ignore
 def load_var_weights(var: nn.Module, path: str | Path, sd: dict | None = None) -> nn.Module:
     """Strictly load a VAR checkpoint into `var` (which may live on the meta device)."""
     p = Path(path)
-    sd = read_state_dict(p) if sd is None else sd
+    sd = read_state_dict(p, "var") if sd is None else sd
     _check_kind(sd, p, ("var",), "VAR transformer")
     cfg: VARConfig = var.config
     got = var_shape_summary(sd)
@@ -182,7 +190,7 @@ def load_vqvae_weights(model: nn.Module, path: str | Path, sd: dict | None = Non
     from .vqvae import LatentDecoder
 
     p = Path(path)
-    sd = read_state_dict(p) if sd is None else sd
+    sd = read_state_dict(p, "vqvae") if sd is None else sd
     is_dec = isinstance(model, LatentDecoder)
     _check_kind(sd, p, ("vqvae", "latent_decoder") if is_dec else ("vqvae",), "VQ-VAE")
     cfg: VQVAEConfig = model.config

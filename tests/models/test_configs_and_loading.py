@@ -320,3 +320,19 @@ def test_a_torchscript_file_named_as_weights_is_refused_by_name_without_a_warnin
                                                  r"file of weights"):
                 load(path)
         assert [str(w.message) for w in caught] == []
+
+
+def test_official_trainer_checkpoint_gives_its_var_and_its_vqvae(tmp_path, tiny_models):
+    """The official trainer writes {'trainer': {'config', 'var_wo_ddp', 'vae_local', 'var_opt'}, 'args', ...}: the
+    same file named as both checkpoints gives each model its own part."""
+    vqvae, var = tiny_models
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
+    trainer = {"config": {"lr": 1e-4}, "var_wo_ddp": var.state_dict(), "vae_local": vqvae.state_dict(),
+               "var_opt": opt.state_dict()}
+    torch.save({"epoch": 3, "iter": 0, "trainer": trainer, "args": {"depth": 2}}, tmp_path / "ar-ckpt-last.pth")
+    ckpt = str(tmp_path / "ar-ckpt-last.pth")
+    v2, r2, _, _ = load_models("tiny", vae_checkpoint=ckpt, var_checkpoint=ckpt)
+    for k, v in vqvae.state_dict().items():
+        assert torch.equal(v2.state_dict()[k], v), k
+    for k, v in var.state_dict().items():
+        assert torch.equal(r2.state_dict()[k], v), k
