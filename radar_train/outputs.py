@@ -124,6 +124,7 @@ def check_replace_dir(path: PathLike, is_ours: Callable[[Path], bool], what: str
     """A folder written as a whole (`what`, e.g. "an adapter folder"): absent or empty; an existing `what`
     (`is_ours`) only with `overwrite`; any other folder, or a file, is refused even with `overwrite`."""
     p = Path(path)
+    recover_replaced(p)  # the user's folder, if a killed replace left it hidden
     if p.exists() and not p.is_dir():
         raise OutputError(f"{option} {p} is an existing file: give a folder")
     check_no_overlap(option, p, inputs)
@@ -286,8 +287,30 @@ def staged_entries(out_dir: PathLike, entries: Sequence[str]) -> Iterator[Path]:
             out.rmdir()
 
 
+def recover_replaced(path: PathLike) -> Path | None:
+    """Undo what a replace_dir killed between its two renames left: the previous folder only at its
+    `.NAME.old-*` name and nothing at `path`. That folder (the newest, if several) goes back to `path`; a
+    killed writer's `.old` beside a `path` that exists (killed after the swap, or while removing it) goes.
+    Returns the folder put back, if any."""
+    p = Path(path)
+    try:
+        olds = [e for e in p.parent.iterdir() if is_temp_of(e, p.name, "old")
+                and _killed_writer(e, f".{p.name}.old") is not None]
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not olds or p.exists() or p.is_symlink():
+        clear_stale_temps(p.parent, p.name, "old")
+        return None
+    back = max(olds, key=lambda e: e.lstat().st_mtime)
+    back.rename(p)
+    log.warning("put %s back at %s: a run replacing it was killed before it could", back.name, p)
+    clear_stale_temps(p.parent, p.name, "old")
+    return back
+
+
 def replace_dir(tmp: PathLike, out: PathLike) -> Path:
-    """Put the finished folder `tmp` at `out` (a sibling), replacing what is there (checked beforehand)."""
+    """Put the finished folder `tmp` at `out` (a sibling), replacing what is there (checked beforehand). A kill
+    between the two renames leaves the previous folder at `.NAME.old-*`: recover_replaced puts it back."""
     tmp, out = Path(tmp), Path(out)
     old = None
     if out.exists() or out.is_symlink():

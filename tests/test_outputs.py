@@ -191,3 +191,40 @@ def test_a_killed_writers_temporaries_go_with_the_next_write_and_no_one_elses(tm
         live.stdin.close()
         live.wait()
     assert (tmp_path / "a.txt").read_text() == "being written"  # the live writer finished last
+
+
+_KILLED_MID_REPLACE = """
+import os, sys
+from pathlib import Path
+import radar_train.outputs as outputs
+renames = []
+real = Path.rename
+def rename(self, target):
+    if sys.argv[2] == "between" and renames:
+        os.kill(os.getpid(), 9)
+    renames.append(target)
+    return real(self, target)
+def remove(p):
+    os.kill(os.getpid(), 9)
+Path.rename = rename
+outputs._remove = remove
+outputs.replace_dir(Path(sys.argv[1]) / "new", Path(sys.argv[1]) / "adapter")
+"""
+
+
+@pytest.mark.parametrize("killed", ["between", "after"])  # the two renames / the swap and the old folder's removal
+def test_a_replace_killed_mid_way_leaves_the_previous_folder_found_again(tmp_path, killed):
+    import subprocess
+    import sys
+
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "w").write_text("previous")
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "w").write_text("next")
+    proc = subprocess.run([sys.executable, "-c", _KILLED_MID_REPLACE, str(tmp_path), killed])
+    assert proc.returncode == -9
+    assert any(p.name.startswith(".adapter.old-") for p in tmp_path.iterdir())
+    with pytest.raises(OutputError, match="already holds an adapter"):  # found again: it needs --overwrite
+        check_replace_dir(tmp_path / "adapter", lambda p: True, "an adapter")
+    assert (tmp_path / "adapter" / "w").read_text() == ("previous" if killed == "between" else "next")
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".adapter.old-")]

@@ -24,7 +24,7 @@ from typing import Optional
 from torch import nn
 
 from radar_train.inputs import InputError, check_dir, load_safetensors, read_json, read_yaml
-from radar_train.outputs import clear_stale_temps, normal_file_mode, replace_dir, temp_name
+from radar_train.outputs import clear_stale_temps, normal_file_mode, recover_replaced, replace_dir, temp_name
 
 from .label_conditioning import LABEL_CONDITIONING_WEIGHTS, LabelConditionedDecoder, load_label_conditioning
 
@@ -49,6 +49,7 @@ def save_adapter(peft_model, out_dir: str | Path, meta: dict, conditioning=None)
 
     out = Path(out_dir).resolve()  # "." or "..": the folder's own name, for its temporary sibling
     out.parent.mkdir(parents=True, exist_ok=True)
+    recover_replaced(out)  # a killed export's previous folder, left at its hidden name
     clear_stale_temps(out.parent, out.name)  # a killed export's half-written folder
     tmp = temp_name(out)
     try:
