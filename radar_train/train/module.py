@@ -223,7 +223,7 @@ class RadarLoraModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        with self._step_rng.active(self.device):  # exact resume: the stream is part of every checkpoint
+        with self._step_rng.active(self.device, self.global_rank):  # exact resume: the stream is in every checkpoint
             loss, terms, student, teacher = self.compute_loss(batch)
         bs = batch["fhat_hq"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
