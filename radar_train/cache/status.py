@@ -9,7 +9,7 @@ import numpy as np
 import zarr
 
 from radar_train.cache import schema
-from radar_train.cache.layout import dir_bytes, scan_cache
+from radar_train.cache.layout import dir_bytes, live_writer, scan_cache
 from radar_train.cache.plan import Plan
 from radar_train.cache.schema import Manifest, read_manifest
 from radar_train.cache.writer import array_checksum, expected_shapes
@@ -120,8 +120,8 @@ def shard_arrays(group) -> dict[str, np.ndarray]:
 def read_checked_shard(path: Path, manifest: Manifest, shard: int) -> dict[str, np.ndarray]:
     """Every array of complete shard `shard` at `path`, each equal to the checksum the writer stored; InputError
     naming the shard otherwise (unreadable, not marked complete, another record count than the manifest plans,
-    a shape or dtype the manifest does not give, or data that differs from what was written, e.g. a chunk
-    file gone: Zarr reads it as zeros)."""
+    a shape or dtype the manifest does not give, data that differs from what was written, e.g. a chunk
+    file gone: Zarr reads it as zeros, or another shard's records: a shard folder copied to the wrong name)."""
     with reading(path, "cache shard"):
         g = zarr.open_group(str(path), mode="r")
         attrs = dict(g.attrs)
@@ -140,9 +140,22 @@ def read_checked_shard(path: Path, manifest: Manifest, shard: int) -> dict[str, 
             bad.append(f"{name} is {a.shape} {a.dtype}, expected {shape} {dtype}")
         elif checksums.get(name) != array_checksum(a):
             bad.append(f"{name} differs from its stored checksum")
+    if not bad:
+        bad = _misplaced(arrays, attrs, manifest, shard)
     if bad:
         raise InputError(f"{path}: cache shard {', '.join(bad)} (run `radar-cache verify` for its files)")
     return arrays
+
+
+def _misplaced(arrays: dict[str, np.ndarray], attrs: dict, manifest: Manifest, shard: int) -> list[str]:
+    """What says that a shard's records are not those the plan puts at `shard` (each its own checksums pass)."""
+    first, stop = manifest.shard_range(shard)
+    labels, seeds = Plan.from_dict(manifest.plan).labels_seeds(first, stop)
+    bad = [] if attrs.get("shard") == shard else [f"is marked shard {attrs.get('shard')!r}, not {shard}"]
+    for name, planned in ((schema.INDEX, np.arange(first, stop)), (schema.LABEL, labels), (schema.SEED, seeds)):
+        if not np.array_equal(arrays[name], planned):
+            bad.append(f"{name} records differ from the plan (samples {first}..{stop - 1})")
+    return bad
 
 
 def verify_shard(manifest: Manifest, plan: Plan, shard: int, path: Path) -> list[str]:
@@ -180,7 +193,8 @@ def verify_shard(manifest: Manifest, plan: Plan, shard: int, path: Path) -> list
 
 def verify_cache(cache_dir: str, progress: bool = False) -> tuple[list[str], dict]:
     """(problems, counts): every planned shard exists and every complete shard reads back with the planned
-    count, records and checksums."""
+    count, records and checksums. counts["leftovers"]: the temporary folders beside complete shards (a killed
+    writer's, or one still being written: a race with another writer that has lost); not problems."""
     from radar_train.progress import Progress
 
     manifest = read_manifest(cache_dir)
@@ -198,7 +212,16 @@ def verify_cache(cache_dir: str, progress: bool = False) -> tuple[list[str], dic
         shard_problems = verify_shard(manifest, plan, s, scan.complete[s])
         problems += shard_problems
         ok += not shard_problems
-    return problems, {"shards_ok": ok, "shards_total": manifest.num_shards}
+    leftovers = [describe_leftover(p) for s in sorted(scan.complete) for p in scan.temporary.get(s, [])]
+    return problems, {"shards_ok": ok, "shards_total": manifest.num_shards, "leftovers": leftovers}
+
+
+def describe_leftover(path: Path) -> str:
+    """One line on a temporary folder of a shard that is complete."""
+    writer = live_writer(path)
+    who = f"still written by {writer}" if writer else "left by a killed writer"
+    return (f"{path}: a temporary copy of a complete shard, {who} (the next `radar-cache run` of the worker "
+            f"that owns the shard removes it once its writer has stopped)")
 
 
 def verify_summary(problems: list[str], counts: dict, cache_dir: Optional[str] = None) -> str:

@@ -125,6 +125,8 @@ def _verify(cfg) -> int:
     problems, counts = verify_cache(cfg.verify.cache_dir, progress=True)
     for p in problems:
         print(f"problem: {p}")
+    for p in counts["leftovers"]:
+        print(f"note: {p}")
     print(verify_summary(problems, counts, cfg.verify.cache_dir))
     return 1 if problems else 0
 

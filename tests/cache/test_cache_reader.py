@@ -2,6 +2,7 @@
 epoch across ranks and DataLoader workers, block order), DataLoader workers under fork and spawn, and the
 WebDataset export yielding the same samples."""
 import collections
+import shutil
 
 import numpy as np
 import pytest
@@ -250,19 +251,24 @@ def test_webdataset_shuffles_each_epoch_anew_and_reproducibly(make_synthetic, tm
     assert by_epoch == epochs[:2]
 
 
-@pytest.mark.parametrize("damage", ["unreadable array metadata", "chunk file gone"])
+@pytest.mark.parametrize("damage", ["unreadable array metadata", "chunk file gone", "another shard's copy"])
 def test_export_checks_every_shard_before_writing_and_names_the_bad_one(make_synthetic, tmp_path, damage):
     from cli_checks import assert_one_line_error, assert_unchanged, call_cli, snapshot
 
     cache = make_synthetic(num_samples=24, shard_size=8, chunk_size=4)
     if damage == "unreadable array metadata":
         (cache / "shard-00001.zarr" / "fhat_hq" / "zarr.json").write_text("{not json")
-    else:  # Zarr reads a missing chunk as its fill value: zeros that only the stored checksum tells apart
+    elif damage == "chunk file gone":  # Zarr reads a missing chunk as zeros that only the stored checksum tells apart
         (cache / "shard-00001.zarr" / "fhat_lq" / "c" / "0" / "0" / "0" / "0").unlink()
+    else:  # a whole shard copied to the wrong name: its own checksums pass, its records are shard 2's
+        shutil.rmtree(cache / "shard-00001.zarr")
+        shutil.copytree(cache / "shard-00002.zarr", cache / "shard-00001.zarr")
     code, err = call_cli("cache", ["export-wds", str(cache), "--output", str(tmp_path / "new")], tmp_path)
     line = assert_one_line_error(err, f"{cache / 'shard-00001.zarr'}", "nothing was written")
     assert code == 2 and "shard-00000" not in line and "shard-00002" not in line
     assert ("differs from its stored checksum" in line) == (damage == "chunk file gone")
+    assert ("is marked shard 2, not 1" in line and "index records differ from the plan (samples 8..15)" in line) \
+        == (damage == "another shard's copy")
     assert not (tmp_path / "new").exists()
     resumed = tmp_path / "resumed"  # an export that stopped after tar 0: kept as it was
     resumed.mkdir()

@@ -13,7 +13,7 @@ import zarr
 from radar_train.cache import schema
 from radar_train.cache.layout import scan_cache
 from radar_train.cache.schema import read_manifest
-from radar_train.cache.status import cache_status, format_status, verify_cache
+from radar_train.cache.status import cache_status, describe_leftover, format_status, verify_cache
 from radar_train.cache.synthetic import synthetic_shard_arrays
 from radar_train.cache.writer import ShardWriter, begin_shard, commit_shard, write_arrays, writer_info
 
@@ -174,7 +174,7 @@ def test_a_failed_background_write_is_raised_to_the_caller(make_synthetic):
 
 def test_verify_passes_a_whole_cache(make_synthetic):
     problems, counts = verify_cache(str(make_synthetic()))
-    assert problems == [] and counts == {"shards_ok": 4, "shards_total": 4}
+    assert problems == [] and counts == {"shards_ok": 4, "shards_total": 4, "leftovers": []}
 
 
 def _data_file(cache, shard, name):
@@ -221,6 +221,17 @@ def test_verify_lists_missing_and_temporary_shards_and_the_cli_exits_1(make_synt
                          text=True)
     assert res.returncode == 1
     assert res.stdout.count("problem: ") == 2 and "2/4 shards ok, 2 problems" in res.stdout
+
+
+def test_verify_notes_a_temporary_copy_of_a_complete_shard_without_failing(make_synthetic):
+    cache = make_synthetic(num_samples=16, shard_size=8)
+    tmp = begin_shard(cache, 1, writer_info(0, 1, "cpu"))  # a writer that lost the race for shard 1 (this process)
+    res = subprocess.run([sys.executable, "-m", "radar_train.cli.cache", "verify", str(cache)], capture_output=True,
+                         text=True)
+    assert res.returncode == 0 and "all 2 shards ok" in res.stdout and "problem" not in res.stdout
+    notes = [line for line in res.stdout.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and f"{tmp}: a temporary copy of a complete shard, still written by " in notes[0]
+    assert verify_cache(str(cache))[1]["leftovers"] == [describe_leftover(tmp)]
 
 
 def test_verify_flags_a_shard_outside_the_plan(make_synthetic):
