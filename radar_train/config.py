@@ -196,7 +196,9 @@ def check_device(name: str, option: str = "--device"):
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"{option} {name!r} is not a device (cpu, cuda, cuda:N or auto)") from None
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):  # mps, xpu, meta...: names torch knows, not devices we run on
+        raise ValueError(f"{option} {name!r} is not a device (cpu, cuda, cuda:N or auto)")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"{option} {name}: CUDA is not available here (use --device cpu)")

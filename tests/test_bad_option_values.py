@@ -97,6 +97,18 @@ CASES = [
     ("calibrate-init-seed-past-64-bits", "accel",
      lambda w, t: ["calibrate", "--model.preset", "tiny", "--num_samples", "2", "--batch_size", "2", "--output",
                    "r.yaml", "--model.init_seed", PAST_64_BITS], ["model.init_seed", "2**63"]),
+    # radar-fid: the seeds of its samples, before any model or reference is loaded
+    ("fid-negative-base-seed", "fid",
+     lambda w, t: ["--save_npz", "true", "--model.preset", "tiny", "--num_samples", "4", "--base_seed", "-1",
+                   "--output", "a/b"], ["--base_seed", "-1"]),
+    ("fid-base-seed-past-64-bits", "fid",
+     lambda w, t: ["--save_npz", "true", "--model.preset", "tiny", "--num_samples", "4", "--base_seed",
+                   str(2 ** 63 - 1), "--output", "a/b"], ["--base_seed", "2**63 - 4"]),
+    # --device: a name torch parses but this tool does not run on
+    *[(f"{cli}-on-{dev}", cli, argv, ["--device", repr(dev), "is not a device"]) for dev in ("mps", "meta")
+      for cli, argv in (("generate", lambda w, t, dev=dev: [*_generate_opts()[:-4], "--device", dev, "--output", "gen"]),
+                        ("fid", lambda w, t, dev=dev: ["--save_npz", "true", "--model.preset", "tiny", "--num_samples",
+                                                       "4", "--device", dev, "--output", "f"]))],
     ("calibrate-negative-init-seed", "accel",
      lambda w, t: ["calibrate", "--model.preset", "tiny", "--num_samples", "2", "--batch_size", "2", "--output",
                    "r.yaml", "--model.init_seed", "-1"], ["model.init_seed", "-1"]),

@@ -62,9 +62,12 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     from radar_train.inputs import InputError
     from radar_train.outputs import check_output_dir, staged_entries
     from radar_train.progress import Progress
+    from radar_train.seeding import seed_range_problems
 
     check_positive(2, num_samples=num_samples)  # a covariance needs two samples (evaluate_generation's rule, up front)
     check_positive(batch_size=batch_size, is_splits=is_splits)
+    if problems := seed_range_problems("--base_seed", base_seed, num_samples):
+        raise ValueError(problems[0])
     if inception is None and inception_logits is None and not save_npz:
         raise ValueError("--inception (FID), --inception_logits (IS) or --save_npz true (samples for the "
                          "guided-diffusion evaluator): give at least one, or there is nothing to measure or write")

@@ -122,11 +122,23 @@ def check_adapter(adapter_dir: str | Path) -> dict:
     the file that is missing, truncated or not what it should be."""
     d = Path(adapter_dir)
     meta = read_radar_config(d)
-    read_json(d / ADAPTER_CONFIG, "peft adapter config")
+    _check_lora_config(read_json(d / ADAPTER_CONFIG, "peft adapter config"), d / ADAPTER_CONFIG)
     if not load_safetensors(d / ADAPTER_WEIGHTS, "adapter weights file"):
         raise InputError(f"{d / ADAPTER_WEIGHTS}: adapter weights file holds no tensors")
     load_label_conditioning(d, meta)  # a conditioned adapter's section and weights file
     return meta
+
+
+def _check_lora_config(cfg: dict, path: Path) -> None:
+    """InputError naming `path` unless `cfg` has what peft needs to put a LoRA adapter on a decoder (peft
+    itself fails on a missing key with a bare KeyError)."""
+    if cfg.get("peft_type") != "LORA":
+        raise InputError(f"{path}: not a peft LoRA config (peft_type {cfg.get('peft_type')!r}, expected 'LORA')")
+    missing = [k for k in ("r", "lora_alpha", "target_modules") if cfg.get(k) in (None, "", [])]
+    if missing:
+        raise InputError(f"{path}: not a peft LoRA config: no {', '.join(missing)}")
+    if not (isinstance(cfg["r"], int) and cfg["r"] > 0):
+        raise InputError(f"{path}: not a peft LoRA config: r is {cfg['r']!r}, expected a positive integer")
 
 
 def load_adapter(decoder: nn.Module, adapter_dir: str | Path, identity=None, merge: bool = True,
@@ -166,6 +178,9 @@ def _from_pretrained(decoder: nn.Module, d: Path, trainable: bool):
     except (RuntimeError, ValueError) as e:  # e.g. a size mismatch: weights of another rank or layer
         raise InputError(f"{weights}: does not fit {ADAPTER_CONFIG} on this decoder "
                          f"({str(e).strip().splitlines()[-1][:200]})") from None
+    except (KeyError, TypeError, AttributeError) as e:  # a config field peft reads and cannot use
+        raise InputError(f"{d / ADAPTER_CONFIG}: peft cannot build the adapter from it "
+                         f"({type(e).__name__}: {str(e)[:160]})") from None
     want = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
     have = {k: tuple(v.shape) for k, v in load_safetensors(weights, "adapter weights file").items()}
     missing, unknown = sorted(set(want) - set(have)), sorted(set(have) - set(want))

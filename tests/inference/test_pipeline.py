@@ -140,6 +140,28 @@ def test_radar_eval_errors_are_one_line(trained_run, tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "nope" in r.stderr
 
 
+@pytest.mark.parametrize("config,needle", [
+    ({}, "peft_type None, expected 'LORA'"),
+    ({"peft_type": "NOPE"}, "peft_type 'NOPE'"),
+    ({"peft_type": "LORA"}, "no r, lora_alpha, target_modules"),
+    ({"peft_type": "LORA", "r": "8", "lora_alpha": 8, "target_modules": ["conv"]}, "r is '8'"),
+])
+def test_an_adapter_config_peft_cannot_use_is_one_error_line_naming_it(trained_run, tmp_path, config, needle):
+    """A JSON object that is not a LoRA config: peft's KeyError tracebacks ('peft_type', 'model_type') before."""
+    import shutil
+    import subprocess
+    import sys
+
+    d = tmp_path / "adapter"
+    shutil.copytree(trained_run["adapter"], d)
+    (d / "adapter_config.json").write_text(json.dumps(config))
+    r = subprocess.run([sys.executable, "-m", "radar_train.cli.eval", "--cache", str(trained_run["cache"]),
+                        "--adapter", str(d), "--output", str(tmp_path / "eval")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"error: {d / 'adapter_config.json'}: not a peft LoRA config") and needle in r.stderr
+    assert not (tmp_path / "eval").exists()
+
+
 def test_official_noise_follows_the_first_seed_of_the_call():
     """sampling.noise official: one generator per call, seeded with the first sample's seed (the official
     g_seed), so a call is reproducible and other seeds give other images (the seeds were ignored)."""
