@@ -355,6 +355,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         import torch
 
         from radar_train.bench.record import ResultFile, environment
+        from radar_train.config import check_device
         from radar_train.models import get_preset
         from radar_train.outputs import check_output_file
 
@@ -375,8 +376,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if "cache" in a.sections and importlib.util.find_spec("jsonargparse") is None:
             raise ValueError("--sections cache: the cache section builds its run with radar-cache's parser, which "
                              "needs jsonargparse, not installed here (the GPU image: add its wheel to .whl/)")
-        if a.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device here (use --device cpu for a smoke test)")
+        a.device = str(check_device(a.device))  # a name that is no device, or a CUDA device not here
         if a.official_var is not None:
             from radar_train.bench.official import load_official_code
 

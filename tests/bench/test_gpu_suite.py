@@ -57,6 +57,11 @@ def test_bad_options_are_one_error_line(tmp_path, capsys):
     assert "not a checkout of FoundationVision/VAR" in capsys.readouterr().err
     assert main(["--device", "cpu", "--output", str(tmp_path / "x.json"), "--output_dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == "error: --output and --output_dir: name one of them"
+    for device, needle in (("cpux", "--device 'cpux' is not a device"), ("mps", "--device 'mps' is not a device"),
+                           ("cuda:7", "--device cuda:7")):  # a traceback (torch.device, or later) before
+        assert main(["--device", device, "--output", str(tmp_path / "x.json")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
     assert not (tmp_path / "x.json").exists()
 
 
