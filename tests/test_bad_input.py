@@ -97,6 +97,7 @@ def _generate_opts(w):
 
 def _yaml(t: Path, name: str, text: str) -> str:
     """A config file written into the case's working folder (before its snapshot)."""
+    (t / name).parent.mkdir(parents=True, exist_ok=True)
     (t / name).write_text(text)
     return str(t / name)
 
@@ -200,6 +201,16 @@ CASES = [
      ["--trainer.max_steps"]),
     ("fit-on-a-folder-that-is-not-a-cache", "train",
      lambda w, t: fit_args(w["w"] / "not_a_cache", t / "run", 5), ["not_a_cache", "manifest.json"]),
+    ("fit-resuming-last-in-a-foreign-folder", "train",  # no checkpoint there: it would start over in it
+     lambda w, t: fit_args(w["cache"], w["w"] / "not_a_cache", 5, "--ckpt_path", "last"),
+     ["--trainer.default_root_dir", "notes.txt", "--ckpt_path last"]),
+    ("fit-with-its-config-as-the-run-folder-s-config-yaml", "train",  # the fit would overwrite its own config
+     lambda w, t: fit_args(w["cache"], t / "exp", 5, "--config",
+                           _yaml(t, "exp/config.yaml", "# my run\ntrainer: {max_steps: 5}\n")),
+     ["--trainer.default_root_dir", "--config", "exp/config.yaml"]),
+    ("validate-last-without-a-checkpoint", "train",  # (it validated an untrained adapter)
+     lambda w, t: ["validate", *fit_args(w["cache"], t / "tiyn", 5, "--ckpt_path", "last")[1:]],
+     ["--ckpt_path last", "last.ckpt", "does not exist"]),
     # radar-cache
     ("cache-run-into-a-foreign-folder", "cache",
      lambda w, t: ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--output", str(w["run"])],

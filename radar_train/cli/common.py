@@ -12,7 +12,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator, NoReturn, Optional, Sequence
+from typing import Callable, Iterator, NoReturn, Optional, Sequence, get_args
 
 from radar_train.config import check_device, check_positive  # noqa: F401 - the entry points' checks, re-exported
 
@@ -185,6 +185,14 @@ def _subparsers(parser) -> dict:
     return dict(getattr(action, "choices", None) or {})
 
 
+def _takes_null(parser, key: str) -> bool:
+    """Whether the group option `--key` is typed Optional (LightningCLI's `optimizer` and `lr_scheduler`, which
+    it saves as `null` in RUN/config.yaml when the module configures its own): null then means "none", not a
+    group that is not a mapping."""
+    hint = getattr(parser._option_string_actions.get(f"--{key}"), "_typehint", None)
+    return hint is not None and type(None) in get_args(hint)
+
+
 def _found(value: object) -> str:
     if value is None:
         return "null"
@@ -202,7 +210,8 @@ def _group_file(folder: Path, value: str) -> Optional[Path]:
 def check_groups(doc: dict, parser, path: object, prefix: str = "") -> None:
     """Every group key of `doc` (read from the file `path`) must hold a mapping of the group's fields:
     InputError naming the file and the dotted key otherwise (jsonargparse passes a list or a number
-    there on to the dataclass, which fails with a TypeError or is ignored). A subcommand's section (a
+    there on to the dataclass, which fails with a TypeError or is ignored); null only where the group's type
+    is Optional (what `radar-train fit` saves for `optimizer:`). A subcommand's section (a
     root-level file's `fit:`) is checked against that subcommand's groups."""
     from radar_train.inputs import InputError, read_yaml
 
@@ -214,6 +223,8 @@ def check_groups(doc: dict, parser, path: object, prefix: str = "") -> None:
                 nested = _group_file(Path(path).parent, value)
                 if nested is not None:
                     check_groups(read_yaml(nested, f"{full} file (in {path})"), parser, nested, full + ".")
+                continue
+            if value is None and _takes_null(parser, full):
                 continue
             if not isinstance(value, dict):
                 raise InputError(f"{path}: {full} must be a mapping (of the --{full}.* options), "

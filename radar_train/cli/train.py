@@ -8,8 +8,9 @@
 
 The run folder is `trainer.default_root_dir` (e.g. checkpoints/tiny): checkpoints/ (Lightning .ckpt, resume
 only), tb/ (TensorBoard), config.yaml (the resolved config), final/ and step-NNNNNN/ (adapter exports).
-A new `fit` needs a run folder that is absent, empty, or holds only what an attempt that never reached a
-checkpoint leaves (config.yaml, tb/); a folder with checkpoints or adapters is resumed with
+A new `fit` (also `--ckpt_path last` with no checkpoint to resume) needs a run folder that is absent, empty, or
+holds only what an attempt that never reached a checkpoint leaves (config.yaml, tb/), and no --config file
+that is its config.yaml; a folder with checkpoints or adapters is resumed with
 `--ckpt_path last` (one holding only hpc_ckpt_N.ckpt, Lightning's save when SLURM requeued the job before
 its first checkpoint, with `--ckpt_path hpc`), never started over. Every check runs before anything is written. Precision defaults
 to bf16-mixed on a GPU and 32-true on the CPU. Under SLURM the SLURMEnvironment plugin is added with
@@ -23,7 +24,7 @@ import re
 import signal
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 USAGE = """usage: radar-train {fit,validate,export} ...
 
@@ -135,22 +136,62 @@ def _run_dir_entries(root: Path) -> tuple[list[str], list[str]]:
     return artefacts, foreign
 
 
-def check_run_folder(root: str | os.PathLike, ckpt_path: Optional[str], subcommand: str, inputs: dict) -> None:
+def last_checkpoints(root: str | os.PathLike) -> list[Path]:
+    """RUN/checkpoints/last*.ckpt: what `--ckpt_path last` finds (Lightning takes the newest of them)."""
+    return sorted(c for c in (Path(root) / "checkpoints").glob("last*.ckpt") if c.is_file())
+
+
+def resumes(root: str | os.PathLike, ckpt_path: Optional[str]) -> bool:
+    """Whether `ckpt_path` resumes a run in the folder `root`: `last` with a RUN/checkpoints/last*.ckpt, `hpc`
+    with a RUN/hpc_ckpt_N.ckpt, or a checkpoint file inside RUN. `last` without one starts from step 0: a new
+    fit, which must pass the new fit's checks (it would replace config.yaml and add checkpoints/, tb/ and final/
+    to whatever folder it is)."""
+    p = Path(root)
+    if ckpt_path == "last":
+        return bool(last_checkpoints(p))
+    if ckpt_path == "hpc":
+        return hpc_checkpoint(p) is not None
+    return (ckpt_path is not None and ckpt_path not in SPECIAL_CKPT_PATHS
+            and p.resolve() in Path(ckpt_path).resolve().parents)
+
+
+def check_config_kept(root: str | os.PathLike, configs: Sequence) -> None:
+    """OutputError if a --config file is the RUN/config.yaml a new fit writes its resolved config to (the
+    file would be overwritten by the fit it configures). A resume is not checked here: RUN/config.yaml is
+    then the run's own saved config, which the resume saves again with its overrides."""
+    from radar_train.outputs import OutputError
+
+    target = os.path.realpath(Path(root) / "config.yaml")
+    for config in configs:
+        if config is not None and os.path.realpath(os.fspath(config)) == target:
+            given = getattr(config, "relative", config)  # a jsonargparse Path: as typed
+            raise OutputError(f"{RUN_OPTION} {root} would overwrite the input --config {given} (a fit "
+                              f"saves its resolved config as {Path(root) / 'config.yaml'}): keep the config outside "
+                              f"the run folder, or resume the run there with --ckpt_path last")
+
+
+def check_run_folder(root: str | os.PathLike, ckpt_path: Optional[str], subcommand: str, inputs: dict,
+                     configs: Sequence = ()) -> None:
     """OutputError unless the run folder may be written: not a file, not inside (or holding) a cache, and
-    for a new fit (no --ckpt_path, or a checkpoint of another folder) absent, empty or an early leftover."""
+    for a new fit (no --ckpt_path, a checkpoint of another folder, or `last` / `hpc` with nothing there to
+    resume) absent, empty or an early leftover, and not holding a --config file (`configs`) as config.yaml."""
     from radar_train.outputs import OutputError, check_no_overlap
 
     p = Path(root)
     if p.exists() and not p.is_dir():
         raise OutputError(f"{RUN_OPTION} {p} is an existing file: give a folder")
     check_no_overlap(RUN_OPTION, p, inputs, [p / e for e in RUN_ENTRIES])
-    if subcommand != "fit" or not p.is_dir():
-        return
-    own = ckpt_path in ("last", "hpc") or (ckpt_path is not None and ckpt_path not in SPECIAL_CKPT_PATHS
-                                           and p.resolve() in Path(ckpt_path).resolve().parents)
-    if own:
-        return  # resuming the run in its own folder
+    if subcommand != "fit" or not p.is_dir() or resumes(p, ckpt_path):
+        return  # nothing there yet, or resuming the run in its own folder
+    check_config_kept(p, configs)
     artefacts, foreign = _run_dir_entries(p)
+    # `last` / `hpc` given, but no checkpoint there for it: Lightning would start from step 0
+    nothing = (f" but no checkpoint for --ckpt_path {ckpt_path} ("
+               f"{'checkpoints/last.ckpt' if ckpt_path == 'last' else 'hpc_ckpt_N.ckpt'})"
+               if ckpt_path in ("last", "hpc") else "")
+    if artefacts and nothing:
+        raise OutputError(f"{RUN_OPTION} {p} holds a run already ({', '.join(artefacts[:3])}){nothing}: resume "
+                          f"it from a checkpoint file with --ckpt_path FILE, or choose a new run folder")
     if artefacts:
         # only a SLURM requeue save (no checkpoints/last*.ckpt): `last` would not find it, `hpc` does
         resume = "hpc" if all(HPC_CKPT.fullmatch(a) for a in artefacts) else "last"
@@ -158,13 +199,15 @@ def check_run_folder(root: str | os.PathLike, ckpt_path: Optional[str], subcomma
                           f"--ckpt_path {resume}, or choose a new run folder")
     if foreign:
         raise OutputError(f"{RUN_OPTION} {p} is a folder that is not empty and not a run folder (it holds "
-                          f"{', '.join(foreign[:3])}): choose a new or empty folder")
+                          f"{', '.join(foreign[:3])}){nothing}: choose a new or empty folder")
 
 
-def check_ckpt_path(ckpt_path: Optional[str], root: str | os.PathLike) -> Optional[tuple[Path, dict]]:
+def check_ckpt_path(ckpt_path: Optional[str], root: str | os.PathLike,
+                    subcommand: str = "fit") -> Optional[tuple[Path, dict]]:
     """Read the checkpoint to resume from (InputError naming it if missing or truncated): an explicit path,
-    RUN/checkpoints/last.ckpt for `last` when it exists (without one Lightning starts from scratch, which is
-    refused when RUN holds a SLURM requeue save: that is `hpc`), or RUN's newest hpc_ckpt_N.ckpt for `hpc`.
+    RUN/checkpoints/last.ckpt for `last` when it exists (without one a fit starts from scratch, which is
+    refused when RUN holds a SLURM requeue save: that is `hpc`; `validate` is refused: it would report an
+    untrained adapter's metrics), or RUN's newest hpc_ckpt_N.ckpt for `hpc`.
     Returns (path, checkpoint), or None when there is none to read."""
     from radar_train.inputs import InputError, load_torch
 
@@ -179,10 +222,13 @@ def check_ckpt_path(ckpt_path: Optional[str], root: str | os.PathLike) -> Option
     path = Path(root) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
     if ckpt_path == "last" and not path.exists():
         hpc = hpc_checkpoint(root)
-        if hpc is not None and not any(path.parent.glob("last*.ckpt")):
+        if hpc is not None and not last_checkpoints(root):
             raise InputError(f"--ckpt_path last: {path} does not exist, but {RUN_OPTION} {root} holds {hpc.name} "
                              f"(saved when SLURM requeued the job; `last` does not look there): resume from it "
                              f"with --ckpt_path hpc")
+        if subcommand != "fit" and not last_checkpoints(root):
+            raise InputError(f"--ckpt_path last: {path} does not exist (no checkpoint to {subcommand} in "
+                             f"{RUN_OPTION} {root}): give the run folder that holds it, or a checkpoint file")
         return None
     return path, load_torch(path, "--ckpt_path checkpoint")
 
@@ -265,7 +311,7 @@ def _make_cli_class(subcommand: str):
             # input error path first, so that a missing or truncated file is one line naming it
             sub = self.config.get("subcommand")
             if sub:
-                self._resume = check_ckpt_path(self.config[sub].get("ckpt_path"), self._root(self.config[sub]))
+                self._resume = check_ckpt_path(self.config[sub].get("ckpt_path"), self._root(self.config[sub]), sub)
             super()._parse_ckpt_path()
 
         def _check_resume(self) -> None:
@@ -288,7 +334,8 @@ def _make_cli_class(subcommand: str):
             vae = ((cfg.get("model") or {}).get("decoder") or {}).get("vae_checkpoint")
             if int(os.environ.get("LOCAL_RANK") or 0) == 0 and int(os.environ.get("NODE_RANK") or 0) == 0:
                 check_run_folder(self._root(cfg), cfg.get("ckpt_path"), self.subcommand,
-                                 {"--data.caches": caches, "--model.decoder.vae_checkpoint": vae})
+                                 {"--data.caches": caches, "--model.decoder.vae_checkpoint": vae},
+                                 cfg.get("config") or ())
 
         def instantiate_trainer(self, **kwargs):
             import torch
