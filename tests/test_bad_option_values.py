@@ -68,6 +68,16 @@ CASES = [
     ("fit-on-an-accelerator-not-here", "train", lambda w, t: fit_args(w, t, "--trainer.accelerator", "mps"),
      ["--trainer.accelerator"]),
     ("fit-on-zero-devices", "train", lambda w, t: fit_args(w, t, "--trainer.devices", "0"), ["--trainer.devices"]),
+    # checked by Lightning only inside the fit, after config.yaml and tb/ (a run that trains nothing: exit 0)
+    ("fit-validating-past-the-epoch", "train",
+     lambda w, t: fit_args(w, t, "--trainer.val_check_interval", "50", "--trainer.check_val_every_n_epoch", "1"),
+     ["--trainer.val_check_interval 50", "(4 per rank)", "check_val_every_n_epoch null"]),
+    ("fit-limited-to-no-batch", "train", lambda w, t: fit_args(w, t, "--trainer.limit_train_batches", "0"),
+     ["--trainer.limit_train_batches 0", "nothing would be trained"]),
+    ("fit-limited-to-a-fraction-of-no-batch", "train", lambda w, t: fit_args(w, t, "--trainer.limit_train_batches", "0.1"),
+     ["--trainer.limit_train_batches 0.1"]),
+    ("fit-for-zero-epochs", "train", lambda w, t: fit_args(w, t, "--trainer.max_epochs", "0"),
+     ["--trainer.max_epochs 0 trains nothing"]),
     ("fit-decoder-init-seed-past-64-bits", "train",
      lambda w, t: fit_args(w, t, "--model.decoder.init_seed", PAST_64_BITS), ["--model.decoder.init_seed", "2**63"]),
     # radar-demo: the grid's classes and seeds, and the generate config, before any step

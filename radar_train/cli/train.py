@@ -236,7 +236,7 @@ def check_ckpt_path(ckpt_path: Optional[str], root: str | os.PathLike,
 def trainer_problems(trainer) -> list[str]:
     """What Lightning would refuse only once the run had started (writing config.yaml and tb/ first), or
     not at all: accumulate_grad_batches below 1, a val_check_interval of 0 (both a ZeroDivisionError inside
-    the fit), max_steps below -1. A `trainer` that is not a mapping is left to the parser."""
+    the fit), max_steps below -1, max_epochs 0 (a run that trains nothing and exits 0). A `trainer` that is not a mapping is left to the parser."""
     p = []
     if not hasattr(trainer, "get"):
         return p
@@ -252,6 +252,8 @@ def trainer_problems(trainer) -> list[str]:
                  f"got {interval}")
     if isinstance(max_steps, int) and max_steps < -1:
         p.append(f"--trainer.max_steps must be >= 0, or -1 for no limit, got {max_steps}")
+    if trainer.get("max_epochs") == 0 and not isinstance(trainer.get("max_epochs"), bool):
+        p.append("--trainer.max_epochs 0 trains nothing: give at least 1, or -1 for no limit")
     return p
 
 
@@ -387,12 +389,31 @@ def _make_cli_class(subcommand: str):
             if dm is None or not hasattr(dm, "manifests"):
                 return
             dm.setup("fit")
-            if fit and hasattr(dm, "stream_batches"):
-                dm.stream_batches(self.trainer.num_nodes * self.trainer.num_devices)
+            if fit and hasattr(dm, "train_batches"):
+                self._check_epoch(dm.train_batches(self.trainer.num_nodes * self.trainer.num_devices))
             film = getattr(self.model, "label_cond", None)
             classes = None if film is None else film.num_classes
             for path, manifest in dm.manifests.items():
                 check_cache_matches(path, manifest, self.model.identity, self.model.latent_shape, classes)
+
+        def _check_epoch(self, batches: Optional[int]) -> None:
+            """The training epoch against the trainer's limits, as Lightning checks them only once the processes
+            run (after config.yaml and tb/ are written): a val_check_interval (in batches) longer than an epoch
+            while validation is also counted in epochs, and an epoch of no batch (a run that trains nothing and
+            exits 0). `batches`: per rank, before limit_train_batches; None (a stream of unknown length): no check."""
+            t = self.trainer
+            if batches is None:
+                return
+            limit = t.limit_train_batches
+            batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+            if batches == 0:
+                raise ValueError(f"--trainer.limit_train_batches {limit}: an epoch of the training data has no "
+                                 f"batch, so nothing would be trained")
+            interval = t.val_check_interval
+            if isinstance(interval, int) and t.check_val_every_n_epoch is not None and interval > batches:
+                raise ValueError(f"--trainer.val_check_interval {interval} is more batches than an epoch holds "
+                                 f"({batches} per rank): give at most {batches}, or --trainer.check_val_every_n_epoch "
+                                 f"null to count it across epochs")
 
         def _weights_only(self) -> None:
             cfg = self.config_init[self.subcommand]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Sequence, Union
@@ -382,6 +383,17 @@ class PairDataModule(pl.LightningDataModule):
                              f"no batch of data.batch_size {self.batch_size}: use at least as many training tars "
                              f"as ranks x workers, fewer devices or data.num_workers, or a smaller batch size")
         return counts
+
+    def train_batches(self, world_size: int) -> Optional[int]:
+        """The batches each of `world_size` ranks gets in an epoch of the training loader, after `setup` (None
+        for a WebDataset stream of unknown length): what Lightning checks an integer val_check_interval
+        against once the processes run."""
+        ds = self.train_set
+        if isinstance(ds, torch.utils.data.IterableDataset):
+            counts = self.stream_batches(world_size)
+            return None if counts is None else min(counts)
+        per_rank = math.ceil(len(ds) / world_size)  # the sampler pads the last ranks' shares (drop_last=False)
+        return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
 
     def _stream_batches(self, ds) -> int:
         """The batches every rank reads per epoch of the WebDataset training stream `ds`: ranks read whole tars,
