@@ -8,10 +8,11 @@ on): not what the uninterrupted job would have trained.
 
 `StepBoundaryRequeue` takes the signal first: its handler only notes it (Lightning installs its own handler
 only where none is set), and the run's checkpoint callback (`RunCheckpoint`) asks `due()` at its own save
-points: the end of a training step, or the end of the validation due at that step. There Lightning's
-handler runs as it would have (the loggers finalised, hpc_ckpt_N.ckpt saved, `scontrol requeue`), and the
-file holds what last.ckpt would hold at that step. Under DDP the ranks agree at each save point (a flag set
-on any rank counts), so all of them save at the same step.
+points: the end of an optimizer step (with `trainer.accumulate_grad_batches`, its last micro-batch: a save
+after an earlier one counted it as trained without its gradient), or the end of the validation due at that
+step. There Lightning's handler runs as it would have (the loggers finalised, hpc_ckpt_N.ckpt saved,
+`scontrol requeue`), and the file holds what last.ckpt would hold at that step. Under DDP the ranks agree at
+each save point (a flag set on any rank counts), so all of them save at the same step.
 """
 from __future__ import annotations
 

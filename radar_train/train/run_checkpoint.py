@@ -14,6 +14,12 @@ run in list order: those whose state the validation changes come before this one
 
 Under SLURM auto-requeue the requeue save (hpc_ckpt_N.ckpt) is taken at the same points, not wherever the
 signal lands (requeue.py: a mid-step save resumed one batch late).
+
+With `trainer.accumulate_grad_batches` every save point is the end of an optimizer step: its last
+micro-batch, or the validation after it. `val_check_interval` counts batches, so a validation can also follow
+a micro-batch inside a step (after an epoch with an odd batch count); nothing is saved there, and a SIGTERM
+or requeue signal waits for the step's last micro-batch. A save there would count the micro-batch as trained
+(loop counters, loader position) without its accumulated gradient, and the resumed run would skip it.
 """
 from __future__ import annotations
 
@@ -37,6 +43,13 @@ def validation_follows(trainer) -> bool:
     if check is None or fetcher is None or getattr(loop, "_skip_next_val", False) or not trainer.enable_validation:
         return False
     return bool(check(fetcher))
+
+
+def step_ended(trainer) -> bool:
+    """Whether the batch just trained (or just validated after) ended an optimizer step: not a micro-batch that
+    accumulates into the next (Lightning's `_should_accumulate`, which steps on an epoch's last batch). Only
+    such a point can be saved and resumed exactly: the checkpoint holds no accumulated gradient."""
+    return not trainer.fit_loop.epoch_loop._should_accumulate()
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -65,9 +78,11 @@ class RunCheckpoint(ModelCheckpoint):
         super().teardown(trainer, pl_module, stage)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not step_ended(trainer):  # a micro-batch inside a step: its state is saved after the step's last one
+            return
         follows = validation_follows(trainer)
         requeue = self._requeue.due(trainer)
-        if not trainer.fit_loop.epoch_loop._should_accumulate() and self._stop.due(trainer):
+        if self._stop.due(trainer):
             if follows:  # after that validation (on_validation_end), as the run's own save of this step
                 self._stop_after_validation = True
             else:
@@ -87,8 +102,8 @@ class RunCheckpoint(ModelCheckpoint):
         from lightning.pytorch.trainer.states import TrainerFn
 
         super().on_validation_end(trainer, pl_module)
-        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
-            return
+        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking or not step_ended(trainer):
+            return  # (a validation inside an optimizer step: its saves, and a signal's, wait for the step's end)
         if not trainer.fast_dev_run and trainer.global_step > 0 and (
                 self._after_validation or self._last_global_step_saved == trainer.global_step):
             self._after_validation = False

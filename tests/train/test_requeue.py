@@ -71,14 +71,14 @@ def cache(tmp_path_factory):
     return str(write_synthetic_cache(path, m))
 
 
-def _fit(cache: str, root, max_steps: int, signal_at=None, ckpt_path=None) -> _Recorder:
+def _fit(cache: str, root, max_steps: int, signal_at=None, ckpt_path=None, accumulate: int = 1) -> _Recorder:
     module = _Recorder(signal_at)
     checkpoint = RunCheckpoint(dirpath=root / "checkpoints", filename="step-{step:06d}", every_n_train_steps=100,
                                save_last=True)
     trainer = pl.Trainer(default_root_dir=str(root), accelerator="cpu", devices=1, max_steps=max_steps, logger=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                          val_check_interval=2, check_val_every_n_epoch=None, use_distributed_sampler=False,
-                         callbacks=[checkpoint],
+                         accumulate_grad_batches=accumulate, callbacks=[checkpoint],
                          plugins=[SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR1)])
     data = PairDataModule([CacheSource(cache, train_shards="0-2", val_shards="3")], batch_size=3, shuffle_seed=5)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
@@ -98,3 +98,17 @@ def test_a_requeue_save_resumes_the_batches_an_uninterrupted_run_trains(cache, t
     assert saved == signal_at + 1  # the end of the step the signal came in
     # the validation due at the saved step ran before the save, once
     assert [s for s in first.validated if s <= signal_at + 1] + resumed.validated == reference.validated
+
+
+def test_a_requeue_signal_in_an_optimizer_steps_first_micro_batch_is_taken_after_its_last(cache, tmp_path, slurm):
+    # accumulation 2: the signal comes in the first micro-batch of step 3 (a save there counted that micro-batch
+    # as trained without its gradient, and the resumed run skipped it)
+    reference = _fit(cache, tmp_path / "reference", MAX_STEPS, accumulate=2)
+    assert len(reference.batches) == 2 * MAX_STEPS
+    run = tmp_path / "run"
+    first = _fit(cache, run, 4, signal_at=2, accumulate=2)
+    assert slurm.read_text() == "requeue 4242\n"
+    saved = torch.load(run / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=False)["global_step"]
+    assert saved == 3  # the end of the optimizer step the signal came in
+    resumed = _fit(cache, run, MAX_STEPS, ckpt_path=str(run / "hpc_ckpt_1.ckpt"), accumulate=2)
+    assert first.batches[:2 * saved] + resumed.batches == reference.batches
