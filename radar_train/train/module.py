@@ -64,7 +64,8 @@ class MonitorArgs:
 
     images_every_n_steps: int = 500
     """Log an image grid (LQ baseline | student | teacher) of fixed validation samples every N steps (0: off);
-    also at the start and the end of training (at most one grid per step)."""
+    also at the start and the end of training (at most one grid per step). With model.ema the student is the
+    average, as in validation."""
     num_image_samples: int = 8
     """Validation samples in the grid (the first ones of the validation shards)."""
     train_metrics_every_n_steps: int = 50
@@ -348,7 +349,7 @@ class RadarLoraModule(pl.LightningModule):
 
     def on_train_end(self) -> None:
         self._export_step_adapter(pending=True)
-        self.log_image_grid()
+        self.log_image_grid(averaged=True)  # (AdapterEMA's on_train_end, before this hook, put the average in)
         if self.output.export_final and self._training_finished():
             self.export_final(Path(self.trainer.default_root_dir) / "final")
 
@@ -505,8 +506,11 @@ class RadarLoraModule(pl.LightningModule):
             self._image_batch = dm.image_batch(self.monitor.num_image_samples)
 
     @torch.no_grad()
-    def log_image_grid(self) -> None:
-        """Rows of (LQ baseline | student | teacher) for the fixed validation samples -> TensorBoard."""
+    def log_image_grid(self, averaged: bool = False) -> None:
+        """Rows of (LQ baseline | student | teacher) for the fixed validation samples -> TensorBoard. The student
+        is decoded with the weights validation and final/ use: with model.ema, the average, swapped in here
+        unless `averaged` (it is in the weights already: training's end), so that every grid shows the same
+        model (during training the weights are those being trained)."""
         exp = getattr(self.logger, "experiment", None) if self.logger is not None else None
         if self._image_batch is None or not hasattr(exp, "add_image") or not self.trainer.is_global_zero \
                 or self._image_step == self.global_step:  # once per step (the cadence and the end can meet)
@@ -516,8 +520,9 @@ class RadarLoraModule(pl.LightningModule):
         # in the precision the steps' batches get (a "-true" precision casts the module: bf16-true, 16-true)
         batch = self.trainer.precision_plugin.convert_input(self._image_batch)
         hq, lq, labels = (batch[k].to(self.device) for k in ("fhat_hq", "fhat_lq", "label"))
-        cols = [self.decode(lq, adapters=False)[0], self.decode(lq, labels=labels)[0],
-                self.decode(hq, adapters=False)[0]]
+        with contextlib.nullcontext() if averaged else self._averaged_weights():
+            cols = [self.decode(lq, adapters=False)[0], self.decode(lq, labels=labels)[0],
+                    self.decode(hq, adapters=False)[0]]
         self.train(was_training)
         cols = [to_uint8(to_unit(c.float())) for c in cols]
         rows = [[c[i] for c in cols] for i in range(hq.shape[0])]

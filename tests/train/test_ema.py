@@ -1,17 +1,20 @@
 """The weight average (model.ema): final/ and step exports hold the exponential moving average of the trained
 weights, computed here by hand from the weights after every step; before start_step the average is the current
 weights; checkpoints hold the average and the current weights (trained tensors only) and a resume continues
-both exactly; validation and the best step judge the average; config errors are reported."""
+both exactly; validation, the best step and the TensorBoard image grid judge the average; config errors are
+reported."""
 from __future__ import annotations
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
 from safetensors.torch import load_file
 
 from radar_train.train.ema import EmaArgs
-from radar_train.train.module import OutputArgs, RadarLoraModule, is_trained_key
+from radar_train.train.module import MonitorArgs, OutputArgs, RadarLoraModule, is_trained_key
 from radar_train.train.optim import OptimArgs
 
 EMA = EmaArgs(decay=0.5, start_step=2)
@@ -42,12 +45,16 @@ def _fit(root, steps: int, loader, ckpt_path=None, ema: EmaArgs = EMA, export_ev
     return module, record.after_step
 
 
-def _by_hand(after_step: dict[int, dict[str, torch.Tensor]], upto: int, args: EmaArgs = EMA) -> dict:
+def _by_hand(after_step: dict[int, dict[str, torch.Tensor]], upto: int, args: EmaArgs = EMA,
+             lerp: bool = False) -> dict:
+    """The average after step `upto`; with `lerp`, rounded as torch's EMA rounds it (torch.lerp), bit for bit."""
     avg = None
     for step in range(1, upto + 1):
         w = after_step[step]
         if avg is None or step - 1 < args.start_step:
             avg = {k: v.clone() for k, v in w.items()}
+        elif lerp:
+            avg = {k: torch.lerp(avg[k], w[k], 1 - args.decay) for k in w}
         else:
             avg = {k: args.decay * avg[k] + (1 - args.decay) * w[k] for k in w}
     return avg
@@ -168,3 +175,66 @@ def test_every_n_steps_averages_the_weights_after_every_nth_step(tmp_path, make_
     _close({k: v for k, v in module.state_dict().items() if is_trained_key(k)}, want)
     module.load_state_dict(want, strict=False)
     _close(_adapter(tmp_path / "run" / "final"), _adapter(module.export(tmp_path / "want")))
+
+
+class _Images(Logger):
+    """A logger that keeps the image grids logged (its experiment's add_image), by step."""
+
+    def __init__(self):
+        super().__init__()
+        self.by_step: dict[int, torch.Tensor] = {}
+
+    name, version = "images", 0
+
+    @property
+    def experiment(self):
+        return self
+
+    def log_metrics(self, metrics, step=None):
+        pass
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+    def add_image(self, tag, img, step, dataformats):
+        assert tag == "val/samples" and dataformats == "HWC"
+        self.by_step[step] = torch.from_numpy(img.copy())
+
+
+def _grid(module: RadarLoraModule, weights: dict, batch: dict) -> torch.Tensor:
+    """The grid log_image_grid draws for `batch`, decoded with `weights` (trained tensors)."""
+    from radar_train.images import grid, to_uint8
+    from radar_train.train.metrics import to_unit
+
+    module.load_state_dict(weights, strict=False)
+    with torch.no_grad():
+        cols = [module.decode(batch["fhat_lq"], adapters=False)[0], module.decode(batch["fhat_lq"])[0],
+                module.decode(batch["fhat_hq"], adapters=False)[0]]
+    cols = [to_uint8(to_unit(c.float())) for c in cols]
+    img = grid([[c[i] for c in cols] for i in range(2)], col_titles=["LQ baseline", "student", "teacher"],
+               scale=max(1, 96 // cols[0].shape[-1]))
+    return torch.from_numpy(np.asarray(img).copy())
+
+
+def test_the_image_grid_during_training_shows_the_average(tmp_path, make_loader, make_batch):
+    """The grid logged at a step on the cadence decodes with the average (as validation at that step does, and
+    the grid at the end), not with the weights being trained."""
+    torch.manual_seed(0)
+    module = RadarLoraModule(optim=OptimArgs(learning_rate=1e-2, warmup_steps=1, schedule_steps=STEPS),
+                             output=OutputArgs(checkpoints=False, export_final=False), ema=EMA,
+                             monitor=MonitorArgs(images_every_n_steps=4, num_image_samples=2,
+                                                 train_metrics_every_n_steps=0))
+    batch = {**make_batch(2, seed=7), "label": torch.zeros(2, dtype=torch.long)}
+    module._image_batch = batch  # (setup takes it from a cache's validation shards)
+    images, record = _Images(), _Record()
+    trainer = pl.Trainer(default_root_dir=str(tmp_path), accelerator="cpu", devices=1, precision="32-true",
+                         max_steps=STEPS, enable_progress_bar=False, enable_model_summary=False,
+                         logger=images, num_sanity_val_steps=0, limit_val_batches=0,
+                         callbacks=[record])
+    trainer.fit(module, make_loader())
+    assert sorted(images.by_step) == [0, 4, STEPS]
+    module.eval()
+    average, trained = _by_hand(record.after_step, 4, lerp=True), record.after_step[4]
+    assert torch.equal(images.by_step[4], _grid(module, average, batch))
+    assert not torch.equal(images.by_step[4], _grid(module, trained, batch))  # (the two differ at step 4)
+    assert torch.equal(images.by_step[STEPS], _grid(module, _by_hand(record.after_step, STEPS, lerp=True), batch))
