@@ -1,9 +1,14 @@
 """Calibrations measured on the model itself from vanilla samples (one label per class in turn).
 
 StageVAR ranks (methods.md §3.2(c), StageVAR App. A.1): at every refinement scale the input F̃ (M × C)
-of every block is recorded for the conditional rows, its singular values computed, and the rank
-r(α) = the smallest r holding a fraction α of the energy Σσ². The table stores mean r/M (and its std)
-per (scale, block); `StageVARArgs.rank_ratios` loads it.
+of every block is recorded for the rows StageVAR runs there (`single_branch`: the conditional rows, the
+unconditional ones, or both with `off`), its singular values computed, and the rank r(α) = the smallest r
+holding a fraction α of the energy Σσ². The table stores mean r/M (and its std) per (scale, block) and the
+branch it was measured on; `StageVARArgs.rank_ratios` loads it.
+
+Both calibrations draw sample i with label i mod num_classes and seed seed + i, with the noise rule of
+RadarPipeline (`noise_keys`: with official noise one generator per call, seeded with its first sample's seed),
+so the same seed and batch size give the same file.
 
 SCA-Mask tile scores (methods.md §8.2): an observing hook computes the softmax of q·kᵀ at every
 active scale and block explicitly and accumulates Score_Q / Score_KV per tile (per head and averaged
@@ -18,21 +23,26 @@ from typing import Callable, Optional, Sequence
 import torch
 import yaml
 
-from radar_train.accel.base import AccelMethod, AccelRun, Branch, ConfigError, RunContext
+from radar_train.accel.base import AccelMethod, AccelRun, Branch, ConfigError, RunContext, branch_rows
 from radar_train.accel.sca import FORMAT_VERSION as SCA_FORMAT_VERSION
 from radar_train.accel.sca import MaskFile, SCAMask, resolve_budgets, save_mask_file, scale_tiles, tile_counts
-from radar_train.accel.stagevar import rank_for
+from radar_train.accel.stagevar import SINGLE_BRANCHES, rank_for
+from radar_train.inference.pipeline import noise_keys
 from radar_train.models.hooks import StepHooks
 from radar_train.sampling import NextScaleSampler
 
 
 class RankProbe(AccelMethod):
-    """Observes (never changes) the block inputs at the given scale indices."""
+    """Observes (never changes) the block inputs at the given scale indices, in the rows of the CFG branch that
+    StageVAR with `single_branch` runs there (methods.md §3.2(c): the ranks of the rows it projects)."""
 
     name = "rank-probe"
 
-    def __init__(self, scale_indices: Sequence[int], alpha: float):
+    def __init__(self, scale_indices: Sequence[int], alpha: float, single_branch: str = "cond"):
+        if single_branch not in SINGLE_BRANCHES:
+            raise ValueError(f"single_branch must be one of {', '.join(SINGLE_BRANCHES)}, got {single_branch!r}")
         self.scale_indices, self.alpha = tuple(scale_indices), alpha
+        self.branch: Branch = "both" if single_branch == "off" else single_branch
         self.sums: dict[tuple[int, int], torch.Tensor] = {}  # (scale idx, block) -> [Σ ratio, Σ ratio², n]
 
     def start(self, ctx: RunContext) -> AccelRun:
@@ -66,39 +76,56 @@ class _ProbeRun(AccelRun):
         return self if si in self.probe.scale_indices else None
 
     def block(self, block_idx: int, x: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        cond_rows = x[: self.ctx.batch_size] if self.rows == "both" else x
-        sv = torch.linalg.svdvals(cond_rows.float())  # (B, min(M, C)), uncentred as in the paper
+        rows = x[branch_rows(self.probe.branch, self.ctx.batch_size)] if self.rows == "both" else x
+        sv = torch.linalg.svdvals(rows.float())  # (rows, min(M, C)), uncentred as in the paper
         self.probe.add(self.si, block_idx, rank_for(sv, self.probe.alpha).float() / x.shape[1])
         return run(x)
+
+
+def _sample_all(sampler: NextScaleSampler, probe: AccelMethod, num_samples: int, batch_size: int, num_classes: int,
+                seed: int, progress: Callable[[int], None] | None) -> None:
+    """Run `num_samples` vanilla samples under `probe`, `batch_size` per call: sample i has label i mod
+    num_classes and seed seed + i, drawn by RadarPipeline's rule (`noise_keys`; with official noise the call's
+    generator is seeded with its first sample's seed), so a calibration is repeatable at the same batch size."""
+    done = 0
+    while done < num_samples:
+        n = min(batch_size, num_samples - done)
+        labels = torch.arange(done, done + n) % num_classes
+        sampler.sample(labels, **noise_keys(sampler.config.noise, range(seed + done, seed + done + n)), accel=probe)
+        done += n
+        if progress:
+            progress(n)
+
+
+def _scale_indices(sampler: NextScaleSampler, scale_sides: Sequence[int]) -> list[int]:
+    """Indices of `scale_sides` in the sampler's schedule (ValueError naming those it lacks)."""
+    pns = list(sampler.patch_nums)
+    missing = [s for s in scale_sides if s not in pns]
+    if missing:
+        raise ValueError(f"calibration scales {missing} are not in the model's patch_nums {tuple(pns)}")
+    return [pns.index(s) for s in scale_sides]
 
 
 @torch.no_grad()
 def calibrate_ranks(sampler: NextScaleSampler, scale_sides: Sequence[int], alpha: float, num_samples: int,
                     batch_size: int, num_classes: int, seed: int = 0,
-                    progress: Callable[[int], None] | None = None) -> tuple[dict, dict]:
-    """Mean and std of r(α)/M per (scale side, block) over `num_samples` vanilla samples."""
-    pns = list(sampler.patch_nums)
-    missing = [s for s in scale_sides if s not in pns]
-    if missing:
-        raise ValueError(f"calibration scales {missing} are not in the model's patch_nums {tuple(pns)}")
-    probe = RankProbe([pns.index(s) for s in scale_sides], alpha)
-    done = 0
-    while done < num_samples:
-        n = min(batch_size, num_samples - done)
-        labels = torch.arange(done, done + n) % num_classes
-        sampler.sample(labels, seeds=[seed + i for i in range(done, done + n)], accel=probe)
-        done += n
-        if progress:
-            progress(n)
-    return probe.table(pns, sampler.var.depth)
+                    progress: Callable[[int], None] | None = None, *, single_branch: str = "cond") -> tuple[dict, dict]:
+    """Mean and std of r(α)/M per (scale side, block) over `num_samples` vanilla samples, measured on the rows
+    StageVAR with `single_branch` runs at those scales (cond / uncond: that half of the CFG batch; off: all)."""
+    probe = RankProbe(_scale_indices(sampler, scale_sides), alpha, single_branch)
+    _sample_all(sampler, probe, num_samples, batch_size, num_classes, seed, progress)
+    return probe.table(list(sampler.patch_nums), sampler.var.depth)
 
 
-def write_rank_yaml(path: str | Path, means: dict, stds: dict, *, alpha: float, num_samples: int, model: dict) -> Path:
-    """Write the rank table (a temporary file in the same folder, renamed; none left behind on failure)."""
+def write_rank_yaml(path: str | Path, means: dict, stds: dict, *, alpha: float, num_samples: int, model: dict,
+                    single_branch: str = "cond") -> Path:
+    """Write the rank table with the branch it was measured on (its ratios hold for that branch's rows only); a
+    temporary file in the same folder, renamed: none left behind on failure."""
     from radar_train.outputs import write_text_atomic
 
     doc = {"written_by": "radar-accel calibrate", "date": datetime.date.today().isoformat(), "model": model,
-           "alpha": alpha, "num_samples": num_samples, "ratios": means, "std": stds}
+           "alpha": alpha, "single_branch": single_branch, "num_samples": num_samples, "ratios": means,
+           "std": stds}
     return write_text_atomic(path, yaml.safe_dump(doc, sort_keys=False, default_flow_style=None))
 
 
@@ -161,19 +188,8 @@ def calibrate_sca(sampler: NextScaleSampler, scale_sides: Sequence[int], tile: i
                   progress: Callable[[int], None] | None = None) -> tuple[dict[str, dict[int, torch.Tensor]], int]:
     """SCA tile scores over `num_samples` vanilla samples (labels i mod num_classes, seeds seed + i), and
     the number of attention rows (samples x CFG rows) they were summed over."""
-    pns = list(sampler.patch_nums)
-    missing = [s for s in scale_sides if s not in pns]
-    if missing:
-        raise ValueError(f"calibration scales {missing} are not in the model's patch_nums {tuple(pns)}")
-    probe = SCAProbe(pns, sorted(pns.index(s) for s in scale_sides), tile, tau)
-    done = 0
-    while done < num_samples:
-        n = min(batch_size, num_samples - done)
-        labels = torch.arange(done, done + n) % num_classes
-        sampler.sample(labels, seeds=[seed + i for i in range(done, done + n)], accel=probe)
-        done += n
-        if progress:
-            progress(n)
+    probe = SCAProbe(list(sampler.patch_nums), sorted(_scale_indices(sampler, scale_sides)), tile, tau)
+    _sample_all(sampler, probe, num_samples, batch_size, num_classes, seed, progress)
     return probe.scores(sampler.var.depth), probe.rows[probe.scale_indices[-1]]
 
 

@@ -34,6 +34,7 @@ PRESETS: dict[str, tuple[float, ...]] = {
 
 
 PAPER_ALPHA = 0.96  # the energy threshold of the paper's rank ratios (and of the 0.176 fallback, methods §3.2c)
+SINGLE_BRANCHES = ("cond", "uncond", "off")  # the CFG rows a refinement scale runs: one half, or both (off)
 
 
 class RankFile(NamedTuple):
@@ -95,6 +96,9 @@ class StageVAR(AccelMethod):
     # the weights the file was calibrated on, (kind or None, value) (checked in model_problems; not in describe,
     # so cache manifests are unchanged)
     rank_ratios_var: Optional[tuple[Optional[str], str]] = field(default=None, compare=False)
+    # the single_branch whose rows the file's ratios were measured on (None: not recorded, not compared; checked in
+    # problems; not in describe, so cache manifests are unchanged)
+    rank_ratios_branch: Optional[str] = field(default=None, compare=False)
     default_rank_ratio: float = 0.176
     min_rank: int = 8
     rp_scale: Literal["paper", "token_norm"] = "paper"
@@ -142,8 +146,9 @@ class StageVAR(AccelMethod):
             if 0.0 in alphas and any(a > 0 for a in alphas[alphas.index(0.0):]):
                 p.append("stagevar.scales: after a skipped scale (α = 0) every later scale is skipped too")
         p += self._alpha_problems()
-        if self.single_branch not in ("cond", "uncond", "off"):
+        if self.single_branch not in SINGLE_BRANCHES:
             p.append(f"stagevar.single_branch must be cond, uncond or off, got {self.single_branch!r}")
+        p += self._branch_problems()
         if not 0.0 < self.default_rank_ratio <= 1.0:
             p.append(f"stagevar.default_rank_ratio {self.default_rank_ratio} is outside (0, 1]")
         if self.min_rank < 1:
@@ -180,6 +185,17 @@ class StageVAR(AccelMethod):
 
     def start(self, ctx: RunContext) -> AccelRun:
         return _StageVARRun(self, ctx)
+
+    def _branch_problems(self) -> list[str]:
+        """A rank table holds the ranks of the rows it was measured on (methods.md §3.2(c): the single-branch rows):
+        the unconditional rows, or both halves (off), have other ranks, so a file measured on another branch than
+        the one this method runs is refused, as a file of other weights is."""
+        got = self.rank_ratios_branch
+        if got is None or got == self.single_branch or not self.rank_ratios:
+            return []
+        return [f"stagevar rank ratios {self.rank_ratios_file or ''} were calibrated on the rows of single_branch "
+                f"{got}, not {self.single_branch}; calibrate them with `radar-accel calibrate --accel.method stagevar "
+                f"--accel.stagevar.single_branch {self.single_branch}`"]
 
     def _alpha_problems(self) -> list[str]:
         """α of a random-projection scale picks its rank only through the rank-ratio table that supplies that

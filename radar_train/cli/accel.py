@@ -47,7 +47,8 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
     Args:
         model: the model to measure.
         sampling: sampler settings of the vanilla runs.
-        accel: the stagevar config whose refinement scales (α > 0) are measured (ignored if `scales` is given).
+        accel: the stagevar config whose refinement scales (α > 0) are measured (ignored if `scales` is given), in
+            the rows of its `single_branch` (cond / uncond: that CFG half; off: both).
         scales: scale sides to measure instead of the stagevar config's.
         alpha: energy threshold (StageVAR uses 0.96).
         num_samples: vanilla samples (labels cycle through the classes; seeds seed, seed+1, ...).
@@ -95,22 +96,26 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
     check_output_file(output, "--output", {**model_inputs(model), **accel_inputs(accel)}, overwrite)
     dev = _device(device)
     vqvae, var, _, var_id = load_models(model.preset, model.vae_checkpoint, model.var_checkpoint, dev, model.init_seed)
+    branch = accel.stagevar.single_branch
     if scales is None:
         method = build_accel(accel, var.patch_nums, var.depth)
         scales = [pn for pn, a in getattr(method, "scales", ()) if a > 0]
+        branch = getattr(method, "single_branch", branch)
         if not scales:
             raise ValueError("accel: no stagevar refinement scale with α > 0 to calibrate (give --scales)")
-    print(f"calibrating rank ratios: model {model.preset}, scales {scales}, α={alpha}, {num_samples} samples, "
-          f"device {dev} -> {output}")
+    print(f"calibrating rank ratios: model {model.preset}, scales {scales}, α={alpha}, single_branch {branch} rows, "
+          f"{num_samples} samples, device {dev} -> {output}")
     autocast = torch.bfloat16 if dev.type == "cuda" else None
     if autocast is not None:
         var.cast_body_(autocast)  # the transformer as radar-cache and the pipeline run it
     sampler = NextScaleSampler(var, vqvae.quantize, sampling, autocast_dtype=autocast)
     with Progress(num_samples, "radar-accel calibrate", "samples") as bar:
-        means, stds = calibrate_ranks(sampler, scales, alpha, num_samples, batch_size, var.num_classes, seed, bar.update)
+        means, stds = calibrate_ranks(sampler, scales, alpha, num_samples, batch_size, var.num_classes, seed, bar.update,
+                                      single_branch=branch)
     info = {"preset": model.preset, "var": {"kind": var_id.kind, "value": var_id.value}, "depth": var.depth,
             "patch_nums": list(var.patch_nums)}
-    path = write_rank_yaml(output, means, stds, alpha=alpha, num_samples=num_samples, model=info)
+    path = write_rank_yaml(output, means, stds, alpha=alpha, num_samples=num_samples, model=info,
+                           single_branch=branch)
     for pn in means:
         print(f"scale {pn}: mean ratio {sum(means[pn]) / len(means[pn]):.3f} (per block {means[pn]})")
     print(f"wrote {path}")

@@ -76,6 +76,17 @@ def accel_differences(trained: dict, mine: dict) -> list[str]:
     return [f"{k}: {a[k]} vs {b[k]}" for k in a if k in b and a[k] != b[k]]
 
 
+def noise_keys(noise: str, seeds: Sequence[int]) -> dict:
+    """The keywords of `NextScaleSampler.sample` that draw one call's samples from their seeds. per_sample noise:
+    the samples' seeds. official noise: one generator for the call, seeded with the first sample's seed (the
+    official sampler's g_seed), so the call is reproducible, but a sample then depends on the batch it is drawn
+    in. One rule for every caller (the pipeline, the calibrations), so that a seed means the same noise."""
+    seeds = [int(s) for s in seeds]
+    if noise == "official":
+        return {"g_seed": seeds[0] if seeds else None}
+    return {"seeds": seeds}
+
+
 class RadarPipeline:
     def __init__(self, vqvae, var, accel: AccelMethod, sampling: SamplingConfig, *, vae_identity: ModelIdentity,
                  autocast_dtype: Optional[torch.dtype] = None, adapter: Optional[str] = None, merge_adapter: bool = True):
@@ -176,13 +187,8 @@ class RadarPipeline:
                               accel=self.accel if accelerated else None)
 
     def _noise_keys(self, seeds: Sequence[int]) -> dict:
-        """per_sample noise: the samples' seeds. official noise: one generator for the call, seeded with the
-        first sample's seed (the official sampler's g_seed), so the call is reproducible, but a sample then
-        depends on the batch it is drawn in."""
-        seeds = [int(s) for s in seeds]
-        if self.sampling.noise == "official":
-            return {"g_seed": seeds[0] if seeds else None}
-        return {"seeds": seeds}
+        """The sampler's noise keywords for these samples' seeds (`noise_keys`)."""
+        return noise_keys(self.sampling.noise, seeds)
 
     @torch.no_grad()
     def generate(self, labels: Sequence[int], seeds: Sequence[int], cfg: Optional[float] = None,
