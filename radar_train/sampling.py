@@ -154,6 +154,17 @@ def sample_top_k_per_sample(logits_BlV: torch.Tensor, keys: torch.Tensor, top_k:
 
 
 # ---------------------------------------------------------------------------- the sampler
+def noise_keys(noise: str, seeds: Sequence[int]) -> dict:
+    """The keywords of `NextScaleSampler.sample` that draw one call's samples from their seeds. per_sample noise:
+    the samples' seeds. official noise: one generator for the call, seeded with the first sample's seed (the
+    official sampler's g_seed), so the call is reproducible, but a sample then depends on the batch it is drawn
+    in. One rule for every caller (the pipeline, the calibrations), so that a seed means the same noise."""
+    seeds = [int(s) for s in seeds]
+    if noise == "official":
+        return {"g_seed": seeds[0] if seeds else None}
+    return {"seeds": seeds}
+
+
 class NextScaleSampler:
     """Runs VAR + the VQ-VAE quantizer (no decoding) scale by scale.
 

@@ -33,6 +33,8 @@ def _imports(folder: str) -> dict[str, set[str]]:
     ("models", ("radar_train.toyworld", "radar_train.train", "radar_train.cache", "radar_train.export", "lightning",
                 "peft")),
     ("export", ("radar_train.train", "lightning")),
+    ("accel", ("radar_train.inference", "radar_train.train", "radar_train.cache", "radar_train.toyworld", "lightning",
+               "peft")),
 ])
 def test_a_layer_does_not_import_the_layers_above_it(folder, forbidden):
     found = {f: sorted(m for m in mods if m.startswith(forbidden)) for f, mods in _imports(folder).items()}

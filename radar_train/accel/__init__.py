@@ -30,12 +30,13 @@ def _fastvar(args: AccelArgs, patch_nums: Sequence[int]) -> FastVAR:
 
 def _stagevar(args: AccelArgs, patch_nums: Sequence[int]) -> StageVAR:
     a: StageVARArgs = args.stagevar
-    ratios, alpha, var = (), None, None
+    ratios, alpha, var, branch = (), None, None, None
     if a.rank_ratios is not None:
-        table, alpha, var = load_rank_file(a.rank_ratios)
+        table, alpha, var, branch = load_rank_file(a.rank_ratios)
         ratios = tuple((pn, tuple(r)) for pn, r in sorted(table.items()))
     kw = dict(single_branch=a.single_branch, rank_ratios=ratios, rank_ratios_file=a.rank_ratios,
-              rank_ratios_alpha=alpha, rank_ratios_var=var, default_rank_ratio=a.default_rank_ratio,
+              rank_ratios_alpha=alpha, rank_ratios_var=var, rank_ratios_branch=branch,
+              default_rank_ratio=a.default_rank_ratio,
               min_rank=a.min_rank, rp_scale=a.rp_scale)
     if a.scales is not None:
         return StageVAR(scales=tuple((int(k), float(v)) for k, v in sorted(a.scales.items())), **kw)

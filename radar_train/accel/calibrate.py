@@ -27,9 +27,8 @@ from radar_train.accel.base import AccelMethod, AccelRun, Branch, ConfigError, R
 from radar_train.accel.sca import FORMAT_VERSION as SCA_FORMAT_VERSION
 from radar_train.accel.sca import MaskFile, SCAMask, resolve_budgets, save_mask_file, scale_tiles, tile_counts
 from radar_train.accel.stagevar import SINGLE_BRANCHES, rank_for
-from radar_train.inference.pipeline import noise_keys
 from radar_train.models.hooks import StepHooks
-from radar_train.sampling import NextScaleSampler
+from radar_train.sampling import NextScaleSampler, noise_keys
 
 
 class RankProbe(AccelMethod):

@@ -44,6 +44,7 @@ class RankFile(NamedTuple):
     ratios: dict[int, list[float]]  # {scale side: [ratio per block]}
     alpha: Optional[float]
     var: Optional[tuple[Optional[str], str]]  # (identity kind or None in older files, identity value)
+    single_branch: Optional[str]  # whose rows were measured (cond in older calibrations; None: hand-written)
 
 
 def load_rank_file(path: str | Path) -> RankFile:
@@ -56,7 +57,8 @@ def load_rank_file(path: str | Path) -> RankFile:
         data = yaml.safe_load(p.read_text())
         ratios = {int(k): [float(r) for r in v] for k, v in data["ratios"].items()}
         alpha = data.get("alpha")
-        return RankFile(ratios, None if alpha is None else float(alpha), _var_of(data.get("model")))
+        return RankFile(ratios, None if alpha is None else float(alpha), _var_of(data.get("model")),
+                        _branch_of(data))
     except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise ValueError(f"{p}: not a stagevar rank-ratio file ({type(e).__name__}: {e})") from None
 
@@ -75,6 +77,18 @@ def _var_of(model: object) -> Optional[tuple[Optional[str], str]]:
     if isinstance(var, str):
         return None, var
     raise TypeError(f"model.var {var!r} is neither {{kind, value}} nor a value")
+
+
+def _branch_of(data: dict) -> Optional[str]:
+    """The single_branch whose rows a rank file measured: its `single_branch`; `cond` in a file `radar-accel
+    calibrate` wrote before it recorded the field (it measured the conditional rows then); None for a hand-written
+    table (nothing measured, nothing to compare). ValueError for another value (the caller reports the file)."""
+    branch = data.get("single_branch")
+    if branch is None:
+        return "cond" if data.get("written_by") == "radar-accel calibrate" else None
+    if branch not in SINGLE_BRANCHES:
+        raise ValueError(f"single_branch {branch!r} is not one of {', '.join(SINGLE_BRANCHES)}")
+    return branch
 
 
 def rank_for(alpha_energy: torch.Tensor, alpha: float) -> torch.Tensor:

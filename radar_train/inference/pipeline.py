@@ -23,7 +23,7 @@ from radar_train.accel import AccelMethod, build_accel
 from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
 from radar_train.images import to_pil, to_uint8
 from radar_train.models import LatentDecoder, ModelIdentity, load_models
-from radar_train.sampling import NextScaleSampler, SampleOutput, generate_pairs
+from radar_train.sampling import NextScaleSampler, SampleOutput, generate_pairs, noise_keys
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +74,6 @@ def accel_differences(trained: dict, mine: dict) -> list[str]:
     a setting only one side records (an older adapter's) is not compared."""
     a, b = _accel_settings(trained), _accel_settings(mine)
     return [f"{k}: {a[k]} vs {b[k]}" for k in a if k in b and a[k] != b[k]]
-
-
-def noise_keys(noise: str, seeds: Sequence[int]) -> dict:
-    """The keywords of `NextScaleSampler.sample` that draw one call's samples from their seeds. per_sample noise:
-    the samples' seeds. official noise: one generator for the call, seeded with the first sample's seed (the
-    official sampler's g_seed), so the call is reproducible, but a sample then depends on the batch it is drawn
-    in. One rule for every caller (the pipeline, the calibrations), so that a seed means the same noise."""
-    seeds = [int(s) for s in seeds]
-    if noise == "official":
-        return {"g_seed": seeds[0] if seeds else None}
-    return {"seeds": seeds}
 
 
 class RadarPipeline:

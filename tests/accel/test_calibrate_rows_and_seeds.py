@@ -107,3 +107,37 @@ def test_calibrate_records_the_branch_it_measured(tmp_path):
               "--batch_size", "2", "--device", "cpu", "--output", str(out)])
     assert e.value.code == 0
     assert yaml.safe_load(out.read_text())["single_branch"] == "uncond"
+
+
+@pytest.mark.parametrize("doc,branch,refused", [
+    ({"single_branch": "uncond"}, "uncond", False),
+    ({"single_branch": "uncond"}, "cond", True),
+    ({"single_branch": "off"}, "uncond", True),
+    ({"written_by": "radar-accel calibrate"}, "cond", False),  # an older calibration: it measured the cond rows
+    ({"written_by": "radar-accel calibrate"}, "off", True),
+    ({}, "uncond", False),  # a hand-written table: nothing measured, nothing compared
+])
+def test_build_refuses_a_rank_file_of_another_branch(tmp_path, doc, branch, refused):
+    from radar_train.accel import ConfigError, build_accel
+    from radar_train.config import AccelArgs, StageVARArgs
+
+    f = tmp_path / "ranks.yaml"
+    f.write_text(yaml.safe_dump({"alpha": 0.96, "ratios": {6: [0.3] * 4, 8: [0.3] * 4}, **doc}))
+    args = AccelArgs("stagevar", stagevar=StageVARArgs(scales={6: 0.96, 8: 0.96}, rank_ratios=str(f),
+                                                       single_branch=branch))
+    if refused:
+        with pytest.raises(ConfigError, match=f"ranks.yaml were calibrated on the rows of single_branch "
+                                              f"{doc.get('single_branch', 'cond')}, not {branch}") as e:
+            build_accel(args, (1, 2, 3, 4, 6, 8), 4)
+        assert "\n" not in str(e.value)
+    else:
+        assert build_accel(args, (1, 2, 3, 4, 6, 8), 4).single_branch == branch
+
+
+def test_a_rank_file_with_an_unknown_branch_is_not_a_rank_file(tmp_path):
+    from radar_train.accel.stagevar import load_rank_file
+
+    f = tmp_path / "ranks.yaml"
+    f.write_text(yaml.safe_dump({"alpha": 0.96, "single_branch": "both", "ratios": {6: [0.3] * 4}}))
+    with pytest.raises(ValueError, match="ranks.yaml: not a stagevar rank-ratio file .*single_branch 'both'"):
+        load_rank_file(f)
