@@ -119,6 +119,13 @@ CASES = [
       for cli, argv in (("generate", lambda w, t, dev=dev: [*_generate_opts()[:-4], "--device", dev, "--output", "gen"]),
                         ("fid", lambda w, t, dev=dev: ["--save_npz", "true", "--model.preset", "tiny", "--num_samples",
                                                        "4", "--device", dev, "--output", "f"]))],
+    # radar-toy measure: a model of another world, and sampler settings, before the reconstruction and FID baselines
+    ("toy-measure-of-a-model-of-another-world", "toy",
+     lambda w, t: ["measure", "--setup.model.preset", "tiny", "--setup.methods", "[]", "--output", "m"],
+     ["--setup.model.preset tiny", "32 px images of 10 classes"]),
+    ("toy-measure-negative-guidance", "toy",
+     lambda w, t: ["measure", "--setup.sampling.cfg", "-1", "--setup.methods", "[]", "--output", "m"],
+     ["--setup.sampling.cfg must be a finite number >= 0"]),
     ("calibrate-negative-init-seed", "accel",
      lambda w, t: ["calibrate", "--model.preset", "tiny", "--num_samples", "2", "--batch_size", "2", "--output",
                    "r.yaml", "--model.init_seed", "-1"], ["model.init_seed", "-1"]),

@@ -45,3 +45,21 @@ def test_demo_names_a_missing_config(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error:") and "nope.yaml not found" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_during_a_step_is_one_line_naming_the_step(monkeypatch, capsys):
+    """Ctrl-C reaches radar-demo inside subprocess.run: a 40-line KeyboardInterrupt traceback before."""
+    from radar_train.cli import demo
+    from radar_train.cli.common import run_main
+
+    def interrupted(cmd, cwd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo.subprocess, "run", interrupted)
+    cmd = [sys.executable, "-m", "radar_train.cli.train", "fit", "--config", "c.yaml"]
+    with pytest.raises(SystemExit) as done:
+        run_main("radar-demo", lambda args: demo._run(cmd, Path(".")), [])
+    assert done.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "radar-demo: interrupted during radar-train fit; the same command goes on from there"
+    assert not any("Traceback" in line for line in err)

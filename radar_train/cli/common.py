@@ -379,7 +379,7 @@ def show_field_docs(args: Sequence[str]) -> None:
 def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Optional[Sequence[str]] = None,
              errors: tuple[type[BaseException], ...] = (), check_configs: bool = True) -> NoReturn:
     """Run `body(args)` (args: argv, or sys.argv[1:]) and exit with its status; a parse error or one of
-    USER_ERRORS (and `errors`) is one line on stderr and exit status 2. Config files are read first
+    USER_ERRORS (and `errors`) is one line on stderr and exit status 2, Ctrl-C one line and 130. Config files are read first
     (unless `check_configs` is false: the body calls check_config_files itself), and again with their
     groups checked when the body parses (`checked_parsing`)."""
     from jsonargparse import ArgumentError
@@ -402,4 +402,7 @@ def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Option
     except (*USER_ERRORS, *errors) as e:
         print_error(e)
         sys.exit(2)
+    except KeyboardInterrupt as e:  # Ctrl-C: one line (what was being done, if the body said), not a traceback
+        print(f"{prog}: {e or 'interrupted'}", file=sys.stderr)
+        sys.exit(130)
     sys.exit(code or 0)

@@ -30,7 +30,10 @@ def _run(cmd: list[str], cwd: Path) -> None:
     print(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
     step = _step_name(cmd)
     t0 = time.time()
-    r = subprocess.run(cmd, cwd=cwd)
+    try:
+        r = subprocess.run(cmd, cwd=cwd)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted during {step}; the same command goes on from there") from None
     if r.returncode != 0:
         raise RuntimeError(f"step failed (exit {r.returncode}): {step} — see the output above")
     print(f"  ({step}: {time.time() - t0:.0f} s)", flush=True)
