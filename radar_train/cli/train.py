@@ -459,9 +459,13 @@ def run_lightning(argv: list[str]) -> None:
     except MisconfigurationException as e:
         raise ValueError(str(e)) from None
     except SIGTERMException:  # a SystemExit without a status: the run did not finish, so not 0
-        print("radar-train: stopped by SIGTERM; a run with checkpoints saved the step it stopped at (resume it "
+        from radar_train.train import stop_signal
+
+        signum = stop_signal.stopped_by or signal.SIGTERM
+        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        print(f"radar-train: stopped by {name}; a run with checkpoints saved the step it stopped at (resume it "
               "with --ckpt_path last)", file=sys.stderr, flush=True)
-        sys.exit(128 + signal.SIGTERM)
+        sys.exit(128 + signum)
 
 
 def _body(argv: list[str]) -> int:

@@ -1,5 +1,5 @@
-"""`radar-train fit` stopped by SIGTERM (kill, docker stop, a preempting scheduler, scancel): it saves the step it
-stops at and exits with status 143, and the run resumed from that checkpoint ends bit-identical to an
+"""`radar-train fit` stopped by SIGTERM (kill, docker stop, a preempting scheduler, scancel) or Ctrl-C: it saves the
+step it stops at and exits with status 143 (130 for Ctrl-C), and the run resumed from that checkpoint ends bit-identical to an
 uninterrupted one. Lightning alone stopped without saving (every step since the last periodic checkpoint
 lost) and exited 0, so `radar-train fit ... && radar-eval ...` went on as if the run had finished."""
 from __future__ import annotations
@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parents[2]
 MAX_STEPS = 6
 
 
-def _command(cache: str, run: Path, term_at: int = 0) -> list[str]:
-    callbacks = [{"class_path": "self_term.SelfTerm", "init_args": {"step": term_at}}] if term_at else []
+def _command(cache: str, run: Path, term_at: int = 0, signal: str = "SIGTERM") -> list[str]:
+    callbacks = [{"class_path": "self_term.SelfTerm", "init_args": {"step": term_at, "signal": signal}}] \
+        if term_at else []
     return [sys.executable, "-m", "radar_train.cli.train", "fit", "--config", str(ROOT / "configs/train/tiny.yaml"),
             "--trainer.default_root_dir", str(run), "--trainer.max_steps", str(MAX_STEPS),
             "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1", "--trainer.logger", "false",
@@ -45,16 +46,16 @@ def test_sigterm_saves_the_step_it_stops_at_exits_143_and_the_run_resumes_exactl
     r = _run(_command(tiny_cache, full))
     assert r.returncode == 0, r.stderr[-3000:]
 
-    # step 3: no validation due -> saved at the step's end
-    r = _run(_command(tiny_cache, stopped, term_at=3))
-    assert r.returncode == 143, r.stderr[-3000:]
-    assert "stopped by SIGTERM" in r.stderr and not (stopped / "final").exists()
+    # step 3, Ctrl-C (SIGINT; the same path as SIGTERM): no validation due -> saved at the step's end, status 130
+    r = _run(_command(tiny_cache, stopped, term_at=3, signal="SIGINT"))
+    assert r.returncode == 130, r.stderr[-3000:]
+    assert "stopped by Ctrl-C" in r.stderr and not (stopped / "final").exists()
     assert _last(stopped)["global_step"] == 3
     metrics_before = _last(stopped)["radar"]["metrics"]  # those of the validation at step 2
 
     # step 4: a validation is due -> it runs, then the step is saved (with its metrics) and the run stops
     r = _run(_command(tiny_cache, stopped, term_at=4) + ["--ckpt_path", "last"])
-    assert r.returncode == 143, r.stderr[-3000:]
+    assert r.returncode == 143 and "stopped by SIGTERM" in r.stderr, r.stderr[-3000:]
     last = _last(stopped)
     assert last["global_step"] == 4 and last["radar"]["metrics"] and last["radar"]["metrics"] != metrics_before
 
@@ -64,3 +65,26 @@ def test_sigterm_saves_the_step_it_stops_at_exits_143_and_the_run_resumes_exactl
     a, b = (load_file(str(run / "final" / "adapter_model.safetensors")) for run in (full, stopped))
     assert a.keys() == b.keys() and a and all(torch.equal(a[k], b[k]) for k in a)
     assert _last(stopped)["global_step"] == MAX_STEPS
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    """The first SIGINT is only noted (the save waits for the step's end); a second raises KeyboardInterrupt
+    (Lightning's shutdown, nothing saved), and the handlers before ours are back."""
+    import signal
+
+    from radar_train.train.stop_signal import StepBoundaryStop
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    stop = StepBoundaryStop()
+    stop.install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop._noted == signal.SIGINT
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            raise AssertionError("the second Ctrl-C did not interrupt")
+        except KeyboardInterrupt:
+            pass
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    finally:
+        stop.uninstall()
