@@ -403,6 +403,6 @@ def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Option
         print_error(e)
         sys.exit(2)
     except KeyboardInterrupt as e:  # Ctrl-C: one line (what was being done, if the body said), not a traceback
-        print(f"{prog}: {e or 'interrupted'}", file=sys.stderr)
+        print(f"{prog}: {str(e) or 'interrupted'}", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
