@@ -47,19 +47,35 @@ def test_demo_names_a_missing_config(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-def test_ctrl_c_during_a_step_is_one_line_naming_the_step(monkeypatch, capsys):
-    """Ctrl-C reaches radar-demo inside subprocess.run: a 40-line KeyboardInterrupt traceback before."""
+@pytest.mark.parametrize("interrupts", [1, 2])
+def test_ctrl_c_during_a_step_lets_it_stop_and_is_one_line_naming_the_step(monkeypatch, capsys, interrupts):
+    """Ctrl-C reaches radar-demo while its step runs (the step gets it too): the demo waits for the step to stop
+    (radar-train fit saves the step it is in; subprocess.run killed it 0.25 s later), a second Ctrl-C ends the step
+    at once; then one line naming the step (a 40-line KeyboardInterrupt traceback before)."""
     from radar_train.cli import demo
     from radar_train.cli.common import run_main
 
-    def interrupted(cmd, cwd):
-        raise KeyboardInterrupt
+    calls = []
 
-    monkeypatch.setattr(demo.subprocess, "run", interrupted)
+    class Step:
+        def __init__(self, cmd, cwd):
+            pass
+
+        def wait(self):
+            calls.append("wait")
+            if calls.count("wait") <= interrupts:
+                raise KeyboardInterrupt
+            return 130
+
+        def kill(self):
+            calls.append("kill")
+
+    monkeypatch.setattr(demo.subprocess, "Popen", Step)
     cmd = [sys.executable, "-m", "radar_train.cli.train", "fit", "--config", "c.yaml"]
     with pytest.raises(SystemExit) as done:
         run_main("radar-demo", lambda args: demo._run(cmd, Path(".")), [])
     assert done.value.code == 130
+    assert calls == (["wait", "wait"] if interrupts == 1 else ["wait", "wait", "kill", "wait"])
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "radar-demo: interrupted during radar-train fit; the same command goes on from there"
     assert not any("Traceback" in line for line in err)

@@ -30,12 +30,18 @@ def _run(cmd: list[str], cwd: Path) -> None:
     print(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
     step = _step_name(cmd)
     t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=cwd)
     try:
-        r = subprocess.run(cmd, cwd=cwd)
-    except KeyboardInterrupt:
+        code = proc.wait()
+    except KeyboardInterrupt:  # the step got the terminal's Ctrl-C too: let it save and stop (radar-train fit
+        try:  # saves the step it is in), however long that takes; a second Ctrl-C ends it at once
+            proc.wait()
+        except KeyboardInterrupt:
+            proc.kill()
+            proc.wait()
         raise KeyboardInterrupt(f"interrupted during {step}; the same command goes on from there") from None
-    if r.returncode != 0:
-        raise RuntimeError(f"step failed (exit {r.returncode}): {step} — see the output above")
+    if code != 0:
+        raise RuntimeError(f"step failed (exit {code}): {step} — see the output above")
     print(f"  ({step}: {time.time() - t0:.0f} s)", flush=True)
 
 

@@ -466,6 +466,12 @@ def run_lightning(argv: list[str]) -> None:
         print(f"radar-train: stopped by {name}; a run with checkpoints saved the step it stopped at (resume it "
               "with --ckpt_path last)", file=sys.stderr, flush=True)
         sys.exit(128 + signum)
+    except SystemExit as e:  # (after SIGTERMException, a SystemExit too)
+        if e.code == 1 and isinstance(e.__context__, KeyboardInterrupt):  # Lightning's exit(1) after a Ctrl-C it took
+            print("radar-train: interrupted (nothing saved since the run's last checkpoint)", file=sys.stderr,
+                  flush=True)
+            sys.exit(128 + signal.SIGINT)
+        raise
 
 
 def _body(argv: list[str]) -> int:

@@ -18,6 +18,7 @@ import bisect
 import itertools
 import logging
 import math
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Sequence, Union
@@ -160,6 +161,15 @@ class StreamLoader(DataLoader):
         _warn_rank_zero(f"resume: WebDataset streams cannot resume mid-stream: epoch {self._epoch}'s data order "
                         "restarts from its beginning and differs from an uninterrupted run (use a Zarr cache for "
                         "exact resume)")
+
+
+def leave_stop_signals_to_the_run(worker_id: int) -> None:
+    """DataLoader worker start: ignore Ctrl-C and SIGTERM. A terminal's Ctrl-C and `scancel` reach every process
+    of the run; a worker they killed broke the run's next batch or validation ("DataLoader worker exited
+    unexpectedly") before it could save the step it stops at (train/stop_signal.py). The run decides, and
+    ends its workers itself; a worker whose run died exits on its own (torch's worker watchdog)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _warn_rank_zero(msg: str) -> None:
@@ -354,7 +364,7 @@ class PairDataModule(pl.LightningDataModule):
         from radar_train.cache.reader import BlockShuffleSampler
 
         kw = dict(batch_size=batch_size, num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
-                  persistent_workers=self.num_workers > 0)
+                  persistent_workers=self.num_workers > 0, worker_init_fn=leave_stop_signals_to_the_run)
         if isinstance(ds, torch.utils.data.IterableDataset):
             if not train:
                 return DataLoader(ds, **kw)

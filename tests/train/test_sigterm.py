@@ -16,9 +16,9 @@ ROOT = Path(__file__).resolve().parents[2]
 MAX_STEPS = 6
 
 
-def _command(cache: str, run: Path, term_at: int = 0, signal: str = "SIGTERM") -> list[str]:
-    callbacks = [{"class_path": "self_term.SelfTerm", "init_args": {"step": term_at, "signal": signal}}] \
-        if term_at else []
+def _command(cache: str, run: Path, term_at: int = 0, signal: str = "SIGTERM", group: bool = False) -> list[str]:
+    callbacks = [{"class_path": "self_term.SelfTerm", "init_args": {"step": term_at, "signal": signal,
+                                                                   "group": group}}] if term_at else []
     return [sys.executable, "-m", "radar_train.cli.train", "fit", "--config", str(ROOT / "configs/train/tiny.yaml"),
             "--trainer.default_root_dir", str(run), "--trainer.max_steps", str(MAX_STEPS),
             "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1", "--trainer.logger", "false",
@@ -32,7 +32,8 @@ def _command(cache: str, run: Path, term_at: int = 0, signal: str = "SIGTERM") -
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "scripts"), str(ROOT)]),
            "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+                          start_new_session=True)  # (a signal to the process group stays in it)
 
 
 def _last(run: Path) -> dict:
@@ -46,18 +47,21 @@ def test_sigterm_saves_the_step_it_stops_at_exits_143_and_the_run_resumes_exactl
     r = _run(_command(tiny_cache, full))
     assert r.returncode == 0, r.stderr[-3000:]
 
-    # step 3, Ctrl-C (SIGINT; the same path as SIGTERM): no validation due -> saved at the step's end, status 130
-    r = _run(_command(tiny_cache, stopped, term_at=3, signal="SIGINT"))
-    assert r.returncode == 130, r.stderr[-3000:]
-    assert "stopped by Ctrl-C" in r.stderr and not (stopped / "final").exists()
-    assert _last(stopped)["global_step"] == 3
-    metrics_before = _last(stopped)["radar"]["metrics"]  # those of the validation at step 2
-
-    # step 4: a validation is due -> it runs, then the step is saved (with its metrics) and the run stops
-    r = _run(_command(tiny_cache, stopped, term_at=4) + ["--ckpt_path", "last"])
-    assert r.returncode == 143 and "stopped by SIGTERM" in r.stderr, r.stderr[-3000:]
+    # step 2, Ctrl-C (SIGINT to the process group, as a terminal sends it; the same path as SIGTERM): a validation is
+    # due -> it runs, then the step is saved (with its metrics) and the run stops, status 130. With a DataLoader
+    # worker per loader, the validation's forked in the sanity check (before the run took the signal): a worker the
+    # Ctrl-C killed broke that validation, and nothing was saved
+    r = _run(_command(tiny_cache, stopped, term_at=2, signal="SIGINT", group=True) + [
+        "--data.num_workers", "1", "--trainer.num_sanity_val_steps", "1"])
+    assert r.returncode == 130 and "stopped by Ctrl-C" in r.stderr, r.stderr[-3000:]
+    assert not (stopped / "final").exists()
     last = _last(stopped)
-    assert last["global_step"] == 4 and last["radar"]["metrics"] and last["radar"]["metrics"] != metrics_before
+    assert last["global_step"] == 2 and last["radar"]["metrics"]  # those of the validation at step 2
+
+    # step 3: no validation due -> saved at the step's end
+    r = _run(_command(tiny_cache, stopped, term_at=3) + ["--ckpt_path", "last"])
+    assert r.returncode == 143 and "stopped by SIGTERM" in r.stderr, r.stderr[-3000:]
+    assert _last(stopped)["global_step"] == 3 and _last(stopped)["radar"]["metrics"] == last["radar"]["metrics"]
 
     # the last step (6, a validation due): the run finishes instead (checkpoint and final/), exit 0
     r = _run(_command(tiny_cache, stopped, term_at=MAX_STEPS) + ["--ckpt_path", "last"])
@@ -65,6 +69,13 @@ def test_sigterm_saves_the_step_it_stops_at_exits_143_and_the_run_resumes_exactl
     a, b = (load_file(str(run / "final" / "adapter_model.safetensors")) for run in (full, stopped))
     assert a.keys() == b.keys() and a and all(torch.equal(a[k], b[k]) for k in a)
     assert _last(stopped)["global_step"] == MAX_STEPS
+
+    # Ctrl-C in radar-train validate (Lightning takes it: its shutdown, then exit 1): one line, status 130
+    cb = [{"class_path": "self_term.SelfTerm", "init_args": {"step": 0, "signal": "SIGINT", "in_validation": True}}]
+    validate = ["validate", *_command(tiny_cache, full)[4:], "--ckpt_path", "last", "--trainer.callbacks", json.dumps(cb)]
+    r = _run(_command(tiny_cache, full)[:3] + validate)
+    assert r.returncode == 130, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines()[-1] == "radar-train: interrupted (nothing saved since the run's last checkpoint)"
 
 
 def test_a_second_ctrl_c_stops_at_once():

@@ -3,7 +3,9 @@
 
     radar-train fit ... --trainer.callbacks '[{"class_path": "self_term.SelfTerm", "init_args": {"step": N}}]'
     (with tests/train/scripts on PYTHONPATH): the signal arrives during optimizer step N (1-based);
-    "init_args": {"step": N, "signal": "SIGINT"} sends SIGINT
+    "init_args": {"step": N, "signal": "SIGINT"} sends SIGINT; "in_validation": true sends it at the first validation
+    batch instead (radar-train validate); "group": true sends it to the process group (as a
+    terminal's Ctrl-C and scancel do: DataLoader workers get it too; run the command in a session of its own)
 """
 from __future__ import annotations
 
@@ -16,12 +18,22 @@ from lightning.pytorch.callbacks import Callback
 class SelfTerm(Callback):
     """os.kill(own pid, `signal`) at the start of the batch that makes optimizer step `step`."""
 
-    def __init__(self, step: int, signal: str = "SIGTERM"):
-        self.step = step
+    def __init__(self, step: int, signal: str = "SIGTERM", group: bool = False, in_validation: bool = False):
+        self.step, self.group, self.in_validation = step, group, in_validation
         self.signum = getattr(signal_module, signal)
         self.sent = False
 
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.in_validation and not self.sent:
+            self._send()
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if not self.sent and trainer.global_step == self.step - 1:
-            self.sent = True
+        if not self.in_validation and not self.sent and trainer.global_step == self.step - 1:
+            self._send()
+
+    def _send(self) -> None:
+        self.sent = True
+        if self.group:
+            os.killpg(os.getpgrp(), self.signum)
+        else:
             os.kill(os.getpid(), self.signum)
