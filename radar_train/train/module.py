@@ -48,7 +48,7 @@ from .lora import LoraArgs, inject_lora, parameter_counts, resolve_targets
 from .losses import DistillLoss, LossArgs
 from .metrics import RestorationStats, psnr_per_image, ssim_per_image, to_unit
 from .optim import OptimArgs, build_optimizer
-from .rng import StepRng
+from .rng import StepRng, draw_base
 from .run_checkpoint import validation_follows
 from .selection import BestCheckpoint, EarlyStoppingArgs
 
@@ -224,6 +224,8 @@ class RadarLoraModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self._step_rng.state_dict() is None:  # the first step: rank 0's base for every rank (one collective)
+            self._step_rng.start(self.trainer.strategy.broadcast(draw_base(), src=0))
         with self._step_rng.active(self.device, self.global_rank):  # exact resume: the stream is in every checkpoint
             loss, terms, student, teacher = self.compute_loss(batch)
         bs = batch["fhat_hq"].shape[0]

@@ -9,7 +9,8 @@ generators (CPU, and the CUDA device's) for this one forward and puts the global
 ends.
 
 The seed of a forward is a hash of (base, forward count, rank): `base` is drawn once, at the first step, from
-the global state (after `seed_everything`, so it is the same on every rank); the count is the number of
+the global state (after `seed_everything`) and broadcast from rank 0 (the one whose checkpoint every rank
+resumes from, so a run whose ranks were seeded differently resumes exactly too); the count is the number of
 training forwards before this one (micro-batches, with gradient accumulation). Checkpoints hold the base and the
 count, so a resumed run draws the same dropout masks as an uninterrupted one, and since rank 0's checkpoint is
 every rank's, the rank goes into the hash instead: each DDP process draws its own masks (with one seed for
@@ -35,6 +36,12 @@ def forward_seed(base: int, count: int, rank: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+def draw_base() -> int:
+    """A stream's base seed, drawn from the global CPU generator, which is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        return int(torch.randint(0, 2**62, (1,)).item())
+
+
 class StepRng:
     """A random stream of its own for the training step (see the module docstring)."""
 
@@ -54,7 +61,7 @@ class StepRng:
                     yield
                 return
             if self.base is None:
-                self.base = int(torch.randint(0, 2**62, (1,)).item())
+                self.base = draw_base()
             seed = forward_seed(self.base, self.count, rank)
             torch.default_generator.manual_seed(seed)
             if cuda:
@@ -75,6 +82,11 @@ class StepRng:
             self._legacy = {"cpu": torch.get_rng_state()}
             if cuda:
                 self._legacy["cuda"] = torch.cuda.get_rng_state(index)
+
+    def start(self, base: int) -> None:
+        """Begin the stream at `base` (rank 0's, broadcast: every rank the same base, seeded or not)."""
+        if self.base is None and self._legacy is None:
+            self.base = int(base)
 
     def state_dict(self) -> Optional[dict[str, torch.Tensor]]:
         if self._legacy is not None:
