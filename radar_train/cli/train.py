@@ -459,9 +459,15 @@ def run_lightning(argv: list[str]) -> None:
     except MisconfigurationException as e:
         raise ValueError(str(e)) from None
     except SIGTERMException:  # a SystemExit without a status: the run did not finish, so not 0
-        from radar_train.train import stop_signal
+        from radar_train.train import requeue, stop_signal
 
         signum = stop_signal.stopped_by or signal.SIGTERM
+        if requeue.last_requeue:  # SLURM's SIGTERM after the requeue save: the job restarts from that file
+            r = requeue.last_requeue
+            print(f"radar-train: requeued by SLURM at step {r['step']}: the restarted job resumes from "
+                  f"{hpc_checkpoint(r['root']) or Path(r['root']) / 'hpc_ckpt_N.ckpt'} (by hand: --ckpt_path hpc)",
+                  file=sys.stderr, flush=True)
+            sys.exit(128 + signum)
         name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
         print(f"radar-train: stopped by {name}; a run with checkpoints saved the step it stopped at (resume it "
               "with --ckpt_path last)", file=sys.stderr, flush=True)
@@ -501,6 +507,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     for handler in logging.getLogger().handlers:  # our INFO lines once per run, not once per device
         if not any(isinstance(f, RankZeroInfo) for f in handler.filters):
             handler.addFilter(RankZeroInfo())
+    if "SLURM_NTASKS" in os.environ:  # before the slow imports: a requeue signal now is noted, not fatal
+        from radar_train.train.requeue import hold_requeue_signal
+
+        hold_requeue_signal()
     args = sys.argv[1:] if argv is None else argv
     sub = args[0] if args and args[0] in LIGHTNING_SUBCOMMANDS + ("export",) else None
     # a parse error's hint names the subcommand's help, which lists its options (`radar-train --help` does not)

@@ -22,7 +22,24 @@ import threading
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StepBoundaryRequeue"]
+__all__ = ["StepBoundaryRequeue", "hold_requeue_signal", "last_requeue"]
+
+_early = {"noted": False}
+last_requeue: dict = {}  # {"root", "step"} of this process's requeue save, for the command's last line
+
+
+def _note_early(signum, frame) -> None:
+    _early["noted"] = True
+    log.info("requeue signal %s before training started: saving and requeueing at the end of the first step", signum)
+
+
+def hold_requeue_signal(signum: int = signal.SIGUSR1) -> None:
+    """From the start of a radar-train process under SLURM until its fit takes the signal: note the requeue signal
+    rather than die of it (SIGUSR1's default action: the job FAILED, not requeued, when the signal came while the
+    models loaded or DDP started, e.g. with a short time limit). `StepBoundaryRequeue.install` takes the note
+    over, so the fit saves and requeues at the end of its first step; after the fit this handler notes again."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signum) in (None, signal.SIG_DFL):
+        signal.signal(signum, _note_early)
 
 
 def _requeue_signal(trainer):
@@ -55,9 +72,10 @@ class StepBoundaryRequeue:
                 or threading.current_thread() is not threading.main_thread():
             return
         previous = signal.getsignal(signum)
-        if previous not in (None, signal.SIG_DFL):
+        if previous not in (None, signal.SIG_DFL, _note_early):
             return
-        self._signum, self._previous, self._noted, self._done = signum, previous, False, False
+        self._signum, self._previous, self._noted, self._done = signum, previous, _early["noted"], False
+        _early["noted"] = False
         signal.signal(signum, self._note)
 
     def uninstall(self) -> None:
@@ -83,4 +101,5 @@ class StepBoundaryRequeue:
     def requeue(self, trainer) -> None:
         """Lightning's own requeue: finalise the loggers, save hpc_ckpt_N.ckpt, `scontrol requeue` (rank 0)."""
         self._done = True
+        last_requeue.update(root=trainer.default_root_dir, step=trainer.global_step)
         trainer._signal_connector._slurm_sigusr_handler_fn(self._signum, None)

@@ -36,6 +36,7 @@ class StepBoundaryStop:
         self._before: dict[int, object] = {}  # the handlers installed before ours (Lightning's), restored by uninstall
         self._installed = False
         self._noted: Optional[int] = None
+        self._agreed: Optional[int] = None  # under DDP: the signal the ranks agreed on at the last save point
         self._pid = os.getpid()
 
     def install(self) -> None:
@@ -73,13 +74,17 @@ class StepBoundaryStop:
         """Whether to save and stop now. Every rank must call it at the same points (a collective under DDP)."""
         if not self._installed:
             return False
-        if trainer.world_size > 1:
-            return bool(trainer.strategy.reduce_boolean_decision(self._noted is not None, all=False))
+        if trainer.world_size > 1:  # the signal any rank noted (SIGTERM over SIGINT), so that all report the same
+            import torch
+
+            noted = torch.tensor(self._noted or 0, device=trainer.strategy.root_device)
+            self._agreed = int(trainer.strategy.reduce(noted, reduce_op="max")) or None
+            return self._agreed is not None
         return self._noted is not None
 
     def stop(self, trainer) -> None:
         """Raise Lightning's SIGTERM flag: its fit loop stops after this step (SIGTERMException)."""
         global stopped_by
-        stopped_by = self._noted if self._noted is not None else signal.SIGTERM  # (another rank's signal)
+        stopped_by = self._agreed or self._noted or signal.SIGTERM
         self.uninstall()
         trainer._signal_connector.received_sigterm = True

@@ -209,13 +209,22 @@ def test_fit_help_leads_with_the_options_people_change(capsys):
 
 @pytest.mark.slow
 def test_ddp_with_two_cpu_processes_runs_and_writes_one_checkpoint(tiny_cache, tmp_path):
+    """Stopped first by a Ctrl-C that reaches rank 1 only (`kill -INT`): both ranks save step 2 and report Ctrl-C,
+    status 130 (rank 0, which noted nothing itself, reported SIGTERM and the run exited 143); then resumed."""
     root = tmp_path / "ddp"
     args = _tiny_args(tiny_cache, root, 3, "--trainer.accelerator", "cpu", "--trainer.devices", "2",
                       "--trainer.strategy", "ddp", "--model.output.save_every_n_steps", "3")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "scripts"), str(CONFIGS.parents[1])])}
     env.pop("SLURM_JOB_ID", None)
-    proc = subprocess.run([sys.executable, "-m", "radar_train.cli.train", *args], env=env, capture_output=True,
-                          text=True, timeout=300)
+    ctrl_c = [{"class_path": "self_term.SelfTerm", "init_args": {"step": 2, "signal": "SIGINT", "rank": 1}}]
+    proc = subprocess.run([sys.executable, "-m", "radar_train.cli.train", *args, "--trainer.callbacks",
+                           json.dumps(ctrl_c)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert proc.stderr.count("stopped by Ctrl-C") == 2 and "stopped by SIGTERM" not in proc.stderr
+    assert torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 2
+    proc = subprocess.run([sys.executable, "-m", "radar_train.cli.train", *args, "--ckpt_path", "last"], env=env,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in (root / "checkpoints").iterdir()) == ["last.ckpt", "step-000003.ckpt"]
     ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)

@@ -112,3 +112,19 @@ def test_a_requeue_signal_in_an_optimizer_steps_first_micro_batch_is_taken_after
     assert saved == 3  # the end of the optimizer step the signal came in
     resumed = _fit(cache, run, MAX_STEPS, ckpt_path=str(run / "hpc_ckpt_1.ckpt"), accumulate=2)
     assert first.batches[:2 * saved] + resumed.batches == reference.batches
+
+
+def test_a_requeue_signal_before_training_is_kept_for_the_first_step(cache, tmp_path, slurm):
+    """SIGUSR1 while radar-train loads its models (before the fit takes the signal): its default action killed the
+    process, and SLURM marked the job FAILED, not requeued. radar-train notes it from its start (hold_requeue_signal);
+    the fit saves and requeues at the end of its first step."""
+    from radar_train.train.requeue import hold_requeue_signal
+
+    hold_requeue_signal()
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)  # still alive: noted
+        _fit(cache, tmp_path / "run", 3)
+        assert slurm.read_text() == "requeue 4242\n"
+        assert torch.load(tmp_path / "run" / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=False)["global_step"] == 1
+    finally:
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)

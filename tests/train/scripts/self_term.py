@@ -4,12 +4,13 @@
     radar-train fit ... --trainer.callbacks '[{"class_path": "self_term.SelfTerm", "init_args": {"step": N}}]'
     (with tests/train/scripts on PYTHONPATH): the signal arrives during optimizer step N (1-based);
     "init_args": {"step": N, "signal": "SIGINT"} sends SIGINT; "in_validation": true sends it at the first validation
-    batch instead (radar-train validate); "group": true sends it to the process group (as a
+    batch instead (radar-train validate); "rank": R sends it in DDP rank R's process only; "group": true sends it to the process group (as a
     terminal's Ctrl-C and scancel do: DataLoader workers get it too; run the command in a session of its own)
 """
 from __future__ import annotations
 
 import os
+from typing import Optional
 import signal as signal_module
 
 from lightning.pytorch.callbacks import Callback
@@ -18,8 +19,9 @@ from lightning.pytorch.callbacks import Callback
 class SelfTerm(Callback):
     """os.kill(own pid, `signal`) at the start of the batch that makes optimizer step `step`."""
 
-    def __init__(self, step: int, signal: str = "SIGTERM", group: bool = False, in_validation: bool = False):
-        self.step, self.group, self.in_validation = step, group, in_validation
+    def __init__(self, step: int, signal: str = "SIGTERM", group: bool = False, in_validation: bool = False,
+                 rank: Optional[int] = None):
+        self.step, self.group, self.in_validation, self.rank = step, group, in_validation, rank
         self.signum = getattr(signal_module, signal)
         self.sent = False
 
@@ -28,6 +30,8 @@ class SelfTerm(Callback):
             self._send()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.rank is not None and trainer.global_rank != self.rank:
+            return
         if not self.in_validation and not self.sent and trainer.global_step == self.step - 1:
             self._send()
 
