@@ -164,12 +164,12 @@ class StreamLoader(DataLoader):
 
 
 def leave_stop_signals_to_the_run(worker_id: int) -> None:
-    """DataLoader worker start: ignore Ctrl-C and SIGTERM. A terminal's Ctrl-C and `scancel` reach every process
-    of the run; a worker they killed broke the run's next batch or validation ("DataLoader worker exited
-    unexpectedly") before it could save the step it stops at (train/stop_signal.py). The run decides, and
-    ends its workers itself; a worker whose run died exits on its own (torch's worker watchdog)."""
+    """DataLoader worker start: ignore Ctrl-C. A terminal's Ctrl-C reaches every process of the run; a worker it
+    killed broke the run's next batch or validation ("DataLoader worker exited unexpectedly") before it could save
+    the step it stops at (train/stop_signal.py). The run decides, and ends its workers itself. SIGTERM is left as
+    it is: Python ends its worker processes with it at exit (multiprocessing's terminate, then join), so a worker
+    that ignored it kept a process whose loader was never shut down from ever exiting."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _warn_rank_zero(msg: str) -> None:

@@ -284,3 +284,24 @@ def test_webdataset_training_with_a_rank_that_gets_no_batch_is_refused(tiny_cach
     with pytest.raises(ValueError, match="the 3 WebDataset training tars .* by 4 rank.* give a rank no batch of "
                                          "data.batch_size 4: use at least as many training tars as ranks"):
         dm.train_dataloader()
+
+
+def test_a_process_whose_loader_was_never_shut_down_still_exits(tiny_cache):
+    """At exit Python ends live DataLoader workers with SIGTERM, then joins them: workers that ignored SIGTERM (to
+    outlast a `scancel`) kept such a process from ever exiting (the test suite hung at its end). Ctrl-C is what
+    the workers ignore."""
+    import subprocess
+    import sys
+
+    code = ("from radar_train.train.datamodule import CacheSource, PairDataModule\n"
+            f"dm = PairDataModule([CacheSource({str(tiny_cache)!r}, train_shards='0-1', val_shards='14')], batch_size=4,"
+            " num_workers=1)\n"
+            "dm.setup('fit'); it = iter(dm.train_dataloader()); next(it)\n"
+            "import multiprocessing, pathlib; w = multiprocessing.active_children()[0]  # the worker's handlers:\n"
+            "mask = [l for l in pathlib.Path(f'/proc/{w.pid}/status').read_text().splitlines() if l.startswith('SigIgn')]\n"
+            "print(int(mask[0].split()[1], 16) if mask else -1)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ignored = int(r.stdout.split()[-1])
+    if ignored >= 0:  # (Linux)
+        assert ignored & (1 << (2 - 1)) and not ignored & (1 << (15 - 1))  # SIGINT ignored, SIGTERM not
