@@ -147,12 +147,17 @@ def read_checked_shard(path: Path, manifest: Manifest, shard: int) -> dict[str, 
     return arrays
 
 
+def planned_records(plan: Plan, start: int, stop: int) -> dict[str, np.ndarray]:
+    """The record arrays (label, seed, index) the plan puts at samples [start, stop)."""
+    labels, seeds = plan.labels_seeds(start, stop)
+    return {schema.LABEL: labels, schema.SEED: seeds, schema.INDEX: np.arange(start, stop)}
+
+
 def _misplaced(arrays: dict[str, np.ndarray], attrs: dict, manifest: Manifest, shard: int) -> list[str]:
     """What says that a shard's records are not those the plan puts at `shard` (each its own checksums pass)."""
     first, stop = manifest.shard_range(shard)
-    labels, seeds = Plan.from_dict(manifest.plan).labels_seeds(first, stop)
     bad = [] if attrs.get("shard") == shard else [f"is marked shard {attrs.get('shard')!r}, not {shard}"]
-    for name, planned in ((schema.INDEX, np.arange(first, stop)), (schema.LABEL, labels), (schema.SEED, seeds)):
+    for name, planned in planned_records(Plan.from_dict(manifest.plan), first, stop).items():
         if not np.array_equal(arrays[name], planned):
             bad.append(f"{name} records differ from the plan (samples {first}..{stop - 1})")
     return bad
@@ -172,8 +177,7 @@ def verify_shard(manifest: Manifest, plan: Plan, shard: int, path: Path) -> list
     if attrs.get("count") != stop - start:
         problems.append(f"{path}: count {attrs.get('count')} in the attributes, the plan has {stop - start}")
     checksums = attrs.get("checksums", {})
-    labels, seeds = plan.labels_seeds(start, stop)
-    planned = {schema.LABEL: labels, schema.SEED: seeds, schema.INDEX: np.arange(start, stop)}
+    planned = planned_records(plan, start, stop)
     for name, (shape, dtype) in expected_shapes(manifest, stop - start).items():
         where = path / name
         try:

@@ -224,7 +224,7 @@ class RadarLoraModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        if self._step_rng.state_dict() is None:  # the first step: rank 0's base for every rank (one collective)
+        if not self._step_rng.started:  # the first step: rank 0's base for every rank (one collective)
             self._step_rng.start(self.trainer.strategy.broadcast(draw_base(), src=0))
         with self._step_rng.active(self.device, self.global_rank):  # exact resume: the stream is in every checkpoint
             loss, terms, student, teacher = self.compute_loss(batch)

@@ -83,6 +83,11 @@ class StepRng:
             if cuda:
                 self._legacy["cuda"] = torch.cuda.get_rng_state(index)
 
+    @property
+    def started(self) -> bool:
+        """Whether the stream has its base (or an older checkpoint's state): what a checkpoint would hold."""
+        return self.base is not None or self._legacy is not None
+
     def start(self, base: int) -> None:
         """Begin the stream at `base` (rank 0's, broadcast: every rank the same base, seeded or not)."""
         if self.base is None and self._legacy is None:
