@@ -27,7 +27,8 @@ def evaluate(cache: str, adapter: str, output: str = "outputs/eval", shards: Opt
         batch_size: pairs per batch.
         num_workers: DataLoader workers.
         device: cuda, cpu, or auto.
-        lpips: local LPIPS weight files (both needed); without them LPIPS is not computed.
+        lpips: local LPIPS weight files: --lpips.vgg (torchvision's VGG16) turns LPIPS on; --lpips.heads
+            defaults to torchmetrics' copy of the lpips package's v0.1 heads.
         allow_train_shards: evaluate shards the adapter was trained on anyway (a warning; eval.json records
             them in train_shard_overlap and says held_out false).
         overwrite: replace eval.json / eval.md of an earlier run in the output folder.
@@ -47,6 +48,10 @@ def evaluate(cache: str, adapter: str, output: str = "outputs/eval", shards: Opt
     for name, path in (("--vae_checkpoint", vae_checkpoint), ("--lpips.vgg", lpips.vgg), ("--lpips.heads", lpips.heads)):
         if path is not None:
             check_file(path, f"{name} file")
+    if lpips.vgg and not lpips.heads:
+        from radar_train.train.lpips import _shipped_heads_checked
+
+        _shipped_heads_checked("--lpips.heads")
     check_output_dir(output, REPORT_FILES, "--output", {"--cache": cache, "--adapter": adapter,
                                                          "--vae_checkpoint": vae_checkpoint}, overwrite)
     print(f"radar-eval: adapter {adapter} on {cache} (shards {shard_list or 'from the adapter'}) -> {output}")

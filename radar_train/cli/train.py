@@ -47,7 +47,7 @@ The options people change (every option follows below; a dotted option overrides
   --model.decoder.vae_checkpoint FILE  the VQ-VAE the caches were made with (checked against them)
   --model.lora.rank R                  LoRA rank (also --model.lora.alpha, --model.lora.targets)
   --model.loss.l1_weight W             loss weights: --model.loss.{l1,l2,feature,identity,lpips}_weight
-                                       (LPIPS needs --model.loss.lpips_vgg and --model.loss.lpips_heads)
+                                       (LPIPS needs --model.loss.lpips_vgg; the heads default to torchmetrics')
   --trainer.max_steps N                optimizer steps of the run
   --model.optim.learning_rate LR       peak learning rate (also --model.optim.warmup_steps, weight_decay)
   --trainer.default_root_dir DIR       the run folder: checkpoints/, tb/, config.yaml, final/

@@ -29,7 +29,7 @@ class LpipsArgs:
     vgg: Optional[str] = None
     """torchvision VGG16 weights (vgg16-397923af.pth), for LPIPS."""
     heads: Optional[str] = None
-    """LPIPS v0.1 linear heads (the lpips package's weights/v0.1/vgg.pth)."""
+    """LPIPS v0.1 linear heads (the lpips package's weights/v0.1/vgg.pth); default: torchmetrics' copy of it."""
 
 
 def _adapter_shards(meta: dict, cache_dir: Path, manifest) -> Optional[list[int]]:
@@ -183,9 +183,9 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
                              f"validation samples of the adapter and none of its training samples): pass --shards")
     if not shards:
         raise ValueError("--shards is empty: name the shards to evaluate")
-    if lpips is not None and bool(lpips.vgg) != bool(lpips.heads):
-        given, missing = ("--lpips.vgg", "--lpips.heads") if lpips.vgg else ("--lpips.heads", "--lpips.vgg")
-        raise ValueError(f"{given} without {missing}: LPIPS needs both local weight files (or neither: no LPIPS)")
+    if lpips is not None and lpips.heads and not lpips.vgg:
+        raise ValueError("--lpips.heads without --lpips.vgg: LPIPS needs the local VGG16 weights too (or neither "
+                         "file: no LPIPS)")
     overlap = train_shard_overlap(meta, cache, manifest, shards)
     if overlap and not allow_train_shards:
         raise ValueError(f"--shards {_ranges(overlap)} of {cache} are training shards of the adapter {adapter_dir} "
@@ -201,10 +201,10 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
     dev = torch.device(device)
     plain, adapted, _ = load_decoders(manifest, meta, adapter_dir, vae_checkpoint, dev)
     lp = None
-    if lpips is not None and (lpips.vgg or lpips.heads):
+    if lpips is not None and lpips.vgg:
         from radar_train.train.lpips import load_lpips
 
-        lp = load_lpips(lpips.vgg, lpips.heads, ("--lpips.vgg", "--lpips.heads")).to(dev).eval()
+        lp = load_lpips(lpips.vgg, lpips.heads or None, ("--lpips.vgg", "--lpips.heads")).to(dev).eval()
     loader = DataLoader(ds, batch_size=batch_size, sampler=BlockShuffleSampler(ds, shuffle=False),
                         num_workers=num_workers)
     stats = RestorationStats(dev)

@@ -41,11 +41,11 @@ class LossArgs:
     """L1 of decoder+LoRA on the HQ latent vs the teacher (keeps LoRA harmless); try 0.1. Costs one more
     decoder forward + backward per step."""
     lpips_weight: float = 0.0
-    """LPIPS-VGG (1.0 with real weights, VQGAN convention). Needs lpips_vgg and lpips_heads."""
+    """LPIPS-VGG (1.0 with real weights, VQGAN convention). Needs lpips_vgg."""
     lpips_vgg: Optional[str] = None
     """Local torchvision VGG16 weights file (vgg16-397923af.pth) for LPIPS."""
     lpips_heads: Optional[str] = None
-    """Local LPIPS v0.1 linear heads file (vgg.pth of the lpips package)."""
+    """Local LPIPS v0.1 linear heads file (vgg.pth of the lpips package); default: torchmetrics' copy of it."""
     spectrum_weight: float = 0.0
     """L1 between the student's and the teacher's amplitude spectra (per channel, orthonormal FFT): rewards
     the teacher's amount of fine detail wherever it sits; try 1.0."""
@@ -57,16 +57,21 @@ class LossArgs:
         if self.l1_weight + self.l2_weight + self.feature_weight + self.lpips_weight + self.spectrum_weight == 0:
             p.append("model.loss: every weight of a student term (l1, l2, feature, lpips, spectrum) is 0")
         if self.lpips_weight > 0:
-            absent = [k for k in ("lpips_vgg", "lpips_heads") if getattr(self, k) is None]
-            if absent:
-                p.append(f"model.loss.lpips_weight > 0 needs model.loss.{' and model.loss.'.join(absent)} (local "
-                         "weights files; nothing is downloaded): pass --model.loss.lpips_vgg "
-                         "<torchvision's vgg16-397923af.pth> --model.loss.lpips_heads <the lpips package's "
-                         "weights/v0.1/vgg.pth>, or --model.loss.lpips_weight 0")
+            if self.lpips_vgg is None:
+                p.append("model.loss.lpips_weight > 0 needs model.loss.lpips_vgg (a local weights file; nothing is "
+                         "downloaded): pass --model.loss.lpips_vgg <torchvision's vgg16-397923af.pth>, or "
+                         "--model.loss.lpips_weight 0")
             for key in ("lpips_vgg", "lpips_heads"):
                 path = getattr(self, key)
                 if path is not None and not Path(path).is_file():
                     p.append(f"model.loss.{key} {path}: file not found (LPIPS weights must be available locally)")
+            if self.lpips_heads is None:
+                from .lpips import _shipped_heads_checked
+
+                try:
+                    _shipped_heads_checked("model.loss.lpips_heads")
+                except (OSError, ValueError) as e:
+                    p.append(str(e))
         return p
 
     @property

@@ -1,9 +1,11 @@
 """LPIPS (VGG variant, v0.1) from local weight files, for the distillation loss.
 
-Nothing is downloaded. It needs two files the user provides:
+Nothing is downloaded. It needs two files:
 - `vgg`: torchvision's VGG16 ImageNet weights (`vgg16-397923af.pth`; keys `features.{i}.weight|bias`,
-  classifier keys are ignored), and
-- `heads`: the LPIPS linear heads (`vgg.pth` of the `lpips` package, v0.1; keys `lin{k}.model.1.weight`).
+  classifier keys are ignored), which the user provides, and
+- `heads`: the LPIPS linear heads (`vgg.pth` of the `lpips` package, v0.1; keys `lin{k}.model.1.weight`). By
+  default the copy that torchmetrics (a dependency) ships: it is byte-identical to the lpips 0.1.4 package's
+  `weights/v0.1/vgg.pth` (sha256 below), and it is checked against that hash before it is used.
 
 Inputs are images in [-1, 1] (N, 3, H, W); the output is the per-image distance (N,), as `lpips.LPIPS(net="vgg")`:
 scale the input, take VGG16 features after relu1_2, relu2_2, relu3_3, relu4_3, relu5_3, normalise each over
@@ -11,12 +13,15 @@ channels, weight squared differences by the 1×1 heads, average over space, sum 
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
 
-__all__ = ["LPIPS", "load_lpips"]
+__all__ = ["LPIPS", "load_lpips", "shipped_heads", "SHIPPED_HEADS_SHA256"]
 
 # VGG16 `features` layout: conv channels, "M" = max-pool; LPIPS taps after the ReLU before each pool
 _VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
@@ -70,6 +75,31 @@ class LPIPS(nn.Module):
         return super().train(False)
 
 
+# sha256 of the lpips 0.1.4 package's weights/v0.1/vgg.pth (and of torchmetrics' lpips_models/vgg.pth)
+SHIPPED_HEADS_SHA256 = "a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868"
+
+
+def shipped_heads() -> Path:
+    """Where torchmetrics keeps its copy of the LPIPS v0.1 VGG heads; found without importing torchmetrics'
+    LPIPS module (which needs torchvision)."""
+    spec = importlib.util.find_spec("torchmetrics")
+    root = Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+    return (root or Path("torchmetrics")) / "functional" / "image" / "lpips_models" / "vgg.pth"
+
+
+def _shipped_heads_checked(option: str) -> str:
+    """The shipped heads' path once its bytes are the lpips package's; otherwise a one-line error that says to
+    pass the heads file."""
+    p = shipped_heads()
+    if not p.is_file():
+        raise FileNotFoundError(f"{option} not given and torchmetrics' copy of the LPIPS v0.1 heads ({p}) is missing: "
+                                f"pass {option} <the lpips package's weights/v0.1/vgg.pth>")
+    if hashlib.sha256(p.read_bytes()).hexdigest() != SHIPPED_HEADS_SHA256:
+        raise ValueError(f"{option} not given and torchmetrics' copy of the LPIPS heads ({p}) is not the lpips "
+                         f"0.1.4 package's weights/v0.1/vgg.pth (sha256 differs): pass {option} <that file>")
+    return str(p)
+
+
 def _read(path: str, what: str) -> dict[str, torch.Tensor]:
     from radar_train.models.checkpoint import read_state_dict
 
@@ -79,11 +109,14 @@ def _read(path: str, what: str) -> dict[str, torch.Tensor]:
     return read_state_dict(p)
 
 
-def load_lpips(vgg: str, heads: str, options: tuple[str, str] = ("model.loss.lpips_vgg", "model.loss.lpips_heads")
-               ) -> LPIPS:
-    """Build LPIPS-VGG from the two local files (see the module docstring). One-line errors name the file and
-    the option that gave it (`options`: the VGG's, the heads')."""
+def load_lpips(vgg: str, heads: Optional[str] = None,
+               options: tuple[str, str] = ("model.loss.lpips_vgg", "model.loss.lpips_heads")) -> LPIPS:
+    """Build LPIPS-VGG from the two local files (see the module docstring; `heads` None: torchmetrics' copy of
+    the lpips package's heads). One-line errors name the file and the option that gave it (`options`: the VGG's,
+    the heads')."""
     model = LPIPS()
+    if heads is None:
+        heads = _shipped_heads_checked(options[1])
     vgg_sd = _read(vgg, options[0])
     feats = {k[len("features."):]: v for k, v in vgg_sd.items() if k.startswith("features.")}
     try:

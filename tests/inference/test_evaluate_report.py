@@ -21,26 +21,26 @@ def test_an_accelerated_decode_equal_to_the_vanilla_one_gives_no_nan_in_the_repo
 
 
 def test_radar_eval_lpips_is_the_mean_lpips_of_each_decode_against_the_vanilla_one(trained_run, tmp_path):
-    """LPIPS (from local files: random weights in the torchvision VGG16 / lpips v0.1 layouts) of the baseline and
-    the adapted decode against the vanilla decode, per pair and averaged, and ΔLPIPS (methods §5.1: the same
-    deltas as for PSNR and SSIM), against a computation of its own through RadarPipeline's decoders."""
+    """LPIPS (a local VGG16 file with random weights in torchvision's layout; the heads not given, so
+    torchmetrics' copy of the lpips v0.1 heads) of the baseline and the adapted decode against the vanilla decode,
+    per pair and averaged, and ΔLPIPS (methods §5.1: the same deltas as for PSNR and SSIM), against a computation
+    of its own through RadarPipeline's decoders with that heads file named."""
     from radar_train.cache.reader import PairDataset
     from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
     from radar_train.inference import PipelineArgs, RadarPipeline
     from radar_train.inference.evaluate import LpipsArgs, evaluate_restoration
-    from radar_train.train.lpips import LPIPS, load_lpips
+    from radar_train.train.lpips import LPIPS, load_lpips, shipped_heads
 
     torch.manual_seed(0)
     ref = LPIPS()
     torch.save({f"features.{k}": v for k, v in ref.features.state_dict().items()}, tmp_path / "vgg16.pth")
-    torch.save({f"lin{k}.model.1.weight": lin.weight.abs() for k, lin in enumerate(ref.lins)}, tmp_path / "vgg.pth")
-    lpips = LpipsArgs(vgg=str(tmp_path / "vgg16.pth"), heads=str(tmp_path / "vgg.pth"))
+    lpips = LpipsArgs(vgg=str(tmp_path / "vgg16.pth"))
     r = evaluate_restoration(str(trained_run["cache"]), str(trained_run["adapter"]), batch_size=5, lpips=lpips)
 
     pipe = RadarPipeline.from_config(PipelineArgs(model=ModelArgs(), accel=AccelArgs("fastvar"),
                                                   sampling=SamplingConfig(), adapter=str(trained_run["adapter"]),
                                                   merge_adapter=False, device="cpu"))
-    lp = load_lpips(lpips.vgg, lpips.heads).eval()
+    lp = load_lpips(lpips.vgg, str(shipped_heads())).eval()
     ds = PairDataset(trained_run["cache"], shards=[4])
     hq = torch.stack([ds[i]["fhat_hq"] for i in range(len(ds))])
     lq = torch.stack([ds[i]["fhat_lq"] for i in range(len(ds))])

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from radar_train.train.losses import DistillLoss, LossArgs
-from radar_train.train.lpips import LPIPS, load_lpips
+from radar_train.train.lpips import LPIPS, SHIPPED_HEADS_SHA256, load_lpips, shipped_heads
 
 
 def _imgs(seed: int, n: int = 2, size: int = 16) -> torch.Tensor:
@@ -66,6 +66,35 @@ def test_lpips_files_of_the_wrong_kind_are_refused_naming_the_option(tmp_path):
         load_lpips(vgg, vgg)
     with pytest.raises(ValueError, match="model.loss.lpips_vgg"):
         load_lpips(heads, heads)
+
+
+def test_lpips_heads_default_to_torchmetrics_copy_of_the_lpips_package_file(tmp_path):
+    """Unset heads load torchmetrics' lpips_models/vgg.pth, whose bytes are the lpips 0.1.4 wheel's
+    lpips/weights/v0.1/vgg.pth (sha256 taken from that wheel)."""
+    import hashlib
+
+    assert SHIPPED_HEADS_SHA256 == "a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868"
+    assert hashlib.sha256(shipped_heads().read_bytes()).hexdigest() == SHIPPED_HEADS_SHA256
+    vgg, _ = _write_lpips_files(tmp_path)
+    lp = load_lpips(vgg)
+    heads = torch.load(shipped_heads(), map_location="cpu")
+    for k, lin in enumerate(lp.lins):
+        assert torch.equal(lin.weight, heads[f"lin{k}.model.1.weight"])
+    assert LossArgs(lpips_weight=1.0, lpips_vgg=vgg).problems() == []
+
+
+def test_a_default_heads_file_that_is_not_the_lpips_one_is_refused_naming_the_option(tmp_path, monkeypatch):
+    import radar_train.train.lpips as lpips_mod
+
+    vgg, heads = _write_lpips_files(tmp_path)  # right layout, other numbers
+    monkeypatch.setattr(lpips_mod, "shipped_heads", lambda: tmp_path / "vgg.pth")
+    with pytest.raises(ValueError, match="model.loss.lpips_heads not given .*sha256 differs"):
+        load_lpips(vgg)
+    assert any("sha256 differs" in x for x in LossArgs(lpips_weight=1.0, lpips_vgg=vgg).problems())
+    assert LossArgs(lpips_weight=1.0, lpips_vgg=vgg, lpips_heads=heads).problems() == []  # named: used as given
+    monkeypatch.setattr(lpips_mod, "shipped_heads", lambda: tmp_path / "gone.pth")
+    with pytest.raises(FileNotFoundError, match="model.loss.lpips_heads not given .*gone.pth"):
+        load_lpips(vgg)
 
 
 # printed by tests/train/scripts/lpips_golden.py with the lpips 0.1.4 package

@@ -31,9 +31,9 @@ def test_without_lpips_weights_a_recipe_fit_is_one_line_naming_what_to_pass(conf
     assert e.value.code == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(err) == 1
-    assert "--model.loss.lpips_vgg" in err[0] and "--model.loss.lpips_heads" in err[0]
+    assert "--model.loss.lpips_vgg" in err[0] and "--model.loss.lpips_weight 0" in err[0]  # (the heads: shipped)
     assert list(tmp_path.iterdir()) == []
-    assert "--model.loss.lpips_vgg" in config.read_text().splitlines()[1]  # the header's command passes them
+    assert "--model.loss.lpips_vgg" in config.read_text().splitlines()[1]  # the header's command passes it
 
 
 @pytest.mark.parametrize("config", REAL + TOY, ids=[p.name for p in REAL + TOY])
