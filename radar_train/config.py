@@ -186,9 +186,9 @@ def parse_int_list(spec: Union[str, int, Sequence[int]], what: str) -> list[int]
     return out
 
 
-def check_device(name: str, option: str = "--device"):
+def check_device(name: str, option: str = "--device", here: bool = True):
     """The torch.device `name` stands for ("auto": cuda if available, else cpu); ValueError naming the option
-    if it is not a device, or a CUDA device that is not there."""
+    if it is not a device, or (`here`: the device is for this machine) a CUDA device that is not there."""
     import torch
 
     if name == "auto":
@@ -199,7 +199,7 @@ def check_device(name: str, option: str = "--device"):
         dev = None
     if dev is None or dev.type not in ("cpu", "cuda"):  # mps, xpu, meta...: names torch knows, not devices we run on
         raise ValueError(f"{option} {name!r} is not a device (cpu, cuda, cuda:N or auto)")
-    if dev.type == "cuda":
+    if dev.type == "cuda" and here:
         if not torch.cuda.is_available():
             raise ValueError(f"{option} {name}: CUDA is not available here (use --device cpu)")
         if dev.index is not None and dev.index >= torch.cuda.device_count():

@@ -35,6 +35,10 @@
 #                   and the options the pipeline needs win over them: --chdir, --export, --dependency, --array,
 #                   --output), e.g. "--qos=high --constraint=a100 --mail-type=FAIL"                     []
 #   LOG_DIR         folder for the jobs' output files                                      [logs/slurm]
+#   CHECK           1: check the cache job's settings here before anything is submitted (`radar-cache run
+#                   --check`: the config with CACHE_ARGS, the workers, --output; no model is loaded, nothing is
+#                   written), so that a mistake is refused now, not after the array has waited in the queue;
+#                   0: skip it (when this machine cannot run radar-cache)                                  [1]
 #   RADAR_SETUP, RADAR_BIN: how the jobs find the executables, see slurm/env.sh (RADAR_DIR is set here).
 # Relative paths are relative to the project folder.
 set -euo pipefail   # arrays expand as ${a[@]+"${a[@]}"}: under set -u, bash < 4.4 calls an empty one unbound
@@ -66,6 +70,7 @@ TRAIN_CPUS=${TRAIN_CPUS:-8}
 TRAIN_TIME=${TRAIN_TIME:-24:00:00}
 TRAIN_ARGS=${TRAIN_ARGS:-}
 LOG_DIR=${LOG_DIR:-logs/slurm}
+CHECK=${CHECK:-1}
 abs() { case "$1" in /*) echo "$1" ;; *) echo "$RADAR_DIR/$1" ;; esac; }
 LOG_DIR=$(abs "$LOG_DIR")   # the sbatch commands name absolute paths: they work from any folder
 
@@ -80,6 +85,7 @@ if [[ $GPUS_PER_NODE =~ ^[1-9][0-9]*$ && $RANKS_PER_NODE != "$GPUS_PER_NODE" ]];
   problems+=("RANKS_PER_NODE=$RANKS_PER_NODE but GPUS_PER_NODE=$GPUS_PER_NODE: Lightning runs one rank per GPU")
 fi
 [[ -z $MAX_PARALLEL || $MAX_PARALLEL =~ ^[1-9][0-9]*$ ]] || problems+=("MAX_PARALLEL=$MAX_PARALLEL is not a positive number")
+[[ $CHECK == 0 || $CHECK == 1 ]] || problems+=("CHECK=$CHECK must be 0 or 1")
 if (( DRY_RUN == 0 )); then command -v sbatch >/dev/null || problems+=("sbatch not found: run this on a SLURM login node"); fi
 if (( ${#problems[@]} )); then printf 'error: %s\n' ${problems[@]+"${problems[@]}"} >&2; exit 2; fi
 
@@ -94,6 +100,14 @@ if [ -z "$CACHE_DIR" ] || [ -z "$RUN_DIR" ]; then   # the configs' own folders (
   [ -n "$CACHE_DIR" ] || problems+=("no cache folder: set CACHE_DIR or \`output:\` in $CACHE_CONFIG")
   [ -n "$RUN_DIR" ] || problems+=("no run folder: set RUN_DIR or trainer.default_root_dir in $TRAIN_CONFIG")
   if (( ${#problems[@]} )); then printf 'error: %s\n' ${problems[@]+"${problems[@]}"} >&2; exit 2; fi
+fi
+
+if (( CHECK )); then   # the cache job's own checks, here (one `error:` line from radar-cache, and exit 2)
+  # shellcheck source=slurm/env.sh
+  source slurm/env.sh
+  cache_exe=$(radar_exe radar-cache) || exit 2
+  "$cache_exe" run --config "$CACHE_CONFIG" --output "$CACHE_DIR" --num-workers "$NUM_WORKERS" --worker-index 0 \
+    ${cache_args[@]+"${cache_args[@]}"} --check >/dev/null || exit 2
 fi
 
 # SBATCH_ARGS first: sbatch keeps the last value of an option given twice, so the settings above win over them

@@ -158,9 +158,10 @@ class CacheJob:
         return summary
 
 
-def validate(args: CacheArgs) -> list[str]:
+def validate(args: CacheArgs, here: bool = True) -> list[str]:
     """Every problem found without loading a model: fields, plan and acceleration settings (their files
-    included) against the preset, workers, device, checkpoint files."""
+    included) against the preset, workers, device, checkpoint files. `here` False: the run is for another
+    machine (a login node checking a job's settings), so a CUDA device need not exist on this one."""
     from radar_train.accel import build_accel
     from radar_train.config import check_device
     from radar_train.models import get_preset
@@ -172,15 +173,16 @@ def validate(args: CacheArgs) -> list[str]:
         problems.append(str(e))
         preset = None
     if preset is not None:
-        try:
-            Plan.from_args(args.plan, preset.var.num_classes)
+        try:  # (against the preset's classes; a plan whose fields are wrong has been reported above)
+            if not any(p.startswith("plan.") or " plan." in p for p in problems):
+                Plan.from_args(args.plan, preset.var.num_classes)
         except ValueError as e:
             problems.append(str(e))
         try:  # (against the weights, e.g. a mask calibrated for others, once they are loaded)
             build_accel(args.accel, preset.var.patch_nums, preset.var.depth)
         except (ValueError, OSError) as e:
             problems.append(str(e))
-    checks = [lambda: check_device(args.device)]  # ("auto" is always a device)
+    checks = [lambda: check_device(args.device, here=here)]  # ("auto" is always a device)
     if args.num_workers is None or args.num_workers >= 1:  # (a count below 1 is among the fields' problems)
         checks.append(lambda: resolve_workers(args.num_workers, args.worker_index))
     for check in checks:

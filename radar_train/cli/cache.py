@@ -2,6 +2,7 @@
 
     radar-cache run --config configs/cache/tiny.yaml [--plan.images_per_class 4] [--output DIR]
                     [--num-workers N --worker-index I] [--device cpu] [--batch-size 16] [--print_config]
+                    [--check]
     radar-cache status DIR
     radar-cache verify DIR            (exit status 1 if any problem)
     radar-cache export-wds DIR --output DIR2
@@ -38,6 +39,9 @@ def build_run_parser() -> ArgumentParser:
                                      "empty, or this cache (same config: resumed).", exit_on_error=False)
     run.add_argument("--config", action=ActionConfigFile, help="YAML config, e.g. configs/cache/tiny.yaml")
     run.add_class_arguments(CacheArgs, None)
+    run.add_argument("--check", action="store_true",
+                     help="check the configuration and --output without loading a model, write nothing, and exit "
+                          "(status 0: fine, 2: the problems, one line); for a login node before jobs are queued")
     return run
 
 
@@ -88,8 +92,29 @@ def _run(cfg) -> int:
     from radar_train.cache.generate import run_cache
 
     args = run_args(cfg.run)
+    if cfg.run.check:
+        return _check(args)
     check_run_output(args)
     run_cache(args)
+    return 0
+
+
+def _check(args: CacheArgs) -> int:
+    """`run --check`: every problem found without loading a model (the job's device need not be on this
+    machine), and the --output folder's; nothing is written."""
+    from radar_train.cache.generate import validate
+    from radar_train.outputs import OutputError
+
+    problems = validate(args, here=False)
+    try:
+        check_run_output(args)
+    except OutputError as e:
+        problems.append(str(e))
+    if problems:
+        raise ValueError("invalid radar-cache configuration: " + "; ".join(problems))
+    print(f"radar-cache run --check: the configuration and --output {args.output} are fine; nothing was written "
+          "(checked when the run starts, once the weights are loaded: an existing cache's manifest, mask and rank "
+          "files against the weights)")
     return 0
 
 

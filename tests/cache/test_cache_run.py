@@ -122,6 +122,23 @@ def test_the_method_its_files_the_workers_and_the_device_are_reported_with_the_f
     assert code == 2 and "batch_size must be >= 1" in err and "unknown fastvar preset 'nosuch'" in err
     assert not (tmp_path / "x").exists()
 
+def test_check_reports_what_a_run_would_refuse_and_writes_nothing(tmp_path, capsys):
+    """`run --check` (slurm/pipeline.sh runs it on the login node): the same one-line problems as a run, the
+    output folder's included, nothing written; a CUDA device is the job's, not this machine's."""
+    out = tmp_path / "x"
+    code = _main("run", "--config", str(TINY_CONFIG), "--output", str(out), "--plan.shard_size", "0",
+                 "--num_workers", "2", "--worker_index", "4", "--check")
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "plan.shard_size must be >= 1" in err and "worker_index 4 is outside [0, num_workers=2)" in err
+    (tmp_path / "a file").write_text("mine")
+    code = _main("run", "--config", str(TINY_CONFIG), "--output", str(tmp_path / "a file"), "--check")
+    assert code == 2 and "is an existing file" in capsys.readouterr().err
+    code = _main("run", "--config", str(TINY_CONFIG), "--output", str(out), "--device", "cuda:0", "--check")
+    assert code == 0 and "are fine; nothing was written" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a file"] and (tmp_path / "a file").read_text() == "mine"
+
+
 CONFIGS = sorted((REPO / "configs" / "cache").rglob("*.yaml"))
 
 

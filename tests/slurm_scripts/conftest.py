@@ -52,7 +52,8 @@ with open(os.environ["STUB_LOG"], "a") as f:
     f.write(json.dumps({"prog": os.path.basename(sys.argv[0]), "argv": sys.argv[1:]}) + "\n")
 '''
 # radar-cache / radar-train: --print_config prints the --config file with the `--a.b value` overrides applied,
-# as YAML (like jsonargparse: PyYAML, 80 columns, so long values wrap); otherwise records argv and the array env.
+# as YAML (like jsonargparse: PyYAML, 80 columns, so long values wrap); --check passes (or fails with
+# STUB_CHECK_ERROR); otherwise records argv and the array env.
 RADAR = r'''
 import json, os, sys, yaml
 args = sys.argv[1:]
@@ -69,6 +70,10 @@ if "--print_config" in args:
         node[last] = value
     print("# lightning.pytorch==2.6.6")
     yaml.safe_dump(cfg, sys.stdout, sort_keys=False)
+    sys.exit(0)
+if "--check" in args:  # radar-cache run --check: refuses with STUB_CHECK_ERROR set, records nothing
+    if os.environ.get("STUB_CHECK_ERROR"):
+        sys.exit("error: " + os.environ["STUB_CHECK_ERROR"])
     sys.exit(0)
 with open(os.environ["STUB_LOG"], "a") as f:
     f.write(json.dumps({"prog": os.path.basename(sys.argv[0]), "argv": args,
