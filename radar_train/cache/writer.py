@@ -123,7 +123,12 @@ def _write_shard(tmp: Path, shard: int, first_index: int, arrays: dict[str, np.n
                  manifest: Manifest) -> tuple[Optional[int], float]:
     """Write and commit one shard; (shard, or None if another writer had finished it; seconds)."""
     t = time.perf_counter()
-    write_arrays(tmp, shard, first_index, arrays, manifest)
+    try:
+        write_arrays(tmp, shard, first_index, arrays, manifest)
+    except OSError as e:  # (Zarr's store names no file: a full disk or a quota would say nothing of where)
+        if e.filename is not None or not e.strerror:
+            raise
+        raise OSError(e.errno, f"{e.strerror} while writing shard {shard}", str(tmp)) from e
     done = commit_shard(tmp, shard)
     return (shard if done is not None else None), time.perf_counter() - t
 

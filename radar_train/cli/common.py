@@ -376,6 +376,24 @@ def show_field_docs(args: Sequence[str]) -> None:
     set_parsing_settings(docstring_parse_attribute_docstrings=any(a in ("-h", "--help") for a in args))
 
 
+def _storage_errors() -> tuple[type[BaseException], ...]:
+    """safetensors' own error type (a failed write of an adapter or weights file is not an OSError there)."""
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # (older safetensors)
+        return ()
+    return (SafetensorError,)
+
+
+def describe_os_error(e: BaseException) -> str:
+    """`<file>: <reason> (errno N)` of an operating-system error (the file when the error names one), e.g.
+    `checkpoints/run/final/adapter_model.safetensors: No space left on device (errno 28)`."""
+    if isinstance(e, OSError) and e.strerror:
+        what = f"{e.filename}: " if e.filename is not None else ""
+        return f"{what}{e.strerror}" + (f" (errno {e.errno})" if e.errno else "")
+    return str(e)
+
+
 def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Optional[Sequence[str]] = None,
              errors: tuple[type[BaseException], ...] = (), check_configs: bool = True) -> NoReturn:
     """Run `body(args)` (args: argv, or sys.argv[1:]) and exit with its status; a parse error or one of
@@ -402,6 +420,9 @@ def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Option
     except (*USER_ERRORS, *errors) as e:
         print_error(e)
         sys.exit(2)
+    except (OSError, *_storage_errors()) as e:  # a full disk, a quota, a lost mount: one line, not a traceback
+        print_error(f"{prog}: {describe_os_error(e)}")
+        sys.exit(1)
     except KeyboardInterrupt as e:  # Ctrl-C: one line (what was being done, if the body said), not a traceback
         print(f"{prog}: {str(e) or 'interrupted'}", file=sys.stderr)
         sys.exit(130)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from radar_train.outputs import write_text_atomic
+from radar_train.outputs import staged_entries
 from radar_train.train.metrics import RestorationStats
 
 REPORT_FILES = ("eval.json", "eval.md")
@@ -279,9 +279,11 @@ def _ranges(shards: Sequence[int]) -> str:
 
 
 def write_report(r: dict, out_dir: str | Path) -> tuple[Path, Path]:
-    """eval.json and eval.md in `out_dir` (each written to a temporary file and renamed; the caller checks
-    beforehand that replacing them is allowed: `radar_train.outputs.check_output_dir`)."""
+    """eval.json and eval.md in `out_dir`, moved in together once both are written (staged_entries: a failed
+    write leaves the earlier pair, or no folder it created); the caller checks beforehand that replacing them
+    is allowed (`radar_train.outputs.check_output_dir`)."""
     out = Path(out_dir)
-    js = write_text_atomic(out / REPORT_FILES[0], json.dumps(r, indent=2))
-    md = write_text_atomic(out / REPORT_FILES[1], markdown_table(r))
-    return js, md
+    with staged_entries(out, REPORT_FILES) as stage:
+        (stage / REPORT_FILES[0]).write_text(json.dumps(r, indent=2))
+        (stage / REPORT_FILES[1]).write_text(markdown_table(r))
+    return out / REPORT_FILES[0], out / REPORT_FILES[1]

@@ -1,23 +1,49 @@
 """radar-eval's report when the gap is undefined: strict JSON, and the markdown says why."""
+import errno
 import json
 
+import pytest
 import torch
 
+from radar_train.inference import evaluate
 from radar_train.inference.evaluate import _finite, markdown_table
 from radar_train.train.metrics import RestorationStats
 
 
-def test_an_accelerated_decode_equal_to_the_vanilla_one_gives_no_nan_in_the_report():
-    t = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+def _report(t: torch.Tensor) -> dict:
+    """radar-eval's report of one batch whose accelerated and adapted decodes equal the vanilla one `t`."""
     stats = RestorationStats(torch.device("cpu"))
     stats.update(t, t.clone(), t.clone())  # accelerated == vanilla: MSE(baseline) = 0
     m = stats.compute()
-    r = {"num_pairs": 2, "shards": [1], "cache": "c", "held_out": True, "psnr_baseline": m["psnr_baseline"],
-         "psnr_adapted": m["psnr_student"], "ssim_baseline": m["ssim_baseline"], "ssim_adapted": m["ssim_student"],
-         "gap_closed": _finite(m["gap_closed_mse"]), "delta_psnr": m["delta_psnr"], "delta_ssim": m["delta_ssim"]}
+    return {"num_pairs": 2, "shards": [1], "cache": "c", "held_out": True, "psnr_baseline": m["psnr_baseline"],
+            "psnr_adapted": m["psnr_student"], "ssim_baseline": m["ssim_baseline"], "ssim_adapted": m["ssim_student"],
+            "gap_closed": _finite(m["gap_closed_mse"]), "delta_psnr": m["delta_psnr"], "delta_ssim": m["delta_ssim"]}
+
+
+def test_an_accelerated_decode_equal_to_the_vanilla_one_gives_no_nan_in_the_report():
+    r = _report(torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)))
     assert r["gap_closed"] is None
     json.dumps(r, allow_nan=False)  # what a strict reader accepts
     assert "G_mse = 1 − MSE(adapted)/MSE(baseline): undefined: MSE(baseline) is 0" in markdown_table(r)
+
+
+def test_a_report_write_that_fails_leaves_the_earlier_pair_or_no_folder(tmp_path, monkeypatch):
+    """eval.json and eval.md go in together: a disk that fills while the second is written leaves the earlier
+    run's pair byte-identical (not a new eval.json beside an old eval.md), and no folder the call created."""
+    r = _report(torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)))
+    old = tmp_path / "old"
+    evaluate.write_report({**r, "num_pairs": 7}, old)
+    before = {p.name: p.read_bytes() for p in old.iterdir()}
+
+    def full_disk(_r):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(evaluate, "markdown_table", full_disk)
+    for out in (old, tmp_path / "new"):
+        with pytest.raises(OSError):
+            evaluate.write_report(r, out)
+    assert {p.name: p.read_bytes() for p in old.iterdir()} == before
+    assert not (tmp_path / "new").exists()
 
 
 def test_radar_eval_lpips_is_the_mean_lpips_of_each_decode_against_the_vanilla_one(trained_run, tmp_path):
