@@ -96,6 +96,9 @@ class PairDataset(Dataset):
         g = zarr.open_group(path, mode="r")
         if g.attrs.get("complete") is not True:
             raise ValueError(f"{path} is not marked complete (run `radar-cache verify`)")
+        version = schema.shard_version_problem(dict(g.attrs))
+        if version:  # its arrays may mean something else than this code reads into them
+            raise ValueError(f"{path}: cache shard {version}")
         missing = [k for k in (schema.LABEL, schema.SEED, schema.INDEX, schema.FHAT_HQ, schema.FHAT_LQ) if k not in g]
         if missing:
             raise ValueError(f"{path} has no array {', '.join(missing)} (run `radar-cache verify`)")

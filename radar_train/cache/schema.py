@@ -110,15 +110,42 @@ class Manifest:
         missing = [k for k in required if k not in d]
         if missing:
             raise ValueError(f"{source} is not a radar-cache manifest: missing {', '.join(missing)}")
-        if type(d["format_version"]) is not int:
-            raise ValueError(f"{source} is not a radar-cache manifest: format_version {d['format_version']!r}")
-        if d["format_version"] > FORMAT_VERSION:
-            raise ValueError(f"{source} has format version {d['format_version']}; this radar_train reads "
-                             f"up to {FORMAT_VERSION} (upgrade radar_train)")
+        problem = version_problem(d["format_version"], FORMAT_VERSION)
+        if problem:
+            raise ValueError(f"{source}: {problem}")
         problem = _manifest_problem(d)
         if problem:
             raise ValueError(f"{source} is not a readable radar-cache manifest: {problem}")
         return Manifest(**{k: v for k, v in d.items() if k in names})
+
+
+def readable_versions(current: int) -> str:
+    """The format versions a reader of format `current` reads, as said in messages ("1", "1 to 3")."""
+    return "1" if current == 1 else f"1 to {current}"
+
+
+def version_problem(version: Any, current: int) -> Optional[str]:
+    """Why `version` (a file's format_version) is not one this radar_train reads, or None if it is one.
+
+    Readers accept exactly the versions the code knows, 1 to `current` (integers; a bool is not one): a newer
+    file may hold what this code misreads, and 0, a negative number or a non-integer was never written by
+    radar_train (a hand-edited or foreign file)."""
+    known = readable_versions(current)
+    if type(version) is int and version > current:
+        return f"format_version {version} is newer than this radar_train reads ({known}): upgrade radar_train"
+    if type(version) is not int or version < 1:
+        return (f"format_version {version!r} is not a format version radar_train wrote "
+                f"(this radar_train reads {known})")
+    return None
+
+
+def shard_version_problem(attrs: dict) -> Optional[str]:
+    """Why a shard group's attributes (`format_version`, written with the shard's completion) name no format
+    this radar_train reads; None if they name one. A complete shard without one was not written by radar_train."""
+    if "format_version" not in attrs:
+        return (f"has no format_version in its attributes (radar_train writes one; this radar_train reads "
+                f"{readable_versions(FORMAT_VERSION)})")
+    return version_problem(attrs["format_version"], FORMAT_VERSION)
 
 
 def _ints(v: Any) -> bool:

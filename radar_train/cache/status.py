@@ -119,14 +119,18 @@ def shard_arrays(group) -> dict[str, np.ndarray]:
 
 def read_checked_shard(path: Path, manifest: Manifest, shard: int) -> dict[str, np.ndarray]:
     """Every array of complete shard `shard` at `path`, each equal to the checksum the writer stored; InputError
-    naming the shard otherwise (unreadable, not marked complete, another record count than the manifest plans,
-    a shape or dtype the manifest does not give, data that differs from what was written, e.g. a chunk
-    file gone: Zarr reads it as zeros, or another shard's records: a shard folder copied to the wrong name)."""
+    naming the shard otherwise (unreadable, not marked complete, a format_version this radar_train does not read,
+    another record count than the manifest plans, a shape or dtype the manifest does not give, data that differs
+    from what was written, e.g. a chunk file gone: Zarr reads it as zeros, or another shard's records: a shard
+    folder copied to the wrong name)."""
     with reading(path, "cache shard"):
         g = zarr.open_group(str(path), mode="r")
         attrs = dict(g.attrs)
         if attrs.get("complete") is not True:
             raise InputError(f"{path}: cache shard is not marked complete (run `radar-cache verify`)")
+        version = schema.shard_version_problem(attrs)
+        if version:  # its arrays may mean something else than this code reads into them
+            raise InputError(f"{path}: cache shard {version}")
         first, stop = manifest.shard_range(shard)
         if attrs.get("count") != stop - first:
             raise InputError(f"{path}: cache shard holds {attrs.get('count')!r} records, the manifest plans "
@@ -163,6 +167,14 @@ def _misplaced(arrays: dict[str, np.ndarray], attrs: dict, manifest: Manifest, s
     return bad
 
 
+def _version_problem(attrs: dict) -> Optional[str]:
+    """The shard's format_version problem (schema.shard_version_problem) when its attributes claim to be a
+    finished shard (marked complete, or carrying a version); a shard never finished is reported as that."""
+    if attrs.get("complete") is True or "format_version" in attrs:
+        return schema.shard_version_problem(attrs)
+    return None
+
+
 def verify_shard(manifest: Manifest, plan: Plan, shard: int, path: Path) -> list[str]:
     """Problems of one complete shard (empty = fine)."""
     try:
@@ -170,6 +182,9 @@ def verify_shard(manifest: Manifest, plan: Plan, shard: int, path: Path) -> list
         attrs = dict(g.attrs)
     except Exception as e:  # noqa: BLE001 - any failure to open is the problem we report
         return [f"{path}: cannot open the group ({_one_line(e)})"]
+    version = _version_problem(attrs)
+    if version:  # the rest is read in a format this code does not know: not checked
+        return [f"{path}: {version} ({path / 'zarr.json'})"]
     start, stop = plan.shard_range(shard)
     problems = []
     if attrs.get("complete") is not True or attrs.get("shard") != shard:
