@@ -23,13 +23,14 @@ from typing import Optional
 
 from torch import nn
 
+from radar_train.cache.schema import readable_versions, version_problem
 from radar_train.inputs import InputError, check_dir, load_safetensors, read_json, read_yaml
 from radar_train.outputs import clear_stale_temps, normal_file_mode, recover_replaced, replace_dir, temp_name
 
 from .label_conditioning import LABEL_CONDITIONING_WEIGHTS, LabelConditionedDecoder, load_label_conditioning
 
-__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "RADAR_CONFIG", "ADAPTER_FILES", "save_adapter", "read_radar_config",
-           "check_adapter", "is_adapter_dir", "load_adapter"]
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "RADAR_CONFIG", "ADAPTER_FILES", "RADAR_CONFIG_VERSION", "save_adapter",
+           "read_radar_config", "check_adapter", "is_adapter_dir", "load_adapter"]
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,16 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 RADAR_CONFIG = "radar_config.yaml"
 ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, RADAR_CONFIG)
+# radar_config.yaml's format_version: the newest this radar_train writes and reads (radar_train.train.module's
+# META_VERSION writes the same number; tests/inference/test_adapter_versions.py keeps the two equal)
+RADAR_CONFIG_VERSION = 1
 
 
 def save_adapter(peft_model, out_dir: str | Path, meta: dict, conditioning=None) -> Path:
     """Write `peft_model`'s adapter (safetensors) and `meta` to `out_dir`, replacing an adapter folder there
     (callers check first that it is one they may replace: `radar_train.outputs.check_replace_dir`).
     conditioning: a ClassFiLM, written to label_conditioning.safetensors and described in the metadata.
+    `meta` without a format_version gets RADAR_CONFIG_VERSION (readers refuse metadata without one).
     Every file gets the mode a plain open() gives (0o666 less the umask)."""
     import yaml
     from safetensors.torch import save_file
@@ -52,6 +57,7 @@ def save_adapter(peft_model, out_dir: str | Path, meta: dict, conditioning=None)
     recover_replaced(out)  # a killed export's previous folder, left at its hidden name
     clear_stale_temps(out.parent, out.name)  # a killed export's half-written folder
     tmp = temp_name(out)
+    meta = {"format_version": RADAR_CONFIG_VERSION, **meta}
     try:
         peft_model.save_pretrained(str(tmp), safe_serialization=True)
         (tmp / "README.md").unlink(missing_ok=True)  # peft's generic model card
@@ -89,12 +95,28 @@ def read_radar_config(adapter_dir: str | Path) -> dict:
     d = Path(adapter_dir)
     _check_files(d)
     meta = read_yaml(d / RADAR_CONFIG, "adapter metadata")
+    if "format_version" in meta:  # first: metadata of another format may lay out the rest otherwise
+        _check_version(meta, d / RADAR_CONFIG)
     if "base" not in meta or not isinstance(meta["base"], dict) or "vae" not in meta["base"]:
         raise InputError(f"{d / RADAR_CONFIG}: is not radar adapter metadata (no `base.vae` section)")
+    _check_version(meta, d / RADAR_CONFIG)
     problem = _metadata_problem(meta)
     if problem:
         raise InputError(f"{d / RADAR_CONFIG}: adapter metadata {problem}")
     return meta
+
+
+def _check_version(meta: dict, path: Path) -> None:
+    """InputError naming `path` unless the metadata's format_version is one this radar_train reads (1 to
+    RADAR_CONFIG_VERSION): a newer adapter may need what this code does not load (loading it anyway would decode
+    wrongly without a word), and one without a version, or with 0, a negative number or a non-integer, was not
+    written by radar_train."""
+    if "format_version" not in meta:
+        raise InputError(f"{path}: adapter metadata has no format_version (radar_train writes one; this "
+                         f"radar_train reads {readable_versions(RADAR_CONFIG_VERSION)})")
+    problem = version_problem(meta["format_version"], RADAR_CONFIG_VERSION)
+    if problem:
+        raise InputError(f"{path}: adapter metadata {problem}")
 
 
 def _metadata_problem(meta: dict) -> Optional[str]:
