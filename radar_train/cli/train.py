@@ -12,7 +12,9 @@ A new `fit` (also `--ckpt_path last` with no checkpoint to resume) needs a run f
 holds only what an attempt that never reached a checkpoint leaves (config.yaml, tb/), and no --config file
 that is its config.yaml; a folder with checkpoints or adapters is resumed with
 `--ckpt_path last` (one holding only hpc_ckpt_N.ckpt, Lightning's save when SLURM requeued the job before
-its first checkpoint, with `--ckpt_path hpc`), never started over. Every check runs before anything is written. Precision defaults
+its first checkpoint, with `--ckpt_path hpc`), never started over. Every check runs before anything is written.
+A fit holds RUN/.fit.lock while it runs (train/run_lock.py): a second fit into the same folder is refused while
+the first runs. Precision defaults
 to bf16-mixed on a GPU and 32-true on the CPU. Under SLURM the SLURMEnvironment plugin is added with
 auto-requeue on SIGUSR1 (its save taken at a step boundary: train/requeue.py).
 """
@@ -125,8 +127,12 @@ def hpc_checkpoint(root: str | os.PathLike) -> Optional[Path]:
 
 def _run_dir_entries(root: Path) -> tuple[list[str], list[str]]:
     """(artefacts of an earlier run that a new fit would replace or mix with, foreign entries)."""
+    from radar_train.train.run_lock import is_lock_entry
+
     artefacts, foreign = [], []
     for e in sorted(root.iterdir()):
+        if is_lock_entry(e):  # a fit's lock (a running one is refused by the lock itself): not the run's
+            continue
         if e.name == "checkpoints" and e.is_dir():
             artefacts += [f"checkpoints/{c.name}" for c in sorted(e.glob("*.ckpt"))]
         elif e.name == "final" or e.name.startswith("step-") or (HPC_CKPT.fullmatch(e.name) and e.is_file()):
@@ -279,6 +285,12 @@ def _trainer_choices(trainer) -> str:
     return ", ".join(given) or "--trainer"
 
 
+def lock_taker() -> bool:
+    """Whether this process takes the run folder's lock: global rank 0 only (LOCAL_RANK and NODE_RANK 0, as
+    for check_run_folder, and SLURM_PROCID 0: srun starts every rank itself, without a LOCAL_RANK)."""
+    return all(int(os.environ.get(k) or 0) == 0 for k in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
 def _make_cli_class(subcommand: str):
     """LightningCLI and config-saving classes of radar-train for `subcommand` (fit or validate): the parser
     is built for that one subcommand only (each takes Lightning's whole Trainer signature to build)."""
@@ -286,6 +298,7 @@ def _make_cli_class(subcommand: str):
     from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
     from radar_train.config import init_seed_problems
+    from radar_train.train import run_lock
 
     class RunConfigCallback(SaveConfigCallback):
         """Saves the resolved config as RUN/config.yaml (trainer.default_root_dir), rank zero only."""
@@ -335,9 +348,28 @@ def _make_cli_class(subcommand: str):
             caches = [c.get("path") for c in ((cfg.get("data") or {}).get("caches") or []) if hasattr(c, "get")]
             vae = ((cfg.get("model") or {}).get("decoder") or {}).get("vae_checkpoint")
             if int(os.environ.get("LOCAL_RANK") or 0) == 0 and int(os.environ.get("NODE_RANK") or 0) == 0:
-                check_run_folder(self._root(cfg), cfg.get("ckpt_path"), self.subcommand,
-                                 {"--data.caches": caches, "--model.decoder.vae_checkpoint": vae},
-                                 cfg.get("config") or ())
+                root, ckpt_path = self._root(cfg), cfg.get("ckpt_path")
+                inputs = {"--data.caches": caches, "--model.decoder.vae_checkpoint": vae}
+                check = lambda: check_run_folder(root, ckpt_path, self.subcommand, inputs,  # noqa: E731
+                                                 cfg.get("config") or ())
+                if self.subcommand == "fit":  # another fit writing there: said first, before what it wrote
+                    run_lock.check_not_in_use(root, RUN_OPTION)
+                check()
+                self._run_folder = root, check
+
+        def _lock_run_folder(self) -> None:
+            """Take RUN/.fit.lock (global rank 0, once every check has passed, before anything is written) and
+            check the folder again under it: a fit into the same folder that started and wrote between our
+            first check and now would be mixed with this one. Released by run_lightning, however the fit ends."""
+            folder = getattr(self, "_run_folder", None)
+            if folder is None or not lock_taker():
+                return
+            lock = run_lock.acquire(folder[0], RUN_OPTION)
+            try:
+                folder[1]()
+            except BaseException:
+                lock.release()
+                raise
 
         def instantiate_trainer(self, **kwargs):
             import torch
@@ -424,6 +456,7 @@ def _make_cli_class(subcommand: str):
             self._check_data(fit=True)
             self._check_resume()
             self._weights_only()
+            self._lock_run_folder()
             t = self.trainer
             logging.getLogger("radar_train").info(
                 "radar-train fit: run folder %s, max_steps %s, precision %s, %d device(s) (%s)",
@@ -445,6 +478,7 @@ def run_lightning(argv: list[str]) -> None:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from radar_train.cli.common import tidy_lightning_logging
+    from radar_train.train import run_lock
     from radar_train.train.datamodule import PairDataModule
     from radar_train.train.module import RadarLoraModule
 
@@ -478,6 +512,8 @@ def run_lightning(argv: list[str]) -> None:
                   flush=True)
             sys.exit(128 + signal.SIGINT)
         raise
+    finally:  # the fit's run folder lock, whether it finished, failed, was stopped or requeued
+        run_lock.release_held()
 
 
 def _body(argv: list[str]) -> int:
