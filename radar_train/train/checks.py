@@ -1,4 +1,4 @@
-"""Cross-stage checks: does a cache fit the decoder a training run is given?"""
+"""Cross-stage checks: does a cache fit the decoder a training run is given, and the run it resumes?"""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 from radar_train.models import ModelIdentity
 
-__all__ = ["cache_mismatches", "check_cache_matches"]
+__all__ = ["cache_mismatches", "check_cache_matches", "pairs_fields", "pairs_differences", "check_resume_caches"]
 
 
 def _norm(d) -> object:
@@ -58,3 +58,74 @@ def check_cache_matches(cache_dir: str, manifest, identity: ModelIdentity, laten
         preset = (manifest.model or {}).get("preset", "?")
         raise ValueError(f"cache {cache_dir} (model preset {preset}) does not match the decoder: "
                          + "; ".join(problems) + " — train with the cache's model (model.decoder.*) or another cache")
+
+
+def _flat(d: object, prefix: str) -> dict[str, object]:
+    """{dotted field: value} of a nested mapping (lists are values)."""
+    if isinstance(d, dict) and d:
+        out: dict[str, object] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}.{k}"))
+        return out
+    return {prefix: d}
+
+
+def pairs_fields(record: dict) -> dict[str, object]:
+    """The dotted fields of a cache description (PairDataModule.describe(), as a checkpoint's radar.caches keeps
+    it) that decide which pairs the cache holds for a sample: the models' identity (not their checkpoint paths),
+    the acceleration method's settings (not its files or kernel), the sampling settings but the engine, the
+    plan's sample rule, and the latents' shape and stored dtype. Not the path (a moved cache is the same), the
+    shards, the format or the sample count: a cache that only grew holds the same pairs and more."""
+    from radar_train.cache.schema import INFORMATIONAL_FIELDS
+    from radar_train.inference.pipeline import _accel_settings
+
+    fields: dict[str, object] = {}
+    for key in ("model", "sampling"):
+        if isinstance(record.get(key), dict):
+            fields.update(_flat(_norm(record[key]), key))
+    if isinstance(record.get("accel"), dict):
+        fields.update(_flat(_accel_settings(record["accel"]), "accel"))
+    if isinstance(record.get("plan"), dict) and "rule" in record["plan"]:
+        fields["plan.rule"] = record["plan"]["rule"]
+    for key in ("latent_shape", "latent_dtype"):
+        if key in record:
+            fields[key] = _norm(record[key])
+    return {k: v for k, v in fields.items()
+            if k not in INFORMATIONAL_FIELDS and not any(k.startswith(f + ".") for f in INFORMATIONAL_FIELDS)}
+
+
+def pairs_differences(stored: dict, current: dict, limit: int = 4) -> list[str]:
+    """"accel.method fastvar -> stagevar" for each field of `pairs_fields` in which the cache a checkpoint was
+    trained on differs from the one given now (at most `limit`, then a count); a field only one side records
+    (a checkpoint of an older radar_train) is not compared."""
+    a, b = pairs_fields(stored), pairs_fields(current)
+    diffs = [f"{k} {_value(a[k])} -> {_value(b[k])}" for k in sorted(a) if k in b and a[k] != b[k]]
+    return diffs[:limit] + ([f"{len(diffs) - limit} more"] if len(diffs) > limit else [])
+
+
+def _value(v: object, limit: int = 40) -> str:
+    s = v if isinstance(v, str) else json.dumps(v)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def check_resume_caches(checkpoint: dict, current: Sequence[dict], source: str = "the checkpoint") -> None:
+    """ValueError (one line naming --data.caches) if the run resumed from `checkpoint` is given other pairs than
+    it was trained on: another number of caches, or a cache whose pairs are made otherwise (`pairs_differences`,
+    compared in list order). `current` is PairDataModule.describe() of the set-up datamodule. A checkpoint
+    that records no caches (trained on loaders of its own) is not compared. Resuming on other pairs would give
+    an adapter whose final/ records only the new caches although its first steps trained on the old ones."""
+    stored = (checkpoint.get("radar") or {}).get("caches") if isinstance(checkpoint, dict) else None
+    if not stored or not current:
+        return
+    tail = "the checkpoint was trained on other pairs; start a new run folder"
+    if len(stored) != len(current):
+        raise ValueError(f"--data.caches names {len(current)} cache(s) but {source} was trained on "
+                         f"{len(stored)} ({', '.join(str(r.get('path')) for r in stored)}): {tail}")
+    problems = []
+    for i, (old, new) in enumerate(zip(stored, current)):
+        diffs = pairs_differences(old, new) if isinstance(old, dict) else []
+        if diffs:
+            problems.append(f"data.caches[{i}] ({new.get('path')}; {source} trained on {old.get('path')}): "
+                            + ", ".join(diffs))
+    if problems:
+        raise ValueError("--data.caches differs from the caches of the run: " + "; ".join(problems) + f": {tail}")

@@ -40,7 +40,7 @@ from radar_train.images import grid, to_uint8
 from radar_train.models import ModelIdentity, load_latent_decoder
 
 from .adversarial import AdversarialArgs, build_adversarial
-from .checks import check_cache_matches
+from .checks import check_cache_matches, check_resume_caches
 from .conditioning import LabelConditioningArgs, build_label_conditioning
 from .compile import compile_decoder_blocks
 from .ema import AdapterEMA, EmaArgs
@@ -52,7 +52,8 @@ from .rng import StepRng, draw_base
 from .run_checkpoint import validation_follows
 from .selection import BestCheckpoint, EarlyStoppingArgs
 
-__all__ = ["RadarLoraModule", "MonitorArgs", "OutputArgs", "META_VERSION", "module_from_hparams", "is_trained_key"]
+__all__ = ["RadarLoraModule", "MonitorArgs", "OutputArgs", "META_VERSION", "module_from_hparams", "is_trained_key",
+           "check_checkpoint_version"]
 
 log = logging.getLogger(__name__)
 META_VERSION = 1
@@ -100,6 +101,17 @@ def is_trained_key(key: str) -> bool:
     """Whether a state-dict key of the module is a trained tensor (LoRA, the label conditioning's, or the
     adversarial term's discriminator)."""
     return ".lora_" in key or key.startswith(("label_cond.", "adversarial."))
+
+
+def check_checkpoint_version(meta: dict, source: str = "checkpoint") -> None:
+    """ValueError (one line naming `source`) unless the checkpoint's radar metadata `meta` has a format version
+    this radar_train reads (1 to META_VERSION): a newer checkpoint may hold what this code would misread."""
+    version = meta.get("format_version")
+    if type(version) is not int or version < 1:
+        raise ValueError(f"{source} is not a radar-train checkpoint: radar.format_version {version!r}")
+    if version > META_VERSION:
+        raise ValueError(f"{source} has format version {version}; this radar_train reads up to {META_VERSION} "
+                         f"(upgrade radar_train)")
 
 
 def _plain(x: Any) -> Any:
@@ -609,7 +621,12 @@ class RadarLoraModule(pl.LightningModule):
             checkpoint["radar_rng"] = rng
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.check_checkpoint(checkpoint)
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        source = "checkpoint" if self._trainer is None or not self.trainer.ckpt_path else str(self.trainer.ckpt_path)
+        self.check_checkpoint(checkpoint, source)
+        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:  # (validate may use others)
+            check_resume_caches(checkpoint, self.cache_info, source)
         for sched in checkpoint.get("lr_schedulers") or []:
             # LambdaLR would restore the saved WarmupCosine settings over this run's: the schedule's warm-up,
             # length (schedule_steps, else max_steps) and floor are the config's; the step count is the checkpoint's
@@ -619,10 +636,12 @@ class RadarLoraModule(pl.LightningModule):
         self._step_rng.load_state_dict(checkpoint.get("radar_rng"))
 
     def check_checkpoint(self, checkpoint: dict, source: str = "checkpoint") -> None:
-        """ValueError if `checkpoint` was not trained on this base decoder with this LoRA layout."""
+        """ValueError if `checkpoint` is of a format version this radar_train does not read, or was not trained
+        on this base decoder with this LoRA layout."""
         meta = checkpoint.get("radar")
         if not isinstance(meta, dict):
             raise ValueError(f"{source} has no radar metadata: it was not written by radar-train")
+        check_checkpoint_version(meta, source)
         vae = ModelIdentity.from_dict(meta["base"]["vae"])
         if (vae.kind, vae.value) != (self.identity.kind, self.identity.value):
             raise ValueError(f"{source} was trained on the VQ-VAE {vae.kind}:{vae.value}; this run's decoder is "

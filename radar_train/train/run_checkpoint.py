@@ -24,15 +24,43 @@ or requeue signal waits for the step's last micro-batch. A save there would coun
 from __future__ import annotations
 
 import logging
+import os
+from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from .requeue import StepBoundaryRequeue
 from .stop_signal import StepBoundaryStop
 
-__all__ = ["RunCheckpoint"]
+__all__ = ["RunCheckpoint", "state_in_dirpath"]
 
 log = logging.getLogger(__name__)
+
+
+def state_in_dirpath(state: dict[str, Any], dirpath: str) -> dict[str, Any]:
+    """A ModelCheckpoint's saved `state` with its files moved into `dirpath`: every path under the saved dirpath
+    (best_model_path, kth_best_model_path, last_model_path, the keys of best_k_models) gets `dirpath` for that
+    prefix, and the state's dirpath becomes `dirpath`. Lightning's load_state_dict drops the best score, the
+    kept files and last.ckpt's path when the dirpath differs (a run folder moved or copied, then resumed): the
+    resumed run would take its next validation for the best, keep a second best-step file, write last-v1.ckpt
+    and keep every step file saved before the move."""
+    old = state.get("dirpath")
+    if not isinstance(old, str) or not dirpath or old == dirpath:
+        return state
+    old = old.rstrip(os.sep)
+
+    def moved(path: Any) -> Any:
+        if isinstance(path, str) and (path == old or path.startswith(old + os.sep)):
+            return str(dirpath) + path[len(old):]
+        return path
+
+    out = dict(state, dirpath=dirpath)
+    for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+        if key in out:
+            out[key] = moved(out[key])
+    if isinstance(out.get("best_k_models"), dict):
+        out["best_k_models"] = {moved(k): v for k, v in out["best_k_models"].items()}
+    return out
 
 
 def validation_follows(trainer) -> bool:
@@ -76,6 +104,10 @@ class RunCheckpoint(ModelCheckpoint):
         self._requeue.uninstall()
         self._stop.uninstall()
         super().teardown(trainer, pl_module, stage)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Lightning's, with the saved files under this run's checkpoint folder when the run folder moved."""
+        super().load_state_dict(state_in_dirpath(state_dict, self.dirpath))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not step_ended(trainer):  # a micro-batch inside a step: its state is saved after the step's last one

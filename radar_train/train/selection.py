@@ -17,6 +17,8 @@ from typing import Any, Literal, Optional
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
+from .run_checkpoint import state_in_dirpath
+
 __all__ = ["EarlyStoppingArgs", "MONITORS", "BestCheckpoint", "BEST_PREFIX", "ConfiguredEarlyStopping"]
 
 #: Validation metrics that may be monitored, and the direction in which each improves.
@@ -107,6 +109,11 @@ class ConfiguredEarlyStopping(EarlyStopping):
 class BestCheckpoint(ModelCheckpoint):
     """ModelCheckpoint of the best validation (a type of its own, so that it sits beside the run's
     RunCheckpoint rather than replacing it)."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Lightning's, with the best file under this run's checkpoint folder when the run folder moved (else a
+        resume of a moved run forgets its best step: run_checkpoint.state_in_dirpath)."""
+        super().load_state_dict(state_in_dirpath(state_dict, self.dirpath))
 
     def best(self) -> Optional[dict]:
         """{checkpoint, value} of the best validation so far, or None if none was saved (or its file is gone)."""
