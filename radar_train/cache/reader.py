@@ -46,12 +46,13 @@ class PairDataset(Dataset):
     Item i -> {"fhat_hq": float32 (C, h, w), "fhat_lq": float32 (C, h, w), "label": int64 (), "seed": int64 (),
     "index": int64 () global sample index}. Items are ordered by shard, then by position in the shard."""
 
-    def __init__(self, cache_dir: str | os.PathLike, shards: Optional[Sequence[int]] = None,
+    def __init__(self, cache_dir: str | os.PathLike, shards: Optional[Sequence[int] | str | int] = None,
                  block_size: int = 256, block_cache: int = 2):
         """
         Args:
             cache_dir: the cache folder (manifest.json + shard-NNNNN.zarr).
-            shards: shard ids to read (default: every complete shard); a missing one is an error.
+            shards: shard ids to read, a list, one id, or "0-3,7" as the configs write them (default: every
+                complete shard); a missing one is an error.
             block_size: samples per read, rounded up to whole chunks (the sampler's shuffling unit).
             block_cache: blocks kept in memory per process.
         """
@@ -61,7 +62,9 @@ class PairDataset(Dataset):
         if shards is None:
             ids = sorted(scan.complete)
         else:
-            ids = [int(s) for s in shards]
+            from radar_train.config import parse_int_list
+
+            ids = parse_int_list(shards, "shards")  # ("12" is shard 12, not shards 1 and 2)
             missing = [s for s in ids if s not in scan.complete]
             if missing:
                 raise ValueError(f"cache {cache_dir}: shards {_ranges(missing)} are missing or incomplete "

@@ -25,7 +25,8 @@ from torch import nn
 
 from radar_train.cache.schema import readable_versions, version_problem
 from radar_train.inputs import InputError, check_dir, load_safetensors, read_json, read_yaml
-from radar_train.outputs import clear_stale_temps, normal_file_mode, recover_replaced, replace_dir, temp_name
+from radar_train.outputs import (check_replace_dir, clear_stale_temps, normal_file_mode, recover_replaced, replace_dir,
+                                 temp_name)
 
 from .label_conditioning import LABEL_CONDITIONING_WEIGHTS, LabelConditionedDecoder, load_label_conditioning
 
@@ -45,7 +46,9 @@ RADAR_CONFIG_VERSION = 1
 
 def save_adapter(peft_model, out_dir: str | Path, meta: dict, conditioning=None) -> Path:
     """Write `peft_model`'s adapter (safetensors) and `meta` to `out_dir`, replacing an adapter folder there
-    (callers check first that it is one they may replace: `radar_train.outputs.check_replace_dir`).
+    (the commands check beforehand, with their --overwrite, that they may replace it:
+    `radar_train.outputs.check_replace_dir`); any other non-empty folder, or a file, is an OutputError here
+    too, so that a caller of the API never loses a folder of its own.
     conditioning: a ClassFiLM, written to label_conditioning.safetensors and described in the metadata.
     `meta` without a format_version gets RADAR_CONFIG_VERSION (readers refuse metadata without one).
     Every file gets the mode a plain open() gives (0o666 less the umask)."""
@@ -55,6 +58,7 @@ def save_adapter(peft_model, out_dir: str | Path, meta: dict, conditioning=None)
     out = Path(out_dir).resolve()  # "." or "..": the folder's own name, for its temporary sibling
     out.parent.mkdir(parents=True, exist_ok=True)
     recover_replaced(out)  # a killed export's previous folder, left at its hidden name
+    check_replace_dir(out, is_adapter_dir, "an adapter folder", "out_dir", overwrite=True)
     clear_stale_temps(out.parent, out.name)  # a killed export's half-written folder
     tmp = temp_name(out)
     meta = {"format_version": RADAR_CONFIG_VERSION, **meta}

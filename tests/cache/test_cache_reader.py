@@ -48,6 +48,17 @@ def test_a_subset_of_shards_maps_positions_to_global_indices(make_synthetic):
     assert [int(ds[i]["index"]) for i in range(len(ds))] == list(range(24, 30)) + list(range(8, 16))
 
 
+def test_shards_are_read_as_the_configs_write_them(make_synthetic):
+    """"12" is shard 12 (not shards 1 and 2), "0-2" a range, 3 one shard; what is not a list of shards names
+    `shards`."""
+    cache = make_synthetic(num_samples=13 * 2, shard_size=2)
+    assert PairDataset(cache, shards="12").shard_ids == [12]
+    assert PairDataset(cache, shards="0-2,7").shard_ids == [0, 1, 2, 7]
+    assert PairDataset(cache, shards=3).shard_ids == [3]
+    with pytest.raises(ValueError, match="shards: cannot read 'x'"):
+        PairDataset(cache, shards="x")
+
+
 def test_requesting_a_missing_shard_is_a_clear_error(make_synthetic):
     cache = make_synthetic(num_samples=30, shard_size=8, shards=[0, 1, 3])
     assert PairDataset(cache).shard_ids == [0, 1, 3]
