@@ -335,6 +335,10 @@ def _make_cli_class(subcommand: str):
             resume = getattr(self, "_resume", None)
             if resume is not None:
                 self.model.check_checkpoint(resume[1], f"--ckpt_path {resume[0]}")
+                if self.subcommand == "fit" and hasattr(self.datamodule, "describe"):  # (validate may measure
+                    from radar_train.train.checks import check_resume_caches  # on other caches)
+
+                    check_resume_caches(resume[1], self.datamodule.describe(), f"--ckpt_path {resume[0]}")
                 self._resume = None  # (the checkpoint's tensors are not kept)
 
         def before_instantiate_classes(self) -> None:

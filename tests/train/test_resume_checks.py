@@ -136,8 +136,6 @@ def _cli_args(cache: str, root: Path, steps: int, *extra: str) -> list[str]:
             "--model.monitor.images_every_n_steps", "0", "--data.batch_size", "4", *extra]
 
 
-@pytest.mark.xfail(strict=True, reason="needs RadarTrainCLI._check_resume (radar_train/cli/train.py) to call "
-                                       "radar_train.train.checks.check_resume_caches; remove this mark then")
 def test_the_cli_refuses_to_resume_on_other_pairs_before_writing(tiny_cache, tmp_path, capsys):
     root = tmp_path / "run"
     assert _run_cli(_cli_args(tiny_cache, root, 2)) == 0
