@@ -92,8 +92,11 @@ class RunCheckpoint(ModelCheckpoint):
         self._stop_after_validation = False  # so does a SIGTERM's save and stop
 
     def setup(self, trainer, pl_module, stage: str) -> None:
+        from .checkpoint_io import use_beside_checkpoint_io
+
         super().setup(trainer, pl_module, stage)
         if stage == "fit":
+            use_beside_checkpoint_io(trainer)  # a failed save keeps the last good checkpoint (checkpoint_io.py)
             self._requeue.install(trainer)
 
     def on_train_start(self, trainer, pl_module) -> None:
