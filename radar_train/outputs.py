@@ -232,7 +232,8 @@ def normal_file_mode(path: PathLike) -> None:
 
 @contextlib.contextmanager
 def atomic_file(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; renamed onto `path` when the block succeeds, removed otherwise."""
+    """Yield a temporary path beside `path`; renamed onto `path` when the block succeeds, removed otherwise. An
+    OSError that names no file (a write into an open file: a full disk, a quota) is raised naming `path`."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     clear_stale_temps(p.parent, p.name)
@@ -240,6 +241,10 @@ def atomic_file(path: PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, p)
+    except OSError as e:
+        if e.filename is not None or not e.strerror:
+            raise
+        raise OSError(e.errno, e.strerror, str(p)) from e
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -101,6 +101,22 @@ def test_atomic_writes_leave_nothing_behind_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"] and (tmp_path / "a.txt").read_text() == "new"
 
 
+def test_a_write_error_that_names_no_file_is_raised_naming_the_output(tmp_path):
+    """A full disk while writing into an open file (e.g. a WebDataset tar): the error names the output."""
+    import errno
+
+    (tmp_path / "a.tar").write_text("old")
+    with pytest.raises(OSError) as e:
+        with atomic_file(tmp_path / "a.tar"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "a.tar")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.tar"] and (tmp_path / "a.tar").read_text() == "old"
+    with pytest.raises(FileNotFoundError) as e:  # one that names its file is left as it is
+        with atomic_file(tmp_path / "b.txt"):
+            open(tmp_path / "gone" / "x")
+    assert e.value.filename == str(tmp_path / "gone" / "x")
+
+
 def test_staged_entries_replace_theirs_keep_the_rest_and_clean_up_on_failure(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
