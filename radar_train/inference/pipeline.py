@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Literal, Optional, Sequence
 
+import numpy as np
 import torch
 
 from radar_train.accel import AccelMethod, build_accel
@@ -27,7 +29,13 @@ from radar_train.sampling import NextScaleSampler, SampleOutput, generate_pairs,
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16", "float32", "bfloat16", "float16"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16", "float32", "bfloat16", "float16")
+"""The short names and torch's (the spellings radar-cache's --precision takes), so one spelling works in both."""
+_DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+           "fp16": torch.float16, "float16": torch.float16}
+Output = Literal["uint8", "pil", "float"]
+OUTPUTS: tuple[str, ...] = ("uint8", "pil", "float")
 
 
 @dataclass
@@ -44,13 +52,97 @@ class PipelineArgs:
     device: str = "auto"
     """cuda, cpu, or auto (cuda when available)."""
     precision: Precision = "auto"
-    """Transformer compute dtype: auto = bf16 on CUDA, fp32 on CPU. The decoder runs in fp32 on CPU."""
+    """Transformer compute dtype: auto = bf16 on CUDA, fp32 on CPU; fp32 / bf16 / fp16 or torch's spellings
+    float32 / bfloat16 / float16. The decoder runs in fp32 on CPU."""
+
+
+def check_precision(precision) -> str:
+    """`precision` if it is one of PRECISIONS; else a ValueError naming it, raised before any model loads."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
 
 
 def resolve_precision(device: torch.device, precision: Precision) -> Optional[torch.dtype]:
-    if precision == "auto":
+    """The transformer's autocast dtype on `device` (None: fp32, no autocast)."""
+    if check_precision(precision) == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return _DTYPES[precision]
+
+
+def check_output(output) -> str:
+    """`output` if it is one of OUTPUTS; else a ValueError naming it (checked before sampling, so that a typo
+    such as "numpy" is not answered with uint8 images)."""
+    if not isinstance(output, str) or output not in OUTPUTS:
+        raise ValueError(f"output must be one of {', '.join(map(repr, OUTPUTS))}, got {output!r}")
+    return output
+
+
+def _one_per_sample(values, name: str, what: str) -> None:
+    """TypeError naming `name` unless `values` is a list / tuple / range, a 1-D numpy array or a 1-D tensor (an
+    int, None or a string is not a batch: the sampler would fail deep inside or read it otherwise)."""
+    if isinstance(values, (torch.Tensor, np.ndarray)):
+        if values.ndim != 1:
+            raise TypeError(f"{name} must be one-dimensional ({what}), got a {values.ndim}-d "
+                            f"{type(values).__name__}")
+    elif isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise TypeError(f"{name} must be a sequence ({what}), got {type(values).__name__}")
+
+
+def check_labels(labels, num_classes: int) -> torch.Tensor:
+    """`labels` as a (B,) int64 CPU tensor: a sequence, 1-D array or 1-D tensor of whole class numbers in
+    [0, num_classes] (num_classes = unconditional). TypeError / ValueError naming `labels` otherwise: a
+    fraction would otherwise be truncated (1.7 sampled as class 1), where decoding refuses it."""
+    what = "one class number per sample"
+    _one_per_sample(labels, "labels", what)
+    if isinstance(labels, Sequence) and any(isinstance(x, (bool, np.bool_)) for x in labels):
+        raise TypeError(f"labels must be class numbers ({what}), got a bool")
+    try:
+        t = torch.as_tensor(labels).detach().cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"labels must be class numbers ({what}), got {labels!r:.80}") from None
+    if t.ndim != 1 or t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"labels must be class numbers ({what}), got {labels!r:.80}")
+    if t.is_floating_point():
+        bad = (~(t.isfinite() & (t == t.round()))).nonzero()
+        if bad.numel():
+            first = labels[int(bad[0])]  # as given (the tensor may hold it rounded to float32)
+            raise ValueError(f"labels must be whole class numbers, got {getattr(first, 'item', lambda: first)()}")
+    t = t.long()
+    outside = t[(t < 0) | (t > num_classes)]
+    if outside.numel():
+        raise ValueError(f"labels must lie in [0, {num_classes}] ({num_classes} = unconditional), "
+                         f"got {outside[0].item()}")
+    return t
+
+
+def check_seeds(seeds, count: int) -> list[int]:
+    """`seeds` as a list of `count` ints within 64 bits: a sequence of ints, or a 1-D integer array or tensor,
+    one seed per label (official noise seeds the call's generator with the first). TypeError / ValueError
+    naming `seeds` otherwise."""
+    what = "one integer seed per label"
+    _one_per_sample(seeds, "seeds", what)
+    if isinstance(seeds, (torch.Tensor, np.ndarray)):
+        if isinstance(seeds, np.ndarray):
+            integral = np.issubdtype(seeds.dtype, np.integer)
+        else:
+            integral = not (seeds.is_floating_point() or seeds.is_complex() or seeds.dtype == torch.bool)
+        if not integral:
+            raise TypeError(f"seeds must be integers ({what}), got dtype {seeds.dtype}")
+        values = [int(s) for s in seeds.tolist()]
+    else:
+        try:
+            if any(isinstance(s, (bool, np.bool_)) for s in seeds):
+                raise TypeError("a bool")
+            values = [operator.index(s) for s in seeds]  # ints, numpy ints, 0-d integer tensors; not 1.0
+        except TypeError:
+            raise TypeError(f"seeds must be integers ({what}), got {seeds!r:.80}") from None
+    big = [s for s in values if not -2 ** 63 <= s < 2 ** 63]
+    if big:
+        raise ValueError(f"seeds: {big[0]} does not fit in 64 bits")
+    if len(values) != count:
+        raise ValueError(f"seeds: got {len(values)} seeds for {count} labels (one seed per label)")
+    return values
 
 
 def resolve_device(name: str) -> torch.device:
@@ -96,6 +188,8 @@ class RadarPipeline:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, args: PipelineArgs) -> "RadarPipeline":
+        """The pipeline `args` describe. A bad `precision` or `device` is refused before any model loads."""
+        check_precision(args.precision)
         device = resolve_device(args.device)
         m = args.model
         vqvae, var, vae_id, var_id = load_models(m.preset, m.vae_checkpoint, m.var_checkpoint, device, m.init_seed)
@@ -123,7 +217,8 @@ class RadarPipeline:
 
     def load_adapter(self, adapter_dir: str, merge: bool = True) -> None:
         """Check the adapter against this VQ-VAE (refused if different) and this acceleration config
-        (warning if the method or preset differs), then put it on a copy of the decoder."""
+        (warning if the method or preset differs), then put it on a copy of the decoder. Torch's global RNG
+        is left as it was."""
         from radar_train.export import load_adapter, read_radar_config
 
         meta = read_radar_config(adapter_dir)
@@ -135,18 +230,22 @@ class RadarPipeline:
                               stacklevel=2)
                 break
         dec = self.vqvae.latent_decoder().eval()
-        self.adapted_decoder = load_adapter(dec, adapter_dir, identity=self.vae_identity, merge=merge,
-                                            num_classes=self.var.num_classes).eval()
+        with self._rng_kept():  # peft initialises the LoRA layers (from the global RNG) before loading them
+            self.adapted_decoder = load_adapter(dec, adapter_dir, identity=self.vae_identity, merge=merge,
+                                                num_classes=self.var.num_classes).eval()
         self.adapter_meta = meta
 
-    # ------------------------------------------------------------------ generation
-    def _labels(self, labels) -> torch.Tensor:
-        return torch.as_tensor(labels, dtype=torch.long, device=self.device).reshape(-1)
+    def _rng_kept(self):
+        """A block after which torch's global RNG (the CPU's, and this pipeline's CUDA device's) is as before it:
+        loading weights must not change what a caller's later random draws give."""
+        return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
 
-    @staticmethod
-    def _host_labels(labels) -> torch.Tensor:
-        """Labels for the sampler, on the host: it checks them there and moves them without a synchronisation."""
-        return torch.as_tensor(labels, dtype=torch.long).reshape(-1).cpu()
+    # ------------------------------------------------------------------ generation
+    def _checked(self, labels, seeds) -> tuple[torch.Tensor, list[int]]:
+        """A call's labels (on the host: the sampler moves them without a synchronisation) and seeds, checked
+        before any sampling (`check_labels`, `check_seeds`)."""
+        host = check_labels(labels, self.var.num_classes)
+        return host, check_seeds(seeds, host.shape[0])
 
     @torch.no_grad()
     def decode(self, f_hat: torch.Tensor, adapter: bool, labels: Optional[Sequence[int]] = None) -> torch.Tensor:
@@ -171,9 +270,10 @@ class RadarPipeline:
     @torch.no_grad()
     def sample_latents(self, labels: Sequence[int], seeds: Sequence[int], accelerated: bool = True,
                        cfg: Optional[float] = None, top_k: Optional[int] = None, top_p: Optional[float] = None) -> SampleOutput:
+        """The latents of the labels and per-sample seeds (one seed per label), accelerated by default."""
+        labels, seeds = self._checked(labels, seeds)
         sampler = self._sampling(cfg, top_k, top_p)
-        return sampler.sample(self._host_labels(labels), **self._noise_keys(seeds),
-                              accel=self.accel if accelerated else None)
+        return sampler.sample(labels, **self._noise_keys(seeds), accel=self.accel if accelerated else None)
 
     def _noise_keys(self, seeds: Sequence[int]) -> dict:
         """The sampler's noise keywords for these samples' seeds (`noise_keys`)."""
@@ -182,10 +282,12 @@ class RadarPipeline:
     @torch.no_grad()
     def generate(self, labels: Sequence[int], seeds: Sequence[int], cfg: Optional[float] = None,
                  top_k: Optional[int] = None, top_p: Optional[float] = None, *, accelerated: bool = True,
-                 use_adapter: bool = True, output: Literal["uint8", "pil", "float"] = "uint8"):
+                 use_adapter: bool = True, output: Output = "uint8"):
         """Images for the labels and per-sample seeds: accelerated (with the adapter when loaded) by default."""
+        check_output(output)
+        labels, seeds = self._checked(labels, seeds)
         res = self.sample_latents(labels, seeds, accelerated, cfg, top_k, top_p)
-        img = self.decode(res.f_hat, adapter=accelerated and use_adapter, labels=self._labels(labels))
+        img = self.decode(res.f_hat, adapter=accelerated and use_adapter, labels=labels.to(self.device))
         if output == "float":
             return img
         u8 = to_uint8(img)
@@ -195,8 +297,9 @@ class RadarPipeline:
     def compare(self, labels: Sequence[int], seeds: Sequence[int]) -> dict[str, torch.Tensor]:
         """uint8 images of the same samples: vanilla, accelerated, accelerated + adapter (when loaded).
         One forked run: the scales before the first accelerated one are computed once."""
-        pair = generate_pairs(self.sampler, self._host_labels(labels), self.accel, **self._noise_keys(seeds))
-        labels = self._labels(labels)
+        labels, seeds = self._checked(labels, seeds)
+        pair = generate_pairs(self.sampler, labels, self.accel, **self._noise_keys(seeds))
+        labels = labels.to(self.device)
         out = {"vanilla": to_uint8(self.decode(pair.hq.f_hat, adapter=False)),
                "accelerated": to_uint8(self.decode(pair.lq.f_hat, adapter=False))}
         if self.adapted_decoder is not None:

@@ -50,6 +50,15 @@ class ModelIdentity:
         return ModelIdentity(d["kind"], d["value"], d["config"])
 
 
+def _random_model(build, cfg, seed: int) -> torch.nn.Module:
+    """`build(cfg)` (on the CPU) with the seeded random weights of `init_random_`, leaving torch's global RNG as it
+    was: the modules' default init draws from it before `init_random_` overwrites every weight from its own
+    generator, and a caller's later sampling (or training) would otherwise depend on whether a model was loaded.
+    The weights are those of `init_random_(build(cfg), seed)`."""
+    with torch.random.fork_rng(devices=[]):
+        return init_random_(build(cfg), seed)
+
+
 def _random_identity(preset: ModelPreset, seed: int, cfg) -> ModelIdentity:
     return ModelIdentity("random", f"{preset.name}:seed={seed}", cfg.to_dict())
 
@@ -83,7 +92,7 @@ def load_models(preset_name: str, vae_checkpoint: Optional[str] = None, var_chec
         vqvae = load_vqvae_weights(build_vqvae(vae_cfg, "meta"), vae_checkpoint)
         vae_id = ModelIdentity("file", file_sha256(vae_checkpoint), vae_cfg.to_dict())
     else:
-        vqvae = init_random_(build_vqvae(vae_cfg), seed)
+        vqvae = _random_model(build_vqvae, vae_cfg, seed)
         vae_id = _random_identity(preset, seed, vae_cfg)
     var = var_id = None
     if with_var:
@@ -91,7 +100,7 @@ def load_models(preset_name: str, vae_checkpoint: Optional[str] = None, var_chec
             var = load_var_weights(build_var(preset.var, "meta"), var_checkpoint)
             var_id = ModelIdentity("file", file_sha256(var_checkpoint), preset.var.to_dict())
         else:
-            var = init_random_(build_var(preset.var), seed + 1)
+            var = _random_model(build_var, preset.var, seed + 1)
             var_id = _random_identity(preset, seed, preset.var)
         var = var.to(device).eval().requires_grad_(False)
     return vqvae.to(device).eval().requires_grad_(False), var, vae_id, var_id
@@ -109,7 +118,7 @@ def load_latent_decoder(preset_name: str, vae_checkpoint: Optional[str] = None, 
         load_vqvae_weights(dec, vae_checkpoint)
         ident = ModelIdentity("file", file_sha256(vae_checkpoint), vae_cfg.to_dict())
     else:
-        vqvae = init_random_(build_vqvae(vae_cfg), seed)
+        vqvae = _random_model(build_vqvae, vae_cfg, seed)
         dec = vqvae.latent_decoder()
         ident = _random_identity(preset, seed, vae_cfg)
     return dec.to(device).eval(), ident

@@ -110,9 +110,14 @@ class VQVAE(nn.Module):
         return clamp_image(self.decoder(self.post_quant_conv(f_hat)))
 
     def latent_decoder(self) -> LatentDecoder:
-        """A stand-alone copy of post_quant_conv + decoder (same key names, new tensors)."""
-        dec = LatentDecoder(self.config).to(self.post_quant_conv.weight.device)
-        dec.load_state_dict({k: v for k, v in self.state_dict().items() if k.startswith(("decoder.", "post_quant_conv."))})
+        """A stand-alone copy of post_quant_conv + decoder (same key names, new tensors). Built on the meta device
+        and given copies of this model's tensors: no default init (work thrown away, and draws from torch's
+        global RNG, which a caller's later sampling would see)."""
+        with torch.device("meta"):
+            dec = LatentDecoder(self.config)
+        own = {k: v.detach().clone() for k, v in self.state_dict().items()
+               if k.startswith(("decoder.", "post_quant_conv."))}
+        dec.load_state_dict(own, assign=True)
         return dec
 
     def forward(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
