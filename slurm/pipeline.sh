@@ -35,10 +35,11 @@
 #                   and the options the pipeline needs win over them: --chdir, --export, --dependency, --array,
 #                   --output), e.g. "--qos=high --constraint=a100 --mail-type=FAIL"                     []
 #   LOG_DIR         folder for the jobs' output files                                      [logs/slurm]
-#   CHECK           1: check the cache job's settings here before anything is submitted (`radar-cache run
-#                   --check`: the config with CACHE_ARGS, the workers, --output; no model is loaded, nothing is
-#                   written), so that a mistake is refused now, not after the array has waited in the queue;
-#                   0: skip it (when this machine cannot run radar-cache)                                  [1]
+#   CHECK           1: check the jobs' settings here before anything is submitted: `radar-cache run --check`
+#                   (the config with CACHE_ARGS, the workers, --output; no model is loaded, nothing is written)
+#                   and the training config with TRAIN_ARGS parsed (`radar-train fit --print_config`: unknown
+#                   options, wrong types), so that a mistake is refused now, not after a wait in the queue;
+#                   0: skip it (when this machine cannot run radar-cache / radar-train)                    [1]
 #   RADAR_SETUP, RADAR_BIN: how the jobs find the executables, see slurm/env.sh (RADAR_DIR is set here).
 # Relative paths are relative to the project folder.
 set -euo pipefail   # arrays expand as ${a[@]+"${a[@]}"}: under set -u, bash < 4.4 calls an empty one unbound
@@ -102,12 +103,14 @@ if [ -z "$CACHE_DIR" ] || [ -z "$RUN_DIR" ]; then   # the configs' own folders (
   if (( ${#problems[@]} )); then printf 'error: %s\n' ${problems[@]+"${problems[@]}"} >&2; exit 2; fi
 fi
 
-if (( CHECK )); then   # the cache job's own checks, here (one `error:` line from radar-cache, and exit 2)
+if (( CHECK )); then   # the jobs' own checks, here (one `error:` line from the command, and exit 2)
   # shellcheck source=slurm/env.sh
   source slurm/env.sh
   cache_exe=$(radar_exe radar-cache) || exit 2
   "$cache_exe" run --config "$CACHE_CONFIG" --output "$CACHE_DIR" --num-workers "$NUM_WORKERS" --worker-index 0 \
     ${cache_args[@]+"${cache_args[@]}"} --check >/dev/null || exit 2
+  train_exe=$(radar_exe radar-train) || exit 2
+  "$train_exe" fit --config "$TRAIN_CONFIG" ${train_args[@]+"${train_args[@]}"} --print_config >/dev/null || exit 2
 fi
 
 # SBATCH_ARGS first: sbatch keeps the last value of an option given twice, so the settings above win over them

@@ -1,5 +1,6 @@
-"""slurm/pipeline.sh checks the cache job's settings before it submits anything (radar-cache run --check): a
-wrong config or CACHE_ARGS is refused on the login node, not after the array has waited in the queue."""
+"""slurm/pipeline.sh checks the jobs' settings before it submits anything (radar-cache run --check, and the
+training config parsed with TRAIN_ARGS): a wrong config, CACHE_ARGS or TRAIN_ARGS is refused on the login node,
+not after a wait in the queue."""
 from __future__ import annotations
 
 import shutil
@@ -42,3 +43,15 @@ def test_the_real_radar_cache_check_refuses_bad_cache_args_before_any_submission
     assert proc.returncode == 0, proc.stderr
     assert len(slurm.calls("sbatch")) == 3
     assert not (slurm.project / "cache").exists()
+
+
+def test_the_real_radar_train_refuses_an_unknown_train_arg_before_any_submission(slurm):
+    shutil.copy(REPO / "configs" / "cache" / "tiny.yaml", slurm.project / "configs" / "cache.yaml")
+    shutil.copy(REPO / "configs" / "train" / "tiny.yaml", slurm.project / "configs" / "train.yaml")
+    settings = dict(CACHE_CONFIG="configs/cache.yaml", TRAIN_CONFIG="configs/train.yaml", CACHE_DIR="cache/tiny",
+                    RUN_DIR="checkpoints/tiny", RADAR_BIN=str(Path(sys.executable).parent),
+                    TRAIN_ARGS="--trainer.max_stepz 5")
+    proc = slurm.bash("pipeline.sh", **settings)
+    err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(err) == 1 and "--trainer.max_stepz" in err[0], proc.stderr
+    assert slurm.calls("sbatch") == []
