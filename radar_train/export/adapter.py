@@ -190,16 +190,20 @@ def load_adapter(decoder: nn.Module, adapter_dir: str | Path, identity=None, mer
 
 
 def _from_pretrained(decoder: nn.Module, d: Path, trainable: bool):
-    """peft's PeftModel.from_pretrained, with the weights file checked to hold exactly the LoRA tensors that
+    """peft's PeftModel.from_pretrained (torch's global RNG left as it was), with the weights file checked to hold exactly the LoRA tensors that
     adapter_config.json puts on this decoder (peft loads a file missing some of them, only warning, and those
     layers then do nothing; a rank other than the config's fails deep inside it): InputError naming the file."""
     from peft import PeftModel
     from peft.utils import get_peft_model_state_dict
 
+    import torch
+
     weights = d / ADAPTER_WEIGHTS
-    try:
-        with warnings.catch_warnings():  # said below, in one line naming the file
-            warnings.filterwarnings("ignore", "Found missing adapter keys", UserWarning)
+    dev = next(decoder.parameters()).device
+    try:  # peft initialises the LoRA layers (from torch's global RNG) before it loads them: a caller's later
+        # draws must not depend on whether an adapter was loaded
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            warnings.filterwarnings("ignore", "Found missing adapter keys", UserWarning)  # (said below, naming it)
             model = PeftModel.from_pretrained(decoder, str(d), is_trainable=trainable)
     except (RuntimeError, ValueError) as e:  # e.g. a size mismatch: weights of another rank or layer
         raise InputError(f"{weights}: does not fit {ADAPTER_CONFIG} on this decoder "

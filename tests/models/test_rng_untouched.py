@@ -76,3 +76,12 @@ def test_the_pipeline_loading_an_adapter_keeps_the_global_rng(adapter):
     assert pipe.adapted_decoder is not None
     args.adapter = str(adapter)
     assert _keeps_global_rng(lambda: RadarPipeline.from_config(args))
+
+
+def test_loading_an_adapter_without_the_pipeline_keeps_the_global_rng(adapter):
+    """export.load_adapter itself (radar-eval, the toy world's measurement, a user's script), merged or not."""
+    from radar_train.export.adapter import load_adapter
+
+    for merge in (True, False):
+        decoder, _ = load_latent_decoder("tiny")
+        assert _keeps_global_rng(lambda: load_adapter(decoder, adapter, merge=merge))
