@@ -4,13 +4,16 @@ Two fits started at once into the same (absent or empty) run folder both passed 
 ran to the end, leaving it mixed: config.yaml of one, final/ of the other, checkpoints of both. A fit now
 takes RUN/.fit.lock (global rank 0 only, after its checks, before it writes anything) and removes it when it
 ends, however it ends (finished, failed, stopped by SIGTERM or Ctrl-C, requeued by SLURM). The file is
-created with O_CREAT | O_EXCL (atomic, also on NFS v3+) and holds JSON {host, pid, slurm_job_id, started}.
+created with O_CREAT | O_EXCL (atomic, also on NFS v3+) and holds JSON {host, pid, slurm_job_id, slurm_restart,
+started}.
 
 A lock that exists is refused while its owner may be alive (`error: ... is in use by radar-train fit
 HOST:PID ...`) and taken over when its owner is known to be over:
 
+- an earlier run of our own SLURM job: the same job id and a lower SLURM_RESTART_COUNT (a requeued job's
+  previous incarnation, on this or another node, is over; two fits of one allocation, e.g. two srun steps or
+  two shells of one salloc, are not: they share the job id and the restart count);
 - this host, and its pid no longer runs (a fit killed with kill -9, or one of this same process);
-- the same SLURM job id as ours: a requeued job's previous incarnation (on this or another node) is over;
 - another host, and the lock's mtime is older than STALE_AFTER_S: its owner renews the mtime every
   HEARTBEAT_S from a daemon thread, so a lock not renewed for that long is a crashed or lost host's.
 
@@ -54,7 +57,23 @@ def is_lock_entry(entry: os.PathLike | str) -> bool:
 def _owner() -> dict:
     """This process as a lock's content."""
     return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID") or None,
+            "slurm_restart": _restart_count(os.environ.get("SLURM_RESTART_COUNT")),
             "started": datetime.now().astimezone().isoformat(timespec="seconds")}
+
+
+def _restart_count(value) -> int:
+    """SLURM_RESTART_COUNT as a number (unset, as in a job's first run, or unreadable: 0)."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _earlier_run_of_our_job(owner: dict) -> bool:
+    """Whether the lock was taken by an earlier run of this process's SLURM job (requeued since)."""
+    ours = os.environ.get("SLURM_JOB_ID") or None
+    return (ours is not None and str(owner.get("slurm_job_id")) == ours
+            and _restart_count(owner.get("slurm_restart")) < _restart_count(os.environ.get("SLURM_RESTART_COUNT")))
 
 
 def _read(path: Path) -> Optional[tuple[Optional[dict], os.stat_result]]:
@@ -79,8 +98,7 @@ def _is_over(owner: Optional[dict], st: os.stat_result) -> bool:
     age = time.time() - st.st_mtime
     if owner is None:  # unreadable (a fit killed between creating and writing it): only its age tells
         return age > STALE_AFTER_S
-    ours = os.environ.get("SLURM_JOB_ID") or None
-    if ours is not None and str(owner.get("slurm_job_id")) == ours:
+    if _earlier_run_of_our_job(owner):
         return True
     if owner["host"] == socket.gethostname():
         return not another_live_process(owner["host"], owner["pid"])

@@ -22,7 +22,7 @@ from radar_train.outputs import OutputError
 from radar_train.train import run_lock
 
 ROOT = Path(__file__).resolve().parents[2]
-SLURM = ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_JOB_NAME")
+SLURM = ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_JOB_NAME", "SLURM_RESTART_COUNT")
 
 
 @pytest.fixture(autouse=True)
@@ -46,10 +46,13 @@ def _dead_pid() -> int:
     return int(proc.stdout)
 
 
-def _write_lock(root: Path, host: str, pid: int, job=None, age_s: float = 0.0) -> Path:
+def _write_lock(root: Path, host: str, pid: int, job=None, age_s: float = 0.0, restart=None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     lock = root / ".fit.lock"
-    lock.write_text(json.dumps({"host": host, "pid": pid, "slurm_job_id": job, "started": "2025-01-02T03:04:05+00:00"}))
+    owner = {"host": host, "pid": pid, "slurm_job_id": job, "started": "2025-01-02T03:04:05+00:00"}
+    if restart is not None:
+        owner["slurm_restart"] = restart
+    lock.write_text(json.dumps(owner))
     if age_s:
         os.utime(lock, (time.time() - age_s, time.time() - age_s))
     return lock
@@ -111,18 +114,27 @@ def test_a_dead_fits_lock_is_taken_over_held_while_the_fit_runs_and_removed_at_i
     assert sorted(p.name for p in root.iterdir()) == ["checkpoints", "config.yaml", "final"]
 
 
-def test_the_same_slurm_jobs_lock_is_taken_over_another_jobs_is_not(tmp_path, sleeper, monkeypatch):
-    """A requeued job's previous incarnation is over, whatever its pid (here one that still runs, as a reused
-    pid would): its lock is taken over. Another job's lock of a live pid is refused."""
+def test_an_earlier_run_of_our_slurm_job_is_taken_over_a_live_fit_of_the_same_run_is_not(tmp_path, sleeper,
+                                                                                           monkeypatch):
+    """A requeued job's previous incarnation (same job id, a lower SLURM_RESTART_COUNT) is over, whatever its pid
+    (here one that still runs, as a reused pid would): its lock is taken over. A live fit of the same job and run
+    (two srun steps, two shells of one salloc) or of another job is refused."""
     root = tmp_path / "run"
-    lock = _write_lock(root, socket.gethostname(), sleeper, job="77")
-    monkeypatch.setenv("SLURM_JOB_ID", "78")
-    with pytest.raises(OutputError, match=f"in use by radar-train fit .*:{sleeper} \\(SLURM job 77\\)"):
-        run_lock.acquire(root, "--trainer.default_root_dir")
+    lock = _write_lock(root, socket.gethostname(), sleeper, job="77")  # (a lock without slurm_restart: run 0)
+    for job, restart in (("78", "1"), ("77", None), ("77", "0")):
+        monkeypatch.setenv("SLURM_JOB_ID", job)
+        if restart is None:
+            monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+        else:
+            monkeypatch.setenv("SLURM_RESTART_COUNT", restart)
+        with pytest.raises(OutputError, match=f"in use by radar-train fit .*:{sleeper} \\(SLURM job 77\\)"):
+            run_lock.acquire(root, "--trainer.default_root_dir")
     monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     held = run_lock.acquire(root, "--trainer.default_root_dir")
     try:
         assert _owner(lock)["pid"] == os.getpid() and _owner(lock)["slurm_job_id"] == "77"
+        assert _owner(lock)["slurm_restart"] == 1
     finally:
         held.release()
     assert sorted(root.iterdir()) == []
