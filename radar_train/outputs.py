@@ -231,13 +231,16 @@ def normal_file_mode(path: PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: PathLike) -> Iterator[Path]:
+def atomic_file(path: PathLike, temp_of: Optional[str] = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; renamed onto `path` when the block succeeds, removed otherwise. An
-    OSError that names no file (a write into an open file: a full disk, a quota) is raised naming `path`."""
+    OSError that names no file (a write into an open file: a full disk, a quota) is raised naming `path`.
+    `temp_of`: the name the temporary is made (and a killed writer's cleared) under, when `path`'s own name
+    must not appear in it (default: `path`'s name)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    clear_stale_temps(p.parent, p.name)
-    tmp = temp_name(p)
+    key = p.name if temp_of is None else temp_of
+    clear_stale_temps(p.parent, key)
+    tmp = temp_name(p.with_name(key))
     try:
         yield tmp
         os.replace(tmp, p)

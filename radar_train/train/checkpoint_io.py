@@ -5,12 +5,21 @@ the system's temporary folder and moves it into place on commit. When the run fo
 system than $TMPDIR (local /tmp, checkpoints on a shared file system with a quota: the usual cluster), that
 move is a copy that empties the destination first: a disk that fills during it leaves a truncated last.ckpt,
 and the previous good one is gone (`--ckpt_path last` then refuses the run). `BesideCheckpointIO` writes
-`torch.save` to a hidden temporary in the checkpoint's own folder (`outputs.atomic_file`: named after the
-writing process and host, cleared by the next save if a kill left it) and renames it onto the checkpoint, an
+the checkpoint to a hidden temporary in its own folder (`outputs.atomic_file`: named after the writing process
+and host, cleared by the next save of that name if a kill left it) and renames it onto the checkpoint, an
 atomic replace on one file system. Remote paths (`s3://...`) keep Lightning's writer.
+
+Two details matter. The checkpoint is serialised into memory first and written with Python's file write, so
+that a full disk is an OSError naming the file (torch.save onto a path fails in its C++ writer with a bare
+RuntimeError, which would be a traceback). And the temporary's name does not contain the checkpoint's
+"ckpt_": Lightning finds the newest `hpc_ckpt_N.ckpt` of a run folder (a SLURM requeue's) by the digits of
+every name there containing "hpc_ckpt_", so a killed requeue save's temporary would make it resume from a
+file that does not exist.
 """
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -18,7 +27,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from radar_train.outputs import atomic_file
 
-__all__ = ["BesideCheckpointIO", "use_beside_checkpoint_io"]
+__all__ = ["BesideCheckpointIO", "use_beside_checkpoint_io", "temp_key"]
 
 
 class BesideCheckpointIO(TorchCheckpointIO):
@@ -27,8 +36,15 @@ class BesideCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        with atomic_file(path) as tmp:
-            torch.save(checkpoint, tmp)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        with atomic_file(path, temp_of=temp_key(path)) as tmp:
+            tmp.write_bytes(buffer.getbuffer())
+
+
+def temp_key(path) -> str:
+    """The name a checkpoint's temporary is made under: its own without "ckpt_" (see the module docstring)."""
+    return "save-" + Path(path).name.replace("ckpt_", "ckpt-")
 
 
 def use_beside_checkpoint_io(trainer) -> bool:

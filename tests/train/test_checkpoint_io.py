@@ -31,26 +31,36 @@ def test_the_default_writer_is_replaced_and_a_configured_one_kept():
     assert not use_beside_checkpoint_io(trainer) and type(trainer.strategy.checkpoint_io) is Mine
 
 
-class _CrossDevice:
-    """The run folder on another file system than $TMPDIR (`tmpdir`): a rename out of $TMPDIR fails with EXDEV
-    (shutil.move then copies), and the disk fills during the copy of the `fail_at`-th file."""
+class _FullDisk:
+    """The run folder on another file system than $TMPDIR (`tmpdir`: a rename out of it fails with EXDEV, so
+    shutil.move copies), and a disk that fills while a checkpoint file is written once `full` is set: the write
+    (a copy from $TMPDIR, or a write of the checkpoint's bytes) puts part of it there, then fails with ENOSPC."""
 
-    def __init__(self, tmpdir: Path, fail_at: int):
-        self.tmpdir, self.fail_at, self.copies = str(tmpdir), fail_at, 0
-        self.rename, self.copyfile = os.rename, shutil.copyfile
+    def __init__(self, tmpdir: Path):
+        self.tmpdir, self.full = str(tmpdir), False
+        self.real_rename, self.real_copyfile, self.real_write_bytes = os.rename, shutil.copyfile, Path.write_bytes
 
-    def fake_rename(self, src, dst, *a, **kw):
+    def rename(self, src, dst, *a, **kw):
         if str(src).startswith(self.tmpdir):
             raise OSError(errno.EXDEV, "Invalid cross-device link", str(src))
-        return self.rename(src, dst, *a, **kw)
+        return self.real_rename(src, dst, *a, **kw)
 
-    def fake_copyfile(self, src, dst, *a, **kw):
-        self.copies += 1
-        if self.copies == self.fail_at:
-            with open(src, "rb") as fsrc, open(dst, "wb") as fdst:
-                fdst.write(fsrc.read(1000))  # part of it, then the disk is full
-            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
-        return self.copyfile(src, dst, *a, **kw)
+    def copyfile(self, src, dst, *a, **kw):
+        if self.full:
+            with open(src, "rb") as f:
+                self._part(f.read(1000), dst)
+        return self.real_copyfile(src, dst, *a, **kw)
+
+    def write_bytes(self, path, data):
+        if self.full:
+            self._part(bytes(memoryview(data)[:1000]), path)
+        return self.real_write_bytes(path, data)
+
+    def _part(self, head: bytes, dst) -> None:
+        self.full = False
+        with open(dst, "wb") as f:
+            f.write(head)
+        raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def test_a_save_that_fills_the_disk_keeps_the_last_good_checkpoint(tiny_cache, tmp_path, monkeypatch, capsys):
@@ -70,24 +80,19 @@ def test_a_save_that_fills_the_disk_keeps_the_last_good_checkpoint(tiny_cache, t
             "--trainer.enable_progress_bar", "false", "--model.output.save_every_n_steps", "2",
             "--model.monitor.images_every_n_steps", "0", "--data.batch_size", "4"]
     last = root / "checkpoints" / "last.ckpt"
-    fs = _CrossDevice(tmpdir, fail_at=10 ** 9)
+    disk = _FullDisk(tmpdir)
     real_save = torch.save
     saves = []
 
-    def counting_save(obj, f, *a, **kw):  # the disk fills during the third file a save writes (step 4's)
+    def counting_save(obj, f, *a, **kw):  # the disk fills while the third checkpoint file (step 4's) is written
         if isinstance(obj, dict) and "global_step" in obj:
             saves.append(obj["global_step"])
-            if len(saves) == 3:
-                fs.fail_at = fs.copies + 1
-                if not isinstance(f, (str, os.PathLike)):  # Lightning: into a buffer, then copied
-                    return real_save(obj, f, *a, **kw)
-                with open(f, "wb") as out:
-                    out.write(b"\0" * 1000)
-                raise OSError(errno.ENOSPC, "No space left on device", str(f))
+            disk.full = len(saves) == 3
         return real_save(obj, f, *a, **kw)
 
-    monkeypatch.setattr(os, "rename", fs.fake_rename)
-    monkeypatch.setattr(shutil, "copyfile", fs.fake_copyfile)
+    monkeypatch.setattr(os, "rename", disk.rename)
+    monkeypatch.setattr(shutil, "copyfile", disk.copyfile)
+    monkeypatch.setattr(Path, "write_bytes", lambda path, data: disk.write_bytes(path, data))
     monkeypatch.setattr(torch, "save", counting_save)
     with pytest.raises(SystemExit) as e, mock.patch.object(sys, "argv", ["radar-train", *argv]):
         main(argv)
@@ -100,3 +105,71 @@ def test_a_save_that_fills_the_disk_keeps_the_last_good_checkpoint(tiny_cache, t
     with pytest.raises(SystemExit) as e, mock.patch.object(sys, "argv", ["radar-train", *argv, "--ckpt_path", "last"]):
         main([*argv, "--ckpt_path", "last"])
     assert e.value.code == 0 and torch.load(last, weights_only=True)["global_step"] == 6
+
+
+_KILLED_SAVE = r"""
+import os, signal, sys
+from pathlib import Path
+import torch
+from radar_train.train.checkpoint_io import BesideCheckpointIO
+
+def killed(path, data):  # part of the file, then the process is gone (a time limit, scancel -9, a lost node)
+    with open(path, "wb") as f:
+        f.write(bytes(memoryview(data)[:1000]))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+Path.write_bytes = killed
+BesideCheckpointIO().save_checkpoint({"global_step": 2, "w": torch.zeros(1000)}, sys.argv[1])
+"""
+
+
+def test_a_killed_requeue_save_leaves_nothing_lightnings_hpc_lookup_takes_for_a_checkpoint(tmp_path):
+    """A SLURM requeue save (RUN/hpc_ckpt_2.ckpt) killed mid-write leaves its temporary in RUN; Lightning picks
+    the newest hpc_ckpt_N.ckpt by the digits of every name there holding "hpc_ckpt_", so the temporary's name
+    must not (it made a resume look for hpc_ckpt_201234000000.ckpt, which does not exist)."""
+    import subprocess
+
+    from lightning.pytorch.trainer.connectors.checkpoint_connector import _CheckpointConnector
+
+    root = tmp_path / "run"
+    root.mkdir()
+    BesideCheckpointIO().save_checkpoint({"global_step": 1}, root / "hpc_ckpt_1.ckpt")
+    proc = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(root / "hpc_ckpt_2.ckpt")], timeout=120)
+    assert proc.returncode == -9
+    left = sorted(p.name for p in root.iterdir())
+    assert len(left) == 2 and "hpc_ckpt_1.ckpt" in left  # (the killed save's temporary, beside it)
+    newest = getattr(_CheckpointConnector, "_CheckpointConnector__max_ckpt_version_in_folder")
+    assert newest(root, "hpc_ckpt_") == 1
+    BesideCheckpointIO().save_checkpoint({"global_step": 2}, root / "hpc_ckpt_2.ckpt")  # the next save of it
+    assert sorted(p.name for p in root.iterdir()) == ["hpc_ckpt_1.ckpt", "hpc_ckpt_2.ckpt"]  # clears it
+
+
+def test_a_save_past_a_quota_is_one_error_line_naming_the_checkpoint(tiny_cache, tmp_path):
+    """A real write limit (RLIMIT_FSIZE: EFBIG, as a quota or a full disk fail a write) on a resumed fit: one
+    `error:` line naming the checkpoint, status 1, no traceback (torch.save onto a path failed with a bare
+    RuntimeError from its C++ writer); last.ckpt stays step 2's."""
+    import resource
+    import signal
+    import subprocess
+
+    root = tmp_path / "run"
+    caches = json.dumps([{"path": tiny_cache, "train_shards": "0-1", "val_shards": "14"}])
+    cmd = [str(Path(sys.executable).parent / "radar-train"), "fit", "--config", str(CONFIGS / "tiny.yaml"),
+           "--data.caches", caches, "--trainer.default_root_dir", str(root), "--trainer.val_check_interval", "2",
+           "--trainer.enable_progress_bar", "false", "--model.output.save_every_n_steps", "2",
+           "--model.monitor.images_every_n_steps", "0", "--data.batch_size", "4"]
+    assert subprocess.run([*cmd, "--trainer.max_steps", "2"], capture_output=True, timeout=300).returncode == 0
+    last = root / "checkpoints" / "last.ckpt"
+    size = last.stat().st_size
+
+    def limit() -> None:  # a file may not grow past half a checkpoint
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, resource.RLIM_INFINITY))
+
+    proc = subprocess.run([*cmd, "--trainer.max_steps", "4", "--ckpt_path", "last"], capture_output=True, text=True,
+                          timeout=300, preexec_fn=limit)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(errors) == 1 and "File too large" in errors[0] and ".ckpt" in errors[0], proc.stderr[-2000:]
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+    assert not [p for p in root.rglob(".*") if p.name != ".fit.lock"] and not (root / ".fit.lock").exists()
