@@ -38,12 +38,14 @@ log = logging.getLogger(__name__)
 
 
 def state_in_dirpath(state: dict[str, Any], dirpath: str) -> dict[str, Any]:
-    """A ModelCheckpoint's saved `state` with its files moved into `dirpath`: every path under the saved dirpath
-    (best_model_path, kth_best_model_path, last_model_path, the keys of best_k_models) gets `dirpath` for that
-    prefix, and the state's dirpath becomes `dirpath`. Lightning's load_state_dict drops the best score, the
-    kept files and last.ckpt's path when the dirpath differs (a run folder moved or copied, then resumed): the
-    resumed run would take its next validation for the best, keep a second best-step file, write last-v1.ckpt
-    and keep every step file saved before the move."""
+    """A ModelCheckpoint's saved `state` with its files found in `dirpath`: when the files it names under the
+    saved dirpath (best_model_path, kth_best_model_path, last_model_path, the keys of best_k_models) are in
+    `dirpath` (a run folder moved or copied, then resumed), those paths get `dirpath` for that prefix and the
+    state's dirpath becomes `dirpath`. Lightning's load_state_dict drops the best score, the kept files and
+    last.ckpt's path when the dirpath differs: the resumed run would take its next validation for the best, keep
+    a second best-step file, write last-v1.ckpt and keep every step file saved before the move. When none of
+    them is in `dirpath` (a new fit from another run folder's checkpoint, whose files stay there), the state is
+    Lightning's to handle, as it was."""
     old = state.get("dirpath")
     if not isinstance(old, str) or not dirpath or old == dirpath:
         return state
@@ -54,6 +56,11 @@ def state_in_dirpath(state: dict[str, Any], dirpath: str) -> dict[str, Any]:
             return str(dirpath) + path[len(old):]
         return path
 
+    named = [state.get(k) for k in ("best_model_path", "kth_best_model_path", "last_model_path")]
+    named += list(state.get("best_k_models") or {}) if isinstance(state.get("best_k_models"), dict) else []
+    here = [moved(p) for p in named if isinstance(p, str) and p and moved(p) != p]
+    if not here or not any(os.path.isfile(p) for p in here):
+        return state
     out = dict(state, dirpath=dirpath)
     for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
         if key in out:

@@ -233,12 +233,29 @@ def test_a_moved_run_folder_resumes_as_it_would_in_place(tmp_path):
         str((moved / "checkpoints" / "best-step-000002.ckpt").resolve())
 
 
-def test_only_the_paths_under_the_saved_checkpoint_folder_move():
-    state = {"dirpath": "/a/run/checkpoints", "best_model_path": "/a/run/checkpoints/best-step-000002.ckpt",
+def test_only_the_paths_under_the_saved_checkpoint_folder_move_and_only_where_their_files_are(tmp_path):
+    a, c = str(tmp_path / "a" / "run" / "checkpoints"), str(tmp_path / "c" / "checkpoints")
+    state = {"dirpath": a, "best_model_path": f"{a}/best-step-000002.ckpt",
              "kth_best_model_path": "/a/run/checkpoints2/x.ckpt", "last_model_path": "",
-             "best_k_models": {"/a/run/checkpoints/best-step-000002.ckpt": 1.0, "/b/y.ckpt": 2.0}}
-    out = state_in_dirpath(state, "/c/checkpoints")
-    assert out == {"dirpath": "/c/checkpoints", "best_model_path": "/c/checkpoints/best-step-000002.ckpt",
+             "best_k_models": {f"{a}/best-step-000002.ckpt": 1.0, "/b/y.ckpt": 2.0}}
+    assert state_in_dirpath(state, c) is state  # no file of it in c: another folder's checkpoint (a new fit)
+    Path(c).mkdir(parents=True)
+    (Path(c) / "best-step-000002.ckpt").write_bytes(b"")
+    out = state_in_dirpath(state, c)
+    assert out == {"dirpath": c, "best_model_path": f"{c}/best-step-000002.ckpt",
                    "kth_best_model_path": "/a/run/checkpoints2/x.ckpt", "last_model_path": "",
-                   "best_k_models": {"/c/checkpoints/best-step-000002.ckpt": 1.0, "/b/y.ckpt": 2.0}}
-    assert state_in_dirpath(state, "/a/run/checkpoints") is state
+                   "best_k_models": {f"{c}/best-step-000002.ckpt": 1.0, "/b/y.ckpt": 2.0}}
+    assert state_in_dirpath(state, a) is state
+
+
+def test_a_new_fit_from_another_run_folders_checkpoint_keeps_its_best_step(tmp_path):
+    """A fit into a new folder from another (still existing) run's last.ckpt: that run's best file is not
+    looked for in the new folder (it is not there), so the new run keeps a best validation of its own, and
+    final/ is that step's adapter (before: no best file was kept, and final/ fell back to the last step's)."""
+    _fit(tmp_path / "a", 4)  # validations at 2 and 4; the best is step 2
+    trainer = _fit(tmp_path / "b", 40, ckpt_path=str(tmp_path / "a" / "checkpoints" / "last.ckpt"))
+    assert trainer.global_step == 6
+    sel = read_radar_config(tmp_path / "b" / "final")["selection"]
+    assert (sel["step"], sel["final_adapter"]) == (6, "best")
+    assert sel["checkpoint"] == str((tmp_path / "b" / "checkpoints" / "best-step-000006.ckpt").resolve())
+    assert (tmp_path / "b" / "checkpoints" / "best-step-000006.ckpt").is_file()
