@@ -3,21 +3,18 @@ written beside their names and renamed (BesideCheckpointIO), never copied over t
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import sys
 from pathlib import Path
-from unittest import mock
 
 import lightning.pytorch as pl
-import pytest
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from radar_train.train.checkpoint_io import BesideCheckpointIO, use_beside_checkpoint_io
+from tiny_training import run_train_cli, tiny_fit_argv
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "train"
 
 
 def test_the_default_writer_is_replaced_and_a_configured_one_kept():
@@ -67,18 +64,12 @@ def test_a_save_that_fills_the_disk_keeps_the_last_good_checkpoint(tiny_cache, t
     """radar-train fit saving at steps 2 and 4: the save at step 4 fails with ENOSPC. last.ckpt stays step 2's
     whole file (before: Lightning's copy from $TMPDIR had emptied it), no temporary is left beside it, the error
     is one line (status 1), and the run resumes from it."""
-    from radar_train.cli.train import main
-
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     monkeypatch.setenv("TMPDIR", str(tmpdir))
     monkeypatch.setattr("tempfile.tempdir", None)  # (read $TMPDIR again)
     root = tmp_path / "run"
-    caches = json.dumps([{"path": tiny_cache, "train_shards": "0-1", "val_shards": "14"}])
-    argv = ["fit", "--config", str(CONFIGS / "tiny.yaml"), "--data.caches", caches, "--trainer.default_root_dir",
-            str(root), "--trainer.max_steps", "6", "--trainer.val_check_interval", "2",
-            "--trainer.enable_progress_bar", "false", "--model.output.save_every_n_steps", "2",
-            "--model.monitor.images_every_n_steps", "0", "--data.batch_size", "4"]
+    argv = tiny_fit_argv(tiny_cache, root, 6)
     last = root / "checkpoints" / "last.ckpt"
     disk = _FullDisk(tmpdir)
     real_save = torch.save
@@ -94,17 +85,15 @@ def test_a_save_that_fills_the_disk_keeps_the_last_good_checkpoint(tiny_cache, t
     monkeypatch.setattr(shutil, "copyfile", disk.copyfile)
     monkeypatch.setattr(Path, "write_bytes", lambda path, data: disk.write_bytes(path, data))
     monkeypatch.setattr(torch, "save", counting_save)
-    with pytest.raises(SystemExit) as e, mock.patch.object(sys, "argv", ["radar-train", *argv]):
-        main(argv)
+    code = run_train_cli(argv)
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert e.value.code == 1 and len(err) == 1 and "No space left on device" in err[0], err
+    assert code == 1 and len(err) == 1 and "No space left on device" in err[0], err
     assert saves[:2] == [2, 2]  # step-000002.ckpt and last.ckpt of step 2
     assert torch.load(last, weights_only=True)["global_step"] == 2
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt", "step-000002.ckpt"]
     monkeypatch.undo()
-    with pytest.raises(SystemExit) as e, mock.patch.object(sys, "argv", ["radar-train", *argv, "--ckpt_path", "last"]):
-        main([*argv, "--ckpt_path", "last"])
-    assert e.value.code == 0 and torch.load(last, weights_only=True)["global_step"] == 6
+    code = run_train_cli([*argv, "--ckpt_path", "last"])
+    assert code == 0 and torch.load(last, weights_only=True)["global_step"] == 6
 
 
 _KILLED_SAVE = r"""
@@ -153,12 +142,8 @@ def test_a_save_past_a_quota_is_one_error_line_naming_the_checkpoint(tiny_cache,
     import subprocess
 
     root = tmp_path / "run"
-    caches = json.dumps([{"path": tiny_cache, "train_shards": "0-1", "val_shards": "14"}])
-    cmd = [str(Path(sys.executable).parent / "radar-train"), "fit", "--config", str(CONFIGS / "tiny.yaml"),
-           "--data.caches", caches, "--trainer.default_root_dir", str(root), "--trainer.val_check_interval", "2",
-           "--trainer.enable_progress_bar", "false", "--model.output.save_every_n_steps", "2",
-           "--model.monitor.images_every_n_steps", "0", "--data.batch_size", "4"]
-    assert subprocess.run([*cmd, "--trainer.max_steps", "2"], capture_output=True, timeout=300).returncode == 0
+    exe = str(Path(sys.executable).parent / "radar-train")
+    assert subprocess.run([exe, *tiny_fit_argv(tiny_cache, root, 2)], capture_output=True, timeout=300).returncode == 0
     last = root / "checkpoints" / "last.ckpt"
     size = last.stat().st_size
 
@@ -166,8 +151,8 @@ def test_a_save_past_a_quota_is_one_error_line_naming_the_checkpoint(tiny_cache,
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, resource.RLIM_INFINITY))
 
-    proc = subprocess.run([*cmd, "--trainer.max_steps", "4", "--ckpt_path", "last"], capture_output=True, text=True,
-                          timeout=300, preexec_fn=limit)
+    proc = subprocess.run([exe, *tiny_fit_argv(tiny_cache, root, 4, "--ckpt_path", "last")], capture_output=True,
+                          text=True, timeout=300, preexec_fn=limit)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert len(errors) == 1 and "File too large" in errors[0] and ".ckpt" in errors[0], proc.stderr[-2000:]

@@ -5,9 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import sys
 from pathlib import Path
-from unittest import mock
 
 import lightning.pytorch as pl
 import pytest
@@ -20,7 +18,7 @@ from radar_train.train.datamodule import CacheSource, PairDataModule
 from radar_train.train.module import META_VERSION, MonitorArgs, OutputArgs, RadarLoraModule, is_trained_key
 from radar_train.train.optim import OptimArgs
 from radar_train.train.run_checkpoint import state_in_dirpath
-from radar_train.train.selection import EarlyStoppingArgs
+from tiny_training import HARMLESS, LabelledPairs, run_train_cli, tiny_fit_argv
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "train"
 
@@ -120,29 +118,13 @@ def test_trainer_fit_refuses_to_resume_on_other_pairs(tiny_cache, tmp_path):
     assert _fit_on(str(moved), tmp_path / "run", 4, ckpt_path=str(last)).global_step == 4
 
 
-def _run_cli(argv: list[str]) -> int:
-    from radar_train.cli.train import main
-
-    with pytest.raises(SystemExit) as e, mock.patch.object(sys, "argv", ["radar-train", *argv]):
-        main(argv)
-    return e.value.code
-
-
-def _cli_args(cache: str, root: Path, steps: int, *extra: str) -> list[str]:
-    caches = json.dumps([{"path": cache, "train_shards": "0-1", "val_shards": "14"}])
-    return ["fit", "--config", str(CONFIGS / "tiny.yaml"), "--data.caches", caches, "--trainer.default_root_dir",
-            str(root), "--trainer.max_steps", str(steps), "--trainer.val_check_interval", "2",
-            "--trainer.enable_progress_bar", "false", "--model.output.save_every_n_steps", "2",
-            "--model.monitor.images_every_n_steps", "0", "--data.batch_size", "4", *extra]
-
-
 def test_the_cli_refuses_to_resume_on_other_pairs_before_writing(tiny_cache, tmp_path, capsys):
     root = tmp_path / "run"
-    assert _run_cli(_cli_args(tiny_cache, root, 2)) == 0
+    assert run_train_cli(tiny_fit_argv(tiny_cache, root, 2)) == 0
     other = _edited_copy(tiny_cache, tmp_path / "other", method="stagevar")
     before = {p: p.read_bytes() if p.is_file() else None for p in root.rglob("*")}
     capsys.readouterr()
-    assert _run_cli(_cli_args(other, root, 4, "--ckpt_path", "last")) == 2
+    assert run_train_cli(tiny_fit_argv(other, root, 4, "--ckpt_path", "last")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: --data.caches ") and "accel.method fastvar -> stagevar" in err[-1]
     assert {p: p.read_bytes() if p.is_file() else None for p in root.rglob("*")} == before
@@ -178,25 +160,6 @@ def test_export_refuses_a_checkpoint_of_a_newer_format_version(tmp_path):
 
 
 # ---------------------------------------------------------------- a run folder moved before its resume
-class _Pairs(torch.utils.data.Dataset):
-    """Random tiny-model latent pairs (8, 8, 8) with labels: fhat_lq = fhat_hq + noise."""
-
-    def __init__(self, n: int):
-        g = torch.Generator().manual_seed(0)
-        self.hq = torch.randn(n, 8, 8, 8, generator=g)
-        self.lq = self.hq + 0.5 * torch.randn(n, 8, 8, 8, generator=g)
-
-    def __len__(self) -> int:
-        return len(self.hq)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"fhat_hq": self.hq[i], "fhat_lq": self.lq[i], "label": torch.tensor(i % 10)}
-
-
-# val/psnr_harmless does not improve after the first validation (test_selection.py): step 2 stays the best
-HARMLESS = EarlyStoppingArgs(enabled=True, monitor="val/psnr_harmless", patience=2)
-
-
 def _fit(root: Path, max_steps: int, ckpt_path=None):
     torch.manual_seed(0)
     module = RadarLoraModule(optim=OptimArgs(learning_rate=2e-2, warmup_steps=1, schedule_steps=40),
@@ -206,7 +169,7 @@ def _fit(root: Path, max_steps: int, ckpt_path=None):
                          max_steps=max_steps, val_check_interval=2, check_val_every_n_epoch=None,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                          logger=False)
-    data = _Pairs(32)
+    data = LabelledPairs(32)
     train = DataLoader(torch.utils.data.Subset(data, range(24)), batch_size=4, shuffle=False)
     val = DataLoader(torch.utils.data.Subset(data, range(24, 32)), batch_size=8)
     trainer.fit(module, train, val, ckpt_path=ckpt_path)

@@ -12,25 +12,7 @@ from radar_train.export import ADAPTER_WEIGHTS, read_radar_config
 from radar_train.train.module import MonitorArgs, OutputArgs, RadarLoraModule
 from radar_train.train.optim import OptimArgs
 from radar_train.train.selection import EarlyStoppingArgs
-
-
-class _LabelledPairs(torch.utils.data.Dataset):
-    """Random tiny-model latent pairs (8, 8, 8) with labels: fhat_lq = fhat_hq + noise."""
-
-    def __init__(self, n: int):
-        g = torch.Generator().manual_seed(0)
-        self.hq = torch.randn(n, 8, 8, 8, generator=g)
-        self.lq = self.hq + 0.5 * torch.randn(n, 8, 8, 8, generator=g)
-
-    def __len__(self) -> int:
-        return len(self.hq)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"fhat_hq": self.hq[i], "fhat_lq": self.lq[i], "label": torch.tensor(i % 10)}
-
-# PSNR(D_LoRA(f_HQ), D(f_HQ)) starts at the identity (LoRA B = 0) and falls as the LoRA learns the LQ -> HQ
-# mapping without an identity term: a metric that stops improving after the first validation
-HARMLESS = EarlyStoppingArgs(enabled=True, monitor="val/psnr_harmless", patience=2)
+from tiny_training import HARMLESS, LabelledPairs
 
 
 class RecordValidation(pl.Callback):
@@ -53,7 +35,7 @@ def _fit(root, max_steps, ckpt_path=None, early_stopping=HARMLESS, extra=(), tra
                          max_steps=max_steps, val_check_interval=2, check_val_every_n_epoch=None,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                          logger=False, callbacks=[rec, *extra])
-    data = _LabelledPairs(32)
+    data = LabelledPairs(32)
     train = DataLoader(torch.utils.data.Subset(data, range(train_size)), batch_size=4, shuffle=False)
     val = DataLoader(torch.utils.data.Subset(data, range(24, 32)), batch_size=8)
     trainer.fit(module, train, val, ckpt_path=ckpt_path)
@@ -71,7 +53,7 @@ def _same(a, b):
 def test_early_stopping_stops_and_final_holds_the_best_steps_adapter(tmp_path):
     trainer, module, values = _fit(tmp_path, 40)
     steps = sorted(values)
-    assert steps == [2, 4, 6] and values[2] > values[4] > values[6]  # no improvement after the first validation
+    assert steps == [2, 4, 6] and values[2] > max(values[4], values[6])  # no improvement after the first validation
     assert trainer.global_step == 6 < 40
     assert trainer.early_stopping_callback.stopping_reason is EarlyStoppingReason.PATIENCE_EXHAUSTED
     sel = read_radar_config(tmp_path / "final")["selection"]
@@ -185,7 +167,7 @@ def test_a_step_export_waiting_for_a_validation_that_does_not_run_is_still_writt
     trainer = pl.Trainer(default_root_dir=str(tmp_path), accelerator="cpu", devices=1, precision="32-true",
                          max_steps=4, val_check_interval=2, check_val_every_n_epoch=None, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, logger=False)
-    train = DataLoader(torch.utils.data.Subset(_LabelledPairs(32), range(24)), batch_size=4, shuffle=False)
+    train = DataLoader(torch.utils.data.Subset(LabelledPairs(32), range(24)), batch_size=4, shuffle=False)
     trainer.fit(module, train, DataLoader([], batch_size=8))
     for step in (2, 4):
         assert read_radar_config(tmp_path / f"step-{step:06d}")["global_step"] == step
