@@ -11,23 +11,9 @@ from radar_train.export.adapter import ADAPTER_FILES, ADAPTER_WEIGHTS, load_adap
 from radar_train.models import ModelIdentity, load_latent_decoder
 from radar_train.train.module import MonitorArgs, OutputArgs, RadarLoraModule
 from radar_train.train.optim import OptimArgs, WarmupCosine
+from tiny_training import LabelledPairs
 
 STEPS = 4
-
-
-class _Pairs(torch.utils.data.Dataset):
-    """Random tiny-model latent pairs (8, 8, 8): fhat_lq = fhat_hq + noise."""
-
-    def __init__(self, n: int):
-        g = torch.Generator().manual_seed(0)
-        self.hq = torch.randn(n, 8, 8, 8, generator=g)
-        self.lq = self.hq + 0.5 * torch.randn(n, 8, 8, 8, generator=g)
-
-    def __len__(self) -> int:
-        return len(self.hq)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"fhat_hq": self.hq[i], "fhat_lq": self.lq[i]}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +28,7 @@ def trained(tmp_path_factory):
     trainer = pl.Trainer(default_root_dir=str(root), accelerator="cpu", devices=1, precision="32-true",
                          max_steps=STEPS, enable_progress_bar=False, enable_model_summary=False, logger=False,
                          num_sanity_val_steps=0, limit_val_batches=0)
-    trainer.fit(module, DataLoader(_Pairs(16), batch_size=4, shuffle=False))
+    trainer.fit(module, DataLoader(LabelledPairs(16), batch_size=4, shuffle=False))
     return before, module, root
 
 
@@ -219,7 +205,7 @@ def test_training_metrics_are_logged_once_per_optimizer_step_over_its_micro_batc
     module = RadarLoraModule(optim=OptimArgs(learning_rate=1e-2, warmup_steps=1),
                              monitor=MonitorArgs(images_every_n_steps=0, train_metrics_every_n_steps=1),
                              output=OutputArgs(checkpoints=False, export_final=False))
-    pairs = _Pairs(16)
+    pairs = LabelledPairs(16)
     with torch.no_grad():  # the first step's student: the LoRA starts at the identity (B = 0)
         _, _, student, teacher = module.compute_loss({"fhat_hq": pairs.hq[:8], "fhat_lq": pairs.lq[:8]})
         s01, t01 = to_unit(student), to_unit(teacher)
