@@ -286,8 +286,9 @@ def _trainer_choices(trainer) -> str:
 
 
 def lock_taker() -> bool:
-    """Whether this process takes the run folder's lock: global rank 0 only (LOCAL_RANK and NODE_RANK 0, as
-    for check_run_folder, and SLURM_PROCID 0: srun starts every rank itself, without a LOCAL_RANK)."""
+    """Whether this process checks the run folder and takes its lock: global rank 0 only (LOCAL_RANK and
+    NODE_RANK 0 under torchrun, and SLURM_PROCID 0: srun starts every rank itself, without a LOCAL_RANK; the
+    other ranks would find the lock their own rank 0 holds, and refuse it)."""
     return all(int(os.environ.get(k) or 0) == 0 for k in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
@@ -351,7 +352,7 @@ def _make_cli_class(subcommand: str):
                 raise ValueError("; ".join(problems))
             caches = [c.get("path") for c in ((cfg.get("data") or {}).get("caches") or []) if hasattr(c, "get")]
             vae = ((cfg.get("model") or {}).get("decoder") or {}).get("vae_checkpoint")
-            if int(os.environ.get("LOCAL_RANK") or 0) == 0 and int(os.environ.get("NODE_RANK") or 0) == 0:
+            if lock_taker():
                 root, ckpt_path = self._root(cfg), cfg.get("ckpt_path")
                 inputs = {"--data.caches": caches, "--model.decoder.vae_checkpoint": vae}
                 check = lambda: check_run_folder(root, ckpt_path, self.subcommand, inputs,  # noqa: E731

@@ -96,6 +96,18 @@ def test_a_fit_into_a_folder_a_live_fit_holds_is_one_error_line_and_writes_nothi
     assert _tree(root) == before
 
 
+def test_a_rank_srun_started_other_than_0_neither_judges_nor_takes_the_lock(tiny_cache, tmp_path, sleeper,
+                                                                            monkeypatch):
+    """Under srun (slurm/train.sbatch) every rank is started with its SLURM_PROCID and no LOCAL_RANK: rank 1,
+    starting after its rank 0 took the lock, refused that lock as another fit's (and the job failed)."""
+    root = tmp_path / "run"
+    lock = _write_lock(root, socket.gethostname(), sleeper, job="7", restart=0)  # rank 0 of the same job, alive
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    assert _run(_args(tiny_cache, root, 1)) == 0
+    assert _owner(lock)["pid"] == sleeper  # rank 0's lock, untouched
+
+
 def test_a_dead_fits_lock_is_taken_over_held_while_the_fit_runs_and_removed_at_its_end(tiny_cache, tmp_path):
     """A folder holding only the lock of a fit killed on this host counts as empty: the fit runs, holding the
     lock (its own pid) until it ends, and leaves the run folder a fit leaves (no lock)."""
