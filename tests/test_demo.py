@@ -79,3 +79,37 @@ def test_ctrl_c_during_a_step_lets_it_stop_and_is_one_line_naming_the_step(monke
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "radar-demo: interrupted during radar-train fit; the same command goes on from there"
     assert not any("Traceback" in line for line in err)
+
+
+def test_a_rerun_goes_on_over_what_a_killed_step_was_writing(tmp_path):
+    """A step killed mid-write (kill -9, an OOM kill) leaves its temporary beside its entry, e.g. the export's
+    `.adapter.tmp-<token>-<pid>-<host>`: the demo folder is still the demo's (the step's next run clears it),
+    and a file of the user's is still refused."""
+    import socket
+
+    from radar_train.cli.demo import check_demo_folder
+    from radar_train.outputs import OutputError
+
+    entries = {"cache", "checkpoints", "adapter", "generate", "eval"}
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / f".adapter.tmp-0badc0de-999999-{socket.gethostname()[:32]}").mkdir()
+    (tmp_path / f".adapter.old-0badc0de-999999-{socket.gethostname()[:32]}").mkdir()
+    check_demo_folder(tmp_path, entries)
+    (tmp_path / ".notes.tmp-x").write_text("mine")
+    with pytest.raises(OutputError, match=r"holds \.notes\.tmp-x"):
+        check_demo_folder(tmp_path, entries)
+
+
+def test_a_demo_whose_first_step_fails_leaves_no_folder_it_made(tmp_path):
+    import shutil
+
+    configs = tmp_path / "configs"
+    for sub in ("cache", "train", "generate"):
+        shutil.copytree(ROOT / "configs" / sub, configs / sub)
+    cache_cfg = configs / "cache" / "tiny.yaml"
+    cache_cfg.write_text(cache_cfg.read_text().replace("images_per_class: 8", "images_per_class: -1"))
+    out = tmp_path / "new" / "demo"
+    r = subprocess.run([sys.executable, "-m", "radar_train.cli.demo", "--output", str(out), "--model", "tiny",
+                        "--configs", str(configs)], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert not out.exists()

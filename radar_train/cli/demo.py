@@ -52,12 +52,18 @@ def _step_name(cmd: list[str]) -> str:
 
 
 def check_demo_folder(out: Path, entries: set[str]) -> None:
-    """OutputError unless `out` is absent, empty, or holds nothing but the demo's `entries` (a rerun)."""
-    from radar_train.outputs import OutputError
+    """OutputError unless `out` is absent, empty, or holds nothing but the demo's `entries` (a rerun) and the
+    temporaries of its steps' writes to them (a step killed mid-write, e.g. the export's `.adapter.tmp-*`:
+    the step's next run clears it)."""
+    from radar_train.outputs import OutputError, is_temp_of
 
     if out.exists() and not out.is_dir():
         raise OutputError(f"--output {out} is an existing file: give a folder")
-    foreign = sorted(e.name for e in out.iterdir() if e.name not in entries) if out.is_dir() else []
+
+    def ours(name: str) -> bool:
+        return name in entries or any(is_temp_of(name, e, kind) for e in entries for kind in ("tmp", "old"))
+
+    foreign = sorted(e.name for e in out.iterdir() if not ours(e.name)) if out.is_dir() else []
     if foreign:
         raise OutputError(f"--output {out} is a folder that is not a radar-demo folder (it holds "
                           f"{', '.join(foreign[:3])}): choose a new or empty folder (a demo folder is resumed)")
@@ -117,7 +123,20 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
         raise InputError(f"{train_cfg}: training config lacks trainer.default_root_dir or data.caches[0].path") from None
     out = Path(output).resolve()
     check_demo_folder(out, {run_dir.parts[0], cache_dir.parts[0], "adapter", "generate", "eval"})
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        _steps(out, model, cache_cfg, train_cfg, generate_cfg, run_dir, cache_dir, cls_list, seed_list, train_steps)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):  # a first step that failed wrote nothing
+            out.rmdir()
+        raise
+    return 0
+
+
+def _steps(out: Path, model: str, cache_cfg: Path, train_cfg: Path, generate_cfg: Path, run_dir: Path,
+           cache_dir: Path, cls_list: list[int], seed_list: list[int], train_steps: Optional[int]) -> None:
+    """The demo's five steps, each a command run in `out`."""
     py = [sys.executable, "-m"]
     print(f"radar-demo: model {model}; everything goes to {out}")
     _run(py + ["radar_train.cli.cache", "run", "--config", str(cache_cfg)], out)
@@ -143,7 +162,6 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
     print(f"  TensorBoard logs: {out / run_dir / 'tb'}   (tensorboard --logdir {out / run_dir / 'tb'})")
     print(f"  eval table:       {out / 'eval' / 'eval.md'}")
     print(f"  adapter:          {out / 'adapter'}")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> None:
