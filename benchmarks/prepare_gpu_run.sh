@@ -10,7 +10,8 @@
 #   existing .official_var/ is left as it is.
 # - .whl/: wheels of what the GPU image lacks for the suite's train section (zarr and the packages it needs
 #   that such images lack), for that machine's Python (PY_VERSION, default 3.12) on x86-64 Linux, at the
-#   versions installed in .venv (else the pinned ones below). Files already in .whl/ are kept.
+#   versions installed in .venv (else the pinned ones below). The wheels already in .whl/ are replaced (two
+#   versions of one package, or wheels of two Pythons, would make the install on the GPU machine fail).
 # Nothing else is written.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +44,7 @@ for name in zarr numcodecs donfig google-crc32c; do
   specs+=("$name==${version:-${pinned[$name]}}")
 done
 mkdir -p .whl
+rm -f .whl/*.whl
 platforms=()
 for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64; do
   platforms+=(--platform "$p")

@@ -8,9 +8,10 @@
 # Writes into $OUT (default benchmarks/gpu): <date>-<device>.json (rewritten after each preset and section,
 # so a killed run keeps what it measured), suite.log, gpu-tests.log, nvidia-smi.txt. An existing result file
 # of the same name is refused by the suite (pass --overwrite to replace it).
-# Wheels in $WHEELS (default .whl, from benchmarks/prepare_gpu_run.sh) are installed into /tmp/radar-site
-# first (no index, no dependencies); wheels for another Python than $PYTHON's are left out with a warning (the
-# train section then records what it lacks). Limits: SUITE_TIMEOUT (default 470 s; the suite plans its rounds
+# Wheels in $WHEELS (default .whl, from benchmarks/prepare_gpu_run.sh) for $PYTHON's version are installed into
+# /tmp/radar-site first (no index, no dependencies; others are left out). It stops at once (exit 2) without
+# .official_var or without a wheel for that Python, unless NO_OFFICIAL=1 / NO_WHEELS=1; a failed install only
+# warns (the train section then records what it lacks). Limits: SUITE_TIMEOUT (default 470 s; the suite plans its rounds
 # for BUDGET_S, default 410 s), TEST_TIMEOUT (default 100 s): with the wheels about 580 s, inside a 600 s
 # command. The CUDA tests run without the slow ones (the compiled engine compiles for minutes), the
 # sampling engines' ones (tests/test_gpu.py: graphs vs eager, no synchronisation) first, then the FlexAttention
@@ -29,14 +30,27 @@ py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$out"
 
+# What the run needs is checked in its first second (a missing carry would cost the whole device budget for a run
+# without its main numbers): the official code (NO_OFFICIAL=1: time ours only) and wheels for this Python
+# (NO_WHEELS=1: the train section then records what it lacks).
 tag=$("$py" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-other=$(compgen -G "$wheels/*.whl" | grep -E -- '-cp[0-9]+-' | grep -v -- "-$tag-" || true)
-if [ -n "$other" ]; then
-  echo "warning: $wheels holds wheels for another Python than $tag ($py): all left out (prepare them with PY_VERSION)" >&2
-elif compgen -G "$wheels/*.whl" >/dev/null; then
-  "$py" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/radar-site \
-    "$wheels"/*.whl >"$out/pip.log" 2>&1 || { echo "error: $wheels: the wheels did not install (see $out/pip.log)" >&2; exit 2; }
-  export PYTHONPATH=/tmp/radar-site${PYTHONPATH:+:$PYTHONPATH}
+if [ "${NO_OFFICIAL:-0}" != 1 ] && [ ! -f .official_var/models/var.py ]; then
+  echo "error: .official_var/models/var.py not found: carry .official_var (bash benchmarks/prepare_gpu_run.sh), or NO_OFFICIAL=1" >&2
+  exit 2
+fi
+mapfile -t matching < <(compgen -G "$wheels/*.whl" | grep -E -- "-($tag-|py3-none-)" || true)
+if [ "${NO_WHEELS:-0}" != 1 ] && [ ${#matching[@]} = 0 ]; then
+  version=$("$py" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+  echo "error: $wheels holds no wheel for $tag ($py): carry .whl prepared with PY_VERSION=$version, or NO_WHEELS=1" >&2
+  exit 2
+fi
+if [ ${#matching[@]} != 0 ]; then   # only this Python's (another's are left out); a failed install is no reason to stop
+  if "$py" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/radar-site \
+      "${matching[@]}" >"$out/pip.log" 2>&1; then
+    export PYTHONPATH=/tmp/radar-site${PYTHONPATH:+:$PYTHONPATH}
+  else
+    echo "warning: $wheels: the wheels did not install (see $out/pip.log); the train section will say what it lacks" >&2
+  fi
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi >"$out/nvidia-smi.txt" 2>&1
 

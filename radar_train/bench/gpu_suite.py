@@ -254,8 +254,10 @@ def run_train_section(args, results, log, deadline: float) -> Optional[str]:
         return f"skipped ({why})"
     from radar_train.train.bench import TrainBenchArgs, format_table, run_train_benchmark
 
-    rows = run_train_benchmark(TrainBenchArgs(preset="var-d16", batch_size=16, device=args.device,
-                                              compiled_row=args.train_compiled))
+    # VAR-d16 at batch 16 (RADAR's recipe); on a CPU (a smoke run of the suite) the first preset asked for
+    preset, batch = ("var-d16", 16) if args.device != "cpu" else (args.presets[0], args.batch_size)
+    rows = run_train_benchmark(TrainBenchArgs(preset=preset, batch_size=batch, device=args.device,
+                                              compiled_row=args.train_compiled), log=log)
     log(format_table(rows))
     _section(results, "train", {"rows": rows})
 
@@ -413,6 +415,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         t0 = time.time()
         # each section ends early enough to leave the later sections their reserves
         section_deadline = deadline - sum(reserves.get(later, 0.0) for later in a.sections[i + 1:])
+        results.set("status", {**results.doc.get("status", {}), name: "running"})  # (a killed suite says where)
         try:
             status = SECTIONS[name](a, results, log, section_deadline) or f"ok ({time.time() - t0:.0f} s)"
         except Exception as e:  # noqa: BLE001 - report and go on with the next section

@@ -68,8 +68,8 @@ def _run_once(job: Job, device: torch.device, keep: bool) -> None:
             raise
         job.skipped = f"{type(e).__name__}: {e}"
         return
-    if cuda:
-        peak = torch.cuda.max_memory_allocated(device)
+    if cuda and keep:  # (a warm-up round holds one-off costs: the graphs engine's capture builds a second KV
+        peak = torch.cuda.max_memory_allocated(device)  # cache and its pool, which later rounds do not need)
         job.peak_bytes = max(job.peak_bytes or 0, peak)
         job.peak_above_start_bytes = max(job.peak_above_start_bytes or 0, peak - start)
     if keep:
