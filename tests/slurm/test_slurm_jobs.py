@@ -124,8 +124,14 @@ def test_resubmitted_cache_array_skips_the_finished_shards(slurm_cluster, pipeli
 
 
 def test_failing_cache_array_cancels_verify_and_training(slurm_cluster, tmp_path):
-    # an invalid plan: every array task exits with status 2, so nothing after it may run
-    _, ids, states = _submit_pipeline(slurm_cluster, tmp_path, CACHE_ARGS="--plan.shard_size 0")
+    # an invalid plan is refused on the login node before anything is submitted (radar-cache run --check) ...
+    before = slurm_cluster.run("squeue", "-h", "-o", "%i").stdout.split()
+    proc = slurm_cluster.run("bash", str(REPO / "slurm" / "pipeline.sh"), check=False, cwd=tmp_path,
+                             env=_pipeline_env(tmp_path, CACHE_ARGS="--plan.shard_size 0"))
+    assert proc.returncode == 2 and "plan.shard_size must be >= 1" in proc.stderr, proc.stderr
+    assert slurm_cluster.run("squeue", "-h", "-o", "%i").stdout.split() == before
+    # ... and with that check off, every array task exits with status 2, so nothing after it may run
+    _, ids, states = _submit_pipeline(slurm_cluster, tmp_path, CACHE_ARGS="--plan.shard_size 0", CHECK="0")
     assert {states[f"{ids['cache']}_{i}"][0] for i in range(NUM_WORKERS)} == {"FAILED"}, states
     assert states[ids["verify"]][0] == "CANCELLED", states
     assert states[ids["train"]][0] == "CANCELLED", states
