@@ -8,10 +8,11 @@
 # Writes into $OUT (default benchmarks/gpu): <date>-<device>.json (rewritten after each preset and section,
 # so a killed run keeps what it measured), suite.log, gpu-tests.log, nvidia-smi.txt. An existing result file
 # of the same name is refused by the suite (pass --overwrite to replace it).
-# Wheels in $WHEELS (default .whl, from benchmarks/prepare_gpu_run.sh) for $PYTHON's version are installed into
-# /tmp/radar-site first (no index, no dependencies; others are left out). It stops at once (exit 2) without
-# .official_var or without a wheel for that Python, unless NO_OFFICIAL=1 / NO_WHEELS=1; a failed install only
-# warns (the train section then records what it lacks). Limits: SUITE_TIMEOUT (default 470 s; the suite plans its rounds
+# The official code is in $OFFICIAL_VAR (default .official_var). Wheels in $WHEELS (default .whl, from
+# benchmarks/prepare_gpu_run.sh) for $PYTHON's version are installed into /tmp/radar-site first (no index, no
+# dependencies; others are left out). It stops at once (exit 2, nothing written) without the official code or
+# without a wheel for that Python, unless NO_OFFICIAL=1 / NO_WHEELS=1; a failed install only warns (the train
+# section then records what it lacks). Limits: SUITE_TIMEOUT (default 470 s; the suite plans its rounds
 # for BUDGET_S, default 410 s), TEST_TIMEOUT (default 100 s): with the wheels about 580 s, inside a 600 s
 # command. The CUDA tests run without the slow ones (the compiled engine compiles for minutes), the
 # sampling engines' ones (tests/test_gpu.py: graphs vs eager, no synchronisation) first, then the FlexAttention
@@ -26,16 +27,16 @@ commit=$1
 shift
 out=${OUT:-benchmarks/gpu}
 wheels=${WHEELS:-.whl}
+official_dir=${OFFICIAL_VAR:-.official_var}
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
-mkdir -p "$out"
 
 # What the run needs is checked in its first second (a missing carry would cost the whole device budget for a run
 # without its main numbers): the official code (NO_OFFICIAL=1: time ours only) and wheels for this Python
 # (NO_WHEELS=1: the train section then records what it lacks).
 tag=$("$py" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-if [ "${NO_OFFICIAL:-0}" != 1 ] && [ ! -f .official_var/models/var.py ]; then
-  echo "error: .official_var/models/var.py not found: carry .official_var (bash benchmarks/prepare_gpu_run.sh), or NO_OFFICIAL=1" >&2
+if [ "${NO_OFFICIAL:-0}" != 1 ] && [ ! -f "$official_dir/models/var.py" ]; then
+  echo "error: $official_dir/models/var.py not found: carry .official_var (bash benchmarks/prepare_gpu_run.sh), or NO_OFFICIAL=1" >&2
   exit 2
 fi
 mapfile -t matching < <(compgen -G "$wheels/*.whl" | grep -E -- "-($tag-|py3-none-)" || true)
@@ -44,6 +45,7 @@ if [ "${NO_WHEELS:-0}" != 1 ] && [ ${#matching[@]} = 0 ]; then
   echo "error: $wheels holds no wheel for $tag ($py): carry .whl prepared with PY_VERSION=$version, or NO_WHEELS=1" >&2
   exit 2
 fi
+mkdir -p "$out"
 if [ ${#matching[@]} != 0 ]; then   # only this Python's (another's are left out); a failed install is no reason to stop
   if "$py" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/radar-site \
       "${matching[@]}" >"$out/pip.log" 2>&1; then
@@ -55,7 +57,7 @@ fi
 command -v nvidia-smi >/dev/null && nvidia-smi >"$out/nvidia-smi.txt" 2>&1
 
 official=()
-[ -d .official_var ] && official=(--official_var .official_var)
+[ "${NO_OFFICIAL:-0}" != 1 ] && official=(--official_var "$official_dir")
 timeout "${SUITE_TIMEOUT:-470}" "$py" -m radar_train.bench.gpu_suite "${official[@]}" --commit "$commit" \
   --budget_s "${BUDGET_S:-410}" --command "bash benchmarks/run_gpu_suite.sh $commit${*:+ $*}" \
   --output_dir "$out" "$@" 2>&1 | tee "$out/suite.log"

@@ -11,16 +11,21 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "run_gpu_suite.sh"
 
 
-def _run(tmp_path, *args, wheels=None):
-    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "out"),
-           "WHEELS": str(wheels or tmp_path / "no-wheels")}
+QUICK = ["--device", "cpu", "--presets", "tiny", "--sections", "accel", "--methods", "stagevar:default",
+         "--batch_size", "1", "--repeats", "1", "--min_repeats", "1", "--warmup", "0"]
+TAG = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+
+
+def _run(tmp_path, *args, wheels=None, **env):
+    """The script with this Python, its output in tmp_path/out; without official code or wheels unless given
+    (NO_OFFICIAL / NO_WHEELS: a checkout has no .official_var or .whl unless prepare_gpu_run.sh made them)."""
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "out"), "OFFICIAL_VAR": str(tmp_path / "none"),
+           "WHEELS": str(wheels or tmp_path / "no-wheels"), "NO_OFFICIAL": "1", "NO_WHEELS": "1", **env}
     return subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_the_run_writes_result_and_logs_into_out(tmp_path):
-    p = _run(tmp_path, "abc1234", "--device", "cpu", "--presets", "tiny", "--sections", "accel",
-             "--methods", "stagevar:default", "--batch_size", "1", "--repeats", "1", "--min_repeats", "1",
-             "--warmup", "0")
+    p = _run(tmp_path, "abc1234", *QUICK)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     out = tmp_path / "out"
     results = list(out.glob("*.json"))
@@ -36,26 +41,37 @@ def test_the_run_writes_result_and_logs_into_out(tmp_path):
     assert "suite exit 0, tests exit 0" in p.stdout
 
 
-def test_usage_and_broken_wheels_are_one_line(tmp_path):
+def test_usage_is_one_line(tmp_path):
     p = _run(tmp_path)
     assert p.returncode == 2 and p.stderr.strip() == "usage: bash benchmarks/run_gpu_suite.sh COMMIT [gpu_suite options]"
     p = _run(tmp_path, "--device", "cpu")
     assert p.returncode == 2 and p.stderr.startswith("usage:")
-    wheels = tmp_path / "wheels"
-    wheels.mkdir()
-    (wheels / "broken-1.0-py3-none-any.whl").write_bytes(b"not a zip")
-    p = _run(tmp_path, "abc1234", "--device", "cpu", wheels=wheels)
-    out = tmp_path / "out"
-    assert p.returncode == 2 and p.stderr == f"error: {wheels}: the wheels did not install (see {out}/pip.log)\n"
-    assert "broken" in (out / "pip.log").read_text()
-    assert not list((tmp_path / "out").glob("*.json"))
 
 
-def test_wheels_for_another_python_are_left_out_with_a_warning(tmp_path):
+def test_a_run_without_its_carried_folders_stops_at_once_writing_nothing(tmp_path):
+    """A device run without .official_var or a wheel for the machine's Python would spend the whole device
+    budget on a run without its main numbers: it stops in its first second instead (unless told to go on)."""
+    p = _run(tmp_path, "abc1234", *QUICK, NO_OFFICIAL="0")
+    assert p.returncode == 2 and p.stderr == (f"error: {tmp_path}/none/models/var.py not found: carry .official_var "
+                                              f"(bash benchmarks/prepare_gpu_run.sh), or NO_OFFICIAL=1\n")
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     (wheels / "numcodecs-0.16.6-cp27-cp27-manylinux2014_x86_64.whl").write_bytes(b"not for this Python")
-    p = _run(tmp_path, "abc1234", "--device", "cpu", "--presets", "tiny", "--sections", "accel", "--methods", "stagevar:default",
-             "--batch_size", "1", "--repeats", "1", "--min_repeats", "1", "--warmup", "0", wheels=wheels)
-    assert "holds wheels for another Python than cp" in p.stderr and "suite exit 0" in p.stdout, p.stderr[-2000:]
-    assert not (tmp_path / "out" / "pip.log").exists()
+    p = _run(tmp_path, "abc1234", *QUICK, wheels=wheels, NO_WHEELS="0")
+    assert p.returncode == 2 and p.stderr.startswith(f"error: {wheels} holds no wheel for {TAG} ")
+    assert f"PY_VERSION={sys.version_info[0]}.{sys.version_info[1]}" in p.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_only_this_pythons_wheels_are_installed_and_a_failed_install_only_warns(tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "numcodecs-0.16.6-cp27-cp27-manylinux2014_x86_64.whl").write_bytes(b"not for this Python")
+    (wheels / f"broken-1.0-{TAG}-{TAG}-manylinux2014_x86_64.whl").write_bytes(b"not a zip")
+    p = _run(tmp_path, "abc1234", *QUICK, wheels=wheels, NO_WHEELS="0")
+    out = tmp_path / "out"
+    assert p.returncode == 0 and "suite exit 0" in p.stdout, p.stderr[-2000:]
+    assert f"warning: {wheels}: the wheels did not install (see {out}/pip.log)" in p.stderr
+    log = (out / "pip.log").read_text()
+    assert "broken" in log and "numcodecs" not in log  # the other Python's wheel was left out
+    assert len(list(out.glob("*.json"))) == 1
