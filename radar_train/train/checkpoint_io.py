@@ -25,9 +25,9 @@ from typing import Any, Optional
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from radar_train.outputs import atomic_file
+from radar_train.outputs import atomic_file, clear_stale_temps
 
-__all__ = ["BesideCheckpointIO", "use_beside_checkpoint_io", "temp_key"]
+__all__ = ["BesideCheckpointIO", "use_beside_checkpoint_io", "temp_key", "clear_killed_saves"]
 
 
 class BesideCheckpointIO(TorchCheckpointIO):
@@ -38,6 +38,7 @@ class BesideCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
+        clear_killed_saves(Path(path).parent)
         with atomic_file(path, temp_of=temp_key(path)) as tmp:
             tmp.write_bytes(buffer.getbuffer())
 
@@ -45,6 +46,19 @@ class BesideCheckpointIO(TorchCheckpointIO):
 def temp_key(path) -> str:
     """The name a checkpoint's temporary is made under: its own without "ckpt_" (see the module docstring)."""
     return "save-" + Path(path).name.replace("ckpt_", "ckpt-")
+
+
+def clear_killed_saves(folder: Path) -> None:
+    """Remove the temporaries of checkpoint saves in `folder` whose process (of this host) was killed, whatever
+    checkpoint they were for: a step file's name changes with every save, so the next save of the same name,
+    which clears its own, may never come."""
+    try:
+        names = {e.name[1:e.name.index(".tmp-")] for e in folder.iterdir()
+                 if e.name.startswith(".save-") and ".tmp-" in e.name}
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for name in names:
+        clear_stale_temps(folder, name)
 
 
 def use_beside_checkpoint_io(trainer) -> bool:

@@ -158,3 +158,27 @@ def test_a_save_past_a_quota_is_one_error_line_naming_the_checkpoint(tiny_cache,
     assert len(errors) == 1 and "File too large" in errors[0] and ".ckpt" in errors[0], proc.stderr[-2000:]
     assert torch.load(last, weights_only=True)["global_step"] == 2
     assert not [p for p in root.rglob(".*") if p.name != ".fit.lock"] and not (root / ".fit.lock").exists()
+
+
+def test_a_save_clears_what_killed_saves_of_other_checkpoints_left(tmp_path):
+    """A step file's name changes with every save: a killed save's temporary of step-000004.ckpt is removed by
+    the next save of any checkpoint in that folder; a running writer's temporary stays."""
+    import socket
+
+    from radar_train.outputs import temp_name
+    from radar_train.train.checkpoint_io import temp_key
+
+    host = socket.gethostname()[:32]
+    dead = tmp_path / f".{temp_key('step-000004.ckpt')}.tmp-0badc0de-{_dead_pid()}-{host}"
+    dead.write_bytes(b"\0" * 1000)
+    live = temp_name(tmp_path / temp_key("step-000006.ckpt"))  # (this process: a save that still runs)
+    live.write_bytes(b"\0" * 10)
+    BesideCheckpointIO().save_checkpoint({"global_step": 8}, tmp_path / "step-000008.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "step-000008.ckpt"])
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
