@@ -48,7 +48,7 @@ fi
 mkdir -p "$out"
 if [ ${#matching[@]} != 0 ]; then   # only this Python's (another's are left out); a failed install is no reason to stop
   if "$py" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/radar-site \
-      "${matching[@]}" >"$out/pip.log" 2>&1; then
+      ${matching[@]+"${matching[@]}"} >"$out/pip.log" 2>&1; then
     export PYTHONPATH=/tmp/radar-site${PYTHONPATH:+:$PYTHONPATH}
   else
     echo "warning: $wheels: the wheels did not install (see $out/pip.log); the train section will say what it lacks" >&2
@@ -58,7 +58,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi >"$out/nvidia-smi.txt" 2>&1
 
 official=()
 [ "${NO_OFFICIAL:-0}" != 1 ] && official=(--official_var "$official_dir")
-timeout "${SUITE_TIMEOUT:-470}" "$py" -m radar_train.bench.gpu_suite "${official[@]}" --commit "$commit" \
+timeout "${SUITE_TIMEOUT:-470}" "$py" -m radar_train.bench.gpu_suite ${official[@]+"${official[@]}"} --commit "$commit" \
   --budget_s "${BUDGET_S:-410}" --command "bash benchmarks/run_gpu_suite.sh $commit${*:+ $*}" \
   --output_dir "$out" "$@" 2>&1 | tee "$out/suite.log"
 suite=$?

@@ -112,4 +112,4 @@ def test_a_demo_whose_first_step_fails_leaves_no_folder_it_made(tmp_path):
     r = subprocess.run([sys.executable, "-m", "radar_train.cli.demo", "--output", str(out), "--model", "tiny",
                         "--configs", str(configs)], capture_output=True, text=True)
     assert r.returncode == 2, r.stderr
-    assert not out.exists()
+    assert not (tmp_path / "new").exists()  # nor the parent made for it

@@ -123,13 +123,16 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
         raise InputError(f"{train_cfg}: training config lacks trainer.default_root_dir or data.caches[0].path") from None
     out = Path(output).resolve()
     check_demo_folder(out, {run_dir.parts[0], cache_dir.parts[0], "adapter", "generate", "eval"})
-    created = not out.exists()
+    made = [p for p in [out, *out.parents] if not p.exists()]  # (innermost first)
     out.mkdir(parents=True, exist_ok=True)
     try:
         _steps(out, model, cache_cfg, train_cfg, generate_cfg, run_dir, cache_dir, cls_list, seed_list, train_steps)
     except BaseException:
-        if created and out.is_dir() and not any(out.iterdir()):  # a first step that failed wrote nothing
-            out.rmdir()
+        for p in made:  # a first step that failed wrote nothing: the folders made for it go again
+            try:
+                p.rmdir()
+            except OSError:
+                break
         raise
     return 0
 

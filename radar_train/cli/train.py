@@ -127,11 +127,14 @@ def hpc_checkpoint(root: str | os.PathLike) -> Optional[Path]:
 
 def _run_dir_entries(root: Path) -> tuple[list[str], list[str]]:
     """(artefacts of an earlier run that a new fit would replace or mix with, foreign entries)."""
+    from radar_train.train.checkpoint_io import is_save_temp
     from radar_train.train.run_lock import is_lock_entry
 
     artefacts, foreign = [], []
     for e in sorted(root.iterdir()):
         if is_lock_entry(e):  # a fit's lock (a running one is refused by the lock itself): not the run's
+            continue
+        if is_save_temp(e):  # a killed requeue save's temporary (the run's next save removes it): the run's own
             continue
         if e.name == "checkpoints" and e.is_dir():
             artefacts += [f"checkpoints/{c.name}" for c in sorted(e.glob("*.ckpt"))]
@@ -286,10 +289,12 @@ def _trainer_choices(trainer) -> str:
 
 
 def lock_taker() -> bool:
-    """Whether this process checks the run folder and takes its lock: global rank 0 only (LOCAL_RANK and
-    NODE_RANK 0 under torchrun, and SLURM_PROCID 0: srun starts every rank itself, without a LOCAL_RANK; the
-    other ranks would find the lock their own rank 0 holds, and refuse it)."""
-    return all(int(os.environ.get(k) or 0) == 0 for k in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+    """Whether this process checks the run folder and takes its lock: global rank 0 only. Every launcher's rank
+    variables must say 0: torchrun's RANK, LOCAL_RANK and GROUP_RANK (it sets no NODE_RANK: local rank 0 of
+    every node would count), Lightning's NODE_RANK, and srun's SLURM_PROCID (srun starts every rank itself,
+    without a LOCAL_RANK). Another rank would find the lock its own rank 0 holds, and refuse it."""
+    return all(int(os.environ.get(k) or 0) == 0
+               for k in ("RANK", "LOCAL_RANK", "GROUP_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 def _make_cli_class(subcommand: str):

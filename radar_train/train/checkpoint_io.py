@@ -27,7 +27,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from radar_train.outputs import atomic_file, clear_stale_temps
 
-__all__ = ["BesideCheckpointIO", "use_beside_checkpoint_io", "temp_key", "clear_killed_saves"]
+__all__ = ["BesideCheckpointIO", "use_beside_checkpoint_io", "temp_key", "clear_killed_saves", "is_save_temp"]
 
 
 class BesideCheckpointIO(TorchCheckpointIO):
@@ -48,13 +48,18 @@ def temp_key(path) -> str:
     return "save-" + Path(path).name.replace("ckpt_", "ckpt-")
 
 
+def is_save_temp(entry) -> bool:
+    """Whether a folder's entry is a checkpoint save's temporary (`.save-NAME.tmp-<token>-<pid>-<host>`)."""
+    name = Path(entry).name
+    return name.startswith(".save-") and ".tmp-" in name
+
+
 def clear_killed_saves(folder: Path) -> None:
     """Remove the temporaries of checkpoint saves in `folder` whose process (of this host) was killed, whatever
     checkpoint they were for: a step file's name changes with every save, so the next save of the same name,
     which clears its own, may never come."""
     try:
-        names = {e.name[1:e.name.index(".tmp-")] for e in folder.iterdir()
-                 if e.name.startswith(".save-") and ".tmp-" in e.name}
+        names = {e.name[1:e.name.index(".tmp-")] for e in folder.iterdir() if is_save_temp(e)}
     except (FileNotFoundError, NotADirectoryError):
         return
     for name in names:

@@ -34,6 +34,12 @@ def test_no_unguarded_array_expansion(script):
     assert unguarded_expansions((SLURM / script).read_text()) == []
 
 
+def test_the_gpu_run_script_guards_its_arrays_too():
+    """benchmarks/run_gpu_suite.sh runs on a lent machine whose bash is not ours to choose (set -u as well):
+    with NO_OFFICIAL=1 its official-code option list is empty."""
+    assert unguarded_expansions((SLURM.parent / "benchmarks" / "run_gpu_suite.sh").read_text()) == []
+
+
 def test_the_scan_finds_what_it_should():
     text = 'a=("${x[@]}" ${y[@]+"${y[@]}"} "${#z[@]}" "${w[*]}" "${v[*]-}" "${BASH_SOURCE[0]}")\necho "${u[@]}"\n'
     assert unguarded_expansions(text) == ['line 1: ${x[@]}', 'line 1: ${w[*]}', 'line 2: ${u[@]}']

@@ -244,3 +244,30 @@ def test_a_running_fit_holds_the_folder_until_sigterm_and_a_killed_ones_lock_doe
     step = int(beacon.read_text())
     assert _run(_args(tiny_cache, root, step + 1, "--ckpt_path", "last")) == 0
     assert not (root / ".fit.lock").exists() and (root / "final").is_dir()
+
+
+@pytest.mark.parametrize("env", [{"RANK": "1", "GROUP_RANK": "1", "LOCAL_RANK": "0"},  # torchrun, node 1
+                                 {"SLURM_PROCID": "1"}, {"LOCAL_RANK": "1"}, {"NODE_RANK": "1"}])
+def test_only_global_rank_0_checks_and_locks_the_run_folder(env, monkeypatch):
+    """torchrun sets no NODE_RANK: local rank 0 of a second node (RANK 1, GROUP_RANK 1) took itself for rank 0,
+    checked the folder and refused the lock its global rank 0 held."""
+    from radar_train.cli.train import lock_taker
+
+    for k in ("RANK", "LOCAL_RANK", "GROUP_RANK", "NODE_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(k, raising=False)
+    assert lock_taker()
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert not lock_taker()
+
+
+def test_a_killed_requeue_saves_temporary_is_the_runs_own(tmp_path):
+    """A requeue save killed before the first last.ckpt leaves `.save-hpc_ckpt-1.ckpt.tmp-...` in the run
+    folder's root; the restart (a new fit: no checkpoint) must not take the folder for a user's."""
+    from radar_train.cli.train import check_run_folder
+
+    root = tmp_path / "run"
+    (root / "tb").mkdir(parents=True)
+    (root / "checkpoints").mkdir()
+    (root / f".save-hpc_ckpt-1.ckpt.tmp-182e8cdb-999999-{socket.gethostname()[:32]}").write_bytes(b"\0")
+    check_run_folder(root, None, "fit", {})
