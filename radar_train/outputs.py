@@ -230,6 +230,24 @@ def normal_file_mode(path: PathLike) -> None:
         probe.unlink(missing_ok=True)
 
 
+def make_folders(path: PathLike) -> list[Path]:
+    """Create the folder `path` and its missing parents; the folders made, innermost first (for
+    remove_made_folders when the command that made them fails before writing there)."""
+    p = Path(path)
+    made = [q for q in [p, *p.parents] if not q.exists()]
+    p.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def remove_made_folders(made: Sequence[Path]) -> None:
+    """Remove the folders of make_folders that are still empty, innermost first (up to the first that is not)."""
+    for q in made:
+        try:
+            q.rmdir()
+        except OSError:
+            break
+
+
 @contextlib.contextmanager
 def atomic_file(path: PathLike, temp_of: Optional[str] = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; renamed onto `path` when the block succeeds, removed otherwise. An

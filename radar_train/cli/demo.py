@@ -101,6 +101,7 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
     before anything is written.
     """
     from radar_train.inputs import InputError, read_yaml
+    from radar_train.outputs import make_folders, remove_made_folders
 
     cfg_dir = Path(configs).resolve() if configs else DEFAULT_CONFIGS  # (the steps run in the output folder)
     cache_cfg, train_cfg = cfg_dir / "cache" / f"{model}.yaml", cfg_dir / "train" / f"{model}.yaml"
@@ -123,16 +124,11 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
         raise InputError(f"{train_cfg}: training config lacks trainer.default_root_dir or data.caches[0].path") from None
     out = Path(output).resolve()
     check_demo_folder(out, {run_dir.parts[0], cache_dir.parts[0], "adapter", "generate", "eval"})
-    made = [p for p in [out, *out.parents] if not p.exists()]  # (innermost first)
-    out.mkdir(parents=True, exist_ok=True)
+    made = make_folders(out)
     try:
         _steps(out, model, cache_cfg, train_cfg, generate_cfg, run_dir, cache_dir, cls_list, seed_list, train_steps)
     except BaseException:
-        for p in made:  # a first step that failed wrote nothing: the folders made for it go again
-            try:
-                p.rmdir()
-            except OSError:
-                break
+        remove_made_folders(made)  # a first step that failed wrote nothing: the folders made for it go again
         raise
     return 0
 

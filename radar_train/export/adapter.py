@@ -99,11 +99,13 @@ def read_radar_config(adapter_dir: str | Path) -> dict:
     d = Path(adapter_dir)
     _check_files(d)
     meta = read_yaml(d / RADAR_CONFIG, "adapter metadata")
-    if "format_version" in meta:  # first: metadata of another format may lay out the rest otherwise
+    versioned = "format_version" in meta
+    if versioned:  # first: metadata of another format may lay out the rest otherwise
         _check_version(meta, d / RADAR_CONFIG)
     if "base" not in meta or not isinstance(meta["base"], dict) or "vae" not in meta["base"]:
         raise InputError(f"{d / RADAR_CONFIG}: is not radar adapter metadata (no `base.vae` section)")
-    _check_version(meta, d / RADAR_CONFIG)
+    if not versioned:  # (adapter metadata that names no version: refused, saying so)
+        _check_version(meta, d / RADAR_CONFIG)
     problem = _metadata_problem(meta)
     if problem:
         raise InputError(f"{d / RADAR_CONFIG}: adapter metadata {problem}")

@@ -229,16 +229,10 @@ class RadarPipeline:
                               f"pipeline runs ({'; '.join(diffs)}, trained vs now); restoration may be worse",
                               stacklevel=2)
                 break
-        dec = self.vqvae.latent_decoder().eval()
-        with self._rng_kept():  # peft initialises the LoRA layers (from the global RNG) before loading them
-            self.adapted_decoder = load_adapter(dec, adapter_dir, identity=self.vae_identity, merge=merge,
-                                                num_classes=self.var.num_classes).eval()
+        dec = self.vqvae.latent_decoder().eval()  # (built without random draws; load_adapter keeps the RNG too)
+        self.adapted_decoder = load_adapter(dec, adapter_dir, identity=self.vae_identity, merge=merge,
+                                            num_classes=self.var.num_classes).eval()
         self.adapter_meta = meta
-
-    def _rng_kept(self):
-        """A block after which torch's global RNG (the CPU's, and this pipeline's CUDA device's) is as before it:
-        loading weights must not change what a caller's later random draws give."""
-        return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
 
     # ------------------------------------------------------------------ generation
     def _checked(self, labels, seeds) -> tuple[torch.Tensor, list[int]]:
@@ -271,7 +265,10 @@ class RadarPipeline:
     def sample_latents(self, labels: Sequence[int], seeds: Sequence[int], accelerated: bool = True,
                        cfg: Optional[float] = None, top_k: Optional[int] = None, top_p: Optional[float] = None) -> SampleOutput:
         """The latents of the labels and per-sample seeds (one seed per label), accelerated by default."""
-        labels, seeds = self._checked(labels, seeds)
+        return self._sample(*self._checked(labels, seeds), accelerated, cfg, top_k, top_p)
+
+    def _sample(self, labels: torch.Tensor, seeds: list[int], accelerated: bool, cfg, top_k, top_p) -> SampleOutput:
+        """sample_latents of labels and seeds checked already (`_checked`)."""
         sampler = self._sampling(cfg, top_k, top_p)
         return sampler.sample(labels, **self._noise_keys(seeds), accel=self.accel if accelerated else None)
 
@@ -286,7 +283,7 @@ class RadarPipeline:
         """Images for the labels and per-sample seeds: accelerated (with the adapter when loaded) by default."""
         check_output(output)
         labels, seeds = self._checked(labels, seeds)
-        res = self.sample_latents(labels, seeds, accelerated, cfg, top_k, top_p)
+        res = self._sample(labels, seeds, accelerated, cfg, top_k, top_p)
         img = self.decode(res.f_hat, adapter=accelerated and use_adapter, labels=labels.to(self.device))
         if output == "float":
             return img

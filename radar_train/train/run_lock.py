@@ -32,7 +32,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
-from radar_train.outputs import OutputError, another_live_process, clear_stale_temps, is_temp_of, temp_name
+from radar_train.outputs import (OutputError, another_live_process, clear_stale_temps, is_temp_of, make_folders,
+                                 remove_made_folders, temp_name)
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         """Create the lock, taking a dead owner's over; OutputError (one line) while a live fit holds it."""
-        self._made_folders()
+        self._created = make_folders(self.root)
         clear_stale_temps(self.root, LOCK_NAME, _ASIDE)  # what a takeover killed midway left
         for _ in range(_ATTEMPTS):
             if self._create():
@@ -158,19 +159,9 @@ class RunLock:
         raise OutputError(f"{self.option} {self.root}: could not take its lock {self.path} (other fits starting "
                           f"there at once kept taking it): wait for them to end, or choose another folder")
 
-    def _made_folders(self) -> None:
-        """Create the run folder (and missing parents), noting which were made here."""
-        missing = [p for p in [self.root, *self.root.parents] if not p.exists()]
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._created = missing
-
     def _remove_made_folders(self) -> None:
         """Remove the folders acquire made that are still empty (a fit that failed before writing leaves none)."""
-        for p in self._created:  # innermost first
-            try:
-                p.rmdir()
-            except OSError:
-                break
+        remove_made_folders(self._created)
         self._created = []
 
     def _create(self) -> bool:
