@@ -42,14 +42,15 @@ class RunSummary:
     created: bool = False
 
 
-def build_manifest(args: CacheArgs, plan: Plan, var, vae_id, var_id, method, precision: str) -> Manifest:
-    P = var.patch_nums[-1]
+def build_manifest(args: CacheArgs, plan: Plan, var_cfg, vae_id, var_id, method, precision: str) -> Manifest:
+    """The manifest of a run (var_cfg: the VAR's VARConfig)."""
+    P = var_cfg.patch_nums[-1]
     return Manifest(
         format_version=schema.FORMAT_VERSION, radar_train_version=radar_train.__version__, plan=plan.to_dict(),
         model={"preset": args.model.preset, "vae": vae_id.to_dict(), "var": var_id.to_dict(),
                "vae_checkpoint": args.model.vae_checkpoint, "var_checkpoint": args.model.var_checkpoint},
-        sampling=asdict(args.sampling), accel=method.describe(), latent_shape=[var.config.z_channels, P, P],
-        latent_dtype=args.storage.dtype, patch_nums=[int(p) for p in var.patch_nums], precision=precision,
+        sampling=asdict(args.sampling), accel=method.describe(), latent_shape=[var_cfg.z_channels, P, P],
+        latent_dtype=args.storage.dtype, patch_nums=[int(p) for p in var_cfg.patch_nums], precision=precision,
         storage=asdict(args.storage), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
 
@@ -198,6 +199,37 @@ def validate(args: CacheArgs, here: bool = True) -> list[str]:
     return problems
 
 
+def check_existing_cache(args: CacheArgs) -> list[str]:
+    """`run --check` on a login node, after `validate` found nothing: the problems a run would meet once its
+    weights are loaded, found without loading them (their identities are the files' sha256, or the preset's
+    seed): an acceleration file calibrated for other weights, and an existing cache manifest that differs
+    (the fields the run would name). The precision is compared only where this machine can resolve it (an
+    explicit precision, or an explicit device)."""
+    from radar_train.accel import build_accel
+    from radar_train.models import get_preset, model_identities
+
+    preset = get_preset(args.model.preset)
+    m = args.model
+    vae_id, var_id = model_identities(m.preset, m.vae_checkpoint, m.var_checkpoint, m.init_seed)
+    try:
+        method = build_accel(args.accel, preset.var.patch_nums, preset.var.depth, var_id)
+    except ValueError as e:
+        return [str(e)]
+    path = Path(args.output) / schema.MANIFEST_NAME
+    if not path.is_file():
+        return []
+    stored = schema.read_manifest(args.output)
+    precision = args.precision
+    if precision == "auto" and args.device != "auto":
+        precision = "bfloat16" if args.device.startswith("cuda") else "float32"
+    if precision == "auto":  # the job's device decides; the run compares it
+        precision = stored.precision
+    wanted = build_manifest(args, Plan.from_args(args.plan, preset.var.num_classes), preset.var, vae_id, var_id,
+                            method, precision)
+    diffs = schema.manifest_differences(stored, wanted)
+    return [schema.differing_manifest_message(path, diffs)] if diffs else []
+
+
 def prepare_job(args: CacheArgs) -> CacheJob:
     """Validate (every problem at once), resolve workers and device, load the models, build the method
     and plan, and create or check the manifest (ValueError naming the differing fields)."""
@@ -224,7 +256,7 @@ def prepare_job(args: CacheArgs) -> CacheJob:
     # the sampler checks its engine against the device: before the manifest is written
     sampler = NextScaleSampler(var, vqvae.quantize, args.sampling, autocast_dtype=ac_dtype)
     manifest, created = schema.create_or_check_manifest(
-        args.output, build_manifest(args, plan, var, vae_id, var_id, method, precision))
+        args.output, build_manifest(args, plan, var.config, vae_id, var_id, method, precision))
     return CacheJob(args, split, device, manifest, plan, sampler, method, created)
 
 

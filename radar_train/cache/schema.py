@@ -278,6 +278,11 @@ def create_or_check_manifest(cache_dir: str | os.PathLike, wanted: Manifest) -> 
     if not created:
         diffs = manifest_differences(stored, wanted)
         if diffs:
-            raise ValueError(f"{path} was made with another configuration; differing fields: " + "; ".join(diffs)
-                             + ". Use another --output, or the cache's own settings")
+            raise ValueError(differing_manifest_message(path, diffs))
     return stored, created
+
+
+def differing_manifest_message(path: Path, diffs: list[str]) -> str:
+    """The refusal of a run whose configuration differs from its cache's manifest (`manifest_differences`)."""
+    return (f"{path} was made with another configuration; differing fields: " + "; ".join(diffs)
+            + ". Use another --output, or the cache's own settings")

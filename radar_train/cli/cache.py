@@ -102,7 +102,8 @@ def _run(cfg) -> int:
 def _check(args: CacheArgs) -> int:
     """`run --check`: every problem found without loading a model (the job's device need not be on this
     machine), and the --output folder's; nothing is written."""
-    from radar_train.cache.generate import validate
+    from radar_train.cache.generate import check_existing_cache, validate
+    from radar_train.cache.schema import MANIFEST_NAME
     from radar_train.outputs import OutputError
 
     problems = validate(args, here=False)
@@ -110,11 +111,18 @@ def _check(args: CacheArgs) -> int:
         check_run_output(args)
     except OutputError as e:
         problems.append(str(e))
+    if not problems:  # (the weights' identities, the acceleration files and an existing manifest)
+        try:
+            problems = check_existing_cache(args)
+        except ValueError as e:
+            problems = [str(e)]
     if problems:
         raise ValueError("invalid radar-cache configuration: " + "; ".join(problems))
-    print(f"radar-cache run --check: the configuration and --output {args.output} are fine; nothing was written "
-          "(checked when the run starts, once the weights are loaded: an existing cache's manifest, mask and rank "
-          "files against the weights)")
+    existing = (Path(args.output) / MANIFEST_NAME).is_file()
+    print(f"radar-cache run --check: the configuration and --output {args.output} are fine"
+          + (" (its manifest matches: the run resumes it)" if existing else "") + "; nothing was written"
+          + (" (the precision of device auto is compared when the run starts)"
+             if existing and args.precision == "auto" and args.device == "auto" else ""))
     return 0
 
 

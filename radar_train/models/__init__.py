@@ -59,7 +59,10 @@ def _random_model(build, cfg, seed: int) -> torch.nn.Module:
         return init_random_(build(cfg), seed)
 
 
-def _random_identity(preset: ModelPreset, seed: int, cfg) -> ModelIdentity:
+def _identity(preset: ModelPreset, checkpoint: Optional[str], seed: Optional[int], cfg) -> ModelIdentity:
+    """A checkpoint file's sha256, or (no file) the random preset and its seed."""
+    if checkpoint is not None:
+        return ModelIdentity("file", file_sha256(checkpoint), cfg.to_dict())
     return ModelIdentity("random", f"{preset.name}:seed={seed}", cfg.to_dict())
 
 
@@ -90,18 +93,16 @@ def load_models(preset_name: str, vae_checkpoint: Optional[str] = None, var_chec
     vae_cfg = preset.vae.with_patch_nums(preset.var.patch_nums)
     if vae_checkpoint is not None:
         vqvae = load_vqvae_weights(build_vqvae(vae_cfg, "meta"), vae_checkpoint)
-        vae_id = ModelIdentity("file", file_sha256(vae_checkpoint), vae_cfg.to_dict())
     else:
         vqvae = _random_model(build_vqvae, vae_cfg, seed)
-        vae_id = _random_identity(preset, seed, vae_cfg)
+    vae_id = _identity(preset, vae_checkpoint, seed, vae_cfg)
     var = var_id = None
     if with_var:
         if var_checkpoint is not None:
             var = load_var_weights(build_var(preset.var, "meta"), var_checkpoint)
-            var_id = ModelIdentity("file", file_sha256(var_checkpoint), preset.var.to_dict())
         else:
             var = _random_model(build_var, preset.var, seed + 1)
-            var_id = _random_identity(preset, seed, preset.var)
+        var_id = _identity(preset, var_checkpoint, seed, preset.var)
         var = var.to(device).eval().requires_grad_(False)
     return vqvae.to(device).eval().requires_grad_(False), var, vae_id, var_id
 
@@ -116,10 +117,17 @@ def load_latent_decoder(preset_name: str, vae_checkpoint: Optional[str] = None, 
         with torch.device("meta"):
             dec = LatentDecoder(vae_cfg)
         load_vqvae_weights(dec, vae_checkpoint)
-        ident = ModelIdentity("file", file_sha256(vae_checkpoint), vae_cfg.to_dict())
     else:
-        vqvae = _random_model(build_vqvae, vae_cfg, seed)
-        dec = vqvae.latent_decoder()
-        ident = _random_identity(preset, seed, vae_cfg)
-    return dec.to(device).eval(), ident
+        dec = _random_model(build_vqvae, vae_cfg, seed).latent_decoder()
+    return dec.to(device).eval(), _identity(preset, vae_checkpoint, seed, vae_cfg)
+
+
+def model_identities(preset_name: str, vae_checkpoint: Optional[str] = None, var_checkpoint: Optional[str] = None,
+                     init_seed: Optional[int] = None) -> tuple[ModelIdentity, ModelIdentity]:
+    """The (VQ-VAE, VAR) identities `load_models` reports, without building a model: the files' sha256, or
+    the preset and seed (a login node checking a job against an existing cache)."""
+    preset = get_preset(preset_name)
+    vae_checkpoint, var_checkpoint, seed = _resolve(preset, vae_checkpoint, var_checkpoint, init_seed)
+    vae_cfg = preset.vae.with_patch_nums(preset.var.patch_nums)
+    return _identity(preset, vae_checkpoint, seed, vae_cfg), _identity(preset, var_checkpoint, seed, preset.var)
 

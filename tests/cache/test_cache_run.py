@@ -139,6 +139,26 @@ def test_check_reports_what_a_run_would_refuse_and_writes_nothing(tmp_path, caps
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a file"] and (tmp_path / "a file").read_text() == "mine"
 
 
+def test_check_compares_an_existing_cache_without_loading_the_weights(reference, tmp_path, capsys):
+    """`run --check` on an existing cache: what the run would refuse once its weights are loaded (another
+    configuration, other weights, the job's device's precision) is refused on the login node, naming the
+    differing fields as the run does; the same settings pass, and the cache is left as it was."""
+    before = {p: p.stat().st_mtime_ns for p in reference.rglob("*")}
+    base = ("run", "--config", str(TINY_CONFIG), "--output", str(reference), *SMALL, "--check")
+    assert _main(*base) == 0
+    assert "(its manifest matches: the run resumes it); nothing was written" in capsys.readouterr().out
+    code = _main(*base, "--sampling.cfg", "2.0", "--plan.shard_size", "5")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "manifest.json was made with another configuration; differing fields: plan.num_shards (cache: 10, " \
+           "now: 8); plan.shard_size (cache: 4, now: 5); sampling.cfg (cache: 1.5, now: 2.0)" in err
+    assert _main(*base, "--model.init_seed", "7") == 2
+    assert 'model.var.value (cache: "tiny:seed=0", now: "tiny:seed=7")' in capsys.readouterr().err
+    assert _main(*base, "--device", "cuda:0") == 2  # the job's GPU would sample in bfloat16
+    assert 'precision (cache: "float32", now: "bfloat16")' in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in reference.rglob("*")} == before
+
+
 CONFIGS = sorted((REPO / "configs" / "cache").rglob("*.yaml"))
 
 
