@@ -55,7 +55,6 @@ Protocol caveats (methods.md §5.2)
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import warnings
@@ -66,6 +65,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from torch import nn
+
+from radar_train.models.checkpoint import file_sha256
 
 __all__ = ["FidError", "GaussianStats", "load_inception", "reference_stats", "frechet_distance",
            "fid_gap_closed", "evaluate_generation", "markdown_report", "write_report", "file_sha256"]
@@ -159,14 +160,6 @@ def load_inception(path: str, what: str = "--inception") -> _Extractor:
     for prm in module.parameters():
         prm.requires_grad_(False)
     return _Extractor(module, str(p), what)
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- statistics
