@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from radar_train.outputs import clear_stale_temps, temp_name
+from radar_train.outputs import clear_stale_temps, make_folders, remove_made_folders, temp_name
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -235,15 +235,6 @@ def _create_exclusive(path: Path, data: bytes) -> bool:
         return False
 
 
-def _undo_made_dir(cache_dir: Path, made_dir: bool, tmp: Path) -> None:
-    """After a failed manifest write: no temporary left, nor the cache folder if this call made it (and it
-    is empty: another worker may have begun writing there)."""
-    tmp.unlink(missing_ok=True)
-    if made_dir:
-        try:
-            cache_dir.rmdir()
-        except OSError:
-            pass
 
 
 def create_or_check_manifest(cache_dir: str | os.PathLike, wanted: Manifest) -> tuple[Manifest, bool]:
@@ -253,8 +244,7 @@ def create_or_check_manifest(cache_dir: str | os.PathLike, wanted: Manifest) -> 
     concurrent workers end up with one manifest. Returns (the cache's manifest, created?). Raises
     ValueError naming every differing field if the existing manifest does not match."""
     cache_dir = Path(cache_dir)
-    made_dir = not cache_dir.exists()
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    made = make_folders(cache_dir)
     path = cache_dir / MANIFEST_NAME
     created = False
     if not path.exists():
@@ -262,8 +252,9 @@ def create_or_check_manifest(cache_dir: str | os.PathLike, wanted: Manifest) -> 
         tmp = temp_name(path)  # outputs.check_resume_dir lets a folder holding only this one be resumed
         try:
             tmp.write_text(json.dumps(wanted.to_dict(), indent=2) + "\n")
-        except OSError:  # a full disk or a quota: nothing of this call stays behind
-            _undo_made_dir(cache_dir, made_dir, tmp)
+        except OSError:  # a full disk or a quota: nothing of this call stays behind (the folders it made are
+            tmp.unlink(missing_ok=True)  # removed while empty: another worker may have begun writing there)
+            remove_made_folders(made)
             raise
         try:
             os.link(tmp, path)
