@@ -15,10 +15,13 @@ have seen. A WebDataset stream cannot resume mid-stream (`StreamLoader` says so 
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import logging
 import math
+import os
 import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Sequence, Union
@@ -163,13 +166,27 @@ class StreamLoader(DataLoader):
                         "exact resume)")
 
 
-def leave_stop_signals_to_the_run(worker_id: int) -> None:
-    """DataLoader worker start: ignore Ctrl-C. A terminal's Ctrl-C reaches every process of the run; a worker it
-    killed broke the run's next batch or validation ("DataLoader worker exited unexpectedly") before it could save
-    the step it stops at (train/stop_signal.py). The run decides, and ends its workers itself. SIGTERM is left as
-    it is: Python ends its worker processes with it at exit (multiprocessing's terminate, then join), so a worker
-    that ignored it kept a process whose loader was never shut down from ever exiting."""
+def leave_stop_signals_to_the_run(worker_id: int, main_pid: Optional[int] = None) -> None:
+    """DataLoader worker start: leave the stop signals to the run (`main_pid`, the process that reads the batches),
+    which saves the step it stops at (train/stop_signal.py) and then ends its workers itself. A terminal's Ctrl-C
+    and a `scancel` or time limit's SIGTERM reach every process of the run: a worker they killed broke the run's
+    next batch or validation ("DataLoader worker ... is killed by signal") before it could save, and the run
+    ended in a traceback, with every step since its last checkpoint lost. Ctrl-C is ignored; SIGTERM is taken by
+    a thread that ends the worker when the run sends it (torch ends a worker that does not stop in time with it,
+    and Python ends a process's live workers with it at exit: a worker that ignored it kept such a process from
+    ever exiting) and ignores it from anyone else. Such a worker still ends with its run: SIGKILL, or torch's check
+    that its parent is alive."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if main_pid is None or not hasattr(signal, "sigwaitinfo"):  # (not on macOS: SIGTERM is left as it is)
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # (threads started from now on inherit the mask)
+    threading.Thread(target=_end_on_sigterm_from, args=(main_pid,), name="radar-sigterm", daemon=True).start()
+
+
+def _end_on_sigterm_from(main_pid: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == main_pid:
+            os._exit(0)  # (as torch's own worker handler does for its parent's SIGTERM)
 
 
 def _warn_rank_zero(msg: str) -> None:
@@ -364,7 +381,8 @@ class PairDataModule(pl.LightningDataModule):
         from radar_train.cache.reader import BlockShuffleSampler
 
         kw = dict(batch_size=batch_size, num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
-                  persistent_workers=self.num_workers > 0, worker_init_fn=leave_stop_signals_to_the_run)
+                  persistent_workers=self.num_workers > 0,
+                  worker_init_fn=functools.partial(leave_stop_signals_to_the_run, main_pid=os.getpid()))
         if isinstance(ds, torch.utils.data.IterableDataset):
             if not train:
                 return DataLoader(ds, **kw)

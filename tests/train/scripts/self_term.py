@@ -5,11 +5,13 @@
     (with tests/train/scripts on PYTHONPATH): the signal arrives during optimizer step N (1-based);
     "init_args": {"step": N, "signal": "SIGINT"} sends SIGINT; "in_validation": true sends it at the first validation
     batch instead (radar-train validate); "rank": R sends it in DDP rank R's process only; "group": true sends it to the process group (as a
-    terminal's Ctrl-C and scancel do: DataLoader workers get it too; run the command in a session of its own)
+    terminal's Ctrl-C and scancel do, from another process: DataLoader workers get it too; run the command in a session
+of its own)
 """
 from __future__ import annotations
 
 import os
+import subprocess
 from typing import Optional
 import signal as signal_module
 
@@ -37,7 +39,8 @@ class SelfTerm(Callback):
 
     def _send(self) -> None:
         self.sent = True
-        if self.group:
-            os.killpg(os.getpgrp(), self.signum)
+        if self.group:  # from another process, as a terminal, scancel or `kill -TERM -PGID` send it (the workers
+            # tell their run's own signal, which ends them, from anyone else's)
+            subprocess.run(["kill", "-s", self.signum.name[3:], "--", f"-{os.getpgrp()}"], check=False)
         else:
             os.kill(os.getpid(), self.signum)
