@@ -1,7 +1,7 @@
 """Acceleration methods for VAR sampling, by name, and the factory from the `accel` config section."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 from radar_train.accel.base import AccelMethod, AccelRun, ConfigError, RunContext, ScalePlan
 from radar_train.accel.fastvar import FastVAR
@@ -10,7 +10,7 @@ from radar_train.accel.stagevar import StageVAR, load_rank_file
 from radar_train.config import AccelArgs, FastVARArgs, StageVARArgs
 
 __all__ = ["ACCEL_METHODS", "AccelMethod", "AccelRun", "ConfigError", "RunContext", "ScalePlan", "FastVAR",
-           "SCAMask", "StageVAR", "build_accel"]
+           "SCAMask", "StageVAR", "build_accel", "not_reproducible"]
 
 
 def _none(args: AccelArgs, patch_nums: Sequence[int]) -> AccelMethod:
@@ -50,6 +50,12 @@ def _sca(args: AccelArgs, patch_nums: Sequence[int]) -> SCAMask:
 
 
 ACCEL_METHODS = {"none": _none, "fastvar": _fastvar, "stagevar": _stagevar, "sca": _sca}
+
+
+def not_reproducible(described: dict) -> Optional[str]:
+    """Why a method recorded by an older radar_train (a cache manifest's `accel` section) cannot be run by this
+    one, or None."""
+    return FastVAR.not_reproducible(described) if described.get("method") == "fastvar" else None
 
 
 def build_accel(args: AccelArgs, patch_nums: Sequence[int], depth: int, var_identity=None) -> AccelMethod:

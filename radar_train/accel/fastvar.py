@@ -137,6 +137,18 @@ class FastVAR(AccelMethod):
         return {"method": self.name, "preset": self.preset, "prune": {int(k): float(v) for k, v in self.prune},
                 "cache_scale": self.cache_scale, "layers": None if self.layers is None else list(self.layers)}
 
+    @staticmethod
+    def not_reproducible(described: dict) -> Optional[str]:
+        """Why a recorded FastVAR (a manifest's `describe()`) is one this version cannot run, if it is: ratio-0
+        entries, which radar_train kept before 2026-12-03 (counted as pruned: the cache scale moved before them)."""
+        zero = [str(k) for k, v in (described.get("prune") or {}).items() if float(v) == 0]
+        if not zero:
+            return None
+        return (f"its FastVAR prune has ratio 0 at scale(s) {', '.join(zero)}: a radar_train before 2026-12-03 made "
+                "it, which counted such a scale as pruned; this version drops ratio-0 scales, so no configuration "
+                "reproduces its LQ latents and it cannot be resumed or extended (it still reads: status, verify, "
+                "export-wds, training). Write new pairs into another --output")
+
 
 def ideal_speedup(method: FastVAR, cfg) -> dict:
     """FLOP model of a sampling run per CFG row (cfg: the VARConfig; base.flop_constants, as sca.ideal_speedup):

@@ -199,6 +199,18 @@ def validate(args: CacheArgs, here: bool = True) -> list[str]:
     return problems
 
 
+def read_resumable_manifest(cache_dir: str) -> Manifest:
+    """The manifest of the existing cache `cache_dir`; ValueError naming it if this version cannot write more
+    of its pairs (a method recorded by an older radar_train that no configuration reproduces now)."""
+    from radar_train.accel import not_reproducible
+
+    stored = schema.read_manifest(cache_dir)
+    reason = not_reproducible(stored.accel)
+    if reason:
+        raise ValueError(f"{Path(cache_dir) / schema.MANIFEST_NAME}: {reason}")
+    return stored
+
+
 def check_existing_cache(args: CacheArgs) -> list[str]:
     """`run --check` on a login node, after `validate` found nothing: the problems a run would meet once its
     weights are loaded, found without loading them (their identities are the files' sha256, or the preset's
@@ -218,7 +230,7 @@ def check_existing_cache(args: CacheArgs) -> list[str]:
     path = Path(args.output) / schema.MANIFEST_NAME
     if not path.is_file():
         return []
-    stored = schema.read_manifest(args.output)
+    stored = read_resumable_manifest(args.output)
     precision = args.precision
     if precision == "auto" and args.device != "auto":
         precision = "bfloat16" if args.device.startswith("cuda") else "float32"
@@ -255,6 +267,8 @@ def prepare_job(args: CacheArgs) -> CacheJob:
         var.cast_body_(ac_dtype)  # no per-call weight casts under autocast; embeddings stay fp32
     # the sampler checks its engine against the device: before the manifest is written
     sampler = NextScaleSampler(var, vqvae.quantize, args.sampling, autocast_dtype=ac_dtype)
+    if (Path(args.output) / schema.MANIFEST_NAME).is_file():
+        read_resumable_manifest(args.output)
     manifest, created = schema.create_or_check_manifest(
         args.output, build_manifest(args, plan, var.config, vae_id, var_id, method, precision))
     return CacheJob(args, split, device, manifest, plan, sampler, method, created)

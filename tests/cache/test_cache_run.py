@@ -159,6 +159,29 @@ def test_check_compares_an_existing_cache_without_loading_the_weights(reference,
     assert {p: p.stat().st_mtime_ns for p in reference.rglob("*")} == before
 
 
+def test_a_cache_of_a_fastvar_this_version_cannot_run_is_refused_saying_why(reference, tmp_path, capsys):
+    """A cache made before ratio-0 FastVAR scales were dropped records such a scale (its LQ latents were made with
+    another cache scale): no settings resume it, so the run and `--check` say that, not "use the cache's own
+    settings" (which the user gave)."""
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(reference, old)
+    m = json.loads((old / "manifest.json").read_text())
+    m["accel"]["prune"] = {"4": 0.0, **m["accel"]["prune"]}
+    (old / "manifest.json").write_text(json.dumps(m, indent=2) + "\n")
+    before = {p: p.read_bytes() for p in old.rglob("*") if p.is_file()}
+    for extra in ([], ["--check"]):
+        code = _main("run", "--config", str(TINY_CONFIG), "--output", str(old), *SMALL,
+                     "--accel.fastvar.prune", "{4: 0.0, 6: 0.5, 8: 0.75}", *extra)
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, err
+        assert "its FastVAR prune has ratio 0 at scale(s) 4" in err and "Write new pairs into another --output" in err
+        assert "differing fields" not in err
+    assert {p: p.read_bytes() for p in old.rglob("*") if p.is_file()} == before
+
+
 CONFIGS = sorted((REPO / "configs" / "cache").rglob("*.yaml"))
 
 
