@@ -290,7 +290,10 @@ def staged_entries(out_dir: PathLike, entries: Sequence[str]) -> Iterator[Path]:
     run's, e.g. restored/ of a run with an adapter, would stand beside this run's output as if it were
     part of it). `entries` are checked beforehand with check_output_dir (so an existing one needs
     --overwrite). On failure the temporary folder goes, and so does `out_dir` if this call created it and
-    it is still empty; nothing of `out_dir` is touched."""
+    it is still empty; nothing of `out_dir` is touched. The swap is renames only: every earlier entry first
+    leaves (into the temporary folder, removed with it), then this run's come in, so a run killed during the
+    swap leaves entries of one run only in `out_dir` (before, each old entry was deleted just before its new
+    namesake came in: a kill there left the new vanilla/ beside the old run's grid and report)."""
     out = Path(out_dir)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -300,12 +303,14 @@ def staged_entries(out_dir: PathLike, entries: Sequence[str]) -> Iterator[Path]:
     ok = False
     try:
         yield stage
+        replaced = stage / ".replaced"
+        replaced.mkdir()
         for name in entries:
-            src = stage / name
             if (out / name).exists() or (out / name).is_symlink():
-                _remove(out / name)
-            if src.exists():
-                os.replace(src, out / name)
+                os.replace(out / name, replaced / name)
+        for name in entries:
+            if (stage / name).exists():
+                os.replace(stage / name, out / name)
         ok = True
     finally:
         shutil.rmtree(stage, ignore_errors=True)

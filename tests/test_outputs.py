@@ -144,6 +144,35 @@ def test_staged_entries_replace_theirs_keep_the_rest_and_clean_up_on_failure(tmp
     assert not (tmp_path / "fresh").exists()
 
 
+@pytest.mark.parametrize("stop_at", range(1, 6))
+def test_a_swap_stopped_at_any_rename_leaves_entries_of_one_run_only(tmp_path, monkeypatch, stop_at):
+    """A run killed while its entries are swapped in (here: the stop_at-th rename fails) leaves the earlier
+    run's entries or this run's, never a mix (this run's vanilla/ beside the earlier grid and report)."""
+    import os
+
+    out = tmp_path / "out"
+    names = ["vanilla", "restored", "grid.png", "generate.json"]
+    for run in ("old", "new"):
+        if run == "new":
+            real, calls = os.replace, []
+
+            def failing(a, b, *args, **kw):
+                calls.append(a)
+                if len(calls) == stop_at:
+                    raise KeyboardInterrupt("killed")
+                return real(a, b, *args, **kw)
+
+            monkeypatch.setattr(os, "replace", failing)
+        try:
+            with staged_entries(out, names) as stage:
+                for n in names:
+                    (stage / n).write_text(run)
+        except KeyboardInterrupt:
+            pass
+    left = {n: (out / n).read_text() for n in names if (out / n).exists()}
+    assert len(set(left.values())) <= 1, left
+
+
 def test_replace_dir_swaps_a_finished_folder_in(tmp_path):
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "a").write_text("1")
