@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -133,9 +134,10 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint") -> Any:
         return torch_load_weights(p)
 
 
-def torch_load_weights(path: str | os.PathLike) -> Any:
+def torch_load_weights(path: str | os.PathLike, mmap: bool = False) -> Any:
     """torch.load(path, weights_only=True) on the CPU. A TorchScript archive (torch.jit.save) is refused by
-    its name, without torch's warning about it (a line of its own before the caller's one error line)."""
+    its name, without torch's warning about it (a line of its own before the caller's one error line). `mmap`:
+    memory-mapped where the file is a zip file (torch's format since 1.6; others are read whole)."""
     import warnings
 
     import torch
@@ -144,6 +146,8 @@ def torch_load_weights(path: str | os.PathLike) -> Any:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=f".*{script}", category=UserWarning)
         try:
+            if mmap and zipfile.is_zipfile(path):
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             if "TorchScript" in str(e):

@@ -141,7 +141,8 @@ class FastVAR(AccelMethod):
     def not_reproducible(described: dict) -> Optional[str]:
         """Why a recorded FastVAR (a manifest's `describe()`) is one this version cannot run, if it is: ratio-0
         entries, which radar_train kept before 2026-12-03 (counted as pruned: the cache scale moved before them)."""
-        zero = [str(k) for k, v in (described.get("prune") or {}).items() if float(v) == 0]
+        prune = described.get("prune")  # (a hand-edited manifest's other values: the field comparison names them)
+        zero = [str(k) for k, v in prune.items() if type(v) in (int, float) and v == 0] if isinstance(prune, dict) else []
         if not zero:
             return None
         return (f"its FastVAR prune has ratio 0 at scale(s) {', '.join(zero)}: a radar_train before 2026-12-03 made "

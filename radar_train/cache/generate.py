@@ -213,15 +213,17 @@ def read_resumable_manifest(cache_dir: str) -> Manifest:
 
 def check_existing_cache(args: CacheArgs) -> list[str]:
     """`run --check` on a login node, after `validate` found nothing: the problems a run would meet once its
-    weights are loaded, found without loading them (their identities are the files' sha256, or the preset's
-    seed): an acceleration file calibrated for other weights, and an existing cache manifest that differs
+    weights are loaded, found without loading them: checkpoint files that are not the model's (their headers
+    and shapes), and with the weights' identities (the files' sha256, or the preset's seed) an acceleration file
+    calibrated for other weights, and an existing cache manifest that differs
     (the fields the run would name). The precision is compared only where this machine can resolve it (an
     explicit precision, or an explicit device)."""
     from radar_train.accel import build_accel
-    from radar_train.models import get_preset, model_identities
+    from radar_train.models import check_checkpoint_files, get_preset, model_identities
 
     preset = get_preset(args.model.preset)
     m = args.model
+    check_checkpoint_files(m.preset, m.vae_checkpoint, m.var_checkpoint)
     vae_id, var_id = model_identities(m.preset, m.vae_checkpoint, m.var_checkpoint, m.init_seed)
     try:
         method = build_accel(args.accel, preset.var.patch_nums, preset.var.depth, var_id)

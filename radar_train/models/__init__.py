@@ -122,6 +122,19 @@ def load_latent_decoder(preset_name: str, vae_checkpoint: Optional[str] = None, 
     return dec.to(device).eval(), _identity(preset, vae_checkpoint, seed, vae_cfg)
 
 
+def check_checkpoint_files(preset_name: str, vae_checkpoint: Optional[str] = None,
+                           var_checkpoint: Optional[str] = None) -> None:
+    """What `load_models` checks of the named checkpoint files (readable, the right model, its shapes and keys),
+    reading only what the format allows without the values (a login node checking a job);
+    CheckpointError naming the file."""
+    preset = get_preset(preset_name)
+    if vae_checkpoint is not None:
+        load_vqvae_weights(build_vqvae(preset.vae.with_patch_nums(preset.var.patch_nums), "meta"), vae_checkpoint,
+                           check_only=True)
+    if var_checkpoint is not None:
+        load_var_weights(build_var(preset.var, "meta"), var_checkpoint, check_only=True)
+
+
 def model_identities(preset_name: str, vae_checkpoint: Optional[str] = None, var_checkpoint: Optional[str] = None,
                      init_seed: Optional[int] = None) -> tuple[ModelIdentity, ModelIdentity]:
     """The (VQ-VAE, VAR) identities `load_models` reports, without building a model: the files' sha256, or

@@ -31,10 +31,13 @@ class CheckpointError(InputError):
     entry points' one error path for files handed in)."""
 
 
-def read_state_dict(path: str | Path, role: Literal["var", "vqvae"] | None = None) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path, role: Literal["var", "vqvae"] | None = None,
+                    shapes_only: bool = False) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint file (.pth/.pt/.bin via torch, .safetensors, .safetensors.xz). `role` picks
     the model inside a file that holds both: an official trainer checkpoint keeps the VAR under
-    'var_wo_ddp' and the VQ-VAE under 'vae_local'; without a role the VAR is taken."""
+    'var_wo_ddp' and the VQ-VAE under 'vae_local'; without a role the VAR is taken. `shapes_only`: for the
+    checks alone, reading as little as the format allows (a .safetensors file's header: meta tensors; a torch
+    zip file memory-mapped); the values must not be used."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: checkpoint file not found")
@@ -46,14 +49,27 @@ def read_state_dict(path: str | Path, role: Literal["var", "vqvae"] | None = Non
             with lzma.open(p) as f:
                 sd = safetensors_from_bytes(f.read())
         elif name.endswith(".safetensors"):
-            sd = safetensors.torch.load_file(str(p))
+            sd = _safetensors_shapes(p) if shapes_only else safetensors.torch.load_file(str(p))
         else:
-            sd = torch_load_weights(p)
+            sd = torch_load_weights(p, mmap=shapes_only)
     except Exception as e:  # noqa: BLE001 - every reader failure becomes one clear line
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{p}: not a readable checkpoint (truncated, or not a zip/pickle/safetensors "
                               f"file): {reason}") from None
     return _unwrap(sd, p, role)
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def _safetensors_shapes(p: Path) -> dict[str, torch.Tensor]:
+    """A .safetensors file's tensors as meta tensors of their shapes and dtypes (its header only)."""
+    with safetensors.safe_open(str(p), framework="pt") as f:
+        return {k: torch.empty(f.get_slice(k).get_shape(),
+                               dtype=_SAFETENSORS_DTYPES.get(f.get_slice(k).get_dtype(), torch.float32), device="meta")
+                for k in f.keys()}
 
 
 _WRAPPER_KEYS = ("state_dict", "model", "module", "trainer")
@@ -166,10 +182,11 @@ def _strict_check(model: nn.Module, sd: dict[str, torch.Tensor], p: Path, ignore
         raise CheckpointError(f"{p}: {len(bad)} tensor shape mismatch(es), e.g. " + "; ".join(bad[:3]))
 
 
-def load_var_weights(var: nn.Module, path: str | Path, sd: dict | None = None) -> nn.Module:
-    """Strictly load a VAR checkpoint into `var` (which may live on the meta device)."""
+def load_var_weights(var: nn.Module, path: str | Path, sd: dict | None = None, check_only: bool = False) -> nn.Module:
+    """Strictly load a VAR checkpoint into `var` (which may live on the meta device). `check_only`: the checks
+    (kind, shapes, keys) without reading the values where the format allows; `var` is left as it is."""
     p = Path(path)
-    sd = read_state_dict(p, "var") if sd is None else sd
+    sd = read_state_dict(p, "var", shapes_only=check_only) if sd is None else sd
     _check_kind(sd, p, ("var",), "VAR transformer")
     cfg: VARConfig = var.config
     got = var_shape_summary(sd)
@@ -181,16 +198,19 @@ def load_var_weights(var: nn.Module, path: str | Path, sd: dict | None = None) -
         diff = ", ".join(f"{k} {got[k]} vs {want[k]}" for k in want if got[k] != want[k])
         raise CheckpointError(f"{p}: is a VAR with {_describe_var(got)}; the config asks for {asked} ({diff})")
     _strict_check(var, sd, p)
-    _assign(var, sd, p)
+    if not check_only:
+        _assign(var, sd, p)
     return var
 
 
-def load_vqvae_weights(model: nn.Module, path: str | Path, sd: dict | None = None) -> nn.Module:
-    """Strictly load a VQ-VAE checkpoint into a `VQVAE` or a `LatentDecoder` (decoder keys only)."""
+def load_vqvae_weights(model: nn.Module, path: str | Path, sd: dict | None = None,
+                       check_only: bool = False) -> nn.Module:
+    """Strictly load a VQ-VAE checkpoint into a `VQVAE` or a `LatentDecoder` (decoder keys only). `check_only`:
+    as in load_var_weights."""
     from .vqvae import LatentDecoder
 
     p = Path(path)
-    sd = read_state_dict(p, "vqvae") if sd is None else sd
+    sd = read_state_dict(p, "vqvae", shapes_only=check_only) if sd is None else sd
     is_dec = isinstance(model, LatentDecoder)
     _check_kind(sd, p, ("vqvae", "latent_decoder") if is_dec else ("vqvae",), "VQ-VAE")
     cfg: VQVAEConfig = model.config
@@ -209,7 +229,8 @@ def load_vqvae_weights(model: nn.Module, path: str | Path, sd: dict | None = Non
             sd = dict(sd)
             sd["quantize.ema_vocab_hit_SV"] = torch.zeros(own.shape, dtype=hit.dtype)
     _strict_check(model, sd, p)
-    _assign(model, sd, p)
+    if not check_only:
+        _assign(model, sd, p)
     return model
 
 

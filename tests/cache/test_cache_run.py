@@ -182,6 +182,42 @@ def test_a_cache_of_a_fastvar_this_version_cannot_run_is_refused_saying_why(refe
     assert {p: p.read_bytes() for p in old.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.parametrize("prune", [[0.5], {"6": None}, "6:0.5", {"6": "x"}], ids=["list", "null", "str", "strval"])
+def test_a_damaged_fastvar_section_is_one_line_naming_the_manifest(reference, tmp_path, capsys, prune):
+    import json
+    import shutil
+
+    cache = tmp_path / "c"
+    shutil.copytree(reference, cache)
+    m = json.loads((cache / "manifest.json").read_text())
+    m["accel"]["prune"] = prune
+    (cache / "manifest.json").write_text(json.dumps(m))
+    for extra in ([], ["--check"]):
+        code = _main("run", "--config", str(TINY_CONFIG), "--output", str(cache), *SMALL, *extra)
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"{cache / 'manifest.json'} was made with another configuration; differing fields: accel.prune" in err
+
+
+def test_check_reads_the_checkpoint_files_as_a_run_does(tmp_path, capsys):
+    """`run --check` refuses checkpoint files the run would refuse before writing (swapped, unreadable), from
+    their headers and shapes, and passes the right ones."""
+    from radar_train.models import load_models, save_weights
+
+    vqvae, var, _, _ = load_models("tiny", init_seed=3)
+    vae_f, var_f = save_weights(vqvae, tmp_path / "vae.safetensors"), save_weights(var, tmp_path / "var.safetensors")
+    torch.save(var.state_dict(), tmp_path / "var.pth")
+    (tmp_path / "junk.pth").write_bytes(bytes(range(256)) * 4)
+    base = ("run", "--config", str(TINY_CONFIG), "--output", str(tmp_path / "out"), *SMALL, "--check")
+    for vae, var_, fine, message in [(vae_f, var_f, True, ""), (vae_f, tmp_path / "var.pth", True, ""),
+                                     (var_f, vae_f, False, "is a VAR transformer checkpoint, but was given as the VQ-VAE"),
+                                     (tmp_path / "junk.pth", var_f, False, "junk.pth: not a readable checkpoint")]:
+        code = _main(*base, "--model.vae_checkpoint", str(vae), "--model.var_checkpoint", str(var_))
+        out, err = capsys.readouterr()
+        assert (code == 0) == fine and message in err and err.count("\n") == (0 if fine else 1), (vae, var_, err)
+    assert not (tmp_path / "out").exists()
+
+
 CONFIGS = sorted((REPO / "configs" / "cache").rglob("*.yaml"))
 
 
