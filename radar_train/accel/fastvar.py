@@ -142,7 +142,8 @@ class FastVAR(AccelMethod):
         """Why a recorded FastVAR (a manifest's `describe()`) is one this version cannot run, if it is: ratio-0
         entries, which radar_train kept before 2026-12-03 (counted as pruned: the cache scale moved before them)."""
         prune = described.get("prune")  # (a hand-edited manifest's other values: the field comparison names them)
-        zero = [str(k) for k, v in prune.items() if type(v) in (int, float) and v == 0] if isinstance(prune, dict) else []
+        prune = prune if isinstance(prune, dict) else {}
+        zero = [str(k) for k, v in prune.items() if type(v) in (int, float) and v == 0]
         if not zero:
             return None
         return (f"its FastVAR prune has ratio 0 at scale(s) {', '.join(zero)}: a radar_train before 2026-12-03 made "

@@ -235,8 +235,6 @@ def _create_exclusive(path: Path, data: bytes) -> bool:
         return False
 
 
-
-
 def create_or_check_manifest(cache_dir: str | os.PathLike, wanted: Manifest) -> tuple[Manifest, bool]:
     """Create the cache folder and its manifest, or check the existing one against `wanted`.
 

@@ -209,11 +209,12 @@ def test_check_reads_the_checkpoint_files_as_a_run_does(tmp_path, capsys):
     torch.save(var.state_dict(), tmp_path / "var.pth")
     (tmp_path / "junk.pth").write_bytes(bytes(range(256)) * 4)
     base = ("run", "--config", str(TINY_CONFIG), "--output", str(tmp_path / "out"), *SMALL, "--check")
-    for vae, var_, fine, message in [(vae_f, var_f, True, ""), (vae_f, tmp_path / "var.pth", True, ""),
-                                     (var_f, vae_f, False, "is a VAR transformer checkpoint, but was given as the VQ-VAE"),
-                                     (tmp_path / "junk.pth", var_f, False, "junk.pth: not a readable checkpoint")]:
+    cases = [(vae_f, var_f, True, ""), (vae_f, tmp_path / "var.pth", True, ""),
+             (var_f, vae_f, False, "is a VAR transformer checkpoint, but was given as the VQ-VAE"),
+             (tmp_path / "junk.pth", var_f, False, "junk.pth: not a readable checkpoint")]
+    for vae, var_, fine, message in cases:
         code = _main(*base, "--model.vae_checkpoint", str(vae), "--model.var_checkpoint", str(var_))
-        out, err = capsys.readouterr()
+        err = capsys.readouterr().err
         assert (code == 0) == fine and message in err and err.count("\n") == (0 if fine else 1), (vae, var_, err)
     assert not (tmp_path / "out").exists()
 
