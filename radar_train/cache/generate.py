@@ -88,7 +88,8 @@ def generate_shard_arrays(sampler, method, plan: Plan, shard: int, batch_size: i
 def describe_run(manifest: Manifest, plan: Plan, split: WorkerSplit, owned: list[int], done: list[int],
                  output: str, device: str, batch_size: int) -> str:
     m = manifest.model
-    pending = [s for s in owned if s not in set(done)]
+    finished = set(done)
+    pending = [s for s in owned if s not in finished]
     n_pending = sum(plan.shard_range(s)[1] - plan.shard_range(s)[0] for s in pending)
     accel = ", ".join(f"{k}={v}" for k, v in manifest.accel.items() if k != "method" and v is not None)
     return "\n".join([
