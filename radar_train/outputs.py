@@ -272,7 +272,7 @@ def atomic_file(path: PathLike, temp_of: Optional[str] = None) -> Iterator[Path]
 
 def write_text_atomic(path: PathLike, text: str) -> Path:
     with atomic_file(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
 
@@ -362,6 +362,6 @@ def write_report(folder: PathLike, stem: str, report: Mapping, indent: int = 1) 
     """A measurement's two text files in `folder` (a staging folder of `staged_entries`): `stem`.json, the
     report without its `markdown` entry, and `stem`.md, that markdown."""
     folder = Path(folder)
-    (folder / f"{stem}.json").write_text(
-        json.dumps({k: v for k, v in report.items() if k != "markdown"}, indent=indent, default=str) + "\n")
-    (folder / f"{stem}.md").write_text(report["markdown"] + "\n")
+    data = {k: v for k, v in report.items() if k != "markdown"}
+    (folder / f"{stem}.json").write_text(json.dumps(data, indent=indent, default=str) + "\n", encoding="utf-8")
+    (folder / f"{stem}.md").write_text(report["markdown"] + "\n", encoding="utf-8")

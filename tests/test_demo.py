@@ -1,6 +1,7 @@
 """radar-demo end to end on the tiny model (the toy default runs the same steps, only longer)."""
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_demo_runs_every_step_and_says_where_its_outputs_are(tmp_path):
-    out = tmp_path / "demo"
+    out = tmp_path / "my runs" / "été demo"  # (a cluster user's path: a space and a non-ASCII letter)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the tiny model runs best on one thread
     env.pop("RADAR_PROGRESS", None)
     env.pop("RADAR_PROGRESS_INTERVAL", None)
@@ -37,6 +38,7 @@ def test_demo_runs_every_step_and_says_where_its_outputs_are(tmp_path):
     metrics = json.loads((out / "eval" / "eval.json").read_text())
     assert metrics["num_pairs"] == 16
     assert "comparison grid:" in r.stdout and "eval table:" in r.stdout
+    assert f"(tensorboard --logdir {shlex.quote(str(out / 'checkpoints' / 'tiny' / 'tb'))})" in r.stdout  # pastes
 
 
 def test_demo_names_a_missing_config(tmp_path):

@@ -54,7 +54,7 @@ def load_rank_file(path: str | Path) -> RankFile:
     if not p.is_file():
         raise FileNotFoundError(f"{p}: stagevar rank-ratio file not found (write one with `radar-accel calibrate`)")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
         ratios = {int(k): [float(r) for r in v] for k, v in data["ratios"].items()}
         alpha = data.get("alpha")
         return RankFile(ratios, None if alpha is None else float(alpha), _var_of(data.get("model")),

@@ -126,7 +126,7 @@ def comparison_configs(preset_name: str, official_config: Optional[str]) -> tupl
         if not path.is_file():
             raise FileNotFoundError(f"--official_config {official_config}: no such file")
         try:
-            kwargs = json.loads(path.read_text())
+            kwargs = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise ValueError(f"--official_config {official_config}: not a JSON file ({e})") from e
         vae, var = configs_from_official(kwargs, f"--official_config {official_config}")

@@ -35,7 +35,7 @@ def load_results(root: Path) -> dict[str, dict]:
     docs: dict[str, dict] = {}
     for path in sorted(root.rglob("*.json")):
         try:
-            doc = json.loads(path.read_text())
+            doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise ValueError(f"{path}: not a JSON file ({e})") from e
         name = path.relative_to(root).with_suffix("").as_posix()
@@ -210,7 +210,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         target = Path(a.write)
         if not target.is_file():
             raise FileNotFoundError(f"--write {a.write}: no such file")
-        text = target.read_text()
+        text = target.read_text(encoding="utf-8")
         new, n = fill(text, docs, a.write)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -221,7 +221,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if a.check:
         print(f"{a.write}: tables out of date; run python -m radar_train.bench.tables --write {a.write}")
         return 1
-    target.write_text(new)
+    target.write_text(new, encoding="utf-8")
     print(f"{a.write}: {n} table(s) written")
     return 0
 

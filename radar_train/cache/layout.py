@@ -71,7 +71,7 @@ def live_writer(path: str | os.PathLike, now: float | None = None) -> str | None
     writer's, this process's, another host's that has been silent longer)."""
     zjson = Path(path) / "zarr.json"
     try:
-        writer = json.loads(zjson.read_text())["attributes"]["writer"]
+        writer = json.loads(zjson.read_text(encoding="utf-8"))["attributes"]["writer"]
         host, pid = writer["host"], int(writer["pid"])
         age = (time.time() if now is None else now) - zjson.stat().st_mtime
     except (OSError, ValueError, KeyError, TypeError):

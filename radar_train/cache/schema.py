@@ -190,7 +190,7 @@ def read_manifest(cache_dir: str | os.PathLike) -> Manifest:
         raise FileNotFoundError(f"{path} not found: {cache_dir} is not a radar-cache cache "
                                 f"(create one with `radar-cache run --config ... --output {cache_dir}`)")
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(d, dict):
@@ -249,7 +249,7 @@ def create_or_check_manifest(cache_dir: str | os.PathLike, wanted: Manifest) -> 
         clear_stale_temps(cache_dir, MANIFEST_NAME)
         tmp = temp_name(path)  # outputs.check_resume_dir lets a folder holding only this one be resumed
         try:
-            tmp.write_text(json.dumps(wanted.to_dict(), indent=2) + "\n")
+            tmp.write_text(json.dumps(wanted.to_dict(), indent=2) + "\n", encoding="utf-8")
         except OSError:  # a full disk or a quota: nothing of this call stays behind (the folders it made are
             tmp.unlink(missing_ok=True)  # removed while empty: another worker may have begun writing there)
             remove_made_folders(made)

@@ -82,6 +82,20 @@ def reopen_closed_streams(logger: logging.Logger) -> None:
                 handler.stream = sys.stderr
 
 
+def tolerant_streams() -> None:
+    """stdout and stderr that print every character: where the locale's codec lacks one (a Latin-1 locale, or
+    LANG=C without Python's UTF-8 mode) a help text's α or a report's − raised UnicodeEncodeError (no --help,
+    and a radar-eval that had measured everything ended in an error line). Such a character is printed as
+    its escape (\\u03b1) instead; a UTF-8 stream is left as it is."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # (a closed or detached stream)
+                pass
+
+
 def tidy_lightning_logging() -> None:
     """Lightning's log lines once (its own handler; not again through the root logger), on an open stream,
     without the two it logs at INFO that are not about the user's run: an advertisement, and the note
@@ -404,6 +418,7 @@ def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Option
 
     from radar_train.progress import check_env
 
+    tolerant_streams()
     args = expand_flags(sys.argv[1:] if argv is None else argv)
     show_field_docs(args)
     quiet_library_warnings()

@@ -158,7 +158,8 @@ def _steps(out: Path, model: str, cache_cfg: Path, train_cfg: Path, generate_cfg
                "--overwrite"], out)
     print("\nradar-demo done:")
     print(f"  comparison grid:  {out / 'generate' / 'grid.png'}")
-    print(f"  TensorBoard logs: {out / run_dir / 'tb'}   (tensorboard --logdir {out / run_dir / 'tb'})")
+    tb = out / run_dir / "tb"
+    print(f"  TensorBoard logs: {tb}   (tensorboard --logdir {shlex.quote(str(tb))})")
     print(f"  eval table:       {out / 'eval' / 'eval.md'}")
     print(f"  adapter:          {out / 'adapter'}")
 

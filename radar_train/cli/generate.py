@@ -106,9 +106,9 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
                 n_files += 1
         save_grid(rows, stage / "grid.png", col_titles=[titles[k] for k in keys],
                   row_titles=[f"c{c} s{s}" for c, s in pairs], scale=scale)
-        (stage / "generate.json").write_text(json.dumps({"classes": cls_list, "seeds": seed_list, "columns": keys,
-                                                         "model": model.preset, "accel": pipe.accel.describe(),
-                                                         "adapter": adapter, "grid": str(out / "grid.png")}, indent=2))
+        info = {"classes": cls_list, "seeds": seed_list, "columns": keys, "model": model.preset,
+                "accel": pipe.accel.describe(), "adapter": adapter, "grid": str(out / "grid.png")}
+        (stage / "generate.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     print(f"wrote {n_files} PNGs under {out} and the comparison grid {out / 'grid.png'}")
     return 0
 

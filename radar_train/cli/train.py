@@ -112,7 +112,7 @@ def export(ckpt: str, output: str, overwrite: bool = False) -> int:
         path = export_checkpoint(ckpt, output, overwrite=overwrite)
     finally:
         module_log.setLevel(level)
-    cfg = json.loads((Path(path) / "adapter_config.json").read_text())
+    cfg = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
     print(f"adapter: {path} (peft LoRA r={cfg.get('r')}, alpha={cfg.get('lora_alpha'):g})")
     return 0
 

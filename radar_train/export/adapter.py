@@ -68,7 +68,7 @@ def save_adapter(peft_model, out_dir: str | Path, meta: dict, conditioning=None)
         if conditioning is not None:
             save_file(conditioning.file_tensors(), str(tmp / LABEL_CONDITIONING_WEIGHTS))
             meta = {**meta, "label_conditioning": conditioning.describe()}
-        (tmp / RADAR_CONFIG).write_text(yaml.safe_dump(meta, sort_keys=False))
+        (tmp / RADAR_CONFIG).write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
         for f in tmp.iterdir():
             normal_file_mode(f)  # safetensors writes its file 0600
         return replace_dir(tmp, out)

@@ -284,6 +284,6 @@ def write_report(r: dict, out_dir: str | Path) -> tuple[Path, Path]:
     is allowed (`radar_train.outputs.check_output_dir`)."""
     out = Path(out_dir)
     with staged_entries(out, REPORT_FILES) as stage:
-        (stage / REPORT_FILES[0]).write_text(json.dumps(r, indent=2))
-        (stage / REPORT_FILES[1]).write_text(markdown_table(r))
+        (stage / REPORT_FILES[0]).write_text(json.dumps(r, indent=2), encoding="utf-8")
+        (stage / REPORT_FILES[1]).write_text(markdown_table(r), encoding="utf-8")
     return out / REPORT_FILES[0], out / REPORT_FILES[1]

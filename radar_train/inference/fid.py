@@ -464,6 +464,6 @@ def write_report(result: dict, output: str | Path) -> tuple[Path, Path]:
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     js, md = out / "fid.json", out / "fid.md"
-    js.write_text(json.dumps(result, indent=2))
-    md.write_text(markdown_report(result))
+    js.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    md.write_text(markdown_report(result), encoding="utf-8")
     return js, md

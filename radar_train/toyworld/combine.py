@@ -44,7 +44,7 @@ def load_result(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ValueError(f"--inputs: {p} is not a file (give radar-toy measure's metrics.json)")
     try:
-        doc = json.loads(p.read_text())
+        doc = json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"--inputs: {p} is not JSON ({e})") from None
     if not isinstance(doc, dict) or any(not isinstance(doc.get(k), dict) for k in _REQUIRED):

@@ -140,5 +140,5 @@ def _train_into(cfg: ToyTrainConfig, out: Path) -> dict:
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "threads": torch.get_num_threads()},
     }
-    (out / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    (out / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     return info
