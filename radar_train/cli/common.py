@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import sys
 import warnings
@@ -80,6 +81,24 @@ def reopen_closed_streams(logger: logging.Logger) -> None:
         if stream is not None and getattr(stream, "closed", False):
             with handler.lock:  # not setStream: it flushes the old stream, which raises once it is closed
                 handler.stream = sys.stderr
+
+
+def utf8_mode_or_reexec() -> None:
+    """Run the command in Python's UTF-8 mode: where the locale's codec is not UTF-8 (a Latin-1 locale, or LANG=C
+    with Python's coercion off), files were read in that codec (jsonargparse's --config: a shipped config with
+    an α, a run's own config.yaml naming a cache path with a ç, could not be read, so a run could not be
+    resumed), and non-ASCII paths on the command line reached TensorBoard as undecodable text. The process
+    replaces itself (same pid, same arguments) with PYTHONUTF8=1, which its child processes inherit."""
+    if sys.flags.utf8_mode or os.name != "posix" or os.environ.get("PYTHONUTF8") == "1":
+        return
+    import locale
+
+    if locale.getpreferredencoding(False).lower().replace("-", "") == "utf8":
+        return
+    os.environ["PYTHONUTF8"] = "1"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 def tolerant_streams() -> None:
@@ -418,6 +437,8 @@ def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Option
 
     from radar_train.progress import check_env
 
+    if argv is None:  # (the process's own command line, not a call from Python)
+        utf8_mode_or_reexec()
     tolerant_streams()
     args = expand_flags(sys.argv[1:] if argv is None else argv)
     show_field_docs(args)

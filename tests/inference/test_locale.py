@@ -1,13 +1,16 @@
 """A cluster shell whose locale's codec is not UTF-8 (here ASCII: LANG=C with Python's UTF-8 mode and locale
-coercion off, as a Latin-1 locale behaves): reports are written as UTF-8 whatever the locale, and what the
-commands print never stops them. Before, radar-eval measured every pair and then ended in one error line
-(`'ascii' codec can't encode character '\u2212'`) with nothing written, and `--help` of five commands failed."""
+coercion off, as a Latin-1 locale behaves): the commands run in Python's UTF-8 mode (they re-execute themselves
+in it), so config files, reports and non-ASCII paths are UTF-8 whatever the locale. Before, radar-eval measured
+every pair and then ended in one error line (`'ascii' codec can't encode character '\u2212'`) with nothing
+written, `--help` of five commands failed, and a shipped config with an α in a comment could not be read."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[2]
 ASCII = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
 
 
@@ -23,7 +26,9 @@ def test_reports_and_help_in_an_ascii_locale(trained_run, tmp_path):
     for module in ("radar_train.cli.generate", "radar_train.cli.fid"):
         r = _run(module, "--help")
         assert r.returncode == 0 and b"usage" in r.stdout.lower(), r.stderr[-2000:]
-    out = tmp_path / "eval"
+    r = _run("radar_train.cli.generate", "--config", str(ROOT / "configs/generate/d16_stagevar.yaml"), "--print_config")
+    assert r.returncode == 0 and "stagevar" in r.stdout.decode(), r.stderr[-2000:]  # (its comments have an α)
+    out = tmp_path / "\u00e9t\u00e9 eval"
     r = _run("radar_train.cli.eval", "--cache", str(trained_run["cache"]), "--adapter", str(trained_run["adapter"]),
              "--output", str(out), "--device", "cpu")
     assert r.returncode == 0, r.stderr[-2000:]
