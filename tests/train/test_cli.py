@@ -8,33 +8,23 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from radar_train.cli.train import main
+from tiny_training import run_train_cli as _run
+from tiny_training import tiny_fit_argv
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "train"
 ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
 
 
-def _run(argv: list[str]) -> int:
-    """main(argv) in-process (sys.argv as a console script would have it); the exit status."""
-    with pytest.raises(SystemExit) as e, mock.patch.object(sys, "argv", ["radar-train", *argv]):
-        main(argv)
-    return e.value.code
-
-
 def _tiny_args(cache: str, root: Path, steps: int, *extra: str) -> list[str]:
-    caches = json.dumps([{"path": cache, "train_shards": "0-1", "val_shards": "14"}])
-    return ["fit", "--config", str(CONFIGS / "tiny.yaml"), "--data.caches", caches, "--trainer.default_root_dir",
-            str(root), "--trainer.max_steps", str(steps), "--trainer.val_check_interval", "2",
-            "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1",
-            "--model.monitor.train_metrics_every_n_steps", "2",
-            "--model.output.save_every_n_steps", "2",
-            "--model.monitor.images_every_n_steps", "2", "--data.batch_size", "4", "--data.val_batch_size", "16", *extra]
+    """tiny_fit_argv with per-step logging, train metrics and images every 2 steps, validation batches of 16."""
+    return tiny_fit_argv(cache, root, steps, "--trainer.log_every_n_steps", "1",
+                         "--model.monitor.train_metrics_every_n_steps", "2", "--model.monitor.images_every_n_steps", "2",
+                         "--data.val_batch_size", "16", *extra)
 
 
 def _files(root: Path) -> list[str]:
