@@ -397,7 +397,20 @@ def accel_inputs(accel, prefix: str = "--accel") -> dict:
 
 
 def print_error(message: object) -> None:
-    print(f"error: {one_line(message)}", file=sys.stderr)
+    print(f"error: {one_line(worker_error(message))}", file=sys.stderr)
+
+
+_WORKER_ERROR = re.compile(r"Caught (\w+) in DataLoader worker process (\d+)\.\nOriginal Traceback")
+
+
+def worker_error(message: object) -> object:
+    """An error a DataLoader worker raised, as torch re-raises it in the run (its message is the worker's whole
+    traceback): the worker's own message, e.g. the damaged cache shard it names; anything else unchanged."""
+    text = str(message)
+    m = _WORKER_ERROR.match(text)
+    last = text.rstrip().splitlines()[-1] if m else ""
+    prefix = re.match(r"[\w.]*" + re.escape(m.group(1)) + r": ", last) if m else None
+    return f"{last[prefix.end():]} (in DataLoader worker {m.group(2)})" if prefix else message
 
 
 def show_field_docs(args: Sequence[str]) -> None:

@@ -169,7 +169,6 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
     `progress`: show the pairs done (radar_train.progress: a bar on a terminal, lines in a log)."""
     from radar_train.cache.reader import BlockShuffleSampler, PairDataset
     from radar_train.cache.schema import read_manifest
-    from radar_train.cache.status import read_checked_shard
     from radar_train.export import check_adapter, decode_with_labels
     from radar_train.progress import Progress
 
@@ -194,10 +193,9 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
     if overlap:
         warnings.warn(f"radar-eval: shards {_ranges(overlap)} of {cache} are training shards of the adapter "
                       f"{adapter_dir}: the metrics include pairs it was trained on (not held-out)", stacklevel=2)
+    # every shard checked against its stored checksums: data that is not what the writer wrote (a chunk file
+    # gone reads as zeros) is refused, not measured
     ds = PairDataset(cache, shards=list(shards))
-    for shard, path in zip(ds.shard_ids, ds.shard_paths):
-        # data that is not what the writer wrote (a chunk file gone reads as zeros) is refused, not measured
-        read_checked_shard(path, manifest, shard)
     dev = torch.device(device)
     plain, adapted, _ = load_decoders(manifest, meta, adapter_dir, vae_checkpoint, dev)
     lp = None

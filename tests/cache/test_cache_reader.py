@@ -195,9 +195,53 @@ def test_pair_dataset_reports_every_unreadable_shard(make_synthetic):
     cache = make_synthetic(num_samples=32, shard_size=8)
     for shard in (1, 3):
         zarr.open_group(f"{cache}/shard-{shard:05d}.zarr", mode="r+").attrs["complete"] = False
-    with pytest.raises(ValueError, match=r"2 unreadable shard\(s\): .*shard-00001.zarr is not marked complete.*"
-                                         r"shard-00003.zarr is not marked complete"):
+    with pytest.raises(ValueError, match=r"2 unreadable shard\(s\): .*shard-00001.zarr: cache shard is not marked "
+                                         r"complete.*shard-00003.zarr: cache shard is not marked complete"):
         PairDataset(cache)
+
+
+@pytest.mark.parametrize("damage", ["chunk file gone", "chunk file truncated", "another shard's copy"])
+def test_pair_dataset_refuses_data_that_is_not_what_the_writer_wrote(make_synthetic, damage):
+    """A half-copied cache: Zarr reads a missing chunk file as zeros, which a training run would learn to
+    restore; the dataset checks every shard against its stored checksums when it is made."""
+    cache = make_synthetic(num_samples=24, shard_size=8, chunk_size=4)
+    data = cache / "shard-00001.zarr" / "fhat_hq" / "c" / "0" / "0" / "0" / "0"
+    if damage == "chunk file gone":
+        data.unlink()
+    elif damage == "chunk file truncated":
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    else:
+        shutil.rmtree(cache / "shard-00001.zarr")
+        shutil.copytree(cache / "shard-00002.zarr", cache / "shard-00001.zarr")
+    with pytest.raises(ValueError, match=r"1 unreadable shard\(s\): \S*shard-00001.zarr: cache shard ") as e:
+        PairDataset(cache)
+    assert "\n" not in str(e.value) and "shard-00000" not in str(e.value)
+    assert ("fhat_hq differs from its stored checksum" in str(e.value)) == (damage == "chunk file gone")
+    assert ("is marked shard 2, not 1" in str(e.value)) == (damage == "another shard's copy")
+    assert PairDataset(cache, shards=[0, 2]).shard_ids == [0, 2]  # the others are fine
+
+
+def test_a_shard_damaged_after_the_dataset_was_made_names_itself_in_a_worker_too(make_synthetic):
+    from torch._utils import ExceptionWrapper  # what DataLoader re-raises a worker's error with
+
+    from radar_train.cli.common import worker_error
+
+    cache = make_synthetic(num_samples=16, shard_size=8, chunk_size=4)
+    ds = PairDataset(cache, block_size=4)
+    data = cache / "shard-00001.zarr" / "fhat_lq" / "c" / "0" / "0" / "0" / "0"
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    assert int(ds[0]["index"]) == 0
+    with pytest.raises(ValueError, match=r"shard-00001.zarr: cache shard cannot be read \(") as e:
+        ds[9]
+    try:
+        raise e.value
+    except ValueError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 1")
+    with pytest.raises(ValueError) as again:
+        wrapped.reraise()
+    assert "Traceback" in str(again.value)
+    assert worker_error(again.value) == f"{e.value} (in DataLoader worker 1)"
+    assert worker_error(ValueError("plain")).args == ("plain",)
 
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])

@@ -244,7 +244,14 @@ def test_every_missing_cache_shard_and_bad_manifest_is_reported_at_once(tiny_cac
     with pytest.raises(ValueError) as e:
         dm.setup("fit")
     msg = str(e.value)
-    assert "shard-00003.zarr is not marked complete" in msg and "shard-00014.zarr is not marked complete" in msg
+    assert "shard-00003.zarr: cache shard is not marked complete" in msg
+    assert "shard-00014.zarr: cache shard is not marked complete" in msg
+
+    # a half-copied cache: a chunk file missing reads as zeros in Zarr; the stored checksum tells
+    (partial / "shard-00001.zarr" / "fhat_hq" / "c" / "0" / "0" / "0" / "0").unlink()
+    dm = PairDataModule([CacheSource(str(partial), train_shards="0-1", val_shards="4")])
+    with pytest.raises(ValueError, match=r"shard-00001.zarr: cache shard fhat_hq differs from its stored checksum"):
+        dm.setup("fit")
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
