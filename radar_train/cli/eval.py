@@ -30,7 +30,8 @@ def evaluate(cache: str, adapter: str, output: str = "outputs/eval", shards: Opt
         lpips: local LPIPS weight files: --lpips.vgg (torchvision's VGG16) turns LPIPS on; --lpips.heads
             defaults to torchmetrics' copy of the lpips package's v0.1 heads.
         allow_train_shards: evaluate shards the adapter was trained on anyway (a warning; eval.json records
-            them in train_shard_overlap and says held_out false).
+            them in train_shard_overlap and says held_out false; null for an adapter whose metadata does not
+            record its training shards).
         overwrite: replace eval.json / eval.md of an earlier run in the output folder.
     """
     from radar_train.cli.common import check_device, check_positive

@@ -122,6 +122,17 @@ def train_shard_overlap(meta: dict, cache_dir: str | Path, manifest, shards: Seq
     return sorted(trained & {int(s) for s in shards})
 
 
+def unknown_training_shards(meta: dict, cache_dir: str | Path, manifest) -> Optional[str]:
+    """Why the adapter's metadata cannot tell which of this cache's shards it was trained on (no `caches`
+    record at all, or its record of this cache without `train_shards`: a hand-made or edited radar_config.yaml;
+    radar-train always writes both); None when it can."""
+    if not meta.get("caches"):
+        return "its radar_config.yaml records no training caches"
+    if any(record.get("train_shards") is None for record, _ in _records_for(meta, Path(cache_dir), manifest)):
+        return "its radar_config.yaml record of this cache has no train_shards"
+    return None
+
+
 def _seed_of(identity: dict) -> Optional[int]:
     m = re.search(r"seed=(\d+)", str(identity.get("value", "")))
     return int(m.group(1)) if identity.get("kind") == "random" and m else None
@@ -185,6 +196,14 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
     if lpips is not None and lpips.heads and not lpips.vgg:
         raise ValueError("--lpips.heads without --lpips.vgg: LPIPS needs the local VGG16 weights too (or neither "
                          "file: no LPIPS)")
+    unknown = unknown_training_shards(meta, cache, manifest)
+    if unknown:  # whether the metrics are held-out cannot be said: not called held-out
+        if not allow_train_shards:
+            raise ValueError(f"adapter {adapter_dir}: {unknown}, so whether --shards {_ranges(shards)} of {cache} "
+                             f"hold pairs it was trained on is unknown; pass --allow_train_shards to evaluate them "
+                             f"anyway (eval.json then says held_out null)")
+        warnings.warn(f"radar-eval: adapter {adapter_dir}: {unknown}: the metrics may include pairs it was trained "
+                      f"on", stacklevel=2)
     overlap = train_shard_overlap(meta, cache, manifest, shards)
     if overlap and not allow_train_shards:
         raise ValueError(f"--shards {_ranges(overlap)} of {cache} are training shards of the adapter {adapter_dir} "
@@ -225,7 +244,7 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
            "delta_psnr": m["delta_psnr"], "delta_ssim": m["delta_ssim"], "harmlessness_psnr": m.get("psnr_harmless"),
            "mse_baseline": m["mse_baseline"], "mse_adapted": m["mse_student"], "cache": str(cache),
            "adapter": str(adapter_dir), "accel": manifest.accel, "model": manifest.model.get("preset"),
-           "held_out": not overlap, "train_shard_overlap": overlap,
+           "held_out": None if unknown and not overlap else not overlap, "train_shard_overlap": overlap,
            "label_conditioned": bool(getattr(adapted, "label_conditioned", False))}
     if lp is not None:
         out["lpips_baseline"], out["lpips_adapted"] = (lp_sums / max(n, 1)).tolist()
@@ -243,7 +262,10 @@ def markdown_table(r: dict) -> str:
             ("SSIM vs vanilla decode", r["ssim_baseline"], r["ssim_adapted"])]
     if "lpips_baseline" in r:
         rows.append(("LPIPS vs vanilla decode", r["lpips_baseline"], r["lpips_adapted"]))
-    if r.get("held_out", True):
+    if "held_out" in r and r["held_out"] is None:
+        title = (f"Restoration on {r['num_pairs']} pairs (shards {r['shards']}) of {r['cache']}: held-out UNKNOWN, "
+                 f"the adapter's metadata does not record its training shards")
+    elif r.get("held_out", True):
         title = f"Restoration on {r['num_pairs']} held-out pairs (shards {r['shards']}) of {r['cache']}"
     else:
         title = (f"Restoration on {r['num_pairs']} pairs (shards {r['shards']}) of {r['cache']}: NOT held-out, "

@@ -132,3 +132,33 @@ def test_a_vae_checkpoint_for_a_cache_of_a_random_init_vqvae_is_refused_naming_t
     msg = str(e.value)
     assert "random:tiny:seed=0" in msg and "leave out --vae_checkpoint" in msg and str(ckpt) in msg
     assert "file None" not in msg
+
+
+def test_an_adapter_whose_metadata_does_not_record_its_training_shards_is_not_called_held_out(trained_run, tmp_path):
+    """A hand-made or edited radar_config.yaml (radar-train always writes caches[*].train_shards): which shards
+    the adapter trained on is unknown, so the shards named are refused, and with --allow_train_shards the
+    report says held-out unknown, not held-out."""
+    import warnings
+
+    import yaml
+
+    from radar_train.inference.evaluate import markdown_table, unknown_training_shards
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(trained_run["adapter"], adapter)
+    meta = yaml.safe_load((adapter / "radar_config.yaml").read_text(encoding="utf-8"))
+    del meta["caches"][0]["train_shards"]
+    (adapter / "radar_config.yaml").write_text(yaml.safe_dump(meta), encoding="utf-8")
+    cache = str(trained_run["cache"])
+    with pytest.raises(ValueError, match=r"record of this cache has no train_shards, so whether --shards 0 of .* hold "
+                                         r"pairs it was trained on is unknown; pass --allow_train_shards"):
+        evaluate_restoration(cache, str(adapter), shards=[0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = evaluate_restoration(cache, str(adapter), shards=[0], allow_train_shards=True)
+    assert r["held_out"] is None and r["train_shard_overlap"] == [] and r["num_pairs"] == 16
+    assert any("may include pairs it was trained on" in str(w.message) for w in caught)
+    assert "held-out UNKNOWN" in markdown_table(r).splitlines()[0]
+    assert unknown_training_shards({"caches": []}, Path(cache), Manifest.from_dict(json.loads(
+        (Path(cache) / "manifest.json").read_text()))) == "its radar_config.yaml records no training caches"
+    assert unknown_training_shards(META, Path("here"), _manifest(_plan())) is None
