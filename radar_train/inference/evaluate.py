@@ -262,7 +262,7 @@ def markdown_table(r: dict) -> str:
             ("SSIM vs vanilla decode", r["ssim_baseline"], r["ssim_adapted"])]
     if "lpips_baseline" in r:
         rows.append(("LPIPS vs vanilla decode", r["lpips_baseline"], r["lpips_adapted"]))
-    if "held_out" in r and r["held_out"] is None:
+    if r.get("held_out", True) is None:
         title = (f"Restoration on {r['num_pairs']} pairs (shards {r['shards']}) of {r['cache']}: held-out UNKNOWN, "
                  f"the adapter's metadata does not record its training shards")
     elif r.get("held_out", True):
