@@ -129,8 +129,9 @@ class SCAArgs:
     """Share of the attention tiles (query tile x key tile) kept per active scale and block, in (0, 1];
     overrides the preset's. Protected tiles (own diagonal, first-scale keys) are always kept."""
     memory_budget: Optional[float] = None
-    """Share of the evictable key tiles (complete before the last active scale, not first-scale) each
-    block keeps in its KV cache, in (0, 1]; overrides the preset's. Needs selection scores."""
+    """Share of vanilla's KV cache (the whole sequence) each block may hold at once, in (0, 1]: the key
+    tiles with the lowest KV scores leave it (never the first scale's, nor the last scale's or the tile it
+    begins in; a budget below those gives them); overrides the preset's. Needs selection scores."""
     mask_file: Optional[str] = None
     """Mask file written by `radar-accel calibrate --accel.method sca` (needed by selection scores)."""
     selection: Literal["scores", "window"] = "scores"

@@ -55,7 +55,8 @@ ACCEL_METHODS = {"none": _none, "fastvar": _fastvar, "stagevar": _stagevar, "sca
 def not_reproducible(described: dict) -> Optional[str]:
     """Why a method recorded by an older radar_train (a cache manifest's `accel` section) cannot be run by this
     one, or None."""
-    return FastVAR.not_reproducible(described) if described.get("method") == "fastvar" else None
+    check = {"fastvar": FastVAR.not_reproducible, "sca": SCAMask.not_reproducible}.get(described.get("method"))
+    return None if check is None else check(described)
 
 
 def build_accel(args: AccelArgs, patch_nums: Sequence[int], depth: int, var_identity=None) -> AccelMethod:

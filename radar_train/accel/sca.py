@@ -15,10 +15,12 @@ the calibration samples and both CFG rows.
 Selection (§8.2e–g), once per run and static:
 - protected blocks: the key tiles overlapping the query tile's own tokens (its diagonal) and the key
   tiles of the first scale (the sink); they are always kept, so no query row is left without keys;
-- memory budget m, per block: of the *evictable* key tiles (complete before the last active scale
-  begins, not first-scale), floor(m·n) with the highest Score_KV (summed over the active scales at
-  which the tile would be gone) stay; the others leave that block's KV cache before the first active
-  scale that starts after them (ties: the older tile goes first);
+- memory budget m, per block: the share of vanilla's KV cache (the whole sequence, L tokens) the block may
+  hold at once (methods.md §8.2g). Of the *evictable* key tiles (complete before the last active scale
+  begins, not first-scale), the fewest with the lowest Score_KV (summed over the active scales at which
+  the tile would be gone; ties: the older tile first) leave that block's KV cache, each before the first
+  active scale that starts after it, so that the most it holds at once is at most floor(m·L) tokens; all of
+  them when even that is more (the protected floor: the sink, and the tokens of the last scales);
 - compute budget c, per active scale and block (and head with `per_head`): max(floor(c·N), protected)
   of the N blocks are kept: the protected ones, then the available (not evicted) blocks by Score_Q,
   ties by distance to the diagonal, then position. `window` ranks by the distance alone;
@@ -55,6 +57,7 @@ PRESETS: dict[str, tuple[float, float]] = {  # (compute budget, memory budget), 
 }
 FORMAT = "radar-sca-mask"
 FORMAT_VERSION = 1
+MEMORY_BUDGET_OF = "kv_cache"  # describe()'s mark: the memory budget is a share of the whole KV cache
 MIN_FLEX_TILE = 16  # the Triton flex kernel's smallest BLOCK_M / BLOCK_N; tiles must be multiples
 
 
@@ -235,12 +238,21 @@ class TileMasks:
                                            "kv_kept": round(self.kv_share(si), 4)} for si in self.active}
 
 
+def _peak_held(bounds: Sequence[tuple[int, int]], active: Sequence[int], tile: int, gone: Sequence[int]) -> int:
+    """The most tokens a block's KV cache holds at once when whole key tiles of `tile` tokens leave it, each
+    before the active scale gone[i] (the active scales are a suffix of the schedule): before the first active
+    scale every token so far, at active scale si the sequence so far less the tiles gone by then."""
+    held = [bounds[si][1] - tile * sum(1 for g in gone if g <= si) for si in active]
+    return max(bounds[active[0]][0], *held)
+
+
 def select_masks(patch_nums: Sequence[int], active: Sequence[int], tile: int, compute: float, memory: float,
                  score_q: Optional[dict[int, torch.Tensor]] = None,
                  score_kv: Optional[dict[int, torch.Tensor]] = None) -> TileMasks:
-    """The masks for the budgets. score_q: si -> (depth, heads, nq, nk) Score_Q (None: window selection,
-    one pattern for every block); score_kv: si -> (depth, nq, nk) head-averaged Score_KV (needed when
-    memory < 1)."""
+    """The masks for the budgets (compute: share of each active scale's attention blocks; memory: share of
+    vanilla's KV tokens a block holds at once). score_q: si -> (depth, heads, nq, nk) Score_Q (None: window
+    selection, one pattern for every block); score_kv: si -> (depth, nq, nk) head-averaged Score_KV (needed
+    when the memory budget evicts anything)."""
     pns, active = tuple(patch_nums), tuple(active)
     bounds = scale_bounds(pns)
     L = bounds[-1][1]
@@ -254,9 +266,8 @@ def select_masks(patch_nums: Sequence[int], active: Sequence[int], tile: int, co
     for si in reversed(active):
         gone_at[tile_end <= bounds[si][0]] = si
     evicted = torch.zeros(depth, n_all, dtype=torch.bool)
-    n_evictable = int(evictable.sum())
-    n_drop = n_evictable - math.floor(memory * n_evictable + 1e-9)
-    if n_drop > 0:
+    allowed = math.floor(memory * L + 1e-9)  # tokens a block's cache may hold at once
+    if bool(evictable.any()) and _peak_held(bounds, active, tile, []) > allowed:
         if score_kv is None:
             raise ValueError("a memory budget below 1 needs Score_KV (selection scores)")
         for b in range(depth):
@@ -266,7 +277,10 @@ def select_masks(patch_nums: Sequence[int], active: Sequence[int], tile: int, co
                 later = gone_at[: s.shape[0]] <= si
                 kv[: s.shape[0]] += torch.where(later, s, torch.zeros_like(s))
             cand = torch.nonzero(evictable).flatten()
-            order = cand[torch.sort(kv[cand], stable=True).indices]  # lowest first; ties: older first
+            order = cand[torch.sort(kv[cand], stable=True).indices].tolist()  # lowest first; ties: older first
+            n_drop = next((k for k in range(1, len(order) + 1)
+                           if _peak_held(bounds, active, tile, [int(gone_at[j]) for j in order[:k]]) <= allowed),
+                          len(order))
             evicted[b, order[:n_drop]] = True
     keep: dict[int, torch.Tensor] = {}
     for si in active:
@@ -599,14 +613,37 @@ class SCAMask(AccelMethod):
 
     def describe(self) -> dict:
         m = self.masks()
-        return {"method": self.name, "preset": self.preset, "selection": self.selection,
-                "compute_budget": self.compute_budget, "memory_budget": self.memory_budget, "tile": self.tile,
-                "per_head": self.per_head, "kernel": self.kernel,
-                "mask_file": None if self.mask is None else self.mask.path,
-                "mask_sha256": self.mask_sha256,
-                "tau": None if self.mask is None else self.mask.header["tau"],
-                "scales": {int(self.patch_nums[si]): round(m.block_share(si), 4) for si in m.active},
-                "per_scale": m.summary()}
+        d = {"method": self.name, "preset": self.preset, "selection": self.selection,
+             "compute_budget": self.compute_budget, "memory_budget": self.memory_budget, "tile": self.tile,
+             "per_head": self.per_head, "kernel": self.kernel,
+             "mask_file": None if self.mask is None else self.mask.path,
+             "mask_sha256": self.mask_sha256,
+             "tau": None if self.mask is None else self.mask.header["tau"],
+             "scales": {int(self.patch_nums[si]): round(m.block_share(si), 4) for si in m.active},
+             "per_scale": m.summary()}
+        if self.memory_budget < 1.0:  # marks what the budget meant (a radar_train before 2026-12-04: see below)
+            d["memory_budget_of"] = MEMORY_BUDGET_OF
+        return d
+
+    @staticmethod
+    def not_reproducible(described: dict) -> Optional[str]:
+        """Why a recorded SCA-Mask (a manifest's `describe()`) is one this version cannot run, if it is: a memory
+        budget below 1 recorded without `memory_budget_of`, which radar_train before 2026-12-04 took as the share
+        of the *evictable* key tiles kept (fewer tiles evicted than the share of the whole KV cache it is now)."""
+        m = described.get("memory_budget")
+        if not (type(m) in (int, float) and m < 1) or described.get("memory_budget_of") == MEMORY_BUDGET_OF:
+            return None
+        return (f"its SCA-Mask memory_budget {m} was made by a radar_train before 2026-12-04, which read it as the "
+                "share of the evictable key tiles kept; this version reads it as the share of the whole KV cache "
+                "(methods.md §8.2g) and evicts more, so no configuration reproduces its LQ latents and it cannot be "
+                "resumed or extended (it still reads: status, verify, export-wds, training). Write new pairs into "
+                "another --output")
+
+    def derived(self, patch_nums: Sequence[int]) -> dict:
+        """`kv_allocated`: the KV cache a run allocates (`kv_capacity`, over the blocks) over vanilla's (every block
+        the whole sequence): at most the memory budget, or the protected floor where that is more."""
+        held = self.kv_capacity(patch_nums, self.masks().depth)
+        return {"kv_allocated": round(sum(held) / (scale_bounds(patch_nums)[-1][1] * len(held)), 4)}
 
     # -------------------------------------------------------------- device tables
     def use_flex(self, device: torch.device) -> bool:

@@ -11,7 +11,8 @@ import torch
 from radar_train.accel import AccelMethod, AccelRun, ConfigError, SCAMask, build_accel
 from radar_train.accel.calibrate import calibrate_sca, write_sca_mask
 from radar_train.accel.sca import (ScaleTiles, fastvar_for_attention_budget, flex_attention_call, ideal_speedup,
-                                   load_mask_file, measure_kv_bytes, scale_tiles, select_masks, tile_counts)
+                                   held_kv_tokens, load_mask_file, measure_kv_bytes, scale_tiles, select_masks,
+                                   tile_counts)
 from radar_train.config import AccelArgs, SamplingConfig, SCAArgs
 from radar_train.models import ModelIdentity
 from radar_train.models.configs import PATCH_NUMS_256
@@ -89,18 +90,24 @@ def test_selection_respects_budgets_and_keeps_protected(compute, memory):
     # evictable: tiles complete before 424 (the last scale's start) other than the sink: 1..5. Each one's
     # score sums the scales from which it would be gone: tile 1 (ends 128, gone from scale 10 at 155):
     # (2+3+4)·1 = 9; tile 2 (ends 192, gone from 13 at 255): (3+4)·2 = 14; tile 3 (ends 256 > 255, gone
-    # from 16): 4·3 = 12; tile 4: 16; tile 5: 20 -> eviction order 1, 3, 2, 4, 5
-    n_drop = 5 - math.floor(memory * 5 + 1e-9)
+    # from 16): 4·3 = 12; tile 4: 16; tile 5: 20 -> eviction order 1, 3, 2, 4, 5. The memory budget is a
+    # share of vanilla's 680 cached tokens; the cache holds the most at the last scale, 680 - 64·k with k
+    # tiles evicted: 0.8 allows 544 tokens -> k = 3 (608 > 544 with 2); 0.6 allows 408 -> 5 (424 with 4);
+    # 0.5 allows 340, below the protected 360 -> all 5; 1.0 -> none
+    n_drop = {0.8: 3, 0.6: 5, 0.5: 5, 1.0: 0}[memory]
     for b in range(depth):
         assert torch.nonzero(m.evicted[b]).flatten().tolist() == sorted([1, 3, 2, 4, 5][:n_drop])
+    assert all(h <= 680 - 64 * n_drop for h in held_kv_tokens(m, depth))  # (unread tiles may leave too)
     for si in active:
         geo = scale_tiles(PATCH_NUMS_256, si, 64)
         prot = geo.protected()
         target = max(math.floor(compute * geo.nq * geo.nk + 1e-9), int(prot.sum()))
+        ends = torch.clamp((torch.arange(geo.nk) + 1) * 64, max=680)
         for b in range(depth):
+            gone = m.evicted[b, : geo.nk] & (ends <= geo.begin)  # evicted before this scale
             for h in range(heads):
                 keep = m.keep[si][b, h]
-                assert int(keep.sum()) == target  # enough blocks are available at these budgets
+                assert int(keep.sum()) == min(target, geo.nq * int((~gone).sum()))  # fewer where too few are left
                 assert bool(keep[prot].all())
                 assert not bool(keep[:, m.evicted[b, : geo.nk] & ~m.present[si][b]].any())
                 # the best-scoring available blocks are the kept ones
@@ -341,6 +348,50 @@ def test_memory_budget_allocates_less_kv_for_the_same_tokens(tiny_models, mask_f
     assert [t.shape[2] for t in state.kv.k] == [L] * depth
     ref = s.output(state)
     assert all(torch.equal(a, b) for a, b in zip(out.indices, ref.indices)) and torch.equal(out.f_hat, ref.f_hat)
+
+
+@pytest.mark.parametrize("memory", [0.95, 0.85, 0.75])
+def test_the_memory_budget_caps_the_whole_kv_cache(tiny_models, mask_file, memory):
+    """methods.md §8.2g: the memory budget is the share of vanilla's KV cache kept. A real run's KV buffers
+    (measure_kv_bytes) stay within it, and the selection evicts no more tiles than it needs: keeping one of its
+    evicted tiles back in every block would exceed the budget."""
+    s = _sampler(tiny_models)
+    _, var = tiny_models
+    L, depth = var.config.num_tokens, var.depth
+    method = _sca(tiny_models, mask_file=str(mask_file), compute_budget=1.0, memory_budget=memory)
+    kv = measure_kv_bytes(s, method, torch.tensor([1, 2]), [0, 1])
+    assert kv["allocated_ratio"] <= memory
+    assert kv["allocated_ratio"] == pytest.approx(method.derived(s.patch_nums)["kv_allocated"], abs=5e-5)
+    m = method.masks()
+    assert bool(m.evicted.any())
+    tile = m.tile
+    for b in range(depth):  # compute budget 1: every tile not evicted is read, so the peak is L - evicted tokens
+        assert L - tile * int(m.evicted[b].sum()) <= math.floor(memory * L)
+        assert L - tile * (int(m.evicted[b].sum()) - 1) > math.floor(memory * L)
+
+
+def test_a_memory_budget_below_the_protected_floor_evicts_every_evictable_tile(tiny_models, mask_file):
+    """The sink, the last scale's tokens and the tiles not complete before it stay: a budget below what they hold
+    gives that floor (radar-accel show's kv_allocated says so), as a compute budget below the protected blocks."""
+    s = _sampler(tiny_models)
+    _, var = tiny_models
+    low = _sca(tiny_models, mask_file=str(mask_file), compute_budget=1.0, memory_budget=0.05)
+    lower = _sca(tiny_models, mask_file=str(mask_file), compute_budget=1.0, memory_budget=0.01)
+    assert torch.equal(low.masks().evicted, lower.masks().evicted)
+    assert low.derived(s.patch_nums)["kv_allocated"] > 0.05
+
+
+def test_an_sca_memory_budget_recorded_before_it_meant_the_whole_kv_cache_is_not_reproducible(tiny_models, mask_file):
+    """A manifest's SCA-Mask with a memory budget below 1 and no memory_budget_of was written when the budget was
+    a share of the evictable tiles: no configuration reproduces it now. Budget 1 meant the same then and now."""
+    from radar_train.accel import not_reproducible
+
+    d = _sca(tiny_models, mask_file=str(mask_file), memory_budget=0.6).describe()
+    assert d["memory_budget_of"] == "kv_cache" and not_reproducible(d) is None
+    old = {k: v for k, v in d.items() if k != "memory_budget_of"}
+    assert "memory_budget 0.6 was made by a radar_train before 2026-12-04" in not_reproducible(old)
+    full = _sca(tiny_models, mask_file=str(mask_file), memory_budget=1.0).describe()
+    assert "memory_budget_of" not in full and not_reproducible(full) is None
 
 
 def test_forks_get_the_kv_capacity_of_their_branch(tiny_models, mask_file):

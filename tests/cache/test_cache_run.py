@@ -182,6 +182,28 @@ def test_a_cache_of_a_fastvar_this_version_cannot_run_is_refused_saying_why(refe
     assert {p: p.read_bytes() for p in old.rglob("*") if p.is_file()} == before
 
 
+def test_a_cache_of_an_sca_memory_budget_of_its_older_meaning_is_refused_saying_why(reference, tmp_path, capsys):
+    """An SCA-Mask cache whose memory budget below 1 was recorded before the budget meant a share of the whole KV
+    cache (no memory_budget_of): the run and `--check` say so before comparing fields; nothing changes."""
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(reference, old)
+    m = json.loads((old / "manifest.json").read_text())
+    m["accel"] = {"method": "sca", "preset": "default", "selection": "scores", "compute_budget": 0.5,
+                  "memory_budget": 0.6, "tile": 16, "per_head": False, "kernel": "auto"}
+    (old / "manifest.json").write_text(json.dumps(m, indent=2) + "\n")
+    before = {p: p.read_bytes() for p in old.rglob("*") if p.is_file()}
+    for extra in ([], ["--check"]):
+        code = _main("run", "--config", str(TINY_CONFIG), "--output", str(old), *SMALL, *extra)
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, err
+        assert "its SCA-Mask memory_budget 0.6 was made by a radar_train before 2026-12-04" in err
+        assert "Write new pairs into another --output" in err and "differing fields" not in err
+    assert {p: p.read_bytes() for p in old.rglob("*") if p.is_file()} == before
+
+
 @pytest.mark.parametrize("prune", [[0.5], {"6": None}, "6:0.5", {"6": "x"}], ids=["list", "null", "str", "strval"])
 def test_a_damaged_fastvar_section_is_one_line_naming_the_manifest(reference, tmp_path, capsys, prune):
     import json
