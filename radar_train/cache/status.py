@@ -42,15 +42,27 @@ def latent_statistics(manifest: Manifest, shard_paths: list[Path], max_pairs: in
         return {}
     hq_a, lq_a, ihq_a, ilq_a = (np.concatenate(x) for x in (hq, lq, ihq, ilq))
     n = hq_a.shape[0]
-    d = np.linalg.norm((hq_a - lq_a).reshape(n, -1), axis=1) / np.maximum(np.linalg.norm(hq_a.reshape(n, -1), axis=1), 1e-12)
+    d = latent_distance(hq_a, lq_a)
     agree, off = [], 0
     for pn in manifest.patch_nums:
         a, b = ihq_a[:, off: off + pn * pn], ilq_a[:, off: off + pn * pn]
         off += pn * pn
         agree.append(None if bool((b < 0).all()) else float((a == b).mean()))
     return {"pairs": n, "hq_mean": float(hq_a.mean()), "hq_std": float(hq_a.std()), "lq_mean": float(lq_a.mean()),
-            "lq_std": float(lq_a.std()), "rel_diff_mean": float(d.mean()), "rel_diff_p50": float(np.median(d)),
-            "rel_diff_p95": float(np.percentile(d, 95)), "rel_diff_max": float(d.max()), "token_agreement": agree}
+            "lq_std": float(lq_a.std()), **{f"rel_diff_{k}": v for k, v in distance_summary(d).items()},
+            "token_agreement": agree}
+
+
+def latent_distance(hq: np.ndarray, lq: np.ndarray) -> np.ndarray:
+    """(N, ...) x2 -> (N,) relative distance d = ‖hq − lq‖₂ / ‖hq‖₂ of each pair (float64 sums)."""
+    a, b = hq.reshape(hq.shape[0], -1).astype(np.float64), lq.reshape(lq.shape[0], -1).astype(np.float64)
+    return np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(a, axis=1), 1e-12)
+
+
+def distance_summary(d: np.ndarray) -> dict:
+    """mean, p50, p95 and max of the distances."""
+    return {"mean": float(d.mean()), "p50": float(np.median(d)), "p95": float(np.percentile(d, 95)),
+            "max": float(d.max())}
 
 
 def cache_status(cache_dir: str, stat_shards: int = 8) -> dict:

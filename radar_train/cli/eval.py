@@ -10,11 +10,13 @@ from radar_train.inference.evaluate import LpipsArgs
 
 def evaluate(cache: str, adapter: str, output: str = "outputs/eval", shards: Optional[Union[str, list[int]]] = None,
              vae_checkpoint: Optional[str] = None, batch_size: int = 32, num_workers: int = 0, device: str = "auto",
-             lpips: LpipsArgs = LpipsArgs(), allow_train_shards: bool = False, overwrite: bool = False) -> int:
+             lpips: LpipsArgs = LpipsArgs(), allow_train_shards: bool = False, distance_bins: int = 4,
+             overwrite: bool = False) -> int:
     """Restoration metrics of an adapter on held-out cache shards.
 
     PSNR / SSIM (LPIPS with local weights) of decoder(LQ) and decoder+adapter(LQ) against decoder(HQ),
-    gap closed and harmlessness, on held-out shards of a cache. Shards the adapter was trained on (its
+    gap closed and harmlessness, on held-out shards of a cache, also in bins of the latent distance
+    d = ‖f_HQ − f_LQ‖/‖f_HQ‖ (how far acceleration moved each pair). Shards the adapter was trained on (its
     radar_config.yaml) are refused unless --allow_train_shards. An existing eval.json / eval.md in the
     output folder is replaced only with --overwrite; an output inside the cache or the adapter is refused.
 
@@ -32,6 +34,8 @@ def evaluate(cache: str, adapter: str, output: str = "outputs/eval", shards: Opt
         allow_train_shards: evaluate shards the adapter was trained on anyway (a warning; eval.json records
             them in train_shard_overlap and says held_out false; null for an adapter whose metadata does not
             record its training shards).
+        distance_bins: equal-count bins of the pairs by latent distance d, each with its own metrics
+            (eval.json by_latent_distance, a table in eval.md); 0: none.
         overwrite: replace eval.json / eval.md of an earlier run in the output folder.
     """
     from radar_train.cli.common import check_device, check_positive
@@ -42,6 +46,7 @@ def evaluate(cache: str, adapter: str, output: str = "outputs/eval", shards: Opt
 
     check_positive(batch_size=batch_size)
     check_positive(num_workers=num_workers, minimum=0)
+    check_positive(distance_bins=distance_bins, minimum=0)
     dev = check_device(device)
     shard_list = None if shards is None else parse_int_list(shards, "--shards")
     check_dir(cache, "--cache folder")
@@ -57,7 +62,7 @@ def evaluate(cache: str, adapter: str, output: str = "outputs/eval", shards: Opt
                                                          "--vae_checkpoint": vae_checkpoint}, overwrite)
     print(f"radar-eval: adapter {adapter} on {cache} (shards {shard_list or 'from the adapter'}) -> {output}")
     result = evaluate_restoration(cache, adapter, shard_list, batch_size, str(dev), vae_checkpoint, lpips, num_workers,
-                                  allow_train_shards=allow_train_shards, progress=True)
+                                  allow_train_shards=allow_train_shards, progress=True, distance_bins=distance_bins)
     js, md = write_report(result, output)
     print(markdown_table(result))
     print(f"wrote {js} and {md}")

@@ -2,7 +2,8 @@
 
 T = D(f_HQ) (frozen decoder, vanilla latent), Q = D(f_LQ) (baseline), S = D_LoRA(f_LQ) (adapted),
 H = D_LoRA(f_HQ) (harmlessness). PSNR / SSIM of Q and S against T, G_mse = 1 − MSE(S,T)/MSE(Q,T),
-ΔPSNR, and PSNR(H, T); LPIPS of Q and S against T when local LPIPS weights are given.
+ΔPSNR, and PSNR(H, T); LPIPS of Q and S against T when local LPIPS weights are given. The same metrics in
+bins of the latent distance d = ‖f_HQ − f_LQ‖/‖f_HQ‖ (`by_distance`, the §5.1 diagnostic).
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from radar_train.inference import by_distance
+from radar_train.inference.by_distance import distance_summary, latent_distance
 from radar_train.outputs import staged_entries
 from radar_train.train.metrics import RestorationStats
 
@@ -172,12 +175,14 @@ def load_decoders(manifest, meta: dict, adapter_dir: str, vae_checkpoint: Option
 def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequence[int]] = None,
                          batch_size: int = 32, device: str = "cpu", vae_checkpoint: Optional[str] = None,
                          lpips: Optional[LpipsArgs] = None, num_workers: int = 0,
-                         allow_train_shards: bool = False, progress: bool = False) -> dict:
+                         allow_train_shards: bool = False, progress: bool = False, distance_bins: int = 4) -> dict:
     """Restoration metrics of the adapter on `shards` of the cache (default: the adapter's validation shards).
     Shards holding pairs the adapter was trained on, in this cache or in one with the same pairs (a copy, a
     larger plan, another shard size: `train_shard_overlap`), are refused (ValueError naming them) unless
     `allow_train_shards`, which warns and records them in the result (`train_shard_overlap`, `held_out` false).
-    `progress`: show the pairs done (radar_train.progress: a bar on a terminal, lines in a log)."""
+    `progress`: show the pairs done (radar_train.progress: a bar on a terminal, lines in a log). `distance_bins`:
+    the metrics also in that many equal-count bins of the latent distance d = ‖f_HQ − f_LQ‖/‖f_HQ‖
+    (`by_distance`; 0: none), with d's percentiles."""
     from radar_train.cache.reader import BlockShuffleSampler, PairDataset
     from radar_train.cache.schema import read_manifest
     from radar_train.export import check_adapter, decode_with_labels
@@ -226,6 +231,8 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
                         num_workers=num_workers)
     stats = RestorationStats(dev)
     lp_sums = torch.zeros(2, dtype=torch.float64)
+    dists: list[np.ndarray] = []
+    per_image: dict[str, list[np.ndarray]] = {}
 
     def img(dec, f, labels=None):  # a label-conditioned adapter decodes with the cache's labels
         return decode_with_labels(dec, f, labels).clamp(-1, 1).add(1).mul(0.5)
@@ -233,7 +240,9 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
     for batch in Progress(len(ds), "radar-eval", "pairs", enabled=progress).iterate(loader, lambda b: len(b["label"])):
         hq, lq, labels = batch["fhat_hq"].to(dev), batch["fhat_lq"].to(dev), batch["label"].to(dev)
         t, q, s, h = img(plain, hq), img(plain, lq), img(adapted, lq, labels), img(adapted, hq, labels)
-        stats.update(t, q, s, h)
+        for key, v in stats.update(t, q, s, h).items():
+            per_image.setdefault(key, []).append(v.double().cpu().numpy())
+        dists.append(latent_distance(batch["fhat_hq"].numpy(), batch["fhat_lq"].numpy()))
         if lp is not None:
             lp_sums[0] += lp(q * 2 - 1, t * 2 - 1).double().sum().cpu()
             lp_sums[1] += lp(s * 2 - 1, t * 2 - 1).double().sum().cpu()
@@ -249,6 +258,12 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
     if lp is not None:
         out["lpips_baseline"], out["lpips_adapted"] = (lp_sums / max(n, 1)).tolist()
         out["delta_lpips"] = out["lpips_adapted"] - out["lpips_baseline"]  # (< 0: the adapter is closer)
+    if dists:
+        d = np.concatenate(dists)
+        out["latent_distance"] = distance_summary(d)
+        if distance_bins > 0:
+            out["by_latent_distance"] = by_distance.distance_bins(
+                d, {k: np.concatenate(v) for k, v in per_image.items()}, distance_bins)
     return out
 
 
@@ -280,6 +295,13 @@ def markdown_table(r: dict) -> str:
               + (f", ΔLPIPS: {r['delta_lpips']:+.4f}" if r.get("delta_lpips") is not None else "")]
     if r.get("harmlessness_psnr") is not None:
         lines.append(f"- harmlessness PSNR(D_LoRA(f_HQ), D(f_HQ)): {r['harmlessness_psnr']:.2f} dB")
+    if r.get("latent_distance"):
+        ld = r["latent_distance"]
+        lines.append(f"- latent distance d = ‖f_HQ − f_LQ‖/‖f_HQ‖ per pair: mean {ld['mean']:.4f}, p50 {ld['p50']:.4f}, "
+                     f"p95 {ld['p95']:.4f}, max {ld['max']:.4f}")
+    if r.get("by_latent_distance"):
+        lines += ["", f"By latent distance ({len(r['by_latent_distance'])} bins of equal pair count, d ascending):", "",
+                  *by_distance.markdown_rows(r["by_latent_distance"])]
     return "\n".join(lines) + "\n"
 
 

@@ -96,17 +96,18 @@ class RestorationStats:
 
     @torch.no_grad()
     def update(self, teacher: torch.Tensor, baseline: torch.Tensor, student: torch.Tensor,
-               harmless: torch.Tensor | None = None) -> None:
+               harmless: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Add a batch; returns its per-image values (mse_/psnr_/ssim_student and _baseline, (N,) each)."""
         self.sums[0] += teacher.shape[0]
-        self._add("mse_student", mse_per_image(student, teacher))
-        self._add("mse_baseline", mse_per_image(baseline, teacher))
-        self._add("psnr_student", psnr_per_image(student, teacher))
-        self._add("psnr_baseline", psnr_per_image(baseline, teacher))
-        self._add("ssim_student", ssim_per_image(student, teacher))
-        self._add("ssim_baseline", ssim_per_image(baseline, teacher))
+        per_image = {"mse_student": mse_per_image(student, teacher), "mse_baseline": mse_per_image(baseline, teacher),
+                     "psnr_student": psnr_per_image(student, teacher), "psnr_baseline": psnr_per_image(baseline, teacher),
+                     "ssim_student": ssim_per_image(student, teacher), "ssim_baseline": ssim_per_image(baseline, teacher)}
+        for key, value in per_image.items():
+            self._add(key, value)
         if harmless is not None:
             self._add("psnr_harmless", psnr_per_image(harmless, teacher))
             self.sums[self.KEYS.index("n_harmless")] += harmless.shape[0]
+        return per_image
 
     def compute(self, sums: torch.Tensor | None = None) -> dict[str, float]:
         """Metrics from the sums (pass all-reduced sums under DDP). Empty -> {}."""

@@ -100,3 +100,50 @@ def test_radar_eval_refuses_a_shard_whose_data_is_not_what_was_written(trained_r
     assert r.returncode == 2 and len(err) == 1, r.stderr[-2000:]
     assert err[0].startswith("error: ") and "shard-00004.zarr" in err[0] and "fhat_lq differs from its stored checksum" in err[0]
     assert not out.exists()
+
+
+def test_radar_eval_bins_the_pairs_by_latent_distance(trained_run):
+    """methods §5.1's diagnostic: the pairs sorted by d = ‖f_HQ − f_LQ‖/‖f_HQ‖ in equal-count bins (16 pairs in 3:
+    6, 5, 5), each with the PSNR of both decodes and the gap closed over the bin, against a computation of its own
+    through RadarPipeline's decoders; the bins add up to the whole."""
+    import numpy as np
+
+    from radar_train.cache.reader import PairDataset
+    from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
+    from radar_train.inference import PipelineArgs, RadarPipeline
+    from radar_train.inference.evaluate import evaluate_restoration
+
+    r = evaluate_restoration(str(trained_run["cache"]), str(trained_run["adapter"]), batch_size=5, distance_bins=3)
+    pipe = RadarPipeline.from_config(PipelineArgs(model=ModelArgs(), accel=AccelArgs("fastvar"),
+                                                  sampling=SamplingConfig(), adapter=str(trained_run["adapter"]),
+                                                  merge_adapter=False, device="cpu"))
+    ds = PairDataset(trained_run["cache"], shards=[4])
+    hq = torch.stack([ds[i]["fhat_hq"] for i in range(len(ds))])
+    lq = torch.stack([ds[i]["fhat_lq"] for i in range(len(ds))])
+    d = [float(torch.linalg.vector_norm(a.double() - b.double()) / torch.linalg.vector_norm(a.double()))
+         for a, b in zip(hq, lq)]
+    with torch.no_grad():
+        t, q, s = pipe.decode(hq, adapter=False), pipe.decode(lq, adapter=False), pipe.decode(lq, adapter=True)
+    mse_q = [float(((x - y) ** 2).mean()) for x, y in zip(q, t)]
+    mse_s = [float(((x - y) ** 2).mean()) for x, y in zip(s, t)]
+    order = sorted(range(len(d)), key=lambda i: d[i])
+    bins = r["by_latent_distance"]
+    assert [b["num_pairs"] for b in bins] == [6, 5, 5]
+    start = 0
+    for b in bins:
+        idx = order[start:start + b["num_pairs"]]
+        start += b["num_pairs"]
+        assert b["d_min"] == pytest.approx(d[idx[0]], rel=1e-6) and b["d_max"] == pytest.approx(d[idx[-1]], rel=1e-6)
+        psnr_q = np.mean([10 * np.log10(1 / mse_q[i]) for i in idx])
+        psnr_s = np.mean([10 * np.log10(1 / mse_s[i]) for i in idx])
+        assert b["psnr_baseline"] == pytest.approx(psnr_q, abs=1e-3) and b["psnr_adapted"] == pytest.approx(psnr_s, abs=1e-3)
+        gap = 1 - sum(mse_s[i] for i in idx) / sum(mse_q[i] for i in idx)
+        assert b["gap_closed"] == pytest.approx(gap, abs=1e-4)
+    assert bins[0]["d_max"] <= bins[1]["d_min"] and bins[1]["d_max"] <= bins[2]["d_min"]
+    assert sum(b["psnr_adapted"] * b["num_pairs"] for b in bins) / 16 == pytest.approx(r["psnr_adapted"], abs=1e-9)
+    assert r["latent_distance"]["max"] == pytest.approx(max(d), rel=1e-6)
+    md = markdown_table(r)
+    assert "By latent distance (3 bins of equal pair count, d ascending):" in md
+    assert f"| {bins[2]['d_min']:.4f} – {bins[2]['d_max']:.4f} | 5 |" in md
+    assert "by_latent_distance" not in evaluate_restoration(str(trained_run["cache"]), str(trained_run["adapter"]),
+                                                            batch_size=8, distance_bins=0)
