@@ -144,26 +144,43 @@ class StreamLoader(DataLoader):
     """The training DataLoader of a WebDataset export (`WdsPairs`): a stream whose position in an epoch
     (shuffle buffer, tar offsets in each worker) is not saved. It counts the epochs it was iterated and
     hands the count to the stream (whose persistent worker copies count alike), so each epoch has its own
-    order; a checkpoint holds the epoch in progress, and a resumed run starts that epoch's order again
-    from its beginning, saying so in one line."""
+    order. A checkpoint holds the epoch in progress, and a resumed run starts that epoch's order again
+    from its beginning, saying so in one line; a checkpoint taken once an epoch's batches were all read (the
+    last step of an epoch: Lightning has already fetched past it) holds the next epoch, at its beginning
+    (`at_epoch_start`), which a resumed run reads exactly as an uninterrupted one would."""
 
     _epoch = 0  # iterations so far: the next one reads this epoch
+    _finished = False  # the last iteration's batches were all read
     max_batches: Optional[int] = None  # every rank's epoch stops here (the smallest rank's batch count)
 
     def __iter__(self):
         self.dataset.epoch = self._epoch  # (read by the workers when they start; they count on by themselves)
         self._epoch += 1
+        self._finished = False
         batches = super().__iter__()
-        return batches if self.max_batches is None else itertools.islice(batches, self.max_batches)
+        return self._to_the_end(batches if self.max_batches is None else itertools.islice(batches, self.max_batches))
+
+    def set_epoch(self, epoch: int) -> None:
+        """The next iteration reads epoch `epoch`: the training loop's count (RadarModule.on_train_epoch_start
+        passes Lightning's, as Lightning passes it to a map-style loader's sampler), so a resumed run reads the
+        epochs its loop trains, whatever iterations Lightning starts and drops around a restart."""
+        self._epoch = int(epoch)
+
+    def _to_the_end(self, batches):
+        yield from batches
+        self._finished = True
 
     def state_dict(self) -> dict:
-        return {"stream": "wds", "position_saved": False, "epoch": max(self._epoch - 1, 0)}
+        at_start = self._finished or self._epoch == 0
+        return {"stream": "wds", "position_saved": False, "at_epoch_start": at_start,
+                "epoch": self._epoch if self._finished else max(self._epoch - 1, 0)}
 
     def load_state_dict(self, state: dict) -> None:
         self._epoch = int(state.get("epoch", 0))
-        _warn_rank_zero(f"resume: WebDataset streams cannot resume mid-stream: epoch {self._epoch}'s data order "
-                        "restarts from its beginning and differs from an uninterrupted run (use a Zarr cache for "
-                        "exact resume)")
+        if not state.get("at_epoch_start", False):
+            _warn_rank_zero(f"resume: WebDataset streams cannot resume mid-stream: epoch {self._epoch}'s data order "
+                            "restarts from its beginning and differs from an uninterrupted run (use a Zarr cache "
+                            "for exact resume)")
 
 
 def leave_stop_signals_to_the_run(worker_id: int, main_pid: Optional[int] = None) -> None:

@@ -318,6 +318,12 @@ class RadarLoraModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._t_last = None
+        # a stream (no sampler for Lightning to give the epoch to) reads the epoch the loop trains
+        loaders = self.trainer.train_dataloader
+        for loader in loaders.values() if isinstance(loaders, dict) else (
+                loaders if isinstance(loaders, (list, tuple)) else [loaders]):
+            if callable(getattr(loader, "set_epoch", None)):
+                loader.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
 
     def on_train_start(self) -> None:
         self._train_started = True

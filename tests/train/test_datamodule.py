@@ -182,8 +182,11 @@ def test_a_webdataset_stream_says_at_resume_that_its_order_is_not_restored(tiny_
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert isinstance(loader, StreamLoader)
+    next(iter(loader))  # mid-epoch
+    state = loader.state_dict()
+    assert state["epoch"] == 0 and not state["at_epoch_start"]
     with caplog.at_level("WARNING"):
-        loader.load_state_dict(loader.state_dict())
+        loader.load_state_dict(state)
     lines = [r.getMessage() for r in caplog.records if "WebDataset" in r.getMessage()]
     assert len(lines) == 1 and "\n" not in lines[0] and "differs from an uninterrupted run" in lines[0]
 
@@ -204,15 +207,24 @@ def test_a_webdataset_stream_has_its_own_order_per_epoch_and_resumes_at_the_epoc
         return dm.train_dataloader()
 
     first = loader()
-    epochs = [torch.cat([b["index"] for b in first]).tolist() for _ in range(3)]
-    assert len({tuple(e) for e in epochs}) == 3 and len({tuple(sorted(e)) for e in epochs}) == 1
-    state = first.state_dict()
-    assert state["epoch"] == 2
+    epochs = [torch.cat([b["index"] for b in first]).tolist() for _ in range(4)]
+    assert len({tuple(e) for e in epochs}) == 4 and len({tuple(sorted(e)) for e in epochs}) == 1
+    # every batch of epoch 3 read: the state is the start of epoch 4
+    assert first.state_dict() == {"stream": "wds", "position_saved": False, "at_epoch_start": True, "epoch": 4}
+    it = iter(first)
+    next(it)
+    assert first.state_dict() == {"stream": "wds", "position_saved": False, "at_epoch_start": False, "epoch": 4}
     resumed = loader()
     with caplog.at_level("WARNING"):
-        resumed.load_state_dict({**state, "epoch": 1})
+        resumed.load_state_dict({"stream": "wds", "position_saved": False, "at_epoch_start": False, "epoch": 1})
     assert "epoch 1's data order restarts" in caplog.text
-    assert [torch.cat([b["index"] for b in resumed]).tolist() for _ in range(2)] == epochs[1:]
+    assert [torch.cat([b["index"] for b in resumed]).tolist() for _ in range(2)] == epochs[1:3]
+    caplog.clear()
+    at_end = loader()  # saved once epoch 1 was read to its end: epoch 2 from its start, exactly, without a warning
+    with caplog.at_level("WARNING"):
+        at_end.load_state_dict({"stream": "wds", "position_saved": False, "at_epoch_start": True, "epoch": 2})
+    assert "WebDataset" not in caplog.text
+    assert [torch.cat([b["index"] for b in at_end]).tolist() for _ in range(2)] == epochs[2:4]
 
 
 def test_every_missing_cache_shard_and_bad_manifest_is_reported_at_once(tiny_cache, tmp_path):
