@@ -25,21 +25,28 @@ def _fmt_bytes(n: float) -> str:
 
 
 # ---------------------------------------------------------------------------- status
-def latent_statistics(manifest: Manifest, shard_paths: list[Path], max_pairs: int = 2048) -> dict:
+def latent_statistics(manifest: Manifest, shards: dict[int, Path], max_pairs: int = 2048) -> dict:
     """Mean/std of fhat_hq and fhat_lq, the relative HQ–LQ distance ‖hq − lq‖/‖hq‖ per pair (mean, p50,
     p95, max) and the share of LQ tokens equal to HQ per scale (None where LQ skipped the scale), over
-    the first max_pairs / len(shard_paths) pairs of each shard."""
+    the first max_pairs / len(shards) pairs of each shard ({shard: path}). Each shard is read whole and checked
+    against its stored checksums first (`read_checked_shard`): one whose data is not what was written (a chunk
+    file gone reads as zeros) is left out, its reason under "left_out" ({shard: message})."""
     hq, lq, ihq, ilq = [], [], [], []
-    per_shard = -(-max_pairs // max(1, len(shard_paths)))
-    for p in shard_paths:
-        with reading(p, "cache shard"):  # a partial copy, a damaged chunk: one line naming it
-            g = zarr.open_group(str(p), mode="r")
-            hq.append(g[schema.FHAT_HQ][:per_shard].astype(np.float32))
-            lq.append(g[schema.FHAT_LQ][:per_shard].astype(np.float32))
-            ihq.append(g[schema.INDICES_HQ][:per_shard])
-            ilq.append(g[schema.INDICES_LQ][:per_shard])
+    left_out: dict[int, str] = {}
+    per_shard = -(-max_pairs // max(1, len(shards)))
+    for shard, p in sorted(shards.items()):
+        try:
+            a = read_checked_shard(p, manifest, shard)
+        except InputError as e:
+            left_out[shard] = str(e)
+            continue
+        hq.append(a[schema.FHAT_HQ][:per_shard].astype(np.float32))
+        lq.append(a[schema.FHAT_LQ][:per_shard].astype(np.float32))
+        ihq.append(a[schema.INDICES_HQ][:per_shard].copy())
+        ilq.append(a[schema.INDICES_LQ][:per_shard].copy())
+        del a  # (the rest of the shard)
     if not hq:
-        return {}
+        return {"left_out": left_out} if left_out else {}
     hq_a, lq_a, ihq_a, ilq_a = (np.concatenate(x) for x in (hq, lq, ihq, ilq))
     n = hq_a.shape[0]
     d = latent_distance(hq_a, lq_a)
@@ -50,7 +57,7 @@ def latent_statistics(manifest: Manifest, shard_paths: list[Path], max_pairs: in
         agree.append(None if bool((b < 0).all()) else float((a == b).mean()))
     return {"pairs": n, "hq_mean": float(hq_a.mean()), "hq_std": float(hq_a.std()), "lq_mean": float(lq_a.mean()),
             "lq_std": float(lq_a.std()), **{f"rel_diff_{k}": v for k, v in distance_summary(d).items()},
-            "token_agreement": agree}
+            "token_agreement": agree, "left_out": left_out}
 
 
 def latent_distance(hq: np.ndarray, lq: np.ndarray) -> np.ndarray:
@@ -80,7 +87,7 @@ def cache_status(cache_dir: str, stat_shards: int = 8) -> dict:
         "temporary": sorted(scan.temporary), "unexpected": [str(p) for p in scan.unexpected],
         "samples_done": samples, "samples_total": manifest.num_samples, "bytes": dir_bytes(cache_dir),
         "bytes_per_pair": shard_bytes / samples if samples else None, "stat_shards": len(chosen),
-        "stats": latent_statistics(manifest, [scan.complete[s] for s in chosen]),
+        "stats": latent_statistics(manifest, {s: scan.complete[s] for s in chosen}),
     }
 
 
@@ -102,10 +109,13 @@ def format_status(st: dict) -> str:
     if st["unexpected"]:
         lines.append(f"unexpected: {', '.join(st['unexpected'])} (not in the plan)")
     s = st["stats"]
-    if s:
+    for shard, why in (s.get("left_out") or {}).items():
+        lines.append(f"left out of the latent statistics: shard {shard}: {why}")
+    if s.get("pairs"):
         agree = " ".join("skip" if a is None else f"{a:.2f}" for a in s["token_agreement"])
         lines += [
-            f"latents over {st['stat_shards']} shards ({s['pairs']} pairs): fhat_hq mean {s['hq_mean']:+.4f} std "
+            f"latents over {st['stat_shards'] - len(s['left_out'])} shards ({s['pairs']} pairs): fhat_hq mean "
+            f"{s['hq_mean']:+.4f} std "
             f"{s['hq_std']:.4f}; fhat_lq mean {s['lq_mean']:+.4f} std {s['lq_std']:.4f}",
             f"  |hq-lq|/|hq| per pair: mean {s['rel_diff_mean']:.4f}, p50 {s['rel_diff_p50']:.4f}, "
             f"p95 {s['rel_diff_p95']:.4f}, max {s['rel_diff_max']:.4f}",

@@ -250,3 +250,18 @@ def test_status_counts_done_pending_and_temporary_shards(make_synthetic):
     assert st["stats"]["pairs"] == 14 and st["stats"]["token_agreement"] is not None
     text = format_status(st)
     assert "2 done, 2 pending, 1 temporary (shards [1])" in text and "14 / 30" in text
+
+
+def test_status_leaves_a_shard_whose_data_is_not_what_was_written_out_of_its_statistics(make_synthetic):
+    """A chunk file gone (Zarr reads it as zeros) would make absurd latent statistics: status checks each
+    statistics shard against its stored checksums and leaves a damaged one out, saying which and why."""
+    cache = make_synthetic(num_samples=24, shard_size=8)
+    whole = cache_status(str(cache))["stats"]
+    chunk = sorted(p for p in (cache / "shard-00001.zarr" / "fhat_lq" / "c").rglob("*") if p.is_file())[0]
+    chunk.unlink()
+    st = cache_status(str(cache))
+    s = st["stats"]
+    assert list(s["left_out"]) == [1] and "shard-00001.zarr" in s["left_out"][1] and "verify" in s["left_out"][1]
+    assert s["pairs"] == 16 and s["rel_diff_max"] <= whole["rel_diff_max"]
+    text = format_status(st)
+    assert "left out of the latent statistics: shard 1: " in text and "latents over 2 shards (16 pairs)" in text
