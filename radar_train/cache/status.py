@@ -50,14 +50,21 @@ def latent_statistics(manifest: Manifest, shards: dict[int, Path], max_pairs: in
     hq_a, lq_a, ihq_a, ilq_a = (np.concatenate(x) for x in (hq, lq, ihq, ilq))
     n = hq_a.shape[0]
     d = latent_distance(hq_a, lq_a)
-    agree, off = [], 0
-    for pn in manifest.patch_nums:
-        a, b = ihq_a[:, off: off + pn * pn], ilq_a[:, off: off + pn * pn]
-        off += pn * pn
-        agree.append(None if bool((b < 0).all()) else float((a == b).mean()))
+    agree = token_agreement(manifest.patch_nums, ihq_a, ilq_a)
     return {"pairs": n, "hq_mean": float(hq_a.mean()), "hq_std": float(hq_a.std()), "lq_mean": float(lq_a.mean()),
             "lq_std": float(lq_a.std()), **{f"rel_diff_{k}": v for k, v in distance_summary(d).items()},
             "token_agreement": agree, "left_out": left_out}
+
+
+def token_agreement(patch_nums, indices_hq: np.ndarray, indices_lq: np.ndarray) -> list[Optional[float]]:
+    """Per scale, the share of LQ tokens equal to HQ's over the pairs ((N, L) token indices of the whole schedule);
+    None where the LQ run skipped the scale (its indices are -1 there)."""
+    agree, off = [], 0
+    for pn in patch_nums:
+        a, b = indices_hq[:, off: off + pn * pn], indices_lq[:, off: off + pn * pn]
+        off += pn * pn
+        agree.append(None if bool((b < 0).all()) else float((a == b).mean()))
+    return agree
 
 
 def latent_distance(hq: np.ndarray, lq: np.ndarray) -> np.ndarray:

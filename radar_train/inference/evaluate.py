@@ -258,6 +258,7 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
     if lp is not None:
         out["lpips_baseline"], out["lpips_adapted"] = (lp_sums / max(n, 1)).tolist()
         out["delta_lpips"] = out["lpips_adapted"] - out["lpips_baseline"]  # (< 0: the adapter is closer)
+    out["token_agreement"] = _token_agreement(manifest, ds.shard_paths)
     if dists:
         d = np.concatenate(dists)
         out["latent_distance"] = distance_summary(d)
@@ -265,6 +266,25 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
             out["by_latent_distance"] = by_distance.distance_bins(
                 d, {k: np.concatenate(v) for k, v in per_image.items()}, distance_bins)
     return out
+
+
+def _token_agreement(manifest, shard_paths) -> dict[str, Optional[float]]:
+    """{scale side: share of LQ tokens equal to HQ's} over the evaluated shards (null: a scale the LQ run skipped):
+    where acceleration changed the token map (methods.md §5.1's second diagnostic)."""
+    import zarr
+
+    from radar_train.cache import schema
+    from radar_train.cache.status import token_agreement
+    from radar_train.inputs import reading
+
+    hq, lq = [], []
+    for p in shard_paths:  # (checked against their checksums when the dataset was made)
+        with reading(p, "cache shard"):
+            g = zarr.open_group(str(p), mode="r")
+            hq.append(g[schema.INDICES_HQ][:])
+            lq.append(g[schema.INDICES_LQ][:])
+    shares = token_agreement(manifest.patch_nums, np.concatenate(hq), np.concatenate(lq))
+    return {str(pn): a for pn, a in zip(manifest.patch_nums, shares)}
 
 
 def _finite(x: float) -> Optional[float]:
@@ -299,6 +319,9 @@ def markdown_table(r: dict) -> str:
         ld = r["latent_distance"]
         lines.append(f"- latent distance d = ‖f_HQ − f_LQ‖/‖f_HQ‖ per pair: mean {ld['mean']:.4f}, p50 {ld['p50']:.4f}, "
                      f"p95 {ld['p95']:.4f}, max {ld['max']:.4f}")
+    if r.get("token_agreement"):
+        shares = " ".join("skip" if a is None else f"{a:.2f}" for a in r["token_agreement"].values())
+        lines.append(f"- LQ tokens equal to HQ, per scale {', '.join(r['token_agreement'])}: {shares}")
     if r.get("by_latent_distance"):
         lines += ["", f"By latent distance ({len(r['by_latent_distance'])} bins of equal pair count, d ascending):", "",
                   *by_distance.markdown_rows(r["by_latent_distance"])]

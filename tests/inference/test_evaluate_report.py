@@ -147,3 +147,26 @@ def test_radar_eval_bins_the_pairs_by_latent_distance(trained_run):
     assert f"| {bins[2]['d_min']:.4f} – {bins[2]['d_max']:.4f} | 5 |" in md
     assert "by_latent_distance" not in evaluate_restoration(str(trained_run["cache"]), str(trained_run["adapter"]),
                                                             batch_size=8, distance_bins=0)
+
+
+def test_radar_eval_reports_per_scale_token_agreement_of_the_evaluated_pairs(trained_run):
+    """methods §5.1's second diagnostic: per scale, the share of LQ tokens equal to HQ's over the evaluated
+    shard, against the shard's stored indices (FastVAR: the early scales agree fully, a pruned one does not)."""
+    import json
+
+    import numpy as np
+    import zarr
+
+    from radar_train.inference.evaluate import evaluate_restoration
+
+    r = evaluate_restoration(str(trained_run["cache"]), str(trained_run["adapter"]), batch_size=8)
+    patch_nums = json.loads((trained_run["cache"] / "manifest.json").read_text())["patch_nums"]
+    g = zarr.open_group(str(trained_run["cache"] / "shard-00004.zarr"), mode="r")
+    hq, lq = np.asarray(g["indices_hq"][:]), np.asarray(g["indices_lq"][:])
+    want, off = {}, 0
+    for pn in patch_nums:
+        want[str(pn)] = float((hq[:, off:off + pn * pn] == lq[:, off:off + pn * pn]).mean())
+        off += pn * pn
+    assert r["token_agreement"] == want
+    assert want[str(patch_nums[0])] == 1.0 and min(want.values()) < 1.0
+    assert "- LQ tokens equal to HQ, per scale " + ", ".join(map(str, patch_nums)) in markdown_table(r)
