@@ -60,6 +60,8 @@ class Fixture:
         for key in ("cases", "keys"):
             if not isinstance(cj.get(key), dict):
                 raise FixtureError(f"{root / 'cases.json'}: no {key!r} object")
+        if not cj["cases"]:
+            raise FixtureError(f"{root / 'cases.json'}: no cases (a fixture with nothing to check passes nothing)")
         for name, case in cj["cases"].items():
             if not isinstance(case, dict) or not isinstance(case.get("call"), str):
                 raise FixtureError(f"{root / 'cases.json'}: case {name!r} has no 'call'")
@@ -76,6 +78,8 @@ class Fixture:
             p = self.root / f"{stem}{suffix}"
             if p.is_file():
                 return p
+            if p.is_dir():
+                raise FixtureError(f"{p}: is a folder, expected the fixture's {stem} weights file")
         raise FixtureError(f"{self.root}: no {stem}.safetensors[.xz] or {stem}.pth")
 
     def build_models(self, device: torch.device) -> tuple[VQVAE, VAR]:

@@ -54,7 +54,37 @@ def world(tmp_path_factory, build_cache) -> dict[str, Path]:
     shutil.rmtree(w / "cache_no_lq" / "shard-00000.zarr" / "fhat_lq")
     (w / "toy_out").mkdir()
     (w / "toy_out" / "toy_vae.safetensors").write_bytes(b"earlier run")
+    _broken_measuring_files(w)
     return {"w": w, "cache": cache, "run": run, "final": final, "ckpt": run / "checkpoints" / "last.ckpt"}
+
+
+def _broken_measuring_files(w: Path) -> None:
+    """A folder where files are named, a feature extractor that returns NaN, reference statistics and rank ratios
+    holding NaN, and reference fixtures with an impossible model or no cases."""
+    import numpy as np
+
+    class NanFeatures(torch.nn.Module):
+        def forward(self, x):
+            return (x.float() * float("nan")).flatten(1)[:, :8]
+
+    class Features(torch.nn.Module):
+        def forward(self, x):
+            return x.float().flatten(1)[:, :8]
+
+    (w / "a_folder").mkdir()
+    torch.jit.save(torch.jit.script(NanFeatures()), str(w / "inception_nan.pt"))
+    torch.jit.save(torch.jit.script(Features()), str(w / "inception_pixels.pt"))
+    np.savez(w / "reference_nan.npz", mu=np.full(8, np.nan), sigma=np.eye(8))
+    (w / "ranks_nan.yaml").write_text("ratios: {6: [.nan, 0.5, 0.5, 0.5], 8: [0.3, 0.3, 0.3, 0.3]}\n")
+    fixture = Path(__file__).parent / "fixtures" / "tiny_a"
+    for name, edit in (("fixture_negative_depth", lambda c, j: c["VAR_kwargs"].update(depth=-1)),
+                       ("fixture_no_cases", lambda c, j: j.update(cases={}))):
+        d = w / name
+        shutil.copytree(fixture, d)
+        config, cases = json.loads((d / "config.json").read_text()), json.loads((d / "cases.json").read_text())
+        edit(config, cases)
+        (d / "config.json").write_text(json.dumps(config))
+        (d / "cases.json").write_text(json.dumps(cases))
 
 
 def _broken_adapters(w: Path, final: Path) -> None:
@@ -331,6 +361,25 @@ CASES = [
     ("fid-with-a-junk-inception", "fid",
      lambda w, t: ["--inception", str(w["w"] / "junk.bin"), "--model.preset", "tiny", "--num_samples", "4"],
      ["junk.bin"]),
+    ("fid-with-a-folder-as-inception", "fid",
+     lambda w, t: ["--inception", str(w["w"] / "a_folder"), "--model.preset", "tiny", "--num_samples", "4"],
+     ["--inception", "a_folder: is a folder"]),
+    ("fid-with-an-inception-returning-nan", "fid",
+     lambda w, t: ["--inception", str(w["w"] / "inception_nan.pt"), "--model.preset", "tiny", "--num_samples", "4",
+                   "--batch_size", "4", "--device", "cpu"], ["inception_nan.pt", "non-finite"]),
+    ("fid-with-a-nan-reference", "fid",
+     lambda w, t: ["--inception", str(w["w"] / "inception_pixels.pt"), "--reference", str(w["w"] / "reference_nan.npz"),
+                   "--model.preset", "tiny", "--num_samples", "4", "--device", "cpu"],
+     ["reference_nan.npz", "not finite"]),
+    ("show-with-a-folder-as-mask-file", "accel",
+     lambda w, t: ["show", "--model.preset", "tiny", "--accel.method", "sca", "--accel.sca.mask_file",
+                   str(w["w"] / "a_folder")], ["a_folder: SCA mask file is a folder"]),
+    ("show-with-a-folder-as-rank-file", "accel",
+     lambda w, t: ["show", "--model.preset", "tiny", "--accel.method", "stagevar", "--accel.stagevar.rank_ratios",
+                   str(w["w"] / "a_folder")], ["a_folder: stagevar rank-ratio file is a folder"]),
+    ("show-with-nan-rank-ratios", "accel",
+     lambda w, t: ["show", "--model.preset", "tiny", "--accel.method", "stagevar", "--accel.stagevar.rank_ratios",
+                   str(w["w"] / "ranks_nan.yaml")], ["ranks_nan.yaml: stagevar rank ratios for scale(s) 6"]),
     # radar-accel
     ("calibrate-onto-an-existing-file", "accel",
      lambda w, t: ["calibrate", "--model.preset", "tiny", "--num_samples", "2", "--output", str(w["w"] / "existing.json")],
@@ -409,6 +458,10 @@ CASES = [
      ["--inputs", "bad_methods.json", "methods.fastvar:aggressive"]),
     # radar-check-reference
     ("check-reference-missing-fixture", "check_reference", lambda w, t: ["fixtures/tiny_b"], ["tiny_b"]),
+    ("check-reference-impossible-model", "check_reference",
+     lambda w, t: [str(w["w"] / "fixture_negative_depth")], ["fixture_negative_depth/config.json", "depth must be > 0"]),
+    ("check-reference-without-cases", "check_reference",
+     lambda w, t: [str(w["w"] / "fixture_no_cases")], ["fixture_no_cases/cases.json: no cases"]),
     ("check-reference-made-up-device", "check_reference",
      lambda w, t: [str(Path(__file__).parent / "fixtures" / "tiny_a"), "--device", "gpu0"], ["--device"]),
 ]

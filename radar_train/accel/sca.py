@@ -342,6 +342,8 @@ def load_mask_file(path: str | Path) -> MaskFile:
     from radar_train.models.checkpoint import file_sha256
 
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{p}: SCA mask file is a folder, expected a file")
     if not p.is_file():
         raise FileNotFoundError(f"{p}: SCA mask file not found (write one with `radar-accel calibrate "
                                 f"--accel.method sca`)")

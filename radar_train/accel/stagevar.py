@@ -51,16 +51,22 @@ def load_rank_file(path: str | Path) -> RankFile:
     """The rank table of a calibration YAML (`radar-accel calibrate --accel.method stagevar`); its `model.var` is
     {kind, value} as the calibration writes it, or the bare value in files written before it recorded the kind."""
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{p}: stagevar rank-ratio file is a folder, expected a file")
     if not p.is_file():
         raise FileNotFoundError(f"{p}: stagevar rank-ratio file not found (write one with `radar-accel calibrate`)")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
         ratios = {int(k): [float(r) for r in v] for k, v in data["ratios"].items()}
         alpha = data.get("alpha")
-        return RankFile(ratios, None if alpha is None else float(alpha), _var_of(data.get("model")),
-                        _branch_of(data))
+        out = RankFile(ratios, None if alpha is None else float(alpha), _var_of(data.get("model")), _branch_of(data))
     except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise ValueError(f"{p}: not a stagevar rank-ratio file ({type(e).__name__}: {e})") from None
+    bad = [k for k, v in ratios.items() if not all(0.0 < r <= 1.0 for r in v)]  # (NaN fails too)
+    if bad:
+        raise ValueError(f"{p}: stagevar rank ratios for scale(s) {', '.join(map(str, bad))} must lie in (0, 1] "
+                         f"(a damaged or hand-edited rank-ratio file; calibrate again with `radar-accel calibrate`)")
+    return out
 
 
 def _var_of(model: object) -> Optional[tuple[Optional[str], str]]:

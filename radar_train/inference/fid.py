@@ -118,6 +118,9 @@ class _Extractor(nn.Module):
                            f"expected float (N, D)")
         if self.dim is not None and out.shape[1] != self.dim:
             raise FidError(f"{self.what} {self.path}: returned {out.shape[1]} features, earlier {self.dim}")
+        if not bool(torch.isfinite(out).all()):
+            raise FidError(f"{self.what} {self.path}: returned non-finite values (NaN or inf) for images "
+                           f"{tuple(images.shape)}; the statistics need finite features")
         self.dim = int(out.shape[1])
         return out.float()
 
@@ -136,6 +139,8 @@ def load_inception(path: str, what: str = "--inception") -> _Extractor:
     output float (N, D) — pool features for FID, class logits for IS. See the module docstring for how to
     make such a file. Raises FileNotFoundError / FidError with one line naming the file."""
     p = Path(path)
+    if p.is_dir():
+        raise FidError(f"{what} {p}: is a folder, expected a TorchScript or torch.export file")
     if not p.is_file():
         raise FileNotFoundError(f"{what} {p}: file not found")
     kind = _archive_kind(p)
@@ -299,6 +304,13 @@ def reference_stats(path: str, features: Optional[_Extractor] = None, batch_size
         raise FidError(f"--reference {p}: not a readable .npz ({str(e).splitlines()[0][:120]})") from None
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise FidError(f"--reference {p}: mu {mu.shape} / sigma {sigma.shape} are not (D,) / (D, D)")
+    try:
+        finite = bool(np.isfinite(mu).all() and np.isfinite(sigma).all())
+    except TypeError:  # not numbers at all
+        finite = False
+    if not finite:
+        raise FidError(f"--reference {p}: mu / sigma hold values that are not finite numbers (NaN, inf or another "
+                       f"type): damaged reference statistics")
     return GaussianStats.from_moments(mu, sigma)
 
 

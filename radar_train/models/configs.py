@@ -134,6 +134,16 @@ def _from_dict(cls, kw: dict[str, Any], what: str):
             out[k] = value
         else:
             bad.append(f"{k} must be {kind}, got {v!r}")
+    positive = ("vocab_size", "z_channels", "ch", "num_res_blocks", "norm_groups", "in_channels", "num_classes",
+                "depth", "embed_dim", "num_heads", "mlp_ratio")
+    bad += [f"{k} must be > 0, got {out[k]!r}" for k in positive if k in out and not out[k] > 0]
+    bad += [f"{k} must be >= 0, got {out[k]!r}" for k in ("dropout", "drop_rate", "attn_drop_rate", "drop_path_rate",
+                                                           "quant_resi", "default_qresi_counts", "share_quant_resi")
+            if k in out and not out[k] >= 0]
+    if not bad and "num_heads" in names and out.get("embed_dim", names["embed_dim"].default) % \
+            out.get("num_heads", names["num_heads"].default):
+        bad.append(f"embed_dim {out.get('embed_dim', names['embed_dim'].default)} is not a multiple of num_heads "
+                   f"{out.get('num_heads', names['num_heads'].default)}")
     if bad:
         raise ValueError(f"{what}: {'; '.join(bad)}")
     return cls(**out)
