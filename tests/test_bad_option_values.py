@@ -92,6 +92,9 @@ CASES = [
     # radar-bench cache
     ("bench-cache-zero-repeats", "bench", lambda w, t: bench_cache_args("--repeats", "0"), ["--repeats", ">= 1"]),
     ("bench-cache-no-parts", "bench", lambda w, t: bench_cache_args("--parts", "[]"), ["--parts"]),
+    ("bench-accel-official-config-without-the-official-code", "bench",
+     lambda w, t: ["accel", "--setup.preset", "tiny", "--methods", "[none]", "--official_config", "missing.json",
+                   "--json", "rows.json"], ["--official_config missing.json", "--official_var"]),
     ("bench-cache-zero-pairs", "bench", lambda w, t: bench_cache_args("--num_pairs", "0"), ["--num_pairs"]),
     ("bench-cache-pairs-within-the-untimed-batch", "bench", lambda w, t: bench_cache_args("--num_pairs", "64"),
      ["--num_pairs", "first batch"]),

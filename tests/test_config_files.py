@@ -124,3 +124,17 @@ def test_a_check_that_fails_on_other_parser_internals_leaves_the_parsing_as_it_w
 
     monkeypatch.setattr(common, "check_parser_args", broken)
     assert printed_config("cache", ["run", "--config", TINY_CACHE], tmp_path) == expected
+
+
+def test_another_commands_config_file_is_one_line_naming_the_file_and_a_key(tmp_path):
+    """A file whose top-level keys the command does not take (another command's config, a calibration file):
+    jsonargparse's own message ('Key must be a string, got: 6.') named neither; a key of a group stays the
+    group's check (and jsonargparse's)."""
+    from radar_train.cli.common import check_parser_args
+    from radar_train.inputs import InputError
+
+    (tmp_path / "ranks.yaml").write_text("written_by: radar-accel calibrate\nratios: {6: [0.5, 0.5]}\n")
+    with pytest.raises(InputError, match=r"ranks.yaml: 'written_by' is not an option of this command"):
+        check_parser_args(_parser("cache"), ["run", "--config", str(tmp_path / "ranks.yaml")])
+    with pytest.raises(InputError, match=r"tiny.yaml: 'seed_everything' is not an option of this command"):
+        check_parser_args(_parser("cache"), ["run", "--config", TINY_TRAIN])

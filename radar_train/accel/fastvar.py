@@ -109,7 +109,10 @@ class FastVAR(AccelMethod):
                 p.append(f"fastvar.prune: scale {pns[skip_at]} has ratio 1 (skip the rest) but later scales "
                          f"{later} have ratios < 1 (only a suffix can be skipped)")
         pruned_idx = [i for i, r in valid if r < 1.0]
-        if pruned_idx:
+        if 0 in pruned_idx:  # (its tokens have no earlier scale to be restored from)
+            p.append(f"fastvar.prune: the first scale ({pns[0]}) cannot be pruned: no earlier scale's output restores "
+                     f"its pruned tokens; prune later scales")
+        elif pruned_idx:
             cache = self._cache_side(pns)
             if cache is None or cache not in pns:
                 p.append(f"fastvar.cache_scale {cache} is not in the model's patch_nums {tuple(pns)}")

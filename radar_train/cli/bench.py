@@ -81,6 +81,9 @@ def accel(setup: BenchSetup = BenchSetup(), methods: list[str] = ["none", "fastv
     if sampling.engine != "auto":  # the engines timed are --engines (each row says its engine)
         raise ValueError(f"--sampling.engine {sampling.engine}: radar-bench accel times the engines of --engines "
                          f"(e.g. --engines [{sampling.engine}])")
+    if official_config is not None and official_var is None:
+        raise ValueError(f"--official_config {official_config}: it builds the official sampler's model, which runs "
+                         f"only with --official_var (the official code's folder)")
     if official_var is not None:  # not a checkout: that first (cached: the benchmark reuses it)
         from radar_train.bench.official import load_official_code
 

@@ -265,6 +265,10 @@ def check_groups(doc: dict, parser, path: object, prefix: str = "") -> None:
             check_groups(value, parser, path, full + ".")
         elif not prefix and key in subparsers and isinstance(value, dict):
             check_groups(value, subparsers[key], path)
+        elif not prefix and key not in subparsers and f"--{key}" not in parser._option_string_actions:
+            # (jsonargparse's own message for such a file can name neither the file nor the key)
+            raise InputError(f"{path}: {key!r} is not an option of this command; is it another command's config "
+                             f"file?")
 
 
 def _levels(parser, argv: list[str]) -> list[tuple[object, int, int]]:

@@ -19,6 +19,7 @@ command of each input) and `metrics.md`.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -56,7 +57,8 @@ def load_result(path: str | Path) -> dict[str, Any]:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite int or float (radar-toy measure writes null, never NaN: a NaN is a damaged or hand-edited file)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _row_problem(row: Any, where: str) -> str | None:

@@ -132,6 +132,7 @@ def test_presets_resolve_to_the_methods_tables():
     ({13: 0.5}, 11, None, ["cache_scale 11 is not in the model's patch_nums"]),
     ({13: 1.0, 16: 0.5}, None, None, ["scale 13 has ratio 1 (skip the rest) but later scales [16]"]),
     ({1: 1.0}, None, None, ["ratio 1 at the first scale would skip every scale"]),
+    ({1: 0.5}, None, None, ["fastvar.prune: the first scale (1) cannot be pruned"]),  # (not the cache_scale unasked)
     ({16: 0.5}, None, [0, 99], ["fastvar.layers [99] out of range for depth 16"]),
 ])
 def test_invalid_configs_are_reported(prune, cache, layers, expected):

@@ -198,6 +198,7 @@ MALFORMED = [
     ("baselines-a-list", lambda d: d["toy_fid"].update(baselines=[1]), "baselines"),
     ("a-metric-that-is-text", lambda d: d["vanilla"].update(class_accuracy="high"), "class_accuracy"),
     ("sharpness-a-list", lambda d: d.update(sharpness=[1]), "sharpness"),
+    ("a-nan-metric", lambda d: d["vanilla"].update(toy_fid=float("nan")), "vanilla.toy_fid is NaN"),  # (first: named)
 ]
 
 
