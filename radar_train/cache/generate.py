@@ -8,6 +8,7 @@ check) -> print the plan -> for each pending shard: generate in batches, hand to
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -140,15 +141,22 @@ class CacheJob:
         info = writer_info(self.split.worker_index, self.split.num_workers, self.device)
         total = sum(plan.shard_range(s)[1] - plan.shard_range(s)[0] for s in pending)
         writer = ShardWriter(out, self.manifest, self.args.writer)
-        with _progress(total, self.args.progress) as bar, writer:
-            for s in pending:
-                tmp = begin_shard(out, s, info)
-                tg = time.perf_counter()
-                arrays = generate_shard_arrays(self.sampler, self.method, plan, s, self.args.batch_size,
-                                               self.manifest.latent_dtype, on_batch=_beating(tmp, bar.update))
-                summary.generate_seconds += time.perf_counter() - tg
-                writer.submit(tmp, s, plan.shard_range(s)[0], arrays)
-            writer.wait()
+        begun: list[Path] = []
+        try:
+            with _progress(total, self.args.progress) as bar, writer:
+                for s in pending:
+                    tmp = begin_shard(out, s, info)
+                    begun.append(tmp)
+                    tg = time.perf_counter()
+                    arrays = generate_shard_arrays(self.sampler, self.method, plan, s, self.args.batch_size,
+                                                   self.manifest.latent_dtype, on_batch=_beating(tmp, bar.update))
+                    summary.generate_seconds += time.perf_counter() - tg
+                    writer.submit(tmp, s, plan.shard_range(s)[0], arrays)
+                writer.wait()
+        except BaseException:  # Ctrl-C, an error: the writer has stopped (its exit waits); its unfinished shards go
+            for tmp in begun:
+                shutil.rmtree(tmp, ignore_errors=True)  # (a committed one was renamed: nothing there)
+            raise
         summary.shards_written = sorted(writer.written)
         # those committed by this process (a shard another worker completed first is not)
         summary.samples_written = sum(plan.shard_range(s)[1] - plan.shard_range(s)[0] for s in summary.shards_written)

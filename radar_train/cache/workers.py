@@ -51,6 +51,11 @@ def _slurm_array(env: Mapping[str, str]) -> Optional[tuple[int, int]]:
     return count, (task - lo) // step
 
 
+def _slurm_variables(env: Mapping[str, str]) -> str:
+    return ", ".join(f"{k}={env[k]}" for k in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX",
+                                                "SLURM_ARRAY_TASK_STEP", "SLURM_ARRAY_TASK_COUNT") if k in env)
+
+
 def _launched_processes(env: Mapping[str, str]) -> Optional[tuple[int, int]]:
     """(world size, rank) when launched by torchrun / accelerate launch with several processes."""
     if _env_int(env, "WORLD_SIZE", 1) <= 1:
@@ -67,7 +72,9 @@ def resolve_workers(num_workers: Optional[int] = None, worker_index: Optional[in
                     env: Mapping[str, str] = os.environ) -> WorkerSplit:
     """The worker split from explicit values, else the SLURM array and the launcher's processes. Both explicit
     values name this machine's share in place of the array's; a launcher's processes split it (N x W workers,
-    this one I x W + rank); one explicit value takes the other from the array and the launcher."""
+    this one I x W + rank). --num_workers alone is the whole count, this worker's index from the array and the
+    launcher; --worker_index alone is this machine's place among the SLURM array's tasks, split again by the
+    launcher's processes."""
     array = _slurm_array(env)
     procs = _launched_processes(env)
     A, a = array or (1, 0)
@@ -85,11 +92,22 @@ def resolve_workers(num_workers: Optional[int] = None, worker_index: Optional[in
             n, i = num_workers * W, worker_index * W + r
             if not 0 <= worker_index < num_workers:
                 raise ValueError(f"worker_index {worker_index} is outside [0, num_workers={num_workers})")
-        else:
+        elif worker_index is not None:
+            # this machine's share of the SLURM array's (in place of the array task's), which the launched processes
+            # split again, as with both values (taking the whole index would make every process the same worker)
             sources = ["command line"] + sources
-            n = num_workers if num_workers is not None else n
-            i = worker_index if worker_index is not None else i
+            if not 0 <= worker_index < A:
+                raise ValueError(f"--worker_index {worker_index} is outside [0, {A}) (the "
+                                 f"{'SLURM array task count' if array else 'one machine without --num_workers'}): "
+                                 f"give --num_workers too")
+            n, i = A * W, worker_index * W + r
+        else:  # the whole count of workers, this one's index from the array and the launcher
+            sources = ["command line"] + sources
+            n = num_workers
     if not 0 <= i < n:
+        if "SLURM array" in sources:  # the index came from the array's variables: name them, not an option
+            raise ValueError(f"the SLURM array variables make this worker {i} of {n} ({_slurm_variables(env)}): not "
+                             f"one of them; give --num_workers and --worker_index, or fix the variables")
         raise ValueError(f"worker_index {i} is outside [0, num_workers={n})")
     return WorkerSplit(n, i, " × ".join(sources) or "single worker", W, r)
 

@@ -150,6 +150,11 @@ class RunCheckpoint(ModelCheckpoint):
                 self._after_validation or self._last_global_step_saved == trainer.global_step):
             self._after_validation = False
             self._save_both(trainer)
+        elif not trainer.fast_dev_run and trainer.global_step > 0 and self._best_saved_now(trainer):
+            # the best step's file is the run's newest checkpoint: last.ckpt follows it, so that `--ckpt_path last`
+            # (and the SLURM requeue) resumes from there rather than finding no last.ckpt (a run killed after its
+            # first validation, before its first periodic save) or an older one
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         if self._stop_after_validation or self._stop.due(trainer):  # a SIGTERM during the validation, too
             self._stop_after_validation = False
             self._save_and_stop(trainer)
@@ -163,6 +168,14 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_both(trainer)
         self._after_validation = False
         super().on_train_end(trainer, pl_module)
+
+    def _best_saved_now(self, trainer) -> bool:
+        """Whether another ModelCheckpoint (the best step's: selection.BestCheckpoint) saved this very step, after
+        this callback's last save."""
+        step = trainer.global_step
+        return self._last_global_step_saved != step and any(
+            isinstance(c, ModelCheckpoint) and c is not self and getattr(c, "_last_global_step_saved", None) == step
+            for c in trainer.callbacks)
 
     def _save_and_stop(self, trainer) -> None:
         """SIGTERM at a save point: this step's checkpoint (unless just saved, or the run was requeued: the

@@ -149,6 +149,34 @@ def test_both_explicit_values_are_split_among_a_launchers_processes(monkeypatch)
     assert sorted(owners) == list(range(21)) and all(len(v) == 1 for v in owners.values())
 
 
+@pytest.mark.parametrize("array", [None, 2])
+def test_a_worker_index_alone_is_split_among_a_launchers_processes(monkeypatch, array):
+    """`torchrun --nproc_per_node 2 radar-cache run --worker_index I` (a reviewer: every process was worker I, so
+    each shard was generated twice): I is the machine's place among the SLURM array's tasks (one machine without
+    an array), which its processes split; every shard is written once."""
+    import radar_train.cache.workers as workers
+
+    owners: dict[int, list] = {}
+    for machine in range(array or 1):
+        for rank in (0, 1):
+            monkeypatch.setattr(workers, "_launched_processes", lambda env, rank=rank: (2, rank))
+            env = {} if array is None else {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": str(array)}
+            s = resolve_workers(worker_index=machine, env=env)
+            assert s.num_workers == 2 * (array or 1)
+            for shard in s.shards(21):
+                owners.setdefault(shard, []).append((machine, rank))
+    assert sorted(owners) == list(range(21)) and all(len(v) == 1 for v in owners.values())
+    monkeypatch.setattr(workers, "_launched_processes", lambda env: (2, 0))
+    with pytest.raises(ValueError, match=r"--worker_index 1 is outside \[0, 1\).*give --num_workers too"):
+        resolve_workers(worker_index=1, env={})
+
+
+def test_slurm_variables_naming_no_task_of_the_array_are_named():
+    with pytest.raises(ValueError, match=r"the SLURM array variables make this worker 3 of 2 "
+                                         r"\(SLURM_ARRAY_TASK_ID=3, SLURM_ARRAY_TASK_COUNT=2\)"):
+        resolve_workers(env={"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "2"})
+
+
 def test_bad_worker_split_is_refused():
     with pytest.raises(ValueError, match="outside"):
         resolve_workers(num_workers=2, worker_index=2, env={})

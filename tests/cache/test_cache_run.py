@@ -289,3 +289,28 @@ def test_shards_another_worker_completed_first_are_not_counted_as_written(tmp_pa
     summary = second.run(print_fn=lambda s: None)
     assert done.shards_written == list(range(3)) and done.samples_written == 10
     assert summary.shards_written == [] and summary.samples_written == 0
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_an_interrupted_run_leaves_its_finished_shards_and_no_temporary(tmp_path, monkeypatch, capsys, writer):
+    """Ctrl-C during a shard's generation (a reviewer: exit 130 left shard-NNNNN.zarr.tmp-* behind): the shards
+    written before stay complete, the interrupted one's temporary is removed, and a rerun writes only the rest."""
+    import radar_train.cache.generate as generate
+
+    real, calls = generate.generate_shard_arrays, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generate, "generate_shard_arrays", interrupted)
+    out = tmp_path / "c"
+    assert _main("run", "--config", str(TINY_CONFIG), "--output", str(out), *SMALL, "--writer", writer) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("shard-")) == \
+        ["shard-00000.zarr", "shard-00001.zarr"]
+    monkeypatch.setattr(generate, "generate_shard_arrays", real)
+    assert _main("run", "--config", str(TINY_CONFIG), "--output", str(out), *SMALL, "--writer", writer) == 0
+    assert "skipped 2 complete, cleared 0 temporary" in capsys.readouterr().out

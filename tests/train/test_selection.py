@@ -24,11 +24,11 @@ class RecordValidation(pl.Callback):
             self.values[trainer.global_step] = float(trainer.callback_metrics["val/psnr_harmless"])
 
 
-def _fit(root, max_steps, ckpt_path=None, early_stopping=HARMLESS, extra=(), train_size=24):
+def _fit(root, max_steps, ckpt_path=None, early_stopping=HARMLESS, extra=(), train_size=24, save_every=2):
     torch.manual_seed(0)
     module = RadarLoraModule(optim=OptimArgs(learning_rate=2e-2, warmup_steps=1, schedule_steps=40),
                              monitor=MonitorArgs(images_every_n_steps=0, train_metrics_every_n_steps=0),
-                             output=OutputArgs(save_every_n_steps=2, export_every_n_steps=2),
+                             output=OutputArgs(save_every_n_steps=save_every, export_every_n_steps=2),
                              early_stopping=early_stopping)
     rec = RecordValidation()
     trainer = pl.Trainer(default_root_dir=str(root), accelerator="cpu", devices=1, precision="32-true",
@@ -171,3 +171,27 @@ def test_a_step_export_waiting_for_a_validation_that_does_not_run_is_still_writt
     trainer.fit(module, train, DataLoader([], batch_size=8))
     for step in (2, 4):
         assert read_radar_config(tmp_path / f"step-{step:06d}")["global_step"] == step
+
+
+class _CrashAfterStep(pl.Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError("killed")
+
+
+def test_a_run_killed_before_its_first_periodic_save_resumes_from_its_best_step_with_last(tmp_path):
+    """A reviewer: killed after the first validation (step 2, its best-step file) but before the first periodic
+    save (every 100), the run folder held no last.ckpt, and `--ckpt_path last` was refused. last.ckpt follows the
+    best step's save, so the resume from `last` ends as an uninterrupted run does."""
+    _, _, straight = _fit(tmp_path / "a", 40, train_size=8, save_every=100)
+    with pytest.raises(RuntimeError, match="killed"):
+        _fit(tmp_path / "b", 40, extra=[_CrashAfterStep(3)], train_size=8, save_every=100)
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == \
+        ["best-step-000002.ckpt", "last.ckpt"]
+    assert torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
+    trainer, _, resumed = _fit(tmp_path / "b", 40, ckpt_path="last", train_size=8, save_every=100)
+    assert resumed == {k: straight[k] for k in resumed} and trainer.global_step == 6
+    assert _same(_weights(tmp_path / "b" / "final"), _weights(tmp_path / "a" / "final"))
