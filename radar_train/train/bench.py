@@ -99,16 +99,16 @@ def check_args(args: "TrainBenchArgs") -> torch.device:
         raise ValueError(f"--args.cache_pairs must be at least {MIN_SHARD + 1} (two shards of the temporary cache: "
                          f"a training one and a held-out one), got {args.cache_pairs}")
     if args.cache is not None:
-        _check_cache(args.cache)
+        _check_cache(args.cache, args.preset)
     dev = _device(args.device)
     if args.precision not in PRECISIONS:
         raise ValueError(f"--args.precision must be one of {', '.join(PRECISIONS)}, got {args.precision!r}")
     return dev
 
 
-def _check_cache(path: str) -> None:
-    """--args.cache: a radar-cache folder whose last shard (held out) and at least one other are complete,
-    as data_loading reads it; ValueError naming the option otherwise."""
+def _check_cache(path: str, preset: str) -> None:
+    """--args.cache: a radar-cache folder of the preset's latents whose last shard (held out) and at least one
+    other are complete, as data_loading reads it; ValueError naming the option otherwise."""
     from pathlib import Path
 
     from radar_train.cache.layout import scan_cache
@@ -121,6 +121,14 @@ def _check_cache(path: str) -> None:
         num_shards = manifest.num_shards
     except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"--args.cache: {e}") from None
+    from radar_train.models import get_preset
+
+    cfg = get_preset(preset)
+    want = [cfg.var.z_channels, cfg.var.patch_nums[-1], cfg.var.patch_nums[-1]]  # (as radar-cache records it)
+    if list(manifest.latent_shape) != want:
+        raise ValueError(f"--args.cache {path} holds {'x'.join(map(str, manifest.latent_shape))} latents (model "
+                         f"{manifest.model.get('preset')}), not the {'x'.join(map(str, want))} of --args.preset "
+                         f"{preset}: the data-loading row would time another model's batches against this one's step")
     complete = scan_cache(path, num_shards).complete
     last = num_shards - 1
     if last not in complete or len(complete) < 2:
