@@ -121,6 +121,13 @@ def _check_cache(path: str, preset: str) -> None:
         num_shards = manifest.num_shards
     except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"--args.cache: {e}") from None
+    complete = scan_cache(path, num_shards).complete
+    last = num_shards - 1
+    if last not in complete or len(complete) < 2:
+        not_last = "" if last in complete else f", shard {last} not"
+        raise ValueError(f"--args.cache {path}: needs at least two complete shards, the last one among them (a "
+                         f"training shard and the held-out last one); {len(complete)} of {num_shards} complete"
+                         f"{not_last}")
     from radar_train.models import get_preset
 
     cfg = get_preset(preset)
@@ -129,13 +136,6 @@ def _check_cache(path: str, preset: str) -> None:
         raise ValueError(f"--args.cache {path} holds {'x'.join(map(str, manifest.latent_shape))} latents (model "
                          f"{manifest.model.get('preset')}), not the {'x'.join(map(str, want))} of --args.preset "
                          f"{preset}: the data-loading row would time another model's batches against this one's step")
-    complete = scan_cache(path, num_shards).complete
-    last = num_shards - 1
-    if last not in complete or len(complete) < 2:
-        not_last = "" if last in complete else f", shard {last} not"
-        raise ValueError(f"--args.cache {path}: needs at least two complete shards, the last one among them (a "
-                         f"training shard and the held-out last one); {len(complete)} of {num_shards} complete"
-                         f"{not_last}")
 
 
 # Lightning's precision names this benchmark times (a fixed list: the GPU run must not depend on a private name of
