@@ -637,9 +637,9 @@ class SCAMask(AccelMethod):
             return None
         return (f"its SCA-Mask memory_budget {m} was made by a radar_train before 2026-12-04, which read it as the "
                 "share of the evictable key tiles kept; this version reads it as the share of the whole KV cache "
-                "(methods.md §8.2g) and evicts more, so no configuration reproduces its LQ latents and it cannot be "
-                "resumed or extended (it still reads: status, verify, export-wds, training). Write new pairs into "
-                "another --output")
+                "(docs/acceleration.md, Selection), which evicts other tiles, so no configuration reproduces its LQ "
+                "latents and it cannot be resumed or extended (it still reads: status, verify, export-wds, "
+                "training). Write new pairs into another --output")
 
     def derived(self, patch_nums: Sequence[int]) -> dict:
         """`kv_allocated`: the KV cache a run allocates (`kv_capacity`, over the blocks) over vanilla's (every block

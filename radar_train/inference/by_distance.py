@@ -1,8 +1,9 @@
 """Restoration results binned by latent distance: d = ‖f_HQ − f_LQ‖₂ / ‖f_HQ‖₂ per pair (`latent_distance`),
 the relative distance between the vanilla and the accelerated latent (`radar-cache status` reports its
-percentiles). PAA learns a correction of the decoder; pairs whose accelerated run went somewhere else altogether (large d: another layout,
-another object) are beyond what a decoder can restore, so the gap closed is expected to fall with d. The bins
-say where an adapter helps, and whether a few collapsed pairs dominate the averages."""
+percentiles). PAA learns a correction of the decoder; pairs whose accelerated run went somewhere else
+altogether (large d: another layout, another object) are beyond what a decoder can restore, so the gap closed
+is expected to fall with d. The bins say where an adapter helps, and whether a few collapsed pairs dominate the
+averages."""
 from __future__ import annotations
 
 import math

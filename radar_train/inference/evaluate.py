@@ -317,8 +317,8 @@ def markdown_table(r: dict) -> str:
         lines.append(f"- harmlessness PSNR(D_LoRA(f_HQ), D(f_HQ)): {r['harmlessness_psnr']:.2f} dB")
     if r.get("latent_distance"):
         ld = r["latent_distance"]
-        lines.append(f"- latent distance d = ‖f_HQ − f_LQ‖/‖f_HQ‖ per pair: mean {ld['mean']:.4f}, p50 {ld['p50']:.4f}, "
-                     f"p95 {ld['p95']:.4f}, max {ld['max']:.4f}")
+        lines.append(f"- latent distance d = ‖f_HQ − f_LQ‖/‖f_HQ‖ per pair: mean {ld['mean']:.4f}, "
+                     f"p50 {ld['p50']:.4f}, p95 {ld['p95']:.4f}, max {ld['max']:.4f}")
     if r.get("token_agreement"):
         shares = " ".join("skip" if a is None else f"{a:.2f}" for a in r["token_agreement"].values())
         lines.append(f"- LQ tokens equal to HQ, per scale {', '.join(r['token_agreement'])}: {shares}")

@@ -99,9 +99,12 @@ class RestorationStats:
                harmless: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Add a batch; returns its per-image values (mse_/psnr_/ssim_student and _baseline, (N,) each)."""
         self.sums[0] += teacher.shape[0]
-        per_image = {"mse_student": mse_per_image(student, teacher), "mse_baseline": mse_per_image(baseline, teacher),
-                     "psnr_student": psnr_per_image(student, teacher), "psnr_baseline": psnr_per_image(baseline, teacher),
-                     "ssim_student": ssim_per_image(student, teacher), "ssim_baseline": ssim_per_image(baseline, teacher)}
+        per_image = {"mse_student": mse_per_image(student, teacher),
+                     "mse_baseline": mse_per_image(baseline, teacher),
+                     "psnr_student": psnr_per_image(student, teacher),
+                     "psnr_baseline": psnr_per_image(baseline, teacher),
+                     "ssim_student": ssim_per_image(student, teacher),
+                     "ssim_baseline": ssim_per_image(baseline, teacher)}
         for key, value in per_image.items():
             self._add(key, value)
         if harmless is not None:
