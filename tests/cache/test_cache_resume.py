@@ -44,7 +44,9 @@ if stall:
     orig_write, orig_commit = w.write_arrays, w.commit_shard
 
     def hang():
-        marker.write_text(str(os.getpid()))
+        part = marker.with_name(marker.name + ".part")  # whole or absent: the test reads it once it exists
+        part.write_text(str(os.getpid()))
+        os.replace(part, marker)
         time.sleep(600)
 
     def write_arrays(path, s, first, arrays, manifest):
