@@ -627,19 +627,15 @@ def test_cli_output_drops_library_deprecation_noise_and_keeps_warnings_a_user_ca
         "adapter was trained for fastvar, not stagevar", "our own old option"]
 
 
-def test_cache_status_of_a_shard_without_an_array_reports_it_and_leaves_it_out_of_the_statistics(world, tmp_path):
+def test_cache_status_of_a_shard_without_an_array_reports_it_and_leaves_it_out_of_the_statistics(world, tmp_path,
+                                                                                                 capsys):
     """status is a report, not a check: a complete shard lacking an array (a partial copy) is named with its
     problem, and the latent statistics are those of the other shards (verify fails on it)."""
     before = snapshot(world["w"])
-    code, out, err = _run_cache_status(world["w"] / "cache_no_lq", tmp_path)
+    code, err = call_cli("cache", ["status", str(world["w"] / "cache_no_lq")], tmp_path)
+    out = capsys.readouterr().out
     assert code == 0 and "Traceback" not in err, err
     line = next(line for line in out.splitlines() if line.startswith("left out of the latent statistics: shard 0: "))
     assert "shard-00000.zarr" in line and "fhat_lq" in line
     assert "latents over 1 shards" in out
     assert_unchanged(before, snapshot(world["w"]))
-
-
-def _run_cache_status(cache: Path, cwd: Path) -> tuple[int, str, str]:
-    r = subprocess.run([sys.executable, "-m", "radar_train.cli.cache", "status", str(cache)], cwd=cwd,
-                       capture_output=True, text=True)
-    return r.returncode, r.stdout, r.stderr

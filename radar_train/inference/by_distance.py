@@ -1,4 +1,4 @@
-"""Restoration results binned by latent distance: d = ‖f_HQ − f_LQ‖₂ / ‖f_HQ‖₂ per pair (`latent_distance`),
+"""Restoration results binned by latent distance: d = ‖f_HQ − f_LQ‖₂ / ‖f_HQ‖₂ per pair (cache.status.latent_distance),
 the relative distance between the vanilla and the accelerated latent (`radar-cache status` reports its
 percentiles). PAA learns a correction of the decoder; pairs whose accelerated run went somewhere else
 altogether (large d: another layout, another object) are beyond what a decoder can restore, so the gap closed
@@ -11,9 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from radar_train.cache.status import distance_summary, latent_distance
-
-__all__ = ["latent_distance", "distance_summary", "distance_bins", "markdown_rows"]
+__all__ = ["distance_bins", "markdown_rows"]
 
 
 def _mean(x: np.ndarray) -> float:

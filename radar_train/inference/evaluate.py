@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from radar_train.cache.status import distance_summary, latent_distance
 from radar_train.inference import by_distance
-from radar_train.inference.by_distance import distance_summary, latent_distance
 from radar_train.outputs import staged_entries
 from radar_train.train.metrics import RestorationStats
 

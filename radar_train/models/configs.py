@@ -140,10 +140,10 @@ def _from_dict(cls, kw: dict[str, Any], what: str):
     bad += [f"{k} must be >= 0, got {out[k]!r}" for k in ("dropout", "drop_rate", "attn_drop_rate", "drop_path_rate",
                                                            "quant_resi", "default_qresi_counts", "share_quant_resi")
             if k in out and not out[k] >= 0]
-    if not bad and "num_heads" in names and out.get("embed_dim", names["embed_dim"].default) % \
-            out.get("num_heads", names["num_heads"].default):
-        bad.append(f"embed_dim {out.get('embed_dim', names['embed_dim'].default)} is not a multiple of num_heads "
-                   f"{out.get('num_heads', names['num_heads'].default)}")
+    if not bad and "num_heads" in names:  # (a VAR config)
+        dim, heads = (out.get(k, names[k].default) for k in ("embed_dim", "num_heads"))
+        if dim % heads:
+            bad.append(f"embed_dim {dim} is not a multiple of num_heads {heads}")
     if bad:
         raise ValueError(f"{what}: {'; '.join(bad)}")
     return cls(**out)
