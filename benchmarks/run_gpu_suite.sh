@@ -62,7 +62,7 @@ timeout "${SUITE_TIMEOUT:-470}" "$py" -m radar_train.bench.gpu_suite ${official[
   --budget_s "${BUDGET_S:-410}" --command "bash benchmarks/run_gpu_suite.sh $commit${*:+ $*}" \
   --output_dir "$out" "$@" 2>&1 | tee "$out/suite.log"
 suite=$?
-timeout "${TEST_TIMEOUT:-100}" "$py" -m pytest -v -rA -s -p no:cacheprovider -m "gpu and not slow" \
+timeout "${TEST_TIMEOUT:-100}" "$py" -m pytest -v -rA -s -p no:cacheprovider -o log_level=WARNING -m "gpu and not slow" \
   tests/test_gpu.py tests/accel/test_sca.py 2>&1 | tee "$out/gpu-tests.log"
 tests=$?
 echo "run_gpu_suite: suite exit $suite, tests exit $tests; files in $out"

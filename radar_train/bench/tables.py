@@ -8,6 +8,8 @@ A table's NAME is its file's path under the root without `.json` (`gpu/2026-11-2
 `<folder>/latest` for the newest file of a folder (by its `date`). In a markdown file, a block is
 `<!-- table:NAME -->` ... `<!-- /table:NAME -->`; `--write` replaces what lies between the two markers
 and nothing else. Each table says the date, device, torch/CUDA, commit and command of its file.
+`NAME#targets` renders the file's sampling rows against the GPU targets instead (`render_targets`: one column
+per preset, the default engine's numbers, ✓ / ✗ on the presets the targets name).
 """
 from __future__ import annotations
 
@@ -167,6 +169,52 @@ def _train_table(rows: list) -> list[str]:
     return out
 
 
+TARGETS = (  # (what, method, row key, ">=" or "<=", bound): the GPU sampling targets (docs/benchmarks.md)
+    ("our vanilla vs the official sampler, loop", "vanilla", "vs_official", ">=", 1.3),
+    ("our vanilla vs the official sampler, end to end", "vanilla", "vs_official_e2e", ">=", 1.2),
+    ("FastVAR default vs our vanilla", "fastvar:default", "speedup_vs_vanilla", ">=", 1.25),
+    ("StageVAR default vs our vanilla", "stagevar:default", "speedup_vs_vanilla", ">=", 1.8),
+    ("forked pair vs the two runs separately (the worst pair)", "pair:", "pair_vs_separate", "<=", 0.80),
+    ("our VQ-VAE decode vs the official", "decode", "vs_official", ">=", 1.0),
+)
+TARGET_PRESETS = ("var-d16", "var-d24")
+"""The presets the targets name; the others' numbers are shown without a mark."""
+
+
+def render_targets(doc: dict) -> str:
+    """The sampling rows of a result file against TARGETS: one column per preset, the numbers of the default
+    engine on the file's device (graphs where the file has it, else eager; per-sample noise; the decode rows
+    are engine-free), ✓ / ✗ for the presets in TARGET_PRESETS."""
+    rows = [r for r in doc.get("rows") or [] if isinstance(r, dict) and not r.get("skipped")]
+    engine = "graphs" if any(r.get("engine") == "graphs" for r in rows) else "eager"
+    presets = list(dict.fromkeys(str(r["preset"]) for r in rows if r.get("preset")))
+
+    def value(preset: str, method: str, key: str, op: str) -> Optional[float]:
+        found = [r.get(key) for r in rows if r.get("preset") == preset and r.get(key) is not None
+                 and (r["method"].startswith(method) if method.endswith(":") else r["method"] == method)
+                 and (method == "decode" or (r.get("engine") == engine and r.get("noise") in (None, "per_sample")))]
+        return (max(found) if op == "<=" else min(found)) if found else None
+
+    head = (f"{doc.get('date', '?')} · {doc.get('device', '?')} · commit `{doc.get('commit') or 'unknown'}` · "
+            f"engine `{engine}` · `{doc.get('command', '?')}`")
+    lines = [head, "", "| target | bound | " + " | ".join(presets) + " |", "| --- | --- |" + " ---: |" * len(presets)]
+    for what, method, key, op, bound in TARGETS:
+        cells = []
+        for preset in presets:
+            v = value(preset, method, key, op)
+            mark = "" if v is None or preset not in TARGET_PRESETS else \
+                (" ✓" if (v >= bound if op == ">=" else v <= bound) else " ✗")
+            digits = 3 if key == "pair_vs_separate" or method == "decode" else 2  # (a decode near 1.00×)
+            cells.append(("-" if v is None else f"{v:.{digits}f}" + "×" * (key != "pair_vs_separate")) + mark)
+        lines.append(f"| {what} | {op.replace('>=', '≥').replace('<=', '≤')} {bound:g}"
+                     f"{'' if key == 'pair_vs_separate' else '×'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+VIEWS = {"": render, "targets": render_targets}
+"""What a block's NAME may end with after '#' (none: the full table)."""
+
+
 def fill(markdown: str, docs: dict[str, dict], source: str) -> tuple[str, int]:
     """`markdown` with every table block refilled; (new text, number of blocks)."""
     blocks = list(_BLOCK.finditer(markdown))
@@ -177,16 +225,22 @@ def fill(markdown: str, docs: dict[str, dict], source: str) -> tuple[str, int]:
         closed = {m.group("name") for m in blocks}
         raise ValueError(f"{source}: <!-- table:{next(n for n in starts if n not in closed)} --> has no "
                          f"matching <!-- /table:... --> line")
-    unknown = [m.group("name") for m in blocks if m.group("name") not in docs]
+    views = [m.group("name") for m in blocks if m.group("name").partition("#")[2] not in VIEWS]
+    if views:
+        raise ValueError(f"{source}: table {views[0]}: no such view (after '#': "
+                         f"{', '.join(v for v in VIEWS if v)})")
+    base = lambda name: name.partition("#")[0]  # noqa: E731
+    unknown = [m.group("name") for m in blocks if base(m.group("name")) not in docs]
     if unknown:
         have = sorted(n for n, d in docs.items() if d is not None)
         raise ValueError(f"{source}: no result file for table(s) {', '.join(unknown)} "
                          f"(have: {', '.join(have) or 'none'})")
-    other = [m.group("name") for m in blocks if docs[m.group("name")] is None]
+    other = [base(m.group("name")) for m in blocks if docs[base(m.group("name"))] is None]
     if other:
         raise ValueError(f"{source}: {', '.join(n + '.json' for n in other)}: not a benchmark result "
                          f"(needs an object with a 'rows' list, each row with 'method' and 'images_per_s')")
-    out = _BLOCK.sub(lambda m: m.group(1) + render(docs[m.group("name")]) + "\n" + m.group(4), markdown)
+    out = _BLOCK.sub(lambda m: m.group(1) + VIEWS[m.group("name").partition("#")[2]](docs[base(m.group("name"))])
+                     + "\n" + m.group(4), markdown)
     return out, len(blocks)
 
 

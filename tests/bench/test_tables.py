@@ -140,11 +140,12 @@ def test_the_gpu_suites_train_section_is_a_third_table_or_its_reason():
 
 
 def test_the_docs_tables_match_the_committed_result_files():
-    """docs/benchmarks.md's generated blocks are what the committed files under benchmarks/ give."""
+    """docs/benchmarks.md's and the README's generated blocks are what the committed files under benchmarks/ give."""
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[2]
-    assert main(["--root", str(repo / "benchmarks"), "--write", str(repo / "docs" / "benchmarks.md"), "--check"]) == 0
+    for doc in (repo / "docs" / "benchmarks.md", repo / "README.md"):
+        assert main(["--root", str(repo / "benchmarks"), "--write", str(doc), "--check"]) == 0, doc
 
 
 def test_a_tradeoff_result_is_no_speed_table(root, tmp_path, capsys):
@@ -181,3 +182,49 @@ def test_the_provenance_line_says_how_many_rounds_each_number_rests_on():
     assert head([3, 5, 3]).endswith("` · 1 warm-up and 3–5 timed rounds per row (medians)")
     assert head([1], warmup=0).endswith("` · 0 warm-up and 1 timed round per row")
     assert render(DOC).splitlines()[0].endswith("--official_var .official_var`")  # rows that do not say: nothing
+
+
+def _row(preset, method, engine, **kw):
+    return {"preset": preset, "method": method, "engine": engine, "noise": kw.pop("noise", "per_sample"),
+            "batch_size": 32, "images_per_s": 1.0, **kw}
+
+
+def test_the_targets_view_marks_the_default_engine_of_the_target_presets():
+    """`NAME#targets`: the graphs engine's numbers where the file has them, ✓ / ✗ against each bound on
+    var-d16 / var-d24 only, the worst pair, the decode to three digits."""
+    from radar_train.bench.tables import render_targets
+
+    rows = []
+    for preset, fast in (("var-d16", 1.30), ("var-d24", 1.20), ("var-d30", 1.10)):
+        rows += [_row(preset, "vanilla", "eager", vs_official=1.1, vs_official_e2e=1.05),
+                 _row(preset, "vanilla", "eager", noise="official", vs_official=9.0),
+                 _row(preset, "vanilla", "graphs", vs_official=1.5, vs_official_e2e=1.25),
+                 _row(preset, "fastvar:default", "eager", speedup_vs_vanilla=9.0),
+                 _row(preset, "fastvar:default", "graphs", speedup_vs_vanilla=fast),
+                 _row(preset, "stagevar:default", "graphs", speedup_vs_vanilla=1.9),
+                 _row(preset, "pair:fastvar:default", "graphs", pair_vs_separate=0.70),
+                 _row(preset, "pair:stagevar:paper", "graphs", pair_vs_separate=0.81),
+                 _row(preset, "decode", "eager", noise=None, vs_official=0.995)]
+    text = render_targets(dict(DOC, rows=rows))
+    assert "engine `graphs`" in text.splitlines()[0]
+    table = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[2:] for line in text.splitlines() if line.startswith("| ")}
+    assert table["our vanilla vs the official sampler, loop"] == ["1.50× ✓", "1.50× ✓", "1.50× |"]
+    assert table["FastVAR default vs our vanilla"] == ["1.30× ✓", "1.20× ✗", "1.10× |"]
+    assert table["StageVAR default vs our vanilla"][:2] == ["1.90× ✓", "1.90× ✓"]
+    assert table["forked pair vs the two runs separately (the worst pair)"][:2] == ["0.810 ✗", "0.810 ✗"]
+    assert table["our VQ-VAE decode vs the official"][:2] == ["0.995× ✗", "0.995× ✗"]
+    eager_only = render_targets(dict(DOC, rows=[r for r in rows if r["engine"] != "graphs"]))
+    assert "engine `eager`" in eager_only and "| FastVAR default vs our vanilla | ≥ 1.25× | 9.00× ✓" in eager_only
+
+
+def test_a_view_block_is_filled_and_an_unknown_view_is_one_error(root, tmp_path, capsys):
+    md = tmp_path / "r.md"
+    md.write_text("a\n<!-- table:gpu/latest#targets -->\nold\n<!-- /table:gpu/latest#targets -->\nb\n")
+    assert main(["--root", str(root), "--write", str(md)]) == 0
+    text = md.read_text()
+    assert "| target | bound | var-d16 |" in text and "old" not in text and text.startswith("a\n") and text.endswith("b\n")
+    bad = tmp_path / "bad.md"
+    bad.write_text("<!-- table:gpu/latest#nope -->\n<!-- /table:gpu/latest#nope -->\n")
+    before = bad.read_bytes()
+    assert main(["--root", str(root), "--write", str(bad)]) == 2
+    assert "table gpu/latest#nope: no such view" in capsys.readouterr().err and bad.read_bytes() == before
