@@ -19,6 +19,11 @@ keeps what it measured):
   batch 16, bf16-mixed) — only when its imports (lightning, peft, zarr) work and at least --train_reserve_s
   of the budget is left; otherwise recorded as skipped. With --train_compiled also the step with
   model.optim.compile (the compiled_vs_eager row; compiling does not fit the default budget).
+- profile: where the time goes (radar_train.bench.scales), on d16 and d24 (those of --presets) at batch 32, bf16:
+  per method (vanilla and --methods) each scale's time with the default engine (CUDA events between the scales),
+  the operators with the most device time in one eager call, and on the first preset the VQ-VAE decode with
+  NCHW against channels-last activations; saved after each preset, a preset skipped (and recorded so) when less
+  than its part of --profile_reserve_s is left.
 - sca (last by default, so that a slow FlexAttention compile cannot crowd out the training figures; it
   gets what is left): SCA-Mask (RADAR's own method) on VAR-d16 and d24 shapes (those of --presets), batch
   32, bf16: vanilla SDPA against window-selected masks at the default and aggressive budgets (random weights: no
@@ -53,18 +58,21 @@ from typing import Callable, Optional
 DEFAULT_PRESETS = ("var-d16", "var-d24", "var-d20", "var-d30")  # the targets' presets (d16, d24) first
 TARGET_PRESETS = ("var-d16", "var-d24")  # the presets the targets name: --min_repeats; the others --min_repeats_other
 DEFAULT_METHODS = ("fastvar:default", "stagevar:default", "stagevar:paper")
-# Rough seconds on an H100/H200 at batch 32 for one interleaved round (eager engine; the official, two
-# vanilla, three method, three pair and two decode runs) and for building the models: used for the ETA
-# printed up front and to share the budget between presets before their first round is measured.
-ROUND_S = {"var-d16": 4.0, "var-d20": 5.0, "var-d24": 6.0, "var-d30": 9.5}
-BUILD_S = {"var-d16": 10.0, "var-d20": 15.0, "var-d24": 20.0, "var-d30": 35.0}
-TRAIN_S = 120.0
+# Seconds at batch 32 for one interleaved round per engine (the official, two vanilla, three method, three pair
+# and two decode runs) and for building the models and the first round's extras: used for the ETA printed up
+# front and to share the budget between presets before their first round is measured. Measured on an H200
+# (benchmarks/gpu/2026-12-04-nvidia-h200.suite.log: the timed round of eager + graphs / 1.7, and each preset's
+# time less its rounds).
+ROUND_S = {"var-d16": 2.0, "var-d20": 2.5, "var-d24": 3.2, "var-d30": 4.4}
+BUILD_S = {"var-d16": 9.0, "var-d20": 9.0, "var-d24": 15.0, "var-d30": 25.0}
+TRAIN_S = 60.0  # (33 s on the H200)
 SCA_PRESETS = ("var-d16", "var-d24")
 SCA_METHODS = ("sca:window+default", "sca:window+aggressive")
 SCA_S = 90.0
 PAPER_PRESET = "var-d20"  # the model of RADAR's main table (methods.md §4.1)
 PAPER_METHODS = ("sca:window+default",)
 PAPER_S = 75.0
+PROFILE_S = 50.0
 
 
 def _estimate(preset: str, engines: int, batch: int) -> tuple[float, float]:
@@ -241,6 +249,65 @@ def run_paper_section(args, results, log, deadline: float) -> Optional[str]:
         torch.cuda.empty_cache()
 
 
+def run_profile_section(args, results, log, deadline: float) -> Optional[str]:
+    """Where the time goes (radar_train.bench.scales), on the targets' presets of --presets (else the first), at
+    --batch_size: per method (vanilla and --methods) each scale's time with the default engine (graphs on CUDA)
+    and the operators with the most device time in one eager call; on the first preset also the decode with
+    NCHW against channels-last activations. Rows under sections.profile, saved after each preset; a preset is
+    skipped (and recorded so) when less than its part of --profile_reserve_s is left."""
+    import torch
+
+    from radar_train.bench.accel import method_from_spec, resolve_device, spec_name
+    from radar_train.bench.scales import decode_layouts, scale_times, top_ops
+    from radar_train.models import build_var, build_vqvae, get_preset
+    from radar_train.models.init import init_random_
+    from radar_train.sampling import NextScaleSampler
+
+    dev, amp = resolve_device(args.device, "auto")
+    presets = [p for p in args.presets if p in TARGET_PRESETS] or list(args.presets[:1])
+    names = list(dict.fromkeys(["vanilla", *(spec_name(m) for m in args.methods)]))
+    out: dict = {"scales": [], "ops": [], "decode": [], "batch_size": args.batch_size}
+    per_preset = args.profile_reserve_s / len(presets)
+    for preset in presets:
+        left = deadline - time.time()
+        if left < per_preset:
+            out.setdefault("skipped", {})[preset] = f"{left:.0f} s of the budget left (< {per_preset:.0f} s)"
+            _section(results, "profile", out)
+            continue
+        cfg = get_preset(preset)
+        var = init_random_(build_var(cfg.var), 0).eval().requires_grad_(False).to(dev)
+        if amp is not None:
+            var.cast_body_(amp)
+        vae_cfg = cfg.vae.with_patch_nums(cfg.var.patch_nums)
+        vqvae = init_random_(build_vqvae(vae_cfg), 1).eval().requires_grad_(False).to(dev)
+        default = NextScaleSampler(var, vqvae.quantize, autocast_dtype=amp)
+        eager = NextScaleSampler(var, vqvae.quantize, autocast_dtype=amp, engine="eager")
+        B = args.batch_size
+        labels = torch.arange(B, device=dev) % var.num_classes
+        seeds = list(range(B))
+        for name in names:
+            accel = method_from_spec("none" if name == "vanilla" else name, cfg.var.patch_nums, cfg.var.depth)
+            t = scale_times(default, labels, seeds, accel)
+            out["scales"].append({"preset": preset, "method": name, "engine": default.engine,
+                                  "patch_nums": list(cfg.var.patch_nums), **t})
+            out["ops"] += [{"preset": preset, "method": name, "engine": "eager", **op}
+                           for op in top_ops(eager, labels, seeds, accel)]
+            log(f"  profile {preset} {name}: {t['total_ms']:.1f} ms per call ({default.engine}); by scale "
+                + " ".join("-" if ms is None else f"{ms:.1f}" for ms in t["scale_ms"]))
+        if preset == presets[0]:
+            P = vae_cfg.patch_nums[-1]
+            f_hat = torch.randn(B, vae_cfg.z_channels, P, P, generator=torch.Generator().manual_seed(0)).to(dev)
+            for row in decode_layouts(vqvae, f_hat, amp):
+                out["decode"].append({"preset": preset, "batch_size": B, **row})
+                log(f"  profile decode {row['layout']}: {row['images_per_s']:.1f} images/s")
+        _section(results, "profile", out)
+        del default, eager, var, vqvae
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return f"skipped {', '.join(out['skipped'])}" if out.get("skipped") else None
+
+
 def _missing(*modules: str) -> list[str]:
     return [m for m in modules if importlib.util.find_spec(m) is None]
 
@@ -289,7 +356,8 @@ def _section(results, name: str, value: dict) -> None:
 
 
 SECTIONS = {"accel": run_accel_section, "sca": run_sca_section, "train": run_train_section,
-            "paper": run_paper_section, "pipeline": run_pipeline_section, "cache": run_cache_section}
+            "profile": run_profile_section, "paper": run_paper_section, "pipeline": run_pipeline_section,
+            "cache": run_cache_section}
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -300,8 +368,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--output", help="result JSON (default benchmarks/gpu/<date>-<device>.json)")
     ap.add_argument("--output_dir", help="write the default file name (<date>-<device>.json) into this folder instead")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-    ap.add_argument("--sections", default="accel,train,sca",
-                    help="comma-separated: accel, sca, train, paper, pipeline, cache")
+    ap.add_argument("--sections", default="accel,train,profile,sca",
+                    help="comma-separated: accel, sca, train, profile, paper, pipeline, cache")
     ap.add_argument("--presets", default=",".join(DEFAULT_PRESETS), help="comma-separated model presets")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated method specs (vanilla always runs)")
     ap.add_argument("--engines", default=None, help="comma-separated sampling engines (default: eager and, on "
@@ -318,6 +386,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                     help="budget the sca section needs (shared between its presets; a preset is skipped without its part)")
     ap.add_argument("--train_reserve_s", type=float, default=TRAIN_S, help="budget the train section needs to run")
     ap.add_argument("--paper_reserve_s", type=float, default=PAPER_S, help="budget the paper section needs to run")
+    ap.add_argument("--profile_reserve_s", type=float, default=PROFILE_S,
+                    help="budget the profile section needs (shared between its presets)")
     ap.add_argument("--train_compiled", action="store_true",
                     help="train section: also time the training step with model.optim.compile (compiled_vs_eager; "
                          "compiling takes a minute or two: raise --train_reserve_s with it)")
@@ -405,12 +475,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     eta += a.train_reserve_s if "train" in a.sections else 0.0
     eta += a.sca_reserve_s if "sca" in a.sections else 0.0
     eta += a.paper_reserve_s if "paper" in a.sections else 0.0
+    eta += a.profile_reserve_s if "profile" in a.sections else 0.0
     log(f"gpu suite on {head['device']}: sections {', '.join(a.sections)}; presets {', '.join(a.presets)}; "
         f"engines {', '.join(engines)}; batch {a.batch_size}; writing {output}")
     log(f"ETA about {eta / 60:.1f} min at {a.repeats} timed rounds per preset (estimate for an H100/H200); "
         f"budget {a.budget_s / 60:.1f} min: rounds are cut (to no fewer than {a.min_repeats}) to fit it")
     deadline = t_start + a.budget_s
-    reserves = {"sca": a.sca_reserve_s, "train": a.train_reserve_s, "paper": a.paper_reserve_s}
+    reserves = {"sca": a.sca_reserve_s, "train": a.train_reserve_s, "paper": a.paper_reserve_s,
+                "profile": a.profile_reserve_s}
     for i, name in enumerate(a.sections):
         t0 = time.time()
         # each section ends early enough to leave the later sections their reserves

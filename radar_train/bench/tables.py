@@ -118,8 +118,8 @@ def _rounds(rows: list) -> str:
 def render(doc: dict) -> str:
     """One markdown table (with its provenance line) for a result document; the GPU suite's SCA-Mask
     section (`sections.sca.rows`) as a second table, its paper section (`sections.paper`: RADAR's fp32, non-flash
-    timing setting) and its training section (`sections.train`) as the next ones (or the reason they were
-    skipped)."""
+    timing setting), its profile section (`sections.profile`) and its training section (`sections.train`) as the
+    next ones (or the reason they were skipped)."""
     cuda = f", CUDA {doc['cuda']}" if doc.get("cuda") else ""
     head = (f"{doc.get('date', '?')} · {doc.get('device', '?')} · torch {doc.get('torch', '?')}{cuda} · "
             f"commit `{doc.get('commit') or 'unknown'}` · `{doc.get('command', '?')}`")
@@ -150,12 +150,46 @@ def render(doc: dict) -> str:
         lines += ["", "RADAR's timing setting (fp32, SDPA on the math kernel):", ""] + _table(paper["rows"])
     elif paper.get("skipped"):
         lines += ["", f"RADAR's timing setting: skipped ({paper['skipped']})".replace("|", "/")]
+    lines += _profile_tables((doc.get("sections") or {}).get("profile") or {})
     train = (doc.get("sections") or {}).get("train") or {}
     if train.get("rows"):
         lines += ["", "Training section:", ""] + _train_table(train["rows"])
     elif train.get("skipped"):
         lines += ["", f"Training section: skipped ({train['skipped']})".replace("|", "/")]
-    return "\n".join(lines)
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines))  # (a section after a file without rows)
+
+
+def _profile_tables(profile: dict, ops_per_method: int = 8) -> list[str]:
+    """The GPU suite's profile section (radar_train.bench.scales): per preset, each scale's milliseconds per
+    method, the operators with the most device time per method, and the decode per activation layout."""
+    out: list[str] = []
+    for preset in dict.fromkeys(r["preset"] for r in profile.get("scales", [])):
+        rows = [r for r in profile["scales"] if r["preset"] == preset]
+        pns = rows[0]["patch_nums"]
+        out += ["", f"Profile, {preset}, batch {profile.get('batch_size', '?')}: milliseconds per sampling call, "
+                    "by scale (CUDA events between the scales, else wall time; medians of 3 calls):", "",
+                "| method | engine | start | " + " | ".join(f"{pn}×{pn}" for pn in pns) + " | total |",
+                "| --- | --- |" + " ---: |" * (len(pns) + 2)]
+        for r in rows:
+            cells = [_num(r["start_ms"], ".2f")] + [_num(ms, ".2f") for ms in r["scale_ms"]] + [_num(r["total_ms"], ".1f")]
+            out.append(f"| {r['method']} | {r['engine']} | " + " | ".join(cells) + " |")
+        ops = [r for r in profile.get("ops", []) if r["preset"] == preset]
+        if ops:
+            out += ["", f"Profile, {preset}: the operators with the most device time in one eager call "
+                        f"(self time; {ops_per_method} per method):", "", "| method | operator | ms | calls |",
+                    "| --- | --- | ---: | ---: |"]
+            for method in dict.fromkeys(r["method"] for r in ops):
+                for r in [o for o in ops if o["method"] == method][:ops_per_method]:
+                    out.append(f"| {method} | `{r['op']}` | {r['ms']:.2f} | {r['calls']} |".replace("||", "/"))
+    decode = profile.get("decode") or []
+    if decode:
+        out += ["", "Profile: the VQ-VAE decode by activation layout (`Decoder.channels_last`):", "",
+                "| preset | batch | layout | images/s | ms |", "| --- | ---: | --- | ---: | ---: |"]
+        out += [f"| {r['preset']} | {r['batch_size']} | {r['layout']} | {_ips(r['images_per_s'])} | {r['ms']:.1f} |"
+                for r in decode]
+    for preset, why in (profile.get("skipped") or {}).items():
+        out += ["", f"Profile, {preset}: skipped ({why})".replace("|", "/")]
+    return out
 
 
 def _train_table(rows: list) -> list[str]:

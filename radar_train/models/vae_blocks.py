@@ -156,6 +156,9 @@ class Decoder(nn.Module):
         self.checkpoint_blocks = False
         """Recompute each block's activations in the backward instead of keeping them (activation
         checkpointing: less memory for training through the decoder, about one more forward of compute)."""
+        self.channels_last: Optional[bool] = None
+        """Run the activations channels-last (NHWC strides; the output is NCHW either way): True, False, or None:
+        on the CPU only (where oneDNN works in NHWC natively). Same layout with and without grad."""
         self.block_call: Optional[Callable[[nn.Module, torch.Tensor], torch.Tensor]] = None
         """How each block (resnet, attention, upsampling) is run: `block_call(block, h)`, e.g. one compiled
         function for all blocks; None: `block(h)`. It takes the block as an argument, so a copy of the decoder
@@ -194,7 +197,7 @@ class Decoder(nn.Module):
         """The decoder; appends the intermediate features to `feats` when given (else none are kept
         alive, so their memory is reused during the pass)."""
         run = self._run
-        if z.device.type == "cpu":
+        if self.channels_last or (self.channels_last is None and z.device.type == "cpu"):
             # channels-last on the CPU: oneDNN runs the convolutions in NHWC natively (no layout reorder of
             # every activation in and out) and GroupNorm, SiLU, the upsampling and the sums keep the layout;
             # at VAR-d16 the decode takes about a tenth less time and half the page faults. Same layout with
