@@ -47,9 +47,10 @@ def resize_tokens(t: torch.Tensor, pn: int) -> torch.Tensor:
 
 
 def restore_tokens(cached: torch.Tensor, pn: int, idx: torch.Tensor, computed: torch.Tensor) -> torch.Tensor:
-    """CTR: the cached branch output resized to pn×pn, with the computed tokens scattered at idx."""
+    """CTR: the cached branch output resized to pn×pn, with the computed tokens scattered at idx (in place into
+    the resized grid, which is a new tensor: one full-size copy fewer per pruned sub-layer)."""
     full = resize_tokens(cached.to(computed.dtype), pn).contiguous()
-    return full.scatter(1, idx.unsqueeze(-1).expand(-1, -1, full.shape[-1]), computed)
+    return full.scatter_(1, idx.unsqueeze(-1).expand(-1, -1, full.shape[-1]), computed)
 
 
 @dataclass(frozen=True)
