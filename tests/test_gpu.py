@@ -161,3 +161,18 @@ def test_compiled_engine_on_cuda_gives_the_eager_tokens():
             print(f"compiled vs eager, {amp or 'fp32'}: tokens equal {same:.4f}, max |f_hat diff| {diff:.3g}")
             if amp is None:
                 assert same == 1.0 and diff < 1e-4
+
+
+def test_the_profile_sections_scale_times_reuse_one_workspace_on_cuda():
+    """radar_train.bench.scales.scale_times under the graphs engine: each timed call replays the workspace the
+    first one captured (a call started while the last one was still referenced would capture another, and its
+    capture would be timed); every scale has a time and the scales' times sum to the call's."""
+    from radar_train.bench.scales import scale_times
+
+    vqvae, var = _tiny_on_cuda()
+    graphs = NextScaleSampler(var, vqvae.quantize, ENGINE_SAMPLING, engine="graphs")
+    labels, seeds = CALLS[0]
+    t = scale_times(graphs, torch.tensor(labels, device="cuda"), seeds, repeats=3)
+    assert [len(v) for v in graphs._engine.workspaces.values()] == [1]
+    assert all(ms is not None and ms > 0 for ms in t["scale_ms"])
+    assert t["total_ms"] == pytest.approx(t["start_ms"] + sum(t["scale_ms"]))

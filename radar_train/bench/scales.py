@@ -54,6 +54,7 @@ def scale_times(sampler, labels: torch.Tensor, seeds: Sequence[int], accel=None,
                 points.append(mark())
                 ran += 1
         sampler.output(state)
+        del state  # (a captured engine's next run then reuses this run's workspace instead of capturing another)
         if r:
             runs.append(spans(points))
     med = [statistics.median(run[i] for run in runs) for i in range(1 + ran)]

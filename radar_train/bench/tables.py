@@ -180,7 +180,7 @@ def _profile_tables(profile: dict, ops_per_method: int = 8) -> list[str]:
                     "| --- | --- | ---: | ---: |"]
             for method in dict.fromkeys(r["method"] for r in ops):
                 for r in [o for o in ops if o["method"] == method][:ops_per_method]:
-                    out.append(f"| {method} | `{r['op']}` | {r['ms']:.2f} | {r['calls']} |".replace("||", "/"))
+                    out.append(f"| {method} | `{r['op']}` | {r['ms']:.2f} | {r['calls']} |")
     decode = profile.get("decode") or []
     if decode:
         out += ["", "Profile: the VQ-VAE decode by activation layout (`Decoder.channels_last`):", "",
