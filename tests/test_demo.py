@@ -115,3 +115,27 @@ def test_a_demo_whose_first_step_fails_leaves_no_folder_it_made(tmp_path):
                         "--configs", str(configs)], capture_output=True, text=True)
     assert r.returncode == 2, r.stderr
     assert not (tmp_path / "new").exists()  # nor the parent made for it
+
+
+@pytest.mark.parametrize("step, old, new, needle", [
+    ("train", "max_steps:", "max_stepz:", "does not accept option 'max_stepz'"),
+    ("generate", "preset: toy", "presett: toy", "presett"),
+])
+def test_a_config_its_step_would_not_parse_stops_the_demo_before_anything_is_written(tmp_path, step, old, new, needle):
+    """A typo in the training (or generate) config used to surface after the cache step had written the cache:
+    now radar-demo checks each step's config first (one line naming the file and the option) and makes nothing."""
+    import shutil
+
+    configs = tmp_path / "configs"
+    for sub in ("cache", "train", "generate"):
+        shutil.copytree(ROOT / "configs" / sub, configs / sub)
+    cfg = configs / step / "toy.yaml"
+    assert old in cfg.read_text()
+    cfg.write_text(cfg.read_text().replace(old, new, 1))
+    out = tmp_path / "new" / "demo"
+    r = subprocess.run([sys.executable, "-m", "radar_train.cli.demo", "--output", str(out), "--configs", str(configs)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    line = r.stderr.strip().splitlines()
+    assert len(line) == 1 and str(cfg) in line[0] and needle in line[0] and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "new").exists()

@@ -10,7 +10,8 @@ Every step runs in the output folder, so the configs' relative paths (cache/<nam
 land there. Each command is printed before it runs, then its own output (progress, the eval table) once.
 Rerunning resumes: the cache resumes, training resumes from its last.ckpt (or is skipped once final/
 exists), and the demo's own adapter/, generate/ and eval/ are redone. The output folder must be new, empty, or a demo folder (holding nothing but what the demo
-writes): any other folder, or a file, is refused before anything runs.
+writes): any other folder, or a file, is refused before anything runs, and so is a training or generate config
+that its command would not parse (an unknown key, a value of the wrong type).
 """
 from __future__ import annotations
 
@@ -69,6 +70,20 @@ def check_demo_folder(out: Path, entries: set[str]) -> None:
                           f"{', '.join(foreign[:3])}): choose a new or empty folder (a demo folder is resumed)")
 
 
+def check_step_configs(checks: list[tuple[list[str], Path]]) -> None:
+    """InputError naming the config file and the option at fault unless each step's command parses its
+    config (`--print_config`: jsonargparse checks every key and type, runs nothing and writes nothing), so
+    that a typo in the training or generate config stops the demo before the cache step writes anything."""
+    from radar_train.inputs import InputError
+
+    for cmd, config in checks:
+        r = subprocess.run(cmd + ["--print_config"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if r.returncode != 0:
+            lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
+            why = lines[-1].removeprefix("error: ") if lines else f"exit {r.returncode}"
+            raise InputError(f"{config}: {why}")
+
+
 def check_grid(classes: Union[str, list[int]], seeds: Union[str, list[int]],
                generate_cfg: Path) -> tuple[list[int], list[int]]:
     """The comparison grid's classes and seeds, checked as radar-generate checks them (readable, no repeats,
@@ -124,6 +139,9 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
         raise InputError(f"{train_cfg}: training config lacks trainer.default_root_dir or data.caches[0].path") from None
     out = Path(output).resolve()
     check_demo_folder(out, {run_dir.parts[0], cache_dir.parts[0], "adapter", "generate", "eval"})
+    py = [sys.executable, "-m"]
+    check_step_configs([(_fit_command(py, train_cfg, train_steps), train_cfg),
+                        (py + ["radar_train.cli.generate", "--config", str(generate_cfg)], generate_cfg)])
     made = make_folders(out)
     try:
         _steps(out, model, cache_cfg, train_cfg, generate_cfg, run_dir, cache_dir, cls_list, seed_list, train_steps)
@@ -133,15 +151,18 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
     return 0
 
 
+def _fit_command(py: list[str], train_cfg: Path, train_steps: Optional[int]) -> list[str]:
+    fit = py + ["radar_train.cli.train", "fit", "--config", str(train_cfg)]
+    return fit + ["--trainer.max_steps", str(train_steps)] if train_steps else fit
+
+
 def _steps(out: Path, model: str, cache_cfg: Path, train_cfg: Path, generate_cfg: Path, run_dir: Path,
            cache_dir: Path, cls_list: list[int], seed_list: list[int], train_steps: Optional[int]) -> None:
     """The demo's five steps, each a command run in `out`."""
     py = [sys.executable, "-m"]
     print(f"radar-demo: model {model}; everything goes to {out}")
     _run(py + ["radar_train.cli.cache", "run", "--config", str(cache_cfg)], out)
-    fit = py + ["radar_train.cli.train", "fit", "--config", str(train_cfg)]
-    if train_steps:
-        fit += ["--trainer.max_steps", str(train_steps)]
+    fit = _fit_command(py, train_cfg, train_steps)
     if (out / run_dir / "final").is_dir():
         print(f"\n(skipping training: {out / run_dir / 'final'} exists)")
     elif (out / run_dir / "checkpoints" / "last.ckpt").is_file():
