@@ -167,7 +167,7 @@ def test_the_profile_sections_scale_times_reuse_one_workspace_on_cuda():
     """radar_train.bench.scales.scale_times under the graphs engine: each timed call replays the workspace the
     first one captured (a call started while the last one was still referenced would capture another, and its
     capture would be timed); every scale has a time and the scales' times sum to the call's."""
-    from radar_train.bench.scales import scale_times
+    from radar_train.bench.scales import scale_times, top_ops
 
     vqvae, var = _tiny_on_cuda()
     graphs = NextScaleSampler(var, vqvae.quantize, ENGINE_SAMPLING, engine="graphs")
@@ -176,3 +176,6 @@ def test_the_profile_sections_scale_times_reuse_one_workspace_on_cuda():
     assert [len(v) for v in graphs._engine.workspaces.values()] == [1]
     assert all(ms is not None and ms > 0 for ms in t["scale_ms"])
     assert t["total_ms"] == pytest.approx(t["start_ms"] + sum(t["scale_ms"]))
+    eager = NextScaleSampler(var, vqvae.quantize, ENGINE_SAMPLING, engine="eager")
+    ops = top_ops(eager, torch.tensor(labels, device="cuda"), seeds)
+    assert ops and all(o["op"].startswith("aten::") for o in ops)  # operators only, not their kernels again

@@ -16,6 +16,7 @@ import time
 from typing import Callable, Optional, Sequence
 
 import torch
+from torch.autograd import DeviceType
 
 __all__ = ["scale_times", "top_ops", "decode_layouts"]
 
@@ -59,7 +60,7 @@ def scale_times(sampler, labels: torch.Tensor, seeds: Sequence[int], accel=None,
             runs.append(spans(points))
     med = [statistics.median(run[i] for run in runs) for i in range(1 + ran)]
     scale_ms = med[1:] + [None] * (K - ran)
-    return {"start_ms": med[0], "scale_ms": scale_ms, "total_ms": sum(med)}
+    return {"start_ms": med[0], "scale_ms": scale_ms, "total_ms": sum(med)}  # (the sum of the medians)
 
 
 @torch.no_grad()
@@ -81,7 +82,10 @@ def top_ops(sampler, labels: torch.Tensor, seeds: Sequence[int], accel=None, lim
             return e.self_cpu_time_total
         return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
 
-    events = sorted((e for e in prof.key_averages() if self_us(e) > 0), key=self_us, reverse=True)
+    # the operators only: on CUDA the averages also list each kernel (device events) with the same device time
+    # as the operator that launched it, which would count it twice
+    ops = [e for e in prof.key_averages() if e.device_type == DeviceType.CPU and self_us(e) > 0]
+    events = sorted(ops, key=self_us, reverse=True)
     return [{"op": e.key, "ms": self_us(e) / 1e3, "calls": e.count} for e in events[:limit]]
 
 

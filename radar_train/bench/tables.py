@@ -9,7 +9,8 @@ A table's NAME is its file's path under the root without `.json` (`gpu/2026-11-2
 `<!-- table:NAME -->` ... `<!-- /table:NAME -->`; `--write` replaces what lies between the two markers
 and nothing else. Each table says the date, device, torch/CUDA, commit and command of its file.
 `NAME#targets` renders the file's sampling rows against the GPU targets instead (`render_targets`: one column
-per preset, the default engine's numbers, ✓ / ✗ on the presets the targets name).
+per preset, the default engine's numbers, ✓ / ✗ on the presets the targets name). `latest` is the newest file
+with rows: a file of other sections only (a profile run, say) is shown by its own NAME.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def load_results(root: Path) -> dict[str, dict]:
         docs[name] = doc if speed else None
     latest: dict[str, tuple] = {}
     for name, doc in docs.items():
-        if doc is None:
+        if doc is None or not doc["rows"]:  # (a file of other sections only, e.g. a profile run, is named)
             continue
         folder = name.rsplit("/", 1)[0] if "/" in name else ""
         key = (str(doc.get("date") or ""), name)
@@ -187,6 +188,8 @@ def _profile_tables(profile: dict, ops_per_method: int = 8) -> list[str]:
                 "| preset | batch | layout | images/s | ms |", "| --- | ---: | --- | ---: | ---: |"]
         out += [f"| {r['preset']} | {r['batch_size']} | {r['layout']} | {_ips(r['images_per_s'])} | {r['ms']:.1f} |"
                 for r in decode]
+    for preset, why in (profile.get("failures") or {}).items():
+        out += ["", f"Profile, {preset}: failed: {why}".replace("|", "/")]
     for preset, why in (profile.get("skipped") or {}).items():
         out += ["", f"Profile, {preset}: skipped ({why})".replace("|", "/")]
     return out
@@ -216,30 +219,45 @@ TARGET_PRESETS = ("var-d16", "var-d24")
 
 
 def render_targets(doc: dict) -> str:
-    """The sampling rows of a result file against TARGETS: one column per preset, the numbers of the default
-    engine on the file's device (graphs where the file has it, else eager; per-sample noise; the decode rows
-    are engine-free), ✓ / ✗ for the presets in TARGET_PRESETS."""
-    rows = [r for r in doc.get("rows") or [] if isinstance(r, dict) and not r.get("skipped")]
-    engine = "graphs" if any(r.get("engine") == "graphs" for r in rows) else "eager"
-    presets = list(dict.fromkeys(str(r["preset"]) for r in rows if r.get("preset")))
+    """The sampling rows of a result file against TARGETS: one column per preset (the presets in TARGET_PRESETS
+    always), the numbers of the default engine on the file's device (per preset: graphs where it has graphs rows,
+    else eager, then marked "(eager)"; per-sample noise; the decode rows are engine-free), ✓ / ✗ for the presets
+    in TARGET_PRESETS. A target whose rows are missing there is "not measured" (✗); a pair target with a skipped
+    pair row is "skipped" (its worst pair is unknown). ValueError for a file without sampling rows."""
+    every = [r for r in doc.get("rows") or [] if isinstance(r, dict) and r.get("preset")]
+    if not every:
+        raise ValueError("no sampling rows (a file of other sections only): the targets view needs the accel rows")
+    presets = list(dict.fromkeys([*TARGET_PRESETS, *(str(r["preset"]) for r in every)]))
 
-    def value(preset: str, method: str, key: str, op: str) -> Optional[float]:
-        found = [r.get(key) for r in rows if r.get("preset") == preset and r.get(key) is not None
-                 and (r["method"].startswith(method) if method.endswith(":") else r["method"] == method)
-                 and (method == "decode" or (r.get("engine") == engine and r.get("noise") in (None, "per_sample")))]
-        return (max(found) if op == "<=" else min(found)) if found else None
+    def engine_of(preset: str) -> str:
+        return "graphs" if any(r["preset"] == preset and r.get("engine") == "graphs" for r in every) else "eager"
+
+    def matching(preset: str, method: str) -> list:
+        return [r for r in every if r["preset"] == preset
+                and (r["method"].startswith(method) if method.endswith(":") else r["method"] == method)
+                and (method == "decode" or (r.get("engine") == engine_of(preset)
+                                            and r.get("noise") in (None, "per_sample")))]
 
     head = (f"{doc.get('date', '?')} · {doc.get('device', '?')} · commit `{doc.get('commit') or 'unknown'}` · "
-            f"engine `{engine}` · `{doc.get('command', '?')}`")
+            f"engine `graphs` where a preset has it, else `eager` · `{doc.get('command', '?')}`")
     lines = [head, "", "| target | bound | " + " | ".join(presets) + " |", "| --- | --- |" + " ---: |" * len(presets)]
     for what, method, key, op, bound in TARGETS:
         cells = []
         for preset in presets:
-            v = value(preset, method, key, op)
-            mark = "" if v is None or preset not in TARGET_PRESETS else \
-                (" ✓" if (v >= bound if op == ">=" else v <= bound) else " ✗")
+            rows = matching(preset, method)
+            found = [r[key] for r in rows if not r.get("skipped") and r.get(key) is not None]
+            target = preset in TARGET_PRESETS
+            if method.endswith(":") and any(r.get("skipped") for r in rows):
+                cells.append("skipped" + " ✗" * target)
+                continue
+            if not found:
+                cells.append("not measured ✗" if target else "-")
+                continue
+            v = max(found) if op == "<=" else min(found)
+            mark = "" if not target else (" ✓" if (v >= bound if op == ">=" else v <= bound) else " ✗")
             digits = 3 if key == "pair_vs_separate" or method == "decode" else 2  # (a decode near 1.00×)
-            cells.append(("-" if v is None else f"{v:.{digits}f}" + "×" * (key != "pair_vs_separate")) + mark)
+            eager = " (eager)" if method != "decode" and engine_of(preset) == "eager" else ""
+            cells.append(f"{v:.{digits}f}" + "×" * (key != "pair_vs_separate") + eager + mark)
         lines.append(f"| {what} | {op.replace('>=', '≥').replace('<=', '≤')} {bound:g}"
                      f"{'' if key == 'pair_vs_separate' else '×'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -273,8 +291,13 @@ def fill(markdown: str, docs: dict[str, dict], source: str) -> tuple[str, int]:
     if other:
         raise ValueError(f"{source}: {', '.join(n + '.json' for n in other)}: not a benchmark result "
                          f"(needs an object with a 'rows' list, each row with 'method' and 'images_per_s')")
-    out = _BLOCK.sub(lambda m: m.group(1) + VIEWS[m.group("name").partition("#")[2]](docs[base(m.group("name"))])
-                     + "\n" + m.group(4), markdown)
+    rendered = {}
+    for name in dict.fromkeys(m.group("name") for m in blocks):
+        try:
+            rendered[name] = VIEWS[name.partition("#")[2]](docs[base(name)])
+        except ValueError as e:
+            raise ValueError(f"{source}: table {name}: {e}") from None
+    out = _BLOCK.sub(lambda m: m.group(1) + rendered[m.group("name")] + "\n" + m.group(4), markdown)
     return out, len(blocks)
 
 

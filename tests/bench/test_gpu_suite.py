@@ -352,3 +352,26 @@ def test_the_profile_section_times_each_scale_each_method_and_the_decode_layouts
     text = render(doc)
     assert "| fastvar:default | eager |" in text and "| 8×8 | total |" in text and "| tiny | 2 | channels_last |" in text
     assert "\n\n\n" not in text
+
+
+def test_a_profile_method_that_fails_keeps_what_was_measured_and_the_section_says_so(tmp_path, monkeypatch):
+    import radar_train.bench.scales as scales
+
+    real, calls = scales.scale_times, []
+
+    def failing(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("CUDA out of memory")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(scales, "scale_times", failing)
+    out = tmp_path / "run.json"
+    assert main(["--device", "cpu", "--presets", "tiny", "--batch_size", "1", "--sections", "profile",
+                 "--output", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    prof = doc["sections"]["profile"]
+    assert doc["status"]["profile"] == "failed for tiny"
+    assert [r["method"] for r in prof["scales"]] == ["vanilla", "fastvar:default"]
+    assert prof["failures"] == {"tiny": "RuntimeError: CUDA out of memory"}
+    assert "Profile, tiny: failed: RuntimeError: CUDA out of memory" in render(doc)

@@ -199,22 +199,49 @@ def test_the_targets_view_marks_the_default_engine_of_the_target_presets():
         rows += [_row(preset, "vanilla", "eager", vs_official=1.1, vs_official_e2e=1.05),
                  _row(preset, "vanilla", "eager", noise="official", vs_official=9.0),
                  _row(preset, "vanilla", "graphs", vs_official=1.5, vs_official_e2e=1.25),
+                 _row(preset, "vanilla", "graphs", noise="official", vs_official=0.1),  # (not the default noise)
                  _row(preset, "fastvar:default", "eager", speedup_vs_vanilla=9.0),
                  _row(preset, "fastvar:default", "graphs", speedup_vs_vanilla=fast),
                  _row(preset, "stagevar:default", "graphs", speedup_vs_vanilla=1.9),
                  _row(preset, "pair:fastvar:default", "graphs", pair_vs_separate=0.70),
                  _row(preset, "pair:stagevar:paper", "graphs", pair_vs_separate=0.81),
                  _row(preset, "decode", "eager", noise=None, vs_official=0.995)]
-    text = render_targets(dict(DOC, rows=rows))
-    assert "engine `graphs`" in text.splitlines()[0]
-    table = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[2:] for line in text.splitlines() if line.startswith("| ")}
-    assert table["our vanilla vs the official sampler, loop"] == ["1.50× ✓", "1.50× ✓", "1.50× |"]
-    assert table["FastVAR default vs our vanilla"] == ["1.30× ✓", "1.20× ✗", "1.10× |"]
-    assert table["StageVAR default vs our vanilla"][:2] == ["1.90× ✓", "1.90× ✓"]
-    assert table["forked pair vs the two runs separately (the worst pair)"][:2] == ["0.810 ✗", "0.810 ✗"]
-    assert table["our VQ-VAE decode vs the official"][:2] == ["0.995× ✗", "0.995× ✗"]
-    eager_only = render_targets(dict(DOC, rows=[r for r in rows if r["engine"] != "graphs"]))
-    assert "engine `eager`" in eager_only and "| FastVAR default vs our vanilla | ≥ 1.25× | 9.00× ✓" in eager_only
+    def table(rows):
+        text = render_targets(dict(DOC, rows=rows))
+        return {line.split(" | ")[0].lstrip("| "): [c.rstrip(" |") for c in line.split(" | ")[2:]]
+                for line in text.splitlines() if line.startswith("| ")}
+
+    t = table(rows)
+    assert t["our vanilla vs the official sampler, loop"] == ["1.50× ✓", "1.50× ✓", "1.50×"]
+    assert t["FastVAR default vs our vanilla"] == ["1.30× ✓", "1.20× ✗", "1.10×"]
+    assert t["StageVAR default vs our vanilla"][:2] == ["1.90× ✓", "1.90× ✓"]
+    assert t["forked pair vs the two runs separately (the worst pair)"][:2] == ["0.810 ✗", "0.810 ✗"]
+    assert t["our VQ-VAE decode vs the official"][:2] == ["0.995× ✗", "0.995× ✗"]
+    # a preset measured with eager only is said so; a target preset with no rows is not measured, a skipped
+    # pair leaves the worst pair unknown
+    rows = [r for r in rows if not (r["preset"] == "var-d24" and r["engine"] == "graphs")]
+    rows = [r for r in rows if r["preset"] != "var-d16"] + [_row("var-d30", "pair:stagevar:default", "graphs",
+                                                               skipped="OutOfMemoryError")]
+    t = table(rows)
+    assert t["FastVAR default vs our vanilla"] == ["not measured ✗", "9.00× (eager) ✓", "1.10×"]
+    assert t["forked pair vs the two runs separately (the worst pair)"] == ["not measured ✗", "not measured ✗", "skipped"]
+    with pytest.raises(ValueError, match="no sampling rows"):
+        render_targets(dict(DOC, rows=[]))
+
+
+def test_latest_skips_a_file_without_rows_and_the_targets_view_of_one_is_an_error(root, tmp_path, capsys):
+    """A newer file of other sections only (e.g. a profile run) does not become `latest`; named, its targets
+    view is one error line naming the table, and the markdown is left as it was."""
+    (root / "gpu" / "2026-12-05-profile.json").write_text(json.dumps(dict(DOC, date="2026-12-05T00:00:00Z", rows=[])))
+    docs = load_results(root)
+    assert docs["gpu/latest"]["date"] == DOC["date"]
+    md = tmp_path / "r.md"
+    md.write_text("<!-- table:gpu/2026-12-05-profile#targets -->\n<!-- /table:gpu/2026-12-05-profile#targets -->\n")
+    before = md.read_bytes()
+    assert main(["--root", str(root), "--write", str(md)]) == 2
+    err = capsys.readouterr().err
+    assert "table gpu/2026-12-05-profile#targets: no sampling rows" in err and err.count("\n") == 1
+    assert md.read_bytes() == before
 
 
 def test_a_view_block_is_filled_and_an_unknown_view_is_one_error(root, tmp_path, capsys):
