@@ -137,5 +137,5 @@ def test_a_config_its_step_would_not_parse_stops_the_demo_before_anything_is_wri
                        capture_output=True, text=True)
     assert r.returncode == 2, r.stderr
     line = r.stderr.strip().splitlines()
-    assert len(line) == 1 and str(cfg) in line[0] and needle in line[0] and "Traceback" not in r.stderr, r.stderr
+    assert len(line) == 1 and line[0].count(str(cfg)) == 1 and needle in line[0] and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "new").exists()

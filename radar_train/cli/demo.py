@@ -81,7 +81,7 @@ def check_step_configs(checks: list[tuple[list[str], Path]]) -> None:
         if r.returncode != 0:
             lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
             why = lines[-1].removeprefix("error: ") if lines else f"exit {r.returncode}"
-            raise InputError(f"{config}: {why}")
+            raise InputError(why if why.startswith(f"{config}:") else f"{config}: {why}")  # (once, not twice)
 
 
 def check_grid(classes: Union[str, list[int]], seeds: Union[str, list[int]],
