@@ -2,6 +2,8 @@
 
     python benchmarks/gpu_probes.py bicubic    # F.interpolate bicubic (B 32, C 32, pn -> 16) against a separable
                                                # matrix product of the same weights: ms per call and max difference
+    python benchmarks/gpu_probes.py bicubic_layout  # the same on the sampler's channels-last-strided token map
+                                               # against a contiguous copy: ms per call, bit-equal or not
     python benchmarks/gpu_probes.py compiled   # VAR-d16, batch 32, bf16, vanilla: first call and median call of the
                                                # graphs and compiled engines (run under `timeout`: compiling is long)
 """
@@ -46,6 +48,20 @@ if sys.argv[1] == "bicubic":
         t_ref = bench(lambda: F.interpolate(h, size=(16, 16), mode="bicubic"))
         t_sep = bench(lambda: torch.einsum("oi,bcij,pj->bcop", Wm, h, Wm))
         print(f"bicubic pn {pn:2d}: F.interpolate {t_ref:.3f} ms, separable {t_sep:.3f} ms, max diff {(ref - sep).abs().max().item():.2e}", flush=True)
+
+if sys.argv[1] == "bicubic_layout":
+    # the sampler's token map is the embedding's transpose: channels-last strides (as in the official code). Is the
+    # upsampling of a contiguous copy faster, and bit for bit the same (output returned in the input's layout)?
+    for pn in (1, 2, 4, 8, 13):
+        h = torch.randn(32, pn * pn, 32, device=dev).transpose(1, 2).reshape(32, 32, pn, pn)  # channels-last strided
+        ref = F.interpolate(h, size=(16, 16), mode="bicubic")
+        alt = F.interpolate(h.contiguous(), size=(16, 16), mode="bicubic").contiguous(
+            memory_format=torch.channels_last if ref.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+        t_ref = bench(lambda: F.interpolate(h, size=(16, 16), mode="bicubic"))
+        t_alt = bench(lambda: F.interpolate(h.contiguous(), size=(16, 16), mode="bicubic").contiguous(
+            memory_format=torch.channels_last))
+        print(f"bicubic layout pn {pn:2d}: strided input {t_ref:.3f} ms, contiguous copy {t_alt:.3f} ms, "
+              f"equal {torch.equal(ref, alt)}, out strides {ref.stride()} / {alt.stride()}", flush=True)
 
 if sys.argv[1] == "compiled":
     from radar_train.bench.accel import build_random_models
