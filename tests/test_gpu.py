@@ -184,20 +184,11 @@ def test_the_profile_sections_scale_times_reuse_one_workspace_on_cuda():
 def test_the_decoder_runs_channels_last_on_cuda_when_asked():
     """Decoder.channels_last: None keeps NCHW on CUDA (as before), True runs channels-last; NCHW out either way,
     the same image up to float rounding."""
+    from layout_checks import decode_with_layout
+
     vqvae, _ = _tiny_on_cuda()
-    inner = vqvae.decoder
     cfg = vqvae.config
     f_hat = torch.randn(2, cfg.z_channels, cfg.patch_nums[-1], cfg.patch_nums[-1], device="cuda")
-    seen = []
-    hook = inner.conv_in.register_forward_pre_hook(
-        lambda m, args: seen.append(not args[0].is_contiguous()))
-    try:
-        with torch.inference_mode():
-            ref = vqvae.fhat_to_img(f_hat)
-            inner.channels_last = True
-            img = vqvae.fhat_to_img(f_hat)
-    finally:
-        hook.remove()
-        inner.channels_last = None
+    seen, ref, img = decode_with_layout(vqvae.decoder, vqvae.fhat_to_img, f_hat, True)
     assert seen == [False, True] and img.is_contiguous()
     assert torch.allclose(img, ref, atol=1e-2)

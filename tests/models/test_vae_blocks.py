@@ -104,18 +104,8 @@ def test_decoded_images_are_contiguous_with_and_without_grad(decoder, f_hat):
 def test_the_decoders_layout_setting_decides_the_activations_layout(decoder, f_hat, setting, expect_nhwc):
     """Decoder.channels_last: None runs channels-last on the CPU only (this device), False NCHW, True
     channels-last; the output is NCHW either way and the same image up to float rounding."""
-    inner = decoder.decoder
-    seen = []
-    hook = inner.conv_in.register_forward_pre_hook(
-        lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)
-                                    and not args[0].is_contiguous()))
-    try:
-        with torch.inference_mode():
-            ref = decoder.to_image(f_hat)
-            inner.channels_last = setting
-            img = decoder.to_image(f_hat)
-    finally:
-        hook.remove()
-        inner.channels_last = None
+    from layout_checks import decode_with_layout
+
+    seen, ref, img = decode_with_layout(decoder.decoder, decoder.to_image, f_hat, setting)
     assert seen == [True, expect_nhwc]
     assert img.is_contiguous() and torch.allclose(img, ref, atol=1e-5)
