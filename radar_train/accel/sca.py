@@ -341,12 +341,13 @@ def load_mask_file(path: str | Path) -> MaskFile:
     from safetensors import safe_open
     from radar_train.models.checkpoint import file_sha256
 
+    from radar_train.inputs import check_file
+
     p = Path(path)
-    if p.is_dir():
-        raise ValueError(f"{p}: SCA mask file is a folder, expected a file")
-    if not p.is_file():
+    if not p.exists():
         raise FileNotFoundError(f"{p}: SCA mask file not found (write one with `radar-accel calibrate "
                                 f"--accel.method sca`)")
+    check_file(p, "SCA mask file")  # (a folder, an unreadable file: InputError, a ValueError)
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}

@@ -50,11 +50,12 @@ class RankFile(NamedTuple):
 def load_rank_file(path: str | Path) -> RankFile:
     """The rank table of a calibration YAML (`radar-accel calibrate --accel.method stagevar`); its `model.var` is
     {kind, value} as the calibration writes it, or the bare value in files written before it recorded the kind."""
+    from radar_train.inputs import check_file
+
     p = Path(path)
-    if p.is_dir():
-        raise ValueError(f"{p}: stagevar rank-ratio file is a folder, expected a file")
-    if not p.is_file():
+    if not p.exists():
         raise FileNotFoundError(f"{p}: stagevar rank-ratio file not found (write one with `radar-accel calibrate`)")
+    check_file(p, "stagevar rank-ratio file")  # (a folder, an unreadable file: InputError, a ValueError)
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
         ratios = {int(k): [float(r) for r in v] for k, v in data["ratios"].items()}

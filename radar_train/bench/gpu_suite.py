@@ -276,7 +276,6 @@ def run_profile_section(args, results, log, deadline: float) -> Optional[str]:
             log(f"== profile {preset}: skipped ({out['skipped'][preset]})")
             _section(results, "profile", out)
             continue
-        built: list = []
         try:  # (a failure costs this preset's remaining rows only; what it measured is saved)
             cfg = get_preset(preset)
             var = init_random_(build_var(cfg.var), 0).eval().requires_grad_(False).to(dev)
@@ -286,7 +285,6 @@ def run_profile_section(args, results, log, deadline: float) -> Optional[str]:
             vqvae = init_random_(build_vqvae(vae_cfg), 1).eval().requires_grad_(False).to(dev)
             default = NextScaleSampler(var, vqvae.quantize, autocast_dtype=amp)
             eager = NextScaleSampler(var, vqvae.quantize, autocast_dtype=amp, engine="eager")
-            built += [var, vqvae, default, eager]
             labels = torch.arange(B, device=dev) % var.num_classes
             seeds = list(range(B))
             for name in names:
@@ -309,7 +307,6 @@ def run_profile_section(args, results, log, deadline: float) -> Optional[str]:
             traceback.print_exc()
             out.setdefault("failures", {})[preset] = f"{type(e).__name__}: {e}"
         finally:
-            del built[:]
             var = vqvae = default = eager = None  # (samplers and engines hold each other: collected here)
             gc.collect()
             if torch.cuda.is_available():

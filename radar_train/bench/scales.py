@@ -99,14 +99,12 @@ def decode_layouts(vqvae, f_hat: torch.Tensor, autocast: Optional[torch.dtype], 
     before = decoder.channels_last
     layouts = {"nchw": False, "channels_last": True}
     times: dict[str, list[float]] = {name: [] for name in layouts}
-    ctx = (lambda: torch.autocast(dev.type, dtype=autocast)) if autocast is not None else \
-        (lambda: torch.autocast(dev.type, enabled=False))
     try:
         for r in range(repeats + 1):
             for name, value in layouts.items():
                 decoder.channels_last = value
                 points = [mark()]
-                with ctx():
+                with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
                     vqvae.fhat_to_img(f_hat)
                 points.append(mark())
                 if r:
