@@ -153,7 +153,8 @@ def test_bf16_body_needs_autocast_and_matches_autocast_of_fp32_weights():
         assert blk.attn.scale_mul_1H11.dtype == torch.float32 and torch.equal(blk.attn.scale_mul_1H11, log)
         with torch.no_grad():
             mul = blk.attn._constants()[1]
-        assert torch.equal(mul, log.clamp_max(math.log(100)).exp().to(torch.bfloat16))
+        q_mul = log.clamp_max(math.log(100)).exp().to(torch.bfloat16).float().view(1, -1, 1)
+        assert mul.dtype == torch.float32 and torch.equal(mul, torch.cat((q_mul, torch.ones_like(q_mul))))
     with pytest.raises(ValueError, match="needs autocast_dtype"):
         NextScaleSampler(var, vqvae.quantize, cfg)
     out = NextScaleSampler(var, vqvae.quantize, cfg, autocast_dtype=torch.bfloat16).sample(torch.tensor([1, 2]), seeds=[0, 1])

@@ -1,10 +1,13 @@
 """FastVAR on class-conditional VAR: pivotal token selection (PTS) + cached token restoration (CTR).
 
-At the cache scale every block in `layers` stores the full gated branch output of its attention and
-FFN sub-layers (all rows). At a pruned scale with ratio ρ, before each sub-layer the residual stream x
-is scored per row (score_i = Σ_c (x_ic − mean_c)²); the M − ⌊Mρ⌋ highest-scoring tokens go through the
-sub-layer (only their K/V enter the KV cache); the branch output of the others is the cached output
-area-resized to the current grid. ρ = 1 skips the scale and every later one (decode f_hat as it is); ρ = 0
+At the cache scale every block in `layers` stores the full branch output of its attention and FFN
+sub-layers (all rows). At a pruned scale with ratio ρ, before each sub-layer the residual stream x is scored
+per row (score_i = ‖x_i − mean‖, the square root of FastVAR's Σ_c (x_ic − mean_c)²: the same order, in one
+pass over x); the M − ⌊Mρ⌋ highest-scoring tokens go through the sub-layer (only their K/V enter the KV
+cache); the branch output of the others is the cached output area-resized to the current grid. FastVAR caches
+and restores the branch output after the AdaLN gate γ; here the model gates after the restore (its hooks see
+branches before their gates), which is the same map: γ scales each row and channel, and the resize and the
+scatter act channel by channel. ρ = 1 skips the scale and every later one (decode f_hat as it is); ρ = 0
 leaves the scale untouched (the entry is dropped: the method is that of the other entries).
 
 Presets are defined from the end of the schedule, so they resolve for any model: on the 256px
@@ -33,23 +36,24 @@ PRESETS: dict[str, tuple[float, ...]] = {
 
 def pivotal_tokens(x: torch.Tensor, keep: int) -> torch.Tensor:
     """PTS: indices (rows, keep), ascending, of the tokens of x (rows, M, C) farthest from the row's
-    spatial mean (squared distance summed over channels)."""
-    score = (x - x.mean(dim=1, keepdim=True)).float().pow(2).sum(dim=-1)
+    spatial mean (Euclidean distance over channels, computed in float32)."""
+    score = torch.linalg.vector_norm(x - x.mean(dim=1, keepdim=True), dim=-1, dtype=torch.float32)
     return score.topk(keep, dim=1, sorted=False).indices.sort(dim=1).values
 
 
 def resize_tokens(t: torch.Tensor, pn: int) -> torch.Tensor:
-    """(rows, p², C) token grid -> (rows, pn², C) by area interpolation."""
+    """(rows, p², C) token grid -> (rows, pn², C) by area interpolation (a new tensor). The grid is resized
+    channels-last (the token layout itself), so neither side is transposed in memory."""
     rows, m, C = t.shape
     p = math.isqrt(m)
-    grid = t.transpose(1, 2).reshape(rows, C, p, p)
-    return F.interpolate(grid, size=(pn, pn), mode="area").reshape(rows, C, pn * pn).transpose(1, 2)
+    grid = t.reshape(rows, p, p, C).permute(0, 3, 1, 2)  # (rows, C, p, p), channels-last strides
+    return F.interpolate(grid, size=(pn, pn), mode="area").permute(0, 2, 3, 1).reshape(rows, pn * pn, C)
 
 
 def restore_tokens(cached: torch.Tensor, pn: int, idx: torch.Tensor, computed: torch.Tensor) -> torch.Tensor:
     """CTR: the cached branch output resized to pn×pn, with the computed tokens scattered at idx (in place into
     the resized grid, which is a new tensor: one full-size copy fewer per pruned sub-layer)."""
-    full = resize_tokens(cached.to(computed.dtype), pn).contiguous()
+    full = resize_tokens(cached.to(computed.dtype), pn)
     return full.scatter_(1, idx.unsqueeze(-1).expand(-1, -1, full.shape[-1]), computed)
 
 

@@ -372,9 +372,9 @@ class _StageVARRun(AccelRun):
         mixed = torch.einsum("bmr,bmc->brc", q.to(x.dtype), x)  # F̂ = Qᵀ F̃
         y_r = run(mixed)
         # RTR: r distinct rows drawn with probability ∝ ‖F̃_i‖² (Gumbel-top-k = sampling w/o replacement)
-        keys = x.float().pow(2).sum(-1).clamp_min(1e-30).log() + gumbel
+        keys = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).square_().clamp_min_(1e-30).log_() + gumbel
         idx = keys.topk(r, dim=1).indices
-        full = resize_tokens(self.cache[block_idx].to(y_r.dtype), int(math.isqrt(M))).contiguous()
-        out = full.scatter(1, idx.unsqueeze(-1).expand(-1, -1, full.shape[-1]), y_r)
+        full = resize_tokens(self.cache[block_idx].to(y_r.dtype), int(math.isqrt(M)))  # (a new tensor)
+        out = full.scatter_(1, idx.unsqueeze(-1).expand(-1, -1, full.shape[-1]), y_r)
         self.cache[block_idx] = out
         return out

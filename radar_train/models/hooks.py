@@ -27,8 +27,8 @@ class StepHooks:
 
     def sublayer(self, block_idx: int, kind: SubLayer, x: torch.Tensor,
                  branch: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """Return the gated branch output (to be added to `x`) for residual stream `x`;
-        `branch(tokens)` computes γ ⊙ SubLayer(AdaLN(tokens)) for any subset of tokens."""
+        """Return the branch output for residual stream `x`, before the gate: the block adds γ ⊙ (this) to `x`
+        (γ per row and channel). `branch(tokens)` computes SubLayer(AdaLN(tokens)) for any subset of tokens."""
         return branch(x)
 
     def kv_keep(self, block_idx: int) -> Optional[torch.Tensor]:

@@ -21,7 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configs import VARConfig
+from .fused import gated_add, l2_normalize_qk, modulate
 from .hooks import KVCache, StepHooks, kv_capacities
+
+PASS_THROUGH = StepHooks()
 
 
 class DropPath(nn.Module):
@@ -58,14 +61,16 @@ class SelfAttention(nn.Module):
         self.attn_drop = attn_drop
 
     def _constants(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """(qkv bias, per-head q multiplier). Without autograd they are cached until a parameter changes
+        """(qkv bias, per-head multipliers of the normalised q and k (2, heads, 1), float32). Without autograd they are cached until a parameter changes
         (in-place updates bump the tensors' version counters), saving kernels at every sampling step.
         Parameters made under torch.inference_mode() have no version counter: those are never cached."""
         def compute():
             bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
             mul = None
             if self.attn_l2_norm:  # exp of the float32 log (cast_body_ keeps it), rounded once to the body's dtype
-                mul = self.scale_mul_1H11.float().clamp_max(self.max_scale_mul).exp().to(self.mat_qkv.weight.dtype)
+                q_mul = self.scale_mul_1H11.float().clamp_max(self.max_scale_mul).exp().to(self.mat_qkv.weight.dtype)
+                q_mul = q_mul.float().view(1, self.num_heads, 1)
+                mul = torch.cat((q_mul, torch.ones_like(q_mul)))  # (2, heads, 1): q's multiplier, then k's
             return bias, mul
 
         params = (self.q_bias, self.v_bias, self.zero_k_bias) + ((self.scale_mul_1H11,) if self.attn_l2_norm else ())
@@ -81,12 +86,13 @@ class SelfAttention(nn.Module):
         """Teacher forcing (attn_mask), or one sampling step (kv; `hooks` may evict cached tokens and
         compute the attention itself)."""
         B, L, C = x.shape
-        bias, scale_mul = self._constants()
+        bias, qk_mul = self._constants()
         qkv = F.linear(x, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, L, c)
         if self.attn_l2_norm:
-            q = F.normalize(q, dim=-1).mul(scale_mul)
-            k = F.normalize(k, dim=-1)
+            q, k = l2_normalize_qk(qkv, qk_mul)  # (B, H, L, c)
+            v = qkv[:, :, 2].transpose(1, 2)
+        else:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if kv is not None:
             # evicted tokens leave before this scale's K/V join, so the cache never holds both (its
             # capacity is the most tokens it holds after an append). It stores K/V in the compute dtype
@@ -161,17 +167,19 @@ class AdaLNSelfAttn(nn.Module):
         gamma1, gamma2, scale1p, scale2p, shift1, shift2 = self.modulation(cond) if mod is None else mod
 
         def attn_branch(t: torch.Tensor) -> torch.Tensor:
-            h = self.ln_wo_grad(t).mul(scale1p).add_(shift1)
-            return self.attn(h, attn_mask, kv, self.block_idx, hooks).mul(gamma1)
+            return self.attn(modulate(self.ln_wo_grad(t), scale1p, shift1), attn_mask, kv, self.block_idx, hooks)
 
         def ffn_branch(t: torch.Tensor) -> torch.Tensor:
-            return self.ffn(self.ln_wo_grad(t).mul(scale2p).add_(shift2)).mul(gamma2)
+            return self.ffn(modulate(self.ln_wo_grad(t), scale2p, shift2))
 
-        if hooks is None:
-            x = x + self.drop_path(attn_branch(x))
-            return x + self.drop_path(ffn_branch(x))
-        x = x + hooks.sublayer(self.block_idx, "attn", x, attn_branch)
-        return x + hooks.sublayer(self.block_idx, "ffn", x, ffn_branch)
+        if hooks is None and self.training and isinstance(self.drop_path, DropPath):
+            x = x + self.drop_path(attn_branch(x).mul(gamma1))
+            return x + self.drop_path(ffn_branch(x).mul(gamma2))
+        # the hooks get the branches before their gates (γ is per row and channel, so a method that restores
+        # tokens channel by channel gives the same result gating before or after); the gate joins the residual add
+        sub = hooks or PASS_THROUGH
+        x = gated_add(x, sub.sublayer(self.block_idx, "attn", x, attn_branch), gamma1)
+        return gated_add(x, sub.sublayer(self.block_idx, "ffn", x, ffn_branch), gamma2)
 
 
 class AdaLNBeforeHead(nn.Module):
@@ -183,7 +191,7 @@ class AdaLNBeforeHead(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         scale, shift = self.ada_lin(cond).view(-1, 1, 2, self.C).unbind(2)
-        return self.ln_wo_grad(x).mul(scale.add(1)).add_(shift)
+        return modulate(self.ln_wo_grad(x), scale.add(1), shift)
 
 
 class VAR(nn.Module):
@@ -270,7 +278,7 @@ class VAR(nn.Module):
 
     def logits(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """(rows, l, C) -> float32 logits (rows, l, V)."""
-        return self.head(self.head_nm(h.float(), cond).float()).float()
+        return self.head(self.head_nm(h.float(), cond)).float()
 
     def forward(self, labels: torch.Tensor, x_BLCv_wo_first_l: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits (B, L, V). Class dropout (cond_drop_rate) applies in training mode only."""
