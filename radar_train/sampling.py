@@ -429,6 +429,8 @@ class NextScaleSampler:
         place; returns the next scale's input map (B, Cvae, pn', pn') or None after the last scale."""
         K, P = len(self.patch_nums), self.patch_nums[-1]
         if si != K - 1:
+            if h_BChw.is_cuda:  # (a token map is the embedding's transpose: channels-last strides, which CUDA's
+                h_BChw = h_BChw.contiguous()  # bicubic kernel reads about 3x slower than a copy: docs/benchmarks.md)
             h_BChw = F.interpolate(h_BChw, size=(P, P), mode="bicubic")
         f_hat.add_(self._phis[si](h_BChw))
         if si == K - 1:
