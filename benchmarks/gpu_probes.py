@@ -6,6 +6,13 @@
                                                # against a contiguous copy: ms per call, bit-equal or not
     python benchmarks/gpu_probes.py compiled   # VAR-d16, batch 32, bf16, vanilla: first call and median call of the
                                                # graphs and compiled engines (run under `timeout`: compiling is long)
+    python benchmarks/gpu_probes.py fused      # the block's and FastVAR's elementwise steps at the last scale's shapes
+                                               # (64 rows, 256 tokens, C of d16 / d24, bf16 autocast): the official
+                                               # formulation (radar_train up to 111e1f3) against radar_train's
+                                               # (models/fused.py, FastVAR's one-pass score and channels-last restore),
+                                               # and two untried alternatives against ours (a cdist score, the restore
+                                               # as a matrix product): ms per call, the largest difference; with OUT
+                                               # set, also $OUT/probe-fused.json
 """
 import sys
 import time
@@ -15,6 +22,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # (the checkout, not installed on a lent machine)
+if not torch.cuda.is_available():  # (run_gpu_suite.sh's CPU smoke test runs the probes too)
+    print(f"gpu_probes.py {' '.join(sys.argv[1:])}: needs a CUDA device; nothing measured")
+    sys.exit(0)
 dev = torch.device("cuda")
 
 def bench(fn, n=20):
@@ -88,3 +98,70 @@ if sys.argv[1] == "compiled":
         print(f"{engine}: median call {ts[2] * 1e3:.1f} ms ({32 / ts[2]:.1f} images/s)", flush=True)
     same = torch.cat([(a == b).flatten() for a, b in zip(out["graphs"].indices, out["compiled"].indices)]).float().mean()
     print(f"compiled vs graphs: tokens equal {same.item():.4f}", flush=True)
+
+if sys.argv[1] == "fused":
+    import json
+    import math
+    import os
+
+    from radar_train.accel.fastvar import pivotal_tokens, resize_tokens
+    from radar_train.models.fused import gated_add, l2_normalize_qk, modulate
+
+    def old_pts(x, keep):
+        score = (x - x.mean(dim=1, keepdim=True)).float().pow(2).sum(dim=-1)
+        return score.topk(keep, dim=1, sorted=False).indices.sort(dim=1).values
+
+    def cdist_pts(x, keep):  # alternative: one read of x for the distances
+        d = torch.cdist(x, x.mean(dim=1, keepdim=True), compute_mode="donot_use_mm_for_euclid_dist").squeeze(-1)
+        return d.topk(keep, dim=1, sorted=False).indices.sort(dim=1).values
+
+    def old_resize(t, pn):
+        rows, m, C = t.shape
+        p = math.isqrt(m)
+        grid = t.transpose(1, 2).reshape(rows, C, p, p)
+        return F.interpolate(grid, size=(pn, pn), mode="area").reshape(rows, C, pn * pn).transpose(1, 2).contiguous()
+
+    def area_matrix(p, pn):  # alternative: the area resize as one (pn², p²) matrix product
+        eye = torch.eye(p * p, device=dev).view(p * p, 1, p, p)
+        return F.interpolate(eye, size=(pn, pn), mode="area").view(p * p, pn * pn).T.contiguous()
+
+    bf = torch.bfloat16
+    rows_out = []
+    for C in (1024, 1536):
+        R, L, H = 64, 256, C // 64
+        x = torch.randn(R, L, C, device=dev)
+        s1, b1, g1 = (torch.randn(R, 1, C, device=dev, dtype=bf) for _ in range(3))
+        y = torch.randn(R, L, C, device=dev, dtype=bf)
+        qkv = torch.randn(R, L, 3, H, 64, device=dev, dtype=bf)
+        mul = torch.rand(1, H, 1, 1, device=dev).add(1).to(bf)
+        qk_mul = torch.cat((mul.float().view(1, H, 1), torch.ones(1, H, 1, device=dev)))
+        cached = torch.randn(R, 100, C, device=dev, dtype=bf)
+        A = area_matrix(10, 16).to(bf)
+        ln = F.layer_norm(x, (C,))
+        cases = {
+            "modulate + cast": (lambda: ln.mul(s1).add_(b1).to(bf), lambda: modulate(ln, s1, b1)),
+            "gated residual add": (lambda: x + y.mul(g1), lambda: gated_add(x, y, g1)),
+            "q, k L2 norm": (lambda: (F.normalize(qkv.permute(2, 0, 3, 1, 4)[0], dim=-1).mul(mul).to(bf),
+                                      F.normalize(qkv.permute(2, 0, 3, 1, 4)[1], dim=-1).to(bf)),
+                             lambda: l2_normalize_qk(qkv, qk_mul)),
+            "FastVAR score (keep 64)": (lambda: old_pts(x, 64), lambda: pivotal_tokens(x, 64)),
+            "FastVAR score, cdist (alternative)": (lambda: pivotal_tokens(x, 64), lambda: cdist_pts(x, 64)),
+            "FastVAR restore 10->16": (lambda: old_resize(cached, 16), lambda: resize_tokens(cached, 16)),
+            "FastVAR restore, matmul (alternative)": (lambda: resize_tokens(cached, 16), lambda: torch.matmul(A, cached)),
+        }
+        for name, (old, new) in cases.items():
+            with torch.autocast("cuda", dtype=bf):
+                t_old, t_new = bench(old), bench(new)
+                a, b = old(), new()
+            a, b = (a if isinstance(a, tuple) else (a,)), (b if isinstance(b, tuple) else (b,))
+            diff = max((u.float() - v.float()).abs().max().item() for u, v in zip(a, b))
+            print(f"C {C} {name}: before {t_old:.3f} ms, after {t_new:.3f} ms ({t_old / t_new:.2f}x), "
+                  f"max diff {diff:.2e}", flush=True)
+            rows_out.append({"C": C, "rows": R, "tokens": L, "step": name, "before_ms": t_old, "after_ms": t_new,
+                             "max_diff": diff})
+    if os.environ.get("OUT"):
+        doc = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "command": "python benchmarks/gpu_probes.py fused", "rows": rows_out}
+        with open(os.path.join(os.environ["OUT"], "probe-fused.json"), "w") as f:
+            json.dump(doc, f, indent=1)

@@ -12,11 +12,13 @@
 # benchmarks/prepare_gpu_run.sh) for $PYTHON's version are installed into /tmp/radar-site first (no index, no
 # dependencies; others are left out). It stops at once (exit 2, nothing written) without the official code or
 # without a wheel for that Python, unless NO_OFFICIAL=1 / NO_WHEELS=1; a failed install only warns (the train
-# section then records what it lacks). Limits: SUITE_TIMEOUT (default 470 s; the suite plans its rounds
-# for BUDGET_S, default 410 s), TEST_TIMEOUT (default 100 s): with the wheels about 580 s, inside a 600 s
-# command. The CUDA tests run without the slow ones (the compiled engine compiles for minutes), the
-# sampling engines' ones (tests/test_gpu.py: graphs vs eager, no synchronisation) first, then the FlexAttention
-# ones, each result logged as it ends. Exit status: the suite's, else the tests'.
+# section then records what it lacks). Limits: SUITE_TIMEOUT (default 440 s; the suite plans its rounds
+# for BUDGET_S, default 380 s), TEST_TIMEOUT (default 100 s), then the probes named in PROBES (default
+# "fused"; "" for none: python benchmarks/gpu_probes.py NAME, logs and JSON into $OUT) under PROBE_TIMEOUT (default
+# 40 s): with the wheels about 590 s, inside a 600 s command. The CUDA tests run without the slow ones (the
+# compiled engine compiles for minutes), the sampling engines' ones (tests/test_gpu.py: graphs vs eager, no
+# synchronisation) first, then the FlexAttention ones, each result logged as it ends. Exit status: the suite's,
+# else the tests'.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 1 ] || [[ "$1" == -* ]]; then
@@ -58,13 +60,17 @@ command -v nvidia-smi >/dev/null && nvidia-smi >"$out/nvidia-smi.txt" 2>&1
 
 official=()
 [ "${NO_OFFICIAL:-0}" != 1 ] && official=(--official_var "$official_dir")
-timeout "${SUITE_TIMEOUT:-470}" "$py" -m radar_train.bench.gpu_suite ${official[@]+"${official[@]}"} --commit "$commit" \
-  --budget_s "${BUDGET_S:-410}" --command "bash benchmarks/run_gpu_suite.sh $commit${*:+ $*}" \
+timeout "${SUITE_TIMEOUT:-440}" "$py" -m radar_train.bench.gpu_suite ${official[@]+"${official[@]}"} --commit "$commit" \
+  --budget_s "${BUDGET_S:-380}" --command "bash benchmarks/run_gpu_suite.sh $commit${*:+ $*}" \
   --output_dir "$out" "$@" 2>&1 | tee "$out/suite.log"
 suite=$?
 timeout "${TEST_TIMEOUT:-100}" "$py" -m pytest -v -rA -s -p no:cacheprovider -o log_level=WARNING -m "gpu and not slow" \
   tests/test_gpu.py tests/accel/test_sca.py 2>&1 | tee "$out/gpu-tests.log"
 tests=$?
+for probe in ${PROBES-fused}; do  # (a probe's failure is in its log; it does not change the exit status)
+  OUT="$out" PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" timeout "${PROBE_TIMEOUT:-40}" "$py" benchmarks/gpu_probes.py "$probe" \
+    2>&1 | tee "$out/probe-$probe.log"
+done
 echo "run_gpu_suite: suite exit $suite, tests exit $tests; files in $out"
 [ "$suite" != 0 ] && exit "$suite"
 exit "$tests"

@@ -39,6 +39,8 @@ def test_the_run_writes_result_and_logs_into_out(tmp_path):
     tests_log = (out / "gpu-tests.log").read_text()
     assert " failed" not in tests_log and (" skipped" if not torch.cuda.is_available() else " passed") in tests_log
     assert "suite exit 0, tests exit 0" in p.stdout
+    if not torch.cuda.is_available():  # the probes ran after the tests (on a CPU they say so and measure nothing)
+        assert (out / "probe-fused.log").read_text() == "gpu_probes.py fused: needs a CUDA device; nothing measured\n"
 
 
 def test_usage_is_one_line(tmp_path):
