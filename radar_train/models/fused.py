@@ -30,16 +30,21 @@ def _recording(*ts: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
 
 
+def _promoted(*ts: torch.Tensor) -> torch.dtype:
+    dt = ts[0].dtype
+    for t in ts[1:]:
+        if t.dtype != dt:
+            dt = torch.promote_types(dt, t.dtype)
+    return dt
+
+
 def _out_dtype(*ts: torch.Tensor) -> torch.dtype:
     """What the next linear layer computes in: the autocast dtype where autocast is on, else the operands'
     promoted dtype."""
     dev = ts[0].device.type
     if torch.is_autocast_enabled(dev):
         return torch.get_autocast_dtype(dev)
-    dt = ts[0].dtype
-    for t in ts[1:]:
-        dt = torch.promote_types(dt, t.dtype)
-    return dt
+    return _promoted(*ts)
 
 
 def modulate(h: torch.Tensor, scale1p: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -56,8 +61,7 @@ def gated_add(x: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor) -> torch.Te
     a new tensor in the promoted dtype of the three (float32 for the float32 residual stream under autocast)."""
     if _recording(x, y, gamma):
         return x + y.mul(gamma)
-    dt = torch.promote_types(torch.promote_types(x.dtype, y.dtype), gamma.dtype)
-    return torch.addcmul(x, y, gamma, out=torch.empty(x.shape, dtype=dt, device=x.device))
+    return torch.addcmul(x, y, gamma, out=torch.empty(x.shape, dtype=_promoted(x, y, gamma), device=x.device))
 
 
 def l2_normalize_qk(qkv: torch.Tensor, qk_mul: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

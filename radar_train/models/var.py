@@ -61,8 +61,9 @@ class SelfAttention(nn.Module):
         self.attn_drop = attn_drop
 
     def _constants(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """(qkv bias, per-head multipliers of the normalised q and k (2, heads, 1), float32). Without autograd they are cached until a parameter changes
-        (in-place updates bump the tensors' version counters), saving kernels at every sampling step.
+        """(qkv bias, per-head multipliers of the normalised q and k (2, heads, 1), float32). Without autograd they
+        are cached until a parameter changes (in-place updates bump the tensors' version counters), saving kernels
+        at every sampling step.
         Parameters made under torch.inference_mode() have no version counter: those are never cached."""
         def compute():
             bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
@@ -177,7 +178,7 @@ class AdaLNSelfAttn(nn.Module):
             return x + self.drop_path(ffn_branch(x).mul(gamma2))
         # the hooks get the branches before their gates (γ is per row and channel, so a method that restores
         # tokens channel by channel gives the same result gating before or after); the gate joins the residual add
-        sub = hooks or PASS_THROUGH
+        sub = PASS_THROUGH if hooks is None else hooks
         x = gated_add(x, sub.sublayer(self.block_idx, "attn", x, attn_branch), gamma1)
         return gated_add(x, sub.sublayer(self.block_idx, "ffn", x, ffn_branch), gamma2)
 
