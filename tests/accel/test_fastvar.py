@@ -188,3 +188,15 @@ def test_radar_accel_show_prints_the_cache_scale_a_preset_works_out(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out.splitlines()
     assert "cache_scale: null" in out and "cache_scale_used: 13" in out
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_the_channels_last_resize_equals_the_area_resize_of_the_transposed_grid(device):
+    """CTR resizes the cached tokens in their own layout (channels-last); the values are those of the NCHW grid's
+    area resize (FastVAR's formulation), up to the kernels' summation order."""
+    torch.manual_seed(0)
+    t = torch.randn(3, 100, 64, device=device)
+    for pn in (13, 16):
+        grid = t.transpose(1, 2).reshape(3, 64, 10, 10).contiguous()
+        ref = torch.nn.functional.interpolate(grid, size=(pn, pn), mode="area").reshape(3, 64, pn * pn).transpose(1, 2)
+        torch.testing.assert_close(resize_tokens(t, pn), ref, rtol=1e-6, atol=1e-6)

@@ -23,23 +23,28 @@ def test_modulate_is_h_times_scale_plus_shift():
     _close(out, h * s + b)
 
 
-def test_modulate_writes_the_autocast_dtype_from_mixed_operands():
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]  # (autocast and out= dtypes differ per backend)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_modulate_writes_the_autocast_dtype_from_mixed_operands(device):
     """Under autocast the float32 normed tokens and the bf16 modulation make a bf16 result in one call (what the
     next linear layer reads), with the float32 product's value."""
     torch.manual_seed(0)
-    h = torch.randn(2, 5, 32)
-    s, b = torch.randn(2, 1, 32).bfloat16(), torch.randn(2, 1, 32).bfloat16()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    h = torch.randn(2, 5, 32, device=device)
+    s, b = torch.randn(2, 1, 32, device=device).bfloat16(), torch.randn(2, 1, 32, device=device).bfloat16()
+    with torch.autocast(device, dtype=torch.bfloat16):
         out = modulate(h, s, b)
     assert out.dtype == torch.bfloat16
     _close(out, (h * s.float() + b.float()).bfloat16(), torch.bfloat16)
 
 
-def test_gated_add_is_the_residual_plus_the_gated_branch_in_float32():
+@pytest.mark.parametrize("device", DEVICES)
+def test_gated_add_is_the_residual_plus_the_gated_branch_in_float32(device):
     torch.manual_seed(0)
-    x = torch.randn(2, 5, 32)
-    y, g = torch.randn(2, 5, 32).bfloat16(), torch.randn(2, 1, 32).bfloat16()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    x = torch.randn(2, 5, 32, device=device)
+    y, g = torch.randn(2, 5, 32, device=device).bfloat16(), torch.randn(2, 1, 32, device=device).bfloat16()
+    with torch.autocast(device, dtype=torch.bfloat16):
         out = gated_add(x, y, g)
     assert out.dtype == torch.float32 and out.data_ptr() != x.data_ptr()
     _close(out, x + y.float() * g.float())
@@ -62,11 +67,12 @@ def test_l2_normalize_qk_is_f_normalize_of_q_and_k(with_mul):
     assert torch.equal(k[0, 0, 0], torch.zeros(c))
 
 
-def test_l2_normalize_qk_under_autocast_writes_bf16():
+@pytest.mark.parametrize("device", DEVICES)
+def test_l2_normalize_qk_under_autocast_writes_bf16(device):
     torch.manual_seed(0)
-    qkv = torch.randn(2, 6, 3, 4, 8).bfloat16()
-    qk_mul = torch.stack((torch.rand(4) + 1, torch.ones(4))).view(2, 4, 1)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    qkv = torch.randn(2, 6, 3, 4, 8, device=device).bfloat16()
+    qk_mul = torch.stack((torch.rand(4, device=device) + 1, torch.ones(4, device=device))).view(2, 4, 1)
+    with torch.autocast(device, dtype=torch.bfloat16):
         q, k = l2_normalize_qk(qkv, qk_mul)
     assert q.dtype == k.dtype == torch.bfloat16
     ref = F.normalize(qkv.float(), dim=-1)
