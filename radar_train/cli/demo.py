@@ -76,12 +76,22 @@ def check_step_configs(checks: list[tuple[list[str], Path]]) -> None:
     that a typo in the training or generate config stops the demo before the cache step writes anything."""
     from radar_train.inputs import InputError
 
-    for cmd, config in checks:
-        r = subprocess.run(cmd + ["--print_config"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if r.returncode != 0:
-            lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
-            why = lines[-1].removeprefix("error: ") if lines else f"exit {r.returncode}"
-            raise InputError(why if why.startswith(f"{config}:") else f"{config}: {why}")  # (once, not twice)
+    procs: list[tuple[subprocess.Popen, Path]] = []
+    try:  # started together (each is seconds of a fresh interpreter's imports), reported in order
+        for cmd, config in checks:
+            procs.append((subprocess.Popen(cmd + ["--print_config"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                           text=True), config))
+        for p, config in procs:
+            _, err = p.communicate()
+            if p.returncode != 0:
+                lines = [line for line in err.strip().splitlines() if line.strip()]
+                why = lines[-1].removeprefix("error: ") if lines else f"exit {p.returncode}"
+                raise InputError(why if why.startswith(f"{config}:") else f"{config}: {why}")  # (once, not twice)
+    finally:
+        for p, _ in procs:  # (a check still running after an earlier one failed)
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
 
 
 def check_grid(classes: Union[str, list[int]], seeds: Union[str, list[int]],
