@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from radar_train.accel.base import AccelMethod, AccelRun, Branch, RunContext, ScalePlan, flop_constants, other_weights
-from radar_train.accel.fastvar import resize_tokens
+from radar_train.accel.fastvar import restore_tokens
 from radar_train.models.hooks import StepHooks
 from radar_train import noise
 from radar_train.seeding import derive_seed
@@ -374,7 +374,6 @@ class _StageVARRun(AccelRun):
         # RTR: r distinct rows drawn with probability ∝ ‖F̃_i‖² (Gumbel-top-k = sampling w/o replacement)
         keys = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).square_().clamp_min_(1e-30).log_() + gumbel
         idx = keys.topk(r, dim=1).indices
-        full = resize_tokens(self.cache[block_idx].to(y_r.dtype), int(math.isqrt(M)))  # (a new tensor)
-        out = full.scatter_(1, idx.unsqueeze(-1).expand(-1, -1, full.shape[-1]), y_r)
+        out = restore_tokens(self.cache[block_idx], int(math.isqrt(M)), idx, y_r)  # (FastVAR's CTR: resize, scatter)
         self.cache[block_idx] = out
         return out

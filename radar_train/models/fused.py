@@ -70,7 +70,7 @@ def l2_normalize_qk(qkv: torch.Tensor, qk_mul: Optional[torch.Tensor]) -> tuple[
     (rows, l, 3, heads, head_dim). Written in the autocast dtype under autocast (the attention's operand dtype),
     else in qkv's; norms and factors in float32."""
     qk = qkv[:, :, :2]
-    if _recording(qkv) or (qk_mul is not None and _recording(qk_mul)):
+    if _recording(*(t for t in (qkv, qk_mul) if t is not None)):
         out = torch.nn.functional.normalize(qk, dim=-1)
         if qk_mul is not None:
             out = out * qk_mul
