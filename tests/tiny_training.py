@@ -1,14 +1,17 @@
 """Shared pieces of the training tests: random latent pairs, the early-stopping setting whose best step is the
-first validation, and radar-train fit's command line on a tiny cache run in-process."""
+first validation, radar-train fit's command line on a tiny cache run in-process, and a callback that makes a
+training step fail."""
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 from unittest import mock
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from radar_train.train.selection import EarlyStoppingArgs
 
@@ -50,3 +53,36 @@ def tiny_fit_argv(cache: str, root: Path, steps: int, *extra: str) -> list[str]:
             "--trainer.max_steps", str(steps), "--trainer.val_check_interval", "2",
             "--trainer.enable_progress_bar", "false", "--model.output.save_every_n_steps", "2",
             "--model.monitor.images_every_n_steps", "0", "--data.batch_size", "4", *extra]
+
+
+class FailAt(Callback):
+    """Raises RuntimeError("injected failure") in optimizer step `step` (1-based) at `where`: "backward" (after the
+    backward of the step's `micro_batch`-th micro-batch: the update not begun), "update" (Lightning's hook just before
+    the update), "end" (the step's end, after the update), or "validation" (the first batch of the validation
+    after step `step`)."""
+
+    def __init__(self, step: int, where: str = "backward", micro_batch: int = 1, rank: Optional[int] = None):
+        self.step, self.where, self.micro_batch, self.rank = step, where, micro_batch, rank
+        self._backwards = 0
+
+    def _due(self, trainer, where: str, step_done: int) -> bool:
+        return self.where == where and trainer.global_step == step_done and \
+            (self.rank is None or trainer.global_rank == self.rank)
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if self._due(trainer, "backward", self.step - 1):
+            self._backwards += 1
+            if self._backwards == self.micro_batch:
+                raise RuntimeError("injected failure")
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self._due(trainer, "update", self.step - 1):
+            raise RuntimeError("injected failure")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._due(trainer, "end", self.step):
+            raise RuntimeError("injected failure")
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._due(trainer, "validation", self.step) and not trainer.sanity_checking:
+            raise RuntimeError("injected failure")

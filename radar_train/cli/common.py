@@ -404,6 +404,13 @@ def print_error(message: object) -> None:
     print(f"error: {one_line(worker_error(message))}", file=sys.stderr)
 
 
+def print_notes(error: BaseException) -> None:
+    """The notes added to an error (`add_note`: what the command did about it), a line each, after its own line
+    (a traceback prints them itself)."""
+    for note in getattr(error, "__notes__", None) or ():
+        print(note, file=sys.stderr)
+
+
 _WORKER_ERROR = re.compile(r"Caught (\w+) in DataLoader worker process (\d+)\.\nOriginal Traceback")
 
 
@@ -472,9 +479,11 @@ def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Option
         sys.exit(2)
     except (*USER_ERRORS, *errors) as e:
         print_error(e)
+        print_notes(e)
         sys.exit(2)
     except (OSError, *_storage_errors()) as e:  # a full disk, a quota, a lost mount: one line, not a traceback
         print_error(f"{prog}: {describe_os_error(e)}")
+        print_notes(e)
         sys.exit(1)
     except KeyboardInterrupt as e:  # Ctrl-C: one line (what was being done, if the body said), not a traceback
         print(f"{prog}: {str(e) or 'interrupted'}", file=sys.stderr)

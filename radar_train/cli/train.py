@@ -480,6 +480,18 @@ def _make_cli_class(subcommand: str):
     return RadarTrainCLI, RunConfigCallback
 
 
+def failure_note() -> Optional[str]:
+    """The last line of a fit that raised: the step it saved, or why nothing was (None: it did not train)."""
+    from radar_train.train.run_checkpoint import last_failure
+
+    if not last_failure:
+        return None
+    if last_failure.get("step") is not None:
+        return (f"radar-train: the run failed in the step after step {last_failure['step']}, which is saved "
+                "(once the cause is fixed, resume with --ckpt_path last)")
+    return f"radar-train: the run failed; nothing saved since its last checkpoint ({last_failure['why']})"
+
+
 def run_lightning(argv: list[str]) -> None:
     """LightningCLI over `argv` (subcommand first). `validate` writes no config.yaml (the run's stays).
     Lightning's MisconfigurationException (a setting it refuses) becomes a ValueError: one error line (it is
@@ -491,8 +503,10 @@ def run_lightning(argv: list[str]) -> None:
     from radar_train.train import run_lock
     from radar_train.train.datamodule import PairDataModule
     from radar_train.train.module import RadarLoraModule
+    from radar_train.train.run_checkpoint import last_failure
 
     tidy_lightning_logging()
+    last_failure.clear()
     cli_cls, config_cb = _make_cli_class(argv[0])
     # args=None when they are the process's own (LightningCLI warns when given both)
     try:
@@ -521,6 +535,10 @@ def run_lightning(argv: list[str]) -> None:
             print("radar-train: interrupted (nothing saved since the run's last checkpoint)", file=sys.stderr,
                   flush=True)
             sys.exit(128 + signal.SIGINT)
+        raise
+    except Exception as e:  # the fit failed: what was saved (run_checkpoint.py: the step before a failed step)
+        if (note := failure_note()) is not None:
+            e.add_note(note)
         raise
     finally:  # the fit's run folder lock, whether it finished, failed, was stopped or requeued
         run_lock.release_held()

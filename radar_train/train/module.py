@@ -626,6 +626,14 @@ class RadarLoraModule(pl.LightningModule):
         if (rng := self._step_rng.state_dict()) is not None:
             checkpoint["radar_rng"] = rng
 
+    def step_stream_state(self) -> Optional[dict[str, torch.Tensor]]:
+        """The training step's random stream as checkpoints hold it (run_checkpoint.py keeps it at each step's end)."""
+        return self._step_rng.state_dict()
+
+    def restore_step_stream(self, state: Optional[dict[str, torch.Tensor]]) -> None:
+        """Back to a `step_stream_state` (a failed step's save, which holds the stream as of the step before)."""
+        self._step_rng.load_state_dict(state)
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         from lightning.pytorch.trainer.states import TrainerFn
 

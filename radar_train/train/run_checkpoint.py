@@ -12,6 +12,9 @@ validation, so a kill during it would lose that validation, and with it early st
 run in list order: those whose state the validation changes come before this one
 (RadarLoraModule.configure_callbacks).
 
+A training step that raises (CUDA out of memory, an unreadable shard) saves the step before it, when the failed
+step had not begun its optimizer update: step_boundary.py. radar-train then names the saved step.
+
 Under SLURM auto-requeue the requeue save (hpc_ckpt_N.ckpt) is taken at the same points, not wherever the
 signal lands (requeue.py: a mid-step save resumed one batch late).
 
@@ -30,11 +33,13 @@ from typing import Any
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from .requeue import StepBoundaryRequeue
+from .step_boundary import LastBoundary, local_collectives
 from .stop_signal import StepBoundaryStop
 
-__all__ = ["RunCheckpoint", "state_in_dirpath"]
+__all__ = ["RunCheckpoint", "last_failure", "state_in_dirpath"]
 
 log = logging.getLogger(__name__)
+last_failure: dict = {}  # this process's last fit that raised: {"step": saved step or None, "why": if not saved}
 
 
 def state_in_dirpath(state: dict[str, Any], dirpath: str) -> dict[str, Any]:
@@ -97,6 +102,8 @@ class RunCheckpoint(ModelCheckpoint):
         self._requeue_after_validation = False  # so does a requeue save asked for during the step
         self._stop = StepBoundaryStop()
         self._stop_after_validation = False  # so does a SIGTERM's save and stop
+        self._boundary = LastBoundary()  # the last step boundary, saved when the next step raises
+        self._rewinding = False  # the save of that boundary is being written
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         from .checkpoint_io import use_beside_checkpoint_io
@@ -108,6 +115,8 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)
+        self._boundary = LastBoundary()
+        last_failure.clear()
         self._stop.install()  # (after Lightning's own SIGTERM handler, which it registers before training)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
@@ -123,6 +132,8 @@ class RunCheckpoint(ModelCheckpoint):
         if not step_ended(trainer):  # a micro-batch inside a step: its state is saved after the step's last one
             return
         follows = validation_follows(trainer)
+        if not follows:  # (before the collectives below: a rank that fails in them saves this step)
+            self._boundary.record(trainer, pl_module)
         requeue = self._requeue.due(trainer)
         if self._stop.due(trainer):
             if follows:  # after that validation (on_validation_end), as the run's own save of this step
@@ -146,6 +157,7 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_validation_end(trainer, pl_module)
         if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking or not step_ended(trainer):
             return  # (a validation inside an optimizer step: its saves, and a signal's, wait for the step's end)
+        self._boundary.record(trainer, pl_module)
         if not trainer.fast_dev_run and trainer.global_step > 0 and (
                 self._after_validation or self._last_global_step_saved == trainer.global_step):
             self._after_validation = False
@@ -161,6 +173,59 @@ class RunCheckpoint(ModelCheckpoint):
         if self._requeue_after_validation or self._requeue.due(trainer):  # a signal during the validation, too
             self._requeue_after_validation = False
             self._requeue.requeue(trainer)
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        try:
+            super()._save_checkpoint(trainer, filepath)
+        except BaseException:
+            self._boundary.save_failed = not self._rewinding  # (the failed step's save reports its own failure)
+            raise
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self._boundary.update_began()
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if self._rewinding:
+            self._boundary.rewind_checkpoint(checkpoint)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """A fit that raised: save its last step boundary if the failed step had not changed the weights yet
+        (step_boundary.py). Not for KeyboardInterrupt (a second Ctrl-C: stop at once) or SystemExit (a signal's
+        stop, saved at its step). A save that fails leaves the run's last checkpoint as it was, and the fit's own
+        error is the one raised."""
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        super().on_exception(trainer, pl_module, exception)
+        if not isinstance(exception, Exception) or trainer.state.fn != TrainerFn.FITTING or trainer.fast_dev_run:
+            return
+        b = self._boundary
+        last_failure.clear()
+        last_failure.update(step=None, why=None)
+        if not b.savable(trainer):
+            last_failure["why"] = f"the save of step {b.step} failed" if b.save_failed else \
+                "the failure came after an optimizer update began, or in a validation" if b.moved else \
+                "no training step had ended in this run"
+            return
+        if self._last_global_step_saved == b.step:
+            last_failure["step"] = b.step
+            return
+        if not trainer.is_global_zero:
+            last_failure["why"] = "rank 0 saves"
+            return
+        log.warning("the training step after step %d raised %s: saving step %d", b.step, type(exception).__name__,
+                    b.step)
+        try:
+            b.rewind(pl_module)
+            self._rewinding = True
+            with local_collectives(trainer.strategy):
+                self._save_both(trainer)
+            last_failure["step"] = b.step
+        except Exception as e:  # (the disk may be what failed)
+            log.warning("could not save step %d: %s", b.step, e)
+            last_failure["why"] = f"saving step {b.step} failed too ({type(e).__name__}: {e})"
+        finally:
+            self._rewinding = False
 
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.global_step > 0 and self._last_global_step_saved != trainer.global_step \

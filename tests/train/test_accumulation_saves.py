@@ -23,24 +23,28 @@ MAX_STEPS, ACCUMULATE, VAL_EVERY = 8, 2, 4
 MICRO_BEFORE_STEP_5 = 7  # micro-batches of steps 1-4
 
 
-class _Crash(Exception):
-    """Stands for a SIGKILL: the run ends where it is, saving nothing."""
+class _Crash(BaseException):
+    """Stands for a SIGKILL: the run ends where it is, saving nothing (not an Exception: a step that raises one
+    saves the step before it)."""
 
 
 class _Recorder(pl.LightningModule):
     """A one-parameter model recording the pairs of each micro-batch and the global steps validated; crashes in
-    the first micro-batch at global step `crash_at`, or sends itself SIGTERM in the validation at `term_at`."""
+    the first micro-batch at global step `crash_at` (raises RuntimeError there at `fail_at`), or sends itself
+    SIGTERM in the validation at `term_at`."""
 
-    def __init__(self, crash_at: int | None = None, term_at: int | None = None):
+    def __init__(self, crash_at: int | None = None, term_at: int | None = None, fail_at: int | None = None):
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(1))
-        self.crash_at, self.term_at = crash_at, term_at
+        self.crash_at, self.term_at, self.fail_at = crash_at, term_at, fail_at
         self.batches: list[list[int]] = []
         self.validated: list[int] = []
 
     def training_step(self, batch, i):
         if self.global_step == self.crash_at:
             raise _Crash
+        if self.global_step == self.fail_at:
+            raise RuntimeError("injected failure")
         self.batches.append(batch["index"].tolist())
         return (self.w * batch["fhat_lq"].mean()).sum()
 
@@ -105,6 +109,18 @@ def test_sigterm_in_a_validation_inside_an_optimizer_step_saves_at_the_end_of_th
     with pytest.raises(SIGTERMException):
         _fit(cache, run, save_every=100, term_at=4)  # no periodic checkpoint before
     assert _last(run)["global_step"] == 5  # the step the validation came in, saved after its last micro-batch
+    resumed = _fit(cache, run, save_every=100, ckpt_path=str(run / "checkpoints" / "last.ckpt"))
+    assert resumed.batches == reference.batches[MICRO_BEFORE_STEP_5 + 2:]
+    assert torch.equal(resumed.w.detach(), reference.w.detach())
+
+
+def test_a_step_that_raises_after_a_validation_inside_the_step_before_saves_that_step(cache, tmp_path, reference):
+    """Step 6 raises in its first micro-batch: step 5, whose first micro-batch the validation followed, is saved at
+    its end (run_checkpoint.py), and the resumed run trains the micro-batches an uninterrupted one does."""
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="injected failure"):
+        _fit(cache, run, save_every=100, fail_at=5)  # no periodic checkpoint before
+    assert _last(run)["global_step"] == 5
     resumed = _fit(cache, run, save_every=100, ckpt_path=str(run / "checkpoints" / "last.ckpt"))
     assert resumed.batches == reference.batches[MICRO_BEFORE_STEP_5 + 2:]
     assert torch.equal(resumed.w.detach(), reference.w.detach())

@@ -86,8 +86,11 @@ def test_a_save_that_fills_the_disk_keeps_the_last_good_checkpoint(tiny_cache, t
     monkeypatch.setattr(Path, "write_bytes", lambda path, data: disk.write_bytes(path, data))
     monkeypatch.setattr(torch, "save", counting_save)
     code = run_train_cli(argv)
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    lines = capsys.readouterr().err.splitlines()
+    err = [line for line in lines if line.startswith("error:")]
     assert code == 1 and len(err) == 1 and "No space left on device" in err[0], err
+    # the failed save is not tried again at the failure (the disk that failed it would fail the retry)
+    assert lines[-1] == "radar-train: the run failed; nothing saved since its last checkpoint (the save of step 4 failed)"
     assert saves[:2] == [2, 2]  # step-000002.ckpt and last.ckpt of step 2
     assert torch.load(last, weights_only=True)["global_step"] == 2
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt", "step-000002.ckpt"]

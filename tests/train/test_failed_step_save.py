@@ -1,0 +1,100 @@
+"""A training step that raises (CUDA out of memory, an unreadable shard) saves the step before it when its optimizer
+update had not begun, and the run resumed from that checkpoint ends bit-identical to an uninterrupted one; a step
+that fails after its update began, or in a validation, saves nothing. Before, every failure lost the steps since
+the run's last periodic checkpoint."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tiny_training import run_train_cli, tiny_fit_argv
+
+STEPS = 6
+
+
+def _argv(cache: str, root, *extra: str) -> list[str]:
+    # LoRA dropout: the step's random stream must be saved as of the step before; gradient accumulation: the
+    # failure comes after a micro-batch's gradient was accumulated and its batches fetched
+    return tiny_fit_argv(cache, root, STEPS, "--model.output.save_every_n_steps", "1000", "--model.lora.dropout",
+                         "0.1", "--trainer.accumulate_grad_batches", "2", "--trainer.logger", "false", *extra)
+
+
+def _fail(cache: str, root, step: int, where: str, *extra: str) -> RuntimeError:
+    from radar_train.cli.train import main
+
+    cb = [{"class_path": "tiny_training.FailAt", "init_args": {"step": step, "where": where, "micro_batch": 2}}]
+    with pytest.raises(RuntimeError, match="injected failure") as e:
+        main(_argv(cache, root, "--trainer.callbacks", json.dumps(cb), *extra))
+    return e.value
+
+
+def _last(root) -> dict:
+    return torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def _adapter(root) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(root / "final" / "adapter_model.safetensors"))
+
+
+@pytest.mark.slow
+def test_a_step_that_raises_saves_the_step_before_it_and_the_run_resumes_exactly(tiny_cache, tmp_path):
+    full, failed = tmp_path / "full", tmp_path / "failed"
+    assert run_train_cli(_argv(tiny_cache, full)) == 0
+
+    # step 4 fails after the backward of its second micro-batch (no checkpoint was due before): step 3 is saved
+    e = _fail(tiny_cache, failed, 4, "backward")
+    assert e.__notes__ == ["radar-train: the run failed in the step after step 3, which is saved (once the cause is "
+                           "fixed, resume with --ckpt_path last)"]
+    assert sorted(p.name for p in (failed / "checkpoints").iterdir()) == ["last.ckpt", "step-000003.ckpt"]
+    saved = _last(failed)
+    assert saved["global_step"] == 3 and saved["radar_rng"]["count"].item() == 6  # 3 steps of 2 micro-batches
+    assert saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"] == 6
+
+    # resumed, it fails in the validation at step 4 (after step 4's update): nothing saved, step 3 stays the last
+    e = _fail(tiny_cache, failed, 4, "validation", "--ckpt_path", "last")
+    assert e.__notes__ == ["radar-train: the run failed; nothing saved since its last checkpoint (the failure came "
+                           "after an optimizer update began, or in a validation)"]
+    assert _last(failed)["global_step"] == 3
+
+    # resumed again, to the end: the adapter of the uninterrupted run
+    assert run_train_cli(_argv(tiny_cache, failed, "--ckpt_path", "last")) == 0
+    a, b = _adapter(full), _adapter(failed)
+    assert a.keys() == b.keys() and a and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_failure_in_the_first_step_or_at_a_steps_end_saves_nothing(tiny_cache, tmp_path):
+    e = _fail(tiny_cache, tmp_path / "first", 1, "update")
+    assert e.__notes__[-1].endswith("(no training step had ended in this run)")
+    assert not (tmp_path / "first" / "checkpoints").exists() or not any((tmp_path / "first" / "checkpoints").iterdir())
+    e = _fail(tiny_cache, tmp_path / "end", 1, "end")
+    assert e.__notes__[-1].endswith("(the failure came after an optimizer update began, or in a validation)")
+
+
+@pytest.mark.slow
+def test_under_ddp_rank_0_saves_the_step_before_its_failed_step_without_the_other_rank(tiny_cache, tmp_path):
+    """Rank 0 fails after the backward of step 2, rank 1 waits for it in the step's end: rank 0 saves step 1 on its
+    own (a save's collectives would wait for rank 1 forever), and the run ends (rank 1 with the lost peer's error)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parents[1]
+    args = tiny_fit_argv(tiny_cache, tmp_path / "ddp", 3, "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+                         "--trainer.strategy", "ddp", "--model.output.save_every_n_steps", "1000",
+                         "--trainer.logger", "false")
+    cb = [{"class_path": "tiny_training.FailAt", "init_args": {"step": 2, "where": "backward", "rank": 0}}]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)])}
+    env.pop("SLURM_JOB_ID", None)
+    proc = subprocess.run([sys.executable, "-m", "radar_train.cli.train", *args, "--trainer.callbacks", json.dumps(cb)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "RuntimeError: injected failure" in proc.stderr, proc.stderr[-3000:]
+    assert "radar-train: the run failed in the step after step 1, which is saved" in proc.stderr, proc.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == ["last.ckpt", "step-000001.ckpt"]
+    last = _last(tmp_path / "ddp")
+    assert last["global_step"] == 1 and last["radar"]["training"]["trainer"]["world_size"] == 2
