@@ -98,3 +98,24 @@ def test_under_ddp_rank_0_saves_the_step_before_its_failed_step_without_the_othe
     assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == ["last.ckpt", "step-000001.ckpt"]
     last = _last(tmp_path / "ddp")
     assert last["global_step"] == 1 and last["radar"]["training"]["trainer"]["world_size"] == 2
+
+
+def test_local_collectives_act_on_this_process_alone_and_are_put_back():
+    from radar_train.train.step_boundary import local_collectives
+
+    class Strategy:
+        world_size = 2
+
+        def barrier(self, name=None):
+            raise AssertionError("a collective")
+
+        broadcast = reduce_boolean_decision = reduce = barrier
+
+    s = Strategy()
+    s.reduce = lambda *a, **k: "own"  # an instance attribute of its own: restored as it was
+    with local_collectives(s):
+        assert s.barrier("x") is None and s.broadcast({"a": 1}, src=0) == {"a": 1}
+        assert s.reduce_boolean_decision(1, all=False) is True and s.reduce(3) == 3
+    assert s.reduce() == "own" and "barrier" not in vars(s) and "broadcast" not in vars(s)
+    with pytest.raises(AssertionError, match="a collective"):
+        s.barrier()
