@@ -48,8 +48,12 @@ class LastBoundary:
 
     def record(self, trainer, pl_module) -> None:
         """The boundary at the end of the current optimizer step (after the validation due at it, if any)."""
+        loops = getattr(getattr(trainer, "_checkpoint_connector", None), "_get_loops_state_dict", None)
+        if loops is None:  # (a Lightning without it: what its dump holds is unknown, so no boundary is kept)
+            self.step = None
+            return
         self.step, self.epoch = trainer.global_step, trainer.current_epoch
-        self.loops = copy.deepcopy(trainer._checkpoint_connector._get_loops_state_dict())
+        self.loops = copy.deepcopy(loops())
         state = getattr(pl_module, "step_stream_state", None)
         self.stream = copy.deepcopy(state()) if callable(state) else None
         self.moved = self.save_failed = False
