@@ -21,7 +21,8 @@ keeps what it measured):
   model.optim.compile (the compiled_vs_eager row; compiling does not fit the default budget).
 - profile: where the time goes (radar_train.bench.scales), on d16 and d24 (those of --presets) at batch 32, bf16:
   per method (vanilla and --methods) each scale's time with the default engine (CUDA events between the scales),
-  the operators with the most device time in one eager call, and on the first preset the VQ-VAE decode with
+  the operators with the most device time in one eager call, vanilla's kernels per scale (count and time, the
+  blocks against the rest of the scale), and on the first preset the VQ-VAE decode with
   NCHW against channels-last activations; saved after each preset, a preset skipped (and recorded so) when less
   than its part of --profile_reserve_s is left.
 - sca (last by default, so that a slow FlexAttention compile cannot crowd out the training figures; it
@@ -252,13 +253,14 @@ def run_paper_section(args, results, log, deadline: float) -> Optional[str]:
 def run_profile_section(args, results, log, deadline: float) -> Optional[str]:
     """Where the time goes (radar_train.bench.scales), on the targets' presets of --presets (else the first), at
     --batch_size: per method (vanilla and --methods) each scale's time with the default engine (graphs on CUDA)
-    and the operators with the most device time in one eager call; on the first preset also the decode with
+    and the operators with the most device time in one eager call (for vanilla also each scale's kernels, count
+    and time, the blocks against the rest of the scale: scales.scale_kernels); on the first preset also the decode with
     NCHW against channels-last activations. Rows under sections.profile, saved after each preset; a preset is
     skipped (and recorded so) when less than its part of --profile_reserve_s is left."""
     import torch
 
     from radar_train.bench.accel import method_from_spec, resolve_device, spec_name
-    from radar_train.bench.scales import decode_layouts, scale_times, top_ops
+    from radar_train.bench.scales import decode_layouts, scale_kernels, scale_times, top_ops
     from radar_train.models import build_var, build_vqvae, get_preset
     from radar_train.models.init import init_random_
     from radar_train.sampling import NextScaleSampler
@@ -294,6 +296,10 @@ def run_profile_section(args, results, log, deadline: float) -> Optional[str]:
                                       "patch_nums": list(cfg.var.patch_nums), **t})
                 out["ops"] += [{"preset": preset, "method": name, "engine": "eager", **op}
                                for op in top_ops(eager, labels, seeds, accel)]
+                if name == "vanilla":  # (the scales every method shares: their kernels, blocks against the rest)
+                    out.setdefault("kernels", []).extend(
+                        {"preset": preset, "method": name, "engine": "eager", **row}
+                        for row in scale_kernels(eager, labels, seeds, accel))
                 _section(results, "profile", out)
                 log(f"  profile {preset} {name}: {t['total_ms']:.1f} ms per call ({default.engine}); by scale "
                     + " ".join("-" if ms is None else f"{ms:.1f}" for ms in t["scale_ms"]))

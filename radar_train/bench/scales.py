@@ -6,6 +6,10 @@
   host counts that wait as its time, so a host-bound scale shows. Elsewhere wall time. Medians over repeats,
   after one untimed call (which captures the graphs of a captured engine).
 - `top_ops`: the operators of one eager sampling call by self time (device time on CUDA; torch.profiler).
+- `scale_kernels`: per scale of one eager sampling call, the device kernels (count and summed time) of the
+  transformer step (`VAR.step`) and of the rest of the scale (embedding, head, guidance, token draw, f_hat
+  update): under a captured engine a scale's time past its kernels' busy time is the per-kernel floor, so this
+  says whether the small scales' floor comes from the blocks' kernel count or from the sampler's tail.
 - `decode_layouts`: the VQ-VAE decode with the decoder's activations in NCHW and in channels-last,
   interleaved (`Decoder.channels_last`).
 """
@@ -18,7 +22,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch.autograd import DeviceType
 
-__all__ = ["scale_times", "top_ops", "decode_layouts"]
+__all__ = ["scale_times", "top_ops", "scale_kernels", "decode_layouts"]
 
 
 def _timeline(device: torch.device) -> tuple[Callable[[], object], Callable[[list], list[float]]]:
@@ -87,6 +91,58 @@ def top_ops(sampler, labels: torch.Tensor, seeds: Sequence[int], accel=None, lim
     ops = [e for e in prof.key_averages() if e.device_type == DeviceType.CPU and self_us(e) > 0]
     events = sorted(ops, key=self_us, reverse=True)
     return [{"op": e.key, "ms": self_us(e) / 1e3, "calls": e.count} for e in events[:limit]]
+
+
+def _kernels(event) -> list:
+    """The device kernels launched inside a profiler range (its own and its descendants')."""
+    out = list(getattr(event, "kernels", None) or [])
+    for child in event.cpu_children:
+        out += _kernels(child)
+    return out
+
+
+@torch.no_grad()
+def scale_kernels(sampler, labels: torch.Tensor, seeds: Sequence[int], accel=None) -> list[dict]:
+    """[{"scale", "pn", "blocks_kernels", "blocks_kernel_ms", "rest_kernels", "rest_kernel_ms", "cpu_ms"}] for
+    each scale of one call of `sampler` (after an untimed one; run it with the eager engine: a captured graph's
+    replay is one launch). Kernel times are the kernels' own durations, summed (no gaps); `cpu_ms` the scale's
+    host time. On a device without kernels (the CPU) the counts are 0."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    cuda = sampler.device.type == "cuda"
+    var = sampler.var
+    step = var.step
+
+    def labelled_step(*args, **kwargs):
+        with record_function("radar::blocks"):
+            return step(*args, **kwargs)
+
+    var.step = labelled_step  # (an instance attribute over the method, removed below)
+    try:
+        sampler.sample(labels, seeds=seeds, accel=accel)
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=acts) as prof:
+            state = sampler.start(labels, seeds=seeds, accel=accel)
+            for si in range(len(sampler.patch_nums)):
+                with record_function(f"radar::scale{si}"):
+                    sampler.advance(state, until=si + 1)
+            sampler.output(state)
+            if cuda:
+                torch.cuda.synchronize()
+    finally:
+        del var.step
+    rows = []
+    for e in prof.events():
+        if not e.name.startswith("radar::scale") or e.device_type != DeviceType.CPU:
+            continue
+        si = int(e.name[len("radar::scale"):])
+        every = _kernels(e)
+        blocks = [k for b in e.cpu_children if b.name == "radar::blocks" for k in _kernels(b)]
+        ms = lambda ks: sum(k.duration for k in ks) / 1e3  # noqa: E731 - (µs -> ms)
+        rows.append({"scale": si, "pn": sampler.patch_nums[si], "blocks_kernels": len(blocks),
+                     "blocks_kernel_ms": ms(blocks), "rest_kernels": len(every) - len(blocks),
+                     "rest_kernel_ms": ms(every) - ms(blocks), "cpu_ms": e.cpu_time_total / 1e3})
+    return sorted(rows, key=lambda r: r["scale"])
 
 
 @torch.no_grad()
