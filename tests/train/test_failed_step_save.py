@@ -16,9 +16,11 @@ STEPS = 6
 
 def _argv(cache: str, root, *extra: str) -> list[str]:
     # LoRA dropout: the step's random stream must be saved as of the step before; gradient accumulation: the
-    # failure comes after a micro-batch's gradient was accumulated and its batches fetched
+    # failure comes after a micro-batch's gradient was accumulated and its batches fetched; a weight average (which
+    # validations swap into the module): the checkpoint holds it beside the weights as trained
     return tiny_fit_argv(cache, root, STEPS, "--model.output.save_every_n_steps", "1000", "--model.lora.dropout",
-                         "0.1", "--trainer.accumulate_grad_batches", "2", "--trainer.logger", "false", *extra)
+                         "0.1", "--trainer.accumulate_grad_batches", "2", "--trainer.logger", "false",
+                         "--model.ema.decay", "0.5", *extra)
 
 
 def _fail(cache: str, root, step: int, where: str, *extra: str) -> RuntimeError:
