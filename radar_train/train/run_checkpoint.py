@@ -201,6 +201,8 @@ class RunCheckpoint(ModelCheckpoint):
             return
         b = self._boundary
         last_failure.clear()
+        if not trainer.is_global_zero:  # (rank 0 saves, and says so: one line per run, not one per process)
+            return
         last_failure.update(step=None, why=None)
         if not b.savable(trainer):
             last_failure["why"] = f"the save of step {b.step} failed" if b.save_failed else \
@@ -209,9 +211,6 @@ class RunCheckpoint(ModelCheckpoint):
             return
         if self._last_global_step_saved == b.step:
             last_failure["step"] = b.step
-            return
-        if not trainer.is_global_zero:
-            last_failure["why"] = "rank 0 saves"
             return
         log.warning("the training step after step %d raised %s: saving step %d", b.step, type(exception).__name__,
                     b.step)

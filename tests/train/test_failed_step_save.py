@@ -97,6 +97,7 @@ def test_under_ddp_rank_0_saves_the_step_before_its_failed_step_without_the_othe
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "RuntimeError: injected failure" in proc.stderr, proc.stderr[-3000:]
     assert "radar-train: the run failed in the step after step 1, which is saved" in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.count("radar-train: the run failed") == 1  # rank 0's line only (rank 1 lost its peer)
     assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == ["last.ckpt", "step-000001.ckpt"]
     last = _last(tmp_path / "ddp")
     assert last["global_step"] == 1 and last["radar"]["training"]["trainer"]["world_size"] == 2
