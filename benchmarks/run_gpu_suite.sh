@@ -18,7 +18,7 @@
 # 40 s): with the wheels about 590 s, inside a 600 s command. The CUDA tests run without the slow ones (the
 # compiled engine compiles for minutes), the sampling engines' ones (tests/test_gpu.py: graphs vs eager, no
 # synchronisation) first, then the FlexAttention ones, then the fused block's and FastVAR's, then the profile's
-# kernel count, each result logged as it ends. Exit status: the suite's, else the tests'.
+# kernel count and the noise's one-kernel hash, each result logged as it ends. Exit status: the suite's, else the tests'.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 1 ] || [[ "$1" == -* ]]; then
@@ -66,7 +66,7 @@ timeout "${SUITE_TIMEOUT:-440}" "$py" -m radar_train.bench.gpu_suite ${official[
 suite=$?
 timeout "${TEST_TIMEOUT:-100}" "$py" -m pytest -v -rA -s -p no:cacheprovider -o log_level=WARNING -m "gpu and not slow" \
   tests/test_gpu.py tests/accel/test_sca.py tests/models/test_fused.py tests/accel/test_fastvar.py \
-  tests/bench/test_scales.py 2>&1 | tee "$out/gpu-tests.log"
+  tests/bench/test_scales.py tests/test_noise.py 2>&1 | tee "$out/gpu-tests.log"
 tests=$?
 for probe in ${PROBES-fused}; do  # (a probe's failure is in its log; it does not change the exit status)
   OUT="$out" PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" timeout "${PROBE_TIMEOUT:-40}" "$py" benchmarks/gpu_probes.py "$probe" \

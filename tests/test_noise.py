@@ -1,6 +1,7 @@
 """Counter-based noise: matches an independent pure-Python hash, uniform statistics, stream separation."""
 import math
 
+import pytest
 import torch
 
 from radar_train import noise
@@ -41,3 +42,27 @@ def test_offsets_continue_the_stream_and_normals_are_standard():
     assert abs(z.mean().item()) < 0.02 and abs(z.std().item() - 1) < 0.02
     g = noise.gumbel(torch.tensor([5]), 100_000)
     assert abs(g.mean().item() - 0.5772) < 0.02 and abs(g.var().item() - math.pi**2 / 6) < 0.05
+
+
+def test_a_one_kernel_hash_is_used_only_where_it_gives_the_passes_integers():
+    """check_fused accepts a candidate only if it equals the elementwise passes on the probe; a wrong or failing
+    candidate is refused (the passes run). Off CUDA there is no fused hash."""
+    cpu = torch.device("cpu")
+    assert noise.check_fused(noise._hash_passes, cpu)
+    assert not noise.check_fused(lambda c, k0, k1: noise._hash_passes(c, k0, k1) ^ (c == 2**32 - 1), cpu)  # one edge
+    assert not noise.check_fused(lambda c, k0, k1: noise._hash_passes(c & 0x7FFFFFFF, k0, k1), cpu)  # bit 31 lost
+    assert not noise.check_fused(lambda c, k0, k1: 1 / 0, cpu)
+    assert noise.fused_hash(cpu) is None
+
+
+@pytest.mark.gpu
+def test_the_cuda_hash_is_one_checked_kernel_with_the_cpus_integers():
+    dev = torch.device("cuda")
+    fused = noise.fused_hash(dev)
+    assert fused is not None  # (jiterator built it and check_fused accepted it on this device)
+    g = torch.Generator().manual_seed(3)
+    keys = torch.randint(0, 2**63 - 1, (64,), generator=g)
+    counter = torch.randint(0, 2**40, (64, 3000), generator=g)
+    ref = noise.hash32(keys, counter)
+    assert torch.equal(noise.hash32(keys.to(dev), counter.to(dev)).cpu(), ref)
+    assert torch.equal(noise.uniform(keys.to(dev), 5000).cpu(), noise.uniform(keys, 5000))  # (exact in float32)
