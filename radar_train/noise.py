@@ -95,8 +95,8 @@ def fused_hash(device: torch.device) -> Optional[Callable]:
         warnings.warn(f"radar_train.noise: the one-kernel hash could not be built on cuda:{index} ({e}); the "
                       f"elementwise passes run (the same numbers, more kernels)", stacklevel=2)
     if fn is not None and not check_fused(fn, torch.device("cuda", index)):
-        warnings.warn(f"radar_train.noise: the one-kernel hash differs from the elementwise passes on cuda:{index}; "
-                      f"the passes run", stacklevel=2)
+        warnings.warn(f"radar_train.noise: the one-kernel hash did not give the elementwise passes' integers on "
+                      f"cuda:{index} (or could not be compiled there); the passes run", stacklevel=2)
         fn = None
     _fused[index] = fn
     return fn

@@ -3,7 +3,7 @@
 An exception in the middle of a training step (CUDA out of memory in the forward or backward, a cache shard
 that cannot be read, a failed check in the loss) ended the fit with every step since the last periodic
 checkpoint lost: up to `model.output.save_every_n_steps` of them. Yet the state at the end of the step before
-the failed one is still there, save three small parts. From one optimizer step's end to the next one's update,
+the failed one is still there, but for two small parts. From one optimizer step's end to the next one's update,
 a checkpoint's contents move only in
 - the loops' state (progress counters, and the training loader's position: `fit_loop.state_dict`), which counts
   the failed step's batches as fetched;
