@@ -70,8 +70,13 @@ def check_fused(candidate: Callable, device: torch.device) -> bool:
                                                            -(2 ** 33) - 5]), torch.randint(0, 2 ** 62, (64,), generator=g)))
     keys, counter = keys.to(device), counter.to(device).unsqueeze(0)
     k0, k1 = (keys & _MASK32).view(-1, 1), ((keys >> 32) & 0x7FFFFFFF).view(-1, 1)
+    # broadcast keys (as every draw calls it), then the same values as contiguous tensors of one shape: jiterator
+    # builds a kernel for each of the two layouts at its first call with it, so both are built here, outside any
+    # CUDA graph capture
+    c, a, b = counter.expand(len(keys), -1).contiguous(), k0.expand(-1, counter.shape[1]).contiguous(), \
+        k1.expand(-1, counter.shape[1]).contiguous()
     try:
-        return bool(torch.equal(candidate(counter, k0, k1), _hash_passes(counter, k0, k1)))
+        return all(bool(torch.equal(candidate(*args), _hash_passes(*args))) for args in ((counter, k0, k1), (c, a, b)))
     except Exception:  # noqa: BLE001 - (a compiler or driver that cannot build it: the passes run)
         return False
 
