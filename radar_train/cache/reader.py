@@ -55,7 +55,7 @@ class PairDataset(Dataset):
     "index": int64 () global sample index}. Items are ordered by shard, then by position in the shard."""
 
     def __init__(self, cache_dir: str | os.PathLike, shards: Optional[Sequence[int] | str | int] = None,
-                 block_size: int = 256, block_cache: int = 2, verify: bool = True):
+                 block_size: int = 256, block_cache: int = 2, verify: bool = True, keep_tokens: bool = False):
         """
         Args:
             cache_dir: the cache folder (manifest.json + shard-NNNNN.zarr).
@@ -66,6 +66,8 @@ class PairDataset(Dataset):
             verify: read every shard whole once and check it against its stored checksums, record count and
                 the plan's records (`radar-cache verify`'s checks of a complete shard); False reads only the
                 records (a benchmark of the reader, a cache checked just before).
+            keep_tokens: also keep both runs' token indices, `tokens_hq` and `tokens_lq` ((N, Σ pn²) int16 arrays,
+                in item order), from the same read (radar-eval's token agreement); otherwise they are None.
         """
         self.cache_dir = Path(cache_dir)
         self.manifest = read_manifest(cache_dir)
@@ -85,7 +87,8 @@ class PairDataset(Dataset):
         self.shard_ids = ids
         self._paths = [str(scan.complete[s]) for s in ids]
         started = time.perf_counter()
-        read = functools.partial(self._read_checked, self.manifest) if verify else self._read_records
+        read = functools.partial(self._read_checked, self.manifest, keep_tokens=keep_tokens) if verify else \
+            functools.partial(self._read_records, keep_tokens=keep_tokens)
         with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1, len(ids)))) as pool:
             done = list(pool.map(_outcome, [read] * len(ids), ids, self._paths))
         bad = [r for r in done if isinstance(r, str)]  # every unreadable shard at once
@@ -99,6 +102,11 @@ class PairDataset(Dataset):
         self.labels = torch.from_numpy(cat(0).astype(np.int64))
         self.seeds = torch.from_numpy(cat(1).astype(np.int64))
         self.indices = torch.from_numpy(cat(2).astype(np.int64))
+        self.tokens_hq = self.tokens_lq = None
+        if keep_tokens:
+            L = sum(pn * pn for pn in self.manifest.patch_nums)
+            tokens = (lambda k: np.concatenate([r[k] for r in records]) if records else np.zeros((0, L), np.int16))
+            self.tokens_hq, self.tokens_lq = tokens(3), tokens(4)
         chunk = self.manifest.chunk_size
         self.block_size = max(1, -(-block_size // chunk)) * chunk
         self.block_cache = max(1, block_cache)
@@ -107,14 +115,15 @@ class PairDataset(Dataset):
         self._blocks: OrderedDict = OrderedDict()
 
     @staticmethod
-    def _read_checked(manifest, shard: int, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _read_checked(manifest, shard: int, path: str, keep_tokens: bool = False) -> tuple:
         from radar_train.cache.status import read_checked_shard
 
         arrays = read_checked_shard(Path(path), manifest, shard)
-        return arrays[schema.LABEL], arrays[schema.SEED], arrays[schema.INDEX]
+        tokens = (arrays[schema.INDICES_HQ], arrays[schema.INDICES_LQ]) if keep_tokens else ()
+        return (arrays[schema.LABEL], arrays[schema.SEED], arrays[schema.INDEX]) + tokens
 
     @staticmethod
-    def _read_records(shard: int, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _read_records(shard: int, path: str, keep_tokens: bool = False) -> tuple:
         g = zarr.open_group(path, mode="r")
         if g.attrs.get("complete") is not True:
             raise ValueError(f"{path} is not marked complete (run `radar-cache verify`)")
@@ -124,7 +133,8 @@ class PairDataset(Dataset):
         missing = [k for k in (schema.LABEL, schema.SEED, schema.INDEX, schema.FHAT_HQ, schema.FHAT_LQ) if k not in g]
         if missing:
             raise ValueError(f"{path} has no array {', '.join(missing)} (run `radar-cache verify`)")
-        return g[schema.LABEL][:], g[schema.SEED][:], g[schema.INDEX][:]
+        tokens = (g[schema.INDICES_HQ][:], g[schema.INDICES_LQ][:]) if keep_tokens else ()
+        return (g[schema.LABEL][:], g[schema.SEED][:], g[schema.INDEX][:]) + tokens
 
     @property
     def shard_paths(self) -> list[Path]:

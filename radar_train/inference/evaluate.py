@@ -219,7 +219,7 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
                       f"{adapter_dir}: the metrics include pairs it was trained on (not held-out)", stacklevel=2)
     # every shard checked against its stored checksums: data that is not what the writer wrote (a chunk file
     # gone reads as zeros) is refused, not measured
-    ds = PairDataset(cache, shards=list(shards))
+    ds = PairDataset(cache, shards=list(shards), keep_tokens=True)  # (the token agreement from the same read)
     dev = torch.device(device)
     plain, adapted, _ = load_decoders(manifest, meta, adapter_dir, vae_checkpoint, dev)
     lp = None
@@ -258,7 +258,7 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
     if lp is not None:
         out["lpips_baseline"], out["lpips_adapted"] = (lp_sums / max(n, 1)).tolist()
         out["delta_lpips"] = out["lpips_adapted"] - out["lpips_baseline"]  # (< 0: the adapter is closer)
-    out["token_agreement"] = _token_agreement(manifest, ds.shard_paths)
+    out["token_agreement"] = _token_agreement(manifest, ds.tokens_hq, ds.tokens_lq)
     if dists:
         d = np.concatenate(dists)
         out["latent_distance"] = distance_summary(d)
@@ -268,22 +268,12 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
     return out
 
 
-def _token_agreement(manifest, shard_paths) -> dict[str, Optional[float]]:
-    """{scale side: share of LQ tokens equal to HQ's} over the evaluated shards (null: a scale the LQ run skipped):
-    where acceleration changed the token map (methods.md §5.1's second diagnostic)."""
-    import zarr
-
-    from radar_train.cache import schema
+def _token_agreement(manifest, hq: np.ndarray, lq: np.ndarray) -> dict[str, Optional[float]]:
+    """{scale side: share of LQ tokens equal to HQ's} over the evaluated pairs' token indices (null: a scale the LQ
+    run skipped): where acceleration changed the token map (methods.md §5.1's second diagnostic)."""
     from radar_train.cache.status import token_agreement
-    from radar_train.inputs import reading
 
-    hq, lq = [], []
-    for p in shard_paths:  # (checked against their checksums when the dataset was made)
-        with reading(p, "cache shard"):
-            g = zarr.open_group(str(p), mode="r")
-            hq.append(g[schema.INDICES_HQ][:])
-            lq.append(g[schema.INDICES_LQ][:])
-    shares = token_agreement(manifest.patch_nums, np.concatenate(hq), np.concatenate(lq))
+    shares = token_agreement(manifest.patch_nums, hq, lq)
     return {str(pn): a for pn, a in zip(manifest.patch_nums, shares)}
 
 

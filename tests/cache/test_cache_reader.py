@@ -34,6 +34,17 @@ def test_items_have_the_contract_dtypes_and_the_written_content(make_synthetic):
     assert int(ds[-1]["index"]) == 29
 
 
+@pytest.mark.parametrize("verify", [True, False])
+def test_kept_tokens_are_both_runs_indices_in_item_order_from_the_same_read(make_synthetic, verify):
+    """radar-eval's token agreement comes from the read that checks the shards (it read them a second time)."""
+    cache = make_synthetic(num_samples=30, shard_size=8, chunk_size=4)
+    ds = PairDataset(cache, shards=[3, 1], keep_tokens=True, verify=verify)
+    for attr, key in (("tokens_hq", schema.INDICES_HQ), ("tokens_lq", schema.INDICES_LQ)):
+        want = np.concatenate([_expected(cache, 3)[key], _expected(cache, 1)[key]])
+        assert getattr(ds, attr).dtype == np.int16 and np.array_equal(getattr(ds, attr), want)
+    assert PairDataset(cache, shards=[1]).tokens_hq is None  # (not kept unless asked)
+
+
 def test_batched_fetch_equals_single_items(make_synthetic):
     ds = PairDataset(make_synthetic(num_samples=30, shard_size=8, chunk_size=4), block_size=4)
     order = [5, 6, 4, 29, 0, 17, 16, 3]  # runs inside a block, block changes, shard changes
