@@ -189,8 +189,8 @@ class NextScaleSampler:
         K = len(self.patch_nums)
         self._phis = [quantizer.phi(si, K) for si in range(K)]  # resolved once: the step runs no numpy
         self.engine_name = resolve_engine(config.engine, self.device, config.noise)
-        if self.device.type == "cuda" and config.noise == "per_sample":
-            noise.fused_hash(self.device)  # (the noise's one-kernel hash built and checked here, not in the loop)
+        if self.device.type == "cuda":  # (the noise's one-kernel hash built and checked here, not in the loop: the
+            noise.fused_hash(self.device)  # token draws use it, and StageVAR's draws under either noise mode)
         self._engine = make_engine(self.engine_name, self)
 
     @property

@@ -19,6 +19,7 @@ With autograd recording, each falls back to the official sequence of operations 
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -31,11 +32,7 @@ def _recording(*ts: torch.Tensor) -> bool:
 
 
 def _promoted(*ts: torch.Tensor) -> torch.dtype:
-    dt = ts[0].dtype
-    for t in ts[1:]:
-        if t.dtype != dt:
-            dt = torch.promote_types(dt, t.dtype)
-    return dt
+    return functools.reduce(torch.promote_types, (t.dtype for t in ts))
 
 
 def _out_dtype(*ts: torch.Tensor) -> torch.dtype:
