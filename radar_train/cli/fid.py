@@ -2,13 +2,18 @@
 (fid.json + fid.md). See radar_train/inference/fid.py for the extractor contract and the protocol caveats."""
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
+
 
 from jsonargparse import CLI
 
 from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
-from radar_train.inference.npz import NpzImageWriter
 from radar_train.inference.pipeline import Precision
 
 
@@ -18,7 +23,8 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
         reference: Optional[str] = None, num_samples: int = 50000, batch_size: int = 16, base_seed: int = 0,
         is_splits: int = 10, save_npz: bool = False, output: str = "outputs/fid", device: str = "auto",
         precision: Precision = "auto", classes: Optional[Union[str, int, list[int]]] = None,
-        seeds: Optional[Union[str, int, list[int]]] = None, grid_scale: int = 0, overwrite: bool = False) -> int:
+        seeds: Optional[Union[str, int, list[int]]] = None, grid_scale: int = 0, save_every_s: float = 300.0,
+        overwrite: bool = False) -> int:
     """FID / IS of the vanilla, accelerated and accelerated + adapter samples (sample i: class i mod
     num_classes, seed base_seed + i), and / or the samples as the .npz files that OpenAI's guided-diffusion
     evaluator reads (--save_npz: the papers' protocol). Takes radar-generate configs (--config
@@ -48,24 +54,29 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
         classes: ignored (radar-generate key, accepted so its configs can be reused).
         seeds: ignored (radar-generate key).
         grid_scale: ignored (radar-generate key).
+        save_every_s: seconds between saves of the run's progress into OUTPUT/fid-progress/ (at the end of a
+            batch; 0: only when the run stops). A run stopped by SIGTERM (a SLURM time limit or preemption),
+            Ctrl-C or an error saves its last complete batch too, and the same command run again goes on from
+            there (the numbers and samples are those of an uninterrupted run); the folder goes at the end.
         overwrite: replace fid.json / fid.md (and reference_stats.npz, samples_*.npz) of an earlier run in the
             output folder; an earlier samples_*.npz or reference_stats.npz this run does not write goes (unless
             it is this run's --reference; without --overwrite they are refused; other files there are left alone).
     """
     from radar_train.inference import PipelineArgs, RadarPipeline
-    from radar_train.inference.fid import (evaluate_generation, file_sha256, load_inception, markdown_report,
-                                           reference_stats, write_report)
+    from radar_train.inference.fid import file_sha256, load_inception, markdown_report, reference_stats, write_report
+    from radar_train.inference.fid_progress import LOCK_NAME, FidProgress
+    from radar_train.train import run_lock
     from radar_train.cli.common import accel_inputs, check_device, check_positive, model_inputs
     from radar_train.export import check_adapter
     from radar_train.inference.pipeline import resolve_device
     from radar_train.models import get_preset
     from radar_train.inputs import InputError
     from radar_train.outputs import check_output_dir, staged_entries
-    from radar_train.progress import Progress
     from radar_train.seeding import seed_range_problems
 
     check_positive(2, num_samples=num_samples)  # a covariance needs two samples (evaluate_generation's rule, up front)
     check_positive(batch_size=batch_size, is_splits=is_splits)
+    check_positive(save_every_s=save_every_s, minimum=0)
     if problems := seed_range_problems("--base_seed", base_seed, num_samples):
         raise ValueError(problems[0])
     if inception is None and inception_logits is None and not save_npz:
@@ -114,34 +125,45 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
             raise InputError(f"{reference}: --reference has {ref.dim}-d statistics but --inception {inception} gives "
                              f"{feature_dim}-d features")
     pipe = RadarPipeline.from_config(PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision))
-    with staged_entries(output, entries) as stage:
-        writers = {r: NpzImageWriter(stage / name, num_samples, size) for r, name in npz_names.items()}
-        try:
-            with Progress(num_samples, "radar-fid", "samples") as progress:  # sample i of every run at once
-                result = evaluate_generation(pipe, feats, logit_mod, ref, num_samples, batch_size, base_seed,
-                                             is_splits, progress=progress.update,
-                                             on_images=(lambda run, imgs: writers[run].write(imgs)) if writers else None)
-            for w in writers.values():
-                w.close()
-        except BaseException:
-            for w in writers.values():
-                w.discard()
-            raise
+    sha = {role: None if path is None else file_sha256(path)
+           for role, path in (("inception", inception), ("inception_logits", inception_logits))}
+    progress = FidProgress(output, fid_fingerprint(pipe, model, sampling, adapter, merge_adapter, sha, num_samples,
+                                                   batch_size, base_seed, save_npz),
+                           runs, npz_names, num_samples, size)
+    lock = run_lock.acquire(output, "--output", LOCK_NAME, "radar-fid")  # (after every check: it makes the folder)
+    try:
+        resume_at = progress.check(overwrite)
+        tally = progress.open(resume_at)
+        if resume_at:
+            print(f"radar-fid: going on from sample {resume_at} of {num_samples}, saved in {progress.dir}")
+        result = measure(pipe, progress, tally, feats, logit_mod, ref, num_samples, batch_size, base_seed, is_splits,
+                         save_every_s)
+        if result is None:  # stopped by SIGTERM, its progress saved (measure said so)
+            return STOPPED_STATUS
+        result["image_size"] = [size, size]
+        result["seconds"] = round(progress.seconds_before + result["seconds"], 2)
         result["protocol"] = {
             "model": model.preset, "accel": pipe.accel.describe(),
             "sampling": {"cfg": sampling.cfg, "top_k": sampling.top_k, "top_p": sampling.top_p,
                          "noise": sampling.noise},
             "adapter": adapter, "base_seed": base_seed, "batch_size": batch_size, "device": str(pipe.device),
             "precision": precision,
-            "inception": None if inception is None else {"path": inception, "sha256": file_sha256(inception)},
+            "inception": None if inception is None else {"path": inception, "sha256": sha["inception"]},
             "inception_logits": None if inception_logits is None else {"path": inception_logits,
-                                                                       "sha256": file_sha256(inception_logits)},
+                                                                       "sha256": sha["inception_logits"]},
             "reference": None if reference is None else {"path": reference, "num_images": ref.n or None},
+            "resumed_at": progress.resumed_at,
         }
         result["samples_npz"] = npz_names or None
-        write_report(result, stage)
-        if writes_ref:
-            ref.save(stage / "reference_stats.npz")
+        with staged_entries(output, entries) as stage:
+            progress.finish_npz(stage)
+            write_report(result, stage)
+            if writes_ref:
+                ref.save(stage / "reference_stats.npz")
+        progress.remove()
+    finally:
+        progress.release()
+        lock.release()
     print(markdown_report(result))
     if writes_ref:
         print(f"reference statistics of {ref.n} images saved to {Path(output) / 'reference_stats.npz'} "
@@ -154,6 +176,90 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
 
 
 ALL_RUNS = ("vanilla", "accelerated", "accelerated+adapter")
+STOPPED_STATUS = 143  # (128 + SIGTERM, as a process the signal ended)
+
+
+class Stopped(BaseException):
+    """SIGTERM during the sampling (raised by its handler; the run saves its progress and ends)."""
+
+
+@contextlib.contextmanager
+def sigterm_stops() -> Iterator[None]:
+    """SIGTERM raises Stopped in the main thread (once: a second one, while the progress is saved, is ignored;
+    SLURM sends SIGKILL after its grace time anyway); the handler before is put back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Stopped
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def fid_fingerprint(pipe, model, sampling, adapter, merge_adapter, sha: dict, num_samples, batch_size, base_seed,
+                    save_npz) -> dict:
+    """The settings an interrupted run's progress must share with the run that goes on with it: whatever
+    changes a sample, a statistic or the samples files."""
+    import torch
+
+    import radar_train
+    from radar_train.inference.pipeline import _accel_settings
+    from radar_train.models.checkpoint import file_sha256
+
+    adapter_files = None if adapter is None else {
+        p.name: file_sha256(p) for p in sorted(Path(adapter).iterdir()) if p.is_file()}
+    var_id = getattr(pipe, "var_identity", None)
+    return {"radar_train": radar_train.__version__, "model": model.preset, "vae": pipe.vae_identity.value,
+            "var": None if var_id is None else var_id.value, "accel": _accel_settings(pipe.accel.describe()),
+            "sampling": asdict(sampling), "adapter": adapter_files, "merge_adapter": merge_adapter,
+            "precision": str(pipe.autocast_dtype or torch.float32), "num_samples": num_samples,
+            "batch_size": batch_size, "base_seed": base_seed, "save_npz": save_npz,
+            **sha}
+
+
+def measure(pipe, progress, tally, feats, logit_mod, ref, num_samples: int, batch_size: int, base_seed: int,
+            is_splits: int, save_every_s: float) -> Optional[dict]:
+    """evaluate_generation from `tally`, its progress saved every `save_every_s` seconds and when it stops:
+    the report; None when SIGTERM stopped it (saved, and said on stdout). Ctrl-C and errors are raised again,
+    saying what was saved."""
+    from radar_train.inference.fid import evaluate_generation
+    from radar_train.progress import Progress
+
+    last = {"tally": tally, "saved": time.monotonic()}
+    t0 = time.monotonic()
+
+    def on_batch(t):
+        last["tally"] = t
+        if save_every_s and time.monotonic() - last["saved"] >= save_every_s:
+            progress.save(t, time.monotonic() - t0)
+            last["saved"] = time.monotonic()
+
+    try:
+        with sigterm_stops(), Progress(num_samples, "radar-fid", "samples", initial=tally.done) as bar:
+            return evaluate_generation(pipe, feats, logit_mod, ref, num_samples, batch_size, base_seed, is_splits,
+                                       progress=bar.update, on_images=progress.write_images if progress.writers else None,
+                                       start=tally, on_batch=on_batch)
+    except BaseException as e:
+        done = last["tally"].done
+        try:
+            progress.save(last["tally"], time.monotonic() - t0)
+            said = (f"{done} of {num_samples} samples are saved in {progress.dir}: run the same command to go on "
+                    f"from there" if done else "no sample was done, nothing saved")
+        except Exception as save_error:  # noqa: BLE001 - the first error is the one to raise
+            said = f"its progress could not be saved ({type(save_error).__name__}: {save_error})"
+        if isinstance(e, Stopped):
+            print(f"radar-fid: stopped by SIGTERM; {said}", flush=True)
+            return None
+        if isinstance(e, KeyboardInterrupt):
+            raise KeyboardInterrupt(f"interrupted; {said}") from None
+        e.add_note(f"radar-fid: {said}")
+        raise
 
 
 def npz_name(run: str) -> str:

@@ -59,8 +59,9 @@ import json
 import time
 import warnings
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 import torch
@@ -69,7 +70,7 @@ from torch import nn
 from radar_train.models.checkpoint import file_sha256
 
 __all__ = ["FidError", "GaussianStats", "load_inception", "reference_stats", "frechet_distance",
-           "fid_gap_closed", "evaluate_generation", "markdown_report", "write_report", "file_sha256"]
+           "fid_gap_closed", "Tally", "evaluate_generation", "summarize", "inception_score", "markdown_report", "write_report", "file_sha256"]
 
 PAPER_NUM_SAMPLES = 50_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -190,6 +191,13 @@ class GaussianStats:
         s._mu = torch.as_tensor(np.asarray(mu), dtype=torch.float64)
         s._sigma = torch.as_tensor(np.asarray(sigma), dtype=torch.float64)
         s.n = int(n or 0)
+        return s
+
+    @classmethod
+    def from_sums(cls, n: int, total: torch.Tensor, outer: torch.Tensor) -> "GaussianStats":
+        """Statistics of `n` vectors from their sum (D,) and the sum of their outer products (D, D)."""
+        s = cls()
+        s.n, s._sum, s._outer = int(n), total.to(torch.float64), outer.to(torch.float64)
         return s
 
     @property
@@ -351,56 +359,111 @@ def official_noise_note(batch_size: int) -> str:
             f"i is not the image of its own class and seed alone, as with per_sample noise)")
 
 
+@dataclass(frozen=True)
+class Tally:
+    """Every run's measures over the first `done` samples: the feature sums of its FID statistics (float64, on
+    the CPU) and its IS logits (one float32 tensor per batch, on the CPU). A batch makes a new Tally, assigned
+    whole, so that an interruption anywhere leaves the tally of the last complete batch (radar-fid saves it)."""
+
+    done: int = 0
+    sums: Mapping[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # run -> (sum, outer)
+    logits: Mapping[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)
+
+    def stats(self, run: str) -> GaussianStats:
+        s, outer = self.sums[run]
+        return GaussianStats.from_sums(self.done, s, outer)
+
+
+def _advance(tally: Tally, features: dict[str, torch.Tensor], logits: dict[str, torch.Tensor], n: int) -> Tally:
+    """The tally after a batch of `n` samples with these features and logits (run -> (n, D) / (n, C))."""
+    sums = dict(tally.sums)
+    for run, f in features.items():
+        f = f.detach().to("cpu", torch.float64)
+        if run in sums:
+            s, outer = sums[run]
+            sums[run] = (s + f.sum(0), outer + f.T @ f)
+        else:
+            sums[run] = (f.sum(0), f.T @ f)
+    kept = {run: tally.logits.get(run, ()) + (lg.detach().to("cpu", torch.float32),) for run, lg in logits.items()}
+    return Tally(tally.done + n, sums, {**tally.logits, **kept})
+
+
+def inception_score(logits: torch.Tensor, splits: int) -> dict:
+    """IS from class logits (N, C): torchmetrics' InceptionScore, its shuffle seeded with 0."""
+    from torchmetrics.image.inception import InceptionScore
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "saves all features in a buffer"
+        metric = InceptionScore(feature=nn.Identity(), splits=splits)
+    metric.update(logits)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the metric shuffles the samples before splitting
+        mean, std = metric.compute()
+    return {"mean": float(mean), "std": float(std)}
+
+
 @torch.no_grad()
 def evaluate_generation(pipe, features: Optional[_Extractor], logits: Optional[_Extractor] = None,
                         reference: Optional[GaussianStats] = None, num_samples: int = PAPER_NUM_SAMPLES,
                         batch_size: int = 16, base_seed: int = 0, is_splits: int = 10,
                         progress: Optional[Callable[[int], None]] = None,
-                        on_images: Optional[Callable[[str, torch.Tensor], None]] = None) -> dict:
+                        on_images: Optional[Callable[[str, torch.Tensor], None]] = None,
+                        start: Optional[Tally] = None, on_batch: Optional[Callable[[Tally], None]] = None) -> dict:
     """Generate `num_samples` samples with `pipe.compare` (vanilla, accelerated, and accelerated + adapter
     when the pipeline has one; sample i: class i mod num_classes, seed base_seed + i), in batches, and
     return FID against `reference`, FID against the vanilla samples (both need `features`), and IS (when
     `logits` is given). `progress(n)` is called with the number of samples of each batch done (e.g.
     radar_train.progress); `on_images(run, images)` with each run's uint8 images of each batch, in sample
-    order (e.g. an NpzImageWriter per run)."""
+    order (e.g. an NpzImageWriter per run); `on_batch(tally)` with the tally after each batch. `start`: the
+    tally of an interrupted run of the same settings, which this one goes on from (its `done` samples are
+    not generated again)."""
     if num_samples < 2:
         raise FidError(f"--num_samples must be at least 2, got {num_samples}")
     if batch_size < 1 or is_splits < 1:
         raise FidError(f"--batch_size and --is_splits must be >= 1, got {batch_size} and {is_splits}")
     if logits is not None and is_splits > num_samples:
         raise FidError(f"--is_splits {is_splits} is more than --num_samples {num_samples}: each split needs samples")
+    tally = start or Tally()
+    if tally.done % batch_size and tally.done != num_samples or tally.done > num_samples:
+        raise FidError(f"cannot go on from sample {tally.done} in batches of {batch_size} up to {num_samples}")
     num_classes = int(pipe.var.num_classes)
     device = pipe.device
-    if features is not None:
-        features.to(device)
-    is_metrics: dict = {}
-    if logits is not None:
-        from torchmetrics.image.inception import InceptionScore
-
-        logits.to(device)
-    stats: dict[str, GaussianStats] = {}
+    for extractor in (features, logits):
+        if extractor is not None:
+            extractor.to(device)
+    runs: list[str] = list(tally.sums or tally.logits)
     image_size = None
     t0 = time.perf_counter()
-    for start in range(0, num_samples, batch_size):
-        idx = range(start, min(start + batch_size, num_samples))
+    for first in range(tally.done, num_samples, batch_size):
+        idx = range(first, min(first + batch_size, num_samples))
         images = pipe.compare([i % num_classes for i in idx], [base_seed + i for i in idx])
-        for run, imgs in images.items():
-            imgs = imgs.to(device)
-            image_size = list(imgs.shape[-2:])
-            if on_images is not None:
+        runs, image_size = list(images), list(next(iter(images.values())).shape[-2:])
+        images = {run: imgs.to(device) for run, imgs in images.items()}
+        feats = {} if features is None else {run: features(imgs) for run, imgs in images.items()}
+        lgts = {} if logits is None else {run: logits(imgs) for run, imgs in images.items()}
+        if on_images is not None:
+            for run, imgs in images.items():
                 on_images(run, imgs)
-            if features is not None:
-                stats.setdefault(run, GaussianStats()).update(features(imgs))
-            if logits is not None:
-                if run not in is_metrics:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", UserWarning)  # "saves all features in a buffer"
-                        is_metrics[run] = InceptionScore(feature=logits, splits=is_splits).to(device)
-                is_metrics[run].update(imgs)
+        tally = _advance(tally, feats, lgts, len(idx))
+        if on_batch is not None:
+            on_batch(tally)
         if progress is not None:
             progress(len(idx))
+    if not runs:  # (resumed after its last batch, with nothing measured: samples only)
+        runs = ["vanilla", "accelerated"] + (["accelerated+adapter"] if getattr(pipe, "adapted_decoder", None)
+                                             is not None else [])
+    result = summarize(tally, runs, reference, features, is_splits, num_samples, batch_size, num_classes,
+                       base_seed, getattr(getattr(pipe, "sampling", None), "noise", "per_sample"))
+    result["image_size"] = image_size
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    return result
 
-    runs = list(images)
+
+def summarize(tally: Tally, runs: list[str], reference: Optional[GaussianStats], features: Optional[_Extractor],
+              is_splits: int, num_samples: int, batch_size: int, num_classes: int, base_seed: int,
+              noise: str = "per_sample") -> dict:
+    """The report of a finished tally (evaluate_generation's result, less image_size and seconds)."""
+    stats = {r: tally.stats(r) for r in runs if r in tally.sums}
     dim = stats[runs[0]].dim if stats else None
     if reference is not None and features is not None and reference.dim != dim:
         raise FidError(f"--reference has {reference.dim}-d statistics but --inception {features.path} gives "
@@ -412,14 +475,9 @@ def evaluate_generation(pipe, features: Optional[_Extractor], logits: Optional[_
         van = stats["vanilla"]
         fid_van = {r: frechet_distance(stats[r].mu, stats[r].sigma, van.mu, van.sigma) for r in runs
                    if r != "vanilla"}
-    inception_score = None
-    if is_metrics:
-        inception_score = {}
-        for r, m in is_metrics.items():
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)  # the metric shuffles the samples before splitting
-                mean, std = m.compute()
-            inception_score[r] = {"mean": float(mean), "std": float(std)}
+    scores = None
+    if tally.logits:
+        scores = {r: inception_score(torch.cat(tally.logits[r]), is_splits) for r in runs}
     gap = None
     if "accelerated+adapter" in runs and fid_van is not None:
         gap = {"fid_vs_reference": None if fid_ref is None else fid_gap_closed(
@@ -427,19 +485,18 @@ def evaluate_generation(pipe, features: Optional[_Extractor], logits: Optional[_
                "fid_vs_vanilla": fid_gap_closed(fid_van["accelerated"], fid_van["accelerated+adapter"], 0.0)}
     notes = [] if dim is None else sample_count_notes(num_samples, dim)
     parts = inception_score_parts(num_samples, is_splits)
-    if is_metrics and parts != is_splits:
+    if scores and parts != is_splits:
         notes.append(f"IS over {parts} parts, not the {is_splits} asked for: torchmetrics splits {num_samples} "
                      f"samples into parts of ceil({num_samples}/{is_splits}); give --num_samples a multiple of "
                      f"--is_splits")
-    if getattr(getattr(pipe, "sampling", None), "noise", "per_sample") != "per_sample":
+    if noise != "per_sample":
         notes.append(official_noise_note(batch_size))
     notes.append("FID/IS depend on the Inception port: comparable to published numbers only if the extractor "
                  "reproduces the guided-diffusion evaluator's Inception graph and reference statistics")
     return {"num_samples": num_samples, "runs": runs, "fid_vs_reference": fid_ref, "fid_vs_vanilla": fid_van,
-            "inception_score": inception_score, "gap_closed": gap, "feature_dim": dim, "image_size": image_size,
+            "inception_score": scores, "gap_closed": gap, "feature_dim": dim, "image_size": None,
             "classes": f"i mod {num_classes}", "seeds": f"{base_seed} + i",
-            "is_splits": parts if is_metrics else None,
-            "seconds": round(time.perf_counter() - t0, 2), "notes": notes}
+            "is_splits": parts if scores else None, "seconds": None, "notes": notes}
 
 
 def _fmt(x: Optional[float], pct: bool = False) -> str:

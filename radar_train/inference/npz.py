@@ -4,33 +4,94 @@ IS / precision / recall of VAR, FastVAR and RADAR come from it): one array `arr_
 The images are streamed into the archive batch by batch (an uncompressed zip member, as `np.savez` writes it),
 so 50,000 samples at 256 px (9.8 GB) never sit in memory; the file is written under a temporary name and
 renamed when the last sample is in, so an interrupted run leaves no truncated `.npz`.
+
+Resuming (radar-fid's progress folder): `sync()` makes the images written so far durable, and a writer opened
+with `resume_at=K` on the unfinished file of an interrupted run keeps its first K images: they are copied into
+a fresh archive (the interrupted one has no zip directory, and its member's checksum is unknown), and the
+images after them, which the interrupted run wrote but had not yet counted, are dropped.
 """
 from __future__ import annotations
 
 import os
+import struct
 import zipfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
 __all__ = ["NpzImageWriter"]
 
+MEMBER = "arr_0.npy"
+_LOCAL_HEADER = b"PK\x03\x04"  # a zip local file header: 30 bytes, then the name and the extra field
+
 
 class NpzImageWriter:
     """Write `num_images` uint8 images of `size` x `size` pixels into `path` as `arr_0` (N, H, W, 3), in the
     order given, through `write` (uint8 tensors (B, 3, H, W), as RadarPipeline.compare gives them); `close`
-    renames the file into place once all of them are in (and refuses a short count)."""
+    renames the file into place once all of them are in (and refuses a short count). `partial`: the unfinished
+    file (default: `.NAME.partial` beside `path`); `resume_at`: keep the first that many images of an existing
+    `partial` and go on from there."""
 
-    def __init__(self, path: str | os.PathLike, num_images: int, size: int):
+    def __init__(self, path: str | os.PathLike, num_images: int, size: int, partial: Optional[str | os.PathLike] = None,
+                 resume_at: int = 0):
         self.path, self.num_images, self.size = Path(path), int(num_images), int(size)
+        self._tmp = Path(partial) if partial is not None else self.path.with_name(f".{self.path.name}.partial")
+        self.image_bytes = self.size * self.size * 3
+        old = None
+        if resume_at:
+            old = self._tmp.with_name(self._tmp.name + ".old")
+            os.replace(self._tmp, old)
+        self._file = open(self._tmp, "w+b")
+        self._zip = zipfile.ZipFile(self._file, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        self._member = self._zip.open(MEMBER, "w", force_zip64=True)
         self.written = 0
-        self._tmp = self.path.with_name(f".{self.path.name}.partial")
-        self._zip = zipfile.ZipFile(self._tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
-        self._member = self._zip.open("arr_0.npy", "w", force_zip64=True)
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-                  "shape": (self.num_images, self.size, self.size, 3)}
-        np.lib.format.write_array_header_1_0(self._member, header)
+        if old is None:
+            np.lib.format.write_array_header_1_0(self._member, self._header())
+            return
+        try:
+            self._copy_prefix(old, resume_at)
+        except BaseException:
+            self.discard()
+            os.replace(old, self._tmp)  # as it was: the next attempt finds it again
+            raise
+        old.unlink()
+
+    def _header(self) -> dict:
+        return {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                "shape": (self.num_images, self.size, self.size, 3)}
+
+    def _copy_prefix(self, old: Path, count: int) -> None:
+        """The npy header and the first `count` images of the interrupted archive `old`, into this one."""
+        if count > self.num_images:
+            raise ValueError(f"{self._tmp}: cannot keep {count} images of an archive of {self.num_images}")
+        with open(old, "rb") as src:
+            head = src.read(30)
+            if len(head) < 30 or head[:4] != _LOCAL_HEADER:
+                raise ValueError(f"{self._tmp}: not an unfinished samples archive (no zip header)")
+            name_len, extra_len = struct.unpack("<HH", head[26:30])
+            if src.read(name_len) != MEMBER.encode():
+                raise ValueError(f"{self._tmp}: its first member is not {MEMBER}")
+            src.seek(30 + name_len + extra_len)
+            start = src.tell()
+            np.lib.format.read_magic(src)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(src)
+            want = self._header()
+            if shape != want["shape"] or fortran or dtype != np.uint8:
+                raise ValueError(f"{self._tmp}: holds {dtype} {shape}, not uint8 {want['shape']}")
+            length = src.tell() - start + count * self.image_bytes
+            if os.fstat(src.fileno()).st_size < start + length:
+                raise ValueError(f"{self._tmp}: holds fewer than the {count} images its progress records")
+            src.seek(start)
+            left = length
+            while left:
+                chunk = src.read(min(left, 1 << 26))
+                if not chunk:
+                    raise ValueError(f"{self._tmp}: ends before its {count}th image")
+                self._member.write(chunk)
+                left -= len(chunk)
+        self.written = count
 
     def write(self, images: torch.Tensor) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != (3, self.size, self.size):
@@ -41,19 +102,36 @@ class NpzImageWriter:
         self._member.write(images.permute(0, 2, 3, 1).contiguous().cpu().numpy().tobytes())
         self.written += images.shape[0]
 
+    def sync(self) -> None:
+        """The images written so far, on disk (flushed and fsynced)."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
     def close(self) -> Path:
         """Finish the archive and put it at `path`; ValueError if fewer images than announced were written."""
         self._member.close()
         self._zip.close()
+        self._file.close()
         if self.written != self.num_images:
             self.discard()
             raise ValueError(f"{self.path}: {self.written} of {self.num_images} images written")
         os.replace(self._tmp, self.path)
         return self.path
 
+    def release(self) -> None:
+        """Close the unfinished file and leave it where it is, for a later writer with `resume_at` (which reads
+        only its zip header and its first images): cut after the last image written, as a killed run's ends."""
+        end = None
+        try:
+            self._member.close()
+            end = self._file.tell()  # (the member's close leaves the file at the end of its data)
+            self._zip.close()  # (its directory, cut off below: closed, the zip writes nothing when collected)
+            self._file.truncate(end)
+        except (OSError, ValueError):  # (a full disk; the zip refusing to close around a failed member)
+            pass
+        self._file.close()
+
     def discard(self) -> None:
         """Drop the unfinished archive."""
-        if not self._member.closed:
-            self._member.close()
-        self._zip.close()
+        self.release()
         self._tmp.unlink(missing_ok=True)

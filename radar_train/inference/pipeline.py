@@ -170,9 +170,9 @@ def accel_differences(trained: dict, mine: dict) -> list[str]:
 
 class RadarPipeline:
     def __init__(self, vqvae, var, accel: AccelMethod, sampling: SamplingConfig, *, vae_identity: ModelIdentity,
-                 autocast_dtype: Optional[torch.dtype] = None, adapter: Optional[str] = None, merge_adapter: bool = True):
+                 var_identity: Optional[ModelIdentity] = None, autocast_dtype: Optional[torch.dtype] = None, adapter: Optional[str] = None, merge_adapter: bool = True):
         self.vqvae, self.var, self.accel, self.sampling = vqvae, var, accel, sampling
-        self.vae_identity = vae_identity
+        self.vae_identity, self.var_identity = vae_identity, var_identity
         self.device = var.pos_1LC.device
         self.autocast_dtype = autocast_dtype
         if autocast_dtype is not None and var.body_dtype == torch.float32:
@@ -194,7 +194,7 @@ class RadarPipeline:
         m = args.model
         vqvae, var, vae_id, var_id = load_models(m.preset, m.vae_checkpoint, m.var_checkpoint, device, m.init_seed)
         accel = build_accel(args.accel, var.patch_nums, var.depth, var_id)
-        return cls(vqvae, var, accel, args.sampling, vae_identity=vae_id,
+        return cls(vqvae, var, accel, args.sampling, vae_identity=vae_id, var_identity=var_id,
                    autocast_dtype=resolve_precision(device, args.precision), adapter=args.adapter,
                    merge_adapter=args.merge_adapter)
 

@@ -19,6 +19,8 @@ HOST:PID ...`) and taken over when its owner is known to be over:
 
 A takeover moves the dead owner's file aside (a rename: one of two fits taking it over at once wins) and
 creates the lock again with O_EXCL, so two fits never both hold it.
+
+radar-fid takes a lock of its own the same way (OUTPUT/.fid.lock: `RunLock(..., name, command)`).
 """
 from __future__ import annotations
 
@@ -106,14 +108,15 @@ def _is_over(owner: Optional[dict], st: os.stat_result) -> bool:
     return age > STALE_AFTER_S
 
 
-def _in_use(option: str, root: Path, owner: Optional[dict], st: os.stat_result) -> OutputError:
+def _in_use(option: str, root: Path, owner: Optional[dict], st: os.stat_result, name: str = LOCK_NAME,
+            command: str = "radar-train fit") -> OutputError:
     """The one-line refusal naming the lock's live owner."""
     if owner is None:
-        return OutputError(f"{option} {root} is in use by radar-train fit (its lock {root / LOCK_NAME} cannot be "
+        return OutputError(f"{option} {root} is in use by {command} (its lock {root / name} cannot be "
                            f"read; renewed {time.time() - st.st_mtime:.0f} s ago): wait for it to end, or choose "
                            f"another folder")
     job = f" (SLURM job {owner['slurm_job_id']})" if owner.get("slurm_job_id") else ""
-    return OutputError(f"{option} {root} is in use by radar-train fit {owner['host']}:{owner['pid']}{job} since "
+    return OutputError(f"{option} {root} is in use by {command} {owner['host']}:{owner['pid']}{job} since "
                        f"{owner.get('started', '?')}: wait for it to end, or choose another folder")
 
 
@@ -127,11 +130,13 @@ def check_not_in_use(root: os.PathLike | str, option: str) -> None:
 
 
 class RunLock:
-    """RUN/.fit.lock held by this process: `acquire` (refused while a live fit holds it), `release`."""
+    """RUN/.fit.lock held by this process: `acquire` (refused while a live fit holds it), `release`. Another
+    command that writes into a folder over hours (radar-fid) takes its own lock the same way: `name` (the lock
+    file's name) and `command` (how a refusal names the owner)."""
 
-    def __init__(self, root: os.PathLike | str, option: str):
-        self.root, self.option = Path(root), option
-        self.path = self.root / LOCK_NAME
+    def __init__(self, root: os.PathLike | str, option: str, name: str = LOCK_NAME, command: str = "radar-train fit"):
+        self.root, self.option, self.name, self.command = Path(root), option, name, command
+        self.path = self.root / name
         self._ino: Optional[int] = None
         self._pid = os.getpid()
         self._created: list[Path] = []  # the folders acquire made (removed at release while still empty)
@@ -141,7 +146,7 @@ class RunLock:
     def acquire(self) -> "RunLock":
         """Create the lock, taking a dead owner's over; OutputError (one line) while a live fit holds it."""
         self._created = make_folders(self.root)
-        clear_stale_temps(self.root, LOCK_NAME, _ASIDE)  # what a takeover killed midway left
+        clear_stale_temps(self.root, self.name, _ASIDE)  # what a takeover killed midway left
         for _ in range(_ATTEMPTS):
             if self._create():
                 self._start_heartbeat()
@@ -151,13 +156,14 @@ class RunLock:
                 continue
             if not _is_over(*found):
                 self._remove_made_folders()
-                raise _in_use(self.option, self.root, *found)
+                raise _in_use(self.option, self.root, *found, self.name, self.command)
             self._move_aside(found[1])
-            log.info("took over %s of radar-train fit %s (no longer running)", self.path,
+            log.info("took over %s of %s %s (no longer running)", self.path, self.command,
                      "?" if found[0] is None else f"{found[0]['host']}:{found[0]['pid']}")
         self._remove_made_folders()
-        raise OutputError(f"{self.option} {self.root}: could not take its lock {self.path} (other fits starting "
-                          f"there at once kept taking it): wait for them to end, or choose another folder")
+        raise OutputError(f"{self.option} {self.root}: could not take its lock {self.path} (other runs of "
+                          f"{self.command} starting there at once kept taking it): wait for them to end, or "
+                          f"choose another folder")
 
     def _remove_made_folders(self) -> None:
         """Remove the folders acquire made that are still empty (a fit that failed before writing leaves none)."""
@@ -228,9 +234,9 @@ class RunLock:
             _held.remove(self)
 
 
-def acquire(root: os.PathLike | str, option: str) -> RunLock:
-    """Take RUN/.fit.lock for this process (RunLock.acquire); release_held gives it back."""
-    return RunLock(root, option).acquire()
+def acquire(root: os.PathLike | str, option: str, name: str = LOCK_NAME, command: str = "radar-train fit") -> RunLock:
+    """Take RUN/.fit.lock (or `name`) for this process (RunLock.acquire); release_held gives it back."""
+    return RunLock(root, option, name, command).acquire()
 
 
 def release_held() -> None:

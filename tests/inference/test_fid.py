@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from fid_extractors import Pool, save_extractors
 from radar_train.inference.fid import (FidError, GaussianStats, evaluate_generation, frechet_distance,
                                        inception_score_parts, load_inception, reference_stats, sample_count_notes)
 
@@ -27,19 +28,6 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-class _Pool(nn.Module):
-    """uint8 (N, 3, H, W) -> 4x4 average pool -> fixed random linear map to `dim` outputs."""
-
-    def __init__(self, dim: int, seed: int):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.proj = nn.Parameter(torch.randn(48, dim, generator=g) / 7, requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.adaptive_avg_pool2d(x.float() / 255.0, 4).flatten(1)
-        return x @ self.proj
-
-
 class _Identity(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
@@ -51,11 +39,7 @@ class _Identity(nn.Module):
 
 @pytest.fixture(scope="module")
 def extractors(tmp_path_factory) -> dict:
-    d = tmp_path_factory.mktemp("inception")
-    feats, logits = d / "pool16.pt", d / "logits10.pt"
-    torch.jit.save(torch.jit.script(_Pool(16, 0)), str(feats))
-    torch.jit.save(torch.jit.script(_Pool(10, 1)), str(logits))
-    return {"features": feats, "logits": logits}
+    return save_extractors(tmp_path_factory.mktemp("inception"))
 
 
 def test_frechet_distance_matches_torchmetrics():
@@ -122,7 +106,7 @@ def test_load_inception_contract_and_errors(extractors, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"--inception .*nope\.pt: file not found"):
         load_inception(str(tmp_path / "nope.pt"))
     (tmp_path / "junk.pt").write_bytes(b"\x00garbage" * 10)
-    torch.save(_Pool(16, 0).state_dict(), tmp_path / "state.pt")
+    torch.save(Pool(16, 0).state_dict(), tmp_path / "state.pt")
     for name in ("junk.pt", "state.pt"):
         with pytest.raises(FidError, match=rf"{name}: not a TorchScript .* archive") as e:
             load_inception(str(tmp_path / name))
@@ -131,11 +115,11 @@ def test_load_inception_contract_and_errors(extractors, tmp_path):
 
 def test_load_torch_export_archive(tmp_path):
     batch = torch.export.Dim("batch")
-    ep = torch.export.export(_Pool(16, 0), (torch.zeros(2, 3, 32, 32, dtype=torch.uint8),),
+    ep = torch.export.export(Pool(16, 0), (torch.zeros(2, 3, 32, 32, dtype=torch.uint8),),
                              dynamic_shapes=({0: batch},))
     torch.export.save(ep, str(tmp_path / "pool16.pt2"))
     x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
-    torch.testing.assert_close(load_inception(str(tmp_path / "pool16.pt2"))(x), _Pool(16, 0)(x))
+    torch.testing.assert_close(load_inception(str(tmp_path / "pool16.pt2"))(x), Pool(16, 0)(x))
 
 
 class _StubPipe:
@@ -387,8 +371,10 @@ def test_nothing_to_measure_or_write_and_a_reference_without_an_extractor_are_re
     assert not (tmp_path / "o").exists()
 
 
-def test_an_interrupted_run_leaves_no_npz_and_an_earlier_one_is_kept(tmp_path, monkeypatch, capsys):
-    from radar_train.inference import fid as fid_module
+def test_an_interrupted_run_keeps_its_progress_and_an_earlier_runs_npz(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the second batch: one line saying what is saved, status 130; the earlier run's samples file is
+    untouched (it is replaced only when this run's report is in place), and the same command goes on."""
+    from radar_train.inference.fid_progress import FidProgress
 
     out = tmp_path / "fid"
     out.mkdir()
@@ -397,23 +383,29 @@ def test_an_interrupted_run_leaves_no_npz_and_an_earlier_one_is_kept(tmp_path, m
             "--batch_size", "3", "--save_npz", "true", "--output", str(out)]
     assert _main(args) == 2  # refused without --overwrite, naming the file
     assert "samples_vanilla.npz" in capsys.readouterr().err
-    real = fid_module.evaluate_generation
+    real = FidProgress.write_images
+    calls = []
 
-    def dies_half_way(pipe, *a, on_images=None, **k):
-        calls = []
+    def dies_in_the_second_batch(self, run, imgs):
+        calls.append(run)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        real(self, run, imgs)
 
-        def once_then_die(run, imgs):
-            calls.append(run)
-            if len(calls) > 2:
-                raise KeyboardInterrupt
-            on_images(run, imgs)
-        return real(pipe, *a, on_images=once_then_die, **k)
-
-    monkeypatch.setattr("radar_train.inference.fid.evaluate_generation", dies_half_way)
+    monkeypatch.setattr(FidProgress, "write_images", dies_in_the_second_batch)
     assert _main(args + ["--overwrite", "true"]) == 130  # Ctrl-C: one line, status 130
-    assert capsys.readouterr().err.strip().splitlines()[-1] == "radar-fid: interrupted"
-    assert sorted(p.name for p in out.iterdir()) == ["samples_vanilla.npz"]
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"radar-fid: interrupted; 3 of 6 samples are saved in {out / 'fid-progress'}: run the same " \
+                   f"command to go on from there"
+    assert sorted(p.name for p in out.iterdir()) == ["fid-progress", "samples_vanilla.npz"]
     assert (out / "samples_vanilla.npz").read_bytes() == b"an earlier run's"
+    monkeypatch.setattr(FidProgress, "write_images", real)
+    assert _main(args + ["--overwrite", "true"]) == 0
+    assert "going on from sample 3 of 6" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["fid.json", "fid.md", "samples_accelerated.npz",
+                                                     "samples_vanilla.npz"]
+    assert np.load(out / "samples_vanilla.npz")["arr_0"].shape == (6, 32, 32, 3)
+    assert json.loads((out / "fid.json").read_text())["protocol"]["resumed_at"] == [3]
 
 
 def test_overwrite_removes_an_earlier_runs_samples_that_this_run_does_not_write(tmp_path, capsys):

@@ -1,0 +1,239 @@
+"""radar-fid's progress folder: what a run keeps so that the same command, run again, goes on from where an
+interrupted one stopped (a SLURM time limit or preemption, a lost node, Ctrl-C, an error) instead of
+generating its samples again (50,000 per run, three runs: hours of GPU time).
+
+OUTPUT/fid-progress/ holds
+
+    state.safetensors            the commit point, replaced whole (a temporary file renamed): the sample count
+                                 done, the run's settings (`fingerprint`) and, per run, the sums of its FID
+                                 statistics (`sum/<run>` (D,), `outer/<run>` (D, D), float64)
+    logits_<run>.f32             --inception_logits: the IS logits of the samples so far (float32 rows, appended)
+    samples_<run>.npz.partial    --save_npz: the samples so far (NpzImageWriter)
+
+A save makes the appended files durable first (flush, fsync), then replaces state.safetensors. So the appended
+files hold at least the rows the state counts; the rows after them (a run killed between the two) are dropped
+when the next run goes on. The tally a save writes is the one of the last complete batch (fid.Tally), wherever
+the interruption fell. The folder goes once fid.json is in place.
+
+A run goes on from the folder only if its settings are the same (fingerprint: the model and adapter weights,
+the method, the sampler, the extractors, the sample count, batch size and base seed, --save_npz, the precision
+and the radar_train version); with other settings it is refused, naming what differs, unless --overwrite (the
+folder is then an earlier run's output, and goes).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Mapping, Optional
+
+import numpy as np
+import torch
+
+from radar_train.inference.fid import Tally
+from radar_train.inference.npz import NpzImageWriter
+from radar_train.outputs import OutputError, atomic_file, is_temp_of
+
+__all__ = ["PROGRESS_DIR", "STATE_NAME", "LOCK_NAME", "FidProgress", "fingerprint_differences"]
+
+PROGRESS_DIR = "fid-progress"
+STATE_NAME = "state.safetensors"
+LOCK_NAME = ".fid.lock"
+FORMAT_VERSION = 1
+ALL_RUNS = ("vanilla", "accelerated", "accelerated+adapter")
+
+
+def _logits_name(run: str) -> str:
+    return f"logits_{run.replace('+', '_')}.f32"
+
+
+def _partial_name(npz_name: str) -> str:
+    return f"{npz_name}.partial"
+
+
+def fingerprint_differences(stored: Mapping, wanted: Mapping) -> list[str]:
+    """`key: stored vs wanted` for each setting that differs (a key only one side has counts as differing)."""
+    return [f"{k}: {json.dumps(stored.get(k))} vs {json.dumps(wanted.get(k))}"
+            for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
+
+
+class FidProgress:
+    """The progress folder of one radar-fid run in `output`: `check` (before anything is written), `open`
+    (a fresh start, or the tally to go on from), `save`, then `finish_npz` and `remove`, or `release`."""
+
+    def __init__(self, output: str | os.PathLike, fingerprint: Mapping, runs: list[str], npz_names: Mapping[str, str],
+                 num_samples: int, image_size: int):
+        self.output = Path(output)
+        self.dir = self.output / PROGRESS_DIR
+        self.fingerprint = json.loads(json.dumps(dict(fingerprint), default=str))
+        self.runs, self.npz_names = list(runs), dict(npz_names)
+        self.num_samples, self.image_size = int(num_samples), int(image_size)
+        self.writers: dict[str, NpzImageWriter] = {}
+        self.resumed_at: list[int] = []
+        self.seconds_before = 0.0
+        self.created = False
+        self._logit_files: dict[str, object] = {}
+        self._logits_saved: dict[str, int] = {}
+        self._logit_dim: Optional[int] = None
+        self._saved_done: Optional[int] = None
+
+    # ------------------------------------------------------------------ before anything is written
+    def _ours(self, name: str) -> bool:
+        return (name == STATE_NAME or is_temp_of(name, STATE_NAME)
+                or name in {_logits_name(r) for r in ALL_RUNS}
+                or name.startswith("samples_") and (name.endswith(".npz.partial") or name.endswith(".npz.partial.old")))
+
+    def _read_meta(self) -> dict:
+        from safetensors import safe_open
+
+        path = self.dir / STATE_NAME
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = dict(f.metadata() or {})
+            meta["fingerprint"] = json.loads(meta["fingerprint"])
+            meta["done"] = int(meta["done"])
+        except Exception as e:  # noqa: BLE001 - damaged or foreign: one line naming the file
+            raise OutputError(f"--output {self.output}: {path} cannot be read as radar-fid progress "
+                              f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}): remove "
+                              f"{self.dir} to start over") from None
+        return meta
+
+    def check(self, overwrite: bool) -> int:
+        """The sample this run goes on from (0: a fresh start). OutputError (one line) for a folder of that name
+        that is not radar-fid progress, and for progress of other settings without `overwrite`."""
+        if not (self.dir.exists() or self.dir.is_symlink()):
+            return 0
+        if not self.dir.is_dir():
+            raise OutputError(f"--output {self.output}: {self.dir} is not a folder of radar-fid progress: move it "
+                              f"away, or choose another folder")
+        foreign = sorted(e.name for e in self.dir.iterdir() if not self._ours(e.name))
+        if foreign:
+            raise OutputError(f"--output {self.output}: {self.dir} holds {', '.join(foreign[:3])}, so it is not "
+                              f"radar-fid progress: move it away, or choose another folder")
+        if not (self.dir / STATE_NAME).is_file():
+            return 0  # a run stopped before its first save: nothing to go on from
+        meta = self._read_meta()
+        diffs = fingerprint_differences(meta["fingerprint"], self.fingerprint)
+        if diffs:
+            if overwrite:
+                return 0
+            raise OutputError(f"--output {self.output} holds the progress of a radar-fid run with other settings "
+                              f"({'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}, saved vs now): give "
+                              f"its settings to go on with it, or pass --overwrite to start over (its progress goes)")
+        missing = [_partial_name(n) for n in self.npz_names.values() if not (self.dir / _partial_name(n)).is_file()]
+        if missing and meta["done"]:
+            raise OutputError(f"--output {self.output}: {self.dir} lacks {', '.join(missing)}, which its progress "
+                              f"records: remove {self.dir} to start over")
+        return meta["done"]
+
+    # ------------------------------------------------------------------ start
+    def open(self, resume_at: int) -> Tally:
+        """Create the folder (a fresh start: what an earlier run left there goes) or read it; the tally to go
+        on from, with the samples files open at that sample."""
+        if not resume_at:
+            if self.dir.is_dir():
+                shutil.rmtree(self.dir)
+            self.dir.mkdir(parents=True)
+            self.created = True
+            self._logits_saved = {r: 0 for r in self.runs}
+            self._open_files(0)
+            return Tally()
+        from safetensors.torch import load_file
+
+        meta = self._read_meta()
+        tensors = load_file(str(self.dir / STATE_NAME))
+        done = meta["done"]
+        self.resumed_at = json.loads(meta.get("resumed_at", "[]")) + [done]
+        self.seconds_before = float(meta.get("seconds", 0.0))
+        sums = {r: (tensors[f"sum/{r}"], tensors[f"outer/{r}"]) for r in self.runs if f"sum/{r}" in tensors}
+        logits = {}
+        dim = meta.get("logit_dim")
+        if dim is not None:
+            self._logit_dim = int(dim)
+            for r in self.runs:
+                path = self.dir / _logits_name(r)
+                need = done * self._logit_dim * 4
+                if not path.is_file() or path.stat().st_size < need:
+                    raise OutputError(f"--output {self.output}: {path} holds fewer than the {done} rows of logits "
+                                      f"its progress records: remove {self.dir} to start over")
+                os.truncate(path, need)
+                rows = np.fromfile(path, dtype=np.float32, count=done * self._logit_dim)
+                logits[r] = (torch.from_numpy(rows.reshape(done, self._logit_dim)),)
+        self._logits_saved = {r: len(logits.get(r, ())) for r in self.runs}
+        self._open_files(done)
+        self._saved_done = done
+        return Tally(done, sums, logits)
+
+    def _open_files(self, done: int) -> None:
+        for r, name in self.npz_names.items():
+            self.writers[r] = NpzImageWriter(self.dir / name, self.num_samples, self.image_size,
+                                             partial=self.dir / _partial_name(name), resume_at=done)
+
+    # ------------------------------------------------------------------ during the run
+    def save(self, tally: Tally, seconds: float) -> None:
+        """Make `tally` (and the samples written so far) the state a later run goes on from."""
+        from safetensors.torch import save_file
+
+        if tally.done == (self._saved_done or 0):
+            return  # (nothing new; a run that has done nothing saves nothing)
+        for r, chunks in tally.logits.items():
+            new = chunks[self._logits_saved.get(r, 0):]
+            if new:
+                self._logit_dim = int(new[0].shape[1])
+                f = self._logit_files.get(r)
+                if f is None:
+                    f = self._logit_files[r] = open(self.dir / _logits_name(r), "ab")
+                for chunk in new:
+                    f.write(chunk.contiguous().numpy().astype(np.float32, copy=False).tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+                self._logits_saved[r] = len(chunks)
+        for w in self.writers.values():
+            w.sync()
+        tensors = {}
+        for r, (s, outer) in tally.sums.items():
+            tensors[f"sum/{r}"], tensors[f"outer/{r}"] = s.contiguous(), outer.contiguous()
+        meta = {"format_version": str(FORMAT_VERSION), "done": str(tally.done),
+                "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
+                "resumed_at": json.dumps(self.resumed_at), "seconds": f"{self.seconds_before + seconds:.2f}"}
+        if self._logit_dim is not None:
+            meta["logit_dim"] = str(self._logit_dim)
+        with atomic_file(self.dir / STATE_NAME) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        self._saved_done = tally.done
+
+    def write_images(self, run: str, images: torch.Tensor) -> None:
+        self.writers[run].write(images)
+
+    # ------------------------------------------------------------------ the end
+    def finish_npz(self, folder: Path) -> None:
+        """Close every samples file into `folder` (a staging folder) under its final name. The state goes first:
+        the folder is no longer one to go on from (its samples files leave it)."""
+        (self.dir / STATE_NAME).unlink(missing_ok=True)
+        for r, w in self.writers.items():
+            w.path = Path(folder) / self.npz_names[r]
+            w.close()
+        self.writers = {}
+
+    def _close_logit_files(self) -> None:
+        for f in self._logit_files.values():
+            f.close()
+        self._logit_files = {}
+
+    def release(self) -> None:
+        """Close the open files, leaving the folder for a later run (or removing it when this run created it
+        and saved nothing)."""
+        self._close_logit_files()
+        for w in self.writers.values():
+            w.release()
+        self.writers = {}
+        if self.created and self._saved_done is None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def remove(self) -> None:
+        """The run is over and its report in place: the folder goes."""
+        self._close_logit_files()
+        shutil.rmtree(self.dir, ignore_errors=True)

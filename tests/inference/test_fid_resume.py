@@ -1,0 +1,261 @@
+"""radar-fid goes on from where an interrupted run stopped: after an error, Ctrl-C, SIGTERM and SIGKILL the same
+command ends with the numbers and samples files of an uninterrupted run; a run of other settings is refused
+(or starts over with --overwrite), a folder that is not radar-fid progress is refused, a live run holds the
+output folder; the samples archive is resumed from its unfinished file."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fid_extractors import save_extractors
+from radar_train.inference.fid_progress import PROGRESS_DIR, STATE_NAME, FidProgress
+from radar_train.inference.npz import NpzImageWriter
+
+ROOT = Path(__file__).resolve().parents[2]
+NOT_THE_RESULT = ("seconds",)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread, as the subprocess runs get (OMP_NUM_THREADS=1): the same floats in both."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def extractors(tmp_path_factory) -> dict:
+    return save_extractors(tmp_path_factory.mktemp("inception"))
+
+
+def _args(extractors, out: Path, num_samples: int, batch_size: int, *more: str) -> list[str]:
+    return ["--config", str(ROOT / "configs/generate/tiny.yaml"), "--device", "cpu", "--num_samples", str(num_samples),
+            "--batch_size", str(batch_size), "--inception", str(extractors["features"]), "--inception_logits",
+            str(extractors["logits"]), "--is_splits", "3", "--save_npz", "true", "--output", str(out), *more]
+
+
+def _main(argv) -> int:
+    from radar_train.cli.fid import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    return e.value.code
+
+
+def _outputs(out: Path) -> dict:
+    """fid.json less its timing and resume record, and the bytes of every samples file."""
+    report = json.loads((out / "fid.json").read_text())
+    report.pop("seconds")
+    report["protocol"].pop("resumed_at")
+    return {"report": report, **{p.name: p.read_bytes() for p in sorted(out.glob("samples_*.npz"))}}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(extractors, tmp_path_factory) -> dict:
+    """The outputs of uninterrupted runs: 9 samples in batches of 3 and 40 in batches of 2."""
+    got = {}
+    for n, b in ((9, 3), (40, 2)):
+        out = tmp_path_factory.mktemp("whole") / "fid"
+        assert _main(_args(extractors, out, n, b)) == 0
+        got[n] = _outputs(out)
+    return got
+
+
+def _files(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_after_an_error_the_same_command_ends_as_an_uninterrupted_run(extractors, uninterrupted, tmp_path,
+                                                                    monkeypatch, capsys):
+    """An error in the third batch, after its vanilla samples went into the archive: the first 6 samples are saved
+    (the archive's seventh to ninth image, written but not counted, are dropped when the run goes on)."""
+    out = tmp_path / "fid"
+    real = FidProgress.write_images
+    calls = []
+
+    def fails(self, run, images):
+        calls.append(run)
+        if len(calls) == 6:  # batch 3: vanilla written, accelerated fails
+            raise RuntimeError("the disk went away")
+        real(self, run, images)
+
+    monkeypatch.setattr(FidProgress, "write_images", fails)
+    with pytest.raises(RuntimeError) as e:
+        _main(_args(extractors, out, 9, 3))
+    assert e.value.__notes__ == [f"radar-fid: 6 of 9 samples are saved in {out / PROGRESS_DIR}: run the same command "
+                                 f"to go on from there"]
+    progress = out / PROGRESS_DIR
+    assert sorted(p.name for p in out.iterdir()) == [PROGRESS_DIR]  # no report, no lock
+    assert sorted(p.name for p in progress.iterdir()) == [
+        "logits_accelerated.f32", "logits_vanilla.f32", "samples_accelerated.npz.partial",
+        "samples_vanilla.npz.partial", STATE_NAME]
+    assert (progress / "logits_vanilla.f32").stat().st_size == 6 * 10 * 4  # 6 samples x 10 logits, float32
+    monkeypatch.setattr(FidProgress, "write_images", real)
+    capsys.readouterr()
+    assert _main(_args(extractors, out, 9, 3)) == 0
+    assert f"going on from sample 6 of 9, saved in {progress}" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["fid.json", "fid.md", "samples_accelerated.npz",
+                                                     "samples_vanilla.npz"]
+    assert _outputs(out) == uninterrupted[9]
+    assert json.loads((out / "fid.json").read_text())["protocol"]["resumed_at"] == [6]
+
+
+def _signal_when(proc: subprocess.Popen, done: int, signum: int) -> tuple[str, str]:
+    """Read the run's progress lines (stderr) until `done` samples are counted, then send `signum`; its stdout
+    and stderr."""
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "samples" in line and line.split("samples")[1].strip().split("/")[0].strip().isdigit():
+            if int(line.split("samples")[1].strip().split("/")[0]) >= done:
+                proc.send_signal(signum)
+                break
+    stdout, stderr = proc.communicate(timeout=300)
+    return stdout, "".join(seen) + stderr
+
+
+def test_sigkill_and_sigterm_lose_at_most_the_unsaved_batches(extractors, uninterrupted, tmp_path):
+    """SIGKILL (no handler runs) after a periodic save: the next run goes on from that save, taking the dead run's
+    lock over. SIGTERM: the run saves its last complete batch, says so and exits 143. The third run finishes:
+    the outputs of an uninterrupted run."""
+    out = tmp_path / "fid"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RADAR_PROGRESS": "log", "RADAR_PROGRESS_INTERVAL": "0"}
+    cmd = [sys.executable, "-m", "radar_train.cli.fid", *_args(extractors, out, 40, 2, "--save_every_s", "0.000001")]
+
+    def start():
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+
+    killed = start()
+    _signal_when(killed, 6, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    assert (out / ".fid.lock").is_file()  # the dead run's
+    stopped = start()
+    stdout, err = _signal_when(stopped, 20, signal.SIGTERM)
+    assert stopped.returncode == 143, err[-2000:]
+    said = [line for line in stdout.splitlines() if "going on" in line or "SIGTERM" in line]
+    assert said[0].startswith("radar-fid: going on from sample ") and int(said[0].split()[5]) >= 6
+    assert said[1].startswith("radar-fid: stopped by SIGTERM; ") and said[1].endswith(
+        f" of 40 samples are saved in {out / PROGRESS_DIR}: run the same command to go on from there")
+    assert not (out / ".fid.lock").exists() and not (out / "fid.json").exists()
+    finished = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    resumed = json.loads((out / "fid.json").read_text())["protocol"]["resumed_at"]
+    assert len(resumed) == 2 and 6 <= resumed[0] < resumed[1] <= 40
+    assert _outputs(out) == uninterrupted[40]
+    assert sorted(p.name for p in out.iterdir()) == ["fid.json", "fid.md", "samples_accelerated.npz",
+                                                     "samples_vanilla.npz"]
+
+
+def _interrupted(extractors, out: Path, monkeypatch, *more: str) -> None:
+    """A 9-sample run stopped by Ctrl-C in its second batch (3 samples saved)."""
+    real = FidProgress.write_images
+    calls = []
+
+    def stops(self, run, images):
+        calls.append(run)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(self, run, images)
+
+    monkeypatch.setattr(FidProgress, "write_images", stops)
+    assert _main(_args(extractors, out, 9, 3, *more)) == 130
+    monkeypatch.setattr(FidProgress, "write_images", real)
+
+
+def test_other_settings_are_refused_and_overwrite_starts_over(extractors, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "fid"
+    _interrupted(extractors, out, monkeypatch)
+    before = _files(out)
+    capsys.readouterr()
+    assert _main(_args(extractors, out, 9, 3, "--base_seed", "5")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: --output {out} holds the progress of a radar-fid run with other settings (base_seed: 0 vs "
+                   f"5, saved vs now): give its settings to go on with it, or pass --overwrite to start over (its "
+                   f"progress goes)")
+    assert _files(out) == before
+    assert _main(_args(extractors, out, 9, 3, "--base_seed", "5", "--overwrite", "true")) == 0
+    assert "going on" not in capsys.readouterr().out
+    assert json.loads((out / "fid.json").read_text())["protocol"]["resumed_at"] == []
+    assert not (out / PROGRESS_DIR).exists()
+
+
+def test_a_folder_that_is_not_radar_fid_progress_and_a_damaged_state_are_refused(extractors, tmp_path, monkeypatch,
+                                                                                capsys):
+    out = tmp_path / "fid"
+    (out / PROGRESS_DIR).mkdir(parents=True)
+    (out / PROGRESS_DIR / "notes.txt").write_text("mine")
+    assert _main(_args(extractors, out, 9, 3)) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --output {out}: {out / PROGRESS_DIR} holds notes.txt, so it is not radar-fid progress: move it "
+        f"away, or choose another folder")
+    assert _files(out) == {f"{PROGRESS_DIR}/notes.txt": b"mine"}
+    out2 = tmp_path / "fid2"
+    _interrupted(extractors, out2, monkeypatch)
+    (out2 / PROGRESS_DIR / STATE_NAME).write_bytes(b"not safetensors")
+    before = _files(out2)
+    capsys.readouterr()
+    assert _main(_args(extractors, out2, 9, 3)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --output {out2}: {out2 / PROGRESS_DIR / STATE_NAME} cannot be read as radar-fid "
+                          f"progress (") and err.endswith(f"remove {out2 / PROGRESS_DIR} to start over")
+    assert _files(out2) == before
+
+
+def test_a_live_run_holds_the_output_folder(extractors, tmp_path, capsys):
+    out = tmp_path / "fid"
+    out.mkdir()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".fid.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": live.pid,
+                                                   "started": "2026-12-04T10:00:00+00:00"}))
+        assert _main(_args(extractors, out, 9, 3)) == 2
+    finally:
+        live.kill()
+        live.wait()
+    assert capsys.readouterr().err.strip() == (
+        f"error: --output {out} is in use by radar-fid {socket.gethostname()}:{live.pid} since "
+        f"2026-12-04T10:00:00+00:00: wait for it to end, or choose another folder")
+    assert sorted(p.name for p in out.iterdir()) == [".fid.lock"]
+
+
+def _images(seed: int, n: int) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_the_samples_archive_goes_on_from_its_unfinished_file(tmp_path):
+    """Five images written and synced, the writer never closed (a killed run): a writer resumed at 3 keeps the
+    first three, drops the other two, and its archive reads back as written whole."""
+    first, second = _images(0, 5), _images(1, 4)
+    partial = tmp_path / "s.npz.partial"
+    w = NpzImageWriter(tmp_path / "s.npz", 7, 4, partial=partial)
+    w.write(first)
+    w.sync()
+    resumed = NpzImageWriter(tmp_path / "s.npz", 7, 4, partial=partial, resume_at=3)
+    assert resumed.written == 3
+    resumed.write(second)
+    resumed.close()
+    got = np.load(tmp_path / "s.npz")["arr_0"]
+    want = torch.cat([first[:3], second]).permute(0, 2, 3, 1).numpy()
+    assert got.shape == (7, 4, 4, 3) and np.array_equal(got, want)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]
+    # an unfinished file with fewer images than asked for, or of another shape, is refused and left as it was
+    w = NpzImageWriter(tmp_path / "t.npz", 7, 4, partial=tmp_path / "t.partial")
+    w.write(first[:2])
+    w.release()
+    before = (tmp_path / "t.partial").read_bytes()
+    with pytest.raises(ValueError, match="fewer than the 3 images"):
+        NpzImageWriter(tmp_path / "t.npz", 7, 4, partial=tmp_path / "t.partial", resume_at=3)
+    with pytest.raises(ValueError, match=r"not uint8 \(7, 5, 5, 3\)"):
+        NpzImageWriter(tmp_path / "t.npz", 7, 5, partial=tmp_path / "t.partial", resume_at=1)
+    assert (tmp_path / "t.partial").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz", "t.partial"]
