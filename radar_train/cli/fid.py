@@ -60,7 +60,8 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
             there (the numbers and samples are those of an uninterrupted run); the folder goes at the end.
         overwrite: replace fid.json / fid.md (and reference_stats.npz, samples_*.npz) of an earlier run in the
             output folder; an earlier samples_*.npz or reference_stats.npz this run does not write goes (unless
-            it is this run's --reference; without --overwrite they are refused; other files there are left alone).
+            it is this run's --reference; without --overwrite they are refused; other files there are left alone); with
+            the progress of a run of other settings in OUTPUT/fid-progress/, start over (it goes).
     """
     from radar_train.inference import PipelineArgs, RadarPipeline
     from radar_train.inference.fid import file_sha256, load_inception, markdown_report, reference_stats, write_report
