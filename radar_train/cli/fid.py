@@ -6,7 +6,6 @@ import contextlib
 import signal
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
@@ -128,8 +127,7 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     pipe = RadarPipeline.from_config(PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision))
     sha = {role: None if path is None else file_sha256(path)
            for role, path in (("inception", inception), ("inception_logits", inception_logits))}
-    progress = FidProgress(output, fid_fingerprint(pipe, model, sampling, adapter, merge_adapter, sha, num_samples,
-                                                   batch_size, base_seed, save_npz),
+    progress = FidProgress(output, fid_fingerprint(pipe, model, sha, num_samples, batch_size, base_seed, save_npz),
                            runs, npz_names, num_samples, size)
     lock = run_lock.acquire(output, "--output", LOCK_NAME, "radar-fid")  # (after every check: it makes the folder)
     try:
@@ -203,25 +201,11 @@ def sigterm_stops() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def fid_fingerprint(pipe, model, sampling, adapter, merge_adapter, sha: dict, num_samples, batch_size, base_seed,
-                    save_npz) -> dict:
+def fid_fingerprint(pipe, model, sha: dict, num_samples, batch_size, base_seed, save_npz) -> dict:
     """The settings an interrupted run's progress must share with the run that goes on with it: whatever
-    changes a sample, a statistic or the samples files."""
-    import torch
-
-    import radar_train
-    from radar_train.inference.pipeline import _accel_settings
-    from radar_train.models.checkpoint import file_sha256
-
-    adapter_files = None if adapter is None else {
-        p.name: file_sha256(p) for p in sorted(Path(adapter).iterdir()) if p.is_file()}
-    var_id = getattr(pipe, "var_identity", None)
-    return {"radar_train": radar_train.__version__, "model": model.preset, "vae": pipe.vae_identity.value,
-            "var": None if var_id is None else var_id.value, "accel": _accel_settings(pipe.accel.describe()),
-            "sampling": asdict(sampling), "adapter": adapter_files, "merge_adapter": merge_adapter,
-            "precision": str(pipe.autocast_dtype or torch.float32), "num_samples": num_samples,
-            "batch_size": batch_size, "base_seed": base_seed, "save_npz": save_npz,
-            **sha}
+    changes a sample (RadarPipeline.fingerprint), a statistic or the samples files."""
+    return {**pipe.fingerprint(), "model": model.preset, "num_samples": num_samples, "batch_size": batch_size,
+            "base_seed": base_seed, "save_npz": save_npz, **sha}
 
 
 def measure(pipe, progress, tally, feats, logit_mod, ref, num_samples: int, batch_size: int, base_seed: int,

@@ -15,7 +15,8 @@ import json
 import logging
 import operator
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Literal, Optional, Sequence
 
 import numpy as np
@@ -182,6 +183,8 @@ class RadarPipeline:
         self.decoder: LatentDecoder = LatentDecoder.sharing(vqvae).eval()
         self.adapted_decoder: Optional[torch.nn.Module] = None
         self.adapter_meta: Optional[dict] = None
+        self.adapter_dir: Optional[str] = None
+        self.adapter_merged: Optional[bool] = None
         if adapter is not None:
             self.load_adapter(adapter, merge=merge_adapter)
 
@@ -232,7 +235,24 @@ class RadarPipeline:
         dec = self.vqvae.latent_decoder().eval()  # (built without random draws; load_adapter keeps the RNG too)
         self.adapted_decoder = load_adapter(dec, adapter_dir, identity=self.vae_identity, merge=merge,
                                             num_classes=self.var.num_classes).eval()
-        self.adapter_meta = meta
+        self.adapter_meta, self.adapter_dir, self.adapter_merged = meta, str(adapter_dir), merge
+
+    def fingerprint(self) -> dict:
+        """What identifies the samples this pipeline makes, for a command that goes on from an interrupted run
+        (radar-fid, radar-generate): the weights (sha256, or the random preset and seed), the method's settings,
+        the sampler's, the adapter's files (sha256) and whether it is merged, the compute dtype and the
+        radar_train version. JSON-ready."""
+        import radar_train
+        from radar_train.models.checkpoint import file_sha256
+
+        adapter = None if self.adapter_dir is None else {
+            "files": {p.name: file_sha256(p) for p in sorted(Path(self.adapter_dir).iterdir()) if p.is_file()},
+            "merged": self.adapter_merged}
+        return json.loads(json.dumps({
+            "radar_train": radar_train.__version__, "vae": self.vae_identity.value,
+            "var": None if self.var_identity is None else self.var_identity.value,
+            "accel": _accel_settings(self.accel.describe()), "sampling": asdict(self.sampling), "adapter": adapter,
+            "precision": str(self.autocast_dtype or torch.float32)}, default=str))
 
     # ------------------------------------------------------------------ generation
     def _checked(self, labels, seeds) -> tuple[torch.Tensor, list[int]]:
