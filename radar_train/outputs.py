@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 
 __all__ = ["OutputError", "Inputs", "check_output_file", "check_output_dir", "check_replace_dir", "check_resume_dir",
-           "check_no_overlap", "atomic_file", "write_text_atomic", "staged_entries", "replace_dir", "temp_name",
+           "check_no_overlap", "atomic_file", "write_text_atomic", "staged_entries", "swap_entries", "replace_dir", "temp_name",
            "is_temp_of", "clear_stale_temps", "normal_file_mode"]
 
 log = logging.getLogger(__name__)
@@ -303,19 +303,27 @@ def staged_entries(out_dir: PathLike, entries: Sequence[str]) -> Iterator[Path]:
     ok = False
     try:
         yield stage
-        replaced = stage / ".replaced"
-        replaced.mkdir()
-        for name in entries:
-            if (out / name).exists() or (out / name).is_symlink():
-                os.replace(out / name, replaced / name)
-        for name in entries:
-            if (stage / name).exists():
-                os.replace(stage / name, out / name)
+        swap_entries(stage, out, entries)
         ok = True
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         if not ok and created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
+
+
+def swap_entries(stage: PathLike, out: PathLike, entries: Sequence[str]) -> None:
+    """Each of `entries` in the folder `stage` (inside `out`) replaces its namesake in `out`, and an entry `stage`
+    lacks goes from `out` (staged_entries' swap: renames only, every earlier entry first leaves into
+    `stage`/.replaced, which the caller removes with `stage`)."""
+    stage, out = Path(stage), Path(out)
+    replaced = stage / ".replaced"
+    replaced.mkdir()
+    for name in entries:
+        if (out / name).exists() or (out / name).is_symlink():
+            os.replace(out / name, replaced / name)
+    for name in entries:
+        if (stage / name).exists():
+            os.replace(stage / name, out / name)
 
 
 def recover_replaced(path: PathLike) -> Path | None:

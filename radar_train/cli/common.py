@@ -451,6 +451,35 @@ def describe_os_error(e: BaseException) -> str:
     return str(e)
 
 
+STOPPED_STATUS = 143  # (128 + SIGTERM: the status of a process the signal ended)
+
+
+class Stopped(BaseException):
+    """SIGTERM during a long loop (raised by `sigterm_stops`' handler): the command saves what it has and ends."""
+
+
+@contextlib.contextmanager
+def sigterm_stops() -> Iterator[None]:
+    """SIGTERM raises Stopped in the main thread (once: a second one, while the command saves, is ignored; SLURM
+    sends SIGKILL after its grace time anyway); the handler before is put back afterwards."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Stopped
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Optional[Sequence[str]] = None,
              errors: tuple[type[BaseException], ...] = (), check_configs: bool = True) -> NoReturn:
     """Run `body(args)` (args: argv, or sys.argv[1:]) and exit with its status; a parse error or one of

@@ -2,12 +2,9 @@
 (fid.json + fid.md). See radar_train/inference/fid.py for the extractor contract and the protocol caveats."""
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 import time
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Optional, Union
 
 
 from jsonargparse import CLI
@@ -66,7 +63,7 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     from radar_train.inference.fid import file_sha256, load_inception, markdown_report, reference_stats, write_report
     from radar_train.inference.fid_progress import LOCK_NAME, FidProgress
     from radar_train.train import run_lock
-    from radar_train.cli.common import accel_inputs, check_device, check_positive, model_inputs
+    from radar_train.cli.common import STOPPED_STATUS, accel_inputs, check_device, check_positive, model_inputs
     from radar_train.export import check_adapter
     from radar_train.inference.pipeline import resolve_device
     from radar_train.models import get_preset
@@ -175,30 +172,6 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
 
 
 ALL_RUNS = ("vanilla", "accelerated", "accelerated+adapter")
-STOPPED_STATUS = 143  # (128 + SIGTERM, as a process the signal ended)
-
-
-class Stopped(BaseException):
-    """SIGTERM during the sampling (raised by its handler; the run saves its progress and ends)."""
-
-
-@contextlib.contextmanager
-def sigterm_stops() -> Iterator[None]:
-    """SIGTERM raises Stopped in the main thread (once: a second one, while the progress is saved, is ignored;
-    SLURM sends SIGKILL after its grace time anyway); the handler before is put back afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Stopped
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def fid_fingerprint(pipe, model, sha: dict, num_samples, batch_size, base_seed, save_npz) -> dict:
@@ -213,6 +186,7 @@ def measure(pipe, progress, tally, feats, logit_mod, ref, num_samples: int, batc
     """evaluate_generation from `tally`, its progress saved every `save_every_s` seconds and when it stops:
     the report; None when SIGTERM stopped it (saved, and said on stdout). Ctrl-C and errors are raised again,
     saying what was saved."""
+    from radar_train.cli.common import Stopped, sigterm_stops
     from radar_train.inference.fid import evaluate_generation
     from radar_train.progress import Progress
 

@@ -13,6 +13,7 @@ from radar_train.inference.pipeline import Precision
 
 
 OUTPUT_ENTRIES = ("vanilla", "accelerated", "restored", "grid.png", "generate.json")
+FOLDERS = {"vanilla": "vanilla", "accelerated": "accelerated", "accelerated+adapter": "restored"}
 
 
 def grid_classes_seeds(classes, seeds, preset: str, where: str = "") -> tuple[list[int], list[int]]:
@@ -37,15 +38,16 @@ def grid_classes_seeds(classes, seeds, preset: str, where: str = "") -> tuple[li
 def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method="fastvar"),
              sampling: SamplingConfig = SamplingConfig(), adapter: Optional[str] = None, merge_adapter: bool = True,
              classes: Union[str, list[int]] = "0-3", seeds: Union[str, list[int]] = "0", output: str = "outputs/generate",
-             batch_size: int = 16, grid_scale: int = 0, device: str = "auto", precision: Precision = "auto",
-             overwrite: bool = False) -> int:
+             batch_size: int = 16, grid_scale: int = 0, grid_rows: int = 64, device: str = "auto",
+             precision: Precision = "auto", overwrite: bool = False) -> int:
     """Generate vanilla | accelerated | accelerated + adapter images and a comparison grid.
 
     Generate every (class, seed) pair with the vanilla and the accelerated model, decode the accelerated
     latent also through the adapted decoder, and write PNGs plus a comparison grid (rows = samples).
     The output folder's vanilla/, accelerated/, restored/, grid.png and generate.json of an earlier run are
-    replaced only with --overwrite (other files there are left alone); everything is written under a
-    temporary folder and moved in at the end.
+    replaced only with --overwrite (other files there are left alone). The PNGs are written batch by batch
+    under OUTPUT/generate-progress/ and moved in at the end; an interrupted run (Ctrl-C, SIGTERM, an error, a
+    kill) leaves them there, and the same command goes on with the batches not yet written.
 
     Args:
         model: VQ-VAE + VAR.
@@ -58,22 +60,25 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
         output: folder for vanilla/, accelerated/, restored/ PNGs, grid.png and generate.json.
         batch_size: samples per sampling call.
         grid_scale: pixel upscaling of the grid tiles (0 = automatic: tiles of at least 96 px).
+        grid_rows: the grid shows the first this many samples (0: all of them; the PNGs are of all).
         device: cuda, cpu, or auto.
         precision: transformer compute dtype (auto: bf16 on CUDA, fp32 on CPU).
-        overwrite: replace the outputs of an earlier run in the output folder.
+        overwrite: replace the outputs of an earlier run in the output folder (and start over from the
+            progress of a run of other settings in OUTPUT/generate-progress/).
     """
-    import torch
-
-    from radar_train.cli.common import accel_inputs, check_device, check_positive, model_inputs
+    from radar_train.cli.common import (STOPPED_STATUS, Stopped, accel_inputs, check_device, check_positive,
+                                        model_inputs, sigterm_stops)
     from radar_train.export import check_adapter
-    from radar_train.images import save_grid, save_png
+    from radar_train.images import save_grid
     from radar_train.inference import PipelineArgs, RadarPipeline
-    from radar_train.outputs import check_output_dir, staged_entries
+    from radar_train.inference.generate_progress import LOCK_NAME, GenerateProgress
+    from radar_train.outputs import check_output_dir
     from radar_train.progress import Progress
+    from radar_train.train import run_lock
 
     cls_list, seed_list = grid_classes_seeds(classes, seeds, model.preset)
     check_positive(batch_size=batch_size)
-    check_positive(grid_scale=grid_scale, minimum=0)
+    check_positive(grid_scale=grid_scale, grid_rows=grid_rows, minimum=0)
     check_device(device)
     if adapter is not None:
         check_adapter(adapter)
@@ -84,32 +89,57 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
     print(f"radar-generate: {len(pairs)} samples ({len(cls_list)} classes x {len(seed_list)} seeds), model "
           f"{model.preset}, accel {accel.method}, adapter {adapter or '-'} -> {out}")
     pipe = RadarPipeline.from_config(PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision))
-    columns: dict[str, list[torch.Tensor]] = {}
-    with Progress(len(pairs), "radar-generate", "samples") as progress:
-        for i in range(0, len(pairs), batch_size):
-            chunk = pairs[i: i + batch_size]
-            imgs = pipe.compare([c for c, _ in chunk], [s for _, s in chunk])
-            for k, v in imgs.items():
-                columns.setdefault(k, []).extend(v)
-            progress.update(len(chunk))
-    folders = {"vanilla": "vanilla", "accelerated": "accelerated", "accelerated+adapter": "restored"}
-    titles = {"vanilla": "vanilla", "accelerated": accel.method, "accelerated+adapter": f"{accel.method}+PAA"}
-    keys = list(columns)
-    H = columns[keys[0]][0].shape[-1]
-    scale = grid_scale or max(1, -(-96 // H))
-    rows = [[columns[k][i] for k in keys] for i in range(len(pairs))]
-    n_files = 0
-    with staged_entries(out, OUTPUT_ENTRIES) as stage:
-        for key, imgs in columns.items():
-            for (c, s), img in zip(pairs, imgs):
-                save_png(img, stage / folders[key] / f"class{c:04d}_seed{s}.png")
-                n_files += 1
-        save_grid(rows, stage / "grid.png", col_titles=[titles[k] for k in keys],
-                  row_titles=[f"c{c} s{s}" for c, s in pairs], scale=scale)
+    keys = ["vanilla", "accelerated"] + (["accelerated+adapter"] if pipe.adapted_decoder is not None else [])
+    settings = {**pipe.fingerprint(), "model": model.preset, "classes": cls_list, "seeds": seed_list,
+                "batch_size": batch_size}
+    work = GenerateProgress(out, settings, [FOLDERS[k] for k in keys])
+    batches = [pairs[i: i + batch_size] for i in range(0, len(pairs), batch_size)]
+    lock = run_lock.acquire(out, "--output", LOCK_NAME, "radar-generate")  # (after every check: it makes the folder)
+    made = 0
+    try:
+        work.open(go_on := work.check(overwrite))
+        pending = work.pending(batches)
+        before = len(pairs) - sum(len(batches[i]) for i in pending)
+        if go_on:
+            print(f"radar-generate: going on: {before} of {len(pairs)} samples are in {work.dir}")
+        try:
+            with sigterm_stops(), Progress(len(pairs), "radar-generate", "samples", initial=before) as progress:
+                for i in pending:
+                    chunk = batches[i]
+                    imgs = pipe.compare([c for c, _ in chunk], [s for _, s in chunk])
+                    for key, images in imgs.items():
+                        for (c, s), img in zip(chunk, images):
+                            work.save_png(img, FOLDERS[key], c, s)
+                    made += len(chunk)
+                    progress.update(len(chunk))
+        except BaseException as e:
+            done = before + made
+            said = (f"{done} of {len(pairs)} samples are in {work.dir}: run the same command to go on from there"
+                    if done else "no sample was done")
+            work.release(made_any=made > 0)
+            if isinstance(e, Stopped):
+                print(f"radar-generate: stopped by SIGTERM; {said}", flush=True)
+                return STOPPED_STATUS
+            if isinstance(e, KeyboardInterrupt):
+                raise KeyboardInterrupt(f"interrupted; {said}") from None
+            e.add_note(f"radar-generate: {said}")
+            raise
+        shown = pairs if grid_rows == 0 else pairs[:grid_rows]
+        rows = [[work.load_png(FOLDERS[k], c, s) for k in keys] for c, s in shown]
+        H = rows[0][0].shape[-1]
+        scale = grid_scale or max(1, -(-96 // H))
+        titles = {"vanilla": "vanilla", "accelerated": accel.method, "accelerated+adapter": f"{accel.method}+PAA"}
+        save_grid(rows, work.dir / "grid.png", col_titles=[titles[k] for k in keys],
+                  row_titles=[f"c{c} s{s}" for c, s in shown], scale=scale)
         info = {"classes": cls_list, "seeds": seed_list, "columns": keys, "model": model.preset,
-                "accel": pipe.accel.describe(), "adapter": adapter, "grid": str(out / "grid.png")}
-        (stage / "generate.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-    print(f"wrote {n_files} PNGs under {out} and the comparison grid {out / 'grid.png'}")
+                "accel": pipe.accel.describe(), "adapter": adapter, "grid": str(out / "grid.png"),
+                "grid_rows": len(shown)}
+        (work.dir / "generate.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+        work.finish(OUTPUT_ENTRIES)
+    finally:
+        lock.release()
+    more = f" (its first {len(shown)} of {len(pairs)} samples: --grid_rows)" if len(shown) < len(pairs) else ""
+    print(f"wrote {len(pairs) * len(keys)} PNGs under {out} and the comparison grid {out / 'grid.png'}{more}")
     return 0
 
 

@@ -33,9 +33,10 @@ import torch
 
 from radar_train.inference.fid import Tally
 from radar_train.inference.npz import NpzImageWriter
+from radar_train.inference.pipeline import fingerprint_differences
 from radar_train.outputs import OutputError, atomic_file, is_temp_of
 
-__all__ = ["PROGRESS_DIR", "STATE_NAME", "LOCK_NAME", "FidProgress", "fingerprint_differences"]
+__all__ = ["PROGRESS_DIR", "STATE_NAME", "LOCK_NAME", "FidProgress"]
 
 PROGRESS_DIR = "fid-progress"
 STATE_NAME = "state.safetensors"
@@ -50,12 +51,6 @@ def _logits_name(run: str) -> str:
 
 def _partial_name(npz_name: str) -> str:
     return f"{npz_name}.partial"
-
-
-def fingerprint_differences(stored: Mapping, wanted: Mapping) -> list[str]:
-    """`key: stored vs wanted` for each setting that differs (a key only one side has counts as differing)."""
-    return [f"{k}: {json.dumps(stored.get(k))} vs {json.dumps(wanted.get(k))}"
-            for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
 
 
 class FidProgress:

@@ -169,6 +169,13 @@ def accel_differences(trained: dict, mine: dict) -> list[str]:
     return [f"{k}: {a[k]} vs {b[k]}" for k in a if k in b and a[k] != b[k]]
 
 
+def fingerprint_differences(stored: dict, wanted: dict) -> list[str]:
+    """`key: stored vs wanted` for each setting of two fingerprints that differs (a key only one side has
+    counts as differing)."""
+    return [f"{k}: {json.dumps(stored.get(k))} vs {json.dumps(wanted.get(k))}"
+            for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
+
+
 class RadarPipeline:
     def __init__(self, vqvae, var, accel: AccelMethod, sampling: SamplingConfig, *, vae_identity: ModelIdentity,
                  var_identity: Optional[ModelIdentity] = None, autocast_dtype: Optional[torch.dtype] = None, adapter: Optional[str] = None, merge_adapter: bool = True):

@@ -1,0 +1,127 @@
+"""radar-generate's work folder: the PNGs go to disk batch by batch (memory stays bounded at any number of
+classes × seeds), and the same command, run again after an interruption, generates only the batches whose PNGs
+are not all there.
+
+OUTPUT/generate-progress/ holds `settings.json` (the run's settings: what a run that goes on must share) and the
+PNGs made so far in vanilla/, accelerated/ and restored/, each written under a temporary name and renamed, so
+that a killed run leaves no truncated image. A batch is done when every PNG of its samples is there; a batch
+that is not is generated again whole (under `sampling.noise: official` a sample depends on its batch). At the
+end grid.png and generate.json are written there and the entries replace an earlier run's in OUTPUT
+(outputs.swap_entries); the folder goes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+
+from radar_train.inference.pipeline import fingerprint_differences
+from radar_train.outputs import OutputError, temp_name, write_text_atomic
+
+__all__ = ["PROGRESS_DIR", "LOCK_NAME", "SETTINGS_NAME", "GenerateProgress", "png_name"]
+
+PROGRESS_DIR = "generate-progress"
+LOCK_NAME = ".generate.lock"
+SETTINGS_NAME = "settings.json"
+_OURS = {SETTINGS_NAME, "vanilla", "accelerated", "restored", "grid.png", "generate.json", ".replaced"}
+
+
+def png_name(cls: int, seed: int) -> str:
+    return f"class{cls:04d}_seed{seed}.png"
+
+
+class GenerateProgress:
+    """OUTPUT/generate-progress/ of a run with `settings`: `check` (before anything is written), `open`,
+    `pending`, `save_png`, then `finish` or `release`."""
+
+    def __init__(self, output: str | os.PathLike, settings: Mapping, folders: Sequence[str]):
+        self.output = Path(output)
+        self.dir = self.output / PROGRESS_DIR
+        self.settings = json.loads(json.dumps(dict(settings), default=str))
+        self.folders = list(folders)
+        self.created = False
+
+    def check(self, overwrite: bool) -> bool:
+        """Whether the run goes on from the folder (False: a fresh start). OutputError (one line) for a folder of
+        that name that is not radar-generate's, and for one of other settings without `overwrite`."""
+        if not (self.dir.exists() or self.dir.is_symlink()):
+            return False
+        if not self.dir.is_dir():
+            raise OutputError(f"--output {self.output}: {self.dir} is not a folder of radar-generate progress: move "
+                              f"it away, or choose another folder")
+        foreign = sorted(e.name for e in self.dir.iterdir() if e.name not in _OURS and not e.name.startswith("."))
+        if foreign:
+            raise OutputError(f"--output {self.output}: {self.dir} holds {', '.join(foreign[:3])}, so it is not "
+                              f"radar-generate progress: move it away, or choose another folder")
+        path = self.dir / SETTINGS_NAME
+        if not path.is_file():  # (a run killed while it moved its finished entries out: nothing to go on from)
+            return False
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(stored, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise OutputError(f"--output {self.output}: {path} cannot be read as radar-generate progress ({e}): "
+                              f"remove {self.dir} to start over") from None
+        diffs = fingerprint_differences(stored, self.settings)
+        if not diffs:
+            return True
+        if overwrite:
+            return False
+        raise OutputError(f"--output {self.output} holds the progress of a radar-generate run with other settings "
+                          f"({'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}, saved vs now): give its "
+                          f"settings to go on with it, or pass --overwrite to start over (its progress goes)")
+
+    def open(self, go_on: bool) -> None:
+        if not go_on:
+            if self.dir.is_dir():
+                shutil.rmtree(self.dir)
+            self.dir.mkdir(parents=True)
+            self.created = True
+            write_text_atomic(self.dir / SETTINGS_NAME, json.dumps(self.settings, indent=1) + "\n")
+
+    def path(self, folder: str, cls: int, seed: int) -> Path:
+        return self.dir / folder / png_name(cls, seed)
+
+    def pending(self, batches: Sequence[Sequence[tuple[int, int]]]) -> list[int]:
+        """The indices of the batches some PNG of which is missing."""
+        return [i for i, batch in enumerate(batches)
+                if not all(self.path(f, c, s).is_file() for f in self.folders for c, s in batch)]
+
+    def save_png(self, image: torch.Tensor, folder: str, cls: int, seed: int) -> None:
+        """One uint8 image (3, H, W), written whole or not at all."""
+        from radar_train.images import to_pil
+
+        final = self.path(folder, cls, seed)
+        final.parent.mkdir(exist_ok=True)
+        tmp = temp_name(final)
+        try:
+            to_pil(image).save(tmp, format="PNG")
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def load_png(self, folder: str, cls: int, seed: int) -> torch.Tensor:
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(self.path(folder, cls, seed)) as im:
+            return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
+
+    def release(self, made_any: bool) -> None:
+        """The run stopped: the folder stays for the next run, unless this run made it and wrote no image."""
+        if self.created and not made_any:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def finish(self, entries: Sequence[str]) -> None:
+        """The folder's entries replace an earlier run's in OUTPUT; the folder goes."""
+        from radar_train.outputs import swap_entries
+
+        (self.dir / SETTINGS_NAME).unlink()  # (no longer a folder to go on from: its images leave it)
+        swap_entries(self.dir, self.output, entries)
+        shutil.rmtree(self.dir, ignore_errors=True)

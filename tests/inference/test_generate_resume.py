@@ -1,0 +1,160 @@
+"""radar-generate writes its PNGs batch by batch under OUTPUT/generate-progress/ and goes on from there: after
+Ctrl-C, SIGTERM or an error the same command generates only the batches not yet written and ends with the
+files of an uninterrupted run; a run of other settings is refused (or starts over with --overwrite); the grid
+shows the first --grid_rows samples."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from radar_train.cli.common import Stopped
+from radar_train.inference import RadarPipeline
+from radar_train.inference.generate_progress import PROGRESS_DIR, GenerateProgress
+
+ROOT = Path(__file__).resolve().parents[2]
+ENTRIES = ["accelerated", "generate.json", "grid.png", "vanilla"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _args(out: Path, *more: str) -> list[str]:
+    return ["--config", str(ROOT / "configs/generate/tiny.yaml"), "--device", "cpu", "--classes", "0-3", "--seeds",
+            "0-1", "--batch_size", "3", "--output", str(out), *more]
+
+
+def _main(argv) -> int:
+    from radar_train.cli.generate import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    return e.value.code
+
+
+def _files(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _outputs(out: Path) -> dict:
+    """Every file's bytes; generate.json less the grid's path (which names the folder)."""
+    files = _files(out)
+    info = json.loads(files.pop("generate.json"))
+    assert info.pop("grid") == str(out / "grid.png")
+    return {**files, "generate.json": info}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("whole") / "gen"
+    assert _main(_args(out)) == 0
+    return _outputs(out)
+
+
+def _stop_at(monkeypatch, call: int, error: BaseException) -> None:
+    """GenerateProgress.save_png raises `error` at its `call`-th call (2 PNGs per sample: call 7 is the first of
+    the second batch of 3)."""
+    real, calls = GenerateProgress.save_png, []
+
+    def save_png(self, *a):
+        calls.append(a)
+        if len(calls) == call:
+            raise error
+        real(self, *a)
+
+    monkeypatch.setattr(GenerateProgress, "save_png", save_png)
+
+
+def _count_compare_calls(monkeypatch) -> list:
+    real, calls = RadarPipeline.compare, []
+
+    def compare(self, labels, seeds):
+        calls.append(list(labels))
+        return real(self, labels, seeds)
+
+    monkeypatch.setattr(RadarPipeline, "compare", compare)
+    return calls
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm", "error"])
+def test_an_interrupted_run_goes_on_with_the_batches_not_yet_written(how, uninterrupted, tmp_path, monkeypatch,
+                                                                    capsys):
+    out = tmp_path / "gen"
+    error = {"ctrl-c": KeyboardInterrupt(), "sigterm": Stopped(), "error": RuntimeError("disk gone")}[how]
+    _stop_at(monkeypatch, 7, error)
+    said = f"3 of 8 samples are in {out / PROGRESS_DIR}: run the same command to go on from there"
+    if how == "error":
+        with pytest.raises(RuntimeError) as e:
+            _main(_args(out))
+        assert e.value.__notes__ == [f"radar-generate: {said}"]
+    else:
+        assert _main(_args(out)) == {"ctrl-c": 130, "sigterm": 143}[how]
+        stream = capsys.readouterr()
+        last = {"ctrl-c": stream.err, "sigterm": stream.out}[how].strip().splitlines()[-1]
+        assert last == {"ctrl-c": f"radar-generate: interrupted; {said}",
+                        "sigterm": f"radar-generate: stopped by SIGTERM; {said}"}[how]
+    assert sorted(p.name for p in out.iterdir()) == [PROGRESS_DIR]  # no output entries yet, no lock
+    kept = _files(out / PROGRESS_DIR)
+    assert sorted(k for k in kept if k.endswith(".png")) == sorted(
+        f"{f}/class000{c}_seed{s}.png" for f in ("vanilla", "accelerated") for c, s in ((0, 0), (0, 1), (1, 0)))
+    monkeypatch.undo()
+    calls = _count_compare_calls(monkeypatch)
+    capsys.readouterr()
+    assert _main(_args(out)) == 0
+    assert f"radar-generate: going on: 3 of 8 samples are in {out / PROGRESS_DIR}" in capsys.readouterr().out
+    assert calls == [[1, 2, 2], [3, 3]]  # the second and third batch only
+    assert sorted(p.name for p in out.iterdir()) == ENTRIES
+    assert _outputs(out) == uninterrupted
+
+
+def test_other_settings_are_refused_and_overwrite_starts_over(uninterrupted, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "gen"
+    _stop_at(monkeypatch, 7, KeyboardInterrupt())
+    assert _main(_args(out, "--seeds", "0-2")) == 130
+    monkeypatch.undo()
+    before = _files(out)
+    capsys.readouterr()
+    assert _main(_args(out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: --output {out} holds the progress of a radar-generate run with other settings (seeds: "
+                   f"[0, 1, 2] vs [0, 1], saved vs now): give its settings to go on with it, or pass --overwrite to "
+                   f"start over (its progress goes)")
+    assert _files(out) == before
+    assert _main(_args(out, "--overwrite", "true")) == 0
+    assert "going on" not in capsys.readouterr().out
+    assert _outputs(out) == uninterrupted
+
+
+def test_a_folder_that_is_not_radar_generate_progress_is_refused(tmp_path, capsys):
+    out = tmp_path / "gen"
+    (out / PROGRESS_DIR).mkdir(parents=True)
+    (out / PROGRESS_DIR / "notes.txt").write_text("mine")
+    assert _main(_args(out)) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --output {out}: {out / PROGRESS_DIR} holds notes.txt, so it is not radar-generate progress: move it "
+        f"away, or choose another folder")
+    assert _files(out) == {f"{PROGRESS_DIR}/notes.txt": b"mine"}
+
+
+def test_the_grid_shows_the_first_grid_rows_samples(uninterrupted, tmp_path, capsys):
+    out = tmp_path / "gen"
+    assert _main(_args(out, "--grid_rows", "2")) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].endswith(
+        "grid.png (its first 2 of 8 samples: --grid_rows)")
+    files = _outputs(out)
+    assert files["generate.json"]["grid_rows"] == 2
+    assert {k: v for k, v in files.items() if k.endswith(".png") and k != "grid.png"} == {
+        k: v for k, v in uninterrupted.items() if k.endswith(".png") and k != "grid.png"}
+    (tmp_path / "all.png").write_bytes(uninterrupted["grid.png"])
+    with Image.open(out / "grid.png") as two, Image.open(tmp_path / "all.png") as full:
+        assert two.width == full.width and two.height < full.height
+        assert np.array_equal(np.asarray(two), np.asarray(full.crop((0, 0, full.width, two.height))))  # its top rows
