@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 
 __all__ = ["OutputError", "Inputs", "check_output_file", "check_output_dir", "check_replace_dir", "check_resume_dir",
-           "check_no_overlap", "atomic_file", "write_text_atomic", "staged_entries", "swap_entries", "replace_dir", "temp_name",
-           "is_temp_of", "clear_stale_temps", "normal_file_mode"]
+           "check_no_overlap", "atomic_file", "write_text_atomic", "staged_entries", "swap_entries", "replace_dir",
+           "temp_name", "is_temp_of", "clear_stale_temps", "normal_file_mode"]
 
 log = logging.getLogger(__name__)
 

@@ -202,8 +202,8 @@ def measure(pipe, progress, tally, feats, logit_mod, ref, num_samples: int, batc
     try:
         with sigterm_stops(), Progress(num_samples, "radar-fid", "samples", initial=tally.done) as bar:
             return evaluate_generation(pipe, feats, logit_mod, ref, num_samples, batch_size, base_seed, is_splits,
-                                       progress=bar.update, on_images=progress.write_images if progress.writers else None,
-                                       start=tally, on_batch=on_batch)
+                                       progress=bar.update, start=tally, on_batch=on_batch,
+                                       on_images=progress.write_images if progress.writers else None)
     except BaseException as e:
         done = last["tally"].done
         try:

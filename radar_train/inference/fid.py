@@ -70,7 +70,8 @@ from torch import nn
 from radar_train.models.checkpoint import file_sha256
 
 __all__ = ["FidError", "GaussianStats", "load_inception", "reference_stats", "frechet_distance",
-           "fid_gap_closed", "Tally", "evaluate_generation", "summarize", "inception_score", "markdown_report", "write_report", "file_sha256"]
+           "fid_gap_closed", "Tally", "evaluate_generation", "summarize", "inception_score", "markdown_report",
+           "write_report", "file_sha256"]
 
 PAPER_NUM_SAMPLES = 50_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

@@ -178,7 +178,8 @@ def fingerprint_differences(stored: dict, wanted: dict) -> list[str]:
 
 class RadarPipeline:
     def __init__(self, vqvae, var, accel: AccelMethod, sampling: SamplingConfig, *, vae_identity: ModelIdentity,
-                 var_identity: Optional[ModelIdentity] = None, autocast_dtype: Optional[torch.dtype] = None, adapter: Optional[str] = None, merge_adapter: bool = True):
+                 var_identity: Optional[ModelIdentity] = None, autocast_dtype: Optional[torch.dtype] = None,
+                 adapter: Optional[str] = None, merge_adapter: bool = True):
         self.vqvae, self.var, self.accel, self.sampling = vqvae, var, accel, sampling
         self.vae_identity, self.var_identity = vae_identity, var_identity
         self.device = var.pos_1LC.device
