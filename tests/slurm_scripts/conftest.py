@@ -51,9 +51,9 @@ import json, os, sys
 with open(os.environ["STUB_LOG"], "a") as f:
     f.write(json.dumps({"prog": os.path.basename(sys.argv[0]), "argv": sys.argv[1:]}) + "\n")
 '''
-# radar-cache / radar-train: --print_config prints the --config file with the `--a.b value` overrides applied,
+# radar-cache / radar-train / radar-fid: --print_config prints the --config file with the `--a.b value` overrides applied,
 # as YAML (like jsonargparse: PyYAML, 80 columns, so long values wrap); --check passes (or fails with
-# STUB_CHECK_ERROR); otherwise records argv and the array env.
+# STUB_CHECK_ERROR); otherwise records argv and the array env, and exits with STUB_EXIT (0).
 RADAR = r'''
 import json, os, sys, yaml
 args = sys.argv[1:]
@@ -78,6 +78,7 @@ if "--check" in args:  # radar-cache run --check: refuses with STUB_CHECK_ERROR 
 with open(os.environ["STUB_LOG"], "a") as f:
     f.write(json.dumps({"prog": os.path.basename(sys.argv[0]), "argv": args,
                         "env": {k: v for k, v in os.environ.items() if k.startswith("SLURM_ARRAY")}}) + "\n")
+sys.exit(int(os.environ.get("STUB_EXIT", "0")))  # (e.g. 143: radar-fid stopped by SIGTERM)
 '''
 
 
@@ -92,7 +93,7 @@ class Slurm:
     def __init__(self, tmp: Path):
         self.project = tmp / "proj dir"
         (self.project / "slurm").mkdir(parents=True)
-        for f in ("env.sh", "cache.sbatch", "verify.sbatch", "train.sbatch", "pipeline.sh"):
+        for f in ("env.sh", "cache.sbatch", "verify.sbatch", "train.sbatch", "fid.sbatch", "pipeline.sh"):
             shutil.copy(REPO / "slurm" / f, self.project / "slurm" / f)
         (self.project / "configs").mkdir()
         self.stub_dir = tmp / "stubs"
@@ -105,6 +106,7 @@ class Slurm:
         _write(self.path_bin / "scancel", LOGGER)
         _write(self.radar_bin / "radar-cache", RADAR)
         _write(self.radar_bin / "radar-train", RADAR)
+        _write(self.radar_bin / "radar-fid", RADAR)
         self.log = self.stub_dir / "calls.jsonl"
         self.elsewhere = tmp / "elsewhere"
         self.elsewhere.mkdir()

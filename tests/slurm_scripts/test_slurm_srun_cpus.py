@@ -9,6 +9,7 @@ JOBS = {  # script: its arguments
     "cache.sbatch": ("configs/cache.yaml", "out"),
     "verify.sbatch": ("out",),
     "train.sbatch": ("configs/train.yaml", "run"),
+    "fid.sbatch": ("configs/generate.yaml", "out"),
 }
 
 
