@@ -69,7 +69,7 @@ class FidProgress:
         self.seconds_before = 0.0
         self.created = False
         self._logit_files: dict[str, object] = {}
-        self._logits_saved: dict[str, int] = {}
+        self._logits_saved: dict[str, tuple[int, int]] = {}  # run -> (chunks of its tally, bytes of its file)
         self._logit_dim: Optional[int] = None
         self._saved_done: Optional[int] = None
 
@@ -131,7 +131,7 @@ class FidProgress:
                 shutil.rmtree(self.dir)
             self.dir.mkdir(parents=True)
             self.created = True
-            self._logits_saved = {r: 0 for r in self.runs}
+            self._logits_saved = {r: (0, 0) for r in self.runs}
             self._open_files(0)
             return Tally()
         from safetensors.torch import load_file
@@ -155,7 +155,8 @@ class FidProgress:
                 os.truncate(path, need)
                 rows = np.fromfile(path, dtype=np.float32, count=done * self._logit_dim)
                 logits[r] = (torch.from_numpy(rows.reshape(done, self._logit_dim)),)
-        self._logits_saved = {r: len(logits.get(r, ())) for r in self.runs}
+        self._logits_saved = {r: (len(logits[r]), done * self._logit_dim * 4) if r in logits else (0, 0)
+                              for r in self.runs}
         self._open_files(done)
         self._saved_done = done
         return Tally(done, sums, logits)
@@ -173,17 +174,19 @@ class FidProgress:
         if tally.done == (self._saved_done or 0):
             return  # (nothing new; a run that has done nothing saves nothing)
         for r, chunks in tally.logits.items():
-            new = chunks[self._logits_saved.get(r, 0):]
+            saved_chunks, saved_bytes = self._logits_saved.get(r, (0, 0))
+            new = chunks[saved_chunks:]
             if new:
                 self._logit_dim = int(new[0].shape[1])
                 f = self._logit_files.get(r)
                 if f is None:
                     f = self._logit_files[r] = open(self.dir / _logits_name(r), "ab")
-                for chunk in new:
-                    f.write(chunk.contiguous().numpy().astype(np.float32, copy=False).tobytes())
+                f.truncate(saved_bytes)  # (rows an interrupted save wrote go: they are written again here)
+                data = b"".join(c.contiguous().numpy().astype(np.float32, copy=False).tobytes() for c in new)
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-                self._logits_saved[r] = len(chunks)
+                self._logits_saved[r] = (len(chunks), saved_bytes + len(data))  # (one assignment: both or neither)
         for w in self.writers.values():
             w.sync()
         tensors = {}

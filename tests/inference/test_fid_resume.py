@@ -259,3 +259,27 @@ def test_the_samples_archive_goes_on_from_its_unfinished_file(tmp_path):
         NpzImageWriter(tmp_path / "t.npz", 7, 5, partial=tmp_path / "t.partial", resume_at=1)
     assert (tmp_path / "t.partial").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz", "t.partial"]
+
+
+def test_ctrl_c_inside_a_periodic_save_is_saved_again_whole(extractors, uninterrupted, tmp_path, monkeypatch,
+                                                            capsys):
+    """Ctrl-C while a periodic save writes the second run's logits (after the first run's are in): the save the
+    interruption then makes writes them again, not twice, and the run goes on to an uninterrupted run's outputs."""
+    from radar_train.inference import fid_progress
+
+    out = tmp_path / "fid"
+    real, calls = fid_progress.os.fsync, []
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) == 7:  # the second save: logits of vanilla (6), logits of accelerated (7)
+            raise KeyboardInterrupt
+        real(fd)
+
+    monkeypatch.setattr(fid_progress.os, "fsync", fsync)
+    assert _main(_args(extractors, out, 9, 3, "--save_every_s", "0.000001")) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("radar-fid: interrupted; 6 of 9 samples")
+    monkeypatch.undo()
+    assert (out / PROGRESS_DIR / "logits_accelerated.f32").stat().st_size == 6 * 10 * 4
+    assert _main(_args(extractors, out, 9, 3)) == 0
+    assert _outputs(out) == uninterrupted[9]
