@@ -63,7 +63,8 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     from radar_train.inference.fid import file_sha256, load_inception, markdown_report, reference_stats, write_report
     from radar_train.inference.fid_progress import LOCK_NAME, FidProgress
     from radar_train.train import run_lock
-    from radar_train.cli.common import STOPPED_STATUS, accel_inputs, check_device, check_positive, model_inputs
+    from radar_train.cli.common import (STOPPED_STATUS, accel_inputs, check_device, check_positive, model_inputs,
+                                        sigterm_ignored)
     from radar_train.export import check_adapter
     from radar_train.inference.pipeline import resolve_device
     from radar_train.models import get_preset
@@ -151,12 +152,13 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
             "resumed_at": progress.resumed_at,
         }
         result["samples_npz"] = npz_names or None
-        with staged_entries(output, entries) as stage:
-            progress.finish_npz(stage)
-            write_report(result, stage)
-            if writes_ref:
-                ref.save(stage / "reference_stats.npz")
-        progress.remove()
+        with sigterm_ignored():  # (seconds of renames: cut off, neither the progress nor the outputs would be left)
+            with staged_entries(output, entries) as stage:
+                progress.finish_npz(stage)
+                write_report(result, stage)
+                if writes_ref:
+                    ref.save(stage / "reference_stats.npz")
+            progress.remove()
     finally:
         progress.release()
         lock.release()

@@ -67,7 +67,7 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
             progress of a run of other settings in OUTPUT/generate-progress/).
     """
     from radar_train.cli.common import (STOPPED_STATUS, Stopped, accel_inputs, check_device, check_positive,
-                                        model_inputs, sigterm_stops)
+                                        model_inputs, sigterm_ignored, sigterm_stops)
     from radar_train.export import check_adapter
     from radar_train.images import save_grid
     from radar_train.inference import PipelineArgs, RadarPipeline
@@ -135,7 +135,8 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
                 "accel": pipe.accel.describe(), "adapter": adapter, "grid": str(out / "grid.png"),
                 "grid_rows": len(shown)}
         (work.dir / "generate.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-        work.finish(OUTPUT_ENTRIES)
+        with sigterm_ignored():
+            work.finish(OUTPUT_ENTRIES)
     finally:
         lock.release()
     more = f" (its first {len(shown)} of {len(pairs)} samples: --grid_rows)" if len(shown) < len(pairs) else ""
