@@ -480,6 +480,20 @@ def sigterm_stops() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def end_stopped_run(prog: str, error: BaseException, said: str) -> int:
+    """How a long command ends when `error` stopped it, `said` telling what it kept: SIGTERM (Stopped) prints
+    `PROG: stopped by SIGTERM; SAID` and returns STOPPED_STATUS (the command's exit status); Ctrl-C raises
+    KeyboardInterrupt("interrupted; SAID") (run_main's one line, status 130); any other error is raised again
+    with the note `PROG: SAID`."""
+    if isinstance(error, Stopped):
+        print(f"{prog}: stopped by SIGTERM; {said}", flush=True)
+        return STOPPED_STATUS
+    if isinstance(error, KeyboardInterrupt):
+        raise KeyboardInterrupt(f"interrupted; {said}") from None
+    error.add_note(f"{prog}: {said}")
+    raise error
+
+
 @contextlib.contextmanager
 def sigterm_ignored() -> Iterator[None]:
     """SIGTERM ignored (in the main thread) while a command moves its finished outputs into place: a few seconds

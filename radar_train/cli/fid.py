@@ -188,7 +188,7 @@ def measure(pipe, progress, tally, feats, logit_mod, ref, num_samples: int, batc
     """evaluate_generation from `tally`, its progress saved every `save_every_s` seconds and when it stops:
     the report; None when SIGTERM stopped it (saved, and said on stdout). Ctrl-C and errors are raised again,
     saying what was saved."""
-    from radar_train.cli.common import Stopped, sigterm_stops
+    from radar_train.cli.common import end_stopped_run, sigterm_stops
     from radar_train.inference.fid import evaluate_generation
     from radar_train.progress import Progress
 
@@ -214,13 +214,8 @@ def measure(pipe, progress, tally, feats, logit_mod, ref, num_samples: int, batc
                     f"from there" if done else "no sample was done, nothing saved")
         except Exception as save_error:  # noqa: BLE001 - the first error is the one to raise
             said = f"its progress could not be saved ({type(save_error).__name__}: {save_error})"
-        if isinstance(e, Stopped):
-            print(f"radar-fid: stopped by SIGTERM; {said}", flush=True)
-            return None
-        if isinstance(e, KeyboardInterrupt):
-            raise KeyboardInterrupt(f"interrupted; {said}") from None
-        e.add_note(f"radar-fid: {said}")
-        raise
+        end_stopped_run("radar-fid", e, said)  # (returns only for SIGTERM)
+        return None
 
 
 def npz_name(run: str) -> str:

@@ -66,8 +66,8 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
         overwrite: replace the outputs of an earlier run in the output folder (and start over from the
             progress of a run of other settings in OUTPUT/generate-progress/).
     """
-    from radar_train.cli.common import (STOPPED_STATUS, Stopped, accel_inputs, check_device, check_positive,
-                                        model_inputs, sigterm_ignored, sigterm_stops)
+    from radar_train.cli.common import (accel_inputs, check_device, check_positive, end_stopped_run, model_inputs,
+                                        sigterm_ignored, sigterm_stops)
     from radar_train.export import check_adapter
     from radar_train.images import save_grid
     from radar_train.inference import PipelineArgs, RadarPipeline
@@ -117,13 +117,7 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
             said = (f"{done} of {len(pairs)} samples are in {work.dir}: run the same command to go on from there"
                     if done else "no sample was done")
             work.release(made_any=made > 0)
-            if isinstance(e, Stopped):
-                print(f"radar-generate: stopped by SIGTERM; {said}", flush=True)
-                return STOPPED_STATUS
-            if isinstance(e, KeyboardInterrupt):
-                raise KeyboardInterrupt(f"interrupted; {said}") from None
-            e.add_note(f"radar-generate: {said}")
-            raise
+            return end_stopped_run("radar-generate", e, said)  # (returns only for SIGTERM)
         shown = pairs if grid_rows == 0 else pairs[:grid_rows]
         rows = [[work.load_png(FOLDERS[k], c, s) for k in keys] for c, s in shown]
         H = rows[0][0].shape[-1]

@@ -16,6 +16,19 @@ def run_cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     return r
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (pytestmark = pytest.mark.usefixtures("one_thread")): its tensors are tiny,
+    threads only add overhead (and stall badly when the cores are busy), and a subprocess run with
+    OMP_NUM_THREADS=1 gets the same floats."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def cli():
     """run_cli(module, *args, cwd=...): a radar_train CLI in a subprocess; fails the test on a non-zero exit."""

@@ -24,13 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NOT_THE_RESULT = ("seconds",)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread, as the subprocess runs get (OMP_NUM_THREADS=1): the same floats in both."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from radar_train.cli.common import Stopped
@@ -20,12 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ENTRIES = ["accelerated", "generate.json", "grid.png", "vanilla"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _args(out: Path, *more: str) -> list[str]:
