@@ -60,8 +60,9 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
             the progress of a run of other settings in OUTPUT/fid-progress/, start over (it goes).
     """
     from radar_train.inference import PipelineArgs, RadarPipeline
-    from radar_train.inference.fid import file_sha256, load_inception, markdown_report, reference_stats, write_report
-    from radar_train.inference.fid_progress import LOCK_NAME, FidProgress
+    from radar_train.inference.fid import (file_sha256, load_inception, markdown_report, reference_key,
+                                           reference_stats, write_report)
+    from radar_train.inference.fid_progress import LOCK_NAME, PROGRESS_DIR, FidProgress, cached_reference
     from radar_train.train import run_lock
     from radar_train.cli.common import (STOPPED_STATUS, accel_inputs, check_device, check_positive, model_inputs,
                                         sigterm_ignored)
@@ -116,21 +117,29 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     print(f"radar-fid: {num_samples} samples per run, model {model.preset}, accel {accel.method}, "
           f"adapter {adapter or '-'}, inception {inception or '-'}, reference {reference or '-'}"
           f"{', samples as .npz' if save_npz else ''} -> {output}")
-    ref = None
-    if reference is not None:
+    sha = {role: None if path is None else file_sha256(path)
+           for role, path in (("inception", inception), ("inception_logits", inception_logits))}
+    ref = ref_key = None
+    if writes_ref:  # a folder: its statistics, unless a run of this output already computed them (fid_progress)
+        ref_key = reference_key(reference, sha["inception"])
+        ref = cached_reference(output, ref_key)
+        if ref is not None:
+            print(f"radar-fid: reference statistics of {ref.n} images from {Path(output) / PROGRESS_DIR} (the folder "
+                  f"{reference} and --inception are as they were then)")
+    if reference is not None and ref is None:
         ref = reference_stats(reference, feats, batch_size=max(batch_size, 32), device=dev)
         if ref.dim != feature_dim:
             raise InputError(f"{reference}: --reference has {ref.dim}-d statistics but --inception {inception} gives "
                              f"{feature_dim}-d features")
     pipe = RadarPipeline.from_config(PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision))
-    sha = {role: None if path is None else file_sha256(path)
-           for role, path in (("inception", inception), ("inception_logits", inception_logits))}
     progress = FidProgress(output, fid_fingerprint(pipe, model, sha, num_samples, batch_size, base_seed, save_npz),
                            runs, npz_names, num_samples, size)
     lock = run_lock.acquire(output, "--output", LOCK_NAME, "radar-fid")  # (after every check: it makes the folder)
     try:
         resume_at = progress.check(overwrite)
         tally = progress.open(resume_at)
+        if ref_key is not None:
+            progress.keep_reference(ref, ref_key)
         if resume_at:
             print(f"radar-fid: going on from sample {resume_at} of {num_samples}, saved in {progress.dir}")
         result = measure(pipe, progress, tally, feats, logit_mod, ref, num_samples, batch_size, base_seed, is_splits,

@@ -70,7 +70,7 @@ from torch import nn
 from radar_train.models.checkpoint import file_sha256
 
 __all__ = ["FidError", "GaussianStats", "load_inception", "reference_stats", "frechet_distance",
-           "fid_gap_closed", "Tally", "evaluate_generation", "summarize", "inception_score", "markdown_report",
+           "fid_gap_closed", "reference_key", "Tally", "evaluate_generation", "summarize", "inception_score", "markdown_report",
            "write_report", "file_sha256"]
 
 PAPER_NUM_SAMPLES = 50_000
@@ -261,6 +261,19 @@ def _list(names: list[str], n: int = 5) -> str:
 
 def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def reference_key(folder: str | Path, extractor_sha256: str) -> str:
+    """What identifies the statistics of a folder of reference images: its image files (relative path, size,
+    modification time) and the extractor's sha256, hashed (a resumed radar-fid reuses statistics of that key)."""
+    import hashlib
+
+    root = Path(folder)
+    h = hashlib.sha256(extractor_sha256.encode())
+    for f in _image_files(root):
+        st = f.stat()
+        h.update(f"\n{f.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+    return h.hexdigest()
 
 
 @torch.no_grad()

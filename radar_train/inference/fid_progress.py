@@ -9,6 +9,9 @@ OUTPUT/fid-progress/ holds
                                  statistics (`sum/<run>` (D,), `outer/<run>` (D, D), float64)
     logits_<run>.f32             --inception_logits: the IS logits of the samples so far (float32 rows, appended)
     samples_<run>.npz.partial    --save_npz: the samples so far (NpzImageWriter)
+    reference.npz                with a folder as --reference: its statistics (mu, sigma, n) and their key
+                                 (fid.reference_key: the folder's files and the extractor), reused by a run that
+                                 goes on while the key is the same
 
 A save makes the appended files durable first (flush, fsync), then replaces state.safetensors. So the appended
 files hold at least the rows the state counts; the rows after them (a run killed between the two) are dropped
@@ -36,10 +39,11 @@ from radar_train.inference.npz import NpzImageWriter
 from radar_train.inference.pipeline import fingerprint_differences
 from radar_train.outputs import OutputError, atomic_file, is_temp_of
 
-__all__ = ["PROGRESS_DIR", "STATE_NAME", "LOCK_NAME", "FidProgress"]
+__all__ = ["PROGRESS_DIR", "STATE_NAME", "REFERENCE_NAME", "LOCK_NAME", "FidProgress", "cached_reference"]
 
 PROGRESS_DIR = "fid-progress"
 STATE_NAME = "state.safetensors"
+REFERENCE_NAME = "reference.npz"
 LOCK_NAME = ".fid.lock"
 FORMAT_VERSION = 1
 ALL_RUNS = ("vanilla", "accelerated", "accelerated+adapter")
@@ -51,6 +55,21 @@ def _logits_name(run: str) -> str:
 
 def _partial_name(npz_name: str) -> str:
     return f"{npz_name}.partial"
+
+
+def cached_reference(output: str | os.PathLike, key: str):
+    """The reference statistics an earlier run into `output` kept under `key` (fid-progress/reference.npz), or
+    None (none kept, another key, or unreadable: they are computed again). Reads only."""
+    from radar_train.inference.fid import GaussianStats
+
+    path = Path(output) / PROGRESS_DIR / REFERENCE_NAME
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["key"]) != key:
+                return None
+            return GaussianStats.from_moments(z["mu"], z["sigma"], int(z["n"]))
+    except (OSError, KeyError, ValueError, EOFError):
+        return None
 
 
 class FidProgress:
@@ -75,7 +94,7 @@ class FidProgress:
 
     # ------------------------------------------------------------------ before anything is written
     def _ours(self, name: str) -> bool:
-        return (name == STATE_NAME or is_temp_of(name, STATE_NAME)
+        return (name in (STATE_NAME, REFERENCE_NAME) or is_temp_of(name, STATE_NAME) or is_temp_of(name, REFERENCE_NAME)
                 or name in {_logits_name(r) for r in ALL_RUNS}
                 or name.startswith("samples_") and (name.endswith(".npz.partial") or name.endswith(".npz.partial.old")))
 
@@ -121,6 +140,12 @@ class FidProgress:
             raise OutputError(f"--output {self.output}: {self.dir} lacks {', '.join(missing)}, which its progress "
                               f"records: remove {self.dir} to start over")
         return meta["done"]
+
+    def keep_reference(self, stats, key: str) -> None:
+        """Keep the reference statistics computed from a folder, for a run that goes on (after `open`)."""
+        with atomic_file(self.dir / REFERENCE_NAME) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, mu=stats.mu.numpy(), sigma=stats.sigma.numpy(), n=np.int64(stats.n), key=np.array(key))
 
     # ------------------------------------------------------------------ start
     def open(self, resume_at: int) -> Tally:

@@ -277,3 +277,37 @@ def test_ctrl_c_inside_a_periodic_save_is_saved_again_whole(extractors, uninterr
     assert (out / PROGRESS_DIR / "logits_accelerated.f32").stat().st_size == 6 * 10 * 4
     assert _main(_args(extractors, out, 9, 3)) == 0
     assert _outputs(out) == uninterrupted[9]
+
+
+def test_a_run_that_goes_on_reuses_the_statistics_of_an_unchanged_reference_folder(extractors, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """A folder of reference images is read once per output: the run that goes on takes its statistics from the
+    progress folder (its numbers are the uninterrupted run's), and reads the folder again once an image changed."""
+    from PIL import Image
+
+    from radar_train.inference import fid as fid_module
+
+    real_images = tmp_path / "real"
+    real_images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(real_images / f"{i}.png")
+    whole, out = tmp_path / "whole", tmp_path / "fid"
+    assert _main(_args(extractors, whole, 9, 3, "--reference", str(real_images))) == 0
+    _interrupted(extractors, out, monkeypatch, "--reference", str(real_images))
+    reads = []
+    real_stats = fid_module.reference_stats
+    monkeypatch.setattr(fid_module, "reference_stats", lambda *a, **k: reads.append(a) or real_stats(*a, **k))
+    capsys.readouterr()
+    assert _main(_args(extractors, out, 9, 3, "--reference", str(real_images))) == 0
+    assert f"radar-fid: reference statistics of 6 images from {out / PROGRESS_DIR}" in capsys.readouterr().out
+    assert reads == []
+    assert _outputs(out) == _outputs(whole)
+    assert (out / "reference_stats.npz").read_bytes() == (whole / "reference_stats.npz").read_bytes()
+    # an image changed: read again
+    _interrupted(extractors, out, monkeypatch, "--reference", str(real_images), "--overwrite", "true")
+    assert len(reads) == 1  # (a new progress folder: the interrupted run read the folder)
+    reads.clear()
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(real_images / "0.png")
+    assert _main(_args(extractors, out, 9, 3, "--reference", str(real_images), "--overwrite", "true")) == 0
+    assert len(reads) == 1
