@@ -2,6 +2,7 @@
 (fid.json + fid.md). See radar_train/inference/fid.py for the extractor contract and the protocol caveats."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Optional, Union
@@ -20,7 +21,7 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
         is_splits: int = 10, save_npz: bool = False, output: str = "outputs/fid", device: str = "auto",
         precision: Precision = "auto", classes: Optional[Union[str, int, list[int]]] = None,
         seeds: Optional[Union[str, int, list[int]]] = None, grid_scale: int = 0, save_every_s: float = 300.0,
-        overwrite: bool = False) -> int:
+        num_workers: Optional[int] = None, worker_index: Optional[int] = None, overwrite: bool = False) -> int:
     """FID / IS of the vanilla, accelerated and accelerated + adapter samples (sample i: class i mod
     num_classes, seed base_seed + i), and / or the samples as the .npz files that OpenAI's guided-diffusion
     evaluator reads (--save_npz: the papers' protocol). Takes radar-generate configs (--config
@@ -54,15 +55,21 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
             batch; 0: only when the run stops). A run stopped by SIGTERM (a SLURM time limit or preemption),
             Ctrl-C or an error saves its last complete batch too, and the same command run again goes on from
             there (the numbers and samples are those of an uninterrupted run); the folder goes at the end.
+        num_workers: workers that share the samples, each a contiguous share of the batches (default: the SLURM
+            array's tasks times the torchrun / accelerate processes, as radar-cache; 1 without them). Each
+            worker keeps its share's progress in OUTPUT/fid-progress/part-I-of-N/; the last one to finish merges
+            the shares into the outputs of one run (the same samples files; the statistics' sums in another
+            order: FID equal to ~1e-12).
+        worker_index: this worker's index (default: from the SLURM array and the launcher's process rank).
         overwrite: replace fid.json / fid.md (and reference_stats.npz, samples_*.npz) of an earlier run in the
             output folder; an earlier samples_*.npz or reference_stats.npz this run does not write goes (unless
             it is this run's --reference; without --overwrite they are refused; other files there are left alone); with
             the progress of a run of other settings in OUTPUT/fid-progress/, start over (it goes).
     """
     from radar_train.inference import PipelineArgs, RadarPipeline
-    from radar_train.inference.fid import (file_sha256, load_inception, markdown_report, reference_key,
-                                           reference_stats, write_report)
-    from radar_train.inference.fid_progress import LOCK_NAME, PROGRESS_DIR, FidProgress, cached_reference
+    from radar_train.cache.workers import resolve_workers
+    from radar_train.inference.fid import file_sha256, load_inception, markdown_report, summarize
+    from radar_train.inference.fid_progress import FidProgress, part_name, part_range
     from radar_train.train import run_lock
     from radar_train.cli.common import (STOPPED_STATUS, accel_inputs, check_device, check_positive, model_inputs,
                                         sigterm_ignored)
@@ -70,7 +77,7 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     from radar_train.inference.pipeline import resolve_device
     from radar_train.models import get_preset
     from radar_train.inputs import InputError
-    from radar_train.outputs import check_output_dir, staged_entries
+    from radar_train.outputs import check_output_dir
     from radar_train.seeding import seed_range_problems
 
     check_positive(2, num_samples=num_samples)  # a covariance needs two samples (evaluate_generation's rule, up front)
@@ -84,6 +91,11 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     if reference is not None and inception is None:
         raise ValueError(f"--reference {reference} needs --inception: the reference statistics are of its features")
     check_device(device)
+    split = resolve_workers(num_workers, worker_index)
+    if split.process_count > 1 and device == "auto":  # (torchrun / accelerate: this process's GPU)
+        from radar_train.cache.workers import resolve_device as worker_device
+
+        device = worker_device(device, split)
     if adapter is not None:
         check_adapter(adapter)
     if reference is not None and not Path(reference).exists():
@@ -120,34 +132,20 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     sha = {role: None if path is None else file_sha256(path)
            for role, path in (("inception", inception), ("inception_logits", inception_logits))}
     ref = ref_key = None
-    if writes_ref:  # a folder: its statistics, unless a run of this output already computed them (fid_progress)
-        ref_key = reference_key(reference, sha["inception"])
-        ref = cached_reference(output, ref_key)
-        if ref is not None:
-            print(f"radar-fid: reference statistics of {ref.n} images from {Path(output) / PROGRESS_DIR} (the folder "
-                  f"{reference} and --inception are as they were then)")
-    if reference is not None and ref is None:
-        ref = reference_stats(reference, feats, batch_size=max(batch_size, 32), device=dev)
-        if ref.dim != feature_dim:
-            raise InputError(f"{reference}: --reference has {ref.dim}-d statistics but --inception {inception} gives "
-                             f"{feature_dim}-d features")
+    if split.num_workers == 1:  # (the workers' merge reads the reference: the last of them to finish)
+        ref, ref_key = fid_reference(reference, writes_ref, output, feats, sha, batch_size, dev, feature_dim,
+                                     inception)
     pipe = RadarPipeline.from_config(PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision))
-    progress = FidProgress(output, fid_fingerprint(pipe, model, sha, num_samples, batch_size, base_seed, save_npz),
-                           runs, npz_names, num_samples, size)
-    lock = run_lock.acquire(output, "--output", LOCK_NAME, "radar-fid")  # (after every check: it makes the folder)
-    try:
-        resume_at = progress.check(overwrite)
-        tally = progress.open(resume_at)
-        if ref_key is not None:
-            progress.keep_reference(ref, ref_key)
-        if resume_at:
-            print(f"radar-fid: going on from sample {resume_at} of {num_samples}, saved in {progress.dir}")
-        result = measure(pipe, progress, tally, feats, logit_mod, ref, num_samples, batch_size, base_seed, is_splits,
-                         save_every_s)
-        if result is None:  # stopped by SIGTERM, its progress saved (measure said so)
-            return STOPPED_STATUS
+    fingerprint = {**fid_fingerprint(pipe, model, sha, num_samples, batch_size, base_seed, save_npz),
+                   "num_workers": split.num_workers}
+    part = None if split.num_workers == 1 else (split.worker_index, split.num_workers)
+    first, stop = (0, num_samples) if part is None else part_range(num_samples, batch_size, *part)
+    progress = FidProgress(output, fingerprint, runs, npz_names, stop - first, size, part)
+    what = "radar-fid" if part is None else f"radar-fid {part_name(*part)} (samples {first}-{stop - 1})"
+
+    def complete(result: dict, ref, resumed_at) -> dict:
+        """The report's record of the run: image size, protocol, samples files."""
         result["image_size"] = [size, size]
-        result["seconds"] = round(progress.seconds_before + result["seconds"], 2)
         result["protocol"] = {
             "model": model.preset, "accel": pipe.accel.describe(),
             "sampling": {"cfg": sampling.cfg, "top_k": sampling.top_k, "top_p": sampling.top_p,
@@ -158,19 +156,48 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
             "inception_logits": None if inception_logits is None else {"path": inception_logits,
                                                                        "sha256": sha["inception_logits"]},
             "reference": None if reference is None else {"path": reference, "num_images": ref.n or None},
-            "resumed_at": progress.resumed_at,
+            "resumed_at": resumed_at, "workers": split.num_workers,
         }
         result["samples_npz"] = npz_names or None
-        with sigterm_ignored():  # (seconds of renames: cut off, neither the progress nor the outputs would be left)
-            with staged_entries(output, entries) as stage:
-                progress.finish_npz(stage)
-                write_report(result, stage)
-                if writes_ref:
-                    ref.save(stage / "reference_stats.npz")
-            progress.remove()
+        return result
+
+    lock = run_lock.acquire(output, "--output", progress.lock_name, "radar-fid")  # (after every check: it makes
+    try:                                                                             # the folder)
+        resume_at = progress.check(overwrite)
+        tally = progress.open(resume_at)
+        if ref_key is not None:
+            progress.keep_reference(ref, ref_key)
+        if resume_at:
+            print(f"{what}: going on from sample {first + resume_at} of {num_samples}, saved in {progress.dir}")
+        measured = measure(pipe, progress, tally, feats, logit_mod, first, stop, batch_size, base_seed, save_every_s,
+                           what)
+        if measured is None:  # stopped by SIGTERM, its progress saved (measure said so)
+            return STOPPED_STATUS
+        tally, seconds = measured
+        if part is not None:  # this worker's share is done: the merge takes it from its folder
+            progress.save(tally, seconds)
+            result = None
+        else:
+            result = summarize(tally, runs, ref, feats, is_splits, num_samples, batch_size, int(pipe.var.num_classes),
+                               base_seed, sampling.noise)
+            result["seconds"] = round(progress.seconds_before + seconds, 2)
+            complete(result, ref, progress.resumed_at)
+            with sigterm_ignored():  # (seconds of renames: cut off, neither progress nor outputs would be left)
+                write_fid_outputs(result, output, entries, progress.finish_npz, ref if writes_ref else None)
+                progress.remove()
     finally:
         progress.release()
         lock.release()
+    if result is None:
+        parts = [FidProgress(output, fingerprint, runs, npz_names, b - a, size, (j, split.num_workers))
+                 for j, (a, b) in enumerate(part_range(num_samples, batch_size, j, split.num_workers)
+                                            for j in range(split.num_workers))]
+        result = merge_parts(parts, output, entries, num_samples, lambda: fid_reference(
+            reference, writes_ref, output, feats, sha, batch_size, dev, feature_dim, inception), feats, is_splits,
+            batch_size, int(pipe.var.num_classes), base_seed, sampling.noise, complete)
+        if result is None:
+            return 0
+        ref = result.pop("_reference")
     print(markdown_report(result))
     if writes_ref:
         print(f"reference statistics of {ref.n} images saved to {Path(output) / 'reference_stats.npz'} "
@@ -192,17 +219,117 @@ def fid_fingerprint(pipe, model, sha: dict, num_samples, batch_size, base_seed, 
             "base_seed": base_seed, "save_npz": save_npz, **sha}
 
 
-def measure(pipe, progress, tally, feats, logit_mod, ref, num_samples: int, batch_size: int, base_seed: int,
-            is_splits: int, save_every_s: float) -> Optional[dict]:
-    """evaluate_generation from `tally`, its progress saved every `save_every_s` seconds and when it stops:
-    the report; None when SIGTERM stopped it (saved, and said on stdout). Ctrl-C and errors are raised again,
-    saying what was saved."""
+def fid_reference(reference, writes_ref, output, feats, sha, batch_size, dev, feature_dim, inception):
+    """(the reference statistics, their key in the progress folder (None unless a folder)); a folder's are taken
+    from the progress folder while it and the extractor are unchanged."""
+    from radar_train.inference.fid import reference_key, reference_stats
+    from radar_train.inference.fid_progress import PROGRESS_DIR, cached_reference
+    from radar_train.inputs import InputError
+
+    ref = ref_key = None
+    if writes_ref:  # a folder: its statistics, unless a run of this output already computed them (fid_progress)
+        ref_key = reference_key(reference, sha["inception"])
+        ref = cached_reference(output, ref_key)
+        if ref is not None:
+            print(f"radar-fid: reference statistics of {ref.n} images from {Path(output) / PROGRESS_DIR} (the folder "
+                  f"{reference} and --inception are as they were then)")
+    if reference is not None and ref is None:
+        ref = reference_stats(reference, feats, batch_size=max(batch_size, 32), device=dev)
+        if ref.dim != feature_dim:
+            raise InputError(f"{reference}: --reference has {ref.dim}-d statistics but --inception {inception} gives "
+                             f"{feature_dim}-d features")
+    return ref, ref_key
+
+
+def write_fid_outputs(result: dict, output, entries, fill_npz, ref_to_save) -> None:
+    """fid.json / fid.md (and the samples files `fill_npz(stage)` puts in the staging folder, and the reference
+    statistics of a folder) moved into the output folder, replacing an earlier run's."""
+    from radar_train.inference.fid import write_report
+    from radar_train.outputs import staged_entries
+
+    with staged_entries(output, entries) as stage:
+        fill_npz(stage)
+        write_report(result, stage)
+        if ref_to_save is not None:
+            ref_to_save.save(stage / "reference_stats.npz")
+
+
+def merge_parts(parts, output, entries, num_samples, reference, feats, is_splits, batch_size, num_classes,
+                base_seed, noise, complete) -> Optional[dict]:
+    """After a worker's share: with every part finished, their tallies and samples as one run's outputs (the
+    report, completed by `complete(result, ref, resumed_at)`, with `_reference` the statistics used); None when
+    a part is not finished yet (said so: the last worker to finish merges). Waits while another worker merges."""
+    from radar_train.cli.common import sigterm_ignored
+    from radar_train.inference.fid import merge_tallies, summarize
+    from radar_train.inference.fid_progress import LOCK_NAME, part_name
+    from radar_train.inference.npz import NpzImageWriter
+    from radar_train.outputs import OutputError
+    from radar_train.train import run_lock
+
+    n = len(parts)
+    waited = False
+    while True:
+        try:
+            lock = run_lock.acquire(output, "--output", LOCK_NAME, "radar-fid")
+            break
+        except OutputError:
+            if not waited:
+                print("radar-fid: waiting for another worker's merge", flush=True)
+                waited = True
+            time.sleep(2.0)
+    try:
+        if not parts[0].root.exists() and (Path(output) / "fid.json").is_file():
+            print(f"radar-fid: another worker merged the {n} parts into {Path(output) / 'fid.json'}")
+            return None
+        finished = [p.finished() for p in parts]
+        left = [part_name(j, n) for j, f in enumerate(finished) if f is None]
+        if left:
+            more = " ..." if len(left) > 4 else ""
+            print(f"radar-fid: {n - len(left)} of {n} parts done ({', '.join(left[:4])}{more} not yet): the last "
+                  f"worker to finish writes {Path(output) / 'fid.json'}")
+            return None
+        print(f"radar-fid: every one of the {n} parts is done: merging them into {output}")
+        tally = merge_tallies([t for t, _ in finished])
+        ref, ref_key = reference()
+        result = summarize(tally, parts[0].runs, ref, feats, is_splits, num_samples, batch_size, num_classes,
+                           base_seed, noise)
+        result["seconds"] = round(sum(float(meta.get("seconds", 0.0)) for _, meta in finished), 2)
+        complete(result, ref, {part_name(j, n): json.loads(meta.get("resumed_at", "[]"))
+                               for j, (_, meta) in enumerate(finished)})
+
+        def fill_npz(stage):
+            for run, name in parts[0].npz_names.items():
+                writer = NpzImageWriter(stage / name, num_samples, parts[0].image_size)
+                try:
+                    for p in parts:
+                        if p.num_samples:
+                            writer.append_from(p.partial_path(run), p.num_samples)
+                    writer.close()
+                except BaseException:
+                    writer.discard()
+                    raise
+
+        with sigterm_ignored():
+            write_fid_outputs(result, output, entries, fill_npz, ref if ref_key is not None else None)
+            parts[0].remove()
+        result["_reference"] = ref
+        return result
+    finally:
+        lock.release()
+
+
+def measure(pipe, progress, tally, feats, logit_mod, first: int, stop: int, batch_size: int, base_seed: int,
+            save_every_s: float, what: str = "radar-fid"):
+    """The tally of samples first .. stop - 1 from `tally`, its progress saved every `save_every_s` seconds and
+    when it stops: (the tally, the seconds this run took); None when SIGTERM stopped it (saved, and said on
+    stdout). Ctrl-C and errors are raised again, saying what was saved."""
     from radar_train.cli.common import end_stopped_run, sigterm_stops
-    from radar_train.inference.fid import evaluate_generation
+    from radar_train.inference.fid import tally_samples
     from radar_train.progress import Progress
 
     last = {"tally": tally, "saved": time.monotonic()}
     t0 = time.monotonic()
+    count = stop - first
 
     def on_batch(t):
         last["tally"] = t
@@ -211,19 +338,23 @@ def measure(pipe, progress, tally, feats, logit_mod, ref, num_samples: int, batc
             last["saved"] = time.monotonic()
 
     try:
-        with sigterm_stops(), Progress(num_samples, "radar-fid", "samples", initial=tally.done) as bar:
-            return evaluate_generation(pipe, feats, logit_mod, ref, num_samples, batch_size, base_seed, is_splits,
-                                       progress=bar.update, start=tally, on_batch=on_batch,
-                                       on_images=progress.write_images if progress.writers else None)
+        with sigterm_stops(), Progress(count, "radar-fid", "samples", initial=tally.done) as bar:
+            done, _ = tally_samples(pipe, feats, logit_mod, first, stop, batch_size, base_seed, progress=bar.update,
+                                    start=tally, on_batch=on_batch,
+                                    on_images=progress.write_images if progress.writers else None)
+        return done, time.monotonic() - t0
     except BaseException as e:
         done = last["tally"].done
         try:
             progress.save(last["tally"], time.monotonic() - t0)
-            said = (f"{done} of {num_samples} samples are saved in {progress.dir}: run the same command to go on "
+            said = (f"{done} of {count} samples are saved in {progress.dir}: run the same command to go on "
                     f"from there" if done else "no sample was done, nothing saved")
         except Exception as save_error:  # noqa: BLE001 - the first error is the one to raise
             said = f"its progress could not be saved ({type(save_error).__name__}: {save_error})"
-        end_stopped_run("radar-fid", e, said)  # (returns only for SIGTERM)
+            if progress.saved_done:
+                said += (f"; the last save, of {progress.saved_done} of {count} samples, is in {progress.dir}: "
+                         f"run the same command to go on from there")
+        end_stopped_run(what, e, said)  # (returns only for SIGTERM)
         return None
 
 

@@ -70,7 +70,8 @@ from torch import nn
 from radar_train.models.checkpoint import file_sha256
 
 __all__ = ["FidError", "GaussianStats", "load_inception", "reference_stats", "frechet_distance",
-           "fid_gap_closed", "reference_key", "Tally", "evaluate_generation", "summarize", "inception_score", "markdown_report",
+           "fid_gap_closed", "reference_key", "Tally", "evaluate_generation", "tally_samples", "merge_tallies",
+           "fid_runs", "summarize", "inception_score", "markdown_report",
            "write_report", "file_sha256"]
 
 PAPER_NUM_SAMPLES = 50_000
@@ -433,25 +434,57 @@ def evaluate_generation(pipe, features: Optional[_Extractor], logits: Optional[_
     not generated again)."""
     if num_samples < 2:
         raise FidError(f"--num_samples must be at least 2, got {num_samples}")
-    if batch_size < 1 or is_splits < 1:
-        raise FidError(f"--batch_size and --is_splits must be >= 1, got {batch_size} and {is_splits}")
     if logits is not None and is_splits > num_samples:
         raise FidError(f"--is_splits {is_splits} is more than --num_samples {num_samples}: each split needs samples")
+    if is_splits < 1:
+        raise FidError(f"--is_splits must be >= 1, got {is_splits}")
+    t0 = time.perf_counter()
+    sizes = []
+
+    def seen(run, images):
+        sizes[:] = list(images.shape[-2:])
+        if on_images is not None:
+            on_images(run, images)
+
+    tally, runs = tally_samples(pipe, features, logits, 0, num_samples, batch_size, base_seed, progress, seen,
+                                start, on_batch)
+    result = summarize(tally, runs, reference, features, is_splits, num_samples, batch_size, int(pipe.var.num_classes),
+                       base_seed, getattr(getattr(pipe, "sampling", None), "noise", "per_sample"))
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    result["image_size"] = sizes or None
+    return result
+
+
+def fid_runs(pipe) -> list[str]:
+    """The runs `pipe.compare` makes: vanilla, accelerated, and accelerated+adapter with an adapter."""
+    return ["vanilla", "accelerated"] + (["accelerated+adapter"] if getattr(pipe, "adapted_decoder", None)
+                                         is not None else [])
+
+
+@torch.no_grad()
+def tally_samples(pipe, features: Optional[_Extractor], logits: Optional[_Extractor], first: int, stop: int,
+                  batch_size: int, base_seed: int = 0, progress: Optional[Callable[[int], None]] = None,
+                  on_images: Optional[Callable[[str, torch.Tensor], None]] = None, start: Optional[Tally] = None,
+                  on_batch: Optional[Callable[[Tally], None]] = None) -> tuple[Tally, list[str]]:
+    """The tally of samples `first` .. `stop` - 1 (a multiple of `batch_size` apart from the end, so that the
+    batches are those of a run of all the samples: under official noise a sample depends on its batch) and the
+    runs measured; the arguments as in evaluate_generation (a `start` tally counts samples from `first`)."""
+    if batch_size < 1:
+        raise FidError(f"--batch_size must be >= 1, got {batch_size}")
     tally = start or Tally()
-    if tally.done % batch_size and tally.done != num_samples or tally.done > num_samples:
-        raise FidError(f"cannot go on from sample {tally.done} in batches of {batch_size} up to {num_samples}")
+    count = stop - first
+    if first % batch_size and first != stop or tally.done % batch_size and tally.done != count or tally.done > count:
+        raise FidError(f"cannot go on from sample {first + tally.done} in batches of {batch_size} up to {stop}")
     num_classes = int(pipe.var.num_classes)
     device = pipe.device
     for extractor in (features, logits):
         if extractor is not None:
             extractor.to(device)
-    runs: list[str] = list(tally.sums or tally.logits)
-    image_size = None
-    t0 = time.perf_counter()
-    for first in range(tally.done, num_samples, batch_size):
-        idx = range(first, min(first + batch_size, num_samples))
+    runs: list[str] = list(tally.sums or tally.logits) or fid_runs(pipe)
+    for at in range(first + tally.done, stop, batch_size):
+        idx = range(at, min(at + batch_size, stop))
         images = pipe.compare([i % num_classes for i in idx], [base_seed + i for i in idx])
-        runs, image_size = list(images), list(next(iter(images.values())).shape[-2:])
+        runs = list(images)
         images = {run: imgs.to(device) for run, imgs in images.items()}
         feats = {} if features is None else {run: features(imgs) for run, imgs in images.items()}
         lgts = {} if logits is None else {run: logits(imgs) for run, imgs in images.items()}
@@ -463,14 +496,19 @@ def evaluate_generation(pipe, features: Optional[_Extractor], logits: Optional[_
             on_batch(tally)
         if progress is not None:
             progress(len(idx))
-    if not runs:  # (resumed after its last batch, with nothing measured: samples only)
-        runs = ["vanilla", "accelerated"] + (["accelerated+adapter"] if getattr(pipe, "adapted_decoder", None)
-                                             is not None else [])
-    result = summarize(tally, runs, reference, features, is_splits, num_samples, batch_size, num_classes,
-                       base_seed, getattr(getattr(pipe, "sampling", None), "noise", "per_sample"))
-    result["image_size"] = image_size
-    result["seconds"] = round(time.perf_counter() - t0, 2)
-    return result
+    return tally, runs
+
+
+def merge_tallies(tallies: list[Tally]) -> Tally:
+    """One tally of consecutive parts (in sample order): the sums add, the logits follow one another."""
+    sums: dict = {}
+    logits: dict = {}
+    for t in tallies:
+        for run, (s, outer) in t.sums.items():
+            sums[run] = (s, outer) if run not in sums else (sums[run][0] + s, sums[run][1] + outer)
+        for run, chunks in t.logits.items():
+            logits[run] = logits.get(run, ()) + tuple(chunks)
+    return Tally(sum(t.done for t in tallies), sums, logits)
 
 
 def summarize(tally: Tally, runs: list[str], reference: Optional[GaussianStats], features: Optional[_Extractor],

@@ -37,9 +37,10 @@ import torch
 from radar_train.inference.fid import Tally
 from radar_train.inference.npz import NpzImageWriter
 from radar_train.inference.pipeline import fingerprint_differences
-from radar_train.outputs import OutputError, atomic_file, is_temp_of
+from radar_train.outputs import OutputError, _remove, atomic_file, is_temp_of
 
-__all__ = ["PROGRESS_DIR", "STATE_NAME", "REFERENCE_NAME", "LOCK_NAME", "FidProgress", "cached_reference"]
+__all__ = ["PROGRESS_DIR", "STATE_NAME", "REFERENCE_NAME", "LOCK_NAME", "FidProgress", "cached_reference", "part_name",
+           "part_range"]
 
 PROGRESS_DIR = "fid-progress"
 STATE_NAME = "state.safetensors"
@@ -72,14 +73,30 @@ def cached_reference(output: str | os.PathLike, key: str):
         return None
 
 
+def part_name(index: int, count: int) -> str:
+    return f"part-{index}-of-{count}"
+
+
+def part_range(num_samples: int, batch_size: int, index: int, count: int) -> tuple[int, int]:
+    """Samples first .. stop - 1 of worker `index` of `count`: a contiguous share of the batches of a run of all
+    the samples (the same batches, so that under official noise every sample is the one that run would make)."""
+    batches = -(-num_samples // batch_size)
+    return (min(index * batches // count * batch_size, num_samples),
+            min((index + 1) * batches // count * batch_size, num_samples))
+
+
 class FidProgress:
     """The progress folder of one radar-fid run in `output`: `check` (before anything is written), `open`
-    (a fresh start, or the tally to go on from), `save`, then `finish_npz` and `remove`, or `release`."""
+    (a fresh start, or the tally to go on from), `save`, then `finish_npz` and `remove`, or `release`. `part`
+    (index, count): worker `index` of `count`, whose `num_samples` are its share, in PROGRESS_DIR/part-I-of-N/."""
 
     def __init__(self, output: str | os.PathLike, fingerprint: Mapping, runs: list[str], npz_names: Mapping[str, str],
-                 num_samples: int, image_size: int):
+                 num_samples: int, image_size: int, part: Optional[tuple[int, int]] = None):
         self.output = Path(output)
-        self.dir = self.output / PROGRESS_DIR
+        self.root = self.output / PROGRESS_DIR
+        self.part = part
+        self.dir = self.root if part is None else self.root / part_name(*part)
+        self._stale: list[str] = []
         self.fingerprint = json.loads(json.dumps(dict(fingerprint), default=str))
         self.runs, self.npz_names = list(runs), dict(npz_names)
         self.num_samples, self.image_size = int(num_samples), int(image_size)
@@ -92,7 +109,25 @@ class FidProgress:
         self._logit_dim: Optional[int] = None
         self._saved_done: Optional[int] = None
 
+    @property
+    def lock_name(self) -> str:
+        """The lock this run holds in OUTPUT (a worker's own; the merge of the parts takes LOCK_NAME)."""
+        return LOCK_NAME if self.part is None else f".fid.{part_name(*self.part)}.lock"
+
     # ------------------------------------------------------------------ before anything is written
+    def _layout_conflicts(self) -> list[str]:
+        """The root's entries of a run with another worker count: a single run's files, or other parts."""
+        try:
+            names = [e.name for e in self.root.iterdir()]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        parts = [n for n in names if n.startswith("part-")]
+        if self.part is None:
+            return parts
+        mine = f"-of-{self.part[1]}"
+        return [n for n in parts if not n.endswith(mine)] + [n for n in names if self._ours(n) and n != REFERENCE_NAME
+                                                             and not is_temp_of(n, REFERENCE_NAME)]
+
     def _ours(self, name: str) -> bool:
         return (name in (STATE_NAME, REFERENCE_NAME) or is_temp_of(name, STATE_NAME) or is_temp_of(name, REFERENCE_NAME)
                 or name in {_logits_name(r) for r in ALL_RUNS}
@@ -116,12 +151,24 @@ class FidProgress:
     def check(self, overwrite: bool) -> int:
         """The sample this run goes on from (0: a fresh start). OutputError (one line) for a folder of that name
         that is not radar-fid progress, and for progress of other settings without `overwrite`."""
+        if (self.root.exists() or self.root.is_symlink()) and not self.root.is_dir():
+            raise OutputError(f"--output {self.output}: {self.root} is not a folder of radar-fid progress: move it "
+                              f"away, or choose another folder")
+        conflicts = self._layout_conflicts()
+        if conflicts and not overwrite:
+            theirs = sorted({c.rsplit("-of-", 1)[1] if c.startswith("part-") else "1" for c in conflicts})
+            raise OutputError(f"--output {self.output} holds the progress of a radar-fid run with other settings "
+                              f"(num_workers: {' / '.join(theirs)} vs {1 if self.part is None else self.part[1]}, "
+                              f"saved vs now; {', '.join(sorted(conflicts)[:3])} in {self.root}): give its settings to "
+                              f"go on with it, or pass --overwrite to start over (its progress goes)")
+        self._stale = conflicts
         if not (self.dir.exists() or self.dir.is_symlink()):
             return 0
         if not self.dir.is_dir():
             raise OutputError(f"--output {self.output}: {self.dir} is not a folder of radar-fid progress: move it "
                               f"away, or choose another folder")
-        foreign = sorted(e.name for e in self.dir.iterdir() if not self._ours(e.name))
+        foreign = sorted(e.name for e in self.dir.iterdir()
+                         if not self._ours(e.name) and not (self.part is None and e.name.startswith("part-")))
         if foreign:
             raise OutputError(f"--output {self.output}: {self.dir} holds {', '.join(foreign[:3])}, so it is not "
                               f"radar-fid progress: move it away, or choose another folder")
@@ -143,7 +190,7 @@ class FidProgress:
 
     def keep_reference(self, stats, key: str) -> None:
         """Keep the reference statistics computed from a folder, for a run that goes on (after `open`)."""
-        with atomic_file(self.dir / REFERENCE_NAME) as tmp:
+        with atomic_file(self.root / REFERENCE_NAME) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, mu=stats.mu.numpy(), sigma=stats.sigma.numpy(), n=np.int64(stats.n), key=np.array(key))
 
@@ -151,6 +198,8 @@ class FidProgress:
     def open(self, resume_at: int) -> Tally:
         """Create the folder (a fresh start: what an earlier run left there goes) or read it; the tally to go
         on from, with the samples files open at that sample."""
+        for name in self._stale:  # (an earlier run's of another worker count, with --overwrite)
+            _remove(self.root / name)
         if not resume_at:
             if self.dir.is_dir():
                 shutil.rmtree(self.dir)
@@ -159,13 +208,23 @@ class FidProgress:
             self._logits_saved = {r: (0, 0) for r in self.runs}
             self._open_files(0)
             return Tally()
-        from safetensors.torch import load_file
-
         meta = self._read_meta()
-        tensors = load_file(str(self.dir / STATE_NAME))
-        done = meta["done"]
+        tally = self._load(meta, cut=True)
+        done, logits = tally.done, tally.logits
         self.resumed_at = json.loads(meta.get("resumed_at", "[]")) + [done]
         self.seconds_before = float(meta.get("seconds", 0.0))
+        self._logits_saved = {r: (len(logits[r]), done * self._logit_dim * 4) if r in logits else (0, 0)
+                              for r in self.runs}
+        self._open_files(done)
+        self._saved_done = done
+        return tally
+
+    def _load(self, meta: dict, cut: bool) -> Tally:
+        """The saved tally (its logits cut back to its count on disk too, with `cut`)."""
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(self.dir / STATE_NAME))
+        done = meta["done"]
         sums = {r: (tensors[f"sum/{r}"], tensors[f"outer/{r}"]) for r in self.runs if f"sum/{r}" in tensors}
         logits = {}
         dim = meta.get("logit_dim")
@@ -177,19 +236,37 @@ class FidProgress:
                 if not path.is_file() or path.stat().st_size < need:
                     raise OutputError(f"--output {self.output}: {path} holds fewer than the {done} rows of logits "
                                       f"its progress records: remove {self.dir} to start over")
-                os.truncate(path, need)
+                if cut:
+                    os.truncate(path, need)
                 rows = np.fromfile(path, dtype=np.float32, count=done * self._logit_dim)
                 logits[r] = (torch.from_numpy(rows.reshape(done, self._logit_dim)),)
-        self._logits_saved = {r: (len(logits[r]), done * self._logit_dim * 4) if r in logits else (0, 0)
-                              for r in self.runs}
-        self._open_files(done)
-        self._saved_done = done
         return Tally(done, sums, logits)
+
+    def finished(self) -> Optional[tuple[Tally, dict]]:
+        """(the saved tally, its state's metadata) when this folder holds the whole of its samples with this run's
+        settings (a worker's part, read by the merge); None otherwise. Reads only."""
+        if self.num_samples == 0:  # (a worker with no batch: more workers than batches)
+            return Tally(), {}
+        if not (self.dir / STATE_NAME).is_file():
+            return None
+        meta = self._read_meta()
+        if meta["done"] != self.num_samples or fingerprint_differences(meta["fingerprint"], self.fingerprint):
+            return None
+        return self._load(meta, cut=False), meta
+
+    def partial_path(self, run: str) -> Path:
+        """The unfinished samples archive of `run` (--save_npz)."""
+        return self.dir / _partial_name(self.npz_names[run])
 
     def _open_files(self, done: int) -> None:
         for r, name in self.npz_names.items():
             self.writers[r] = NpzImageWriter(self.dir / name, self.num_samples, self.image_size,
                                              partial=self.dir / _partial_name(name), resume_at=done)
+
+    @property
+    def saved_done(self) -> int:
+        """The sample count of the last save (a resumed run's: its start), 0 when nothing is saved."""
+        return self._saved_done or 0
 
     # ------------------------------------------------------------------ during the run
     def save(self, tally: Tally, seconds: float) -> None:
@@ -255,8 +332,10 @@ class FidProgress:
         self.writers = {}
         if self.created and self._saved_done is None:
             shutil.rmtree(self.dir, ignore_errors=True)
+            if self.part is not None and self.root.is_dir() and not any(self.root.iterdir()):
+                self.root.rmdir()
 
     def remove(self) -> None:
-        """The run is over and its report in place: the folder goes."""
+        """The run is over and its report in place: the folder goes (with every part's, after their merge)."""
         self._close_logit_files()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)

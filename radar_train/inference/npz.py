@@ -27,6 +27,33 @@ MEMBER = "arr_0.npy"
 _LOCAL_HEADER = b"PK\x03\x04"  # a zip local file header: 30 bytes, then the name and the extra field
 
 
+def _member_data(src, path: Path) -> int:
+    """Position `src` (an archive NpzImageWriter writes, finished or not) after the npy magic of its member; the
+    offset where the member's data begins."""
+    head = src.read(30)
+    if len(head) < 30 or head[:4] != _LOCAL_HEADER:
+        raise ValueError(f"{path}: not a samples archive (no zip header)")
+    name_len, extra_len = struct.unpack("<HH", head[26:30])
+    if src.read(name_len) != MEMBER.encode():
+        raise ValueError(f"{path}: its first member is not {MEMBER}")
+    src.seek(30 + name_len + extra_len)
+    start = src.tell()
+    np.lib.format.read_magic(src)
+    return start
+
+
+def _copy(src, dst, length: int, count: int, path: Path) -> None:
+    """`length` bytes from `src`'s position into `dst`, in blocks; ValueError if `src` ends first."""
+    if os.fstat(src.fileno()).st_size < src.tell() + length:
+        raise ValueError(f"{path}: holds fewer than the {count} images its progress records")
+    while length:
+        chunk = src.read(min(length, 1 << 26))
+        if not chunk:
+            raise ValueError(f"{path}: ends before its {count}th image")
+        dst.write(chunk)
+        length -= len(chunk)
+
+
 class NpzImageWriter:
     """Write `num_images` uint8 images of `size` x `size` pixels into `path` as `arr_0` (N, H, W, 3), in the
     order given, through `write` (uint8 tensors (B, 3, H, W), as RadarPipeline.compare gives them); `close`
@@ -67,31 +94,28 @@ class NpzImageWriter:
         if count > self.num_images:
             raise ValueError(f"{self._tmp}: cannot keep {count} images of an archive of {self.num_images}")
         with open(old, "rb") as src:
-            head = src.read(30)
-            if len(head) < 30 or head[:4] != _LOCAL_HEADER:
-                raise ValueError(f"{self._tmp}: not an unfinished samples archive (no zip header)")
-            name_len, extra_len = struct.unpack("<HH", head[26:30])
-            if src.read(name_len) != MEMBER.encode():
-                raise ValueError(f"{self._tmp}: its first member is not {MEMBER}")
-            src.seek(30 + name_len + extra_len)
-            start = src.tell()
-            np.lib.format.read_magic(src)
+            start = _member_data(src, self._tmp)
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(src)
             want = self._header()
             if shape != want["shape"] or fortran or dtype != np.uint8:
                 raise ValueError(f"{self._tmp}: holds {dtype} {shape}, not uint8 {want['shape']}")
             length = src.tell() - start + count * self.image_bytes
-            if os.fstat(src.fileno()).st_size < start + length:
-                raise ValueError(f"{self._tmp}: holds fewer than the {count} images its progress records")
             src.seek(start)
-            left = length
-            while left:
-                chunk = src.read(min(left, 1 << 26))
-                if not chunk:
-                    raise ValueError(f"{self._tmp}: ends before its {count}th image")
-                self._member.write(chunk)
-                left -= len(chunk)
+            _copy(src, self._member, length, count, self._tmp)
         self.written = count
+
+    def append_from(self, path: str | os.PathLike, count: int) -> None:
+        """The `count` images of another (finished or unfinished) archive of this image size `path` (a worker's
+        share), after those written so far."""
+        if self.written + count > self.num_images:
+            raise ValueError(f"{self.path}: more than the {self.num_images} images it was opened for")
+        with open(path, "rb") as src:
+            _member_data(src, Path(path))
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(src)
+            if shape != (count, self.size, self.size, 3) or fortran or dtype != np.uint8:
+                raise ValueError(f"{path}: holds {dtype} {shape}, not uint8 {(count, self.size, self.size, 3)}")
+            _copy(src, self._member, count * self.image_bytes, count, Path(path))
+        self.written += count
 
     def write(self, images: torch.Tensor) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != (3, self.size, self.size):

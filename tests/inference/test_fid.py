@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from fid_extractors import Pool, save_extractors
+from fid_helpers import Pool, save_extractors
 from radar_train.inference.fid import (FidError, GaussianStats, evaluate_generation, frechet_distance,
                                        inception_score_parts, load_inception, reference_stats, sample_count_notes)
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from fid_extractors import save_extractors
+from fid_helpers import ctrl_c_at_write, save_extractors
 from radar_train.inference.fid_progress import PROGRESS_DIR, STATE_NAME, FidProgress
 from radar_train.inference.npz import NpzImageWriter
 
@@ -152,18 +152,9 @@ def test_sigkill_and_sigterm_lose_at_most_the_unsaved_batches(extractors, uninte
 
 def _interrupted(extractors, out: Path, monkeypatch, *more: str) -> None:
     """A 9-sample run stopped by Ctrl-C in its second batch (3 samples saved)."""
-    real = FidProgress.write_images
-    calls = []
-
-    def stops(self, run, images):
-        calls.append(run)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        real(self, run, images)
-
-    monkeypatch.setattr(FidProgress, "write_images", stops)
-    assert _main(_args(extractors, out, 9, 3, *more)) == 130
-    monkeypatch.setattr(FidProgress, "write_images", real)
+    with monkeypatch.context() as m:
+        ctrl_c_at_write(m, 3)
+        assert _main(_args(extractors, out, 9, 3, *more)) == 130
 
 
 def test_other_settings_are_refused_and_overwrite_starts_over(extractors, tmp_path, monkeypatch, capsys):
@@ -311,3 +302,29 @@ def test_a_run_that_goes_on_reuses_the_statistics_of_an_unchanged_reference_fold
     Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(real_images / "0.png")
     assert _main(_args(extractors, out, 9, 3, "--reference", str(real_images), "--overwrite", "true")) == 0
     assert len(reads) == 1
+
+
+def test_a_save_that_fails_says_where_the_last_one_is(extractors, uninterrupted, tmp_path, monkeypatch, capsys):
+    """The disk fills during the second periodic save (and the save the failure then tries): the run ends with one
+    line naming the error and a note naming the last save, which the same command goes on from."""
+    import safetensors.torch
+
+    out = tmp_path / "fid"
+    real, calls = safetensors.torch.save_file, []
+
+    def save_file(*a, **k):
+        calls.append(a)
+        if len(calls) >= 2:
+            raise OSError(28, "No space left on device")
+        return real(*a, **k)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    assert _main(_args(extractors, out, 9, 3, "--save_every_s", "0.000001")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "No space left on device" in err[-2] and err[-2].startswith("error: radar-fid: ")
+    assert err[-1].startswith("radar-fid: its progress could not be saved (OSError: ") and err[-1].endswith(
+        f"; the last save, of 3 of 9 samples, is in {out / PROGRESS_DIR}: run the same command to go on from there")
+    monkeypatch.undo()
+    assert _main(_args(extractors, out, 9, 3)) == 0
+    assert "going on from sample 3 of 9" in capsys.readouterr().out
+    assert _outputs(out) == uninterrupted[9]

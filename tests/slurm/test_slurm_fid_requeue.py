@@ -14,7 +14,7 @@ import torch
 from slurm_cluster import REPO, cancel, tail_logs, wait_final_states, wait_for
 
 sys.path.insert(0, str(REPO / "tests"))
-from fid_extractors import save_extractors  # noqa: E402
+from fid_helpers import save_extractors  # noqa: E402
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
 

@@ -1,4 +1,5 @@
-"""Tiny TorchScript extractors with the radar-fid contract (uint8 (N, 3, H, W) -> float (N, D)), for the FID tests."""
+"""For the radar-fid tests: tiny TorchScript extractors with its contract (uint8 (N, 3, H, W) -> float (N, D)), and
+a Ctrl-C at a given write of samples."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,3 +27,19 @@ def save_extractors(folder: Path) -> dict:
     torch.jit.save(torch.jit.script(Pool(16, 0)), str(feats))
     torch.jit.save(torch.jit.script(Pool(10, 1)), str(logits))
     return {"features": feats, "logits": logits}
+
+
+def ctrl_c_at_write(monkeypatch, call: int) -> None:
+    """radar-fid's progress raises KeyboardInterrupt (Ctrl-C) at its `call`-th write of a run's samples of a batch
+    (one per run and batch: with two runs, call 3 is the first of the second batch); monkeypatch.undo() ends it."""
+    from radar_train.inference.fid_progress import FidProgress
+
+    real, calls = FidProgress.write_images, []
+
+    def write_images(self, run, images):
+        calls.append(run)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        real(self, run, images)
+
+    monkeypatch.setattr(FidProgress, "write_images", write_images)

@@ -1,0 +1,121 @@
+"""radar-fid split across workers (--num_workers / --worker_index, or a SLURM array): each worker samples a
+contiguous share of the batches into OUTPUT/fid-progress/part-I-of-N/, the last one to finish merges the shares
+into the outputs of one run (the same samples files byte for byte; FID equal to round-off, the sums being added
+in another order), a stopped worker goes on, and a single run's progress and the workers' do not mix."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fid_helpers import ctrl_c_at_write, save_extractors
+from radar_train.inference.fid_progress import PROGRESS_DIR, part_range
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def extractors(tmp_path_factory) -> dict:
+    return save_extractors(tmp_path_factory.mktemp("inception"))
+
+
+def _args(extractors, out: Path, num_samples: int, *more: str) -> list[str]:
+    return ["--config", str(ROOT / "configs/generate/tiny.yaml"), "--device", "cpu", "--num_samples", str(num_samples),
+            "--batch_size", "3", "--inception", str(extractors["features"]), "--inception_logits",
+            str(extractors["logits"]), "--is_splits", "3", "--save_npz", "true", "--output", str(out), *more]
+
+
+def _worker(k: int, n: int) -> list[str]:
+    return ["--num_workers", str(n), "--worker_index", str(k)]
+
+
+def _main(argv) -> int:
+    from radar_train.cli.fid import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    return e.value.code
+
+
+@pytest.fixture(scope="module")
+def single(extractors, tmp_path_factory) -> dict:
+    """The outputs of one uninterrupted run of 9 and of 6 samples (batches of 3)."""
+    got = {}
+    for n in (9, 6):
+        out = tmp_path_factory.mktemp("single") / "fid"
+        assert _main(_args(extractors, out, n)) == 0
+        got[n] = out
+    return got
+
+
+def _same_outputs(out: Path, single: Path, workers: int) -> None:
+    """The samples files byte for byte; the report's numbers to round-off, the rest equal but the run's record."""
+    for name in ("samples_vanilla.npz", "samples_accelerated.npz"):
+        assert (out / name).read_bytes() == (single / name).read_bytes(), name
+    merged, one = (json.loads((p / "fid.json").read_text()) for p in (out, single))
+    assert merged["protocol"]["workers"] == workers and one["protocol"]["workers"] == 1
+    for r in (merged, one):
+        r.pop("seconds")
+        for key in ("workers", "resumed_at"):
+            r["protocol"].pop(key)
+    assert merged["fid_vs_vanilla"] == pytest.approx(one.pop("fid_vs_vanilla"), rel=1e-9, abs=1e-12)
+    merged.pop("fid_vs_vanilla")
+    assert merged == one  # IS (from the same logits, in the same order), notes, protocol, sizes
+
+
+def test_part_ranges_share_the_batches_of_one_run():
+    assert [part_range(9, 3, k, 2) for k in range(2)] == [(0, 3), (3, 9)]
+    assert [part_range(10, 3, k, 3) for k in range(3)] == [(0, 3), (3, 6), (6, 10)]  # (the last batch of 1)
+    assert [part_range(6, 3, k, 4) for k in range(4)] == [(0, 0), (0, 3), (3, 3), (3, 6)]  # more workers than batches
+
+
+def test_the_last_worker_to_finish_merges_the_outputs_of_one_run(extractors, single, tmp_path, capsys):
+    out = tmp_path / "fid"
+    assert _main(_args(extractors, out, 9, *_worker(1, 2))) == 0
+    said = capsys.readouterr().out
+    assert f"radar-fid: 1 of 2 parts done (part-0-of-2 not yet): the last worker to finish writes {out / 'fid.json'}" \
+        in said
+    assert sorted(p.name for p in out.iterdir()) == [PROGRESS_DIR]
+    assert sorted(p.name for p in (out / PROGRESS_DIR).iterdir()) == ["part-1-of-2"]
+    assert _main(_args(extractors, out, 9, *_worker(0, 2))) == 0
+    assert "radar-fid: every one of the 2 parts is done: merging them into" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["fid.json", "fid.md", "samples_accelerated.npz",
+                                                     "samples_vanilla.npz"]
+    _same_outputs(out, single[9], 2)
+
+
+def test_a_stopped_worker_goes_on_and_more_workers_than_batches_merge(extractors, single, tmp_path, monkeypatch,
+                                                                     capsys):
+    """4 workers for 2 batches (two have none); worker 3 stopped by Ctrl-C in its batch goes on, and merges."""
+    out = tmp_path / "fid"
+    with monkeypatch.context() as m:
+        ctrl_c_at_write(m, 1)
+        assert _main(_args(extractors, out, 6, *_worker(3, 4))) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == "radar-fid: interrupted; no sample was done, nothing saved"
+    for k in (0, 1, 2):
+        assert _main(_args(extractors, out, 6, *_worker(k, 4))) == 0
+    assert "3 of 4 parts done (part-3-of-4 not yet)" in capsys.readouterr().out
+    assert _main(_args(extractors, out, 6, *_worker(3, 4))) == 0
+    _same_outputs(out, single[6], 4)
+
+
+def test_a_single_runs_progress_and_the_workers_do_not_mix(extractors, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "fid"
+    with monkeypatch.context() as m:
+        ctrl_c_at_write(m, 3)
+        assert _main(_args(extractors, out, 9)) == 130  # a single run: 3 samples saved
+    before = sorted(p.name for p in (out / PROGRESS_DIR).iterdir())
+    capsys.readouterr()
+    assert _main(_args(extractors, out, 9, *_worker(0, 2))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --output {out} holds the progress of a radar-fid run with other settings "
+                          f"(num_workers: 1 vs 2, saved vs now; ") and err.endswith("pass --overwrite to start over "
+                                                                                    "(its progress goes)")
+    assert sorted(p.name for p in (out / PROGRESS_DIR).iterdir()) == before
+    assert _main(_args(extractors, out, 9, *_worker(0, 2), "--overwrite", "true")) == 0
+    assert sorted(p.name for p in (out / PROGRESS_DIR).iterdir()) == ["part-0-of-2"]
+    assert _main(_args(extractors, out, 9)) == 2  # and the other way round
+    assert "(num_workers: 2 vs 1, saved vs now; part-0-of-2 in " in capsys.readouterr().err
