@@ -215,7 +215,8 @@ class FidProgress:
         self.seconds_before = float(meta.get("seconds", 0.0))
         self._logits_saved = {r: (len(logits[r]), done * self._logit_dim * 4) if r in logits else (0, 0)
                               for r in self.runs}
-        self._open_files(done)
+        if not (self.part is not None and done == self.num_samples):  # (a finished part writes no more samples:
+            self._open_files(done)                                         # its files stay as they are for the merge)
         self._saved_done = done
         return tally
 

@@ -119,3 +119,14 @@ def test_a_single_runs_progress_and_the_workers_do_not_mix(extractors, tmp_path,
     assert sorted(p.name for p in (out / PROGRESS_DIR).iterdir()) == ["part-0-of-2"]
     assert _main(_args(extractors, out, 9)) == 2  # and the other way round
     assert "(num_workers: 2 vs 1, saved vs now; part-0-of-2 in " in capsys.readouterr().err
+
+
+def test_a_finished_worker_run_again_leaves_its_share_as_it_is_and_merges(extractors, single, tmp_path, capsys):
+    out = tmp_path / "fid"
+    assert _main(_args(extractors, out, 9, *_worker(0, 2))) == 0
+    share = {p.name: p.read_bytes() for p in (out / PROGRESS_DIR / "part-0-of-2").iterdir()}
+    assert _main(_args(extractors, out, 9, *_worker(0, 2))) == 0  # (already done: nothing sampled, nothing copied)
+    assert "going on from sample 3 of 9" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in (out / PROGRESS_DIR / "part-0-of-2").iterdir()} == share
+    assert _main(_args(extractors, out, 9, *_worker(1, 2))) == 0
+    _same_outputs(out, single[9], 2)
