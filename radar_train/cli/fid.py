@@ -60,7 +60,8 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
             worker keeps its share's progress in OUTPUT/fid-progress/part-I-of-N/; the last one to finish merges
             the shares into the outputs of one run (the same samples files; the statistics' sums in another
             order: FID equal to ~1e-12).
-        worker_index: this worker's index (default: from the SLURM array and the launcher's process rank).
+        worker_index: this worker's index (default: from the SLURM array and the launcher's process rank; one
+            whole run inside an array task: --num_workers 1 --worker_index 0).
         overwrite: replace fid.json / fid.md (and reference_stats.npz, samples_*.npz) of an earlier run in the
             output folder; an earlier samples_*.npz or reference_stats.npz this run does not write goes (unless
             it is this run's --reference; without --overwrite they are refused; other files there are left alone); with

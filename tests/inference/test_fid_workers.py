@@ -130,3 +130,16 @@ def test_a_finished_worker_run_again_leaves_its_share_as_it_is_and_merges(extrac
     assert {p.name: p.read_bytes() for p in (out / PROGRESS_DIR / "part-0-of-2").iterdir()} == share
     assert _main(_args(extractors, out, 9, *_worker(1, 2))) == 0
     _same_outputs(out, single[9], 2)
+
+
+def test_a_slurm_arrays_tasks_are_the_workers(extractors, single, tmp_path, monkeypatch, capsys):
+    """`sbatch --array=0-1 slurm/fid.sbatch ...`: no --num_workers; each task's SLURM_ARRAY_* variables make it a
+    worker, as for radar-cache."""
+    out = tmp_path / "fid"
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    for task in ("1", "0"):
+        monkeypatch.setenv("SLURM_ARRAY_TASK_ID", task)
+        assert _main(_args(extractors, out, 9)) == 0
+    said = capsys.readouterr().out
+    assert "1 of 2 parts done (part-0-of-2 not yet)" in said and "every one of the 2 parts is done" in said
+    _same_outputs(out, single[9], 2)
