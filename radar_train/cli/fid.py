@@ -133,7 +133,7 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     sha = {role: None if path is None else file_sha256(path)
            for role, path in (("inception", inception), ("inception_logits", inception_logits))}
     ref = ref_key = None
-    if split.num_workers == 1:  # (the workers' merge reads the reference: the last of them to finish)
+    if split.num_workers == 1 or not writes_ref:  # (a folder's statistics: read by the workers' merge, once)
         ref, ref_key = fid_reference(reference, writes_ref, output, feats, sha, batch_size, dev, feature_dim,
                                      inception)
     pipe = RadarPipeline.from_config(PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision))

@@ -143,3 +143,14 @@ def test_a_slurm_arrays_tasks_are_the_workers(extractors, single, tmp_path, monk
     said = capsys.readouterr().out
     assert "1 of 2 parts done (part-0-of-2 not yet)" in said and "every one of the 2 parts is done" in said
     _same_outputs(out, single[9], 2)
+
+
+def test_a_worker_checks_an_npz_reference_before_it_samples(extractors, tmp_path, capsys):
+    import numpy as np
+
+    np.savez(tmp_path / "ref.npz", mu=np.zeros(5), sigma=np.eye(5))
+    out = tmp_path / "fid"
+    assert _main(_args(extractors, out, 9, *_worker(1, 2), "--reference", str(tmp_path / "ref.npz"))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "5-d statistics" in err and "16-d features" in err
+    assert not out.exists()
