@@ -195,5 +195,13 @@ class ShardWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        else:  # don't mask the caller's error; a half-written shard stays temporary
+            return
+        # The caller failed (Ctrl-C, an error while generating the next shard). The shard handed over before is
+        # whole in memory: its write finishes. (Cancelled, as it was when the writer had not picked it up yet, a
+        # generated shard was lost to a Ctrl-C.) A write's own error does not mask the caller's.
+        try:
+            self.wait()
+        except Exception as e:  # noqa: BLE001
+            log.warning("the shard handed to the writer before the run failed could not be written: %s", e)
+        finally:
             self._pool.shutdown(wait=True, cancel_futures=True)

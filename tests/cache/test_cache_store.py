@@ -172,6 +172,21 @@ def test_a_failed_background_write_is_raised_to_the_caller(make_synthetic):
     assert not (cache / schema.shard_name(0)).exists()
 
 
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_a_failure_after_a_shard_was_handed_over_still_writes_that_shard(make_synthetic, mode):
+    """Ctrl-C while the next shard is generated: the shard handed to the writer just before is written. (It was
+    cancelled when the writer had not picked it up yet, as a just-started writer process had not: a generated
+    shard lost, and radar-cache run's Ctrl-C test failed on a busy machine.)"""
+    cache = make_synthetic(num_samples=8, shard_size=8, shards=[], name=mode)
+    m = read_manifest(cache)
+    with pytest.raises(KeyboardInterrupt):
+        with ShardWriter(cache, m, mode) as w:
+            w.submit(begin_shard(cache, 0, writer_info(0, 1, "cpu")), 0, 0, synthetic_shard_arrays(m, 0))
+            raise KeyboardInterrupt
+    assert w.written == [0] and (cache / schema.shard_name(0)).is_dir()
+    assert not [p for p in cache.iterdir() if ".tmp-" in p.name]
+
+
 def test_verify_passes_a_whole_cache(make_synthetic):
     problems, counts = verify_cache(str(make_synthetic()))
     assert problems == [] and counts == {"shards_ok": 4, "shards_total": 4, "leftovers": []}

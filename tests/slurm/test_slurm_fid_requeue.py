@@ -56,7 +56,11 @@ def test_sigterm_before_the_time_limit_requeues_radar_fid_which_goes_on(slurm_cl
         wait_for(lambda: (info := slurm_cluster.show_job(job)).get("Restarts") == "1"
                  and info.get("JobState") == "PENDING", 120, "the job to be requeued", explain)
         assert (out / "fid-progress" / "state.safetensors").is_file()
-        slurm_cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")  # skip the ~120 s hold
+        # skip the ~120 s hold, once the node has cleaned up after the first run (a restart allocated 0.4 s after
+        # the requeue was killed as "non-startable: Job credential revoked")
+        wait_for(lambda: slurm_cluster.run("sinfo", "-h", "-o", "%T").stdout.split() == ["idle"], 120,
+                 "the node to be idle after the first run", explain)
+        slurm_cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
         states = wait_final_states(slurm_cluster, [job], 1, JOB_TIMEOUT_S, tmp_path)
     finally:
         cancel(slurm_cluster, [job])

@@ -79,7 +79,11 @@ def test_usr1_requeues_training_which_resumes_from_the_saved_step(slurm_cluster,
         assert saved_step >= EXPORT_EVERY
         max_steps = saved_step + MORE_STEPS
         _write_config(config, max_steps)
-        slurm_cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")  # skip the ~120 s hold
+        # skip the ~120 s hold, once the node has cleaned up after the first run (a restart allocated at once was
+        # killed as "non-startable: Job credential revoked" in the radar-fid requeue test)
+        wait_for(lambda: slurm_cluster.run("sinfo", "-h", "-o", "%T").stdout.split() == ["idle"], 120,
+                 "the node to be idle after the first run", explain)
+        slurm_cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
         states = wait_final_states(slurm_cluster, [job], 1, JOB_TIMEOUT_S, tmp_path)
     finally:
         cancel(slurm_cluster, [job])
