@@ -104,6 +104,14 @@ def wait_final_states(cluster: Cluster, job_ids: list[str], expected_records: in
     return wait_for(final, 30, f"{expected_records} final accounting records of {job_ids}", explain)
 
 
+def start_requeued_now(cluster: Cluster, job: str, explain: Callable[[], str] = lambda: "") -> None:
+    """Start a requeued job without its ~120 s hold, once the node has cleaned up after the job's first run (a
+    restart allocated 0.4 s after the requeue was killed as "non-startable: Job credential revoked")."""
+    wait_for(lambda: cluster.run("sinfo", "-h", "-o", "%T").stdout.split() == ["idle"], 120,
+             "the node to be idle after the first run", explain)
+    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+
+
 def cancel(cluster: Cluster, job_ids: Iterable[str]) -> None:
     """Best-effort scancel (test clean-up)."""
     ids = [j for j in job_ids if j]

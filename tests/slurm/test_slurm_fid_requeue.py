@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from slurm_cluster import REPO, cancel, tail_logs, wait_final_states, wait_for
+from slurm_cluster import REPO, cancel, start_requeued_now, tail_logs, wait_final_states, wait_for
 
 sys.path.insert(0, str(REPO / "tests"))
 from fid_helpers import save_extractors  # noqa: E402
@@ -56,11 +56,7 @@ def test_sigterm_before_the_time_limit_requeues_radar_fid_which_goes_on(slurm_cl
         wait_for(lambda: (info := slurm_cluster.show_job(job)).get("Restarts") == "1"
                  and info.get("JobState") == "PENDING", 120, "the job to be requeued", explain)
         assert (out / "fid-progress" / "state.safetensors").is_file()
-        # skip the ~120 s hold, once the node has cleaned up after the first run (a restart allocated 0.4 s after
-        # the requeue was killed as "non-startable: Job credential revoked")
-        wait_for(lambda: slurm_cluster.run("sinfo", "-h", "-o", "%T").stdout.split() == ["idle"], 120,
-                 "the node to be idle after the first run", explain)
-        slurm_cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+        start_requeued_now(slurm_cluster, job, explain)
         states = wait_final_states(slurm_cluster, [job], 1, JOB_TIMEOUT_S, tmp_path)
     finally:
         cancel(slurm_cluster, [job])

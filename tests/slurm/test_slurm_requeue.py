@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from slurm_cluster import FAST_TRAINING, REPO, Cluster, cancel, tail_logs, wait_final_states, wait_for
+from slurm_cluster import (FAST_TRAINING, REPO, Cluster, cancel, start_requeued_now, tail_logs, wait_final_states,
+                           wait_for)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
 
@@ -79,11 +80,7 @@ def test_usr1_requeues_training_which_resumes_from_the_saved_step(slurm_cluster,
         assert saved_step >= EXPORT_EVERY
         max_steps = saved_step + MORE_STEPS
         _write_config(config, max_steps)
-        # skip the ~120 s hold, once the node has cleaned up after the first run (a restart allocated at once was
-        # killed as "non-startable: Job credential revoked" in the radar-fid requeue test)
-        wait_for(lambda: slurm_cluster.run("sinfo", "-h", "-o", "%T").stdout.split() == ["idle"], 120,
-                 "the node to be idle after the first run", explain)
-        slurm_cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+        start_requeued_now(slurm_cluster, job, explain)
         states = wait_final_states(slurm_cluster, [job], 1, JOB_TIMEOUT_S, tmp_path)
     finally:
         cancel(slurm_cluster, [job])
