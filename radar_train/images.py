@@ -21,6 +21,12 @@ def to_pil(image_u8: torch.Tensor) -> Image.Image:
     return Image.fromarray(image_u8.permute(1, 2, 0).numpy())
 
 
+def load_rgb(path: str | Path) -> torch.Tensor:
+    """An image file as uint8 (3, H, W), RGB (the inverse of save_png)."""
+    with Image.open(path) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
+
+
 def save_png(image_u8: torch.Tensor, path: str | Path) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

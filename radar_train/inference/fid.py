@@ -287,7 +287,7 @@ def reference_stats(path: str, features: Optional[_Extractor] = None, batch_size
     if p.is_dir():
         if features is None:
             raise FidError(f"--reference {p}: a folder of images needs the --inception extractor")
-        from PIL import Image
+        from radar_train.images import load_rgb
 
         files = _image_files(p)
         if len(files) < 2:
@@ -300,11 +300,9 @@ def reference_stats(path: str, features: Optional[_Extractor] = None, batch_size
 
         for f in files:
             try:
-                with Image.open(f) as im:
-                    arr = np.asarray(im.convert("RGB"))
+                t = load_rgb(f)
             except Exception as e:  # noqa: BLE001
                 raise FidError(f"--reference {f}: not a readable image ({str(e).splitlines()[0][:120]})") from None
-            t = torch.from_numpy(arr.copy()).permute(2, 0, 1)
             pending.setdefault(tuple(t.shape), []).append(t)  # equal sizes batch together
             if len(pending[tuple(t.shape)]) >= batch_size:
                 flush(tuple(t.shape))

@@ -77,12 +77,16 @@ class GenerateProgress:
                           f"settings to go on with it, or pass --overwrite to start over (its progress goes)")
 
     def open(self, go_on: bool) -> None:
-        if not go_on:
-            if self.dir.is_dir():
-                shutil.rmtree(self.dir)
-            self.dir.mkdir(parents=True)
-            self.created = True
-            write_text_atomic(self.dir / SETTINGS_NAME, json.dumps(self.settings, indent=1) + "\n")
+        if go_on:  # a killed run's half-written PNGs (this run holds the folder's lock: no writer is alive)
+            for folder in self.folders:
+                for leftover in (self.dir / folder).glob(".*.png.tmp-*"):
+                    leftover.unlink(missing_ok=True)
+            return
+        if self.dir.is_dir():
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True)
+        self.created = True
+        write_text_atomic(self.dir / SETTINGS_NAME, json.dumps(self.settings, indent=1) + "\n")
 
     def path(self, folder: str, cls: int, seed: int) -> Path:
         return self.dir / folder / png_name(cls, seed)
@@ -93,7 +97,8 @@ class GenerateProgress:
                 if not all(self.path(f, c, s).is_file() for f in self.folders for c, s in batch)]
 
     def save_png(self, image: torch.Tensor, folder: str, cls: int, seed: int) -> None:
-        """One uint8 image (3, H, W), written whole or not at all."""
+        """One uint8 image (3, H, W), written whole or not at all. (Not outputs.atomic_file: it scans the folder
+        for a killed writer's temporaries at every file, thousands of times here; `open` clears them once.)"""
         from radar_train.images import to_pil
 
         final = self.path(folder, cls, seed)
@@ -107,11 +112,9 @@ class GenerateProgress:
             raise
 
     def load_png(self, folder: str, cls: int, seed: int) -> torch.Tensor:
-        import numpy as np
-        from PIL import Image
+        from radar_train.images import load_rgb
 
-        with Image.open(self.path(folder, cls, seed)) as im:
-            return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
+        return load_rgb(self.path(folder, cls, seed))
 
     def release(self, made_any: bool) -> None:
         """The run stopped: the folder stays for the next run, unless this run made it and wrote no image."""

@@ -101,6 +101,7 @@ def test_an_interrupted_run_goes_on_with_the_batches_not_yet_written(how, uninte
     assert sorted(k for k in kept if k.endswith(".png")) == sorted(
         f"{f}/class000{c}_seed{s}.png" for f in ("vanilla", "accelerated") for c, s in ((0, 0), (0, 1), (1, 0)))
     monkeypatch.undo()
+    (out / PROGRESS_DIR / "vanilla" / ".class0001_seed1.png.tmp-0a1b2c3d-99999-host").write_bytes(b"half a PNG")
     calls = _count_compare_calls(monkeypatch)
     capsys.readouterr()
     assert _main(_args(out)) == 0
