@@ -2,6 +2,7 @@
 timeouts, and say what went wrong (job output files included) when a wait runs out."""
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -105,10 +106,18 @@ def wait_final_states(cluster: Cluster, job_ids: list[str], expected_records: in
 
 
 def start_requeued_now(cluster: Cluster, job: str, explain: Callable[[], str] = lambda: "") -> None:
-    """Start a requeued job without its ~120 s hold, once the node has cleaned up after the job's first run (a
-    restart allocated 0.4 s after the requeue was killed as "non-startable: Job credential revoked")."""
+    """Start a requeued job without its ~120 s hold, once the node has cleaned up after the job's first run and a
+    new second has begun.
+
+    slurmd refuses a launch whose credential was made in the same whole second as the revocation of the job's
+    previous credential (``cred->ctime <= revoked``, "Job credential revoked"; the job ends FAILED 1:0 without
+    running): a restart allocated 0.4 s after the requeue failed so, and one allocated in the second the node
+    went idle failed so on the CI machine. The revocation happens before the node is idle, so starting two whole
+    seconds after that is safe."""
     wait_for(lambda: cluster.run("sinfo", "-h", "-o", "%T").stdout.split() == ["idle"], 120,
              "the node to be idle after the first run", explain)
+    idle_at = time.time()
+    time.sleep(math.floor(idle_at) + 2 - idle_at)
     cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
 
 
