@@ -58,11 +58,12 @@ def tiny_fit_argv(cache: str, root: Path, steps: int, *extra: str) -> list[str]:
 class FailAt(Callback):
     """Raises RuntimeError("injected failure") in optimizer step `step` (1-based) at `where`: "backward" (after the
     backward of the step's `micro_batch`-th micro-batch: the update not begun), "update" (Lightning's hook just before
-    the update), "end" (the step's end, after the update), or "validation" (the first batch of the validation
-    after step `step`)."""
+    the update), "end" (the step's end, after the update), or "validation" (batch `val_batch`, 0-based, of the
+    validation after step `step`)."""
 
-    def __init__(self, step: int, where: str = "backward", micro_batch: int = 1, rank: Optional[int] = None):
-        self.step, self.where, self.micro_batch, self.rank = step, where, micro_batch, rank
+    def __init__(self, step: int, where: str = "backward", micro_batch: int = 1, rank: Optional[int] = None,
+                 val_batch: int = 0):
+        self.step, self.where, self.micro_batch, self.rank, self.val_batch = step, where, micro_batch, rank, val_batch
         self._backwards = 0
 
     def _due(self, trainer, where: str, step_done: int) -> bool:
@@ -84,5 +85,18 @@ class FailAt(Callback):
             raise RuntimeError("injected failure")
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        if self._due(trainer, "validation", self.step) and not trainer.sanity_checking:
+        if self._due(trainer, "validation", self.step) and not trainer.sanity_checking and batch_idx == self.val_batch:
             raise RuntimeError("injected failure")
+
+
+class ValidationSteps(Callback):
+    """Appends the global step of every validation that ends in a fit (sanity checks aside) to the file `path`, one
+    line each, across the processes of a run and its resumes."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            with open(self.path, "a") as f:
+                f.write(f"{trainer.global_step}\n")

@@ -486,6 +486,9 @@ def failure_note() -> Optional[str]:
 
     if not last_failure:
         return None
+    if last_failure.get("step") is not None and last_failure.get("validation"):
+        return (f"radar-train: the run failed in the validation at step {last_failure['step']}; the step is saved "
+                "(once the cause is fixed, resume with --ckpt_path last: the validation runs again first)")
     if last_failure.get("step") is not None:
         return (f"radar-train: the run failed in the step after step {last_failure['step']}, which is saved "
                 "(once the cause is fixed, resume with --ckpt_path last)")

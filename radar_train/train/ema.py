@@ -64,6 +64,7 @@ class AdapterEMA(WeightAveraging):
         super().__init__(use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(args.decay))
         self.args = args
         self._trained: Optional[dict[str, Any]] = None  # the weights as trained, once the average replaced them
+        self._validating = False  # a validation has the average in the module's weights (swapped at its start)
 
     def should_update(self, step_idx: Optional[int] = None, epoch_idx: Optional[int] = None) -> bool:
         """After optimizer steps N, 2N, ... (step_idx is zero-based: global_step - 1), so that a run of a multiple
@@ -83,6 +84,21 @@ class AdapterEMA(WeightAveraging):
             # saved after training ended (the final step's checkpoint): the module holds the average, but a
             # run continued from this checkpoint goes on from the weights as trained
             checkpoint["current_model_state"] = {**checkpoint["current_model_state"], **self._trained}
+
+    def on_validation_epoch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        super().on_validation_epoch_start(trainer, pl_module)
+        self._validating = self._average_model is not None
+
+    def on_validation_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        super().on_validation_epoch_end(trainer, pl_module)
+        self._validating = False
+
+    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+        """A validation that raised leaves the average in the module's weights: the weights as trained go back
+        (before the run's checkpoint callback saves the step, which comes later in the list)."""
+        if self._validating:
+            self._validating = False
+            self._swap_models(pl_module)
 
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
                            batch_idx: int) -> None:

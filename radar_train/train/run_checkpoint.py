@@ -13,7 +13,9 @@ run in list order: those whose state the validation changes come before this one
 (RadarLoraModule.configure_callbacks).
 
 A training step that raises (CUDA out of memory, an unreadable shard) saves the step before it, when the failed
-step had not begun its optimizer update: step_boundary.py. radar-train then names the saved step.
+step had not begun its optimizer update; a validation that raises saves its step with the validation owed, which
+the resumed run runs first and then saves the step again, as the uninterrupted run did: step_boundary.py.
+radar-train then names the saved step.
 
 Under SLURM auto-requeue the requeue save (hpc_ckpt_N.ckpt) is taken at the same points, not wherever the
 signal lands (requeue.py: a mid-step save resumed one batch late).
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Optional
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -104,6 +106,7 @@ class RunCheckpoint(ModelCheckpoint):
         self._stop_after_validation = False  # so does a SIGTERM's save and stop
         self._boundary = LastBoundary()  # the last step boundary, saved when the next step raises
         self._rewinding = False  # the save of that boundary is being written
+        self._validation_owed: Optional[int] = None  # resumed from a save whose validation at this step failed
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         from .checkpoint_io import use_beside_checkpoint_io
@@ -124,9 +127,30 @@ class RunCheckpoint(ModelCheckpoint):
         self._stop.uninstall()
         super().teardown(trainer, pl_module, stage)
 
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self._rewinding and self._boundary.validation:
+            state["validation_owed"] = self._boundary.step
+        return state
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Lightning's, with the saved files under this run's checkpoint folder when the run folder moved."""
+        state_dict = dict(state_dict)
+        self._validation_owed = state_dict.pop("validation_owed", None)
         super().load_state_dict(state_in_dirpath(state_dict, self.dirpath))
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        super().on_validation_start(trainer, pl_module)
+        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking or not step_ended(trainer):
+            return
+        if self._validation_owed == trainer.global_step:
+            # the owed validation, run again by Lightning's restart mid-evaluation, which puts back the current
+            # counters of the validation loop but not its totals: they would stay a batch ahead, and every later
+            # resume would take its checkpoint for one saved in a validation and run that validation again
+            trainer.fit_loop.epoch_loop.val_loop.batch_progress.total.reset_on_restart()
+        self._boundary.record_validation(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not step_ended(trainer):  # a micro-batch inside a step: its state is saved after the step's last one
@@ -158,8 +182,9 @@ class RunCheckpoint(ModelCheckpoint):
         if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking or not step_ended(trainer):
             return  # (a validation inside an optimizer step: its saves, and a signal's, wait for the step's end)
         self._boundary.record(trainer, pl_module)
+        owed, self._validation_owed = self._validation_owed == trainer.global_step, None
         if not trainer.fast_dev_run and trainer.global_step > 0 and (
-                self._after_validation or self._last_global_step_saved == trainer.global_step):
+                self._after_validation or owed or self._last_global_step_saved == trainer.global_step):
             self._after_validation = False
             self._save_both(trainer)
         elif not trainer.fast_dev_run and trainer.global_step > 0 and self._best_saved_now(trainer):
@@ -206,14 +231,19 @@ class RunCheckpoint(ModelCheckpoint):
         last_failure.update(step=None, why=None)
         if not b.savable(trainer):
             last_failure["why"] = f"the save of step {b.step} failed" if b.save_failed else \
-                "the failure came after an optimizer update began, or in a validation" if b.moved else \
+                "the failure came after an optimizer update began" if b.moved else \
                 "no training step had ended in this run"
             return
-        if self._last_global_step_saved == b.step:
+        last_failure["validation"] = b.validation
+        if b.validation and b.callbacks_changed(trainer, self.state_key):
+            last_failure["why"] = (f"the validation at step {b.step} failed after a callback had taken its results "
+                                   "(early stopping, the best step): running it again would count it twice")
+            return
+        if self._last_global_step_saved == b.step and not b.validation:
             last_failure["step"] = b.step
             return
-        log.warning("the training step after step %d raised %s: saving step %d", b.step, type(exception).__name__,
-                    b.step)
+        log.warning("the %s step %d raised %s: saving step %d", "validation at" if b.validation else
+                    "training step after", b.step, type(exception).__name__, b.step)
         try:
             b.rewind(pl_module)
             self._rewinding = True

@@ -16,8 +16,17 @@ optimizer step begins its update (`on_before_optimizer_step`, which Lightning ca
 and backward, just before `optimizer.step` changes the weights). When a step fails before that, `RunCheckpoint`
 saves the boundary's step: the checkpoint of now with the loop state and the stream of the boundary, which is
 what its periodic save would have written at that step, so `--ckpt_path last` resumes exactly. A step that
-fails after its update began (in `optimizer.step`, a scheduler, an end-of-step hook) or during a validation
-(its weight average swapped in) is not saved: the run's last checkpoint stays the newest.
+fails after its update began (in `optimizer.step`, a scheduler, an end-of-step hook) is not saved: the run's
+last checkpoint stays the newest.
+
+A validation that raises (CUDA out of memory in its larger batches, an unreadable validation shard) comes after
+its step's update, and the step's save waits for it (run_checkpoint.py): that step is saved with the validation
+owed. `record_validation` keeps the boundary as the validation begins, and the checkpoint gets the loop state
+of a save made in the validation's first batch, which Lightning resumes by running the validation again
+(its "restarted mid-evaluation" stage), before any further training: the resumed run validates, saves and trains
+on as the uninterrupted one. The weight average the validation swapped into the module is swapped back first
+(ema.AdapterEMA.on_exception). A failure after a callback had taken the validation's results (early stopping's
+count, the best step: their on_validation_end) saves nothing: the validation run again would count twice.
 
 Under DDP only global rank 0 saves, and without the save's collectives (`local_collectives`): the other ranks
 are in the failed step's collectives, or gone. The ranks were at the same boundary (every optimizer step is a
@@ -30,6 +39,8 @@ from __future__ import annotations
 import contextlib
 import copy
 from typing import Any, Iterator, Optional
+
+import torch
 
 __all__ = ["LastBoundary", "local_collectives"]
 
@@ -45,6 +56,8 @@ class LastBoundary:
         self.stream: Any = None
         self.moved = False
         self.save_failed = False  # the boundary's own checkpoint save raised (a retry would meet the same disk)
+        self.validation = False  # the boundary is a step whose validation has begun (`record_validation`)
+        self.callbacks: Optional[dict[str, Any]] = None  # the callbacks' states as that validation began
 
     def record(self, trainer, pl_module) -> None:
         """The boundary at the end of the current optimizer step (after the validation due at it, if any)."""
@@ -56,7 +69,34 @@ class LastBoundary:
         self.loops = copy.deepcopy(loops())
         state = getattr(pl_module, "step_stream_state", None)
         self.stream = copy.deepcopy(state()) if callable(state) else None
-        self.moved = self.save_failed = False
+        self.moved = self.save_failed = self.validation = False
+        self.callbacks = None
+
+    def record_validation(self, trainer, pl_module) -> None:
+        """The boundary at the end of the current optimizer step, whose validation begins now (its loop has been
+        reset): kept with the validation loop's progress at its first batch, and the callbacks' states."""
+        from lightning.pytorch.trainer.call import _call_callbacks_state_dict
+
+        self.record(trainer, pl_module)
+        progress = (self.loops or {}).get("fit_loop", {}).get("epoch_loop.val_loop.batch_progress")
+        if self.step is None or not isinstance(progress, dict) or not {"total", "current"} <= progress.keys():
+            self.step = None  # (a Lightning whose loop state differs: no validation boundary)
+            return
+        for counts in (progress["total"], progress["current"]):  # batch 0 fetched and started, none processed
+            counts["ready"] = counts["started"] = counts["completed"] + 1
+            counts["processed"] = counts["completed"]
+        progress["is_last_batch"] = False
+        self.validation = True
+        self.callbacks = copy.deepcopy(_call_callbacks_state_dict(trainer))
+
+    def callbacks_changed(self, trainer, own_key: str) -> bool:
+        """Whether a callback's state (but the one under `own_key`) differs from the one the validation began
+        with."""
+        from lightning.pytorch.trainer.call import _call_callbacks_state_dict
+
+        now = {k: v for k, v in _call_callbacks_state_dict(trainer).items() if k != own_key}
+        before = {k: v for k, v in (self.callbacks or {}).items() if k != own_key}
+        return not _same(now, before)
 
     def update_began(self) -> None:
         self.moved = True
@@ -77,6 +117,22 @@ class LastBoundary:
         checkpoint["loops"] = copy.deepcopy(self.loops)
         checkpoint["epoch"] = self.epoch
         checkpoint["global_step"] = self.step
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape \
+            and a.dtype == b.dtype and bool(torch.equal(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:  # (nan, as an unset score)
+        return True
+    try:
+        return bool(a == b)
+    except Exception:  # (an object without a plain ==)
+        return a is b
 
 
 @contextlib.contextmanager

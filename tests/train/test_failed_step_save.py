@@ -23,17 +23,24 @@ def _argv(cache: str, root, *extra: str) -> list[str]:
                          "--model.ema.decay", "0.5", *extra)
 
 
-def _fail(cache: str, root, step: int, where: str, *extra: str) -> RuntimeError:
+def _fail(cache: str, root, step: int, where: str, *extra: str, val_batch: int = 0, argv=_argv,
+          callbacks=()) -> RuntimeError:
     from radar_train.cli.train import main
 
-    cb = [{"class_path": "tiny_training.FailAt", "init_args": {"step": step, "where": where, "micro_batch": 2}}]
+    cb = [{"class_path": "tiny_training.FailAt",
+           "init_args": {"step": step, "where": where, "micro_batch": 2, "val_batch": val_batch}}, *callbacks]
     with pytest.raises(RuntimeError, match="injected failure") as e:
-        main(_argv(cache, root, "--trainer.callbacks", json.dumps(cb), *extra))
+        main(argv(cache, root, "--trainer.callbacks", json.dumps(cb), *extra))
     return e.value
 
 
 def _last(root) -> dict:
     return torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def _run_checkpoint_state(checkpoint: dict) -> dict:
+    (state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("RunCheckpoint")]
+    return state
 
 
 def _adapter(root) -> dict:
@@ -56,11 +63,14 @@ def test_a_step_that_raises_saves_the_step_before_it_and_the_run_resumes_exactly
     assert saved["global_step"] == 3 and saved["radar_rng"]["count"].item() == 6  # 3 steps of 2 micro-batches
     assert saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"] == 6
 
-    # resumed, it fails in the validation at step 4 (after step 4's update): nothing saved, step 3 stays the last
+    # resumed, it fails in the validation at step 4 (after step 4's update, the average swapped in): step 4 is saved,
+    # with the weights as trained and that validation owed
     e = _fail(tiny_cache, failed, 4, "validation", "--ckpt_path", "last")
-    assert e.__notes__ == ["radar-train: the run failed; nothing saved since its last checkpoint (the failure came "
-                           "after an optimizer update began, or in a validation)"]
-    assert _last(failed)["global_step"] == 3
+    assert e.__notes__ == ["radar-train: the run failed in the validation at step 4; the step is saved (once the "
+                           "cause is fixed, resume with --ckpt_path last: the validation runs again first)"]
+    saved = _last(failed)
+    assert saved["global_step"] == 4 and _run_checkpoint_state(saved)["validation_owed"] == 4
+    assert sorted(p.name for p in (failed / "checkpoints").iterdir()) == ["last.ckpt", "step-000004.ckpt"]
 
     # resumed again, to the end: the adapter of the uninterrupted run
     assert run_train_cli(_argv(tiny_cache, failed, "--ckpt_path", "last")) == 0
@@ -68,12 +78,85 @@ def test_a_step_that_raises_saves_the_step_before_it_and_the_run_resumes_exactly
     assert a.keys() == b.keys() and a and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _validated_argv(cache: str, root, *extra: str) -> list[str]:
+    # a validation and a save every 2 steps; early stopping (which never stops here) and the best step's file: the
+    # callbacks whose state a validation changes; a weight average, which validations swap into the module
+    return tiny_fit_argv(cache, root, STEPS, "--trainer.logger", "false", "--model.ema.decay", "0.5",
+                         "--model.early_stopping.enabled", "true", "--model.early_stopping.patience", "10", *extra)
+
+
+def _steps_validated(root) -> list[int]:
+    return [int(line) for line in (root / "validations.txt").read_text().split()]
+
+
+def _callback_states(root) -> dict:
+    """last.ckpt's callback states, the checkpoint files named by their file name (the run folders differ)."""
+    def names(value):
+        if isinstance(value, dict):
+            return {names(k): names(v) for k, v in value.items()}
+        return value.rsplit("/", 1)[-1] if isinstance(value, str) and str(root) in value else value
+
+    return names(_last(root)["callbacks"])
+
+
+@pytest.mark.slow
+def test_a_validation_that_raises_saves_its_step_and_the_resumed_run_validates_it_again(tiny_cache, tmp_path):
+    full, failed = tmp_path / "full", tmp_path / "failed"
+    full.mkdir(), failed.mkdir()
+    count = lambda root: [{"class_path": "tiny_training.ValidationSteps",
+                           "init_args": {"path": str(root / "validations.txt")}}]
+    assert run_train_cli(_validated_argv(tiny_cache, full, "--trainer.callbacks", json.dumps(count(full)))) == 0
+
+    # the second batch of the validation at step 4 fails (its first batch validated, the average swapped in)
+    e = _fail(tiny_cache, failed, 4, "validation", val_batch=1, argv=_validated_argv, callbacks=count(failed))
+    assert e.__notes__ == ["radar-train: the run failed in the validation at step 4; the step is saved (once the "
+                           "cause is fixed, resume with --ckpt_path last: the validation runs again first)"]
+    saved = _last(failed)
+    assert saved["global_step"] == 4 and _run_checkpoint_state(saved)["validation_owed"] == 4
+    assert _steps_validated(failed) == [2]
+
+    # resumed, the validation at step 4 runs first and step 4 is saved again after it; step 5 then fails after its
+    # update (nothing saved): the validated step 4 is the last checkpoint
+    e = _fail(tiny_cache, failed, 5, "end", "--ckpt_path", "last", argv=_validated_argv, callbacks=count(failed))
+    saved = _last(failed)
+    assert saved["global_step"] == 4 and "validation_owed" not in _run_checkpoint_state(saved)
+    assert _steps_validated(failed) == [2, 4]
+
+    # resumed again, training goes on as in the uninterrupted run
+    assert run_train_cli(_validated_argv(tiny_cache, failed, "--trainer.callbacks", json.dumps(count(failed)),
+                                         "--ckpt_path", "last")) == 0
+    assert _steps_validated(full) == [2, 4, 6] and _steps_validated(failed) == [2, 4, 6]
+    assert _callback_states(failed) == _callback_states(full)  # early stopping's count, the best step's file
+    assert sorted(p.name for p in (failed / "checkpoints").iterdir()) == \
+        sorted(p.name for p in (full / "checkpoints").iterdir())
+    a, b = _adapter(full), _adapter(failed)
+    assert a.keys() == b.keys() and a and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_validation_failure_after_early_stopping_took_its_results_saves_nothing(tiny_cache, tmp_path, monkeypatch):
+    """The best step's save (after early stopping's, before the run's) fails in the first validation: early stopping
+    has counted it, and a resume would count it again, so nothing is saved and the note says why."""
+    from radar_train.cli.train import main
+    from radar_train.train.selection import BestCheckpoint
+
+    def disk_full(self, trainer, filepath):
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(BestCheckpoint, "_save_checkpoint", disk_full)
+    with pytest.raises(RuntimeError, match="injected failure") as e:
+        main(_validated_argv(tiny_cache, tmp_path / "run"))
+    assert e.value.__notes__ == ["radar-train: the run failed; nothing saved since its last checkpoint (the "
+                                 "validation at step 2 failed after a callback had taken its results (early "
+                                 "stopping, the best step): running it again would count it twice)"]
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
 def test_a_failure_in_the_first_step_or_at_a_steps_end_saves_nothing(tiny_cache, tmp_path):
     e = _fail(tiny_cache, tmp_path / "first", 1, "update")
     assert e.__notes__[-1].endswith("(no training step had ended in this run)")
     assert not (tmp_path / "first" / "checkpoints").exists() or not any((tmp_path / "first" / "checkpoints").iterdir())
     e = _fail(tiny_cache, tmp_path / "end", 1, "end")
-    assert e.__notes__[-1].endswith("(the failure came after an optimizer update began, or in a validation)")
+    assert e.__notes__[-1].endswith("(the failure came after an optimizer update began)")
 
 
 @pytest.mark.slow
