@@ -122,6 +122,21 @@ class RunCheckpoint(ModelCheckpoint):
         last_failure.clear()
         self._stop.install()  # (after Lightning's own SIGTERM handler, which it registers before training)
 
+    def on_fit_end(self, trainer, pl_module) -> None:
+        """Resumed from the save of a validation that failed at the run's last step: Lightning runs no training
+        loop at max_steps, so not the validation its epoch loop runs again at any other step; it runs here, before
+        the module's on_fit_end writes final/ (which may be the best step's), and the step is saved after it."""
+        super().on_fit_end(trainer, pl_module)
+        if self._validation_owed is None or self._validation_owed != trainer.global_step:
+            return
+        loop, stage = trainer.fit_loop.epoch_loop.val_loop, trainer.state.stage
+        trainer.validating = True
+        try:
+            loop.run()
+        finally:
+            loop.restarting = False
+            trainer.state.stage = stage
+
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self._requeue.uninstall()
         self._stop.uninstall()

@@ -23,8 +23,9 @@ A validation that raises (CUDA out of memory in its larger batches, an unreadabl
 its step's update, and the step's save waits for it (run_checkpoint.py): that step is saved with the validation
 owed. `record_validation` keeps the boundary as the validation begins, and the checkpoint gets the loop state
 of a save made in the validation's first batch, which Lightning resumes by running the validation again
-(its "restarted mid-evaluation" stage), before any further training: the resumed run validates, saves and trains
-on as the uninterrupted one. The weight average the validation swapped into the module is swapped back first
+(its "restarted mid-evaluation" stage), before any further training (at the last step, where a resumed fit runs
+no training loop, RunCheckpoint.on_fit_end runs it): the resumed run validates, saves and trains on as the
+uninterrupted one. The weight average the validation swapped into the module is swapped back first
 (ema.AdapterEMA.on_exception). A failure after a callback had taken the validation's results (early stopping's
 count, the best step: their on_validation_end) saves nothing: the validation run again would count twice.
 

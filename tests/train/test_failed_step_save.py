@@ -99,14 +99,33 @@ def _callback_states(root) -> dict:
     return names(_last(root)["callbacks"])
 
 
-@pytest.mark.slow
-def test_a_validation_that_raises_saves_its_step_and_the_resumed_run_validates_it_again(tiny_cache, tmp_path):
-    full, failed = tmp_path / "full", tmp_path / "failed"
-    full.mkdir(), failed.mkdir()
-    count = lambda root: [{"class_path": "tiny_training.ValidationSteps",
-                           "init_args": {"path": str(root / "validations.txt")}}]
-    assert run_train_cli(_validated_argv(tiny_cache, full, "--trainer.callbacks", json.dumps(count(full)))) == 0
+def _count(root) -> list[dict]:
+    return [{"class_path": "tiny_training.ValidationSteps", "init_args": {"path": str(root / "validations.txt")}}]
 
+
+@pytest.fixture(scope="module")
+def validated_full(tiny_cache, tmp_path_factory):
+    """The uninterrupted run the validation failures are compared with."""
+    full = tmp_path_factory.mktemp("validated") / "full"
+    full.mkdir()
+    assert run_train_cli(_validated_argv(tiny_cache, full, "--trainer.callbacks", json.dumps(_count(full)))) == 0
+    return full
+
+
+def _same_run(full, failed) -> None:
+    assert _steps_validated(full) == [2, 4, 6] and _steps_validated(failed) == [2, 4, 6]
+    assert _callback_states(failed) == _callback_states(full)  # early stopping's count, the best step's file
+    assert sorted(p.name for p in (failed / "checkpoints").iterdir()) == \
+        sorted(p.name for p in (full / "checkpoints").iterdir())
+    a, b = _adapter(full), _adapter(failed)
+    assert a.keys() == b.keys() and a and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_a_validation_that_raises_saves_its_step_and_the_resumed_run_validates_it_again(tiny_cache, validated_full,
+                                                                                       tmp_path):
+    full, failed, count = validated_full, tmp_path / "failed", _count
+    failed.mkdir()
     # the second batch of the validation at step 4 fails (its first batch validated, the average swapped in)
     e = _fail(tiny_cache, failed, 4, "validation", val_batch=1, argv=_validated_argv, callbacks=count(failed))
     assert e.__notes__ == ["radar-train: the run failed in the validation at step 4; the step is saved (once the "
@@ -125,12 +144,22 @@ def test_a_validation_that_raises_saves_its_step_and_the_resumed_run_validates_i
     # resumed again, training goes on as in the uninterrupted run
     assert run_train_cli(_validated_argv(tiny_cache, failed, "--trainer.callbacks", json.dumps(count(failed)),
                                          "--ckpt_path", "last")) == 0
-    assert _steps_validated(full) == [2, 4, 6] and _steps_validated(failed) == [2, 4, 6]
-    assert _callback_states(failed) == _callback_states(full)  # early stopping's count, the best step's file
-    assert sorted(p.name for p in (failed / "checkpoints").iterdir()) == \
-        sorted(p.name for p in (full / "checkpoints").iterdir())
-    a, b = _adapter(full), _adapter(failed)
-    assert a.keys() == b.keys() and a and all(torch.equal(a[k], b[k]) for k in a)
+    _same_run(full, failed)
+
+
+@pytest.mark.slow
+def test_a_validation_that_raises_at_the_last_step_runs_again_before_the_resumed_run_ends(tiny_cache, validated_full,
+                                                                                          tmp_path):
+    """(Lightning's fit loop ends at max_steps before its epoch loop could run the validation again.)"""
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    e = _fail(tiny_cache, failed, STEPS, "validation", argv=_validated_argv, callbacks=_count(failed))
+    assert e.__notes__[0].startswith(f"radar-train: the run failed in the validation at step {STEPS}; the step is saved")
+    assert _steps_validated(failed) == [2, 4] and not (failed / "final").exists()
+    assert run_train_cli(_validated_argv(tiny_cache, failed, "--trainer.callbacks", json.dumps(_count(failed)),
+                                         "--ckpt_path", "last")) == 0
+    assert "validation_owed" not in _run_checkpoint_state(_last(failed))
+    _same_run(validated_full, failed)
 
 
 def test_a_validation_failure_after_early_stopping_took_its_results_saves_nothing(tiny_cache, tmp_path, monkeypatch):
