@@ -33,10 +33,11 @@ class _Recorder(pl.LightningModule):
     the first micro-batch at global step `crash_at` (raises RuntimeError there at `fail_at`), or sends itself
     SIGTERM in the validation at `term_at`."""
 
-    def __init__(self, crash_at: int | None = None, term_at: int | None = None, fail_at: int | None = None):
+    def __init__(self, crash_at: int | None = None, term_at: int | None = None, fail_at: int | None = None,
+                 val_fail_at: int | None = None):
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(1))
-        self.crash_at, self.term_at, self.fail_at = crash_at, term_at, fail_at
+        self.crash_at, self.term_at, self.fail_at, self.val_fail_at = crash_at, term_at, fail_at, val_fail_at
         self.batches: list[list[int]] = []
         self.validated: list[int] = []
 
@@ -51,6 +52,8 @@ class _Recorder(pl.LightningModule):
     def validation_step(self, batch, i):
         if self.global_step == self.term_at and not self.trainer.sanity_checking:
             os.kill(os.getpid(), signal.SIGTERM)  # noted, acted on at the end of the optimizer step
+        if self.global_step == self.val_fail_at and not self.trainer.sanity_checking:
+            raise RuntimeError("injected failure")
 
     def on_validation_end(self):
         if not self.trainer.sanity_checking:
@@ -123,4 +126,19 @@ def test_a_step_that_raises_after_a_validation_inside_the_step_before_saves_that
     assert _last(run)["global_step"] == 5
     resumed = _fit(cache, run, save_every=100, ckpt_path=str(run / "checkpoints" / "last.ckpt"))
     assert resumed.batches == reference.batches[MICRO_BEFORE_STEP_5 + 2:]
+    assert torch.equal(resumed.w.detach(), reference.w.detach())
+
+
+def test_a_validation_that_raises_inside_an_optimizer_step_saves_the_step_before(cache, tmp_path, reference):
+    """The validation after the first micro-batch of step 5 raises: step 4 is saved (its loop state, before that
+    micro-batch), and the resumed run trains that micro-batch again, validates after it and ends as the
+    uninterrupted one."""
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="injected failure"):
+        _fit(cache, run, save_every=100, val_fail_at=4)  # no periodic checkpoint before
+    ckpt = _last(run)
+    assert ckpt["global_step"] == 4
+    assert ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["ready"] == MICRO_BEFORE_STEP_5
+    resumed = _fit(cache, run, save_every=100, ckpt_path=str(run / "checkpoints" / "last.ckpt"))
+    assert resumed.batches == reference.batches[MICRO_BEFORE_STEP_5:] and resumed.validated == [4, 7]
     assert torch.equal(resumed.w.detach(), reference.w.detach())
