@@ -234,3 +234,14 @@ def test_local_collectives_act_on_this_process_alone_and_are_put_back():
     assert s.reduce() == "own" and "barrier" not in vars(s) and "broadcast" not in vars(s)
     with pytest.raises(AssertionError, match="a collective"):
         s.barrier()
+
+
+def test_callback_states_compare_by_value_with_an_unset_nan_score_equal_to_itself():
+    from radar_train.train.step_boundary import _same
+
+    nan = float("nan")
+    state = {"wait_count": 0, "best_score": torch.tensor(nan), "kept": ["a.ckpt"], "score": nan}
+    assert _same(state, {**state, "best_score": torch.tensor(nan)})
+    assert not _same(state, {**state, "best_score": torch.tensor(1.0)})
+    assert not _same(state, {**state, "wait_count": 1}) and not _same(state, {**state, "kept": ("a.ckpt",)})
+    assert not _same(torch.tensor([1.0, nan]), torch.tensor([2.0, nan])) and not _same(state, {**state, "new": 1})
