@@ -215,6 +215,38 @@ def test_under_ddp_rank_0_saves_the_step_before_its_failed_step_without_the_othe
     assert last["global_step"] == 1 and last["radar"]["training"]["trainer"]["world_size"] == 2
 
 
+@pytest.mark.slow
+def test_under_ddp_a_validation_that_raises_on_rank_1_has_rank_0_save_its_step_with_the_validation_owed(tiny_cache,
+                                                                                                     tmp_path):
+    """Rank 1 fails in the validation at step 2; rank 0 finishes its batches and waits for rank 1 in the
+    validation's reduction, which fails once rank 1 is gone: rank 0 saves step 2 on its own, with the validation
+    owed (and only it says so)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parents[1]
+    run = tmp_path / "ddp"
+    args = tiny_fit_argv(tiny_cache, run, 3, "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+                         "--trainer.strategy", "ddp", "--model.output.save_every_n_steps", "1000",
+                         "--trainer.logger", "false", "--model.ema.decay", "0.5")
+    cb = [{"class_path": "tiny_training.FailAt", "init_args": {"step": 2, "where": "validation", "rank": 1}}]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)])}
+    env.pop("SLURM_JOB_ID", None)
+    proc = subprocess.run([sys.executable, "-m", "radar_train.cli.train", *args, "--trainer.callbacks", json.dumps(cb)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "RuntimeError: injected failure" in proc.stderr, proc.stderr[-3000:]
+    assert "radar-train: the run failed in the validation at step 2; the step is saved" in proc.stderr, \
+        proc.stderr[-3000:]
+    assert proc.stderr.count("radar-train: the run failed") == 1
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step-000002.ckpt"]
+    last = _last(run)
+    assert last["global_step"] == 2 and _run_checkpoint_state(last)["validation_owed"] == 2
+    assert last["radar"]["training"]["trainer"]["world_size"] == 2
+
+
 def test_local_collectives_act_on_this_process_alone_and_are_put_back():
     from radar_train.train.step_boundary import local_collectives
 
