@@ -263,7 +263,7 @@ def merge_parts(parts, output, entries, num_samples, reference, feats, is_splits
     from radar_train.cli.common import sigterm_ignored
     from radar_train.inference.fid import merge_tallies, summarize
     from radar_train.inference.fid_progress import LOCK_NAME, part_name
-    from radar_train.inference.npz import NpzImageWriter
+    from radar_train.inference.fid_merge import link_samples, merge_samples
     from radar_train.outputs import OutputError
     from radar_train.train import run_lock
 
@@ -298,20 +298,11 @@ def merge_parts(parts, output, entries, num_samples, reference, feats, is_splits
         complete(result, ref, {part_name(j, n): json.loads(meta.get("resumed_at", "[]"))
                                for j, (_, meta) in enumerate(finished)})
 
-        def fill_npz(stage):
-            for run, name in parts[0].npz_names.items():
-                writer = NpzImageWriter(stage / name, num_samples, parts[0].image_size)
-                try:
-                    for p in parts:
-                        if p.num_samples:
-                            writer.append_from(p.partial_path(run), p.num_samples)
-                    writer.close()
-                except BaseException:
-                    writer.discard()
-                    raise
-
-        with sigterm_ignored():
-            write_fid_outputs(result, output, entries, fill_npz, ref if ref_key is not None else None)
+        with sigterm_ignored():  # (the archives' merge goes on from where it stopped, if it is cut off otherwise)
+            archives = merge_samples(parts[0].root, parts, parts[0].npz_names, num_samples, parts[0].image_size,
+                                     parts[0].fingerprint)
+            write_fid_outputs(result, output, entries, lambda stage: link_samples(archives, parts[0].npz_names, stage),
+                              ref if ref_key is not None else None)
             parts[0].remove()
         result["_reference"] = ref
         return result

@@ -12,6 +12,9 @@ OUTPUT/fid-progress/ holds
     reference.npz                with a folder as --reference: its statistics (mu, sigma, n) and their key
                                  (fid.reference_key: the folder's files and the extractor), reused by a run that
                                  goes on while the key is the same
+    part-I-of-N/                 with workers: worker I's own folder of the above (but reference.npz)
+    merged/                      with workers: the merge of their samples archives (fid_merge.py), which takes
+                                 each part's archive of a run as it goes
 
 A save makes the appended files durable first (flush, fsync), then replaces state.safetensors. So the appended
 files hold at least the rows the state counts; the rows after them (a run killed between the two) are dropped
@@ -35,6 +38,7 @@ import numpy as np
 import torch
 
 from radar_train.inference.fid import Tally
+from radar_train.inference.fid_merge import MERGE_DIR
 from radar_train.inference.npz import NpzImageWriter
 from radar_train.inference.pipeline import fingerprint_differences
 from radar_train.outputs import OutputError, _remove, atomic_file, is_temp_of
@@ -123,7 +127,7 @@ class FidProgress:
             return []
         parts = [n for n in names if n.startswith("part-")]
         if self.part is None:
-            return parts
+            return parts + [n for n in names if n == MERGE_DIR]
         mine = f"-of-{self.part[1]}"
         return [n for n in parts if not n.endswith(mine)] + [n for n in names if self._ours(n) and n != REFERENCE_NAME
                                                              and not is_temp_of(n, REFERENCE_NAME)]
@@ -156,7 +160,8 @@ class FidProgress:
                               f"away, or choose another folder")
         conflicts = self._layout_conflicts()
         if conflicts and not overwrite:
-            theirs = sorted({c.rsplit("-of-", 1)[1] if c.startswith("part-") else "1" for c in conflicts})
+            theirs = sorted({c.rsplit("-of-", 1)[1] if c.startswith("part-") else "1" for c in conflicts
+                             if c != MERGE_DIR} or {"?"})
             raise OutputError(f"--output {self.output} holds the progress of a radar-fid run with other settings "
                               f"(num_workers: {' / '.join(theirs)} vs {1 if self.part is None else self.part[1]}, "
                               f"saved vs now; {', '.join(sorted(conflicts)[:3])} in {self.root}): give its settings to "
@@ -167,8 +172,8 @@ class FidProgress:
         if not self.dir.is_dir():
             raise OutputError(f"--output {self.output}: {self.dir} is not a folder of radar-fid progress: move it "
                               f"away, or choose another folder")
-        foreign = sorted(e.name for e in self.dir.iterdir()
-                         if not self._ours(e.name) and not (self.part is None and e.name.startswith("part-")))
+        foreign = sorted(e.name for e in self.dir.iterdir() if not self._ours(e.name) and not (
+            self.part is None and (e.name.startswith("part-") or e.name == MERGE_DIR)))
         if foreign:
             raise OutputError(f"--output {self.output}: {self.dir} holds {', '.join(foreign[:3])}, so it is not "
                               f"radar-fid progress: move it away, or choose another folder")
@@ -183,6 +188,8 @@ class FidProgress:
                               f"({'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}, saved vs now): give "
                               f"its settings to go on with it, or pass --overwrite to start over (its progress goes)")
         missing = [_partial_name(n) for n in self.npz_names.values() if not (self.dir / _partial_name(n)).is_file()]
+        if missing and self.part is not None and meta["done"] == self.num_samples and (self.root / MERGE_DIR).is_dir():
+            missing = []  # (a finished share whose samples the merge took: it checks that it has them)
         if missing and meta["done"]:
             raise OutputError(f"--output {self.output}: {self.dir} lacks {', '.join(missing)}, which its progress "
                               f"records: remove {self.dir} to start over")

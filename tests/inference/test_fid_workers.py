@@ -154,3 +154,74 @@ def test_a_worker_checks_an_npz_reference_before_it_samples(extractors, tmp_path
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "5-d statistics" in err and "16-d features" in err
     assert not out.exists()
+
+
+def _samples_bytes(out: Path) -> int:
+    """The bytes of the samples archives under `out` (finished, unfinished, merged), a hard-linked file once."""
+    seen = {}
+    for p in out.rglob("*"):
+        if p.is_file() and (p.name.endswith(".npz") or p.name.endswith(".npz.partial")) and p.name.startswith(
+                ("samples_", ".samples_")):
+            st = p.stat()
+            seen[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(seen.values())
+
+
+def test_the_merge_holds_the_samples_once_plus_the_part_it_appends(extractors, single, tmp_path, monkeypatch):
+    """Each part's archive goes once its images are in the merged one: the merge's peak is the samples plus one
+    part's archive of one run (it was every part beside every merged archive: the samples twice)."""
+    from radar_train.inference.npz import NpzImageWriter
+
+    out = tmp_path / "fid"
+    for k in (0, 1):
+        assert _main(_args(extractors, out, 9, *_worker(k, 3))) == 0
+    peaks, append = [], NpzImageWriter.append_from
+
+    def measured(self, path, count):
+        append(self, path, count)
+        peaks.append(_samples_bytes(out))  # (the appended part's archive still there)
+
+    monkeypatch.setattr(NpzImageWriter, "append_from", measured)
+    assert _main(_args(extractors, out, 9, *_worker(2, 3))) == 0
+    total = sum((single[9] / n).stat().st_size for n in ("samples_vanilla.npz", "samples_accelerated.npz"))
+    part = (3 * 3 * 32 * 32 + 128)  # a part's archive of a run: 3 images of 32 px and an archive's header
+    assert len(peaks) == 6 and max(peaks) <= total + part + 1024, (peaks, total)
+    _same_outputs(out, single[9], 3)
+
+
+def test_a_merge_cut_off_goes_on_from_the_parts_it_had_merged(extractors, single, tmp_path, monkeypatch, capsys):
+    """The disk fills while the merge appends the second part of a run: the error names it, the first part's
+    archive is already in the merged one (and gone), and the next merge (here worker 0's, whose archive that was)
+    goes on from there to the outputs of one run."""
+    from radar_train.inference.fid_merge import MERGE_DIR, MERGE_STATE
+    from radar_train.inference.npz import NpzImageWriter
+
+    out = tmp_path / "fid"
+    for k in (0, 1):
+        assert _main(_args(extractors, out, 9, *_worker(k, 3))) == 0
+    calls, append = [], NpzImageWriter.append_from
+
+    def disk_fills(self, path, count):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device", str(self._tmp))
+        append(self, path, count)
+
+    with monkeypatch.context() as m:
+        m.setattr(NpzImageWriter, "append_from", disk_fills)
+        assert _main(_args(extractors, out, 9, *_worker(2, 3))) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (f"error: radar-fid: {out / PROGRESS_DIR / MERGE_DIR}/"
+                                            f"samples_vanilla.npz.partial: No space left on device (errno 28)")
+    assert "Traceback" not in err
+    merged = out / PROGRESS_DIR / MERGE_DIR
+    assert json.loads((merged / MERGE_STATE).read_text())["parts_merged"] == {"samples_vanilla.npz": 1}
+    assert not (out / PROGRESS_DIR / "part-0-of-3" / "samples_vanilla.npz.partial").exists()
+    assert (out / PROGRESS_DIR / "part-1-of-3" / "samples_vanilla.npz.partial").is_file()
+    assert not (out / "fid.json").exists()
+    assert _main(_args(extractors, out, 9)) == 2  # (a single run's settings: refused, naming the workers' count)
+    assert "(num_workers: 3 vs 1, saved vs now; merged, part-0-of-3, part-1-of-3 in " in capsys.readouterr().err
+
+    assert _main(_args(extractors, out, 9, *_worker(0, 3))) == 0
+    assert not (out / PROGRESS_DIR).exists()
+    _same_outputs(out, single[9], 3)
