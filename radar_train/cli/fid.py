@@ -196,8 +196,8 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
         result = merge_parts(parts, output, entries, num_samples, lambda: fid_reference(
             reference, writes_ref, output, feats, sha, batch_size, dev, feature_dim, inception), feats, is_splits,
             batch_size, int(pipe.var.num_classes), base_seed, sampling.noise, complete)
-        if result is None:
-            return 0
+        if not isinstance(result, dict):  # (another worker's turn, or stopped by SIGTERM)
+            return result
         ref = result.pop("_reference")
     print(markdown_report(result))
     if writes_ref:
@@ -256,14 +256,16 @@ def write_fid_outputs(result: dict, output, entries, fill_npz, ref_to_save) -> N
 
 
 def merge_parts(parts, output, entries, num_samples, reference, feats, is_splits, batch_size, num_classes,
-                base_seed, noise, complete) -> Optional[dict]:
+                base_seed, noise, complete) -> dict | int:
     """After a worker's share: with every part finished, their tallies and samples as one run's outputs (the
-    report, completed by `complete(result, ref, resumed_at)`, with `_reference` the statistics used); None when
-    a part is not finished yet (said so: the last worker to finish merges). Waits while another worker merges."""
-    from radar_train.cli.common import sigterm_ignored
+    report, completed by `complete(result, ref, resumed_at)`, with `_reference` the statistics used); else the
+    command's exit status: 0 when a part is not finished yet (said so: the last worker to finish merges), 143
+    when SIGTERM stopped the merge of the samples (which goes on when any worker runs again). Waits while another
+    worker merges."""
+    from radar_train.cli.common import Stopped, end_stopped_run, sigterm_ignored, sigterm_stops
     from radar_train.inference.fid import merge_tallies, summarize
     from radar_train.inference.fid_progress import LOCK_NAME, part_name
-    from radar_train.inference.fid_merge import link_samples, merge_samples
+    from radar_train.inference.fid_merge import MERGE_DIR, link_samples, merge_samples
     from radar_train.outputs import OutputError
     from radar_train.train import run_lock
 
@@ -281,14 +283,14 @@ def merge_parts(parts, output, entries, num_samples, reference, feats, is_splits
     try:
         if not parts[0].root.exists() and (Path(output) / "fid.json").is_file():
             print(f"radar-fid: another worker merged the {n} parts into {Path(output) / 'fid.json'}")
-            return None
+            return 0
         finished = [p.finished() for p in parts]
         left = [part_name(j, n) for j, f in enumerate(finished) if f is None]
         if left:
             more = " ..." if len(left) > 4 else ""
             print(f"radar-fid: {n - len(left)} of {n} parts done ({', '.join(left[:4])}{more} not yet): the last "
                   f"worker to finish writes {Path(output) / 'fid.json'}")
-            return None
+            return 0
         print(f"radar-fid: every one of the {n} parts is done: merging them into {output}")
         tally = merge_tallies([t for t, _ in finished])
         ref, ref_key = reference()
@@ -298,9 +300,14 @@ def merge_parts(parts, output, entries, num_samples, reference, feats, is_splits
         complete(result, ref, {part_name(j, n): json.loads(meta.get("resumed_at", "[]"))
                                for j, (_, meta) in enumerate(finished)})
 
-        with sigterm_ignored():  # (the archives' merge goes on from where it stopped, if it is cut off otherwise)
-            archives = merge_samples(parts[0].root, parts, parts[0].npz_names, num_samples, parts[0].image_size,
-                                     parts[0].fingerprint)
+        try:  # (minutes for 50,000 samples a run: SIGTERM stops it, and it goes on from the parts it merged)
+            with sigterm_stops():
+                archives = merge_samples(parts[0].root, parts, parts[0].npz_names, num_samples, parts[0].image_size,
+                                         parts[0].fingerprint)
+        except (Stopped, KeyboardInterrupt, Exception) as e:
+            return end_stopped_run("radar-fid", e, f"the samples merged so far are kept in {parts[0].root / MERGE_DIR}, "
+                                                   f"the others in the parts: run any worker again to go on")
+        with sigterm_ignored():  # (seconds of renames)
             write_fid_outputs(result, output, entries, lambda stage: link_samples(archives, parts[0].npz_names, stage),
                               ref if ref_key is not None else None)
             parts[0].remove()

@@ -211,10 +211,12 @@ def test_a_merge_cut_off_goes_on_from_the_parts_it_had_merged(extractors, single
         m.setattr(NpzImageWriter, "append_from", disk_fills)
         assert _main(_args(extractors, out, 9, *_worker(2, 3))) == 1
     err = capsys.readouterr().err
-    assert err.strip().splitlines()[-1] == (f"error: radar-fid: {out / PROGRESS_DIR / MERGE_DIR}/"
-                                            f"samples_vanilla.npz.partial: No space left on device (errno 28)")
-    assert "Traceback" not in err
     merged = out / PROGRESS_DIR / MERGE_DIR
+    assert err.strip().splitlines()[-2:] == [
+        f"error: radar-fid: {merged}/samples_vanilla.npz.partial: No space left on device (errno 28)",
+        f"radar-fid: the samples merged so far are kept in {merged}, the others in the parts: run any worker again "
+        f"to go on"]
+    assert "Traceback" not in err
     assert json.loads((merged / MERGE_STATE).read_text())["parts_merged"] == {"samples_vanilla.npz": 1}
     assert not (out / PROGRESS_DIR / "part-0-of-3" / "samples_vanilla.npz.partial").exists()
     assert (out / PROGRESS_DIR / "part-1-of-3" / "samples_vanilla.npz.partial").is_file()
@@ -224,4 +226,38 @@ def test_a_merge_cut_off_goes_on_from_the_parts_it_had_merged(extractors, single
 
     assert _main(_args(extractors, out, 9, *_worker(0, 3))) == 0
     assert not (out / PROGRESS_DIR).exists()
+    _same_outputs(out, single[9], 3)
+
+
+def test_sigterm_during_the_merge_stops_it_with_143_and_the_next_worker_run_finishes_it(extractors, single, tmp_path,
+                                                                                        monkeypatch, capsys):
+    """SLURM's SIGTERM before the time limit (slurm/fid.sbatch then requeues the job on 143) while the merge appends
+    the second run's first part: the first run's archive is whole in merged/, and the requeued worker finishes."""
+    import os
+    import signal
+
+    from radar_train.inference.fid_merge import MERGE_DIR, MERGE_STATE
+    from radar_train.inference.npz import NpzImageWriter
+
+    out = tmp_path / "fid"
+    assert _main(_args(extractors, out, 9, *_worker(0, 3))) == 0
+    assert _main(_args(extractors, out, 9, *_worker(2, 3))) == 0
+    calls, append = [], NpzImageWriter.append_from
+
+    def terminated(self, path, count):
+        calls.append(path)
+        append(self, path, count)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with monkeypatch.context() as m:
+        m.setattr(NpzImageWriter, "append_from", terminated)
+        assert _main(_args(extractors, out, 9, *_worker(1, 3))) == 143
+    merged = out / PROGRESS_DIR / MERGE_DIR
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        f"radar-fid: stopped by SIGTERM; the samples merged so far are kept in {merged}, the others in the parts: run "
+        f"any worker again to go on")
+    assert json.loads((merged / MERGE_STATE).read_text())["parts_merged"] == {"samples_vanilla.npz": 3}
+    assert (merged / "samples_vanilla.npz").read_bytes() == (single[9] / "samples_vanilla.npz").read_bytes()
+    assert _main(_args(extractors, out, 9, *_worker(1, 3))) == 0
     _same_outputs(out, single[9], 3)
