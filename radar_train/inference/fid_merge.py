@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 from radar_train.inference.npz import NpzImageWriter
 from radar_train.outputs import OutputError, atomic_file
 
-__all__ = ["MERGE_DIR", "MERGE_STATE", "merge_samples", "link_samples"]
+__all__ = ["MERGE_DIR", "MERGE_STATE", "merge_samples", "link_samples", "parts_merged"]
 
 MERGE_DIR = "merged"
 MERGE_STATE = "merge.json"
@@ -49,6 +49,16 @@ def _read_state(folder: Path, fingerprint: Mapping) -> dict:
     shutil.rmtree(folder, ignore_errors=True)  # (none, or an earlier run's of other settings)
     folder.mkdir(parents=True)
     return {}
+
+
+def parts_merged(root: Path) -> dict[str, int]:
+    """{npz name: parts merged} as an earlier merge in `root` recorded it ({} when there is none or it cannot be
+    read): whose archives the merge has taken from the parts' folders."""
+    try:
+        state = json.loads((Path(root) / MERGE_DIR / MERGE_STATE).read_text())
+        return {str(k): int(v) for k, v in state["parts_merged"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
 
 
 def _write_state(folder: Path, fingerprint: Mapping, merged: Mapping[str, int]) -> None:

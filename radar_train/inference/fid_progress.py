@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from radar_train.inference.fid import Tally
-from radar_train.inference.fid_merge import MERGE_DIR
+from radar_train.inference.fid_merge import MERGE_DIR, parts_merged
 from radar_train.inference.npz import NpzImageWriter
 from radar_train.inference.pipeline import fingerprint_differences
 from radar_train.outputs import OutputError, _remove, atomic_file, is_temp_of
@@ -187,9 +187,11 @@ class FidProgress:
             raise OutputError(f"--output {self.output} holds the progress of a radar-fid run with other settings "
                               f"({'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}, saved vs now): give "
                               f"its settings to go on with it, or pass --overwrite to start over (its progress goes)")
-        missing = [_partial_name(n) for n in self.npz_names.values() if not (self.dir / _partial_name(n)).is_file()]
-        if missing and self.part is not None and meta["done"] == self.num_samples and (self.root / MERGE_DIR).is_dir():
-            missing = []  # (a finished share whose samples the merge took: it checks that it has them)
+        # a finished share's samples that the workers' merge has taken are in merged/, not here
+        taken = parts_merged(self.root) if self.part is not None and meta["done"] == self.num_samples else {}
+        merged = {n for n in self.npz_names.values() if self.part is not None and taken.get(n, 0) > self.part[0]}
+        missing = [_partial_name(n) for n in self.npz_names.values()
+                   if not (self.dir / _partial_name(n)).is_file() and n not in merged]
         if missing and meta["done"]:
             raise OutputError(f"--output {self.output}: {self.dir} lacks {', '.join(missing)}, which its progress "
                               f"records: remove {self.dir} to start over")

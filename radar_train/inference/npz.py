@@ -8,7 +8,9 @@ renamed when the last sample is in, so an interrupted run leaves no truncated `.
 Resuming (radar-fid's progress folder): `sync()` makes the images written so far durable, and a writer opened
 with `resume_at=K` on the unfinished file of an interrupted run keeps its first K images: they are copied into
 a fresh archive (the interrupted one has no zip directory, and its member's checksum is unknown), and the
-images after them, which the interrupted run wrote but had not yet counted, are dropped.
+images after them, which the interrupted run wrote but had not yet counted, are dropped. The interrupted file
+waits beside it as `NAME.partial.old` until the copy is synced; a writer whose start is cut off (a kill, a
+SIGTERM raised anywhere in it) leaves that file, and the next one starts from it again.
 """
 from __future__ import annotations
 
@@ -69,6 +71,8 @@ class NpzImageWriter:
         old = None
         if resume_at:
             old = self._tmp.with_name(self._tmp.name + ".old")
+            if old.is_file():  # (an earlier writer's start cut off: the archive is the .old, whatever the copy holds)
+                os.replace(old, self._tmp)
             os.replace(self._tmp, old)
         self._file = open(self._tmp, "w+b")
         self._zip = zipfile.ZipFile(self._file, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
@@ -79,6 +83,7 @@ class NpzImageWriter:
             return
         try:
             self._copy_prefix(old, resume_at)
+            self.sync()  # (the copy on disk before its source goes)
         except BaseException:
             self.discard()
             os.replace(old, self._tmp)  # as it was: the next attempt finds it again

@@ -194,6 +194,16 @@ def test_a_folder_that_is_not_radar_fid_progress_and_a_damaged_state_are_refused
     assert err.startswith(f"error: --output {out2}: {out2 / PROGRESS_DIR / STATE_NAME} cannot be read as radar-fid "
                           f"progress (") and err.endswith(f"remove {out2 / PROGRESS_DIR} to start over")
     assert _files(out2) == before
+    out3 = tmp_path / "fid3"  # a samples archive its state records is gone
+    _interrupted(extractors, out3, monkeypatch)
+    (out3 / PROGRESS_DIR / "samples_vanilla.npz.partial").unlink()
+    before = _files(out3)
+    capsys.readouterr()
+    assert _main(_args(extractors, out3, 9, 3)) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --output {out3}: {out3 / PROGRESS_DIR} lacks samples_vanilla.npz.partial, which its progress "
+        f"records: remove {out3 / PROGRESS_DIR} to start over")
+    assert _files(out3) == before
 
 
 def test_a_live_run_holds_the_output_folder(extractors, tmp_path, capsys):

@@ -5,6 +5,7 @@ in another order), a stopped worker goes on, and a single run's progress and the
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -223,6 +224,11 @@ def test_a_merge_cut_off_goes_on_from_the_parts_it_had_merged(extractors, single
     assert not (out / "fid.json").exists()
     assert _main(_args(extractors, out, 9)) == 2  # (a single run's settings: refused, naming the workers' count)
     assert "(num_workers: 3 vs 1, saved vs now; merged, part-0-of-3, part-1-of-3 in " in capsys.readouterr().err
+    lost = tmp_path / "lost"  # (a copy whose part 1 lost its archive, which the merge had not taken: refused)
+    shutil.copytree(out, lost)
+    (lost / PROGRESS_DIR / "part-1-of-3" / "samples_vanilla.npz.partial").unlink()
+    assert _main(_args(extractors, lost, 9, *_worker(1, 3))) == 2
+    assert f"{lost / PROGRESS_DIR / 'part-1-of-3'} lacks samples_vanilla.npz.partial" in capsys.readouterr().err
 
     assert _main(_args(extractors, out, 9, *_worker(0, 3))) == 0
     assert not (out / PROGRESS_DIR).exists()
