@@ -91,7 +91,8 @@ class FailAt(Callback):
 
 class ValidationSteps(Callback):
     """Appends the global step of every validation that ends in a fit (sanity checks aside) to the file `path`, one
-    line each, across the processes of a run and its resumes."""
+    line each, across the processes of a run and its resumes; "N torn down" for one that ran after the strategy's
+    teardown (on a GPU the model is on the CPU then), which a test marks as `strategy.torn_down`."""
 
     def __init__(self, path: str):
         self.path = path
@@ -99,4 +100,4 @@ class ValidationSteps(Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
             with open(self.path, "a") as f:
-                f.write(f"{trainer.global_step}\n")
+                f.write(f"{trainer.global_step}{' torn down' if getattr(trainer.strategy, 'torn_down', 0) else ''}\n")

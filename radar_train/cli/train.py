@@ -451,7 +451,7 @@ def _make_cli_class(subcommand: str):
             if batches == 0:
                 raise ValueError(f"--trainer.limit_train_batches {limit}: an epoch of the training data has no "
                                  f"batch, so nothing would be trained")
-            interval = t.val_check_interval
+            interval = getattr(t, "val_check_interval", None)  # (not set for a time: "00:01:00:00")
             if isinstance(interval, int) and t.check_val_every_n_epoch is not None and interval > batches:
                 raise ValueError(f"--trainer.val_check_interval {interval} is more batches than an epoch holds "
                                  f"({batches} per rank): give at most {batches}, or --trainer.check_val_every_n_epoch "

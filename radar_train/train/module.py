@@ -307,6 +307,12 @@ class RadarLoraModule(pl.LightningModule):
         every, step = self.output.export_every_n_steps, self.global_step
         if self.trainer.ckpt_path is None or not every or step <= 0 or step % every:
             return
+        from .run_checkpoint import RunCheckpoint
+
+        owed = next((c.validation_owed for c in self.trainer.callbacks if isinstance(c, RunCheckpoint)), None)
+        if owed == step and step != self._export_step:  # after that validation, run again first: its metrics
+            self._export_pending = step
+            return
         if not (Path(self.trainer.default_root_dir) / f"step-{step:06d}").exists():
             log.info("writing step-%06d/, which the run resumed from that step had not exported", step)
             self._export_step_adapter()
@@ -558,7 +564,9 @@ class RadarLoraModule(pl.LightningModule):
         trainer = {} if t is None else {"max_steps": t.max_steps, "max_epochs": t.max_epochs,
                                         "precision": str(t.precision), "world_size": t.world_size,
                                         "accumulate_grad_batches": t.accumulate_grad_batches,
-                                        "val_check_interval": t.val_check_interval}
+                                        "val_check_interval": getattr(t, "val_check_interval", None)}
+        if getattr(t, "_val_check_time_interval", None) is not None:  # (a time: Lightning sets no val_check_interval)
+            trainer["val_check_interval"] = f"{t._val_check_time_interval:g} s"
         return _plain({
             "format_version": META_VERSION,
             "global_step": self.global_step,

@@ -122,13 +122,28 @@ class RunCheckpoint(ModelCheckpoint):
         last_failure.clear()
         self._stop.install()  # (after Lightning's own SIGTERM handler, which it registers before training)
 
-    def on_fit_end(self, trainer, pl_module) -> None:
+    def on_fit_start(self, trainer, pl_module) -> None:
+        super().on_fit_start(trainer, pl_module)
+        fit_loop = trainer.fit_loop
+        run = fit_loop.run
+
+        def run_owed_first() -> None:  # (the loops are restored by now, the model on its device)
+            del fit_loop.run
+            if self._validation_owed == trainer.global_step and 0 < trainer.max_steps <= trainer.global_step:
+                self._run_owed_validation(trainer)
+            run()
+
+        fit_loop.run = run_owed_first
+
+    @property
+    def validation_owed(self) -> Optional[int]:
+        """The step whose validation the checkpoint this run resumed from owes (it failed there), until it ran."""
+        return self._validation_owed
+
+    def _run_owed_validation(self, trainer) -> None:
         """Resumed from the save of a validation that failed at the run's last step: Lightning runs no training
         loop at max_steps, so not the validation its epoch loop runs again at any other step; it runs here, before
-        the module's on_fit_end writes final/ (which may be the best step's), and the step is saved after it."""
-        super().on_fit_end(trainer, pl_module)
-        if self._validation_owed is None or self._validation_owed != trainer.global_step:
-            return
+        the fit ends and the module writes final/ (which may be the best step's); the step is saved after it."""
         loop, stage = trainer.fit_loop.epoch_loop.val_loop, trainer.state.stage
         trainer.validating = True
         try:
@@ -138,6 +153,7 @@ class RunCheckpoint(ModelCheckpoint):
             trainer.state.stage = stage
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
+        trainer.fit_loop.__dict__.pop("run", None)  # (on_fit_start's, if the fit ended before its loop ran)
         self._requeue.uninstall()
         self._stop.uninstall()
         super().teardown(trainer, pl_module, stage)
@@ -165,7 +181,16 @@ class RunCheckpoint(ModelCheckpoint):
             # counters of the validation loop but not its totals: they would stay a batch ahead, and every later
             # resume would take its checkpoint for one saved in a validation and run that validation again
             trainer.fit_loop.epoch_loop.val_loop.batch_progress.total.reset_on_restart()
-        self._boundary.record_validation(trainer, pl_module)
+        if getattr(trainer, "_val_check_time_interval", None) is None:  # (a validation every so many seconds
+            self._boundary.record_validation(trainer, pl_module, self)  # is not due again when a run resumes)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        if self._validation_owed is not None:  # training goes on and the owed validation has not run again
+            log.warning("the validation of step %d, which the checkpoint owed, did not run again on resume",
+                        self._validation_owed)
+            trainer.fit_loop.epoch_loop.val_loop.batch_progress.total.reset_on_restart()
+            self._validation_owed = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not step_ended(trainer):  # a micro-batch inside a step: its state is saved after the step's last one
@@ -250,7 +275,7 @@ class RunCheckpoint(ModelCheckpoint):
                 "no training step had ended in this run"
             return
         last_failure["validation"] = b.validation
-        if b.validation and b.callbacks_changed(trainer, self.state_key):
+        if b.validation and b.callbacks_changed(trainer, self):
             last_failure["why"] = (f"the validation at step {b.step} failed after a callback had taken its results "
                                    "(early stopping, the best step): running it again would count it twice")
             return

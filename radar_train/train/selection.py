@@ -74,8 +74,12 @@ class EarlyStoppingArgs:
     def early_stopping_callback(self) -> Optional["ConfiguredEarlyStopping"]:
         if not self.enabled:
             return None
+        # after each validation, as the best step's checkpoint (Lightning's default checks at an epoch's end when a
+        # run validates once an epoch, after the run's checkpoint of that step, which would not hold the count; and
+        # reads trainer.val_check_interval, which a validation every so many seconds does not set)
         return ConfiguredEarlyStopping(monitor=self.monitor, mode=self.resolved_mode, patience=self.patience,
-                             min_delta=self.min_delta, strict=True, check_finite=True)
+                                       min_delta=self.min_delta, strict=True, check_finite=True,
+                                       check_on_train_epoch_end=False)
 
     def best_checkpoint_callback(self, root: str | Path) -> Optional["BestCheckpoint"]:
         if not self.keeps_best:

@@ -24,8 +24,9 @@ its step's update, and the step's save waits for it (run_checkpoint.py): that st
 owed. `record_validation` keeps the boundary as the validation begins, and the checkpoint gets the loop state
 of a save made in the validation's first batch, which Lightning resumes by running the validation again
 (its "restarted mid-evaluation" stage), before any further training (at the last step, where a resumed fit runs
-no training loop, RunCheckpoint.on_fit_end runs it): the resumed run validates, saves and trains on as the
-uninterrupted one. The weight average the validation swapped into the module is swapped back first
+no training loop, RunCheckpoint runs it as the fit loop starts): the resumed run validates, saves and trains on
+as the uninterrupted one. Not with a validation every so many seconds (`val_check_interval` a time), which is not
+due again when a run resumes: such a validation that fails saves nothing, as a step that fails after its update. The weight average the validation swapped into the module is swapped back first
 (ema.AdapterEMA.on_exception). A failure after a callback had taken the validation's results (early stopping's
 count, the best step: their on_validation_end) saves nothing: the validation run again would count twice.
 
@@ -73,11 +74,10 @@ class LastBoundary:
         self.moved = self.save_failed = self.validation = False
         self.callbacks = None
 
-    def record_validation(self, trainer, pl_module) -> None:
+    def record_validation(self, trainer, pl_module, own) -> None:
         """The boundary at the end of the current optimizer step, whose validation begins now (its loop has been
-        reset): kept with the validation loop's progress at its first batch, and the callbacks' states."""
-        from lightning.pytorch.trainer.call import _call_callbacks_state_dict
-
+        reset): kept with the validation loop's progress at its first batch, and the states of the callbacks that
+        take a validation's results (but `own`, the callback saving it)."""
         self.record(trainer, pl_module)
         progress = (self.loops or {}).get("fit_loop", {}).get("epoch_loop.val_loop.batch_progress")
         if self.step is None or not isinstance(progress, dict) or not {"total", "current"} <= progress.keys():
@@ -88,16 +88,11 @@ class LastBoundary:
             counts["processed"] = counts["completed"]
         progress["is_last_batch"] = False
         self.validation = True
-        self.callbacks = copy.deepcopy(_call_callbacks_state_dict(trainer))
+        self.callbacks = copy.deepcopy(_result_states(trainer, own))
 
-    def callbacks_changed(self, trainer, own_key: str) -> bool:
-        """Whether a callback's state (but the one under `own_key`) differs from the one the validation began
-        with."""
-        from lightning.pytorch.trainer.call import _call_callbacks_state_dict
-
-        now = {k: v for k, v in _call_callbacks_state_dict(trainer).items() if k != own_key}
-        before = {k: v for k, v in (self.callbacks or {}).items() if k != own_key}
-        return not _same(now, before)
+    def callbacks_changed(self, trainer, own) -> bool:
+        """Whether a callback that takes a validation's results has changed its state since the validation began."""
+        return not _same(_result_states(trainer, own), self.callbacks or {})
 
     def update_began(self) -> None:
         self.moved = True
@@ -118,6 +113,16 @@ class LastBoundary:
         checkpoint["loops"] = copy.deepcopy(self.loops)
         checkpoint["epoch"] = self.epoch
         checkpoint["global_step"] = self.step
+
+
+def _result_states(trainer, own) -> dict[str, Any]:
+    """The states of the callbacks that take a validation's results, by state key: early stopping (its count, its
+    best score) and the checkpoint callbacks (the best step's file), but `own`. (Not every callback: a Timer's
+    state is the time elapsed, which differs at every call.)"""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    return {c.state_key: c.state_dict() for c in trainer.callbacks
+            if isinstance(c, (EarlyStopping, ModelCheckpoint)) and c is not own}
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -81,12 +81,14 @@ def test_a_step_that_raises_saves_the_step_before_it_and_the_run_resumes_exactly
 def _validated_argv(cache: str, root, *extra: str) -> list[str]:
     # a validation and a save every 2 steps; early stopping (which never stops here) and the best step's file: the
     # callbacks whose state a validation changes; a weight average, which validations swap into the module
+    # (and a step export every 2 steps, whose metrics are those of the validation at its step)
     return tiny_fit_argv(cache, root, STEPS, "--trainer.logger", "false", "--model.ema.decay", "0.5",
-                         "--model.early_stopping.enabled", "true", "--model.early_stopping.patience", "10", *extra)
+                         "--model.early_stopping.enabled", "true", "--model.early_stopping.patience", "10",
+                         "--model.output.export_every_n_steps", "2", *extra)
 
 
-def _steps_validated(root) -> list[int]:
-    return [int(line) for line in (root / "validations.txt").read_text().split()]
+def _steps_validated(root) -> list:
+    return [int(line) if line.isdigit() else line for line in (root / "validations.txt").read_text().splitlines()]
 
 
 def _callback_states(root) -> dict:
@@ -112,8 +114,17 @@ def validated_full(tiny_cache, tmp_path_factory):
     return full
 
 
+def _export_metrics(root) -> dict:
+    import yaml
+
+    return {p.name: yaml.safe_load((p / "radar_config.yaml").read_text())["metrics"]
+            for p in sorted(root.glob("step-*")) if p.is_dir()}
+
+
 def _same_run(full, failed) -> None:
     assert _steps_validated(full) == [2, 4, 6] and _steps_validated(failed) == [2, 4, 6]
+    metrics = _export_metrics(full)
+    assert list(metrics) == ["step-000002", "step-000004", "step-000006"] and _export_metrics(failed) == metrics
     assert _callback_states(failed) == _callback_states(full)  # early stopping's count, the best step's file
     assert sorted(p.name for p in (failed / "checkpoints").iterdir()) == \
         sorted(p.name for p in (full / "checkpoints").iterdir())
@@ -126,8 +137,10 @@ def test_a_validation_that_raises_saves_its_step_and_the_resumed_run_validates_i
                                                                                        tmp_path):
     full, failed, count = validated_full, tmp_path / "failed", _count
     failed.mkdir()
-    # the second batch of the validation at step 4 fails (its first batch validated, the average swapped in)
-    e = _fail(tiny_cache, failed, 4, "validation", val_batch=1, argv=_validated_argv, callbacks=count(failed))
+    # the second batch of the validation at step 4 fails (its first batch validated, the average swapped in; with a
+    # time limit, whose Timer callback's state changes all the time)
+    e = _fail(tiny_cache, failed, 4, "validation", "--trainer.max_time", "00:01:00:00", val_batch=1,
+              argv=_validated_argv, callbacks=count(failed))
     assert e.__notes__ == ["radar-train: the run failed in the validation at step 4; the step is saved (once the "
                            "cause is fixed, resume with --ckpt_path last: the validation runs again first)"]
     saved = _last(failed)
@@ -149,8 +162,18 @@ def test_a_validation_that_raises_saves_its_step_and_the_resumed_run_validates_i
 
 @pytest.mark.slow
 def test_a_validation_that_raises_at_the_last_step_runs_again_before_the_resumed_run_ends(tiny_cache, validated_full,
-                                                                                          tmp_path):
-    """(Lightning's fit loop ends at max_steps before its epoch loop could run the validation again.)"""
+                                                                                          tmp_path, monkeypatch):
+    """(Lightning's fit loop ends at max_steps before its epoch loop could run the validation again; it runs before
+    the strategy's teardown, which on a GPU puts the model on the CPU.)"""
+    from lightning.pytorch.strategies import Strategy
+
+    teardown = Strategy.teardown
+
+    def marked(self):
+        self.torn_down = True
+        teardown(self)
+
+    monkeypatch.setattr(Strategy, "teardown", marked)
     failed = tmp_path / "failed"
     failed.mkdir()
     e = _fail(tiny_cache, failed, STEPS, "validation", argv=_validated_argv, callbacks=_count(failed))
@@ -277,3 +300,19 @@ def test_callback_states_compare_by_value_with_an_unset_nan_score_equal_to_itsel
     assert not _same(state, {**state, "best_score": torch.tensor(1.0)})
     assert not _same(state, {**state, "wait_count": 1}) and not _same(state, {**state, "kept": ("a.ckpt",)})
     assert not _same(torch.tensor([1.0, nan]), torch.tensor([2.0, nan])) and not _same(state, {**state, "new": 1})
+
+
+def test_a_validation_every_so_many_seconds_that_raises_saves_nothing(tiny_cache, tmp_path):
+    """A time-based val_check_interval: a resumed run would not run that validation again (its clock starts anew),
+    so its failure is not saved with the validation owed."""
+    every = ("--trainer.val_check_interval", "00:00:00:00", "--trainer.check_val_every_n_epoch", "null")
+    e = _fail(tiny_cache, tmp_path / "run", 2, "validation", *every, argv=_validated_argv)
+    assert e.__notes__ == ["radar-train: the run failed; nothing saved since its last checkpoint (the failure came "
+                           "after an optimizer update began)"]
+    # (and such a run, with early stopping, runs: Lightning's EarlyStopping read trainer.val_check_interval, which a
+    # time does not set, as did radar-train's checks and the adapter's record)
+    import yaml
+
+    assert run_train_cli(_validated_argv(tiny_cache, tmp_path / "whole", *every)) == 0
+    meta = yaml.safe_load((tmp_path / "whole" / "final" / "radar_config.yaml").read_text())
+    assert meta["training"]["trainer"]["val_check_interval"] == "0 s"
