@@ -316,3 +316,21 @@ def test_a_validation_every_so_many_seconds_that_raises_saves_nothing(tiny_cache
     assert run_train_cli(_validated_argv(tiny_cache, tmp_path / "whole", *every)) == 0
     meta = yaml.safe_load((tmp_path / "whole" / "final" / "radar_config.yaml").read_text())
     assert meta["training"]["trainer"]["val_check_interval"] == "0 s"
+
+
+def test_an_owed_validation_the_resumed_loop_does_not_run_is_said(tiny_cache, tmp_path, caplog):
+    """Resumed with another val_check_interval, the owed validation is not due at its step: training goes on, the
+    line says so, and the validation loop's counters are put back (later saves are not taken for ones made in a
+    validation)."""
+    import logging
+
+    run = tmp_path / "run"
+    run.mkdir()
+    _fail(tiny_cache, run, 4, "validation", argv=_validated_argv, callbacks=_count(run))
+    with caplog.at_level(logging.WARNING, logger="radar_train"):
+        assert run_train_cli(_validated_argv(tiny_cache, run, "--trainer.callbacks", json.dumps(_count(run)),
+                                             "--trainer.val_check_interval", "3", "--ckpt_path", "last")) == 0
+    assert "the validation of step 4, which the checkpoint owed, did not run again on resume" in caplog.text
+    assert _steps_validated(run) == [2, 6]
+    progress = _last(run)["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]["total"]
+    assert progress["ready"] == progress["started"] == progress["processed"] == progress["completed"]
