@@ -304,6 +304,8 @@ def merge_parts(parts, output, entries, num_samples, reference, feats, is_splits
             with sigterm_stops():
                 archives = merge_samples(parts[0].root, parts, parts[0].npz_names, num_samples, parts[0].image_size,
                                          parts[0].fingerprint)
+        except OutputError:  # (a part's archive missing: it says what to do)
+            raise
         except (Stopped, KeyboardInterrupt, Exception) as e:
             return end_stopped_run("radar-fid", e, f"the samples merged so far are kept in {parts[0].root / MERGE_DIR}, "
                                                    f"the others in the parts: run any worker again to go on")

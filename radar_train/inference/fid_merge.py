@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from radar_train.inference.npz import NpzImageWriter
+from radar_train.inference.npz import NpzImageWriter, unfinished_exists
 from radar_train.outputs import OutputError, atomic_file
 
 __all__ = ["MERGE_DIR", "MERGE_STATE", "merge_samples", "link_samples", "parts_merged"]
@@ -86,11 +86,11 @@ def merge_samples(root: Path, parts: Sequence, npz_names: Mapping[str, str], num
         if done == len(parts) and path.is_file():
             continue
         missing = [str(p.partial_path(run)) for p in parts[done:]
-                   if p.num_samples and not p.partial_path(run).is_file()]
+                   if p.num_samples and not unfinished_exists(p.partial_path(run))]
         if missing:
             raise OutputError(f"--output {Path(root).parent}: {missing[0]} is missing (its samples are neither in it "
                               f"nor in {folder}): remove {root} to start over")
-        if done and not partial.is_file():
+        if done and not unfinished_exists(partial):
             raise OutputError(f"--output {Path(root).parent}: {partial}, which holds the samples of "
                               f"{done} parts, is missing: remove {root} to start over")
         resume_at = sum(p.num_samples for p in parts[:done])

@@ -39,7 +39,7 @@ import torch
 
 from radar_train.inference.fid import Tally
 from radar_train.inference.fid_merge import MERGE_DIR, parts_merged
-from radar_train.inference.npz import NpzImageWriter
+from radar_train.inference.npz import NpzImageWriter, unfinished_exists
 from radar_train.inference.pipeline import fingerprint_differences
 from radar_train.outputs import OutputError, _remove, atomic_file, is_temp_of
 
@@ -191,7 +191,7 @@ class FidProgress:
         taken = parts_merged(self.root) if self.part is not None and meta["done"] == self.num_samples else {}
         merged = {n for n in self.npz_names.values() if self.part is not None and taken.get(n, 0) > self.part[0]}
         missing = [_partial_name(n) for n in self.npz_names.values()
-                   if not (self.dir / _partial_name(n)).is_file() and n not in merged]
+                   if not unfinished_exists(self.dir / _partial_name(n)) and n not in merged]
         if missing and meta["done"]:
             raise OutputError(f"--output {self.output}: {self.dir} lacks {', '.join(missing)}, which its progress "
                               f"records: remove {self.dir} to start over")

@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-__all__ = ["NpzImageWriter"]
+__all__ = ["NpzImageWriter", "unfinished_exists"]
 
 MEMBER = "arr_0.npy"
 _LOCAL_HEADER = b"PK\x03\x04"  # a zip local file header: 30 bytes, then the name and the extra field
@@ -54,6 +54,13 @@ def _copy(src, dst, length: int, count: int, path: Path) -> None:
             raise ValueError(f"{path}: ends before its {count}th image")
         dst.write(chunk)
         length -= len(chunk)
+
+
+def unfinished_exists(partial: str | os.PathLike) -> bool:
+    """Whether the unfinished archive `partial` is there for a writer with `resume_at`: as itself, or as the
+    `.old` a writer's start that was cut off left (which the next writer takes up)."""
+    partial = Path(partial)
+    return partial.is_file() or partial.with_name(partial.name + ".old").is_file()
 
 
 class NpzImageWriter:

@@ -125,10 +125,11 @@ class RunCheckpoint(ModelCheckpoint):
     def on_fit_start(self, trainer, pl_module) -> None:
         super().on_fit_start(trainer, pl_module)
         fit_loop = trainer.fit_loop
+        fit_loop.__dict__.pop("run", None)  # (one left by a fit of this trainer that raised before its loop)
         run = fit_loop.run
 
         def run_owed_first() -> None:  # (the loops are restored by now, the model on its device)
-            del fit_loop.run
+            fit_loop.__dict__.pop("run", None)
             if self._validation_owed == trainer.global_step and 0 < trainer.max_steps <= trainer.global_step:
                 self._run_owed_validation(trainer)
             run()
@@ -187,8 +188,9 @@ class RunCheckpoint(ModelCheckpoint):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         if self._validation_owed is not None:  # training goes on and the owed validation has not run again
-            log.warning("the validation of step %d, which the checkpoint owed, did not run again on resume",
-                        self._validation_owed)
+            if trainer.is_global_zero:
+                log.warning("the validation of step %d, which the checkpoint owed, did not run again on resume",
+                            self._validation_owed)
             trainer.fit_loop.epoch_loop.val_loop.batch_progress.total.reset_on_restart()
             self._validation_owed = None
 
@@ -262,6 +264,7 @@ class RunCheckpoint(ModelCheckpoint):
         from lightning.pytorch.trainer.states import TrainerFn
 
         super().on_exception(trainer, pl_module, exception)
+        trainer.fit_loop.__dict__.pop("run", None)  # (on_fit_start's, if the fit raised before its loop ran)
         if not isinstance(exception, Exception) or trainer.state.fn != TrainerFn.FITTING or trainer.fast_dev_run:
             return
         b = self._boundary

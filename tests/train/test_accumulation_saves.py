@@ -142,3 +142,24 @@ def test_a_validation_that_raises_inside_an_optimizer_step_saves_the_step_before
     resumed = _fit(cache, run, save_every=100, ckpt_path=str(run / "checkpoints" / "last.ckpt"))
     assert resumed.batches == reference.batches[MICRO_BEFORE_STEP_5:] and resumed.validated == [4, 7]
     assert torch.equal(resumed.w.detach(), reference.w.detach())
+
+
+def test_a_fit_that_raises_before_its_loop_leaves_the_trainer_able_to_fit_again(cache, tmp_path):
+    """RunCheckpoint wraps the fit loop's run for the fit (an owed validation at the last step runs there); a fit
+    whose sanity check raises never reaches it, and Lightning calls no teardown hook then."""
+
+    class SanityFails(_Recorder):
+        def validation_step(self, batch, i):
+            if self.trainer.sanity_checking:
+                raise RuntimeError("injected failure")
+
+    checkpoint = RunCheckpoint(dirpath=tmp_path / "checkpoints", filename="step-{step:06d}", save_last=True)
+    trainer = pl.Trainer(default_root_dir=str(tmp_path), accelerator="cpu", devices=1, max_steps=2, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=1,
+                         limit_val_batches=1, callbacks=[checkpoint], use_distributed_sampler=False)
+    data = lambda: PairDataModule([CacheSource(cache, train_shards="0-4", val_shards="5")], batch_size=4)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        trainer.fit(SanityFails(), datamodule=data())
+    module = _Recorder()
+    trainer.fit(module, datamodule=data())
+    assert trainer.global_step == 2 and len(module.batches) == 2
