@@ -211,26 +211,33 @@ def test_a_failure_in_the_first_step_or_at_a_steps_end_saves_nothing(tiny_cache,
     assert e.__notes__[-1].endswith("(the failure came after an optimizer update began)")
 
 
-@pytest.mark.slow
-def test_under_ddp_rank_0_saves_the_step_before_its_failed_step_without_the_other_rank(tiny_cache, tmp_path):
-    """Rank 0 fails after the backward of step 2, rank 1 waits for it in the step's end: rank 0 saves step 1 on its
-    own (a save's collectives would wait for rank 1 forever), and the run ends (rank 1 with the lost peer's error)."""
+def _ddp_run(cache: str, run, fail_at: dict, *extra: str):
+    """radar-train fit of 3 steps on 2 CPU processes (DDP) with tiny_training.FailAt(**fail_at): the process, which
+    is to fail."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
     tests = Path(__file__).resolve().parents[1]
-    args = tiny_fit_argv(tiny_cache, tmp_path / "ddp", 3, "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+    args = tiny_fit_argv(cache, run, 3, "--trainer.accelerator", "cpu", "--trainer.devices", "2",
                          "--trainer.strategy", "ddp", "--model.output.save_every_n_steps", "1000",
-                         "--trainer.logger", "false")
-    cb = [{"class_path": "tiny_training.FailAt", "init_args": {"step": 2, "where": "backward", "rank": 0}}]
+                         "--trainer.logger", "false", *extra)
+    cb = [{"class_path": "tiny_training.FailAt", "init_args": fail_at}]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
            "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)])}
     env.pop("SLURM_JOB_ID", None)
     proc = subprocess.run([sys.executable, "-m", "radar_train.cli.train", *args, "--trainer.callbacks", json.dumps(cb)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "RuntimeError: injected failure" in proc.stderr, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_under_ddp_rank_0_saves_the_step_before_its_failed_step_without_the_other_rank(tiny_cache, tmp_path):
+    """Rank 0 fails after the backward of step 2, rank 1 waits for it in the step's end: rank 0 saves step 1 on its
+    own (a save's collectives would wait for rank 1 forever), and the run ends (rank 1 with the lost peer's error)."""
+    proc = _ddp_run(tiny_cache, tmp_path / "ddp", {"step": 2, "where": "backward", "rank": 0})
     assert "radar-train: the run failed in the step after step 1, which is saved" in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.count("radar-train: the run failed") == 1  # rank 0's line only (rank 1 lost its peer)
     assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == ["last.ckpt", "step-000001.ckpt"]
@@ -244,23 +251,8 @@ def test_under_ddp_a_validation_that_raises_on_rank_1_has_rank_0_save_its_step_w
     """Rank 1 fails in the validation at step 2; rank 0 finishes its batches and waits for rank 1 in the
     validation's reduction, which fails once rank 1 is gone: rank 0 saves step 2 on its own, with the validation
     owed (and only it says so)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    tests = Path(__file__).resolve().parents[1]
     run = tmp_path / "ddp"
-    args = tiny_fit_argv(tiny_cache, run, 3, "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-                         "--trainer.strategy", "ddp", "--model.output.save_every_n_steps", "1000",
-                         "--trainer.logger", "false", "--model.ema.decay", "0.5")
-    cb = [{"class_path": "tiny_training.FailAt", "init_args": {"step": 2, "where": "validation", "rank": 1}}]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
-           "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)])}
-    env.pop("SLURM_JOB_ID", None)
-    proc = subprocess.run([sys.executable, "-m", "radar_train.cli.train", *args, "--trainer.callbacks", json.dumps(cb)],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1 and "RuntimeError: injected failure" in proc.stderr, proc.stderr[-3000:]
+    proc = _ddp_run(tiny_cache, run, {"step": 2, "where": "validation", "rank": 1}, "--model.ema.decay", "0.5")
     assert "radar-train: the run failed in the validation at step 2; the step is saved" in proc.stderr, \
         proc.stderr[-3000:]
     assert proc.stderr.count("radar-train: the run failed") == 1
