@@ -305,7 +305,7 @@ def test_a_validation_every_so_many_seconds_that_raises_saves_nothing(tiny_cache
     # time does not set, as did radar-train's checks and the adapter's record)
     import yaml
 
-    assert run_train_cli(_validated_argv(tiny_cache, tmp_path / "whole", *every)) == 0
+    assert run_train_cli(_validated_argv(tiny_cache, tmp_path / "whole", *every, "--trainer.max_steps", "2")) == 0
     meta = yaml.safe_load((tmp_path / "whole" / "final" / "radar_config.yaml").read_text())
     assert meta["training"]["trainer"]["val_check_interval"] == "0 s"
 
