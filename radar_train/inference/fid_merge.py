@@ -37,7 +37,7 @@ def _read_state(folder: Path, fingerprint: Mapping) -> dict:
     path = folder / MERGE_STATE
     try:
         state = json.loads(path.read_text())
-        same = state["fingerprint"] == json.loads(json.dumps(dict(fingerprint), default=str))
+        same = state["fingerprint"] == dict(fingerprint)
         merged = {str(k): int(v) for k, v in state["parts_merged"].items()}
     except FileNotFoundError:
         same, merged = False, {}
@@ -64,16 +64,15 @@ def parts_merged(root: Path) -> dict[str, int]:
 def _write_state(folder: Path, fingerprint: Mapping, merged: Mapping[str, int]) -> None:
     with atomic_file(folder / MERGE_STATE) as tmp:
         with open(tmp, "w") as f:
-            json.dump({"fingerprint": json.loads(json.dumps(dict(fingerprint), default=str)),
-                       "parts_merged": dict(merged)}, f, sort_keys=True)
+            json.dump({"fingerprint": dict(fingerprint), "parts_merged": dict(merged)}, f, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
 
 
 def merge_samples(root: Path, parts: Sequence, npz_names: Mapping[str, str], num_samples: int, image_size: int,
                   fingerprint: Mapping) -> dict[str, Path]:
-    """Every run's archive of `num_samples` images, from the `parts` (FidProgress of each worker, finished) in
-    order, in `root`/merged/ under its final name: {run: path}. Each part's archive of a run is deleted once its
+    """Every run's archive of `num_samples` images, from the `parts` (FidProgress of each worker, finished; their
+    `fingerprint`, JSON's plain types) in order, in `root`/merged/ under its final name: {run: path}. Each part's archive of a run is deleted once its
     images are in the merged one (module docstring). OutputError (one line) when a part's archive that is still
     needed is missing."""
     folder = Path(root) / MERGE_DIR

@@ -189,7 +189,7 @@ class FidProgress:
                               f"its settings to go on with it, or pass --overwrite to start over (its progress goes)")
         # a finished share's samples that the workers' merge has taken are in merged/, not here
         taken = parts_merged(self.root) if self.part is not None and meta["done"] == self.num_samples else {}
-        merged = {n for n in self.npz_names.values() if self.part is not None and taken.get(n, 0) > self.part[0]}
+        merged = {n for n, parts in taken.items() if parts > self.part[0]}
         missing = [_partial_name(n) for n in self.npz_names.values()
                    if not unfinished_exists(self.dir / _partial_name(n)) and n not in merged]
         if missing and meta["done"]:

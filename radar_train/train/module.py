@@ -49,7 +49,7 @@ from .losses import DistillLoss, LossArgs
 from .metrics import RestorationStats, psnr_per_image, ssim_per_image, to_unit
 from .optim import OptimArgs, build_optimizer
 from .rng import StepRng, draw_base
-from .run_checkpoint import validation_follows
+from .run_checkpoint import RunCheckpoint, validation_follows
 from .selection import BestCheckpoint, EarlyStoppingArgs
 
 __all__ = ["RadarLoraModule", "MonitorArgs", "OutputArgs", "META_VERSION", "module_from_hparams", "is_trained_key",
@@ -307,8 +307,6 @@ class RadarLoraModule(pl.LightningModule):
         every, step = self.output.export_every_n_steps, self.global_step
         if self.trainer.ckpt_path is None or not every or step <= 0 or step % every:
             return
-        from .run_checkpoint import RunCheckpoint
-
         owed = next((c.validation_owed for c in self.trainer.callbacks if isinstance(c, RunCheckpoint)), None)
         if owed == step and step != self._export_step:  # after that validation, run again first: its metrics
             self._export_pending = step
@@ -437,8 +435,6 @@ class RadarLoraModule(pl.LightningModule):
     def checkpoint_callback(self, root: str | Path) -> Optional[ModelCheckpoint]:
         """RUN/checkpoints/step-NNNNNN.ckpt every output.save_every_n_steps (the latest kept) + last.ckpt, and
         both at the step training ends on (RunCheckpoint: last.ckpt holds the state final/ is exported from)."""
-        from .run_checkpoint import RunCheckpoint
-
         if not self.output.checkpoints:
             return None
         return RunCheckpoint(dirpath=Path(root) / "checkpoints", filename="step-{step:06d}",

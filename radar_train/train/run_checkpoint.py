@@ -125,7 +125,7 @@ class RunCheckpoint(ModelCheckpoint):
     def on_fit_start(self, trainer, pl_module) -> None:
         super().on_fit_start(trainer, pl_module)
         fit_loop = trainer.fit_loop
-        fit_loop.__dict__.pop("run", None)  # (one left by a fit of this trainer that raised before its loop)
+        fit_loop.__dict__.pop("run", None)  # (the one of an earlier fit of this trainer that raised before its loop)
         run = fit_loop.run
 
         def run_owed_first() -> None:  # (the loops are restored by now, the model on its device)
@@ -154,7 +154,6 @@ class RunCheckpoint(ModelCheckpoint):
             trainer.state.stage = stage
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
-        trainer.fit_loop.__dict__.pop("run", None)  # (on_fit_start's, if the fit ended before its loop ran)
         self._requeue.uninstall()
         self._stop.uninstall()
         super().teardown(trainer, pl_module, stage)
@@ -264,7 +263,6 @@ class RunCheckpoint(ModelCheckpoint):
         from lightning.pytorch.trainer.states import TrainerFn
 
         super().on_exception(trainer, pl_module, exception)
-        trainer.fit_loop.__dict__.pop("run", None)  # (on_fit_start's, if the fit raised before its loop ran)
         if not isinstance(exception, Exception) or trainer.state.fn != TrainerFn.FITTING or trainer.fast_dev_run:
             return
         b = self._boundary
