@@ -9,7 +9,31 @@ import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+MAX_WORKERS = 8  # `-n auto`'s cap: each worker holds torch, Lightning and its tests' models (about 1-2 GiB)
+
+
+def _cores() -> int:
+    """The cores this process may run on (a SLURM allocation or a container's share, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _threads() -> int:
+    """torch threads per test process: at most 2 (the tiny models gain nothing from more), and under pytest-xdist the
+    cores shared among its workers, so that they do not oversubscribe them (two workers of two threads each on two
+    cores ran the suite slower than one process)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, min(2, _cores() // workers))
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (the default, pyproject.toml's addopts): one worker per core, at most MAX_WORKERS."""
+    return max(1, min(_cores(), MAX_WORKERS))
+
+
+torch.set_num_threads(_threads())
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # the commands the tests run in subprocesses take the same share, unless the user set one
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads()))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -46,11 +46,12 @@ def test_slurm_tests_skip_without_the_opt_in_and_change_nothing(tmp_path):
     # every process the run starts (daemons included, whatever their parent becomes) inherits this marker
     assert "RADAR_TEST_PROBE" not in os.environ, "this test must not run inside its own test run"
     marker = f"RADAR_TEST_PROBE={uuid.uuid4().hex}"
-    env = {k: v for k, v in os.environ.items() if k not in ("SLURM_CONF", "RADAR_TEST_SLURM", "RADAR_SLURM_UNAVAILABLE")}
+    env = {k: v for k, v in os.environ.items() if k not in ("SLURM_CONF", "RADAR_TEST_SLURM", "RADAR_SLURM_UNAVAILABLE")
+           and not k.startswith("PYTEST_XDIST_")}
     env.update(dict([marker.split("=", 1)]), SLURM_DIR=str(tmp_path / "slurm"))
     packages_before = _packages()
     daemons_before = {name for name, _ in _processes().values()} & DAEMONS
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(HERE.parent),
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "-rs", str(HERE.parent),
                         f"--ignore={HERE}"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     out = r.stdout + r.stderr
