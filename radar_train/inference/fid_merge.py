@@ -10,8 +10,8 @@ A merge that is interrupted (a kill, a full disk) loses nothing: OUTPUT/fid-prog
 archives being built and `merge.json`, written (fsynced, renamed into place) after each part's images are in
 and synced, before that part's archive is deleted: the runs and parts merged so far, and the settings of the
 run they belong to. The next merge (the same command, run again) goes on from there: an archive whose run is
-not complete keeps its first images (NpzImageWriter's `resume_at`, a copy of those) and takes the remaining
-parts. With other settings (a run with --overwrite) the folder is an earlier run's, and goes.
+not complete keeps its first images where they are (NpzImageWriter's `resume_at`: no copy, no more disk) and
+takes the remaining parts. With other settings (a run with --overwrite) the folder is an earlier run's, and goes.
 """
 from __future__ import annotations
 

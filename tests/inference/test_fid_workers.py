@@ -230,8 +230,8 @@ def test_a_merge_cut_off_goes_on_from_the_parts_it_had_merged(extractors, single
     assert _main(_args(extractors, lost, 9, *_worker(1, 3))) == 2
     assert f"{lost / PROGRESS_DIR / 'part-1-of-3'} lacks samples_vanilla.npz.partial" in capsys.readouterr().err
 
-    # a next merge cut off as its writer started (SIGTERM between moving the merged archive aside and its copy)
-    # leaves it as .old only: the checks and the writer after it take it up
+    # a merged archive left as .old (by an earlier version's writer, cut off between moving it aside and copying
+    # from it): the checks and the writer after it take it up
     partial = merged / "samples_vanilla.npz.partial"
     partial.rename(partial.with_name(partial.name + ".old"))
     assert _main(_args(extractors, out, 9, *_worker(0, 3))) == 0
