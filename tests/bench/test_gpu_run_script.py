@@ -25,7 +25,8 @@ def _run(tmp_path, *args, wheels=None, **env):
 
 
 def test_the_run_writes_result_and_logs_into_out(tmp_path):
-    p = _run(tmp_path, "abc1234", *QUICK)
+    # (PYTEST_ADDOPTS: a GPU image without pytest-xdist, which pyproject.toml's addopts use)
+    p = _run(tmp_path, "abc1234", *QUICK, PYTEST_ADDOPTS="-p no:xdist")
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     out = tmp_path / "out"
     results = list(out.glob("*.json"))
