@@ -9,7 +9,7 @@ import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-MAX_WORKERS = 8  # `-n auto`'s cap: each worker holds torch, Lightning and its tests' models (about 1-2 GiB)
+MAX_WORKERS = 8  # `-n auto`'s cap: a worker holds torch, Lightning and its tests' models (0.6-1 GiB resident in CI)
 
 
 def _cores() -> int:

@@ -23,7 +23,7 @@ def toy_cache(tmp_path_factory, build_cache) -> str:
     args = CacheArgs(model=ModelArgs(preset="toy"), sampling=SamplingConfig(cfg=3.0, top_k=32, top_p=0.0),
                      accel=accel, plan=PlanArgs(images_per_class=16, shard_size=16),
                      storage=StorageArgs(chunk_size=16), output=str(out), batch_size=80, progress=False,
-                     device="cpu", num_threads=2)
+                     device="cpu", num_threads=torch.get_num_threads())  # (this test process's share of the cores)
     return build_cache(args)
 
 
