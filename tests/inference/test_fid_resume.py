@@ -14,11 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from fid_helpers import ctrl_c_at_write, save_extractors
 from radar_train.inference.fid_progress import PROGRESS_DIR, STATE_NAME, FidProgress
-from radar_train.inference.npz import NpzImageWriter
 
 ROOT = Path(__file__).resolve().parents[2]
 NOT_THE_RESULT = ("seconds",)
@@ -221,39 +219,6 @@ def test_a_live_run_holds_the_output_folder(extractors, tmp_path, capsys):
         f"error: --output {out} is in use by radar-fid {socket.gethostname()}:{live.pid} since "
         f"2026-12-04T10:00:00+00:00: wait for it to end, or choose another folder")
     assert sorted(p.name for p in out.iterdir()) == [".fid.lock"]
-
-
-def _images(seed: int, n: int) -> torch.Tensor:
-    return torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
-
-
-def test_the_samples_archive_goes_on_from_its_unfinished_file(tmp_path):
-    """Five images written and synced, the writer never closed (a killed run): a writer resumed at 3 keeps the
-    first three, drops the other two, and its archive reads back as written whole."""
-    first, second = _images(0, 5), _images(1, 4)
-    partial = tmp_path / "s.npz.partial"
-    w = NpzImageWriter(tmp_path / "s.npz", 7, 4, partial=partial)
-    w.write(first)
-    w.sync()
-    resumed = NpzImageWriter(tmp_path / "s.npz", 7, 4, partial=partial, resume_at=3)
-    assert resumed.written == 3
-    resumed.write(second)
-    resumed.close()
-    got = np.load(tmp_path / "s.npz")["arr_0"]
-    want = torch.cat([first[:3], second]).permute(0, 2, 3, 1).numpy()
-    assert got.shape == (7, 4, 4, 3) and np.array_equal(got, want)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]
-    # an unfinished file with fewer images than asked for, or of another shape, is refused and left as it was
-    w = NpzImageWriter(tmp_path / "t.npz", 7, 4, partial=tmp_path / "t.partial")
-    w.write(first[:2])
-    w.release()
-    before = (tmp_path / "t.partial").read_bytes()
-    with pytest.raises(ValueError, match="fewer than the 3 images"):
-        NpzImageWriter(tmp_path / "t.npz", 7, 4, partial=tmp_path / "t.partial", resume_at=3)
-    with pytest.raises(ValueError, match=r"not uint8 \(7, 5, 5, 3\)"):
-        NpzImageWriter(tmp_path / "t.npz", 7, 5, partial=tmp_path / "t.partial", resume_at=1)
-    assert (tmp_path / "t.partial").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz", "t.partial"]
 
 
 def test_ctrl_c_inside_a_periodic_save_is_saved_again_whole(extractors, uninterrupted, tmp_path, monkeypatch,
