@@ -31,6 +31,25 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return max(1, min(_cores(), MAX_WORKERS))
 
 
+SERIAL_FOLDER = "tests/slurm/"  # its tests submit to one SLURM cluster: one worker runs them, one after another
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadgroup` (pyproject.toml's addopts) with the tests of SERIAL_FOLDER as one group. (Not with an
+    `xdist_group` mark: pytest-xdist 3.8 appends a mark's group to `item._nodeid`, which pytest 9.2 no longer reads,
+    so its groups are split across workers.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class Scheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return SERIAL_FOLDER if nodeid.startswith(SERIAL_FOLDER) else super()._split_scope(nodeid)
+
+    return Scheduling(config, log)
+
+
 torch.set_num_threads(_threads())
 if "PYTEST_XDIST_WORKER" in os.environ:
     # the commands the tests run in subprocesses take the same share, unless the user set one

@@ -16,7 +16,7 @@ from slurm_cluster import REPO, cancel, start_requeued_now, tail_logs, wait_fina
 sys.path.insert(0, str(REPO / "tests"))
 from fid_helpers import save_extractors  # noqa: E402
 
-pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900), pytest.mark.xdist_group("slurm")]
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
 
 BIN = Path(sys.executable).parent
 JOB_TIMEOUT_S = 420

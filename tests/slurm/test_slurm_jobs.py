@@ -13,7 +13,7 @@ import torch
 
 from slurm_cluster import FAST_TRAINING, REPO, Cluster, cancel, tail_logs, wait_final_states
 
-pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900), pytest.mark.xdist_group("slurm")]
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
 
 BIN = Path(sys.executable).parent  # the venv running the tests holds radar-cache / radar-train
 CACHE_CONFIG = "configs/cache/tiny.yaml"

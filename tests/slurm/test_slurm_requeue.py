@@ -14,7 +14,7 @@ import torch
 from slurm_cluster import (FAST_TRAINING, REPO, Cluster, cancel, start_requeued_now, tail_logs, wait_final_states,
                            wait_for)
 
-pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900), pytest.mark.xdist_group("slurm")]
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
 
 BIN = Path(sys.executable).parent
 CPU = {"RADAR_BIN": str(BIN)}
