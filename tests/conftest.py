@@ -27,7 +27,7 @@ def _threads() -> int:
 
 @pytest.hookimpl(optionalhook=True)  # (pytest-xdist's hook: without it, `pytest -o addopts= -p no:xdist` runs)
 def pytest_xdist_auto_num_workers(config) -> int:
-    """`-n auto` (the default, pyproject.toml's addopts): one worker per core, at most MAX_WORKERS."""
+    """`-n auto`: one worker per core, at most MAX_WORKERS."""
     return max(1, min(_cores(), MAX_WORKERS))
 
 
