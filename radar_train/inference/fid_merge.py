@@ -72,9 +72,9 @@ def _write_state(folder: Path, fingerprint: Mapping, merged: Mapping[str, int]) 
 def merge_samples(root: Path, parts: Sequence, npz_names: Mapping[str, str], num_samples: int, image_size: int,
                   fingerprint: Mapping) -> dict[str, Path]:
     """Every run's archive of `num_samples` images, from the `parts` (FidProgress of each worker, finished; their
-    `fingerprint`, JSON's plain types) in order, in `root`/merged/ under its final name: {run: path}. Each part's archive of a run is deleted once its
-    images are in the merged one (module docstring). OutputError (one line) when a part's archive that is still
-    needed is missing."""
+    `fingerprint`, JSON's plain types) in order, in `root`/merged/ under its final name: {run: path}. Each part's
+    archive of a run is deleted once its images are in the merged one (module docstring). OutputError (one line)
+    when a part's archive that is still needed is missing."""
     folder = Path(root) / MERGE_DIR
     merged = _read_state(folder, fingerprint)
     out = {}
