@@ -61,7 +61,12 @@ def _same_outputs(out: Path, single: Path, workers: int) -> None:
         r.pop("seconds")
         for key in ("workers", "resumed_at"):
             r["protocol"].pop(key)
-    assert merged["fid_vs_vanilla"] == pytest.approx(one.pop("fid_vs_vanilla"), rel=1e-9, abs=1e-12)
+    # the merged sums differ from one run's by the summation order (round-off, ~1e-16 relative); with 9 samples of
+    # 16 features the covariances are singular, and the Frechet distance takes square roots of eigenvalues that
+    # are 0 but for round-off: a perturbation d of one becomes sqrt(d), about 1e-8 of the features' scale per
+    # eigenvalue (sqrt of float64 epsilon), summed over the ~8 null ones. So the FIDs agree to ~1e-8, not 1e-16
+    # (2e-10 apart on an Intel Xeon); 1e-7 bounds that estimate with a margin (the samples are compared exactly above)
+    assert merged["fid_vs_vanilla"] == pytest.approx(one.pop("fid_vs_vanilla"), rel=0, abs=1e-7)
     merged.pop("fid_vs_vanilla")
     assert merged == one  # IS (from the same logits, in the same order), notes, protocol, sizes
 
