@@ -32,6 +32,26 @@ def _call_block(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
     return block(h)
 
 
+CHECKPOINTING = ("blocks", "norms")
+"""Activation checkpointing of the decoder (`Decoder.checkpointing`): "blocks" recomputes each block (resnet,
+attention, upsampling) in the backward and keeps only its input; "norms" recomputes each GroupNorm + SiLU in the
+backward and keeps its input, so the convolutions never run twice."""
+
+
+def _norm_silu(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return F.silu(norm(x), inplace=overwrite_ok())
+
+
+def norm_silu(norm: nn.Module, x: torch.Tensor, recompute: bool) -> torch.Tensor:
+    """SiLU(GroupNorm(x)). With `recompute` (and grad enabled) the two run again in the backward instead of
+    keeping their activations: the GroupNorm's input and output are then not saved (under CUDA bf16 autocast
+    both in float32, as autocast runs GroupNorm in float32), only x and the output the next convolution saves
+    anyway. Same values and gradients: the recomputation is the same computation on the same input."""
+    if recompute and torch.is_grad_enabled():
+        return checkpoint(_norm_silu, norm, x, use_reentrant=False)
+    return _norm_silu(norm, x)
+
+
 class Upsample2x(nn.Module):
     """Nearest-neighbour ×2, then a 3×3 convolution."""
 
@@ -66,11 +86,13 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=1, padding=0)
         else:
             self.nin_shortcut = nn.Identity()
+        self.recompute_norms = False
+        """Recompute GroupNorm + SiLU in the backward (`norm_silu`); set by `Decoder.checkpointing`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inplace = overwrite_ok()
-        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=inplace)))
+        h = self.conv1(norm_silu(self.norm1, x, self.recompute_norms))
+        h = self.conv2(self.dropout(norm_silu(self.norm2, h, self.recompute_norms)))
         # without autograd the sum goes into conv2's fresh output (one large allocation less per block; the
         # float sum is the same either way round)
         return h.add_(self.nin_shortcut(x)) if inplace else self.nin_shortcut(x) + h
@@ -153,9 +175,7 @@ class Decoder(nn.Module):
                  norm_groups: int = 32):
         super().__init__()
         self.num_resolutions = len(ch_mult)
-        self.checkpoint_blocks = False
-        """Recompute each block's activations in the backward instead of keeping them (activation
-        checkpointing: less memory for training through the decoder, about one more forward of compute)."""
+        self._checkpointing: Optional[str] = None
         self.channels_last: Optional[bool] = None
         """Run the activations channels-last (NHWC strides; the output is NCHW either way): True, False, or None:
         on the CPU only (where oneDNN works in NHWC natively). Same layout with and without grad."""
@@ -187,6 +207,23 @@ class Decoder(nn.Module):
         self.norm_out = group_norm(block_in, norm_groups)
         self.conv_out = nn.Conv2d(block_in, out_channels, kernel_size=3, stride=1, padding=1)
 
+    @property
+    def checkpointing(self) -> Optional[str]:
+        """Activation checkpointing for training through the decoder (see `CHECKPOINTING`): None (keep every
+        activation), "blocks" (keep each block's input: the least memory, about one more decoder forward of
+        compute) or "norms" (keep what the convolutions save: GroupNorm + SiLU run twice, the convolutions once).
+        Same values and gradients in each mode; without grad (inference) none applies."""
+        return self._checkpointing
+
+    @checkpointing.setter
+    def checkpointing(self, mode: Optional[str]) -> None:
+        if mode is not None and mode not in CHECKPOINTING:
+            raise ValueError(f"decoder checkpointing must be one of {', '.join(CHECKPOINTING)} or None, got {mode!r}")
+        self._checkpointing = mode
+        for m in self.modules():
+            if isinstance(m, ResnetBlock):
+                m.recompute_norms = mode == "norms"
+
     def forward_features(self, z: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Output plus the intermediate features after the mid block and after each up level
         (coarse to fine) — used by the internal-feature distillation loss."""
@@ -216,11 +253,11 @@ class Decoder(nn.Module):
                 h = run(up.upsample, h)
             if feats is not None:
                 feats.append(h)
-        return self.conv_out(F.silu(self.norm_out(h), inplace=overwrite_ok())).contiguous()
+        return self.conv_out(norm_silu(self.norm_out, h, self._checkpointing is not None)).contiguous()
 
     def _run(self, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
         call = self.block_call or _call_block
-        if self.checkpoint_blocks and torch.is_grad_enabled():
+        if self._checkpointing == "blocks" and torch.is_grad_enabled():
             return checkpoint(call, block, h, use_reentrant=False)
         return call(block, h)
 

@@ -17,6 +17,9 @@ Rows (`run_train_benchmark` returns them as dicts):
   a fresh spawned process per measurement, the peak resident set size while the work runs (VmHWM, reset
   with /proc/self/clear_refs once the models are built, so build-time transients don't count) minus the
   resident size after the imports (so the weights count). Target <= 0.5.
+- checkpointing (with --checkpointing_rows true): one row per model.optim.activation_checkpointing mode (false,
+  norms, blocks): the training step's peak memory (as the memory row measures it) and its time (the bare loop's
+  step, interleaved with the other modes' steps, medians), each against false (ratio: memory).
 - compiled_vs_eager (with --compiled_row true): samples/s of the bare loop's step with model.optim.compile
   (the decoder's blocks through torch.compile) vs without, interleaved step by step (medians); the compiled
   warm-up steps, which compile, are reported apart (warmup_s).
@@ -32,8 +35,8 @@ import resource
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, Literal, Optional, Union
 
 import torch
 
@@ -67,8 +70,11 @@ class TrainBenchArgs:
     """Pairs of the temporary cache (at least 17: two shards, a training one and a held-out one)."""
     memory: bool = True
     """Measure the peak-memory row."""
-    activation_checkpointing: bool = False
-    """Train with model.optim.activation_checkpointing (recomputed decoder activations)."""
+    activation_checkpointing: Union[bool, Literal["norms", "blocks"]] = False
+    """Train with model.optim.activation_checkpointing (recomputed decoder activations): false, norms, blocks."""
+    checkpointing_rows: bool = False
+    """Also the checkpointing rows: each model.optim.activation_checkpointing mode (false, norms, blocks) with
+    its training step's peak memory and time (bare loop, interleaved steps, medians), against false."""
     compiled_row: bool = False
     """Also time the bare loop with model.optim.compile (the compiled_vs_eager row; compiling takes tens of
     seconds, about a minute on a CPU)."""
@@ -399,21 +405,22 @@ def _child(kind: str, args: dict, precision: str, queue) -> None:
     queue.put(((peak - base) * 1024, reset))
 
 
-def peak_memory(args: TrainBenchArgs, dev: torch.device, precision: str) -> tuple[int, int, str]:
-    """(train step peak bytes, sampling peak bytes, method); both include the resident weights."""
+def _peaks(kinds: list[tuple[str, TrainBenchArgs]], dev: torch.device, precision: str) -> tuple[list[int], str]:
+    """Peak bytes of each (kind, args) — kind "train" (two training steps) or "sampling" — with the resident
+    weights, and how they were measured."""
     if dev.type == "cuda":
         peaks = []
-        for prepare in (_prepare_train, _prepare_sampling):
+        for kind, args in kinds:
             gc.collect()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(dev)
-            prepare(args, dev, precision)()
+            (_prepare_train if kind == "train" else _prepare_sampling)(args, dev, precision)()
             _sync(dev)
             peaks.append(torch.cuda.max_memory_allocated(dev))
-        return peaks[0], peaks[1], "torch.cuda.max_memory_allocated"
+        return peaks, "torch.cuda.max_memory_allocated"
     ctx = mp.get_context("spawn")
     peaks, exact = [], True
-    for kind in ("train", "sampling"):
+    for kind, args in kinds:
         q = ctx.Queue()
         p = ctx.Process(target=_child, args=(kind, asdict(args), precision, q))
         p.start()
@@ -423,7 +430,48 @@ def peak_memory(args: TrainBenchArgs, dev: torch.device, precision: str) -> tupl
         exact = exact and reset
     method = ("peak RSS (VmHWM, reset after the models are built) of a spawned process minus its RSS after imports"
               if exact else "peak RSS (ru_maxrss) of a spawned process minus its RSS after imports")
-    return peaks[0], peaks[1], method
+    return peaks, method
+
+
+def peak_memory(args: TrainBenchArgs, dev: torch.device, precision: str) -> tuple[int, int, str]:
+    """(train step peak bytes, sampling peak bytes, method); both include the resident weights."""
+    (train, sampling), method = _peaks([("train", args), ("sampling", args)], dev, precision)
+    return train, sampling, method
+
+
+CHECKPOINTING_MODES = (False, "norms", "blocks")
+"""The model.optim.activation_checkpointing modes the checkpointing rows compare (the first is the reference)."""
+
+
+def checkpointing_rows(args: TrainBenchArgs, dev: torch.device, precision: str) -> list[dict]:
+    """The checkpointing rows: per mode the peak memory of a training step (each measured alone, before any
+    timing state exists) and the bare loop's step time, in interleaved rounds (one step of each mode per round,
+    `args.steps` rounds after `args.warmup` steps of each; medians)."""
+    from radar_train.bench.rounds import Job, PhaseClock, run_rounds
+
+    variants = [replace(args, activation_checkpointing=m) for m in CHECKPOINTING_MODES]
+    peaks, method = _peaks([("train", a) for a in variants], dev, precision)
+    states = [_train_setup(a, dev, args.warmup + args.steps, precision=precision) for a in variants]
+    for state in states:
+        for _ in range(args.warmup):
+            _train_step(state, dev, precision)
+    clock = PhaseClock(dev)
+
+    def step(state):
+        def run() -> dict[str, float]:
+            clock.start()
+            _train_step(state, dev, precision)
+            return clock.mark("step")
+        return run
+
+    jobs = [Job(str(m), step(s)) for m, s in zip(CHECKPOINTING_MODES, states)]
+    run_rounds(jobs, dev, 0, args.steps)
+    times = [j.median("step") for j in jobs]
+    return [{"name": "checkpointing", "preset": args.preset, "batch_size": args.batch_size, "device": str(dev),
+             "precision": precision, "activation_checkpointing": mode, "train_step_mib": peak / 2**20,
+             "step_ms": t * 1e3, "ratio": peak / peaks[0], "time_ratio": t / times[0], "steps": args.steps,
+             "method": method}
+            for mode, peak, t in zip(CHECKPOINTING_MODES, peaks, times)]
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -456,6 +504,10 @@ def run_train_benchmark(args: TrainBenchArgs = TrainBenchArgs(), log: Callable[[
                      "var_sampling_mib": sample_b / 2**20, "ratio": train_b / sample_b, "target": "<= 0.5",
                      "method": method})
         log(f"  memory_train_vs_sampling: {rows[-1]['ratio']:.3f}")
+    if args.checkpointing_rows:
+        rows += checkpointing_rows(args, dev, precision)
+        log("  checkpointing: " + ", ".join(f"{r['activation_checkpointing']} {r['ratio']:.3f}x memory, "
+                                            f"{r['time_ratio']:.3f}x time" for r in rows[-len(CHECKPOINTING_MODES):]))
     if args.compiled_row:
         rows.append(compiled_vs_eager_row(args))
         log(f"  compiled_vs_eager: {rows[-1]['ratio']:.3f}")
@@ -472,6 +524,10 @@ def row_detail(r: dict) -> str:
         return (f"compiled ({r['backend']}) {r['compiled_samples_per_s']:.1f} samples/s, eager "
                 f"{r['eager_samples_per_s']:.1f} samples/s (medians of {r['steps']} interleaved steps each); "
                 f"warm-up with the compilation {r['warmup_s']:.1f} s ({r['warmup_steps']} steps)")
+    if r["name"] == "checkpointing":
+        return (f"activation_checkpointing {str(r['activation_checkpointing']).lower()}: train step "
+                f"{r['train_step_mib']:.0f} MiB, {r['step_ms']:.1f} ms ({r['time_ratio']:.3f}x the time of false; "
+                f"medians of {r['steps']} interleaved steps; {r['method']})")
     return f"train step {r['train_step_mib']:.0f} MiB vs VAR sampling {r['var_sampling_mib']:.0f} MiB ({r['method']})"
 
 
@@ -481,7 +537,8 @@ def format_table(rows: list[dict]) -> str:
         target = f"  target {r['target']}" if "target" in r else ""
         lines.append(f"{r['name']:<26} ratio {r['ratio']:.3f}{target}  {row_detail(r)}")
     head = rows[0]
-    ckpt = ", activation checkpointing" if head.get("activation_checkpointing") else ""
+    mode = head.get("activation_checkpointing")
+    ckpt = f", activation checkpointing {'blocks' if mode is True else mode}" if mode else ""
     return (f"# train benchmark: {head['preset']}, batch {head['batch_size']}, {head['device']}, {head['precision']}{ckpt}\n"
             + "\n".join(lines))
 

@@ -155,7 +155,7 @@ class RadarLoraModule(pl.LightningModule):
             ("output", output), ("early_stopping", early_stopping), ("label_conditioning", label_conditioning),
             ("adversarial", adversarial), ("ema", ema))}))
         base, self.identity = load_latent_decoder(decoder.preset, decoder.vae_checkpoint, decoder.init_seed)
-        base.decoder.checkpoint_blocks = optim.activation_checkpointing
+        base.decoder.checkpointing = optim.decoder_checkpointing
         if optim.compile:
             compile_decoder_blocks(base)
         cfg = base.config

@@ -182,10 +182,11 @@ def test_damaged_label_conditioning_weights_are_one_error_naming_the_file(traine
         load_adapter(load_latent_decoder("tiny")[0], out)
 
 
-def test_activation_checkpointing_gives_the_same_loss_and_gradients_with_film(make_batch):
+@pytest.mark.parametrize("mode", ["blocks", "norms"])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients_with_film(make_batch, mode):
     batch = make_batch(n=2, seed=3) | {"label": torch.tensor([2, 5])}
     results = []
-    for ckpt in (False, True):
+    for ckpt in (False, mode):
         torch.manual_seed(0)
         module = RadarLoraModule(optim=OptimArgs(activation_checkpointing=ckpt), label_conditioning=FILM)
         _random_lora_(module)

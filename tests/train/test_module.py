@@ -107,10 +107,11 @@ def test_invalid_settings_are_reported_together():
     assert "model.optim.weight_decay must be >= 0, got -1" in str(e.value)
 
 
-def test_activation_checkpointing_gives_the_same_loss_and_gradients(make_batch):
+@pytest.mark.parametrize("ckpt,mode", [(True, "blocks"), ("blocks", "blocks"), ("norms", "norms")])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(make_batch, ckpt, mode):
     batch = make_batch(n=2, seed=3)
     results = []
-    for ckpt in (False, True):
+    for ckpt, mode in ((False, None), (ckpt, mode)):
         torch.manual_seed(0)
         module = RadarLoraModule(optim=OptimArgs(activation_checkpointing=ckpt))
         g = torch.Generator().manual_seed(0)
@@ -118,7 +119,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(make_batch):
             if "lora_B" in n:
                 with torch.no_grad():
                     p.normal_(std=0.01, generator=g)
-        assert module.net.base_model.model.decoder.checkpoint_blocks is ckpt
+        assert module.net.base_model.model.decoder.checkpointing == mode
         loss = module.compute_loss(batch)[0]
         loss.backward()
         results.append((loss.detach(), {n: p.grad.clone() for n, p in module.net.named_parameters() if p.requires_grad}))
