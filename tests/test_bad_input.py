@@ -187,6 +187,9 @@ CASES = [
     # required options, spelt as on the command line
     ("eval-without-cache-and-adapter", "eval", lambda w, t: [], ["required: --cache, --adapter"]),
     ("fit-without-caches", "train", lambda w, t: ["fit"], ["required: --data.caches"]),
+    ("fit-with-an-unknown-checkpointing-mode", "train",
+     lambda w, t: fit_args(w["cache"], t / "run", 2, "--model.optim.activation_checkpointing", "all"),
+     ["--model.optim.activation_checkpointing", "norms", "blocks", "all"]),
     ("cache-export-without-output", "cache", lambda w, t: ["export-wds", str(w["cache"])], ["required: --output"]),
     # radar-train export
     ("export-into-the-run-folder", "train",

@@ -98,6 +98,34 @@ def test_train_bench_rows(tmp_path):
     assert "train benchmark: tiny" in stdout
 
 
+def test_checkpointing_rows_measure_each_mode_against_none(monkeypatch):
+    """One row per model.optim.activation_checkpointing mode: the peaks measured for a training step in that
+    mode (here stand-ins: spawning the measuring processes is the memory row's test), the step timed in it, each
+    against false."""
+    from radar_train.train import bench
+
+    asked = []
+
+    def peaks(kinds, dev, precision):
+        asked.extend((kind, a.activation_checkpointing) for kind, a in kinds)
+        return [400 * 2**20, 300 * 2**20, 100 * 2**20], "stand-in"
+
+    monkeypatch.setattr(bench, "_peaks", peaks)
+    timed = []
+    real_step = bench._train_step
+    monkeypatch.setattr(bench, "_train_step", lambda state, dev, precision: (
+        timed.append(state[0].optim_args.activation_checkpointing), real_step(state, dev, precision)))
+    rows = bench.checkpointing_rows(bench.TrainBenchArgs(preset="tiny", batch_size=2, steps=2, warmup=1),
+                                    torch.device("cpu"), "32-true")
+    assert asked == [("train", False), ("train", "norms"), ("train", "blocks")]
+    assert timed == [False, "norms", "blocks"] * 3  # one warm-up step each, then two rounds of one step each
+    assert [r["activation_checkpointing"] for r in rows] == [False, "norms", "blocks"]
+    assert [r["train_step_mib"] for r in rows] == [400, 300, 100] and [r["ratio"] for r in rows] == [1.0, 0.75, 0.25]
+    assert rows[0]["time_ratio"] == 1.0 and all(r["step_ms"] > 0 for r in rows)
+    assert all(r["time_ratio"] == pytest.approx(r["step_ms"] / rows[0]["step_ms"]) for r in rows)
+    assert "activation_checkpointing norms: train step 300 MiB" in bench.row_detail(rows[1])
+
+
 @pytest.mark.parametrize("precision,dtype", [("64-true", torch.float64), ("32-true", torch.float32)])
 def test_train_bench_bare_loop_trains_in_the_dtype_of_a_true_precision(precision, dtype):
     """The bare loop does what Lightning does for the precision it reports: a "-true" one casts the module and

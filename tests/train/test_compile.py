@@ -20,6 +20,7 @@ CASES = {
     "label-conditioned-with-activation-checkpointing": {
         "label_conditioning": LabelConditioningArgs(kind="film", embed_dim=8),
         "optim_extra": {"activation_checkpointing": True}},
+    "norms-checkpointing": {"optim_extra": {"activation_checkpointing": "norms"}},  # checkpoint inside the graphs
 }
 
 
