@@ -39,7 +39,14 @@ backward and keeps its input, so the convolutions never run twice."""
 
 
 def _norm_silu(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return F.silu(norm(x), inplace=overwrite_ok())
+    y = F.silu(norm(x), inplace=overwrite_ok())
+    kind = y.device.type
+    if torch.is_autocast_enabled(kind) and y.dtype != (dtype := torch.get_autocast_dtype(kind)):
+        # a convolution takes it next, which autocast runs in its dtype; cast once here, since autocast casts an
+        # activation anew for each op (a LoRA convolution's base and adapter branch each kept their own copy for
+        # the backward: under CUDA bf16 autocast GroupNorm, and so SiLU, run in float32). The same values.
+        y = y.to(dtype)
+    return y
 
 
 def norm_silu(norm: nn.Module, x: torch.Tensor, recompute: bool) -> torch.Tensor:

@@ -94,3 +94,31 @@ def test_modes_are_checked_and_reach_every_resnet_block(decoder):
     assert blocks and all(b.recompute_norms for b in blocks)
     decoder.checkpointing = "blocks"
     assert decoder.checkpointing == "blocks" and not any(b.recompute_norms for b in blocks)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_under_autocast_two_convolutions_of_one_activation_keep_one_copy_of_it(recompute):
+    """A float32 GroupNorm + SiLU (as CUDA bf16 autocast runs GroupNorm) feeding a convolution and a LoRA
+    branch's: the activation is cast to the autocast dtype once, and both keep that one copy for the backward
+    (autocast casts an activation anew for each op, so each kept its own)."""
+    from radar_train.models.vae_blocks import group_norm, norm_silu
+
+    torch.manual_seed(0)
+    norm, base, adapter = group_norm(64), nn.Conv2d(64, 64, 3, padding=1), nn.Conv2d(64, 4, 3, padding=1)
+    x = torch.randn(2, 64, 8, 8, requires_grad=True)
+    kept: dict[int, tuple] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        kept[t.untyped_storage().data_ptr()] = (tuple(t.shape), t.dtype)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", torch.bfloat16):
+        y = norm_silu(norm, x, recompute)
+        out = base(y) + adapter(y).sum(1, keepdim=True)
+    assert y.dtype == torch.bfloat16
+    assert list(kept.values()).count(((2, 64, 8, 8), torch.bfloat16)) == 1
+    out.float().sum().backward()
+    with torch.no_grad():  # the same values as the float32 activation cast by each convolution
+        ref = torch.nn.functional.silu(norm(x))
+        with torch.autocast("cpu", torch.bfloat16):
+            assert torch.equal(base(ref), base(y))
