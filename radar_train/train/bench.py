@@ -228,11 +228,28 @@ def bare_loop(args: TrainBenchArgs, dev: torch.device, precision: str) -> float:
     return (time.perf_counter() - t0) / args.steps
 
 
+def _interleaved_steps(states: list, clock, dev: torch.device, precision: str, rounds: int) -> list[float]:
+    """Median seconds of a training step of each state, timed in `rounds` rounds of one step of each, in order
+    (radar_train.bench.rounds)."""
+    from radar_train.bench.rounds import Job, run_rounds
+
+    def step(state):
+        def run() -> dict[str, float]:
+            clock.start()
+            _train_step(state, dev, precision)
+            return clock.mark("step")
+        return run
+
+    jobs = [Job(str(i), step(state)) for i, state in enumerate(states)]
+    run_rounds(jobs, dev, 0, rounds)
+    return [j.median("step") for j in jobs]
+
+
 def compiled_vs_eager_row(args: TrainBenchArgs) -> dict:
     """The compiled_vs_eager row: the bare loop's step with model.optim.compile against the same step without
     it, in interleaved rounds (radar_train.bench.rounds: one eager step, one compiled step, `args.steps`
     times, medians) after `args.warmup` steps of each, the compiled ones compiling (timed apart)."""
-    from radar_train.bench.rounds import Job, PhaseClock, run_rounds
+    from radar_train.bench.rounds import PhaseClock
     from radar_train.train.compile import COMPILE_BACKEND
 
     dev = _device(args.device)
@@ -245,16 +262,7 @@ def compiled_vs_eager_row(args: TrainBenchArgs) -> dict:
         _train_step(compiled, dev, precision)
     warmup_s = clock.mark("warmup")["warmup"]
 
-    def step(state):
-        def run() -> dict[str, float]:
-            clock.start()
-            _train_step(state, dev, precision)
-            return clock.mark("step")
-        return run
-
-    jobs = [Job("eager", step(eager)), Job("compiled", step(compiled))]
-    run_rounds(jobs, dev, 0, args.steps)
-    eager_s, compiled_s = (j.median("step") for j in jobs)
+    eager_s, compiled_s = _interleaved_steps([eager, compiled], clock, dev, precision, args.steps)
     return {"name": "compiled_vs_eager", "preset": args.preset, "batch_size": args.batch_size, "device": str(dev),
             "precision": precision, "activation_checkpointing": args.activation_checkpointing,
             "eager_samples_per_s": args.batch_size / eager_s, "compiled_samples_per_s": args.batch_size / compiled_s,
@@ -447,7 +455,7 @@ def checkpointing_rows(args: TrainBenchArgs, dev: torch.device, precision: str) 
     """The checkpointing rows: per mode the peak memory of a training step (each measured alone, before any
     timing state exists) and the bare loop's step time, in interleaved rounds (one step of each mode per round,
     `args.steps` rounds after `args.warmup` steps of each; medians)."""
-    from radar_train.bench.rounds import Job, PhaseClock, run_rounds
+    from radar_train.bench.rounds import PhaseClock
 
     variants = [replace(args, activation_checkpointing=m) for m in CHECKPOINTING_MODES]
     peaks, method = _peaks([("train", a) for a in variants], dev, precision)
@@ -455,18 +463,7 @@ def checkpointing_rows(args: TrainBenchArgs, dev: torch.device, precision: str) 
     for state in states:
         for _ in range(args.warmup):
             _train_step(state, dev, precision)
-    clock = PhaseClock(dev)
-
-    def step(state):
-        def run() -> dict[str, float]:
-            clock.start()
-            _train_step(state, dev, precision)
-            return clock.mark("step")
-        return run
-
-    jobs = [Job(str(m), step(s)) for m, s in zip(CHECKPOINTING_MODES, states)]
-    run_rounds(jobs, dev, 0, args.steps)
-    times = [j.median("step") for j in jobs]
+    times = _interleaved_steps(states, PhaseClock(dev), dev, precision, args.steps)
     return [{"name": "checkpointing", "preset": args.preset, "batch_size": args.batch_size, "device": str(dev),
              "precision": precision, "activation_checkpointing": mode, "train_step_mib": peak / 2**20,
              "step_ms": t * 1e3, "ratio": peak / peaks[0], "time_ratio": t / times[0], "steps": args.steps,
