@@ -13,6 +13,13 @@
                                                # and two untried alternatives against ours (a cdist score, the restore
                                                # as a matrix product): ms per call, the largest difference; with OUT
                                                # set, also $OUT/probe-fused.json
+    python benchmarks/gpu_probes.py decode     # the VQ-VAE decode of VAR-d16 (random weights, batch 32): float32 (as
+                                               # RadarPipeline decodes; cuDNN's TF32 as torch sets it), bf16 autocast
+                                               # (as radar-train and the suite's decode rows), and bf16 with the blocks
+                                               # through torch.compile (model.optim.compile's function: GroupNorm, SiLU
+                                               # and the sums fused); ms per call, the first (compiling) call apart, the
+                                               # largest difference from float32; with OUT set, $OUT/probe-decode.json.
+                                               # Compiling takes a minute or more: PROBE_TIMEOUT=240
 """
 import sys
 import time
@@ -164,4 +171,45 @@ if sys.argv[1] == "fused":
                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "command": "python benchmarks/gpu_probes.py fused", "rows": rows_out}
         with open(os.path.join(os.environ["OUT"], "probe-fused.json"), "w") as f:
+            json.dump(doc, f, indent=1)
+
+if sys.argv[1] == "decode":
+    import copy
+    import json
+    import os
+
+    from radar_train.models import build_vqvae, get_preset
+    from radar_train.models.init import init_random_
+    from radar_train.train.compile import compiled_block_call
+
+    torch.manual_seed(0)
+    vq = build_vqvae(get_preset("var-d16").vae).to(dev).eval()
+    init_random_(vq, 0)
+    f_hat = torch.randn(32, vq.config.z_channels, 16, 16, device=dev)
+    plain = vq.latent_decoder().eval()
+    fused = copy.deepcopy(plain)
+    fused.decoder.block_call = compiled_block_call("inductor")
+    variants = {"float32": (plain, None), "bf16 autocast": (plain, torch.bfloat16),
+                "bf16 autocast, compiled blocks": (fused, torch.bfloat16)}
+    rows_out, ref = [], None
+    for name, (dec, dtype) in variants.items():
+        def call(dec=dec, dtype=dtype):
+            with torch.inference_mode(), torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+                return dec.to_image(f_hat).float()
+        t = time.perf_counter()
+        out = call()
+        torch.cuda.synchronize()
+        first = time.perf_counter() - t
+        ms = bench(call, n=10)
+        ref = out if ref is None else ref
+        diff = (out - ref).abs().max().item()
+        print(f"decode {name}: first call {first:.1f} s, {ms:.1f} ms per call ({32e3 / ms:.1f} images/s), "
+              f"max |diff| from float32 {diff:.2e}", flush=True)
+        rows_out.append({"variant": name, "batch_size": 32, "first_call_s": first, "ms": ms,
+                         "images_per_s": 32e3 / ms, "max_abs_diff_vs_float32": diff})
+    if os.environ.get("OUT"):
+        doc = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "command": "python benchmarks/gpu_probes.py decode", "rows": rows_out}
+        with open(os.path.join(os.environ["OUT"], "probe-decode.json"), "w") as f:
             json.dump(doc, f, indent=1)
