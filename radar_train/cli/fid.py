@@ -19,7 +19,8 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
         adapter: Optional[str] = None, merge_adapter: bool = True, inception_logits: Optional[str] = None,
         reference: Optional[str] = None, num_samples: int = 50000, batch_size: int = 16, base_seed: int = 0,
         is_splits: int = 10, save_npz: bool = False, output: str = "outputs/fid", device: str = "auto",
-        precision: Precision = "auto", classes: Optional[Union[str, int, list[int]]] = None,
+        precision: Precision = "auto", decode_precision: Precision = "fp32",
+        classes: Optional[Union[str, int, list[int]]] = None,
         seeds: Optional[Union[str, int, list[int]]] = None, grid_scale: int = 0, save_every_s: float = 300.0,
         num_workers: Optional[int] = None, worker_index: Optional[int] = None, overwrite: bool = False) -> int:
     """FID / IS of the vanilla, accelerated and accelerated + adapter samples (sample i: class i mod
@@ -48,6 +49,7 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
         output: folder for fid.json and fid.md (a radar-generate config's output folder unless given).
         device: cuda, cpu, or auto.
         precision: transformer compute dtype (auto: bf16 on CUDA, fp32 on CPU).
+        decode_precision: decoder compute dtype (fp32; bf16 / fp16: autocast; auto: bf16 on CUDA, fp32 on CPU).
         classes: ignored (radar-generate key, accepted so its configs can be reused).
         seeds: ignored (radar-generate key).
         grid_scale: ignored (radar-generate key).
@@ -136,7 +138,7 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     if split.num_workers == 1 or not writes_ref:  # (a folder's statistics: read by the workers' merge, once)
         ref, ref_key = fid_reference(reference, writes_ref, output, feats, sha, batch_size, dev, feature_dim,
                                      inception)
-    pipe = RadarPipeline.from_config(PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision))
+    pipe = RadarPipeline.from_config(PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision, decode_precision))
     fingerprint = {**fid_fingerprint(pipe, model, sha, num_samples, batch_size, base_seed, save_npz),
                    "num_workers": split.num_workers}
     part = None if split.num_workers == 1 else (split.worker_index, split.num_workers)
@@ -152,7 +154,7 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
             "sampling": {"cfg": sampling.cfg, "top_k": sampling.top_k, "top_p": sampling.top_p,
                          "noise": sampling.noise},
             "adapter": adapter, "base_seed": base_seed, "batch_size": batch_size, "device": str(pipe.device),
-            "precision": precision,
+            "precision": precision, "decode_precision": decode_precision,
             "inception": None if inception is None else {"path": inception, "sha256": sha["inception"]},
             "inception_logits": None if inception_logits is None else {"path": inception_logits,
                                                                        "sha256": sha["inception_logits"]},

@@ -39,7 +39,7 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
              sampling: SamplingConfig = SamplingConfig(), adapter: Optional[str] = None, merge_adapter: bool = True,
              classes: Union[str, list[int]] = "0-3", seeds: Union[str, list[int]] = "0", output: str = "outputs/generate",
              batch_size: int = 16, grid_scale: int = 0, grid_rows: int = 64, device: str = "auto",
-             precision: Precision = "auto", overwrite: bool = False) -> int:
+             precision: Precision = "auto", decode_precision: Precision = "fp32", overwrite: bool = False) -> int:
     """Generate vanilla | accelerated | accelerated + adapter images and a comparison grid.
 
     Generate every (class, seed) pair with the vanilla and the accelerated model, decode the accelerated
@@ -63,6 +63,7 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
         grid_rows: the grid shows the first this many samples (0: all of them; the PNGs are of all).
         device: cuda, cpu, or auto.
         precision: transformer compute dtype (auto: bf16 on CUDA, fp32 on CPU).
+        decode_precision: decoder compute dtype (fp32; bf16 / fp16: autocast; auto: bf16 on CUDA, fp32 on CPU).
         overwrite: replace the outputs of an earlier run in the output folder (and start over from the
             progress of a run of other settings in OUTPUT/generate-progress/).
     """
@@ -88,7 +89,7 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
     out = Path(output)
     print(f"radar-generate: {len(pairs)} samples ({len(cls_list)} classes x {len(seed_list)} seeds), model "
           f"{model.preset}, accel {accel.method}, adapter {adapter or '-'} -> {out}")
-    pipe = RadarPipeline.from_config(PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision))
+    pipe = RadarPipeline.from_config(PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision, decode_precision))
     keys = ["vanilla", "accelerated"] + (["accelerated+adapter"] if pipe.adapted_decoder is not None else [])
     settings = {**pipe.fingerprint(), "model": model.preset, "classes": cls_list, "seeds": seed_list,
                 "batch_size": batch_size}

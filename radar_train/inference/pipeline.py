@@ -54,19 +54,24 @@ class PipelineArgs:
     """cuda, cpu, or auto (cuda when available)."""
     precision: Precision = "auto"
     """Transformer compute dtype: auto = bf16 on CUDA, fp32 on CPU; fp32 / bf16 / fp16 or torch's spellings
-    float32 / bfloat16 / float16. The decoder runs in fp32 on CPU."""
+    float32 / bfloat16 / float16."""
+    decode_precision: Precision = "fp32"
+    """Decoder compute dtype: fp32 (float32 weights and activations; on a GPU cuDNN may run the convolutions in
+    TF32, as torch allows by default), bf16 / fp16 (autocast, as radar-train trains the adapters under
+    bf16-mixed), or auto (bf16 on CUDA, fp32 on CPU). Images come out in float32 either way."""
 
 
-def check_precision(precision) -> str:
-    """`precision` if it is one of PRECISIONS; else a ValueError naming it, raised before any model loads."""
+def check_precision(precision, name: str = "precision") -> str:
+    """`precision` if it is one of PRECISIONS; else a ValueError naming it (`name`), raised before any model
+    loads."""
     if not isinstance(precision, str) or precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise ValueError(f"{name} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     return precision
 
 
-def resolve_precision(device: torch.device, precision: Precision) -> Optional[torch.dtype]:
-    """The transformer's autocast dtype on `device` (None: fp32, no autocast)."""
-    if check_precision(precision) == "auto":
+def resolve_precision(device: torch.device, precision: Precision, name: str = "precision") -> Optional[torch.dtype]:
+    """The autocast dtype of `precision` on `device` (None: fp32, no autocast)."""
+    if check_precision(precision, name) == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return _DTYPES[precision]
 
@@ -179,11 +184,14 @@ def fingerprint_differences(stored: dict, wanted: dict) -> list[str]:
 class RadarPipeline:
     def __init__(self, vqvae, var, accel: AccelMethod, sampling: SamplingConfig, *, vae_identity: ModelIdentity,
                  var_identity: Optional[ModelIdentity] = None, autocast_dtype: Optional[torch.dtype] = None,
-                 adapter: Optional[str] = None, merge_adapter: bool = True):
+                 adapter: Optional[str] = None, merge_adapter: bool = True,
+                 decode_dtype: Optional[torch.dtype] = None):
         self.vqvae, self.var, self.accel, self.sampling = vqvae, var, accel, sampling
         self.vae_identity, self.var_identity = vae_identity, var_identity
         self.device = var.pos_1LC.device
         self.autocast_dtype = autocast_dtype
+        self.decode_dtype = None if decode_dtype == torch.float32 else decode_dtype
+        """The decoder's autocast dtype (None: float32)."""
         if autocast_dtype is not None and var.body_dtype == torch.float32:
             var.cast_body_(autocast_dtype)
         self.sampler = NextScaleSampler(var, vqvae.quantize, sampling, autocast_dtype=autocast_dtype)
@@ -201,13 +209,15 @@ class RadarPipeline:
     def from_config(cls, args: PipelineArgs) -> "RadarPipeline":
         """The pipeline `args` describe. A bad `precision` or `device` is refused before any model loads."""
         check_precision(args.precision)
+        check_precision(args.decode_precision, "decode_precision")
         device = resolve_device(args.device)
         m = args.model
         vqvae, var, vae_id, var_id = load_models(m.preset, m.vae_checkpoint, m.var_checkpoint, device, m.init_seed)
         accel = build_accel(args.accel, var.patch_nums, var.depth, var_id)
         return cls(vqvae, var, accel, args.sampling, vae_identity=vae_id, var_identity=var_id,
                    autocast_dtype=resolve_precision(device, args.precision), adapter=args.adapter,
-                   merge_adapter=args.merge_adapter)
+                   merge_adapter=args.merge_adapter,
+                   decode_dtype=resolve_precision(device, args.decode_precision, "decode_precision"))
 
     @classmethod
     def from_files(cls, vae_checkpoint: str, var_checkpoint: str, preset: str = "var-d16", *, accel: str = "fastvar",
@@ -248,8 +258,9 @@ class RadarPipeline:
     def fingerprint(self) -> dict:
         """What identifies the samples this pipeline makes, for a command that goes on from an interrupted run
         (radar-fid, radar-generate): the weights (sha256, or the random preset and seed), the method's settings,
-        the sampler's, the adapter's files (sha256) and whether it is merged, the compute dtype and the
-        radar_train version. JSON-ready."""
+        the sampler's, the adapter's files (sha256) and whether it is merged, the compute dtypes and the
+        radar_train version (the decoder's only when it is not float32, so that progress saved before the option
+        existed still matches). JSON-ready."""
         import radar_train
         from radar_train.models.checkpoint import file_sha256
 
@@ -260,7 +271,8 @@ class RadarPipeline:
             "radar_train": radar_train.__version__, "vae": self.vae_identity.value,
             "var": None if self.var_identity is None else self.var_identity.value,
             "accel": _accel_settings(self.accel.describe()), "sampling": asdict(self.sampling), "adapter": adapter,
-            "precision": str(self.autocast_dtype or torch.float32)}, default=str))
+            "precision": str(self.autocast_dtype or torch.float32),
+            **({} if self.decode_dtype is None else {"decode_precision": str(self.decode_dtype)})}, default=str))
 
     # ------------------------------------------------------------------ generation
     def _checked(self, labels, seeds) -> tuple[torch.Tensor, list[int]]:
@@ -271,11 +283,15 @@ class RadarPipeline:
 
     @torch.no_grad()
     def decode(self, f_hat: torch.Tensor, adapter: bool, labels: Optional[Sequence[int]] = None) -> torch.Tensor:
-        """f_hat -> images in [0, 1] (float32, B×3×H×W). A label-conditioned adapter needs the samples' labels."""
+        """f_hat -> images in [0, 1] (float32, B×3×H×W), decoded in `decode_dtype`. A label-conditioned adapter
+        needs the samples' labels."""
         from radar_train.export import decode_with_labels
 
         dec = self.adapted_decoder if adapter and self.adapted_decoder is not None else self.decoder
-        return decode_with_labels(dec, f_hat.float(), labels).clamp(-1, 1).add(1).mul(0.5)
+        with torch.autocast(self.device.type, dtype=self.decode_dtype or torch.float32,
+                            enabled=self.decode_dtype is not None):
+            img = decode_with_labels(dec, f_hat.float(), labels)
+        return img.float().clamp(-1, 1).add(1).mul(0.5)
 
     def _sampling(self, cfg, top_k, top_p) -> NextScaleSampler:
         """The sampler for these overrides (kept, so that a captured engine's graphs serve later calls)."""

@@ -11,10 +11,11 @@ from radar_train.config import AccelArgs, FastVARArgs, ModelArgs, SamplingConfig
 from radar_train.inference import PipelineArgs, RadarPipeline
 
 
-def _pipe(adapter, merge=True, **model_kw) -> RadarPipeline:
+def _pipe(adapter, merge=True, decode_precision="fp32", **model_kw) -> RadarPipeline:
     return RadarPipeline.from_config(PipelineArgs(model=ModelArgs(**model_kw), accel=AccelArgs("fastvar"),
                                                   sampling=SamplingConfig(cfg=1.5, top_k=64, top_p=0.96),
-                                                  adapter=str(adapter), merge_adapter=merge, device="cpu"))
+                                                  adapter=str(adapter), merge_adapter=merge, device="cpu",
+                                                  decode_precision=decode_precision))
 
 
 def test_pipeline_adapter_reproduces_the_trained_student(trained_run):
@@ -42,6 +43,25 @@ def test_merged_equals_unmerged(trained_run):
     assert type(unmerged.adapted_decoder).__name__ == "PeftModel"
     assert type(merged.adapted_decoder).__name__ == "LatentDecoder"
     torch.testing.assert_close(merged.decode(f, adapter=True), unmerged.decode(f, adapter=True), atol=2e-5, rtol=0)
+
+
+def test_decode_precision_runs_the_decoder_under_autocast_and_is_in_the_fingerprint(trained_run):
+    from radar_train.export import decode_with_labels
+
+    f = torch.randn(2, 8, 8, 8)
+    fp32, bf16 = _pipe(trained_run["adapter"]), _pipe(trained_run["adapter"], decode_precision="bf16")
+    assert fp32.decode_dtype is None and bf16.decode_dtype == torch.bfloat16
+    assert _pipe(trained_run["adapter"], decode_precision="auto").decode_dtype is None  # auto: fp32 on the CPU
+    for adapter, dec in ((True, bf16.adapted_decoder), (False, bf16.decoder)):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            want = decode_with_labels(dec, f).float().clamp(-1, 1).add(1).mul(0.5)
+        got = bf16.decode(f, adapter=adapter)
+        assert got.dtype == torch.float32 and torch.equal(got, want)
+        assert not torch.equal(got, fp32.decode(f, adapter=adapter))
+    assert "decode_precision" not in fp32.fingerprint()  # (progress saved before the option still matches)
+    assert bf16.fingerprint() == {**fp32.fingerprint(), "decode_precision": "torch.bfloat16"}
+    with pytest.raises(ValueError, match="decode_precision must be one of auto, fp32, .*, got 'bf17'"):
+        _pipe(trained_run["adapter"], decode_precision="bf17")
 
 
 def test_adapter_of_another_vqvae_is_refused(trained_run):
