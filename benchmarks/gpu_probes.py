@@ -42,6 +42,18 @@ def bench(fn, n=20):
     torch.cuda.synchronize()
     return (time.perf_counter() - t) / n * 1e3
 
+def write_rows(probe, rows):
+    """$OUT/probe-PROBE.json with the device, versions, date and command, when OUT is set."""
+    import json
+    import os
+
+    if os.environ.get("OUT"):
+        doc = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "command": f"python benchmarks/gpu_probes.py {probe}", "rows": rows}
+        with open(os.path.join(os.environ["OUT"], f"probe-{probe}.json"), "w") as f:
+            json.dump(doc, f, indent=1)
+
 def cubic_matrix(n_in, n_out, A=-0.75):
     scale = n_in / n_out
     W = torch.zeros(n_out, n_in, dtype=torch.float64)
@@ -107,9 +119,7 @@ if sys.argv[1] == "compiled":
     print(f"compiled vs graphs: tokens equal {same.item():.4f}", flush=True)
 
 if sys.argv[1] == "fused":
-    import json
     import math
-    import os
 
     from radar_train.accel.fastvar import pivotal_tokens, resize_tokens
     from radar_train.models.fused import gated_add, l2_normalize_qk, modulate
@@ -166,17 +176,10 @@ if sys.argv[1] == "fused":
                   f"max diff {diff:.2e}", flush=True)
             rows_out.append({"C": C, "rows": R, "tokens": L, "step": name, "before_ms": t_old, "after_ms": t_new,
                              "max_diff": diff})
-    if os.environ.get("OUT"):
-        doc = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "command": "python benchmarks/gpu_probes.py fused", "rows": rows_out}
-        with open(os.path.join(os.environ["OUT"], "probe-fused.json"), "w") as f:
-            json.dump(doc, f, indent=1)
+    write_rows("fused", rows_out)
 
 if sys.argv[1] == "decode":
     import copy
-    import json
-    import os
 
     from radar_train.models import build_vqvae, get_preset
     from radar_train.models.init import init_random_
@@ -207,9 +210,4 @@ if sys.argv[1] == "decode":
               f"max |diff| from float32 {diff:.2e}", flush=True)
         rows_out.append({"variant": name, "batch_size": 32, "first_call_s": first, "ms": ms,
                          "images_per_s": 32e3 / ms, "max_abs_diff_vs_float32": diff})
-    if os.environ.get("OUT"):
-        doc = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "command": "python benchmarks/gpu_probes.py decode", "rows": rows_out}
-        with open(os.path.join(os.environ["OUT"], "probe-decode.json"), "w") as f:
-            json.dump(doc, f, indent=1)
+    write_rows("decode", rows_out)
