@@ -64,7 +64,7 @@ timeout "${SUITE_TIMEOUT:-440}" "$py" -m radar_train.bench.gpu_suite ${official[
   --budget_s "${BUDGET_S:-380}" --command "bash benchmarks/run_gpu_suite.sh $commit${*:+ $*}" \
   --output_dir "$out" "$@" 2>&1 | tee "$out/suite.log"
 suite=$?
-# (in one process: -o addopts= drops pyproject.toml's -n auto, whose pytest-xdist the GPU image may lack, and the CUDA
+# (in one process: -o addopts= drops pyproject.toml's --dist loadgroup, whose pytest-xdist the GPU image may lack, and the CUDA
 # tests share one GPU)
 timeout "${TEST_TIMEOUT:-100}" "$py" -m pytest -v -rA -s -p no:cacheprovider -o addopts= -o log_level=WARNING -m "gpu and not slow" \
   tests/test_gpu.py tests/accel/test_sca.py tests/models/test_fused.py tests/accel/test_fastvar.py \
