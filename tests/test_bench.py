@@ -126,6 +126,27 @@ def test_checkpointing_rows_measure_each_mode_against_none(monkeypatch):
     assert "activation_checkpointing norms: train step 300 MiB" in bench.row_detail(rows[1])
 
 
+@pytest.mark.parametrize("mode,measured_at", [(False, 0), (True, 2), ("norms", 1)])
+def test_checkpointing_rows_take_the_memory_rows_peak_for_its_own_mode(monkeypatch, mode, measured_at):
+    """With the memory row's training-step peak given, the mode it was measured in (true is blocks) is not
+    measured again; the other two are."""
+    from radar_train.train import bench
+
+    asked = []
+
+    def peaks(kinds, dev, precision):
+        asked.extend(a.activation_checkpointing for _, a in kinds)
+        return [200 * 2**20] * len(kinds), "stand-in"
+
+    monkeypatch.setattr(bench, "_peaks", peaks)
+    monkeypatch.setattr(bench, "_interleaved_steps", lambda states, *a: [1.0] * len(states))
+    rows = bench.checkpointing_rows(bench.TrainBenchArgs(preset="tiny", batch_size=2, steps=1, warmup=0,
+                                                         activation_checkpointing=mode),
+                                    torch.device("cpu"), "32-true", (400 * 2**20, "stand-in"))
+    assert asked == [m for i, m in enumerate(bench.CHECKPOINTING_MODES) if i != measured_at]
+    assert [r["train_step_mib"] for r in rows] == [400 if i == measured_at else 200 for i in range(3)]
+
+
 @pytest.mark.parametrize("precision,dtype", [("64-true", torch.float64), ("32-true", torch.float32)])
 def test_train_bench_bare_loop_trains_in_the_dtype_of_a_true_precision(precision, dtype):
     """The bare loop does what Lightning does for the precision it reports: a "-true" one casts the module and

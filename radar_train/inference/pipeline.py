@@ -15,6 +15,7 @@ import json
 import logging
 import operator
 import warnings
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Optional, Sequence
@@ -288,8 +289,8 @@ class RadarPipeline:
         from radar_train.export import decode_with_labels
 
         dec = self.adapted_decoder if adapter and self.adapted_decoder is not None else self.decoder
-        with torch.autocast(self.device.type, dtype=self.decode_dtype or torch.float32,
-                            enabled=self.decode_dtype is not None):
+        amp = torch.autocast(self.device.type, dtype=self.decode_dtype) if self.decode_dtype else nullcontext()
+        with amp:
             img = decode_with_labels(dec, f_hat.float(), labels)
         return img.float().clamp(-1, 1).add(1).mul(0.5)
 

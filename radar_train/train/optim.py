@@ -8,6 +8,8 @@ from typing import Iterable, Literal, Optional, Sequence, Union
 
 import torch
 
+from radar_train.models.vae_blocks import CHECKPOINTING
+
 __all__ = ["OptimArgs", "WarmupCosine", "build_optimizer"]
 
 
@@ -56,7 +58,7 @@ class OptimArgs:
             p.append(f"model.optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.schedule_steps is not None and self.schedule_steps < 1:
             p.append(f"model.optim.schedule_steps must be >= 1, got {self.schedule_steps}")
-        if self.activation_checkpointing not in (False, True, "norms", "blocks"):
+        if self.activation_checkpointing not in (False, True, *CHECKPOINTING):
             p.append("model.optim.activation_checkpointing must be false, norms, blocks or true (= blocks), got "
                      f"{self.activation_checkpointing!r}")
         if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
