@@ -29,11 +29,42 @@ def _command(cache: str, run: Path, term_at: int = 0, signal: str = "SIGTERM", g
             "--model.monitor.images_every_n_steps", "0", "--model.monitor.train_metrics_every_n_steps", "0"]
 
 
-def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+def _start(cmd: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "scripts"), str(ROOT)]),
            "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-                          start_new_session=True)  # (a signal to the process group stays in it)
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # (a signal to the process group stays in it)
+
+
+def _finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    try:
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return _finish(_start(cmd))
+
+
+def _both(first: list[str], second: list[str]) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
+    """Two independent runs at the same time (each in its own session: a signal to one's process group does not
+    reach the other); their results once both ended."""
+    a = _start(first)
+    try:
+        b = _start(second)
+    except BaseException:
+        a.kill()
+        a.wait()
+        raise
+    try:
+        rb = _finish(b)
+    finally:
+        ra = _finish(a)
+    return ra, rb
 
 
 def _last(run: Path) -> dict:
@@ -44,15 +75,14 @@ def test_sigterm_saves_the_step_it_stops_at_exits_143_and_the_run_resumes_exactl
     from safetensors.torch import load_file
 
     full, stopped = tmp_path / "full", tmp_path / "stopped"
-    r = _run(_command(tiny_cache, full))
-    assert r.returncode == 0, r.stderr[-3000:]
-
+    # the uninterrupted run and, beside it (independent runs: the suite's time), the first stopped one:
     # step 2, Ctrl-C (SIGINT to the process group, as a terminal sends it; the same path as SIGTERM): a validation is
     # due -> it runs, then the step is saved (with its metrics) and the run stops, status 130. With a DataLoader
     # worker per loader, the validation's forked in the sanity check (before the run took the signal): a worker the
     # Ctrl-C killed broke that validation, and nothing was saved
-    r = _run(_command(tiny_cache, stopped, term_at=2, signal="SIGINT", group=True) + [
-        "--data.num_workers", "1", "--trainer.num_sanity_val_steps", "1"])
+    r_full, r = _both(_command(tiny_cache, full), _command(tiny_cache, stopped, term_at=2, signal="SIGINT", group=True)
+                      + ["--data.num_workers", "1", "--trainer.num_sanity_val_steps", "1"])
+    assert r_full.returncode == 0, r_full.stderr[-3000:]
     assert r.returncode == 130 and "stopped by Ctrl-C" in r.stderr, r.stderr[-3000:]
     assert not (stopped / "final").exists()
     last = _last(stopped)
@@ -61,7 +91,11 @@ def test_sigterm_saves_the_step_it_stops_at_exits_143_and_the_run_resumes_exactl
     # step 3: no validation due -> saved at the step's end. SIGTERM to the process group (scancel, a time limit):
     # the DataLoader worker it reached went on serving batches (the run ends it); before, its death raised in the
     # run's step (a traceback, exit 1, nothing saved since the last checkpoint)
-    r = _run(_command(tiny_cache, stopped, term_at=3, group=True) + ["--ckpt_path", "last", "--data.num_workers", "1"])
+    # (beside it: Ctrl-C in radar-train validate of the uninterrupted run, checked below)
+    cb = [{"class_path": "self_term.SelfTerm", "init_args": {"step": 0, "signal": "SIGINT", "in_validation": True}}]
+    validate = ["validate", *_command(tiny_cache, full)[4:], "--ckpt_path", "last", "--trainer.callbacks", json.dumps(cb)]
+    r, r_validate = _both(_command(tiny_cache, stopped, term_at=3, group=True)
+                          + ["--ckpt_path", "last", "--data.num_workers", "1"], _command(tiny_cache, full)[:3] + validate)
     assert r.returncode == 143 and "stopped by SIGTERM" in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert _last(stopped)["global_step"] == 3 and _last(stopped)["radar"]["metrics"] == last["radar"]["metrics"]
 
@@ -73,11 +107,9 @@ def test_sigterm_saves_the_step_it_stops_at_exits_143_and_the_run_resumes_exactl
     assert _last(stopped)["global_step"] == MAX_STEPS
 
     # Ctrl-C in radar-train validate (Lightning takes it: its shutdown, then exit 1): one line, status 130
-    cb = [{"class_path": "self_term.SelfTerm", "init_args": {"step": 0, "signal": "SIGINT", "in_validation": True}}]
-    validate = ["validate", *_command(tiny_cache, full)[4:], "--ckpt_path", "last", "--trainer.callbacks", json.dumps(cb)]
-    r = _run(_command(tiny_cache, full)[:3] + validate)
-    assert r.returncode == 130, r.stderr[-3000:]
-    assert r.stderr.strip().splitlines()[-1] == "radar-train: interrupted (nothing saved since the run's last checkpoint)"
+    assert r_validate.returncode == 130, r_validate.stderr[-3000:]
+    assert r_validate.stderr.strip().splitlines()[-1] == \
+        "radar-train: interrupted (nothing saved since the run's last checkpoint)"
 
 
 def test_a_second_ctrl_c_stops_at_once():
