@@ -74,7 +74,7 @@ SCA_S = 90.0
 PAPER_PRESET = "var-d20"  # the model of RADAR's main table (methods.md §4.1)
 PAPER_METHODS = ("sca:window+default",)
 PAPER_S = 75.0
-PROFILE_S = 80.0  # (66 s on the H200: d16 27 s, d24 39 s, model builds included)
+PROFILE_S = 90.0  # (66 s on the H200: d16 27 s, d24 39 s, model builds included; since then each method's kernels too)
 
 
 def _estimate(preset: str, engines: int, batch: int) -> tuple[float, float]:
@@ -254,8 +254,9 @@ def run_paper_section(args, results, log, deadline: float) -> Optional[str]:
 def run_profile_section(args, results, log, deadline: float) -> Optional[str]:
     """Where the time goes (radar_train.bench.scales), on the targets' presets of --presets (else the first), at
     --batch_size: per method (vanilla and --methods) each scale's time with the default engine (graphs on CUDA)
-    and the operators with the most device time in one eager call (for vanilla also each scale's kernels, count
-    and time, the blocks against the rest of the scale: scales.scale_kernels); on the first preset also the decode with
+    and the operators with the most device time in one eager call, and each scale's kernels, count and time, the
+    blocks against the rest of the scale (scales.scale_kernels: vanilla's every scale, a method's those it changes;
+    first_modified_scale None, a method that changes none: every scale); on the first preset also the decode with
     NCHW against channels-last activations. Rows under sections.profile, saved after each preset; a preset is
     skipped (and recorded so) when less than its part of --profile_reserve_s is left."""
     import torch
@@ -297,10 +298,12 @@ def run_profile_section(args, results, log, deadline: float) -> Optional[str]:
                                       "patch_nums": list(cfg.var.patch_nums), **t})
                 out["ops"] += [{"preset": preset, "method": name, "engine": "eager", **op}
                                for op in top_ops(eager, labels, seeds, accel)]
-                if name == "vanilla":  # (the scales every method shares: their kernels, blocks against the rest)
-                    out.setdefault("kernels", []).extend(
-                        {"preset": preset, "method": name, "engine": "eager", **row}
-                        for row in scale_kernels(eager, labels, seeds, accel))
+                # each scale's kernels, blocks against the rest: vanilla's every scale (those the methods share),
+                # a method's the scales it changes
+                first = 0 if accel is None else accel.first_modified_scale(cfg.var.patch_nums)
+                out.setdefault("kernels", []).extend(
+                    {"preset": preset, "method": name, "engine": "eager", **row}
+                    for row in scale_kernels(eager, labels, seeds, accel, from_scale=first or 0))
                 _section(results, "profile", out)
                 log(f"  profile {preset} {name}: {t['total_ms']:.1f} ms per call ({default.engine}); by scale "
                     + " ".join("-" if ms is None else f"{ms:.1f}" for ms in t["scale_ms"]))

@@ -6,10 +6,11 @@
   host counts that wait as its time, so a host-bound scale shows. Elsewhere wall time. Medians over repeats,
   after one untimed call (which captures the graphs of a captured engine).
 - `top_ops`: the operators of one eager sampling call by self time (device time on CUDA; torch.profiler).
-- `scale_kernels`: per scale of one eager sampling call, the device kernels (count and summed time) of the
-  transformer step (`VAR.step`) and of the rest of the scale (embedding, head, guidance, token draw, f_hat
-  update): under a captured engine a scale's time past its kernels' busy time is the per-kernel floor, so this
-  says whether the small scales' floor comes from the blocks' kernel count or from the sampler's tail.
+- `scale_kernels`: per scale of one eager sampling call (or per scale a method changes), the device kernels
+  (count and summed time) of the transformer step (`VAR.step`) and of the rest of the scale (embedding, head,
+  guidance, token draw, f_hat update): under a captured engine a scale's time past its kernels' busy time is the
+  per-kernel floor, so this says whether the small scales' floor comes from the blocks' kernel count or from the
+  sampler's tail, and whether a method's scales are bound by their kernels' count or by their work.
 - `decode_layouts`: the VQ-VAE decode with the decoder's activations in NCHW and in channels-last,
   interleaved (`Decoder.channels_last`).
 """
@@ -102,11 +103,12 @@ def _kernels(event) -> list:
 
 
 @torch.no_grad()
-def scale_kernels(sampler, labels: torch.Tensor, seeds: Sequence[int], accel=None) -> list[dict]:
+def scale_kernels(sampler, labels: torch.Tensor, seeds: Sequence[int], accel=None, from_scale: int = 0) -> list[dict]:
     """[{"scale", "pn", "blocks_kernels", "blocks_kernel_ms", "rest_kernels", "rest_kernel_ms", "cpu_ms"}] for
-    each scale of one call of `sampler` (after an untimed one; run it with the eager engine: a captured graph's
-    replay is one launch). Kernel times are the kernels' own durations, summed (no gaps); `cpu_ms` the scale's
-    host time. On a device without kernels (the CPU) the counts are 0."""
+    each scale from `from_scale` on (that runs: a method may skip the last ones) of one call of `sampler` (after an
+    untimed one; run it with the eager engine: a captured graph's replay is one launch). Kernel times are the
+    kernels' own durations, summed (no gaps); `cpu_ms` the scale's host time. On a device without kernels (the
+    CPU) the counts are 0."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
     cuda = sampler.device.type == "cuda"
@@ -123,9 +125,12 @@ def scale_kernels(sampler, labels: torch.Tensor, seeds: Sequence[int], accel=Non
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
         with profile(activities=acts) as prof:
             state = sampler.start(labels, seeds=seeds, accel=accel)
+            ran = set()  # (a scale the method skips, and those after it, have nothing to show)
             for si in range(len(sampler.patch_nums)):
                 with record_function(f"radar::scale{si}"):
                     sampler.advance(state, until=si + 1)
+                if state.si > si:
+                    ran.add(si)
             sampler.output(state)
             if cuda:
                 torch.cuda.synchronize()
@@ -136,6 +141,8 @@ def scale_kernels(sampler, labels: torch.Tensor, seeds: Sequence[int], accel=Non
         if not e.name.startswith("radar::scale") or e.device_type != DeviceType.CPU:
             continue
         si = int(e.name[len("radar::scale"):])
+        if si < from_scale or si not in ran:
+            continue
         every = _kernels(e)
         blocks = [k for b in e.cpu_children if b.name == "radar::blocks" for k in _kernels(b)]
         ms = lambda ks: sum(k.duration for k in ks) / 1e3  # noqa: E731 - (µs -> ms)

@@ -162,8 +162,8 @@ def render(doc: dict) -> str:
 
 def _profile_tables(profile: dict, ops_per_method: int = 8) -> list[str]:
     """The GPU suite's profile section (radar_train.bench.scales): per preset, each scale's milliseconds per
-    method, the operators with the most device time per method, vanilla's kernels per scale (blocks against the
-    rest), and the decode per activation layout."""
+    method, the operators with the most device time per method, the kernels per scale (vanilla's every scale, a
+    method's those it changes; blocks against the rest), and the decode per activation layout."""
     out: list[str] = []
     for preset in dict.fromkeys(r["preset"] for r in profile.get("scales", [])):
         rows = [r for r in profile["scales"] if r["preset"] == preset]
@@ -185,12 +185,12 @@ def _profile_tables(profile: dict, ops_per_method: int = 8) -> list[str]:
                     out.append(f"| {method} | `{r['op']}` | {r['ms']:.2f} | {r['calls']} |")
         kernels = [r for r in profile.get("kernels", []) if r["preset"] == preset]
         if kernels:
-            out += ["", f"Profile, {preset}, {kernels[0]['method']}: each scale's device kernels in one eager call, "
-                        "the transformer blocks against the rest of the scale (embedding, head, guidance, token draw, "
-                        "f_hat update): count and summed kernel time (ms, no gaps):", "",
-                    "| scale | blocks: kernels | blocks: ms | rest: kernels | rest: ms |",
-                    "| --- | ---: | ---: | ---: | ---: |"]
-            out += [f"| {r['pn']}×{r['pn']} | {r['blocks_kernels']} | {r['blocks_kernel_ms']:.2f} | "
+            out += ["", f"Profile, {preset}: each scale's device kernels in one eager call (vanilla's every scale, a "
+                        "method's those it changes), the transformer blocks against the rest of the scale (embedding, "
+                        "head, guidance, token draw, f_hat update): count and summed kernel time (ms, no gaps):", "",
+                    "| method | scale | blocks: kernels | blocks: ms | rest: kernels | rest: ms |",
+                    "| --- | --- | ---: | ---: | ---: | ---: |"]
+            out += [f"| {r['method']} | {r['pn']}×{r['pn']} | {r['blocks_kernels']} | {r['blocks_kernel_ms']:.2f} | "
                     f"{r['rest_kernels']} | {r['rest_kernel_ms']:.2f} |" for r in kernels]
     decode = profile.get("decode") or []
     if decode:

@@ -349,13 +349,17 @@ def test_the_profile_section_times_each_scale_each_method_and_the_decode_layouts
     ops = [o for o in prof["ops"] if o["method"] == "vanilla"]
     assert ops and all(o["ms"] > 0 and o["calls"] >= 1 for o in ops) and any("addmm" in o["op"] or "mm" in o["op"] for o in ops)
     assert [d["layout"] for d in prof["decode"]] == ["nchw", "channels_last"] and all(d["images_per_s"] > 0 for d in prof["decode"])
-    # vanilla's kernels per scale (none on the CPU: a device's kernels only)
+    # the kernels per scale (none on the CPU: a device's kernels only): vanilla's every scale, a method's those it
+    # changes and runs (FastVAR default prunes the last two scales; StageVAR paper projects the third last and skips
+    # the last two)
+    pns = prof["scales"][0]["patch_nums"]
     assert [(k["method"], k["scale"], k["pn"]) for k in prof["kernels"]] == \
-        [("vanilla", i, pn) for i, pn in enumerate(prof["scales"][0]["patch_nums"])]
+        [("vanilla", i, pn) for i, pn in enumerate(pns)] + [("fastvar:default", 4, pns[4]), ("fastvar:default", 5, pns[5]),
+                                                            ("stagevar:paper", 3, pns[3])]
     assert all(k["cpu_ms"] > 0 and k["blocks_kernels"] == k["rest_kernels"] == 0 for k in prof["kernels"])
     text = render(doc)
     assert "| fastvar:default | eager |" in text and "| 8×8 | total |" in text and "| tiny | 2 | channels_last |" in text
-    assert "| 8×8 | 0 | 0.00 | 0 | 0.00 |" in text
+    assert "| vanilla | 8×8 | 0 | 0.00 | 0 | 0.00 |" in text and "| stagevar:paper | 4×4 | 0 | 0.00 | 0 | 0.00 |" in text
     assert "\n\n\n" not in text
 
 
