@@ -31,6 +31,7 @@ ENV_MODE = "RADAR_PROGRESS"
 ENV_INTERVAL = "RADAR_PROGRESS_INTERVAL"
 DEFAULT_INTERVAL_S = 30.0
 RECENT_LINES = 4  # a plain line's rate and ETA: the work since the 4th-last line (or the start), not the whole run
+BAR_POSTFIX_S = 1.0  # a bar's postfix values (e.g. the loss), at most this often: see Progress.wants_postfix
 MODES = ("auto", "bar", "log", "off")
 Mode = Literal["auto", "bar", "log", "off"]
 T = TypeVar("T")
@@ -154,6 +155,7 @@ class Progress:
         self.lines_written = 0
         self.closed = False
         self._bar = None
+        self._postfix_at = -math.inf  # (when a bar last took postfix values)
         if self.mode == "bar":
             from tqdm.auto import tqdm
 
@@ -176,6 +178,7 @@ class Progress:
         if self._bar is not None:
             if postfix:
                 self._bar.set_postfix({k: _short(v) for k, v in self.postfix.items()}, refresh=False)
+                self._postfix_at = time.monotonic()
             self._bar.update(step)
         elif self.mode == "log":
             now = time.monotonic()
@@ -183,6 +186,16 @@ class Progress:
                 self._write(self.line(now))
                 self._last_line = now
                 self._marks.append((now, done))
+
+    def wants_postfix(self) -> bool:
+        """Whether postfix values given to the next `update_to` would be shown: in log mode when its line is due,
+        with a bar at most every BAR_POSTFIX_S seconds, never when off. A caller whose values cost something to
+        get (a training loss read back from the GPU: a synchronisation that stalls the step queue) asks first, and
+        gives them to `close` too, for the final line."""
+        now = time.monotonic()
+        if self._bar is not None:
+            return now - self._postfix_at >= BAR_POSTFIX_S
+        return self.mode == "log" and now - self._last_line >= self.interval_s
 
     def iterate(self, items: Iterable[T], size: Callable[[T], int] = lambda _: 1) -> Iterator[T]:
         """Yield `items`, counting `size(item)` units after each one is processed; closes at the end."""
@@ -245,11 +258,15 @@ class Progress:
             text += f", {'stopped at' if self.done < self.total else 'now'} {self.done}/{self.total}"
         return text + "".join(f", {k} {_short(v)}" for k, v in self.postfix.items())
 
-    def close(self) -> None:
-        """Close the bar, or write the final line (see `final_line`). Idempotent."""
+    def close(self, **postfix: object) -> None:
+        """Close the bar, or write the final line (see `final_line`), with `postfix` values updated. Idempotent."""
         if self.closed:
             return
         self.closed = True
+        if postfix:
+            self.postfix.update(postfix)
+            if self._bar is not None:
+                self._bar.set_postfix({k: _short(v) for k, v in self.postfix.items()}, refresh=False)
         if self._bar is not None:
             self._bar.close()
         elif self.mode == "log" and (self.final_line == "always"

@@ -183,3 +183,32 @@ def test_toy_trainers_rate_and_eta_cover_the_steps_since_the_previous_line(caplo
     assert lines == ["var: step 10/40 (25.0 %), 2 it/s, ETA 15 s",
                      "var: step 20/40 (50.0 %), 100 s/it, ETA 33 min 30 s",  # 10 steps in 1,005 s: 20 x 100.5 s left
                      "var: step 30/40 (75.0 %), 2 it/s, ETA 5 s"]
+
+
+def test_postfix_values_are_wanted_only_when_shown_and_the_final_line_takes_them_at_close(clock):
+    """A caller whose values cost something (a loss read back from the GPU) asks `wants_postfix` first: in log
+    mode only when the next line is due, with a bar at most every BAR_POSTFIX_S, never when off."""
+    from radar_train.progress import BAR_POSTFIX_S
+
+    out = io.StringIO()
+    p = Progress(100, "train", "step", rate_unit="it", interval_s=30, stream=out)
+    wanted = []
+    for _ in range(100):
+        clock.t += 0.5
+        wanted.append(p.wants_postfix())
+        p.update(1, **({"loss": 0.25} if wanted[-1] else {}))
+    p.close(loss=0.125)
+    assert [i for i, w in enumerate(wanted) if w] == [59]  # the step whose line is due (at 30 s), and no other
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith("loss 0.25") and lines[1] == "train: 100 steps in 50 s (2 it/s), loss 0.125"
+
+    bar = Progress(10, "train", "step", interval_s=0, stream=Terminal())
+    seen = []
+    for _ in range(10):
+        clock.t += BAR_POSTFIX_S / 4
+        seen.append(bar.wants_postfix())
+        bar.update(1, **({"loss": 1.0} if seen[-1] else {}))
+    bar.close()
+    assert seen == [True, False, False, False, True, False, False, False, True, False]
+    off = Progress(10, "train", "step", enabled=False)
+    assert not off.wants_postfix()

@@ -101,3 +101,67 @@ class ValidationSteps(Callback):
         if not trainer.sanity_checking:
             with open(self.path, "a") as f:
                 f.write(f"{trainer.global_step}{' torn down' if getattr(trainer.strategy, 'torn_down', 0) else ''}\n")
+
+
+class HostReadbacks(Callback):
+    """Records where the training loop reads a value back to the host that on a GPU lives on the device (a
+    synchronisation: the host waits for the step's kernels instead of queueing the next step), in the optimizer
+    steps `after` + 1 to `until` (global_step `after` to `until` − 1 as they begin), in the class attribute `found`
+    ({(what, where): calls}): `.item()`, `.tolist()`, `float()` / `int()` / `bool()` of a tensor, `.cpu()` and
+    `.numpy()` made by radar_train's training code or by Lightning's step logging (the innermost frame outside torch
+    and Lightning's generic helpers), and every Python number turned into a tensor on a device (Lightning's
+    `self.log` of a number: a copy that waits for the device). Host-side tensors by design (the optimizer's step
+    counts, the data loader's) are read by other code and not counted."""
+
+    found: dict = {}
+    WATCHED = ("radar_train/train/", "lightning/pytorch/trainer/connectors/logger_connector/")
+    TRANSPARENT = ("/torch/", "/lightning_utilities/", "/lightning/fabric/utilities/", "/tiny_training.py")
+
+    def __init__(self, after: int = 2, until: int = 6):
+        self.after, self.until = after, until
+        self._mode = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._mode is None and trainer.global_step == self.after:
+            HostReadbacks.found = {}
+            self._mode = _ReadbackMode()
+            self._mode.__enter__()
+        elif self._mode is not None and trainer.global_step == self.until:
+            self._stop()
+
+    def _stop(self) -> None:
+        if self._mode is not None:
+            self._mode.__exit__(None, None, None)
+            HostReadbacks.found, self._mode = dict(self._mode.found), None
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._stop()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._stop()
+
+
+class _ReadbackMode(torch.overrides.TorchFunctionMode):
+    READBACKS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__float__, torch.Tensor.__int__,
+                 torch.Tensor.__bool__, torch.Tensor.cpu, torch.Tensor.numpy}
+
+    def __init__(self):
+        super().__init__()
+        self.found: dict = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        what = None
+        if func in self.READBACKS:
+            what = func.__name__
+        elif func is torch.tensor and kwargs.get("device") is not None and not isinstance(args[0], torch.Tensor):
+            what = "a number to the device"
+        if what is not None:
+            import traceback
+
+            frames = [f"{f.filename.replace(chr(92), '/')}:{f.lineno}" for f in traceback.extract_stack()[:-1]]
+            caller = next((f for f in reversed(frames) if not any(t in f for t in HostReadbacks.TRANSPARENT)), "?")
+            if what == "a number to the device" or any(w in caller for w in HostReadbacks.WATCHED):
+                where = caller[caller.find("radar_train/"):] if "radar_train/" in caller else caller.split("site-packages/")[-1]
+                self.found[(what, where)] = self.found.get((what, where), 0) + 1
+        return func(*args, **kwargs)

@@ -241,7 +241,9 @@ class RadarLoraModule(pl.LightningModule):
         with self._step_rng.active(self.device, self.global_rank):  # exact resume: the stream is in every checkpoint
             loss, terms, student, teacher = self.compute_loss(batch)
         bs = batch["fhat_hq"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        # (not prog_bar: Lightning reads every progress-bar value back to the host after each step, on a GPU a wait
+        # for the step's kernels; radar_train's progress reads the loss from callback_metrics when it shows it)
+        self.log("train/loss", loss, batch_size=bs)
         if len(terms) > 1:
             self.log_dict({f"train/loss_{k}": v for k, v in terms.items()}, batch_size=bs)
         every = self.monitor.train_metrics_every_n_steps
@@ -271,7 +273,9 @@ class RadarLoraModule(pl.LightningModule):
         now = time.perf_counter()
         if self._t_last is not None:
             n = batch["fhat_hq"].shape[0] * self.trainer.world_size
-            self.log("train/samples_per_s", n / max(now - self._t_last, 1e-9), batch_size=1)
+            # a host tensor: Lightning copies a Python number to the module's device, which on a GPU waits for the
+            # step's kernels (a synchronisation every step: the host could not queue the next step meanwhile)
+            self.log("train/samples_per_s", torch.tensor(n / max(now - self._t_last, 1e-9)), batch_size=1)
         self._t_last = now
         step = self.global_step
         if self.monitor.images_every_n_steps and step % self.monitor.images_every_n_steps == 0:

@@ -55,12 +55,19 @@ class StepProgress(ProgressBar):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.train is None:
             return
-        loss = trainer.progress_bar_metrics.get(LOSS_KEY)
-        self.train.update_to(trainer.global_step, **({"loss": loss} if loss is not None else {}))
+        # the loss only when it is shown: reading it back from the GPU waits for the step's kernels, and a wait
+        # every step would keep the host from queueing the next step while this one runs
+        self.train.update_to(trainer.global_step, **(self._loss(trainer) if self.train.wants_postfix() else {}))
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.train is not None:
-            self.train.close()
+            self.train.close(**self._loss(trainer))
+
+    @staticmethod
+    def _loss(trainer) -> dict:
+        """{"loss": the step's training loss} (read back to the host: call it only when it is shown), or {}."""
+        loss = trainer.callback_metrics.get(LOSS_KEY)
+        return {"loss": float(loss)} if loss is not None else {}
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         for p in (self.val, self.train):
