@@ -39,8 +39,7 @@ def bare_generation(job, batches: Sequence[tuple[int, int]]) -> float:
     t = time.perf_counter()
     for a, b in batches:
         labels, seeds = job.plan.labels_seeds(a, b)
-        generate_pairs(job.sampler, torch.from_numpy(labels).to(job.sampler.device), job.method,
-                       seeds=torch.from_numpy(seeds))
+        generate_pairs(job.sampler, torch.from_numpy(labels), job.method, seeds=torch.from_numpy(seeds))
     _sync(job.device)
     return time.perf_counter() - t
 

@@ -70,7 +70,9 @@ def generate_shard_arrays(sampler, method, plan: Plan, shard: int, batch_size: i
     out: dict[str, list[torch.Tensor]] = {k: [] for k in schema.LATENT_ARRAYS + schema.INDEX_ARRAYS}
     dt = getattr(torch, latent_dtype)
     for a in range(0, stop - start, batch_size):
-        lab = torch.from_numpy(labels[a: a + batch_size]).to(sampler.device)
+        # the labels on the host: the sampler checks them there and copies them without blocking (a plain copy to a
+        # GPU waits for its queued work: the previous batch)
+        lab = torch.from_numpy(labels[a: a + batch_size])
         pair = generate_pairs(sampler, lab, method, seeds=torch.from_numpy(seeds[a: a + batch_size]))
         # results stay on the device: no synchronisation here
         out[schema.FHAT_HQ].append(pair.hq.f_hat.to(dt))

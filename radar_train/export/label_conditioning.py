@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from radar_train.inputs import InputError, load_safetensors
+from radar_train.noise import to_device
 
 __all__ = ["LABEL_CONDITIONING_WEIGHTS", "FILM_KIND", "ClassFiLM", "LabelConditionedDecoder", "decode_with_labels",
            "is_label_conditioned", "conditioning_section", "load_label_conditioning", "group_norms"]
@@ -121,8 +122,10 @@ class ClassFiLM(nn.Module):
 
     # ------------------------------------------------------------------ format
     def check_labels(self, labels, batch: int, device: torch.device) -> torch.Tensor:
-        """`labels` as a (batch,) long tensor on `device`; ValueError if the count or a value is wrong."""
-        raw = torch.as_tensor(labels, device=device).reshape(-1)
+        """`labels` as a (batch,) long tensor on `device`; ValueError if the count or a value is wrong. Checked
+        where they are (a list or a host tensor on the host, then copied without blocking: a check on a GPU, or a
+        plain copy to it, waits for its queued work, e.g. the sampling of these latents)."""
+        raw = torch.as_tensor(labels).reshape(-1)
         if raw.is_floating_point() and not torch.equal(raw, raw.round()):
             raise ValueError("label conditioning: labels must be whole class numbers, got fractions")
         t = raw.long()
@@ -131,7 +134,7 @@ class ClassFiLM(nn.Module):
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_classes):
             raise ValueError(f"label conditioning: labels must lie in 0..{self.num_classes - 1} (the adapter's "
                              f"classes), got {int(t.min())}..{int(t.max())}")
-        return t
+        return to_device(t, device)
 
     def describe(self) -> dict:
         """The `label_conditioning` section of radar_config.yaml (plain types)."""

@@ -285,7 +285,8 @@ class RadarPipeline:
     @torch.no_grad()
     def decode(self, f_hat: torch.Tensor, adapter: bool, labels: Optional[Sequence[int]] = None) -> torch.Tensor:
         """f_hat -> images in [0, 1] (float32, B×3×H×W), decoded in `decode_dtype`. A label-conditioned adapter
-        needs the samples' labels."""
+        needs the samples' labels: best given on the host, where they are checked without waiting for the device
+        (`ClassFiLM.check_labels`)."""
         from radar_train.export import decode_with_labels
 
         dec = self.adapted_decoder if adapter and self.adapted_decoder is not None else self.decoder
@@ -329,7 +330,7 @@ class RadarPipeline:
         check_output(output)
         labels, seeds = self._checked(labels, seeds)
         res = self._sample(labels, seeds, accelerated, cfg, top_k, top_p)
-        img = self.decode(res.f_hat, adapter=accelerated and use_adapter, labels=labels.to(self.device))
+        img = self.decode(res.f_hat, adapter=accelerated and use_adapter, labels=labels)  # (on the host: see decode)
         if output == "float":
             return img
         u8 = to_uint8(img)
@@ -341,7 +342,6 @@ class RadarPipeline:
         One forked run: the scales before the first accelerated one are computed once."""
         labels, seeds = self._checked(labels, seeds)
         pair = generate_pairs(self.sampler, labels, self.accel, **self._noise_keys(seeds))
-        labels = labels.to(self.device)
         out = {"vanilla": to_uint8(self.decode(pair.hq.f_hat, adapter=False)),
                "accelerated": to_uint8(self.decode(pair.lq.f_hat, adapter=False))}
         if self.adapted_decoder is not None:

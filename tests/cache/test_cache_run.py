@@ -273,6 +273,33 @@ def test_skipped_scales_are_stored_as_minus_one(tmp_path):
     assert (hq >= 0).all()
 
 
+def test_the_labels_go_to_the_sampler_on_the_host(tmp_path, monkeypatch):
+    """A plain copy of each batch's labels to a GPU waits for its queued work (the previous batch): radar-cache
+    hands them to the sampler on the host, which checks them there and copies them without blocking. (The sampler
+    is made to say it lives on another device than the CPU, so that a copy made before the call would show.)"""
+    import radar_train.cache.generate as generate
+    import radar_train.sampling as sampling
+
+    args = run_args(build_run_parser().parse_args(["--config", str(TINY_CONFIG), "--output", str(tmp_path / "c"),
+                                                   *[a.replace("-size", "_size") for a in SMALL],
+                                                   "--plan.images_per_class", "1"]))
+    job = generate.prepare_job(args)
+    devices = []
+
+    class Seen(Exception):
+        pass
+
+    def spy(sampler, labels, *args, **kwargs):
+        devices.append(labels.device.type)
+        raise Seen
+
+    monkeypatch.setattr(sampling, "generate_pairs", spy)
+    monkeypatch.setattr(sampling.NextScaleSampler, "device", property(lambda self: torch.device("meta")))
+    with pytest.raises(Seen):
+        generate.generate_shard_arrays(job.sampler, job.method, job.plan, 0, 4, "float32")
+    assert devices == ["cpu"]
+
+
 def test_shards_another_worker_completed_first_are_not_counted_as_written(tmp_path, monkeypatch):
     """Two processes with the same share (e.g. a resubmitted job while the first still runs): the one whose
     commits find the shards complete reports 0 written (it counted every sample it generated)."""

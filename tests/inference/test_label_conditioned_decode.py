@@ -128,3 +128,19 @@ def test_the_weights_file_named_by_the_metadata_is_one_inside_the_folder(conditi
     (d / "radar_config.yaml").write_text(yaml.safe_dump(meta))
     with pytest.raises(InputError, match="not a file name inside the adapter folder"):
         check_adapter(d)
+
+
+def test_labels_given_on_the_host_are_checked_there_and_copied_to_the_device_without_a_check_on_it():
+    """A check on the device (a min / max read back) or a plain copy to a GPU waits for the device's queued work (the
+    sampling of these latents): host labels are checked on the host. A device that cannot read back (meta) shows it:
+    a check made there would raise."""
+    from radar_train.export.label_conditioning import ClassFiLM
+
+    film = ClassFiLM({"norm": 8}, num_classes=10, embed_dim=4)
+    for labels in ([1, 9, 0], torch.tensor([1, 9, 0])):
+        out = film.check_labels(labels, 3, torch.device("meta"))
+        assert out.device.type == "meta" and out.dtype == torch.long and out.shape == (3,)
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.9 \(the adapter's classes\), got 0\.\.10"):
+        film.check_labels([0, 10, 3], 3, torch.device("meta"))
+    with pytest.raises(ValueError, match="2 labels for 3 latents"):
+        film.check_labels([0, 1], 3, torch.device("meta"))
