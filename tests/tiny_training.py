@@ -108,13 +108,14 @@ class HostReadbacks(Callback):
     synchronisation: the host waits for the step's kernels instead of queueing the next step), in the optimizer
     steps `after` + 1 to `until` (global_step `after` to `until` − 1 as they begin), in the class attribute `found`
     ({(what, where): calls}): `.item()`, `.tolist()`, `float()` / `int()` / `bool()` of a tensor, `.cpu()` and
-    `.numpy()` made by radar_train's training code or by Lightning's step logging (the innermost frame outside torch
-    and Lightning's generic helpers), and every Python number turned into a tensor on a device (Lightning's
+    `.numpy()` made by radar_train's training code, Lightning's step logging or its callbacks (the innermost frame
+    outside torch and Lightning's generic helpers), and every Python number turned into a tensor on a device (Lightning's
     `self.log` of a number: a copy that waits for the device). Host-side tensors by design (the optimizer's step
     counts, the data loader's) are read by other code and not counted."""
 
     found: dict = {}
-    WATCHED = ("radar_train/train/", "lightning/pytorch/trainer/connectors/logger_connector/")
+    WATCHED = ("radar_train/train/", "lightning/pytorch/trainer/connectors/logger_connector/",
+               "lightning/pytorch/callbacks/")
     TRANSPARENT = ("/torch/", "/lightning_utilities/", "/lightning/fabric/utilities/", "/tiny_training.py")
 
     def __init__(self, after: int = 2, until: int = 6):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import WeightAveraging
 
 __all__ = ["EmaArgs", "AdapterEMA"]
@@ -61,8 +62,10 @@ class AdapterEMA(WeightAveraging):
         # torch's EMA in its lerp form, a + (1 - decay)(w - a): exact for the frozen decoder's tensors (w == a),
         # which Lightning's EMAWeightAveraging (decay·a + (1 - decay)·w) rounds a little at every update, so
         # that the teacher validation runs on drifted
-        super().__init__(use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(args.decay))
+        self._avg_fn = get_ema_multi_avg_fn(args.decay)
+        super().__init__(use_buffers=True, multi_avg_fn=self._avg_fn)
         self.args = args
+        self._count: Optional[int] = None  # the average's update count (n_averaged) on the host; None: read it
         self._trained: Optional[dict[str, Any]] = None  # the weights as trained, once the average replaced them
         self._validating = False  # a validation has the average in the module's weights (swapped at its start)
 
@@ -103,12 +106,46 @@ class AdapterEMA(WeightAveraging):
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         avg = self._average_model
-        if avg is not None and trainer.global_step - 1 < self.args.start_step:
-            avg.n_averaged.zero_()  # before start_step the average restarts from the current weights
-            avg.update_parameters(pl_module)
-            self._latest_update_step = trainer.global_step
+        if avg is None:
             return
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if trainer.global_step - 1 < self.args.start_step:
+            avg.n_averaged.zero_()  # before start_step the average restarts from the current weights
+            self._count = 0
+            self._update(pl_module)
+            self._latest_update_step = trainer.global_step
+        elif trainer.global_step > self._latest_update_step and self.should_update(step_idx=trainer.global_step - 1):
+            self._update(pl_module)  # (WeightAveraging's own rule, with the update below)
+            self._latest_update_step = trainer.global_step
+
+    def _update(self, pl_module: "pl.LightningModule") -> None:
+        """`AveragedModel.update_parameters` (use_buffers: parameters and buffers; per device and dtype, torch's EMA
+        function), with the update count kept on the host: torch reads `n_averaged` back from the device (or copies
+        it there) at every update, a wait for the step's kernels that keeps the host from queueing the next step.
+        It is read once per fit or resume."""
+        import itertools
+
+        avg = self._average_model
+        if self._count is None:
+            self._count = int(avg.n_averaged)
+        groups: dict[tuple, tuple[list, list]] = {}
+        for a, m in zip(itertools.chain(avg.module.parameters(), avg.module.buffers()),
+                        itertools.chain(pl_module.parameters(), pl_module.buffers()), strict=True):
+            ours, theirs = groups.setdefault((a.device, a.dtype), ([], []))
+            ours.append(a.detach())
+            theirs.append(m.detach().to(a.device))
+        with torch.no_grad():
+            for ours, theirs in groups.values():
+                if self._count == 0:  # the first update copies
+                    for a, m in zip(ours, theirs):
+                        a.copy_(m)
+                else:
+                    self._avg_fn(ours, theirs, avg.n_averaged)  # (torch's EMA does not use the count)
+            avg.n_averaged.add_(1)
+        self._count += 1
+
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._count = None
 
     def on_load_checkpoint(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
                            checkpoint: dict[str, Any]) -> None:
@@ -117,6 +154,7 @@ class AdapterEMA(WeightAveraging):
         avg = self._average_model
         if avg is None:
             return
+        self._count = None  # (n_averaged comes from the checkpoint)
         avg.module.load_state_dict(checkpoint["state_dict"], strict=False)
         if "current_model_state" in checkpoint:
             avg.n_averaged.copy_(checkpoint.get("averaging_state", {}).get("n_averaged", avg.n_averaged))
