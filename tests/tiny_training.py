@@ -162,7 +162,8 @@ class _ReadbackMode(torch.overrides.TorchFunctionMode):
 
             frames = [f"{f.filename.replace(chr(92), '/')}:{f.lineno}" for f in traceback.extract_stack()[:-1]]
             caller = next((f for f in reversed(frames) if not any(t in f for t in HostReadbacks.TRANSPARENT)), "?")
-            if what == "a number to the device" or any(w in caller for w in HostReadbacks.WATCHED):
+            host_data = any("/torch/utils/data/" in f for f in frames)  # (a data loader's own host tensors)
+            if what == "a number to the device" or (any(w in caller for w in HostReadbacks.WATCHED) and not host_data):
                 where = caller[caller.find("radar_train/"):] if "radar_train/" in caller else caller.split("site-packages/")[-1]
                 self.found[(what, where)] = self.found.get((what, where), 0) + 1
         return func(*args, **kwargs)
