@@ -199,7 +199,7 @@ class GaussianStats:
     def from_sums(cls, n: int, total: torch.Tensor, outer: torch.Tensor) -> "GaussianStats":
         """Statistics of `n` vectors from their sum (D,) and the sum of their outer products (D, D)."""
         s = cls()
-        s.n, s._sum, s._outer = int(n), total.to(torch.float64), outer.to(torch.float64)
+        s.n, s._sum, s._outer = int(n), total.to("cpu", torch.float64), outer.to("cpu", torch.float64)
         return s
 
     @property
@@ -374,9 +374,11 @@ def official_noise_note(batch_size: int) -> str:
 
 @dataclass(frozen=True)
 class Tally:
-    """Every run's measures over the first `done` samples: the feature sums of its FID statistics (float64, on
-    the CPU) and its IS logits (one float32 tensor per batch, on the CPU). A batch makes a new Tally, assigned
-    whole, so that an interruption anywhere leaves the tally of the last complete batch (radar-fid saves it)."""
+    """Every run's measures over the first `done` samples: the feature sums of its FID statistics (float64) and
+    its IS logits (one float32 tensor per batch), on the device the Inception networks ran on (no readback after
+    each batch, which would keep the host from queueing the next one; they go to the CPU when saved, merged or
+    summarized). A batch makes a new Tally, assigned whole, so that an interruption anywhere leaves the tally of
+    the last complete batch (radar-fid saves it)."""
 
     done: int = 0
     sums: Mapping[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # run -> (sum, outer)
@@ -391,13 +393,13 @@ def _advance(tally: Tally, features: dict[str, torch.Tensor], logits: dict[str, 
     """The tally after a batch of `n` samples with these features and logits (run -> (n, D) / (n, C))."""
     sums = dict(tally.sums)
     for run, f in features.items():
-        f = f.detach().to("cpu", torch.float64)
+        f = f.detach().to(torch.float64)  # (where it is: see Tally)
         if run in sums:
-            s, outer = sums[run]
-            sums[run] = (s + f.sum(0), outer + f.T @ f)
+            s, outer = sums[run]  # (on the CPU after a resume: moved once)
+            sums[run] = (s.to(f.device) + f.sum(0), outer.to(f.device) + f.T @ f)
         else:
             sums[run] = (f.sum(0), f.T @ f)
-    kept = {run: tally.logits.get(run, ()) + (lg.detach().to("cpu", torch.float32),) for run, lg in logits.items()}
+    kept = {run: tally.logits.get(run, ()) + (lg.detach().float(),) for run, lg in logits.items()}
     return Tally(tally.done + n, sums, {**tally.logits, **kept})
 
 
@@ -503,9 +505,10 @@ def merge_tallies(tallies: list[Tally]) -> Tally:
     logits: dict = {}
     for t in tallies:
         for run, (s, outer) in t.sums.items():
+            s, outer = s.cpu(), outer.cpu()
             sums[run] = (s, outer) if run not in sums else (sums[run][0] + s, sums[run][1] + outer)
         for run, chunks in t.logits.items():
-            logits[run] = logits.get(run, ()) + tuple(chunks)
+            logits[run] = logits.get(run, ()) + tuple(c.cpu() for c in chunks)
     return Tally(sum(t.done for t in tallies), sums, logits)
 
 
@@ -527,7 +530,7 @@ def summarize(tally: Tally, runs: list[str], reference: Optional[GaussianStats],
                    if r != "vanilla"}
     scores = None
     if tally.logits:
-        scores = {r: inception_score(torch.cat(tally.logits[r]), is_splits) for r in runs}
+        scores = {r: inception_score(torch.cat([c.cpu() for c in tally.logits[r]]), is_splits) for r in runs}
     gap = None
     if "accelerated+adapter" in runs and fid_van is not None:
         gap = {"fid_vs_reference": None if fid_ref is None else fid_gap_closed(

@@ -294,7 +294,7 @@ class FidProgress:
                 if f is None:
                     f = self._logit_files[r] = open(self.dir / _logits_name(r), "ab")
                 f.truncate(saved_bytes)  # (rows an interrupted save wrote go: they are written again here)
-                data = b"".join(c.contiguous().numpy().astype(np.float32, copy=False).tobytes() for c in new)
+                data = b"".join(c.cpu().contiguous().numpy().astype(np.float32, copy=False).tobytes() for c in new)
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
@@ -303,7 +303,7 @@ class FidProgress:
             w.sync()
         tensors = {}
         for r, (s, outer) in tally.sums.items():
-            tensors[f"sum/{r}"], tensors[f"outer/{r}"] = s.contiguous(), outer.contiguous()
+            tensors[f"sum/{r}"], tensors[f"outer/{r}"] = s.cpu().contiguous(), outer.cpu().contiguous()
         meta = {"format_version": str(FORMAT_VERSION), "done": str(tally.done),
                 "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
                 "resumed_at": json.dumps(self.resumed_at), "seconds": f"{self.seconds_before + seconds:.2f}"}

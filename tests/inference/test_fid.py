@@ -416,3 +416,26 @@ def test_overwrite_removes_an_earlier_runs_samples_that_this_run_does_not_write(
     assert _main(args + ["--save_npz", "true", "--overwrite", "true"]) == 0, capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["fid.json", "fid.md", "samples_accelerated.npz",
                                                      "samples_vanilla.npz"]
+
+
+def test_a_batch_adds_to_the_tally_on_the_device_of_its_features():
+    """The sums of the FID statistics and the IS logits stay where the Inception networks ran: a copy to the CPU after
+    every batch waited for the device (the host could not queue the next batch meanwhile). A device that cannot
+    copy to the CPU (meta) shows it; a tally resumed from the CPU moves there once; stats and merges are on the CPU."""
+    from radar_train.inference.fid import Tally, _advance, merge_tallies
+
+    f, lg = torch.randn(4, 8), torch.randn(4, 10)
+    t = _advance(Tally(), {"vanilla": f.to("meta")}, {"vanilla": lg.to("meta")}, 4)
+    (s, outer), = t.sums.values()
+    assert (s.device.type, s.dtype, tuple(s.shape), outer.device.type, tuple(outer.shape)) == \
+        ("meta", torch.float64, (8,), "meta", (8, 8))
+    assert t.logits["vanilla"][0].device.type == "meta" and t.done == 4
+    resumed = _advance(Tally(4, {"vanilla": (f.double().sum(0), f.double().T @ f.double())}), {"vanilla": f.to("meta")},
+                       {}, 4)
+    assert resumed.sums["vanilla"][1].device.type == "meta" and resumed.done == 8
+    # on the CPU: the sums of the two batches, as one batch of both gives them
+    a = _advance(_advance(Tally(), {"vanilla": f}, {"vanilla": lg}, 4), {"vanilla": -f}, {"vanilla": lg}, 4)
+    both = torch.cat([f, -f]).double()
+    torch.testing.assert_close(a.stats("vanilla").sigma, GaussianStats.from_sums(8, both.sum(0), both.T @ both).sigma)
+    merged = merge_tallies([a, a])
+    assert merged.done == 16 and merged.sums["vanilla"][0].device.type == "cpu" and len(merged.logits["vanilla"]) == 4
