@@ -227,25 +227,29 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
         from radar_train.train.lpips import load_lpips
 
         lp = load_lpips(lpips.vgg, lpips.heads or None, ("--lpips.vgg", "--lpips.heads")).to(dev).eval()
+    # nothing is read back to the host before the end (each readback waits for the batch's kernels, so that the
+    # host could not queue the next batch meanwhile), and the pairs go to a GPU from pinned memory without blocking
+    cuda = dev.type == "cuda"
     loader = DataLoader(ds, batch_size=batch_size, sampler=BlockShuffleSampler(ds, shuffle=False),
-                        num_workers=num_workers)
+                        num_workers=num_workers, pin_memory=cuda)
     stats = RestorationStats(dev)
-    lp_sums = torch.zeros(2, dtype=torch.float64)
+    lp_sums = torch.zeros(2, dtype=torch.float64, device=dev)
     dists: list[np.ndarray] = []
-    per_image: dict[str, list[np.ndarray]] = {}
+    per_image: dict[str, list[torch.Tensor]] = {}
 
     def img(dec, f, labels=None):  # a label-conditioned adapter decodes with the cache's labels
         return decode_with_labels(dec, f, labels).clamp(-1, 1).add(1).mul(0.5)
 
     for batch in Progress(len(ds), "radar-eval", "pairs", enabled=progress).iterate(loader, lambda b: len(b["label"])):
-        hq, lq, labels = batch["fhat_hq"].to(dev), batch["fhat_lq"].to(dev), batch["label"].to(dev)
+        hq, lq = (batch[k].to(dev, non_blocking=cuda) for k in ("fhat_hq", "fhat_lq"))
+        labels = batch["label"]  # (on the host: a label-conditioned adapter checks them there)
         t, q, s, h = img(plain, hq), img(plain, lq), img(adapted, lq, labels), img(adapted, hq, labels)
         for key, v in stats.update(t, q, s, h).items():
-            per_image.setdefault(key, []).append(v.double().cpu().numpy())
+            per_image.setdefault(key, []).append(v.double())
         dists.append(latent_distance(batch["fhat_hq"].numpy(), batch["fhat_lq"].numpy()))
         if lp is not None:
-            lp_sums[0] += lp(q * 2 - 1, t * 2 - 1).double().sum().cpu()
-            lp_sums[1] += lp(s * 2 - 1, t * 2 - 1).double().sum().cpu()
+            lp_sums[0] += lp(q * 2 - 1, t * 2 - 1).double().sum()
+            lp_sums[1] += lp(s * 2 - 1, t * 2 - 1).double().sum()
     m = stats.compute()
     n = int(stats.sums[0].item())
     out = {"num_pairs": n, "shards": list(shards), "psnr_baseline": m["psnr_baseline"], "psnr_adapted": m["psnr_student"],
@@ -264,7 +268,7 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
         out["latent_distance"] = distance_summary(d)
         if distance_bins > 0:
             out["by_latent_distance"] = by_distance.distance_bins(
-                d, {k: np.concatenate(v) for k, v in per_image.items()}, distance_bins)
+                d, {k: torch.cat(v).cpu().numpy() for k, v in per_image.items()}, distance_bins)
     return out
 
 

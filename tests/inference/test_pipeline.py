@@ -192,3 +192,40 @@ def test_official_noise_follows_the_first_seed_of_the_call():
     pair, pair_again = pipe.compare([1, 2], [0, 1]), pipe.compare([1, 2], [0, 1])
     assert all(torch.equal(pair[k], pair_again[k]) for k in pair)
     assert torch.equal(pair["accelerated"], a)  # the pair's accelerated run is the plain one
+
+
+def test_radar_eval_reads_back_from_the_device_once_not_once_per_batch(trained_run):
+    """Each readback waits for the batch's kernels (the host cannot queue the next batch meanwhile): the per-image
+    metrics and the LPIPS sums stay on the device until the end. Counted by where the reads are made: as many with
+    4 batches as with one, and the same results."""
+    from torch.overrides import TorchFunctionMode
+
+    from radar_train.inference.evaluate import evaluate_restoration
+
+    reads = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.__float__}  # (numpy() needs a host
+    # tensor: the loader's latents, or one moved by .cpu() first)
+
+    class Count(TorchFunctionMode):
+        n = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func in reads:
+                import traceback
+
+                caller = [f.filename for f in traceback.extract_stack()[:-1] if "radar_train" in f.filename]
+                if caller and caller[-1].replace("\\", "/").endswith(("inference/evaluate.py", "train/metrics.py")):
+                    Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    results = {}
+    for batch in (16, 4):
+        Count.n = 0
+        with Count():
+            r = evaluate_restoration(str(trained_run["cache"]), str(trained_run["adapter"]), batch_size=batch)
+        results[batch] = (Count.n, r)
+    (n16, r16), (n1, r1) = results[16], results[4]
+    assert r16["num_pairs"] == r1["num_pairs"] == 16 and n1 == n16, (n1, n16)
+    assert len(r1["by_latent_distance"]) == len(r16["by_latent_distance"]) == 4
+    for a, b in zip(r1["by_latent_distance"], r16["by_latent_distance"]):
+        assert a == pytest.approx(b, rel=1e-5)
+    assert r1["psnr_adapted"] == pytest.approx(r16["psnr_adapted"], rel=1e-6)
