@@ -72,7 +72,7 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
     from radar_train.export import check_adapter
     from radar_train.images import save_grid
     from radar_train.inference import PipelineArgs, RadarPipeline
-    from radar_train.inference.generate_progress import LOCK_NAME, GenerateProgress
+    from radar_train.inference.generate_progress import LOCK_NAME, GenerateProgress, PngBatches
     from radar_train.outputs import check_output_dir
     from radar_train.progress import Progress
     from radar_train.train import run_lock
@@ -103,17 +103,24 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
         before = len(pairs) - sum(len(batches[i]) for i in pending)
         if go_on:
             print(f"radar-generate: going on: {before} of {len(pairs)} samples are in {work.dir}")
+        saver = PngBatches(work)
         try:
-            with sigterm_stops(), Progress(len(pairs), "radar-generate", "samples", initial=before) as progress:
+            with sigterm_stops(), Progress(len(pairs), "radar-generate", "samples", initial=before) as progress, \
+                    saver:
                 for i in pending:
                     chunk = batches[i]
                     imgs = pipe.compare([c for c, _ in chunk], [s for _, s in chunk])
-                    for key, images in imgs.items():
-                        for (c, s), img in zip(chunk, images):
-                            work.save_png(img, FOLDERS[key], c, s)
-                    made += len(chunk)
-                    progress.update(len(chunk))
+                    # on the host: waits for this batch, while the previous batch's PNGs were written on threads
+                    host = {FOLDERS[key]: images.cpu() for key, images in imgs.items()}
+                    n = saver.settle()
+                    made += n
+                    progress.update(n)
+                    saver.submit(host, chunk)
+                n = saver.settle()
+                made += n
+                progress.update(n)
         except BaseException as e:
+            made += saver.late  # (a batch whose files were all written while the run stopped)
             done = before + made
             said = (f"{done} of {len(pairs)} samples are in {work.dir}: run the same command to go on from there"
                     if done else "no sample was done")

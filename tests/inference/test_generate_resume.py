@@ -55,17 +55,36 @@ def uninterrupted(tmp_path_factory) -> dict:
 
 
 def _stop_at(monkeypatch, call: int, error: BaseException) -> None:
-    """GenerateProgress.save_png raises `error` at its `call`-th call (2 PNGs per sample: call 7 is the first of
-    the second batch of 3)."""
-    real, calls = GenerateProgress.save_png, []
+    """GenerateProgress.save_png raises `error` at its `call`-th call (2 PNGs per sample: call 7 is one of the second
+    batch of 3, whose files are written on threads while the third batch is generated: the other ones of that
+    batch may be written)."""
+    import threading
+
+    real, calls, lock = GenerateProgress.save_png, [], threading.Lock()
 
     def save_png(self, *a):
-        calls.append(a)
-        if len(calls) == call:
+        with lock:  # (the threads of a batch call it at once)
+            calls.append(a)
+            due = len(calls) == call
+        if due:
             raise error
         real(self, *a)
 
     monkeypatch.setattr(GenerateProgress, "save_png", save_png)
+
+
+def _interrupt_at(monkeypatch, call: int, error: BaseException) -> None:
+    """RadarPipeline.compare raises `error` at its `call`-th call, where a signal lands (the main thread; call 2:
+    while the first batch's files are written on threads)."""
+    real, calls = RadarPipeline.compare, []
+
+    def compare(self, labels, seeds):
+        calls.append(labels)
+        if len(calls) == call:
+            raise error
+        return real(self, labels, seeds)
+
+    monkeypatch.setattr(RadarPipeline, "compare", compare)
 
 
 def _count_compare_calls(monkeypatch) -> list:
@@ -84,7 +103,10 @@ def test_an_interrupted_run_goes_on_with_the_batches_not_yet_written(how, uninte
                                                                     capsys):
     out = tmp_path / "gen"
     error = {"ctrl-c": KeyboardInterrupt(), "sigterm": Stopped(), "error": RuntimeError("disk gone")}[how]
-    _stop_at(monkeypatch, 7, error)
+    if how == "error":  # a PNG of the second batch cannot be written
+        _stop_at(monkeypatch, 7, error)
+    else:  # the signal comes while the second batch is generated: the first batch's files are finished first
+        _interrupt_at(monkeypatch, 2, error)
     said = f"3 of 8 samples are in {out / PROGRESS_DIR}: run the same command to go on from there"
     if how == "error":
         with pytest.raises(RuntimeError) as e:
@@ -98,8 +120,13 @@ def test_an_interrupted_run_goes_on_with_the_batches_not_yet_written(how, uninte
                         "sigterm": f"radar-generate: stopped by SIGTERM; {said}"}[how]
     assert sorted(p.name for p in out.iterdir()) == [PROGRESS_DIR]  # no output entries yet, no lock
     kept = _files(out / PROGRESS_DIR)
-    assert sorted(k for k in kept if k.endswith(".png")) == sorted(
-        f"{f}/class000{c}_seed{s}.png" for f in ("vanilla", "accelerated") for c, s in ((0, 0), (0, 1), (1, 0)))
+    pngs = {k for k in kept if k.endswith(".png")}
+    first = {f"{f}/class000{c}_seed{s}.png" for f in ("vanilla", "accelerated") for c, s in ((0, 0), (0, 1), (1, 0))}
+    if how == "error":  # the first batch, and the second one's files but the failed one
+        second = {f"{f}/class000{c}_seed{s}.png" for f in ("vanilla", "accelerated") for c, s in ((1, 1), (2, 0), (2, 1))}
+        assert first <= pngs < first | second and len(pngs) <= 11, sorted(pngs)
+    else:
+        assert pngs == first
     monkeypatch.undo()
     (out / PROGRESS_DIR / "vanilla" / ".class0001_seed1.png.tmp-0a1b2c3d-99999-host").write_bytes(b"half a PNG")
     calls = _count_compare_calls(monkeypatch)
@@ -113,7 +140,7 @@ def test_an_interrupted_run_goes_on_with_the_batches_not_yet_written(how, uninte
 
 def test_other_settings_are_refused_and_overwrite_starts_over(uninterrupted, tmp_path, monkeypatch, capsys):
     out = tmp_path / "gen"
-    _stop_at(monkeypatch, 7, KeyboardInterrupt())
+    _interrupt_at(monkeypatch, 2, KeyboardInterrupt())
     assert _main(_args(out, "--seeds", "0-2")) == 130
     monkeypatch.undo()
     before = _files(out)
@@ -153,3 +180,37 @@ def test_the_grid_shows_the_first_grid_rows_samples(uninterrupted, tmp_path, cap
     with Image.open(out / "grid.png") as two, Image.open(tmp_path / "all.png") as full:
         assert two.width == full.width and two.height < full.height
         assert np.array_equal(np.asarray(two), np.asarray(full.crop((0, 0, full.width, two.height))))  # its top rows
+
+
+def test_a_batch_is_generated_while_the_previous_ones_pngs_are_written(uninterrupted, tmp_path, monkeypatch):
+    """PNG compression (about 9 ms a file at 256 px) took as long as the GPU's batch, which waited for it: a
+    batch's files are written on threads while the next batch is generated. Here the first batch's saves wait
+    until the second batch's generation has begun (at most 10 s each: written before it, they would wait in vain,
+    and all be finished by then)."""
+    import threading
+
+    real_save, real_compare = GenerateProgress.save_png, RadarPipeline.compare
+    lock, go = threading.Lock(), threading.Event()
+    state = {"finished": 0, "seen": [], "threads": set()}
+
+    def save_png(self, *a):
+        go.wait(timeout=10)
+        real_save(self, *a)
+        with lock:
+            state["finished"] += 1
+            state["threads"].add(threading.current_thread().name)
+
+    def compare(self, labels, seeds):
+        with lock:
+            state["seen"].append(state["finished"])  # the earlier batches' files finished as this batch begins
+        if len(state["seen"]) == 2:
+            go.set()
+        return real_compare(self, labels, seeds)
+
+    monkeypatch.setattr(GenerateProgress, "save_png", save_png)
+    monkeypatch.setattr(RadarPipeline, "compare", compare)
+    out = tmp_path / "gen"
+    assert _main(_args(out)) == 0
+    assert state["seen"][:2] == [0, 0], state["seen"]  # batch 2 began before any of batch 1's 6 files was written
+    assert state["finished"] == 16 and "MainThread" not in state["threads"]
+    assert _outputs(out) == uninterrupted
