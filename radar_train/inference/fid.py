@@ -172,7 +172,8 @@ def load_inception(path: str, what: str = "--inception") -> _Extractor:
 
 # ---------------------------------------------------------------------------------------------- statistics
 class GaussianStats:
-    """Streaming mean and covariance of feature vectors, in float64 on the CPU."""
+    """Streaming mean and covariance of feature vectors, in float64: the sums on the device of the features given
+    to `update` (no readback per batch), `mu` and `sigma` on the CPU."""
 
     def __init__(self, dim: Optional[int] = None):
         self.n = 0
@@ -183,9 +184,9 @@ class GaussianStats:
         if dim is not None:
             self._alloc(dim)
 
-    def _alloc(self, dim: int) -> None:
-        self._sum = torch.zeros(dim, dtype=torch.float64)
-        self._outer = torch.zeros(dim, dim, dtype=torch.float64)
+    def _alloc(self, dim: int, device: torch.device | str = "cpu") -> None:
+        self._sum = torch.zeros(dim, dtype=torch.float64, device=device)
+        self._outer = torch.zeros(dim, dim, dtype=torch.float64, device=device)
 
     @classmethod
     def from_moments(cls, mu, sigma, n: Optional[int] = None) -> "GaussianStats":
@@ -209,16 +210,16 @@ class GaussianStats:
     def update(self, features: torch.Tensor) -> None:
         if self._mu is not None:
             raise RuntimeError("statistics given as moments cannot be updated")
-        f = features.detach().to("cpu", torch.float64)
+        f = features.detach().to(torch.float64)
         if self._sum is None:
-            self._alloc(f.shape[1])
-        self._sum += f.sum(0)
-        self._outer += f.T @ f
+            self._alloc(f.shape[1], f.device)
+        self._sum += f.to(self._sum.device).sum(0)
+        self._outer += (f.T @ f).to(self._sum.device)
         self.n += f.shape[0]
 
     @property
     def mu(self) -> torch.Tensor:
-        return self._mu if self._mu is not None else self._sum / self.n
+        return self._mu if self._mu is not None else self._sum.cpu() / self.n
 
     @property
     def sigma(self) -> torch.Tensor:
@@ -227,7 +228,7 @@ class GaussianStats:
         if self.n < 2:
             raise FidError(f"a covariance needs at least 2 samples, got {self.n}")
         mu = self.mu
-        return (self._outer - self.n * torch.outer(mu, mu)) / (self.n - 1)
+        return (self._outer.cpu() - self.n * torch.outer(mu, mu)) / (self.n - 1)
 
     def save(self, path: str | Path) -> Path:
         """An .npz with mu / sigma (the guided-diffusion reference layout), reusable as --reference."""

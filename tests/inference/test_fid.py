@@ -439,3 +439,11 @@ def test_a_batch_adds_to_the_tally_on_the_device_of_its_features():
     torch.testing.assert_close(a.stats("vanilla").sigma, GaussianStats.from_sums(8, both.sum(0), both.T @ both).sigma)
     merged = merge_tallies([a, a])
     assert merged.done == 16 and merged.sums["vanilla"][0].device.type == "cpu" and len(merged.logits["vanilla"]) == 4
+    # a reference folder's statistics too (their sums where the features are; mu and sigma on the CPU)
+    ref = GaussianStats()
+    ref.update(f.to("meta"))
+    assert ref._sum.device.type == "meta" and ref.n == 4
+    cpu = GaussianStats()
+    cpu.update(f)
+    cpu.update(-f)
+    torch.testing.assert_close(cpu.sigma, a.stats("vanilla").sigma)
