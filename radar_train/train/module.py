@@ -251,7 +251,7 @@ class RadarLoraModule(pl.LightningModule):
             with torch.no_grad():  # summed over the step's micro-batches (gradient accumulation), logged after it
                 s01, t01 = to_unit(student.detach()), to_unit(teacher)
                 sums = torch.stack([psnr_per_image(s01, t01).sum(), ssim_per_image(s01, t01).sum(),
-                                    torch.tensor(float(bs), device=s01.device)])
+                                    s01.new_full((), float(bs))])  # (filled there: a number copied would wait)
             if self._train_sums is not None and self._train_sums[0] == self.global_step:
                 sums = sums + self._train_sums[1]
             self._train_sums = (self.global_step, sums)
@@ -488,8 +488,8 @@ class RadarLoraModule(pl.LightningModule):
         # summed here and reduced over the ranks in _record_validation: Lightning's weighted mean (sync_dist) holds
         # the batch sizes as an integer tensor, and their mean over ranks is truncated when they differ (val/loss
         # x1.5 on 3 pairs over 2 ranks)
-        self._val_loss += torch.stack([loss.detach().double() * hq.shape[0],
-                                       torch.tensor(float(hq.shape[0]), dtype=torch.float64, device=loss.device)])
+        self._val_loss += torch.stack([loss.detach().double() * hq.shape[0],  # (the count filled on the device: a
+                                       loss.new_full((), float(hq.shape[0]), dtype=torch.float64)])  # copy waits)
         self.val_stats.update(to_unit(teacher), to_unit(baseline), to_unit(student), to_unit(harmless))
 
     def on_validation_epoch_end(self) -> None:
