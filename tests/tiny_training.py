@@ -109,8 +109,8 @@ class HostReadbacks(Callback):
     steps `after` + 1 to `until` (global_step `after` to `until` − 1 as they begin), in the class attribute `found`
     ({(what, where): calls}): `.item()`, `.tolist()`, `float()` / `int()` / `bool()` of a tensor, `.cpu()` and
     `.numpy()` made by radar_train's training code, Lightning's step logging or its callbacks (the innermost frame
-    outside torch and Lightning's generic helpers), and every Python number turned into a tensor on a device (Lightning's
-    `self.log` of a number: a copy that waits for the device). Host-side tensors by design (the optimizer's step
+    outside torch and Lightning's generic helpers), and every Python number turned into a tensor on a device
+    (Lightning's `self.log` of a number: a copy that waits for the device). Host-side tensors by design (the optimizer's step
     counts, the data loader's) are read by other code and not counted."""
 
     found: dict = {}
@@ -164,6 +164,7 @@ class _ReadbackMode(torch.overrides.TorchFunctionMode):
             caller = next((f for f in reversed(frames) if not any(t in f for t in HostReadbacks.TRANSPARENT)), "?")
             host_data = any("/torch/utils/data/" in f for f in frames)  # (a data loader's own host tensors)
             if what == "a number to the device" or (any(w in caller for w in HostReadbacks.WATCHED) and not host_data):
-                where = caller[caller.find("radar_train/"):] if "radar_train/" in caller else caller.split("site-packages/")[-1]
+                where = caller[caller.find("radar_train/"):] if "radar_train/" in caller \
+                    else caller.split("site-packages/")[-1]
                 self.found[(what, where)] = self.found.get((what, where), 0) + 1
         return func(*args, **kwargs)

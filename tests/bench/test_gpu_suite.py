@@ -354,12 +354,13 @@ def test_the_profile_section_times_each_scale_each_method_and_the_decode_layouts
     # the last two)
     pns = prof["scales"][0]["patch_nums"]
     assert [(k["method"], k["scale"], k["pn"]) for k in prof["kernels"]] == \
-        [("vanilla", i, pn) for i, pn in enumerate(pns)] + [("fastvar:default", 4, pns[4]), ("fastvar:default", 5, pns[5]),
-                                                            ("stagevar:paper", 3, pns[3])]
+        [("vanilla", i, pn) for i, pn in enumerate(pns)] + \
+        [("fastvar:default", 4, pns[4]), ("fastvar:default", 5, pns[5]), ("stagevar:paper", 3, pns[3])]
     assert all(k["cpu_ms"] > 0 and k["blocks_kernels"] == k["rest_kernels"] == 0 for k in prof["kernels"])
     text = render(doc)
     assert "| fastvar:default | eager |" in text and "| 8×8 | total |" in text and "| tiny | 2 | channels_last |" in text
-    assert "| vanilla | 8×8 | 0 | 0.00 | 0 | 0.00 |" in text and "| stagevar:paper | 4×4 | 0 | 0.00 | 0 | 0.00 |" in text
+    assert "| vanilla | 8×8 | 0 | 0.00 | 0 | 0.00 |" in text
+    assert "| stagevar:paper | 4×4 | 0 | 0.00 | 0 | 0.00 |" in text
     assert "\n\n\n" not in text
 
 

@@ -123,7 +123,8 @@ def test_an_interrupted_run_goes_on_with_the_batches_not_yet_written(how, uninte
     pngs = {k for k in kept if k.endswith(".png")}
     first = {f"{f}/class000{c}_seed{s}.png" for f in ("vanilla", "accelerated") for c, s in ((0, 0), (0, 1), (1, 0))}
     if how == "error":  # the first batch, and the second one's files but the failed one
-        second = {f"{f}/class000{c}_seed{s}.png" for f in ("vanilla", "accelerated") for c, s in ((1, 1), (2, 0), (2, 1))}
+        second = {f"{f}/class000{c}_seed{s}.png" for f in ("vanilla", "accelerated")
+                  for c, s in ((1, 1), (2, 0), (2, 1))}
         assert first <= pngs < first | second and len(pngs) <= 11, sorted(pngs)
     else:
         assert pngs == first
