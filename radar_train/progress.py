@@ -172,13 +172,9 @@ class Progress:
 
     def update_to(self, done: int, **postfix: object) -> None:
         """`done` units done in all (e.g. a trainer's global step)."""
-        if postfix:
-            self.postfix.update(postfix)
+        self._take_postfix(postfix)
         step, self.done = done - self.done, done
         if self._bar is not None:
-            if postfix:
-                self._bar.set_postfix({k: _short(v) for k, v in self.postfix.items()}, refresh=False)
-                self._postfix_at = time.monotonic()
             self._bar.update(step)
         elif self.mode == "log":
             now = time.monotonic()
@@ -186,6 +182,15 @@ class Progress:
                 self._write(self.line(now))
                 self._last_line = now
                 self._marks.append((now, done))
+
+    def _take_postfix(self, postfix: dict) -> None:
+        """Show `postfix` values from now on (a bar's, without redrawing it)."""
+        if not postfix:
+            return
+        self.postfix.update(postfix)
+        if self._bar is not None:
+            self._bar.set_postfix({k: _short(v) for k, v in self.postfix.items()}, refresh=False)
+            self._postfix_at = time.monotonic()
 
     def wants_postfix(self) -> bool:
         """Whether postfix values given to the next `update_to` would be shown: in log mode when its line is due,
@@ -263,10 +268,7 @@ class Progress:
         if self.closed:
             return
         self.closed = True
-        if postfix:
-            self.postfix.update(postfix)
-            if self._bar is not None:
-                self._bar.set_postfix({k: _short(v) for k, v in self.postfix.items()}, refresh=False)
+        self._take_postfix(postfix)
         if self._bar is not None:
             self._bar.close()
         elif self.mode == "log" and (self.final_line == "always"

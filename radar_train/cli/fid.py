@@ -138,7 +138,8 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     if split.num_workers == 1 or not writes_ref:  # (a folder's statistics: read by the workers' merge, once)
         ref, ref_key = fid_reference(reference, writes_ref, output, feats, sha, batch_size, dev, feature_dim,
                                      inception)
-    pipe = RadarPipeline.from_config(PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision, decode_precision))
+    pipe = RadarPipeline.from_config(PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision,
+                                                  decode_precision))
     fingerprint = {**fid_fingerprint(pipe, model, sha, num_samples, batch_size, base_seed, save_npz),
                    "num_workers": split.num_workers}
     part = None if split.num_workers == 1 else (split.worker_index, split.num_workers)

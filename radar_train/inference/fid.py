@@ -213,8 +213,9 @@ class GaussianStats:
         f = features.detach().to(torch.float64)
         if self._sum is None:
             self._alloc(f.shape[1], f.device)
-        self._sum += f.to(self._sum.device).sum(0)
-        self._outer += (f.T @ f).to(self._sum.device)
+        f = f.to(self._sum.device)  # (a no-op unless the sums were made elsewhere, e.g. GaussianStats(dim))
+        self._sum += f.sum(0)
+        self._outer += f.T @ f
         self.n += f.shape[0]
 
     @property

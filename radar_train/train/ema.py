@@ -13,6 +13,7 @@ the last few hundred steps is the usual remedy in GAN training (docs/training.md
 """
 from __future__ import annotations
 
+import itertools
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
@@ -122,8 +123,6 @@ class AdapterEMA(WeightAveraging):
         function), with the update count kept on the host: torch reads `n_averaged` back from the device (or copies
         it there) at every update, a wait for the step's kernels that keeps the host from queueing the next step.
         It is read once per fit or resume."""
-        import itertools
-
         avg = self._average_model
         if self._count is None:
             self._count = int(avg.n_averaged)
