@@ -10,8 +10,9 @@
                                                # (64 rows, 256 tokens, C of d16 / d24, bf16 autocast): the official
                                                # formulation (radar_train up to 111e1f3) against radar_train's
                                                # (models/fused.py, FastVAR's one-pass score and channels-last restore),
-                                               # and two untried alternatives against ours (a cdist score, the restore
-                                               # as a matrix product): ms per call, the largest difference; with OUT
+                                               # an untried alternative score (cdist), and the restore by the area
+                                               # kernel against the matrix product (the CUDA default since 2026-12-05,
+                                               # fastvar.resize_tokens): ms per call, the largest difference; with OUT
                                                # set, also $OUT/probe-fused.json
     python benchmarks/gpu_probes.py decode     # the VQ-VAE decode of VAR-d16 (random weights, batch 32): float32 (as
                                                # RadarPipeline decodes; cuDNN's TF32 as torch sets it), bf16 autocast
@@ -138,10 +139,6 @@ if sys.argv[1] == "fused":
         grid = t.transpose(1, 2).reshape(rows, C, p, p)
         return F.interpolate(grid, size=(pn, pn), mode="area").reshape(rows, C, pn * pn).transpose(1, 2).contiguous()
 
-    def area_matrix(p, pn):  # alternative: the area resize as one (pn², p²) matrix product
-        eye = torch.eye(p * p, device=dev).view(p * p, 1, p, p)
-        return F.interpolate(eye, size=(pn, pn), mode="area").view(p * p, pn * pn).T.contiguous()
-
     bf = torch.bfloat16
     rows_out = []
     for C in (1024, 1536):
@@ -153,7 +150,7 @@ if sys.argv[1] == "fused":
         mul = torch.rand(1, H, 1, 1, device=dev).add(1).to(bf)
         qk_mul = torch.cat((mul.float().view(1, H, 1), torch.ones(1, H, 1, device=dev)))
         cached = torch.randn(R, 100, C, device=dev, dtype=bf)
-        A = area_matrix(10, 16).to(bf)
+        by_matmul = frozenset({bf})
         ln = F.layer_norm(x, (C,))
         cases = {
             "modulate + cast": (lambda: ln.mul(s1).add_(b1).to(bf), lambda: modulate(ln, s1, b1)),
@@ -164,7 +161,8 @@ if sys.argv[1] == "fused":
             "FastVAR score (keep 64)": (lambda: old_pts(x, 64), lambda: pivotal_tokens(x, 64)),
             "FastVAR score, cdist (alternative)": (lambda: pivotal_tokens(x, 64), lambda: cdist_pts(x, 64)),
             "FastVAR restore 10->16": (lambda: old_resize(cached, 16), lambda: resize_tokens(cached, 16)),
-            "FastVAR restore, matmul (alternative)": (lambda: resize_tokens(cached, 16), lambda: torch.matmul(A, cached)),
+            "FastVAR restore: area kernel -> matrix product": (lambda: resize_tokens(cached, 16),
+                                                               lambda: resize_tokens(cached, 16, by_matmul)),
         }
         for name, (old, new) in cases.items():
             with torch.autocast("cuda", dtype=bf):

@@ -41,19 +41,56 @@ def pivotal_tokens(x: torch.Tensor, keep: int) -> torch.Tensor:
     return score.topk(keep, dim=1, sorted=False).indices.sort(dim=1).values
 
 
-def resize_tokens(t: torch.Tensor, pn: int) -> torch.Tensor:
+def matmul_resize_dtypes(device: torch.device) -> frozenset[torch.dtype]:
+    """The dtypes in which `resize_tokens` upsamples as one matrix product on `device`: on CUDA, bf16 and fp16
+    (cuBLAS accumulates in float32), and float32 while TF32 matrix products are off (torch's default; with TF32 on,
+    a float32 product would round its operands). Nothing on other devices, where the area kernel is the faster one
+    (docs/acceleration.md#fastvar)."""
+    if device.type != "cuda":
+        return frozenset()
+    exact = {torch.bfloat16, torch.float16}
+    return frozenset(exact if torch.backends.cuda.matmul.allow_tf32 else exact | {torch.float32})
+
+
+_AREA_MATRICES: dict[tuple, torch.Tensor] = {}
+
+
+def area_matrix(p: int, pn: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The area resize of a p×p grid to pn×pn as a (pn², p²) matrix (row-major cells), made by the area kernel
+    itself from the identity. For pn ≥ p each output cell averages one or two cells per axis, so every weight is 1,
+    1/2 or 1/4: exact in any float dtype. Kept per (p, pn, dtype, device) for the process, so that a captured CUDA
+    graph reads the same tensor at every replay (made again on each call while torch.compile traces)."""
+    key = (p, pn, dtype, device)
+    if not torch.compiler.is_compiling() and key in _AREA_MATRICES:
+        return _AREA_MATRICES[key]
+    eye = torch.eye(p * p, device=device).view(p * p, 1, p, p)
+    a = F.interpolate(eye, size=(pn, pn), mode="area").view(p * p, pn * pn).t().contiguous().to(dtype)
+    if not torch.compiler.is_compiling():
+        _AREA_MATRICES[key] = a
+    return a
+
+
+def resize_tokens(t: torch.Tensor, pn: int, matmul_dtypes: frozenset = frozenset()) -> torch.Tensor:
     """(rows, p², C) token grid -> (rows, pn², C) by area interpolation (a new tensor). The grid is resized
-    channels-last (the token layout itself), so neither side is transposed in memory."""
+    channels-last (the token layout itself), so neither side is transposed in memory. An upsampling (pn ≥ p) of a
+    tensor whose dtype is in `matmul_dtypes` runs as one batched matrix product with `area_matrix` instead of the
+    area kernel: the same weights (1, 1/2, 1/4, exact) and float32 sums of at most four terms, so the same values
+    up to the order of those sums (`matmul_resize_dtypes`; on CUDA the area kernel was 70-106 µs per FastVAR
+    restore at VAR-d16/d24, batch 32, in the 2026-12-04 profile)."""
     rows, m, C = t.shape
     p = math.isqrt(m)
+    if pn >= p and t.dtype in matmul_dtypes:
+        with torch.autocast(t.device.type, enabled=False):  # (autocast would round float32 operands to bf16)
+            return torch.matmul(area_matrix(p, pn, t.dtype, t.device), t)
     grid = t.reshape(rows, p, p, C).permute(0, 3, 1, 2)  # (rows, C, p, p), channels-last strides
     return F.interpolate(grid, size=(pn, pn), mode="area").permute(0, 2, 3, 1).reshape(rows, pn * pn, C)
 
 
-def restore_tokens(cached: torch.Tensor, pn: int, idx: torch.Tensor, computed: torch.Tensor) -> torch.Tensor:
-    """CTR: the cached branch output resized to pn×pn, with the computed tokens scattered at idx (in place into
-    the resized grid, which is a new tensor: one full-size copy fewer per pruned sub-layer)."""
-    full = resize_tokens(cached.to(computed.dtype), pn)
+def restore_tokens(cached: torch.Tensor, pn: int, idx: torch.Tensor, computed: torch.Tensor,
+                   matmul_dtypes: frozenset = frozenset()) -> torch.Tensor:
+    """CTR: the cached branch output resized to pn×pn (`resize_tokens`), with the computed tokens scattered at idx
+    (in place into the resized grid, which is a new tensor: one full-size copy fewer per pruned sub-layer)."""
+    full = resize_tokens(cached.to(computed.dtype), pn, matmul_dtypes)
     return full.scatter_(1, idx.unsqueeze(-1).expand(-1, -1, full.shape[-1]), computed)
 
 
@@ -198,6 +235,7 @@ class _FastVARRun(AccelRun):
         self.cache: dict[tuple[int, str], torch.Tensor] = {}
         self.mode: Optional[str] = None
         self.pn = 0
+        self.matmul_dtypes = matmul_resize_dtypes(ctx.device)
 
     def plan(self, si: int) -> ScalePlan:
         return ScalePlan(skip=self.ratios.get(self.ctx.patch_nums[si], 0.0) >= 1.0)
@@ -228,4 +266,4 @@ class _FastVARRun(AccelRun):
         keep = max(1, M - math.floor(M * self.ratios[self.pn]))
         idx = pivotal_tokens(x, keep)
         x_kept = x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        return restore_tokens(self.cache[(block_idx, kind)], self.pn, idx, branch(x_kept))
+        return restore_tokens(self.cache[(block_idx, kind)], self.pn, idx, branch(x_kept), self.matmul_dtypes)

@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from radar_train.accel.base import AccelMethod, AccelRun, Branch, RunContext, ScalePlan, flop_constants, other_weights
-from radar_train.accel.fastvar import restore_tokens
+from radar_train.accel.fastvar import matmul_resize_dtypes, restore_tokens
 from radar_train.models.hooks import StepHooks
 from radar_train import noise
 from radar_train.seeding import derive_seed
@@ -301,6 +301,7 @@ class _StageVARRun(AccelRun):
         self.draws: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.rp_scales = [si for si, pn in enumerate(ctx.patch_nums) if self.alphas.get(pn, 0.0) > 0]
         self.keys = self._keys()  # (RP scales, 2 purposes, rows) int64 on the device, or None
+        self.matmul_dtypes = matmul_resize_dtypes(ctx.device)
 
     def plan(self, si: int) -> ScalePlan:
         pn = self.ctx.patch_nums[si]
@@ -374,6 +375,6 @@ class _StageVARRun(AccelRun):
         # RTR: r distinct rows drawn with probability ∝ ‖F̃_i‖² (Gumbel-top-k = sampling w/o replacement)
         keys = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).square_().clamp_min_(1e-30).log_() + gumbel
         idx = keys.topk(r, dim=1).indices
-        out = restore_tokens(self.cache[block_idx], int(math.isqrt(M)), idx, y_r)  # (FastVAR's CTR: resize, scatter)
+        out = restore_tokens(self.cache[block_idx], int(math.isqrt(M)), idx, y_r, self.matmul_dtypes)  # FastVAR's CTR
         self.cache[block_idx] = out
         return out

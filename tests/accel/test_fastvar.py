@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from radar_train.accel import ConfigError, FastVAR, build_accel
-from radar_train.accel.fastvar import pivotal_tokens, resize_tokens, restore_tokens
+from radar_train.accel.fastvar import area_matrix, matmul_resize_dtypes, pivotal_tokens, resize_tokens, restore_tokens
 from radar_train.config import AccelArgs, FastVARArgs, SamplingConfig
 from radar_train.models.configs import PATCH_NUMS_256, PATCH_NUMS_512
 from radar_train.sampling import NextScaleSampler
@@ -200,3 +200,89 @@ def test_the_channels_last_resize_equals_the_area_resize_of_the_transposed_grid(
         grid = t.transpose(1, 2).reshape(3, 64, 10, 10).contiguous()
         ref = torch.nn.functional.interpolate(grid, size=(pn, pn), mode="area").reshape(3, 64, pn * pn).transpose(1, 2)
         torch.testing.assert_close(resize_tokens(t, pn), ref, rtol=1e-6, atol=1e-6)
+
+
+# (cache side, restored side) of the presets' restores: FastVAR's cache scale to each pruned scale, StageVAR's
+# previous scale to its own (256 px, 512 px, tiny)
+UPSAMPLINGS = [(10, 13), (10, 16), (13, 16), (8, 10), (8, 13), (18, 24), (18, 32), (24, 32), (13, 18), (3, 4), (4, 6),
+               (4, 8), (6, 8), (1, 2), (5, 5)]
+
+
+@pytest.mark.parametrize("p,pn", UPSAMPLINGS)
+def test_the_area_matrix_holds_the_area_kernels_weights_1_half_and_quarter(p, pn):
+    a = area_matrix(p, pn, torch.float64, torch.device("cpu"))
+    assert a.shape == (pn * pn, p * p)
+    assert set(a.unique().tolist()) <= {0.0, 0.25, 0.5, 1.0}  # exact in every float dtype
+    assert torch.equal(a.sum(dim=1), torch.ones(pn * pn, dtype=torch.float64))
+    t = torch.randn(2, p * p, 5, dtype=torch.float64)
+    grid = t.transpose(1, 2).reshape(2, 5, p, p)
+    ref = torch.nn.functional.interpolate(grid, size=(pn, pn), mode="area").reshape(2, 5, pn * pn).transpose(1, 2)
+    torch.testing.assert_close(a @ t, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_the_resize_as_a_matrix_product_equals_the_area_kernel(device, dtype):
+    """An upsampling by the matrix product gives the area kernel's values: each output is a sum of at most four
+    inputs times 1, 1/2 or 1/4, accumulated in float32 by both. On tokens of one magnitude (as a layer's outputs)
+    bit for bit in every dtype. Where neighbouring cells differ by up to 2^24 in magnitude, the two float32 sums can
+    round in another order: float32 results are still equal, and a rare 16-bit result falls on the other side of a
+    rounding step: the two are then neighbouring values of the dtype."""
+    g = torch.Generator().manual_seed(0)
+    for p, pn in UPSAMPLINGS:
+        plain = torch.randn(4, p * p, 96, generator=g) * torch.rand(1, 1, 96, generator=g).mul(4)
+        wide = torch.randn(4, p * p, 96, generator=g) * torch.exp2(torch.randint(-12, 12, (4, p * p, 96), generator=g))
+        for data in (plain, wide):
+            t = data.to(device=device, dtype=dtype)
+            by_kernel = resize_tokens(t, pn)
+            by_matmul = resize_tokens(t, pn, frozenset({dtype}))
+            assert by_matmul.shape == by_kernel.shape and by_matmul.dtype == dtype and by_matmul.is_contiguous()
+            if data is plain or dtype == torch.float32:
+                assert torch.equal(by_matmul, by_kernel), (p, pn, dtype)
+                continue
+            a, b = by_kernel.double(), by_matmul.double()
+            info = torch.finfo(dtype)
+            step = (info.eps * torch.exp2(torch.maximum(a.abs(), b.abs()).log2().floor())).clamp_min(info.smallest_normal * info.eps)
+            assert ((a - b).abs() <= step).all(), (p, pn, dtype)  # equal or neighbours
+            assert (a != b).double().mean() < 1e-4, (p, pn, dtype)
+    down = torch.randn(2, 256, 8, device=device, dtype=dtype)  # a downsampling keeps the area kernel (1/k weights)
+    assert torch.equal(resize_tokens(down, 10, frozenset({dtype})), resize_tokens(down, 10))
+
+
+def test_the_matrix_product_resize_is_for_cuda_and_for_float32_only_without_tf32():
+    assert matmul_resize_dtypes(torch.device("cpu")) == frozenset()
+    cuda = torch.device("cuda")
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        assert matmul_resize_dtypes(cuda) == {torch.bfloat16, torch.float16, torch.float32}
+        torch.backends.cuda.matmul.allow_tf32 = True  # float32 operands would be rounded to TF32
+        assert matmul_resize_dtypes(cuda) == {torch.bfloat16, torch.float16}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+@pytest.mark.parametrize("method", ["fastvar", "fastvar-aggressive", "stagevar"])
+def test_sampling_with_the_matrix_product_restore_gives_the_area_kernels_tokens(tiny_models, monkeypatch, method):
+    """FastVAR's and StageVAR's restores through the matrix product (as on CUDA) give the tokens and f_hat of the
+    area kernel, bit for bit (float32, the CPU forced onto the CUDA path)."""
+    import radar_train.accel.fastvar as fastvar_module
+    import radar_train.accel.stagevar as stagevar_module
+    from radar_train.config import StageVARArgs
+
+    vqvae, var = tiny_models
+    args = {"fastvar": AccelArgs("fastvar"), "fastvar-aggressive": AccelArgs("fastvar", FastVARArgs(preset="aggressive")),
+            "stagevar": AccelArgs("stagevar", stagevar=StageVARArgs(preset="default"))}[method]
+    m = build_accel(args, var.patch_nums, var.depth)
+    s = NextScaleSampler(var, vqvae.quantize, SamplingConfig(cfg=1.5, top_k=64, top_p=0.95))
+    labels, seeds = torch.tensor([1, 5, 9]), [3, 4, 5]
+    by_kernel = s.sample(labels, seeds=seeds, accel=m)
+    products = []
+    real = fastvar_module.area_matrix
+    monkeypatch.setattr(fastvar_module, "area_matrix", lambda *a: products.append(a) or real(*a))
+    for module in (fastvar_module, stagevar_module):
+        monkeypatch.setattr(module, "matmul_resize_dtypes", lambda device: frozenset({torch.float32}))
+    by_matmul = s.sample(labels, seeds=seeds, accel=m)
+    assert products  # (the restores went through the matrix product)
+    assert all(torch.equal(a, b) for a, b in zip(by_kernel.indices, by_matmul.indices))
+    assert torch.equal(by_kernel.f_hat, by_matmul.f_hat)
