@@ -12,8 +12,10 @@
                                                # (models/fused.py, FastVAR's one-pass score and channels-last restore),
                                                # an untried alternative score (cdist), and the restore by the area
                                                # kernel against the matrix product (the CUDA default since 2026-12-05,
-                                               # fastvar.resize_tokens): ms per call, the largest difference; with OUT
-                                               # set, also $OUT/probe-fused.json
+                                               # fastvar.resize_tokens; bf16, and StageVAR's float32): ms per call
+                                               # (wall time of eager calls, and the kernels alone: each side captured
+                                               # as a CUDA graph and replayed), the largest difference; with OUT set,
+                                               # also $OUT/probe-fused.json
     python benchmarks/gpu_probes.py decode     # the VQ-VAE decode of VAR-d16 (random weights, batch 32): float32 (as
                                                # RadarPipeline decodes; cuDNN's TF32 as torch sets it), bf16 autocast
                                                # (as radar-train and the suite's decode rows), and bf16 with the blocks
@@ -36,12 +38,38 @@ if not torch.cuda.is_available():  # (run_gpu_suite.sh's CPU smoke test runs the
 dev = torch.device("cuda")
 
 def bench(fn, n=20):
+    """ms per call of fn: wall time of n calls between two synchronisations, bound by the host where fn's kernels
+    are shorter than their launches (the 2026-12-04 probes were timed so)."""
     fn(); torch.cuda.synchronize()
     t = time.perf_counter()
     for _ in range(n):
         fn()
     torch.cuda.synchronize()
     return (time.perf_counter() - t) / n * 1e3
+
+def device_ms(fn, n=20):
+    """ms per call of fn's kernels alone, as the captured sampler runs them: fn captured once as a CUDA graph (under
+    the caller's autocast), n replays between CUDA events; None where fn cannot be captured."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+    except RuntimeError as e:
+        print(f"  (not capturable: {str(e).splitlines()[0][:120]})", flush=True)
+        torch.cuda.synchronize()
+        return None
+    graph.replay(); torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(n):
+        graph.replay()
+    end.record(); torch.cuda.synchronize()
+    return start.elapsed_time(end) / n
 
 def write_rows(probe, rows):
     """$OUT/probe-PROBE.json with the device, versions, date and command, when OUT is set."""
@@ -150,6 +178,7 @@ if sys.argv[1] == "fused":
         mul = torch.rand(1, H, 1, 1, device=dev).add(1).to(bf)
         qk_mul = torch.cat((mul.float().view(1, H, 1), torch.ones(1, H, 1, device=dev)))
         cached = torch.randn(R, 100, C, device=dev, dtype=bf)
+        block_out = torch.randn(R // 2, 169, C, device=dev)  # StageVAR's cache: a block's float32 output, one CFG half
         by_matmul = frozenset({bf})
         ln = F.layer_norm(x, (C,))
         cases = {
@@ -163,16 +192,21 @@ if sys.argv[1] == "fused":
             "FastVAR restore 10->16": (lambda: old_resize(cached, 16), lambda: resize_tokens(cached, 16)),
             "FastVAR restore: area kernel -> matrix product": (lambda: resize_tokens(cached, 16),
                                                                lambda: resize_tokens(cached, 16, by_matmul)),
+            "StageVAR restore 13->16, float32: area kernel -> matrix product": (
+                lambda: resize_tokens(block_out, 16), lambda: resize_tokens(block_out, 16, frozenset({torch.float32}))),
         }
         for name, (old, new) in cases.items():
             with torch.autocast("cuda", dtype=bf):
                 t_old, t_new = bench(old), bench(new)
+                d_old, d_new = device_ms(old), device_ms(new)
                 a, b = old(), new()
             a, b = (a if isinstance(a, tuple) else (a,)), (b if isinstance(b, tuple) else (b,))
             diff = max((u.float() - v.float()).abs().max().item() for u, v in zip(a, b))
-            print(f"C {C} {name}: before {t_old:.3f} ms, after {t_new:.3f} ms ({t_old / t_new:.2f}x), "
+            dev_note = (f"; kernels alone (graph replay) {d_old:.3f} -> {d_new:.3f} ms" if d_old and d_new else "")
+            print(f"C {C} {name}: before {t_old:.3f} ms, after {t_new:.3f} ms ({t_old / t_new:.2f}x){dev_note}, "
                   f"max diff {diff:.2e}", flush=True)
             rows_out.append({"C": C, "rows": R, "tokens": L, "step": name, "before_ms": t_old, "after_ms": t_new,
+                             "before_device_ms": d_old, "after_device_ms": d_new,
                              "max_diff": diff})
     write_rows("fused", rows_out)
 
