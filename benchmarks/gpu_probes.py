@@ -20,7 +20,8 @@
                                                # RadarPipeline decodes; cuDNN's TF32 as torch sets it), bf16 autocast
                                                # (as radar-train and the suite's decode rows), and bf16 with the blocks
                                                # through torch.compile (model.optim.compile's function: GroupNorm, SiLU
-                                               # and the sums fused); ms per call, the first (compiling) call apart, the
+                                               # and the sums fused), and bf16 with GroupNorm in bf16 (autocast runs it in
+                                               # float32); ms per call, the first (compiling) call apart, the
                                                # largest difference from float32; with OUT set, $OUT/probe-decode.json.
                                                # Compiling takes a minute or more: PROBE_TIMEOUT=240
 """
@@ -224,8 +225,23 @@ if sys.argv[1] == "decode":
     plain = vq.latent_decoder().eval()
     fused = copy.deepcopy(plain)
     fused.decoder.block_call = compiled_block_call("inductor")
+
+    class NarrowGroupNorm(torch.nn.GroupNorm):
+        """GroupNorm in its input's dtype (its weight and bias rounded to it), where autocast runs it in float32:
+        under bf16 autocast the norm, and the SiLU after it, then read and write bf16 (half the bytes of the
+        float32 activations the official decode passes between them), and the float32 copies in and out go."""
+
+        def forward(self, x):
+            with torch.autocast("cuda", enabled=False):
+                return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+
+    narrow = copy.deepcopy(plain)
+    for module in narrow.modules():
+        if type(module) is torch.nn.GroupNorm:
+            module.__class__ = NarrowGroupNorm
     variants = {"float32": (plain, None), "bf16 autocast": (plain, torch.bfloat16),
-                "bf16 autocast, compiled blocks": (fused, torch.bfloat16)}
+                "bf16 autocast, compiled blocks": (fused, torch.bfloat16),
+                "bf16 autocast, GroupNorm in bf16": (narrow, torch.bfloat16)}
     rows_out, ref = [], None
     for name, (dec, dtype) in variants.items():
         def call(dec=dec, dtype=dtype):
