@@ -16,14 +16,14 @@
                                                # (wall time of eager calls, and the kernels alone: each side captured
                                                # as a CUDA graph and replayed), the largest difference; with OUT set,
                                                # also $OUT/probe-fused.json
-    python benchmarks/gpu_probes.py decode     # the VQ-VAE decode of VAR-d16 (random weights, batch 32): float32 (as
-                                               # RadarPipeline decodes; cuDNN's TF32 as torch sets it), bf16 autocast
-                                               # (as radar-train and the suite's decode rows), and bf16 with the blocks
-                                               # through torch.compile (model.optim.compile's function: GroupNorm, SiLU
-                                               # and the sums fused), and bf16 with GroupNorm in bf16 (autocast runs it in
-                                               # float32); ms per call, the first (compiling) call apart, the
-                                               # largest difference from float32; with OUT set, $OUT/probe-decode.json.
-                                               # Compiling takes a minute or more: PROBE_TIMEOUT=240
+    python benchmarks/gpu_probes.py decode [compiled]  # the VQ-VAE decode of VAR-d16 (random weights, batch 32):
+                                               # float32 (as RadarPipeline decodes; cuDNN's TF32 as torch sets it), bf16
+                                               # autocast (as radar-train and the suite's decode rows), bf16 with
+                                               # GroupNorm in bf16 (autocast runs it in float32), and with `compiled`
+                                               # bf16 with the blocks through torch.compile (model.optim.compile's
+                                               # function: GroupNorm, SiLU and the sums fused; compiling takes a minute
+                                               # or more: PROBE_TIMEOUT=240); ms per call, the first call apart, the
+                                               # largest difference from float32; with OUT set, $OUT/probe-decode.json
 """
 import sys
 import time
@@ -240,8 +240,9 @@ if sys.argv[1] == "decode":
         if type(module) is torch.nn.GroupNorm:
             module.__class__ = NarrowGroupNorm
     variants = {"float32": (plain, None), "bf16 autocast": (plain, torch.bfloat16),
-                "bf16 autocast, compiled blocks": (fused, torch.bfloat16),
                 "bf16 autocast, GroupNorm in bf16": (narrow, torch.bfloat16)}
+    if "compiled" in sys.argv[2:]:  # (compiling takes a minute or more)
+        variants["bf16 autocast, compiled blocks"] = (fused, torch.bfloat16)
     rows_out, ref = [], None
     for name, (dec, dtype) in variants.items():
         def call(dec=dec, dtype=dtype):
