@@ -16,7 +16,8 @@
 # for BUDGET_S, default 380 s), TEST_TIMEOUT (default 100 s), then the probes named in PROBES (default
 # "fused decode"; "" for none: python benchmarks/gpu_probes.py NAME, logs and JSON into $OUT) under PROBE_TIMEOUT
 # (default 40 s each). The 2026-12-04 run took 342 s (the suite 294 s); the limits add up to 620 s, so a suite that
-# runs to its limit leaves the last probe to the device command's own 600 s limit. The CUDA tests run without the slow ones (the
+# runs to its limit leaves the last probe to the device command's own 600 s limit.
+# The CUDA tests run without the slow ones (the
 # compiled engine compiles for minutes), the sampling engines' ones (tests/test_gpu.py: graphs vs eager, no
 # synchronisation) first, then the FlexAttention ones, then the fused block's and FastVAR's, then the profile's
 # kernel count and the noise's one-kernel hash, each result logged as it ends. Exit status: the suite's, else the tests'.

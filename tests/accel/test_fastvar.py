@@ -242,7 +242,8 @@ def test_the_resize_as_a_matrix_product_equals_the_area_kernel(device, dtype):
                 continue
             a, b = by_kernel.double(), by_matmul.double()
             info = torch.finfo(dtype)
-            step = (info.eps * torch.exp2(torch.maximum(a.abs(), b.abs()).log2().floor())).clamp_min(info.smallest_normal * info.eps)
+            magnitude = torch.exp2(torch.maximum(a.abs(), b.abs()).log2().floor())
+            step = (info.eps * magnitude).clamp_min(info.smallest_normal * info.eps)  # (subnormals: a fixed step)
             assert ((a - b).abs() <= step).all(), (p, pn, dtype)  # equal or neighbours
             assert (a != b).double().mean() < 1e-4, (p, pn, dtype)
     down = torch.randn(2, 256, 8, device=device, dtype=dtype)  # a downsampling keeps the area kernel (1/k weights)
@@ -271,7 +272,8 @@ def test_sampling_with_the_matrix_product_restore_gives_the_area_kernels_tokens(
     from radar_train.config import StageVARArgs
 
     vqvae, var = tiny_models
-    args = {"fastvar": AccelArgs("fastvar"), "fastvar-aggressive": AccelArgs("fastvar", FastVARArgs(preset="aggressive")),
+    args = {"fastvar": AccelArgs("fastvar"),
+            "fastvar-aggressive": AccelArgs("fastvar", FastVARArgs(preset="aggressive")),
             "stagevar": AccelArgs("stagevar", stagevar=StageVARArgs(preset="default"))}[method]
     m = build_accel(args, var.patch_nums, var.depth)
     s = NextScaleSampler(var, vqvae.quantize, SamplingConfig(cfg=1.5, top_k=64, top_p=0.95))
