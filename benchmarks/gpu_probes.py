@@ -14,8 +14,10 @@
                                                # kernel against the matrix product (the CUDA default since 2026-12-05,
                                                # fastvar.resize_tokens; bf16, and StageVAR's float32): ms per call
                                                # (wall time of eager calls, and the kernels alone: each side captured
-                                               # as a CUDA graph and replayed), the largest difference; with OUT set,
-                                               # also $OUT/probe-fused.json
+                                               # as a CUDA graph and replayed), the largest difference; then the
+                                               # pieces of FastVAR's pruned sub-layer and of StageVAR's block
+                                               # (benchmarks/probe_pieces.py) at 13x13 and 16x16, timed so; with OUT
+                                               # set, also $OUT/probe-fused.json
     python benchmarks/gpu_probes.py decode [compiled]  # the VQ-VAE decode of VAR-d16 (random weights, batch 32):
                                                # float32 (as RadarPipeline decodes; cuDNN's TF32 as torch sets it), bf16
                                                # autocast (as radar-train and the suite's decode rows), bf16 with
@@ -209,6 +211,22 @@ if sys.argv[1] == "fused":
             rows_out.append({"C": C, "rows": R, "tokens": L, "step": name, "before_ms": t_old, "after_ms": t_new,
                              "before_device_ms": d_old, "after_device_ms": d_new,
                              "max_diff": diff})
+    # the methods' own work per sub-layer / block, piece by piece (benchmarks/probe_pieces.py), as kernels alone
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from probe_pieces import fastvar_pieces, stagevar_pieces
+
+    for C, depth in ((1024, 16), (1536, 24)):
+        for method, pn, pieces in (("fastvar", 13, fastvar_pieces(C, 13, 0.5, dev)),
+                                   ("fastvar", 16, fastvar_pieces(C, 16, 0.75, dev)),
+                                   ("stagevar", 13, stagevar_pieces(C, 13, depth, dev)),
+                                   ("stagevar", 16, stagevar_pieces(C, 16, depth, dev))):
+            for name, fn in pieces.items():
+                with torch.autocast("cuda", dtype=bf):
+                    wall, kernels = bench(fn), device_ms(fn)
+                print(f"C {C} {method} {pn}x{pn} piece {name}: {wall:.3f} ms per eager call, kernels alone "
+                      f"{'-' if kernels is None else f'{kernels:.3f} ms'}", flush=True)
+                rows_out.append({"C": C, "depth": depth, "method": method, "scale": pn, "piece": name,
+                                 "wall_ms": wall, "device_ms": kernels})
     write_rows("fused", rows_out)
 
 if sys.argv[1] == "decode":

@@ -15,8 +15,8 @@
 # section then records what it lacks). Limits: SUITE_TIMEOUT (default 440 s; the suite plans its rounds
 # for BUDGET_S, default 380 s), TEST_TIMEOUT (default 100 s), then the probes named in PROBES (default
 # "fused decode"; "" for none: python benchmarks/gpu_probes.py NAME, logs and JSON into $OUT) under PROBE_TIMEOUT
-# (default 40 s each). The 2026-12-04 run took 342 s (the suite 294 s); the limits add up to 620 s, so a suite that
-# runs to its limit leaves the last probe to the device command's own 600 s limit.
+# (default 60 s each). The 2026-12-04 run took 342 s (the suite 294 s); the limits add up to 660 s, so a suite that
+# runs to its limit leaves the probes to the device command's own 600 s limit.
 # The CUDA tests run without the slow ones (the
 # compiled engine compiles for minutes), the sampling engines' ones (tests/test_gpu.py: graphs vs eager, no
 # synchronisation) first, then the FlexAttention ones, then the fused block's and FastVAR's, then the profile's
@@ -73,7 +73,7 @@ timeout "${TEST_TIMEOUT:-100}" "$py" -m pytest -v -rA -s -p no:cacheprovider -o 
   tests/bench/test_scales.py tests/test_noise.py 2>&1 | tee "$out/gpu-tests.log"
 tests=$?
 for probe in ${PROBES-fused decode}; do  # (a probe's failure is in its log; it does not change the exit status)
-  OUT="$out" PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" timeout "${PROBE_TIMEOUT:-40}" "$py" benchmarks/gpu_probes.py "$probe" \
+  OUT="$out" PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" timeout "${PROBE_TIMEOUT:-60}" "$py" benchmarks/gpu_probes.py "$probe" \
     2>&1 | tee "$out/probe-$probe.log"
 done
 echo "run_gpu_suite: suite exit $suite, tests exit $tests; files in $out"
