@@ -17,7 +17,7 @@ import torch
 from radar_train import noise
 from radar_train.accel.fastvar import pivotal_tokens, resize_tokens, restore_tokens
 
-PREVIOUS = {13: 10, 16: 13}  # StageVAR restores from the scale before (FastVAR from its cache scale, 10)
+PREVIOUS = {13: 10, 16: 13}  # the scale before, which StageVAR restores from (FastVAR: its cache scale, 10)
 FALLBACK_RATIO = 0.176  # StageVAR's rank ratio without a calibration (methods.md §3.2)
 
 
@@ -52,7 +52,7 @@ def fastvar_pieces(C: int, pn: int, ratio: float, dev: torch.device, rows: int =
 def stagevar_pieces(C: int, pn: int, depth: int, dev: torch.device, rows: int = 32) -> dict[str, Callable[[], object]]:
     """A refinement scale's draws (all blocks at once, as `_StageVARRun._draw`) and one block's work besides the
     block itself: the projection of its input, the RTR draw's keys and top-k, and the restore."""
-    M, prev = pn * pn, PREVIOUS.get(pn, pn - 3)
+    M, prev = pn * pn, PREVIOUS[pn]
     r = math.ceil(FALLBACK_RATIO * M)
     g = torch.Generator(device=dev).manual_seed(0)
     keys = noise.key_tensor([[7 * i + j for i in range(rows)] for j in range(2)], dev)

@@ -60,12 +60,12 @@ def area_matrix(p: int, pn: int, dtype: torch.dtype, device: torch.device) -> to
     itself from the identity. For pn ≥ p each output cell averages one or two cells per axis, so every weight is 1,
     1/2 or 1/4: exact in any float dtype. Kept per (p, pn, dtype, device) for the process, so that a captured CUDA
     graph reads the same tensor at every replay (made again on each call while torch.compile traces)."""
-    key = (p, pn, dtype, device)
-    if not torch.compiler.is_compiling() and key in _AREA_MATRICES:
+    key, compiling = (p, pn, dtype, device), torch.compiler.is_compiling()
+    if not compiling and key in _AREA_MATRICES:
         return _AREA_MATRICES[key]
     eye = torch.eye(p * p, device=device).view(p * p, 1, p, p)
     a = F.interpolate(eye, size=(pn, pn), mode="area").view(p * p, pn * pn).t().contiguous().to(dtype)
-    if not torch.compiler.is_compiling():
+    if not compiling:
         _AREA_MATRICES[key] = a
     return a
 

@@ -300,10 +300,10 @@ def run_profile_section(args, results, log, deadline: float) -> Optional[str]:
                                for op in top_ops(eager, labels, seeds, accel)]
                 # each scale's kernels, blocks against the rest: vanilla's every scale (those the methods share),
                 # a method's the scales it changes
-                first = 0 if accel is None else accel.first_modified_scale(cfg.var.patch_nums)
+                first = (accel.first_modified_scale(cfg.var.patch_nums) if accel is not None else None) or 0
                 out.setdefault("kernels", []).extend(
                     {"preset": preset, "method": name, "engine": "eager", **row}
-                    for row in scale_kernels(eager, labels, seeds, accel, from_scale=first or 0))
+                    for row in scale_kernels(eager, labels, seeds, accel, from_scale=first))
                 _section(results, "profile", out)
                 log(f"  profile {preset} {name}: {t['total_ms']:.1f} ms per call ({default.engine}); by scale "
                     + " ".join("-" if ms is None else f"{ms:.1f}" for ms in t["scale_ms"]))

@@ -223,9 +223,9 @@ def test_radar_eval_reads_back_from_the_device_once_not_once_per_batch(trained_r
         with Count():
             r = evaluate_restoration(str(trained_run["cache"]), str(trained_run["adapter"]), batch_size=batch)
         results[batch] = (Count.n, r)
-    (n16, r16), (n1, r1) = results[16], results[4]
-    assert r16["num_pairs"] == r1["num_pairs"] == 16 and n1 == n16, (n1, n16)
-    assert len(r1["by_latent_distance"]) == len(r16["by_latent_distance"]) == 4
-    for a, b in zip(r1["by_latent_distance"], r16["by_latent_distance"]):
+    (n16, r16), (n4, r4) = results[16], results[4]
+    assert r16["num_pairs"] == r4["num_pairs"] == 16 and n4 == n16, (n4, n16)
+    assert len(r4["by_latent_distance"]) == len(r16["by_latent_distance"]) == 4
+    for a, b in zip(r4["by_latent_distance"], r16["by_latent_distance"]):
         assert a == pytest.approx(b, rel=1e-5)
-    assert r1["psnr_adapted"] == pytest.approx(r16["psnr_adapted"], rel=1e-6)
+    assert r4["psnr_adapted"] == pytest.approx(r16["psnr_adapted"], rel=1e-6)
