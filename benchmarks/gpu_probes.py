@@ -20,7 +20,9 @@
                                                # set, also $OUT/probe-fused.json
     python benchmarks/gpu_probes.py decode [compiled]  # the VQ-VAE decode of VAR-d16 (random weights, batch 32):
                                                # float32 (as RadarPipeline decodes; cuDNN's TF32 as torch sets it), bf16
-                                               # autocast (as radar-train and the suite's decode rows), bf16 with
+                                               # autocast (as radar-train and the suite's decode rows), the same
+                                               # with the attention blocks by SDPA (as before 2026-12-05; also one
+                                               # attention block alone, both ways), bf16 with
                                                # GroupNorm in bf16 (autocast runs it in float32), and with `compiled`
                                                # bf16 with the blocks through torch.compile (model.optim.compile's
                                                # function: GroupNorm, SiLU and the sums fused; compiling takes a minute
@@ -257,11 +259,43 @@ if sys.argv[1] == "decode":
     for module in narrow.modules():
         if type(module) is torch.nn.GroupNorm:
             module.__class__ = NarrowGroupNorm
+
+    from radar_train.models.vae_blocks import AttnBlock
+
+    class SdpaAttnBlock(AttnBlock):
+        """The block's attention as radar_train ran it up to 2026-12-05: one SDPA call over the transposed views (one
+        head of C channels, which on CUDA only the memory-efficient kernel takes)."""
+
+        def forward(self, x):
+            B, C, H, W = x.shape
+            q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).unbind(1)
+            h = F.scaled_dot_product_attention(q.transpose(1, 2).unsqueeze(1), k.transpose(1, 2).unsqueeze(1),
+                                               v.transpose(1, 2).unsqueeze(1), scale=C**-0.5)
+            return x + self.proj_out(h.squeeze(1).transpose(1, 2).reshape(B, C, H, W))
+
+    sdpa = copy.deepcopy(plain)
+    attn_blocks = [m for m in sdpa.modules() if type(m) is AttnBlock]
+    for module in attn_blocks:
+        module.__class__ = SdpaAttnBlock
+    attention_rows = []
+    if attn_blocks:  # one attention block alone, at the decoder's attention shape (the mid block's input)
+        block = attn_blocks[0]
+        x_attn = torch.randn(32, block.channels, 16, 16, device=dev)
+        for name, cls in (("two products (radar_train since 2026-12-05)", AttnBlock), ("SDPA (before)", SdpaAttnBlock)):
+            block.__class__ = cls
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+                wall, kernels = bench(lambda: block(x_attn)), device_ms(lambda: block(x_attn))
+            print(f"decode attention block, C {block.channels}, 16x16, batch 32, bf16 autocast, {name}: {wall:.3f} ms "
+                  f"per eager call, kernels alone {'-' if kernels is None else f'{kernels:.3f} ms'}", flush=True)
+            attention_rows.append({"variant": f"attention block alone: {name}", "batch_size": 32,
+                                   "channels": block.channels, "wall_ms": wall, "device_ms": kernels})
+        block.__class__ = SdpaAttnBlock
     variants = {"float32": (plain, None), "bf16 autocast": (plain, torch.bfloat16),
+                "bf16 autocast, attention by SDPA (before 2026-12-05)": (sdpa, torch.bfloat16),
                 "bf16 autocast, GroupNorm in bf16": (narrow, torch.bfloat16)}
     if "compiled" in sys.argv[2:]:  # (compiling takes a minute or more)
         variants["bf16 autocast, compiled blocks"] = (fused, torch.bfloat16)
-    rows_out, ref = [], None
+    rows_out, ref = attention_rows, None
     for name, (dec, dtype) in variants.items():
         def call(dec=dec, dtype=dtype):
             with torch.inference_mode(), torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):

@@ -20,7 +20,8 @@
 # The CUDA tests run without the slow ones (the
 # compiled engine compiles for minutes), the sampling engines' ones (tests/test_gpu.py: graphs vs eager, no
 # synchronisation) first, then the FlexAttention ones, then the fused block's and FastVAR's, then the profile's
-# kernel count and the noise's one-kernel hash, each result logged as it ends. Exit status: the suite's, else the tests'.
+# kernel count, the noise's one-kernel hash and the decoder's attention block, each result logged as it ends.
+# Exit status: the suite's, else the tests'.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 1 ] || [[ "$1" == -* ]]; then
@@ -70,7 +71,7 @@ suite=$?
 # tests share one GPU)
 timeout "${TEST_TIMEOUT:-100}" "$py" -m pytest -v -rA -s -p no:cacheprovider -o addopts= -o log_level=WARNING -m "gpu and not slow" \
   tests/test_gpu.py tests/accel/test_sca.py tests/models/test_fused.py tests/accel/test_fastvar.py \
-  tests/bench/test_scales.py tests/test_noise.py 2>&1 | tee "$out/gpu-tests.log"
+  tests/bench/test_scales.py tests/test_noise.py tests/models/test_vae_blocks.py 2>&1 | tee "$out/gpu-tests.log"
 tests=$?
 for probe in ${PROBES-fused decode}; do  # (a probe's failure is in its log; it does not change the exit status)
   OUT="$out" PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" timeout "${PROBE_TIMEOUT:-60}" "$py" benchmarks/gpu_probes.py "$probe" \

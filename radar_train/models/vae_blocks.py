@@ -117,16 +117,19 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).unbind(1)
-        # (B, 1, HW, C) single-head layout for SDPA; softmax scale C^-0.5 as in the official block
-        h = F.scaled_dot_product_attention(
-            q.transpose(1, 2).unsqueeze(1), k.transpose(1, 2).unsqueeze(1), v.transpose(1, 2).unsqueeze(1),
-            scale=C**-0.5,
-        )
-        h = h.squeeze(1).transpose(1, 2).reshape(B, C, H, W)
-        # out of place: proj_out's output is channels-last here (from the transposed view) and x + h is laid out
-        # like x, so the convolutions after it see the same layout (and give the same bits) with and without grad
-        return x + self.proj_out(h)
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).unbind(1)  # (B, C, HW) views, no copies
+        # One head of C channels (512-640 in VAR's VQ-VAE): two batched matrix products and a softmax, as in the
+        # official block (without its four contiguous copies: the products take the transposed views). SDPA would
+        # run such a head on CUDA in its memory-efficient kernel (flash and cuDNN stop at 256 channels), an
+        # SM80-style kernel that is slow at this width; the products are the official decode's own kernels.
+        w = torch.bmm(q.transpose(1, 2), k).mul_(C**-0.5).softmax(dim=-1)  # (B, HW of q, HW of k)
+        if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+            h = torch.bmm(v, w.transpose(1, 2))  # (B, C, HW): NCHW
+        else:  # (B, HW, C) seen as (B, C, HW): channels-last, like x (the CPU's layout: Decoder.channels_last)
+            h = torch.bmm(w, v.transpose(1, 2)).transpose(1, 2)
+        # out of place: x + proj_out(h) is laid out like x, so the convolutions after it see the same layout (and
+        # give the same bits) with and without grad
+        return x + self.proj_out(h.reshape(B, C, H, W))
 
 
 class Encoder(nn.Module):

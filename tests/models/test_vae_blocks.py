@@ -109,3 +109,66 @@ def test_the_decoders_layout_setting_decides_the_activations_layout(decoder, f_h
     seen, ref, img = decode_with_layout(decoder.decoder, decoder.to_image, f_hat, setting)
     assert seen == [True, expect_nhwc]
     assert img.is_contiguous() and torch.allclose(img, ref, atol=1e-5)
+
+
+def _textbook_attention(block, x: torch.Tensor) -> torch.Tensor:
+    """x + proj(softmax(qᵀk / √C) applied to v), one head of C channels, in float64 from the block's weights."""
+    B, C, H, W = x.shape
+    x = x.double()
+    h = F.group_norm(x, block.norm.num_groups, block.norm.weight.double(), block.norm.bias.double(), block.norm.eps)
+    q, k, v = F.conv2d(h, block.qkv.weight.double(), block.qkv.bias.double()).reshape(B, 3, C, H * W).unbind(1)
+    attn = torch.softmax(torch.einsum("bci,bcj->bij", q, k) / C**0.5, dim=-1)  # (B, query, key)
+    out = torch.einsum("bij,bcj->bci", attn, v).reshape(B, C, H, W)
+    return x + F.conv2d(out, block.proj_out.weight.double(), block.proj_out.bias.double())
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_attention_block_is_one_head_of_softmax_attention_in_the_layout_of_its_input(channels_last, device):
+    """Float32 (on CUDA with TF32 off, torch's default for matrix products), and on CUDA also under bf16 autocast, as
+    radar-train and the GPU benchmarks decode: there within bf16's rounding of the products' operands."""
+    from radar_train.models.vae_blocks import AttnBlock
+
+    torch.manual_seed(0)
+    block = AttnBlock(64).to(device)
+    for p in block.parameters():  # (GroupNorm starts at weight 1, bias 0: random affine terms check their use)
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(2, 64, 5, 7, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = block(x)
+    ref = _textbook_attention(block, x)
+    assert torch.allclose(out.double(), ref, atol=1e-5, rtol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last and out.is_contiguous() != channels_last
+    assert torch.equal(block(x).detach(), out)  # with grad: the same bits
+    if device == "cuda":
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            low = block(x)
+        assert (low.double() - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_the_attention_block_is_two_matrix_products_without_copies_of_q_k_or_v():
+    """The block's attention is two batched products over the transposed views of q, k and v (the official block's
+    kernels, without its contiguous copies), not SDPA, whose kernels on CUDA are slow for one head of 512-640
+    channels (vae_blocks.AttnBlock)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from radar_train.models.vae_blocks import AttnBlock
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func.overloadpacket).split(".")[-1])
+            return func(*args, **(kwargs or {}))
+
+    block = AttnBlock(64)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 64, 4, 4).contiguous(memory_format=layout)
+        with torch.no_grad(), Ops() as ops:
+            block(x)
+        assert ops.names.count("bmm") == 2, ops.names
+        assert not [n for n in ops.names if "attention" in n or n in ("clone", "copy_", "contiguous")], ops.names
