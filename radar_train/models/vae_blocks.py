@@ -118,10 +118,10 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).unbind(1)  # (B, C, HW) views, no copies
-        # One head of C channels (512-640 in VAR's VQ-VAE): two batched matrix products and a softmax, as in the
-        # official block (without its four contiguous copies: the products take the transposed views). SDPA would
-        # run such a head on CUDA in its memory-efficient kernel (flash and cuDNN stop at 256 channels), an
-        # SM80-style kernel that is slow at this width; the products are the official decode's own kernels.
+        # One head of C channels (640 in VAR's VQ-VAE): two batched matrix products and a softmax, as in the official
+        # block (without its four contiguous copies: the products take the transposed views). SDPA runs such a head
+        # on CUDA only in its memory-efficient kernel (flash and cuDNN stop at 256 channels), the one part where our
+        # decode ran other kernels than the official one (`python benchmarks/gpu_probes.py decode` times both).
         w = torch.bmm(q.transpose(1, 2), k).mul_(C**-0.5).softmax(dim=-1)  # (B, HW of q, HW of k)
         if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
             h = torch.bmm(v, w.transpose(1, 2))  # (B, C, HW): NCHW

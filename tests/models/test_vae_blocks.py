@@ -150,8 +150,8 @@ def test_the_attention_block_is_one_head_of_softmax_attention_in_the_layout_of_i
 
 def test_the_attention_block_is_two_matrix_products_without_copies_of_q_k_or_v():
     """The block's attention is two batched products over the transposed views of q, k and v (the official block's
-    kernels, without its contiguous copies), not SDPA, whose kernels on CUDA are slow for one head of 512-640
-    channels (vae_blocks.AttnBlock)."""
+    kernels, without its contiguous copies), not SDPA, which on CUDA runs one head of 640 channels only in its
+    memory-efficient kernel (vae_blocks.AttnBlock)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from radar_train.models.vae_blocks import AttnBlock
