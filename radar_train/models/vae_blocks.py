@@ -122,7 +122,10 @@ class AttnBlock(nn.Module):
         # block (without its four contiguous copies: the products take the transposed views). SDPA runs such a head
         # on CUDA only in its memory-efficient kernel (flash and cuDNN stop at 256 channels), the one part where our
         # decode ran other kernels than the official one (`python benchmarks/gpu_probes.py decode` times both).
-        w = torch.bmm(q.transpose(1, 2), k).mul_(C**-0.5).softmax(dim=-1)  # (B, HW of q, HW of k)
+        # The logits (B, HW of q, HW of k) are scaled inside the first product (alpha: in its float32 accumulator,
+        # before the rounding to the autocast dtype), so fp16 logits do not overflow where the unscaled sums would;
+        # with beta 0 the product ignores its first argument.
+        w = torch.baddbmm(q.new_empty(()), q.transpose(1, 2), k, beta=0.0, alpha=C**-0.5).softmax(dim=-1)
         if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
             h = torch.bmm(v, w.transpose(1, 2))  # (B, C, HW): NCHW
         else:  # (B, HW, C) seen as (B, C, HW): channels-last, like x (the CPU's layout: Decoder.channels_last)

@@ -170,5 +170,27 @@ def test_the_attention_block_is_two_matrix_products_without_copies_of_q_k_or_v()
         x = torch.randn(2, 64, 4, 4).contiguous(memory_format=layout)
         with torch.no_grad(), Ops() as ops:
             block(x)
-        assert ops.names.count("bmm") == 2, ops.names
+        assert ops.names.count("baddbmm") == 1 and ops.names.count("bmm") == 1, ops.names
         assert not [n for n in ops.names if "attention" in n or n in ("clone", "copy_", "contiguous")], ops.names
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_fp16_attention_logits_do_not_overflow_where_the_unscaled_sums_would(device):
+    """Under fp16 autocast (`--decode_precision fp16`) the products' sums q·k here reach 640 × 14² = 125,440, past
+    fp16's 65,504; the block scales them inside the product (in its float32 accumulator), so its logits (4,958) stay
+    finite and the output equals float32's."""
+    from radar_train.models.vae_blocks import AttnBlock
+
+    block = AttnBlock(640).to(device)
+    with torch.no_grad():
+        block.norm.weight.zero_()  # (GroupNorm's output is then its bias: 1 everywhere)
+        block.norm.bias.fill_(1.0)
+        block.qkv.weight.zero_()
+        block.qkv.bias.fill_(14.0)  # q = k = v = 14
+        torch.nn.init.normal_(block.proj_out.weight, std=0.05)
+        x = torch.randn(1, 640, 4, 4, device=device)
+        ref = block(x)
+        with torch.autocast(device, dtype=torch.float16):
+            low = block(x)
+    assert torch.isfinite(low).all()
+    assert torch.allclose(low.float(), ref, atol=0.05, rtol=0.01)
