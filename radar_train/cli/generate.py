@@ -105,6 +105,13 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
         if go_on:
             print(f"radar-generate: going on: {before} of {len(pairs)} samples are in {work.dir}")
         saver = PngBatches(work)
+
+        def settle(progress) -> None:  # the previous batch's files written: its samples are made
+            nonlocal made
+            n = saver.settle()
+            made += n
+            progress.update(n)
+
         try:
             with sigterm_stops(), Progress(len(pairs), "radar-generate", "samples", initial=before) as progress, \
                     saver:
@@ -113,13 +120,9 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
                     imgs = pipe.compare([c for c, _ in chunk], [s for _, s in chunk])
                     # on the host: waits for this batch, while the previous batch's PNGs were written on threads
                     host = {FOLDERS[key]: images.cpu() for key, images in imgs.items()}
-                    n = saver.settle()
-                    made += n
-                    progress.update(n)
+                    settle(progress)
                     saver.submit(host, chunk)
-                n = saver.settle()
-                made += n
-                progress.update(n)
+                settle(progress)
         except BaseException as e:
             made += saver.late  # (a batch whose files were all written while the run stopped)
             done = before + made

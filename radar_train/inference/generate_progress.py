@@ -155,11 +155,16 @@ class PngBatches:
                    for folder, imgs in images.items() for (c, s), img in zip(chunk, imgs)]
         self._pending = (futures, len(chunk))
 
-    def settle(self) -> int:
+    def _finish(self) -> tuple[list, int]:
+        """The pending batch's futures, all ended, and its sample count (none: [], 0); nothing is pending after."""
         if self._pending is None:
-            return 0
+            return [], 0
         (futures, n), self._pending = self._pending, None
         wait(futures)
+        return futures, n
+
+    def settle(self) -> int:
+        futures, n = self._finish()
         for f in futures:
             f.result()  # (raises the save's error)
         return n
@@ -169,9 +174,7 @@ class PngBatches:
 
     def __exit__(self, *exc) -> None:
         try:
-            if self._pending is not None:
-                (futures, n), self._pending = self._pending, None
-                wait(futures)
-                self.late = n if all(f.exception() is None for f in futures) else 0
+            futures, n = self._finish()
+            self.late = n if all(f.exception() is None for f in futures) else 0
         finally:
             self.pool.shutdown(wait=True)
