@@ -1,7 +1,12 @@
 """One-off GPU probes (2026-12-04, H200; logs in benchmarks/gpu/2026-12-04c-nvidia-h200-probe-*.log):
 
-    python benchmarks/gpu_probes.py bicubic    # F.interpolate bicubic (B 32, C 32, pn -> 16) against a separable
-                                               # matrix product of the same weights: ms per call and max difference
+    python benchmarks/gpu_probes.py bicubic    # the sampler's bicubic upsampling (B 32, C 32, pn -> 16, 24 -> 32):
+                                               # the kernel on the token map's channels-last strides (as the official
+                                               # code), on a contiguous copy (radar_train before 2026-12-05), and the
+                                               # matrix product radar_train runs since (radar_train.interp): kernels
+                                               # alone and wall time, max difference; with OUT set,
+                                               # $OUT/probe-bicubic.json (the 2026-12-04 log timed the kernel and an
+                                               # einsum by wall time only: the einsum's host time)
     python benchmarks/gpu_probes.py bicubic_layout  # the same on the sampler's channels-last-strided token map
                                                # against a contiguous copy: ms per call, bit-equal or not
     python benchmarks/gpu_probes.py compiled   # VAR-d16, batch 32, bf16, vanilla: first call and median call of the
@@ -88,29 +93,30 @@ def write_rows(probe, rows):
         with open(os.path.join(os.environ["OUT"], f"probe-{probe}.json"), "w") as f:
             json.dump(doc, f, indent=1)
 
-def cubic_matrix(n_in, n_out, A=-0.75):
-    scale = n_in / n_out
-    W = torch.zeros(n_out, n_in, dtype=torch.float64)
-    for o in range(n_out):
-        x = (o + 0.5) * scale - 0.5
-        x0 = int(torch.floor(torch.tensor(x)))
-        t = x - x0
-        def c1(v): return ((A + 2) * v - (A + 3)) * v * v + 1
-        def c2(v): return ((A * v - 5 * A) * v + 8 * A) * v - 4 * A
-        cs = [c2(t + 1), c1(t), c1(1 - t), c2(2 - t)]
-        for k, c in enumerate(cs):
-            W[o, min(max(x0 - 1 + k, 0), n_in - 1)] += c
-    return W
-
 if sys.argv[1] == "bicubic":
-    for pn in (1, 2, 3, 4, 5, 6, 8, 10, 13):
-        h = torch.randn(32, 32, pn, pn, device=dev)
-        Wm = cubic_matrix(pn, 16).float().to(dev)
-        ref = F.interpolate(h, size=(16, 16), mode="bicubic")
-        sep = torch.einsum("oi,bcij,pj->bcop", Wm, h, Wm)
-        t_ref = bench(lambda: F.interpolate(h, size=(16, 16), mode="bicubic"))
-        t_sep = bench(lambda: torch.einsum("oi,bcij,pj->bcop", Wm, h, Wm))
-        print(f"bicubic pn {pn:2d}: F.interpolate {t_ref:.3f} ms, separable {t_sep:.3f} ms, max diff {(ref - sep).abs().max().item():.2e}", flush=True)
+    # the sampler's upsampling of a token map (B 32, C 32, pn -> the last grid): CUDA's bicubic kernel on the map as the
+    # official code passes it (channels-last strides), on a contiguous copy (radar_train before 2026-12-05) and the
+    # matrix product radar_train runs since (radar_train.interp.upsample_bicubic, TF32 off): kernels alone (captured)
+    # and wall time, the largest difference from the kernel
+    from radar_train.interp import upsample_bicubic
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    rows_out = []
+    for pn, P in ((1, 16), (2, 16), (3, 16), (4, 16), (5, 16), (6, 16), (8, 16), (10, 16), (13, 16), (24, 32)):
+        h = torch.randn(32, pn * pn, 32, device=dev).transpose(1, 2).reshape(32, 32, pn, pn)
+        ref = F.interpolate(h, size=(P, P), mode="bicubic")
+        cases = {"kernel, strided map": lambda: F.interpolate(h, size=(P, P), mode="bicubic"),
+                 "kernel, contiguous copy": lambda: F.interpolate(h.contiguous(), size=(P, P), mode="bicubic"),
+                 "matrix product": lambda: upsample_bicubic(h, P)}
+        row = {"probe": "bicubic", "pn": pn, "out": P, "batch_size": 32, "channels": 32,
+               "max_abs_diff": (upsample_bicubic(h, P) - ref).abs().max().item()}
+        for name, fn in cases.items():
+            row[name] = {"device_ms": device_ms(fn), "wall_ms": bench(fn)}
+        rows_out.append(row)
+        print(f"bicubic {pn:2d}->{P}: " + ", ".join(f"{k} {v['device_ms']:.4f} ms (wall {v['wall_ms']:.3f})"
+                                                  for k, v in row.items() if isinstance(v, dict) and v["device_ms"] is not None)
+              + f"; max diff {row['max_abs_diff']:.2e}", flush=True)
+    write_rows("bicubic", rows_out)
 
 if sys.argv[1] == "bicubic_layout":
     # the sampler's token map is the embedding's transpose: channels-last strides (as in the official code). Is the

@@ -14,13 +14,14 @@
 # without a wheel for that Python, unless NO_OFFICIAL=1 / NO_WHEELS=1; a failed install only warns (the train
 # section then records what it lacks). Limits: SUITE_TIMEOUT (default 440 s; the suite plans its rounds
 # for BUDGET_S, default 380 s), TEST_TIMEOUT (default 100 s), then the probes named in PROBES (default
-# "fused decode"; "" for none: python benchmarks/gpu_probes.py NAME, logs and JSON into $OUT) under PROBE_TIMEOUT
-# (default 60 s each). The 2026-12-04 run took 342 s (the suite 294 s); the limits add up to 660 s, so a suite that
+# "bicubic fused decode"; "" for none: python benchmarks/gpu_probes.py NAME, logs and JSON into $OUT) under PROBE_TIMEOUT
+# (default 60 s each). The 2026-12-04 run took 342 s (the suite 294 s); the limits add up to 720 s, so a suite that
 # runs to its limit leaves the probes to the device command's own 600 s limit.
 # The CUDA tests run without the slow ones (the
 # compiled engine compiles for minutes), the sampling engines' ones (tests/test_gpu.py: graphs vs eager, no
 # synchronisation) first, then the FlexAttention ones, then the fused block's and FastVAR's, then the profile's
-# kernel count, the noise's one-kernel hash and the decoder's attention block, each result logged as it ends.
+# kernel count, the noise's one-kernel hash, the decoder's attention block and the bicubic upsampling by a matrix
+# product, each result logged as it ends.
 # Exit status: the suite's, else the tests'.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -71,9 +72,9 @@ suite=$?
 # tests share one GPU)
 timeout "${TEST_TIMEOUT:-100}" "$py" -m pytest -v -rA -s -p no:cacheprovider -o addopts= -o log_level=WARNING -m "gpu and not slow" \
   tests/test_gpu.py tests/accel/test_sca.py tests/models/test_fused.py tests/accel/test_fastvar.py \
-  tests/bench/test_scales.py tests/test_noise.py tests/models/test_vae_blocks.py 2>&1 | tee "$out/gpu-tests.log"
+  tests/bench/test_scales.py tests/test_noise.py tests/models/test_vae_blocks.py tests/test_interp.py 2>&1 | tee "$out/gpu-tests.log"
 tests=$?
-for probe in ${PROBES-fused decode}; do  # (a probe's failure is in its log; it does not change the exit status)
+for probe in ${PROBES-bicubic fused decode}; do  # (a probe's failure is in its log; it does not change the exit status)
   OUT="$out" PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" timeout "${PROBE_TIMEOUT:-60}" "$py" benchmarks/gpu_probes.py "$probe" \
     2>&1 | tee "$out/probe-$probe.log"
 done

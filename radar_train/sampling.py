@@ -31,6 +31,7 @@ from radar_train.accel.base import AccelMethod, AccelRun, Branch, RunContext, br
 from radar_train import noise
 from radar_train.config import SamplingConfig
 from radar_train.engine import ENGINES, engines_for, make_engine, resolve_engine
+from radar_train.interp import upsample_bicubic
 from radar_train.models.quantizer import MultiScaleQuantizer
 from radar_train.models.var import VAR
 from radar_train.seeding import derive_seed, make_generator
@@ -430,10 +431,8 @@ class NextScaleSampler:
         """`MultiScaleQuantizer.next_input` with the scale's φ resolved up front: f_hat += φ(up(h)) in
         place; returns the next scale's input map (B, Cvae, pn', pn') or None after the last scale."""
         K, P = len(self.patch_nums), self.patch_nums[-1]
-        if si != K - 1:
-            if h_BChw.is_cuda:  # (a token map is the embedding's transpose: channels-last strides, which CUDA's
-                h_BChw = h_BChw.contiguous()  # bicubic kernel reads about 3x slower than a copy: docs/benchmarks.md)
-            h_BChw = F.interpolate(h_BChw, size=(P, P), mode="bicubic")
+        if si != K - 1:  # (on CUDA one matrix product: the bicubic kernel is slow there, radar_train.interp)
+            h_BChw = upsample_bicubic(h_BChw, P)
         f_hat.add_(self._phis[si](h_BChw))
         if si == K - 1:
             return None

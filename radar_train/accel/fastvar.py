@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from radar_train.accel.base import AccelMethod, AccelRun, Branch, RunContext, ScalePlan, flop_constants
+from radar_train.interp import area_matrix, matmul_resize_dtypes
 from radar_train.models.hooks import StepHooks, SubLayer
 
 PRESETS: dict[str, tuple[float, ...]] = {
@@ -39,35 +40,6 @@ def pivotal_tokens(x: torch.Tensor, keep: int) -> torch.Tensor:
     spatial mean (Euclidean distance over channels, computed in float32)."""
     score = torch.linalg.vector_norm(x - x.mean(dim=1, keepdim=True), dim=-1, dtype=torch.float32)
     return score.topk(keep, dim=1, sorted=False).indices.sort(dim=1).values
-
-
-def matmul_resize_dtypes(device: torch.device) -> frozenset[torch.dtype]:
-    """The dtypes in which `resize_tokens` upsamples as one matrix product on `device`: on CUDA, bf16 and fp16
-    (cuBLAS accumulates in float32), and float32 while TF32 matrix products are off (torch's default; with TF32 on,
-    a float32 product would round its operands). Nothing on other devices, where the area kernel is the faster one
-    (docs/acceleration.md#fastvar)."""
-    if device.type != "cuda":
-        return frozenset()
-    exact = {torch.bfloat16, torch.float16}
-    return frozenset(exact if torch.backends.cuda.matmul.allow_tf32 else exact | {torch.float32})
-
-
-_AREA_MATRICES: dict[tuple, torch.Tensor] = {}
-
-
-def area_matrix(p: int, pn: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The area resize of a p×p grid to pn×pn as a (pn², p²) matrix (row-major cells), made by the area kernel
-    itself from the identity. For pn ≥ p each output cell averages one or two cells per axis, so every weight is 1,
-    1/2 or 1/4: exact in any float dtype. Kept per (p, pn, dtype, device) for the process, so that a captured CUDA
-    graph reads the same tensor at every replay (made again on each call while torch.compile traces)."""
-    key, compiling = (p, pn, dtype, device), torch.compiler.is_compiling()
-    if not compiling and key in _AREA_MATRICES:
-        return _AREA_MATRICES[key]
-    eye = torch.eye(p * p, device=device).view(p * p, 1, p, p)
-    a = F.interpolate(eye, size=(pn, pn), mode="area").view(p * p, pn * pn).t().contiguous().to(dtype)
-    if not compiling:
-        _AREA_MATRICES[key] = a
-    return a
 
 
 def resize_tokens(t: torch.Tensor, pn: int, matmul_dtypes: frozenset = frozenset()) -> torch.Tensor:

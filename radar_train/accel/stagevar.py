@@ -22,7 +22,8 @@ import torch
 import yaml
 
 from radar_train.accel.base import AccelMethod, AccelRun, Branch, RunContext, ScalePlan, flop_constants, other_weights
-from radar_train.accel.fastvar import matmul_resize_dtypes, restore_tokens
+from radar_train.accel.fastvar import restore_tokens
+from radar_train.interp import matmul_resize_dtypes
 from radar_train.models.hooks import StepHooks
 from radar_train import noise
 from radar_train.seeding import derive_seed
