@@ -161,7 +161,7 @@ class StreamLoader(DataLoader):
         return self._to_the_end(batches if self.max_batches is None else itertools.islice(batches, self.max_batches))
 
     def set_epoch(self, epoch: int) -> None:
-        """The next iteration reads epoch `epoch`: the training loop's count (RadarModule.on_train_epoch_start
+        """The next iteration reads epoch `epoch`: the training loop's count (RadarLoraModule.on_train_epoch_start
         passes Lightning's, as Lightning passes it to a map-style loader's sampler), so a resumed run reads the
         epochs its loop trains, whatever iterations Lightning starts and drops around a restart."""
         self._epoch = int(epoch)
