@@ -246,15 +246,25 @@ class _Graphs:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["vanilla", "fastvar", "stagevar", "sca-scores"])
+@pytest.mark.parametrize("name", ["vanilla", "fastvar", "stagevar", "sca-scores", "vanilla+matmul", "stagevar+matmul"])
 def test_the_scale_step_traces_whole_and_gives_the_eager_tokens(micro, sca_mask, monkeypatch, name):
     """torch.compile(fullgraph=True) of the step: no graph break (a break raises), no host data in the graph, and
     the traced graphs run to the eager tokens and f_hat bit for bit. Vanilla: scales 0, 1 and the last (the
     others are scale 1's code); a method: from the scale before its first modified one to the end (the
-    scales before are vanilla's)."""
+    scales before are vanilla's). `+matmul`: the resizes as matrix products, as on CUDA (radar_train.interp: the
+    sampler's bicubic upsampling, the restore; the matrices are made inside the traced graph)."""
+    import radar_train.accel.stagevar as stagevar_module
+    import radar_train.interp as interp
+
     quant, var = micro
     backend = _Graphs()
     monkeypatch.setattr(engine, "COMPILE_BACKEND", backend)
+    matmul = name.endswith("+matmul")
+    if matmul:
+        name = name[: -len("+matmul")]
+        products = lambda device: frozenset({torch.float32})  # noqa: E731
+        monkeypatch.setattr(interp, "matmul_resize_dtypes", products)
+        monkeypatch.setattr(stagevar_module, "matmul_resize_dtypes", products)
     method = _methods(var, sca_mask)[name]
     eager = NextScaleSampler(var, quant, SAMPLING)
     ref = eager.sample(LABELS, seeds=SEEDS, accel=method)
@@ -273,6 +283,8 @@ def test_the_scale_step_traces_whole_and_gives_the_eager_tokens(micro, sca_mask,
     for gm in backend.graphs:
         targets = {str(getattr(n.target, "__name__", n.target)) for n in gm.graph.nodes if n.op == "call_function"}
         assert not targets & {"tensor", "as_tensor", "from_numpy", "item", "tolist"}, targets
+        if matmul and gm is not backend.graphs[-1]:  # (the last scale upsamples nothing)
+            assert "mm" in targets, targets
     assert all(torch.equal(a, b) for a, b in zip(out.indices, ref.indices))
     assert torch.equal(out.f_hat, ref.f_hat)
 
