@@ -46,7 +46,8 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
 
     Args:
         model: the model to measure.
-        sampling: sampler settings of the vanilla runs.
+        sampling: sampler settings of the vanilla runs (engine eager or auto: a calibration reads every attention
+            call through hooks, which a captured run cannot).
         accel: the stagevar config whose refinement scales (α > 0) are measured (ignored if `scales` is given), in
             the rows of its `single_branch` (cond / uncond: that CFG half; off: both).
         scales: scale sides to measure instead of the stagevar config's.

@@ -60,7 +60,8 @@ def accel(setup: BenchSetup = BenchSetup(), methods: list[str] = ["none", "fastv
         methods: method specs (radar_train.accel.spec): none, fastvar, stagevar, fastvar:aggressive,
             stagevar:paper, fastvar:budget=0.5, sca:window+default (random weights: no calibration),
             sca:default+mask_file=FILE; SCA-Mask rows add the FLOP model's ideal speed-up beside the measured.
-        sampling: sampler settings (FID protocol by default).
+        sampling: sampler settings (FID protocol by default; its engine stays auto here: the engines timed are
+            --engines).
         json: also write the result to this JSON file ({device, torch, cuda, commit, date, command, rows}).
         official_var: folder of a FoundationVision/VAR checkout (models/ and dist.py, e.g. a copy of the pinned
             snapshot): times its autoregressive_infer_cfg and decode against ours on the same weights.
