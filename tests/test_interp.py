@@ -2,23 +2,13 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
+from op_names import OpNames
 
 from radar_train import interp
 from radar_train.interp import resize_matrix, upsample_bicubic
 
 # (p, P): the 256 px schedule's token maps to its last grid, and the 512 px schedule's largest and smallest
 SIZES = [(1, 16), (2, 16), (3, 16), (5, 16), (10, 16), (13, 16), (24, 32), (1, 32)]
-
-
-class Ops(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.names = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("p, P", SIZES)
@@ -54,8 +44,7 @@ def test_where_products_are_exact_the_upsampling_is_one_matrix_product(monkeypat
     monkeypatch.setattr(interp, "matmul_resize_dtypes", lambda device: frozenset({torch.float32}))
     x = _token_map(4, 32, p)
     upsample_bicubic(x, P)  # (the first call makes the matrix, by the kernel on the identity)
-    ops = Ops()
-    with ops:
+    with OpNames() as ops:
         got = upsample_bicubic(x, P)
     assert "upsample_bicubic2d" not in ops.names and ops.names.count("mm") == 1, ops.names
     assert got.shape == (4, 32, P, P) and got.is_contiguous()
@@ -83,8 +72,7 @@ def test_the_sampler_upsamples_through_it_and_keeps_its_tokens(monkeypatch):
     kernel = s.sample(labels, seeds=seeds)
     monkeypatch.setattr(interp, "matmul_resize_dtypes", lambda device: frozenset({torch.float32}))
     s.sample(labels, seeds=seeds)  # (makes the matrices)
-    ops = Ops()
-    with ops:
+    with OpNames() as ops:
         product = s.sample(labels, seeds=seeds)
     assert "upsample_bicubic2d" not in ops.names
     assert all(torch.equal(a, b) for a, b in zip(kernel.indices, product.indices))

@@ -152,23 +152,14 @@ def test_the_attention_block_is_two_matrix_products_without_copies_of_q_k_or_v()
     """The block's attention is two batched products over the transposed views of q, k and v (the official block's
     kernels, without its contiguous copies), not SDPA, which on CUDA runs one head of 640 channels only in its
     memory-efficient kernel (vae_blocks.AttnBlock)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+    from op_names import OpNames
 
     from radar_train.models.vae_blocks import AttnBlock
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(str(func.overloadpacket).split(".")[-1])
-            return func(*args, **(kwargs or {}))
 
     block = AttnBlock(64)
     for layout in (torch.contiguous_format, torch.channels_last):
         x = torch.randn(2, 64, 4, 4).contiguous(memory_format=layout)
-        with torch.no_grad(), Ops() as ops:
+        with torch.no_grad(), OpNames() as ops:
             block(x)
         assert ops.names.count("baddbmm") == 1 and ops.names.count("bmm") == 1, ops.names
         assert not [n for n in ops.names if "attention" in n or n in ("clone", "copy_", "contiguous")], ops.names
