@@ -10,9 +10,13 @@ on the engine (see the exactness notes below).
   workspace and replay one graph per scale: the host launches nothing else. The Python side of a run
   (KV fill counts, the method's bookkeeping, the index list, ...) after each piece is recorded at capture
   and restored at replay, so `advance` / `fork` / `output` work as with `eager`.
-- `compiled` (per_sample noise): the scale step through `torch.compile` (inductor, fullgraph, static
-  shapes: one compilation per scale, batch size and method, minutes on large models); on CUDA the compiled
-  step is captured as CUDA graphs in the same workspaces as `graphs`.
+- `compiled` (per_sample noise). On CUDA: `graphs`, with the blocks' AdaLN inputs (layer norm and modulation:
+  one kernel instead of two) and q/k normalisation (one kernel instead of four) through `torch.compile`
+  (`compiled_block_ops`: inductor, rows and tokens dynamic, so each piece compiles once, in seconds, for every
+  scale, block, batch size and method; compiling the whole step took about a minute per scale at VAR-d16 cold,
+  ten per method). On the CPU, where the host's per-operator overhead is the cost at the batch sizes it samples,
+  the whole scale step through `torch.compile` (inductor, fullgraph, static shapes: one compilation per scale,
+  batch size and method; seconds for the tiny model, minutes for real ones); the start and forks stay eager.
 - `auto`: `AUTO_ON_CUDA` on CUDA with per_sample noise, `eager` otherwise. If a capture fails under
   `auto`, the sampler warns once and continues eagerly (the run in progress included).
 
@@ -44,6 +48,8 @@ from typing import TYPE_CHECKING, Callable, Optional
 import torch
 
 from radar_train.accel.base import AccelMethod, branch_rows, is_capturable
+from radar_train.models import fused
+from radar_train.models.fused import BlockOps
 
 if TYPE_CHECKING:  # pragma: no cover
     from radar_train.sampling import NextScaleSampler, SamplingState
@@ -51,17 +57,17 @@ if TYPE_CHECKING:  # pragma: no cover
 ENGINES: tuple[str, ...] = ("eager", "graphs", "compiled")
 AUTO_ON_CUDA = "graphs"
 """What `auto` picks on CUDA with per_sample noise. graphs: exact (the eager kernels, replayed), no
-compilation time, and it removes the host overhead that bounded the d16 loop; compiled may be faster on
-the device but compiles for minutes per model, batch size and method. Change after measuring
-(`python -m radar_train.bench.gpu_suite --engines eager,graphs,compiled`)."""
+compilation time, and it removes the host overhead that bounded the d16 loop; compiled launches fewer kernels
+but is not bit-exact (inductor's fused layer norm rounds otherwise), so it is a choice, not the default, until
+it is measured faster (`python -m radar_train.bench.gpu_suite --engines eager,graphs,compiled`)."""
 COMPILE_BACKEND = "inductor"  # tests trace with "eager" / "aot_eager" (fullgraph) to prove the step has no breaks
-RECOMPILE_LIMIT = 4096  # one static graph per scale, batch size, CFG branch and method
+RECOMPILE_LIMIT = 4096  # the CPU's compiled step: one static graph per scale, batch size, CFG branch and method
 
 
 def engines_for(device: torch.device | str) -> tuple[str, ...]:
-    """The engines a benchmark runs on `device` by default: eager, and graphs on CUDA. compiled (minutes of
-    compilation per model, batch size and method) only when named."""
-    return ("eager", "graphs") if torch.device(device).type == "cuda" else ("eager",)
+    """The engines a benchmark runs on `device` by default: eager, and on CUDA graphs and compiled (its pieces
+    compile in seconds). On the CPU compiled (the whole step: minutes per scale for real models) only when named."""
+    return ("eager", "graphs", "compiled") if torch.device(device).type == "cuda" else ("eager",)
 
 
 def resolve_engine(name: str, device: torch.device, noise: str) -> str:
@@ -146,9 +152,35 @@ def compile_step(sampler: "NextScaleSampler") -> Callable:
     return torch.compile(sampler._compute, backend=COMPILE_BACKEND, fullgraph=True, dynamic=False)
 
 
-def run_compiled(step: Callable, state: "SamplingState") -> None:
+def run_compiled(step: Callable, state: "SamplingState", *args) -> None:
     with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, accumulated_recompile_limit=RECOMPILE_LIMIT):
-        step(state)
+        step(state, *args)
+
+
+def _dynamic(t: torch.Tensor, *dims: int) -> torch.Tensor:
+    """Compile `t`'s dims as symbols, those of size > 1 (torch specialises sizes 0 and 1)."""
+    for d in dims:
+        if t.shape[d] > 1:
+            torch._dynamo.maybe_mark_dynamic(t, d)
+    return t
+
+
+def compiled_block_ops() -> BlockOps:
+    """`EAGER_OPS`'s pieces through torch.compile (inductor, fullgraph) with their row and token counts dynamic:
+    each piece compiles once per dtype and autocast state (again for a single row or token, which torch
+    specialises) and serves every scale, block, batch size and method: FastVAR's kept tokens and StageVAR's
+    single CFG branch included. The same functions as eager, so the same values up to float rounding (inductor
+    fuses the layer norm with the modulation, and the norm with the multiply)."""
+    adaln = torch.compile(fused.adaln, backend=COMPILE_BACKEND, fullgraph=True)
+    qk_normalize = torch.compile(fused.l2_normalize_qk_packed, backend=COMPILE_BACKEND, fullgraph=True)
+
+    def adaln_dynamic(x, scale1p, shift, eps):
+        return adaln(_dynamic(x, 0, 1), _dynamic(scale1p, 0), _dynamic(shift, 0), eps)
+
+    def qk_normalize_dynamic(qkv, qk_mul):
+        return qk_normalize(_dynamic(qkv, 0, 1), qk_mul)
+
+    return BlockOps(adaln=adaln_dynamic, qk_normalize=qk_normalize_dynamic)
 
 
 # ---------------------------------------------------------------------------- CUDA graphs
@@ -248,13 +280,13 @@ def restore(state: "SamplingState", snap: "SamplingState") -> None:
 
 
 class GraphEngine(EagerEngine):
-    """CUDA graphs per piece of a run (see the module docstring); `compiled`: the scale step compiled first."""
+    """CUDA graphs per piece of a run (see the module docstring); `compiled`: with `compiled_block_ops`."""
 
     def __init__(self, sampler: "NextScaleSampler", compiled: bool = False, fallback: bool = False):
         super().__init__(sampler)
         self.name = "compiled" if compiled else "graphs"
         self.compiled, self.fallback = compiled, fallback
-        self._step: Optional[Callable] = None
+        self._ops: Optional[BlockOps] = None
         self.workspaces: dict[tuple, list[_Workspace]] = {}
         self._weights: Optional[tuple] = None
 
@@ -263,9 +295,9 @@ class GraphEngine(EagerEngine):
         if not self.compiled:
             self.sampler._compute(state)
             return
-        if self._step is None:
-            self._step = compile_step(self.sampler)
-        run_compiled(self._step, state)
+        if self._ops is None:
+            self._ops = compiled_block_ops()
+        run_compiled(self.sampler._compute, state, self._ops)
 
     def _check_weights(self) -> None:
         """Graphs read the weights at their addresses: forget every workspace when a weight tensor was

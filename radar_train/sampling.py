@@ -32,6 +32,7 @@ from radar_train import noise
 from radar_train.config import SamplingConfig
 from radar_train.engine import ENGINES, engines_for, make_engine, resolve_engine
 from radar_train.interp import upsample_bicubic
+from radar_train.models.fused import EAGER_OPS, BlockOps
 from radar_train.models.quantizer import MultiScaleQuantizer
 from radar_train.models.var import VAR
 from radar_train.seeding import derive_seed, make_generator
@@ -390,10 +391,10 @@ class NextScaleSampler:
             state._mods[state.branch] = self.var.modulations(cond)
         return state._mods[state.branch]
 
-    def _compute(self, state: SamplingState) -> None:
-        """The device part of scale state.si (after `_plan`): transformer step, CFG, token draw, f_hat
-        update. Shapes and offsets follow from the configuration and the batch size, inputs are tensors:
-        no host synchronisation, no data-dependent Python."""
+    def _compute(self, state: SamplingState, ops: BlockOps = EAGER_OPS) -> None:
+        """The device part of scale state.si (after `_plan`): transformer step (its blocks' pieces by `ops`),
+        CFG, token draw, f_hat update. Shapes and offsets follow from the configuration and the batch size, inputs
+        are tensors: no host synchronisation, no data-dependent Python."""
         var, si, B = self.var, state.si, state.batch_size
         K = len(self.patch_nums)
         pn = self.patch_nums[si]
@@ -406,7 +407,7 @@ class NextScaleSampler:
                 if state.branch == "both":
                     x = x.repeat(2, 1, 1)
             hooks = state.accel.begin_scale(si, state.branch) if state.accel is not None else None
-            h = var.step(x, self._mods(state, cond), state.kv, hooks)
+            h = var.step(x, self._mods(state, cond), state.kv, hooks, ops)
             logits = var.logits(h, cond)
         if state.branch == "both":
             t = self.config.cfg * (si / (K - 1) if K > 1 else 0.0)

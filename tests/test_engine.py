@@ -77,7 +77,7 @@ def _methods(var, sca_mask) -> dict:
 def test_engine_names_auto_and_refusals(micro):
     quant, var = micro
     assert ENGINES == ("eager", "graphs", "compiled") and SamplingConfig().engine == "auto"
-    assert engines_for("cpu") == ("eager",) and engines_for("cuda") == ("eager", "graphs")
+    assert engines_for("cpu") == ("eager",) and engines_for("cuda") == ("eager", "graphs", "compiled")
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert engine.resolve_engine("auto", cpu, "per_sample") == "eager"
     assert engine.resolve_engine("auto", cuda, "per_sample") == engine.AUTO_ON_CUDA == "graphs"
@@ -307,6 +307,67 @@ def test_compiled_engine_runs_inductor_and_matches_eager(micro):
     assert isinstance(comp._engine, engine.CompiledEngine) and comp._engine._step is not None
     assert torch.equal(state.indices[1], ref.indices[1])
     torch.testing.assert_close(state.f_hat, ref.f_hat, atol=1e-5, rtol=0)
+
+
+def _first_tensor_input(gm) -> torch.Tensor:
+    return next(n.meta["example_value"] for n in gm.graph.nodes
+                if n.op == "placeholder" and isinstance(n.meta.get("example_value"), torch.Tensor))
+
+
+def _compiled_on_cpu(var, quant, monkeypatch) -> NextScaleSampler:
+    """The CUDA compiled engine (graphs + compiled block pieces) with CPU stand-ins for the graphs."""
+    monkeypatch.setattr(engine.GraphEngine, "_capture", _capture_on_cpu)
+    s = NextScaleSampler(var, quant, SAMPLING)
+    s._engine = engine.GraphEngine(s, compiled=True)
+    return s
+
+
+def test_compiled_block_pieces_compile_once_for_every_scale_block_and_method(micro, sca_mask, monkeypatch):
+    """The compiled engine on CUDA compiles the blocks' AdaLN inputs and q/k normalisation, not the step: each piece
+    once for the first scale's single token and once with rows and tokens as symbols, which then serves every
+    other scale, both CFG halves and one (StageVAR), FastVAR's kept tokens, SCA-Mask, another batch size and forked
+    pairs, without a recompilation. The traced pieces run to eager's tokens and f_hat bit for bit."""
+    quant, var = micro
+    torch._dynamo.reset()
+    backend = _Graphs()
+    monkeypatch.setattr(engine, "COMPILE_BACKEND", backend)
+    eager = NextScaleSampler(var, quant, SAMPLING)
+    comp = _compiled_on_cpu(var, quant, monkeypatch)
+    methods = _methods(var, sca_mask)
+    calls = [(LABELS, SEEDS), (torch.tensor([1, 2]), [4, 5])]
+    try:
+        for name, method in methods.items():
+            for labels, seeds in calls:
+                assert _same(comp.sample(labels, seeds=seeds, accel=method),
+                             eager.sample(labels, seeds=seeds, accel=method)), name
+        pair, ref = (generate_pairs(s, LABELS, methods["stagevar"], seeds=SEEDS) for s in (comp, eager))
+        assert _same(pair.hq, ref.hq) and _same(pair.lq, ref.lq)
+        # each piece's graphs: the first scale's (one token) and one with the token count a symbol
+        tokens = sorted(str(_first_tensor_input(gm).shape[1]) for gm in backend.graphs)
+        assert len(backend.graphs) == 4 and tokens[:2] == ["1", "1"] and all(t.startswith("s") for t in tokens[2:]), \
+            tokens
+    finally:
+        torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_compiled_block_pieces_with_inductor_give_the_eager_tokens(micro, sca_mask, monkeypatch):
+    """The compiled engine's pieces compiled by inductor (the CPU's C++ kernels here, Triton on CUDA): the same
+    tokens as eager for vanilla, FastVAR and StageVAR, f_hat to float rounding (inductor fuses the layer norm with
+    the modulation and the norm with the multiply)."""
+    quant, var = micro
+    torch._dynamo.reset()
+    eager = NextScaleSampler(var, quant, SAMPLING)
+    comp = _compiled_on_cpu(var, quant, monkeypatch)
+    methods = _methods(var, sca_mask)
+    try:
+        for name in ("vanilla", "fastvar", "stagevar"):
+            a = comp.sample(LABELS, seeds=SEEDS, accel=methods[name])
+            b = eager.sample(LABELS, seeds=SEEDS, accel=methods[name])
+            assert all(torch.equal(x, y) for x, y in zip(a.indices, b.indices)), name
+            torch.testing.assert_close(a.f_hat, b.f_hat, atol=1e-5, rtol=0)
+    finally:
+        torch._dynamo.reset()
 
 
 # ---------------------------------------------------------------------------- entry points

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configs import VARConfig
-from .fused import gated_add, l2_normalize_qk, modulate
+from .fused import EAGER_OPS, BlockOps, gated_add, modulate, unpack_qk
 from .hooks import KVCache, StepHooks, kv_capacities
 
 PASS_THROUGH = StepHooks()
@@ -83,14 +83,15 @@ class SelfAttention(nn.Module):
         return self._const_val
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
-                kv: Optional[KVCache] = None, block_idx: int = 0, hooks: Optional[StepHooks] = None) -> torch.Tensor:
+                kv: Optional[KVCache] = None, block_idx: int = 0, hooks: Optional[StepHooks] = None,
+                ops: BlockOps = EAGER_OPS) -> torch.Tensor:
         """Teacher forcing (attn_mask), or one sampling step (kv; `hooks` may evict cached tokens and
-        compute the attention itself)."""
+        compute the attention itself). `ops.qk_normalize` normalises q and k."""
         B, L, C = x.shape
         bias, qk_mul = self._constants()
         qkv = F.linear(x, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
         if self.attn_l2_norm:
-            q, k = l2_normalize_qk(qkv, qk_mul)  # (B, H, L, c)
+            q, k = unpack_qk(ops.qk_normalize(qkv, qk_mul))  # (B, H, L, c)
             v = qkv[:, :, 2].transpose(1, 2)
         else:
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
@@ -164,14 +165,16 @@ class AdaLNSelfAttn(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: Optional[torch.Tensor], attn_mask: Optional[torch.Tensor] = None,
                 kv: Optional[KVCache] = None, hooks: Optional[StepHooks] = None,
-                mod: Optional[tuple[torch.Tensor, ...]] = None) -> torch.Tensor:
+                mod: Optional[tuple[torch.Tensor, ...]] = None, ops: BlockOps = EAGER_OPS) -> torch.Tensor:
+        """`ops`: the implementations of the AdaLN inputs and the q/k normalisation (`fused.BlockOps`)."""
         gamma1, gamma2, scale1p, scale2p, shift1, shift2 = self.modulation(cond) if mod is None else mod
+        eps = self.ln_wo_grad.eps
 
         def attn_branch(t: torch.Tensor) -> torch.Tensor:
-            return self.attn(modulate(self.ln_wo_grad(t), scale1p, shift1), attn_mask, kv, self.block_idx, hooks)
+            return self.attn(ops.adaln(t, scale1p, shift1, eps), attn_mask, kv, self.block_idx, hooks, ops)
 
         def ffn_branch(t: torch.Tensor) -> torch.Tensor:
-            return self.ffn(modulate(self.ln_wo_grad(t), scale2p, shift2))
+            return self.ffn(ops.adaln(t, scale2p, shift2, eps))
 
         if hooks is None and self.training and isinstance(self.drop_path, DropPath):
             x = x + self.drop_path(attn_branch(x).mul(gamma1))
@@ -267,14 +270,15 @@ class VAR(nn.Module):
         return [blk.modulation(ada) for blk in self.blocks]
 
     def step(self, x: torch.Tensor, mods: list[tuple[torch.Tensor, ...]], kv: KVCache,
-             hooks: Optional[StepHooks] = None) -> torch.Tensor:
+             hooks: Optional[StepHooks] = None, ops: BlockOps = EAGER_OPS) -> torch.Tensor:
         """Run every block on one scale's tokens x (rows, l, C) with KV caching; returns hidden states.
-        `mods` = `self.modulations(cond)` for the same rows."""
+        `mods` = `self.modulations(cond)` for the same rows; `ops`: the blocks' `fused.BlockOps`."""
         for blk, mod in zip(self.blocks, mods):
             if hooks is None:
-                x = blk(x, None, None, kv, mod=mod)
+                x = blk(x, None, None, kv, mod=mod, ops=ops)
             else:
-                x = hooks.block(blk.block_idx, x, lambda t, blk=blk, mod=mod: blk(t, None, None, kv, hooks, mod=mod))
+                x = hooks.block(blk.block_idx, x,
+                                lambda t, blk=blk, mod=mod: blk(t, None, None, kv, hooks, mod=mod, ops=ops))
         return x
 
     def logits(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

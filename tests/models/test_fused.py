@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from radar_train.models.fused import gated_add, l2_normalize_qk, modulate
+from radar_train.models.fused import adaln, gated_add, l2_normalize_qk, l2_normalize_qk_packed, modulate
 
 
 def _close(got, want, dtype=torch.float32):
@@ -78,6 +78,28 @@ def test_l2_normalize_qk_under_autocast_writes_bf16(device):
     ref = F.normalize(qkv.float(), dim=-1)
     _close(q, (ref[:, :, 0] * qk_mul[0]).transpose(1, 2), torch.bfloat16)
     _close(k, ref[:, :, 1].transpose(1, 2), torch.bfloat16)
+
+
+def test_adaln_is_the_layer_norm_then_modulate_bit_for_bit():
+    """The pieces a compiled engine may replace: as eager, exactly the block's former sequence (its LayerNorm
+    module, then `modulate`), under autocast too."""
+    torch.manual_seed(0)
+    x, s, b = torch.randn(2, 5, 32) * 3 + 1, torch.randn(2, 1, 32), torch.randn(2, 1, 32)
+    ln = torch.nn.LayerNorm(32, eps=1e-6, elementwise_affine=False)
+    assert torch.equal(adaln(x, s, b, 1e-6), modulate(ln(x), s, b))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = adaln(x, s.bfloat16(), b.bfloat16(), 1e-6), modulate(ln(x), s.bfloat16(), b.bfloat16())
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+
+
+def test_packed_qk_holds_q_then_k():
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 6, 3, 4, 8)
+    qk_mul = torch.stack((torch.rand(4) + 1, torch.ones(4))).view(2, 4, 1)
+    packed = l2_normalize_qk_packed(qkv, qk_mul)
+    q, k = l2_normalize_qk(qkv, qk_mul)
+    assert packed.shape == (2, 6, 2, 4, 8)
+    assert torch.equal(packed[:, :, 0].transpose(1, 2), q) and torch.equal(packed[:, :, 1].transpose(1, 2), k)
 
 
 def test_recording_autograd_falls_back_to_differentiable_operations():

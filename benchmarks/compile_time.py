@@ -1,0 +1,94 @@
+"""Cold compile time of the two ways `sampling.engine compiled` compiles, on the machine it runs on (the CPU here):
+
+    python benchmarks/compile_time.py [--preset var-d16] [--batch_size 2] [--whole_scales 2] [--json FILE]
+
+- pieces (the compiled engine on CUDA, `radar_train.engine.compiled_block_ops`): one sampling call each of vanilla,
+  fastvar:default and stagevar:default with the blocks' pieces compiled, every scale; the first call against a
+  second, warm one (its difference is the compiling);
+- whole step (the compiled engine on the CPU, `radar_train.engine.compile_step`): the first `--whole_scales` scales
+  of one vanilla call, each scale's first run against the eager step (a whole call compiles every scale).
+
+Inductor's on-disk caches are off (a cold compile, as on a fresh machine). Random weights, float32, 2 torch threads
+unless OMP_NUM_THREADS says otherwise. Prints one line per measurement; --json writes them with the device, torch
+version and date.
+"""
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+torch._inductor.config.force_disable_caches = True
+
+from radar_train.bench.accel import build_random_models, method_from_spec  # noqa: E402
+from radar_train.config import SamplingConfig  # noqa: E402
+from radar_train.engine import compile_step, compiled_block_ops, run_compiled  # noqa: E402
+from radar_train.sampling import NextScaleSampler  # noqa: E402
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="var-d16")
+    ap.add_argument("--batch_size", type=int, default=2)
+    ap.add_argument("--whole_scales", type=int, default=2, help="scales timed with the whole step compiled")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))
+    var, quant, _ = build_random_models(a.preset, torch.device("cpu"), 0)
+    s = NextScaleSampler(var, quant, SamplingConfig(cfg=1.5, top_k=900, top_p=0.96, engine="eager"))
+    labels, seeds = torch.arange(a.batch_size) % var.num_classes, list(range(a.batch_size))
+    rows = []
+
+    def call(ops, spec):
+        accel = None if spec == "vanilla" else method_from_spec(spec, var.patch_nums, var.depth)
+        state = s.start(labels, seeds=seeds, accel=accel)
+        t = time.perf_counter()
+        while state.si < len(var.patch_nums) and s._plan(state):
+            run_compiled(s._compute, state, ops)
+        return time.perf_counter() - t
+
+    with torch.inference_mode():
+        ops = compiled_block_ops()
+        for spec in ("vanilla", "fastvar:default", "stagevar:default"):
+            first, warm = call(ops, spec), call(ops, spec)
+            rows.append({"way": "pieces", "method": spec, "first_call_s": first, "warm_call_s": warm})
+            print(f"pieces, {spec}: first call {first:.1f} s, warm call {warm:.1f} s", flush=True)
+        step = compile_step(s)
+        state, ref = s.start(labels, seeds=seeds), s.start(labels, seeds=seeds)
+        for si in range(a.whole_scales):
+            s._plan(state), s._plan(ref)
+            t = time.perf_counter()
+            run_compiled(step, state)
+            first = time.perf_counter() - t
+            t = time.perf_counter()
+            s._compute(ref)
+            eager = time.perf_counter() - t
+            rows.append({"way": "whole step", "method": "vanilla", "scale": si, "first_run_s": first,
+                         "eager_s": eager})
+            print(f"whole step, vanilla, scale {si}: first run {first:.1f} s, eager {eager:.2f} s", flush=True)
+    if a.json:
+        doc = {"device": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+               "torch": torch.__version__, "commit": _commit(), "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+               "command": "python " + " ".join(sys.argv), "preset": a.preset, "batch_size": a.batch_size,
+               "rows": rows}
+        Path(a.json).write_text(json.dumps(doc, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
