@@ -13,11 +13,8 @@ unless OMP_NUM_THREADS says otherwise. Prints one line per measurement; --json w
 version and date.
 """
 import argparse
-import datetime as _dt
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,17 +26,10 @@ import torch  # noqa: E402
 torch._inductor.config.force_disable_caches = True
 
 from radar_train.bench.accel import build_random_models, method_from_spec  # noqa: E402
+from radar_train.bench.record import environment  # noqa: E402
 from radar_train.config import SamplingConfig  # noqa: E402
 from radar_train.engine import compile_step, compiled_block_ops, run_compiled  # noqa: E402
 from radar_train.sampling import NextScaleSampler  # noqa: E402
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:
@@ -83,10 +73,8 @@ def main() -> None:
                          "eager_s": eager})
             print(f"whole step, vanilla, scale {si}: first run {first:.1f} s, eager {eager:.2f} s", flush=True)
     if a.json:
-        doc = {"device": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-               "torch": torch.__version__, "commit": _commit(), "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-               "command": "python " + " ".join(sys.argv), "preset": a.preset, "batch_size": a.batch_size,
-               "rows": rows}
+        doc = {**environment(torch.device("cpu"), command="python " + " ".join(sys.argv)), "preset": a.preset,
+               "batch_size": a.batch_size, "rows": rows}
         Path(a.json).write_text(json.dumps(doc, indent=1) + "\n")
 
 
