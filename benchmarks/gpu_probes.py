@@ -10,7 +10,8 @@
     python benchmarks/gpu_probes.py bicubic_layout  # the same on the sampler's channels-last-strided token map
                                                # against a contiguous copy: ms per call, bit-equal or not
     python benchmarks/gpu_probes.py compiled   # VAR-d16, batch 32, bf16, vanilla: first call and median call of the
-                                               # graphs and compiled engines (run under `timeout`: compiling is long)
+                                               # graphs and compiled engines (the first call compiles: the whole step
+                                               # until 2026-12-05, unfinished after 165 s; the blocks' pieces since)
     python benchmarks/gpu_probes.py fused      # the block's and FastVAR's elementwise steps at the last scale's shapes
                                                # (64 rows, 256 tokens, C of d16 / d24, bf16 autocast): the official
                                                # formulation (radar_train up to 111e1f3) against radar_train's

@@ -145,6 +145,7 @@ def test_a_warm_sampling_call_does_not_synchronise():
         torch.cuda.synchronize()
 
 
+@pytest.mark.slow  # (Triton compiles: left out of the GPU run's test command, whose suite checks compiled against eager)
 def test_compiled_engine_on_cuda_gives_the_eager_tokens():
     """graphs with the blocks' pieces through inductor (Triton): in fp32 the same tokens as eager for every method
     (f_hat to rounding: inductor fuses the layer norm with the modulation); in bf16 the agreement is printed. The

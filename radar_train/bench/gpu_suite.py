@@ -392,7 +392,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--presets", default=",".join(DEFAULT_PRESETS), help="comma-separated model presets")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated method specs (vanilla always runs)")
     ap.add_argument("--engines", default=None, help="comma-separated sampling engines (default: eager and, on "
-                                                    "CUDA, graphs; add compiled by name)")
+                                                    "CUDA, graphs and compiled)")
     ap.add_argument("--batch_size", type=int, default=32)
     ap.add_argument("--warmup", type=int, default=1, help="untimed rounds per preset")
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds per preset at most")

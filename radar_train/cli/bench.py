@@ -69,7 +69,7 @@ def accel(setup: BenchSetup = BenchSetup(), methods: list[str] = ["none", "fastv
             both sides from (an argument left out takes the official constructor's default: VQVAE ch 128, VAR
             attn_l2_norm false); default: the preset (tiny: the tiny_a fixture's configuration, the smallest the
             official classes can build).
-        engines: our sampling engines to time (default: eager, and graphs on CUDA; compiled only by name).
+        engines: our sampling engines to time (default: eager, and graphs and compiled on CUDA).
         pairs: also time a forked HQ/LQ pair per method (false: skip those rows, e.g. on large models).
         overwrite: replace an existing --json file.
     """
