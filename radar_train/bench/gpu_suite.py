@@ -21,8 +21,8 @@ keeps what it measured):
   of the budget is left; otherwise recorded as skipped. With --train_compiled also the step with
   model.optim.compile (the compiled_vs_eager row; compiling does not fit the default budget).
 - profile: where the time goes (radar_train.bench.scales), on d16 and d24 (those of --presets) at batch 32, bf16:
-  per method (vanilla and --methods) each scale's time with the default engine (CUDA events between the scales),
-  the operators with the most device time in one eager call, vanilla's kernels per scale (count and time, the
+  per method (vanilla and --methods) each scale's time with the default engine and with compiled (CUDA events
+  between the scales), the 30 operators with the most device time in one eager call, vanilla's kernels per scale (count and time, the
   blocks against the rest of the scale), and on the first preset the VQ-VAE decode with
   NCHW against channels-last activations; saved after each preset, a preset skipped (and recorded so) when less
   than its part of --profile_reserve_s is left.
@@ -74,7 +74,9 @@ SCA_S = 90.0
 PAPER_PRESET = "var-d20"  # the model of RADAR's main table (methods.md §4.1)
 PAPER_METHODS = ("sca:window+default",)
 PAPER_S = 75.0
-PROFILE_S = 90.0  # (66 s on the H200: d16 27 s, d24 39 s, model builds included; since then each method's kernels too)
+PROFILE_S = 100.0  # (66 s on the H200: d16 27 s, d24 39 s, model builds included; since then each method's kernels
+# and the compiled engine's scale times too)
+OPS_PER_METHOD = 30  # operators recorded per method (the docs' table shows the first 8): the methods' own show too
 
 
 def _estimate(preset: str, engines: int, batch: int) -> tuple[float, float]:
@@ -254,7 +256,7 @@ def run_paper_section(args, results, log, deadline: float) -> Optional[str]:
 def run_profile_section(args, results, log, deadline: float) -> Optional[str]:
     """Where the time goes (radar_train.bench.scales), on the targets' presets of --presets (else the first), at
     --batch_size: per method (vanilla and --methods) each scale's time with the default engine (graphs on CUDA)
-    and the operators with the most device time in one eager call, and each scale's kernels, count and time, the
+    and on CUDA with compiled, the OPS_PER_METHOD operators with the most device time in one eager call, and each scale's kernels, count and time, the
     blocks against the rest of the scale (scales.scale_kernels: vanilla's every scale, a method's those it changes;
     first_modified_scale None, a method that changes none: every scale); on the first preset also the decode with
     NCHW against channels-last activations. Rows under sections.profile, saved after each preset; a preset is
@@ -289,15 +291,20 @@ def run_profile_section(args, results, log, deadline: float) -> Optional[str]:
             vqvae = init_random_(build_vqvae(vae_cfg), 1).eval().requires_grad_(False).to(dev)
             default = NextScaleSampler(var, vqvae.quantize, autocast_dtype=amp)
             eager = NextScaleSampler(var, vqvae.quantize, autocast_dtype=amp, engine="eager")
+            timed = [default] + ([NextScaleSampler(var, vqvae.quantize, autocast_dtype=amp, engine="compiled")]
+                                 if dev.type == "cuda" else [])  # (compiled: where its fewer kernels tell)
             labels = torch.arange(B, device=dev) % var.num_classes
             seeds = list(range(B))
             for name in names:
                 accel = method_from_spec("none" if name == "vanilla" else name, cfg.var.patch_nums, cfg.var.depth)
-                t = scale_times(default, labels, seeds, accel)
-                out["scales"].append({"preset": preset, "method": name, "engine": default.engine,
-                                      "patch_nums": list(cfg.var.patch_nums), **t})
+                for sampler in timed:
+                    t = scale_times(sampler, labels, seeds, accel)
+                    out["scales"].append({"preset": preset, "method": name, "engine": sampler.engine,
+                                          "patch_nums": list(cfg.var.patch_nums), **t})
+                    log(f"  profile {preset} {name}: {t['total_ms']:.1f} ms per call ({sampler.engine}); by scale "
+                        + " ".join("-" if ms is None else f"{ms:.1f}" for ms in t["scale_ms"]))
                 out["ops"] += [{"preset": preset, "method": name, "engine": "eager", **op}
-                               for op in top_ops(eager, labels, seeds, accel)]
+                               for op in top_ops(eager, labels, seeds, accel, limit=OPS_PER_METHOD)]
                 # each scale's kernels, blocks against the rest: vanilla's every scale (those the methods share),
                 # a method's the scales it changes
                 first = (accel.first_modified_scale(cfg.var.patch_nums) if accel is not None else None) or 0
@@ -305,8 +312,6 @@ def run_profile_section(args, results, log, deadline: float) -> Optional[str]:
                     {"preset": preset, "method": name, "engine": "eager", **row}
                     for row in scale_kernels(eager, labels, seeds, accel, from_scale=first))
                 _section(results, "profile", out)
-                log(f"  profile {preset} {name}: {t['total_ms']:.1f} ms per call ({default.engine}); by scale "
-                    + " ".join("-" if ms is None else f"{ms:.1f}" for ms in t["scale_ms"]))
             if preset == presets[0]:
                 P = vae_cfg.patch_nums[-1]
                 f_hat = torch.randn(B, vae_cfg.z_channels, P, P, generator=torch.Generator().manual_seed(0)).to(dev)
@@ -317,7 +322,7 @@ def run_profile_section(args, results, log, deadline: float) -> Optional[str]:
             traceback.print_exc()
             out.setdefault("failures", {})[preset] = f"{type(e).__name__}: {e}"
         finally:
-            var = vqvae = default = eager = None  # (samplers and engines hold each other: collected here)
+            var = vqvae = default = eager = timed = None  # (samplers and engines hold each other: collected here)
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
