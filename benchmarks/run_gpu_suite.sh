@@ -17,8 +17,8 @@
 # "bicubic fused decode"; "" for none: python benchmarks/gpu_probes.py NAME, logs and JSON into $OUT) under PROBE_TIMEOUT
 # (default 60 s each). The 2026-12-04 run took 342 s (the suite 294 s); the limits add up to 720 s, so a suite that
 # runs to its limit leaves the probes to the device command's own 600 s limit.
-# The CUDA tests run without the slow ones (the
-# compiled engine's Triton compiles; the suite's accel section checks that engine against eager), the sampling engines' ones (tests/test_gpu.py: graphs vs eager, no
+# The CUDA tests run without the slow ones (the compiled engine's Triton compiles; the suite's accel section
+# checks that engine against eager), the sampling engines' ones (tests/test_gpu.py: graphs vs eager, no
 # synchronisation) first, then the FlexAttention ones, then the fused block's and FastVAR's, then the profile's
 # kernel count, the noise's one-kernel hash, the decoder's attention block and the bicubic upsampling by a matrix
 # product, each result logged as it ends.

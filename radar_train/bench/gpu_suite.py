@@ -22,8 +22,8 @@ keeps what it measured):
   model.optim.compile (the compiled_vs_eager row; compiling does not fit the default budget).
 - profile: where the time goes (radar_train.bench.scales), on d16 and d24 (those of --presets) at batch 32, bf16:
   per method (vanilla and --methods) each scale's time with the default engine and with compiled (CUDA events
-  between the scales), the 30 operators with the most device time in one eager call, vanilla's kernels per scale (count and time, the
-  blocks against the rest of the scale), and on the first preset the VQ-VAE decode with
+  between the scales), the 30 operators with the most device time in one eager call, vanilla's kernels per scale
+  (count and time, the blocks against the rest of the scale), and on the first preset the VQ-VAE decode with
   NCHW against channels-last activations; saved after each preset, a preset skipped (and recorded so) when less
   than its part of --profile_reserve_s is left.
 - sca (last by default, so that a slow FlexAttention compile cannot crowd out the training figures; it
@@ -256,9 +256,10 @@ def run_paper_section(args, results, log, deadline: float) -> Optional[str]:
 def run_profile_section(args, results, log, deadline: float) -> Optional[str]:
     """Where the time goes (radar_train.bench.scales), on the targets' presets of --presets (else the first), at
     --batch_size: per method (vanilla and --methods) each scale's time with the default engine (graphs on CUDA)
-    and on CUDA with compiled, the OPS_PER_METHOD operators with the most device time in one eager call, and each scale's kernels, count and time, the
-    blocks against the rest of the scale (scales.scale_kernels: vanilla's every scale, a method's those it changes;
-    first_modified_scale None, a method that changes none: every scale); on the first preset also the decode with
+    and on CUDA with compiled, the OPS_PER_METHOD operators with the most device time in one eager call, and each
+    scale's kernels, count and time, the blocks against the rest of the scale (scales.scale_kernels: vanilla's
+    every scale, a method's those it changes; first_modified_scale None, a method that changes none: every scale);
+    on the first preset also the decode with
     NCHW against channels-last activations. Rows under sections.profile, saved after each preset; a preset is
     skipped (and recorded so) when less than its part of --profile_reserve_s is left."""
     import torch
