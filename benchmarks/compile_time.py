@@ -28,7 +28,7 @@ torch._inductor.config.force_disable_caches = True
 from radar_train.bench.accel import build_random_models, method_from_spec  # noqa: E402
 from radar_train.bench.record import environment  # noqa: E402
 from radar_train.config import SamplingConfig  # noqa: E402
-from radar_train.engine import compile_step, compiled_block_ops, run_compiled  # noqa: E402
+from radar_train.engine import compile_step, compiled_block_ops  # noqa: E402
 from radar_train.sampling import NextScaleSampler  # noqa: E402
 
 
@@ -50,7 +50,7 @@ def main() -> None:
         state = s.start(labels, seeds=seeds, accel=accel)
         t = time.perf_counter()
         while state.si < len(var.patch_nums) and s._plan(state):
-            run_compiled(s._compute, state, ops)
+            s._compute(state, ops)
         return time.perf_counter() - t
 
     with torch.inference_mode():
@@ -64,7 +64,7 @@ def main() -> None:
         for si in range(a.whole_scales):
             s._plan(state), s._plan(ref)
             t = time.perf_counter()
-            run_compiled(step, state)
+            step(state)
             first = time.perf_counter() - t
             t = time.perf_counter()
             s._compute(ref)

@@ -277,7 +277,7 @@ def test_the_scale_step_traces_whole_and_gives_the_eager_tokens(micro, sca_mask,
     step = engine.compile_step(eager)
     while state.si < K and state.skipped_from is None:
         if eager._plan(state):
-            engine.run_compiled(step, state) if state.si in traced else eager._compute(state)
+            step(state) if state.si in traced else eager._compute(state)
     out = eager.output(state)
     assert len(backend.graphs) == len(traced)  # one graph per traced scale
     for gm in backend.graphs:
