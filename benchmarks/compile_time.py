@@ -62,7 +62,8 @@ def main() -> None:
         step = compile_step(s)
         state, ref = s.start(labels, seeds=seeds), s.start(labels, seeds=seeds)
         for si in range(a.whole_scales):
-            s._plan(state), s._plan(ref)
+            s._plan(state)
+            s._plan(ref)
             t = time.perf_counter()
             step(state)
             first = time.perf_counter() - t

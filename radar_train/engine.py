@@ -49,7 +49,6 @@ import torch
 
 from radar_train.accel.base import AccelMethod, branch_rows, is_capturable
 from radar_train.models import fused
-from radar_train.models.fused import BlockOps
 
 if TYPE_CHECKING:  # pragma: no cover
     from radar_train.sampling import NextScaleSampler, SamplingState
@@ -176,7 +175,7 @@ def _dynamic(t: torch.Tensor, *dims: int) -> torch.Tensor:
     return t
 
 
-def compiled_block_ops() -> BlockOps:
+def compiled_block_ops() -> fused.BlockOps:
     """`EAGER_OPS`'s pieces through torch.compile (inductor, fullgraph) with their row and token counts dynamic:
     each piece compiles once per dtype and autocast state (again for a single row or token, which torch
     specialises) and serves every scale, block, batch size and method: FastVAR's kept tokens and StageVAR's
@@ -192,7 +191,7 @@ def compiled_block_ops() -> BlockOps:
     def qk_normalize_dynamic(qkv, qk_mul):
         return qk_normalize(_dynamic(qkv, 0, 1), qk_mul)
 
-    return BlockOps(adaln=adaln_dynamic, qk_normalize=qk_normalize_dynamic)
+    return fused.BlockOps(adaln=adaln_dynamic, qk_normalize=qk_normalize_dynamic)
 
 
 # ---------------------------------------------------------------------------- CUDA graphs
@@ -298,7 +297,7 @@ class GraphEngine(EagerEngine):
         super().__init__(sampler)
         self.name = "compiled" if compiled else "graphs"
         self.compiled, self.fallback = compiled, fallback
-        self._ops: Optional[BlockOps] = None
+        self._ops: Optional[fused.BlockOps] = None
         self.workspaces: dict[tuple, list[_Workspace]] = {}
         self._weights: Optional[tuple] = None
 
