@@ -15,8 +15,9 @@ on the engine (see the exactness notes below).
   (`compiled_block_ops`: inductor, rows and tokens dynamic, so each piece compiles once, in seconds, for every
   scale, block, batch size and method; compiling the whole step took about a minute per scale at VAR-d16 cold,
   ten per method). On the CPU, where the host's per-operator overhead is the cost at the batch sizes it samples,
-  the whole scale step through `torch.compile` (inductor, fullgraph, static shapes: one compilation per scale,
-  batch size and method; seconds for the tiny model, minutes for real ones); the start and forks stay eager.
+  the scales of each `advance` call (a whole run; before and after a fork for pairs) through `torch.compile` as
+  one graph (inductor, fullgraph, static shapes: one compilation per run, batch size and method; a minute for the
+  tiny model cold, many for real ones); the start and forks stay eager.
 - `auto`: `AUTO_ON_CUDA` on CUDA with per_sample noise, `eager` otherwise. If a capture fails under
   `auto`, the sampler warns once and continues eagerly (the run in progress included).
 
@@ -60,12 +61,12 @@ compilation time, and it removes the host overhead that bounded the d16 loop; co
 but is not bit-exact (inductor's fused layer norm rounds otherwise), so it is a choice, not the default, until
 it is measured faster (`python -m radar_train.bench.gpu_suite --engines eager,graphs,compiled`)."""
 COMPILE_BACKEND = "inductor"  # tests trace with "eager" / "aot_eager" (fullgraph) to prove the step has no breaks
-RECOMPILE_LIMIT = 4096  # the CPU's compiled step: one static graph per scale, batch size, CFG branch and method
+RECOMPILE_LIMIT = 4096  # the CPU's compiled runs: one static graph per run start and end, batch size and method
 
 
 def engines_for(device: torch.device | str) -> tuple[str, ...]:
     """The engines a benchmark runs on `device` by default: eager, and on CUDA graphs and compiled (its pieces
-    compile in seconds). On the CPU compiled (the whole step: minutes per scale for real models) only when named."""
+    compile in seconds). On the CPU compiled (the whole run as one graph: minutes for real models) only when named."""
     return ("eager", "graphs", "compiled") if torch.device(device).type == "cuda" else ("eager",)
 
 
@@ -106,6 +107,11 @@ class EagerEngine:
     def begin(self, state: "SamplingState", accel: Optional[AccelMethod]) -> None:
         self.sampler._begin(state)
 
+    def advance(self, state: "SamplingState", until: int) -> None:
+        """Scales state.si .. until−1 (fewer where the method skips the rest), one `scale` each."""
+        while state.si < until and state.skipped_from is None:
+            self.scale(state)
+
     def scale(self, state: "SamplingState") -> None:
         if self.sampler._plan(state):
             self.sampler._compute(state)
@@ -124,27 +130,26 @@ class EagerEngine:
 
 # ---------------------------------------------------------------------------- compiled, CPU
 class CompiledEngine(EagerEngine):
-    """The scale step through torch.compile (fullgraph, static shapes); the start and forks stay eager."""
+    """The scales of each `advance` call (a whole run, or the scales before and after a fork) through
+    torch.compile as one graph (fullgraph, static shapes); the start and forks stay eager."""
 
     name = "compiled"
 
     def __init__(self, sampler: "NextScaleSampler"):
         super().__init__(sampler)
-        self._step: Optional[Callable] = None
+        self._run: Optional[Callable] = None
 
     def begin(self, state: "SamplingState", accel: Optional[AccelMethod]) -> None:
         state.eager = self._refuse(state, accel)
         super().begin(state, accel)
 
-    def scale(self, state: "SamplingState") -> None:
-        if not self.sampler._plan(state):
-            return
+    def advance(self, state: "SamplingState", until: int) -> None:
         if state.eager:
-            self.sampler._compute(state)
+            super().advance(state, until)
             return
-        if self._step is None:
-            self._step = compile_step(self.sampler)
-        self._step(state)
+        if self._run is None:
+            self._run = compile_run(self.sampler)
+        self._run(state, until)
 
 
 def raise_recompile_limits() -> None:
@@ -157,14 +162,19 @@ def raise_recompile_limits() -> None:
             setattr(cfg, name, max(getattr(cfg, name), RECOMPILE_LIMIT))
 
 
-def compile_step(sampler: "NextScaleSampler") -> Callable:
-    """The CPU compiled engine's step: `_compute` through torch.compile (fullgraph, static shapes). With inductor on
-    the CPU its graphs run from a C++ wrapper (`cpp_wrapper`), not a Python one: the Python wrapper's tensor views,
-    stride checks and allocations doubled the compiled tiny-model call at batch 1 when it ran between other work
-    (interleaved benchmark, 2026-12-05: 226 -> 295 images/s, 1.33x -> 1.59x the official sampler)."""
+def compile_run(sampler: "NextScaleSampler") -> Callable:
+    """The CPU compiled engine's function: `sampler._run` (the scales from state.si to `until`, each planned and
+    computed) through torch.compile, fullgraph, static shapes: one graph per run start, end, batch size and method,
+    so one guard check and one call into compiled code per `advance` instead of one per scale (compiling each
+    scale on its own, the guards and the call took 0.3 ms of each tiny-model scale at batch 1, as long as its
+    kernels: 2.71 -> 1.78 ms per vanilla call interleaved with FastVAR and StageVAR, tiny_a shapes, 2 cores,
+    2026-12-05). With inductor on the CPU its graphs run from a C++ wrapper (`cpp_wrapper`), not a Python one:
+    the Python wrapper's tensor views, stride checks and allocations doubled the compiled tiny-model call at
+    batch 1 when it ran between other work (interleaved benchmark, 2026-12-05: 1.33x -> 1.59x the official
+    sampler)."""
     raise_recompile_limits()
     options = {"cpp_wrapper": True} if COMPILE_BACKEND == "inductor" and sampler.device.type == "cpu" else None
-    return torch.compile(sampler._compute, backend=COMPILE_BACKEND, fullgraph=True, dynamic=False, options=options)
+    return torch.compile(sampler._run, backend=COMPILE_BACKEND, fullgraph=True, dynamic=False, options=options)
 
 
 def _dynamic(t: torch.Tensor, *dims: int) -> torch.Tensor:

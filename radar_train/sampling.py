@@ -265,8 +265,7 @@ class NextScaleSampler:
         """Run scales state.si .. until−1 (default: to the end or until the method skips the rest)."""
         K = len(self.patch_nums)
         until = K if until is None else min(until, K)
-        while state.si < until and state.skipped_from is None:
-            self._engine.scale(state)
+        self._engine.advance(state, until)
         return state
 
     @torch.no_grad()
@@ -390,6 +389,12 @@ class NextScaleSampler:
         if state.branch not in state._mods:
             state._mods[state.branch] = self.var.modulations(cond)
         return state._mods[state.branch]
+
+    def _run(self, state: SamplingState, until: int, ops: BlockOps = EAGER_OPS) -> None:
+        """Scales state.si .. until−1, each planned on the host (`_plan`), then computed (`_compute`); stops where
+        the method skips the rest. The CPU's compiled engine traces the whole loop into one graph."""
+        while state.si < until and state.skipped_from is None and self._plan(state):
+            self._compute(state, ops)
 
     def _compute(self, state: SamplingState, ops: BlockOps = EAGER_OPS) -> None:
         """The device part of scale state.si (after `_plan`): transformer step (its blocks' pieces by `ops`),

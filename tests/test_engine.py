@@ -245,14 +245,20 @@ class _Graphs:
         return gm.forward
 
 
+def _host_data_ops(gm) -> set:
+    targets = {str(getattr(n.target, "__name__", n.target)) for n in gm.graph.nodes if n.op == "call_function"}
+    return targets & {"tensor", "as_tensor", "from_numpy", "item", "tolist"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["vanilla", "fastvar", "stagevar", "sca-scores", "vanilla+matmul", "stagevar+matmul"])
-def test_the_scale_step_traces_whole_and_gives_the_eager_tokens(micro, sca_mask, monkeypatch, name):
-    """torch.compile(fullgraph=True) of the step: no graph break (a break raises), no host data in the graph, and
-    the traced graphs run to the eager tokens and f_hat bit for bit. Vanilla: scales 0, 1 and the last (the
-    others are scale 1's code); a method: from the scale before its first modified one to the end (the
-    scales before are vanilla's). `+matmul`: the resizes as matrix products, as on CUDA (radar_train.interp: the
-    sampler's bicubic upsampling, the restore; the matrices are made inside the traced graph)."""
+@pytest.mark.parametrize("name", ["vanilla", "fastvar", "fastvar-two", "stagevar", "stagevar-skip", "sca-window",
+                                  "sca-scores", "vanilla+matmul", "stagevar+matmul"])
+def test_the_cpu_compiled_engine_traces_each_run_whole_and_gives_the_eager_tokens(micro, sca_mask, monkeypatch,
+                                                                                 name):
+    """The CPU compiled engine: torch.compile(fullgraph=True) of the whole run (every scale planned and computed):
+    one graph for all its scales (a graph break would raise), no host data in it, and the traced graph runs to the
+    eager tokens and f_hat bit for bit. `+matmul`: the resizes as matrix products, as on CUDA (radar_train.interp:
+    the sampler's bicubic upsampling, the restore; the matrices are made inside the traced graph)."""
     import radar_train.accel.stagevar as stagevar_module
     import radar_train.interp as interp
 
@@ -266,27 +272,35 @@ def test_the_scale_step_traces_whole_and_gives_the_eager_tokens(micro, sca_mask,
         monkeypatch.setattr(interp, "matmul_resize_dtypes", products)
         monkeypatch.setattr(stagevar_module, "matmul_resize_dtypes", products)
     method = _methods(var, sca_mask)[name]
-    eager = NextScaleSampler(var, quant, SAMPLING)
-    ref = eager.sample(LABELS, seeds=SEEDS, accel=method)
-    K = len(var.patch_nums)
-    if method is None:
-        traced = [0, 1, K - 1]
-    else:
-        traced = list(range(method.first_modified_scale(var.patch_nums) - 1, K))
-    state = eager.start(LABELS, seeds=SEEDS, accel=method)
-    step = engine.compile_step(eager)
-    while state.si < K and state.skipped_from is None:
-        if eager._plan(state):
-            step(state) if state.si in traced else eager._compute(state)
-    out = eager.output(state)
-    assert len(backend.graphs) == len(traced)  # one graph per traced scale
-    for gm in backend.graphs:
-        targets = {str(getattr(n.target, "__name__", n.target)) for n in gm.graph.nodes if n.op == "call_function"}
-        assert not targets & {"tensor", "as_tensor", "from_numpy", "item", "tolist"}, targets
-        if matmul and gm is not backend.graphs[-1]:  # (the last scale upsamples nothing)
-            assert "mm" in targets, targets
+    ref = NextScaleSampler(var, quant, SAMPLING).sample(LABELS, seeds=SEEDS, accel=method)
+    comp = NextScaleSampler(var, quant, SAMPLING, engine="compiled")
+    assert isinstance(comp._engine, engine.CompiledEngine)
+    out = comp.sample(LABELS, seeds=SEEDS, accel=method)
+    assert len(backend.graphs) == 1  # the whole run, one graph
+    assert not _host_data_ops(backend.graphs[0])
+    if matmul:
+        assert "mm" in {str(getattr(n.target, "__name__", n.target)) for n in backend.graphs[0].graph.nodes}
+    assert out.skipped_from == ref.skipped_from == (3 if name == "stagevar-skip" else None)  # (scale index 3: "4")
     assert all(torch.equal(a, b) for a, b in zip(out.indices, ref.indices))
     assert torch.equal(out.f_hat, ref.f_hat)
+    comp.sample(LABELS, seeds=SEEDS, accel=method)
+    assert len(backend.graphs) == 1  # the next call runs the same graph
+
+
+@pytest.mark.slow
+def test_the_cpu_compiled_engine_traces_a_pair_as_three_runs(micro, sca_mask, monkeypatch):
+    """A forked pair on the CPU compiled engine: the scales before the fork, the vanilla branch after it and the
+    method's, one graph each; HQ and LQ are eager's bit for bit."""
+    quant, var = micro
+    backend = _Graphs()
+    monkeypatch.setattr(engine, "COMPILE_BACKEND", backend)
+    method = _methods(var, sca_mask)["fastvar"]
+    ref = generate_pairs(NextScaleSampler(var, quant, SAMPLING), LABELS, method, seeds=SEEDS)
+    out = generate_pairs(NextScaleSampler(var, quant, SAMPLING, engine="compiled"), LABELS, method, seeds=SEEDS)
+    assert len(backend.graphs) == 3 and not any(_host_data_ops(gm) for gm in backend.graphs)
+    for a, b in ((out.hq, ref.hq), (out.lq, ref.lq)):
+        assert all(torch.equal(x, y) for x, y in zip(a.indices, b.indices))
+        assert torch.equal(a.f_hat, b.f_hat)
 
 
 @pytest.mark.slow
@@ -304,7 +318,7 @@ def test_compiled_engine_runs_inductor_and_matches_eager(micro):
     ref = eager._fork_state(state, None)
     eager.advance(ref, until=2)
     comp.advance(state, until=2)  # scale 1 through the engine: torch.compile with inductor
-    assert isinstance(comp._engine, engine.CompiledEngine) and comp._engine._step is not None
+    assert isinstance(comp._engine, engine.CompiledEngine) and comp._engine._run is not None
     assert torch.equal(state.indices[1], ref.indices[1])
     torch.testing.assert_close(state.f_hat, ref.f_hat, atol=1e-5, rtol=0)
 
