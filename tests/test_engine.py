@@ -283,8 +283,10 @@ def test_the_cpu_compiled_engine_traces_each_run_whole_and_gives_the_eager_token
     assert out.skipped_from == ref.skipped_from == (3 if name == "stagevar-skip" else None)  # (scale index 3: "4")
     assert all(torch.equal(a, b) for a, b in zip(out.indices, ref.indices))
     assert torch.equal(out.f_hat, ref.f_hat)
-    comp.sample(LABELS, seeds=SEEDS, accel=method)
-    assert len(backend.graphs) == 1  # the next call runs the same graph
+    labels, seeds = LABELS.flip(0), [21, 22, 23]  # the next call, other labels and seeds: the same graph
+    out, ref = (s.sample(labels, seeds=seeds, accel=method) for s in (comp, NextScaleSampler(var, quant, SAMPLING)))
+    assert len(backend.graphs) == 1
+    assert all(torch.equal(a, b) for a, b in zip(out.indices, ref.indices)) and torch.equal(out.f_hat, ref.f_hat)
 
 
 @pytest.mark.slow
