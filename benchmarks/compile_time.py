@@ -50,8 +50,7 @@ def main() -> None:
         accel = None if spec == "vanilla" else method_from_spec(spec, var.patch_nums, var.depth)
         state = s.start(labels, seeds=seeds, accel=accel)
         t = time.perf_counter()
-        while state.si < len(var.patch_nums) and s._plan(state):
-            s._compute(state, ops)
+        s._run(state, len(var.patch_nums), ops)
         return time.perf_counter() - t
 
     with torch.inference_mode():
