@@ -5,7 +5,7 @@
                                                # code), on a contiguous copy (radar_train before 2026-12-05), and the
                                                # matrix product radar_train runs since (radar_train.interp): kernels
                                                # alone and wall time, max difference; with OUT set,
-                                               # $OUT/probe-bicubic.json (the 2026-12-04 log timed the kernel and an
+                                               # $OUT/probes.json (the 2026-12-04 log timed the kernel and an
                                                # einsum by wall time only: the einsum's host time)
     python benchmarks/gpu_probes.py bicubic_layout  # the same on the sampler's channels-last-strided token map
                                                # against a contiguous copy: ms per call, bit-equal or not
@@ -23,7 +23,7 @@
                                                # as a CUDA graph and replayed), the largest difference; then the
                                                # pieces of FastVAR's pruned sub-layer and of StageVAR's block
                                                # (benchmarks/probe_pieces.py) at 13x13 and 16x16, timed so; with OUT
-                                               # set, also $OUT/probe-fused.json
+                                               # set, also $OUT/probes.json
     python benchmarks/gpu_probes.py decode [compiled]  # the VQ-VAE decode of VAR-d16 (random weights, batch 32):
                                                # float32 (as RadarPipeline decodes; cuDNN's TF32 as torch sets it), bf16
                                                # autocast (as radar-train and the suite's decode rows), the same
@@ -33,7 +33,7 @@
                                                # bf16 with the blocks through torch.compile (model.optim.compile's
                                                # function: GroupNorm, SiLU and the sums fused; compiling takes a minute
                                                # or more: PROBE_TIMEOUT=240); ms per call, the first call apart, the
-                                               # largest difference from float32; with OUT set, $OUT/probe-decode.json
+                                               # largest difference from float32; with OUT set, $OUT/probes.json
 """
 import sys
 import time
@@ -83,16 +83,15 @@ def device_ms(fn, n=20):
     return start.elapsed_time(end) / n
 
 def write_rows(probe, rows):
-    """$OUT/probe-PROBE.json with the device, versions, date and command, when OUT is set."""
-    import json
+    """The probe's rows into $OUT/probes.json (benchmarks/probe_output.py), when OUT is set."""
     import os
 
+    from probe_output import write_probe_rows
+
     if os.environ.get("OUT"):
-        doc = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "command": f"python benchmarks/gpu_probes.py {probe}", "rows": rows}
-        with open(os.path.join(os.environ["OUT"], f"probe-{probe}.json"), "w") as f:
-            json.dump(doc, f, indent=1)
+        write_probe_rows(os.environ["OUT"], probe, rows,
+                         {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda},
+                         run=os.environ.get("PROBES_RUN"))
 
 if sys.argv[1] == "bicubic":
     # the sampler's upsampling of a token map (B 32, C 32, pn -> the last grid): CUDA's bicubic kernel on the map as the

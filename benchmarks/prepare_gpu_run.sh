@@ -58,5 +58,7 @@ if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
   commit="$commit+dirty"
   echo "warning: the checkout has uncommitted changes; the run will time them and record $commit" >&2
 fi
-echo "then, on the GPU machine (carry .official_var and .whl):"
-echo "  bash benchmarks/run_gpu_suite.sh $commit"
+echo "then, on the GPU machine (carry .official_var and .whl), as two device commands (benchmarks/README.md, \"The GPU run\"):"
+echo "  PART=main bash benchmarks/run_gpu_suite.sh $commit"
+echo "  PART=diagnostics bash benchmarks/run_gpu_suite.sh $commit"
+echo "or, on a machine without a time limit, all in one: bash benchmarks/run_gpu_suite.sh $commit"
