@@ -19,7 +19,10 @@ import shutil
 import sys
 from pathlib import Path
 
-LOGS = ("suite.log", "gpu-tests.log", "nvidia-smi.txt", "pip.log", "probes.log", "probes.json")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from probe_output import FILE_NAME as PROBES_FILE  # noqa: E402
+
+LOGS = ("suite.log", "gpu-tests.log", "nvidia-smi.txt", "pip.log", "probes.log", PROBES_FILE)
 
 
 def plan(folder: Path, dest: Path, suffix: str = "", label: str = "") -> list[tuple[Path, Path]]:

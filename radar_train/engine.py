@@ -109,12 +109,10 @@ class EagerEngine:
 
     def advance(self, state: "SamplingState", until: int) -> None:
         """Scales state.si .. until−1 (fewer where the method skips the rest), one `scale` each."""
-        while state.si < until and state.skipped_from is None:
-            self.scale(state)
+        self.sampler._run(state, until, step=self.scale)
 
     def scale(self, state: "SamplingState") -> None:
-        if self.sampler._plan(state):
-            self.sampler._compute(state)
+        self.sampler._scale(state)
 
     def fork(self, state: "SamplingState", accel: Optional[AccelMethod]) -> "SamplingState":
         return self.sampler._fork_state(state, accel)

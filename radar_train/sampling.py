@@ -390,10 +390,18 @@ class NextScaleSampler:
             state._mods[state.branch] = self.var.modulations(cond)
         return state._mods[state.branch]
 
-    def _run(self, state: SamplingState, until: int, ops: BlockOps = EAGER_OPS) -> None:
-        """Scales state.si .. until−1, each planned on the host (`_plan`), then computed (`_compute`); stops where
-        the method skips the rest. The CPU's compiled engine traces the whole loop into one graph."""
-        while state.si < until and state.skipped_from is None and self._plan(state):
+    def _run(self, state: SamplingState, until: int, ops: BlockOps = EAGER_OPS, step=None) -> None:
+        """Scales state.si .. until−1, one `step(state)` each (default `_scale`), until the method skips the rest.
+        The engines advance through it; the CPU's compiled engine traces the whole loop into one graph."""
+        while state.si < until and state.skipped_from is None:
+            if step is None:
+                self._scale(state, ops)
+            else:
+                step(state)
+
+    def _scale(self, state: SamplingState, ops: BlockOps = EAGER_OPS) -> None:
+        """Scale state.si: planned on the host (`_plan`: a skip ends the run), then computed (`_compute`)."""
+        if self._plan(state):
             self._compute(state, ops)
 
     def _compute(self, state: SamplingState, ops: BlockOps = EAGER_OPS) -> None:
