@@ -358,12 +358,13 @@ class GraphEngine(EagerEngine):
         graph.replay()
         return graph, result
 
-    def _failed(self, what: str, e: Exception) -> None:
-        """A capture failed: under auto warn once and make the sampler eager; an explicit engine raises."""
+    def _failed(self, what: str, e: Exception, stacklevel: int = 4) -> None:
+        """A capture failed: under auto warn once (at the sampler's call, `stacklevel` frames up) and make the sampler
+        eager; an explicit engine raises."""
         msg = f"capturing {what} failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         if not self.fallback:
             raise RuntimeError(f"sampling.engine {self.name}: {msg}; use sampling.engine eager") from e
-        warnings.warn(f"sampling.engine auto: {msg}; sampling eagerly from here on", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"sampling.engine auto: {msg}; sampling eagerly from here on", RuntimeWarning, stacklevel=stacklevel)
         self.sampler._engine = EagerEngine(self.sampler)
         self.workspaces.clear()
 
@@ -431,7 +432,7 @@ class GraphEngine(EagerEngine):
         try:
             graph, _ = self._capture(ws, self._compute, state, warm)
         except Exception as e:  # noqa: BLE001
-            self._failed(f"scale {si}", e)
+            self._failed(f"scale {si}", e, stacklevel=5)  # (through sampler._run)
             restore(state, before)  # the device buffers are as before the scale: a capture does not execute
             self.sampler._engine.scale(state)
             return
