@@ -155,8 +155,9 @@ def test_train_bench_bare_loop_trains_in_the_dtype_of_a_true_precision(precision
 
     dev = torch.device("cpu")
     state = _train_setup(TrainBenchArgs(preset="tiny", batch_size=2), dev, 2, precision=precision)
-    module, batch, params, _, _ = state
-    assert {p.dtype for p in module.parameters()} == {dtype} and {v.dtype for v in batch.values()} == {dtype}
+    module, micro, params, _, _ = state
+    assert len(micro) == 1 and {p.dtype for p in module.parameters()} == {dtype}
+    assert {v.dtype for v in micro[0].values()} == {dtype}
     before = [p.detach().clone() for p in params]
     _train_step(state, dev, precision)
     assert any(not torch.equal(a, p) for a, p in zip(before, params))

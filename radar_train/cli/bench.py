@@ -171,7 +171,9 @@ def train(args: TrainBenchArgs = TrainBenchArgs(), json: Optional[str] = None,
     """Training: Lightning vs bare PyTorch step throughput, data loading, peak memory.
 
     Lightning step throughput vs a bare PyTorch loop (target >= 0.95), data loading vs a step,
-    peak memory of a training step vs VAR sampling of the same batch (target <= 0.5).
+    peak memory of a training step vs VAR sampling of the same batch (target <= 0.5); a step in micro-batches
+    with --args.micro_batch_size (Lightning's gradient accumulation), every checkpointing mode at several
+    micro-batch sizes with --args.checkpointing_rows true --args.micro_batch_sizes '[16, 2]'.
 
     Args:
         args: preset (random weights unless a VQ-VAE checkpoint is given), batch size, steps, device, precision.
@@ -183,7 +185,8 @@ def train(args: TrainBenchArgs = TrainBenchArgs(), json: Optional[str] = None,
     check_args(args)
     _check_json(json, overwrite, {"--args.vae_checkpoint": args.vae_checkpoint, "--args.cache": args.cache})
 
-    print(f"radar-bench train: {args.preset}, batch {args.batch_size}, {args.warmup} + {args.steps} steps per loop: "
+    micro = f" in micro-batches of {args.micro_batch_size}" if (args.micro_batch_size or args.batch_size) < args.batch_size else ""
+    print(f"radar-bench train: {args.preset}, batch {args.batch_size}{micro}, {args.warmup} + {args.steps} steps per loop: "
           f"bare PyTorch loop, Lightning loop, data loading{', peak memory' if args.memory else ''} "
           f"(an estimate after the bare loop, then each row as it finishes)", flush=True)
     rows = run_train_benchmark(args, log=_log)

@@ -12,15 +12,19 @@ Rows (`run_train_benchmark` returns them as dicts):
   workers) vs the bare step time. Without --cache a small temporary cache is made with `radar-cache`'s
   run_cache (random weights of the preset).
 - memory_train_vs_sampling: peak memory of a training step (decoder + LoRA + AdamW state + activations)
-  vs VAR sampling of the same batch (VAR + VQ-VAE, CFG, decode to images). On CUDA:
+  of the batch (in micro-batches with --micro_batch_size) vs VAR sampling of the same batch (VAR + VQ-VAE, CFG, decode to images). On CUDA:
   torch.cuda.max_memory_allocated, each measured from an empty allocator (weights included). On the CPU: in
   a fresh spawned process per measurement, the peak resident set size while the work runs (VmHWM, reset
   with /proc/self/clear_refs once the models are built, so build-time transients don't count) minus the
   resident size after the imports (so the weights count). Target <= 0.5.
-- checkpointing (with --checkpointing_rows true): one row per model.optim.activation_checkpointing mode (false,
-  norms, blocks): the training step's peak memory (as the memory row measures it; the memory row's own figure
-  for the mode it ran in) and its time (the bare loop's step, interleaved with the other modes' steps, medians),
-  each against false (ratio: memory).
+- checkpointing (with --checkpointing_rows true): one row per micro-batch size of --micro_batch_sizes (default:
+  the step's own) and model.optim.activation_checkpointing mode (false, norms, blocks): the training step's peak
+  memory (as the memory row measures it; the memory row's own figure for the variant it ran) and its time (the
+  bare loop's step, interleaved with the other variants' steps, medians), each against the first variant (the
+  first micro-batch size, false; ratio: memory), and against VAR sampling of the batch where the memory row ran.
+A step in micro-batches (--micro_batch_size M) runs batch_size / M forward/backward passes of M pairs and sums
+their gradients before the one optimizer step, as Lightning's accumulation trains (--data.batch_size M
+--trainer.accumulate_grad_batches batch_size/M): the same update with the activations of M pairs.
 - compiled_vs_eager (with --compiled_row true): samples/s of the bare loop's step with model.optim.compile
   (the decoder's blocks through torch.compile) vs without, interleaved step by step (medians); the compiled
   warm-up steps, which compile, are reported apart (warmup_s).
@@ -55,7 +59,10 @@ class TrainBenchArgs:
     vae_checkpoint: Optional[str] = None
     """VQ-VAE weights for the decoder (optional)."""
     batch_size: int = 16
-    """Pairs per step (and images sampled for the memory comparison)."""
+    """Pairs per optimizer step (and images sampled for the memory comparison)."""
+    micro_batch_size: Optional[int] = None
+    """Pairs per forward/backward (None: the whole batch): a step runs batch_size / micro_batch_size of them and
+    sums their gradients, as --data.batch_size M --trainer.accumulate_grad_batches batch_size/M trains."""
     steps: int = 20
     """Timed steps."""
     warmup: int = 5
@@ -76,6 +83,9 @@ class TrainBenchArgs:
     checkpointing_rows: bool = False
     """Also the checkpointing rows: each model.optim.activation_checkpointing mode (false, norms, blocks) with
     its training step's peak memory and time (bare loop, interleaved steps, medians), against false."""
+    micro_batch_sizes: Optional[list[int]] = None
+    """Micro-batch sizes the checkpointing rows run every mode at (default: micro_batch_size's alone), e.g.
+    [16, 2]: the memory and time of each mode with the whole batch and with micro-batches of 2."""
     compiled_row: bool = False
     """Also time the bare loop with model.optim.compile (the compiled_vs_eager row; compiling takes tens of
     seconds, about a minute on a CPU)."""
@@ -100,6 +110,12 @@ def check_args(args: "TrainBenchArgs") -> torch.device:
     check_positive(**{"args.batch_size": args.batch_size, "args.steps": args.steps,
                       "args.cache_pairs": args.cache_pairs})
     check_positive(minimum=0, **{"args.warmup": args.warmup})
+    for name, m in [("args.micro_batch_size", args.micro_batch_size)] + [
+            ("args.micro_batch_sizes", m) for m in args.micro_batch_sizes or []]:
+        if m is not None and (m < 1 or args.batch_size % m):
+            raise ValueError(f"--{name} must divide --args.batch_size ({args.batch_size}), got {m}")
+    if args.micro_batch_sizes is not None and len(set(args.micro_batch_sizes)) != len(args.micro_batch_sizes or [0]):
+        raise ValueError(f"--args.micro_batch_sizes must name each size once (at least one), got {args.micro_batch_sizes}")
     if args.cache is None and args.cache_pairs <= MIN_SHARD:
         # _temporary_cache: shards of max(16, pairs // 4) pairs; the data-loading row needs a training shard
         # and a held-out last one
@@ -189,10 +205,15 @@ def _autocast(dev: torch.device, precision: str):
     return nullcontext()
 
 
+def micro_batch(args: TrainBenchArgs) -> int:
+    """Pairs per forward/backward of a step."""
+    return args.micro_batch_size or args.batch_size
+
+
 def _train_setup(args: TrainBenchArgs, dev: torch.device, steps: int, compiled: bool = False,
                  precision: str = "32-true"):
-    """(module on dev, batch on the CPU, trainable params, AdamW, scheduler) as the training recipe builds them,
-    in the dtype of a "-true" precision (module and batch)."""
+    """(module on dev, the step's micro-batches on the CPU, trainable params, AdamW, scheduler) as the training
+    recipe builds them, in the dtype of a "-true" precision (module and batches)."""
     from radar_train.train.optim import build_optimizer
 
     dtype = _TRUE.get(precision, torch.float32)
@@ -200,17 +221,22 @@ def _train_setup(args: TrainBenchArgs, dev: torch.device, steps: int, compiled: 
     params = [p for p in module.parameters() if p.requires_grad]
     opt, sched = build_optimizer(params, module.optim_args, steps)
     batch = {k: v.to(dtype) for k, v in _batch(module, args.batch_size, args.seed).items()}
-    return module, batch, params, opt, sched
+    m = micro_batch(args)
+    micro = [{k: v[i:i + m] for k, v in batch.items()} for i in range(0, args.batch_size, m)]
+    return module, micro, params, opt, sched
 
 
 def _train_step(state, dev: torch.device, precision: str) -> None:
-    """One step of what RadarLoraModule.training_step + Lightning's automatic optimisation do."""
-    module, batch, params, opt, sched = state
-    b = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
-    with _autocast(dev, precision):
-        loss = module.compute_loss(b)[0]
+    """One step of what RadarLoraModule.training_step + Lightning's automatic optimisation do: gradients set to
+    None, then each micro-batch's forward and backward of its loss / the number of micro-batches (Lightning's
+    accumulation), then clipping, the update and the scheduler."""
+    module, micro, params, opt, sched = state
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    for batch in micro:
+        b = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+        with _autocast(dev, precision):
+            loss = module.compute_loss(b)[0]
+        (loss / len(micro) if len(micro) > 1 else loss).backward()
     torch.nn.utils.clip_grad_norm_(params, module.optim_args.grad_clip_norm)
     opt.step()
     sched.step()
@@ -265,8 +291,8 @@ def compiled_vs_eager_row(args: TrainBenchArgs) -> dict:
 
     eager_s, compiled_s = _interleaved_steps([eager, compiled], clock, dev, precision, args.steps)
     return {"name": "compiled_vs_eager", "preset": args.preset, "batch_size": args.batch_size, "device": str(dev),
-            "precision": precision, "activation_checkpointing": args.activation_checkpointing,
-            "eager_samples_per_s": args.batch_size / eager_s, "compiled_samples_per_s": args.batch_size / compiled_s,
+            "precision": precision, "micro_batch_size": micro_batch(args),
+            "activation_checkpointing": args.activation_checkpointing, "eager_samples_per_s": args.batch_size / eager_s, "compiled_samples_per_s": args.batch_size / compiled_s,
             "ratio": eager_s / compiled_s, "steps": args.steps, "warmup_s": warmup_s, "warmup_steps": args.warmup,
             "backend": COMPILE_BACKEND}
 
@@ -283,14 +309,16 @@ class _Repeat(torch.utils.data.Dataset):
 
 
 def lightning_loop(args: TrainBenchArgs, dev: torch.device, precision: str) -> float:
-    """Seconds per step of Trainer.fit on the same module and batch."""
+    """Seconds per step of Trainer.fit on the same module and batch (in micro-batches: accumulate_grad_batches)."""
     import lightning.pytorch as pl
+
+    accumulate = args.batch_size // micro_batch(args)
 
     class Timer(pl.Callback):
         t0 = t1 = 0.0
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if trainer.global_step == args.warmup:
+            if trainer.global_step == args.warmup and batch_idx % accumulate == 0:
                 _sync(dev)
                 Timer.t0 = time.perf_counter()
 
@@ -301,10 +329,12 @@ def lightning_loop(args: TrainBenchArgs, dev: torch.device, precision: str) -> f
 
     module = _module(args)
     n = args.warmup + args.steps
-    loader = torch.utils.data.DataLoader(_Repeat(_batch(module, args.batch_size, args.seed), n), batch_size=None)
+    loader = torch.utils.data.DataLoader(_Repeat(_batch(module, micro_batch(args), args.seed), n * accumulate),
+                                         batch_size=None)
     with tempfile.TemporaryDirectory() as root:
         trainer = pl.Trainer(accelerator=dev.type, devices=[dev.index or 0] if dev.type == "cuda" else 1,
-                             precision=precision, max_steps=n, logger=False, enable_checkpointing=False,
+                             precision=precision, max_steps=n, accumulate_grad_batches=accumulate, logger=False,
+                             enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                              limit_val_batches=0, default_root_dir=root, callbacks=[Timer()])
         trainer.fit(module, loader)
@@ -453,18 +483,25 @@ CHECKPOINTING_MODES = (False, "norms", "blocks")
 
 
 def checkpointing_rows(args: TrainBenchArgs, dev: torch.device, precision: str,
-                       measured: Optional[tuple[int, str]] = None) -> list[dict]:
-    """The checkpointing rows: per mode the peak memory of a training step (each measured alone, before any
-    timing state exists) and the bare loop's step time, in interleaved rounds (one step of each mode per round,
-    `args.steps` rounds after `args.warmup` steps of each; medians). `measured`: the (peak bytes, method) of a
-    training step in `args.activation_checkpointing`'s mode (the memory row's), not measured again."""
+                       measured: Optional[tuple[int, str]] = None, sampling: Optional[int] = None) -> list[dict]:
+    """The checkpointing rows: per micro-batch size (`args.micro_batch_sizes`, else the step's own) and mode the
+    peak memory of a training step (each measured alone, before any timing state exists) and the bare loop's
+    step time, in interleaved rounds (one step of each variant per round, `args.steps` rounds after
+    `args.warmup` steps of each; medians), against the first variant. `measured`: the (peak bytes, method) of a
+    training step in `args.activation_checkpointing`'s mode and `args`' micro-batches (the memory row's), not
+    measured again; `sampling`: the peak bytes of VAR sampling of the batch (the memory row's), which each row
+    is compared with too."""
     from radar_train.bench.rounds import PhaseClock
     from radar_train.train.optim import OptimArgs
 
-    variants = [replace(args, activation_checkpointing=m) for m in CHECKPOINTING_MODES]
-    mode = OptimArgs(activation_checkpointing=args.activation_checkpointing).decoder_checkpointing
-    known = [measured is not None and OptimArgs(activation_checkpointing=m).decoder_checkpointing == mode
-             for m in CHECKPOINTING_MODES]
+    def mode_of(a: TrainBenchArgs):
+        return OptimArgs(activation_checkpointing=a.activation_checkpointing).decoder_checkpointing
+
+    sizes = args.micro_batch_sizes or [micro_batch(args)]
+    variants = [replace(args, micro_batch_size=m, activation_checkpointing=mode)
+                for m in sizes for mode in CHECKPOINTING_MODES]
+    known = [measured is not None and micro_batch(a) == micro_batch(args) and mode_of(a) == mode_of(args)
+             for a in variants]
     fresh, method = _peaks([("train", a) for a, k in zip(variants, known) if not k], dev, precision)
     fresh = iter(fresh)
     peaks = [measured[0] if k else next(fresh) for k in known]
@@ -474,10 +511,11 @@ def checkpointing_rows(args: TrainBenchArgs, dev: torch.device, precision: str,
             _train_step(state, dev, precision)
     times = _interleaved_steps(states, PhaseClock(dev), dev, precision, args.steps)
     return [{"name": "checkpointing", "preset": args.preset, "batch_size": args.batch_size, "device": str(dev),
-             "precision": precision, "activation_checkpointing": mode, "train_step_mib": peak / 2**20,
+             "precision": precision, "micro_batch_size": micro_batch(a),
+             "activation_checkpointing": a.activation_checkpointing, "train_step_mib": peak / 2**20,
              "step_ms": t * 1e3, "ratio": peak / peaks[0], "time_ratio": t / times[0], "steps": args.steps,
-             "method": method}
-            for mode, peak, t in zip(CHECKPOINTING_MODES, peaks, times)]
+             "method": method, **({"vs_sampling": peak / sampling} if sampling else {})}
+            for a, peak, t in zip(variants, peaks, times)]
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -489,7 +527,7 @@ def run_train_benchmark(args: TrainBenchArgs = TrainBenchArgs(), log: Callable[[
     dev = check_args(args)
     precision = _precision(args, dev)
     common = {"preset": args.preset, "batch_size": args.batch_size, "device": str(dev), "precision": precision,
-              "activation_checkpointing": args.activation_checkpointing}
+              "micro_batch_size": micro_batch(args), "activation_checkpointing": args.activation_checkpointing}
     t0 = time.perf_counter()
     bare = bare_loop(args, dev, precision)
     took = time.perf_counter() - t0
@@ -504,7 +542,7 @@ def run_train_benchmark(args: TrainBenchArgs = TrainBenchArgs(), log: Callable[[
     rows.append({"name": "data_vs_step", **common, "data_ms_per_batch": load * 1e3, "step_ms": bare * 1e3,
                  "ratio": load / bare, "source": what})
     log(f"  data_vs_step: {rows[-1]['ratio']:.3f}")
-    measured = None
+    measured = sample_b = None
     if args.memory:
         train_b, sample_b, method = peak_memory(args, dev, precision)
         measured = (train_b, method)
@@ -513,9 +551,10 @@ def run_train_benchmark(args: TrainBenchArgs = TrainBenchArgs(), log: Callable[[
                      "method": method})
         log(f"  memory_train_vs_sampling: {rows[-1]['ratio']:.3f}")
     if args.checkpointing_rows:
-        rows += checkpointing_rows(args, dev, precision, measured)
-        log("  checkpointing: " + ", ".join(f"{r['activation_checkpointing']} {r['ratio']:.3f}x memory, "
-                                            f"{r['time_ratio']:.3f}x time" for r in rows[-len(CHECKPOINTING_MODES):]))
+        grid = checkpointing_rows(args, dev, precision, measured, sample_b)
+        rows += grid
+        log("  checkpointing: " + ", ".join(f"{_variant(r)} {r['ratio']:.3f}x memory, {r['time_ratio']:.3f}x time"
+                                            for r in grid))
     if args.compiled_row:
         rows.append(compiled_vs_eager_row(args))
         log(f"  compiled_vs_eager: {rows[-1]['ratio']:.3f}")
@@ -533,10 +572,25 @@ def row_detail(r: dict) -> str:
                 f"{r['eager_samples_per_s']:.1f} samples/s (medians of {r['steps']} interleaved steps each); "
                 f"warm-up with the compilation {r['warmup_s']:.1f} s ({r['warmup_steps']} steps)")
     if r["name"] == "checkpointing":
-        return (f"activation_checkpointing {str(r['activation_checkpointing']).lower()}: train step "
-                f"{r['train_step_mib']:.0f} MiB, {r['step_ms']:.1f} ms ({r['time_ratio']:.3f}x the time of false; "
-                f"medians of {r['steps']} interleaved steps; {r['method']})")
-    return f"train step {r['train_step_mib']:.0f} MiB vs VAR sampling {r['var_sampling_mib']:.0f} MiB ({r['method']})"
+        vs = f", {r['vs_sampling']:.3f}x VAR sampling of the batch" if "vs_sampling" in r else ""
+        return (f"{_variant(r)}: train step {r['train_step_mib']:.0f} MiB{vs}, {r['step_ms']:.1f} ms "
+                f"({r['time_ratio']:.3f}x the time of the first variant; medians of {r['steps']} interleaved steps; "
+                f"{r['method']})")
+    return (f"train step {r['train_step_mib']:.0f} MiB{_micro(r)} vs VAR sampling {r['var_sampling_mib']:.0f} MiB "
+            f"({r['method']})")
+
+
+def _micro(r: dict) -> str:
+    """' in micro-batches of M' where a row's step ran the batch in several (rows from before micro-batches: none)."""
+    m = r.get("micro_batch_size") or r["batch_size"]
+    return f" in micro-batches of {m}" if m < r["batch_size"] else ""
+
+
+def _variant(r: dict) -> str:
+    """A checkpointing row's variant in words: 'micro-batches of 2, activation_checkpointing blocks'."""
+    m = r.get("micro_batch_size") or r["batch_size"]
+    size = f"micro-batches of {m}" if m < r["batch_size"] else "whole batch"
+    return f"{size}, activation_checkpointing {str(r['activation_checkpointing']).lower()}"
 
 
 def format_table(rows: list[dict]) -> str:
@@ -547,6 +601,7 @@ def format_table(rows: list[dict]) -> str:
     head = rows[0]
     mode = head.get("activation_checkpointing")
     ckpt = f", activation checkpointing {'blocks' if mode is True else mode}" if mode else ""
+    ckpt += f",{_micro(head)}" if _micro(head) else ""
     return (f"# train benchmark: {head['preset']}, batch {head['batch_size']}, {head['device']}, {head['precision']}{ckpt}\n"
             + "\n".join(lines))
 

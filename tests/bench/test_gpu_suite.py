@@ -385,3 +385,29 @@ def test_a_profile_method_that_fails_keeps_what_was_measured_and_the_section_say
     assert [r["method"] for r in prof["scales"]] == ["vanilla", "fastvar:default"]
     assert prof["failures"] == {"tiny": "RuntimeError: CUDA out of memory"}
     assert "Profile, tiny: failed: RuntimeError: CUDA out of memory" in render(doc)
+
+
+@pytest.mark.parametrize("device,batch,want", [("cuda", 32, ("var-d16", 16, [16, 2])), ("cpu", 4, ("tiny", 4, [4, 2])),
+                                               ("cpu", 1, ("tiny", 1, None))])
+def test_the_train_section_runs_every_checkpointing_mode_whole_and_in_micro_batches_of_two(monkeypatch, device, batch,
+                                                                                          want):
+    """On a GPU: VAR-d16, batch 16 (RADAR's recipe), every checkpointing mode with the whole batch and in
+    micro-batches of 2; a CPU smoke run takes the first preset and the batch asked for."""
+    import argparse
+    import time
+
+    from radar_train.bench import gpu_suite
+    from radar_train.train import bench
+
+    got = []
+    row = {"name": "data_vs_step", "preset": "x", "batch_size": 1, "device": device, "precision": "p", "ratio": 0.1,
+           "data_ms_per_batch": 1.0, "step_ms": 10.0, "source": "stand-in"}
+    monkeypatch.setattr(bench, "run_train_benchmark", lambda args, log: got.append(args) or [row])
+    results = {"sections": {}, "status": {}}
+    args = argparse.Namespace(device=device, presets=["tiny"], batch_size=batch, train_compiled=False,
+                              train_reserve_s=0.0)
+    monkeypatch.setattr(gpu_suite, "_section", lambda results, name, value: results["sections"].update({name: value}))
+    gpu_suite.run_train_section(args, results, lambda s: None, time.time() + 600)
+    a = got[0]
+    assert (a.preset, a.batch_size, a.micro_batch_sizes) == want and a.checkpointing_rows and a.micro_batch_size is None
+    assert results["sections"]["train"] == {"rows": [row]}
