@@ -59,11 +59,13 @@ class FailAt(Callback):
     """Raises RuntimeError("injected failure") in optimizer step `step` (1-based) at `where`: "backward" (after the
     backward of the step's `micro_batch`-th micro-batch: the update not begun), "update" (Lightning's hook just before
     the update), "end" (the step's end, after the update), or "validation" (batch `val_batch`, 0-based, of the
-    validation after step `step`)."""
+    validation after step `step`). `out_of_memory`: torch.OutOfMemoryError (a RuntimeError) instead, as CUDA's
+    allocator raises it."""
 
     def __init__(self, step: int, where: str = "backward", micro_batch: int = 1, rank: Optional[int] = None,
-                 val_batch: int = 0):
+                 val_batch: int = 0, out_of_memory: bool = False):
         self.step, self.where, self.micro_batch, self.rank, self.val_batch = step, where, micro_batch, rank, val_batch
+        self.error = torch.OutOfMemoryError if out_of_memory else RuntimeError
         self._backwards = 0
 
     def _due(self, trainer, where: str, step_done: int) -> bool:
@@ -74,19 +76,19 @@ class FailAt(Callback):
         if self._due(trainer, "backward", self.step - 1):
             self._backwards += 1
             if self._backwards == self.micro_batch:
-                raise RuntimeError("injected failure")
+                raise self.error("injected failure")
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if self._due(trainer, "update", self.step - 1):
-            raise RuntimeError("injected failure")
+            raise self.error("injected failure")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._due(trainer, "end", self.step):
-            raise RuntimeError("injected failure")
+            raise self.error("injected failure")
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         if self._due(trainer, "validation", self.step) and not trainer.sanity_checking and batch_idx == self.val_batch:
-            raise RuntimeError("injected failure")
+            raise self.error("injected failure")
 
 
 class ValidationSteps(Callback):

@@ -495,6 +495,23 @@ def failure_note() -> Optional[str]:
     return f"radar-train: the run failed; nothing saved since its last checkpoint ({last_failure['why']})"
 
 
+def memory_note(e: BaseException) -> Optional[str]:
+    """For a fit that ran out of memory: what lowers a step's (or a validation's) memory (None: another error)."""
+    import torch
+
+    from radar_train.train.run_checkpoint import last_failure
+
+    if not isinstance(e, torch.OutOfMemoryError):
+        return None
+    if last_failure.get("validation"):
+        return ("radar-train: out of memory in a validation, which decodes --data.val_batch_size pairs at once "
+                "(default: --data.batch_size): lower it")
+    return ("radar-train: out of memory in a training step, which keeps the activations of --data.batch_size pairs "
+            "for the backward. The same update in less memory: fewer pairs per pass, --data.batch_size M "
+            "--trainer.accumulate_grad_batches K (M x K pairs per optimizer step, their gradients summed), and/or "
+            "--model.optim.activation_checkpointing blocks (docs/training.md#memory)")
+
+
 def run_lightning(argv: list[str]) -> None:
     """LightningCLI over `argv` (subcommand first). `validate` writes no config.yaml (the run's stays).
     Lightning's MisconfigurationException (a setting it refuses) becomes a ValueError: one error line (it is
@@ -540,8 +557,9 @@ def run_lightning(argv: list[str]) -> None:
             sys.exit(128 + signal.SIGINT)
         raise
     except Exception as e:  # the fit failed: what was saved (run_checkpoint.py: the step before a failed step)
-        if (note := failure_note()) is not None:
-            e.add_note(note)
+        for note in (failure_note(), memory_note(e)):
+            if note is not None:
+                e.add_note(note)
         raise
     finally:  # the fit's run folder lock, whether it finished, failed, was stopped or requeued
         run_lock.release_held()

@@ -326,3 +326,30 @@ def test_an_owed_validation_the_resumed_loop_does_not_run_is_said(tiny_cache, tm
     assert _steps_validated(run) == [2, 6]
     progress = _last(run)["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]["total"]
     assert progress["ready"] == progress["started"] == progress["processed"] == progress["completed"]
+
+
+@pytest.mark.parametrize("where,advice", [
+    ("backward", "radar-train: out of memory in a training step, which keeps the activations of --data.batch_size "
+                 "pairs for the backward. The same update in less memory: fewer pairs per pass, --data.batch_size M "
+                 "--trainer.accumulate_grad_batches K (M x K pairs per optimizer step, their gradients summed), and/or "
+                 "--model.optim.activation_checkpointing blocks (docs/training.md#memory)"),
+    ("validation", "radar-train: out of memory in a validation, which decodes --data.val_batch_size pairs at once "
+                   "(default: --data.batch_size): lower it")])
+def test_a_fit_out_of_memory_says_what_lowers_the_memory_after_what_it_saved(tiny_cache, tmp_path, where, advice):
+    """CUDA's allocator raises torch.OutOfMemoryError: after the line on what was saved, one on the options that
+    lower the memory of what failed (a step: micro-batches and activation checkpointing; a validation: its batch)."""
+    from radar_train.cli.train import main
+
+    cb = [{"class_path": "tiny_training.FailAt", "init_args": {"step": 2, "where": where, "micro_batch": 2,
+                                                             "out_of_memory": True}}]
+    with pytest.raises(torch.OutOfMemoryError, match="injected failure") as e:
+        main(_argv(tiny_cache, tmp_path / "run", "--trainer.callbacks", json.dumps(cb)))
+    assert e.value.__notes__[1:] == [advice]
+    assert e.value.__notes__[0].startswith("radar-train: the run failed in the " + (
+        "step after step 1" if where == "backward" else "validation at step 2"))
+
+
+def test_other_failures_get_no_memory_advice():
+    from radar_train.cli.train import memory_note
+
+    assert memory_note(RuntimeError("injected failure")) is None and memory_note(ValueError("x")) is None
