@@ -30,6 +30,13 @@ AGREEMENT_COLUMNS = ("tokens = eager", "max f̂ diff vs eager")
 _BLOCK = re.compile(r"(<!-- table:(?P<name>[^ ]+?) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
 
 
+def _is_train(doc) -> bool:
+    """A `radar-bench train` result (radar_train.train.bench): rows with a benchmark's name and a ratio."""
+    rows = doc.get("rows") if isinstance(doc, dict) else None
+    return isinstance(rows, list) and bool(rows) and \
+        all(isinstance(r, dict) and "name" in r and "ratio" in r and "images_per_s" not in r for r in rows)
+
+
 def load_results(root: Path) -> dict[str, dict]:
     """{NAME: document} of every result file under `root`, plus `<folder>/latest` aliases; JSON files
     of other kinds (no 'rows' list) map to None."""
@@ -46,10 +53,11 @@ def load_results(root: Path) -> dict[str, dict]:
         # or tradeoff.json, whose rows have images_per_s but a setting, no method): None
         speed = isinstance(doc, dict) and isinstance(doc.get("rows"), list) and \
             all(isinstance(r, dict) and "images_per_s" in r and "method" in r for r in doc["rows"])
-        docs[name] = doc if speed else None
+        docs[name] = doc if speed or _is_train(doc) else None
     latest: dict[str, tuple] = {}
     for name, doc in docs.items():
-        if doc is None or not doc["rows"]:  # (a file of other sections only, e.g. a profile run, is named)
+        # (a file of other sections only, e.g. a profile run, is named; so is a training result)
+        if doc is None or not doc["rows"] or _is_train(doc):
             continue
         folder = name.rsplit("/", 1)[0] if "/" in name else ""
         key = (str(doc.get("date") or ""), name)
@@ -131,7 +139,7 @@ def render(doc: dict) -> str:
         head += " · **incomplete: the suite did not finish (killed or out of time); what it measured is below**"
     lines = [head, ""]
     if doc["rows"]:
-        lines += _table(doc["rows"])
+        lines += _train_table(doc["rows"]) if _is_train(doc) else _table(doc["rows"])
     for what, why in (doc.get("failures") or {}).items():  # a GPU suite's accel presets: "accel var-d30"
         lines += ["", f"{what}: failed ({why})".replace("|", "/")]
     for what, why in (doc.get("skipped") or {}).items():
@@ -234,6 +242,8 @@ def render_targets(doc: dict) -> str:
     else eager, then marked "(eager)"; per-sample noise; the decode rows are engine-free), ✓ / ✗ for the presets
     in TARGET_PRESETS. A target whose rows are missing there is "not measured" (✗); a pair target with a skipped
     pair row is "skipped" (its worst pair is unknown). ValueError for a file without sampling rows."""
+    if _is_train(doc):
+        raise ValueError("a training result (radar-bench train): the targets view needs the accel rows")
     every = [r for r in doc.get("rows") or [] if isinstance(r, dict) and r.get("preset")]
     if not every:
         raise ValueError("no sampling rows (a file of other sections only): the targets view needs the accel rows")
@@ -300,7 +310,8 @@ def fill(markdown: str, docs: dict[str, dict], source: str) -> tuple[str, int]:
     other = [base(m.group("name")) for m in blocks if docs[base(m.group("name"))] is None]
     if other:
         raise ValueError(f"{source}: {', '.join(n + '.json' for n in other)}: not a benchmark result "
-                         f"(needs an object with a 'rows' list, each row with 'method' and 'images_per_s')")
+                         f"(needs an object with a 'rows' list, each row with 'method' and 'images_per_s', or "
+                         f"radar-bench train's, each with 'name' and 'ratio')")
     rendered = {}
     for name in dict.fromkeys(m.group("name") for m in blocks):
         try:

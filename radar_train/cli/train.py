@@ -508,8 +508,9 @@ def memory_note(e: BaseException) -> Optional[str]:
                 "(default: --data.batch_size): lower it")
     return ("radar-train: out of memory in a training step, which keeps the activations of --data.batch_size pairs "
             "for the backward. The same update in less memory: fewer pairs per pass, --data.batch_size M "
-            "--trainer.accumulate_grad_batches K (M x K pairs per optimizer step, their gradients summed), and/or "
-            "--model.optim.activation_checkpointing blocks (docs/training.md#memory)")
+            "--trainer.accumulate_grad_batches K (M x K pairs per optimizer step, their gradients summed; "
+            "--trainer.val_check_interval counts micro-batches), and/or --model.optim.activation_checkpointing "
+            "blocks (docs/training.md#memory)")
 
 
 def run_lightning(argv: list[str]) -> None:

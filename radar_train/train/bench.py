@@ -573,9 +573,9 @@ def row_detail(r: dict) -> str:
                 f"warm-up with the compilation {r['warmup_s']:.1f} s ({r['warmup_steps']} steps)")
     if r["name"] == "checkpointing":
         vs = f", {r['vs_sampling']:.3f}x VAR sampling of the batch" if "vs_sampling" in r else ""
-        return (f"{_variant(r)}: train step {r['train_step_mib']:.0f} MiB{vs}, {r['step_ms']:.1f} ms "
-                f"({r['time_ratio']:.3f}x the time of the first variant; medians of {r['steps']} interleaved steps; "
-                f"{r['method']})")
+        steps = f"medians of {r['steps']} interleaved steps" if r["steps"] > 1 else "one timed step each"
+        return (f"{_variant(r)}: train step {r['train_step_mib']:.0f} MiB{vs}, {r['step_ms']:.0f} ms "
+                f"({r['time_ratio']:.3f}x the time of the first variant; {steps})")
     return (f"train step {r['train_step_mib']:.0f} MiB{_micro(r)} vs VAR sampling {r['var_sampling_mib']:.0f} MiB "
             f"({r['method']})")
 

@@ -255,3 +255,28 @@ def test_a_view_block_is_filled_and_an_unknown_view_is_one_error(root, tmp_path,
     before = bad.read_bytes()
     assert main(["--root", str(root), "--write", str(bad)]) == 2
     assert "table gpu/latest#nope: no such view" in capsys.readouterr().err and bad.read_bytes() == before
+
+
+def test_a_training_result_is_a_table_of_its_rows_and_never_the_latest(root, tmp_path, capsys):
+    """A `radar-bench train --json` file: its rows as the training table (the GPU suite's training section's),
+    named by its path only: `latest` stays the newest sampling result."""
+    train = {"device": "cpu", "torch": "2.13.0+cpu", "cuda": None, "commit": "def5678", "date": "2027-01-01T00:00:00Z",
+             "command": "radar-bench train --args.preset var-d16", "rows": [
+                 {"name": "checkpointing", "preset": "var-d16", "batch_size": 4, "device": "cpu",
+                  "precision": "32-true", "micro_batch_size": 1, "activation_checkpointing": "blocks",
+                  "train_step_mib": 1365.0, "step_ms": 28699.2, "ratio": 0.222, "time_ratio": 0.82, "steps": 1,
+                  "method": "peak RSS", "vs_sampling": 0.482}]}
+    (root / "gpu" / "2027-01-01-train.json").write_text(json.dumps(train))
+    docs = load_results(root)
+    assert docs["gpu/latest"]["commit"] == "abc1234" and docs["gpu/2027-01-01-train"] == train
+    lines = render(train).splitlines()
+    assert lines[0].startswith("2027-01-01T00:00:00Z · cpu · torch 2.13.0+cpu · commit `def5678`")
+    assert lines[2] == "| benchmark | preset | batch | precision | ratio | target | measured |"
+    assert lines[4].startswith("| checkpointing | var-d16 | 4 | 32-true | 0.222 | - | micro-batches of 1, "
+                               "activation_checkpointing blocks: train step 1365 MiB, 0.482x VAR sampling of the batch")
+    md = tmp_path / "t.md"
+    text = "<!-- table:gpu/2027-01-01-train#targets -->\n<!-- /table:gpu/2027-01-01-train#targets -->\n"
+    md.write_text(text)
+    assert main(["--root", str(root), "--write", str(md)]) == 2 and md.read_text() == text
+    assert capsys.readouterr().err.strip().endswith("table gpu/2027-01-01-train#targets: a training result "
+                                                    "(radar-bench train): the targets view needs the accel rows")

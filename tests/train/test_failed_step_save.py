@@ -331,7 +331,8 @@ def test_an_owed_validation_the_resumed_loop_does_not_run_is_said(tiny_cache, tm
 @pytest.mark.parametrize("where,advice", [
     ("backward", "radar-train: out of memory in a training step, which keeps the activations of --data.batch_size "
                  "pairs for the backward. The same update in less memory: fewer pairs per pass, --data.batch_size M "
-                 "--trainer.accumulate_grad_batches K (M x K pairs per optimizer step, their gradients summed), and/or "
+                 "--trainer.accumulate_grad_batches K (M x K pairs per optimizer step, their gradients summed; "
+                 "--trainer.val_check_interval counts micro-batches), and/or "
                  "--model.optim.activation_checkpointing blocks (docs/training.md#memory)"),
     ("validation", "radar-train: out of memory in a validation, which decodes --data.val_batch_size pairs at once "
                    "(default: --data.batch_size): lower it")])
