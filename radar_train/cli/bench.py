@@ -185,7 +185,8 @@ def train(args: TrainBenchArgs = TrainBenchArgs(), json: Optional[str] = None,
     check_args(args)
     _check_json(json, overwrite, {"--args.vae_checkpoint": args.vae_checkpoint, "--args.cache": args.cache})
 
-    micro = f" in micro-batches of {args.micro_batch_size}" if (args.micro_batch_size or args.batch_size) < args.batch_size else ""
+    m = args.micro_batch_size or args.batch_size
+    micro = f" in micro-batches of {m}" if m < args.batch_size else ""
     print(f"radar-bench train: {args.preset}, batch {args.batch_size}{micro}, {args.warmup} + {args.steps} steps per loop: "
           f"bare PyTorch loop, Lightning loop, data loading{', peak memory' if args.memory else ''} "
           f"(an estimate after the bare loop, then each row as it finishes)", flush=True)

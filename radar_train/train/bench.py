@@ -12,9 +12,9 @@ Rows (`run_train_benchmark` returns them as dicts):
   workers) vs the bare step time. Without --cache a small temporary cache is made with `radar-cache`'s
   run_cache (random weights of the preset).
 - memory_train_vs_sampling: peak memory of a training step (decoder + LoRA + AdamW state + activations)
-  of the batch (in micro-batches with --micro_batch_size) vs VAR sampling of the same batch (VAR + VQ-VAE, CFG, decode to images). On CUDA:
-  torch.cuda.max_memory_allocated, each measured from an empty allocator (weights included). On the CPU: in
-  a fresh spawned process per measurement, the peak resident set size while the work runs (VmHWM, reset
+  of the batch (in micro-batches with --micro_batch_size) vs VAR sampling of the same batch (VAR + VQ-VAE, CFG,
+  decode to images). On CUDA: torch.cuda.max_memory_allocated, each measured from an empty allocator (weights
+  included). On the CPU: in a fresh spawned process per measurement, the peak resident set size while the work runs (VmHWM, reset
   with /proc/self/clear_refs once the models are built, so build-time transients don't count) minus the
   resident size after the imports (so the weights count). Target <= 0.5.
 - checkpointing (with --checkpointing_rows true): one row per micro-batch size of --micro_batch_sizes (default:
@@ -22,12 +22,13 @@ Rows (`run_train_benchmark` returns them as dicts):
   memory (as the memory row measures it; the memory row's own figure for the variant it ran) and its time (the
   bare loop's step, interleaved with the other variants' steps, medians), each against the first variant (the
   first micro-batch size, false; ratio: memory), and against VAR sampling of the batch where the memory row ran.
-A step in micro-batches (--micro_batch_size M) runs batch_size / M forward/backward passes of M pairs and sums
-their gradients before the one optimizer step, as Lightning's accumulation trains (--data.batch_size M
---trainer.accumulate_grad_batches batch_size/M): the same update with the activations of M pairs.
 - compiled_vs_eager (with --compiled_row true): samples/s of the bare loop's step with model.optim.compile
   (the decoder's blocks through torch.compile) vs without, interleaved step by step (medians); the compiled
   warm-up steps, which compile, are reported apart (warmup_s).
+
+A step in micro-batches (--micro_batch_size M) runs batch_size / M forward/backward passes of M pairs and sums
+their gradients before the one optimizer step, as Lightning's accumulation trains (--data.batch_size M
+--trainer.accumulate_grad_batches batch_size/M): the same update with the activations of M pairs.
 Random weights of the preset are used unless a VQ-VAE checkpoint is given: kernel speed and memory do not
 depend on the weight values.
 """
@@ -114,8 +115,9 @@ def check_args(args: "TrainBenchArgs") -> torch.device:
             ("args.micro_batch_sizes", m) for m in args.micro_batch_sizes or []]:
         if m is not None and (m < 1 or args.batch_size % m):
             raise ValueError(f"--{name} must divide --args.batch_size ({args.batch_size}), got {m}")
-    if args.micro_batch_sizes is not None and len(set(args.micro_batch_sizes)) != len(args.micro_batch_sizes or [0]):
-        raise ValueError(f"--args.micro_batch_sizes must name each size once (at least one), got {args.micro_batch_sizes}")
+    sizes = args.micro_batch_sizes
+    if sizes is not None and (not sizes or len(set(sizes)) != len(sizes)):
+        raise ValueError(f"--args.micro_batch_sizes must name each size once (at least one), got {sizes}")
     if args.cache is None and args.cache_pairs <= MIN_SHARD:
         # _temporary_cache: shards of max(16, pairs // 4) pairs; the data-loading row needs a training shard
         # and a held-out last one
@@ -292,7 +294,8 @@ def compiled_vs_eager_row(args: TrainBenchArgs) -> dict:
     eager_s, compiled_s = _interleaved_steps([eager, compiled], clock, dev, precision, args.steps)
     return {"name": "compiled_vs_eager", "preset": args.preset, "batch_size": args.batch_size, "device": str(dev),
             "precision": precision, "micro_batch_size": micro_batch(args),
-            "activation_checkpointing": args.activation_checkpointing, "eager_samples_per_s": args.batch_size / eager_s, "compiled_samples_per_s": args.batch_size / compiled_s,
+            "activation_checkpointing": args.activation_checkpointing, "eager_samples_per_s": args.batch_size / eager_s,
+            "compiled_samples_per_s": args.batch_size / compiled_s,
             "ratio": eager_s / compiled_s, "steps": args.steps, "warmup_s": warmup_s, "warmup_steps": args.warmup,
             "backend": COMPILE_BACKEND}
 
@@ -334,9 +337,8 @@ def lightning_loop(args: TrainBenchArgs, dev: torch.device, precision: str) -> f
     with tempfile.TemporaryDirectory() as root:
         trainer = pl.Trainer(accelerator=dev.type, devices=[dev.index or 0] if dev.type == "cuda" else 1,
                              precision=precision, max_steps=n, accumulate_grad_batches=accumulate, logger=False,
-                             enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                             limit_val_batches=0, default_root_dir=root, callbacks=[Timer()])
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=root, callbacks=[Timer()])
         trainer.fit(module, loader)
     return (Timer.t1 - Timer.t0) / args.steps
 

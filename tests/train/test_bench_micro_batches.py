@@ -31,7 +31,8 @@ def test_a_step_in_micro_batches_makes_the_update_of_the_whole_batch(monkeypatch
         bench._train_step(state, CPU, "64-true")  # (LoRA B starts at zero: the first step moves B only)
     calls = []
     real = type(split[0]).compute_loss
-    monkeypatch.setattr(type(split[0]), "compute_loss", lambda self, b: (calls.append(len(b["fhat_lq"])), real(self, b))[1])
+    monkeypatch.setattr(type(split[0]), "compute_loss",
+                        lambda self, b: (calls.append(len(b["fhat_lq"])), real(self, b))[1])
     for state in (whole, split):
         bench._train_step(state, CPU, "64-true")
     assert calls == [4, 1, 1, 1, 1]
@@ -50,7 +51,8 @@ def test_the_lightning_loop_accumulates_the_micro_batches_of_each_step(monkeypat
 
     seen, trainers = [], []
     real = RadarLoraModule.compute_loss
-    monkeypatch.setattr(RadarLoraModule, "compute_loss", lambda self, b: (seen.append(len(b["fhat_lq"])), real(self, b))[1])
+    monkeypatch.setattr(RadarLoraModule, "compute_loss",
+                        lambda self, b: (seen.append(len(b["fhat_lq"])), real(self, b))[1])
     real_trainer = pl.Trainer
     monkeypatch.setattr(pl, "Trainer", lambda *a, **kw: trainers.append(real_trainer(*a, **kw)) or trainers[-1])
     s = bench.lightning_loop(TrainBenchArgs(preset="tiny", batch_size=4, micro_batch_size=2, steps=2, warmup=1), CPU,
@@ -96,8 +98,8 @@ def test_checkpointing_rows_run_every_mode_at_every_micro_batch_size(monkeypatch
     assert [r["vs_sampling"] for r in rows] == [0.1, 0.2, 0.3, 0.05, 0.4, 0.5]
     assert [r["time_ratio"] for r in rows] == [1.0, 3.0, 5.0, 7.0, 9.0, 11.0]
     detail = bench.row_detail(rows[4])
-    assert detail.startswith("micro-batches of 1, activation_checkpointing norms: train step 400 MiB, 0.400x VAR "
-                             "sampling of the batch, 4500 ms (9.000x the time of the first variant; one timed step each)")
+    assert detail == ("micro-batches of 1, activation_checkpointing norms: train step 400 MiB, 0.400x VAR sampling of "
+                      "the batch, 4500 ms (9.000x the time of the first variant; one timed step each)")
     assert bench.row_detail(rows[0]).startswith("whole batch, activation_checkpointing false: train step 100 MiB")
 
 
@@ -106,7 +108,8 @@ def test_the_memory_row_and_the_table_say_when_the_step_ran_in_micro_batches():
            "precision": "32-true", "micro_batch_size": 4, "activation_checkpointing": False, "train_step_mib": 10.0,
            "var_sampling_mib": 40.0, "ratio": 0.25, "target": "<= 0.5", "method": "stand-in"}
     assert bench.row_detail(row) == "train step 10 MiB in micro-batches of 4 vs VAR sampling 40 MiB (stand-in)"
-    assert bench.format_table([row]).splitlines()[0] == "# train benchmark: tiny, batch 16, cpu, 32-true, in micro-batches of 4"
+    head = bench.format_table([row]).splitlines()[0]
+    assert head == "# train benchmark: tiny, batch 16, cpu, 32-true, in micro-batches of 4"
     old = {**row, "micro_batch_size": None}  # a row from before micro-batches
     del old["micro_batch_size"]
     assert bench.row_detail(old) == "train step 10 MiB vs VAR sampling 40 MiB (stand-in)"
