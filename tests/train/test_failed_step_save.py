@@ -5,6 +5,8 @@ the run's last periodic checkpoint."""
 from __future__ import annotations
 
 import json
+import sys
+from unittest import mock
 
 import pytest
 import torch
@@ -29,8 +31,10 @@ def _fail(cache: str, root, step: int, where: str, *extra: str, val_batch: int =
 
     cb = [{"class_path": "tiny_training.FailAt",
            "init_args": {"step": step, "where": where, "micro_batch": 2, "val_batch": val_batch}}, *callbacks]
-    with pytest.raises(RuntimeError, match="injected failure") as e:
-        main(argv(cache, root, "--trainer.callbacks", json.dumps(cb), *extra))
+    args = argv(cache, root, "--trainer.callbacks", json.dumps(cb), *extra)
+    with pytest.raises(RuntimeError, match="injected failure") as e, \
+            mock.patch.object(sys, "argv", ["radar-train", *args]):  # (as a console script has it)
+        main(args)
     return e.value
 
 
@@ -195,8 +199,9 @@ def test_a_validation_failure_after_early_stopping_took_its_results_saves_nothin
         raise RuntimeError("injected failure")
 
     monkeypatch.setattr(BestCheckpoint, "_save_checkpoint", disk_full)
-    with pytest.raises(RuntimeError, match="injected failure") as e:
-        main(_validated_argv(tiny_cache, tmp_path / "run"))
+    argv = _validated_argv(tiny_cache, tmp_path / "run")
+    with pytest.raises(RuntimeError, match="injected failure") as e, mock.patch.object(sys, "argv", ["radar-train", *argv]):
+        main(argv)
     assert e.value.__notes__ == ["radar-train: the run failed; nothing saved since its last checkpoint (the "
                                  "validation at step 2 failed after a callback had taken its results (early "
                                  "stopping, the best step): running it again would count it twice)"]
@@ -343,8 +348,10 @@ def test_a_fit_out_of_memory_says_what_lowers_the_memory_after_what_it_saved(tin
 
     cb = [{"class_path": "tiny_training.FailAt", "init_args": {"step": 2, "where": where, "micro_batch": 2,
                                                              "out_of_memory": True}}]
-    with pytest.raises(torch.OutOfMemoryError, match="injected failure") as e:
-        main(_argv(tiny_cache, tmp_path / "run", "--trainer.callbacks", json.dumps(cb)))
+    argv = _argv(tiny_cache, tmp_path / "run", "--trainer.callbacks", json.dumps(cb))
+    with pytest.raises(torch.OutOfMemoryError, match="injected failure") as e, \
+            mock.patch.object(sys, "argv", ["radar-train", *argv]):  # (as a console script has it)
+        main(argv)
     assert e.value.__notes__[1:] == [advice]
     assert e.value.__notes__[0].startswith("radar-train: the run failed in the " + (
         "step after step 1" if where == "backward" else "validation at step 2"))
