@@ -471,6 +471,23 @@ def _make_cli_class(subcommand: str):
             logging.getLogger("radar_train").info(
                 "radar-train fit: run folder %s, max_steps %s, precision %s, %d device(s) (%s)",
                 t.default_root_dir, t.max_steps, t.precision, t.world_size, type(t.strategy).__name__)
+            self._say_micro_batches()
+
+        def _say_micro_batches(self) -> None:
+            """With gradient accumulation, the pairs of an optimizer step and, where validation is counted in
+            batches, its cadence in optimizer steps: Lightning's val_check_interval counts micro-batches, so a
+            recipe run in smaller micro-batches validates (and early-stops) after fewer steps unless it is raised."""
+            t, k = self.trainer, self.trainer.accumulate_grad_batches
+            if k <= 1:
+                return
+            m = self.datamodule.batch_size
+            interval = getattr(t, "val_check_interval", None)
+            steps = interval / k if isinstance(interval, int) else None
+            cadence = (f"; validation every {interval} micro-batches = {steps:g} optimizer step{'s' * (steps != 1)} "
+                       f"(trainer.val_check_interval counts micro-batches)") if steps is not None else ""
+            logging.getLogger("radar_train").info(
+                "radar-train fit: %d pairs per optimizer step per device, in %d micro-batches of %d "
+                "(trainer.accumulate_grad_batches)%s", m * k, k, m, cadence)
 
         def before_validate(self) -> None:
             self._check_data(fit=False)

@@ -27,6 +27,21 @@ def _tiny_args(cache: str, root: Path, steps: int, *extra: str) -> list[str]:
                          "--data.val_batch_size", "16", *extra)
 
 
+def test_a_fit_in_micro_batches_says_its_pairs_per_step_and_its_validation_cadence_in_steps(tiny_cache, tmp_path,
+                                                                                            caplog):
+    """val_check_interval counts micro-batches: with accumulate_grad_batches 2 its 2 are one optimizer step."""
+    with caplog.at_level("INFO", logger="radar_train"):
+        assert _run(_tiny_args(tiny_cache, tmp_path / "run", 2, "--trainer.accumulate_grad_batches", "2")) == 0
+    lines = [r.getMessage() for r in caplog.records if "accumulate_grad_batches" in r.getMessage()]
+    assert lines == ["radar-train fit: 8 pairs per optimizer step per device, in 2 micro-batches of 4 "
+                     "(trainer.accumulate_grad_batches); validation every 2 micro-batches = 1 optimizer step "
+                     "(trainer.val_check_interval counts micro-batches)"]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="radar_train"):
+        assert _run(_tiny_args(tiny_cache, tmp_path / "whole", 1)) == 0
+    assert not [r for r in caplog.records if "accumulate_grad_batches" in r.getMessage()]
+
+
 def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
