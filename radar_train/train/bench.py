@@ -566,12 +566,13 @@ def run_train_benchmark(args: TrainBenchArgs = TrainBenchArgs(), log: Callable[[
 def row_detail(r: dict) -> str:
     """What a row measured, in words (the console table here, the markdown tables of radar_train.bench.tables)."""
     if r["name"] == "lightning_vs_bare":
-        return f"bare {r['bare_samples_per_s']:.1f} samples/s, Lightning {r['lightning_samples_per_s']:.1f} samples/s"
+        return (f"bare {_rate(r['bare_samples_per_s'])} samples/s, Lightning {_rate(r['lightning_samples_per_s'])} "
+                f"samples/s")
     if r["name"] == "data_vs_step":
         return f"load {r['data_ms_per_batch']:.1f} ms/batch vs step {r['step_ms']:.1f} ms ({r['source']})"
     if r["name"] == "compiled_vs_eager":
-        return (f"compiled ({r['backend']}) {r['compiled_samples_per_s']:.1f} samples/s, eager "
-                f"{r['eager_samples_per_s']:.1f} samples/s (medians of {r['steps']} interleaved steps each); "
+        return (f"compiled ({r['backend']}) {_rate(r['compiled_samples_per_s'])} samples/s, eager "
+                f"{_rate(r['eager_samples_per_s'])} samples/s (medians of {r['steps']} interleaved steps each); "
                 f"warm-up with the compilation {r['warmup_s']:.1f} s ({r['warmup_steps']} steps)")
     if r["name"] == "checkpointing":
         vs = f", {r['vs_sampling']:.3f}x VAR sampling of the batch" if "vs_sampling" in r else ""
@@ -580,6 +581,11 @@ def row_detail(r: dict) -> str:
                 f"({r['time_ratio']:.3f}x the time of the first variant; {steps})")
     return (f"train step {r['train_step_mib']:.0f} MiB{_micro(r)} vs VAR sampling {r['var_sampling_mib']:.0f} MiB "
             f"({r['method']})")
+
+
+def _rate(x: float) -> str:
+    """A rate with one decimal, or three significant digits below 10 (0.0985, not 0.1: a CPU step of a large preset)."""
+    return f"{x:.1f}" if x >= 10 else f"{x:.3g}"
 
 
 def _micro(r: dict) -> str:

@@ -113,3 +113,9 @@ def test_the_memory_row_and_the_table_say_when_the_step_ran_in_micro_batches():
     old = {**row, "micro_batch_size": None}  # a row from before micro-batches
     del old["micro_batch_size"]
     assert bench.row_detail(old) == "train step 10 MiB vs VAR sampling 40 MiB (stand-in)"
+
+
+def test_slow_rates_keep_three_significant_digits():
+    """A VAR-d16 step on a CPU runs at about 0.1 samples/s: one decimal would print both loops as 0.1."""
+    row = {"name": "lightning_vs_bare", "bare_samples_per_s": 0.09851, "lightning_samples_per_s": 120.04}
+    assert bench.row_detail(row) == "bare 0.0985 samples/s, Lightning 120.0 samples/s"
