@@ -17,8 +17,8 @@ keeps what it measured):
   longer that preset's first round was) no longer fit is skipped and recorded so.
 - train: decoder-LoRA training-step throughput and peak memory (radar_train.train.bench, VAR-d16 shapes,
   batch 16, bf16-mixed), and each activation-checkpointing mode's peak memory and step time with the whole
-  batch and in micro-batches of 2 (the checkpointing rows) — only when its imports (lightning, peft, zarr) work and at least --train_reserve_s
-  of the budget is left; otherwise recorded as skipped. With --train_compiled also the step with
+  batch and in micro-batches of 2 (the checkpointing rows) — only when its imports (lightning, peft, zarr) work
+  and at least --train_reserve_s of the budget is left; otherwise recorded as skipped. With --train_compiled also the step with
   model.optim.compile (the compiled_vs_eager row; compiling does not fit the default budget).
 - profile: where the time goes (radar_train.bench.scales), on d16 and d24 (those of --presets) at batch 32, bf16:
   per method (vanilla and --methods) each scale's time with the default engine and with compiled (CUDA events

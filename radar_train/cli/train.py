@@ -520,14 +520,17 @@ def memory_note(e: BaseException) -> Optional[str]:
 
     if not isinstance(e, torch.OutOfMemoryError):
         return None
+    validation = ("a validation decodes --data.val_batch_size pairs at once (default: --data.batch_size): lower "
+                  "it")
+    step = ("a training step keeps the activations of --data.batch_size pairs for the backward. The same update "
+            "in less memory: fewer pairs per pass, --data.batch_size M --trainer.accumulate_grad_batches K (M x K "
+            "pairs per optimizer step, their gradients summed; --trainer.val_check_interval counts micro-batches), "
+            "and/or --model.optim.activation_checkpointing blocks (docs/training.md#memory)")
+    if not last_failure:  # (not in a training step or a validation of the fit: the sanity check, say)
+        return f"radar-train: out of memory: {validation}; {step}"
     if last_failure.get("validation"):
-        return ("radar-train: out of memory in a validation, which decodes --data.val_batch_size pairs at once "
-                "(default: --data.batch_size): lower it")
-    return ("radar-train: out of memory in a training step, which keeps the activations of --data.batch_size pairs "
-            "for the backward. The same update in less memory: fewer pairs per pass, --data.batch_size M "
-            "--trainer.accumulate_grad_batches K (M x K pairs per optimizer step, their gradients summed; "
-            "--trainer.val_check_interval counts micro-batches), and/or --model.optim.activation_checkpointing "
-            "blocks (docs/training.md#memory)")
+        return f"radar-train: out of memory in a validation: {validation}"
+    return f"radar-train: out of memory in a training step: {step}"
 
 
 def run_lightning(argv: list[str]) -> None:

@@ -333,14 +333,16 @@ def test_an_owed_validation_the_resumed_loop_does_not_run_is_said(tiny_cache, tm
     assert progress["ready"] == progress["started"] == progress["processed"] == progress["completed"]
 
 
+STEP_ADVICE = ("a training step keeps the activations of --data.batch_size pairs for the backward. The same update "
+               "in less memory: fewer pairs per pass, --data.batch_size M --trainer.accumulate_grad_batches K (M x K "
+               "pairs per optimizer step, their gradients summed; --trainer.val_check_interval counts micro-batches), "
+               "and/or --model.optim.activation_checkpointing blocks (docs/training.md#memory)")
+VALIDATION_ADVICE = "a validation decodes --data.val_batch_size pairs at once (default: --data.batch_size): lower it"
+
+
 @pytest.mark.parametrize("where,advice", [
-    ("backward", "radar-train: out of memory in a training step, which keeps the activations of --data.batch_size "
-                 "pairs for the backward. The same update in less memory: fewer pairs per pass, --data.batch_size M "
-                 "--trainer.accumulate_grad_batches K (M x K pairs per optimizer step, their gradients summed; "
-                 "--trainer.val_check_interval counts micro-batches), and/or "
-                 "--model.optim.activation_checkpointing blocks (docs/training.md#memory)"),
-    ("validation", "radar-train: out of memory in a validation, which decodes --data.val_batch_size pairs at once "
-                   "(default: --data.batch_size): lower it")])
+    ("backward", f"radar-train: out of memory in a training step: {STEP_ADVICE}"),
+    ("validation", f"radar-train: out of memory in a validation: {VALIDATION_ADVICE}")])
 def test_a_fit_out_of_memory_says_what_lowers_the_memory_after_what_it_saved(tiny_cache, tmp_path, where, advice):
     """CUDA's allocator raises torch.OutOfMemoryError: after the line on what was saved, one on the options that
     lower the memory of what failed (a step: micro-batches and activation checkpointing; a validation: its batch)."""
@@ -357,7 +359,11 @@ def test_a_fit_out_of_memory_says_what_lowers_the_memory_after_what_it_saved(tin
         "step after step 1" if where == "backward" else "validation at step 2"))
 
 
-def test_other_failures_get_no_memory_advice():
+def test_other_failures_get_no_memory_advice_and_one_outside_the_steps_gets_both(monkeypatch):
     from radar_train.cli.train import memory_note
+    from radar_train.train import run_checkpoint
 
     assert memory_note(RuntimeError("injected failure")) is None and memory_note(ValueError("x")) is None
+    monkeypatch.setattr(run_checkpoint, "last_failure", {})  # (an error before the fit's first step, say)
+    assert memory_note(torch.OutOfMemoryError("x")) == (f"radar-train: out of memory: {VALIDATION_ADVICE}; "
+                                                        f"{STEP_ADVICE}")
