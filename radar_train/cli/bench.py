@@ -180,12 +180,12 @@ def train(args: TrainBenchArgs = TrainBenchArgs(), json: Optional[str] = None,
         json: also write the result to this JSON file ({device, torch, cuda, commit, date, command, rows}).
         overwrite: replace an existing --json file.
     """
-    from radar_train.train.bench import check_args, format_table, run_train_benchmark
+    from radar_train.train.bench import check_args, format_table, micro_batch, run_train_benchmark
 
     check_args(args)
     _check_json(json, overwrite, {"--args.vae_checkpoint": args.vae_checkpoint, "--args.cache": args.cache})
 
-    m = args.micro_batch_size or args.batch_size
+    m = micro_batch(args)
     micro = f" in micro-batches of {m}" if m < args.batch_size else ""
     print(f"radar-bench train: {args.preset}, batch {args.batch_size}{micro}, {args.warmup} + {args.steps} steps per loop: "
           f"bare PyTorch loop, Lightning loop, data loading{', peak memory' if args.memory else ''} "

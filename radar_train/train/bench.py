@@ -588,15 +588,20 @@ def _rate(x: float) -> str:
     return f"{x:.1f}" if x >= 10 else f"{x:.3g}"
 
 
+def _pairs_per_pass(r: dict) -> int:
+    """A row's micro-batch size (rows from before micro-batches: the batch)."""
+    return r.get("micro_batch_size") or r["batch_size"]
+
+
 def _micro(r: dict) -> str:
-    """' in micro-batches of M' where a row's step ran the batch in several (rows from before micro-batches: none)."""
-    m = r.get("micro_batch_size") or r["batch_size"]
+    """' in micro-batches of M' where a row's step ran the batch in several."""
+    m = _pairs_per_pass(r)
     return f" in micro-batches of {m}" if m < r["batch_size"] else ""
 
 
 def _variant(r: dict) -> str:
     """A checkpointing row's variant in words: 'micro-batches of 2, activation_checkpointing blocks'."""
-    m = r.get("micro_batch_size") or r["batch_size"]
+    m = _pairs_per_pass(r)
     size = f"micro-batches of {m}" if m < r["batch_size"] else "whole batch"
     return f"{size}, activation_checkpointing {str(r['activation_checkpointing']).lower()}"
 

@@ -5,13 +5,11 @@ the run's last periodic checkpoint."""
 from __future__ import annotations
 
 import json
-import sys
-from unittest import mock
 
 import pytest
 import torch
 
-from tiny_training import run_train_cli, tiny_fit_argv
+from tiny_training import run_train_cli, tiny_fit_argv, train_main
 
 STEPS = 6
 
@@ -27,14 +25,10 @@ def _argv(cache: str, root, *extra: str) -> list[str]:
 
 def _fail(cache: str, root, step: int, where: str, *extra: str, val_batch: int = 0, argv=_argv,
           callbacks=()) -> RuntimeError:
-    from radar_train.cli.train import main
-
     cb = [{"class_path": "tiny_training.FailAt",
            "init_args": {"step": step, "where": where, "micro_batch": 2, "val_batch": val_batch}}, *callbacks]
-    args = argv(cache, root, "--trainer.callbacks", json.dumps(cb), *extra)
-    with pytest.raises(RuntimeError, match="injected failure") as e, \
-            mock.patch.object(sys, "argv", ["radar-train", *args]):  # (as a console script has it)
-        main(args)
+    with pytest.raises(RuntimeError, match="injected failure") as e:
+        train_main(argv(cache, root, "--trainer.callbacks", json.dumps(cb), *extra))
     return e.value
 
 
@@ -192,16 +186,14 @@ def test_a_validation_that_raises_at_the_last_step_runs_again_before_the_resumed
 def test_a_validation_failure_after_early_stopping_took_its_results_saves_nothing(tiny_cache, tmp_path, monkeypatch):
     """The best step's save (after early stopping's, before the run's) fails in the first validation: early stopping
     has counted it, and a resume would count it again, so nothing is saved and the note says why."""
-    from radar_train.cli.train import main
     from radar_train.train.selection import BestCheckpoint
 
     def disk_full(self, trainer, filepath):
         raise RuntimeError("injected failure")
 
     monkeypatch.setattr(BestCheckpoint, "_save_checkpoint", disk_full)
-    argv = _validated_argv(tiny_cache, tmp_path / "run")
-    with pytest.raises(RuntimeError, match="injected failure") as e, mock.patch.object(sys, "argv", ["radar-train", *argv]):
-        main(argv)
+    with pytest.raises(RuntimeError, match="injected failure") as e:
+        train_main(_validated_argv(tiny_cache, tmp_path / "run"))
     assert e.value.__notes__ == ["radar-train: the run failed; nothing saved since its last checkpoint (the "
                                  "validation at step 2 failed after a callback had taken its results (early "
                                  "stopping, the best step): running it again would count it twice)"]
@@ -346,14 +338,10 @@ VALIDATION_ADVICE = "a validation decodes --data.val_batch_size pairs at once (d
 def test_a_fit_out_of_memory_says_what_lowers_the_memory_after_what_it_saved(tiny_cache, tmp_path, where, advice):
     """CUDA's allocator raises torch.OutOfMemoryError: after the line on what was saved, one on the options that
     lower the memory of what failed (a step: micro-batches and activation checkpointing; a validation: its batch)."""
-    from radar_train.cli.train import main
-
     cb = [{"class_path": "tiny_training.FailAt", "init_args": {"step": 2, "where": where, "micro_batch": 2,
                                                              "out_of_memory": True}}]
-    argv = _argv(tiny_cache, tmp_path / "run", "--trainer.callbacks", json.dumps(cb))
-    with pytest.raises(torch.OutOfMemoryError, match="injected failure") as e, \
-            mock.patch.object(sys, "argv", ["radar-train", *argv]):  # (as a console script has it)
-        main(argv)
+    with pytest.raises(torch.OutOfMemoryError, match="injected failure") as e:
+        train_main(_argv(tiny_cache, tmp_path / "run", "--trainer.callbacks", json.dumps(cb)))
     assert e.value.__notes__[1:] == [advice]
     assert e.value.__notes__[0].startswith("radar-train: the run failed in the " + (
         "step after step 1" if where == "backward" else "validation at step 2"))
