@@ -2,14 +2,12 @@
 naming the options to pass, before anything is written; the toy versions run the recipe without LPIPS."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import yaml
 
-from radar_train.cli.train import main
+from tiny_training import run_train_cli
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "train"
 REAL = sorted(p for p in CONFIGS.glob("d*_radar.yaml"))
@@ -25,10 +23,7 @@ def test_there_are_recipe_configs_for_the_real_models_and_the_toy_world():
 @pytest.mark.parametrize("config", REAL, ids=[p.name for p in REAL])
 def test_without_lpips_weights_a_recipe_fit_is_one_line_naming_what_to_pass(config, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    argv = ["fit", "--config", str(config)]
-    with pytest.raises(SystemExit) as e, mock.patch.object(sys, "argv", ["radar-train", *argv]):
-        main(argv)
-    assert e.value.code == 2
+    assert run_train_cli(["fit", "--config", str(config)]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(err) == 1
     assert "--model.loss.lpips_vgg" in err[0] and "--model.loss.lpips_weight 0" in err[0]  # (the heads: shipped)

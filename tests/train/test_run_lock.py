@@ -17,9 +17,9 @@ from unittest import mock
 
 import pytest
 
-from radar_train.cli.train import main
 from radar_train.outputs import OutputError
 from radar_train.train import run_lock
+from tiny_training import run_train_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 SLURM = ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_JOB_NAME", "SLURM_RESTART_COUNT")
@@ -73,13 +73,6 @@ def _args(cache: str, root: Path, steps: int, *extra: str, callbacks: list | Non
             "--model.monitor.train_metrics_every_n_steps", "0", *extra]
 
 
-def _run(argv: list[str]) -> int:
-    """main(argv) in-process; the exit status."""
-    with pytest.raises(SystemExit) as e, mock.patch.object(sys, "argv", ["radar-train", *argv]):
-        main(argv)
-    return e.value.code
-
-
 def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -89,7 +82,7 @@ def test_a_fit_into_a_folder_a_live_fit_holds_is_one_error_line_and_writes_nothi
     root = tmp_path / "run"
     _write_lock(root, socket.gethostname(), sleeper, job="4242")
     before = _tree(root)
-    assert _run(_args(tiny_cache, root, 2)) == 2
+    assert run_train_cli(_args(tiny_cache, root, 2)) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"error: --trainer.default_root_dir {root} is in use by radar-train fit {socket.gethostname()}:{sleeper} "
         f"(SLURM job 4242) since 2025-01-02T03:04:05+00:00: wait for it to end, or choose another folder")
@@ -104,7 +97,7 @@ def test_a_rank_srun_started_other_than_0_neither_judges_nor_takes_the_lock(tiny
     lock = _write_lock(root, socket.gethostname(), sleeper, job="7", restart=0)  # rank 0 of the same job, alive
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     monkeypatch.setenv("SLURM_PROCID", "1")
-    assert _run(_args(tiny_cache, root, 1)) == 0
+    assert run_train_cli(_args(tiny_cache, root, 1)) == 0
     assert _owner(lock)["pid"] == sleeper  # rank 0's lock, untouched
 
 
@@ -121,7 +114,7 @@ def test_a_dead_fits_lock_is_taken_over_held_while_the_fit_runs_and_removed_at_i
         release(self)
 
     with mock.patch.object(run_lock.RunLock, "release", spy):
-        assert _run(_args(tiny_cache, root, 2)) == 0
+        assert run_train_cli(_args(tiny_cache, root, 2)) == 0
     assert [s and (s["host"], s["pid"]) for s in seen] == [(socket.gethostname(), os.getpid())]
     assert sorted(p.name for p in root.iterdir()) == ["checkpoints", "config.yaml", "final"]
 
@@ -225,7 +218,7 @@ def test_a_running_fit_holds_the_folder_until_sigterm_and_a_killed_ones_lock_doe
     try:
         assert _owner(root / ".fit.lock")["pid"] == first.pid
         config = (root / "config.yaml").read_bytes()
-        assert _run(_args(tiny_cache, root, 2, "--model.lora.rank", "2")) == 2
+        assert run_train_cli(_args(tiny_cache, root, 2, "--model.lora.rank", "2")) == 2
         assert "is in use by radar-train fit" in capsys.readouterr().err.strip().splitlines()[-1]
         assert (root / "config.yaml").read_bytes() == config
     finally:
@@ -242,7 +235,7 @@ def test_a_running_fit_holds_the_folder_until_sigterm_and_a_killed_ones_lock_doe
         second.kill()
     assert not (root / ".fit.lock").exists()
     step = int(beacon.read_text())
-    assert _run(_args(tiny_cache, root, step + 1, "--ckpt_path", "last")) == 0
+    assert run_train_cli(_args(tiny_cache, root, step + 1, "--ckpt_path", "last")) == 0
     assert not (root / ".fit.lock").exists() and (root / "final").is_dir()
 
 
