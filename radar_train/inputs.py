@@ -20,12 +20,16 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["InputError", "check_file", "check_dir", "reading", "read_text", "read_yaml", "read_json", "load_torch",
+__all__ = ["InputError", "NotWeights", "check_file", "check_dir", "reading", "read_text", "read_yaml", "read_json", "load_torch",
            "load_safetensors", "failure_reason"]
 
 
 class InputError(ValueError):
     """A file or folder given as input cannot be used; the message is one line and names it."""
+
+
+class NotWeights(ValueError):
+    """A torch file that is not one of weights: the message is the reason as it reads after the file's name."""
 
 
 def _one_line(text: str, limit: int = 160) -> str:
@@ -53,6 +57,8 @@ def failure_reason(e: BaseException) -> str:
         return f"is not valid YAML ({_one_line(str(e))})"
     if isinstance(e, EOFError):
         return "is empty or truncated"
+    if isinstance(e, NotWeights):
+        return str(e)
     text = _one_line(str(e)) or type(e).__name__
     if "zip" in text.lower() or "pickle" in text.lower() or "central directory" in text.lower():
         return f"is truncated or not a torch checkpoint ({text.split('. ')[0]})"
@@ -151,8 +157,38 @@ def torch_load_weights(path: str | os.PathLike, mmap: bool = False) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             if "TorchScript" in str(e):
-                raise ValueError("is a TorchScript archive (torch.jit.save), not a file of weights") from None
-            raise
+                raise NotWeights("is a TorchScript archive (torch.jit.save), not a file of weights") from None
+            raise _not_weights(path, e) or e
+
+
+_PICKLE_START = (0x80, ord("("), ord("}"), ord("]"))  # protocol 2+ opcode; protocol 0/1's first opcodes
+
+
+def _not_weights(path: str | os.PathLike, e: Exception) -> NotWeights | None:
+    """What torch.load's failure on `path` means when torch's own text would mislead: a file that neither starts as a
+    zip archive nor as a pickle (torch's text then speaks of weights_only), or a pickle weights_only=True refuses:
+    objects other than tensors and plain values, or not torch's format (torch's text then runs to a dozen lines).
+    None otherwise (a truncated zip: failure_reason says so from torch's text)."""
+    import pickle
+    import re
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return None
+    if head and head != b"PK" and not zipfile.is_zipfile(path) and head[0] not in _PICKLE_START:  # (PK: a zip's start)
+        return NotWeights("is neither a zip archive nor a pickle (not a file torch.save wrote)")
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+    if isinstance(e, pickle.UnpicklingError) and found:
+        return NotWeights(f"holds a Python object ({found.group(1).rstrip('.')}) besides tensors and plain values; "
+                          f"radar_train loads weights only (torch.load with weights_only=True) and builds no objects: "
+                          f"save the tensors (a state_dict) instead")
+    detail = re.search(r"WeightsUnpickler error:(.*?)(Check the documentation|$)", str(e), re.S)
+    if isinstance(e, pickle.UnpicklingError) and detail:
+        return NotWeights(f"is a pickle that torch's weights-only reader cannot read ({_one_line(detail.group(1))}): "
+                          f"not a file torch.save wrote, or one of objects rather than tensors")
+    return None
 
 
 def load_safetensors(path: str | os.PathLike, what: str = "safetensors file") -> dict:

@@ -64,5 +64,20 @@ def test_torch_files_are_read_with_weights_only(tmp_path):
     from fractions import Fraction  # a class weights_only=True refuses to build from a pickle
 
     torch.save({"obj": Fraction(1, 3)}, tmp_path / "pickle.pt")
-    with pytest.raises(InputError, match="pickle.pt: checkpoint"):
+    with pytest.raises(InputError, match=r"pickle.pt: checkpoint holds a Python object \(fractions\.Fraction\) "
+                                         r"besides tensors") as e:
         load_torch(tmp_path / "pickle.pt")
+    assert "\n" not in str(e.value) and "save the tensors (a state_dict) instead" in str(e.value)
+
+
+@pytest.mark.parametrize("content,says", [
+    (b"\x00\x01random bytes", "is neither a zip archive nor a pickle (not a file torch.save wrote)"),
+    (b"(dp0\nS'a'\np1\nI1\ns.", "is a pickle that torch's weights-only reader cannot read (Unsupported operand"),
+])
+def test_a_file_torch_did_not_write_says_what_it_is_in_one_line(tmp_path, content, says):
+    """torch's own text for these speaks of weights_only and runs over lines: random bytes, a plain pickle."""
+    (tmp_path / "f.pt").write_bytes(content)
+    with pytest.raises(InputError) as e:
+        load_torch(tmp_path / "f.pt")
+    assert str(e.value).startswith(f"{tmp_path / 'f.pt'}: checkpoint {says}") and "\n" not in str(e.value)
+    assert "PyTorch 2.6" not in str(e.value)

@@ -18,7 +18,7 @@ from safetensors.torch import load as safetensors_from_bytes
 import torch
 from torch import nn
 
-from radar_train.inputs import InputError, torch_load_weights
+from radar_train.inputs import InputError, NotWeights, torch_load_weights
 from radar_train.outputs import atomic_file
 
 from .configs import MODEL_PRESETS, VARConfig, VQVAEConfig
@@ -52,6 +52,8 @@ def read_state_dict(path: str | Path, role: Literal["var", "vqvae"] | None = Non
             sd = _safetensors_shapes(p) if shapes_only else safetensors.torch.load_file(str(p))
         else:
             sd = torch_load_weights(p, mmap=shapes_only)
+    except NotWeights as e:
+        raise CheckpointError(f"{p}: checkpoint {e}") from None
     except Exception as e:  # noqa: BLE001 - every reader failure becomes one clear line
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{p}: not a readable checkpoint (truncated, or not a zip/pickle/safetensors "

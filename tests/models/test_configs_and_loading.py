@@ -1,5 +1,6 @@
 """Named configs vs the official state-dict key lists, the φ table, weight loading and its errors."""
 import json
+import re
 import zipfile
 
 import pytest
@@ -98,11 +99,15 @@ def test_error_missing_file(tmp_path):
         load_var_weights(build_var(get_preset("tiny").var, "meta"), tmp_path / "nope.pth")
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04truncated-zip"])
-def test_error_not_a_checkpoint(tmp_path, content):
+@pytest.mark.parametrize("content,says", [
+    (b"", "not a readable checkpoint"),
+    (b"not a checkpoint at all", "checkpoint is neither a zip archive nor a pickle"),
+    (b"PK\x03\x04truncated-zip", "not a readable checkpoint (truncated"),
+])
+def test_error_not_a_checkpoint(tmp_path, content, says):
     p = tmp_path / "broken.pth"
     p.write_bytes(content)
-    with pytest.raises(CheckpointError, match=r"broken\.pth: not a readable checkpoint") as e:
+    with pytest.raises(CheckpointError, match=rf"broken\.pth: {re.escape(says)}") as e:
         load_var_weights(build_var(get_preset("tiny").var, "meta"), p)
     assert "\n" not in str(e.value)
 
