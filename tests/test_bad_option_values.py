@@ -166,3 +166,20 @@ def test_a_trainer_choice_whose_package_is_missing_is_one_error_line(world, tmp_
         pytest.skip(f"{package} is installed here")
     assert_refused("train", fit_args(world, tmp_path, f"--trainer.{option}", value), tmp_path, (world["w"], tmp_path),
                    needles)
+
+
+@pytest.mark.parametrize("cli,argv,abbreviated", [
+    ("cache", ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--output", "c", "--worker", "0"], "--worker"),
+    ("train", ["fit", "--config", str(CONFIGS / "train" / "tiny.yaml"), "--trainer.max_step", "2"],
+     "--trainer.max_step"),
+    ("train", ["export", "--ck", "last.ckpt", "--output", "a"], "--ck"),
+    ("generate", ["--model.preset", "tiny", "--class", "0", "--seeds", "0", "--output", "g"], "--class"),
+    ("fid", ["--model.preset", "tiny", "--num_sample", "4", "--save_npz", "true", "--output", "f"], "--num_sample"),
+    ("bench", ["accel", "--setup.batch", "2"], "--setup.batch"),
+    ("accel", ["calibrate", "--model.preset", "tiny", "--num_sample", "2", "--output", "r.yaml"], "--num_sample"),
+    ("demo", ["--out", "d"], "--out"),
+])
+def test_an_option_spelt_in_part_is_unknown_not_expanded(tmp_path, cli, argv, abbreviated):
+    """`--worker 3` was taken as `--worker_index 3` by jsonargparse 4, with a two-paragraph deprecation warning above
+    the command's output (jsonargparse 5 refuses it): every command takes options as spelt in full."""
+    assert_refused(cli, argv, tmp_path, (tmp_path,), [f"unrecognized arguments: {abbreviated} "])

@@ -6,6 +6,7 @@ input error path, and every error the user can fix printed as one line (`error: 
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -345,6 +346,18 @@ def _required_options(parser, message: str) -> str:
     return head + sep + ", ".join(_option_name(parser, k.strip()) for k in keys.split(","))
 
 
+def _no_abbreviations(parser) -> None:
+    """Options are taken as spelt in full, by `parser` and its subcommands' parsers: `--worker 3` is an unknown
+    option, not `--worker_index 3`. jsonargparse 4 expanded a unique prefix with a deprecation warning (two
+    paragraphs above the command's output) and 5 refuses it; an expansion would also change meaning as options are
+    added."""
+    parser.allow_abbrev = False
+    for action in getattr(parser, "_actions", ()):
+        for sub in (getattr(action, "choices", None) or {}).values() if isinstance(action, argparse._SubParsersAction) \
+                else ():
+            _no_abbreviations(sub)
+
+
 @contextlib.contextmanager
 def checked_parsing() -> Iterator[None]:
     """While an entry point's body runs, every jsonargparse `parse_args` (LightningCLI's too) first reads
@@ -362,6 +375,7 @@ def checked_parsing() -> Iterator[None]:
 
     def parse_args(self, args=None, *rest, **kwargs):
         args = sys.argv[1:] if args is None else args
+        _no_abbreviations(self)
         try:
             args = check_parser_args(self, args)
         except InputError:
