@@ -35,7 +35,7 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 
 __all__ = ["OutputError", "Inputs", "check_output_file", "check_output_dir", "check_replace_dir", "check_resume_dir",
            "check_no_overlap", "atomic_file", "write_text_atomic", "staged_entries", "swap_entries", "replace_dir",
-           "temp_name", "is_temp_of", "clear_stale_temps", "normal_file_mode"]
+           "temp_name", "is_temp_of", "clear_stale_temps", "normal_file_mode", "check_writable"]
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def check_no_overlap(option: str, path: PathLike, inputs: Optional[Inputs], targ
                                   f"it): choose an output that does not hold it")
 
 
-def _check_writable(path: Path, option: str) -> None:
+def check_writable(path: Path, option: str) -> None:
     """The nearest existing ancestor of `path` must be a folder we may create entries in."""
     for anc in [path, *path.parents]:
         if anc.exists() or anc.is_symlink():
@@ -99,7 +99,7 @@ def check_output_file(path: PathLike, option: str = "--output", inputs: Optional
         raise OutputError(f"{option} {p} is a folder: give a file name")
     if p.exists() and not overwrite:
         raise OutputError(f"{option} {p} exists: pass --overwrite to replace it, or choose another file name")
-    _check_writable(p.parent, option)
+    check_writable(p.parent, option)
     return p
 
 
@@ -115,7 +115,7 @@ def check_output_dir(path: PathLike, writes: Sequence[str], option: str = "--out
     if existing and not overwrite:
         raise OutputError(f"{option} {p} already holds {', '.join(existing)} (an earlier run's output): pass "
                           f"--overwrite to replace them, or choose another folder")
-    _check_writable(p, option)
+    check_writable(p, option)
     return p
 
 
@@ -135,7 +135,7 @@ def check_replace_dir(path: PathLike, is_ours: Callable[[Path], bool], what: str
         if not overwrite:
             raise OutputError(f"{option} {p} already holds {what}: pass --overwrite to replace it, or choose "
                               f"another folder")
-    _check_writable(p, option)
+    check_writable(p, option)
     return p
 
 
@@ -151,7 +151,7 @@ def check_resume_dir(path: PathLike, marker: str, what: str, option: str = "--ou
     if p.is_dir() and not (p / marker).is_file() and any(not is_temp_of(e, marker) for e in p.iterdir()):
         raise OutputError(f"{option} {p} is a folder that is not empty and holds no {marker}, so it is not {what}: "
                           f"choose a new or empty folder (only {what} is resumed)")
-    _check_writable(p, option)
+    check_writable(p, option)
     return p
 
 

@@ -222,6 +222,10 @@ CASES = [
     ("fit-resumed-with-another-lora-rank", "train",  # refused at restore: the run's config.yaml stays the run's
      lambda w, t: fit_args(w["cache"], w["run"], 5, "--ckpt_path", "last", "--model.lora.rank", "4"),
      ["another LoRA layout"]),
+    ("fit-into-a-file", "train", lambda w, t: fit_args(w["cache"], w["w"] / "junk.bin", 5),  # (was: [Errno 20])
+     ["--trainer.default_root_dir", "junk.bin is an existing file: give a folder"]),
+    ("fit-into-a-folder-under-a-file", "train", lambda w, t: fit_args(w["cache"], w["w"] / "junk.bin" / "run", 5),
+     ["--trainer.default_root_dir", "junk.bin is a file, not a folder"]),
     ("fit-inside-the-cache", "train", lambda w, t: fit_args(w["cache"], w["cache"] / "run", 5),
      ["--trainer.default_root_dir", "--data.caches"]),
     ("fit-from-a-truncated-checkpoint", "train",

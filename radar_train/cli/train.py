@@ -184,11 +184,12 @@ def check_run_folder(root: str | os.PathLike, ckpt_path: Optional[str], subcomma
     """OutputError unless the run folder may be written: not a file, not inside (or holding) a cache, and
     for a new fit (no --ckpt_path, a checkpoint of another folder, or `last` / `hpc` with nothing there to
     resume) absent, empty or an early leftover, and not holding a --config file (`configs`) as config.yaml."""
-    from radar_train.outputs import OutputError, check_no_overlap
+    from radar_train.outputs import OutputError, check_no_overlap, check_writable
 
     p = Path(root)
     if p.exists() and not p.is_dir():
         raise OutputError(f"{RUN_OPTION} {p} is an existing file: give a folder")
+    check_writable(p, RUN_OPTION)  # (a file above it, a folder we may not write into)
     check_no_overlap(RUN_OPTION, p, inputs, [p / e for e in RUN_ENTRIES])
     if subcommand != "fit" or not p.is_dir() or resumes(p, ckpt_path):
         return  # nothing there yet, or resuming the run in its own folder

@@ -85,7 +85,7 @@ def _read(path: Path) -> Optional[tuple[Optional[dict], os.stat_result]]:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
             text = f.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # (no lock; or RUN, or a folder above it, is a file: said later)
         return None
     try:
         owner = json.loads(text)
