@@ -52,14 +52,15 @@ def assert_unchanged(before: dict, after: dict) -> None:
     assert [k for k in before if before[k] != after[k]] == [], "files changed"
 
 
-def assert_refused(cli: str, argv: list[str], cwd: Path, roots: tuple[Path, ...], needles: Sequence[str]) -> None:
+def assert_refused(cli: str, argv: list[str], cwd: Path, roots: tuple[Path, ...], needles: Sequence[str]) -> str:
     """radar-<cli> argv in `cwd` fails with one `error:` line holding every needle, and every file under `roots`
-    stays as it was, with nothing new."""
+    stays as it was, with nothing new. Returns that line."""
     before = snapshot(*roots)
     code, err = call_cli(cli, argv, cwd)
     assert code not in (0, None), err
-    assert_one_line_error(err, *needles)
+    line = assert_one_line_error(err, *needles)
     assert_unchanged(before, snapshot(*roots))
+    return line
 
 
 def build_small_cache(build_cache, output: Path) -> Path:

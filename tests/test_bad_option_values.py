@@ -183,3 +183,16 @@ def test_an_option_spelt_in_part_is_unknown_not_expanded(tmp_path, cli, argv, ab
     """`--worker 3` was taken as `--worker_index 3` by jsonargparse 4, with a two-paragraph deprecation warning above
     the command's output (jsonargparse 5 refuses it): every command takes options as spelt in full."""
     assert_refused(cli, argv, tmp_path, (tmp_path,), [f"unrecognized arguments: {abbreviated} "])
+
+
+@pytest.mark.parametrize("value,says", [
+    ("[[13, 0.5]]", "--accel.fastvar.prune: expected dict[int, float] or null, got [[13, 0.5]] ("),
+    ("{a: 0.5}", "--accel.fastvar.prune: expected dict[int, float] or null, got {'a': 0.5} (invalid literal for int()"),
+])
+def test_a_value_of_none_of_an_options_types_is_said_in_a_few_words(tmp_path, value, says):
+    """jsonargparse says "Does not validate against any of the Union subtypes; Subtypes: [...]; Errors: - Expected a
+    <class 'dict'>; - Expected a <class 'NoneType'>; Given value type: ...": the types and the value, and only
+    what an error adds to "not of this type"."""
+    line = assert_refused("accel", ["show", "--model.preset", "tiny", "--accel.method", "fastvar",
+                                    "--accel.fastvar.prune", value], tmp_path, (tmp_path,), [says])
+    assert "Union subtypes" not in line and "NoneType" not in line

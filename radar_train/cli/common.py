@@ -144,8 +144,36 @@ def one_line(text: object) -> str:
 
 
 def _parse_error(e: BaseException) -> str:
-    """A jsonargparse error as one line, options spelt as on the command line ('--data.batch_size')."""
-    return re.sub(r'Parser key "([^"]+)"', r"--\1", one_line(e))
+    """A jsonargparse error as one line, options spelt as on the command line ('--data.batch_size'), a value that
+    fits none of an option's types said in a few words (`_union_message`)."""
+    return _union_message(re.sub(r'Parser key "([^"]+)"', r"--\1", one_line(e)))
+
+
+_UNION = re.compile(r"Does not validate against any of the Union subtypes; Subtypes: \[(?P<types>.*?)\]; "
+                    r"Errors: (?P<errors>.*?); Given value type: <class '[^']+'>; Given value: (?P<value>.*)$")
+_NOT_OF_TYPE = re.compile(r"Expected a <class '[^']+'>\.?")
+
+
+def _union_message(text: str) -> str:
+    """jsonargparse's "Does not validate against any of the Union subtypes; Subtypes: [dict[int, float], <class
+    'NoneType'>]; Errors: - Expected a <class 'dict'>; - Expected a <class 'NoneType'>; Given value type: <class
+    'list'>; Given value: [[8, 0.5]]" as "expected dict[int, float] or null, got [[8, 0.5]]", keeping what an error
+    says beyond "not of this type" (a dict key that is not an int) in brackets. Other text is returned as it is."""
+    found = _UNION.search(text)
+    if found is None:
+        return text
+    types, depth, start = [], 0, 0
+    spelt = found["types"]
+    for i, ch in enumerate(spelt + ","):
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            types.append(spelt[start:i].strip())
+            start = i + 1
+    names = [re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", t).replace("NoneType", "null") for t in types]
+    details = [d.strip() for d in re.split(r"(?:^|; )- ", found["errors"]) if d.strip()]
+    details = [d for d in details if not _NOT_OF_TYPE.fullmatch(d)]
+    said = f"expected {' or '.join(names)}, got {found['value']}" + (f" ({'; '.join(details)})" if details else "")
+    return text[:found.start()] + said
 
 
 # The config-file options of the entry points (radar-train's LightningCLI also has the short `-c`).
