@@ -181,8 +181,11 @@ def test_a_trainer_choice_whose_package_is_missing_is_one_error_line(world, tmp_
 ])
 def test_an_option_spelt_in_part_is_unknown_not_expanded(tmp_path, cli, argv, abbreviated):
     """`--worker 3` was taken as `--worker_index 3` by jsonargparse 4, with a two-paragraph deprecation warning above
-    the command's output (jsonargparse 5 refuses it): every command takes options as spelt in full."""
-    assert_refused(cli, argv, tmp_path, (tmp_path,), [f"unrecognized arguments: {abbreviated} "])
+    the command's output (jsonargparse 5 refuses it): every command takes options as spelt in full. The line points
+    to the help that lists the options: the subcommand's, where there is one."""
+    program = f"radar-{cli} {argv[0]}" if not argv[0].startswith("-") else f"radar-{cli}"
+    assert_refused(cli, argv, tmp_path, (tmp_path,),
+                   [f"unrecognized arguments: {abbreviated} ", f"(`{program} --help` lists the options)"])
 
 
 @pytest.mark.parametrize("value,says", [

@@ -168,7 +168,9 @@ def _calibrate_sca(model: ModelArgs, sampling: SamplingConfig, accel: AccelArgs,
 def main(argv: list[str] | None = None) -> None:
     from radar_train.cli.common import run_main
 
-    run_main("radar-accel", lambda args: CLI([show, calibrate], args=args, exit_on_error=False), argv)
+    commands = [show, calibrate]
+    run_main("radar-accel", lambda args: CLI(commands, args=args, exit_on_error=False), argv,
+             commands=[c.__name__ for c in commands])
 
 
 if __name__ == "__main__":

@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     from radar_train.cli.common import run_main
 
     commands = {"accel": accel, "pipeline": pipeline, "cache": cache, "train": train, "tradeoff": tradeoff}
-    run_main("radar-bench", lambda args: CLI(commands, args=args, exit_on_error=False), argv)
+    run_main("radar-bench", lambda args: CLI(commands, args=args, exit_on_error=False), argv, commands=list(commands))
 
 
 if __name__ == "__main__":

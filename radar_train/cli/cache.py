@@ -186,7 +186,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     from radar_train.cli.common import run_main
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    run_main("radar-cache", _main, argv)
+    run_main("radar-cache", _main, argv, commands=list(COMMANDS))
 
 
 if __name__ == "__main__":

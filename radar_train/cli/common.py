@@ -555,11 +555,13 @@ def sigterm_ignored() -> Iterator[None]:
 
 
 def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Optional[Sequence[str]] = None,
-             errors: tuple[type[BaseException], ...] = (), check_configs: bool = True) -> NoReturn:
+             errors: tuple[type[BaseException], ...] = (), check_configs: bool = True,
+             commands: Sequence[str] = ()) -> NoReturn:
     """Run `body(args)` (args: argv, or sys.argv[1:]) and exit with its status; a parse error or one of
     USER_ERRORS (and `errors`) is one line on stderr and exit status 2, Ctrl-C one line and 130. Config files are read first
     (unless `check_configs` is false: the body calls check_config_files itself), and again with their
-    groups checked when the body parses (`checked_parsing`)."""
+    groups checked when the body parses (`checked_parsing`). `commands`: the program's subcommands, so that a parse
+    error after one points to its help (`radar-toy measure --help`), which lists its options."""
     from jsonargparse import ArgumentError
 
     from radar_train.progress import check_env
@@ -578,7 +580,8 @@ def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Option
         with checked_parsing():
             code = body(args)
     except ArgumentError as e:
-        print(f"error: {_parse_error(e)} (`{prog} --help` lists the options)", file=sys.stderr)
+        sub = f"{prog} {args[0]}" if args and args[0] in commands else prog
+        print(f"error: {_parse_error(e)} (`{sub} --help` lists the options)", file=sys.stderr)
         sys.exit(2)
     except (*USER_ERRORS, *errors) as e:
         print_error(e)

@@ -109,7 +109,9 @@ def _logging() -> None:
 def main(argv: list[str] | None = None) -> None:
     from radar_train.cli.common import run_main
 
-    run_main("radar-toy", lambda args: CLI([train, measure, masks, combine], args=args, exit_on_error=False), argv)
+    commands = [train, measure, masks, combine]
+    run_main("radar-toy", lambda args: CLI(commands, args=args, exit_on_error=False), argv,
+             commands=[c.__name__ for c in commands])
 
 
 if __name__ == "__main__":
