@@ -637,6 +637,25 @@ def test_cli_output_drops_library_deprecation_noise_and_keeps_warnings_a_user_ca
         "adapter was trained for fastvar, not stagevar", "our own old option"]
 
 
+def test_our_own_warnings_print_as_one_line_and_others_keep_pythons_format(monkeypatch):
+    """Ours was "/…/radar_train/inference/pipeline.py:206: UserWarning: adapter … was trained on latents of another
+    acceleration …" and then the source line that warned ("  self.load_adapter(adapter, merge=…)")."""
+    import warnings
+
+    import radar_train
+    from radar_train.cli.common import plain_own_warnings
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
+    plain_own_warnings()
+    plain_own_warnings()  # (twice, as a second command in one process: not wrapped twice)
+    ours = str(Path(radar_train.__file__).parent / "inference" / "pipeline.py")
+    assert warnings.formatwarning("adapter a was trained for fastvar", UserWarning, ours, 206,
+                                  "self.load_adapter(adapter)") == "warning: adapter a was trained for fastvar\n"
+    theirs = warnings.formatwarning("The number of training batches (8) is smaller", UserWarning,
+                                    "/site-packages/lightning/pytorch/loops/fit_loop.py", 3, "rank_zero_warn(...)")
+    assert theirs.startswith("/site-packages/lightning/pytorch/loops/fit_loop.py:3: UserWarning: The number")
+
+
 def test_cache_status_of_a_shard_without_an_array_reports_it_and_leaves_it_out_of_the_statistics(world, tmp_path,
                                                                                                  capsys):
     """status is a report, not a check: a complete shard lacking an array (a partial copy) is named with its

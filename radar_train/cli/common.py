@@ -58,6 +58,25 @@ def quiet_library_warnings() -> None:
             warnings.filterwarnings("ignore", message=message)
 
 
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+
+
+def plain_own_warnings() -> None:
+    """Our own warnings (an adapter trained for another method, ...) print as one line, `warning: <message>`, without
+    Python's file:line prefix and the source line that raised it, which say nothing to a user of the command.
+    Others' (Lightning's hints about the user's settings) keep Python's format. Only in entry points."""
+    default = warnings.formatwarning
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        if str(filename).startswith(_PACKAGE_DIR):
+            return f"warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    if not getattr(warnings.formatwarning, "_radar", False):
+        formatwarning._radar = True
+        warnings.formatwarning = formatwarning
+
+
 class RankZeroInfo(logging.Filter):
     """Lets records below WARNING through only on the process of global rank 0 (Lightning's
     `rank_zero_only.rank`, set from the launcher's environment and by the strategy), so that a run on N
@@ -572,6 +591,7 @@ def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Option
     args = expand_flags(sys.argv[1:] if argv is None else argv)
     show_field_docs(args)
     quiet_library_warnings()
+    plain_own_warnings()
     reopen_closed_streams(logging.getLogger())
     try:
         check_env()  # RADAR_PROGRESS / RADAR_PROGRESS_INTERVAL, before any work

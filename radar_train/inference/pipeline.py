@@ -244,6 +244,11 @@ class RadarPipeline:
         from radar_train.export import load_adapter, read_radar_config
 
         meta = read_radar_config(adapter_dir)
+        dec = self.vqvae.latent_decoder().eval()  # (built without random draws; load_adapter keeps the RNG too)
+        self.adapted_decoder = load_adapter(dec, adapter_dir, identity=self.vae_identity, merge=merge,
+                                            num_classes=self.var.num_classes).eval()
+        self.adapter_meta, self.adapter_dir, self.adapter_merged = meta, str(adapter_dir), merge
+        # (warned once the adapter is taken: an adapter refused for another VQ-VAE gets its error line alone)
         for trained in [c.get("accel") for c in meta.get("caches") or [] if c.get("accel")]:
             diffs = accel_differences(trained, self.accel.describe())
             if diffs:
@@ -251,10 +256,6 @@ class RadarPipeline:
                               f"pipeline runs ({'; '.join(diffs)}, trained vs now); restoration may be worse",
                               stacklevel=2)
                 break
-        dec = self.vqvae.latent_decoder().eval()  # (built without random draws; load_adapter keeps the RNG too)
-        self.adapted_decoder = load_adapter(dec, adapter_dir, identity=self.vae_identity, merge=merge,
-                                            num_classes=self.var.num_classes).eval()
-        self.adapter_meta, self.adapter_dir, self.adapter_merged = meta, str(adapter_dir), merge
 
     def fingerprint(self) -> dict:
         """What identifies the samples this pipeline makes, for a command that goes on from an interrupted run

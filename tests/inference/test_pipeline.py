@@ -67,6 +67,12 @@ def test_decode_precision_runs_the_decoder_under_autocast_and_is_in_the_fingerpr
 def test_adapter_of_another_vqvae_is_refused(trained_run):
     with pytest.raises(ValueError, match="was trained for the VQ-VAE random:tiny:seed=0"):
         _pipe(trained_run["adapter"], init_seed=7)
+    # of another VQ-VAE and for another method: refused without a warning about the method first
+    with warnings.catch_warnings(), pytest.raises(ValueError, match="was trained for the VQ-VAE"):
+        warnings.simplefilter("error")
+        RadarPipeline.from_config(PipelineArgs(model=ModelArgs(preset="tiny", init_seed=7),
+                                               accel=AccelArgs("fastvar", FastVARArgs(preset="aggressive")),
+                                               adapter=str(trained_run["adapter"]), device="cpu"))
 
 
 def test_adapter_for_another_method_warns(trained_run):
