@@ -214,11 +214,15 @@ def _short(v: Any, limit: int = 60) -> str:
 
 def manifest_differences(stored: Manifest, wanted: Manifest) -> list[str]:
     """Dotted fields whose values differ ("plan.shard_size (cache: 16, now: 32)"), informational
-    fields excluded."""
+    fields excluded. Where the acceleration method differs, its line alone stands for the method's settings
+    (one method's fields are absent from the other's: a line each said nothing more)."""
     a, b = _flatten(stored.to_dict()), _flatten(wanted.to_dict())
+    other_method = a.get("accel.method") != b.get("accel.method")
     diffs = []
     for key in sorted(set(a) | set(b)):
         if key in INFORMATIONAL_FIELDS or any(key.startswith(f + ".") for f in INFORMATIONAL_FIELDS):
+            continue
+        if other_method and key.startswith("accel.") and key != "accel.method":
             continue
         if a.get(key, "<absent>") != b.get(key, "<absent>"):
             diffs.append(f"{key} (cache: {_short(a.get(key, '<absent>'))}, now: {_short(b.get(key, '<absent>'))})")

@@ -19,8 +19,13 @@ def test_manifest_differences_name_each_differing_field_and_skip_informational_o
                             plan={**a.plan, "shard_size": 20})
     diffs = manifest_differences(a, b)
     fields = sorted(d.split(" ")[0] for d in diffs)
-    assert fields == ["accel.method", "accel.prune.6", "latent_dtype", "plan.shard_size"]
+    # another method: its line stands for the method's settings (prune.6 is absent from the synthetic method's)
+    assert fields == ["accel.method", "latent_dtype", "plan.shard_size"]
     assert "plan.shard_size (cache: 10, now: 20)" in diffs
+    # the same method with other settings: each differing setting
+    c = dataclasses.replace(b, accel={"method": "fastvar", "prune": {6: 0.4}, "cache_scale": 4})
+    assert manifest_differences(b, c) == ["accel.cache_scale (cache: \"<absent>\", now: 4)",
+                                          "accel.prune.6 (cache: 0.5, now: 0.4)"]
 
 
 def test_int_keys_compare_equal_after_the_json_round_trip(tmp_path):
