@@ -628,6 +628,9 @@ def test_cli_output_drops_library_deprecation_noise_and_keeps_warnings_a_user_ca
              "lightning.pytorch.trainer.connectors.logger_connector.result")
         warn("The number of training batches (8) is smaller than the logging interval", UserWarning,
              "lightning.pytorch.loops.fit_loop")
+        warn('.fit(ckpt_path="last") is set, but there is no last checkpoint available. No checkpoint will be '
+             'loaded. HINT: Set `ModelCheckpoint(..., save_last=True)`.', UserWarning,
+             "lightning.pytorch.trainer.connectors.checkpoint_connector")
         warn("adapter was trained for fastvar, not stagevar", UserWarning, "radar_train.inference.pipeline")
         warn("our own old option", DeprecationWarning, "radar_train.config")
     assert [str(w.message) for w in shown] == [

@@ -472,7 +472,18 @@ def _make_cli_class(subcommand: str):
             logging.getLogger("radar_train").info(
                 "radar-train fit: run folder %s, max_steps %s, precision %s, %d device(s) (%s)",
                 t.default_root_dir, t.max_steps, t.precision, t.world_size, type(t.strategy).__name__)
+            self._say_fresh_start()
             self._say_micro_batches()
+
+        def _say_fresh_start(self) -> None:
+            """`--ckpt_path last` with no checkpoint there yet (a first start, a job requeued before its first
+            save) starts at step 0: said in our words. Lightning's own warning, dropped by the entry points, advised
+            `ModelCheckpoint(save_last=True)`, which the run has. (`hpc` without one: Lightning refuses it.)"""
+            root = self.trainer.default_root_dir
+            if self.config[self.subcommand].get("ckpt_path") == "last" and not resumes(root, "last"):
+                logging.getLogger("radar_train").info(
+                    "radar-train fit: --ckpt_path last: no checkpoints/last.ckpt in %s yet, so the fit starts at "
+                    "step 0", root)
 
         def _say_micro_batches(self) -> None:
             """With gradient accumulation, the pairs of an optimizer step and, where validation is counted in

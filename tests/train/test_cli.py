@@ -42,6 +42,20 @@ def test_a_fit_in_micro_batches_says_its_pairs_per_step_and_its_validation_caden
     assert not [r for r in caplog.records if "accumulate_grad_batches" in r.getMessage()]
 
 
+def test_ckpt_path_last_before_a_first_save_says_the_fit_starts_at_step_0(tiny_cache, tmp_path, caplog):
+    """--ckpt_path last is what a job script passes every time (a requeue resumes); before the run's first save it
+    starts at step 0, said once in our words (Lightning's warning hinted at save_last=True, which the run has)."""
+    root = tmp_path / "run"
+    fresh = f"radar-train fit: --ckpt_path last: no checkpoints/last.ckpt in {root} yet, so the fit starts at step 0"
+    with caplog.at_level("INFO", logger="radar_train"):
+        assert _run(_tiny_args(tiny_cache, root, 2, "--ckpt_path", "last")) == 0
+    assert [r.getMessage() for r in caplog.records if "--ckpt_path last" in r.getMessage()] == [fresh]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="radar_train"):  # resumed from its step 2: nothing to say
+        assert _run(_tiny_args(tiny_cache, root, 3, "--ckpt_path", "last")) == 0
+    assert not [r for r in caplog.records if "--ckpt_path last" in r.getMessage()]
+
+
 def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
