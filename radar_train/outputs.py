@@ -79,14 +79,16 @@ def check_no_overlap(option: str, path: PathLike, inputs: Optional[Inputs], targ
                                   f"it): choose an output that does not hold it")
 
 
-def check_writable(path: Path, option: str) -> None:
-    """The nearest existing ancestor of `path` must be a folder we may create entries in."""
+def check_writable(path: Path, option: str, given: Optional[PathLike] = None) -> None:
+    """The nearest existing ancestor of `path` must be a folder we may create entries in. `given`: the path the
+    option named, when `path` is the folder it goes into (a file's parent)."""
+    shown = path if given is None else given
     for anc in [path, *path.parents]:
         if anc.exists() or anc.is_symlink():
             if not anc.is_dir():
-                raise OutputError(f"{option} {path}: {anc} is a file, not a folder")
+                raise OutputError(f"{option} {shown}: {anc} is a file, not a folder")
             if not os.access(anc, os.W_OK | os.X_OK):
-                raise OutputError(f"{option} {path}: cannot write into {anc} (permission denied)")
+                raise OutputError(f"{option} {shown}: cannot write into {anc} (permission denied)")
             return
 
 
@@ -99,7 +101,7 @@ def check_output_file(path: PathLike, option: str = "--output", inputs: Optional
         raise OutputError(f"{option} {p} is a folder: give a file name")
     if p.exists() and not overwrite:
         raise OutputError(f"{option} {p} exists: pass --overwrite to replace it, or choose another file name")
-    check_writable(p.parent, option)
+    check_writable(p.parent, option, p)
     return p
 
 

@@ -46,8 +46,9 @@ def test_file_output_rules(tree):
     check_output_file(tree / "file.json", overwrite=True)
     with pytest.raises(OutputError, match="is a folder"):
         check_output_file(tree / "run", overwrite=True)
-    with pytest.raises(OutputError, match="is a file, not a folder"):
+    with pytest.raises(OutputError) as e:  # (the option's value as given, then the file in the way)
         check_output_file(tree / "file.json" / "x.json")
+    assert str(e.value) == f"--output {tree / 'file.json' / 'x.json'}: {tree / 'file.json'} is a file, not a folder"
 
 
 def test_folder_entries_are_replaced_only_with_overwrite(tree):
