@@ -505,6 +505,11 @@ def _make_cli_class(subcommand: str):
             self._check_data(fit=False)
             self._check_resume()
             self._weights_only()
+            if self.config[self.subcommand].get("ckpt_path") is None:
+                logging.getLogger("radar_train").info(
+                    "radar-train validate: no --ckpt_path, so the adapter as initialised is validated (LoRA B = 0: "
+                    "the frozen decoder; the student's metrics are the baseline's); --ckpt_path last validates the "
+                    "run's last checkpoint")
 
     return RadarTrainCLI, RunConfigCallback
 

@@ -56,6 +56,15 @@ def test_ckpt_path_last_before_a_first_save_says_the_fit_starts_at_step_0(tiny_c
     assert not [r for r in caplog.records if "--ckpt_path last" in r.getMessage()]
 
 
+def test_validate_without_a_checkpoint_says_it_validates_the_adapter_as_initialised(tiny_cache, tmp_path, caplog):
+    """Its metrics are the baseline's (LoRA B = 0): said, so that they are not read as a trained adapter's."""
+    args = ["validate", *_tiny_args(tiny_cache, tmp_path / "run", 2)[1:]]
+    with caplog.at_level("INFO", logger="radar_train"):
+        assert _run(args) == 0
+    said = [r.getMessage() for r in caplog.records if "radar-train validate: no --ckpt_path" in r.getMessage()]
+    assert len(said) == 1 and "the adapter as initialised is validated" in said[0]
+
+
 def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
