@@ -20,8 +20,8 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["InputError", "NotWeights", "check_file", "check_dir", "reading", "read_text", "read_yaml", "read_json", "load_torch",
-           "load_safetensors", "failure_reason"]
+__all__ = ["InputError", "NotWeights", "check_file", "check_dir", "reading", "read_text", "read_yaml", "read_json",
+           "load_torch", "load_safetensors", "failure_reason"]
 
 
 class InputError(ValueError):
@@ -161,14 +161,11 @@ def torch_load_weights(path: str | os.PathLike, mmap: bool = False) -> Any:
             raise _not_weights(path, e) or e
 
 
-_PICKLE_START = (0x80, ord("("), ord("}"), ord("]"))  # protocol 2+ opcode; protocol 0/1's first opcodes
-
-
 def _not_weights(path: str | os.PathLike, e: Exception) -> NotWeights | None:
-    """What torch.load's failure on `path` means when torch's own text would mislead: a file that neither starts as a
-    zip archive nor as a pickle (torch's text then speaks of weights_only), or a pickle weights_only=True refuses:
-    objects other than tensors and plain values, or not torch's format (torch's text then runs to a dozen lines).
-    None otherwise (a truncated zip: failure_reason says so from torch's text)."""
+    """What torch.load's failure on `path` means when torch's own text would mislead: a file torch.save cannot have
+    written (it writes a zip archive, or before torch 1.6 a pickle of protocol 2: torch's text then speaks of
+    weights_only), or a pickle weights_only=True refuses, of objects other than tensors and plain values (torch's
+    text then runs to a dozen lines). None otherwise (a truncated zip: failure_reason says so from torch's text)."""
     import pickle
     import re
 
@@ -177,17 +174,13 @@ def _not_weights(path: str | os.PathLike, e: Exception) -> NotWeights | None:
             head = f.read(2)
     except OSError:
         return None
-    if head and head != b"PK" and not zipfile.is_zipfile(path) and head[0] not in _PICKLE_START:  # (PK: a zip's start)
-        return NotWeights("is neither a zip archive nor a pickle (not a file torch.save wrote)")
+    if head and head != b"PK" and head[0] != 0x80 and not zipfile.is_zipfile(path):  # (PK: a zip's start)
+        return NotWeights("is not a file torch.save wrote (neither a zip archive nor a pickle of protocol 2 or later)")
     found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
     if isinstance(e, pickle.UnpicklingError) and found:
         return NotWeights(f"holds a Python object ({found.group(1).rstrip('.')}) besides tensors and plain values; "
                           f"radar_train loads weights only (torch.load with weights_only=True) and builds no objects: "
                           f"save the tensors (a state_dict) instead")
-    detail = re.search(r"WeightsUnpickler error:(.*?)(Check the documentation|$)", str(e), re.S)
-    if isinstance(e, pickle.UnpicklingError) and detail:
-        return NotWeights(f"is a pickle that torch's weights-only reader cannot read ({_one_line(detail.group(1))}): "
-                          f"not a file torch.save wrote, or one of objects rather than tensors")
     return None
 
 

@@ -71,11 +71,12 @@ def test_torch_files_are_read_with_weights_only(tmp_path):
 
 
 @pytest.mark.parametrize("content,says", [
-    (b"\x00\x01random bytes", "is neither a zip archive nor a pickle (not a file torch.save wrote)"),
-    (b"(dp0\nS'a'\np1\nI1\ns.", "is a pickle that torch's weights-only reader cannot read (Unsupported operand"),
+    (b"\x00\x01random bytes", "is not a file torch.save wrote (neither a zip archive nor a pickle of protocol 2"),
+    (b"hello\n", "is not a file torch.save wrote"),
+    (b"(dp0\nS'a'\np1\nI1\ns.", "is not a file torch.save wrote"),  # a pickle of protocol 0
 ])
 def test_a_file_torch_did_not_write_says_what_it_is_in_one_line(tmp_path, content, says):
-    """torch's own text for these speaks of weights_only and runs over lines: random bytes, a plain pickle."""
+    """torch's own text for these speaks of weights_only and runs over lines: random bytes, text, an old pickle."""
     (tmp_path / "f.pt").write_bytes(content)
     with pytest.raises(InputError) as e:
         load_torch(tmp_path / "f.pt")

@@ -403,9 +403,9 @@ def _no_abbreviations(parser) -> None:
     added."""
     parser.allow_abbrev = False
     for action in getattr(parser, "_actions", ()):
-        for sub in (getattr(action, "choices", None) or {}).values() if isinstance(action, argparse._SubParsersAction) \
-                else ():
-            _no_abbreviations(sub)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _no_abbreviations(sub)
 
 
 @contextlib.contextmanager

@@ -233,7 +233,7 @@ def test_check_reads_the_checkpoint_files_as_a_run_does(tmp_path, capsys):
     base = ("run", "--config", str(TINY_CONFIG), "--output", str(tmp_path / "out"), *SMALL, "--check")
     cases = [(vae_f, var_f, True, ""), (vae_f, tmp_path / "var.pth", True, ""),
              (var_f, vae_f, False, "is a VAR transformer checkpoint, but was given as the VQ-VAE"),
-             (tmp_path / "junk.pth", var_f, False, "junk.pth: checkpoint is neither a zip archive nor a pickle")]
+             (tmp_path / "junk.pth", var_f, False, "junk.pth: checkpoint is not a file torch.save wrote")]
     for vae, var_, fine, message in cases:
         code = _main(*base, "--model.vae_checkpoint", str(vae), "--model.var_checkpoint", str(var_))
         err = capsys.readouterr().err

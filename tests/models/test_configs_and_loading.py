@@ -101,7 +101,7 @@ def test_error_missing_file(tmp_path):
 
 @pytest.mark.parametrize("content,says", [
     (b"", "not a readable checkpoint"),
-    (b"not a checkpoint at all", "checkpoint is neither a zip archive nor a pickle"),
+    (b"not a checkpoint at all", "checkpoint is not a file torch.save wrote"),
     (b"PK\x03\x04truncated-zip", "not a readable checkpoint (truncated"),
 ])
 def test_error_not_a_checkpoint(tmp_path, content, says):
