@@ -199,3 +199,11 @@ def test_a_value_of_none_of_an_options_types_is_said_in_a_few_words(tmp_path, va
     line = assert_refused("accel", ["show", "--model.preset", "tiny", "--accel.method", "fastvar",
                                     "--accel.fastvar.prune", value], tmp_path, (tmp_path,), [says])
     assert "Union subtypes" not in line and "NoneType" not in line
+
+
+def test_a_yaml_mapping_without_the_space_after_a_colon_gets_the_hint(tmp_path):
+    """`[{path:cache/a}]` is YAML for a key `path:cache/a` with no value: jsonargparse's "Option 'path:cache/a' is not
+    accepted" alone did not say why."""
+    assert_refused("train", ["fit", "--config", str(CONFIGS / "train" / "tiny.yaml"), "--data.caches",
+                             "[{path:cache/a}]"], tmp_path, (tmp_path,),
+                   ["--data.caches", "write a space after the colon, path: cache/a"])

@@ -168,7 +168,20 @@ def one_line(text: object) -> str:
 def _parse_error(e: BaseException) -> str:
     """A jsonargparse error as one line, options spelt as on the command line ('--data.batch_size'), a value that
     fits none of an option's types said in a few words (`_union_message`)."""
-    return _union_message(re.sub(r'Parser key "([^"]+)"', r"--\1", one_line(e)))
+    return _yaml_colon_hint(_union_message(re.sub(r'Parser key "([^"]+)"', r"--\1", one_line(e))))
+
+
+_KEY_WITHOUT_SPACE = re.compile(r"Option '([A-Za-z_]\w*):([^' ][^']*)' is not accepted")
+
+
+def _yaml_colon_hint(text: str) -> str:
+    """A YAML mapping typed without the space after a colon (`[{path:c1}]`) reads as the key `path:c1` with no value:
+    jsonargparse's "Option 'path:c1' is not accepted" gets the hint to write `path: c1`."""
+    found = _KEY_WITHOUT_SPACE.search(text)
+    if found is None:
+        return text
+    key, value = found.groups()
+    return f"{text} (YAML reads {key}:{value} as one word: write a space after the colon, {key}: {value})"
 
 
 _UNION = re.compile(r"Does not validate against any of the Union subtypes; Subtypes: \[(?P<types>.*?)\]; "
