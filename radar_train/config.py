@@ -187,6 +187,19 @@ def parse_int_list(spec: Union[str, int, Sequence[int]], what: str) -> list[int]
     return out
 
 
+def format_int_list(ids: Sequence[int], sep: str = ", ") -> str:
+    """parse_int_list's inverse, for messages: [0, 1, 2, 5] -> "0-2, 5" (sorted; "none" when empty)."""
+    out, ids = [], sorted(ids)
+    i = 0
+    while i < len(ids):
+        j = i
+        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
+            j += 1
+        out.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
+        i = j + 1
+    return sep.join(out) or "none"
+
+
 def check_device(name: str, option: str = "--device", here: bool = True):
     """The torch.device `name` stands for ("auto": cuda if available, else cpu); ValueError naming the option
     if it is not a device, or (`here`: the device is for this machine) a CUDA device that is not there."""

@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from radar_train.cache.config import PlanArgs
-from radar_train.config import parse_int_list
+from radar_train.config import format_int_list, parse_int_list
 from radar_train.seeding import seed_range_problems
 
 RULE = "label = classes[i % len(classes)], seed = base_seed + i"
@@ -40,7 +40,7 @@ def resolve_classes(spec: Union[str, Sequence[int]], num_classes: int) -> tuple[
         problems.append(f"plan.classes {spec!r} is empty")
     bad = [c for c in classes if not 0 <= c < num_classes]
     if bad:
-        problems.append(f"plan.classes {bad[:5]}{'...' if len(bad) > 5 else ''} out of range: the model has "
+        problems.append(f"plan.classes {format_int_list(bad, ',')} out of range: the model has "
                         f"{num_classes} classes (0..{num_classes - 1})")
     if len(set(classes)) != len(classes):
         problems.append("plan.classes lists a class twice")

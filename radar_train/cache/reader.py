@@ -32,20 +32,10 @@ from torch.utils.data import Dataset, Sampler
 from radar_train.cache import schema
 from radar_train.cache.layout import scan_cache
 from radar_train.cache.schema import read_manifest
+from radar_train.config import format_int_list
 from radar_train.inputs import reading
 
 
-def _ranges(ids: Sequence[int]) -> str:
-    """[0, 1, 2, 5] -> "0-2, 5"."""
-    out, ids = [], sorted(ids)
-    i = 0
-    while i < len(ids):
-        j = i
-        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
-            j += 1
-        out.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
-        i = j + 1
-    return ", ".join(out) or "none"
 
 
 class PairDataset(Dataset):
@@ -80,8 +70,9 @@ class PairDataset(Dataset):
             ids = parse_int_list(shards, "shards")  # ("12" is shard 12, not shards 1 and 2)
             missing = [s for s in ids if s not in scan.complete]
             if missing:
-                raise ValueError(f"cache {cache_dir}: shards {_ranges(missing)} are missing or incomplete "
-                                 f"(complete: {_ranges(list(scan.complete))} of 0-{self.manifest.num_shards - 1})")
+                complete = format_int_list(list(scan.complete))
+                raise ValueError(f"cache {cache_dir}: shards {format_int_list(missing)} are missing or incomplete "
+                                 f"(complete: {complete} of 0-{self.manifest.num_shards - 1})")
             if len(set(ids)) != len(ids):
                 raise ValueError(f"shards {ids} lists a shard twice")
         self.shard_ids = ids

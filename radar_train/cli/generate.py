@@ -8,7 +8,7 @@ from typing import Optional, Union
 
 from jsonargparse import CLI
 
-from radar_train.config import AccelArgs, ModelArgs, SamplingConfig, parse_int_list
+from radar_train.config import AccelArgs, ModelArgs, SamplingConfig, format_int_list, parse_int_list
 from radar_train.inference.pipeline import Precision
 
 
@@ -31,7 +31,7 @@ def grid_classes_seeds(classes, seeds, preset: str, where: str = "") -> tuple[li
     num_classes = get_preset(preset).var.num_classes
     bad = [c for c in cls_list if not 0 <= c < num_classes]
     if bad:
-        raise ValueError(f"--classes {bad} outside [0, {num_classes - 1}] for model {preset}{where}")
+        raise ValueError(f"--classes {format_int_list(bad, ',')} outside [0, {num_classes - 1}] for model {preset}{where}")
     return cls_list, seed_list
 
 

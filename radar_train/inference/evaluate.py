@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from radar_train.cache.status import distance_summary, latent_distance
+from radar_train.config import format_int_list
 from radar_train.inference import by_distance
 from radar_train.outputs import staged_entries
 from radar_train.train.metrics import RestorationStats
@@ -204,18 +205,20 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
     unknown = unknown_training_shards(meta, cache, manifest)
     if unknown:  # whether the metrics are held-out cannot be said: not called held-out
         if not allow_train_shards:
-            raise ValueError(f"adapter {adapter_dir}: {unknown}, so whether --shards {_ranges(shards)} of {cache} "
+            named = format_int_list(shards, ",")
+            raise ValueError(f"adapter {adapter_dir}: {unknown}, so whether --shards {named} of {cache} "
                              f"hold pairs it was trained on is unknown; pass --allow_train_shards to evaluate them "
                              f"anyway (eval.json then says held_out null)")
         warnings.warn(f"radar-eval: adapter {adapter_dir}: {unknown}: the metrics may include pairs it was trained "
                       f"on", stacklevel=2)
     overlap = train_shard_overlap(meta, cache, manifest, shards)
+    named = format_int_list(overlap, ",")
     if overlap and not allow_train_shards:
-        raise ValueError(f"--shards {_ranges(overlap)} of {cache} are training shards of the adapter {adapter_dir} "
+        raise ValueError(f"--shards {named} of {cache} are training shards of the adapter {adapter_dir} "
                          f"(they hold samples of its radar_config.yaml caches[*].train_shards): metrics on them are not held-out; "
                          f"evaluate other shards, or pass --allow_train_shards to evaluate them anyway")
     if overlap:
-        warnings.warn(f"radar-eval: shards {_ranges(overlap)} of {cache} are training shards of the adapter "
+        warnings.warn(f"radar-eval: shards {named} of {cache} are training shards of the adapter "
                       f"{adapter_dir}: the metrics include pairs it was trained on (not held-out)", stacklevel=2)
     # every shard checked against its stored checksums: data that is not what the writer wrote (a chunk file
     # gone reads as zeros) is refused, not measured
@@ -322,19 +325,6 @@ def markdown_table(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _ranges(shards: Sequence[int]) -> str:
-    """[0, 1, 2, 5] -> "0-2,5"."""
-    out, run = [], []
-    for s in sorted(shards):
-        if run and s == run[-1] + 1:
-            run.append(s)
-            continue
-        if run:
-            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-        run = [s]
-    if run:
-        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-    return ",".join(out)
 
 
 def write_report(r: dict, out_dir: str | Path) -> tuple[Path, Path]:

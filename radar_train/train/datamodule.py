@@ -30,7 +30,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from radar_train.config import parse_int_list
+from radar_train.config import format_int_list, parse_int_list
 
 __all__ = ["CacheSource", "PairDataModule", "parse_shards", "ConcatPairs", "ResumableLoader", "StreamLoader"]
 
@@ -311,14 +311,14 @@ class PairDataModule(pl.LightningDataModule):
                 train = [s for s in available if s not in val]
                 left_out = [s for s in range(manifest.num_shards) if s not in available and s not in val]
                 if left_out:
-                    log.warning("%s: shards %s %s and are left out of training", where, _ranges(left_out), kind)
+                    log.warning("%s: shards %s %s and are left out of training", where, format_int_list(left_out), kind)
             both = sorted(set(train) & set(val))
             if both:
                 problems.append(f"{where}: shards {both} are in both train_shards and val_shards")
             absent = sorted(s for s in train + val if s not in available)
             if absent:
                 problems.append(f"{where}: shards {absent} {kind} "
-                                f"(complete: {_ranges(available)}, {len(available)} of {manifest.num_shards})")
+                                f"(complete: {format_int_list(available)}, {len(available)} of {manifest.num_shards})")
             manifests[c.path] = manifest
             splits.append((train, val))
         if not problems:
@@ -387,7 +387,8 @@ class PairDataModule(pl.LightningDataModule):
         for c, (train, val) in zip(self.caches, self.splits):
             m = self.manifests[c.path]
             log.info("cache %s (%s): %s, accel %s; train shards %s, val shards %s", c.path, c.format,
-                     "x".join(map(str, m.latent_shape)), m.accel.get("method", m.accel), _ranges(train), _ranges(val))
+                     "x".join(map(str, m.latent_shape)), m.accel.get("method", m.accel), format_int_list(train),
+                     format_int_list(val))
         n_train = len(self.train_set) if hasattr(self.train_set, "__len__") else "streamed"
         n_val = len(self.val_set) if hasattr(self.val_set, "__len__") else "streamed"
         log.info("pairs: %s train, %s val; batch %d, %d workers", n_train, n_val, self.batch_size, self.num_workers)
@@ -483,7 +484,3 @@ class PairDataModule(pl.LightningDataModule):
         return {k: torch.stack([it[k] for it in items]) for k in ("fhat_hq", "fhat_lq", "label", "seed", "index")}
 
 
-def _ranges(ids: Sequence[int]) -> str:
-    from radar_train.cache.reader import _ranges as r
-
-    return r(ids)

@@ -96,7 +96,7 @@ def test_invalid_settings_are_reported_together(tmp_path, capsys):
                  "--plan.classes", "5:12", "--sampling.top_p", "1.5")
     err = capsys.readouterr().err
     assert code == 2
-    for part in ("sampling.top_p must be in [0, 1)", "batch_size must be >= 1", "plan.classes [10, 11] out of range"):
+    for part in ("sampling.top_p must be in [0, 1)", "batch_size must be >= 1", "plan.classes 10-11 out of range"):
         assert part in err
     assert not (tmp_path / "x").exists()
 

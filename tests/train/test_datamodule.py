@@ -21,6 +21,15 @@ def test_shard_specs_parse_ranges_lists_and_reject_garbage():
         parse_shards("1,1", "x")
 
 
+@pytest.mark.parametrize("ids,said", [([7, 0, 1, 2, 3], "0-3, 7"), ([5], "5"), ([], "none"), ([4, 6, 8], "4, 6, 8")])
+def test_id_lists_are_said_as_the_ranges_they_are_written_in(ids, said):
+    from radar_train.config import format_int_list, parse_int_list
+
+    assert format_int_list(ids) == said
+    if ids:  # (with "," between them, what a user types back: --classes / --shards)
+        assert parse_int_list(format_int_list(ids, ","), "x") == sorted(ids)
+
+
 def test_train_shards_default_to_every_complete_shard_not_held_out(tiny_cache):
     dm = PairDataModule([CacheSource(tiny_cache, val_shards="14-15")], batch_size=4)
     dm.setup("fit")
