@@ -16,20 +16,25 @@ def _device(name: str):
 
 
 def show(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs()) -> int:
-    """Print the acceleration method resolved for the model's scales (presets expanded), or every problem.
+    """Print the acceleration method resolved for the model's scales (presets expanded), its FLOP model (the share of
+    vanilla's multiply-adds in attention, and the speed-up over vanilla at equal kernel efficiency, per-scale overheads
+    free: what `radar-bench accel` reports as `ideal`), or every problem.
 
     Args:
         model: the model (only its preset's shapes are used; no weights are loaded).
         accel: the acceleration method.
     """
     from radar_train.accel import build_accel
+    from radar_train.bench.accel import method_accounting
     from radar_train.models import get_preset
 
     preset = get_preset(model.preset)
     method = build_accel(accel, preset.var.patch_nums, preset.var.depth)
+    flops = method_accounting(method, preset.var)
     info = {"model": model.preset, "patch_nums": list(preset.var.patch_nums), "depth": preset.var.depth,
             "first_modified_scale": method.first_modified_scale(preset.var.patch_nums), **method.describe(),
-            **method.derived(preset.var.patch_nums)}
+            **method.derived(preset.var.patch_nums),
+            **{k: round(flops[k], 4) for k in ("attention_share", "ideal_speedup") if k in flops}}
     for key, value in info.items():
         print(f"{key}: {json.dumps(value)}")
     return 0

@@ -190,6 +190,27 @@ def test_radar_accel_show_prints_the_cache_scale_a_preset_works_out(capsys):
     assert "cache_scale: null" in out and "cache_scale_used: 13" in out
 
 
+@pytest.mark.parametrize("method,module", [("fastvar", "fastvar"), ("stagevar", "stagevar")])
+def test_radar_accel_show_prints_the_flop_model(capsys, method, module):
+    """What the method can give at best at these shapes (`radar-bench accel`'s `ideal` column), before any run."""
+    import importlib
+
+    from radar_train.accel import build_accel
+    from radar_train.cli.accel import main
+    from radar_train.config import AccelArgs
+    from radar_train.models import get_preset
+
+    with pytest.raises(SystemExit) as e:
+        main(["show", "--model.preset", "var-d16", "--accel.method", method])
+    assert e.value.code == 0
+    shown = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    cfg = get_preset("var-d16").var
+    want = importlib.import_module(f"radar_train.accel.{module}").ideal_speedup(
+        build_accel(AccelArgs(method=method), cfg.patch_nums, cfg.depth), cfg)
+    assert float(shown["ideal_speedup"]) == round(want["ideal_speedup"], 4) > 1.5
+    assert float(shown["attention_share"]) == round(want["attention_share"], 4)
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_the_channels_last_resize_equals_the_area_resize_of_the_transposed_grid(device):
     """CTR resizes the cached tokens in their own layout (channels-last); the values are those of the NCHW grid's
