@@ -83,7 +83,7 @@ CASES = [
     # radar-demo: the grid's classes and seeds, and the generate config, before any step
     ("demo-classes-that-are-no-list", "demo", lambda w, t: demo_args("--classes", "abc"), ["--classes", "abc"]),
     ("demo-classes-beyond-the-model", "demo", lambda w, t: demo_args("--classes", "0-12"),
-     ["--classes", "[10, 11, 12]", "tiny"]),
+     ["--classes", "10-12 outside", "tiny"]),
     ("demo-a-class-twice", "demo", lambda w, t: demo_args("--classes", "0,3,0"), ["--classes", "0 more than once"]),
     ("demo-seeds-that-are-no-list", "demo", lambda w, t: demo_args("--seeds", "0..3"), ["--seeds"]),
     ("demo-a-seed-past-64-bits", "demo", lambda w, t: demo_args("--seeds", PAST_64_BITS), ["--seeds", "64 bits"]),
