@@ -61,7 +61,7 @@ def quiet_library_warnings() -> None:
             warnings.filterwarnings("ignore", message=message)
 
 
-_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+_PACKAGE_DIR = os.path.join(str(Path(__file__).parents[1]), "")  # (as the code's file names spell it, not resolved)
 
 
 def plain_own_warnings() -> None:
