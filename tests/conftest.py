@@ -87,9 +87,14 @@ def build_cache():
 
 @pytest.fixture(autouse=True)
 def _reset_torch_defaults():
-    dtype = torch.get_default_dtype()
+    """A test's default dtype and thread count do not leak into the next ones (radar-toy train's recipe, for one,
+    sets its num_threads: the tests after one that ran it with one thread ran on one thread, until another set
+    two). The thread count of the test's setup is kept, so a module's `one_thread` fixture holds for its tests."""
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
     yield
     torch.set_default_dtype(dtype)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
