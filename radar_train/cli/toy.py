@@ -19,23 +19,36 @@ def train(output: str = "toy_weights", recipe: ToyTrainConfig = ToyTrainConfig()
     On the CPU by default (the defaults reproduce the
     shipped weights in radar_train/toyworld/weights/). Every recipe setting and the output are checked before
     training: files of an earlier run there are replaced only with --overwrite, and only once all three models
-    are trained (the files are written under a temporary folder and moved in at the end).
+    are trained (the files are written under a temporary folder and moved in at the end). The trained VQ-VAE and
+    VAR are kept in OUTPUT/toy-train-progress/ until then: a run stopped (Ctrl-C, SIGTERM, an error, a kill) is
+    gone on with by the same command, from the stage it was in, to the same files.
 
     Args:
         output: folder for toy_vae.safetensors, toy_var.safetensors, toy_classifier.safetensors, toy_train.json.
         recipe: what to train and how (--recipe.vqvae.steps 600, ...).
-        overwrite: replace those files if the folder holds them already.
+        overwrite: replace those files if the folder holds them already (and start over from the progress of a
+            run of another recipe in OUTPUT/toy-train-progress/).
     """
+    from radar_train.cli.common import end_stopped_run, sigterm_stops
     from radar_train.config import check_device
     from radar_train.outputs import check_output_dir
     from radar_train.toyworld.preset import CLASSIFIER_FILE, INFO_FILE, VAE_FILE, VAR_FILE
-    from radar_train.toyworld.recipe import check_recipe, train_all
+    from radar_train.toyworld.recipe import check_recipe, recipe_settings, train_all
+    from radar_train.toyworld.train_progress import ToyTrainProgress
 
     check_device(recipe.device, "--recipe.device")
     check_recipe(recipe)
     check_output_dir(output, (VAE_FILE, VAR_FILE, CLASSIFIER_FILE, INFO_FILE), "--output", overwrite=overwrite)
     _logging()
-    info = train_all(recipe, output)
+    try:
+        with sigterm_stops():
+            info = train_all(recipe, output, overwrite=overwrite)
+    except BaseException as e:
+        from radar_train.outputs import OutputError
+
+        if isinstance(e, OutputError):  # (a check: nothing was run)
+            raise
+        return end_stopped_run("radar-toy train", e, ToyTrainProgress(output, recipe_settings(recipe)).said())
     m = info["metrics"]
     print(f"reconstruction PSNR (held-out): {m['vqvae']['psnr_db']:.2f} dB")
     print(f"classifier accuracy (held-out): {100 * m['classifier']['heldout_accuracy']:.1f} %")

@@ -2,7 +2,8 @@
 VAR, train the classifier, write the three weight files and a JSON of config, metrics and hashes.
 
 With the defaults (seed 0, 2 threads, CPU) this reproduces the weights shipped in
-`radar_train/toyworld/weights/`.
+`radar_train/toyworld/weights/`. The VQ-VAE and the VAR are saved as they are trained (train_progress.py): the
+same command, run again after an interruption, goes on from the next stage and ends with the same files.
 """
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ from typing import Literal
 
 import torch
 
-from radar_train.models import file_sha256, save_weights
+from radar_train.models import VAR, VQVAE, file_sha256, save_weights
 from radar_train.outputs import staged_entries
 from radar_train.toyworld.checks import at_least
 from radar_train.toyworld.classifier import ClassifierTrainConfig, accuracy, train_classifier
 from radar_train.toyworld.common import log, make_bank, seed_everything
 from radar_train.toyworld.data import HELDOUT_SEED, TRAIN_SEED, WorldConfig
 from radar_train.toyworld.preset import CLASSIFIER_FILE, INFO_FILE, TOY_VAE, TOY_VAR, VAE_FILE, VAR_FILE
+from radar_train.toyworld.train_progress import LOCK_NAME, ToyTrainProgress
 from radar_train.toyworld.train_var import VARTrainConfig, encode_bank, token_metrics, train_var
 from radar_train.toyworld.train_vqvae import VQVAETrainConfig, reconstruct_bank, reconstruction_psnr, train_vqvae
 
@@ -77,45 +79,83 @@ def _save(model: torch.nn.Module, path: Path, dtype: torch.dtype, kind: str) -> 
     return save_weights(sd, path, metadata={"format": "pt", "toyworld": kind})
 
 
-def train_all(cfg: ToyTrainConfig, output: str | Path) -> dict:
+def recipe_settings(cfg: ToyTrainConfig) -> dict:
+    """What a run that goes on from an earlier one's progress must share with it: every setting but the dtype
+    of the files written at the end."""
+    d = dataclasses.asdict(cfg)
+    d.pop("weights_dtype")
+    return d
+
+
+def train_all(cfg: ToyTrainConfig, output: str | Path, overwrite: bool = False) -> dict:
     """Train VQ-VAE, VAR and classifier into `output`; returns the info written to toy_train.json. The
-    recipe is checked first (ValueError); the files are written under a temporary folder inside `output`
-    and moved in at the end, so a run that fails leaves `output` as it was."""
+    recipe is checked first (ValueError), then OUTPUT/toy-train-progress/ (OutputError: another recipe's, without
+    `overwrite`). A run goes on from the stages saved there; the files are written under a temporary folder
+    inside `output` and moved in at the end, so a run that fails leaves `output` as it was, but for the
+    progress of the stages it finished (none: no progress folder)."""
+    from radar_train.train import run_lock
+
     check_recipe(cfg)
-    with staged_entries(output, (VAE_FILE, VAR_FILE, CLASSIFIER_FILE, INFO_FILE)) as stage:
-        info = _train_into(cfg, stage)
+    progress = ToyTrainProgress(output, recipe_settings(cfg))
+    go_on = progress.check(overwrite)
+    lock = run_lock.acquire(output, "--output", LOCK_NAME, "radar-toy train")  # (after every check)
+    try:
+        progress.open(go_on)
+        with staged_entries(output, (VAE_FILE, VAR_FILE, CLASSIFIER_FILE, INFO_FILE)) as stage:
+            info = _train_into(cfg, stage, progress)
+        progress.finish()
+    finally:
+        progress.release()
+        lock.release()
     log.info("wrote %s to %s in %.0f s", ", ".join(info["files"]), output, info["times"]["total_s"])
     return info
 
 
-def _train_into(cfg: ToyTrainConfig, out: Path) -> dict:
+def _train_into(cfg: ToyTrainConfig, out: Path, progress: ToyTrainProgress) -> dict:
     seed_everything(cfg.seed, cfg.num_threads if cfg.device == "cpu" else None)
     dtype = getattr(torch, cfg.weights_dtype)
     times: dict[str, float] = {}
     t0 = time.time()
+    resumed = progress.done()
+    if resumed:
+        log.info("going on from %s: %s trained by an earlier run", progress.dir, " and ".join(resumed))
     bank = make_bank(TRAIN_SEED, cfg.num_train_images, cfg.world)
     held = make_bank(HELDOUT_SEED, cfg.num_heldout_images, cfg.world)
     times["render_s"] = round(time.time() - t0, 1)
     log.info("rendered %d training + %d held-out images in %.0f s", len(bank), len(held), times["render_s"])
 
-    log.info("stage 1/3: VQ-VAE, %d steps", cfg.vqvae.steps)
-    vqvae, vq_metrics = train_vqvae(TOY_VAE, cfg.vqvae, bank, cfg.seed, cfg.device)
+    vqvae = VQVAE(TOY_VAE)
+    vq_metrics = progress.load("vqvae", vqvae)
+    if vq_metrics is None:
+        log.info("stage 1/3: VQ-VAE, %d steps", cfg.vqvae.steps)
+        vqvae, vq_metrics = train_vqvae(TOY_VAE, cfg.vqvae, bank, cfg.seed, cfg.device)
+        vq_metrics.update(reconstruction_psnr(vqvae, held, cfg.device))
+        progress.save("vqvae", vqvae, vq_metrics)
+    else:
+        vqvae = vqvae.to(cfg.device).eval()
+        log.info("stage 1/3: VQ-VAE of the earlier run")
     times["vqvae_s"] = vq_metrics["train_time_s"]
     _save(vqvae, out / VAE_FILE, dtype, "vqvae")
-    vq_metrics.update(reconstruction_psnr(vqvae, held, cfg.device))
     log.info("vqvae: held-out reconstruction PSNR %.2f dB, codebook usage %.2f", vq_metrics["psnr_db"],
              vq_metrics["codebook_usage"])
 
-    t1 = time.time()
-    tokens = encode_bank(vqvae, bank, cfg.device)
-    held_tokens = encode_bank(vqvae, held, cfg.device)
-    times["encode_s"] = round(time.time() - t1, 1)
-    log.info("stage 2/3: VAR, %d steps", cfg.var.steps)
-    var, var_metrics = train_var(TOY_VAR, cfg.var, tokens, cfg.seed, cfg.device)
+    var = VAR(TOY_VAR)
+    var_metrics = progress.load("var", var)
+    if var_metrics is None:
+        t1 = time.time()
+        tokens = encode_bank(vqvae, bank, cfg.device)
+        held_tokens = encode_bank(vqvae, held, cfg.device)
+        times["encode_s"] = round(time.time() - t1, 1)
+        log.info("stage 2/3: VAR, %d steps", cfg.var.steps)
+        var, var_metrics = train_var(TOY_VAR, cfg.var, tokens, cfg.seed, cfg.device)
+        var_metrics.update(token_metrics(var, held_tokens, cfg.device))
+        del tokens
+        progress.save("var", var, var_metrics)
+    else:
+        var = var.to(cfg.device).eval()
+        log.info("stage 2/3: VAR of the earlier run")
     times["var_s"] = var_metrics["train_time_s"]
     _save(var, out / VAR_FILE, dtype, "var")
-    var_metrics.update(token_metrics(var, held_tokens, cfg.device))
-    del tokens
 
     t2 = time.time()
     log.info("stage 3/3: classifier, %d steps", cfg.classifier.steps)
@@ -136,6 +176,7 @@ def _train_into(cfg: ToyTrainConfig, out: Path) -> dict:
         "models": {"vqvae": TOY_VAE.to_dict(), "var": TOY_VAR.to_dict(), "classifier_width": cfg.classifier.width},
         "metrics": {"vqvae": vq_metrics, "var": var_metrics, "classifier": clf_metrics},
         "times": times,
+        "resumed_stages": resumed,
         "files": {name: file_sha256(out / name) for name in (VAE_FILE, VAR_FILE, CLASSIFIER_FILE)},
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "threads": torch.get_num_threads()},

@@ -1,0 +1,134 @@
+"""radar-toy train's progress folder: the same command, run again after an interruption, goes on from the
+stage it was in instead of from the start.
+
+OUTPUT/toy-train-progress/ holds `recipe.json` (the recipe of the run: what a run that goes on must share) and,
+for each stage done, the trained model in float32 (`vqvae.safetensors`, `var.safetensors`: the exact weights
+the next stages were given, not the float16 files the run writes at the end) with its metrics (`vqvae.json`,
+`var.json`, written after the weights: a stage is done once its JSON is there). Each stage seeds itself from
+the recipe, so a run that goes on ends with the bytes an uninterrupted run writes. The classifier, the last
+stage, is not saved here: the run's files follow it at once. The folder goes when the run's files are in place.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Mapping, Optional
+
+import torch
+
+from radar_train.models import save_weights
+from radar_train.outputs import OutputError, write_text_atomic
+
+__all__ = ["PROGRESS_DIR", "LOCK_NAME", "STAGES", "ToyTrainProgress"]
+
+PROGRESS_DIR = "toy-train-progress"
+LOCK_NAME = ".toy-train.lock"
+RECIPE_NAME = "recipe.json"
+STAGES = {"vqvae": "VQ-VAE", "var": "VAR"}  # the stages saved, in order: what each is called in messages
+NEXT = {"vqvae": "the VAR", "var": "the classifier"}
+_OURS = {RECIPE_NAME} | {f"{s}.{ext}" for s in STAGES for ext in ("safetensors", "json")}
+
+
+def _flat(d: Mapping, prefix: str = "") -> dict:
+    """{"vqvae.steps": 600, ...}: the recipe's settings by their option names (without --recipe.)."""
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
+    return out
+
+
+class ToyTrainProgress:
+    """OUTPUT/toy-train-progress/ of a run of `recipe` (the recipe as a dict): `check` (before anything is
+    written), `open`, `load` / `save` per stage, then `finish` or `release`."""
+
+    def __init__(self, output: str | Path, recipe: Mapping):
+        self.output = Path(output)
+        self.dir = self.output / PROGRESS_DIR
+        self.recipe = _flat(json.loads(json.dumps(dict(recipe))))
+        self.created = False
+
+    def check(self, overwrite: bool) -> bool:
+        """Whether the run goes on from the folder (False: a fresh start). OutputError (one line) for a folder of
+        that name that is not radar-toy train's, and for one of another recipe without `overwrite`."""
+        if not (self.dir.exists() or self.dir.is_symlink()):
+            return False
+        if not self.dir.is_dir():
+            raise OutputError(f"--output {self.output}: {self.dir} is not a folder of radar-toy train progress: "
+                              f"move it away, or choose another folder")
+        foreign = sorted(e.name for e in self.dir.iterdir() if e.name not in _OURS and not e.name.startswith("."))
+        if foreign:
+            raise OutputError(f"--output {self.output}: {self.dir} holds {', '.join(foreign[:3])}, so it is not "
+                              f"radar-toy train progress: move it away, or choose another folder")
+        path = self.dir / RECIPE_NAME
+        if not path.is_file():  # (a run killed while it removed the folder at its end: nothing to go on from)
+            return False
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(stored, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise OutputError(f"--output {self.output}: {path} cannot be read as radar-toy train progress ({e}): "
+                              f"remove {self.dir} to start over") from None
+        diffs = [f"--recipe.{k}: {json.dumps(stored.get(k))} vs {json.dumps(self.recipe.get(k))}"
+                 for k in sorted(set(stored) | set(self.recipe)) if stored.get(k) != self.recipe.get(k)]
+        if not diffs:
+            return True
+        if overwrite:
+            return False
+        raise OutputError(f"--output {self.output} holds the progress of a radar-toy train run of another recipe "
+                          f"({'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}, saved vs now): give its "
+                          f"recipe to go on with it, or pass --overwrite to start over (its progress goes)")
+
+    def open(self, go_on: bool) -> None:
+        if go_on:
+            return
+        if self.dir.is_dir():
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True)
+        self.created = True
+        write_text_atomic(self.dir / RECIPE_NAME, json.dumps(self.recipe, indent=1) + "\n")
+
+    def done(self) -> list[str]:
+        """The stages saved, in order (a later one counts only after every earlier one)."""
+        saved = []
+        for stage in STAGES:
+            if not ((self.dir / f"{stage}.json").is_file() and (self.dir / f"{stage}.safetensors").is_file()):
+                break
+            saved.append(stage)
+        return saved
+
+    def load(self, stage: str, model: torch.nn.Module) -> Optional[dict]:
+        """The stage's metrics with its weights loaded into `model` (a fresh one of the stage's config), or None
+        when the stage is not saved."""
+        if stage not in self.done():
+            return None
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(self.dir / f"{stage}.safetensors"))
+        return json.loads((self.dir / f"{stage}.json").read_text(encoding="utf-8"))
+
+    def save(self, stage: str, model: torch.nn.Module, metrics: Mapping) -> None:
+        """The stage's trained model (float32, exactly) and its metrics; the JSON last: it marks the stage done."""
+        save_weights({k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()},
+                     self.dir / f"{stage}.safetensors", metadata={"format": "pt", "toyworld": stage})
+        write_text_atomic(self.dir / f"{stage}.json", json.dumps(dict(metrics), indent=1) + "\n")
+
+    def said(self) -> str:
+        """What an interrupted run kept, for its last line."""
+        saved = self.done()
+        if not saved:
+            return "no stage was done"
+        names = " and ".join(STAGES[s] for s in saved)
+        return f"the trained {names} {'is' if len(saved) == 1 else 'are'} in {self.dir}: run the same command to " \
+               f"go on from {NEXT[saved[-1]]}"
+
+    def release(self) -> None:
+        """The run stopped: the folder stays for the next run, unless this run made it and saved no stage."""
+        if self.created and not self.done():
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def finish(self) -> None:
+        """The run's files are in place: the folder goes (its recipe first: no longer a folder to go on from)."""
+        (self.dir / RECIPE_NAME).unlink(missing_ok=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
