@@ -35,7 +35,8 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 
 __all__ = ["OutputError", "Inputs", "check_output_file", "check_output_dir", "check_replace_dir", "check_resume_dir",
            "check_no_overlap", "atomic_file", "write_text_atomic", "staged_entries", "swap_entries", "replace_dir",
-           "temp_name", "is_temp_of", "clear_stale_temps", "normal_file_mode", "check_writable"]
+           "temp_name", "is_temp_of", "clear_stale_temps", "normal_file_mode", "check_writable",
+           "check_progress_folder", "read_progress_json", "other_progress_error"]
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,43 @@ def check_resume_dir(path: PathLike, marker: str, what: str, option: str = "--ou
     check_writable(p, option)
     return p
 
+
+
+def check_progress_folder(output: PathLike, folder: PathLike, command: str, is_ours: Callable[[str], bool]) -> bool:
+    """Whether a command's progress folder (`folder`, OUTPUT/<name>-progress/, the run a stopped one goes on from)
+    exists. OutputError (one line) for one that is not a folder, or holds an entry that is not `is_ours` (hidden
+    entries aside: a killed writer's temporaries), so is not the command's."""
+    folder = Path(folder)
+    if not (folder.exists() or folder.is_symlink()):
+        return False
+    if not folder.is_dir():
+        raise OutputError(f"--output {output}: {folder} is not a folder of {command} progress: move it away, or "
+                          f"choose another folder")
+    foreign = sorted(e.name for e in folder.iterdir() if not is_ours(e.name) and not e.name.startswith("."))
+    if foreign:
+        raise OutputError(f"--output {output}: {folder} holds {', '.join(foreign[:3])}, so it is not {command} "
+                          f"progress: move it away, or choose another folder")
+    return True
+
+
+def read_progress_json(path: PathLike, output: PathLike, folder: PathLike, command: str) -> dict:
+    """A progress folder's JSON object (its settings); OutputError (one line) for one that cannot be read."""
+    try:
+        stored = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(stored, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise OutputError(f"--output {output}: {path} cannot be read as {command} progress ({e}): remove {folder} "
+                          f"to start over") from None
+    return stored
+
+
+def other_progress_error(output: PathLike, command: str, diffs: Sequence[str], of: str = "with other settings",
+                         what: str = "settings") -> OutputError:
+    """The refusal of a progress folder of another run (`diffs`: `key: saved vs now` lines) without --overwrite."""
+    return OutputError(f"--output {output} holds the progress of a {command} run {of} ({'; '.join(diffs[:4])}"
+                       f"{'; ...' if len(diffs) > 4 else ''}, saved vs now): give its {what} to go on with it, or "
+                       f"pass --overwrite to start over (its progress goes)")
 
 # ------------------------------------------------------------------------------ writers
 def temp_name(path: PathLike, kind: str = "tmp") -> Path:

@@ -41,7 +41,7 @@ from radar_train.inference.fid import Tally
 from radar_train.inference.fid_merge import MERGE_DIR, parts_merged
 from radar_train.inference.npz import NpzImageWriter, unfinished_exists
 from radar_train.inference.pipeline import fingerprint_differences
-from radar_train.outputs import OutputError, _remove, atomic_file, is_temp_of
+from radar_train.outputs import OutputError, _remove, atomic_file, is_temp_of, other_progress_error
 
 __all__ = ["PROGRESS_DIR", "STATE_NAME", "REFERENCE_NAME", "LOCK_NAME", "FidProgress", "cached_reference", "part_name",
            "part_range"]
@@ -184,9 +184,7 @@ class FidProgress:
         if diffs:
             if overwrite:
                 return 0
-            raise OutputError(f"--output {self.output} holds the progress of a radar-fid run with other settings "
-                              f"({'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}, saved vs now): give "
-                              f"its settings to go on with it, or pass --overwrite to start over (its progress goes)")
+            raise other_progress_error(self.output, "radar-fid", diffs)
         # a finished share's samples that the workers' merge has taken are in merged/, not here
         taken = parts_merged(self.root) if self.part is not None and meta["done"] == self.num_samples else {}
         merged = {n for n, parts in taken.items() if parts > self.part[0]}

@@ -21,7 +21,8 @@ from typing import Mapping, Optional, Sequence
 import torch
 
 from radar_train.inference.pipeline import fingerprint_differences
-from radar_train.outputs import OutputError, temp_name, write_text_atomic
+from radar_train.outputs import (check_progress_folder, other_progress_error, read_progress_json, temp_name,
+                                 write_text_atomic)
 
 __all__ = ["PROGRESS_DIR", "LOCK_NAME", "SETTINGS_NAME", "GenerateProgress", "PngBatches", "png_name"]
 
@@ -51,33 +52,18 @@ class GenerateProgress:
     def check(self, overwrite: bool) -> bool:
         """Whether the run goes on from the folder (False: a fresh start). OutputError (one line) for a folder of
         that name that is not radar-generate's, and for one of other settings without `overwrite`."""
-        if not (self.dir.exists() or self.dir.is_symlink()):
+        if not check_progress_folder(self.output, self.dir, "radar-generate", _OURS.__contains__):
             return False
-        if not self.dir.is_dir():
-            raise OutputError(f"--output {self.output}: {self.dir} is not a folder of radar-generate progress: move "
-                              f"it away, or choose another folder")
-        foreign = sorted(e.name for e in self.dir.iterdir() if e.name not in _OURS and not e.name.startswith("."))
-        if foreign:
-            raise OutputError(f"--output {self.output}: {self.dir} holds {', '.join(foreign[:3])}, so it is not "
-                              f"radar-generate progress: move it away, or choose another folder")
         path = self.dir / SETTINGS_NAME
         if not path.is_file():  # (a run killed while it moved its finished entries out: nothing to go on from)
             return False
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(stored, dict):
-                raise ValueError("not a JSON object")
-        except (ValueError, UnicodeDecodeError) as e:
-            raise OutputError(f"--output {self.output}: {path} cannot be read as radar-generate progress ({e}): "
-                              f"remove {self.dir} to start over") from None
-        diffs = fingerprint_differences(stored, self.settings)
+        diffs = fingerprint_differences(read_progress_json(path, self.output, self.dir, "radar-generate"),
+                                        self.settings)
         if not diffs:
             return True
         if overwrite:
             return False
-        raise OutputError(f"--output {self.output} holds the progress of a radar-generate run with other settings "
-                          f"({'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}, saved vs now): give its "
-                          f"settings to go on with it, or pass --overwrite to start over (its progress goes)")
+        raise other_progress_error(self.output, "radar-generate", diffs)
 
     def open(self, go_on: bool) -> None:
         if go_on:  # a killed run's half-written PNGs (this run holds the folder's lock: no writer is alive)

@@ -18,7 +18,7 @@ from typing import Mapping, Optional
 import torch
 
 from radar_train.models import save_weights
-from radar_train.outputs import OutputError, write_text_atomic
+from radar_train.outputs import check_progress_folder, other_progress_error, read_progress_json, write_text_atomic
 
 __all__ = ["PROGRESS_DIR", "LOCK_NAME", "STAGES", "ToyTrainProgress"]
 
@@ -51,34 +51,19 @@ class ToyTrainProgress:
     def check(self, overwrite: bool) -> bool:
         """Whether the run goes on from the folder (False: a fresh start). OutputError (one line) for a folder of
         that name that is not radar-toy train's, and for one of another recipe without `overwrite`."""
-        if not (self.dir.exists() or self.dir.is_symlink()):
+        if not check_progress_folder(self.output, self.dir, "radar-toy train", _OURS.__contains__):
             return False
-        if not self.dir.is_dir():
-            raise OutputError(f"--output {self.output}: {self.dir} is not a folder of radar-toy train progress: "
-                              f"move it away, or choose another folder")
-        foreign = sorted(e.name for e in self.dir.iterdir() if e.name not in _OURS and not e.name.startswith("."))
-        if foreign:
-            raise OutputError(f"--output {self.output}: {self.dir} holds {', '.join(foreign[:3])}, so it is not "
-                              f"radar-toy train progress: move it away, or choose another folder")
         path = self.dir / RECIPE_NAME
         if not path.is_file():  # (a run killed while it removed the folder at its end: nothing to go on from)
             return False
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(stored, dict):
-                raise ValueError("not a JSON object")
-        except (ValueError, UnicodeDecodeError) as e:
-            raise OutputError(f"--output {self.output}: {path} cannot be read as radar-toy train progress ({e}): "
-                              f"remove {self.dir} to start over") from None
+        stored = read_progress_json(path, self.output, self.dir, "radar-toy train")
         diffs = [f"--recipe.{k}: {json.dumps(stored.get(k))} vs {json.dumps(self.recipe.get(k))}"
                  for k in sorted(set(stored) | set(self.recipe)) if stored.get(k) != self.recipe.get(k)]
         if not diffs:
             return True
         if overwrite:
             return False
-        raise OutputError(f"--output {self.output} holds the progress of a radar-toy train run of another recipe "
-                          f"({'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}, saved vs now): give its "
-                          f"recipe to go on with it, or pass --overwrite to start over (its progress goes)")
+        raise other_progress_error(self.output, "radar-toy train", diffs, of="of another recipe", what="recipe")
 
     def open(self, go_on: bool) -> None:
         if go_on:

@@ -90,12 +90,17 @@ def test_a_run_that_failed_before_a_stage_was_done_leaves_no_folder(tmp_path, mo
     assert not (tmp_path / "fresh").exists()
 
 
-def test_the_progress_of_another_recipe_is_refused_without_overwrite(tmp_path, monkeypatch):
-    out = tmp_path / "weights"
+def _stopped_in_the_var(out: Path, monkeypatch) -> None:
+    """A run of _tiny() into `out` that failed in the VAR: its progress holds the VQ-VAE."""
     with monkeypatch.context() as m:
         m.setattr(recipe_mod, "train_var", _fails("train_var"))
         with pytest.raises(RuntimeError):
             train_all(_tiny(), out)
+
+
+def test_the_progress_of_another_recipe_is_refused_without_overwrite(tmp_path, monkeypatch):
+    out = tmp_path / "weights"
+    _stopped_in_the_var(out, monkeypatch)
     before = snapshot(tmp_path)
     other = _tiny(seed=1)
     with pytest.raises(OutputError, match=r"holds the progress of a radar-toy train run of another recipe "
@@ -111,10 +116,7 @@ def test_the_progress_of_another_recipe_is_refused_without_overwrite(tmp_path, m
 
 def test_the_files_dtype_is_not_part_of_the_recipe_a_run_goes_on_with(tmp_path, monkeypatch):
     out = tmp_path / "weights"
-    with monkeypatch.context() as m:
-        m.setattr(recipe_mod, "train_var", _fails("train_var"))
-        with pytest.raises(RuntimeError):
-            train_all(_tiny(), out)
+    _stopped_in_the_var(out, monkeypatch)
     info = train_all(_tiny(weights_dtype="float32"), out)
     assert info["resumed_stages"] == ["vqvae"]
 
