@@ -18,7 +18,8 @@ from typing import Mapping, Optional
 import torch
 
 from radar_train.models import save_weights
-from radar_train.outputs import check_progress_folder, other_progress_error, read_progress_json, write_text_atomic
+from radar_train.outputs import (OutputError, check_progress_folder, other_progress_error, read_progress_json,
+                                 write_text_atomic)
 
 __all__ = ["PROGRESS_DIR", "LOCK_NAME", "STAGES", "ToyTrainProgress"]
 
@@ -90,8 +91,12 @@ class ToyTrainProgress:
             return None
         from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(self.dir / f"{stage}.safetensors"))
-        return json.loads((self.dir / f"{stage}.json").read_text(encoding="utf-8"))
+        try:
+            model.load_state_dict(load_file(self.dir / f"{stage}.safetensors"))
+            return json.loads((self.dir / f"{stage}.json").read_text(encoding="utf-8"))
+        except Exception as e:  # (written whole by this module: only a file changed since is unreadable)
+            raise OutputError(f"--output {self.output}: the saved {STAGES[stage]} in {self.dir} cannot be read "
+                              f"({type(e).__name__}: {str(e)[:160]}): remove {self.dir} to start over") from None
 
     def save(self, stage: str, model: torch.nn.Module, metrics: Mapping) -> None:
         """The stage's trained model (float32, exactly) and its metrics; the JSON last: it marks the stage done."""

@@ -121,6 +121,15 @@ def test_the_files_dtype_is_not_part_of_the_recipe_a_run_goes_on_with(tmp_path, 
     assert info["resumed_stages"] == ["vqvae"]
 
 
+def test_a_saved_stage_changed_since_is_one_line_naming_the_folder(tmp_path, monkeypatch):
+    out = tmp_path / "weights"
+    _stopped_in_the_var(out, monkeypatch)
+    (out / PROGRESS_DIR / "vqvae.safetensors").write_bytes(b"not weights")
+    with pytest.raises(OutputError, match=r"the saved VQ-VAE in .*toy-train-progress cannot be read .*: remove .* to "
+                                          r"start over"):
+        train_all(_tiny(), out)
+
+
 def test_the_cli_names_the_output_for_a_progress_folder_that_is_not_ours(tmp_path):
     (tmp_path / "out" / PROGRESS_DIR).mkdir(parents=True)
     (tmp_path / "out" / PROGRESS_DIR / "notes.txt").write_text("mine")
