@@ -158,7 +158,6 @@ def check_resume_dir(path: PathLike, marker: str, what: str, option: str = "--ou
     return p
 
 
-
 def check_progress_folder(output: PathLike, folder: PathLike, command: str, is_ours: Callable[[str], bool]) -> bool:
     """Whether a command's progress folder (`folder`, OUTPUT/<name>-progress/, the run a stopped one goes on from)
     exists. OutputError (one line) for one that is not a folder, or holds an entry that is not `is_ours` (hidden
@@ -194,6 +193,7 @@ def other_progress_error(output: PathLike, command: str, diffs: Sequence[str], o
     return OutputError(f"--output {output} holds the progress of a {command} run {of} ({'; '.join(diffs[:4])}"
                        f"{'; ...' if len(diffs) > 4 else ''}, saved vs now): give its {what} to go on with it, or "
                        f"pass --overwrite to start over (its progress goes)")
+
 
 # ------------------------------------------------------------------------------ writers
 def temp_name(path: PathLike, kind: str = "tmp") -> Path:

@@ -36,8 +36,6 @@ from radar_train.config import format_int_list
 from radar_train.inputs import reading
 
 
-
-
 class PairDataset(Dataset):
     """HQ/LQ latent pairs of the complete shards of a cache (all of them, or `shards`).
 

@@ -31,7 +31,8 @@ def grid_classes_seeds(classes, seeds, preset: str, where: str = "") -> tuple[li
     num_classes = get_preset(preset).var.num_classes
     bad = [c for c in cls_list if not 0 <= c < num_classes]
     if bad:
-        raise ValueError(f"--classes {format_int_list(bad, ',')} outside [0, {num_classes - 1}] for model {preset}{where}")
+        raise ValueError(f"--classes {format_int_list(bad, ',')} outside [0, {num_classes - 1}] for model "
+                         f"{preset}{where}")
     return cls_list, seed_list
 
 

@@ -325,8 +325,6 @@ def markdown_table(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-
-
 def write_report(r: dict, out_dir: str | Path) -> tuple[Path, Path]:
     """eval.json and eval.md in `out_dir`, moved in together once both are written (staged_entries: a failed
     write leaves the earlier pair, or no folder it created); the caller checks beforehand that replacing them

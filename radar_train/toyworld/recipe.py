@@ -124,24 +124,23 @@ def _train_into(cfg: ToyTrainConfig, out: Path, progress: ToyTrainProgress) -> d
     times["render_s"] = round(time.time() - t0, 1)
     log.info("rendered %d training + %d held-out images in %.0f s", len(bank), len(held), times["render_s"])
 
-    vqvae = VQVAE(TOY_VAE)
-    vq_metrics = progress.load("vqvae", vqvae)
-    if vq_metrics is None:
+    if "vqvae" in resumed:
+        vqvae, vq_metrics = progress.load("vqvae", VQVAE(TOY_VAE), cfg.device)
+        log.info("stage 1/3: VQ-VAE of the earlier run")
+    else:
         log.info("stage 1/3: VQ-VAE, %d steps", cfg.vqvae.steps)
         vqvae, vq_metrics = train_vqvae(TOY_VAE, cfg.vqvae, bank, cfg.seed, cfg.device)
         vq_metrics.update(reconstruction_psnr(vqvae, held, cfg.device))
         progress.save("vqvae", vqvae, vq_metrics)
-    else:
-        vqvae = vqvae.to(cfg.device).eval()
-        log.info("stage 1/3: VQ-VAE of the earlier run")
     times["vqvae_s"] = vq_metrics["train_time_s"]
     _save(vqvae, out / VAE_FILE, dtype, "vqvae")
     log.info("vqvae: held-out reconstruction PSNR %.2f dB, codebook usage %.2f", vq_metrics["psnr_db"],
              vq_metrics["codebook_usage"])
 
-    var = VAR(TOY_VAR)
-    var_metrics = progress.load("var", var)
-    if var_metrics is None:
+    if "var" in resumed:
+        var, var_metrics = progress.load("var", VAR(TOY_VAR), cfg.device)
+        log.info("stage 2/3: VAR of the earlier run")
+    else:
         t1 = time.time()
         tokens = encode_bank(vqvae, bank, cfg.device)
         held_tokens = encode_bank(vqvae, held, cfg.device)
@@ -151,9 +150,6 @@ def _train_into(cfg: ToyTrainConfig, out: Path, progress: ToyTrainProgress) -> d
         var_metrics.update(token_metrics(var, held_tokens, cfg.device))
         del tokens
         progress.save("var", var, var_metrics)
-    else:
-        var = var.to(cfg.device).eval()
-        log.info("stage 2/3: VAR of the earlier run")
     times["var_s"] = var_metrics["train_time_s"]
     _save(var, out / VAR_FILE, dtype, "var")
 

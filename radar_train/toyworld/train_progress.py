@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping
 
 import torch
 
@@ -84,19 +84,18 @@ class ToyTrainProgress:
             saved.append(stage)
         return saved
 
-    def load(self, stage: str, model: torch.nn.Module) -> Optional[dict]:
-        """The stage's metrics with its weights loaded into `model` (a fresh one of the stage's config), or None
-        when the stage is not saved."""
-        if stage not in self.done():
-            return None
+    def load(self, stage: str, model: torch.nn.Module, device: torch.device | str) -> tuple[torch.nn.Module, dict]:
+        """(model, metrics) of a stage `done`: its weights loaded into `model` (a fresh one of the stage's config),
+        on `device`, in eval mode."""
         from safetensors.torch import load_file
 
         try:
             model.load_state_dict(load_file(self.dir / f"{stage}.safetensors"))
-            return json.loads((self.dir / f"{stage}.json").read_text(encoding="utf-8"))
+            metrics = json.loads((self.dir / f"{stage}.json").read_text(encoding="utf-8"))
         except Exception as e:  # (written whole by this module: only a file changed since is unreadable)
             raise OutputError(f"--output {self.output}: the saved {STAGES[stage]} in {self.dir} cannot be read "
                               f"({type(e).__name__}: {str(e)[:160]}): remove {self.dir} to start over") from None
+        return model.to(device).eval(), metrics
 
     def save(self, stage: str, model: torch.nn.Module, metrics: Mapping) -> None:
         """The stage's trained model (float32, exactly) and its metrics; the JSON last: it marks the stage done."""

@@ -482,5 +482,3 @@ class PairDataModule(pl.LightningDataModule):
         else:
             items = [self.val_set[i] for i in range(min(n, len(self.val_set)))]
         return {k: torch.stack([it[k] for it in items]) for k in ("fhat_hq", "fhat_lq", "label", "seed", "index")}
-
-
