@@ -5,6 +5,7 @@
     radar-train fit --config configs/train/tiny.yaml --print_config
     radar-train validate --config configs/train/tiny.yaml --ckpt_path last
     radar-train export --ckpt checkpoints/tiny/checkpoints/last.ckpt --output adapters/tiny [--overwrite]
+    radar-train merge --adapter adapters/tiny --output vae_tiny_radar.pth [--vae_checkpoint FILE] [--overwrite]
 
 The run folder is `trainer.default_root_dir` (e.g. checkpoints/tiny): checkpoints/ (Lightning .ckpt, resume
 only), tb/ (TensorBoard), config.yaml (the resolved config), final/ and step-NNNNNN/ (adapter exports).
@@ -26,14 +27,16 @@ import re
 import signal
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
-USAGE = """usage: radar-train {fit,validate,export} ...
+USAGE = """usage: radar-train {fit,validate,export,merge} ...
 
   fit       train LoRA adapters (LightningCLI; --config FILE, dotted overrides, --print_config, --ckpt_path last);
             a new run needs a new or empty run folder, a run with checkpoints is resumed with --ckpt_path last
   validate  run the validation metrics on a checkpoint (LightningCLI; logs to RUN/tb/validate/version_N/)
   export    write a peft adapter folder from a Lightning checkpoint (--ckpt PATH --output DIR [--overwrite])
+  merge     write the adapter merged into its base VQ-VAE as one plain VQ-VAE file, for the official VAR code
+            (--adapter DIR --output FILE.pth|.safetensors [--vae_checkpoint FILE] [--dtype] [--overwrite])
 
 `radar-train fit --help` lists every option."""
 
@@ -75,6 +78,7 @@ The options people change (every option follows below):
 Every option:
 """
 LIGHTNING_SUBCOMMANDS = ("fit", "validate")
+OTHER_SUBCOMMANDS = ("export", "merge")  # (no Lightning import)
 RUN_OPTION = "--trainer.default_root_dir"
 # what a fit writes into its run folder before its first checkpoint (a folder holding only these is reused)
 EARLY_RUN_ENTRIES = ("config.yaml", "tb", "checkpoints")
@@ -115,6 +119,58 @@ def export(ckpt: str, output: str, overwrite: bool = False) -> int:
     cfg = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
     print(f"adapter: {path} (peft LoRA r={cfg.get('r')}, alpha={cfg.get('lora_alpha'):g})")
     return 0
+
+
+def merge(adapter: str, output: str, vae_checkpoint: Optional[str] = None,
+          dtype: Literal["float32", "float16", "bfloat16"] = "float32", overwrite: bool = False) -> int:
+    """Write an adapter merged into its base VQ-VAE as one plain VQ-VAE file.
+
+    The LoRA of the adapter folder is folded into the decoder's convolutions of the VQ-VAE it was trained on, and
+    the whole VQ-VAE (encoder and quantizer too) is written under the official key names: a .pth that the
+    official VAR code loads with `vae.load_state_dict(torch.load(FILE))`, or a .safetensors; `--model.vae_checkpoint
+    FILE` of radar-generate and radar-cache loads either. FILE.json beside it records the base VQ-VAE, the adapter
+    and the acceleration it restores. Decode that acceleration's latents with it; vanilla latents with the base
+    VQ-VAE. An existing FILE or FILE.json is replaced only with --overwrite; the base VQ-VAE file and the
+    adapter folder never are. A label-conditioned adapter cannot be merged (its decoder takes the labels).
+
+    Args:
+        adapter: adapter folder exported by radar-train (final/, step-NNNNNN/, or radar-train export's).
+        output: the merged VQ-VAE file to write (.pth, .pt, .bin or .safetensors).
+        vae_checkpoint: the base VQ-VAE file, if the path the adapter records is not valid here (checked: the
+            sha256 must be the adapter's).
+        dtype: the floating tensors' type in the file (the official VQ-VAE file is float32).
+        overwrite: replace an existing FILE and FILE.json.
+    """
+    from radar_train.export.merged import WEIGHT_SUFFIXES, base_vae_file, merged_vqvae, sidecar_path, write_merged
+    from radar_train.export.adapter import read_radar_config
+    from radar_train.inputs import check_dir, check_file
+    from radar_train.outputs import check_output_file
+
+    if Path(output).suffix.lower() not in WEIGHT_SUFFIXES:
+        raise ValueError(f"--output {output}: give a file name ending in {', '.join(WEIGHT_SUFFIXES)}")
+    check_dir(adapter, "--adapter folder")
+    if vae_checkpoint is not None:
+        check_file(vae_checkpoint, "--vae_checkpoint file")
+    meta = read_radar_config(adapter)
+    vae_file = base_vae_file(adapter, meta, vae_checkpoint)
+    inputs = {"--adapter": adapter, "--vae_checkpoint" if vae_checkpoint else "the base VQ-VAE file": vae_file}
+    check_output_file(output, "--output", inputs, overwrite)
+    check_output_file(sidecar_path(output), "--output's record", inputs, overwrite)
+    print(f"radar-train merge: {adapter} into the VQ-VAE {vae_file or meta['base'].get('preset')} -> {output}")
+    sd, description = merged_vqvae(adapter, vae_file, dtype)
+    out, side = write_merged(sd, output, description)
+    lora = description["adapter"]["lora"]
+    restores = ", ".join(sorted({_accel_name(r.get("accel")) for r in description["restores"]})) or "not recorded"
+    print(f"merged VQ-VAE: {out} ({dtype}, {out.stat().st_size / 2**20:.1f} MiB; LoRA r={lora.get('rank')} merged "
+          f"into {description['adapter']['merged_modules']} convolutions) and {side}")
+    print(f"it restores the latents of: {restores}; decode vanilla latents with the base VQ-VAE")
+    return 0
+
+
+def _accel_name(accel) -> str:
+    if not isinstance(accel, dict):
+        return "?"
+    return f"{accel.get('method')}:{accel.get('preset')}" if accel.get("preset") else str(accel.get("method"))
 
 
 def hpc_checkpoint(root: str | os.PathLike) -> Optional[Path]:
@@ -246,7 +302,8 @@ def check_ckpt_path(ckpt_path: Optional[str], root: str | os.PathLike,
 def trainer_problems(trainer) -> list[str]:
     """What Lightning would refuse only once the run had started (writing config.yaml and tb/ first), or
     not at all: accumulate_grad_batches below 1, a val_check_interval of 0 (both a ZeroDivisionError inside
-    the fit), max_steps below -1, max_epochs 0 (a run that trains nothing and exits 0). A `trainer` that is not a mapping is left to the parser."""
+    the fit), max_steps below -1, max_epochs 0 (a run that trains nothing and exits 0). A `trainer` that is not
+    a mapping is left to the parser."""
     p = []
     if not hasattr(trainer, "get"):
         return p
@@ -610,15 +667,16 @@ def _body(argv: list[str]) -> int:
         print(USAGE, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
-    if cmd not in LIGHTNING_SUBCOMMANDS + ("export",):
-        raise ValueError(f"unknown command {cmd!r}: radar-train fit, validate or export (`radar-train --help`)")
+    if cmd not in LIGHTNING_SUBCOMMANDS + OTHER_SUBCOMMANDS:
+        raise ValueError(f"unknown command {cmd!r}: radar-train fit, validate, export or merge (`radar-train --help`)")
     if cmd in LIGHTNING_SUBCOMMANDS and any(a in ("-h", "--help") for a in rest):
         print(FIT_SUMMARY if cmd == "fit" else VALIDATE_SUMMARY, flush=True)  # LightningCLI's full list follows
     check_config_files(rest)
-    if cmd == "export":
+    if cmd in OTHER_SUBCOMMANDS:
         from jsonargparse import CLI
 
-        return CLI(export, args=rest, as_positional=False, prog="radar-train export", exit_on_error=False)
+        return CLI({"export": export, "merge": merge}[cmd], args=rest, as_positional=False, prog=f"radar-train {cmd}",
+                   exit_on_error=False)
     run_lightning(argv)
     return 0
 
@@ -635,7 +693,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
         hold_requeue_signal()
     args = sys.argv[1:] if argv is None else argv
-    sub = args[0] if args and args[0] in LIGHTNING_SUBCOMMANDS + ("export",) else None
+    sub = args[0] if args and args[0] in LIGHTNING_SUBCOMMANDS + OTHER_SUBCOMMANDS else None
     # a parse error's hint names the subcommand's help, which lists its options (`radar-train --help` does not)
     run_main(f"radar-train {sub}" if sub else "radar-train", _body, argv, check_configs=False)
 

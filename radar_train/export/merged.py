@@ -1,0 +1,159 @@
+"""A merged VQ-VAE: an adapter's LoRA folded into the convolutions of its base VQ-VAE, written as one plain VQ-VAE
+state dict in the official key layout, for code that knows nothing of peft or of radar_train (the official VAR
+code's `vae.load_state_dict(torch.load(path))`, FastVAR's, our own `--model.vae_checkpoint`).
+
+    OUTPUT          (.pth, .pt, .bin: torch.save of the state dict; .safetensors) every tensor of the base VQ-VAE
+                    (encoder, quantizer, quant_conv, post_quant_conv, decoder) under the base file's names, the
+                    LoRA targets' weights merged (W + (alpha / r) * B A), floating tensors in `dtype`
+    OUTPUT.json     what it was made from: the base VQ-VAE's identity, the adapter (path, LoRA, step) and the
+                    acceleration its caches were made with (the latents it restores), the weights' sha256
+
+The merged decoder restores the latents of the acceleration it was trained for; vanilla latents are decoded
+with the base VQ-VAE (an adapter costs a little on latents it was not trained for). A label-conditioned adapter
+cannot be merged: its decoder takes the class labels, which a plain VQ-VAE does not.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from radar_train.inputs import InputError
+
+from .adapter import check_adapter, load_adapter
+
+__all__ = ["MERGED_KIND", "MERGED_VERSION", "WEIGHT_SUFFIXES", "DTYPES", "sidecar_path", "base_vae_file",
+           "merged_vqvae", "write_merged"]
+
+MERGED_KIND = "radar_merged_vqvae"
+MERGED_VERSION = 1
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def sidecar_path(output: str | os.PathLike) -> Path:
+    """The JSON written beside a merged VQ-VAE file: its name with `.json` added."""
+    return Path(os.fspath(output) + ".json")
+
+
+def _recorded_vae_files(meta: dict) -> list[str]:
+    """The VQ-VAE file paths an adapter's metadata records (its training config's, its caches'), in that order."""
+    paths = [((meta.get("training") or {}).get("model") or {}).get("decoder", {}).get("vae_checkpoint")]
+    paths += [(c.get("model") or {}).get("vae_checkpoint") for c in meta.get("caches") or []]
+    return [p for i, p in enumerate(paths) if isinstance(p, str) and p and p not in paths[:i]]
+
+
+def base_vae_file(adapter_dir: str | os.PathLike, meta: dict, vae_checkpoint: Optional[str]) -> Optional[str]:
+    """The base VQ-VAE file to merge into: `vae_checkpoint`, else the first file the metadata records that is
+    here, else the file packaged with the preset (the toy world's); None for a randomly initialised VQ-VAE.
+    ValueError naming --vae_checkpoint when the adapter's VQ-VAE is a file and none is at hand."""
+    from radar_train.models import get_preset
+
+    base = meta["base"]
+    vae = base["vae"]
+    if vae["kind"] != "file":
+        if vae_checkpoint is not None:
+            raise ValueError(f"--vae_checkpoint {vae_checkpoint}: adapter {adapter_dir} was trained on a randomly "
+                             f"initialised VQ-VAE ({vae['kind']}:{vae['value']}), not a file: leave it out")
+        return None
+    if vae_checkpoint is not None:
+        return vae_checkpoint
+    recorded = _recorded_vae_files(meta)
+    here = [p for p in recorded if Path(p).is_file()]
+    if here:
+        return here[0]
+    packaged = get_preset(_preset(adapter_dir, base)).packaged_files
+    if packaged is not None:
+        return packaged[0]
+    where = f" (recorded as {', '.join(recorded)}, not here)" if recorded else ""
+    raise ValueError(f"adapter {adapter_dir} was trained on the VQ-VAE file with sha256 {vae['value'][:16]}…{where}: "
+                     f"pass it with --vae_checkpoint")
+
+
+def _preset(adapter_dir, base: dict) -> str:
+    preset = base.get("preset")
+    if not isinstance(preset, str) or not preset:
+        raise InputError(f"{Path(adapter_dir) / 'radar_config.yaml'}: adapter metadata names no base model preset "
+                         f"(`base.preset`)")
+    return preset
+
+
+def _seed_of(vae: dict) -> Optional[int]:
+    m = re.search(r"seed=(\d+)", str(vae.get("value", "")))
+    return int(m.group(1)) if vae.get("kind") == "random" and m else None
+
+
+def merged_vqvae(adapter_dir: str | os.PathLike, vae_file: Optional[str] = None,
+                 dtype: str = "float32") -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict, description): the base VQ-VAE of `adapter_dir` (the file `vae_file`, else its preset's random or
+    packaged weights) with the adapter's LoRA merged into its decoder, every floating tensor in `dtype`.
+    The base must be the one the adapter was trained on (ValueError naming --vae_checkpoint); a
+    label-conditioned adapter is refused (ValueError)."""
+    from radar_train.models import load_models
+
+    meta = check_adapter(adapter_dir)
+    if meta.get("label_conditioning"):
+        raise ValueError(f"adapter {adapter_dir} is label-conditioned (a per-class FiLM of the decoder's GroupNorms): "
+                         f"its decoder takes the class labels, which a plain VQ-VAE file cannot hold; decode with "
+                         f"RadarPipeline, radar-generate or radar-fid and the adapter folder instead")
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype}: one of {', '.join(DTYPES)}")
+    base = meta["base"]
+    preset, vae = _preset(adapter_dir, base), base["vae"]
+    try:
+        vqvae, _, ident, _ = load_models(preset, vae_file, init_seed=_seed_of(vae), with_var=False)
+    except ValueError as e:
+        raise ValueError(f"--vae_checkpoint {vae_file}: {e}" if vae_file else str(e)) from None
+    if (ident.kind, ident.value) != (vae["kind"], vae["value"]):
+        raise ValueError(f"--vae_checkpoint {vae_file}: not the VQ-VAE adapter {adapter_dir} was trained on (its "
+                         f"sha256 {ident.value[:16]}…, the adapter's {vae['value'][:16]}…)")
+    from peft.tuners.lora import LoraLayer
+
+    model = load_adapter(vqvae.latent_decoder(), adapter_dir, identity=ident, merge=False)
+    n_merged = sum(isinstance(m, LoraLayer) for m in model.modules())
+    merged = model.merge_and_unload()  # (what load_adapter's merge=True does)
+    sd = vqvae.state_dict()
+    changed = merged.state_dict()
+    strays = sorted(k for k in changed if k not in sd or changed[k].shape != sd[k].shape)
+    if strays:  # (peft left a module of its own, or renamed one: the file would not load as a VQ-VAE)
+        raise RuntimeError(f"the merged decoder has tensors a VQ-VAE has not: {', '.join(strays[:3])}")
+    sd.update(changed)
+    want = DTYPES[dtype]
+    sd = {k: (v.to(want) if v.is_floating_point() else v).detach().contiguous() for k, v in sd.items()}
+    lora = meta.get("lora") or {}
+    description = {
+        "format_version": MERGED_VERSION,
+        "kind": MERGED_KIND,
+        "dtype": dtype,
+        "base": {"preset": preset, "vae": {"kind": vae["kind"], "value": vae["value"]},
+                 "vae_checkpoint": None if vae_file is None else str(vae_file)},
+        "adapter": {"path": str(adapter_dir), "global_step": meta.get("global_step"),
+                    "lora": {k: lora.get(k) for k in ("rank", "alpha", "targets") if k in lora},
+                    "merged_modules": n_merged},
+        "restores": [{"cache": c.get("path"), "accel": c.get("accel"), "sampling": c.get("sampling")}
+                     for c in meta.get("caches") or []],
+    }
+    return sd, description
+
+
+def write_merged(sd: dict[str, torch.Tensor], output: str | os.PathLike, description: dict) -> tuple[Path, Path]:
+    """Write `sd` to `output` (torch.save for .pth / .pt / .bin, else safetensors) and the description, with the
+    file's name and sha256, to `sidecar_path(output)`; each file whole or absent (a temporary renamed), the weights
+    first. The caller has checked that both may be written (`radar_train.outputs.check_output_file`)."""
+    from radar_train.models.checkpoint import file_sha256, save_weights
+    from radar_train.outputs import atomic_file, normal_file_mode, write_text_atomic
+
+    out = Path(output)
+    if out.suffix.lower() == ".safetensors":
+        save_weights(sd, out)
+    else:
+        with atomic_file(out) as tmp, open(tmp, "wb") as f:  # a file object: the archive's inner name is fixed
+            torch.save(sd, f)
+    normal_file_mode(out)
+    record = {**description, "weights": out.name, "sha256": file_sha256(out)}
+    side = write_text_atomic(sidecar_path(out), json.dumps(record, indent=1) + "\n")
+    return out, side

@@ -1,0 +1,170 @@
+"""radar-train merge: an adapter folded into its base VQ-VAE, written as one plain VQ-VAE file (.pth or
+.safetensors) with a JSON record beside it; what it refuses, leaving every file as it was."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cli_checks import assert_refused, call_cli
+from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
+from radar_train.export import load_adapter, save_adapter
+from radar_train.inference import PipelineArgs, RadarPipeline
+from radar_train.models import load_latent_decoder, load_models
+from radar_train.models.checkpoint import file_sha256, read_state_dict
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _merge(cwd, *args: str) -> tuple[int, str]:
+    return call_cli("train", ["merge", *args], cwd)
+
+
+def _pipe(**kw) -> RadarPipeline:
+    return RadarPipeline.from_config(PipelineArgs(model=ModelArgs(**kw.pop("model", {})), accel=AccelArgs("fastvar"),
+                                                  sampling=SamplingConfig(cfg=1.5, top_k=64, top_p=0.96), device="cpu",
+                                                  **kw))
+
+
+@pytest.fixture(scope="module")
+def toy_adapter(tmp_path_factory):
+    """An adapter with random (non-zero) LoRA weights on the toy world's VQ-VAE: a base that is a file (packaged,
+    stored in float16)."""
+    from radar_train.bench.pipeline import random_adapter
+
+    dec, ident = load_latent_decoder("toy")
+    peft_model = random_adapter(dec, rank=2, seed=0)[0]
+    out = tmp_path_factory.mktemp("toy") / "adapter"
+    save_adapter(peft_model, out, {"base": {"preset": "toy", "vae": ident.to_dict()},
+                                   "lora": {"rank": 2, "alpha": 2.0, "targets": "all"}})
+    return out
+
+
+def test_the_merged_file_decodes_as_the_merged_adapter_and_keeps_every_other_tensor(trained_run, tmp_path):
+    adapter = trained_run["adapter"]
+    code, err = _merge(tmp_path, "--adapter", str(adapter), "--output", "vae_radar.pth")
+    assert code == 0, err
+    out = tmp_path / "vae_radar.pth"
+    sd = torch.load(out, map_location="cpu", weights_only=True)  # what the official code does with a .pth
+    base, _, base_id, _ = load_models("tiny", with_var=False)
+    want = base.state_dict()
+    assert list(sd) == list(want) and all(sd[k].shape == want[k].shape and sd[k].dtype == want[k].dtype for k in sd)
+    changed = sorted(k for k in sd if not torch.equal(sd[k], want[k]))
+    assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) and k.endswith(".weight") for k in changed)
+    lora_a = [k for k in load_file(adapter / "adapter_model.safetensors") if k.endswith("lora_A.weight")]
+    assert len(changed) == len(lora_a)  # one merged weight per LoRA pair
+
+    merged, _, merged_id, _ = load_models("tiny", vae_checkpoint=str(out), with_var=False)
+    dec, dec_id = load_latent_decoder("tiny")
+    adapted = load_adapter(dec, adapter, identity=dec_id, merge=True)
+    f = torch.randn(3, 8, 8, 8)
+    with torch.no_grad():
+        got, ref, plain = merged.latent_decoder()(f), adapted(f), base.latent_decoder()(f)
+    assert torch.equal(got, ref)
+    assert (got - plain).abs().max() > 1e-3  # the adapter is in it
+
+    record = json.loads((tmp_path / "vae_radar.pth.json").read_text())
+    assert record["kind"] == "radar_merged_vqvae" and record["weights"] == "vae_radar.pth"
+    assert record["sha256"] == file_sha256(out) == merged_id.value
+    assert record["base"]["vae"] == {"kind": base_id.kind, "value": base_id.value}
+    assert record["adapter"]["merged_modules"] == len(changed)
+    assert [r["accel"]["method"] for r in record["restores"]] == ["fastvar"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vae_radar.pth", "vae_radar.pth.json"]
+
+
+def test_generating_with_the_merged_file_is_generating_with_the_adapter(trained_run, tmp_path):
+    assert _merge(tmp_path, "--adapter", str(trained_run["adapter"]), "--output", "vae.safetensors")[0] == 0
+    with_adapter = _pipe(adapter=str(trained_run["adapter"])).generate([1, 2], [5, 6])
+    merged = _pipe(model={"vae_checkpoint": str(tmp_path / "vae.safetensors")})
+    assert merged.adapted_decoder is None
+    assert torch.equal(merged.generate([1, 2], [5, 6], use_adapter=False), with_adapter)
+
+
+def test_a_file_base_is_checked_and_a_dtype_casts_only_the_floating_tensors(toy_adapter, tmp_path):
+    from radar_train.toyworld.preset import VAE_FILE, WEIGHTS_DIR
+
+    packaged = read_state_dict(WEIGHTS_DIR / VAE_FILE, "vqvae")
+    assert {v.dtype for v in packaged.values() if v.is_floating_point()} == {torch.float16}
+    code, err = _merge(tmp_path, "--adapter", str(toy_adapter), "--output", "v16.safetensors", "--dtype", "float16")
+    assert code == 0, err
+    sd = read_state_dict(tmp_path / "v16.safetensors", "vqvae")
+    assert list(sd) == list(packaged) and all(sd[k].dtype == packaged[k].dtype for k in sd)
+    same = {k for k in sd if torch.equal(sd[k], packaged[k])}
+    assert {k for k in sd if not k.startswith(("decoder.", "post_quant_conv."))} <= same  # float16 to float16: exact
+    assert len(set(sd) - same) == len(
+        [k for k in load_file(toy_adapter / "adapter_model.safetensors") if k.endswith("lora_A.weight")])
+    record = json.loads((tmp_path / "v16.safetensors.json").read_text())
+    assert record["dtype"] == "float16" and record["base"]["vae_checkpoint"].endswith(VAE_FILE)
+
+    # the same base named by --vae_checkpoint (a copy) gives the same bytes; another VQ-VAE is refused
+    copy = tmp_path / "base_copy.safetensors"
+    shutil.copyfile(WEIGHTS_DIR / VAE_FILE, copy)
+    code, err = _merge(tmp_path, "--adapter", str(toy_adapter), "--output", "again.safetensors", "--dtype", "float16",
+                       "--vae_checkpoint", str(copy))
+    assert code == 0, err
+    assert (tmp_path / "again.safetensors").read_bytes() == (tmp_path / "v16.safetensors").read_bytes()
+    assert_refused("train", ["merge", "--adapter", str(toy_adapter), "--output", "other.pth", "--vae_checkpoint",
+                             "v16.safetensors"], tmp_path, (tmp_path, toy_adapter),
+                   ["--vae_checkpoint v16.safetensors", "not the VQ-VAE adapter", "was trained on"])
+
+
+def test_what_merge_refuses_leaves_every_file_as_it_was(toy_adapter, trained_run, tmp_path):
+    from radar_train.bench.pipeline import random_adapter, random_conditioned
+
+    roots = (tmp_path, toy_adapter)
+    (tmp_path / "mine.pth").write_bytes(b"my weights")
+    refused = [
+        (["--output", "mine.pth"], ["--output mine.pth exists", "--overwrite"]),
+        (["--output", "vae.ckpt"], ["--output vae.ckpt", ".pth", ".safetensors"]),
+        (["--output", str(toy_adapter / "vae.pth")], ["lies inside the input --adapter"]),
+        (["--output", "v.pth", "--dtype", "float64"], ["--dtype"]),
+    ]
+    (tmp_path / "rec.pth.json").write_text("{}")
+    refused.append((["--output", "rec.pth"], ["rec.pth.json exists", "--overwrite"]))
+    for args, needles in refused:
+        assert_refused("train", ["merge", "--adapter", str(toy_adapter), *args], tmp_path, roots, needles)
+
+    # the base VQ-VAE file is never replaced, --overwrite or not
+    base = tmp_path / "base.safetensors"
+    from radar_train.toyworld.preset import VAE_FILE, WEIGHTS_DIR
+    shutil.copyfile(WEIGHTS_DIR / VAE_FILE, base)
+    assert_refused("train", ["merge", "--adapter", str(toy_adapter), "--output", str(base), "--vae_checkpoint",
+                             str(base), "--overwrite"], tmp_path, roots, ["is the input --vae_checkpoint"])
+    # a randomly initialised base takes no file; a missing folder is named
+    assert_refused("train", ["merge", "--adapter", str(trained_run["adapter"]), "--output", "v.pth",
+                             "--vae_checkpoint", str(base)], tmp_path, roots, ["randomly initialised", "leave it out"])
+    assert_refused("train", ["merge", "--adapter", "nowhere", "--output", "v.pth"], tmp_path, roots,
+                   ["--adapter folder", "nowhere"])
+
+    # a label-conditioned adapter: its decoder takes the labels
+    dec, ident = load_latent_decoder("toy")
+    peft_model, merged = random_adapter(dec, rank=2, seed=1)
+    film = random_conditioned(merged, num_classes=10, embed_dim=4).film
+    cond = tmp_path / "conditioned"
+    save_adapter(peft_model, cond, {"base": {"preset": "toy", "vae": ident.to_dict()}}, conditioning=film)
+    assert_refused("train", ["merge", "--adapter", str(cond), "--output", "v.pth"], tmp_path, roots,
+                   ["label-conditioned", "radar-generate"])
+
+    # an official preset's base file that is not here is asked for by name
+    meta = (toy_adapter / "radar_config.yaml").read_text()
+    far = tmp_path / "far"
+    shutil.copytree(toy_adapter, far)
+    (far / "radar_config.yaml").write_text(meta.replace("preset: toy", "preset: var-d16") +
+                                           "training:\n  model:\n    decoder:\n      vae_checkpoint: gone/vae.pth\n")
+    assert_refused("train", ["merge", "--adapter", str(far), "--output", "v.pth"], tmp_path, roots,
+                   ["recorded as gone/vae.pth, not here", "--vae_checkpoint"])
+
+
+def test_overwrite_replaces_both_files(toy_adapter, tmp_path):
+    assert _merge(tmp_path, "--adapter", str(toy_adapter), "--output", "v.pth")[0] == 0
+    first = (tmp_path / "v.pth").read_bytes()
+    code, err = _merge(tmp_path, "--adapter", str(toy_adapter), "--output", "v.pth", "--dtype", "bfloat16",
+                       "--overwrite")
+    assert code == 0, err
+    assert (tmp_path / "v.pth").read_bytes() != first
+    record = json.loads((tmp_path / "v.pth.json").read_text())
+    assert record["dtype"] == "bfloat16" and record["sha256"] == file_sha256(tmp_path / "v.pth")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.pth", "v.pth.json"]  # no temporary left
