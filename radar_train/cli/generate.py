@@ -92,6 +92,9 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
           f"{model.preset}, accel {accel.method}, adapter {adapter or '-'} -> {out}")
     pipe = RadarPipeline.from_config(PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision,
                                                   decode_precision))
+    if pipe.merged_vqvae is not None:  # (vanilla/ would pass for the base VQ-VAE's images)
+        print(f"radar-generate: note: --model.vae_checkpoint {model.vae_checkpoint} has a RADAR adapter merged in "
+              f"(radar-train merge), so vanilla/ is decoded with it too; for vanilla images use the base VQ-VAE file")
     keys = ["vanilla", "accelerated"] + (["accelerated+adapter"] if pipe.adapted_decoder is not None else [])
     settings = {**pipe.fingerprint(), "model": model.preset, "classes": cls_list, "seeds": seed_list,
                 "batch_size": batch_size}

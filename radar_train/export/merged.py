@@ -27,7 +27,7 @@ from radar_train.inputs import InputError
 from .adapter import check_adapter, load_adapter
 
 __all__ = ["MERGED_KIND", "MERGED_VERSION", "WEIGHT_SUFFIXES", "DTYPES", "sidecar_path", "base_vae_file",
-           "merged_vqvae", "write_merged"]
+           "merged_vqvae", "write_merged", "merged_record"]
 
 MERGED_KIND = "radar_merged_vqvae"
 MERGED_VERSION = 1
@@ -157,3 +157,17 @@ def write_merged(sd: dict[str, torch.Tensor], output: str | os.PathLike, descrip
     record = {**description, "weights": out.name, "sha256": file_sha256(out)}
     side = write_text_atomic(sidecar_path(out), json.dumps(record, indent=1) + "\n")
     return out, side
+
+
+def merged_record(vae_checkpoint: Optional[str | os.PathLike], sha256: str) -> Optional[dict]:
+    """The record beside a VQ-VAE file that `radar-train merge` wrote, if the file is still the one it describes
+    (`sha256`, the file's identity); None for any other file (no record, one that does not read, another kind,
+    or the weights replaced since)."""
+    if vae_checkpoint is None:
+        return None
+    try:
+        record = json.loads(sidecar_path(vae_checkpoint).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ours = isinstance(record, dict) and record.get("kind") == MERGED_KIND and record.get("sha256") == sha256
+    return record if ours else None

@@ -182,6 +182,24 @@ def fingerprint_differences(stored: dict, wanted: dict) -> list[str]:
             for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
 
 
+def _merged_vqvae(vae_checkpoint: Optional[str], vae_id: ModelIdentity, accel: dict) -> Optional[dict]:
+    """The record of a VQ-VAE file that `radar-train merge` wrote (it decodes every latent with its adapter), or
+    None; a warning when the pipeline runs another acceleration than the one the adapter restores (vanilla
+    included)."""
+    from radar_train.export.merged import merged_record
+
+    record = merged_record(vae_checkpoint, vae_id.value) if vae_id.kind == "file" else None
+    if record is None:
+        return None
+    trained = [r["accel"] for r in record.get("restores") or [] if isinstance(r, dict) and r.get("accel")]
+    diffs = accel_differences(trained[0], accel) if trained else []
+    if diffs:
+        warnings.warn(f"model.vae_checkpoint {vae_checkpoint} has a RADAR adapter merged in (radar-train merge), "
+                      f"trained on latents of another acceleration than the pipeline runs ({'; '.join(diffs)}, "
+                      f"trained vs now): decode these latents with the base VQ-VAE file", stacklevel=3)
+    return record
+
+
 class RadarPipeline:
     def __init__(self, vqvae, var, accel: AccelMethod, sampling: SamplingConfig, *, vae_identity: ModelIdentity,
                  var_identity: Optional[ModelIdentity] = None, autocast_dtype: Optional[torch.dtype] = None,
@@ -202,6 +220,8 @@ class RadarPipeline:
         self.adapter_meta: Optional[dict] = None
         self.adapter_dir: Optional[str] = None
         self.adapter_merged: Optional[bool] = None
+        self.merged_vqvae: Optional[dict] = None
+        """from_config: the record of a VQ-VAE file with an adapter merged in (`radar-train merge`), else None."""
         if adapter is not None:
             self.load_adapter(adapter, merge=merge_adapter)
 
@@ -215,10 +235,13 @@ class RadarPipeline:
         m = args.model
         vqvae, var, vae_id, var_id = load_models(m.preset, m.vae_checkpoint, m.var_checkpoint, device, m.init_seed)
         accel = build_accel(args.accel, var.patch_nums, var.depth, var_id)
-        return cls(vqvae, var, accel, args.sampling, vae_identity=vae_id, var_identity=var_id,
+        merged = _merged_vqvae(m.vae_checkpoint, vae_id, accel.describe())
+        pipe = cls(vqvae, var, accel, args.sampling, vae_identity=vae_id, var_identity=var_id,
                    autocast_dtype=resolve_precision(device, args.precision), adapter=args.adapter,
                    merge_adapter=args.merge_adapter,
                    decode_dtype=resolve_precision(device, args.decode_precision, "decode_precision"))
+        pipe.merged_vqvae = merged
+        return pipe
 
     @classmethod
     def from_files(cls, vae_checkpoint: str, var_checkpoint: str, preset: str = "var-d16", *, accel: str = "fastvar",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -78,9 +79,44 @@ def test_the_merged_file_decodes_as_the_merged_adapter_and_keeps_every_other_ten
 def test_generating_with_the_merged_file_is_generating_with_the_adapter(trained_run, tmp_path):
     assert _merge(tmp_path, "--adapter", str(trained_run["adapter"]), "--output", "vae.safetensors")[0] == 0
     with_adapter = _pipe(adapter=str(trained_run["adapter"])).generate([1, 2], [5, 6])
-    merged = _pipe(model={"vae_checkpoint": str(tmp_path / "vae.safetensors")})
-    assert merged.adapted_decoder is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the acceleration it restores: no warning
+        merged = _pipe(model={"vae_checkpoint": str(tmp_path / "vae.safetensors")})
+    assert merged.adapted_decoder is None and merged.merged_vqvae["kind"] == "radar_merged_vqvae"
     assert torch.equal(merged.generate([1, 2], [5, 6], use_adapter=False), with_adapter)
+
+
+def test_radar_generate_says_that_vanilla_is_decoded_with_the_merged_file_too(trained_run, tmp_path, capsys):
+    from pathlib import Path
+
+    assert _merge(tmp_path, "--adapter", str(trained_run["adapter"]), "--output", "vae.pth")[0] == 0
+    config = Path(__file__).resolve().parents[2] / "configs" / "generate" / "tiny.yaml"
+    code, err = call_cli("generate", ["--config", str(config), "--model.vae_checkpoint", "vae.pth", "--classes", "1",
+                                      "--seeds", "0", "--output", "gen"], tmp_path)
+    assert code == 0, err
+    note = "has a RADAR adapter merged in (radar-train merge), so vanilla/ is decoded with it too"
+    assert note in capsys.readouterr().out
+    written = sorted(p.name for p in (tmp_path / "gen").iterdir())
+    assert written == ["accelerated", "generate.json", "grid.png", "vanilla"]
+
+
+def test_the_pipeline_warns_when_a_merged_file_decodes_latents_of_another_acceleration(trained_run, tmp_path):
+    assert _merge(tmp_path, "--adapter", str(trained_run["adapter"]), "--output", "vae.pth")[0] == 0
+    model = {"vae_checkpoint": str(tmp_path / "vae.pth")}
+    with pytest.warns(UserWarning, match=r"has a RADAR adapter merged in .*method: fastvar vs none"):
+        pipe = RadarPipeline.from_config(PipelineArgs(model=ModelArgs(**model), accel=AccelArgs("none"), device="cpu"))
+    assert pipe.merged_vqvae is not None
+    # a record that no longer describes the file beside it (the weights replaced since) is not taken for it
+    shutil.copyfile(tmp_path / "vae.pth", tmp_path / "other.pth")
+    shutil.copyfile(tmp_path / "vae.pth.json", tmp_path / "other.pth.json")
+    sd = torch.load(tmp_path / "other.pth", weights_only=True)
+    sd["decoder.conv_out.bias"] += 1
+    torch.save(sd, tmp_path / "other.pth")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe = RadarPipeline.from_config(PipelineArgs(model=ModelArgs(vae_checkpoint=str(tmp_path / "other.pth")),
+                                                      accel=AccelArgs("none"), device="cpu"))
+    assert pipe.merged_vqvae is None
 
 
 def test_a_file_base_is_checked_and_a_dtype_casts_only_the_floating_tensors(toy_adapter, tmp_path):
