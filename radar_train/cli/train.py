@@ -157,7 +157,8 @@ def merge(adapter: str, output: str, vae_checkpoint: Optional[str] = None,
     check_output_file(output, "--output", inputs, overwrite)
     check_output_file(sidecar_path(output), "--output's record", inputs, overwrite)
     print(f"radar-train merge: {adapter} into the VQ-VAE {vae_file or meta['base'].get('preset')} -> {output}")
-    sd, description = merged_vqvae(adapter, vae_file, dtype)
+    source = "--vae_checkpoint" if vae_checkpoint else "the VQ-VAE file the adapter records,"
+    sd, description = merged_vqvae(adapter, vae_file, dtype, source)
     out, side = write_merged(sd, output, description)
     lora = description["adapter"]["lora"]
     restores = ", ".join(sorted({_accel_name(r.get("accel")) for r in description["restores"]})) or "not recorded"

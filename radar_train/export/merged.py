@@ -87,12 +87,12 @@ def _seed_of(vae: dict) -> Optional[int]:
     return int(m.group(1)) if vae.get("kind") == "random" and m else None
 
 
-def merged_vqvae(adapter_dir: str | os.PathLike, vae_file: Optional[str] = None,
-                 dtype: str = "float32") -> tuple[dict[str, torch.Tensor], dict]:
+def merged_vqvae(adapter_dir: str | os.PathLike, vae_file: Optional[str] = None, dtype: str = "float32",
+                 source: str = "--vae_checkpoint") -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict, description): the base VQ-VAE of `adapter_dir` (the file `vae_file`, else its preset's random or
     packaged weights) with the adapter's LoRA merged into its decoder, every floating tensor in `dtype`.
-    The base must be the one the adapter was trained on (ValueError naming --vae_checkpoint); a
-    label-conditioned adapter is refused (ValueError)."""
+    The base must be the one the adapter was trained on (ValueError naming `source`, what named the file, and
+    --vae_checkpoint); a label-conditioned adapter is refused (ValueError)."""
     from radar_train.models import load_models
 
     meta = check_adapter(adapter_dir)
@@ -107,10 +107,11 @@ def merged_vqvae(adapter_dir: str | os.PathLike, vae_file: Optional[str] = None,
     try:
         vqvae, _, ident, _ = load_models(preset, vae_file, init_seed=_seed_of(vae), with_var=False)
     except ValueError as e:
-        raise ValueError(f"--vae_checkpoint {vae_file}: {e}" if vae_file else str(e)) from None
+        raise ValueError(f"{source} {vae_file}: {e}" if vae_file else str(e)) from None
     if (ident.kind, ident.value) != (vae["kind"], vae["value"]):
-        raise ValueError(f"--vae_checkpoint {vae_file}: not the VQ-VAE adapter {adapter_dir} was trained on (its "
-                         f"sha256 {ident.value[:16]}…, the adapter's {vae['value'][:16]}…)")
+        hint = "" if source == "--vae_checkpoint" else "; pass the one it was trained on with --vae_checkpoint"
+        raise ValueError(f"{source} {vae_file}: not the VQ-VAE adapter {adapter_dir} was trained on (its "
+                         f"sha256 {ident.value[:16]}…, the adapter's {vae['value'][:16]}…){hint}")
     from peft.tuners.lora import LoraLayer
 
     model = load_adapter(vqvae.latent_decoder(), adapter_dir, identity=ident, merge=False)

@@ -184,6 +184,19 @@ def test_what_merge_refuses_leaves_every_file_as_it_was(toy_adapter, trained_run
     assert_refused("train", ["merge", "--adapter", str(cond), "--output", "v.pth"], tmp_path, roots,
                    ["label-conditioned", "radar-generate"])
 
+    # a recorded base file that is not the one the adapter was trained on (replaced since)
+    from radar_train.models.checkpoint import save_weights
+    changed = read_state_dict(WEIGHTS_DIR / VAE_FILE, "vqvae")
+    changed["decoder.conv_out.bias"] += 1
+    save_weights(changed, tmp_path / "changed.safetensors")
+    moved = tmp_path / "moved"
+    shutil.copytree(toy_adapter, moved)
+    with open(moved / "radar_config.yaml", "a") as f:
+        f.write("training:\n  model:\n    decoder:\n      vae_checkpoint: changed.safetensors\n")
+    assert_refused("train", ["merge", "--adapter", str(moved), "--output", "v.pth"], tmp_path, roots,
+                   ["the VQ-VAE file the adapter records, changed.safetensors: not the VQ-VAE",
+                    "pass the one it was trained on with --vae_checkpoint"])
+
     # an official preset's base file that is not here is asked for by name
     meta = (toy_adapter / "radar_config.yaml").read_text()
     far = tmp_path / "far"
