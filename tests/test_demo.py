@@ -49,6 +49,22 @@ def test_demo_names_a_missing_config(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_the_default_configs_are_the_checkouts_else_those_of_the_folder_it_runs_in(tmp_path, monkeypatch):
+    """Installed into site-packages (`pip install .`) nothing is beside the package: a demo run in the checkout
+    takes its configs/."""
+    from radar_train.cli import demo
+
+    assert demo.default_configs() == ROOT / "configs"  # (this checkout, an editable install)
+    monkeypatch.setattr(demo, "CHECKOUT_CONFIGS", tmp_path / "site-packages" / "configs")
+    monkeypatch.chdir(tmp_path)
+    assert demo.default_configs() == tmp_path / "site-packages" / "configs"  # neither: the error names that one
+    with pytest.raises(FileNotFoundError, match="looked for beside the package and in this folder"):
+        demo.demo(output=str(tmp_path / "out"))
+    (tmp_path / "configs").mkdir()
+    assert demo.default_configs() == tmp_path / "configs"
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("interrupts", [1, 2])
 def test_ctrl_c_during_a_step_lets_it_stop_and_is_one_line_naming_the_step(monkeypatch, capsys, interrupts):
     """Ctrl-C reaches radar-demo while its step runs (the step gets it too): the demo waits for the step to stop

@@ -24,7 +24,17 @@ from typing import Optional, Union
 
 from jsonargparse import CLI
 
-DEFAULT_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CHECKOUT_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+"""The configs/ of the checkout the package is in (an editable install, `pip install -e .`)."""
+
+
+def default_configs() -> Path:
+    """The checkout's configs/ beside the package, else ./configs: a checkout the demo runs in, with the package
+    installed from it into site-packages (`pip install .`), where nothing is beside the package."""
+    if CHECKOUT_CONFIGS.is_dir():
+        return CHECKOUT_CONFIGS
+    here = Path("configs").resolve()
+    return here if here.is_dir() else CHECKOUT_CONFIGS
 
 
 def _run(cmd: list[str], cwd: Path) -> None:
@@ -117,7 +127,7 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
         output: folder for everything the demo writes.
         model: configs/cache/<model>.yaml and configs/train/<model>.yaml are used (toy: the shipped toy-world
             model; tiny: random weights).
-        configs: the configs folder (default: the checkout's configs/).
+        configs: the configs folder (default: the configs/ of the checkout the package is in, else ./configs).
         classes: classes of the comparison grid, e.g. "0-3,7" (within the model's class count).
         seeds: seeds of the comparison grid, e.g. "0-1".
         train_steps: override the training config's max_steps.
@@ -128,7 +138,7 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
     from radar_train.inputs import InputError, read_yaml
     from radar_train.outputs import make_folders, remove_made_folders
 
-    cfg_dir = Path(configs).resolve() if configs else DEFAULT_CONFIGS  # (the steps run in the output folder)
+    cfg_dir = Path(configs).resolve() if configs else default_configs()  # (the steps run in the output folder)
     cache_cfg, train_cfg = cfg_dir / "cache" / f"{model}.yaml", cfg_dir / "train" / f"{model}.yaml"
     generate_cfg = cfg_dir / "generate" / f"{model}.yaml"
     for f in (cache_cfg, train_cfg, generate_cfg):
@@ -137,7 +147,8 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
                             if (cfg_dir / "train" / p.name).is_file() and (cfg_dir / "generate" / p.name).is_file())
             raise FileNotFoundError(f"{f} not found (--model {model}: the demo needs its cache, train and generate "
                                     f"configs; models with all three here: {', '.join(models) or 'none'}; "
-                                    f"--configs: the configs/ folder of a radar_train checkout)")
+                                    f"--configs: the configs/ folder of a radar_train checkout"
+                                    f"{'' if configs else ', looked for beside the package and in this folder'})")
     if train_steps is not None and train_steps < 1:
         raise ValueError(f"--train_steps must be >= 1, got {train_steps}")
     cls_list, seed_list = check_grid(classes, seeds, generate_cfg)
