@@ -175,6 +175,13 @@ def accel_differences(trained: dict, mine: dict) -> list[str]:
     return [f"{k}: {a[k]} vs {b[k]}" for k in a if k in b and a[k] != b[k]]
 
 
+def untrained_accel(trained: Sequence[dict], mine: dict) -> list[str]:
+    """How `mine` differs from the accelerations an adapter was trained on (its caches' records, one per cache):
+    nothing when it is one of them or none is recorded, else its differences from the first."""
+    diffs = [accel_differences(t, mine) for t in trained]
+    return [] if not diffs or not all(diffs) else diffs[0]
+
+
 def fingerprint_differences(stored: dict, wanted: dict) -> list[str]:
     """`key: stored vs wanted` for each setting of two fingerprints that differs (a key only one side has
     counts as differing)."""
@@ -191,8 +198,8 @@ def _merged_vqvae(vae_checkpoint: Optional[str], vae_id: ModelIdentity, accel: d
     record = merged_record(vae_checkpoint, vae_id.value) if vae_id.kind == "file" else None
     if record is None:
         return None
-    trained = [r["accel"] for r in record.get("restores") or [] if isinstance(r, dict) and r.get("accel")]
-    diffs = accel_differences(trained[0], accel) if trained else []
+    diffs = untrained_accel([r["accel"] for r in record.get("restores") or [] if isinstance(r, dict) and r.get("accel")],
+                            accel)
     if diffs:
         warnings.warn(f"model.vae_checkpoint {vae_checkpoint} has a RADAR adapter merged in (radar-train merge), "
                       f"trained on latents of another acceleration than the pipeline runs ({'; '.join(diffs)}, "
@@ -272,13 +279,11 @@ class RadarPipeline:
                                             num_classes=self.var.num_classes).eval()
         self.adapter_meta, self.adapter_dir, self.adapter_merged = meta, str(adapter_dir), merge
         # (warned once the adapter is taken: an adapter refused for another VQ-VAE gets its error line alone)
-        for trained in [c.get("accel") for c in meta.get("caches") or [] if c.get("accel")]:
-            diffs = accel_differences(trained, self.accel.describe())
-            if diffs:
-                warnings.warn(f"adapter {adapter_dir} was trained on latents of another acceleration than the "
-                              f"pipeline runs ({'; '.join(diffs)}, trained vs now); restoration may be worse",
-                              stacklevel=2)
-                break
+        diffs = untrained_accel([c["accel"] for c in meta.get("caches") or [] if c.get("accel")], self.accel.describe())
+        if diffs:  # (an adapter trained on several caches: any of their accelerations is its own)
+            warnings.warn(f"adapter {adapter_dir} was trained on latents of another acceleration than the "
+                          f"pipeline runs ({'; '.join(diffs)}, trained vs now); restoration may be worse",
+                          stacklevel=2)
 
     def fingerprint(self) -> dict:
         """What identifies the samples this pipeline makes, for a command that goes on from an interrupted run

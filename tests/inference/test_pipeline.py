@@ -75,6 +75,26 @@ def test_adapter_of_another_vqvae_is_refused(trained_run):
                                                adapter=str(trained_run["adapter"]), device="cpu"))
 
 
+def test_an_adapter_trained_on_two_accelerations_warns_only_for_a_third(trained_run, tmp_path):
+    import shutil
+
+    import yaml
+
+    stagevar = RadarPipeline.from_config(PipelineArgs(accel=AccelArgs("stagevar"), device="cpu")).accel.describe()
+    both = tmp_path / "both"
+    shutil.copytree(trained_run["adapter"], both)
+    meta = yaml.safe_load((both / "radar_config.yaml").read_text())
+    assert [c["accel"]["method"] for c in meta["caches"]] == ["fastvar"]
+    meta["caches"].append({**meta["caches"][0], "path": "cache/tiny_stagevar", "accel": stagevar})
+    (both / "radar_config.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    for accel in (AccelArgs("fastvar"), AccelArgs("stagevar")):  # either is the adapter's own
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            RadarPipeline.from_config(PipelineArgs(accel=accel, adapter=str(both), device="cpu"))
+    with pytest.warns(UserWarning, match="another acceleration .*method: fastvar vs none"):
+        RadarPipeline.from_config(PipelineArgs(accel=AccelArgs("none"), adapter=str(both), device="cpu"))
+
+
 def test_adapter_for_another_method_warns(trained_run):
     with pytest.warns(UserWarning, match="trained on latents of another acceleration .*preset: default vs aggressive"):
         RadarPipeline.from_config(PipelineArgs(accel=AccelArgs("fastvar", FastVARArgs(preset="aggressive")),
