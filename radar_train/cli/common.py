@@ -477,6 +477,14 @@ def accel_inputs(accel, prefix: str = "--accel") -> dict:
     return out
 
 
+def note_merged_vqvae(pipe, model, command: str, vanilla: str) -> None:
+    """Print a note when the pipeline's VQ-VAE is a file of `radar-train merge` (RadarPipeline.merged_vqvae): the
+    command's vanilla output (`vanilla`) is decoded with the adapter too, and would pass for the base VQ-VAE's."""
+    if getattr(pipe, "merged_vqvae", None) is not None:
+        print(f"{command}: note: --model.vae_checkpoint {model.vae_checkpoint} has a RADAR adapter merged in "
+              f"(radar-train merge), so {vanilla} is decoded with it too; for vanilla images use the base VQ-VAE file")
+
+
 def print_error(message: object) -> None:
     print(f"error: {one_line(worker_error(message))}", file=sys.stderr)
 

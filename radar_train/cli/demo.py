@@ -125,8 +125,8 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
 
     Args:
         output: folder for everything the demo writes.
-        model: configs/cache/<model>.yaml and configs/train/<model>.yaml are used (toy: the shipped toy-world
-            model; tiny: random weights).
+        model: configs/cache/<model>.yaml, configs/train/<model>.yaml and configs/generate/<model>.yaml are used
+            (toy: the shipped toy-world model; tiny: random weights).
         configs: the configs folder (default: the configs/ of the checkout the package is in, else ./configs).
         classes: classes of the comparison grid, e.g. "0-3,7" (within the model's class count).
         seeds: seeds of the comparison grid, e.g. "0-1".

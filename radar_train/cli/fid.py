@@ -75,7 +75,7 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     from radar_train.inference.fid_progress import FidProgress, part_name, part_range
     from radar_train.train import run_lock
     from radar_train.cli.common import (STOPPED_STATUS, accel_inputs, check_device, check_positive, model_inputs,
-                                        sigterm_ignored)
+                                        note_merged_vqvae, sigterm_ignored)
     from radar_train.export import check_adapter
     from radar_train.inference.pipeline import resolve_device
     from radar_train.models import get_preset
@@ -140,6 +140,7 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
                                      inception)
     pipe = RadarPipeline.from_config(PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision,
                                                   decode_precision))
+    note_merged_vqvae(pipe, model, "radar-fid", "the vanilla run (its FID, the gap closed's baseline)")
     fingerprint = {**fid_fingerprint(pipe, model, sha, num_samples, batch_size, base_seed, save_npz),
                    "num_workers": split.num_workers}
     part = None if split.num_workers == 1 else (split.worker_index, split.num_workers)

@@ -69,7 +69,7 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
             progress of a run of other settings in OUTPUT/generate-progress/).
     """
     from radar_train.cli.common import (accel_inputs, check_device, check_positive, end_stopped_run, model_inputs,
-                                        sigterm_ignored, sigterm_stops)
+                                        note_merged_vqvae, sigterm_ignored, sigterm_stops)
     from radar_train.export import check_adapter
     from radar_train.images import save_grid
     from radar_train.inference import PipelineArgs, RadarPipeline
@@ -92,9 +92,7 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
           f"{model.preset}, accel {accel.method}, adapter {adapter or '-'} -> {out}")
     pipe = RadarPipeline.from_config(PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision,
                                                   decode_precision))
-    if pipe.merged_vqvae is not None:  # (vanilla/ would pass for the base VQ-VAE's images)
-        print(f"radar-generate: note: --model.vae_checkpoint {model.vae_checkpoint} has a RADAR adapter merged in "
-              f"(radar-train merge), so vanilla/ is decoded with it too; for vanilla images use the base VQ-VAE file")
+    note_merged_vqvae(pipe, model, "radar-generate", "vanilla/")
     keys = ["vanilla", "accelerated"] + (["accelerated+adapter"] if pipe.adapted_decoder is not None else [])
     settings = {**pipe.fingerprint(), "model": model.preset, "classes": cls_list, "seeds": seed_list,
                 "batch_size": batch_size}

@@ -136,8 +136,8 @@ def merge(adapter: str, output: str, vae_checkpoint: Optional[str] = None,
     Args:
         adapter: adapter folder exported by radar-train (final/, step-NNNNNN/, or radar-train export's).
         output: the merged VQ-VAE file to write (.pth, .pt, .bin or .safetensors).
-        vae_checkpoint: the base VQ-VAE file, if the path the adapter records is not valid here (checked: the
-            sha256 must be the adapter's).
+        vae_checkpoint: the base VQ-VAE file (default: the first file the adapter records that is here, else the
+            preset's packaged one); its sha256 must be the adapter's base.
         dtype: the floating tensors' type in the file (the official VQ-VAE file is float32).
         overwrite: replace an existing FILE and FILE.json.
     """

@@ -86,7 +86,8 @@ def test_generating_with_the_merged_file_is_generating_with_the_adapter(trained_
     assert torch.equal(merged.generate([1, 2], [5, 6], use_adapter=False), with_adapter)
 
 
-def test_radar_generate_says_that_vanilla_is_decoded_with_the_merged_file_too(trained_run, tmp_path, capsys):
+def test_radar_generate_and_radar_fid_say_that_vanilla_is_decoded_with_the_merged_file_too(trained_run, tmp_path,
+                                                                                           capsys):
     from pathlib import Path
 
     assert _merge(tmp_path, "--adapter", str(trained_run["adapter"]), "--output", "vae.pth")[0] == 0
@@ -98,6 +99,12 @@ def test_radar_generate_says_that_vanilla_is_decoded_with_the_merged_file_too(tr
     assert note in capsys.readouterr().out
     written = sorted(p.name for p in (tmp_path / "gen").iterdir())
     assert written == ["accelerated", "generate.json", "grid.png", "vanilla"]
+    code, err = call_cli("fid", ["--config", str(config), "--model.vae_checkpoint", "vae.pth", "--num_samples", "2",
+                                 "--batch_size", "2", "--save_npz", "true", "--output", "fid"], tmp_path)
+    assert code == 0, err
+    out = capsys.readouterr().out
+    assert "radar-fid: note: --model.vae_checkpoint vae.pth has a RADAR adapter merged in (radar-train merge), so the " \
+           "vanilla run (its FID, the gap closed's baseline) is decoded with it too" in out
 
 
 def test_the_pipeline_warns_when_a_merged_file_decodes_latents_of_another_acceleration(trained_run, tmp_path):
