@@ -50,7 +50,9 @@ class OutputError(ValueError):
 
 
 def _abs(p: PathLike) -> Path:
-    return Path(os.path.abspath(os.path.realpath(os.path.expanduser(os.fspath(p)))))
+    """Where `p` is, as the commands read and write it: links resolved, `~` taken literally (no command expands it:
+    a shell does, before the command sees it)."""
+    return Path(os.path.abspath(os.path.realpath(os.fspath(p))))
 
 
 def _inputs(inputs: Optional[Inputs]) -> list[tuple[str, PathLike]]:
@@ -100,10 +102,25 @@ def check_output_file(path: PathLike, option: str = "--output", inputs: Optional
     check_no_overlap(option, p, inputs)
     if p.is_dir():
         raise OutputError(f"{option} {p} is a folder: give a file name")
-    if p.exists() and not overwrite:
+    if (p.exists() or p.is_symlink()) and not overwrite:  # (a link to nothing is the user's too)
         raise OutputError(f"{option} {p} exists: pass --overwrite to replace it, or choose another file name")
     check_writable(p.parent, option, p)
+    check_name_length(p, option)
     return p
+
+
+def check_name_length(path: Path, option: str) -> None:
+    """OutputError unless the temporary name a writer gives `path` (`temp_name`, the longest sibling it makes)
+    fits the file system's limit on a name: else the write would fail half-way, after the checks."""
+    folder = next((a for a in [path.parent, *path.parent.parents] if a.is_dir()), Path("."))
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    need = len(os.fsencode(temp_name(path, "mode").name))
+    if need > limit:
+        raise OutputError(f"{option} {path}: the file name is too long here ({len(os.fsencode(path.name))} bytes, "
+                          f"{need} with the temporary name it is written under; at most {limit}): choose a shorter one")
 
 
 def check_output_dir(path: PathLike, writes: Sequence[str], option: str = "--output", inputs: Optional[Inputs] = None,
@@ -259,10 +276,11 @@ def clear_stale_temps(folder: PathLike, name: str, kind: str = "tmp") -> list[Pa
     return removed
 
 
-def normal_file_mode(path: PathLike) -> None:
+def normal_file_mode(path: PathLike, like: Optional[PathLike] = None) -> None:
     """Give the file `path` the mode a plain open() would (0o666 less the umask), read from a fresh sibling
-    file (no process-wide os.umask() round trip)."""
-    probe = temp_name(path, "mode")
+    file (no process-wide os.umask() round trip). `like`: the name the sibling is made for, when `path` is a
+    temporary (whose own name would make the sibling's too long)."""
+    probe = temp_name(path if like is None else like, "mode")
     probe.touch()
     try:
         os.chmod(path, probe.stat().st_mode & 0o666)

@@ -51,6 +51,29 @@ def test_file_output_rules(tree):
     assert str(e.value) == f"--output {tree / 'file.json' / 'x.json'}: {tree / 'file.json'} is a file, not a folder"
 
 
+def test_a_link_to_nothing_is_an_existing_output_and_a_tilde_is_a_name(tmp_path, monkeypatch):
+    """A dangling (or looping) link at the output is the user's: replaced only with --overwrite. A `~` that
+    reaches a command is a folder's name (the shell expands it before), in the checks as in the writes."""
+    (tmp_path / "dangling.pth").symlink_to("nowhere/missing.pth")
+    (tmp_path / "loop.pth").symlink_to("loop.pth")
+    for name in ("dangling.pth", "loop.pth"):
+        with pytest.raises(OutputError, match="exists: pass --overwrite"):
+            check_output_file(tmp_path / name)
+        check_output_file(tmp_path / name, overwrite=True)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "~").mkdir()
+    (tmp_path / "~" / "base.pth").write_bytes(b"mine")
+    with pytest.raises(OutputError, match="is the input --vae_checkpoint"):
+        check_output_file("~/base.pth", inputs={"--vae_checkpoint": "./~/base.pth"}, overwrite=True)
+
+
+def test_a_file_name_too_long_for_its_temporary_is_refused_before_anything_is_written(tmp_path):
+    check_output_file(tmp_path / ("a" * 150 + ".pth"))
+    with pytest.raises(OutputError, match=r"the file name is too long here \(244 bytes, .* at most 255\)"):
+        check_output_file(tmp_path / ("a" * 240 + ".pth"))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_folder_entries_are_replaced_only_with_overwrite(tree):
     (tree / "out").mkdir()
     (tree / "out" / "eval.json").write_text("old")

@@ -141,8 +141,9 @@ def merge(adapter: str, output: str, vae_checkpoint: Optional[str] = None,
         dtype: the floating tensors' type in the file (the official VQ-VAE file is float32).
         overwrite: replace an existing FILE and FILE.json.
     """
-    from radar_train.export.merged import WEIGHT_SUFFIXES, base_vae_file, merged_vqvae, sidecar_path, write_merged
+    from radar_train.cli.common import Stopped, end_stopped_run, sigterm_stops
     from radar_train.export.adapter import read_radar_config
+    from radar_train.export.merged import WEIGHT_SUFFIXES, base_vae_file, merged_vqvae, sidecar_path, write_merged
     from radar_train.inputs import check_dir, check_file
     from radar_train.outputs import check_output_file
 
@@ -158,14 +159,30 @@ def merge(adapter: str, output: str, vae_checkpoint: Optional[str] = None,
     check_output_file(sidecar_path(output), "--output's record", inputs, overwrite)
     print(f"radar-train merge: {adapter} into the VQ-VAE {vae_file or meta['base'].get('preset')} -> {output}")
     source = "--vae_checkpoint" if vae_checkpoint else "the VQ-VAE file the adapter records,"
-    sd, description = merged_vqvae(adapter, vae_file, dtype, source)
-    out, side = write_merged(sd, output, description)
+    before = {p: _stat(p) for p in (Path(output), sidecar_path(output))}
+    try:
+        with sigterm_stops():
+            sd, description = merged_vqvae(adapter, vae_file, dtype, source)
+            out, side = write_merged(sd, output, description)
+    except (Stopped, KeyboardInterrupt) as e:  # (a temporary being written is removed on the way out)
+        moved = [str(p) for p, st in before.items() if _stat(p) != st]
+        said = ("nothing was written" if not moved else
+                f"{' and '.join(moved)} written without the other: run the command again with --overwrite")
+        return end_stopped_run("radar-train merge", e, said)
     lora = description["adapter"]["lora"]
     restores = ", ".join(sorted({_accel_name(r.get("accel")) for r in description["restores"]})) or "not recorded"
     print(f"merged VQ-VAE: {out} ({dtype}, {out.stat().st_size / 2**20:.1f} MiB; LoRA r={lora.get('rank')} merged "
           f"into {description['adapter']['merged_modules']} convolutions) and {side}")
     print(f"it restores the latents of: {restores}; decode vanilla latents with the base VQ-VAE")
     return 0
+
+
+def _stat(p: Path) -> Optional[tuple[int, int]]:
+    try:
+        st = p.lstat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def _accel_name(accel) -> str:

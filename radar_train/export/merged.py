@@ -24,7 +24,7 @@ import torch
 
 from radar_train.inputs import InputError
 
-from .adapter import check_adapter, load_adapter
+from .adapter import ADAPTER_WEIGHTS, RADAR_CONFIG, check_adapter, load_adapter
 
 __all__ = ["MERGED_KIND", "MERGED_VERSION", "WEIGHT_SUFFIXES", "DTYPES", "sidecar_path", "base_vae_file",
            "merged_vqvae", "write_merged", "merged_record"]
@@ -54,7 +54,8 @@ def base_vae_file(adapter_dir: str | os.PathLike, meta: dict, vae_checkpoint: Op
     from radar_train.models import get_preset
 
     base = meta["base"]
-    vae = base["vae"]
+    vae = _base_vae(adapter_dir, base)
+    preset = get_preset(_preset(adapter_dir, base))
     if vae["kind"] != "file":
         if vae_checkpoint is not None:
             raise ValueError(f"--vae_checkpoint {vae_checkpoint}: adapter {adapter_dir} was trained on a randomly "
@@ -66,20 +67,36 @@ def base_vae_file(adapter_dir: str | os.PathLike, meta: dict, vae_checkpoint: Op
     here = [p for p in recorded if Path(p).is_file()]
     if here:
         return here[0]
-    packaged = get_preset(_preset(adapter_dir, base)).packaged_files
-    if packaged is not None:
-        return packaged[0]
+    if preset.packaged_files is not None:
+        return preset.packaged_files[0]
     where = f" (recorded as {', '.join(recorded)}, not here)" if recorded else ""
     raise ValueError(f"adapter {adapter_dir} was trained on the VQ-VAE file with sha256 {vae['value'][:16]}…{where}: "
                      f"pass it with --vae_checkpoint")
 
 
 def _preset(adapter_dir, base: dict) -> str:
+    """The adapter's base model preset, one this radar_train has (InputError naming its radar_config.yaml)."""
+    from radar_train.models import get_preset
+
     preset = base.get("preset")
     if not isinstance(preset, str) or not preset:
-        raise InputError(f"{Path(adapter_dir) / 'radar_config.yaml'}: adapter metadata names no base model preset "
+        raise InputError(f"{Path(adapter_dir) / RADAR_CONFIG}: adapter metadata names no base model preset "
                          f"(`base.preset`)")
+    try:
+        get_preset(preset)
+    except ValueError as e:
+        raise InputError(f"{Path(adapter_dir) / RADAR_CONFIG}: base.preset: {e}") from None
     return preset
+
+
+def _base_vae(adapter_dir, base: dict) -> dict:
+    """The adapter's base VQ-VAE identity: a file's sha256 or a random preset's seed (InputError naming its
+    radar_config.yaml for any other kind)."""
+    vae = base["vae"]
+    if vae["kind"] not in ("file", "random"):
+        raise InputError(f"{Path(adapter_dir) / RADAR_CONFIG}: base.vae.kind {vae['kind']!r}: radar_train records "
+                         f"'file' (a checkpoint's sha256) or 'random' (a preset's seed)")
+    return vae
 
 
 def _seed_of(vae: dict) -> Optional[int]:
@@ -103,12 +120,16 @@ def merged_vqvae(adapter_dir: str | os.PathLike, vae_file: Optional[str] = None,
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype}: one of {', '.join(DTYPES)}")
     base = meta["base"]
-    preset, vae = _preset(adapter_dir, base), base["vae"]
+    preset, vae = _preset(adapter_dir, base), _base_vae(adapter_dir, base)
     try:
         vqvae, _, ident, _ = load_models(preset, vae_file, init_seed=_seed_of(vae), with_var=False)
     except ValueError as e:
         raise ValueError(f"{source} {vae_file}: {e}" if vae_file else str(e)) from None
     if (ident.kind, ident.value) != (vae["kind"], vae["value"]):
+        if vae_file is None:  # (the metadata's preset does not build the base it names)
+            raise InputError(f"{Path(adapter_dir) / RADAR_CONFIG}: base.preset {preset} gives the VQ-VAE "
+                             f"{ident.kind}:{ident.value[:16]}…, not the base.vae it names, {vae['kind']}:"
+                             f"{vae['value'][:16]}…")
         hint = "" if source == "--vae_checkpoint" else "; pass the one it was trained on with --vae_checkpoint"
         raise ValueError(f"{source} {vae_file}: not the VQ-VAE adapter {adapter_dir} was trained on (its "
                          f"sha256 {ident.value[:16]}…, the adapter's {vae['value'][:16]}…){hint}")
@@ -122,6 +143,10 @@ def merged_vqvae(adapter_dir: str | os.PathLike, vae_file: Optional[str] = None,
     strays = sorted(k for k in changed if k not in sd or changed[k].shape != sd[k].shape)
     if strays:  # (peft left a module of its own, or renamed one: the file would not load as a VQ-VAE)
         raise RuntimeError(f"the merged decoder has tensors a VQ-VAE has not: {', '.join(strays[:3])}")
+    bad = sorted(k for k, v in changed.items() if v.is_floating_point() and not bool(v.isfinite().all()))
+    if bad:  # (the adapter's weights file holds NaN or inf: a decoder of it draws nothing)
+        raise InputError(f"{Path(adapter_dir) / ADAPTER_WEIGHTS}: merged into the decoder, its LoRA gives {len(bad)} "
+                         f"weight(s) with NaN or inf values (e.g. {bad[0]}): the adapter is damaged")
     sd.update(changed)
     want = DTYPES[dtype]
     sd = {k: (v.to(want) if v.is_floating_point() else v).detach().contiguous() for k, v in sd.items()}
@@ -131,8 +156,8 @@ def merged_vqvae(adapter_dir: str | os.PathLike, vae_file: Optional[str] = None,
         "kind": MERGED_KIND,
         "dtype": dtype,
         "base": {"preset": preset, "vae": {"kind": vae["kind"], "value": vae["value"]},
-                 "vae_checkpoint": None if vae_file is None else str(vae_file)},
-        "adapter": {"path": str(adapter_dir), "global_step": meta.get("global_step"),
+                 "vae_checkpoint": None if vae_file is None else str(Path(vae_file).resolve())},
+        "adapter": {"path": str(Path(adapter_dir).resolve()), "global_step": meta.get("global_step"),
                     "lora": {k: lora.get(k) for k in ("rank", "alpha", "targets") if k in lora},
                     "merged_modules": n_merged},
         "restores": [{"cache": c.get("path"), "accel": c.get("accel"), "sampling": c.get("sampling")}
@@ -143,20 +168,24 @@ def merged_vqvae(adapter_dir: str | os.PathLike, vae_file: Optional[str] = None,
 
 def write_merged(sd: dict[str, torch.Tensor], output: str | os.PathLike, description: dict) -> tuple[Path, Path]:
     """Write `sd` to `output` (torch.save for .pth / .pt / .bin, else safetensors) and the description, with the
-    file's name and sha256, to `sidecar_path(output)`; each file whole or absent (a temporary renamed), the weights
-    first. The caller has checked that both may be written (`radar_train.outputs.check_output_file`)."""
+    file's name and sha256, to `sidecar_path(output)`. Both are written in full under temporary names first and
+    then renamed one right after the other, the weights first: each file is whole or absent, and a stop leaves
+    both or neither but for the instant between the two renames. The caller has checked that both may be written
+    (`radar_train.outputs.check_output_file`)."""
     from radar_train.models.checkpoint import file_sha256, save_weights
-    from radar_train.outputs import atomic_file, normal_file_mode, write_text_atomic
+    from radar_train.outputs import atomic_file, normal_file_mode
 
-    out = Path(output)
-    if out.suffix.lower() == ".safetensors":
-        save_weights(sd, out)
-    else:
-        with atomic_file(out) as tmp, open(tmp, "wb") as f:  # a file object: the archive's inner name is fixed
-            torch.save(sd, f)
-    normal_file_mode(out)
-    record = {**description, "weights": out.name, "sha256": file_sha256(out)}
-    side = write_text_atomic(sidecar_path(out), json.dumps(record, indent=1) + "\n")
+    out, side = Path(output), sidecar_path(output)
+    with atomic_file(side) as tmp_side:
+        with atomic_file(out) as tmp:
+            if out.suffix.lower() == ".safetensors":
+                save_weights(sd, tmp, atomic=False)
+            else:
+                with open(tmp, "wb") as f:  # a file object: the archive's inner name is fixed, not the temporary's
+                    torch.save(sd, f)
+            normal_file_mode(tmp, like=out)
+            record = {**description, "weights": out.name, "sha256": file_sha256(tmp)}
+            tmp_side.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return out, side
 
 

@@ -6,6 +6,7 @@ whose one-line message names the file and says what is wrong.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import lzma
@@ -255,8 +256,10 @@ def _assign(model: nn.Module, sd: dict[str, torch.Tensor], p: Path) -> None:
         model.load_state_dict(sd, strict=True)
 
 
-def save_weights(model: nn.Module | dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """Write a state dict as safetensors (atomic: temp file + rename). Equal tensors and metadata give
+def save_weights(model: nn.Module | dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None,
+                 atomic: bool = True) -> Path:
+    """Write a state dict as safetensors (atomic: temp file + rename; `atomic` False: straight into `path`, for a
+    caller writing a temporary of its own). Equal tensors and metadata give
     equal bytes, so a file's sha256 (the weights' identity) does not depend on the run that wrote it:
     safetensors writes the metadata in hash-map order, which changes from process to process, so the
     header is re-serialised with sorted keys (tensor offsets are relative to the data and stay valid)."""
@@ -267,7 +270,8 @@ def save_weights(model: nn.Module | dict[str, torch.Tensor], path: str | Path, m
     n = int.from_bytes(raw[:8], "little")
     header = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)  # keep the data 8-byte aligned, as safetensors does
-    with atomic_file(p) as tmp, open(tmp, "wb") as f:  # a temporary sibling, renamed; removed on failure
+    with (atomic_file(p) if atomic else contextlib.nullcontext(p)) as tmp, open(tmp, "wb") as f:
+        # (atomic: a temporary sibling, renamed; removed on failure)
         f.write(len(header).to_bytes(8, "little"))
         f.write(header)
         f.write(raw[8 + n:])

@@ -214,6 +214,59 @@ def test_what_merge_refuses_leaves_every_file_as_it_was(toy_adapter, trained_run
                    ["recorded as gone/vae.pth, not here", "--vae_checkpoint"])
 
 
+def _altered(adapter, folder, edit=None, weights=None):
+    """A copy of `adapter` with its metadata changed by `edit` (a function of the YAML text) or its weights file
+    replaced by `weights` (a function of its tensors)."""
+    from safetensors.torch import save_file
+
+    shutil.copytree(adapter, folder)
+    if edit is not None:
+        (folder / "radar_config.yaml").write_text(edit((folder / "radar_config.yaml").read_text()))
+    if weights is not None:
+        save_file(weights(load_file(folder / "adapter_model.safetensors")), str(folder / "adapter_model.safetensors"))
+    return folder
+
+
+def test_metadata_that_does_not_describe_a_base_and_damaged_weights_are_one_line(toy_adapter, tmp_path):
+    def nan(tensors):
+        key = sorted(k for k in tensors if k.endswith("lora_A.weight"))[0]
+        tensors[key][0, 0] = float("nan")
+        return tensors
+
+    cases = [
+        (dict(edit=lambda t: t.replace("preset: toy", "preset: nonesuch")),
+         ["radar_config.yaml: base.preset", "unknown model preset 'nonesuch'"]),
+        (dict(edit=lambda t: t.replace("kind: file", "kind: weird")),
+         ["radar_config.yaml: base.vae.kind 'weird'"]),
+        (dict(edit=lambda t: t.replace("preset: toy", "preset: tiny")),  # (a file base, but no file recorded)
+         ["sha256", "pass it with --vae_checkpoint"]),
+        (dict(weights=nan), ["adapter_model.safetensors: merged into the decoder", "NaN or inf", "damaged"]),
+    ]
+    for i, (change, needles) in enumerate(cases):
+        bad = _altered(toy_adapter, tmp_path / f"bad{i}", **change)
+        assert_refused("train", ["merge", "--adapter", str(bad), "--output", "v.pth"], tmp_path, (tmp_path,), needles)
+
+
+def test_a_random_base_that_its_preset_does_not_build_names_the_metadata(trained_run, tmp_path):
+    bad = _altered(trained_run["adapter"], tmp_path / "bad", edit=lambda t: t.replace("preset: tiny", "preset: toy", 1))
+    assert_refused("train", ["merge", "--adapter", str(bad), "--output", "v.pth"], tmp_path, (tmp_path,),
+                   ["radar_config.yaml: base.preset toy gives the VQ-VAE file:", "not the base.vae it names, random:"])
+
+
+def test_a_stop_while_it_writes_leaves_neither_file_nor_a_temporary(toy_adapter, tmp_path, monkeypatch, capsys):
+    from radar_train.cli.common import Stopped
+
+    def stopped(*args, **kwargs):
+        raise Stopped
+
+    (tmp_path / "v.pth").write_bytes(b"an earlier merge")
+    monkeypatch.setattr(torch, "save", stopped)  # (SIGTERM's handler raises Stopped where the process is)
+    code, err = _merge(tmp_path, "--adapter", str(toy_adapter), "--output", "v.pth", "--overwrite")
+    assert code == 143, err
+    assert "radar-train merge: stopped by SIGTERM; nothing was written" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.pth"] and (tmp_path / "v.pth").read_bytes() == b"an earlier merge"
+
+
 def test_overwrite_replaces_both_files(toy_adapter, tmp_path):
     assert _merge(tmp_path, "--adapter", str(toy_adapter), "--output", "v.pth")[0] == 0
     first = (tmp_path / "v.pth").read_bytes()
