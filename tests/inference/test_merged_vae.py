@@ -103,8 +103,8 @@ def test_radar_generate_and_radar_fid_say_that_vanilla_is_decoded_with_the_merge
                                  "--batch_size", "2", "--save_npz", "true", "--output", "fid"], tmp_path)
     assert code == 0, err
     out = capsys.readouterr().out
-    assert "radar-fid: note: --model.vae_checkpoint vae.pth has a RADAR adapter merged in (radar-train merge), so the " \
-           "vanilla run (its FID, the gap closed's baseline) is decoded with it too" in out
+    assert ("radar-fid: note: --model.vae_checkpoint vae.pth has a RADAR adapter merged in (radar-train merge), so "
+            "the vanilla run (its FID, the gap closed's baseline) is decoded with it too") in out
 
 
 def test_the_pipeline_warns_when_a_merged_file_decodes_latents_of_another_acceleration(trained_run, tmp_path):
@@ -264,7 +264,8 @@ def test_a_stop_while_it_writes_leaves_neither_file_nor_a_temporary(toy_adapter,
     code, err = _merge(tmp_path, "--adapter", str(toy_adapter), "--output", "v.pth", "--overwrite")
     assert code == 143, err
     assert "radar-train merge: stopped by SIGTERM; nothing was written" in capsys.readouterr().out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.pth"] and (tmp_path / "v.pth").read_bytes() == b"an earlier merge"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.pth"]
+    assert (tmp_path / "v.pth").read_bytes() == b"an earlier merge"
 
 
 def test_overwrite_replaces_both_files(toy_adapter, tmp_path):
