@@ -320,8 +320,8 @@ def atomic_file(path: PathLike, temp_of: Optional[str] = None) -> Iterator[Path]
     try:
         yield tmp
         os.replace(tmp, p)
-    except OSError as e:
-        if e.filename is not None or not e.strerror:
+    except OSError as e:  # (one naming no file, or the hidden temporary, is said of `path`, the name the user gave)
+        if (e.filename is not None and os.fspath(e.filename) != os.fspath(tmp)) or not e.strerror:
             raise
         raise OSError(e.errno, e.strerror, str(p)) from e
     finally:

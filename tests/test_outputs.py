@@ -139,6 +139,10 @@ def test_a_write_error_that_names_no_file_is_raised_naming_the_output(tmp_path):
         with atomic_file(tmp_path / "b.txt"):
             open(tmp_path / "gone" / "x")
     assert e.value.filename == str(tmp_path / "gone" / "x")
+    with pytest.raises(PermissionError) as e:  # one that names the hidden temporary is said of the output
+        with atomic_file(tmp_path / "c.txt") as tmp:
+            raise PermissionError(errno.EACCES, "Permission denied", str(tmp))
+    assert e.value.filename == str(tmp_path / "c.txt")
 
 
 def test_staged_entries_replace_theirs_keep_the_rest_and_clean_up_on_failure(tmp_path):
