@@ -36,7 +36,8 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 __all__ = ["OutputError", "Inputs", "check_output_file", "check_output_dir", "check_replace_dir", "check_resume_dir",
            "check_no_overlap", "atomic_file", "write_text_atomic", "staged_entries", "swap_entries", "replace_dir",
            "temp_name", "is_temp_of", "clear_stale_temps", "normal_file_mode", "check_writable",
-           "check_progress_folder", "read_progress_json", "other_progress_error"]
+           "check_progress_folder", "check_not_link", "check_name_length", "read_progress_json",
+           "other_progress_error"]
 
 log = logging.getLogger(__name__)
 
@@ -98,29 +99,46 @@ def check_writable(path: Path, option: str, given: Optional[PathLike] = None) ->
 def check_output_file(path: PathLike, option: str = "--output", inputs: Optional[Inputs] = None,
                       overwrite: bool = False) -> Path:
     """A file the command writes: not a folder, not an input; an existing one only with `overwrite`."""
+    if os.fspath(path).endswith(("/", os.sep)):  # (Path drops it: the file would be written as the folder's name)
+        raise OutputError(f"{option} {os.fspath(path)} ends in a slash, as a folder does: give a file name")
     p = Path(path)
+    check_name_length(p, option, temp=True)  # (first: a name past the limit fails even `exists`)
     check_no_overlap(option, p, inputs)
     if p.is_dir():
         raise OutputError(f"{option} {p} is a folder: give a file name")
     if (p.exists() or p.is_symlink()) and not overwrite:  # (a link to nothing is the user's too)
         raise OutputError(f"{option} {p} exists: pass --overwrite to replace it, or choose another file name")
     check_writable(p.parent, option, p)
-    check_name_length(p, option)
     return p
 
 
-def check_name_length(path: Path, option: str) -> None:
-    """OutputError unless the temporary name a writer gives `path` (`temp_name`, the longest sibling it makes)
-    fits the file system's limit on a name: else the write would fail half-way, after the checks."""
-    folder = next((a for a in [path.parent, *path.parent.parents] if a.is_dir()), Path("."))
+def _exists(p: Path) -> bool:
+    try:
+        return os.path.lexists(p)
+    except OSError:  # (e.g. a name past the file system's limit)
+        return False
+
+
+def check_name_length(path: Path, option: str, temp: bool = False) -> None:
+    """OutputError unless every name of `path` that does not exist yet fits the file system's limit on a name
+    and, with `temp`, so does the temporary name a writer gives `path` itself (`temp_name`, the longest sibling
+    it makes): else the command would fail after its checks, half-way through its work."""
+    path = Path(os.path.abspath(path))
+    existing = next((a for a in [path, *path.parents] if _exists(a)), Path(path.anchor))
+    folder = existing if existing.is_dir() else existing.parent
     try:
         limit = os.pathconf(folder, "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):
         limit = 255
-    need = len(os.fsencode(temp_name(path, "mode").name))
-    if need > limit:
-        raise OutputError(f"{option} {path}: the file name is too long here ({len(os.fsencode(path.name))} bytes, "
-                          f"{need} with the temporary name it is written under; at most {limit}): choose a shorter one")
+    new = path.relative_to(existing).parts if existing != path else ()
+    names = [(part, len(os.fsencode(part))) for part in new]
+    if temp:
+        names.append((temp_name(path, "mode").name, len(os.fsencode(temp_name(path, "mode").name))))
+    for name, n in names:
+        if n > limit:
+            what = (f"{len(os.fsencode(path.name))} bytes, {n} with the temporary name it is written under"
+                    if name not in new else f"{name[:24]}… has {n} bytes")
+            raise OutputError(f"{option} {path}: a name too long here ({what}; at most {limit}): choose a shorter one")
 
 
 def check_output_dir(path: PathLike, writes: Sequence[str], option: str = "--output", inputs: Optional[Inputs] = None,
@@ -128,6 +146,7 @@ def check_output_dir(path: PathLike, writes: Sequence[str], option: str = "--out
     """A folder the command writes the entries `writes` into (other entries are left alone): not a file, not
     inside an input and holding none; entries that exist already are replaced only with `overwrite`."""
     p = Path(path)
+    check_name_length(p, option, temp=False)
     if p.exists() and not p.is_dir():
         raise OutputError(f"{option} {p} is an existing file: give a folder")
     check_no_overlap(option, p, inputs, [p / w for w in writes])
@@ -144,6 +163,7 @@ def check_replace_dir(path: PathLike, is_ours: Callable[[Path], bool], what: str
     """A folder written as a whole (`what`, e.g. "an adapter folder"): absent or empty; an existing `what`
     (`is_ours`) only with `overwrite`; any other folder, or a file, is refused even with `overwrite`."""
     p = Path(path)
+    check_name_length(p, option, temp=True)
     recover_replaced(p)  # the user's folder, if a killed replace left it hidden
     if p.exists() and not p.is_dir():
         raise OutputError(f"{option} {p} is an existing file: give a folder")
@@ -164,6 +184,7 @@ def check_resume_dir(path: PathLike, marker: str, what: str, option: str = "--ou
     """A folder a command creates or resumes (`what`, recognised by its file `marker`): absent, empty or
     holding `marker`; the caller then checks that the marker is its own."""
     p = Path(path)
+    check_name_length(p, option, temp=False)
     if p.exists() and not p.is_dir():
         raise OutputError(f"{option} {p} is an existing file: give a folder")
     check_no_overlap(option, p, inputs)
@@ -182,6 +203,7 @@ def check_progress_folder(output: PathLike, folder: PathLike, command: str, is_o
     folder = Path(folder)
     if not (folder.exists() or folder.is_symlink()):
         return False
+    check_not_link(output, folder, command)
     if not folder.is_dir():
         raise OutputError(f"--output {output}: {folder} is not a folder of {command} progress: move it away, or "
                           f"choose another folder")
@@ -190,6 +212,14 @@ def check_progress_folder(output: PathLike, folder: PathLike, command: str, is_o
         raise OutputError(f"--output {output}: {folder} holds {', '.join(foreign[:3])}, so it is not {command} "
                           f"progress: move it away, or choose another folder")
     return True
+
+
+def check_not_link(output: PathLike, folder: PathLike, command: str) -> None:
+    """OutputError (one line) for a progress folder that is a link: a run never makes one, and clearing or
+    replacing it would act on the link, not on the folder it names."""
+    if Path(folder).is_symlink():
+        raise OutputError(f"--output {output}: {folder} is a link, not a folder of {command} progress (a run never "
+                          f"makes one): move it away, or choose another folder")
 
 
 def read_progress_json(path: PathLike, output: PathLike, folder: PathLike, command: str) -> dict:

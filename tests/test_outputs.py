@@ -67,11 +67,25 @@ def test_a_link_to_nothing_is_an_existing_output_and_a_tilde_is_a_name(tmp_path,
         check_output_file("~/base.pth", inputs={"--vae_checkpoint": "./~/base.pth"}, overwrite=True)
 
 
-def test_a_file_name_too_long_for_its_temporary_is_refused_before_anything_is_written(tmp_path):
+def test_a_name_too_long_for_the_file_system_or_for_a_temporary_is_refused_before_anything_is_written(tmp_path):
     check_output_file(tmp_path / ("a" * 150 + ".pth"))
-    with pytest.raises(OutputError, match=r"the file name is too long here \(244 bytes, .* at most 255\)"):
+    with pytest.raises(OutputError, match=r"a name too long here \(244 bytes, .* temporary name .*; at most 255\)"):
         check_output_file(tmp_path / ("a" * 240 + ".pth"))
+    with pytest.raises(OutputError, match=r"a name too long here \(aaaa.*… has 256 bytes; at most 255\)"):
+        check_output_file(tmp_path / ("a" * 256))  # (past the limit even `exists` fails)
+    for check in (lambda p: check_output_dir(p, ["eval.json"]), lambda p: check_resume_dir(p, "m.json", "a cache"),
+                  lambda p: check_replace_dir(p, lambda q: False, "an adapter folder")):
+        with pytest.raises(OutputError, match="has 256 bytes"):
+            check(tmp_path / "new" / ("é" * 128) / "out")  # (a folder to be made on the way)
+    with pytest.raises(OutputError, match="temporary name"):  # a folder replaced whole is made beside it first
+        check_replace_dir(tmp_path / ("b" * 240), lambda q: False, "an adapter folder")
+    check_output_dir(tmp_path / ("b" * 255), ["eval.json"])  # (its entries are written inside it)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_output_ending_in_a_slash_is_refused(tmp_path):
+    with pytest.raises(OutputError, match="new/ ends in a slash, as a folder does: give a file name"):
+        check_output_file(str(tmp_path / "new") + "/")
 
 
 def test_folder_entries_are_replaced_only_with_overwrite(tree):
@@ -301,3 +315,26 @@ def test_a_replace_killed_mid_way_leaves_the_previous_folder_found_again(tmp_pat
         check_replace_dir(tmp_path / "adapter", lambda p: True, "an adapter")
     assert (tmp_path / "adapter" / "w").read_text() == ("previous" if killed == "between" else "next")
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".adapter.old-")]
+
+
+@pytest.mark.parametrize("command", ["radar-generate", "radar-fid", "radar-fid worker"])
+def test_a_progress_folder_that_is_a_link_is_refused(tmp_path, command):
+    """Clearing it for a fresh start would act on the link (shutil.rmtree refuses one): one line instead."""
+    from radar_train.inference.fid_progress import FidProgress
+    from radar_train.inference.generate_progress import GenerateProgress
+
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    if command == "radar-generate":
+        progress = GenerateProgress(out, {"a": 1}, ["vanilla"])
+        link = out / "generate-progress"
+    else:
+        part = (0, 2) if command.endswith("worker") else None
+        progress = FidProgress(out, {"a": 1}, ["vanilla"], {"vanilla": "samples_vanilla.npz"}, 4, 8, part)
+        link = progress.dir
+    link.parent.mkdir(parents=True)
+    link.symlink_to(tmp_path / "empty")
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match=f"{link.name} is a link, not a folder of radar-(generate|fid) progress"):
+            progress.check(overwrite)
+    assert link.is_symlink() and list((tmp_path / "empty").iterdir()) == []

@@ -41,7 +41,7 @@ from radar_train.inference.fid import Tally
 from radar_train.inference.fid_merge import MERGE_DIR, parts_merged
 from radar_train.inference.npz import NpzImageWriter, unfinished_exists
 from radar_train.inference.pipeline import fingerprint_differences
-from radar_train.outputs import OutputError, _remove, atomic_file, is_temp_of, other_progress_error
+from radar_train.outputs import OutputError, _remove, atomic_file, check_not_link, is_temp_of, other_progress_error
 
 __all__ = ["PROGRESS_DIR", "STATE_NAME", "REFERENCE_NAME", "LOCK_NAME", "FidProgress", "cached_reference", "part_name",
            "part_range"]
@@ -155,6 +155,9 @@ class FidProgress:
     def check(self, overwrite: bool) -> int:
         """The sample this run goes on from (0: a fresh start). OutputError (one line) for a folder of that name
         that is not radar-fid progress, and for progress of other settings without `overwrite`."""
+        for folder in {self.root, self.dir}:
+            if folder.is_symlink():
+                check_not_link(self.output, folder, "radar-fid")
         if (self.root.exists() or self.root.is_symlink()) and not self.root.is_dir():
             raise OutputError(f"--output {self.output}: {self.root} is not a folder of radar-fid progress: move it "
                               f"away, or choose another folder")
