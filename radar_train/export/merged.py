@@ -42,8 +42,13 @@ def sidecar_path(output: str | os.PathLike) -> Path:
 
 def _recorded_vae_files(meta: dict) -> list[str]:
     """The VQ-VAE file paths an adapter's metadata records (its training config's, its caches'), in that order."""
-    paths = [((meta.get("training") or {}).get("model") or {}).get("decoder", {}).get("vae_checkpoint")]
-    paths += [(c.get("model") or {}).get("vae_checkpoint") for c in meta.get("caches") or []]
+    def at(d, *keys):  # (a hand-edited section of another shape records nothing)
+        for k in keys:
+            d = d.get(k) if isinstance(d, dict) else None
+        return d
+
+    paths = [at(meta, "training", "model", "decoder", "vae_checkpoint")]
+    paths += [at(c, "model", "vae_checkpoint") for c in meta.get("caches") or []]
     return [p for i, p in enumerate(paths) if isinstance(p, str) and p and p not in paths[:i]]
 
 
