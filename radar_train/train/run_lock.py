@@ -24,6 +24,7 @@ radar-fid takes a lock of its own the same way (OUTPUT/.fid.lock: `RunLock(..., 
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -87,6 +88,10 @@ def _read(path: Path) -> Optional[tuple[Optional[dict], os.stat_result]]:
             text = f.read()
     except (FileNotFoundError, NotADirectoryError):  # (no lock; or RUN, or a folder above it, is a file: said later)
         return None
+    except OSError as e:  # a link looping on itself: no run's lock (`acquire` says so)
+        if e.errno == errno.ELOOP:
+            return None
+        raise
     try:
         owner = json.loads(text)
     except ValueError:
@@ -146,6 +151,10 @@ class RunLock:
     def acquire(self) -> "RunLock":
         """Create the lock, taking a dead owner's over; OutputError (one line) while a live fit holds it."""
         self._created = make_folders(self.root)
+        if self.path.is_symlink():  # (dangling or looping, it can be neither created nor read: say so)
+            self._remove_made_folders()
+            raise OutputError(f"{self.option} {self.root}: its lock {self.path} is a link, which no run makes: remove "
+                              f"it, or choose another folder")
         clear_stale_temps(self.root, self.name, _ASIDE)  # what a takeover killed midway left
         for _ in range(_ATTEMPTS):
             if self._create():

@@ -156,6 +156,17 @@ def test_a_lock_left_by_this_same_process_is_taken_over(tmp_path):
     assert not lock.exists()
 
 
+@pytest.mark.parametrize("target", ["nowhere", ".fit.lock"])  # dangling, and a link to itself
+def test_a_lock_that_is_a_link_is_one_line_and_stays(tmp_path, target):
+    root = tmp_path / "run"
+    root.mkdir()
+    (root / ".fit.lock").symlink_to(target)
+    run_lock.check_not_in_use(root, "--trainer.default_root_dir")  # (no run's lock: acquire says what it is)
+    with pytest.raises(OutputError, match=r"its lock .*\.fit\.lock is a link, which no run makes: remove it"):
+        run_lock.acquire(root, "--trainer.default_root_dir")
+    assert (root / ".fit.lock").is_symlink() and [p.name for p in root.iterdir()] == [".fit.lock"]
+
+
 def test_another_hosts_lock_is_refused_while_renewed_and_taken_over_once_stale(tmp_path):
     root = tmp_path / "run"
     lock = _write_lock(root, "elsewhere.example", 12345, age_s=run_lock.STALE_AFTER_S - 60)
