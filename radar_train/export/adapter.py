@@ -24,7 +24,7 @@ from typing import Optional
 from torch import nn
 
 from radar_train.cache.schema import readable_versions, version_problem
-from radar_train.inputs import InputError, check_dir, load_safetensors, read_json, read_yaml
+from radar_train.inputs import InputError, _one_line, check_dir, load_safetensors, read_json, read_yaml
 from radar_train.outputs import (check_replace_dir, clear_stale_temps, normal_file_mode, recover_replaced, replace_dir,
                                  temp_name)
 
@@ -209,7 +209,7 @@ def _from_pretrained(decoder: nn.Module, d: Path, trainable: bool):
             model = PeftModel.from_pretrained(decoder, str(d), is_trainable=trainable)
     except (RuntimeError, ValueError) as e:  # e.g. a size mismatch: weights of another rank or layer
         raise InputError(f"{weights}: does not fit {ADAPTER_CONFIG} on this decoder "
-                         f"({str(e).strip().splitlines()[-1][:200]})") from None
+                         f"({_one_line(str(e).strip().splitlines()[-1], 200)})") from None
     except (KeyError, TypeError, AttributeError) as e:  # a config field peft reads and cannot use
         raise InputError(f"{d / ADAPTER_CONFIG}: peft cannot build the adapter from it "
                          f"({type(e).__name__}: {str(e)[:160]})") from None
