@@ -37,7 +37,7 @@ __all__ = ["OutputError", "Inputs", "check_output_file", "check_output_dir", "ch
            "check_no_overlap", "atomic_file", "write_text_atomic", "staged_entries", "swap_entries", "replace_dir",
            "temp_name", "is_temp_of", "clear_stale_temps", "normal_file_mode", "check_writable",
            "check_progress_folder", "check_not_link", "check_name_length", "read_progress_json",
-           "other_progress_error"]
+           "other_progress_error", "fingerprint_differences", "fresh_progress_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,8 @@ def check_name_length(path: Path, option: str, temp: bool = False) -> None:
     new = path.relative_to(existing).parts if existing != path else ()
     names = [(part, len(os.fsencode(part))) for part in new]
     if temp:
-        names.append((temp_name(path, "mode").name, len(os.fsencode(temp_name(path, "mode").name))))
+        longest = temp_name(path, "mode").name
+        names.append((longest, len(os.fsencode(longest))))
     for name, n in names:
         if n > limit:
             what = (f"{len(os.fsencode(path.name))} bytes, {n} with the temporary name it is written under"
@@ -220,6 +221,22 @@ def check_not_link(output: PathLike, folder: PathLike, command: str) -> None:
     if Path(folder).is_symlink():
         raise OutputError(f"--output {output}: {folder} is a link, not a folder of {command} progress (a run never "
                           f"makes one): move it away, or choose another folder")
+
+
+def fingerprint_differences(stored: Mapping, wanted: Mapping, prefix: str = "") -> list[str]:
+    """`PREFIXkey: stored vs wanted` for each setting of two fingerprints (a progress folder's settings and this
+    run's) that differs; a key only one side has counts as differing."""
+    return [f"{prefix}{k}: {json.dumps(stored.get(k))} vs {json.dumps(wanted.get(k))}"
+            for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
+
+
+def fresh_progress_folder(folder: PathLike, settings_name: str, settings: Mapping) -> None:
+    """Start a progress folder anew: what an earlier run left there goes, then the run's settings file (whole)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    write_text_atomic(folder / settings_name, json.dumps(dict(settings), indent=1) + "\n")
 
 
 def read_progress_json(path: PathLike, output: PathLike, folder: PathLike, command: str) -> dict:

@@ -127,11 +127,12 @@ def merge(adapter: str, output: str, vae_checkpoint: Optional[str] = None,
 
     The LoRA of the adapter folder is folded into the decoder's convolutions of the VQ-VAE it was trained on, and
     the whole VQ-VAE (encoder and quantizer too) is written under the official key names: a .pth that the
-    official VAR code loads with `vae.load_state_dict(torch.load(FILE))`, or a .safetensors; `--model.vae_checkpoint
-    FILE` of radar-generate and radar-cache loads either. FILE.json beside it records the base VQ-VAE, the adapter
-    and the acceleration it restores. Decode that acceleration's latents with it; vanilla latents with the base
-    VQ-VAE. An existing FILE or FILE.json is replaced only with --overwrite; the base VQ-VAE file and the
-    adapter folder never are. A label-conditioned adapter cannot be merged (its decoder takes the labels).
+    official VAR code loads with `vae.load_state_dict(torch.load(FILE, weights_only=True))`, or a .safetensors;
+    `--model.vae_checkpoint FILE` of radar-generate and radar-cache loads either. FILE.json beside it records the
+    base VQ-VAE, the adapter and the acceleration it restores. Decode that acceleration's latents with it;
+    vanilla latents with the base VQ-VAE. An existing FILE or FILE.json is replaced only with --overwrite; the
+    base VQ-VAE file and the adapter folder never are. A label-conditioned adapter cannot be merged (its decoder
+    takes the labels).
 
     Args:
         adapter: adapter folder exported by radar-train (final/, step-NNNNNN/, or radar-train export's).

@@ -1,6 +1,6 @@
 """A merged VQ-VAE: an adapter's LoRA folded into the convolutions of its base VQ-VAE, written as one plain VQ-VAE
 state dict in the official key layout, for code that knows nothing of peft or of radar_train (the official VAR
-code's `vae.load_state_dict(torch.load(path))`, FastVAR's, our own `--model.vae_checkpoint`).
+code's `vae.load_state_dict(torch.load(path, weights_only=True))`, FastVAR's, our own `--model.vae_checkpoint`).
 
     OUTPUT          (.pth, .pt, .bin: torch.save of the state dict; .safetensors) every tensor of the base VQ-VAE
                     (encoder, quantizer, quant_conv, post_quant_conv, decoder) under the base file's names, the
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Optional
 
@@ -104,18 +103,13 @@ def _base_vae(adapter_dir, base: dict) -> dict:
     return vae
 
 
-def _seed_of(vae: dict) -> Optional[int]:
-    m = re.search(r"seed=(\d+)", str(vae.get("value", "")))
-    return int(m.group(1)) if vae.get("kind") == "random" and m else None
-
-
 def merged_vqvae(adapter_dir: str | os.PathLike, vae_file: Optional[str] = None, dtype: str = "float32",
                  source: str = "--vae_checkpoint") -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict, description): the base VQ-VAE of `adapter_dir` (the file `vae_file`, else its preset's random or
     packaged weights) with the adapter's LoRA merged into its decoder, every floating tensor in `dtype`.
     The base must be the one the adapter was trained on (ValueError naming `source`, what named the file, and
     --vae_checkpoint); a label-conditioned adapter is refused (ValueError)."""
-    from radar_train.models import load_models
+    from radar_train.models import identity_seed, load_models
 
     meta = check_adapter(adapter_dir)
     if meta.get("label_conditioning"):
@@ -127,7 +121,7 @@ def merged_vqvae(adapter_dir: str | os.PathLike, vae_file: Optional[str] = None,
     base = meta["base"]
     preset, vae = _preset(adapter_dir, base), _base_vae(adapter_dir, base)
     try:
-        vqvae, _, ident, _ = load_models(preset, vae_file, init_seed=_seed_of(vae), with_var=False)
+        vqvae, _, ident, _ = load_models(preset, vae_file, init_seed=identity_seed(vae), with_var=False)
     except ValueError as e:
         raise ValueError(f"{source} {vae_file}: {e}" if vae_file else str(e)) from None
     if (ident.kind, ident.value) != (vae["kind"], vae["value"]):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,15 +136,10 @@ def unknown_training_shards(meta: dict, cache_dir: str | Path, manifest) -> Opti
     return None
 
 
-def _seed_of(identity: dict) -> Optional[int]:
-    m = re.search(r"seed=(\d+)", str(identity.get("value", "")))
-    return int(m.group(1)) if identity.get("kind") == "random" and m else None
-
-
 def load_decoders(manifest, meta: dict, adapter_dir: str, vae_checkpoint: Optional[str], device):
     """(plain decoder, adapted decoder (merged), identity) for the cache's VQ-VAE."""
     from radar_train.export import load_adapter
-    from radar_train.models import get_preset, load_latent_decoder
+    from radar_train.models import get_preset, identity_seed, load_latent_decoder
 
     model = manifest.model
     vae_id = model["vae"]
@@ -156,7 +150,7 @@ def load_decoders(manifest, meta: dict, adapter_dir: str, vae_checkpoint: Option
     if ckpt is None and vae_id["kind"] == "file" and model.get("vae_checkpoint") and Path(model["vae_checkpoint"]).is_file():
         ckpt = model["vae_checkpoint"]  # the file the cache was made with, if it is still there
     try:
-        plain, ident = load_latent_decoder(model["preset"], ckpt, _seed_of(vae_id), device)
+        plain, ident = load_latent_decoder(model["preset"], ckpt, identity_seed(vae_id), device)
     except ValueError as e:
         made = f"the cache was made with the VQ-VAE file {model.get('vae_checkpoint')!r} (sha256 {vae_id['value'][:12]}…)"
         if vae_checkpoint is None:
@@ -165,7 +159,7 @@ def load_decoders(manifest, meta: dict, adapter_dir: str, vae_checkpoint: Option
     if (ident.kind, ident.value) != (vae_id["kind"], vae_id["value"]):
         raise ValueError(f"VQ-VAE {ident.kind}:{ident.value[:16]} is not the one the cache was made with "
                          f"({vae_id['kind']}:{vae_id['value'][:16]}); pass the right --vae_checkpoint")
-    adapted, _ = load_latent_decoder(model["preset"], ckpt, _seed_of(vae_id), device)
+    adapted, _ = load_latent_decoder(model["preset"], ckpt, identity_seed(vae_id), device)
     # a label-conditioned adapter must have the class count of the cache's generator
     num_classes = get_preset(model["preset"]).var.num_classes
     adapted = load_adapter(adapted, adapter_dir, identity=ident, merge=True, num_classes=num_classes).eval()

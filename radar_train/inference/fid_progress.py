@@ -40,8 +40,8 @@ import torch
 from radar_train.inference.fid import Tally
 from radar_train.inference.fid_merge import MERGE_DIR, parts_merged
 from radar_train.inference.npz import NpzImageWriter, unfinished_exists
-from radar_train.inference.pipeline import fingerprint_differences
-from radar_train.outputs import OutputError, _remove, atomic_file, check_not_link, is_temp_of, other_progress_error
+from radar_train.outputs import (OutputError, _remove, atomic_file, check_not_link, fingerprint_differences, is_temp_of,
+                                 other_progress_error)
 
 __all__ = ["PROGRESS_DIR", "STATE_NAME", "REFERENCE_NAME", "LOCK_NAME", "FidProgress", "cached_reference", "part_name",
            "part_range"]

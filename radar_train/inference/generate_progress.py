@@ -20,9 +20,8 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
-from radar_train.inference.pipeline import fingerprint_differences
-from radar_train.outputs import (check_progress_folder, other_progress_error, read_progress_json, temp_name,
-                                 write_text_atomic)
+from radar_train.outputs import (check_progress_folder, fingerprint_differences, fresh_progress_folder,
+                                 other_progress_error, read_progress_json, temp_name)
 
 __all__ = ["PROGRESS_DIR", "LOCK_NAME", "SETTINGS_NAME", "GenerateProgress", "PngBatches", "png_name"]
 
@@ -71,11 +70,8 @@ class GenerateProgress:
                 for leftover in (self.dir / folder).glob(".*.png.tmp-*"):
                     leftover.unlink(missing_ok=True)
             return
-        if self.dir.is_dir():
-            shutil.rmtree(self.dir)
-        self.dir.mkdir(parents=True)
+        fresh_progress_folder(self.dir, SETTINGS_NAME, self.settings)
         self.created = True
-        write_text_atomic(self.dir / SETTINGS_NAME, json.dumps(self.settings, indent=1) + "\n")
 
     def path(self, folder: str, cls: int, seed: int) -> Path:
         return self.dir / folder / png_name(cls, seed)

@@ -182,13 +182,6 @@ def untrained_accel(trained: Sequence[dict], mine: dict) -> list[str]:
     return [] if not diffs or not all(diffs) else diffs[0]
 
 
-def fingerprint_differences(stored: dict, wanted: dict) -> list[str]:
-    """`key: stored vs wanted` for each setting of two fingerprints that differs (a key only one side has
-    counts as differing)."""
-    return [f"{k}: {json.dumps(stored.get(k))} vs {json.dumps(wanted.get(k))}"
-            for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
-
-
 def _merged_vqvae(vae_checkpoint: Optional[str], vae_id: ModelIdentity, accel: dict) -> Optional[dict]:
     """The record of a VQ-VAE file that `radar-train merge` wrote (it decodes every latent with its adapter), or
     None; a warning when the pipeline runs another acceleration than the one the adapter restores (vanilla

@@ -4,6 +4,7 @@ The models know nothing of caches, Lightning or LoRA.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -20,7 +21,7 @@ from .vqvae import VQVAE, LatentDecoder
 __all__ = [
     "VAR", "VQVAE", "LatentDecoder", "VARConfig", "VQVAEConfig", "ModelPreset", "MODEL_PRESETS", "get_preset",
     "KVCache", "StepHooks", "CheckpointError", "build_vqvae", "build_var", "load_models", "load_latent_decoder",
-    "ModelIdentity", "save_weights", "read_state_dict",
+    "ModelIdentity", "identity_seed", "save_weights", "read_state_dict",
 ]
 
 
@@ -64,6 +65,13 @@ def _identity(preset: ModelPreset, checkpoint: Optional[str], seed: Optional[int
     if checkpoint is not None:
         return ModelIdentity("file", file_sha256(checkpoint), cfg.to_dict())
     return ModelIdentity("random", f"{preset.name}:seed={seed}", cfg.to_dict())
+
+
+def identity_seed(identity: dict) -> Optional[int]:
+    """The seed of a random preset's identity as recorded ({"kind": "random", "value": "<preset>:seed=<n>"},
+    `_identity`'s form); None for a file's."""
+    m = re.search(r"seed=(\d+)", str(identity.get("value", "")))
+    return int(m.group(1)) if identity.get("kind") == "random" and m else None
 
 
 def _resolve(preset: ModelPreset, vae_checkpoint, var_checkpoint, init_seed, need_var: bool = True):

@@ -18,8 +18,8 @@ from typing import Mapping
 import torch
 
 from radar_train.models import save_weights
-from radar_train.outputs import (OutputError, check_progress_folder, other_progress_error, read_progress_json,
-                                 write_text_atomic)
+from radar_train.outputs import (OutputError, check_progress_folder, fingerprint_differences, fresh_progress_folder,
+                                 other_progress_error, read_progress_json, write_text_atomic)
 
 __all__ = ["PROGRESS_DIR", "LOCK_NAME", "STAGES", "ToyTrainProgress"]
 
@@ -58,8 +58,7 @@ class ToyTrainProgress:
         if not path.is_file():  # (a run killed while it removed the folder at its end: nothing to go on from)
             return False
         stored = read_progress_json(path, self.output, self.dir, "radar-toy train")
-        diffs = [f"--recipe.{k}: {json.dumps(stored.get(k))} vs {json.dumps(self.recipe.get(k))}"
-                 for k in sorted(set(stored) | set(self.recipe)) if stored.get(k) != self.recipe.get(k)]
+        diffs = fingerprint_differences(stored, self.recipe, prefix="--recipe.")
         if not diffs:
             return True
         if overwrite:
@@ -69,11 +68,8 @@ class ToyTrainProgress:
     def open(self, go_on: bool) -> None:
         if go_on:
             return
-        if self.dir.is_dir():
-            shutil.rmtree(self.dir)
-        self.dir.mkdir(parents=True)
+        fresh_progress_folder(self.dir, RECIPE_NAME, self.recipe)
         self.created = True
-        write_text_atomic(self.dir / RECIPE_NAME, json.dumps(self.recipe, indent=1) + "\n")
 
     def done(self) -> list[str]:
         """The stages saved, in order (a later one counts only after every earlier one)."""
