@@ -24,7 +24,7 @@ from typing import Optional
 from torch import nn
 
 from radar_train.cache.schema import readable_versions, version_problem
-from radar_train.inputs import InputError, _one_line, check_dir, load_safetensors, read_json, read_yaml
+from radar_train.inputs import InputError, _one_line, check_dir, check_finite, load_safetensors, read_json, read_yaml
 from radar_train.outputs import (check_replace_dir, clear_stale_temps, normal_file_mode, recover_replaced, replace_dir,
                                  temp_name)
 
@@ -214,7 +214,8 @@ def _from_pretrained(decoder: nn.Module, d: Path, trainable: bool):
         raise InputError(f"{d / ADAPTER_CONFIG}: peft cannot build the adapter from it "
                          f"({type(e).__name__}: {str(e)[:160]})") from None
     want = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
-    have = {k: tuple(v.shape) for k, v in load_safetensors(weights, "adapter weights file").items()}
+    tensors = load_safetensors(weights, "adapter weights file")
+    have = {k: tuple(v.shape) for k, v in tensors.items()}
     missing, unknown = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])
     if missing or unknown or wrong:
@@ -222,4 +223,5 @@ def _from_pretrained(decoder: nn.Module, d: Path, trainable: bool):
                  ((missing, "LoRA tensors missing"), (unknown, "tensors that are not this adapter's"),
                   (wrong, "tensors of another shape")) if x]
         raise InputError(f"{weights}: does not hold the LoRA tensors {ADAPTER_CONFIG} describes: " + "; ".join(parts))
+    check_finite(tensors, weights, "adapter")
     return model

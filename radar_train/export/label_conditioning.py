@@ -36,7 +36,7 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-from radar_train.inputs import InputError, load_safetensors
+from radar_train.inputs import InputError, check_finite, load_safetensors
 from radar_train.noise import to_device
 
 __all__ = ["LABEL_CONDITIONING_WEIGHTS", "FILM_KIND", "ClassFiLM", "LabelConditionedDecoder", "decode_with_labels",
@@ -228,6 +228,8 @@ def load_label_conditioning(adapter_dir: str | Path, meta: dict,
         raise InputError(f"{cfg}: label_conditioning section is incomplete or malformed ({e})") from None
     if num_classes is not None and int(num_classes) != n:
         raise ValueError(f"adapter {d} is conditioned on {n} classes, the model has {num_classes}")
-    film.load_file_tensors(load_safetensors(file, "label-conditioning weights"), str(file))
+    tensors = load_safetensors(file, "label-conditioning weights")
+    film.load_file_tensors(tensors, str(file))
+    check_finite(tensors, file, "adapter's label conditioning")
     return film
 
