@@ -16,6 +16,9 @@ from radar_train.config import format_int_list, parse_int_list
 from radar_train.seeding import seed_range_problems
 
 RULE = "label = classes[i % len(classes)], seed = base_seed + i"
+# shards (a Zarr folder each) one cache may plan: far beyond a data set (ImageNet's 1.28 M images in shards of 256
+# are 5,000), and few enough that the per-shard lists and folder scans of a run, `status` and `verify` stay small
+MAX_SHARDS = 1_000_000
 
 
 def resolve_classes(spec: Union[str, Sequence[int]], num_classes: int) -> tuple[list[int], list[str]]:
@@ -65,6 +68,11 @@ class Plan:
         if not problems:
             plan = Plan(tuple(classes), args.images_per_class, args.num_samples, args.base_seed, args.shard_size)
             problems += seed_range_problems("plan.base_seed", plan.base_seed, plan.num_samples)
+            if plan.shard_size >= 1 and plan.num_shards > MAX_SHARDS:
+                given = "plan.images_per_class" if args.images_per_class is not None else "plan.num_samples"
+                problems.append(f"{given}: {plan.num_samples} samples in shards of {plan.shard_size} make "
+                                f"{plan.num_shards} shards; a cache holds at most {MAX_SHARDS:,} (a folder each): "
+                                f"fewer samples, or a larger plan.shard_size")
         if problems:
             raise ValueError("invalid plan: " + "; ".join(problems))
         return plan
