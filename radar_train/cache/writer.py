@@ -144,6 +144,13 @@ def _die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
+def _writer_died(shard: int) -> OSError:
+    """The error of a writer process that ended abruptly (a signal: the out-of-memory killer, a kill): one line,
+    and the run resumes (the shard it was writing stays a temporary folder, which the next run clears)."""
+    return OSError(f"the shard writer process ended abruptly while writing shard {shard} (killed, e.g. by the "
+                   f"out-of-memory killer); the shards written before are kept: run the same command again to resume")
+
+
 class ShardWriter:
     """Writes and commits shards in the background, at most one shard behind the caller.
 
@@ -164,6 +171,7 @@ class ShardWriter:
         else:
             self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
         self._pending: Optional[concurrent.futures.Future] = None
+        self._pending_shard = -1
         self.written: list[int] = []
         self.write_seconds = 0.0
 
@@ -172,13 +180,20 @@ class ShardWriter:
         temporary shard `tmp` and rename it, in the background; waits for the previous shard first."""
         arrays = {k: v if isinstance(v, np.ndarray) else v.cpu().numpy() for k, v in arrays.items()}
         self.wait()
-        self._pending = self._pool.submit(_write_shard, tmp, shard, first_index, arrays, self.manifest)
+        try:
+            self._pending = self._pool.submit(_write_shard, tmp, shard, first_index, arrays, self.manifest)
+        except concurrent.futures.BrokenExecutor:
+            raise _writer_died(shard) from None
+        self._pending_shard = shard
 
     def wait(self) -> None:
-        """Block until the pending write is done (re-raising its error)."""
+        """Block until the pending write is done (re-raising its error; OSError if the writer process died)."""
         if self._pending is not None:
             fut, self._pending = self._pending, None
-            shard, seconds = fut.result()
+            try:
+                shard, seconds = fut.result()
+            except concurrent.futures.BrokenExecutor:
+                raise _writer_died(self._pending_shard) from None
             self.write_seconds += seconds
             if shard is not None:
                 self.written.append(shard)
