@@ -334,7 +334,27 @@ def reference_stats(path: str, features: Optional[_Extractor] = None, batch_size
     if not finite:
         raise FidError(f"--reference {p}: mu / sigma hold values that are not finite numbers (NaN, inf or another "
                        f"type): damaged reference statistics")
+    problem = _not_a_covariance(mu, sigma)
+    if problem:
+        raise FidError(f"--reference {p}: {problem}: damaged reference statistics")
     return GaussianStats.from_moments(mu, sigma)
+
+
+def _not_a_covariance(mu: np.ndarray, sigma: np.ndarray) -> str:
+    """Why (mu, sigma) are not a mean and a covariance matrix, or "": complex values (whose imaginary part the FID
+    would drop), a sigma that is not symmetric or has a negative eigenvalue (a FID of such a sigma can come out
+    negative). Up to float rounding: relative 1e-5 of sigma's largest entry / eigenvalue."""
+    if np.iscomplexobj(mu) or np.iscomplexobj(sigma):
+        return "mu / sigma are complex, not real"
+    s = sigma.astype(np.float64)
+    scale = float(np.abs(s).max())
+    asym = float(np.abs(s - s.T).max())
+    if asym > 1e-5 * scale:
+        return f"sigma is not symmetric (|sigma - sigma^T| up to {asym:.3g}), not a covariance matrix"
+    eig = np.linalg.eigvalsh((s + s.T) / 2)
+    if eig.size and eig[0] < -1e-5 * max(float(np.abs(eig).max()), 1e-300):
+        return f"sigma has a negative eigenvalue ({eig[0]:.3g}), not a covariance matrix"
+    return ""
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

@@ -93,6 +93,29 @@ def test_reference_npz_and_its_errors(tmp_path):
         reference_stats(str(tmp_path / "missing.npz"))
 
 
+def test_reference_statistics_whose_sigma_is_no_covariance_are_refused(tmp_path):
+    """A sigma that is not symmetric positive semi-definite, or complex statistics, gave a FID below zero (or one
+    whose imaginary part was dropped) with exit 0; a true covariance with float rounding in it is accepted."""
+    g = np.random.default_rng(0)
+    x = g.standard_normal((50, 6))
+    mu, cov = x.mean(0), np.cov(x, rowvar=False)
+    low_rank = np.cov(x[:4], rowvar=False)  # 4 samples, 6 dimensions: singular, eigenvalues ~0 of either sign
+    jitter = cov + np.triu(np.full((6, 6), 1e-9 * np.abs(cov).max()), 1)  # rounding-sized asymmetry
+    for name, sigma in (("cov", cov), ("low_rank", low_rank), ("jitter", jitter)):
+        np.savez(tmp_path / f"{name}.npz", mu=mu, sigma=sigma)
+        assert reference_stats(str(tmp_path / f"{name}.npz")).dim == 6
+    cases = {"negative": (mu, -np.eye(6), "sigma has a negative eigenvalue (-1)"),
+             "triangular": (mu, np.triu(np.ones((6, 6))), "sigma is not symmetric"),
+             "indefinite": (mu, np.diag([1.0, 1, 1, 1, 1, -0.5]), "sigma has a negative eigenvalue (-0.5)"),
+             "complex": (mu + 1j, cov.astype(complex), "mu / sigma are complex, not real")}
+    for name, (m, sigma, reason) in cases.items():
+        np.savez(tmp_path / f"{name}.npz", mu=m, sigma=sigma)
+        with pytest.raises(FidError) as e:
+            reference_stats(str(tmp_path / f"{name}.npz"))
+        assert str(e.value).startswith(f"--reference {tmp_path / name}.npz: {reason}"), str(e.value)
+        assert str(e.value).endswith("damaged reference statistics")
+
+
 def test_load_inception_contract_and_errors(extractors, tmp_path):
     ext = load_inception(str(extractors["features"]))
     out = ext(torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8))
