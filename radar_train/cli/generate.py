@@ -106,6 +106,9 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
         before = len(pairs) - sum(len(batches[i]) for i in pending)
         if go_on:
             print(f"radar-generate: going on: {before} of {len(pairs)} samples are in {work.dir}")
+        if work.damaged:
+            print(f"radar-generate: {len(work.damaged)} damaged PNG(s) in {work.dir} (e.g. {work.damaged[0].name}, "
+                  f"empty or cut short) are generated again with their batch")
         saver = PngBatches(work)
 
         def settle(progress) -> None:  # the previous batch's files written: its samples are made

@@ -77,9 +77,31 @@ class GenerateProgress:
         return self.dir / folder / png_name(cls, seed)
 
     def pending(self, batches: Sequence[Sequence[tuple[int, int]]]) -> list[int]:
-        """The indices of the batches some PNG of which is missing."""
-        return [i for i, batch in enumerate(batches)
-                if not all(self.path(f, c, s).is_file() for f in self.folders for c, s in batch)]
+        """The indices of the batches some PNG of which is missing or damaged (`damaged` lists those: they are
+        generated again with their batch)."""
+        self.damaged: list[Path] = []
+        out = []
+        for i, batch in enumerate(batches):
+            whole = [self._whole(self.path(f, c, s)) for f in self.folders for c, s in batch]
+            if not all(whole):
+                out.append(i)
+        return out
+
+    def _whole(self, path: Path) -> bool:
+        """Whether `path` is a PNG that reads whole. Each is renamed into place once written, but a lost node or a
+        power cut before the data reached the disk can leave one empty or cut short; resumed on, it stopped the run
+        at its end (radar-generate's grid reads it) or was handed out as an output."""
+        from PIL import Image
+
+        if not path.is_file():
+            return False
+        try:
+            with Image.open(path) as im:
+                im.verify()  # (every chunk and its CRC, without decoding)
+            return True
+        except (OSError, SyntaxError, ValueError):  # (PIL's error for a damaged chunk is a SyntaxError)
+            self.damaged.append(path)
+            return False
 
     def save_png(self, image: torch.Tensor, folder: str, cls: int, seed: int) -> None:
         """One uint8 image (3, H, W), written whole or not at all. (Not outputs.atomic_file: it scans the folder

@@ -139,6 +139,30 @@ def test_an_interrupted_run_goes_on_with_the_batches_not_yet_written(how, uninte
     assert _outputs(out) == uninterrupted
 
 
+@pytest.mark.parametrize("damage", ["empty", "cut-short", "a-flipped-byte"])
+def test_a_damaged_png_in_the_progress_folder_is_generated_again_with_its_batch(damage, uninterrupted, tmp_path,
+                                                                                monkeypatch, capsys):
+    """A lost node or a power cut can leave a renamed PNG empty or cut short (its data never reached the disk): the
+    run that goes on generates its batch again. It stopped that run at its end (the grid reads it: 'image file is
+    truncated', no file named), or handed the empty file out as an output with exit 0."""
+    out = tmp_path / "gen"
+    _interrupt_at(monkeypatch, 3, Stopped())  # the first two batches are written
+    assert _main(_args(out)) == 143
+    monkeypatch.undo()
+    png = out / PROGRESS_DIR / "accelerated" / "class0002_seed0.png"  # of the second batch
+    data = png.read_bytes()
+    png.write_bytes({"empty": b"", "cut-short": data[:50],
+                     "a-flipped-byte": data[:-20] + bytes([data[-20] ^ 1]) + data[-19:]}[damage])
+    calls = _count_compare_calls(monkeypatch)
+    capsys.readouterr()
+    assert _main(_args(out)) == 0
+    said = capsys.readouterr().out
+    assert f"going on: 3 of 8 samples are in {out / PROGRESS_DIR}" in said
+    assert f"1 damaged PNG(s) in {out / PROGRESS_DIR} (e.g. class0002_seed0.png, empty or cut short)" in said
+    assert calls == [[1, 2, 2], [3, 3]]  # the damaged file's batch and the third
+    assert _outputs(out) == uninterrupted
+
+
 def test_other_settings_are_refused_and_overwrite_starts_over(uninterrupted, tmp_path, monkeypatch, capsys):
     out = tmp_path / "gen"
     _interrupt_at(monkeypatch, 2, KeyboardInterrupt())
