@@ -60,6 +60,9 @@ def _launched_processes(env: Mapping[str, str]) -> Optional[tuple[int, int]]:
     """(world size, rank) when launched by torchrun / accelerate launch with several processes."""
     if _env_int(env, "WORLD_SIZE", 1) <= 1:
         return None
+    for name in ("RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):  # (accelerate's int() of them names none)
+        if name in env:
+            _env_int(env, name)
     from accelerate import PartialState
 
     import torch

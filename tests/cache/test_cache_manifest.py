@@ -194,6 +194,8 @@ def test_bad_worker_split_is_refused():
     ({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "two"}, "SLURM_ARRAY_TASK_COUNT"),
     ({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_MIN": "1.5", "SLURM_ARRAY_TASK_MAX": "3"}, "SLURM_ARRAY_TASK_MIN"),
     ({"WORLD_SIZE": "four"}, "WORLD_SIZE"),
+    ({"WORLD_SIZE": "2", "RANK": "x"}, "RANK"),  # (accelerate's own int() named no variable)
+    ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": ""}, "LOCAL_RANK"),
 ])
 def test_an_environment_variable_that_is_no_integer_is_named(env, name):
     with pytest.raises(ValueError, match=f"environment variable {name}=.* is not an integer"):
