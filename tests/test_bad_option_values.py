@@ -207,3 +207,16 @@ def test_a_yaml_mapping_without_the_space_after_a_colon_gets_the_hint(tmp_path):
     assert_refused("train", ["fit", "--config", str(CONFIGS / "train" / "tiny.yaml"), "--data.caches",
                              "[{path:cache/a}]"], tmp_path, (tmp_path,),
                    ["--data.caches", "write a space after the colon, path: cache/a"])
+
+
+@pytest.mark.parametrize("value, typed", [("{6:1.5}", "6:1.5"), ("{6:5, 8: 0.5}", "6:5")])
+def test_numbers_without_the_space_after_a_colon_get_the_hint(tmp_path, value, typed):
+    """`{6:1.5}` is YAML for one base-60 number (361.5) with no value: jsonargparse's error said "unsupported operand
+    type(s) for +: 'float' and 'str'" (radar-cache run, radar-generate, radar-accel alike)."""
+    a, b = typed.split(":")
+    assert_refused("accel", ["show", "--model.preset", "tiny", "--accel.method", "fastvar", "--accel.fastvar.prune",
+                             value], tmp_path, (tmp_path,),
+                   ["--accel.fastvar.prune", f"(YAML reads {typed} as one base-60 number: write a space after the "
+                                             f"colon, {a}: {b})"])
+    assert_refused("cache", ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--output", "c",
+                             f"--accel.fastvar.prune={value}"], tmp_path, (tmp_path,), [f"{a}: {b})"])

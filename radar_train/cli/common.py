@@ -184,6 +184,25 @@ def _yaml_colon_hint(text: str) -> str:
     return f"{text} (YAML reads {key}:{value} as one word: write a space after the colon, {key}: {value})"
 
 
+_NUMBERS_WITHOUT_SPACE = re.compile(r"(?<![\w.:])(\d+):(\d[\d.]*)(?![\w:])")
+
+
+def _base60_hint(text: str, argv: Sequence[str]) -> str:
+    """A mapping of numbers typed without the space after a colon (`--accel.fastvar.prune '{6:1.5}'`) reads in YAML as
+    one base-60 number with no value ({361.5: null}), which jsonargparse reports in words that do not say so (a
+    TypeError's text): the error about that option gets the hint to write `6: 1.5`."""
+    found = re.match(r"(--[\w.-]+):", text)
+    if found is None:
+        return text
+    for i in range(len(argv)):
+        given = _option_value(argv, i, [found[1]])
+        numbers = given and "{" in given[1] and _NUMBERS_WITHOUT_SPACE.search(given[1])
+        if numbers:
+            a, b = numbers.groups()
+            return f"{text} (YAML reads {a}:{b} as one base-60 number: write a space after the colon, {a}: {b})"
+    return text
+
+
 _UNION = re.compile(r"Does not validate against any of the Union subtypes; Subtypes: \[(?P<types>.*?)\]; "
                     r"Errors: (?P<errors>.*?); Given value type: <class '[^']+'>; Given value: (?P<value>.*)$")
 _NOT_OF_TYPE = re.compile(r"Expected a <class '[^']+'>\.?")
@@ -625,7 +644,7 @@ def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Option
             code = body(args)
     except ArgumentError as e:
         sub = f"{prog} {args[0]}" if args and args[0] in commands else prog
-        print(f"error: {_parse_error(e)} (`{sub} --help` lists the options)", file=sys.stderr)
+        print(f"error: {_base60_hint(_parse_error(e), args)} (`{sub} --help` lists the options)", file=sys.stderr)
         sys.exit(2)
     except (*USER_ERRORS, *errors) as e:
         print_error(e)
