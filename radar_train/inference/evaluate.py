@@ -152,7 +152,9 @@ def load_decoders(manifest, meta: dict, adapter_dir: str, vae_checkpoint: Option
     try:
         plain, ident = load_latent_decoder(model["preset"], ckpt, identity_seed(vae_id), device)
     except ValueError as e:
-        made = f"the cache was made with the VQ-VAE file {model.get('vae_checkpoint')!r} (sha256 {vae_id['value'][:12]}…)"
+        source = (repr(model["vae_checkpoint"]) if model.get("vae_checkpoint")
+                  else f"packaged with the {model['preset']} preset")  # (no --vae_checkpoint: the preset's own)
+        made = f"the cache was made with the VQ-VAE file {source} (sha256 {vae_id['value'][:12]}…)"
         if vae_checkpoint is None:
             raise FileNotFoundError(f"{made}, which is not here: pass --vae_checkpoint ({e})") from None
         raise ValueError(f"--vae_checkpoint {vae_checkpoint} does not load: {e} ({made})") from None

@@ -134,6 +134,22 @@ def test_a_vae_checkpoint_for_a_cache_of_a_random_init_vqvae_is_refused_naming_t
     assert "file None" not in msg
 
 
+def test_a_vae_checkpoint_that_does_not_load_for_a_cache_of_a_packaged_vqvae_names_the_preset(tmp_path):
+    """A cache of the toy preset records no vae_checkpoint (its VQ-VAE is the packaged file): the refusal of a
+    --vae_checkpoint that does not load said "the cache was made with the VQ-VAE file None"."""
+    from radar_train.inference.evaluate import load_decoders
+
+    manifest = _manifest(_plan())
+    manifest.model.update(preset="toy", vae={"kind": "file", "value": "3aed887a09b0" + "0" * 52, "config": {}})
+    ckpt = tmp_path / "vae.pth"
+    ckpt.write_bytes(b"weights")
+    with pytest.raises(ValueError) as e:
+        load_decoders(manifest, META, str(tmp_path), str(ckpt), "cpu")
+    msg = str(e.value)
+    assert msg.startswith(f"--vae_checkpoint {ckpt} does not load: ")
+    assert msg.endswith("(the cache was made with the VQ-VAE file packaged with the toy preset (sha256 3aed887a09b0…))")
+
+
 def test_an_adapter_whose_metadata_does_not_record_its_training_shards_is_not_called_held_out(trained_run, tmp_path):
     """A hand-made or edited radar_config.yaml (radar-train always writes caches[*].train_shards): which shards
     the adapter trained on is unknown, so the shards named are refused, and with --allow_train_shards the
