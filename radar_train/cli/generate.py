@@ -120,6 +120,7 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
         try:
             with sigterm_stops(), Progress(len(pairs), "radar-generate", "samples", initial=before) as progress, \
                     saver:
+                saver.on_late = progress.update  # (a batch written while the run stops counts in its last line)
                 for i in pending:
                     chunk = batches[i]
                     imgs = pipe.compare([c for c, _ in chunk], [s for _, s in chunk])

@@ -16,7 +16,7 @@ import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 
@@ -151,6 +151,7 @@ class PngBatches:
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="radar-png")
         self._pending: Optional[tuple[list, int]] = None
         self.late = 0
+        self.on_late: Optional[Callable[[int], None]] = None  # given `late` when the block is left (a progress bar)
 
     def submit(self, images: Mapping[str, torch.Tensor], chunk: Sequence[tuple[int, int]]) -> None:
         if self._pending is not None:
@@ -182,3 +183,5 @@ class PngBatches:
             self.late = n if all(f.exception() is None for f in futures) else 0
         finally:
             self.pool.shutdown(wait=True)
+        if self.late and self.on_late is not None:
+            self.on_late(self.late)
