@@ -101,7 +101,7 @@ def check_output_file(path: PathLike, option: str = "--output", inputs: Optional
     """A file the command writes: not a folder, not an input; an existing one only with `overwrite`."""
     if os.fspath(path).endswith(("/", os.sep)):  # (Path drops it: the file would be written as the folder's name)
         raise OutputError(f"{option} {os.fspath(path)} ends in a slash, as a folder does: give a file name")
-    p = Path(path)
+    p = _given(path, option)
     check_name_length(p, option, temp=True)  # (first: a name past the limit fails even `exists`)
     check_no_overlap(option, p, inputs)
     if p.is_dir():
@@ -110,6 +110,14 @@ def check_output_file(path: PathLike, option: str = "--output", inputs: Optional
         raise OutputError(f"{option} {p} exists: pass --overwrite to replace it, or choose another file name")
     check_writable(p.parent, option, p)
     return p
+
+
+def _given(path: PathLike, option: str) -> Path:
+    """The output path given to `option`; OutputError for an empty one (an unset variable in a script, `--output
+    "$OUT"`), which Path reads as the current folder."""
+    if os.fspath(path) == "":
+        raise OutputError(f"{option} is empty: name the output (. for the current folder)")
+    return Path(path)
 
 
 def _exists(p: Path) -> bool:
@@ -146,7 +154,7 @@ def check_output_dir(path: PathLike, writes: Sequence[str], option: str = "--out
                      overwrite: bool = False) -> Path:
     """A folder the command writes the entries `writes` into (other entries are left alone): not a file, not
     inside an input and holding none; entries that exist already are replaced only with `overwrite`."""
-    p = Path(path)
+    p = _given(path, option)
     check_name_length(p, option, temp=False)
     if p.exists() and not p.is_dir():
         raise OutputError(f"{option} {p} is an existing file: give a folder")
@@ -163,7 +171,7 @@ def check_replace_dir(path: PathLike, is_ours: Callable[[Path], bool], what: str
                       inputs: Optional[Inputs] = None, overwrite: bool = False) -> Path:
     """A folder written as a whole (`what`, e.g. "an adapter folder"): absent or empty; an existing `what`
     (`is_ours`) only with `overwrite`; any other folder, or a file, is refused even with `overwrite`."""
-    p = Path(path)
+    p = _given(path, option)
     check_name_length(p, option, temp=True)
     recover_replaced(p)  # the user's folder, if a killed replace left it hidden
     if p.exists() and not p.is_dir():
@@ -184,7 +192,7 @@ def check_resume_dir(path: PathLike, marker: str, what: str, option: str = "--ou
                      inputs: Optional[Inputs] = None) -> Path:
     """A folder a command creates or resumes (`what`, recognised by its file `marker`): absent, empty or
     holding `marker`; the caller then checks that the marker is its own."""
-    p = Path(path)
+    p = _given(path, option)
     check_name_length(p, option, temp=False)
     if p.exists() and not p.is_dir():
         raise OutputError(f"{option} {p} is an existing file: give a folder")

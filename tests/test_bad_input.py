@@ -273,6 +273,12 @@ CASES = [
     ("cache-run-with-seeds-past-64-bits", "cache",
      lambda w, t: ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--output", "c", "--plan.base_seed",
                    str(2 ** 63 - 2)], ["plan.base_seed must be in [0, 2**63 - "]),
+    ("cache-run-into-an-empty-output", "cache",
+     lambda w, t: ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--output", ""],
+     ["--output is empty: name the output (. for the current folder)"]),
+    ("generate-into-an-empty-output", "generate",
+     lambda w, t: ["--config", str(CONFIGS / "generate" / "tiny.yaml"), "--output", "", "--classes", "0", "--seeds",
+                   "0", "--device", "cpu"], ["--output is empty: name the output (. for the current folder)"]),
     ("cache-run-with-more-shards-than-a-cache-holds", "cache",  # (a MemoryError traceback after the manifest)
      lambda w, t: ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--output", "c",
                    "--plan.images_per_class", str(10 ** 14)],

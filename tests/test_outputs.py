@@ -338,3 +338,17 @@ def test_a_progress_folder_that_is_a_link_is_refused(tmp_path, command):
         with pytest.raises(OutputError, match=f"{link.name} is a link, not a folder of radar-(generate|fid) progress"):
             progress.check(overwrite)
     assert link.is_symlink() and list((tmp_path / "empty").iterdir()) == []
+
+
+def test_an_empty_output_is_refused_by_every_output_check(tmp_path, monkeypatch):
+    """`--output ""` (a script's unset variable) read as the current folder: radar-generate wrote its PNGs there."""
+    monkeypatch.chdir(tmp_path)
+    checks = [lambda: check_output_file("", "--json"), lambda: check_output_dir("", ["a"], "--output"),
+              lambda: check_replace_dir("", lambda p: True, "an adapter folder", "--output"),
+              lambda: check_resume_dir("", "manifest.json", "a cache", "--output")]
+    for check in checks:
+        with pytest.raises(OutputError) as e:
+            check()
+        assert str(e.value).endswith("is empty: name the output (. for the current folder)")
+    assert list(tmp_path.iterdir()) == []
+    assert str(check_output_dir(".", ["a"], "--output")) == "."  # (the current folder, named)
