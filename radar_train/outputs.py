@@ -120,6 +120,15 @@ def _given(path: PathLike, option: str) -> Path:
     return Path(path)
 
 
+def _folder_or_nothing(p: Path, option: str) -> None:
+    """OutputError unless the output folder `p` is a folder or nothing (a file, or a link to nothing, is not)."""
+    if p.is_symlink() and not p.exists():
+        raise OutputError(f"{option} {p} is a link to nothing ({os.readlink(p)}): give a folder, or make the one it "
+                          f"names")
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"{option} {p} is an existing file: give a folder")
+
+
 def _exists(p: Path) -> bool:
     try:
         return os.path.lexists(p)
@@ -156,8 +165,7 @@ def check_output_dir(path: PathLike, writes: Sequence[str], option: str = "--out
     inside an input and holding none; entries that exist already are replaced only with `overwrite`."""
     p = _given(path, option)
     check_name_length(p, option, temp=False)
-    if p.exists() and not p.is_dir():
-        raise OutputError(f"{option} {p} is an existing file: give a folder")
+    _folder_or_nothing(p, option)
     check_no_overlap(option, p, inputs, [p / w for w in writes])
     existing = [w for w in writes if (p / w).exists() or (p / w).is_symlink()]
     if existing and not overwrite:
@@ -174,8 +182,7 @@ def check_replace_dir(path: PathLike, is_ours: Callable[[Path], bool], what: str
     p = _given(path, option)
     check_name_length(p, option, temp=True)
     recover_replaced(p)  # the user's folder, if a killed replace left it hidden
-    if p.exists() and not p.is_dir():
-        raise OutputError(f"{option} {p} is an existing file: give a folder")
+    _folder_or_nothing(p, option)
     check_no_overlap(option, p, inputs)
     if p.is_dir() and any(p.iterdir()):
         if not is_ours(p):
@@ -194,8 +201,7 @@ def check_resume_dir(path: PathLike, marker: str, what: str, option: str = "--ou
     holding `marker`; the caller then checks that the marker is its own."""
     p = _given(path, option)
     check_name_length(p, option, temp=False)
-    if p.exists() and not p.is_dir():
-        raise OutputError(f"{option} {p} is an existing file: give a folder")
+    _folder_or_nothing(p, option)
     check_no_overlap(option, p, inputs)
     # a concurrent creator's temporary marker (temp_name, linked to MARKER a moment later) is not foreign
     if p.is_dir() and not (p / marker).is_file() and any(not is_temp_of(e, marker) for e in p.iterdir()):

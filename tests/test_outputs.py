@@ -352,3 +352,14 @@ def test_an_empty_output_is_refused_by_every_output_check(tmp_path, monkeypatch)
         assert str(e.value).endswith("is empty: name the output (. for the current folder)")
     assert list(tmp_path.iterdir()) == []
     assert str(check_output_dir(".", ["a"], "--output")) == "."  # (the current folder, named)
+
+
+def test_a_resumed_folder_that_is_a_link_to_nothing_is_said_to_be_one(tmp_path):
+    """(It was refused as 'is a file, not a folder'.)"""
+    (tmp_path / "out").symlink_to(tmp_path / "gone")
+    with pytest.raises(OutputError) as e:
+        check_resume_dir(tmp_path / "out", "manifest.json", "a cache", "--output")
+    assert str(e.value) == (f"--output {tmp_path / 'out'} is a link to nothing ({tmp_path / 'gone'}): give a folder, "
+                            f"or make the one it names")
+    (tmp_path / "gone").mkdir()
+    assert check_resume_dir(tmp_path / "out", "manifest.json", "a cache", "--output") == tmp_path / "out"
