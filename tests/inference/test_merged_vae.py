@@ -240,7 +240,7 @@ def test_metadata_that_does_not_describe_a_base_and_damaged_weights_are_one_line
          ["radar_config.yaml: base.vae.kind 'weird'"]),
         (dict(edit=lambda t: t.replace("preset: toy", "preset: tiny")),  # (a file base, but no file recorded)
          ["sha256", "pass it with --vae_checkpoint"]),
-        (dict(weights=nan), ["adapter_model.safetensors: 1 tensor(s) hold NaN or inf values", "the adapter is damaged"]),
+        (dict(weights=nan), ["adapter_model.safetensors: 1 tensor(s) hold NaN or inf", "the adapter is damaged"]),
     ]
     for i, (change, needles) in enumerate(cases):
         bad = _altered(toy_adapter, tmp_path / f"bad{i}", **change)
