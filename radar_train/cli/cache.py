@@ -85,7 +85,8 @@ def check_run_output(args: CacheArgs) -> None:
         raise OutputError(f"--output {args.output} is a WebDataset export, not a cache: choose a new folder")
     holder = next((p for p in Path(args.output).resolve().parents if (p / MANIFEST_NAME).is_file()), None)
     if holder is not None:  # its status, verify and disk figures would count this one as its own
-        raise OutputError(f"--output {args.output} lies inside the cache {holder}: choose a folder outside it")
+        what = "the WebDataset export" if is_export(holder) else "the cache"
+        raise OutputError(f"--output {args.output} lies inside {what} {holder}: choose a folder outside it")
 
 
 def _run(cfg) -> int:

@@ -360,3 +360,15 @@ def test_the_unique_positions_of_all_ranks_are_every_position_once(make_syntheti
         s = BlockShuffleSampler(ds, shuffle=True, seed=1, rank=rank, world_size=world)
         seen += s.rank_order()[:s.unique_count()].tolist()
     assert sorted(seen) == list(range(n))
+
+
+def test_a_cache_run_into_a_folder_inside_an_export_says_it_is_an_export(make_synthetic, tmp_path):
+    """(The export holds the cache's manifest: the refusal called it 'the cache'.)"""
+    from pathlib import Path
+
+    from cli_checks import assert_refused
+
+    export_wds(str(make_synthetic(num_samples=16, shard_size=8)), str(tmp_path / "wds"), progress=False)
+    config = Path(__file__).resolve().parents[2] / "configs" / "cache" / "tiny.yaml"
+    assert_refused("cache", ["run", "--config", str(config), "--output", str(tmp_path / "wds" / "sub")], tmp_path,
+                   (tmp_path,), [f"lies inside the WebDataset export {tmp_path / 'wds'}: choose a folder outside it"])
