@@ -151,8 +151,10 @@ def check_adapter(adapter_dir: str | Path) -> dict:
     d = Path(adapter_dir)
     meta = read_radar_config(d)
     _check_lora_config(read_json(d / ADAPTER_CONFIG, "peft adapter config"), d / ADAPTER_CONFIG)
-    if not load_safetensors(d / ADAPTER_WEIGHTS, "adapter weights file"):
+    tensors = load_safetensors(d / ADAPTER_WEIGHTS, "adapter weights file")
+    if not tensors:
         raise InputError(f"{d / ADAPTER_WEIGHTS}: adapter weights file holds no tensors")
+    check_finite(tensors, d / ADAPTER_WEIGHTS, "adapter")
     load_label_conditioning(d, meta)  # a conditioned adapter's section and weights file
     return meta
 
@@ -214,8 +216,7 @@ def _from_pretrained(decoder: nn.Module, d: Path, trainable: bool):
         raise InputError(f"{d / ADAPTER_CONFIG}: peft cannot build the adapter from it "
                          f"({type(e).__name__}: {str(e)[:160]})") from None
     want = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
-    tensors = load_safetensors(weights, "adapter weights file")
-    have = {k: tuple(v.shape) for k, v in tensors.items()}
+    have = {k: tuple(v.shape) for k, v in load_safetensors(weights, "adapter weights file").items()}
     missing, unknown = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])
     if missing or unknown or wrong:
@@ -223,5 +224,4 @@ def _from_pretrained(decoder: nn.Module, d: Path, trainable: bool):
                  ((missing, "LoRA tensors missing"), (unknown, "tensors that are not this adapter's"),
                   (wrong, "tensors of another shape")) if x]
         raise InputError(f"{weights}: does not hold the LoRA tensors {ADAPTER_CONFIG} describes: " + "; ".join(parts))
-    check_finite(tensors, weights, "adapter")
     return model

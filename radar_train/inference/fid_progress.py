@@ -155,9 +155,8 @@ class FidProgress:
     def check(self, overwrite: bool) -> int:
         """The sample this run goes on from (0: a fresh start). OutputError (one line) for a folder of that name
         that is not radar-fid progress, and for progress of other settings without `overwrite`."""
-        for folder in {self.root, self.dir}:
-            if folder.is_symlink():
-                check_not_link(self.output, folder, "radar-fid")
+        for folder in (self.root, self.dir):
+            check_not_link(self.output, folder, "radar-fid")
         if (self.root.exists() or self.root.is_symlink()) and not self.root.is_dir():
             raise OutputError(f"--output {self.output}: {self.root} is not a folder of radar-fid progress: move it "
                               f"away, or choose another folder")

@@ -47,6 +47,7 @@ class GenerateProgress:
         self.settings = json.loads(json.dumps(dict(settings), default=str))
         self.folders = list(folders)
         self.created = False
+        self.damaged: list[Path] = []  # PNGs found damaged by `pending`
 
     def check(self, overwrite: bool) -> bool:
         """Whether the run goes on from the folder (False: a fresh start). OutputError (one line) for a folder of
@@ -79,13 +80,9 @@ class GenerateProgress:
     def pending(self, batches: Sequence[Sequence[tuple[int, int]]]) -> list[int]:
         """The indices of the batches some PNG of which is missing or damaged (`damaged` lists those: they are
         generated again with their batch)."""
-        self.damaged: list[Path] = []
-        out = []
-        for i, batch in enumerate(batches):
-            whole = [self._whole(self.path(f, c, s)) for f in self.folders for c, s in batch]
-            if not all(whole):
-                out.append(i)
-        return out
+        self.damaged = []
+        return [i for i, batch in enumerate(batches)
+                if not all([self._whole(self.path(f, c, s)) for f in self.folders for c, s in batch])]  # (each file)
 
     def _whole(self, path: Path) -> bool:
         """Whether `path` is a PNG that reads whole. Each is renamed into place once written, but a lost node or a

@@ -35,7 +35,6 @@ def _dies_at_shard_2(tmp, shard, *args):
 
 
 def test_a_killed_writer_process_is_one_line_and_the_rerun_completes_the_cache(tmp_path, monkeypatch):
-    real = writer_module._write_shard
     monkeypatch.setattr(writer_module, "_write_shard", _dies_at_shard_2)
     code, err = _run(tmp_path, "c")
     assert code == 1, err
@@ -44,7 +43,7 @@ def test_a_killed_writer_process_is_one_line_and_the_rerun_completes_the_cache(t
     scan = scan_cache(tmp_path / "c", 5)
     assert {0, 1} <= set(scan.complete) and 2 not in scan.complete
 
-    monkeypatch.setattr(writer_module, "_write_shard", real)
+    monkeypatch.undo()
     assert _run(tmp_path, "c")[0] == 0
     assert _run(tmp_path, "whole")[0] == 0
     assert verify_cache(str(tmp_path / "c"))[0] == [] and scan_cache(tmp_path / "c").temporary == {}

@@ -65,4 +65,4 @@ def test_radar_generate_and_radar_eval_refuse_an_adapter_with_nan_weights_writin
                                 "gen", "--device", "cpu"], tmp_path, roots, needles)
     assert_refused("eval", ["--cache", str(trained_run["cache"]), "--adapter", str(weights.parent), "--output",
                             "ev", "--device", "cpu"], tmp_path, roots, needles)
-    assert torch.isnan(load_file(str(weights))[sorted(load_file(str(weights)))[0]]).any()  # (the copy is spoiled)
+    assert any(torch.isnan(t).any() for t in load_file(str(weights)).values())  # (the copy is spoiled)
