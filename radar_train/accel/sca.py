@@ -357,14 +357,53 @@ def load_mask_file(path: str | Path) -> MaskFile:
         header = json.loads(meta["header"])
         if header.get("version") != FORMAT_VERSION:
             raise ValueError(f"version {header.get('version')!r}, expected {FORMAT_VERSION}")
-        for key in ("model", "patch_nums", "tile", "tau", "scales", "num_heads"):
-            header[key]  # noqa: B018 — KeyError if missing
-        for pn in header["scales"]:
-            for name in ("score_q", "score_kv", "score_q_head", "score_kv_head"):
-                tensors[f"{name}.{pn}"]  # noqa: B018
-    except Exception as e:  # safetensors, JSON and key errors all mean "not a mask file"
+        _check_contents(header, tensors)
+    except Exception as e:  # safetensors, JSON, key, type and shape errors all mean "not a mask file"
         raise ValueError(f"{p}: not an SCA mask file ({type(e).__name__}: {e})") from None
     return MaskFile(str(p), file_sha256(p), header, tensors)
+
+
+def _count(value, what: str, least: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{what} {value!r} is not an integer >= {least}")
+    return value
+
+
+def _check_contents(header: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """ValueError (one line) unless the header has the fields the masks are built from, with their types, and
+    every active scale has its four score tensors: float64 counts (finite, >= 0) of the shapes that the header's
+    depth, heads, patch_nums and tile give (a file edited by hand, or written for another tile, is not read as
+    another mask)."""
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    for key in ("model", "patch_nums", "tile", "tau", "scales", "num_heads"):
+        header[key]  # noqa: B018 — KeyError if missing
+    model, pns, scales = header["model"], header["patch_nums"], header["scales"]
+    if not isinstance(model, dict):
+        raise ValueError(f"header model {model!r} is not an object")
+    depth = _count(model.get("depth"), "header model.depth")
+    heads = _count(header["num_heads"], "header num_heads")
+    tile = _count(header["tile"], "header tile")
+    if isinstance(header["tau"], bool) or not isinstance(header["tau"], (int, float)) \
+            or not math.isfinite(header["tau"]):
+        raise ValueError(f"header tau {header['tau']!r} is not a number")
+    if not isinstance(pns, list) or not pns or [_count(n, "header patch_nums entry") for n in pns] != \
+            sorted(set(pns)):
+        raise ValueError(f"header patch_nums {pns!r} is not an increasing list of sides")
+    if not isinstance(scales, list) or not scales or any(isinstance(s, bool) or s not in pns[1:] for s in scales) \
+            or len(set(scales)) != len(scales):
+        raise ValueError(f"header scales {scales!r} are not distinct sides of patch_nums {pns} after the first")
+    for pn in scales:
+        g = scale_tiles(pns, pns.index(pn), tile)
+        for name, shape in (("score_q", (depth, g.nq, g.nk)), ("score_kv", (depth, g.nq, g.nk)),
+                            ("score_q_head", (depth, heads, g.nq, g.nk)),
+                            ("score_kv_head", (depth, heads, g.nq, g.nk))):
+            t = tensors[f"{name}.{pn}"]
+            if t.dtype != torch.float64 or tuple(t.shape) != shape:
+                raise ValueError(f"{name}.{pn} is {t.dtype} {tuple(t.shape)}, expected torch.float64 {shape} "
+                                 f"(depth {depth}, {heads} heads, tile {tile})")
+            if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+                raise ValueError(f"{name}.{pn} holds NaN, inf or negative counts")
 
 
 _BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}

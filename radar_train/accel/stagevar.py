@@ -59,7 +59,7 @@ def load_rank_file(path: str | Path) -> RankFile:
     check_file(p, "stagevar rank-ratio file")  # (a folder, an unreadable file: InputError, a ValueError)
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
-        ratios = {int(k): [float(r) for r in v] for k, v in data["ratios"].items()}
+        ratios = {_side(k): [_ratio(r) for r in v] for k, v in data["ratios"].items()}
         alpha = data.get("alpha")
         out = RankFile(ratios, None if alpha is None else float(alpha), _var_of(data.get("model")), _branch_of(data))
     except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as e:
@@ -69,6 +69,23 @@ def load_rank_file(path: str | Path) -> RankFile:
         raise ValueError(f"{p}: stagevar rank ratios for scale(s) {', '.join(map(str, bad))} must lie in (0, 1] "
                          f"(a damaged or hand-edited rank-ratio file; calibrate again with `radar-accel calibrate`)")
     return out
+
+
+def _side(key: object) -> int:
+    """A scale side as a rank file keys it: an integer, or its digits quoted (not 6.5, which int() would make 6,
+    nor true)."""
+    if isinstance(key, str) and key.strip().isdigit():
+        return int(key)
+    if isinstance(key, bool) or not isinstance(key, int):
+        raise TypeError(f"scale {key!r} is not a side (an integer)")
+    return key
+
+
+def _ratio(value: object) -> float:
+    """A rank ratio: a number (not true, which float() would make 1.0, nor a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"rank ratio {value!r} is not a number")
+    return float(value)
 
 
 def _var_of(model: object) -> Optional[tuple[Optional[str], str]]:

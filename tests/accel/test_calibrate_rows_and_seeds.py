@@ -1,5 +1,7 @@
 """radar-accel calibrate: the rows a StageVAR rank calibration measures (the branch StageVAR runs, methods.md
 §3.2(c)), and calibrations that follow --seed with official noise as with per_sample noise."""
+import re
+
 import pytest
 import torch
 import yaml
@@ -141,3 +143,27 @@ def test_a_rank_file_with_an_unknown_branch_is_not_a_rank_file(tmp_path):
     f.write_text(yaml.safe_dump({"alpha": 0.96, "single_branch": "both", "ratios": {6: [0.3] * 4}}))
     with pytest.raises(ValueError, match="ranks.yaml: not a stagevar rank-ratio file .*single_branch 'both'"):
         load_rank_file(f)
+
+
+@pytest.mark.parametrize("ratios, reason", [
+    ({6: [True, 0.5, 0.4, 0.3]}, "rank ratio True is not a number"),  # (float(True) is 1.0)
+    ({6: ["0.5", 0.5, 0.4, 0.3]}, "rank ratio '0.5' is not a number"),
+    ({6.5: [0.5] * 4}, "scale 6.5 is not a side"),  # (int(6.5) is 6)
+    ({True: [0.5] * 4}, "scale True is not a side"),
+])
+def test_a_rank_file_with_values_of_other_types_is_not_a_rank_file(tmp_path, ratios, reason):
+    from radar_train.accel.stagevar import load_rank_file
+
+    f = tmp_path / "ranks.yaml"
+    f.write_text(yaml.safe_dump({"alpha": 0.96, "ratios": ratios}))
+    with pytest.raises(ValueError, match=f"ranks.yaml: not a stagevar rank-ratio file \\(TypeError: "
+                                         f"{re.escape(reason)}"):
+        load_rank_file(f)
+
+
+def test_a_rank_file_may_quote_its_scale_sides(tmp_path):
+    from radar_train.accel.stagevar import load_rank_file
+
+    f = tmp_path / "ranks.yaml"
+    f.write_text(yaml.safe_dump({"alpha": 0.96, "ratios": {"6": [0.5, 0.5, 0.4, 1], 8: [0.25] * 4}}))
+    assert load_rank_file(f).ratios == {6: [0.5, 0.5, 0.4, 1.0], 8: [0.25] * 4}

@@ -2,8 +2,10 @@
 refusals, and the helpers for benchmarks (FLOP model, KV bytes, FastVAR at an attention budget)."""
 import copy
 import math
+import re
 import warnings
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -493,6 +495,61 @@ def test_missing_or_foreign_mask_file(tiny_models, tmp_path):
     with pytest.raises(ValueError, match="not an SCA mask file") as e:
         _sca(tiny_models, mask_file=str(bad))
     assert "\n" not in str(e.value)
+
+
+def _edited_mask(src: Path, dst: Path, header=None, tensors=None) -> Path:
+    """A copy of the mask file `src` with `header(h)` and `tensors(t)` applied (each edits in place)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), "pt") as f:
+        meta, t = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    h = json.loads(meta["header"])
+    if header:
+        header(h)
+    if tensors:
+        tensors(t)
+    meta["header"] = json.dumps(h)
+    save_file(t, str(dst), metadata=meta)
+    return dst
+
+
+def _each_score(fn):
+    def edit(t):
+        for k in [k for k in t if k.startswith("score")]:
+            t[k] = fn(t[k])
+    return edit
+
+
+@pytest.mark.parametrize("header, tensors, reason", [
+    (None, _each_score(lambda x: x[..., :3].contiguous()), r"score_q\.\d+ is torch.float64 \(4, \d+, 3\), expected"),
+    (None, lambda t: t.update({k: v[:2].contiguous() for k, v in t.items()}), r"expected torch.float64 \(4, "),
+    (lambda h: h.update(tile="8"), None, "header tile '8' is not an integer >= 1"),
+    (lambda h: h.update(tile=8), None, r"\(depth 4, 4 heads, tile 8\)"),
+    (lambda h: h["model"].update(depth=2), None, r"\(depth 2, 4 heads"),
+    (lambda h: h.update(num_heads=2), None, r"score_q_head\.\d+ is torch.float64 \(4, 4, \d+, \d+\), expected torch"
+                                            r".float64 \(4, 2, "),
+    (lambda h: h.update(model=[1, 2]), None, r"header model \[1, 2\] is not an object"),
+    (lambda h: h.update(patch_nums=None), None, "header patch_nums None is not an increasing list"),
+    (lambda h: h.update(scales=[]), None, r"header scales \[\] are not distinct sides"),
+    (lambda h: h.update(scales=["8"]), None, "header scales"),
+    (lambda h: h.update(tau="1"), None, "header tau '1' is not a number"),
+    (None, _each_score(lambda x: torch.full_like(x, float("nan"))), "holds NaN, inf or negative counts"),
+    (None, _each_score(lambda x: -x - 1), "holds NaN, inf or negative counts"),
+    (None, _each_score(lambda x: x.long()), r"is torch.int64 .* expected torch.float64"),
+])
+def test_a_mask_file_edited_by_hand_is_refused_in_one_line(tiny_models, mask_file, tmp_path, header, tensors, reason):
+    """A mask file whose header fields have other types, or whose scores have other shapes or dtypes than its depth,
+    heads, patch_nums and tile give, or hold NaN or negative counts, is not an SCA mask file: one line naming it.
+    (Before, it failed deep in the selection with a traceback, or NaN scores ranked blocks in an arbitrary order
+    and every command went on with exit 0.)"""
+    bad = _edited_mask(mask_file, tmp_path / "edited.safetensors", header, tensors)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(bad))}: not an SCA mask file \\(.*{reason}") as e:
+        _sca(tiny_models, mask_file=str(bad))
+    assert "\n" not in str(e.value)
+    _sca(tiny_models, mask_file=str(_edited_mask(mask_file, tmp_path / "same.safetensors")))  # (the copy itself reads)
 
 
 # ---------------------------------------------------------------------------- CLI
