@@ -71,6 +71,12 @@ class Fixture:
             missing = [k for k in case.get("inputs", []) if k not in tensors]
             if missing:
                 raise FixtureError(f"{root / 'cases.safetensors'}: no tensor {missing[0]!r} (an input of case {name!r})")
+        for key, entry in cj["keys"].items():
+            atol = entry.get("atol", 0.0) if isinstance(entry, dict) else None
+            if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not 0 <= atol < float("inf"):
+                raise FixtureError(f"{root / 'cases.json'}: keys[{key!r}]: 'atol' must be a number >= 0, got {atol!r}"
+                                   if isinstance(entry, dict) else f"{root / 'cases.json'}: keys[{key!r}] is not an "
+                                   f"object")
         return Fixture(root, config, cj["cases"], cj["keys"], tensors)
 
     def weights_file(self, stem: str) -> Path:
@@ -103,6 +109,11 @@ def _case_problem(case: dict) -> str | None:
     inputs, kw, kind = case.get("inputs", []), case.get("kwargs", {}), _kind(case["call"])
     if not isinstance(inputs, list) or not all(isinstance(k, str) for k in inputs):
         return "'inputs' must be a list of tensor names"
+    outputs, debug = case.get("outputs"), case.get("debug", [])
+    if not isinstance(outputs, list) or not outputs or not all(isinstance(k, str) for k in outputs):
+        return "'outputs' must be a non-empty list of tensor names (a case that compares no output checks nothing)"
+    if not isinstance(debug, list) or not all(isinstance(k, str) for k in debug):
+        return "'debug' must be a list of tensor names"
     if kind in ("decode", "encode", "tf_input") and not inputs:
         return f"a {kind} case needs an input tensor"
     if kind == "forward" and not (any("label" in k for k in inputs) and any("x_BLCv" in k for k in inputs)):
@@ -178,12 +189,17 @@ def run_case(name: str, case: dict, fx: Fixture, vqvae: VQVAE, var: VAR, device)
     raise FixtureError(f"case {name}: unrecognised call {case['call']!r}")
 
 
-def compare(name: str, expected_keys: list[str], got: dict[str, torch.Tensor], fx: Fixture) -> CaseResult:
+def compare(name: str, outputs: list[str], debug: list[str], got: dict[str, torch.Tensor], fx: Fixture) -> CaseResult:
+    """The case's outputs and debug intermediates against the fixture's. A key listed but not stored in
+    cases.safetensors is skipped (a fixture may omit images for size), but a case passes only if at least one of
+    its outputs was compared."""
     worst, worst_ratio, worst_err, worst_atol, checked = "-", -1.0, 0.0, 0.0, 0
     passed = True
-    for key in expected_keys:
-        if key not in fx.tensors:
-            continue  # listed but not stored (e.g. images omitted for size)
+    stored = [k for k in outputs if k in fx.tensors]
+    if not stored:
+        return CaseResult(name, float("inf"), 0.0, False, f"none of its outputs is in cases.safetensors (e.g. "
+                          f"{outputs[0]})", 0)
+    for key in stored + [k for k in debug if k in fx.tensors]:
         exp = fx.tensors[key]
         atol = float(fx.keys.get(key, {}).get("atol", 0.0))
         if key not in got:
@@ -194,6 +210,7 @@ def compare(name: str, expected_keys: list[str], got: dict[str, torch.Tensor], f
             return CaseResult(name, float("inf"), atol, False, f"{key} shape {tuple(mine.shape)} vs {tuple(exp.shape)}", checked)
         if exp.dtype.is_floating_point:
             err = (mine.double() - exp.double()).abs().max().item() if exp.numel() else 0.0
+            err = err if err == err else float("inf")  # (NaN on either side: no agreement)
         else:
             err = float((mine.long() != exp.long()).sum().item())  # integers: number of mismatches
             atol = 0.0
@@ -221,5 +238,5 @@ def check_fixture(root: str | Path, device: str = "cpu") -> tuple[list[CaseResul
     results = []
     for name, case in fx.cases.items():
         got = run_case(name, case, fx, vqvae, var, dev)
-        results.append(compare(name, list(case.get("outputs", [])) + list(case.get("debug", [])), got, fx))
+        results.append(compare(name, list(case["outputs"]), list(case.get("debug", [])), got, fx))
     return results, notes

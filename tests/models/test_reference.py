@@ -34,6 +34,41 @@ def test_check_reference_fails_on_perturbed_weights(fixtures_dir, tmp_path):
     assert "d" in failed and "a" not in failed and "b" not in failed
 
 
+def _edited_cases(fixtures_dir, tmp_path, edit) -> None:
+    """tiny_a in `tmp_path` with `edit(tensors)` applied to cases.safetensors."""
+    import shutil
+
+    import safetensors.torch as st
+
+    for f in fixtures_dir.joinpath("tiny_a").iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    tensors = st.load_file(str(tmp_path / "cases.safetensors"))
+    edit(tensors)
+    st.save_file(tensors, str(tmp_path / "cases.safetensors"))
+
+
+def test_a_case_none_of_whose_outputs_is_stored_fails_naming_one(fixtures_dir, tmp_path):
+    """A listed key that is not stored is skipped (a fixture may leave images out for size), but a case with none of
+    its outputs stored compares nothing: it fails and says which is missing (it said "0 keys; worst -")."""
+    _edited_cases(fixtures_dir, tmp_path, lambda t: t.pop("a.out.img"))
+    results = {r.name: r for r in check_fixture(tmp_path)[0]}
+    assert not results["a"].passed and results["a"].checked == 0
+    assert "none of its outputs is in cases.safetensors (e.g. a.out.img)" in results["a"].line()
+    assert all(r.passed for name, r in results.items() if name != "a")
+
+
+def test_an_expected_output_holding_nan_fails_as_the_cases_worst_key(fixtures_dir, tmp_path):
+    """NaN compares as no agreement: the line names that key with an infinite error (it named another key, whose
+    small error contradicted the FAIL)."""
+    def spoil(t):
+        t["b.out.recon"].view(-1)[5] = float("nan")
+
+    _edited_cases(fixtures_dir, tmp_path, spoil)
+    results = {r.name: r for r in check_fixture(tmp_path)[0]}
+    assert not results["b"].passed
+    assert results["b"].worst_key == "b.out.recon" and results["b"].max_abs_err == float("inf")
+
+
 def test_teacher_forcing_equals_cached_inference(fixtures_dir):
     """VAR.forward on the teacher-forcing input of greedy indices = the conditional half of the
     KV-cached sampling logits (and the unconditional half with the null label)."""
@@ -74,7 +109,7 @@ def test_check_reference_cli_prints_a_multi_line_fixture_error_as_one_line(fixtu
     fixture = tmp_path / "fixture"
     shutil.copytree(fixtures_dir / "tiny_a", fixture)
     cases = json.loads((fixture / "cases.json").read_text())
-    cases["cases"] = {"bad\ncase": {"call": "nonsense()"}}
+    cases["cases"] = {"bad\ncase": {"call": "nonsense()", "outputs": ["a.out.img"]}}
     (fixture / "cases.json").write_text(json.dumps(cases))
     with pytest.raises(SystemExit) as e:
         main([str(fixture)])
