@@ -163,9 +163,12 @@ class AccelArgs:
     sca: SCAArgs = field(default_factory=SCAArgs)
 
 
+MAX_INT_LIST = 10_000_000  # values parse_int_list makes at most (a range typed by mistake: '0-9000000000000000000')
+
+
 def parse_int_list(spec: Union[str, int, Sequence[int]], what: str) -> list[int]:
-    """'0-3,7' (ranges inclusive) / 5 / [1, 2] -> a list of non-negative ints, in the given order.
-    ValueError names `what` (the option at fault)."""
+    """'0-3,7' (ranges inclusive) / 5 / [1, 2] -> a list of non-negative ints, in the given order, of at most
+    MAX_INT_LIST values. ValueError names `what` (the option at fault)."""
     if not isinstance(spec, str):
         out = [spec] if isinstance(spec, int) else [int(x) for x in spec]
         if not out:
@@ -181,6 +184,8 @@ def parse_int_list(spec: Union[str, int, Sequence[int]], what: str) -> list[int]
         a, b = int(m.group(1)), int(m.group(2) or m.group(1))
         if b < a:
             raise ValueError(f"{what}: empty range {part!r}")
+        if len(out) + (b - a + 1) > MAX_INT_LIST:
+            raise ValueError(f"{what}: {spec!r} lists more than {MAX_INT_LIST:,} values")
         out += range(a, b + 1)
     if not out:
         raise ValueError(f"{what} is empty")

@@ -33,9 +33,9 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 
-__all__ = ["OutputError", "Inputs", "check_output_file", "check_output_dir", "check_replace_dir", "check_resume_dir",
-           "check_no_overlap", "atomic_file", "write_text_atomic", "staged_entries", "swap_entries", "replace_dir",
-           "temp_name", "is_temp_of", "clear_stale_temps", "normal_file_mode", "check_writable",
+__all__ = ["OutputError", "Inputs", "given_output", "check_output_file", "check_output_dir", "check_replace_dir",
+           "check_resume_dir", "check_no_overlap", "atomic_file", "write_text_atomic", "staged_entries", "swap_entries",
+           "replace_dir", "temp_name", "is_temp_of", "clear_stale_temps", "normal_file_mode", "check_writable",
            "check_progress_folder", "check_not_link", "check_name_length", "read_progress_json",
            "other_progress_error", "fingerprint_differences", "fresh_progress_folder"]
 
@@ -101,7 +101,7 @@ def check_output_file(path: PathLike, option: str = "--output", inputs: Optional
     """A file the command writes: not a folder, not an input; an existing one only with `overwrite`."""
     if os.fspath(path).endswith(("/", os.sep)):  # (Path drops it: the file would be written as the folder's name)
         raise OutputError(f"{option} {os.fspath(path)} ends in a slash, as a folder does: give a file name")
-    p = _given(path, option)
+    p = given_output(path, option)
     check_name_length(p, option, temp=True)  # (first: a name past the limit fails even `exists`)
     check_no_overlap(option, p, inputs)
     if p.is_dir():
@@ -112,7 +112,7 @@ def check_output_file(path: PathLike, option: str = "--output", inputs: Optional
     return p
 
 
-def _given(path: PathLike, option: str) -> Path:
+def given_output(path: PathLike, option: str) -> Path:
     """The output path given to `option`; OutputError for an empty one (an unset variable in a script, `--output
     "$OUT"`), which Path reads as the current folder."""
     if os.fspath(path) == "":
@@ -163,7 +163,7 @@ def check_output_dir(path: PathLike, writes: Sequence[str], option: str = "--out
                      overwrite: bool = False) -> Path:
     """A folder the command writes the entries `writes` into (other entries are left alone): not a file, not
     inside an input and holding none; entries that exist already are replaced only with `overwrite`."""
-    p = _given(path, option)
+    p = given_output(path, option)
     check_name_length(p, option, temp=False)
     _folder_or_nothing(p, option)
     check_no_overlap(option, p, inputs, [p / w for w in writes])
@@ -179,7 +179,7 @@ def check_replace_dir(path: PathLike, is_ours: Callable[[Path], bool], what: str
                       inputs: Optional[Inputs] = None, overwrite: bool = False) -> Path:
     """A folder written as a whole (`what`, e.g. "an adapter folder"): absent or empty; an existing `what`
     (`is_ours`) only with `overwrite`; any other folder, or a file, is refused even with `overwrite`."""
-    p = _given(path, option)
+    p = given_output(path, option)
     check_name_length(p, option, temp=True)
     recover_replaced(p)  # the user's folder, if a killed replace left it hidden
     _folder_or_nothing(p, option)
@@ -199,7 +199,7 @@ def check_resume_dir(path: PathLike, marker: str, what: str, option: str = "--ou
                      inputs: Optional[Inputs] = None) -> Path:
     """A folder a command creates or resumes (`what`, recognised by its file `marker`): absent, empty or
     holding `marker`; the caller then checks that the marker is its own."""
-    p = _given(path, option)
+    p = given_output(path, option)
     check_name_length(p, option, temp=False)
     _folder_or_nothing(p, option)
     check_no_overlap(option, p, inputs)

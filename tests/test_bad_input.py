@@ -78,7 +78,9 @@ def _broken_measuring_files(w: Path) -> None:
     (w / "ranks_nan.yaml").write_text("ratios: {6: [.nan, 0.5, 0.5, 0.5], 8: [0.3, 0.3, 0.3, 0.3]}\n")
     fixture = Path(__file__).parent / "fixtures" / "tiny_a"
     for name, edit in (("fixture_negative_depth", lambda c, j: c["VAR_kwargs"].update(depth=-1)),
-                       ("fixture_no_cases", lambda c, j: j.update(cases={}))):
+                       ("fixture_no_cases", lambda c, j: j.update(cases={})),
+                       ("fixture_case_without_outputs", lambda c, j: j["cases"]["b"].update(outputs=[])),
+                       ("fixture_tolerance_a_string", lambda c, j: j["keys"]["a.out.img"].update(atol="0.1"))):
         d = w / name
         shutil.copytree(fixture, d)
         config, cases = json.loads((d / "config.json").read_text()), json.loads((d / "cases.json").read_text())
@@ -488,6 +490,30 @@ CASES = [
      lambda w, t: [str(w["w"] / "fixture_negative_depth")], ["fixture_negative_depth/config.json", "depth must be > 0"]),
     ("check-reference-without-cases", "check_reference",
      lambda w, t: [str(w["w"] / "fixture_no_cases")], ["fixture_no_cases/cases.json: no cases"]),
+    ("check-reference-case-without-outputs", "check_reference",  # (it passed on its debug tensor alone)
+     lambda w, t: [str(w["w"] / "fixture_case_without_outputs")],
+     ["fixture_case_without_outputs/cases.json: case 'b': 'outputs' must be a non-empty list"]),
+    ("check-reference-tolerance-a-string", "check_reference",  # (float() took it)
+     lambda w, t: [str(w["w"] / "fixture_tolerance_a_string")],
+     ["fixture_tolerance_a_string/cases.json: keys['a.out.img']: 'atol' must be a number >= 0, got '0.1'"]),
+    # outputs named by an unset variable: refused, not defaulted or taken for the current folder
+    ("accel-calibrate-into-an-empty-output", "accel",
+     lambda w, t: ["calibrate", "--model.preset", "tiny", "--num_samples", "1", "--batch_size", "1", "--device",
+                   "cpu", "--output", ""], ["--output is empty"]),
+    ("accel-calibrate-sca-into-an-empty-output", "accel",
+     lambda w, t: ["calibrate", "--accel.method", "sca", "--model.preset", "tiny", "--num_samples", "1",
+                   "--batch_size", "1", "--device", "cpu", "--output", ""], ["--output is empty"]),
+    ("bench-accel-into-an-empty-json", "bench",
+     lambda w, t: ["accel", "--setup.preset", "tiny", "--setup.device", "cpu", "--methods", "[none]", "--json", ""],
+     ["--json is empty"]),
+    ("demo-into-an-empty-output", "demo", lambda w, t: ["--model", "tiny", "--output", ""], ["--output is empty"]),
+    # a range typed by mistake: a MemoryError after filling the memory, or minutes of counting
+    ("demo-with-seeds-of-a-huge-range", "demo",
+     lambda w, t: ["--model", "tiny", "--output", "o", "--seeds", "0-9000000000000000000"],
+     ["--seeds: '0-9000000000000000000' lists more than 10,000,000 values"]),
+    ("generate-with-a-wide-range-of-classes", "generate",
+     lambda w, t: ["--config", str(CONFIGS / "generate" / "tiny.yaml"), "--classes", "0-999999", "--seeds", "0",
+                   "--output", "o", "--device", "cpu"], ["--classes 10-999999 outside [0, 9]"]),
     ("check-reference-made-up-device", "check_reference",
      lambda w, t: [str(Path(__file__).parent / "fixtures" / "tiny_a"), "--device", "gpu0"], ["--device"]),
 ]

@@ -484,7 +484,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             load_official_code(a.official_var)
         device = torch.device(a.device)
         head = environment(device, command=a.command, commit=a.commit)
-        output = a.output or default_output(head["device"], device.type)
+        output = default_output(head["device"], device.type) if a.output is None else a.output
         if a.output_dir is not None:  # the default file name in another folder
             output = str(Path(a.output_dir) / Path(default_output(head["device"], device.type)).name)
         check_output_file(output, "--output_dir" if a.output_dir is not None else "--output", overwrite=a.overwrite)

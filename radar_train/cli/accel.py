@@ -78,8 +78,8 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
         raise ValueError("; ".join(problems))
     if accel.method == "sca":
         return _calibrate_sca(model, sampling, accel, scales, num_samples, batch_size, seed, device,
-                              output or "sca_mask.safetensors", overwrite)
-    output = output or "ranks.yaml"
+                              "sca_mask.safetensors" if output is None else output, overwrite)
+    output = "ranks.yaml" if output is None else output  # ("" is refused by the output check, not defaulted)
     import torch
 
     from radar_train.accel import build_accel

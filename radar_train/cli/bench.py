@@ -15,7 +15,7 @@ def _check_json(path: Optional[str], overwrite: bool, inputs: Optional[dict] = N
     """Refuse a --json file that exists (unless --overwrite), is a folder, or is an input, before measuring."""
     from radar_train.outputs import check_output_file
 
-    if path:
+    if path is not None:  # ("" is refused: a script's unset variable would lose the results)
         check_output_file(path, "--json", inputs, overwrite)
 
 

@@ -136,7 +136,7 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
     before anything is written.
     """
     from radar_train.inputs import InputError, read_yaml
-    from radar_train.outputs import make_folders, remove_made_folders
+    from radar_train.outputs import given_output, make_folders, remove_made_folders
 
     cfg_dir = Path(configs).resolve() if configs else default_configs()  # (the steps run in the output folder)
     cache_cfg, train_cfg = cfg_dir / "cache" / f"{model}.yaml", cfg_dir / "train" / f"{model}.yaml"
@@ -158,7 +158,7 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
         cache_dir = Path(train["data"]["caches"][0]["path"])
     except (KeyError, IndexError, TypeError):
         raise InputError(f"{train_cfg}: training config lacks trainer.default_root_dir or data.caches[0].path") from None
-    out = Path(output).resolve()
+    out = given_output(output, "--output").resolve()
     check_demo_folder(out, {run_dir.parts[0], cache_dir.parts[0], "adapter", "generate", "eval"})
     py = [sys.executable, "-m"]
     check_step_configs([(_fit_command(py, train_cfg, train_steps), train_cfg),

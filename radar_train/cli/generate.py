@@ -3,6 +3,7 @@ and one labelled comparison grid."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Optional, Union
 
@@ -25,7 +26,7 @@ def grid_classes_seeds(classes, seeds, preset: str, where: str = "") -> tuple[li
     if max(seed_list) >= 2 ** 63:
         raise ValueError(f"--seeds: {max(seed_list)} does not fit in 64 bits")
     for option, values in (("--classes", cls_list), ("--seeds", seed_list)):
-        twice = sorted({v for v in values if values.count(v) > 1})
+        twice = sorted(v for v, n in Counter(values).items() if n > 1)
         if twice:
             raise ValueError(f"{option} lists {', '.join(map(str, twice))} more than once")
     num_classes = get_preset(preset).var.num_classes
