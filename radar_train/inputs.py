@@ -134,9 +134,17 @@ def read_json(path: str | os.PathLike, what: str = "JSON file", mapping: bool = 
 
 
 def load_torch(path: str | os.PathLike, what: str = "checkpoint") -> Any:
-    """torch.load of a checkpoint file on the CPU, with weights_only=True (no arbitrary unpickling)."""
+    """torch.load of a checkpoint file on the CPU, with weights_only=True (no arbitrary unpickling), after the
+    CRC of every entry of its zip archive: torch's reader does not check them, so a file whose bytes were
+    damaged on disk loaded with whatever the damage made of its tensors (a resumed run trained on NaN). For
+    radar-train's checkpoints (LoRA and optimizer state: megabytes), not for a model's weights."""
     p = check_file(path, what)
     with reading(p, what):
+        if zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                raise InputError(f"{p}: {what} is damaged: the data of its entry {bad} fails its CRC check")
         return torch_load_weights(p)
 
 

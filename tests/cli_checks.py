@@ -74,3 +74,10 @@ def build_small_cache(build_cache, output: Path) -> Path:
                           storage=StorageArgs(chunk_size=8), output=str(output), batch_size=16, progress=False,
                           device="cpu", num_threads=1))
     return output
+
+
+def zip_data_offset(data: bytes, entry) -> int:
+    """Where the data of a stored zip entry (a zipfile.ZipInfo of the archive `data`) starts: after its local
+    header (30 bytes, its name, its own extra field, which torch.save pads to align the data)."""
+    at = entry.header_offset
+    return at + 30 + int.from_bytes(data[at + 26:at + 28], "little") + int.from_bytes(data[at + 28:at + 30], "little")

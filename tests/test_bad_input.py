@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_checks import assert_one_line_error, assert_refused, assert_unchanged, build_small_cache, call_cli, snapshot
+from cli_checks import (assert_one_line_error, assert_refused, assert_unchanged, build_small_cache, call_cli, snapshot,
+                        zip_data_offset)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -50,6 +51,7 @@ def world(tmp_path_factory, build_cache) -> dict[str, Path]:
     weights.write_bytes(weights.read_bytes()[:1000])
     (w / "adapter_junk" / "radar_config.yaml").write_bytes(bytes(range(128, 256)))
     _broken_adapters(w, final)
+    _broken_checkpoints(w, run / "checkpoints" / "last.ckpt")
     shutil.copytree(cache, w / "cache_no_lq")  # a complete shard lacking an array (a partial copy)
     shutil.rmtree(w / "cache_no_lq" / "shard-00000.zarr" / "fhat_lq")
     (w / "toy_out").mkdir()
@@ -87,6 +89,23 @@ def _broken_measuring_files(w: Path) -> None:
         edit(config, cases)
         (d / "config.json").write_text(json.dumps(config))
         (d / "cases.json").write_text(json.dumps(cases))
+
+
+def _broken_checkpoints(w: Path, ckpt: Path) -> None:
+    """Checkpoints that torch loads without complaint: bytes of a tensor's data overwritten on disk (its zip
+    entry's CRC no longer matches), and trained weights that went NaN."""
+    import zipfile
+
+    data = bytearray(ckpt.read_bytes())
+    with zipfile.ZipFile(ckpt) as z:
+        entry = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    start = zip_data_offset(data, entry)
+    data[start + 8:start + 72] = b"\xff" * 64
+    (w / "flipped.ckpt").write_bytes(bytes(data))
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    key = next(k for k in state["state_dict"] if "lora_B" in k)
+    state["state_dict"][key] = torch.full_like(state["state_dict"][key], float("nan"))
+    torch.save(state, w / "nan.ckpt")
 
 
 def _broken_adapters(w: Path, final: Path) -> None:
@@ -514,6 +533,25 @@ CASES = [
     ("generate-with-a-wide-range-of-classes", "generate",
      lambda w, t: ["--config", str(CONFIGS / "generate" / "tiny.yaml"), "--classes", "0-999999", "--seeds", "0",
                    "--output", "o", "--device", "cpu"], ["--classes 10-999999 outside [0, 9]"]),
+    # radar-train: checkpoints that load but must not be trained on or exported, runs that would train nothing
+    ("export-of-a-checkpoint-damaged-on-disk", "train",
+     lambda w, t: ["export", "--ckpt", str(w["w"] / "flipped.ckpt"), "--output", "out"],
+     ["flipped.ckpt: radar-train checkpoint is damaged: the data of its entry", "fails its CRC check"]),
+    ("export-of-a-checkpoint-whose-weights-are-nan", "train",
+     lambda w, t: ["export", "--ckpt", str(w["w"] / "nan.ckpt"), "--output", "out"],
+     ["nan.ckpt: 1 tensor(s) hold NaN or inf values", "the checkpoint (its trained weights) is damaged"]),
+    ("fit-resumed-from-a-checkpoint-damaged-on-disk", "train",
+     lambda w, t: fit_args(w["cache"], t / "r", 5, "--ckpt_path", str(w["w"] / "flipped.ckpt")),
+     ["flipped.ckpt: --ckpt_path checkpoint is damaged", "fails its CRC check"]),
+    ("fit-of-max-steps-0", "train", lambda w, t: fit_args(w["cache"], t / "r", 0),
+     ["--trainer.max_steps 0 trains nothing"]),
+    ("fit-resumed-past-its-max-steps", "train",  # (it trained nothing, exit 0, and rewrote config.yaml)
+     lambda w, t: fit_args(w["cache"], w["run"], 2, "--ckpt_path", "last"),
+     ["last.ckpt is at step 3, past --trainer.max_steps 2", "give --trainer.max_steps 3 or more"]),
+    ("fit-resumed-with-another-lora-alpha", "train",  # (it trained on, its updates scaled by 1/4)
+     lambda w, t: fit_args(w["cache"], w["run"], 5, "--ckpt_path", "last", "--model.lora.alpha", "4"),
+     ["last.ckpt was trained with LoRA alpha 16; this run's --model.lora.alpha is 4", "scale its trained updates "
+      "by 0.25"]),
     ("check-reference-made-up-device", "check_reference",
      lambda w, t: [str(Path(__file__).parent / "fixtures" / "tiny_a"), "--device", "gpu0"], ["--device"]),
 ]

@@ -86,6 +86,8 @@ EARLY_RUN_ENTRIES = ("config.yaml", "tb", "checkpoints")
 RUN_ENTRIES = ("config.yaml", "tb", "checkpoints", "final")
 # ckpt_path values Lightning resolves itself
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
+# a step's checkpoint in RUN/checkpoints (RadarLoraModule.checkpoint_callback)
+STEP_CKPT = re.compile(r"step-(\d+)\.ckpt")
 # what Lightning's SLURM requeue saves at the run folder's top level (resumed with --ckpt_path hpc)
 HPC_CKPT = re.compile(r"hpc_ckpt_(\d+)\.ckpt")
 
@@ -226,13 +228,13 @@ def last_checkpoints(root: str | os.PathLike) -> list[Path]:
 
 
 def resumes(root: str | os.PathLike, ckpt_path: Optional[str]) -> bool:
-    """Whether `ckpt_path` resumes a run in the folder `root`: `last` with a RUN/checkpoints/last*.ckpt, `hpc`
-    with a RUN/hpc_ckpt_N.ckpt, or a checkpoint file inside RUN. `last` without one starts from step 0: a new
-    fit, which must pass the new fit's checks (it would replace config.yaml and add checkpoints/, tb/ and final/
-    to whatever folder it is)."""
+    """Whether `ckpt_path` resumes a run in the folder `root`: `last` with a RUN/checkpoints/last*.ckpt (or a
+    step-NNNNNN.ckpt: newest_step_checkpoint), `hpc` with a RUN/hpc_ckpt_N.ckpt, or a checkpoint file inside RUN.
+    `last` without one starts from step 0: a new fit, which must pass the new fit's checks (it would replace
+    config.yaml and add checkpoints/, tb/ and final/ to whatever folder it is)."""
     p = Path(root)
-    if ckpt_path == "last":
-        return bool(last_checkpoints(p))
+    if ckpt_path == "last":  # (a step file without a last.ckpt: check_ckpt_path resumes from it)
+        return bool(last_checkpoints(p)) or newest_step_checkpoint(p) is not None
     if ckpt_path == "hpc":
         return hpc_checkpoint(p) is not None
     return (ckpt_path is not None and ckpt_path not in SPECIAL_CKPT_PATHS
@@ -305,24 +307,50 @@ def check_ckpt_path(ckpt_path: Optional[str], root: str | os.PathLike,
     if ckpt_path is None or ckpt_path in SPECIAL_CKPT_PATHS[1:]:
         return None
     path = Path(root) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    step_file = newest_step_checkpoint(root) if ckpt_path == "last" else None
     if ckpt_path == "last" and not path.exists():
         hpc = hpc_checkpoint(root)
         if hpc is not None and not last_checkpoints(root):
             raise InputError(f"--ckpt_path last: {path} does not exist, but {RUN_OPTION} {root} holds {hpc.name} "
                              f"(saved when SLURM requeued the job; `last` does not look there): resume from it "
                              f"with --ckpt_path hpc")
+        if step_file is not None and not last_checkpoints(root):  # (a run killed while saving its first last.ckpt)
+            return step_file[1], load_torch(step_file[1], "--ckpt_path checkpoint")
         if subcommand != "fit" and not last_checkpoints(root):
             raise InputError(f"--ckpt_path last: {path} does not exist (no checkpoint to {subcommand} in "
                              f"{RUN_OPTION} {root}): give the run folder that holds it, or a checkpoint file")
         return None
-    return path, load_torch(path, "--ckpt_path checkpoint")
+    state = load_torch(path, "--ckpt_path checkpoint")
+    if step_file is not None and isinstance(state, dict) and isinstance(state.get("global_step"), int) \
+            and step_file[0] > state["global_step"] and step_file[1].stat().st_mtime_ns > path.stat().st_mtime_ns:
+        return step_file[1], load_torch(step_file[1], "--ckpt_path checkpoint")  # (killed between the two files)
+    return path, state
 
 
-def trainer_problems(trainer) -> list[str]:
+def newest_step_checkpoint(root: str | os.PathLike) -> Optional[tuple[int, Path]]:
+    """RUN/checkpoints/step-NNNNNN.ckpt of the highest step, with its step, or None. A run saves a step's file
+    first and last.ckpt after it: a run killed between the two has a step file newer than last.ckpt (or the
+    only checkpoint, at its first save), which `--ckpt_path last` resumes from."""
+    found = [(int(m.group(1)), e) for e in (Path(root) / "checkpoints").glob("step-*.ckpt")
+             if (m := STEP_CKPT.fullmatch(e.name)) and e.is_file()]
+    return max(found) if found else None
+
+
+def check_resume_steps(resume: tuple[Path, dict], max_steps: int) -> None:
+    """ValueError if the checkpoint to resume is past the run's max_steps: Lightning would train nothing, exit 0
+    and rewrite the run's config.yaml with the smaller max_steps. (At max_steps itself the resumed fit ends the
+    run: the validation a failed save owed, final/.)"""
+    step = resume[1].get("global_step")
+    if isinstance(step, int) and 0 <= max_steps < step:
+        raise ValueError(f"--ckpt_path {resume[0]} is at step {step}, past --trainer.max_steps {max_steps}: the "
+                         f"resumed run would train nothing; give --trainer.max_steps {step} or more")
+
+
+def trainer_problems(trainer, subcommand: str = "fit") -> list[str]:
     """What Lightning would refuse only once the run had started (writing config.yaml and tb/ first), or
     not at all: accumulate_grad_batches below 1, a val_check_interval of 0 (both a ZeroDivisionError inside
-    the fit), max_steps below -1, max_epochs 0 (a run that trains nothing and exits 0). A `trainer` that is not
-    a mapping is left to the parser."""
+    the fit), max_steps below -1, max_epochs 0 or (fit) max_steps 0 (a run that trains nothing and exits 0). A
+    `trainer` that is not a mapping is left to the parser."""
     p = []
     if not hasattr(trainer, "get"):
         return p
@@ -338,6 +366,8 @@ def trainer_problems(trainer) -> list[str]:
                  f"got {interval}")
     if isinstance(max_steps, int) and max_steps < -1:
         p.append(f"--trainer.max_steps must be >= 0, or -1 for no limit, got {max_steps}")
+    elif max_steps == 0 and not isinstance(max_steps, bool) and subcommand == "fit":
+        p.append("--trainer.max_steps 0 trains nothing: give at least 1, or -1 for no limit")
     if trainer.get("max_epochs") == 0 and not isinstance(trainer.get("max_epochs"), bool):
         p.append("--trainer.max_epochs 0 trains nothing: give at least 1, or -1 for no limit")
     return p
@@ -411,6 +441,10 @@ def _make_cli_class(subcommand: str):
             if sub:
                 self._resume = check_ckpt_path(self.config[sub].get("ckpt_path"), self._root(self.config[sub]), sub)
             super()._parse_ckpt_path()
+            self._last_is = None  # `last` resolved to a step file newer than last.ckpt (check_ckpt_path)
+            if sub and self.config[sub].get("ckpt_path") == "last" and self._resume is not None \
+                    and self._resume[0].name != "last.ckpt":
+                self._last_is = self._resume[0]
 
         def _check_resume(self) -> None:
             # the checkpoint against the module (decoder, LoRA layout) before the trainer writes anything
@@ -418,6 +452,8 @@ def _make_cli_class(subcommand: str):
             resume = getattr(self, "_resume", None)
             if resume is not None:
                 self.model.check_checkpoint(resume[1], f"--ckpt_path {resume[0]}")
+                if self.subcommand == "fit":
+                    check_resume_steps(resume, self.trainer.max_steps)
                 if self.subcommand == "fit" and hasattr(self.datamodule, "describe"):  # (validate may measure
                     from radar_train.train.checks import check_resume_caches  # on other caches)
 
@@ -429,7 +465,8 @@ def _make_cli_class(subcommand: str):
             model = cfg.get("model")
             decoder = model.get("decoder") if hasattr(model, "get") else None
             seed = decoder.get("init_seed") if hasattr(decoder, "get") else None
-            problems = trainer_problems(cfg.get("trainer")) + init_seed_problems("--model.decoder.init_seed", seed)
+            problems = trainer_problems(cfg.get("trainer"), self.subcommand) + \
+                init_seed_problems("--model.decoder.init_seed", seed)
             if problems:
                 raise ValueError("; ".join(problems))
             caches = [c.get("path") for c in ((cfg.get("data") or {}).get("caches") or []) if hasattr(c, "get")]
@@ -538,6 +575,15 @@ def _make_cli_class(subcommand: str):
             cfg = self.config_init[self.subcommand]
             if "weights_only" in cfg and cfg.get("weights_only") is None:
                 cfg["weights_only"] = True  # torch.load(weights_only=True) when resuming
+            if getattr(self, "_last_is", None) is not None:
+                # the step file `last` stands for, given to Lightning by its path (which finds last*.ckpt only);
+                # the run's config.yaml keeps `last`. (Not in the parsed config before Lightning's parse of it:
+                # that puts an explicit file's hyper-parameters over the config's, which `last` does not.)
+                logging.getLogger("radar_train").info(
+                    "radar-train %s: --ckpt_path last: %s is the run's newest checkpoint (the run was killed "
+                    "after saving it, before last.ckpt followed), so the run goes on from it", self.subcommand,
+                    self._last_is)
+                cfg["ckpt_path"] = str(self._last_is)
 
         def before_fit(self) -> None:
             self._check_data(fit=True)
@@ -602,6 +648,11 @@ def failure_note() -> Optional[str]:
     if last_failure.get("step") is not None:
         return (f"radar-train: the run failed in the step after step {last_failure['step']}, which is saved "
                 "(once the cause is fixed, resume with --ckpt_path last)")
+    if last_failure.get("diverged"):
+        return (f"radar-train: nothing is saved of the diverged weights; the run's last checkpoint stays as it was "
+                f"({last_failure['diverged']}: with the settings changed, resume from it with --ckpt_path last)")
+    if last_failure.get("diverged") == "":
+        return "radar-train: nothing is saved of the diverged weights; the run has no checkpoint"
     return f"radar-train: the run failed; nothing saved since its last checkpoint ({last_failure['why']})"
 
 
@@ -671,9 +722,16 @@ def run_lightning(argv: list[str]) -> None:
             sys.exit(128 + signal.SIGINT)
         raise
     except Exception as e:  # the fit failed: what was saved (run_checkpoint.py: the step before a failed step)
+        from radar_train.cli.common import print_error, print_notes
+        from radar_train.train.finite import TrainingDiverged
+
         for note in (failure_note(), memory_note(e)):
             if note is not None:
                 e.add_note(note)
+        if isinstance(e, TrainingDiverged):  # (the settings' doing, not a bug: one line and what was saved)
+            print_error(e)
+            print_notes(e)
+            sys.exit(1)
         raise
     finally:  # the fit's run folder lock, whether it finished, failed, was stopped or requeued
         run_lock.release_held()

@@ -55,6 +55,7 @@ def save_adapter(peft_model, out_dir: str | Path, meta: dict, conditioning=None)
     import yaml
     from safetensors.torch import save_file
 
+    _check_finite_weights(peft_model, conditioning, out_dir)
     out = Path(out_dir).resolve()  # "." or "..": the folder's own name, for its temporary sibling
     out.parent.mkdir(parents=True, exist_ok=True)
     recover_replaced(out)  # a killed export's previous folder, left at its hidden name
@@ -75,6 +76,20 @@ def save_adapter(peft_model, out_dir: str | Path, meta: dict, conditioning=None)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _check_finite_weights(peft_model, conditioning, out_dir) -> None:
+    """ValueError (one line) before anything is written if a trained tensor holds NaN or inf: every reader
+    refuses such an adapter (check_adapter), so it is not written as one (a fit whose weights went NaN)."""
+    import torch
+
+    trained = {n: p for n, p in peft_model.named_parameters() if "lora_" in n}
+    if conditioning is not None:
+        trained.update({f"label_conditioning.{k}": v for k, v in conditioning.file_tensors().items()})
+    bad = [n for n, p in trained.items() if not bool(torch.isfinite(p.detach()).all())]
+    if bad:
+        raise ValueError(f"{out_dir}: not written: {len(bad)} of the adapter's trained tensors hold NaN or inf "
+                         f"(e.g. {bad[0]}): the weights diverged")
 
 
 def is_adapter_dir(path: str | Path) -> bool:

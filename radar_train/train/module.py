@@ -37,6 +37,7 @@ from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 from radar_train.config import ModelArgs
 from radar_train.images import grid, to_uint8
+from radar_train.inputs import check_finite
 from radar_train.models import ModelIdentity, load_latent_decoder
 
 from .adversarial import AdversarialArgs, build_adversarial
@@ -44,6 +45,7 @@ from .checks import check_cache_matches, check_resume_caches
 from .conditioning import LabelConditioningArgs, build_label_conditioning
 from .compile import compile_decoder_blocks
 from .ema import AdapterEMA, EmaArgs
+from .finite import FiniteWeights, check_finite_weights
 from .lora import LoraArgs, inject_lora, parameter_counts, resolve_targets
 from .losses import DistillLoss, LossArgs
 from .metrics import RestorationStats, psnr_per_image, ssim_per_image, to_unit
@@ -449,7 +451,9 @@ class RadarLoraModule(pl.LightningModule):
         # early stopping and the best checkpoint before the run's checkpoint, which saves their state after a
         # validation (Lightning keeps the order of the checkpoint callbacks when it moves them last)
         # the weight average before them too: a checkpoint written after a step holds that step's average
-        callbacks = [cb for cb in (self.ema_args.callback(), self.early_stopping.early_stopping_callback(),
+        # the weights' check first: it raises before the checkpoints save NaN weights
+        callbacks = [cb for cb in (FiniteWeights(), self.ema_args.callback(),
+                                   self.early_stopping.early_stopping_callback(),
                                    self.early_stopping.best_checkpoint_callback(self.trainer.default_root_dir),
                                    self.checkpoint_callback(self.trainer.default_root_dir)) if cb is not None]
         if self.trainer.loggers:
@@ -587,6 +591,8 @@ class RadarLoraModule(pl.LightningModule):
             return None
         from radar_train.export.adapter import save_adapter
 
+        if self._trainer is not None:  # (a fit's: a run that diverged, said as such; save_adapter refuses too)
+            check_finite_weights(self.trainer, self)
         meta = self.radar_meta() if meta is None else meta
         path = save_adapter(self.net, out_dir, meta, conditioning=self.label_cond)
         log.info("adapter exported to %s", path)
@@ -668,6 +674,12 @@ class RadarLoraModule(pl.LightningModule):
         if (vae.kind, vae.value) != (self.identity.kind, self.identity.value):
             raise ValueError(f"{source} was trained on the VQ-VAE {vae.kind}:{vae.value}; this run's decoder is "
                              f"{self.identity.kind}:{self.identity.value}")
+        lora = meta.get("lora") if isinstance(meta.get("lora"), dict) else {}
+        if lora.get("alpha") is not None and float(lora["alpha"]) != float(self.lora_args.alpha):
+            raise ValueError(f"{source} was trained with LoRA alpha {float(lora['alpha']):g}; this run's "
+                             f"--model.lora.alpha is {self.lora_args.alpha:g}, which would scale its trained "
+                             f"updates by {self.lora_args.alpha / float(lora['alpha']):.3g} (keep the alpha of the "
+                             f"run)")
         own = self.lora_keys()
         got = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
         missing, unexpected = sorted(set(own) - set(got)), sorted(set(got) - set(own))
@@ -678,6 +690,8 @@ class RadarLoraModule(pl.LightningModule):
                              f"{len(missing)} missing, "
                              f"{len(unexpected)} unexpected, {len(shapes)} reshaped tensors, e.g. "
                              f"{(missing + unexpected + shapes)[0]}")
+        check_finite({k: v for k, v in checkpoint["state_dict"].items() if is_trained_key(k)}, source,
+                     "checkpoint (its trained weights)")
 
 
 _GROUPS = {"decoder": ModelArgs, "lora": LoraArgs, "loss": LossArgs, "optim": OptimArgs, "monitor": MonitorArgs,

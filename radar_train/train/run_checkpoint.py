@@ -34,6 +34,7 @@ from typing import Any, Optional
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from .finite import TrainingDiverged, check_finite_weights
 from .requeue import StepBoundaryRequeue
 from .step_boundary import LastBoundary, local_collectives
 from .stop_signal import StepBoundaryStop
@@ -241,6 +242,7 @@ class RunCheckpoint(ModelCheckpoint):
             self._requeue.requeue(trainer)
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
+        check_finite_weights(trainer, trainer.lightning_module)  # (NaN weights are not saved over good ones)
         try:
             super()._save_checkpoint(trainer, filepath)
         except BaseException:
@@ -270,6 +272,10 @@ class RunCheckpoint(ModelCheckpoint):
         if not trainer.is_global_zero:  # (rank 0 saves, and says so: one line per run, not one per process)
             return
         last_failure.update(step=None, why=None)
+        if isinstance(exception, TrainingDiverged):  # (the weights now are NaN: the last checkpoint is the newest good)
+            last = os.path.join(self.dirpath, "last.ckpt") if self.dirpath else None
+            last_failure.update(why="its weights diverged", diverged=last if last and os.path.isfile(last) else "")
+            return
         if not b.savable(trainer):
             last_failure["why"] = f"the save of step {b.step} failed" if b.save_failed else \
                 "the failure came after an optimizer update began" if b.moved else \

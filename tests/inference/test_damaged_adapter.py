@@ -42,6 +42,24 @@ def test_load_adapter_refuses_weights_with_nan_or_inf_naming_the_file(tmp_path, 
     assert str(e.value).endswith("the adapter is damaged")
 
 
+@pytest.mark.parametrize("where", ["lora", "film"])
+def test_save_adapter_writes_no_adapter_whose_trained_weights_hold_nan(tmp_path, where):
+    """A fit whose weights went NaN (or an API caller's) gets no adapter folder that every reader would refuse."""
+    from radar_train.bench.pipeline import random_adapter, random_conditioned
+
+    dec, ident = load_latent_decoder("tiny")
+    peft_model, merged = random_adapter(dec, rank=2, seed=1)
+    film = random_conditioned(merged, num_classes=10, embed_dim=4).film
+    spoiled = next(p for n, p in peft_model.named_parameters() if "lora_B" in n) if where == "lora" else film.embedding
+    with torch.no_grad():
+        spoiled.view(-1)[0] = float("nan")
+    name = "base_model.+lora_B" if where == "lora" else "label_conditioning.embedding"
+    with pytest.raises(ValueError, match=r"not written: 1 of the adapter's trained tensors hold NaN or inf \(e\.g\. "
+                                         + name):
+        save_adapter(peft_model, tmp_path / "out", {"base": {"vae": ident.to_dict()}}, conditioning=film)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_label_conditioned_adapter_whose_film_holds_nan_is_refused_naming_its_file(tmp_path):
     from radar_train.bench.pipeline import random_adapter, random_conditioned
 

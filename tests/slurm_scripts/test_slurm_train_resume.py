@@ -1,0 +1,36 @@
+"""train.sbatch resumes from the newest checkpoint of its run folder: the requeue save, last.ckpt, or a step's file
+written after last.ckpt (a job killed between a save's two files, or at its first save, before any last.ckpt)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def _ckpt_path(slurm, files: dict[str, float]) -> str | None:
+    """The --ckpt_path train.sbatch gives radar-train for a run folder holding `files` (name: mtime)."""
+    slurm.config("train.yaml", "trainer:\n  default_root_dir: run\n")
+    for name, mtime in files.items():
+        path = slurm.project / "run" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"checkpoint")
+        os.utime(path, (mtime, mtime))
+    (slurm.project / "run").mkdir(exist_ok=True)
+    proc = slurm.bash("train.sbatch", "configs/train.yaml", "run", cwd=slurm.project, RADAR_DIR=str(slurm.project))
+    assert proc.returncode == 0, proc.stderr
+    [call] = [c for c in slurm.calls() if c["prog"] == "radar-train"]
+    argv = call["argv"]
+    return argv[argv.index("--ckpt_path") + 1] if "--ckpt_path" in argv else None
+
+
+@pytest.mark.parametrize("files, chosen", [
+    ({}, None),
+    ({"checkpoints/last.ckpt": 200, "checkpoints/step-000004.ckpt": 100}, "run/checkpoints/last.ckpt"),
+    ({"checkpoints/last.ckpt": 100, "checkpoints/step-000006.ckpt": 200}, "run/checkpoints/step-000006.ckpt"),
+    ({"checkpoints/step-000002.ckpt": 100}, "run/checkpoints/step-000002.ckpt"),
+    ({"checkpoints/last.ckpt": 100, "hpc_ckpt_3.ckpt": 300, "checkpoints/step-000006.ckpt": 200},
+     "run/hpc_ckpt_3.ckpt"),
+    ({"checkpoints/last.ckpt": 200, "checkpoints/best-step-000008.ckpt": 300}, "run/checkpoints/last.ckpt"),
+])
+def test_train_sbatch_resumes_from_the_newest_checkpoint(slurm, files, chosen):
+    assert _ckpt_path(slurm, files) == chosen
