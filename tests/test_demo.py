@@ -99,6 +99,47 @@ def test_ctrl_c_during_a_step_lets_it_stop_and_is_one_line_naming_the_step(monke
     assert not any("Traceback" in line for line in err)
 
 
+def test_sigterm_is_handed_to_the_step_and_the_demo_waits_for_its_save(tmp_path, monkeypatch, capsys):
+    """SIGTERM to radar-demo alone (`kill PID`): the step gets it too and saves what it has, and the demo waits for
+    it, then ends with one line and status 143. Before, the demo ended at once and its step ran on alone."""
+    import signal
+    import threading
+    import time
+
+    from radar_train.cli import demo
+
+    # a step that takes a second to save on SIGTERM, and runs a minute without one
+    (tmp_path / "slow_step.py").write_text("import signal, sys, time\n"
+                    "def stop(*a):\n"
+                    "    time.sleep(1)\n"
+                    "    open('saved', 'w').write('step saved')\n"
+                    "    sys.exit(143)\n"
+                    "signal.signal(signal.SIGTERM, stop)\n"
+                    "open('started', 'w').close()\n"
+                    "time.sleep(60)\n")
+
+    out = tmp_path / "out"  # (where the steps run)
+
+    def kill_when_started():
+        while not (out / "started").exists():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    cmd = [sys.executable, "-m", "slow_step"]
+    monkeypatch.setattr(demo, "_steps", lambda out, *a: demo._run(cmd, out))
+    monkeypatch.setattr(demo, "check_step_configs", lambda *a: None)
+    before = signal.getsignal(signal.SIGTERM)
+    threading.Thread(target=kill_when_started, daemon=True).start()
+    t0 = time.monotonic()
+    code = demo.demo(output=str(out), model="tiny")
+    assert code == 143 and time.monotonic() - t0 < 30
+    assert (out / "saved").read_text() == "step saved"  # (the demo ended after the step's save)
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        "radar-demo: stopped by SIGTERM during radar-slow_step; the same command goes on from there")
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 def test_a_rerun_goes_on_over_what_a_killed_step_was_writing(tmp_path):
     """A step killed mid-write (kill -9, an OOM kill) leaves its temporary beside its entry, e.g. the export's
     `.adapter.tmp-<token>-<pid>-<host>`: the demo folder is still the demo's (the step's next run clears it),

@@ -38,12 +38,29 @@ def default_configs() -> Path:
 
 
 def _run(cmd: list[str], cwd: Path) -> None:
+    """Run one step. SIGTERM (`kill`, a scheduler's stop) is handed to the step, which saves what it has and stops
+    (a step that had it already, from a signal to the process group, ignores the second one), and the demo waits
+    for it before it stops (Stopped): it no longer ended at once, leaving the step to save, or to run on, alone."""
+    import signal
+
+    from radar_train.cli.common import Stopped, sigterm_stops
+
     print(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
     step = _step_name(cmd)
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=cwd)
     try:
-        code = proc.wait()
+        with sigterm_stops():
+            code = proc.wait()
+    except Stopped:
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (while the step saves: SIGKILL ends both anyway)
+        try:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            proc.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        raise Stopped(step) from None
     except KeyboardInterrupt:  # the step got the terminal's Ctrl-C too: let it save and stop (radar-train fit
         try:  # saves the step it is in), however long that takes; a second Ctrl-C ends it at once
             proc.wait()
@@ -136,6 +153,7 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
     before anything is written.
     """
     from radar_train.inputs import InputError, read_yaml
+    from radar_train.cli.common import STOPPED_STATUS, Stopped
     from radar_train.outputs import given_output, make_folders, remove_made_folders
 
     cfg_dir = Path(configs).resolve() if configs else default_configs()  # (the steps run in the output folder)
@@ -166,8 +184,12 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
     made = make_folders(out)
     try:
         _steps(out, model, cache_cfg, train_cfg, generate_cfg, run_dir, cache_dir, cls_list, seed_list, train_steps)
-    except BaseException:
+    except BaseException as e:
         remove_made_folders(made)  # a first step that failed wrote nothing: the folders made for it go again
+        if isinstance(e, Stopped):
+            print(f"radar-demo: stopped by SIGTERM during {e.args[0]}; the same command goes on from there",
+                  flush=True)
+            return STOPPED_STATUS
         raise
     return 0
 
