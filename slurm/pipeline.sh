@@ -48,6 +48,9 @@ export RADAR_DIR
 cd "$RADAR_DIR"
 
 DRY_RUN=0
+if (( $# > 1 )); then   # (settings are environment variables: a NUM_WORKERS=8 after the option would be dropped)
+  echo "usage: slurm/pipeline.sh [--dry-run]   (settings are environment variables, see the header: NUM_WORKERS=8 slurm/pipeline.sh)" >&2; exit 2
+fi
 case "${1:-}" in
   --dry-run) DRY_RUN=1 ;;
   "") ;;
@@ -96,11 +99,22 @@ read -r -a train_args <<<"$TRAIN_ARGS"
 if [ -z "$CACHE_DIR" ] || [ -z "$RUN_DIR" ]; then   # the configs' own folders (runs the CLIs' --print_config)
   # shellcheck source=slurm/env.sh
   source slurm/env.sh
-  [ -n "$CACHE_DIR" ] || CACHE_DIR=$(config_value output "$(radar_exe radar-cache)" run --config "$CACHE_CONFIG" ${cache_args[@]+"${cache_args[@]}"})
-  [ -n "$RUN_DIR" ] || RUN_DIR=$(config_value trainer.default_root_dir "$(radar_exe radar-train)" fit --config "$TRAIN_CONFIG" ${train_args[@]+"${train_args[@]}"})
+  if [ -z "$CACHE_DIR" ]; then
+    cache_exe=$(radar_exe radar-cache) || exit 2   # (its own error line; not a command named "" after it)
+    CACHE_DIR=$(config_value output "$cache_exe" run --config "$CACHE_CONFIG" ${cache_args[@]+"${cache_args[@]}"})
+  fi
+  if [ -z "$RUN_DIR" ]; then
+    train_exe=$(radar_exe radar-train) || exit 2
+    RUN_DIR=$(config_value trainer.default_root_dir "$train_exe" fit --config "$TRAIN_CONFIG" ${train_args[@]+"${train_args[@]}"})
+  fi
   [ -n "$CACHE_DIR" ] || problems+=("no cache folder: set CACHE_DIR or \`output:\` in $CACHE_CONFIG")
   [ -n "$RUN_DIR" ] || problems+=("no run folder: set RUN_DIR or trainer.default_root_dir in $TRAIN_CONFIG")
   if (( ${#problems[@]} )); then printf 'error: %s\n' ${problems[@]+"${problems[@]}"} >&2; exit 2; fi
+fi
+
+# the run folder, before the cache job runs for it (radar-train would refuse it only in the training job)
+if [ -e "$(abs "$RUN_DIR")" ] && [ ! -d "$(abs "$RUN_DIR")" ]; then
+  echo "error: RUN_DIR $RUN_DIR is an existing file: give a folder" >&2; exit 2
 fi
 
 if (( CHECK )); then   # the jobs' own checks, here (one `error:` line from the command, and exit 2)
@@ -110,7 +124,8 @@ if (( CHECK )); then   # the jobs' own checks, here (one `error:` line from the 
   "$cache_exe" run --config "$CACHE_CONFIG" --output "$CACHE_DIR" --num-workers "$NUM_WORKERS" --worker-index 0 \
     ${cache_args[@]+"${cache_args[@]}"} --check >/dev/null || exit 2
   train_exe=$(radar_exe radar-train) || exit 2
-  "$train_exe" fit --config "$TRAIN_CONFIG" ${train_args[@]+"${train_args[@]}"} --print_config >/dev/null || exit 2
+  "$train_exe" fit --config "$TRAIN_CONFIG" ${train_args[@]+"${train_args[@]}"} --trainer.default_root_dir "$RUN_DIR" \
+    --data.caches.path "$CACHE_DIR" --print_config >/dev/null || exit 2   # (the job's own overrides too)
 fi
 
 # SBATCH_ARGS first: sbatch keeps the last value of an option given twice, so the settings above win over them

@@ -55,3 +55,28 @@ def test_the_real_radar_train_refuses_an_unknown_train_arg_before_any_submission
     err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(err) == 1 and "--trainer.max_stepz" in err[0], proc.stderr
     assert slurm.calls("sbatch") == []
+
+
+def test_arguments_after_the_option_and_a_run_dir_that_is_a_file_are_refused_before_any_submission(slurm):
+    """(NUM_WORKERS=8 after the option was dropped without a word; a RUN_DIR that is a file was refused only in the
+    training job, after the cache array and verify had run for it.)"""
+    slurm.config("cache.yaml", "output: cache/tiny\n")
+    proc = slurm.bash("pipeline.sh", "", "NUM_WORKERS=8", **_settings(slurm))
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: slurm/pipeline.sh [--dry-run]"), proc.stderr
+    (slurm.project / "a_file").write_text("mine\n")
+    proc = slurm.bash("pipeline.sh", **_settings(slurm) | {"RUN_DIR": "a_file"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: RUN_DIR a_file is an existing file: give a folder"]
+    assert slurm.calls("sbatch") == [] and (slurm.project / "a_file").read_text() == "mine\n"
+
+
+def test_a_radar_bin_without_the_commands_is_one_error_line(slurm, tmp_path):
+    """(The folders were read through `$(radar_exe ...)` inside another command substitution: its failure went on
+    to run a command named "", exit 127.)"""
+    slurm.config("cache.yaml", "output: cache/tiny\n")
+    settings = _settings(slurm, RADAR_BIN=str(tmp_path / "nothing_here"))
+    del settings["CACHE_DIR"]
+    proc = slurm.bash("pipeline.sh", "--dry-run", **settings)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: radar-cache not found"), proc.stderr

@@ -34,3 +34,30 @@ def _ckpt_path(slurm, files: dict[str, float]) -> str | None:
 ])
 def test_train_sbatch_resumes_from_the_newest_checkpoint(slurm, files, chosen):
     assert _ckpt_path(slurm, files) == chosen
+
+
+def test_a_job_requeued_before_its_first_save_goes_on_from_the_checkpoint_it_was_given(slurm):
+    """RESUME=FILE, requeued (SLURM_RESTART_COUNT 1) before the run saved anything in its folder: before, the
+    requeue looked only in the run folder and started the run over from step 0."""
+    slurm.config("train.yaml", "trainer:\n  default_root_dir: run\n")
+    (slurm.project / "other" / "checkpoints").mkdir(parents=True)
+    (slurm.project / "other" / "checkpoints" / "last.ckpt").write_bytes(b"checkpoint")
+    (slurm.project / "run").mkdir()
+    for restart in ("0", "1"):
+        slurm.clear()
+        proc = slurm.bash("train.sbatch", "configs/train.yaml", "run", cwd=slurm.project, RADAR_DIR=str(slurm.project),
+                          RESUME="other/checkpoints/last.ckpt", SLURM_RESTART_COUNT=restart)
+        assert proc.returncode == 0, proc.stderr
+        [call] = [c for c in slurm.calls() if c["prog"] == "radar-train"]
+        assert call["argv"][-2:] == ["--ckpt_path", "other/checkpoints/last.ckpt"], call
+
+
+def test_a_run_folder_named_with_a_leading_dash_is_a_folder(slurm):
+    """(`find` took -run/... for one of its tests: the job failed before radar-train ran.)"""
+    assert _ckpt_path(slurm, {"../-run/hpc_ckpt_1.ckpt": 100}) is None  # (the config's run folder: run)
+    slurm.config("train.yaml", "trainer:\n  default_root_dir: run\n")
+    proc = slurm.bash("train.sbatch", "configs/train.yaml", "-run", cwd=slurm.project, RADAR_DIR=str(slurm.project))
+    assert proc.returncode == 0, proc.stderr
+    argv = [c for c in slurm.calls() if c["prog"] == "radar-train"][-1]["argv"]
+    assert argv[argv.index("--ckpt_path") + 1] == "-run/hpc_ckpt_1.ckpt"
+    assert not (slurm.project / "-run" / "hpc_ckpt_1.ckpt").exists()  # (removed after the run, as in any folder)
