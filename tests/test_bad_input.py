@@ -552,6 +552,11 @@ CASES = [
      lambda w, t: fit_args(w["cache"], w["run"], 5, "--ckpt_path", "last", "--model.lora.alpha", "4"),
      ["last.ckpt was trained with LoRA alpha 16; this run's --model.lora.alpha is 4", "scale its trained updates "
       "by 0.25"]),
+    ("fit-resumed-with-a-users-folder-at-final", "train",  # (refused by the export after training, as a failed step)
+     lambda w, t: (shutil.copytree(w["run"], t / "r"), shutil.rmtree(t / "r" / "final"), (t / "r" / "final").mkdir(),
+                   (t / "r" / "final" / "notes.txt").write_text("mine\n"),
+                   fit_args(w["cache"], t / "r", 5, "--ckpt_path", "last"))[-1],
+     ["r: its final/ is not the run's adapter folder", "never replaces: move it away, then resume"]),
     ("check-reference-made-up-device", "check_reference",
      lambda w, t: [str(Path(__file__).parent / "fixtures" / "tiny_a"), "--device", "gpu0"], ["--device"]),
 ]

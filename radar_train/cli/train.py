@@ -268,6 +268,8 @@ def check_run_folder(root: str | os.PathLike, ckpt_path: Optional[str], subcomma
         raise OutputError(f"{RUN_OPTION} {p} is an existing file: give a folder")
     check_writable(p, RUN_OPTION)  # (a file above it, a folder we may not write into)
     check_no_overlap(RUN_OPTION, p, inputs, [p / e for e in RUN_ENTRIES])
+    if subcommand == "fit" and p.is_dir() and resumes(p, ckpt_path):
+        check_final_replaceable(p)
     if subcommand != "fit" or not p.is_dir() or resumes(p, ckpt_path):
         return  # nothing there yet, or resuming the run in its own folder
     check_config_kept(p, configs)
@@ -287,6 +289,21 @@ def check_run_folder(root: str | os.PathLike, ckpt_path: Optional[str], subcomma
     if foreign:
         raise OutputError(f"{RUN_OPTION} {p} is a folder that is not empty and not a run folder (it holds "
                           f"{', '.join(foreign[:3])}){nothing}: choose a new or empty folder")
+
+
+def check_final_replaceable(root: Path) -> None:
+    """OutputError if the run folder's final/ is something its export at the run's end would not replace (a file, or
+    a folder that is not an adapter folder or holds other files too: the user's): said before the resumed run trains,
+    not after it (the export failed then, its error taken for a failed training step)."""
+    from radar_train.export.adapter import is_adapter_dir
+    from radar_train.outputs import OutputError
+
+    final = root / "final"
+    if (final.is_symlink() and not final.exists()) or (final.exists() and not final.is_dir()) or \
+            (final.is_dir() and any(final.iterdir()) and not is_adapter_dir(final)):
+        raise OutputError(f"{RUN_OPTION} {root}: its final/ is not the run's adapter folder (a file, a link to nothing, "
+                          f"or a folder holding other files), which the run's export at its end never replaces: move "
+                          f"it away, then resume")
 
 
 def check_ckpt_path(ckpt_path: Optional[str], root: str | os.PathLike,

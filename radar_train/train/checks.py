@@ -129,3 +129,22 @@ def check_resume_caches(checkpoint: dict, current: Sequence[dict], source: str =
                             + ", ".join(diffs))
     if problems:
         raise ValueError("--data.caches differs from the caches of the run: " + "; ".join(problems) + f": {tail}")
+    from radar_train.config import format_int_list
+
+    trained_on = [(i, sorted(set(old.get("train_shards") or []) & set(new.get("val_shards") or [])), old)
+                  for i, (old, new) in enumerate(zip(stored, current)) if isinstance(old, dict)]
+    held = [f"data.caches[{i}] val_shards {format_int_list(both, ',')} (trained on: {source}'s train_shards "
+            f"{format_int_list(old.get('train_shards') or [], ',')})" for i, both, old in trained_on if both]
+    if held:
+        raise ValueError(f"--data.caches: {'; '.join(held)}: the adapter would record pairs it was trained on as "
+                         f"held out (radar-eval scores an adapter on its val_shards); keep them out of val_shards")
+
+
+def carry_trained_shards(checkpoint: dict, current: list[dict]) -> None:
+    """`current` (the run's PairDataModule.describe(), recorded in its checkpoints and adapters) with the shards the
+    checkpoint's run trained on added to each cache's train_shards: a run resumed on another split trained on both,
+    and its adapter's record of what it trained on (which radar-eval keeps out of its held-out shards) must say so."""
+    stored = (checkpoint.get("radar") or {}).get("caches") if isinstance(checkpoint, dict) else None
+    for old, new in zip(stored or [], current):
+        if isinstance(old, dict) and isinstance(new, dict) and old.get("train_shards") and "train_shards" in new:
+            new["train_shards"] = sorted(set(new["train_shards"] or []) | set(old["train_shards"]))

@@ -127,6 +127,13 @@ class ResumableLoader(DataLoader):
         return {**self.sampler.state_dict(consumed=self._yielded * self.batch_size), **self._settings()}
 
     def load_state_dict(self, state: dict) -> None:
+        if "position" not in state:  # a WebDataset stream's (StreamLoader.state_dict): the epoch, no position
+            epoch = int(state.get("epoch", 0))
+            _warn_rank_zero(f"resume: the checkpoint was trained on a WebDataset stream: the cache's data order "
+                            f"starts at the beginning of epoch {epoch} and differs from an uninterrupted run's")
+            self.sampler.load_state_dict({"epoch": epoch, "position": 0})
+            self._yielded = 0
+            return
         own = self._settings()
         changed = [f"{k} {state[k]} -> {own[k]}" for k in self._SETTINGS if k in state and state[k] != own[k]]
         if changed:

@@ -41,7 +41,7 @@ from radar_train.inputs import check_finite
 from radar_train.models import ModelIdentity, load_latent_decoder
 
 from .adversarial import AdversarialArgs, build_adversarial
-from .checks import check_cache_matches, check_resume_caches
+from .checks import carry_trained_shards, check_cache_matches, check_resume_caches
 from .conditioning import LabelConditioningArgs, build_label_conditioning
 from .compile import compile_decoder_blocks
 from .ema import AdapterEMA, EmaArgs
@@ -655,6 +655,10 @@ class RadarLoraModule(pl.LightningModule):
         self.check_checkpoint(checkpoint, source)
         if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:  # (validate may use others)
             check_resume_caches(checkpoint, self.cache_info, source)
+            carry_trained_shards(checkpoint, self.cache_info)
+            for cb in self.trainer.callbacks:  # (before Lightning restores the callbacks, by their state keys)
+                if isinstance(cb, RunCheckpoint):
+                    cb.adopt_saved_state(checkpoint)
         for sched in checkpoint.get("lr_schedulers") or []:
             # LambdaLR would restore the saved WarmupCosine settings over this run's: the schedule's warm-up,
             # length (schedule_steps, else max_steps) and floor are the config's; the step count is the checkpoint's

@@ -165,6 +165,20 @@ class RunCheckpoint(ModelCheckpoint):
             state["validation_owed"] = self._boundary.step
         return state
 
+    def adopt_saved_state(self, checkpoint: dict[str, Any]) -> None:
+        """The state a RunCheckpoint of other save settings saved in `checkpoint`, keyed for this one. Lightning keys
+        a ModelCheckpoint's state by its settings (every_n_train_steps among them), so a run resumed with another
+        model.output.save_every_n_steps found none: it took its own last.ckpt for another callback's, wrote
+        last-v1.ckpt beside it (`--ckpt_path last` and `radar-train export` of last.ckpt then read an old step) and
+        kept every step file from then on."""
+        states = checkpoint.get("callbacks")
+        if not isinstance(states, dict) or self.state_key in states:
+            return
+        prefix = type(self).__qualname__ + "{"
+        saved = [k for k in states if isinstance(k, str) and k.startswith(prefix)]
+        if len(saved) == 1:
+            states[self.state_key] = states.pop(saved[0])
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Lightning's, with the saved files under this run's checkpoint folder when the run folder moved."""
         state_dict = dict(state_dict)

@@ -136,3 +136,15 @@ def test_load_torch_refuses_a_checkpoint_whose_data_fails_its_crc(tmp_path):
     with pytest.raises(InputError, match=rf"^{path}: checkpoint is damaged: the data of its entry \S+/data/0 fails its "
                                          r"CRC check$"):
         load_torch(path)
+
+
+def test_a_run_resumed_with_another_save_interval_keeps_one_last_ckpt_and_one_step_file(tiny_cache, tmp_path):
+    """Lightning keys the checkpoint callback's state by its save interval: resumed with another
+    model.output.save_every_n_steps, the run found no state, wrote last-v1.ckpt beside a last.ckpt it left at the old
+    step (which `radar-train export --ckpt RUN/checkpoints/last.ckpt` then exported) and kept every step file."""
+    run = tmp_path / "run"
+    assert run_train_cli(tiny_fit_argv(tiny_cache, run, 2, "--trainer.logger", "false")) == 0
+    assert run_train_cli(tiny_fit_argv(tiny_cache, run, 4, "--trainer.logger", "false", "--ckpt_path", "last",
+                                       "--model.output.save_every_n_steps", "1")) == 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step-000004.ckpt"]
+    assert _ckpt(run, "last.ckpt")["global_step"] == 4

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from radar_train.export import ADAPTER_WEIGHTS, read_radar_config
-from radar_train.train.checks import check_resume_caches
+from radar_train.train.checks import carry_trained_shards, check_resume_caches
 from radar_train.train.datamodule import CacheSource, PairDataModule
 from radar_train.train.module import META_VERSION, MonitorArgs, OutputArgs, RadarLoraModule, is_trained_key
 from radar_train.train.optim import OptimArgs
@@ -64,6 +64,23 @@ def test_a_resume_on_a_cache_made_otherwise_names_the_field(tiny_cache, field, v
         node = node[key]
     node[field[-1]] = value
     assert shown in _refusal(stored, other)
+
+
+def test_a_resume_that_validates_on_shards_it_trained_on_is_refused(tiny_cache):
+    """The same pairs split otherwise: shard 0, trained on before the checkpoint, now held out. The adapter would
+    record it among its val_shards, on which radar-eval scores it by default (it resumed without a word)."""
+    stored = _describe(tiny_cache, train="0-3", val="4")
+    msg = _refusal(stored, _describe(tiny_cache, train="1-4", val="0"))
+    assert msg == ("--data.caches: data.caches[0] val_shards 0 (trained on: --ckpt_path run/checkpoints/last.ckpt's "
+                   "train_shards 0-3): the adapter would record pairs it was trained on as held out (radar-eval "
+                   "scores an adapter on its val_shards); keep them out of val_shards")
+    check_resume_caches(_checkpoint(stored), _describe(tiny_cache, train="1-4", val="5"), "c")  # (another split: ok)
+
+
+def test_a_resumed_run_records_the_shards_it_trained_on_before_and_after(tiny_cache):
+    stored, current = _describe(tiny_cache, train="0-3", val="14"), _describe(tiny_cache, train="2-5", val="14")
+    carry_trained_shards(_checkpoint(stored), current)
+    assert current[0]["train_shards"] == [0, 1, 2, 3, 4, 5] and current[0]["val_shards"] == [14]
 
 
 def test_a_resume_on_another_number_of_caches_is_refused(tiny_cache):
