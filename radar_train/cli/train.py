@@ -301,9 +301,9 @@ def check_final_replaceable(root: Path) -> None:
     final = root / "final"
     if (final.is_symlink() and not final.exists()) or (final.exists() and not final.is_dir()) or \
             (final.is_dir() and any(final.iterdir()) and not is_adapter_dir(final)):
-        raise OutputError(f"{RUN_OPTION} {root}: its final/ is not the run's adapter folder (a file, a link to nothing, "
-                          f"or a folder holding other files), which the run's export at its end never replaces: move "
-                          f"it away, then resume")
+        raise OutputError(f"{RUN_OPTION} {root}: its final/ is not the run's adapter folder (a file, a link to "
+                          f"nothing, or a folder holding other files), which the run's export at its end never "
+                          f"replaces: move it away, then resume")
 
 
 def check_ckpt_path(ckpt_path: Optional[str], root: str | os.PathLike,
