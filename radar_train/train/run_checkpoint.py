@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any, Optional
 
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -254,6 +255,17 @@ class RunCheckpoint(ModelCheckpoint):
         if self._requeue_after_validation or self._requeue.due(trainer):  # a signal during the validation, too
             self._requeue_after_validation = False
             self._requeue.requeue(trainer)
+
+    def _should_remove_checkpoint(self, trainer, previous: str, current: str) -> bool:
+        """Lightning's rule, but the step file the run resumed from goes as any older step file does once a newer
+        one is saved: a run resumed from a step file (`--ckpt_path last` after a kill between a save's two files,
+        or a job script naming the newest file) kept it for good beside the newer ones."""
+        if previous != current and trainer.ckpt_path is not None and self.dirpath is not None \
+                and os.path.abspath(previous) == os.path.abspath(trainer.ckpt_path) \
+                and os.path.dirname(os.path.abspath(previous)) == os.path.abspath(self.dirpath) \
+                and re.fullmatch(r"step-\d+\.ckpt", os.path.basename(previous)):
+            return True
+        return super()._should_remove_checkpoint(trainer, previous, current)
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         check_finite_weights(trainer, trainer.lightning_module)  # (NaN weights are not saved over good ones)

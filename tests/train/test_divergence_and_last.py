@@ -116,6 +116,9 @@ def test_a_run_killed_before_its_first_last_ckpt_goes_on_with_ckpt_path_last(tin
     assert "step-000002.ckpt is the run's newest checkpoint (the run was killed after saving it, before last.ckpt " \
            "followed), so the run goes on from it" in caplog.text
     assert _ckpt(run, "last.ckpt")["global_step"] == 4
+    # (the step file it went on from goes once a newer one is saved, as any older step file: Lightning keeps the
+    # checkpoint a run resumed from, which stayed for good beside the newer ones)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step-000004.ckpt"]
     # (the run's config keeps `last`, as a resume from last.ckpt writes it: the config run again resumes the run)
     assert (run / "config.yaml").read_text() == config.replace("max_steps: 2", "max_steps: 4").replace(
         "ckpt_path: null", "ckpt_path: last")
