@@ -588,7 +588,8 @@ def _make_cli_class(subcommand: str):
                                  f"({batches} per rank): give at most {batches}, or --trainer.check_val_every_n_epoch "
                                  f"null to count it across epochs")
 
-        def _weights_only(self) -> None:
+        def _restore_settings(self) -> None:
+            """How the fit or validation reads its checkpoint: weights_only, and the step file `last` stands for."""
             cfg = self.config_init[self.subcommand]
             if "weights_only" in cfg and cfg.get("weights_only") is None:
                 cfg["weights_only"] = True  # torch.load(weights_only=True) when resuming
@@ -605,7 +606,7 @@ def _make_cli_class(subcommand: str):
         def before_fit(self) -> None:
             self._check_data(fit=True)
             self._check_resume()
-            self._weights_only()
+            self._restore_settings()
             self._lock_run_folder()
             t = self.trainer
             logging.getLogger("radar_train").info(
@@ -643,7 +644,7 @@ def _make_cli_class(subcommand: str):
         def before_validate(self) -> None:
             self._check_data(fit=False)
             self._check_resume()
-            self._weights_only()
+            self._restore_settings()
             if self.config[self.subcommand].get("ckpt_path") is None:
                 logging.getLogger("radar_train").info(
                     "radar-train validate: no --ckpt_path, so the adapter as initialised is validated (LoRA B = 0: "
