@@ -192,12 +192,17 @@ def _not_weights(path: str | os.PathLike, e: Exception) -> NotWeights | None:
     return None
 
 
+def nonfinite_keys(tensors: dict) -> list[str]:
+    """The keys, sorted, of the floating-point tensors of `tensors` that hold NaN or inf."""
+    import torch
+
+    return sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+
+
 def check_finite(tensors: dict, path: str | os.PathLike, what: str) -> None:
     """InputError naming `path` if a floating-point tensor of `tensors` holds NaN or inf: weights that would turn
     every output into NaN (a decoder draws a black image, metrics come out NaN) are damaged, not input."""
-    import torch
-
-    bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    bad = nonfinite_keys(tensors)
     if bad:
         raise InputError(f"{path}: {len(bad)} tensor(s) hold NaN or inf values (e.g. {bad[0]}): the {what} is damaged")
 

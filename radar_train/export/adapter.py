@@ -24,7 +24,8 @@ from typing import Optional
 from torch import nn
 
 from radar_train.cache.schema import readable_versions, version_problem
-from radar_train.inputs import InputError, _one_line, check_dir, check_finite, load_safetensors, read_json, read_yaml
+from radar_train.inputs import (InputError, _one_line, check_dir, check_finite, load_safetensors, nonfinite_keys,
+                               read_json, read_yaml)
 from radar_train.outputs import (check_replace_dir, clear_stale_temps, normal_file_mode, recover_replaced, replace_dir,
                                  temp_name)
 
@@ -81,12 +82,10 @@ def save_adapter(peft_model, out_dir: str | Path, meta: dict, conditioning=None)
 def _check_finite_weights(peft_model, conditioning, out_dir) -> None:
     """ValueError (one line) before anything is written if a trained tensor holds NaN or inf: every reader
     refuses such an adapter (check_adapter), so it is not written as one (a fit whose weights went NaN)."""
-    import torch
-
-    trained = {n: p for n, p in peft_model.named_parameters() if "lora_" in n}
+    trained = {n: p.detach() for n, p in peft_model.named_parameters() if "lora_" in n}
     if conditioning is not None:
         trained.update({f"label_conditioning.{k}": v for k, v in conditioning.file_tensors().items()})
-    bad = [n for n, p in trained.items() if not bool(torch.isfinite(p.detach()).all())]
+    bad = nonfinite_keys(trained)
     if bad:
         raise ValueError(f"{out_dir}: not written: {len(bad)} of the adapter's trained tensors hold NaN or inf "
                          f"(e.g. {bad[0]}): the weights diverged")

@@ -54,8 +54,9 @@ def test_a_job_requeued_before_its_first_save_goes_on_from_the_checkpoint_it_was
 
 def test_a_run_folder_named_with_a_leading_dash_is_a_folder(slurm):
     """(`find` took -run/... for one of its tests: the job failed before radar-train ran.)"""
-    assert _ckpt_path(slurm, {"../-run/hpc_ckpt_1.ckpt": 100}) is None  # (the config's run folder: run)
     slurm.config("train.yaml", "trainer:\n  default_root_dir: run\n")
+    (slurm.project / "-run").mkdir()
+    (slurm.project / "-run" / "hpc_ckpt_1.ckpt").write_bytes(b"checkpoint")
     proc = slurm.bash("train.sbatch", "configs/train.yaml", "-run", cwd=slurm.project, RADAR_DIR=str(slurm.project))
     assert proc.returncode == 0, proc.stderr
     argv = [c for c in slurm.calls() if c["prog"] == "radar-train"][-1]["argv"]
