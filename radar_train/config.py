@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Sequence, Union
@@ -58,8 +59,8 @@ class SamplingConfig:
         p = []
         if not (math.isfinite(self.cfg) and self.cfg >= 0):  # NaN / inf: every guided logit NaN
             p.append(f"sampling.cfg must be a finite number >= 0, got {self.cfg}")
-        if self.top_k < 0:
-            p.append(f"sampling.top_k must be >= 0, got {self.top_k}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, numbers.Integral) or self.top_k < 0:  # (an int k)
+            p.append(f"sampling.top_k must be a whole number >= 0, got {self.top_k!r}")
         if not 0.0 <= self.top_p < 1.0:
             p.append(f"sampling.top_p must be in [0, 1), got {self.top_p}")
         if self.noise not in ("official", "per_sample"):

@@ -104,8 +104,11 @@ def check_labels(labels, num_classes: int) -> torch.Tensor:
     _one_per_sample(labels, "labels", what)
     if isinstance(labels, Sequence) and any(isinstance(x, (bool, np.bool_)) for x in labels):
         raise TypeError(f"labels must be class numbers ({what}), got a bool")
+    # Python floats as float64: float32 would round 9.9999999 to the whole 10 (another class) before the check
+    exact = ({"dtype": torch.float64} if isinstance(labels, Sequence) and any(isinstance(x, float) for x in labels)
+             else {})
     try:
-        t = torch.as_tensor(labels).detach().cpu()
+        t = torch.as_tensor(labels, **exact).detach().cpu()
     except (TypeError, ValueError, RuntimeError):
         raise TypeError(f"labels must be class numbers ({what}), got {labels!r:.80}") from None
     if t.ndim != 1 or t.dtype == torch.bool or t.is_complex():
@@ -115,11 +118,12 @@ def check_labels(labels, num_classes: int) -> torch.Tensor:
         if bad.numel():
             first = labels[int(bad[0])]  # as given (the tensor may hold it rounded to float32)
             raise ValueError(f"labels must be whole class numbers, got {getattr(first, 'item', lambda: first)()}")
-    t = t.long()
-    outside = t[(t < 0) | (t > num_classes)]
+    outside = ((t < 0) | (t > num_classes)).nonzero()  # (before .long(): 1e20 would wrap round)
     if outside.numel():
+        first = labels[int(outside[0])]
         raise ValueError(f"labels must lie in [0, {num_classes}] ({num_classes} = unconditional), "
-                         f"got {outside[0].item()}")
+                         f"got {getattr(first, 'item', lambda: first)()}")
+    return t.long()
     return t
 
 
@@ -298,10 +302,13 @@ class RadarPipeline:
             **({} if self.decode_dtype is None else {"decode_precision": str(self.decode_dtype)})}, default=str))
 
     # ------------------------------------------------------------------ generation
-    def _checked(self, labels, seeds) -> tuple[torch.Tensor, list[int]]:
+    def _checked(self, labels, seeds, adapter: bool = False) -> tuple[torch.Tensor, list[int]]:
         """A call's labels (on the host: the sampler moves them without a synchronisation) and seeds, checked
-        before any sampling (`check_labels`, `check_seeds`)."""
+        before any sampling (`check_labels`, `check_seeds`); with `adapter` (the call decodes with it), also
+        against a label-conditioned adapter's classes, which exclude the unconditional label."""
         host = check_labels(labels, self.var.num_classes)
+        if adapter and getattr(self.adapted_decoder, "label_conditioned", False):  # (`is_label_conditioned`)
+            self.adapted_decoder.film.check_labels(host, host.shape[0], host.device)
         return host, check_seeds(seeds, host.shape[0])
 
     @torch.no_grad()
@@ -324,7 +331,7 @@ class RadarPipeline:
         s = self.sampling
         new = replace(s, cfg=s.cfg if cfg is None else cfg, top_k=s.top_k if top_k is None else top_k,
                       top_p=s.top_p if top_p is None else top_p)
-        if new not in self._samplers:
+        if new.problems() or new not in self._samplers:  # (the keys compare top_k 64 == 64.0: checked first)
             self._samplers[new] = NextScaleSampler(self.var, self.vqvae.quantize, new,
                                                    autocast_dtype=self.autocast_dtype)
         return self._samplers[new]
@@ -350,7 +357,7 @@ class RadarPipeline:
                  use_adapter: bool = True, output: Output = "uint8"):
         """Images for the labels and per-sample seeds: accelerated (with the adapter when loaded) by default."""
         check_output(output)
-        labels, seeds = self._checked(labels, seeds)
+        labels, seeds = self._checked(labels, seeds, adapter=accelerated and use_adapter)
         res = self._sample(labels, seeds, accelerated, cfg, top_k, top_p)
         img = self.decode(res.f_hat, adapter=accelerated and use_adapter, labels=labels)  # (on the host: see decode)
         if output == "float":
@@ -362,7 +369,7 @@ class RadarPipeline:
     def compare(self, labels: Sequence[int], seeds: Sequence[int]) -> dict[str, torch.Tensor]:
         """uint8 images of the same samples: vanilla, accelerated, accelerated + adapter (when loaded).
         One forked run: the scales before the first accelerated one are computed once."""
-        labels, seeds = self._checked(labels, seeds)
+        labels, seeds = self._checked(labels, seeds, adapter=True)
         pair = generate_pairs(self.sampler, labels, self.accel, **self._noise_keys(seeds))
         out = {"vanilla": to_uint8(self.decode(pair.hq.f_hat, adapter=False)),
                "accelerated": to_uint8(self.decode(pair.lq.f_hat, adapter=False))}

@@ -60,6 +60,26 @@ def test_generate_and_compare_pass_the_sample_labels(conditioned_run):
     assert torch.equal(pipe.compare([1, 2], [5, 6])["accelerated+adapter"], a)
 
 
+def test_the_unconditional_label_is_refused_before_sampling_when_the_adapter_decodes(conditioned_run, monkeypatch):
+    """The adapter's classes exclude the unconditional label: refused before the sampling, not after it, in the
+    calls that decode with the adapter; the others take it."""
+    from radar_train.sampling import NextScaleSampler
+
+    pipe = _pipe(conditioned_run["adapter"])
+    start = NextScaleSampler.start
+
+    def no_start(*a, **k):
+        raise AssertionError("sampling started before the labels were checked")
+
+    monkeypatch.setattr(NextScaleSampler, "start", no_start)
+    for call in (lambda: pipe.generate([1, 10], [0, 1]), lambda: pipe.compare([10], [0])):
+        with pytest.raises(ValueError, match=r"^label conditioning: labels must lie in 0\.\.9 \(the adapter's"):
+            call()
+    monkeypatch.setattr(NextScaleSampler, "start", start)
+    assert pipe.generate([10], [0], use_adapter=False).shape[0] == 1
+    assert pipe.generate([10], [0], accelerated=False).shape[0] == 1
+
+
 def test_radar_generate_and_radar_eval_run_a_conditioned_adapter(conditioned_run, tmp_path, cli):
     work = conditioned_run["work"]
     cli("generate", "--adapter", str(conditioned_run["adapter"]), "--classes", "0-1", "--seeds", "0",

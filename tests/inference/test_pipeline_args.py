@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import radar_train.inference.pipeline as pipeline_module
-from radar_train.config import AccelArgs, ModelArgs
+from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
 from radar_train.inference import PipelineArgs, RadarPipeline
 from radar_train.inference.pipeline import PRECISIONS, resolve_precision
 from radar_train.sampling import NextScaleSampler
@@ -87,6 +87,9 @@ BAD_LABELS = [
     ([1.7, 2], ValueError, "labels must be whole class numbers, got 1.7"),
     (torch.tensor([1.0, 2.5]), ValueError, "labels must be whole class numbers, got 2.5"),
     ([float("nan"), 1], ValueError, "labels must be whole class numbers, got nan"),
+    # fractions that float32 rounds to whole numbers: 9.9999999 would be sampled as 10, the unconditional class
+    ([9.9999999, 1], ValueError, "labels must be whole class numbers, got 9.9999999"),
+    ([1, 1.00000001], ValueError, "labels must be whole class numbers, got 1.00000001"),
     (3, TypeError, "labels must be a sequence"),
     (None, TypeError, "labels must be a sequence"),
     ("12", TypeError, "labels must be a sequence"),
@@ -96,6 +99,7 @@ BAD_LABELS = [
     ([True, False], TypeError, "labels must be class numbers"),
     ([1, 11], ValueError, r"labels must lie in \[0, 10\] \(10 = unconditional\), got 11"),
     ([-1, 1], ValueError, r"labels must lie in \[0, 10\] \(10 = unconditional\), got -1"),
+    ([1e20, 1], ValueError, r"labels must lie in \[0, 10\] \(10 = unconditional\), got 1e\+20"),  # (not wrapped)
 ]
 CALLS = {
     "generate": lambda p, labels, seeds: p.generate(labels, seeds),
@@ -126,3 +130,17 @@ def test_the_accepted_forms_of_labels_and_seeds_give_the_same_images(pipe):
                           (torch.tensor([1.0, 2.0]), [np.int64(5), torch.tensor(6)])]:
         assert torch.equal(pipe.generate(labels, seeds), want)
     assert pipe.generate([], []).shape[0] == 0
+
+
+# ---------------------------------------------------------------------------- sampler settings
+@pytest.mark.parametrize("top_k", [64.0, 64.5, True, "64"])
+def test_a_top_k_that_is_not_a_whole_number_is_refused_before_sampling(pipe, no_sampling, top_k):
+    """torch.topk takes an int: 64.0 used to pass the check and fail inside sampling (or run, when a sampler for
+    top_k 64 was kept already: the kept samplers' keys compare 64 == 64.0)."""
+    pipe._sampling(None, 64, None)  # a sampler for top_k 64 is kept (building one samples nothing)
+    with pytest.raises(ValueError, match=r"sampling.top_k must be a whole number >= 0, got "):
+        pipe.generate([1], [0], top_k=top_k)
+    with pytest.raises(ValueError, match=r"sampling.top_k must be a whole number >= 0, got 64.0"):
+        RadarPipeline.from_config(PipelineArgs(model=ModelArgs("tiny"), sampling=SamplingConfig(top_k=64.0),
+                                               device="cpu"))
+    assert SamplingConfig(top_k=np.int64(64)).problems() == []
