@@ -27,7 +27,7 @@ from radar_train.cache import schema
 from radar_train.cache.layout import scan_cache
 from radar_train.cache.schema import MANIFEST_NAME, Manifest, manifest_differences, read_manifest
 from radar_train.cache.status import read_checked_shard, shard_arrays
-from radar_train.inputs import InputError, read_json, reading
+from radar_train.inputs import InputError, failure_reason, read_json, reading
 from radar_train.outputs import atomic_file, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,17 @@ INDEX_NAME = "index.json"
 
 def tar_name(shard: int) -> str:
     return f"pairs-{shard:05d}.tar"
+
+
+class _TarFailure(Exception):
+    """A tar's members could not be read; the stage that opened the tar names it (`WdsPairs._read_failure`)."""
+
+
+def cut_short(tar: str | os.PathLike) -> bool:
+    """Whether a tar's size shows it cut short (an interrupted copy, an empty file): a tar is whole 512-byte
+    blocks, two of them its end. (A cut at a block boundary passes: reading it is an InputError naming it.)"""
+    size = os.path.getsize(tar)
+    return size < 1024 or size % 512 != 0
 
 
 def _shard_samples(arrays: dict[str, np.ndarray]) -> Iterator[dict]:
@@ -61,6 +72,17 @@ def is_export(path: str | os.PathLike) -> bool:
     return p.is_dir() and ((p / INDEX_NAME).is_file() or any(p.glob("pairs-*.tar")))
 
 
+def check_not_inside_a_cache(output: str, option: str) -> None:
+    """OutputError if `output` lies inside a cache or an export (a folder above it holds a manifest): that
+    one's status, verify and disk figures would count it as its own."""
+    from radar_train.outputs import OutputError
+
+    holder = next((p for p in Path(output).resolve().parents if (p / MANIFEST_NAME).is_file()), None)
+    if holder is not None:
+        what = "the WebDataset export" if is_export(holder) else "the cache"
+        raise OutputError(f"{option} {output} lies inside {what} {holder}: choose a folder outside it")
+
+
 def check_export_output(cache_dir: str, output: str, option: str = "--output", cache_option: str = "cache") -> None:
     """OutputError unless `output` may receive the export of `cache_dir`: new, empty, or an export of this
     cache (resumed); never the cache, a folder inside it or holding it, another cache, or a file."""
@@ -69,6 +91,7 @@ def check_export_output(cache_dir: str, output: str, option: str = "--output", c
     out = check_resume_dir(output, MANIFEST_NAME, "a WebDataset export", option, {cache_option: cache_dir})
     if out.is_dir() and any(out.glob("shard-*.zarr*")):
         raise OutputError(f"{option} {out} is a radar-cache cache, not a WebDataset export: choose a new folder")
+    check_not_inside_a_cache(output, option)
 
 
 def export_wds(cache_dir: str, output: str, progress: bool = True) -> dict:
@@ -150,6 +173,9 @@ def rank_batches(nsamples: Sequence[int], world_size: int, num_workers: int, bat
     return [sum(per_batch(sum(nsamples[r::world_size][w::k])) for w in range(k)) for r in range(world_size)]
 
 
+PAIR_MEMBERS = ("fhat_hq.npy", "fhat_lq.npy", "label.cls", "seed.cls", "index.cls")  # what `to_pair` reads
+
+
 def to_pair(sample: dict) -> dict[str, torch.Tensor]:
     """A decoded WebDataset sample -> the PairDataset item dict."""
     return {"fhat_hq": torch.from_numpy(np.asarray(sample["fhat_hq.npy"], dtype=np.float32)),
@@ -157,6 +183,13 @@ def to_pair(sample: dict) -> dict[str, torch.Tensor]:
             "label": torch.tensor(int(sample["label.cls"]), dtype=torch.int64),
             "seed": torch.tensor(int(sample["seed.cls"]), dtype=torch.int64),
             "index": torch.tensor(int(sample["index.cls"]), dtype=torch.int64)}
+
+
+def _check_count(url: Optional[str], n: int, counts: dict[str, int]) -> None:
+    """InputError if the tar at `url` held fewer or more than the `counts` (the index's) pairs."""
+    if url is not None and url in counts and n != counts[url]:
+        raise InputError(f"{url}: WebDataset tar holds {n} pairs, its index {counts[url]} (the tar cut short?); "
+                         f"copy or export it again (radar-cache export-wds)")
 
 
 def _pairs(samples: Iterator[dict]) -> Iterator[dict[str, torch.Tensor]]:
@@ -221,10 +254,48 @@ class WdsPairs(IterableDataset):
         seed = epoch_seed(self.seed, epoch)
         ds = wds.WebDataset(self.urls, shardshuffle=len(self.urls) if self.shardshuffle else False,
                             nodesplitter=self._split_by_node, workersplitter=wds.split_by_worker,
-                            empty_check=False, seed=seed)
+                            empty_check=False, seed=seed, handler=self._read_failure)
+        ds = ds.compose(self._whole)
         if self.shuffle:
             ds = ds.shuffle(self.shuffle, seed=seed)
-        return ds.decode().compose(_pairs)  # (.map would put __key__ back into each dict)
+        return ds.decode(handler=self._decode_failure).compose(_pairs)  # (.map would put __key__ back in each dict)
+
+    def _whole(self, samples: Iterator[dict]) -> Iterator[dict]:
+        """The samples of each tar as read (before the shuffle: one tar after another), checked: every member of
+        a pair there, and as many pairs as the index counts. A tar cut at a block boundary reads as a shorter
+        tar, without an error; then a pair lacks members, or the tar ends early."""
+        counts = dict(zip(self.urls, self.nsamples)) if self.nsamples is not None else {}
+        url, n = None, 0
+        for sample in samples:
+            if sample.get("__url__") != url:
+                _check_count(url, n, counts)
+                url, n = sample.get("__url__"), 0
+            missing = [m for m in PAIR_MEMBERS if m not in sample]
+            if missing:
+                raise InputError(f"{url}: WebDataset sample {sample.get('__key__')} has no {', '.join(missing)} "
+                                 f"(the tar cut short?); copy or export it again (radar-cache export-wds)")
+            n += 1
+            yield sample
+        _check_count(url, n, counts)
+
+    def _read_failure(self, exn: Exception) -> bool:
+        """webdataset's error handler of the tar stages: a tar that cannot be read (cut short by a copy, empty,
+        gone) is an InputError naming it, instead of webdataset's traceback. The stage that reads a tar's members
+        does not know its url: its failure goes on to the stage that opened the tar, which appends the url to
+        the error's args and calls this again."""
+        args = [a for a in getattr(exn, "args", ()) if isinstance(a, str)]
+        url = next((a for a in reversed(args) if a in self.urls), None)
+        reason = (args[0].split(" @ ")[0] if args and args[0] != url else "") or type(exn).__name__
+        if url is None:
+            raise _TarFailure(reason) from None
+        raise InputError(f"{url}: WebDataset tar cannot be read ({reason}); copy or export it again "
+                         f"(radar-cache export-wds)") from None
+
+    def _decode_failure(self, exn: Exception) -> bool:
+        """webdataset's error handler of the decoding: a member that does not decode is an InputError."""
+        where = self.urls[0] if len(self.urls) == 1 else f"{Path(self.urls[0]).parent} (a tar of)"
+        raise InputError(f"{where}: a WebDataset sample does not decode ({failure_reason(exn)}); copy or export "
+                         f"it again (radar-cache export-wds)") from None
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch the next iteration reads (its shuffles' seed)."""

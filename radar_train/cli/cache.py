@@ -73,7 +73,7 @@ def check_run_output(args: CacheArgs) -> None:
     """The cache folder must be new, empty, or a cache (its manifest is compared later, before any shard is
     written); never a WebDataset export, a file, or a folder inside (or holding) an input file."""
     from radar_train.cache.schema import MANIFEST_NAME
-    from radar_train.cache.wds import is_export
+    from radar_train.cache.wds import check_not_inside_a_cache, is_export
     from radar_train.cli.common import accel_inputs, model_inputs
     from radar_train.outputs import OutputError, check_resume_dir
 
@@ -83,10 +83,7 @@ def check_run_output(args: CacheArgs) -> None:
                      {**model_inputs(args.model), **accel_inputs(args.accel)})
     if is_export(args.output):
         raise OutputError(f"--output {args.output} is a WebDataset export, not a cache: choose a new folder")
-    holder = next((p for p in Path(args.output).resolve().parents if (p / MANIFEST_NAME).is_file()), None)
-    if holder is not None:  # its status, verify and disk figures would count this one as its own
-        what = "the WebDataset export" if is_export(holder) else "the cache"
-        raise OutputError(f"--output {args.output} lies inside {what} {holder}: choose a folder outside it")
+    check_not_inside_a_cache(args.output, "--output")
 
 
 def _run(cfg) -> int:

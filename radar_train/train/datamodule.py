@@ -326,6 +326,14 @@ class PairDataModule(pl.LightningDataModule):
             if absent:
                 problems.append(f"{where}: shards {absent} {kind} "
                                 f"(complete: {format_int_list(available)}, {len(available)} of {manifest.num_shards})")
+            elif c.format == "wds":
+                from radar_train.cache.wds import cut_short, tar_name
+
+                short = [str(Path(c.path) / tar_name(s)) for s in sorted(set(train + val))
+                         if cut_short(Path(c.path) / tar_name(s))]
+                if short:
+                    problems.append(f"{where}: {', '.join(short)} cut short (not whole tar blocks: an interrupted "
+                                    f"copy?); copy or export again")
             manifests[c.path] = manifest
             splits.append((train, val))
         if not problems:

@@ -294,6 +294,42 @@ def test_webdataset_workers_split_the_tars_and_export_resumes(make_synthetic, tm
     assert sorted(seen) == list(range(30))
 
 
+def _cut_at(tar, cut: str) -> int:
+    """Where to cut the tar: inside the data of its first member, where its second member's header starts (a
+    block boundary inside the first pair), or where the first pair's last member ends (padded to a block)."""
+    import tarfile
+
+    with tarfile.open(tar) as t:
+        members = t.getmembers()
+    first = [m for m in members if m.name.split(".")[0] == members[0].name.split(".")[0]]
+    return {"to nothing": 0, "inside a member's data": members[0].offset_data + 100,
+            "at a block inside a pair": members[1].offset,
+            "after the first pair": first[-1].offset_data + -(-first[-1].size // 512) * 512}[cut]
+
+
+@pytest.mark.parametrize("cut, error", [
+    ("to nothing", r"WebDataset tar cannot be read \(empty file\)"),
+    ("inside a member's data", r"WebDataset tar cannot be read \(unexpected end of data\)"),
+    # tarfile reads a tar cut at a block boundary as a shorter whole one
+    ("at a block inside a pair", r"WebDataset sample 0000000008 has no fhat_lq.npy, label.cls, seed.cls, index.cls"),
+    ("after the first pair", r"WebDataset tar holds 1 pairs, its index 8"),
+])
+def test_a_tar_cut_short_after_the_export_names_itself_when_read(make_synthetic, tmp_path, cut, error):
+    """(An interrupted copy of an export: webdataset's tarfile.ReadError traceback, which is no OSError, a
+    KeyError, or pairs left out without a word.)"""
+    from radar_train.cache.wds import cut_short
+    from radar_train.inputs import InputError
+
+    export_wds(str(make_synthetic(num_samples=24, shard_size=8)), str(tmp_path / "wds"), progress=False)
+    tar = tmp_path / "wds" / "pairs-00001.tar"
+    size = _cut_at(tar, cut)
+    tar.write_bytes(tar.read_bytes()[:size])
+    assert cut_short(tar) == (size % 512 != 0 or size == 0)  # (a cut at a block boundary shows only when read)
+    with pytest.raises(InputError, match=rf"^{tar}: {error}.*; copy or export it again \(radar-cache export-wds\)$"):
+        list(WdsPairs(tmp_path / "wds"))
+    assert not cut_short(tmp_path / "wds" / "pairs-00000.tar")
+
+
 def test_webdataset_shuffles_each_epoch_anew_and_reproducibly(make_synthetic, tmp_path):
     export_wds(str(make_synthetic(num_samples=24, shard_size=8)), str(tmp_path / "wds"), progress=False)
     ds = WdsPairs(tmp_path / "wds", shuffle=8, shardshuffle=True, seed=3)
@@ -350,6 +386,18 @@ def test_export_refuses_a_folder_holding_another_cache(make_synthetic, tmp_path)
     export_wds(str(make_synthetic(num_samples=16, shard_size=8)), str(tmp_path / "wds"), progress=False)
     with pytest.raises(ValueError, match="export of another cache; differing fields: plan.num_samples"):
         export_wds(str(make_synthetic(num_samples=24, shard_size=8)), str(tmp_path / "wds"), progress=False)
+
+
+def test_export_refuses_a_folder_inside_another_cache_or_export(make_synthetic, tmp_path):
+    """(As radar-cache run does: the cache's status, verify and disk figures would count the export as its own.)"""
+    from cli_checks import assert_refused
+
+    a, b = make_synthetic(num_samples=16, shard_size=8), make_synthetic(num_samples=24, shard_size=8)
+    export_wds(str(b), str(tmp_path / "wds_b"), progress=False)
+    for holder, what in ((b, "the cache"), (tmp_path / "wds_b", "the WebDataset export")):
+        out = holder / "sub"
+        assert_refused("cache", ["export-wds", str(a), "--output", str(out)], tmp_path, (tmp_path,),
+                       [f"--output {out} lies inside {what} {holder.resolve()}: choose a folder outside it"])
 
 
 @pytest.mark.parametrize("n,world", [(16, 3), (16, 9), (30, 4), (8, 8), (5, 2)])

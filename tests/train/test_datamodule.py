@@ -119,6 +119,23 @@ def test_webdataset_export_gives_the_same_pairs(tiny_cache, tmp_path):
     assert torch.equal(wds_dm.image_batch(4)["index"], torch.arange(64, 68))  # shard 4 = pairs 64..79
 
 
+def test_a_webdataset_tar_cut_short_is_refused_before_training(tiny_cache, tmp_path):
+    """A tar that is not whole 512-byte blocks (an interrupted copy, an empty file) is named with the other
+    problems, before anything is read or written; an intact export of the same shards passes."""
+    from radar_train.cache.wds import export_wds
+
+    export_wds(tiny_cache, str(tmp_path / "wds"), progress=False)
+    dm = PairDataModule([CacheSource(str(tmp_path / "wds"), train_shards="0-2", val_shards="4", format="wds")],
+                        batch_size=8)
+    dm.setup("fit")
+    for tar, size in (("pairs-00001.tar", 1000), ("pairs-00004.tar", 0)):
+        path = tmp_path / "wds" / tar
+        path.write_bytes(path.read_bytes()[:size])
+    with pytest.raises(ValueError, match=r"pairs-00001.tar, .*pairs-00004.tar cut short \(not whole tar blocks"):
+        PairDataModule([CacheSource(str(tmp_path / "wds"), train_shards="0-2", val_shards="4", format="wds")],
+                       batch_size=8).setup("fit")
+
+
 def test_a_cache_of_another_latent_shape_or_vqvae_is_refused(tiny_cache):
     manifest = read_manifest(tiny_cache)
     _, ident = load_latent_decoder("tiny")
