@@ -482,19 +482,29 @@ class RadarLoraModule(pl.LightningModule):
                 return
             hq, lq, labels = hq[:keep], lq[:keep], None if labels is None else labels[:keep]
         feats = self.loss_args.needs_features
-        t_raw, t_feats = self.decode(hq, adapters=False, features=feats)
-        teacher = t_raw.clamp(-1, 1)
-        baseline = self.decode(lq, adapters=False)[0]
-        student, s_feats = self.decode(lq, adapters=True, features=feats, labels=labels)
-        harmless = self.decode(hq, adapters=True, labels=labels)[0]
-        identity = harmless if self.loss_args.identity_weight > 0 else None
-        loss, _ = self.loss_fn(student, teacher, s_feats, t_feats, identity)
+        with self._float32_decodes():
+            t_raw, t_feats = self.decode(hq, adapters=False, features=feats)
+            teacher = t_raw.clamp(-1, 1)
+            baseline = self.decode(lq, adapters=False)[0]
+            student, s_feats = self.decode(lq, adapters=True, features=feats, labels=labels)
+            harmless = self.decode(hq, adapters=True, labels=labels)[0]
+            identity = harmless if self.loss_args.identity_weight > 0 else None
+            loss, _ = self.loss_fn(student, teacher, s_feats, t_feats, identity)
         # summed here and reduced over the ranks in _record_validation: Lightning's weighted mean (sync_dist) holds
         # the batch sizes as an integer tensor, and their mean over ranks is truncated when they differ (val/loss
         # x1.5 on 3 pairs over 2 ranks)
         self._val_loss += torch.stack([loss.detach().double() * hq.shape[0],  # (the count filled on the device: a
                                        loss.new_full((), float(hq.shape[0]), dtype=torch.float64)])  # copy waits)
         self.val_stats.update(to_unit(teacher), to_unit(baseline), to_unit(student), to_unit(harmless))
+
+    def _float32_decodes(self):
+        """Validation decodes in float32 where the weights are float32 (a mixed precision: autocast off), as
+        radar-eval and the pipeline's default decode do: under bf16-mixed the metrics were not radar-eval's (bf16
+        decoding caps the PSNR of two near-identical images at about 52-58 dB on the toy decoder). A true precision
+        (bf16-true) decodes in its weights' dtype."""
+        if next(self.decoder.parameters()).dtype != torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, enabled=False)
 
     def on_validation_epoch_end(self) -> None:
         self._t_last = None

@@ -175,6 +175,25 @@ def test_validation_counts_a_distributed_samplers_padding_once(tiny_cache):
     assert sums[0] == 0 and loss is None
 
 
+def test_validation_under_a_mixed_precision_decodes_in_float32_like_radar_eval(tiny_cache):
+    """radar-eval decodes in float32; validation under bf16-mixed used to decode in bf16 (other metrics for the
+    same adapter and pairs: PSNR capped by bf16's rounding)."""
+    from radar_train.cache.reader import PairDataset
+
+    loader = DataLoader(torch.utils.data.Subset(PairDataset(tiny_cache, [14]), range(4)), batch_size=4)
+    torch.manual_seed(0)
+    module = RadarLoraModule(monitor=MonitorArgs(images_every_n_steps=0))
+
+    def validate(precision):
+        trainer = pl.Trainer(accelerator="cpu", devices=1, precision=precision, logger=False,
+                             enable_progress_bar=False, enable_model_summary=False)
+        trainer.validate(module, loader, verbose=False)
+        return module.val_stats.sums.clone(), float(trainer.callback_metrics["val/loss"])
+
+    (mixed, mixed_loss), (full, full_loss) = validate("bf16-mixed"), validate("32-true")
+    assert mixed[0] == 4 and torch.equal(mixed, full) and mixed_loss == full_loss
+
+
 class _MetricsLogger(pl.loggers.Logger):
     """Every log_metrics call, as (step, metrics)."""
 
