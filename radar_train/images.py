@@ -21,10 +21,26 @@ def to_pil(image_u8: torch.Tensor) -> Image.Image:
     return Image.fromarray(image_u8.permute(1, 2, 0).numpy())
 
 
-def load_rgb(path: str | Path) -> torch.Tensor:
-    """An image file as uint8 (3, H, W), RGB (the inverse of save_png)."""
+def load_rgb(path: str | Path, size: Optional[int] = None) -> torch.Tensor:
+    """An image file as uint8 (3, H, W), RGB (the inverse of save_png); with `size`, brought to size × size by
+    `center_crop_resize` (an image of that size already is left as it is)."""
     with Image.open(path) as im:
-        return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
+        im = im.convert("RGB")
+        if size is not None and im.size != (size, size):
+            im = center_crop_resize(im, size)
+        return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
+
+
+def center_crop_resize(im: Image.Image, size: int) -> Image.Image:
+    """The ImageNet reference preprocessing of guided-diffusion (ADM), which VAR's FID protocol uses: halve the
+    image with a box filter while its short side is at least 2 × size, resize it bicubically so that the short
+    side is `size`, then crop the centre size × size."""
+    while min(im.size) >= 2 * size:
+        im = im.resize(tuple(x // 2 for x in im.size), resample=Image.BOX)
+    scale = size / min(im.size)
+    im = im.resize(tuple(round(x * scale) for x in im.size), resample=Image.BICUBIC)
+    left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
+    return im.crop((left, top, left + size, top + size))
 
 
 def save_png(image_u8: torch.Tensor, path: str | Path) -> Path:

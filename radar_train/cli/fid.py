@@ -137,7 +137,7 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     ref = ref_key = None
     if split.num_workers == 1 or not writes_ref:  # (a folder's statistics: read by the workers' merge, once)
         ref, ref_key = fid_reference(reference, writes_ref, output, feats, sha, batch_size, dev, feature_dim,
-                                     inception)
+                                     inception, size)
     pipe = RadarPipeline.from_config(PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision,
                                                   decode_precision))
     note_merged_vqvae(pipe, model, "radar-fid", "the vanilla run (its FID, the gap closed's baseline)")
@@ -198,7 +198,7 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
                  for j, (a, b) in enumerate(part_range(num_samples, batch_size, j, split.num_workers)
                                             for j in range(split.num_workers))]
         result = merge_parts(parts, output, entries, num_samples, lambda: fid_reference(
-            reference, writes_ref, output, feats, sha, batch_size, dev, feature_dim, inception), feats, is_splits,
+            reference, writes_ref, output, feats, sha, batch_size, dev, feature_dim, inception, size), feats, is_splits,
             batch_size, int(pipe.var.num_classes), base_seed, sampling.noise, complete)
         if not isinstance(result, dict):  # (another worker's turn, or stopped by SIGTERM)
             return result
@@ -224,22 +224,23 @@ def fid_fingerprint(pipe, model, sha: dict, num_samples, batch_size, base_seed, 
             "base_seed": base_seed, "save_npz": save_npz, **sha}
 
 
-def fid_reference(reference, writes_ref, output, feats, sha, batch_size, dev, feature_dim, inception):
-    """(the reference statistics, their key in the progress folder (None unless a folder)); a folder's are taken
-    from the progress folder while it and the extractor are unchanged."""
+def fid_reference(reference, writes_ref, output, feats, sha, batch_size, dev, feature_dim, inception, size):
+    """(the reference statistics, their key in the progress folder (None unless a folder)); a folder's images are
+    brought to the generator's `size` (`reference_stats`); its statistics are taken from the progress folder
+    while it, the extractor and the size are unchanged."""
     from radar_train.inference.fid import reference_key, reference_stats
     from radar_train.inference.fid_progress import PROGRESS_DIR, cached_reference
     from radar_train.inputs import InputError
 
     ref = ref_key = None
     if writes_ref:  # a folder: its statistics, unless a run of this output already computed them (fid_progress)
-        ref_key = reference_key(reference, sha["inception"])
+        ref_key = reference_key(reference, sha["inception"], size)
         ref = cached_reference(output, ref_key)
         if ref is not None:
             print(f"radar-fid: reference statistics of {ref.n} images from {Path(output) / PROGRESS_DIR} (the folder "
                   f"{reference} and --inception are as they were then)")
     if reference is not None and ref is None:
-        ref = reference_stats(reference, feats, batch_size=max(batch_size, 32), device=dev)
+        ref = reference_stats(reference, feats, batch_size=max(batch_size, 32), device=dev, image_size=size)
         if ref.dim != feature_dim:
             raise InputError(f"{reference}: --reference has {ref.dim}-d statistics but --inception {inception} gives "
                              f"{feature_dim}-d features")

@@ -266,13 +266,14 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def reference_key(folder: str | Path, extractor_sha256: str) -> str:
+def reference_key(folder: str | Path, extractor_sha256: str, image_size: Optional[int] = None) -> str:
     """What identifies the statistics of a folder of reference images: its image files (relative path, size,
-    modification time) and the extractor's sha256, hashed (a resumed radar-fid reuses statistics of that key)."""
+    modification time), the extractor's sha256 and the size the images are brought to, hashed (a resumed
+    radar-fid reuses statistics of that key)."""
     import hashlib
 
     root = Path(folder)
-    h = hashlib.sha256(extractor_sha256.encode())
+    h = hashlib.sha256(extractor_sha256.encode() + (b"" if image_size is None else f"\nsize {image_size}".encode()))
     for f in _image_files(root):
         st = f.stat()
         h.update(f"\n{f.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}".encode())
@@ -281,10 +282,11 @@ def reference_key(folder: str | Path, extractor_sha256: str) -> str:
 
 @torch.no_grad()
 def reference_stats(path: str, features: Optional[_Extractor] = None, batch_size: int = 64,
-                    device: torch.device | str = "cpu") -> GaussianStats:
+                    device: torch.device | str = "cpu", image_size: Optional[int] = None) -> GaussianStats:
     """Reference statistics: an .npz with `mu` (D,) and `sigma` (D, D) (the guided-diffusion reference
     batch layout), or a folder of PNG/JPEG images (searched recursively) whose statistics are computed with
-    `features`. Errors are one line naming the file."""
+    `features`, each image brought to image_size × image_size first (the generator's: `center_crop_resize`, as
+    the guided-diffusion reference batches were made; None: as they are). Errors are one line naming the file."""
     p = Path(path)
     if p.is_dir():
         if features is None:
@@ -302,7 +304,7 @@ def reference_stats(path: str, features: Optional[_Extractor] = None, batch_size
 
         for f in files:
             try:
-                t = load_rgb(f)
+                t = load_rgb(f, image_size)
             except Exception as e:  # noqa: BLE001
                 raise FidError(f"--reference {f}: not a readable image ({str(e).splitlines()[0][:120]})") from None
             pending.setdefault(tuple(t.shape), []).append(t)  # equal sizes batch together

@@ -470,3 +470,51 @@ def test_a_batch_adds_to_the_tally_on_the_device_of_its_features():
     cpu.update(f)
     cpu.update(-f)
     torch.testing.assert_close(cpu.sigma, a.stats("vanilla").sigma)
+
+
+def _stripes(width: int, height: int) -> Image.Image:
+    """Black, white, black: three vertical bands of equal width."""
+    a = np.zeros((height, width, 3), dtype=np.uint8)
+    a[:, width // 3: 2 * width // 3] = 255
+    return Image.fromarray(a)
+
+
+def test_center_crop_resize_keeps_the_centre_of_the_short_side_scaled_image():
+    """600 x 300 to 64: scaled to 128 x 64 (white columns 42.7-85.3), the centre 64 columns cropped (32-96), so
+    white from about column 11 to 53 of the crop. 1200 x 600 is halved once first (box), which gives exactly the
+    600 x 300 image, so the same result."""
+    from radar_train.images import center_crop_resize
+
+    out = np.asarray(center_crop_resize(_stripes(600, 300), 64))
+    assert out.shape == (64, 64, 3)
+    row = out[32, :, 0].astype(int)
+    assert (row[:9] < 30).all() and (row[14:51] > 225).all() and (row[56:] < 30).all()
+    assert np.array_equal(np.asarray(center_crop_resize(_stripes(1200, 600), 64)), out)
+    tall = np.asarray(center_crop_resize(_stripes(90, 300), 30))  # the short side is the width: nothing cropped there
+    assert tall.shape == (30, 30, 3) and tall[15, 15, 0] > 225 and tall[15, 2, 0] < 30
+
+
+def test_a_reference_folder_is_brought_to_the_generators_size(tmp_path):
+    """The extractor sees every reference image at the generator's size, as it sees the samples (a folder of
+    ImageNet photos fed at their own sizes gave other statistics); one of that size already is read as it is."""
+    from radar_train.images import center_crop_resize, load_rgb
+
+    seen = []
+
+    class MeanColour(nn.Module):
+        def forward(self, x):
+            seen.append(tuple(x.shape[1:]))
+            return x.double().mean(dim=(2, 3))
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "real"
+    folder.mkdir()
+    images = {"a.png": (32, 32), "b.png": (60, 40), "c.jpg": (130, 70), "d.png": (40, 90)}
+    for name, (w, h) in images.items():
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / name, quality=95)
+    stats = reference_stats(str(folder), MeanColour(), batch_size=2, image_size=32)
+    assert set(seen) == {(3, 32, 32)} and stats.n == 4
+    want = torch.stack([torch.from_numpy(np.array(center_crop_resize(Image.open(folder / n).convert("RGB"), 32)))
+                        .permute(2, 0, 1).double().mean(dim=(1, 2)) for n in sorted(images)])
+    torch.testing.assert_close(stats.mu, want.mean(0))
+    assert torch.equal(load_rgb(folder / "a.png", 32), load_rgb(folder / "a.png"))
