@@ -618,9 +618,14 @@ def test_an_export_gets_the_normal_file_mode_and_replaces_only_with_overwrite(wo
 def test_eval_on_training_shards_with_the_override_warns_and_records_them(world, tmp_path):
     argv = ["--cache", str(world["cache"]), "--adapter", str(world["final"]), "--shards", "0-1", "--device", "cpu",
             "--allow_train_shards", "--output", "ev"]
-    with pytest.warns(UserWarning, match="training shards"):
+    with pytest.warns(UserWarning, match="training shards") as warned:
         code, _ = call_cli("eval", argv, tmp_path)
     assert code == 0
+    # raised on the command's line, so it prints as `warning: <message>`: on torch.no_grad's wrapper's line it
+    # kept Python's two-line form with a torch file's name
+    from radar_train.cli.common import _PACKAGE_DIR
+
+    assert [w.filename.startswith(_PACKAGE_DIR) for w in warned if "training shards" in str(w.message)] == [True]
     report = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert report["train_shard_overlap"] == [0] and report["held_out"] is False and report["shards"] == [0, 1]
     assert "NOT held-out" in (tmp_path / "ev" / "eval.md").read_text()

@@ -206,7 +206,7 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
                              f"hold pairs it was trained on is unknown; pass --allow_train_shards to evaluate them "
                              f"anyway (eval.json then says held_out null)")
         warnings.warn(f"radar-eval: adapter {adapter_dir}: {unknown}: the metrics may include pairs it was trained "
-                      f"on", stacklevel=2)
+                      f"on", stacklevel=3)  # (the caller's line: 2 is torch.no_grad's wrapper)
     overlap = train_shard_overlap(meta, cache, manifest, shards)
     named = format_int_list(overlap, ",")
     if overlap and not allow_train_shards:
@@ -215,7 +215,7 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
                          f"evaluate other shards, or pass --allow_train_shards to evaluate them anyway")
     if overlap:
         warnings.warn(f"radar-eval: shards {named} of {cache} are training shards of the adapter "
-                      f"{adapter_dir}: the metrics include pairs it was trained on (not held-out)", stacklevel=2)
+                      f"{adapter_dir}: the metrics include pairs it was trained on (not held-out)", stacklevel=3)
     # every shard checked against its stored checksums: data that is not what the writer wrote (a chunk file
     # gone reads as zeros) is refused, not measured
     ds = PairDataset(cache, shards=list(shards), keep_tokens=True)  # (the token agreement from the same read)
