@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Optional, Union
@@ -143,6 +144,9 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     note_merged_vqvae(pipe, model, "radar-fid", "the vanilla run (its FID, the gap closed's baseline)")
     fingerprint = {**fid_fingerprint(pipe, model, sha, num_samples, batch_size, base_seed, save_npz),
                    "num_workers": split.num_workers}
+    if split.num_workers > 1:  # (the merge's settings: every worker must give the ones the merging worker uses)
+        fingerprint.update(reference=None if reference is None else str(Path(reference).resolve()),
+                           is_splits=is_splits)
     part = None if split.num_workers == 1 else (split.worker_index, split.num_workers)
     first, stop = (0, num_samples) if part is None else part_range(num_samples, batch_size, *part)
     progress = FidProgress(output, fingerprint, runs, npz_names, stop - first, size, part)
@@ -166,6 +170,7 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
         result["samples_npz"] = npz_names or None
         return result
 
+    earlier_report = _stat(Path(output) / "fid.json")
     lock = run_lock.acquire(output, "--output", progress.lock_name, "radar-fid")  # (after every check: it makes
     try:                                                                             # the folder)
         resume_at = progress.check(overwrite)
@@ -189,7 +194,7 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
             complete(result, ref, progress.resumed_at)
             with sigterm_ignored():  # (seconds of renames: cut off, neither progress nor outputs would be left)
                 write_fid_outputs(result, output, entries, progress.finish_npz, ref if writes_ref else None)
-                progress.remove()
+                _say_left(progress.remove(), progress.root)
     finally:
         progress.release()
         lock.release()
@@ -199,7 +204,7 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
                                             for j in range(split.num_workers))]
         result = merge_parts(parts, output, entries, num_samples, lambda: fid_reference(
             reference, writes_ref, output, feats, sha, batch_size, dev, feature_dim, inception, size), feats, is_splits,
-            batch_size, int(pipe.var.num_classes), base_seed, sampling.noise, complete)
+            batch_size, int(pipe.var.num_classes), base_seed, sampling.noise, complete, earlier_report)
         if not isinstance(result, dict):  # (another worker's turn, or stopped by SIGTERM)
             return result
         ref = result.pop("_reference")
@@ -260,13 +265,30 @@ def write_fid_outputs(result: dict, output, entries, fill_npz, ref_to_save) -> N
             ref_to_save.save(stage / "reference_stats.npz")
 
 
+def _stat(path: Path):
+    """(mtime_ns, size) of a file, None when there is none."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def _say_left(left: list[str], root: Path) -> None:
+    """A note of the files left in the progress folder, which radar-fid did not write (never removed)."""
+    if left:
+        print(f"radar-fid: note: left {', '.join(left[:3])}{' ...' if len(left) > 3 else ''} in {root}: not "
+              f"radar-fid's", file=sys.stderr)
+
+
 def merge_parts(parts, output, entries, num_samples, reference, feats, is_splits, batch_size, num_classes,
-                base_seed, noise, complete) -> dict | int:
+                base_seed, noise, complete, earlier_report=None) -> dict | int:
     """After a worker's share: with every part finished, their tallies and samples as one run's outputs (the
     report, completed by `complete(result, ref, resumed_at)`, with `_reference` the statistics used); else the
     command's exit status: 0 when a part is not finished yet (said so: the last worker to finish merges), 143
     when SIGTERM stopped the merge of the samples (which goes on when any worker runs again). Waits while another
-    worker merges."""
+    worker merges. `earlier_report`: `_stat` of OUTPUT/fid.json when this worker started (an earlier run's, which
+    --overwrite replaces, is not one another worker merged)."""
     from radar_train.cli.common import Stopped, end_stopped_run, sigterm_ignored, sigterm_stops
     from radar_train.inference.fid import merge_tallies, summarize
     from radar_train.inference.fid_progress import LOCK_NAME, part_name
@@ -286,7 +308,7 @@ def merge_parts(parts, output, entries, num_samples, reference, feats, is_splits
                 waited = True
             time.sleep(2.0)
     try:
-        if not parts[0].root.exists() and (Path(output) / "fid.json").is_file():
+        if not parts[0].root.exists() and _stat(Path(output) / "fid.json") not in (None, earlier_report):
             print(f"radar-fid: another worker merged the {n} parts into {Path(output) / 'fid.json'}")
             return 0
         finished = [p.finished() for p in parts]
@@ -295,6 +317,11 @@ def merge_parts(parts, output, entries, num_samples, reference, feats, is_splits
             more = " ..." if len(left) > 4 else ""
             print(f"radar-fid: {n - len(left)} of {n} parts done ({', '.join(left[:4])}{more} not yet): the last "
                   f"worker to finish writes {Path(output) / 'fid.json'}")
+            for j, p in enumerate(parts):  # (a worker run with other settings would never let the merge happen)
+                if finished[j] is None and (diffs := p.other_settings()):
+                    print(f"radar-fid: note: {p.dir} holds progress of other settings ({'; '.join(diffs)}, saved "
+                          f"vs this worker's): the merge takes it only once worker {j} has run with this worker's "
+                          f"settings (--overwrite starts it over)")
             return 0
         print(f"radar-fid: every one of the {n} parts is done: merging them into {output}")
         tally = merge_tallies([t for t, _ in finished])
@@ -317,7 +344,7 @@ def merge_parts(parts, output, entries, num_samples, reference, feats, is_splits
         with sigterm_ignored():  # (seconds of renames)
             write_fid_outputs(result, output, entries, lambda stage: link_samples(archives, parts[0].npz_names, stage),
                               ref if ref_key is not None else None)
-            parts[0].remove()
+            _say_left(parts[0].remove(), parts[0].root)
         result["_reference"] = ref
         return result
     finally:

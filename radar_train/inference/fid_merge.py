@@ -46,8 +46,10 @@ def _read_state(folder: Path, fingerprint: Mapping) -> dict:
                           f"({type(e).__name__}): remove {folder.parent} to start over") from None
     if same:
         return merged
-    shutil.rmtree(folder, ignore_errors=True)  # (none, or an earlier run's of other settings)
-    folder.mkdir(parents=True)
+    from radar_train.inference.fid_progress import remove_ours
+
+    remove_ours(folder, folder.parent)  # (none, or an earlier run's of other settings: radar-fid's files only)
+    folder.mkdir(parents=True, exist_ok=True)
     return {}
 
 
@@ -98,7 +100,12 @@ def merge_samples(root: Path, parts: Sequence, npz_names: Mapping[str, str], num
             for j in range(done, len(parts)):
                 p = parts[j]
                 if p.num_samples:
-                    writer.append_from(p.partial_path(run), p.num_samples)
+                    try:
+                        writer.append_from(p.partial_path(run), p.num_samples)
+                    except ValueError as e:  # (its samples are not what its progress records: sampled again)
+                        raise OutputError(f"--output {Path(root).parent}: {e}: remove {p.dir} and run worker "
+                                          f"{p.part[0]} again (it samples its share again; the merge then goes on)"
+                                          ) from None
                     writer.sync()
                 merged[name] = j + 1
                 _write_state(folder, fingerprint, merged)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Mapping, Optional
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 
 from radar_train.inference.fid import Tally
-from radar_train.inference.fid_merge import MERGE_DIR, parts_merged
+from radar_train.inference.fid_merge import MERGE_DIR, MERGE_STATE, parts_merged
 from radar_train.inference.npz import NpzImageWriter, unfinished_exists
 from radar_train.outputs import (OutputError, _remove, atomic_file, check_not_link, fingerprint_differences, is_temp_of,
                                  other_progress_error)
@@ -60,6 +61,80 @@ def _logits_name(run: str) -> str:
 
 def _partial_name(npz_name: str) -> str:
     return f"{npz_name}.partial"
+
+
+_PART = re.compile(r"^part-\d+-of-\d+$")
+
+
+def _ours(name: str) -> bool:
+    """A file name a run's (or a worker's) progress folder holds."""
+    return (name in (STATE_NAME, REFERENCE_NAME) or is_temp_of(name, STATE_NAME) or is_temp_of(name, REFERENCE_NAME)
+            or name in {_logits_name(r) for r in ALL_RUNS}
+            or name.startswith("samples_") and (name.endswith(".npz.partial") or name.endswith(".npz.partial.old")))
+
+
+def _ours_merged(name: str) -> bool:
+    """A file name of the workers' merge folder (fid_merge)."""
+    return (name == MERGE_STATE or is_temp_of(name, MERGE_STATE)
+            or name.startswith("samples_") and (name.endswith(".npz") or name.endswith(".npz.partial")
+                                                or name.endswith(".npz.partial.old")))
+
+
+def _owner(root: Path, rel: Path):
+    """The test of the names radar-fid writes in the folder `rel` of the progress root (None: none are)."""
+    if rel == Path("."):
+        return lambda n: _ours(n) or _PART.match(n) or n == MERGE_DIR
+    if len(rel.parts) == 1 and _PART.match(rel.name):
+        return _ours
+    if rel == Path(MERGE_DIR):
+        return _ours_merged
+    return None
+
+
+def foreign_entries(root: Path) -> list[str]:
+    """The entries under the progress folder `root` that radar-fid does not write (a user's files: refused, never
+    removed), relative to it; a link counts as foreign."""
+    out = []
+
+    def walk(folder: Path) -> None:
+        rel = folder.relative_to(root)
+        test = _owner(root, rel)
+        for e in sorted(folder.iterdir()):
+            name = (rel / e.name).as_posix()
+            if e.is_symlink() or test is None or not test(e.name):
+                out.append(name)
+            elif e.is_dir():
+                if _owner(root, rel / e.name) is None:
+                    out.append(name)
+                else:
+                    walk(e)
+            elif _owner(root, rel / e.name) is not None and rel == Path("."):  # (a file named part-... or merged)
+                out.append(name)
+
+    if root.is_dir() and not root.is_symlink():
+        walk(root)
+    return out
+
+
+def remove_ours(folder: Path, root: Path) -> list[str]:
+    """Remove what radar-fid wrote in `folder` (inside the progress folder `root`, or `root` itself), then the
+    folders left empty; what it did not write stays (returned, relative to `root`)."""
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    left = set(foreign_entries(root))
+    prefix = folder.relative_to(root).as_posix()
+    for path in sorted(folder.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+        rel = path.relative_to(root).as_posix()
+        if rel in left or any(rel.startswith(f"{f}/") for f in left):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            if not any(path.iterdir()):
+                path.rmdir()
+        else:
+            path.unlink(missing_ok=True)
+    if not any(folder.iterdir()):
+        folder.rmdir()
+    return sorted(f for f in left if prefix == "." or f == prefix or f.startswith(f"{prefix}/"))
 
 
 def cached_reference(output: str | os.PathLike, key: str):
@@ -132,10 +207,9 @@ class FidProgress:
         return [n for n in parts if not n.endswith(mine)] + [n for n in names if self._ours(n) and n != REFERENCE_NAME
                                                              and not is_temp_of(n, REFERENCE_NAME)]
 
-    def _ours(self, name: str) -> bool:
-        return (name in (STATE_NAME, REFERENCE_NAME) or is_temp_of(name, STATE_NAME) or is_temp_of(name, REFERENCE_NAME)
-                or name in {_logits_name(r) for r in ALL_RUNS}
-                or name.startswith("samples_") and (name.endswith(".npz.partial") or name.endswith(".npz.partial.old")))
+    @staticmethod
+    def _ours(name: str) -> bool:
+        return _ours(name)
 
     def _read_meta(self) -> dict:
         from safetensors import safe_open
@@ -155,11 +229,15 @@ class FidProgress:
     def check(self, overwrite: bool) -> int:
         """The sample this run goes on from (0: a fresh start). OutputError (one line) for a folder of that name
         that is not radar-fid progress, and for progress of other settings without `overwrite`."""
-        for folder in (self.root, self.dir):
+        for folder in (self.root, self.dir, self.root / MERGE_DIR):
             check_not_link(self.output, folder, "radar-fid")
         if (self.root.exists() or self.root.is_symlink()) and not self.root.is_dir():
             raise OutputError(f"--output {self.output}: {self.root} is not a folder of radar-fid progress: move it "
                               f"away, or choose another folder")
+        foreign = foreign_entries(self.root)  # (a worker's merge removes the whole folder: none may be a user's)
+        if foreign:
+            raise OutputError(f"--output {self.output}: {self.root} holds {', '.join(foreign[:3])}, so it is not "
+                              f"radar-fid progress: move it away, or choose another folder")
         conflicts = self._layout_conflicts()
         if conflicts and not overwrite:
             theirs = sorted({c.rsplit("-of-", 1)[1] if c.startswith("part-") else "1" for c in conflicts
@@ -174,11 +252,6 @@ class FidProgress:
         if not self.dir.is_dir():
             raise OutputError(f"--output {self.output}: {self.dir} is not a folder of radar-fid progress: move it "
                               f"away, or choose another folder")
-        foreign = sorted(e.name for e in self.dir.iterdir() if not self._ours(e.name) and not (
-            self.part is None and (e.name.startswith("part-") or e.name == MERGE_DIR)))
-        if foreign:
-            raise OutputError(f"--output {self.output}: {self.dir} holds {', '.join(foreign[:3])}, so it is not "
-                              f"radar-fid progress: move it away, or choose another folder")
         if not (self.dir / STATE_NAME).is_file():
             return 0  # a run stopped before its first save: nothing to go on from
         meta = self._read_meta()
@@ -208,11 +281,12 @@ class FidProgress:
         """Create the folder (a fresh start: what an earlier run left there goes) or read it; the tally to go
         on from, with the samples files open at that sample."""
         for name in self._stale:  # (an earlier run's of another worker count, with --overwrite)
-            _remove(self.root / name)
+            remove_ours(self.root / name, self.root) if (self.root / name).is_dir() else _remove(self.root / name)
         if not resume_at:
-            if self.dir.is_dir():
-                shutil.rmtree(self.dir)
-            self.dir.mkdir(parents=True)
+            if self.dir.is_dir():  # (checked: radar-fid's files only; the parts of a single run's folder are stale)
+                for e in list(self.dir.iterdir()):
+                    remove_ours(e, self.root) if e.is_dir() else e.unlink()
+            self.dir.mkdir(parents=True, exist_ok=True)
             self.created = True
             self._logits_saved = {r: (0, 0) for r in self.runs}
             self._open_files(0)
@@ -260,9 +334,16 @@ class FidProgress:
         if not (self.dir / STATE_NAME).is_file():
             return None
         meta = self._read_meta()
-        if meta["done"] != self.num_samples or fingerprint_differences(meta["fingerprint"], self.fingerprint):
+        if fingerprint_differences(meta["fingerprint"], self.fingerprint) or meta["done"] != self.num_samples:
             return None
         return self._load(meta, cut=False), meta
+
+    def other_settings(self) -> list[str]:
+        """The differences of this folder's saved settings from this run's (saved vs now; [] when none is saved
+        or they are the same): a worker run with other settings, or an earlier run's part. Reads only."""
+        if self.num_samples == 0 or not (self.dir / STATE_NAME).is_file():
+            return []
+        return fingerprint_differences(self._read_meta()["fingerprint"], self.fingerprint)
 
     def partial_path(self, run: str) -> Path:
         """The unfinished samples archive of `run` (--save_npz)."""
@@ -345,7 +426,8 @@ class FidProgress:
             if self.part is not None and self.root.is_dir() and not any(self.root.iterdir()):
                 self.root.rmdir()
 
-    def remove(self) -> None:
-        """The run is over and its report in place: the folder goes (with every part's, after their merge)."""
+    def remove(self) -> list[str]:
+        """The run is over and its report in place: what radar-fid wrote in the folder goes (with every part's,
+        after their merge), and the folder if nothing else is left; returns what was left (a user's files)."""
         self._close_logit_files()
-        shutil.rmtree(self.root, ignore_errors=True)
+        return remove_ours(self.root, self.root)

@@ -276,3 +276,82 @@ def test_sigterm_during_the_merge_stops_it_with_143_and_the_next_worker_run_fini
     assert (merged / "samples_vanilla.npz").read_bytes() == (single[9] / "samples_vanilla.npz").read_bytes()
     assert _main(_args(extractors, out, 9, *_worker(1, 3))) == 0
     _same_outputs(out, single[9], 3)
+
+
+@pytest.mark.parametrize("where, named", [("mydata/x.txt", "mydata"), ("notes.txt", "notes.txt"),
+                                          ("part-1-of-2/mine.txt", "part-1-of-2/mine.txt"),
+                                          ("merged/mine.txt", "merged/mine.txt")])
+def test_a_users_file_in_the_progress_folder_is_refused_and_never_removed(extractors, tmp_path, capsys, where, named):
+    """The merge removes the progress folder: a worker accepted a user's files in it (outside its own part), and
+    the merge deleted them with the rest."""
+    out = tmp_path / "fid"
+    mine = out / PROGRESS_DIR / where
+    mine.parent.mkdir(parents=True)
+    mine.write_text("mine")
+    assert _main(_args(extractors, out, 9, *_worker(0, 2))) == 2
+    assert f"{out / PROGRESS_DIR} holds {named}, so it is not radar-fid progress" in capsys.readouterr().err
+    assert mine.read_text() == "mine" and not (out / "fid.json").exists()
+
+
+def test_the_merge_removes_only_what_radar_fid_wrote(extractors, single, tmp_path, capsys):
+    """A user's file put in the progress folder while the workers run (after their checks) stays, and is named."""
+    from radar_train.inference.fid_progress import FidProgress
+
+    out = tmp_path / "fid"
+    assert _main(_args(extractors, out, 9, *_worker(0, 2))) == 0
+    mine = out / PROGRESS_DIR / "part-0-of-2" / "mine.txt"
+    mine.write_text("mine")
+    check = FidProgress.check
+    FidProgress.check = lambda self, overwrite: 0 if self.part == (1, 2) else check(self, overwrite)  # (after)
+    try:
+        assert _main(_args(extractors, out, 9, *_worker(1, 2))) == 0
+    finally:
+        FidProgress.check = check
+    assert mine.read_text() == "mine" and sorted(p.name for p in (out / PROGRESS_DIR).rglob("*")) == [
+        "mine.txt", "part-0-of-2"]
+    assert f"left part-0-of-2/mine.txt in {out / PROGRESS_DIR}: not radar-fid's" in capsys.readouterr().err
+    _same_outputs(out, single[9], 2)
+
+
+@pytest.mark.parametrize("other", [("--base_seed", "5"), ("--is_splits", "1")])
+def test_a_worker_of_other_settings_is_named_while_the_merge_waits(extractors, tmp_path, capsys, other):
+    """Each worker said only 'part-J not yet', for ever; and the settings used only by the merge (--is_splits,
+    --reference) came from whichever worker merged."""
+    out = tmp_path / "fid"
+    assert _main(_args(extractors, out, 9, *_worker(1, 2), *other)) == 0
+    capsys.readouterr()
+    assert _main(_args(extractors, out, 9, *_worker(0, 2))) == 0
+    said = capsys.readouterr().out
+    assert "1 of 2 parts done (part-1-of-2 not yet)" in said
+    key = other[0][2:]
+    assert f"{out / PROGRESS_DIR / 'part-1-of-2'} holds progress of other settings ({key}: " in said
+    assert "the merge takes it only once worker 1 has run with this worker's settings" in said
+    assert not (out / "fid.json").exists()
+
+
+def test_a_damaged_share_names_the_part_to_sample_again(extractors, single, tmp_path, capsys):
+    """A part's samples archive cut short: the merge said 'run any worker again to go on', which said it again."""
+    out = tmp_path / "fid"
+    assert _main(_args(extractors, out, 9, *_worker(1, 2))) == 0
+    partial = out / PROGRESS_DIR / "part-1-of-2" / "samples_vanilla.npz.partial"
+    partial.write_bytes(partial.read_bytes()[:-100])
+    capsys.readouterr()
+    assert _main(_args(extractors, out, 9, *_worker(0, 2))) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and f"remove {out / PROGRESS_DIR / 'part-1-of-2'} and run worker 1 again" in lines[0]
+    shutil.rmtree(out / PROGRESS_DIR / "part-1-of-2")
+    assert _main(_args(extractors, out, 9, *_worker(1, 2))) == 0
+    _same_outputs(out, single[9], 2)
+
+
+def test_a_worker_without_batches_does_not_take_an_earlier_report_for_a_merge(extractors, single, tmp_path, capsys):
+    out = tmp_path / "fid"
+    assert _main(_args(extractors, out, 9)) == 0  # an earlier run's fid.json
+    capsys.readouterr()
+    assert _main(_args(extractors, out, 6, *_worker(0, 4), "--overwrite")) == 0  # (worker 0 of 4 has no batch)
+    said = capsys.readouterr().out
+    assert "another worker merged" not in said and "parts done" in said
+    for k in (1, 2, 3):
+        assert _main(_args(extractors, out, 6, *_worker(k, 4), "--overwrite")) == 0
+    _same_outputs(out, single[6], 4)
