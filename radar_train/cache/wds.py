@@ -85,7 +85,8 @@ def check_not_inside_a_cache(output: str, option: str) -> None:
 
 def check_export_output(cache_dir: str, output: str, option: str = "--output", cache_option: str = "cache") -> None:
     """OutputError unless `output` may receive the export of `cache_dir`: new, empty, or an export of this
-    cache (resumed); never the cache, a folder inside it or holding it, another cache, or a file."""
+    cache (resumed); never the cache, a folder inside it or holding it, another cache, a folder inside another
+    cache or export, or a file."""
     from radar_train.outputs import OutputError, check_resume_dir
 
     out = check_resume_dir(output, MANIFEST_NAME, "a WebDataset export", option, {cache_option: cache_dir})
@@ -160,7 +161,9 @@ def _resolve(path_or_urls) -> tuple[list[str], Optional[list[int]]]:
             raise InputError(f"{p}: WebDataset index has no shardlist of urls")
         counts = [s.get("nsamples") for s in shards]
         return [str(p.parent / s["url"]) for s in shards], (counts if all(type(n) is int for n in counts) else None)
-    return [str(path_or_urls)], None
+    from webdataset.shardlists import expand_urls  # (a brace pattern, or several joined by ::)
+
+    return expand_urls(str(path_or_urls)), None
 
 
 def rank_batches(nsamples: Sequence[int], world_size: int, num_workers: int, batch_size: int,
@@ -188,7 +191,7 @@ def to_pair(sample: dict) -> dict[str, torch.Tensor]:
 def _check_count(url: Optional[str], n: int, counts: dict[str, int]) -> None:
     """InputError if the tar at `url` held fewer or more than the `counts` (the index's) pairs."""
     if url is not None and url in counts and n != counts[url]:
-        raise InputError(f"{url}: WebDataset tar holds {n} pairs, its index {counts[url]} (the tar cut short?); "
+        raise InputError(f"{url}: WebDataset tar holds {n} pairs, its index {counts[url]} (cut short, or replaced?); "
                          f"copy or export it again (radar-cache export-wds)")
 
 
@@ -252,24 +255,33 @@ class WdsPairs(IterableDataset):
         import webdataset as wds
 
         seed = epoch_seed(self.seed, epoch)
+        assigned: list[str] = []  # (the tars this process reads, as the splitters hand them out)
+
+        def split_by_worker(urls):
+            for u in wds.split_by_worker(urls):
+                assigned.append(u["url"] if isinstance(u, dict) else str(u))
+                yield u
+
         ds = wds.WebDataset(self.urls, shardshuffle=len(self.urls) if self.shardshuffle else False,
-                            nodesplitter=self._split_by_node, workersplitter=wds.split_by_worker,
+                            nodesplitter=self._split_by_node, workersplitter=split_by_worker,
                             empty_check=False, seed=seed, handler=self._read_failure)
-        ds = ds.compose(self._whole)
+        ds = ds.compose(lambda samples: self._whole(samples, assigned))
         if self.shuffle:
             ds = ds.shuffle(self.shuffle, seed=seed)
         return ds.decode(handler=self._decode_failure).compose(_pairs)  # (.map would put __key__ back in each dict)
 
-    def _whole(self, samples: Iterator[dict]) -> Iterator[dict]:
+    def _whole(self, samples: Iterator[dict], assigned: list[str]) -> Iterator[dict]:
         """The samples of each tar as read (before the shuffle: one tar after another), checked: every member of
         a pair there, and as many pairs as the index counts. A tar cut at a block boundary reads as a shorter
-        tar, without an error; then a pair lacks members, or the tar ends early."""
+        tar, without an error; then a pair lacks members, or the tar ends early, or (zeros, or an empty tar)
+        holds none: at the end, every tar of `assigned` (this process's) must have been seen."""
         counts = dict(zip(self.urls, self.nsamples)) if self.nsamples is not None else {}
-        url, n = None, 0
+        url, n, seen = None, 0, set()
         for sample in samples:
             if sample.get("__url__") != url:
                 _check_count(url, n, counts)
                 url, n = sample.get("__url__"), 0
+                seen.add(url)
             missing = [m for m in PAIR_MEMBERS if m not in sample]
             if missing:
                 raise InputError(f"{url}: WebDataset sample {sample.get('__key__')} has no {', '.join(missing)} "
@@ -277,25 +289,41 @@ class WdsPairs(IterableDataset):
             n += 1
             yield sample
         _check_count(url, n, counts)
+        for u in assigned:  # (reached only when the stream ends: not when a loader stops reading it early)
+            if u not in seen:
+                _check_count(u, 0, counts)
 
     def _read_failure(self, exn: Exception) -> bool:
-        """webdataset's error handler of the tar stages: a tar that cannot be read (cut short by a copy, empty,
-        gone) is an InputError naming it, instead of webdataset's traceback. The stage that reads a tar's members
-        does not know its url: its failure goes on to the stage that opened the tar, which appends the url to
-        the error's args and calls this again."""
+        """webdataset's error handler of the tar stages: a tar that cannot be read (gone, cut short by a copy,
+        empty, members twice) is an InputError naming it, instead of webdataset's traceback. The stage that reads
+        a tar's members does not know its url (its errors say " @ <file>"): its failure goes on to the stage that
+        opened the tar, which appends the url to the error's args and calls this again."""
         args = [a for a in getattr(exn, "args", ()) if isinstance(a, str)]
         url = next((a for a in reversed(args) if a in self.urls), None)
+        if url is None and str(getattr(exn, "filename", None)) in self.urls:  # (the opener's OSError)
+            url = str(exn.filename)
         reason = (args[0].split(" @ ")[0] if args and args[0] != url else "") or type(exn).__name__
-        if url is None:
+        if isinstance(exn, OSError) and exn.strerror:
+            reason = exn.strerror
+        if url is None and not isinstance(exn, _TarFailure) and args and " @ " in args[0]:
             raise _TarFailure(reason) from None
-        raise InputError(f"{url}: WebDataset tar cannot be read ({reason}); copy or export it again "
+        where = url if url is not None else f"a tar of {self._folder()}"
+        raise InputError(f"{where}: WebDataset tar cannot be read ({reason}); copy or export it again "
                          f"(radar-cache export-wds)") from None
 
     def _decode_failure(self, exn: Exception) -> bool:
-        """webdataset's error handler of the decoding: a member that does not decode is an InputError."""
-        where = self.urls[0] if len(self.urls) == 1 else f"{Path(self.urls[0]).parent} (a tar of)"
-        raise InputError(f"{where}: a WebDataset sample does not decode ({failure_reason(exn)}); copy or export "
-                         f"it again (radar-cache export-wds)") from None
+        """webdataset's error handler of the decoding: a member that does not decode is an InputError naming the
+        tar, the sample and the member (webdataset's DecodingError holds them, the cause as __cause__)."""
+        url, key, member = (getattr(exn, k, None) for k in ("url", "key", "k"))
+        where = url if url is not None else f"a tar of {self._folder()}"
+        cause = exn.__cause__ or exn
+        raise InputError(f"{where}: WebDataset sample {key} member {member} does not decode "
+                         f"({failure_reason(cause)}); copy or export it again (radar-cache export-wds)") from None
+
+    def _folder(self) -> str:
+        """The export's folder (its tars' common one), for a failure that names no tar."""
+        folders = {str(Path(u).parent) for u in self.urls}
+        return folders.pop() if len(folders) == 1 else "the export"
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch the next iteration reads (its shuffles' seed)."""

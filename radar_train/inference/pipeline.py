@@ -124,7 +124,6 @@ def check_labels(labels, num_classes: int) -> torch.Tensor:
         raise ValueError(f"labels must lie in [0, {num_classes}] ({num_classes} = unconditional), "
                          f"got {getattr(first, 'item', lambda: first)()}")
     return t.long()
-    return t
 
 
 def check_seeds(seeds, count: int) -> list[int]:

@@ -324,10 +324,51 @@ def test_a_tar_cut_short_after_the_export_names_itself_when_read(make_synthetic,
     tar = tmp_path / "wds" / "pairs-00001.tar"
     size = _cut_at(tar, cut)
     tar.write_bytes(tar.read_bytes()[:size])
-    assert cut_short(tar) == (size % 512 != 0 or size == 0)  # (a cut at a block boundary shows only when read)
+    # a tar is whole 512-byte blocks: the cut inside the member's data shows in the size, a cut at a block
+    # boundary only when the tar is read
+    assert cut_short(tar) == (cut in ("to nothing", "inside a member's data"))
     with pytest.raises(InputError, match=rf"^{tar}: {error}.*; copy or export it again \(radar-cache export-wds\)$"):
         list(WdsPairs(tmp_path / "wds"))
     assert not cut_short(tmp_path / "wds" / "pairs-00000.tar")
+
+
+@pytest.mark.parametrize("damage, error", [
+    ("gone", r"WebDataset tar cannot be read \(No such file or directory\)"),
+    ("zeros", r"WebDataset tar holds 0 pairs, its index 8"),  # (tarfile reads a zero block as the end)
+    ("an empty tar", r"WebDataset tar holds 0 pairs, its index 8"),
+    ("a member that does not decode", r"WebDataset sample 0000000008 member fhat_hq.npy does not decode \("),
+])
+def test_a_tar_damaged_after_the_dataset_was_made_names_itself(make_synthetic, tmp_path, damage, error):
+    """(A tar gone between the check and the read ended in a traceback without its name; one of zeros, or an empty
+    tar, left its pairs out without a word.)"""
+    import io
+    import tarfile
+
+    from radar_train.inputs import InputError
+
+    export_wds(str(make_synthetic(num_samples=24, shard_size=8)), str(tmp_path / "wds"), progress=False)
+    ds = WdsPairs(tmp_path / "wds")
+    tar = tmp_path / "wds" / "pairs-00001.tar"
+    if damage == "gone":
+        tar.unlink()
+    elif damage == "zeros":
+        tar.write_bytes(bytes(tar.stat().st_size))
+    elif damage == "an empty tar":
+        tarfile.open(tar, "w").close()
+    else:
+        with tarfile.open(tar) as t:
+            members = [(m, t.extractfile(m).read()) for m in t.getmembers()]
+        with tarfile.open(tar, "w") as t:
+            for m, data in members:
+                data = b"not an npy file" if m.name == "0000000008.fhat_hq.npy" else data
+                m.size = len(data)
+                t.addfile(m, io.BytesIO(data))
+    with pytest.raises(InputError, match=rf"^{tar}: {error}.*; copy or export it again \(radar-cache export-wds\)$"):
+        list(ds)
+
+
+def test_a_brace_pattern_names_the_tars():
+    assert WdsPairs("/data/wds/pairs-{00000..00002}.tar").urls == [f"/data/wds/pairs-0000{k}.tar" for k in range(3)]
 
 
 def test_webdataset_shuffles_each_epoch_anew_and_reproducibly(make_synthetic, tmp_path):
