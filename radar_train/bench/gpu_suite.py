@@ -372,7 +372,8 @@ def run_cache_section(args, results, log, deadline: float) -> None:
     from radar_train.cache.bench import format_rows, run_cache_benchmark
 
     overrides = ["--model.vae_checkpoint", "null", "--model.var_checkpoint", "null", "--model.init_seed", "0",
-                 "--plan.images_per_class", "null", "--plan.num_samples", "3072", "--plan.shard_size", "1024"]
+                 "--plan.images_per_class", "null", "--plan.num_samples", "3072", "--plan.shard_size", "1024",
+                 "--storage.chunk_size", "64"]  # (the layout of the runs before the config's shards of 1000)
     rows = run_cache_benchmark("configs/cache/d16_fastvar.yaml", overrides, parts=("generation",))
     log(format_rows(rows))
     _section(results, "cache", {"rows": rows})
