@@ -72,7 +72,7 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     """
     from radar_train.inference import PipelineArgs, RadarPipeline
     from radar_train.cache.workers import resolve_workers
-    from radar_train.inference.fid import file_sha256, load_inception, markdown_report, summarize
+    from radar_train.inference.fid import file_sha256, load_inception, markdown_report, reference_key, summarize
     from radar_train.inference.fid_progress import FidProgress, part_name, part_range
     from radar_train.train import run_lock
     from radar_train.cli.common import (STOPPED_STATUS, accel_inputs, check_device, check_positive, model_inputs,
@@ -83,6 +83,8 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     from radar_train.inputs import InputError
     from radar_train.outputs import check_output_dir
     from radar_train.seeding import seed_range_problems
+
+    earlier_report = _stat(Path(output) / "fid.json")  # (first: one another worker's merge writes later is new)
 
     check_positive(2, num_samples=num_samples)  # a covariance needs two samples (evaluate_generation's rule, up front)
     check_positive(batch_size=batch_size, is_splits=is_splits)
@@ -144,9 +146,14 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     note_merged_vqvae(pipe, model, "radar-fid", "the vanilla run (its FID, the gap closed's baseline)")
     fingerprint = {**fid_fingerprint(pipe, model, sha, num_samples, batch_size, base_seed, save_npz),
                    "num_workers": split.num_workers}
-    if split.num_workers > 1:  # (the merge's settings: every worker must give the ones the merging worker uses)
-        fingerprint.update(reference=None if reference is None else str(Path(reference).resolve()),
-                           is_splits=is_splits)
+    if split.num_workers > 1:  # (the merge's settings: every worker must give the ones the merging worker uses;
+        # by content, wherever each node finds the reference; left out at their defaults, as progress saved before
+        # they were part of it was)
+        if reference is not None:
+            fingerprint["reference"] = (reference_key(reference, sha["inception"], size) if writes_ref
+                                        else file_sha256(reference))
+        if inception_logits is not None and is_splits != 10:
+            fingerprint["is_splits"] = is_splits
     part = None if split.num_workers == 1 else (split.worker_index, split.num_workers)
     first, stop = (0, num_samples) if part is None else part_range(num_samples, batch_size, *part)
     progress = FidProgress(output, fingerprint, runs, npz_names, stop - first, size, part)
@@ -170,7 +177,6 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
         result["samples_npz"] = npz_names or None
         return result
 
-    earlier_report = _stat(Path(output) / "fid.json")
     lock = run_lock.acquire(output, "--output", progress.lock_name, "radar-fid")  # (after every check: it makes
     try:                                                                             # the folder)
         resume_at = progress.check(overwrite)
@@ -194,7 +200,7 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
             complete(result, ref, progress.resumed_at)
             with sigterm_ignored():  # (seconds of renames: cut off, neither progress nor outputs would be left)
                 write_fid_outputs(result, output, entries, progress.finish_npz, ref if writes_ref else None)
-                _say_left(progress.remove(), progress.root)
+                _say_left(progress.remove, progress.root)
     finally:
         progress.release()
         lock.release()
@@ -266,16 +272,22 @@ def write_fid_outputs(result: dict, output, entries, fill_npz, ref_to_save) -> N
 
 
 def _stat(path: Path):
-    """(mtime_ns, size) of a file, None when there is none."""
+    """(inode, mtime_ns, size) of a file (a report put in place by a rename has a new inode), None when none."""
     try:
         st = path.stat()
     except OSError:
         return None
-    return st.st_mtime_ns, st.st_size
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-def _say_left(left: list[str], root: Path) -> None:
-    """A note of the files left in the progress folder, which radar-fid did not write (never removed)."""
+def _say_left(remove, root: Path) -> None:
+    """Run `remove` (the progress folder's removal, the outputs being in place) and note the files it left, which
+    radar-fid did not write (never removed); a failure is a note too: the run's outputs are complete."""
+    try:
+        left = remove()
+    except OSError as e:
+        print(f"radar-fid: note: {root} could not be removed ({e}); the outputs are complete", file=sys.stderr)
+        return
     if left:
         print(f"radar-fid: note: left {', '.join(left[:3])}{' ...' if len(left) > 3 else ''} in {root}: not "
               f"radar-fid's", file=sys.stderr)
@@ -308,7 +320,7 @@ def merge_parts(parts, output, entries, num_samples, reference, feats, is_splits
                 waited = True
             time.sleep(2.0)
     try:
-        if not parts[0].root.exists() and _stat(Path(output) / "fid.json") not in (None, earlier_report):
+        if _stat(Path(output) / "fid.json") not in (None, earlier_report):
             print(f"radar-fid: another worker merged the {n} parts into {Path(output) / 'fid.json'}")
             return 0
         finished = [p.finished() for p in parts]
@@ -320,8 +332,9 @@ def merge_parts(parts, output, entries, num_samples, reference, feats, is_splits
             for j, p in enumerate(parts):  # (a worker run with other settings would never let the merge happen)
                 if finished[j] is None and (diffs := p.other_settings()):
                     print(f"radar-fid: note: {p.dir} holds progress of other settings ({'; '.join(diffs)}, saved "
-                          f"vs this worker's): the merge takes it only once worker {j} has run with this worker's "
-                          f"settings (--overwrite starts it over)")
+                          f"vs this worker's): every worker must run with the same settings (worker {j} with these, "
+                          f"or this one with those; a part an earlier run left goes when its worker runs with "
+                          f"--overwrite)")
             return 0
         print(f"radar-fid: every one of the {n} parts is done: merging them into {output}")
         tally = merge_tallies([t for t, _ in finished])
@@ -344,7 +357,7 @@ def merge_parts(parts, output, entries, num_samples, reference, feats, is_splits
         with sigterm_ignored():  # (seconds of renames)
             write_fid_outputs(result, output, entries, lambda stage: link_samples(archives, parts[0].npz_names, stage),
                               ref if ref_key is not None else None)
-            _say_left(parts[0].remove(), parts[0].root)
+            _say_left(parts[0].remove, parts[0].root)
         result["_reference"] = ref
         return result
     finally:

@@ -95,7 +95,13 @@ def merge_samples(root: Path, parts: Sequence, npz_names: Mapping[str, str], num
             raise OutputError(f"--output {Path(root).parent}: {partial}, which holds the samples of "
                               f"{done} parts, is missing: remove {root} to start over")
         resume_at = sum(p.num_samples for p in parts[:done])
-        writer = NpzImageWriter(path, num_samples, image_size, partial=partial, resume_at=resume_at)
+        try:
+            writer = NpzImageWriter(path, num_samples, image_size, partial=partial, resume_at=resume_at)
+        except ValueError as e:  # (its first parts' samples are only in it: those parts are sampled again)
+            taken = parts[:max(merged.values())]  # (whose archives of some run are only in merged/)
+            raise OutputError(f"--output {Path(root).parent}: {e}: remove {folder} and "
+                              f"{', '.join(str(p.dir) for p in taken)} and run their workers again (they "
+                              f"sample their shares again; the merge then starts over)") from None
         try:
             for j in range(done, len(parts)):
                 p = parts[j]

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -93,22 +92,29 @@ def _owner(root: Path, rel: Path):
 
 def foreign_entries(root: Path) -> list[str]:
     """The entries under the progress folder `root` that radar-fid does not write (a user's files: refused, never
-    removed), relative to it; a link counts as foreign."""
+    removed), relative to it; a link counts as foreign. Entries that go while it looks (another worker's merge
+    removing the folder) are skipped."""
     out = []
 
     def walk(folder: Path) -> None:
         rel = folder.relative_to(root)
         test = _owner(root, rel)
-        for e in sorted(folder.iterdir()):
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for e in entries:
             name = (rel / e.name).as_posix()
-            if e.is_symlink() or test is None or not test(e.name):
+            try:
+                link, is_dir = e.is_symlink(), e.is_dir(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            sub = _owner(root, rel / e.name)
+            if link or test is None or not test(e.name) or (is_dir and sub is None):
                 out.append(name)
-            elif e.is_dir():
-                if _owner(root, rel / e.name) is None:
-                    out.append(name)
-                else:
-                    walk(e)
-            elif _owner(root, rel / e.name) is not None and rel == Path("."):  # (a file named part-... or merged)
+            elif is_dir:
+                walk(Path(e.path))
+            elif sub is not None and rel == Path("."):  # (a file named part-... or merged)
                 out.append(name)
 
     if root.is_dir() and not root.is_symlink():
@@ -118,22 +124,28 @@ def foreign_entries(root: Path) -> list[str]:
 
 def remove_ours(folder: Path, root: Path) -> list[str]:
     """Remove what radar-fid wrote in `folder` (inside the progress folder `root`, or `root` itself), then the
-    folders left empty; what it did not write stays (returned, relative to `root`)."""
+    folders left empty; what it did not write stays (returned, relative to `root`). Entries that go meanwhile
+    (another worker's merge) are no error."""
     if not folder.is_dir() or folder.is_symlink():
         return []
     left = set(foreign_entries(root))
     prefix = folder.relative_to(root).as_posix()
-    for path in sorted(folder.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+    try:
+        paths = sorted(folder.rglob("*"), key=lambda q: len(q.parts), reverse=True)
+    except FileNotFoundError:
+        paths = []
+    for path in paths + [folder]:
         rel = path.relative_to(root).as_posix()
         if rel in left or any(rel.startswith(f"{f}/") for f in left):
             continue
-        if path.is_dir() and not path.is_symlink():
-            if not any(path.iterdir()):
-                path.rmdir()
-        else:
-            path.unlink(missing_ok=True)
-    if not any(folder.iterdir()):
-        folder.rmdir()
+        try:
+            if path.is_dir() and not path.is_symlink():
+                if not any(path.iterdir()):
+                    path.rmdir()
+            elif (test := _owner(root, path.parent.relative_to(root))) is not None and test(path.name):
+                path.unlink()  # (a name of ours: again, for a file put there after `left` was made)
+        except FileNotFoundError:
+            pass
     return sorted(f for f in left if prefix == "." or f == prefix or f.startswith(f"{prefix}/"))
 
 
@@ -284,8 +296,7 @@ class FidProgress:
             remove_ours(self.root / name, self.root) if (self.root / name).is_dir() else _remove(self.root / name)
         if not resume_at:
             if self.dir.is_dir():  # (checked: radar-fid's files only; the parts of a single run's folder are stale)
-                for e in list(self.dir.iterdir()):
-                    remove_ours(e, self.root) if e.is_dir() else e.unlink()
+                remove_ours(self.dir, self.root)
             self.dir.mkdir(parents=True, exist_ok=True)
             self.created = True
             self._logits_saved = {r: (0, 0) for r in self.runs}
@@ -422,9 +433,12 @@ class FidProgress:
             w.release()
         self.writers = {}
         if self.created and self._saved_done is None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            if self.part is not None and self.root.is_dir() and not any(self.root.iterdir()):
-                self.root.rmdir()
+            remove_ours(self.dir, self.root)
+            if self.part is not None:
+                try:
+                    self.root.rmdir()  # (only when empty)
+                except OSError:
+                    pass
 
     def remove(self) -> list[str]:
         """The run is over and its report in place: what radar-fid wrote in the folder goes (with every part's,

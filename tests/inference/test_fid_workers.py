@@ -325,7 +325,7 @@ def test_a_worker_of_other_settings_is_named_while_the_merge_waits(extractors, t
     assert "1 of 2 parts done (part-1-of-2 not yet)" in said
     key = other[0][2:]
     assert f"{out / PROGRESS_DIR / 'part-1-of-2'} holds progress of other settings ({key}: " in said
-    assert "the merge takes it only once worker 1 has run with this worker's settings" in said
+    assert "every worker must run with the same settings (worker 1 with these, or this one with those" in said
     assert not (out / "fid.json").exists()
 
 
@@ -355,3 +355,38 @@ def test_a_worker_without_batches_does_not_take_an_earlier_report_for_a_merge(ex
     for k in (1, 2, 3):
         assert _main(_args(extractors, out, 6, *_worker(k, 4), "--overwrite")) == 0
     _same_outputs(out, single[6], 4)
+
+
+def test_workers_given_copies_of_one_reference_at_other_paths_merge(extractors, tmp_path, capsys):
+    """The reference is a setting the workers share by content: each node may read its own copy (node-local
+    scratch); the path was compared, and the merge waited for ever."""
+    import numpy as np
+
+    for node in ("a", "b"):
+        (tmp_path / node).mkdir()
+        np.savez(tmp_path / node / "ref.npz", mu=np.zeros(16), sigma=np.eye(16))
+    out = tmp_path / "fid"
+    assert _main(_args(extractors, out, 9, *_worker(1, 2), "--reference", str(tmp_path / "a" / "ref.npz"))) == 0
+    assert _main(_args(extractors, out, 9, *_worker(0, 2), "--reference", str(tmp_path / "b" / "ref.npz"))) == 0
+    assert set(json.loads((out / "fid.json").read_text())["fid_vs_reference"]) == {"vanilla", "accelerated"}
+    np.savez(tmp_path / "b" / "ref.npz", mu=np.ones(16), sigma=np.eye(16))  # other statistics: another setting
+    out2 = tmp_path / "fid2"
+    assert _main(_args(extractors, out2, 9, *_worker(1, 2), "--reference", str(tmp_path / "a" / "ref.npz"))) == 0
+    capsys.readouterr()
+    assert _main(_args(extractors, out2, 9, *_worker(0, 2), "--reference", str(tmp_path / "b" / "ref.npz"))) == 0
+    assert "holds progress of other settings (reference: " in capsys.readouterr().out
+
+
+def test_a_run_stopped_before_its_first_save_removes_only_its_own_files(tmp_path):
+    """(A fresh run that saved nothing removed the whole progress folder, a file put there meanwhile too.)"""
+    from radar_train.inference.fid_progress import FidProgress
+
+    for part in (None, (1, 2)):
+        out = tmp_path / f"out{part is None}"
+        progress = FidProgress(out, {}, ["vanilla"], {"vanilla": "samples_vanilla.npz"}, 3, 8, part)
+        assert progress.check(False) == 0
+        progress.open(0)
+        mine = out / PROGRESS_DIR / "notes.txt"
+        mine.write_text("mine")
+        progress.release()
+        assert mine.read_text() == "mine" and sorted(p.name for p in (out / PROGRESS_DIR).rglob("*")) == ["notes.txt"]
