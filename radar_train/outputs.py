@@ -168,6 +168,14 @@ def check_output_dir(path: PathLike, writes: Sequence[str], option: str = "--out
     _folder_or_nothing(p, option)
     check_no_overlap(option, p, inputs, [p / w for w in writes])
     existing = [w for w in writes if (p / w).exists() or (p / w).is_symlink()]
+    # an entry named as a file (eval.json) that is a folder, or one named as a folder (restored) that is a file:
+    # not an earlier run's output but something else of that name, never replaced, even with overwrite
+    other_kind = [w for w in existing if (p / w).is_dir() != (not Path(w).suffix)]
+    if other_kind:
+        w = other_kind[0]
+        kind = "a folder" if (p / w).is_dir() else "a file"
+        raise OutputError(f"{option} {p}: {w} is {kind}, not what this command writes there: it is never replaced "
+                          f"(not with --overwrite either); move it away, or choose another folder")
     if existing and not overwrite:
         raise OutputError(f"{option} {p} already holds {', '.join(existing)} (an earlier run's output): pass "
                           f"--overwrite to replace them, or choose another folder")

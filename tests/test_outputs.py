@@ -363,3 +363,24 @@ def test_a_resumed_folder_that_is_a_link_to_nothing_is_said_to_be_one(tmp_path):
                             f"or make the one it names")
     (tmp_path / "gone").mkdir()
     assert check_resume_dir(tmp_path / "out", "manifest.json", "a cache", "--output") == tmp_path / "out"
+
+
+def test_an_entry_of_another_kind_is_never_replaced_even_with_overwrite(tmp_path):
+    """A folder where the command writes a file (metrics.json/), or a file where it writes a folder (restored): not
+    an earlier run's output. --overwrite moved the folder, with the user's files in it, into the staging folder,
+    which was deleted."""
+    out = tmp_path / "out"
+    (out / "metrics.json").mkdir(parents=True)
+    (out / "metrics.json" / "keep.txt").write_text("mine")
+    with pytest.raises(OutputError, match=r"metrics.json is a folder, not what this command writes there: it is "
+                                          r"never replaced \(not with --overwrite either\)"):
+        check_output_dir(out, ["metrics.json", "restored"], overwrite=True)
+    (out / "metrics.json" / "keep.txt").unlink()
+    (out / "metrics.json").rmdir()
+    (out / "restored").write_text("mine")
+    with pytest.raises(OutputError, match=r"restored is a file, not what this command writes there"):
+        check_output_dir(out, ["metrics.json", "restored"], overwrite=True)
+    (out / "restored").unlink()
+    (out / "metrics.json").write_text("{}")
+    (out / "restored").mkdir()
+    assert check_output_dir(out, ["metrics.json", "restored"], overwrite=True) == out  # an earlier run's: replaced

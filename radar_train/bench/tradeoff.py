@@ -449,13 +449,19 @@ def redraw(result: str, output: str, quality_metric: str = "auto", speed: Litera
     from radar_train.outputs import atomic_file, check_output_file
 
     doc = read_json(result, "tradeoff result")
-    if not isinstance(doc, dict) or not {"rows", "groups", "quality_metric", "config"} <= set(doc):
-        raise ValueError(f"{result}: not a radar-bench tradeoff result (needs rows, groups, quality_metric, config)")
+    needs = ("rows", "groups", "quality_metric", "config", "num_samples", "device")
+    if not isinstance(doc, dict) or not set(needs) <= set(doc):
+        raise ValueError(f"{result}: not a radar-bench tradeoff result (needs {', '.join(needs)})")
     doc = {**doc, "quality_metric": resolve_metric(quality_metric, bool(doc.get("toy_fid")), "--quality_metric"),
            "speed_axis": speed}
     check_output_file(output, "output", inputs={"result": result}, overwrite=overwrite)  # (positionals: by name)
+    try:  # (drawn before anything is written: a hand-edited result fails here)
+        chart = draw_chart(doc)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise ValueError(f"{result}: not a radar-bench tradeoff result its chart can be drawn from "
+                         f"({type(e).__name__}: {e})") from None
     with atomic_file(output) as tmp:
-        draw_chart(doc).save(tmp, format="PNG")
+        chart.save(tmp, format="PNG")
     print(f"wrote {output}")
     return 0
 

@@ -29,7 +29,8 @@ from radar_train.bench.record import environment
 from radar_train.outputs import check_output_dir, staged_entries, write_report
 from radar_train.toyworld.measure import TABLE_COLUMNS, flat_rows, group_summary, markdown_table
 
-OUTPUT_FILES = ("metrics.json", "metrics.md")
+OUTPUT_FILES = ("metrics.json", "metrics.md", "toyworld_grid.png")  # (the grid: radar-toy measure's, which a
+# combination does not draw; an earlier run's in the folder would stand beside the combined results)
 SAME_CONFIG = ("model", "classifier", "sampling", "images_per_class", "base_seed", "fid_reference_images",
                "num_heldout_images")
 """The `config` fields that define what is measured (not how many settings or adapters, nor the batch size)."""

@@ -104,6 +104,11 @@ def test_redraw_draws_an_earlier_result_with_another_metric(tmp_path, capsys):
     with pytest.raises(ValueError, match="not a radar-bench tradeoff result"):
         (tmp_path / "other.json").write_text(json.dumps({"rows": []}))
         redraw(str(tmp_path / "other.json"), str(tmp_path / "x.png"))
+    # the keys it checks, but a config the chart cannot be drawn from: one line, not draw_chart's KeyError
+    (tmp_path / "other.json").write_text(json.dumps({k: doc[k] for k in ("rows", "groups", "quality_metric",
+                                                                         "num_samples", "device")} | {"config": {}}))
+    with pytest.raises(ValueError, match=r"not a radar-bench tradeoff result its chart can be drawn from \(KeyError"):
+        redraw(str(tmp_path / "other.json"), str(tmp_path / "x.png"))
     assert not (tmp_path / "x.png").exists()
 
 

@@ -228,3 +228,24 @@ def test_the_well_formed_result_of_these_tests_combines(tmp_path):
         (tmp_path / name).write_text(json.dumps(_result()))
     report = run_combine([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
     assert report["methods"]["fastvar:aggressive"]["adapters"]["paa"]["g_mse"] == 0.3
+
+
+def test_combine_with_overwrite_removes_an_earlier_measurements_grid(tmp_path):
+    """(The grid of an earlier radar-toy measure in the folder stood beside the combined results as if it were
+    theirs.)"""
+    for name in ("a.json", "b.json"):
+        (tmp_path / name).write_text(json.dumps(_result()))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "toyworld_grid.png").write_bytes(b"an earlier run's grid")
+    with pytest.raises(ValueError, match="toyworld_grid.png"):
+        run_combine([str(tmp_path / "a.json"), str(tmp_path / "b.json")], str(out))
+    run_combine([str(tmp_path / "a.json"), str(tmp_path / "b.json")], str(out), overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "metrics.md"]
+
+
+def test_a_masks_budget_keeps_its_digits():
+    from radar_train.toyworld.masks import budget_text, setting_name
+
+    assert budget_text(0.5) == "0.5" and budget_text(0.5000001) == "0.5000001" and budget_text(0.1 + 0.2) == "0.3"
+    assert setting_name("window", 0.5) != setting_name("window", 0.5000001)
