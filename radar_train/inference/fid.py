@@ -266,14 +266,14 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def reference_key(folder: str | Path, extractor_sha256: str, image_size: Optional[int] = None) -> str:
+def reference_key(folder: str | Path, extractor_sha256: str, image_size: int) -> str:
     """What identifies the statistics of a folder of reference images: its image files (relative path, size,
     modification time), the extractor's sha256 and the size the images are brought to, hashed (a resumed
     radar-fid reuses statistics of that key)."""
     import hashlib
 
     root = Path(folder)
-    h = hashlib.sha256(extractor_sha256.encode() + (b"" if image_size is None else f"\nsize {image_size}".encode()))
+    h = hashlib.sha256(f"{extractor_sha256}\nsize {image_size}".encode())
     for f in _image_files(root):
         st = f.stat()
         h.update(f"\n{f.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}".encode())

@@ -216,12 +216,8 @@ class FidProgress:
         if self.part is None:
             return parts + [n for n in names if n == MERGE_DIR]
         mine = f"-of-{self.part[1]}"
-        return [n for n in parts if not n.endswith(mine)] + [n for n in names if self._ours(n) and n != REFERENCE_NAME
+        return [n for n in parts if not n.endswith(mine)] + [n for n in names if _ours(n) and n != REFERENCE_NAME
                                                              and not is_temp_of(n, REFERENCE_NAME)]
-
-    @staticmethod
-    def _ours(name: str) -> bool:
-        return _ours(name)
 
     def _read_meta(self) -> dict:
         from safetensors import safe_open
@@ -293,7 +289,10 @@ class FidProgress:
         """Create the folder (a fresh start: what an earlier run left there goes) or read it; the tally to go
         on from, with the samples files open at that sample."""
         for name in self._stale:  # (an earlier run's of another worker count, with --overwrite)
-            remove_ours(self.root / name, self.root) if (self.root / name).is_dir() else _remove(self.root / name)
+            if (self.root / name).is_dir():
+                remove_ours(self.root / name, self.root)
+            else:
+                _remove(self.root / name)
         if not resume_at:
             if self.dir.is_dir():  # (checked: radar-fid's files only; the parts of a single run's folder are stale)
                 remove_ours(self.dir, self.root)

@@ -96,6 +96,12 @@ def _one_per_sample(values, name: str, what: str) -> None:
         raise TypeError(f"{name} must be a sequence ({what}), got {type(values).__name__}")
 
 
+def _as_given(labels, i: int):
+    """Label i as the caller gave it (the checked tensor may hold it rounded, or wrapped round), as a number."""
+    value = labels[i]
+    return value.item() if hasattr(value, "item") else value
+
+
 def check_labels(labels, num_classes: int) -> torch.Tensor:
     """`labels` as a (B,) int64 CPU tensor: a sequence, 1-D array or 1-D tensor of whole class numbers in
     [0, num_classes] (num_classes = unconditional). TypeError / ValueError naming `labels` otherwise: a
@@ -116,13 +122,11 @@ def check_labels(labels, num_classes: int) -> torch.Tensor:
     if t.is_floating_point():
         bad = (~(t.isfinite() & (t == t.round()))).nonzero()
         if bad.numel():
-            first = labels[int(bad[0])]  # as given (the tensor may hold it rounded to float32)
-            raise ValueError(f"labels must be whole class numbers, got {getattr(first, 'item', lambda: first)()}")
+            raise ValueError(f"labels must be whole class numbers, got {_as_given(labels, int(bad[0]))}")
     outside = ((t < 0) | (t > num_classes)).nonzero()  # (before .long(): 1e20 would wrap round)
     if outside.numel():
-        first = labels[int(outside[0])]
         raise ValueError(f"labels must lie in [0, {num_classes}] ({num_classes} = unconditional), "
-                         f"got {getattr(first, 'item', lambda: first)()}")
+                         f"got {_as_given(labels, int(outside[0]))}")
     return t.long()
 
 

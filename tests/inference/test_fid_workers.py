@@ -293,7 +293,7 @@ def test_a_users_file_in_the_progress_folder_is_refused_and_never_removed(extrac
     assert mine.read_text() == "mine" and not (out / "fid.json").exists()
 
 
-def test_the_merge_removes_only_what_radar_fid_wrote(extractors, single, tmp_path, capsys):
+def test_the_merge_removes_only_what_radar_fid_wrote(extractors, single, tmp_path, capsys, monkeypatch):
     """A user's file put in the progress folder while the workers run (after their checks) stays, and is named."""
     from radar_train.inference.fid_progress import FidProgress
 
@@ -301,12 +301,10 @@ def test_the_merge_removes_only_what_radar_fid_wrote(extractors, single, tmp_pat
     assert _main(_args(extractors, out, 9, *_worker(0, 2))) == 0
     mine = out / PROGRESS_DIR / "part-0-of-2" / "mine.txt"
     mine.write_text("mine")
-    check = FidProgress.check
-    FidProgress.check = lambda self, overwrite: 0 if self.part == (1, 2) else check(self, overwrite)  # (after)
-    try:
-        assert _main(_args(extractors, out, 9, *_worker(1, 2))) == 0
-    finally:
-        FidProgress.check = check
+    check = FidProgress.check  # (the file comes after worker 1's check)
+    monkeypatch.setattr(FidProgress, "check",
+                        lambda self, overwrite: 0 if self.part == (1, 2) else check(self, overwrite))
+    assert _main(_args(extractors, out, 9, *_worker(1, 2))) == 0
     assert mine.read_text() == "mine" and sorted(p.name for p in (out / PROGRESS_DIR).rglob("*")) == [
         "mine.txt", "part-0-of-2"]
     assert f"left part-0-of-2/mine.txt in {out / PROGRESS_DIR}: not radar-fid's" in capsys.readouterr().err
