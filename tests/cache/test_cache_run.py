@@ -244,22 +244,52 @@ def test_check_reads_the_checkpoint_files_as_a_run_does(tmp_path, capsys):
 CONFIGS = sorted((REPO / "configs" / "cache").rglob("*.yaml"))
 
 
+def _mask_of_the_shapes(preset, path: Path) -> Path:
+    """An SCA mask file of `preset`'s shapes (uniform tile scores; what `radar-accel calibrate` writes for it
+    on real weights), for a shipped config that names a mask calibrated on the user's machine."""
+    from radar_train.accel.calibrate import write_sca_mask
+    from radar_train.accel.sca import default_scales, default_tile, scale_tiles
+    from radar_train.config import SCAArgs
+
+    var, pns = preset.var, list(preset.var.patch_nums)
+    sides = default_scales(pns)
+    tile = default_tile(pns, sides)
+    scores = {name: {} for name in ("score_q", "score_kv", "score_q_head", "score_kv_head")}
+    for pn in sides:
+        g = scale_tiles(pns, pns.index(pn), tile)
+        for name in scores:
+            heads = (var.num_heads,) if name.endswith("_head") else ()
+            scores[name][pn] = torch.ones(var.depth, *heads, g.nq, g.nk, dtype=torch.float64)
+    model = {"preset": preset.name, "depth": var.depth, "num_heads": var.num_heads, "embed_dim": var.embed_dim}
+    write_sca_mask(path, SCAArgs(), pns, scores, tile=tile, tau=1.0, rows=1, num_samples=1, seed=0, batch_size=1,
+                   model=model, sampling={})
+    return path
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
-def test_every_cache_config_parses_and_validates(path):
+def test_every_cache_config_parses_and_validates(path, tmp_path):
     from radar_train.accel import build_accel
     from radar_train.cache.plan import Plan
     from radar_train.models import get_preset
 
-    assert path.read_text().startswith(f"# radar-cache run --config configs/cache/{path.relative_to(REPO / 'configs/cache')}")
+    text = path.read_text()
+    assert text.startswith(f"# radar-cache run --config configs/cache/{path.relative_to(REPO / 'configs/cache')}")
     args = run_args(build_run_parser().parse_args(["--config", str(path)]))
     assert args.problems() == []
     preset = get_preset(args.model.preset)
     assert Plan.from_args(args.plan, preset.var.num_classes).num_samples > 0
-    build_accel(args.accel, preset.var.patch_nums, preset.var.depth)
+    mask = args.accel.sca.mask_file if args.accel.method == "sca" else None
+    if mask is not None and not (REPO / mask).exists():  # calibrated on the real weights by the header's command
+        assert f"--accel.method sca --output {mask}" in text and f"--model.preset {preset.name}" in text, mask
+        args.accel.sca.mask_file = str(_mask_of_the_shapes(preset, tmp_path / "mask.safetensors"))
+    elif mask is not None:
+        args.accel.sca.mask_file = str(REPO / mask)
+    build_accel(args.accel, preset.var.patch_nums, preset.var.depth)  # (ConfigError: every problem)
 
 
 def test_there_are_cache_configs():
-    assert {p.name for p in CONFIGS} >= {"tiny.yaml", "d16_fastvar.yaml", "d16_stagevar.yaml", "d36_fastvar.yaml"}
+    assert {p.name for p in CONFIGS} >= {"tiny.yaml", "d16_fastvar.yaml", "d16_stagevar.yaml", "d36_fastvar.yaml",
+                                         "d20_sca.yaml", "d24_sca.yaml", "d30_sca.yaml"}  # (RADAR's main table)
 
 
 def test_skipped_scales_are_stored_as_minus_one(tmp_path):
