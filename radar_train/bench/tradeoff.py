@@ -32,6 +32,7 @@ from typing import Callable, Literal, Optional, Sequence
 import torch
 
 from radar_train.config import ModelArgs, SamplingConfig
+from radar_train.formatting import fixed
 from radar_train.seeding import seed_range_problems
 from radar_train.toyworld.measure import (DEFAULT_METHODS, AdapterSpec, adapter_group, adapter_table, fid_gaps,
                                           group_summary, quality_vs_vanilla, restoration, toy_model, toy_sampling)
@@ -173,7 +174,7 @@ def run_tradeoff(cfg: TradeoffConfig, output: Optional[str] = None, overwrite: b
     from radar_train.models import load_models
     from radar_train.outputs import check_output_dir, staged_entries, write_report
     from radar_train.sampling import NextScaleSampler
-    from radar_train.toyworld.measure import decode01, load_adapted_decoder, sample_fhat
+    from radar_train.toyworld.measure import check_adapter_folders, decode01, load_adapted_decoder, sample_fhat
 
     _check(cfg)
     dev, amp = resolve_device(cfg.timing.device, cfg.timing.dtype, "--setup.timing")
@@ -186,6 +187,7 @@ def run_tradeoff(cfg: TradeoffConfig, output: Optional[str] = None, overwrite: b
                          inputs={"--setup.adapters": folders, "--setup.classifier": cfg.classifier,
                                  "--setup.model.vae_checkpoint": cfg.model.vae_checkpoint,
                                  "--setup.model.var_checkpoint": cfg.model.var_checkpoint})
+    check_adapter_folders(folders)
     judge = fid = None
     if toy:  # a file that is no toy classifier: one line before the models load
         from radar_train.toyworld.classifier import accuracy
@@ -397,7 +399,8 @@ def _fmt(v, kind: str) -> str:
         if sd is None:
             return mean
         return f"{mean} ± {_fmt(sd, kind)}" if kind != "pct" else f"{mean[:-2]} ± {_fmt(sd, kind)}"
-    return {"x": f"{v:.2f}x", "f1": f"{v:.1f}", "f2": f"{v:.2f}", "f3": f"{v:.3f}", "pct": f"{100 * v:.1f} %"}[kind]
+    return {"x": f"{fixed(v, 2)}x", "f1": fixed(v, 1), "f2": fixed(v, 2), "f3": fixed(v, 3),
+            "pct": f"{fixed(v, 1, scale=100)} %"}[kind]
 
 
 def markdown_table(doc: dict) -> str:

@@ -35,6 +35,7 @@ from typing import Optional, Sequence
 
 from radar_train.accel.base import AccelMethod
 from radar_train.config import ModelArgs, SamplingConfig
+from radar_train.formatting import fixed
 from radar_train.toyworld.measure import (AdapterSpec, MeasureConfig, adapter_table, group_summary, toy_model,
                                           toy_sampling)
 from radar_train.toyworld.preset import WEIGHTS_DIR
@@ -371,7 +372,7 @@ def targets(report: dict) -> dict:
 def _f(v, kind: str) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
-    return {"pct": f"{100 * v:.1f} %", "db": f"{v:.2f}", "fid": f"{v:.2f}", "share": f"{v:.2f}"}[kind]
+    return f"{fixed(v, 1, scale=100)} %" if kind == "pct" else fixed(v, 2)  # (db, fid, share)
 
 
 def markdown_table(report: dict) -> str:

@@ -29,6 +29,7 @@ import torch
 from radar_train.accel import AccelMethod
 from radar_train.accel.spec import build_spec, parse_spec
 from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
+from radar_train.formatting import fixed
 from radar_train.images import save_grid, to_uint8
 from radar_train.inputs import InputError
 from radar_train.models import VQVAE, ModelIdentity, load_models, read_state_dict
@@ -211,14 +212,22 @@ def decode01(decoder: torch.nn.Module, f_hat: torch.Tensor, batch_size: int = 10
     return torch.cat([fn(i).add(1).mul(0.5) for i in range(0, f_hat.shape[0], batch_size)])
 
 
+def check_adapter_folders(folders: Sequence[str]) -> None:
+    """FileNotFoundError naming --setup.adapters and the first of `folders` that is not a folder (before any
+    model loads; what is in a folder is checked as it loads)."""
+    for folder in folders:
+        if not Path(folder).is_dir():
+            what = "not found" if not Path(folder).exists() else "not a folder"
+            raise FileNotFoundError(f"--setup.adapters: {folder}: adapter folder {what}")
+
+
 def load_adapted_decoder(vqvae: VQVAE, adapter_dir: str, identity: ModelIdentity,
                          num_classes: int = NUM_CLASSES) -> torch.nn.Module:
     """A copy of the VQ-VAE's decoder with the adapter merged in (a label-conditioned adapter: a
     LabelConditionedDecoder, which `decode01` calls with the labels; refused if not of `num_classes` classes)."""
     from radar_train.export import load_adapter
 
-    if not Path(adapter_dir).is_dir():
-        raise FileNotFoundError(f"adapters: {adapter_dir} is not an adapter folder")
+    check_adapter_folders([adapter_dir])
     return load_adapter(vqvae.latent_decoder().eval(), adapter_dir, identity=identity, merge=True,
                         num_classes=num_classes).eval()
 
@@ -349,11 +358,17 @@ def run_measure(cfg: MeasureConfig, output: Optional[str] = None, overwrite: boo
                          inputs={"--setup.adapters": folders, "--setup.classifier": cfg.classifier,
                                  "--setup.model.vae_checkpoint": cfg.model.vae_checkpoint,
                                  "--setup.model.var_checkpoint": cfg.model.var_checkpoint})
+    check_adapter_folders(folders)
     clf = load_classifier(cfg.classifier)
     torch.set_num_threads(cfg.num_threads)
     m = cfg.model
     vqvae, var, vae_id, var_id = load_models(m.preset, m.vae_checkpoint, m.var_checkpoint, init_seed=m.init_seed)
-    accels = {spec: build_spec(spec, var.patch_nums, var.depth, var_id) for spec in cfg.methods}
+    accels = {}
+    for spec in cfg.methods:
+        try:
+            accels[spec] = build_spec(spec, var.patch_nums, var.depth, var_id)
+        except ValueError as e:
+            raise ValueError(f"--setup.methods: {e}") from None
     adapted = {spec: {name: load_adapted_decoder(vqvae, folder, vae_id, num_classes=var.num_classes)
                       for name, folder in named.items()} for spec, named in table.items()}
     labels, seeds = sample_plan(cfg)
@@ -436,8 +451,8 @@ def _short(titles: list[str]) -> list[str]:
 def _fmt(v, kind: str) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
-    return {"db": f"{v:.2f}", "pct": f"{100 * v:.1f} %", "fid": f"{v:.2f}", "signed": f"{v:+.2f}",
-            "ratio": f"{v:.3f}"}[kind]
+    return {"db": fixed(v, 2), "pct": f"{fixed(v, 1, scale=100)} %", "fid": fixed(v, 2),
+            "signed": fixed(v, 2, sign=True), "ratio": fixed(v, 3)}[kind]
 
 
 def _cell(row: dict, key: str, kind: str) -> str:

@@ -249,3 +249,39 @@ def test_a_masks_budget_keeps_its_digits():
 
     assert budget_text(0.5) == "0.5" and budget_text(0.5000001) == "0.5000001" and budget_text(0.1 + 0.2) == "0.3"
     assert setting_name("window", 0.5) != setting_name("window", 0.5000001)
+
+
+def test_an_adapter_folder_that_is_not_there_is_named_as_its_option_before_the_models_load(tmp_path, no_models,
+                                                                                             monkeypatch):
+    """(It was 'adapters: X is not an adapter folder', after the models had loaded.)"""
+    import radar_train.models
+    from radar_train.bench.tradeoff import TradeoffConfig, run_tradeoff
+
+    monkeypatch.setattr(radar_train.models, "load_models", measure_mod.load_models)  # (no_models' stand-in)
+
+    (tmp_path / "a_file").write_text("x")
+    for folder, what in ((tmp_path / "nothere", "not found"), (tmp_path / "a_file", "not a folder")):
+        adapters = {"fastvar:aggressive": {"paa": str(folder)}}
+        with pytest.raises(FileNotFoundError, match=f"^--setup.adapters: {folder}: adapter folder {what}$"):
+            run_measure(MeasureConfig(methods=["fastvar:aggressive"], adapters=adapters))
+        with pytest.raises(FileNotFoundError, match=f"^--setup.adapters: {folder}: adapter folder {what}$"):
+            run_tradeoff(TradeoffConfig(settings=["fastvar:aggressive"], adapters=adapters))
+
+
+def test_a_method_spec_that_does_not_parse_names_setup_methods(tmp_path):
+    before = snapshot(tmp_path)
+    code, err = call_cli("toy", ["measure", "--setup.methods", '["fastvar:foo"]', "--output", "out"], tmp_path)
+    assert code == 2, err
+    assert_one_line_error(err, "--setup.methods: method spec 'fastvar:foo'")
+    assert_unchanged(before, snapshot(tmp_path))
+
+
+@pytest.mark.parametrize("v,digits,sign,scale,text", [
+    (-1e-9, 2, False, 1, "0.00"), (-0.004999, 2, True, 1, "+0.00"), (-0.005001, 2, True, 1, "-0.01"),
+    (-0.00004, 1, False, 100, "0.0"), (0.0, 3, False, 1, "0.000"), (-2.5, 2, False, 1, "-2.50"),
+    (1.0, 2, True, 1, "+1.00"),
+])
+def test_report_numbers_print_no_minus_sign_on_a_value_that_rounds_to_zero(v, digits, sign, scale, text):
+    from radar_train.formatting import fixed
+
+    assert fixed(v, digits, sign=sign, scale=scale) == text
