@@ -7,7 +7,7 @@ groups (`paa_s0`, `paa_s1` → `paa`: mean ± sample standard deviation) recompu
 That is only sound when the runs measured the same thing, so every input must agree with the first on what
 defines the measurement — the models, classifier, sampler, samples (`images_per_class`, `base_seed`), toy-FID
 reference — and on every number that does not depend on an adapter: the reconstruction PSNR, the toy FID
-baselines, the vanilla row and the row of each setting both measured. `radar-toy measure` is deterministic, so
+and sharpness baselines, the vanilla row and the row of each setting both measured. `radar-toy measure` is deterministic, so
 a run at a later commit (on the CPUs measured so far, also on another CPU) reproduces these to the last digit;
 if they differ, the code, the models or the machine's arithmetic changed and the inputs are refused, naming the
 first difference. An adapter name in two inputs must
@@ -141,7 +141,9 @@ def combine(docs: Sequence[dict], names: Sequence[str]) -> dict[str, Any]:
                 or _first_difference({k: first.get(k) for k in SAME_SECTIONS},
                                      {k: doc.get(k) for k in SAME_SECTIONS}, "")
                 or _first_difference(first["toy_fid"].get("baselines"), doc["toy_fid"].get("baselines"),
-                                     "toy_fid.baselines"))
+                                     "toy_fid.baselines")
+                or _first_difference(first.get("sharpness", {}).get("baselines"),
+                                     doc.get("sharpness", {}).get("baselines"), "sharpness.baselines"))
         if diff:
             raise ValueError(f"--inputs: {name} did not measure what {first_name} measured ({diff.lstrip('.')}): "
                              f"only runs of the same models, samples and code give comparable rows")

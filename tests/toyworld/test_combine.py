@@ -24,6 +24,7 @@ def result(adapters: dict, commit: str = "aaaaaaa", base_seed: int = 1000000) ->
             "num_samples": 200, "reconstruction": {"psnr_db": 24.672, "num_images": 200},
             "toy_fid": {"baselines": {"real_renders": 6.39}, "notes": ["a note"], "num_samples": 200,
                         "features": "f", "reference": {"num_images": 1000, "world_seed": 2}},
+            "sharpness": {"baselines": {"real_renders": 1.2, "vqvae_reconstructions": 0.8}},
             "vanilla": {"class_accuracy": 0.92, "toy_fid": 27.0125},
             "methods": {"fastvar:aggressive": {**SETTING, "adapters": adapters}}}
 
@@ -57,6 +58,8 @@ def test_seeds_from_two_runs_form_one_group_with_mean_and_sd(tmp_path):
     (lambda d: d["config"].update(base_seed=5), "config.base_seed: 1000000 vs 5"),
     (lambda d: d["reconstruction"].update(psnr_db=24.0), "reconstruction.psnr_db: 24.672 vs 24.0"),
     (lambda d: d["toy_fid"]["baselines"].update(real_renders=6.4), "toy_fid.baselines.real_renders: 6.39 vs 6.4"),
+    (lambda d: d["sharpness"]["baselines"].update(real_renders=1.25),
+     "sharpness.baselines.real_renders: 1.2 vs 1.25"),
     (lambda d: d["methods"]["fastvar:aggressive"].update(toy_fid=77.0),
      "setting fastvar:aggressive differently from an earlier input (fastvar:aggressive.toy_fid: 76.92 vs 77.0)"),
     (lambda d: d["methods"]["fastvar:aggressive"]["adapters"]["paa_s0"].update(g_mse=0.51),
