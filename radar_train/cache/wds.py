@@ -95,6 +95,18 @@ def check_export_output(cache_dir: str, output: str, option: str = "--output", c
     check_not_inside_a_cache(output, option)
 
 
+def tar_mtime(manifest: Manifest) -> int:
+    """The members' modification time: the cache's creation (whole seconds; 0 if the manifest has none). A whole
+    number keeps tarfile from writing a PAX header of the float time before every member (1.5 KiB each, more
+    than a tiny pair's data), and a fixed one makes an export of the same cache the same bytes."""
+    import datetime
+
+    try:
+        return max(0, int(datetime.datetime.strptime(manifest.created, "%Y-%m-%dT%H:%M:%S%z").timestamp()))
+    except (TypeError, ValueError):
+        return 0
+
+
 def export_wds(cache_dir: str, output: str, progress: bool = True) -> dict:
     """Export the complete shards of a cache to WebDataset tars in `output`; returns the index dict.
     `output` is new, empty, or an export of the same cache (tars that exist are kept: the export resumes)."""
@@ -129,7 +141,8 @@ def export_wds(cache_dir: str, output: str, progress: bool = True) -> dict:
         with reading(scan.complete[s], "cache shard"):  # (checked above: read, not hashed again)
             g = zarr.open_group(str(scan.complete[s]), mode="r")
             samples = list(_shard_samples(shard_arrays(g)))
-        with atomic_file(out / tar_name(s)) as tmp, open(tmp, "wb") as f, wds.TarWriter(f) as sink:
+        with atomic_file(out / tar_name(s)) as tmp, open(tmp, "wb") as f, \
+                wds.TarWriter(f, mtime=tar_mtime(manifest)) as sink:
             for sample in samples:
                 sink.write(sample)
     index = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": Path(cache_dir).name,

@@ -461,3 +461,36 @@ def test_a_cache_run_into_a_folder_inside_an_export_says_it_is_an_export(make_sy
     config = Path(__file__).resolve().parents[2] / "configs" / "cache" / "tiny.yaml"
     assert_refused("cache", ["run", "--config", str(config), "--output", str(tmp_path / "wds" / "sub")], tmp_path,
                    (tmp_path,), [f"lies inside the WebDataset export {tmp_path / 'wds'}: choose a folder outside it"])
+
+
+def test_an_export_is_the_same_bytes_each_time_with_one_tar_header_per_member(make_synthetic, tmp_path):
+    """(The members carried the export's float time, so tarfile wrote a PAX header before each: 1.5 KiB a
+    member, 16.6 KiB a pair of the tiny model against 2.9 KiB in the cache, and other bytes at every export.)"""
+    import tarfile
+    import time
+
+    from radar_train.cache.schema import read_manifest
+    from radar_train.cache.wds import tar_mtime
+
+    cache = make_synthetic(num_samples=16, shard_size=8)
+    export_wds(str(cache), str(tmp_path / "a"), progress=False)
+    time.sleep(1.1)
+    export_wds(str(cache), str(tmp_path / "b"), progress=False)
+    for name in ("pairs-00000.tar", "pairs-00001.tar", "index.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    tar = tmp_path / "a" / "pairs-00000.tar"
+    with tarfile.open(tar) as t:
+        members = t.getmembers()
+    assert len(members) == 8 * 7 and all(not m.pax_headers for m in members)
+    assert all(m.mtime == tar_mtime(read_manifest(cache)) for m in members)
+    padded = sum(512 + -(-m.size // 512) * 512 for m in members)  # a header block each, the data in blocks
+    assert tar.stat().st_size <= padded + 20 * 512  # (the end-of-archive blocks, padded to tarfile's record)
+
+
+def test_the_tars_time_is_the_caches_creation_or_0():
+    from types import SimpleNamespace
+
+    from radar_train.cache.wds import tar_mtime
+
+    assert tar_mtime(SimpleNamespace(created="2026-12-06T16:00:00+0000")) == 1796572800
+    assert tar_mtime(SimpleNamespace(created="")) == 0 and tar_mtime(SimpleNamespace(created=None)) == 0
