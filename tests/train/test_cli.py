@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from tiny_training import run_train_cli as _run
@@ -76,7 +77,8 @@ def test_every_train_config_parses_with_the_cli(config, capsys):
     assert "model:" in out and "caches:" in out and "default_root_dir:" in out
 
 
-def test_fit_writes_the_run_folder_logs_and_an_adapter_that_export_reproduces(tiny_cache, tmp_path, capsys):
+def test_fit_writes_the_run_folder_logs_and_an_adapter_that_export_reproduces(tiny_cache, tmp_path, capsys,
+                                                                            monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
 
     root = tmp_path / "run"
@@ -103,8 +105,12 @@ def test_fit_writes_the_run_folder_logs_and_an_adapter_that_export_reproduces(ti
     stale = tmp_path / f".exported.tmp-0123abcd-{int(dead.stdout)}-{socket.gethostname()}"  # a killed export's
     (stale / "adapter_model.safetensors").parent.mkdir()
     (stale / "adapter_model.safetensors").write_bytes(b"half")
-    assert _run(["export", "--ckpt", str(root / "checkpoints" / "last.ckpt"), "--output", str(out)]) == 0
+    monkeypatch.chdir(root)  # (the checkpoint named relative to the working folder)
+    assert _run(["export", "--ckpt", "checkpoints/last.ckpt", "--output", str(out)]) == 0
+    monkeypatch.chdir(tmp_path)
     assert not stale.exists()
+    recorded = yaml.safe_load((out / "radar_config.yaml").read_text())["source_checkpoint"]
+    assert recorded == str((root / "checkpoints" / "last.ckpt").resolve())  # (it was 'checkpoints/last.ckpt')
     a, b = load_file(out / "adapter_model.safetensors"), load_file(root / "final" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((out / "adapter_config.json").read_text()) == json.loads(
