@@ -207,6 +207,13 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
                              f"anyway (eval.json then says held_out null)")
         warnings.warn(f"radar-eval: adapter {adapter_dir}: {unknown}: the metrics may include pairs it was trained "
                       f"on", stacklevel=3)  # (the caller's line: 2 is torch.no_grad's wrapper)
+    from radar_train.inference.pipeline import untrained_accel
+
+    accel_diffs = untrained_accel([c["accel"] for c in meta.get("caches") or [] if c.get("accel")], manifest.accel)
+    if accel_diffs:  # (as RadarPipeline warns: such metrics are of latents the adapter was not trained to restore)
+        warnings.warn(f"radar-eval: adapter {adapter_dir} was trained on latents of another acceleration than "
+                      f"{cache}'s ({'; '.join(accel_diffs)}, trained vs the cache's): the metrics are of latents it "
+                      f"was not trained to restore", stacklevel=3)
     overlap = train_shard_overlap(meta, cache, manifest, shards)
     named = format_int_list(overlap, ",")
     if overlap and not allow_train_shards:
@@ -255,7 +262,8 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
            "ssim_baseline": m["ssim_baseline"], "ssim_adapted": m["ssim_student"], "gap_closed": _finite(m["gap_closed_mse"]),
            "delta_psnr": m["delta_psnr"], "delta_ssim": m["delta_ssim"], "harmlessness_psnr": m.get("psnr_harmless"),
            "mse_baseline": m["mse_baseline"], "mse_adapted": m["mse_student"], "cache": str(cache),
-           "adapter": str(adapter_dir), "accel": manifest.accel, "model": manifest.model.get("preset"),
+           "adapter": str(adapter_dir), "accel": manifest.accel, "accel_differences": accel_diffs,
+           "model": manifest.model.get("preset"),
            "held_out": None if unknown and not overlap else not overlap, "train_shard_overlap": overlap,
            "label_conditioned": bool(getattr(adapted, "label_conditioned", False))}
     if lp is not None:

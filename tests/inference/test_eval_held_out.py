@@ -122,6 +122,24 @@ def test_radar_eval_on_an_engine_eager_copy_refuses_the_training_shards_and_find
     assert r["shards"] == [4] and r["held_out"] is True and r["train_shard_overlap"] == [] and r["num_pairs"] == 16
 
 
+def test_radar_eval_warns_on_a_cache_of_another_acceleration_and_records_how_it_differs(trained_run, tmp_path):
+    """(It warned on neither: eval.json named the cache's acceleration alone, and RadarPipeline warned.)"""
+    import warnings
+
+    def aggressive(m):
+        m["accel"]["preset"] = "aggressive"
+
+    other = _copy(trained_run["cache"], tmp_path / "aggressive", aggressive)
+    with pytest.warns(UserWarning, match=r"radar-eval: adapter .* was trained on latents of another acceleration "
+                                         r"than .*aggressive's \(preset: default vs aggressive, trained vs the cache's\)"):
+        r = evaluate_restoration(other, str(trained_run["adapter"]), shards=[4])
+    assert r["accel_differences"] == ["preset: default vs aggressive"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the cache it was trained on: no warning
+        r = evaluate_restoration(str(trained_run["cache"]), str(trained_run["adapter"]), shards=[4])
+    assert r["accel_differences"] == [] and r["accel"]["preset"] == "default"
+
+
 def test_a_vae_checkpoint_for_a_cache_of_a_random_init_vqvae_is_refused_naming_that_identity(tmp_path):
     from radar_train.inference.evaluate import load_decoders
 
