@@ -293,6 +293,43 @@ def test_inception_score_parts_are_those_torchmetrics_makes():
     assert inception_score_parts(50_000, 10) == 10 and inception_score_parts(25, 10) == 9
 
 
+def _original_inception_score(logits: np.ndarray, splits: int) -> tuple[float, float]:
+    """The original evaluator's formula (Salimans et al.), in numpy: contiguous parts, softmax, per part
+    exp(mean over its samples of sum_y p(y|x) (log p(y|x) - log p(y))), mean and np.std over the parts."""
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    preds = e / e.sum(1, keepdims=True)
+    size = -(-len(preds) // splits)
+    scores = []
+    for i in range(0, len(preds), size):
+        part = preds[i:i + size]
+        kl = part * (np.log(part) - np.log(np.mean(part, 0, keepdims=True)))
+        scores.append(np.exp(np.mean(np.sum(kl, 1))))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def test_inception_score_is_the_original_evaluators_on_the_samples_in_order():
+    """(torchmetrics' InceptionScore, used until 2026-12-06, shuffles the samples before it splits them: its
+    mean was not the evaluator's on the same logits.)"""
+    from torchmetrics.image.inception import InceptionScore
+
+    from radar_train.inference.fid import inception_score
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(50, 7, generator=g, dtype=torch.float64) * 3
+    for splits in (1, 3, 5, 10):
+        mean, std = _original_inception_score(logits.numpy(), splits)
+        got = inception_score(logits.float(), splits)
+        assert got["mean"] == pytest.approx(mean, rel=1e-6) and got["std"] == pytest.approx(std, rel=1e-5, abs=1e-9)
+    tm = InceptionScore(feature=torch.nn.Identity(), splits=1)  # one part: its shuffle changes nothing
+    tm.update(logits.float())
+    assert inception_score(logits.float(), 1)["mean"] == pytest.approx(float(tm.compute()[0]), rel=1e-5)
+    # half the samples certain of class 0, then half of class 1: each of 2 parts in order holds one class, whose
+    # marginal is itself (IS 1); parts of a shuffled order hold both (IS near 2)
+    ordered = torch.cat([torch.tensor([[30.0, 0.0]]).expand(20, 2), torch.tensor([[0.0, 30.0]]).expand(20, 2)])
+    assert inception_score(ordered, 2) == pytest.approx({"mean": 1.0, "std": 0.0}, abs=1e-9)
+    assert inception_score(ordered, 1)["mean"] == pytest.approx(2.0, rel=1e-9)
+
+
 def test_official_noise_is_reproducible_at_the_same_batch_size_and_the_note_says_so(extractors):
     """sampling.noise official: each batch's generator is seeded with its first sample's seed, not drawn from
     the global RNG; the numbers repeat under another global seed, and change with the batch size."""
