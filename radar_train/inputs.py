@@ -86,6 +86,8 @@ def check_file(path: str | os.PathLike, what: str = "file") -> Path:
         raise InputError(f"{p}: {what} not found")
     if p.is_dir():
         raise InputError(f"{p}: {what} is a folder, expected a file")
+    if p.is_char_device() or p.is_block_device():  # (/dev/zero reads for ever)
+        raise InputError(f"{p}: {what} is a device, expected a file")
     if not os.access(p, os.R_OK):
         raise InputError(f"{p}: {what} cannot be read (permission denied)")
     return p
@@ -159,6 +161,7 @@ def torch_load_weights(path: str | os.PathLike, mmap: bool = False) -> Any:
     script = "looks like a TorchScript archive"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=f".*{script}", category=UserWarning)
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)  # (said below)
         try:
             if mmap and zipfile.is_zipfile(path):
                 return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -184,11 +187,25 @@ def _not_weights(path: str | os.PathLike, e: Exception) -> NotWeights | None:
         return None
     if head and head != b"PK" and head[0] != 0x80 and not zipfile.is_zipfile(path):  # (PK: a zip's start)
         return NotWeights("is not a file torch.save wrote (neither a zip archive nor a pickle of protocol 2 or later)")
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-    if isinstance(e, pickle.UnpicklingError) and found:
+    if not isinstance(e, pickle.UnpicklingError):
+        return None
+    text = str(e)  # (torch's text advises weights_only=False, which would run whatever the file holds: not repeated)
+    found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", text)
+    if found:  # (an object of another class, or a function a crafted file calls: os.system, ...)
         return NotWeights(f"holds a Python object ({found.group(1).rstrip('.')}) besides tensors and plain values; "
                           f"radar_train loads weights only (torch.load with weights_only=True) and builds no objects: "
                           f"save the tensors (a state_dict) instead")
+    operand = re.search(r"Unsupported operand (\d+)", text)
+    if operand:
+        return NotWeights(f"was pickled with an instruction torch's weights-only loader does not read (pickle operand "
+                          f"{operand.group(1)}, e.g. from pickle_protocol=4): save the state_dict again with "
+                          f"torch.save's default protocol")
+    if "Weights only load failed" in text:
+        reason = next((ln.strip() for ln in text.splitlines()[1:] if ln.strip() and "documentation" not in ln
+                       and "weights_only" not in ln), "")
+        why = _one_line(reason) or "no reason given"
+        return NotWeights(f"holds something torch's weights-only loader refuses ({why}); radar_train loads weights "
+                          f"only and builds no objects: save the tensors (a state_dict)")
     return None
 
 

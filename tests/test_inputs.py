@@ -82,3 +82,11 @@ def test_a_file_torch_did_not_write_says_what_it_is_in_one_line(tmp_path, conten
         load_torch(tmp_path / "f.pt")
     assert str(e.value).startswith(f"{tmp_path / 'f.pt'}: checkpoint {says}") and "\n" not in str(e.value)
     assert "PyTorch 2.6" not in str(e.value)
+
+
+def test_a_device_is_not_read_as_a_file():
+    """(/dev/zero given as an input was read until the memory ran out.)"""
+    from radar_train.inputs import check_file
+
+    with pytest.raises(InputError, match=r"^/dev/zero: adapter file is a device, expected a file$"):
+        check_file("/dev/zero", "adapter file")

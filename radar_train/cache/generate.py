@@ -204,7 +204,15 @@ def validate(args: CacheArgs, here: bool = True) -> list[str]:
             problems.append(str(e))
     for name in ("vae_checkpoint", "var_checkpoint"):
         path = getattr(args.model, name)
-        if path is not None and not Path(path).is_file():
+        if path is None or Path(path).is_file():
+            continue
+        if str(path) == "":
+            problems.append(f"model.{name} is empty: name the weights file (or leave the option out)")
+        elif Path(path).is_dir():
+            problems.append(f"model.{name} {path} is a folder, expected the weights file")
+        elif Path(path).exists():
+            problems.append(f"model.{name} {path} is not a regular file (a device, pipe or socket)")
+        else:
             problems.append(f"model.{name} {path} does not exist (download the official weights yourself "
                             f"and put them there, or point model.{name} at them)")
     return problems

@@ -19,7 +19,7 @@ from safetensors.torch import load as safetensors_from_bytes
 import torch
 from torch import nn
 
-from radar_train.inputs import InputError, NotWeights, torch_load_weights
+from radar_train.inputs import InputError, NotWeights, failure_reason, torch_load_weights
 from radar_train.outputs import atomic_file
 
 from .configs import MODEL_PRESETS, VARConfig, VQVAEConfig
@@ -32,6 +32,12 @@ class CheckpointError(InputError):
     entry points' one error path for files handed in)."""
 
 
+def _path(path: str | Path) -> Path:
+    if str(path) == "":  # (Path("") is the working folder: "is a directory" named no file)
+        raise CheckpointError("an empty path was given as a checkpoint file")
+    return Path(path)
+
+
 def read_state_dict(path: str | Path, role: Literal["var", "vqvae"] | None = None,
                     shapes_only: bool = False) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint file (.pth/.pt/.bin via torch, .safetensors, .safetensors.xz). `role` picks
@@ -39,11 +45,13 @@ def read_state_dict(path: str | Path, role: Literal["var", "vqvae"] | None = Non
     'var_wo_ddp' and the VQ-VAE under 'vae_local'; without a role the VAR is taken. `shapes_only`: for the
     checks alone, reading as little as the format allows (a .safetensors file's header: meta tensors; a torch
     zip file memory-mapped); the values must not be used."""
-    p = Path(path)
+    p = _path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: checkpoint file not found")
     if p.is_dir():
         raise CheckpointError(f"{p}: is a directory, expected a checkpoint file")
+    if not p.is_file():  # (/dev/zero was read until the memory ran out)
+        raise CheckpointError(f"{p}: is not a regular file (a device, pipe or socket), expected a checkpoint file")
     name = p.name.lower()
     try:
         if name.endswith(".safetensors.xz"):
@@ -55,6 +63,8 @@ def read_state_dict(path: str | Path, role: Literal["var", "vqvae"] | None = Non
             sd = torch_load_weights(p, mmap=shapes_only)
     except NotWeights as e:
         raise CheckpointError(f"{p}: checkpoint {e}") from None
+    except OSError as e:  # (permission denied, an I/O error: not the file's format)
+        raise CheckpointError(f"{p}: checkpoint {failure_reason(e)}") from None
     except Exception as e:  # noqa: BLE001 - every reader failure becomes one clear line
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{p}: not a readable checkpoint (truncated, or not a zip/pickle/safetensors "
@@ -188,7 +198,7 @@ def _strict_check(model: nn.Module, sd: dict[str, torch.Tensor], p: Path, ignore
 def load_var_weights(var: nn.Module, path: str | Path, sd: dict | None = None, check_only: bool = False) -> nn.Module:
     """Strictly load a VAR checkpoint into `var` (which may live on the meta device). `check_only`: the checks
     (kind, shapes, keys) without reading the values where the format allows; `var` is left as it is."""
-    p = Path(path)
+    p = _path(path)
     sd = read_state_dict(p, "var", shapes_only=check_only) if sd is None else sd
     _check_kind(sd, p, ("var",), "VAR transformer")
     cfg: VARConfig = var.config
@@ -212,7 +222,7 @@ def load_vqvae_weights(model: nn.Module, path: str | Path, sd: dict | None = Non
     as in load_var_weights."""
     from .vqvae import LatentDecoder
 
-    p = Path(path)
+    p = _path(path)
     sd = read_state_dict(p, "vqvae", shapes_only=check_only) if sd is None else sd
     is_dec = isinstance(model, LatentDecoder)
     _check_kind(sd, p, ("vqvae", "latent_decoder") if is_dec else ("vqvae",), "VQ-VAE")
@@ -237,6 +247,17 @@ def load_vqvae_weights(model: nn.Module, path: str | Path, sd: dict | None = Non
     return model
 
 
+def nonfinite_weights(sd: dict[str, torch.Tensor]) -> list[str]:
+    """The keys, sorted, of the floating-point tensors holding NaN, or inf anywhere but in VAR's causal mask
+    (`attn_bias_for_masking`: 0 and -inf by design, in the official files too)."""
+    def bad(k: str, v: torch.Tensor) -> bool:
+        if k.endswith("attn_bias_for_masking"):
+            return bool(v.isnan().any())
+        return not bool(torch.isfinite(v).all())
+
+    return sorted(k for k, v in sd.items() if v.is_floating_point() and bad(k, v))
+
+
 def _assign(model: nn.Module, sd: dict[str, torch.Tensor], p: Path) -> None:
     own = model.state_dict()
     # floating tensors take the model's dtype (e.g. fp16 files such as the toy world's into fp32 models)
@@ -249,6 +270,10 @@ def _assign(model: nn.Module, sd: dict[str, torch.Tensor], p: Path) -> None:
                 raise CheckpointError(f"{p}: {k} holds {v.dtype} values that are not whole numbers, but the "
                                       f"model keeps it as {own[k].dtype}")
             sd[k] = v.to(own[k].dtype)
+    bad = nonfinite_weights(sd)
+    if bad:  # (every output would be NaN or black, with no word: a model file damaged, or saved from a diverged run)
+        raise CheckpointError(f"{p}: {len(bad)} tensor(s) hold NaN or inf values (e.g. {bad[0]}): the weights are "
+                              f"damaged")
     meta = any(t.is_meta for t in own.values())
     if meta:
         model.load_state_dict(sd, strict=True, assign=True)

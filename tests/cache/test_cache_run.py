@@ -371,3 +371,18 @@ def test_an_interrupted_run_leaves_its_finished_shards_and_no_temporary(tmp_path
     monkeypatch.setattr(generate, "generate_shard_arrays", real)
     assert _main("run", "--config", str(TINY_CONFIG), "--output", str(out), *SMALL, "--writer", writer) == 0
     assert "skipped 2 complete, cleared 0 temporary" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value,says", [
+    ("", "model.vae_checkpoint is empty: name the weights file (or leave the option out)"),
+    ("{tmp}", "model.vae_checkpoint {tmp} is a folder, expected the weights file"),
+    ("/dev/zero", "model.vae_checkpoint /dev/zero is not a regular file (a device, pipe or socket)"),
+])
+def test_a_weights_option_that_names_no_file_says_what_it_names(tmp_path, capsys, value, says):
+    """(A folder was said not to exist, and '' was read as the working folder.)"""
+    value, says = value.format(tmp=tmp_path), says.format(tmp=tmp_path)
+    code = _main("run", "--config", str(TINY_CONFIG), "--output", str(tmp_path / "out"), *SMALL,
+                 "--model.vae_checkpoint", value, "--check")
+    err = capsys.readouterr().err
+    assert code == 2 and says in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()

@@ -2,6 +2,7 @@
 import json
 import re
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -341,3 +342,62 @@ def test_official_trainer_checkpoint_gives_its_var_and_its_vqvae(tmp_path, tiny_
         assert torch.equal(v2.state_dict()[k], v), k
     for k, v in var.state_dict().items():
         assert torch.equal(r2.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("which,key", [("var", "class_emb.weight"), ("vae", "decoder.conv_in.weight")])
+def test_weights_holding_nan_or_inf_are_refused_naming_the_file_and_a_tensor(tmp_path, tiny_models, bad, which, key):
+    """(They loaded: radar-generate wrote black images and exited 0, radar-cache wrote a class's samples as one
+    constant token.) VAR's causal mask keeps its -inf entries: the official files carry it so."""
+    vqvae, var = tiny_models
+    model = var if which == "var" else vqvae
+    sd = dict(model.state_dict())
+    assert bool(torch.isinf(sd["attn_bias_for_masking"]).any()) if which == "var" else True  # (the mask: accepted)
+    sd[key] = sd[key].clone()
+    sd[key].view(-1)[3] = bad
+    for name, save in (("w.safetensors", save_weights), ("w.pth", torch.save)):
+        save(sd, tmp_path / name)
+        load = load_var_weights if which == "var" else load_vqvae_weights
+        build = build_var(get_preset("tiny").var, "meta") if which == "var" else build_vqvae(get_preset("tiny").vae,
+                                                                                                "meta")
+        with pytest.raises(CheckpointError, match=rf"^{re.escape(str(tmp_path / name))}: 1 tensor\(s\) hold NaN or inf "
+                                                  rf"values \(e\.g\. {re.escape(key)}\): the weights are damaged$"):
+            load(build, tmp_path / name)
+        load(build, tmp_path / name, check_only=True)  # (the checks alone read no values: --check)
+
+
+@pytest.mark.parametrize("make,says", [
+    (lambda p: torch.save({"w": torch.ones(2)}, p, pickle_protocol=4),
+     "was pickled with an instruction torch's weights-only loader does not read (pickle operand"),
+    (lambda p: p.write_bytes(__import__("pickle").dumps(_Evil(), protocol=2)),
+     "holds a Python object (posix.system) besides tensors and plain values"),
+])
+def test_a_file_weights_only_loading_refuses_is_one_line_that_never_advises_turning_it_off(tmp_path, make, says):
+    """(A crafted pickle calling os.system got torch's text: 'Re-running torch.load with weights_only set to False
+    will likely succeed' — the advice that runs it.)"""
+    import warnings
+
+    p = tmp_path / "w.pth"
+    make(p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (torch's "Detected pickle protocol 4" was a line of its own)
+        with pytest.raises(CheckpointError) as e:
+            load_var_weights(build_var(get_preset("tiny").var, "meta"), p)
+    text = str(e.value)
+    assert text.startswith(f"{p}: checkpoint {says}") and "\n" not in text, text
+    assert "weights_only set to `False`" not in text and "PyTorch 2.6" not in text
+    assert not (tmp_path / "ran").exists() and not (Path.cwd() / "ran").exists()
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return os.system, ("touch ran",)
+
+
+@pytest.mark.parametrize("path,says", [("", "an empty path was given as a checkpoint file"),
+                                       ("/dev/zero", "/dev/zero: is not a regular file (a device, pipe or socket)")])
+def test_an_empty_path_or_a_device_is_refused_before_any_read(path, says):
+    with pytest.raises(CheckpointError, match=re.escape(says)):
+        load_var_weights(build_var(get_preset("tiny").var, "meta"), path)
