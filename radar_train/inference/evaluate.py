@@ -207,13 +207,17 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
                              f"anyway (eval.json then says held_out null)")
         warnings.warn(f"radar-eval: adapter {adapter_dir}: {unknown}: the metrics may include pairs it was trained "
                       f"on", stacklevel=3)  # (the caller's line: 2 is torch.no_grad's wrapper)
-    from radar_train.inference.pipeline import untrained_accel
+    from radar_train.inference.pipeline import untrained_accel, untrained_var
 
     accel_diffs = untrained_accel([c["accel"] for c in meta.get("caches") or [] if c.get("accel")], manifest.accel)
     if accel_diffs:  # (as RadarPipeline warns: such metrics are of latents the adapter was not trained to restore)
         warnings.warn(f"radar-eval: adapter {adapter_dir} was trained on latents of another acceleration than "
                       f"{cache}'s ({'; '.join(accel_diffs)}, trained vs the cache's): the metrics are of latents it "
                       f"was not trained to restore", stacklevel=3)
+    other_var = untrained_var([c.get("model") for c in meta.get("caches") or []], manifest.model)
+    if other_var:
+        warnings.warn(f"radar-eval: adapter {adapter_dir} was trained on latents of another VAR than {cache}'s "
+                      f"({other_var}, trained vs the cache's)", stacklevel=3)
     overlap = train_shard_overlap(meta, cache, manifest, shards)
     named = format_int_list(overlap, ",")
     if overlap and not allow_train_shards:

@@ -189,6 +189,25 @@ def untrained_accel(trained: Sequence[dict], mine: dict) -> list[str]:
     return [] if not diffs or not all(diffs) else diffs[0]
 
 
+def untrained_var(trained: Sequence[dict], mine: Optional[dict]) -> Optional[str]:
+    """How the VAR `mine` (a model record: preset, var {kind, value}) differs from those whose latents an adapter
+    was trained on (its caches' model records): None when it is one of them or none is recorded, else the first
+    one's 'preset, kind:value vs ...' (every 256 px VAR shares the VQ-VAE, so a d16 adapter loads on d30)."""
+    def name(m: dict) -> str:
+        v = m.get("var") or {}
+        value = str(v.get("value"))
+        depth = (v.get("config") or {}).get("depth")
+        return (f"{m['preset']} " if m.get("preset") else f"depth {depth} " if depth else "") + \
+            f"{v.get('kind')}:{value[:12] if v.get('kind') == 'file' else value}"
+
+    known = [m for m in trained if isinstance(m, dict) and isinstance(m.get("var"), dict) and m["var"].get("value")]
+    if mine is None or not known or not (mine.get("var") or {}).get("value"):
+        return None
+    if any(m["var"]["value"] == mine["var"]["value"] for m in known):
+        return None
+    return f"{name(known[0])} vs {name(mine)}"
+
+
 def _merged_vqvae(vae_checkpoint: Optional[str], vae_id: ModelIdentity, accel: dict) -> Optional[dict]:
     """The record of a VQ-VAE file that `radar-train merge` wrote (it decodes every latent with its adapter), or
     None; a warning when the pipeline runs another acceleration than the one the adapter restores (vanilla
@@ -284,6 +303,11 @@ class RadarPipeline:
             warnings.warn(f"adapter {adapter_dir} was trained on latents of another acceleration than the "
                           f"pipeline runs ({'; '.join(diffs)}, trained vs now); restoration may be worse",
                           stacklevel=2)
+        mine = None if self.var_identity is None else {"var": self.var_identity.to_dict()}
+        other = untrained_var([c.get("model") for c in meta.get("caches") or []], mine)
+        if other:
+            warnings.warn(f"adapter {adapter_dir} was trained on latents of another VAR than the pipeline's ({other}, "
+                          f"trained vs now); restoration may be worse", stacklevel=2)
 
     def fingerprint(self) -> dict:
         """What identifies the samples this pipeline makes, for a command that goes on from an interrupted run

@@ -95,6 +95,34 @@ def test_an_adapter_trained_on_two_accelerations_warns_only_for_a_third(trained_
         RadarPipeline.from_config(PipelineArgs(accel=AccelArgs("none"), adapter=str(both), device="cpu"))
 
 
+def test_adapter_for_another_var_warns_in_the_pipeline_and_in_radar_eval(trained_run, tmp_path):
+    """Every 256 px VAR shares the VQ-VAE, so an adapter trained on one VAR's latents loads on another's: it was
+    silent. (The tiny preset's VQ-VAE stays the random one of seed 0; the VAR is another's.)"""
+    import shutil
+
+    from radar_train.inference.evaluate import evaluate_restoration
+    from radar_train.models import build_var, get_preset
+    from radar_train.models.checkpoint import save_weights
+    from radar_train.models.init import init_random_
+
+    other = build_var(get_preset("tiny").var)
+    init_random_(other, seed=7)
+    other_file = "var_seed7.safetensors"
+    save_weights(other, tmp_path / other_file)
+    with pytest.warns(UserWarning, match=r"trained on latents of another VAR than the pipeline's \(tiny random:tiny:"
+                                         r"seed=0 vs depth 4 file:[0-9a-f]{12}, trained vs now\)"):
+        RadarPipeline.from_config(PipelineArgs(model=ModelArgs("tiny", var_checkpoint=str(tmp_path / other_file)),
+                                               adapter=str(trained_run["adapter"]), device="cpu"))
+    cache = tmp_path / "cache_of_another_var"
+    shutil.copytree(trained_run["cache"], cache)
+    m = json.loads((cache / "manifest.json").read_text())
+    m["model"]["var"].update(kind="file", value="f" * 64)  # (as made with another VAR file: only read here)
+    (cache / "manifest.json").write_text(json.dumps(m))
+    with pytest.warns(UserWarning, match=r"radar-eval: adapter .* trained on latents of another VAR than .*_var's "
+                                         r"\(tiny random:tiny:seed=0 vs tiny file:ffffffffffff, trained"):
+        evaluate_restoration(str(cache), str(trained_run["adapter"]), shards=[4])
+
+
 def test_adapter_for_another_method_warns(trained_run):
     with pytest.warns(UserWarning, match="trained on latents of another acceleration .*preset: default vs aggressive"):
         RadarPipeline.from_config(PipelineArgs(accel=AccelArgs("fastvar", FastVARArgs(preset="aggressive")),
