@@ -4,6 +4,7 @@ The models know nothing of caches, Lightning or LoRA.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from typing import Optional
@@ -67,6 +68,25 @@ def _identity(preset: ModelPreset, checkpoint: Optional[str], seed: Optional[int
     return ModelIdentity("random", f"{preset.name}:seed={seed}", cfg.to_dict())
 
 
+def _file_state(path: Optional[str]) -> Optional[tuple]:
+    """(inode, size, modification time) of a weights file about to be read; None without a file."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:  # (not there, or not a path: the loader says so)
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _unchanged_since(path: Optional[str], before: Optional[tuple]) -> None:
+    """CheckpointError if the file was written or replaced since `before` (its weights were read, then the file
+    hashed for its identity: the two must be the same bytes, or a cache would record another file's identity)."""
+    if path is not None and _file_state(path) != before:
+        raise CheckpointError(f"{path}: changed while it was being read (written or replaced meanwhile): run again "
+                              f"once it is complete")
+
+
 def identity_seed(identity: dict) -> Optional[int]:
     """The seed of a random preset's identity as recorded ({"kind": "random", "value": "<preset>:seed=<n>"},
     `_identity`'s form); None for a file's."""
@@ -99,18 +119,22 @@ def load_models(preset_name: str, vae_checkpoint: Optional[str] = None, var_chec
     preset = get_preset(preset_name)
     vae_checkpoint, var_checkpoint, seed = _resolve(preset, vae_checkpoint, var_checkpoint, init_seed, with_var)
     vae_cfg = preset.vae.with_patch_nums(preset.var.patch_nums)
+    before = _file_state(vae_checkpoint)
     if vae_checkpoint is not None:
         vqvae = load_vqvae_weights(build_vqvae(vae_cfg, "meta"), vae_checkpoint)
     else:
         vqvae = _random_model(build_vqvae, vae_cfg, seed)
     vae_id = _identity(preset, vae_checkpoint, seed, vae_cfg)
+    _unchanged_since(vae_checkpoint, before)
     var = var_id = None
     if with_var:
+        before = _file_state(var_checkpoint)
         if var_checkpoint is not None:
             var = load_var_weights(build_var(preset.var, "meta"), var_checkpoint)
         else:
             var = _random_model(build_var, preset.var, seed + 1)
         var_id = _identity(preset, var_checkpoint, seed, preset.var)
+        _unchanged_since(var_checkpoint, before)
         var = var.to(device).eval().requires_grad_(False)
     return vqvae.to(device).eval().requires_grad_(False), var, vae_id, var_id
 
@@ -121,13 +145,16 @@ def load_latent_decoder(preset_name: str, vae_checkpoint: Optional[str] = None, 
     preset = get_preset(preset_name)
     vae_checkpoint, _, seed = _resolve(preset, vae_checkpoint, None, init_seed, need_var=False)
     vae_cfg = preset.vae.with_patch_nums(preset.var.patch_nums)
+    before = _file_state(vae_checkpoint)
     if vae_checkpoint is not None:
         with torch.device("meta"):
             dec = LatentDecoder(vae_cfg)
         load_vqvae_weights(dec, vae_checkpoint)
     else:
         dec = _random_model(build_vqvae, vae_cfg, seed).latent_decoder()
-    return dec.to(device).eval(), _identity(preset, vae_checkpoint, seed, vae_cfg)
+    identity = _identity(preset, vae_checkpoint, seed, vae_cfg)
+    _unchanged_since(vae_checkpoint, before)
+    return dec.to(device).eval(), identity
 
 
 def check_checkpoint_files(preset_name: str, vae_checkpoint: Optional[str] = None,

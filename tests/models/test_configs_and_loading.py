@@ -401,3 +401,29 @@ class _Evil:
 def test_an_empty_path_or_a_device_is_refused_before_any_read(path, says):
     with pytest.raises(CheckpointError, match=re.escape(says)):
         load_var_weights(build_var(get_preset("tiny").var, "meta"), path)
+
+
+def test_a_weights_file_replaced_while_it_is_read_is_refused_not_recorded_as_the_other(tmp_path, tiny_models,
+                                                                                     monkeypatch):
+    """The weights were read, then the file hashed for the identity a cache records: a file replaced between the
+    two gave one file's weights under the other's identity."""
+    import radar_train.models as models
+
+    vqvae, _ = tiny_models
+    save_weights(vqvae, tmp_path / "vae.safetensors")
+    other = dict(vqvae.state_dict())
+    other["decoder.conv_in.bias"] = other["decoder.conv_in.bias"] + 1
+    save_weights(other, tmp_path / "other.safetensors")
+    real = models.load_vqvae_weights
+
+    def load_then_replace(model, path, *a, **k):
+        out = real(model, path, *a, **k)
+        (tmp_path / "other.safetensors").replace(path)  # (another job's copy landing meanwhile)
+        return out
+
+    monkeypatch.setattr(models, "load_vqvae_weights", load_then_replace)
+    with pytest.raises(CheckpointError, match=r"vae\.safetensors: changed while it was being read"):
+        load_models("tiny", vae_checkpoint=str(tmp_path / "vae.safetensors"))
+    save_weights(vqvae, tmp_path / "vae.safetensors")
+    monkeypatch.setattr(models, "load_vqvae_weights", real)
+    assert load_models("tiny", vae_checkpoint=str(tmp_path / "vae.safetensors"))[2].kind == "file"
