@@ -74,8 +74,11 @@ def pairs_fields(record: dict) -> dict[str, object]:
     """The dotted fields of a cache description (PairDataModule.describe(), as a checkpoint's radar.caches keeps
     it) that decide which pairs the cache holds for a sample: the models' identity (not their checkpoint paths),
     the acceleration method's settings (not its files or kernel), the sampling settings but the engine, the
-    plan's sample rule, and the latents' shape and stored dtype. Not the path (a moved cache is the same), the
-    shards, the format or the sample count: a cache that only grew holds the same pairs and more."""
+    plan's sample rule, classes, first seed and shard size, and the latents' shape and stored dtype. Not the path
+    (a moved cache is the same), the shards, the format or the sample count: a cache that only grew holds the same
+    pairs and more. (Until 2026-12-06 only the rule's text, the same in every cache, was compared: a resume on a
+    cache of other seeds or another shard size went on silently, and its adapter recorded trained pairs as held
+    out.)"""
     from radar_train.cache.schema import INFORMATIONAL_FIELDS
     from radar_train.inference.pipeline import _accel_settings
 
@@ -85,8 +88,10 @@ def pairs_fields(record: dict) -> dict[str, object]:
             fields.update(_flat(_norm(record[key]), key))
     if isinstance(record.get("accel"), dict):
         fields.update(_flat(_accel_settings(record["accel"]), "accel"))
-    if isinstance(record.get("plan"), dict) and "rule" in record["plan"]:
-        fields["plan.rule"] = record["plan"]["rule"]
+    if isinstance(record.get("plan"), dict):  # (the rule, its classes and first seed: which pair sample i is; the
+        # shard size: which samples shard s holds, as the shard numbers a run records are read)
+        fields.update({f"plan.{k}": _norm(record["plan"][k]) for k in ("rule", "classes", "base_seed", "shard_size")
+                       if k in record["plan"]})
     for key in ("latent_shape", "latent_dtype"):
         if key in record:
             fields[key] = _norm(record[key])
@@ -127,8 +132,9 @@ def check_resume_caches(checkpoint: dict, current: Sequence[dict], source: str =
         if diffs:
             problems.append(f"data.caches[{i}] ({new.get('path')}; {source} trained on {old.get('path')}): "
                             + ", ".join(diffs))
-    if problems:
-        raise ValueError("--data.caches differs from the caches of the run: " + "; ".join(problems) + f": {tail}")
+    if problems:  # (in list order: a run's caches reordered are compared with other ones)
+        raise ValueError("--data.caches differs from the caches of the run, compared in the run's order: "
+                         + "; ".join(problems) + f": {tail}")
     from radar_train.config import format_int_list
 
     trained_on = [(i, sorted(set(old.get("train_shards") or []) & set(new.get("val_shards") or [])), old)

@@ -46,7 +46,8 @@ def test_a_resume_on_a_cache_of_another_acceleration_method_is_refused(tiny_cach
     other = copy.deepcopy(stored)
     other[0]["accel"]["method"] = "stagevar"
     msg = _refusal(stored, other)
-    assert msg.startswith("--data.caches ") and "accel.method fastvar -> stagevar" in msg
+    assert msg.startswith("--data.caches differs from the caches of the run, compared in the run's order: ")
+    assert "accel.method fastvar -> stagevar" in msg
     assert msg.endswith("the checkpoint was trained on other pairs; start a new run folder")
 
 
@@ -55,6 +56,11 @@ def test_a_resume_on_a_cache_of_another_acceleration_method_is_refused(tiny_cach
     (("model", "vae", "value"), "tiny:seed=1", "model.vae.value tiny:seed=0 -> tiny:seed=1"),
     (("latent_dtype",), "float32", "latent_dtype float16 -> float32"),
     (("latent_shape",), [8, 16, 16], "latent_shape [8, 8, 8] -> [8, 16, 16]"),
+    # (the plan's rule is the same text in every cache: the seeds, classes and shard size were not compared, and
+    # a resume on other pairs went on without a word, its adapter recording trained pairs as held out)
+    (("plan", "base_seed"), 1000, "plan.base_seed 0 -> 1000"),
+    (("plan", "shard_size"), 8, "plan.shard_size 16 -> 8"),
+    (("plan", "classes"), [0, 1, 2], "plan.classes [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] -> [0, 1, 2]"),
 ])
 def test_a_resume_on_a_cache_made_otherwise_names_the_field(tiny_cache, field, value, shown):
     stored = _describe(tiny_cache)
@@ -64,6 +70,15 @@ def test_a_resume_on_a_cache_made_otherwise_names_the_field(tiny_cache, field, v
         node = node[key]
     node[field[-1]] = value
     assert shown in _refusal(stored, other)
+
+
+def test_a_resume_on_a_larger_plan_of_the_same_pairs_is_accepted(tiny_cache):
+    """A cache that only grew (more images per class, so more shards) holds the same pairs in the same shards."""
+    stored = _describe(tiny_cache)
+    grown = copy.deepcopy(stored)
+    plan = grown[0]["plan"]
+    plan.update(num_samples=2 * plan["num_samples"], num_shards=2 * plan["num_shards"])
+    check_resume_caches(_checkpoint(stored), grown, "c")
 
 
 def test_a_resume_that_validates_on_shards_it_trained_on_is_refused(tiny_cache):
