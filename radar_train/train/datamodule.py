@@ -230,6 +230,33 @@ def _wds_tars(path: str, shards: list[int]) -> list[str]:
     return [str(Path(path) / tar_name(s)) for s in shards]
 
 
+def shared_pairs(caches: Sequence["CacheSource"], manifests: Sequence, splits: Sequence[tuple[list, list]]) -> list[str]:
+    """Where two caches hold the same pairs (made alike: a copy, a larger plan or another shard size of one cache;
+    the pairs are matched by label and seed), the pairs one trains on that the other validates on or trains on
+    too: a validation that scores trained pairs (and picks the best step on them), or pairs counted twice.
+    (Only the same folder named twice was refused.)"""
+    from radar_train.inference.evaluate import _pairs_identity, _samples
+
+    ids = [_pairs_identity(m.to_dict()) for m in manifests]
+
+    def pairs(m, shards) -> set:
+        seeds, labels = _samples(m.plan, shards)
+        return set(zip(seeds.tolist(), labels.tolist()))
+
+    out = []
+    for i, j in itertools.permutations(range(len(caches)), 2):
+        if ids[i] is None or ids[i] != ids[j]:
+            continue
+        trained = pairs(manifests[j], splits[j][0])
+        for what, shards in (("validation", splits[i][1]), ("training", splits[i][0] if i < j else [])):
+            n = len(pairs(manifests[i], shards) & trained)
+            if n:
+                out.append(f"{n} {what} pairs of data.caches[{i}] ({caches[i].path}) are training pairs of "
+                           f"data.caches[{j}] ({caches[j].path}), which holds the same pairs (a copy, or a larger "
+                           f"plan, of the same cache): list those shards once")
+    return out
+
+
 class PairDataModule(pl.LightningDataModule):
     """Training / validation pairs from `caches`.
 
@@ -336,6 +363,8 @@ class PairDataModule(pl.LightningDataModule):
                                     f"copy?); copy or export again")
             manifests[c.path] = manifest
             splits.append((train, val))
+        if not problems:
+            problems += shared_pairs(self.caches, [manifests[c.path] for c in self.caches], splits)
         if not problems:
             if not any(t for t, _ in splits):
                 problems.append("no training shards in data.caches")

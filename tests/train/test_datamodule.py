@@ -351,3 +351,23 @@ def test_a_process_whose_loader_was_never_shut_down_still_exits(tiny_cache):
     if ignored >= 0:  # (Linux)
         assert ignored & (1 << (2 - 1)) and not ignored & (1 << (15 - 1))  # SIGINT ignored, SIGTERM not
         assert blocked & (1 << (15 - 1))  # SIGTERM taken by sigwaitinfo
+
+
+def test_two_caches_holding_the_same_pairs_may_not_train_on_one_anothers_validation_pairs(tiny_cache, tmp_path):
+    """A copy (or a larger plan) of a cache listed beside it trained on its validation pairs, without a word: the
+    validations scored trained pairs and picked the best step on them. Only the same folder was refused."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_cache, copy)
+    dm = PairDataModule([CacheSource(path=tiny_cache, train_shards="0-3", val_shards="4"),
+                         CacheSource(path=str(copy), train_shards="2-5", val_shards=[])], batch_size=4)
+    with pytest.raises(ValueError) as e:
+        dm.setup("fit")
+    msg = str(e.value)
+    assert msg.startswith("data: 16 validation pairs of data.caches[0]") and "are training pairs of data.caches[1]" in msg
+    assert "32 training pairs of data.caches[0]" in msg and "\n" not in msg  # (shards 2-3 twice)
+    dm = PairDataModule([CacheSource(path=tiny_cache, train_shards="0-3", val_shards="4"),
+                         CacheSource(path=str(copy), train_shards="5-9", val_shards="10")], batch_size=4)
+    dm.setup("fit")  # other pairs of the same cache: fine
+    assert [t for t, _ in dm.splits] == [[0, 1, 2, 3], [5, 6, 7, 8, 9]]
