@@ -561,7 +561,7 @@ def _make_cli_class(subcommand: str):
             dm = self.datamodule
             if dm is None or not hasattr(dm, "manifests"):
                 return
-            dm.setup("fit")
+            dm.setup("fit" if fit else "validate")
             if fit and hasattr(dm, "train_batches"):
                 self._check_epoch(dm.train_batches(self.trainer.num_nodes * self.trainer.num_devices))
             film = getattr(self.model, "label_cond", None)

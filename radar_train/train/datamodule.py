@@ -278,7 +278,8 @@ class PairDataModule(pl.LightningDataModule):
                                    "shuffle_seed": shuffle_seed, "wds_shuffle_buffer": wds_shuffle_buffer,
                                    "drop_last": drop_last})
         self.caches = list(caches)
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.batch_size = batch_size
+        self.val_batch_size = batch_size if val_batch_size is None else val_batch_size  # (0 is refused, not the default)
         self.num_workers, self.shuffle_seed = num_workers, shuffle_seed
         self.wds_shuffle_buffer, self.drop_last = wds_shuffle_buffer, drop_last
         self.manifests: dict[str, object] = {}  # path -> Manifest
@@ -306,7 +307,7 @@ class PairDataModule(pl.LightningDataModule):
             raise ValueError("invalid data config: " + "; ".join(p))
 
     # ---------------------------------------------------------------- resolution
-    def _resolve(self) -> None:
+    def _resolve(self, stage: Optional[str] = None) -> None:
         """Read the manifests and resolve the shard split of every cache. Every problem of every cache (a missing
         cache folder, a bad manifest, missing or incomplete shards, missing WebDataset tars, overlapping splits)
         goes into one ValueError."""
@@ -331,6 +332,12 @@ class PairDataModule(pl.LightningDataModule):
             except (FileNotFoundError, ValueError) as e:
                 problems.append(f"data.caches[{i}]: {e}")
                 continue
+            from radar_train.cache.wds import is_export
+
+            if is_export(c.path) != (c.format == "wds"):
+                problems.append(f"{where} is " + ("a WebDataset export: give it format: wds" if c.format == "zarr"
+                                                  else "a radar-cache (Zarr) cache: give it format: zarr"))
+                continue
             if c.format == "wds":
                 from radar_train.cache.wds import tar_name
 
@@ -349,11 +356,15 @@ class PairDataModule(pl.LightningDataModule):
             both = sorted(set(train) & set(val))
             if both:
                 problems.append(f"{where}: shards {both} are in both train_shards and val_shards")
-            absent = sorted(s for s in train + val if s not in available)
+            past = sorted(s for s in train + val if s >= manifest.num_shards)
+            absent = sorted(s for s in train + val if s not in available and s < manifest.num_shards)
+            if past:
+                problems.append(f"{where}: shards {format_int_list(past)} are past the cache's plan of "
+                                f"{manifest.num_shards} shards (0-{manifest.num_shards - 1})")
             if absent:
-                problems.append(f"{where}: shards {absent} {kind} "
+                problems.append(f"{where}: shards {format_int_list(absent)} {kind} "
                                 f"(complete: {format_int_list(available)}, {len(available)} of {manifest.num_shards})")
-            elif c.format == "wds":
+            elif not past and c.format == "wds":
                 from radar_train.cache.wds import cut_short, tar_name
 
                 short = [str(Path(c.path) / tar_name(s)) for s in sorted(set(train + val))
@@ -366,7 +377,7 @@ class PairDataModule(pl.LightningDataModule):
         if not problems:
             problems += shared_pairs(self.caches, [manifests[c.path] for c in self.caches], splits)
         if not problems:
-            if not any(t for t, _ in splits):
+            if stage in (None, "fit") and not any(t for t, _ in splits):  # (validate needs none)
                 problems.append("no training shards in data.caches")
             if not any(v for _, v in splits):
                 problems.append("no validation shards: set val_shards of at least one cache (held-out shards)")
@@ -389,7 +400,7 @@ class PairDataModule(pl.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.manifests:
             return
-        self._resolve()
+        self._resolve(stage)
         problems: list[str] = []
         self.train_set = self._build([(c, t) for c, (t, _) in zip(self.caches, self.splits)], True, problems)
         self.val_set = self._build([(c, v) for c, (_, v) in zip(self.caches, self.splits)], False, problems)

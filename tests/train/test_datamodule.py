@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -46,7 +47,8 @@ def test_bad_splits_are_reported_together(tiny_cache, tmp_path):
     with pytest.raises(ValueError) as e:
         dm.setup("fit")
     msg = str(e.value)
-    assert "[4] are in both" in msg and "[19] are not complete" in msg and "nothing does not exist" in msg
+    assert "[4] are in both" in msg and "shards 19 are past the cache's plan of 16 shards (0-15)" in msg
+    assert "nothing does not exist" in msg
 
 
 @pytest.mark.parametrize("spelling", ["trailing slash", "symlink", "dot segment"])
@@ -273,7 +275,7 @@ def test_every_missing_cache_shard_and_bad_manifest_is_reported_at_once(tiny_cac
         dm.setup("fit")
     msg = str(e.value)
     assert "gone1 does not exist" in msg and "gone2 does not exist" in msg and "bad/manifest.json is not valid JSON" in msg
-    assert "data.caches[3]" in msg and "shards [2] are not complete" in msg
+    assert "data.caches[3]" in msg and "shards 2 are not complete" in msg
     assert dm.manifests == {}  # nothing half-resolved is kept
 
     # the split is fine, but a shard named complete cannot be read: every such shard, of every part
@@ -371,3 +373,34 @@ def test_two_caches_holding_the_same_pairs_may_not_train_on_one_anothers_validat
                          CacheSource(path=str(copy), train_shards="5-9", val_shards="10")], batch_size=4)
     dm.setup("fit")  # other pairs of the same cache: fine
     assert [t for t, _ in dm.splits] == [[0, 1, 2, 3], [5, 6, 7, 8, 9]]
+
+
+def test_shards_past_the_plan_a_format_that_is_not_the_folders_and_a_validation_batch_of_0_are_named(tiny_cache,
+                                                                                                        tmp_path):
+    """(Shards past the plan were 'not complete in the cache', listed one by one: '5-200000' made a 1.5 MB line; an
+    export read as format zarr had 'no complete shard'; val_batch_size 0 was taken as batch_size.)"""
+    from radar_train.cache.wds import export_wds
+
+    dm = PairDataModule([CacheSource(path=tiny_cache, train_shards="0-3", val_shards="14-200000")], batch_size=4)
+    with pytest.raises(ValueError, match=r"^data: data.caches\[0\] \(.*\): shards 16-200000 are past the cache's "
+                                         r"plan of 16 shards \(0-15\)$"):
+        dm.setup("fit")
+    export_wds(tiny_cache, str(tmp_path / "wds"), progress=False)
+    for path, fmt, says in ((str(tmp_path / "wds"), "zarr", "is a WebDataset export: give it format: wds"),
+                            (tiny_cache, "wds", "is a radar-cache (Zarr) cache: give it format: zarr")):
+        dm = PairDataModule([CacheSource(path=path, train_shards="0-3", val_shards="4", format=fmt)], batch_size=4)
+        with pytest.raises(ValueError, match=re.escape(says)):
+            dm.setup("fit")
+    with pytest.raises(ValueError, match="data.val_batch_size must be >= 1"):
+        PairDataModule([CacheSource(path=tiny_cache, train_shards="0-3", val_shards="4")], batch_size=4,
+                       val_batch_size=0)
+
+
+def test_validate_takes_a_cache_of_validation_shards_alone(tiny_cache):
+    """(`radar-train validate` on a held-out cache was refused: 'no training shards in data.caches'.)"""
+    dm = PairDataModule([CacheSource(path=tiny_cache, train_shards=[], val_shards="0-15")], batch_size=4)
+    dm.setup("validate")
+    assert len(dm.val_set) == 256
+    dm = PairDataModule([CacheSource(path=tiny_cache, train_shards=[], val_shards="0-15")], batch_size=4)
+    with pytest.raises(ValueError, match="no training shards in data.caches"):
+        dm.setup("fit")

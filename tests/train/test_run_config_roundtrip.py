@@ -33,6 +33,11 @@ def test_the_run_s_own_config_yaml_validates_and_resumes(tmp_path, build_cache):
     code, err = call_cli("train", ["validate", "--config", "run/config.yaml", "--ckpt_path", "last"], tmp_path)
     assert code == 0, err
     assert list((run / "tb" / "validate").glob("version_*"))
+    # a cache of validation shards alone ('no training shards in data.caches' refused it)
+    caches = f'[{{path: {cache}, train_shards: [], val_shards: "0-1"}}]'
+    code, err = call_cli("train", ["validate", "--config", "run/config.yaml", "--ckpt_path", "last",
+                                   "--data.caches", caches], tmp_path)
+    assert code == 0, err
 
     code, err = call_cli("train", ["fit", "--config", "run/config.yaml", "--ckpt_path", "last",
                                    "--trainer.max_steps", "3"], tmp_path)
