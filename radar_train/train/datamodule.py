@@ -279,7 +279,7 @@ class PairDataModule(pl.LightningDataModule):
                                    "drop_last": drop_last})
         self.caches = list(caches)
         self.batch_size = batch_size
-        self.val_batch_size = batch_size if val_batch_size is None else val_batch_size  # (0 is refused, not the default)
+        self.val_batch_size = batch_size if val_batch_size is None else val_batch_size  # (0: refused, below)
         self.num_workers, self.shuffle_seed = num_workers, shuffle_seed
         self.wds_shuffle_buffer, self.drop_last = wds_shuffle_buffer, drop_last
         self.manifests: dict[str, object] = {}  # path -> Manifest
