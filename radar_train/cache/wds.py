@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
@@ -208,6 +209,41 @@ def _check_count(url: Optional[str], n: int, counts: dict[str, int]) -> None:
                          f"copy or export it again (radar-cache export-wds)")
 
 
+_TAR = re.compile(r"pairs-(\d{5,})\.tar$")
+
+
+def _shard_ranges(urls: Sequence[str]) -> dict[str, tuple[int, int, int]]:
+    """{url: (shard, first, stop)} of the tars of an export folder whose manifest is beside them (the sample
+    indices its tar of that name must hold); {} for others (URLs, tars without the export's manifest)."""
+    out, plans = {}, {}
+    for url in urls:
+        m, folder = _TAR.search(str(url)), Path(str(url)).parent
+        if m is None or not (folder / MANIFEST_NAME).is_file():
+            continue
+        if folder not in plans:
+            try:
+                plans[folder] = read_manifest(folder)
+            except (OSError, ValueError):
+                plans[folder] = None
+        if plans[folder] is not None and int(m.group(1)) < plans[folder].num_shards:
+            out[str(url)] = (int(m.group(1)), *plans[folder].shard_range(int(m.group(1))))
+    return out
+
+
+def _check_index(url: str, sample: dict, shard: int, first: int, stop: int) -> None:
+    """InputError unless the sample's pair index lies in its tar's shard (a tar copied or renamed under another
+    shard's name was read as that shard: its pairs could be training pairs read as validation ones)."""
+    try:
+        index = int(bytes(sample["index.cls"]).decode())
+    except (ValueError, UnicodeDecodeError):
+        raise InputError(f"{url}: WebDataset sample {sample.get('__key__')} has no pair index in index.cls; copy or "
+                         f"export it again (radar-cache export-wds)") from None
+    if not first <= index < stop:
+        raise InputError(f"{url}: WebDataset sample {sample.get('__key__')} is pair {index}, not one of shard "
+                         f"{shard}'s ({first}-{stop - 1}): a tar copied or renamed under another shard's name? "
+                         f"Copy or export it again (radar-cache export-wds)")
+
+
 def _pairs(samples: Iterator[dict]) -> Iterator[dict[str, torch.Tensor]]:
     for sample in samples:
         yield to_pair(sample)
@@ -249,6 +285,8 @@ class WdsPairs(IterableDataset):
         self.shuffle, self.shardshuffle, self.seed, self.split_by_node = shuffle, shardshuffle, seed, split_by_node
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self.ranges = _shard_ranges(self.urls)
+
 
     def node(self) -> tuple[int, int]:
         """(rank, world size) whose share of the tars this process reads."""
@@ -299,6 +337,8 @@ class WdsPairs(IterableDataset):
             if missing:
                 raise InputError(f"{url}: WebDataset sample {sample.get('__key__')} has no {', '.join(missing)} "
                                  f"(the tar cut short?); copy or export it again (radar-cache export-wds)")
+            if url in self.ranges:
+                _check_index(url, sample, *self.ranges[url])
             n += 1
             yield sample
         _check_count(url, n, counts)

@@ -494,3 +494,17 @@ def test_the_tars_time_is_the_caches_creation_or_0():
 
     assert tar_mtime(SimpleNamespace(created="2026-12-06T16:00:00+0000")) == 1796572800
     assert tar_mtime(SimpleNamespace(created="")) == 0 and tar_mtime(SimpleNamespace(created=None)) == 0
+
+
+def test_a_tar_copied_under_another_shards_name_is_named_when_read(make_synthetic, tmp_path):
+    """(It was read as that shard: shard 0's pairs, trained on, were validated on as shard 2.)"""
+    import shutil
+
+    from radar_train.inputs import InputError
+
+    export_wds(str(make_synthetic(num_samples=24, shard_size=8)), str(tmp_path / "wds"), progress=False)
+    shutil.copyfile(tmp_path / "wds" / "pairs-00000.tar", tmp_path / "wds" / "pairs-00002.tar")
+    with pytest.raises(InputError, match=r"pairs-00002\.tar: WebDataset sample \S+ is pair 0, not one of shard 2's "
+                                         r"\(16-23\): a tar copied or renamed under another shard's name"):
+        list(WdsPairs(tmp_path / "wds"))
+    assert len(list(WdsPairs([str(tmp_path / "wds" / "pairs-00001.tar")]))) == 8  # (its own pairs: fine)
