@@ -196,16 +196,18 @@ def _not_weights(path: str | os.PathLike, e: Exception) -> NotWeights | None:
                           f"radar_train loads weights only (torch.load with weights_only=True) and builds no objects: "
                           f"save the tensors (a state_dict) instead")
     operand = re.search(r"Unsupported operand (\d+)", text)
-    if operand:
-        return NotWeights(f"was pickled with an instruction torch's weights-only loader does not read (pickle operand "
-                          f"{operand.group(1)}, e.g. from pickle_protocol=4): save the state_dict again with "
-                          f"torch.save's default protocol")
-    if "Weights only load failed" in text:
-        reason = next((ln.strip() for ln in text.splitlines()[1:] if ln.strip() and "documentation" not in ln
-                       and "weights_only" not in ln), "")
-        why = _one_line(reason) or "no reason given"
-        return NotWeights(f"holds something torch's weights-only loader refuses ({why}); radar_train loads weights "
-                          f"only and builds no objects: save the tensors (a state_dict)")
+    if operand and operand.group(1) == "149":  # FRAME: a pickle of protocol 4 or later
+        return NotWeights("was pickled with protocol 4 or later, which torch's weights-only loader does not read "
+                          "(pickle operand 149): save the state_dict again with torch.save's default protocol")
+    if operand:  # (another instruction it does not know: damaged bytes, most likely)
+        return NotWeights(f"is damaged or not a file torch.save wrote (pickle operand {operand.group(1)} where torch's "
+                          f"weights-only loader expects another)")
+    reason = next((ln.strip() for ln in text.splitlines()[1:] if ln.strip() and "documentation" not in ln
+                   and "weights_only" not in ln), "")
+    if "Weights only load failed" in text and reason:  # (no reason on a line of its own: a truncated file's text,
+        # e.g. torch 2.4's one line, says so better through failure_reason)
+        return NotWeights(f"holds something torch's weights-only loader refuses ({_one_line(reason)}); radar_train "
+                          f"loads weights only and builds no objects: save the tensors (a state_dict)")
     return None
 
 

@@ -566,7 +566,7 @@ def summarize(tally: Tally, runs: list[str], reference: Optional[GaussianStats],
     notes = [] if dim is None else sample_count_notes(num_samples, dim)
     parts = inception_score_parts(num_samples, is_splits)
     if scores and parts != is_splits:
-        notes.append(f"IS over {parts} parts, not the {is_splits} asked for: torchmetrics splits {num_samples} "
+        notes.append(f"IS over {parts} parts, not the {is_splits} asked for: it splits {num_samples} "
                      f"samples into parts of ceil({num_samples}/{is_splits}); give --num_samples a multiple of "
                      f"--is_splits")
     if noise != "per_sample":

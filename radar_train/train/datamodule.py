@@ -374,7 +374,7 @@ class PairDataModule(pl.LightningDataModule):
                                     f"copy?); copy or export again")
             manifests[c.path] = manifest
             splits.append((train, val))
-        if not problems:
+        if not problems and stage in (None, "fit"):  # (validate reads no training shards)
             problems += shared_pairs(self.caches, [manifests[c.path] for c in self.caches], splits)
         if not problems:
             if stage in (None, "fit") and not any(t for t, _ in splits):  # (validate needs none)

@@ -368,9 +368,11 @@ def test_weights_holding_nan_or_inf_are_refused_naming_the_file_and_a_tensor(tmp
 
 @pytest.mark.parametrize("make,says", [
     (lambda p: torch.save({"w": torch.ones(2)}, p, pickle_protocol=4),
-     "was pickled with an instruction torch's weights-only loader does not read (pickle operand"),
+     "was pickled with protocol 4 or later, which torch's weights-only loader does not read (pickle operand 149)"),
     (lambda p: p.write_bytes(__import__("pickle").dumps(_Evil(), protocol=2)),
      "holds a Python object (posix.system) besides tensors and plain values"),
+    (lambda p: p.write_bytes(b"\x80\x02S'abc'\n."),  # (an instruction of protocol 0 after a protocol-2 header)
+     "is damaged or not a file torch.save wrote (pickle operand 83 where"),
 ])
 def test_a_file_weights_only_loading_refuses_is_one_line_that_never_advises_turning_it_off(tmp_path, make, says):
     """(A crafted pickle calling os.system got torch's text: 'Re-running torch.load with weights_only set to False

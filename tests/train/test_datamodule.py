@@ -370,6 +370,9 @@ def test_two_caches_holding_the_same_pairs_may_not_train_on_one_anothers_validat
     assert msg.startswith("data: 16 validation pairs of data.caches[0]") and "are training pairs of data.caches[1]" in msg
     assert "32 training pairs of data.caches[0]" in msg and "\n" not in msg  # (shards 2-3 twice)
     dm = PairDataModule([CacheSource(path=tiny_cache, train_shards="0-3", val_shards="4"),
+                         CacheSource(path=str(copy), train_shards="2-5", val_shards=[])], batch_size=4)
+    dm.setup("validate")  # (validate reads no training shards: their overlap does not matter there)
+    dm = PairDataModule([CacheSource(path=tiny_cache, train_shards="0-3", val_shards="4"),
                          CacheSource(path=str(copy), train_shards="5-9", val_shards="10")], batch_size=4)
     dm.setup("fit")  # other pairs of the same cache: fine
     assert [t for t, _ in dm.splits] == [[0, 1, 2, 3], [5, 6, 7, 8, 9]]
