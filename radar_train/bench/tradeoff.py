@@ -167,14 +167,14 @@ def run_tradeoff(cfg: TradeoffConfig, output: Optional[str] = None, overwrite: b
                  log: Callable[[str], None] = print) -> dict:
     """Measure speed and quality as the module docstring says; write the three files to `output` (existing
     ones only with `overwrite`; everything is checked before any work). Returns the result document."""
-    from radar_train.accel.spec import build_spec
     from radar_train.bench.accel import resolve_device
     from radar_train.bench.record import environment
     from radar_train.bench.rounds import Job, PhaseClock, run_rounds
     from radar_train.models import load_models
     from radar_train.outputs import check_output_dir, staged_entries, write_report
     from radar_train.sampling import NextScaleSampler
-    from radar_train.toyworld.measure import check_adapter_folders, decode01, load_adapted_decoder, sample_fhat
+    from radar_train.toyworld.measure import (build_specs, check_adapter_folders, decode01, load_adapted_decoder,
+                                              sample_fhat)
 
     _check(cfg)
     dev, amp = resolve_device(cfg.timing.device, cfg.timing.dtype, "--setup.timing")
@@ -200,12 +200,7 @@ def run_tradeoff(cfg: TradeoffConfig, output: Optional[str] = None, overwrite: b
     m = cfg.model
     vqvae, var, vae_id, var_id = load_models(m.preset, m.vae_checkpoint, m.var_checkpoint, device=dev,
                                              init_seed=m.init_seed)
-    accels = {}
-    for spec in cfg.settings:
-        try:
-            accels[spec] = build_spec(spec, var.patch_nums, var.depth, var_id)
-        except ValueError as e:
-            raise ValueError(f"--setup.settings {spec}: {e}") from None
+    accels = build_specs(cfg.settings, var, var_id, "--setup.settings")
     adapted = {spec: {name: load_adapted_decoder(vqvae, folder, vae_id, num_classes=var.num_classes).to(dev)
                       for name, folder in named.items()} for spec, named in table.items()}
     if amp is not None:

@@ -212,6 +212,18 @@ def decode01(decoder: torch.nn.Module, f_hat: torch.Tensor, batch_size: int = 10
     return torch.cat([fn(i).add(1).mul(0.5) for i in range(0, f_hat.shape[0], batch_size)])
 
 
+def build_specs(specs: Sequence[str], var, var_id, option: str) -> dict[str, AccelMethod]:
+    """{spec: its method for this VAR} (`build_spec`); a spec that does not parse or fit is a ValueError naming
+    `option`."""
+    out = {}
+    for spec in specs:
+        try:
+            out[spec] = build_spec(spec, var.patch_nums, var.depth, var_id)
+        except ValueError as e:
+            raise ValueError(f"{option}: {e}") from None
+    return out
+
+
 def check_adapter_folders(folders: Sequence[str]) -> None:
     """FileNotFoundError naming --setup.adapters and the first of `folders` that is not a folder (before any
     model loads; what is in a folder is checked as it loads)."""
@@ -363,12 +375,7 @@ def run_measure(cfg: MeasureConfig, output: Optional[str] = None, overwrite: boo
     torch.set_num_threads(cfg.num_threads)
     m = cfg.model
     vqvae, var, vae_id, var_id = load_models(m.preset, m.vae_checkpoint, m.var_checkpoint, init_seed=m.init_seed)
-    accels = {}
-    for spec in cfg.methods:
-        try:
-            accels[spec] = build_spec(spec, var.patch_nums, var.depth, var_id)
-        except ValueError as e:
-            raise ValueError(f"--setup.methods: {e}") from None
+    accels = build_specs(cfg.methods, var, var_id, "--setup.methods")
     adapted = {spec: {name: load_adapted_decoder(vqvae, folder, vae_id, num_classes=var.num_classes)
                       for name, folder in named.items()} for spec, named in table.items()}
     labels, seeds = sample_plan(cfg)
