@@ -36,7 +36,7 @@ __all__ = ["CacheSource", "PairDataModule", "parse_shards", "ConcatPairs", "Resu
 
 log = logging.getLogger(__name__)
 
-Shards = Union[str, list[int], None]
+Shards = Union[str, int, list[int], None]
 
 
 @dataclass
@@ -48,17 +48,19 @@ class CacheSource:
     train_shards: Shards = None
     """Training shards: "0-7", "0-5,7", a list, or null for every complete shard not in val_shards."""
     val_shards: Shards = None
-    """Held-out validation shards (same forms); null: none from this cache."""
+    """Held-out validation shards (same forms, or one shard number); null: none from this cache."""
     format: Literal["zarr", "wds"] = "zarr"
     """zarr: the cache folder itself; wds: tars exported by `radar-cache export-wds` (streamed)."""
 
 
 def parse_shards(spec: Shards, what: str) -> Optional[list[int]]:
-    """"0-3,7" / [0, 1] / None -> sorted shard ids (None stays None). ValueError names `what`."""
+    """"0-3,7" / 4 / [0, 1] / None -> sorted shard ids (None stays None). ValueError names `what`."""
     if spec is None:
         return None
     if isinstance(spec, (list, tuple)) and not spec:
         return []  # a cache for validation only (train_shards: [])
+    if isinstance(spec, bool):
+        raise ValueError(f"{what}: {spec} is not a shard, a range or a list of shards")
     ids = parse_int_list(spec, what)
     if len(set(ids)) != len(ids):
         raise ValueError(f"{what}: lists a shard twice ({spec})")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -407,3 +408,17 @@ def test_validate_takes_a_cache_of_validation_shards_alone(tiny_cache):
     dm = PairDataModule([CacheSource(path=tiny_cache, train_shards=[], val_shards="0-15")], batch_size=4)
     with pytest.raises(ValueError, match="no training shards in data.caches"):
         dm.setup("fit")
+
+
+def test_a_bare_shard_number_is_one_shard_and_a_boolean_is_refused(tiny_cache, tmp_path):
+    """(`val_shards: 4` in a YAML file was refused by the parser: 'expected str or list[int] or null, got 4'.)"""
+    from cli_checks import call_cli
+
+    assert parse_shards(4, "val_shards") == [4]
+    with pytest.raises(ValueError, match="val_shards: True is not a shard"):
+        parse_shards(True, "val_shards")
+    config = tmp_path / "data.yaml"
+    config.write_text(f"data:\n  caches:\n    - path: {tiny_cache}\n      train_shards: 0-3\n      val_shards: 4\n")
+    code, err = call_cli("train", ["fit", "--config", str(Path(__file__).parents[2] / "configs/train/tiny.yaml"),
+                                   "--config", str(config), "--print_config"], tmp_path)
+    assert code == 0, err
