@@ -80,6 +80,15 @@ def plain_own_warnings() -> None:
         warnings.formatwarning = formatwarning
 
 
+class WarningPrefix(logging.Formatter):
+    """`warning: <message>` for a WARNING record (the datamodule's shards left out of training, a resume's notes),
+    as `plain_own_warnings` prints warnings.warn's; other records as the format says."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"warning: {text}" if record.levelno == logging.WARNING and not text.startswith("warning:") else text
+
+
 class RankZeroInfo(logging.Filter):
     """Lets records below WARNING through only on the process of global rank 0 (Lightning's
     `rank_zero_only.rank`, set from the launcher's environment and by the strategy), so that a run on N

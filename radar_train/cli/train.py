@@ -777,9 +777,11 @@ def _body(argv: list[str]) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    from radar_train.cli.common import RankZeroInfo, run_main
+    from radar_train.cli.common import RankZeroInfo, WarningPrefix, run_main
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ours = logging.StreamHandler()
+    ours.setFormatter(WarningPrefix("%(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[ours])  # (does nothing where the root logger has handlers)
     for handler in logging.getLogger().handlers:  # our INFO lines once per run, not once per device
         if not any(isinstance(f, RankZeroInfo) for f in handler.filters):
             handler.addFilter(RankZeroInfo())

@@ -299,6 +299,8 @@ class PairDataModule(pl.LightningDataModule):
             p.append("data.batch_size and data.val_batch_size must be >= 1")
         if self.num_workers < 0:
             p.append("data.num_workers must be >= 0")
+        if self.wds_shuffle_buffer < 0:  # (0: no sample shuffle)
+            p.append(f"data.wds_shuffle_buffer must be >= 0, got {self.wds_shuffle_buffer}")
         for i, c in enumerate(self.caches):
             for key in ("train_shards", "val_shards"):
                 try:

@@ -319,3 +319,22 @@ def test_a_precision_that_casts_the_module_logs_its_image_grid(tiny_cache, tmp_p
     acc.Reload()
     assert [e.step for e in acc.Images("val/samples")] == [0, 2]
     assert (root / "final").is_dir()
+
+
+def test_the_datamodules_warnings_print_as_warning_lines(tiny_cache, tmp_path):
+    """(`data.caches[0] (...): shards 2-15 ... are left out of training` printed as a bare line among the INFO ones.)"""
+    import shutil
+
+    from tiny_training import tiny_fit_argv
+
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_cache, cache)
+    shutil.rmtree(next(cache.glob("shard-00003*")))  # (an incomplete cache: shard 3 missing)
+    argv = tiny_fit_argv(str(cache), tmp_path / "run", 1, "--trainer.logger", "false")
+    caches = json.dumps([{"path": str(cache), "train_shards": None, "val_shards": "14"}])  # (every complete one)
+    argv[argv.index("--data.caches") + 1] = caches
+    r = subprocess.run([sys.executable, "-m", "radar_train.cli.train", *argv], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if "left out of training" in ln]
+    assert len(lines) == 1 and lines[0].startswith(f"warning: data.caches[0] ({cache}): shards 3 "), r.stderr[-2000:]

@@ -398,6 +398,8 @@ def test_shards_past_the_plan_a_format_that_is_not_the_folders_and_a_validation_
     with pytest.raises(ValueError, match="data.val_batch_size must be >= 1"):
         PairDataModule([CacheSource(path=tiny_cache, train_shards="0-3", val_shards="4")], batch_size=4,
                        val_batch_size=0)
+    with pytest.raises(ValueError, match="data.wds_shuffle_buffer must be >= 0, got -1"):  # (it was taken)
+        PairDataModule([CacheSource(path=tiny_cache, train_shards="0-3", val_shards="4")], wds_shuffle_buffer=-1)
 
 
 def test_validate_takes_a_cache_of_validation_shards_alone(tiny_cache):
