@@ -19,7 +19,7 @@ from safetensors.torch import load as safetensors_from_bytes
 import torch
 from torch import nn
 
-from radar_train.inputs import InputError, NotWeights, failure_reason, torch_load_weights
+from radar_train.inputs import InputError, NotWeights, failure_reason, nonfinite_keys, torch_load_weights
 from radar_train.outputs import atomic_file
 
 from .configs import MODEL_PRESETS, VARConfig, VQVAEConfig
@@ -248,14 +248,11 @@ def load_vqvae_weights(model: nn.Module, path: str | Path, sd: dict | None = Non
 
 
 def nonfinite_weights(sd: dict[str, torch.Tensor]) -> list[str]:
-    """The keys, sorted, of the floating-point tensors holding NaN, or inf anywhere but in VAR's causal mask
-    (`attn_bias_for_masking`: 0 and -inf by design, in the official files too)."""
-    def bad(k: str, v: torch.Tensor) -> bool:
-        if k.endswith("attn_bias_for_masking"):
-            return bool(v.isnan().any())
-        return not bool(torch.isfinite(v).all())
-
-    return sorted(k for k, v in sd.items() if v.is_floating_point() and bad(k, v))
+    """`inputs.nonfinite_keys` of a model's weights, but VAR's causal mask (`attn_bias_for_masking`: 0 and -inf by
+    design, in the official files too) only for NaN."""
+    mask = "attn_bias_for_masking"
+    nan_masks = [k for k, v in sd.items() if k.endswith(mask) and v.is_floating_point() and bool(v.isnan().any())]
+    return sorted(nonfinite_keys({k: v for k, v in sd.items() if not k.endswith(mask)}) + nan_masks)
 
 
 def _assign(model: nn.Module, sd: dict[str, torch.Tensor], p: Path) -> None:

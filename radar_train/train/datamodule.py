@@ -245,13 +245,14 @@ def shared_pairs(caches: Sequence["CacheSource"], manifests: Sequence, splits: S
         seeds, labels = _samples(m.plan, shards)
         return set(zip(seeds.tolist(), labels.tolist()))
 
+    trained = {j: pairs(manifests[j], splits[j][0]) for j in range(len(caches))
+               if ids[j] is not None and ids.count(ids[j]) > 1}  # (once each, only where another cache shares it)
     out = []
     for i, j in itertools.permutations(range(len(caches)), 2):
         if ids[i] is None or ids[i] != ids[j]:
             continue
-        trained = pairs(manifests[j], splits[j][0])
         for what, shards in (("validation", splits[i][1]), ("training", splits[i][0] if i < j else [])):
-            n = len(pairs(manifests[i], shards) & trained)
+            n = len(pairs(manifests[i], shards) & trained[j])
             if n:
                 out.append(f"{n} {what} pairs of data.caches[{i}] ({caches[i].path}) are training pairs of "
                            f"data.caches[{j}] ({caches[j].path}), which holds the same pairs (a copy, or a larger "
