@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Sequence, Union
@@ -171,7 +172,16 @@ def parse_int_list(spec: Union[str, int, Sequence[int]], what: str) -> list[int]
     """'0-3,7' (ranges inclusive) / 5 / [1, 2] -> a list of non-negative ints, in the given order, of at most
     MAX_INT_LIST values. ValueError names `what` (the option at fault)."""
     if not isinstance(spec, str):
-        out = [spec] if isinstance(spec, int) else [int(x) for x in spec]
+        values = [spec] if not isinstance(spec, Sequence) else list(spec)
+        try:  # (int() took 1.5 as 1 and True as 1; a Python caller gets what the command line refuses)
+            if any(isinstance(x, bool) for x in values):
+                raise TypeError("a bool")
+            out = [operator.index(x) for x in values]
+        except TypeError:
+            raise ValueError(f"{what}: {spec!r:.80} is not whole numbers (use e.g. '0-3,7' or a list of "
+                             f"ints)") from None
+        if len(out) > MAX_INT_LIST:
+            raise ValueError(f"{what}: lists more than {MAX_INT_LIST:,} values")
         if not out:
             raise ValueError(f"{what} is empty")
         if min(out) < 0:

@@ -56,18 +56,26 @@ def format_rate(rate: float) -> str:
     return f"{rate:.3g}"
 
 
+def singular(unit: str) -> str:
+    """`sample` of `samples`, `batch` of `batches`, `it` of `it` (a unit not in the plural stays)."""
+    if unit.endswith(("ches", "shes", "xes")):
+        return unit[:-2]
+    return unit[:-1] if unit.endswith("s") and not unit.endswith("ss") else unit
+
+
 def format_speed(rate: Optional[float], unit: str) -> str:
-    """`18.6 pairs/s`, or the time per unit when slower than one a second (`7.4 s/it`)."""
+    """`18.6 pairs/s`, or the time per unit when slower than one a second (`7.4 s/it`, `1.2 s/sample` of
+    `samples`)."""
     if not rate:
         return f"? {unit}/s"
-    return f"{format_rate(rate)} {unit}/s" if rate >= 1 else f"{format_rate(1 / rate)} s/{unit}"
+    return f"{format_rate(rate)} {unit}/s" if rate >= 1 else f"{format_rate(1 / rate)} s/{singular(unit)}"
 
 
 def plural(n: int, unit: str) -> str:
-    """`1 step`, `12 steps`, `2 batches`, `80 pairs` (a unit given in the plural stays)."""
-    if n == 1 or unit.endswith("s"):
+    """`1 step`, `12 steps`, `2 batches`, `3 classes`, `80 pairs` (a unit given in the plural stays)."""
+    if n == 1 or (unit.endswith("s") and not unit.endswith("ss")):
         return f"{n} {unit}"
-    return f"{n} {unit}{'es' if unit.endswith(('ch', 'sh', 'x')) else 's'}"
+    return f"{n} {unit}{'es' if unit.endswith(('ch', 'sh', 'x', 'ss')) else 's'}"
 
 
 def env_interval() -> float:

@@ -52,6 +52,15 @@ def test_slow_work_reads_as_seconds_per_unit_and_a_long_eta_in_minutes(clock):
     assert out.getvalue().strip() == "train: step 4/1800 (0.2 %), 6.25 s/it, ETA 3 h 07 min"
 
 
+@pytest.mark.parametrize("unit,per", [("samples", "sample"), ("batches", "batch"), ("pairs", "pair"), ("it", "it")])
+def test_slow_work_in_a_plural_unit_reads_as_seconds_per_one_of_them(clock, unit, per):
+    out = io.StringIO()  # (radar-accel calibrate said "1.07 s/samples")
+    p = Progress(10, "x", unit, interval_s=0, stream=out)
+    clock.t += 2.0
+    p.update(1)
+    assert out.getvalue().split(", ")[1] == f"2 s/{per}"
+
+
 def test_a_resumed_run_counts_its_rate_from_where_it_resumed(clock):
     out = io.StringIO()
     p = Progress(1000, "train", "step", rate_unit="it", initial=900, interval_s=0, stream=out)
@@ -151,8 +160,8 @@ def test_formats():
     assert [format_duration(s) for s in (0.4, 59, 61, 937, 3600, 7500)] == [
         "0 s", "59 s", "1 min 1 s", "15 min 37 s", "1 h 00 min", "2 h 05 min"]
     assert format_duration(float("inf")) == "?"
-    assert [plural(1, "step"), plural(2, "step"), plural(2, "batch"), plural(3, "pairs")] == [
-        "1 step", "2 steps", "2 batches", "3 pairs"]
+    assert [plural(1, "step"), plural(2, "step"), plural(2, "batch"), plural(3, "pairs"), plural(3, "class"),
+            plural(1, "class")] == ["1 step", "2 steps", "2 batches", "3 pairs", "3 classes", "1 class"]
 
 
 def test_toy_trainers_log_step_total_rate_and_eta_and_keep_the_loss_curve(caplog):

@@ -78,7 +78,7 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     from radar_train.cli.common import (STOPPED_STATUS, accel_inputs, check_device, check_positive, model_inputs,
                                         note_merged_vqvae, sigterm_ignored)
     from radar_train.export import check_adapter
-    from radar_train.inference.pipeline import resolve_device
+    from radar_train.inference.pipeline import check_pipeline_args, resolve_device
     from radar_train.models import get_preset
     from radar_train.inputs import InputError
     from radar_train.outputs import check_output_dir
@@ -102,8 +102,10 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
         from radar_train.cache.workers import resolve_device as worker_device
 
         device = worker_device(device, split)
-    if adapter is not None:
-        check_adapter(adapter)
+    pipe_args = PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision, decode_precision)
+    check_pipeline_args(pipe_args)  # (precision, acceleration: before the extractors and the models load)
+    if adapter is not None:  # (a label-conditioned one against the model's class count)
+        check_adapter(adapter, get_preset(model.preset).var.num_classes)
     if reference is not None and not Path(reference).exists():
         raise InputError(f"{reference}: --reference not found (an .npz of mu / sigma, or a folder of images)")
     runs = ["vanilla", "accelerated"] + (["accelerated+adapter"] if adapter is not None else [])
@@ -141,8 +143,7 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     if split.num_workers == 1 or not writes_ref:  # (a folder's statistics: read by the workers' merge, once)
         ref, ref_key = fid_reference(reference, writes_ref, output, feats, sha, batch_size, dev, feature_dim,
                                      inception, size)
-    pipe = RadarPipeline.from_config(PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision,
-                                                  decode_precision))
+    pipe = RadarPipeline.from_config(pipe_args)
     note_merged_vqvae(pipe, model, "radar-fid", "the vanilla run (its FID, the gap closed's baseline)")
     fingerprint = {**fid_fingerprint(pipe, model, sha, num_samples, batch_size, base_seed, save_npz),
                    "num_workers": split.num_workers}

@@ -75,24 +75,29 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
     from radar_train.images import save_grid
     from radar_train.inference import PipelineArgs, RadarPipeline
     from radar_train.inference.generate_progress import LOCK_NAME, GenerateProgress, PngBatches
+    from radar_train.inference.pipeline import check_pipeline_args
+    from radar_train.models import get_preset
     from radar_train.outputs import check_output_dir
-    from radar_train.progress import Progress
+    from radar_train.progress import Progress, plural
     from radar_train.train import run_lock
 
     cls_list, seed_list = grid_classes_seeds(classes, seeds, model.preset)
     check_positive(batch_size=batch_size)
     check_positive(grid_scale=grid_scale, grid_rows=grid_rows, minimum=0)
     check_device(device)
-    if adapter is not None:
-        check_adapter(adapter)
+    args = PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision, decode_precision)
+    check_pipeline_args(args)
+    if adapter is not None:  # (a label-conditioned one against the model's class count, before the models load)
+        check_adapter(adapter, get_preset(model.preset).var.num_classes)
     check_output_dir(output, OUTPUT_ENTRIES, "--output",
                      {"--adapter": adapter, **model_inputs(model), **accel_inputs(accel)}, overwrite)
+    GenerateProgress.check_folder(output)  # a folder of that name that is not radar-generate's, before the models
     pairs = [(c, s) for c in cls_list for s in seed_list]
     out = Path(output)
-    print(f"radar-generate: {len(pairs)} samples ({len(cls_list)} classes x {len(seed_list)} seeds), model "
-          f"{model.preset}, accel {accel.method}, adapter {adapter or '-'} -> {out}")
-    pipe = RadarPipeline.from_config(PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision,
-                                                  decode_precision))
+    print(f"radar-generate: {plural(len(pairs), 'sample')} ({plural(len(cls_list), 'class')} x "
+          f"{plural(len(seed_list), 'seed')}), model {model.preset}, accel {accel.method}, adapter {adapter or '-'} "
+          f"-> {out}")
+    pipe = RadarPipeline.from_config(args)
     note_merged_vqvae(pipe, model, "radar-generate", "vanilla/")
     keys = ["vanilla", "accelerated"] + (["accelerated+adapter"] if pipe.adapted_decoder is not None else [])
     settings = {**pipe.fingerprint(), "model": model.preset, "classes": cls_list, "seeds": seed_list,
@@ -146,7 +151,12 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
                   row_titles=[f"c{c} s{s}" for c, s in shown], scale=scale)
         info = {"classes": cls_list, "seeds": seed_list, "columns": keys, "model": model.preset,
                 "accel": pipe.accel.describe(), "adapter": adapter, "grid": str(out / "grid.png"),
-                "grid_rows": len(shown)}
+                "grid_rows": len(shown),
+                # what else makes these PNGs (official noise depends on the batch): the run's fingerprint's values
+                "label_conditioned": bool(getattr(pipe.adapted_decoder, "label_conditioned", False)),
+                **{k: settings.get(k) for k in ("sampling", "batch_size", "precision", "vae", "var")},
+                "decode_precision": settings.get("decode_precision", "torch.float32"),
+                "merge_adapter": merge_adapter if adapter else None}
         (work.dir / "generate.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
         with sigterm_ignored():
             work.finish(OUTPUT_ENTRIES)

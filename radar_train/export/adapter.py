@@ -159,9 +159,10 @@ def _metadata_problem(meta: dict) -> Optional[str]:
     return None
 
 
-def check_adapter(adapter_dir: str | Path) -> dict:
+def check_adapter(adapter_dir: str | Path, num_classes: Optional[int] = None) -> dict:
     """Read every file of an adapter folder (config JSON, weights, metadata); its metadata. InputError naming
-    the file that is missing, truncated or not what it should be."""
+    the file that is missing, truncated or not what it should be; ValueError when `num_classes` (the model's, if
+    given) is not a label-conditioned adapter's class count."""
     d = Path(adapter_dir)
     meta = read_radar_config(d)
     _check_lora_config(read_json(d / ADAPTER_CONFIG, "peft adapter config"), d / ADAPTER_CONFIG)
@@ -169,7 +170,7 @@ def check_adapter(adapter_dir: str | Path) -> dict:
     if not tensors:
         raise InputError(f"{d / ADAPTER_WEIGHTS}: adapter weights file holds no tensors")
     check_finite(tensors, d / ADAPTER_WEIGHTS, "adapter")
-    load_label_conditioning(d, meta)  # a conditioned adapter's section and weights file
+    load_label_conditioning(d, meta, num_classes)  # a conditioned adapter's section and weights file
     return meta
 
 

@@ -210,10 +210,14 @@ def load_label_conditioning(adapter_dir: str | Path, meta: dict,
     """The ClassFiLM of an adapter folder (None if unconditioned). InputError naming the file when its section
     or weights are unusable; ValueError when `num_classes` (the model's) differs from the adapter's."""
     section = conditioning_section(meta)
-    if section is None:
-        return None
     d = Path(adapter_dir)
     cfg = d / "radar_config.yaml"
+    if section is None:
+        if (d / LABEL_CONDITIONING_WEIGHTS).exists():  # (loading it as a plain LoRA would drop its FiLM unsaid)
+            raise InputError(f"{cfg}: has no label_conditioning section, yet the folder holds "
+                             f"{LABEL_CONDITIONING_WEIGHTS}: a label-conditioned adapter's metadata is incomplete "
+                             f"(radar-train export writes both)")
+        return None
     if section.get("kind") != FILM_KIND:
         raise InputError(f"{cfg}: label_conditioning kind {section.get('kind')!r} is not known (known: {FILM_KIND})")
     try:

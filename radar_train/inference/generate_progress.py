@@ -49,6 +49,12 @@ class GenerateProgress:
         self.created = False
         self.damaged: list[Path] = []  # PNGs found damaged by `pending`
 
+    @staticmethod
+    def check_folder(output: str | os.PathLike) -> None:
+        """OutputError (one line) if OUTPUT/generate-progress/ exists and is not radar-generate's (`check` says it
+        again with the settings; this needs none, so it runs before the models load)."""
+        check_progress_folder(Path(output), Path(output) / PROGRESS_DIR, "radar-generate", _OURS.__contains__)
+
     def check(self, overwrite: bool) -> bool:
         """Whether the run goes on from the folder (False: a fresh start). OutputError (one line) for a folder of
         that name that is not radar-generate's, and for one of other settings without `overwrite`."""

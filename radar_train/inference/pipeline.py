@@ -26,7 +26,7 @@ import torch
 from radar_train.accel import AccelMethod, build_accel
 from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
 from radar_train.images import to_pil, to_uint8
-from radar_train.models import LatentDecoder, ModelIdentity, load_models
+from radar_train.models import LatentDecoder, ModelIdentity, get_preset, load_models
 from radar_train.sampling import NextScaleSampler, SampleOutput, generate_pairs, noise_keys
 
 log = logging.getLogger(__name__)
@@ -226,6 +226,17 @@ def _merged_vqvae(vae_checkpoint: Optional[str], vae_id: ModelIdentity, accel: d
     return record
 
 
+def check_pipeline_args(args: PipelineArgs) -> torch.device:
+    """The device of `args`; a bad `precision`, `device`, model preset or acceleration setting (e.g. SCA-Mask
+    without its mask file, a FastVAR scale the preset does not have) refused in one line, reading no weights."""
+    check_precision(args.precision)
+    check_precision(args.decode_precision, "decode_precision")
+    device = resolve_device(args.device)
+    shapes = get_preset(args.model.preset).var  # (the method against the preset's scales: weights load slowly)
+    build_accel(args.accel, shapes.patch_nums, shapes.depth)
+    return device
+
+
 class RadarPipeline:
     def __init__(self, vqvae, var, accel: AccelMethod, sampling: SamplingConfig, *, vae_identity: ModelIdentity,
                  var_identity: Optional[ModelIdentity] = None, autocast_dtype: Optional[torch.dtype] = None,
@@ -254,10 +265,8 @@ class RadarPipeline:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, args: PipelineArgs) -> "RadarPipeline":
-        """The pipeline `args` describe. A bad `precision` or `device` is refused before any model loads."""
-        check_precision(args.precision)
-        check_precision(args.decode_precision, "decode_precision")
-        device = resolve_device(args.device)
+        """The pipeline `args` describe, checked before any model loads (`check_pipeline_args`)."""
+        device = check_pipeline_args(args)
         m = args.model
         vqvae, var, vae_id, var_id = load_models(m.preset, m.vae_checkpoint, m.var_checkpoint, device, m.init_seed)
         accel = build_accel(args.accel, var.patch_nums, var.depth, var_id)
@@ -341,11 +350,14 @@ class RadarPipeline:
     @torch.no_grad()
     def decode(self, f_hat: torch.Tensor, adapter: bool, labels: Optional[Sequence[int]] = None) -> torch.Tensor:
         """f_hat -> images in [0, 1] (float32, B×3×H×W), decoded in `decode_dtype`. A label-conditioned adapter
-        needs the samples' labels: best given on the host, where they are checked without waiting for the device
-        (`ClassFiLM.check_labels`)."""
+        needs the samples' labels, one class number per latent (a sequence, 1-D array or 1-D tensor, checked as
+        `generate` checks them: no bool, fraction or string): best given on the host, where they are checked
+        without waiting for the device."""
         from radar_train.export import decode_with_labels
 
         dec = self.adapted_decoder if adapter and self.adapted_decoder is not None else self.decoder
+        if labels is not None and getattr(dec, "label_conditioned", False):  # (as generate's: no bool, 2-d, string)
+            labels = check_labels(labels, self.var.num_classes)
         amp = torch.autocast(self.device.type, dtype=self.decode_dtype) if self.decode_dtype else nullcontext()
         with amp:
             img = decode_with_labels(dec, f_hat.float(), labels)

@@ -164,3 +164,73 @@ def test_labels_given_on_the_host_are_checked_there_and_copied_to_the_device_wit
         film.check_labels([0, 10, 3], 3, torch.device("meta"))
     with pytest.raises(ValueError, match="2 labels for 3 latents"):
         film.check_labels([0, 1], 3, torch.device("meta"))
+
+
+def test_a_conditioned_adapters_weights_without_their_metadata_section_are_refused(conditioned_run, tmp_path):
+    """Loaded as a plain LoRA, the adapter decoded without its FiLM, with no word (radar-generate, radar-eval and
+    RadarPipeline exited 0)."""
+    import shutil
+
+    import yaml
+
+    from radar_train.export import check_adapter
+    from radar_train.inputs import InputError
+
+    d = tmp_path / "adapter"
+    shutil.copytree(conditioned_run["adapter"], d)
+    meta = yaml.safe_load((d / "radar_config.yaml").read_text())
+    meta.pop("label_conditioning")
+    (d / "radar_config.yaml").write_text(yaml.safe_dump(meta))
+    with pytest.raises(InputError, match=r"radar_config.yaml: has no label_conditioning section, yet the folder "
+                                         r"holds label_conditioning.safetensors"):
+        check_adapter(d)
+    with pytest.raises(InputError, match="has no label_conditioning section"):
+        _pipe(d)
+
+
+def test_decode_takes_the_labels_in_the_forms_generate_takes(conditioned_run):
+    """decode(adapter=True, labels=...) read True as class 1, a bare int or a 2-d list as a batch, and said
+    'got -9223372036854775808' for inf."""
+    pipe = _pipe(conditioned_run["adapter"])
+    f = torch.randn(1, 8, 8, 8)
+    ref = pipe.decode(f, adapter=True, labels=[3])
+    assert torch.equal(pipe.decode(f, adapter=True, labels=torch.tensor([3])), ref)
+    for bad, kind, message in (([True], TypeError, "got a bool"), (3, TypeError, "must be a sequence"),
+                               ([[3]], TypeError, "class numbers"), (["3"], TypeError, "class numbers"),
+                               (torch.tensor(3), TypeError, "one-dimensional"),
+                               ([float("inf")], ValueError, "whole class numbers, got inf")):
+        with pytest.raises(kind, match=message):
+            pipe.decode(f, adapter=True, labels=bad)
+
+
+def test_radar_generate_refuses_a_class_count_and_a_progress_folder_before_the_models_load(conditioned_run,
+                                                                                       tmp_path, monkeypatch):
+    """Both were refused only after the models loaded (hashing a d16 checkpoint first), after the start line."""
+    import shutil
+
+    import yaml
+    from cli_checks import assert_refused
+    from safetensors.torch import load_file, save_file
+
+    import radar_train.inference.pipeline as pipeline
+
+    def no_load(*a, **k):
+        raise AssertionError("the models loaded before the check")
+
+    monkeypatch.setattr(pipeline, "load_models", no_load)
+    d = tmp_path / "five"
+    shutil.copytree(conditioned_run["adapter"], d)
+    meta = yaml.safe_load((d / "radar_config.yaml").read_text())
+    meta["label_conditioning"]["num_classes"] = 5
+    (d / "radar_config.yaml").write_text(yaml.safe_dump(meta))
+    tensors = load_file(d / "label_conditioning.safetensors")
+    save_file({**tensors, "embedding": tensors["embedding"][:5].contiguous()}, d / "label_conditioning.safetensors")
+    base = ["--classes", "0", "--seeds", "0", "--device", "cpu"]
+    assert_refused("generate", [*base, "--adapter", str(d), "--output", "out"], tmp_path, (tmp_path,),
+                   ["conditioned on 5 classes, the model has 10"])
+    (tmp_path / "o1" / "generate-progress").mkdir(parents=True)
+    (tmp_path / "o1" / "generate-progress" / "mine.txt").write_text("mine")
+    assert_refused("generate", [*base, "--output", "o1"], tmp_path, (tmp_path,),
+                   ["holds mine.txt, so it is not radar-generate progress"])
+    assert_refused("generate", [*base, "--accel.method", "sca", "--output", "o2"], tmp_path, (tmp_path,),
+                   ["sca.mask_file is needed"])

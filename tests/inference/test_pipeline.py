@@ -168,6 +168,10 @@ def test_radar_generate_writes_pngs_and_a_grid(trained_run, tmp_path, cli):
     assert 3 * tile < w < 3 * tile + 120 and 6 * tile < h < 6 * tile + 40
     meta = json.loads((out / "generate.json").read_text())
     assert meta["columns"] == ["vanilla", "accelerated", "accelerated+adapter"]
+    # what makes the PNGs besides classes and seeds (it recorded none of these)
+    assert meta["sampling"]["top_k"] == 64 and meta["sampling"]["noise"] == "per_sample"
+    assert (meta["batch_size"], meta["precision"], meta["decode_precision"]) == (16, "torch.float32", "torch.float32")
+    assert meta["label_conditioned"] is False and meta["merge_adapter"] is True and meta["vae"] and meta["var"]
     # rerun into the same folder without an adapter: no earlier restored/ left beside the new images
     cli("generate", "--classes", "5", "--seeds", "3", "--sampling.top_k", "64", "--output", str(out), "--device", "cpu",
         "--overwrite", cwd=trained_run["work"])

@@ -32,6 +32,19 @@ def test_id_lists_are_said_as_the_ranges_they_are_written_in(ids, said):
         assert parse_int_list(format_int_list(ids, ","), "x") == sorted(ids)
 
 
+def test_a_list_of_ids_from_python_is_refused_unless_whole_numbers():
+    """int() took [1.5] as [1] and [True] as [1]; the command line refuses both (RadarPipeline / generate() callers
+    reach the list form)."""
+    import numpy as np
+
+    from radar_train.config import parse_int_list
+
+    assert parse_int_list([3, np.int64(4)], "--classes") == [3, 4] and parse_int_list(5, "--seeds") == [5]
+    for bad in ([1.5], [True], [1.0], ["1"], True):
+        with pytest.raises(ValueError, match="^--classes: .* is not whole numbers"):
+            parse_int_list(bad, "--classes")
+
+
 def test_train_shards_default_to_every_complete_shard_not_held_out(tiny_cache):
     dm = PairDataModule([CacheSource(tiny_cache, val_shards="14-15")], batch_size=4)
     dm.setup("fit")
