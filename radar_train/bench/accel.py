@@ -87,8 +87,14 @@ def check_setup(setup: "BenchSetup") -> tuple[torch.device, Optional[torch.dtype
     """Every --setup option checked (one line naming it), before any work; returns resolve_device's pair."""
     from radar_train.config import check_positive
 
+    from radar_train.seeding import seed_range_problems
+
     check_positive(**{"setup.batch_size": setup.batch_size, "setup.repeats": setup.repeats})
     check_positive(minimum=0, **{"setup.warmup": setup.warmup})
+    # sample i's seed is seed + i, and the VQ-VAE's random weights take seed + 1 (the VAR's: seed)
+    problems = seed_range_problems("--setup.seed", setup.seed, max(setup.batch_size, 2))
+    if problems:
+        raise ValueError(problems[0])
     attention_context(setup.attention)
     return resolve_device(setup.device, setup.dtype)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
-import json
 import sys
 import time
 from dataclasses import dataclass, fields
@@ -122,13 +121,9 @@ def comparison_configs(preset_name: str, official_config: Optional[str]) -> tupl
     from radar_train.models import get_preset
 
     if official_config is not None:
-        path = Path(official_config)
-        if not path.is_file():
-            raise FileNotFoundError(f"--official_config {official_config}: no such file")
-        try:
-            kwargs = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise ValueError(f"--official_config {official_config}: not a JSON file ({e})") from e
+        from radar_train.inputs import read_json
+
+        kwargs = read_json(official_config, "--official_config file")  # one line: missing, folder, not JSON, ...
         vae, var = configs_from_official(kwargs, f"--official_config {official_config}")
         official = official_kwargs(vae, var)
         if official is None:

@@ -124,6 +124,22 @@ def bench_reader(root: Path, num_pairs: int = 8192, workers: Sequence[int] = (0,
     return rows
 
 
+def check_overrides(config: str, overrides: Sequence[str]) -> None:
+    """ValueError naming --overrides if radar-cache run does not take them with `config` (an unknown option was
+    said as radar-bench's own, after the run's header, pointing to radar-bench's help)."""
+    from jsonargparse import ArgumentError
+
+    from radar_train.cli.cache import _normalise, build_run_parser
+    from radar_train.cli.common import _parse_error  # (run_main's wording of a parse error)
+
+    argv = _normalise(["--config", config, *overrides, "--progress", "false", "--output", "unused"])
+    try:
+        build_run_parser().parse_args(argv)
+    except ArgumentError as e:
+        raise ValueError(f"--overrides {list(overrides)}: {_parse_error(e)} (`radar-cache run --help` lists the "
+                         f"options)") from None
+
+
 def check_options(num_pairs: int, workers: Sequence[int], repeats: int, parts: Sequence[str]) -> None:
     """ValueError naming every option (--num_pairs, --workers, --repeats, --parts) that would measure nothing
     or fail after the work began: no part or an unknown one, fewer than one repeat, a reader with no pair past

@@ -74,6 +74,11 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
     if sampling.engine in ("graphs", "compiled"):
         problems.append(f"--sampling.engine {sampling.engine}: a calibration reads every attention call through "
                         f"hooks, which a captured run cannot; use engine eager or auto")
+    if not 0 < alpha <= 1:
+        problems.append(f"--alpha must be in (0, 1], got {alpha}")
+    elif accel.method == "sca" and alpha != 0.96:  # (it was taken and ignored: the mask has no energy threshold)
+        problems.append(f"--alpha {alpha}: StageVAR's rank threshold; an SCA-Mask calibration (--accel.method sca) "
+                        f"does not use it")
     if problems:
         raise ValueError("; ".join(problems))
     if accel.method == "sca":
@@ -90,8 +95,6 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
     from radar_train.progress import Progress
     from radar_train.sampling import NextScaleSampler
 
-    if not 0 < alpha <= 1:
-        raise ValueError(f"--alpha must be in (0, 1], got {alpha}")
     patch_nums = get_preset(model.preset).var.patch_nums
     if scales is not None and [s for s in scales if s not in patch_nums]:
         raise ValueError(f"--scales {[s for s in scales if s not in patch_nums]} are not scales of {model.preset} "

@@ -1,6 +1,7 @@
 """radar-bench: methods timed side by side (accel), speed against quality (tradeoff), and the stage benchmarks."""
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 from jsonargparse import CLI
@@ -19,19 +20,45 @@ def _check_json(path: Optional[str], overwrite: bool, inputs: Optional[dict] = N
         check_output_file(path, "--json", inputs, overwrite)
 
 
-def _method_inputs(methods: list[str]) -> dict:
-    """The files the method specs name (mask_file=, rank_ratios=), by option (--methods[i].sca.mask_file)."""
+def _method_inputs(methods: list[str], var_cfg) -> dict:
+    """The files the method specs name (mask_file=, rank_ratios=), by option (--methods[i].sca.mask_file); a spec
+    is read against the model's scales (`var_cfg`: budget= needs them)."""
     from radar_train.accel.spec import parse_spec
     from radar_train.cli.common import accel_inputs
 
     inputs = {}
     for i, spec in enumerate(methods):
-        inputs.update(accel_inputs(parse_spec(spec), f"--methods[{i}]"))
+        inputs.update(accel_inputs(parse_spec("none" if spec == "vanilla" else spec, var_cfg.patch_nums),
+                                   f"--methods[{i}]"))
     return inputs
 
 
+def _check_methods(methods: list[str], var_cfg) -> None:
+    """Every method spec built against the model's scales (`var_cfg`: its patch_nums and depth), its files read,
+    before any work: ValueError naming the spec (`fastvar:prune=7:0.5` on a model without a 7×7 scale was refused
+    only after the runs before it were timed)."""
+    from radar_train.accel.spec import build_spec
+
+    for i, spec in enumerate(methods):
+        spec = "none" if spec == "vanilla" else spec
+        try:
+            build_spec(spec, var_cfg.patch_nums, var_cfg.depth)
+        except ValueError as e:
+            raise ValueError(f"--methods[{i}] {spec}: {e}") from None
+
+
+def _check_sampling(sampling: SamplingConfig) -> None:
+    problems = sampling.problems()
+    if problems:
+        raise ValueError(f"--{problems[0]}")
+
+
 def _log(line: str) -> None:
-    print(line, flush=True)
+    """A progress line (docs/cli.md, Progress): on stderr, as every command's; none with RADAR_PROGRESS=off."""
+    from radar_train.progress import log_mode
+
+    if log_mode() != "off":
+        print(line, file=sys.stderr, flush=True)
 
 
 def _write_json(rows: list[dict], path: Optional[str], device: str = "auto") -> None:
@@ -79,6 +106,7 @@ def accel(setup: BenchSetup = BenchSetup(), methods: list[str] = ["none", "fastv
 
     check_setup(setup)
     check_engines(engines)
+    _check_sampling(sampling)
     if sampling.engine != "auto":  # the engines timed are --engines (each row says its engine)
         raise ValueError(f"--sampling.engine {sampling.engine}: radar-bench accel times the engines of --engines "
                          f"(e.g. --engines [{sampling.engine}])")
@@ -86,11 +114,19 @@ def accel(setup: BenchSetup = BenchSetup(), methods: list[str] = ["none", "fastv
         raise ValueError(f"--official_config {official_config}: it builds the official sampler's model, which runs "
                          f"only with --official_var (the official code's folder)")
     if official_var is not None:  # not a checkout: that first (cached: the benchmark reuses it)
-        from radar_train.bench.official import load_official_code
+        from radar_train.bench.official import comparison_configs, load_official_code
 
         load_official_code(official_var)
-    inputs = {"--official_config": official_config, "--official_var": official_var, **_method_inputs(methods)}
+        var_cfg = comparison_configs(setup.preset, official_config)[1]
+    else:
+        from radar_train.models import get_preset
+
+        var_cfg = get_preset(setup.preset).var
+    inputs = {"--official_config": official_config, "--official_var": official_var,
+              **_method_inputs(methods, var_cfg)}
     _check_json(json, overwrite, inputs)
+    _check_methods(methods, var_cfg)
+    engines = list(dict.fromkeys(engines)) if engines else engines  # (each once: a repeat was an unsaid warm-up)
     rows = run_accel_benchmark(setup, methods, sampling, log=_log, official_var=official_var,
                                official_config=official_config, engines=engines, pairs=pairs)
     print(format_table(rows))
@@ -116,9 +152,13 @@ def pipeline(setup: BenchSetup = BenchSetup(preset="tiny", batch_size=8), method
     """
     from radar_train.bench.accel import check_setup
     from radar_train.bench.pipeline import format_table, run_pipeline_benchmark
+    from radar_train.models import get_preset
 
     check_setup(setup)
-    _check_json(json, overwrite, _method_inputs(methods))
+    _check_sampling(sampling)
+    var_cfg = get_preset(setup.preset).var
+    _check_json(json, overwrite, _method_inputs(methods, var_cfg))
+    _check_methods(methods, var_cfg)
 
     rows = run_pipeline_benchmark(setup, methods, sampling, log=_log)
     print(format_table(rows))
@@ -146,20 +186,21 @@ def cache(cache_config: str = "configs/cache/tiny.yaml", overrides: list[str] = 
         json: also write the result to this JSON file ({device, torch, cuda, commit, date, command, rows}).
         overwrite: replace an existing --json file.
     """
-    from radar_train.cache.bench import check_options, format_rows, run_cache_benchmark
+    from radar_train.cache.bench import check_options, check_overrides, format_rows, run_cache_benchmark
     from radar_train.inputs import read_yaml
 
     check_options(num_pairs, workers, repeats, parts)
     generation = "generation" in parts
     if generation:  # the reader part times a synthetic cache: it reads no config
         read_yaml(cache_config, "--cache_config file")  # missing, binary, not a mapping: one line naming it
+        check_overrides(cache_config, overrides)
     _check_json(json, overwrite, {"--cache_config": cache_config} if generation else {})
 
     what = {"generation": f"generation = bare pair generation and radar-cache run of {cache_config}, best of "
                           f"{repeats} (a line per repeat)",
             "reader": f"reader = {num_pairs} synthetic pairs with {', '.join(map(str, workers))} workers (a line "
                       f"per row)"}
-    print(f"radar-bench cache: {'; '.join(what[p] for p in dict.fromkeys(parts))}", flush=True)
+    _log(f"radar-bench cache: {'; '.join(what[p] for p in dict.fromkeys(parts))}")
     rows = run_cache_benchmark(cache_config, overrides, num_pairs, workers, repeats, None, parts, log=_log)
     print(format_rows(rows))
     _write_json(rows, json)
@@ -187,9 +228,9 @@ def train(args: TrainBenchArgs = TrainBenchArgs(), json: Optional[str] = None,
 
     m = micro_batch(args)
     micro = f" in micro-batches of {m}" if m < args.batch_size else ""
-    print(f"radar-bench train: {args.preset}, batch {args.batch_size}{micro}, {args.warmup} + {args.steps} steps per loop: "
-          f"bare PyTorch loop, Lightning loop, data loading{', peak memory' if args.memory else ''} "
-          f"(an estimate after the bare loop, then each row as it finishes)", flush=True)
+    _log(f"radar-bench train: {args.preset}, batch {args.batch_size}{micro}, {args.warmup} + {args.steps} steps per "
+         f"loop: bare PyTorch loop, Lightning loop, data loading{', peak memory' if args.memory else ''} "
+         f"(an estimate after the bare loop, then each row as it finishes)")
     rows = run_train_benchmark(args, log=_log)
     print(format_table(rows))
     _write_json(rows, json, args.device)

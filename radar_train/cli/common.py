@@ -382,6 +382,9 @@ def _levels(parser, argv: list[str]) -> list[tuple[object, int, int]]:
     return levels
 
 
+_FILE_NAME = re.compile(r"[^\s{}\[\]:,]+\.(?:ya?ml|json)")  # a value naming a config file, not inline YAML
+
+
 def check_parser_args(parser, argv: Sequence[str]) -> list[str]:
     """argv as `parser` should see it: every config file (`--config` / `-c` of the parser or of its
     subcommand) and every file given to a group option (`--model FILE`, `--accel.fastvar FILE`) is read
@@ -389,7 +392,7 @@ def check_parser_args(parser, argv: Sequence[str]) -> list[str]:
     comments only) is dropped with its option, as an empty config means nothing to set."""
     from jsonargparse import ActionConfigFile
 
-    from radar_train.inputs import read_yaml
+    from radar_train.inputs import InputError, read_yaml
 
     argv = list(argv)
     dropped: set[int] = set()
@@ -404,6 +407,9 @@ def check_parser_args(parser, argv: Sequence[str]) -> list[str]:
                 continue
             option, value, taken = found
             p = Path(value)
+            # a name that is not there (a value that is not a file name is inline YAML, as jsonargparse reads it)
+            if not (p.exists() or p.is_symlink()) and _FILE_NAME.fullmatch(value):
+                raise InputError(f"{p}: {option} file not found")
             if p.exists() or p.is_symlink():
                 group = group_options.get(option)
                 doc = read_yaml(p, f"{option} file" if group else "config file")
@@ -625,6 +631,29 @@ def sigterm_ignored() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def out_of_memory(e: BaseException) -> Optional[str]:
+    """What ran out of memory, in a few words, for an allocator's error: CUDA's (torch.OutOfMemoryError), the
+    CPU's (a RuntimeError 'can't allocate memory'), Python's (MemoryError); None for another error."""
+    import torch
+
+    text = " ".join(str(e).split())
+    if isinstance(e, torch.OutOfMemoryError):
+        return "out of memory (" + ". ".join(text.split(". ")[:2]).rstrip(".")[:200] + ")"
+    m = re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", text)
+    if m:
+        return f"out of memory (an allocation of {int(m.group(1)) / 2 ** 30:.1f} GiB failed on the CPU)"
+    if isinstance(e, MemoryError):
+        return "out of memory"
+    return None
+
+
+def _smaller_batch(args: Sequence[str]) -> str:
+    """What to lower after running out of memory: the batch-size options given (`--setup.batch_size`), or the
+    command's batch size."""
+    given = [a.split("=")[0] for a in args if a.startswith("--") and "batch_size" in a.split("=")[0]]
+    return f"lower {' / '.join(dict.fromkeys(given))}" if given else "lower the command's batch size"
+
+
 def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Optional[Sequence[str]] = None,
              errors: tuple[type[BaseException], ...] = (), check_configs: bool = True,
              commands: Sequence[str] = ()) -> NoReturn:
@@ -661,6 +690,13 @@ def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Option
         sys.exit(2)
     except (OSError, *_storage_errors()) as e:  # a full disk, a quota, a lost mount: one line, not a traceback
         print_error(f"{prog}: {describe_os_error(e)}")
+        print_notes(e)
+        sys.exit(1)
+    except (RuntimeError, MemoryError) as e:  # out of memory (a batch too large): one line, not a traceback
+        what = out_of_memory(e)
+        if what is None:
+            raise
+        print_error(f"{prog}: {what}" + ("" if getattr(e, "__notes__", None) else f": {_smaller_batch(args)}"))
         print_notes(e)
         sys.exit(1)
     except KeyboardInterrupt as e:  # Ctrl-C: one line (what was being done, if the body said), not a traceback

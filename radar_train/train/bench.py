@@ -34,12 +34,14 @@ depend on the weight values.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import multiprocessing as mp
 import resource
 import tempfile
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Literal, Optional, Union
@@ -111,6 +113,8 @@ def check_args(args: "TrainBenchArgs") -> torch.device:
     check_positive(**{"args.batch_size": args.batch_size, "args.steps": args.steps,
                       "args.cache_pairs": args.cache_pairs})
     check_positive(minimum=0, **{"args.warmup": args.warmup})
+    if not 0 <= args.seed < 2 ** 63:  # (the random weights' seed too: it said model.init_seed)
+        raise ValueError(f"--args.seed must be in [0, 2**63), got {args.seed}")
     for name, m in [("args.micro_batch_size", args.micro_batch_size)] + [
             ("args.micro_batch_sizes", m) for m in args.micro_batch_sizes or []]:
         if m is not None and (m < 1 or args.batch_size % m):
@@ -334,13 +338,29 @@ def lightning_loop(args: TrainBenchArgs, dev: torch.device, precision: str) -> f
     n = args.warmup + args.steps
     loader = torch.utils.data.DataLoader(_Repeat(_batch(module, micro_batch(args), args.seed), n * accumulate),
                                          batch_size=None)
-    with tempfile.TemporaryDirectory() as root:
+    with tempfile.TemporaryDirectory() as root, _quiet_lightning():
         trainer = pl.Trainer(accelerator=dev.type, devices=[dev.index or 0] if dev.type == "cuda" else 1,
                              precision=precision, max_steps=n, accumulate_grad_batches=accumulate, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                              num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=root, callbacks=[Timer()])
         trainer.fit(module, loader)
     return (Timer.t1 - Timer.t0) / args.steps
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """The timed Trainer's own chatter left out of the benchmark's output: its INFO lines (devices, 'Trainer.fit
+    stopped', the cloud-logging tip) and the warning that the module's validation_step has no loader (the loop
+    times training steps only)."""
+    logger = logging.getLogger("lightning.pytorch")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*validation_step.*val_dataloader")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def data_loading(args: TrainBenchArgs, batches: int = 8) -> tuple[float, str]:

@@ -9,6 +9,7 @@ import torch
 from cli_checks import assert_one_line_error, call_cli, snapshot
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_a" / "config.json"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 ACCEL = ["accel", "--setup.preset", "tiny", "--setup.batch_size", "1", "--setup.device", "cpu", "--methods", "[none]",
          "--pairs", "false"]
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -55,6 +56,34 @@ CASES = [
     ("accel-official-config-with-other-patch-nums", "bench",
      lambda t, off: [*ACCEL, "--official_var", str(off), "--official_config",
                 str(_patch_nums_config(t))], ["--official_config", "patch_nums"]),
+    # each below was refused only after work had begun (models built, runs timed), or not at all
+    ("pipeline-prune-at-a-scale-the-model-lacks", "bench",
+     lambda t, off: ["pipeline", "--setup.device", "cpu", "--setup.batch_size", "1", "--methods",
+                     '[none, "fastvar:prune=7:0.5"]'], ["--methods[1] fastvar:prune=7:0.5", "scale 7"]),
+    ("accel-top-p-past-one", "bench", lambda t, off: [*ACCEL, "--sampling.top_p", "2"], ["--sampling.top_p"]),
+    ("pipeline-negative-top-k", "bench",
+     lambda t, off: ["pipeline", "--setup.device", "cpu", "--sampling.top_k", "-3"], ["--sampling.top_k"]),
+    ("accel-negative-seed", "bench", lambda t, off: [*ACCEL, "--setup.seed", "-5"], ["--setup.seed", "-5"]),
+    ("accel-seed-past-int64", "bench", lambda t, off: [*ACCEL, "--setup.seed", str(2 ** 64)], ["--setup.seed"]),
+    ("accel-last-seed-past-int64", "bench",
+     lambda t, off: [*ACCEL, "--setup.seed", str(2 ** 63 - 1)], ["--setup.seed", "2**63 - 2"]),
+    ("train-negative-seed", "bench", lambda t, off: ["train", "--args.seed", "-1", "--args.memory", "false"],
+     ["--args.seed"]),
+    ("accel-official-config-is-a-folder", "bench",
+     lambda t, off: [*ACCEL, "--official_var", str(off), "--official_config", str(_folder(t, "adir"))],
+     ["--official_config file is a folder, expected a file"]),
+    ("accel-setup-file-missing", "bench", lambda t, off: ["accel", "--setup", "nope.yaml"],
+     ["nope.yaml: --setup file not found"]),
+    ("cache-unknown-override", "bench",
+     lambda t, off: ["cache", "--cache_config", str(CONFIGS / "cache" / "tiny.yaml"),
+                     "--parts", "[generation]", "--overrides", '["--bogus", "1"]'],
+     ["--overrides", "unrecognized arguments: --bogus 1", "radar-cache run --help"]),
+    ("calibrate-sca-alpha", "accel",
+     lambda t, off: ["calibrate", "--model.preset", "tiny", "--accel.method", "sca", "--alpha", "0.5", "--output",
+                     str(t / "x.safetensors")], ["--alpha 0.5", "does not use it"]),
+    ("calibrate-sca-alpha-past-one", "accel",
+     lambda t, off: ["calibrate", "--model.preset", "tiny", "--accel.method", "sca", "--alpha", "7", "--output",
+                     str(t / "x.safetensors")], ["--alpha must be in (0, 1]"]),
     ("pipeline-fp64", "bench", lambda t, off: ["pipeline", "--setup.device", "cpu", "--setup.dtype", "fp64"],
      ["--setup.dtype"]),
     ("pipeline-json-is-a-mask-file", "bench",
@@ -137,3 +166,40 @@ def test_the_profile_script_names_a_bad_argument_in_one_line(argv, needle, capsy
         main(argv)
     assert e.value.code == 2
     assert_one_line_error(capsys.readouterr().err, needle)
+
+
+def test_accel_and_pipeline_take_a_budget_spec_and_say_their_progress_on_stderr(tmp_path, capsys, monkeypatch):
+    """`fastvar:budget=0.5`, which --help lists, was refused by both ('parse it with the model's patch_nums'); their
+    progress lines went to stdout among the tables, and RADAR_PROGRESS=off left them there."""
+    argv = ["--setup.preset", "tiny", "--setup.batch_size", "1", "--setup.device", "cpu", "--setup.warmup", "0",
+            "--setup.repeats", "1", "--methods", "[none, fastvar:budget=0.5]", "--sampling.top_k", "64"]
+    code, err = call_cli("bench", ["accel", *argv, "--pairs", "false", "--json", "a.json"], tmp_path)
+    out = capsys.readouterr().out
+    assert code == 0, err
+    assert {r["method"] for r in json.loads((tmp_path / "a.json").read_text())["rows"]} >= {"fastvar:budget=0.5"}
+    assert "round 1/1 (timed)" in err and "accel benchmark:" in err and "round 1/1" not in out
+    monkeypatch.setenv("RADAR_PROGRESS", "off")
+    code, err = call_cli("bench", ["pipeline", *argv], tmp_path)
+    out = capsys.readouterr().out
+    assert code == 0 and err == "", err
+    assert "fastvar:budget=0.5" in out and "runs 1/" not in out
+
+
+def test_running_out_of_memory_is_one_line_naming_the_batch_size_given(tmp_path, capsys):
+    """A batch of 10**11 was a 30-line traceback ending in the CPU allocator's RuntimeError."""
+    code, err = call_cli("bench", [*ACCEL, "--setup.batch_size", str(10 ** 11), "--setup.warmup", "0",
+                                   "--setup.repeats", "1", "--json", "x.json"], tmp_path)
+    assert code == 1, err
+    assert_one_line_error(err, "radar-bench: out of memory (an allocation of ", "GiB failed on the CPU)",
+                          "lower --setup.batch_size")
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_the_out_of_memory_line_of_cuda_and_of_other_errors():
+    from radar_train.cli.common import out_of_memory
+
+    cuda = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of "
+                                  "79.1 GiB of which 3.2 GiB is free. Including non-PyTorch memory, ...")
+    assert out_of_memory(cuda) == "out of memory (CUDA out of memory. Tried to allocate 20.00 GiB)"
+    assert out_of_memory(MemoryError()) == "out of memory"
+    assert out_of_memory(RuntimeError("shape mismatch")) is None

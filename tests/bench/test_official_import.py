@@ -69,8 +69,10 @@ def test_official_config_file_is_read_and_checked(tmp_path, fixtures_dir):
     bad.write_text('{"VAR_kwargs": {}}')
     with pytest.raises(ValueError, match="bad.json: needs 'VQVAE_kwargs' and 'VAR_kwargs'"):
         comparison_configs("tiny", str(bad))
-    with pytest.raises(FileNotFoundError, match="--official_config .*missing.json"):
+    with pytest.raises(ValueError, match="missing.json: --official_config file not found"):
         comparison_configs("tiny", str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match="--official_config file is a folder, expected a file"):  # ("no such file")
+        comparison_configs("tiny", str(tmp_path))
 
 
 def _tiny_a_models():

@@ -139,8 +139,9 @@ def test_radar_bench_tradeoff_on_the_tiny_model(tmp_path, capsys):
             "--setup.batch_size", "4", "--setup.timing.batch_size", "2", "--setup.timing.warmup", "0",
             "--setup.timing.repeats", "1", "--output", str(out)]
     assert _run(args) == 0
-    stdout = capsys.readouterr().out
-    assert "speed: 4 jobs" in stdout and "quality: 3 sampling runs of 4 samples" in stdout
+    captured = capsys.readouterr()  # (the progress on stderr, the table on stdout)
+    assert "speed: 4 jobs" in captured.err and "quality: 3 sampling runs of 4 samples" in captured.err
+    assert "speed: 4 jobs" not in captured.out and "| run | " in captured.out
     assert sorted(p.name for p in out.iterdir()) == ["tradeoff.json", "tradeoff.md", "tradeoff.png"]
     doc = json.loads((out / "tradeoff.json").read_text())
     assert {"device", "torch", "commit", "date", "command", "rows", "groups", "pareto_front"} <= set(doc)
