@@ -70,6 +70,12 @@ def live_writer(path: str | os.PathLike, now: float | None = None) -> str | None
     whose last sign of life (`touch_temporary`) is less than WRITER_STALE_S old; None otherwise (a killed
     writer's, this process's, another host's that has been silent longer)."""
     zjson = Path(path) / "zarr.json"
+    if not zjson.exists():  # a writer creating the group (its folder made, zarr.json not yet): alive if just made
+        try:
+            age = (time.time() if now is None else now) - Path(path).stat().st_mtime
+        except OSError:
+            return None
+        return f"a writer creating it ({max(age, 0):.0f} s ago)" if age < HEARTBEAT_S else None
     try:
         writer = json.loads(zjson.read_text(encoding="utf-8"))["attributes"]["writer"]
         host, pid = writer["host"], int(writer["pid"])

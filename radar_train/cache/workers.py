@@ -44,10 +44,16 @@ def _slurm_array(env: Mapping[str, str]) -> Optional[tuple[int, int]]:
     task = _env_int(env, "SLURM_ARRAY_TASK_ID")
     lo = _env_int(env, "SLURM_ARRAY_TASK_MIN", 0)
     step = _env_int(env, "SLURM_ARRAY_TASK_STEP", 1) or 1
-    if "SLURM_ARRAY_TASK_COUNT" in env:
-        count = _env_int(env, "SLURM_ARRAY_TASK_COUNT")
-    else:
-        count = (_env_int(env, "SLURM_ARRAY_TASK_MAX", task) - lo) // step + 1
+    spanned = (_env_int(env, "SLURM_ARRAY_TASK_MAX", task) - lo) // step + 1  # the tasks MIN..MAX by STEP
+    count = _env_int(env, "SLURM_ARRAY_TASK_COUNT") if "SLURM_ARRAY_TASK_COUNT" in env else spanned
+    # a task off the MIN + k x STEP grid would be the same worker as the one below it (its shards written twice),
+    # and a COUNT other than the grid's (an array of a list, 1,3,7) numbers no task as its place in the array
+    off_grid = (task - lo) % step != 0
+    if off_grid or ("SLURM_ARRAY_TASK_MAX" in env and count != spanned):
+        why = (f"task {task} is not MIN + a multiple of STEP" if off_grid else
+               f"COUNT is not the {spanned} tasks MIN..MAX by STEP (an array of a list of ids?)")
+        raise ValueError(f"the SLURM array variables ({_slurm_variables(env)}) name no worker split: {why}; give "
+                         f"--num_workers and --worker_index")
     return count, (task - lo) // step
 
 
@@ -57,18 +63,22 @@ def _slurm_variables(env: Mapping[str, str]) -> str:
 
 
 def _launched_processes(env: Mapping[str, str]) -> Optional[tuple[int, int]]:
-    """(world size, rank) when launched by torchrun / accelerate launch with several processes."""
-    if _env_int(env, "WORLD_SIZE", 1) <= 1:
+    """(world size, rank) when launched by torchrun / accelerate launch with several processes: their
+    WORLD_SIZE and RANK, read without joining a process group (which waits for every rank: a --check, or a
+    rank alone in a launcher's environment, waited half an hour for peers that never came)."""
+    world = _env_int(env, "WORLD_SIZE", 1)
+    if world <= 1:
         return None
-    for name in ("RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):  # (accelerate's int() of them names none)
+    for name in ("LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         if name in env:
             _env_int(env, name)
-    from accelerate import PartialState
-
-    import torch
-
-    state = PartialState(cpu=not torch.cuda.is_available())
-    return state.num_processes, state.process_index
+    if "RANK" not in env:
+        raise ValueError(f"environment variable WORLD_SIZE={env['WORLD_SIZE']} without RANK: not a torchrun / "
+                         f"accelerate launch process; unset WORLD_SIZE, or give --num_workers and --worker_index")
+    rank = _env_int(env, "RANK")
+    if not 0 <= rank < world:
+        raise ValueError(f"environment variables RANK={rank} and WORLD_SIZE={world}: the rank is outside [0, {world})")
+    return world, rank
 
 
 def resolve_workers(num_workers: Optional[int] = None, worker_index: Optional[int] = None,
@@ -78,7 +88,10 @@ def resolve_workers(num_workers: Optional[int] = None, worker_index: Optional[in
     this one I x W + rank). --num_workers alone is the whole count, this worker's index from the array and the
     launcher; --worker_index alone is this machine's place among the SLURM array's tasks, split again by the
     launcher's processes."""
-    array = _slurm_array(env)
+    # both explicit values name the machine's share in place of the array's (`NUM_WORKERS=8 sbatch --array=3,5`: an
+    # array of a list of ids, whose variables describe no evenly spaced tasks): the array is not read then
+    both = num_workers is not None and worker_index is not None
+    array = None if both else _slurm_array(env)
     procs = _launched_processes(env)
     A, a = array or (1, 0)
     W, r = procs or (1, 0)
@@ -105,6 +118,9 @@ def resolve_workers(num_workers: Optional[int] = None, worker_index: Optional[in
                                  f"give --num_workers too")
             n, i = A * W, worker_index * W + r
         else:  # the whole count of workers, this one's index from the array and the launcher
+            if num_workers < A * W:  # (said by every rank alike, before any of them writes)
+                raise ValueError(f"--num_workers {num_workers} is fewer than the {A * W} workers the "
+                                 f"{' × '.join(sources)} make: give at least {A * W}, or leave it out")
             sources = ["command line"] + sources
             n = num_workers
     if not 0 <= i < n:

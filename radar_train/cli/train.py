@@ -563,20 +563,39 @@ def _make_cli_class(subcommand: str):
                 return
             dm.setup("fit" if fit else "validate")
             if fit and hasattr(dm, "train_batches"):
-                self._check_epoch(dm.train_batches(self.trainer.num_nodes * self.trainer.num_devices))
+                world = self.trainer.num_nodes * self.trainer.num_devices
+                self._check_epoch(dm.train_batches(world), self._too_few_pairs(dm, world))
             film = getattr(self.model, "label_cond", None)
             classes = None if film is None else film.num_classes
             for path, manifest in dm.manifests.items():
                 check_cache_matches(path, manifest, self.model.identity, self.model.latent_shape, classes)
 
-        def _check_epoch(self, batches: Optional[int]) -> None:
+        @staticmethod
+        def _too_few_pairs(dm, world: int) -> str:
+            """Why an epoch holds no batch before any limit: the training pairs per rank against the batch size."""
+            import math
+
+            import torch
+
+            ds = getattr(dm, "train_set", None)
+            if ds is None or isinstance(ds, torch.utils.data.IterableDataset) or not len(ds):
+                return "an epoch of the training data has no batch"
+            ranks = f" over {world} ranks are {math.ceil(len(ds) / world)} per rank" if world > 1 else ""
+            return (f"{len(ds)} training pairs{ranks}, fewer than --data.batch_size {dm.batch_size} (the last, partial "
+                    f"batch is dropped: --data.drop_last true): an epoch has no batch")
+
+        def _check_epoch(self, batches: Optional[int],
+                         too_few: str = "an epoch of the training data has no batch") -> None:
             """The training epoch against the trainer's limits, as Lightning checks them only once the processes
             run (after config.yaml and tb/ are written): a val_check_interval (in batches) longer than an epoch
             while validation is also counted in epochs, and an epoch of no batch (a run that trains nothing and
-            exits 0). `batches`: per rank, before limit_train_batches; None (a stream of unknown length): no check."""
+            exits 0). `batches`: per rank, before limit_train_batches; None (a stream of unknown length): no check.
+            `too_few`: what to say when the data itself holds no batch (no limit is at fault then)."""
             t = self.trainer
             if batches is None:
                 return
+            if batches == 0:
+                raise ValueError(f"{too_few}, so nothing would be trained")
             limit = t.limit_train_batches
             batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
             if batches == 0:

@@ -2,6 +2,7 @@
 clear errors; worker split from the command line and the SLURM array environment."""
 import dataclasses
 import json
+import re
 import threading
 
 import pytest
@@ -207,3 +208,48 @@ def test_an_empty_array_step_is_a_step_of_one():
            "SLURM_ARRAY_TASK_MAX": "5"}
     s = resolve_workers(env=env)
     assert (s.num_workers, s.worker_index) == (3, 1)
+
+
+def test_a_launchers_rank_and_world_size_are_read_without_joining_a_process_group(monkeypatch):
+    """accelerate's PartialState joined a process group, which waits for every rank: `radar-cache run --check` in
+    a launcher's environment with one process alive hung (for torch's half-hour timeout)."""
+    import accelerate
+
+    def no_group(*a, **k):
+        raise AssertionError("a process group was joined")
+
+    monkeypatch.setattr(accelerate, "PartialState", no_group)
+    s = resolve_workers(env={"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"})
+    assert (s.num_workers, s.worker_index, s.process_count, s.process_index) == (2, 1, 2, 1)
+    with pytest.raises(ValueError, match="WORLD_SIZE=2 without RANK"):
+        resolve_workers(env={"WORLD_SIZE": "2"})
+    with pytest.raises(ValueError, match=r"RANK=2 and WORLD_SIZE=2: the rank is outside \[0, 2\)"):
+        resolve_workers(env={"WORLD_SIZE": "2", "RANK": "2"})
+
+
+def test_num_workers_fewer_than_the_launched_processes_is_refused_by_every_rank():
+    """`torchrun --nproc_per_node 2 radar-cache run --num_workers 1`: rank 1 was refused naming --worker_index (not
+    given) while rank 0 went on writing every shard until torchrun killed it."""
+    for rank in ("0", "1"):
+        with pytest.raises(ValueError, match=r"^--num_workers 1 is fewer than the 2 workers the torchrun/accelerate "
+                                             r"processes make: give at least 2"):
+            resolve_workers(num_workers=1, env={"WORLD_SIZE": "2", "RANK": rank})
+    env = {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2", "WORLD_SIZE": "2", "RANK": "0"}
+    with pytest.raises(ValueError, match="--num_workers 3 is fewer than the 4 workers the SLURM array × torchrun"):
+        resolve_workers(num_workers=3, env=env)
+    assert resolve_workers(num_workers=5, env=env).worker_index == 2
+
+
+@pytest.mark.parametrize("env,why", [
+    # tasks 2 and 3 of --array=0-6:2 were both worker 1 (task 3 is not one of the array's)
+    ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "6",
+      "SLURM_ARRAY_TASK_STEP": "2"}, "task 3 is not MIN + a multiple of STEP"),
+    ({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "0",
+      "SLURM_ARRAY_TASK_MAX": "9"}, "COUNT is not the 10 tasks MIN..MAX by STEP"),
+])
+def test_slurm_variables_that_describe_no_array_of_evenly_spaced_tasks_are_refused(env, why):
+    with pytest.raises(ValueError, match=rf"the SLURM array variables \(.*\) name no worker split: {re.escape(why)}"):
+        resolve_workers(env=env)
+    stepped = "SLURM_ARRAY_TASK_STEP" in env
+    ok = {**env, "SLURM_ARRAY_TASK_ID": "2"} if stepped else {**env, "SLURM_ARRAY_TASK_COUNT": "10"}
+    assert resolve_workers(env=ok).num_workers == (4 if stepped else 10)

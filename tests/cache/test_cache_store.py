@@ -106,6 +106,28 @@ def test_clearing_leaves_alone_a_temporary_shard_a_running_process_writes(make_s
     assert clear_temporary(scan_cache(cache, m.num_shards), [0]) == [busy] and not busy.exists()
 
 
+def test_a_temporary_shard_whose_group_is_being_created_is_left_alone_until_it_is_old(make_synthetic):
+    """A folder without zarr.json yet (a writer between making the folder and writing the group's attributes)
+    read as a killed writer's, so a second worker's clearing could remove a shard just begun."""
+    import os
+    import time
+
+    from radar_train.cache import layout
+    from radar_train.cache.layout import clear_temporary, live_writer
+    from radar_train.cache.schema import temp_shard_name
+
+    cache = make_synthetic(num_samples=16, shard_size=8, shards=[])
+    m = read_manifest(cache)
+    fresh, old = cache / temp_shard_name(0), cache / temp_shard_name(1)
+    fresh.mkdir()
+    old.mkdir()
+    t = time.time() - layout.HEARTBEAT_S - 5
+    os.utime(old, (t, t))
+    assert live_writer(fresh).startswith("a writer creating it") and live_writer(old) is None
+    assert clear_temporary(scan_cache(cache, m.num_shards), [0, 1]) == [old]
+    assert fresh.is_dir() and not old.exists()
+
+
 def test_another_hosts_temporary_shard_is_left_alone_while_its_writer_shows_signs_of_life(make_synthetic):
     """A rerun while an earlier job's task still writes the same shard on another node (a pipeline resubmitted
     after one array task failed): its shard in progress is not removed while it touches it; once it has been

@@ -228,6 +228,8 @@ def test_radar_generate_refuses_a_class_count_and_a_progress_folder_before_the_m
     base = ["--classes", "0", "--seeds", "0", "--device", "cpu"]
     assert_refused("generate", [*base, "--adapter", str(d), "--output", "out"], tmp_path, (tmp_path,),
                    ["conditioned on 5 classes, the model has 10"])
+    assert_refused("fid", ["--adapter", str(d), "--save_npz", "true", "--num_samples", "2", "--device", "cpu",
+                           "--output", "fid"], tmp_path, (tmp_path,), ["conditioned on 5 classes, the model has 10"])
     (tmp_path / "o1" / "generate-progress").mkdir(parents=True)
     (tmp_path / "o1" / "generate-progress" / "mine.txt").write_text("mine")
     assert_refused("generate", [*base, "--output", "o1"], tmp_path, (tmp_path,),
