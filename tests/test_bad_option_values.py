@@ -74,9 +74,10 @@ CASES = [
      ["--trainer.val_check_interval 50", "(4 per rank)", "check_val_every_n_epoch null"]),
     ("fit-limited-to-no-batch", "train", lambda w, t: fit_args(w, t, "--trainer.limit_train_batches", "0"),
      ["--trainer.limit_train_batches 0", "nothing would be trained"]),
-    ("fit-with-fewer-pairs-than-a-batch", "train",  # (it blamed --trainer.limit_train_batches 1.0, not given)
-     lambda w, t: fit_args(w, t, "--data.batch_size", "32"),
-     ["16 training pairs, fewer than --data.batch_size 32", "nothing would be trained"]),
+    ("fit-with-fewer-pairs-per-rank-than-a-batch", "train",  # (it blamed --trainer.limit_train_batches 1.0)
+     lambda w, t: fit_args(w, t, "--data.batch_size", "16", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                           "--trainer.accelerator", "cpu"),
+     ["16 training pairs over 2 ranks are 8 per rank, fewer than --data.batch_size 16", "nothing would be trained"]),
     ("fit-limited-to-a-fraction-of-no-batch", "train", lambda w, t: fit_args(w, t, "--trainer.limit_train_batches", "0.1"),
      ["--trainer.limit_train_batches 0.1"]),
     ("fit-for-zero-epochs", "train", lambda w, t: fit_args(w, t, "--trainer.max_epochs", "0"),
