@@ -557,6 +557,25 @@ CASES = [
                    (t / "r" / "final" / "notes.txt").write_text("mine\n"),
                    fit_args(w["cache"], t / "r", 5, "--ckpt_path", "last"))[-1],
      ["r: its final/ is not the run's adapter folder", "never replaces: move it away, then resume"]),
+    ("fit-resumed-with-a-users-folder-at-a-later-step-export", "train",  # (refused by that export, mid-run)
+     lambda w, t: (shutil.copytree(w["run"], t / "r"), (t / "r" / "step-000004").mkdir(),
+                   (t / "r" / "step-000004" / "notes.txt").write_text("mine\n"),
+                   fit_args(w["cache"], t / "r", 5, "--ckpt_path", "last"))[-1],
+     ["step-000004 is not one of the run's step exports (a folder holding other files)", "move it away, then resume"]),
+    ("fit-resumed-with-another-adapter-at-a-later-step-export", "train",  # (the export replaced it, unsaid)
+     lambda w, t: (shutil.copytree(w["run"], t / "r"), shutil.copytree(t / "r" / "final", t / "r" / "step-000004"),
+                   fit_args(w["cache"], t / "r", 5, "--ckpt_path", "last"))[-1],
+     ["step-000004 is not one of the run's step exports (an adapter of another step)"]),
+    ("fit-into-a-folder-holding-a-checkpoint-of-its-own-name", "train",  # (it advised `last`, refused in turn)
+     lambda w, t: ((t / "k" / "checkpoints").mkdir(parents=True),
+                   shutil.copy(w["run"] / "checkpoints" / "last.ckpt", t / "k" / "checkpoints" / "keep.ckpt"),
+                   fit_args(w["cache"], t / "k", 5))[-1],
+     ["holds a run already (checkpoints/keep.ckpt): resume it with --ckpt_path FILE"]),
+    ("merge-onto-a-file-of-another-adapter-folder", "train",  # (with --overwrite, that adapter no longer loaded)
+     lambda w, t: (shutil.copytree(w["run"] / "final", t / "other"),
+                   ["merge", "--adapter", str(w["run"] / "final"), "--output",
+                    str(t / "other" / "adapter_model.safetensors"), "--overwrite"])[-1],
+     ["other/adapter_model.safetensors is inside the adapter folder", "write the merged VQ-VAE elsewhere"]),
     ("check-reference-made-up-device", "check_reference",
      lambda w, t: [str(Path(__file__).parent / "fixtures" / "tiny_a"), "--device", "gpu0"], ["--device"]),
 ]

@@ -145,10 +145,10 @@ def merge(adapter: str, output: str, vae_checkpoint: Optional[str] = None,
         overwrite: replace an existing FILE and FILE.json.
     """
     from radar_train.cli.common import Stopped, end_stopped_run, sigterm_stops
-    from radar_train.export.adapter import read_radar_config
+    from radar_train.export.adapter import is_adapter_dir, read_radar_config
     from radar_train.export.merged import WEIGHT_SUFFIXES, base_vae_file, merged_vqvae, sidecar_path, write_merged
     from radar_train.inputs import check_dir, check_file
-    from radar_train.outputs import check_output_file
+    from radar_train.outputs import OutputError, check_output_file
 
     if Path(output).suffix.lower() not in WEIGHT_SUFFIXES:
         raise ValueError(f"--output {output}: give a file name ending in {', '.join(WEIGHT_SUFFIXES)}")
@@ -158,6 +158,10 @@ def merge(adapter: str, output: str, vae_checkpoint: Optional[str] = None,
     meta = read_radar_config(adapter)
     vae_file = base_vae_file(adapter, meta, vae_checkpoint)
     inputs = {"--adapter": adapter, "--vae_checkpoint" if vae_checkpoint else "the base VQ-VAE file": vae_file}
+    parent = Path(output).resolve().parent
+    if is_adapter_dir(parent):  # (--overwrite replaced a step export's adapter_model.safetensors: it no longer loaded)
+        raise OutputError(f"--output {output} is inside the adapter folder {parent}: write the merged VQ-VAE "
+                          f"elsewhere")
     check_output_file(output, "--output", inputs, overwrite)
     check_output_file(sidecar_path(output), "--output's record", inputs, overwrite)
     print(f"radar-train merge: {adapter} into the VQ-VAE {vae_file or meta['base'].get('preset')} -> {output}")
@@ -223,8 +227,12 @@ def _run_dir_entries(root: Path) -> tuple[list[str], list[str]]:
 
 
 def last_checkpoints(root: str | os.PathLike) -> list[Path]:
-    """RUN/checkpoints/last*.ckpt: what `--ckpt_path last` finds (Lightning takes the newest of them)."""
-    return sorted(c for c in (Path(root) / "checkpoints").glob("last*.ckpt") if c.is_file())
+    """[RUN/checkpoints/last.ckpt] if the run has it: what `--ckpt_path last` resumes (with a newer step file,
+    newest_step_checkpoint). Never another last*.ckpt: Lightning's own lookup for `last` takes the newest file
+    whose name starts with `last` (a user's last-backup.ckpt, or an order a copy of the folder made), so the
+    commands hand Lightning the file checked instead."""
+    last = Path(root) / "checkpoints" / "last.ckpt"
+    return [last] if last.is_file() else []
 
 
 def resumes(root: str | os.PathLike, ckpt_path: Optional[str]) -> bool:
@@ -282,10 +290,16 @@ def check_run_folder(root: str | os.PathLike, ckpt_path: Optional[str], subcomma
         raise OutputError(f"{RUN_OPTION} {p} holds a run already ({', '.join(artefacts[:3])}){nothing}: resume "
                           f"it from a checkpoint file with --ckpt_path FILE, or choose a new run folder")
     if artefacts:
-        # only a SLURM requeue save (no checkpoints/last*.ckpt): `last` would not find it, `hpc` does
-        resume = "hpc" if all(HPC_CKPT.fullmatch(a) for a in artefacts) else "last"
+        # only a SLURM requeue save (no checkpoints/last.ckpt): `last` would not find it, `hpc` does; neither a
+        # last.ckpt nor a step file (a checkpoint of the user's own name): only the file itself resumes
+        if all(HPC_CKPT.fullmatch(a) for a in artefacts):
+            how = "--ckpt_path hpc"
+        elif resumes(p, "last"):
+            how = "--ckpt_path last"
+        else:
+            how = "--ckpt_path FILE (a checkpoint of its checkpoints/)"
         raise OutputError(f"{RUN_OPTION} {p} holds a run already ({', '.join(artefacts[:3])}): resume it with "
-                          f"--ckpt_path {resume}, or choose a new run folder")
+                          f"{how}, or choose a new run folder")
     if foreign:
         raise OutputError(f"{RUN_OPTION} {p} is a folder that is not empty and not a run folder (it holds "
                           f"{', '.join(foreign[:3])}){nothing}: choose a new or empty folder")
@@ -304,6 +318,39 @@ def check_final_replaceable(root: Path) -> None:
         raise OutputError(f"{RUN_OPTION} {root}: its final/ is not the run's adapter folder (a file, a link to "
                           f"nothing, or a folder holding other files), which the run's export at its end never "
                           f"replaces: move it away, then resume")
+
+
+STEP_EXPORT = re.compile(r"step-(\d+)")
+
+
+def check_step_exports(root: str | os.PathLike, step: int) -> None:
+    """OutputError for an entry RUN/step-NNNNNN past `step` (the checkpoint's: the resumed run may export there)
+    that is not one of the run's exports: a file, a link, a folder of other files (the export failed on it
+    mid-run, hours of training later), or an adapter folder of another step (a user's adapter put there, which the
+    export replaced without a word). Said before the resumed run trains."""
+    from radar_train.export.adapter import is_adapter_dir, read_radar_config
+    from radar_train.outputs import OutputError
+
+    for entry in sorted(Path(root).glob("step-*")):
+        m = STEP_EXPORT.fullmatch(entry.name)
+        if m is None or int(m.group(1)) <= step:
+            continue
+        why = None
+        if entry.is_symlink() or not entry.is_dir():
+            why = "a file or a link"
+        elif any(entry.iterdir()) and not is_adapter_dir(entry):
+            why = "a folder holding other files"
+        elif any(entry.iterdir()):
+            try:
+                saved = read_radar_config(entry).get("global_step")
+            except ValueError:
+                saved = None
+            if saved != int(m.group(1)):
+                why = f"an adapter of {'another step' if isinstance(saved, int) else 'unreadable metadata'}"
+        if why is not None:
+            raise OutputError(f"{RUN_OPTION} {root}: {entry.name} is not one of the run's step exports ({why}), "
+                              f"and the run resumed at step {step} may export step {int(m.group(1))} there: move it "
+                              f"away, then resume")
 
 
 def check_ckpt_path(ckpt_path: Optional[str], root: str | os.PathLike,
@@ -458,10 +505,11 @@ def _make_cli_class(subcommand: str):
             if sub:
                 self._resume = check_ckpt_path(self.config[sub].get("ckpt_path"), self._root(self.config[sub]), sub)
             super()._parse_ckpt_path()
-            self._last_is = None  # `last` resolved to a step file newer than last.ckpt (check_ckpt_path)
-            if sub and self.config[sub].get("ckpt_path") == "last" and self._resume is not None \
-                    and self._resume[0].name != "last.ckpt":
-                self._last_is = self._resume[0]
+            # `last` as the file check_ckpt_path resolved it to (last.ckpt, or a newer step file), or none: a fresh
+            # start (Lightning's lookup would take any last*.ckpt of the folder, a user's backup among them)
+            self._last_is = None
+            if sub and self.config[sub].get("ckpt_path") == "last":
+                self._last_is = self._resume[0] if self._resume is not None else ""
 
         def _check_resume(self) -> None:
             # the checkpoint against the module (decoder, LoRA layout) before the trainer writes anything
@@ -471,6 +519,8 @@ def _make_cli_class(subcommand: str):
                 self.model.check_checkpoint(resume[1], f"--ckpt_path {resume[0]}")
                 if self.subcommand == "fit":
                     check_resume_steps(resume, self.trainer.max_steps)
+                    if isinstance(resume[1].get("global_step"), int):
+                        check_step_exports(self.trainer.default_root_dir, resume[1]["global_step"])
                 if self.subcommand == "fit" and hasattr(self.datamodule, "describe"):  # (validate may measure
                     from radar_train.train.checks import check_resume_caches  # on other caches)
 
@@ -612,15 +662,18 @@ def _make_cli_class(subcommand: str):
             cfg = self.config_init[self.subcommand]
             if "weights_only" in cfg and cfg.get("weights_only") is None:
                 cfg["weights_only"] = True  # torch.load(weights_only=True) when resuming
-            if getattr(self, "_last_is", None) is not None:
-                # the step file `last` stands for, given to Lightning by its path (which finds last*.ckpt only);
-                # the run's config.yaml keeps `last`. (Not in the parsed config before Lightning's parse of it:
-                # that puts an explicit file's hyper-parameters over the config's, which `last` does not.)
-                logging.getLogger("radar_train").info(
-                    "radar-train %s: --ckpt_path last: %s is the run's newest checkpoint (the run was killed "
-                    "after saving it, before last.ckpt followed), so the run goes on from it", self.subcommand,
-                    self._last_is)
-                cfg["ckpt_path"] = str(self._last_is)
+            last = getattr(self, "_last_is", None)
+            if last is not None:
+                # the file `last` stands for, given to Lightning by its path (its own lookup takes the newest
+                # last*.ckpt, whoever wrote it); "" (none yet): a fresh start. The run's config.yaml keeps `last`.
+                # (Not in the parsed config before Lightning's parse of it: that puts an explicit file's
+                # hyper-parameters over the config's, which `last` does not.)
+                if last and last.name != "last.ckpt":
+                    logging.getLogger("radar_train").info(
+                        "radar-train %s: --ckpt_path last: %s is the run's newest checkpoint (the run was killed "
+                        "after saving it, before last.ckpt followed), so the run goes on from it", self.subcommand,
+                        last)
+                cfg["ckpt_path"] = str(last) if last else None
 
         def before_fit(self) -> None:
             self._check_data(fit=True)

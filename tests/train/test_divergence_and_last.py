@@ -124,6 +124,31 @@ def test_a_run_killed_before_its_first_last_ckpt_goes_on_with_ckpt_path_last(tin
         "ckpt_path: null", "ckpt_path: last")
 
 
+@pytest.mark.slow
+def test_last_is_the_runs_last_ckpt_never_a_users_file_named_like_it(tiny_cache, tmp_path, caplog):
+    """Lightning's own lookup for `last` takes the newest checkpoints/last*.ckpt: a user's step-2 backup named
+    last-step2-backup.ckpt (newer by mtime, as a copy of the folder makes it) was resumed from, the run went back
+    two steps, and its last.ckpt and step exports were replaced with another history."""
+    run, ck = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    assert run_train_cli(tiny_fit_argv(tiny_cache, run, 2, "--trainer.logger", "false")) == 0
+    backup = ck / "last-step2-backup.ckpt"
+    shutil.copy(ck / "last.ckpt", backup)
+    assert run_train_cli(tiny_fit_argv(tiny_cache, run, 4, "--trainer.logger", "false", "--ckpt_path", "last")) == 0
+    os.utime(backup)  # (the newest last*.ckpt now)
+    kept = backup.read_bytes()
+    lightning_log = logging.getLogger("lightning.pytorch")  # (its own handler, not propagated: caplog's added)
+    lightning_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+            assert run_train_cli(tiny_fit_argv(tiny_cache, run, 6, "--trainer.logger", "false", "--ckpt_path",
+                                               "last")) == 0
+    finally:
+        lightning_log.removeHandler(caplog.handler)
+    assert f"Restoring states from the checkpoint path at {ck / 'last.ckpt'}" in caplog.text, caplog.text[-2000:]
+    assert "last-step2-backup" not in caplog.text and backup.read_bytes() == kept
+    assert _ckpt(run, "last.ckpt")["global_step"] == 6
+
+
 def test_load_torch_refuses_a_checkpoint_whose_data_fails_its_crc(tmp_path):
     """torch's reader takes the damaged bytes as data: the CRC of each zip entry is checked first."""
     path = tmp_path / "c.ckpt"
