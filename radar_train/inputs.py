@@ -111,13 +111,50 @@ def read_text(path: str | os.PathLike, what: str = "file") -> str:
         return p.read_text(encoding="utf-8")
 
 
+class _AmbiguousNumber(Exception):
+    """A plain scalar YAML 1.1 reads as a number other than its digits say: `1:5` (base 60: 65), `010` (octal: 8)."""
+
+    def __init__(self, text: str, value: object, line: int):
+        super().__init__(text)
+        self.text, self.value, self.line = text, value, line
+
+
+def _strict_loader():
+    """yaml.SafeLoader that refuses base-60 numbers (`1:5` is 65, `1:00:00` is 3600) and octal ones with a leading
+    0 (`010` is 8): the same text typed on the command line is another number (10) or a string, and a shard range
+    `val_shards: 1:5` read silently as shard 65."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def number(loader, node, construct):
+        value = construct(loader, node)
+        text = node.value.replace("_", "").lstrip("+-")
+        if ":" in text or (text[:1] == "0" and len(text) > 1 and text[1:2].isdigit()):
+            raise _AmbiguousNumber(node.value, value, node.start_mark.line + 1)
+        return value
+
+    Loader.add_constructor("tag:yaml.org,2002:int",
+                           lambda ld, n: number(ld, n, yaml.SafeLoader.construct_yaml_int))
+    Loader.add_constructor("tag:yaml.org,2002:float",
+                           lambda ld, n: number(ld, n, yaml.SafeLoader.construct_yaml_float))
+    return Loader
+
+
 def read_yaml(path: str | os.PathLike, what: str = "YAML file", mapping: bool = True) -> Any:
-    """The YAML document of `path`; with `mapping`, it must be a mapping (an empty file is {})."""
+    """The YAML document of `path`; with `mapping`, it must be a mapping (an empty file is {}). A plain number
+    YAML 1.1 reads otherwise than its digits (`1:5`, `010`) is refused, naming it: quoted, it is text."""
     import yaml
 
     text = read_text(path, what)
     with reading(path, what):
-        doc = yaml.safe_load(text)
+        try:
+            doc = yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
+        except _AmbiguousNumber as e:
+            raise InputError(f"{path}: {what}: {e.text} (line {e.line}) reads in YAML as the number {e.value!r}, "
+                             f"not as written: quote it ('{e.text}') for text such as a shard range or a time, or "
+                             f"write the number you mean plainly") from None
     if mapping:
         if doc is None:
             return {}

@@ -138,3 +138,50 @@ def test_another_commands_config_file_is_one_line_naming_the_file_and_a_key(tmp_
         check_parser_args(_parser("cache"), ["run", "--config", str(tmp_path / "ranks.yaml")])
     with pytest.raises(InputError, match=r"tiny.yaml: 'seed_everything' is not an option of this command"):
         check_parser_args(_parser("cache"), ["run", "--config", TINY_TRAIN])
+
+
+@pytest.mark.parametrize("text,bad", [
+    ("plan:\n  image_per_class: 8\n", "'plan.image_per_class'"),
+    ("sampling:\n  topk: 5\n", "'sampling.topk'"),
+    ("accel:\n  fastvar:\n    prun: {6: 0.5}\n", "'accel.fastvar.prun'"),
+])
+def test_a_misspelt_key_inside_a_group_names_the_file_among_several(tmp_path, text, bad):
+    """jsonargparse's line ('Group 'sampling' does not accept option 'topk'') named no file: with two config files
+    one could not tell which held it."""
+    (tmp_path / "mine.yaml").write_text(text)
+    code, err = call_cli("cache", ["run", "--config", TINY_CACHE, "--config", "mine.yaml", "--check"], tmp_path)
+    assert code == 2 and err.strip() == f"error: mine.yaml: {bad} is not an option of this command (`--help` lists " \
+                                        f"the options)", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.yaml"]
+
+
+def test_a_config_file_named_by_a_config_file_gets_the_same_checks(tmp_path):
+    """jsonargparse follows `config: OTHER.yaml` inside a config file; the checks read only the files of the command
+    line, so a group that was a number in OTHER was a 27-line traceback (exit 1)."""
+    (tmp_path / "inner.yaml").write_text("plan: 5\n")
+    (tmp_path / "outer.yaml").write_text("config: inner.yaml\n")
+    code, err = call_cli("cache", ["run", "--config", "outer.yaml", "--check"], tmp_path)
+    assert code == 2 and err.strip() == "error: inner.yaml: plan must be a mapping (of the --plan.* options), found " \
+                                        "an int: 5", err
+    (tmp_path / "outer.yaml").write_text("config: nowhere.yaml\n")
+    code, err = call_cli("cache", ["run", "--config", "outer.yaml", "--check"], tmp_path)
+    assert code == 2 and "outer.yaml: config: 'nowhere.yaml' is not a config file beside it" in err, err
+    (tmp_path / "inner.yaml").write_text(f"output: {tmp_path / 'c'}\n")
+    (tmp_path / "outer.yaml").write_text("config: inner.yaml\nplan: {num_samples: 4}\n")
+    assert "num_samples: 4" in printed_config("cache", ["run", "--config", TINY_CACHE, "--config", "outer.yaml"],
+                                              tmp_path)
+
+
+@pytest.mark.parametrize("value,read_as", [("1:5", 65), ("010", 8), ("1:00:00", 3600), ("-07", -7)])
+def test_a_number_yaml_reads_otherwise_than_written_is_refused_naming_it(tmp_path, value, read_as):
+    """YAML 1.1 reads `val_shards: 1:5` as shard 65 (base 60) and `base_seed: 010` as 8 (octal), where the same text
+    on the command line is the range or 10: a config file made other pairs, or held out another shard, unsaid."""
+    (tmp_path / "mine.yaml").write_text(f"plan:\n  base_seed: {value}\n")
+    code, err = call_cli("cache", ["run", "--config", TINY_CACHE, "--config", "mine.yaml", "--check"], tmp_path)
+    assert code == 2, err
+    assert f"error: mine.yaml: config file: {value} (line 2) reads in YAML as the number {read_as}, not as written: " \
+           f"quote it ('{value}')" in err
+    (tmp_path / "mine.yaml").write_text(f"plan:\n  base_seed: 10\n  classes: '{value}'\n")  # quoted: text, as typed
+    from radar_train.inputs import read_yaml
+
+    assert read_yaml(tmp_path / "mine.yaml")["plan"] == {"base_seed": 10, "classes": value}

@@ -332,17 +332,31 @@ def _group_file(folder: Path, value: str) -> Optional[Path]:
     return None
 
 
+_CLASS_KEYS = ("class_path", "init_args", "dict_kwargs", "__path__")  # (jsonargparse's own keys of a class group)
+
+
 def check_groups(doc: dict, parser, path: object, prefix: str = "") -> None:
     """Every group key of `doc` (read from the file `path`) must hold a mapping of the group's fields:
     InputError naming the file and the dotted key otherwise (jsonargparse passes a list or a number
     there on to the dataclass, which fails with a TypeError or is ignored); null only where the group's type
     is Optional (what `radar-train fit` saves for `optimizer:`). A subcommand's section (a
     root-level file's `fit:`) is checked against that subcommand's groups."""
+    from jsonargparse import ActionConfigFile
+
     from radar_train.inputs import InputError, read_yaml
 
     groups, subparsers = _groups(parser), _subparsers(parser)
     for key, value in doc.items():
         full = f"{prefix}{key}"
+        if not prefix and key == "config" and any(isinstance(a, ActionConfigFile) for a in parser._actions):
+            # a file naming another (jsonargparse reads it): that one gets the same checks (it got none: a group
+            # that was a number was a traceback, a misspelt key named no file)
+            for name in (value if isinstance(value, list) else [value]):
+                nested = _group_file(Path(path).parent, name) if isinstance(name, str) else None
+                if nested is None:
+                    raise InputError(f"{path}: config: {one_line(repr(name))[:80]} is not a config file beside it")
+                check_groups(read_yaml(nested, f"config file (named in {path})"), parser, nested)
+            continue
         if full in groups:
             if isinstance(value, str):  # a file (beside this one, as jsonargparse reads it) or inline YAML
                 nested = _group_file(Path(path).parent, value)
@@ -361,6 +375,10 @@ def check_groups(doc: dict, parser, path: object, prefix: str = "") -> None:
             # (jsonargparse's own message for such a file can name neither the file nor the key)
             raise InputError(f"{path}: {key!r} is not an option of this command; is it another command's config "
                              f"file?")
+        elif prefix and f"--{full}" not in parser._option_string_actions and key not in _CLASS_KEYS:
+            # a misspelt key inside a group (`sampling: {topk: 5}`): jsonargparse's line named neither the file
+            # nor, with several config files, which of them
+            raise InputError(f"{path}: {full!r} is not an option of this command (`--help` lists the options)")
 
 
 def _levels(parser, argv: list[str]) -> list[tuple[object, int, int]]:
