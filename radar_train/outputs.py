@@ -438,19 +438,54 @@ def staged_entries(out_dir: PathLike, entries: Sequence[str]) -> Iterator[Path]:
             out.rmdir()
 
 
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT (Ctrl-C) and SIGTERM held back while a few renames put finished outputs in place, then handled as
+    they would have been (KeyboardInterrupt, a command's SIGTERM handler): cut off between the renames, a swap
+    left the earlier outputs in a folder its cleanup removed, and the new ones too. Only in the main thread (where
+    Python runs signal handlers); elsewhere a no-op."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda s, frame: caught.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(caught):  # (each once, in the order they came)
+            signal.raise_signal(sig)
+
+
 def swap_entries(stage: PathLike, out: PathLike, entries: Sequence[str]) -> None:
     """Each of `entries` in the folder `stage` (inside `out`) replaces its namesake in `out`, and an entry `stage`
     lacks goes from `out` (staged_entries' swap: renames only, every earlier entry first leaves into
-    `stage`/.replaced, which the caller removes with `stage`)."""
+    `stage`/.replaced, which the caller removes with `stage`). Ctrl-C and SIGTERM wait for the swap's end
+    (`signals_deferred`); a rename that fails (a lost mount) puts back what had moved, earlier entries included."""
     stage, out = Path(stage), Path(out)
     replaced = stage / ".replaced"
     replaced.mkdir()
-    for name in entries:
-        if (out / name).exists() or (out / name).is_symlink():
-            os.replace(out / name, replaced / name)
-    for name in entries:
-        if (stage / name).exists():
-            os.replace(stage / name, out / name)
+    left, came = [], []
+    with signals_deferred():
+        try:
+            for name in entries:
+                if (out / name).exists() or (out / name).is_symlink():
+                    os.replace(out / name, replaced / name)
+                    left.append(name)
+            for name in entries:
+                if (stage / name).exists():
+                    os.replace(stage / name, out / name)
+                    came.append(name)
+        except BaseException:
+            for name in came:
+                os.replace(out / name, stage / name)
+            for name in left:
+                os.replace(replaced / name, out / name)
+            raise
 
 
 def recover_replaced(path: PathLike) -> Path | None:
@@ -479,24 +514,46 @@ def replace_dir(tmp: PathLike, out: PathLike) -> Path:
     between the two renames leaves the previous folder at `.NAME.old-*`: recover_replaced puts it back."""
     tmp, out = Path(tmp), Path(out)
     old = None
-    if out.exists() or out.is_symlink():
-        old = temp_name(out, "old")
-        out.rename(old)
-    try:
-        tmp.rename(out)
-    except BaseException:
-        if old is not None:
-            old.rename(out)
-        raise
+    with signals_deferred():  # (a Ctrl-C between the renames left nothing at `out` until a later run put it back)
+        if out.exists() or out.is_symlink():
+            old = temp_name(out, "old")
+            out.rename(old)
+        try:
+            tmp.rename(out)
+        except BaseException:
+            if old is not None:
+                old.rename(out)
+            raise
     if old is not None:
         _remove(old)
     return out
 
 
+@contextlib.contextmanager
+def naming(path: PathLike) -> Iterator[None]:
+    """An OSError of the block that names no file (a write into an open file: a full disk, a quota) raised naming
+    `path`: the file the user will look for (a staged entry's final name, not its hidden temporary)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.strerror:
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+
+
+def staged_name(folder: PathLike, name: str) -> Path:
+    """Where the entry `name` written into `folder` ends up: beside the staging folder of `staged_entries`
+    (`folder` itself otherwise)."""
+    folder = Path(folder)
+    return folder.parent / name if is_temp_of(folder, "staging") else folder / name
+
+
 def write_report(folder: PathLike, stem: str, report: Mapping, indent: int = 1) -> None:
     """A measurement's two text files in `folder` (a staging folder of `staged_entries`): `stem`.json, the
-    report without its `markdown` entry, and `stem`.md, that markdown."""
+    report without its `markdown` entry, and `stem`.md, that markdown. A failed write names the file."""
     folder = Path(folder)
     data = {k: v for k, v in report.items() if k != "markdown"}
-    (folder / f"{stem}.json").write_text(json.dumps(data, indent=indent, default=str) + "\n", encoding="utf-8")
-    (folder / f"{stem}.md").write_text(report["markdown"] + "\n", encoding="utf-8")
+    with naming(staged_name(folder, f"{stem}.json")):
+        (folder / f"{stem}.json").write_text(json.dumps(data, indent=indent, default=str) + "\n", encoding="utf-8")
+    with naming(staged_name(folder, f"{stem}.md")):
+        (folder / f"{stem}.md").write_text(report["markdown"] + "\n", encoding="utf-8")

@@ -54,3 +54,18 @@ def test_sigterm_ignored_lets_the_block_finish_and_restores(noted):
     for _ in range(10):
         pass
     assert noted == [signal.SIGTERM]  # outside the block, the handler before takes it again
+
+
+@pytest.mark.parametrize("program,one_line", [("radar-eval", True), ("python", False)])
+def test_ctrl_c_while_a_command_still_imports_is_one_line(program, one_line):
+    """A Ctrl-C in a command's first seconds (its imports, before main() handles Ctrl-C) printed a traceback of
+    14-57 lines; a program that imports the package (argv[0] not a radar-* command) keeps Python's own."""
+    import subprocess
+    import sys
+
+    code = f"import sys; sys.argv[0] = {program!r}; import radar_train.cli; raise KeyboardInterrupt"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    if one_line:
+        assert r.stderr == "radar-eval: interrupted\n", r.stderr
+    else:
+        assert "Traceback" in r.stderr and "KeyboardInterrupt" in r.stderr, r.stderr

@@ -212,7 +212,73 @@ def test_a_swap_stopped_at_any_rename_leaves_entries_of_one_run_only(tmp_path, m
         except KeyboardInterrupt:
             pass
     left = {n: (out / n).read_text() for n in names if (out / n).exists()}
-    assert len(set(left.values())) <= 1, left
+    # the earlier run's, whole: a failed swap puts back what had moved (before, the earlier entries stayed in the
+    # staging folder's .replaced/, which its cleanup removed: an empty folder)
+    assert left == {n: "old" for n in names}, left
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("at", [1, 3, 6])
+def test_ctrl_c_or_sigterm_during_a_swap_waits_for_its_end(tmp_path, monkeypatch, sig, at):
+    """A Ctrl-C landing between the swap's renames (radar-eval --overwrite) left the output folder empty: the
+    earlier report in the staging folder its cleanup removed, the new one too. The signal now waits for the
+    swap's end, then acts as it would have (KeyboardInterrupt; a command's SIGTERM handler)."""
+    import os
+    import signal
+
+    out = tmp_path / "out"
+    names = ["eval.json", "eval.md", "grid.png"]
+    with staged_entries(out, names) as stage:
+        for n in names:
+            (stage / n).write_text("old")
+    real, calls = os.replace, []
+
+    def signalled(a, b, *args, **kw):
+        calls.append(a)
+        if len(calls) == at:
+            signal.raise_signal(getattr(signal, sig))
+        return real(a, b, *args, **kw)
+
+    class Stopped(Exception):
+        pass
+
+    def stop(*_):
+        raise Stopped
+
+    monkeypatch.setattr(os, "replace", signalled)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises(KeyboardInterrupt if sig == "SIGINT" else Stopped):
+            with staged_entries(out, names) as stage:
+                for n in names:
+                    (stage / n).write_text("new")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert {n: (out / n).read_text() for n in names if (out / n).exists()} == {n: "new" for n in names}
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)  # (no staging folder left)
+
+
+def test_ctrl_c_between_replace_dirs_renames_keeps_a_folder_at_the_output(tmp_path, monkeypatch):
+    """radar-train export --overwrite: a Ctrl-C after the old folder's rename left nothing at --output."""
+    from pathlib import Path
+    import signal
+
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "a").write_text("1")
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "tmp" / "b").write_text("2")
+    real = Path.rename
+
+    def signalled(self, target):
+        out = real(self, target)
+        signal.raise_signal(signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(Path, "rename", signalled)
+    with pytest.raises(KeyboardInterrupt):
+        replace_dir(tmp_path / "tmp", tmp_path / "old")
+    monkeypatch.setattr(Path, "rename", real)
+    assert [p.name for p in (tmp_path / "old").iterdir()] == ["b"]
 
 
 def test_replace_dir_swaps_a_finished_folder_in(tmp_path):
@@ -384,3 +450,59 @@ def test_an_entry_of_another_kind_is_never_replaced_even_with_overwrite(tmp_path
     (out / "metrics.json").write_text("{}")
     (out / "restored").mkdir()
     assert check_output_dir(out, ["metrics.json", "restored"], overwrite=True) == out  # an earlier run's: replaced
+
+
+def test_a_failed_write_of_a_staged_report_names_the_file_the_user_will_look_for(tmp_path, monkeypatch):
+    """A full disk while radar-eval / radar-toy / radar-bench tradeoff wrote its report was `error: radar-eval: No
+    space left on device (errno 28)`, naming no file."""
+    from pathlib import Path
+
+    from radar_train.outputs import write_report
+
+    def full(self, *a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError) as e:
+        with staged_entries(tmp_path / "out", ["r.json", "r.md"]) as stage:
+            write_report(stage, "r", {"markdown": "x"})
+    assert (e.value.errno, e.value.filename) == (28, str(tmp_path / "out" / "r.json"))
+
+
+_FULL_DISK_MERGE = """
+import resource, signal, sys, torch
+from radar_train.export.merged import write_merged
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # (a write past the limit fails with EFBIG instead)
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+try:
+    write_merged({"w": torch.zeros(100000)}, sys.argv[1], {"x": 1})
+except OSError as e:
+    print("OSError", e.errno, e.filename)
+"""
+
+
+def test_merge_to_a_pth_on_a_full_disk_is_an_os_error_naming_the_file(tmp_path):
+    """torch.save straight onto the file raised its zip writer's RuntimeError ('unexpected pos ...'): a traceback."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "merged.pth"
+    r = subprocess.run([sys.executable, "-c", _FULL_DISK_MERGE, str(out)], capture_output=True, text=True, timeout=300)
+    assert r.stdout.strip() == f"OSError 27 {out}", r.stdout + r.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_merges_record_that_fails_is_named_not_the_weights(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import torch
+
+    from radar_train.export.merged import write_merged
+
+    def full(self, *a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError) as e:
+        write_merged({"w": torch.zeros(4)}, tmp_path / "m.pth", {"x": 1})
+    assert e.value.filename == str(tmp_path / "m.pth.json") and sorted(p.name for p in tmp_path.iterdir()) == []

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Literal, Optional, Sequence
@@ -171,7 +172,7 @@ def run_tradeoff(cfg: TradeoffConfig, output: Optional[str] = None, overwrite: b
     from radar_train.bench.record import environment
     from radar_train.bench.rounds import Job, PhaseClock, run_rounds
     from radar_train.models import load_models
-    from radar_train.outputs import check_output_dir, staged_entries, write_report
+    from radar_train.outputs import check_output_dir, naming, staged_entries, write_report
     from radar_train.sampling import NextScaleSampler
     from radar_train.toyworld.measure import (build_specs, check_adapter_folders, decode01, load_adapted_decoder,
                                               sample_fhat)
@@ -315,7 +316,8 @@ def run_tradeoff(cfg: TradeoffConfig, output: Optional[str] = None, overwrite: b
     if output is not None:
         with staged_entries(output, OUTPUT_FILES) as stage:
             write_report(stage, "tradeoff", doc, indent=2)
-            draw_chart(doc).save(stage / "tradeoff.png")
+            with naming(os.path.join(output, "tradeoff.png")):
+                draw_chart(doc).save(stage / "tradeoff.png")
     return doc
 
 

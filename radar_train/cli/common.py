@@ -690,6 +690,10 @@ def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Option
     args = expand_flags(sys.argv[1:] if argv is None else argv)
     show_field_docs(args)
     quiet_library_warnings()
+    # torch's INFO lines (FakeTensor cache statistics at exit, logged through the root logger's INFO handler and the
+    # rank filter, which imported Lightning during an interrupted start: 40-64 lines after `interrupted`)
+    if not os.environ.get("TORCH_LOGS"):
+        logging.getLogger("torch").setLevel(logging.WARNING)
     plain_own_warnings()
     reopen_closed_streams(logging.getLogger())
     try:

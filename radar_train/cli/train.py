@@ -159,7 +159,9 @@ def merge(adapter: str, output: str, vae_checkpoint: Optional[str] = None,
     vae_file = base_vae_file(adapter, meta, vae_checkpoint)
     inputs = {"--adapter": adapter, "--vae_checkpoint" if vae_checkpoint else "the base VQ-VAE file": vae_file}
     parent = Path(output).resolve().parent
-    if is_adapter_dir(parent):  # (--overwrite replaced a step export's adapter_model.safetensors: it no longer loaded)
+    # another adapter folder (--overwrite replaced a step export's adapter_model.safetensors: it no longer loaded);
+    # the input adapter's own folder is check_output_file's to name
+    if is_adapter_dir(parent) and parent != Path(adapter).resolve():
         raise OutputError(f"--output {output} is inside the adapter folder {parent}: write the merged VQ-VAE "
                           f"elsewhere")
     check_output_file(output, "--output", inputs, overwrite)

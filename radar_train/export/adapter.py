@@ -16,6 +16,8 @@ radar-train Lightning checkpoint into a folder is training's business (`radar_tr
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -74,9 +76,22 @@ def save_adapter(peft_model, out_dir: str | Path, meta: dict, conditioning=None)
         for f in tmp.iterdir():
             normal_file_mode(f)  # safetensors writes its file 0600
         return replace_dir(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        named = _named_write_error(e, out)
+        if named is not None:
+            raise named from e
         raise
+
+
+def _named_write_error(e: BaseException, out: Path) -> Optional[OSError]:
+    """A write failure of the adapter's files as an OSError naming the folder (a full disk: peft's write and
+    safetensors' own error, 'Error while serializing: I/O error: ... (os error 28)', named no file); None for
+    another error."""
+    if isinstance(e, OSError) and e.filename is None and e.strerror:
+        return OSError(e.errno, e.strerror, str(out))
+    m = re.search(r"\(os error (\d+)\)", str(e)) if type(e).__name__ == "SafetensorError" else None
+    return OSError(int(m.group(1)), os.strerror(int(m.group(1))), str(out)) if m else None
 
 
 def _check_finite_weights(peft_model, conditioning, out_dir) -> None:

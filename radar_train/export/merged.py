@@ -14,6 +14,7 @@ cannot be merged: its decoder takes the class labels, which a plain VQ-VAE does 
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -180,11 +181,21 @@ def write_merged(sd: dict[str, torch.Tensor], output: str | os.PathLike, descrip
             if out.suffix.lower() == ".safetensors":
                 save_weights(sd, tmp, atomic=False)
             else:
-                with open(tmp, "wb") as f:  # a file object: the archive's inner name is fixed, not the temporary's
-                    torch.save(sd, f)
+                # into memory, then one write: torch's zip writer on a full disk raised its own RuntimeError
+                # ("unexpected pos ..."), a traceback, where the write's OSError names the file (atomic_file)
+                buf = io.BytesIO()
+                torch.save(sd, buf)  # (a file object: the archive's inner name is fixed, not the temporary's)
+                with open(tmp, "wb") as f:
+                    f.write(buf.getbuffer())
+                del buf
             normal_file_mode(tmp, like=out)
             record = {**description, "weights": out.name, "sha256": file_sha256(tmp)}
-            tmp_side.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+            try:
+                tmp_side.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+            except OSError as e:  # (said of the record, not of the weights whose temporary this block holds)
+                if e.filename is None and e.strerror:
+                    raise OSError(e.errno, e.strerror, str(side)) from e
+                raise
     return out, side
 
 

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from radar_train.cache.status import distance_summary, latent_distance
 from radar_train.config import format_int_list
 from radar_train.inference import by_distance
-from radar_train.outputs import staged_entries
+from radar_train.outputs import naming, staged_entries
 from radar_train.train.metrics import RestorationStats
 
 REPORT_FILES = ("eval.json", "eval.md")
@@ -339,6 +339,8 @@ def write_report(r: dict, out_dir: str | Path) -> tuple[Path, Path]:
     is allowed (`radar_train.outputs.check_output_dir`)."""
     out = Path(out_dir)
     with staged_entries(out, REPORT_FILES) as stage:
-        (stage / REPORT_FILES[0]).write_text(json.dumps(r, indent=2), encoding="utf-8")
-        (stage / REPORT_FILES[1]).write_text(markdown_table(r), encoding="utf-8")
+        with naming(out / REPORT_FILES[0]):  # (a full disk: said of the file, not of nothing)
+            (stage / REPORT_FILES[0]).write_text(json.dumps(r, indent=2), encoding="utf-8")
+        with naming(out / REPORT_FILES[1]):
+            (stage / REPORT_FILES[1]).write_text(markdown_table(r), encoding="utf-8")
     return out / REPORT_FILES[0], out / REPORT_FILES[1]

@@ -35,3 +35,25 @@ def test_an_adapter_folder_or_an_empty_one_is_written(peft_model, tmp_path):
     (tmp_path / "empty").mkdir()
     for out in (tmp_path / "new", tmp_path / "empty", tmp_path / "new"):  # the last: replaces an adapter
         assert is_adapter_dir(save_adapter(peft_model, out, {"note": str(out)}))
+
+
+@pytest.mark.parametrize("error", ["peft", "safetensors"])
+def test_a_full_disk_is_an_os_error_naming_the_adapter_folder(peft_model, tmp_path, monkeypatch, error):
+    """radar-train export on a full disk said `No space left on device (errno 28)` (peft's write) or safetensors'
+    `Error while serializing: I/O error: ... (os error 28)`, naming no file; the earlier adapter stays."""
+    from safetensors import SafetensorError
+
+    out = save_adapter(peft_model, tmp_path / "adapter", {"note": "earlier"})
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full(*a, **k):
+        if error == "peft":
+            raise OSError(28, "No space left on device")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(type(peft_model), "save_pretrained", full)
+    with pytest.raises(OSError) as e:
+        save_adapter(peft_model, out, {"note": "new"})
+    assert (e.value.errno, e.value.filename) == (28, str(out))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
