@@ -335,15 +335,21 @@ VALIDATION_ADVICE = "a validation decodes --data.val_batch_size pairs at once (d
 @pytest.mark.parametrize("where,advice", [
     ("backward", f"radar-train: out of memory in a training step: {STEP_ADVICE}"),
     ("validation", f"radar-train: out of memory in a validation: {VALIDATION_ADVICE}")])
-def test_a_fit_out_of_memory_says_what_lowers_the_memory_after_what_it_saved(tiny_cache, tmp_path, where, advice):
-    """CUDA's allocator raises torch.OutOfMemoryError: after the line on what was saved, one on the options that
-    lower the memory of what failed (a step: micro-batches and activation checkpointing; a validation: its batch)."""
+def test_a_fit_out_of_memory_says_what_lowers_the_memory_after_what_it_saved(tiny_cache, tmp_path, where, advice,
+                                                                           capsys):
+    """CUDA's allocator raises torch.OutOfMemoryError: one error line (a traceback before), then the line on what was
+    saved, then one on the options that lower the memory of what failed (a step: micro-batches and activation
+    checkpointing; a validation: its batch); status 1."""
     cb = [{"class_path": "tiny_training.FailAt", "init_args": {"step": 2, "where": where, "micro_batch": 2,
                                                              "out_of_memory": True}}]
-    with pytest.raises(torch.OutOfMemoryError, match="injected failure") as e:
+    with pytest.raises(SystemExit) as e:
         train_main(_argv(tiny_cache, tmp_path / "run", "--trainer.callbacks", json.dumps(cb)))
-    assert e.value.__notes__[1:] == [advice]
-    assert e.value.__notes__[0].startswith("radar-train: the run failed in the " + (
+    assert e.value.code == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert "Traceback" not in "\n".join(err)
+    assert err[-3] == "error: radar-train fit: out of memory (injected failure)", err[-5:]
+    assert err[-1] == advice
+    assert err[-2].startswith("radar-train: the run failed in the " + (
         "step after step 1" if where == "backward" else "validation at step 2"))
 
 
