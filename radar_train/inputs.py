@@ -14,6 +14,7 @@ The command-line entry points print it as `error: ...` and exit with status 2.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import zipfile
@@ -119,6 +120,7 @@ class _AmbiguousNumber(Exception):
         self.text, self.value, self.line = text, value, line
 
 
+@functools.lru_cache(maxsize=None)
 def _strict_loader():
     """yaml.SafeLoader that refuses base-60 numbers (`1:5` is 65, `1:00:00` is 3600) and octal ones with a leading
     0 (`010` is 8): the same text typed on the command line is another number (10) or a string, and a shard range

@@ -201,3 +201,15 @@ def build_spec(spec: str, patch_nums: Sequence[int], depth: int, var_identity=No
     from radar_train.accel import build_accel
 
     return build_accel(parse_spec(spec, patch_nums), patch_nums, depth, var_identity)
+
+
+def build_specs(specs: Sequence[str], var, var_identity, option: str) -> dict[str, AccelMethod]:
+    """{spec: its method for a VAR (or its config: `var` has patch_nums and depth)} (`build_spec`); a spec that
+    does not parse or fit is a ValueError naming `option`."""
+    out = {}
+    for spec in specs:
+        try:
+            out[spec] = build_spec(spec, var.patch_nums, var.depth, var_identity)
+        except ValueError as e:
+            raise ValueError(f"{option}: {e}") from None
+    return out

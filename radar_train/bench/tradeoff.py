@@ -174,8 +174,8 @@ def run_tradeoff(cfg: TradeoffConfig, output: Optional[str] = None, overwrite: b
     from radar_train.models import load_models
     from radar_train.outputs import check_output_dir, naming, staged_entries, write_report
     from radar_train.sampling import NextScaleSampler
-    from radar_train.toyworld.measure import (build_specs, check_adapter_folders, decode01, load_adapted_decoder,
-                                              sample_fhat)
+    from radar_train.accel.spec import build_specs
+    from radar_train.toyworld.measure import check_adapter_folders, decode01, load_adapted_decoder, sample_fhat
 
     _check(cfg)
     dev, amp = resolve_device(cfg.timing.device, cfg.timing.dtype, "--setup.timing")

@@ -37,14 +37,11 @@ def _check_methods(methods: list[str], var_cfg) -> None:
     """Every method spec built against the model's scales (`var_cfg`: its patch_nums and depth), its files read,
     before any work: ValueError naming the spec (`fastvar:prune=7:0.5` on a model without a 7×7 scale was refused
     only after the runs before it were timed)."""
-    from radar_train.accel.spec import build_spec
+    from radar_train.accel.spec import build_specs
 
     for i, spec in enumerate(methods):
         spec = "none" if spec == "vanilla" else spec
-        try:
-            build_spec(spec, var_cfg.patch_nums, var_cfg.depth)
-        except ValueError as e:
-            raise ValueError(f"--methods[{i}] {spec}: {e}") from None
+        build_specs([spec], var_cfg, None, f"--methods[{i}] {spec}")
 
 
 def _check_sampling(sampling: SamplingConfig) -> None:

@@ -71,7 +71,7 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
     """
     from radar_train.cli.common import (accel_inputs, check_device, check_positive, end_stopped_run, model_inputs,
                                         note_merged_vqvae, sigterm_ignored, sigterm_stops)
-    from radar_train.export import check_adapter
+    from radar_train.export import check_adapter, is_label_conditioned
     from radar_train.images import save_grid
     from radar_train.inference import PipelineArgs, RadarPipeline
     from radar_train.inference.generate_progress import LOCK_NAME, GenerateProgress, PngBatches
@@ -153,7 +153,7 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
                 "accel": pipe.accel.describe(), "adapter": adapter, "grid": str(out / "grid.png"),
                 "grid_rows": len(shown),
                 # what else makes these PNGs (official noise depends on the batch): the run's fingerprint's values
-                "label_conditioned": bool(getattr(pipe.adapted_decoder, "label_conditioned", False)),
+                "label_conditioned": is_label_conditioned(pipe.adapted_decoder),
                 **{k: settings.get(k) for k in ("sampling", "batch_size", "precision", "vae", "var")},
                 "decode_precision": settings.get("decode_precision", "torch.float32"),
                 "merge_adapter": merge_adapter if adapter else None}

@@ -88,6 +88,7 @@ RUN_ENTRIES = ("config.yaml", "tb", "checkpoints", "final")
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 # a step's checkpoint in RUN/checkpoints (RadarLoraModule.checkpoint_callback)
 STEP_CKPT = re.compile(r"step-(\d+)\.ckpt")
+STEP_EXPORT = re.compile(r"step-(\d+)")  # a step's adapter export, RUN/step-NNNNNN/
 # what Lightning's SLURM requeue saves at the run folder's top level (resumed with --ckpt_path hpc)
 HPC_CKPT = re.compile(r"hpc_ckpt_(\d+)\.ckpt")
 
@@ -322,9 +323,6 @@ def check_final_replaceable(root: Path) -> None:
                           f"replaces: move it away, then resume")
 
 
-STEP_EXPORT = re.compile(r"step-(\d+)")
-
-
 def check_step_exports(root: str | os.PathLike, step: int) -> None:
     """OutputError for an entry RUN/step-NNNNNN past `step` (the checkpoint's: the resumed run may export there)
     that is not one of the run's exports: a file, a link, a folder of other files (the export failed on it
@@ -340,9 +338,11 @@ def check_step_exports(root: str | os.PathLike, step: int) -> None:
         why = None
         if entry.is_symlink() or not entry.is_dir():
             why = "a file or a link"
-        elif any(entry.iterdir()) and not is_adapter_dir(entry):
+        elif not any(entry.iterdir()):  # (empty: the export writes it)
+            pass
+        elif not is_adapter_dir(entry):
             why = "a folder holding other files"
-        elif any(entry.iterdir()):
+        else:
             try:
                 saved = read_radar_config(entry).get("global_step")
             except ValueError:

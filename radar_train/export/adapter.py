@@ -28,8 +28,8 @@ from torch import nn
 from radar_train.cache.schema import readable_versions, version_problem
 from radar_train.inputs import (InputError, _one_line, check_dir, check_finite, load_safetensors, nonfinite_keys,
                                read_json, read_yaml)
-from radar_train.outputs import (check_replace_dir, clear_stale_temps, normal_file_mode, recover_replaced, replace_dir,
-                                 temp_name)
+from radar_train.outputs import (check_replace_dir, clear_stale_temps, naming, normal_file_mode, recover_replaced,
+                                 replace_dir, temp_name)
 
 from .label_conditioning import LABEL_CONDITIONING_WEIGHTS, LabelConditionedDecoder, load_label_conditioning
 
@@ -67,31 +67,22 @@ def save_adapter(peft_model, out_dir: str | Path, meta: dict, conditioning=None)
     tmp = temp_name(out)
     meta = {"format_version": RADAR_CONFIG_VERSION, **meta}
     try:
-        peft_model.save_pretrained(str(tmp), safe_serialization=True)
-        (tmp / "README.md").unlink(missing_ok=True)  # peft's generic model card
-        if conditioning is not None:
-            save_file(conditioning.file_tensors(), str(tmp / LABEL_CONDITIONING_WEIGHTS))
-            meta = {**meta, "label_conditioning": conditioning.describe()}
-        (tmp / RADAR_CONFIG).write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
-        for f in tmp.iterdir():
-            normal_file_mode(f)  # safetensors writes its file 0600
-        return replace_dir(tmp, out)
+        with naming(out):  # (an OSError naming no file, peft's write on a full disk: said of the folder)
+            peft_model.save_pretrained(str(tmp), safe_serialization=True)
+            (tmp / "README.md").unlink(missing_ok=True)  # peft's generic model card
+            if conditioning is not None:
+                save_file(conditioning.file_tensors(), str(tmp / LABEL_CONDITIONING_WEIGHTS))
+                meta = {**meta, "label_conditioning": conditioning.describe()}
+            (tmp / RADAR_CONFIG).write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
+            for f in tmp.iterdir():
+                normal_file_mode(f)  # safetensors writes its file 0600
+            return replace_dir(tmp, out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        named = _named_write_error(e, out)
-        if named is not None:
-            raise named from e
+        m = re.search(r"\(os error (\d+)\)", str(e)) if type(e).__name__ == "SafetensorError" else None
+        if m:  # (safetensors' own error, 'Error while serializing: I/O error: ... (os error 28)', names no file)
+            raise OSError(int(m.group(1)), os.strerror(int(m.group(1))), str(out)) from e
         raise
-
-
-def _named_write_error(e: BaseException, out: Path) -> Optional[OSError]:
-    """A write failure of the adapter's files as an OSError naming the folder (a full disk: peft's write and
-    safetensors' own error, 'Error while serializing: I/O error: ... (os error 28)', named no file); None for
-    another error."""
-    if isinstance(e, OSError) and e.filename is None and e.strerror:
-        return OSError(e.errno, e.strerror, str(out))
-    m = re.search(r"\(os error (\d+)\)", str(e)) if type(e).__name__ == "SafetensorError" else None
-    return OSError(int(m.group(1)), os.strerror(int(m.group(1))), str(out)) if m else None
 
 
 def _check_finite_weights(peft_model, conditioning, out_dir) -> None:

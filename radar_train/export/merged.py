@@ -173,7 +173,7 @@ def write_merged(sd: dict[str, torch.Tensor], output: str | os.PathLike, descrip
     both or neither but for the instant between the two renames. The caller has checked that both may be written
     (`radar_train.outputs.check_output_file`)."""
     from radar_train.models.checkpoint import file_sha256, save_weights
-    from radar_train.outputs import atomic_file, normal_file_mode
+    from radar_train.outputs import atomic_file, naming, normal_file_mode
 
     out, side = Path(output), sidecar_path(output)
     with atomic_file(side) as tmp_side:
@@ -190,12 +190,8 @@ def write_merged(sd: dict[str, torch.Tensor], output: str | os.PathLike, descrip
                 del buf
             normal_file_mode(tmp, like=out)
             record = {**description, "weights": out.name, "sha256": file_sha256(tmp)}
-            try:
+            with naming(side):  # (said of the record, not of the weights whose temporary this block holds)
                 tmp_side.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-            except OSError as e:  # (said of the record, not of the weights whose temporary this block holds)
-                if e.filename is None and e.strerror:
-                    raise OSError(e.errno, e.strerror, str(side)) from e
-                raise
     return out, side
 
 

@@ -353,10 +353,10 @@ class RadarPipeline:
         needs the samples' labels, one class number per latent (a sequence, 1-D array or 1-D tensor, checked as
         `generate` checks them: no bool, fraction or string): best given on the host, where they are checked
         without waiting for the device."""
-        from radar_train.export import decode_with_labels
+        from radar_train.export import decode_with_labels, is_label_conditioned
 
         dec = self.adapted_decoder if adapter and self.adapted_decoder is not None else self.decoder
-        if labels is not None and getattr(dec, "label_conditioned", False):  # (as generate's: no bool, 2-d, string)
+        if labels is not None and is_label_conditioned(dec):  # (as generate's: no bool, 2-d, string)
             labels = check_labels(labels, self.var.num_classes)
         amp = torch.autocast(self.device.type, dtype=self.decode_dtype) if self.decode_dtype else nullcontext()
         with amp:

@@ -27,7 +27,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from radar_train.accel import AccelMethod
-from radar_train.accel.spec import build_spec, parse_spec
+from radar_train.accel.spec import build_specs, parse_spec
 from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
 from radar_train.formatting import fixed
 from radar_train.images import save_grid, to_uint8
@@ -210,18 +210,6 @@ def decode01(decoder: torch.nn.Module, f_hat: torch.Tensor, batch_size: int = 10
         return decode_with_labels(decoder, f, None if labels is None else labels[i:i + batch_size]).clamp(-1, 1)
 
     return torch.cat([fn(i).add(1).mul(0.5) for i in range(0, f_hat.shape[0], batch_size)])
-
-
-def build_specs(specs: Sequence[str], var, var_id, option: str) -> dict[str, AccelMethod]:
-    """{spec: its method for this VAR} (`build_spec`); a spec that does not parse or fit is a ValueError naming
-    `option`."""
-    out = {}
-    for spec in specs:
-        try:
-            out[spec] = build_spec(spec, var.patch_nums, var.depth, var_id)
-        except ValueError as e:
-            raise ValueError(f"{option}: {e}") from None
-    return out
 
 
 def check_adapter_folders(folders: Sequence[str]) -> None:
