@@ -68,6 +68,9 @@ class Fixture:
             problem = _case_problem(case)
             if problem:
                 raise FixtureError(f"{root / 'cases.json'}: case {name!r}: {problem}")
+            problem = _input_problem(case, tensors)
+            if problem:
+                raise FixtureError(f"{root / 'cases.safetensors'}: case {name!r}: {problem}")
             missing = [k for k in case.get("inputs", []) if k not in tensors]
             if missing:
                 raise FixtureError(f"{root / 'cases.safetensors'}: no tensor {missing[0]!r} (an input of case {name!r})")
@@ -118,13 +121,56 @@ def _case_problem(case: dict) -> str | None:
         return f"a {kind} case needs an input tensor"
     if kind == "forward" and not (any("label" in k for k in inputs) and any("x_BLCv" in k for k in inputs)):
         return "a forward case needs a label and an x_BLCv input"
+    if kind == "unknown":
+        return (f"unrecognised call {case['call']!r} (a case calls fhat_to_img, img_to_idxBl, idxBl_to_var_input, "
+                f"autoregressive_infer_cfg or var(...))")
     if not isinstance(kw, dict):
         return "'kwargs' must be an object"
     numbers = [k for k in ("cfg", "top_k", "top_p", "B", "g_seed")
                if k in kw and kw[k] is not None and (isinstance(kw[k], bool) or not isinstance(kw[k], (int, float)))]
     if numbers:
         return f"kwargs {', '.join(numbers)} must be numbers"
+    for key, ok, rule in (("top_k", lambda v: v == int(v) and v >= 0, "a whole number >= 0"),
+                          ("top_p", lambda v: 0 <= v <= 1, "between 0 and 1"),
+                          ("B", lambda v: v == int(v) and v >= 1, "a whole number >= 1"),
+                          ("g_seed", lambda v: v == int(v), "a whole number"),
+                          ("cfg", lambda v: v == v and abs(v) != float("inf"), "a finite number")):
+        if kw.get(key) is not None and not ok(kw[key]):
+            return f"kwargs {key} must be {rule}, got {kw[key]!r}"
+    if "more_smooth" in kw and not isinstance(kw["more_smooth"], bool):
+        return f"kwargs more_smooth must be true or false, got {kw['more_smooth']!r}"
     return None
+
+
+def _input_problem(case: dict, tensors: dict[str, torch.Tensor]) -> str | None:
+    """What makes a case's stored input tensors unusable by its call (their kind, not the model's sizes), or None."""
+    for key in case.get("inputs", []):
+        t = tensors.get(key)
+        if t is None:
+            continue
+        wants_int = "label" in key or _kind(case["call"]) == "tf_input"
+        if wants_int and (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool):
+            return f"input {key!r} must hold integers (class labels or token indices), got {t.dtype}"
+        if not wants_int and not t.dtype.is_floating_point:
+            return f"input {key!r} must be a floating-point tensor, got {t.dtype}"
+    return None
+
+
+def _check_index_inputs(name: str, case: dict, fx: Fixture, var: VAR) -> None:
+    """A case's class labels and token indices are within the model's (an index past an embedding's rows is an
+    IndexError on the CPU and a device assert on CUDA)."""
+    n, vocab = var.num_classes, var.config.vocab_size
+    for key in case.get("inputs", []):
+        t = fx.tensors[key]
+        if not t.numel() or t.dtype.is_floating_point:
+            continue
+        if "label" in key and not (0 <= int(t.min()) and int(t.max()) <= n):
+            raise FixtureError(f"{fx.root / 'cases.safetensors'}: case {name!r}: input {key!r} holds labels "
+                               f"{int(t.min())}..{int(t.max())}, outside the model's 0-{n} (classes 0-{n - 1}, {n}: "
+                               f"unconditional)")
+        if _kind(case["call"]) == "tf_input" and not (0 <= int(t.min()) and int(t.max()) < vocab):
+            raise FixtureError(f"{fx.root / 'cases.safetensors'}: case {name!r}: input {key!r} holds token indices "
+                               f"{int(t.min())}..{int(t.max())}, outside the codebook's 0-{vocab - 1}")
 
 
 def _kind(call: str) -> str:
@@ -232,11 +278,22 @@ def check_fixture(root: str | Path, device: str = "cpu") -> tuple[list[CaseResul
     vqvae, var = fx.build_models(dev)
     notes = []
     phis = fx.config.get("phi_index_per_scale")
+    if phis is not None and (not isinstance(phis, list) or not all(type(p) is int for p in phis)):
+        raise FixtureError(f"{fx.root / 'config.json'}: phi_index_per_scale must be a list of whole numbers, got "
+                           f"{phis!r}")
     if phis is not None:
         mine = vqvae.quantize.phi_indices(len(var.patch_nums))
         notes.append(f"phi_index_per_scale {mine} {'matches' if mine == list(phis) else 'DIFFERS from ' + str(phis)}")
     results = []
     for name, case in fx.cases.items():
-        got = run_case(name, case, fx, vqvae, var, dev)
+        _check_index_inputs(name, case, fx, var)
+        try:
+            got = run_case(name, case, fx, vqvae, var, dev)
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as e:  # (inputs of another model's sizes: the kernels' shape errors)
+            shapes = ", ".join(f"{k} {tuple(fx.tensors[k].shape)}" for k in case.get("inputs", []))
+            raise FixtureError(f"{fx.root / 'cases.safetensors'}: case {name!r}: its inputs ({shapes}) do not fit "
+                               f"the model of config.json: {str(e).splitlines()[0]}") from None
         results.append(compare(name, list(case["outputs"]), list(case.get("debug", [])), got, fx))
     return results, notes

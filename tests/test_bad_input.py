@@ -373,6 +373,9 @@ CASES = [
     ("eval-on-no-shards", "eval",
      lambda w, t: ["--cache", str(w["cache"]), "--adapter", str(w["final"]), "--shards", "[]", "--device", "cpu"],
      ["--shards is empty"]),
+    ("eval-on-a-shard-named-twice", "eval",
+     lambda w, t: ["--cache", str(w["cache"]), "--adapter", str(w["final"]), "--shards", "1,1", "--device", "cpu"],
+     ["--shards 1,1 lists a shard twice"]),
     ("eval-with-zero-batch", "eval",
      lambda w, t: ["--cache", str(w["cache"]), "--adapter", str(w["final"]), "--batch_size", "0"], ["--batch_size"]),
     # radar-generate

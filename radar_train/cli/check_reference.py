@@ -21,9 +21,9 @@ def check_reference(fixture_dir: str, device: str = "cpu") -> int:
     for r in results:
         print(r.line())
     n_pass = sum(r.passed for r in results)
-    print(f"reference: {n_pass}/{len(results)} cases pass")
-    ok = n_pass == len(results) and all("DIFFERS" not in n for n in notes)
-    return 0 if ok else 1
+    differs = [n.split()[0] for n in notes if "DIFFERS" in n]
+    print(f"reference: {n_pass}/{len(results)} cases pass" + (f"; {', '.join(differs)} differs" if differs else ""))
+    return 0 if n_pass == len(results) and not differs else 1
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -131,8 +131,16 @@ def unknown_training_shards(meta: dict, cache_dir: str | Path, manifest) -> Opti
     radar-train always writes both); None when it can."""
     if not meta.get("caches"):
         return "its radar_config.yaml records no training caches"
-    if any(record.get("train_shards") is None for record, _ in _records_for(meta, Path(cache_dir), manifest)):
+    matched = _records_for(meta, Path(cache_dir), manifest)
+    if any(record.get("train_shards") is None for record, _ in matched):
         return "its radar_config.yaml record of this cache has no train_shards"
+    unmatched = [r for r in meta["caches"] if isinstance(r, dict) and _pairs_identity(r) is None
+                 and not any(r is m for m, _ in matched)]
+    if unmatched:  # an older record names its cache by a path relative to where training ran: maybe this one
+        named = ", ".join(str(r.get("path")) for r in unmatched)
+        return (f"its radar_config.yaml records a training cache by path only ({named}, relative to the folder "
+                f"training ran in: an older adapter's record, without the cache's model, accel, sampling and plan), "
+                f"which may be this cache")
     return None
 
 
@@ -188,6 +196,7 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
     cache = Path(cache_dir)
     manifest = read_manifest(cache)
     meta = check_adapter(adapter_dir)
+    given = shards is not None
     if shards is None:
         shards = _adapter_shards(meta, cache, manifest)
         if shards is None:
@@ -195,6 +204,8 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
                              f"validation samples of the adapter and none of its training samples): pass --shards")
     if not shards:
         raise ValueError("--shards is empty: name the shards to evaluate")
+    if len(set(shards)) != len(shards):
+        raise ValueError(f"--shards {format_int_list(shards, ',')} lists a shard twice")
     if lpips is not None and lpips.heads and not lpips.vgg:
         raise ValueError("--lpips.heads without --lpips.vgg: LPIPS needs the local VGG16 weights too (or neither "
                          "file: no LPIPS)")
@@ -202,7 +213,8 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
     if unknown:  # whether the metrics are held-out cannot be said: not called held-out
         if not allow_train_shards:
             named = format_int_list(shards, ",")
-            raise ValueError(f"adapter {adapter_dir}: {unknown}, so whether --shards {named} of {cache} "
+            which = "--shards" if given else "its validation shards"
+            raise ValueError(f"adapter {adapter_dir}: {unknown}, so whether {which} {named} of {cache} "
                              f"hold pairs it was trained on is unknown; pass --allow_train_shards to evaluate them "
                              f"anyway (eval.json then says held_out null)")
         warnings.warn(f"radar-eval: adapter {adapter_dir}: {unknown}: the metrics may include pairs it was trained "

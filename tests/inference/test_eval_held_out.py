@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from radar_train.cache.schema import Manifest
-from radar_train.inference.evaluate import _adapter_shards, evaluate_restoration, train_shard_overlap
+from radar_train.inference.evaluate import (_adapter_shards, evaluate_restoration, train_shard_overlap,
+                                            unknown_training_shards)
 
 CLASSES = list(range(10))
 RULE = "label = classes[i % len(classes)], seed = base_seed + i"
@@ -88,6 +89,37 @@ def test_a_record_without_the_cache_content_matches_by_path_only(tmp_path):
     m = _manifest(_plan(shard_size=32))
     assert train_shard_overlap(old, tmp_path, m, [0, 1, 2]) == [0, 1, 2]  # its shard numbers, as they are
     assert train_shard_overlap(old, tmp_path / "other", m, [0, 1, 2]) == []
+    # ... and where its path names another folder from here (it is relative to where training ran), whether the
+    # adapter trained on this cache is unknown, not "no": the shards are then not called held-out
+    assert unknown_training_shards(old, tmp_path, m) is None
+    assert unknown_training_shards(old, tmp_path / "other", m) == (
+        f"its radar_config.yaml records a training cache by path only ({tmp_path}, relative to the folder training "
+        f"ran in: an older adapter's record, without the cache's model, accel, sampling and plan), which may be this "
+        f"cache")
+
+
+def test_radar_eval_of_an_older_adapter_whose_cache_path_names_nothing_from_here_is_not_called_held_out(
+        trained_run, tmp_path):
+    """An older adapter's record (path only, relative to the folder training ran in) evaluated from another
+    folder: the shards are refused as of unknown training status, and with --allow_train_shards the report says
+    held-out unknown. It had said held-out on the very shards the adapter trained on."""
+    import yaml
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(trained_run["adapter"], adapter)
+    meta = yaml.safe_load((adapter / "radar_config.yaml").read_text(encoding="utf-8"))
+    for key in ("model", "accel", "sampling", "plan"):
+        del meta["caches"][0][key]
+    meta["caches"][0]["path"] = "cache/toy"
+    (adapter / "radar_config.yaml").write_text(yaml.safe_dump(meta), encoding="utf-8")
+    train = meta["caches"][0]["train_shards"][:1]
+    cache = str(trained_run["cache"])
+    with pytest.raises(ValueError, match=r"records a training cache by path only \(cache/toy, .*, which may be this "
+                                         r"cache, so whether --shards .* hold pairs it was trained on is unknown"):
+        evaluate_restoration(cache, str(adapter), shards=train)
+    with pytest.warns(UserWarning, match="may include pairs it was trained on"):
+        r = evaluate_restoration(cache, str(adapter), shards=train, allow_train_shards=True)
+    assert r["held_out"] is None and r["train_shard_overlap"] == []
 
 
 def _copy(cache, dest, edit) -> str:

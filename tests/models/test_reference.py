@@ -99,8 +99,9 @@ def test_fhat_from_indices_matches_sampling(fixtures_dir, case):
 
 
 def test_check_reference_cli_prints_a_multi_line_fixture_error_as_one_line(fixtures_dir, tmp_path, capsys):
-    """A fixture error whose message spans lines (a case named with a line break in cases.json) goes through
-    the entry points' one error path: one `error:` line on stderr, exit status 2."""
+    """A fixture error of a case named with a line break in cases.json goes through the entry points' one error
+    path: one `error:` line on stderr naming the file (the name's line break written as `\\n`), exit status 2,
+    before the models are built."""
     import json
     import shutil
 
@@ -116,7 +117,8 @@ def test_check_reference_cli_prints_a_multi_line_fixture_error_as_one_line(fixtu
     err = capsys.readouterr().err
     assert e.value.code == 2, err
     lines = err.splitlines()
-    assert lines == ["error: case bad; case: unrecognised call 'nonsense()'"], err
+    assert lines == [f"error: {fixture / 'cases.json'}: case 'bad\\ncase': unrecognised call 'nonsense()' (a case "
+                     f"calls fhat_to_img, img_to_idxBl, idxBl_to_var_input, autoregressive_infer_cfg or var(...))"], err
 
 
 def _drop_key(path, key):
@@ -149,7 +151,36 @@ BROKEN_FIXTURES = {  # file broken -> how
     "cases.json kwargs a list": ("cases.json", lambda p: _edit(p, lambda d: d["cases"]["e_cfg1"].update(kwargs=[1]))),
     "cases.json decode without inputs": ("cases.json", lambda p: _edit(p, lambda d: d["cases"]["a"].update(inputs=[]))),
     "cases.json cfg a word": ("cases.json", lambda p: _edit(p, lambda d: d["cases"]["e_cfg1"]["kwargs"].update(cfg="x"))),
+    # found by an adversarial pass: these ran (tracebacks, or a pass on a setting the sampler never saw)
+    "cases.json an unknown call": ("cases.json", lambda p: _edit(p, lambda d: d["cases"]["e_cfg1"].update(call="f()"))),
+    "cases.json top_k below 0": ("cases.json",
+                                 lambda p: _edit(p, lambda d: d["cases"]["e_cfg1"]["kwargs"].update(top_k=-5))),
+    "cases.json top_p above 1": ("cases.json",
+                                 lambda p: _edit(p, lambda d: d["cases"]["e_cfg1"]["kwargs"].update(top_p=1.5))),
+    "cases.json B zero": ("cases.json", lambda p: _edit(p, lambda d: d["cases"]["e_cfg1"]["kwargs"].update(B=0))),
+    "cases.json more_smooth a word": ("cases.json", lambda p: _edit(
+        p, lambda d: d["cases"]["g_more_smooth"]["kwargs"].update(more_smooth="no"))),
+    "config.json phi_index_per_scale a number": ("config.json",
+                                                 lambda p: _edit(p, lambda d: d.update(phi_index_per_scale=5))),
+    "cases.safetensors an input of another shape": ("cases.safetensors",
+                                                    lambda p: _set_tensor(p, "a.in.f_hat", torch.zeros(3, 5, 2, 2))),
+    "cases.safetensors float labels": ("cases.safetensors",
+                                       lambda p: _set_tensor(p, "d.in.label", torch.zeros(3))),
+    "cases.safetensors integer images": ("cases.safetensors",
+                                         lambda p: _set_tensor(p, "b.in.img", torch.zeros(3, 3, 64, 64, dtype=torch.long))),
+    "cases.safetensors labels past the classes": ("cases.safetensors",
+                                                  lambda p: _set_tensor(p, "d.in.label", torch.full((3,), 99))),
+    "cases.safetensors token indices past the codebook": ("cases.safetensors", lambda p: _set_tensor(
+        p, "c.in.idx.1", torch.full((3, 4), 10 ** 6))),
 }
+
+
+def _set_tensor(path, key, value):
+    import safetensors.torch as st
+
+    t = st.load_file(str(path))
+    t[key] = value
+    st.save_file(t, str(path))
 
 
 def _edit(path, change):
