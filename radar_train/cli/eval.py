@@ -35,7 +35,7 @@ def evaluate(cache: str, adapter: str, output: str = "outputs/eval", shards: Opt
             them in train_shard_overlap and says held_out false; null for an adapter whose metadata does not
             record its training shards).
         distance_bins: equal-count bins of the pairs by latent distance d, each with its own metrics
-            (eval.json by_latent_distance, a table in eval.md); 0: none.
+            (eval.json by_latent_distance, a table in eval.md; at most one per pair); 0: none.
         overwrite: replace eval.json / eval.md of an earlier run in the output folder.
     """
     from radar_train.cli.common import check_device, check_positive

@@ -121,9 +121,10 @@ def load_lpips(vgg: str, heads: Optional[str] = None,
     feats = {k[len("features."):]: v for k, v in vgg_sd.items() if k.startswith("features.")}
     try:
         model.features.load_state_dict(feats, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{options[0]} {vgg}: not torchvision VGG16 weights "
-                         f"({str(e).splitlines()[0][:120]})") from None
+    except RuntimeError as e:  # (torch's first line only says "Error(s) in loading state_dict for Sequential:")
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__
+        raise ValueError(f"{options[0]} {vgg}: not torchvision VGG16 weights ({detail[:160]})") from None
     head_sd = _read(heads, options[1])
     lins = {}
     for k, v in head_sd.items():

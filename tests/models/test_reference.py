@@ -166,8 +166,8 @@ BROKEN_FIXTURES = {  # file broken -> how
                                                     lambda p: _set_tensor(p, "a.in.f_hat", torch.zeros(3, 5, 2, 2))),
     "cases.safetensors float labels": ("cases.safetensors",
                                        lambda p: _set_tensor(p, "d.in.label", torch.zeros(3))),
-    "cases.safetensors integer images": ("cases.safetensors",
-                                         lambda p: _set_tensor(p, "b.in.img", torch.zeros(3, 3, 64, 64, dtype=torch.long))),
+    "cases.safetensors integer images": ("cases.safetensors", lambda p: _set_tensor(
+        p, "b.in.img", torch.zeros(3, 3, 64, 64, dtype=torch.long))),
     "cases.safetensors labels past the classes": ("cases.safetensors",
                                                   lambda p: _set_tensor(p, "d.in.label", torch.full((3,), 99))),
     "cases.safetensors token indices past the codebook": ("cases.safetensors", lambda p: _set_tensor(

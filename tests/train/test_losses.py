@@ -64,8 +64,10 @@ def test_lpips_files_of_the_wrong_kind_are_refused_naming_the_option(tmp_path):
     vgg, heads = _write_lpips_files(tmp_path)
     with pytest.raises(ValueError, match="model.loss.lpips_heads"):
         load_lpips(vgg, vgg)
-    with pytest.raises(ValueError, match="model.loss.lpips_vgg"):
+    with pytest.raises(ValueError, match="model.loss.lpips_vgg") as e:
         load_lpips(heads, heads)
+    # torch's detail, not only its first line ("Error(s) in loading state_dict for Sequential:")
+    assert "not torchvision VGG16 weights (Missing key(s) in state_dict: " in str(e.value), e.value
 
 
 def test_lpips_heads_default_to_torchmetrics_copy_of_the_lpips_package_file(tmp_path):
