@@ -198,7 +198,8 @@ def write_merged(sd: dict[str, torch.Tensor], output: str | os.PathLike, descrip
 def merged_record(vae_checkpoint: Optional[str | os.PathLike], sha256: str) -> Optional[dict]:
     """The record beside a VQ-VAE file that `radar-train merge` wrote, if the file is still the one it describes
     (`sha256`, the file's identity); None for any other file (no record, one that does not read, another kind,
-    or the weights replaced since)."""
+    or the weights replaced since). InputError naming the record when it is this file's but edited so that it no
+    longer reads (its restores) or of a newer format."""
     if vae_checkpoint is None:
         return None
     try:
@@ -206,4 +207,25 @@ def merged_record(vae_checkpoint: Optional[str | os.PathLike], sha256: str) -> O
     except (OSError, ValueError):
         return None
     ours = isinstance(record, dict) and record.get("kind") == MERGED_KIND and record.get("sha256") == sha256
-    return record if ours else None
+    if not ours:
+        return None
+    problem = _record_problem(record)
+    if problem:  # (the record of this very file, edited or of a newer radar_train: its warnings would be wrong)
+        raise InputError(f"{sidecar_path(vae_checkpoint)}: {problem}")
+    return record
+
+
+def _record_problem(record: dict) -> Optional[str]:
+    """What makes a merged file's record (its kind and sha256 already this file's) unreadable here, or None."""
+    version = record.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        return f"format_version must be a whole number, got {version!r}"
+    if version > MERGED_VERSION:
+        return f"format_version {version} is newer than this radar_train reads ({MERGED_VERSION}): upgrade radar_train"
+    restores = record.get("restores")
+    if restores is not None and not isinstance(restores, list):
+        return f"restores must be a list of the adapter's caches, got {restores!r:.60}"
+    for i, r in enumerate(restores or []):
+        if not isinstance(r, dict) or not isinstance(r.get("accel"), (dict, type(None))):
+            return f"restores[{i}] must be an object whose accel is an object or null, got {r!r:.60}"
+    return None

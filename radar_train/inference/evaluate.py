@@ -51,7 +51,8 @@ def _pairs_identity(d: dict) -> Optional[dict]:
     """What decides the pairs a cache holds for a sample (label, seed), from a manifest's or an adapter cache
     record's fields: the model's identity (not its checkpoint paths), the method's settings (not its files or
     kernel: `pipeline._accel_settings`), the sampling settings but the engine (radar_train.cache.schema
-    INFORMATIONAL_FIELDS) and the plan's sample rule. None when the fields or the plan are not all there."""
+    INFORMATIONAL_FIELDS), the plan's sample rule and the transformer's precision (None in a record of before
+    2026-12-06). None when the fields or the plan are not all there."""
     from radar_train.cache.plan import Plan
     from radar_train.cache.schema import INFORMATIONAL_FIELDS
     from radar_train.inference.pipeline import _accel_settings
@@ -64,7 +65,7 @@ def _pairs_identity(d: dict) -> Optional[dict]:
         return None
     model = {k: v for k, v in d["model"].items() if f"model.{k}" not in INFORMATIONAL_FIELDS}
     sampling = {k: v for k, v in d["sampling"].items() if f"sampling.{k}" not in INFORMATIONAL_FIELDS}
-    ident = {"model": model, "sampling": sampling, "rule": d["plan"].get("rule")}
+    ident = {"model": model, "sampling": sampling, "rule": d["plan"].get("rule"), "precision": d.get("precision")}
     return {**json.loads(json.dumps(ident, default=str)), "accel": _accel_settings(d["accel"])}
 
 
@@ -79,8 +80,8 @@ def _records_for(meta: dict, cache_dir: Path, manifest) -> list[tuple[dict, bool
         if not isinstance(record, dict):
             continue
         theirs = _pairs_identity(record)
-        if theirs is not None:
-            if theirs == mine:
+        if theirs is not None:  # (a record of before 2026-12-06 holds no precision: not compared on it)
+            if theirs == (mine if theirs["precision"] is not None else {**mine, "precision": None}):
                 out.append((record, True))
         elif record.get("path") and Path(record["path"]).resolve() == cache_dir.resolve():
             out.append((record, False))

@@ -74,7 +74,9 @@ def pairs_fields(record: dict) -> dict[str, object]:
     """The dotted fields of a cache description (PairDataModule.describe(), as a checkpoint's radar.caches keeps
     it) that decide which pairs the cache holds for a sample: the models' identity (not their checkpoint paths),
     the acceleration method's settings (not its files or kernel), the sampling settings but the engine, the
-    plan's sample rule, classes, first seed and shard size, and the latents' shape and stored dtype. Not the path
+    plan's sample rule, classes, first seed and shard size, the latents' shape and stored dtype, and the
+    transformer's compute precision (bf16 draws other tokens for the same seeds; recorded since 2026-12-06, so an
+    older checkpoint's record is not compared on it: `pairs_differences`). Not the path
     (a moved cache is the same), the shards, the format or the sample count: a cache that only grew holds the same
     pairs and more. (Until 2026-12-06 only the rule's text, the same in every cache, was compared: a resume on a
     cache of other seeds or another shard size went on silently, and its adapter recorded trained pairs as held
@@ -92,7 +94,7 @@ def pairs_fields(record: dict) -> dict[str, object]:
         # shard size: which samples shard s holds, as the shard numbers a run records are read)
         fields.update({f"plan.{k}": _norm(record["plan"][k]) for k in ("rule", "classes", "base_seed", "shard_size")
                        if k in record["plan"]})
-    for key in ("latent_shape", "latent_dtype"):
+    for key in ("latent_shape", "latent_dtype", "precision"):  # (precision: the transformer's, which draws the tokens)
         if key in record:
             fields[key] = _norm(record[key])
     return {k: v for k, v in fields.items()

@@ -391,13 +391,14 @@ class PairDataModule(pl.LightningDataModule):
         self.manifests, self.splits = manifests, splits
 
     def describe(self) -> list[dict]:
-        """Per cache: path, format, shards, and the manifest's model / accel / sampling (for adapter metadata)."""
+        """Per cache: path, format, shards, and the manifest's model / accel / sampling / plan, latents and the
+        transformer's compute precision (for adapter metadata and resume checks)."""
         out = []
         for c, (train, val) in zip(self.caches, self.splits):
             m = self.manifests[c.path]
             out.append({"path": str(c.path), "format": c.format, "train_shards": train, "val_shards": val,
                         "model": m.model, "accel": m.accel, "sampling": m.sampling, "plan": m.plan,
-                        "latent_shape": m.latent_shape, "latent_dtype": m.latent_dtype,
+                        "latent_shape": m.latent_shape, "latent_dtype": m.latent_dtype, "precision": m.precision,
                         "format_version": m.format_version})
         return out
 

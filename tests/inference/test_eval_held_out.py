@@ -43,7 +43,7 @@ def _adapter_meta(trained_on: Manifest) -> dict:
     shard 4 (samples 64..79) of `trained_on`, whose path (relative to another folder) names nothing here."""
     m = trained_on.to_dict()
     record = {"path": "elsewhere/cache/tiny", "format": "zarr", "train_shards": [0, 1, 2, 3], "val_shards": [4],
-              **{k: m[k] for k in ("model", "accel", "sampling", "plan", "latent_shape", "latent_dtype")}}
+              **{k: m[k] for k in ("model", "accel", "sampling", "plan", "latent_shape", "latent_dtype", "precision")}}
     return {"caches": [record]}
 
 
@@ -79,6 +79,17 @@ def test_another_method_setting_or_other_samples_are_another_cache():
     assert _check(_manifest(_plan(base_seed=5)), range(5)) == ([], None)
     # a held-out cache past the adapter's seeds: nothing refused, no default shards (pass --shards)
     assert _check(_manifest(_plan(base_seed=80)), range(5)) == ([], None)
+
+
+def test_a_cache_of_another_transformer_precision_holds_other_pairs(tmp_path):
+    """bf16 draws other tokens for the same seeds: the adapter's pairs are not this cache's (its record named
+    the same pairs before 2026-12-06). A record of before then (no precision) is not compared on it."""
+    bf16 = _manifest(_plan())
+    bf16.precision = "bfloat16"
+    assert _check(bf16, range(5)) == ([], None)
+    old = copy.deepcopy(META)
+    del old["caches"][0]["precision"]
+    assert train_shard_overlap(old, Path("here"), bf16, range(5)) == [0, 1, 2, 3]
 
 
 def test_a_record_without_the_cache_content_matches_by_path_only(tmp_path):

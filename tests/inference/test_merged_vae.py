@@ -107,6 +107,27 @@ def test_radar_generate_and_radar_fid_say_that_vanilla_is_decoded_with_the_merge
             "the vanilla run (its FID, the gap closed's baseline) is decoded with it too") in out
 
 
+@pytest.mark.parametrize("edit,needle", [
+    (lambda r: r.update(restores=5), "restores must be a list of the adapter's caches, got 5"),
+    (lambda r: r.update(restores=[{"accel": "x"}]), "restores[0] must be an object whose accel is an object or null"),
+    (lambda r: r.update(format_version=9), "format_version 9 is newer than this radar_train reads (1)"),
+    (lambda r: r.pop("format_version"), "format_version must be a whole number, got None"),
+])
+def test_an_edited_record_of_a_merged_file_is_one_line_naming_it(trained_run, tmp_path, edit, needle):
+    """The record beside the merged file, still naming its sha256, hand-edited or of a newer radar_train: one
+    line naming it, before anything is written (a TypeError traceback before)."""
+    from pathlib import Path
+
+    assert _merge(tmp_path, "--adapter", str(trained_run["adapter"]), "--output", "vae.pth")[0] == 0
+    record = json.loads((tmp_path / "vae.pth.json").read_text())
+    edit(record)
+    (tmp_path / "vae.pth.json").write_text(json.dumps(record))
+    config = Path(__file__).resolve().parents[2] / "configs" / "generate" / "tiny.yaml"
+    for cli, extra in (("generate", ["--classes", "1", "--seeds", "0"]), ("fid", ["--num_samples", "2", "--save_npz", "true"])):
+        assert_refused(cli, ["--config", str(config), "--model.vae_checkpoint", "vae.pth", *extra, "--output", "out"],
+                       tmp_path, (tmp_path,), [f"error: vae.pth.json: {needle}"])
+
+
 def test_the_pipeline_warns_when_a_merged_file_decodes_latents_of_another_acceleration(trained_run, tmp_path):
     assert _merge(tmp_path, "--adapter", str(trained_run["adapter"]), "--output", "vae.pth")[0] == 0
     model = {"vae_checkpoint": str(tmp_path / "vae.pth")}
