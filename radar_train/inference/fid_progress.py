@@ -232,6 +232,14 @@ class FidProgress:
             raise OutputError(f"--output {self.output}: {path} cannot be read as radar-fid progress "
                               f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}): remove "
                               f"{self.dir} to start over") from None
+        version = meta.get("format_version")
+        if version is None or not version.isdigit():
+            raise OutputError(f"--output {self.output}: {path} records no format version ({version!r}): not "
+                              f"progress radar-fid wrote; remove {self.dir} to start over")
+        if int(version) > FORMAT_VERSION:
+            raise OutputError(f"--output {self.output}: {path} is radar-fid progress of format {version}, newer than "
+                              f"this radar_train reads ({FORMAT_VERSION}): upgrade radar_train, or remove {self.dir} "
+                              f"to start over")
         return meta
 
     def check(self, overwrite: bool) -> int:

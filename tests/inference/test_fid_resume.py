@@ -204,6 +204,33 @@ def test_a_folder_that_is_not_radar_fid_progress_and_a_damaged_state_are_refused
     assert _files(out3) == before
 
 
+@pytest.mark.parametrize("version,message", [
+    ("2", "is radar-fid progress of format 2, newer than this radar_train reads (1): upgrade radar_train, or remove "),
+    (None, "records no format version (None): not progress radar-fid wrote; remove "),
+])
+def test_progress_of_a_newer_or_no_format_version_is_refused(extractors, tmp_path, monkeypatch, capsys, version,
+                                                             message):
+    """The state's format_version was written but never read: progress of a newer radar_train went on."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out = tmp_path / "fid"
+    _interrupted(extractors, out, monkeypatch)
+    state = out / PROGRESS_DIR / STATE_NAME
+    with safe_open(str(state), "pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    if version is None:
+        del meta["format_version"]
+    else:
+        meta["format_version"] = version
+    save_file(tensors, str(state), metadata=meta)
+    before = _files(out)
+    capsys.readouterr()
+    assert _main(_args(extractors, out, 9, 3)) == 2
+    assert capsys.readouterr().err.strip() == f"error: --output {out}: {state} {message}{out / PROGRESS_DIR} to start over"
+    assert _files(out) == before
+
+
 def test_a_live_run_holds_the_output_folder(extractors, tmp_path, capsys):
     out = tmp_path / "fid"
     out.mkdir()
