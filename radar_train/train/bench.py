@@ -73,7 +73,8 @@ class TrainBenchArgs:
     device: str = "auto"
     """auto (cuda if available), cpu, cuda, cuda:1, ..."""
     precision: str = "auto"
-    """Lightning precision: auto = bf16-mixed on CUDA, 32-true on the CPU."""
+    """Lightning precision: auto = bf16-mixed on CUDA, 32-true on the CPU; 16-mixed on CUDA only (Lightning runs
+    bf16-mixed on the CPU instead)."""
     cache: Optional[str] = None
     """Cache for the data-loading row (default: a temporary synthetic one of cache_pairs pairs): a radar-cache
     folder with at least two complete shards, the last one among them (held out)."""
@@ -132,6 +133,10 @@ def check_args(args: "TrainBenchArgs") -> torch.device:
     dev = _device(args.device)
     if args.precision not in PRECISIONS:
         raise ValueError(f"--args.precision must be one of {', '.join(PRECISIONS)}, got {args.precision!r}")
+    if args.precision == "16-mixed" and dev.type == "cpu":  # (Lightning's own swap, with a warning)
+        raise ValueError("--args.precision 16-mixed on the CPU: Lightning runs bf16-mixed there instead, so the "
+                         "Lightning row would time another precision than the bare loop's float16 autocast; use "
+                         "bf16-mixed")
     return dev
 
 

@@ -123,6 +123,9 @@ CASES = [
     ("train-zero-steps", "bench", lambda t, off: ["train", "--args.steps", "0", "--args.memory", "false"], ["--args.steps"]),
     ("train-bogus-precision", "bench", lambda t, off: ["train", "--args.precision", "bogus", "--args.memory", "false"],
      ["--args.precision"]),
+    ("train-float16-mixed-on-the-cpu", "bench",  # (Lightning swaps it for bf16-mixed: the rows would differ)
+     lambda t, off: ["train", "--args.precision", "16-mixed", "--args.device", "cpu", "--args.memory", "false"],
+     ["--args.precision 16-mixed on the CPU", "use bf16-mixed"]),
     ("toy-measure-zero-threads", "toy", lambda t, off: ["measure", "--setup.num_threads", "0"], ["--setup.num_threads"]),
     ("toy-masks-zero-threads", "toy",
      lambda t, off: ["masks", "--setup.num_threads", "0", "--setup.families", "[pts]", "--setup.budgets", "[1]"],
