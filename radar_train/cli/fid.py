@@ -162,13 +162,17 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
 
     def complete(result: dict, ref, resumed_at) -> dict:
         """The report's record of the run: image size, protocol, samples files."""
+        import torch
+
         result["image_size"] = [size, size]
         result["protocol"] = {
             "model": model.preset, "accel": pipe.accel.describe(),
             "sampling": {"cfg": sampling.cfg, "top_k": sampling.top_k, "top_p": sampling.top_p,
                          "noise": sampling.noise},
             "adapter": adapter, "base_seed": base_seed, "batch_size": batch_size, "device": str(pipe.device),
-            "precision": precision, "decode_precision": decode_precision,
+            # (as used, not as given: "auto" resolved to the device's; named as generate.json names them)
+            "precision": str(pipe.autocast_dtype or torch.float32),
+            "decode_precision": str(pipe.decode_dtype or torch.float32),
             "inception": None if inception is None else {"path": inception, "sha256": sha["inception"]},
             "inception_logits": None if inception_logits is None else {"path": inception_logits,
                                                                        "sha256": sha["inception_logits"]},

@@ -220,6 +220,8 @@ def test_cli_writes_fid_json_on_the_tiny_preset(extractors, tmp_path, capsys):
     assert r["is_splits"] == 6 and any("IS over 6 parts, not the 10 asked for" in n for n in r["notes"])  # 12 = 6 x 2
     assert r["protocol"]["model"] == "tiny" and len(r["protocol"]["inception"]["sha256"]) == 64
     assert r["protocol"]["sampling"]["top_k"] == 64 and r["protocol"]["reference"]["num_images"] == 6
+    # the precisions as used (--precision auto is float32 on the CPU), named as generate.json names them
+    assert (r["protocol"]["precision"], r["protocol"]["decode_precision"]) == ("torch.float32", "torch.float32")
     assert "| accelerated |" in (out / "fid.md").read_text()
     # the saved folder statistics are reusable as --reference and give the same numbers
     out2 = tmp_path / "fid2"
