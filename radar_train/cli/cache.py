@@ -181,9 +181,11 @@ def _main(argv: list[str]) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    from radar_train.cli.common import run_main
+    from radar_train.cli.common import WarningPrefix, run_main
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ours = logging.StreamHandler()  # (warnings as every command's own: `warning: <message>`)
+    ours.setFormatter(WarningPrefix("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[ours])
     run_main("radar-cache", _main, argv, commands=list(COMMANDS))
 
 

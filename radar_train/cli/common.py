@@ -85,8 +85,10 @@ class WarningPrefix(logging.Formatter):
     as `plain_own_warnings` prints warnings.warn's; other records as the format says."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        return f"warning: {text}" if record.levelno == logging.WARNING and not text.startswith("warning:") else text
+        if record.levelno != logging.WARNING:
+            return super().format(record)
+        text = record.getMessage()  # (the message alone, whatever the format gives other records)
+        return text if text.startswith("warning:") else f"warning: {text}"
 
 
 class RankZeroInfo(logging.Filter):

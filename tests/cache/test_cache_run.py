@@ -386,3 +386,21 @@ def test_a_weights_option_that_names_no_file_says_what_it_names(tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 2 and says in err and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_its_own_warnings_are_warning_lines_as_every_commands(tmp_path):
+    """radar-cache's logged warnings read `warning: <message>` as docs/cli.md says of every command's own (they read
+    `WARNING radar_train.cache.workers: ...`); its INFO lines keep their logger's name."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "radar_train.cli.cache", "run", "--config", str(TINY_CONFIG),
+                          "--output", str(tmp_path / "c"), "--precision", "float16", "--plan.images_per_class", "1",
+                          "--plan.shard_size", "10", "--progress", "false"], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.splitlines()
+    assert ("warning: precision float16 on cpu is slow and not bitwise reproducible; float32 is advised on the CPU"
+            in lines), res.stderr
+    assert not any(ln.startswith("WARNING") for ln in lines), res.stderr
+    assert any(ln.startswith("INFO radar_train.cache.generate: worker 0 of 1") for ln in lines), res.stderr
