@@ -175,6 +175,10 @@ def check_adapter(adapter_dir: str | Path, num_classes: Optional[int] = None) ->
     tensors = load_safetensors(d / ADAPTER_WEIGHTS, "adapter weights file")
     if not tensors:
         raise InputError(f"{d / ADAPTER_WEIGHTS}: adapter weights file holds no tensors")
+    not_float = sorted(k for k, v in tensors.items() if not v.is_floating_point())
+    if not_float:  # (peft copies them into the float LoRA layers without a word: a rounded, wrong adapter)
+        raise InputError(f"{d / ADAPTER_WEIGHTS}: {len(not_float)} tensor(s) are not floating point (e.g. "
+                         f"{not_float[0]}, {tensors[not_float[0]].dtype}): not LoRA weights radar-train wrote")
     check_finite(tensors, d / ADAPTER_WEIGHTS, "adapter")
     load_label_conditioning(d, meta, num_classes)  # a conditioned adapter's section and weights file
     return meta

@@ -42,6 +42,22 @@ def test_load_adapter_refuses_weights_with_nan_or_inf_naming_the_file(tmp_path, 
     assert str(e.value).endswith("the adapter is damaged")
 
 
+def test_load_adapter_refuses_weights_that_are_not_floating_point_naming_the_file(tmp_path):
+    """A hand-converted weights file of integers loaded without a word (peft copies them into its float layers)."""
+    from radar_train.bench.pipeline import random_adapter
+
+    dec, ident = load_latent_decoder("tiny")
+    out = save_adapter(random_adapter(dec, rank=2, seed=0)[0], tmp_path / "good", {"base": {"vae": ident.to_dict()}})
+    shutil.copytree(out, tmp_path / "ints")
+    weights = tmp_path / "ints" / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    save_file({k: (v * 1000).to(torch.int32) for k, v in tensors.items()}, str(weights))
+    with pytest.raises(InputError) as e:
+        load_adapter(load_latent_decoder("tiny")[0], weights.parent, ident)
+    assert str(e.value) == (f"{weights}: {len(tensors)} tensor(s) are not floating point (e.g. {sorted(tensors)[0]}, "
+                            f"torch.int32): not LoRA weights radar-train wrote")
+
+
 @pytest.mark.parametrize("where", ["lora", "film"])
 def test_save_adapter_writes_no_adapter_whose_trained_weights_hold_nan(tmp_path, where):
     """A fit whose weights went NaN (or an API caller's) gets no adapter folder that every reader would refuse."""
