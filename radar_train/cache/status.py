@@ -2,6 +2,7 @@
 complete shard: counts, checksums, records against the plan; every planned shard present)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -216,11 +217,19 @@ def verify_shard(manifest: Manifest, plan: Plan, shard: int, path: Path) -> list
         return [f"{path}: {version} ({path / 'zarr.json'})"]
     start, stop = plan.shard_range(shard)
     problems = []
-    if attrs.get("complete") is not True or attrs.get("shard") != shard:
-        problems.append(f"{path}: attributes do not mark shard {shard} complete ({path / 'zarr.json'})")
-    if attrs.get("count") != stop - start:
-        problems.append(f"{path}: count {attrs.get('count')} in the attributes, the plan has {stop - start}")
+    if attrs.get("complete") is not True:
+        problems.append(f"{path}: attributes do not mark shard {shard} complete (complete: "
+                        f"{json.dumps(attrs.get('complete'))}; {path / 'zarr.json'})")
+    if attrs.get("shard") != shard:
+        problems.append(f"{path}: attributes name shard {json.dumps(attrs.get('shard'))}, not {shard} "
+                        f"({path / 'zarr.json'})")
+    if attrs.get("count") != stop - start:  # (as JSON: a count of "16", a string, is not 16)
+        problems.append(f"{path}: count {json.dumps(attrs.get('count'))} in the attributes, the plan has "
+                        f"{stop - start}")
     checksums = attrs.get("checksums", {})
+    if not isinstance(checksums, dict):
+        problems.append(f"{path}: attributes hold no checksums object ({path / 'zarr.json'})")
+        checksums = {}
     planned = planned_records(plan, start, stop)
     for name, (shape, dtype) in expected_shapes(manifest, stop - start).items():
         where = path / name
@@ -232,7 +241,9 @@ def verify_shard(manifest: Manifest, plan: Plan, shard: int, path: Path) -> list
         if a.shape != shape or a.dtype != np.dtype(dtype):
             problems.append(f"{where}: {a.shape} {a.dtype}, expected {shape} {dtype}")
             continue
-        if checksums.get(name) != array_checksum(a):
+        if name not in checksums:
+            problems.append(f"{where}: no checksum stored in the attributes ({path / 'zarr.json'})")
+        elif checksums[name] != array_checksum(a):
             problems.append(f"{where}: checksum mismatch (stored {checksums.get(name)}); files: {_data_files(where)}")
         if name in planned and not np.array_equal(a, planned[name]):
             problems.append(f"{where}: records differ from the plan (samples {start}..{stop - 1})")

@@ -248,6 +248,28 @@ def test_verify_reports_a_checksum_that_does_not_match_the_data(make_synthetic):
     assert any("shard-00000.zarr/seed: records differ from the plan" in p for p in problems)
 
 
+@pytest.mark.parametrize("edit,problem", [
+    (lambda a: a.update(count=str(a["count"])), 'count "8" in the attributes, the plan has 8'),
+    (lambda a: a.update(shard=3), "attributes name shard 3, not 0"),
+    (lambda a: a.update(complete="yes"), 'attributes do not mark shard 0 complete (complete: "yes"'),
+    (lambda a: a["checksums"].pop(schema.SEED), "shard-00000.zarr/seed: no checksum stored in the attributes"),
+    (lambda a: a.update(checksums=[1]), "attributes hold no checksums object"),
+])
+def test_verify_names_what_is_wrong_with_hand_edited_shard_attributes(make_synthetic, edit, problem):
+    """Each fault its own words: a count of "8" (a string) read "count 8 in the attributes, the plan has 8", a
+    shard number edited "do not mark shard 0 complete", a checksum deleted "checksum mismatch (stored None)"."""
+    import json
+
+    cache = make_synthetic(num_samples=16, shard_size=8)
+    meta = cache / "shard-00000.zarr" / "zarr.json"
+    d = json.loads(meta.read_text())
+    edit(d["attributes"])
+    meta.write_text(json.dumps(d))
+    problems, _ = verify_cache(str(cache))
+    assert any(problem in p for p in problems), problems
+    assert not any("checksum mismatch" in p for p in problems), problems
+
+
 def test_verify_lists_missing_and_temporary_shards_and_the_cli_exits_1(make_synthetic):
     cache = make_synthetic(num_samples=30, shard_size=8, shards=[0, 2])
     begin_shard(cache, 3, writer_info(0, 1, "cpu"))
