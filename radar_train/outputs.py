@@ -411,7 +411,8 @@ def _remove(p: Path) -> None:
 
 
 @contextlib.contextmanager
-def staged_entries(out_dir: PathLike, entries: Sequence[str]) -> Iterator[Path]:
+def staged_entries(out_dir: PathLike, entries: Sequence[str], overwrite: bool = True,
+                   option: str = "--output") -> Iterator[Path]:
     """Yield a temporary folder inside `out_dir` to write `entries` into; at the end each entry written there
     replaces its namesake in `out_dir`, and an entry not written this time goes from `out_dir` (an earlier
     run's, e.g. restored/ of a run with an adapter, would stand beside this run's output as if it were
@@ -420,7 +421,8 @@ def staged_entries(out_dir: PathLike, entries: Sequence[str]) -> Iterator[Path]:
     it is still empty; nothing of `out_dir` is touched. The swap is renames only: every earlier entry first
     leaves (into the temporary folder, removed with it), then this run's come in, so a run killed during the
     swap leaves entries of one run only in `out_dir` (before, each old entry was deleted just before its new
-    namesake came in: a kill there left the new vanilla/ beside the old run's grid and report)."""
+    namesake came in: a kill there left the new vanilla/ beside the old run's grid and report). Without
+    `overwrite`, an entry that appeared in `out_dir` since the check is not replaced (`swap_entries`)."""
     out = Path(out_dir)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -430,7 +432,7 @@ def staged_entries(out_dir: PathLike, entries: Sequence[str]) -> Iterator[Path]:
     ok = False
     try:
         yield stage
-        swap_entries(stage, out, entries)
+        swap_entries(stage, out, entries, overwrite, option)
         ok = True
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -461,12 +463,21 @@ def signals_deferred() -> Iterator[None]:
             signal.raise_signal(sig)
 
 
-def swap_entries(stage: PathLike, out: PathLike, entries: Sequence[str]) -> None:
+def swap_entries(stage: PathLike, out: PathLike, entries: Sequence[str], overwrite: bool = True,
+                 option: str = "--output") -> None:
     """Each of `entries` in the folder `stage` (inside `out`) replaces its namesake in `out`, and an entry `stage`
     lacks goes from `out` (staged_entries' swap: renames only, every earlier entry first leaves into
     `stage`/.replaced, which the caller removes with `stage`). Ctrl-C and SIGTERM wait for the swap's end
-    (`signals_deferred`); a rename that fails (a lost mount) puts back what had moved, earlier entries included."""
+    (`signals_deferred`); a rename that fails (a lost mount) puts back what had moved, earlier entries included.
+    Without `overwrite` (the command's check found none of `entries` in `out`), OutputError and nothing moved
+    when one is there now: another run writing into the same folder finished first, and its output stays."""
     stage, out = Path(stage), Path(out)
+    if not overwrite:
+        appeared = [n for n in entries if (out / n).exists() or (out / n).is_symlink()]
+        if appeared:
+            raise OutputError(f"{option} {out}: {', '.join(appeared)} appeared while this run ran (another run "
+                              f"writing into the same folder?): not replaced, and this run's output is not written; "
+                              f"pass --overwrite to replace them, or choose another folder")
     replaced = stage / ".replaced"
     replaced.mkdir()
     left, came = [], []

@@ -314,7 +314,7 @@ def run_tradeoff(cfg: TradeoffConfig, output: Optional[str] = None, overwrite: b
            "groups": groups, "pareto_front": [points[i].label for i in front], "notes": notes}
     doc["markdown"] = markdown_table(doc)
     if output is not None:
-        with staged_entries(output, OUTPUT_FILES) as stage:
+        with staged_entries(output, OUTPUT_FILES, overwrite) as stage:
             write_report(stage, "tradeoff", doc, indent=2)
             with naming(os.path.join(output, "tradeoff.png")):
                 draw_chart(doc).save(stage / "tradeoff.png")

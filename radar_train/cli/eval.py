@@ -63,7 +63,7 @@ def evaluate(cache: str, adapter: str, output: str = "outputs/eval", shards: Opt
     print(f"radar-eval: adapter {adapter} on {cache} (shards {shard_list or 'from the adapter'}) -> {output}")
     result = evaluate_restoration(cache, adapter, shard_list, batch_size, str(dev), vae_checkpoint, lpips, num_workers,
                                   allow_train_shards=allow_train_shards, progress=True, distance_bins=distance_bins)
-    js, md = write_report(result, output)
+    js, md = write_report(result, output, overwrite)
     print(markdown_table(result))
     print(f"wrote {js} and {md}")
     return 0

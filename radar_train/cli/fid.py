@@ -204,7 +204,7 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
             result["seconds"] = round(progress.seconds_before + seconds, 2)
             complete(result, ref, progress.resumed_at)
             with sigterm_ignored():  # (seconds of renames: cut off, neither progress nor outputs would be left)
-                write_fid_outputs(result, output, entries, progress.finish_npz, ref if writes_ref else None)
+                write_fid_outputs(result, output, entries, progress.finish_npz, ref if writes_ref else None, overwrite)
                 _say_left(progress.remove, progress.root)
     finally:
         progress.release()
@@ -263,13 +263,13 @@ def fid_reference(reference, writes_ref, output, feats, sha, batch_size, dev, fe
     return ref, ref_key
 
 
-def write_fid_outputs(result: dict, output, entries, fill_npz, ref_to_save) -> None:
+def write_fid_outputs(result: dict, output, entries, fill_npz, ref_to_save, overwrite: bool = True) -> None:
     """fid.json / fid.md (and the samples files `fill_npz(stage)` puts in the staging folder, and the reference
     statistics of a folder) moved into the output folder, replacing an earlier run's."""
     from radar_train.inference.fid import write_report
     from radar_train.outputs import staged_entries
 
-    with staged_entries(output, entries) as stage:
+    with staged_entries(output, entries, overwrite) as stage:
         fill_npz(stage)
         write_report(result, stage)
         if ref_to_save is not None:

@@ -159,7 +159,7 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
                 "merge_adapter": merge_adapter if adapter else None}
         (work.dir / "generate.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
         with sigterm_ignored():
-            work.finish(OUTPUT_ENTRIES)
+            work.finish(OUTPUT_ENTRIES, overwrite)
     finally:
         lock.release()
     more = f" (its first {len(shown)} of {len(pairs)} samples: --grid_rows)" if len(shown) < len(pairs) else ""

@@ -173,7 +173,7 @@ def merge(adapter: str, output: str, vae_checkpoint: Optional[str] = None,
     try:
         with sigterm_stops():
             sd, description = merged_vqvae(adapter, vae_file, dtype, source)
-            out, side = write_merged(sd, output, description)
+            out, side = write_merged(sd, output, description, overwrite)
     except (Stopped, KeyboardInterrupt) as e:  # (a temporary being written is removed on the way out)
         moved = [str(p) for p, st in before.items() if _stat(p) != st]
         said = ("nothing was written" if not moved else

@@ -47,14 +47,17 @@ ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, RADAR_CONFIG)
 RADAR_CONFIG_VERSION = 1
 
 
-def save_adapter(peft_model, out_dir: str | Path, meta: dict, conditioning=None) -> Path:
+def save_adapter(peft_model, out_dir: str | Path, meta: dict, conditioning=None, overwrite: bool = True,
+                 option: str = "out_dir") -> Path:
     """Write `peft_model`'s adapter (safetensors) and `meta` to `out_dir`, replacing an adapter folder there
     (the commands check beforehand, with their --overwrite, that they may replace it:
     `radar_train.outputs.check_replace_dir`); any other non-empty folder, or a file, is an OutputError here
     too, so that a caller of the API never loses a folder of its own.
     conditioning: a ClassFiLM, written to label_conditioning.safetensors and described in the metadata.
     `meta` without a format_version gets RADAR_CONFIG_VERSION (readers refuse metadata without one).
-    Every file gets the mode a plain open() gives (0o666 less the umask)."""
+    Every file gets the mode a plain open() gives (0o666 less the umask). Without `overwrite` (the command's
+    check found no adapter there), an adapter folder that appeared at `out_dir` while this one was written is
+    not replaced (OutputError naming `option`): another run writing there finished first."""
     import yaml
     from safetensors.torch import save_file
 
@@ -62,7 +65,7 @@ def save_adapter(peft_model, out_dir: str | Path, meta: dict, conditioning=None)
     out = Path(out_dir).resolve()  # "." or "..": the folder's own name, for its temporary sibling
     out.parent.mkdir(parents=True, exist_ok=True)
     recover_replaced(out)  # a killed export's previous folder, left at its hidden name
-    check_replace_dir(out, is_adapter_dir, "an adapter folder", "out_dir", overwrite=True)
+    check_replace_dir(out, is_adapter_dir, "an adapter folder", option, overwrite=overwrite)
     clear_stale_temps(out.parent, out.name)  # a killed export's half-written folder
     tmp = temp_name(out)
     meta = {"format_version": RADAR_CONFIG_VERSION, **meta}
@@ -76,6 +79,8 @@ def save_adapter(peft_model, out_dir: str | Path, meta: dict, conditioning=None)
             (tmp / RADAR_CONFIG).write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
             for f in tmp.iterdir():
                 normal_file_mode(f)  # safetensors writes its file 0600
+            if not overwrite:  # (again, just before the rename: the first check was before the weights were written)
+                check_replace_dir(out, is_adapter_dir, "an adapter folder", option, overwrite=False)
             return replace_dir(tmp, out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)

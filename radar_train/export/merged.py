@@ -166,12 +166,14 @@ def merged_vqvae(adapter_dir: str | os.PathLike, vae_file: Optional[str] = None,
     return sd, description
 
 
-def write_merged(sd: dict[str, torch.Tensor], output: str | os.PathLike, description: dict) -> tuple[Path, Path]:
+def write_merged(sd: dict[str, torch.Tensor], output: str | os.PathLike, description: dict,
+                 overwrite: bool = True) -> tuple[Path, Path]:
     """Write `sd` to `output` (torch.save for .pth / .pt / .bin, else safetensors) and the description, with the
     file's name and sha256, to `sidecar_path(output)`. Both are written in full under temporary names first and
     then renamed one right after the other, the weights first: each file is whole or absent, and a stop leaves
     both or neither but for the instant between the two renames. The caller has checked that both may be written
-    (`radar_train.outputs.check_output_file`)."""
+    (`radar_train.outputs.check_output_file`); without `overwrite`, a file or record that appeared there while
+    these were written is not replaced (OutputError): another run writing there finished first."""
     from radar_train.models.checkpoint import file_sha256, save_weights
     from radar_train.outputs import atomic_file, naming, normal_file_mode
 
@@ -192,6 +194,12 @@ def write_merged(sd: dict[str, torch.Tensor], output: str | os.PathLike, descrip
             record = {**description, "weights": out.name, "sha256": file_sha256(tmp)}
             with naming(side):  # (said of the record, not of the weights whose temporary this block holds)
                 tmp_side.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+            appeared = [p.name for p in (out, side) if not overwrite and (p.exists() or p.is_symlink())]
+            if appeared:  # (the command's check was before the merge: just before the renames, again)
+                from radar_train.outputs import OutputError
+
+                raise OutputError(f"--output {out}: {' and '.join(appeared)} appeared while this run ran (another "
+                                  f"run writing the same file?): not replaced; pass --overwrite to replace them")
     return out, side
 
 

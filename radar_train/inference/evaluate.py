@@ -346,12 +346,13 @@ def markdown_table(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(r: dict, out_dir: str | Path) -> tuple[Path, Path]:
+def write_report(r: dict, out_dir: str | Path, overwrite: bool = True) -> tuple[Path, Path]:
     """eval.json and eval.md in `out_dir`, moved in together once both are written (staged_entries: a failed
     write leaves the earlier pair, or no folder it created); the caller checks beforehand that replacing them
-    is allowed (`radar_train.outputs.check_output_dir`)."""
+    is allowed (`radar_train.outputs.check_output_dir`); without `overwrite`, reports that appeared since are not
+    replaced (OutputError)."""
     out = Path(out_dir)
-    with staged_entries(out, REPORT_FILES) as stage:
+    with staged_entries(out, REPORT_FILES, overwrite) as stage:
         with naming(out / REPORT_FILES[0]):  # (a full disk: said of the file, not of nothing)
             (stage / REPORT_FILES[0]).write_text(json.dumps(r, indent=2), encoding="utf-8")
         with naming(out / REPORT_FILES[1]):

@@ -131,12 +131,13 @@ class GenerateProgress:
         if self.created and not made_any:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def finish(self, entries: Sequence[str]) -> None:
-        """The folder's entries replace an earlier run's in OUTPUT; the folder goes."""
+    def finish(self, entries: Sequence[str], overwrite: bool = True) -> None:
+        """The folder's entries replace an earlier run's in OUTPUT (without `overwrite`, none that appeared there
+        since the command's check: OutputError, the folder kept to go on from); the folder goes."""
         from radar_train.outputs import swap_entries
 
-        (self.dir / SETTINGS_NAME).unlink()  # (no longer a folder to go on from: its images leave it)
-        swap_entries(self.dir, self.output, entries)
+        swap_entries(self.dir, self.output, entries, overwrite)
+        (self.dir / SETTINGS_NAME).unlink()  # (no longer a folder to go on from)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

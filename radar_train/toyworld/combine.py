@@ -195,6 +195,6 @@ def run_combine(inputs: Sequence[str], output: str | None = None, overwrite: boo
     report = combine(docs, [str(p) for p in inputs])
     report["markdown"] = markdown(report)
     if output is not None:
-        with staged_entries(output, OUTPUT_FILES) as stage:
+        with staged_entries(output, OUTPUT_FILES, overwrite) as stage:
             write_report(stage, "metrics", report)
     return report

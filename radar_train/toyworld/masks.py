@@ -281,7 +281,7 @@ def run_masks(cfg: MasksConfig, output: Optional[str] = None, overwrite: bool = 
     report = build_report(cfg, settings, measure, pns)
     report["markdown"] = markdown_table(report)
     if output is not None:
-        with staged_entries(output, OUTPUT_FILES) as stage:
+        with staged_entries(output, OUTPUT_FILES, overwrite) as stage:
             write_report(stage, "masks", report)
             chart(report).save(stage / "masks.png")
     return report

@@ -430,7 +430,7 @@ def run_measure(cfg: MeasureConfig, output: Optional[str] = None, overwrite: boo
     report["rows"] = flat_rows(report)
     report["markdown"] = markdown_table(report)
     if output is not None:
-        with staged_entries(output, OUTPUT_FILES) as stage:
+        with staged_entries(output, OUTPUT_FILES, overwrite) as stage:
             write_report(stage, "metrics", report)
             rows = [[to_uint8(col[r:r + 1])[0] for col in columns] for r in range(min(cfg.grid_samples, n))]
             names = [f"{CLASS_NAMES[int(labels[r])]}" for r in range(len(rows))]

@@ -40,4 +40,5 @@ def export_checkpoint(ckpt: str | Path, output: str | Path, overwrite: bool = Fa
     module.load_state_dict(state["state_dict"], strict=False)
     meta = dict(state["radar"])
     meta["source_checkpoint"] = str(p.resolve())  # (as radar-train merge records its adapter: not relative to the cwd)
-    return save_adapter(module.net, output, meta, conditioning=module.label_cond)
+    return save_adapter(module.net, output, meta, conditioning=module.label_cond, overwrite=overwrite,
+                        option="--output")
