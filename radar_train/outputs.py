@@ -35,7 +35,7 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 
 __all__ = ["OutputError", "Inputs", "given_output", "check_output_file", "check_output_dir", "check_replace_dir",
            "check_resume_dir", "check_no_overlap", "atomic_file", "write_text_atomic", "staged_entries", "swap_entries",
-           "replace_dir", "temp_name", "is_temp_of", "clear_stale_temps", "normal_file_mode", "check_writable",
+           "replace_dir", "check_none_appeared", "temp_name", "is_temp_of", "clear_stale_temps", "normal_file_mode", "check_writable",
            "check_progress_folder", "check_not_link", "check_name_length", "read_progress_json",
            "other_progress_error", "fingerprint_differences", "fresh_progress_folder"]
 
@@ -463,6 +463,17 @@ def signals_deferred() -> Iterator[None]:
             signal.raise_signal(sig)
 
 
+def check_none_appeared(out: PathLike, entries: Sequence[str], option: str = "--output") -> None:
+    """OutputError when one of `entries` is in `out`, which the command's check found without them (no
+    --overwrite): another run writing into the same folder finished first, and its output stays."""
+    out = Path(out)
+    appeared = [n for n in entries if (out / n).exists() or (out / n).is_symlink()]
+    if appeared:
+        raise OutputError(f"{option} {out}: {', '.join(appeared)} appeared while this run ran (another run writing "
+                          f"into the same folder?): not replaced, and this run's output is not written; pass "
+                          f"--overwrite to replace them, or choose another folder")
+
+
 def swap_entries(stage: PathLike, out: PathLike, entries: Sequence[str], overwrite: bool = True,
                  option: str = "--output") -> None:
     """Each of `entries` in the folder `stage` (inside `out`) replaces its namesake in `out`, and an entry `stage`
@@ -473,11 +484,7 @@ def swap_entries(stage: PathLike, out: PathLike, entries: Sequence[str], overwri
     when one is there now: another run writing into the same folder finished first, and its output stays."""
     stage, out = Path(stage), Path(out)
     if not overwrite:
-        appeared = [n for n in entries if (out / n).exists() or (out / n).is_symlink()]
-        if appeared:
-            raise OutputError(f"{option} {out}: {', '.join(appeared)} appeared while this run ran (another run "
-                              f"writing into the same folder?): not replaced, and this run's output is not written; "
-                              f"pass --overwrite to replace them, or choose another folder")
+        check_none_appeared(out, entries, option)
     replaced = stage / ".replaced"
     replaced.mkdir()
     left, came = [], []

@@ -81,7 +81,7 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     from radar_train.inference.pipeline import check_pipeline_args, resolve_device
     from radar_train.models import get_preset
     from radar_train.inputs import InputError
-    from radar_train.outputs import check_output_dir
+    from radar_train.outputs import OutputError, check_none_appeared, check_output_dir
     from radar_train.seeding import seed_range_problems
 
     earlier_report = _stat(Path(output) / "fid.json")  # (first: one another worker's merge writes later is new)
@@ -203,6 +203,12 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
                                base_seed, sampling.noise)
             result["seconds"] = round(progress.seconds_before + seconds, 2)
             complete(result, ref, progress.resumed_at)
+            if not overwrite:  # another run's outputs appeared meanwhile: this run's samples are saved to go on from
+                try:
+                    check_none_appeared(output, entries)
+                except OutputError:
+                    progress.save(tally, seconds)
+                    raise
             with sigterm_ignored():  # (seconds of renames: cut off, neither progress nor outputs would be left)
                 write_fid_outputs(result, output, entries, progress.finish_npz, ref if writes_ref else None, overwrite)
                 _say_left(progress.remove, progress.root)

@@ -119,3 +119,33 @@ def test_radar_train_export_does_not_replace_an_adapter_another_export_wrote_mea
     before = snapshot(trained_run["adapter"])
     assert {Path(k).name: v for k, v in snapshot(theirs).items()} == {Path(k).name: v for k, v in before.items()}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+def test_radar_fid_keeps_the_other_runs_report_and_its_own_progress(tmp_path, monkeypatch, capsys):
+    """Refused before its samples files leave fid-progress/: the same command with --overwrite goes on from its
+    last saved sample instead of sampling again."""
+    import json
+
+    import radar_train.inference.fid as fid
+    from fid_helpers import save_extractors
+
+    (tmp_path / "inception").mkdir()
+    extractors = save_extractors(tmp_path / "inception")
+    original = fid.summarize
+    theirs = tmp_path / "fid" / "fid.json"
+
+    def other_run_finishes_first(*a, **kw):
+        theirs.write_text("{}")
+        return original(*a, **kw)
+
+    monkeypatch.setattr(fid, "summarize", other_run_finishes_first)
+    argv = ["--config", str(ROOT / "configs/generate/tiny.yaml"), "--device", "cpu", "--num_samples", "6",
+            "--batch_size", "3", "--inception", str(extractors["features"]), "--save_npz", "true", "--output", "fid"]
+    _refused_keeping("fid", argv, tmp_path, "--output fid: fid.json")
+    assert theirs.read_text() == "{}" and (tmp_path / "fid" / "fid-progress").is_dir()
+    monkeypatch.setattr(fid, "summarize", original)
+    capsys.readouterr()
+    code, err = call_cli("fid", [*argv, "--overwrite"], tmp_path)
+    assert code == 0, err
+    assert "radar-fid: going on from sample 6 of 6" in capsys.readouterr().out
+    assert json.loads(theirs.read_text())["num_samples"] == 6 and not (tmp_path / "fid" / "fid-progress").exists()
