@@ -231,7 +231,7 @@ def check_device(name: str, option: str = "--device", here: bool = True):
         raise ValueError(f"{option} {name!r} is not a device (cpu, cuda, cuda:N or auto)")
     if dev.type == "cuda" and here:
         if not torch.cuda.is_available():
-            raise ValueError(f"{option} {name}: CUDA is not available here (use --device cpu)")
+            raise ValueError(f"{option} {name}: CUDA is not available here (use {option} cpu)")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"{option} {name}: only {torch.cuda.device_count()} CUDA device(s) here")
     return dev

@@ -68,6 +68,19 @@ CASES = [
     ("fit-on-an-accelerator-not-here", "train", lambda w, t: fit_args(w, t, "--trainer.accelerator", "mps"),
      ["--trainer.accelerator"]),
     ("fit-on-zero-devices", "train", lambda w, t: fit_args(w, t, "--trainer.devices", "0"), ["--trainer.devices"]),
+    # (found by an adversarial pass: Lightning's TypeError and ValueError were a traceback / named no option)
+    ("fit-on-a-list-of-devices-on-the-cpu", "train",
+     lambda w, t: fit_args(w, t, "--trainer.accelerator", "cpu", "--trainer.devices", "[0, 1]"),
+     ["--trainer.devices: `devices` selected with `CPUAccelerator` should be an int > 0"]),
+    ("fit-on-an-accelerator-with-an-index", "train", lambda w, t: fit_args(w, t, "--trainer.accelerator", "cpu:1"),
+     ["--trainer.accelerator: You selected an invalid accelerator name"]),
+    ("fit-into-an-empty-run-folder-name", "train", lambda w, t: fit_args(w, t, "--trainer.default_root_dir", ""),
+     ["--trainer.default_root_dir is empty: name the run folder (. for the current folder)"]),
+    ("fid-with-zero-workers", "fid", lambda w, t: ["--save_npz", "true", "--num_workers", "0", "--output", "f"],
+     ["--num_workers must be >= 1, got 0"]),
+    ("fid-with-a-worker-count-but-no-index", "fid", lambda w, t: ["--save_npz", "true", "--num_workers", "4",
+                                                                  "--output", "f"],
+     ["give both --num_workers and --worker_index"]),
     # checked by Lightning only inside the fit, after config.yaml and tb/ (a run that trains nothing: exit 0)
     ("fit-validating-past-the-epoch", "train",
      lambda w, t: fit_args(w, t, "--trainer.val_check_interval", "50", "--trainer.check_val_every_n_epoch", "1"),
@@ -145,6 +158,15 @@ CASES = [
 @pytest.mark.parametrize("cli,make_argv,needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_option_is_one_error_line_and_changes_nothing(world, tmp_path, cli, make_argv, needles):
     assert_refused(cli, make_argv(world, tmp_path), tmp_path, (world["w"], tmp_path), needles)
+
+
+def test_a_rank_variable_that_is_no_number_is_named(world, tmp_path, monkeypatch):
+    """Lightning read RANK as int() at import: `error: invalid literal for int() with base 10: 'abc'`."""
+    from cli_checks import assert_refused
+
+    monkeypatch.setenv("RANK", "abc")
+    assert_refused("train", fit_args(world, tmp_path), tmp_path, (tmp_path,),
+                   ["environment variable RANK='abc' is not an integer"])
 
 
 def test_an_init_seed_within_64_bits_is_taken():

@@ -90,6 +90,8 @@ def resolve_workers(num_workers: Optional[int] = None, worker_index: Optional[in
     launcher's processes."""
     # both explicit values name the machine's share in place of the array's (`NUM_WORKERS=8 sbatch --array=3,5`: an
     # array of a list of ids, whose variables describe no evenly spaced tasks): the array is not read then
+    if num_workers is not None and num_workers < 1:  # (radar-fid's message named no source: "the  make")
+        raise ValueError(f"--num_workers must be >= 1, got {num_workers}")
     both = num_workers is not None and worker_index is not None
     array = None if both else _slurm_array(env)
     procs = _launched_processes(env)
@@ -99,7 +101,7 @@ def resolve_workers(num_workers: Optional[int] = None, worker_index: Optional[in
     n, i = A * W, a * W + r
     if num_workers is not None or worker_index is not None:
         if not sources and (num_workers is None or worker_index is None) and (num_workers or 1) > 1:
-            raise ValueError("give both --num-workers and --worker-index (no SLURM array or launcher "
+            raise ValueError("give both --num_workers and --worker_index (no SLURM array or launcher "
                              "process rank to take the other from)")
         if num_workers is not None and worker_index is not None:
             # both: the machine's share (the SLURM array's place), split among this machine's launched processes
@@ -107,7 +109,7 @@ def resolve_workers(num_workers: Optional[int] = None, worker_index: Optional[in
             sources = ["command line"] + [s for s in sources if s != "SLURM array"]
             n, i = num_workers * W, worker_index * W + r
             if not 0 <= worker_index < num_workers:
-                raise ValueError(f"worker_index {worker_index} is outside [0, num_workers={num_workers})")
+                raise ValueError(f"--worker_index {worker_index} is outside [0, num_workers={num_workers})")
         elif worker_index is not None:
             # this machine's share of the SLURM array's (in place of the array task's), which the launched processes
             # split again, as with both values (taking the whole index would make every process the same worker)

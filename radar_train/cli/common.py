@@ -712,6 +712,12 @@ def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Option
         print_error(e)
         print_notes(e)
         sys.exit(2)
+    except BrokenPipeError:  # stdout's reader left (`radar-train fit --help | head`): quietly, as shell tools end
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (the exit's flush would fail again)
+        except (OSError, ValueError):
+            pass
+        sys.exit(141)
     except (OSError, *_storage_errors()) as e:  # a full disk, a quota, a lost mount: one line, not a traceback
         print_error(f"{prog}: {describe_os_error(e)}")
         print_notes(e)

@@ -466,7 +466,9 @@ def lock_taker() -> bool:
     variables must say 0: torchrun's RANK, LOCAL_RANK and GROUP_RANK (it sets no NODE_RANK: local rank 0 of
     every node would count), Lightning's NODE_RANK, and srun's SLURM_PROCID (srun starts every rank itself,
     without a LOCAL_RANK). Another rank would find the lock its own rank 0 holds, and refuse it."""
-    return all(int(os.environ.get(k) or 0) == 0
+    from radar_train.cache.workers import _env_int
+
+    return all(_env_int(os.environ, k, 0) == 0
                for k in ("RANK", "LOCAL_RANK", "GROUP_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
@@ -504,6 +506,9 @@ def _make_cli_class(subcommand: str):
             # Lightning reads an explicit ckpt_path here (for its hyper-parameters): read it behind the one
             # input error path first, so that a missing or truncated file is one line naming it
             sub = self.config.get("subcommand")
+            given = sub and (self.config[sub].get("trainer") or {}).get("default_root_dir")
+            if sub and isinstance(given, str) and not given.strip():  # (it trained into the current folder)
+                raise ValueError(f"{RUN_OPTION} is empty: name the run folder (. for the current folder)")
             if sub:
                 self._resume = check_ckpt_path(self.config[sub].get("ckpt_path"), self._root(self.config[sub]), sub)
             super()._parse_ckpt_path()
@@ -602,6 +607,11 @@ def _make_cli_class(subcommand: str):
                 raise ValueError(f"{_trainer_options_at_fault(e, cfg)}: {e}") from None
             except ImportError as e:  # an accelerator, strategy or precision whose package is not installed
                 raise ValueError(f"{_trainer_choices(cfg)}: needs a package this environment lacks: {e}") from None
+            except (TypeError, ValueError) as e:  # Lightning's other checks (`devices` [0, 1] on the CPU: a TypeError)
+                at_fault = _trainer_options_at_fault(e, cfg)
+                if at_fault == "--trainer":  # (names no trainer setting: not one of those)
+                    raise
+                raise ValueError(f"{at_fault}: {e}") from None
 
         def _check_data(self, fit: bool) -> None:
             """Read the caches and check them against the decoder (and its label conditioning's class count)
@@ -831,6 +841,8 @@ def run_lightning(argv: list[str]) -> None:
 
 def _body(argv: list[str]) -> int:
     from radar_train.cli.common import check_config_files
+
+    lock_taker()  # (its rank variables read as whole numbers, naming one that is not, before Lightning reads them)
 
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stdout if argv else sys.stderr)

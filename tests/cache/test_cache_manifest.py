@@ -186,7 +186,7 @@ def test_slurm_variables_naming_no_task_of_the_array_are_named():
 def test_bad_worker_split_is_refused():
     with pytest.raises(ValueError, match="outside"):
         resolve_workers(num_workers=2, worker_index=2, env={})
-    with pytest.raises(ValueError, match="give both --num-workers and --worker-index"):
+    with pytest.raises(ValueError, match="give both --num_workers and --worker_index"):
         resolve_workers(num_workers=2, env={})
 
 
