@@ -227,7 +227,8 @@ def test_progress_of_a_newer_or_no_format_version_is_refused(extractors, tmp_pat
     before = _files(out)
     capsys.readouterr()
     assert _main(_args(extractors, out, 9, 3)) == 2
-    assert capsys.readouterr().err.strip() == f"error: --output {out}: {state} {message}{out / PROGRESS_DIR} to start over"
+    assert capsys.readouterr().err.strip() == (f"error: --output {out}: {state} {message}{out / PROGRESS_DIR} to start "
+                                               f"over")
     assert _files(out) == before
 
 

@@ -123,7 +123,8 @@ def test_an_edited_record_of_a_merged_file_is_one_line_naming_it(trained_run, tm
     edit(record)
     (tmp_path / "vae.pth.json").write_text(json.dumps(record))
     config = Path(__file__).resolve().parents[2] / "configs" / "generate" / "tiny.yaml"
-    for cli, extra in (("generate", ["--classes", "1", "--seeds", "0"]), ("fid", ["--num_samples", "2", "--save_npz", "true"])):
+    for cli, extra in (("generate", ["--classes", "1", "--seeds", "0"]),
+                       ("fid", ["--num_samples", "2", "--save_npz", "true"])):
         assert_refused(cli, ["--config", str(config), "--model.vae_checkpoint", "vae.pth", *extra, "--output", "out"],
                        tmp_path, (tmp_path,), [f"error: vae.pth.json: {needle}"])
 
