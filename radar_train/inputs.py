@@ -19,7 +19,7 @@ import json
 import os
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 __all__ = ["InputError", "NotWeights", "check_file", "check_dir", "reading", "read_text", "read_yaml", "read_json",
            "load_torch", "load_safetensors", "failure_reason"]
@@ -142,6 +142,26 @@ def _strict_loader():
     Loader.add_constructor("tag:yaml.org,2002:float",
                            lambda ld, n: number(ld, n, yaml.SafeLoader.construct_yaml_float))
     return Loader
+
+
+def strict_value_loader(original: Callable[[str], Any]) -> Callable[[str], Any]:
+    """jsonargparse's YAML loader `original` for a command-line value, refusing a plain number that YAML 1.1 reads
+    otherwise than its digits (`--seeds '[010]'` is seed 8, `--batch_size 1:5` is 65) as `read_yaml` refuses it
+    in a file (ValueError; jsonargparse names the option). Otherwise the value loads as `original` loads it."""
+    def load(stream: str, *args, **kwargs) -> Any:
+        import yaml
+
+        try:
+            yaml.load(stream, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass; only to look
+        except _AmbiguousNumber as e:
+            raise ValueError(f"{e.text} reads in YAML as the number {e.value!r}, not as written: quote it "
+                             f"('{e.text}') for text such as a shard range, or write the number you mean "
+                             f"plainly") from None
+        except yaml.YAMLError:
+            pass  # (the original says what is wrong with it)
+        return original(stream, *args, **kwargs)
+
+    return load
 
 
 def read_yaml(path: str | os.PathLike, what: str = "YAML file", mapping: bool = True) -> Any:

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cli_checks import assert_refused, build_small_cache
+from cli_checks import assert_refused, build_small_cache, call_cli
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PAST_64_BITS = str(2 ** 64 + 5)
@@ -233,6 +233,28 @@ def test_a_yaml_mapping_without_the_space_after_a_colon_gets_the_hint(tmp_path):
     assert_refused("train", ["fit", "--config", str(CONFIGS / "train" / "tiny.yaml"), "--data.caches",
                              "[{path:cache/a}]"], tmp_path, (tmp_path,),
                    ["--data.caches", "write a space after the colon, path: cache/a"])
+
+
+@pytest.mark.parametrize("cli, argv, needle", [
+    ("generate", ["--classes", "0", "--seeds", "[010]", "--output", "g"], "--seeds: cannot read '[010]'"),
+    ("generate", ["--classes", "0", "--seeds", "0", "--batch_size", "1:5", "--output", "g"],
+     "--batch_size: 1:5 reads in YAML as the number 65, not as written"),
+    ("cache", ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--output", "c", "--plan.base_seed", "010"],
+     None),  # (a plain 010 is read as written, 10: not refused)
+    ("cache", ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--output", "c", "--plan.classes", "[010]"],
+     "plan.classes must be \"all\", \"START:STOP\", \"0-3,7\" or a list of ints, got '[010]'"),
+    ("train", ["fit", "--config", str(CONFIGS / "train" / "tiny.yaml"), "--data.caches",
+               "[{path: cache/tiny, train_shards: 0-3, val_shards: 1:5}]"],
+     "--data.caches: 1:5 reads in YAML as the number 65, not as written: quote it ('1:5')"),
+])
+def test_a_number_yaml_reads_otherwise_than_written_on_the_command_line_is_refused(tmp_path, cli, argv, needle):
+    """As in a config file (`read_yaml`): `--seeds '[010]'` was seed 8 and `val_shards: 1:5` shard 65, silently."""
+    if needle is None:
+        code, err = call_cli(cli, [*argv, "--check"], tmp_path)
+        assert code == 0, err
+        return
+    line = assert_refused(cli, argv, tmp_path, (tmp_path,), [needle])
+    assert "write a space after the colon" not in line  # (1:5 in a value's place is no mapping meant)
 
 
 @pytest.mark.parametrize("value, typed", [("{6:1.5}", "6:1.5"), ("{6:5, 8: 0.5}", "6:5")])

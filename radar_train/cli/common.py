@@ -196,6 +196,7 @@ def _yaml_colon_hint(text: str) -> str:
 
 
 _NUMBERS_WITHOUT_SPACE = re.compile(r"(?<![\w.:])(\d+):(\d[\d.]*)(?![\w:])")
+_NUMBER_KEY_WITHOUT_SPACE = re.compile(r"[{,]\s*(\d+):(\d[\d.]*)(?![\w:])")  # (in a key's place: a mapping meant)
 
 
 def _base60_hint(text: str, argv: Sequence[str]) -> str:
@@ -207,7 +208,9 @@ def _base60_hint(text: str, argv: Sequence[str]) -> str:
         return text
     for i in range(len(argv)):
         given = _option_value(argv, i, [found[1]])
-        numbers = given and "{" in given[1] and _NUMBERS_WITHOUT_SPACE.search(given[1])
+        # (a number the strict loader already named, `val_shards: 1:5`, gets the hint only in a key's place)
+        pattern = _NUMBER_KEY_WITHOUT_SPACE if "reads in YAML as the number" in text else _NUMBERS_WITHOUT_SPACE
+        numbers = given and "{" in given[1] and pattern.search(given[1])
         if numbers:
             a, b = numbers.groups()
             return f"{text} (YAML reads {a}:{b} as one base-60 number: write a space after the colon, {a}: {b})"
@@ -509,10 +512,30 @@ def checked_parsing() -> Iterator[None]:
 
     parse_args._radar_checked = True
     ArgumentParser.parse_args = parse_args
+    loader = _strict_values()
     try:
         yield
     finally:
         ArgumentParser.parse_args = original
+        if loader is not None:
+            loader()
+
+
+def _strict_values():
+    """jsonargparse's YAML value loader made strict about numbers (`inputs.strict_value_loader`) for the while;
+    returns what puts the original back (None where this jsonargparse has no such loader)."""
+    try:
+        from jsonargparse import get_loader, set_loader
+        from jsonargparse._loaders_dumpers import get_loader_exceptions
+
+        from radar_train.inputs import strict_value_loader
+
+        original = get_loader("yaml")
+        exceptions = get_loader_exceptions("yaml")
+        set_loader("yaml", strict_value_loader(original), exceptions)
+    except (ImportError, KeyError, AttributeError):
+        return None
+    return lambda: set_loader("yaml", original, exceptions)
 
 
 def model_inputs(model, prefix: str = "--model") -> dict:
