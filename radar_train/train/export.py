@@ -35,6 +35,10 @@ def export_checkpoint(ckpt: str | Path, output: str | Path, overwrite: bool = Fa
     vae = (state["hyper_parameters"].get("decoder") or {}).get("vae_checkpoint")
     check_replace_dir(output, is_adapter_dir, "an adapter folder", "--output",
                       {"--ckpt": p, "the checkpoint's VQ-VAE file": vae}, overwrite)
+    from radar_train.train.run_lock import check_not_in_use
+
+    # a run folder's final/ or step-NNNNNN/ while its fit runs: the fit replaces its own exports at its end
+    check_not_in_use(Path(output).resolve().parent, "--output's run folder")
     module = module_from_hparams(state["hyper_parameters"], training=False)
     module.check_checkpoint(state, str(p))
     module.load_state_dict(state["state_dict"], strict=False)

@@ -149,3 +149,18 @@ def test_radar_fid_keeps_the_other_runs_report_and_its_own_progress(tmp_path, mo
     assert code == 0, err
     assert "radar-fid: going on from sample 6 of 6" in capsys.readouterr().out
     assert json.loads(theirs.read_text())["num_samples"] == 6 and not (tmp_path / "fid" / "fid-progress").exists()
+
+
+def test_radar_train_export_into_the_final_folder_of_a_fit_that_runs_is_refused(trained_run, tmp_path):
+    """The fit replaces its own final/ at its end: an adapter exported there meanwhile was lost without a word."""
+    import json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".fit.lock").write_text(json.dumps({"host": "elsewhere.example", "pid": 12345, "slurm_job_id": None,
+                                               "started": "2025-01-02T03:04:05+00:00"}))  # (renewed just now)
+    ckpt = trained_run["run"] / "checkpoints" / "last.ckpt"
+    code, err = call_cli("train", ["export", "--ckpt", str(ckpt), "--output", str(run / "final")], tmp_path)
+    assert code == 2, err
+    assert_one_line_error(err, f"--output's run folder {run} is in use by radar-train fit elsewhere.example:12345")
+    assert sorted(p.name for p in run.iterdir()) == [".fit.lock"]
