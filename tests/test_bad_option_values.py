@@ -76,6 +76,8 @@ CASES = [
      ["--trainer.accelerator: You selected an invalid accelerator name"]),
     ("fit-into-an-empty-run-folder-name", "train", lambda w, t: fit_args(w, t, "--trainer.default_root_dir", ""),
      ["--trainer.default_root_dir is empty: name the run folder (. for the current folder)"]),
+    ("generate-with-a-dash-c-it-does-not-take", "generate", lambda w, t: ["-c", "nonexist.yaml", "--output", "g"],
+     ["unrecognized arguments: -c nonexist.yaml"]),  # (it said "config file not found (-c)": only fit's -c is one)
     ("fid-with-zero-workers", "fid", lambda w, t: ["--save_npz", "true", "--num_workers", "0", "--output", "f"],
      ["--num_workers must be >= 1, got 0"]),
     ("fid-with-a-worker-count-but-no-index", "fid", lambda w, t: ["--save_npz", "true", "--num_workers", "4",

@@ -288,14 +288,14 @@ def expand_flags(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def check_config_files(argv: Sequence[str]) -> None:
-    """Read every config file (`--config FILE`, `--config=FILE`, `-c FILE`) with the input error path: one
-    line naming the file if it is missing, binary, not YAML, or not a mapping (an empty one is {}). Inline
-    YAML / JSON strings are left to the parser. Group files and the groups inside a file are checked when
-    the parser is known (`checked_parsing`)."""
+def check_config_files(argv: Sequence[str], options: Sequence[str] = ("--config",)) -> None:
+    """Read every config file (`--config FILE`, `--config=FILE`; `-c FILE` where `options` has it: radar-train
+    fit and validate, LightningCLI's) with the input error path: one line naming the file if it is missing,
+    binary, not YAML, or not a mapping (an empty one is {}). Inline YAML / JSON strings are left to the parser.
+    Group files and the groups inside a file are checked when the parser is known (`checked_parsing`)."""
     from radar_train.inputs import InputError, read_yaml
 
-    for option, value in _config_values(argv):
+    for option, value in _config_values(argv, options):
         p = Path(value)
         if p.exists() or p.is_symlink():
             read_yaml(p, "config file")

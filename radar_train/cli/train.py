@@ -840,7 +840,7 @@ def run_lightning(argv: list[str]) -> None:
 
 
 def _body(argv: list[str]) -> int:
-    from radar_train.cli.common import check_config_files
+    from radar_train.cli.common import CONFIG_OPTIONS, check_config_files
 
     lock_taker()  # (its rank variables read as whole numbers, naming one that is not, before Lightning reads them)
 
@@ -852,7 +852,7 @@ def _body(argv: list[str]) -> int:
         raise ValueError(f"unknown command {cmd!r}: radar-train fit, validate, export or merge (`radar-train --help`)")
     if cmd in LIGHTNING_SUBCOMMANDS and any(a in ("-h", "--help") for a in rest):
         print(FIT_SUMMARY if cmd == "fit" else VALIDATE_SUMMARY, flush=True)  # LightningCLI's full list follows
-    check_config_files(rest)
+    check_config_files(rest, CONFIG_OPTIONS if cmd in LIGHTNING_SUBCOMMANDS else ("--config",))  # (-c: LightningCLI's)
     if cmd in OTHER_SUBCOMMANDS:
         from jsonargparse import CLI
 
