@@ -270,3 +270,10 @@ def test_numbers_without_the_space_after_a_colon_get_the_hint(tmp_path, value, t
                                              f"colon, {a}: {b})"])
     assert_refused("cache", ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--output", "c",
                              f"--accel.fastvar.prune={value}"], tmp_path, (tmp_path,), [f"{a}: {b})"])
+
+
+def test_export_to_an_empty_output_is_refused_before_its_start_line(tmp_path, capsys):
+    """It printed `radar-train export: x.ckpt -> ` on stdout, then the error."""
+    code, err = call_cli("train", ["export", "--ckpt", "x.ckpt", "--output", ""], tmp_path)
+    assert code == 2 and err.strip() == "error: --output is empty: name the output (. for the current folder)", err
+    assert capsys.readouterr().out == ""

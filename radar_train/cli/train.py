@@ -108,8 +108,10 @@ def export(ckpt: str, output: str, overwrite: bool = False) -> int:
     """
     import json
 
+    from radar_train.outputs import given_output
     from radar_train.train.export import export_checkpoint
 
+    given_output(output, "--output")  # (an empty name refused before the start line)
     print(f"radar-train export: {ckpt} -> {output}")
     # the module rebuilt from the checkpoint logs the LoRA it holds as in training: said once below instead
     module_log = logging.getLogger("radar_train.train.module")
