@@ -41,7 +41,7 @@ class BenchSetup:
     preset: str = "var-d16"
     batch_size: int = 4
     device: str = "auto"
-    dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; fp32, bf16, fp16 (or float32, bfloat16, float16)
     attention: str = "auto"  # auto: PyTorch picks the SDPA kernel; math: the math kernel (attention_context)
     warmup: int = 1
     repeats: int = 3
@@ -68,19 +68,14 @@ def method_from_spec(spec: str, patch_nums: Sequence[int], depth: int) -> AccelM
     return build_spec(spec, patch_nums, depth)
 
 
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def resolve_device(device: str, dtype: str, prefix: str = "--setup") -> tuple[torch.device, Optional[torch.dtype]]:
-    """(device, autocast dtype); ValueError naming `{prefix}.device` / `{prefix}.dtype` for a bad one."""
+    """(device, autocast dtype); ValueError naming `{prefix}.device` / `{prefix}.dtype` for a bad one. The dtype
+    in any spelling radar-generate's --precision takes (fp32 or float32, bf16 or bfloat16, ...)."""
     from radar_train.config import check_device
+    from radar_train.inference.pipeline import resolve_precision
 
     dev = check_device(device, f"{prefix}.device")
-    if dtype == "auto":
-        return dev, (torch.bfloat16 if dev.type == "cuda" else None)
-    if dtype not in DTYPES:
-        raise ValueError(f"{prefix}.dtype must be auto, {', '.join(DTYPES)}, got {dtype!r}")
-    return dev, DTYPES[dtype]
+    return dev, resolve_precision(dev, dtype, f"{prefix}.dtype")
 
 
 def check_setup(setup: "BenchSetup") -> tuple[torch.device, Optional[torch.dtype]]:

@@ -64,7 +64,7 @@ class TimingArgs:
     device: str = "auto"
     """auto (CUDA if available), cpu, cuda, cuda:1, ...; quality is measured on the same device."""
     dtype: str = "auto"
-    """auto (bf16 autocast on CUDA, fp32 on the CPU), fp32, bf16, fp16."""
+    """auto (bf16 autocast on CUDA, fp32 on the CPU), fp32, bf16, fp16 (or float32, bfloat16, float16)."""
 
 
 @dataclass

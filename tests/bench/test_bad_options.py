@@ -206,3 +206,14 @@ def test_the_out_of_memory_line_of_cuda_and_of_other_errors():
     assert out_of_memory(cuda) == "out of memory (CUDA out of memory. Tried to allocate 20.00 GiB)"
     assert out_of_memory(MemoryError()) == "out of memory"
     assert out_of_memory(RuntimeError("shape mismatch")) is None
+
+
+def test_the_bench_dtype_takes_every_spelling_the_pipeline_takes():
+    """--setup.dtype refused bfloat16 and float32, which radar-generate's --precision and radar-cache take."""
+    import torch
+
+    from radar_train.bench.accel import resolve_device
+
+    got = {d: resolve_device("cpu", d)[1] for d in ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")}
+    assert got == {"auto": None, "fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+                   "fp16": torch.float16, "float16": torch.float16}
