@@ -177,3 +177,23 @@ def test_cache_bench_reader_part_needs_no_cache_config(tmp_path):
     header = next(ln for ln in r.stderr.splitlines() if ln.startswith("radar-bench cache: "))  # (progress: stderr)
     assert "generation" not in header  # the header names the parts that run
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.json"]
+
+
+def test_an_installed_package_records_its_version_not_a_surrounding_repositorys_commit(tmp_path, monkeypatch):
+    """Installed into a virtual environment inside a project's git repository, the records took that project's
+    commit (`c2ecc1c+dirty`) for this code's; outside any checkout they named no code at all."""
+    import subprocess
+
+    import radar_train
+    from radar_train.bench import record
+
+    assert record.git_commit() is not None  # (this checkout: its own commit)
+    project = tmp_path / "project"
+    (project / "lib" / "radar_train" / "bench").mkdir(parents=True)
+    (project / "pyproject.toml").write_text('[project]\nname = "someone_elses"\n')
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    subprocess.run(["git", "-C", str(project), "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q",
+                    "--allow-empty", "-m", "theirs"], check=True)
+    monkeypatch.setattr(record, "__file__", str(project / "lib" / "radar_train" / "bench" / "record.py"))
+    assert record.git_commit() is None
+    assert record.environment(torch.device("cpu"))["radar_train"] == radar_train.__version__

@@ -57,9 +57,13 @@ def test_the_default_configs_are_the_checkouts_else_those_of_the_folder_it_runs_
     assert demo.default_configs() == ROOT / "configs"  # (this checkout, an editable install)
     monkeypatch.setattr(demo, "CHECKOUT_CONFIGS", tmp_path / "site-packages" / "configs")
     monkeypatch.chdir(tmp_path)
-    assert demo.default_configs() == tmp_path / "site-packages" / "configs"  # neither: the error names that one
-    with pytest.raises(FileNotFoundError, match="looked for beside the package and in this folder"):
+    assert demo.default_configs() == tmp_path / "site-packages" / "configs"
+    # neither (an install from a wheel): the error says where the configs come from, not a site-packages path
+    with pytest.raises(FileNotFoundError, match=r"^no configs/ folder: the demo reads configs/\{cache,train,generate\}"
+                                                r"/<model>.yaml of a radar_train checkout .* pass --configs "):
         demo.demo(output=str(tmp_path / "out"))
+    # a configs/ another package put into site-packages is not taken for the checkout's (its pyproject.toml is not)
+    (tmp_path / "site-packages" / "configs").mkdir(parents=True)
     (tmp_path / "configs").mkdir()
     assert demo.default_configs() == tmp_path / "configs"
     assert not (tmp_path / "out").exists()

@@ -336,14 +336,26 @@ def save_mask_file(path: str | Path, header: dict, scores: dict[str, torch.Tenso
     return save_weights(t, path, metadata=meta)
 
 
+def packaged_path(path: str | Path) -> Path:
+    """`path`; a relative `radar_train/...` path that does not exist here is taken inside the installed package
+    (the docs name the shipped toy masks as radar_train/toyworld/weights/toy_sca_mask.safetensors, a checkout's
+    path: from a wheel install, run elsewhere, it named nothing)."""
+    p = Path(path)
+    if p.exists() or p.is_absolute() or not p.parts or p.parts[0] != "radar_train":
+        return p
+    inside = Path(__file__).resolve().parents[1].joinpath(*p.parts[1:])
+    return inside if inside.exists() else p
+
+
 def load_mask_file(path: str | Path) -> MaskFile:
-    """Read a mask file; FileNotFoundError / ValueError (one line) if it is missing or not one."""
+    """Read a mask file; FileNotFoundError / ValueError (one line) if it is missing or not one. A relative
+    `radar_train/...` path names the installed package's file where there is none here (`packaged_path`)."""
     from safetensors import safe_open
     from radar_train.models.checkpoint import file_sha256
 
     from radar_train.inputs import check_file
 
-    p = Path(path)
+    p = packaged_path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: SCA mask file not found (write one with `radar-accel calibrate "
                                 f"--accel.method sca`)")

@@ -36,8 +36,12 @@ def device_name(device: torch.device) -> str:
 
 def git_commit(cwd: Optional[Path] = None) -> Optional[str]:
     """Short hash of HEAD of the checkout holding this package, with '+dirty' when tracked files differ from
-    it; None outside a git checkout."""
-    cwd = cwd or Path(__file__).resolve().parents[2]
+    it; None outside a git checkout, and for a package installed into site-packages (whatever repository that
+    lies in is not this code's: it recorded a project's commit that a virtual environment sat in)."""
+    if cwd is None:
+        cwd = Path(__file__).resolve().parents[2]
+        if not _is_checkout(cwd):
+            return None
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True,
                               timeout=10)
@@ -50,10 +54,22 @@ def git_commit(cwd: Optional[Path] = None) -> Optional[str]:
         return None
 
 
+def _is_checkout(root: Path) -> bool:
+    """Whether `root` (above the package) is radar_train's own source tree: its pyproject.toml names it."""
+    try:
+        return 'name = "radar_train"' in (root / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return False
+
+
 def environment(device: torch.device, command: Optional[str] = None, commit: Optional[str] = None) -> dict[str, Any]:
-    """The document head: where, with what and by which command the rows were measured."""
+    """The document head: where, with what (radar_train's version too: an installed package has no commit) and by
+    which command the rows were measured."""
+    import radar_train
+
     return {
         "device": device_name(device),
+        "radar_train": radar_train.__version__,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "commit": commit or git_commit(),

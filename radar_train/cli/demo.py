@@ -30,8 +30,11 @@ CHECKOUT_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 def default_configs() -> Path:
     """The checkout's configs/ beside the package, else ./configs: a checkout the demo runs in, with the package
-    installed from it into site-packages (`pip install .`), where nothing is beside the package."""
-    if CHECKOUT_CONFIGS.is_dir():
+    installed from it into site-packages (`pip install .`), where nothing is beside the package (a configs/ some
+    other package put into site-packages is not taken for the checkout's)."""
+    from radar_train.bench.record import _is_checkout
+
+    if CHECKOUT_CONFIGS.is_dir() and _is_checkout(CHECKOUT_CONFIGS.parent):
         return CHECKOUT_CONFIGS
     here = Path("configs").resolve()
     return here if here.is_dir() else CHECKOUT_CONFIGS
@@ -157,6 +160,10 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
     from radar_train.outputs import given_output, make_folders, remove_made_folders
 
     cfg_dir = Path(configs).resolve() if configs else default_configs()  # (the steps run in the output folder)
+    if not configs and not cfg_dir.is_dir():  # an install from a wheel: the configs come with a checkout only
+        raise FileNotFoundError("no configs/ folder: the demo reads configs/{cache,train,generate}/<model>.yaml of a "
+                                "radar_train checkout (git clone; pip install -e .), found neither beside the package "
+                                "nor in this folder; run it in a checkout, or pass --configs CHECKOUT/configs")
     cache_cfg, train_cfg = cfg_dir / "cache" / f"{model}.yaml", cfg_dir / "train" / f"{model}.yaml"
     generate_cfg = cfg_dir / "generate" / f"{model}.yaml"
     for f in (cache_cfg, train_cfg, generate_cfg):

@@ -611,3 +611,16 @@ def test_fastvar_at_an_attention_budget(tiny_models):
     s = _sampler(tiny_models)
     out = s.sample(torch.tensor([1]), seeds=[0], accel=method)
     assert out.skipped_from is None
+
+
+def test_the_docs_path_of_the_shipped_toy_masks_works_outside_a_checkout(tmp_path, monkeypatch):
+    """`--accel.sca.mask_file radar_train/toyworld/weights/toy_sca_mask.safetensors` (docs/acceleration.md) is a
+    checkout's path: run elsewhere (a wheel install), it named nothing and the error advised calibrating."""
+    from radar_train.accel.sca import load_mask_file, packaged_path
+
+    monkeypatch.chdir(tmp_path)
+    name = "radar_train/toyworld/weights/toy_sca_mask.safetensors"
+    assert packaged_path(name).is_absolute() and packaged_path(name).is_file()
+    assert load_mask_file(name).tensors
+    with pytest.raises(FileNotFoundError, match="weights/none.safetensors: SCA mask file not found"):
+        load_mask_file("radar_train/toyworld/weights/none.safetensors")
