@@ -154,7 +154,7 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
                 "grid_rows": len(shown),
                 # what else makes these PNGs (official noise depends on the batch): the run's fingerprint's values
                 "label_conditioned": is_label_conditioned(pipe.adapted_decoder),
-                **{k: settings.get(k) for k in ("sampling", "batch_size", "precision", "vae", "var")},
+                **{k: settings.get(k) for k in ("radar_train", "sampling", "batch_size", "precision", "vae", "var")},
                 "decode_precision": settings.get("decode_precision", "torch.float32"),
                 "merge_adapter": merge_adapter if adapter else None}
         (work.dir / "generate.json").write_text(json.dumps(info, indent=2), encoding="utf-8")

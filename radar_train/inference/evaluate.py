@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+import radar_train
+
 from radar_train.cache.status import distance_summary, latent_distance
 from radar_train.config import format_int_list
 from radar_train.inference import by_distance
@@ -282,7 +284,8 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
            "adapter": str(adapter_dir), "accel": manifest.accel, "accel_differences": accel_diffs,
            "model": manifest.model.get("preset"),
            "held_out": None if unknown and not overlap else not overlap, "train_shard_overlap": overlap,
-           "label_conditioned": bool(getattr(adapted, "label_conditioned", False))}
+           "label_conditioned": bool(getattr(adapted, "label_conditioned", False)),
+           "radar_train": radar_train.__version__}  # (the code that measured it)
     if lp is not None:
         out["lpips_baseline"], out["lpips_adapted"] = (lp_sums / max(n, 1)).tolist()
         out["delta_lpips"] = out["lpips_adapted"] - out["lpips_baseline"]  # (< 0: the adapter is closer)

@@ -172,6 +172,7 @@ def test_radar_generate_writes_pngs_and_a_grid(trained_run, tmp_path, cli):
     assert meta["sampling"]["top_k"] == 64 and meta["sampling"]["noise"] == "per_sample"
     assert (meta["batch_size"], meta["precision"], meta["decode_precision"]) == (16, "torch.float32", "torch.float32")
     assert meta["label_conditioned"] is False and meta["merge_adapter"] is True and meta["vae"] and meta["var"]
+    assert meta["radar_train"] == __import__("radar_train").__version__  # (the code that made them)
     # rerun into the same folder without an adapter: no earlier restored/ left beside the new images
     cli("generate", "--classes", "5", "--seeds", "3", "--sampling.top_k", "64", "--output", str(out), "--device", "cpu",
         "--overwrite", cwd=trained_run["work"])
@@ -188,6 +189,7 @@ def test_radar_eval_reports_restoration_on_held_out_shards(trained_run, tmp_path
                 "num_pairs"):
         assert key in r
     assert r["num_pairs"] == 16 and r["shards"] == [4]
+    assert r["radar_train"] == __import__("radar_train").__version__  # (the code that measured it)
     assert r["gap_closed"] > 0 and r["psnr_adapted"] > r["psnr_baseline"]
     assert "gap closed" in (out / "eval.md").read_text()
 
