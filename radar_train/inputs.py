@@ -17,6 +17,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -144,6 +145,11 @@ def _strict_loader():
     return Loader
 
 
+# digits around a colon (base 60) or a 0 before a digit or an underscore at a number's start (octal): a value
+# without either holds no number `_strict_loader` refuses
+_MAYBE_AMBIGUOUS = re.compile(r"\d:\d|(?<![\w.])0[\d_]")
+
+
 def strict_value_loader(original: Callable[[str], Any]) -> Callable[[str], Any]:
     """jsonargparse's YAML loader `original` for a command-line value, refusing a plain number that YAML 1.1 reads
     otherwise than its digits (`--seeds '[010]'` is seed 8, `--batch_size 1:5` is 65) as `read_yaml` refuses it
@@ -151,6 +157,8 @@ def strict_value_loader(original: Callable[[str], Any]) -> Callable[[str], Any]:
     def load(stream: str, *args, **kwargs) -> Any:
         import yaml
 
+        if not _MAYBE_AMBIGUOUS.search(stream):  # (most values: loaded once, not twice)
+            return original(stream, *args, **kwargs)
         try:
             yaml.load(stream, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass; only to look
         except _AmbiguousNumber as e:

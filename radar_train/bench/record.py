@@ -18,6 +18,8 @@ from typing import Any, Optional
 
 import torch
 
+import radar_train
+
 
 def device_name(device: torch.device) -> str:
     """CUDA: the GPU's name; CPU: the processor's model name and its core count."""
@@ -40,7 +42,7 @@ def git_commit(cwd: Optional[Path] = None) -> Optional[str]:
     lies in is not this code's: it recorded a project's commit that a virtual environment sat in)."""
     if cwd is None:
         cwd = Path(__file__).resolve().parents[2]
-        if not _is_checkout(cwd):
+        if not radar_train.is_source_checkout(cwd):
             return None
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True,
@@ -54,19 +56,9 @@ def git_commit(cwd: Optional[Path] = None) -> Optional[str]:
         return None
 
 
-def _is_checkout(root: Path) -> bool:
-    """Whether `root` (above the package) is radar_train's own source tree: its pyproject.toml names it."""
-    try:
-        return 'name = "radar_train"' in (root / "pyproject.toml").read_text(encoding="utf-8")
-    except OSError:
-        return False
-
-
 def environment(device: torch.device, command: Optional[str] = None, commit: Optional[str] = None) -> dict[str, Any]:
     """The document head: where, with what (radar_train's version too: an installed package has no commit) and by
     which command the rows were measured."""
-    import radar_train
-
     return {
         "device": device_name(device),
         "radar_train": radar_train.__version__,

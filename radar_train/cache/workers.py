@@ -26,7 +26,7 @@ class WorkerSplit:
         return list(range(self.worker_index, num_shards, self.num_workers))
 
 
-def _env_int(env: Mapping[str, str], name: str, default: Optional[int] = None) -> int:
+def env_int(env: Mapping[str, str], name: str, default: Optional[int] = None) -> int:
     """Integer environment variable `name` (`default` when unset or empty); ValueError naming it otherwise."""
     value = env.get(name, "")
     if value.strip() == "" and default is not None:
@@ -41,11 +41,11 @@ def _slurm_array(env: Mapping[str, str]) -> Optional[tuple[int, int]]:
     """(task count, task index from 0) of a SLURM array job, aware of SLURM_ARRAY_TASK_MIN and _STEP."""
     if "SLURM_ARRAY_TASK_ID" not in env:
         return None
-    task = _env_int(env, "SLURM_ARRAY_TASK_ID")
-    lo = _env_int(env, "SLURM_ARRAY_TASK_MIN", 0)
-    step = _env_int(env, "SLURM_ARRAY_TASK_STEP", 1) or 1
-    spanned = (_env_int(env, "SLURM_ARRAY_TASK_MAX", task) - lo) // step + 1  # the tasks MIN..MAX by STEP
-    count = _env_int(env, "SLURM_ARRAY_TASK_COUNT") if "SLURM_ARRAY_TASK_COUNT" in env else spanned
+    task = env_int(env, "SLURM_ARRAY_TASK_ID")
+    lo = env_int(env, "SLURM_ARRAY_TASK_MIN", 0)
+    step = env_int(env, "SLURM_ARRAY_TASK_STEP", 1) or 1
+    spanned = (env_int(env, "SLURM_ARRAY_TASK_MAX", task) - lo) // step + 1  # the tasks MIN..MAX by STEP
+    count = env_int(env, "SLURM_ARRAY_TASK_COUNT") if "SLURM_ARRAY_TASK_COUNT" in env else spanned
     # a task off the MIN + k x STEP grid would be the same worker as the one below it (its shards written twice),
     # and a COUNT other than the grid's (an array of a list, 1,3,7) numbers no task as its place in the array
     off_grid = (task - lo) % step != 0
@@ -66,16 +66,16 @@ def _launched_processes(env: Mapping[str, str]) -> Optional[tuple[int, int]]:
     """(world size, rank) when launched by torchrun / accelerate launch with several processes: their
     WORLD_SIZE and RANK, read without joining a process group (which waits for every rank: a --check, or a
     rank alone in a launcher's environment, waited half an hour for peers that never came)."""
-    world = _env_int(env, "WORLD_SIZE", 1)
+    world = env_int(env, "WORLD_SIZE", 1)
     if world <= 1:
         return None
     for name in ("LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         if name in env:
-            _env_int(env, name)
+            env_int(env, name)
     if "RANK" not in env:
         raise ValueError(f"environment variable WORLD_SIZE={env['WORLD_SIZE']} without RANK: not a torchrun / "
                          f"accelerate launch process; unset WORLD_SIZE, or give --num_workers and --worker_index")
-    rank = _env_int(env, "RANK")
+    rank = env_int(env, "RANK")
     if not 0 <= rank < world:
         raise ValueError(f"environment variables RANK={rank} and WORLD_SIZE={world}: the rank is outside [0, {world})")
     return world, rank

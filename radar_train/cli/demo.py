@@ -32,9 +32,9 @@ def default_configs() -> Path:
     """The checkout's configs/ beside the package, else ./configs: a checkout the demo runs in, with the package
     installed from it into site-packages (`pip install .`), where nothing is beside the package (a configs/ some
     other package put into site-packages is not taken for the checkout's)."""
-    from radar_train.bench.record import _is_checkout
+    from radar_train import is_source_checkout
 
-    if CHECKOUT_CONFIGS.is_dir() and _is_checkout(CHECKOUT_CONFIGS.parent):
+    if CHECKOUT_CONFIGS.is_dir() and is_source_checkout(CHECKOUT_CONFIGS.parent):
         return CHECKOUT_CONFIGS
     here = Path("configs").resolve()
     return here if here.is_dir() else CHECKOUT_CONFIGS

@@ -468,9 +468,9 @@ def lock_taker() -> bool:
     variables must say 0: torchrun's RANK, LOCAL_RANK and GROUP_RANK (it sets no NODE_RANK: local rank 0 of
     every node would count), Lightning's NODE_RANK, and srun's SLURM_PROCID (srun starts every rank itself,
     without a LOCAL_RANK). Another rank would find the lock its own rank 0 holds, and refuse it."""
-    from radar_train.cache.workers import _env_int
+    from radar_train.cache.workers import env_int
 
-    return all(_env_int(os.environ, k, 0) == 0
+    return all(env_int(os.environ, k, 0) == 0
                for k in ("RANK", "LOCAL_RANK", "GROUP_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 

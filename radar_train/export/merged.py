@@ -175,7 +175,7 @@ def write_merged(sd: dict[str, torch.Tensor], output: str | os.PathLike, descrip
     (`radar_train.outputs.check_output_file`); without `overwrite`, a file or record that appeared there while
     these were written is not replaced (OutputError): another run writing there finished first."""
     from radar_train.models.checkpoint import file_sha256, save_weights
-    from radar_train.outputs import atomic_file, naming, normal_file_mode
+    from radar_train.outputs import atomic_file, check_none_appeared, naming, normal_file_mode
 
     out, side = Path(output), sidecar_path(output)
     with atomic_file(side) as tmp_side:
@@ -194,12 +194,8 @@ def write_merged(sd: dict[str, torch.Tensor], output: str | os.PathLike, descrip
             record = {**description, "weights": out.name, "sha256": file_sha256(tmp)}
             with naming(side):  # (said of the record, not of the weights whose temporary this block holds)
                 tmp_side.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-            appeared = [p.name for p in (out, side) if not overwrite and (p.exists() or p.is_symlink())]
-            if appeared:  # (the command's check was before the merge: just before the renames, again)
-                from radar_train.outputs import OutputError
-
-                raise OutputError(f"--output {out}: {' and '.join(appeared)} appeared while this run ran (another "
-                                  f"run writing the same file?): not replaced; pass --overwrite to replace them")
+            if not overwrite:  # (the command's check was before the merge: just before the renames, again)
+                check_none_appeared(out.parent, [out.name, side.name])
     return out, side
 
 
