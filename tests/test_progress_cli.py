@@ -50,6 +50,19 @@ def test_cache_run_and_fit_write_progress_lines_into_a_pipe(tmp_path):
     assert any(re.fullmatch(rf"train: 3 steps in \d+.* \({RATE.format(u='it')}\), loss [\d.]+", ln) for ln in lines), lines
     assert any(re.match(r"val: batch 1/\d", ln) for ln in lines), lines
     assert "Epoch" not in r.stdout + r.stderr and "\r" not in r.stderr  # Lightning's epoch bar is replaced
+    # the set-up's INFO lines, held until the checks passed, come then, in order, each once
+    setup = [next(i for i, ln in enumerate(lines) if needle in ln)
+             for needle in ("Seed set to 0", "LoRA r=16", "GPU available: False", "radar-train fit: run folder")]
+    assert setup == sorted(setup) and sum("LoRA r=16" in ln for ln in lines) == 1, lines
+
+
+def test_a_fit_refused_by_its_checks_prints_its_error_line_alone(tmp_path):
+    """Lightning's set-up lines (the seed, "GPU available", the LoRA summary) are not printed before the error line
+    of input that a check refuses: the user sees one line, naming what is at fault."""
+    r = _run(["radar_train.cli.train", "fit", "--config", str(CONFIGS / "train" / "tiny.yaml")], tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == ["error: data: data.caches[0]: cache folder cache/tiny does not exist"], r.stderr
+    assert r.stdout == "" and sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_radar_bench_estimates_its_time_after_the_first_round_and_prints_rows_as_they_finish(tmp_path):

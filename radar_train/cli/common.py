@@ -49,6 +49,53 @@ class _DropMessages(logging.Filter):
         return not any(f in msg for f in self.fragments)
 
 
+class InfoHold:
+    """Holds the INFO lines a command logs while it sets up (Lightning's "GPU available", the seed, the LoRA
+    summary) until its checks have passed: `release()` prints them then, in order; `end()` drops any still held,
+    so that input a check refuses gets its one error line alone. Warnings and errors are never held. Every
+    handler of the root logger and of the loggers that have their own (Lightning's) is covered."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[logging.Handler, logging.LogRecord]] = []
+        self.filters: list[tuple[logging.Handler, logging.Filter]] = []
+
+    def start(self) -> "InfoHold":
+        loggers = [logging.getLogger()] + [lg for lg in logging.root.manager.loggerDict.values()
+                                           if isinstance(lg, logging.Logger)]
+        for handler in {id(h): h for lg in loggers for h in lg.handlers}.values():
+            hold = _Hold(self, handler)
+            handler.addFilter(hold)
+            self.filters.append((handler, hold))
+        return self
+
+    def _remove(self) -> None:
+        for handler, hold in self.filters:
+            handler.removeFilter(hold)
+        self.filters = []
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        self._remove()
+        for handler, record in held:
+            handler.handle(record)
+
+    def end(self) -> None:
+        self.held = []
+        self._remove()
+
+
+class _Hold(logging.Filter):
+    def __init__(self, owner: InfoHold, handler: logging.Handler):
+        super().__init__()
+        self.owner, self.handler = owner, handler
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        self.owner.held.append((self.handler, record))
+        return False
+
+
 def quiet_library_warnings() -> None:
     """Filter library deprecation noise for this process (only in entry points; never on import). Warnings
     a user can act on stay: our own (an adapter trained for another method, ...), Lightning's hints about

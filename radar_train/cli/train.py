@@ -694,6 +694,7 @@ def _make_cli_class(subcommand: str):
             self._check_resume()
             self._restore_settings()
             self._lock_run_folder()
+            _setup_lines.release()
             t = self.trainer
             logging.getLogger("radar_train").info(
                 "radar-train fit: run folder %s, max_steps %s, precision %s, %d device(s) (%s)",
@@ -731,6 +732,7 @@ def _make_cli_class(subcommand: str):
             self._check_data(fit=False)
             self._check_resume()
             self._restore_settings()
+            _setup_lines.release()
             if self.config[self.subcommand].get("ckpt_path") is None:
                 logging.getLogger("radar_train").info(
                     "radar-train validate: no --ckpt_path, so the adapter as initialised is validated (LoRA B = 0: "
@@ -781,6 +783,10 @@ def memory_note(e: BaseException) -> Optional[str]:
     return f"radar-train: out of memory in a training step: {step}"
 
 
+_setup_lines = None
+"""The INFO lines of radar-train fit's or validate's set-up, held until its checks pass (cli.common.InfoHold)."""
+
+
 def run_lightning(argv: list[str]) -> None:
     """LightningCLI over `argv` (subcommand first). `validate` writes no config.yaml (the run's stays).
     Lightning's MisconfigurationException (a setting it refuses) becomes a ValueError: one error line (it is
@@ -788,7 +794,7 @@ def run_lightning(argv: list[str]) -> None:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from radar_train.cli.common import tidy_lightning_logging
+    from radar_train.cli.common import InfoHold, tidy_lightning_logging
     from radar_train.train import run_lock
     from radar_train.train.datamodule import PairDataModule
     from radar_train.train.module import RadarLoraModule
@@ -797,6 +803,8 @@ def run_lightning(argv: list[str]) -> None:
     tidy_lightning_logging()
     last_failure.clear()
     cli_cls, config_cb = _make_cli_class(argv[0])
+    global _setup_lines
+    _setup_lines = InfoHold().start()  # released once the checks pass (before_fit / before_validate)
     # args=None when they are the process's own (LightningCLI warns when given both)
     try:
         cli_cls(RadarLoraModule, PairDataModule, args=None if argv == sys.argv[1:] else argv,
@@ -839,6 +847,7 @@ def run_lightning(argv: list[str]) -> None:
         raise
     finally:  # the fit's run folder lock, whether it finished, failed, was stopped or requeued
         run_lock.release_held()
+        _setup_lines.end()  # (dropped where a check refused the input: its error line comes alone)
 
 
 def _body(argv: list[str]) -> int:
