@@ -317,9 +317,19 @@ class WdsPairs(IterableDataset):
                             nodesplitter=self._split_by_node, workersplitter=split_by_worker,
                             empty_check=False, seed=seed, handler=self._read_failure)
         ds = ds.compose(lambda samples: self._whole(samples, assigned))
-        if self.shuffle:
-            ds = ds.shuffle(self.shuffle, seed=seed)
+        if self.shuffle:  # (the tar order's seed is every process's, so that they split one order; the samples'
+            ds = ds.shuffle(self.shuffle, seed=self._sample_seed(epoch))  # is each worker's own)
         return ds.decode(handler=self._decode_failure).compose(_pairs)  # (.map would put __key__ back in each dict)
+
+    def _sample_seed(self, epoch: int) -> int:
+        """The sample shuffle's seed of `epoch` in this rank's DataLoader worker: each reads other tars, and with one
+        seed for all every worker would put its tars' pairs into the same order (worker 1's batches the positions of
+        worker 0's, one tar on). Rank 0's worker 0 (or main process) keeps the stream's epoch seed."""
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        rank, worker = self.node()[0], (info.id if info is not None else 0)
+        return epoch_seed(self.seed, epoch, rank, worker)
 
     def _whole(self, samples: Iterator[dict], assigned: list[str]) -> Iterator[dict]:
         """The samples of each tar as read (before the shuffle: one tar after another), checked: every member of
@@ -387,8 +397,10 @@ class WdsPairs(IterableDataset):
         return iter(self.pipeline(epoch))
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The shuffles' seed of `epoch` in a stream of `seed` (a hash: nearby seeds and epochs do not overlap)."""
-    digest = hashlib.blake2b(f"radar-wds/{seed}/{epoch}".encode(), digest_size=4).digest()
+def epoch_seed(seed: int, epoch: int, rank: int = 0, worker: int = 0) -> int:
+    """The shuffles' seed of `epoch` in a stream of `seed` (a hash: nearby seeds and epochs do not overlap); for the
+    sample shuffle of another rank or DataLoader worker than the first, one of its own."""
+    own = f"/{rank}/{worker}" if (rank, worker) != (0, 0) else ""
+    digest = hashlib.blake2b(f"radar-wds/{seed}/{epoch}{own}".encode(), digest_size=4).digest()
     return int.from_bytes(digest, "little")
 

@@ -68,7 +68,9 @@ def save_adapter(peft_model, out_dir: str | Path, meta: dict, conditioning=None,
     check_replace_dir(out, is_adapter_dir, "an adapter folder", option, overwrite=overwrite)
     clear_stale_temps(out.parent, out.name)  # a killed export's half-written folder
     tmp = temp_name(out)
-    meta = {"format_version": RADAR_CONFIG_VERSION, **meta}
+    import radar_train
+
+    meta = {"format_version": RADAR_CONFIG_VERSION, "radar_train": radar_train.__version__, **meta}  # (who wrote it)
     try:
         with naming(out):  # (an OSError naming no file, peft's write on a full disk: said of the folder)
             peft_model.save_pretrained(str(tmp), safe_serialization=True)

@@ -294,6 +294,23 @@ def test_webdataset_workers_split_the_tars_and_export_resumes(make_synthetic, tm
     assert sorted(seen) == list(range(30))
 
 
+def test_webdataset_workers_shuffle_their_tars_each_in_its_own_order(make_synthetic, tmp_path):
+    """Two workers read two tars each; with one sample-shuffle seed for both, worker 1's order was worker 0's one tar
+    on (each of its pairs 8 past the one worker 0 gave before it). Each worker now shuffles with a seed of its own,
+    and the loader's order is the same in every run."""
+    export_wds(str(make_synthetic(num_samples=32, shard_size=8)), str(tmp_path / "wds"), progress=False)
+
+    def order() -> list[int]:
+        dl = DataLoader(WdsPairs(tmp_path / "wds", shuffle=16, seed=5), batch_size=1, num_workers=2)
+        return [int(b["index"]) for b in dl]
+
+    seen = order()
+    assert sorted(seen) == list(range(32)) and order() == seen
+    by_worker = [seen[0::2], seen[1::2]]  # (batches alternate between the workers)
+    assert {i // 8 for i in by_worker[0]} == {0, 2} and {i // 8 for i in by_worker[1]} == {1, 3}
+    assert [i % 8 for i in by_worker[0]] != [i % 8 for i in by_worker[1]]
+
+
 def _cut_at(tar, cut: str) -> int:
     """Where to cut the tar: inside the data of its first member, where its second member's header starts (a
     block boundary inside the first pair), or where the first pair's last member ends (padded to a block)."""

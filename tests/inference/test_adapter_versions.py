@@ -49,7 +49,10 @@ def _expected(version) -> str:
 
 
 def test_save_adapter_writes_the_current_version_and_the_adapter_reads(adapter):
-    assert yaml.safe_load((adapter / RADAR_CONFIG).read_text())["format_version"] == RADAR_CONFIG_VERSION
+    import radar_train
+
+    meta = yaml.safe_load((adapter / RADAR_CONFIG).read_text())
+    assert meta["format_version"] == RADAR_CONFIG_VERSION and meta["radar_train"] == radar_train.__version__
     assert check_adapter(adapter)["format_version"] == RADAR_CONFIG_VERSION
 
 
