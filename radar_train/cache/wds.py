@@ -4,7 +4,8 @@
 temporary name and renamed), one sample per key (the global sample index, zero-padded) with the members
 fhat_hq.npy, fhat_lq.npy, indices_hq.npy, indices_lq.npy (stored dtypes), label.cls, seed.cls, index.cls,
 plus `index.json` (wids shard index: tar names and sample counts) and a copy of the cache's manifest.
-Rerunning skips tars that exist. Every shard to export is read and checked against the checksums its writer
+Rerunning skips tars that exist, once their members' headers show them whole (a damaged one is refused,
+naming it: delete it to export it again). Every shard to export is read and checked against the checksums its writer
 stored before anything is written (a bad shard: InputError naming it, nothing written). `WdsPairs` yields the
 same dicts as `PairDataset`.
 """
@@ -108,6 +109,30 @@ def tar_mtime(manifest: Manifest) -> int:
         return 0
 
 
+def _written_members(first: int, stop: int) -> list[str]:
+    """The member names export_wds writes into the tar of pairs first..stop-1 (sorted: webdataset's writer sorts
+    each sample's)."""
+    names = [f"{a}.npy" for a in schema.LATENT_ARRAYS + schema.INDEX_ARRAYS] + ["label.cls", "seed.cls", "index.cls"]
+    return [f"{i:010d}.{n}" for i in range(first, stop) for n in sorted(names)]
+
+
+def existing_tar_problem(tar: Path, first: int, stop: int) -> Optional[str]:
+    """Why an exported tar of pairs first..stop-1 is not one export_wds wrote whole (None: it is): unreadable (cut
+    inside a member: tarfile's "unexpected end of data" when it seeks past the end), or other members than the
+    export's (a pair missing: cut at a block boundary). Reads the members' headers, not their data."""
+    import tarfile
+
+    try:
+        with tarfile.open(tar, "r:") as t:
+            members = t.getmembers()
+    except (tarfile.TarError, OSError) as e:
+        return f"cannot be read ({e.strerror if isinstance(e, OSError) and e.strerror else e})"
+    if sorted(m.name for m in members) != _written_members(first, stop):
+        return (f"holds {len({m.name.split('.')[0] for m in members})} pairs' members, not the "
+                f"{stop - first} pairs {first}-{stop - 1} of the export")
+    return None
+
+
 def export_wds(cache_dir: str, output: str, progress: bool = True) -> dict:
     """Export the complete shards of a cache to WebDataset tars in `output`; returns the index dict.
     `output` is new, empty, or an export of the same cache (tars that exist are kept: the export resumes)."""
@@ -124,6 +149,11 @@ def export_wds(cache_dir: str, output: str, progress: bool = True) -> dict:
     _check_output_manifest(out, manifest)  # an existing export of another cache: refused, nothing written
     shards = sorted(scan.complete)
     todo = [s for s in shards if not (out / tar_name(s)).exists()]
+    damaged = [f"{out / tar_name(s)} {why}" for s in shards if s not in todo
+               for why in [existing_tar_problem(out / tar_name(s), *manifest.shard_range(s))] if why]
+    if damaged:  # (the rerun would skip them and call the export whole)
+        raise InputError(f"{output}: {len(damaged)} exported tar(s) damaged since they were written, nothing was "
+                         f"written: {'; '.join(damaged)}; delete them and rerun to export them again")
     bad = []  # every shard to export is read and checked before anything is written
     for s in Progress(len(todo), "radar-cache export-wds: checking", "shards", rate_unit="shard",
                       enabled=progress).iterate(todo):

@@ -349,6 +349,35 @@ def test_a_tar_cut_short_after_the_export_names_itself_when_read(make_synthetic,
     assert not cut_short(tmp_path / "wds" / "pairs-00000.tar")
 
 
+@pytest.mark.parametrize("cut, why", [
+    ("to nothing", r"cannot be read \(empty file\)"),
+    ("inside a member's data", r"cannot be read \(unexpected end of data\)"),
+    ("at a block inside a pair", r"holds 1 pairs' members, not the 8 pairs 8-15 of the export"),
+    ("after the first pair", r"holds 1 pairs' members, not the 8 pairs 8-15 of the export"),
+])
+def test_an_export_rerun_over_a_damaged_tar_names_it_and_writes_nothing(make_synthetic, tmp_path, cut, why):
+    """The rerun skipped the damaged tar and called the export whole (`complete: true`); a missing tar beside it
+    is not written either, until the damaged one is deleted."""
+    from cli_checks import snapshot
+
+    from radar_train.inputs import InputError
+
+    cache = make_synthetic(num_samples=24, shard_size=8)
+    export_wds(str(cache), str(tmp_path / "wds"), progress=False)
+    whole = (tmp_path / "wds" / "pairs-00001.tar").read_bytes()
+    tar = tmp_path / "wds" / "pairs-00001.tar"
+    tar.write_bytes(whole[:_cut_at(tar, cut)])
+    (tmp_path / "wds" / "pairs-00002.tar").unlink()
+    before = snapshot(tmp_path / "wds")
+    with pytest.raises(InputError, match=rf"^{tmp_path / 'wds'}: 1 exported tar\(s\) damaged since they were written, "
+                                         rf"nothing was written: {tar} {why}; delete them and rerun"):
+        export_wds(str(cache), str(tmp_path / "wds"), progress=False)
+    assert snapshot(tmp_path / "wds") == before
+    tar.unlink()
+    assert export_wds(str(cache), str(tmp_path / "wds"), progress=False)["complete"]
+    assert tar.read_bytes() == whole
+
+
 @pytest.mark.parametrize("damage, error", [
     ("gone", r"WebDataset tar cannot be read \(No such file or directory\)"),
     ("zeros", r"WebDataset tar holds 0 pairs, its index 8"),  # (tarfile reads a zero block as the end)
@@ -416,6 +445,7 @@ def test_export_checks_every_shard_before_writing_and_names_the_bad_one(make_syn
     from cli_checks import assert_one_line_error, assert_unchanged, call_cli, snapshot
 
     cache = make_synthetic(num_samples=24, shard_size=8, chunk_size=4)
+    export_wds(str(cache), str(tmp_path / "whole"), progress=False)  # (its tar 0, for the export resumed below)
     if damage == "unreadable array metadata":
         (cache / "shard-00001.zarr" / "fhat_hq" / "zarr.json").write_text("{not json")
     elif damage == "chunk file gone":  # Zarr reads a missing chunk as zeros that only the stored checksum tells apart
@@ -433,7 +463,7 @@ def test_export_checks_every_shard_before_writing_and_names_the_bad_one(make_syn
     resumed = tmp_path / "resumed"  # an export that stopped after tar 0: kept as it was
     resumed.mkdir()
     (resumed / "manifest.json").write_text((cache / "manifest.json").read_text())
-    (resumed / "pairs-00000.tar").write_bytes(b"tar 0")
+    shutil.copy(tmp_path / "whole" / "pairs-00000.tar", resumed)
     before = snapshot(resumed)
     code, err = call_cli("cache", ["export-wds", str(cache), "--output", str(resumed)], tmp_path)
     assert code == 2 and "shard-00001.zarr" in assert_one_line_error(err)
