@@ -112,6 +112,18 @@ class ValidationSteps(Callback):
                 f.write(f"{trainer.global_step}{' torn down' if getattr(trainer.strategy, 'torn_down', 0) else ''}\n")
 
 
+class TrainedPairs(Callback):
+    """Appends `epoch: index,index,...` (the pairs of each training batch) to the file `path`, one line per batch, across
+    a run and its resumes."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{trainer.current_epoch}: {','.join(str(int(i)) for i in batch['index'])}\n")
+
+
 class HostReadbacks(Callback):
     """Records where the training loop reads a value back to the host that on a GPU lives on the device (a
     synchronisation: the host waits for the step's kernels instead of queueing the next step), in the optimizer

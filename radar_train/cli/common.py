@@ -36,6 +36,8 @@ _LIBRARY_NOISE = (
     # radar-train fit --ckpt_path last before the run's first save: it says so itself (the hint, save_last=True, the
     # run has)
     r'.*\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint',
+    # the validation loader of a WebDataset export, whose length counts each worker's tars (EvalStreamLoader)
+    r".*Your `IterableDataset` has `__len__` defined",
 )
 
 

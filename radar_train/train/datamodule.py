@@ -131,8 +131,15 @@ class ResumableLoader(DataLoader):
     def load_state_dict(self, state: dict) -> None:
         if "position" not in state:  # a WebDataset stream's (StreamLoader.state_dict): the epoch, no position
             epoch = int(state.get("epoch", 0))
-            _warn_rank_zero(f"resume: the checkpoint was trained on a WebDataset stream: the cache's data order "
-                            f"starts at the beginning of epoch {epoch} and differs from an uninterrupted run's")
+            if state.get("at_epoch_start", False):
+                _warn_rank_zero(f"resume: the checkpoint was trained on a WebDataset stream: the cache's data order "
+                                f"starts at the beginning of epoch {epoch} and differs from an uninterrupted run's")
+            else:  # (Lightning goes on with the epoch's batches its steps had not reached, as many as are left)
+                _warn_rank_zero(f"resume: the checkpoint was trained on a WebDataset stream, which saves no position "
+                                f"in its epoch: the rest of epoch {epoch} (the batches its steps had not reached) "
+                                f"comes from the beginning of the cache's order for that epoch, so this epoch trains "
+                                f"some pairs twice and leaves others out; from epoch {epoch + 1} on, each epoch "
+                                f"trains every pair once")
             self.sampler.load_state_dict({"epoch": epoch, "position": 0})
             self._yielded = 0
             return
@@ -159,13 +166,15 @@ class StreamLoader(DataLoader):
     (`at_epoch_start`), which a resumed run reads exactly as an uninterrupted one would."""
 
     _epoch = 0  # iterations so far: the next one reads this epoch
+    _reading: Optional[int] = None  # the epoch the current (or last) iteration reads
+    _yielded = 0  # batches the current (or last) iteration has handed out
     _finished = False  # the last iteration's batches were all read
     max_batches: Optional[int] = None  # every rank's epoch stops here (the smallest rank's batch count)
 
     def __iter__(self):
-        self.dataset.epoch = self._epoch  # (read by the workers when they start; they count on by themselves)
+        self.dataset.epoch = self._reading = self._epoch  # (read by the workers when they start; they count on)
         self._epoch += 1
-        self._finished = False
+        self._finished, self._yielded = False, 0
         batches = super().__iter__()
         return self._to_the_end(batches if self.max_batches is None else itertools.islice(batches, self.max_batches))
 
@@ -176,13 +185,23 @@ class StreamLoader(DataLoader):
         self._epoch = int(epoch)
 
     def _to_the_end(self, batches):
-        yield from batches
+        for batch in batches:
+            self._yielded += 1
+            yield batch
         self._finished = True
 
     def state_dict(self) -> dict:
-        at_start = self._finished or self._epoch == 0
-        return {"stream": "wds", "position_saved": False, "at_epoch_start": at_start,
-                "epoch": self._epoch if self._finished else max(self._epoch - 1, 0)}
+        """The epoch the run is in, from the iteration itself: Lightning starts the first epoch's iteration of a
+        process before it passes that epoch (set_epoch), so a count of iterations said a checkpoint in the middle of
+        that epoch was taken at its start (a resume then said nothing of the restarted order, and one on the Zarr
+        cache said the epoch started anew where its loop went on with the batches its steps had not reached)."""
+        if self._reading is None or not (self._yielded or self._finished):  # (no batch of the epoch handed out)
+            epoch, at_start = (self._epoch if self._reading is None else self._reading), True
+        elif self._finished:
+            epoch, at_start = self._reading + 1, True
+        else:
+            epoch, at_start = self._reading, False
+        return {"stream": "wds", "position_saved": False, "at_epoch_start": at_start, "epoch": epoch}
 
     def load_state_dict(self, state: dict) -> None:
         self._epoch = int(state.get("epoch", 0))
@@ -190,6 +209,29 @@ class StreamLoader(DataLoader):
             _warn_rank_zero(f"resume: WebDataset streams cannot resume mid-stream: epoch {self._epoch}'s data order "
                             "restarts from its beginning and differs from an uninterrupted run (use a Zarr cache "
                             "for exact resume)")
+
+
+class EvalStreamLoader(DataLoader):
+    """The validation DataLoader of a WebDataset export, with its batch count (every rank reads every validation tar,
+    each DataLoader worker its share) where the export's index gives the tars' pairs. Lightning fetches the first
+    batch of a loader of unknown length while it sets the validation up, before the validation starts: a tar that
+    failed there failed outside the validation, and the step it followed was not saved (run_checkpoint.py saves it,
+    the validation owed, when the validation itself fails). With a length the first batch is read in the
+    validation, and progress shows the count."""
+
+    batches: Optional[int] = None
+
+    @classmethod
+    def of(cls, ds, **kw) -> "EvalStreamLoader":
+        from radar_train.cache.wds import rank_batches
+
+        loader = cls(ds, **kw)
+        if getattr(ds, "nsamples", None) is not None and not ds.split_by_node:
+            loader.batches = rank_batches(ds.nsamples, 1, loader.num_workers, loader.batch_size, drop_last=False)[0]
+        return loader
+
+    def __len__(self) -> int:
+        return super().__len__() if self.batches is None else self.batches
 
 
 def leave_stop_signals_to_the_run(worker_id: int, main_pid: Optional[int] = None) -> None:
@@ -469,7 +511,7 @@ class PairDataModule(pl.LightningDataModule):
                   worker_init_fn=functools.partial(leave_stop_signals_to_the_run, main_pid=os.getpid()))
         if isinstance(ds, torch.utils.data.IterableDataset):
             if not train:
-                return DataLoader(ds, **kw)
+                return EvalStreamLoader.of(ds, **kw)
             loader = StreamLoader(ds, drop_last=self.drop_last, **kw)
             loader.max_batches = self._stream_batches(ds)
             return loader
