@@ -78,6 +78,10 @@ CASES = [
      ["--trainer.default_root_dir is empty: name the run folder (. for the current folder)"]),
     ("generate-with-a-dash-c-it-does-not-take", "generate", lambda w, t: ["-c", "nonexist.yaml", "--output", "g"],
      ["unrecognized arguments: -c nonexist.yaml"]),  # (it said "config file not found (-c)": only fit's -c is one)
+    # (an adversarial pass: quoted as `--overwrite=true`, which the user had not typed)
+    ("export-wds-with-a-bare-flag-it-does-not-take", "cache", lambda w, t: ["export-wds", "c", "--output", "x",
+                                                                           "--overwrite"],
+     ["unrecognized arguments: --overwrite (`radar-cache export-wds --help`"]),
     ("fid-with-zero-workers", "fid", lambda w, t: ["--save_npz", "true", "--num_workers", "0", "--output", "f"],
      ["--num_workers must be >= 1, got 0"]),
     ("fid-with-a-worker-count-but-no-index", "fid", lambda w, t: ["--save_npz", "true", "--num_workers", "4",

@@ -337,6 +337,15 @@ def expand_flags(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def _flags_as_given(text: str, argv: Sequence[str]) -> str:
+    """An error quoting a bare flag as expand_flags made it (`--overwrite=true`, to a command without the option)
+    quotes it as typed, where the command line holds it bare and not so spelt."""
+    for flag in FLAGS:
+        if flag in argv and f"{flag}=true" not in argv:
+            text = re.sub(rf"{re.escape(flag)}=true(?![\w.=-])", flag, text)
+    return text
+
+
 def check_config_files(argv: Sequence[str], options: Sequence[str] = ("--config",)) -> None:
     """Read every config file (`--config FILE`, `--config=FILE`; `-c FILE` where `options` has it: radar-train
     fit and validate, LightningCLI's) with the input error path: one line naming the file if it is missing,
@@ -778,7 +787,9 @@ def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Option
             code = body(args)
     except ArgumentError as e:
         sub = f"{prog} {args[0]}" if args and args[0] in commands else prog
-        print(f"error: {_base60_hint(_parse_error(e), args)} (`{sub} --help` lists the options)", file=sys.stderr)
+        given = sys.argv[1:] if argv is None else argv
+        print(f"error: {_flags_as_given(_base60_hint(_parse_error(e), args), given)} (`{sub} --help` lists the "
+              f"options)", file=sys.stderr)
         sys.exit(2)
     except (*USER_ERRORS, *errors) as e:
         print_error(e)
