@@ -101,6 +101,16 @@ CASES = [
      ["--trainer.limit_train_batches 0.1"]),
     ("fit-for-zero-epochs", "train", lambda w, t: fit_args(w, t, "--trainer.max_epochs", "0"),
      ["--trainer.max_epochs 0 trains nothing"]),
+    # radar-train validate (an adversarial pass: 0 batches measured nothing and exited 0; -1 named only --trainer;
+    # best was Lightning's API wording)
+    ("validate-zero-batches", "train", lambda w, t: ["validate", *fit_args(w, t, "--trainer.limit_val_batches", "0")[1:]],
+     ["--trainer.limit_val_batches 0 validates nothing"]),
+    ("validate-a-negative-batch-count", "train",
+     lambda w, t: ["validate", *fit_args(w, t, "--trainer.limit_val_batches", "-1")[1:]],
+     ["--trainer.limit_val_batches: You have passed invalid value -1 for limit_val_batches"]),
+    ("validate-the-best-checkpoint", "train", lambda w, t: ["validate", *fit_args(w, t, "--ckpt_path", "best")[1:]],
+     ["--ckpt_path best: give the best step's checkpoint file", "best-step-NNNNNN.ckpt, which a run with "
+      "model.selection keeps), or last"]),
     ("fit-decoder-init-seed-past-64-bits", "train",
      lambda w, t: fit_args(w, t, "--model.decoder.init_seed", PAST_64_BITS), ["--model.decoder.init_seed", "2**63"]),
     # radar-demo: the grid's classes and seeds, and the generate config, before any step

@@ -26,6 +26,7 @@ import os
 import re
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
@@ -372,6 +373,11 @@ def check_ckpt_path(ckpt_path: Optional[str], root: str | os.PathLike,
             raise InputError(f"--ckpt_path hpc: {RUN_OPTION} {root} holds no hpc_ckpt_N.ckpt (the checkpoint "
                              f"Lightning saves when SLURM requeues a job); use --ckpt_path last or a file")
         return path, load_torch(path, "--ckpt_path checkpoint")
+    if ckpt_path == "best":  # (Lightning's: the best model path of a checkpoint callback in this process, which a
+        best = sorted((Path(root) / "checkpoints").glob("best-step-*.ckpt"))  # new process has not got)
+        where = f"{best[-1]}" if best else f"{Path(root) / 'checkpoints'}/best-step-NNNNNN.ckpt, which a run " \
+                                          f"with model.selection keeps"
+        raise InputError(f"--ckpt_path best: give the best step's checkpoint file ({where}), or last")
     if ckpt_path is None or ckpt_path in SPECIAL_CKPT_PATHS[1:]:
         return None
     path = Path(root) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
@@ -436,8 +442,12 @@ def trainer_problems(trainer, subcommand: str = "fit") -> list[str]:
         p.append(f"--trainer.max_steps must be >= 0, or -1 for no limit, got {max_steps}")
     elif max_steps == 0 and not isinstance(max_steps, bool) and subcommand == "fit":
         p.append("--trainer.max_steps 0 trains nothing: give at least 1, or -1 for no limit")
-    if trainer.get("max_epochs") == 0 and not isinstance(trainer.get("max_epochs"), bool):
+    if trainer.get("max_epochs") == 0 and not isinstance(trainer.get("max_epochs"), bool) and subcommand == "fit":
         p.append("--trainer.max_epochs 0 trains nothing: give at least 1, or -1 for no limit")
+    limit = trainer.get("limit_val_batches")
+    if subcommand == "validate" and limit == 0 and not isinstance(limit, bool):  # (a fit may so turn validation off)
+        p.append(f"--trainer.limit_val_batches {limit} validates nothing: give a batch count >= 1 or a fraction of "
+                 f"the validation data in (0, 1]")
     return p
 
 
@@ -447,6 +457,9 @@ def _trainer_options_at_fault(e: Exception, trainer) -> str:
     DeepSpeedStrategy ...`), else all of --trainer."""
     # `max_steps` must be ..., `Trainer(devices='0')` value is not ...
     named = [k for k in re.findall(r"`(?:Trainer\()?(\w+)", str(e)) if k in trainer]
+    # else a setting it names as a word (`invalid value -1 for limit_val_batches`): those of two words or more, which
+    # a message does not use otherwise (`devices`, `precision` it may)
+    named = named or [k for k in re.findall(r"\b([a-z]+(?:_[a-z]+)+)\b", str(e)) if k in trainer]
     if named:
         return ", ".join(f"--trainer.{k}" for k in dict.fromkeys(named))
     text = str(e).lower()
@@ -783,6 +796,15 @@ def memory_note(e: BaseException) -> Optional[str]:
     return f"radar-train: out of memory in a training step: {step}"
 
 
+VALIDATE_NOISE = (
+    # a checkpoint saved with other save settings (the callbacks' state keys): a fit adopts the state
+    # (RunCheckpoint.adopt_saved_state); a validation restores no callback
+    r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided",
+    # a checkpoint of another run folder than --trainer.default_root_dir: a validation saves nothing
+    r"The dirpath has changed from",
+)
+"""Lightning's warnings about the fit's callbacks, which radar-train validate drops."""
+
 _setup_lines = None
 """The INFO lines of radar-train fit's or validate's set-up, held until its checks pass (cli.common.InfoHold)."""
 
@@ -807,10 +829,15 @@ def run_lightning(argv: list[str]) -> None:
     _setup_lines = InfoHold().start()  # released once the checks pass (before_fit / before_validate)
     # args=None when they are the process's own (LightningCLI warns when given both)
     try:
-        cli_cls(RadarLoraModule, PairDataModule, args=None if argv == sys.argv[1:] else argv,
-                save_config_callback=config_cb if argv[0] == "fit" else None, save_config_kwargs={"overwrite": True},
-                trainer_defaults={"use_distributed_sampler": False, "default_root_dir": "checkpoints/run"},
-                parser_kwargs={"default_env": False, "exit_on_error": False, "prog": "radar-train"})
+        with warnings.catch_warnings():
+            if argv[0] == "validate":  # (about restoring the fit's callbacks, which a validation does not use)
+                for message in VALIDATE_NOISE:
+                    warnings.filterwarnings("ignore", message=message)
+            cli_cls(RadarLoraModule, PairDataModule, args=None if argv == sys.argv[1:] else argv,
+                    save_config_callback=config_cb if argv[0] == "fit" else None,
+                    save_config_kwargs={"overwrite": True},
+                    trainer_defaults={"use_distributed_sampler": False, "default_root_dir": "checkpoints/run"},
+                    parser_kwargs={"default_env": False, "exit_on_error": False, "prog": "radar-train"})
     except MisconfigurationException as e:
         raise ValueError(str(e)) from None
     except SIGTERMException:  # a SystemExit without a status: the run did not finish, so not 0

@@ -176,6 +176,8 @@ class RadarLoraModule(pl.LightningModule):
         self._val_loss = torch.zeros(2, dtype=torch.float64)  # this validation's Σ batch loss x pairs, pairs
         self._val_left: Optional[int] = None  # validation pairs of this rank still to count (None: all)
         self.val_metrics: dict[str, float] = {}
+        self._checkpoint_step = 0  # the step of a checkpoint loaded (radar-train validate reports it)
+        self._metrics_step: Optional[int] = None  # the step val_metrics were measured at
         self.cache_info: list[dict] = []
         self.data_config: dict = {}
         self._image_batch: Optional[dict[str, torch.Tensor]] = None
@@ -523,14 +525,31 @@ class RadarLoraModule(pl.LightningModule):
         if not metrics:
             return
         self.val_metrics = metrics
+        step = self.validated_step()
+        self._metrics_step = step
         self.log_dict({f"val/{k}": float(v) for k, v in metrics.items()}, sync_dist=False)
         if pairs > 0:
             self.log("val/loss", loss_sum / pairs, sync_dist=False, prog_bar=False)
+        # TensorBoard's step of these scalars: the optimizer step validated, as the console line, the image grid and
+        # step-NNNNNN/ say (Lightning's own is one less in a fit, whose validation runs before it counts the step,
+        # and 0 in radar-train validate, which restores no loop)
+        self.log("step", float(step), sync_dist=False)
         if self.trainer.is_global_zero:
-            log.info("step %d: val PSNR student %.2f dB, baseline %.2f dB (Δ %+.2f dB), G_mse %.3f, SSIM %.4f vs %.4f, "
-                     "harmless %.2f dB", self.global_step, metrics["psnr_student"], metrics["psnr_baseline"],
+            log.info("%s %d: val PSNR student %.2f dB, baseline %.2f dB (Δ %+.2f dB), G_mse %.3f, SSIM %.4f vs %.4f, "
+                     "harmless %.2f dB", "step" if self._fitting() else "checkpoint step", step,
+                     metrics["psnr_student"], metrics["psnr_baseline"],
                      metrics["delta_psnr"], metrics["gap_closed_mse"], metrics["ssim_student"],
                      metrics["ssim_baseline"], metrics.get("psnr_harmless", float("nan")))
+
+    def _fitting(self) -> bool:
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        return self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+
+    def validated_step(self) -> int:
+        """The optimizer step of the weights validated: the fit's own, or in radar-train validate that of the
+        checkpoint loaded (0 without one: the adapter as initialised)."""
+        return self.global_step if self._fitting() else self._checkpoint_step
 
     # ------------------------------------------------------------------ data hookup
     def setup(self, stage: str) -> None:
@@ -592,6 +611,9 @@ class RadarLoraModule(pl.LightningModule):
             "label_conditioning": None if self.label_cond is None else self.label_cond.describe(),
             "training": {"model": dict(self.hparams), "data": self.data_config, "trainer": trainer},
             "metrics": self.val_metrics,
+            # the step those metrics were measured at: the last validation's, which at a step without one (a run
+            # whose max_steps is no multiple of val_check_interval, a step export between validations) is earlier
+            "metrics_step": self._metrics_step if self.val_metrics else None,
         })
 
     def export(self, out_dir: Path, meta: Optional[dict] = None) -> Optional[Path]:
@@ -675,7 +697,13 @@ class RadarLoraModule(pl.LightningModule):
             if isinstance(sched, dict) and "lr_lambdas" in sched:
                 sched["lr_lambdas"] = [None] * len(sched["lr_lambdas"])
         self.val_metrics = dict(checkpoint["radar"].get("metrics") or {})
+        self._metrics_step = checkpoint["radar"].get("metrics_step")  # (None in checkpoints before 2026-12-07)
         self._step_rng.load_state_dict(checkpoint.get("radar_rng"))
+        self._checkpoint_step = int(checkpoint.get("global_step") or 0)
+        if not self._fitting() and self._trainer is not None and self.logger is not None:
+            # radar-train validate: its hparams.yaml (tb/validate/version_N/) names the checkpoint it measured
+            # (Lightning writes the file with the module's settings after this hook, merging these in)
+            self.logger.log_hyperparams({"ckpt_path": source, "checkpoint_step": self._checkpoint_step})
 
     def check_checkpoint(self, checkpoint: dict, source: str = "checkpoint") -> None:
         """ValueError if `checkpoint` is of a format version this radar_train does not read, or was not trained

@@ -66,6 +66,49 @@ def test_validate_without_a_checkpoint_says_it_validates_the_adapter_as_initiali
     assert len(said) == 1 and "the adapter as initialised is validated" in said[0]
 
 
+def test_tensorboard_has_a_validations_scalars_and_grid_at_its_step_and_validate_at_its_checkpoints(tiny_cache,
+                                                                                                       tmp_path, caplog):
+    """The fit's val/ scalars were one step before the grid and the console line of the same validation (Lightning
+    logs a validation before it counts its step), and radar-train validate logged every checkpoint's at step 0,
+    naming no checkpoint anywhere. A run ending between validations exports the last validation's metrics, which
+    radar_config.yaml now says are of that step, not of the step exported."""
+    import yaml
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root = tmp_path / "run"
+    assert _run(_tiny_args(tiny_cache, root, 5, "--model.monitor.images_every_n_steps", "2")) == 0
+    meta = yaml.safe_load((root / "final" / "radar_config.yaml").read_text())
+    assert meta["global_step"] == 5 and meta["metrics_step"] == 4 and meta["metrics"]
+    with caplog.at_level("INFO", logger="radar_train"):
+        # (max_epochs 0, which trains nothing, does not concern validate: it was refused)
+        assert _run(["validate", "--config", str(root / "config.yaml"), "--ckpt_path", "last",
+                     "--trainer.max_epochs", "0"]) == 0
+    assert any(r.getMessage().startswith("checkpoint step 5: val PSNR student") for r in caplog.records)
+
+    def steps(folder: Path) -> dict:
+        acc = EventAccumulator(str(folder))
+        acc.Reload()
+        return {**{t: [e.step for e in acc.Scalars(t)] for t in ("val/psnr_student", "val/loss")},
+                **{t: [e.step for e in acc.Images(t)] for t in acc.Tags()["images"]}}
+
+    assert steps(root / "tb") == {"val/psnr_student": [2, 4], "val/loss": [2, 4], "val/samples": [0, 2, 4, 5]}
+    (validated,) = (root / "tb" / "validate").iterdir()
+    assert steps(validated) == {"val/psnr_student": [5], "val/loss": [5]}
+    hparams = yaml.safe_load((validated / "hparams.yaml").read_text())
+    assert hparams["checkpoint_step"] == 5 and hparams["ckpt_path"] == str(root / "checkpoints" / "last.ckpt")
+
+    # the checkpoint validated from another folder, with other save settings: Lightning's warnings about restoring the
+    # fit's callbacks (which a validation does not use) are not shown
+    import warnings
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert _run(["validate", *_tiny_args(tiny_cache, tmp_path / "elsewhere", 5)[1:], "--ckpt_path",
+                     str(root / "checkpoints" / "last.ckpt"), "--model.output.save_every_n_steps", "100"]) == 0
+    shown = [str(w.message) for w in said]
+    assert not [m for m in shown if "callbacks used to create the checkpoint" in m or "dirpath has changed" in m], shown
+
+
 def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
