@@ -358,6 +358,40 @@ def check_step_exports(root: str | os.PathLike, step: int) -> None:
                               f"away, then resume")
 
 
+def say_validation_data(meta: dict, datamodule, ckpt_path: str) -> None:
+    """radar-train validate, which may measure on any cache: a warning line where its validation shards hold pairs
+    the checkpoint (its radar metadata `meta`) was trained on, or where the checkpoint cannot tell, and where a cache's
+    latents are of another acceleration or VAR than those it trained on (radar-eval refuses the first and warns of
+    the others; these metrics were labelled as a held-out validation without a word)."""
+    from radar_train.inference.evaluate import train_shard_overlap, unknown_training_shards
+    from radar_train.inference.pipeline import untrained_accel, untrained_var
+    from radar_train.config import format_int_list
+
+    say = logging.getLogger("radar_train").warning
+    trained = [c for c in meta.get("caches") or [] if isinstance(c, dict)]
+    for c, (_, val) in zip(getattr(datamodule, "caches", []), getattr(datamodule, "splits", [])):
+        manifest = datamodule.manifests.get(c.path) if val else None
+        if manifest is None:
+            continue
+        unknown = unknown_training_shards(meta, c.path, manifest)
+        overlap = [] if unknown else train_shard_overlap(meta, c.path, manifest, val)
+        if unknown:
+            say("radar-train validate: checkpoint %s: %s, so whether the validation shards of %s hold pairs it was "
+                "trained on is unknown", ckpt_path, unknown, c.path)
+        elif overlap:
+            say("radar-train validate: shards %s of %s are training shards of the checkpoint %s: these metrics "
+                "include pairs it was trained on (not held-out)", format_int_list(overlap, ","), c.path, ckpt_path)
+        accel = untrained_accel([t["accel"] for t in trained if t.get("accel")], manifest.accel)
+        if accel:
+            say("radar-train validate: checkpoint %s was trained on latents of another acceleration than %s's (%s, "
+                "trained vs the cache's): the metrics are of latents it was not trained to restore", ckpt_path, c.path,
+                "; ".join(accel))
+        var = untrained_var([t.get("model") for t in trained], manifest.model)
+        if var:
+            say("radar-train validate: checkpoint %s was trained on latents of another VAR than %s's (%s, trained vs "
+                "the cache's)", ckpt_path, c.path, var)
+
+
 def check_ckpt_path(ckpt_path: Optional[str], root: str | os.PathLike,
                     subcommand: str = "fit") -> Optional[tuple[Path, dict]]:
     """Read the checkpoint to resume from (InputError naming it if missing or truncated): an explicit path,
@@ -547,6 +581,8 @@ def _make_cli_class(subcommand: str):
                     from radar_train.train.checks import check_resume_caches  # on other caches)
 
                     check_resume_caches(resume[1], self.datamodule.describe(), f"--ckpt_path {resume[0]}")
+                if self.subcommand == "validate" and isinstance(resume[1].get("radar"), dict):
+                    say_validation_data(resume[1]["radar"], self.datamodule, resume[0])
                 self._resume = None  # (the checkpoint's tensors are not kept)
 
         def before_instantiate_classes(self) -> None:

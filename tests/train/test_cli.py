@@ -98,15 +98,23 @@ def test_tensorboard_has_a_validations_scalars_and_grid_at_its_step_and_validate
     assert hparams["checkpoint_step"] == 5 and hparams["ckpt_path"] == str(root / "checkpoints" / "last.ckpt")
 
     # the checkpoint validated from another folder, with other save settings: Lightning's warnings about restoring the
-    # fit's callbacks (which a validation does not use) are not shown
+    # fit's callbacks (which a validation does not use) are not shown; on shards it trained on, a warning says so
+    # (radar-eval refuses them; validate labelled their metrics as a validation's without a word)
     import warnings
 
-    with warnings.catch_warnings(record=True) as said:
+    assert not [r for r in caplog.records if r.getMessage().startswith("radar-train validate: ")]  # (held-out)
+    caplog.clear()
+    on_shard_1 = json.dumps([{"path": tiny_cache, "train_shards": None, "val_shards": "1"}])
+    with warnings.catch_warnings(record=True) as said, caplog.at_level("WARNING", logger="radar_train"):
         warnings.simplefilter("always")
         assert _run(["validate", *_tiny_args(tiny_cache, tmp_path / "elsewhere", 5)[1:], "--ckpt_path",
-                     str(root / "checkpoints" / "last.ckpt"), "--model.output.save_every_n_steps", "100"]) == 0
+                     str(root / "checkpoints" / "last.ckpt"), "--model.output.save_every_n_steps", "100",
+                     "--data.caches", on_shard_1]) == 0
     shown = [str(w.message) for w in said]
     assert not [m for m in shown if "callbacks used to create the checkpoint" in m or "dirpath has changed" in m], shown
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"radar-train validate: shards 1 of {tiny_cache} are training shards of the checkpoint "
+        f"{root / 'checkpoints' / 'last.ckpt'}: these metrics include pairs it was trained on (not held-out)"]
 
 
 def _files(root: Path) -> list[str]:
