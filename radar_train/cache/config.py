@@ -63,8 +63,9 @@ class CacheArgs:
     device: str = "auto"
     """Torch device: auto (the process's GPU when launched by torchrun/accelerate, else cuda if available,
     else cpu), or e.g. cpu, cuda, cuda:1."""
-    precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Compute dtype of the transformer (autocast): auto = bfloat16 on CUDA, float32 on the CPU."""
+    precision: Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"] = "auto"
+    """Compute dtype of the transformer (autocast): auto = bfloat16 on CUDA, float32 on the CPU; fp32 / bf16 / fp16
+    (radar-generate's spellings) are float32 / bfloat16 / float16, as the manifest records them."""
     num_workers: Optional[int] = None
     """Number of workers sharing the shards (default: SLURM array size × torchrun/accelerate processes, or 1)."""
     worker_index: Optional[int] = None

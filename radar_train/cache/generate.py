@@ -252,7 +252,9 @@ def check_existing_cache(args: CacheArgs) -> list[str]:
     if not path.is_file():
         return []
     stored = read_resumable_manifest(args.output)
-    precision = args.precision
+    from radar_train.cache.workers import SHORT_PRECISIONS
+
+    precision = SHORT_PRECISIONS.get(args.precision, args.precision)
     if precision == "auto" and args.device != "auto":
         precision = "bfloat16" if args.device.startswith("cuda") else "float32"
     if precision == "auto":  # the job's device decides; the run compares it

@@ -151,10 +151,15 @@ def resolve_device(device: str, split: WorkerSplit) -> str:
     return "cuda"
 
 
+SHORT_PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+"""radar-generate's spellings of radar-cache's --precision values (the manifest records torch's)."""
+
+
 def autocast_dtype(precision: str, device: str):
     """The transformer's autocast dtype (None = plain float32) and its name for the manifest."""
     import torch
 
+    precision = SHORT_PRECISIONS.get(precision, precision)
     if precision == "auto":
         precision = "bfloat16" if device.startswith("cuda") else "float32"
     if precision != "float32" and not device.startswith("cuda"):

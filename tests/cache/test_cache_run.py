@@ -4,6 +4,7 @@ differs from the manifest refused, invalid settings reported together, every con
 parsing and validating."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,10 @@ def test_check_compares_an_existing_cache_without_loading_the_weights(reference,
     assert _main(*base, "--model.init_seed", "7") == 2
     assert 'model.var.value (cache: "tiny:seed=0", now: "tiny:seed=7")' in capsys.readouterr().err
     assert _main(*base, "--device", "cuda:0") == 2  # the job's GPU would sample in bfloat16
+    assert 'precision (cache: "float32", now: "bfloat16")' in capsys.readouterr().err
+    # radar-generate's spellings: fp32 is the cache's float32, bf16 another precision, said in torch's name
+    assert _main(*base, "--precision", "fp32") == 0
+    assert _main(*base, "--precision", "bf16") == 2
     assert 'precision (cache: "float32", now: "bfloat16")' in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in reference.rglob("*")} == before
 
@@ -395,10 +400,11 @@ def test_its_own_warnings_are_warning_lines_as_every_commands(tmp_path):
     import sys
 
     res = subprocess.run([sys.executable, "-m", "radar_train.cli.cache", "run", "--config", str(TINY_CONFIG),
-                          "--output", str(tmp_path / "c"), "--precision", "float16", "--plan.images_per_class", "1",
+                          "--output", str(tmp_path / "c"), "--precision", "fp16", "--plan.images_per_class", "1",
                           "--plan.shard_size", "10", "--progress", "false"], capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "c" / "manifest.json").read_text())["precision"] == "float16"  # (fp16: torch's name)
     lines = res.stderr.splitlines()
     assert ("warning: precision float16 on cpu is slow and not bitwise reproducible; float32 is advised on the CPU"
             in lines), res.stderr
