@@ -315,7 +315,7 @@ CASES = [
     ("calibrate-no-scales", "accel",
      lambda w, t: ["calibrate", "--model.preset", "tiny", "--scales", "[]", "--output", "r.yaml"], ["--scales"]),
     ("calibrate-the-first-scale", "accel",
-     lambda w, t: ["calibrate", "--model.preset", "tiny", "--scales", "[1, 8]", "--output", "r.yaml"],
+     lambda w, t: ["calibrate", "--model.preset", "tiny", "--scales", "1,8", "--output", "r.yaml"],  # (as shards)
      ["--scales", "first scale"]),
     ("calibrate-sca-onto-its-own-mask-file", "accel",
      lambda w, t: ["calibrate", "--model.preset", "tiny", "--accel.method", "sca", "--accel.sca.mask_file",

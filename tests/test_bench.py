@@ -169,7 +169,8 @@ def test_cache_bench_reader_part_needs_no_cache_config(tmp_path):
     """The reader part times a synthetic cache: it runs where the default --cache_config does not exist."""
     out = tmp_path / "rows.json"
     r = subprocess.run([sys.executable, "-m", "radar_train.cli.bench", "cache", "--parts", "[reader]", "--num_pairs",
-                        "128", "--workers", "[0]", "--json", str(out)], capture_output=True, text=True, cwd=tmp_path)
+                        "128", "--workers", "0", "--json", str(out)],  # (the shards' spelling; [0] too)
+                       capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     rows = {row["metric"]: row for row in json.loads(out.read_text())["rows"]}
     assert set(rows) == {"synthetic_bytes_per_pair", "reader_pairs_per_s_workers0"}

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Optional, Union
 
 from jsonargparse import CLI
 
@@ -41,7 +41,7 @@ def show(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs()) -> int:
 
 
 def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = SamplingConfig(),
-              accel: AccelArgs = AccelArgs(method="stagevar"), scales: Optional[list[int]] = None,
+              accel: AccelArgs = AccelArgs(method="stagevar"), scales: Optional[Union[str, list[int]]] = None,
               alpha: float = 0.96, num_samples: int = 1000, batch_size: int = 16, seed: int = 0,
               device: str = "auto", output: Optional[str] = None, overwrite: bool = False) -> int:
     """Measure StageVAR rank ratios r(α)/M per refinement scale and block, or SCA-Mask tile scores.
@@ -55,7 +55,7 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
             call through hooks, which a captured run cannot).
         accel: the stagevar config whose refinement scales (α > 0) are measured (ignored if `scales` is given), in
             the rows of its `single_branch` (cond / uncond: that CFG half; off: both).
-        scales: scale sides to measure instead of the stagevar config's.
+        scales: scale sides to measure instead of the stagevar config's, e.g. "13,16" or [13, 16].
         alpha: energy threshold (StageVAR uses 0.96).
         num_samples: vanilla samples (labels cycle through the classes; seeds seed, seed+1, ...).
         batch_size: samples per sampling call.
@@ -67,7 +67,11 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
     from radar_train.cli.common import check_positive
     from radar_train.seeding import seed_range_problems
 
+    from radar_train.config import parse_int_list
+
     check_positive(num_samples=num_samples, batch_size=batch_size)
+    if isinstance(scales, str):  # (the spelling of radar-generate's --classes and the caches' shards: "13,16")
+        scales = parse_int_list(scales, "--scales")
     problems = seed_range_problems("--seed", seed, num_samples) + [f"--{p}" for p in sampling.problems()]
     if scales is not None and not scales:
         problems.append("--scales is empty: name the scales to calibrate, or leave it out for the method's")

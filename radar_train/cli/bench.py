@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import Optional, Union
 
 from jsonargparse import CLI
 
@@ -164,7 +164,7 @@ def pipeline(setup: BenchSetup = BenchSetup(preset="tiny", batch_size=8), method
 
 
 def cache(cache_config: str = "configs/cache/tiny.yaml", overrides: list[str] = [], num_pairs: int = 8192,
-          workers: list[int] = [0, 2], repeats: int = 3, parts: list[str] = ["generation", "reader"],
+          workers: Union[str, list[int]] = [0, 2], repeats: int = 3, parts: list[str] = ["generation", "reader"],
           json: Optional[str] = None, overwrite: bool = False) -> int:
     """radar-cache: write overhead vs bare pair generation, reader throughput, bytes per pair.
 
@@ -177,15 +177,18 @@ def cache(cache_config: str = "configs/cache/tiny.yaml", overrides: list[str] = 
         overrides: extra radar-cache options for that run, e.g. ["--plan.num_samples", "512"].
         num_pairs: pairs of the synthetic 32x16x16 cache the reader is timed on (> 64: the first batch of 64
             is not timed).
-        workers: DataLoader worker counts to time (0: the main process).
+        workers: DataLoader worker counts to time (0: the main process), e.g. "0,2" or [0, 2].
         repeats: repetitions of the generation part (the best is kept), >= 1.
         parts: generation and/or reader.
         json: also write the result to this JSON file ({device, torch, cuda, commit, date, command, rows}).
         overwrite: replace an existing --json file.
     """
     from radar_train.cache.bench import check_options, check_overrides, format_rows, run_cache_benchmark
+    from radar_train.config import parse_int_list
     from radar_train.inputs import read_yaml
 
+    if isinstance(workers, str):  # (the spelling of radar-generate's --classes and the caches' shards: "0,2")
+        workers = parse_int_list(workers, "--workers")
     check_options(num_pairs, workers, repeats, parts)
     generation = "generation" in parts
     if generation:  # the reader part times a synthetic cache: it reads no config
