@@ -332,7 +332,14 @@ class RunCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.global_step > 0 and self._last_global_step_saved != trainer.global_step \
                 and not trainer.fast_dev_run:
-            self._save_both(trainer)
+            # with the loop state of the last step's end, as a periodic save there would hold it: Lightning has
+            # counted the epoch complete by now, so a run continued to a larger max_steps from this state started
+            # the next epoch, leaving the rest of this one's batches untrained without a word
+            self._rewinding = self._boundary.savable(trainer) and not self._boundary.validation
+            try:
+                self._save_both(trainer)
+            finally:
+                self._rewinding = False
         self._after_validation = False
         super().on_train_end(trainer, pl_module)
 

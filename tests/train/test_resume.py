@@ -117,3 +117,21 @@ def test_a_run_killed_twice_with_sigkill_and_resumed_ends_bit_identical(tiny_cac
     # the TensorBoard image grid: once per step, at the start, every 10 steps and (not again) at the end
     assert _images_per_step(full / "tb") == {s: 1 for s in range(0, MAX_STEPS + 1, 10)}
     assert set(_images_per_step(resumed / "tb").values()) == {1}
+
+
+def test_a_finished_run_continued_to_more_steps_trains_the_rest_of_its_epoch(tiny_cache, tmp_path):
+    """A run that ended between saves (5 steps, saves every 2) saved its last step at the fit's end, with the loop
+    state Lightning has then: the epoch counted complete. Continued to 8 steps, it started the next epoch and left
+    the rest of this one's batches untrained, without a word. Now the continued run is the uninterrupted one, bit for
+    bit; the step file of its end is named for its step."""
+    from safetensors.torch import load_file
+    from tiny_training import run_train_cli, tiny_fit_argv
+
+    same = ("--trainer.logger", "false", "--model.optim.schedule_steps", "8")  # (the schedule of the 8-step run)
+    assert run_train_cli(tiny_fit_argv(tiny_cache, tmp_path / "whole", 8, *same)) == 0
+    assert run_train_cli(tiny_fit_argv(tiny_cache, tmp_path / "continued", 5, *same)) == 0
+    assert sorted(p.name for p in (tmp_path / "continued" / "checkpoints").iterdir()) == ["last.ckpt",
+                                                                                          "step-000005.ckpt"]
+    assert run_train_cli(tiny_fit_argv(tiny_cache, tmp_path / "continued", 8, *same, "--ckpt_path", "last")) == 0
+    a, b = (load_file(tmp_path / r / "final" / "adapter_model.safetensors") for r in ("whole", "continued"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
