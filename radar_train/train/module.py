@@ -121,6 +121,15 @@ def _plain(x: Any) -> Any:
     return json.loads(json.dumps(x, default=str))
 
 
+class StepLearningRateMonitor(LearningRateMonitor):
+    """Lightning's, once per optimizer step: with trainer.accumulate_grad_batches it logged each micro-batch's
+    start, the same rates K times at one step."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int, *args, **kwargs) -> None:
+        if batch_idx % max(1, trainer.accumulate_grad_batches) == 0:  # (Lightning accumulates within each epoch)
+            super().on_train_batch_start(trainer, pl_module, batch, batch_idx, *args, **kwargs)
+
+
 class RadarLoraModule(pl.LightningModule):
     """Frozen VQ-VAE decoder (post_quant_conv + decoder) + peft LoRA, distilled from HQ to LQ latents.
 
@@ -459,7 +468,7 @@ class RadarLoraModule(pl.LightningModule):
                                    self.early_stopping.best_checkpoint_callback(self.trainer.default_root_dir),
                                    self.checkpoint_callback(self.trainer.default_root_dir)) if cb is not None]
         if self.trainer.loggers:
-            callbacks.append(LearningRateMonitor(logging_interval="step"))
+            callbacks.append(StepLearningRateMonitor(logging_interval="step"))
         return callbacks
 
     # ------------------------------------------------------------------ validation

@@ -37,6 +37,12 @@ def test_a_fit_in_micro_batches_says_its_pairs_per_step_and_its_validation_caden
     assert lines == ["radar-train fit: 8 pairs per optimizer step per device, in 2 micro-batches of 4 "
                      "(trainer.accumulate_grad_batches); validation every 2 micro-batches = 1 optimizer step "
                      "(trainer.val_check_interval counts micro-batches)"]
+    # TensorBoard's learning rate once per optimizer step (it was logged at each micro-batch's start)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "run" / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/lr")] == [0, 1]
     caplog.clear()
     with caplog.at_level("INFO", logger="radar_train"):
         assert _run(_tiny_args(tiny_cache, tmp_path / "whole", 1)) == 0
