@@ -291,3 +291,6 @@ def test_export_to_an_empty_output_is_refused_before_its_start_line(tmp_path, ca
     code, err = call_cli("train", ["export", "--ckpt", "x.ckpt", "--output", ""], tmp_path)
     assert code == 2 and err.strip() == "error: --output is empty: name the output (. for the current folder)", err
     assert capsys.readouterr().out == ""
+    # (nor a checkpoint that is not there: its checks come before the start line)
+    code, err = call_cli("train", ["export", "--ckpt", "x.ckpt", "--output", "out"], tmp_path)
+    assert code == 2 and "x.ckpt" in err and capsys.readouterr().out == ""

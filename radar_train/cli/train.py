@@ -112,14 +112,14 @@ def export(ckpt: str, output: str, overwrite: bool = False) -> int:
     from radar_train.outputs import given_output
     from radar_train.train.export import export_checkpoint
 
-    given_output(output, "--output")  # (an empty name refused before the start line)
-    print(f"radar-train export: {ckpt} -> {output}")
+    given_output(output, "--output")
     # the module rebuilt from the checkpoint logs the LoRA it holds as in training: said once below instead
     module_log = logging.getLogger("radar_train.train.module")
     level = module_log.level
     module_log.setLevel(logging.WARNING)
-    try:
-        path = export_checkpoint(ckpt, output, overwrite=overwrite)
+    try:  # (the start line once the checks passed: a refusal is its one line)
+        path = export_checkpoint(ckpt, output, overwrite=overwrite,
+                                 on_start=lambda: print(f"radar-train export: {ckpt} -> {output}", flush=True))
     finally:
         module_log.setLevel(level)
     cfg = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
@@ -150,7 +150,8 @@ def merge(adapter: str, output: str, vae_checkpoint: Optional[str] = None,
     """
     from radar_train.cli.common import Stopped, end_stopped_run, sigterm_stops
     from radar_train.export.adapter import is_adapter_dir, read_radar_config
-    from radar_train.export.merged import WEIGHT_SUFFIXES, base_vae_file, merged_vqvae, sidecar_path, write_merged
+    from radar_train.export.merged import (WEIGHT_SUFFIXES, base_vae_file, check_mergeable, merged_vqvae, sidecar_path,
+                                           write_merged)
     from radar_train.inputs import check_dir, check_file
     from radar_train.outputs import OutputError, check_output_file
 
@@ -160,6 +161,7 @@ def merge(adapter: str, output: str, vae_checkpoint: Optional[str] = None,
     if vae_checkpoint is not None:
         check_file(vae_checkpoint, "--vae_checkpoint file")
     meta = read_radar_config(adapter)
+    check_mergeable(adapter, meta, dtype)  # (before the start line: a refusal is its one line)
     vae_file = base_vae_file(adapter, meta, vae_checkpoint)
     inputs = {"--adapter": adapter, "--vae_checkpoint" if vae_checkpoint else "the base VQ-VAE file": vae_file}
     parent = Path(output).resolve().parent

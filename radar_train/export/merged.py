@@ -104,6 +104,17 @@ def _base_vae(adapter_dir, base: dict) -> dict:
     return vae
 
 
+def check_mergeable(adapter_dir: str | os.PathLike, meta: dict, dtype: str) -> None:
+    """ValueError unless the adapter of radar_config.yaml `meta` merges into a VQ-VAE file of `dtype`: not a
+    label-conditioned one (its decoder takes the class labels)."""
+    if meta.get("label_conditioning"):
+        raise ValueError(f"adapter {adapter_dir} is label-conditioned (a per-class FiLM of the decoder's GroupNorms): "
+                         f"its decoder takes the class labels, which a plain VQ-VAE file cannot hold; decode with "
+                         f"RadarPipeline, radar-generate or radar-fid and the adapter folder instead")
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype}: one of {', '.join(DTYPES)}")
+
+
 def merged_vqvae(adapter_dir: str | os.PathLike, vae_file: Optional[str] = None, dtype: str = "float32",
                  source: str = "--vae_checkpoint") -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict, description): the base VQ-VAE of `adapter_dir` (the file `vae_file`, else its preset's random or
@@ -113,12 +124,7 @@ def merged_vqvae(adapter_dir: str | os.PathLike, vae_file: Optional[str] = None,
     from radar_train.models import identity_seed, load_models
 
     meta = check_adapter(adapter_dir)
-    if meta.get("label_conditioning"):
-        raise ValueError(f"adapter {adapter_dir} is label-conditioned (a per-class FiLM of the decoder's GroupNorms): "
-                         f"its decoder takes the class labels, which a plain VQ-VAE file cannot hold; decode with "
-                         f"RadarPipeline, radar-generate or radar-fid and the adapter folder instead")
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype {dtype}: one of {', '.join(DTYPES)}")
+    check_mergeable(adapter_dir, meta, dtype)
     base = meta["base"]
     preset, vae = _preset(adapter_dir, base), _base_vae(adapter_dir, base)
     try:

@@ -5,6 +5,7 @@ Lives with training (it rebuilds the RadarLoraModule); `radar_train.export` only
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Optional
 
 from radar_train.export.adapter import is_adapter_dir, save_adapter
 from radar_train.inputs import InputError, load_torch
@@ -24,10 +25,12 @@ def read_checkpoint(path: str | Path) -> dict:
     return state
 
 
-def export_checkpoint(ckpt: str | Path, output: str | Path, overwrite: bool = False) -> Path:
+def export_checkpoint(ckpt: str | Path, output: str | Path, overwrite: bool = False,
+                      on_start: Optional[Callable[[], None]] = None) -> Path:
     """Write the adapter folder `output` from the checkpoint `ckpt`. Rebuilds the base decoder from the
     checkpoint's hyper-parameters (its VQ-VAE file must exist). `output` must be new or empty, or an adapter
-    folder replaced only with `overwrite`; it may not hold the checkpoint or the VQ-VAE file."""
+    folder replaced only with `overwrite`; it may not hold the checkpoint or the VQ-VAE file. `on_start` is called
+    once every check has passed, before the adapter is written."""
     from radar_train.train.module import module_from_hparams
 
     p = Path(ckpt)
@@ -41,6 +44,8 @@ def export_checkpoint(ckpt: str | Path, output: str | Path, overwrite: bool = Fa
     check_not_in_use(Path(output).resolve().parent, "--output's run folder")
     module = module_from_hparams(state["hyper_parameters"], training=False)
     module.check_checkpoint(state, str(p))
+    if on_start is not None:
+        on_start()
     module.load_state_dict(state["state_dict"], strict=False)
     meta = dict(state["radar"])
     meta["source_checkpoint"] = str(p.resolve())  # (as radar-train merge records its adapter: not relative to the cwd)

@@ -176,7 +176,7 @@ def test_a_file_base_is_checked_and_a_dtype_casts_only_the_floating_tensors(toy_
                    ["--vae_checkpoint v16.safetensors", "not the VQ-VAE adapter", "was trained on"])
 
 
-def test_what_merge_refuses_leaves_every_file_as_it_was(toy_adapter, trained_run, tmp_path):
+def test_what_merge_refuses_leaves_every_file_as_it_was(toy_adapter, trained_run, tmp_path, capsys):
     from radar_train.bench.pipeline import random_adapter, random_conditioned
 
     roots = (tmp_path, toy_adapter)
@@ -210,8 +210,10 @@ def test_what_merge_refuses_leaves_every_file_as_it_was(toy_adapter, trained_run
     film = random_conditioned(merged, num_classes=10, embed_dim=4).film
     cond = tmp_path / "conditioned"
     save_adapter(peft_model, cond, {"base": {"preset": "toy", "vae": ident.to_dict()}}, conditioning=film)
+    capsys.readouterr()
     assert_refused("train", ["merge", "--adapter", str(cond), "--output", "v.pth"], tmp_path, roots,
                    ["label-conditioned", "radar-generate"])
+    assert capsys.readouterr().out == ""  # (its start line came before the refusal)
 
     # a recorded base file that is not the one the adapter was trained on (replaced since)
     from radar_train.models.checkpoint import save_weights
