@@ -188,6 +188,10 @@ def parse_int_list(spec: Union[str, int, Sequence[int]], what: str) -> list[int]
             raise ValueError(f"{what}: {min(out)} is negative")
         return out
     out = []
+    zeros = re.findall(r"(?<![\w.])0\d+", spec)
+    if spec.strip().startswith("[") and zeros:  # (a YAML list the command line's loader left as text: see inputs.py)
+        raise ValueError(f"{what}: {spec!r}: {zeros[0]}, a number with a leading zero, reads in YAML as another "
+                         f"number (octal); write it without the zero ({int(zeros[0])})")
     for part in filter(None, (q.strip() for q in spec.split(","))):
         m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
         if not m:

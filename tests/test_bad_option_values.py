@@ -252,7 +252,9 @@ def test_a_yaml_mapping_without_the_space_after_a_colon_gets_the_hint(tmp_path):
 
 
 @pytest.mark.parametrize("cli, argv, needle", [
-    ("generate", ["--classes", "0", "--seeds", "[010]", "--output", "g"], "--seeds: cannot read '[010]'"),
+    ("generate", ["--classes", "0", "--seeds", "[010]", "--output", "g"],  # (it said "use ... a list")
+     "--seeds: '[010]': 010, a number with a leading zero, reads in YAML as another number (octal); write it without "
+     "the zero (10)"),
     ("generate", ["--classes", "0", "--seeds", "0", "--batch_size", "1:5", "--output", "g"],
      "--batch_size: 1:5 reads in YAML as the number 65, not as written"),
     ("cache", ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--output", "c", "--plan.base_seed", "010"],

@@ -19,7 +19,8 @@ class PlanArgs:
     one with the same classes and base seed."""
 
     classes: Union[str, list[int]] = "all"
-    """The class set: "all" (every class of the model), a range "START:STOP" (STOP excluded), or a list."""
+    """The class set: "all" (every class of the model), a range "START:STOP" (STOP excluded), "0-3,7" (ranges
+    inclusive, as radar-generate's --classes), or a list."""
     images_per_class: Optional[int] = 10
     """Images per class (set it to null to give num_samples instead)."""
     num_samples: Optional[int] = None
