@@ -539,15 +539,12 @@ class RadarLoraModule(pl.LightningModule):
         scalars = {f"val/{k}": float(v) for k, v in metrics.items()}
         if pairs > 0:
             scalars["val/loss"] = loss_sum / pairs
-        # for the callbacks (early stopping, the best step) and radar-train validate's table; logged to the loggers
-        # below at the optimizer step validated, as the console line, the image grid and step-NNNNNN/ say (Lightning
-        # logs them one step less in a fit, whose validation runs before it counts the step, and at 0 in radar-train
-        # validate, which restores no loop). (Not by logging a "step" metric, Lightning's way to set the step: it
-        # stays in callback_metrics, whose "step" names the checkpoint files saved after it.)
-        self.log_dict(scalars, sync_dist=False, logger=False)
-        if self.trainer.is_global_zero:
-            for logger in self.loggers:
-                logger.log_metrics(scalars, step=step)
+        self.log_dict(scalars, sync_dist=False)
+        # the loggers' step of these scalars (Lightning's way: a logged "step" metric): the optimizer step validated,
+        # as the console line, the image grid and step-NNNNNN/ say (Lightning's own is one less in a fit, whose
+        # validation runs before it counts the step, and 0 in radar-train validate, which restores no loop). The run's
+        # checkpoint callbacks name their files by the trainer's step, not by this metric (run_checkpoint.py).
+        self.log("step", float(step), sync_dist=False)
         if self.trainer.is_global_zero:
             log.info("%s %d: val PSNR student %.2f dB, baseline %.2f dB (Δ %+.2f dB), G_mse %.3f, SSIM %.4f vs %.4f, "
                      "harmless %.2f dB", "step" if self._fitting() else "checkpoint step", step,
