@@ -103,7 +103,8 @@ CASES = [
      ["--trainer.max_epochs 0 trains nothing"]),
     # radar-train validate (an adversarial pass: 0 batches measured nothing and exited 0; -1 named only --trainer;
     # best was Lightning's API wording)
-    ("validate-zero-batches", "train", lambda w, t: ["validate", *fit_args(w, t, "--trainer.limit_val_batches", "0")[1:]],
+    ("validate-zero-batches", "train",
+     lambda w, t: ["validate", *fit_args(w, t, "--trainer.limit_val_batches", "0")[1:]],
      ["--trainer.limit_val_batches 0 validates nothing"]),
     ("validate-a-negative-batch-count", "train",
      lambda w, t: ["validate", *fit_args(w, t, "--trainer.limit_val_batches", "-1")[1:]],

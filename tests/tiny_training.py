@@ -113,8 +113,8 @@ class ValidationSteps(Callback):
 
 
 class TrainedPairs(Callback):
-    """Appends `epoch: index,index,...` (the pairs of each training batch) to the file `path`, one line per batch, across
-    a run and its resumes."""
+    """Appends `epoch: index,index,...` (the pairs of each training batch) to the file `path`, one line per batch,
+    across a run and its resumes."""
 
     def __init__(self, path: str):
         self.path = path

@@ -72,8 +72,8 @@ def test_validate_without_a_checkpoint_says_it_validates_the_adapter_as_initiali
     assert len(said) == 1 and "the adapter as initialised is validated" in said[0]
 
 
-def test_tensorboard_has_a_validations_scalars_and_grid_at_its_step_and_validate_at_its_checkpoints(tiny_cache,
-                                                                                                       tmp_path, caplog):
+def test_tensorboard_has_a_validations_scalars_and_grid_at_its_step_and_validate_at_its_checkpoints(
+        tiny_cache, tmp_path, caplog):
     """The fit's val/ scalars were one step before the grid and the console line of the same validation (Lightning
     logs a validation before it counts its step), and radar-train validate logged every checkpoint's at step 0,
     naming no checkpoint anywhere. A run ending between validations exports the last validation's metrics, which
