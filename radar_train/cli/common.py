@@ -32,7 +32,8 @@ _LIBRARY_NOISE = (
     # on any machine with SLURM installed (a login node, CI), outside a job: our job scripts use srun
     r".*The `srun` command is available on your system but is not used",
     # under DDP, for the val/ metrics, which RadarLoraModule all-reduces itself before logging them
-    r".*It is recommended to use `self\.log\('val/.*sync_dist=True",
+    # (and for the validation's loggers' step: the same on every rank)
+    r".*It is recommended to use `self\.log\('(val/|step').*sync_dist=True",
     # radar-train fit --ckpt_path last before the run's first save: it says so itself (the hint, save_last=True, the
     # run has)
     r'.*\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint',

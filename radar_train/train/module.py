@@ -186,6 +186,7 @@ class RadarLoraModule(pl.LightningModule):
         self._val_left: Optional[int] = None  # validation pairs of this rank still to count (None: all)
         self.val_metrics: dict[str, float] = {}
         self._checkpoint_step = 0  # the step of a checkpoint loaded (radar-train validate reports it)
+        self._checkpoint_loaded = False
         self._metrics_step: Optional[int] = None  # the step val_metrics were measured at
         self.cache_info: list[dict] = []
         self.data_config: dict = {}
@@ -547,7 +548,8 @@ class RadarLoraModule(pl.LightningModule):
         self.log("step", float(step), sync_dist=False)
         if self.trainer.is_global_zero:
             log.info("%s %d: val PSNR student %.2f dB, baseline %.2f dB (Δ %+.2f dB), G_mse %.3f, SSIM %.4f vs %.4f, "
-                     "harmless %.2f dB", "step" if self._fitting() else "checkpoint step", step,
+                     "harmless %.2f dB", "step" if self._fitting() else "checkpoint step" if self._checkpoint_loaded
+                     else "adapter as initialised, step", step,
                      metrics["psnr_student"], metrics["psnr_baseline"],
                      metrics["delta_psnr"], metrics["gap_closed_mse"], metrics["ssim_student"],
                      metrics["ssim_baseline"], metrics.get("psnr_harmless", float("nan")))
@@ -710,7 +712,7 @@ class RadarLoraModule(pl.LightningModule):
         self.val_metrics = dict(checkpoint["radar"].get("metrics") or {})
         self._metrics_step = checkpoint["radar"].get("metrics_step")  # (None in checkpoints before 2026-12-07)
         self._step_rng.load_state_dict(checkpoint.get("radar_rng"))
-        self._checkpoint_step = int(checkpoint.get("global_step") or 0)
+        self._checkpoint_step, self._checkpoint_loaded = int(checkpoint.get("global_step") or 0), True
         if not self._fitting() and self._trainer is not None and self.logger is not None:
             # radar-train validate: its hparams.yaml (tb/validate/version_N/) names the checkpoint it measured
             # (Lightning writes the file with the module's settings after this hook, merging these in)

@@ -70,6 +70,8 @@ def test_validate_without_a_checkpoint_says_it_validates_the_adapter_as_initiali
         assert _run(args) == 0
     said = [r.getMessage() for r in caplog.records if "radar-train validate: no --ckpt_path" in r.getMessage()]
     assert len(said) == 1 and "the adapter as initialised is validated" in said[0]
+    # (its metrics line said "checkpoint step 0", of a checkpoint it had not loaded)
+    assert any(r.getMessage().startswith("adapter as initialised, step 0: val PSNR") for r in caplog.records)
 
 
 def test_tensorboard_has_a_validations_scalars_and_grid_at_its_step_and_validate_at_its_checkpoints(
