@@ -365,12 +365,10 @@ def say_validation_data(meta: dict, datamodule, ckpt_path: str) -> None:
     the checkpoint (its radar metadata `meta`) was trained on, or where the checkpoint cannot tell, and where a cache's
     latents are of another acceleration or VAR than those it trained on (radar-eval refuses the first and warns of
     the others; these metrics were labelled as a held-out validation without a word)."""
-    from radar_train.inference.evaluate import train_shard_overlap, unknown_training_shards
-    from radar_train.inference.pipeline import untrained_accel, untrained_var
     from radar_train.config import format_int_list
+    from radar_train.inference.evaluate import other_latents, train_shard_overlap, unknown_training_shards
 
     say = logging.getLogger("radar_train").warning
-    trained = [c for c in meta.get("caches") or [] if isinstance(c, dict)]
     for c, (_, val) in zip(getattr(datamodule, "caches", []), getattr(datamodule, "splits", [])):
         manifest = datamodule.manifests.get(c.path) if val else None
         if manifest is None:
@@ -383,15 +381,8 @@ def say_validation_data(meta: dict, datamodule, ckpt_path: str) -> None:
         elif overlap:
             say("radar-train validate: shards %s of %s are training shards of the checkpoint %s: these metrics "
                 "include pairs it was trained on (not held-out)", format_int_list(overlap, ","), c.path, ckpt_path)
-        accel = untrained_accel([t["accel"] for t in trained if t.get("accel")], manifest.accel)
-        if accel:
-            say("radar-train validate: checkpoint %s was trained on latents of another acceleration than %s's (%s, "
-                "trained vs the cache's): the metrics are of latents it was not trained to restore", ckpt_path, c.path,
-                "; ".join(accel))
-        var = untrained_var([t.get("model") for t in trained], manifest.model)
-        if var:
-            say("radar-train validate: checkpoint %s was trained on latents of another VAR than %s's (%s, trained vs "
-                "the cache's)", ckpt_path, c.path, var)
+        for other in other_latents(meta, c.path, manifest):
+            say("radar-train validate: checkpoint %s was trained on latents of %s", ckpt_path, other)
 
 
 def check_ckpt_path(ckpt_path: Optional[str], root: str | os.PathLike,

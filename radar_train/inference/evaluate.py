@@ -128,6 +128,24 @@ def train_shard_overlap(meta: dict, cache_dir: str | Path, manifest, shards: Seq
     return sorted(trained & {int(s) for s in shards})
 
 
+def other_latents(meta: dict, cache_dir: str | Path, manifest) -> list[str]:
+    """How the cache's latents differ from those the adapter (its radar_config.yaml `meta`) was trained on, each as
+    `another acceleration than C's (...)` / `another VAR than C's (...)`: metrics on them are of latents it was not
+    trained to restore (radar-eval and radar-train validate warn of them). Empty when they are of its own."""
+    from radar_train.inference.pipeline import untrained_accel, untrained_var
+
+    trained = [c for c in meta.get("caches") or [] if isinstance(c, dict)]
+    out = []
+    accel = untrained_accel([c["accel"] for c in trained if c.get("accel")], manifest.accel)
+    if accel:
+        out.append(f"another acceleration than {cache_dir}'s ({'; '.join(accel)}, trained vs the cache's): the "
+                   f"metrics are of latents it was not trained to restore")
+    var = untrained_var([c.get("model") for c in trained], manifest.model)
+    if var:
+        out.append(f"another VAR than {cache_dir}'s ({var}, trained vs the cache's)")
+    return out
+
+
 def unknown_training_shards(meta: dict, cache_dir: str | Path, manifest) -> Optional[str]:
     """Why the adapter's metadata cannot tell which of this cache's shards it was trained on (no `caches`
     record at all, or its record of this cache without `train_shards`: a hand-made or edited radar_config.yaml;
@@ -222,17 +240,11 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
                              f"anyway (eval.json then says held_out null)")
         warnings.warn(f"radar-eval: adapter {adapter_dir}: {unknown}: the metrics may include pairs it was trained "
                       f"on", stacklevel=3)  # (the caller's line: 2 is torch.no_grad's wrapper)
-    from radar_train.inference.pipeline import untrained_accel, untrained_var
+    from radar_train.inference.pipeline import untrained_accel
 
     accel_diffs = untrained_accel([c["accel"] for c in meta.get("caches") or [] if c.get("accel")], manifest.accel)
-    if accel_diffs:  # (as RadarPipeline warns: such metrics are of latents the adapter was not trained to restore)
-        warnings.warn(f"radar-eval: adapter {adapter_dir} was trained on latents of another acceleration than "
-                      f"{cache}'s ({'; '.join(accel_diffs)}, trained vs the cache's): the metrics are of latents it "
-                      f"was not trained to restore", stacklevel=3)
-    other_var = untrained_var([c.get("model") for c in meta.get("caches") or []], manifest.model)
-    if other_var:
-        warnings.warn(f"radar-eval: adapter {adapter_dir} was trained on latents of another VAR than {cache}'s "
-                      f"({other_var}, trained vs the cache's)", stacklevel=3)
+    for other in other_latents(meta, cache, manifest):  # (as RadarPipeline warns; accel_diffs goes into the report)
+        warnings.warn(f"radar-eval: adapter {adapter_dir} was trained on latents of {other}", stacklevel=3)
     overlap = train_shard_overlap(meta, cache, manifest, shards)
     named = format_int_list(overlap, ",")
     if overlap and not allow_train_shards:

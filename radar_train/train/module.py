@@ -518,6 +518,13 @@ class RadarLoraModule(pl.LightningModule):
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, enabled=False)
 
+    def on_validation_end(self) -> None:
+        # the logged "step" (the loggers' step of this validation's scalars, _record_validation) is dropped from the
+        # callback metrics once every callback has seen this validation: Lightning keeps a metric there until it is
+        # logged again, and a checkpoint callback names a file by a logged "step" (one saved after the run's last
+        # validation was named for that validation's step: step-000004.ckpt holding step 5)
+        self.trainer.callback_metrics.pop("step", None)
+
     def on_validation_epoch_end(self) -> None:
         self._t_last = None
         if self.trainer.sanity_checking:
@@ -543,8 +550,8 @@ class RadarLoraModule(pl.LightningModule):
         self.log_dict(scalars, sync_dist=False)
         # the loggers' step of these scalars (Lightning's way: a logged "step" metric): the optimizer step validated,
         # as the console line, the image grid and step-NNNNNN/ say (Lightning's own is one less in a fit, whose
-        # validation runs before it counts the step, and 0 in radar-train validate, which restores no loop). The run's
-        # checkpoint callbacks name their files by the trainer's step, not by this metric (run_checkpoint.py).
+        # validation runs before it counts the step, and 0 in radar-train validate, which restores no loop); dropped
+        # from the callback metrics at the validation's end (on_validation_end)
         self.log("step", float(step), sync_dist=False)
         if self.trainer.is_global_zero:
             log.info("%s %d: val PSNR student %.2f dB, baseline %.2f dB (Δ %+.2f dB), G_mse %.3f, SSIM %.4f vs %.4f, "

@@ -96,21 +96,8 @@ def step_ended(trainer) -> bool:
     return not trainer.fit_loop.epoch_loop._should_accumulate()
 
 
-def candidates_at_global_step(candidates: dict[str, Any], trainer) -> dict[str, Any]:
-    """ModelCheckpoint's monitor candidates with `step` the trainer's: Lightning takes a logged `step` metric for it,
-    which RadarLoraModule logs with each validation (its loggers' step), and a file saved after the run's last
-    validation was named for that validation's step (`step-000004.ckpt` holding step 5, in place of step 4's)."""
-    import torch
-
-    candidates["step"] = torch.tensor(trainer.global_step)
-    return candidates
-
-
 class RunCheckpoint(ModelCheckpoint):
     """ModelCheckpoint whose last.ckpt always holds the step training ended on, and the validation run at it."""
-
-    def _monitor_candidates(self, trainer) -> dict[str, Any]:
-        return candidates_at_global_step(super()._monitor_candidates(trainer), trainer)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

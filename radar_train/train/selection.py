@@ -17,7 +17,7 @@ from typing import Any, Literal, Optional
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
-from .run_checkpoint import candidates_at_global_step, state_in_dirpath
+from .run_checkpoint import state_in_dirpath
 
 __all__ = ["EarlyStoppingArgs", "MONITORS", "BestCheckpoint", "BEST_PREFIX", "ConfiguredEarlyStopping"]
 
@@ -113,9 +113,6 @@ class ConfiguredEarlyStopping(EarlyStopping):
 class BestCheckpoint(ModelCheckpoint):
     """ModelCheckpoint of the best validation (a type of its own, so that it sits beside the run's
     RunCheckpoint rather than replacing it)."""
-
-    def _monitor_candidates(self, trainer) -> dict[str, Any]:
-        return candidates_at_global_step(super()._monitor_candidates(trainer), trainer)  # (best-step-NNNNNN)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Lightning's, with the best file under this run's checkpoint folder when the run folder moved (else a
