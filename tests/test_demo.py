@@ -139,7 +139,7 @@ def test_sigterm_is_handed_to_the_step_and_the_demo_waits_for_its_save(tmp_path,
     code = demo.demo(output=str(out), model="tiny")
     assert code == 143 and time.monotonic() - t0 < 30
     assert (out / "saved").read_text() == "step saved"  # (the demo ended after the step's save)
-    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "radar-demo: stopped by SIGTERM during radar-slow_step; the same command goes on from there")
     assert signal.getsignal(signal.SIGTERM) == before
 

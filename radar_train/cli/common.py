@@ -703,11 +703,11 @@ def sigterm_stops() -> Iterator[None]:
 
 def end_stopped_run(prog: str, error: BaseException, said: str) -> int:
     """How a long command ends when `error` stopped it, `said` telling what it kept: SIGTERM (Stopped) prints
-    `PROG: stopped by SIGTERM; SAID` and returns STOPPED_STATUS (the command's exit status); Ctrl-C raises
-    KeyboardInterrupt("interrupted; SAID") (run_main's one line, status 130); any other error is raised again
-    with the note `PROG: SAID`."""
+    `PROG: stopped by SIGTERM; SAID` on stderr (as radar-train does, and as every error line goes) and returns
+    STOPPED_STATUS (the command's exit status); Ctrl-C raises KeyboardInterrupt("interrupted; SAID") (run_main's
+    one line, status 130); any other error is raised again with the note `PROG: SAID`."""
     if isinstance(error, Stopped):
-        print(f"{prog}: stopped by SIGTERM; {said}", flush=True)
+        print(f"{prog}: stopped by SIGTERM; {said}", file=sys.stderr, flush=True)
         return STOPPED_STATUS
     if isinstance(error, KeyboardInterrupt):
         raise KeyboardInterrupt(f"interrupted; {said}") from None

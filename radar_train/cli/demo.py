@@ -195,7 +195,7 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
         remove_made_folders(made)  # a first step that failed wrote nothing: the folders made for it go again
         if isinstance(e, Stopped):
             print(f"radar-demo: stopped by SIGTERM during {e.args[0]}; the same command goes on from there",
-                  flush=True)
+                  file=sys.stderr, flush=True)
             return STOPPED_STATUS
         raise
     return 0

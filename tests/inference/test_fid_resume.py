@@ -134,7 +134,8 @@ def test_sigkill_and_sigterm_lose_at_most_the_unsaved_batches(extractors, uninte
     stopped = start()
     stdout, err = _signal_when(stopped, 20, signal.SIGTERM)
     assert stopped.returncode == 143, err[-2000:]
-    said = [line for line in stdout.splitlines() if "going on" in line or "SIGTERM" in line]
+    said = [line for line in stdout.splitlines() if "going on" in line] + [  # (the stop, as errors, on stderr)
+        line for line in err.splitlines() if "SIGTERM" in line]
     assert said[0].startswith("radar-fid: going on from sample ") and int(said[0].split()[5]) >= 6
     assert said[1].startswith("radar-fid: stopped by SIGTERM; ") and said[1].endswith(
         f" of 40 samples are saved in {out / PROGRESS_DIR}: run the same command to go on from there")

@@ -269,7 +269,7 @@ def test_sigterm_during_the_merge_stops_it_with_143_and_the_next_worker_run_fini
         m.setattr(NpzImageWriter, "append_from", terminated)
         assert _main(_args(extractors, out, 9, *_worker(1, 3))) == 143
     merged = out / PROGRESS_DIR / MERGE_DIR
-    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"radar-fid: stopped by SIGTERM; the samples merged so far are kept in {merged}, the others in the parts: run "
         f"any worker again to go on")
     assert json.loads((merged / MERGE_STATE).read_text())["parts_merged"] == {"samples_vanilla.npz": 3}

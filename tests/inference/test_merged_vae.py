@@ -287,7 +287,7 @@ def test_a_stop_while_it_writes_leaves_neither_file_nor_a_temporary(toy_adapter,
     monkeypatch.setattr(torch, "save", stopped)  # (SIGTERM's handler raises Stopped where the process is)
     code, err = _merge(tmp_path, "--adapter", str(toy_adapter), "--output", "v.pth", "--overwrite")
     assert code == 143, err
-    assert "radar-train merge: stopped by SIGTERM; nothing was written" in capsys.readouterr().out
+    assert "radar-train merge: stopped by SIGTERM; nothing was written" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.pth"]
     assert (tmp_path / "v.pth").read_bytes() == b"an earlier merge"
 

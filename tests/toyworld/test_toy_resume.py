@@ -165,7 +165,7 @@ def test_sigterm_in_the_var_stage_exits_143_and_the_same_command_goes_on(tmp_pat
             proc.kill()
     assert proc.returncode == 143, err[-2000:]
     assert (f"radar-toy train: stopped by SIGTERM; the trained VQ-VAE is in {output / PROGRESS_DIR}: run the same "
-            f"command to go on from the VAR") in out, out
+            f"command to go on from the VAR") in err, err
     assert sorted(p.name for p in output.iterdir()) == [PROGRESS_DIR]
     assert sorted(p.name for p in (output / PROGRESS_DIR).iterdir()) == ["recipe.json", "vqvae.json",
                                                                          "vqvae.safetensors"]
