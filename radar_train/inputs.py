@@ -285,6 +285,16 @@ def nonfinite_keys(tensors: dict) -> list[str]:
     return sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
 
 
+def check_floating(tensors: dict, path: str | os.PathLike, what: str) -> None:
+    """InputError naming `path` if a tensor of `tensors` is not floating point: weights files of integers (a hand
+    conversion) are copied into float parameters without a word, giving rounded, wrong weights. `what`: what
+    they should be ("LoRA weights radar-train wrote")."""
+    bad = sorted(k for k, v in tensors.items() if not v.is_floating_point())
+    if bad:
+        raise InputError(f"{path}: {len(bad)} tensor(s) are not floating point (e.g. {bad[0]}, "
+                         f"{tensors[bad[0]].dtype}): not {what}")
+
+
 def check_finite(tensors: dict, path: str | os.PathLike, what: str) -> None:
     """InputError naming `path` if a floating-point tensor of `tensors` holds NaN or inf: weights that would turn
     every output into NaN (a decoder draws a black image, metrics come out NaN) are damaged, not input."""

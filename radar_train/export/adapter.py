@@ -26,8 +26,8 @@ from typing import Optional
 from torch import nn
 
 from radar_train.cache.schema import readable_versions, version_problem
-from radar_train.inputs import (InputError, _one_line, check_dir, check_finite, load_safetensors, nonfinite_keys,
-                               read_json, read_yaml)
+from radar_train.inputs import (InputError, _one_line, check_dir, check_finite, check_floating, load_safetensors,
+                               nonfinite_keys, read_json, read_yaml)
 from radar_train.outputs import (check_replace_dir, clear_stale_temps, naming, normal_file_mode, recover_replaced,
                                  replace_dir, temp_name)
 
@@ -182,10 +182,7 @@ def check_adapter(adapter_dir: str | Path, num_classes: Optional[int] = None) ->
     tensors = load_safetensors(d / ADAPTER_WEIGHTS, "adapter weights file")
     if not tensors:
         raise InputError(f"{d / ADAPTER_WEIGHTS}: adapter weights file holds no tensors")
-    not_float = sorted(k for k, v in tensors.items() if not v.is_floating_point())
-    if not_float:  # (peft copies them into the float LoRA layers without a word: a rounded, wrong adapter)
-        raise InputError(f"{d / ADAPTER_WEIGHTS}: {len(not_float)} tensor(s) are not floating point (e.g. "
-                         f"{not_float[0]}, {tensors[not_float[0]].dtype}): not LoRA weights radar-train wrote")
+    check_floating(tensors, d / ADAPTER_WEIGHTS, "LoRA weights radar-train wrote")  # (peft would copy them in)
     check_finite(tensors, d / ADAPTER_WEIGHTS, "adapter")
     load_label_conditioning(d, meta, num_classes)  # a conditioned adapter's section and weights file
     return meta
@@ -220,6 +217,10 @@ def load_adapter(decoder: nn.Module, adapter_dir: str | Path, identity=None, mer
             raise ValueError(f"adapter {d} was trained for the VQ-VAE {want['kind']}:{want['value']}, "
                              f"not {identity.kind}:{identity.value}")
     film = load_label_conditioning(d, meta, num_classes)
+    problem = None if film is None else film.mismatch(decoder)
+    if problem:  # (before peft touches the decoder)
+        raise InputError(f"{d / RADAR_CONFIG}: label_conditioning: {problem}: the adapter was made for another "
+                         f"decoder")
     model = _from_pretrained(decoder, d, trainable)
     model = model.merge_and_unload() if merge else model
     return model if film is None else LabelConditionedDecoder(model, film.to(next(model.parameters()).device))

@@ -30,17 +30,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from pathlib import Path
 from typing import Iterator, Optional
 
 import torch
 from torch import nn
 
-from radar_train.inputs import InputError, check_finite, load_safetensors
+from radar_train.inputs import InputError, check_finite, check_floating, load_safetensors
 from radar_train.noise import to_device
 
 __all__ = ["LABEL_CONDITIONING_WEIGHTS", "FILM_KIND", "ClassFiLM", "LabelConditionedDecoder", "decode_with_labels",
-           "is_label_conditioned", "conditioning_section", "load_label_conditioning", "group_norms"]
+           "is_label_conditioned", "conditioning_section", "load_label_conditioning", "group_norms", "trained_classes",
+           "UntrainedClassWarning"]
 
 LABEL_CONDITIONING_WEIGHTS = "label_conditioning.safetensors"
 FILM_KIND = "film"
@@ -51,6 +53,43 @@ def group_norms(decoder: nn.Module) -> dict[str, int]:
     the names are those of the base decoder), in module order."""
     base = decoder.get_base_model() if hasattr(decoder, "get_base_model") else decoder
     return {n: m.num_channels for n, m in base.named_modules() if isinstance(m, nn.GroupNorm)}
+
+
+class UntrainedClassWarning(UserWarning):
+    """A label-conditioned adapter asked to decode a class its training pairs did not hold."""
+
+
+def trained_classes(meta: dict) -> Optional[frozenset[int]]:
+    """The class labels of the pairs an adapter was trained on, from its radar_config.yaml `meta`: the labels of
+    each cache's training shards, which its plan fixes (the plan's classes cycled over the samples in order).
+    None when the metadata cannot tell (a cache recorded without its plan or its training shards)."""
+    import numpy as np
+
+    from radar_train.cache.plan import Plan
+
+    out: set[int] = set()
+    for record in meta.get("caches") or []:
+        try:
+            plan, shards = Plan.from_dict(record["plan"]), record["train_shards"]
+            classes = np.asarray(plan.classes, dtype=np.int64)
+            for shard in shards:
+                a, b = plan.shard_range(int(shard))
+                held = classes if b - a >= len(classes) else classes[np.arange(a, b) % len(classes)]
+                out.update(held.tolist())
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            return None
+    return frozenset(out) if out else None
+
+
+def class_ranges(classes) -> str:
+    """Sorted class numbers as ranges: 0-4,7,9-11."""
+    runs: list[list[int]] = []
+    for c in sorted(classes):
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 class ClassFiLM(nn.Module):
@@ -76,11 +115,16 @@ class ClassFiLM(nn.Module):
         self.labels: Optional[torch.Tensor] = None
         """The labels the hooks modulate with (B,) long; None: the hooks leave the decoder as it is."""
         self._handles: list = []
+        self.trained: Optional[frozenset[int]] = None
+        """A loaded adapter's: the classes of its training pairs (None: not known, or being trained). A label
+        outside them has the class embedding's random start: check_labels warns once (UntrainedClassWarning)."""
+        self.source = "the adapter"  # (what the warning names: a loaded adapter's folder)
+        self._warned = False
 
     # ------------------------------------------------------------------ hooks
-    def attach(self, decoder: nn.Module) -> "ClassFiLM":
-        """Hook every GroupNorm this FiLM was built for in `decoder` (a LatentDecoder, or a peft model around
-        one). ValueError naming a module that is missing or not a GroupNorm of the right width."""
+    def mismatch(self, decoder: nn.Module) -> Optional[str]:
+        """Why this FiLM cannot be attached to `decoder` (a norm layer it names is missing or not a GroupNorm of
+        its width); None when it can."""
         base = decoder.get_base_model() if hasattr(decoder, "get_base_model") else decoder
         modules = dict(base.named_modules())
         for name, c in self.norms.items():
@@ -88,8 +132,17 @@ class ClassFiLM(nn.Module):
             if not isinstance(m, nn.GroupNorm) or m.num_channels != c:
                 found = f"a GroupNorm of {m.num_channels} channels" if isinstance(m, nn.GroupNorm) else \
                     ("missing" if m is None else type(m).__name__)
-                raise ValueError(f"label conditioning: the decoder's {name} should be a GroupNorm of {c} channels "
-                                 f"({found}): the adapter was made for another decoder")
+                return f"the decoder's {name} should be a GroupNorm of {c} channels ({found})"
+        return None
+
+    def attach(self, decoder: nn.Module) -> "ClassFiLM":
+        """Hook every GroupNorm this FiLM was built for in `decoder` (a LatentDecoder, or a peft model around
+        one). ValueError naming a module that is missing or not a GroupNorm of the right width."""
+        problem = self.mismatch(decoder)
+        if problem:
+            raise ValueError(f"label conditioning: {problem}: the adapter was made for another decoder")
+        base = decoder.get_base_model() if hasattr(decoder, "get_base_model") else decoder
+        modules = dict(base.named_modules())
         self.detach()
         self._handles = [modules[name].register_forward_hook(functools.partial(self._modulate, i))
                          for i, name in enumerate(self.norms)]
@@ -134,6 +187,16 @@ class ClassFiLM(nn.Module):
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_classes):
             raise ValueError(f"label conditioning: labels must lie in 0..{self.num_classes - 1} (the adapter's "
                              f"classes), got {int(t.min())}..{int(t.max())}")
+        if self.trained is not None and not self._warned:
+            untrained = sorted(set(t.tolist()) - self.trained)
+            if untrained:
+                self._warned = True  # (once: a run over every class would say it for each batch)
+                warnings.warn(f"{self.source} was trained on pairs of classes {class_ranges(self.trained)} only: "
+                              f"{'class' if len(untrained) == 1 else 'classes'} {class_ranges(untrained)} (and any "
+                              f"other outside them) {'decodes' if len(untrained) == 1 else 'decode'} with an "
+                              f"untrained class embedding (its random start), so its restoration is not what "
+                              f"validation measured and may be worse than without the adapter",
+                              UntrainedClassWarning, stacklevel=2)
         return to_device(t, device)
 
     def describe(self) -> dict:
@@ -149,7 +212,8 @@ class ClassFiLM(nn.Module):
         return out
 
     def load_file_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> None:
-        """Load label_conditioning.safetensors tensors; InputError naming `source` if any is missing or misshaped."""
+        """Load label_conditioning.safetensors tensors; InputError naming `source` if any is missing, misshaped or
+        not floating point."""
         want = {k: tuple(v.shape) for k, v in self.file_tensors().items()}
         got = {k: tuple(v.shape) for k, v in tensors.items()}
         bad = sorted(k for k in want if got.get(k) != want[k]) + sorted(set(got) - set(want))
@@ -158,6 +222,7 @@ class ClassFiLM(nn.Module):
             raise InputError(f"{source}: does not match its radar_config.yaml label_conditioning section "
                              f"({len(bad)} tensors missing, extra or misshaped, e.g. {k}: {got.get(k)} instead of "
                              f"{want.get(k)})")
+        check_floating(tensors, source, "label-conditioning weights radar-train wrote")  # (copied in rounded)
         with torch.no_grad():
             self.embedding.copy_(tensors["embedding"])
             for name, w in zip(self.norms, self.proj):
@@ -235,5 +300,6 @@ def load_label_conditioning(adapter_dir: str | Path, meta: dict,
     tensors = load_safetensors(file, "label-conditioning weights")
     film.load_file_tensors(tensors, str(file))
     check_finite(tensors, file, "adapter's label conditioning")
+    film.trained, film.source = trained_classes(meta), f"label-conditioned adapter {d}"
     return film
 

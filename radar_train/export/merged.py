@@ -25,6 +25,7 @@ import torch
 from radar_train.inputs import InputError
 
 from .adapter import ADAPTER_WEIGHTS, RADAR_CONFIG, check_adapter, load_adapter
+from .label_conditioning import conditioning_section
 
 __all__ = ["MERGED_KIND", "MERGED_VERSION", "WEIGHT_SUFFIXES", "DTYPES", "sidecar_path", "base_vae_file",
            "merged_vqvae", "write_merged", "merged_record"]
@@ -107,7 +108,7 @@ def _base_vae(adapter_dir, base: dict) -> dict:
 def check_mergeable(adapter_dir: str | os.PathLike, meta: dict, dtype: str) -> None:
     """ValueError unless the adapter of radar_config.yaml `meta` merges into a VQ-VAE file of `dtype`: not a
     label-conditioned one (its decoder takes the class labels)."""
-    if meta.get("label_conditioning"):
+    if conditioning_section(meta) is not None:  # (as loading reads it: kind none is a plain adapter)
         raise ValueError(f"adapter {adapter_dir} is label-conditioned (a per-class FiLM of the decoder's GroupNorms): "
                          f"its decoder takes the class labels, which a plain VQ-VAE file cannot hold; decode with "
                          f"RadarPipeline, radar-generate or radar-fid and the adapter folder instead")

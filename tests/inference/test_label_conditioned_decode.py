@@ -236,3 +236,121 @@ def test_radar_generate_refuses_a_class_count_and_a_progress_folder_before_the_m
                    ["holds mine.txt, so it is not radar-generate progress"])
     assert_refused("generate", [*base, "--accel.method", "sca", "--output", "o2"], tmp_path, (tmp_path,),
                    ["sca.mask_file is needed"])
+
+
+def _edited_copy(adapter: Path, where: Path, edit) -> Path:
+    """A copy of `adapter` at `where` whose radar_config.yaml `edit(meta)` changed."""
+    import shutil
+
+    import yaml
+
+    shutil.copytree(adapter, where)
+    meta = yaml.safe_load((where / "radar_config.yaml").read_text())
+    edit(meta)
+    (where / "radar_config.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    return where
+
+
+def test_the_classes_of_an_adapters_training_pairs_follow_from_its_caches_plans_and_training_shards():
+    """The plan cycles its classes over the samples in order (sample i has class classes[i % n]) and cuts them into
+    shards of shard_size: shards 0 and 2 of 4 pairs over 10 classes hold samples 0-3 and 8-11, classes 0-3, 8, 9."""
+    from radar_train.export.label_conditioning import class_ranges, trained_classes
+
+    plan = {"classes": list(range(10)), "images_per_class": 2, "num_samples": 20, "base_seed": 0, "shard_size": 4}
+    assert trained_classes({"caches": [{"plan": plan, "train_shards": [0, 2]}]}) == {0, 1, 2, 3, 8, 9}
+    other = {**plan, "classes": [20, 30], "images_per_class": 1, "num_samples": 2}
+    assert trained_classes({"caches": [{"plan": plan, "train_shards": [1]},
+                                       {"plan": other, "train_shards": [0]}]}) == {4, 5, 6, 7, 20, 30}
+    for unknown in ({}, {"caches": [{"plan": plan, "train_shards": None}]}, {"caches": [{"train_shards": [0]}]},
+                    {"caches": [{"plan": plan, "train_shards": [0]}, {"path": "x", "train_shards": [1]}]}):
+        assert trained_classes(unknown) is None, unknown
+    assert class_ranges({9, 0, 1, 2, 3, 8, 5}) == "0-3,5,8-9"
+
+
+def test_a_class_the_adapter_was_never_trained_on_is_warned_of_once(conditioned_run, tmp_path):
+    """Trained on plan.classes 0-4, an adapter decoding class 7 uses that class's embedding as initialised (random),
+    passed through the trained layers: RadarPipeline (radar-generate, radar-fid, radar-eval alike) said nothing."""
+    from radar_train.export.label_conditioning import UntrainedClassWarning
+
+    import warnings
+
+    f = torch.randn(3, 8, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UntrainedClassWarning)  # (trained on every class: never a word)
+        _pipe(conditioned_run["adapter"]).decode(torch.randn(10, 8, 8, 8), adapter=True, labels=list(range(10)))
+
+    def classes_0_to_4(meta):
+        for record in meta["caches"]:
+            record["plan"]["classes"] = [0, 1, 2, 3, 4]
+
+    d = _edited_copy(conditioned_run["adapter"], tmp_path / "adapter", classes_0_to_4)
+    pipe = _pipe(d)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        pipe.decode(f, adapter=True, labels=[0, 4, 2])
+        assert not said
+        pipe.decode(f, adapter=True, labels=[0, 9, 7])
+        pipe.generate([8], [0])  # (said once: a run over every class would say it for each batch)
+    assert [(w.category, str(w.message)) for w in said] == [(UntrainedClassWarning, (
+        f"label-conditioned adapter {d} was trained on pairs of classes 0-4 only: classes 7,9 (and any other "
+        f"outside them) decode with an untrained class embedding (its random start), so its restoration is not what "
+        f"validation measured and may be worse than without the adapter"))]
+
+
+def test_film_weights_that_are_not_floating_point_are_refused_naming_their_file(conditioned_run, tmp_path):
+    """The LoRA weights of integers were refused, the FiLM's copied in rounded without a word (radar-generate
+    exited 0)."""
+    from safetensors.torch import load_file, save_file
+
+    from radar_train.export import check_adapter
+    from radar_train.inputs import InputError
+
+    d = _edited_copy(conditioned_run["adapter"], tmp_path / "adapter", lambda meta: None)
+    file = d / "label_conditioning.safetensors"
+    tensors = load_file(str(file))
+    tensors["embedding"] = (tensors["embedding"] * 3).round().to(torch.int32)
+    save_file(tensors, str(file))
+    with pytest.raises(InputError) as e:
+        check_adapter(d)
+    assert str(e.value) == (f"{file}: 1 tensor(s) are not floating point (e.g. embedding, torch.int32): not "
+                            f"label-conditioning weights radar-train wrote")
+
+
+def test_a_film_of_a_norm_layer_the_decoder_lacks_is_refused_naming_the_metadata_before_the_decoder_changes(
+        conditioned_run, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from radar_train.export import load_adapter
+    from radar_train.inputs import InputError
+    from radar_train.models import load_latent_decoder
+
+    name = "decoder.mid.attn_1.norm"
+
+    def renamed(meta):
+        norms = meta["label_conditioning"]["norms"]
+        meta["label_conditioning"]["norms"] = {(f"{name}x" if k == name else k): v for k, v in norms.items()}
+
+    d = _edited_copy(conditioned_run["adapter"], tmp_path / "adapter", renamed)
+    tensors = load_file(str(d / "label_conditioning.safetensors"))
+    tensors[f"proj.{name}x"] = tensors.pop(f"proj.{name}")
+    save_file(tensors, str(d / "label_conditioning.safetensors"))
+    dec = load_latent_decoder("tiny")[0]
+    before = {k: v.clone() for k, v in dec.state_dict().items()}
+    with pytest.raises(InputError) as e:
+        load_adapter(dec, d)
+    assert str(e.value).startswith(f"{d / 'radar_config.yaml'}: label_conditioning: the decoder's {name}x should be "
+                                   f"a GroupNorm of ")
+    assert str(e.value).endswith(" channels (missing): the adapter was made for another decoder")
+    after = dec.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_merge_takes_an_adapter_whose_label_conditioning_kind_is_none_as_loading_does(tmp_path):
+    """Every consumer read `label_conditioning: {kind: none}` as a plain adapter; radar-train merge refused it as
+    label-conditioned."""
+    from radar_train.export.merged import check_mergeable
+
+    check_mergeable(tmp_path, {"label_conditioning": {"kind": "none"}}, "float32")
+    check_mergeable(tmp_path, {"label_conditioning": None}, "float32")
+    with pytest.raises(ValueError, match="is label-conditioned"):
+        check_mergeable(tmp_path, {"label_conditioning": {"kind": "film", "num_classes": 10}}, "float32")
