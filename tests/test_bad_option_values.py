@@ -111,7 +111,7 @@ CASES = [
      ["--trainer.limit_val_batches: You have passed invalid value -1 for limit_val_batches"]),
     ("validate-the-best-checkpoint", "train", lambda w, t: ["validate", *fit_args(w, t, "--ckpt_path", "best")[1:]],
      ["--ckpt_path best: give the best step's checkpoint file", "best-step-NNNNNN.ckpt, which a run with "
-      "model.selection keeps), or last"]),
+      "--model.early_stopping.final_adapter best, or auto with early stopping, keeps), or last"]),
     ("fit-decoder-init-seed-past-64-bits", "train",
      lambda w, t: fit_args(w, t, "--model.decoder.init_seed", PAST_64_BITS), ["--model.decoder.init_seed", "2**63"]),
     # radar-demo: the grid's classes and seeds, and the generate config, before any step

@@ -97,6 +97,13 @@ class Plan:
         classes = np.asarray(self.classes, dtype=np.int64)
         return classes[i % len(classes)], self.base_seed + i
 
+    def shard_samples(self, shards: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(labels int64, seeds int64) of the samples of `shards`, in shard order; shards past the plan hold none."""
+        parts = [self.labels_seeds(*self.shard_range(int(s))) for s in shards if 0 <= int(s) < self.num_shards]
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate([lab for lab, _ in parts]), np.concatenate([sd for _, sd in parts])
+
     def to_dict(self) -> dict:
         """As in the manifest: num_samples is always the resolved total."""
         return {"classes": list(self.classes), "images_per_class": self.images_per_class,

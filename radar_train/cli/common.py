@@ -749,6 +749,29 @@ def out_of_memory(e: BaseException) -> Optional[str]:
     return None
 
 
+_PEER_GONE = re.compile(r"connection (closed|reset) by peer|remote (worker|process|rank)|broken pipe|"
+                        r"communicator was aborted|process group .*(aborted|shut ?down)", re.IGNORECASE)
+
+
+def lost_peer(e: BaseException) -> Optional[str]:
+    """For the error of a collective whose other process is gone (gloo's "Connection closed by peer" when a
+    rank failed, was killed or ran out of memory; NCCL's aborted communicator): what happened, in one line,
+    without the backend's source location; None for another error. The surviving process of a multi-process
+    run printed a traceback of the collective it waited in, after (or instead of) the failed rank's own line."""
+    import torch.distributed as dist
+
+    first = " ".join(str(e).split("\n")[0].split())
+    if not (_PEER_GONE.search(first) and (isinstance(e, getattr(dist, "DistError", ()))
+                                          or re.search(r"gloo|nccl|mpi|ucc", first, re.IGNORECASE))):
+        return None
+    said = re.sub(r"^\[[^\]]*\]\s*", "", first)  # ([/path/gloo/transport/tcp/pair.cc:553])
+    said = said.split(". ")[0].rstrip(".")
+    backend = next((b for b in ("gloo", "NCCL", "MPI", "UCC") if b.lower() in first.lower()), None)
+    return (f"another process of the run ended (it failed, was killed or ran out of memory) and this one lost its "
+            f"connection to it ({f'{backend}: ' if backend else ''}{said[:160]}): that process's own error, where it "
+            f"had time to print one, says why")
+
+
 def _smaller_batch(args: Sequence[str]) -> str:
     """What to lower after running out of memory: the batch-size options given (`--setup.batch_size`), or the
     command's batch size."""
@@ -809,7 +832,12 @@ def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Option
     except (RuntimeError, MemoryError) as e:  # out of memory (a batch too large): one line, not a traceback
         what = out_of_memory(e)
         if what is None:
-            raise
+            peer = lost_peer(e)  # (a multi-process run's other process gone: one line too, its own above)
+            if peer is None:
+                raise
+            print_error(f"{prog}: {peer}")
+            print_notes(e)
+            sys.exit(1)
         print_error(f"{prog}: {what}" + ("" if getattr(e, "__notes__", None) else f": {_smaller_batch(args)}"))
         print_notes(e)
         sys.exit(1)

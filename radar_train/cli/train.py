@@ -368,6 +368,10 @@ def say_validation_data(meta: dict, datamodule, ckpt_path: str) -> None:
     from radar_train.config import format_int_list
     from radar_train.inference.evaluate import other_latents, train_shard_overlap, unknown_training_shards
 
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) != 0:  # (every process of a multi-process validate runs this: once, as fit)
+        return
     say = logging.getLogger("radar_train").warning
     for c, (_, val) in zip(getattr(datamodule, "caches", []), getattr(datamodule, "splits", [])):
         manifest = datamodule.manifests.get(c.path) if val else None
@@ -402,8 +406,9 @@ def check_ckpt_path(ckpt_path: Optional[str], root: str | os.PathLike,
         return path, load_torch(path, "--ckpt_path checkpoint")
     if ckpt_path == "best":  # (Lightning's: the best model path of a checkpoint callback in this process, which a
         best = sorted((Path(root) / "checkpoints").glob("best-step-*.ckpt"))  # new process has not got)
-        where = f"{best[-1]}" if best else f"{Path(root) / 'checkpoints'}/best-step-NNNNNN.ckpt, which a run " \
-                                          f"with model.selection keeps"
+        where = f"{best[-1]}" if best else (f"{Path(root) / 'checkpoints'}/best-step-NNNNNN.ckpt, which a run with "
+                                            f"--model.early_stopping.final_adapter best, or auto with early "
+                                            f"stopping, keeps")
         raise InputError(f"--ckpt_path best: give the best step's checkpoint file ({where}), or last")
     if ckpt_path is None or ckpt_path in SPECIAL_CKPT_PATHS[1:]:
         return None
@@ -880,8 +885,12 @@ def run_lightning(argv: list[str]) -> None:
                   file=sys.stderr, flush=True)
             sys.exit(128 + signum)
         name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        print(f"radar-train: stopped by {name}; a run with checkpoints saved the step it stopped at (resume it "
-              "with --ckpt_path last)", file=sys.stderr, flush=True)
+        if argv[0] == "validate":  # (nothing to save, nothing to resume: its checkpoint is as it was)
+            print(f"radar-train validate: stopped by {name} before the validation ended; it saves nothing (run it "
+                  "again)", file=sys.stderr, flush=True)
+        else:
+            print(f"radar-train: stopped by {name}; a run with checkpoints saved the step it stopped at (resume it "
+                  "with --ckpt_path last)", file=sys.stderr, flush=True)
         sys.exit(128 + signum)
     except SystemExit as e:  # (after SIGTERMException, a SystemExit too)
         if e.code == 1 and isinstance(e.__context__, KeyboardInterrupt):  # Lightning's exit(1) after a Ctrl-C it took

@@ -63,19 +63,12 @@ def trained_classes(meta: dict) -> Optional[frozenset[int]]:
     """The class labels of the pairs an adapter was trained on, from its radar_config.yaml `meta`: the labels of
     each cache's training shards, which its plan fixes (the plan's classes cycled over the samples in order).
     None when the metadata cannot tell (a cache recorded without its plan or its training shards)."""
-    import numpy as np
-
     from radar_train.cache.plan import Plan
 
     out: set[int] = set()
     for record in meta.get("caches") or []:
         try:
-            plan, shards = Plan.from_dict(record["plan"]), record["train_shards"]
-            classes = np.asarray(plan.classes, dtype=np.int64)
-            for shard in shards:
-                a, b = plan.shard_range(int(shard))
-                held = classes if b - a >= len(classes) else classes[np.arange(a, b) % len(classes)]
-                out.update(held.tolist())
+            out.update(Plan.from_dict(record["plan"]).shard_samples(record["train_shards"])[0].tolist())
         except (KeyError, TypeError, ValueError, ZeroDivisionError):
             return None
     return frozenset(out) if out else None

@@ -95,10 +95,7 @@ def _samples(plan: dict, shards: Sequence[int]) -> tuple[np.ndarray, np.ndarray]
     classes[i mod n] and seed base_seed + i), sorted by seed; shards past the plan hold none."""
     from radar_train.cache.plan import Plan
 
-    p = Plan.from_dict(plan)
-    parts = [p.labels_seeds(*p.shard_range(int(s))) for s in shards if 0 <= int(s) < p.num_shards]
-    labels = np.concatenate([lab for lab, _ in parts]) if parts else np.zeros(0, np.int64)
-    seeds = np.concatenate([sd for _, sd in parts]) if parts else np.zeros(0, np.int64)
+    labels, seeds = Plan.from_dict(plan).shard_samples(shards)
     order = np.argsort(seeds, kind="stable")
     return seeds[order], labels[order]
 

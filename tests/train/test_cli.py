@@ -397,3 +397,26 @@ def test_the_datamodules_warnings_print_as_warning_lines(tiny_cache, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     lines = [ln for ln in r.stderr.splitlines() if "left out of training" in ln]
     assert len(lines) == 1 and lines[0].startswith(f"warning: data.caches[0] ({cache}): shards 3 "), r.stderr[-2000:]
+
+
+def test_validates_data_warnings_are_said_once_by_a_multi_process_run(tiny_cache, monkeypatch, caplog):
+    """Every process of a DDP radar-train validate said them (fit's data warnings come from rank 0 only)."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    from radar_train.cache.schema import read_manifest
+    from radar_train.cli.train import say_validation_data
+
+    dm = SimpleNamespace(caches=[SimpleNamespace(path=tiny_cache)], splits=[([0, 1], [14])],
+                         manifests={tiny_cache: read_manifest(tiny_cache)})
+    meta = {"caches": [{"path": tiny_cache, "train_shards": [14]}]}  # (recorded by path: its shards are the cache's)
+    said = {}
+    for rank in (0, 1):
+        monkeypatch.setattr(rank_zero_only, "rank", rank)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="radar_train"):
+            say_validation_data(meta, dm, "last.ckpt")
+        said[rank] = [r.getMessage() for r in caplog.records]
+    assert said == {0: [f"radar-train validate: shards 14 of {tiny_cache} are training shards of the checkpoint "
+                        f"last.ckpt: these metrics include pairs it was trained on (not held-out)"], 1: []}

@@ -237,6 +237,11 @@ def test_under_ddp_rank_0_saves_the_step_before_its_failed_step_without_the_othe
     proc = _ddp_run(tiny_cache, tmp_path / "ddp", {"step": 2, "where": "backward", "rank": 0})
     assert "radar-train: the run failed in the step after step 1, which is saved" in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.count("radar-train: the run failed") == 1  # rank 0's line only (rank 1 lost its peer)
+    # rank 1's end: one line, not a traceback of the collective it waited in (gloo's "Connection closed by peer")
+    assert proc.stderr.count("Traceback") == 1, proc.stderr[-3000:]  # (rank 0's injected failure's)
+    assert proc.stderr.count("error: radar-train fit: another process of the run ended (it failed, was killed or "
+                             "ran out of memory) and this one lost its connection to it (gloo: ") == 1, \
+        proc.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == ["last.ckpt", "step-000001.ckpt"]
     last = _last(tmp_path / "ddp")
     assert last["global_step"] == 1 and last["radar"]["training"]["trainer"]["world_size"] == 2
@@ -361,3 +366,50 @@ def test_other_failures_get_no_memory_advice_and_one_outside_the_steps_gets_both
     monkeypatch.setattr(run_checkpoint, "last_failure", {})  # (an error before the fit's first step, say)
     assert memory_note(torch.OutOfMemoryError("x")) == (f"radar-train: out of memory: {VALIDATION_ADVICE}; "
                                                         f"{STEP_ADVICE}")
+
+
+@pytest.mark.parametrize("error,said", [
+    (RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                  "[127.0.0.1]:36058. This is typically caused by a remote worker crashing. Check the logs of the "
+                  "remote worker before reporting an error. GLHF!"), "gloo: Connection closed by peer [127.0.0.1]:36058"),
+    ("DistBackendError", "NCCL: NCCL communicator was aborted on rank 1"),
+])
+def test_a_process_whose_collective_lost_its_peer_ends_in_one_line_with_status_1(error, said, capsys):
+    """The error gloo / NCCL raise in a rank whose other process failed, was killed or ran out of memory: a
+    traceback of the collective it waited in, printed after (or instead of) the failed rank's own line."""
+    import torch.distributed as dist
+
+    from radar_train.cli.common import run_main
+
+    if error == "DistBackendError":
+        error = dist.DistBackendError("NCCL communicator was aborted on rank 1. Original reason for failure was: ...")
+    error.add_note("radar-train: the run failed in the step after step 4, which is saved")
+
+    def body(_args):
+        raise error
+
+    with pytest.raises(SystemExit) as e:
+        run_main("radar-train fit", body, [], check_configs=False)
+    assert e.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: radar-train fit: another process of the run ended (it failed, was killed or ran out of memory) and "
+        f"this one lost its connection to it ({said}): that process's own error, where it had time to print one, "
+        f"says why", "radar-train: the run failed in the step after step 4, which is saved"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x8 and 16x8)"),
+                                   RuntimeError("Connection closed by peer"),  # (not a collective's)
+                                   "DistNetworkError"])
+def test_other_runtime_errors_keep_their_traceback(error):
+    import torch.distributed as dist
+
+    from radar_train.cli.common import run_main
+
+    if error == "DistNetworkError":  # (a rendezvous that failed: not a peer gone)
+        error = dist.DistNetworkError("The server socket has failed to listen on any local network address.")
+
+    def body(_args):
+        raise error
+
+    with pytest.raises(type(error)):
+        run_main("radar-train fit", body, [], check_configs=False)

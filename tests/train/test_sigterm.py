@@ -100,8 +100,16 @@ def test_sigterm_saves_the_step_it_stops_at_exits_143_and_the_run_resumes_exactl
     assert _last(stopped)["global_step"] == 3 and _last(stopped)["radar"]["metrics"] == last["radar"]["metrics"]
 
     # the last step (6, a validation due): the run finishes instead (checkpoint and final/), exit 0
-    r = _run(_command(tiny_cache, stopped, term_at=MAX_STEPS) + ["--ckpt_path", "last"])
+    # (beside it: SIGTERM in radar-train validate, which said the fit's "saved the step it stopped at (resume it")
+    cb[0]["init_args"]["signal"] = "SIGTERM"
+    validate[-1] = json.dumps(cb)  # (its --trainer.callbacks; on 4 batches: the signal, taken at a batch's end, is
+    # not the last one's, whose validation would end, exit 0)
+    r, r_validate_term = _both(_command(tiny_cache, stopped, term_at=MAX_STEPS) + ["--ckpt_path", "last"],
+                               _command(tiny_cache, full)[:3] + validate + ["--trainer.limit_val_batches", "4"])
     assert r.returncode == 0, r.stderr[-3000:]
+    assert r_validate_term.returncode == 143, r_validate_term.stderr[-3000:]
+    assert r_validate_term.stderr.strip().splitlines()[-1] == (
+        "radar-train validate: stopped by SIGTERM before the validation ended; it saves nothing (run it again)")
     a, b = (load_file(str(run / "final" / "adapter_model.safetensors")) for run in (full, stopped))
     assert a.keys() == b.keys() and a and all(torch.equal(a[k], b[k]) for k in a)
     assert _last(stopped)["global_step"] == MAX_STEPS
