@@ -371,7 +371,8 @@ def test_other_failures_get_no_memory_advice_and_one_outside_the_steps_gets_both
 @pytest.mark.parametrize("error,said", [
     (RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
                   "[127.0.0.1]:36058. This is typically caused by a remote worker crashing. Check the logs of the "
-                  "remote worker before reporting an error. GLHF!"), "gloo: Connection closed by peer [127.0.0.1]:36058"),
+                  "remote worker before reporting an error. GLHF!"),
+     "gloo: Connection closed by peer [127.0.0.1]:36058"),
     ("DistBackendError", "NCCL: NCCL communicator was aborted on rank 1"),
 ])
 def test_a_process_whose_collective_lost_its_peer_ends_in_one_line_with_status_1(error, said, capsys):
