@@ -33,9 +33,9 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 
-__all__ = ["OutputError", "Inputs", "given_output", "check_output_file", "check_output_dir", "check_replace_dir",
-           "check_resume_dir", "check_no_overlap", "atomic_file", "write_text_atomic", "staged_entries", "swap_entries",
-           "replace_dir", "check_none_appeared", "temp_name", "is_temp_of", "clear_stale_temps", "normal_file_mode",
+__all__ = ["OutputError", "Inputs", "given_output", "check_no_tilde", "check_output_file", "check_output_dir",
+           "check_replace_dir", "check_resume_dir", "check_no_overlap", "atomic_file", "write_text_atomic",
+           "staged_entries", "swap_entries", "replace_dir", "check_none_appeared", "temp_name", "is_temp_of", "clear_stale_temps", "normal_file_mode",
            "check_writable", "check_progress_folder", "check_not_link", "check_name_length", "read_progress_json",
            "other_progress_error", "fingerprint_differences", "fresh_progress_folder"]
 
@@ -114,10 +114,23 @@ def check_output_file(path: PathLike, option: str = "--output", inputs: Optional
 
 def given_output(path: PathLike, option: str) -> Path:
     """The output path given to `option`; OutputError for an empty one (an unset variable in a script, `--output
-    "$OUT"`), which Path reads as the current folder."""
+    "$OUT"`), which Path reads as the current folder, and for one that starts with `~` (check_no_tilde)."""
     if os.fspath(path) == "":
         raise OutputError(f"{option} is empty: name the output (. for the current folder)")
+    check_no_tilde(path, option)
     return Path(path)
+
+
+def check_no_tilde(path: PathLike, option: str) -> None:
+    """OutputError for an output path whose first part is `~` or `~user`: only a shell expands it, where it starts
+    a word, so in a config file, quoted, or after `=` (`--output=~/runs/a`) it stays literal and the command would
+    write into a folder named `~` in the current folder (one that a later `rm -r ~...` to clean up would miss)."""
+    first = os.fspath(path).split(os.sep)[0]  # (as given: Path drops the `./` of `./~`)
+    if first.startswith("~"):
+        expanded = os.path.expanduser(os.fspath(path))
+        hint = f"give {expanded}" if expanded != os.fspath(path) else "give the full path"
+        raise OutputError(f"{option} {os.fspath(path)}: '~' is not expanded here (only a shell expands it, at the "
+                          f"start of a word): {hint}, or ./{os.fspath(path)} for a folder named '{first}'")
 
 
 def _folder_or_nothing(p: Path, option: str) -> None:

@@ -300,6 +300,18 @@ CASES = [
     ("generate-into-an-empty-output", "generate",
      lambda w, t: ["--config", str(CONFIGS / "generate" / "tiny.yaml"), "--output", "", "--classes", "0", "--seeds",
                    "0", "--device", "cpu"], ["--output is empty: name the output (. for the current folder)"]),
+    # `~` that no shell expanded (a config file, quoted, `--output=~/x`): it made a folder named `~` here
+    ("cache-run-into-an-unexpanded-tilde", "cache",
+     lambda w, t: ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--output=~/caches/tiny"],
+     ["--output ~/caches/tiny: '~' is not expanded here (only a shell expands it, at the start of a word): give ",
+      "/caches/tiny, or ./~/caches/tiny for a folder named '~'"]),
+    ("fit-into-an-unexpanded-tilde", "train",
+     lambda w, t: fit_args(w["cache"], Path("~/runs/a"), 2),
+     ["--trainer.default_root_dir ~/runs/a: '~' is not expanded here"]),
+    ("generate-into-an-unexpanded-tilde-user", "generate",
+     lambda w, t: ["--config", str(CONFIGS / "generate" / "tiny.yaml"), "--output", "~nobody_here/gen", "--classes",
+                   "0", "--seeds", "0", "--device", "cpu"],
+     ["--output ~nobody_here/gen: '~' is not expanded here", "give the full path, or ./~nobody_here/gen"]),
     ("cache-run-with-more-shards-than-a-cache-holds", "cache",  # (a MemoryError traceback after the manifest)
      lambda w, t: ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--output", "c",
                    "--plan.images_per_class", str(10 ** 14)],

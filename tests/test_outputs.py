@@ -51,9 +51,10 @@ def test_file_output_rules(tree):
     assert str(e.value) == f"--output {tree / 'file.json' / 'x.json'}: {tree / 'file.json'} is a file, not a folder"
 
 
-def test_a_link_to_nothing_is_an_existing_output_and_a_tilde_is_a_name(tmp_path, monkeypatch):
+def test_a_link_to_nothing_is_an_existing_output_and_a_tilde_is_a_name_only_written_as_one(tmp_path, monkeypatch):
     """A dangling (or looping) link at the output is the user's: replaced only with --overwrite. A `~` that
-    reaches a command is a folder's name (the shell expands it before), in the checks as in the writes."""
+    reaches a command (a config file's, a quoted one, `--output=~/x`: no shell expanded it) is refused, naming the
+    expanded path: it made a folder named `~` here; `./~` names such a folder, in the checks as in the writes."""
     (tmp_path / "dangling.pth").symlink_to("nowhere/missing.pth")
     (tmp_path / "loop.pth").symlink_to("loop.pth")
     for name in ("dangling.pth", "loop.pth"):
@@ -64,7 +65,15 @@ def test_a_link_to_nothing_is_an_existing_output_and_a_tilde_is_a_name(tmp_path,
     (tmp_path / "~").mkdir()
     (tmp_path / "~" / "base.pth").write_bytes(b"mine")
     with pytest.raises(OutputError, match="is the input --vae_checkpoint"):
-        check_output_file("~/base.pth", inputs={"--vae_checkpoint": "./~/base.pth"}, overwrite=True)
+        check_output_file("./~/base.pth", inputs={"--vae_checkpoint": "~/base.pth"}, overwrite=True)
+    monkeypatch.setenv("HOME", "/home/someone")
+    for check in (lambda p: check_output_file(p, overwrite=True), lambda p: check_output_dir(p, ["eval.json"]),
+                  lambda p: check_resume_dir(p, "m.json", "a cache"),
+                  lambda p: check_replace_dir(p, lambda q: False, "an adapter folder")):
+        with pytest.raises(OutputError) as e:
+            check("~/base.pth")
+        assert str(e.value) == ("--output ~/base.pth: '~' is not expanded here (only a shell expands it, at the start "
+                                "of a word): give /home/someone/base.pth, or ./~/base.pth for a folder named '~'")
 
 
 def test_a_name_too_long_for_the_file_system_or_for_a_temporary_is_refused_before_anything_is_written(tmp_path):

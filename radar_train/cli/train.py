@@ -277,8 +277,9 @@ def check_run_folder(root: str | os.PathLike, ckpt_path: Optional[str], subcomma
     """OutputError unless the run folder may be written: not a file, not inside (or holding) a cache, and
     for a new fit (no --ckpt_path, a checkpoint of another folder, or `last` / `hpc` with nothing there to
     resume) absent, empty or an early leftover, and not holding a --config file (`configs`) as config.yaml."""
-    from radar_train.outputs import OutputError, check_no_overlap, check_writable
+    from radar_train.outputs import OutputError, check_no_overlap, check_no_tilde, check_writable
 
+    check_no_tilde(root, RUN_OPTION)
     p = Path(root)
     if p.exists() and not p.is_dir():
         raise OutputError(f"{RUN_OPTION} {p} is an existing file: give a folder")
