@@ -35,9 +35,10 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 
 __all__ = ["OutputError", "Inputs", "given_output", "check_no_tilde", "check_output_file", "check_output_dir",
            "check_replace_dir", "check_resume_dir", "check_no_overlap", "atomic_file", "write_text_atomic",
-           "staged_entries", "swap_entries", "replace_dir", "check_none_appeared", "temp_name", "is_temp_of", "clear_stale_temps", "normal_file_mode",
-           "check_writable", "check_progress_folder", "check_not_link", "check_name_length", "read_progress_json",
-           "other_progress_error", "fingerprint_differences", "fresh_progress_folder"]
+           "staged_entries", "swap_entries", "replace_dir", "check_none_appeared", "temp_name", "is_temp_of",
+           "clear_stale_temps", "normal_file_mode", "check_writable", "check_progress_folder", "check_not_link",
+           "check_name_length", "read_progress_json", "other_progress_error", "fingerprint_differences",
+           "fresh_progress_folder"]
 
 log = logging.getLogger(__name__)
 
