@@ -81,11 +81,19 @@ def reading(path: str | os.PathLike, what: str = "file") -> Iterator[Path]:
         raise InputError(f"{p}: {what} {failure_reason(e)}") from None
 
 
+def _not_found(p: Path, what: str) -> InputError:
+    """`<path>: <what> not found`, with the expanded path where it starts with a `~` no shell expanded (a config
+    file's, a quoted one)."""
+    expanded = os.path.expanduser(str(p))
+    hint = f" ('~' is not expanded here: give {expanded})" if str(p).startswith("~") and expanded != str(p) else ""
+    return InputError(f"{p}: {what} not found{hint}")
+
+
 def check_file(path: str | os.PathLike, what: str = "file") -> Path:
     """`path` as a Path if it is a readable regular file; InputError otherwise."""
     p = Path(path)
     if not p.exists():
-        raise InputError(f"{p}: {what} not found")
+        raise _not_found(p, what)
     if p.is_dir():
         raise InputError(f"{p}: {what} is a folder, expected a file")
     if p.is_char_device() or p.is_block_device():  # (/dev/zero reads for ever)
@@ -99,7 +107,7 @@ def check_dir(path: str | os.PathLike, what: str = "folder") -> Path:
     """`path` as a Path if it is a readable folder; InputError otherwise."""
     p = Path(path)
     if not p.exists():
-        raise InputError(f"{p}: {what} not found")
+        raise _not_found(p, what)
     if not p.is_dir():
         raise InputError(f"{p}: {what} is a file, expected a folder")
     if not os.access(p, os.R_OK | os.X_OK):

@@ -90,3 +90,18 @@ def test_a_device_is_not_read_as_a_file():
 
     with pytest.raises(InputError, match=r"^/dev/zero: adapter file is a device, expected a file$"):
         check_file("/dev/zero", "adapter file")
+
+
+def test_a_missing_input_starting_with_a_tilde_no_shell_expanded_names_the_expanded_path(monkeypatch):
+    from radar_train.inputs import check_dir, check_file
+
+    monkeypatch.setenv("HOME", "/home/someone")
+    with pytest.raises(InputError) as e:
+        check_dir("~/caches/x", "cache folder")
+    assert str(e.value) == "~/caches/x: cache folder not found ('~' is not expanded here: give /home/someone/caches/x)"
+    with pytest.raises(InputError) as e:
+        load_torch("~/w/var_d16.pth")
+    assert str(e.value).endswith("not found ('~' is not expanded here: give /home/someone/w/var_d16.pth)")
+    with pytest.raises(InputError) as e:
+        check_file("w/~x.pth")  # (a `~` inside a name is a name)
+    assert str(e.value) == "w/~x.pth: file not found"
