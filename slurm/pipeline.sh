@@ -39,7 +39,8 @@
 #                   (the config with CACHE_ARGS, the workers, --output; no model is loaded, nothing is written)
 #                   and the training config with TRAIN_ARGS parsed (`radar-train fit --print_config`: unknown
 #                   options, wrong types), so that a mistake is refused now, not after a wait in the queue;
-#                   0: skip it (when this machine cannot run radar-cache / radar-train)                    [1]
+#                   0: skip it (when this machine cannot run radar-cache / radar-train; set CACHE_DIR and
+#                   RUN_DIR then: without them the folders are read from the configs with those commands)   [1]
 #   RADAR_SETUP, RADAR_BIN: how the jobs find the executables, see slurm/env.sh (RADAR_DIR is set here).
 # Relative paths are relative to the project folder.
 set -euo pipefail   # arrays expand as ${a[@]+"${a[@]}"}: under set -u, bash < 4.4 calls an empty one unbound
@@ -69,7 +70,7 @@ TRAIN_CONFIG=${TRAIN_CONFIG:-configs/train/tiny.yaml}
 RUN_DIR=${RUN_DIR:-}
 NODES=${NODES:-1}
 GPUS_PER_NODE=${GPUS_PER_NODE:-1}
-RANKS_PER_NODE=${RANKS_PER_NODE:-$(( GPUS_PER_NODE > 0 ? GPUS_PER_NODE : 1 ))}
+RANKS_PER_NODE=${RANKS_PER_NODE:-}   # (default below, once GPUS_PER_NODE is known to be a number)
 TRAIN_CPUS=${TRAIN_CPUS:-8}
 TRAIN_TIME=${TRAIN_TIME:-24:00:00}
 TRAIN_ARGS=${TRAIN_ARGS:-}
@@ -80,11 +81,18 @@ LOG_DIR=$(abs "$LOG_DIR")   # the sbatch commands name absolute paths: they work
 
 problems=()
 for f in "$CACHE_CONFIG" "$TRAIN_CONFIG"; do [ -f "$f" ] || problems+=("config $f not found"); done
-for v in NUM_WORKERS GPUS_PER_TASK CACHE_CPUS NODES GPUS_PER_NODE RANKS_PER_NODE TRAIN_CPUS; do
-  [[ ${!v} =~ ^[0-9]+$ ]] || problems+=("$v=${!v} is not a whole number")
+# whole numbers as bash arithmetic reads them: digits without a leading zero (08 is octal there, an error or,
+# in a test, a GPU count of none); the counts of workers, nodes, ranks and CPUs at least 1, of GPUs 0 for none
+if [[ -z $RANKS_PER_NODE ]]; then
+  if [[ $GPUS_PER_NODE =~ ^[1-9][0-9]*$ ]]; then RANKS_PER_NODE=$GPUS_PER_NODE; else RANKS_PER_NODE=1; fi
+fi
+for v in NUM_WORKERS CACHE_CPUS NODES RANKS_PER_NODE TRAIN_CPUS GPUS_PER_TASK GPUS_PER_NODE; do
+  if ! [[ ${!v} =~ ^(0|[1-9][0-9]*)$ ]]; then
+    problems+=("$v=${!v} is not a whole number (digits, without a leading zero)")
+  elif [[ ${!v} == 0 && $v != GPUS_* ]]; then
+    problems+=("$v=0: it must be at least 1")
+  fi
 done
-[[ $NUM_WORKERS =~ ^[1-9][0-9]*$ ]] || problems+=("NUM_WORKERS must be at least 1")
-[[ $RANKS_PER_NODE =~ ^[1-9][0-9]*$ ]] || problems+=("RANKS_PER_NODE must be at least 1")
 if [[ $GPUS_PER_NODE =~ ^[1-9][0-9]*$ && $RANKS_PER_NODE != "$GPUS_PER_NODE" ]]; then
   problems+=("RANKS_PER_NODE=$RANKS_PER_NODE but GPUS_PER_NODE=$GPUS_PER_NODE: Lightning runs one rank per GPU")
 fi
@@ -96,15 +104,19 @@ if (( ${#problems[@]} )); then printf 'error: %s\n' ${problems[@]+"${problems[@]
 read -r -a extra <<<"${SBATCH_ARGS:-}"
 read -r -a cache_args <<<"$CACHE_ARGS"
 read -r -a train_args <<<"$TRAIN_ARGS"
+unset_hint() {   # after radar_exe's error line: what spares the pipeline the commands on this machine
+  echo "  (the pipeline reads the unset CACHE_DIR / RUN_DIR from the configs with the commands: set both to submit" \
+       "from a machine without them, with CHECK=0)" >&2
+}
 if [ -z "$CACHE_DIR" ] || [ -z "$RUN_DIR" ]; then   # the configs' own folders (runs the CLIs' --print_config)
   # shellcheck source=slurm/env.sh
   source slurm/env.sh
   if [ -z "$CACHE_DIR" ]; then
-    cache_exe=$(radar_exe radar-cache) || exit 2   # (its own error line; not a command named "" after it)
+    cache_exe=$(radar_exe radar-cache) || { unset_hint; exit 2; }   # (its own error line; not a command named "")
     CACHE_DIR=$(config_value output "$cache_exe" run --config "$CACHE_CONFIG" ${cache_args[@]+"${cache_args[@]}"})
   fi
   if [ -z "$RUN_DIR" ]; then
-    train_exe=$(radar_exe radar-train) || exit 2
+    train_exe=$(radar_exe radar-train) || { unset_hint; exit 2; }
     RUN_DIR=$(config_value trainer.default_root_dir "$train_exe" fit --config "$TRAIN_CONFIG" ${train_args[@]+"${train_args[@]}"})
   fi
   [ -n "$CACHE_DIR" ] || problems+=("no cache folder: set CACHE_DIR or \`output:\` in $CACHE_CONFIG")

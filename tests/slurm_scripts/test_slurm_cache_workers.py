@@ -54,3 +54,12 @@ def test_num_workers_refuses_an_array_index_past_it(slurm):
     codes, splits = _run_array(slurm, [4], env, NUM_WORKERS="4")
     assert codes[0][0] == 2 and "NUM_WORKERS=4" in codes[0][1], codes
     assert not splits
+
+
+@pytest.mark.parametrize("num_workers", ["08", "abc"])
+def test_num_workers_that_is_not_a_count_is_named(slurm, num_workers):
+    codes, splits = _run_array(slurm, [0], dict(SLURM_ARRAY_TASK_MIN="0", SLURM_ARRAY_TASK_COUNT="1"),
+                               NUM_WORKERS=num_workers)
+    assert codes[0][0] == 2 and codes[0][1].strip().splitlines() == [
+        f"error: NUM_WORKERS={num_workers} is not a number of workers (a whole number >= 1, without a leading zero)"]
+    assert not splits

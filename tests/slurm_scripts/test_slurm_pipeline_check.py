@@ -79,4 +79,29 @@ def test_a_radar_bin_without_the_commands_is_one_error_line(slurm, tmp_path):
     proc = slurm.bash("pipeline.sh", "--dry-run", **settings)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: radar-cache not found"), proc.stderr
+    assert len(lines) == 2 and lines[0].startswith("error: radar-cache not found"), proc.stderr
+    # (CHECK=0 is documented for a login node that cannot run the commands: it needs both folders set)
+    assert lines[1] == ("  (the pipeline reads the unset CACHE_DIR / RUN_DIR from the configs with the commands: set "
+                        "both to submit from a machine without them, with CHECK=0)")
+    proc = slurm.bash("pipeline.sh", "--dry-run", **settings, CACHE_DIR="cache/tiny", CHECK="0")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_counts_that_bash_arithmetic_would_misread_are_refused_naming_the_setting(slurm):
+    """GPUS_PER_TASK=08 (octal to bash: an error inside a test, which read as false) submitted the cache array with
+    --gres=none; GPUS_PER_NODE=08 stopped on an unbound variable naming nothing; NODES=0 or TRAIN_CPUS=0 passed."""
+    slurm.config("cache.yaml", "output: cache/tiny\n")
+    for env, said in [
+            (dict(GPUS_PER_TASK="08"), "GPUS_PER_TASK=08 is not a whole number (digits, without a leading zero)"),
+            (dict(GPUS_PER_NODE="08"), "GPUS_PER_NODE=08 is not a whole number (digits, without a leading zero)"),
+            (dict(GPUS_PER_NODE="4x"), "GPUS_PER_NODE=4x is not a whole number (digits, without a leading zero)"),
+            (dict(NUM_WORKERS="08"), "NUM_WORKERS=08 is not a whole number (digits, without a leading zero)"),
+            (dict(NODES="0"), "NODES=0: it must be at least 1"),
+            (dict(TRAIN_CPUS="0"), "TRAIN_CPUS=0: it must be at least 1")]:
+        proc = slurm.bash("pipeline.sh", **_settings(slurm, CHECK="0", **env))
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"error: {said}"], (env, proc.stderr)
+    assert slurm.calls("sbatch") == []
+    proc = slurm.bash("pipeline.sh", **_settings(slurm, CHECK="0", GPUS_PER_TASK="0", GPUS_PER_NODE="2"))
+    assert proc.returncode == 0, proc.stderr
+    cache, _, train = (call["argv"] for call in slurm.calls("sbatch"))
+    assert "--gres=none" in cache and "--gres=gpu:2" in train and "--ntasks-per-node=2" in train
