@@ -393,8 +393,14 @@ def _check_contents(header: dict, tensors: dict[str, torch.Tensor]) -> None:
     model, pns, scales = header["model"], header["patch_nums"], header["scales"]
     if not isinstance(model, dict):
         raise ValueError(f"header model {model!r} is not an object")
+    var = model.get("var")
+    if not (isinstance(var, dict) and isinstance(var.get("value"), str)):  # (what model_problems compares)
+        raise ValueError(f"header model.var {var!r} is not an object with the value (sha256 or preset seed) of the "
+                         f"weights it was calibrated on")
     depth = _count(model.get("depth"), "header model.depth")
     heads = _count(header["num_heads"], "header num_heads")
+    if model.get("num_heads", heads) != heads:
+        raise ValueError(f"header num_heads {heads} is not its model.num_heads {model.get('num_heads')!r}")
     tile = _count(header["tile"], "header tile")
     if isinstance(header["tau"], bool) or not isinstance(header["tau"], (int, float)) \
             or not math.isfinite(header["tau"]):
@@ -630,7 +636,15 @@ class SCAMask(AccelMethod):
     def model_problems(self, var_identity) -> list[str]:
         if self.mask is None:
             return []
-        mine = self.mask.header["model"].get("var") or {}
+        h = self.mask.header
+        config = (var_identity.to_dict() if hasattr(var_identity, "to_dict") else dict(var_identity)).get("config")
+        if isinstance(config, dict) and config.get("num_heads") is not None and (
+                h["num_heads"] != config["num_heads"]
+                or h["model"].get("embed_dim", config.get("embed_dim")) != config.get("embed_dim")):
+            return [f"mask file {self.mask.path} was calibrated for another model ({h['num_heads']} heads, width "
+                    f"{h['model'].get('embed_dim')}); this VAR has {config['num_heads']} heads, width "
+                    f"{config.get('embed_dim')}: calibrate one for it"]
+        mine = h["model"]["var"]
         this = other_weights(mine, var_identity)
         if this is None:
             return []

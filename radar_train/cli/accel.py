@@ -40,6 +40,9 @@ def show(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs()) -> int:
     return 0
 
 
+_DEFAULT_OUTPUT = {"sca": "sca_mask.safetensors", "stagevar": "ranks.yaml"}  # (calibrate's --output)
+
+
 def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = SamplingConfig(),
               accel: AccelArgs = AccelArgs(method="stagevar"), scales: Optional[Union[str, list[int]]] = None,
               alpha: float = 0.96, num_samples: int = 1000, batch_size: int = 16, seed: int = 0,
@@ -78,6 +81,13 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
     if sampling.engine in ("graphs", "compiled"):
         problems.append(f"--sampling.engine {sampling.engine}: a calibration reads every attention call through "
                         f"hooks, which a captured run cannot; use engine eager or auto")
+    # (the file a method reads at use: a calibration reads none and writes --output; it was taken and ignored)
+    given = {"sca": ("--accel.sca.mask_file", accel.sca.mask_file),
+             "stagevar": ("--accel.stagevar.rank_ratios", accel.stagevar.rank_ratios)}.get(accel.method)
+    if given is not None and given[1] is not None:
+        problems.append(f"{given[0]} {given[1]}: a calibration reads no such file, it writes one to --output "
+                        f"({output if output is not None else _DEFAULT_OUTPUT[accel.method]}): drop it (or give "
+                        f"that file as --output)")
     if not 0 < alpha <= 1:
         problems.append(f"--alpha must be in (0, 1], got {alpha}")
     elif accel.method == "sca" and alpha != 0.96:  # (it was taken and ignored: the mask has no energy threshold)
@@ -87,8 +97,8 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
         raise ValueError("; ".join(problems))
     if accel.method == "sca":
         return _calibrate_sca(model, sampling, accel, scales, num_samples, batch_size, seed, device,
-                              "sca_mask.safetensors" if output is None else output, overwrite)
-    output = "ranks.yaml" if output is None else output  # ("" is refused by the output check, not defaulted)
+                              _DEFAULT_OUTPUT["sca"] if output is None else output, overwrite)
+    output = _DEFAULT_OUTPUT["stagevar"] if output is None else output  # ("" is refused by the output check)
     import torch
 
     from radar_train.accel import build_accel

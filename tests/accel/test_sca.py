@@ -529,9 +529,14 @@ def _each_score(fn):
     (lambda h: h.update(tile="8"), None, "header tile '8' is not an integer >= 1"),
     (lambda h: h.update(tile=8), None, r"\(depth 4, 4 heads, tile 8\)"),
     (lambda h: h["model"].update(depth=2), None, r"\(depth 2, 4 heads"),
-    (lambda h: h.update(num_heads=2), None, r"score_q_head\.\d+ is torch.float64 \(4, 4, \d+, \d+\), expected torch"
+    (lambda h: (h.update(num_heads=2), h["model"].update(num_heads=2)), None, r"score_q_head\.\d+ is torch.float64 \(4, 4, \d+, \d+\), expected torch"
                                             r".float64 \(4, 2, "),
     (lambda h: h.update(model=[1, 2]), None, r"header model \[1, 2\] is not an object"),
+    # (a string: a rank-ratio file's older form; every command that knew the weights raised an AttributeError)
+    (lambda h: h["model"].update(var="tiny:seed=0"), None, r"header model.var 'tiny:seed=0' is not an object with "
+                                                           r"the value \(sha256 or preset seed\) of the weights"),
+    (lambda h: h["model"].pop("var"), None, r"header model.var None is not an object"),
+    (lambda h: h["model"].update(num_heads=8), None, r"header num_heads 4 is not its model.num_heads 8"),
     (lambda h: h.update(patch_nums=None), None, "header patch_nums None is not an increasing list"),
     (lambda h: h.update(scales=[]), None, r"header scales \[\] are not distinct sides"),
     (lambda h: h.update(scales=["8"]), None, "header scales"),
@@ -552,7 +557,40 @@ def test_a_mask_file_edited_by_hand_is_refused_in_one_line(tiny_models, mask_fil
     _sca(tiny_models, mask_file=str(_edited_mask(mask_file, tmp_path / "same.safetensors")))  # (the copy itself reads)
 
 
+def test_a_mask_file_of_another_head_count_or_width_is_refused_against_the_model(tiny_models, mask_file, tmp_path):
+    """A file consistent in itself (2 heads: its per-head scores sliced to match) on the 4-head tiny VAR: accepted,
+    then per_head sampling failed inside attention with a traceback (radar-cache had written its manifest)."""
+    def two_heads(h):
+        h["num_heads"] = 2
+        h["model"]["num_heads"] = 2
+
+    heads = _edited_mask(mask_file, tmp_path / "heads2.safetensors", two_heads,
+                         lambda t: t.update({k: v[:, :2].contiguous() for k, v in t.items() if "_head." in k}))
+    wide = _edited_mask(mask_file, tmp_path / "wide.safetensors", lambda h: h["model"].update(embed_dim=999))
+    for bad, found in ((heads, "2 heads, width 64"), (wide, "4 heads, width 999")):
+        _sca(tiny_models, mask_file=str(bad), per_head=True)  # (the file alone reads: `radar-accel show`)
+        with pytest.raises(ConfigError) as e:
+            _sca(tiny_models, {**TINY_ID, "config": tiny_models[1].config.to_dict()}, mask_file=str(bad),
+                 per_head=True)
+        assert f"mask file {bad} was calibrated for another model ({found}); this VAR has 4 heads, width 64: " \
+               f"calibrate one for it" in str(e.value)
+    _sca(tiny_models, {**TINY_ID, "config": tiny_models[1].config.to_dict()}, mask_file=str(mask_file))
+
+
 # ---------------------------------------------------------------------------- CLI
+@pytest.mark.parametrize("method,option", [("sca", "--accel.sca.mask_file"),
+                                           ("stagevar", "--accel.stagevar.rank_ratios")])
+def test_calibrate_refuses_the_file_a_method_reads_at_use(tmp_path, method, option):
+    """It was taken and ignored: the calibration wrote sca_mask.safetensors (ranks.yaml), not the file named."""
+    from cli_checks import assert_refused
+
+    default = {"sca": "sca_mask.safetensors", "stagevar": "ranks.yaml"}[method]
+    assert_refused("accel", ["calibrate", "--accel.method", method, "--model.preset", "tiny", "--num_samples", "2",
+                             "--batch_size", "2", "--device", "cpu", option, "mine.file"], tmp_path, (tmp_path,),
+                   [f"{option} mine.file: a calibration reads no such file, it writes one to --output ({default}): "
+                    f"drop it (or give that file as --output)"])
+
+
 def test_calibrate_and_show_commands(tmp_path, capsys):
     from radar_train.cli.accel import main
 
