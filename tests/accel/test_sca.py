@@ -529,8 +529,8 @@ def _each_score(fn):
     (lambda h: h.update(tile="8"), None, "header tile '8' is not an integer >= 1"),
     (lambda h: h.update(tile=8), None, r"\(depth 4, 4 heads, tile 8\)"),
     (lambda h: h["model"].update(depth=2), None, r"\(depth 2, 4 heads"),
-    (lambda h: (h.update(num_heads=2), h["model"].update(num_heads=2)), None, r"score_q_head\.\d+ is torch.float64 \(4, 4, \d+, \d+\), expected torch"
-                                            r".float64 \(4, 2, "),
+    (lambda h: (h.update(num_heads=2), h["model"].update(num_heads=2)), None,
+     r"score_q_head\.\d+ is torch.float64 \(4, 4, \d+, \d+\), expected torch.float64 \(4, 2, "),
     (lambda h: h.update(model=[1, 2]), None, r"header model \[1, 2\] is not an object"),
     # (a string: a rank-ratio file's older form; every command that knew the weights raised an AttributeError)
     (lambda h: h["model"].update(var="tiny:seed=0"), None, r"header model.var 'tiny:seed=0' is not an object with "
