@@ -56,6 +56,25 @@ def _generate_opts() -> list[str]:
 
 # (id, cli, argv(world, cwd), needles that the error line must hold)
 CASES = [
+    # radar-train fit: Trainer settings radar-train's machinery cannot follow (an OverflowError after config.yaml and
+    # tb/; a traceback at the first step; a message blaming a callback the user never gave; LearningRateMonitor's
+    # refusal after config.yaml)
+    ("fit-without-any-length", "train",
+     lambda w, t: fit_args(w, t, "--trainer.max_steps", "-1", "--trainer.max_epochs", "-1", "--trainer.max_time",
+                           "00:00:01:00"),
+     ["--trainer.max_steps -1 with --trainer.max_epochs -1 gives the run no length", "--model.optim.schedule_steps"]),
+    ("fit-overfitting-batches", "train", lambda w, t: fit_args(w, t, "--trainer.overfit_batches", "2"),
+     ["--trainer.overfit_batches 2: not supported"]),
+    ("fit-fast-dev-run-resuming", "train",
+     lambda w, t: fit_args(w, t, "--trainer.fast_dev_run", "true", "--ckpt_path", "last"),
+     ["--trainer.fast_dev_run with --ckpt_path last: a smoke test of one batch resumes nothing"]),
+    ("fit-without-lightning-checkpointing", "train",
+     lambda w, t: fit_args(w, t, "--trainer.enable_checkpointing", "false"),
+     ["--trainer.enable_checkpointing false: the run's checkpoints are radar-train's own",
+      "give --model.output.checkpoints false to save none"]),
+    ("fit-lr-monitor-without-a-logger", "train",
+     lambda w, t: fit_args(w, t, "--trainer.logger", "false", "--trainer.callbacks+=LearningRateMonitor"),
+     ["--trainer.callbacks LearningRateMonitor needs a logger, and --trainer.logger is false"]),
     # radar-train fit: Trainer values
     ("fit-accumulating-zero-batches", "train", lambda w, t: fit_args(w, t, "--trainer.accumulate_grad_batches", "0"),
      ["--trainer.accumulate_grad_batches", ">= 1"]),

@@ -453,14 +453,17 @@ def check_resume_steps(resume: tuple[Path, dict], max_steps: int) -> None:
                          f"resumed run would train nothing; give --trainer.max_steps {step} or more")
 
 
-def trainer_problems(trainer, subcommand: str = "fit") -> list[str]:
+def trainer_problems(trainer, subcommand: str = "fit", model=None, ckpt_path: Optional[str] = None) -> list[str]:
     """What Lightning would refuse only once the run had started (writing config.yaml and tb/ first), or
     not at all: accumulate_grad_batches below 1, a val_check_interval of 0 (both a ZeroDivisionError inside
-    the fit), max_steps below -1, max_epochs 0 or (fit) max_steps 0 (a run that trains nothing and exits 0). A
-    `trainer` that is not a mapping is left to the parser."""
+    the fit), max_steps below -1, max_epochs 0 or (fit) max_steps 0 (a run that trains nothing and exits 0); and
+    (fit) settings radar-train's own machinery cannot follow (`_fit_problems`). A `trainer` that is not a mapping
+    is left to the parser."""
     p = []
     if not hasattr(trainer, "get"):
         return p
+    if subcommand == "fit":
+        p += _fit_problems(trainer, model if hasattr(model, "get") else {}, ckpt_path)
     accumulate, interval, max_steps = (trainer.get(k) for k in ("accumulate_grad_batches", "val_check_interval",
                                                                   "max_steps"))
     if isinstance(accumulate, int) and accumulate < 1:
@@ -481,6 +484,34 @@ def trainer_problems(trainer, subcommand: str = "fit") -> list[str]:
     if subcommand == "validate" and limit == 0 and not isinstance(limit, bool):  # (a fit may so turn validation off)
         p.append(f"--trainer.limit_val_batches {limit} validates nothing: give a batch count >= 1 or a fraction of "
                  f"the validation data in (0, 1]")
+    return p
+
+
+def _fit_problems(trainer, model, ckpt_path: Optional[str]) -> list[str]:
+    """Trainer settings of a fit that radar-train's run folder, loaders and schedule cannot follow, each refused
+    before anything is written, naming the option and what to give instead."""
+    p = []
+    optim, output = model.get("optim") or {}, model.get("output") or {}
+    if trainer.get("max_steps") == -1 and trainer.get("max_epochs") == -1 and not optim.get("schedule_steps"):
+        # (Lightning's estimated_stepping_batches is then inf: an OverflowError after config.yaml and tb/)
+        p.append("--trainer.max_steps -1 with --trainer.max_epochs -1 gives the run no length (a --trainer.max_time "
+                 "budget may end it), which the learning-rate schedule needs: give --model.optim.schedule_steps")
+    overfit = trainer.get("overfit_batches")
+    if overfit not in (None, 0, 0.0) and not isinstance(overfit, bool):
+        p.append(f"--trainer.overfit_batches {overfit}: not supported (Lightning swaps radar-train's resumable, "
+                 f"block-shuffled training sampler for its own); to fit a few pairs, train on one small shard "
+                 f"(--data.caches ... train_shards) with --trainer.limit_train_batches")
+    if trainer.get("fast_dev_run") not in (None, False, 0) and ckpt_path is not None:
+        p.append(f"--trainer.fast_dev_run with --ckpt_path {ckpt_path}: a smoke test of one batch resumes nothing "
+                 f"(and writes no checkpoint or adapter): drop --ckpt_path")
+    if trainer.get("enable_checkpointing") is False and output.get("checkpoints", True) is not False:
+        p.append("--trainer.enable_checkpointing false: the run's checkpoints are radar-train's own "
+                 "(model.output.checkpoints): give --model.output.checkpoints false to save none")
+    names = [str(c.get("class_path", "")) if hasattr(c, "get") else type(c).__name__
+             for c in (trainer.get("callbacks") or [])]
+    if trainer.get("logger") is False and any(n.split(".")[-1] == "LearningRateMonitor" for n in names):
+        p.append("--trainer.callbacks LearningRateMonitor needs a logger, and --trainer.logger is false (the run "
+                 "logs its learning rate to TensorBoard itself, as train/lr)")
     return p
 
 
@@ -589,7 +620,7 @@ def _make_cli_class(subcommand: str):
             model = cfg.get("model")
             decoder = model.get("decoder") if hasattr(model, "get") else None
             seed = decoder.get("init_seed") if hasattr(decoder, "get") else None
-            problems = trainer_problems(cfg.get("trainer"), self.subcommand) + \
+            problems = trainer_problems(cfg.get("trainer"), self.subcommand, model, cfg.get("ckpt_path")) + \
                 init_seed_problems("--model.decoder.init_seed", seed)
             if problems:
                 raise ValueError("; ".join(problems))

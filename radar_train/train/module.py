@@ -415,9 +415,18 @@ class RadarLoraModule(pl.LightningModule):
         es = self.trainer.early_stopping_callback
         return es is not None and es.stopping_reason is not EarlyStoppingReason.NOT_STOPPED
 
+    def _time_limit_reached(self) -> bool:
+        """Lightning's Timer (--trainer.max_time) has spent its time: the run's end, as max_steps is (its
+        elapsed time is in the checkpoint, so a resume would stop at once again and never write final/)."""
+        from lightning.pytorch.callbacks import Timer
+
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        remaining = None if timer is None else timer.time_remaining()
+        return remaining is not None and remaining <= 0
+
     def _training_finished(self) -> bool:
         t = self.trainer
-        if self._early_stopped():
+        if self._early_stopped() or self._time_limit_reached():
             return True
         steps_done = t.max_steps is not None and t.max_steps > 0 and self.global_step >= t.max_steps
         epochs_done = t.max_epochs is not None and t.max_epochs > 0 and t.current_epoch >= t.max_epochs
@@ -639,8 +648,8 @@ class RadarLoraModule(pl.LightningModule):
     def export(self, out_dir: Path, meta: Optional[dict] = None) -> Optional[Path]:
         """Write the adapter folder (peft format + radar_config.yaml, + label_conditioning.safetensors when
         conditioned) with `meta` (default: radar_meta()); rank zero only."""
-        if self._trainer is not None and not self.trainer.is_global_zero:
-            return None
+        if self._trainer is not None and (not self.trainer.is_global_zero or self.trainer.fast_dev_run):
+            return None  # (--trainer.fast_dev_run: a smoke test writes nothing, as Lightning's checkpoints then)
         from radar_train.export.adapter import save_adapter
 
         if self._trainer is not None:  # (a fit's: a run that diverged, said as such; save_adapter refuses too)
@@ -659,6 +668,8 @@ class RadarLoraModule(pl.LightningModule):
                                      "early_stopping": es.enabled, "stopped_early": self._early_stopped()}
         if stop is not None and self._early_stopped():
             selection["stopping_reason"] = stop.stopping_reason_message
+        elif self._time_limit_reached():
+            selection["stopping_reason"] = f"trainer.max_time reached at step {self.global_step}"
         best_cb = next((c for c in self.trainer.callbacks if isinstance(c, BestCheckpoint)), None)
         best = best_cb.best() if best_cb is not None else None
         if es.keeps_best and best is None:

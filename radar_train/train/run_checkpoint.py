@@ -341,7 +341,8 @@ class RunCheckpoint(ModelCheckpoint):
             finally:
                 self._rewinding = False
         self._after_validation = False
-        super().on_train_end(trainer, pl_module)
+        if not trainer.fast_dev_run:  # (Lightning's own end-of-training save does not look at it)
+            super().on_train_end(trainer, pl_module)
 
     def _best_saved_now(self, trainer) -> bool:
         """Whether another ModelCheckpoint (the best step's: selection.BestCheckpoint) saved this very step, after
