@@ -26,14 +26,18 @@ _TEMP = re.compile(r"^shard-(\d{5,})\.zarr\.tmp-[0-9a-f]+$")
 class CacheScan:
     complete: dict[int, Path] = field(default_factory=dict)
     temporary: dict[int, list[Path]] = field(default_factory=dict)
-    unexpected: list[Path] = field(default_factory=list)  # shard-like names outside the plan
+    unexpected: list[Path] = field(default_factory=list)  # shard-like names outside the plan, or not a shard's own
 
     def pending(self, shards: Iterable[int]) -> list[int]:
         return [s for s in shards if s not in self.complete]
 
 
 def scan_cache(cache_dir: str | os.PathLike, num_shards: int | None = None) -> CacheScan:
-    """Classify the shard folders of a cache (shard ids >= num_shards are `unexpected`)."""
+    """Classify the shard folders of a cache (shard ids >= num_shards are `unexpected`, and so is a name of a shard
+    number that is not its own spelling, `shard-000003.zarr` beside `shard-00003.zarr`: a copy made by hand,
+    which otherwise took the shard's place or hid behind it)."""
+    from radar_train.cache.schema import shard_name
+
     scan = CacheScan()
     for entry in sorted(Path(cache_dir).iterdir()):
         m = _FINAL.match(entry.name)
@@ -41,13 +45,25 @@ def scan_cache(cache_dir: str | os.PathLike, num_shards: int | None = None) -> C
         if not (m or t):
             continue
         shard = int((m or t).group(1))
-        if num_shards is not None and shard >= num_shards:
+        own = entry.name == shard_name(shard) if m else entry.name.startswith(shard_name(shard) + ".tmp-")
+        if not own or num_shards is not None and shard >= num_shards:
             scan.unexpected.append(entry)
         elif m:
             scan.complete[shard] = entry
         else:
             scan.temporary.setdefault(shard, []).append(entry)
     return scan
+
+
+def why_unexpected(path: str | os.PathLike, num_shards: int) -> str:
+    """Why scan_cache counted the shard-like `path` as unexpected, in a few words."""
+    from radar_train.cache.schema import shard_name
+
+    name = Path(path).name
+    shard = int(re.match(r"^shard-(\d+)", name).group(1))
+    if shard < num_shards:
+        return f"not shard {shard}'s own name, {shard_name(shard)} (a copy made by hand?)"
+    return f"not in the plan ({num_shards} shards)"
 
 
 # A writer marks its temporary shard as in use by touching the group's zarr.json at least this often while it

@@ -254,9 +254,11 @@ def create_or_check_manifest(cache_dir: str | os.PathLike, wanted: Manifest) -> 
         tmp = temp_name(path)  # outputs.check_resume_dir lets a folder holding only this one be resumed
         try:
             tmp.write_text(json.dumps(wanted.to_dict(), indent=2) + "\n", encoding="utf-8")
-        except OSError:  # a full disk or a quota: nothing of this call stays behind (the folders it made are
+        except OSError as e:  # a full disk or a quota: nothing of this call stays behind (the folders it made are
             tmp.unlink(missing_ok=True)  # removed while empty: another worker may have begun writing there)
             remove_made_folders(made)
+            if e.filename is None:  # (a failed write names no file: the error line would say nothing of where)
+                raise OSError(e.errno, f"{e.strerror} while writing the cache manifest", str(path)) from e
             raise
         try:
             os.link(tmp, path)

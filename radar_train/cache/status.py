@@ -10,7 +10,7 @@ import numpy as np
 import zarr
 
 from radar_train.cache import schema
-from radar_train.cache.layout import dir_bytes, live_writer, scan_cache
+from radar_train.cache.layout import dir_bytes, live_writer, scan_cache, why_unexpected
 from radar_train.cache.plan import Plan
 from radar_train.cache.schema import Manifest, read_manifest
 from radar_train.cache.writer import array_checksum, expected_shapes
@@ -92,7 +92,8 @@ def cache_status(cache_dir: str, stat_shards: int = 8) -> dict:
     return {
         "cache": str(cache_dir), "manifest": manifest, "shards_total": manifest.num_shards, "shards_done": len(done),
         "shards_pending": manifest.num_shards - len(done), "shards_temporary": sum(map(len, scan.temporary.values())),
-        "temporary": sorted(scan.temporary), "unexpected": [str(p) for p in scan.unexpected],
+        "temporary": sorted(scan.temporary),
+        "unexpected": [f"{p} ({why_unexpected(p, manifest.num_shards)})" for p in scan.unexpected],
         "samples_done": samples, "samples_total": manifest.num_samples, "bytes": dir_bytes(cache_dir),
         "bytes_per_pair": shard_bytes / samples if samples else None, "stat_shards": len(chosen),
         "stats": latent_statistics(manifest, {s: scan.complete[s] for s in chosen}),
@@ -115,7 +116,7 @@ def format_status(st: dict) -> str:
         + (f" ({_fmt_bytes(st['bytes_per_pair'])} per pair)" if st["bytes_per_pair"] else ""),
     ]
     if st["unexpected"]:
-        lines.append(f"unexpected: {', '.join(st['unexpected'])} (not in the plan)")
+        lines.append(f"unexpected: {', '.join(st['unexpected'])}")
     s = st["stats"]
     for shard, why in (s.get("left_out") or {}).items():
         lines.append(f"left out of the latent statistics: shard {shard}: {why}")
@@ -153,6 +154,9 @@ def read_checked_shard(path: Path, manifest: Manifest, shard: int) -> dict[str, 
     another record count than the manifest plans, a shape or dtype the manifest does not give, data that differs
     from what was written, e.g. a chunk file gone: Zarr reads it as zeros, or another shard's records: a shard
     folder copied to the wrong name)."""
+    if path.is_dir() and not (path / "zarr.json").is_file():  # (Zarr's "not found" for a folder that is there)
+        raise InputError(f"{path}: cache shard is not a Zarr group (its zarr.json is missing; run `radar-cache "
+                         f"verify`)")
     with reading(path, "cache shard"):
         g = zarr.open_group(str(path), mode="r")
         attrs = dict(g.attrs)
@@ -259,7 +263,7 @@ def verify_cache(cache_dir: str, progress: bool = False) -> tuple[list[str], dic
     manifest = read_manifest(cache_dir)
     plan = Plan.from_dict(manifest.plan)
     scan = scan_cache(cache_dir, manifest.num_shards)
-    problems = [f"{p}: not in the plan ({manifest.num_shards} shards)" for p in scan.unexpected]
+    problems = [f"{p}: {why_unexpected(p, manifest.num_shards)}" for p in scan.unexpected]
     ok = 0
     for s in Progress(manifest.num_shards, "radar-cache verify", "shards", rate_unit="shard",
                       enabled=progress).iterate(range(manifest.num_shards)):

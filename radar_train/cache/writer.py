@@ -135,7 +135,11 @@ def _write_shard(tmp: Path, shard: int, first_index: int, arrays: dict[str, np.n
 
 def _die_with_parent(parent: int) -> None:
     """Writer-process initializer: be killed when the generating process dies (even by SIGKILL), so that
-    nothing writes into the cache after its owner is gone."""
+    nothing writes into the cache after its owner is gone; ignore Ctrl-C and SIGTERM, which a terminal and
+    scancel send to the whole process group: the generating process takes them, waits for the shard handed over
+    to be written, and ends (a writer they killed lost that whole shard, with a traceback of its own)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         import ctypes
 

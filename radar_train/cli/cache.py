@@ -93,7 +93,14 @@ def _run(cfg) -> int:
     if cfg.run.check:
         return _check(args)
     check_run_output(args)
-    run_cache(args)
+    from radar_train.cli.common import Stopped, end_stopped_run, sigterm_stops
+
+    try:
+        with sigterm_stops():  # (a SLURM time limit, preemption, scancel: the shard handed to the writer is kept)
+            run_cache(args)
+    except (Stopped, KeyboardInterrupt) as e:
+        return end_stopped_run("radar-cache", e, f"the complete shards are kept in {args.output}: run the same "
+                                                 f"command to go on from there")
     return 0
 
 

@@ -53,6 +53,24 @@ def test_a_manifest_write_that_fails_leaves_no_temporary_and_no_folder_it_made(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"] and not any((tmp_path / "mine").iterdir())
 
 
+def test_a_manifest_write_failing_without_a_file_name_names_the_manifest(tmp_path, monkeypatch):
+    """A failed write names no file (ENOSPC from the write, not the open): the command's line said only `No space
+    left on device (errno 28)`."""
+    import errno
+    from pathlib import Path
+
+    from radar_train.cli.common import describe_os_error
+
+    def full_disk(self, *a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError) as e:
+        create_or_check_manifest(tmp_path / "c", synthetic_manifest(10, 5))
+    assert describe_os_error(e.value) == (f"{tmp_path / 'c' / 'manifest.json'}: No space left on device while writing "
+                                          f"the cache manifest (errno 28)")
+
+
 def test_a_different_config_is_refused_and_the_manifest_kept(tmp_path):
     m = synthetic_manifest(10, 5)
     create_or_check_manifest(tmp_path / "c", m)

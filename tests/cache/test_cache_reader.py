@@ -77,6 +77,16 @@ def test_requesting_a_missing_shard_is_a_clear_error(make_synthetic):
         PairDataset(cache, shards=[0, 2])
 
 
+def test_a_shard_folder_without_its_group_file_is_named_as_such(make_synthetic):
+    """It was `cache shard not found`, of a folder that is there."""
+    cache = make_synthetic(num_samples=16, shard_size=8)
+    (cache / "shard-00001.zarr" / "zarr.json").unlink()
+    with pytest.raises(ValueError) as e:
+        PairDataset(cache)
+    assert str(e.value).endswith(f"{cache / 'shard-00001.zarr'}: cache shard is not a Zarr group (its zarr.json is "
+                                 f"missing; run `radar-cache verify`)")
+
+
 @pytest.mark.parametrize("n, world, drop_last", [(30, 3, False), (29, 3, False), (29, 3, True), (30, 1, False)])
 def test_sampler_visits_every_index_once_per_epoch_across_ranks(make_synthetic, n, world, drop_last):
     ds = PairDataset(make_synthetic(num_samples=n, shard_size=8, chunk_size=4))

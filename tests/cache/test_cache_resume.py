@@ -29,7 +29,8 @@ SMALL = ["--plan.images_per_class", "4", "--plan.shard_size", "4", "--batch-size
 
 # A `radar-cache` entry whose writer can be made to hang (so that it is killed at a known point):
 # RADAR_TEST_STALL=write:S  hangs after writing half of fhat_hq of shard S into its temporary group;
-# RADAR_TEST_STALL=commit:S hangs after writing every array of shard S, before the rename.
+# RADAR_TEST_STALL=commit:S hangs after writing every array of shard S, before the rename;
+# RADAR_TEST_STALL=slow:S waits 2 s (the marker written) before writing shard S, then writes it.
 # The writer process (spawn) imports this file as __mp_main__, so the patches apply there too.
 ENTRY = r'''
 import os, sys, time
@@ -50,6 +51,9 @@ if stall:
         time.sleep(600)
 
     def write_arrays(path, s, first, arrays, manifest):
+        if where == "slow" and s == shard:
+            marker.write_text(str(os.getpid()))
+            time.sleep(2)
         if where == "write" and s == shard:
             g = zarr.open_group(str(path), mode="r+")
             g.create_array("fhat_hq", data=arrays["fhat_hq"][: len(arrays["fhat_hq"]) // 2])
@@ -81,10 +85,12 @@ def _env(**extra) -> dict:
     return env
 
 
-def _start(entry, output, *args, **env) -> subprocess.Popen:
+def _start(entry, output, *args, group: bool = False, **env) -> subprocess.Popen:
+    """radar-cache run in a subprocess (with `group`, in a session of its own: a signal to its process group
+    reaches its writer process too, as a terminal's Ctrl-C and scancel do)."""
     cmd = [sys.executable, str(entry), "run", "--config", str(TINY_CONFIG), "--output", str(output), *SMALL, *args]
     return subprocess.Popen(cmd, cwd=REPO, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, start_new_session=group)
 
 
 def _finish(proc) -> str:
@@ -180,3 +186,28 @@ def test_two_concurrent_workers_give_the_same_cache_as_one(entry, reference, tmp
     _assert_same_cache(out, reference)
     m, r = read_manifest(out).to_dict(), read_manifest(reference).to_dict()
     assert {k: v for k, v in m.items() if k != "created"} == {k: v for k, v in r.items() if k != "created"}
+
+
+@pytest.mark.slow
+def test_ctrl_c_or_scancel_to_the_process_group_keeps_the_shard_handed_to_the_writer(entry, reference, tmp_path):
+    """Ctrl-C in a terminal and scancel signal every process of the group, the shard writer's too: it died with a
+    traceback of its own, losing the shard handed to it; radar-cache had no SIGTERM handler at all (exit 143, no
+    line, that shard lost). The writer now ignores both and finishes; the run says what it kept; the rerun gives
+    the uninterrupted cache."""
+    out, marker = tmp_path / "cache", tmp_path / "writing"
+    for shard, signum, status, said in ((2, signal.SIGINT, 130, "radar-cache: interrupted; "),
+                                        (5, signal.SIGTERM, 143, "radar-cache: stopped by SIGTERM; ")):
+        marker.unlink(missing_ok=True)
+        p = _start(entry, out, group=True, RADAR_TEST_STALL=f"slow:{shard}", RADAR_TEST_MARKER=str(marker))
+        t = time.monotonic()
+        while not marker.exists():
+            assert p.poll() is None and time.monotonic() - t < 180, p.communicate()[0]
+            time.sleep(0.005)
+        os.killpg(p.pid, signum)  # (while the writer waits before writing the shard handed to it)
+        log, _ = p.communicate(timeout=300)
+        assert p.returncode == status, log
+        assert "Traceback" not in log and log.strip().splitlines()[-1] == (
+            f"{said}the complete shards are kept in {out}: run the same command to go on from there"), log
+        assert shard in scan_cache(out).complete, log
+    _finish(_start(entry, out))
+    _assert_same_cache(out, reference)

@@ -265,7 +265,8 @@ def _mask_of_the_shapes(preset, path: Path) -> Path:
         for name in scores:
             heads = (var.num_heads,) if name.endswith("_head") else ()
             scores[name][pn] = torch.ones(var.depth, *heads, g.nq, g.nk, dtype=torch.float64)
-    model = {"preset": preset.name, "depth": var.depth, "num_heads": var.num_heads, "embed_dim": var.embed_dim}
+    model = {"preset": preset.name, "depth": var.depth, "num_heads": var.num_heads, "embed_dim": var.embed_dim,
+             "var": {"kind": "file", "value": "0" * 64}}  # (calibrate records the weights' sha256)
     write_sca_mask(path, SCAArgs(), pns, scores, tile=tile, tau=1.0, rows=1, num_samples=1, seed=0, batch_size=1,
                    model=model, sampling={})
     return path

@@ -300,6 +300,24 @@ def test_verify_flags_a_shard_outside_the_plan(make_synthetic):
     assert len(problems) == 1 and "shard-00007.zarr: not in the plan" in problems[0]
 
 
+def test_a_shard_under_another_spelling_of_its_number_is_unexpected(make_synthetic):
+    """`shard-000001.zarr` beside `shard-00001.zarr` read as shard 1 too: the one sorted last took its place in the
+    scan, and verify said "all shards ok" without a word of the other."""
+    from radar_train.cache.layout import scan_cache
+    from radar_train.cache.status import cache_status, format_status
+
+    cache = make_synthetic(num_samples=16, shard_size=8)
+    shutil.copytree(cache / "shard-00001.zarr", cache / "shard-000001.zarr")
+    scan = scan_cache(cache, 2)
+    assert scan.complete == {0: cache / "shard-00000.zarr", 1: cache / "shard-00001.zarr"}
+    assert scan.unexpected == [cache / "shard-000001.zarr"]
+    problems, _ = verify_cache(str(cache))
+    assert problems == [f"{cache / 'shard-000001.zarr'}: not shard 1's own name, shard-00001.zarr (a copy made by "
+                        f"hand?)"]
+    assert "unexpected: " + f"{cache / 'shard-000001.zarr'} (not shard 1's own name" in format_status(
+        cache_status(str(cache), stat_shards=0))
+
+
 def test_status_counts_done_pending_and_temporary_shards(make_synthetic):
     cache = make_synthetic(num_samples=30, shard_size=8, shards=[0, 3])
     begin_shard(cache, 1, writer_info(0, 1, "cpu"))
