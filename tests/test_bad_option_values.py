@@ -75,6 +75,10 @@ CASES = [
     ("fit-lr-monitor-without-a-logger", "train",
      lambda w, t: fit_args(w, t, "--trainer.logger", "false", "--trainer.callbacks+=LearningRateMonitor"),
      ["--trainer.callbacks LearningRateMonitor needs a logger, and --trainer.logger is false"]),
+    ("fit-one-lr-monitor-without-a-logger", "train",  # (one callback, not a list)
+     lambda w, t: fit_args(w, t, "--trainer.logger", "false", "--trainer.callbacks", json.dumps(
+         {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"})),
+     ["--trainer.callbacks LearningRateMonitor needs a logger, and --trainer.logger is false"]),
     # radar-train fit: Trainer values
     ("fit-accumulating-zero-batches", "train", lambda w, t: fit_args(w, t, "--trainer.accumulate_grad_batches", "0"),
      ["--trainer.accumulate_grad_batches", ">= 1"]),

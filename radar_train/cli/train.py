@@ -507,8 +507,9 @@ def _fit_problems(trainer, model, ckpt_path: Optional[str]) -> list[str]:
     if trainer.get("enable_checkpointing") is False and output.get("checkpoints", True) is not False:
         p.append("--trainer.enable_checkpointing false: the run's checkpoints are radar-train's own "
                  "(model.output.checkpoints): give --model.output.checkpoints false to save none")
-    names = [str(c.get("class_path", "")) if hasattr(c, "get") else type(c).__name__
-             for c in (trainer.get("callbacks") or [])]
+    callbacks = trainer.get("callbacks")
+    callbacks = [] if callbacks is None else callbacks if isinstance(callbacks, (list, tuple)) else [callbacks]
+    names = [str(c.get("class_path", "")) if hasattr(c, "get") else type(c).__name__ for c in callbacks]
     if trainer.get("logger") is False and any(n.split(".")[-1] == "LearningRateMonitor" for n in names):
         p.append("--trainer.callbacks LearningRateMonitor needs a logger, and --trainer.logger is false (the run "
                  "logs its learning rate to TensorBoard itself, as train/lr)")
