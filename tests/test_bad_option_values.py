@@ -62,7 +62,12 @@ CASES = [
     ("fit-without-any-length", "train",
      lambda w, t: fit_args(w, t, "--trainer.max_steps", "-1", "--trainer.max_epochs", "-1", "--trainer.max_time",
                            "00:00:01:00"),
-     ["--trainer.max_steps -1 with --trainer.max_epochs -1 gives the run no length", "--model.optim.schedule_steps"]),
+     ["--trainer.max_steps -1 with --trainer.max_epochs -1 (its default beside --trainer.max_time) gives the run "
+      "no length", "--model.optim.schedule_steps"]),
+    ("fit-with-only-a-time-budget", "train",  # (max_epochs unset: Lightning's -1 beside a max_time)
+     lambda w, t: fit_args(w, t, "--trainer.max_steps", "-1", "--trainer.max_time", "00:00:01:00"),
+     ["--trainer.max_steps -1 with --trainer.max_epochs -1 (its default beside --trainer.max_time) gives the run "
+      "no length", "--model.optim.schedule_steps"]),
     ("fit-overfitting-batches", "train", lambda w, t: fit_args(w, t, "--trainer.overfit_batches", "2"),
      ["--trainer.overfit_batches 2: not supported"]),
     ("fit-fast-dev-run-resuming", "train",

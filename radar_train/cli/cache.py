@@ -99,8 +99,11 @@ def _run(cfg) -> int:
         with sigterm_stops():  # (a SLURM time limit, preemption, scancel: the shard handed to the writer is kept)
             run_cache(args)
     except (Stopped, KeyboardInterrupt) as e:
-        return end_stopped_run("radar-cache", e, f"the complete shards are kept in {args.output}: run the same "
-                                                 f"command to go on from there")
+        from radar_train.cache.schema import MANIFEST_NAME
+
+        said = (f"the complete shards are kept in {args.output}: run the same command to go on from there"
+                if (Path(args.output) / MANIFEST_NAME).is_file() else "nothing was written")  # (the models loading)
+        return end_stopped_run("radar-cache", e, said)
     return 0
 
 

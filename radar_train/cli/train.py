@@ -492,10 +492,14 @@ def _fit_problems(trainer, model, ckpt_path: Optional[str]) -> list[str]:
     before anything is written, naming the option and what to give instead."""
     p = []
     optim, output = model.get("optim") or {}, model.get("output") or {}
-    if trainer.get("max_steps") == -1 and trainer.get("max_epochs") == -1 and not optim.get("schedule_steps"):
+    epochs = trainer.get("max_epochs")
+    if epochs is None and trainer.get("max_time") is not None:
+        epochs = -1  # (Lightning's default beside a max_time; without one it is 1000)
+    if trainer.get("max_steps") == -1 and epochs == -1 and not optim.get("schedule_steps"):
         # (Lightning's estimated_stepping_batches is then inf: an OverflowError after config.yaml and tb/)
-        p.append("--trainer.max_steps -1 with --trainer.max_epochs -1 gives the run no length (a --trainer.max_time "
-                 "budget may end it), which the learning-rate schedule needs: give --model.optim.schedule_steps")
+        p.append("--trainer.max_steps -1 with --trainer.max_epochs -1 (its default beside --trainer.max_time) gives "
+                 "the run no length (a --trainer.max_time budget may end it), which the learning-rate schedule "
+                 "needs: give --model.optim.schedule_steps")
     overfit = trainer.get("overfit_batches")
     if overfit not in (None, 0, 0.0) and not isinstance(overfit, bool):
         p.append(f"--trainer.overfit_batches {overfit}: not supported (Lightning swaps radar-train's resumable, "

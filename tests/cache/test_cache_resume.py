@@ -211,3 +211,27 @@ def test_ctrl_c_or_scancel_to_the_process_group_keeps_the_shard_handed_to_the_wr
         assert shard in scan_cache(out).complete, log
     _finish(_start(entry, out))
     _assert_same_cache(out, reference)
+
+
+@pytest.mark.parametrize("manifest", [False, True])
+def test_a_stop_says_what_it_kept_only_where_the_cache_exists(tmp_path, monkeypatch, manifest):
+    """Stopped while the models loaded (no cache folder yet), the line said the complete shards were kept in a
+    folder that did not exist."""
+    from cli_checks import call_cli
+
+    import radar_train.cache.generate as generate
+
+    out = tmp_path / "cache"
+    if manifest:
+        out.mkdir()
+        (out / schema.MANIFEST_NAME).write_text("{}")
+
+    def interrupted(args, *a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate, "run_cache", interrupted)
+    code, err = call_cli("cache", ["run", "--config", str(TINY_CONFIG), "--output", str(out), *SMALL], tmp_path)
+    said = (f"the complete shards are kept in {out}: run the same command to go on from there" if manifest
+            else "nothing was written")
+    assert code == 130 and err.strip().splitlines()[-1] == f"radar-cache: interrupted; {said}", err
+    assert out.exists() == manifest
