@@ -20,7 +20,7 @@ import os
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 __all__ = ["InputError", "NotWeights", "check_file", "check_dir", "reading", "read_text", "read_yaml", "read_json",
            "load_torch", "load_safetensors", "failure_reason"]
@@ -81,11 +81,18 @@ def reading(path: str | os.PathLike, what: str = "file") -> Iterator[Path]:
         raise InputError(f"{p}: {what} {failure_reason(e)}") from None
 
 
+def unexpanded_home(path: str | os.PathLike) -> Optional[str]:
+    """For a path whose first part is `~` or `~user`, as given (only a shell expands it, at the start of a word: in
+    a config file, quoted, or after `=` it stays literal): what it expands to (itself for an unknown user); None
+    for any other path."""
+    given = os.fspath(path)
+    return os.path.expanduser(given) if given.split(os.sep)[0].startswith("~") else None
+
+
 def _not_found(p: Path, what: str) -> InputError:
-    """`<path>: <what> not found`, with the expanded path where it starts with a `~` no shell expanded (a config
-    file's, a quoted one)."""
-    expanded = os.path.expanduser(str(p))
-    hint = f" ('~' is not expanded here: give {expanded})" if str(p).startswith("~") and expanded != str(p) else ""
+    """`<path>: <what> not found`, with the expanded path where it starts with a `~` no shell expanded."""
+    expanded = unexpanded_home(p)
+    hint = f" ('~' is not expanded here: give {expanded})" if expanded not in (None, str(p)) else ""
     return InputError(f"{p}: {what} not found{hint}")
 
 

@@ -126,12 +126,14 @@ def check_no_tilde(path: PathLike, option: str) -> None:
     """OutputError for an output path whose first part is `~` or `~user`: only a shell expands it, where it starts
     a word, so in a config file, quoted, or after `=` (`--output=~/runs/a`) it stays literal and the command would
     write into a folder named `~` in the current folder (one that a later `rm -r ~...` to clean up would miss)."""
-    first = os.fspath(path).split(os.sep)[0]  # (as given: Path drops the `./` of `./~`)
-    if first.startswith("~"):
-        expanded = os.path.expanduser(os.fspath(path))
-        hint = f"give {expanded}" if expanded != os.fspath(path) else "give the full path"
-        raise OutputError(f"{option} {os.fspath(path)}: '~' is not expanded here (only a shell expands it, at the "
-                          f"start of a word): {hint}, or ./{os.fspath(path)} for a folder named '{first}'")
+    from radar_train.inputs import unexpanded_home
+
+    expanded = unexpanded_home(path)  # (of the path as given: Path drops the `./` of `./~`)
+    if expanded is not None:
+        given = os.fspath(path)
+        hint = f"give {expanded}" if expanded != given else "give the full path"
+        raise OutputError(f"{option} {given}: '~' is not expanded here (only a shell expands it, at the start of a "
+                          f"word): {hint}, or ./{given} for a folder named '{given.split(os.sep)[0]}'")
 
 
 def _folder_or_nothing(p: Path, option: str) -> None:

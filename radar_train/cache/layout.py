@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from radar_train.cache.schema import shard_name
 from radar_train.outputs import another_live_process
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,6 @@ def scan_cache(cache_dir: str | os.PathLike, num_shards: int | None = None) -> C
     """Classify the shard folders of a cache (shard ids >= num_shards are `unexpected`, and so is a name of a shard
     number that is not its own spelling, `shard-000003.zarr` beside `shard-00003.zarr`: a copy made by hand,
     which otherwise took the shard's place or hid behind it)."""
-    from radar_train.cache.schema import shard_name
-
     scan = CacheScan()
     for entry in sorted(Path(cache_dir).iterdir()):
         m = _FINAL.match(entry.name)
@@ -57,8 +56,6 @@ def scan_cache(cache_dir: str | os.PathLike, num_shards: int | None = None) -> C
 
 def why_unexpected(path: str | os.PathLike, num_shards: int) -> str:
     """Why scan_cache counted the shard-like `path` as unexpected, in a few words."""
-    from radar_train.cache.schema import shard_name
-
     name = Path(path).name
     shard = int(re.match(r"^shard-(\d+)", name).group(1))
     if shard < num_shards:

@@ -74,17 +74,6 @@ def trained_classes(meta: dict) -> Optional[frozenset[int]]:
     return frozenset(out) if out else None
 
 
-def class_ranges(classes) -> str:
-    """Sorted class numbers as ranges: 0-4,7,9-11."""
-    runs: list[list[int]] = []
-    for c in sorted(classes):
-        if runs and c == runs[-1][1] + 1:
-            runs[-1][1] = c
-        else:
-            runs.append([c, c])
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
-
-
 class ClassFiLM(nn.Module):
     """Per-class scale and shift of a decoder's GroupNorm outputs (see the module docstring).
 
@@ -109,8 +98,9 @@ class ClassFiLM(nn.Module):
         """The labels the hooks modulate with (B,) long; None: the hooks leave the decoder as it is."""
         self._handles: list = []
         self.trained: Optional[frozenset[int]] = None
-        """A loaded adapter's: the classes of its training pairs (None: not known, or being trained). A label
-        outside them has the class embedding's random start: check_labels warns once (UntrainedClassWarning)."""
+        """A loaded adapter's: the classes of its training pairs (None: every class, not known, or being trained).
+        A label outside them has the class embedding's random start: check_labels warns once
+        (UntrainedClassWarning)."""
         self.source = "the adapter"  # (what the warning names: a loaded adapter's folder)
         self._warned = False
 
@@ -181,11 +171,14 @@ class ClassFiLM(nn.Module):
             raise ValueError(f"label conditioning: labels must lie in 0..{self.num_classes - 1} (the adapter's "
                              f"classes), got {int(t.min())}..{int(t.max())}")
         if self.trained is not None and not self._warned:
+            from radar_train.config import format_int_list
+
             untrained = sorted(set(t.tolist()) - self.trained)
             if untrained:
                 self._warned = True  # (once: a run over every class would say it for each batch)
-                warnings.warn(f"{self.source} was trained on pairs of classes {class_ranges(self.trained)} only: "
-                              f"{'class' if len(untrained) == 1 else 'classes'} {class_ranges(untrained)} (and any "
+                warnings.warn(f"{self.source} was trained on pairs of classes {format_int_list(self.trained, ',')} "
+                              f"only: {'class' if len(untrained) == 1 else 'classes'} "
+                              f"{format_int_list(untrained, ',')} (and any "
                               f"other outside them) {'decodes' if len(untrained) == 1 else 'decode'} with an "
                               f"untrained class embedding (its random start), so its restoration is not what "
                               f"validation measured and may be worse than without the adapter",
@@ -293,6 +286,9 @@ def load_label_conditioning(adapter_dir: str | Path, meta: dict,
     tensors = load_safetensors(file, "label-conditioning weights")
     film.load_file_tensors(tensors, str(file))
     check_finite(tensors, file, "adapter's label conditioning")
-    film.trained, film.source = trained_classes(meta), f"label-conditioned adapter {d}"
+    trained = trained_classes(meta)
+    # (None where every class was trained: nothing to warn of, and no per-batch look at the labels)
+    film.trained = None if trained is not None and trained >= set(range(n)) else trained
+    film.source = f"label-conditioned adapter {d}"
     return film
 
