@@ -89,6 +89,10 @@ def unexpanded_home(path: str | os.PathLike) -> Optional[str]:
     return os.path.expanduser(given) if given.split(os.sep)[0].startswith("~") else None
 
 
+YAML_NULLS = "~, null, an empty value and a text starting with # read as YAML null"
+"""Why a path option given as `--output=~` or `--output '#a'`, or left empty in a config file, arrives unset."""
+
+
 def _not_found(p: Path, what: str) -> InputError:
     """`<path>: <what> not found`, with the expanded path where it starts with a `~` no shell expanded."""
     expanded = unexpanded_home(p)

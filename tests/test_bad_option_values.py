@@ -104,6 +104,14 @@ CASES = [
      ["--trainer.accelerator: You selected an invalid accelerator name"]),
     ("fit-into-an-empty-run-folder-name", "train", lambda w, t: fit_args(w, t, "--trainer.default_root_dir", ""),
      ["--trainer.default_root_dir is empty: name the run folder (. for the current folder)"]),
+    # YAML reads `~` (a home no shell expanded: `=~`), null and `#...` as null: the fit ran in the current folder
+    *[(f"fit-into-a-run-folder-yaml-reads-as-null-{v}", "train",
+       lambda w, t, v=v: fit_args(w, t, f"--trainer.default_root_dir={v}"),
+       ["--trainer.default_root_dir is not set (~, null, an empty value and a text starting with # read as YAML null)"])
+      for v in ("~", "null", "#run")],
+    ("cache-into-an-output-yaml-reads-as-null", "cache",
+     lambda w, t: ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--device", "cpu", "--output=~"],
+     ["output is not set", "~, null, an empty value and a text starting with # read as YAML null"]),
     ("generate-with-a-dash-c-it-does-not-take", "generate", lambda w, t: ["-c", "nonexist.yaml", "--output", "g"],
      ["unrecognized arguments: -c nonexist.yaml"]),  # (it said "config file not found (-c)": only fit's -c is one)
     # (an adversarial pass: quoted as `--overwrite=true`, which the user had not typed)

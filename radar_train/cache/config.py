@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
 from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
+from radar_train.inputs import YAML_NULLS
 
 __all__ = ["PlanArgs", "StorageArgs", "CacheArgs"]
 
@@ -88,7 +89,8 @@ class CacheArgs:
             p.append("sampling.noise must be per_sample for a cache (each record must be reproducible from "
                      "its label and seed alone)")
         if self.output is None:
-            p.append("output is not set (give --output DIR or set `output:` in the config)")
+            p.append(f"output is not set (give --output DIR or set `output:` in the config; {YAML_NULLS}: give the "
+                     f"folder's full path)")
         if self.batch_size < 1:
             p.append(f"batch_size must be >= 1, got {self.batch_size}")
         pl, st = self.plan, self.storage

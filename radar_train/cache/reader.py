@@ -113,7 +113,7 @@ class PairDataset(Dataset):
 
     @staticmethod
     def _read_records(shard: int, path: str, keep_tokens: bool = False) -> tuple:
-        g = zarr.open_group(path, mode="r")
+        g = zarr.open_group(schema.shard_store(path), mode="r")
         if g.attrs.get("complete") is not True:
             raise ValueError(f"{path} is not marked complete (run `radar-cache verify`)")
         version = schema.shard_version_problem(dict(g.attrs))
@@ -151,7 +151,7 @@ class PairDataset(Dataset):
 
     def _open(self) -> list:
         if self._arrays is None or self._pid != os.getpid():
-            groups = [zarr.open_group(p, mode="r") for p in self._paths]
+            groups = [zarr.open_group(schema.shard_store(p), mode="r") for p in self._paths]
             self._arrays = [(g[schema.FHAT_HQ], g[schema.FHAT_LQ]) for g in groups]
             self._pid, self._blocks = os.getpid(), OrderedDict()
         return self._arrays

@@ -51,6 +51,14 @@ def shard_name(shard: int) -> str:
     return f"shard-{shard:05d}.zarr"
 
 
+def shard_store(path: str | os.PathLike, read_only: bool = True):
+    """The Zarr store of the shard folder at `path`: a local folder, whatever its name holds (Zarr reads a string
+    as a URL, so a folder named `q::r` was opened as the chained URL `q:` and a relative `memory:x` as memory)."""
+    from zarr.storage import LocalStore
+
+    return LocalStore(os.fspath(path), read_only=read_only)
+
+
 def temp_shard_name(shard: int) -> str:
     """A fresh temporary name for shard `shard` (unique per writer)."""
     return f"{shard_name(shard)}.tmp-{uuid.uuid4().hex[:12]}"

@@ -158,7 +158,7 @@ def read_checked_shard(path: Path, manifest: Manifest, shard: int) -> dict[str, 
         raise InputError(f"{path}: cache shard is not a Zarr group (its zarr.json is missing; run `radar-cache "
                          f"verify`)")
     with reading(path, "cache shard"):
-        g = zarr.open_group(str(path), mode="r")
+        g = zarr.open_group(schema.shard_store(path), mode="r")
         attrs = dict(g.attrs)
         if attrs.get("complete") is not True:
             raise InputError(f"{path}: cache shard is not marked complete (run `radar-cache verify`)")
@@ -212,7 +212,7 @@ def _version_problem(attrs: dict) -> Optional[str]:
 def verify_shard(manifest: Manifest, plan: Plan, shard: int, path: Path) -> list[str]:
     """Problems of one complete shard (empty = fine)."""
     try:
-        g = zarr.open_group(str(path), mode="r")
+        g = zarr.open_group(schema.shard_store(path), mode="r")
         attrs = dict(g.attrs)
     except Exception as e:  # noqa: BLE001 - any failure to open is the problem we report
         return [f"{path}: cannot open the group ({_one_line(e)})"]

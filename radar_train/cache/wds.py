@@ -170,7 +170,7 @@ def export_wds(cache_dir: str, output: str, progress: bool = True) -> dict:
     for s in Progress(len(todo), "radar-cache export-wds", "shards", rate_unit="shard",
                       enabled=progress).iterate(todo):
         with reading(scan.complete[s], "cache shard"):  # (checked above: read, not hashed again)
-            g = zarr.open_group(str(scan.complete[s]), mode="r")
+            g = zarr.open_group(schema.shard_store(scan.complete[s]), mode="r")
             samples = list(_shard_samples(shard_arrays(g)))
         with atomic_file(out / tar_name(s)) as tmp, open(tmp, "wb") as f, \
                 wds.TarWriter(f, mtime=tar_mtime(manifest)) as sink:
@@ -190,6 +190,13 @@ def resolve_urls(path_or_urls: Union[str, os.PathLike, Sequence[str]]) -> list[s
     return _resolve(path_or_urls)[0]
 
 
+def local_url(path) -> str:
+    """A local tar as the URL webdataset reads: its absolute path. webdataset opens every string as a URL (gopen
+    parses a scheme), so a relative path whose folder name starts with `file:` read another file and one starting
+    with `pipe:` ran the rest as a shell command."""
+    return os.path.abspath(path)
+
+
 def _resolve(path_or_urls) -> tuple[list[str], Optional[list[int]]]:
     """(tar URLs, their sample counts from the export's index.json, or None where there is no index)."""
     if isinstance(path_or_urls, (list, tuple)):
@@ -204,7 +211,9 @@ def _resolve(path_or_urls) -> tuple[list[str], Optional[list[int]]]:
         if not isinstance(shards, list) or not all(isinstance(s, dict) and "url" in s for s in shards):
             raise InputError(f"{p}: WebDataset index has no shardlist of urls")
         counts = [s.get("nsamples") for s in shards]
-        return [str(p.parent / s["url"]) for s in shards], (counts if all(type(n) is int for n in counts) else None)
+        # absolute: webdataset opens a string as a URL, so a relative `file:w/...` or `pipe:...` was not this file
+        return ([local_url(p.parent / s["url"]) for s in shards],
+                counts if all(type(n) is int for n in counts) else None)
     from webdataset.shardlists import expand_urls  # (a brace pattern, or several joined by ::)
 
     return expand_urls(str(path_or_urls)), None

@@ -63,7 +63,7 @@ def writer_info(worker_index: int, num_workers: int, device: str) -> dict:
 def begin_shard(cache_dir: Path, shard: int, info: dict) -> Path:
     """Create the shard's temporary group (attrs say `complete: false`) and return its path."""
     path = Path(cache_dir) / schema.temp_shard_name(shard)
-    zarr.open_group(str(path), mode="w-", zarr_format=3, attributes={
+    zarr.open_group(schema.shard_store(path, read_only=False), mode="w-", zarr_format=3, attributes={
         "shard": shard, "complete": False, "writer": info, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return path
 
@@ -88,7 +88,8 @@ def write_arrays(path: Path, shard: int, first_index: int, arrays: dict[str, np.
              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
     async def write() -> None:  # every array at once: one round trip through Zarr's event loop
-        g = await zarr.api.asynchronous.open_group(str(path), mode="r+", zarr_format=3)
+        g = await zarr.api.asynchronous.open_group(schema.shard_store(path, read_only=False), mode="r+",
+                                                   zarr_format=3)
         await asyncio.gather(*(g.create_array(name, data=arrays[name], chunks=(chunk, *arrays[name].shape[1:]),
                                               shards=(padded, *arrays[name].shape[1:]), compressors=codecs,
                                               fill_value=0) for name in schema.ARRAY_NAMES))

@@ -593,6 +593,11 @@ def _make_cli_class(subcommand: str):
             given = sub and (self.config[sub].get("trainer") or {}).get("default_root_dir")
             if sub and isinstance(given, str) and not given.strip():  # (it trained into the current folder)
                 raise ValueError(f"{RUN_OPTION} is empty: name the run folder (. for the current folder)")
+            if sub and given is None:  # (so did `=~`, `null` or a blank `default_root_dir:` in a config file)
+                from radar_train.inputs import YAML_NULLS
+
+                raise ValueError(f"{RUN_OPTION} is not set ({YAML_NULLS}): name the run folder by its full path (. "
+                                 f"for the current folder)")
             if sub:
                 self._resume = check_ckpt_path(self.config[sub].get("ckpt_path"), self._root(self.config[sub]), sub)
             super()._parse_ckpt_path()

@@ -265,13 +265,13 @@ def _warn_rank_zero(msg: str) -> None:
 
 
 def _wds_tars(path: str, shards: list[int]) -> list[str]:
-    from radar_train.cache.wds import tar_name
+    from radar_train.cache.wds import local_url, tar_name
 
     missing = [s for s in shards if not (Path(path) / tar_name(s)).is_file()]
     if missing:
         raise FileNotFoundError(f"WebDataset export {path}: no tar for shard(s) {missing} "
                                 f"(export with `radar-cache export-wds CACHE --output {path}`)")
-    return [str(Path(path) / tar_name(s)) for s in shards]
+    return [local_url(Path(path) / tar_name(s)) for s in shards]
 
 
 def shared_pairs(caches: Sequence["CacheSource"], manifests: Sequence, splits: Sequence[tuple[list, list]]) -> list[str]:

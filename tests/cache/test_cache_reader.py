@@ -3,6 +3,7 @@ epoch across ranks and DataLoader workers, block order), DataLoader workers unde
 WebDataset export yielding the same samples."""
 import collections
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from radar_train.cache import schema
 from radar_train.cache.reader import BlockShuffleSampler, PairDataset
+from radar_train.cache.plan import Plan
 from radar_train.cache.schema import read_manifest
 from radar_train.cache.synthetic import synthetic_shard_arrays
 from radar_train.cache.wds import WdsPairs, export_wds
@@ -290,6 +292,28 @@ def test_webdataset_export_round_trips(make_synthetic, tmp_path):
         ref = ds[int(it["index"])]
         assert it.keys() == ref.keys()
         assert all(it[k].dtype == ref[k].dtype and torch.equal(it[k], ref[k]) for k in ref)
+
+
+def test_folders_whose_names_read_as_urls_are_the_local_folders_they_name(make_synthetic, tmp_path, monkeypatch):
+    """Zarr and webdataset take a string for a URL: a cache folder named `q::r` (Zarr's chained URL `q:`) could not
+    be written or read, and, relative to the current folder, an export named `file:w` read the tars of `w` and
+    one named `pipe:touch HERE;cat w` ran that shell command. Each is now the local folder it names."""
+    from radar_train.cache.status import verify_shard
+    from radar_train.train.datamodule import _wds_tars
+
+    monkeypatch.chdir(tmp_path)
+    cache = make_synthetic(num_samples=12, shard_size=8, name="q::r")  # (written through the cache's writer)
+    other = make_synthetic(num_samples=20, shard_size=8, name="other")
+    manifest = read_manifest("q::r")
+    assert [verify_shard(manifest, Plan.from_dict(manifest.plan), s, Path("q::r") / schema.shard_name(s))
+            for s in (0, 1)] == [[], []]
+    assert [int(PairDataset("q::r")[i]["index"]) for i in range(12)] == list(range(12))
+    export_wds(str(other), "w", progress=False)
+    for name in ("file:w", "pipe:touch HERE;cat w"):
+        export_wds("q::r", name, progress=False)
+        assert sorted(int(it["index"]) for it in WdsPairs(name)) == list(range(12)), name
+        assert sorted(int(it["index"]) for it in WdsPairs(_wds_tars(name, [0, 1]))) == list(range(12)), name
+    assert not (tmp_path / "HERE").exists() and cache == tmp_path / "q::r"
 
 
 def test_webdataset_workers_split_the_tars_and_export_resumes(make_synthetic, tmp_path):
