@@ -58,12 +58,13 @@ class SamplingConfig:
 
     def problems(self) -> list[str]:
         p = []
-        if not (math.isfinite(self.cfg) and self.cfg >= 0):  # NaN / inf: every guided logit NaN
-            p.append(f"sampling.cfg must be a finite number >= 0, got {self.cfg}")
+        real = lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)  # noqa: E731 ("2" from Python)
+        if not (real(self.cfg) and math.isfinite(self.cfg) and self.cfg >= 0):  # NaN / inf: every guided logit NaN
+            p.append(f"sampling.cfg must be a finite number >= 0, got {self.cfg!r}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, numbers.Integral) or self.top_k < 0:  # (an int k)
             p.append(f"sampling.top_k must be a whole number >= 0, got {self.top_k!r}")
-        if not 0.0 <= self.top_p < 1.0:
-            p.append(f"sampling.top_p must be in [0, 1), got {self.top_p}")
+        if not (real(self.top_p) and 0.0 <= self.top_p < 1.0):
+            p.append(f"sampling.top_p must be in [0, 1), got {self.top_p!r}")
         if self.noise not in ("official", "per_sample"):
             p.append(f"sampling.noise must be 'official' or 'per_sample', got {self.noise!r}")
         if self.more_smooth and self.noise != "official":

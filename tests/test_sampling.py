@@ -1,6 +1,7 @@
 """The sampler: official-loop equivalence, per-sample batch invariance, filtering semantics, precision."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,6 +105,16 @@ def test_invalid_sampling_config_lists_every_problem(tiny_models):
     for cfg in (math.nan, math.inf):  # a NaN guidance weight makes every token the same
         with pytest.raises(ValueError, match="sampling.cfg must be a finite number"):
             _sampler(tiny_models, cfg=cfg)
+
+
+def test_a_sampling_setting_of_the_wrong_type_is_named_not_a_bare_type_error():
+    """From Python (the CLI parses its types first): `cfg="2"` was `TypeError: must be real number, not str`."""
+    from radar_train.config import SamplingConfig
+
+    assert SamplingConfig(cfg="2", top_p="0.5", top_k=True).problems() == [
+        "sampling.cfg must be a finite number >= 0, got '2'", "sampling.top_k must be a whole number >= 0, got True",
+        "sampling.top_p must be in [0, 1), got '0.5'"]
+    assert SamplingConfig(cfg=np.float32(2), top_p=0).problems() == []
 
 
 def test_per_sample_needs_one_seed_per_label(tiny_models):

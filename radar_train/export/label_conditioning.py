@@ -278,7 +278,8 @@ def load_label_conditioning(adapter_dir: str | Path, meta: dict,
         if Path(name).name != name or name in ("", ".", ".."):  # a file of the folder, never one elsewhere
             raise ValueError(f"file {name!r} is not a file name inside the adapter folder")
         file = d / name
-        film = ClassFiLM(norms, n, dim)
+        with torch.random.fork_rng(devices=[]):  # (its random start is overwritten: loading leaves the RNG alone)
+            film = ClassFiLM(norms, n, dim)
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"{cfg}: label_conditioning section is incomplete or malformed ({e})") from None
     if num_classes is not None and int(num_classes) != n:

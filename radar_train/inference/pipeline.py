@@ -177,9 +177,13 @@ def _accel_settings(desc: dict) -> dict:
 
 def accel_differences(trained: dict, mine: dict) -> list[str]:
     """The settings in which the method an adapter was trained on (its cache record) differs from `mine`;
-    a setting only one side records (an older adapter's) is not compared."""
+    a setting only one side records (an older adapter's) is not compared. A preset alone is no difference where
+    both record the method's settings: it names them (None for the same settings given one by one)."""
     a, b = _accel_settings(trained), _accel_settings(mine)
-    return [f"{k}: {a[k]} vs {b[k]}" for k in a if k in b and a[k] != b[k]]
+    differ = [k for k in a if k in b and a[k] != b[k]]
+    if differ == ["preset"] and any(k in b for k in a if k not in ("method", "preset")):
+        return []
+    return [f"{k}: {a[k]} vs {b[k]}" for k in differ]
 
 
 def untrained_accel(trained: Sequence[dict], mine: dict) -> list[str]:
@@ -358,10 +362,23 @@ class RadarPipeline:
         dec = self.adapted_decoder if adapter and self.adapted_decoder is not None else self.decoder
         if labels is not None and is_label_conditioned(dec):  # (as generate's: no bool, 2-d, string)
             labels = check_labels(labels, self.var.num_classes)
+        f_hat = self._checked_latents(f_hat)
         amp = torch.autocast(self.device.type, dtype=self.decode_dtype) if self.decode_dtype else nullcontext()
         with amp:
-            img = decode_with_labels(dec, f_hat.float(), labels)
+            img = decode_with_labels(dec, f_hat, labels)
         return img.float().clamp(-1, 1).add(1).mul(0.5)
+
+    def _checked_latents(self, f_hat) -> torch.Tensor:
+        """`decode`'s f_hat as float32 on the pipeline's device; TypeError / ValueError naming it when it is not a
+        floating B×C×h×w tensor of the VQ-VAE's C latent channels (a cache's float16 latents are fine)."""
+        c = self.vqvae.config.z_channels
+        if not isinstance(f_hat, torch.Tensor) or not f_hat.is_floating_point():
+            what = type(f_hat).__name__ + (f" of {f_hat.dtype}" if isinstance(f_hat, torch.Tensor) else "")
+            raise TypeError(f"f_hat must be a floating-point torch.Tensor (B, {c}, h, w), got {what}")
+        if f_hat.dim() != 4 or f_hat.shape[1] != c or min(f_hat.shape[2:]) < 1:
+            raise ValueError(f"f_hat must be (B, {c}, h, w): the VQ-VAE's {c} latent channels, got "
+                             f"{tuple(f_hat.shape)}")
+        return f_hat.to(self.device, torch.float32)
 
     def _sampling(self, cfg, top_k, top_p) -> NextScaleSampler:
         """The sampler for these overrides (kept, so that a captured engine's graphs serve later calls)."""

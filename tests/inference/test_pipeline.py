@@ -133,7 +133,14 @@ def test_adapter_for_another_method_warns(trained_run):
                                                adapter=str(trained_run["adapter"]), device="cpu"))
     with warnings.catch_warnings():  # the adapter's own method: no warning
         warnings.simplefilter("error")
-        RadarPipeline.from_config(PipelineArgs(accel=AccelArgs("fastvar", FastVARArgs()),
+        pipe = RadarPipeline.from_config(PipelineArgs(accel=AccelArgs("fastvar", FastVARArgs()),
+                                                      adapter=str(trained_run["adapter"]), device="cpu"))
+        # nor for its settings given one by one, without the preset's name (it warned "preset: default vs None")
+        prune = pipe.accel.describe()["prune"]
+        RadarPipeline.from_config(PipelineArgs(accel=AccelArgs("fastvar", FastVARArgs(preset=None, prune=prune)),
+                                               adapter=str(trained_run["adapter"]), device="cpu"))
+    with pytest.warns(UserWarning, match=r"another acceleration .*\(preset: default vs None; prune: "):
+        RadarPipeline.from_config(PipelineArgs(accel=AccelArgs("fastvar", FastVARArgs(preset=None, prune={6: 0.5})),
                                                adapter=str(trained_run["adapter"]), device="cpu"))
 
 
@@ -252,6 +259,21 @@ def test_official_noise_follows_the_first_seed_of_the_call():
     pair, pair_again = pipe.compare([1, 2], [0, 1]), pipe.compare([1, 2], [0, 1])
     assert all(torch.equal(pair[k], pair_again[k]) for k in pair)
     assert torch.equal(pair["accelerated"], a)  # the pair's accelerated run is the plain one
+
+
+def test_decode_takes_a_caches_float16_latents_and_names_f_hat_when_it_is_no_latent_batch():
+    """Anything else failed deep inside torch (a numpy array: "'numpy.ndarray' object has no attribute 'float'";
+    4 channels: a conv's weight-size message)."""
+    pipe = RadarPipeline.from_config(PipelineArgs(model=ModelArgs(), device="cpu"))
+    f = pipe.sample_latents([1, 2], [0, 1]).f_hat
+    half = f.half()
+    torch.testing.assert_close(pipe.decode(half, adapter=False), pipe.decode(half.float(), adapter=False), rtol=0,
+                               atol=0)
+    for bad, error, says in [(f.numpy(), TypeError, "got ndarray"), (f.long(), TypeError, "got Tensor of torch.int64"),
+                             (f[:, :4], ValueError, "got (2, 4, 8, 8)"), (f[0], ValueError, "got (8, 8, 8)")]:
+        with pytest.raises(error) as e:
+            pipe.decode(bad, adapter=False)
+        assert str(e.value).startswith("f_hat must be ") and str(e.value).endswith(says), e.value
 
 
 def test_radar_eval_reads_back_from_the_device_once_not_once_per_batch(trained_run):

@@ -20,15 +20,20 @@ def _keeps_global_rng(fn) -> bool:
     return torch.equal(torch.rand(8), want)
 
 
-@pytest.fixture(scope="module")
-def adapter(tmp_path_factory):
-    """A tiny-preset adapter with random LoRA weights."""
-    from radar_train.bench.pipeline import random_adapter
+@pytest.fixture(scope="module", params=["plain", "label-conditioned"])
+def adapter(request, tmp_path_factory):
+    """A tiny-preset adapter with random LoRA weights (and a random FiLM: its loading builds the class embedding,
+    whose random start drew from the global RNG)."""
+    from radar_train.bench.pipeline import random_adapter, random_conditioned
     from radar_train.export.adapter import save_adapter
 
     vqvae, _, vae_id, _ = load_models("tiny", with_var=False)
-    peft_model, _ = random_adapter(vqvae.latent_decoder(), rank=2, seed=0)
-    return save_adapter(peft_model, tmp_path_factory.mktemp("adapter") / "final", {"base": {"vae": vae_id.to_dict()}})
+    peft_model, merged = random_adapter(vqvae.latent_decoder(), rank=2, seed=0)
+    film = None
+    if request.param == "label-conditioned":
+        film = random_conditioned(merged, num_classes=get_preset("tiny").var.num_classes, embed_dim=4).film
+    return save_adapter(peft_model, tmp_path_factory.mktemp("adapter") / "final", {"base": {"vae": vae_id.to_dict()}},
+                        conditioning=film)
 
 
 def test_load_models_of_a_random_preset_keeps_the_global_rng():
