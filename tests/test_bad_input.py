@@ -615,6 +615,28 @@ def test_a_console_command_prints_no_traceback(world, tmp_path, case):
     assert_unchanged(before, snapshot(world["w"], tmp_path))
 
 
+@pytest.mark.parametrize("ckpt_path", [None, "last"])
+def test_a_run_folder_without_a_checkpoint_gets_no_resume_advice_that_cannot_work(world, tmp_path, ckpt_path):
+    """A run with --model.output.checkpoints false holds final/ only; a config.yaml left by an attempt that never
+    saved: both said "resume it with --ckpt_path ...", which repeated the refusal or found nothing to resume."""
+    shutil.copytree(world["final"], tmp_path / "r" / "final")
+    extra = [] if ckpt_path is None else ["--ckpt_path", ckpt_path]
+    line = assert_refused("train", fit_args(world["cache"], tmp_path / "r", 5, *extra), tmp_path,
+                          (world["w"], tmp_path), ["r holds a run already (final) but no checkpoint that resumes it"])
+    assert line.endswith("choose a new run folder, or move final away") and "--ckpt_path" not in line, line
+    (tmp_path / "k").mkdir()
+    shutil.copy(CONFIGS / "train" / "tiny.yaml", tmp_path / "k" / "config.yaml")
+    kept = ["fit", "--config", "k/config.yaml", *fit_args(world["cache"], tmp_path / "k", 5)[1:]]
+    line = assert_refused("train", kept + extra, tmp_path, (world["w"], tmp_path),
+                          ["would overwrite the input --config k/config.yaml"])
+    assert line.endswith("keep the config outside the run folder"), line
+    shutil.copytree(world["run"] / "checkpoints", tmp_path / "k" / "checkpoints")  # (a run to resume: it says how)
+    if ckpt_path is None:
+        line = assert_refused("train", kept, tmp_path, (world["w"], tmp_path),
+                              ["would overwrite the input --config k/config.yaml"])
+        assert line.endswith("keep the config outside the run folder, or resume the run there with --ckpt_path last")
+
+
 # ------------------------------------------------------------------------------------------------ the rules
 def test_last_ckpt_holds_the_final_step_when_max_steps_is_not_a_multiple_of_the_interval(world):
     """3 steps, a checkpoint every 2: last.ckpt and the kept step checkpoint are those of step 3, the state

@@ -267,9 +267,22 @@ def check_config_kept(root: str | os.PathLike, configs: Sequence) -> None:
     for config in configs:
         if config is not None and os.path.realpath(os.fspath(config)) == target:
             given = getattr(config, "relative", config)  # a jsonargparse Path: as typed
+            how = resume_option(Path(root))  # (no checkpoint there: a resume is no way out)
             raise OutputError(f"{RUN_OPTION} {root} would overwrite the input --config {given} (a fit "
                               f"saves its resolved config as {Path(root) / 'config.yaml'}): keep the config outside "
-                              f"the run folder, or resume the run there with --ckpt_path last")
+                              f"the run folder" + (f", or resume the run there with {how}" if how else ""))
+
+
+def resume_option(root: Path) -> Optional[str]:
+    """The --ckpt_path that resumes the run in `root`: `last` (checkpoints/last.ckpt or a step file), `hpc` (its
+    only checkpoints are SLURM requeue saves), FILE (only checkpoints of other names); None when it holds no
+    checkpoint at all (a run with --model.output.checkpoints false, or one that ended before its first save)."""
+    if resumes(root, "last"):
+        return "--ckpt_path last"
+    named = sorted((root / "checkpoints").glob("*.ckpt")) if (root / "checkpoints").is_dir() else []
+    if hpc_checkpoint(root) is not None and not named:
+        return "--ckpt_path hpc"
+    return "--ckpt_path FILE (a checkpoint of its checkpoints/)" if named or hpc_checkpoint(root) else None
 
 
 def check_run_folder(root: str | os.PathLike, ckpt_path: Optional[str], subcommand: str, inputs: dict,
@@ -295,20 +308,16 @@ def check_run_folder(root: str | os.PathLike, ckpt_path: Optional[str], subcomma
     nothing = (f" but no checkpoint for --ckpt_path {ckpt_path} ("
                f"{'checkpoints/last.ckpt' if ckpt_path == 'last' else 'hpc_ckpt_N.ckpt'})"
                if ckpt_path in ("last", "hpc") else "")
-    if artefacts and nothing:
-        raise OutputError(f"{RUN_OPTION} {p} holds a run already ({', '.join(artefacts[:3])}){nothing}: resume "
-                          f"it from a checkpoint file with --ckpt_path FILE, or choose a new run folder")
     if artefacts:
         # only a SLURM requeue save (no checkpoints/last.ckpt): `last` would not find it, `hpc` does; neither a
         # last.ckpt nor a step file (a checkpoint of the user's own name): only the file itself resumes
-        if all(HPC_CKPT.fullmatch(a) for a in artefacts):
-            how = "--ckpt_path hpc"
-        elif resumes(p, "last"):
-            how = "--ckpt_path last"
-        else:
-            how = "--ckpt_path FILE (a checkpoint of its checkpoints/)"
-        raise OutputError(f"{RUN_OPTION} {p} holds a run already ({', '.join(artefacts[:3])}): resume it with "
-                          f"{how}, or choose a new run folder")
+        how, held = resume_option(p), ", ".join(artefacts[:3])
+        if how is None:  # (adapters only: it saved no checkpoint, so no --ckpt_path resumes it)
+            raise OutputError(f"{RUN_OPTION} {p} holds a run already ({held}) but no checkpoint that resumes it (it "
+                              f"saved none: --model.output.checkpoints false, or it ended before its first save): "
+                              f"choose a new run folder, or move {held} away")
+        raise OutputError(f"{RUN_OPTION} {p} holds a run already ({held}){nothing}: resume it with {how}, or "
+                          f"choose a new run folder")
     if foreign:
         raise OutputError(f"{RUN_OPTION} {p} is a folder that is not empty and not a run folder (it holds "
                           f"{', '.join(foreign[:3])}){nothing}: choose a new or empty folder")
