@@ -165,7 +165,9 @@ class StageVAR(AccelMethod):
         M = pn * pn
         return min(M, max(self.min_rank, math.ceil(self.ratio(pn, block) * M)))
 
-    def problems(self, patch_nums: Sequence[int], depth: int) -> list[str]:
+    def problems(self, patch_nums: Sequence[int], depth: int, rank_table: bool = True) -> list[str]:
+        """Every problem of the configuration for this model; `rank_table` False leaves out α against the rank-ratio
+        table (a calibration at the scales' α is what makes that table)."""
         p, pns = [], list(patch_nums)
         idx = []
         for pn, a in self.scales:
@@ -184,7 +186,7 @@ class StageVAR(AccelMethod):
             alphas = [dict(self.scales)[pns[i]] for i in sorted(idx)]
             if 0.0 in alphas and any(a > 0 for a in alphas[alphas.index(0.0):]):
                 p.append("stagevar.scales: after a skipped scale (α = 0) every later scale is skipped too")
-        p += self._alpha_problems()
+        p += self._alpha_problems() if rank_table else []
         if self.single_branch not in SINGLE_BRANCHES:
             p.append(f"stagevar.single_branch must be cond, uncond or off, got {self.single_branch!r}")
         p += self._branch_problems()

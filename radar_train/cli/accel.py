@@ -101,7 +101,6 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
     output = _DEFAULT_OUTPUT["stagevar"] if output is None else output  # ("" is refused by the output check)
     import torch
 
-    from radar_train.accel import build_accel
     from radar_train.accel.calibrate import calibrate_ranks, write_rank_yaml
     from radar_train.cli.common import accel_inputs, model_inputs
     from radar_train.models import get_preset, load_models
@@ -121,7 +120,7 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
     vqvae, var, _, var_id = load_models(model.preset, model.vae_checkpoint, model.var_checkpoint, dev, model.init_seed)
     branch = accel.stagevar.single_branch
     if scales is None:
-        method = build_accel(accel, var.patch_nums, var.depth)
+        method = _stagevar_to_calibrate(accel, var.patch_nums, var.depth)
         scales = [pn for pn, a in getattr(method, "scales", ()) if a > 0]
         branch = getattr(method, "single_branch", branch)
         if not scales:
@@ -143,6 +142,22 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
         print(f"scale {pn}: mean ratio {sum(means[pn]) / len(means[pn]):.3f} (per block {means[pn]})")
     print(f"wrote {path}")
     return 0
+
+
+def _stagevar_to_calibrate(accel: AccelArgs, patch_nums, depth: int):
+    """The configured method whose refinement scales (α > 0) a calibration measures, checked as build_accel checks
+    it but for a scale's α against the rank-ratio table: the refusal of an α without a table of that α sends the
+    user here, to make one (`radar-accel calibrate --alpha A`), and refused that calibration in turn."""
+    from radar_train.accel import ACCEL_METHODS, build_accel
+    from radar_train.accel.base import ConfigError
+
+    if accel.method != "stagevar":
+        return build_accel(accel, patch_nums, depth)
+    method = ACCEL_METHODS["stagevar"](accel, patch_nums)
+    problems = method.problems(tuple(patch_nums), depth, rank_table=False)
+    if problems:
+        raise ConfigError(method.name, problems)
+    return method
 
 
 def _calibrate_sca(model: ModelArgs, sampling: SamplingConfig, accel: AccelArgs, scales: Optional[list[int]],

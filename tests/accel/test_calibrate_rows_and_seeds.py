@@ -111,6 +111,30 @@ def test_calibrate_records_the_branch_it_measured(tmp_path):
     assert yaml.safe_load(out.read_text())["single_branch"] == "uncond"
 
 
+def test_the_calibration_an_alpha_without_its_table_is_sent_to_runs_on_that_config(tmp_path):
+    """α 0.9 at the refined scales is refused for want of a table of that α, naming `radar-accel calibrate
+    --accel.method stagevar --alpha 0.9`; that command, on the same config, was refused with the same line. It
+    writes the table, which the config then takes."""
+    from radar_train.accel import ConfigError, build_accel
+    from radar_train.cli.accel import main
+    from radar_train.config import AccelArgs, StageVARArgs
+    from radar_train.models import get_preset
+
+    config = tmp_path / "sv.yaml"
+    config.write_text("model:\n  preset: tiny\naccel:\n  method: stagevar\n  stagevar:\n    scales: {6: 0.9, 8: 0.9}\n")
+    var = get_preset("tiny").var
+    with pytest.raises(ConfigError, match=r"`radar-accel calibrate --accel.method stagevar --alpha 0\.9`"):
+        build_accel(AccelArgs("stagevar", stagevar=StageVARArgs(scales={6: 0.9, 8: 0.9})), var.patch_nums, var.depth)
+    out = tmp_path / "ranks.yaml"
+    with pytest.raises(SystemExit) as e:
+        main(["calibrate", "--config", str(config), "--accel.method", "stagevar", "--alpha", "0.9", "--num_samples",
+              "2", "--batch_size", "2", "--device", "cpu", "--output", str(out)])
+    assert e.value.code == 0 and sorted(yaml.safe_load(out.read_text())["ratios"]) == [6, 8]
+    method = build_accel(AccelArgs("stagevar", stagevar=StageVARArgs(scales={6: 0.9, 8: 0.9}, rank_ratios=str(out))),
+                         var.patch_nums, var.depth)
+    assert dict(method.scales) == {6: 0.9, 8: 0.9}
+
+
 @pytest.mark.parametrize("doc,branch,refused", [
     ({"single_branch": "uncond"}, "uncond", False),
     ({"single_branch": "uncond"}, "cond", True),
