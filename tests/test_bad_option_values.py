@@ -171,6 +171,11 @@ CASES = [
     ("bench-cache-negative-workers", "bench", lambda w, t: bench_cache_args("--workers", "[0, -1]"),
      ["--workers", "-1"]),
     ("bench-cache-no-workers", "bench", lambda w, t: bench_cache_args("--workers", "[]"), ["--workers is empty"]),
+    # (--check said "fine", the run then refused the engine once its models were loaded)
+    *[(f"cache-run{check}-with-graphs-on-the-cpu", "cache",
+       lambda w, t, check=check: ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--device", "cpu",
+                                  "--output", "c", "--sampling.engine", "graphs", *([check] if check else [])],
+       ["sampling.engine graphs needs a CUDA device (the model is on cpu)"]) for check in ("", "--check")],
     # --model.init_seed: the seed of the random weights, a 64-bit torch seed
     ("cache-run-init-seed-past-64-bits", "cache",
      lambda w, t: ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--device", "cpu", "--output", "c",

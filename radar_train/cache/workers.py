@@ -73,8 +73,9 @@ def _launched_processes(env: Mapping[str, str]) -> Optional[tuple[int, int]]:
         if name in env:
             env_int(env, name)
     if "RANK" not in env:
+        # (not "or give --num_workers and --worker_index": a launcher's processes split those too, so they need it)
         raise ValueError(f"environment variable WORLD_SIZE={env['WORLD_SIZE']} without RANK: not a torchrun / "
-                         f"accelerate launch process; unset WORLD_SIZE, or give --num_workers and --worker_index")
+                         f"accelerate launch process (a launcher sets both); unset WORLD_SIZE")
     rank = env_int(env, "RANK")
     if not 0 <= rank < world:
         raise ValueError(f"environment variables RANK={rank} and WORLD_SIZE={world}: the rank is outside [0, {world})")

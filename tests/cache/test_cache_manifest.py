@@ -239,8 +239,10 @@ def test_a_launchers_rank_and_world_size_are_read_without_joining_a_process_grou
     monkeypatch.setattr(accelerate, "PartialState", no_group)
     s = resolve_workers(env={"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"})
     assert (s.num_workers, s.worker_index, s.process_count, s.process_index) == (2, 1, 2, 1)
-    with pytest.raises(ValueError, match="WORLD_SIZE=2 without RANK"):
-        resolve_workers(env={"WORLD_SIZE": "2"})
+    for given in ({}, {"num_workers": 2, "worker_index": 0}):  # (the values do not stand in for RANK: none advised)
+        with pytest.raises(ValueError, match=r"WORLD_SIZE=2 without RANK: .*\(a launcher sets both\); unset "
+                                             r"WORLD_SIZE$"):
+            resolve_workers(env={"WORLD_SIZE": "2"}, **given)
     with pytest.raises(ValueError, match=r"RANK=2 and WORLD_SIZE=2: the rank is outside \[0, 2\)"):
         resolve_workers(env={"WORLD_SIZE": "2", "RANK": "2"})
 
