@@ -227,6 +227,29 @@ def test_a_rank_variable_that_is_no_number_is_named(world, tmp_path, monkeypatch
                    ["environment variable RANK='abc' is not an integer"])
 
 
+@pytest.mark.parametrize("env,needles", [
+    # a rank variable left in the shell: a single-process fit skipped the run folder's checks and lock as a rank
+    # other than 0 would, yet wrote as rank 0, over the run there, silently (Lightning's rank-zero lines muted)
+    ({"RANK": "1"}, ["environment RANK=1: that makes this process another rank than 0", "unset RANK"]),
+    ({"SLURM_PROCID": "1", "NODE_RANK": "0"}, ["environment SLURM_PROCID=1", "unset SLURM_PROCID"]),
+    # a batch script's --ntasks without srun (Lightning's RuntimeError was a traceback) or a garbled count
+    ({"SLURM_JOB_ID": "1", "SLURM_NTASKS": "2"}, ["the SLURM job's environment (SLURM_NTASKS=2)",
+                                                  "Use `--ntasks-per-node=2` instead"]),
+    ({"SLURM_JOB_ID": "1", "SLURM_NTASKS": "abc"}, ["environment variable SLURM_NTASKS='abc' is not an integer"]),
+])
+def test_launcher_variables_a_single_process_fit_cannot_honour_are_refused_before_it_writes(world, tmp_path,
+                                                                                             monkeypatch, env, needles):
+    from cli_checks import assert_refused
+
+    if "SLURM_NTASKS" not in env:  # (a run's adapter there, which such a fit replaced; the folder check says so first)
+        (tmp_path / "run" / "final").mkdir(parents=True)
+        (tmp_path / "run" / "final" / "adapter_model.safetensors").write_bytes(b"the user's adapter")
+    monkeypatch.delenv("SLURM_JOB_NAME", raising=False)  # (bash / interactive: Lightning takes no SLURM job then)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert_refused("train", fit_args(world, tmp_path), tmp_path, (tmp_path,), needles)
+
+
 def test_an_init_seed_within_64_bits_is_taken():
     from radar_train.config import ModelArgs
 

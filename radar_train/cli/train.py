@@ -559,10 +559,27 @@ def lock_taker() -> bool:
     variables must say 0: torchrun's RANK, LOCAL_RANK and GROUP_RANK (it sets no NODE_RANK: local rank 0 of
     every node would count), Lightning's NODE_RANK, and srun's SLURM_PROCID (srun starts every rank itself,
     without a LOCAL_RANK). Another rank would find the lock its own rank 0 holds, and refuse it."""
+    return not stray_rank_variables()
+
+
+def check_rank_variables(world_size: int) -> None:
+    """ValueError where a rank variable says this process is not rank 0 and yet the trainer runs one process (a
+    variable left in the shell): such a process checked no run folder and took no lock, as another rank, yet wrote
+    as the only one, over the run there (its rank-zero lines muted by Lightning, which reads the same variables)."""
+    stray = stray_rank_variables()
+    if stray and world_size == 1:
+        raise ValueError(f"environment {', '.join(stray)}: that makes this process another rank than 0 of a launch, "
+                         f"but the run is one process (world size 1), which checks no run folder then: unset "
+                         f"{', '.join(v.split('=')[0] for v in stray)} (left in this shell?), or start every rank "
+                         f"with torchrun or srun")
+
+
+def stray_rank_variables() -> list[str]:
+    """`NAME=value` of every launcher rank variable (lock_taker's) that says this process is not rank 0."""
     from radar_train.cache.workers import env_int
 
-    return all(env_int(os.environ, k, 0) == 0
-               for k in ("RANK", "LOCAL_RANK", "GROUP_RANK", "NODE_RANK", "SLURM_PROCID"))
+    return [f"{k}={os.environ[k]}" for k in ("RANK", "LOCAL_RANK", "GROUP_RANK", "NODE_RANK", "SLURM_PROCID")
+            if env_int(os.environ, k, 0) != 0]
 
 
 def _make_cli_class(subcommand: str):
@@ -688,7 +705,14 @@ def _make_cli_class(subcommand: str):
                     kwargs["logger"] = TensorBoardLogger(save_dir=Path(root) / "tb", name=self.subcommand,
                                                          default_hp_metric=False)
             if SLURMEnvironment.detect() and not cfg.get("plugins"):
-                kwargs["plugins"] = [SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR1)]
+                from radar_train.cache.workers import env_int
+
+                env_int(os.environ, "SLURM_NTASKS", 1)  # (Lightning's int() named no variable)
+                try:  # (a batch script's --ntasks without srun: Lightning's RuntimeError, a traceback)
+                    kwargs["plugins"] = [SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR1)]
+                except RuntimeError as e:
+                    raise ValueError(f"the SLURM job's environment (SLURM_NTASKS={os.environ.get('SLURM_NTASKS')}): "
+                                     f"{e}") from None
             # the run's ModelCheckpoint must be known before fit(ckpt_path="last") looks for last.ckpt
             # (the module's configure_callbacks attaches the same one later, replacing this)
             ckpt = self.model.checkpoint_callback(cfg.get("default_root_dir") or os.getcwd())
@@ -702,7 +726,7 @@ def _make_cli_class(subcommand: str):
             if extra:
                 kwargs["callbacks"] = [*given, *extra]
             try:
-                return super().instantiate_trainer(**kwargs)
+                trainer = super().instantiate_trainer(**kwargs)
             except MisconfigurationException as e:  # Lightning's own checks of the trainer settings
                 raise ValueError(f"{_trainer_options_at_fault(e, cfg)}: {e}") from None
             except ImportError as e:  # an accelerator, strategy or precision whose package is not installed
@@ -712,6 +736,8 @@ def _make_cli_class(subcommand: str):
                 if at_fault == "--trainer":  # (names no trainer setting: not one of those)
                     raise
                 raise ValueError(f"{at_fault}: {e}") from None
+            check_rank_variables(trainer.world_size)
+            return trainer
 
         def _check_data(self, fit: bool) -> None:
             """Read the caches and check them against the decoder (and its label conditioning's class count)
