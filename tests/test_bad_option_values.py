@@ -109,6 +109,10 @@ CASES = [
        lambda w, t, v=v: fit_args(w, t, f"--trainer.default_root_dir={v}"),
        ["--trainer.default_root_dir is not set (~, null, an empty value and a text starting with # read as YAML null)"])
       for v in ("~", "null", "#run")],
+    # bytes of a Latin-1 terminal (surrogates): TensorBoard's writer failed after the checks, leaving tb/ there
+    ("fit-into-a-run-folder-that-is-not-utf-8", "train",
+     lambda w, t: fit_args(w, t, "--trainer.default_root_dir", str(t / "caf\udce9")),
+     ["caf\\udce9' is not a UTF-8 path", "name the run folder in UTF-8"]),
     ("cache-into-an-output-yaml-reads-as-null", "cache",
      lambda w, t: ["run", "--config", str(CONFIGS / "cache" / "tiny.yaml"), "--device", "cpu", "--output=~"],
      ["output is not set", "~, null, an empty value and a text starting with # read as YAML null"]),

@@ -69,3 +69,18 @@ def test_ctrl_c_while_a_command_still_imports_is_one_line(program, one_line):
         assert r.stderr == "radar-eval: interrupted\n", r.stderr
     else:
         assert "Traceback" in r.stderr and "KeyboardInterrupt" in r.stderr, r.stderr
+
+
+def test_a_command_started_in_a_folder_that_was_deleted_says_so_in_one_line(tmp_path):
+    """Every path absolute, yet `[Errno 2] No such file or directory` naming nothing, or oneMKL's 'FATAL ERROR:
+    Cannot load libtorch_cpu.so' (a broken install, by the look of it) as torch loaded."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    command = Path(sys.executable).parent / "radar-generate"
+    script = f'mkdir gone && cd gone && rmdir ../gone && exec "{command}" --output {tmp_path / "out"}'
+    r = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stderr) == (2, "error: the current folder no longer exists (deleted or moved while the "
+                                            "shell was in it): cd to an existing folder\n"), r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -293,6 +293,11 @@ def check_run_folder(root: str | os.PathLike, ckpt_path: Optional[str], subcomma
     from radar_train.outputs import OutputError, check_no_overlap, check_no_tilde, check_writable
 
     check_no_tilde(root, RUN_OPTION)
+    try:  # (bytes a Latin-1 terminal typed arrive as surrogates: TensorBoard's writer failed after the checks)
+        os.fspath(root).encode("utf-8")
+    except UnicodeEncodeError:
+        raise OutputError(f"{RUN_OPTION} {os.fspath(root)!r} is not a UTF-8 path (typed in a locale of another "
+                          f"encoding?), which TensorBoard's writer cannot open: name the run folder in UTF-8") from None
     p = Path(root)
     if p.exists() and not p.is_dir():
         raise OutputError(f"{RUN_OPTION} {p} is an existing file: give a folder")
