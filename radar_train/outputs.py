@@ -263,8 +263,9 @@ def check_not_link(output: PathLike, folder: PathLike, command: str) -> None:
 
 def fingerprint_differences(stored: Mapping, wanted: Mapping, prefix: str = "") -> list[str]:
     """`PREFIXkey: stored vs wanted` for each setting of two fingerprints (a progress folder's settings and this
-    run's) that differs; a key only one side has counts as differing."""
-    return [f"{prefix}{k}: {json.dumps(stored.get(k))} vs {json.dumps(wanted.get(k))}"
+    run's) that differs; a key only one side has counts as differing. Both sides' mappings are shown with sorted
+    keys (the saved side was read back sorted: the two orders differed, hard to compare by eye)."""
+    return [f"{prefix}{k}: {json.dumps(stored.get(k), sort_keys=True)} vs {json.dumps(wanted.get(k), sort_keys=True)}"
             for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
 
 

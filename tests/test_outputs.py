@@ -515,3 +515,13 @@ def test_merges_record_that_fails_is_named_not_the_weights(tmp_path, monkeypatch
     with pytest.raises(OSError) as e:
         write_merged({"w": torch.zeros(4)}, tmp_path / "m.pth", {"x": 1})
     assert e.value.filename == str(tmp_path / "m.pth.json") and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_progress_settings_that_differ_show_both_mappings_in_one_key_order():
+    """The saved side was read back with sorted keys, the run's in its own order: `{"top_k": 64, "cfg": 2.0}` beside
+    `{"cfg": 1.5, "top_k": 900}`, hard to compare by eye."""
+    from radar_train.outputs import fingerprint_differences
+
+    assert fingerprint_differences({"sampling": {"cfg": 1.5, "top_k": 900}, "n": 4},
+                                   {"sampling": {"top_k": 64, "cfg": 2.0}, "n": 4}) == [
+        'sampling: {"cfg": 1.5, "top_k": 900} vs {"cfg": 2.0, "top_k": 64}']
