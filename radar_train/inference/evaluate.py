@@ -185,6 +185,10 @@ def load_decoders(manifest, meta: dict, adapter_dir: str, vae_checkpoint: Option
             raise FileNotFoundError(f"{made}, which is not here: pass --vae_checkpoint ({e})") from None
         raise ValueError(f"--vae_checkpoint {vae_checkpoint} does not load: {e} ({made})") from None
     if (ident.kind, ident.value) != (vae_id["kind"], vae_id["value"]):
+        gone = model.get("vae_checkpoint") if vae_checkpoint is None and vae_id["kind"] == "file" else None
+        if gone and not Path(gone).is_file():  # (the preset's own weights were loaded in its place: say why)
+            raise FileNotFoundError(f"the cache was made with the VQ-VAE file {gone!r} (sha256 "
+                                    f"{vae_id['value'][:12]}…), which is not here: pass --vae_checkpoint")
         raise ValueError(f"VQ-VAE {ident.kind}:{ident.value[:16]} is not the one the cache was made with "
                          f"({vae_id['kind']}:{vae_id['value'][:16]}); pass the right --vae_checkpoint")
     adapted, _ = load_latent_decoder(model["preset"], ckpt, identity_seed(vae_id), device)

@@ -211,6 +211,19 @@ def test_a_vae_checkpoint_that_does_not_load_for_a_cache_of_a_packaged_vqvae_nam
     assert msg.endswith("(the cache was made with the VQ-VAE file packaged with the toy preset (sha256 3aed887a09b0…))")
 
 
+def test_a_cache_whose_vqvae_file_is_gone_says_so_not_that_the_presets_own_weights_differ(tmp_path):
+    """Without --vae_checkpoint the recorded file is loaded if it is still there; gone, the preset's own (random)
+    weights were, and the line said "VQ-VAE random:tiny:seed=0 is not the one the cache was made with"."""
+    from radar_train.inference.evaluate import load_decoders
+
+    manifest = _manifest(_plan(), vae_checkpoint=str(tmp_path / "moved" / "vae.safetensors"))
+    manifest.model.update(vae={"kind": "file", "value": "ab12" * 16, "config": {}})
+    with pytest.raises(FileNotFoundError) as e:
+        load_decoders(manifest, META, str(tmp_path), None, "cpu")
+    assert str(e.value) == (f"the cache was made with the VQ-VAE file '{tmp_path / 'moved' / 'vae.safetensors'}' "
+                            f"(sha256 ab12ab12ab12…), which is not here: pass --vae_checkpoint")
+
+
 def test_an_adapter_whose_metadata_does_not_record_its_training_shards_is_not_called_held_out(trained_run, tmp_path):
     """A hand-made or edited radar_config.yaml (radar-train always writes caches[*].train_shards): which shards
     the adapter trained on is unknown, so the shards named are refused, and with --allow_train_shards the
