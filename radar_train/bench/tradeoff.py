@@ -337,19 +337,28 @@ SERIES_STYLES = {"vanilla": ((80, 80, 80), "diamond"), "accelerated": ((31, 119,
                  "accelerated + PAA": ((214, 39, 40), "square")}
 
 
+VANILLA_SELF = {"psnr_vs_vanilla": math.inf, "ssim_vs_vanilla": 1.0, "latent_distance": 0.0}
+"""What a metric measured against the vanilla sample is for vanilla itself (identical images and latents): the rows
+record none, but vanilla is on the chart at it, so that a setting slower than vanilla is off the Pareto front."""
+
+
 def chart_points(rows: list[dict], groups: list[dict], metric: str, speed: str = "e2e"):
     """(points, Pareto front indices, links): vanilla, each setting, and each adapter group of a setting (mean
-    over its adapters, ± their standard deviation); rows without a value of `metric` are left out; links join
-    each group's point to its setting's."""
+    over its adapters, ± their standard deviation); rows without a value of `metric` are left out, but for
+    vanilla's own value of a metric against vanilla (VANILLA_SELF; its PSNR infinite); links join each group's
+    point to its setting's."""
     from radar_train.images import ChartPoint
 
     key = "speedup_e2e" if speed == "e2e" else "speedup"
     points, index = [], {}
     for r in rows:
-        if r["paa"] or r.get(metric) is None:
+        value = r.get(metric)
+        if value is None and r["setting"] == "vanilla" and not r["paa"]:
+            value = VANILLA_SELF.get(metric)
+        if r["paa"] or value is None:
             continue
         index[r["setting"]] = len(points)
-        points.append(ChartPoint(r[key], r[metric], "vanilla" if r["setting"] == "vanilla" else _label(r["setting"]),
+        points.append(ChartPoint(r[key], value, "vanilla" if r["setting"] == "vanilla" else _label(r["setting"]),
                                  SERIES[0] if r["setting"] == "vanilla" else SERIES[1]))
     links = []
     for g in groups:
@@ -369,8 +378,15 @@ def draw_chart(doc: dict, size: tuple[int, int] = (960, 640)):
     """The speed-quality chart of a result document (a PIL image)."""
     from radar_train.images import scatter_chart
 
+    from dataclasses import replace
+
     metric, speed = doc["quality_metric"], doc["speed_axis"]
     points, front, links = chart_points(doc["rows"], doc["groups"], metric, speed)
+    finite = [p.y for p in points if math.isfinite(p.y)]
+    if finite:  # vanilla's PSNR against itself: drawn above every other point, its label saying why
+        top = max(finite) + max(1.0, 0.1 * (max(finite) - min(finite)))
+        points = [p if math.isfinite(p.y) else replace(p, y=top, label=f"{p.label} (∞: the reference)")
+                  for p in points]
     title, higher, _ = METRICS[metric]
     y_label = title + ("" if higher else " (lower is better; axis inverted)")
     x_label = f"speed-up over vanilla ({'end to end: sampling + decode' if speed == 'e2e' else 'sampling loop'})"

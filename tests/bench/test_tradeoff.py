@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,26 @@ def test_chart_points_put_each_adapter_group_at_its_mean_and_mark_the_front():
     assert points[3].yerr == 2.83
     assert [points[i].label for i in front] == ["vanilla", "fv:aggr+paa"]  # lower FID is better
     assert links == [(1, 3)]
+
+
+@pytest.mark.parametrize("metric,values,self_value,front", [
+    ("psnr_vs_vanilla", (20.0, 30.0, 25.0, 21.0, 22.0), math.inf, ["vanilla", "fv:aggr+paa"]),
+    ("ssim_vs_vanilla", (0.6, 0.8, 0.7, 0.5, 0.9), 1.0, ["vanilla", "fv:aggr+paa"]),
+    ("latent_distance", (0.3, None, None, 0.2, 0.1), 0.0, ["vanilla", "sv:paper", "fv:aggr"]),
+])
+def test_vanilla_is_the_reference_of_a_metric_against_vanilla_and_beats_every_slower_setting(metric, values,
+                                                                                              self_value, front):
+    """The rows record no PSNR / SSIM / latent distance of vanilla against itself: vanilla was left off the chart and
+    the front, so a setting slower than vanilla and worse than it (here one at 0.8x) was on the Pareto front."""
+    doc = _doc(metric)
+    doc["rows"].append({"setting": "fastvar:mild", "adapter": None, "paa": False, "speedup_e2e": 0.8})
+    for r, v in zip(doc["rows"][1:], values):
+        r[metric] = v
+    doc["groups"][0][metric] = None if values[1] is None else {"mean": (values[1] + values[2]) / 2, "std": 1.0}
+    points, front_ix, _ = chart_points(doc["rows"], doc["groups"], metric)
+    assert (points[0].label, points[0].x, points[0].y) == ("vanilla", 1.0, self_value)
+    assert [points[i].label for i in front_ix] == front  # (fv:mild, 0.8x: off it)
+    draw_chart(doc)  # (the infinite PSNR drawn above the others)
 
 
 def test_chart_is_a_png_of_the_requested_size_with_each_series_drawn(tmp_path):
