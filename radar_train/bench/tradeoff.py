@@ -179,7 +179,7 @@ def run_tradeoff(cfg: TradeoffConfig, output: Optional[str] = None, overwrite: b
 
     _check(cfg)
     dev, amp = resolve_device(cfg.timing.device, cfg.timing.dtype, "--setup.timing")
-    table = adapter_table(cfg.adapters, cfg.settings)
+    table = adapter_table(cfg.adapters, cfg.settings, listed_in="--setup.settings")
     toy = cfg.model.preset == "toy"
     metric = resolve_metric(cfg.quality_metric, toy)
     folders = [f for named in table.values() for f in named.values()]

@@ -277,7 +277,7 @@ def run_masks(cfg: MasksConfig, output: Optional[str] = None, overwrite: bool = 
                                  "--setup.model.var_checkpoint": cfg.model.var_checkpoint})
     log.info("masks: %d settings (%d sampled, %d equal to vanilla), %d adapters", len(settings), len(measured),
              len(settings) - len(measured), len(folders))
-    measure = run_measure(mcfg)
+    measure = run_measure(mcfg, command="radar-toy masks")
     report = build_report(cfg, settings, measure, pns)
     report["markdown"] = markdown_table(report)
     if output is not None:

@@ -242,13 +242,14 @@ def adapter_group(name: str) -> str:
     return m.group(1) if m else name
 
 
-def adapter_table(adapters: dict[str, AdapterSpec], methods: Sequence[str],
-                  option: str = "--setup.adapters") -> dict[str, dict[str, str]]:
+def adapter_table(adapters: dict[str, AdapterSpec], methods: Sequence[str], option: str = "--setup.adapters",
+                  listed_in: str = "--setup.methods") -> dict[str, dict[str, str]]:
     """{setting: {adapter name: folder}} from the option's value: a folder alone is named 'paa', a mapping
-    keeps its names. ValueError for a setting that is not measured or a malformed entry."""
+    keeps its names. ValueError for a setting that is not measured (`listed_in`: the option listing them) or a
+    malformed entry."""
     unknown = sorted(set(adapters) - set(methods))
     if unknown:
-        raise ValueError(f"{option}: adapters given for {unknown}, which are not in methods {list(methods)}")
+        raise ValueError(f"{option}: adapters given for {unknown}, which are not in {listed_in} {list(methods)}")
     table: dict[str, dict[str, str]] = {}
     for spec, value in adapters.items():
         named = {DEFAULT_ADAPTER_NAME: value} if isinstance(value, (str, Path)) else value
@@ -346,10 +347,11 @@ def flat_rows(report: dict) -> list[dict]:
     return out
 
 
-def run_measure(cfg: MeasureConfig, output: Optional[str] = None, overwrite: bool = False) -> dict:
+def run_measure(cfg: MeasureConfig, output: Optional[str] = None, overwrite: bool = False,
+                command: str = "radar-toy measure") -> dict:
     """Measure everything in `cfg`; writes metrics.json, metrics.md and toyworld_grid.png to `output`
     if given (existing ones only with `overwrite`). Returns the metrics plus their markdown table under
-    'markdown'."""
+    'markdown'. `command` names the progress lines (radar-toy masks measures through this too)."""
     check_setup(cfg)
     table = adapter_table(cfg.adapters, cfg.methods)
     folders = [f for named in table.values() for f in named.values()]
@@ -382,7 +384,7 @@ def run_measure(cfg: MeasureConfig, output: Optional[str] = None, overwrite: boo
     report["toy_fid"] = fid.describe(n) | {"baselines": {k: _r(v) for k, v in fid.baselines(n, vqvae).items()}}
     log.info("toy FID baselines (%d samples): %s", n, report["toy_fid"]["baselines"])
 
-    runs = Progress(1 + len(accels), "radar-toy measure", "runs", rate_unit="run", interval_s=0, mode=log_mode(),
+    runs = Progress(1 + len(accels), command, "runs", rate_unit="run", interval_s=0, mode=log_mode(),
                     emit=log.info)  # a line after each run: runs done, time per run, ETA
     sampler = NextScaleSampler(var, vqvae.quantize, cfg.sampling)
     fhat_hq = sample_fhat(sampler, labels, seeds, cfg.batch_size)

@@ -99,6 +99,11 @@ CASES = [
     ("tradeoff-one-fid-reference", "bench",
      lambda t, off: ["tradeoff", "--setup.fid_reference_images", "1", "--output", str(t / "o")],
      ["--setup.fid_reference_images"]),
+    ("tradeoff-adapters-of-a-setting-not-measured", "bench",  # (it named "methods", the option of radar-toy measure)
+     lambda t, off: ["tradeoff", "--setup.settings", "[fastvar:aggressive]", "--setup.adapters",
+                     '{"stagevar:paper": "a"}', "--output", str(t / "o")],
+     ["--setup.adapters: adapters given for ['stagevar:paper'], which are not in --setup.settings "
+      "['fastvar:aggressive']"]),
     ("tradeoff-negative-base-seed", "bench",
      lambda t, off: ["tradeoff", "--setup.base_seed", "-1", "--output", str(t / "o")], ["--setup.base_seed"]),
     ("tradeoff-base-seed-past-int64", "bench",

@@ -110,13 +110,16 @@ def _main(*argv: str) -> int:
     return e.value.code
 
 
-def test_radar_toy_masks_smoke(tmp_path, capsys):
+def test_radar_toy_masks_smoke(tmp_path, capsys, caplog):
+    caplog.set_level("INFO")
     out = tmp_path / "out"
     args = ["masks", "--setup.families", "[sca, pts]", "--setup.budgets", "[1.0, 0.5]",
             "--setup.adapters", json.dumps({"sca@0.5": _adapter(tmp_path / "paa")}),
             "--setup.images_per_class", "1", "--setup.fid_reference_images", "12", "--setup.num_heldout_images", "4",
             "--setup.batch_size", "10", "--output", str(out)]
     assert _main(*args) == 0
+    progress = [m for m in caplog.messages if m.startswith("radar-toy ")]  # (they said radar-toy measure)
+    assert progress and all(m.startswith("radar-toy masks: ") for m in progress), progress
     assert sorted(p.name for p in out.iterdir()) == ["masks.json", "masks.md", "masks.png"]
     doc = json.loads((out / "masks.json").read_text())
     assert {"device", "torch", "commit", "date", "command"} <= set(doc)

@@ -97,7 +97,7 @@ def test_adapter_table_accepts_one_folder_or_named_folders():
     table = adapter_table({"fastvar:aggressive": {"paa_s0": "a", "paa_s1": "b"}, "stagevar:paper": "c"},
                           ["fastvar:aggressive", "stagevar:paper"])
     assert table == {"fastvar:aggressive": {"paa_s0": "a", "paa_s1": "b"}, "stagevar:paper": {"paa": "c"}}
-    with pytest.raises(ValueError, match="not in methods"):
+    with pytest.raises(ValueError, match="not in --setup.methods"):
         adapter_table({"stagevar:paper": "c"}, ["fastvar:default"])
     with pytest.raises(ValueError, match="adapter name"):
         adapter_table({"fastvar:default": {"a b": "c"}}, ["fastvar:default"])

@@ -214,5 +214,5 @@ def test_sharpness_is_one_against_itself_and_drops_with_a_blur():
 
 
 def test_measure_refuses_adapters_for_unmeasured_methods():
-    with pytest.raises(ValueError, match="not in methods"):
+    with pytest.raises(ValueError, match="not in --setup.methods"):
         run_measure(MeasureConfig(methods=["fastvar:default"], adapters={"stagevar:paper": "x"}))
