@@ -149,7 +149,8 @@ def export_wds(cache_dir: str, output: str, progress: bool = True) -> dict:
     _check_output_manifest(out, manifest)  # an existing export of another cache: refused, nothing written
     shards = sorted(scan.complete)
     todo = [s for s in shards if not (out / tar_name(s)).exists()]
-    damaged = [f"{out / tar_name(s)} {why}" for s in shards if s not in todo
+    exported = set(shards) - set(todo)  # (a set: `not in todo` made a rerun quadratic in the shards)
+    damaged = [f"{out / tar_name(s)} {why}" for s in shards if s in exported
                for why in [existing_tar_problem(out / tar_name(s), *manifest.shard_range(s))] if why]
     if damaged:  # (the rerun would skip them and call the export whole)
         raise InputError(f"{output}: {len(damaged)} exported tar(s) damaged since they were written, nothing was "
