@@ -60,7 +60,10 @@ def evaluate(cache: str, adapter: str, output: str = "outputs/eval", shards: Opt
         _shipped_heads_checked("--lpips.heads")
     check_output_dir(output, REPORT_FILES, "--output", {"--cache": cache, "--adapter": adapter,
                                                          "--vae_checkpoint": vae_checkpoint}, overwrite)
-    print(f"radar-eval: adapter {adapter} on {cache} (shards {shard_list or 'from the adapter'}) -> {output}")
+    from radar_train.config import format_int_list
+
+    shown = format_int_list(shard_list) if shard_list else "from the adapter"
+    print(f"radar-eval: adapter {adapter} on {cache} (shards {shown}) -> {output}")
     result = evaluate_restoration(cache, adapter, shard_list, batch_size, str(dev), vae_checkpoint, lpips, num_workers,
                                   allow_train_shards=allow_train_shards, progress=True, distance_bins=distance_bins)
     js, md = write_report(result, output, overwrite)

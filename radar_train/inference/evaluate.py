@@ -331,14 +331,15 @@ def markdown_table(r: dict) -> str:
             ("SSIM vs vanilla decode", r["ssim_baseline"], r["ssim_adapted"])]
     if "lpips_baseline" in r:
         rows.append(("LPIPS vs vanilla decode", r["lpips_baseline"], r["lpips_adapted"]))
+    shards = format_int_list(r["shards"])  # (ranges: 2,000 shard ids made a 23 kB title)
     if r.get("held_out", True) is None:
-        title = (f"Restoration on {r['num_pairs']} pairs (shards {r['shards']}) of {r['cache']}: held-out UNKNOWN, "
+        title = (f"Restoration on {r['num_pairs']} pairs (shards {shards}) of {r['cache']}: held-out UNKNOWN, "
                  f"the adapter's metadata does not record its training shards")
     elif r.get("held_out", True):
-        title = f"Restoration on {r['num_pairs']} held-out pairs (shards {r['shards']}) of {r['cache']}"
+        title = f"Restoration on {r['num_pairs']} held-out pairs (shards {shards}) of {r['cache']}"
     else:
-        title = (f"Restoration on {r['num_pairs']} pairs (shards {r['shards']}) of {r['cache']}: NOT held-out, "
-                 f"the adapter was trained on shards {r['train_shard_overlap']}")
+        title = (f"Restoration on {r['num_pairs']} pairs (shards {shards}) of {r['cache']}: NOT held-out, "
+                 f"the adapter was trained on shards {format_int_list(r['train_shard_overlap'])}")
     lines = [title,
              "", "| metric | accelerated (baseline) | accelerated + adapter |", "| --- | ---: | ---: |"]
     lines += [f"| {name} | {a:.4f} | {b:.4f} |" for name, a, b in rows]

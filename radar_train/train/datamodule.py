@@ -404,7 +404,7 @@ class PairDataModule(pl.LightningDataModule):
                     log.warning("%s: shards %s %s and are left out of training", where, format_int_list(left_out), kind)
             both = sorted(set(train) & set(val))
             if both:
-                problems.append(f"{where}: shards {both} are in both train_shards and val_shards")
+                problems.append(f"{where}: shards {format_int_list(both)} are in both train_shards and val_shards")
             past = sorted(s for s in train + val if s >= manifest.num_shards)
             absent = sorted(s for s in train + val if s < manifest.num_shards and s not in have)
             if past:

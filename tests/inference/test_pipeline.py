@@ -198,7 +198,8 @@ def test_radar_eval_reports_restoration_on_held_out_shards(trained_run, tmp_path
     assert r["num_pairs"] == 16 and r["shards"] == [4]
     assert r["radar_train"] == __import__("radar_train").__version__  # (the code that measured it)
     assert r["gap_closed"] > 0 and r["psnr_adapted"] > r["psnr_baseline"]
-    assert "gap closed" in (out / "eval.md").read_text()
+    md = (out / "eval.md").read_text()
+    assert "gap closed" in md and "held-out pairs (shards 4) of " in md  # (shards as ranges, not a Python list)
 
 
 def test_radar_eval_finds_the_adapters_validation_shards_from_another_folder(trained_run, tmp_path, cli):

@@ -61,7 +61,7 @@ def test_bad_splits_are_reported_together(tiny_cache, tmp_path):
     with pytest.raises(ValueError) as e:
         dm.setup("fit")
     msg = str(e.value)
-    assert "[4] are in both" in msg and "shards 19 are past the cache's plan of 16 shards (0-15)" in msg
+    assert "shards 4 are in both" in msg and "shards 19 are past the cache's plan of 16 shards (0-15)" in msg
     assert "nothing does not exist" in msg
 
 
