@@ -27,7 +27,7 @@ import contextlib
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Literal, Optional, Sequence
 
 import torch
@@ -377,8 +377,6 @@ def chart_points(rows: list[dict], groups: list[dict], metric: str, speed: str =
 def draw_chart(doc: dict, size: tuple[int, int] = (960, 640)):
     """The speed-quality chart of a result document (a PIL image)."""
     from radar_train.images import scatter_chart
-
-    from dataclasses import replace
 
     metric, speed = doc["quality_metric"], doc["speed_axis"]
     points, front, links = chart_points(doc["rows"], doc["groups"], metric, speed)

@@ -269,7 +269,7 @@ def _wds_tars(path: str, shards: list[int]) -> list[str]:
 
     missing = [s for s in shards if not (Path(path) / tar_name(s)).is_file()]
     if missing:
-        raise FileNotFoundError(f"WebDataset export {path}: no tar for shard(s) {missing} "
+        raise FileNotFoundError(f"WebDataset export {path}: no tar for shard(s) {format_int_list(missing)} "
                                 f"(export with `radar-cache export-wds CACHE --output {path}`)")
     return [local_url(Path(path) / tar_name(s)) for s in shards]
 
