@@ -64,9 +64,6 @@ class ToyTrainConfig:
                      f"{TOY_VAE.patch_nums[-1]} tokens a side, {TOY_VAE.downsample}x downsampling), "
                      f"got {self.world.image_size}")
         p += self.vqvae.problems(f"{prefix}vqvae.") + self.var.problems(f"{prefix}var.")
-        if self.classifier.recon_images > self.num_train_images >= 1:  # (it took them all, recording the number asked)
-            p.append(f"{prefix}classifier.recon_images {self.classifier.recon_images} is more than the "
-                     f"{prefix}num_train_images {self.num_train_images} there are to reconstruct")
         return p + self.classifier.problems(f"{prefix}classifier.")
 
 
