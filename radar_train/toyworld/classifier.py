@@ -63,7 +63,8 @@ class ClassifierTrainConfig:
     width: int = 16
     """Channels of the first block (doubling twice)."""
     recon_images: int = 4000
-    """Training images whose VQ-VAE reconstructions the classifier also sees (0 = renders only)."""
+    """Training images whose VQ-VAE reconstructions the classifier also sees (0 = renders only); at most
+    num_train_images are (toy_train.json's classifier metrics record recon_images_used)."""
     recon_share: float = 0.5
     """Share of every batch drawn from those reconstructions."""
     log_every: int = 100

@@ -158,6 +158,8 @@ def _train_into(cfg: ToyTrainConfig, out: Path, progress: ToyTrainProgress) -> d
     recon = reconstruct_bank(vqvae, bank, cfg.classifier.recon_images, cfg.device) \
         if cfg.classifier.recon_images else None
     clf, clf_metrics = train_classifier(cfg.classifier, bank, cfg.seed, cfg.device, recon_bank=recon)
+    # (recon_images is at most that many: the number used, where the recipe asked for more than its training images)
+    clf_metrics["recon_images_used"] = 0 if recon is None else len(recon)
     times["classifier_s"] = round(time.time() - t2, 1)
     _save(clf, out / CLASSIFIER_FILE, torch.float32, "classifier")
     clf_metrics["heldout_accuracy"] = round(accuracy(clf, held.images.float().div(255), held.labels), 4)

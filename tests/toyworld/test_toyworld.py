@@ -192,6 +192,8 @@ def test_radar_toy_train_writes_loadable_weights(tmp_path):
     assert var.config == TOY_VAR
     info = json.loads((tmp_path / INFO_FILE).read_text())
     assert info["config"]["vqvae"]["steps"] == 2 and set(info["times"]) >= {"vqvae_s", "var_s", "total_s"}
+    # the recipe's 4,000 reconstructions are at most its 32 training images: the number used is recorded
+    assert info["config"]["classifier"]["recon_images"] == 4000 and info["metrics"]["classifier"]["recon_images_used"] == 32
     load_classifier(str(tmp_path / CLASSIFIER_FILE))
 
 
