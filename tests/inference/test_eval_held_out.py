@@ -169,14 +169,16 @@ def test_radar_eval_warns_on_a_cache_of_another_acceleration_and_records_how_it_
     """(It warned on neither: eval.json named the cache's acceleration alone, and RadarPipeline warned.)"""
     import warnings
 
-    def aggressive(m):
-        m["accel"]["preset"] = "aggressive"
+    def aggressive(m):  # (the record of FastVAR's aggressive preset on the tiny model; a preset alone names settings)
+        m["accel"].update(preset="aggressive", prune={"4": 0.5, "6": 0.75, "8": 0.9})
 
     other = _copy(trained_run["cache"], tmp_path / "aggressive", aggressive)
     with pytest.warns(UserWarning, match=r"radar-eval: adapter .* was trained on latents of another acceleration "
-                                         r"than .*aggressive's \(preset: default vs aggressive, trained vs the cache's\)"):
+                                         r"than .*aggressive's \(preset: default vs aggressive; prune: .*, trained vs "
+                                         r"the cache's\)"):
         r = evaluate_restoration(other, str(trained_run["adapter"]), shards=[4])
-    assert r["accel_differences"] == ["preset: default vs aggressive"]
+    assert r["accel_differences"] == ["preset: default vs aggressive",
+                                      "prune: {'6': 0.5, '8': 0.75} vs {'4': 0.5, '6': 0.75, '8': 0.9}"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the cache it was trained on: no warning
         r = evaluate_restoration(str(trained_run["cache"]), str(trained_run["adapter"]), shards=[4])
