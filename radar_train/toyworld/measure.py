@@ -228,8 +228,11 @@ def load_adapted_decoder(vqvae: VQVAE, adapter_dir: str, identity: ModelIdentity
     from radar_train.export import load_adapter
 
     check_adapter_folders([adapter_dir])
-    return load_adapter(vqvae.latent_decoder().eval(), adapter_dir, identity=identity, merge=True,
-                        num_classes=num_classes).eval()
+    try:
+        return load_adapter(vqvae.latent_decoder().eval(), adapter_dir, identity=identity, merge=True,
+                            num_classes=num_classes).eval()
+    except ValueError as e:  # (an adapter of another model's VQ-VAE or class count: said as the option's)
+        raise ValueError(f"--setup.adapters: {e}") from None
 
 
 _SEED_SUFFIX = re.compile(r"^(.+?)[_-](?:s|seed)?\d+$")

@@ -197,9 +197,14 @@ def test_radar_bench_tradeoff_checks_its_inputs_before_any_work(tmp_path, capsys
     assert _run(base + ["--setup.settings", "[fastvar:default]",
                         "--setup.adapters", json.dumps({"fastvar:default": str(tmp_path / "missing")})]) == 2
     assert _run(base + ["--setup.quality_metric", "toy_fid"]) == 2
+    toy = _adapters("toy", tmp_path / "adapters", ["paa"])["paa"]  # (an adapter of another model's VQ-VAE)
+    assert _run(base + ["--setup.settings", "[fastvar:default]", "--setup.adapters",
+                        json.dumps({"fastvar:default": toy}), "--setup.num_samples", "2", "--setup.batch_size", "2",
+                        "--setup.timing.batch_size", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("error: ") for line in err)
+    assert len(err) == 4 and all(line.startswith("error: ") for line in err), err
     assert "missing" in err[1] and "toy world" in err[2]
+    assert err[3].startswith(f"error: --setup.adapters: adapter {toy} was trained for the VQ-VAE file:"), err[3]
     assert not out.exists()
 
 
