@@ -170,27 +170,13 @@ class CacheJob:
         return summary
 
 
-def _engine_on(args: CacheArgs, here: bool) -> None:
-    """ValueError where sampling.engine cannot run on the device (graphs on a CPU): the sampler says so once the
-    models are loaded, after `--check` had said the run was fine. `auto` is this machine's device only `here`."""
-    from radar_train.engine import resolve_engine
-
-    if args.device == "auto" and not here:
-        return
-    try:
-        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                              "cpu" if args.device == "auto" else args.device)
-    except (RuntimeError, ValueError):  # (check_device names it)
-        return
-    resolve_engine(args.sampling.engine, device, "per_sample")  # (the noise of every cache; checked apart)
-
-
 def validate(args: CacheArgs, here: bool = True) -> list[str]:
     """Every problem found without loading a model: fields, plan and acceleration settings (their files
     included) against the preset, workers, device, checkpoint files. `here` False: the run is for another
     machine (a login node checking a job's settings), so a CUDA device need not exist on this one."""
     from radar_train.accel import build_accel
     from radar_train.config import check_device
+    from radar_train.engine import resolve_engine
     from radar_train.models import get_preset
 
     problems = args.problems()
@@ -209,8 +195,14 @@ def validate(args: CacheArgs, here: bool = True) -> list[str]:
             build_accel(args.accel, preset.var.patch_nums, preset.var.depth)
         except (ValueError, OSError) as e:
             problems.append(str(e))
-    # ("auto" is always a device)
-    checks = [lambda: check_device(args.device, here=here), lambda: _engine_on(args, here)]
+    def device_and_engine() -> None:
+        device = check_device(args.device, here=here)  # ("auto" is always a device)
+        # the engine on it (graphs on a CPU: the sampler said so once the models were loaded, after `--check` had
+        # said the run was fine); `auto` is this machine's device only `here`; the noise of every cache
+        if args.device != "auto" or here:
+            resolve_engine(args.sampling.engine, device, "per_sample")
+
+    checks = [device_and_engine]
     if args.num_workers is None or args.num_workers >= 1:  # (a count below 1 is among the fields' problems)
         checks.append(lambda: resolve_workers(args.num_workers, args.worker_index))
     for check in checks:

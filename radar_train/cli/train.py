@@ -279,10 +279,11 @@ def resume_option(root: Path) -> Optional[str]:
     checkpoint at all (a run with --model.output.checkpoints false, or one that ended before its first save)."""
     if resumes(root, "last"):
         return "--ckpt_path last"
-    named = sorted((root / "checkpoints").glob("*.ckpt")) if (root / "checkpoints").is_dir() else []
-    if hpc_checkpoint(root) is not None and not named:
+    named = any((root / "checkpoints").glob("*.ckpt")) if (root / "checkpoints").is_dir() else False
+    hpc = hpc_checkpoint(root) is not None
+    if hpc and not named:
         return "--ckpt_path hpc"
-    return "--ckpt_path FILE (a checkpoint of its checkpoints/)" if named or hpc_checkpoint(root) else None
+    return "--ckpt_path FILE (a checkpoint of its checkpoints/)" if named or hpc else None
 
 
 def check_run_folder(root: str | os.PathLike, ckpt_path: Optional[str], subcommand: str, inputs: dict,

@@ -402,7 +402,7 @@ class PairDataModule(pl.LightningDataModule):
                 left_out = [s for s in range(manifest.num_shards) if s not in have and s not in held]
                 if left_out:
                     log.warning("%s: shards %s %s and are left out of training", where, format_int_list(left_out), kind)
-            both = sorted(set(train) & set(val))
+            both = sorted(held.intersection(train))
             if both:
                 problems.append(f"{where}: shards {format_int_list(both)} are in both train_shards and val_shards")
             past = sorted(s for s in train + val if s >= manifest.num_shards)
