@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Literal, Optional, Sequence, Union
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
@@ -283,18 +284,18 @@ def shared_pairs(caches: Sequence["CacheSource"], manifests: Sequence, splits: S
 
     ids = [_pairs_identity(m.to_dict()) for m in manifests]
 
-    def pairs(m, shards) -> set:
-        seeds, labels = _samples(m.plan, shards)
-        return set(zip(seeds.tolist(), labels.tolist()))
+    def common(a: tuple, b: tuple) -> int:  # pairs in both (seeds, labels); a plan's seeds are distinct
+        _, ia, ib = np.intersect1d(a[0], b[0], assume_unique=True, return_indices=True)
+        return int((a[1][ia] == b[1][ib]).sum())
 
-    trained = {j: pairs(manifests[j], splits[j][0]) for j in range(len(caches))
+    trained = {j: _samples(manifests[j].plan, splits[j][0]) for j in range(len(caches))
                if ids[j] is not None and ids.count(ids[j]) > 1}  # (once each, only where another cache shares it)
     out = []
     for i, j in itertools.permutations(range(len(caches)), 2):
         if ids[i] is None or ids[i] != ids[j]:
             continue
         for what, shards in (("validation", splits[i][1]), ("training", splits[i][0] if i < j else [])):
-            n = len(pairs(manifests[i], shards) & trained[j])
+            n = common(_samples(manifests[i].plan, shards), trained[j])
             if n:
                 out.append(f"{n} {what} pairs of data.caches[{i}] ({caches[i].path}) are training pairs of "
                            f"data.caches[{j}] ({caches[j].path}), which holds the same pairs (a copy, or a larger "
