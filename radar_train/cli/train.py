@@ -707,9 +707,11 @@ def _make_cli_class(subcommand: str):
                 root = cfg.get("default_root_dir") or os.getcwd()
                 if self.subcommand == "fit":
                     kwargs["logger"] = TensorBoardLogger(save_dir=root, name="tb", version="", default_hp_metric=False)
-                else:  # a new tb/validate/version_N/ each time: the run's own tb/ files are not replaced
-                    kwargs["logger"] = TensorBoardLogger(save_dir=Path(root) / "tb", name=self.subcommand,
-                                                         default_hp_metric=False)
+                else:  # a new tb/validate/version_N/ each time, its own: the run's tb/ files are not replaced
+                    from radar_train.train.tb_version import OwnVersionTensorBoardLogger
+
+                    kwargs["logger"] = OwnVersionTensorBoardLogger(save_dir=Path(root) / "tb", name=self.subcommand,
+                                                                   default_hp_metric=False)
             if SLURMEnvironment.detect() and not cfg.get("plugins"):
                 from radar_train.cache.workers import env_int
 
