@@ -18,7 +18,8 @@
 #   GPUS_PER_TASK   GPUs per cache worker; 0 = run on CPUs                                           [1]
 #   CACHE_CPUS      CPUs per cache worker                                                            [8]
 #   CACHE_TIME      time limit of each cache task                                           [04:00:00]
-#   CACHE_ARGS      extra arguments for `radar-cache run` (word-split),
+#   CACHE_ARGS      extra arguments for `radar-cache run` (split at spaces, tabs and newlines; the cache
+#                   folder and the workers are CACHE_DIR's and NUM_WORKERS', not --output / --num_workers),
 #                   e.g. "--plan.images_per_class null --plan.num_samples 65536" (the configs set
 #                   plan.images_per_class, and a plan takes exactly one of the two)                      []
 #   TRAIN_CONFIG    radar-train config                                         [configs/train/tiny.yaml]
@@ -28,10 +29,11 @@
 #   RANKS_PER_NODE  training processes per node (one per GPU; DDP over gloo on CPUs)  [GPUS_PER_NODE, or 1]
 #   TRAIN_CPUS      CPUs per training rank                                                           [8]
 #   TRAIN_TIME      time limit of each training job; it requeues itself and resumes past it   [24:00:00]
-#   TRAIN_ARGS      extra arguments for `radar-train fit` (word-split), e.g. "--trainer.max_steps 20000" []
+#   TRAIN_ARGS      extra arguments for `radar-train fit` (split as CACHE_ARGS; the run folder is RUN_DIR's,
+#                   not --trainer.default_root_dir), e.g. "--trainer.max_steps 20000"                   []
 #   PARTITION       partition for all jobs                                        [empty: cluster default]
 #   ACCOUNT         account for all jobs                                          [empty: cluster default]
-#   SBATCH_ARGS     extra sbatch options for all jobs (word-split; given first, so that the settings above
+#   SBATCH_ARGS     extra sbatch options for all jobs (split as CACHE_ARGS; given first, so that the settings above
 #                   and the options the pipeline needs win over them: --chdir, --export, --dependency, --array,
 #                   --output), e.g. "--qos=high --constraint=a100 --mail-type=FAIL"                     []
 #   LOG_DIR         folder for the jobs' output files                                      [logs/slurm]
@@ -44,6 +46,7 @@
 #   RADAR_SETUP, RADAR_BIN: how the jobs find the executables, see slurm/env.sh (RADAR_DIR is set here).
 # Relative paths are relative to the project folder.
 set -euo pipefail   # arrays expand as ${a[@]+"${a[@]}"}: under set -u, bash < 4.4 calls an empty one unbound
+unset CDPATH        # (a cd that finds its folder through CDPATH prints it: RADAR_DIR would read two lines)
 RADAR_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export RADAR_DIR
 cd "$RADAR_DIR"
@@ -80,6 +83,7 @@ abs() { case "$1" in /*) echo "$1" ;; *) echo "$RADAR_DIR/$1" ;; esac; }
 LOG_DIR=$(abs "$LOG_DIR")   # the sbatch commands name absolute paths: they work from any folder
 
 problems=()
+if [ -e "$LOG_DIR" ] && [ ! -d "$LOG_DIR" ]; then problems+=("LOG_DIR $LOG_DIR is an existing file: give a folder"); fi
 for f in "$CACHE_CONFIG" "$TRAIN_CONFIG"; do [ -f "$f" ] || problems+=("config $f not found"); done
 # whole numbers as bash arithmetic reads them: digits without a leading zero (08 is octal there, an error or,
 # in a test, a GPU count of none); the counts of workers, nodes, ranks and CPUs at least 1, of GPUs 0 for none
@@ -101,9 +105,23 @@ fi
 if (( DRY_RUN == 0 )); then command -v sbatch >/dev/null || problems+=("sbatch not found: run this on a SLURM login node"); fi
 if (( ${#problems[@]} )); then printf 'error: %s\n' ${problems[@]+"${problems[@]}"} >&2; exit 2; fi
 
-read -r -a extra <<<"${SBATCH_ARGS:-}"
-read -r -a cache_args <<<"$CACHE_ARGS"
-read -r -a train_args <<<"$TRAIN_ARGS"
+# split at spaces, tabs and newlines (`read -a` alone stops at the first newline: the lines after it were dropped)
+read -r -d '' -a extra <<<"${SBATCH_ARGS:-}" || true
+read -r -d '' -a cache_args <<<"$CACHE_ARGS" || true
+read -r -d '' -a train_args <<<"$TRAIN_ARGS" || true
+# the folders and the split are the pipeline's own settings: given in the arguments too, the job would write or train
+# in another folder than the one verified, trained on, resumed from and printed
+given() {   # given SETTING 'OPTION-PATTERN' WORD...: a problem for each word that is the option (or OPTION=VALUE)
+  local setting=$1 pattern=$2 w; shift 2
+  for w in "$@"; do
+    if [[ $w =~ ^($pattern)(=.*)?$ ]]; then problems+=("${w%%=*} in ${setting%%:*}: ${setting#*: }"); fi
+  done
+}
+given "CACHE_ARGS: set the cache folder with CACHE_DIR" '--output' ${cache_args[@]+"${cache_args[@]}"}
+given "CACHE_ARGS: set the workers with NUM_WORKERS (the array has one task each)" '--num[-_]workers|--worker[-_]index' \
+  ${cache_args[@]+"${cache_args[@]}"}
+given "TRAIN_ARGS: set the run folder with RUN_DIR" '--trainer\.default_root_dir' ${train_args[@]+"${train_args[@]}"}
+if (( ${#problems[@]} )); then printf 'error: %s\n' ${problems[@]+"${problems[@]}"} >&2; exit 2; fi
 unset_hint() {   # after radar_exe's error line: what spares the pipeline the commands on this machine
   echo "  (the pipeline reads the unset CACHE_DIR / RUN_DIR from the configs with the commands: set both to submit" \
        "from a machine without them, with CHECK=0)" >&2
@@ -113,11 +131,11 @@ if [ -z "$CACHE_DIR" ] || [ -z "$RUN_DIR" ]; then   # the configs' own folders (
   source slurm/env.sh
   if [ -z "$CACHE_DIR" ]; then
     cache_exe=$(radar_exe radar-cache) || { unset_hint; exit 2; }   # (its own error line; not a command named "")
-    CACHE_DIR=$(config_value output "$cache_exe" run --config "$CACHE_CONFIG" ${cache_args[@]+"${cache_args[@]}"})
+    CACHE_DIR=$(config_value output "$cache_exe" run --config="$CACHE_CONFIG" ${cache_args[@]+"${cache_args[@]}"})
   fi
   if [ -z "$RUN_DIR" ]; then
     train_exe=$(radar_exe radar-train) || { unset_hint; exit 2; }
-    RUN_DIR=$(config_value trainer.default_root_dir "$train_exe" fit --config "$TRAIN_CONFIG" ${train_args[@]+"${train_args[@]}"})
+    RUN_DIR=$(config_value trainer.default_root_dir "$train_exe" fit --config="$TRAIN_CONFIG" ${train_args[@]+"${train_args[@]}"})
   fi
   [ -n "$CACHE_DIR" ] || problems+=("no cache folder: set CACHE_DIR or \`output:\` in $CACHE_CONFIG")
   [ -n "$RUN_DIR" ] || problems+=("no run folder: set RUN_DIR or trainer.default_root_dir in $TRAIN_CONFIG")
@@ -129,21 +147,24 @@ if [ -e "$(abs "$RUN_DIR")" ] && [ ! -d "$(abs "$RUN_DIR")" ]; then
   echo "error: RUN_DIR $RUN_DIR is an existing file: give a folder" >&2; exit 2
 fi
 
+# (folders and files are given as --option=VALUE, here and in the jobs: a value that begins with "-" is a value)
 if (( CHECK )); then   # the jobs' own checks, here (one `error:` line from the command, and exit 2)
   # shellcheck source=slurm/env.sh
   source slurm/env.sh
   cache_exe=$(radar_exe radar-cache) || exit 2
-  "$cache_exe" run --config "$CACHE_CONFIG" --output "$CACHE_DIR" --num-workers "$NUM_WORKERS" --worker-index 0 \
+  "$cache_exe" run --config="$CACHE_CONFIG" --output="$CACHE_DIR" --num-workers "$NUM_WORKERS" --worker-index 0 \
     ${cache_args[@]+"${cache_args[@]}"} --check >/dev/null || exit 2
   train_exe=$(radar_exe radar-train) || exit 2
-  "$train_exe" fit --config "$TRAIN_CONFIG" ${train_args[@]+"${train_args[@]}"} --trainer.default_root_dir "$RUN_DIR" \
-    --data.caches.path "$CACHE_DIR" --print_config >/dev/null || exit 2   # (the job's own overrides too)
+  "$train_exe" fit --config="$TRAIN_CONFIG" ${train_args[@]+"${train_args[@]}"} --trainer.default_root_dir="$RUN_DIR" \
+    --data.caches.path="$CACHE_DIR" --print_config >/dev/null || exit 2   # (the job's own overrides too)
 fi
 
 # SBATCH_ARGS first: sbatch keeps the last value of an option given twice, so the settings above win over them
 common=(${extra[@]+"${extra[@]}"} --chdir="$RADAR_DIR" --export=ALL)
 [ -n "${PARTITION:-}" ] && common+=(--partition="$PARTITION")
 [ -n "${ACCOUNT:-}" ] && common+=(--account="$ACCOUNT")
+# sbatch reads --output as a pattern (%j, %x, ...): a "%" in the log folder's path is written %%
+log_pattern=${LOG_DIR//%/%%}
 gres() { if (( $1 > 0 )); then echo "--gres=gpu:$1"; else echo "--gres=none"; fi; }
 
 # submit NAME SBATCH-ARGS...: sbatch, print the job id (or a made-up one with --dry-run, after printing the
@@ -169,16 +190,17 @@ trap 'cancel_submitted' ERR
 array=0-$((NUM_WORKERS - 1))${MAX_PARALLEL:+%$MAX_PARALLEL}
 
 cache_id=$(submit cache ${common[@]+"${common[@]}"} --array="$array" --cpus-per-task="$CACHE_CPUS" "$(gres "$GPUS_PER_TASK")" \
-  --time="$CACHE_TIME" --output="$LOG_DIR/%x-%A_%a.out" --export=ALL,NUM_WORKERS="$NUM_WORKERS" \
+  --time="$CACHE_TIME" --output="$log_pattern/%x-%A_%a.out" --export=ALL,NUM_WORKERS="$NUM_WORKERS" \
   "$RADAR_DIR/slurm/cache.sbatch" "$CACHE_CONFIG" "$CACHE_DIR" ${cache_args[@]+"${cache_args[@]}"})
 submitted+=("$cache_id")
 verify_id=$(submit verify ${common[@]+"${common[@]}"} --dependency="afterok:$cache_id" --kill-on-invalid-dep=yes \
-  --output="$LOG_DIR/%x-%j.out" "$RADAR_DIR/slurm/verify.sbatch" "$CACHE_DIR")
+  --output="$log_pattern/%x-%j.out" "$RADAR_DIR/slurm/verify.sbatch" "$CACHE_DIR")
 submitted+=("$verify_id")
 train_id=$(submit train ${common[@]+"${common[@]}"} --dependency="afterok:$verify_id" --kill-on-invalid-dep=yes \
   --nodes="$NODES" --ntasks-per-node="$RANKS_PER_NODE" "$(gres "$GPUS_PER_NODE")" --cpus-per-task="$TRAIN_CPUS" \
-  --time="$TRAIN_TIME" --output="$LOG_DIR/%x-%j.out" --export=ALL,CACHE_DIR="$CACHE_DIR" \
-  "$RADAR_DIR/slurm/train.sbatch" "$TRAIN_CONFIG" "$RUN_DIR" ${train_args[@]+"${train_args[@]}"})
+  --time="$TRAIN_TIME" --output="$log_pattern/%x-%j.out" \
+  "$RADAR_DIR/slurm/train.sbatch" "$TRAIN_CONFIG" "$RUN_DIR" ${train_args[@]+"${train_args[@]}"} \
+  --data.caches.path="$CACHE_DIR")   # (an argument: --export=...,CACHE_DIR=a,b is split at the comma by sbatch)
 trap - ERR
 
 cat <<EOF

@@ -22,7 +22,7 @@ opts = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a
 script = next(a for a in args if not a.startswith("-"))
 if not os.access(script, os.R_OK):
     sys.exit(f"sbatch: error: Unable to open file {script}")
-out = opts.get("output")
+out = opts.get("output") and opts["output"].replace("%%", "%")  # (%% is sbatch's "%"; %j, %x... are in the name)
 out_dir = os.path.dirname(os.path.join(opts.get("chdir", os.getcwd()), out or "x")) or "."
 if not os.path.isdir(out_dir):
     sys.exit(f"sbatch: error: the folder of --output={out} does not exist")
@@ -51,15 +51,16 @@ import json, os, sys
 with open(os.environ["STUB_LOG"], "a") as f:
     f.write(json.dumps({"prog": os.path.basename(sys.argv[0]), "argv": sys.argv[1:]}) + "\n")
 '''
-# radar-cache / radar-train / radar-fid: --print_config prints the --config file with the `--a.b value` overrides applied,
-# as YAML (like jsonargparse: PyYAML, 80 columns, so long values wrap); --check passes (or fails with
-# STUB_CHECK_ERROR); otherwise records argv and the array env, and exits with STUB_EXIT (0).
+# radar-cache / radar-train / radar-fid: --print_config prints the --config file with the `--a.b value` or `--a.b=value`
+# overrides applied, as YAML (like jsonargparse: PyYAML, 80 columns, so long values wrap); --check passes (or fails
+# with STUB_CHECK_ERROR); otherwise records argv and the array env, and exits with STUB_EXIT (0).
 RADAR = r'''
 import json, os, sys, yaml
 args = sys.argv[1:]
 if "--print_config" in args:
-    cfg = yaml.safe_load(open(args[args.index("--config") + 1]))
-    rest = [a for a in args[1:] if a != "--print_config"]
+    split = [p for a in args[1:] for p in (a.split("=", 1) if a.startswith("--") and "=" in a else [a])]
+    cfg = yaml.safe_load(open(split[split.index("--config") + 1]))
+    rest = [a for a in split if a != "--print_config"]
     for key, value in zip(rest[::2], rest[1::2]):
         if key == "--config":
             continue
@@ -133,6 +134,17 @@ class Slurm:
         calls = [json.loads(line) for line in self.log.read_text().splitlines()]
         return [c for c in calls if prog is None or c["prog"] == prog]
 
+    @staticmethod
+    def option(argv: list[str], name: str) -> str | None:
+        """The value of `name` in a command line, given as `name VALUE` or `name=VALUE` (the scripts give folders and
+        files with `=`: a value that begins with "-" is one); None when absent."""
+        for i, a in enumerate(argv):
+            if a == name and i + 1 < len(argv):
+                return argv[i + 1]
+            if a.startswith(name + "="):
+                return a[len(name) + 1:]
+        return None
+
     def clear(self) -> None:
         self.log.unlink(missing_ok=True)
         (self.stub_dir / "jobid").unlink(missing_ok=True)
@@ -141,3 +153,4 @@ class Slurm:
 @pytest.fixture
 def slurm(tmp_path) -> Slurm:
     return Slurm(tmp_path)
+

@@ -49,5 +49,5 @@ def test_train_sbatch_takes_the_configs_run_folder_whole(slurm, tmp_path):
     fits = slurm.calls("radar-train")
     assert len(fits) == 1, proc.stderr
     argv = fits[0]["argv"]
-    assert argv[argv.index("--trainer.default_root_dir") + 1] == str(run_dir), proc.stderr
+    assert slurm.option(argv, "--trainer.default_root_dir") == str(run_dir), proc.stderr
     assert proc.returncode == 0, proc.stderr

@@ -12,7 +12,7 @@ def test_radar_fid_runs_and_a_sigterm_stop_requeues_the_job(slurm, status, reque
                       cwd=slurm.project, RADAR_DIR=str(slurm.project), SLURM_JOB_ID="77", STUB_EXIT=str(status))
     assert proc.returncode == status, proc.stderr
     [run] = slurm.calls("radar-fid")
-    assert run["argv"] == ["--config", "configs/generate.yaml", "--output", "out dir", "--num_samples", "50000",
+    assert run["argv"] == ["--config=configs/generate.yaml", "--output=out dir", "--num_samples", "50000",
                            "--save_npz", "true"]
     assert [c["argv"] for c in slurm.calls("scontrol")] == ([["requeue", "77"]] if requeued else [])
     assert ("requeueing the job" in proc.stdout) == requeued

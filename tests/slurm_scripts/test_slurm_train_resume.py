@@ -20,7 +20,7 @@ def _ckpt_path(slurm, files: dict[str, float]) -> str | None:
     assert proc.returncode == 0, proc.stderr
     [call] = [c for c in slurm.calls() if c["prog"] == "radar-train"]
     argv = call["argv"]
-    return argv[argv.index("--ckpt_path") + 1] if "--ckpt_path" in argv else None
+    return slurm.option(argv, "--ckpt_path")
 
 
 @pytest.mark.parametrize("files, chosen", [
@@ -49,7 +49,7 @@ def test_a_job_requeued_before_its_first_save_goes_on_from_the_checkpoint_it_was
                           RESUME="other/checkpoints/last.ckpt", SLURM_RESTART_COUNT=restart)
         assert proc.returncode == 0, proc.stderr
         [call] = [c for c in slurm.calls() if c["prog"] == "radar-train"]
-        assert call["argv"][-2:] == ["--ckpt_path", "other/checkpoints/last.ckpt"], call
+        assert call["argv"][-1] == "--ckpt_path=other/checkpoints/last.ckpt", call
 
 
 def test_a_run_folder_named_with_a_leading_dash_is_a_folder(slurm):
@@ -60,5 +60,5 @@ def test_a_run_folder_named_with_a_leading_dash_is_a_folder(slurm):
     proc = slurm.bash("train.sbatch", "configs/train.yaml", "-run", cwd=slurm.project, RADAR_DIR=str(slurm.project))
     assert proc.returncode == 0, proc.stderr
     argv = [c for c in slurm.calls() if c["prog"] == "radar-train"][-1]["argv"]
-    assert argv[argv.index("--ckpt_path") + 1] == "-run/hpc_ckpt_1.ckpt"
+    assert slurm.option(argv, "--ckpt_path") == "-run/hpc_ckpt_1.ckpt"
     assert not (slurm.project / "-run" / "hpc_ckpt_1.ckpt").exists()  # (removed after the run, as in any folder)
