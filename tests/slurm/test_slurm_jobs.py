@@ -25,12 +25,14 @@ TRAIN_RANKS = 2
 CPU = {"GPUS_PER_TASK": "0", "GPUS_PER_NODE": "0", "RANKS_PER_NODE": str(TRAIN_RANKS), "CACHE_CPUS": "1",
        "TRAIN_CPUS": "1", "CACHE_TIME": "00:15:00", "TRAIN_TIME": "00:15:00", "RADAR_BIN": str(BIN)}
 PIPELINE_STEPS = 4
+# folders as a user may name them: sbatch splits --export at a comma, and reads a "%" of --output as a pattern
+CACHE, LOGS = "cache,v2", "logs 100%u"
 JOB_TIMEOUT_S = 420
 
 
 def _pipeline_env(out: Path, **extra: str) -> dict[str, str]:
     return {**CPU, "CACHE_CONFIG": CACHE_CONFIG, "TRAIN_CONFIG": TRAIN_CONFIG, "NUM_WORKERS": str(NUM_WORKERS),
-            "CACHE_DIR": str(out / "cache"), "RUN_DIR": str(out / "run"), "LOG_DIR": str(out / "logs"),
+            "CACHE_DIR": str(out / CACHE), "RUN_DIR": str(out / "run"), "LOG_DIR": str(out / LOGS),
             "TRAIN_ARGS": " ".join(["--trainer.max_steps", str(PIPELINE_STEPS), *FAST_TRAINING]), **extra}
 
 
@@ -44,7 +46,7 @@ def _submit_pipeline(cluster: Cluster, out: Path, **extra: str):
     proc = cluster.run("bash", str(REPO / "slurm" / "pipeline.sh"), env=_pipeline_env(out, **extra), cwd=out)
     ids = _job_ids(proc.stdout)
     try:
-        states = wait_final_states(cluster, list(ids.values()), NUM_WORKERS + 2, JOB_TIMEOUT_S, out / "logs")
+        states = wait_final_states(cluster, list(ids.values()), NUM_WORKERS + 2, JOB_TIMEOUT_S, out / LOGS)
     finally:
         cancel(cluster, ids.values())
     return proc.stdout, ids, states
@@ -61,14 +63,14 @@ def pipeline(slurm_cluster, tmp_path_factory):
 def test_pipeline_jobs_all_complete(pipeline):
     out, stdout, ids, states = pipeline
     expected = {f"{ids['cache']}_{i}" for i in range(NUM_WORKERS)} | {ids["verify"], ids["train"]}
-    assert set(states) == expected, tail_logs(out / "logs")
+    assert set(states) == expected, tail_logs(out / LOGS)
     bad = {job: s for job, s in states.items() if s != ("COMPLETED", "0:0")}
-    assert not bad, f"jobs not COMPLETED: {bad}\n{tail_logs(out / 'logs')}"
+    assert not bad, f"jobs not COMPLETED: {bad}\n{tail_logs(out / LOGS)}"
 
 
 def test_pipeline_prints_where_the_outputs_will_be(pipeline):
     out, stdout, ids, _ = pipeline
-    assert f"-> {out / 'cache'}" in stdout
+    assert f"-> {out / CACHE}" in stdout
     assert f"-> {out / 'run'}" in stdout
     assert f"adapter: {out / 'run'}/final/" in stdout
     assert f"squeue -j {ids['cache']},{ids['verify']},{ids['train']}" in stdout
@@ -76,10 +78,10 @@ def test_pipeline_prints_where_the_outputs_will_be(pipeline):
 
 def test_pipeline_cache_verifies(pipeline):
     out = pipeline[0]
-    proc = subprocess.run([str(BIN / "radar-cache"), "verify", str(out / "cache")], capture_output=True,
+    proc = subprocess.run([str(BIN / "radar-cache"), "verify", str(out / CACHE)], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert sorted(p.name for p in (out / "cache").glob("shard-*.zarr"))  # and it is not empty
+    assert sorted(p.name for p in (out / CACHE).glob("shard-*.zarr"))  # and it is not empty
 
 
 def test_pipeline_training_exports_an_adapter_and_leaves_no_requeue_checkpoint(pipeline):
@@ -102,14 +104,15 @@ def _shard_files(cache: Path) -> dict[str, int]:
 
 def test_pipeline_training_runs_one_rank_per_srun_task(pipeline):
     out, _, ids, _ = pipeline
-    text = (out / "logs" / f"radar-train-{ids['train']}.out").read_text()
+    text = (out / LOGS / f"radar-train-{ids['train']}.out").read_text()
     ranks = set(re.findall(rf"GLOBAL_RANK: (\d+), MEMBER: \d+/{TRAIN_RANKS}", text))  # Lightning, one line per rank
     assert ranks == {str(r) for r in range(TRAIN_RANKS)}, text[-3000:]
+    assert f"cache {out / CACHE} (zarr)" in text, text[-3000:]  # (the cache written, whose name holds a comma)
 
 
 def test_resubmitted_cache_array_skips_the_finished_shards(slurm_cluster, pipeline):
     out, _, ids, _ = pipeline
-    cache = out / "cache"
+    cache = out / CACHE
     before = _shard_files(cache)
     logs = out / "resubmit"
     logs.mkdir()
@@ -155,7 +158,7 @@ def test_resubmitted_training_resumes_from_the_last_checkpoint_of_its_run_folder
     more = PIPELINE_STEPS + 2  # the finished run, given 2 more steps
     job = slurm_cluster.sbatch("--gres=none", "--cpus-per-task=1", f"--output={logs}/train.out",
                                "slurm/train.sbatch", TRAIN_CONFIG, str(run), "--trainer.max_steps", str(more),
-                               *FAST_TRAINING, env={**CPU, "CACHE_DIR": str(out / "cache")}, cwd=REPO)
+                               *FAST_TRAINING, env={**CPU, "CACHE_DIR": str(out / CACHE)}, cwd=REPO)
     states = wait_final_states(slurm_cluster, [job], 1, JOB_TIMEOUT_S, logs)
     assert states[job] == ("COMPLETED", "0:0"), tail_logs(logs)
     text = (logs / "train.out").read_text()
