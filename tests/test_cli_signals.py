@@ -1,6 +1,6 @@
 """The commands' SIGTERM handling (radar_train.cli.common): `sigterm_stops` raises Stopped once and ignores a
-second SIGTERM while the command saves; `sigterm_ignored` lets a command finish moving its outputs into place;
-both put the handler before back."""
+second SIGTERM while the command saves, and puts the handler before back; `sigterm_ignored_to_the_end` lets a
+command finish moving its outputs into place and exit with its own status."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from radar_train.cli.common import Stopped, sigterm_ignored, sigterm_stops
+from radar_train.cli.common import Stopped, run_main, sigterm_ignored_to_the_end, sigterm_stops
 
 
 @pytest.fixture
@@ -41,19 +41,43 @@ def test_sigterm_stops_raises_once_then_ignores_and_restores(noted):
     assert noted == []
 
 
-def test_sigterm_ignored_lets_the_block_finish_and_restores(noted):
+def test_sigterm_ignored_to_the_end_holds_to_the_commands_end_and_an_in_process_call_gets_its_handler_back(noted):
+    """A command moving its finished outputs into place ignores SIGTERM from there on; run_main puts the handler
+    before back when the command was called from Python."""
     mine = signal.getsignal(signal.SIGTERM)
-    finished = False
-    with sigterm_ignored():
+    finished = []
+
+    def body(args):
+        sigterm_ignored_to_the_end()
         os.kill(os.getpid(), signal.SIGTERM)
-        for _ in range(10):
+        for _ in range(100):
             pass
-        finished = True
-    assert finished and noted == [] and signal.getsignal(signal.SIGTERM) is mine
+        finished.append(True)
+        return 0
+
+    with pytest.raises(SystemExit) as e:
+        run_main("radar-test", body, [])
+    assert e.value.code == 0 and finished and noted == [] and signal.getsignal(signal.SIGTERM) is mine
     os.kill(os.getpid(), signal.SIGTERM)
-    for _ in range(10):
+    for _ in range(100):
         pass
-    assert noted == [signal.SIGTERM]  # outside the block, the handler before takes it again
+    assert noted == [signal.SIGTERM]  # after the command, the handler before takes it again
+
+
+def test_a_command_run_as_a_process_ignores_sigterm_on_its_way_out(tmp_path):
+    """(A SIGTERM after a command's work, in its exit, turned its status into 143: slurm/fid.sbatch requeued a
+    finished radar-fid, and radar-cache's array task counted as failed, cancelling verify and training.)"""
+    import subprocess
+    import sys
+
+    code = ("import atexit, os, signal, sys\n"
+            "from radar_train.cli.common import run_main\n"
+            "sys.argv = ['radar-test']\n"
+            "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), print('still here', flush=True)))\n"
+            "run_main('radar-test', lambda args: 0)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONUTF8": "1"}, cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, "still here\n"), r.stderr
 
 
 @pytest.mark.parametrize("program,one_line", [("radar-eval", True), ("python", False)])

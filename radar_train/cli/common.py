@@ -715,22 +715,37 @@ def end_stopped_run(prog: str, error: BaseException, said: str) -> int:
     raise error
 
 
-@contextlib.contextmanager
-def sigterm_ignored() -> Iterator[None]:
-    """SIGTERM ignored (in the main thread) while a command moves its finished outputs into place: a few seconds
-    of renames that, cut off, would leave neither the progress to go on from nor the outputs (SLURM's SIGKILL
-    comes only after its grace time)."""
+_SIGTERM_BEFORE: list = []  # the SIGTERM handler sigterm_ignored_to_the_end replaced (run_main puts it back)
+
+
+def sigterm_ignored_to_the_end() -> None:
+    """SIGTERM ignored from here to the command's end: the moves of its finished outputs into place and the exit
+    after them. A SIGTERM there (a time limit's, a scancel's) killed the process with status 143, which
+    slurm/fid.sbatch reads as "stopped, progress saved": it requeued a finished run, whose rerun was then refused
+    by its own outputs. run_main puts the handler back when the command was called from Python; a command run as
+    a process ends with SIGTERM ignored (SLURM's SIGKILL still comes after its grace time)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if not _SIGTERM_BEFORE:
+            _SIGTERM_BEFORE.append(previous)
+
+
+def _command_ended(own_process: bool) -> None:
+    """After a command's body: as a process, SIGTERM is ignored on the way out (its work is done or said: a SIGTERM
+    now would only turn its status into 143); called from Python, the handler sigterm_ignored_to_the_end replaced
+    is put back."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
-        yield
         return
-    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    if own_process:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    elif _SIGTERM_BEFORE:
+        signal.signal(signal.SIGTERM, _SIGTERM_BEFORE.pop())
 
 
 def out_of_memory(e: BaseException) -> Optional[str]:
@@ -808,7 +823,10 @@ def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Option
         if check_configs:
             check_config_files(args)
         with checked_parsing():
-            code = body(args)
+            try:
+                code = body(args)
+            finally:
+                _command_ended(own_process=argv is None)
     except ArgumentError as e:
         sub = f"{prog} {args[0]}" if args and args[0] in commands else prog
         given = sys.argv[1:] if argv is None else argv

@@ -75,13 +75,14 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     from radar_train.inference.fid import file_sha256, load_inception, markdown_report, reference_key, summarize
     from radar_train.inference.fid_progress import FidProgress, part_name, part_range
     from radar_train.train import run_lock
-    from radar_train.cli.common import (STOPPED_STATUS, accel_inputs, check_device, check_positive, model_inputs,
-                                        note_merged_vqvae, sigterm_ignored)
+    from radar_train.cli.common import (STOPPED_STATUS, Stopped, accel_inputs, check_device, check_positive,
+                                        end_stopped_run, model_inputs, note_merged_vqvae, sigterm_ignored_to_the_end,
+                                        sigterm_stops)
     from radar_train.export import check_adapter
     from radar_train.inference.pipeline import check_pipeline_args, resolve_device
     from radar_train.models import get_preset
     from radar_train.inputs import InputError
-    from radar_train.outputs import OutputError, check_none_appeared, check_output_dir
+    from radar_train.outputs import check_none_appeared, check_output_dir
     from radar_train.seeding import seed_range_problems
 
     earlier_report = _stat(Path(output) / "fid.json")  # (first: one another worker's merge writes later is new)
@@ -195,23 +196,25 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
         if measured is None:  # stopped by SIGTERM, its progress saved (measure said so)
             return STOPPED_STATUS
         tally, seconds = measured
-        if part is not None:  # this worker's share is done: the merge takes it from its folder
-            progress.save(tally, seconds)
-            result = None
-        else:
-            result = summarize(tally, runs, ref, feats, is_splits, num_samples, batch_size, int(pipe.var.num_classes),
-                               base_seed, sampling.noise)
+        # every sample saved before the report is made (seconds to minutes of statistics: a SIGTERM there killed the
+        # run with none of its samples saved); a worker's share is done here: the merge takes it from its folder
+        progress.save(tally, seconds)
+        result = None
+        if part is None:
+            try:
+                with sigterm_stops():
+                    result = summarize(tally, runs, ref, feats, is_splits, num_samples, batch_size,
+                                       int(pipe.var.num_classes), base_seed, sampling.noise)
+            except Stopped as e:
+                return end_stopped_run(what, e, f"all {num_samples} samples are saved in {progress.dir}: run the "
+                                                f"same command to make the report from them")
             result["seconds"] = round(progress.seconds_before + seconds, 2)
             complete(result, ref, progress.resumed_at)
             if not overwrite:  # another run's outputs appeared meanwhile: this run's samples are saved to go on from
-                try:
-                    check_none_appeared(output, entries)
-                except OutputError:
-                    progress.save(tally, seconds)
-                    raise
-            with sigterm_ignored():  # (seconds of renames: cut off, neither progress nor outputs would be left)
-                write_fid_outputs(result, output, entries, progress.finish_npz, ref if writes_ref else None, overwrite)
-                _say_left(progress.remove, progress.root)
+                check_none_appeared(output, entries)
+            sigterm_ignored_to_the_end()  # (seconds of renames: cut off, neither progress nor outputs would be left)
+            write_fid_outputs(result, output, entries, progress.finish_npz, ref if writes_ref else None, overwrite)
+            _say_left(progress.remove, progress.root)
     finally:
         progress.release()
         lock.release()
@@ -312,7 +315,7 @@ def merge_parts(parts, output, entries, num_samples, reference, feats, is_splits
     when SIGTERM stopped the merge of the samples (which goes on when any worker runs again). Waits while another
     worker merges. `earlier_report`: `_stat` of OUTPUT/fid.json when this worker started (an earlier run's, which
     --overwrite replaces, is not one another worker merged)."""
-    from radar_train.cli.common import Stopped, end_stopped_run, sigterm_ignored, sigterm_stops
+    from radar_train.cli.common import Stopped, end_stopped_run, sigterm_ignored_to_the_end, sigterm_stops
     from radar_train.inference.fid import merge_tallies, summarize
     from radar_train.inference.fid_progress import LOCK_NAME, part_name
     from radar_train.inference.fid_merge import MERGE_DIR, link_samples, merge_samples
@@ -348,16 +351,15 @@ def merge_parts(parts, output, entries, num_samples, reference, feats, is_splits
                           f"--overwrite)")
             return 0
         print(f"radar-fid: every one of the {n} parts is done: merging them into {output}")
-        tally = merge_tallies([t for t, _ in finished])
-        ref, ref_key = reference()
-        result = summarize(tally, parts[0].runs, ref, feats, is_splits, num_samples, batch_size, num_classes,
-                           base_seed, noise)
-        result["seconds"] = round(sum(float(meta.get("seconds", 0.0)) for _, meta in finished), 2)
-        complete(result, ref, {part_name(j, n): json.loads(meta.get("resumed_at", "[]"))
-                               for j, (_, meta) in enumerate(finished)})
-
         try:  # (minutes for 50,000 samples a run: SIGTERM stops it, and it goes on from the parts it merged)
             with sigterm_stops():
+                tally = merge_tallies([t for t, _ in finished])
+                ref, ref_key = reference()
+                result = summarize(tally, parts[0].runs, ref, feats, is_splits, num_samples, batch_size, num_classes,
+                                   base_seed, noise)
+                result["seconds"] = round(sum(float(meta.get("seconds", 0.0)) for _, meta in finished), 2)
+                complete(result, ref, {part_name(j, n): json.loads(meta.get("resumed_at", "[]"))
+                                       for j, (_, meta) in enumerate(finished)})
                 archives = merge_samples(parts[0].root, parts, parts[0].npz_names, num_samples, parts[0].image_size,
                                          parts[0].fingerprint)
         except OutputError:  # (a part's archive missing: it says what to do)
@@ -365,10 +367,10 @@ def merge_parts(parts, output, entries, num_samples, reference, feats, is_splits
         except (Stopped, KeyboardInterrupt, Exception) as e:
             return end_stopped_run("radar-fid", e, f"the samples merged so far are kept in {parts[0].root / MERGE_DIR}, "
                                                    f"the others in the parts: run any worker again to go on")
-        with sigterm_ignored():  # (seconds of renames)
-            write_fid_outputs(result, output, entries, lambda stage: link_samples(archives, parts[0].npz_names, stage),
-                              ref if ref_key is not None else None)
-            _say_left(parts[0].remove, parts[0].root)
+        sigterm_ignored_to_the_end()  # (seconds of renames)
+        write_fid_outputs(result, output, entries, lambda stage: link_samples(archives, parts[0].npz_names, stage),
+                          ref if ref_key is not None else None)
+        _say_left(parts[0].remove, parts[0].root)
         result["_reference"] = ref
         return result
     finally:

@@ -69,8 +69,8 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
         overwrite: replace the outputs of an earlier run in the output folder (and start over from the
             progress of a run of other settings in OUTPUT/generate-progress/).
     """
-    from radar_train.cli.common import (accel_inputs, check_device, check_positive, end_stopped_run, model_inputs,
-                                        note_merged_vqvae, sigterm_ignored, sigterm_stops)
+    from radar_train.cli.common import (Stopped, accel_inputs, check_device, check_positive, end_stopped_run,
+                                        model_inputs, note_merged_vqvae, sigterm_ignored_to_the_end, sigterm_stops)
     from radar_train.export import check_adapter, is_label_conditioned
     from radar_train.images import save_grid
     from radar_train.inference import PipelineArgs, RadarPipeline
@@ -143,12 +143,19 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
             work.release(made_any=made > 0)
             return end_stopped_run("radar-generate", e, said)  # (returns only for SIGTERM)
         shown = pairs if grid_rows == 0 else pairs[:grid_rows]
-        rows = [[work.load_png(FOLDERS[k], c, s) for k in keys] for c, s in shown]
-        H = rows[0][0].shape[-1]
-        scale = grid_scale or max(1, -(-96 // H))
-        titles = {"vanilla": "vanilla", "accelerated": accel.method, "accelerated+adapter": f"{accel.method}+PAA"}
-        save_grid(rows, work.dir / "grid.png", col_titles=[titles[k] for k in keys],
-                  row_titles=[f"c{c} s{s}" for c, s in shown], scale=scale)
+        try:  # (seconds for thousands of samples: a SIGTERM there ended the run without a word)
+            with sigterm_stops():
+                rows = [[work.load_png(FOLDERS[k], c, s) for k in keys] for c, s in shown]
+                H = rows[0][0].shape[-1]
+                scale = grid_scale or max(1, -(-96 // H))
+                titles = {"vanilla": "vanilla", "accelerated": accel.method,
+                          "accelerated+adapter": f"{accel.method}+PAA"}
+                save_grid(rows, work.dir / "grid.png", col_titles=[titles[k] for k in keys],
+                          row_titles=[f"c{c} s{s}" for c, s in shown], scale=scale)
+        except Stopped as e:
+            work.release(made_any=True)
+            return end_stopped_run("radar-generate", e, f"all {len(pairs)} samples are in {work.dir}: run the same "
+                                                        f"command to write the grid and put them in place")
         info = {"classes": cls_list, "seeds": seed_list, "columns": keys, "model": model.preset,
                 "accel": pipe.accel.describe(), "adapter": adapter, "grid": str(out / "grid.png"),
                 "grid_rows": len(shown),
@@ -158,8 +165,8 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
                 "decode_precision": settings.get("decode_precision", "torch.float32"),
                 "merge_adapter": merge_adapter if adapter else None}
         (work.dir / "generate.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-        with sigterm_ignored():
-            work.finish(OUTPUT_ENTRIES, overwrite)
+        sigterm_ignored_to_the_end()
+        work.finish(OUTPUT_ENTRIES, overwrite)
     finally:
         lock.release()
     more = f" (its first {len(shown)} of {len(pairs)} samples: --grid_rows)" if len(shown) < len(pairs) else ""

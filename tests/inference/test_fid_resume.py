@@ -332,3 +332,50 @@ def test_a_save_that_fails_says_where_the_last_one_is(extractors, uninterrupted,
     assert _main(_args(extractors, out, 9, 3)) == 0
     assert "going on from sample 3 of 9" in capsys.readouterr().out
     assert _outputs(out) == uninterrupted[9]
+
+
+def test_a_sigterm_while_the_report_is_made_keeps_every_sample_and_one_after_the_outputs_is_ignored(
+        extractors, uninterrupted, tmp_path, monkeypatch, capsys):
+    """After the last batch the statistics ran under the default SIGTERM: a time limit's SIGTERM there killed the
+    run (status 143, no line) with none of its samples saved (--save_every_s apart), and one after the outputs were
+    in place exited 143 too, which slurm/fid.sbatch requeued, and the requeued run was refused by those outputs."""
+    import radar_train.cli.fid as cli_fid
+    import radar_train.inference.fid as fid_module
+
+    def kill_self():
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100):  # (the handler runs between bytecodes)
+            pass
+
+    def stopped_summary(*a, **k):
+        kill_self()
+        pytest.fail("SIGTERM did not stop the report")
+
+    out = tmp_path / "fid"
+    with monkeypatch.context() as m:
+        m.setattr(fid_module, "summarize", stopped_summary)
+        assert _main(_args(extractors, out, 9, 3)) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"radar-fid: stopped by SIGTERM; all 9 samples are saved in {out / PROGRESS_DIR}: run the same command to "
+        f"make the report from them")
+    assert sorted(p.name for p in out.iterdir()) == [PROGRESS_DIR]
+
+    real_write, noted = cli_fid.write_fid_outputs, []
+
+    def write_then_sigterm(*a, **k):
+        real_write(*a, **k)
+        kill_self()
+
+    def note(signum, frame):
+        noted.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, note)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(cli_fid, "write_fid_outputs", write_then_sigterm)
+            assert _main(_args(extractors, out, 9, 3)) == 0
+        assert "radar-fid: going on from sample 9 of 9" in capsys.readouterr().out
+        assert noted == [] and signal.getsignal(signal.SIGTERM) is note  # (put back after the call)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert _outputs(out) == uninterrupted[9]

@@ -242,3 +242,32 @@ def test_a_batch_is_generated_while_the_previous_ones_pngs_are_written(uninterru
     assert state["seen"][:2] == [0, 0], state["seen"]  # batch 2 began before any of batch 1's 6 files was written
     assert state["finished"] == 16 and "MainThread" not in state["threads"]
     assert _outputs(out) == uninterrupted
+
+
+def test_a_sigterm_while_the_grid_is_made_is_said_and_the_same_command_finishes(uninterrupted, tmp_path, monkeypatch,
+                                                                                capsys):
+    """(After the last batch, the grid and the moves ran under the default SIGTERM: the run ended with status 143
+    and no line.) The signal lands in the grid (the main thread, as a real one does); the rerun generates nothing
+    and writes the outputs of an uninterrupted run."""
+    import os
+    import signal
+
+    import radar_train.images
+
+    def grid_stopped(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100):  # (the handler runs between bytecodes)
+            pass
+        pytest.fail("SIGTERM did not stop the grid")
+
+    out = tmp_path / "gen"
+    monkeypatch.setattr(radar_train.images, "save_grid", grid_stopped)
+    assert _main(_args(out)) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"radar-generate: stopped by SIGTERM; all 8 samples are in {out / PROGRESS_DIR}: run the same command to "
+        f"write the grid and put them in place")
+    assert sorted(p.name for p in out.iterdir()) == [PROGRESS_DIR]
+    monkeypatch.undo()
+    calls = _count_compare_calls(monkeypatch)
+    assert _main(_args(out)) == 0 and calls == []
+    assert _outputs(out) == uninterrupted
