@@ -102,7 +102,7 @@ def check_output_file(path: PathLike, option: str = "--output", inputs: Optional
     """A file the command writes: not a folder, not an input; an existing one only with `overwrite`."""
     if os.fspath(path).endswith(("/", os.sep)):  # (Path drops it: the file would be written as the folder's name)
         raise OutputError(f"{option} {os.fspath(path)} ends in a slash, as a folder does: give a file name")
-    p = given_output(path, option)
+    p = given_output(path, option, file=True)
     check_name_length(p, option, temp=True)  # (first: a name past the limit fails even `exists`)
     check_no_overlap(option, p, inputs)
     if p.is_dir():
@@ -113,11 +113,13 @@ def check_output_file(path: PathLike, option: str = "--output", inputs: Optional
     return p
 
 
-def given_output(path: PathLike, option: str) -> Path:
-    """The output path given to `option`; OutputError for an empty one (an unset variable in a script, `--output
-    "$OUT"`), which Path reads as the current folder, and for one that starts with `~` (check_no_tilde)."""
+def given_output(path: PathLike, option: str, file: bool = False) -> Path:
+    """The output path given to `option` (a `file`'s, or a folder's); OutputError for an empty one (an unset variable
+    in a script, `--output "$OUT"`), which Path reads as the current folder, and for one that starts with `~`
+    (check_no_tilde)."""
     if os.fspath(path) == "":
-        raise OutputError(f"{option} is empty: name the output (. for the current folder)")
+        raise OutputError(f"{option} is empty: " + ("give a file name" if file else
+                                                    "name the output (. for the current folder)"))
     check_no_tilde(path, option)
     return Path(path)
 

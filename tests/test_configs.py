@@ -55,3 +55,15 @@ def test_help_shows_the_config_fields_docstrings_and_only_help_reads_them(cli, a
     assert get_docstring_parse_options()["attribute_docstrings"]
     call_cli(cli, ["--no-such-option"], Path.cwd())
     assert not get_docstring_parse_options()["attribute_docstrings"]
+
+
+def test_every_subcommands_summary_in_the_programs_help_is_a_whole_sentence():
+    """The programs' --help lists each subcommand with the first line of its function's docstring: radar-accel's
+    `show` was cut mid-sentence ("... its FLOP model (the share of")."""
+    from radar_train.cli import accel, bench, toy
+
+    functions = [accel.show, accel.calibrate, bench.accel, bench.pipeline, bench.cache, bench.train, bench.tradeoff,
+                 toy.train, toy.measure, toy.masks, toy.combine]
+    cut = {f"{f.__module__}.{f.__name__}": first for f in functions
+           if not (first := f.__doc__.strip().splitlines()[0]).endswith((".", ")"))}
+    assert cut == {}

@@ -418,13 +418,16 @@ def test_a_progress_folder_that_is_a_link_is_refused(tmp_path, command):
 def test_an_empty_output_is_refused_by_every_output_check(tmp_path, monkeypatch):
     """`--output ""` (a script's unset variable) read as the current folder: radar-generate wrote its PNGs there."""
     monkeypatch.chdir(tmp_path)
-    checks = [lambda: check_output_file("", "--json"), lambda: check_output_dir("", ["a"], "--output"),
+    checks = [lambda: check_output_dir("", ["a"], "--output"),
               lambda: check_replace_dir("", lambda p: True, "an adapter folder", "--output"),
               lambda: check_resume_dir("", "manifest.json", "a cache", "--output")]
     for check in checks:
         with pytest.raises(OutputError) as e:
             check()
         assert str(e.value).endswith("is empty: name the output (. for the current folder)")
+    with pytest.raises(OutputError) as e:  # (a file's: `.`, which that advice named, is a folder, refused as one)
+        check_output_file("", "--json")
+    assert str(e.value) == "--json is empty: give a file name"
     assert list(tmp_path.iterdir()) == []
     assert str(check_output_dir(".", ["a"], "--output")) == "."  # (the current folder, named)
 

@@ -16,9 +16,10 @@ def _device(name: str):
 
 
 def show(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs()) -> int:
-    """Print the acceleration method resolved for the model's scales (presets expanded), its FLOP model (the share of
-    vanilla's multiply-adds in attention, and the speed-up over vanilla at equal kernel efficiency, per-scale overheads
-    free: what `radar-bench accel` reports as `ideal`), or every problem.
+    """Print the acceleration method resolved for the model's scales, its FLOP model, or every problem.
+
+    Presets are expanded. The FLOP model: the share of vanilla's multiply-adds in attention, and the speed-up over
+    vanilla at equal kernel efficiency, per-scale overheads free (what `radar-bench accel` reports as `ideal`).
 
     Args:
         model: the model (only its preset's shapes are used; no weights are loaded).
