@@ -351,15 +351,20 @@ def merge_parts(parts, output, entries, num_samples, reference, feats, is_splits
                           f"--overwrite)")
             return 0
         print(f"radar-fid: every one of the {n} parts is done: merging them into {output}")
-        try:  # (minutes for 50,000 samples a run: SIGTERM stops it, and it goes on from the parts it merged)
+        try:  # (the statistics: seconds to minutes; a SIGTERM there ended the merge without a word)
             with sigterm_stops():
                 tally = merge_tallies([t for t, _ in finished])
                 ref, ref_key = reference()
                 result = summarize(tally, parts[0].runs, ref, feats, is_splits, num_samples, batch_size, num_classes,
                                    base_seed, noise)
-                result["seconds"] = round(sum(float(meta.get("seconds", 0.0)) for _, meta in finished), 2)
-                complete(result, ref, {part_name(j, n): json.loads(meta.get("resumed_at", "[]"))
-                                       for j, (_, meta) in enumerate(finished)})
+        except Stopped as e:
+            return end_stopped_run("radar-fid", e, f"every one of the {n} parts is kept in {parts[0].root}: run any "
+                                                   f"worker again to merge them")
+        result["seconds"] = round(sum(float(meta.get("seconds", 0.0)) for _, meta in finished), 2)
+        complete(result, ref, {part_name(j, n): json.loads(meta.get("resumed_at", "[]"))
+                               for j, (_, meta) in enumerate(finished)})
+        try:  # (minutes for 50,000 samples a run: SIGTERM stops it, and it goes on from the parts it merged)
+            with sigterm_stops():
                 archives = merge_samples(parts[0].root, parts, parts[0].npz_names, num_samples, parts[0].image_size,
                                          parts[0].fingerprint)
         except OutputError:  # (a part's archive missing: it says what to do)

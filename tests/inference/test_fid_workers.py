@@ -278,6 +278,33 @@ def test_sigterm_during_the_merge_stops_it_with_143_and_the_next_worker_run_fini
     _same_outputs(out, single[9], 3)
 
 
+def test_sigterm_while_the_merge_makes_the_report_keeps_every_part(extractors, single, tmp_path, monkeypatch, capsys):
+    """(The merge's statistics ran under the default SIGTERM: the worker died with status 143 and no line.)"""
+    import os
+    import signal
+
+    import radar_train.inference.fid as fid_module
+
+    out = tmp_path / "fid"
+    assert _main(_args(extractors, out, 9, *_worker(0, 2))) == 0
+
+    def stopped_summary(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100):  # (the handler runs between bytecodes)
+            pass
+        pytest.fail("SIGTERM did not stop the merge's report")
+
+    with monkeypatch.context() as m:
+        m.setattr(fid_module, "summarize", stopped_summary)
+        assert _main(_args(extractors, out, 9, *_worker(1, 2))) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"radar-fid: stopped by SIGTERM; every one of the 2 parts is kept in {out / PROGRESS_DIR}: run any worker "
+        f"again to merge them")
+    assert not (out / "fid.json").exists()
+    assert _main(_args(extractors, out, 9, *_worker(0, 2))) == 0
+    _same_outputs(out, single[9], 2)
+
+
 @pytest.mark.parametrize("where, named", [("mydata/x.txt", "mydata"), ("notes.txt", "notes.txt"),
                                           ("part-1-of-2/mine.txt", "part-1-of-2/mine.txt"),
                                           ("merged/mine.txt", "merged/mine.txt")])
