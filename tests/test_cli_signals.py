@@ -64,20 +64,22 @@ def test_sigterm_ignored_to_the_end_holds_to_the_commands_end_and_an_in_process_
     assert noted == [signal.SIGTERM]  # after the command, the handler before takes it again
 
 
-def test_a_command_run_as_a_process_ignores_sigterm_on_its_way_out(tmp_path):
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_command_run_as_a_process_ignores_sigterm_and_ctrl_c_on_its_way_out(tmp_path, sig):
     """(A SIGTERM after a command's work, in its exit, turned its status into 143: slurm/fid.sbatch requeued a
-    finished radar-fid, and radar-cache's array task counted as failed, cancelling verify and training.)"""
+    finished radar-fid, and radar-cache's array task counted as failed, cancelling verify and training; a Ctrl-C
+    there printed a KeyboardInterrupt traceback from an atexit callback, or ended the process by SIGINT.)"""
     import subprocess
     import sys
 
     code = ("import atexit, os, signal, sys\n"
             "from radar_train.cli.common import run_main\n"
             "sys.argv = ['radar-test']\n"
-            "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), print('still here', flush=True)))\n"
+            f"atexit.register(lambda: (os.kill(os.getpid(), signal.{sig}), print('still here', flush=True)))\n"
             "run_main('radar-test', lambda args: 0)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONUTF8": "1"}, cwd=tmp_path)
-    assert (r.returncode, r.stdout) == (0, "still here\n"), r.stderr
+    assert (r.returncode, r.stdout, r.stderr) == (0, "still here\n", ""), r.stderr
 
 
 @pytest.mark.parametrize("program,one_line", [("radar-eval", True), ("python", False)])

@@ -144,6 +144,7 @@ class CacheJob:
         total = sum(plan.shard_range(s)[1] - plan.shard_range(s)[0] for s in pending)
         writer = ShardWriter(out, self.manifest, self.args.writer)
         begun: list[Path] = []
+        handed_all = False
         try:
             with _progress(total, self.args.progress) as bar, writer:
                 for s in pending:
@@ -154,11 +155,19 @@ class CacheJob:
                                                    self.manifest.latent_dtype, on_batch=_beating(tmp, bar.update))
                     summary.generate_seconds += time.perf_counter() - tg
                     writer.submit(tmp, s, plan.shard_range(s)[0], arrays)
+                handed_all = True
                 writer.wait()
-        except BaseException:  # Ctrl-C, an error: the writer has stopped (its exit waits); its unfinished shards go
+        except BaseException as e:  # Ctrl-C, an error: the writer has stopped (its exit waits); its unfinished shards go
             for tmp in begun:
                 shutil.rmtree(tmp, ignore_errors=True)  # (a committed one was renamed: nothing there)
-            raise
+            # an interrupt (Ctrl-C, the CLI's SIGTERM) while the last shard, handed over, was written cut nothing
+            # short (the writer's exit finished it): the run is complete (it ended as stopped, exit 143, which
+            # failed a SLURM array task and cancelled the verify and training jobs after it)
+            if not (handed_all and not isinstance(e, Exception)
+                    and (not pending or pending[-1] in scan_cache(out, plan.num_shards).complete)):
+                raise
+            writer.written += [s for s in pending[-1:] if s not in writer.written]
+            print_fn("radar-cache: interrupted as its last shard was written, which finished: the run is complete")
         summary.shards_written = sorted(writer.written)
         # those committed by this process (a shard another worker completed first is not)
         summary.samples_written = sum(plan.shard_range(s)[1] - plan.shard_range(s)[0] for s in summary.shards_written)

@@ -194,11 +194,18 @@ class ShardWriter:
     def wait(self) -> None:
         """Block until the pending write is done (re-raising its error; OSError if the writer process died)."""
         if self._pending is not None:
-            fut, self._pending = self._pending, None
+            fut = self._pending
             try:
                 shard, seconds = fut.result()
             except concurrent.futures.BrokenExecutor:
+                self._pending = None
                 raise _writer_died(self._pending_shard) from None
+            except Exception:
+                self._pending = None
+                raise
+            # (Ctrl-C or the CLI's SIGTERM while waiting leaves the write pending: the exit waits for it again. Taken
+            # off first, the write was cancelled where the writer had not picked it up yet, and its shard was lost.)
+            self._pending = None
             self.write_seconds += seconds
             if shard is not None:
                 self.written.append(shard)

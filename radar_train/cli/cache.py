@@ -174,9 +174,17 @@ def _verify(cfg) -> int:
 
 def _export(cfg) -> int:
     from radar_train.cache.wds import export_wds
+    from radar_train.cli.common import Stopped, end_stopped_run, sigterm_stops
 
     c = cfg["export-wds"]
-    index = export_wds(c.cache_dir, c.output)
+    try:
+        with sigterm_stops():  # (it died of the signal, no line, where a tar's temporary file could stay behind)
+            index = export_wds(c.cache_dir, c.output)
+    except (Stopped, KeyboardInterrupt) as e:
+        tars = len(list(Path(c.output).glob("pairs-*.tar"))) if Path(c.output).is_dir() else 0
+        said = (f"the {tars} tar(s) written whole are kept in {c.output}: run the same command to go on from there"
+                if tars else "no tar was written")
+        return end_stopped_run("radar-cache export-wds", e, said)
     print(f"export-wds: {len(index['shardlist'])} tars, {index['num_samples']} samples -> {c.output}"
           + ("" if index["complete"] else " (the cache is incomplete: only its complete shards were exported)"))
     return 0

@@ -734,9 +734,10 @@ def sigterm_ignored_to_the_end() -> None:
 
 
 def _command_ended(own_process: bool) -> None:
-    """After a command's body: as a process, SIGTERM is ignored on the way out (its work is done or said: a SIGTERM
-    now would only turn its status into 143); called from Python, the handler sigterm_ignored_to_the_end replaced
-    is put back."""
+    """After a command's body: as a process, SIGTERM and Ctrl-C are ignored on the way out (its work is done or
+    said: a SIGTERM now would only turn its status into 143, and a Ctrl-C in the exit's thread joins or atexit
+    callbacks printed a KeyboardInterrupt traceback, or ended the process by SIGINT without a line); called from
+    Python, the handler sigterm_ignored_to_the_end replaced is put back."""
     import signal
     import threading
 
@@ -744,6 +745,7 @@ def _command_ended(own_process: bool) -> None:
         return
     if own_process:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     elif _SIGTERM_BEFORE:
         signal.signal(signal.SIGTERM, _SIGTERM_BEFORE.pop())
 

@@ -589,3 +589,39 @@ def test_a_tar_copied_under_another_shards_name_is_named_when_read(make_syntheti
                                          r"\(16-23\): a tar copied or renamed under another shard's name"):
         list(WdsPairs(tmp_path / "wds"))
     assert len(list(WdsPairs([str(tmp_path / "wds" / "pairs-00001.tar")]))) == 8  # (its own pairs: fine)
+
+
+def test_export_stopped_by_sigterm_says_what_it_kept_and_leaves_no_temporary(make_synthetic, tmp_path, monkeypatch):
+    """(export-wds had no SIGTERM handling: it died of the signal without a line, and could leave a tar's temporary
+    file.) Stopped while its second tar is written: exit 143, the first tar kept, and the same command finishes."""
+    import os
+    import signal
+
+    import webdataset as wds
+    from cli_checks import call_cli
+
+    cache = make_synthetic(num_samples=24, shard_size=8, chunk_size=4)
+    export_wds(str(cache), str(tmp_path / "whole"), progress=False)
+    real, tars = wds.TarWriter.write, []
+
+    def write(self, sample):
+        if self not in tars:
+            tars.append(self)
+        if len(tars) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100):  # (the handler runs between bytecodes)
+                pass
+        return real(self, sample)
+
+    out = tmp_path / "wds"
+    with monkeypatch.context() as m:
+        m.setattr(wds.TarWriter, "write", write)
+        code, err = call_cli("cache", ["export-wds", str(cache), "--output", str(out)], tmp_path)
+    assert code == 143 and err.strip().splitlines()[-1] == (
+        f"radar-cache export-wds: stopped by SIGTERM; the 1 tar(s) written whole are kept in {out}: run the same "
+        f"command to go on from there"), err
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "pairs-00000.tar"]
+    code, err = call_cli("cache", ["export-wds", str(cache), "--output", str(out)], tmp_path)
+    assert code == 0, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {p.name: p.read_bytes()
+                                                              for p in (tmp_path / "whole").iterdir()}

@@ -411,3 +411,44 @@ def test_its_own_warnings_are_warning_lines_as_every_commands(tmp_path):
             in lines), res.stderr
     assert not any(ln.startswith("WARNING") for ln in lines), res.stderr
     assert any(ln.startswith("INFO radar_train.cache.generate: worker 0 of 1") for ln in lines), res.stderr
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_an_interrupt_while_the_last_shard_is_written_ends_a_complete_run(tmp_path, monkeypatch, capsys, writer):
+    """Ctrl-C or SIGTERM while the writer wrote the last shard handed to it (the writer's exit finishes it): the run
+    ended as stopped (143 under SIGTERM: a failed SLURM array task, its verify and training jobs cancelled) with
+    every shard complete. It is a complete run now; an interrupt before the last shard was handed over is not."""
+    import radar_train.cache.generate as generate
+    from radar_train.cache.writer import ShardWriter
+
+    real_wait, last, raised = ShardWriter.wait, 9, []  # (SMALL: 10 shards)
+
+    def interrupted_wait(self):
+        if self._pending is not None and self._pending_shard == last and not raised:
+            raised.append(1)  # (as a signal landing while it waits: the write may not have begun)
+            raise KeyboardInterrupt
+        real_wait(self)
+
+    monkeypatch.setattr(ShardWriter, "wait", interrupted_wait)
+    out = tmp_path / "c"
+    assert _main("run", "--config", str(TINY_CONFIG), "--output", str(out), *SMALL, "--writer", writer) == 0
+    said = capsys.readouterr().out
+    assert "radar-cache: interrupted as its last shard was written, which finished: the run is complete" in said
+    assert "wrote 10 shards (40 samples)" in said
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("shard-")) == [
+        f"shard-{s:05d}.zarr" for s in range(10)]
+    monkeypatch.undo()
+    assert _main("run", "--config", str(TINY_CONFIG), "--output", str(out), *SMALL, "--writer", writer) == 0
+    assert "wrote 0 shards (0 samples), skipped 10 complete" in capsys.readouterr().out
+
+    real_generate, calls = generate.generate_shard_arrays, []  # (the last shard not yet handed over: stopped)
+
+    def interrupted_generate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(generate, "generate_shard_arrays", interrupted_generate)
+    assert _main("run", "--config", str(TINY_CONFIG), "--output", str(tmp_path / "d"), *SMALL, "--writer",
+                 writer) == 130

@@ -209,6 +209,31 @@ def test_a_failure_after_a_shard_was_handed_over_still_writes_that_shard(make_sy
     assert not [p for p in cache.iterdir() if ".tmp-" in p.name]
 
 
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_an_interrupt_while_waiting_for_the_writer_still_writes_the_shard(make_synthetic, mode, monkeypatch):
+    """Ctrl-C (or the CLI's SIGTERM) landing while `wait` waits for the last shard: wait took the write off before
+    it waited, so the exit did not wait again and cancelled it where the writer had not picked it up yet."""
+    import concurrent.futures
+
+    cache = make_synthetic(num_samples=8, shard_size=8, shards=[], name=mode)
+    m = read_manifest(cache)
+    real, interrupted = concurrent.futures.Future.result, []
+
+    def result(self, timeout=None):  # (the first wait is interrupted before the write is done, as a signal does)
+        if not interrupted:
+            interrupted.append(self.done())
+            raise KeyboardInterrupt
+        return real(self, timeout)
+
+    with pytest.raises(KeyboardInterrupt):
+        with ShardWriter(cache, m, mode) as w:
+            w.submit(begin_shard(cache, 0, writer_info(0, 1, "cpu")), 0, 0, synthetic_shard_arrays(m, 0))
+            monkeypatch.setattr(concurrent.futures.Future, "result", result)
+            w.wait()
+    assert interrupted and w.written == [0] and (cache / schema.shard_name(0)).is_dir()
+    assert not [p for p in cache.iterdir() if ".tmp-" in p.name]
+
+
 def test_verify_passes_a_whole_cache(make_synthetic):
     problems, counts = verify_cache(str(make_synthetic()))
     assert problems == [] and counts == {"shards_ok": 4, "shards_total": 4, "leftovers": []}
