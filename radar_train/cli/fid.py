@@ -73,7 +73,7 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     from radar_train.inference import PipelineArgs, RadarPipeline
     from radar_train.cache.workers import resolve_workers
     from radar_train.inference.fid import file_sha256, load_inception, markdown_report, reference_key, summarize
-    from radar_train.inference.fid_progress import FidProgress, part_name, part_range
+    from radar_train.inference.fid_progress import FidProgress, part_name, part_range, run_lock_name
     from radar_train.train import run_lock
     from radar_train.cli.common import (STOPPED_STATUS, Stopped, accel_inputs, check_device, check_positive,
                                         end_stopped_run, model_inputs, note_merged_vqvae, sigterm_ignored_to_the_end,
@@ -125,6 +125,10 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
                                                    **model_inputs(model), **accel_inputs(accel)}, overwrite)
     if inception_logits is not None and is_splits > num_samples:
         raise ValueError(f"--is_splits {is_splits} is more than --num_samples {num_samples}: each split needs samples")
+    # another run of these samples in that folder: said before the start line and the models (acquired once the
+    # models are loaded)
+    part = None if split.num_workers == 1 else (split.worker_index, split.num_workers)
+    run_lock.check_not_in_use(output, "--output", run_lock_name(part), "radar-fid")
     feats = None if inception is None else load_inception(inception, "--inception")
     logit_mod = None if inception_logits is None else load_inception(inception_logits, "--inception_logits")
     size, dev = get_preset(model.preset).image_size, resolve_device(device)
@@ -156,7 +160,6 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
                                         else file_sha256(reference))
         if inception_logits is not None and is_splits != 10:
             fingerprint["is_splits"] = is_splits
-    part = None if split.num_workers == 1 else (split.worker_index, split.num_workers)
     first, stop = (0, num_samples) if part is None else part_range(num_samples, batch_size, *part)
     progress = FidProgress(output, fingerprint, runs, npz_names, stop - first, size, part)
     what = "radar-fid" if part is None else f"radar-fid {part_name(*part)} (samples {first}-{stop - 1})"

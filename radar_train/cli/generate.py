@@ -92,6 +92,8 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
     check_output_dir(output, OUTPUT_ENTRIES, "--output",
                      {"--adapter": adapter, **model_inputs(model), **accel_inputs(accel)}, overwrite)
     GenerateProgress.check_folder(output)  # a folder of that name that is not radar-generate's, before the models
+    # another run in that folder: said before the start line and the models (acquired below, once they are loaded)
+    run_lock.check_not_in_use(output, "--output", LOCK_NAME, "radar-generate")
     pairs = [(c, s) for c in cls_list for s in seed_list]
     out = Path(output)
     print(f"radar-generate: {plural(len(pairs), 'sample')} ({plural(len(cls_list), 'class')} x "

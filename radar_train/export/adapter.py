@@ -28,13 +28,14 @@ from torch import nn
 from radar_train.cache.schema import readable_versions, version_problem
 from radar_train.inputs import (InputError, _one_line, check_dir, check_finite, check_floating, load_safetensors,
                                nonfinite_keys, read_json, read_yaml)
-from radar_train.outputs import (check_replace_dir, clear_stale_temps, naming, normal_file_mode, recover_replaced,
-                                 replace_dir, temp_name)
+from radar_train.outputs import (OutputError, check_replace_dir, clear_stale_temps, naming, normal_file_mode,
+                                 recover_replaced, replace_dir, temp_name)
 
 from .label_conditioning import LABEL_CONDITIONING_WEIGHTS, LabelConditionedDecoder, load_label_conditioning
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "RADAR_CONFIG", "ADAPTER_FILES", "RADAR_CONFIG_VERSION", "save_adapter",
-           "read_radar_config", "check_adapter", "is_adapter_dir", "load_adapter"]
+           "read_radar_config", "check_adapter", "is_adapter_dir", "load_adapter", "adapter_version",
+           "check_same_adapter"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ RADAR_CONFIG_VERSION = 1
 
 
 def save_adapter(peft_model, out_dir: str | Path, meta: dict, conditioning=None, overwrite: bool = True,
-                 option: str = "out_dir") -> Path:
+                 option: str = "out_dir", checked: bool = False) -> Path:
     """Write `peft_model`'s adapter (safetensors) and `meta` to `out_dir`, replacing an adapter folder there
     (the commands check beforehand, with their --overwrite, that they may replace it:
     `radar_train.outputs.check_replace_dir`); any other non-empty folder, or a file, is an OutputError here
@@ -57,7 +58,9 @@ def save_adapter(peft_model, out_dir: str | Path, meta: dict, conditioning=None,
     `meta` without a format_version gets RADAR_CONFIG_VERSION (readers refuse metadata without one).
     Every file gets the mode a plain open() gives (0o666 less the umask). Without `overwrite` (the command's
     check found no adapter there), an adapter folder that appeared at `out_dir` while this one was written is
-    not replaced (OutputError naming `option`): another run writing there finished first."""
+    not replaced (OutputError naming `option`): another run writing there finished first; `checked`: the caller
+    checked `out_dir` when it started, so that a folder found there now appeared since (said so: the words of a
+    folder there at the start advised --overwrite, which would replace the other run's adapter)."""
     import yaml
     from safetensors.torch import save_file
 
@@ -65,7 +68,19 @@ def save_adapter(peft_model, out_dir: str | Path, meta: dict, conditioning=None,
     out = Path(out_dir).resolve()  # "." or "..": the folder's own name, for its temporary sibling
     out.parent.mkdir(parents=True, exist_ok=True)
     recover_replaced(out)  # a killed export's previous folder, left at its hidden name
-    check_replace_dir(out, is_adapter_dir, "an adapter folder", option, overwrite=overwrite)
+
+    def check_again() -> None:
+        try:
+            check_replace_dir(out, is_adapter_dir, "an adapter folder", option, overwrite=False)
+        except OutputError:
+            raise OutputError(f"{option} {out}: an adapter folder appeared there while this run ran (another run "
+                              f"writing into the same folder?): not replaced, and this run's adapter is not "
+                              f"written; choose another folder") from None
+
+    if checked and not overwrite:
+        check_again()
+    else:
+        check_replace_dir(out, is_adapter_dir, "an adapter folder", option, overwrite=overwrite)
     clear_stale_temps(out.parent, out.name)  # a killed export's half-written folder
     tmp = temp_name(out)
     import radar_train
@@ -82,7 +97,7 @@ def save_adapter(peft_model, out_dir: str | Path, meta: dict, conditioning=None,
             for f in tmp.iterdir():
                 normal_file_mode(f)  # safetensors writes its file 0600
             if not overwrite:  # (again, just before the rename: the first check was before the weights were written)
-                check_replace_dir(out, is_adapter_dir, "an adapter folder", option, overwrite=False)
+                check_again()
             return replace_dir(tmp, out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -172,6 +187,26 @@ def _metadata_problem(meta: dict) -> Optional[str]:
     return None
 
 
+def adapter_version(adapter_dir: str | Path) -> Optional[tuple[int, int]]:
+    """Which folder `adapter_dir` names now: (device, inode); None when there is none. An export swaps a finished
+    folder in whole (`replace_dir`: `radar-train export --overwrite`, a fit's end replacing RUN/final), so a folder
+    of the same version throughout a command's reads gave it one adapter's files."""
+    try:
+        st = os.stat(adapter_dir)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def check_same_adapter(adapter_dir: str | Path, version: Optional[tuple[int, int]]) -> None:
+    """InputError when `adapter_dir` is no longer the folder of `version` (adapter_version, taken before its first
+    read): the command read the metadata of one adapter and the weights of another (an eval's shards chosen and
+    called held-out by the first adapter's record, a merged VQ-VAE recorded as the other's), without a word."""
+    if version is not None and adapter_version(adapter_dir) != version:
+        raise InputError(f"adapter {adapter_dir} was replaced while it was read (another run's `radar-train export "
+                         f"--overwrite` into it, or its fit ending): run the command again")
+
+
 def check_adapter(adapter_dir: str | Path, num_classes: Optional[int] = None) -> dict:
     """Read every file of an adapter folder (config JSON, weights, metadata); its metadata. InputError naming
     the file that is missing, truncated or not what it should be; ValueError when `num_classes` (the model's, if
@@ -210,6 +245,7 @@ def load_adapter(decoder: nn.Module, adapter_dir: str | Path, identity=None, mer
     A label-conditioned adapter comes back as a LabelConditionedDecoder around either (forward(f_hat, labels));
     num_classes: the generator's class count; if given, a conditioned adapter of another count is refused."""
     d = Path(adapter_dir)
+    version = adapter_version(d)
     meta = check_adapter(d)
     if identity is not None:
         want = meta["base"]["vae"]
@@ -222,6 +258,7 @@ def load_adapter(decoder: nn.Module, adapter_dir: str | Path, identity=None, mer
         raise InputError(f"{d / RADAR_CONFIG}: label_conditioning: {problem}: the adapter was made for another "
                          f"decoder")
     model = _from_pretrained(decoder, d, trainable)
+    check_same_adapter(d, version)
     model = model.merge_and_unload() if merge else model
     return model if film is None else LabelConditionedDecoder(model, film.to(next(model.parameters()).device))
 

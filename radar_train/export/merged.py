@@ -24,7 +24,7 @@ import torch
 
 from radar_train.inputs import InputError
 
-from .adapter import ADAPTER_WEIGHTS, RADAR_CONFIG, check_adapter, load_adapter
+from .adapter import ADAPTER_WEIGHTS, RADAR_CONFIG, adapter_version, check_adapter, check_same_adapter, load_adapter
 from .label_conditioning import conditioning_section
 
 __all__ = ["MERGED_KIND", "MERGED_VERSION", "WEIGHT_SUFFIXES", "DTYPES", "sidecar_path", "base_vae_file",
@@ -124,6 +124,7 @@ def merged_vqvae(adapter_dir: str | os.PathLike, vae_file: Optional[str] = None,
     --vae_checkpoint); a label-conditioned adapter is refused (ValueError)."""
     from radar_train.models import identity_seed, load_models
 
+    version = adapter_version(adapter_dir)  # (the record below describes the weights merged)
     meta = check_adapter(adapter_dir)
     check_mergeable(adapter_dir, meta, dtype)
     base = meta["base"]
@@ -143,6 +144,7 @@ def merged_vqvae(adapter_dir: str | os.PathLike, vae_file: Optional[str] = None,
     from peft.tuners.lora import LoraLayer
 
     model = load_adapter(vqvae.latent_decoder(), adapter_dir, identity=ident, merge=False)
+    check_same_adapter(adapter_dir, version)
     n_merged = sum(isinstance(m, LoraLayer) for m in model.modules())
     merged = model.merge_and_unload()  # (what load_adapter's merge=True does)
     sd = vqvae.state_dict()

@@ -212,11 +212,12 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
     (`by_distance`; 0: none), with d's percentiles."""
     from radar_train.cache.reader import BlockShuffleSampler, PairDataset
     from radar_train.cache.schema import read_manifest
-    from radar_train.export import check_adapter, decode_with_labels
+    from radar_train.export import adapter_version, check_adapter, check_same_adapter, decode_with_labels
     from radar_train.progress import Progress
 
     cache = Path(cache_dir)
     manifest = read_manifest(cache)
+    version = adapter_version(adapter_dir)  # (the shards and the verdict below are of the weights loaded later)
     meta = check_adapter(adapter_dir)
     given = shards is not None
     if shards is None:
@@ -260,6 +261,7 @@ def evaluate_restoration(cache_dir: str, adapter_dir: str, shards: Optional[Sequ
     ds = PairDataset(cache, shards=list(shards), keep_tokens=True)  # (the token agreement from the same read)
     dev = torch.device(device)
     plain, adapted, _ = load_decoders(manifest, meta, adapter_dir, vae_checkpoint, dev)
+    check_same_adapter(adapter_dir, version)
     lp = None
     if lpips is not None and lpips.vgg:
         from radar_train.train.lpips import load_lpips

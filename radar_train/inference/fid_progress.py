@@ -168,6 +168,12 @@ def part_name(index: int, count: int) -> str:
     return f"part-{index}-of-{count}"
 
 
+def run_lock_name(part: Optional[tuple[int, int]]) -> str:
+    """The lock a run holds in OUTPUT: LOCK_NAME for one run (and the merge of the parts), a worker's own for its
+    part (index, count)."""
+    return LOCK_NAME if part is None else f".fid.{part_name(*part)}.lock"
+
+
 def part_range(num_samples: int, batch_size: int, index: int, count: int) -> tuple[int, int]:
     """Samples first .. stop - 1 of worker `index` of `count`: a contiguous share of the batches of a run of all
     the samples (the same batches, so that under official noise every sample is the one that run would make)."""
@@ -203,7 +209,7 @@ class FidProgress:
     @property
     def lock_name(self) -> str:
         """The lock this run holds in OUTPUT (a worker's own; the merge of the parts takes LOCK_NAME)."""
-        return LOCK_NAME if self.part is None else f".fid.{part_name(*self.part)}.lock"
+        return run_lock_name(self.part)
 
     # ------------------------------------------------------------------ before anything is written
     def _layout_conflicts(self) -> list[str]:

@@ -261,6 +261,7 @@ class RadarPipeline:
         self.adapter_meta: Optional[dict] = None
         self.adapter_dir: Optional[str] = None
         self.adapter_merged: Optional[bool] = None
+        self._adapter_version: Optional[tuple[int, int]] = None  # (export.adapter_version of the folder loaded)
         self.merged_vqvae: Optional[dict] = None
         """from_config: the record of a VQ-VAE file with an adapter merged in (`radar-train merge`), else None."""
         if adapter is not None:
@@ -303,12 +304,15 @@ class RadarPipeline:
         """Check the adapter against this VQ-VAE (refused if different) and this acceleration config
         (warning if the method or preset differs), then put it on a copy of the decoder. Torch's global RNG
         is left as it was."""
-        from radar_train.export import load_adapter, read_radar_config
+        from radar_train.export import adapter_version, check_same_adapter, load_adapter, read_radar_config
 
+        version = adapter_version(adapter_dir)
         meta = read_radar_config(adapter_dir)
         dec = self.vqvae.latent_decoder().eval()  # (built without random draws; load_adapter keeps the RNG too)
         self.adapted_decoder = load_adapter(dec, adapter_dir, identity=self.vae_identity, merge=merge,
                                             num_classes=self.var.num_classes).eval()
+        check_same_adapter(adapter_dir, version)
+        self._adapter_version = version  # (fingerprint reads the files again: checked there too)
         self.adapter_meta, self.adapter_dir, self.adapter_merged = meta, str(adapter_dir), merge
         # (warned once the adapter is taken: an adapter refused for another VQ-VAE gets its error line alone)
         diffs = untrained_accel([c["accel"] for c in meta.get("caches") or [] if c.get("accel")], self.accel.describe())
@@ -334,6 +338,10 @@ class RadarPipeline:
         adapter = None if self.adapter_dir is None else {
             "files": {p.name: file_sha256(p) for p in sorted(Path(self.adapter_dir).iterdir()) if p.is_file()},
             "merged": self.adapter_merged}
+        if adapter is not None:  # (the files hashed are those of the adapter loaded)
+            from radar_train.export import check_same_adapter
+
+            check_same_adapter(self.adapter_dir, self._adapter_version)
         return json.loads(json.dumps({
             "radar_train": radar_train.__version__, "vae": self.vae_identity.value,
             "var": None if self.var_identity is None else self.var_identity.value,

@@ -50,4 +50,4 @@ def export_checkpoint(ckpt: str | Path, output: str | Path, overwrite: bool = Fa
     meta = dict(state["radar"])
     meta["source_checkpoint"] = str(p.resolve())  # (as radar-train merge records its adapter: not relative to the cwd)
     return save_adapter(module.net, output, meta, conditioning=module.label_cond, overwrite=overwrite,
-                        option="--output")
+                        option="--output", checked=True)

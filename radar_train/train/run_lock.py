@@ -125,13 +125,15 @@ def _in_use(option: str, root: Path, owner: Optional[dict], st: os.stat_result, 
                        f"{owner.get('started', '?')}: wait for it to end, or choose another folder")
 
 
-def check_not_in_use(root: os.PathLike | str, option: str) -> None:
+def check_not_in_use(root: os.PathLike | str, option: str, name: str = LOCK_NAME,
+                     command: str = "radar-train fit") -> None:
     """OutputError if RUN's lock is held by a fit that may still run (reads only: a fit refuses there before
-    its other checks, whose messages would be about a folder another fit is writing)."""
+    its other checks, whose messages would be about a folder another fit is writing); `name` and `command`: another
+    command's lock, as `acquire` takes them (checked before that command's start line and model loading)."""
     root = Path(root)
-    found = _read(root / LOCK_NAME)
+    found = _read(root / name)
     if found is not None and not _is_over(*found):
-        raise _in_use(option, root, *found)
+        raise _in_use(option, root, *found, name=name, command=command)
 
 
 class RunLock:

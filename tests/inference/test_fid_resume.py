@@ -244,9 +244,11 @@ def test_a_live_run_holds_the_output_folder(extractors, tmp_path, capsys):
     finally:
         live.kill()
         live.wait()
-    assert capsys.readouterr().err.strip() == (
+    said = capsys.readouterr()
+    assert said.err.strip() == (
         f"error: --output {out} is in use by radar-fid {socket.gethostname()}:{live.pid} since "
         f"2026-12-04T10:00:00+00:00: wait for it to end, or choose another folder")
+    assert said.out == ""  # (its start line came first, after the models had loaded)
     assert sorted(p.name for p in out.iterdir()) == [".fid.lock"]
 
 

@@ -271,3 +271,29 @@ def test_a_sigterm_while_the_grid_is_made_is_said_and_the_same_command_finishes(
     calls = _count_compare_calls(monkeypatch)
     assert _main(_args(out)) == 0 and calls == []
     assert _outputs(out) == uninterrupted
+
+
+def test_a_live_run_in_the_folder_is_one_line_before_the_start_line(tmp_path, capsys):
+    """(The refusal came after the start line, once the models had loaded.)"""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from radar_train.inference.generate_progress import LOCK_NAME
+
+    out = tmp_path / "gen"
+    out.mkdir()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": live.pid,
+                                                 "started": "2026-12-04T10:00:00+00:00"}))
+        assert _main(_args(out)) == 2
+    finally:
+        live.kill()
+        live.wait()
+    said = capsys.readouterr()
+    assert (said.out, said.err.strip()) == ("", f"error: --output {out} is in use by radar-generate "
+                                                f"{socket.gethostname()}:{live.pid} since 2026-12-04T10:00:00+00:00: "
+                                                f"wait for it to end, or choose another folder")
+    assert sorted(os.listdir(out)) == [LOCK_NAME]

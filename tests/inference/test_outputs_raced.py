@@ -115,7 +115,8 @@ def test_radar_train_export_does_not_replace_an_adapter_another_export_wrote_mea
     ckpt = trained_run["run"] / "checkpoints" / "last.ckpt"
     code, err = call_cli("train", ["export", "--ckpt", str(ckpt), "--output", "adapter"], tmp_path)
     assert code not in (0, None), err
-    assert_one_line_error(err, "--output", "already holds an adapter folder")
+    assert_one_line_error(err, "--output", "an adapter folder appeared there while this run ran", "choose another "
+                          "folder")  # (it said the folder was there already, and to pass --overwrite)
     before = snapshot(trained_run["adapter"])
     assert {Path(k).name: v for k, v in snapshot(theirs).items()} == {Path(k).name: v for k, v in before.items()}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
