@@ -459,18 +459,36 @@ def staged_entries(out_dir: PathLike, entries: Sequence[str], overwrite: bool = 
             out.rmdir()
 
 
+_ENDING_HOOKS: list[Callable[[], None]] = []  # swaps_end_command's
+
+
+@contextlib.contextmanager
+def swaps_end_command(hook: Callable[[], None]) -> Iterator[None]:
+    """In the block, a swap of finished outputs into place (staged_entries, replace_dir) calls `hook` as it starts:
+    for a command whose last step that swap is (radar-eval's report, an export's adapter, the toy tools' and
+    radar-bench tradeoff's reports), the CLI's `signals_ignored_to_the_end`. A SIGTERM or Ctrl-C held back during
+    the swap was then handled as it came, ending a command whose outputs were in place with status 143 or 130."""
+    _ENDING_HOOKS.append(hook)
+    try:
+        yield
+    finally:
+        _ENDING_HOOKS.remove(hook)
+
+
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
     """SIGINT (Ctrl-C) and SIGTERM held back while a few renames put finished outputs in place, then handled as
     they would have been (KeyboardInterrupt, a command's SIGTERM handler): cut off between the renames, a swap
     left the earlier outputs in a folder its cleanup removed, and the new ones too. Only in the main thread (where
-    Python runs signal handlers); elsewhere a no-op."""
+    Python runs signal handlers); elsewhere a no-op. Inside `swaps_end_command`, its hook runs first."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    for hook in list(_ENDING_HOOKS):
+        hook()
     caught: list[int] = []
     previous = {sig: signal.signal(sig, lambda s, frame: caught.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -1,5 +1,5 @@
 """The commands' SIGTERM handling (radar_train.cli.common): `sigterm_stops` raises Stopped once and ignores a
-second SIGTERM while the command saves, and puts the handler before back; `sigterm_ignored_to_the_end` lets a
+second SIGTERM while the command saves, and puts the handler before back; `signals_ignored_to_the_end` lets a
 command finish moving its outputs into place and exit with its own status."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from radar_train.cli.common import Stopped, run_main, sigterm_ignored_to_the_end, sigterm_stops
+from radar_train.cli.common import Stopped, run_main, signals_ignored_to_the_end, sigterm_stops
 
 
 @pytest.fixture
@@ -41,14 +41,14 @@ def test_sigterm_stops_raises_once_then_ignores_and_restores(noted):
     assert noted == []
 
 
-def test_sigterm_ignored_to_the_end_holds_to_the_commands_end_and_an_in_process_call_gets_its_handler_back(noted):
+def test_signals_ignored_to_the_end_holds_to_the_commands_end_and_an_in_process_call_gets_its_handler_back(noted):
     """A command moving its finished outputs into place ignores SIGTERM from there on; run_main puts the handler
     before back when the command was called from Python."""
     mine = signal.getsignal(signal.SIGTERM)
     finished = []
 
     def body(args):
-        sigterm_ignored_to_the_end()
+        signals_ignored_to_the_end()
         os.kill(os.getpid(), signal.SIGTERM)
         for _ in range(100):
             pass
@@ -110,3 +110,60 @@ def test_a_command_started_in_a_folder_that_was_deleted_says_so_in_one_line(tmp_
     assert (r.returncode, r.stderr) == (2, "error: the current folder no longer exists (deleted or moved while the "
                                             "shell was in it): cd to an existing folder\n"), r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def _kill_self(sig=signal.SIGTERM):
+    os.kill(os.getpid(), sig)
+    for _ in range(100):  # (the handler runs between bytecodes)
+        pass
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_report_command_stopped_while_it_measures_says_nothing_was_written(sig, noted, capsys):
+    """(radar-toy measure / masks / combine, radar-bench tradeoff, radar-eval, radar-train export died of SIGTERM
+    without a line.)"""
+    from radar_train.cli.toy import _report
+
+    def measuring():
+        _kill_self(sig)
+        pytest.fail("the signal did not stop the measurement")
+
+    mine = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as e:
+        run_main("radar-toy", lambda args: _report(measuring, "radar-toy measure"), [])
+    said = {signal.SIGTERM: "radar-toy measure: stopped by SIGTERM; nothing was written",
+            signal.SIGINT: "radar-toy: interrupted; nothing was written"}[sig]
+    assert e.value.code == {signal.SIGTERM: 143, signal.SIGINT: 130}[sig]
+    assert capsys.readouterr().err.strip().splitlines()[-1] == said
+    assert signal.getsignal(signal.SIGTERM) is mine and noted == []
+
+
+def test_signals_while_a_report_command_moves_its_outputs_in_leave_it_finished(tmp_path, noted, capsys, monkeypatch):
+    """A SIGTERM and a Ctrl-C held back while the report's files were renamed into place were handled once they
+    were: the command, its outputs in place, ended with status 143 or 130 (and said it was stopped)."""
+    from radar_train.cli.toy import _report
+    from radar_train.outputs import staged_entries
+
+    out = tmp_path / "out"
+    real_replace, renames = os.replace, []
+
+    def replace(src, dst):
+        if not renames:
+            _kill_self(signal.SIGTERM)
+            _kill_self(signal.SIGINT)
+        renames.append(src)
+        return real_replace(src, dst)
+
+    def measuring():
+        with staged_entries(out, ["metrics.json"]) as stage:
+            (stage / "metrics.json").write_text("{}")
+            monkeypatch.setattr(os, "replace", replace)
+        return {"markdown": "| the table |"}
+
+    mine = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    with pytest.raises(SystemExit) as e:
+        run_main("radar-toy", lambda args: _report(measuring, "radar-toy measure"), [])
+    monkeypatch.undo()
+    assert e.value.code == 0 and renames and capsys.readouterr().out.strip() == "| the table |"
+    assert (out / "metrics.json").read_text() == "{}" and noted == []
+    assert {s: signal.getsignal(s) for s in mine} == mine  # (put back after the in-process call)

@@ -252,8 +252,14 @@ def tradeoff(setup: TradeoffConfig = TradeoffConfig(), output: str = "outputs/tr
         overwrite: replace those files if the folder holds them already.
     """
     from radar_train.bench.tradeoff import run_tradeoff
+    from radar_train.cli.common import Stopped, end_stopped_run, signals_ignored_to_the_end, sigterm_stops
+    from radar_train.outputs import swaps_end_command
 
-    doc = run_tradeoff(setup, output, overwrite=overwrite, log=_log)
+    try:  # (SIGTERM ended it without a line; from its outputs' move into place on, a signal ended it as stopped)
+        with sigterm_stops(), swaps_end_command(signals_ignored_to_the_end):
+            doc = run_tradeoff(setup, output, overwrite=overwrite, log=_log)
+    except (Stopped, KeyboardInterrupt) as e:
+        return end_stopped_run("radar-bench tradeoff", e, "nothing was written")
     print(doc["markdown"])
     print(f"wrote {output}/tradeoff.json, tradeoff.md, tradeoff.png")
     return 0

@@ -682,7 +682,8 @@ class Stopped(BaseException):
 @contextlib.contextmanager
 def sigterm_stops() -> Iterator[None]:
     """SIGTERM raises Stopped in the main thread (once: a second one, while the command saves, is ignored; SLURM
-    sends SIGKILL after its grace time anyway); the handler before is put back afterwards."""
+    sends SIGKILL after its grace time anyway); the handler before is put back afterwards, unless the block set
+    another (`signals_ignored_to_the_end`: its outputs going into place, it ignores SIGTERM to its end)."""
     import signal
     import threading
 
@@ -698,7 +699,10 @@ def sigterm_stops() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if _HANDLERS_BEFORE.get(signal.SIGTERM) is stop:  # (ignored to the end inside: kept; run_main puts back
+            _HANDLERS_BEFORE[signal.SIGTERM] = previous  # the handler before the block, not this one)
+        else:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def end_stopped_run(prog: str, error: BaseException, said: str) -> int:
@@ -715,29 +719,31 @@ def end_stopped_run(prog: str, error: BaseException, said: str) -> int:
     raise error
 
 
-_SIGTERM_BEFORE: list = []  # the SIGTERM handler sigterm_ignored_to_the_end replaced (run_main puts it back)
+_HANDLERS_BEFORE: dict = {}  # the handlers signals_ignored_to_the_end replaced (run_main puts them back)
 
 
-def sigterm_ignored_to_the_end() -> None:
-    """SIGTERM ignored from here to the command's end: the moves of its finished outputs into place and the exit
-    after them. A SIGTERM there (a time limit's, a scancel's) killed the process with status 143, which
+def signals_ignored_to_the_end() -> None:
+    """SIGTERM and Ctrl-C ignored from here to the command's end: the moves of its finished outputs into place and
+    the exit after them. A SIGTERM there (a time limit's, a scancel's) killed the process with status 143, which
     slurm/fid.sbatch reads as "stopped, progress saved": it requeued a finished run, whose rerun was then refused
-    by its own outputs. run_main puts the handler back when the command was called from Python; a command run as
-    a process ends with SIGTERM ignored (SLURM's SIGKILL still comes after its grace time)."""
+    by its own outputs; a Ctrl-C said "interrupted" (130) with the outputs in place. run_main puts the handlers
+    back when the command was called from Python; a command run as a process ends with them ignored (SLURM's
+    SIGKILL still comes after its grace time). With `radar_train.outputs.swaps_end_command`, the hook of a command
+    whose last step is a swap of its outputs."""
     import signal
     import threading
 
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if not _SIGTERM_BEFORE:
-            _SIGTERM_BEFORE.append(previous)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.signal(sig, signal.SIG_IGN)
+            _HANDLERS_BEFORE.setdefault(sig, previous)
 
 
 def _command_ended(own_process: bool) -> None:
     """After a command's body: as a process, SIGTERM and Ctrl-C are ignored on the way out (its work is done or
     said: a SIGTERM now would only turn its status into 143, and a Ctrl-C in the exit's thread joins or atexit
     callbacks printed a KeyboardInterrupt traceback, or ended the process by SIGINT without a line); called from
-    Python, the handler sigterm_ignored_to_the_end replaced is put back."""
+    Python, the handlers signals_ignored_to_the_end replaced are put back."""
     import signal
     import threading
 
@@ -746,8 +752,10 @@ def _command_ended(own_process: bool) -> None:
     if own_process:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    elif _SIGTERM_BEFORE:
-        signal.signal(signal.SIGTERM, _SIGTERM_BEFORE.pop())
+    while _HANDLERS_BEFORE:
+        sig, handler = _HANDLERS_BEFORE.popitem()
+        if not own_process:
+            signal.signal(sig, handler)
 
 
 def out_of_memory(e: BaseException) -> Optional[str]:

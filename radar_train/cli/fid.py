@@ -76,7 +76,7 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     from radar_train.inference.fid_progress import FidProgress, part_name, part_range, run_lock_name
     from radar_train.train import run_lock
     from radar_train.cli.common import (STOPPED_STATUS, Stopped, accel_inputs, check_device, check_positive,
-                                        end_stopped_run, model_inputs, note_merged_vqvae, sigterm_ignored_to_the_end,
+                                        end_stopped_run, model_inputs, note_merged_vqvae, signals_ignored_to_the_end,
                                         sigterm_stops)
     from radar_train.export import check_adapter
     from radar_train.inference.pipeline import check_pipeline_args, resolve_device
@@ -198,24 +198,21 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
                            what)
         if measured is None:  # stopped by SIGTERM, its progress saved (measure said so)
             return STOPPED_STATUS
-        tally, seconds = measured
-        # every sample saved before the report is made (seconds to minutes of statistics: a SIGTERM there killed the
-        # run with none of its samples saved); a worker's share is done here: the merge takes it from its folder
-        progress.save(tally, seconds)
+        tally, seconds = measured  # (every sample saved: a worker's share is done, the merge takes it from its folder)
         result = None
         if part is None:
             try:
                 with sigterm_stops():
                     result = summarize(tally, runs, ref, feats, is_splits, num_samples, batch_size,
                                        int(pipe.var.num_classes), base_seed, sampling.noise)
-            except Stopped as e:
+            except (Stopped, KeyboardInterrupt) as e:
                 return end_stopped_run(what, e, f"all {num_samples} samples are saved in {progress.dir}: run the "
                                                 f"same command to make the report from them")
             result["seconds"] = round(progress.seconds_before + seconds, 2)
             complete(result, ref, progress.resumed_at)
             if not overwrite:  # another run's outputs appeared meanwhile: this run's samples are saved to go on from
                 check_none_appeared(output, entries)
-            sigterm_ignored_to_the_end()  # (seconds of renames: cut off, neither progress nor outputs would be left)
+            signals_ignored_to_the_end()  # (seconds of renames: cut off, neither progress nor outputs would be left)
             write_fid_outputs(result, output, entries, progress.finish_npz, ref if writes_ref else None, overwrite)
             _say_left(progress.remove, progress.root)
     finally:
@@ -318,7 +315,7 @@ def merge_parts(parts, output, entries, num_samples, reference, feats, is_splits
     when SIGTERM stopped the merge of the samples (which goes on when any worker runs again). Waits while another
     worker merges. `earlier_report`: `_stat` of OUTPUT/fid.json when this worker started (an earlier run's, which
     --overwrite replaces, is not one another worker merged)."""
-    from radar_train.cli.common import Stopped, end_stopped_run, sigterm_ignored_to_the_end, sigterm_stops
+    from radar_train.cli.common import Stopped, end_stopped_run, signals_ignored_to_the_end, sigterm_stops
     from radar_train.inference.fid import merge_tallies, summarize
     from radar_train.inference.fid_progress import LOCK_NAME, part_name
     from radar_train.inference.fid_merge import MERGE_DIR, link_samples, merge_samples
@@ -360,7 +357,7 @@ def merge_parts(parts, output, entries, num_samples, reference, feats, is_splits
                 ref, ref_key = reference()
                 result = summarize(tally, parts[0].runs, ref, feats, is_splits, num_samples, batch_size, num_classes,
                                    base_seed, noise)
-        except Stopped as e:
+        except (Stopped, KeyboardInterrupt) as e:
             return end_stopped_run("radar-fid", e, f"every one of the {n} parts is kept in {parts[0].root}: run any "
                                                    f"worker again to merge them")
         result["seconds"] = round(sum(float(meta.get("seconds", 0.0)) for _, meta in finished), 2)
@@ -375,7 +372,7 @@ def merge_parts(parts, output, entries, num_samples, reference, feats, is_splits
         except (Stopped, KeyboardInterrupt, Exception) as e:
             return end_stopped_run("radar-fid", e, f"the samples merged so far are kept in {parts[0].root / MERGE_DIR}, "
                                                    f"the others in the parts: run any worker again to go on")
-        sigterm_ignored_to_the_end()  # (seconds of renames)
+        signals_ignored_to_the_end()  # (seconds of renames)
         write_fid_outputs(result, output, entries, lambda stage: link_samples(archives, parts[0].npz_names, stage),
                           ref if ref_key is not None else None)
         _say_left(parts[0].remove, parts[0].root)
@@ -387,9 +384,11 @@ def merge_parts(parts, output, entries, num_samples, reference, feats, is_splits
 
 def measure(pipe, progress, tally, feats, logit_mod, first: int, stop: int, batch_size: int, base_seed: int,
             save_every_s: float, what: str = "radar-fid"):
-    """The tally of samples first .. stop - 1 from `tally`, its progress saved every `save_every_s` seconds and
-    when it stops: (the tally, the seconds this run took); None when SIGTERM stopped it (saved, and said on
-    stdout). Ctrl-C and errors are raised again, saying what was saved."""
+    """The tally of samples first .. stop - 1 from `tally`, its progress saved every `save_every_s` seconds, when
+    it stops, and after the last batch (before the report's statistics: a signal in that save, outside the handler,
+    killed the run with the samples since the last periodic save lost): (the tally, the seconds this run took); None
+    when SIGTERM stopped it (saved, and said on stdout). Ctrl-C and errors are raised again, saying what was
+    saved."""
     from radar_train.cli.common import end_stopped_run, sigterm_stops
     from radar_train.inference.fid import tally_samples
     from radar_train.progress import Progress
@@ -409,6 +408,8 @@ def measure(pipe, progress, tally, feats, logit_mod, first: int, stop: int, batc
             done, _ = tally_samples(pipe, feats, logit_mod, first, stop, batch_size, base_seed, progress=bar.update,
                                     start=tally, on_batch=on_batch,
                                     on_images=progress.write_images if progress.writers else None)
+            last["tally"] = done
+            progress.save(done, time.monotonic() - t0)
         return done, time.monotonic() - t0
     except BaseException as e:
         done = last["tally"].done

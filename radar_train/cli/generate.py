@@ -70,7 +70,7 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
             progress of a run of other settings in OUTPUT/generate-progress/).
     """
     from radar_train.cli.common import (Stopped, accel_inputs, check_device, check_positive, end_stopped_run,
-                                        model_inputs, note_merged_vqvae, sigterm_ignored_to_the_end, sigterm_stops)
+                                        model_inputs, note_merged_vqvae, signals_ignored_to_the_end, sigterm_stops)
     from radar_train.export import check_adapter, is_label_conditioned
     from radar_train.images import save_grid
     from radar_train.inference import PipelineArgs, RadarPipeline
@@ -154,7 +154,7 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
                           "accelerated+adapter": f"{accel.method}+PAA"}
                 save_grid(rows, work.dir / "grid.png", col_titles=[titles[k] for k in keys],
                           row_titles=[f"c{c} s{s}" for c, s in shown], scale=scale)
-        except Stopped as e:
+        except (Stopped, KeyboardInterrupt) as e:
             work.release(made_any=True)
             return end_stopped_run("radar-generate", e, f"all {len(pairs)} samples are in {work.dir}: run the same "
                                                         f"command to write the grid and put them in place")
@@ -167,7 +167,7 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
                 "decode_precision": settings.get("decode_precision", "torch.float32"),
                 "merge_adapter": merge_adapter if adapter else None}
         (work.dir / "generate.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-        sigterm_ignored_to_the_end()
+        signals_ignored_to_the_end()
         work.finish(OUTPUT_ENTRIES, overwrite)
     finally:
         lock.release()

@@ -4,7 +4,7 @@ several measure results as one (`combine`)."""
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 from jsonargparse import CLI
 
@@ -29,9 +29,9 @@ def train(output: str = "toy_weights", recipe: ToyTrainConfig = ToyTrainConfig()
         overwrite: replace those files if the folder holds them already (and start over from the progress of a
             run of another recipe in OUTPUT/toy-train-progress/).
     """
-    from radar_train.cli.common import end_stopped_run, sigterm_stops
+    from radar_train.cli.common import end_stopped_run, signals_ignored_to_the_end, sigterm_stops
     from radar_train.config import check_device
-    from radar_train.outputs import check_output_dir
+    from radar_train.outputs import check_output_dir, swaps_end_command
     from radar_train.toyworld.preset import CLASSIFIER_FILE, INFO_FILE, VAE_FILE, VAR_FILE
     from radar_train.toyworld.recipe import check_recipe, recipe_settings, train_all
     from radar_train.toyworld.train_progress import ToyTrainProgress
@@ -41,7 +41,7 @@ def train(output: str = "toy_weights", recipe: ToyTrainConfig = ToyTrainConfig()
     check_output_dir(output, (VAE_FILE, VAR_FILE, CLASSIFIER_FILE, INFO_FILE), "--output", overwrite=overwrite)
     _logging()
     try:
-        with sigterm_stops():
+        with sigterm_stops(), swaps_end_command(signals_ignored_to_the_end):  # (the models moved in: it ends)
             info = train_all(recipe, output, overwrite=overwrite)
     except BaseException as e:
         from radar_train.outputs import OutputError
@@ -71,9 +71,7 @@ def measure(setup: MeasureConfig = MeasureConfig(), output: Optional[str] = None
     from radar_train.toyworld.measure import run_measure
 
     _logging()
-    report = run_measure(setup, output, overwrite=overwrite)
-    print(report["markdown"])
-    return 0
+    return _report(lambda: run_measure(setup, output, overwrite=overwrite), "radar-toy measure")
 
 
 def masks(setup: MasksConfig = MasksConfig(), output: Optional[str] = None, overwrite: bool = False) -> int:
@@ -91,9 +89,7 @@ def masks(setup: MasksConfig = MasksConfig(), output: Optional[str] = None, over
     from radar_train.toyworld.masks import run_masks
 
     _logging()
-    report = run_masks(setup, output, overwrite=overwrite)
-    print(report["markdown"])
-    return 0
+    return _report(lambda: run_masks(setup, output, overwrite=overwrite), "radar-toy masks")
 
 
 def combine(inputs: Optional[list[str]] = None, output: Optional[str] = None, overwrite: bool = False) -> int:
@@ -110,7 +106,21 @@ def combine(inputs: Optional[list[str]] = None, output: Optional[str] = None, ov
     """
     from radar_train.toyworld.combine import run_combine
 
-    report = run_combine(inputs or [], output, overwrite=overwrite)
+    return _report(lambda: run_combine(inputs or [], output, overwrite=overwrite), "radar-toy combine")
+
+
+def _report(run: Callable[[], dict], prog: str) -> int:
+    """Print the report `run` makes: a SIGTERM or Ctrl-C while it measures says nothing was written (SIGTERM ended
+    it without a line); from its outputs' move into place on, they are ignored (it ended with 143 or 130, its
+    outputs in place)."""
+    from radar_train.cli.common import Stopped, end_stopped_run, signals_ignored_to_the_end, sigterm_stops
+    from radar_train.outputs import swaps_end_command
+
+    try:
+        with sigterm_stops(), swaps_end_command(signals_ignored_to_the_end):
+            report = run()
+    except (Stopped, KeyboardInterrupt) as e:
+        return end_stopped_run(prog, e, "nothing was written")
     print(report["markdown"])
     return 0
 

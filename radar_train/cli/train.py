@@ -109,7 +109,8 @@ def export(ckpt: str, output: str, overwrite: bool = False) -> int:
     """
     import json
 
-    from radar_train.outputs import given_output
+    from radar_train.cli.common import Stopped, end_stopped_run, signals_ignored_to_the_end, sigterm_stops
+    from radar_train.outputs import given_output, swaps_end_command
     from radar_train.train.export import export_checkpoint
 
     given_output(output, "--output")
@@ -118,8 +119,11 @@ def export(ckpt: str, output: str, overwrite: bool = False) -> int:
     level = module_log.level
     module_log.setLevel(logging.WARNING)
     try:  # (the start line once the checks passed: a refusal is its one line)
-        path = export_checkpoint(ckpt, output, overwrite=overwrite,
-                                 on_start=lambda: print(f"radar-train export: {ckpt} -> {output}", flush=True))
+        with sigterm_stops(), swaps_end_command(signals_ignored_to_the_end):  # (the adapter swapped in: it ends)
+            path = export_checkpoint(ckpt, output, overwrite=overwrite,
+                                     on_start=lambda: print(f"radar-train export: {ckpt} -> {output}", flush=True))
+    except (Stopped, KeyboardInterrupt) as e:  # (it died of SIGTERM without a line)
+        return end_stopped_run("radar-train export", e, "nothing was written")
     finally:
         module_log.setLevel(level)
     cfg = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
@@ -148,7 +152,7 @@ def merge(adapter: str, output: str, vae_checkpoint: Optional[str] = None,
         dtype: the floating tensors' type in the file (the official VQ-VAE file is float32).
         overwrite: replace an existing FILE and FILE.json.
     """
-    from radar_train.cli.common import Stopped, end_stopped_run, sigterm_stops
+    from radar_train.cli.common import Stopped, end_stopped_run, signals_ignored_to_the_end, sigterm_stops
     from radar_train.export.adapter import is_adapter_dir, read_radar_config
     from radar_train.export.merged import (WEIGHT_SUFFIXES, base_vae_file, check_mergeable, merged_vqvae, sidecar_path,
                                            write_merged)
@@ -179,6 +183,7 @@ def merge(adapter: str, output: str, vae_checkpoint: Optional[str] = None,
         with sigterm_stops():
             sd, description = merged_vqvae(adapter, vae_file, dtype, source)
             out, side = write_merged(sd, output, description, overwrite)
+            signals_ignored_to_the_end()  # (both files in place: a signal now would only change the status)
     except (Stopped, KeyboardInterrupt) as e:  # (a temporary being written is removed on the way out)
         moved = [str(p) for p, st in before.items() if _stat(p) != st]
         said = ("nothing was written" if not moved else

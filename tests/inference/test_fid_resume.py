@@ -381,3 +381,31 @@ def test_a_sigterm_while_the_report_is_made_keeps_every_sample_and_one_after_the
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert _outputs(out) == uninterrupted[9]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_in_the_save_after_the_last_batch_keeps_every_sample(sig, extractors, uninterrupted, tmp_path,
+                                                                      monkeypatch, capsys):
+    """That save ran outside the handler: SIGTERM killed the run without a line, the samples since the last periodic
+    save lost (here all: --save_every_s 300); Ctrl-C said only `interrupted`, and the part went."""
+    out = tmp_path / "fid"
+    real, calls = FidProgress.save, []
+
+    def save(self, tally, seconds):
+        calls.append(tally.done)
+        if len(calls) == 1:  # (the first save: the one after the last batch)
+            os.kill(os.getpid(), sig)
+            for _ in range(100):  # (the handler runs between bytecodes)
+                pass
+        return real(self, tally, seconds)
+
+    with monkeypatch.context() as m:
+        m.setattr(FidProgress, "save", save)
+        assert _main(_args(extractors, out, 9, 3)) == {signal.SIGTERM: 143, signal.SIGINT: 130}[sig]
+    said = {signal.SIGTERM: "radar-fid: stopped by SIGTERM; ", signal.SIGINT: "radar-fid: interrupted; "}[sig]
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"{said}9 of 9 samples are saved in {out / PROGRESS_DIR}: run the same command to go on from there")
+    assert calls[0] == 9
+    assert _main(_args(extractors, out, 9, 3)) == 0
+    assert "radar-fid: going on from sample 9 of 9" in capsys.readouterr().out
+    assert _outputs(out) == uninterrupted[9]

@@ -244,8 +244,9 @@ def test_a_batch_is_generated_while_the_previous_ones_pngs_are_written(uninterru
     assert _outputs(out) == uninterrupted
 
 
-def test_a_sigterm_while_the_grid_is_made_is_said_and_the_same_command_finishes(uninterrupted, tmp_path, monkeypatch,
-                                                                                capsys):
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_sigterm_while_the_grid_is_made_is_said_and_the_same_command_finishes(sig, uninterrupted, tmp_path,
+                                                                                monkeypatch, capsys):
     """(After the last batch, the grid and the moves ran under the default SIGTERM: the run ended with status 143
     and no line.) The signal lands in the grid (the main thread, as a real one does); the rerun generates nothing
     and writes the outputs of an uninterrupted run."""
@@ -255,17 +256,18 @@ def test_a_sigterm_while_the_grid_is_made_is_said_and_the_same_command_finishes(
     import radar_train.images
 
     def grid_stopped(*a, **k):
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), getattr(signal, sig))
         for _ in range(100):  # (the handler runs between bytecodes)
             pass
         pytest.fail("SIGTERM did not stop the grid")
 
     out = tmp_path / "gen"
     monkeypatch.setattr(radar_train.images, "save_grid", grid_stopped)
-    assert _main(_args(out)) == 143
+    assert _main(_args(out)) == {"SIGTERM": 143, "SIGINT": 130}[sig]
+    said = {"SIGTERM": "radar-generate: stopped by SIGTERM; ", "SIGINT": "radar-generate: interrupted; "}[sig]
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"radar-generate: stopped by SIGTERM; all 8 samples are in {out / PROGRESS_DIR}: run the same command to "
-        f"write the grid and put them in place")
+        f"{said}all 8 samples are in {out / PROGRESS_DIR}: run the same command to write the grid and put them in "
+        f"place")
     assert sorted(p.name for p in out.iterdir()) == [PROGRESS_DIR]
     monkeypatch.undo()
     calls = _count_compare_calls(monkeypatch)
