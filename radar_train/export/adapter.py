@@ -73,9 +73,10 @@ def save_adapter(peft_model, out_dir: str | Path, meta: dict, conditioning=None,
         try:
             check_replace_dir(out, is_adapter_dir, "an adapter folder", option, overwrite=False)
         except OutputError:
-            raise OutputError(f"{option} {out}: an adapter folder appeared there while this run ran (another run "
-                              f"writing into the same folder?): not replaced, and this run's adapter is not "
-                              f"written; choose another folder") from None
+            what = "an adapter folder" if is_adapter_dir(out) else "a file or folder"
+            raise OutputError(f"{option} {out}: {what} appeared there while this run ran (another run writing into "
+                              f"the same folder?): not replaced, and this run's adapter is not written; choose "
+                              f"another folder") from None
 
     if checked and not overwrite:
         check_again()
