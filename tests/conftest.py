@@ -97,6 +97,18 @@ def _reset_torch_defaults():
         torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def noted():
+    """A SIGTERM handler of our own around the test (a signal a command lets through is noted, not pytest's end): the
+    signals it noted."""
+    import signal
+
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    yield seen
+    signal.signal(signal.SIGTERM, previous)
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES

@@ -11,15 +11,6 @@ import pytest
 from radar_train.cli.common import Stopped, run_main, signals_ignored_to_the_end, sigterm_stops
 
 
-@pytest.fixture
-def noted():
-    """A handler of our own for SIGTERM during the test (so that a signal that got through does not end pytest)."""
-    seen = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
-    yield seen
-    signal.signal(signal.SIGTERM, previous)
-
-
 def test_sigterm_stops_raises_once_then_ignores_and_restores(noted):
     mine = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Stopped):

@@ -354,21 +354,29 @@ def test_shards_another_worker_completed_first_are_not_counted_as_written(tmp_pa
     assert summary.shards_written == [] and summary.samples_written == 0
 
 
-@pytest.mark.parametrize("writer", ["thread", "process"])
-def test_an_interrupted_run_leaves_its_finished_shards_and_no_temporary(tmp_path, monkeypatch, capsys, writer):
-    """Ctrl-C during a shard's generation (a reviewer: exit 130 left shard-NNNNN.zarr.tmp-* behind): the shards
-    written before stay complete, the interrupted one's temporary is removed, and a rerun writes only the rest."""
+def _interrupt_generation_at(monkeypatch, call: int) -> None:
+    """Ctrl-C in the `call`-th shard's generation (radar_train.cache.generate.generate_shard_arrays)."""
     import radar_train.cache.generate as generate
 
     real, calls = generate.generate_shard_arrays, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == call:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
     monkeypatch.setattr(generate, "generate_shard_arrays", interrupted)
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_an_interrupted_run_leaves_its_finished_shards_and_no_temporary(tmp_path, monkeypatch, capsys, writer):
+    """Ctrl-C during a shard's generation (a reviewer: exit 130 left shard-NNNNN.zarr.tmp-* behind): the shards
+    written before stay complete, the interrupted one's temporary is removed, and a rerun writes only the rest."""
+    import radar_train.cache.generate as generate
+
+    real = generate.generate_shard_arrays
+    _interrupt_generation_at(monkeypatch, 3)
     out = tmp_path / "c"
     assert _main("run", "--config", str(TINY_CONFIG), "--output", str(out), *SMALL, "--writer", writer) == 130
     assert "interrupted" in capsys.readouterr().err
@@ -418,7 +426,6 @@ def test_an_interrupt_while_the_last_shard_is_written_ends_a_complete_run(tmp_pa
     """Ctrl-C or SIGTERM while the writer wrote the last shard handed to it (the writer's exit finishes it): the run
     ended as stopped (143 under SIGTERM: a failed SLURM array task, its verify and training jobs cancelled) with
     every shard complete. It is a complete run now; an interrupt before the last shard was handed over is not."""
-    import radar_train.cache.generate as generate
     from radar_train.cache.writer import ShardWriter
 
     real_wait, last, raised = ShardWriter.wait, 9, []  # (SMALL: 10 shards)
@@ -441,14 +448,6 @@ def test_an_interrupt_while_the_last_shard_is_written_ends_a_complete_run(tmp_pa
     assert _main("run", "--config", str(TINY_CONFIG), "--output", str(out), *SMALL, "--writer", writer) == 0
     assert "wrote 0 shards (0 samples), skipped 10 complete" in capsys.readouterr().out
 
-    real_generate, calls = generate.generate_shard_arrays, []  # (the last shard not yet handed over: stopped)
-
-    def interrupted_generate(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_generate(*args, **kwargs)
-
-    monkeypatch.setattr(generate, "generate_shard_arrays", interrupted_generate)
+    _interrupt_generation_at(monkeypatch, 3)  # (the last shard not yet handed over: stopped)
     assert _main("run", "--config", str(TINY_CONFIG), "--output", str(tmp_path / "d"), *SMALL, "--writer",
                  writer) == 130

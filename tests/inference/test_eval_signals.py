@@ -14,15 +14,6 @@ from cli_checks import call_cli
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture
-def noted():
-    """A SIGTERM handler of our own around the test: a signal the command lets through is noted, not pytest's end."""
-    seen = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
-    yield seen
-    signal.signal(signal.SIGTERM, previous)
-
-
 def _kill_self(*sigs):
     for sig in sigs:
         os.kill(os.getpid(), sig)
