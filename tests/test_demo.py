@@ -95,7 +95,7 @@ def test_ctrl_c_during_a_step_lets_it_stop_and_is_one_line_naming_the_step(monke
     monkeypatch.setattr(demo.subprocess, "Popen", Step)
     cmd = [sys.executable, "-m", "radar_train.cli.train", "fit", "--config", "c.yaml"]
     with pytest.raises(SystemExit) as done:
-        run_main("radar-demo", lambda args: demo._run(cmd, Path(".")), [])
+        run_main("radar-demo", lambda args: demo._run(cmd, Path("."), []), [])
     assert done.value.code == 130
     assert calls == (["wait", "wait"] if interrupts == 1 else ["wait", "wait", "kill", "wait"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -131,7 +131,7 @@ def test_sigterm_is_handed_to_the_step_and_the_demo_waits_for_its_save(tmp_path,
 
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     cmd = [sys.executable, "-m", "slow_step"]
-    monkeypatch.setattr(demo, "_steps", lambda out, *a: demo._run(cmd, out))
+    monkeypatch.setattr(demo, "_steps", lambda out, *a: demo._run(cmd, out, a[-1]))
     monkeypatch.setattr(demo, "check_step_configs", lambda *a: None)
     before = signal.getsignal(signal.SIGTERM)
     threading.Thread(target=kill_when_started, daemon=True).start()
@@ -142,6 +142,88 @@ def test_sigterm_is_handed_to_the_step_and_the_demo_waits_for_its_save(tmp_path,
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "radar-demo: stopped by SIGTERM during radar-slow_step; the same command goes on from there")
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def _kill_self():
+    import signal
+
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(100):  # (the handler runs between bytecodes)
+        pass
+
+
+def test_sigterm_between_steps_or_in_the_checks_stops_the_demo_with_its_line(tmp_path, monkeypatch, capsys):
+    """Between two steps, or while the steps' configs were checked, SIGTERM ended the demo without a line, and a step
+    it had just started (or the checks) ran on alone."""
+    import signal
+    import threading
+    import time
+
+    from radar_train.cli import demo
+
+    started = []
+    quick = [sys.executable, "-c", "pass"]
+
+    def steps(out, *a):
+        demo._run(quick, out, a[-1])
+        _kill_self()
+        started.append("the next step")  # (not reached)
+        demo._run(quick, out, a[-1])
+
+    monkeypatch.setattr(demo, "_steps", steps)
+    monkeypatch.setattr(demo, "check_step_configs", lambda *a: None)
+    before = signal.getsignal(signal.SIGTERM)
+    assert demo.demo(output=str(tmp_path / "out"), model="tiny") == 143 and started == []
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "radar-demo: stopped by SIGTERM after radar-pass; the same command goes on from there")
+    assert signal.getsignal(signal.SIGTERM) == before
+    monkeypatch.undo()
+
+    procs = []
+    real_popen = demo.subprocess.Popen
+
+    def popen(*a, **k):
+        procs.append(real_popen(*a, **k))
+        return procs[-1]
+
+    def kill_when_checking():
+        while not procs:
+            time.sleep(0.05)
+        _kill_self()
+
+    monkeypatch.setattr(demo.subprocess, "Popen", popen)
+    monkeypatch.setattr(demo, "_fit_command", lambda *a: [sys.executable, "-c", "import time; time.sleep(60)"])
+    threading.Thread(target=kill_when_checking, daemon=True).start()
+    assert demo.demo(output=str(tmp_path / "checked"), model="tiny") == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "radar-demo: stopped by SIGTERM before its first step; nothing was written")
+    assert procs and all(p.poll() is not None for p in procs)  # (the checks did not run on alone)
+    assert not (tmp_path / "checked").exists()
+
+
+def test_a_last_step_that_finished_as_sigterm_came_ends_a_finished_demo(tmp_path, monkeypatch, capsys):
+    """(radar-eval, its report written, ignored the signal and exited 0; the demo said it was stopped, 143, and
+    its rerun redid export, generate and eval.)"""
+    from radar_train.cli import demo
+    from radar_train.cli.common import Stopped
+
+    ran = []
+
+    def run(cmd, cwd, done):
+        step = demo._step_name(cmd)
+        ran.append(step)
+        done.append(step)
+        if step == "radar-eval":
+            raise Stopped(step, True)
+
+    monkeypatch.setattr(demo, "_run", run)
+    monkeypatch.setattr(demo, "check_step_configs", lambda *a: None)
+    with pytest.raises(SystemExit) as e:
+        from radar_train.cli.common import run_main
+
+        run_main("radar-demo", lambda args: demo.demo(output=str(tmp_path / "out"), model="tiny"), [])
+    assert e.value.code == 0 and ran[-1] == "radar-eval"
+    assert "radar-demo done:" in capsys.readouterr().out
 
 
 def test_a_rerun_goes_on_over_what_a_killed_step_was_writing(tmp_path):

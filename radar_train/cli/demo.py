@@ -40,39 +40,46 @@ def default_configs() -> Path:
     return here if here.is_dir() else CHECKOUT_CONFIGS
 
 
-def _run(cmd: list[str], cwd: Path) -> None:
-    """Run one step. SIGTERM (`kill`, a scheduler's stop) is handed to the step, which saves what it has and stops
-    (a step that had it already, from a signal to the process group, ignores the second one), and the demo waits
-    for it before it stops (Stopped): it no longer ended at once, leaving the step to save, or to run on, alone."""
+def _run(cmd: list[str], cwd: Path, done: list[str]) -> None:
+    """Run one step (the demo's SIGTERM handler, `sigterm_stops`, is in place: demo). SIGTERM (`kill`, a
+    scheduler's stop) is handed to the step, which saves what it has and stops (a step that had it already, from a
+    signal to the process group, ignores the second one), and the demo waits for it before it stops
+    (Stopped(step)): it no longer ended at once, leaving the step to save, or to run on, alone. A step that
+    finished all the same is done (Stopped(step, True)). `done`: the steps finished, this one appended."""
     import signal
 
-    from radar_train.cli.common import Stopped, sigterm_stops
+    from radar_train.cli.common import Stopped
 
     print(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
     step = _step_name(cmd)
     t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=cwd)
+    proc = None
     try:
-        with sigterm_stops():
-            code = proc.wait()
+        proc = subprocess.Popen(cmd, cwd=cwd)
+        code = proc.wait()
     except Stopped:
-        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (while the step saves: SIGKILL ends both anyway)
-        try:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            proc.wait()
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-        raise Stopped(step) from None
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (while the step saves: SIGKILL ends both anyway)
+        if proc is None:  # (stopped as it started the step: none is running)
+            raise Stopped() from None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        finished = proc.wait() == 0
+        if finished:
+            done.append(step)
+        raise Stopped(step, finished) from None
     except KeyboardInterrupt:  # the step got the terminal's Ctrl-C too: let it save and stop (radar-train fit
-        try:  # saves the step it is in), however long that takes; a second Ctrl-C ends it at once
-            proc.wait()
-        except KeyboardInterrupt:
-            proc.kill()
-            proc.wait()
+        if proc is not None:  # saves the step it is in), however long that takes; a second Ctrl-C ends it at once
+            print(f"radar-demo: waiting for {step} to stop (a Ctrl-C to the demo alone: `kill -INT` the step too; "
+                  f"a second Ctrl-C ends it at once)", file=sys.stderr, flush=True)
+            try:
+                proc.wait()
+            except KeyboardInterrupt:
+                proc.kill()
+                proc.wait()
         raise KeyboardInterrupt(f"interrupted during {step}; the same command goes on from there") from None
     if code != 0:
         raise RuntimeError(f"step failed (exit {code}): {step} — see the output above")
+    done.append(step)
     print(f"  ({step}: {time.time() - t0:.0f} s)", flush=True)
 
 
@@ -156,7 +163,7 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
     before anything is written.
     """
     from radar_train.inputs import InputError, read_yaml
-    from radar_train.cli.common import STOPPED_STATUS, Stopped
+    from radar_train.cli.common import STOPPED_STATUS, Stopped, sigterm_stops
     from radar_train.outputs import given_output, make_folders, remove_made_folders
 
     cfg_dir = Path(configs).resolve() if configs else default_configs()  # (the steps run in the output folder)
@@ -186,16 +193,24 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
     out = given_output(output, "--output").resolve()
     check_demo_folder(out, {run_dir.parts[0], cache_dir.parts[0], "adapter", "generate", "eval"})
     py = [sys.executable, "-m"]
-    check_step_configs([(_fit_command(py, train_cfg, train_steps), train_cfg),
-                        (py + ["radar_train.cli.generate", "--config", str(generate_cfg)], generate_cfg)])
-    made = make_folders(out)
-    try:
-        _steps(out, model, cache_cfg, train_cfg, generate_cfg, run_dir, cache_dir, cls_list, seed_list, train_steps)
+    made: list[Path] = []
+    done: list[str] = []  # the steps finished
+    try:  # (one SIGTERM handler from the checks to the end: between steps, or in the checks, SIGTERM ended the demo
+        with sigterm_stops():  # without a line, a step it had just started, or the checks, running on alone)
+            check_step_configs([(_fit_command(py, train_cfg, train_steps), train_cfg),
+                                (py + ["radar_train.cli.generate", "--config", str(generate_cfg)], generate_cfg)])
+            made = make_folders(out)
+            _steps(out, model, cache_cfg, train_cfg, generate_cfg, run_dir, cache_dir, cls_list, seed_list,
+                   train_steps, done)
     except BaseException as e:
         remove_made_folders(made)  # a first step that failed wrote nothing: the folders made for it go again
         if isinstance(e, Stopped):
-            print(f"radar-demo: stopped by SIGTERM during {e.args[0]}; the same command goes on from there",
-                  file=sys.stderr, flush=True)
+            if not e.args and done:  # (between two steps)
+                e = Stopped(done[-1], True)
+            where = ("before its first step; nothing was written" if not e.args else
+                     f"after {e.args[0]}; the same command goes on from there" if len(e.args) > 1 and e.args[1] else
+                     f"during {e.args[0]}; the same command goes on from there")
+            print(f"radar-demo: stopped by SIGTERM {where}", file=sys.stderr, flush=True)
             return STOPPED_STATUS
         raise
     return 0
@@ -207,26 +222,34 @@ def _fit_command(py: list[str], train_cfg: Path, train_steps: Optional[int]) -> 
 
 
 def _steps(out: Path, model: str, cache_cfg: Path, train_cfg: Path, generate_cfg: Path, run_dir: Path,
-           cache_dir: Path, cls_list: list[int], seed_list: list[int], train_steps: Optional[int]) -> None:
-    """The demo's five steps, each a command run in `out`."""
+           cache_dir: Path, cls_list: list[int], seed_list: list[int], train_steps: Optional[int],
+           done: list[str]) -> None:
+    """The demo's five steps, each a command run in `out` (`done`: those finished)."""
+    from radar_train.cli.common import Stopped, signals_ignored_to_the_end
+
     py = [sys.executable, "-m"]
     print(f"radar-demo: model {model}; everything goes to {out}")
-    _run(py + ["radar_train.cli.cache", "run", "--config", str(cache_cfg)], out)
+    _run(py + ["radar_train.cli.cache", "run", "--config", str(cache_cfg)], out, done)
     fit = _fit_command(py, train_cfg, train_steps)
     if (out / run_dir / "final").is_dir():
         print(f"\n(skipping training: {out / run_dir / 'final'} exists)")
     elif (out / run_dir / "checkpoints" / "last.ckpt").is_file():
-        _run(fit + ["--ckpt_path", "last"], out)  # an interrupted run resumes
+        _run(fit + ["--ckpt_path", "last"], out, done)  # an interrupted run resumes
     else:
-        _run(fit, out)
+        _run(fit, out, done)
     # adapter/, generate/ and eval/ are the demo's own: a rerun replaces them
     _run(py + ["radar_train.cli.train", "export", "--ckpt", str(run_dir / "checkpoints" / "last.ckpt"),
-               "--output", "adapter", "--overwrite"], out)
+               "--output", "adapter", "--overwrite"], out, done)
     _run(py + ["radar_train.cli.generate", "--config", str(generate_cfg), "--adapter", "adapter", "--classes",
                ",".join(map(str, cls_list)), "--seeds", ",".join(map(str, seed_list)), "--output", "generate",
-               "--overwrite"], out)
-    _run(py + ["radar_train.cli.eval", "--cache", str(cache_dir), "--adapter", "adapter", "--output", "eval",
-               "--overwrite"], out)
+               "--overwrite"], out, done)
+    try:
+        _run(py + ["radar_train.cli.eval", "--cache", str(cache_dir), "--adapter", "adapter", "--output", "eval",
+                   "--overwrite"], out, done)
+    except Stopped as e:  # (the last step finished as the signal came: the demo is done; it said it was stopped)
+        if e.args[:2] != ("radar-eval", True):
+            raise
+    signals_ignored_to_the_end()  # (every step done: the lines below end it)
     print("\nradar-demo done:")
     print(f"  comparison grid:  {out / 'generate' / 'grid.png'}")
     tb = out / run_dir / "tb"
