@@ -564,6 +564,25 @@ def recover_replaced(path: PathLike) -> Path | None:
     return back
 
 
+@contextlib.contextmanager
+def temporary_folder(prefix: str = "radar-", dir: Optional[PathLike] = None) -> Iterator[Path]:
+    """A temporary folder removed on the way out, also when an interrupt left zarr's writer threads writing into it
+    for a moment (tempfile.TemporaryDirectory's removal then failed, 'Directory not empty': a status-1 error line
+    instead of the interrupt's, or the folder left behind): removed again while anything is left, for up to 2 s."""
+    import tempfile
+    import time
+
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
+    try:
+        yield path
+    finally:
+        for _ in range(20):
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                break
+            time.sleep(0.1)
+
+
 def replace_dir(tmp: PathLike, out: PathLike) -> Path:
     """Put the finished folder `tmp` at `out` (a sibling), replacing what is there (checked beforehand). A kill
     between the two renames leaves the previous folder at `.NAME.old-*`: recover_replaced puts it back."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -169,13 +168,12 @@ def run_cache_benchmark(config: str = "configs/cache/tiny.yaml", overrides: Sequ
     """The radar-cache benchmark rows ({"metric", "value", "unit", "target", "detail"}) of `parts`;
     temporary files go to a fresh folder under `root` (default: the system's), removed afterwards. `log` gets
     a line per generation repeat and per reader row as they finish."""
+    from radar_train.outputs import temporary_folder
+
     check_options(num_pairs, workers, repeats, parts)
-    tmp = Path(tempfile.mkdtemp(prefix="radar-cache-bench-", dir=root))
-    try:
+    with temporary_folder("radar-cache-bench-", root) as tmp:
         rows = bench_generation(config, overrides, tmp, repeats, log=log) if "generation" in parts else []
         return rows + (bench_reader(tmp, num_pairs, workers, log=log) if "reader" in parts else [])
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def format_rows(rows: list[dict]) -> str:

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional, Union
+from pathlib import Path
+from typing import Callable, Optional, Union
 
 from jsonargparse import CLI
 
 from radar_train.bench.accel import BenchSetup
+from radar_train.cli.common import STOPPED_STATUS
 from radar_train.bench.tradeoff import TradeoffConfig
 from radar_train.train.bench import TrainBenchArgs
 from radar_train.config import SamplingConfig
@@ -58,13 +60,35 @@ def _log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-def _write_json(rows: list[dict], path: Optional[str], device: str = "auto") -> None:
+def _measured(prog: str, measure: Callable[[], list[dict]]) -> Optional[list[dict]]:
+    """The rows `measure()` makes; None when SIGTERM stopped it (said: it ended without a line, and its temporary
+    files were left behind). Ctrl-C: one line, status 130. From here on SIGTERM and Ctrl-C are ignored: the table
+    and the --json file are the command's end."""
+    from radar_train.cli.common import Stopped, end_stopped_run, signals_ignored_to_the_end, sigterm_stops
+
+    try:
+        with sigterm_stops():
+            rows = measure()
+    except (Stopped, KeyboardInterrupt) as e:
+        end_stopped_run(prog, e, "nothing was written")  # (raises for Ctrl-C)
+        return None
+    signals_ignored_to_the_end()
+    return rows
+
+
+def _write_json(rows: list[dict], path: Optional[str], device: str = "auto", overwrite: bool = True) -> None:
     """The rows as a result file of the benchmarks' shape (radar_train.bench.record.ResultFile, as accel
-    writes). `device`: where they were measured ('auto': CUDA if any)."""
+    writes). `device`: where they were measured ('auto': CUDA if any). Without `overwrite` (the command's check
+    found no file there), a file that appeared there while the benchmark ran is not replaced."""
     from radar_train.bench.accel import resolve_device
     from radar_train.bench.record import ResultFile, environment
+    from radar_train.outputs import OutputError
 
     if path:
+        if not overwrite and (Path(path).exists() or Path(path).is_symlink()):
+            raise OutputError(f"--json {path} appeared while this run ran (another run writing the same file?): not "
+                              f"replaced, and this run's rows (above) are not written; pass --overwrite to replace "
+                              f"it, or choose another file")
         ResultFile(path, environment(resolve_device(device, "auto")[0])).add_rows(rows)
         print(f"wrote {path}")
 
@@ -97,9 +121,7 @@ def accel(setup: BenchSetup = BenchSetup(), methods: list[str] = ["none", "fastv
         pairs: also time a forked HQ/LQ pair per method (false: skip those rows, e.g. on large models).
         overwrite: replace an existing --json file.
     """
-    from radar_train.bench.accel import (check_engines, check_setup, format_table, resolve_device,
-                                         run_accel_benchmark)
-    from radar_train.bench.record import ResultFile, environment
+    from radar_train.bench.accel import check_engines, check_setup, format_table, run_accel_benchmark
 
     check_setup(setup)
     check_engines(engines)
@@ -124,12 +146,14 @@ def accel(setup: BenchSetup = BenchSetup(), methods: list[str] = ["none", "fastv
     _check_json(json, overwrite, inputs)
     _check_methods(methods, var_cfg)
     engines = list(dict.fromkeys(engines)) if engines else engines  # (each once: a repeat was an unsaid warm-up)
-    rows = run_accel_benchmark(setup, methods, sampling, log=_log, official_var=official_var,
-                               official_config=official_config, engines=engines, pairs=pairs)
+    rows = _measured("radar-bench accel", lambda: run_accel_benchmark(
+        setup, methods, sampling, log=_log, official_var=official_var, official_config=official_config,
+        engines=engines, pairs=pairs))
+    if rows is None:
+        return STOPPED_STATUS
     print(format_table(rows))
     if json:
-        ResultFile(json, environment(resolve_device(setup.device, setup.dtype)[0])).add_rows(rows)
-        print(f"wrote {json}")
+        _write_json(rows, json, setup.device, overwrite)
     return 0
 
 
@@ -157,9 +181,11 @@ def pipeline(setup: BenchSetup = BenchSetup(preset="tiny", batch_size=8), method
     _check_json(json, overwrite, _method_inputs(methods, var_cfg))
     _check_methods(methods, var_cfg)
 
-    rows = run_pipeline_benchmark(setup, methods, sampling, log=_log)
+    rows = _measured("radar-bench pipeline", lambda: run_pipeline_benchmark(setup, methods, sampling, log=_log))
+    if rows is None:
+        return STOPPED_STATUS
     print(format_table(rows))
-    _write_json(rows, json, setup.device)
+    _write_json(rows, json, setup.device, overwrite)
     return 0
 
 
@@ -201,9 +227,12 @@ def cache(cache_config: str = "configs/cache/tiny.yaml", overrides: list[str] = 
             "reader": f"reader = {num_pairs} synthetic pairs with {', '.join(map(str, workers))} workers (a line "
                       f"per row)"}
     _log(f"radar-bench cache: {'; '.join(what[p] for p in dict.fromkeys(parts))}")
-    rows = run_cache_benchmark(cache_config, overrides, num_pairs, workers, repeats, None, parts, log=_log)
+    rows = _measured("radar-bench cache", lambda: run_cache_benchmark(cache_config, overrides, num_pairs, workers,
+                                                                       repeats, None, parts, log=_log))
+    if rows is None:
+        return STOPPED_STATUS
     print(format_rows(rows))
-    _write_json(rows, json)
+    _write_json(rows, json, overwrite=overwrite)
     return 0
 
 
@@ -231,9 +260,11 @@ def train(args: TrainBenchArgs = TrainBenchArgs(), json: Optional[str] = None,
     _log(f"radar-bench train: {args.preset}, batch {args.batch_size}{micro}, {args.warmup} + {args.steps} steps per "
          f"loop: bare PyTorch loop, Lightning loop, data loading{', peak memory' if args.memory else ''} "
          f"(an estimate after the bare loop, then each row as it finishes)")
-    rows = run_train_benchmark(args, log=_log)
+    rows = _measured("radar-bench train", lambda: run_train_benchmark(args, log=_log))
+    if rows is None:
+        return STOPPED_STATUS
     print(format_table(rows))
-    _write_json(rows, json, args.device)
+    _write_json(rows, json, args.device, overwrite)
     return 0
 
 

@@ -39,6 +39,7 @@ import gc
 import logging
 import multiprocessing as mp
 import resource
+import signal
 import tempfile
 import time
 import warnings
@@ -348,7 +349,12 @@ def lightning_loop(args: TrainBenchArgs, dev: torch.device, precision: str) -> f
                              precision=precision, max_steps=n, accumulate_grad_batches=accumulate, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                              num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=root, callbacks=[Timer()])
-        trainer.fit(module, loader)
+        try:
+            trainer.fit(module, loader)
+        except SystemExit:  # (Lightning turns a Ctrl-C into exit status 1, its line muted here: the interrupt's)
+            if trainer.interrupted:
+                raise KeyboardInterrupt from None
+            raise
     return (Timer.t1 - Timer.t0) / args.steps
 
 
@@ -372,7 +378,9 @@ def data_loading(args: TrainBenchArgs, batches: int = 8) -> tuple[float, str]:
     """(seconds per batch from a cache in the main process, cache description)."""
     from radar_train.train.datamodule import CacheSource, PairDataModule
 
-    with tempfile.TemporaryDirectory() as tmp:
+    from radar_train.outputs import temporary_folder
+
+    with temporary_folder("radar-bench-train-") as tmp:
         path, what = args.cache, f"cache {args.cache}"
         if path is None:
             path = _temporary_cache(args, tmp)
@@ -471,6 +479,12 @@ def _child(kind: str, args: dict, precision: str, queue) -> None:
     queue.put(((peak - base) * 1024, reset))
 
 
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
 def _peaks(kinds: list[tuple[str, TrainBenchArgs]], dev: torch.device, precision: str) -> tuple[list[int], str]:
     """Peak bytes of each (kind, args) — kind "train" (two training steps) or "sampling" — with the resident
     weights, and how they were measured."""
@@ -489,9 +503,22 @@ def _peaks(kinds: list[tuple[str, TrainBenchArgs]], dev: torch.device, precision
     for kind, args in kinds:
         q = ctx.Queue()
         p = ctx.Process(target=_child, args=(kind, asdict(args), precision, q))
-        p.start()
-        peak, reset = q.get(timeout=1800)
-        p.join()
+        # started with Ctrl-C ignored (a terminal's reaches the whole group: the child printed a KeyboardInterrupt
+        # traceback from its imports); ended with the run (a stopped run's child printed a traceback, its queue gone)
+        sigint = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+        try:
+            p.start()
+        finally:
+            if sigint is not None:
+                signal.signal(signal.SIGINT, sigint)
+        try:
+            peak, reset = q.get(timeout=1800)
+            p.join()
+        finally:
+            if p.is_alive():
+                p.terminate()
+                p.join()
+            q.close()
         peaks.append(peak)
         exact = exact and reset
     method = ("peak RSS (VmHWM, reset after the models are built) of a spawned process minus its RSS after imports"
