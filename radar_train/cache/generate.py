@@ -157,7 +157,7 @@ class CacheJob:
                     writer.submit(tmp, s, plan.shard_range(s)[0], arrays)
                 handed_all = True
                 writer.wait()
-        except BaseException as e:  # Ctrl-C, an error: the writer has stopped (its exit waits); its unfinished shards go
+        except BaseException as e:  # Ctrl-C, an error: the writer stopped (its exit waits); its unfinished shards go
             for tmp in begun:
                 shutil.rmtree(tmp, ignore_errors=True)  # (a committed one was renamed: nothing there)
             # an interrupt (Ctrl-C, the CLI's SIGTERM) while the last shard, handed over, was written cut nothing
