@@ -6,6 +6,7 @@ from typing import Optional, Union
 
 from jsonargparse import CLI
 
+from radar_train.cli.common import STOPPED_STATUS
 from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
 
 
@@ -106,7 +107,6 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
     from radar_train.cli.common import accel_inputs, model_inputs
     from radar_train.models import get_preset, load_models
     from radar_train.outputs import check_output_file
-    from radar_train.progress import Progress
     from radar_train.sampling import NextScaleSampler
 
     patch_nums = get_preset(model.preset).var.patch_nums
@@ -132,9 +132,11 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
     if autocast is not None:
         var.cast_body_(autocast)  # the transformer as radar-cache and the pipeline run it
     sampler = NextScaleSampler(var, vqvae.quantize, sampling, autocast_dtype=autocast)
-    with Progress(num_samples, "radar-accel calibrate", "samples") as bar:
-        means, stds = calibrate_ranks(sampler, scales, alpha, num_samples, batch_size, var.num_classes, seed, bar.update,
-                                      single_branch=branch)
+    measured = _measured(lambda bar: calibrate_ranks(sampler, scales, alpha, num_samples, batch_size, var.num_classes,
+                                                     seed, bar.update, single_branch=branch), num_samples)
+    if measured is None:
+        return STOPPED_STATUS
+    means, stds = measured
     info = {"preset": model.preset, "var": {"kind": var_id.kind, "value": var_id.value}, "depth": var.depth,
             "patch_nums": list(var.patch_nums)}
     path = write_rank_yaml(output, means, stds, alpha=alpha, num_samples=num_samples, model=info,
@@ -143,6 +145,22 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
         print(f"scale {pn}: mean ratio {sum(means[pn]) / len(means[pn]):.3f} (per block {means[pn]})")
     print(f"wrote {path}")
     return 0
+
+
+def _measured(measure, num_samples: int):
+    """`measure(bar)` with its progress bar; None when SIGTERM stopped it (said: it ended without a line). Ctrl-C:
+    one line, status 130. From here on SIGTERM and Ctrl-C are ignored: the file written is the command's end."""
+    from radar_train.cli.common import Stopped, end_stopped_run, signals_ignored_to_the_end, sigterm_stops
+    from radar_train.progress import Progress
+
+    try:
+        with sigterm_stops(), Progress(num_samples, "radar-accel calibrate", "samples") as bar:
+            result = measure(bar)
+    except (Stopped, KeyboardInterrupt) as e:
+        end_stopped_run("radar-accel calibrate", e, "nothing was written")  # (raises for Ctrl-C)
+        return None
+    signals_ignored_to_the_end()
+    return result
 
 
 def _stagevar_to_calibrate(accel: AccelArgs, patch_nums, depth: int):
@@ -174,7 +192,6 @@ def _calibrate_sca(model: ModelArgs, sampling: SamplingConfig, accel: AccelArgs,
     from radar_train.cli.common import accel_inputs, model_inputs
     from radar_train.models import get_preset, load_models
     from radar_train.outputs import check_output_file
-    from radar_train.progress import Progress
     from radar_train.sampling import NextScaleSampler
 
     preset = get_preset(model.preset)
@@ -189,9 +206,11 @@ def _calibrate_sca(model: ModelArgs, sampling: SamplingConfig, accel: AccelArgs,
     if autocast is not None:
         var.cast_body_(autocast)  # the transformer as radar-cache and the pipeline run it
     sampler = NextScaleSampler(var, vqvae.quantize, sampling, autocast_dtype=autocast)
-    with Progress(num_samples, "radar-accel calibrate", "samples") as bar:
-        scores, rows = calibrate_sca(sampler, sides, tile, tau, num_samples, batch_size, var.num_classes, seed,
-                                     bar.update)
+    measured = _measured(lambda bar: calibrate_sca(sampler, sides, tile, tau, num_samples, batch_size,
+                                                   var.num_classes, seed, bar.update), num_samples)
+    if measured is None:
+        return STOPPED_STATUS
+    scores, rows = measured
     info = {"preset": model.preset, "var": {"kind": var_id.kind, "value": var_id.value}, "depth": var.depth,
             "num_heads": var.config.num_heads, "embed_dim": var.config.embed_dim}
     path, method = write_sca_mask(output, accel.sca, var.patch_nums, scores, tile=tile, tau=tau, rows=rows,

@@ -76,3 +76,18 @@ def test_ctrl_c_in_the_lightning_loop_is_an_interrupt(monkeypatch):
             bench.lightning_loop(args, torch.device("cpu"), "32-true")
     finally:
         signal.signal(signal.SIGINT, before)  # (Lightning set Ctrl-C to be ignored)
+
+
+def test_radar_accel_calibrate_stopped_while_it_measures_says_nothing_was_written(tmp_path, monkeypatch, noted):
+    from radar_train.accel import calibrate
+
+    def stopped(*a, **k):
+        _kill_self()
+        pytest.fail("SIGTERM did not stop the calibration")
+
+    monkeypatch.setattr(calibrate, "calibrate_ranks", stopped)
+    code, err = call_cli("accel", ["calibrate", "--model.preset", "tiny", "--num_samples", "2", "--device", "cpu",
+                                   "--output", "ranks.yaml"], tmp_path)
+    assert (code, err.strip().splitlines()[-1]) == (143, "radar-accel calibrate: stopped by SIGTERM; nothing was "
+                                                         "written"), err
+    assert list(tmp_path.iterdir()) == [] and noted == []
