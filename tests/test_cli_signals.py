@@ -8,6 +8,7 @@ import signal
 
 import pytest
 
+from cli_checks import signal_self
 from radar_train.cli.common import Stopped, run_main, signals_ignored_to_the_end, sigterm_stops
 
 
@@ -103,12 +104,6 @@ def test_a_command_started_in_a_folder_that_was_deleted_says_so_in_one_line(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def _kill_self(sig=signal.SIGTERM):
-    os.kill(os.getpid(), sig)
-    for _ in range(100):  # (the handler runs between bytecodes)
-        pass
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_report_command_stopped_while_it_measures_says_nothing_was_written(sig, noted, capsys):
     """(radar-toy measure / masks / combine, radar-bench tradeoff, radar-eval, radar-train export died of SIGTERM
@@ -116,7 +111,7 @@ def test_a_report_command_stopped_while_it_measures_says_nothing_was_written(sig
     from radar_train.cli.toy import _report
 
     def measuring():
-        _kill_self(sig)
+        signal_self(sig)
         pytest.fail("the signal did not stop the measurement")
 
     mine = signal.getsignal(signal.SIGTERM)
@@ -140,8 +135,8 @@ def test_signals_while_a_report_command_moves_its_outputs_in_leave_it_finished(t
 
     def replace(src, dst):
         if not renames:
-            _kill_self(signal.SIGTERM)
-            _kill_self(signal.SIGINT)
+            signal_self(signal.SIGTERM)
+            signal_self(signal.SIGINT)
         renames.append(src)
         return real_replace(src, dst)
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from cli_checks import signal_self
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -144,14 +146,6 @@ def test_sigterm_is_handed_to_the_step_and_the_demo_waits_for_its_save(tmp_path,
     assert signal.getsignal(signal.SIGTERM) == before
 
 
-def _kill_self():
-    import signal
-
-    os.kill(os.getpid(), signal.SIGTERM)
-    for _ in range(100):  # (the handler runs between bytecodes)
-        pass
-
-
 def test_sigterm_between_steps_or_in_the_checks_stops_the_demo_with_its_line(tmp_path, monkeypatch, capsys):
     """Between two steps, or while the steps' configs were checked, SIGTERM ended the demo without a line, and a step
     it had just started (or the checks) ran on alone."""
@@ -166,7 +160,7 @@ def test_sigterm_between_steps_or_in_the_checks_stops_the_demo_with_its_line(tmp
 
     def steps(out, *a):
         demo._run(quick, out, a[-1])
-        _kill_self()
+        signal_self()
         started.append("the next step")  # (not reached)
         demo._run(quick, out, a[-1])
 
@@ -189,7 +183,7 @@ def test_sigterm_between_steps_or_in_the_checks_stops_the_demo_with_its_line(tmp
     def kill_when_checking():
         while not procs:
             time.sleep(0.05)
-        _kill_self()
+        signal_self()
 
     monkeypatch.setattr(demo.subprocess, "Popen", popen)
     monkeypatch.setattr(demo, "_fit_command", lambda *a: [sys.executable, "-c", "import time; time.sleep(60)"])

@@ -148,18 +148,18 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
 
 
 def _measured(measure, num_samples: int):
-    """`measure(bar)` with its progress bar; None when SIGTERM stopped it (said: it ended without a line). Ctrl-C:
-    one line, status 130. From here on SIGTERM and Ctrl-C are ignored: the file written is the command's end."""
-    from radar_train.cli.common import Stopped, end_stopped_run, signals_ignored_to_the_end, sigterm_stops
+    """`measure(bar)` with its progress bar; None when SIGTERM stopped it (run_until_stopped: it ended without a
+    line). From here on SIGTERM and Ctrl-C are ignored: the file written is the command's end."""
+    from radar_train.cli.common import run_until_stopped, signals_ignored_to_the_end
     from radar_train.progress import Progress
 
-    try:
-        with sigterm_stops(), Progress(num_samples, "radar-accel calibrate", "samples") as bar:
-            result = measure(bar)
-    except (Stopped, KeyboardInterrupt) as e:
-        end_stopped_run("radar-accel calibrate", e, "nothing was written")  # (raises for Ctrl-C)
-        return None
-    signals_ignored_to_the_end()
+    def with_bar():
+        with Progress(num_samples, "radar-accel calibrate", "samples") as bar:
+            return measure(bar)
+
+    result = run_until_stopped("radar-accel calibrate", with_bar)
+    if result is not None:
+        signals_ignored_to_the_end()
     return result
 
 

@@ -8,8 +8,8 @@ from typing import Callable, Optional, Union
 from jsonargparse import CLI
 
 from radar_train.bench.accel import BenchSetup
-from radar_train.cli.common import STOPPED_STATUS
 from radar_train.bench.tradeoff import TradeoffConfig
+from radar_train.cli.common import STOPPED_STATUS
 from radar_train.train.bench import TrainBenchArgs
 from radar_train.config import SamplingConfig
 
@@ -61,18 +61,14 @@ def _log(line: str) -> None:
 
 
 def _measured(prog: str, measure: Callable[[], list[dict]]) -> Optional[list[dict]]:
-    """The rows `measure()` makes; None when SIGTERM stopped it (said: it ended without a line, and its temporary
-    files were left behind). Ctrl-C: one line, status 130. From here on SIGTERM and Ctrl-C are ignored: the table
-    and the --json file are the command's end."""
-    from radar_train.cli.common import Stopped, end_stopped_run, signals_ignored_to_the_end, sigterm_stops
+    """The rows `measure()` makes; None when SIGTERM stopped it (run_until_stopped: it ended without a line, and
+    its temporary files were left behind). From here on SIGTERM and Ctrl-C are ignored: the table and the --json
+    file are the command's end."""
+    from radar_train.cli.common import run_until_stopped, signals_ignored_to_the_end
 
-    try:
-        with sigterm_stops():
-            rows = measure()
-    except (Stopped, KeyboardInterrupt) as e:
-        end_stopped_run(prog, e, "nothing was written")  # (raises for Ctrl-C)
-        return None
-    signals_ignored_to_the_end()
+    rows = run_until_stopped(prog, measure)
+    if rows is not None:
+        signals_ignored_to_the_end()
     return rows
 
 
@@ -283,14 +279,15 @@ def tradeoff(setup: TradeoffConfig = TradeoffConfig(), output: str = "outputs/tr
         overwrite: replace those files if the folder holds them already.
     """
     from radar_train.bench.tradeoff import run_tradeoff
-    from radar_train.cli.common import Stopped, end_stopped_run, signals_ignored_to_the_end, sigterm_stops
+    from radar_train.cli.common import run_until_stopped, signals_ignored_to_the_end
     from radar_train.outputs import swaps_end_command
 
-    try:  # (SIGTERM ended it without a line; from its outputs' move into place on, a signal ended it as stopped)
-        with sigterm_stops(), swaps_end_command(signals_ignored_to_the_end):
-            doc = run_tradeoff(setup, output, overwrite=overwrite, log=_log)
-    except (Stopped, KeyboardInterrupt) as e:
-        return end_stopped_run("radar-bench tradeoff", e, "nothing was written")
+    # (SIGTERM ended it without a line; from its outputs' move into place on, a signal ended it as stopped)
+    with swaps_end_command(signals_ignored_to_the_end):
+        doc = run_until_stopped("radar-bench tradeoff", lambda: run_tradeoff(setup, output, overwrite=overwrite,
+                                                                            log=_log))
+    if doc is None:
+        return STOPPED_STATUS
     print(doc["markdown"])
     print(f"wrote {output}/tradeoff.json, tradeoff.md, tradeoff.png")
     return 0

@@ -14,7 +14,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator, NoReturn, Optional, Sequence, get_args
+from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence, get_args
 
 from radar_train.config import check_device, check_positive  # noqa: F401 - the entry points' checks, re-exported
 
@@ -717,6 +717,18 @@ def end_stopped_run(prog: str, error: BaseException, said: str) -> int:
         raise KeyboardInterrupt(f"interrupted; {said}") from None
     error.add_note(f"{prog}: {said}")
     raise error
+
+
+def run_until_stopped(prog: str, run: Callable[[], Any], said: str = "nothing was written") -> Any:
+    """`run()` under `sigterm_stops`; None when SIGTERM stopped it, said on stderr (`PROG: stopped by SIGTERM;
+    SAID`: the caller returns STOPPED_STATUS); Ctrl-C raises KeyboardInterrupt("interrupted; SAID") (run_main's
+    one line, status 130). For a command with no progress to keep (SIGTERM ended it without a line)."""
+    try:
+        with sigterm_stops():
+            return run()
+    except (Stopped, KeyboardInterrupt) as e:
+        end_stopped_run(prog, e, said)  # (raises for Ctrl-C)
+        return None
 
 
 _HANDLERS_BEFORE: dict = {}  # the handlers signals_ignored_to_the_end replaced (run_main puts them back)

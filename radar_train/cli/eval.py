@@ -38,8 +38,8 @@ def evaluate(cache: str, adapter: str, output: str = "outputs/eval", shards: Opt
             (eval.json by_latent_distance, a table in eval.md; at most one per pair); 0: none.
         overwrite: replace eval.json / eval.md of an earlier run in the output folder.
     """
-    from radar_train.cli.common import (Stopped, check_device, check_positive, end_stopped_run,
-                                        signals_ignored_to_the_end, sigterm_stops)
+    from radar_train.cli.common import (STOPPED_STATUS, check_device, check_positive, run_until_stopped,
+                                        signals_ignored_to_the_end)
     from radar_train.config import parse_int_list
     from radar_train.inference.evaluate import REPORT_FILES, evaluate_restoration, markdown_table, write_report
     from radar_train.inputs import check_dir, check_file
@@ -65,13 +65,11 @@ def evaluate(cache: str, adapter: str, output: str = "outputs/eval", shards: Opt
 
     shown = format_int_list(shard_list) if shard_list else "from the adapter"
     print(f"radar-eval: adapter {adapter} on {cache} (shards {shown}) -> {output}")
-    try:
-        with sigterm_stops():  # (it died of SIGTERM without a line)
-            result = evaluate_restoration(cache, adapter, shard_list, batch_size, str(dev), vae_checkpoint, lpips,
-                                          num_workers, allow_train_shards=allow_train_shards, progress=True,
-                                          distance_bins=distance_bins)
-    except (Stopped, KeyboardInterrupt) as e:
-        return end_stopped_run("radar-eval", e, "nothing was written")
+    result = run_until_stopped("radar-eval", lambda: evaluate_restoration(  # (SIGTERM ended it without a line)
+        cache, adapter, shard_list, batch_size, str(dev), vae_checkpoint, lpips, num_workers,
+        allow_train_shards=allow_train_shards, progress=True, distance_bins=distance_bins))
+    if result is None:
+        return STOPPED_STATUS
     signals_ignored_to_the_end()  # (the report is written and moved into place: the command's end)
     js, md = write_report(result, output, overwrite)
     print(markdown_table(result))

@@ -113,14 +113,13 @@ def _report(run: Callable[[], dict], prog: str) -> int:
     """Print the report `run` makes: a SIGTERM or Ctrl-C while it measures says nothing was written (SIGTERM ended
     it without a line); from its outputs' move into place on, they are ignored (it ended with 143 or 130, its
     outputs in place)."""
-    from radar_train.cli.common import Stopped, end_stopped_run, signals_ignored_to_the_end, sigterm_stops
+    from radar_train.cli.common import STOPPED_STATUS, run_until_stopped, signals_ignored_to_the_end
     from radar_train.outputs import swaps_end_command
 
-    try:
-        with sigterm_stops(), swaps_end_command(signals_ignored_to_the_end):
-            report = run()
-    except (Stopped, KeyboardInterrupt) as e:
-        return end_stopped_run(prog, e, "nothing was written")
+    with swaps_end_command(signals_ignored_to_the_end):
+        report = run_until_stopped(prog, run)
+    if report is None:
+        return STOPPED_STATUS
     print(report["markdown"])
     return 0
 

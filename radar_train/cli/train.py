@@ -109,7 +109,7 @@ def export(ckpt: str, output: str, overwrite: bool = False) -> int:
     """
     import json
 
-    from radar_train.cli.common import Stopped, end_stopped_run, signals_ignored_to_the_end, sigterm_stops
+    from radar_train.cli.common import STOPPED_STATUS, run_until_stopped, signals_ignored_to_the_end
     from radar_train.outputs import given_output, swaps_end_command
     from radar_train.train.export import export_checkpoint
 
@@ -119,13 +119,14 @@ def export(ckpt: str, output: str, overwrite: bool = False) -> int:
     level = module_log.level
     module_log.setLevel(logging.WARNING)
     try:  # (the start line once the checks passed: a refusal is its one line)
-        with sigterm_stops(), swaps_end_command(signals_ignored_to_the_end):  # (the adapter swapped in: it ends)
-            path = export_checkpoint(ckpt, output, overwrite=overwrite,
-                                     on_start=lambda: print(f"radar-train export: {ckpt} -> {output}", flush=True))
-    except (Stopped, KeyboardInterrupt) as e:  # (it died of SIGTERM without a line)
-        return end_stopped_run("radar-train export", e, "nothing was written")
+        with swaps_end_command(signals_ignored_to_the_end):  # (the adapter swapped in: it ends)
+            path = run_until_stopped("radar-train export", lambda: export_checkpoint(  # (SIGTERM: no line before)
+                ckpt, output, overwrite=overwrite,
+                on_start=lambda: print(f"radar-train export: {ckpt} -> {output}", flush=True)))
     finally:
         module_log.setLevel(level)
+    if path is None:
+        return STOPPED_STATUS
     cfg = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
     print(f"adapter: {path} (peft LoRA r={cfg.get('r')}, alpha={cfg.get('lora_alpha'):g})")
     return 0

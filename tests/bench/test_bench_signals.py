@@ -4,28 +4,21 @@ measure, one line saying nothing was written (SIGTERM ended them without a line,
 Lightning loop is Ctrl-C (Lightning turned it into status 1, its line muted)."""
 from __future__ import annotations
 
-import os
 import signal
 
 import pytest
 
-from cli_checks import call_cli
+from cli_checks import call_cli, signal_self
 
 PIPELINE = ["pipeline", "--setup.preset", "tiny", "--setup.batch_size", "2", "--setup.repeats", "1",
             "--setup.device", "cpu", "--methods", "[none]"]
-
-
-def _kill_self(sig=signal.SIGTERM):
-    os.kill(os.getpid(), sig)
-    for _ in range(100):  # (the handler runs between bytecodes)
-        pass
 
 
 def test_a_benchmark_stopped_while_it_measures_says_nothing_was_written(tmp_path, monkeypatch, noted):
     import radar_train.bench.pipeline as pipeline
 
     def stopped(*a, **k):
-        _kill_self()
+        signal_self()
         pytest.fail("SIGTERM did not stop the benchmark")
 
     monkeypatch.setattr(pipeline, "run_pipeline_benchmark", stopped)
@@ -82,7 +75,7 @@ def test_radar_accel_calibrate_stopped_while_it_measures_says_nothing_was_writte
     from radar_train.accel import calibrate
 
     def stopped(*a, **k):
-        _kill_self()
+        signal_self()
         pytest.fail("SIGTERM did not stop the calibration")
 
     monkeypatch.setattr(calibrate, "calibrate_ranks", stopped)

@@ -4,21 +4,13 @@ written (SIGTERM killed them without a line); once their outputs go into place, 
 from __future__ import annotations
 
 import json
-import os
 import signal
 
 import pytest
 
-from cli_checks import call_cli
+from cli_checks import call_cli, signal_self
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _kill_self(*sigs):
-    for sig in sigs:
-        os.kill(os.getpid(), sig)
-        for _ in range(100):  # (the handler runs between bytecodes)
-            pass
 
 
 def test_radar_eval_stopped_while_it_measures_and_signalled_while_it_writes(trained_run, tmp_path, monkeypatch,
@@ -29,7 +21,7 @@ def test_radar_eval_stopped_while_it_measures_and_signalled_while_it_writes(trai
     real_eval, real_write = evaluate.evaluate_restoration, evaluate.write_report
 
     def stopped(*a, **k):
-        _kill_self(signal.SIGTERM)
+        signal_self(signal.SIGTERM)
         pytest.fail("SIGTERM did not stop the measurement")
 
     monkeypatch.setattr(evaluate, "evaluate_restoration", stopped)
@@ -38,7 +30,7 @@ def test_radar_eval_stopped_while_it_measures_and_signalled_while_it_writes(trai
     assert not (tmp_path / "a").exists()
 
     def signalled_while_writing(*a, **k):
-        _kill_self(signal.SIGTERM, signal.SIGINT)
+        signal_self(signal.SIGTERM, signal.SIGINT)
         return real_write(*a, **k)
 
     monkeypatch.setattr(evaluate, "evaluate_restoration", real_eval)
@@ -52,7 +44,7 @@ def test_radar_train_export_stopped_while_it_works_says_nothing_was_written(trai
     import radar_train.train.module as module
 
     def stopped(*a, **k):
-        _kill_self(signal.SIGTERM)
+        signal_self(signal.SIGTERM)
         pytest.fail("SIGTERM did not stop the export")
 
     monkeypatch.setattr(module, "module_from_hparams", stopped)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli_checks import signal_self
 from fid_helpers import ctrl_c_at_write, save_extractors
 from radar_train.inference.fid_progress import PROGRESS_DIR, STATE_NAME, FidProgress
 
@@ -344,13 +345,8 @@ def test_a_sigterm_while_the_report_is_made_keeps_every_sample_and_one_after_the
     import radar_train.cli.fid as cli_fid
     import radar_train.inference.fid as fid_module
 
-    def kill_self():
-        os.kill(os.getpid(), signal.SIGTERM)
-        for _ in range(100):  # (the handler runs between bytecodes)
-            pass
-
     def stopped_summary(*a, **k):
-        kill_self()
+        signal_self()
         pytest.fail("SIGTERM did not stop the report")
 
     out = tmp_path / "fid"
@@ -366,7 +362,7 @@ def test_a_sigterm_while_the_report_is_made_keeps_every_sample_and_one_after_the
 
     def write_then_sigterm(*a, **k):
         real_write(*a, **k)
-        kill_self()
+        signal_self()
 
     def note(signum, frame):
         noted.append(signum)
@@ -394,9 +390,7 @@ def test_a_signal_in_the_save_after_the_last_batch_keeps_every_sample(sig, extra
     def save(self, tally, seconds):
         calls.append(tally.done)
         if len(calls) == 1:  # (the first save: the one after the last batch)
-            os.kill(os.getpid(), sig)
-            for _ in range(100):  # (the handler runs between bytecodes)
-                pass
+            signal_self(sig)
         return real(self, tally, seconds)
 
     with monkeypatch.context() as m:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_checks import signal_self
 from fid_helpers import ctrl_c_at_write, save_extractors
 from radar_train.inference.fid_progress import PROGRESS_DIR, part_range
 
@@ -280,7 +281,6 @@ def test_sigterm_during_the_merge_stops_it_with_143_and_the_next_worker_run_fini
 
 def test_sigterm_while_the_merge_makes_the_report_keeps_every_part(extractors, single, tmp_path, monkeypatch, capsys):
     """(The merge's statistics ran under the default SIGTERM: the worker died with status 143 and no line.)"""
-    import os
     import signal
 
     import radar_train.inference.fid as fid_module
@@ -289,9 +289,7 @@ def test_sigterm_while_the_merge_makes_the_report_keeps_every_part(extractors, s
     assert _main(_args(extractors, out, 9, *_worker(0, 2))) == 0
 
     def stopped_summary(*a, **k):
-        os.kill(os.getpid(), signal.SIGTERM)
-        for _ in range(100):  # (the handler runs between bytecodes)
-            pass
+        signal_self(signal.SIGTERM)
         pytest.fail("SIGTERM did not stop the merge's report")
 
     with monkeypatch.context() as m:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli_checks import signal_self
 from radar_train.cli.common import Stopped
 from radar_train.inference import RadarPipeline
 from radar_train.inference.generate_progress import PROGRESS_DIR, GenerateProgress
@@ -250,15 +251,12 @@ def test_a_sigterm_while_the_grid_is_made_is_said_and_the_same_command_finishes(
     """(After the last batch, the grid and the moves ran under the default SIGTERM: the run ended with status 143
     and no line.) The signal lands in the grid (the main thread, as a real one does); the rerun generates nothing
     and writes the outputs of an uninterrupted run."""
-    import os
     import signal
 
     import radar_train.images
 
     def grid_stopped(*a, **k):
-        os.kill(os.getpid(), getattr(signal, sig))
-        for _ in range(100):  # (the handler runs between bytecodes)
-            pass
+        signal_self(getattr(signal, sig))
         pytest.fail("SIGTERM did not stop the grid")
 
     out = tmp_path / "gen"
