@@ -247,7 +247,7 @@ def _steps(out: Path, model: str, cache_cfg: Path, train_cfg: Path, generate_cfg
         _run(py + ["radar_train.cli.eval", "--cache", str(cache_dir), "--adapter", "adapter", "--output", "eval",
                    "--overwrite"], out, done)
     except Stopped as e:  # (the last step finished as the signal came: the demo is done; it said it was stopped)
-        if e.args[:2] != ("radar-eval", True):
+        if e.args[1:2] != (True,):
             raise
     signals_ignored_to_the_end()  # (every step done: the lines below end it)
     print("\nradar-demo done:")
