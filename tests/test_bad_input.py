@@ -751,6 +751,29 @@ def test_a_new_fit_into_a_run_that_never_checkpointed_is_allowed_but_a_run_is_re
     check_run_folder(world["run"], None, "validate", {})  # validate adds tb/ events, replaces nothing
 
 
+@pytest.mark.parametrize("entry", ["tb", "checkpoints", "final", "step-000002"])
+def test_a_fit_into_a_run_whose_folder_it_writes_into_is_read_only_is_refused_before_it_trains(world, tmp_path,
+                                                                                              monkeypatch, entry):
+    """A resume into a run whose checkpoints/ (or tb/, final/, a step export) may not be written trained on, and
+    failed at its first save (or with a traceback from TensorBoard's writer thread, or at the export at its end).
+    (The tests run as root, which writes into a read-only folder: the permission is denied through os.access.)"""
+    run = shutil.copytree(world["run"], tmp_path / "r")
+    (run / "step-000002").mkdir(exist_ok=True)
+    denied = run / entry
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, *a, **k:
+                        (not mode & os.W_OK) and real(path, mode, *a, **k) if Path(path) == denied else
+                        real(path, mode, *a, **k))
+    assert_refused("train", fit_args(world["cache"], run, 5, "--ckpt_path", "last"), tmp_path, (tmp_path,),
+                   [f"--trainer.default_root_dir {run}: cannot write into its {entry}/ (permission denied)"])
+    if entry in ("tb", "checkpoints"):  # (an early leftover of a new fit, reused)
+        early = tmp_path / "early"
+        denied = early / entry
+        (early / entry).mkdir(parents=True)
+        assert_refused("train", fit_args(world["cache"], early, 5), tmp_path, (tmp_path,),
+                       [f"{early}: cannot write into its {entry}/ (permission denied)"])
+
+
 def test_cli_output_drops_library_deprecation_noise_and_keeps_warnings_a_user_can_act_on():
     import warnings
 

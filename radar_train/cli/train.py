@@ -312,6 +312,7 @@ def check_run_folder(root: str | os.PathLike, ckpt_path: Optional[str], subcomma
     check_no_overlap(RUN_OPTION, p, inputs, [p / e for e in RUN_ENTRIES])
     if subcommand == "fit" and p.is_dir() and resumes(p, ckpt_path):
         check_final_replaceable(p)
+        check_run_entries_writable(p)
     if subcommand != "fit" or not p.is_dir() or resumes(p, ckpt_path):
         return  # nothing there yet, or resuming the run in its own folder
     check_config_kept(p, configs)
@@ -333,6 +334,19 @@ def check_run_folder(root: str | os.PathLike, ckpt_path: Optional[str], subcomma
     if foreign:
         raise OutputError(f"{RUN_OPTION} {p} is a folder that is not empty and not a run folder (it holds "
                           f"{', '.join(foreign[:3])}){nothing}: choose a new or empty folder")
+    check_run_entries_writable(p)  # (an early leftover's tb/ or checkpoints/, which the fit reuses)
+
+
+def check_run_entries_writable(root: Path) -> None:
+    """OutputError for a folder of the run that the fit writes into or replaces (tb/, checkpoints/, final/, the step
+    exports) but may not (permission denied): said before it trains, not at its first save, its TensorBoard
+    writer's first flush (a traceback from the writer's thread) or the export at its end."""
+    from radar_train.outputs import OutputError
+
+    for entry in [root / "tb", root / "checkpoints", root / "final", *sorted(root.glob("step-*"))]:
+        if entry.is_dir() and not os.access(entry, os.W_OK | os.X_OK):
+            raise OutputError(f"{RUN_OPTION} {root}: cannot write into its {entry.name}/ (permission denied), "
+                              f"which the run writes into: make it writable, then run the command again")
 
 
 def check_final_replaceable(root: Path) -> None:
@@ -886,6 +900,10 @@ def failure_note() -> Optional[str]:
 
     if not last_failure:
         return None
+    if last_failure.get("step") is not None and last_failure.get("export"):
+        return (f"radar-train: the run trained to its end, step {last_failure['step']}, which is saved; writing its "
+                f"{last_failure['export']} failed (once the cause is fixed, resume with --ckpt_path last: it writes "
+                f"{last_failure['export']} without training)")
     if last_failure.get("step") is not None and last_failure.get("validation"):
         return (f"radar-train: the run failed in the validation at step {last_failure['step']}; the step is saved "
                 "(once the cause is fixed, resume with --ckpt_path last: the validation runs again first)")

@@ -35,7 +35,7 @@ from .label_conditioning import LABEL_CONDITIONING_WEIGHTS, LabelConditionedDeco
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "RADAR_CONFIG", "ADAPTER_FILES", "RADAR_CONFIG_VERSION", "save_adapter",
            "read_radar_config", "check_adapter", "is_adapter_dir", "load_adapter", "adapter_version",
-           "check_same_adapter"]
+           "check_same_adapter", "run_step_of"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,20 @@ def _check_finite_weights(peft_model, conditioning, out_dir) -> None:
     if bad:
         raise ValueError(f"{out_dir}: not written: {len(bad)} of the adapter's trained tensors hold NaN or inf "
                          f"(e.g. {bad[0]}): the weights diverged")
+
+
+def run_step_of(adapter_dir: str | Path) -> Optional[int]:
+    """The run step an adapter folder was exported at (a fit's final/ holding its best step's adapter: the step
+    the run had reached, `selection.last_step`); None when it holds no adapter or unreadable metadata."""
+    if not is_adapter_dir(adapter_dir):
+        return None
+    try:
+        meta = read_radar_config(adapter_dir)
+    except (ValueError, OSError):
+        return None
+    selection = meta.get("selection") if isinstance(meta.get("selection"), dict) else {}
+    step = selection.get("last_step", meta.get("global_step"))
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def is_adapter_dir(path: str | Path) -> bool:

@@ -195,6 +195,7 @@ class RadarLoraModule(pl.LightningModule):
         self._export_step: Optional[int] = None  # step of the last step-NNNNNN/ export
         self._export_pending: Optional[int] = None  # step whose export waits for the validation due at it
         self._train_started = False  # whether this fit ran its training loop (not when resumed at its end)
+        self.exporting: Optional[str] = None  # the export of the run's end under way ("final/"), else None
         self._train_sums: Optional[tuple[int, torch.Tensor]] = None  # (step, training-batch PSNR, SSIM sums, count)
         self._step_rng = StepRng()  # the training forward's random stream (LoRA dropout), checkpointed
         self._t_last: Optional[float] = None
@@ -393,23 +394,42 @@ class RadarLoraModule(pl.LightningModule):
         self._export_step_adapter(pending=True)
         self.log_image_grid(averaged=True)  # (AdapterEMA's on_train_end, before this hook, put the average in)
         if self.output.export_final and self._training_finished():
-            self.export_final(Path(self.trainer.default_root_dir) / "final")
+            with self._exporting("final/"):
+                self.export_final(Path(self.trainer.default_root_dir) / "final")
 
     def on_fit_start(self) -> None:
         self._train_started = False
+        self.exporting = None
 
     def on_fit_end(self) -> None:
         """A run resumed from a checkpoint at its end (max_steps): Lightning runs no training loop, so neither
         on_train_start nor on_train_end; the exports that the run killed (or stopped by SIGTERM) there owed are
-        written here: the step export, and final/ when missing (with model.ema, the average)."""
+        written here: the step export, and final/ when it is not this step's (missing, or an earlier end's: a run
+        continued to more steps and killed, or whose export failed, after its last save; with model.ema, the
+        average)."""
         if self._train_started or self.trainer.ckpt_path is None:
             return
         self._export_owed_by_the_checkpoint()
         final = Path(self.trainer.default_root_dir) / "final"
-        if self.output.export_final and self._training_finished() and not final.exists():
-            log.info("writing final/, which the run resumed at its end had not exported")
-            with self._averaged_weights():
-                self.export_final(final)
+        if not (self.output.export_final and self._training_finished()):
+            return
+        from radar_train.export.adapter import run_step_of
+
+        exported = run_step_of(final)
+        if exported == self.global_step:
+            return
+        log.info("writing final/, which %s", "the run resumed at its end had not exported" if exported is None else
+                 f"held the adapter of step {exported}, an earlier end of the run, not of step {self.global_step}")
+        with self._averaged_weights(), self._exporting("final/"):
+            self.export_final(final)
+
+    @contextlib.contextmanager
+    def _exporting(self, what: str):
+        """Context: `exporting` names the export under way, and still does once it raised (read by the failure's
+        last line: run_checkpoint.py; on_fit_start clears it)."""
+        self.exporting = what
+        yield
+        self.exporting = None
 
     def _early_stopped(self) -> bool:
         es = self.trainer.early_stopping_callback

@@ -302,6 +302,13 @@ class RunCheckpoint(ModelCheckpoint):
             last = os.path.join(self.dirpath, "last.ckpt") if self.dirpath else None
             last_failure.update(why="its weights diverged", diverged=last if last and os.path.isfile(last) else "")
             return
+        # the run's end, saved (at the end of its training, or the checkpoint it resumed at its end), failed in the
+        # export (final/) that follows
+        exporting = getattr(pl_module, "exporting", None)
+        if exporting and (self._last_global_step_saved == trainer.global_step or
+                          (b.step is None and trainer.ckpt_path is not None)):
+            last_failure.update(step=trainer.global_step, export=exporting)
+            return
         if not b.savable(trainer):
             last_failure["why"] = f"the save of step {b.step} failed" if b.save_failed else \
                 "the failure came after an optimizer update began" if b.moved else \

@@ -414,3 +414,43 @@ def test_other_runtime_errors_keep_their_traceback(error):
 
     with pytest.raises(type(error)):
         run_main("radar-train fit", body, [], check_configs=False)
+
+
+def test_a_failed_final_export_says_the_run_ended_saved_and_the_resume_it_advises_writes_final(tiny_cache, tmp_path,
+                                                                                              monkeypatch, capsys):
+    """A run continued from step 4 to step 6 trained to its end and saved it; then final/'s export failed (a full
+    disk). The last line said the step after step 6 had failed, and the resume it advised ended at once, exit 0,
+    keeping the final/ of step 4."""
+    import errno
+
+    from safetensors.torch import load_file
+
+    from radar_train.export import adapter
+    from radar_train.train.export import export_checkpoint
+
+    root = tmp_path / "run"
+    assert run_train_cli(tiny_fit_argv(tiny_cache, root, 4, "--trainer.logger", "false")) == 0
+    real = adapter.save_adapter
+
+    def full(model, out_dir, *args, **kwargs):
+        if str(out_dir).endswith("final"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(out_dir))
+        return real(model, out_dir, *args, **kwargs)
+
+    monkeypatch.setattr(adapter, "save_adapter", full)
+    argv = tiny_fit_argv(tiny_cache, root, 6, "--trainer.logger", "false", "--ckpt_path", "last")
+    said = ("radar-train: the run trained to its end, step 6, which is saved; writing its final/ failed (once the "
+            "cause is fixed, resume with --ckpt_path last: it writes final/ without training)")
+    for _ in range(2):  # the run, then its resume with the disk still full
+        capsys.readouterr()
+        assert run_train_cli(argv) == 1
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines[-2:] == [f"error: radar-train fit: {root / 'final'}: No space left on device (errno 28)", said]
+        assert _last(root)["global_step"] == 6 and adapter.run_step_of(root / "final") == 4
+
+    monkeypatch.undo()
+    assert run_train_cli(argv) == 0
+    assert adapter.run_step_of(root / "final") == 6
+    export_checkpoint(root / "checkpoints" / "last.ckpt", tmp_path / "of_last")
+    want, got = load_file(str(tmp_path / "of_last" / "adapter_model.safetensors")), _adapter(root)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)

@@ -60,3 +60,28 @@ def test_a_resumed_run_leaves_an_existing_step_export_alone(tmp_path, make_loade
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
     _fit(tmp_path, 4, make_loader, EmaArgs(), ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt"))
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in files} == before
+
+
+@pytest.mark.parametrize("ema", [EmaArgs(), EmaArgs(decay=0.5)], ids=["plain", "ema"])
+def test_a_run_continued_and_killed_before_its_final_export_replaces_the_earlier_ends_final(tmp_path, make_loader,
+                                                                                            ema):
+    """A run ended at step 2 (final/ of step 2), continued to step 4 and killed between its last checkpoint and
+    final/'s export: the resume ended at once with exit 0 and kept step 2's final/ as the run's adapter."""
+    from radar_train.export.adapter import read_radar_config, run_step_of
+
+    _fit(tmp_path, 2, make_loader, ema)
+    final, last = tmp_path / "final", str(tmp_path / "checkpoints" / "last.ckpt")
+    shutil.copytree(final, tmp_path / "final_of_step_2")
+    _fit(tmp_path, 4, make_loader, ema, ckpt_path=last)
+    want = load_file(str(final / "adapter_model.safetensors"))
+    shutil.rmtree(final)  # what the kill leaves: step 4 saved, final/ still the earlier end's
+    shutil.copytree(tmp_path / "final_of_step_2", final)
+    assert run_step_of(final) == 2
+    _fit(tmp_path, 4, make_loader, ema, ckpt_path=last)
+    _same(final, want)
+    assert read_radar_config(final)["global_step"] == run_step_of(final) == 4
+
+    files = sorted(final.iterdir())  # final/ of the step: left alone by another resume at the end
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+    _fit(tmp_path, 4, make_loader, ema, ckpt_path=last)
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(final.iterdir())} == before
