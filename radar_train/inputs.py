@@ -109,6 +109,8 @@ def check_file(path: str | os.PathLike, what: str = "file") -> Path:
         raise InputError(f"{p}: {what} is a folder, expected a file")
     if p.is_char_device() or p.is_block_device():  # (/dev/zero reads for ever)
         raise InputError(f"{p}: {what} is a device, expected a file")
+    if p.is_fifo() or p.is_socket():  # (opening a pipe with no writer waits for ever; one with a writer reads once)
+        raise InputError(f"{p}: {what} is a pipe or a socket, expected a file")
     if not os.access(p, os.R_OK):
         raise InputError(f"{p}: {what} cannot be read (permission denied)")
     return p

@@ -185,3 +185,70 @@ def test_a_number_yaml_reads_otherwise_than_written_is_refused_naming_it(tmp_pat
     from radar_train.inputs import read_yaml
 
     assert read_yaml(tmp_path / "mine.yaml")["plan"] == {"base_seed": 10, "classes": value}
+
+
+@contextlib.contextmanager
+def _within(seconds: int):
+    """The block must end within `seconds` (an open() of a pipe no one writes waits for ever): TimeoutError."""
+    import signal
+
+    def late(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, late)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("cli,before,option", [
+    ("generate", ["--output", "o"], "--config"),
+    ("train", ["fit"], "-c"),
+    ("cache", ["run", "--check"], "--config"),
+], ids=["generate", "fit-c", "cache-run"])
+def test_a_config_file_that_is_a_pipe_is_one_line_and_not_a_run_on_the_defaults(tmp_path, cli, before, option):
+    """`--config <(...)` (a pipe of the shell's: /dev/fd/N): the check read it, the parser found it empty and the
+    command ran on its defaults (top_k 900 for the file's 64, outputs/generate for its folder), exit 0. A named pipe
+    no one writes hung the command."""
+    import os
+
+    from cli_checks import assert_one_line_error
+
+    read, write = os.pipe()
+    os.write(write, Path(TINY_CACHE if cli == "cache" else TINY_TRAIN if cli == "train" else
+                         CONFIGS / "generate" / "tiny.yaml").read_bytes())
+    os.close(write)
+    try:
+        with _within(60):
+            code, err = call_cli(cli, [*before, option, f"/dev/fd/{read}"], tmp_path)
+    finally:
+        os.close(read)
+    assert code == 2
+    assert_one_line_error(err, f"/dev/fd/{read}: config file ({option}) is a pipe", f'{option} "$(cat FILE)"')
+    os.mkfifo(tmp_path / "fifo.yaml")
+    with _within(60):
+        code, err = call_cli(cli, [*before, option, "fifo.yaml"], tmp_path)
+    assert code == 2
+    assert_one_line_error(err, f"fifo.yaml: config file ({option}) is a pipe")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.yaml"]
+
+
+def test_a_group_file_or_a_checkpoint_that_is_a_pipe_is_one_line_not_a_hang(tmp_path):
+    import os
+
+    from cli_checks import assert_one_line_error
+
+    os.mkfifo(tmp_path / "fifo")
+    with _within(60):
+        code, err = call_cli("generate", ["--config", str(CONFIGS / "generate" / "tiny.yaml"), "--model", "fifo",
+                                          "--output", "o"], tmp_path)
+    assert code == 2
+    assert_one_line_error(err, "fifo: --model file is a pipe or a socket, expected a file")
+    with _within(60):
+        code, err = call_cli("train", ["export", "--ckpt", "fifo", "--output", "o"], tmp_path)
+    assert code == 2
+    assert_one_line_error(err, "fifo: radar-train checkpoint is a pipe or a socket, expected a file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]

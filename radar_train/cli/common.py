@@ -356,6 +356,10 @@ def check_config_files(argv: Sequence[str], options: Sequence[str] = ("--config"
 
     for option, value in _config_values(argv, options):
         p = Path(value)
+        if p.is_fifo() or p.is_socket():  # (<(...) too: read here, then again by the parser, which found it empty)
+            raise InputError(f"{value}: config file ({option}) is a pipe, which can be read only once, and the "
+                             f"command reads its config file twice (to check it, then to parse it): give a file, or "
+                             f"the YAML itself, {option} \"$(cat FILE)\"")
         if p.exists() or p.is_symlink():
             read_yaml(p, "config file")
         elif not any(c in value for c in "{}:\n"):
