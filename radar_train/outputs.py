@@ -107,6 +107,9 @@ def check_output_file(path: PathLike, option: str = "--output", inputs: Optional
     check_no_overlap(option, p, inputs)
     if p.is_dir():
         raise OutputError(f"{option} {p} is a folder: give a file name")
+    if p.exists() and not p.is_file():  # (--overwrite put a file in place of /dev/null, as root the system's)
+        raise OutputError(f"{option} {p} is a device, a pipe or a socket, not a file, which --overwrite does not "
+                          f"replace: give a file name")
     if (p.exists() or p.is_symlink()) and not overwrite:  # (a link to nothing is the user's too)
         raise OutputError(f"{option} {p} exists: pass --overwrite to replace it, or choose another file name")
     check_writable(p.parent, option, p)

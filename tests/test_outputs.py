@@ -1,6 +1,8 @@
 """radar_train.outputs: the output rule's checks and the whole-or-absent writers."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from radar_train.outputs import (OutputError, atomic_file, check_no_overlap, check_output_dir, check_output_file,
@@ -528,3 +530,16 @@ def test_progress_settings_that_differ_show_both_mappings_in_one_key_order():
     assert fingerprint_differences({"sampling": {"cfg": 1.5, "top_k": 900}, "n": 4},
                                    {"sampling": {"top_k": 64, "cfg": 2.0}, "n": 4}) == [
         'sampling: {"cfg": 1.5, "top_k": 900} vs {"cfg": 2.0, "top_k": 64}']
+
+
+def test_a_device_or_a_pipe_at_an_output_file_is_refused_even_with_overwrite(tmp_path):
+    """--overwrite replaced them with a regular file (`radar-train merge --output dev.pth --overwrite`, `radar-bench
+    --json f.json --overwrite`): as root, `--json /dev/null --overwrite` would have replaced the system's /dev/null."""
+    os.mkfifo(tmp_path / "fifo.json")
+    (tmp_path / "null.json").symlink_to("/dev/null")
+    for name in ("fifo.json", "null.json"):
+        for overwrite in (False, True):
+            with pytest.raises(OutputError, match=f"{name} is a device, a pipe or a socket, not a file, which "
+                                                  f"--overwrite does not replace"):
+                check_output_file(tmp_path / name, overwrite=overwrite)
+    assert (tmp_path / "fifo.json").is_fifo() and os.readlink(tmp_path / "null.json") == "/dev/null"
