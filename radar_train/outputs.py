@@ -201,7 +201,17 @@ def check_output_dir(path: PathLike, writes: Sequence[str], option: str = "--out
         raise OutputError(f"{option} {p} already holds {', '.join(existing)} (an earlier run's output): pass "
                           f"--overwrite to replace them, or choose another folder")
     check_writable(p, option)
+    for w in existing:  # (moved aside and removed after the run's work: refused then, with a raw errno)
+        check_removable(p / w, option, p)
     return p
+
+
+def check_removable(entry: Path, option: str, shown: PathLike) -> None:
+    """OutputError if the folder `entry`, which the command replaces, may not be moved or emptied (permission
+    denied on it)."""
+    if entry.is_dir() and not entry.is_symlink() and not os.access(entry, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {shown}: cannot replace {entry.name}/ (permission denied on it, which its "
+                          f"replacement needs): make it writable, or choose another folder")
 
 
 def check_replace_dir(path: PathLike, is_ours: Callable[[Path], bool], what: str, option: str = "--output",
@@ -220,6 +230,10 @@ def check_replace_dir(path: PathLike, is_ours: Callable[[Path], bool], what: str
         if not overwrite:
             raise OutputError(f"{option} {p} already holds {what}: pass --overwrite to replace it, or choose "
                               f"another folder")
+        check_removable(p, option, p)
+    if p.is_dir() and os.path.ismount(p):  # (the finished folder is renamed into place: EBUSY, after the work)
+        raise OutputError(f"{option} {p} is a mount point, and {what} is written beside it and renamed into place "
+                          f"whole, which a mount point cannot be: give a folder inside it")
     check_writable(p, option)
     return p
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -543,3 +544,34 @@ def test_a_device_or_a_pipe_at_an_output_file_is_refused_even_with_overwrite(tmp
                                                   f"--overwrite does not replace"):
                 check_output_file(tmp_path / name, overwrite=overwrite)
     assert (tmp_path / "fifo.json").is_fifo() and os.readlink(tmp_path / "null.json") == "/dev/null"
+
+
+def test_an_entry_or_folder_to_replace_that_may_not_be_written_is_refused_before_the_work(tmp_path, monkeypatch):
+    """radar-generate --overwrite over a read-only vanilla/ sampled, then failed moving it aside ('[Errno 13]
+    Permission denied: gen/vanilla -> gen/generate-progress/.replaced/vanilla'). (As root, whom no permission stops,
+    the denial comes through os.access.)"""
+    (tmp_path / "gen" / "vanilla").mkdir(parents=True)
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    real = os.access
+    denied = {tmp_path / "gen" / "vanilla", tmp_path / "adapter"}
+    monkeypatch.setattr(os, "access", lambda path, mode, *a, **k:
+                        False if Path(path) in denied and mode & os.W_OK else real(path, mode, *a, **k))
+    with pytest.raises(OutputError, match=r"gen: cannot replace vanilla/ \(permission denied on it"):
+        check_output_dir(tmp_path / "gen", ["vanilla", "grid.png"], overwrite=True)
+    with pytest.raises(OutputError, match=r"adapter: cannot replace adapter/ \(permission denied on it"):
+        check_replace_dir(tmp_path / "adapter", lambda p: True, "an adapter folder", overwrite=True)
+    denied.clear()
+    check_output_dir(tmp_path / "gen", ["vanilla", "grid.png"], overwrite=True)
+
+
+def test_a_mount_point_is_refused_as_a_folder_replaced_as_a_whole(tmp_path, monkeypatch):
+    """radar-train export --output onto an empty mount point (a container's bind mount) did the work, then failed
+    renaming the finished folder into place (EBUSY)."""
+    (tmp_path / "mnt").mkdir()
+    real = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == tmp_path / "mnt" or real(path))
+    with pytest.raises(OutputError, match="mnt is a mount point, and an adapter folder is written beside it and "
+                                          "renamed into place whole"):
+        check_replace_dir(tmp_path / "mnt", lambda p: True, "an adapter folder")
+    assert real("/") and not real(tmp_path / "mnt")

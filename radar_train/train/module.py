@@ -675,7 +675,7 @@ class RadarLoraModule(pl.LightningModule):
         if self._trainer is not None:  # (a fit's: a run that diverged, said as such; save_adapter refuses too)
             check_finite_weights(self.trainer, self)
         meta = self.radar_meta() if meta is None else meta
-        path = save_adapter(self.net, out_dir, meta, conditioning=self.label_cond)
+        path = save_adapter(self.net, out_dir, meta, conditioning=self.label_cond, option="the run's export")
         log.info("adapter exported to %s", path)
         return path
 
