@@ -92,26 +92,32 @@ _MODEL_KEYS = {"var": ("var_wo_ddp",), "vqvae": ("vae_local", "vae_wo_ddp"),
 
 def _unwrap(obj, p: Path, role: str | None = None) -> dict[str, torch.Tensor]:
     """Find the state dict inside common wrappers ({'state_dict': ...}, {'model': ...},
-    the official trainer checkpoints {'trainer': {'var_wo_ddp': ..., 'vae_local': ...}}, the model of `role`)
-    and drop a 'module.' prefix."""
-    for _ in range(3):
-        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            break
-        if not isinstance(obj, dict):
-            raise CheckpointError(f"{p}: holds a {type(obj).__name__}, not a state dict")
-        inner = None
-        for key in (*_WRAPPER_KEYS, *_MODEL_KEYS[role], "ema"):
-            if isinstance(obj.get(key), dict):
-                inner = obj[key]
-                break
-        if inner is None:
-            raise CheckpointError(f"{p}: no state dict found (top-level keys: {sorted(obj)[:6]})")
-        obj = inner
-    if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
-        raise CheckpointError(f"{p}: no state dict of tensors found")
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
+    the official trainer checkpoints {'trainer': {'var_wo_ddp': ..., 'vae_local': ...}}, the model of `role`; each
+    wrapper key in turn, down to three levels) and drop a 'module.' (DDP) or '_orig_mod.' (torch.compile) prefix."""
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{p}: holds a {type(obj).__name__}, not a state dict")
+    found = _state_dict_in(obj, role, 3)
+    if found is None:
+        raise CheckpointError(f"{p}: no state dict found (top-level keys: {sorted(map(str, obj))[:6]})")
+    prefixes = ("module.", "_orig_mod.")
+    while (prefix := next((x for x in prefixes if all(isinstance(k, str) and k.startswith(x) for k in found)), None)):
+        found = {k[len(prefix):]: v for k, v in found.items()}
+    return found
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _state_dict_in(obj, role: str | None, depth: int) -> dict[str, torch.Tensor] | None:
+    if _is_state_dict(obj):
+        return obj
+    if depth == 0 or not isinstance(obj, dict):
+        return None
+    for key in (*_WRAPPER_KEYS, *_MODEL_KEYS[role], "ema"):
+        if isinstance(obj.get(key), dict) and (found := _state_dict_in(obj[key], role, depth - 1)) is not None:
+            return found
+    return None
 
 
 def detect_kind(sd: dict[str, torch.Tensor]) -> Kind:
@@ -193,6 +199,12 @@ def _strict_check(model: nn.Module, sd: dict[str, torch.Tensor], p: Path, ignore
            if tuple(sd[k].shape) != tuple(v.shape) and k not in ignore_shape]
     if bad:
         raise CheckpointError(f"{p}: {len(bad)} tensor shape mismatch(es), e.g. " + "; ".join(bad[:3]))
+    # (an integer tensor where the model keeps floats failed in load_state_dict, a traceback after the checks)
+    bad = [f"{k} holds {sd[k].dtype} values where the model keeps {v.dtype}" for k, v in own.items()
+           if v.is_floating_point() and not sd[k].is_floating_point()]
+    if bad:
+        raise CheckpointError(f"{p}: {len(bad)} tensor(s) not of a floating-point type where the model's are, e.g. "
+                              + "; ".join(bad[:3]))
 
 
 def load_var_weights(var: nn.Module, path: str | Path, sd: dict | None = None, check_only: bool = False) -> nn.Module:

@@ -289,6 +289,51 @@ def test_var_file_with_fractional_integer_buffer_is_refused(tmp_path, tiny_model
         load_var_weights(build_var(get_preset("tiny").var, "meta"), tmp_path / "var.safetensors")
 
 
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_integer_values_where_the_model_has_floating_weights_are_refused_by_the_check_too(tmp_path, tiny_models,
+                                                                                        suffix):
+    """An int64 head.weight passed `radar-cache run --check` and failed the run's load_state_dict with a traceback
+    ('Only Tensors of floating point and complex dtype can require gradients')."""
+    vqvae, var = tiny_models
+    sd = dict(var.state_dict())
+    sd["head.weight"] = sd["head.weight"].round().long()
+    path = tmp_path / f"var{suffix}"
+    torch.save(sd, path) if suffix == ".pth" else save_weights(sd, path)
+    for check_only in (True, False):
+        with pytest.raises(CheckpointError) as e:
+            load_var_weights(build_var(get_preset("tiny").var, "meta"), path, check_only=check_only)
+        assert str(e.value) == (f"{path}: 1 tensor(s) not of a floating-point type where the model's are, e.g. "
+                                f"head.weight holds torch.int64 values where the model keeps torch.float32")
+    sd = dict(vqvae.state_dict())
+    sd["decoder.conv_out.weight"] = sd["decoder.conv_out.weight"].to(torch.int32)
+    torch.save(sd, tmp_path / "vae.pth")
+    with pytest.raises(CheckpointError, match="decoder.conv_out.weight holds torch.int32 values"):
+        load_vqvae_weights(build_vqvae(get_preset("tiny").vae, "meta"), tmp_path / "vae.pth")
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda sd: {f"_orig_mod.{k}": v for k, v in sd.items()},  # torch.compile's module
+    lambda sd: {f"module._orig_mod.{k}": v for k, v in sd.items()},  # compiled, then DDP
+    lambda sd: {"model": {"arch": "var", "depth": 2}, "ema": sd},  # a first wrapper key of no state dict
+    lambda sd: {"trainer": {"config": {}}, "state_dict": {f"module.{k}": v for k, v in sd.items()}},
+], ids=["compiled", "ddp-of-compiled", "ema-after-a-model-of-settings", "state-dict-after-a-trainer"])
+def test_state_dicts_of_compiled_models_and_behind_a_wrapper_key_of_other_things_load(tmp_path, tiny_models, wrap):
+    """'_orig_mod.' keys were 'neither a VAR nor a VQ-VAE checkpoint'; {'model': settings, 'ema': state dict} was
+    'no state dict found (top-level keys: ['arch', 'depth'])', the keys of the inner dict."""
+    _, var = tiny_models
+    torch.save(wrap(var.state_dict()), tmp_path / "var.pth")
+    loaded = load_var_weights(build_var(get_preset("tiny").var, "meta"), tmp_path / "var.pth")
+    for k, v in var.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+
+
+def test_a_file_of_no_state_dict_names_its_own_top_level_keys(tmp_path):
+    torch.save({"model": {"arch": "var", "depth": 2}, 3: "three", "args": {}}, tmp_path / "x.pth")
+    with pytest.raises(CheckpointError) as e:
+        load_var_weights(build_var(get_preset("tiny").var, "meta"), tmp_path / "x.pth")
+    assert str(e.value) == f"{tmp_path / 'x.pth'}: no state dict found (top-level keys: ['3', 'args', 'model'])"
+
+
 def test_var_runs_on_weights_made_under_inference_mode(tmp_path, tiny_models):
     """Tensors made under torch.inference_mode() have no version counter (the attention constants' cache
     key): a VAR loaded or cast there samples the same tokens as outside."""
