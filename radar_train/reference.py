@@ -102,8 +102,12 @@ class Fixture:
         except (TypeError, ValueError) as e:
             raise FixtureError(f"{path}: {e}") from None
         vae_cfg = vae_cfg.with_patch_nums(var_cfg.patch_nums) if vae_cfg.patch_nums != var_cfg.patch_nums else vae_cfg
-        vqvae = load_vqvae_weights(build_vqvae(vae_cfg, "meta"), self.weights_file("vae"))
-        var = load_var_weights(build_var(var_cfg, "meta"), self.weights_file("var"))
+        try:  # (what the configs' checks leave to the modules' constructors)
+            vae_meta, var_meta = build_vqvae(vae_cfg, "meta"), build_var(var_cfg, "meta")
+        except (TypeError, ValueError) as e:
+            raise FixtureError(f"{path}: {str(e).splitlines()[0]}") from None
+        vqvae = load_vqvae_weights(vae_meta, self.weights_file("vae"))
+        var = load_var_weights(var_meta, self.weights_file("var"))
         return vqvae.to(device).eval(), var.to(device).eval()
 
 
@@ -126,10 +130,11 @@ def _case_problem(case: dict) -> str | None:
                 f"autoregressive_infer_cfg or var(...))")
     if not isinstance(kw, dict):
         return "'kwargs' must be an object"
-    numbers = [k for k in ("cfg", "top_k", "top_p", "B", "g_seed")
-               if k in kw and kw[k] is not None and (isinstance(kw[k], bool) or not isinstance(kw[k], (int, float)))]
-    if numbers:
-        return f"kwargs {', '.join(numbers)} must be numbers"
+    numbers = [k for k in ("cfg", "top_k", "top_p", "B", "g_seed") if k in kw and not (k == "g_seed" and kw[k] is None)
+               and (isinstance(kw[k], bool) or not isinstance(kw[k], (int, float)))]
+    if numbers:  # (null too: only g_seed may be null, as in the official call; int(None) was a traceback)
+        return f"kwargs {', '.join(numbers)} must be {'a number' if len(numbers) == 1 else 'numbers'} (null only " \
+               f"for g_seed)"
     for key, ok, rule in (("top_k", lambda v: v == int(v) and v >= 0, "a whole number >= 0"),
                           ("top_p", lambda v: 0 <= v <= 1, "between 0 and 1"),
                           ("B", lambda v: v == int(v) and v >= 1, "a whole number >= 1"),
@@ -209,7 +214,11 @@ def run_case(name: str, case: dict, fx: Fixture, vqvae: VQVAE, var: VAR, device)
         out[f"{name}.out.recon"] = vqvae.fhat_to_img(fhats[-1])
         return out
     if kind == "tf_input":
-        idx = _indexed(T, ins[0].rsplit(".", 1)[0])
+        prefix = ins[0].rsplit(".", 1)[0]
+        idx = _indexed(T, prefix)
+        if len(idx) != len(pns):  # (an IndexError in the quantizer)
+            raise FixtureError(f"{fx.root / 'cases.safetensors'}: case {name!r}: its token maps {prefix}.0, "
+                               f"{prefix}.1, ... are {len(idx)}, the model of config.json has {len(pns)} scales")
         return {f"{name}.out.x_BLCv": vqvae.indices_to_var_input(idx, pns)}
     if kind == "forward":
         label = next(T[k] for k in ins if "label" in k)
@@ -289,9 +298,9 @@ def check_fixture(root: str | Path, device: str = "cpu") -> tuple[list[CaseResul
         _check_index_inputs(name, case, fx, var)
         try:
             got = run_case(name, case, fx, vqvae, var, dev)
-        except torch.OutOfMemoryError:
+        except (torch.OutOfMemoryError, FixtureError):
             raise
-        except RuntimeError as e:  # (inputs of another model's sizes: the kernels' shape errors)
+        except (RuntimeError, ValueError, IndexError) as e:  # (inputs of another model's sizes: shape errors)
             shapes = ", ".join(f"{k} {tuple(fx.tensors[k].shape)}" for k in case.get("inputs", []))
             raise FixtureError(f"{fx.root / 'cases.safetensors'}: case {name!r}: its inputs ({shapes}) do not fit "
                                f"the model of config.json: {str(e).splitlines()[0]}") from None

@@ -144,6 +144,15 @@ def _from_dict(cls, kw: dict[str, Any], what: str):
         dim, heads = (out.get(k, names[k].default) for k in ("embed_dim", "num_heads"))
         if dim % heads:
             bad.append(f"embed_dim {dim} is not a multiple of num_heads {heads}")
+    if not bad and "ch_mult" in names:  # (a VQ-VAE config: its GroupNorms split each level's channels in groups)
+        ch, mult, groups = (out.get(k, names[k].default) for k in ("ch", "ch_mult", "norm_groups"))
+        odd = sorted({ch * m for m in (1, *mult) if ch * m % groups})
+        if odd:
+            bad.append(f"ch {ch} x ch_mult {list(mult)} gives {odd[0]} channels, not a multiple of norm_groups "
+                       f"{groups}")
+    pns = out.get("patch_nums")
+    if not bad and pns is not None and any(b <= a for a, b in zip(pns, pns[1:])):
+        bad.append(f"patch_nums must increase (coarse to fine, one side per scale), got {list(pns)}")
     if bad:
         raise ValueError(f"{what}: {'; '.join(bad)}")
     return cls(**out)

@@ -172,6 +172,20 @@ BROKEN_FIXTURES = {  # file broken -> how
                                                   lambda p: _set_tensor(p, "d.in.label", torch.full((3,), 99))),
     "cases.safetensors token indices past the codebook": ("cases.safetensors", lambda p: _set_tensor(
         p, "c.in.idx.1", torch.full((3, 4), 10 ** 6))),
+    # found by an adversarial pass of 2026-12-07: tracebacks, or lines naming no file
+    "cases.json top_k null": ("cases.json",
+                              lambda p: _edit(p, lambda d: d["cases"]["f_topk_topp"]["kwargs"].update(top_k=None))),
+    "cases.json cfg null": ("cases.json", lambda p: _edit(p, lambda d: d["cases"]["e_cfg1"]["kwargs"].update(cfg=None))),
+    "cases.json B null": ("cases.json", lambda p: _edit(p, lambda d: d["cases"]["e_cfg1"]["kwargs"].update(B=None))),
+    "cases.safetensors token maps for fewer scales": ("cases.safetensors", lambda p: (
+        _drop_tensor(p, "c.in.idx.3"), _drop_tensor(p, "c.in.idx.2"),
+        _edit(p.parent / "cases.json", lambda d: d["cases"]["c"].update(inputs=["c.in.idx.0", "c.in.idx.1"])))),
+    "cases.safetensors an image of another size": ("cases.safetensors", lambda p: _set_tensor(
+        p, "b.in.img", torch.zeros(3, 3, 48, 48))),
+    "config.json ch no multiple of the norm groups": ("config.json",
+                                                      lambda p: _edit(p, lambda d: d["VQVAE_kwargs"].update(ch=48))),
+    "config.json patch_nums not increasing": ("config.json", lambda p: _edit(
+        p, lambda d: d["VAR_kwargs"].update(patch_nums=[1, 3, 2, 4]))),
 }
 
 
