@@ -175,7 +175,8 @@ BROKEN_FIXTURES = {  # file broken -> how
     # found by an adversarial pass of 2026-12-07: tracebacks, or lines naming no file
     "cases.json top_k null": ("cases.json",
                               lambda p: _edit(p, lambda d: d["cases"]["f_topk_topp"]["kwargs"].update(top_k=None))),
-    "cases.json cfg null": ("cases.json", lambda p: _edit(p, lambda d: d["cases"]["e_cfg1"]["kwargs"].update(cfg=None))),
+    "cases.json cfg null": ("cases.json",
+                            lambda p: _edit(p, lambda d: d["cases"]["e_cfg1"]["kwargs"].update(cfg=None))),
     "cases.json B null": ("cases.json", lambda p: _edit(p, lambda d: d["cases"]["e_cfg1"]["kwargs"].update(B=None))),
     "cases.safetensors token maps for fewer scales": ("cases.safetensors", lambda p: (
         _drop_tensor(p, "c.in.idx.3"), _drop_tensor(p, "c.in.idx.2"),
