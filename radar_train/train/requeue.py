@@ -16,6 +16,7 @@ each save point (a flag set on any rank counts), so all of them save at the same
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -99,7 +100,44 @@ class StepBoundaryRequeue:
         return bool(trainer.strategy.reduce_boolean_decision(self._noted, all=False))
 
     def requeue(self, trainer) -> None:
-        """Lightning's own requeue: finalise the loggers, save hpc_ckpt_N.ckpt, `scontrol requeue` (rank 0)."""
+        """Lightning's own requeue: finalise the loggers, save hpc_ckpt_N.ckpt, `scontrol requeue` (rank 0). A
+        requeue SLURM refused (a job of --no-requeue, JobRequeue=0; Lightning only warns) is not counted as done:
+        the run goes on, and the SIGTERM of its time limit saves its step as without a requeue (it skipped that
+        save, the job ended for good, and the last line said the job was requeued)."""
+        self._noted = False
+        with _scontrol_status() as status:
+            trainer._signal_connector._slurm_sigusr_handler_fn(self._signum, None)
+        failed = bool(trainer.is_global_zero and status and status[-1] != 0)
+        if trainer.world_size > 1:  # (rank 0 alone calls scontrol; every rank is at this save point)
+            failed = bool(trainer.strategy.broadcast(failed, src=0))
+        if failed:
+            log.warning("SLURM did not requeue the job (scontrol requeue: exit status %s): the run goes on, and a "
+                        "SIGTERM saves its step as without a requeue (the hpc_ckpt_N.ckpt just saved holds step %d)",
+                        status[-1] if status else "?", trainer.global_step)
+            return
         self._done = True
         last_requeue.update(root=trainer.default_root_dir, step=trainer.global_step)
-        trainer._signal_connector._slurm_sigusr_handler_fn(self._signum, None)
+
+
+@contextlib.contextmanager
+def _scontrol_status():
+    """The exit statuses of the commands Lightning's requeue handler runs (`scontrol requeue`), in a list filled as
+    they end (empty where this Lightning runs them otherwise: then taken as done, as before)."""
+    from lightning.pytorch.trainer.connectors import signal_connector
+
+    statuses: list[int] = []
+    original = getattr(signal_connector, "call", None)
+    if not callable(original):
+        yield statuses
+        return
+
+    def call(*args, **kwargs):
+        status = original(*args, **kwargs)
+        statuses.append(status)
+        return status
+
+    signal_connector.call = call
+    try:
+        yield statuses
+    finally:
+        signal_connector.call = original

@@ -128,3 +128,44 @@ def test_a_requeue_signal_before_training_is_kept_for_the_first_step(cache, tmp_
         assert torch.load(tmp_path / "run" / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=False)["global_step"] == 1
     finally:
         signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+
+
+def test_a_requeue_slurm_refuses_is_not_taken_as_done_and_the_sigterm_after_it_saves_its_step(cache, tmp_path,
+                                                                                               slurm):
+    """scontrol requeue failing (a job of --no-requeue, JobRequeue=0): Lightning only warned, the run counted the
+    requeue as done, skipped the save of the time limit's SIGTERM (the job then ended for good, the steps since the
+    requeue save lost) and its last line said the job was requeued."""
+    from radar_train.train import requeue
+
+    stub = slurm.parent / "bin" / "scontrol"
+    stub.write_text(f'#!/bin/sh\necho "$@" >> {slurm}\nexit 1\n')
+    requeue.last_requeue.clear()
+
+    class _TermAt(_Recorder):
+        def training_step(self, batch, i):
+            if self.global_step == 5:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().training_step(batch, i)
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    module = _TermAt(signal_at=2)
+    checkpoint = RunCheckpoint(dirpath=tmp_path / "run" / "checkpoints", filename="step-{step:06d}",
+                               every_n_train_steps=100, save_last=True)
+    trainer = pl.Trainer(default_root_dir=str(tmp_path / "run"), accelerator="cpu", devices=1, max_steps=MAX_STEPS,
+                         logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         val_check_interval=2, check_val_every_n_epoch=None, use_distributed_sampler=False,
+                         callbacks=[checkpoint],
+                         plugins=[SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR1)])
+    data = PairDataModule([CacheSource(cache, train_shards="0-2", val_shards="3")], batch_size=3, shuffle_seed=5)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SIGTERMException):
+            trainer.fit(module, datamodule=data)
+    finally:  # (a fit stopped by SIGTERM ends its process: the handlers of its signals are not given back)
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    assert slurm.read_text() == "requeue 4242\n"
+    assert requeue.last_requeue == {}
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 6  # the end of the step the SIGTERM came in, past the requeue save's step 3
