@@ -276,13 +276,16 @@ def write_fid_outputs(result: dict, output, entries, fill_npz, ref_to_save, over
     """fid.json / fid.md (and the samples files `fill_npz(stage)` puts in the staging folder, and the reference
     statistics of a folder) moved into the output folder, replacing an earlier run's."""
     from radar_train.inference.fid import write_report
-    from radar_train.outputs import staged_entries
+    from radar_train.outputs import naming, staged_entries, staged_name
 
     with staged_entries(output, entries, overwrite) as stage:
-        fill_npz(stage)
+        # the small files first: a failure there (a full disk) leaves the samples in the progress folder (moved into
+        # the staging folder, they went with it, the run's saved progress too)
         write_report(result, stage)
         if ref_to_save is not None:
-            ref_to_save.save(stage / "reference_stats.npz")
+            with naming(staged_name(stage, "reference_stats.npz")):
+                ref_to_save.save(stage / "reference_stats.npz")
+        fill_npz(stage)
 
 
 def _stat(path: Path):

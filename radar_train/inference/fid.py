@@ -610,9 +610,12 @@ def markdown_report(result: dict) -> str:
 
 
 def write_report(result: dict, output: str | Path) -> tuple[Path, Path]:
+    from radar_train.outputs import naming, staged_name
+
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     js, md = out / "fid.json", out / "fid.md"
-    js.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    md.write_text(markdown_report(result), encoding="utf-8")
+    for path, text in ((js, json.dumps(result, indent=2)), (md, markdown_report(result))):
+        with naming(staged_name(out, path.name)):  # (a full disk: said of the file, not of no file)
+            path.write_text(text, encoding="utf-8")
     return js, md

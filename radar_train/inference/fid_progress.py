@@ -425,12 +425,21 @@ class FidProgress:
 
     # ------------------------------------------------------------------ the end
     def finish_npz(self, folder: Path) -> None:
-        """Close every samples file into `folder` (a staging folder) under its final name. The state goes first:
-        the folder is no longer one to go on from (its samples files leave it)."""
+        """Close every samples file into `folder` (a staging folder) under its final name, then drop the state
+        (the folder is no longer one to go on from: its samples files left it). A close that fails (a full disk)
+        puts the files closed before it back under their unfinished names, the state kept: the same command goes on
+        from them (the staging folder, removed on the failure, took them all with it)."""
+        closed = []
+        try:
+            for r, w in self.writers.items():
+                w.path = Path(folder) / self.npz_names[r]
+                w.close()
+                closed.append(w)
+        except BaseException:
+            for w in closed:
+                w.reopen()
+            raise
         (self.dir / STATE_NAME).unlink(missing_ok=True)
-        for r, w in self.writers.items():
-            w.path = Path(folder) / self.npz_names[r]
-            w.close()
         self.writers = {}
 
     def _close_logit_files(self) -> None:

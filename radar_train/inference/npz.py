@@ -215,6 +215,11 @@ class NpzImageWriter:
         os.replace(self._tmp, self.path)
         return self.path
 
+    def reopen(self) -> None:
+        """Put a closed archive back under its unfinished name, for a later writer with `resume_at` (which keeps
+        its images: the finished archive is read as an unfinished one)."""
+        os.replace(self.path, self._tmp)
+
     def release(self) -> None:
         """Close the unfinished file and leave it where it is, for a later writer with `resume_at` (which reads
         only its headers and its first images)."""

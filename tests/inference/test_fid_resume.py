@@ -403,3 +403,47 @@ def test_a_signal_in_the_save_after_the_last_batch_keeps_every_sample(sig, extra
     assert _main(_args(extractors, out, 9, 3)) == 0
     assert "radar-fid: going on from sample 9 of 9" in capsys.readouterr().out
     assert _outputs(out) == uninterrupted[9]
+
+
+@pytest.mark.parametrize("fails_at", ["fid.md", "second-archive"])
+def test_a_full_disk_while_the_outputs_are_written_keeps_every_sample(extractors, uninterrupted, tmp_path,
+                                                                     monkeypatch, capsys, fails_at):
+    """The report's write failing (a full disk) removed the staging folder with the samples files in it, the run's
+    state already dropped: the same command sampled again from 0 (hours at the papers' scale), and the error named
+    no file. Now the report is written before the samples files move, and a samples file whose close fails puts
+    those closed before it back: the same command goes on from every sample."""
+    import errno
+
+    from radar_train.inference.npz import NpzImageWriter
+
+    out = tmp_path / "fid"
+    full = OSError(errno.ENOSPC, "No space left on device")
+    if fails_at == "fid.md":
+        real_write = Path.write_text
+
+        def write_text(self, *args, **kwargs):
+            if self.name == "fid.md":
+                raise full
+            return real_write(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "write_text", write_text)
+    else:
+        real_close, closes = NpzImageWriter.close, []
+
+        def close(self):
+            closes.append(self.path.name)
+            if len(closes) == 2:
+                raise full
+            return real_close(self)
+
+        monkeypatch.setattr(NpzImageWriter, "close", close)
+    capsys.readouterr()
+    assert _main(_args(extractors, out, 9, 3)) == 1
+    err = capsys.readouterr().err
+    if fails_at == "fid.md":
+        assert f"error: radar-fid: {out / 'fid.md'}: No space left on device (errno 28)" in err, err
+    assert sorted(p.name for p in out.iterdir()) == [PROGRESS_DIR]
+    monkeypatch.undo()
+    assert _main(_args(extractors, out, 9, 3)) == 0
+    assert f"going on from sample 9 of 9, saved in {out / PROGRESS_DIR}" in capsys.readouterr().out
+    assert _outputs(out) == uninterrupted[9]
