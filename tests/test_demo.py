@@ -276,3 +276,27 @@ def test_a_config_its_step_would_not_parse_stops_the_demo_before_anything_is_wri
     line = r.stderr.strip().splitlines()
     assert len(line) == 1 and line[0].count(str(cfg)) == 1 and needle in line[0] and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("files,training", [
+    ((), "fit"),
+    (("checkpoints/last.ckpt",), "resume"),
+    (("checkpoints/step-000010.ckpt",), "resume"),  # (last.ckpt's save failed: the demo refused the folder)
+    (("checkpoints/step-000010.ckpt", "final/adapter_config.json"), "resume"),  # (then: export from no last.ckpt)
+    (("checkpoints/last.ckpt", "final/adapter_config.json"), None),
+], ids=["new", "last", "step-file", "step-file-and-final", "finished"])
+def test_a_rerun_resumes_a_run_with_any_checkpoint_and_skips_only_a_finished_one(tmp_path, monkeypatch, files,
+                                                                               training):
+    from radar_train.cli import demo
+
+    run_dir = Path("checkpoints") / "tiny"
+    for name in files:
+        (tmp_path / run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / run_dir / name).write_bytes(b"")
+    commands = []
+    monkeypatch.setattr(demo, "_run", lambda cmd, cwd, done: commands.append(cmd))
+    demo._steps(tmp_path, "tiny", Path("c.yaml"), Path("t.yaml"), Path("g.yaml"), run_dir, Path("cache"), [0], [0],
+                None, [])
+    fits = [c for c in commands if "radar_train.cli.train" in c and "fit" in c]
+    assert {None: [], "fit": [[]], "resume": [["--ckpt_path", "last"]]}[training] == \
+           [c[c.index("--ckpt_path"):] if "--ckpt_path" in c else [] for c in fits]

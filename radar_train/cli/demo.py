@@ -231,10 +231,13 @@ def _steps(out: Path, model: str, cache_cfg: Path, train_cfg: Path, generate_cfg
     print(f"radar-demo: model {model}; everything goes to {out}")
     _run(py + ["radar_train.cli.cache", "run", "--config", str(cache_cfg)], out, done)
     fit = _fit_command(py, train_cfg, train_steps)
-    if (out / run_dir / "final").is_dir():
+    checkpoints = out / run_dir / "checkpoints"
+    if (out / run_dir / "final").is_dir() and (checkpoints / "last.ckpt").is_file():
         print(f"\n(skipping training: {out / run_dir / 'final'} exists)")
-    elif (out / run_dir / "checkpoints" / "last.ckpt").is_file():
-        _run(fit + ["--ckpt_path", "last"], out, done)  # an interrupted run resumes
+    elif checkpoints.is_dir() and any(checkpoints.glob("*.ckpt")):
+        # an interrupted run resumes (`last`: its newest checkpoint, a step file where last.ckpt's save failed, which
+        # the resumed fit puts at last.ckpt, the file the export reads)
+        _run(fit + ["--ckpt_path", "last"], out, done)
     else:
         _run(fit, out, done)
     # adapter/, generate/ and eval/ are the demo's own: a rerun replaces them

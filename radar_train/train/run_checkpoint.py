@@ -31,9 +31,15 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
+from pathlib import Path
 from typing import Any, Optional
 
+import torch
+
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from radar_train.outputs import atomic_file
 
 from .finite import TrainingDiverged, check_finite_weights
 from .requeue import StepBoundaryRequeue
@@ -126,6 +132,7 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         super().on_fit_start(trainer, pl_module)
+        self._restore_last(trainer)
         fit_loop = trainer.fit_loop
         fit_loop.__dict__.pop("run", None)  # (the one of an earlier fit of this trainer that raised before its loop)
         run = fit_loop.run
@@ -154,6 +161,28 @@ class RunCheckpoint(ModelCheckpoint):
         finally:
             loop.restarting = False
             trainer.state.stage = stage
+
+    def _restore_last(self, trainer) -> None:
+        """A run resumed from a step file of its checkpoints/ newer than its last.ckpt (last.ckpt's save failed on a
+        full disk, or the run was killed between the two; `--ckpt_path last` takes the newer file) copies it to
+        last.ckpt first: a run resumed at its end saves nothing, and its last.ckpt stayed missing or old for good
+        (`radar-train export --ckpt RUN/checkpoints/last.ckpt` failed, radar-demo could not go on)."""
+        if not (trainer.ckpt_path and self.dirpath and self.save_last and trainer.is_global_zero):
+            return
+        src, last = Path(trainer.ckpt_path), Path(self.dirpath) / "last.ckpt"
+        m = re.fullmatch(r"step-(\d+)\.ckpt", src.name)
+        if m is None or not src.is_file() or src.resolve().parent != Path(self.dirpath).resolve():
+            return
+        if last.is_file():
+            try:
+                held = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("global_step", -1)
+            except Exception:  # noqa: BLE001 - an unreadable last.ckpt is replaced by the good step file
+                held = -1
+            if held >= int(m.group(1)):
+                return
+        with atomic_file(last) as tmp:
+            shutil.copyfile(src, tmp)
+        log.info("%s: a copy of %s, the run's newest checkpoint", last, src.name)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self._requeue.uninstall()

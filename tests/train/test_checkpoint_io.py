@@ -185,3 +185,41 @@ def _dead_pid() -> int:
 
     return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True).stdout)
+
+
+def test_a_run_whose_last_ckpt_save_failed_after_its_step_file_puts_that_file_at_last_ckpt_when_resumed(
+        tiny_cache, tmp_path, monkeypatch, caplog):
+    """The disk fills while last.ckpt of the run's last step is written, after step-000004.ckpt: `--ckpt_path last`
+    resumed from the step file, at the run's end, and saved nothing, so last.ckpt stayed step 2's for good (the
+    README's `radar-train export --ckpt RUN/checkpoints/last.ckpt` exported step 2; radar-demo could not go on)."""
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmpdir))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    root = tmp_path / "run"
+    argv = tiny_fit_argv(tiny_cache, root, 4, "--trainer.logger", "false")
+    last, step_file = root / "checkpoints" / "last.ckpt", root / "checkpoints" / "step-000004.ckpt"
+    disk = _FullDisk(tmpdir)
+    real_save, saves = torch.save, []
+
+    def counting_save(obj, f, *a, **kw):  # the fourth checkpoint file: last.ckpt of step 4
+        if isinstance(obj, dict) and "global_step" in obj:
+            saves.append(obj["global_step"])
+            disk.full = len(saves) == 4
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(os, "rename", disk.rename)
+    monkeypatch.setattr(shutil, "copyfile", disk.copyfile)
+    monkeypatch.setattr(Path, "write_bytes", lambda path, data: disk.write_bytes(path, data))
+    monkeypatch.setattr(torch, "save", counting_save)
+    assert run_train_cli(argv) == 1
+    assert saves == [2, 2, 4, 4]
+    assert torch.load(last, weights_only=True)["global_step"] == 2 and step_file.is_file()
+    monkeypatch.undo()
+    with caplog.at_level("INFO", logger="radar_train"):
+        assert run_train_cli([*argv, "--ckpt_path", "last"]) == 0
+    assert last.read_bytes() == step_file.read_bytes()
+    assert f"{last}: a copy of step-000004.ckpt, the run's newest checkpoint" in caplog.text
+    before = last.stat().st_mtime_ns  # (a last.ckpt of the step is left alone)
+    assert run_train_cli([*argv, "--ckpt_path", "last"]) == 0
+    assert last.stat().st_mtime_ns == before
