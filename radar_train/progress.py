@@ -20,6 +20,7 @@ Environment:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -183,7 +184,8 @@ class Progress:
         self._take_postfix(postfix)
         step, self.done = done - self.done, done
         if self._bar is not None:
-            self._bar.update(step)
+            with self._written():
+                self._bar.update(step)
         elif self.mode == "log":
             now = time.monotonic()
             if now - self._last_line >= self.interval_s and not (self.total is not None and done >= self.total):
@@ -278,7 +280,8 @@ class Progress:
         self.closed = True
         self._take_postfix(postfix)
         if self._bar is not None:
-            self._bar.close()
+            with self._written():
+                self._bar.close()
         elif self.mode == "log" and (self.final_line == "always"
                                      or (self.final_line == "if_logged" and self.lines_written)):
             self._write(self.final())
@@ -288,7 +291,18 @@ class Progress:
         if self._emit is not None:
             self._emit(text)
         else:
-            print(text, file=self.stream if self.stream is not None else sys.stderr, flush=True)
+            with self._written():
+                print(text, file=self.stream if self.stream is not None else sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def _written(self):
+        """A write of the progress that fails (stderr a full disk's file, a closed terminal after SIGHUP, a pipe
+        whose reader left) turns the progress off instead of ending the work it reports on (a fit lost its steps
+        since its last save, radar-cache its shards)."""
+        try:
+            yield
+        except (OSError, ValueError):  # (ValueError: a closed file)
+            self.mode, self._bar = "off", None
 
     def __enter__(self) -> "Progress":
         return self

@@ -221,3 +221,37 @@ def test_postfix_values_are_wanted_only_when_shown_and_the_final_line_takes_them
     assert seen == [True, False, False, False, True, False, False, False, True, False]
     off = Progress(10, "train", "step", enabled=False)
     assert not off.wants_postfix()
+
+
+class _Failing(io.StringIO):
+    """A stream whose writes fail from the `after`-th on: a full disk's log file, a terminal closed (SIGHUP), a pipe
+    whose reader left."""
+
+    def __init__(self, error: OSError, after: int = 0, tty: bool = False):
+        super().__init__()
+        self.error, self.after, self.tty, self.writes = error, after, tty, 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        if self.writes > self.after:
+            raise self.error
+        return super().write(text)
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), OSError(5, "Input/output error"),
+                                   BrokenPipeError(32, "Broken pipe")], ids=["full", "closed-terminal", "pipe"])
+@pytest.mark.parametrize("tty", [False, True], ids=["lines", "bar"])
+def test_a_progress_write_that_fails_turns_the_progress_off_not_the_work(clock, error, tty):
+    """The error of the first progress line ended the work it reports on (radar-train fit with stderr on a full disk
+    stopped at step 1 with nothing saved; after its reader left a pipe, it lost its steps since the last save)."""
+    out = _Failing(error, after=1, tty=tty)
+    p = Progress(10, "train", "step", interval_s=0, stream=out)
+    assert p.mode == ("bar" if tty else "log")
+    for _ in range(10):
+        clock.t += 1
+        p.update(1)
+    p.close()  # (no error raised: a bar's EIO tqdm ignores itself, the others turn the progress off)
+    assert p.done == 10 and p.mode == ("bar" if tty and error.errno == 5 else "off")

@@ -3,6 +3,7 @@ was written before stays, and the command goes on once there is room again."""
 from __future__ import annotations
 
 import errno
+import os
 import resource
 import signal
 import subprocess
@@ -66,3 +67,18 @@ def test_radar_cache_on_a_full_quota_names_the_shard_and_resumes_once_there_is_r
     verify = subprocess.run([str(EXE / "radar-cache"), "verify", str(out)], capture_output=True, text=True,
                             timeout=300)
     assert verify.returncode == 0 and "note:" not in verify.stdout, verify.stdout  # no temporary left either
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_radar_cache_with_stderr_on_a_full_disk_writes_its_cache(tmp_path):
+    """Its first progress line failed (ENOSPC on stderr) and ended the run: status 1, manifest.json and no shard,
+    the error line lost too."""
+    env = {**os.environ, "RADAR_PROGRESS": "log", "RADAR_PROGRESS_INTERVAL": "0", "OMP_NUM_THREADS": "1"}
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "radar_train.cli.cache", "run", "--config",
+                            str(Path(__file__).resolve().parents[1] / "configs" / "cache" / "tiny.yaml"), "--output",
+                            str(tmp_path / "c"), "--plan.images_per_class", "2", "--plan.shard_size", "10"],
+                           stdout=subprocess.PIPE, stderr=full, env=env, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["manifest.json", "shard-00000.zarr",
+                                                                 "shard-00001.zarr"]
