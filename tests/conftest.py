@@ -99,14 +99,16 @@ def _reset_torch_defaults():
 
 @pytest.fixture
 def noted():
-    """A SIGTERM handler of our own around the test (a signal a command lets through is noted, not pytest's end): the
-    signals it noted."""
+    """A SIGTERM (and SIGHUP) handler of our own around the test (a signal a command lets through is noted, not
+    pytest's end): the signals it noted."""
     import signal
 
     seen = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    previous = {sig: signal.signal(sig, lambda signum, frame: seen.append(signum))
+                for sig in (signal.SIGTERM, signal.SIGHUP)}
     yield seen
-    signal.signal(signal.SIGTERM, previous)
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 @pytest.fixture(scope="session")

@@ -104,10 +104,10 @@ def test_a_command_started_in_a_folder_that_was_deleted_says_so_in_one_line(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_report_command_stopped_while_it_measures_says_nothing_was_written(sig, noted, capsys):
     """(radar-toy measure / masks / combine, radar-bench tradeoff, radar-eval, radar-train export died of SIGTERM
-    without a line.)"""
+    without a line; SIGHUP, a closed terminal, is taken as SIGTERM is.)"""
     from radar_train.cli.toy import _report
 
     def measuring():
@@ -118,8 +118,9 @@ def test_a_report_command_stopped_while_it_measures_says_nothing_was_written(sig
     with pytest.raises(SystemExit) as e:
         run_main("radar-toy", lambda args: _report(measuring, "radar-toy measure"), [])
     said = {signal.SIGTERM: "radar-toy measure: stopped by SIGTERM; nothing was written",
+            signal.SIGHUP: "radar-toy measure: stopped by SIGHUP; nothing was written",
             signal.SIGINT: "radar-toy: interrupted; nothing was written"}[sig]
-    assert e.value.code == {signal.SIGTERM: 143, signal.SIGINT: 130}[sig]
+    assert e.value.code == {signal.SIGTERM: 143, signal.SIGINT: 130, signal.SIGHUP: 129}[sig]
     assert capsys.readouterr().err.strip().splitlines()[-1] == said
     assert signal.getsignal(signal.SIGTERM) is mine and noted == []
 

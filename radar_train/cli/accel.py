@@ -6,7 +6,7 @@ from typing import Optional, Union
 
 from jsonargparse import CLI
 
-from radar_train.cli.common import STOPPED_STATUS
+from radar_train.cli.common import stopped_status
 from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
 
 
@@ -135,7 +135,7 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
     measured = _measured(lambda bar: calibrate_ranks(sampler, scales, alpha, num_samples, batch_size, var.num_classes,
                                                      seed, bar.update, single_branch=branch), num_samples)
     if measured is None:
-        return STOPPED_STATUS
+        return stopped_status()
     means, stds = measured
     info = {"preset": model.preset, "var": {"kind": var_id.kind, "value": var_id.value}, "depth": var.depth,
             "patch_nums": list(var.patch_nums)}
@@ -209,7 +209,7 @@ def _calibrate_sca(model: ModelArgs, sampling: SamplingConfig, accel: AccelArgs,
     measured = _measured(lambda bar: calibrate_sca(sampler, sides, tile, tau, num_samples, batch_size,
                                                    var.num_classes, seed, bar.update), num_samples)
     if measured is None:
-        return STOPPED_STATUS
+        return stopped_status()
     scores, rows = measured
     info = {"preset": model.preset, "var": {"kind": var_id.kind, "value": var_id.value}, "depth": var.depth,
             "num_heads": var.config.num_heads, "embed_dim": var.config.embed_dim}

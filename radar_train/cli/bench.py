@@ -9,7 +9,7 @@ from jsonargparse import CLI
 
 from radar_train.bench.accel import BenchSetup
 from radar_train.bench.tradeoff import TradeoffConfig
-from radar_train.cli.common import STOPPED_STATUS
+from radar_train.cli.common import stopped_status
 from radar_train.train.bench import TrainBenchArgs
 from radar_train.config import SamplingConfig
 
@@ -146,7 +146,7 @@ def accel(setup: BenchSetup = BenchSetup(), methods: list[str] = ["none", "fastv
         setup, methods, sampling, log=_log, official_var=official_var, official_config=official_config,
         engines=engines, pairs=pairs))
     if rows is None:
-        return STOPPED_STATUS
+        return stopped_status()
     print(format_table(rows))
     if json:
         _write_json(rows, json, setup.device, overwrite)
@@ -179,7 +179,7 @@ def pipeline(setup: BenchSetup = BenchSetup(preset="tiny", batch_size=8), method
 
     rows = _measured("radar-bench pipeline", lambda: run_pipeline_benchmark(setup, methods, sampling, log=_log))
     if rows is None:
-        return STOPPED_STATUS
+        return stopped_status()
     print(format_table(rows))
     _write_json(rows, json, setup.device, overwrite)
     return 0
@@ -226,7 +226,7 @@ def cache(cache_config: str = "configs/cache/tiny.yaml", overrides: list[str] = 
     rows = _measured("radar-bench cache", lambda: run_cache_benchmark(cache_config, overrides, num_pairs, workers,
                                                                        repeats, None, parts, log=_log))
     if rows is None:
-        return STOPPED_STATUS
+        return stopped_status()
     print(format_rows(rows))
     _write_json(rows, json, overwrite=overwrite)
     return 0
@@ -258,7 +258,7 @@ def train(args: TrainBenchArgs = TrainBenchArgs(), json: Optional[str] = None,
          f"(an estimate after the bare loop, then each row as it finishes)")
     rows = _measured("radar-bench train", lambda: run_train_benchmark(args, log=_log))
     if rows is None:
-        return STOPPED_STATUS
+        return stopped_status()
     print(format_table(rows))
     _write_json(rows, json, args.device, overwrite)
     return 0
@@ -287,7 +287,7 @@ def tradeoff(setup: TradeoffConfig = TradeoffConfig(), output: str = "outputs/tr
         doc = run_until_stopped("radar-bench tradeoff", lambda: run_tradeoff(setup, output, overwrite=overwrite,
                                                                             log=_log))
     if doc is None:
-        return STOPPED_STATUS
+        return stopped_status()
     print(doc["markdown"])
     print(f"wrote {output}/tradeoff.json, tradeoff.md, tradeoff.png")
     return 0

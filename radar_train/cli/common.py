@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -677,10 +678,26 @@ def describe_os_error(e: BaseException) -> str:
 
 
 STOPPED_STATUS = 143  # (128 + SIGTERM: the status of a process the signal ended)
+# the signals that stop a long command at a point where it saves: SIGTERM, and SIGHUP (its terminal or ssh session
+# closed: it ended the command without a save, losing what SIGTERM keeps)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+_stop_signal = {"signum": signal.SIGTERM}  # the signal that raised the last Stopped
 
 
 class Stopped(BaseException):
-    """SIGTERM during a long loop (raised by `sigterm_stops`' handler): the command saves what it has and ends."""
+    """SIGTERM (or SIGHUP) during a long loop (raised by `sigterm_stops`' handler): the command saves what it has
+    and ends (`stopped_status`, `stop_name`)."""
+
+
+def stop_name() -> str:
+    """The name of the signal that raised the last Stopped (SIGTERM unless SIGHUP did)."""
+    return signal.Signals(_stop_signal["signum"]).name
+
+
+def stopped_status() -> int:
+    """The exit status of a command the last Stopped ended: 128 + its signal (143 for SIGTERM, 129 for SIGHUP), as
+    a process that signal ended (STOPPED_STATUS for SIGTERM)."""
+    return 128 + int(_stop_signal["signum"])
 
 
 @contextlib.contextmanager
@@ -688,7 +705,6 @@ def sigterm_stops() -> Iterator[None]:
     """SIGTERM raises Stopped in the main thread (once: a second one, while the command saves, is ignored; SLURM
     sends SIGKILL after its grace time anyway); the handler before is put back afterwards, unless the block set
     another (`signals_ignored_to_the_end`: its outputs going into place, it ignores SIGTERM to its end)."""
-    import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -696,17 +712,20 @@ def sigterm_stops() -> Iterator[None]:
         return
 
     def stop(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        _stop_signal["signum"] = signum
         raise Stopped
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
-        if _HANDLERS_BEFORE.get(signal.SIGTERM) is stop:  # (ignored to the end inside: kept; run_main puts back
-            _HANDLERS_BEFORE[signal.SIGTERM] = previous  # the handler before the block, not this one)
-        else:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, before in previous.items():
+            if _HANDLERS_BEFORE.get(sig) is stop:  # (ignored to the end inside: kept; run_main puts back the
+                _HANDLERS_BEFORE[sig] = before  # handler before the block, not this one)
+            else:
+                signal.signal(sig, before)
 
 
 def end_stopped_run(prog: str, error: BaseException, said: str) -> int:
@@ -715,12 +734,21 @@ def end_stopped_run(prog: str, error: BaseException, said: str) -> int:
     STOPPED_STATUS (the command's exit status); Ctrl-C raises KeyboardInterrupt("interrupted; SAID") (run_main's
     one line, status 130); any other error is raised again with the note `PROG: SAID`."""
     if isinstance(error, Stopped):
-        print(f"{prog}: stopped by SIGTERM; {said}", file=sys.stderr, flush=True)
-        return STOPPED_STATUS
+        say(f"{prog}: stopped by {stop_name()}; {said}")
+        return stopped_status()
     if isinstance(error, KeyboardInterrupt):
         raise KeyboardInterrupt(f"interrupted; {said}") from None
     error.add_note(f"{prog}: {said}")
     raise error
+
+
+def say(line: str) -> None:
+    """`line` on stderr, flushed; nothing where stderr can no longer be written (the terminal a SIGHUP came from
+    is gone): the command's status still says how it ended."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def run_until_stopped(prog: str, run: Callable[[], Any], said: str = "nothing was written") -> Any:
@@ -746,11 +774,10 @@ def signals_ignored_to_the_end() -> None:
     back when the command was called from Python; a command run as a process ends with them ignored (SLURM's
     SIGKILL still comes after its grace time). With `radar_train.outputs.swaps_end_command`, the hook of a command
     whose last step is a swap of its outputs."""
-    import signal
     import threading
 
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (*STOP_SIGNALS, signal.SIGINT):
             previous = signal.signal(sig, signal.SIG_IGN)
             _HANDLERS_BEFORE.setdefault(sig, previous)
 
@@ -760,14 +787,13 @@ def _command_ended(own_process: bool) -> None:
     said: a SIGTERM now would only turn its status into 143, and a Ctrl-C in the exit's thread joins or atexit
     callbacks printed a KeyboardInterrupt traceback, or ended the process by SIGINT without a line); called from
     Python, the handlers signals_ignored_to_the_end replaced are put back."""
-    import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         return
     if own_process:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sig in (*STOP_SIGNALS, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
     while _HANDLERS_BEFORE:
         sig, handler = _HANDLERS_BEFORE.popitem()
         if not own_process:

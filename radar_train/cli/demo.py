@@ -163,7 +163,7 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
     before anything is written.
     """
     from radar_train.inputs import InputError, read_yaml
-    from radar_train.cli.common import STOPPED_STATUS, Stopped, sigterm_stops
+    from radar_train.cli.common import Stopped, say, sigterm_stops, stop_name, stopped_status
     from radar_train.outputs import given_output, make_folders, remove_made_folders
 
     cfg_dir = Path(configs).resolve() if configs else default_configs()  # (the steps run in the output folder)
@@ -210,8 +210,8 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
             where = ("before its first step; nothing was written" if not e.args else
                      f"after {e.args[0]}; the same command goes on from there" if len(e.args) > 1 and e.args[1] else
                      f"during {e.args[0]}; the same command goes on from there")
-            print(f"radar-demo: stopped by SIGTERM {where}", file=sys.stderr, flush=True)
-            return STOPPED_STATUS
+            say(f"radar-demo: stopped by {stop_name()} {where}")
+            return stopped_status()
         raise
     return 0
 

@@ -75,7 +75,7 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     from radar_train.inference.fid import file_sha256, load_inception, markdown_report, reference_key, summarize
     from radar_train.inference.fid_progress import FidProgress, part_name, part_range, run_lock_name
     from radar_train.train import run_lock
-    from radar_train.cli.common import (STOPPED_STATUS, Stopped, accel_inputs, check_device, check_positive,
+    from radar_train.cli.common import (Stopped, stopped_status, accel_inputs, check_device, check_positive,
                                         end_stopped_run, model_inputs, note_merged_vqvae, signals_ignored_to_the_end,
                                         sigterm_stops)
     from radar_train.export import check_adapter
@@ -197,7 +197,7 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
         measured = measure(pipe, progress, tally, feats, logit_mod, first, stop, batch_size, base_seed, save_every_s,
                            what)
         if measured is None:  # stopped by SIGTERM, its progress saved (measure said so)
-            return STOPPED_STATUS
+            return stopped_status()
         tally, seconds = measured  # (every sample saved: a worker's share is done, the merge takes it from its folder)
         result = None
         if part is None:

@@ -113,13 +113,13 @@ def _report(run: Callable[[], dict], prog: str) -> int:
     """Print the report `run` makes: a SIGTERM or Ctrl-C while it measures says nothing was written (SIGTERM ended
     it without a line); from its outputs' move into place on, they are ignored (it ended with 143 or 130, its
     outputs in place)."""
-    from radar_train.cli.common import STOPPED_STATUS, run_until_stopped, signals_ignored_to_the_end
+    from radar_train.cli.common import run_until_stopped, signals_ignored_to_the_end, stopped_status
     from radar_train.outputs import swaps_end_command
 
     with swaps_end_command(signals_ignored_to_the_end):
         report = run_until_stopped(prog, run)
     if report is None:
-        return STOPPED_STATUS
+        return stopped_status()
     print(report["markdown"])
     return 0
 

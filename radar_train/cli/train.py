@@ -109,7 +109,7 @@ def export(ckpt: str, output: str, overwrite: bool = False) -> int:
     """
     import json
 
-    from radar_train.cli.common import STOPPED_STATUS, run_until_stopped, signals_ignored_to_the_end
+    from radar_train.cli.common import run_until_stopped, signals_ignored_to_the_end, stopped_status
     from radar_train.outputs import given_output, swaps_end_command
     from radar_train.train.export import export_checkpoint
 
@@ -126,7 +126,7 @@ def export(ckpt: str, output: str, overwrite: bool = False) -> int:
     finally:
         module_log.setLevel(level)
     if path is None:
-        return STOPPED_STATUS
+        return stopped_status()
     cfg = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
     print(f"adapter: {path} (peft LoRA r={cfg.get('r')}, alpha={cfg.get('lora_alpha'):g})")
     return 0
@@ -984,6 +984,7 @@ def run_lightning(argv: list[str]) -> None:
     except MisconfigurationException as e:
         raise ValueError(str(e)) from None
     except SIGTERMException:  # a SystemExit without a status: the run did not finish, so not 0
+        from radar_train.cli.common import say
         from radar_train.train import requeue, stop_signal
 
         signum = stop_signal.stopped_by or signal.SIGTERM
@@ -993,13 +994,13 @@ def run_lightning(argv: list[str]) -> None:
                   f"{hpc_checkpoint(r['root']) or Path(r['root']) / 'hpc_ckpt_N.ckpt'} (by hand: --ckpt_path hpc)",
                   file=sys.stderr, flush=True)
             sys.exit(128 + signum)
-        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         if argv[0] == "validate":  # (nothing to save, nothing to resume: its checkpoint is as it was)
-            print(f"radar-train validate: stopped by {name} before the validation ended; it saves nothing (run it "
-                  "again)", file=sys.stderr, flush=True)
+            say(f"radar-train validate: stopped by {name} before the validation ended; it saves nothing (run it "
+                "again)")
         else:
-            print(f"radar-train: stopped by {name}; a run with checkpoints saved the step it stopped at (resume it "
-                  "with --ckpt_path last)", file=sys.stderr, flush=True)
+            say(f"radar-train: stopped by {name}; a run with checkpoints saved the step it stopped at (resume it "
+                "with --ckpt_path last)")
         sys.exit(128 + signum)
     except SystemExit as e:  # (after SIGTERMException, a SystemExit too)
         if e.code == 1 and isinstance(e.__context__, KeyboardInterrupt):  # Lightning's exit(1) after a Ctrl-C it took

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["StepBoundaryStop", "SIGNALS", "stopped_by"]
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGHUP: the terminal or ssh session of a fit run in the foreground closed (it ended the run without a save)
+SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
 stopped_by: Optional[int] = None  # the signal the last run of this process stopped on (for the exit status)
 
 
@@ -68,7 +69,7 @@ class StepBoundaryStop:
             log.warning("Ctrl-C: saving and stopping at the end of this training step (Ctrl-C again to stop at "
                         "once, without saving)")
         else:
-            log.info("SIGTERM: saving and stopping at the end of this training step")
+            log.info("%s: saving and stopping at the end of this training step", signal.Signals(signum).name)
 
     def due(self, trainer) -> bool:
         """Whether to save and stop now. Every rank must call it at the same points (a collective under DDP)."""

@@ -141,3 +141,15 @@ def test_a_second_ctrl_c_stops_at_once():
         assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
     finally:
         stop.uninstall()
+
+
+def test_sighup_to_the_process_group_saves_the_step_as_sigterm_does(tiny_cache, tmp_path):
+    """The terminal or ssh session of a fit in the foreground closed: SIGHUP to its process group (DataLoader workers
+    too) ended the run at once, status 129, nothing saved since its last periodic checkpoint (up to
+    save_every_n_steps - 1 steps: 499 with the shipped d16 configs)."""
+    r = _run(_command(tiny_cache, tmp_path / "run", term_at=3, signal="SIGHUP", group=True)
+             + ["--data.num_workers", "1"])
+    assert r.returncode == 129, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines()[-1] == ("radar-train: stopped by SIGHUP; a run with checkpoints saved the "
+                                                 "step it stopped at (resume it with --ckpt_path last)")
+    assert _last(tmp_path / "run")["global_step"] == 3
