@@ -428,7 +428,7 @@ def atomic_file(path: PathLike, temp_of: Optional[str] = None) -> Iterator[Path]
     except OSError as e:  # (one naming no file, or the hidden temporary, is said of `path`, the name the user gave)
         if (e.filename is not None and os.fspath(e.filename) != os.fspath(tmp)) or not e.strerror:
             raise
-        raise OSError(e.errno, e.strerror, str(p)) from e
+        raise OSError(e.errno, e.strerror, str(staged_name(p.parent, p.name))) from e  # (a staged entry's own name)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -627,9 +627,19 @@ def naming(path: PathLike) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if e.filename is None and e.strerror:
+        if e.strerror and (e.filename is None or _hidden_temporary(e.filename)):  # (an inode quota: a create fails)
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
+
+
+_TEMPORARY = re.compile(r"^\..+\.[a-z]+-[0-9a-f]{8}-\d+-")  # temp_name's `.NAME.<kind>-<token>-<pid>-<host>`
+
+
+def _hidden_temporary(filename) -> bool:
+    """Whether `filename` is a temp_name of ours or lies in one (a staging folder)."""
+    if not isinstance(filename, (str, bytes, os.PathLike)):  # (a file descriptor)
+        return False
+    return any(_TEMPORARY.match(part) for part in Path(os.fsdecode(filename)).parts)
 
 
 def staged_name(folder: PathLike, name: str) -> Path:

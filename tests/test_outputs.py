@@ -575,3 +575,32 @@ def test_a_mount_point_is_refused_as_a_folder_replaced_as_a_whole(tmp_path, monk
                                           "renamed into place whole"):
         check_replace_dir(tmp_path / "mnt", lambda p: True, "an adapter folder")
     assert real("/") and not real(tmp_path / "mnt")
+
+
+def test_an_error_naming_a_hidden_temporary_is_said_of_the_entry_the_user_looks_for(tmp_path):
+    """With an inode quota the create of a staged file fails, naming the staging folder's hidden temporary
+    (`OUT/.staging.tmp-.../eval.json`); radar-toy train's weights, written through atomic_file into the staging folder,
+    were said of the staging folder too."""
+    import errno
+
+    from radar_train.outputs import naming, staged_name, temp_name
+
+    with staged_entries(tmp_path / "out", ["eval.json", "toy_vae.safetensors"]) as stage:
+        with pytest.raises(OSError) as e:
+            with naming(staged_name(stage, "eval.json")):
+                raise OSError(errno.EDQUOT, "Disk quota exceeded", str(stage / "eval.json"))
+        assert e.value.filename == str(tmp_path / "out" / "eval.json")
+        with pytest.raises(OSError) as e:
+            with atomic_file(stage / "toy_vae.safetensors") as tmp:
+                raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+        assert e.value.filename == str(tmp_path / "out" / "toy_vae.safetensors")
+        (stage / "eval.json").write_text("{}")
+        (stage / "toy_vae.safetensors").write_text("x")
+    with pytest.raises(OSError) as e:  # (a file of the user's, named: kept as it is)
+        with naming(tmp_path / "report.json"):
+            raise OSError(errno.EACCES, "Permission denied", str(tmp_path / "mine.txt"))
+    assert e.value.filename == str(tmp_path / "mine.txt")
+    with pytest.raises(OSError) as e:  # (a hidden temporary of ours beside the output)
+        with naming(tmp_path / "report.json"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(temp_name(tmp_path / "report.json")))
+    assert e.value.filename == str(tmp_path / "report.json")

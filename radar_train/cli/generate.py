@@ -77,7 +77,7 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
     from radar_train.inference.generate_progress import LOCK_NAME, GenerateProgress, PngBatches
     from radar_train.inference.pipeline import check_pipeline_args
     from radar_train.models import get_preset
-    from radar_train.outputs import check_output_dir
+    from radar_train.outputs import check_output_dir, naming
     from radar_train.progress import Progress, plural
     from radar_train.train import run_lock
 
@@ -152,8 +152,9 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
                 scale = grid_scale or max(1, -(-96 // H))
                 titles = {"vanilla": "vanilla", "accelerated": accel.method,
                           "accelerated+adapter": f"{accel.method}+PAA"}
-                save_grid(rows, work.dir / "grid.png", col_titles=[titles[k] for k in keys],
-                          row_titles=[f"c{c} s{s}" for c, s in shown], scale=scale)
+                with naming(out / "grid.png"):  # (a full disk: said of the file, not of no file)
+                    save_grid(rows, work.dir / "grid.png", col_titles=[titles[k] for k in keys],
+                              row_titles=[f"c{c} s{s}" for c, s in shown], scale=scale)
         except (Stopped, KeyboardInterrupt) as e:
             work.release(made_any=True)
             return end_stopped_run("radar-generate", e, f"all {len(pairs)} samples are in {work.dir}: run the same "
@@ -166,7 +167,8 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
                 **{k: settings.get(k) for k in ("radar_train", "sampling", "batch_size", "precision", "vae", "var")},
                 "decode_precision": settings.get("decode_precision", "torch.float32"),
                 "merge_adapter": merge_adapter if adapter else None}
-        (work.dir / "generate.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+        with naming(out / "generate.json"):
+            (work.dir / "generate.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
         signals_ignored_to_the_end()
         work.finish(OUTPUT_ENTRIES, overwrite)
     finally:

@@ -21,7 +21,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import torch
 
 from radar_train.outputs import (check_progress_folder, fingerprint_differences, fresh_progress_folder,
-                                 other_progress_error, read_progress_json, temp_name)
+                                 naming, other_progress_error, read_progress_json, temp_name)
 
 __all__ = ["PROGRESS_DIR", "LOCK_NAME", "SETTINGS_NAME", "GenerateProgress", "PngBatches", "png_name"]
 
@@ -115,7 +115,8 @@ class GenerateProgress:
         final.parent.mkdir(exist_ok=True)
         tmp = temp_name(final)
         try:
-            to_pil(image).save(tmp, format="PNG")
+            with naming(final):  # (a full disk: said of the PNG, not of no file)
+                to_pil(image).save(tmp, format="PNG")
             os.replace(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)

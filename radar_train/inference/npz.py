@@ -28,6 +28,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from radar_train.outputs import naming
+
 __all__ = ["NpzImageWriter", "unfinished_exists"]
 
 MEMBER = "arr_0.npy"
@@ -144,7 +146,8 @@ class NpzImageWriter:
                 "shape": (self.num_images, self.size, self.size, 3)}
 
     def _append(self, data: bytes) -> None:
-        self._file.write(data)
+        with naming(self._tmp):  # (a full disk: said of the unfinished file, not of no file)
+            self._file.write(data)
         self._crc = zlib.crc32(data, self._crc)
         self._size += len(data)
 
@@ -198,8 +201,9 @@ class NpzImageWriter:
 
     def sync(self) -> None:
         """The images written so far, on disk (flushed and fsynced)."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        with naming(self._tmp):
+            self._file.flush()
+            os.fsync(self._file.fileno())
 
     def close(self) -> Path:
         """Finish the archive and put it at `path`; ValueError if fewer images than announced were written."""
@@ -207,9 +211,10 @@ class NpzImageWriter:
             self.discard()
             raise ValueError(f"{self.path}: {self.written} of {self.num_images} images written")
         f = self._file
-        f.write(_directory(self._size, self._crc, self._start + self._size))
-        f.seek(0)
-        f.write(_local_header(self._size, self._crc))
+        with naming(self._tmp):
+            f.write(_directory(self._size, self._crc, self._start + self._size))
+            f.seek(0)
+            f.write(_local_header(self._size, self._crc))
         self.sync()  # (whole on disk before it takes the name)
         f.close()
         os.replace(self._tmp, self.path)

@@ -297,3 +297,34 @@ def test_a_live_run_in_the_folder_is_one_line_before_the_start_line(tmp_path, ca
                                                 f"{socket.gethostname()}:{live.pid} since 2026-12-04T10:00:00+00:00: "
                                                 f"wait for it to end, or choose another folder")
     assert sorted(os.listdir(out)) == [LOCK_NAME]
+
+
+@pytest.mark.parametrize("fails", ["class0000_seed0.png", "grid.png", "generate.json"])
+def test_a_full_disk_is_said_of_the_file_that_failed(tmp_path, monkeypatch, capsys, fails):
+    """(`error: radar-generate: No space left on device (errno 28)`, naming no file.)"""
+    import errno
+
+    from PIL import Image
+
+    real_save, real_text = Image.Image.save, Path.write_text
+
+    def full():
+        return OSError(errno.ENOSPC, "No space left on device")
+
+    def save(self, fp, *args, **kwargs):
+        if Path(fp).name == fails or Path(fp).name.startswith(f".{fails}."):  # (a PNG: its temporary)
+            raise full()
+        return real_save(self, fp, *args, **kwargs)
+
+    def write_text(self, *args, **kwargs):
+        if self.name == fails:
+            raise full()
+        return real_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    monkeypatch.setattr(Path, "write_text", write_text)
+    out = tmp_path / "gen"
+    assert _main(_args(out)) == 1
+    (err,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    where = out / "generate-progress" / "vanilla" / fails if fails.startswith("class") else out / fails
+    assert err == f"error: radar-generate: {where}: No space left on device (errno 28)", err

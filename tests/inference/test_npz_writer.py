@@ -181,3 +181,30 @@ def test_release_on_a_full_disk_raises_nothing_and_leaves_the_file(tmp_path):
     w._file = Full(w._file)
     w.release()
     assert (tmp_path / ".s.npz.partial").is_file()
+
+
+def test_a_write_or_close_on_a_full_disk_names_the_unfinished_file(tmp_path):
+    """(radar-fid: `error: radar-fid: No space left on device (errno 28)`, naming no file.)"""
+    import errno
+
+    class FullFile:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    w = NpzImageWriter(tmp_path / "a.npz", 4, 2)
+    w.write(_images(1))
+    real, w._file = w._file, FullFile(w._file)
+    with pytest.raises(OSError) as e:
+        w.write(_images(2))
+    assert e.value.filename == str(tmp_path / ".a.npz.partial") and e.value.errno == errno.ENOSPC
+    w.written = 4  # (past close's count check: its own writes fail)
+    with pytest.raises(OSError) as e:
+        w.close()
+    assert e.value.filename == str(tmp_path / ".a.npz.partial") and e.value.errno == errno.ENOSPC
+    real.close()
