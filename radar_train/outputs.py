@@ -418,19 +418,21 @@ def atomic_file(path: PathLike, temp_of: Optional[str] = None) -> Iterator[Path]
     `temp_of`: the name the temporary is made (and a killed writer's cleared) under, when `path`'s own name
     must not appear in it (default: `path`'s name)."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    made = made_folders(p.parent)
     key = p.name if temp_of is None else temp_of
     clear_stale_temps(p.parent, key)
     tmp = temp_name(p.with_name(key))
     try:
         yield tmp
         os.replace(tmp, p)
+        made = []
     except OSError as e:  # (one naming no file, or the hidden temporary, is said of `path`, the name the user gave)
         if (e.filename is not None and os.fspath(e.filename) != os.fspath(tmp)) or not e.strerror:
             raise
         raise OSError(e.errno, e.strerror, str(staged_name(p.parent, p.name))) from e  # (a staged entry's own name)
     finally:
         tmp.unlink(missing_ok=True)
+        remove_empty(made)  # (the folders made for a file that failed)
 
 
 def write_text_atomic(path: PathLike, text: str) -> Path:
@@ -460,20 +462,38 @@ def staged_entries(out_dir: PathLike, entries: Sequence[str], overwrite: bool = 
     namesake came in: a kill there left the new vanilla/ beside the old run's grid and report). Without
     `overwrite`, an entry that appeared in `out_dir` since the check is not replaced (`swap_entries`)."""
     out = Path(out_dir)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    clear_stale_temps(out, "staging")
-    stage = temp_name(out / "staging")
-    stage.mkdir()
+    made = made_folders(out)
     ok = False
     try:
-        yield stage
-        swap_entries(stage, out, entries, overwrite, option)
-        ok = True
+        clear_stale_temps(out, "staging")
+        stage = temp_name(out / "staging")
+        stage.mkdir()
+        try:
+            yield stage
+            swap_entries(stage, out, entries, overwrite, option)
+            ok = True
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        if not ok and created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
+        if not ok:
+            remove_empty(made)
+
+
+def made_folders(folder: PathLike) -> list[Path]:
+    """mkdir -p `folder`: the folders it created, deepest first (for `remove_empty` when the command fails)."""
+    folder = Path(folder)
+    missing = [d for d in (folder, *folder.parents) if not d.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_empty(folders: Sequence[Path]) -> None:
+    """Remove each of `folders` (deepest first) that is still an empty folder: those a failed command created."""
+    for d in folders:
+        try:
+            d.rmdir()
+        except OSError:  # (not empty: something else went in; gone already)
+            return
 
 
 _ENDING_HOOKS: list[Callable[[], None]] = []  # swaps_end_command's

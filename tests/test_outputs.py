@@ -604,3 +604,40 @@ def test_an_error_naming_a_hidden_temporary_is_said_of_the_entry_the_user_looks_
         with naming(tmp_path / "report.json"):
             raise OSError(errno.ENOSPC, "No space left on device", str(temp_name(tmp_path / "report.json")))
     assert e.value.filename == str(tmp_path / "report.json")
+
+
+def test_a_write_that_fails_removes_the_folders_it_made_for_its_output(tmp_path):
+    """`radar-train export --output x/a/b`, `radar-eval --output new/deeper`, `radar-accel calibrate --output
+    sub/r.yaml` on a full disk left the empty folders they had made (docs/cli.md: a folder the command created goes
+    again while empty)."""
+    import errno
+
+    from radar_train.export.adapter import save_adapter
+
+    def full():
+        return OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError):
+        with atomic_file(tmp_path / "sub" / "deeper" / "r.yaml"):
+            raise full()
+    with pytest.raises(OSError):
+        with staged_entries(tmp_path / "new" / "deeper", ["eval.json"]):
+            raise full()
+
+    class Model:  # (a peft model whose save fails)
+        def named_parameters(self):
+            return iter(())
+
+        def save_pretrained(self, path, **kwargs):
+            raise full()
+
+    with pytest.raises(OSError):
+        save_adapter(Model(), tmp_path / "x" / "a" / "b", {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()  # (a folder that was there stays, and so does one something else went into)
+    with pytest.raises(OSError):
+        with atomic_file(tmp_path / "mine" / "made" / "r.yaml"):
+            (tmp_path / "mine" / "made" / "other.txt").write_text("x")
+            raise full()
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "mine", "mine/made", "mine/made/other.txt"]

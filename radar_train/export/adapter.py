@@ -28,8 +28,8 @@ from torch import nn
 from radar_train.cache.schema import readable_versions, version_problem
 from radar_train.inputs import (InputError, _one_line, check_dir, check_finite, check_floating, load_safetensors,
                                nonfinite_keys, read_json, read_yaml)
-from radar_train.outputs import (OutputError, check_replace_dir, clear_stale_temps, naming, normal_file_mode,
-                                 recover_replaced, replace_dir, temp_name)
+from radar_train.outputs import (OutputError, check_replace_dir, clear_stale_temps, made_folders, naming,
+                                 normal_file_mode, recover_replaced, remove_empty, replace_dir, temp_name)
 
 from .label_conditioning import LABEL_CONDITIONING_WEIGHTS, LabelConditionedDecoder, load_label_conditioning
 
@@ -61,12 +61,21 @@ def save_adapter(peft_model, out_dir: str | Path, meta: dict, conditioning=None,
     not replaced (OutputError naming `option`): another run writing there finished first; `checked`: the caller
     checked `out_dir` when it started, so that a folder found there now appeared since (said so: the words of a
     folder there at the start advised --overwrite, which would replace the other run's adapter)."""
+    _check_finite_weights(peft_model, conditioning, out_dir)
+    out = Path(out_dir).resolve()  # "." or "..": the folder's own name, for its temporary sibling
+    made = made_folders(out.parent)
+    try:
+        return _save_adapter(peft_model, out, meta, conditioning, overwrite, option, checked)
+    except BaseException:
+        remove_empty(made)  # (the folders made for it: a failed export leaves none behind)
+        raise
+
+
+def _save_adapter(peft_model, out: Path, meta: dict, conditioning, overwrite: bool, option: str,
+                  checked: bool) -> Path:
     import yaml
     from safetensors.torch import save_file
 
-    _check_finite_weights(peft_model, conditioning, out_dir)
-    out = Path(out_dir).resolve()  # "." or "..": the folder's own name, for its temporary sibling
-    out.parent.mkdir(parents=True, exist_ok=True)
     recover_replaced(out)  # a killed export's previous folder, left at its hidden name
 
     def check_again() -> None:
