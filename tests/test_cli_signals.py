@@ -154,3 +154,30 @@ def test_signals_while_a_report_command_moves_its_outputs_in_leave_it_finished(t
     assert e.value.code == 0 and renames and capsys.readouterr().out.strip() == "| the table |"
     assert (out / "metrics.json").read_text() == "{}" and noted == []
     assert {s: signal.getsignal(s) for s in mine} == mine  # (put back after the in-process call)
+
+
+def test_an_os_error_ending_a_background_thread_is_one_warning_line(capsys):
+    """(TensorBoard's event writer thread on a full disk: an 18-line traceback before the command's own error line.)"""
+    import errno
+    import threading
+
+    from radar_train.cli.common import thread_error_line
+
+    seen = []
+    hook = thread_error_line("radar-train", seen.append)
+
+    class _AsyncWriterThread(threading.Thread):
+        pass
+
+    def failing(exc):
+        try:
+            raise exc
+        except BaseException as e:
+            return threading.ExceptHookArgs((type(e), e, e.__traceback__, _AsyncWriterThread()))
+
+    hook(failing(OSError(errno.ENOSPC, "No space left on device")))
+    assert capsys.readouterr().err == ("warning: radar-train: a background thread (_AsyncWriterThread) stopped: No space "
+                                       "left on device (errno 28)\n")
+    other = failing(ValueError("a bug"))
+    hook(other)
+    assert seen == [other] and capsys.readouterr().err == ""

@@ -751,6 +751,20 @@ def say(line: str) -> None:
         pass
 
 
+def thread_error_line(prog: str, default: Callable) -> Callable:
+    """A threading.excepthook that says an operating-system error ending a background thread in one warning line
+    (TensorBoard's event writer on a full disk printed an 18-line traceback before the command's own error line);
+    any other error goes to `default` (its traceback: a bug)."""
+    def hook(args) -> None:
+        if isinstance(args.exc_value, OSError):
+            say(f"warning: {prog}: a background thread ({type(args.thread).__name__}) stopped: "
+                f"{describe_os_error(args.exc_value)}")
+            return
+        default(args)
+
+    return hook
+
+
 def run_until_stopped(prog: str, run: Callable[[], Any], said: str = "nothing was written") -> Any:
     """`run()` under `sigterm_stops`; None when SIGTERM stopped it, said on stderr (`PROG: stopped by SIGTERM;
     SAID`: the caller returns STOPPED_STATUS); Ctrl-C raises KeyboardInterrupt("interrupted; SAID") (run_main's
@@ -860,6 +874,9 @@ def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Option
 
     if argv is None:  # (the process's own command line, not a call from Python)
         utf8_mode_or_reexec()
+        import threading
+
+        threading.excepthook = thread_error_line(prog, threading.excepthook)
     tolerant_streams()
     args = expand_flags(sys.argv[1:] if argv is None else argv)
     show_field_docs(args)
