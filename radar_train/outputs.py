@@ -231,7 +231,7 @@ def check_replace_dir(path: PathLike, is_ours: Callable[[Path], bool], what: str
             raise OutputError(f"{option} {p} already holds {what}: pass --overwrite to replace it, or choose "
                               f"another folder")
         check_removable(p, option, p)
-    if p.is_dir() and os.path.ismount(p):  # (the finished folder is renamed into place: EBUSY, after the work)
+    if p.is_dir() and os.path.ismount(p.resolve()):  # (renamed into place: EBUSY after the work; a link to one too)
         raise OutputError(f"{option} {p} is a mount point, and {what} is written beside it and renamed into place "
                           f"whole, which a mount point cannot be: give a folder inside it")
     check_writable(p, option)
@@ -426,13 +426,22 @@ def atomic_file(path: PathLike, temp_of: Optional[str] = None) -> Iterator[Path]
         yield tmp
         os.replace(tmp, p)
         made = []
-    except OSError as e:  # (one naming no file, or the hidden temporary, is said of `path`, the name the user gave)
-        if (e.filename is not None and os.fspath(e.filename) != os.fspath(tmp)) or not e.strerror:
+    except Exception as e:  # (one naming no file, or the hidden temporary, is said of `path`, the name the user gave)
+        os_error = e if isinstance(e, OSError) else safetensors_os_error(e)
+        if os_error is None or not os_error.strerror or \
+                (os_error.filename is not None and os.fspath(os_error.filename) != os.fspath(tmp)):
             raise
-        raise OSError(e.errno, e.strerror, str(staged_name(p.parent, p.name))) from e  # (a staged entry's own name)
+        raise OSError(os_error.errno, os_error.strerror, str(staged_name(p.parent, p.name))) from e
     finally:
         tmp.unlink(missing_ok=True)
         remove_empty(made)  # (the folders made for a file that failed)
+
+
+def safetensors_os_error(e: BaseException) -> Optional[OSError]:
+    """The operating-system error in safetensors' own (`Error while serializing: I/O error: No space left on device
+    (os error 28)`, a SafetensorError naming no file), None for any other error."""
+    m = re.search(r"\(os error (\d+)\)", str(e)) if type(e).__name__ == "SafetensorError" else None
+    return OSError(int(m.group(1)), os.strerror(int(m.group(1)))) if m else None
 
 
 def write_text_atomic(path: PathLike, text: str) -> Path:

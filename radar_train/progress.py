@@ -170,9 +170,10 @@ class Progress:
 
             file = stream if stream is not None else sys.stderr
             fixed = _unsized(file)  # a terminal that reports no size (tqdm would draw nothing): 80x24
-            self._bar = tqdm(total=self.total, initial=self.initial, desc=what, unit=self.rate_unit, file=file,
-                             dynamic_ncols=not fixed, ncols=80 if fixed else None, nrows=24 if fixed else None,
-                             smoothing=0.1, leave=leave)
+            with self._written():  # (its first draw)
+                self._bar = tqdm(total=self.total, initial=self.initial, desc=what, unit=self.rate_unit, file=file,
+                                 dynamic_ncols=not fixed, ncols=80 if fixed else None, nrows=24 if fixed else None,
+                                 smoothing=0.1, leave=leave)
 
     # -- counting ---------------------------------------------------------------------------------------------
     def update(self, n: int = 1, **postfix: object) -> None:

@@ -574,6 +574,9 @@ def test_a_mount_point_is_refused_as_a_folder_replaced_as_a_whole(tmp_path, monk
     with pytest.raises(OutputError, match="mnt is a mount point, and an adapter folder is written beside it and "
                                           "renamed into place whole"):
         check_replace_dir(tmp_path / "mnt", lambda p: True, "an adapter folder")
+    (tmp_path / "link").symlink_to(tmp_path / "mnt")  # (os.path.ismount says False for the link itself)
+    with pytest.raises(OutputError, match="link is a mount point"):
+        check_replace_dir(tmp_path / "link", lambda p: True, "an adapter folder")
     assert real("/") and not real(tmp_path / "mnt")
 
 
@@ -641,3 +644,18 @@ def test_a_write_that_fails_removes_the_folders_it_made_for_its_output(tmp_path)
             raise full()
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
         "mine", "mine/made", "mine/made/other.txt"]
+
+
+def test_safetensors_own_os_error_in_an_atomic_file_names_the_file(tmp_path):
+    """(radar-fid's progress save on a full disk: `error: radar-fid: Error while serializing: I/O error: No space left
+    on device (os error 28)`, naming no file.)"""
+    class SafetensorError(Exception):
+        pass
+
+    with pytest.raises(OSError) as e:
+        with atomic_file(tmp_path / "state.safetensors"):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    assert (e.value.errno, e.value.filename) == (28, str(tmp_path / "state.safetensors"))
+    with pytest.raises(SafetensorError):  # (another of its errors: as it is)
+        with atomic_file(tmp_path / "state.safetensors"):
+            raise SafetensorError("invalid header")

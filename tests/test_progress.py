@@ -255,3 +255,13 @@ def test_a_progress_write_that_fails_turns_the_progress_off_not_the_work(clock, 
         p.update(1)
     p.close()  # (no error raised: a bar's EIO tqdm ignores itself, the others turn the progress off)
     assert p.done == 10 and p.mode == ("bar" if tty and error.errno == 5 else "off")
+
+
+def test_a_bar_whose_first_draw_fails_turns_the_progress_off(clock):
+    """(tqdm draws as it is made: that write's error ended radar-cache run and radar-train fit under RADAR_PROGRESS=bar
+    with stderr on a full disk.)"""
+    out = _Failing(OSError(28, "No space left on device"), after=0, tty=True)
+    p = Progress(3, "train", "step", interval_s=0, stream=out, mode="bar")
+    p.update(3)
+    p.close()
+    assert p.mode == "off" and p.done == 3

@@ -836,9 +836,9 @@ def _make_cli_class(subcommand: str):
                 # hyper-parameters over the config's, which `last` does not.)
                 if last and last.name != "last.ckpt":
                     logging.getLogger("radar_train").info(
-                        "radar-train %s: --ckpt_path last: %s is the run's newest checkpoint (the run was killed "
-                        "after saving it, before last.ckpt followed), so the run goes on from it", self.subcommand,
-                        last)
+                        "radar-train %s: --ckpt_path last: %s is the run's newest checkpoint (the run was killed, "
+                        "or its save of last.ckpt failed, after saving it), so the run goes on from it",
+                        self.subcommand, last)
                 cfg["ckpt_path"] = str(last) if last else None
 
         def before_fit(self) -> None:
@@ -900,6 +900,10 @@ def failure_note() -> Optional[str]:
 
     if not last_failure:
         return None
+    if last_failure.get("step") is not None and last_failure.get("last_failed"):
+        return (f"radar-train: the run failed saving last.ckpt of step {last_failure['step']}; the step is saved in "
+                f"{last_failure['last_failed']} (once the cause is fixed, resume with --ckpt_path last: it takes "
+                f"that file)")
     if last_failure.get("step") is not None and last_failure.get("export"):
         return (f"radar-train: the run trained to its end, step {last_failure['step']}, which is saved; writing its "
                 f"{last_failure['export']} failed (once the cause is fixed, resume with --ckpt_path last: it writes "

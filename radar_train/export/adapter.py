@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import warnings
 from pathlib import Path
@@ -29,7 +28,8 @@ from radar_train.cache.schema import readable_versions, version_problem
 from radar_train.inputs import (InputError, _one_line, check_dir, check_finite, check_floating, load_safetensors,
                                nonfinite_keys, read_json, read_yaml)
 from radar_train.outputs import (OutputError, check_replace_dir, clear_stale_temps, made_folders, naming,
-                                 normal_file_mode, recover_replaced, remove_empty, replace_dir, temp_name)
+                                 normal_file_mode, recover_replaced, remove_empty, replace_dir, safetensors_os_error,
+                                 temp_name)
 
 from .label_conditioning import LABEL_CONDITIONING_WEIGHTS, LabelConditionedDecoder, load_label_conditioning
 
@@ -111,9 +111,9 @@ def _save_adapter(peft_model, out: Path, meta: dict, conditioning, overwrite: bo
             return replace_dir(tmp, out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        m = re.search(r"\(os error (\d+)\)", str(e)) if type(e).__name__ == "SafetensorError" else None
-        if m:  # (safetensors' own error, 'Error while serializing: I/O error: ... (os error 28)', names no file)
-            raise OSError(int(m.group(1)), os.strerror(int(m.group(1))), str(out)) from e
+        os_error = safetensors_os_error(e)  # (safetensors' own error names no file)
+        if os_error is not None:
+            raise OSError(os_error.errno, os_error.strerror, str(out)) from e
         raise
 
 

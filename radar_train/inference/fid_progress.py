@@ -41,7 +41,7 @@ from radar_train.inference.fid import Tally
 from radar_train.inference.fid_merge import MERGE_DIR, MERGE_STATE, parts_merged
 from radar_train.inference.npz import NpzImageWriter, unfinished_exists
 from radar_train.outputs import (OutputError, _remove, atomic_file, check_not_link, fingerprint_differences, is_temp_of,
-                                 other_progress_error)
+                                 naming, other_progress_error)
 
 __all__ = ["PROGRESS_DIR", "STATE_NAME", "REFERENCE_NAME", "LOCK_NAME", "FidProgress", "cached_reference", "part_name",
            "part_range"]
@@ -400,9 +400,10 @@ class FidProgress:
                     f = self._logit_files[r] = open(self.dir / _logits_name(r), "ab")
                 f.truncate(saved_bytes)  # (rows an interrupted save wrote go: they are written again here)
                 data = b"".join(c.cpu().contiguous().numpy().astype(np.float32, copy=False).tobytes() for c in new)
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+                with naming(self.dir / _logits_name(r)):  # (a full disk: said of the file)
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
                 self._logits_saved[r] = (len(chunks), saved_bytes + len(data))  # (one assignment: both or neither)
         for w in self.writers.values():
             w.sync()

@@ -200,8 +200,9 @@ def _strict_check(model: nn.Module, sd: dict[str, torch.Tensor], p: Path, ignore
     if bad:
         raise CheckpointError(f"{p}: {len(bad)} tensor shape mismatch(es), e.g. " + "; ".join(bad[:3]))
     # (an integer tensor where the model keeps floats failed in load_state_dict, a traceback after the checks)
+    params = {k for k, _ in model.named_parameters()}  # (a buffer of counts, VQ-VAE's ema_vocab_hit_SV, loads cast)
     bad = [f"{k} holds {sd[k].dtype} values where the model keeps {v.dtype}" for k, v in own.items()
-           if v.is_floating_point() and not sd[k].is_floating_point()]
+           if k in params and v.is_floating_point() and not sd[k].is_floating_point()]
     if bad:
         raise CheckpointError(f"{p}: {len(bad)} tensor(s) not of a floating-point type where the model's are, e.g. "
                               + "; ".join(bad[:3]))
@@ -270,7 +271,8 @@ def nonfinite_weights(sd: dict[str, torch.Tensor]) -> list[str]:
 def _assign(model: nn.Module, sd: dict[str, torch.Tensor], p: Path) -> None:
     own = model.state_dict()
     # floating tensors take the model's dtype (e.g. fp16 files such as the toy world's into fp32 models)
-    sd = {k: v.to(own[k].dtype) if v.is_floating_point() and own[k].is_floating_point() else v for k, v in sd.items()}
+    # (and a buffer of counts kept as integers, _strict_check having refused such a parameter)
+    sd = {k: v.to(own[k].dtype) if own[k].is_floating_point() and not v.is_complex() else v for k, v in sd.items()}
     # integer buffers of a file converted wholesale to fp16/bf16 (e.g. VAR's lvl_1L) go back to integers, as
     # a copying load_state_dict does, when their values are whole numbers
     for k, v in sd.items():

@@ -416,7 +416,7 @@ class RadarLoraModule(pl.LightningModule):
         from radar_train.export.adapter import run_step_of
 
         exported = run_step_of(final)
-        if exported == self.global_step:
+        if exported is not None and exported >= self.global_step:  # (this step's, or a later one's: left alone)
             return
         log.info("writing final/, which %s", "the run resumed at its end had not exported" if exported is None else
                  f"held the adapter of step {exported}, an earlier end of the run, not of step {self.global_step}")

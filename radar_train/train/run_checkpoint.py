@@ -127,6 +127,7 @@ class RunCheckpoint(ModelCheckpoint):
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)
         self._boundary = LastBoundary()
+        self._failed_save = None
         last_failure.clear()
         self._stop.install()  # (after Lightning's own SIGTERM handler, which it registers before training)
 
@@ -182,6 +183,9 @@ class RunCheckpoint(ModelCheckpoint):
                 return
         with atomic_file(last) as tmp:
             shutil.copyfile(src, tmp)
+        # the run's own last.ckpt, which its next save replaces (one found there that is not `last_model_path`, as
+        # the state of a first save has it, Lightning leaves alone and saves last-v1.ckpt beside it)
+        self.last_model_path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
         log.info("%s: a copy of %s, the run's newest checkpoint", last, src.name)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
@@ -296,12 +300,24 @@ class RunCheckpoint(ModelCheckpoint):
             return True
         return super()._should_remove_checkpoint(trainer, previous, current)
 
+    def _step_file_kept(self, b) -> Optional[str]:
+        """The step file of the boundary's step when what failed was the last.ckpt save after it, else None."""
+        failed = getattr(self, "_failed_save", None)
+        if not (b.save_failed and failed and os.path.basename(failed) == "last.ckpt" and b.step and self.dirpath):
+            return None
+        for name in sorted(os.listdir(self.dirpath)):
+            m = re.fullmatch(r"step-(\d+)\.ckpt", name)
+            if m and int(m.group(1)) == b.step:
+                return os.path.join(self.dirpath, name)
+        return None
+
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         check_finite_weights(trainer, trainer.lightning_module)  # (NaN weights are not saved over good ones)
         try:
             super()._save_checkpoint(trainer, filepath)
         except BaseException:
             self._boundary.save_failed = not self._rewinding  # (the failed step's save reports its own failure)
+            self._failed_save = filepath
             raise
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
@@ -337,6 +353,10 @@ class RunCheckpoint(ModelCheckpoint):
         if exporting and (self._last_global_step_saved == trainer.global_step or
                           (b.step is None and trainer.ckpt_path is not None)):
             last_failure.update(step=trainer.global_step, export=exporting)
+            return
+        step_file = self._step_file_kept(b)
+        if step_file is not None:  # (last.ckpt's save failed after the step's file: the step is saved there)
+            last_failure.update(step=b.step, last_failed=step_file)
             return
         if not b.savable(trainer):
             last_failure["why"] = f"the save of step {b.step} failed" if b.save_failed else \

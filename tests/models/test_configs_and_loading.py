@@ -309,6 +309,13 @@ def test_integer_values_where_the_model_has_floating_weights_are_refused_by_the_
     torch.save(sd, tmp_path / "vae.pth")
     with pytest.raises(CheckpointError, match="decoder.conv_out.weight holds torch.int32 values"):
         load_vqvae_weights(build_vqvae(get_preset("tiny").vae, "meta"), tmp_path / "vae.pth")
+    sd = dict(vqvae.state_dict())  # a buffer of counts as integers (the VQ-VAE's codebook use): loads, cast
+    sd["quantize.ema_vocab_hit_SV"] = sd["quantize.ema_vocab_hit_SV"].round().long()
+    torch.save(sd, tmp_path / "vae_hits.pth")
+    loaded = load_vqvae_weights(build_vqvae(get_preset("tiny").vae, "meta"), tmp_path / "vae_hits.pth")
+    hits = loaded.state_dict()["quantize.ema_vocab_hit_SV"]
+    want = sd["quantize.ema_vocab_hit_SV"]
+    assert hits.dtype == vqvae.quantize.ema_vocab_hit_SV.dtype and torch.equal(hits, want.to(hits.dtype))
 
 
 @pytest.mark.parametrize("wrap", [

@@ -188,7 +188,7 @@ def _dead_pid() -> int:
 
 
 def test_a_run_whose_last_ckpt_save_failed_after_its_step_file_puts_that_file_at_last_ckpt_when_resumed(
-        tiny_cache, tmp_path, monkeypatch, caplog):
+        tiny_cache, tmp_path, monkeypatch, caplog, capsys):
     """The disk fills while last.ckpt of the run's last step is written, after step-000004.ckpt: `--ckpt_path last`
     resumed from the step file, at the run's end, and saved nothing, so last.ckpt stayed step 2's for good (the
     README's `radar-train export --ckpt RUN/checkpoints/last.ckpt` exported step 2; radar-demo could not go on)."""
@@ -212,7 +212,11 @@ def test_a_run_whose_last_ckpt_save_failed_after_its_step_file_puts_that_file_at
     monkeypatch.setattr(shutil, "copyfile", disk.copyfile)
     monkeypatch.setattr(Path, "write_bytes", lambda path, data: disk.write_bytes(path, data))
     monkeypatch.setattr(torch, "save", counting_save)
+    capsys.readouterr()
     assert run_train_cli(argv) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"radar-train: the run failed saving last.ckpt of step 4; the step is saved in {step_file} (once the cause "
+        f"is fixed, resume with --ckpt_path last: it takes that file)")  # (it said step 4 was not saved)
     assert saves == [2, 2, 4, 4]
     assert torch.load(last, weights_only=True)["global_step"] == 2 and step_file.is_file()
     monkeypatch.undo()

@@ -72,6 +72,7 @@ def test_a_run_continued_and_killed_before_its_final_export_replaces_the_earlier
     _fit(tmp_path, 2, make_loader, ema)
     final, last = tmp_path / "final", str(tmp_path / "checkpoints" / "last.ckpt")
     shutil.copytree(final, tmp_path / "final_of_step_2")
+    shutil.copy(last, tmp_path / "step_2.ckpt")
     _fit(tmp_path, 4, make_loader, ema, ckpt_path=last)
     want = load_file(str(final / "adapter_model.safetensors"))
     shutil.rmtree(final)  # what the kill leaves: step 4 saved, final/ still the earlier end's
@@ -84,4 +85,7 @@ def test_a_run_continued_and_killed_before_its_final_export_replaces_the_earlier
     files = sorted(final.iterdir())  # final/ of the step: left alone by another resume at the end
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
     _fit(tmp_path, 4, make_loader, ema, ckpt_path=last)
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(final.iterdir())} == before
+    # and so is a final/ of a later step, by a resume at the end of an earlier one (a checkpoint kept by hand)
+    _fit(tmp_path, 2, make_loader, ema, ckpt_path=str(tmp_path / "step_2.ckpt"))
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(final.iterdir())} == before
