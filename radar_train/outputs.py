@@ -418,7 +418,7 @@ def atomic_file(path: PathLike, temp_of: Optional[str] = None) -> Iterator[Path]
     `temp_of`: the name the temporary is made (and a killed writer's cleared) under, when `path`'s own name
     must not appear in it (default: `path`'s name)."""
     p = Path(path)
-    made = made_folders(p.parent)
+    made = make_folders(p.parent)
     key = p.name if temp_of is None else temp_of
     clear_stale_temps(p.parent, key)
     tmp = temp_name(p.with_name(key))
@@ -434,7 +434,7 @@ def atomic_file(path: PathLike, temp_of: Optional[str] = None) -> Iterator[Path]
         raise OSError(os_error.errno, os_error.strerror, str(staged_name(p.parent, p.name))) from e
     finally:
         tmp.unlink(missing_ok=True)
-        remove_empty(made)  # (the folders made for a file that failed)
+        remove_made_folders(made)  # (the folders made for a file that failed)
 
 
 def safetensors_os_error(e: BaseException) -> Optional[OSError]:
@@ -471,7 +471,7 @@ def staged_entries(out_dir: PathLike, entries: Sequence[str], overwrite: bool = 
     namesake came in: a kill there left the new vanilla/ beside the old run's grid and report). Without
     `overwrite`, an entry that appeared in `out_dir` since the check is not replaced (`swap_entries`)."""
     out = Path(out_dir)
-    made = made_folders(out)
+    made = make_folders(out)
     ok = False
     try:
         clear_stale_temps(out, "staging")
@@ -485,24 +485,7 @@ def staged_entries(out_dir: PathLike, entries: Sequence[str], overwrite: bool = 
             shutil.rmtree(stage, ignore_errors=True)
     finally:
         if not ok:
-            remove_empty(made)
-
-
-def made_folders(folder: PathLike) -> list[Path]:
-    """mkdir -p `folder`: the folders it created, deepest first (for `remove_empty` when the command fails)."""
-    folder = Path(folder)
-    missing = [d for d in (folder, *folder.parents) if not d.exists()]
-    folder.mkdir(parents=True, exist_ok=True)
-    return missing
-
-
-def remove_empty(folders: Sequence[Path]) -> None:
-    """Remove each of `folders` (deepest first) that is still an empty folder: those a failed command created."""
-    for d in folders:
-        try:
-            d.rmdir()
-        except OSError:  # (not empty: something else went in; gone already)
-            return
+            remove_made_folders(made)
 
 
 _ENDING_HOOKS: list[Callable[[], None]] = []  # swaps_end_command's

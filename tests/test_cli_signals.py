@@ -176,8 +176,8 @@ def test_an_os_error_ending_a_background_thread_is_one_warning_line(capsys):
             return threading.ExceptHookArgs((type(e), e, e.__traceback__, _AsyncWriterThread()))
 
     hook(failing(OSError(errno.ENOSPC, "No space left on device")))
-    assert capsys.readouterr().err == ("warning: radar-train: a background thread (_AsyncWriterThread) stopped: No space "
-                                       "left on device (errno 28)\n")
+    assert capsys.readouterr().err == ("warning: radar-train: a background thread (_AsyncWriterThread) stopped: "
+                                       "No space left on device (errno 28)\n")
     other = failing(ValueError("a bug"))
     hook(other)
     assert seen == [other] and capsys.readouterr().err == ""

@@ -27,9 +27,9 @@ from torch import nn
 from radar_train.cache.schema import readable_versions, version_problem
 from radar_train.inputs import (InputError, _one_line, check_dir, check_finite, check_floating, load_safetensors,
                                nonfinite_keys, read_json, read_yaml)
-from radar_train.outputs import (OutputError, check_replace_dir, clear_stale_temps, made_folders, naming,
-                                 normal_file_mode, recover_replaced, remove_empty, replace_dir, safetensors_os_error,
-                                 temp_name)
+from radar_train.outputs import (OutputError, check_replace_dir, clear_stale_temps, make_folders, naming,
+                                 normal_file_mode, recover_replaced, remove_made_folders, replace_dir,
+                                 safetensors_os_error, temp_name)
 
 from .label_conditioning import LABEL_CONDITIONING_WEIGHTS, LabelConditionedDecoder, load_label_conditioning
 
@@ -63,11 +63,11 @@ def save_adapter(peft_model, out_dir: str | Path, meta: dict, conditioning=None,
     folder there at the start advised --overwrite, which would replace the other run's adapter)."""
     _check_finite_weights(peft_model, conditioning, out_dir)
     out = Path(out_dir).resolve()  # "." or "..": the folder's own name, for its temporary sibling
-    made = made_folders(out.parent)
+    made = make_folders(out.parent)
     try:
         return _save_adapter(peft_model, out, meta, conditioning, overwrite, option, checked)
     except BaseException:
-        remove_empty(made)  # (the folders made for it: a failed export leaves none behind)
+        remove_made_folders(made)  # (the folders made for it: a failed export leaves none behind)
         raise
 
 

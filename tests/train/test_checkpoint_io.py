@@ -60,31 +60,37 @@ class _FullDisk:
         raise OSError(errno.ENOSPC, "No space left on device")
 
 
-def test_a_save_that_fills_the_disk_keeps_the_last_good_checkpoint(tiny_cache, tmp_path, monkeypatch, capsys):
-    """radar-train fit saving at steps 2 and 4: the save at step 4 fails with ENOSPC. last.ckpt stays step 2's
-    whole file (before: Lightning's copy from $TMPDIR had emptied it), no temporary is left beside it, the error
-    is one line (status 1), and the run resumes from it."""
+def _disk_fills_at(nth: int, tmp_path: Path, monkeypatch) -> list[int]:
+    """The disk ($TMPDIR and the run's) fills while the `nth` checkpoint file of the run is written; the steps of
+    the checkpoint files torch.save was given, in order."""
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     monkeypatch.setenv("TMPDIR", str(tmpdir))
     monkeypatch.setattr("tempfile.tempdir", None)  # (read $TMPDIR again)
-    root = tmp_path / "run"
-    argv = tiny_fit_argv(tiny_cache, root, 6)
-    last = root / "checkpoints" / "last.ckpt"
     disk = _FullDisk(tmpdir)
-    real_save = torch.save
-    saves = []
+    real_save, saves = torch.save, []
 
-    def counting_save(obj, f, *a, **kw):  # the disk fills while the third checkpoint file (step 4's) is written
+    def counting_save(obj, f, *a, **kw):
         if isinstance(obj, dict) and "global_step" in obj:
             saves.append(obj["global_step"])
-            disk.full = len(saves) == 3
+            disk.full = len(saves) == nth
         return real_save(obj, f, *a, **kw)
 
     monkeypatch.setattr(os, "rename", disk.rename)
     monkeypatch.setattr(shutil, "copyfile", disk.copyfile)
     monkeypatch.setattr(Path, "write_bytes", lambda path, data: disk.write_bytes(path, data))
     monkeypatch.setattr(torch, "save", counting_save)
+    return saves
+
+
+def test_a_save_that_fills_the_disk_keeps_the_last_good_checkpoint(tiny_cache, tmp_path, monkeypatch, capsys):
+    """radar-train fit saving at steps 2 and 4: the save at step 4 fails with ENOSPC. last.ckpt stays step 2's
+    whole file (before: Lightning's copy from $TMPDIR had emptied it), no temporary is left beside it, the error
+    is one line (status 1), and the run resumes from it."""
+    root = tmp_path / "run"
+    argv = tiny_fit_argv(tiny_cache, root, 6)
+    last = root / "checkpoints" / "last.ckpt"
+    saves = _disk_fills_at(3, tmp_path, monkeypatch)  # the third checkpoint file: step 4's
     code = run_train_cli(argv)
     lines = capsys.readouterr().err.splitlines()
     err = [line for line in lines if line.startswith("error:")]
@@ -192,26 +198,10 @@ def test_a_run_whose_last_ckpt_save_failed_after_its_step_file_puts_that_file_at
     """The disk fills while last.ckpt of the run's last step is written, after step-000004.ckpt: `--ckpt_path last`
     resumed from the step file, at the run's end, and saved nothing, so last.ckpt stayed step 2's for good (the
     README's `radar-train export --ckpt RUN/checkpoints/last.ckpt` exported step 2; radar-demo could not go on)."""
-    tmpdir = tmp_path / "tmp"
-    tmpdir.mkdir()
-    monkeypatch.setenv("TMPDIR", str(tmpdir))
-    monkeypatch.setattr("tempfile.tempdir", None)
     root = tmp_path / "run"
     argv = tiny_fit_argv(tiny_cache, root, 4, "--trainer.logger", "false")
     last, step_file = root / "checkpoints" / "last.ckpt", root / "checkpoints" / "step-000004.ckpt"
-    disk = _FullDisk(tmpdir)
-    real_save, saves = torch.save, []
-
-    def counting_save(obj, f, *a, **kw):  # the fourth checkpoint file: last.ckpt of step 4
-        if isinstance(obj, dict) and "global_step" in obj:
-            saves.append(obj["global_step"])
-            disk.full = len(saves) == 4
-        return real_save(obj, f, *a, **kw)
-
-    monkeypatch.setattr(os, "rename", disk.rename)
-    monkeypatch.setattr(shutil, "copyfile", disk.copyfile)
-    monkeypatch.setattr(Path, "write_bytes", lambda path, data: disk.write_bytes(path, data))
-    monkeypatch.setattr(torch, "save", counting_save)
+    saves = _disk_fills_at(4, tmp_path, monkeypatch)  # the fourth checkpoint file: last.ckpt of step 4
     capsys.readouterr()
     assert run_train_cli(argv) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
