@@ -168,25 +168,29 @@ class RunCheckpoint(ModelCheckpoint):
         full disk, or the run was killed between the two; `--ckpt_path last` takes the newer file) copies it to
         last.ckpt first: a run resumed at its end saves nothing, and its last.ckpt stayed missing or old for good
         (`radar-train export --ckpt RUN/checkpoints/last.ckpt` failed, radar-demo could not go on)."""
-        if not (trainer.ckpt_path and self.dirpath and self.save_last and trainer.is_global_zero):
+        if not (trainer.ckpt_path and self.dirpath and self.save_last):
             return
         src, last = Path(trainer.ckpt_path), Path(self.dirpath) / "last.ckpt"
         m = re.fullmatch(r"step-(\d+)\.ckpt", src.name)
         if m is None or not src.is_file() or src.resolve().parent != Path(self.dirpath).resolve():
             return
-        if last.is_file():
+        copied = False
+        if trainer.is_global_zero:
             try:
-                held = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("global_step", -1)
+                held = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("global_step", -1) \
+                    if last.is_file() else -1
             except Exception:  # noqa: BLE001 - an unreadable last.ckpt is replaced by the good step file
                 held = -1
-            if held >= int(m.group(1)):
-                return
-        with atomic_file(last) as tmp:
-            shutil.copyfile(src, tmp)
-        # the run's own last.ckpt, which its next save replaces (one found there that is not `last_model_path`, as
-        # the state of a first save has it, Lightning leaves alone and saves last-v1.ckpt beside it)
-        self.last_model_path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
-        log.info("%s: a copy of %s, the run's newest checkpoint", last, src.name)
+            if held < int(m.group(1)):
+                with atomic_file(last) as tmp:
+                    shutil.copyfile(src, tmp)
+                log.info("%s: a copy of %s, the run's newest checkpoint", last, src.name)
+                copied = True
+        if trainer.world_size > 1:  # (rank 0 decides, at the same point on every rank)
+            copied = bool(trainer.strategy.broadcast(copied, src=0))
+        if copied:  # the run's own last.ckpt, which its next save replaces (one found there that is not
+            # `last_model_path`, as the state of a first save has it, Lightning leaves alone: last-v1.ckpt beside it)
+            self.last_model_path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self._requeue.uninstall()

@@ -316,9 +316,13 @@ def test_ddp_with_two_cpu_processes_runs_and_writes_one_checkpoint(tiny_cache, t
     assert proc.returncode == 130, proc.stderr[-3000:]
     assert proc.stderr.count("stopped by Ctrl-C") == 2 and "stopped by SIGTERM" not in proc.stderr
     assert torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 2
+    # last.ckpt's save failed (a full disk) after step-000002.ckpt's: rank 0 copies the step file to last.ckpt, and
+    # every rank takes it as the run's own (else the next save went to last-v1.ckpt beside it)
+    (root / "checkpoints" / "last.ckpt").unlink()
     proc = subprocess.run([sys.executable, "-m", "radar_train.cli.train", *args, "--ckpt_path", "last"], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "last.ckpt: a copy of step-000002.ckpt" in proc.stderr, proc.stderr[-3000:]
     assert sorted(p.name for p in (root / "checkpoints").iterdir()) == ["last.ckpt", "step-000003.ckpt"]
     ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 3 and ckpt["radar"]["training"]["trainer"]["world_size"] == 2
