@@ -150,17 +150,14 @@ def calibrate(model: ModelArgs = ModelArgs(), sampling: SamplingConfig = Samplin
 def _measured(measure, num_samples: int):
     """`measure(bar)` with its progress bar; None when SIGTERM stopped it (run_until_stopped: it ended without a
     line). From here on SIGTERM and Ctrl-C are ignored: the file written is the command's end."""
-    from radar_train.cli.common import run_until_stopped, signals_ignored_to_the_end
+    from radar_train.cli.common import run_until_stopped
     from radar_train.progress import Progress
 
     def with_bar():
         with Progress(num_samples, "radar-accel calibrate", "samples") as bar:
             return measure(bar)
 
-    result = run_until_stopped("radar-accel calibrate", with_bar)
-    if result is not None:
-        signals_ignored_to_the_end()
-    return result
+    return run_until_stopped("radar-accel calibrate", with_bar, ends_command=True)
 
 
 def _stagevar_to_calibrate(accel: AccelArgs, patch_nums, depth: int):

@@ -61,15 +61,11 @@ def _log(line: str) -> None:
 
 
 def _measured(prog: str, measure: Callable[[], list[dict]]) -> Optional[list[dict]]:
-    """The rows `measure()` makes; None when SIGTERM stopped it (run_until_stopped: it ended without a line, and
-    its temporary files were left behind). From here on SIGTERM and Ctrl-C are ignored: the table and the --json
-    file are the command's end."""
-    from radar_train.cli.common import run_until_stopped, signals_ignored_to_the_end
+    """The rows `measure()` makes; None when SIGTERM stopped it (it ended without a line, its temporary files
+    left behind). From there on the table and the --json file are the command's end."""
+    from radar_train.cli.common import run_until_stopped
 
-    rows = run_until_stopped(prog, measure)
-    if rows is not None:
-        signals_ignored_to_the_end()
-    return rows
+    return run_until_stopped(prog, measure, ends_command=True)
 
 
 def _write_json(rows: list[dict], path: Optional[str], device: str = "auto", overwrite: bool = True) -> None:

@@ -765,16 +765,22 @@ def thread_error_line(prog: str, default: Callable) -> Callable:
     return hook
 
 
-def run_until_stopped(prog: str, run: Callable[[], Any], said: str = "nothing was written") -> Any:
+def run_until_stopped(prog: str, run: Callable[[], Any], said: str = "nothing was written",
+                      ends_command: bool = False) -> Any:
     """`run()` under `sigterm_stops`; None when SIGTERM stopped it, said on stderr (`PROG: stopped by SIGTERM;
-    SAID`: the caller returns STOPPED_STATUS); Ctrl-C raises KeyboardInterrupt("interrupted; SAID") (run_main's
-    one line, status 130). For a command with no progress to keep (SIGTERM ended it without a line)."""
+    SAID`: the caller returns stopped_status()); Ctrl-C raises KeyboardInterrupt("interrupted; SAID") (run_main's
+    one line, status 130). For a command with no progress to keep (SIGTERM ended it without a line).
+    `ends_command`: once `run()` returned, what follows (its table, its files) is the command's end:
+    `signals_ignored_to_the_end`."""
     try:
         with sigterm_stops():
-            return run()
+            result = run()
     except (Stopped, KeyboardInterrupt) as e:
         end_stopped_run(prog, e, said)  # (raises for Ctrl-C)
         return None
+    if ends_command:
+        signals_ignored_to_the_end()
+    return result
 
 
 _HANDLERS_BEFORE: dict = {}  # the handlers signals_ignored_to_the_end replaced (run_main puts them back)

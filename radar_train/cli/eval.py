@@ -38,8 +38,7 @@ def evaluate(cache: str, adapter: str, output: str = "outputs/eval", shards: Opt
             (eval.json by_latent_distance, a table in eval.md; at most one per pair); 0: none.
         overwrite: replace eval.json / eval.md of an earlier run in the output folder.
     """
-    from radar_train.cli.common import (check_device, check_positive, run_until_stopped, stopped_status,
-                                        signals_ignored_to_the_end)
+    from radar_train.cli.common import check_device, check_positive, run_until_stopped, stopped_status
     from radar_train.config import parse_int_list
     from radar_train.inference.evaluate import REPORT_FILES, evaluate_restoration, markdown_table, write_report
     from radar_train.inputs import check_dir, check_file
@@ -67,10 +66,10 @@ def evaluate(cache: str, adapter: str, output: str = "outputs/eval", shards: Opt
     print(f"radar-eval: adapter {adapter} on {cache} (shards {shown}) -> {output}")
     result = run_until_stopped("radar-eval", lambda: evaluate_restoration(  # (SIGTERM ended it without a line)
         cache, adapter, shard_list, batch_size, str(dev), vae_checkpoint, lpips, num_workers,
-        allow_train_shards=allow_train_shards, progress=True, distance_bins=distance_bins))
+        allow_train_shards=allow_train_shards, progress=True, distance_bins=distance_bins),
+        ends_command=True)  # (then the report is written and moved into place)
     if result is None:
         return stopped_status()
-    signals_ignored_to_the_end()  # (the report is written and moved into place: the command's end)
     js, md = write_report(result, output, overwrite)
     print(markdown_table(result))
     print(f"wrote {js} and {md}")

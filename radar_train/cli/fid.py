@@ -75,9 +75,9 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     from radar_train.inference.fid import file_sha256, load_inception, markdown_report, reference_key, summarize
     from radar_train.inference.fid_progress import FidProgress, part_name, part_range, run_lock_name
     from radar_train.train import run_lock
-    from radar_train.cli.common import (Stopped, stopped_status, accel_inputs, check_device, check_positive,
-                                        end_stopped_run, model_inputs, note_merged_vqvae, signals_ignored_to_the_end,
-                                        sigterm_stops)
+    from radar_train.cli.common import (Stopped, accel_inputs, check_device, check_positive, end_stopped_run,
+                                        model_inputs, note_merged_vqvae, signals_ignored_to_the_end, sigterm_stops,
+                                        stopped_status)
     from radar_train.export import check_adapter
     from radar_train.inference.pipeline import check_pipeline_args, resolve_device
     from radar_train.models import get_preset
