@@ -329,10 +329,12 @@ class RadarPipeline:
     def fingerprint(self) -> dict:
         """What identifies the samples this pipeline makes, for a command that goes on from an interrupted run
         (radar-fid, radar-generate): the weights (sha256, or the random preset and seed), the method's settings,
-        the sampler's, the adapter's files (sha256) and whether it is merged, the compute dtypes and the
-        radar_train version (the decoder's only when it is not float32, so that progress saved before the option
-        existed still matches). JSON-ready."""
+        the sampler's, the adapter's files (sha256) and whether it is merged, the compute dtypes (the decoder's
+        only when it is not float32, so that progress saved before the option existed still matches), the
+        radar_train version, the digest of its code (`code_digest`: the version string stays the same between
+        releases) and torch's version (either can change the samples by round-off). JSON-ready."""
         import radar_train
+        from radar_train.code_identity import code_digest
         from radar_train.models.checkpoint import file_sha256
 
         adapter = None if self.adapter_dir is None else {
@@ -343,7 +345,8 @@ class RadarPipeline:
 
             check_same_adapter(self.adapter_dir, self._adapter_version)
         return json.loads(json.dumps({
-            "radar_train": radar_train.__version__, "vae": self.vae_identity.value,
+            "radar_train": radar_train.__version__, "radar_train_code": code_digest(), "torch": torch.__version__,
+            "vae": self.vae_identity.value,
             "var": None if self.var_identity is None else self.var_identity.value,
             "accel": _accel_settings(self.accel.describe()), "sampling": asdict(self.sampling), "adapter": adapter,
             "precision": str(self.autocast_dtype or torch.float32),

@@ -174,6 +174,27 @@ def test_other_settings_are_refused_and_overwrite_starts_over(extractors, tmp_pa
     assert not (out / PROGRESS_DIR).exists()
 
 
+def test_progress_saved_by_another_radar_train_code_is_refused_and_overwrite_starts_over(extractors, tmp_path,
+                                                                                         monkeypatch, capsys):
+    import radar_train.code_identity
+
+    out = tmp_path / "fid"
+    _interrupted(extractors, out, monkeypatch)
+    saved = radar_train.code_identity.code_digest()  # (the interrupted run's)
+    before = _files(out)
+    monkeypatch.setattr(radar_train.code_identity, "code_digest", lambda: "0123456789abcdef")
+    capsys.readouterr()
+    assert _main(_args(extractors, out, 9, 3)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: --output {out} holds the progress of a radar-fid run with other settings "
+                   f"(radar_train_code: \"{saved}\" vs \"0123456789abcdef\", saved vs now): it was saved by another "
+                   f"radar_train or torch, whose samples can differ: go on with that installation, or pass --overwrite "
+                   f"to start over (its progress goes)")
+    assert _files(out) == before
+    assert _main(_args(extractors, out, 9, 3, "--overwrite", "true")) == 0
+    assert json.loads((out / "fid.json").read_text())["protocol"]["resumed_at"] == []
+
+
 def test_a_folder_that_is_not_radar_fid_progress_and_a_damaged_state_are_refused(extractors, tmp_path, monkeypatch,
                                                                                 capsys):
     out = tmp_path / "fid"

@@ -185,6 +185,34 @@ def test_other_settings_are_refused_and_overwrite_starts_over(uninterrupted, tmp
     assert _outputs(out) == uninterrupted
 
 
+@pytest.mark.parametrize("key", ["radar_train_code", "torch"])
+def test_progress_saved_by_another_radar_train_or_torch_is_refused_naming_the_installation(key, tmp_path,
+                                                                                            monkeypatch, capsys):
+    """radar_train's version string is the same at every commit between releases: the samples another code (or
+    torch) saved may differ by round-off, and going on would mix them into one run's outputs."""
+    import torch
+
+    import radar_train.code_identity
+
+    out = tmp_path / "gen"
+    _interrupt_at(monkeypatch, 2, KeyboardInterrupt())
+    assert _main(_args(out)) == 130
+    monkeypatch.undo()
+    before = _files(out)
+    if key == "torch":
+        monkeypatch.setattr(torch, "__version__", "9.9.9")
+    else:
+        monkeypatch.setattr(radar_train.code_identity, "code_digest", lambda: "0123456789abcdef")
+    capsys.readouterr()
+    assert _main(_args(out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --output {out} holds the progress of a radar-generate run with other settings "
+                          f"({key}: ")
+    assert err.endswith(", saved vs now): it was saved by another radar_train or torch, whose samples can differ: "
+                        "go on with that installation, or pass --overwrite to start over (its progress goes)")
+    assert _files(out) == before
+
+
 def test_a_folder_that_is_not_radar_generate_progress_is_refused(tmp_path, capsys):
     out = tmp_path / "gen"
     (out / PROGRESS_DIR).mkdir(parents=True)
