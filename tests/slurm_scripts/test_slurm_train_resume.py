@@ -31,6 +31,8 @@ def _ckpt_path(slurm, files: dict[str, float]) -> str | None:
     ({"checkpoints/last.ckpt": 100, "hpc_ckpt_3.ckpt": 300, "checkpoints/step-000006.ckpt": 200},
      "run/hpc_ckpt_3.ckpt"),
     ({"checkpoints/last.ckpt": 200, "checkpoints/best-step-000008.ckpt": 300}, "run/checkpoints/last.ckpt"),
+    # a user's copy of an older last.ckpt, newest after a `cp -r` of the folder: never the run's checkpoint
+    ({"checkpoints/last.ckpt": 200, "checkpoints/last-backup.ckpt": 300}, "run/checkpoints/last.ckpt"),
 ])
 def test_train_sbatch_resumes_from_the_newest_checkpoint(slurm, files, chosen):
     assert _ckpt_path(slurm, files) == chosen
