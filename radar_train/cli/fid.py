@@ -12,13 +12,14 @@ from typing import Optional, Union
 from jsonargparse import CLI
 
 from radar_train.config import AccelArgs, ModelArgs, SamplingConfig
+from radar_train.inference.held_out import HELD_OUT_BASE_SEED
 from radar_train.inference.pipeline import Precision
 
 
 def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
         accel: AccelArgs = AccelArgs(method="fastvar"), sampling: SamplingConfig = SamplingConfig(),
         adapter: Optional[str] = None, merge_adapter: bool = True, inception_logits: Optional[str] = None,
-        reference: Optional[str] = None, num_samples: int = 50000, batch_size: int = 16, base_seed: int = 0,
+        reference: Optional[str] = None, num_samples: int = 50000, batch_size: int = 16, base_seed: int = HELD_OUT_BASE_SEED,
         is_splits: int = 10, save_npz: bool = False, output: str = "outputs/fid", device: str = "auto",
         precision: Precision = "auto", decode_precision: Precision = "fp32",
         classes: Optional[Union[str, int, list[int]]] = None,
@@ -43,7 +44,9 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
         reference: .npz with mu / sigma from the same extractor, or a folder of reference images.
         num_samples: samples per run, at least 2 (the paper protocol uses 50,000 = 50 per ImageNet class).
         batch_size: samples per sampling call.
-        base_seed: seed of sample 0.
+        base_seed: seed of sample 0 (default 10,000,000: past the seeds of any cache of fewer samples made with
+            the default plan.base_seed 0, so that an adapter is not scored on its training pairs; a run whose
+            samples include pairs the adapter was trained on is refused).
         is_splits: Inception Score splits.
         save_npz: also write each run's samples as samples_<run>.npz (arr_0: uint8 N x H x W x 3, streamed to
             disk: 9.8 GB per run at 50,000 samples of 256 px), for the guided-diffusion evaluator.
@@ -144,6 +147,8 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
           f"{', samples as .npz' if save_npz else ''} -> {output}")
     sha = {role: None if path is None else file_sha256(path)
            for role, path in (("inception", inception), ("inception_logits", inception_logits))}
+    if adapter is not None:  # (before a folder's reference statistics, minutes, and the models)
+        check_held_out(model, sampling, adapter, base_seed, num_samples)
     ref = ref_key = None
     if split.num_workers == 1 or not writes_ref:  # (a folder's statistics: read by the workers' merge, once)
         ref, ref_key = fid_reference(reference, writes_ref, output, feats, sha, batch_size, dev, feature_dim,
@@ -247,6 +252,28 @@ def fid_fingerprint(pipe, model, sha: dict, num_samples, batch_size, base_seed, 
     changes a sample (RadarPipeline.fingerprint), a statistic or the samples files."""
     return {**pipe.fingerprint(), "model": model.preset, "num_samples": num_samples, "batch_size": batch_size,
             "base_seed": base_seed, "save_npz": save_npz, **sha}
+
+
+def check_held_out(model, sampling, adapter, base_seed: int, num_samples: int) -> None:
+    """ValueError (one line) when the adapter's run would score pairs it was trained on (`held_out.fid_overlap`:
+    the same VAR, sampler, class and seed as a sample of its training shards). The VAR file is hashed only when
+    the adapter's records meet the samples (seeds and classes) at all."""
+    from dataclasses import asdict
+
+    from radar_train.export import read_radar_config
+    from radar_train.inference.held_out import fid_overlap
+    from radar_train.models import get_preset, var_identity_value
+
+    meta, settings = read_radar_config(adapter), asdict(sampling)
+    num_classes = get_preset(model.preset).var.num_classes
+    hit = fid_overlap(meta, None, settings, num_classes, base_seed, num_samples)  # (any VAR)
+    if hit is not None:
+        var = var_identity_value(model.preset, model.vae_checkpoint, model.var_checkpoint, model.init_seed)
+        hit = fid_overlap(meta, var, settings, num_classes, base_seed, num_samples)
+    if hit is not None:
+        raise ValueError(f"--base_seed {base_seed}: {hit.describe(num_samples)}: the accelerated+adapter FID would "
+                         f"score its training data; give a --base_seed of {hit.held_out_from} or more (past every "
+                         f"seed of those caches)")
 
 
 def fid_reference(reference, writes_ref, output, feats, sha, batch_size, dev, feature_dim, inception, size):

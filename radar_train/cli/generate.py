@@ -101,6 +101,7 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
           f"-> {out}")
     pipe = RadarPipeline.from_config(args)
     note_merged_vqvae(pipe, model, "radar-generate", "vanilla/")
+    note_trained_pairs(pipe, pairs)
     keys = ["vanilla", "accelerated"] + (["accelerated+adapter"] if pipe.adapted_decoder is not None else [])
     settings = {**pipe.fingerprint(), "model": model.preset, "classes": cls_list, "seeds": seed_list,
                 "batch_size": batch_size}
@@ -184,5 +185,22 @@ def main(argv: list[str] | None = None) -> None:
     run_main("radar-generate", lambda args: CLI(generate, args=args, exit_on_error=False), argv)
 
 
+def note_trained_pairs(pipe, pairs: list[tuple[int, int]]) -> None:
+    """A note when samples are pairs the adapter was trained on (`held_out.grid_overlap`): their restored images
+    show how it fits its training data, not how it restores new samples."""
+    from dataclasses import asdict
+
+    from radar_train.inference.held_out import grid_overlap
+
+    if pipe.adapter_meta is None:
+        return
+    var = None if pipe.var_identity is None else pipe.var_identity.value
+    hit = grid_overlap(pipe.adapter_meta, var, asdict(pipe.sampling), [c for c, _ in pairs], [s for _, s in pairs])
+    if hit is not None:
+        print(f"radar-generate: note: {hit.describe(len(pairs))}: their restored/ images are of its training data; "
+              f"seeds from {hit.held_out_from} on are held out")
+
+
 if __name__ == "__main__":
     main()
+

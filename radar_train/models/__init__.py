@@ -110,6 +110,15 @@ def _resolve(preset: ModelPreset, vae_checkpoint, var_checkpoint, init_seed, nee
     return vae_checkpoint, var_checkpoint, seed
 
 
+def var_identity_value(preset_name: str, vae_checkpoint: Optional[str] = None, var_checkpoint: Optional[str] = None,
+                       init_seed: Optional[int] = None) -> str:
+    """The `value` of the VAR identity `load_models` gives for these arguments (the file's sha256, or
+    '<preset>:seed=<n>'), without building the model."""
+    preset = get_preset(preset_name)
+    _, var_checkpoint, seed = _resolve(preset, vae_checkpoint, var_checkpoint, init_seed)
+    return _identity(preset, var_checkpoint, seed, preset.var).value
+
+
 def load_models(preset_name: str, vae_checkpoint: Optional[str] = None, var_checkpoint: Optional[str] = None,
                 device: torch.device | str = "cpu", init_seed: Optional[int] = None, with_var: bool = True,
                 ) -> tuple[VQVAE, Optional[VAR], ModelIdentity, Optional[ModelIdentity]]:
