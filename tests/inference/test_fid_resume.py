@@ -164,9 +164,9 @@ def test_other_settings_are_refused_and_overwrite_starts_over(extractors, tmp_pa
     capsys.readouterr()
     assert _main(_args(extractors, out, 9, 3, "--base_seed", "5")) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"error: --output {out} holds the progress of a radar-fid run with other settings (base_seed: 10000000 "
-                   f"vs 5, saved vs now): give its settings to go on with it, or pass --overwrite to start over (its "
-                   f"progress goes)")
+    assert err == (f"error: --output {out} holds the progress of a radar-fid run with other settings "
+                   f"(base_seed: 10000000 vs 5, saved vs now): give its settings to go on with it, or pass --overwrite "
+                   f"to start over (its progress goes)")
     assert _files(out) == before
     assert _main(_args(extractors, out, 9, 3, "--base_seed", "5", "--overwrite", "true")) == 0
     assert "going on" not in capsys.readouterr().out
