@@ -146,7 +146,7 @@ def check_grid(classes: Union[str, list[int]], seeds: Union[str, list[int]],
 
 
 def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str] = None,
-         classes: Union[str, list[int]] = "0-9", seeds: Union[str, list[int]] = "0-1",
+         classes: Union[str, list[int]] = "0-9", seeds: Union[str, list[int]] = "1000000-1000001",
          train_steps: Optional[int] = None) -> int:
     """Run cache -> train -> export -> generate -> eval on a small model.
 
@@ -156,7 +156,8 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
             (toy: the shipped toy-world model; tiny: random weights).
         configs: the configs folder (default: the configs/ of the checkout the package is in, else ./configs).
         classes: classes of the comparison grid, e.g. "0-3,7" (within the model's class count).
-        seeds: seeds of the comparison grid, e.g. "0-1".
+        seeds: seeds of the comparison grid, e.g. "1000000-1000001" (held out: the cache's samples, some of
+            them the adapter's training pairs, have seeds from 0).
         train_steps: override the training config's max_steps.
 
     The output folder must be new, empty, or an earlier demo's (which is resumed). Every option is checked
