@@ -370,3 +370,20 @@ def test_export_to_an_empty_output_is_refused_before_its_start_line(tmp_path, ca
     # (nor a checkpoint that is not there: its checks come before the start line)
     code, err = call_cli("train", ["export", "--ckpt", "x.ckpt", "--output", "out"], tmp_path)
     assert code == 2 and "x.ckpt" in err and capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("accumulate, warned", [(3, True), (2, False), (4, False)])
+def test_an_epoch_that_accumulation_does_not_divide_is_said_before_the_fit(world, tmp_path, accumulate, warned,
+                                                                           caplog):
+    """Lightning ends such an epoch with a step of the batches left (a d36 recipe's 625 batches of 8 pairs,
+    accumulated 2 by 2, ended each epoch with a step of 8 pairs whose gradient weighed half); the run is refused
+    here only for its val_check_interval, so that nothing trains."""
+    argv = fit_args(world, tmp_path, "--trainer.accumulate_grad_batches", str(accumulate),
+                    "--trainer.val_check_interval", "50", "--trainer.check_val_every_n_epoch", "1")
+    code, err = call_cli("train", argv, tmp_path)
+    assert code == 2 and "--trainer.val_check_interval 50" in err.splitlines()[-1]
+    line = ("radar-train fit: an epoch holds 4 batches per rank, not a multiple of "
+            "--trainer.accumulate_grad_batches 3: Lightning ends each epoch with an optimizer step of the 1 batch(es) "
+            "left (a gradient 1/3 of a full step's), and a val_check_interval in batches then falls inside a step, "
+            "where the run saves nothing; for steps of 3 whole batches, train on a multiple of 12 pairs per rank")
+    assert (line in [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]) is warned, caplog.text

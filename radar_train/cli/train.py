@@ -817,6 +817,15 @@ def _make_cli_class(subcommand: str):
             if batches == 0:
                 raise ValueError(f"--trainer.limit_train_batches {limit}: an epoch of the training data has no "
                                  f"batch, so nothing would be trained")
+            k = getattr(t, "accumulate_grad_batches", 1)
+            if isinstance(k, int) and k > 1 and batches % k and getattr(t, "global_rank", 0) == 0:
+                b = getattr(self.datamodule, "batch_size", None)
+                logging.getLogger("radar_train").warning(
+                    f"radar-train fit: an epoch holds {batches} batches per rank, not a multiple of "
+                    f"--trainer.accumulate_grad_batches {k}: Lightning ends each epoch with an optimizer step of the "
+                    f"{batches % k} batch(es) left (a gradient {batches % k}/{k} of a full step's), and a "
+                    f"val_check_interval in batches then falls inside a step, where the run saves nothing; for "
+                    f"steps of {k} whole batches, train on a multiple of {k * b if b else k} pairs per rank")
             interval = getattr(t, "val_check_interval", None)  # (not set for a time: "00:01:00:00")
             if isinstance(interval, int) and t.check_val_every_n_epoch is not None and interval > batches:
                 raise ValueError(f"--trainer.val_check_interval {interval} is more batches than an epoch holds "
