@@ -315,7 +315,7 @@ def other_progress_error(output: PathLike, command: str, diffs: Sequence[str], o
     Progress saved by another radar_train code or torch (the pipeline's fingerprint: `radar_train_code`, `torch`)
     cannot be continued by giving settings: the advice names the installation instead."""
     installation = any(d.split(":", 1)[0] in ("radar_train_code", "torch") for d in diffs)
-    advice = ("it was saved by another radar_train or torch, whose samples can differ: go on with that "
+    advice = ("it was saved by another radar_train or torch, whose outputs can differ: go on with that "
               "installation" if installation else f"give its {what} to go on with it")
     return OutputError(f"--output {output} holds the progress of a {command} run {of} ({'; '.join(diffs[:4])}"
                        f"{'; ...' if len(diffs) > 4 else ''}, saved vs now): {advice}, or pass --overwrite to start "

@@ -17,6 +17,7 @@ from typing import Mapping
 
 import torch
 
+from radar_train.code_identity import code_digest
 from radar_train.models import save_weights
 from radar_train.outputs import (OutputError, check_progress_folder, fingerprint_differences, fresh_progress_folder,
                                  other_progress_error, read_progress_json, write_text_atomic)
@@ -47,6 +48,9 @@ class ToyTrainProgress:
         self.output = Path(output)
         self.dir = self.output / PROGRESS_DIR
         self.recipe = _flat(json.loads(json.dumps(dict(recipe))))
+        # the code that trains the stages (the version string is the same at every commit between releases): a
+        # stage another radar_train or torch saved would make other bytes than an uninterrupted run's
+        self.code = {"radar_train_code": code_digest(), "torch": torch.__version__}
         self.created = False
 
     def check(self, overwrite: bool) -> bool:
@@ -58,7 +62,9 @@ class ToyTrainProgress:
         if not path.is_file():  # (a run killed while it removed the folder at its end: nothing to go on from)
             return False
         stored = read_progress_json(path, self.output, self.dir, "radar-toy train")
-        diffs = fingerprint_differences(stored, self.recipe, prefix="--recipe.")
+        code = {k: stored.pop(k, None) for k in self.code}  # (None: saved before it was recorded, 2026-12-07)
+        diffs = fingerprint_differences(stored, self.recipe, prefix="--recipe.") + fingerprint_differences(
+            code, self.code)
         if not diffs:
             return True
         if overwrite:
@@ -68,7 +74,7 @@ class ToyTrainProgress:
     def open(self, go_on: bool) -> None:
         if go_on:
             return
-        fresh_progress_folder(self.dir, RECIPE_NAME, self.recipe)
+        fresh_progress_folder(self.dir, RECIPE_NAME, {**self.recipe, **self.code})
         self.created = True
 
     def done(self) -> list[str]:

@@ -188,7 +188,7 @@ def test_progress_saved_by_another_radar_train_code_is_refused_and_overwrite_sta
     err = capsys.readouterr().err.strip()
     assert err == (f"error: --output {out} holds the progress of a radar-fid run with other settings "
                    f"(radar_train_code: \"{saved}\" vs \"0123456789abcdef\", saved vs now): it was saved by another "
-                   f"radar_train or torch, whose samples can differ: go on with that installation, or pass --overwrite "
+                   f"radar_train or torch, whose outputs can differ: go on with that installation, or pass --overwrite "
                    f"to start over (its progress goes)")
     assert _files(out) == before
     assert _main(_args(extractors, out, 9, 3, "--overwrite", "true")) == 0

@@ -208,7 +208,7 @@ def test_progress_saved_by_another_radar_train_or_torch_is_refused_naming_the_in
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: --output {out} holds the progress of a radar-generate run with other settings "
                           f"({key}: ")
-    assert err.endswith(", saved vs now): it was saved by another radar_train or torch, whose samples can differ: "
+    assert err.endswith(", saved vs now): it was saved by another radar_train or torch, whose outputs can differ: "
                         "go on with that installation, or pass --overwrite to start over (its progress goes)")
     assert _files(out) == before
 

@@ -114,6 +114,22 @@ def test_the_progress_of_another_recipe_is_refused_without_overwrite(tmp_path, m
     assert list(out.iterdir()) == []  # (the folder was there before this run: it stays)
 
 
+def test_the_progress_another_radar_train_saved_is_refused_naming_the_installation(tmp_path, monkeypatch):
+    """The version string is the same at every commit between releases: a stage another code trained would make
+    other bytes than an uninterrupted run's."""
+    import radar_train.toyworld.train_progress as progress_mod
+
+    out = tmp_path / "weights"
+    _stopped_in_the_var(out, monkeypatch)
+    before = snapshot(tmp_path)
+    monkeypatch.setattr(progress_mod, "code_digest", lambda: "0123456789abcdef")
+    with pytest.raises(OutputError, match=r"of another recipe \(radar_train_code: \"[0-9a-f]{16}\" vs "
+                                          r"\"0123456789abcdef\", saved vs now\): it was saved by another radar_train "
+                                          r"or torch, whose outputs can differ: go on with that installation"):
+        train_all(_tiny(), out)
+    assert_unchanged(before, snapshot(tmp_path))
+
+
 def test_the_files_dtype_is_not_part_of_the_recipe_a_run_goes_on_with(tmp_path, monkeypatch):
     out = tmp_path / "weights"
     _stopped_in_the_var(out, monkeypatch)
