@@ -42,72 +42,79 @@ def _without_engine(sampling: dict) -> dict:
     return {k: v for k, v in sampling.items() if k != "engine"}
 
 
-def _matching(meta: dict, var_value: Optional[str], sampling: dict) -> list[dict]:
-    """The adapter's cache records whose pairs are of this VAR and sampler (see the module's note)."""
+def _training_samples(record, var_value: Optional[str], sampling: dict):
+    """(labels, seeds, end of the plan's seeds, path) of a cache record's training shards when its pairs are of
+    this VAR and sampler (see the module's note); None for a record of others, and for one that does not read
+    (a hand-edited radar_config.yaml: radar-train writes every field; nothing can be told of its pairs)."""
     from radar_train.cache.plan import Plan
 
-    out = []
-    for record in (meta or {}).get("caches") or []:
-        if not isinstance(record, dict) or not isinstance(record.get("plan"), dict):
-            continue
-        try:
-            Plan.from_dict(record["plan"])
-        except (KeyError, TypeError, ValueError):
-            continue
-        var = ((record.get("model") or {}).get("var") or {}).get("value")
+    try:
+        model = record.get("model") or {}
+        var = (model.get("var") or {}).get("value")
         if var is not None and var_value is not None and var != var_value:
-            continue
+            return None
         theirs = record.get("sampling")
         if isinstance(theirs, dict) and _without_engine(theirs) != _without_engine(sampling):
-            continue
-        out.append(record)
-    return out
-
-
-def _overlap(records: list[dict], hit) -> Optional[TrainedOverlap]:
-    """`hit(labels, seeds)` -> (count, index of a first hit or None) over each record's training samples."""
-    from radar_train.cache.plan import Plan
-
-    count, example, caches, end = 0, None, [], 0
-    for record in records:
+            return None
         plan = Plan.from_dict(record["plan"])
-        end = max(end, plan.base_seed + plan.num_samples)
         labels, seeds = plan.shard_samples([int(s) for s in record.get("train_shards") or []])
-        n, first = hit(labels, seeds)
-        if n:
-            count += n
-            caches.append(str(record.get("path")))
-            if example is None:
-                example = (int(labels[first]), int(seeds[first]))
-    if not count:
+        end = int(plan.base_seed) + plan.num_samples
+        labels, seeds = np.asarray(labels, dtype=np.int64), np.asarray(seeds, dtype=np.int64)
+    except (AttributeError, KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError):
         return None
-    return TrainedOverlap(count, example[0], example[1], tuple(caches), end)
+    return labels, seeds, end, str(record.get("path"))
+
+
+def _overlap(meta: dict, var_value: Optional[str], sampling: dict, hits) -> Optional[TrainedOverlap]:
+    """`hits(labels, seeds)` -> the run's sample numbers that are among those training samples; each sample of the
+    run counts once, however many of the adapter's caches hold it (one adapter trained on a FastVAR and a StageVAR
+    cache of the same plan has each pair twice)."""
+    caches = (meta or {}).get("caches") if isinstance(meta, dict) else None
+    found: dict[int, tuple[int, int]] = {}
+    names, end = [], 0
+    for record in caches if isinstance(caches, list) else []:
+        got = _training_samples(record, var_value, sampling) if isinstance(record, dict) else None
+        if got is None:
+            continue
+        labels, seeds, record_end, path = got
+        end = max(end, record_end)
+        where = hits(labels, seeds)  # {run sample: position among these training samples}
+        if where:
+            names.append(path)
+            for sample, k in where.items():
+                found.setdefault(sample, (int(labels[k]), int(seeds[k])))
+    if not found:
+        return None
+    first = found[min(found)]
+    return TrainedOverlap(len(found), first[0], first[1], tuple(dict.fromkeys(names)), end)
 
 
 def fid_overlap(meta: dict, var_value: Optional[str], sampling: dict, num_classes: int, base_seed: int,
                 num_samples: int) -> Optional[TrainedOverlap]:
     """The training pairs among radar-fid's samples (i: class i mod num_classes, seed base_seed + i, i <
     num_samples); None when there are none."""
-    def hit(labels: np.ndarray, seeds: np.ndarray):
+    def hits(labels: np.ndarray, seeds: np.ndarray) -> dict[int, int]:
         i = seeds - base_seed
-        inside = (i >= 0) & (i < num_samples)
-        same = np.zeros(len(seeds), dtype=bool)
-        same[inside] = labels[inside] == i[inside] % num_classes
-        hits = np.flatnonzero(same)
-        return len(hits), (int(hits[0]) if len(hits) else None)
+        inside = np.flatnonzero((i >= 0) & (i < num_samples))
+        same = inside[labels[inside] == i[inside] % num_classes]
+        return {int(i[k]): int(k) for k in same}
 
-    return _overlap(_matching(meta, var_value, sampling), hit)
+    return _overlap(meta, var_value, sampling, hits)
 
 
 def grid_overlap(meta: dict, var_value: Optional[str], sampling: dict, labels: Sequence[int],
                  seeds: Sequence[int]) -> Optional[TrainedOverlap]:
     """The training pairs among samples (labels[k], seeds[k]); None when there are none."""
-    wanted = set(zip((int(c) for c in labels), (int(s) for s in seeds)))
+    wanted = {(int(c), int(s)): n for n, (c, s) in enumerate(zip(labels, seeds))}
     wanted_seeds = np.asarray(sorted({s for _, s in wanted}), dtype=np.int64)
 
-    def hit(lab: np.ndarray, sd: np.ndarray):
+    def hits(lab: np.ndarray, sd: np.ndarray) -> dict[int, int]:
         near = np.flatnonzero(np.isin(sd, wanted_seeds))  # (a cache of a million samples: its seeds first)
-        same = [int(k) for k in near if (int(lab[k]), int(sd[k])) in wanted]
-        return len(same), (same[0] if same else None)
+        out = {}
+        for k in near:
+            n = wanted.get((int(lab[k]), int(sd[k])))
+            if n is not None:
+                out.setdefault(n, int(k))
+        return out
 
-    return _overlap(_matching(meta, var_value, sampling), hit)
+    return _overlap(meta, var_value, sampling, hits)

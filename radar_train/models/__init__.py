@@ -11,8 +11,8 @@ from typing import Optional
 
 import torch
 
-from .checkpoint import (CheckpointError, file_sha256, load_var_weights, load_vqvae_weights, read_state_dict,
-                         save_weights)
+from .checkpoint import (CheckpointError, check_checkpoint_path, file_sha256, load_var_weights, load_vqvae_weights,
+                         read_state_dict, save_weights)
 from .configs import MODEL_PRESETS, ModelPreset, VARConfig, VQVAEConfig, get_preset
 from .hooks import KVCache, StepHooks
 from .init import init_random_
@@ -116,6 +116,8 @@ def var_identity_value(preset_name: str, vae_checkpoint: Optional[str] = None, v
     '<preset>:seed=<n>'), without building the model."""
     preset = get_preset(preset_name)
     _, var_checkpoint, seed = _resolve(preset, vae_checkpoint, var_checkpoint, init_seed)
+    if var_checkpoint is not None:  # (named as the loading names it: not an OS error of the hashing)
+        check_checkpoint_path(var_checkpoint)
     return _identity(preset, var_checkpoint, seed, preset.var).value
 
 

@@ -38,13 +38,9 @@ def _path(path: str | Path) -> Path:
     return Path(path)
 
 
-def read_state_dict(path: str | Path, role: Literal["var", "vqvae"] | None = None,
-                    shapes_only: bool = False) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint file (.pth/.pt/.bin via torch, .safetensors, .safetensors.xz). `role` picks
-    the model inside a file that holds both: an official trainer checkpoint keeps the VAR under
-    'var_wo_ddp' and the VQ-VAE under 'vae_local'; without a role the VAR is taken. `shapes_only`: for the
-    checks alone, reading as little as the format allows (a .safetensors file's header: meta tensors; a torch
-    zip file memory-mapped); the values must not be used."""
+def check_checkpoint_path(path: str | Path) -> Path:
+    """The path of a checkpoint file that exists and is a regular file; CheckpointError (one line naming it)
+    otherwise: before it is read or hashed."""
     p = _path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: checkpoint file not found")
@@ -52,6 +48,17 @@ def read_state_dict(path: str | Path, role: Literal["var", "vqvae"] | None = Non
         raise CheckpointError(f"{p}: is a directory, expected a checkpoint file")
     if not p.is_file():  # (/dev/zero was read until the memory ran out)
         raise CheckpointError(f"{p}: is not a regular file (a device, pipe or socket), expected a checkpoint file")
+    return p
+
+
+def read_state_dict(path: str | Path, role: Literal["var", "vqvae"] | None = None,
+                    shapes_only: bool = False) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint file (.pth/.pt/.bin via torch, .safetensors, .safetensors.xz). `role` picks
+    the model inside a file that holds both: an official trainer checkpoint keeps the VAR under
+    'var_wo_ddp' and the VQ-VAE under 'vae_local'; without a role the VAR is taken. `shapes_only`: for the
+    checks alone, reading as little as the format allows (a .safetensors file's header: meta tensors; a torch
+    zip file memory-mapped); the values must not be used."""
+    p = check_checkpoint_path(path)
     name = p.name.lower()
     try:
         if name.endswith(".safetensors.xz"):

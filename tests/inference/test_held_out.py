@@ -125,3 +125,38 @@ def test_the_var_identity_without_loading_is_the_loaded_models(tmp_path):
     _, _, _, from_file = load_models("tiny", var_checkpoint=str(tmp_path / "var.pth"), init_seed=3)
     assert var_identity_value("tiny", var_checkpoint=str(tmp_path / "var.pth"), init_seed=3) == from_file.value
     assert from_file.kind == "file" and len(from_file.value) == 64
+
+
+def test_a_sample_in_two_of_the_adapters_caches_counts_once():
+    """An adapter trained on a FastVAR and a StageVAR cache of the same plan holds each pair twice: '4 of the 2
+    samples' before."""
+    two = {"caches": _meta()["caches"] * 2}
+    two["caches"][1] = {**two["caches"][1], "path": "cache/stagevar"}
+    hit = fid_overlap(two, "tiny:seed=0", SAMPLING, 10, 0, 100)
+    assert (hit.count, hit.caches) == (64, ("cache/tiny", "cache/stagevar"))
+    assert fid_overlap(two, "tiny:seed=0", SAMPLING, 10, 0, 2).count == 2
+    assert grid_overlap(two, "tiny:seed=0", SAMPLING, [0, 0, 1, 1], [0, 1, 0, 1]).count == 2
+
+
+@pytest.mark.parametrize("edit", [
+    lambda r: r.update(model="x"), lambda r: r["model"].update(var="x"), lambda r: r["plan"].update(shard_size=0),
+    lambda r: r["plan"].update(images_per_class="8"), lambda r: r["plan"].update(base_seed=None),
+    lambda r: r["plan"].update(classes="0-3"), lambda r: r.update(train_shards="0-3"), lambda r: r.pop("plan")])
+def test_a_cache_record_that_does_not_read_is_left_out_without_a_traceback(edit):
+    meta = _meta()
+    edit(meta["caches"][0])
+    assert fid_overlap(meta, "tiny:seed=0", SAMPLING, 10, 0, 100) is None
+    assert grid_overlap(meta, "tiny:seed=0", SAMPLING, [0], [0]) is None
+    for odd in ({"caches": "x"}, {"caches": ["x"]}, "x", None):
+        assert fid_overlap(odd, "tiny:seed=0", SAMPLING, 10, 0, 100) is None
+
+
+@pytest.mark.parametrize("name, said", [("nope.pt", "nope.pt: checkpoint file not found"),
+                                        ("folder", "folder: is a directory, expected a checkpoint file")])
+def test_a_var_file_that_is_not_one_is_named_as_the_model_loading_names_it(name, said, trained_run, tmp_path):
+    (tmp_path / "folder").mkdir()
+    argv = ["--config", str(ROOT / "configs/generate/tiny.yaml"), "--adapter", str(trained_run["adapter"]), "--device",
+            "cpu", "--num_samples", "2", "--save_npz", "true", "--base_seed", "0", "--model.var_checkpoint", name,
+            "--output", "fid"]
+    code, err = call_cli("fid", argv, tmp_path)
+    assert code == 2 and assert_one_line_error(err) == f"error: {said}"
