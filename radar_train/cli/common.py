@@ -53,11 +53,17 @@ class _DropMessages(logging.Filter):
         return not any(f in msg for f in self.fragments)
 
 
+# a log record's attribute (`extra={HOLD: True}`) that has InfoHold hold a warning too: one about the set-up that a
+# later check may still refuse (its error line then comes alone)
+HOLD = "radar_hold_until_checked"
+
+
 class InfoHold:
     """Holds the INFO lines a command logs while it sets up (Lightning's "GPU available", the seed, the LoRA
     summary) until its checks have passed: `release()` prints them then, in order; `end()` drops any still held,
-    so that input a check refuses gets its one error line alone. Warnings and errors are never held. Every
-    handler of the root logger and of the loggers that have their own (Lightning's) is covered."""
+    so that input a check refuses gets its one error line alone. Warnings and errors are never held, but for
+    warnings logged with `extra={HOLD: True}`. Every handler of the root logger and of the loggers that have
+    their own (Lightning's) is covered."""
 
     def __init__(self) -> None:
         self.held: list[tuple[logging.Handler, logging.LogRecord]] = []
@@ -94,7 +100,7 @@ class _Hold(logging.Filter):
         self.owner, self.handler = owner, handler
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING:
+        if record.levelno >= logging.WARNING and not getattr(record, HOLD, False):
             return True
         self.owner.held.append((self.handler, record))
         return False

@@ -813,19 +813,26 @@ def _make_cli_class(subcommand: str):
             if batches == 0:
                 raise ValueError(f"{too_few}, so nothing would be trained")
             limit = t.limit_train_batches
+            whole = batches
             batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
             if batches == 0:
                 raise ValueError(f"--trainer.limit_train_batches {limit}: an epoch of the training data has no "
                                  f"batch, so nothing would be trained")
             k = getattr(t, "accumulate_grad_batches", 1)
+            self._uneven_epoch = None
             if isinstance(k, int) and k > 1 and batches % k and getattr(t, "global_rank", 0) == 0:
+                from radar_train.cli.common import HOLD
+
                 b = getattr(self.datamodule, "batch_size", None)
+                fix = (f"give --trainer.limit_train_batches a multiple of {k}" if batches < whole else
+                       f"train on a multiple of {k * b if b else k} pairs per rank")
+                self._uneven_epoch = batches
                 logging.getLogger("radar_train").warning(
                     f"radar-train fit: an epoch holds {batches} batches per rank, not a multiple of "
                     f"--trainer.accumulate_grad_batches {k}: Lightning ends each epoch with an optimizer step of the "
                     f"{batches % k} batch(es) left (a gradient {batches % k}/{k} of a full step's), and a "
                     f"val_check_interval in batches then falls inside a step, where the run saves nothing; for "
-                    f"steps of {k} whole batches, train on a multiple of {k * b if b else k} pairs per rank")
+                    f"steps of {k} whole batches, {fix}", extra={HOLD: True})
             interval = getattr(t, "val_check_interval", None)  # (not set for a time: "00:01:00:00")
             if isinstance(interval, int) and t.check_val_every_n_epoch is not None and interval > batches:
                 raise ValueError(f"--trainer.val_check_interval {interval} is more batches than an epoch holds "
@@ -883,8 +890,10 @@ def _make_cli_class(subcommand: str):
             m = self.datamodule.batch_size
             interval = getattr(t, "val_check_interval", None)
             steps = interval / k if isinstance(interval, int) else None
-            cadence = (f"; validation every {interval} micro-batches = {steps:g} optimizer step{'s' * (steps != 1)} "
-                       f"(trainer.val_check_interval counts micro-batches)") if steps is not None else ""
+            about = "about " if getattr(self, "_uneven_epoch", None) else ""  # (each epoch's last step: the rest)
+            cadence = (f"; validation every {interval} micro-batches = {about}{steps:g} optimizer "
+                       f"step{'s' * (steps != 1)} (trainer.val_check_interval counts micro-batches)"
+                       ) if steps is not None else ""
             logging.getLogger("radar_train").info(
                 "radar-train fit: %d pairs per optimizer step per device, in %d micro-batches of %d "
                 "(trainer.accumulate_grad_batches)%s", m * k, k, m, cadence)
