@@ -160,7 +160,7 @@ class ResumableLoader(DataLoader):
 class StreamLoader(DataLoader):
     """The training DataLoader of a WebDataset export (`WdsPairs`): a stream whose position in an epoch
     (shuffle buffer, tar offsets in each worker) is not saved. It counts the epochs it was iterated and
-    hands the count to the stream (whose persistent worker copies count alike), so each epoch has its own
+    hands the count to the stream (its workers start anew each epoch from that stream), so each epoch has its own
     order. A checkpoint holds the epoch in progress, and a resumed run starts that epoch's order again
     from its beginning, saying so in one line; a checkpoint taken once an epoch's batches were all read (the
     last step of an epoch: Lightning has already fetched past it) holds the next epoch, at its beginning
@@ -515,7 +515,10 @@ class PairDataModule(pl.LightningDataModule):
         if isinstance(ds, torch.utils.data.IterableDataset):
             if not train:
                 return EvalStreamLoader.of(ds, **kw)
-            loader = StreamLoader(ds, drop_last=self.drop_last, **kw)
+            # workers started anew each epoch from the stream whose epoch StreamLoader set: persistent ones counted
+            # the epochs of their own copies, the iteration Lightning starts and drops around a restart included, so
+            # a run resumed at an epoch's end read the epoch after the one it trained
+            loader = StreamLoader(ds, drop_last=self.drop_last, **{**kw, "persistent_workers": False})
             loader.max_batches = self._stream_batches(ds)
             return loader
         rank, world = self._rank()

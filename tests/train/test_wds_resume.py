@@ -8,13 +8,18 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from safetensors.torch import load_file
 from tiny_training import run_train_cli, tiny_fit_argv
 
 STEPS_PER_EPOCH = 8  # shards 0-1: 32 pairs, batch 4, one stream (no workers)
 
 
-def test_a_run_stopped_at_an_epoch_end_resumes_exactly_without_a_warning(tiny_cache, tmp_path, caplog):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_run_stopped_at_an_epoch_end_resumes_exactly_without_a_warning(workers, tiny_cache, tmp_path, caplog):
+    """(workers 1: the loader's persistent worker counted the epochs of its own copy of the stream, the dropped
+    iteration included, so the resumed run read the epoch after the one it trained)"""
     from radar_train.cache.wds import export_wds
 
     wds = tmp_path / "wds"
@@ -24,7 +29,8 @@ def test_a_run_stopped_at_an_epoch_end_resumes_exactly_without_a_warning(tiny_ca
     def fit(root: str, steps: int, *extra: str) -> int:
         return run_train_cli(tiny_fit_argv(tiny_cache, tmp_path / root, steps, "--data.caches", caches,
                                            "--trainer.val_check_interval", "8",
-                                           "--model.output.save_every_n_steps", "4", *extra))
+                                           "--model.output.save_every_n_steps", "4", "--data.num_workers",
+                                           str(workers), *extra))
 
     assert fit("whole", STEPS_PER_EPOCH + 4) == 0
     assert fit("split", STEPS_PER_EPOCH) == 0
