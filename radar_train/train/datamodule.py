@@ -176,8 +176,7 @@ class StreamLoader(DataLoader):
         self.dataset.epoch = self._reading = self._epoch  # (read by the workers when they start; they count on)
         self._epoch += 1
         self._finished, self._yielded = False, 0
-        batches = super().__iter__()
-        return self._to_the_end(batches if self.max_batches is None else itertools.islice(batches, self.max_batches))
+        return self._to_the_end(super().__iter__())
 
     def set_epoch(self, epoch: int) -> None:
         """The next iteration reads epoch `epoch`: the training loop's count (RadarLoraModule.on_train_epoch_start
@@ -186,9 +185,15 @@ class StreamLoader(DataLoader):
         self._epoch = int(epoch)
 
     def _to_the_end(self, batches):
-        for batch in batches:
+        for batch in batches if self.max_batches is None else itertools.islice(batches, self.max_batches):
             self._yielded += 1
             yield batch
+        if self.max_batches is not None:
+            # the rest of the epoch's stream (the drop_last remainder, a larger rank's extra batches), unused, read to
+            # its end, where the stream checks each tar's pair count: a last tar cut short or emptied since the export
+            # was never reached, and every epoch trained without its pairs, without a word
+            for _ in batches:
+                pass
         self._finished = True
 
     def state_dict(self) -> dict:

@@ -447,6 +447,27 @@ def test_a_tar_damaged_after_the_dataset_was_made_names_itself(make_synthetic, t
         list(ds)
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_emptied_last_tar_is_named_when_the_epochs_batches_are_full_without_it(make_synthetic, tmp_path, workers):
+    """Training reads an epoch's batches from the index's counts (StreamLoader.max_batches) and stopped there: with
+    no shuffle buffer reading ahead, a last tar emptied since (its 2 pairs the drop_last remainder) was never
+    reached, and each epoch trained without it, without a word."""
+    import tarfile
+
+    from radar_train.inputs import InputError
+    from radar_train.train.datamodule import StreamLoader
+
+    export_wds(str(make_synthetic(num_samples=18, shard_size=8)), str(tmp_path / "wds"), progress=False)
+    ds = WdsPairs(tmp_path / "wds", shuffle=0, shardshuffle=False)
+    loader = StreamLoader(ds, batch_size=4, drop_last=True, num_workers=workers)
+    loader.max_batches = 4  # (18 pairs in batches of 4)
+    assert len(list(loader)) == 4  # whole: the remainder is read, unused
+    tar = tmp_path / "wds" / "pairs-00002.tar"
+    tarfile.open(tar, "w").close()
+    with pytest.raises(InputError, match=rf"{tar}: WebDataset tar holds 0 pairs, its index 2"):  # (a worker's: in
+        list(loader)  # torch's "Caught InputError in DataLoader worker process 0", which the training run unwraps)
+
+
 def test_a_brace_pattern_names_the_tars():
     assert WdsPairs("/data/wds/pairs-{00000..00002}.tar").urls == [f"/data/wds/pairs-0000{k}.tar" for k in range(3)]
 
