@@ -203,4 +203,3 @@ def note_trained_pairs(pipe, pairs: list[tuple[int, int]]) -> None:
 
 if __name__ == "__main__":
     main()
-
