@@ -16,7 +16,7 @@ from tiny_training import run_train_cli, tiny_fit_argv
 STEPS_PER_EPOCH = 8  # shards 0-1: 32 pairs, batch 4, one stream (no workers)
 
 
-@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("workers", [0, 1, 2])
 def test_a_run_stopped_at_an_epoch_end_resumes_exactly_without_a_warning(workers, tiny_cache, tmp_path, caplog):
     """(workers 1: the loader's persistent worker counted the epochs of its own copy of the stream, the dropped
     iteration included, so the resumed run read the epoch after the one it trained)"""
