@@ -87,8 +87,6 @@ EARLY_RUN_ENTRIES = ("config.yaml", "tb", "checkpoints")
 RUN_ENTRIES = ("config.yaml", "tb", "checkpoints", "final")
 # ckpt_path values Lightning resolves itself
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
-# a step's checkpoint in RUN/checkpoints (RadarLoraModule.checkpoint_callback)
-STEP_CKPT = re.compile(r"step-(\d+)\.ckpt")
 STEP_EXPORT = re.compile(r"step-(\d+)")  # a step's adapter export, RUN/step-NNNNNN/
 # what Lightning's SLURM requeue saves at the run folder's top level (resumed with --ckpt_path hpc)
 HPC_CKPT = re.compile(r"hpc_ckpt_(\d+)\.ckpt")
@@ -473,6 +471,8 @@ def newest_step_checkpoint(root: str | os.PathLike) -> Optional[tuple[int, Path]
     """RUN/checkpoints/step-NNNNNN.ckpt of the highest step, with its step, or None. A run saves a step's file
     first and last.ckpt after it: a run killed between the two has a step file newer than last.ckpt (or the
     only checkpoint, at its first save), which `--ckpt_path last` resumes from."""
+    from radar_train.train.run_checkpoint import STEP_CKPT
+
     found = [(int(m.group(1)), e) for e in (Path(root) / "checkpoints").glob("step-*.ckpt")
              if (m := STEP_CKPT.fullmatch(e.name)) and e.is_file()]
     return max(found) if found else None

@@ -39,7 +39,10 @@ class TrainedOverlap:
 
 
 def _without_engine(sampling: dict) -> dict:
-    return {k: v for k, v in sampling.items() if k != "engine"}
+    """The sampler settings that decide a sample (a cache's INFORMATIONAL_FIELDS left out: the engine)."""
+    from radar_train.cache.schema import INFORMATIONAL_FIELDS
+
+    return {k: v for k, v in sampling.items() if f"sampling.{k}" not in INFORMATIONAL_FIELDS}
 
 
 def _training_samples(record, var_value: Optional[str], sampling: dict):
@@ -69,7 +72,7 @@ def _overlap(meta: dict, var_value: Optional[str], sampling: dict, hits) -> Opti
     """`hits(labels, seeds)` -> the run's sample numbers that are among those training samples; each sample of the
     run counts once, however many of the adapter's caches hold it (one adapter trained on a FastVAR and a StageVAR
     cache of the same plan has each pair twice)."""
-    caches = (meta or {}).get("caches") if isinstance(meta, dict) else None
+    caches = meta.get("caches") if isinstance(meta, dict) else None
     found: dict[int, tuple[int, int]] = {}
     names, end = [], 0
     for record in caches if isinstance(caches, list) else []:

@@ -41,6 +41,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from radar_train.outputs import atomic_file
 
+STEP_CKPT = re.compile(r"step-(\d+)\.ckpt")  # a step's checkpoint file in RUN/checkpoints (RunCheckpoint's name)
+
 from .finite import TrainingDiverged, check_finite_weights
 from .requeue import StepBoundaryRequeue
 from .step_boundary import LastBoundary, local_collectives
@@ -171,7 +173,7 @@ class RunCheckpoint(ModelCheckpoint):
         if not (trainer.ckpt_path and self.dirpath and self.save_last):
             return
         src, last = Path(trainer.ckpt_path), Path(self.dirpath) / "last.ckpt"
-        m = re.fullmatch(r"step-(\d+)\.ckpt", src.name)
+        m = STEP_CKPT.fullmatch(src.name)
         if m is None or not src.is_file() or src.resolve().parent != Path(self.dirpath).resolve():
             return
         copied = False
@@ -300,7 +302,7 @@ class RunCheckpoint(ModelCheckpoint):
         if previous != current and trainer.ckpt_path is not None and self.dirpath is not None \
                 and os.path.abspath(previous) == os.path.abspath(trainer.ckpt_path) \
                 and os.path.dirname(os.path.abspath(previous)) == os.path.abspath(self.dirpath) \
-                and re.fullmatch(r"step-\d+\.ckpt", os.path.basename(previous)):
+                and STEP_CKPT.fullmatch(os.path.basename(previous)):
             return True
         return super()._should_remove_checkpoint(trainer, previous, current)
 
@@ -310,7 +312,7 @@ class RunCheckpoint(ModelCheckpoint):
         if not (b.save_failed and failed and os.path.basename(failed) == "last.ckpt" and b.step and self.dirpath):
             return None
         for name in sorted(os.listdir(self.dirpath)):
-            m = re.fullmatch(r"step-(\d+)\.ckpt", name)
+            m = STEP_CKPT.fullmatch(name)
             if m and int(m.group(1)) == b.step:
                 return os.path.join(self.dirpath, name)
         return None
