@@ -33,6 +33,35 @@ def test_sigterm_stops_raises_once_then_ignores_and_restores(noted):
     assert noted == []
 
 
+def test_a_process_forked_under_sigterm_stops_leaves_the_signal_to_the_command(noted):
+    """A DataLoader worker forked during radar-train's set-up inherits the handler: a SIGTERM to the process group
+    raised Stopped inside the worker too (its traceback among the command's lines)."""
+    with sigterm_stops():
+        child = os.fork()
+        if child == 0:  # (the child only signals itself and exits: no torch, no pytest teardown)
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                os._exit(0)
+            except BaseException:
+                os._exit(3)
+        _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and noted == []
+
+
+def test_after_hand_over_the_handler_does_nothing_and_the_one_before_is_back_where_it_was_still_ours(noted):
+    """radar-train's set-up: at training's start the run's own handling takes the signals over. Lightning's SIGTERM
+    handler, registered in between, calls the one it found (ours): from the hand-over that call does nothing."""
+    with sigterm_stops() as handle:
+        theirs = signal.signal(signal.SIGTERM, lambda signum, frame: (noted.append(-signum), handle.handler(signum,
+                                                                                                              frame)))
+        handle.hand_over()
+        assert signal.getsignal(signal.SIGHUP) is not handle.handler  # (still ours: the one before it is back)
+        os.kill(os.getpid(), signal.SIGTERM)  # Lightning's notes it, then calls ours: no Stopped
+        os.kill(os.getpid(), signal.SIGHUP)  # the fixture's handler, put back
+        assert noted == [-signal.SIGTERM, signal.SIGHUP]
+        signal.signal(signal.SIGTERM, theirs)
+
+
 def test_signals_ignored_to_the_end_holds_to_the_commands_end_and_an_in_process_call_gets_its_handler_back(noted):
     """A command moving its finished outputs into place ignores SIGTERM from there on; run_main puts the handler
     before back when the command was called from Python."""

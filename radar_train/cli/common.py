@@ -706,26 +706,50 @@ def stopped_status() -> int:
     return 128 + int(_stop_signal["signum"])
 
 
+class StopHandle:
+    """What `sigterm_stops` yields: `hand_over()` where another handler of the command takes the signals over."""
+
+    def __init__(self) -> None:
+        self.over = False
+        self.handler: Optional[Callable] = None
+        self.previous: dict = {}
+
+    def hand_over(self) -> None:
+        """From here a signal that reaches this handler does nothing (a handler that took over may still call it:
+        Lightning's calls the one it found); where it is still the one installed, the handler before it is back."""
+        self.over = True
+        for sig, before in self.previous.items():
+            if signal.getsignal(sig) is self.handler:
+                signal.signal(sig, before)
+
+
 @contextlib.contextmanager
-def sigterm_stops() -> Iterator[None]:
+def sigterm_stops() -> Iterator[StopHandle]:
     """SIGTERM raises Stopped in the main thread (once: a second one, while the command saves, is ignored; SLURM
     sends SIGKILL after its grace time anyway); the handler before is put back afterwards, unless the block set
-    another (`signals_ignored_to_the_end`: its outputs going into place, it ignores SIGTERM to its end)."""
+    another (`signals_ignored_to_the_end`: its outputs going into place, it ignores SIGTERM to its end). A process
+    forked inside the block (a DataLoader worker) leaves the signal to the command: its copy of the handler does
+    nothing. Yields a StopHandle."""
     import threading
 
+    handle = StopHandle()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield handle
         return
+    pid = os.getpid()
 
     def stop(signum, frame):
+        if handle.over or os.getpid() != pid:
+            return
         for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
         _stop_signal["signum"] = signum
         raise Stopped
 
-    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    handle.handler = stop
+    handle.previous = previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     try:
-        yield
+        yield handle
     finally:
         for sig, before in previous.items():
             if _HANDLERS_BEFORE.get(sig) is stop:  # (ignored to the end inside: kept; run_main puts back the

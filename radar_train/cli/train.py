@@ -864,6 +864,7 @@ def _make_cli_class(subcommand: str):
             self._lock_run_folder()
             _setup_lines.release()
             t = self.trainer
+            t.callbacks.append(hand_over_at_training_start())
             logging.getLogger("radar_train").info(
                 "radar-train fit: run folder %s, max_steps %s, precision %s, %d device(s) (%s)",
                 t.default_root_dir, t.max_steps, t.precision, t.world_size, type(t.strategy).__name__)
@@ -970,8 +971,28 @@ VALIDATE_NOISE = (
 )
 """Lightning's warnings about the fit's callbacks, which radar-train validate drops."""
 
+_set_up_stop = None
+"""SIGTERM and SIGHUP from radar-train fit's start until training starts (a validation's to its end) raise
+cli.common.Stopped: one line, status 128 + the signal, the run folder's lock released. By their default action they
+ended the process with no line and left RUN/.fit.lock. Lightning's own SIGTERM handler, registered before training,
+notes the signal and calls this one too. When training starts (hand_over_at_training_start) the run's handling takes
+over: from there this handler does nothing (the saves after training included: their end is the command's)."""
+
 _setup_lines = None
 """The INFO lines of radar-train fit's or validate's set-up, held until its checks pass (cli.common.InfoHold)."""
+
+
+def hand_over_at_training_start():
+    """A callback: when training starts, the run's own handling of SIGTERM and SIGHUP (stop_signal.StepBoundaryStop
+    via the run's checkpoint callback, or Lightning's) takes over from the set-up's (run_lightning)."""
+    from lightning.pytorch.callbacks import Callback
+
+    class HandOver(Callback):
+        def on_train_start(self, trainer, pl_module) -> None:
+            if _set_up_stop is not None:
+                _set_up_stop.hand_over()
+
+    return HandOver()
 
 
 def run_lightning(argv: list[str]) -> None:
@@ -981,7 +1002,8 @@ def run_lightning(argv: list[str]) -> None:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from radar_train.cli.common import InfoHold, tidy_lightning_logging
+    from radar_train.cli.common import (InfoHold, Stopped, say, sigterm_stops, stop_name, stopped_status,
+                                        tidy_lightning_logging)
     from radar_train.train import run_lock
     from radar_train.train.datamodule import PairDataModule
     from radar_train.train.module import RadarLoraModule
@@ -990,11 +1012,11 @@ def run_lightning(argv: list[str]) -> None:
     tidy_lightning_logging()
     last_failure.clear()
     cli_cls, config_cb = _make_cli_class(argv[0])
-    global _setup_lines
+    global _setup_lines, _set_up_stop
     _setup_lines = InfoHold().start()  # released once the checks pass (before_fit / before_validate)
     # args=None when they are the process's own (LightningCLI warns when given both)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), sigterm_stops() as _set_up_stop:
             if argv[0] == "validate":  # (about restoring the fit's callbacks, which a validation does not use)
                 for message in VALIDATE_NOISE:
                     warnings.filterwarnings("ignore", message=message)
@@ -1005,8 +1027,15 @@ def run_lightning(argv: list[str]) -> None:
                     parser_kwargs={"default_env": False, "exit_on_error": False, "prog": "radar-train"})
     except MisconfigurationException as e:
         raise ValueError(str(e)) from None
+    except Stopped:  # (_set_up_stop: before training started, or during a validation)
+        if argv[0] == "validate":
+            say(f"radar-train validate: stopped by {stop_name()} before the validation ended; it saves nothing (run "
+                "it again)")
+        else:
+            say(f"radar-train: stopped by {stop_name()} during the fit's set-up, before its first step; nothing was "
+                "saved (run the same command again)")
+        sys.exit(stopped_status())
     except SIGTERMException:  # a SystemExit without a status: the run did not finish, so not 0
-        from radar_train.cli.common import say
         from radar_train.train import requeue, stop_signal
 
         signum = stop_signal.stopped_by or signal.SIGTERM

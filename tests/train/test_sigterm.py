@@ -9,6 +9,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
+
+import pytest
 
 import torch
 
@@ -16,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[2]
 MAX_STEPS = 6
 
 
-def _command(cache: str, run: Path, term_at: int = 0, signal: str = "SIGTERM", group: bool = False) -> list[str]:
+def _command(cache: str, run: Path, term_at: int = 0, signal: str = "SIGTERM", group: bool = False,
+             at: Optional[str] = None) -> list[str]:
     callbacks = [{"class_path": "self_term.SelfTerm", "init_args": {"step": term_at, "signal": signal,
-                                                                   "group": group}}] if term_at else []
+                                                                   "group": group, "at": at}}] if term_at else []
     return [sys.executable, "-m", "radar_train.cli.train", "fit", "--config", str(ROOT / "configs/train/tiny.yaml"),
             "--trainer.default_root_dir", str(run), "--trainer.max_steps", str(MAX_STEPS),
             "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1", "--trainer.logger", "false",
@@ -153,3 +157,28 @@ def test_sighup_to_the_process_group_saves_the_step_as_sigterm_does(tiny_cache, 
     assert r.stderr.strip().splitlines()[-1] == ("radar-train: stopped by SIGHUP; a run with checkpoints saved the "
                                                  "step it stopped at (resume it with --ckpt_path last)")
     assert _last(tmp_path / "run")["global_step"] == 3
+
+
+@pytest.mark.parametrize("at, signal", [("setup", "SIGTERM"), ("fit_start", "SIGHUP")])
+def test_a_signal_during_the_fits_set_up_is_one_line_and_a_status_and_leaves_no_lock(tiny_cache, tmp_path, at, signal):
+    """Before training starts (the model, the data and Lightning's set-up; `setup`: before Lightning registers its
+    own SIGTERM handler, `fit_start`: after it made the run folder's logs, before a resume restores its checkpoint)
+    a SIGTERM or SIGHUP ended the process by the signal's default action: no line, and RUN/.fit.lock left behind."""
+    run = tmp_path / "run"
+    r = _run(_command(tiny_cache, run, term_at=1, signal=signal, at=at))
+    assert r.returncode == 128 + getattr(__import__("signal"), signal), r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"radar-train: stopped by {signal} during the fit's set-up, before its first step; nothing was saved (run "
+        "the same command again)")
+    assert not (run / ".fit.lock").exists() and not (run / "checkpoints").exists()
+
+
+def test_without_checkpoints_a_sigterm_in_training_is_lightnings_stop_not_a_set_up_one(tiny_cache, tmp_path):
+    """With model.output.checkpoints false no StepBoundaryStop takes the signals over: the set-up's handler, which
+    Lightning's calls after noting the signal, must still hand over when training starts (else the stop would be
+    called one of the set-up, in the middle of a step)."""
+    r = _run(_command(tiny_cache, tmp_path / "run", term_at=3) + ["--model.output.checkpoints", "false"])
+    assert r.returncode == 143, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "set-up" not in r.stderr, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("radar-train: stopped by SIGTERM;")

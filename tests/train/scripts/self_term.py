@@ -22,19 +22,27 @@ class SelfTerm(Callback):
     """os.kill(own pid, `signal`) at the start of the batch that makes optimizer step `step`."""
 
     def __init__(self, step: int, signal: str = "SIGTERM", group: bool = False, in_validation: bool = False,
-                 rank: Optional[int] = None):
-        self.step, self.group, self.in_validation, self.rank = step, group, in_validation, rank
+                 rank: Optional[int] = None, at: Optional[str] = None):
+        self.step, self.group, self.in_validation, self.rank, self.at = step, group, in_validation, rank, at
         self.signum = getattr(signal_module, signal)
         self.sent = False
 
+    def setup(self, trainer, pl_module, stage) -> None:
+        if self.at == "setup":
+            self._send()
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if self.at == "fit_start":
+            self._send()
+
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        if self.in_validation and not self.sent:
+        if self.in_validation and not self.sent and self.at is None:
             self._send()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.rank is not None and trainer.global_rank != self.rank:
             return
-        if not self.in_validation and not self.sent and trainer.global_step == self.step - 1:
+        if self.at is None and not self.in_validation and not self.sent and trainer.global_step == self.step - 1:
             self._send()
 
     def _send(self) -> None:
