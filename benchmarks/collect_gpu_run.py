@@ -29,6 +29,8 @@ def plan(folder: Path, dest: Path, suffix: str = "", label: str = "") -> list[tu
     """(source, target) pairs; ValueError naming the problem (no result file, two, a name taken, a bad option)."""
     if not folder.is_dir():
         raise ValueError(f"{folder}: no such folder")
+    if not dest.is_dir():
+        raise ValueError(f"--dest {dest}: no such folder")
     if not re.fullmatch(r"[a-z]?", suffix) or not re.fullmatch(r"([a-z0-9]+(-[a-z0-9]+)*)?", label):
         raise ValueError(f"--suffix {suffix!r} / --label {label!r}: a letter, and lowercase words joined by '-'")
     results = []
@@ -50,7 +52,7 @@ def plan(folder: Path, dest: Path, suffix: str = "", label: str = "") -> list[tu
     stem = f"{m.group(1)}{suffix}-{m.group(2)}" + (f"-{label}" if label else "")
     pairs = [(results[0], dest / f"{stem}.json")]
     pairs += [(folder / name, dest / f"{stem}.{name}") for name in LOGS if (folder / name).is_file()]
-    taken = [str(t) for _, t in pairs if t.exists()]
+    taken = [str(t) for _, t in pairs if t.exists() or t.is_symlink()]  # (a dangling link too: a copy follows it)
     if taken:
         raise ValueError(f"{taken[0]} exists: give another --suffix (e.g. b) or --label")
     return pairs

@@ -27,7 +27,8 @@ MASK_COLUMNS = ("ideal (FLOP model)", "attention pairs kept", "KV kept at last s
 """Added when a file has rows with a FLOP model: SCA-Mask, FastVAR and StageVAR (`radar_train.bench.accel.method_accounting`)."""
 AGREEMENT_COLUMNS = ("tokens = eager", "max f̂ diff vs eager")
 """Added when a file has rows of an engine compared with eager (`radar_train.bench.accel.engine_agreement`)."""
-_BLOCK = re.compile(r"(<!-- table:(?P<name>[^ ]+?) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
+_BLOCK = re.compile(r"(<!-- table:(?P<name>[^ ]+?) -->\r?\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
+_MALFORMED = (TypeError, KeyError, AttributeError, IndexError, ValueError)  # a field of the wrong kind (hand-made)
 
 
 def _is_train(doc) -> bool:
@@ -318,8 +319,22 @@ def fill(markdown: str, docs: dict[str, dict], source: str) -> tuple[str, int]:
             rendered[name] = VIEWS[name.partition("#")[2]](docs[base(name)])
         except ValueError as e:
             raise ValueError(f"{source}: table {name}: {e}") from None
-    out = _BLOCK.sub(lambda m: m.group(1) + rendered[m.group("name")] + "\n" + m.group(4), markdown)
-    return out, len(blocks)
+        except _MALFORMED as e:
+            raise ValueError(_malformed(docs, base(name), e)) from None
+
+    def block(m: re.Match) -> str:  # (in the line ends of the block's own first line: a CRLF file stays CRLF)
+        eol = "\r\n" if m.group(1).endswith("\r\n") else "\n"
+        return m.group(1) + (rendered[m.group("name")] + "\n").replace("\n", eol) + m.group(4)
+
+    return _BLOCK.sub(block, markdown), len(blocks)
+
+
+def _malformed(docs: dict[str, dict], name: str, error: Exception) -> str:
+    """The line for a result file a field of the wrong kind made unreadable (files are written by the benchmarks,
+    never by hand, yet a hand-edited one gave a traceback)."""
+    real = next(n for n, d in docs.items() if d is docs[name])  # (a `latest` alias: the file it stands for)
+    return f"{real}.json: a field of the wrong kind ({type(error).__name__}: {error}): not a result file as the " \
+           f"benchmarks write them"
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -337,12 +352,20 @@ def main(argv: Optional[list[str]] = None) -> int:
             for name, doc in docs.items():
                 if doc is not None and id(doc) not in shown:  # a `latest` alias repeats a file already shown
                     shown.add(id(doc))
-                    print(f"### {name}\n\n{render(doc)}\n")
+                    try:
+                        table = render(doc)
+                    except _MALFORMED as e:
+                        raise ValueError(_malformed(docs, name, e)) from None
+                    print(f"### {name}\n\n{table}\n")
             return 0
         target = Path(a.write)
         if not target.is_file():
             raise FileNotFoundError(f"--write {a.write}: no such file")
-        text = target.read_text(encoding="utf-8")
+        try:
+            with open(target, encoding="utf-8", newline="") as f:  # (its line ends as they are)
+                text = f.read()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"--write {a.write}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         new, n = fill(text, docs, a.write)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -353,7 +376,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if a.check:
         print(f"{a.write}: tables out of date; run python -m radar_train.bench.tables --write {a.write}")
         return 1
-    target.write_text(new, encoding="utf-8")
+    with open(target, "w", encoding="utf-8", newline="") as f:
+        f.write(new)
     print(f"{a.write}: {n} table(s) written")
     return 0
 

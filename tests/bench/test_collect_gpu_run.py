@@ -45,3 +45,19 @@ def test_a_taken_name_or_a_folder_without_its_result_is_one_line_and_copies_noth
     (empty / "probes.json").write_text("{}")
     assert main([str(empty), "--dest", str(dest)]) == 2
     assert "needs exactly one result file of the GPU suite" in capsys.readouterr().err
+
+
+def test_a_missing_dest_or_a_dangling_link_there_is_one_line_and_copies_nothing(tmp_path, capsys):
+    """A --dest that does not exist gave a FileNotFoundError traceback; a dangling link under a target's name passed
+    the `exists()` check and the copy wrote through it, outside --dest."""
+    out = _out(tmp_path, "suite.log")
+    assert main([str(out), "--dest", str(tmp_path / "nodest")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0] == f"error: --dest {tmp_path / 'nodest'}: no such folder"
+    assert not (tmp_path / "nodest").exists()
+    dest = tmp_path / "gpu"
+    dest.mkdir()
+    (dest / "2026-12-06-nvidia-h100-80gb-hbm3.suite.log").symlink_to(tmp_path / "victim.txt")
+    assert main([str(out), "--dest", str(dest)]) == 2
+    assert "2026-12-06-nvidia-h100-80gb-hbm3.suite.log exists" in capsys.readouterr().err
+    assert not (tmp_path / "victim.txt").exists() and len(list(dest.iterdir())) == 1

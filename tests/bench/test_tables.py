@@ -280,3 +280,41 @@ def test_a_training_result_is_a_table_of_its_rows_and_never_the_latest(root, tmp
     assert main(["--root", str(root), "--write", str(md)]) == 2 and md.read_text() == text
     assert capsys.readouterr().err.strip().endswith("table gpu/2027-01-01-train#targets: a training result "
                                                     "(radar-bench train): the targets view needs the accel rows")
+
+
+def test_write_keeps_a_crlf_files_other_bytes_and_its_line_ends(root, tmp_path):
+    """--write replaces what lies between the markers and nothing else: reading with universal newlines turned every
+    CRLF of the file into LF."""
+    md = tmp_path / "README.md"
+    text = "# Title\r\n\r\n<!-- table:gpu/latest -->\r\nold table\r\n<!-- /table:gpu/latest -->\r\n\r\nafter\r\n"
+    md.write_bytes(text.encode())
+    assert main(["--root", str(root), "--write", str(md)]) == 0
+    table = render(DOC).replace("\n", "\r\n") + "\r\n"
+    assert md.read_bytes() == text.replace("old table\r\n", table).encode()
+    assert main(["--root", str(root), "--write", str(md), "--check"]) == 0
+
+
+def test_a_markdown_file_that_is_not_utf8_is_one_line_naming_it(root, tmp_path, capsys):
+    md = tmp_path / "notes.md"
+    md.write_bytes(b"caf\xe9\n<!-- table:gpu/latest -->\n<!-- /table:gpu/latest -->\n")
+    assert main(["--root", str(root), "--write", str(md)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --write {md}: not UTF-8 text"), err
+    assert md.read_bytes().startswith(b"caf\xe9")
+
+
+@pytest.mark.parametrize("doc", [
+    {"rows": [{"method": "vanilla", "images_per_s": "fast", "preset": "tiny"}]},
+    {"rows": [{"name": "lightning_vs_bare", "ratio": None}]},
+    {"rows": [{"method": "vanilla", "images_per_s": 1.0, "preset": "tiny"}],
+     "sections": {"profile": {"scales": [{"preset": "p"}]}}},
+], ids=["text-for-a-number", "no-ratio", "profile-without-patch-nums"])
+def test_a_result_file_with_a_field_of_the_wrong_kind_is_one_line_naming_it(tmp_path, capsys, doc):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "a.json").write_text(json.dumps(doc))
+    md = tmp_path / "README.md"
+    md.write_text("<!-- table:x/a -->\n<!-- /table:x/a -->\n")
+    for argv in (["--root", str(tmp_path)], ["--root", str(tmp_path), "--write", str(md)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and "x/a.json" in err[0], err

@@ -230,3 +230,16 @@ def test_chart_labels_are_short():
     assert _label("sca:scores+compute_budget=0.5+memory_budget=1+mask_file=w/toy_sca_mask_tile8.safetensors") \
         == "sca:c0.5+m1+mask"
     assert _label("sca:window+compute_budget=0.25") == "sca:window+c0.25"
+
+
+def test_speed_ups_are_ratios_of_the_medians_and_images_per_s_keep_their_digits_on_a_slow_model():
+    """A slow model (VAR-d36 on a CPU: about 0.005 images/s): the speed-ups came from images/s already rounded to 4
+    decimals (StageVAR e2e 0.9687 for a true 0.9769), and the table showed images/s as 0.0."""
+    from radar_train.bench.tradeoff import _fmt, speeds
+
+    s = speeds({"vanilla": (443.79, 626.09), "stagevar:default": (443.10, 640.87)}, batch_size=2)
+    assert s["stagevar:default"]["speedup_e2e"] == round(626.09 / 640.87, 4) == 0.9769
+    assert s["stagevar:default"]["speedup"] == round(443.79 / 443.10, 4)
+    assert s["vanilla"]["speedup"] == 1.0 and s["vanilla"]["images_per_s_e2e"] == 0.003194
+    assert [_fmt(v, "ips") for v in (0.003194, 0.4521, 4.521, 45.21, 452.1)] == \
+        ["0.00319", "0.452", "4.52", "45.2", "452.1"]
