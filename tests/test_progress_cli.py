@@ -81,5 +81,7 @@ def test_radar_bench_estimates_its_time_after_the_first_round_and_prints_rows_as
     before = r.stderr.splitlines()
     assert [ln.split(":")[0].strip() for ln in before if ln.endswith("images/s")] == [
         "none", "none + adapter (merged)", "fastvar", "fastvar + adapter (merged)"]
-    assert any(re.fullmatch(rf"radar-bench pipeline: runs 1/4 \(25\.0 %\), {RATE.format(u='run')}, {ETA}", ln)
-               for ln in before), before
+    # (each competitor once per round: the decoders' rounds, then the pipeline runs')
+    assert [ln for ln in before if ln.startswith("  the ")] == ["  the decoders (4), interleaved:",
+                                                                "  the pipeline runs (4), interleaved:"], before
+    assert sum(bool(re.fullmatch(r"  round 1/1 \(timed\): [\d.]+ s", ln)) for ln in before) == 2, before

@@ -6,7 +6,8 @@
 - images/s of the whole pipeline (sampling + decode) per acceleration method, with and without the
   merged adapter.
 Random weights of a real-size preset with a rank-16 LoRA on every decoder conv (non-zero B, so the
-merge changes the weights); speed does not depend on the values.
+merge changes the weights); speed does not depend on the values. Each group (the decoders, then the pipeline runs)
+is timed in interleaved rounds (bench/rounds.py), medians kept.
 """
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ from typing import Callable, Sequence
 import torch
 
 from radar_train.bench.accel import (BenchSetup, attention_context, build_random_models, method_from_spec,
-                                     check_setup, timed)
+                                     check_setup)
+from radar_train.bench.rounds import Job, PhaseClock, run_rounds
 from radar_train.config import SamplingConfig
 from radar_train.models import LatentDecoder
 from radar_train.models.init import init_random_
-from radar_train.progress import Progress, log_mode
 from radar_train.sampling import NextScaleSampler
 
 
@@ -71,33 +72,48 @@ def _run(setup: BenchSetup, methods: Sequence[str], sampling: SamplingConfig, lo
     f_hat = torch.randn(B, vae_cfg.z_channels, P, P, device=dev)
     log(f"pipeline benchmark: {setup.preset} (random weights), batch {B}, device {dev}")
     dec_labels = torch.arange(B, device=dev) % var.num_classes
-    t_dec = {name: timed(lambda d=d: d(f_hat), dev, setup.warmup, setup.repeats)
-             for name, d in (("base", base), ("merged", merged), ("unmerged", unmerged))}
-    t_dec["label-conditioned"] = timed(lambda: conditioned(f_hat, dec_labels), dev, setup.warmup, setup.repeats)
+    # every competitor once per round, rounds repeated (bench/rounds.py): a drift of the machine's speed is spread
+    # over all of them (timed one after another, the base decoder, timed first on a busy machine, took 5x the
+    # merged one, which is the same module)
+    decoders = [_job(name, dev, lambda d=d: d(f_hat)) for name, d in (("base", base), ("merged", merged),
+                                                                      ("unmerged", unmerged))]
+    decoders.append(_job("label-conditioned", dev, lambda: conditioned(f_hat, dec_labels)))
+    log(f"  the decoders ({len(decoders)}), interleaved:")
+    run_rounds(decoders, dev, setup.warmup, setup.repeats, log=log)
+    t_dec = {j.name: j.median("t") for j in decoders}
     rows = [{"method": f"decode: {name} decoder", "seconds_per_image": t / B, "vs_base_decoder": t / t_dec["base"]}
             for name, t in t_dec.items()]
     rows[-1]["vs_merged_decoder"] = t_dec["label-conditioned"] / t_dec["merged"]
     sampler = NextScaleSampler(var, quant, sampling, autocast_dtype=amp)
     labels = torch.arange(B, device=dev) % var.num_classes
     seeds = list(range(B))
-    # a line after each timed run: runs done, time per run, ETA (the decoder timings above are short)
-    runs = Progress(2 * len(methods), "radar-bench pipeline", "runs", rate_unit="run", interval_s=0, mode=log_mode(),
-                    emit=log)
+    runs = []
     for spec in methods:
         accel = method_from_spec(spec, var.patch_nums, var.depth)
         for with_adapter, dec in ((False, base), (True, merged)):
             def run(accel=accel, dec=dec):
                 return dec(sampler.sample(labels, seeds=seeds, accel=accel).f_hat).clamp(-1, 1)
 
-            t = timed(run, dev, setup.warmup, setup.repeats)
-            rows.append({"method": f"{spec}{' + adapter (merged)' if with_adapter else ''}",
-                         "seconds_per_image": t / B, "images_per_second": B / t})
-            log(f"  {rows[-1]['method']}: {B / t:.2f} images/s")
-            runs.update(1)
-    runs.close()
+            runs.append(_job(f"{spec}{' + adapter (merged)' if with_adapter else ''}", dev, run))
+    log(f"  the pipeline runs ({len(runs)}), interleaved:")
+    run_rounds(runs, dev, setup.warmup, setup.repeats, log=log)
+    for j in runs:
+        t = j.median("t")
+        rows.append({"method": j.name, "seconds_per_image": t / B, "images_per_second": B / t})
+        log(f"  {j.name}: {B / t:.2f} images/s")
     for r in rows:
         r.update(preset=setup.preset, batch_size=B, attention=setup.attention, device=str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev))
     return rows
+
+
+def _job(name: str, device: torch.device, fn: Callable[[], object]) -> Job:
+    """A competitor of the rounds: fn() timed whole (CUDA-synchronised), as phase "t"."""
+    def run() -> dict[str, float]:
+        clock = PhaseClock(device).start()
+        fn()
+        return clock.mark("t")
+
+    return Job(name, run)
 
 
 def format_table(rows: list[dict]) -> str:
