@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import operator
+import os
 import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -83,6 +84,14 @@ def check_output(output) -> str:
     if not isinstance(output, str) or output not in OUTPUTS:
         raise ValueError(f"output must be one of {', '.join(map(repr, OUTPUTS))}, got {output!r}")
     return output
+
+
+def check_flag(value, name: str) -> bool:
+    """`value` if it is True or False (numpy's bool too); else a TypeError naming it (a string such as "no" is
+    true)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def _one_per_sample(values, name: str, what: str) -> None:
@@ -235,6 +244,7 @@ def check_pipeline_args(args: PipelineArgs) -> torch.device:
     without its mask file, a FastVAR scale the preset does not have) refused in one line, reading no weights."""
     check_precision(args.precision)
     check_precision(args.decode_precision, "decode_precision")
+    check_flag(args.merge_adapter, "merge_adapter")  # (a string such as "false" is true)
     device = resolve_device(args.device)
     shapes = get_preset(args.model.preset).var  # (the method against the preset's scales: weights load slowly)
     build_accel(args.accel, shapes.patch_nums, shapes.depth)
@@ -306,15 +316,18 @@ class RadarPipeline:
         is left as it was."""
         from radar_train.export import adapter_version, check_same_adapter, load_adapter, read_radar_config
 
+        if not isinstance(adapter_dir, (str, os.PathLike)):
+            raise TypeError(f"adapter must be a folder's path (str or os.PathLike), got {type(adapter_dir).__name__}")
+        check_flag(merge, "merge")
+        adapter_dir = os.path.abspath(adapter_dir)  # (read again by fingerprint, wherever the process is by then)
         version = adapter_version(adapter_dir)
         meta = read_radar_config(adapter_dir)
         dec = self.vqvae.latent_decoder().eval()  # (built without random draws; load_adapter keeps the RNG too)
-        self.adapted_decoder = load_adapter(dec, adapter_dir, identity=self.vae_identity, merge=merge,
-                                            num_classes=self.var.num_classes).eval()
+        adapted = load_adapter(dec, adapter_dir, identity=self.vae_identity, merge=merge,
+                               num_classes=self.var.num_classes).eval()
         check_same_adapter(adapter_dir, version)
-        self._adapter_version = version  # (fingerprint reads the files again: checked there too)
-        self.adapter_meta, self.adapter_dir, self.adapter_merged = meta, str(adapter_dir), merge
-        # (warned once the adapter is taken: an adapter refused for another VQ-VAE gets its error line alone)
+        # (warned once every check passed: an adapter refused for another VQ-VAE gets its error line alone; and
+        # before the pipeline takes it: where warnings are errors, the call that raised leaves the pipeline as it was)
         diffs = untrained_accel([c["accel"] for c in meta.get("caches") or [] if c.get("accel")], self.accel.describe())
         if diffs:  # (an adapter trained on several caches: any of their accelerations is its own)
             warnings.warn(f"adapter {adapter_dir} was trained on latents of another acceleration than the "
@@ -325,6 +338,8 @@ class RadarPipeline:
         if other:
             warnings.warn(f"adapter {adapter_dir} was trained on latents of another VAR than the pipeline's ({other}, "
                           f"trained vs now); restoration may be worse", stacklevel=2)
+        self.adapted_decoder, self._adapter_version = adapted, version  # (fingerprint checks the files again)
+        self.adapter_meta, self.adapter_dir, self.adapter_merged = meta, adapter_dir, merge
 
     def fingerprint(self) -> dict:
         """What identifies the samples this pipeline makes, for a command that goes on from an interrupted run
@@ -407,6 +422,7 @@ class RadarPipeline:
     def sample_latents(self, labels: Sequence[int], seeds: Sequence[int], accelerated: bool = True,
                        cfg: Optional[float] = None, top_k: Optional[int] = None, top_p: Optional[float] = None) -> SampleOutput:
         """The latents of the labels and per-sample seeds (one seed per label), accelerated by default."""
+        check_flag(accelerated, "accelerated")
         return self._sample(*self._checked(labels, seeds), accelerated, cfg, top_k, top_p)
 
     def _sample(self, labels: torch.Tensor, seeds: list[int], accelerated: bool, cfg, top_k, top_p) -> SampleOutput:
@@ -424,6 +440,8 @@ class RadarPipeline:
                  use_adapter: bool = True, output: Output = "uint8"):
         """Images for the labels and per-sample seeds: accelerated (with the adapter when loaded) by default."""
         check_output(output)
+        check_flag(accelerated, "accelerated")
+        check_flag(use_adapter, "use_adapter")
         labels, seeds = self._checked(labels, seeds, adapter=accelerated and use_adapter)
         res = self._sample(labels, seeds, accelerated, cfg, top_k, top_p)
         img = self.decode(res.f_hat, adapter=accelerated and use_adapter, labels=labels)  # (on the host: see decode)

@@ -312,3 +312,46 @@ def test_radar_eval_reads_back_from_the_device_once_not_once_per_batch(trained_r
     for a, b in zip(r4["by_latent_distance"], r16["by_latent_distance"]):
         assert a == pytest.approx(b, rel=1e-5)
     assert r4["psnr_adapted"] == pytest.approx(r16["psnr_adapted"], rel=1e-6)
+
+
+def test_a_load_adapter_that_raises_leaves_the_pipeline_as_it_was(trained_run):
+    """With warnings as errors (`-W error`, pytest's filterwarnings = error) the warning about another acceleration
+    raised out of load_adapter after the adapter was already in place: the call failed, yet the pipeline decoded with
+    the new adapter."""
+    pipe = RadarPipeline.from_config(PipelineArgs(accel=AccelArgs("fastvar", FastVARArgs(preset="aggressive")),
+                                                  device="cpu"))
+    before = pipe.generate([1, 2], [0, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UserWarning, match="another acceleration"):
+            pipe.load_adapter(str(trained_run["adapter"]))
+    assert (pipe.adapted_decoder, pipe.adapter_dir, pipe.adapter_meta, pipe.adapter_merged) == (None, None, None, None)
+    assert torch.equal(pipe.generate([1, 2], [0, 1]), before)
+
+
+def test_the_pipeline_keeps_its_adapter_by_its_absolute_path(trained_run, tmp_path, monkeypatch):
+    """An adapter given by a relative path was read again from wherever the process had chdir'd to (fingerprint:
+    a raw FileNotFoundError, or 'replaced while it was read' for another folder of the same name there)."""
+    adapter = Path(trained_run["adapter"])
+    monkeypatch.chdir(adapter.parent)
+    pipe = _pipe(adapter.name)
+    fingerprint = pipe.fingerprint()
+    assert pipe.adapter_dir == str(adapter.absolute())
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / adapter.name).mkdir()  # another folder of the same name
+    assert pipe.fingerprint() == fingerprint
+
+
+@pytest.mark.parametrize("call", [
+    lambda: PipelineArgs(model=ModelArgs("tiny"), merge_adapter="false", device="cpu"),
+    lambda: RadarPipeline.from_config(PipelineArgs(model=ModelArgs("tiny"), device="cpu")).load_adapter(None),
+    lambda: RadarPipeline.from_config(PipelineArgs(model=ModelArgs("tiny"), device="cpu")).load_adapter("x", merge=1),
+], ids=["merge_adapter-a-string", "adapter-none", "merge-an-int"])
+def test_arguments_of_the_wrong_kind_are_refused_naming_them(call):
+    """merge_adapter="false" merged (a non-empty string is true), load_adapter(None) failed inside os.stat."""
+    from radar_train.inference.pipeline import check_pipeline_args
+
+    with pytest.raises(TypeError, match=r"^(merge_adapter|adapter|merge) must be"):
+        args = call()
+        if isinstance(args, PipelineArgs):
+            check_pipeline_args(args)

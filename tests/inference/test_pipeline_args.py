@@ -144,3 +144,14 @@ def test_a_top_k_that_is_not_a_whole_number_is_refused_before_sampling(pipe, no_
         RadarPipeline.from_config(PipelineArgs(model=ModelArgs("tiny"), sampling=SamplingConfig(top_k=64.0),
                                                device="cpu"))
     assert SamplingConfig(top_k=np.int64(64)).problems() == []
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda p: p.generate([1], [0], accelerated="no"), "accelerated"),
+    (lambda p: p.generate([1], [0], use_adapter=0), "use_adapter"),
+    (lambda p: p.sample_latents([1], [0], accelerated=None), "accelerated"),
+])
+def test_a_flag_that_is_not_a_bool_is_refused_before_sampling(pipe, no_sampling, call, name):
+    """generate(accelerated="no") ran accelerated: any non-empty string is true."""
+    with pytest.raises(TypeError, match=f"^{name} must be True or False"):
+        call(pipe)
