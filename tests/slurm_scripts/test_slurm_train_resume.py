@@ -33,6 +33,9 @@ def _ckpt_path(slurm, files: dict[str, float]) -> str | None:
     ({"checkpoints/last.ckpt": 200, "checkpoints/best-step-000008.ckpt": 300}, "run/checkpoints/last.ckpt"),
     # a user's copy of an older last.ckpt, newest after a `cp -r` of the folder: never the run's checkpoint
     ({"checkpoints/last.ckpt": 200, "checkpoints/last-backup.ckpt": 300}, "run/checkpoints/last.ckpt"),
+    # nor a user's step or requeue file of another name: step-*.ckpt and hpc_ckpt_*.ckpt took them
+    ({"checkpoints/last.ckpt": 200, "checkpoints/step-000006-old.ckpt": 300}, "run/checkpoints/last.ckpt"),
+    ({"checkpoints/last.ckpt": 200, "hpc_ckpt_backup.ckpt": 300}, "run/checkpoints/last.ckpt"),
 ])
 def test_train_sbatch_resumes_from_the_newest_checkpoint(slurm, files, chosen):
     assert _ckpt_path(slurm, files) == chosen
@@ -64,3 +67,27 @@ def test_a_run_folder_named_with_a_leading_dash_is_a_folder(slurm):
     argv = [c for c in slurm.calls() if c["prog"] == "radar-train"][-1]["argv"]
     assert slurm.option(argv, "--ckpt_path") == "-run/hpc_ckpt_1.ckpt"
     assert not (slurm.project / "-run" / "hpc_ckpt_1.ckpt").exists()  # (removed after the run, as in any folder)
+
+
+def test_the_end_of_the_job_removes_only_lightnings_requeue_saves(slurm):
+    """`hpc_ckpt_*.ckpt` removed a user's hpc_ckpt_backup.ckpt and hpc_ckpt_notes.ckpt too."""
+    slurm.config("train.yaml", "trainer:\n  default_root_dir: run\n")
+    (slurm.project / "run").mkdir()
+    for name in ("hpc_ckpt_2.ckpt", "hpc_ckpt_backup.ckpt", "hpc_ckpt_notes.ckpt"):
+        (slurm.project / "run" / name).write_bytes(name.encode())
+    proc = slurm.bash("train.sbatch", "configs/train.yaml", "run", cwd=slurm.project, RADAR_DIR=str(slurm.project))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (slurm.project / "run").iterdir()) == ["hpc_ckpt_backup.ckpt", "hpc_ckpt_notes.ckpt"]
+    assert (slurm.project / "run" / "hpc_ckpt_notes.ckpt").read_bytes() == b"hpc_ckpt_notes.ckpt"
+
+
+def test_an_argument_naming_the_cache_wins_over_an_exported_cache_dir(slurm):
+    """The header says the arguments win; an exported CACHE_DIR (left from an earlier pipeline submission, sbatch's
+    --export=ALL) came after them and replaced the cache the job named."""
+    slurm.config("train.yaml", "trainer:\n  default_root_dir: run\n")
+    proc = slurm.bash("train.sbatch", "configs/train.yaml", "run", "--data.caches.path=mine", cwd=slurm.project,
+                      RADAR_DIR=str(slurm.project), CACHE_DIR="old")
+    assert proc.returncode == 0, proc.stderr
+    argv = [c for c in slurm.calls() if c["prog"] == "radar-train"][-1]["argv"]
+    paths = [a for a in argv if a.startswith("--data.caches.path=")]
+    assert paths[-1] == "--data.caches.path=mine", argv
