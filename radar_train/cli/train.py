@@ -61,6 +61,8 @@ The options people change (every option follows below; a dotted option overrides
                                        (hpc: from its newest hpc_ckpt_N.ckpt, a SLURM requeue save)
   --trainer.val_check_interval N       validate every N steps (--model.early_stopping.* to stop early)
   --print_config                       print the resolved config and exit
+  --check                              check the options and the run folder (not the caches or the models), and
+                                       exit: what slurm/pipeline.sh runs before it submits the cache jobs
 
 Progress goes to stderr: a bar on a terminal, otherwise a line every 30 s (RADAR_PROGRESS_INTERVAL=SECONDS,
 RADAR_PROGRESS=auto|bar|log|off).
@@ -697,6 +699,8 @@ def _make_cli_class(subcommand: str):
                     run_lock.check_not_in_use(root, RUN_OPTION)
                 check()
                 self._run_folder = root, check
+            if _check_only:
+                raise ChecksPassed(self._root(cfg))
 
         def _lock_run_folder(self) -> None:
             """Take RUN/.fit.lock (global rank 0, once every check has passed, before anything is written) and
@@ -738,6 +742,7 @@ def _make_cli_class(subcommand: str):
                 env_int(os.environ, "SLURM_NTASKS", 1)  # (Lightning's int() named no variable)
                 try:  # (a batch script's --ntasks without srun: Lightning's RuntimeError, a traceback)
                     kwargs["plugins"] = [SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR1)]
+                    self._slurm_requeue = True
                 except RuntimeError as e:
                     raise ValueError(f"the SLURM job's environment (SLURM_NTASKS={os.environ.get('SLURM_NTASKS')}): "
                                      f"{e}") from None
@@ -839,6 +844,21 @@ def _make_cli_class(subcommand: str):
                                  f"({batches} per rank): give at most {batches}, or --trainer.check_val_every_n_epoch "
                                  f"null to count it across epochs")
 
+        def _check_requeue_names(self) -> None:
+            """Under SLURM's requeue: a name in the run folder that Lightning's requeue save cannot number past
+            (train/requeue.py `unnumbered_names`), refused before the fit writes anything, not at the requeue."""
+            from radar_train.outputs import OutputError
+            from radar_train.train.requeue import unnumbered_names
+
+            if not getattr(self, "_slurm_requeue", False) or not lock_taker():
+                return
+            bad = unnumbered_names(self.trainer.default_root_dir)
+            if bad:
+                raise OutputError(
+                    f"{Path(self.trainer.default_root_dir) / bad[0]}: Lightning's SLURM requeue save numbers itself "
+                    f"from every name in the run folder holding 'ckpt_' and fails on one without digits after it (the "
+                    f"job would end at its requeue instead of requeueing): rename or move it")
+
         def _restore_settings(self) -> None:
             """How the fit or validation reads its checkpoint: weights_only, and the step file `last` stands for."""
             cfg = self.config_init[self.subcommand]
@@ -860,6 +880,7 @@ def _make_cli_class(subcommand: str):
         def before_fit(self) -> None:
             self._check_data(fit=True)
             self._check_resume()
+            self._check_requeue_names()
             self._restore_settings()
             self._lock_run_folder()
             _setup_lines.release()
@@ -971,6 +992,19 @@ VALIDATE_NOISE = (
 )
 """Lightning's warnings about the fit's callbacks, which radar-train validate drops."""
 
+_check_only = False
+"""radar-train fit --check: stop once the options and the run folder passed their checks (ChecksPassed)."""
+
+
+class ChecksPassed(Exception):
+    """radar-train fit --check: the options and the run folder passed the checks made before the caches and the
+    models are read."""
+
+    def __init__(self, root) -> None:
+        super().__init__(root)
+        self.root = root
+
+
 _set_up_stop = None
 """SIGTERM and SIGHUP from radar-train fit's start until training starts (a validation's to its end) raise
 cli.common.Stopped: one line, status 128 + the signal, the run folder's lock released. By their default action they
@@ -1027,6 +1061,9 @@ def run_lightning(argv: list[str]) -> None:
                     parser_kwargs={"default_env": False, "exit_on_error": False, "prog": "radar-train"})
     except MisconfigurationException as e:
         raise ValueError(str(e)) from None
+    except ChecksPassed as e:
+        print(f"radar-train fit --check: the options and the run folder {e.root} pass the checks made before the "
+              f"caches and the models are read", flush=True)
     except Stopped:  # (_set_up_stop: before training started, or during a validation)
         if argv[0] == "validate":
             say(f"radar-train validate: stopped by {stop_name()} before the validation ended; it saves nothing (run "
@@ -1089,6 +1126,14 @@ def _body(argv: list[str]) -> int:
         raise ValueError(f"unknown command {cmd!r}: radar-train fit, validate, export or merge (`radar-train --help`)")
     if cmd in LIGHTNING_SUBCOMMANDS and any(a in ("-h", "--help") for a in rest):
         print(FIT_SUMMARY if cmd == "fit" else VALIDATE_SUMMARY, flush=True)  # LightningCLI's full list follows
+    global _check_only
+    _check_only = cmd == "fit" and "--check" in rest
+    if _check_only:  # (ours, not LightningCLI's; out of sys.argv too, where LightningCLI reads it when given none)
+        own = argv == sys.argv[1:]
+        rest = [a for a in rest if a != "--check"]
+        argv = [cmd, *rest]
+        if own:
+            sys.argv[1:] = argv
     check_config_files(rest, CONFIG_OPTIONS if cmd in LIGHTNING_SUBCOMMANDS else ("--config",))  # (-c: LightningCLI's)
     if cmd in OTHER_SUBCOMMANDS:
         from jsonargparse import CLI

@@ -18,15 +18,28 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
 import signal
 import threading
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StepBoundaryRequeue", "hold_requeue_signal", "last_requeue"]
+__all__ = ["StepBoundaryRequeue", "hold_requeue_signal", "last_requeue", "unnumbered_names"]
 
 _early = {"noted": False}
 last_requeue: dict = {}  # {"root", "step"} of this process's requeue save, for the command's last line
+
+
+def unnumbered_names(root: str | os.PathLike) -> list[str]:
+    """The entries of a run folder that Lightning's requeue save cannot number past: it names the save
+    hpc_ckpt_<N+1> from the digits after the last 'ckpt_' of every name there holding 'ckpt_' (anyone's), and fails
+    on one with no digit there (`int('')`: the job ended FAILED at the requeue instead of requeueing).
+    (lightning.pytorch's _CheckpointConnector.hpc_save_path.)"""
+    if not os.path.isdir(root):
+        return []
+    return sorted(name for name in os.listdir(root)
+                  if "ckpt_" in name and not re.sub(r"[^0-9]", "", name.split("ckpt_")[-1]))
 
 
 def _note_early(signum, frame) -> None:

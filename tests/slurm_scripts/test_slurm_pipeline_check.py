@@ -105,3 +105,26 @@ def test_counts_that_bash_arithmetic_would_misread_are_refused_naming_the_settin
     assert proc.returncode == 0, proc.stderr
     cache, _, train = (call["argv"] for call in slurm.calls("sbatch"))
     assert "--gres=none" in cache and "--gres=gpu:2" in train and "--ntasks-per-node=2" in train
+
+
+def test_the_real_radar_train_refuses_a_run_dir_of_a_users_files_before_any_submission(slurm):
+    """(The pipeline only parsed the training config: a RUN_DIR holding a user's files was refused by the training
+    job, after the cache array and verify had run for it.) A RUN_DIR holding a run to resume is the job's to check."""
+    shutil.copy(REPO / "configs" / "cache" / "tiny.yaml", slurm.project / "configs" / "cache.yaml")
+    shutil.copy(REPO / "configs" / "train" / "tiny.yaml", slurm.project / "configs" / "train.yaml")
+    run = slurm.project / "checkpoints" / "tiny"
+    run.mkdir(parents=True)
+    (run / "plan.md").write_text("mine\n")
+    settings = dict(CACHE_CONFIG="configs/cache.yaml", TRAIN_CONFIG="configs/train.yaml", CACHE_DIR="cache/tiny",
+                    RUN_DIR="checkpoints/tiny", RADAR_BIN=str(Path(sys.executable).parent))
+    proc = slurm.bash("pipeline.sh", **settings)
+    err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(err) == 1, proc.stderr
+    assert "is a folder that is not empty and not a run folder (it holds plan.md)" in err[0]
+    assert slurm.calls("sbatch") == [] and sorted(p.name for p in run.iterdir()) == ["plan.md"]
+    assert (run / "plan.md").read_text() == "mine\n"
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"a run to resume")
+    proc = slurm.bash("pipeline.sh", **settings)
+    assert proc.returncode == 0, proc.stderr
+    assert len(slurm.calls("sbatch")) == 3

@@ -424,3 +424,23 @@ def test_validates_data_warnings_are_said_once_by_a_multi_process_run(tiny_cache
         said[rank] = [r.getMessage() for r in caplog.records]
     assert said == {0: [f"radar-train validate: shards 14 of {tiny_cache} are training shards of the checkpoint "
                         f"last.ckpt: these metrics include pairs it was trained on (not held-out)"], 1: []}
+
+
+def test_fit_check_runs_the_checks_of_the_options_and_the_run_folder_and_writes_nothing(tmp_path, capsys):
+    """radar-train fit --check (slurm/pipeline.sh's, before it submits the cache jobs): no cache, no model read."""
+    from cli_checks import assert_one_line_error, call_cli
+
+    config = str(Path(__file__).resolve().parents[2] / "configs" / "train" / "tiny.yaml")
+    code, err = call_cli("train", ["fit", "--config", config, "--trainer.default_root_dir", "new", "--check",
+                                   "--data.caches.path", "no_cache_yet"], tmp_path)
+    assert code == 0, err
+    assert "radar-train fit --check: the options and the run folder new pass the checks" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("notes")
+    code, err = call_cli("train", ["fit", "--config", config, "--trainer.default_root_dir", "mine", "--check"],
+                         tmp_path)
+    assert code == 2
+    assert_one_line_error(err, "not a run folder (it holds notes.txt)")
+    code, err = call_cli("train", ["fit", "--config", config, "--trainer.max_stepz", "3", "--check"], tmp_path)
+    assert code == 2 and "--trainer.max_stepz" in err

@@ -169,3 +169,25 @@ def test_a_requeue_slurm_refuses_is_not_taken_as_done_and_the_sigterm_after_it_s
     assert requeue.last_requeue == {}
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert saved["global_step"] == 6  # the end of the step the SIGTERM came in, past the requeue save's step 3
+
+
+def test_a_name_lightnings_requeue_save_cannot_number_past_is_refused_before_training(tiny_cache, tmp_path, slurm):
+    """Lightning numbers its requeue save hpc_ckpt_<N+1> from the digits of every name in the run folder holding
+    'ckpt_'; a user's old_hpc_ckpt_notes.md (no digits) made the save fail with `invalid literal for int()`, and the
+    job ended FAILED at the requeue instead of requeueing."""
+    from cli_checks import assert_one_line_error, assert_unchanged, call_cli, snapshot
+    from tiny_training import tiny_fit_argv
+
+    root = tmp_path / "run"
+    usr1 = signal.getsignal(signal.SIGUSR1)
+    try:  # (radar-train's main holds the requeue signal from its start under SLURM: in a process of its own)
+        code, err = call_cli("train", tiny_fit_argv(tiny_cache, root, 2), tmp_path)
+        assert code == 0, err
+        (root / "old_hpc_ckpt_notes.md").write_text("notes")
+        before = snapshot(root)
+        code, err = call_cli("train", tiny_fit_argv(tiny_cache, root, 4, "--ckpt_path", "last"), tmp_path)
+    finally:
+        signal.signal(signal.SIGUSR1, usr1)
+    assert code == 2, err
+    assert_one_line_error(err, f"{root / 'old_hpc_ckpt_notes.md'}", "requeue")
+    assert_unchanged(before, snapshot(root))
