@@ -212,6 +212,20 @@ def _accel_name(accel) -> str:
     return f"{accel.get('method')}:{accel.get('preset')}" if accel.get("preset") else str(accel.get("method"))
 
 
+def newest_run_checkpoint(root: str | os.PathLike) -> Optional[Path]:
+    """The run's most recently written checkpoint among RUN/hpc_ckpt_<N>.ckpt, RUN/checkpoints/last.ckpt and
+    RUN/checkpoints/step-<N>.ckpt (the first of them on a tie), or None: the one slurm/train.sbatch resumes a
+    requeued job from (its newest_checkpoint)."""
+    from radar_train.train.run_checkpoint import STEP_CKPT
+
+    root = Path(root)
+    found = [e for e in sorted(root.glob("hpc_ckpt_*.ckpt")) if HPC_CKPT.fullmatch(e.name)]
+    found += [e for e in sorted((root / "checkpoints").glob("*.ckpt"))
+              if e.name == "last.ckpt" or STEP_CKPT.fullmatch(e.name)]
+    found = [e for e in found if e.is_file()]
+    return max(found, key=lambda e: e.stat().st_mtime_ns) if found else None
+
+
 def hpc_checkpoint(root: str | os.PathLike) -> Optional[Path]:
     """The run folder's hpc_ckpt_N.ckpt of the highest N (what Lightning's SLURM requeue saved last, and what
     `--ckpt_path hpc` resumes from; `--ckpt_path last` only looks in checkpoints/), or None."""
@@ -1078,8 +1092,10 @@ def run_lightning(argv: list[str]) -> None:
         signum = stop_signal.stopped_by or signal.SIGTERM
         if requeue.last_requeue:  # SLURM's SIGTERM after the requeue save: the job restarts from that file
             r = requeue.last_requeue
-            print(f"radar-train: requeued by SLURM at step {r['step']}: the restarted job resumes from "
-                  f"{hpc_checkpoint(r['root']) or Path(r['root']) / 'hpc_ckpt_N.ckpt'} (by hand: --ckpt_path hpc)",
+            # (or from a periodic save of a later step, made while the job waited for its SIGTERM)
+            newest = newest_run_checkpoint(r["root"]) or Path(r["root"]) / "hpc_ckpt_N.ckpt"
+            print(f"radar-train: requeued by SLURM at step {r['step']}: the restarted job resumes from {newest} "
+                  f"(slurm/train.sbatch: the run's newest checkpoint; by hand: --ckpt_path {newest})",
                   file=sys.stderr, flush=True)
             sys.exit(128 + signum)
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name

@@ -191,3 +191,20 @@ def test_a_name_lightnings_requeue_save_cannot_number_past_is_refused_before_tra
     assert code == 2, err
     assert_one_line_error(err, f"{root / 'old_hpc_ckpt_notes.md'}", "requeue")
     assert_unchanged(before, snapshot(root))
+
+
+def test_the_requeue_line_names_the_checkpoint_the_restarted_job_resumes_from(tmp_path):
+    """A periodic save of a later step, made while the job waited for SLURM's SIGTERM after the requeue save, is
+    newer: slurm/train.sbatch resumes from it, and the last line named the requeue save."""
+    from radar_train.cli.train import newest_run_checkpoint
+
+    (tmp_path / "checkpoints").mkdir()
+    assert newest_run_checkpoint(tmp_path) is None
+    files = {"hpc_ckpt_1.ckpt": 300, "checkpoints/last.ckpt": 200, "checkpoints/step-000004.ckpt": 200,
+             "hpc_ckpt_backup.ckpt": 900, "checkpoints/last-backup.ckpt": 900, "checkpoints/step-000004-old.ckpt": 900}
+    for name, mtime in files.items():
+        (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, (mtime, mtime))
+    assert newest_run_checkpoint(tmp_path) == tmp_path / "hpc_ckpt_1.ckpt"
+    os.utime(tmp_path / "checkpoints" / "last.ckpt", (400, 400))
+    assert newest_run_checkpoint(tmp_path) == tmp_path / "checkpoints" / "last.ckpt"
