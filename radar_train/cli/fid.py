@@ -148,8 +148,16 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
           f"{', samples as .npz' if save_npz else ''} -> {output}")
     sha = {role: None if path is None else file_sha256(path)
            for role, path in (("inception", inception), ("inception_logits", inception_logits))}
-    if adapter is not None:  # (before a folder's reference statistics, minutes, and the models)
-        check_held_out(model, sampling, adapter, base_seed, num_samples)
+    # (before a folder's reference statistics, minutes, and the models)
+    if adapter is not None:
+        from radar_train.export import read_radar_config
+
+        check_held_out(model, sampling, read_radar_config(adapter), base_seed, num_samples,
+                       "the accelerated+adapter FID would score its training data")
+    elif (merged := merged_training_caches(model.vae_checkpoint)) is not None:
+        check_held_out(model, sampling, {"caches": merged}, base_seed, num_samples,
+                       f"--model.vae_checkpoint {model.vae_checkpoint} has that adapter merged in (radar-train merge), "
+                       f"so every FID of the run would score its training data")
     ref = ref_key = None
     if split.num_workers == 1 or not writes_ref:  # (a folder's statistics: read by the workers' merge, once)
         ref, ref_key = fid_reference(reference, writes_ref, output, feats, sha, batch_size, dev, feature_dim,
@@ -255,26 +263,37 @@ def fid_fingerprint(pipe, model, sha: dict, num_samples, batch_size, base_seed, 
             "base_seed": base_seed, "save_npz": save_npz, **sha}
 
 
-def check_held_out(model, sampling, adapter, base_seed: int, num_samples: int) -> None:
-    """ValueError (one line) when the adapter's run would score pairs it was trained on (`held_out.fid_overlap`:
-    the same VAR, sampler, class and seed as a sample of its training shards). The VAR file is hashed only when
-    the adapter's records meet the samples (seeds and classes) at all."""
+def merged_training_caches(vae_checkpoint) -> Optional[list]:
+    """The adapter's cache records in the record of a VQ-VAE file `radar-train merge` wrote (None for any other
+    file, and for one merged before the record held them): the file is hashed only when such a record is there."""
+    from radar_train.export.merged import merged_record, sidecar_path
+    from radar_train.models.checkpoint import file_sha256
+
+    if vae_checkpoint is None or not sidecar_path(vae_checkpoint).is_file() or not Path(vae_checkpoint).is_file():
+        return None
+    record = merged_record(vae_checkpoint, file_sha256(vae_checkpoint))
+    return None if record is None else record.get("caches")
+
+
+def check_held_out(model, sampling, meta: dict, base_seed: int, num_samples: int, why: str) -> None:
+    """ValueError (one line, ending in `why`) when the run would score pairs the adapter of `meta` (its
+    radar_config.yaml, or {"caches": ...} of a merged VQ-VAE's record) was trained on (`held_out.fid_overlap`: the
+    same VAR, sampler, class and seed as a sample of its training shards). The VAR file is hashed only when the
+    adapter's records meet the samples (seeds and classes) at all."""
     from dataclasses import asdict
 
-    from radar_train.export import read_radar_config
     from radar_train.inference.held_out import fid_overlap
     from radar_train.models import get_preset, var_identity_value
 
-    meta, settings = read_radar_config(adapter), asdict(sampling)
+    settings = asdict(sampling)
     num_classes = get_preset(model.preset).var.num_classes
     hit = fid_overlap(meta, None, settings, num_classes, base_seed, num_samples)  # (any VAR)
     if hit is not None:
         var = var_identity_value(model.preset, model.vae_checkpoint, model.var_checkpoint, model.init_seed)
         hit = fid_overlap(meta, var, settings, num_classes, base_seed, num_samples)
     if hit is not None:
-        raise ValueError(f"--base_seed {base_seed}: {hit.describe(num_samples)}: the accelerated+adapter FID would "
-                         f"score its training data; give a --base_seed of {hit.held_out_from} or more (past every "
-                         f"seed of those caches)")
+        raise ValueError(f"--base_seed {base_seed}: {hit.describe(num_samples)}: {why}; give a --base_seed of "
+                         f"{hit.held_out_from} or more (past every seed of those caches)")
 
 
 def fid_reference(reference, writes_ref, output, feats, sha, batch_size, dev, feature_dim, inception, size):

@@ -192,13 +192,18 @@ def note_trained_pairs(pipe, pairs: list[tuple[int, int]]) -> None:
 
     from radar_train.inference.held_out import grid_overlap
 
-    if pipe.adapter_meta is None:
+    meta, images = pipe.adapter_meta, "their restored/ images are"
+    if meta is None and isinstance(getattr(pipe, "merged_vqvae", None), dict) and pipe.merged_vqvae.get("caches"):
+        # a VQ-VAE file with the adapter merged in (its record holds the adapter's caches): every folder decodes with it
+        meta, images = {"caches": pipe.merged_vqvae["caches"]}, "with the adapter merged into the VQ-VAE file, " \
+            "their images are"
+    if meta is None:
         return
     var = None if pipe.var_identity is None else pipe.var_identity.value
-    hit = grid_overlap(pipe.adapter_meta, var, asdict(pipe.sampling), [c for c, _ in pairs], [s for _, s in pairs])
+    hit = grid_overlap(meta, var, asdict(pipe.sampling), [c for c, _ in pairs], [s for _, s in pairs])
     if hit is not None:
-        print(f"radar-generate: note: {hit.describe(len(pairs))}: their restored/ images are of its training data; "
-              f"seeds from {hit.held_out_from} on are held out")
+        print(f"radar-generate: note: {hit.describe(len(pairs))}: {images} of its training data; seeds from "
+              f"{hit.held_out_from} on are held out")
 
 
 if __name__ == "__main__":

@@ -171,6 +171,9 @@ def merged_vqvae(adapter_dir: str | os.PathLike, vae_file: Optional[str] = None,
                     "merged_modules": n_merged},
         "restores": [{"cache": c.get("path"), "accel": c.get("accel"), "sampling": c.get("sampling")}
                      for c in meta.get("caches") or []],
+        # the adapter's cache records as its radar_config.yaml holds them (plans, training shards, VAR, sampler):
+        # radar-fid and radar-generate tell from them which samples are its training pairs (inference/held_out.py)
+        "caches": list(meta.get("caches") or []),
     }
     return sd, description
 
@@ -241,4 +244,7 @@ def _record_problem(record: dict) -> Optional[str]:
     for i, r in enumerate(restores or []):
         if not isinstance(r, dict) or not isinstance(r.get("accel"), (dict, type(None))):
             return f"restores[{i}] must be an object whose accel is an object or null, got {r!r:.60}"
+    caches = record.get("caches")  # (a file merged before 2026-12-07 has none)
+    if caches is not None and not isinstance(caches, list):
+        return f"caches must be a list of the adapter's cache records, got {caches!r:.60}"
     return None

@@ -104,14 +104,16 @@ def test_radar_fid_hashes_the_var_only_when_seeds_meet_and_another_var_is_not_re
     from radar_train.cli.fid import check_held_out
     from radar_train.config import ModelArgs, SamplingConfig
 
-    sampling = SamplingConfig(cfg=1.5, top_k=64, top_p=0.96)
-    check_held_out(ModelArgs(preset="tiny"), sampling, str(trained_run["adapter"]), HELD_OUT_BASE_SEED, 50000)
+    from radar_train.export import read_radar_config
+
+    sampling, meta = SamplingConfig(cfg=1.5, top_k=64, top_p=0.96), read_radar_config(trained_run["adapter"])
+    check_held_out(ModelArgs(preset="tiny"), sampling, meta, HELD_OUT_BASE_SEED, 50000, "why")
     assert asked == []  # no sample meets the training seeds: no VAR file to hash
-    check_held_out(ModelArgs(preset="tiny"), sampling, str(trained_run["adapter"]), 0, 50000)  # another VAR's pairs
+    check_held_out(ModelArgs(preset="tiny"), sampling, meta, 0, 50000, "why")  # another VAR's pairs
     assert len(asked) == 1
     monkeypatch.setattr(radar_train.models, "var_identity_value", lambda *a, **k: "tiny:seed=0")
-    with pytest.raises(ValueError, match=r"^--base_seed 0: 64 of the 50000 samples"):
-        check_held_out(ModelArgs(preset="tiny"), sampling, str(trained_run["adapter"]), 0, 50000)
+    with pytest.raises(ValueError, match=r"^--base_seed 0: 64 of the 50000 samples.*: why; give a --base_seed of"):
+        check_held_out(ModelArgs(preset="tiny"), sampling, meta, 0, 50000, "why")
 
 
 def test_the_var_identity_without_loading_is_the_loaded_models(tmp_path):

@@ -302,3 +302,32 @@ def test_overwrite_replaces_both_files(toy_adapter, tmp_path):
     record = json.loads((tmp_path / "v.pth.json").read_text())
     assert record["dtype"] == "bfloat16" and record["sha256"] == file_sha256(tmp_path / "v.pth")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.pth", "v.pth.json"]  # no temporary left
+
+
+def test_a_merged_file_given_without_its_adapter_is_checked_against_the_adapters_training_pairs(trained_run, tmp_path,
+                                                                                                 capsys):
+    """The merged file's record holds the adapter's cache records: radar-fid refuses a --base_seed of its training
+    pairs and radar-generate notes them, as with --adapter (its record held no training shards: neither did)."""
+    from pathlib import Path
+
+    from cli_checks import assert_one_line_error
+
+    assert _merge(tmp_path, "--adapter", str(trained_run["adapter"]), "--output", "vae.pth")[0] == 0
+    record = json.loads((tmp_path / "vae.pth.json").read_text())
+    adapter_caches = __import__("yaml").safe_load((trained_run["adapter"] / "radar_config.yaml").read_text())["caches"]
+    assert record["caches"] == adapter_caches and record["caches"][0]["train_shards"]
+    config = Path(__file__).resolve().parents[2] / "configs" / "generate" / "tiny.yaml"
+    code, err = call_cli("fid", ["--config", str(config), "--model.vae_checkpoint", "vae.pth", "--num_samples", "2",
+                                 "--batch_size", "2", "--base_seed", "0", "--save_npz", "true", "--output", "fid"],
+                         tmp_path)
+    assert code == 2
+    line = assert_one_line_error(err, "--base_seed 0: 2 of the 2 samples (class, seed) are pairs the adapter was "
+                                      "trained on", "--model.vae_checkpoint vae.pth has that adapter merged in",
+                                 "give a --base_seed of 80 or more")
+    assert line and not (tmp_path / "fid").exists()
+    code, err = call_cli("generate", ["--config", str(config), "--model.vae_checkpoint", "vae.pth", "--classes", "0-1",
+                                      "--seeds", "0-1", "--output", "gen"], tmp_path)
+    assert code == 0, err
+    assert ("radar-generate: note: 2 of the 4 samples (class, seed) are pairs the adapter was trained on (e.g. class 0 "
+            "seed 0, in cache/tiny): with the adapter merged into the VQ-VAE file, their images are of its training "
+            "data; seeds from 80 on are held out") in (out := capsys.readouterr().out), out
