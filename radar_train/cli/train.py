@@ -150,15 +150,16 @@ def merge(adapter: str, output: str, vae_checkpoint: Optional[str] = None,
         output: the merged VQ-VAE file to write (.pth, .pt, .bin or .safetensors).
         vae_checkpoint: the base VQ-VAE file (default: the first file the adapter records that is here, else the
             preset's packaged one); its sha256 must be the adapter's base.
-        dtype: the floating tensors' type in the file (the official VQ-VAE file is float32).
+        dtype: the floating tensors' type in the file (the official VQ-VAE file is float32); the quantizer's stay
+            float32 (VAR's tokens are made with them).
         overwrite: replace an existing FILE and FILE.json.
     """
     from radar_train.cli.common import Stopped, end_stopped_run, signals_ignored_to_the_end, sigterm_stops
-    from radar_train.export.adapter import is_adapter_dir, read_radar_config
+    from radar_train.export.adapter import holds_adapter, read_radar_config
     from radar_train.export.merged import (WEIGHT_SUFFIXES, base_vae_file, check_mergeable, merged_vqvae, sidecar_path,
                                            write_merged)
     from radar_train.inputs import check_dir, check_file
-    from radar_train.outputs import OutputError, check_output_file
+    from radar_train.outputs import OutputError, check_output_file, swaps_end_command
 
     if Path(output).suffix.lower() not in WEIGHT_SUFFIXES:
         raise ValueError(f"--output {output}: give a file name ending in {', '.join(WEIGHT_SUFFIXES)}")
@@ -169,20 +170,22 @@ def merge(adapter: str, output: str, vae_checkpoint: Optional[str] = None,
     check_mergeable(adapter, meta, dtype)  # (before the start line: a refusal is its one line)
     vae_file = base_vae_file(adapter, meta, vae_checkpoint)
     inputs = {"--adapter": adapter, "--vae_checkpoint" if vae_checkpoint else "the base VQ-VAE file": vae_file}
-    parent = Path(output).resolve().parent
-    # another adapter folder (--overwrite replaced a step export's adapter_model.safetensors: it no longer loaded);
-    # the input adapter's own folder is check_output_file's to name
-    if is_adapter_dir(parent) and parent != Path(adapter).resolve():
-        raise OutputError(f"--output {output} is inside the adapter folder {parent}: write the merged VQ-VAE "
+    # another adapter folder, the output's or any above it (--overwrite replaced a step export's
+    # adapter_model.safetensors: it no longer loaded; a sub-folder made an export no adapter folder); the input
+    # adapter's own folder is check_output_file's to name
+    holder = next((a for a in Path(output).resolve().parents if holds_adapter(a)), None)
+    if holder is not None and holder != Path(adapter).resolve():
+        raise OutputError(f"--output {output} is inside the adapter folder {holder}: write the merged VQ-VAE "
                           f"elsewhere")
     check_output_file(output, "--output", inputs, overwrite)
     check_output_file(sidecar_path(output), "--output's record", inputs, overwrite)
-    print(f"radar-train merge: {adapter} into the VQ-VAE {vae_file or meta['base'].get('preset')} -> {output}")
     source = "--vae_checkpoint" if vae_checkpoint else "the VQ-VAE file the adapter records,"
     before = {p: _stat(p) for p in (Path(output), sidecar_path(output))}
     try:
-        with sigterm_stops():
-            sd, description = merged_vqvae(adapter, vae_file, dtype, source)
+        with sigterm_stops(), swaps_end_command(signals_ignored_to_the_end):  # (the renames: its end)
+            sd, description = merged_vqvae(adapter, vae_file, dtype, source)  # (the base checked: then the line)
+            print(f"radar-train merge: {adapter} into the VQ-VAE {vae_file or meta['base'].get('preset')} -> "
+                  f"{output}", flush=True)
             out, side = write_merged(sd, output, description, overwrite)
             signals_ignored_to_the_end()  # (both files in place: a signal now would only change the status)
     except (Stopped, KeyboardInterrupt) as e:  # (a temporary being written is removed on the way out)

@@ -33,7 +33,7 @@ from radar_train.outputs import (OutputError, check_replace_dir, clear_stale_tem
 
 from .label_conditioning import LABEL_CONDITIONING_WEIGHTS, LabelConditionedDecoder, load_label_conditioning
 
-__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "RADAR_CONFIG", "ADAPTER_FILES", "RADAR_CONFIG_VERSION", "save_adapter",
+__all__ = ["holds_adapter", "ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "RADAR_CONFIG", "ADAPTER_FILES", "RADAR_CONFIG_VERSION", "save_adapter",
            "read_radar_config", "check_adapter", "is_adapter_dir", "load_adapter", "adapter_version",
            "check_same_adapter", "run_step_of"]
 
@@ -150,6 +150,13 @@ def is_adapter_dir(path: str | Path) -> bool:
         return False
     names = {e.name for e in p.iterdir()}
     return ADAPTER_CONFIG in names and names <= set(ADAPTER_FILES) | {"README.md", LABEL_CONDITIONING_WEIGHTS}
+
+
+def holds_adapter(path: str | Path) -> bool:
+    """True if `path` is a folder with an adapter's files in it (its adapter_config.json and its weights), whatever
+    else it holds: a folder no output of another command goes into (`is_adapter_dir`: one that may be replaced)."""
+    p = Path(path)
+    return (p / ADAPTER_CONFIG).is_file() and (p / ADAPTER_WEIGHTS).is_file()
 
 
 def _check_files(adapter_dir: Path) -> None:

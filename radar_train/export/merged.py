@@ -14,6 +14,7 @@ cannot be merged: its decoder takes the class labels, which a plain VQ-VAE does 
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -158,7 +159,10 @@ def merged_vqvae(adapter_dir: str | os.PathLike, vae_file: Optional[str] = None,
                          f"weight(s) with NaN or inf values (e.g. {bad[0]}): the adapter is damaged")
     sd.update(changed)
     want = DTYPES[dtype]
-    sd = {k: (v.to(want) if v.is_floating_point() else v).detach().contiguous() for k, v in sd.items()}
+    # (the quantizer's codebook and phi convolutions stay float32: VAR's tokens and f_hat are made with them, so
+    # rounded they changed the generator's samples, not only the decode's precision)
+    sd = {k: (v.to(want) if v.is_floating_point() and not k.startswith("quantize.") else v).detach().contiguous()
+          for k, v in sd.items()}
     lora = meta.get("lora") or {}
     description = {
         "format_version": MERGED_VERSION,
@@ -182,15 +186,16 @@ def write_merged(sd: dict[str, torch.Tensor], output: str | os.PathLike, descrip
                  overwrite: bool = True) -> tuple[Path, Path]:
     """Write `sd` to `output` (torch.save for .pth / .pt / .bin, else safetensors) and the description, with the
     file's name and sha256, to `sidecar_path(output)`. Both are written in full under temporary names first and
-    then renamed one right after the other, the weights first: each file is whole or absent, and a stop leaves
-    both or neither but for the instant between the two renames. The caller has checked that both may be written
+    then renamed one right after the other, the weights first, with SIGTERM and Ctrl-C held back until both are
+    (`outputs.signals_deferred`): each file is whole or absent, and a stop leaves both or neither. The caller has checked that both may be written
     (`radar_train.outputs.check_output_file`); without `overwrite`, a file or record that appeared there while
     these were written is not replaced (OutputError): another run writing there finished first."""
     from radar_train.models.checkpoint import file_sha256, save_weights
-    from radar_train.outputs import atomic_file, check_none_appeared, naming, normal_file_mode
+    from radar_train.outputs import atomic_file, check_none_appeared, naming, normal_file_mode, signals_deferred
 
     out, side = Path(output), sidecar_path(output)
-    with atomic_file(side) as tmp_side:
+    hold = contextlib.ExitStack()  # (entered last, left after both renames: a signal waits for the second)
+    with hold, atomic_file(side) as tmp_side:
         with atomic_file(out) as tmp:
             if out.suffix.lower() == ".safetensors":
                 save_weights(sd, tmp, atomic=False)
@@ -208,6 +213,7 @@ def write_merged(sd: dict[str, torch.Tensor], output: str | os.PathLike, descrip
                 tmp_side.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
             if not overwrite:  # (the command's check was before the merge: just before the renames, again)
                 check_none_appeared(out.parent, [out.name, side.name])
+            hold.enter_context(signals_deferred())
     return out, side
 
 

@@ -156,8 +156,11 @@ def test_a_file_base_is_checked_and_a_dtype_casts_only_the_floating_tensors(toy_
     code, err = _merge(tmp_path, "--adapter", str(toy_adapter), "--output", "v16.safetensors", "--dtype", "float16")
     assert code == 0, err
     sd = read_state_dict(tmp_path / "v16.safetensors", "vqvae")
-    assert list(sd) == list(packaged) and all(sd[k].dtype == packaged[k].dtype for k in sd)
-    same = {k for k in sd if torch.equal(sd[k], packaged[k])}
+    # (the quantizer's floating tensors in float32, with the base's values: VAR's tokens are made with them)
+    quantizer = {k for k in sd if k.startswith("quantize.") and sd[k].is_floating_point()}
+    assert sorted(sd) == sorted(packaged) and quantizer  # (safetensors orders its tensors by dtype)
+    assert all(sd[k].dtype == (torch.float32 if k in quantizer else packaged[k].dtype) for k in sd)
+    same = {k for k in sd if torch.equal(sd[k], packaged[k].to(sd[k].dtype))}
     assert {k for k in sd if not k.startswith(("decoder.", "post_quant_conv."))} <= same  # float16 to float16: exact
     assert len(set(sd) - same) == len(
         [k for k in load_file(toy_adapter / "adapter_model.safetensors") if k.endswith("lora_A.weight")])
@@ -331,3 +334,60 @@ def test_a_merged_file_given_without_its_adapter_is_checked_against_the_adapters
     assert ("radar-generate: note: 2 of the 4 samples (class, seed) are pairs the adapter was trained on (e.g. class 0 "
             "seed 0, in cache/tiny): with the adapter merged into the VQ-VAE file, their images are of its training "
             "data; seeds from 80 on are held out") in (out := capsys.readouterr().out), out
+
+
+def test_a_sigterm_between_the_two_renames_leaves_both_files(toy_adapter, tmp_path, monkeypatch):
+    """The weights renamed into place, then a SIGTERM before the record followed: the weights were left without
+    their record (read as a plain VQ-VAE, with no note). The renames are the command's end: held together."""
+    import os
+    import signal
+
+    import radar_train.outputs
+
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        real(src, dst)
+        calls.append(dst)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # (the handler runs as soon as os.kill returns)
+
+    monkeypatch.setattr(radar_train.outputs.os, "replace", replace)
+    code, err = _merge(tmp_path, "--adapter", str(toy_adapter), "--output", "v.pth")
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.pth", "v.pth.json"]
+
+
+def test_a_merge_into_any_adapter_folder_is_refused_even_with_overwrite(toy_adapter, tmp_path):
+    """A folder that is an adapter's but holds one more file (a user's notes), or a folder inside an adapter's: the
+    check looked at the output's own folder and only when it held nothing but an adapter's files, so --overwrite
+    replaced another adapter's adapter_model.safetensors with the merged VQ-VAE."""
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(toy_adapter, other)
+    (other / "notes.txt").write_text("notes")
+    for output in (other / "adapter_model.safetensors", other / "sub" / "v.pth"):
+        assert_refused("train", ["merge", "--adapter", str(toy_adapter), "--output", str(output), "--overwrite"],
+                       tmp_path, (tmp_path,), [f"is inside the adapter folder {other}"])
+
+
+def test_a_refused_base_vae_is_its_one_line_without_the_start_line(toy_adapter, tmp_path, capsys):
+    """The start line came before the base VQ-VAE was loaded and checked against the adapter's (its sha256)."""
+    sd = load_models("toy", with_var=False)[0].state_dict()  # the base's shapes, one weight changed
+    sd["decoder.conv_in.weight"] = sd["decoder.conv_in.weight"] + 1
+    torch.save(sd, tmp_path / "other.pth")
+    code, err = _merge(tmp_path, "--adapter", str(toy_adapter), "--output", "v.pth", "--vae_checkpoint", "other.pth")
+    assert code == 2 and err.startswith("error: --vae_checkpoint other.pth: not the VQ-VAE"), err
+    assert "radar-train merge:" not in capsys.readouterr().out
+
+
+def test_a_half_precision_file_keeps_the_quantizer_in_float32(toy_adapter, tmp_path):
+    """The codebook and the phi convolutions decide VAR's tokens and f_hat: rounded to bfloat16 they changed the
+    generator's samples (up to 126 pixel levels), not only the decode's precision."""
+    assert _merge(tmp_path, "--adapter", str(toy_adapter), "--output", "v.safetensors", "--dtype", "bfloat16")[0] == 0
+    sd = load_file(str(tmp_path / "v.safetensors"))
+    base = load_models("toy", with_var=False)[0].state_dict()
+    quant = {k: v for k, v in sd.items() if k.startswith("quantize.") and v.is_floating_point()}
+    assert quant and all(v.dtype == torch.float32 and torch.equal(v, base[k].float()) for k, v in quant.items())
+    assert all(v.dtype == torch.bfloat16 for k, v in sd.items() if k.startswith("decoder.") and v.is_floating_point())
