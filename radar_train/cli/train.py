@@ -94,7 +94,7 @@ STEP_EXPORT = re.compile(r"step-(\d+)")  # a step's adapter export, RUN/step-NNN
 HPC_CKPT = re.compile(r"hpc_ckpt_(\d+)\.ckpt")
 
 
-def export(ckpt: str, output: str, overwrite: bool = False) -> int:
+def export(ckpt: str, output: str, overwrite: bool = False, vae_checkpoint: Optional[str] = None) -> int:
     """Export the adapter folder from a radar-train checkpoint.
 
     Writes a peft adapter folder (adapter_config.json, adapter_model.safetensors, radar_config.yaml)
@@ -106,6 +106,8 @@ def export(ckpt: str, output: str, overwrite: bool = False) -> int:
         ckpt: Lightning checkpoint written by `radar-train fit` (e.g. RUN/checkpoints/last.ckpt).
         output: adapter folder to write.
         overwrite: replace an existing adapter folder at `output`.
+        vae_checkpoint: the VQ-VAE file the run was trained on (default: the file as the fit named it, relative to
+            the folder it ran in); its identity must be the checkpoint's.
     """
     import json
 
@@ -121,7 +123,7 @@ def export(ckpt: str, output: str, overwrite: bool = False) -> int:
     try:  # (the start line once the checks passed: a refusal is its one line)
         with swaps_end_command(signals_ignored_to_the_end):  # (the adapter swapped in: it ends)
             path = run_until_stopped("radar-train export", lambda: export_checkpoint(  # (SIGTERM: no line before)
-                ckpt, output, overwrite=overwrite,
+                ckpt, output, overwrite=overwrite, vae_checkpoint=vae_checkpoint,
                 on_start=lambda: print(f"radar-train export: {ckpt} -> {output}", flush=True)))
     finally:
         module_log.setLevel(level)

@@ -444,3 +444,46 @@ def test_fit_check_runs_the_checks_of_the_options_and_the_run_folder_and_writes_
     assert_one_line_error(err, "not a run folder (it holds notes.txt)")
     code, err = call_cli("train", ["fit", "--config", config, "--trainer.max_stepz", "3", "--check"], tmp_path)
     assert code == 2 and "--trainer.max_stepz" in err
+
+
+def test_export_of_a_run_on_a_vae_file_named_relative_to_its_folder_names_it_and_takes_vae_checkpoint(tmp_path,
+                                                                                                       monkeypatch):
+    """The checkpoint records the VQ-VAE file as the fit was given it (relative to the folder it ran in): exported
+    from elsewhere it was 'base.pth: checkpoint file not found' (a file the user never named, called a checkpoint),
+    and export had no option to name it."""
+    from cli_checks import assert_one_line_error, call_cli
+    from radar_train.models import load_models
+
+    repo = Path(__file__).resolve().parents[2]
+    proj, elsewhere = tmp_path / "proj", tmp_path / "elsewhere"
+    proj.mkdir()
+    elsewhere.mkdir()
+    torch.save(load_models("tiny", with_var=False)[0].state_dict(), proj / "base.pth")
+    code, err = call_cli("cache", ["run", "--config", str(repo / "configs/cache/tiny.yaml"), "--output", "cache",
+                                   "--model.vae_checkpoint", "base.pth", "--plan.images_per_class", "null",
+                                   "--plan.num_samples", "16", "--plan.shard_size", "8"], proj)
+    assert code == 0, err
+    code, err = call_cli("train", ["fit", "--config", str(repo / "configs/train/tiny.yaml"),
+                                   "--trainer.default_root_dir", "run", "--trainer.max_steps", "1",
+                                   "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+                                   "--model.decoder.vae_checkpoint", "base.pth", "--data.batch_size", "4",
+                                   "--model.monitor.images_every_n_steps", "0",
+                                   "--data.caches", '[{path: cache, train_shards: "0", val_shards: "1"}]'], proj)
+    assert code == 0, err
+    ckpt = str(proj / "run" / "checkpoints" / "last.ckpt")
+    code, err = call_cli("train", ["export", "--ckpt", ckpt, "--output", "a"], elsewhere)
+    assert code == 2
+    assert_one_line_error(err, f"--ckpt {ckpt}: the VQ-VAE file it was trained with, base.pth (as the fit named it:",
+                          "--vae_checkpoint")
+    torch.save({k: v + 1 for k, v in torch.load(proj / "base.pth").items()}, elsewhere / "other.pth")
+    code, err = call_cli("train", ["export", "--ckpt", ckpt, "--output", "a", "--vae_checkpoint", "other.pth"],
+                         elsewhere)
+    assert code == 2
+    assert_one_line_error(err, "--vae_checkpoint other.pth: not the VQ-VAE", "was trained on")
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["other.pth"]
+    code, err = call_cli("train", ["export", "--ckpt", ckpt, "--output", "a", "--vae_checkpoint",
+                                   str(proj / "base.pth")], elsewhere)
+    assert code == 0, err
+    a, b = load_file(elsewhere / "a" / "adapter_model.safetensors"), load_file(proj / "run" / "final" /
+                                                                               "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
