@@ -31,7 +31,14 @@ class ModelArgs:
     """Random presets only: seed of the random weights (default: the preset's)."""
 
     def problems(self) -> list[str]:
-        return init_seed_problems("model.init_seed", self.init_seed)
+        from radar_train.models.configs import get_preset
+
+        problems = init_seed_problems("model.init_seed", self.init_seed)
+        try:  # (said here, where the option is known, not by the model loader after the command started)
+            get_preset(self.preset)
+        except ValueError as e:
+            problems.append(f"model.preset: {e}")
+        return problems
 
     def __post_init__(self) -> None:
         # checked when built: every entry point builds its ModelArgs from the options before a model is

@@ -166,6 +166,11 @@ CASES = [
                 "model: [1, 2]\n", "model"),
     _group_case("generate-model-a-number", "generate", [], "model: 5\n", "model"),
     _group_case("generate-model-null", "generate", [], "model: null\n", "model"),
+    # an unknown model preset: the option named (the model loader's line named none)
+    ("generate-unknown-preset", "generate", lambda w, t: ["--model.preset", "tinyy", "--output", "o"],
+     ["model.preset", "unknown model preset 'tinyy'"]),
+    ("toy-measure-unknown-preset", "toy", lambda w, t: ["measure", "--setup.model.preset", "tinyy", "--output", "o"],
+     ["model.preset", "unknown model preset 'tinyy'"]),
     _group_case("generate-sampling-a-list", "generate", [], "sampling: [1]\n", "sampling"),
     _group_case("generate-accel-fastvar-a-list", "generate", [], "accel: {fastvar: [1]}\n", "accel.fastvar"),
     ("generate-model-file-a-list", "generate", lambda w, t: ["--model", _yaml(t, "bad.yaml", "[1]\n")],

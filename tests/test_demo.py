@@ -257,6 +257,7 @@ def test_a_demo_whose_first_step_fails_leaves_no_folder_it_made(tmp_path):
 @pytest.mark.parametrize("step, old, new, needle", [
     ("train", "max_steps:", "max_stepz:", "'trainer.max_stepz' is not an option of this command"),
     ("generate", "preset: toy", "presett: toy", "presett"),
+    ("generate", "preset: toy", "preset: toyy", "model.preset: unknown model preset 'toyy'"),  # (named no file)
 ])
 def test_a_config_its_step_would_not_parse_stops_the_demo_before_anything_is_written(tmp_path, step, old, new, needle):
     """A typo in the training (or generate) config used to surface after the cache step had written the cache:

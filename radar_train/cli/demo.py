@@ -140,8 +140,14 @@ def check_grid(classes: Union[str, list[int]], seeds: Union[str, list[int]],
     from radar_train.config import ModelArgs
     from radar_train.inputs import read_yaml
 
+    from radar_train.models import get_preset
+
     model = read_yaml(generate_cfg, "generate config").get("model") or {}
     preset = model.get("preset", ModelArgs.preset) if isinstance(model, dict) else ModelArgs.preset
+    try:  # (the file and its option named, as for its other keys)
+        get_preset(preset)
+    except ValueError as e:
+        raise ValueError(f"{generate_cfg}: model.preset: {e}") from None
     return grid_classes_seeds(classes, seeds, preset, f" ({generate_cfg})")
 
 
