@@ -69,8 +69,9 @@ def _run(cmd: list[str], cwd: Path, done: list[str]) -> None:
         raise Stopped(step, finished) from None
     except KeyboardInterrupt:  # the step got the terminal's Ctrl-C too: let it save and stop (radar-train fit
         if proc is not None:  # saves the step it is in), however long that takes; a second Ctrl-C ends it at once
-            print(f"radar-demo: waiting for {step} to stop (a Ctrl-C to the demo alone: `kill -INT` the step too; "
-                  f"a second Ctrl-C ends it at once)", file=sys.stderr, flush=True)
+            print(f"radar-demo: waiting for {step} to stop (a terminal's Ctrl-C reached it too; after one to the demo "
+                  f"alone, `kill -INT {proc.pid}` stops it; a second Ctrl-C ends it at once)", file=sys.stderr,
+                  flush=True)
             try:
                 proc.wait()
             except KeyboardInterrupt:
