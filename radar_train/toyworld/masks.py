@@ -379,8 +379,15 @@ def markdown_table(report: dict) -> str:
     sides = [str(s) for s in report["active_scales"]]
     lines = [f"Toy world, {report['num_samples']} samples per run (seeds from {report['base_seed']}); attention "
              f"kept = achieved share of vanilla's query·key pairs on scales {' / '.join(sides)} and over them "
-             f"(pair-weighted).", "",
-             "| setting | family | nominal budget | attention kept (" + " / ".join(sides) + ") | attention kept "
+             f"(pair-weighted).", ""]
+    tf = report.get("toy_fid") or {}
+    if tf.get("baselines"):  # (the floor at this sample count, as every toy-FID report states it)
+        base = tf["baselines"]
+        lines += [f"Toy FID: {tf['num_samples']} samples per run, {tf['features']}, against "
+                  f"{tf['reference']['num_images']} real toy renders (toy-world set {tf['reference']['world_seed']}); "
+                  f"{tf['num_samples']} other real renders score {_f(base.get('real_renders'), 'fid')} (the floor at "
+                  f"this count), their VQ-VAE reconstructions {_f(base.get('vqvae_reconstructions'), 'fid')}.", ""]
+    lines += ["| setting | family | nominal budget | attention kept (" + " / ".join(sides) + ") | attention kept "
              "(active scales) | class accuracy | PSNR vs vanilla (dB) | toy FID |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     v = report["vanilla"]
@@ -418,7 +425,7 @@ def markdown_table(report: dict) -> str:
                              f"{'met' if x['met'] else 'not met'} (>= {100 * PAA_TARGET:g} %)")
     else:
         lines.append("- PAA at the 50 % budget: no adapter given")
-    lines += ["", "Notes:", ""] + [f"- {n}" for n in report["notes"]]
+    lines += ["", "Notes:", ""] + [f"- {n}" for n in report["notes"] + list(tf.get("notes") or [])]
     return "\n".join(lines)
 
 

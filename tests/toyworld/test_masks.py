@@ -138,6 +138,8 @@ def test_radar_toy_masks_smoke(tmp_path, capsys, caplog):
     assert t["paa_at_0.5"]["sca+paa"]["class_accuracy"] == paa["class_accuracy"]
     md = (out / "masks.md").read_text()
     assert "| sca@0.5 + paa |" in md and "attention kept (4 / 6 / 8)" in md
+    # the toy FID's floor at this count and the warning below D + 1 samples, as the other toy-FID reports state them
+    assert "(the floor at this count)" in md and "the sample covariances are rank-deficient" in md
     with Image.open(out / "masks.png") as im:
         assert im.format == "PNG" and im.size == (1600, 560)
 
