@@ -33,9 +33,9 @@ from radar_train.outputs import (OutputError, check_replace_dir, clear_stale_tem
 
 from .label_conditioning import LABEL_CONDITIONING_WEIGHTS, LabelConditionedDecoder, load_label_conditioning
 
-__all__ = ["holds_adapter", "ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "RADAR_CONFIG", "ADAPTER_FILES", "RADAR_CONFIG_VERSION", "save_adapter",
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "RADAR_CONFIG", "ADAPTER_FILES", "RADAR_CONFIG_VERSION", "save_adapter",
            "read_radar_config", "check_adapter", "is_adapter_dir", "load_adapter", "adapter_version",
-           "check_same_adapter", "run_step_of"]
+           "check_same_adapter", "run_step_of", "holds_adapter"]
 
 log = logging.getLogger(__name__)
 

@@ -187,8 +187,8 @@ def write_merged(sd: dict[str, torch.Tensor], output: str | os.PathLike, descrip
     """Write `sd` to `output` (torch.save for .pth / .pt / .bin, else safetensors) and the description, with the
     file's name and sha256, to `sidecar_path(output)`. Both are written in full under temporary names first and
     then renamed one right after the other, the weights first, with SIGTERM and Ctrl-C held back until both are
-    (`outputs.signals_deferred`): each file is whole or absent, and a stop leaves both or neither. The caller has checked that both may be written
-    (`radar_train.outputs.check_output_file`); without `overwrite`, a file or record that appeared there while
+    (`outputs.signals_deferred`): each file is whole or absent, and a stop leaves both or neither. The caller has
+    checked that both may be written (`radar_train.outputs.check_output_file`); without `overwrite`, a file or record that appeared there while
     these were written is not replaced (OutputError): another run writing there finished first."""
     from radar_train.models.checkpoint import file_sha256, save_weights
     from radar_train.outputs import atomic_file, check_none_appeared, naming, normal_file_mode, signals_deferred

@@ -418,7 +418,8 @@ class PairDataModule(pl.LightningDataModule):
                                 f"{manifest.num_shards} shards (0-{manifest.num_shards - 1})")
             if absent:
                 problems.append(f"{where}: shards {format_int_list(absent)} {kind} "
-                                f"(complete: {format_int_list(available)}; {len(available)} of {manifest.num_shards} shards)")
+                                f"(complete: {format_int_list(available)}; {len(available)} of {manifest.num_shards} "
+                                f"shards)")
             elif not past and c.format == "wds":
                 from radar_train.cache.wds import cut_short, tar_name
 
