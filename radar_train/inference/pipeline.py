@@ -319,7 +319,6 @@ class RadarPipeline:
         if not isinstance(adapter_dir, (str, os.PathLike)):
             raise TypeError(f"adapter must be a folder's path (str or os.PathLike), got {type(adapter_dir).__name__}")
         check_flag(merge, "merge")
-        adapter_dir = os.path.abspath(adapter_dir)  # (read again by fingerprint, wherever the process is by then)
         version = adapter_version(adapter_dir)
         meta = read_radar_config(adapter_dir)
         dec = self.vqvae.latent_decoder().eval()  # (built without random draws; load_adapter keeps the RNG too)
@@ -339,7 +338,8 @@ class RadarPipeline:
             warnings.warn(f"adapter {adapter_dir} was trained on latents of another VAR than the pipeline's ({other}, "
                           f"trained vs now); restoration may be worse", stacklevel=2)
         self.adapted_decoder, self._adapter_version = adapted, version  # (fingerprint checks the files again)
-        self.adapter_meta, self.adapter_dir, self.adapter_merged = meta, adapter_dir, merge
+        # (kept by its absolute path: read again by fingerprint, wherever the process has gone by then)
+        self.adapter_meta, self.adapter_dir, self.adapter_merged = meta, os.path.abspath(adapter_dir), merge
 
     def fingerprint(self) -> dict:
         """What identifies the samples this pipeline makes, for a command that goes on from an interrupted run
