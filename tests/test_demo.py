@@ -82,6 +82,8 @@ def test_ctrl_c_during_a_step_lets_it_stop_and_is_one_line_naming_the_step(monke
     calls = []
 
     class Step:
+        pid = 4242
+
         def __init__(self, cmd, cwd):
             pass
 
@@ -103,6 +105,9 @@ def test_ctrl_c_during_a_step_lets_it_stop_and_is_one_line_naming_the_step(monke
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "radar-demo: interrupted during radar-train fit; the same command goes on from there"
     assert not any("Traceback" in line for line in err)
+    # (a terminal's Ctrl-C reaches the step too: the line told every user to `kill -INT` it as well)
+    assert ("radar-demo: waiting for radar-train fit to stop (a terminal's Ctrl-C reached it too; after one to the "
+            "demo alone, `kill -INT 4242` stops it; a second Ctrl-C ends it at once)") in err
 
 
 def test_sigterm_is_handed_to_the_step_and_the_demo_waits_for_its_save(tmp_path, monkeypatch, capsys):
