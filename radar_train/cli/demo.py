@@ -140,7 +140,6 @@ def check_grid(classes: Union[str, list[int]], seeds: Union[str, list[int]],
     from radar_train.cli.generate import grid_classes_seeds
     from radar_train.config import ModelArgs
     from radar_train.inputs import read_yaml
-
     from radar_train.models import get_preset
 
     model = read_yaml(generate_cfg, "generate config").get("model") or {}

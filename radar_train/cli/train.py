@@ -218,16 +218,12 @@ def _accel_name(accel) -> str:
 
 
 def newest_run_checkpoint(root: str | os.PathLike) -> Optional[Path]:
-    """The run's most recently written checkpoint among RUN/hpc_ckpt_<N>.ckpt, RUN/checkpoints/last.ckpt and
-    RUN/checkpoints/step-<N>.ckpt (the first of them on a tie), or None: the one slurm/train.sbatch resumes a
-    requeued job from (its newest_checkpoint)."""
-    from radar_train.train.run_checkpoint import STEP_CKPT
-
-    root = Path(root)
-    found = [e for e in sorted(root.glob("hpc_ckpt_*.ckpt")) if HPC_CKPT.fullmatch(e.name)]
-    found += [e for e in sorted((root / "checkpoints").glob("*.ckpt"))
-              if e.name == "last.ckpt" or STEP_CKPT.fullmatch(e.name)]
-    found = [e for e in found if e.is_file()]
+    """The run's most recently written checkpoint among its newest RUN/hpc_ckpt_<N>.ckpt (`hpc_checkpoint`),
+    RUN/checkpoints/last.ckpt and its newest RUN/checkpoints/step-<N>.ckpt (`newest_step_checkpoint`), the first of
+    them on a tie, or None: the one slurm/train.sbatch resumes a requeued job from (its newest_checkpoint)."""
+    step = newest_step_checkpoint(root)
+    found = [hpc_checkpoint(root), Path(root) / "checkpoints" / "last.ckpt", step and step[1]]
+    found = [e for e in found if e is not None and e.is_file()]
     return max(found, key=lambda e: e.stat().st_mtime_ns) if found else None
 
 

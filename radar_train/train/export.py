@@ -55,7 +55,8 @@ def export_checkpoint(ckpt: str | Path, output: str | Path, overwrite: bool = Fa
     # a run folder's final/ or step-NNNNNN/ while its fit runs: the fit replaces its own exports at its end
     check_not_in_use(Path(output).resolve().parent, "--output's run folder")
     module = module_from_hparams(hparams, training=False)
-    trained = ((state["radar"].get("base") or {}) if isinstance(state["radar"].get("base"), dict) else {}).get("vae")
+    base = state["radar"].get("base")
+    trained = base.get("vae") if isinstance(base, dict) else None
     if vae_checkpoint is not None and isinstance(trained, dict) and \
             (trained.get("kind"), trained.get("value")) != (module.identity.kind, module.identity.value):
         raise InputError(f"--vae_checkpoint {vae_checkpoint}: not the VQ-VAE --ckpt {ckpt} was trained on (its "

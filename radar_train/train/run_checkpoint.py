@@ -41,12 +41,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from radar_train.outputs import atomic_file
 
-STEP_CKPT = re.compile(r"step-(\d+)\.ckpt")  # a step's checkpoint file in RUN/checkpoints (RunCheckpoint's name)
-
 from .finite import TrainingDiverged, check_finite_weights
 from .requeue import StepBoundaryRequeue
 from .step_boundary import LastBoundary, local_collectives
 from .stop_signal import StepBoundaryStop
+
+STEP_CKPT = re.compile(r"step-(\d+)\.ckpt")  # a step's checkpoint file in RUN/checkpoints (RunCheckpoint's name)
 
 __all__ = ["RunCheckpoint", "last_failure", "state_in_dirpath"]
 
