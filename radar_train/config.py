@@ -31,14 +31,8 @@ class ModelArgs:
     """Random presets only: seed of the random weights (default: the preset's)."""
 
     def problems(self) -> list[str]:
-        from radar_train.models.configs import get_preset
-
-        problems = init_seed_problems("model.init_seed", self.init_seed)
-        try:  # (said here, where the option is known, not by the model loader after the command started)
-            get_preset(self.preset)
-        except ValueError as e:
-            problems.append(f"model.preset: {e}")
-        return problems
+        # (said here, where the option is known, not by the model loader after the command started)
+        return init_seed_problems("model.init_seed", self.init_seed) + preset_problems("model.preset", self.preset)
 
     def __post_init__(self) -> None:
         # checked when built: every entry point builds its ModelArgs from the options before a model is
@@ -255,6 +249,17 @@ def init_seed_problems(option: str, seed: Optional[int]) -> list[str]:
     if seed is None or 0 <= seed < 2 ** 63:
         return []
     return [f"{option} must be in [0, 2**63) (the seed of the random weights), got {seed}"]
+
+
+def preset_problems(option: str, preset: str) -> list[str]:
+    """The problem with a model preset's name, named `option`: [] for a known preset."""
+    from radar_train.models.configs import get_preset
+
+    try:
+        get_preset(preset)
+    except ValueError as e:
+        return [f"{option}: {e}"]
+    return []
 
 
 def check_positive(minimum: int = 1, **values: Optional[float]) -> None:

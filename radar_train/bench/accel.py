@@ -80,10 +80,12 @@ def resolve_device(device: str, dtype: str, prefix: str = "--setup") -> tuple[to
 
 def check_setup(setup: "BenchSetup") -> tuple[torch.device, Optional[torch.dtype]]:
     """Every --setup option checked (one line naming it), before any work; returns resolve_device's pair."""
-    from radar_train.config import check_positive
-
+    from radar_train.config import check_positive, preset_problems
     from radar_train.seeding import seed_range_problems
 
+    problems = preset_problems("--setup.preset", setup.preset)  # (the model's loader named no option)
+    if problems:
+        raise ValueError(problems[0])
     check_positive(**{"setup.batch_size": setup.batch_size, "setup.repeats": setup.repeats})
     check_positive(minimum=0, **{"setup.warmup": setup.warmup})
     # sample i's seed is seed + i, and the VQ-VAE's random weights take seed + 1 (the VAR's: seed)

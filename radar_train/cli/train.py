@@ -505,6 +505,38 @@ def check_resume_steps(resume: tuple[Path, dict], max_steps: int) -> None:
                          f"resumed run would train nothing; give --trainer.max_steps {step} or more")
 
 
+def check_class_options(cfg) -> None:
+    """ValueError for what the module and the datamodule would refuse of their options, found in the parsed config
+    before either is built (no model or cache read), in the words they use: --model.decoder.preset, the option groups'
+    checks, model.lora.targets and model.label_conditioning.norms against the preset's decoder (built on the meta
+    device), the data options. `fit --check` ends before the classes are built: these were not checked there."""
+    import inspect
+
+    from radar_train.config import preset_problems
+    from radar_train.train.datamodule import CacheSource, PairDataModule
+    from radar_train.train.module import RadarLoraModule, layout_problems, option_problems
+
+    plain = lambda ns: ns.as_dict() if hasattr(ns, "as_dict") else dict(ns or {})  # noqa: E731
+    model, data = cfg.get("model"), cfg.get("data")
+    if hasattr(model, "get"):
+        decoder = model.get("decoder")
+        preset = decoder.get("preset") if hasattr(decoder, "get") else None
+        problems = preset_problems("--model.decoder.preset", preset) if preset is not None else []
+        if problems:
+            raise ValueError(problems[0])
+        params = inspect.signature(RadarLoraModule.__init__).parameters
+        groups = {k: type(params[k].default)(**plain(model.get(k))) for k in params
+                  if k not in ("self", "decoder") and model.get(k) is not None}
+        problems = option_problems(*groups.values())
+        if not problems and preset is not None and {"lora", "label_conditioning"} <= set(groups):
+            problems = layout_problems(preset, groups["lora"], groups["label_conditioning"])
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+    if hasattr(data, "get") and isinstance(data.get("caches"), list):
+        options = plain(data)
+        PairDataModule(**{**options, "caches": [CacheSource(**plain(c)) for c in options["caches"]]})
+
+
 def trainer_problems(trainer, subcommand: str = "fit", model=None, ckpt_path: Optional[str] = None) -> list[str]:
     """What Lightning would refuse only once the run had started (writing config.yaml and tb/ first), or
     not at all: accumulate_grad_batches below 1, a val_check_interval of 0 (both a ZeroDivisionError inside
@@ -703,6 +735,7 @@ def _make_cli_class(subcommand: str):
                 init_seed_problems("--model.decoder.init_seed", seed)
             if problems:
                 raise ValueError("; ".join(problems))
+            check_class_options(cfg)
             caches = [c.get("path") for c in ((cfg.get("data") or {}).get("caches") or []) if hasattr(c, "get")]
             vae = ((cfg.get("model") or {}).get("decoder") or {}).get("vae_checkpoint")
             if lock_taker():
@@ -715,6 +748,12 @@ def _make_cli_class(subcommand: str):
                 check()
                 self._run_folder = root, check
             if _check_only:
+                resume = getattr(self, "_resume", None)  # (as _check_resume does, without the models)
+                if resume is not None and self.subcommand == "fit":
+                    max_steps = (cfg.get("trainer") or {}).get("max_steps")
+                    check_resume_steps(resume, max_steps if isinstance(max_steps, int) else -1)
+                    if isinstance(resume[1].get("global_step"), int):
+                        check_step_exports(self._root(cfg), resume[1]["global_step"])
                 raise ChecksPassed(self._root(cfg))
 
         def _lock_run_folder(self) -> None:
@@ -1040,8 +1079,34 @@ def hand_over_at_training_start():
         def on_train_start(self, trainer, pl_module) -> None:
             if _set_up_stop is not None:
                 _set_up_stop.hand_over()
+                hangup_as_sigterm()
 
     return HandOver()
+
+
+def hangup_as_sigterm() -> None:
+    """Where nothing of the run took SIGHUP (model.output.checkpoints false: no StepBoundaryStop), a SIGHUP during
+    training goes to the SIGTERM handler (Lightning's: the fit stops after its step), noted as SIGHUP for the line and
+    the status (129). Its default action ended the process with no line and left RUN/.fit.lock. The handler before
+    it is put back when sigterm_stops' block ends; a SIGHUP the shell ignored (nohup) stays ignored."""
+    import threading
+
+    hup = getattr(signal, "SIGHUP", None)
+    if hup is None or threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(hup) is not signal.SIG_DFL:
+        return
+    pid = os.getpid()
+
+    def relay(signum, frame):
+        from radar_train.train import stop_signal
+
+        term = signal.getsignal(signal.SIGTERM)
+        if os.getpid() != pid or not callable(term):  # (a DataLoader worker's copy: the run decides)
+            return
+        stop_signal.stopped_by = hup
+        term(signal.SIGTERM, frame)
+
+    signal.signal(hup, relay)
 
 
 def run_lightning(argv: list[str]) -> None:
@@ -1058,8 +1123,11 @@ def run_lightning(argv: list[str]) -> None:
     from radar_train.train.module import RadarLoraModule
     from radar_train.train.run_checkpoint import last_failure
 
+    from radar_train.train import stop_signal
+
     tidy_lightning_logging()
     last_failure.clear()
+    stop_signal.stopped_by = None  # (an earlier run's in this process: its signal named this one's stop)
     cli_cls, config_cb = _make_cli_class(argv[0])
     global _setup_lines, _set_up_stop
     _setup_lines = InfoHold().start()  # released once the checks pass (before_fit / before_validate)

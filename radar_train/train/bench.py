@@ -110,8 +110,11 @@ MIN_SHARD = 16
 
 def check_args(args: "TrainBenchArgs") -> torch.device:
     """Every --args option checked (one line naming it), before any work; returns the device."""
-    from radar_train.config import check_positive
+    from radar_train.config import check_positive, preset_problems
 
+    problems = preset_problems("--args.preset", args.preset)  # (ModelArgs named model.preset, not an option here)
+    if problems:
+        raise ValueError(problems[0])
     check_positive(**{"args.batch_size": args.batch_size, "args.steps": args.steps,
                       "args.cache_pairs": args.cache_pairs})
     check_positive(minimum=0, **{"args.warmup": args.warmup})

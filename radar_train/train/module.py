@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,30 @@ class StepLearningRateMonitor(LearningRateMonitor):
             super().on_train_batch_start(trainer, pl_module, batch, batch_idx, *args, **kwargs)
 
 
+def option_problems(*groups) -> list[str]:
+    """Every problem of the module's option groups but the decoder (LoraArgs, LossArgs, ...), as its __init__
+    refuses them."""
+    return [p for g in groups for p in g.problems()]
+
+
+def layout_problems(preset: str, lora: LoraArgs, label_conditioning: LabelConditioningArgs) -> list[str]:
+    """model.lora.targets and model.label_conditioning.norms against the decoder of `preset` (a known one), built
+    on the meta device: no weights made or read (radar-train fit --check)."""
+    from radar_train.models import LatentDecoder, get_preset
+
+    preset_cfg = get_preset(preset)
+    with torch.device("meta"):
+        decoder = LatentDecoder(preset_cfg.vae.with_patch_nums(preset_cfg.var.patch_nums))
+    problems = []
+    for check in (lambda: resolve_targets(decoder, lora.targets),
+                  lambda: build_label_conditioning(decoder, label_conditioning, preset)):
+        try:
+            check()
+        except (ValueError, re.error) as e:
+            problems.append(str(e))
+    return problems
+
+
 class RadarLoraModule(pl.LightningModule):
     """Frozen VQ-VAE decoder (post_quant_conv + decoder) + peft LoRA, distilled from HQ to LQ latents.
 
@@ -153,8 +178,8 @@ class RadarLoraModule(pl.LightningModule):
                  label_conditioning: LabelConditioningArgs = LabelConditioningArgs(),
                  adversarial: AdversarialArgs = AdversarialArgs(), ema: EmaArgs = EmaArgs()):
         super().__init__()
-        problems = lora.problems() + loss.problems() + optim.problems() + monitor.problems() + output.problems() \
-            + early_stopping.problems() + label_conditioning.problems() + adversarial.problems() + ema.problems()
+        problems = option_problems(lora, loss, optim, monitor, output, early_stopping, label_conditioning,
+                                   adversarial, ema)
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
         self.decoder_args, self.lora_args, self.loss_args = decoder, lora, loss

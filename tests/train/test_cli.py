@@ -446,6 +446,45 @@ def test_fit_check_runs_the_checks_of_the_options_and_the_run_folder_and_writes_
     assert code == 2 and "--trainer.max_stepz" in err
 
 
+@pytest.mark.parametrize("option, said", [
+    (["--model.lora.rank", "0"], "error: invalid training config: model.lora.rank must be >= 1, got 0"),
+    (["--model.optim.learning_rate", "-1"], "error: invalid training config: model.optim.learning_rate must be > 0"),
+    (["--data.batch_size", "0"], "error: invalid data config: data.batch_size and data.val_batch_size must be >= 1"),
+    (["--model.decoder.preset", "nosuch"], "error: --model.decoder.preset: unknown model preset 'nosuch'"),
+    (["--model.lora.targets", "nosuch_regex"],
+     "error: invalid training config: model.lora.targets 'nosuch_regex' matches no Conv2d of the decoder"),
+    (["--model.label_conditioning.kind", "film", "--model.label_conditioning.norms", "zz"],
+     "error: invalid training config: model.label_conditioning.norms 'zz' matches no GroupNorm of the decoder"),
+])
+def test_fit_check_refuses_the_option_values_a_fit_refuses_in_the_same_line(tmp_path, option, said):
+    """`fit --check` passed values the fit refused (its checks ran when the module and the datamodule were built,
+    after --check ended), and a fit named --model.decoder.preset `model.preset`, which is no option of it."""
+    from cli_checks import assert_one_line_error, call_cli
+
+    config = str(Path(__file__).resolve().parents[2] / "configs" / "train" / "tiny.yaml")
+    argv = ["fit", "--config", config, "--trainer.default_root_dir", "run", "--data.caches.path", "none", *option]
+    for check in (["--check"], []):  # (the fit: refused before it reads the cache, which does not exist)
+        code, err = call_cli("train", argv + check, tmp_path)
+        assert code == 2 and assert_one_line_error(err).startswith(said), (check, err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fit_check_refuses_a_resume_past_max_steps_as_the_fit_does(tiny_cache, tmp_path):
+    from cli_checks import assert_one_line_error, call_cli, snapshot
+
+    run = tmp_path / "run"
+    _run(_tiny_args(tiny_cache, run, 2))
+    before = snapshot(run)
+    config = str(Path(__file__).resolve().parents[2] / "configs" / "train" / "tiny.yaml")
+    argv = ["fit", "--config", config, "--trainer.default_root_dir", str(run), "--data.caches.path", tiny_cache,
+            "--ckpt_path", "last", "--trainer.max_steps", "1"]
+    for check in (["--check"], []):
+        code, err = call_cli("train", argv + check, tmp_path)
+        assert code == 2, err
+        assert_one_line_error(err, "checkpoints/last.ckpt is at step 2, past --trainer.max_steps 1")
+    assert snapshot(run) == before
+
+
 def test_export_of_a_run_on_a_vae_file_named_relative_to_its_folder_names_it_and_takes_vae_checkpoint(tmp_path,
                                                                                                        monkeypatch):
     """The checkpoint records the VQ-VAE file as the fit was given it (relative to the folder it ran in): exported
