@@ -71,6 +71,42 @@ if value is not None:
 ' "$key" <<<"$resolved"
 }
 
+# ours NAME: whether a file name is one the run writes: Lightning's requeue save hpc_ckpt_<N>.ckpt, a step file
+# step-<N>.ckpt, last.ckpt. A user's hpc_ckpt_backup.ckpt, step-000006-old.ckpt or last-backup.ckpt is not: made
+# newest by a copy, it sent the run back to its older step, and the end of the job removed the hpc_ckpt_* ones.
+ours() { [[ $1 =~ ^(hpc_ckpt_[0-9]+|step-[0-9]+|last)\.ckpt$ ]]; }
+
+# newest_checkpoint DIR: the most recently written of the run's DIR/hpc_ckpt_<N>.ckpt, DIR/checkpoints/last.ckpt
+# and DIR/checkpoints/step-<N>.ckpt (a run killed after a step file, before last.ckpt followed); empty if none.
+newest_checkpoint() {
+  local found=() f newest=""
+  shopt -s nullglob; found=("$1"/hpc_ckpt_*.ckpt "$1"/checkpoints/last.ckpt "$1"/checkpoints/step-*.ckpt); shopt -u nullglob
+  for f in ${found[@]+"${found[@]}"}; do   # (bash's -nt: no `find`, which takes a path with a leading - for a test)
+    ours "${f##*/}" && [ -f "$f" ] || continue
+    if [ -z "$newest" ] || [ "$f" -nt "$newest" ]; then newest=$f; fi
+  done
+  echo "$newest"
+}
+
+# resume_checkpoint RUN_DIR RESUME [ASKED]: the checkpoint a fit in RUN_DIR resumes from (train.sbatch's RESUME:
+# auto, none or a file; ASKED, the RESUME a requeued job was submitted with), empty for a fresh start; or one
+# `error:` line and status 2. slurm/pipeline.sh checks the same choice before it submits anything.
+resume_checkpoint() {
+  local run=$1 resume=$2 asked=${3:-$2} ckpt=""
+  case "$resume" in
+    auto)
+      ckpt=$(newest_checkpoint "$run")
+      # requeued before its first save: the checkpoint the job was submitted with, not a start from scratch
+      if [ -z "$ckpt" ] && [ "$asked" != auto ] && [ "$asked" != none ] && [ -f "$asked" ]; then ckpt=$asked; fi ;;
+    none)
+      if [ -n "$(newest_checkpoint "$run")" ]; then   # Lightning would even resume from hpc_ckpt_* by itself
+        echo "error: RESUME=none but $run holds checkpoints: give another RUN_DIR, or RESUME=auto" >&2; return 2
+      fi ;;
+    *) ckpt=$resume; [ -f "$ckpt" ] || { echo "error: RESUME=$ckpt: no such checkpoint file" >&2; return 2; } ;;
+  esac
+  echo "$ckpt"
+}
+
 # job_banner WHAT: one line saying which job runs what, where (goes to the job's output file).
 job_banner() {
   echo "[$(date '+%F %T')] job ${SLURM_JOB_ID:-?}${SLURM_ARRAY_TASK_ID:+ (array ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID})}" \

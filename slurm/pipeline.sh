@@ -40,8 +40,9 @@
 #   CHECK           1: check the jobs' settings here before anything is submitted: `radar-cache run --check`
 #                   (the config with CACHE_ARGS, the workers, --output; no model is loaded, nothing is written)
 #                   and the training config with TRAIN_ARGS and the run folder (`radar-train fit --check`: unknown
-#                   options, wrong types, a RUN_DIR holding files of no run; `--print_config` when RUN_DIR holds a
-#                   run to resume), so that a mistake is refused now, not after a wait in the queue;
+#                   options, wrong types or values, a RUN_DIR holding files of no run; with the checkpoint the job
+#                   will resume from, chosen by RESUME as train.sbatch does), so that a mistake is refused now, not
+#                   after a wait in the queue;
 #                   0: skip it (when this machine cannot run radar-cache / radar-train; set CACHE_DIR and
 #                   RUN_DIR then: without them the folders are read from the configs with those commands)   [1]
 #   RADAR_SETUP, RADAR_BIN: how the jobs find the executables, see slurm/env.sh (RADAR_DIR is set here).
@@ -156,13 +157,12 @@ if (( CHECK )); then   # the jobs' own checks, here (one `error:` line from the 
   "$cache_exe" run --config="$CACHE_CONFIG" --output="$CACHE_DIR" --num-workers "$NUM_WORKERS" --worker-index 0 \
     ${cache_args[@]+"${cache_args[@]}"} --check >/dev/null || exit 2
   train_exe=$(radar_exe radar-train) || exit 2
-  # a fresh run: its options and its run folder (a folder holding a user's files is refused now, not after the
-  # cache array); a run to resume (the job resumes from its newest checkpoint): the options parsed, the resume's
-  # checks need the cache, which is not made yet
-  shopt -s nullglob; saved=("$(abs "$RUN_DIR")"/hpc_ckpt_*.ckpt "$(abs "$RUN_DIR")"/checkpoints/*.ckpt); shopt -u nullglob
-  train_check=--check; (( ${#saved[@]} == 0 )) || train_check=--print_config
+  # its options and its run folder (a folder holding a user's files is refused now, not after the cache array),
+  # with the checkpoint the job will resume from, chosen as train.sbatch chooses it (RESUME; its checks that need the
+  # cache and the models, not made or read yet, are the job's)
+  ckpt=$(resume_checkpoint "$(abs "$RUN_DIR")" "${RESUME:-auto}") || exit 2
   "$train_exe" fit --config="$TRAIN_CONFIG" ${train_args[@]+"${train_args[@]}"} --trainer.default_root_dir="$RUN_DIR" \
-    --data.caches.path="$CACHE_DIR" "$train_check" >/dev/null || exit 2   # (the job's own overrides too)
+    --data.caches.path="$CACHE_DIR" ${ckpt:+--ckpt_path="$ckpt"} --check >/dev/null || exit 2   # (the job's overrides too)
 fi
 
 # SBATCH_ARGS first: sbatch keeps the last value of an option given twice, so the settings above win over them

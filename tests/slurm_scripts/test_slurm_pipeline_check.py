@@ -7,6 +7,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -125,6 +127,30 @@ def test_the_real_radar_train_refuses_a_run_dir_of_a_users_files_before_any_subm
     assert (run / "plan.md").read_text() == "mine\n"
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "last.ckpt").write_bytes(b"a run to resume")
+    proc = slurm.bash("pipeline.sh", **settings)  # (the checkpoint the job would resume from is damaged)
+    assert proc.returncode == 2 and "last.ckpt" in proc.stderr and slurm.calls("sbatch") == [], proc.stderr
+    import torch
+
+    torch.save({"global_step": 3}, run / "checkpoints" / "last.ckpt")
     proc = slurm.bash("pipeline.sh", **settings)
     assert proc.returncode == 0, proc.stderr
     assert len(slurm.calls("sbatch")) == 3
+
+
+@pytest.mark.parametrize("name", ["hpc_ckpt_backup.ckpt", "checkpoints/last-backup.ckpt"])
+def test_a_users_checkpoint_copy_in_a_run_dir_to_resume_is_refused_before_any_submission(slurm, name):
+    """The pipeline took any RUN_DIR/hpc_ckpt_*.ckpt or checkpoints/*.ckpt for a run to resume and only parsed the
+    config; the training job, which resumes from the run's own hpc_ckpt_<N>, step-<N> and last.ckpt only, then
+    refused the folder after the cache array had run."""
+    import torch
+
+    shutil.copy(REPO / "configs" / "cache" / "tiny.yaml", slurm.project / "configs" / "cache.yaml")
+    shutil.copy(REPO / "configs" / "train" / "tiny.yaml", slurm.project / "configs" / "train.yaml")
+    run = slurm.project / "checkpoints" / "tiny"
+    (run / name).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"global_step": 3}, run / name)
+    proc = slurm.bash("pipeline.sh", CACHE_CONFIG="configs/cache.yaml", TRAIN_CONFIG="configs/train.yaml",
+                      CACHE_DIR="cache/tiny", RUN_DIR="checkpoints/tiny", RADAR_BIN=str(Path(sys.executable).parent))
+    err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(err) == 1, proc.stderr
+    assert Path(name).name in err[0] and slurm.calls("sbatch") == []
