@@ -385,6 +385,7 @@ class RadarPipeline:
         without waiting for the device."""
         from radar_train.export import decode_with_labels, is_label_conditioned
 
+        check_flag(adapter, "adapter")
         dec = self.adapted_decoder if adapter and self.adapted_decoder is not None else self.decoder
         if labels is not None and is_label_conditioned(dec):  # (as generate's: no bool, 2-d, string)
             labels = check_labels(labels, self.var.num_classes)

@@ -150,8 +150,11 @@ def test_a_top_k_that_is_not_a_whole_number_is_refused_before_sampling(pipe, no_
     (lambda p: p.generate([1], [0], accelerated="no"), "accelerated"),
     (lambda p: p.generate([1], [0], use_adapter=0), "use_adapter"),
     (lambda p: p.sample_latents([1], [0], accelerated=None), "accelerated"),
+    (lambda p: p.decode(torch.zeros(1, p.vqvae.config.z_channels, 2, 2), adapter="no"), "adapter"),
+    (lambda p: p.decode(torch.zeros(1, p.vqvae.config.z_channels, 2, 2), adapter=None), "adapter"),
 ])
 def test_a_flag_that_is_not_a_bool_is_refused_before_sampling(pipe, no_sampling, call, name):
-    """generate(accelerated="no") ran accelerated: any non-empty string is true."""
+    """generate(accelerated="no") ran accelerated, decode(adapter="no") decoded with the adapter: any non-empty
+    string is true."""
     with pytest.raises(TypeError, match=f"^{name} must be True or False"):
         call(pipe)
