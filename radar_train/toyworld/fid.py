@@ -65,8 +65,7 @@ def bank01(bank: ImageBank) -> torch.Tensor:
 def sample_count_notes(num_samples: int, dim: int) -> list[str]:
     """What the sample count means for the values (stated in every report)."""
     notes = [f"toy FID from {num_samples} samples per run in {dim}-d features: biased upwards by an amount that "
-             f"shrinks roughly as 1/{num_samples}; compare only values with the same sample count and reference "
-             f"(the floor row is real renders at this count)"]
+             f"shrinks roughly as 1/{num_samples}; compare only values with the same sample count and reference"]
     if num_samples < dim + 1:
         notes.append(f"{num_samples} samples < feature dimension {dim} + 1: the sample covariances are "
                      f"rank-deficient and the distance is dominated by that; use at least {dim + 1} samples")
