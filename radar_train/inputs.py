@@ -142,6 +142,15 @@ class _AmbiguousNumber(Exception):
         self.text, self.value, self.line = text, value, line
 
 
+class _DuplicateKey(Exception):
+    """A key given twice in one YAML mapping: the second replaced the first without a word (a whole group dropped)."""
+
+    def __init__(self, key: object, line: int, first: int):
+        super().__init__(f"key {key!r} is given twice in one mapping (lines {first} and {line}): the second would "
+                         f"replace the first without a word; give it once")
+        self.key, self.line, self.first = key, line, first
+
+
 @functools.lru_cache(maxsize=None)
 def _strict_loader():
     """yaml.SafeLoader that refuses base-60 numbers (`1:5` is 65, `1:00:00` is 3600) and octal ones with a leading
@@ -150,7 +159,20 @@ def _strict_loader():
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        def construct_mapping(self, node, deep=False):
+            # (before the merge keys `<<:` are flattened into it: a key after one overrides what it merged)
+            seen: dict = {}
+            for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key, line = self.construct_object(key_node, deep=deep), key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(key, line, seen[key])
+                    seen[key] = line
+                except TypeError:  # (an unhashable key: SafeLoader's own error says so)
+                    continue
+            return super().construct_mapping(node, deep=deep)
 
     def number(loader, node, construct):
         value = construct(loader, node)
@@ -186,6 +208,8 @@ def strict_value_loader(original: Callable[[str], Any]) -> Callable[[str], Any]:
             raise ValueError(f"{e.text} reads in YAML as the number {e.value!r}, not as written: quote it "
                              f"('{e.text}') for text such as a shard range, or write the number you mean "
                              f"plainly") from None
+        except _DuplicateKey as e:
+            raise ValueError(str(e)) from None
         except yaml.YAMLError:
             pass  # (the original says what is wrong with it)
         return original(stream, *args, **kwargs)
@@ -206,12 +230,31 @@ def read_yaml(path: str | os.PathLike, what: str = "YAML file", mapping: bool = 
             raise InputError(f"{path}: {what}: {e.text} (line {e.line}) reads in YAML as the number {e.value!r}, "
                              f"not as written: quote it ('{e.text}') for text such as a shard range or a time, or "
                              f"write the number you mean plainly") from None
+        except _DuplicateKey as e:
+            raise InputError(f"{path}: {what}: {e}") from None
     if mapping:
         if doc is None:
             return {}
         if not isinstance(doc, dict):
             raise InputError(f"{path}: {what} is not a YAML mapping of keys to values (found a {type(doc).__name__})")
     return doc
+
+
+def read_yaml_text(text: str, what: str) -> Any:
+    """The YAML document of `text` (given inline, `what` naming it), refused as `read_yaml` refuses a file's (a number
+    YAML 1.1 reads otherwise than its digits, a key given twice); None where it is not YAML (the parser says why)."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
+    except _AmbiguousNumber as e:
+        raise InputError(f"{what}: {e.text} reads in YAML as the number {e.value!r}, not as written: quote it "
+                         f"('{e.text}') for text such as a shard range or a time, or write the number you mean "
+                         f"plainly") from None
+    except _DuplicateKey as e:
+        raise InputError(f"{what}: {e}") from None
+    except yaml.YAMLError:
+        return None
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file", mapping: bool = True) -> Any:

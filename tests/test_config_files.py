@@ -252,3 +252,89 @@ def test_a_group_file_or_a_checkpoint_that_is_a_pipe_is_one_line_not_a_hang(tmp_
     assert code == 2
     assert_one_line_error(err, "fifo: radar-train checkpoint is a pipe or a socket, expected a file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]
+
+
+@pytest.mark.parametrize("cli,argv,text,said", [
+    ("cache", ["run", "--config", TINY_CACHE, "--output", "c", "--check"], "storage:\n  dtype: null\n",
+     "storage.dtype: null is not a value of it (it takes Literal['float16', 'float32'])"),
+    ("cache", ["run", "--config", TINY_CACHE, "--output", "c"], "batch_size: null\n",
+     "batch_size: null is not a value of it (it takes int)"),
+    ("train", ["fit", "--config", TINY_TRAIN, "--trainer.default_root_dir", "run"],
+     "model:\n  output:\n    checkpoints: null\n",
+     "model.output.checkpoints: null is not a value of it (it takes bool)"),
+    ("train", ["fit", "--config", TINY_TRAIN, "--trainer.default_root_dir", "run", "--check"],
+     "seed_everything: null\n", "seed_everything: null is not a value of it (it takes Union[bool, int])"),
+], ids=["cache-dtype", "cache-batch-size", "fit-checkpoints", "fit-seed"])
+def test_a_null_in_a_config_file_for_an_option_that_takes_none_is_one_line(tmp_path, cli, argv, text, said):
+    """On the command line `--batch_size null` is refused; in a file jsonargparse checked null against no type: a
+    traceback, a cache folder left with a manifest of dtype None, a run without checkpoints that exited 0."""
+    (tmp_path / "mine.yaml").write_text(text)
+    code, err = call_cli(cli, [*argv, "--config", "mine.yaml"], tmp_path)
+    assert code == 2 and err.strip() == f"error: mine.yaml: {said}: leave the key out for its default", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.yaml"]
+
+
+def test_a_null_where_the_option_takes_none_is_still_none(tmp_path):
+    (tmp_path / "mine.yaml").write_text("plan:\n  images_per_class: null\n  num_samples: 4\n")
+    printed = printed_config("cache", ["run", "--config", TINY_CACHE, "--config", "mine.yaml"], tmp_path)
+    assert "images_per_class: null" in printed and "num_samples: 4" in printed
+
+
+@pytest.mark.parametrize("cli,argv,inline,said", [
+    ("generate", ["--config", str(CONFIGS / "generate" / "tiny.yaml"), "--output", "g"], "model: [1, 2]",
+     "model must be a mapping (of the --model.* options), found a list: [1, 2]"),
+    ("cache", ["run", "--config", TINY_CACHE, "--output", "c"], "{plan: 5}",
+     "plan must be a mapping (of the --plan.* options), found an int: 5"),
+    ("train", ["fit", "--config", TINY_TRAIN], "{model: {lora: 5}}",
+     "model.lora must be a mapping (of the --model.lora.* options), found an int: 5"),
+    ("cache", ["run", "--config", TINY_CACHE, "--output", "c"], "{plan: {image_per_class: 8}}",
+     "'plan.image_per_class' is not an option of this command"),
+])
+def test_yaml_given_inline_gets_the_checks_of_a_file(tmp_path, cli, argv, inline, said):
+    """`--config "$(cat FILE)"` (the docs' way for YAML that is not a file) skipped the group checks: a 30-line
+    traceback, or (radar-bench tradeoff `{setup: 5}`) a run on another model preset than the command's default."""
+    code, err = call_cli(cli, [*argv, "--config", inline], tmp_path)
+    assert code == 2 and err.strip().startswith(f"error: --config (YAML given inline): {said}"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("text,key,lines", [
+    ("model:\n  lora:\n    rank: 4\nmodel:\n  optim:\n    learning_rate: 0.01\n", "model", "1 and 4"),
+    ("model: {lora: {rank: 4, rank: 8}}\n", "rank", "1 and 1"),
+])
+def test_a_key_given_twice_in_a_config_file_is_refused_naming_it(tmp_path, text, key, lines):
+    """The second `model:` replaced the first without a word: its whole group (rank 4) was dropped."""
+    (tmp_path / "dup.yaml").write_text(text)
+    code, err = call_cli("train", ["fit", "--config", TINY_TRAIN, "--config", "dup.yaml", "--check"], tmp_path)
+    assert code == 2 and err.strip() == (f"error: dup.yaml: config file: key {key!r} is given twice in one mapping "
+                                         f"(lines {lines}): the second would replace the first without a word; give "
+                                         f"it once"), err
+
+
+def test_a_merge_key_then_a_key_it_merged_is_an_override_not_a_repeat(tmp_path):
+    from radar_train.inputs import read_yaml
+
+    (tmp_path / "anchors.yaml").write_text("base: &b {x: 1, y: 2}\nmine:\n  <<: *b\n  y: 5\n")
+    assert read_yaml(tmp_path / "anchors.yaml")["mine"] == {"x": 1, "y": 5}
+
+
+def test_a_group_file_named_in_a_config_file_and_not_beside_it_names_it_and_the_config(tmp_path):
+    """The line named `--sampling`, never given, twice, and not the config file; a file of that name in the working
+    folder (where jsonargparse does not look) was taken by the check and the parse then failed."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.yaml").write_text("sampling: s.yaml\n")
+    (tmp_path / "s.yaml").write_text("cfg: 3.5\n")  # (in the working folder, not beside sub/c.yaml)
+    code, err = call_cli("cache", ["run", "--config", TINY_CACHE, "--config", "sub/c.yaml", "--output", "c",
+                                   "--check"], tmp_path)
+    assert code == 2 and err.strip() == ("error: sub/s.yaml: sampling file (named in sub/c.yaml) not found: a file "
+                                         "named in a config file is looked for beside it"), err
+    (tmp_path / "sub" / "s.yaml").write_text("cfg: 3.5\n")
+    assert "cfg: 3.5" in printed_config("cache", ["run", "--config", TINY_CACHE, "--config", "sub/c.yaml"], tmp_path)
+
+
+@pytest.mark.parametrize("sub", ["status", "verify", "export-wds"])
+def test_a_radar_cache_subcommand_without_config_calls_a_missing_config_an_unknown_option(tmp_path, sub):
+    """They take no --config: a missing file was 'x.yaml: config file not found', an existing one an unknown
+    option."""
+    code, err = call_cli("cache", [sub, "somewhere", "--config", "x.yaml"], tmp_path)
+    assert code == 2 and err.strip().startswith("error: unrecognized arguments: --config x.yaml"), err

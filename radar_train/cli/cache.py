@@ -194,6 +194,10 @@ COMMANDS = {"run": _run, "status": _status, "verify": _verify, "export-wds": _ex
 
 
 def _main(argv: list[str]) -> int:
+    from radar_train.cli.common import check_config_files
+
+    if argv[:1] == ["run"]:  # (the other subcommands take no --config: theirs is an unrecognized argument)
+        check_config_files(argv)
     cfg = build_parser().parse_args(_normalise(argv))
     return COMMANDS[cfg.command](cfg)
 
@@ -204,7 +208,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ours = logging.StreamHandler()  # (warnings as every command's own: `warning: <message>`)
     ours.setFormatter(WarningPrefix("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[ours])
-    run_main("radar-cache", _main, argv, commands=list(COMMANDS))
+    run_main("radar-cache", _main, argv, commands=list(COMMANDS), check_configs=False)
 
 
 if __name__ == "__main__":

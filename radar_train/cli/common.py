@@ -393,6 +393,18 @@ def _takes_null(parser, key: str) -> bool:
     return hint is not None and type(None) in get_args(hint)
 
 
+def _refuses_null(parser, key: str) -> Optional[str]:
+    """The type of the option `--key` where it does not take null (jsonargparse checks a null from a config file
+    against no type: `batch_size: null` was a traceback, `checkpoints: null` a run without checkpoints), else None."""
+    hint = getattr(parser._option_string_actions.get(f"--{key}"), "_typehint", None)
+    if hint is None or hint is Any or hint is object or hint is type(None):
+        return None
+    args = get_args(hint)
+    if type(None) in args or None in args:  # (Optional[...], Literal[..., None])
+        return None
+    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
 def _found(value: object) -> str:
     if value is None:
         return "null"
@@ -401,10 +413,10 @@ def _found(value: object) -> str:
 
 
 def _group_file(folder: Path, value: str) -> Optional[Path]:
-    for p in (folder / value, Path(value)):
-        if "\n" not in value and (p.is_file() or p.is_symlink()):
-            return p
-    return None
+    """The file `value` names in a config file in `folder`: beside it, where jsonargparse reads it (not in the
+    working folder), or None."""
+    p = folder / value
+    return p if "\n" not in value and (p.is_file() or p.is_symlink()) else None
 
 
 _CLASS_KEYS = ("class_path", "init_args", "dict_kwargs", "__path__")  # (jsonargparse's own keys of a class group)
@@ -423,6 +435,10 @@ def check_groups(doc: dict, parser, path: object, prefix: str = "") -> None:
     groups, subparsers = _groups(parser), _subparsers(parser)
     for key, value in doc.items():
         full = f"{prefix}{key}"
+        takes = _refuses_null(parser, full) if value is None and full not in groups else None
+        if takes is not None:
+            raise InputError(f"{path}: {full}: null is not a value of it (it takes {takes}): leave the key out for "
+                             f"its default")
         if not prefix and key == "config" and any(isinstance(a, ActionConfigFile) for a in parser._actions):
             # a file naming another (jsonargparse reads it): that one gets the same checks (it got none: a group
             # that was a number was a traceback, a misspelt key named no file)
@@ -437,6 +453,9 @@ def check_groups(doc: dict, parser, path: object, prefix: str = "") -> None:
                 nested = _group_file(Path(path).parent, value)
                 if nested is not None:
                     check_groups(read_yaml(nested, f"{full} file (in {path})"), parser, nested, full + ".")
+                elif _FILE_NAME.fullmatch(value):  # (jsonargparse's line named an option never given, not the file)
+                    raise InputError(f"{Path(path).parent / value}: {full} file (named in {path}) not found: a file "
+                                     f"named in a config file is looked for beside it")
                 continue
             if value is None and _takes_null(parser, full):
                 continue
@@ -485,7 +504,7 @@ def check_parser_args(parser, argv: Sequence[str]) -> list[str]:
     comments only) is dropped with its option, as an empty config means nothing to set."""
     from jsonargparse import ActionConfigFile
 
-    from radar_train.inputs import InputError, read_yaml
+    from radar_train.inputs import InputError, read_yaml, read_yaml_text
 
     argv = list(argv)
     dropped: set[int] = set()
@@ -503,12 +522,16 @@ def check_parser_args(parser, argv: Sequence[str]) -> list[str]:
             # a name that is not there (a value that is not a file name is inline YAML, as jsonargparse reads it)
             if not (p.exists() or p.is_symlink()) and _FILE_NAME.fullmatch(value):
                 raise InputError(f"{p}: {option} file not found")
+            group = group_options.get(option)
             if p.exists() or p.is_symlink():
-                group = group_options.get(option)
                 doc = read_yaml(p, f"{option} file" if group else "config file")
                 check_groups(doc, sub, p, f"{group}." if group else "")
                 if not doc:
                     dropped.update(range(i, i + taken))
+            else:  # YAML given inline (`--config "$(cat FILE)"`): the same checks (its groups went unchecked)
+                doc = read_yaml_text(value, f"{option} value")
+                if isinstance(doc, dict):
+                    check_groups(doc, sub, f"{option} (YAML given inline)", f"{group}." if group else "")
             i += taken
     return [a for i, a in enumerate(argv) if i not in dropped]
 
