@@ -43,6 +43,12 @@ def test_demo_runs_every_step_and_says_where_its_outputs_are(tmp_path):
     assert f"(tensorboard --logdir {shlex.quote(str(out / 'checkpoints' / 'tiny' / 'tb'))})" in r.stdout  # pastes
 
 
+def _configs_as_written(checks):
+    """check_step_configs without its commands: the config files as written (no group files in the shipped ones)."""
+    from radar_train.inputs import read_yaml
+
+    return [read_yaml(config) for _, config in checks]
+
 def test_demo_names_a_missing_config(tmp_path):
     r = subprocess.run([sys.executable, "-m", "radar_train.cli.demo", "--output", str(tmp_path), "--model", "nope"],
                        capture_output=True, text=True)
@@ -139,7 +145,7 @@ def test_sigterm_is_handed_to_the_step_and_the_demo_waits_for_its_save(tmp_path,
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     cmd = [sys.executable, "-m", "slow_step"]
     monkeypatch.setattr(demo, "_steps", lambda out, *a: demo._run(cmd, out, a[-1]))
-    monkeypatch.setattr(demo, "check_step_configs", lambda *a: None)
+    monkeypatch.setattr(demo, "check_step_configs", _configs_as_written)
     before = signal.getsignal(signal.SIGTERM)
     threading.Thread(target=kill_when_started, daemon=True).start()
     t0 = time.monotonic()
@@ -170,7 +176,7 @@ def test_sigterm_between_steps_or_in_the_checks_stops_the_demo_with_its_line(tmp
         demo._run(quick, out, a[-1])
 
     monkeypatch.setattr(demo, "_steps", steps)
-    monkeypatch.setattr(demo, "check_step_configs", lambda *a: None)
+    monkeypatch.setattr(demo, "check_step_configs", _configs_as_written)
     before = signal.getsignal(signal.SIGTERM)
     assert demo.demo(output=str(tmp_path / "out"), model="tiny") == 143 and started == []
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
@@ -216,7 +222,7 @@ def test_a_last_step_that_finished_as_sigterm_came_ends_a_finished_demo(tmp_path
             raise Stopped(step, True)
 
     monkeypatch.setattr(demo, "_run", run)
-    monkeypatch.setattr(demo, "check_step_configs", lambda *a: None)
+    monkeypatch.setattr(demo, "check_step_configs", _configs_as_written)
     with pytest.raises(SystemExit) as e:
         from radar_train.cli.common import run_main
 
@@ -309,3 +315,27 @@ def test_a_rerun_resumes_a_run_with_any_checkpoint_and_skips_only_a_finished_one
     fits = [c for c in commands if "radar_train.cli.train" in c and "fit" in c]
     assert {None: [], "fit": [[]], "resume": [["--ckpt_path", "last"]]}[training] == \
            [c[c.index("--ckpt_path"):] if "--ckpt_path" in c else [] for c in fits]
+
+
+def test_the_demo_reads_its_configs_as_their_commands_do_with_a_config_key_and_group_files(tmp_path, monkeypatch):
+    """A training config holding `config: tiny_base.yaml` (radar-train reads that file too) was refused: 'training
+    config lacks trainer.default_root_dir or data.caches[0].path'; a generate config's model in a group file was
+    taken for the default preset in the grid's check."""
+    import shutil
+
+    from radar_train.cli import demo
+
+    configs = tmp_path / "configs"
+    for sub in ("cache", "train", "generate"):
+        shutil.copytree(ROOT / "configs" / sub, configs / sub)
+    (configs / "train" / "tiny.yaml").rename(configs / "train" / "tiny_base.yaml")
+    (configs / "train" / "tiny.yaml").write_text("config: tiny_base.yaml\n")
+    gen = configs / "generate" / "tiny.yaml"
+    assert "\nmodel:\n  preset: tiny\n" in gen.read_text()
+    gen.write_text(gen.read_text().replace("\nmodel:\n  preset: tiny\n", "\nmodel: model.yaml\n"))
+    (configs / "generate" / "model.yaml").write_text("preset: tiny\n")
+    seen = {}
+    monkeypatch.setattr(demo, "_steps", lambda out, model, cache_cfg, train_cfg, generate_cfg, run_dir, cache_dir,
+                        cls_list, *a: seen.update(run_dir=run_dir, cache_dir=cache_dir, classes=cls_list))
+    assert demo.demo(output=str(tmp_path / "out"), model="tiny", configs=str(configs), classes="0-2") == 0
+    assert seen == {"run_dir": Path("checkpoints/tiny"), "cache_dir": Path("cache/tiny"), "classes": [0, 1, 2]}

@@ -108,23 +108,29 @@ def check_demo_folder(out: Path, entries: set[str]) -> None:
                           f"{', '.join(foreign[:3])}): choose a new or empty folder (a demo folder is resumed)")
 
 
-def check_step_configs(checks: list[tuple[list[str], Path]]) -> None:
+def check_step_configs(checks: list[tuple[list[str], Path]]) -> list[dict]:
     """InputError naming the config file and the option at fault unless each step's command parses its
     config (`--print_config`: jsonargparse checks every key and type, runs nothing and writes nothing), so
-    that a typo in the training or generate config stops the demo before the cache step writes anything."""
+    that a typo in the training or generate config stops the demo before the cache step writes anything.
+    Returns each command's config as it printed it: what it runs with, its `config:` and group files read."""
+    import yaml
+
     from radar_train.inputs import InputError
 
     procs: list[tuple[subprocess.Popen, Path]] = []
+    printed = []
     try:  # started together (each is seconds of a fresh interpreter's imports), reported in order
         for cmd, config in checks:
-            procs.append((subprocess.Popen(cmd + ["--print_config"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            procs.append((subprocess.Popen(cmd + ["--print_config"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                            text=True), config))
         for p, config in procs:
-            _, err = p.communicate()
+            out, err = p.communicate()
             if p.returncode != 0:
                 lines = [line for line in err.strip().splitlines() if line.strip()]
                 why = lines[-1].removeprefix("error: ") if lines else f"exit {p.returncode}"
                 raise InputError(why if why.startswith(f"{config}:") else f"{config}: {why}")  # (once, not twice)
+            printed.append(yaml.safe_load(out) or {})
+        return printed
     finally:
         for p, _ in procs:  # (a check still running after an earlier one failed)
             if p.poll() is None:
@@ -133,16 +139,15 @@ def check_step_configs(checks: list[tuple[list[str], Path]]) -> None:
 
 
 def check_grid(classes: Union[str, list[int]], seeds: Union[str, list[int]],
-               generate_cfg: Path) -> tuple[list[int], list[int]]:
+               generate_cfg: Path, generate: dict) -> tuple[list[int], list[int]]:
     """The comparison grid's classes and seeds, checked as radar-generate checks them (readable, no repeats,
-    seeds within 64 bits, classes within the class count of the generate config's model), before the demo
-    runs the steps ahead of it."""
+    seeds within 64 bits, classes within the class count of the generate config's model: `generate`, the config
+    radar-generate printed for `generate_cfg`), before the demo runs the steps ahead of it."""
     from radar_train.cli.generate import grid_classes_seeds
     from radar_train.config import ModelArgs
-    from radar_train.inputs import read_yaml
     from radar_train.models import get_preset
 
-    model = read_yaml(generate_cfg, "generate config").get("model") or {}
+    model = generate.get("model") or {}
     preset = model.get("preset", ModelArgs.preset) if isinstance(model, dict) else ModelArgs.preset
     try:  # (the file and its option named, as for its other keys)
         get_preset(preset)
@@ -169,7 +174,7 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
     The output folder must be new, empty, or an earlier demo's (which is resumed). Every option is checked
     before anything is written.
     """
-    from radar_train.inputs import InputError, read_yaml
+    from radar_train.inputs import InputError
     from radar_train.cli.common import Stopped, say, sigterm_stops, stop_name, stopped_status
     from radar_train.outputs import given_output, make_folders, remove_made_folders
 
@@ -190,22 +195,24 @@ def demo(output: str = "outputs/demo", model: str = "toy", configs: Optional[str
                                     f"{'' if configs else ', looked for beside the package and in this folder'})")
     if train_steps is not None and train_steps < 1:
         raise ValueError(f"--train_steps must be >= 1, got {train_steps}")
-    cls_list, seed_list = check_grid(classes, seeds, generate_cfg)
-    train = read_yaml(train_cfg, "training config")
-    try:
-        run_dir = Path(train["trainer"]["default_root_dir"])
-        cache_dir = Path(train["data"]["caches"][0]["path"])
-    except (KeyError, IndexError, TypeError):
-        raise InputError(f"{train_cfg}: training config lacks trainer.default_root_dir or data.caches[0].path") from None
     out = given_output(output, "--output").resolve()
-    check_demo_folder(out, {run_dir.parts[0], cache_dir.parts[0], "adapter", "generate", "eval"})
     py = [sys.executable, "-m"]
     made: list[Path] = []
     done: list[str] = []  # the steps finished
     try:  # (one SIGTERM handler from the checks to the end: between steps, or in the checks, SIGTERM ended the demo
         with sigterm_stops():  # without a line, a step it had just started, or the checks, running on alone)
-            check_step_configs([(_fit_command(py, train_cfg, train_steps), train_cfg),
-                                (py + ["radar_train.cli.generate", "--config", str(generate_cfg)], generate_cfg)])
+            # (the configs as their commands read them: a `config:` key or a group file may hold these settings)
+            train, generate = check_step_configs([
+                (_fit_command(py, train_cfg, train_steps), train_cfg),
+                (py + ["radar_train.cli.generate", "--config", str(generate_cfg)], generate_cfg)])
+            cls_list, seed_list = check_grid(classes, seeds, generate_cfg, generate)
+            try:
+                run_dir = Path(train["trainer"]["default_root_dir"])
+                cache_dir = Path(train["data"]["caches"][0]["path"])
+            except (KeyError, IndexError, TypeError):
+                raise InputError(f"{train_cfg}: training config lacks trainer.default_root_dir or "
+                                 f"data.caches[0].path") from None
+            check_demo_folder(out, {run_dir.parts[0], cache_dir.parts[0], "adapter", "generate", "eval"})
             made = make_folders(out)
             _steps(out, model, cache_cfg, train_cfg, generate_cfg, run_dir, cache_dir, cls_list, seed_list,
                    train_steps, done)
