@@ -1118,12 +1118,10 @@ def run_lightning(argv: list[str]) -> None:
 
     from radar_train.cli.common import (InfoHold, Stopped, say, sigterm_stops, stop_name, stopped_status,
                                         tidy_lightning_logging)
-    from radar_train.train import run_lock
+    from radar_train.train import run_lock, stop_signal
     from radar_train.train.datamodule import PairDataModule
     from radar_train.train.module import RadarLoraModule
     from radar_train.train.run_checkpoint import last_failure
-
-    from radar_train.train import stop_signal
 
     tidy_lightning_logging()
     last_failure.clear()
