@@ -338,3 +338,31 @@ def test_a_radar_cache_subcommand_without_config_calls_a_missing_config_an_unkno
     option."""
     code, err = call_cli("cache", [sub, "somewhere", "--config", "x.yaml"], tmp_path)
     assert code == 2 and err.strip().startswith("error: unrecognized arguments: --config x.yaml"), err
+
+
+def test_a_printed_config_with_a_required_option_null_is_taken_back_with_the_option_given_after_it(tmp_path):
+    """--print_config prints a required option, or one without a default, as null (radar-eval's --cache, radar-train
+    fit's --data.caches): the null check refused the printed file even with the option given after it."""
+    (tmp_path / "eval.yaml").write_text(printed_config("eval", [], tmp_path))
+    assert "cache: null" in (tmp_path / "eval.yaml").read_text()
+    assert "cache: c" in printed_config("eval", ["--config", "eval.yaml", "--cache", "c"], tmp_path)
+    (tmp_path / "fit.yaml").write_text(printed_config("train", ["fit"], tmp_path))
+    code, err = call_cli("train", ["fit", "--config", "fit.yaml", "--data.caches", "[{path: c}]",
+                                   "--trainer.default_root_dir", "run", "--check"], tmp_path)
+    assert code == 0, err
+
+
+def test_fit_checks_groups_given_as_files(tmp_path):
+    """A group from a file carries jsonargparse's `__path__`: the option checks built LoraArgs(__path__=...), a
+    TypeError traceback for `--model.lora FILE` and for `data: d.yaml` in a config."""
+    (tmp_path / "lora.yaml").write_text("rank: 0\n")
+    (tmp_path / "d.yaml").write_text("batch_size: 4\ncaches:\n  - path: c\n")
+    (tmp_path / "with_data.yaml").write_text(f"config: {TINY_TRAIN}\ndata: d.yaml\n")
+    base = ["fit", "--trainer.default_root_dir", "run", "--check"]
+    code, err = call_cli("train", [*base, "--config", TINY_TRAIN, "--model.lora", "lora.yaml"], tmp_path)
+    assert code == 2 and err.strip() == "error: invalid training config: model.lora.rank must be >= 1, got 0", err
+    (tmp_path / "lora.yaml").write_text("rank: 4\n")
+    code, err = call_cli("train", [*base, "--config", TINY_TRAIN, "--model.lora", "lora.yaml"], tmp_path)
+    assert code == 0, err
+    code, err = call_cli("train", [*base, "--config", "with_data.yaml"], tmp_path)
+    assert code == 0, err

@@ -395,9 +395,13 @@ def _takes_null(parser, key: str) -> bool:
 
 def _refuses_null(parser, key: str) -> Optional[str]:
     """The type of the option `--key` where it does not take null (jsonargparse checks a null from a config file
-    against no type: `batch_size: null` was a traceback, `checkpoints: null` a run without checkpoints), else None."""
-    hint = getattr(parser._option_string_actions.get(f"--{key}"), "_typehint", None)
-    if hint is None or hint is Any or hint is object or hint is type(None):
+    against no type: `batch_size: null` was a traceback, `checkpoints: null` a run without checkpoints), else None.
+    A required option, or one without a default (`--cache`, `--data.caches`), takes it: `--print_config` prints it
+    null, and an option after the file gives it (the parser refuses it when none does)."""
+    action = parser._option_string_actions.get(f"--{key}")
+    hint = getattr(action, "_typehint", None)
+    if hint is None or hint is Any or hint is object or hint is type(None) or action.required \
+            or action.default is None:
         return None
     args = get_args(hint)
     if type(None) in args or None in args:  # (Optional[...], Literal[..., None])

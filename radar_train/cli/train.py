@@ -516,7 +516,10 @@ def check_class_options(cfg) -> None:
     from radar_train.train.datamodule import CacheSource, PairDataModule
     from radar_train.train.module import RadarLoraModule, layout_problems, option_problems
 
-    plain = lambda ns: ns.as_dict() if hasattr(ns, "as_dict") else dict(ns or {})  # noqa: E731
+    def plain(ns) -> dict:  # (without jsonargparse's own keys: `__path__` of a group given as a file)
+        d = ns.as_dict() if hasattr(ns, "as_dict") else dict(ns or {})
+        return {k: v for k, v in d.items() if not (k.startswith("__") and k.endswith("__"))}
+
     model, data = cfg.get("model"), cfg.get("data")
     if hasattr(model, "get"):
         decoder = model.get("decoder")
