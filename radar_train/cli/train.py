@@ -739,6 +739,9 @@ def _make_cli_class(subcommand: str):
             if problems:
                 raise ValueError("; ".join(problems))
             check_class_options(cfg)
+            global _saves_checkpoints
+            output = model.get("output") if hasattr(model, "get") else None
+            _saves_checkpoints = not hasattr(output, "get") or output.get("checkpoints") is not False
             caches = [c.get("path") for c in ((cfg.get("data") or {}).get("caches") or []) if hasattr(c, "get")]
             vae = ((cfg.get("model") or {}).get("decoder") or {}).get("vae_checkpoint")
             if lock_taker():
@@ -1052,6 +1055,9 @@ VALIDATE_NOISE = (
 _check_only = False
 """radar-train fit --check: stop once the options and the run folder passed their checks (ChecksPassed)."""
 
+_saves_checkpoints = True
+"""Whether this fit saves checkpoints (model.output.checkpoints), for the line of a stop."""
+
 
 class ChecksPassed(Exception):
     """radar-train fit --check: the options and the run folder passed the checks made before the caches and the
@@ -1172,6 +1178,9 @@ def run_lightning(argv: list[str]) -> None:
         if argv[0] == "validate":  # (nothing to save, nothing to resume: its checkpoint is as it was)
             say(f"radar-train validate: stopped by {name} before the validation ended; it saves nothing (run it "
                 "again)")
+        elif not _saves_checkpoints:
+            say(f"radar-train: stopped by {name}; this run saves no checkpoints (--model.output.checkpoints false): "
+                "nothing was saved")
         else:
             say(f"radar-train: stopped by {name}; a run with checkpoints saved the step it stopped at (resume it "
                 "with --ckpt_path last)")

@@ -184,5 +184,6 @@ def test_without_checkpoints_a_sigterm_in_training_is_lightnings_stop_not_a_set_
     r = _run(_command(tiny_cache, run, term_at=3, signal=signal) + ["--model.output.checkpoints", "false"])
     assert r.returncode == 128 + getattr(__import__("signal"), signal), r.stderr[-3000:]
     assert "Traceback" not in r.stderr and "set-up" not in r.stderr, r.stderr[-3000:]
-    assert r.stderr.strip().splitlines()[-1].startswith(f"radar-train: stopped by {signal};")
+    assert r.stderr.strip().splitlines()[-1] == (f"radar-train: stopped by {signal}; this run saves no checkpoints "
+                                                 f"(--model.output.checkpoints false): nothing was saved")
     assert not (run / ".fit.lock").exists()
