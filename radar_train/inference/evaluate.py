@@ -68,7 +68,10 @@ def _pairs_identity(d: dict) -> Optional[dict]:
     model = {k: v for k, v in d["model"].items() if f"model.{k}" not in INFORMATIONAL_FIELDS}
     sampling = {k: v for k, v in d["sampling"].items() if f"sampling.{k}" not in INFORMATIONAL_FIELDS}
     ident = {"model": model, "sampling": sampling, "rule": d["plan"].get("rule"), "precision": d.get("precision")}
-    return {**json.loads(json.dumps(ident, default=str)), "accel": _accel_settings(d["accel"])}
+    accel = _accel_settings(d["accel"])
+    if any(k not in ("method", "preset") for k in accel):  # (as pipeline.accel_differences: where the method's
+        accel.pop("preset", None)  # settings are recorded, a preset only names them; None for them given one by one)
+    return {**json.loads(json.dumps(ident, default=str)), "accel": accel}
 
 
 def _records_for(meta: dict, cache_dir: Path, manifest) -> list[tuple[dict, bool]]:

@@ -66,6 +66,16 @@ def test_a_copy_with_another_shard_size_maps_the_pairs_by_sample_index():
     assert _check(_manifest(_plan(per_class=16, shard_size=24)), range(7)) == ([0, 1, 2], [3])
 
 
+def test_the_same_method_settings_given_one_by_one_are_the_same_cache():
+    """A cache made with `--accel.fastvar.preset null` and the default preset's prune written out holds the same
+    pairs (pipeline.accel_differences calls it the same method): its training shards were called held-out."""
+    m = _manifest(_plan()).to_dict()
+    m["accel"]["preset"] = None
+    assert _check(Manifest.from_dict(m), range(5)) == ([0, 1, 2, 3], [4])
+    m["accel"]["prune"] = {"6": 0.5, "8": 0.9}  # (other settings: another cache, whatever the preset says)
+    assert _check(Manifest.from_dict(m), range(5)) == ([], None)
+
+
 def test_execution_only_fields_do_not_make_another_cache():
     assert _check(_manifest(_plan(), engine="eager", vae_checkpoint="/somewhere/vae.pth"), range(5)) == (
         [0, 1, 2, 3], [4])
