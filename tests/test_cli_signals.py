@@ -210,3 +210,34 @@ def test_an_os_error_ending_a_background_thread_is_one_warning_line(capsys):
     other = failing(ValueError("a bug"))
     hook(other)
     assert seen == [other] and capsys.readouterr().err == ""
+
+
+class _SignalOnSetName:
+    """A descriptor whose `__set_name__` (run when a class body that holds it ends, as in peft's config classes
+    imported inside a command's block) sends the process `signum`."""
+
+    def __init__(self, signum):
+        self.signum = signum
+
+    def __set_name__(self, owner, name):
+        os.kill(os.getpid(), self.signum)
+
+
+def test_a_sigterm_during_a_class_bodys_set_name_is_stopped_not_a_runtime_error(noted, capsys):
+    """Python 3.11 wraps what `__set_name__` raises in a RuntimeError: SIGTERM while radar-eval imported peft was a
+    40-line traceback, status 1 (SLURM: failed, not stopped)."""
+    def body(argv):
+        with sigterm_stops():
+            type("Config", (), {"field": _SignalOnSetName(signal.SIGTERM)})
+        return 0
+
+    with pytest.raises(Stopped):
+        body([])
+
+    def body_int(argv):
+        type("Config", (), {"field": _SignalOnSetName(signal.SIGINT)})
+        return 0
+
+    with pytest.raises(SystemExit) as e:
+        run_main("radar-x", body_int, [])
+    assert e.value.code == 130 and capsys.readouterr().err.strip().splitlines()[-1] == "radar-x: interrupted"

@@ -750,6 +750,16 @@ class StopHandle:
                 signal.signal(sig, before)
 
 
+def signal_in_chain(error: BaseException) -> Optional[BaseException]:
+    """The Stopped or KeyboardInterrupt that `error` was raised from (its __cause__ chain), or None."""
+    seen = error.__cause__
+    for _ in range(8):
+        if seen is None or isinstance(seen, (Stopped, KeyboardInterrupt)):
+            return seen
+        seen = seen.__cause__
+    return None
+
+
 @contextlib.contextmanager
 def sigterm_stops() -> Iterator[StopHandle]:
     """SIGTERM raises Stopped in the main thread (once: a second one, while the command saves, is ignored; SLURM
@@ -777,6 +787,11 @@ def sigterm_stops() -> Iterator[StopHandle]:
     handle.previous = previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     try:
         yield handle
+    except Exception as e:  # (the signal came in a class body's `__set_name__` (peft's config classes, imported
+        inner = signal_in_chain(e)  # inside the block): Python 3.11 wraps what it raised in a RuntimeError)
+        if inner is None:
+            raise
+        raise inner from None
     finally:
         for sig, before in previous.items():
             if _HANDLERS_BEFORE.get(sig) is stop:  # (ignored to the end inside: kept; run_main puts back the
@@ -983,6 +998,9 @@ def run_main(prog: str, body: Callable[[list[str]], Optional[int]], argv: Option
         what = out_of_memory(e)
         if what is None:
             peer = lost_peer(e)  # (a multi-process run's other process gone: one line too, its own above)
+            if peer is None and isinstance(signal_in_chain(e), KeyboardInterrupt):  # (Ctrl-C in an import's
+                print(f"{prog}: interrupted", file=sys.stderr)  # `__set_name__`: Python 3.11 wraps it)
+                sys.exit(130)
             if peer is None:
                 raise
             print_error(f"{prog}: {peer}")
