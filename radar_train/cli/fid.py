@@ -122,6 +122,12 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
         reference is not None and Path(reference).resolve() == earlier_ref.resolve())
     # every run's samples file, this run's or not: an earlier run's (e.g. of an adapter this run has not) is
     # replaced or removed with --overwrite, never left beside this run's output as if it were part of it
+    if split.num_workers > 1 and len(range(*part_range(num_samples, batch_size, split.worker_index,
+                                                      split.num_workers))) == 0:
+        # (its part counts as done for the others: a late one found the merged run's outputs and was refused)
+        print(f"radar-fid: worker {split.worker_index} of {split.num_workers} has no batch (the {num_samples} samples "
+              f"in batches of {batch_size} go to the other workers): nothing to do", flush=True)
+        return 0
     entries = (["fid.json", "fid.md"] + (["reference_stats.npz"] if writes_ref or stale_ref else [])
                + [npz_name(r) for r in ALL_RUNS])
     check_output_dir(output, entries, "--output", {"--inception": inception, "--inception_logits": inception_logits,

@@ -109,6 +109,21 @@ def test_a_stopped_worker_goes_on_and_more_workers_than_batches_merge(extractors
     _same_outputs(out, single[6], 4)
 
 
+def test_a_worker_with_no_batch_that_starts_after_the_merge_has_nothing_to_do(extractors, single, tmp_path, capsys):
+    """3 workers for 2 batches: worker 0's empty share counts as done, so worker 1 merged; worker 0, started late (an
+    array task), was refused by the merged run's fid.json as 'an earlier run's output', status 2."""
+    out = tmp_path / "fid"
+    for k in (2, 1):
+        assert _main(_args(extractors, out, 6, *_worker(k, 3))) == 0
+    assert "every one of the 3 parts is done: merging them into" in capsys.readouterr().out
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert _main(_args(extractors, out, 6, *_worker(0, 3))) == 0
+    assert capsys.readouterr().out.strip() == ("radar-fid: worker 0 of 3 has no batch (the 6 samples in batches of 3 "
+                                               "go to the other workers): nothing to do")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    _same_outputs(out, single[6], 3)
+
+
 def test_a_single_runs_progress_and_the_workers_do_not_mix(extractors, tmp_path, monkeypatch, capsys):
     out = tmp_path / "fid"
     with monkeypatch.context() as m:
@@ -374,7 +389,7 @@ def test_a_worker_without_batches_does_not_take_an_earlier_report_for_a_merge(ex
     capsys.readouterr()
     assert _main(_args(extractors, out, 6, *_worker(0, 4), "--overwrite")) == 0  # (worker 0 of 4 has no batch)
     said = capsys.readouterr().out
-    assert "another worker merged" not in said and "parts done" in said
+    assert "another worker merged" not in said and "worker 0 of 4 has no batch" in said
     for k in (1, 2, 3):
         assert _main(_args(extractors, out, 6, *_worker(k, 4), "--overwrite")) == 0
     _same_outputs(out, single[6], 4)
