@@ -122,14 +122,12 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
         reference is not None and Path(reference).resolve() == earlier_ref.resolve())
     # every run's samples file, this run's or not: an earlier run's (e.g. of an adapter this run has not) is
     # replaced or removed with --overwrite, never left beside this run's output as if it were part of it
-    if split.num_workers > 1 and len(range(*part_range(num_samples, batch_size, split.worker_index,
-                                                      split.num_workers))) == 0:
-        # (its part counts as done for the others: a late one found the merged run's outputs and was refused)
-        print(f"radar-fid: worker {split.worker_index} of {split.num_workers} has no batch (the {num_samples} samples "
-              f"in batches of {batch_size} go to the other workers): nothing to do", flush=True)
-        return 0
-    entries = (["fid.json", "fid.md"] + (["reference_stats.npz"] if writes_ref or stale_ref else [])
-               + [npz_name(r) for r in ALL_RUNS])
+    # a worker that more workers than batches leave without one: its part counts as done for the others, so it
+    # writes nothing (a late one found the merged run's outputs and was refused), after the checks every worker makes
+    idle = split.num_workers > 1 and len(range(*part_range(num_samples, batch_size, split.worker_index,
+                                                          split.num_workers))) == 0
+    entries = [] if idle else (["fid.json", "fid.md"] + (["reference_stats.npz"] if writes_ref or stale_ref else [])
+                               + [npz_name(r) for r in ALL_RUNS])
     check_output_dir(output, entries, "--output", {"--inception": inception, "--inception_logits": inception_logits,
                                                    "--reference": reference, "--adapter": adapter,
                                                    **model_inputs(model), **accel_inputs(accel)}, overwrite)
@@ -164,6 +162,10 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
         check_held_out(model, sampling, {"caches": merged}, base_seed, num_samples,
                        f"--model.vae_checkpoint {model.vae_checkpoint} has that adapter merged in (radar-train merge), "
                        f"so every FID of the run would score its training data")
+    if idle:
+        print(f"radar-fid: worker {split.worker_index} of {split.num_workers} has no batch (the {num_samples} samples "
+              f"in batches of {batch_size} go to the other workers): nothing to do", flush=True)
+        return 0
     ref = ref_key = None
     if split.num_workers == 1 or not writes_ref:  # (a folder's statistics: read by the workers' merge, once)
         ref, ref_key = fid_reference(reference, writes_ref, output, feats, sha, batch_size, dev, feature_dim,
