@@ -220,18 +220,9 @@ def strict_value_loader(original: Callable[[str], Any]) -> Callable[[str], Any]:
 def read_yaml(path: str | os.PathLike, what: str = "YAML file", mapping: bool = True) -> Any:
     """The YAML document of `path`; with `mapping`, it must be a mapping (an empty file is {}). A plain number
     YAML 1.1 reads otherwise than its digits (`1:5`, `010`) is refused, naming it: quoted, it is text."""
-    import yaml
-
     text = read_text(path, what)
     with reading(path, what):
-        try:
-            doc = yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
-        except _AmbiguousNumber as e:
-            raise InputError(f"{path}: {what}: {e.text} (line {e.line}) reads in YAML as the number {e.value!r}, "
-                             f"not as written: quote it ('{e.text}') for text such as a shard range or a time, or "
-                             f"write the number you mean plainly") from None
-        except _DuplicateKey as e:
-            raise InputError(f"{path}: {what}: {e}") from None
+        doc = _load_strict(text, f"{path}: {what}")
     if mapping:
         if doc is None:
             return {}
@@ -246,15 +237,24 @@ def read_yaml_text(text: str, what: str) -> Any:
     import yaml
 
     try:
-        return yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
-    except _AmbiguousNumber as e:
-        raise InputError(f"{what}: {e.text} reads in YAML as the number {e.value!r}, not as written: quote it "
-                         f"('{e.text}') for text such as a shard range or a time, or write the number you mean "
-                         f"plainly") from None
-    except _DuplicateKey as e:
-        raise InputError(f"{what}: {e}") from None
+        return _load_strict(text, what)
     except yaml.YAMLError:
         return None
+
+
+def _load_strict(text: str, where: str) -> Any:
+    """`text` loaded with `_strict_loader`; what it refuses is an InputError starting `where` (the file and what it
+    is, or the option given the text)."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
+    except _AmbiguousNumber as e:
+        raise InputError(f"{where}: {e.text} (line {e.line}) reads in YAML as the number {e.value!r}, not as "
+                         f"written: quote it ('{e.text}') for text such as a shard range or a time, or write the "
+                         f"number you mean plainly") from None
+    except _DuplicateKey as e:
+        raise InputError(f"{where}: {e}") from None
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file", mapping: bool = True) -> Any:
