@@ -407,3 +407,31 @@ def test_the_accumulation_warning_is_held_while_a_later_check_refuses_the_fit(wo
                        text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.startswith("error: --trainer.val_check_interval 50"), r.stderr
     assert r.stderr.count("\n") == 1, r.stderr
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["--classes", "0", "--seeds", "80", "--grid_scale", "1000"],
+     ["--grid_scale 1000, --grid_rows 64: the grid of 1 sample x 2 images of 32000 px would be 64006 x 32004 px"]),
+    (["--classes", "0-9", "--seeds", "0-9999", "--grid_rows", "0"],
+     ["--grid_scale 0, --grid_rows 0: the grid of 100000 samples", "give a smaller --grid_scale or --grid_rows"]),
+])
+def test_radar_generate_refuses_a_grid_too_large_to_draw_before_any_model_loads(tmp_path, argv, needles):
+    """--grid_scale 1000 ran every sample, then ran out of memory drawing the grid (or the kernel killed the
+    process, leaving its lock), and the line blamed the batch size."""
+    assert_refused("generate", ["--config", str(CONFIGS / "generate" / "tiny.yaml"), "--output", "g", *argv],
+                   tmp_path, (tmp_path,), needles)
+
+
+def test_an_adapter_given_as_a_run_folder_is_pointed_to_its_final_adapter(tmp_path):
+    """The line advised `radar-train export ... --output RUN`, which the export refuses (a folder of other files)."""
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (run / "final" / name).write_text("{}")
+    (run / "config.yaml").write_text("x: 1\n")
+    argv = ["--config", str(CONFIGS / "generate" / "tiny.yaml"), "--output", "g", "--classes", "0", "--seeds", "80"]
+    assert_refused("generate", [*argv, "--adapter", "run"], tmp_path, (tmp_path,), [f"a run folder's adapter is "
+                                                                                      f"{Path('run') / 'final'}"])
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert_refused("generate", [*argv, "--adapter", "other"], tmp_path, (tmp_path,), ["--output NEW_FOLDER"])

@@ -17,6 +17,25 @@ OUTPUT_ENTRIES = ("vanilla", "accelerated", "restored", "grid.png", "generate.js
 FOLDERS = {"vanilla": "vanilla", "accelerated": "accelerated", "accelerated+adapter": "restored"}
 
 
+MAX_GRID_PIXELS = 2 ** 28
+"""The largest grid.png radar-generate draws (768 MiB as RGB in memory): a --grid_scale of 1000 ran the samples, then
+ran out of memory drawing the grid (or the kernel killed the process), and the line blamed the batch size."""
+
+
+def check_grid_size(samples: int, grid_rows: int, grid_scale: int, columns: int, image_size: int) -> None:
+    """ValueError naming --grid_scale / --grid_rows when the grid would be over MAX_GRID_PIXELS (before any model
+    loads). Its size as images.grid draws it, titles aside: a row per sample shown, a column per variant."""
+    rows = samples if grid_rows == 0 else min(samples, grid_rows)
+    tile = image_size * (grid_scale or max(1, -(-96 // image_size)))
+    width, height = columns * (tile + 2) + 2, rows * (tile + 2) + 2
+    if width * height > MAX_GRID_PIXELS:
+        from radar_train.progress import plural
+
+        raise ValueError(f"--grid_scale {grid_scale}, --grid_rows {grid_rows}: the grid of {plural(rows, 'sample')} x "
+                         f"{columns} images of {tile} px would be {width} x {height} px, over the {MAX_GRID_PIXELS:,} "
+                         f"pixels radar-generate draws; give a smaller --grid_scale or --grid_rows")
+
+
 def grid_classes_seeds(classes, seeds, preset: str, where: str = "") -> tuple[list[int], list[int]]:
     """--classes and --seeds as lists: readable, none listed twice (one image and file per class and seed),
     seeds within 64 bits, classes within the class count of `preset` (`where`: said after the model)."""
@@ -84,6 +103,8 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
     cls_list, seed_list = grid_classes_seeds(classes, seeds, model.preset)
     check_positive(batch_size=batch_size)
     check_positive(grid_scale=grid_scale, grid_rows=grid_rows, minimum=0)
+    check_grid_size(len(cls_list) * len(seed_list), grid_rows, grid_scale, 2 + (adapter is not None),
+                    get_preset(model.preset).image_size)
     check_device(device)
     args = PipelineArgs(model, accel, sampling, adapter, merge_adapter, device, precision, decode_precision)
     check_pipeline_args(args)

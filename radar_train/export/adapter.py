@@ -163,8 +163,11 @@ def _check_files(adapter_dir: Path) -> None:
     check_dir(adapter_dir, "adapter folder")
     missing = [f for f in ADAPTER_FILES if not (adapter_dir / f).is_file()]
     if missing:
-        raise InputError(f"{adapter_dir}: adapter folder lacks {', '.join(missing)} "
-                         f"(export one with `radar-train export --ckpt ... --output {adapter_dir}`)")
+        # (a run folder: its adapter is final/; another folder holding files: the export refuses it as its output)
+        hint = (f"a run folder's adapter is {adapter_dir / 'final'}" if holds_adapter(adapter_dir / "final") else
+                "export one with `radar-train export --ckpt ... --output NEW_FOLDER`" if any(adapter_dir.iterdir())
+                else f"export one with `radar-train export --ckpt ... --output {adapter_dir}`")
+        raise InputError(f"{adapter_dir}: adapter folder lacks {', '.join(missing)} ({hint})")
 
 
 def read_radar_config(adapter_dir: str | Path) -> dict:
