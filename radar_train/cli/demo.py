@@ -144,15 +144,13 @@ def check_grid(classes: Union[str, list[int]], seeds: Union[str, list[int]],
     seeds within 64 bits, classes within the class count of the generate config's model: `generate`, the config
     radar-generate printed for `generate_cfg`), before the demo runs the steps ahead of it."""
     from radar_train.cli.generate import grid_classes_seeds
-    from radar_train.config import ModelArgs
-    from radar_train.models import get_preset
+    from radar_train.config import ModelArgs, preset_problems
 
     model = generate.get("model") or {}
     preset = model.get("preset", ModelArgs.preset) if isinstance(model, dict) else ModelArgs.preset
-    try:  # (the file and its option named, as for its other keys)
-        get_preset(preset)
-    except ValueError as e:
-        raise ValueError(f"{generate_cfg}: model.preset: {e}") from None
+    problems = preset_problems(f"{generate_cfg}: model.preset", preset)  # (the file and its option named)
+    if problems:
+        raise ValueError(problems[0])
     return grid_classes_seeds(classes, seeds, preset, f" ({generate_cfg})")
 
 

@@ -124,8 +124,8 @@ def fid(inception: Optional[str] = None, model: ModelArgs = ModelArgs(),
     # replaced or removed with --overwrite, never left beside this run's output as if it were part of it
     # a worker that more workers than batches leave without one: its part counts as done for the others, so it
     # writes nothing (a late one found the merged run's outputs and was refused), after the checks every worker makes
-    idle = split.num_workers > 1 and len(range(*part_range(num_samples, batch_size, split.worker_index,
-                                                          split.num_workers))) == 0
+    share = part_range(num_samples, batch_size, split.worker_index, split.num_workers)
+    idle = split.num_workers > 1 and share[0] == share[1]
     entries = [] if idle else (["fid.json", "fid.md"] + (["reference_stats.npz"] if writes_ref or stale_ref else [])
                                + [npz_name(r) for r in ALL_RUNS])
     check_output_dir(output, entries, "--output", {"--inception": inception, "--inception_logits": inception_logits,

@@ -22,11 +22,16 @@ MAX_GRID_PIXELS = 2 ** 28
 ran out of memory drawing the grid (or the kernel killed the process), and the line blamed the batch size."""
 
 
+def tile_scale(grid_scale: int, image_size: int) -> int:
+    """The grid's upscaling of its tiles: --grid_scale, or for 0 the least giving tiles of at least 96 px."""
+    return grid_scale or max(1, -(-96 // image_size))
+
+
 def check_grid_size(samples: int, grid_rows: int, grid_scale: int, columns: int, image_size: int) -> None:
     """ValueError naming --grid_scale / --grid_rows when the grid would be over MAX_GRID_PIXELS (before any model
     loads). Its size as images.grid draws it, titles aside: a row per sample shown, a column per variant."""
     rows = samples if grid_rows == 0 else min(samples, grid_rows)
-    tile = image_size * (grid_scale or max(1, -(-96 // image_size)))
+    tile = image_size * tile_scale(grid_scale, image_size)
     width, height = columns * (tile + 2) + 2, rows * (tile + 2) + 2
     if width * height > MAX_GRID_PIXELS:
         from radar_train.progress import plural
@@ -171,7 +176,7 @@ def generate(model: ModelArgs = ModelArgs(), accel: AccelArgs = AccelArgs(method
             with sigterm_stops():
                 rows = [[work.load_png(FOLDERS[k], c, s) for k in keys] for c, s in shown]
                 H = rows[0][0].shape[-1]
-                scale = grid_scale or max(1, -(-96 // H))
+                scale = tile_scale(grid_scale, H)
                 titles = {"vanilla": "vanilla", "accelerated": accel.method,
                           "accelerated+adapter": f"{accel.method}+PAA"}
                 with naming(out / "grid.png"):  # (a full disk: said of the file, not of no file)
